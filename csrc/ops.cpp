@@ -1,0 +1,26 @@
+// Schemas of every tgfr operator. Implementations live in one file per device
+// (word_region_cpu.cpp, cuda/*.cpp) and register with TORCH_LIBRARY_IMPL.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import tgfr._C` loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(tgfr, m) {
+  // scores[i, j] = log sum_{t < lengths[i]} exp(gamma2 * cos(c_ijt, w_it)); see SPEC.md section 2.
+  m.def(
+      "word_region_scores(Tensor words, Tensor lengths, Tensor regions, float gamma1, "
+      "float gamma2, bool word_softmax) -> Tensor");
+  m.def(
+      "word_region_scores_backward(Tensor grad_scores, Tensor words, Tensor lengths, "
+      "Tensor regions, float gamma1, float gamma2, bool word_softmax) -> (Tensor, Tensor)");
+  // alpha of the pairs (i, i): (N, T, R), zeros at padded words.
+  m.def(
+      "word_region_attention(Tensor words, Tensor lengths, Tensor regions, float gamma1, "
+      "bool word_softmax) -> Tensor");
+}

@@ -1,0 +1,28 @@
+"""The `tgfr` command: one subcommand per module listed in COMMAND_MODULES.
+
+Each module defines `register(subparsers)`, which adds its subparser and sets `func` (called
+with the parsed arguments, returning an exit code) as its default.
+"""
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ("tgfr.data.cli",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tgfr", description="Text-guided face recognition.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Fused word-region similarity: public front end, fake (meta) kernels and autograd.
+
+The C++ schemas are in csrc/ops.cpp; the CPU kernel in csrc/word_region_cpu.cpp; the CUDA
+kernel in kernels/ behind csrc/cuda/; the Triton kernels in tgfr/ops/word_region_triton.py.
+"""
+
+import os
+
+import torch
+
+from tgfr import reference
+from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
+from tgfr.validation import check_nonempty, check_same_device, check_size, check_tensor
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+
+
+def _check_inputs(
+    words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_tensor("words", words, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
+    check_tensor("regions", regions, ndim=3, dtypes=FLOAT_DTYPES)
+    check_same_device(words=words, lengths=lengths, regions=regions)
+    if regions.dtype != words.dtype:
+        raise TypeError(f"regions must have the dtype of words ({words.dtype}), got {regions.dtype}")
+    num_captions, num_words, dim = words.shape
+    check_nonempty("words", words, 0)
+    check_nonempty("words", words, 1)
+    check_nonempty("words", words, 2)
+    check_nonempty("regions", regions, 0)
+    check_nonempty("regions", regions, 1)
+    check_size("regions", regions, 2, dim, "the feature size D of words")
+    check_size("lengths", lengths, 0, num_captions, "the number of captions N of words")
+    if not torch.compiler.is_compiling():
+        # Data-dependent, so skipped while tracing; the kernels check it again themselves.
+        shortest, longest = (int(value) for value in lengths.aminmax())
+        if shortest < 1 or longest > num_words:
+            raise ValueError(
+                f"lengths must lie in [1, T={num_words}] (T from words.shape[1]), "
+                f"got values in [{shortest}, {longest}]"
+            )
+    return words.contiguous(), lengths.to(torch.int64).contiguous(), regions.contiguous()
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    from tgfr.ops.backends import available_backends, auto_cuda_backend
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return auto_cuda_backend() if device.type == "cuda" else "cpu"
+    if backend not in available_backends():
+        raise ValueError(f"backend {backend!r} is not available here; available: {available_backends()}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {device}")
+    if backend == "triton" and device.type != "cuda" and not _triton_interpreted():
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
+    return backend
+
+
+def word_region_scores(
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float = 4.0,
+    gamma2: float = 5.0,
+    word_softmax: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Word-region similarity of every caption with every image, fused (SPEC section 2).
+
+    Args:
+        words: (N, T, D) word features, float32/bfloat16 (float16 too on GPU; float64 on CPU).
+        lengths: (N,) int64 number of valid words of each caption, in [1, T].
+        regions: (M, R, D) region features, same dtype and device as words.
+        gamma1: sharpness of the softmax over regions.
+        gamma2: sharpness of the log-sum-exp over words.
+        word_softmax: normalize the raw products over the caption's words first (AttnGAN).
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Returns:
+        (N, M) float32 scores (float64 for float64 inputs); differentiable in words and regions.
+        No N*M*T*R or N*M*T*D tensor is allocated: the backward recomputes per pair.
+    """
+    words, lengths, regions = _check_inputs(words, lengths, regions)
+    backend = _resolve_backend(backend, words.device)
+    gamma1, gamma2, word_softmax = float(gamma1), float(gamma2), bool(word_softmax)
+    if backend == "reference":
+        return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
+    if backend == "triton":
+        from tgfr.ops import word_region_triton
+
+        return word_region_triton.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
+    return torch.ops.tgfr.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
+
+
+def word_region_attention(
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float = 4.0,
+    word_softmax: bool = True,
+) -> torch.Tensor:
+    """Attention of each caption's words over the regions of its own image (pairs (i, i)).
+
+    words (N, T, D), lengths (N,), regions (N, R, D) -> alpha (N, T, R) float32 (float64 for
+    float64 inputs), each valid row summing to 1 over regions, zeros at padded words. For
+    pictures; not differentiable.
+    """
+    words, lengths, regions = _check_inputs(words, lengths, regions)
+    check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
+    return torch.ops.tgfr.word_region_attention(words, lengths, regions, float(gamma1), bool(word_softmax))
+
+
+@torch.library.register_fake("tgfr::word_region_scores")
+def _word_region_scores_fake(words, lengths, regions, gamma1, gamma2, word_softmax):
+    dtype = reference.accumulation_dtype(words.dtype)
+    return words.new_empty((words.shape[0], regions.shape[0]), dtype=dtype)
+
+
+@torch.library.register_fake("tgfr::word_region_scores_backward")
+def _word_region_scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax):
+    return torch.empty_like(words), torch.empty_like(regions)
+
+
+@torch.library.register_fake("tgfr::word_region_attention")
+def _word_region_attention_fake(words, lengths, regions, gamma1, word_softmax):
+    dtype = reference.accumulation_dtype(words.dtype)
+    return words.new_empty((words.shape[0], words.shape[1], regions.shape[1]), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    words, lengths, regions, gamma1, gamma2, word_softmax = inputs
+    ctx.save_for_backward(words, lengths, regions)
+    ctx.hyperparameters = (gamma1, gamma2, word_softmax)
+
+
+def _backward(ctx, grad_scores):
+    words, lengths, regions = ctx.saved_tensors
+    grad_words, grad_regions = torch.ops.tgfr.word_region_scores_backward(
+        grad_scores.contiguous(), words, lengths, regions, *ctx.hyperparameters
+    )
+    return grad_words, None, grad_regions, None, None, None
+
+
+torch.library.register_autograd("tgfr::word_region_scores", _backward, setup_context=_setup_context)

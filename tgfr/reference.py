@@ -1,0 +1,86 @@
+"""Readable PyTorch reference of every tgfr op: the baseline a user would write.
+
+These functions materialize the full pairwise tensors (N*M*T*R and N*M*T*D for the word-region
+similarity), which is exactly what the fused kernels avoid. Tests compare the kernels against
+them and the benchmarks measure them. Inputs are assumed valid; the public ops check them.
+"""
+
+import torch
+
+_COS_EPS = 1e-8
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Computation dtype of the ops: float64 stays float64, everything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def word_region_attention_all_pairs(
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float = 4.0,
+    word_softmax: bool = True,
+) -> torch.Tensor:
+    """alpha for every caption-image pair.
+
+    words (N, T, D), lengths (N,), regions (M, R, D) -> alpha (N, M, T, R): for caption i and
+    image j, a softmax over regions of gamma1 * a[t, r], where a is the dot product of word t and
+    region r, first softmax-normalized over the caption's valid words when `word_softmax`.
+    Rows of padded words are left as computed (they are masked by the callers).
+    """
+    dtype = accumulation_dtype(words.dtype)
+    w, v = words.to(dtype), regions.to(dtype)
+    valid_word = torch.arange(w.shape[1], device=w.device) < lengths[:, None]  # (N, T)
+    attn = torch.einsum("ntd,mrd->nmtr", w, v)
+    if word_softmax:
+        attn = attn.masked_fill(~valid_word[:, None, :, None], float("-inf")).softmax(dim=2)
+    return (gamma1 * attn).softmax(dim=3)
+
+
+def word_region_scores(
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float = 4.0,
+    gamma2: float = 5.0,
+    word_softmax: bool = True,
+) -> torch.Tensor:
+    """Word-region similarity of every caption with every image (SPEC section 2).
+
+    words (N, T, D), lengths (N,) int64 in [1, T], regions (M, R, D) -> scores (N, M), float32
+    (float64 for float64 inputs):
+        scores[i, j] = log sum_{t < lengths[i]} exp(gamma2 * cos(c_ijt, w_it)),
+        c_ijt = sum_r alpha[i, j, t, r] * v_jr.
+    """
+    dtype = accumulation_dtype(words.dtype)
+    w, v = words.to(dtype), regions.to(dtype)
+    valid_word = torch.arange(w.shape[1], device=w.device) < lengths[:, None]  # (N, T)
+    alpha = word_region_attention_all_pairs(words, lengths, regions, gamma1, word_softmax)
+    context = torch.einsum("nmtr,mrd->nmtd", alpha, v)
+    dot = (context * w[:, None]).sum(dim=-1)  # (N, M, T)
+    norms = context.norm(dim=-1) * w.norm(dim=-1)[:, None]
+    cos = dot / norms.clamp_min(_COS_EPS)
+    logits = (gamma2 * cos).masked_fill(~valid_word[:, None, :], float("-inf"))
+    return logits.logsumexp(dim=2)
+
+
+def word_region_attention(
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float = 4.0,
+    word_softmax: bool = True,
+) -> torch.Tensor:
+    """alpha of the matching pairs (i, i) only.
+
+    words (N, T, D), lengths (N,), regions (N, R, D) -> (N, T, R), zeros at padded words.
+    """
+    dtype = accumulation_dtype(words.dtype)
+    w, v = words.to(dtype), regions.to(dtype)
+    valid_word = torch.arange(w.shape[1], device=w.device) < lengths[:, None]  # (N, T)
+    attn = torch.einsum("ntd,nrd->ntr", w, v)
+    if word_softmax:
+        attn = attn.masked_fill(~valid_word[:, :, None], float("-inf")).softmax(dim=1)
+    alpha = (gamma1 * attn).softmax(dim=2)
+    return alpha.masked_fill(~valid_word[:, :, None], 0.0)

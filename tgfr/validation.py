@@ -1,0 +1,60 @@
+"""Input checks shared by the public ops and losses (SPEC section 5).
+
+Each check raises TypeError (not a tensor, wrong dtype) or ValueError (wrong rank, size,
+device or value) with a message that names the argument, what was expected and what came.
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+
+def check_tensor(
+    name: str,
+    value: object,
+    ndim: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+) -> torch.Tensor:
+    """Checks that `value` is a tensor of rank `ndim` with one of `dtypes`; returns it."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions, got {value.dim()} (shape {tuple(value.shape)})"
+        )
+    if dtypes is not None and value.dtype not in dtypes:
+        expected = ", ".join(str(dtype).replace("torch.", "") for dtype in dtypes)
+        raise TypeError(f"{name} must have dtype in ({expected}), got {str(value.dtype).replace('torch.', '')}")
+    return value
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """Checks that all named tensors are on one device."""
+    devices = {name: tensor.device for name, tensor in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {listing}")
+
+
+def check_nonempty(name: str, tensor: torch.Tensor, dim: int = 0) -> None:
+    """Checks that `tensor` has at least one entry along `dim` (empty batches are an error)."""
+    if tensor.shape[dim] == 0:
+        raise ValueError(f"{name} must not be empty along dimension {dim}, got shape {tuple(tensor.shape)}")
+
+
+def check_size(name: str, tensor: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    """Checks tensor.shape[dim] == expected; `what` says where `expected` comes from."""
+    if tensor.shape[dim] != expected:
+        raise ValueError(
+            f"{name} must have size {expected} ({what}) in dimension {dim}, got {tensor.shape[dim]} "
+            f"(shape {tuple(tensor.shape)})"
+        )
+
+
+def check_positive(name: str, value: float) -> float:
+    """Checks a finite, strictly positive hyperparameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite positive number, got {value}")
+    return float(value)
