@@ -1,0 +1,156 @@
+"""`tgfr data ...`: synth, convert, degrade, protocol, grid."""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree
+from tgfr.data.degrade import degrade_manifest
+from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
+from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
+                                write_verification_pairs)
+from tgfr.data.synthetic import DEFAULT_DEGRADATION, SyntheticConfig, generate_synthetic_dataset
+
+
+def _synth(args: argparse.Namespace) -> int:
+    degradations = {} if args.no_degraded else {"test_degraded": args.degradation}
+    config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
+                             captions_per_image=args.captions_per_image, seed=args.seed,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             degradations=degradations)
+    start = time.perf_counter()
+    manifest = generate_synthetic_dataset(args.out, config, workers=args.workers)
+    print(f"wrote {manifest} ({config.identities} identities x {config.images_per_identity} images) "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> list[ManifestRecord]:
+    """Rewrites paths relative to `root` as paths relative to the manifest's folder."""
+    base = manifest.resolve().parent
+    return [ManifestRecord(Path(os.path.relpath((root / r.path).resolve(), base)).as_posix(), r.identity, r.split,
+                           r.captions, r.meta) for r in records]
+
+
+def _convert(args: argparse.Namespace) -> int:
+    bad_files = "skip" if args.skip_bad else "error"
+    if args.layout in ("mmcelebA", "face2text"):
+        root = Path(args.root)
+        records, skipped = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
+    else:
+        missing = [flag for flag, value in (("--captions", args.captions), ("--identity-file", args.identity_file),
+                                            ("--images", args.images)) if value is None]
+        if missing:
+            raise ValueError(f"celeba-dialog needs {', '.join(missing)}")
+        root = Path(args.root)
+        records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
+                                                 hq_mapping=args.hq_mapping, split_file=args.split_file,
+                                                 seed=args.seed, bad_files=bad_files)
+    out = Path(args.out) if args.out else root / "manifest.jsonl"
+    write_manifest(out, _relocated(records, root, out))
+    print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}")
+    for problem in skipped[:20]:
+        print(f"  skipped: {problem}")
+    return 0
+
+
+def _degrade(args: argparse.Namespace) -> int:
+    manifest, skipped = degrade_manifest(args.manifest, split=args.split, recipe=args.recipe, name=args.name,
+                                         seed=args.seed, out_manifest=args.out_manifest, workers=args.workers,
+                                         bad_images="skip" if args.skip_bad else "error")
+    print(f"wrote {manifest}; skipped {len(skipped)} unreadable image(s)")
+    return 0
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    records = read_manifest(args.manifest)
+    out = Path(args.out)
+    pairs = make_verification_pairs(records, args.split, impostor_subjects=args.impostors, seed=args.seed)
+    pairs_path = write_verification_pairs(out / f"{args.split}_pairs.{args.format}", pairs)
+    ident_path = write_identification_split(out / f"{args.split}_identification.json",
+                                            make_identification_split(records, args.split, args.gallery_per_subject))
+    genuine = sum(p.same for p in pairs)
+    print(f"wrote {pairs_path} ({genuine} genuine, {len(pairs) - genuine} impostor pairs) and {ident_path}")
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    rows = manifest_rows(args.manifest, args.rows, args.split) if args.manifest else synthetic_rows(args.rows, args.seed)
+    print(f"wrote {render_grid(rows, args.out, args.recipe, args.seed)}")
+    return 0
+
+
+def _run(handler):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ValueError as error:
+            print(f"tgfr data {args.data_command}: error: {error}", file=sys.stderr)
+            return 2
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="datasets: synthetic set, converters, degradations, protocols")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    synth = commands.add_parser("synth", help="generate the synthetic face-caption dataset")
+    synth.add_argument("--out", required=True, help="output folder (manifest.jsonl, images/)")
+    synth.add_argument("--identities", type=int, default=1000)
+    synth.add_argument("--images-per-identity", type=int, default=10)
+    synth.add_argument("--captions-per-image", type=int, default=5)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--val-fraction", type=float, default=0.1)
+    synth.add_argument("--test-fraction", type=float, default=0.2)
+    synth.add_argument("--degradation", default=DEFAULT_DEGRADATION, help="recipe of the test_degraded split")
+    synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
+    synth.add_argument("--workers", type=int, default=2)
+    synth.set_defaults(func=_run(_synth))
+
+    convert = commands.add_parser("convert", help="write a manifest from a released dataset layout")
+    convert.add_argument("layout", choices=("mmcelebA", "face2text", "celeba-dialog"))
+    convert.add_argument("--root", required=True, help="dataset root (TGFR tree; for celeba-dialog the manifest "
+                                                       "folder that contains the images)")
+    convert.add_argument("--out", help="manifest path (default ROOT/manifest.jsonl)")
+    convert.add_argument("--trust-pickle", action="store_true", help="allow unpickling released split lists")
+    convert.add_argument("--skip-bad", action="store_true", help="skip and count missing/corrupt files")
+    convert.add_argument("--captions", help="celeba-dialog caption JSON")
+    convert.add_argument("--identity-file", help="CelebA identity_CelebA.txt")
+    convert.add_argument("--images", help="celeba-dialog image folder")
+    convert.add_argument("--hq-mapping", help="CelebA-HQ-to-CelebA-mapping.txt (images numbered as CelebA-HQ)")
+    convert.add_argument("--split-file", help="JSON {split: [image names]} or CSV image,split")
+    convert.add_argument("--seed", type=int, default=0, help="seed of the identity split without --split-file")
+    convert.set_defaults(func=_run(_convert))
+
+    degrade = commands.add_parser("degrade", help="add a degraded copy of a split to a manifest")
+    degrade.add_argument("--manifest", required=True)
+    degrade.add_argument("--split", default="test")
+    degrade.add_argument("--recipe", default="celeba", help="celeba, face2text, down<S>, jpeg<Q>, joined by '+'")
+    degrade.add_argument("--name", help="new split name (default <split>_degraded)")
+    degrade.add_argument("--out-manifest", help="default <stem>_<name>.jsonl next to the manifest")
+    degrade.add_argument("--seed", type=int, default=0)
+    degrade.add_argument("--workers", type=int, default=1)
+    degrade.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    degrade.set_defaults(func=_run(_degrade))
+
+    protocol = commands.add_parser("protocol", help="verification pairs and identification split of a split")
+    protocol.add_argument("--manifest", required=True)
+    protocol.add_argument("--split", default="test")
+    protocol.add_argument("--out", required=True, help="output folder")
+    protocol.add_argument("--impostors", type=int, default=399, help="impostor subjects per subject (N-1)")
+    protocol.add_argument("--gallery-per-subject", type=int, default=1)
+    protocol.add_argument("--format", choices=("csv", "json"), default="csv")
+    protocol.add_argument("--seed", type=int, default=0)
+    protocol.set_defaults(func=_run(_protocol))
+
+    grid = commands.add_parser("grid", help="render faces, clean and degraded, with captions to a PNG")
+    grid.add_argument("--out", required=True, help="PNG path")
+    grid.add_argument("--manifest", help="take faces from this manifest (default: draw synthetic faces)")
+    grid.add_argument("--split", default="test")
+    grid.add_argument("--rows", type=int, default=8)
+    grid.add_argument("--recipe", default=DEFAULT_DEGRADATION)
+    grid.add_argument("--seed", type=int, default=0)
+    grid.set_defaults(func=_run(_grid))

@@ -1,0 +1,219 @@
+"""Converters from the released dataset layouts to a manifest.
+
+TGFR's MMCelebA and Face2Text trees (github Mahedi-61/Text_Guided_Face_Recognition, data/):
+
+    <root>/images/<split>/<id>/<id>_<k>.(jpg|png)    one folder per identity
+    <root>/text/<id>/<id>_<k>.txt                     captions of that image, one per line
+    <root>/<split>/filenames.(json|csv|pickle)        optional split list of "<id>/<id>_<k>"
+
+CelebA-Dialog: a caption JSON {"<image>.jpg": {"overall_caption": str,
+"attribute_wise_captions": {attribute: str}} | str | [str]}, CelebA's identity file
+("<celeba image> <identity>" per line), optionally the CelebA-HQ-to-CelebA mapping file
+("idx orig_idx orig_file" table) when the images are CelebA-HQ numbered, and optionally a split
+file; without one, identities are split disjointly by a seeded permutation.
+
+Released split lists are pickles; unpickling runs code from the file, so they are read only
+with trust_pickle=True (CLI: --trust-pickle). JSON lists or CSV files are read otherwise.
+"""
+
+import csv
+import json
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tgfr.data.files import read_caption_file
+from tgfr.data.manifest import ManifestRecord
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
+    """A list of entries from a .json list, a .csv/.txt file (first column) or, if trusted, a pickle."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pickle" or suffix == ".pkl":
+        if not trust_pickle:
+            raise ValueError(f"refusing to unpickle split list {path}: pickles can run code. Pass "
+                             "trust_pickle=True (--trust-pickle) if you trust the file, or provide a JSON/CSV list")
+        with path.open("rb") as handle:
+            entries = pickle.load(handle)
+    elif suffix == ".json":
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"split list {path} is not valid JSON ({error})") from None
+    else:
+        rows = csv.reader(path.read_text(encoding="utf-8").splitlines())
+        entries = [row[0].strip() for row in rows if row and row[0].strip() and row[0].strip() != "filename"]
+    if not isinstance(entries, list) or not all(isinstance(e, (str, int)) for e in entries):
+        raise ValueError(f"split list {path} must hold a list of strings")
+    return [str(e) for e in entries]
+
+
+def _split_list_file(root: Path, split: str) -> Path | None:
+    for suffix in (".json", ".csv", ".pickle"):
+        candidate = root / split / f"filenames{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    return next((folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
+
+
+def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
+                      bad_files: str = "error") -> tuple[list[ManifestRecord], list[str]]:
+    """Records (paths relative to `root`) of an MMCelebA/Face2Text tree, and the skipped files.
+
+    A split's entries come from <root>/<split>/filenames.* when present, else from its image
+    folders. An image listed without a file, or without a readable caption file, raises
+    (bad_files="error") or is skipped and reported (bad_files="skip").
+    """
+    if bad_files not in ("error", "skip"):
+        raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
+    root = Path(root)
+    images_root = root / "images"
+    if not images_root.is_dir():
+        raise ValueError(f"{root} is not a TGFR tree: expected a folder {images_root}")
+    splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
+    records, skipped = [], []
+    for split in splits:
+        list_file = _split_list_file(root, split)
+        if list_file is not None:
+            entries = read_split_list(list_file, trust_pickle)
+        else:
+            entries = sorted((f"{p.parent.name}/{p.stem}" for p in (images_root / split).glob("*/*")
+                              if p.suffix.lower() in IMAGE_SUFFIXES),
+                             key=lambda e: [int(t) if t.isdigit() else t for t in e.replace("/", "_").split("_")])
+        for entry in entries:
+            identity, _, stem = entry.replace("\\", "/").partition("/")
+            if not stem:
+                raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>'")
+            try:
+                image = _find_image(images_root / split / identity, stem)
+                if image is None:
+                    raise ValueError(f"image file {images_root / split / identity / stem}.(jpg|png) does not exist")
+                captions = read_caption_file(root / "text" / identity / f"{stem}.txt")
+            except ValueError as error:
+                if bad_files == "error":
+                    raise ValueError(f"{error} (pass bad_files='skip' / --skip-bad to skip such images)") from None
+                skipped.append(str(error))
+                continue
+            records.append(ManifestRecord(image.relative_to(root).as_posix(), identity, split, tuple(captions)))
+    if not records:
+        raise ValueError(f"no images found under {images_root}")
+    return records, skipped
+
+
+def _read_identity_file(path: Path) -> dict[str, str]:
+    identities = {}
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{line_number}: expected '<image> <identity>', got {line!r}")
+        identities[fields[0]] = fields[1]
+    return identities
+
+
+def _read_hq_mapping(path: Path) -> dict[str, str]:
+    """CelebA-HQ index -> CelebA file name, from 'idx orig_idx orig_file' rows (header skipped)."""
+    mapping = {}
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields or not fields[0].isdigit():
+            continue
+        if len(fields) < 3:
+            raise ValueError(f"{path}:{line_number}: expected 'idx orig_idx orig_file', got {line!r}")
+        mapping[fields[0]] = fields[2]
+    return mapping
+
+
+def _dialog_captions(value: object, where: str) -> list[str]:
+    if isinstance(value, str):
+        captions = [value]
+    elif isinstance(value, list):
+        captions = value
+    elif isinstance(value, dict):
+        captions = [value.get("overall_caption", "")] + list((value.get("attribute_wise_captions") or {}).values())
+    else:
+        raise ValueError(f"{where}: expected a caption string, list or object, got {type(value).__name__}")
+    captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+    if not captions:
+        raise ValueError(f"{where}: no non-empty caption")
+    return captions
+
+
+def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, images_dir: str | Path,
+                          root: str | Path, hq_mapping: str | Path | None = None,
+                          split_file: str | Path | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                          seed: int = 0, bad_files: str = "error") -> tuple[list[ManifestRecord], list[str]]:
+    """Records (paths relative to `root`) of CelebA-Dialog, and the skipped images.
+
+    split_file: JSON {"train": [image names], "val": [...], "test": [...]} or CSV rows
+    "image,split". Without it identities are split train/val/test by `fractions`.
+    """
+    if bad_files not in ("error", "skip"):
+        raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
+    captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
+    try:
+        table = json.loads(captions_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"caption file {captions_json} is not readable UTF-8 JSON ({error})") from None
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"caption file {captions_json} must be a non-empty JSON object keyed by image name")
+    if not images_dir.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"images_dir {images_dir} must lie inside the manifest folder {root}")
+    celeba_identity = _read_identity_file(Path(identity_file))
+    mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping else None
+    records, skipped = [], []
+    for name in sorted(table, key=lambda n: (len(n), n)):
+        captions = _dialog_captions(table[name], f"{captions_json}: entry {name!r}")
+        celeba_name = mapping.get(Path(name).stem) if mapping is not None else name
+        image = images_dir / name
+        problem = None
+        if celeba_name not in celeba_identity:
+            problem = f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}"
+        elif not image.is_file():
+            problem = f"image file {image} does not exist"
+        if problem:
+            if bad_files == "error":
+                raise ValueError(f"{problem} (pass bad_files='skip' / --skip-bad to skip such images)")
+            skipped.append(problem)
+            continue
+        path = image.resolve().relative_to(root.resolve()).as_posix()
+        records.append(ManifestRecord(path, celeba_identity[celeba_name], "", tuple(captions)))
+    split_of = _dialog_splits(records, split_file, fractions, seed)
+    return [ManifestRecord(r.path, r.identity, split_of(r), r.captions) for r in records], skipped
+
+
+def _dialog_splits(records: list[ManifestRecord], split_file, fractions, seed):
+    if split_file is not None:
+        split_file = Path(split_file)
+        if split_file.suffix.lower() == ".json":
+            by_split = json.loads(split_file.read_text(encoding="utf-8"))
+            table = {name: split for split, names in by_split.items() for name in names}
+        else:
+            table = {row[0]: row[1] for row in csv.reader(split_file.read_text(encoding="utf-8").splitlines())
+                     if len(row) >= 2}
+
+        def split_of(record: ManifestRecord) -> str:
+            name = Path(record.path).name
+            if name not in table:
+                raise ValueError(f"split file {split_file} does not list image {name}")
+            return table[name]
+        return split_of
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, got {fractions}")
+    identities = sorted({r.identity for r in records})
+    order = np.random.default_rng(seed).permutation(len(identities))
+    n_train = round(fractions[0] * len(identities))
+    n_val = round(fractions[1] * len(identities))
+    split_by_identity = {identities[i]: "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+                         for rank, i in enumerate(order)}
+    return lambda record: split_by_identity[record.identity]

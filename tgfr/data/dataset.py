@@ -1,0 +1,149 @@
+"""Face-caption dataset over a manifest, and the collate function that tokenizes captions."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tgfr.data.files import load_image
+from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split
+from tgfr.data.transforms import EvalTransform
+
+Transform = Callable[..., torch.Tensor]
+
+
+class FaceCaptionDataset(Dataset):
+    """Images of one or more manifest splits with identity labels and sampled captions.
+
+    Args:
+        source: a manifest path, or records (then `root` is the folder their paths are relative to).
+        split: split name(s) to keep; None keeps every record.
+        transform: called as transform(pil_image, rng) -> (3, 112, 112) tensor; EvalTransform by default.
+        captions_per_sample: captions drawn per item (without replacement while the image has enough).
+        seed: base seed; with `set_epoch` every caption draw and random transform is reproducible.
+        bad_images: "error" (default) raises naming the first missing image at construction;
+            "skip" drops missing images and counts them in `skipped`.
+        require_captions: reject images without captions (a text-guided model needs one).
+
+    Item: dict with image (3, 112, 112) float32 in [-1, 1], label int64 (contiguous identity
+    index over the kept records), caption str, captions list[str] (length captions_per_sample)
+    and index int.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[ManifestRecord],
+        split: str | Sequence[str] | None = None,
+        transform: Transform | None = None,
+        captions_per_sample: int = 1,
+        seed: int = 0,
+        root: str | Path | None = None,
+        bad_images: str = "error",
+        require_captions: bool = True,
+    ):
+        if isinstance(source, (str, Path)):
+            manifest_root = Path(source).parent
+            records = read_manifest(source)
+        else:
+            if root is None:
+                raise ValueError("root must be given with records (the folder their paths are relative to)")
+            manifest_root, records = Path(root), list(source)
+        if isinstance(captions_per_sample, bool) or not isinstance(captions_per_sample, int) or captions_per_sample < 1:
+            raise ValueError(f"captions_per_sample must be a positive integer, got {captions_per_sample!r}")
+        if bad_images not in ("error", "skip"):
+            raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
+        records = select_split(records, split)
+        kept, self.skipped = [], []
+        for record in records:
+            path = manifest_root / record.path
+            if not path.is_file():
+                if bad_images == "error":
+                    raise ValueError(f"image file {path} does not exist (pass bad_images='skip' to skip such images)")
+                self.skipped.append(str(path))
+            elif require_captions and not record.captions:
+                raise ValueError(f"image {record.path} has no captions in the manifest")
+            else:
+                kept.append(record)
+        if not kept:
+            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} missing)")
+        self.root = manifest_root
+        self.records = kept
+        self.label_of = identity_labels(kept)
+        self.labels = torch.tensor([self.label_of[r.identity] for r in kept], dtype=torch.int64)
+        self.transform = transform if transform is not None else EvalTransform()
+        self.captions_per_sample = captions_per_sample
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_of)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the caption draws and random transforms for a new epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def sample_captions(self, index: int, rng: np.random.Generator) -> list[str]:
+        captions = self.records[index].captions
+        if not captions:
+            return [""] * self.captions_per_sample
+        replace = len(captions) < self.captions_per_sample
+        chosen = rng.choice(len(captions), size=self.captions_per_sample, replace=replace)
+        return [captions[i] for i in chosen]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        record = self.records[index]
+        captions = self.sample_captions(index, rng)
+        image = self.transform(load_image(self.root / record.path), rng)
+        return {"image": image, "label": self.labels[index], "caption": captions[0],
+                "captions": captions, "index": index}
+
+
+class CaptionCollator:
+    """Stacks dataset items and tokenizes their captions in one call.
+
+    `tokenizer` is a Hugging Face tokenizer (or any callable with its signature):
+    tokenizer(list[str], padding=..., truncation=True, max_length=L, return_tensors="pt").
+    Returns images (B, 3, H, W), labels (B,), indices (B,), captions list[str] and input_ids,
+    attention_mask (B, L); with captions_per_sample = k > 1 also all_captions (B lists of k) and
+    all_input_ids, all_attention_mask (B, k, L) (caption 0 of each item is the one in input_ids).
+    """
+
+    def __init__(self, tokenizer: Callable[..., Any], max_length: int = 32, padding: str | bool = "max_length"):
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        self.tokenizer, self.max_length, self.padding = tokenizer, max_length, padding
+
+    def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.tokenizer(captions, padding=self.padding, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+        return encoded["input_ids"], encoded["attention_mask"]
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("items must be a non-empty list of dataset items")
+        batch: dict[str, Any] = {
+            "images": torch.stack([item["image"] for item in items]),
+            "labels": torch.stack([torch.as_tensor(item["label"], dtype=torch.int64) for item in items]),
+            "indices": torch.tensor([item["index"] for item in items], dtype=torch.int64),
+            "captions": [item["caption"] for item in items],
+        }
+        per_item = len(items[0]["captions"])
+        if per_item == 1:
+            batch["input_ids"], batch["attention_mask"] = self.tokenize(batch["captions"])
+            return batch
+        flat = [caption for item in items for caption in item["captions"]]
+        input_ids, attention_mask = self.tokenize(flat)
+        batch["all_captions"] = [list(item["captions"]) for item in items]
+        batch["all_input_ids"] = input_ids.view(len(items), per_item, -1)
+        batch["all_attention_mask"] = attention_mask.view(len(items), per_item, -1)
+        batch["input_ids"] = batch["all_input_ids"][:, 0]
+        batch["attention_mask"] = batch["all_attention_mask"][:, 0]
+        return batch

@@ -1,0 +1,209 @@
+"""Low-quality degradations, seeded and reproducible, and degraded copies of manifest splits.
+
+Recipes (names joined with "+" apply left to right, e.g. "down24+jpeg30"):
+
+- "celeba": TGFR's CelebA recipe (data/celeba/scripts/transform_fair.py): horizontal flip
+  p=0.5, rotation U(-5, 5) deg with white fill, Gaussian blur kernel 3 sigma U(2, 9), brightness
+  factor U(0.6, 1.4), hue shift U(-0.5, 0.5), additive Gaussian noise std sqrt(0.002).
+- "face2text": TGFR's Face2Text recipe (data/face2text/scripts/transform.py): resize to 144,
+  flip p=0.5, rotation U(-30, 30), blur kernel 5 sigma U(1, 5), brightness U(0.6, 1.4), hue
+  U(-0.2, 0.2), noise std sqrt(0.005); then back to the input size, so every split of a
+  manifest keeps one image size.
+- "down<S>": down-and-up sampling, bicubic with antialiasing to S x S and back (S = 16, 24, 32).
+- "jpeg<Q>": JPEG encoding at quality Q (1-95).
+
+Every image's generator is seeded by (seed, CRC32 of its manifest path), so a degraded image
+does not depend on the order or the number of worker processes.
+"""
+
+import io
+import multiprocessing
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tgfr.data.files import load_image
+from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
+
+Step = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+
+def gaussian_kernel(kernel_size: int, sigma: float) -> np.ndarray:
+    """1-D normalized Gaussian of odd length `kernel_size` (as torchvision's gaussian_blur)."""
+    half = (kernel_size - 1) / 2
+    weights = np.exp(-0.5 * (np.linspace(-half, half, kernel_size) / sigma) ** 2)
+    return weights / weights.sum()
+
+
+def gaussian_blur(image: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
+    """Separable Gaussian blur with reflect padding (rows, then columns)."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    kernel, pad = gaussian_kernel(kernel_size, sigma), kernel_size // 2
+    array = np.asarray(image, dtype=np.float32)
+    for axis in (0, 1):
+        padding = [(0, 0)] * array.ndim
+        padding[axis] = (pad, pad)
+        padded = np.pad(array, padding, mode="reflect")
+        length = array.shape[axis]
+        array = sum(weight * np.take(padded, range(offset, offset + length), axis=axis)
+                    for offset, weight in enumerate(kernel))
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))
+
+
+def adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
+    array = np.asarray(image, dtype=np.float32) * factor
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))
+
+
+def adjust_hue(image: Image.Image, shift: float) -> Image.Image:
+    """Rotates hue by `shift` turns (in [-0.5, 0.5]) in HSV space."""
+    hsv = np.array(image.convert("HSV"))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(shift * 255))) % 256
+    return Image.fromarray(hsv, mode="HSV").convert("RGB")
+
+
+def add_gaussian_noise(image: Image.Image, std: float, rng: np.random.Generator) -> Image.Image:
+    """Adds N(0, std^2) noise on the [0, 1] scale, then clips."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = array + rng.normal(0.0, std, size=array.shape).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8))
+
+
+def down_up(image: Image.Image, size: int) -> Image.Image:
+    """Bicubic (antialiased) resize to size x size and back to the original size."""
+    small = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return small.resize(image.size, Image.Resampling.BICUBIC)
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def _tgfr_recipe(work_size: int | None, max_angle: float, kernel_size: int, sigma: tuple[float, float],
+                 hue: float, noise_var: float) -> Step:
+    def step(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        size = image.size
+        if work_size is not None:
+            image = image.resize((work_size, work_size), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        image = image.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+        image = gaussian_blur(image, kernel_size, rng.uniform(*sigma))
+        image = adjust_brightness(image, rng.uniform(0.6, 1.4))
+        image = adjust_hue(image, rng.uniform(-hue, hue))
+        image = add_gaussian_noise(image, noise_var ** 0.5, rng)
+        return image.resize(size, Image.Resampling.BILINEAR) if image.size != size else image
+    return step
+
+
+NAMED_RECIPES: dict[str, Step] = {
+    "celeba": _tgfr_recipe(None, 5.0, 3, (2.0, 9.0), 0.5, 0.002),
+    "face2text": _tgfr_recipe(144, 30.0, 5, (1.0, 5.0), 0.2, 0.005),
+}
+
+
+def parse_recipe(recipe: str) -> list[Step]:
+    """Turns "celeba", "down16", "jpeg30", "down24+jpeg50", ... into a list of steps."""
+    if not isinstance(recipe, str) or not recipe:
+        raise ValueError(f"recipe must be a non-empty string, got {recipe!r}")
+    steps: list[Step] = []
+    for name in recipe.split("+"):
+        if name in NAMED_RECIPES:
+            steps.append(NAMED_RECIPES[name])
+        elif match := re.fullmatch(r"down(\d+)", name):
+            size = int(match[1])
+            if size < 1:
+                raise ValueError(f"recipe step {name!r}: size must be positive")
+            steps.append(lambda image, rng, size=size: down_up(image, size))
+        elif match := re.fullmatch(r"jpeg(\d+)", name):
+            quality = int(match[1])
+            if not 1 <= quality <= 95:
+                raise ValueError(f"recipe step {name!r}: JPEG quality must be in [1, 95]")
+            steps.append(lambda image, rng, quality=quality: jpeg(image, quality))
+        else:
+            raise ValueError(f"unknown recipe step {name!r} in {recipe!r}: expected one of "
+                             f"{sorted(NAMED_RECIPES)}, down<size>, jpeg<quality>")
+    return steps
+
+
+def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator) -> Image.Image:
+    """Applies a recipe to an RGB image; the same rng state gives the same output."""
+    image = image.convert("RGB")
+    for step in parse_recipe(recipe):
+        image = step(image, rng)
+    return image
+
+
+def image_rng(seed: int, path: str) -> np.random.Generator:
+    return np.random.default_rng((seed, zlib.crc32(path.encode("utf-8"))))
+
+
+def _degrade_one(task: tuple[str, str, str, str, int]) -> str | None:
+    source, target, relative, recipe, seed = task
+    try:
+        image = load_image(source)
+    except ValueError as error:
+        return str(error)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    degrade_image(image, recipe, image_rng(seed, relative)).save(target, format="PNG")
+    return None
+
+
+def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe: str, split_name: str,
+                    seed: int = 0, folder: str | None = None, workers: int = 1,
+                    bad_images: str = "error") -> tuple[list[ManifestRecord], list[str]]:
+    """Writes a degraded PNG of every record under root/folder and returns their new records.
+
+    New records keep identity and captions, take split `split_name`, path
+    "<folder>/<old path>.png" (folder defaults to split_name) and meta {"source", "recipe"}.
+    Returns (records, errors): with bad_images="skip" unreadable images are left out and their
+    errors returned; with "error" the first one raises.
+    """
+    parse_recipe(recipe)
+    if bad_images not in ("error", "skip"):
+        raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
+    root, folder = Path(root), folder or split_name
+    new_paths = [str(Path(folder) / Path(r.path).with_suffix(".png")) for r in records]
+    tasks = [(str(root / r.path), str(root / p), r.path, recipe, seed) for r, p in zip(records, new_paths)]
+    if workers > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            errors = pool.map(_degrade_one, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
+    else:
+        errors = [_degrade_one(task) for task in tasks]
+    failed = [error for error in errors if error is not None]
+    if failed and bad_images == "error":
+        raise ValueError(f"{failed[0]} ({len(failed)} image(s) failed; pass bad_images='skip' to skip them)")
+    degraded = [ManifestRecord(path, r.identity, split_name, r.captions, {"source": r.path, "recipe": recipe})
+                for r, path, error in zip(records, new_paths, errors) if error is None]
+    return degraded, failed
+
+
+def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "celeba", name: str | None = None,
+                     seed: int = 0, out_manifest: str | Path | None = None, workers: int = 1,
+                     bad_images: str = "error") -> tuple[Path, list[str]]:
+    """Adds a degraded copy of `split` as split `name` (default "<split>_degraded").
+
+    Writes images under <manifest folder>/<name>/ and a manifest holding every input record
+    (minus any earlier records of split `name`) plus the degraded ones, at `out_manifest`
+    (default "<stem>_<name>.jsonl" next to the input; it may be the input itself).
+    Returns (manifest path, errors of skipped images).
+    """
+    manifest = Path(manifest)
+    name = name or f"{split}_degraded"
+    records = read_manifest(manifest)
+    kept = [record for record in records if record.split != name]
+    degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
+                                       workers=workers, bad_images=bad_images)
+    out_manifest = Path(out_manifest) if out_manifest else manifest.with_name(f"{manifest.stem}_{name}.jsonl")
+    if out_manifest.resolve().parent != manifest.resolve().parent:
+        raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder {manifest.parent} "
+                         "so that image paths stay relative to it")
+    return write_manifest(out_manifest, kept + degraded), failed

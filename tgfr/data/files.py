@@ -1,0 +1,36 @@
+"""Reading the image and caption files a manifest points to (SPEC section 5).
+
+A missing or unreadable file is an error that names it: a wrong sample is worse than none.
+"""
+
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Opens an image file fully (so truncation is caught here) as RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
+
+
+def read_caption_file(path: str | Path) -> list[str]:
+    """Reads one caption per non-empty line of a UTF-8 text file; empty files are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"caption file {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"caption file {path} is not valid UTF-8 (bad byte at offset {error.start})") from None
+    captions = [line.strip() for line in text.splitlines() if line.strip()]
+    if not captions:
+        raise ValueError(f"caption file {path} is empty: expected one caption per line")
+    return captions

@@ -1,0 +1,63 @@
+"""A picture of a face-caption set: per row one identity, two clean images, the same two
+degraded, and a caption of the first image."""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tgfr.data.degrade import degrade_image, image_rng
+from tgfr.data.files import load_image
+from tgfr.data.manifest import read_manifest, select_split
+from tgfr.data.synthetic_captions import make_captions
+from tgfr.data.synthetic_faces import OUTPUT_SIZE, identity_attributes, image_state, render_face
+
+TEXT_WIDTH = 420
+
+
+def synthetic_rows(rows: int, seed: int = 0) -> list[tuple[list[Image.Image], str]]:
+    """Two images and one caption for identities 0..rows-1, drawn without writing a dataset."""
+    out = []
+    for identity in range(rows):
+        attributes = identity_attributes(seed, identity)
+        states = [image_state(seed, identity, k, attributes) for k in range(2)]
+        caption = make_captions(attributes, states[0], 1, np.random.default_rng((seed, 13, identity, 0)))[0]
+        out.append(([render_face(attributes, s) for s in states], caption))
+    return out
+
+
+def manifest_rows(manifest: str | Path, rows: int, split: str = "test") -> list[tuple[list[Image.Image], str]]:
+    """Two images and the first caption of the first `rows` identities (with 2+ images) of a split."""
+    manifest = Path(manifest)
+    by_identity: dict[str, list] = {}
+    for record in select_split(read_manifest(manifest), split):
+        by_identity.setdefault(record.identity, []).append(record)
+    chosen = [records[:2] for records in by_identity.values() if len(records) >= 2][:rows]
+    if not chosen:
+        raise ValueError(f"split {split!r} of {manifest} has no identity with two images")
+    return [([load_image(manifest.parent / r.path) for r in pair], pair[0].captions[0] if pair[0].captions else "")
+            for pair in chosen]
+
+
+def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, recipe: str, seed: int = 0) -> Path:
+    """Writes the grid as a 256-colour PNG (small enough to commit); degraded copies use `recipe`."""
+    size = OUTPUT_SIZE
+    font = ImageFont.load_default(size=13)
+    header = 22
+    grid = Image.new("RGB", (4 * size + TEXT_WIDTH, header + len(rows) * size), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for x, title in ((0, "clean"), (2 * size, f"degraded: {recipe}"), (4 * size + 8, "caption of the first image")):
+        draw.text((x + 4, 4), title, fill=(0, 0, 0), font=font)
+    for row, (images, caption) in enumerate(rows):
+        y = header + row * size
+        for column, image in enumerate(images):
+            clean = image.convert("RGB").resize((size, size))
+            grid.paste(clean, (column * size, y))
+            grid.paste(degrade_image(clean, recipe, image_rng(seed, f"{row}/{column}")), ((2 + column) * size, y))
+        text = "\n".join(textwrap.wrap(caption, width=52)[:6])
+        draw.multiline_text((4 * size + 8, y + 8), text, fill=(0, 0, 0), font=font, spacing=3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.quantize(256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    return out

@@ -1,0 +1,136 @@
+"""Verification pairs and identification gallery/probe split, generated from a manifest.
+
+TGFR's protocol (data/*/scripts/test_list_identification.py in the released code): for every
+test subject, a genuine pair (its first image against another of its images) and impostor
+pairs (its first image against one image of each of N-1 other subjects). Here the N-1 impostor
+subjects and their images are drawn with a seeded generator (the released script took the
+first subjects of the list and unseeded images), so the pairs are reproducible. Images are
+ordered by path within a subject, so a degraded copy of a split (same paths under another
+folder, same order) gets corresponding pairs for the same seed.
+"""
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
+
+
+@dataclass(frozen=True)
+class VerificationPair:
+    """Two image paths (relative to the manifest's folder); same = 1 for a genuine pair."""
+
+    path_a: str
+    path_b: str
+    same: int
+
+
+def _images_by_subject(records: Sequence[ManifestRecord]) -> list[list[str]]:
+    labels = identity_labels(records)
+    by_subject: list[list[str]] = [[] for _ in labels]
+    for record in records:
+        by_subject[labels[record.identity]].append(record.path)
+    return [sorted(paths) for paths in by_subject]
+
+
+def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None = "test",
+                            impostor_subjects: int = 399, seed: int = 0) -> list[VerificationPair]:
+    """Per subject: one genuine pair (if it has two images) and min(impostor_subjects, S-1) impostors."""
+    if isinstance(impostor_subjects, bool) or not isinstance(impostor_subjects, int) or impostor_subjects < 0:
+        raise ValueError(f"impostor_subjects must be a non-negative integer, got {impostor_subjects!r}")
+    subjects = _images_by_subject(select_split(records, split))
+    if len(subjects) < 2:
+        raise ValueError(f"verification needs at least 2 subjects in split {split!r}, got {len(subjects)}")
+    rng = np.random.default_rng(seed)
+    count = min(impostor_subjects, len(subjects) - 1)
+    pairs = []
+    for subject, images in enumerate(subjects):
+        if len(images) > 1:
+            pairs.append(VerificationPair(images[0], images[1 + int(rng.integers(len(images) - 1))], 1))
+        others = rng.choice(len(subjects) - 1, size=count, replace=False)
+        for other in others:
+            other_images = subjects[other + (other >= subject)]
+            pairs.append(VerificationPair(images[0], other_images[int(rng.integers(len(other_images)))], 0))
+    return pairs
+
+
+def make_identification_split(records: Sequence[ManifestRecord], split: str | None = "test",
+                              gallery_per_subject: int = 1) -> dict[str, list[dict[str, str]]]:
+    """Gallery: the first `gallery_per_subject` images (by path) of every subject; probes: the rest."""
+    if isinstance(gallery_per_subject, bool) or not isinstance(gallery_per_subject, int) or gallery_per_subject < 1:
+        raise ValueError(f"gallery_per_subject must be a positive integer, got {gallery_per_subject!r}")
+    selected = select_split(records, split)
+    identity_of = {record.path: record.identity for record in selected}
+    gallery, probes = [], []
+    for images in _images_by_subject(selected):
+        gallery += [{"path": p, "identity": identity_of[p]} for p in images[:gallery_per_subject]]
+        probes += [{"path": p, "identity": identity_of[p]} for p in images[gallery_per_subject:]]
+    if not probes:
+        raise ValueError(f"no probe images: every subject of split {split!r} has at most {gallery_per_subject} image(s)")
+    return {"gallery": gallery, "probes": probes}
+
+
+def write_verification_pairs(path: str | Path, pairs: Sequence[VerificationPair]) -> Path:
+    """Writes pairs as CSV (path_a,path_b,same) or, for a .json path, a JSON list of objects."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        rows = [{"path_a": p.path_a, "path_b": p.path_b, "same": p.same} for p in pairs]
+        path.write_text(json.dumps({"pairs": rows}, indent=0) + "\n", encoding="utf-8")
+    else:
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path_a", "path_b", "same"])
+            writer.writerows([p.path_a, p.path_b, p.same] for p in pairs)
+    return path
+
+
+def _pair_from_row(row: object, where: str) -> VerificationPair:
+    if not isinstance(row, dict) or not {"path_a", "path_b", "same"} <= set(row):
+        raise ValueError(f"{where}: expected fields path_a, path_b, same, got {row!r}")
+    if str(row["same"]) not in ("0", "1"):
+        raise ValueError(f"{where}: 'same' must be 0 or 1, got {row['same']!r}")
+    return VerificationPair(str(row["path_a"]), str(row["path_b"]), int(row["same"]))
+
+
+def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
+    """Reads pairs written by `write_verification_pairs` (CSV or JSON); errors name file and row."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pairs file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(text)["pairs"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"pairs file {path} is not a JSON object with a 'pairs' list ({error})") from None
+        return [_pair_from_row(row, f"{path}: pair {i}") for i, row in enumerate(rows)]
+    return [_pair_from_row(row, f"{path}:{line}") for line, row in enumerate(csv.DictReader(text.splitlines()), start=2)]
+
+
+def write_identification_split(path: str | Path, split: dict[str, list[dict[str, str]]]) -> Path:
+    """Writes the gallery/probe split as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(split, indent=0) + "\n", encoding="utf-8")
+    return path
+
+
+def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]]]:
+    """Reads a gallery/probe JSON written by `write_identification_split`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"identification file {path} does not exist")
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"identification file {path} is not valid JSON ({error.msg})") from None
+    for part in ("gallery", "probes"):
+        entries = split.get(part) if isinstance(split, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and {"path", "identity"} <= set(e) for e in entries):
+            raise ValueError(f"identification file {path}: '{part}' must be a list of {{path, identity}} objects")
+    return split

@@ -1,0 +1,145 @@
+"""The embedded synthetic face-caption dataset: generation, degraded test splits, caching.
+
+Layout written under `out` (the released TGFR layout): images/<split>/<id>/<id>_<k>.png,
+manifest.jsonl (paths relative to `out`) and synthetic.json (the generation parameters).
+Identities are split identity-disjointly into train/val/test. Every image and caption depends
+only on (seed, identity, image), so two runs with one seed write identical files whatever the
+number of worker processes.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tgfr.data.degrade import degrade_records
+from tgfr.data.manifest import ManifestRecord, write_manifest
+from tgfr.data.synthetic_captions import make_captions
+from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+
+GENERATOR_VERSION = 1
+# Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
+# earrings while hair, skin, face shape and clothes stay visible.
+DEFAULT_DEGRADATION = "down24+celeba"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of a synthetic dataset; equal configs give identical datasets."""
+
+    identities: int = 1000
+    images_per_identity: int = 10
+    captions_per_image: int = 5
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    degradations: dict[str, str] = field(default_factory=lambda: {"test_degraded": DEFAULT_DEGRADATION})
+
+    def __post_init__(self):
+        for name in ("identities", "images_per_identity", "captions_per_image"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must be >= 0 with sum < 1, got "
+                             f"{self.val_fraction} and {self.test_fraction}")
+        for name in self.degradations:
+            if not name.endswith("_degraded") or name.split("_")[0] not in ("train", "val", "test"):
+                raise ValueError(f"degradation split names look like '<train|val|test>_degraded...', got {name!r}")
+
+    def key(self) -> str:
+        text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+SYNTHETIC_PRESETS = {
+    "default": SyntheticConfig(),
+    "small": SyntheticConfig(identities=200, images_per_identity=8),
+    "tiny": SyntheticConfig(identities=24, images_per_identity=4, captions_per_image=3),
+}
+
+
+def identity_splits(config: SyntheticConfig) -> list[str]:
+    """Split name of every identity (a seeded permutation cut by the fractions)."""
+    order = np.random.default_rng((config.seed, 3)).permutation(config.identities)
+    n_test = round(config.identities * config.test_fraction)
+    n_val = round(config.identities * config.val_fraction)
+    splits = [""] * config.identities
+    for rank, identity in enumerate(order):
+        splits[identity] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return splits
+
+
+def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[ManifestRecord]:
+    out, config, identity, split = task
+    attributes = identity_attributes(config.seed, identity)
+    folder = Path(out) / "images" / split / str(identity)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k in range(config.images_per_identity):
+        state = image_state(config.seed, identity, k, attributes)
+        relative = f"images/{split}/{identity}/{identity}_{k}.png"
+        render_face(attributes, state).save(Path(out) / relative, format="PNG", compress_level=1)
+        captions = make_captions(attributes, state, config.captions_per_image,
+                                 np.random.default_rng((config.seed, 13, identity, k)))
+        visible = {"expression": state["expression"], "hat": state["hat"], "glasses_on": state["glasses_on"],
+                   "earrings_on": state["earrings_on"]}
+        records.append(ManifestRecord(relative, str(identity), split, tuple(captions),
+                                      {"attributes": {n: v for n, v in attributes.items() if n != "freckle_seed"},
+                                       "image": visible}))
+    return records
+
+
+def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
+                               workers: int = 2) -> Path:
+    """Renders the dataset (and its degraded splits) into `out`; returns the manifest path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = identity_splits(config)
+    tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            chunks = pool.map(_render_identity, tasks, chunksize=max(1, len(tasks) // (16 * workers)))
+    else:
+        chunks = [_render_identity(task) for task in tasks]
+    records = [record for chunk in chunks for record in chunk]
+    for name, recipe in config.degradations.items():
+        source = [record for record in records if record.split == name.split("_")[0]]
+        degraded, _ = degrade_records(source, out, recipe, name, seed=config.seed, workers=workers)
+        records += degraded
+    manifest = write_manifest(out / "manifest.jsonl", records)
+    (out / "synthetic.json").write_text(json.dumps({**asdict(config), "version": GENERATOR_VERSION,
+                                                    "key": config.key()}, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def default_cache_dir() -> Path:
+    """$TGFR_CACHE_DIR, else $XDG_CACHE_HOME/tgfr, else ~/.cache/tgfr."""
+    if "TGFR_CACHE_DIR" in os.environ:
+        return Path(os.environ["TGFR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tgfr"
+
+
+def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_dir: str | Path | None = None,
+                             workers: int = 2) -> Path:
+    """Manifest of a synthetic dataset in <cache_dir>/synthetic/<config key>, generated on first use.
+
+    A folder is reused only when its synthetic.json records the same key, written last, so an
+    interrupted generation is redone instead of being used half-written.
+    """
+    if isinstance(preset, str):
+        if preset not in SYNTHETIC_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(SYNTHETIC_PRESETS)} or a SyntheticConfig, got {preset!r}")
+        preset = SYNTHETIC_PRESETS[preset]
+    folder = Path(cache_dir or default_cache_dir()) / "synthetic" / preset.key()
+    marker = folder / "synthetic.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == preset.key():
+        return folder / "manifest.jsonl"
+    if folder.exists():
+        shutil.rmtree(folder)
+    return generate_synthetic_dataset(folder, preset, workers=workers)

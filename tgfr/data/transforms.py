@@ -1,0 +1,51 @@
+"""Image transforms for face crops, written with PIL/numpy/torch (no torchvision).
+
+Both transforms map a PIL image to a float32 tensor (3, size, size) in [-1, 1]
+(mean = std = 0.5 per channel, as arcface_torch). They draw their randomness from the
+numpy Generator they are given, so a dataset can make every sample reproducible.
+"""
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_SIZE = 112
+
+
+def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image (H, W) -> float32 tensor (3, H, W) with (x / 255 - 0.5) / 0.5."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return tensor.div_(127.5).sub_(1.0)
+
+
+def _resized(image: Image.Image, size: int) -> Image.Image:
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+class EvalTransform:
+    """Resize to size x size and normalize; deterministic."""
+
+    def __init__(self, size: int = IMAGE_SIZE):
+        self.size = size
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return to_normalized_tensor(_resized(image, self.size))
+
+
+class TrainTransform:
+    """Resize, horizontal flip (p=0.5), grayscale (p=0.2, kept 3-channel), normalize."""
+
+    def __init__(self, size: int = IMAGE_SIZE, flip_p: float = 0.5, grayscale_p: float = 0.2):
+        self.size, self.flip_p, self.grayscale_p = size, flip_p, grayscale_p
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        rng = rng if rng is not None else np.random.default_rng()
+        image = _resized(image, self.size)
+        if rng.random() < self.flip_p:
+            image = ImageOps.mirror(image)
+        if rng.random() < self.grayscale_p:
+            image = image.convert("L").convert("RGB")
+        return to_normalized_tensor(image)
