@@ -29,8 +29,13 @@ IRESNET_LAYERS = {
     "iresnet_small": (1, 1, 1, 1),
 }
 _PRESET_WIDTH = {"iresnet_small": 16}
-_TOTAL_STRIDE = 16  # four stride-2 stages
-_REGION_STRIDE = 8  # layer3 output
+
+
+def _halved(size: int, times: int) -> int:
+    """Side after `times` stride-2 3x3 convolutions with padding 1: ceil(size / 2) each time."""
+    for _ in range(times):
+        size = (size + 1) // 2
+    return size
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,8 @@ class IResNetConfig:
     """Architecture of an iResNet.
 
     layers: blocks per stage; width: channels of the stem and layer1 (stages have width * 1, 2, 4, 8);
-    input_size: side of the square input (a multiple of 16); num_features: embedding size;
+    input_size: side of the square input (at least 16; 112 gives a 14x14 layer3 map and the 7x7
+    map insightface's fc expects, 56 gives 7x7 and 4x4); num_features: embedding size;
     dropout: probability on the flattened feature map before fc (insightface's `dropout`).
     """
 
@@ -62,8 +68,8 @@ class IResNetConfig:
         object.__setattr__(self, "layers", tuple(self.layers))
         if self.width < 1:
             raise ValueError(f"width must be positive, got {self.width}")
-        if self.input_size < _TOTAL_STRIDE or self.input_size % _TOTAL_STRIDE:
-            raise ValueError(f"input_size must be a positive multiple of {_TOTAL_STRIDE}, got {self.input_size}")
+        if self.input_size < 16:
+            raise ValueError(f"input_size must be at least 16, got {self.input_size}")
         if self.num_features < 1:
             raise ValueError(f"num_features must be positive, got {self.num_features}")
         if not 0.0 <= self.dropout < 1.0:
@@ -76,7 +82,12 @@ class IResNetConfig:
     @property
     def region_grid(self) -> int:
         """Side of the layer3 map: 14 at 112x112."""
-        return self.input_size // _REGION_STRIDE
+        return _halved(self.input_size, 3)
+
+    @property
+    def final_grid(self) -> int:
+        """Side of the layer4 map that fc flattens: 7 at 112x112."""
+        return _halved(self.input_size, 4)
 
     @property
     def num_regions(self) -> int:
@@ -85,7 +96,7 @@ class IResNetConfig:
 
 class BackboneOutput(NamedTuple):
     embedding: torch.Tensor  # (B, num_features)
-    regions: torch.Tensor  # (B, 4*width, input_size/8, input_size/8), layer3 output
+    regions: torch.Tensor  # (B, 4*width, G, G), layer3 output, G = region_grid (14 at 112)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -135,8 +146,7 @@ class IResNet(FreezableModule):
             inplanes = planes
         self.bn2 = nn.BatchNorm2d(inplanes, eps=1e-05)
         self.dropout = nn.Dropout(p=config.dropout)
-        final_grid = config.input_size // _TOTAL_STRIDE
-        self.fc = nn.Linear(inplanes * final_grid * final_grid, config.num_features)
+        self.fc = nn.Linear(inplanes * config.final_grid**2, config.num_features)
         self.features = nn.BatchNorm1d(num_features=config.num_features, eps=1e-05)
         self._reset_parameters()
         self._init_frozen(frozen)
@@ -153,7 +163,7 @@ class IResNet(FreezableModule):
         self.features.weight.requires_grad_(False)
 
     def _trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the flattened final map (B, 8*width*(S/16)^2) and the layer3 map."""
+        """Returns the flattened final map (B, 8*width*final_grid^2) and the layer3 map."""
         size = self.config.input_size
         check_tensor("images", images, ndim=4)
         if tuple(images.shape[1:]) != (3, size, size):
@@ -167,7 +177,7 @@ class IResNet(FreezableModule):
         return self.features(self.fc(flat))
 
     def forward(self, images: torch.Tensor) -> BackboneOutput:
-        """images (B, 3, S, S) -> embedding (B, num_features), regions (B, 4*width, S/8, S/8)."""
+        """images (B, 3, S, S) -> embedding (B, num_features), regions (B, 4*width, G, G)."""
         with self.grad_context():
             flat, regions = self._trunk(images)
             return BackboneOutput(self._head(self.dropout(flat)), regions)
@@ -176,7 +186,7 @@ class IResNet(FreezableModule):
         """CoReFace embedding augmentation: one trunk pass, two independent dropout masks on the
         flattened map, each view through the shared fc + BN (separate BN batches, as CoReFace).
 
-        Returns view1, view2 (B, num_features) and regions (B, 4*width, S/8, S/8). In eval mode
+        Returns view1, view2 (B, num_features) and regions (B, 4*width, G, G). In eval mode
         (or with dropout 0) both views are equal.
         """
         with self.grad_context():

@@ -1,0 +1,171 @@
+import pytest
+import torch
+
+from tgfr.models import IResNet, IResNetConfig, iresnet18, iresnet34, iresnet50, iresnet100, load_weights_file
+from tgfr.models import regions_as_tokens
+
+# Block counts of insightface's arcface_torch iresnet18/34/50/100, written here independently.
+INSIGHTFACE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
+
+
+def insightface_shapes(blocks) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of insightface's iResNet state_dict at 112x112 from its architecture rule:
+    every stage starts with a stride-2 block that has a conv1x1 + BN downsample."""
+    shapes = {}
+
+    def batchnorm(prefix, channels):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{name}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (64, 3, 3, 3)
+    batchnorm("bn1", 64)
+    shapes["prelu.weight"] = (64,)
+    inplanes = 64
+    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
+        for index in range(count):
+            prefix = f"layer{stage}.{index}"
+            block_in = inplanes if index == 0 else planes
+            batchnorm(f"{prefix}.bn1", block_in)
+            shapes[f"{prefix}.conv1.weight"] = (planes, block_in, 3, 3)
+            batchnorm(f"{prefix}.bn2", planes)
+            shapes[f"{prefix}.prelu.weight"] = (planes,)
+            shapes[f"{prefix}.conv2.weight"] = (planes, planes, 3, 3)
+            batchnorm(f"{prefix}.bn3", planes)
+            if index == 0:
+                shapes[f"{prefix}.downsample.0.weight"] = (planes, block_in, 1, 1)
+                batchnorm(f"{prefix}.downsample.1", planes)
+        inplanes = planes
+    batchnorm("bn2", 512)
+    shapes["fc.weight"] = (512, 512 * 7 * 7)
+    shapes["fc.bias"] = (512,)
+    batchnorm("features", 512)
+    return shapes
+
+
+@pytest.mark.parametrize("depth, build", [(18, iresnet18), (34, iresnet34), (100, iresnet100)])
+def test_state_dict_layout_matches_insightface(depth, build):
+    state = build().state_dict()
+    expected = insightface_shapes(INSIGHTFACE_BLOCKS[depth])
+    assert list(state) == list(expected)  # same keys in the same order
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+def test_insightface_iresnet50_weights_load_strictly(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    released = {
+        key: torch.tensor(7, dtype=torch.int64) if not shape else torch.randn(shape, generator=generator)
+        for key, shape in insightface_shapes(INSIGHTFACE_BLOCKS[50]).items()
+    }
+    path = tmp_path / "backbone.pth"
+    torch.save(released, path)
+
+    model = iresnet50()
+    model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in released.items())
+    # the project's loader reads the same file without unpickling arbitrary objects
+    assert load_weights_file(path).keys() == released.keys()
+
+    model.eval()
+    with torch.no_grad():
+        embedding, regions = model(torch.randn(1, 3, 112, 112, generator=generator))
+    assert embedding.shape == (1, 512)
+    assert regions.shape == (1, 256, 14, 14)
+
+
+def test_regions_are_the_layer3_map_and_tokens_are_row_major():
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=64)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, regions = model(images)
+        stem = model.prelu(model.bn1(model.conv1(images)))
+        expected = model.layer3(model.layer2(model.layer1(stem)))
+    torch.testing.assert_close(regions, expected)
+    tokens = regions_as_tokens(regions)
+    assert tokens.shape == (2, 8 * 8, 64)
+    torch.testing.assert_close(tokens[1, 3 * 8 + 5], regions[1, :, 3, 5])
+
+
+@pytest.mark.parametrize("input_size, grid, final", [(56, 7, 4), (64, 8, 4), (112, 14, 7)])
+def test_reduced_variant_follows_the_input_size(input_size, grid, final):
+    config = IResNetConfig.preset("iresnet_small", input_size=input_size, num_features=128)
+    model = IResNet(config).eval()
+    assert model.fc.in_features == 8 * config.width * final * final
+    with torch.no_grad():
+        embedding, regions = model(torch.randn(3, 3, input_size, input_size))
+    assert embedding.shape == (3, 128)
+    assert regions.shape == (3, 4 * config.width, grid, grid)
+    assert config.num_regions == grid * grid
+
+
+def test_dual_dropout_views_share_one_trunk_pass():
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32, dropout=0.5))
+    trunk_calls = []
+    model.layer1.register_forward_hook(lambda *_: trunk_calls.append(1))
+    images = torch.randn(4, 3, 32, 32)
+
+    view1, view2, regions = model.forward_two_views(images)
+    assert len(trunk_calls) == 1
+    assert view1.shape == view2.shape == (4, 512)
+    assert not torch.allclose(view1, view2)
+    (view1.sum() + 2 * view2.sum()).backward()
+    assert model.fc.weight.grad.abs().sum() > 0 and model.conv1.weight.grad.abs().sum() > 0
+
+    model.eval()
+    with torch.no_grad():
+        view1, view2, _ = model.forward_two_views(images)
+        plain = model(images).embedding
+    torch.testing.assert_close(view1, view2, rtol=0, atol=0)
+    torch.testing.assert_close(view1, plain, rtol=0, atol=0)
+
+
+def test_dropout_masks_the_flattened_map_before_fc():
+    # A view's fc input is mask * flat / (1 - p): each entry is 0 or the undropped entry / (1 - p).
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32, dropout=0.25)).eval()
+    inputs = []
+    model.fc.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.dropout.train()
+        model.forward_two_views(images)
+        model.dropout.eval()
+        model(images)
+    flat = inputs[2]
+    for dropped in inputs[:2]:
+        kept = dropped != 0
+        torch.testing.assert_close(dropped[kept], flat[kept] / 0.75)
+        assert 0.6 < kept.float().mean() < 0.9
+    assert not torch.equal(inputs[0] != 0, inputs[1] != 0)
+
+
+def test_frozen_backbone_stays_in_eval_and_builds_no_graph():
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32), frozen=True)
+    assert not any(p.requires_grad for p in model.parameters())
+    running_mean = model.bn1.running_mean.clone()
+    model.train()
+    assert not model.training and not model.layer2[0].bn1.training
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    embedding, regions = model(images)
+    assert not embedding.requires_grad and not regions.requires_grad
+    assert torch.equal(model.bn1.running_mean, running_mean)
+
+
+def test_embedding_bn_scale_is_fixed_like_insightface():
+    model = iresnet18()
+    assert not model.features.weight.requires_grad
+    assert torch.equal(model.features.weight, torch.ones(512))
+
+
+def test_bad_configs_and_inputs_are_rejected():
+    with pytest.raises(ValueError, match="input_size"):
+        IResNetConfig(input_size=8)
+    with pytest.raises(ValueError, match="name"):
+        IResNetConfig.preset("iresnet42")
+    with pytest.raises(ValueError, match="dropout"):
+        IResNetConfig(dropout=1.0)
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32))
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 32, 32\)"):
+        model(torch.randn(2, 3, 64, 64))
+    with pytest.raises(TypeError, match="images"):
+        model([1, 2, 3])

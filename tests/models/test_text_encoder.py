@@ -1,0 +1,135 @@
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel
+
+from tgfr.models import TextEncoder, packaged_minilm_path
+
+CAPTIONS = ["The woman has blond hair and wears heavy makeup.", "He is a young man with a beard."]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_packaged_minilm_is_offline_deterministic_and_matches_sentence_transformers(no_network):
+    first = TextEncoder().eval()
+    second = TextEncoder().eval()
+    batch = first.tokenize(CAPTIONS)
+    with torch.no_grad():
+        a, b = first(**batch), second(**batch)
+    assert a.words.shape == (2, 22, 384) and a.sentence.shape == (2, 384)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+    # sentence-transformers' own pipeline (mean pooling, then its Normalize module) as reference
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
+    expected = reference.encode(CAPTIONS, convert_to_tensor=True)
+    torch.testing.assert_close(F.normalize(a.sentence, dim=-1), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_word_features_drop_special_tokens_and_padding(tiny_bert_dir):
+    encoder = TextEncoder(tiny_bert_dir, max_length=8).eval()
+    captions = ["a young man with a beard", "blond woman", "a man with black hair and glasses smiling"]
+    batch = encoder.tokenize(captions)
+    assert batch["input_ids"].shape == (3, 8)
+    with torch.no_grad():
+        features = encoder(**batch)
+        hidden = encoder.model(**batch).last_hidden_state
+
+    word_counts = [min(len(encoder.tokenizer.tokenize(caption)), 8 - 2) for caption in captions]
+    assert features.lengths.tolist() == word_counts
+    assert features.words.shape == (3, 6, 32)
+    for i, count in enumerate(word_counts):
+        torch.testing.assert_close(features.words[i, :count], hidden[i, 1 : 1 + count])
+        assert torch.all(features.words[i, count:] == 0)
+        assert features.mask[i].tolist() == [t < count for t in range(6)]
+        attended = batch["attention_mask"][i].bool()
+        torch.testing.assert_close(features.sentence[i], hidden[i, attended].mean(0))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooled"])
+def test_bert_pooling_modes(tiny_bert_dir, pooling):
+    encoder = TextEncoder(tiny_bert_dir, max_length=10, sentence_pooling=pooling).eval()
+    batch = encoder.tokenize(["old man", "a woman with glasses"])
+    with torch.no_grad():
+        output = encoder.model(**batch)
+        sentence = encoder(**batch).sentence
+    expected = output.last_hidden_state[:, 0] if pooling == "cls" else output.pooler_output
+    torch.testing.assert_close(sentence, expected)
+
+
+def test_clip_text_model_by_path(tiny_clip_text_dir):
+    encoder = TextEncoder(tiny_clip_text_dir, max_length=12, sentence_pooling="pooled").eval()
+    assert encoder.hidden_size == 32
+    batch = encoder.tokenize(["a man", "hair"])
+    with torch.no_grad():
+        features = encoder(**batch)
+        output = encoder.model(**batch)
+    counts = [len(encoder.tokenizer.tokenize(c)) for c in ["a man", "hair"]]
+    assert features.lengths.tolist() == counts
+    assert features.words.shape == (2, 10, 32)
+    torch.testing.assert_close(features.words[1, : counts[1]], output.last_hidden_state[1, 1 : 1 + counts[1]])
+    # CLIP's pooled output is the state at the end-of-text token, right after the last word
+    torch.testing.assert_close(features.sentence, output.last_hidden_state[[0, 1], [c + 1 for c in counts]])
+
+
+def test_full_clip_checkpoint_loads_its_text_tower(tiny_full_clip_dir):
+    clip = CLIPModel.from_pretrained(tiny_full_clip_dir, local_files_only=True).eval()
+    encoder = TextEncoder(tiny_full_clip_dir, max_length=12).eval()
+    batch = encoder.tokenize(["a beard"])
+    with torch.no_grad():
+        expected = clip.text_model(**batch).last_hidden_state
+        words = encoder(**batch).words
+    count = len(encoder.tokenizer.tokenize("a beard"))
+    torch.testing.assert_close(words[0, :count], expected[0, 1 : 1 + count])
+
+
+def test_gradients_reach_the_packaged_encoder():
+    encoder = TextEncoder(max_length=12)
+    features = encoder(**encoder.tokenize(CAPTIONS))
+    (features.words.square().sum() + features.sentence.sum()).backward()
+    embeddings = encoder.model.embeddings.word_embeddings.weight.grad
+    assert embeddings is not None and embeddings.abs().sum() > 0
+    without_grad = [name for name, p in encoder.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without_grad == [name for name in without_grad if name.startswith("pooler.")]
+
+
+def test_frozen_encoder(tiny_bert_dir):
+    encoder = TextEncoder(tiny_bert_dir, max_length=8, frozen=True)
+    encoder.train()
+    assert not encoder.training and not encoder.model.training
+    assert not any(p.requires_grad for p in encoder.parameters())
+    batch = encoder.tokenize(["a man with a beard"])
+    first, second = encoder(**batch), encoder(**batch)  # dropout stays off
+    assert not first.words.requires_grad
+    assert torch.equal(first.words, second.words)
+
+
+def test_bad_inputs(tiny_bert_dir, tmp_path):
+    with pytest.raises(ValueError, match="name_or_path"):
+        TextEncoder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="sentence_pooling"):
+        TextEncoder(tiny_bert_dir, sentence_pooling="max")
+    encoder = TextEncoder(tiny_bert_dir, max_length=6)
+    batch = encoder.tokenize(["a man", ""])
+    with pytest.raises(ValueError, match="attention_mask row 1"):
+        encoder(**batch)
+    batch = encoder.tokenize(["a man", "old woman"])
+    with pytest.raises(ValueError, match="right-padded"):
+        encoder(batch["input_ids"], batch["attention_mask"].flip(1))
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        encoder(batch["input_ids"], batch["attention_mask"][:, :4])
+    with pytest.raises(TypeError, match="input_ids"):
+        encoder(batch["input_ids"].float(), batch["attention_mask"])
+    with pytest.raises(TypeError, match="captions"):
+        encoder.tokenize("a man")
