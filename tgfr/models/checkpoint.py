@@ -67,7 +67,10 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     config = TGFRConfig.from_dict(values)
     config.text_encoder = str(directory / TEXT_ENCODER_DIR)
     model = TGFRModel(config, pretrained_text=False)
-    missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
+    except (RuntimeError, OSError, safetensors.SafetensorError) as error:
+        raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
     if missing or unexpected:
         raise ValueError(
             f"checkpoint file {str(weights_path)!r} does not match the model: missing {sorted(missing)}, "

@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgfr.models import ImageAlignmentHead, TextAlignmentHead
+
+
+def image_head_reference(head, embedding, region_map):
+    """The image head written out with functional ops, region by region (eval-mode BN)."""
+    bn = head.norm_map
+    normalized = (region_map - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    normalized = normalized * bn.weight[:, None, None] + bn.bias[:, None, None]
+    batch, channels, height, width = region_map.shape
+    outputs = []
+    for b in range(batch):
+        tokens = torch.stack([normalized[b, :, y, x] for y in range(height) for x in range(width)])  # (R, C)
+        attention = head.attention
+        q = tokens @ attention.query.weight.T + attention.query.bias
+        k = tokens @ attention.key.weight.T + attention.key.bias
+        v = tokens @ attention.value.weight.T + attention.value.bias
+        attended = torch.softmax(q @ k.T / math.sqrt(channels), dim=1) @ v
+        hidden = F.layer_norm(attended, (channels,), head.norm_tokens.weight, head.norm_tokens.bias)
+        first, _, second, _ = head.mlp
+        hidden = torch.relu(torch.relu(hidden @ first.weight.T + first.bias) @ second.weight.T + second.bias)
+        projected = hidden @ head.project_regions.weight.T + head.project_regions.bias
+        outputs.append(projected / projected.norm(dim=1, keepdim=True))
+    image_global = embedding @ head.project_global.weight.T + head.project_global.bias
+    return image_global / image_global.norm(dim=1, keepdim=True), torch.stack(outputs)
+
+
+def test_image_head_shapes_and_formula():
+    torch.manual_seed(0)
+    head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8)
+    head.norm_map.running_mean.uniform_(-0.5, 0.5)
+    head.norm_map.running_var.uniform_(0.5, 2.0)
+    head.eval()
+    embedding, region_map = torch.randn(3, 24), torch.randn(3, 16, 4, 5)
+    image_global, regions = head(embedding, region_map)
+    assert image_global.shape == (3, 8) and regions.shape == (3, 20, 8)
+    expected_global, expected_regions = image_head_reference(head, embedding, region_map)
+    torch.testing.assert_close(image_global, expected_global)
+    torch.testing.assert_close(regions, expected_regions)
+
+
+def test_image_head_tgfr_dimensions_and_unit_norms():
+    head = ImageAlignmentHead()
+    image_global, regions = head(torch.randn(2, 512), torch.randn(2, 256, 14, 14))
+    assert image_global.shape == (2, 256) and regions.shape == (2, 196, 256)
+    torch.testing.assert_close(regions.norm(dim=-1), torch.ones(2, 196))
+    torch.testing.assert_close(image_global.norm(dim=-1), torch.ones(2))
+
+
+def text_head_reference(head, tokens, lengths):
+    """TextCNN by explicit windows: word t = max_k relu(W_k . [x_t .. x_{t+k-1}] + b_k), with
+    tokens at or beyond the caption's length read as zero."""
+    batch, num_tokens, _ = tokens.shape
+    words = torch.zeros(batch, num_tokens, head.convs[0].out_channels)
+    sentences = []
+    for b in range(batch):
+        length = int(lengths[b])
+        padded = torch.cat([tokens[b, :length], torch.zeros(num_tokens - length + 8, tokens.shape[2])])
+        per_kernel = []
+        for conv in head.convs:
+            k = conv.kernel_size[0]
+            responses = torch.stack([
+                torch.relu(torch.einsum("oik,ki->o", conv.weight, padded[t : t + k]) + conv.bias)
+                for t in range(length)
+            ])  # (length, D)
+            per_kernel.append(responses)
+        stacked = torch.stack(per_kernel)  # (K, length, D)
+        words[b, :length] = F.normalize(stacked.amax(0), dim=-1)
+        sentences.append(F.normalize(stacked.amax(1).mean(0), dim=-1))
+    return words, torch.stack(sentences)
+
+
+def test_text_head_formula_and_padding():
+    torch.manual_seed(1)
+    head = TextAlignmentHead(hidden_size=12, dim=10, kernel_sizes=(2, 3, 4))
+    tokens = torch.randn(3, 7, 12)
+    lengths = torch.tensor([7, 1, 4])
+    words, sentence = head(tokens, lengths)
+    assert words.shape == (3, 7, 10) and sentence.shape == (3, 10)
+    expected_words, expected_sentence = text_head_reference(head, tokens, lengths)
+    torch.testing.assert_close(words, expected_words)
+    torch.testing.assert_close(sentence, expected_sentence)
+
+    # whatever sits at padded positions changes nothing
+    noisy = tokens.clone()
+    noisy[1, 1:] = 100.0
+    noisy[2, 4:] = -3.0
+    noisy_words, noisy_sentence = head(noisy, lengths)
+    torch.testing.assert_close(noisy_words, words)
+    torch.testing.assert_close(noisy_sentence, sentence)
+    assert torch.all(words[2, 4:] == 0)
+
+
+def test_text_head_gradients_reach_tokens():
+    head = TextAlignmentHead(hidden_size=6, dim=4)
+    tokens = torch.randn(2, 5, 6, requires_grad=True)
+    words, sentence = head(tokens, torch.tensor([5, 3]))
+    (words.sum() + sentence.sum()).backward()
+    assert tokens.grad[:, :3].abs().sum() > 0
+    assert torch.all(tokens.grad[1, 3:] == 0)  # padded tokens take no part
+
+
+def test_heads_reject_bad_inputs():
+    image_head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8)
+    with pytest.raises(ValueError, match="region_map must have size 16"):
+        image_head(torch.randn(2, 24), torch.randn(2, 32, 4, 4))
+    with pytest.raises(ValueError, match="embedding must have size 24"):
+        image_head(torch.randn(2, 512), torch.randn(2, 16, 4, 4))
+    text_head = TextAlignmentHead(hidden_size=6, dim=4)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        text_head(torch.randn(2, 5, 6), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="tokens must have size 6"):
+        text_head(torch.randn(2, 5, 7), torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        TextAlignmentHead(hidden_size=6, kernel_sizes=())

@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgfr.models import FCFM, ConcatFusion, LinearFusion, build_fusion
+
+
+def aligned_batch(batch=3, regions=6, words=5, dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    unit = lambda *shape: F.normalize(torch.randn(*shape, generator=generator), dim=-1)  # noqa: E731
+    return dict(regions=unit(batch, regions, dim), words=unit(batch, words, dim),
+                lengths=torch.tensor([5, 1, 3])[:batch], image_global=unit(batch, dim), sentence=unit(batch, dim))
+
+
+def fine_reference(fine, regions, words, lengths):
+    """Per sample, only the caption's valid words: softmax(q k^T / sqrt(D)) v, residual, LayerNorm,
+    mean over regions, projection."""
+    out = []
+    for b in range(regions.shape[0]):
+        valid = words[b, : int(lengths[b])]
+        q = regions[b] @ fine.query.weight.T + fine.query.bias
+        k = valid @ fine.key.weight.T + fine.key.bias
+        v = valid @ fine.value.weight.T + fine.value.bias
+        context = torch.softmax(q @ k.T / math.sqrt(regions.shape[2]), dim=1) @ v
+        hidden = F.layer_norm(regions[b] + context, (regions.shape[2],), fine.norm.weight, fine.norm.bias)
+        out.append(hidden.mean(0) @ fine.project.weight.T + fine.project.bias)
+    return torch.stack(out)
+
+
+def test_fcfm_concatenates_fine_and_coarse_parts():
+    torch.manual_seed(0)
+    fusion = FCFM(dim=8, fine_dim=4)
+    with torch.no_grad():
+        fusion.norm_image.weight.uniform_(0.5, 1.5)
+        fusion.norm_sentence.bias.uniform_(-0.5, 0.5)
+    inputs = aligned_batch()
+    fused = fusion(**inputs)
+    assert fused.shape == (3, 4 + 8 + 8) and fusion.out_dim == 20
+    torch.testing.assert_close(fused[:, :4], fine_reference(fusion.fine, inputs["regions"], inputs["words"],
+                                                            inputs["lengths"]))
+    norm_image, norm_sentence = fusion.norm_image, fusion.norm_sentence
+    torch.testing.assert_close(fused[:, 4:12], F.layer_norm(inputs["image_global"], (8,), norm_image.weight,
+                                                            norm_image.bias))
+    torch.testing.assert_close(fused[:, 12:], F.layer_norm(inputs["sentence"], (8,), norm_sentence.weight,
+                                                           norm_sentence.bias))
+
+
+def test_fcfm_ignores_padded_words_and_passes_gradients():
+    fusion = FCFM(dim=8, fine_dim=4)
+    inputs = aligned_batch()
+    noisy = dict(inputs, words=inputs["words"].clone())
+    noisy["words"][1, 1:] = 50.0
+    torch.testing.assert_close(fusion(**noisy), fusion(**inputs))
+
+    inputs = {k: v.requires_grad_() if v.is_floating_point() else v for k, v in inputs.items()}
+    fusion(**inputs).square().sum().backward()
+    for name in ("regions", "words", "image_global", "sentence"):
+        assert inputs[name].grad.abs().sum() > 0, name
+    assert torch.all(inputs["words"].grad[1, 1:] == 0)
+
+
+def test_tgfr_fused_size_is_640():
+    fusion = build_fusion("fcfm")
+    inputs = aligned_batch(batch=2, regions=196, words=22, dim=256)
+    assert fusion(**inputs).shape == (2, 640)
+
+
+def test_baselines():
+    inputs = aligned_batch()
+    concat = ConcatFusion(dim=8)
+    torch.testing.assert_close(concat(**inputs), torch.cat((inputs["image_global"], inputs["sentence"]), dim=1))
+    linear = LinearFusion(dim=8, out_dim=5)
+    expected = torch.cat((inputs["image_global"], inputs["sentence"]), dim=1) @ linear.linear.weight.T
+    torch.testing.assert_close(linear(**inputs), expected + linear.linear.bias)
+    assert build_fusion("linear", dim=8, out_dim=5).out_dim == 5
+    assert build_fusion("concat", dim=8).out_dim == 16
+
+
+def test_fusion_rejects_bad_inputs():
+    fusion = FCFM(dim=8, fine_dim=4)
+    inputs = aligned_batch()
+    with pytest.raises(ValueError, match="sentence must have size 8"):
+        fusion(**dict(inputs, sentence=torch.randn(3, 9)))
+    with pytest.raises(ValueError, match="words must have size 3"):
+        fusion(**dict(inputs, words=inputs["words"][:2]))
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        fusion(**dict(inputs, lengths=torch.tensor([6, 1, 1])))
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        build_fusion("attention")

@@ -1,0 +1,87 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_tgfr_model, load_weights_file, save_tgfr_model
+
+CAPTIONS = ["a young man with a beard", "blond woman smiling"]
+
+
+def build(text_dir, fusion="fcfm") -> TGFRModel:
+    backbone = IResNetConfig.preset("iresnet_small", input_size=32, num_features=64, dropout=0.1)
+    config = TGFRConfig(backbone=backbone, text_encoder=str(text_dir), max_length=10, dim=16, fine_dim=8,
+                        fusion=fusion, sentence_pooling="pooled")
+    return TGFRModel(config)
+
+
+@pytest.mark.parametrize("fusion", ["fcfm", "linear"])
+def test_round_trip_gives_identical_outputs(tiny_bert_dir, tmp_path, fusion):
+    torch.manual_seed(0)
+    # the checkpoint must not depend on the directory the text model came from
+    source = tmp_path / "text_source"
+    shutil.copytree(tiny_bert_dir, source)
+    model = build(source, fusion)
+    # one training step so that parameters and BN statistics differ from a fresh build
+    aligned = model.align(torch.randn(4, 3, 32, 32), **model.tokenize(CAPTIONS * 2))
+    model.fuse(aligned).square().sum().backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter -= 0.1 * parameter.grad
+        model.backbone.bn2.running_mean.add_(0.3)  # the frozen backbone keeps its statistics otherwise
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    shutil.rmtree(source)
+
+    loaded = load_tgfr_model(checkpoint)
+    assert loaded.config.backbone == model.config.backbone
+    assert loaded.config.fusion == fusion and loaded.config.sentence_pooling == "pooled"
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
+
+    model.eval(), loaded.eval()
+    images, batch = torch.randn(2, 3, 32, 32), model.tokenize(CAPTIONS)
+    assert torch.equal(loaded.tokenize(CAPTIONS)["input_ids"], batch["input_ids"])
+    with torch.no_grad():
+        expected, actual = model.align(images, **batch), loaded.align(images, **batch)
+        for x, y in zip(expected, actual):
+            assert torch.equal(x, y)
+        assert torch.equal(model.fuse(expected), loaded.fuse(actual))
+
+
+def test_checkpoint_errors_name_the_file(tiny_bert_dir, tmp_path):
+    model = build(tiny_bert_dir)
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+
+    config_path.write_text(json.dumps({**config, "surprise": 1}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_tgfr_model(checkpoint)
+    config_path.write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        load_tgfr_model(checkpoint)
+    config_path.write_text(json.dumps({**config, "dim": 32}))  # weights no longer fit
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_tgfr_model(checkpoint)
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_tgfr_model(checkpoint)
+
+
+class NotATensor:
+    pass
+
+
+def test_weights_file_never_unpickles_objects(tmp_path):
+    path = tmp_path / "backbone.pth"
+    torch.save({"conv1.weight": NotATensor()}, path)
+    with pytest.raises(ValueError, match="backbone.pth"):
+        load_weights_file(path)
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(ValueError, match="state dict"):
+        load_weights_file(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_weights_file(tmp_path / "missing.pth")

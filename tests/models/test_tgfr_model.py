@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from tgfr.models import AlignedFeatures, IResNetConfig, TGFRConfig, TGFRModel
+
+CAPTIONS = ["a young man with a beard", "blond woman smiling", "an old man with glasses"]
+
+
+def small_config(text_dir, **overrides) -> TGFRConfig:
+    backbone = IResNetConfig.preset("iresnet_small", input_size=32, num_features=64)
+    values = dict(backbone=backbone, text_encoder=str(text_dir), max_length=10, dim=16, fine_dim=8)
+    return TGFRConfig(**{**values, **overrides})
+
+
+def test_align_and_fuse_shapes(tiny_bert_dir):
+    model = TGFRModel(small_config(tiny_bert_dir))
+    batch = model.tokenize(CAPTIONS)
+    images = torch.randn(3, 3, 32, 32)
+    aligned = model.align(images, **batch)
+    assert isinstance(aligned, AlignedFeatures)
+    assert aligned.words.shape == (3, 8, 16)
+    assert aligned.lengths.tolist() == [len(model.text_encoder.tokenizer.tokenize(c)) for c in CAPTIONS]
+    assert aligned.regions.shape == (3, 16, 16)  # 4x4 layer3 grid at 32x32
+    assert aligned.sentence.shape == aligned.image_global.shape == (3, 16)
+    assert model.fuse(aligned).shape == (3, 8 + 2 * 16) == (3, model.fused_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed_image(images), model.backbone(images).embedding)
+
+
+def test_default_config_is_tgfr():
+    model = TGFRModel().eval()
+    batch = model.tokenize(["The man has a big nose and bushy eyebrows."])
+    with torch.no_grad():
+        aligned = model.align(torch.randn(1, 3, 112, 112), **batch)
+        fused = model.fuse(aligned)
+    assert aligned.words.shape == (1, 22, 256)
+    assert aligned.regions.shape == (1, 196, 256)
+    assert aligned.sentence.shape == aligned.image_global.shape == (1, 256)
+    assert fused.shape == (1, 640)
+
+
+@pytest.mark.parametrize("fusion, size", [("linear", 24), ("concat", 32)])
+def test_fusion_baselines_by_config(tiny_bert_dir, fusion, size):
+    model = TGFRModel(small_config(tiny_bert_dir, fusion=fusion, fusion_out_dim=24))
+    batch = model.tokenize(CAPTIONS[:2])
+    assert model(torch.randn(2, 3, 32, 32), **batch).shape == (2, size)
+
+
+def test_training_step_reaches_text_encoder_but_not_frozen_backbone(tiny_bert_dir):
+    model = TGFRModel(small_config(tiny_bert_dir))
+    model.train()
+    assert not model.backbone.training and model.text_encoder.training
+    batch = model.tokenize(CAPTIONS)
+    aligned = model.align(torch.randn(3, 3, 32, 32), **batch)
+    loss = (aligned.words.sum() + aligned.sentence.sum() + aligned.regions.sum() + model.fuse(aligned).square().sum())
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    encoder_grad = model.text_encoder.model.embeddings.word_embeddings.weight.grad
+    assert encoder_grad is not None and encoder_grad.abs().sum() > 0
+    for head in (model.image_head, model.text_head, model.fusion):
+        assert all(p.grad is not None for p in head.parameters())
+
+
+def test_trainable_backbone_and_frozen_text(tiny_bert_dir):
+    model = TGFRModel(small_config(tiny_bert_dir, freeze_backbone=False, freeze_text_encoder=True))
+    aligned = model.align(torch.randn(3, 3, 32, 32), **model.tokenize(CAPTIONS))
+    model.fuse(aligned).sum().backward()
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.text_encoder.parameters())
