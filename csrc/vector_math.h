@@ -59,51 +59,58 @@ inline void axpy(acc_t scale, const acc_t* x, acc_t* y, int64_t size) {
   for (int64_t k = 0; k < size; ++k) y[k] += scale * x[k];
 }
 
-// In place: row <- softmax(sharpness * row). Returns nothing; NaN anywhere in the row gives a
-// NaN row.
+// dst <- softmax(sharpness * src) along one row. With `src_scale`, src is first multiplied in
+// place by it element-wise (finishing a column softmax in the same pass). NaN anywhere in the
+// row gives a NaN row.
 template <typename acc_t>
-inline void softmax_row(acc_t* row, int64_t size, acc_t sharpness) {
-  const acc_t top = max_of(row, size);
+inline void softmax_row_into(acc_t* src, acc_t* dst, int64_t size, acc_t sharpness, const acc_t* src_scale) {
+  acc_t top = -std::numeric_limits<acc_t>::infinity();
+  if (src_scale != nullptr) {
+#pragma omp simd reduction(max : top)
+    for (int64_t k = 0; k < size; ++k) {
+      src[k] *= src_scale[k];
+      top = std::max(top, src[k]);
+    }
+  } else {
+    top = max_of(src, size);
+  }
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < size; ++k) {
-    const acc_t e = vectorizable_exp(sharpness * (row[k] - top));
-    row[k] = e;
+    const acc_t e = vectorizable_exp(sharpness * (src[k] - top));
+    dst[k] = e;
     sum += e;
   }
   const acc_t inverse = acc_t(1) / sum;
 #pragma omp simd
-  for (int64_t k = 0; k < size; ++k) row[k] *= inverse;
+  for (int64_t k = 0; k < size; ++k) dst[k] *= inverse;
 }
 
-// In place: each column of the (rows x cols) row-major block becomes its softmax over the rows.
-// `column_buffer` holds 2 * cols scratch values.
+// First half of a softmax over the rows of each column of a (rows x cols) row-major block: in
+// place, x <- exp(x - column max), and inverse_sums[k] <- 1 / sum of column k. Multiplying row
+// by row with inverse_sums (softmax_row_into does it) finishes the softmax.
 template <typename acc_t>
-inline void softmax_columns(acc_t* block, int64_t rows, int64_t cols, acc_t* column_buffer) {
-  acc_t* top = column_buffer;
-  acc_t* sum = column_buffer + cols;
+inline void exp_columns(acc_t* block, int64_t rows, int64_t cols, acc_t* inverse_sums) {
+  acc_t* top = inverse_sums;  // holds the column maxima until the sums replace them
   std::copy(block, block + cols, top);
   for (int64_t row = 1; row < rows; ++row) {
     const acc_t* x = block + row * cols;
 #pragma omp simd
     for (int64_t k = 0; k < cols; ++k) top[k] = std::max(top[k], x[k]);
   }
-  std::fill(sum, sum + cols, acc_t(0));
   for (int64_t row = 0; row < rows; ++row) {
     acc_t* x = block + row * cols;
 #pragma omp simd
-    for (int64_t k = 0; k < cols; ++k) {
-      x[k] = vectorizable_exp(x[k] - top[k]);
-      sum[k] += x[k];
-    }
+    for (int64_t k = 0; k < cols; ++k) x[k] = vectorizable_exp(x[k] - top[k]);
+  }
+  std::copy(block, block + cols, inverse_sums);
+  for (int64_t row = 1; row < rows; ++row) {
+    const acc_t* x = block + row * cols;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k) inverse_sums[k] += x[k];
   }
 #pragma omp simd
-  for (int64_t k = 0; k < cols; ++k) sum[k] = acc_t(1) / sum[k];
-  for (int64_t row = 0; row < rows; ++row) {
-    acc_t* x = block + row * cols;
-#pragma omp simd
-    for (int64_t k = 0; k < cols; ++k) x[k] *= sum[k];
-  }
+  for (int64_t k = 0; k < cols; ++k) inverse_sums[k] = acc_t(1) / inverse_sums[k];
 }
 
 }  // namespace tgfr::cpu

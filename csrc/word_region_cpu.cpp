@@ -115,7 +115,7 @@ struct PairTiles {
   std::vector<acc_t> region_attention;  // (rows, R): alpha
   std::vector<acc_t> grad_attention;    // (rows, R): d(alpha), then d(a), then d(s)
   std::vector<acc_t> context;           // (rows, D): c, then d(c)
-  std::vector<acc_t> column_buffer;     // (2 R)
+  std::vector<acc_t> column_buffer;     // (R)
   std::vector<acc_t> cosines;           // (rows)
   std::vector<acc_t> context_norms;     // (rows)
 
@@ -124,7 +124,7 @@ struct PairTiles {
         region_attention(max_rows * num_regions),
         grad_attention(backward ? max_rows * num_regions : 0),
         context(max_rows * dim),
-        column_buffer(2 * num_regions),
+        column_buffer(num_regions),
         cosines(max_rows),
         context_norms(max_rows) {}
 };
@@ -143,16 +143,16 @@ void forward_block(const PackedWords& packed, const acc_t* word_norms, int64_t f
   acc_t* a = tiles.word_attention.data();
   at::Tensor a_matrix = matrix(a, rows, num_regions);
   at::mm_out(a_matrix, matrix(block_words, rows, dim), image_matrix.t());
-  if (hyper.word_softmax) {
-    for (int64_t i = first; i < last; ++i) {
-      const int64_t local = packed.offsets[i] - row0;
-      softmax_columns(a + local * num_regions, packed.offsets[i + 1] - packed.offsets[i], num_regions,
-                      tiles.column_buffer.data());
+  acc_t* alpha = tiles.region_attention.data();
+  acc_t* inverse_sums = tiles.column_buffer.data();
+  for (int64_t i = first; i < last; ++i) {
+    const int64_t begin = packed.offsets[i] - row0, end = packed.offsets[i + 1] - row0;
+    if (hyper.word_softmax) exp_columns(a + begin * num_regions, end - begin, num_regions, inverse_sums);
+    for (int64_t row = begin; row < end; ++row) {
+      softmax_row_into(a + row * num_regions, alpha + row * num_regions, num_regions, acc_t(hyper.gamma1),
+                       hyper.word_softmax ? inverse_sums : nullptr);
     }
   }
-  acc_t* alpha = tiles.region_attention.data();
-  std::copy(a, a + rows * num_regions, alpha);
-  for (int64_t row = 0; row < rows; ++row) softmax_row(alpha + row * num_regions, num_regions, acc_t(hyper.gamma1));
 
   acc_t* context = tiles.context.data();
   at::Tensor context_matrix = matrix(context, rows, dim);
