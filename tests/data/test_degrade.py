@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
+                               down_up, gaussian_blur, jpeg)
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
+from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+
+
+def face(identity=3, image=0):
+    attributes = identity_attributes(0, identity)
+    return render_face(attributes, image_state(0, identity, image, attributes))
+
+
+def high_frequency_energy(image: Image.Image) -> float:
+    """Energy of the discrete Laplacian (a high-pass filter) of the luminance."""
+    y = np.asarray(image.convert("L"), dtype=np.float64)
+    laplacian = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return float(np.mean(laplacian ** 2))
+
+
+def mse(a: Image.Image, b: Image.Image) -> float:
+    return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+
+def test_gaussian_blur_matches_2d_convolution():
+    image = face()
+    sigma, k = 2.5, 5
+    x = torch.arange(k, dtype=torch.float64) - k // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel2d = torch.outer(g, g) / g.sum() ** 2
+    t = torch.from_numpy(np.asarray(image, np.float64)).permute(2, 0, 1)[:, None]
+    expected = F.conv2d(F.pad(t, (2, 2, 2, 2), mode="reflect"), kernel2d[None, None])[:, 0].permute(1, 2, 0)
+    got = np.asarray(gaussian_blur(image, k, sigma), np.float64)
+    assert np.abs(got - expected.numpy()).max() <= 0.5 + 1e-9  # rounding to uint8 only
+    assert high_frequency_energy(gaussian_blur(image, k, sigma)) < 0.3 * high_frequency_energy(image)
+
+
+def test_down_up_at_16_loses_more_than_at_32():
+    image = face()
+    errors = {s: mse(image, down_up(image, s)) for s in (16, 24, 32)}
+    assert errors[16] > errors[24] > errors[32] > 0
+    energy = {s: high_frequency_energy(down_up(image, s)) for s in (16, 32)}
+    assert energy[16] < energy[32] < high_frequency_energy(image)
+    assert down_up(image, 16).size == image.size
+
+
+def test_jpeg_quality_orders_error():
+    image = face()
+    assert mse(image, jpeg(image, 10)) > mse(image, jpeg(image, 50)) > mse(image, jpeg(image, 95))
+
+
+def test_noise_brightness_and_hue():
+    grey = Image.new("RGB", (112, 112), (128, 128, 128))
+    noisy = np.asarray(add_gaussian_noise(grey, 0.002 ** 0.5, np.random.default_rng(0)), np.float64) / 255
+    assert abs(noisy.std() - 0.002 ** 0.5) < 0.003
+    assert np.asarray(adjust_brightness(grey, 1.5))[0, 0, 0] == 192
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    cyan = np.asarray(adjust_hue(red, 0.5))[0, 0]
+    assert cyan[0] < 10 and cyan[1] > 245 and cyan[2] > 245
+    assert np.array_equal(np.asarray(adjust_hue(red, 0.0)), np.asarray(red))
+
+
+@pytest.mark.parametrize("recipe", ["celeba", "face2text", "down24+celeba", "jpeg20"])
+def test_recipes_are_seeded_and_change_the_image(recipe):
+    image = face()
+    a = degrade_image(image, recipe, np.random.default_rng(5))
+    b = degrade_image(image, recipe, np.random.default_rng(5))
+    c = degrade_image(image, recipe, np.random.default_rng(6))
+    assert a.size == image.size
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert mse(a, image) > 50
+    if recipe != "jpeg20":
+        assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_tgfr_recipes_blur():
+    image = face()
+    for recipe in ("celeba", "face2text"):
+        # A median filter removes the additive noise; what is left of the edges is blurred.
+        energies = [high_frequency_energy(degrade_image(image, recipe, np.random.default_rng(s))
+                                          .filter(ImageFilter.MedianFilter(3))) for s in range(3)]
+        assert max(energies) < 0.6 * high_frequency_energy(image.filter(ImageFilter.MedianFilter(3)))
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match="unknown recipe step 'blurry'"):
+        degrade_image(face(), "down16+blurry", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="JPEG quality"):
+        degrade_image(face(), "jpeg0", np.random.default_rng(0))
+
+
+def make_manifest(tmp_path, n=4):
+    records = []
+    for i in range(n):
+        path = f"images/test/{i}/{i}_0.png"
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        face(i).save(tmp_path / path)
+        records.append(ManifestRecord(path, str(i), "test", (f"caption {i}",)))
+    records.append(ManifestRecord("images/train/9/9_0.png", "9", "train", ("c",)))
+    return write_manifest(tmp_path / "manifest.jsonl", records)
+
+
+def test_degrade_manifest_writes_split_reproducibly(tmp_path):
+    manifest = make_manifest(tmp_path)
+    out, skipped = degrade_manifest(manifest, "test", "down16", seed=1)
+    records = read_manifest(out)
+    degraded = [r for r in records if r.split == "test_degraded"]
+    assert out.name == "manifest_test_degraded.jsonl" and not skipped
+    assert len(records) == 9 and len(degraded) == 4
+    for record in degraded:
+        source = next(r for r in records if r.path == record.meta["source"])
+        assert (record.identity, record.captions) == (source.identity, source.captions)
+        expected = down_up(Image.open(tmp_path / source.path).convert("RGB"), 16)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+    first = [(tmp_path / r.path).read_bytes() for r in degraded]
+    again, _ = degrade_manifest(out, "test", "celeba", name="test_degraded", seed=1, out_manifest=out)
+    records_again = read_manifest(again)
+    assert len(records_again) == 9  # the earlier test_degraded records were replaced, not duplicated
+    third, _ = degrade_manifest(manifest, "test", "down16", seed=1, workers=2)
+    assert [(tmp_path / r.path).read_bytes() for r in read_manifest(third) if r.split == "test_degraded"] == first
+
+
+def test_degrade_missing_image(tmp_path):
+    manifest = make_manifest(tmp_path)
+    (tmp_path / "images/test/2/2_0.png").unlink()
+    with pytest.raises(ValueError, match=r"images/test/2/2_0.png does not exist"):
+        degrade_manifest(manifest, "test", "down16")
+    out, skipped = degrade_manifest(manifest, "test", "down16", bad_images="skip")
+    assert len(skipped) == 1 and "2_0.png" in skipped[0]
+    assert len([r for r in read_manifest(out) if r.split == "test_degraded"]) == 3

@@ -1,0 +1,84 @@
+from collections import Counter
+
+import pytest
+
+from tgfr.data.manifest import ManifestRecord
+from tgfr.data.protocol import (VerificationPair, make_identification_split, make_verification_pairs,
+                                read_identification_split, read_verification_pairs, write_identification_split,
+                                write_verification_pairs)
+
+
+def records(subjects=12, images=4, split="test"):
+    return [ManifestRecord(f"{split}/{s}/{s}_{k}.png", str(s), split, ("c",))
+            for s in range(subjects) for k in range(images)] + [ManifestRecord("train/x.png", "x", "train", ("c",))]
+
+
+def identity(path: str) -> str:
+    return path.split("/")[1]
+
+
+@pytest.mark.parametrize("impostors, expected", [(5, 5), (399, 11)])
+def test_pairs_counts_and_labels(impostors, expected):
+    pairs = make_verification_pairs(records(), "test", impostor_subjects=impostors, seed=2)
+    assert len(pairs) == 12 * (1 + expected)
+    for pair in pairs:
+        assert pair.path_a != pair.path_b
+        assert (identity(pair.path_a) == identity(pair.path_b)) == (pair.same == 1)
+        assert not pair.path_b.startswith("train")
+    by_subject = Counter(identity(p.path_a) for p in pairs if p.same == 0)
+    assert set(by_subject.values()) == {expected}
+    for subject in map(str, range(12)):
+        impostor_subjects = [identity(p.path_b) for p in pairs if p.same == 0 and identity(p.path_a) == subject]
+        assert len(set(impostor_subjects)) == expected  # N-1 distinct other subjects
+        probes = {p.path_a for p in pairs if identity(p.path_a) == subject}
+        assert probes == {f"test/{subject}/{subject}_0.png"}  # the subject's first image, as in TGFR
+
+
+def test_pairs_deterministic_and_seeded():
+    assert make_verification_pairs(records(), seed=1, impostor_subjects=4) == \
+        make_verification_pairs(list(reversed(records())), seed=1, impostor_subjects=4)
+    assert make_verification_pairs(records(), seed=1, impostor_subjects=4) != \
+        make_verification_pairs(records(), seed=2, impostor_subjects=4)
+
+
+def test_single_image_subjects_have_no_genuine_pair():
+    pairs = make_verification_pairs(records(images=1), impostor_subjects=3)
+    assert all(p.same == 0 for p in pairs) and len(pairs) == 36
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        make_verification_pairs(records(subjects=1))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_pairs_round_trip(tmp_path, suffix):
+    pairs = make_verification_pairs(records(), impostor_subjects=3)
+    assert read_verification_pairs(write_verification_pairs(tmp_path / f"p.{suffix}", pairs)) == pairs
+
+
+def test_pairs_file_errors(tmp_path):
+    (tmp_path / "bad.csv").write_text("path_a,path_b,same\na.png,b.png,2\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: 'same' must be 0 or 1"):
+        read_verification_pairs(tmp_path / "bad.csv")
+    (tmp_path / "bad.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="'pairs' list"):
+        read_verification_pairs(tmp_path / "bad.json")
+
+
+def test_identification_split(tmp_path):
+    split = make_identification_split(records(), gallery_per_subject=1)
+    assert len(split["gallery"]) == 12 and len(split["probes"]) == 36
+    assert {g["identity"] for g in split["gallery"]} == {str(s) for s in range(12)}
+    assert not {g["path"] for g in split["gallery"]} & {p["path"] for p in split["probes"]}
+    assert all(identity(e["path"]) == e["identity"] for e in split["gallery"] + split["probes"])
+    assert read_identification_split(write_identification_split(tmp_path / "i.json", split)) == split
+    with pytest.raises(ValueError, match="no probe images"):
+        make_identification_split(records(images=1))
+    (tmp_path / "bad.json").write_text('{"gallery": []}')
+    with pytest.raises(ValueError, match="'probes' must be a list"):
+        read_identification_split(tmp_path / "bad.json")
+
+
+def test_degraded_split_gets_corresponding_pairs():
+    clean = make_verification_pairs(records(split="test"), "test", impostor_subjects=3, seed=4)
+    degraded = make_verification_pairs(records(split="test_degraded"), "test_degraded", impostor_subjects=3, seed=4)
+    assert [VerificationPair(p.path_a.replace("test_degraded", "test"), p.path_b.replace("test_degraded", "test"),
+                             p.same) for p in degraded] == clean

@@ -1,0 +1,123 @@
+import json
+
+import numpy as np
+import pytest
+
+from tgfr.data.degrade import down_up
+from tgfr.data.manifest import read_manifest
+from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
+from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+
+CONFIG = SyntheticConfig(identities=10, images_per_identity=3, captions_per_image=4, seed=5,
+                         val_fraction=0.2, test_fraction=0.3)
+FINE_WORDS = {  # attribute -> what a caption must say when the attribute is visible
+    "freckles": lambda a: "freckle",
+    "scar": lambda a: f"scar",
+    "mole": lambda a: f"mole {a['mole']}",
+    "eye_colour": lambda a: f"{a['eye_colour']} eyes",
+    "glasses": lambda a: "eyeglasses",
+    "earrings": lambda a: a["earrings_metal"],
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return out, read_manifest(generate_synthetic_dataset(out, CONFIG, workers=1))
+
+
+def test_layout_splits_and_counts(dataset):
+    out, records = dataset
+    clean = [r for r in records if not r.split.endswith("_degraded")]
+    assert len(clean) == 30
+    assert {r.split for r in records} == {"train", "val", "test", "test_degraded"}
+    split_of = {}
+    for record in clean:
+        assert split_of.setdefault(record.identity, record.split) == record.split  # identity-disjoint splits
+        assert record.path == f"images/{record.split}/{record.identity}/{record.identity}_{record.path[-5]}.png"
+        assert (out / record.path).is_file() and len(record.captions) == 4
+    assert sorted(list(split_of.values()).count(s) for s in ("train", "val", "test")) == [2, 3, 5]
+    degraded = [r for r in records if r.split == "test_degraded"]
+    assert len(degraded) == 3 * list(split_of.values()).count("test")
+    assert json.loads((out / "synthetic.json").read_text())["key"] == CONFIG.key()
+
+
+def test_same_seed_same_bytes_any_workers(dataset, tmp_path):
+    out, records = dataset
+    again = generate_synthetic_dataset(tmp_path, CONFIG, workers=2)
+    assert again.read_bytes() == (out / "manifest.jsonl").read_bytes()
+    for record in records:
+        assert (tmp_path / record.path).read_bytes() == (out / record.path).read_bytes()
+    other = SyntheticConfig(**{**CONFIG.__dict__, "seed": 6, "degradations": {}})
+    other_records = read_manifest(generate_synthetic_dataset(tmp_path / "other", other, workers=1))
+    assert [r.captions for r in other_records] != [r.captions for r in records if r.split != "test_degraded"]
+
+
+def test_attributes_persist_and_captions_mention_fine_ones(dataset):
+    _, records = dataset
+    by_identity = {}
+    for record in records:
+        if record.split.endswith("_degraded"):
+            continue
+        attributes = record.meta["attributes"]
+        assert by_identity.setdefault(record.identity, attributes) == attributes
+        fresh = identity_attributes(CONFIG.seed, int(record.identity))
+        assert all(fresh[name] == value for name, value in attributes.items())
+        text = " ".join(record.captions).lower()
+        visible = record.meta["image"]
+        for name, phrase in FINE_WORDS.items():
+            present = attributes[name] not in (False, "none")
+            if name == "glasses":
+                present = visible["glasses_on"]
+            if name == "earrings":
+                present = visible["earrings_on"]
+            if name == "eye_colour" or present:
+                assert phrase(attributes) in text, (name, record.captions)
+        if not visible["glasses_on"]:
+            assert "eyeglasses" not in text
+        assert ("she" in text or "woman" in text) != (attributes["gender"] == "man") or "person" in text
+
+
+def test_images_of_one_identity_vary():
+    attributes = identity_attributes(0, 4)
+    images = [np.asarray(render_face(attributes, image_state(0, 4, k, attributes)), np.float64) for k in range(4)]
+    for k in range(1, 4):
+        assert np.mean(np.abs(images[0] - images[k])) > 10  # pose, light, background change
+
+
+@pytest.mark.parametrize("mark, absent", [("freckles", False), ("mole", "none"), ("scar", "none"),
+                                          ("eye_colour", None), ("earrings", "none")])
+def test_fine_marks_visible_clean_and_erased_by_low_resolution(mark, absent):
+    """The pixel difference a fine mark makes shrinks far more than the image under down-up 16."""
+    identity = next(i for i in range(200) if identity_attributes(0, i)[mark] not in (False, "none"))
+    attributes = identity_attributes(0, identity)
+    state = {**image_state(0, identity, 0, attributes), "yaw": 0.0, "roll": 0.0, "earrings_on": True}
+    changed = {**attributes, mark: absent if absent is not None else
+               ("blue" if attributes["eye_colour"] == "brown" else "brown")}
+    changed_state = {**state, "earrings_on": mark != "earrings"}
+    with_mark, without = render_face(attributes, state), render_face(changed, changed_state)
+    clean = np.abs(np.asarray(with_mark, np.float64) - np.asarray(without, np.float64))
+    low = np.abs(np.asarray(down_up(with_mark, 16), np.float64) - np.asarray(down_up(without, 16), np.float64))
+    assert clean.max() > 40  # clearly visible in the clean image
+    assert low.max() < 0.5 * clean.max()
+
+
+def test_ensure_reuses_cache(tmp_path):
+    config = SyntheticConfig(identities=4, images_per_identity=2, captions_per_image=2, degradations={})
+    first = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    stamp = first.stat().st_mtime_ns
+    assert ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1) == first
+    assert first.stat().st_mtime_ns == stamp
+    (first.parent / "synthetic.json").unlink()  # an interrupted run is regenerated
+    assert ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1) == first
+    with pytest.raises(ValueError, match="preset must be one of"):
+        ensure_synthetic_dataset("huge", cache_dir=tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="identities must be a positive integer"):
+        SyntheticConfig(identities=0)
+    with pytest.raises(ValueError, match="sum < 1"):
+        SyntheticConfig(val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="degradation split names"):
+        SyntheticConfig(degradations={"blurry": "down16"})
