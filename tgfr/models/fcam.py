@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.models.iresnet import regions_as_tokens
+from tgfr.models.word_mask import check_word_lengths, valid_word_mask
 from tgfr.validation import check_size, check_tensor
 
 
@@ -88,13 +89,8 @@ class TextAlignmentHead(nn.Module):
         """tokens (B, T, H), lengths (B,) with 1 <= lengths <= T -> words (B, T, D), sentence (B, D)."""
         check_tensor("tokens", tokens, ndim=3)
         check_size("tokens", tokens, 2, self.hidden_size, "the text encoder's hidden size")
-        check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
-        check_size("lengths", lengths, 0, tokens.shape[0], "the batch size of tokens")
-        num_tokens = tokens.shape[1]
-        if bool(((lengths < 1) | (lengths > num_tokens)).any()):
-            raise ValueError(f"lengths must lie in [1, {num_tokens}], got values in "
-                             f"[{int(lengths.min())}, {int(lengths.max())}]")
-        valid = torch.arange(num_tokens, device=tokens.device)[None, :] < lengths[:, None]  # (B, T)
+        check_word_lengths(lengths, tokens.shape[0], tokens.shape[1])
+        valid = valid_word_mask(lengths, tokens.shape[1])  # (B, T)
         x = (tokens * valid.unsqueeze(-1).to(tokens.dtype)).transpose(1, 2)  # (B, H, T)
         # Right padding by k - 1 keeps one output per token position for every kernel size.
         maps = torch.stack([F.relu(conv(F.pad(x, (0, conv.kernel_size[0] - 1)))) for conv in self.convs])

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from tgfr.models.word_mask import check_word_lengths, valid_word_mask
 from tgfr.validation import check_size, check_tensor
 
 FUSIONS = ("fcfm", "linear", "concat")
@@ -24,11 +25,7 @@ def _check_aligned(dim: int, regions, words, lengths, image_global, sentence) ->
         check_tensor(name, value, ndim=ndim)
         check_size(name, value, ndim - 1, dim, "the alignment dimension D")
         check_size(name, value, 0, regions.shape[0], "the batch size of regions")
-    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
-    check_size("lengths", lengths, 0, regions.shape[0], "the batch size of regions")
-    if bool(((lengths < 1) | (lengths > words.shape[1])).any()):
-        raise ValueError(f"lengths must lie in [1, {words.shape[1]}], got values in "
-                         f"[{int(lengths.min())}, {int(lengths.max())}]")
+    check_word_lengths(lengths, regions.shape[0], words.shape[1])
 
 
 class FineGrainedInteraction(nn.Module):
@@ -45,7 +42,7 @@ class FineGrainedInteraction(nn.Module):
 
     def forward(self, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         scores = self.query(regions) @ self.key(words).transpose(1, 2) * self.scale  # (B, R, T)
-        padded = torch.arange(words.shape[1], device=words.device)[None, :] >= lengths[:, None]  # (B, T)
+        padded = ~valid_word_mask(lengths, words.shape[1])  # (B, T)
         attention = scores.masked_fill(padded[:, None, :], float("-inf")).softmax(dim=-1)
         context = attention @ self.value(words)  # (B, R, D)
         return self.project(self.norm(regions + context).mean(dim=1))

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from tgfr.models.freezing import FreezableModule
+from tgfr.models.word_mask import valid_word_mask
 from tgfr.validation import check_same_device, check_tensor
 
 SENTENCE_POOLINGS = ("mean", "cls", "pooled")
@@ -127,8 +128,7 @@ class TextEncoder(FreezableModule):
             output = self.model(input_ids=input_ids, attention_mask=attention_mask)
             hidden = output.last_hidden_state
             lengths = attended - 2
-            positions = torch.arange(hidden.shape[1] - 2, device=hidden.device)
-            mask = positions[None, :] < lengths[:, None]
+            mask = valid_word_mask(lengths, hidden.shape[1] - 2)
             words = hidden[:, 1:-1] * mask.unsqueeze(-1).to(hidden.dtype)
             return TextFeatures(words, lengths, mask, self._pool(output, attention_mask))
 

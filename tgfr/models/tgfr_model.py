@@ -68,7 +68,7 @@ class AlignedFeatures(NamedTuple):
 
     words: torch.Tensor  # (B, T, D), T = max_length - 2
     lengths: torch.Tensor  # (B,) int64, word t valid iff t < lengths[i]
-    regions: torch.Tensor  # (B, R, D), R = (input_size / 8)^2, 196 at 112x112
+    regions: torch.Tensor  # (B, R, D), R = backbone.num_regions, 196 at 112x112
     sentence: torch.Tensor  # (B, D)
     image_global: torch.Tensor  # (B, D)
 
