@@ -313,6 +313,18 @@ def _scores_backward_op(
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
 
 
+# Explicit fake kernels: the ones triton_op derives by tracing the launches do not work when the
+# kernels are interpreted (TRITON_INTERPRET=1) rather than compiled.
+@_scores_op.register_fake
+def _scores_fake(words, lengths, regions, gamma1, gamma2, word_softmax):
+    return words.new_empty((words.shape[0], regions.shape[0]), dtype=torch.float32)
+
+
+@_scores_backward_op.register_fake
+def _scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax):
+    return torch.empty_like(words), torch.empty_like(regions)
+
+
 def _setup_context(ctx, inputs, output):
     words, lengths, regions, gamma1, gamma2, word_softmax = inputs
     ctx.save_for_backward(words, lengths, regions)
