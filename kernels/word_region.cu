@@ -20,6 +20,10 @@
 
 #include <type_traits>
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "tgfr's word-region kernels need sm_80 or newer (bf16 tensor cores)"
+#endif
+
 namespace tgfr::kernels {
 namespace {
 
