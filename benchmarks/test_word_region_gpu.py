@@ -1,0 +1,115 @@
+"""GPU word-region similarity: cuda and triton kernels vs the PyTorch reference and
+torch.compile(reference), `tgfr` shape (T=22, R=196, D=256), full-length captions.
+
+Each case reports (in pytest-benchmark's extra_info and in a JSON file under
+benchmarks/results/) the mean time, useful TFLOP/s with SPEC section 2's accounting (forward
+4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) and the peak GPU memory of one step. Sizes sweep
+N=M from 256 up to TGFR_BENCH_MAX_SIZE (default 16384) for the kernels; the reference stops at
+the first size that runs out of memory (recorded as such). Run with benchmarks/run_gpu.sh.
+"""
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tgfr import reference
+
+# tests/conftest.py's gpu skip does not reach benchmarks/, so the skip is explicit here.
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
+MAX_SIZE = int(os.environ.get("TGFR_BENCH_MAX_SIZE", "16384"))
+SIZES = [size for size in (256, 1024, 4096, 8192, 16384, 32768) if size <= MAX_SIZE]
+REFERENCE_MAX_SIZE = 1024  # the reference's N*M*T*R*D tensors pass 80 GB beyond this
+IMPLEMENTATIONS = ["cuda", "triton", "reference", "compiled_reference"]
+DTYPES = ["bfloat16", "float16", "float32"]
+RESULTS = Path(__file__).resolve().parent / "results"
+_OUT_OF_MEMORY: set = set()  # (implementation, dtype, passes) that ran out at a smaller size
+
+
+def _environment() -> dict:
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return {
+        "device": torch.cuda.get_device_name(),
+        "commit": commit or "unknown",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+
+
+def _record(result: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"word_region_gpu_{torch.cuda.get_device_name().replace(' ', '_')}.jsonl"
+    with path.open("a") as file:
+        file.write(json.dumps({**_environment(), **result}) + "\n")
+
+
+def _step(implementation: str, passes: str, words, lengths, regions):
+    import tgfr.ops
+
+    if implementation in ("cuda", "triton"):
+        def scores_fn(w, v):
+            return tgfr.ops.word_region_scores(w, lengths, v, backend=implementation)
+    elif implementation == "reference":
+        def scores_fn(w, v):
+            return reference.word_region_scores(w, lengths, v)
+    else:
+        scores_fn = torch.compile(lambda w, v: reference.word_region_scores(w, lengths, v))
+
+    def step():
+        scores = scores_fn(words, regions)
+        if passes == "forward_backward":
+            scores.sum().backward()
+        torch.cuda.synchronize()
+
+    return step
+
+
+@pytest.mark.parametrize("passes", ["forward", "forward_backward"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
+    import tgfr.ops
+
+    if implementation in ("cuda", "triton") and implementation not in tgfr.ops.available_backends():
+        pytest.skip(f"backend {implementation!r} not available")
+    if "reference" in implementation and size > REFERENCE_MAX_SIZE:
+        pytest.skip("the reference's pairwise tensors do not fit")
+    key = (implementation, dtype, passes)
+    if key in _OUT_OF_MEMORY:
+        pytest.skip("ran out of memory at a smaller size")
+    torch.cuda.empty_cache()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    words = torch.randn(size, NUM_WORDS, DIM, device="cuda", generator=generator).to(getattr(torch, dtype))
+    regions = torch.randn(size, NUM_REGIONS, DIM, device="cuda", generator=generator).to(getattr(torch, dtype))
+    lengths = torch.full((size,), NUM_WORDS, device="cuda")
+    backward = passes == "forward_backward"
+    words.requires_grad_(backward)
+    regions.requires_grad_(backward)
+    step = _step(implementation, passes, words, lengths, regions)
+    result = {"implementation": implementation, "dtype": dtype, "N": size, "M": size, "T": NUM_WORDS,
+              "R": NUM_REGIONS, "D": DIM, "passes": passes}
+    try:
+        step()  # warm-up: compilation and autotuning
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        result["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        rounds = 3 if size >= 8192 else 10
+        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
+    except torch.OutOfMemoryError:
+        _OUT_OF_MEMORY.add(key)
+        _record({**result, "out_of_memory": True})
+        pytest.skip(f"{implementation} ran out of memory at N=M={size}")
+    seconds = benchmark.stats.stats.mean
+    flops = (12 if backward else 4) * size * size * NUM_WORDS * NUM_REGIONS * DIM
+    result.update(ms=seconds * 1e3, useful_tflops=flops / seconds / 1e12)
+    benchmark.extra_info.update(result)
+    _record(result)

@@ -1,0 +1,120 @@
+// CUDA implementations of the tgfr::word_region_* operators: checks, allocation and the stream;
+// the kernels are in kernels/word_region.cu behind a torch-free launcher API.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "word_region.cuh"
+
+namespace {
+
+namespace kernels = tgfr::kernels;
+
+kernels::ScalarType scalar_type(const at::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case at::kFloat: return kernels::ScalarType::kFloat32;
+    case at::kBFloat16: return kernels::ScalarType::kBFloat16;
+    case at::kHalf: return kernels::ScalarType::kFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "words must be float32, bfloat16 or float16 for backend 'cuda', got ",
+                       tensor.scalar_type());
+  }
+}
+
+// Contiguous copies of the inputs (the kernels need a contiguous feature dimension) and the problem.
+struct Problem {
+  at::Tensor words, lengths, regions;
+  kernels::WordRegionProblem view;
+};
+
+Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
+                     double gamma1, double gamma2, bool word_softmax) {
+  TORCH_CHECK(words.is_cuda() && lengths.is_cuda() && regions.is_cuda(),
+              "words, lengths and regions must all be CUDA tensors");
+  TORCH_CHECK(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1,
+              "expected words (N, T, D), lengths (N,), regions (M, R, D)");
+  TORCH_CHECK(regions.size(2) == words.size(2), "regions must have the feature size D of words");
+  TORCH_CHECK(lengths.size(0) == words.size(0), "lengths must have one entry per caption");
+  TORCH_CHECK_TYPE(regions.scalar_type() == words.scalar_type(), "regions must have the dtype of words");
+  Problem problem{words.contiguous(), lengths.to(at::kLong).contiguous(), regions.contiguous(), {}};
+  // Out-of-range lengths would make the kernels read outside words; the front end checks them
+  // too, but the op can be called directly.
+  const auto [shortest, longest] = at::aminmax(problem.lengths);
+  TORCH_CHECK(shortest.item<int64_t>() >= 1 && longest.item<int64_t>() <= words.size(1),
+              "lengths must lie in [1, T=", words.size(1), "]");
+  problem.view = {scalar_type(words),
+                  problem.words.data_ptr(),
+                  problem.words.stride(0),
+                  problem.words.stride(1),
+                  problem.lengths.data_ptr<int64_t>(),
+                  problem.regions.data_ptr(),
+                  problem.regions.stride(0),
+                  problem.regions.stride(1),
+                  words.size(0),
+                  regions.size(0),
+                  words.size(1),
+                  regions.size(1),
+                  words.size(2),
+                  static_cast<float>(gamma1),
+                  static_cast<float>(gamma2),
+                  word_softmax};
+  return problem;
+}
+
+void check_launch(cudaError_t error, const kernels::WordRegionProblem& problem, bool backward) {
+  TORCH_CHECK(error != cudaErrorInvalidConfiguration,
+              "word-region CUDA kernel needs ", kernels::word_region_shared_memory_bytes(problem, backward),
+              " bytes of shared memory per block for T=", problem.num_words, ", R=", problem.num_regions,
+              ", D=", problem.dim, ", more than this GPU allows: use backend='triton'");
+  TORCH_CHECK(error == cudaSuccess, "word-region CUDA kernel failed to launch: ", cudaGetErrorString(error));
+}
+
+at::Tensor scores_cuda(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
+                       double gamma1, double gamma2, bool word_softmax) {
+  const c10::cuda::CUDAGuard guard(words.device());
+  const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
+  at::Tensor scores = at::empty({words.size(0), regions.size(0)}, words.options().dtype(at::kFloat));
+  check_launch(kernels::word_region_scores_forward(problem.view, scores.data_ptr<float>(), scores.stride(0),
+                                                   c10::cuda::getCurrentCUDAStream()),
+               problem.view, false);
+  return scores;
+}
+
+std::tuple<at::Tensor, at::Tensor> scores_backward_cuda(const at::Tensor& grad_scores, const at::Tensor& words,
+                                                        const at::Tensor& lengths, const at::Tensor& regions,
+                                                        double gamma1, double gamma2, bool word_softmax) {
+  const c10::cuda::CUDAGuard guard(words.device());
+  const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
+  TORCH_CHECK(grad_scores.sizes() == at::IntArrayRef({words.size(0), regions.size(0)}),
+              "grad_scores must have shape (N, M)");
+  const at::Tensor grad = grad_scores.to(at::kFloat).contiguous();
+  at::Tensor grad_words = at::zeros(problem.words.sizes(), words.options().dtype(at::kFloat));
+  at::Tensor grad_regions = at::zeros(problem.regions.sizes(), regions.options().dtype(at::kFloat));
+  check_launch(kernels::word_region_scores_backward(problem.view, grad.data_ptr<float>(), grad.stride(0),
+                                                    grad_words.data_ptr<float>(), grad_regions.data_ptr<float>(),
+                                                    c10::cuda::getCurrentCUDAStream()),
+               problem.view, true);
+  return {grad_words.to(words.scalar_type()), grad_regions.to(regions.scalar_type())};
+}
+
+at::Tensor attention_cuda(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
+                          double gamma1, bool word_softmax) {
+  const c10::cuda::CUDAGuard guard(words.device());
+  TORCH_CHECK(regions.size(0) == words.size(0), "regions must have one image per caption");
+  const Problem problem = make_problem(words, lengths, regions, gamma1, 1.0, word_softmax);
+  at::Tensor alpha = at::empty({words.size(0), words.size(1), regions.size(1)}, words.options().dtype(at::kFloat));
+  check_launch(kernels::word_region_attention(problem.view, alpha.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+               problem.view, false);
+  return alpha;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tgfr, CUDA, m) {
+  m.impl("word_region_scores", &scores_cuda);
+  m.impl("word_region_scores_backward", &scores_backward_cuda);
+  m.impl("word_region_attention", &attention_cuda);
+}

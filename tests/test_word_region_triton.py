@@ -1,0 +1,168 @@
+"""Triton kernels of the word-region similarity under the Triton interpreter, on CPU tensors.
+
+TRITON_INTERPRET=1 has to be set before the kernels are decorated, and setting it in this
+process would turn every Triton kernel of the session into the interpreter's (the GPU tests
+included). So, unless the variable is already set, the single test `test_interpreter_suite` runs
+this file again in a child process with the variable set, and the actual cases are skipped here.
+Shapes are tiny: the interpreter runs each program in numpy. torch.compile is tested on the GPU
+only (tests/test_word_region_gpu.py): tracing through triton_op needs compiled, not interpreted,
+kernels.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_TRITON = __import__("importlib").util.find_spec("triton") is not None
+ROOT = Path(__file__).resolve().parents[1]
+
+interpreted_only = pytest.mark.skipif(
+    not INTERPRETED, reason="runs inside test_interpreter_suite's child process (TRITON_INTERPRET=1)"
+)
+
+
+@pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="this is the child process" if INTERPRETED else "triton missing")
+def test_interpreter_suite():
+    environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
+         "-k", "not test_interpreter_suite", __file__],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, result.stdout[-2000:]
+
+
+def _inputs(num_captions, num_images, num_words, num_regions, dim, lengths, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    words = torch.randn(num_captions, num_words, dim, generator=generator, dtype=torch.float64)
+    regions = torch.randn(num_images, num_regions, dim, generator=generator, dtype=torch.float64)
+    return words, torch.tensor(lengths, dtype=torch.int64), regions
+
+
+def _reference_with_grads(words, lengths, regions, grad, **hyper):
+    from tgfr import reference
+
+    words, regions = words.clone().requires_grad_(), regions.clone().requires_grad_()
+    scores = reference.word_region_scores(words, lengths, regions, **hyper)
+    scores.backward(grad)
+    return scores.detach(), words.grad, regions.grad
+
+
+def _triton_with_grads(words, lengths, regions, grad, dtype=torch.float32, **hyper):
+    import tgfr.ops
+
+    words, regions = words.to(dtype).requires_grad_(), regions.to(dtype).requires_grad_()
+    scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="triton", **hyper)
+    scores.backward(grad.float())
+    return scores.detach(), words.grad, regions.grad
+
+
+# (N, M, T, R, D, lengths): odd sizes, N not a multiple of the 2 captions per program, M not a
+# multiple of the 2 images per program, R spanning several 16-region chunks with a ragged last one,
+# lengths 1 and T, T above 16 (two-row-block padding), D not a power of two.
+SHAPES = [
+    (3, 5, 5, 21, 10, [1, 5, 3]),
+    (2, 1, 1, 7, 3, [1, 1]),
+    (1, 3, 17, 33, 16, [17]),
+    (4, 2, 4, 16, 20, [4, 2, 1, 4]),
+]
+
+
+@interpreted_only
+@pytest.mark.parametrize("word_softmax", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape[:5])))
+def test_values_and_gradients_match_reference(shape, word_softmax):
+    *sizes, lengths = shape
+    words, lengths, regions = _inputs(*sizes, lengths)
+    grad = torch.randn(sizes[0], sizes[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hyper = {"gamma1": 4.0, "gamma2": 5.0, "word_softmax": word_softmax}
+    expected = _reference_with_grads(words, lengths, regions, grad, **hyper)
+    actual = _triton_with_grads(words, lengths, regions, grad, **hyper)
+    assert actual[0].dtype == torch.float32 and actual[1].dtype == torch.float32
+    for name, got, want in zip(("scores", "grad words", "grad regions"), actual, expected):
+        scale = want.abs().max().item() + 1e-6
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+    padded = torch.arange(words.shape[1]) >= lengths[:, None]
+    assert (actual[1][padded] == 0).all(), "padded words must get zero gradient"
+
+
+@interpreted_only
+def test_other_hyperparameters():
+    words, lengths, regions = _inputs(3, 4, 6, 18, 8, [6, 2, 4], seed=3)
+    grad = torch.ones(3, 4, dtype=torch.float64)
+    hyper = {"gamma1": 10.0, "gamma2": 1.5, "word_softmax": True}
+    expected = _reference_with_grads(words, lengths, regions, grad, **hyper)
+    actual = _triton_with_grads(words, lengths, regions, grad, **hyper)
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+@interpreted_only
+@pytest.mark.parametrize("dtype", [torch.float16])  # bf16: GPU tests only, see below
+def test_half_inputs_accumulate_in_fp32(dtype):
+    # Not bfloat16 here: the interpreter of Triton 3.9 gets bf16 tl.dot wrong (a plain 16x16
+    # bf16 product is off by ~1e10), so bfloat16 is covered by tests/test_word_region_gpu.py.
+    words, lengths, regions = _inputs(3, 3, 5, 20, 12, [5, 1, 3], seed=4)
+    words, regions = words.to(dtype).double(), regions.to(dtype).double()  # exact in both dtypes
+    grad = torch.randn(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = _reference_with_grads(words, lengths, regions, grad)
+    scores, grad_words, grad_regions = _triton_with_grads(words, lengths, regions, grad, dtype=dtype)
+    assert scores.dtype == torch.float32 and grad_words.dtype == dtype and grad_regions.dtype == dtype
+    # The probabilities and gradients enter the second products rounded to the input dtype.
+    torch.testing.assert_close(scores.double(), expected[0], rtol=2e-2, atol=2e-2)
+    for got, want in zip((grad_words, grad_regions), expected[1:]):
+        torch.testing.assert_close(got.double(), want, rtol=5e-2, atol=3e-2 * want.abs().max().item())
+
+
+@interpreted_only
+def test_nan_propagates_to_its_caption_only():
+    words, lengths, regions = _inputs(3, 2, 4, 9, 6, [4, 4, 2], seed=6)
+    words[0, 1, 2] = float("nan")
+    import tgfr.ops
+
+    scores = tgfr.ops.word_region_scores(words.float(), lengths, regions.float(), backend="triton")
+    assert scores[0].isnan().all() and scores[1:].isfinite().all()
+
+
+@interpreted_only
+def test_noncontiguous_inputs():
+    words, lengths, regions = _inputs(3, 2, 5, 11, 7, [5, 3, 1], seed=7)
+    import tgfr.ops
+    from tgfr import reference
+
+    words_t = words.float().transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    regions_t = regions.float()[:, ::1].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not words_t.is_contiguous() and not regions_t.is_contiguous()
+    scores = tgfr.ops.word_region_scores(words_t, lengths, regions_t, backend="triton")
+    torch.testing.assert_close(scores.double(), reference.word_region_scores(words, lengths, regions), rtol=1e-4, atol=1e-5)
+
+
+@interpreted_only
+def test_float64_is_rejected_with_a_clear_error():
+    import tgfr.ops
+
+    words, lengths, regions = _inputs(2, 2, 3, 5, 4, [3, 1])
+    with pytest.raises(TypeError, match="words must be float32, bfloat16 or float16 for backend 'triton'"):
+        tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")
+
+
+@interpreted_only
+def test_registered_op_passes_opcheck():
+    import tgfr.ops  # noqa: F401
+    from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
+
+    words, lengths, regions = _inputs(3, 2, 4, 17, 8, [4, 1, 2], seed=8)
+    words, regions = words.float().requires_grad_(), regions.float().requires_grad_()
+    torch.library.opcheck(
+        torch.ops.tgfr.word_region_scores_triton.default,
+        (words, lengths, regions, 4.0, 5.0, True),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+

@@ -1,0 +1,357 @@
+"""Triton kernels of the word-region similarity (SPEC section 2), forward and backward.
+
+Tiling. A program takes CAPTIONS captions (each padded to T_PAD rows, so a tile has
+CAPTIONS * T_PAD word rows) against a group of IMAGES images, and streams each image's regions in
+chunks of BLOCK_R rows with the full feature size D_PAD in registers. Per chunk it computes
+S = W V^T with tl.dot, the softmax over words (a per-region column operation, so it is local to
+the chunk; the rows are reshaped to (CAPTIONS, T_PAD, BLOCK_R) to normalize each caption on its
+own), and an online (flash-attention style) softmax over regions whose context C = alpha V is
+accumulated with a second tl.dot. The T x R tile of a pair never leaves the chip; the log-sum-exp
+over words follows per caption. Only the (N, M) scores are written.
+
+Backward by recomputation, one kernel with atomics (not a d(words) pass over images plus a
+d(regions) pass over captions). Per pair, pass A repeats the forward to get C, the row statistics
+of the region softmax, cos and beta = softmax_t(gamma2 cos); from them dc (the gradient of the
+context) and delta_t = <dc_t, c_t> = sum_r alpha_tr dalpha_tr. Pass B streams the chunks again and
+forms dalpha = dc V^T, dz = alpha (dalpha - delta), ds (through the word softmax), then
+d(words) += ds V (kept in registers over the program's images) and d(regions) += alpha^T dc +
+ds^T W. The d(regions) tile of an image (R x D, fp32) cannot stay on chip across captions, so a
+separate d(regions) pass over captions would write it back to memory once per caption block
+anyway; adding it with fp32 atomics costs the same traffic and lets a single kernel produce both
+gradients, saving the second full recomputation (about 5 of the 11 products a two-pass backward
+needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients.
+Which variant is faster has not been measured yet (no GPU in the session that wrote this).
+
+Products run on tensor cores in the input dtype (bf16/fp16; fp32 as tf32 only when
+torch.backends.cuda.matmul.allow_tf32 is set, else full fp32) with fp32 accumulation;
+softmax, norms and the log-sum-exp are fp32.
+
+With TRITON_INTERPRET=1 set before triton is imported, the same kernels run on CPU tensors
+(tests/test_word_region_triton.py).
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+_COS_EPS = 1e-8
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _configs() -> list[triton.Config]:
+    if _INTERPRETED:
+        # One small config that still exercises caption packing, image groups and R chunking.
+        return [triton.Config({"CAPTIONS": 2, "BLOCK_R": 16, "IMAGES": 2}, num_warps=4)]
+    return [
+        triton.Config({"CAPTIONS": captions, "BLOCK_R": block_r, "IMAGES": 8}, num_warps=warps, num_stages=stages)
+        for captions, block_r, warps in ((1, 32, 4), (1, 64, 4), (2, 32, 4), (2, 64, 8), (4, 32, 8), (4, 64, 8))
+        for stages in (1, 2)
+    ]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drops tiles whose fp32 word-row accumulators (rows x D_PAD) would spill badly."""
+    def accumulator_size(config):
+        return config.kwargs["CAPTIONS"] * named_args["T_PAD"] * named_args["D_PAD"]
+
+    kept = [config for config in configs if accumulator_size(config) <= 64 * 256]
+    return kept or [min(configs, key=accumulator_size)]
+
+
+_AUTOTUNE_KEY = ["T_PAD", "R", "D_PAD", "WORD_SOFTMAX"]
+
+
+@triton.jit
+def _caption_rows(pid_caption, lengths_ptr, N, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr):
+    """Caption index, word index and validity of each of the CAPTIONS * T_PAD tile rows."""
+    rows = tl.arange(0, CAPTIONS * T_PAD)
+    caption = pid_caption * CAPTIONS + rows // T_PAD
+    word = rows % T_PAD
+    length = tl.load(lengths_ptr + caption, mask=caption < N, other=0)
+    return caption, word, word < length
+
+
+@triton.jit
+def _region_logits(
+    words_tile, regions_chunk, valid_word, region_in_range,
+    gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """a (after the optional softmax over each caption's valid words) and z = gamma1 * a for one
+    chunk of regions; z is -inf at regions past R so that they drop out of the region softmax."""
+    dots = tl.dot(words_tile, tl.trans(regions_chunk), input_precision=INPUT_PRECISION)
+    if WORD_SOFTMAX:
+        masked = tl.where(valid_word[:, None], dots, float("-inf"))
+        per_caption = tl.reshape(masked, (CAPTIONS, T_PAD, BLOCK_R))
+        column_max = tl.max(per_caption, axis=1)
+        column_max = tl.where(column_max == float("-inf"), 0.0, column_max)  # captions past N
+        exps = tl.exp(per_caption - column_max[:, None, :])
+        total = tl.sum(exps, axis=1)
+        attn = tl.reshape(exps / tl.where(total == 0.0, 1.0, total)[:, None, :], (CAPTIONS * T_PAD, BLOCK_R))
+    else:
+        attn = dots
+    logits = tl.where(region_in_range[None, :], gamma1 * attn, float("-inf"))
+    return attn, logits
+
+
+@triton.jit
+def _pair_context(
+    words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
+    gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, D_PAD: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Pass A: context C (rows x D_PAD, fp32) of every word row against one image, with the
+    running max and sum of the online softmax over regions (alpha = exp(z - max) / sum)."""
+    dims = tl.arange(0, D_PAD)
+    row_max = tl.full((CAPTIONS * T_PAD,), float("-inf"), tl.float32)
+    row_sum = tl.zeros((CAPTIONS * T_PAD,), tl.float32)
+    context = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
+    for start in range(0, R, BLOCK_R):
+        region = start + tl.arange(0, BLOCK_R)
+        region_in_range = region < R
+        chunk = tl.load(
+            regions_ptr + image * stride_rm + region[:, None] * stride_rr + dims[None, :],
+            mask=region_in_range[:, None] & (dims[None, :] < D), other=0.0,
+        )
+        _, logits = _region_logits(
+            words_tile, chunk, valid_word, region_in_range,
+            gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, INPUT_PRECISION,
+        )
+        new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+        probs = tl.exp(logits - new_max[:, None])
+        rescale = tl.exp(row_max - new_max)
+        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
+        context = context * rescale[:, None] + tl.dot(
+            probs.to(chunk.dtype), chunk, input_precision=INPUT_PRECISION
+        )
+        row_max = new_max
+    return context / row_sum[:, None], row_max, row_sum
+
+
+@triton.jit
+def _word_logsumexp(logits, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr):
+    """Log-sum-exp over each caption's rows: (CAPTIONS * T_PAD,) -> (CAPTIONS,), -inf rows ignored."""
+    per_caption = tl.reshape(logits, (CAPTIONS, T_PAD))
+    top = tl.max(per_caption, axis=1)
+    safe_top = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.sum(tl.exp(per_caption - safe_top[:, None]), axis=1)
+    return safe_top + tl.log(tl.where(total == 0.0, 1.0, total))  # 0, not -inf, for captions past N
+
+
+@triton.autotune(configs=_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs})
+@triton.jit
+def _forward_kernel(
+    words_ptr, lengths_ptr, regions_ptr, scores_ptr,
+    N, M, R, D,
+    stride_wn, stride_wt, stride_rm, stride_rr, stride_sn,
+    gamma1, gamma2,
+    T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
+):
+    caption, word, valid_word = _caption_rows(tl.program_id(0), lengths_ptr, N, CAPTIONS, T_PAD)
+    dims = tl.arange(0, D_PAD)
+    words_tile = tl.load(
+        words_ptr + caption[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :],
+        mask=valid_word[:, None] & (dims[None, :] < D), other=0.0,
+    )
+    words_f32 = words_tile.to(tl.float32)
+    word_norm = tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
+    first_caption = tl.program_id(0) * CAPTIONS + tl.arange(0, CAPTIONS)
+    for offset in range(IMAGES):
+        image = tl.program_id(1) * IMAGES + offset
+        if image < M:
+            context, _, _ = _pair_context(
+                words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
+                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION,
+            )
+            context_norm = tl.sqrt(tl.sum(context * context, axis=1))
+            cos = tl.sum(context * words_f32, axis=1) / tl.maximum(context_norm * word_norm, 1e-8)
+            logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
+            scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
+            tl.store(scores_ptr + first_caption * stride_sn + image, scores, mask=first_caption < N)
+
+
+@triton.autotune(
+    configs=_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
+    reset_to_zero=["grad_words_ptr", "grad_regions_ptr"],
+)
+@triton.jit
+def _backward_kernel(
+    grad_scores_ptr, words_ptr, lengths_ptr, regions_ptr, grad_words_ptr, grad_regions_ptr,
+    N, M, R, D,
+    stride_gn, stride_wn, stride_wt, stride_rm, stride_rr,
+    gamma1, gamma2,
+    T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
+):
+    """Adds this program's share to grad_words (N, T, D) and grad_regions (M, R, D), both fp32,
+    zeroed, contiguous (strides stride_wn/stride_wt and stride_rm/stride_rr of the inputs)."""
+    caption, word, valid_word = _caption_rows(tl.program_id(0), lengths_ptr, N, CAPTIONS, T_PAD)
+    dims = tl.arange(0, D_PAD)
+    in_dims = dims[None, :] < D
+    word_offsets = caption[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :]
+    words_tile = tl.load(words_ptr + word_offsets, mask=valid_word[:, None] & in_dims, other=0.0)
+    words_f32 = words_tile.to(tl.float32)
+    word_norm = tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
+    grad_words = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
+    for offset in range(IMAGES):
+        image = tl.program_id(1) * IMAGES + offset
+        if image < M:
+            # Pass A: forward quantities of the pair, then the gradient of each word's context.
+            context, row_max, row_sum = _pair_context(
+                words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
+                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION,
+            )
+            context_norm = tl.sqrt(tl.sum(context * context, axis=1))
+            norms = context_norm * word_norm
+            cos = tl.sum(context * words_f32, axis=1) / tl.maximum(norms, 1e-8)
+            logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
+            scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
+            beta = tl.reshape(
+                tl.exp(tl.reshape(logits, (CAPTIONS, T_PAD)) - scores[:, None]), (CAPTIONS * T_PAD,)
+            )
+            grad_score = tl.load(grad_scores_ptr + caption * stride_gn + image, mask=valid_word, other=0.0)
+            grad_cos = tl.where(valid_word, grad_score * gamma2 * beta, 0.0)
+            unclamped = norms > 1e-8
+            scale = grad_cos / tl.where(unclamped, norms, 1e-8)
+            grad_context = scale[:, None] * words_f32 - tl.where(
+                unclamped, grad_cos * cos / tl.where(unclamped, context_norm * context_norm, 1.0), 0.0
+            )[:, None] * context
+            grad_words += scale[:, None] * context - tl.where(
+                unclamped, grad_cos * cos / tl.where(unclamped, word_norm * word_norm, 1.0), 0.0
+            )[:, None] * words_f32
+            delta = tl.sum(grad_context * context, axis=1)  # sum_r alpha_tr dalpha_tr
+            grad_context_in = grad_context.to(words_tile.dtype)
+            # Pass B: attention again, chunk by chunk, and the products of the gradients.
+            for start in range(0, R, BLOCK_R):
+                region = start + tl.arange(0, BLOCK_R)
+                region_in_range = region < R
+                chunk_offsets = image * stride_rm + region[:, None] * stride_rr + dims[None, :]
+                chunk_mask = region_in_range[:, None] & in_dims
+                chunk = tl.load(regions_ptr + chunk_offsets, mask=chunk_mask, other=0.0)
+                attn, logits_r = _region_logits(
+                    words_tile, chunk, valid_word, region_in_range,
+                    gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, INPUT_PRECISION,
+                )
+                alpha = tl.exp(logits_r - row_max[:, None]) / row_sum[:, None]
+                grad_alpha = tl.dot(grad_context_in, tl.trans(chunk), input_precision=INPUT_PRECISION)
+                grad_attn = gamma1 * alpha * (grad_alpha - delta[:, None])
+                if WORD_SOFTMAX:
+                    weighted = tl.reshape(attn * grad_attn, (CAPTIONS, T_PAD, BLOCK_R))
+                    column = tl.reshape(
+                        tl.broadcast_to(tl.sum(weighted, axis=1)[:, None, :], (CAPTIONS, T_PAD, BLOCK_R)),
+                        (CAPTIONS * T_PAD, BLOCK_R),
+                    )
+                    grad_dots = attn * (grad_attn - column)
+                else:
+                    grad_dots = grad_attn
+                grad_dots_in = grad_dots.to(words_tile.dtype)
+                grad_words += tl.dot(grad_dots_in, chunk, input_precision=INPUT_PRECISION)
+                grad_chunk = tl.dot(tl.trans(alpha.to(words_tile.dtype)), grad_context_in, input_precision=INPUT_PRECISION)
+                grad_chunk += tl.dot(tl.trans(grad_dots_in), words_tile, input_precision=INPUT_PRECISION)
+                tl.atomic_add(grad_regions_ptr + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
+    tl.atomic_add(grad_words_ptr + word_offsets, grad_words, mask=valid_word[:, None] & in_dims, sem="relaxed")
+
+
+def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
+    num_words, dim = words.shape[1], words.shape[2]
+    tf32 = words.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return {
+        "T_PAD": max(16, triton.next_power_of_2(num_words)),
+        "D_PAD": max(16, triton.next_power_of_2(dim)),
+        "WORD_SOFTMAX": word_softmax,
+        "INPUT_PRECISION": "tf32" if tf32 else "ieee",
+    }
+
+
+def _grid(num_captions: int, num_images: int):
+    return lambda meta: (triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"]))
+
+
+def _check_dtype(words: torch.Tensor) -> None:
+    if words.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(
+            f"words must be float32, bfloat16 or float16 for backend 'triton', got {words.dtype} "
+            "(use backend='cpu' or 'reference' for float64)"
+        )
+
+
+@triton_op("tgfr::word_region_scores_triton", mutates_args=())
+def _scores_op(
+    words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+    gamma1: float, gamma2: float, word_softmax: bool,
+) -> torch.Tensor:
+    num_captions, num_images = words.shape[0], regions.shape[0]
+    scores = torch.empty((num_captions, num_images), dtype=torch.float32, device=words.device)
+    wrap_triton(_forward_kernel)[_grid(num_captions, num_images)](
+        words, lengths, regions, scores,
+        num_captions, num_images, regions.shape[1], words.shape[2],
+        words.stride(0), words.stride(1), regions.stride(0), regions.stride(1), scores.stride(0),
+        gamma1, gamma2, **_constexprs(words, word_softmax),
+    )
+    return scores
+
+
+@triton_op("tgfr::word_region_scores_backward_triton", mutates_args=())
+def _scores_backward_op(
+    grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+    gamma1: float, gamma2: float, word_softmax: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    num_captions, num_images = words.shape[0], regions.shape[0]
+    grad_words = torch.zeros(words.shape, dtype=torch.float32, device=words.device)
+    grad_regions = torch.zeros(regions.shape, dtype=torch.float32, device=words.device)
+    wrap_triton(_backward_kernel)[_grid(num_captions, num_images)](
+        grad_scores, words, lengths, regions, grad_words, grad_regions,
+        num_captions, num_images, regions.shape[1], words.shape[2],
+        grad_scores.stride(0), words.stride(0), words.stride(1), regions.stride(0), regions.stride(1),
+        gamma1, gamma2, **_constexprs(words, word_softmax),
+    )
+    return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
+
+
+# Explicit fake kernels: the ones triton_op derives by tracing the launches do not work when the
+# kernels are interpreted (TRITON_INTERPRET=1) rather than compiled.
+@_scores_op.register_fake
+def _scores_fake(words, lengths, regions, gamma1, gamma2, word_softmax):
+    return words.new_empty((words.shape[0], regions.shape[0]), dtype=torch.float32)
+
+
+@_scores_backward_op.register_fake
+def _scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax):
+    return torch.empty_like(words), torch.empty_like(regions)
+
+
+def _setup_context(ctx, inputs, output):
+    words, lengths, regions, gamma1, gamma2, word_softmax = inputs
+    ctx.save_for_backward(words, lengths, regions)
+    ctx.hyperparameters = (gamma1, gamma2, word_softmax)
+
+
+def _backward(ctx, grad_scores):
+    words, lengths, regions = ctx.saved_tensors
+    grad_words, grad_regions = _scores_backward_op(grad_scores.contiguous(), words, lengths, regions, *ctx.hyperparameters)
+    return grad_words, None, grad_regions, None, None, None
+
+
+_scores_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def word_region_scores(
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float,
+    gamma2: float,
+    word_softmax: bool,
+) -> torch.Tensor:
+    """Triton word-region scores; inputs already checked and contiguous by tgfr.ops.word_region.
+
+    words (N, T, D) float32/bfloat16/float16, lengths (N,) int64 in [1, T], regions (M, R, D)
+    -> (N, M) float32, differentiable in words and regions.
+    """
+    _check_dtype(words)
+    return _scores_op(words, lengths, regions, gamma1, gamma2, word_softmax)
