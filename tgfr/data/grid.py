@@ -41,7 +41,7 @@ def manifest_rows(manifest: str | Path, rows: int, split: str = "test") -> list[
 
 
 def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, recipe: str, seed: int = 0) -> Path:
-    """Writes the grid as a 256-colour PNG (small enough to commit); degraded copies use `recipe`."""
+    """Writes the grid PNG; degraded copies use `recipe` seeded per cell."""
     size = OUTPUT_SIZE
     font = ImageFont.load_default(size=13)
     header = 22
@@ -59,5 +59,5 @@ def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, reci
         draw.multiline_text((4 * size + 8, y + 8), text, fill=(0, 0, 0), font=font, spacing=3)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.quantize(256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    grid.save(out, format="PNG", optimize=True)
     return out
