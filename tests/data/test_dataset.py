@@ -157,3 +157,14 @@ def test_sampler_pads_small_identities_and_validates():
         IdentityBalancedBatchSampler(labels, 4, 2)
     with pytest.raises(ValueError, match="images_per_identity must be a positive integer"):
         IdentityBalancedBatchSampler(labels, 2, 0)
+
+
+def test_sampler_replicas_partition_the_plan():
+    labels = [i // 4 for i in range(80)]
+    whole = list(IdentityBalancedBatchSampler(labels, 4, 2, seed=3))
+    parts = [list(IdentityBalancedBatchSampler(labels, 4, 2, seed=3, num_replicas=3, rank=r)) for r in range(3)]
+    assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(whole) // 3
+    assert [b for i in range(len(parts[0])) for b in (parts[0][i], parts[1][i], parts[2][i])] == \
+        whole[:3 * len(parts[0])]
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
+        IdentityBalancedBatchSampler(labels, 4, 2, num_replicas=3, rank=3)

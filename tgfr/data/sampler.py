@@ -14,11 +14,12 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
     fewer than K images fills its single group by drawing again from its own images); groups are
     shuffled and packed P per batch so that no identity appears twice in a batch. Groups that do
     not fill a last batch are dropped. The order depends only on (seed, epoch): call
-    `set_epoch` each epoch, as with DistributedSampler.
+    `set_epoch` each epoch, as with DistributedSampler. With num_replicas > 1, replica `rank`
+    gets every num_replicas-th batch of the common plan (all replicas get equally many).
     """
 
     def __init__(self, labels: Sequence[int] | torch.Tensor, identities_per_batch: int,
-                 images_per_identity: int, seed: int = 0):
+                 images_per_identity: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         labels = torch.as_tensor(labels).tolist() if isinstance(labels, torch.Tensor) else list(labels)
         for name, value in (("identities_per_batch", identities_per_batch), ("images_per_identity", images_per_identity)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -26,6 +27,11 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         self.indices_of: dict[int, list[int]] = {}
         for index, label in enumerate(labels):
             self.indices_of.setdefault(int(label), []).append(index)
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be a positive integer, got {num_replicas!r}")
+        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
+        self.num_replicas, self.rank = num_replicas, rank
         if len(self.indices_of) < identities_per_batch:
             raise ValueError(f"identities_per_batch={identities_per_batch} exceeds the {len(self.indices_of)} "
                              "identities in labels")
@@ -60,6 +66,8 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
             if len(target[0]) == self.p:
                 open_batches.remove(target)
                 batches.append(target[1])
+        per_replica = len(batches) // self.num_replicas
+        batches = batches[self.rank:per_replica * self.num_replicas:self.num_replicas]
         self._plan = (self.epoch, batches)
         return batches
 
