@@ -7,6 +7,8 @@ them and the benchmarks measure them. Inputs are assumed valid; the public ops c
 
 import torch
 
+from tgfr.word_mask import valid_word_mask
+
 _COS_EPS = 1e-8
 
 
@@ -31,7 +33,7 @@ def word_region_attention_all_pairs(
     """
     dtype = accumulation_dtype(words.dtype)
     w, v = words.to(dtype), regions.to(dtype)
-    valid_word = torch.arange(w.shape[1], device=w.device) < lengths[:, None]  # (N, T)
+    valid_word = valid_word_mask(lengths, w.shape[1])  # (N, T)
     attn = torch.einsum("ntd,mrd->nmtr", w, v)
     if word_softmax:
         attn = attn.masked_fill(~valid_word[:, None, :, None], float("-inf")).softmax(dim=2)
@@ -55,7 +57,7 @@ def word_region_scores(
     """
     dtype = accumulation_dtype(words.dtype)
     w, v = words.to(dtype), regions.to(dtype)
-    valid_word = torch.arange(w.shape[1], device=w.device) < lengths[:, None]  # (N, T)
+    valid_word = valid_word_mask(lengths, w.shape[1])  # (N, T)
     alpha = word_region_attention_all_pairs(words, lengths, regions, gamma1, word_softmax)
     context = torch.einsum("nmtr,mrd->nmtd", alpha, v)
     dot = (context * w[:, None]).sum(dim=-1)  # (N, M, T)
@@ -78,7 +80,7 @@ def word_region_attention(
     """
     dtype = accumulation_dtype(words.dtype)
     w, v = words.to(dtype), regions.to(dtype)
-    valid_word = torch.arange(w.shape[1], device=w.device) < lengths[:, None]  # (N, T)
+    valid_word = valid_word_mask(lengths, w.shape[1])  # (N, T)
     attn = torch.einsum("ntd,nrd->ntr", w, v)
     if word_softmax:
         attn = attn.masked_fill(~valid_word[:, :, None], float("-inf")).softmax(dim=1)

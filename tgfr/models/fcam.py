@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.models.iresnet import regions_as_tokens
-from tgfr.models.word_mask import check_word_lengths, valid_word_mask
+from tgfr.word_mask import valid_word_mask
+from tgfr.validation import check_word_lengths
 from tgfr.validation import check_size, check_tensor
 
 

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from tgfr.models.word_mask import check_word_lengths, valid_word_mask
+from tgfr.word_mask import valid_word_mask
+from tgfr.validation import check_word_lengths
 from tgfr.validation import check_size, check_tensor
 
 FUSIONS = ("fcfm", "linear", "concat")

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from tgfr.models.freezing import FreezableModule
-from tgfr.models.word_mask import valid_word_mask
+from tgfr.word_mask import valid_word_mask
 from tgfr.validation import check_same_device, check_tensor
 
 SENTENCE_POOLINGS = ("mean", "cls", "pooled")

@@ -10,7 +10,14 @@ import torch
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.validation import check_nonempty, check_positive, check_same_device, check_size, check_tensor
+from tgfr.validation import (
+    check_nonempty,
+    check_positive,
+    check_same_device,
+    check_size,
+    check_tensor,
+    check_word_lengths,
+)
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -20,8 +27,8 @@ def _check_inputs(
     words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_tensor("words", words, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
     check_tensor("regions", regions, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
     check_same_device(words=words, lengths=lengths, regions=regions)
     if regions.dtype != words.dtype:
         raise TypeError(f"regions must have the dtype of words ({words.dtype}), got {regions.dtype}")
@@ -32,15 +39,7 @@ def _check_inputs(
     check_nonempty("regions", regions, 0)
     check_nonempty("regions", regions, 1)
     check_size("regions", regions, 2, dim, "the feature size D of words")
-    check_size("lengths", lengths, 0, num_captions, "the number of captions N of words")
-    if not torch.compiler.is_compiling():
-        # Data-dependent, so skipped while tracing; the kernels check it again themselves.
-        shortest, longest = (int(value) for value in lengths.aminmax())
-        if shortest < 1 or longest > num_words:
-            raise ValueError(
-                f"lengths must lie in [1, T={num_words}] (T from words.shape[1]), "
-                f"got values in [{shortest}, {longest}]"
-            )
+    check_word_lengths(lengths, num_captions, num_words)
     return words.contiguous(), lengths.to(torch.int64).contiguous(), regions.contiguous()
 
 
