@@ -34,7 +34,7 @@ def build_cuda() -> bool:
 
 
 cpu_arch = os.environ.get("TGFR_CPU_ARCH", "native")
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp", f"-march={cpu_arch}", "-fno-math-errno"]
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp", f"-march={cpu_arch}", "-fno-math-errno"]
 link_flags = ["-fopenmp"]
 
 if build_cuda():
@@ -47,7 +47,6 @@ if build_cuda():
             "cxx": cxx_flags,
             "nvcc": [
                 "-O3",
-                "-std=c++17",
                 "--use_fast_math",
                 "-lineinfo",
                 "-gencode=arch=compute_80,code=sm_80",

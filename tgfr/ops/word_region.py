@@ -10,7 +10,7 @@ import torch
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.validation import check_nonempty, check_same_device, check_size, check_tensor
+from tgfr.validation import check_nonempty, check_positive, check_same_device, check_size, check_tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -91,8 +91,9 @@ def word_region_scores(
         No N*M*T*R or N*M*T*D tensor is allocated: the backward recomputes per pair.
     """
     words, lengths, regions = _check_inputs(words, lengths, regions)
+    gamma1, gamma2 = check_positive("gamma1", gamma1), check_positive("gamma2", gamma2)
+    word_softmax = bool(word_softmax)
     backend = _resolve_backend(backend, words.device)
-    gamma1, gamma2, word_softmax = float(gamma1), float(gamma2), bool(word_softmax)
     if backend == "reference":
         return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
     if backend == "triton":
@@ -117,7 +118,8 @@ def word_region_attention(
     """
     words, lengths, regions = _check_inputs(words, lengths, regions)
     check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
-    return torch.ops.tgfr.word_region_attention(words, lengths, regions, float(gamma1), bool(word_softmax))
+    gamma1 = check_positive("gamma1", gamma1)
+    return torch.ops.tgfr.word_region_attention(words.detach(), lengths, regions.detach(), gamma1, bool(word_softmax))
 
 
 @torch.library.register_fake("tgfr::word_region_scores")

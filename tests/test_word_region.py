@@ -1,0 +1,202 @@
+"""Fused CPU word-region similarity against the PyTorch reference (SPEC section 2)."""
+
+import pytest
+import torch
+
+import tgfr
+from tgfr import reference
+
+# Scaled-down reference shapes: T, R and D as in SPEC section 1, few captions and images.
+SHAPES = {
+    "tgfr": dict(num_captions=5, num_images=4, num_words=22, num_regions=196, dim=256),
+    "attngan-coco": dict(num_captions=4, num_images=5, num_words=15, num_regions=289, dim=256),
+    "small": dict(num_captions=9, num_images=7, num_words=12, num_regions=49, dim=64),
+}
+# (values rtol, gradients rtol) against the reference run on the same (rounded) inputs in fp32/fp64.
+TOLERANCES = {torch.float32: (1e-4, 1e-3), torch.float64: (1e-10, 1e-9), torch.bfloat16: (2e-3, 2e-2)}
+
+
+def make_inputs(num_captions, num_images, num_words, num_regions, dim, dtype=torch.float32, scale=1.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    words = scale * torch.randn(num_captions, num_words, dim, generator=generator)
+    regions = scale * torch.randn(num_images, num_regions, dim, generator=generator)
+    lengths = torch.randint(1, num_words + 1, (num_captions,), generator=generator)
+    lengths[0], lengths[-1] = 1, num_words
+    return words.to(dtype), lengths, regions.to(dtype)
+
+
+def assert_close_relative(actual, expected, rtol, what):
+    """Max abs error relative to the largest reference magnitude (robust for values near 0)."""
+    error = (actual.double() - expected.double()).abs().max().item()
+    magnitude = expected.double().abs().max().item()
+    assert error <= rtol * max(magnitude, 1e-12), f"{what}: max error {error:.3e} vs magnitude {magnitude:.3e}"
+
+
+def fused_and_reference(words, lengths, regions, grad_seed=1, **hyper):
+    """Scores and gradients of the fused op and of the reference (on fp32/fp64 copies of the inputs)."""
+    reference_dtype = reference.accumulation_dtype(words.dtype)
+    fused_inputs = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
+    ref_inputs = [words.to(reference_dtype).requires_grad_(), regions.to(reference_dtype).requires_grad_()]
+    fused = tgfr.ops.word_region_scores(fused_inputs[0], lengths, fused_inputs[1], backend="cpu", **hyper)
+    expected = reference.word_region_scores(ref_inputs[0], lengths, ref_inputs[1], **hyper)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=expected.dtype)
+    fused_grads = torch.autograd.grad(fused, fused_inputs, grad.to(fused.dtype))
+    expected_grads = torch.autograd.grad(expected, ref_inputs, grad)
+    return (fused, *fused_grads), (expected, *expected_grads)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("word_softmax", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_reference(shape, word_softmax, dtype):
+    words, lengths, regions = make_inputs(**SHAPES[shape], dtype=dtype)
+    fused, expected = fused_and_reference(words, lengths, regions, word_softmax=word_softmax)
+    value_rtol, grad_rtol = TOLERANCES[dtype]
+    assert fused[0].dtype == torch.float32 and fused[0].shape == (words.shape[0], regions.shape[0])
+    assert fused[1].dtype == dtype and fused[2].dtype == dtype
+    assert_close_relative(fused[0], expected[0], value_rtol, "scores")
+    assert_close_relative(fused[1], expected[1], grad_rtol, "d(words)")
+    assert_close_relative(fused[2], expected[2], grad_rtol, "d(regions)")
+
+
+@pytest.mark.parametrize("gamma1,gamma2", [(0.5, 0.5), (4.0, 5.0), (20.0, 20.0), (0.5, 20.0), (20.0, 0.5)])
+def test_gamma_range(gamma1, gamma2):
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=2)
+    fused, expected = fused_and_reference(words, lengths, regions, gamma1=gamma1, gamma2=gamma2)
+    for actual, wanted, what in zip(fused, expected, ("scores", "d(words)", "d(regions)")):
+        assert_close_relative(actual, wanted, 1e-4 if what == "scores" else 1e-3, what)
+
+
+@pytest.mark.parametrize("word_softmax", [True, False])
+def test_large_magnitude_inputs_are_stable(word_softmax):
+    # Products of ~1e4: any softmax without max-subtraction overflows to inf/NaN here.
+    words, lengths, regions = make_inputs(**SHAPES["small"], scale=100.0, seed=3, dtype=torch.float64)
+    expected = reference.word_region_scores(words, lengths, regions, word_softmax=word_softmax)
+    fused = tgfr.ops.word_region_scores(words.float(), lengths, regions.float(), word_softmax=word_softmax)
+    assert torch.isfinite(fused).all()
+    assert_close_relative(fused, expected, 1e-4, "scores")
+
+
+def test_padded_words_take_no_part():
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=4)
+    garbage = words.clone()
+    for i, length in enumerate(lengths.tolist()):
+        garbage[i, length:] = 1e6 * torch.randn_like(garbage[i, length:])
+    words.requires_grad_()
+    garbage.requires_grad_()
+    clean_scores = tgfr.ops.word_region_scores(words, lengths, regions)
+    garbage_scores = tgfr.ops.word_region_scores(garbage, lengths, regions)
+    torch.testing.assert_close(clean_scores, garbage_scores, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(garbage_scores.sum(), garbage)
+    for i, length in enumerate(lengths.tolist()):
+        assert (grad[i, length:] == 0).all()
+
+
+def test_lengths_one_and_full():
+    words, _, regions = make_inputs(**SHAPES["small"], seed=5)
+    num_words = words.shape[1]
+    for lengths in (torch.ones(words.shape[0], dtype=torch.int64), torch.full((words.shape[0],), num_words)):
+        fused, expected = fused_and_reference(words, lengths, regions)
+        assert_close_relative(fused[0], expected[0], 1e-4, "scores")
+        assert_close_relative(fused[1], expected[1], 1e-3, "d(words)")
+
+
+def test_many_captions_cross_thread_groups():
+    # More captions and images than threads and blocks: exercises the race-free backward schedule.
+    words, lengths, regions = make_inputs(num_captions=67, num_images=33, num_words=12, num_regions=16, dim=24, seed=6)
+    fused, expected = fused_and_reference(words, lengths, regions)
+    for actual, wanted, what in zip(fused, expected, ("scores", "d(words)", "d(regions)")):
+        assert_close_relative(actual, wanted, 1e-4 if what == "scores" else 1e-3, what)
+
+
+def test_zero_vectors_hit_the_cosine_clamp():
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=7, dtype=torch.float64)
+    words[0] = 0.0
+    fused, expected = fused_and_reference(words, lengths, regions)
+    for actual, wanted in zip(fused, expected):
+        torch.testing.assert_close(actual, wanted, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("word_softmax", [True, False])
+def test_gradcheck_float64(word_softmax):
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6, dtype=torch.float64)
+    words.requires_grad_()
+    regions.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda w, v: tgfr.ops.word_region_scores(w, lengths, v, 2.0, 3.0, word_softmax), (words, regions)
+    )
+
+
+def test_opcheck():
+    words, lengths, regions = make_inputs(num_captions=3, num_images=4, num_words=5, num_regions=6, dim=8)
+    torch.library.opcheck(
+        torch.ops.tgfr.word_region_scores.default,
+        (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0, True),
+    )
+    torch.library.opcheck(torch.ops.tgfr.word_region_attention.default, (words.detach(), lengths, regions[:3].detach(), 4.0, True))
+
+
+def test_torch_compile_fullgraph():
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=8)
+
+    def loss(w, v):
+        return tgfr.ops.word_region_scores(w, lengths, v).logsumexp(dim=1).mean()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    eager_w, compiled_w = words.clone().requires_grad_(), words.clone().requires_grad_()
+    eager = loss(eager_w, regions)
+    result = compiled(compiled_w, regions)
+    torch.testing.assert_close(result, eager)
+    torch.testing.assert_close(torch.autograd.grad(result, compiled_w)[0], torch.autograd.grad(eager, eager_w)[0])
+
+
+def test_non_contiguous_inputs():
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=9)
+    words_t = words.transpose(0, 1).contiguous().transpose(0, 1)
+    regions_t = regions.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not words_t.is_contiguous() and not regions_t.is_contiguous()
+    torch.testing.assert_close(
+        tgfr.ops.word_region_scores(words_t, lengths, regions_t), tgfr.ops.word_region_scores(words, lengths, regions)
+    )
+
+
+def test_nan_propagates_to_its_row_and_column():
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=10)
+    words[2, 0, 0] = float("nan")
+    regions[3, 5, 1] = float("nan")
+    scores = tgfr.ops.word_region_scores(words, lengths, regions)
+    assert scores[2].isnan().all() and scores[:, 3].isnan().all()
+    others = torch.ones_like(scores, dtype=torch.bool)
+    others[2], others[:, 3] = False, False
+    assert torch.isfinite(scores[others]).all()
+
+
+@pytest.mark.parametrize("word_softmax", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_matches_reference(word_softmax, dtype):
+    words, lengths, _ = make_inputs(**SHAPES["small"], dtype=dtype, seed=11)
+    regions = torch.randn(words.shape[0], 49, words.shape[2], dtype=dtype)
+    attention = tgfr.ops.word_region_attention(words, lengths, regions, word_softmax=word_softmax)
+    expected = reference.word_region_attention(words, lengths, regions, word_softmax=word_softmax)
+    torch.testing.assert_close(attention, expected, rtol=1e-5, atol=1e-6)
+    # The diagonal of the all-pairs reference, independently.
+    all_pairs = reference.word_region_attention_all_pairs(words, lengths, regions, word_softmax=word_softmax)
+    diagonal = all_pairs[torch.arange(words.shape[0]), torch.arange(words.shape[0])]
+    valid = torch.arange(words.shape[1]) < lengths[:, None]
+    torch.testing.assert_close(attention[valid], diagonal[valid], rtol=1e-5, atol=1e-6)
+    assert (attention[~valid] == 0).all()
+
+
+def test_available_backends():
+    backends = tgfr.ops.available_backends()
+    assert {"reference", "cpu"} <= set(backends) <= {"reference", "cpu", "triton", "cuda"}
+
+
+def test_reference_backend_is_the_reference():
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=12)
+    torch.testing.assert_close(
+        tgfr.ops.word_region_scores(words, lengths, regions, backend="reference"),
+        reference.word_region_scores(words, lengths, regions),
+        rtol=0,
+        atol=0,
+    )

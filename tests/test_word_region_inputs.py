@@ -1,0 +1,75 @@
+"""Bad input to the word-region ops (SPEC section 5): clear errors naming the argument."""
+
+import pytest
+import torch
+
+import tgfr
+
+
+def valid_inputs():
+    return torch.randn(3, 5, 8), torch.tensor([1, 5, 3]), torch.randn(4, 6, 8)
+
+
+def replace(index, value):
+    inputs = list(valid_inputs())
+    inputs[index] = value
+    return inputs
+
+
+BAD_INPUTS = {
+    "mismatched D": (replace(2, torch.randn(4, 6, 7)), ValueError, "regions"),
+    "length zero": (replace(1, torch.tensor([0, 5, 3])), ValueError, "lengths"),
+    "length above T": (replace(1, torch.tensor([1, 6, 3])), ValueError, "lengths"),
+    "lengths of wrong size": (replace(1, torch.tensor([1, 5])), ValueError, "lengths"),
+    "float lengths": (replace(1, torch.tensor([1.0, 5.0, 3.0])), TypeError, "lengths"),
+    "words of rank 2": (replace(0, torch.randn(3, 8)), ValueError, "words"),
+    "regions of rank 4": (replace(2, torch.randn(4, 6, 8, 1)), ValueError, "regions"),
+    "integer words": (replace(0, torch.ones(3, 5, 8, dtype=torch.int64)), TypeError, "words"),
+    "dtype mismatch": (replace(2, torch.randn(4, 6, 8, dtype=torch.float64)), TypeError, "regions"),
+    "no captions": ([torch.randn(0, 5, 8), torch.zeros(0, dtype=torch.int64), torch.randn(4, 6, 8)], ValueError, "words"),
+    "no images": (replace(2, torch.randn(0, 6, 8)), ValueError, "regions"),
+    "no regions": (replace(2, torch.randn(4, 0, 8)), ValueError, "regions"),
+    "not a tensor": (replace(0, [[1.0]]), TypeError, "words"),
+    "different devices": (replace(1, torch.tensor([1, 5, 3], device="meta")), ValueError, "device"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_names_the_argument(case):
+    inputs, error, name = BAD_INPUTS[case]
+    with pytest.raises(error, match=name):
+        tgfr.ops.word_region_scores(*inputs)
+
+
+@pytest.mark.parametrize("case", ["mismatched D", "length zero", "length above T", "words of rank 2"])
+def test_attention_checks_the_same_inputs(case):
+    inputs, error, name = BAD_INPUTS[case]
+    inputs[2] = inputs[2][:3] if inputs[2].dim() == 3 else inputs[2]
+    with pytest.raises(error, match=name):
+        tgfr.ops.word_region_attention(*inputs)
+
+
+def test_attention_needs_one_image_per_caption():
+    words, lengths, regions = valid_inputs()
+    with pytest.raises(ValueError, match="regions"):
+        tgfr.ops.word_region_attention(words, lengths, regions)
+
+
+@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_gamma(gamma):
+    with pytest.raises(ValueError, match="gamma1"):
+        tgfr.ops.word_region_scores(*valid_inputs(), gamma1=gamma)
+    with pytest.raises(ValueError, match="gamma2"):
+        tgfr.ops.word_region_scores(*valid_inputs(), gamma2=gamma)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        tgfr.ops.word_region_scores(*valid_inputs(), backend="tpu")
+
+
+def test_kernel_checks_lengths_itself():
+    # The C++ kernel re-checks what the Python front end checks (it is what runs under torch.compile).
+    words, _, regions = valid_inputs()
+    with pytest.raises(ValueError, match="lengths"):
+        torch.ops.tgfr.word_region_scores(words, torch.tensor([1, 9, 3]), regions, 4.0, 5.0, True)

