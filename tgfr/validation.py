@@ -58,3 +58,10 @@ def check_positive(name: str, value: float) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return float(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Checks that `value` is one of the allowed strings `choices`; returns it."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value

@@ -20,19 +20,13 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.validation import check_nonempty, check_same_device, check_size, check_tensor
+from tgfr.validation import check_choice, check_nonempty, check_same_device, check_size, check_tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 SAME_IDENTITY_MODES = ("exclude", "zero", "positive", "none")
 DIRECTIONS = ("rows", "columns", "both")
 BACKENDS = ("auto", "reference", "cpu", "triton")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def _check_finite_number(name: str, value: object) -> float:
@@ -91,7 +85,7 @@ def _check_offset(offset: object, num_rows: int, num_columns: int, direction: st
 def _resolve_backend(backend: str, device: torch.device) -> str:
     from tgfr.ops.backends import available_backends
 
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, BACKENDS)
     if backend == "auto":
         if device.type == "cpu":
             return "cpu"
@@ -139,8 +133,8 @@ def contrastive_cross_entropy(
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
-    _check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
-    _check_choice("direction", direction, DIRECTIONS)
+    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
+    check_choice("direction", direction, DIRECTIONS)
     offset = _check_offset(offset, x.shape[0], y.shape[0], direction)
     scale, margin = _check_finite_number("scale", scale), _check_finite_number("margin", margin)
     backend = _resolve_backend(backend, x.device)
@@ -206,7 +200,7 @@ def contrastive_row_max(
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
-    _check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
+    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")
     backend = _resolve_backend(backend, x.device)
     with torch.no_grad():
