@@ -23,4 +23,20 @@ TORCH_LIBRARY(tgfr, m) {
   m.def(
       "word_region_attention(Tensor words, Tensor lengths, Tensor regions, float gamma1, "
       "bool word_softmax) -> Tensor");
+  // Fused contrastive cross-entropy (SPEC section 3): logits = scale * (<x_i, y_j> - margin on
+  // the diagonal j == i + offset), same-identity entries handled by `same_identity`. Returns the
+  // per-row and per-column cross-entropies ((0,) when that direction is off) and their
+  // log-sum-exps (saved for the backward); O(N + M) memory.
+  m.def(
+      "contrastive_forward(Tensor x, Tensor y, Tensor? labels_x, Tensor? labels_y, float scale, "
+      "float margin, str same_identity, int offset, bool rows, bool columns) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "contrastive_backward(Tensor grad_row_loss, Tensor grad_col_loss, Tensor x, Tensor y, "
+      "Tensor? labels_x, Tensor? labels_y, Tensor row_lse, Tensor col_lse, float scale, float margin, "
+      "str same_identity, int offset, bool rows, bool columns) -> (Tensor, Tensor)");
+  // max over j != i + offset of the masked similarity of row i (CoReFace's hardest negative).
+  m.def(
+      "contrastive_row_max(Tensor x, Tensor y, Tensor? labels_x, Tensor? labels_y, "
+      "str same_identity, int offset) -> Tensor");
 }

@@ -86,3 +86,76 @@ def word_region_attention(
         attn = attn.masked_fill(~valid_word[:, :, None], float("-inf")).softmax(dim=1)
     alpha = (gamma1 * attn).softmax(dim=2)
     return alpha.masked_fill(~valid_word[:, :, None], 0.0)
+
+
+def _contrastive_logits(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: float,
+    margin: float,
+    row_labels: torch.Tensor | None,
+    column_labels: torch.Tensor | None,
+    same_identity: str,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full (N, M) logits of the contrastive op, its positive mask and its diagonal mask."""
+    dtype = accumulation_dtype(x.dtype)
+    similarity = x.to(dtype) @ y.to(dtype).T
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+    diagonal = torch.arange(y.shape[0], device=x.device)[None, :] == rows + offset
+    same = torch.zeros_like(diagonal)
+    if row_labels is not None and same_identity != "none":
+        same = (row_labels[:, None] == column_labels[None, :]) & ~diagonal
+    if same_identity == "zero":
+        similarity = similarity.masked_fill(same, 0.0)
+    logits = scale * (similarity - margin * diagonal.to(dtype))
+    if same_identity == "exclude":
+        logits = logits.masked_fill(same, float("-inf"))
+    positive = diagonal | same if same_identity == "positive" else diagonal
+    return logits, positive, diagonal
+
+
+def contrastive_cross_entropy(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: float = 10.0,
+    margin: float = 0.0,
+    row_labels: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
+    same_identity: str = "none",
+    direction: str = "both",
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row and per-column cross-entropy of the contrastive op, from the full logits matrix.
+
+    x (N, D), y (M, D) -> (row_loss (N,), column_loss (M,)); a direction that is off gives (0,).
+    logits[i, j] = scale * (<x_i, y_j> - margin * [j == i + offset]); an off-diagonal entry whose
+    labels agree is dropped ("exclude"), has its similarity set to 0 ("zero"), is one more
+    positive ("positive": the loss is minus the mean log-probability of the positives) or is an
+    ordinary negative ("none"). Row i's target is column i + offset, column j's is row j - offset.
+    """
+    logits, positive, _ = _contrastive_logits(x, y, scale, margin, row_labels, column_labels, same_identity, offset)
+
+    def cross_entropy(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_prob = scores.log_softmax(dim=1)
+        # where() instead of a product so excluded -inf entries give 0, not nan.
+        picked = torch.where(targets, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+        return -picked / targets.sum(dim=1)
+
+    empty = logits.new_zeros(0)
+    row_loss = cross_entropy(logits, positive) if direction in ("rows", "both") else empty
+    column_loss = cross_entropy(logits.T, positive.T) if direction in ("columns", "both") else empty
+    return row_loss, column_loss
+
+
+def contrastive_row_max(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    row_labels: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
+    same_identity: str = "none",
+    offset: int = 0,
+) -> torch.Tensor:
+    """max over j != i + offset of the masked similarity <x_i, y_j> (-inf when there is none): (N,)."""
+    logits, _, diagonal = _contrastive_logits(x, y, 1.0, 0.0, row_labels, column_labels, same_identity, offset)
+    return logits.masked_fill(diagonal, float("-inf")).amax(dim=1)

@@ -76,3 +76,10 @@ def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Ten
                 f"got values in [{shortest}, {longest}]"
             )
     return lengths
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Checks that `value` is one of the allowed strings `choices`; returns it."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,69 @@
+"""Local form of the pairwise losses on 2 CPU processes (gloo) equals the single-process loss.
+
+Convention checked (tgfr/distributed.py): the mean of the ranks' losses is the single-process
+loss, and each rank's feature gradient is world_size times the single-process gradient of its
+rows (DDP's averaging of parameter gradients divides that factor out).
+"""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_local_form(rank, make_loss, inputs, differentiable, steps=1):
+    """inputs: full-batch tensors (rows first); each rank gets its half of every one."""
+    single, local = make_loss(gather_ranks=False), make_loss(gather_ranks=True)
+    n = inputs[0].shape[0] // WORLD
+    for _ in range(steps):
+        full = [t.clone().requires_grad_(i in differentiable) for i, t in enumerate(inputs)]
+        part = [t[rank * n:(rank + 1) * n].clone().requires_grad_(i in differentiable) for i, t in enumerate(inputs)]
+        expected, got = single(*full), local(*part)
+        expected_grads = torch.autograd.grad(expected, [full[i] for i in differentiable])
+        got_grads = torch.autograd.grad(got, [part[i] for i in differentiable])
+        mean = got.detach().clone()
+        dist.all_reduce(mean)
+        torch.testing.assert_close(mean / WORLD, expected.detach(), rtol=1e-9, atol=1e-9)
+        for g, e in zip(got_grads, expected_grads):
+            torch.testing.assert_close(g / WORLD, e[rank * n:(rank + 1) * n], rtol=1e-9, atol=1e-9)
+        inputs = [t.roll(1, 1) if t.is_floating_point() and t.dim() == 2 else t for t in inputs]
+    for (name, a), (_, b) in zip(single.named_buffers(), local.named_buffers()):
+        torch.testing.assert_close(a, b, msg=f"buffer {name}")
+
+
+def worker(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, IntraModalContrastiveLoss,
+                             WordRegionContrastiveLoss)
+
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(12, 6, generator=generator, dtype=torch.float64)
+        b = torch.randn(12, 6, generator=generator, dtype=torch.float64)
+        labels = torch.randint(0, 4, (12,), generator=generator)
+        check_local_form(rank, lambda **kw: CaptionImageContrastiveLoss(**kw), [a, b, labels], [0, 1])
+        check_local_form(rank, lambda **kw: IntraModalContrastiveLoss(scale=3.0, **kw), [a, b, labels], [0, 1])
+        check_local_form(rank, lambda **kw: CoReFaceLoss(**kw), [a, a + 0.5 * b, labels], [0, 1], steps=3)
+        words = torch.randn(8, 4, 6, generator=generator, dtype=torch.float64)
+        regions = torch.randn(8, 5, 6, generator=generator, dtype=torch.float64)
+        lengths = torch.tensor([4, 1, 3, 2, 4, 4, 2, 3])
+        check_local_form(rank, lambda **kw: WordRegionContrastiveLoss(**kw), [words, lengths, regions, labels[:8]],
+                         [0, 2])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_local_form_on_two_gloo_processes_equals_single_process():
+    mp.spawn(worker, args=(free_port(),), nprocs=WORLD, join=True)

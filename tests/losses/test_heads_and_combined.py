@@ -1,0 +1,92 @@
+"""Identity heads, the weakly supervised association loss and the combined TGFR objective."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CosFaceHead, DualGranularityAssociationLoss,
+                         MultiGranularityLoss, WordRegionContrastiveLoss)
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def head_logits_by_angle(head, embeddings, labels, arc):
+    """cos(theta + m) via arccos (ArcFace) or cos(theta) - m (CosFace), as arcface_torch writes them."""
+    cosine = (F.normalize(embeddings, dim=1) @ F.normalize(head.weight, dim=1).T).clamp(-1, 1)
+    one_hot = F.one_hot(labels, cosine.shape[1]).bool()
+    if arc:
+        target = torch.cos(torch.arccos(cosine) + head.margin)
+    else:
+        target = cosine - head.margin
+    return head.scale * torch.where(one_hot, target, cosine)
+
+
+@pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
+@pytest.mark.parametrize("focal", [False, True])
+def test_margin_heads(head_class, arc, focal):
+    torch.manual_seed(0)
+    head = head_class(16, 10, focal=focal).double()
+    embeddings = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 10, (12,))
+    ce = F.cross_entropy(head_logits_by_angle(head, embeddings, labels, arc), labels)
+    expected = (1 - torch.exp(-ce)) ** 2 * ce if focal else ce
+    got = head(embeddings, labels)
+    torch.testing.assert_close(got, expected, **TOL)
+    for g, e in zip(torch.autograd.grad(got, (embeddings, head.weight)),
+                    torch.autograd.grad(expected, (embeddings, head.weight))):
+        torch.testing.assert_close(g, e, **TOL)
+
+
+def test_head_rejects_wrong_embedding_size():
+    with pytest.raises(ValueError, match="embeddings"):
+        ArcFaceHead(16, 10)(torch.randn(3, 8), torch.zeros(3, dtype=torch.long))
+
+
+def test_association_loss_matches_its_documented_formula():
+    torch.manual_seed(1)
+    loss = DualGranularityAssociationLoss(8, 4, scale=5.0, temperature=0.2, min_confidence=0.4).double()
+    image = torch.randn(20, 8, dtype=torch.float64, requires_grad=True)
+    caption = torch.randn(20, 8, dtype=torch.float64, requires_grad=True)
+    prototypes = loss.prototypes.clone()
+
+    probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / 0.2).softmax(1)
+    confidence, assignment = probabilities.max(1)
+    identity = torch.where(confidence >= 0.4, assignment, -1 - torch.arange(20))
+    positives = (identity[:, None] == identity[None, :]).double()
+    logits = 5.0 * F.normalize(image, dim=1) @ F.normalize(caption, dim=1).T
+
+    def supcon(scores):
+        return (-(scores.log_softmax(1) * positives).sum(1) / positives.sum(1)).mean()
+
+    ce = F.cross_entropy(5.0 * F.normalize(caption, dim=1) @ prototypes.T, assignment, reduction="none")
+    expected = supcon(logits) + supcon(logits.T) + (confidence * ce).sum() / confidence.sum()
+    got, stats = loss(image, caption)
+    torch.testing.assert_close(got, expected, **TOL)
+    assert 0 < stats["mean_confidence"] <= 1
+    # Each used prototype moved to normalize(0.9 * old + 0.1 * mean of its images); others stayed.
+    images = F.normalize(image.detach(), dim=1)
+    for k in range(4):
+        members = assignment == k
+        moved = F.normalize(0.9 * prototypes[k] + 0.1 * images[members].mean(0), dim=0) if members.any() else prototypes[k]
+        torch.testing.assert_close(loss.prototypes[k], moved)
+
+
+def test_multi_granularity_weights_and_components():
+    torch.manual_seed(2)
+    words, regions = torch.randn(6, 4, 8, dtype=torch.float64), torch.randn(6, 9, 8, dtype=torch.float64)
+    lengths = torch.tensor([4, 2, 3, 1, 4, 4])
+    sentence, image = torch.randn(6, 12, dtype=torch.float64), torch.randn(6, 12, dtype=torch.float64)
+    fused = torch.randn(6, 16, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 3, 4])
+    head = ArcFaceHead(16, 5, focal=True).double()
+    total, parts = MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels, fused)
+    expected = (WordRegionContrastiveLoss()(words, lengths, regions, labels)
+                + 2 * CaptionImageContrastiveLoss()(sentence, image, labels) + 100 * head(fused, labels))
+    torch.testing.assert_close(total, expected, **TOL)
+    assert set(parts) == {"wrcl", "cicl", "identity", "total"} and not parts["total"].requires_grad
+    assert math.isclose(parts["total"].item(), parts["wrcl"] + 2 * parts["cicl"] + 100 * parts["identity"],
+                        rel_tol=1e-9)
+    with pytest.raises(ValueError, match="fused"):
+        MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels)

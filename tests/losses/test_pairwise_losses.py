@@ -1,0 +1,126 @@
+"""WRCL, CICL, intra-modal and CoReFace losses against the published formulas, written here."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, IntraModalContrastiveLoss,
+                         WordRegionContrastiveLoss)
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, gamma3=10.0):
+    """AttnGAN's words_loss: a loop over captions, each attending over every image's regions."""
+    batch = words.shape[0]
+    rows = []
+    for i in range(batch):
+        word = words[i, : lengths[i]]  # (t, D)
+        context_scores = []
+        for j in range(batch):
+            attn = word @ regions[j].T  # (t, R)
+            attn = attn.softmax(dim=0)  # over the caption's words
+            attn = (gamma1 * attn).softmax(dim=1)  # over regions
+            context = attn @ regions[j]  # (t, D)
+            cos = F.cosine_similarity(word, context, dim=1, eps=1e-8)
+            context_scores.append(torch.log(torch.exp(gamma2 * cos).sum()))
+        rows.append(torch.stack(context_scores))
+    similarities = gamma3 * torch.stack(rows)  # (captions, images)
+    masks = labels[:, None] == labels[None, :]
+    masks.fill_diagonal_(False)
+    similarities = similarities.masked_fill(masks, float("-inf"))
+    target = torch.arange(batch)
+    return F.cross_entropy(similarities, target) + F.cross_entropy(similarities.T, target)
+
+
+def released_contraface(feature1, feature2, label, state):
+    """The released CoReFace ContraFace.forward, rewritten with the same steps; state['m'] is its self.m."""
+    feature1, feature2 = F.normalize(feature1, dim=1), F.normalize(feature2, dim=1)
+    target = torch.arange(feature1.shape[0])
+    cos_theta = (feature1 @ feature2.T).clamp(-1, 1)
+    same = (label[:, None] == label[None, :]) & ~torch.eye(len(label), dtype=torch.bool)
+    cos_theta = cos_theta.masked_fill(same, 0.0)
+    clone = cos_theta.clone().detach()
+    positive = clone[target, target].clone()
+    clone[target, target] = 0
+    hardest = clone.sort(1, True)[0][:, 0]
+    state["m"] = 0.99 * (positive - hardest).mean().item() + 0.01 * state["m"]
+    logits = 64.0 * (cos_theta - state["m"] * torch.eye(len(label), dtype=cos_theta.dtype))
+    return F.cross_entropy(logits, target)
+
+
+def test_wrcl_equals_damsm_words_loss():
+    generator = torch.Generator().manual_seed(0)
+    words = torch.randn(6, 5, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    regions = torch.randn(6, 9, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 3, 1, 4, 5, 2])
+    labels = torch.tensor([0, 1, 0, 2, 1, 3])
+    for backend in ("cpu", "reference"):
+        got = WordRegionContrastiveLoss(backend=backend)(words, lengths, regions, labels)
+        expected = damsm_words_loss(words, lengths, regions, labels)
+        torch.testing.assert_close(got, expected, **TOL)
+        for g, e in zip(torch.autograd.grad(got, (words, regions)), torch.autograd.grad(expected, (words, regions))):
+            torch.testing.assert_close(g, e, **TOL)
+
+
+def test_cicl_equals_clip_loss_summed():
+    generator = torch.Generator().manual_seed(1)
+    sentence = torch.randn(50, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    image = torch.randn(50, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    logits = 10.0 * F.normalize(sentence, dim=1) @ F.normalize(image, dim=1).T
+    target = torch.arange(50)
+    expected = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+    got = CaptionImageContrastiveLoss()(sentence, image)
+    torch.testing.assert_close(got, expected, **TOL)
+    for g, e in zip(torch.autograd.grad(got, (sentence, image)), torch.autograd.grad(expected, (sentence, image))):
+        torch.testing.assert_close(g, e, **TOL)
+
+
+def test_intra_modal_is_supervised_contrastive_both_ways():
+    generator = torch.Generator().manual_seed(2)
+    view1 = torch.randn(30, 8, generator=generator, dtype=torch.float64)
+    view2 = torch.randn(30, 8, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 6, (30,), generator=generator)
+    positives = (labels[:, None] == labels[None, :]).double()
+    logits = 5.0 * F.normalize(view1, dim=1) @ F.normalize(view2, dim=1).T
+
+    def supcon(scores):
+        return (-(scores.log_softmax(1) * positives).sum(1) / positives.sum(1)).mean()
+
+    got = IntraModalContrastiveLoss(scale=5.0)(view1, view2, labels)
+    torch.testing.assert_close(got, supcon(logits) + supcon(logits.T), **TOL)
+
+
+def test_coreface_equals_released_loss_over_several_batches():
+    generator = torch.Generator().manual_seed(3)
+    loss, state = CoReFaceLoss(), {"m": 0.0}
+    for step in range(4):
+        view1 = torch.randn(40, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+        view2 = (view1.detach() + 0.3 * torch.randn(40, 16, generator=generator, dtype=torch.float64)).requires_grad_()
+        labels = torch.randint(0, 12, (40,), generator=generator)
+        got = loss(view1, view2, labels)
+        expected = released_contraface(view1, view2, labels, state)
+        torch.testing.assert_close(got, expected, **TOL)
+        assert loss.margin.item() == pytest.approx(state["m"], abs=1e-12)
+        for g, e in zip(torch.autograd.grad(got, (view1, view2)), torch.autograd.grad(expected, (view1, view2))):
+            torch.testing.assert_close(g, e, **TOL)
+    assert state["m"] > 0.1  # the margin really moved, so the comparison covered it
+
+
+def test_coreface_eval_keeps_the_margin():
+    loss = CoReFaceLoss().eval()
+    view = torch.randn(8, 4)
+    loss(view, view + 0.1, torch.arange(8))
+    assert loss.margin.item() == 0.0
+
+
+def test_losses_name_bad_labels():
+    words, regions = torch.randn(4, 3, 8), torch.randn(4, 5, 8)
+    with pytest.raises(ValueError, match="labels"):
+        WordRegionContrastiveLoss()(words, torch.tensor([3, 3, 3, 3]), regions, torch.arange(3))
+    with pytest.raises(ValueError, match="regions"):
+        WordRegionContrastiveLoss()(words, torch.tensor([3, 3, 3, 3]), regions[:3])
+    with pytest.raises(TypeError, match="labels"):
+        CoReFaceLoss()(torch.randn(4, 8), torch.randn(4, 8), torch.zeros(4))
+    with pytest.raises(ValueError, match="same_identity"):
+        WordRegionContrastiveLoss(same_identity="zero")

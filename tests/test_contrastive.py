@@ -1,0 +1,170 @@
+"""The fused contrastive op against full-matrix PyTorch, in every mode and direction."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgfr import reference
+from tgfr.ops import contrastive_cross_entropy, contrastive_loss, contrastive_row_max
+
+MODES = ("exclude", "zero", "positive", "none")
+DIRECTIONS = ("rows", "columns", "both")
+
+
+def make_batch(n, m, d, dtype, seed=0, identities=7):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator, dtype=dtype).requires_grad_()
+    y = torch.randn(m, d, generator=generator, dtype=dtype).requires_grad_()
+    row_labels = torch.randint(0, identities, (n,), generator=generator)
+    column_labels = torch.randint(0, identities, (m,), generator=generator)
+    return x, y, row_labels, column_labels
+
+
+def weighted(losses, seed=1):
+    """A random linear functional of both outputs, so the gradient test covers both directions."""
+    generator = torch.Generator().manual_seed(seed)
+    return sum((loss * torch.randn(loss.shape, generator=generator, dtype=loss.dtype)).sum() for loss in losses)
+
+
+@pytest.mark.parametrize("mode,direction", itertools.product(MODES, DIRECTIONS))
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_matches_full_matrix_values_and_gradients(mode, direction, dtype, tolerance):
+    # 300 rows cross several 128 x 256 tiles, with ragged edges.
+    x, y, labels, _ = make_batch(300, 300, 24, dtype)
+    arguments = dict(scale=7.0, margin=0.3, row_labels=labels, same_identity=mode, direction=direction)
+    fused = contrastive_cross_entropy(x, y, **arguments)
+    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
+    for got, expected in zip(fused, full):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    fused_grads = torch.autograd.grad(weighted(fused), (x, y))
+    full_grads = torch.autograd.grad(weighted(full), (x, y))
+    for got, expected in zip(fused_grads, full_grads):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_symmetric_loss_equals_cross_entropy_formula():
+    """Independent of tgfr.reference: CLIP's two cross-entropies on an explicit logits matrix."""
+    x, y, labels, _ = make_batch(150, 150, 16, torch.float64)
+    logits = 10.0 * F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(150, dtype=torch.bool)
+    logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(150)
+    expected = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+    got = contrastive_loss(x, y, 10.0, row_labels=labels, same_identity="exclude")
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_positive_mode_is_supervised_contrastive():
+    x, y, labels, _ = make_batch(40, 40, 8, torch.float64)
+    log_prob = (3.0 * x @ y.T).log_softmax(dim=1)
+    positives = (labels[:, None] == labels[None, :]).double()
+    expected = -(log_prob * positives).sum(1) / positives.sum(1)
+    got, _ = contrastive_cross_entropy(
+        x, y, 3.0, row_labels=labels, same_identity="positive", direction="rows", normalize=False
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("direction,offset,n,m", [("rows", 5, 20, 33), ("columns", -4, 30, 21)])
+def test_offset_targets_match_reference(direction, offset, n, m):
+    x, y, row_labels, column_labels = make_batch(n, m, 8, torch.float64, identities=4)
+    arguments = dict(row_labels=row_labels, column_labels=column_labels, same_identity="zero",
+                     direction=direction, offset=offset, margin=0.1)
+    fused = contrastive_cross_entropy(x, y, **arguments)
+    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
+    for got, expected in zip(fused, full):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    for got, expected in zip(torch.autograd.grad(weighted(fused), (x, y)),
+                             torch.autograd.grad(weighted(full), (x, y))):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck(mode):
+    x, y, labels, _ = make_batch(5, 5, 3, torch.float64, identities=2)
+
+    def function(a, b):
+        rows, columns = contrastive_cross_entropy(a, b, 2.0, 0.2, labels, same_identity=mode, normalize=False)
+        return rows, columns
+
+    assert torch.autograd.gradcheck(function, (x, y))
+
+
+@pytest.mark.parametrize("mode", ("exclude", "zero", "none"))
+def test_row_max_matches_masked_maximum(mode):
+    x, y, labels, _ = make_batch(300, 300, 12, torch.float32, identities=20)
+    similarity = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
+    same = labels[:, None] == labels[None, :]
+    if mode == "zero":
+        similarity = similarity.masked_fill(same, 0.0)
+    if mode == "exclude":
+        similarity = similarity.masked_fill(same, float("-inf"))
+    expected = similarity.fill_diagonal_(float("-inf")).amax(dim=1)
+    torch.testing.assert_close(contrastive_row_max(x, y, labels, same_identity=mode), expected.detach())
+
+
+def test_bfloat16_accumulates_in_float32():
+    x, y, labels, _ = make_batch(200, 200, 32, torch.float32)
+    expected = contrastive_loss(x.bfloat16().float(), y.bfloat16().float(), 10.0, row_labels=labels,
+                                same_identity="exclude")
+    x16, y16 = x.detach().bfloat16().requires_grad_(), y.detach().bfloat16().requires_grad_()
+    got = contrastive_loss(x16, y16, 10.0, row_labels=labels, same_identity="exclude")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    got.backward()
+    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
+
+
+def test_nan_propagates_to_its_rows():
+    x, y, _, _ = make_batch(10, 10, 4, torch.float32)
+    x = x.detach().clone()
+    x[3, 0] = float("nan")
+    rows, columns = contrastive_cross_entropy(x, y.detach(), normalize=False)
+    assert rows[3].isnan() and not rows[[0, 1, 2, 4]].isnan().any() and columns.isnan().all()
+
+
+def test_noncontiguous_inputs():
+    x, y, _, _ = make_batch(20, 20, 6, torch.float64)
+    got = contrastive_loss(x.T.contiguous().T, y[:, ::1].T.contiguous().T)
+    torch.testing.assert_close(got, contrastive_loss(x, y, backend="reference"))
+
+
+def test_opcheck():
+    x, y, labels, _ = make_batch(9, 9, 4, torch.float64, identities=3)
+    args = (x, y, labels, labels, 3.0, 0.1, "positive", 0, True, True)
+    torch.library.opcheck(torch.ops.tgfr.contrastive_forward, args)
+
+
+def test_compiles_without_graph_break():
+    x, y, labels, _ = make_batch(16, 16, 4, torch.float32)
+    compiled = torch.compile(contrastive_loss, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, y, 5.0, row_labels=labels, same_identity="exclude"),
+                               contrastive_loss(x, y, 5.0, row_labels=labels, same_identity="exclude"))
+
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda x, y, l: contrastive_loss(x, y[:, :3]), ValueError, ["y", "size 4"]),
+        (lambda x, y, l: contrastive_loss(x, y.double()), TypeError, ["y", "dtype"]),
+        (lambda x, y, l: contrastive_loss(x[0], y), ValueError, ["x", "2 dimensions"]),
+        (lambda x, y, l: contrastive_loss(x[:0], y[:0]), ValueError, ["x", "empty"]),
+        (lambda x, y, l: contrastive_loss(x.tolist(), y), TypeError, ["x", "torch.Tensor"]),
+        (lambda x, y, l: contrastive_loss(x, y, row_labels=l[:3]), ValueError, ["row_labels", "size 6"]),
+        (lambda x, y, l: contrastive_loss(x, y, row_labels=l.float()), TypeError, ["row_labels", "dtype"]),
+        (lambda x, y, l: contrastive_loss(x, y, same_identity="mask"), ValueError, ["same_identity", "'mask'"]),
+        (lambda x, y, l: contrastive_loss(x, y, direction="up"), ValueError, ["direction", "'up'"]),
+        (lambda x, y, l: contrastive_loss(x, y[:4], direction="rows"), ValueError, ["offset", "M - N"]),
+        (lambda x, y, l: contrastive_loss(x, y, scale=float("nan")), ValueError, ["scale", "finite"]),
+        (lambda x, y, l: contrastive_loss(x, y, backend="gpu"), ValueError, ["backend", "'gpu'"]),
+        (lambda x, y, l: contrastive_loss(x, y, column_labels=l), ValueError, ["column_labels"]),
+    ],
+)
+def test_bad_input_names_the_argument(call, error, words):
+    x, y, labels, _ = make_batch(6, 6, 4, torch.float32)
+    with pytest.raises(error) as raised:
+        call(x, y, labels)
+    for word in words:
+        assert word in str(raised.value)

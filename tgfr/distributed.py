@@ -1,0 +1,62 @@
+"""All-gather that carries gradients, for the "local" form of the pairwise losses.
+
+In the local form (open_clip's `local_loss` + `gather_with_grad`) every rank gathers the
+features of all ranks, computes its own rows against all columns (row i's target sits at
+column i + rank_offset) and returns the mean over its rows. The mean of the ranks' losses is the
+single-process loss on the concatenated batch; the backward of `gather_with_grad` sums the
+gradients of all ranks, so each rank's features get world_size times the gradient of that mean,
+and DDP's averaging of parameter gradients brings it back to the single-process gradient.
+Every rank must hold the same number of rows.
+"""
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialized process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows = tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # Every rank's loss depends on every rank's rows: sum the gradients, keep our slice.
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.narrow(0, dist.get_rank() * ctx.rows, ctx.rows)
+
+
+def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(n, ...) on each rank -> ((world_size * n, ...) in rank order, offset of this rank's rows).
+
+    Differentiable. Outside a multi-rank process group: (tensor, 0).
+    """
+    if not is_distributed():
+        return tensor, 0
+    return _GatherWithGrad.apply(tensor), dist.get_rank() * tensor.shape[0]
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather without gradient (labels, lengths): (n, ...) -> (world_size * n, ...)."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """Average of a detached tensor over ranks (identity outside a process group)."""
+    if not is_distributed():
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()

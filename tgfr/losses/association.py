@@ -1,0 +1,104 @@
+"""Dual-granularity identity association for training without identity labels.
+
+Only the abstract of the paper (arXiv 2507.06744) is public; this is tgfr's design.
+Inputs are matched pairs (image i, caption i); identities are unknown.
+
+Global level: a memory of K visual identity prototypes P (K, D), unit vectors, kept as a buffer.
+Each image is assigned to its nearest prototype a_i = argmax_k cos(v_i, P_k), with confidence
+c_i = max_k softmax_k(cos(v_i, P_k) / temperature): how clearly the image belongs to one
+pseudo-identity. Its caption is associated with that prototype through a cross-entropy over
+prototypes, s * cos(t_i, P_k) against a_i, weighted by c_i (detached):
+    L_global = sum_i c_i CE_i / sum_i c_i.
+The confidence adapts during training: in training mode every call moves each used prototype
+towards the mean of its assigned (detached, normalized) images with `prototype_momentum`, so
+assignments and confidences sharpen as the visual embedding and the memory organize.
+
+Local level: within the batch, identity relations are built with the image as the anchor:
+images whose assignment is confident (c_i >= min_confidence) share a pseudo-identity when they
+share a prototype; an unconfident image gets a pseudo-identity of its own. Caption j then
+describes image i's identity when image j has image i's pseudo-identity, and those captions are
+extra positives of the symmetric image-caption contrastive loss (the fused op's "positive"
+mode, so nothing N x N is stored):
+    L_local = symmetric supervised contrastive loss of (images, captions) on pseudo-identities.
+Total: local_weight * L_local + global_weight * L_global.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgfr.ops.contrastive import contrastive_loss
+from tgfr.validation import check_positive, check_size, check_tensor
+
+
+class DualGranularityAssociationLoss(nn.Module):
+    """Weakly supervised image-caption association loss (design in the module docstring).
+
+    Args:
+        embedding_size: D of the image and caption embeddings.
+        num_prototypes: K pseudo-identities in the memory.
+        scale: logit scale of both levels.
+        temperature: of the confidence softmax over prototypes.
+        min_confidence: below it an image makes no batch-level relation.
+        prototype_momentum: weight of the old prototype in its update.
+        local_weight, global_weight: of the two levels.
+        backend: backend of the fused contrastive op.
+
+    Buffer `prototypes` (K, D). forward(image, caption) -> (loss, stats) with stats a dict of
+    detached tensors: "local", "global", "mean_confidence".
+    """
+
+    prototypes: torch.Tensor
+
+    def __init__(self, embedding_size: int, num_prototypes: int, scale: float = 10.0, temperature: float = 0.1,
+                 min_confidence: float = 0.5, prototype_momentum: float = 0.9, local_weight: float = 1.0,
+                 global_weight: float = 1.0, backend: str = "auto") -> None:
+        super().__init__()
+        if embedding_size < 1 or num_prototypes < 1:
+            raise ValueError(f"embedding_size and num_prototypes must be positive, got {embedding_size}, {num_prototypes}")
+        self.scale, self.temperature = check_positive("scale", scale), check_positive("temperature", temperature)
+        if not 0.0 <= min_confidence <= 1.0 or not 0.0 <= prototype_momentum <= 1.0:
+            raise ValueError(f"min_confidence and prototype_momentum must lie in [0, 1], "
+                             f"got {min_confidence}, {prototype_momentum}")
+        self.min_confidence, self.prototype_momentum = float(min_confidence), float(prototype_momentum)
+        self.local_weight, self.global_weight = float(local_weight), float(global_weight)
+        self.backend = backend
+        self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
+
+    @torch.no_grad()
+    def assign(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image (N, D) -> (assignment (N,) int64, confidence (N,)) against the memory."""
+        similarity = F.normalize(image.detach(), dim=1) @ self.prototypes.to(image.dtype).T
+        confidence, assignment = (similarity / self.temperature).softmax(dim=1).max(dim=1)
+        return assignment, confidence
+
+    @torch.no_grad()
+    def _update_prototypes(self, image: torch.Tensor, assignment: torch.Tensor) -> None:
+        features = F.normalize(image.detach(), dim=1).to(self.prototypes.dtype)
+        sums = torch.zeros_like(self.prototypes).index_add_(0, assignment, features)
+        counts = torch.bincount(assignment, minlength=self.prototypes.shape[0])
+        used = counts > 0
+        means = sums[used] / counts[used, None]
+        moved = self.prototype_momentum * self.prototypes[used] + (1.0 - self.prototype_momentum) * means
+        self.prototypes[used] = F.normalize(moved, dim=1)
+
+    def forward(self, image: torch.Tensor, caption: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """image, caption (N, D) matched pairs -> (scalar loss, stats)."""
+        check_tensor("image", image, ndim=2)
+        check_tensor("caption", caption, ndim=2)
+        check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
+        check_size("caption", caption, 0, image.shape[0], "one caption per image")
+        assignment, confidence = self.assign(image)
+        own = -1 - torch.arange(image.shape[0], device=image.device)
+        pseudo_identity = torch.where(confidence >= self.min_confidence, assignment, own)
+        local = contrastive_loss(image, caption, self.scale, row_labels=pseudo_identity, same_identity="positive",
+                                 backend=self.backend)
+        prototype_logits = self.scale * F.normalize(caption, dim=1) @ self.prototypes.to(caption.dtype).T
+        per_caption = F.cross_entropy(prototype_logits, assignment, reduction="none")
+        weight = confidence.to(per_caption.dtype)
+        global_ = (weight * per_caption).sum() / weight.sum()
+        if self.training:
+            self._update_prototypes(image, assignment)
+        loss = self.local_weight * local + self.global_weight * global_
+        stats = {"local": local.detach(), "global": global_.detach(), "mean_confidence": confidence.mean()}
+        return loss, stats

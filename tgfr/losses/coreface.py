@@ -1,0 +1,65 @@
+"""CoReFace contrastive regularization (SPEC section 3; arXiv 2304.11668, IsidoreSong/CoreFace).
+
+Two dropout views z, z' of each embedding; C_ij = cos(z_i, z'_j), off-diagonal entries of one
+identity set to 0; adaptive margin from the batch, on detached values,
+    m_batch = mean_i(C_ii - max(0, max_{j != i} C_ij))
+(the release zeroes the diagonal before taking the row maximum, hence the max with 0), kept as a
+running value m <- momentum * m_batch + (1 - momentum) * m starting at 0 and used on the same
+batch; loss = CE over j of s * (C_ij - m [i == j]) against the diagonal, view1 rows only.
+The hardest negatives come from a separate forward-only tiled pass (contrastive_row_max), so
+nothing N x N is stored: the margin has to be known before the fused cross-entropy starts.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
+from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
+from tgfr.validation import check_positive, check_size, check_tensor
+
+
+class CoReFaceLoss(nn.Module):
+    """CoReFace's contrastive term L_C (the released `ContraFace`).
+
+    Args:
+        scale: logit scale s (64).
+        momentum: weight of the batch margin in the running margin (0.99, as released).
+        gather_ranks: in a process group, compute the local form on features of all ranks.
+        backend: backend of the fused contrastive op.
+
+    Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call.
+    """
+
+    margin: torch.Tensor
+
+    def __init__(self, scale: float = 64.0, momentum: float = 0.99, gather_ranks: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        self.scale = check_positive("scale", scale)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+        self.momentum = float(momentum)
+        self.gather_ranks, self.backend = gather_ranks, backend
+        self.register_buffer("margin", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """view1, view2 (N, D) two embedding-augmented views, labels (N,) identities -> scalar.
+
+        In eval mode the running margin is used as it is, not updated."""
+        check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
+        check_size("labels", labels, 0, view1.shape[0], "one label per row of view1")
+        columns, offset, column_labels = view2, 0, labels
+        if self.gather_ranks and is_distributed():
+            columns, offset = gather_with_grad(view2)
+            column_labels = gather(labels)
+        common = dict(row_labels=labels, column_labels=column_labels, same_identity="zero", offset=offset,
+                      backend=self.backend)
+        if self.training:
+            with torch.no_grad():
+                z1, z2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+                positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
+                hardest = contrastive_row_max(view1, columns, **common).clamp(0.0, 1.0).double()
+                batch_margin = mean_over_ranks((positive - hardest).mean())
+                self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
+        return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)

@@ -1,0 +1,77 @@
+"""Margin-based softmax identity heads: ArcFace and CosFace (SPEC section 3), as arcface_torch's
+normalized linear layer followed by CombinedMarginLoss, with TGFR's optional focal form.
+
+logits[i, k] = scale * cos(theta_ik), theta_ik the angle between embedding i and class centre k;
+the target class k = labels[i] gets cos(theta + margin) (ArcFace) or cos(theta) - margin
+(CosFace). focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
+(TGFR's FocalLoss with gamma 2).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgfr.validation import check_positive, check_size, check_tensor
+
+
+def focal(cross_entropy: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """(1 - p)^gamma * ce with p = exp(-ce), on an already reduced cross-entropy."""
+    return (1.0 - torch.exp(-cross_entropy)) ** gamma * cross_entropy
+
+
+class _MarginSoftmaxHead(nn.Module):
+    def __init__(self, embedding_size: int, num_classes: int, scale: float, margin: float, focal: bool) -> None:
+        super().__init__()
+        if embedding_size < 1 or num_classes < 1:
+            raise ValueError(f"embedding_size and num_classes must be positive, got {embedding_size}, {num_classes}")
+        self.scale = check_positive("scale", scale)
+        if not 0.0 <= margin < 1.5:
+            raise ValueError(f"margin must lie in [0, 1.5), got {margin}")
+        self.margin, self.focal = float(margin), bool(focal)
+        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_size)))
+
+    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """embeddings (N, E), labels (N,) -> (N, num_classes) margin logits."""
+        check_tensor("embeddings", embeddings, ndim=2)
+        check_size("embeddings", embeddings, 1, self.weight.shape[1], "embedding_size of the head")
+        check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
+        check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
+        cosine = (F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).T).clamp(-1.0, 1.0)
+        rows = torch.arange(cosine.shape[0], device=cosine.device)
+        target = self.target_cosine(cosine[rows, labels])
+        cosine = cosine.index_put((rows, labels.long()), target)
+        return self.scale * cosine
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """embeddings (N, E), labels (N,) class indices -> scalar loss (focal if asked)."""
+        cross_entropy = F.cross_entropy(self.logits(embeddings, labels), labels.long())
+        return focal(cross_entropy) if self.focal else cross_entropy
+
+
+class ArcFaceHead(_MarginSoftmaxHead):
+    """ArcFace: additive angular margin, cos(theta + margin) on the target (s 64, m 0.5)."""
+
+    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.5,
+                 focal: bool = False) -> None:
+        super().__init__(embedding_size, num_classes, scale, margin, focal)
+
+    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+        # cos(theta + m) expanded, so the gradient stays finite where arccos' would not.
+        sine = (1.0 - cosine * cosine).clamp_min(1e-12).sqrt()
+        return cosine * math.cos(self.margin) - sine * math.sin(self.margin)
+
+
+class CosFaceHead(_MarginSoftmaxHead):
+    """CosFace: additive cosine margin, cos(theta) - margin on the target (s 64, m 0.4)."""
+
+    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.4,
+                 focal: bool = False) -> None:
+        super().__init__(embedding_size, num_classes, scale, margin, focal)
+
+    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+        return cosine - self.margin

@@ -1,0 +1,51 @@
+"""TGFR's training objective: word-region + caption-image contrastive terms and an identity
+term on the fused face-caption embedding, weighted (SPEC section 3; TGFR: 1, 2, 100)."""
+
+import torch
+from torch import nn
+
+from tgfr.losses.caption_image import CaptionImageContrastiveLoss
+from tgfr.losses.word_region import WordRegionContrastiveLoss
+
+
+class MultiGranularityLoss(nn.Module):
+    """total = wrcl_weight * WRCL + cicl_weight * CICL + identity_weight * identity_head(fused, labels).
+
+    Args:
+        identity_head: a module (embeddings, labels) -> scalar, e.g. ArcFaceHead(..., focal=True);
+            None drops the identity term.
+        wrcl_weight, cicl_weight, identity_weight: TGFR's 1, 2 and 100 by default.
+        word_region: the WRCL module (default WordRegionContrastiveLoss()).
+        caption_image: the CICL module (default CaptionImageContrastiveLoss()).
+
+    forward(words, lengths, regions, sentence, image, labels=None, fused=None) ->
+        (total scalar, {"wrcl", "cicl", "identity", "total"} detached scalars for logging).
+    """
+
+    def __init__(self, identity_head: nn.Module | None = None, wrcl_weight: float = 1.0, cicl_weight: float = 2.0,
+                 identity_weight: float = 100.0, word_region: nn.Module | None = None,
+                 caption_image: nn.Module | None = None) -> None:
+        super().__init__()
+        self.word_region = word_region if word_region is not None else WordRegionContrastiveLoss()
+        self.caption_image = caption_image if caption_image is not None else CaptionImageContrastiveLoss()
+        self.identity_head = identity_head
+        self.wrcl_weight, self.cicl_weight = float(wrcl_weight), float(cicl_weight)
+        self.identity_weight = float(identity_weight)
+
+    def forward(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor,
+                image: torch.Tensor, labels: torch.Tensor | None = None,
+                fused: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """words (N, T, Dw), lengths (N,), regions (N, R, Dw), sentence (N, Ds), image (N, Ds),
+        labels (N,) identities (needed by the identity term), fused (N, E) embeddings for it."""
+        components = {
+            "wrcl": self.word_region(words, lengths, regions, labels),
+            "cicl": self.caption_image(sentence, image, labels),
+        }
+        total = self.wrcl_weight * components["wrcl"] + self.cicl_weight * components["cicl"]
+        if self.identity_head is not None:
+            if fused is None or labels is None:
+                raise ValueError("fused embeddings and labels are needed for the identity term (identity_head is set)")
+            components["identity"] = self.identity_head(fused, labels)
+            total = total + self.identity_weight * components["identity"]
+        components["total"] = total
+        return total, {name: value.detach() for name, value in components.items()}

@@ -1,0 +1,74 @@
+"""WRCL: word-region contrastive loss (SPEC section 3), AttnGAN's DAMSM words loss batched.
+
+logits = gamma3 * word_region_scores (N x M, the fused op keeps nothing bigger); symmetric
+cross-entropy summed; with identity labels, other captions/images of one identity are dropped
+from the softmax ("exclude", AttnGAN's class masking) or kept as negatives ("none").
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgfr.distributed import gather, gather_with_grad, is_distributed
+from tgfr.ops.word_region import word_region_scores
+from tgfr.validation import check_choice, check_positive, check_size, check_tensor
+
+
+def _row_cross_entropy(logits: torch.Tensor, row_labels: torch.Tensor | None,
+                       column_labels: torch.Tensor | None, offset: int, exclude: bool) -> torch.Tensor:
+    """Mean CE of logits (n, M) whose row i targets column i + offset."""
+    target = torch.arange(logits.shape[0], device=logits.device) + offset
+    if exclude and row_labels is not None:
+        same = row_labels[:, None] == column_labels[None, :]
+        same[torch.arange(logits.shape[0], device=logits.device), target] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, target)
+
+
+class WordRegionContrastiveLoss(nn.Module):
+    """Word-region contrastive loss.
+
+    Args:
+        gamma1, gamma2, word_softmax: of the word-region similarity (SPEC section 2).
+        gamma3: logit scale of the scores (TGFR/AttnGAN: 10).
+        same_identity: "exclude" (default) or "none", used when labels are given.
+        gather_ranks: in a process group, compute the local form on features of all ranks.
+        backend: backend of tgfr.ops.word_region_scores.
+    """
+
+    def __init__(self, gamma1: float = 4.0, gamma2: float = 5.0, gamma3: float = 10.0, word_softmax: bool = True,
+                 same_identity: str = "exclude", gather_ranks: bool = False, backend: str = "auto") -> None:
+        super().__init__()
+        self.gamma1, self.gamma2 = check_positive("gamma1", gamma1), check_positive("gamma2", gamma2)
+        self.gamma3 = check_positive("gamma3", gamma3)
+        self.word_softmax = bool(word_softmax)
+        self.same_identity = check_choice("same_identity", same_identity, ("exclude", "none"))
+        self.gather_ranks, self.backend = gather_ranks, backend
+
+    def _logits(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        scores = word_region_scores(words, lengths, regions, self.gamma1, self.gamma2, self.word_softmax,
+                                    self.backend)
+        return self.gamma3 * scores
+
+    def forward(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """words (N, T, D), lengths (N,), regions (N, R, D) of the N matching images, labels (N,)
+        optional identities -> scalar: mean CE caption->image + mean CE image->caption."""
+        if labels is not None:
+            check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
+            check_size("labels", labels, 0, words.shape[0], "one label per caption of words")
+        check_tensor("regions", regions, ndim=3)
+        check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
+        exclude = self.same_identity == "exclude"
+        if not (self.gather_ranks and is_distributed()):
+            logits = self._logits(words, lengths, regions)
+            return (_row_cross_entropy(logits, labels, labels, 0, exclude)
+                    + _row_cross_entropy(logits.T, labels, labels, 0, exclude))
+        all_words, offset = gather_with_grad(words)
+        all_regions, _ = gather_with_grad(regions)
+        all_lengths = gather(lengths)
+        all_labels = None if labels is None else gather(labels)
+        rows = self._logits(words, lengths, all_regions)
+        columns = self._logits(all_words, all_lengths, regions).T
+        return (_row_cross_entropy(rows, labels, all_labels, offset, exclude)
+                + _row_cross_entropy(columns, labels, all_labels, offset, exclude))

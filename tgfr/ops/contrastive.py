@@ -1,0 +1,260 @@
+"""Fused contrastive cross-entropy with O(N + M) memory: front end, fake kernels and autograd.
+
+The op works on two embedding matrices, never on a logits matrix:
+
+    logits[i, j] = scale * (<x_i, y_j> - margin * [j == i + offset])
+
+with x and y L2-normalized first by default (`normalize=True`, so logits = scale * cos as in
+SPEC section 3; the normalization is plain PyTorch, O((N + M) D), and autograd goes through it).
+Pass normalize=False for embeddings that are already normalized or for raw dot products.
+Row i's target is column i + offset; `offset` is how a rank's local rows find their columns in
+a gathered batch (tgfr.distributed). Same-identity off-diagonal entries follow `same_identity`
+(SPEC section 3 table). The kernels (csrc/contrastive_cpu.cpp, tgfr/ops/contrastive_triton.py)
+walk tiles with an online log-sum-exp and recompute the tiles in the backward.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from tgfr import reference
+from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
+from tgfr.validation import check_choice, check_nonempty, check_same_device, check_size, check_tensor
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+LABEL_DTYPES = (torch.int64, torch.int32)
+SAME_IDENTITY_MODES = ("exclude", "zero", "positive", "none")
+DIRECTIONS = ("rows", "columns", "both")
+BACKENDS = ("auto", "reference", "cpu", "triton")
+
+
+def _check_finite_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value != value or abs(value) == float("inf"):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _check_embeddings(x: torch.Tensor, y: torch.Tensor) -> None:
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("y", y, ndim=2, dtypes=FLOAT_DTYPES)
+    if y.dtype != x.dtype:
+        raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
+    check_nonempty("x", x, 0)
+    check_nonempty("x", x, 1)
+    check_nonempty("y", y, 0)
+    check_size("y", y, 1, x.shape[1], "the embedding size D of x")
+
+
+def _check_labels(
+    x: torch.Tensor, y: torch.Tensor, row_labels: torch.Tensor | None, column_labels: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Labels as int64; column_labels default to row_labels when x and y are one batch."""
+    if row_labels is None:
+        if column_labels is not None:
+            raise ValueError("column_labels were given without row_labels")
+        return None, None
+    check_tensor("row_labels", row_labels, ndim=1, dtypes=LABEL_DTYPES)
+    check_size("row_labels", row_labels, 0, x.shape[0], "one label per row of x")
+    if column_labels is None:
+        column_labels = row_labels
+    check_tensor("column_labels", column_labels, ndim=1, dtypes=LABEL_DTYPES)
+    check_size("column_labels", column_labels, 0, y.shape[0], "one label per row of y")
+    check_same_device(x=x, y=y, row_labels=row_labels, column_labels=column_labels)
+    return row_labels.to(torch.int64).contiguous(), column_labels.to(torch.int64).contiguous()
+
+
+def _check_offset(offset: object, num_rows: int, num_columns: int, direction: str) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if direction in ("rows", "both") and not 0 <= offset <= num_columns - num_rows:
+        raise ValueError(
+            f"offset must lie in [0, M - N] = [0, {num_columns - num_rows}] so that row i's target "
+            f"column i + offset exists (N={num_rows} rows of x, M={num_columns} rows of y), got {offset}"
+        )
+    if direction in ("columns", "both") and not num_columns - num_rows <= offset <= 0:
+        raise ValueError(
+            f"direction {direction!r} needs a target row j - offset for every column j: offset in "
+            f"[M - N, 0] = [{num_columns - num_rows}, 0] (N={num_rows}, M={num_columns}), got {offset}"
+        )
+    return offset
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    from tgfr.ops.backends import available_backends
+
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        if device.type == "cpu":
+            return "cpu"
+        return "triton" if "triton" in available_backends() else "reference"
+    if backend not in available_backends():
+        raise ValueError(f"backend {backend!r} is not available here; available: {available_backends()}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
+    return backend
+
+
+def contrastive_cross_entropy(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: float = 10.0,
+    margin: float = 0.0,
+    row_labels: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
+    same_identity: str = "none",
+    direction: str = "both",
+    offset: int = 0,
+    normalize: bool = True,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row and per-column contrastive cross-entropy, fused (no N x M matrix).
+
+    Args:
+        x: (N, D) queries (rows), float32/bfloat16/float64 (float16 on GPU).
+        y: (M, D) keys (columns), same dtype and device.
+        scale: logit scale s (logits = s * cos).
+        margin: subtracted from the similarity of each row's target before scaling.
+        row_labels: optional (N,) identity labels of x; column_labels (M,) default to them.
+        same_identity: "exclude", "zero", "positive" or "none" (SPEC section 3).
+        direction: "rows" (each x_i against all y), "columns" (each y_j against all x) or "both".
+        offset: row i's target is column i + offset (column j's is row j - offset).
+        normalize: L2-normalize x and y first.
+        backend: "auto", "reference", "cpu" or "triton".
+
+    Returns:
+        (row_loss (N,), column_loss (M,)), float32 (float64 for float64 inputs); a direction
+        that is off gives an empty (0,) tensor. Differentiable in x and y.
+    """
+    _check_embeddings(x, y)
+    check_same_device(x=x, y=y)
+    row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
+    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
+    check_choice("direction", direction, DIRECTIONS)
+    offset = _check_offset(offset, x.shape[0], y.shape[0], direction)
+    scale, margin = _check_finite_number("scale", scale), _check_finite_number("margin", margin)
+    backend = _resolve_backend(backend, x.device)
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    x, y = x.contiguous(), y.contiguous()
+    rows, columns = direction in ("rows", "both"), direction in ("columns", "both")
+    if backend == "reference":
+        return reference.contrastive_cross_entropy(
+            x, y, scale, margin, row_labels, column_labels, same_identity, direction, offset
+        )
+    if backend == "triton":
+        from tgfr.ops import contrastive_triton
+
+        forward = contrastive_triton.contrastive_forward
+    else:
+        forward = torch.ops.tgfr.contrastive_forward
+    row_loss, column_loss, _, _ = forward(
+        x, y, row_labels, column_labels, scale, margin, same_identity, offset, rows, columns
+    )
+    return row_loss, column_loss
+
+
+def contrastive_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: float = 10.0,
+    margin: float = 0.0,
+    row_labels: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
+    same_identity: str = "none",
+    direction: str = "both",
+    offset: int = 0,
+    normalize: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Scalar contrastive loss: mean row cross-entropy plus mean column cross-entropy (SPEC
+    section 3, "loss0 + loss1"); only one of them for direction "rows" or "columns". Arguments
+    as in `contrastive_cross_entropy`."""
+    row_loss, column_loss = contrastive_cross_entropy(
+        x, y, scale, margin, row_labels, column_labels, same_identity, direction, offset, normalize, backend
+    )
+    total = row_loss.mean() if row_loss.numel() else None
+    if column_loss.numel():
+        total = column_loss.mean() if total is None else total + column_loss.mean()
+    return total
+
+
+def contrastive_row_max(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    row_labels: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
+    same_identity: str = "none",
+    offset: int = 0,
+    normalize: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Hardest negative of each row: max over j != i + offset of the masked similarity (the
+    entries `same_identity` excludes are skipped, the ones it zeroes count as 0), without an
+    N x M matrix. x (N, D), y (M, D) -> (N,) float32 (float64 for float64 inputs), -inf for a row
+    with no negative. Not differentiable (CoReFace uses it on detached values)."""
+    _check_embeddings(x, y)
+    check_same_device(x=x, y=y)
+    row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
+    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
+    offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")
+    backend = _resolve_backend(backend, x.device)
+    with torch.no_grad():
+        if normalize:
+            x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+        if backend == "reference":
+            return reference.contrastive_row_max(x, y, row_labels, column_labels, same_identity, offset)
+        if backend == "triton":
+            from tgfr.ops import contrastive_triton
+
+            return contrastive_triton.contrastive_row_max(x, y, row_labels, column_labels, same_identity, offset)
+        return torch.ops.tgfr.contrastive_row_max(x.contiguous(), y.contiguous(), row_labels, column_labels,
+                                                  same_identity, offset)
+
+
+@torch.library.register_fake("tgfr::contrastive_forward")
+def _contrastive_forward_fake(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns):
+    dtype = reference.accumulation_dtype(x.dtype)
+    row_loss = x.new_empty((x.shape[0] if rows else 0,), dtype=dtype)
+    column_loss = x.new_empty((y.shape[0] if columns else 0,), dtype=dtype)
+    return row_loss, column_loss, torch.empty_like(row_loss), torch.empty_like(column_loss)
+
+
+@torch.library.register_fake("tgfr::contrastive_backward")
+def _contrastive_backward_fake(grad_row_loss, grad_col_loss, x, y, *args):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+@torch.library.register_fake("tgfr::contrastive_row_max")
+def _contrastive_row_max_fake(x, y, labels_x, labels_y, same_identity, offset):
+    return x.new_empty((x.shape[0],), dtype=reference.accumulation_dtype(x.dtype))
+
+
+def setup_context(ctx, inputs, output):
+    """Saves what the recomputing backward needs: the inputs and the O(N + M) log-sum-exps."""
+    x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns = inputs
+    _, _, row_lse, column_lse = output
+    ctx.save_for_backward(x, y, labels_x, labels_y, row_lse, column_lse)
+    ctx.hyperparameters = (scale, margin, same_identity, offset, rows, columns)
+    ctx.mark_non_differentiable(row_lse, column_lse)
+
+
+def _grad_or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+def _backward(ctx, grad_row_loss, grad_column_loss, _grad_row_lse, _grad_column_lse):
+    x, y, labels_x, labels_y, row_lse, column_lse = ctx.saved_tensors
+    grad_x, grad_y = torch.ops.tgfr.contrastive_backward(
+        _grad_or_zeros(grad_row_loss, row_lse),
+        _grad_or_zeros(grad_column_loss, column_lse),
+        x, y, labels_x, labels_y, row_lse, column_lse, *ctx.hyperparameters,
+    )
+    return grad_x, grad_y, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("tgfr::contrastive_forward", _backward, setup_context=setup_context)

@@ -1,0 +1,210 @@
+"""Triton kernels of the fused contrastive cross-entropy (CUDA tensors; CPU under TRITON_INTERPRET=1).
+
+Same algorithm as csrc/contrastive_cpu.cpp: one "row pass" kernel for the forward (online
+log-sum-exp of each row of a against all of b) and one for the backward (recomputed tiles,
+dA += G @ B), each used twice, the column direction being the row direction of (y, x) with
+-offset. Each program owns a block of rows, so nothing is written twice. D is held in one tile
+(BLOCK_D = next power of two of D), which suits embedding sizes up to a few hundred.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from tgfr import reference
+
+_MODES = {"none": 0, "exclude": 1, "zero": 2, "positive": 3}
+BLOCK_ROWS, BLOCK_COLS = 32, 32
+
+
+@triton.jit
+def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset, scale, margin,
+                 MODE: tl.constexpr, HAS_LABELS: tl.constexpr, BLOCK_D: tl.constexpr):
+    b = tl.load(b_ptr + cols[:, None] * dims + tl.arange(0, BLOCK_D)[None, :],
+                mask=(cols[:, None] < num_b) & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
+    similarity = tl.dot(a, tl.trans(b)).to(tl.float32)
+    diagonal = cols[None, :] - rows[:, None] == offset
+    same = diagonal & False
+    if HAS_LABELS:
+        labels_b = tl.load(labels_b_ptr + cols, mask=cols < num_b, other=-1)
+        same = (labels_a[:, None] == labels_b[None, :]) & ~diagonal
+    logits = scale * (similarity - tl.where(diagonal, margin, 0.0))
+    if MODE == 2:
+        logits = tl.where(same, 0.0, logits)
+    valid = cols[None, :] < num_b
+    if MODE == 1:
+        valid = valid & ~same
+    logits = tl.where(valid, logits, float("-inf"))
+    positive = diagonal | (same & (MODE == 3))
+    return logits, positive, same, b
+
+
+@triton.jit
+def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, loss_ptr, lse_ptr,
+                         num_a, num_b, dims, offset, scale, margin,
+                         MODE: tl.constexpr, HAS_LABELS: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < num_a
+    a = tl.load(a_ptr + rows[:, None] * dims + tl.arange(0, BLOCK_D)[None, :],
+                mask=row_ok[:, None] & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
+    labels_a = tl.load(labels_a_ptr + rows, mask=row_ok, other=-2) if HAS_LABELS else rows
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), tl.float32)
+    positive_sum = tl.zeros((BLOCK_M,), tl.float32)
+    for start in range(0, num_b, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        logits, positive, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset,
+                                              scale, margin, MODE, HAS_LABELS, BLOCK_D)
+        new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
+        row_max = new_max
+        positive_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
+    lse = row_max + tl.log(row_sum)
+    counts = tl.load(counts_ptr + rows, mask=row_ok, other=1.0)
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    tl.store(loss_ptr + rows, lse - positive_sum / counts, mask=row_ok)
+
+
+@triton.jit
+def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, lse_a_ptr, counts_a_ptr,
+                          grad_b_ptr, lse_b_ptr, counts_b_ptr, out_ptr, num_a, num_b, dims, offset, scale, margin,
+                          MODE: tl.constexpr, HAS_LABELS: tl.constexpr, ROWS_ON: tl.constexpr,
+                          COLS_ON: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < num_a
+    d_range = tl.arange(0, BLOCK_D)
+    a = tl.load(a_ptr + rows[:, None] * dims + d_range[None, :],
+                mask=row_ok[:, None] & (d_range[None, :] < dims), other=0.0)
+    labels_a = tl.load(labels_a_ptr + rows, mask=row_ok, other=-2) if HAS_LABELS else rows
+    grad = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    if ROWS_ON:
+        ga = tl.load(grad_a_ptr + rows, mask=row_ok, other=0.0)
+        la = tl.load(lse_a_ptr + rows, mask=row_ok, other=0.0)
+        ca = tl.load(counts_a_ptr + rows, mask=row_ok, other=1.0)
+    for start in range(0, num_b, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < num_b
+        logits, positive, same, b = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset,
+                                                 scale, margin, MODE, HAS_LABELS, BLOCK_D)
+        g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        if ROWS_ON:
+            g += ga[:, None] * (tl.exp(logits - la[:, None]) - tl.where(positive, 1.0 / ca[:, None], 0.0))
+        if COLS_ON:
+            gb = tl.load(grad_b_ptr + cols, mask=col_ok, other=0.0)
+            lb = tl.load(lse_b_ptr + cols, mask=col_ok, other=0.0)
+            cb = tl.load(counts_b_ptr + cols, mask=col_ok, other=1.0)
+            g += gb[None, :] * (tl.exp(logits - lb[None, :]) - tl.where(positive, 1.0 / cb[None, :], 0.0))
+        # Excluded, zeroed and out-of-range entries are constants: no gradient.
+        constant = (logits == float("-inf")) | (same & (MODE == 2)) | ~row_ok[:, None] | ~col_ok[None, :]
+        g = tl.where(constant, 0.0, g)
+        grad += tl.dot(g.to(b.dtype), b).to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * dims + d_range[None, :], (scale * grad).to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (d_range[None, :] < dims))
+
+
+def _positive_counts(labels_a, labels_b, offset, same_identity, num_a, like):
+    """Positives of every row: its diagonal plus, in mode "positive", columns of its identity."""
+    if same_identity != "positive" or labels_a is None:
+        return torch.ones(num_a, dtype=like.dtype, device=like.device)
+    ordered = labels_b.sort().values
+    same = torch.searchsorted(ordered, labels_a, right=True) - torch.searchsorted(ordered, labels_a)
+    return (same + labels_b[offset:offset + num_a].ne(labels_a)).to(like.dtype)
+
+
+def _launch_forward(a, b, labels_a, labels_b, scale, margin, same_identity, offset):
+    num_a, dims = a.shape
+    accumulation = reference.accumulation_dtype(a.dtype)
+    loss = torch.empty(num_a, dtype=accumulation, device=a.device)
+    lse = torch.empty_like(loss)
+    counts = _positive_counts(labels_a, labels_b, offset, same_identity, num_a, loss)
+    has_labels = labels_a is not None and same_identity != "none"
+    dummy = torch.zeros(1, dtype=torch.int64, device=a.device)
+    wrap_triton(_forward_rows_kernel)[(triton.cdiv(num_a, BLOCK_ROWS),)](
+        a, b, labels_a if has_labels else dummy, labels_b if has_labels else dummy, counts, loss, lse,
+        num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
+        BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_D=max(16, triton.next_power_of_2(dims)))
+    return loss, lse
+
+
+@triton_op("tgfr::contrastive_forward_triton", mutates_args=())
+def contrastive_forward(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor | None,
+                        labels_y: torch.Tensor | None, scale: float, margin: float, same_identity: str,
+                        offset: int, rows: bool, columns: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton twin of torch.ops.tgfr.contrastive_forward (same arguments and outputs)."""
+    empty = x.new_empty(0, dtype=reference.accumulation_dtype(x.dtype))
+    row_loss, row_lse = empty, empty.clone()
+    column_loss, column_lse = empty.clone(), empty.clone()
+    if rows:
+        row_loss, row_lse = _launch_forward(x, y, labels_x, labels_y, scale, margin, same_identity, offset)
+    if columns:
+        column_loss, column_lse = _launch_forward(y, x, labels_y, labels_x, scale, margin, same_identity, -offset)
+    return row_loss, column_loss, row_lse, column_lse
+
+
+def _launch_backward(a, b, labels_a, labels_b, grad_a, lse_a, grad_b, lse_b, scale, margin, same_identity, offset,
+                     rows_on, columns_on):
+    num_a, dims = a.shape
+    has_labels = labels_a is not None and same_identity != "none"
+    dummy = torch.zeros(1, dtype=lse_a.dtype if rows_on else lse_b.dtype, device=a.device)
+    dummy_labels = torch.zeros(1, dtype=torch.int64, device=a.device)
+    counts_a = _positive_counts(labels_a, labels_b, offset, same_identity, num_a, dummy) if rows_on else dummy
+    counts_b = _positive_counts(labels_b, labels_a, -offset, same_identity, b.shape[0], dummy) if columns_on else dummy
+    out = torch.empty_like(a)
+    wrap_triton(_backward_rows_kernel)[(triton.cdiv(num_a, BLOCK_ROWS),)](
+        a, b, labels_a if has_labels else dummy_labels, labels_b if has_labels else dummy_labels,
+        grad_a if rows_on else dummy, lse_a if rows_on else dummy, counts_a,
+        grad_b if columns_on else dummy, lse_b if columns_on else dummy, counts_b, out,
+        num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
+        ROWS_ON=rows_on, COLS_ON=columns_on, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
+        BLOCK_D=max(16, triton.next_power_of_2(dims)))
+    return out
+
+
+@triton_op("tgfr::contrastive_backward_triton", mutates_args=())
+def contrastive_backward(grad_row_loss: torch.Tensor, grad_col_loss: torch.Tensor, x: torch.Tensor,
+                         y: torch.Tensor, labels_x: torch.Tensor | None, labels_y: torch.Tensor | None,
+                         row_lse: torch.Tensor, col_lse: torch.Tensor, scale: float, margin: float,
+                         same_identity: str, offset: int, rows: bool, columns: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of torch.ops.tgfr.contrastive_backward."""
+    common = (scale, margin, same_identity)
+    grad_x = _launch_backward(x, y, labels_x, labels_y, grad_row_loss, row_lse, grad_col_loss, col_lse, *common,
+                              offset, rows, columns)
+    grad_y = _launch_backward(y, x, labels_y, labels_x, grad_col_loss, col_lse, grad_row_loss, row_lse, *common,
+                              -offset, columns, rows)
+    return grad_x, grad_y
+
+
+def contrastive_row_max(x, y, labels_x, labels_y, same_identity, offset):
+    """Hardest negatives for CUDA tensors, from row blocks of the full similarity (forward only,
+    O(block * M) memory)."""
+    maxima = []
+    for start in range(0, x.shape[0], 4096):
+        block = x[start:start + 4096]
+        labels = None if labels_x is None else labels_x[start:start + 4096]
+        maxima.append(reference.contrastive_row_max(block, y, labels, labels_y, same_identity, offset + start))
+    return torch.cat(maxima)
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns = inputs
+    ctx.save_for_backward(x, y, labels_x, labels_y, output[2], output[3])
+    ctx.hyperparameters = (scale, margin, same_identity, offset, rows, columns)
+    ctx.mark_non_differentiable(output[2], output[3])
+
+
+def _backward(ctx, grad_row_loss, grad_column_loss, _grad_row_lse, _grad_column_lse):
+    x, y, labels_x, labels_y, row_lse, column_lse = ctx.saved_tensors
+    grad_row_loss = torch.zeros_like(row_lse) if grad_row_loss is None else grad_row_loss.contiguous()
+    grad_column_loss = torch.zeros_like(column_lse) if grad_column_loss is None else grad_column_loss.contiguous()
+    grad_x, grad_y = contrastive_backward(grad_row_loss, grad_column_loss, x, y, labels_x, labels_y, row_lse,
+                                          column_lse, *ctx.hyperparameters)
+    return grad_x, grad_y, None, None, None, None, None, None, None, None
+
+
+contrastive_forward.register_autograd(_backward, setup_context=_setup_context)
