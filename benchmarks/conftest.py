@@ -1,21 +1,32 @@
-"""Shared settings of the benchmark suite.
+"""Shared settings of the benchmark suite, and the results-file writer.
 
 Quick mode (the default, what CI runs) uses small shapes and one round so the suite never rots;
 full mode (TGFR_BENCH_FULL=1) runs the shapes the issues name, with more rounds.
+
+`--tgfr-results PATH` merges every benchmark case of the run (pytest-benchmark's statistics and
+extra_info, from any benchmark file) and every record made through the `results_record` fixture
+into the JSON file PATH (benchmarks/recording.py); `--tgfr-results auto` picks
+benchmarks/results/<machine kind>.json. `python -m benchmarks.render` turns those files into
+benchmarks/RESULTS.md.
 """
 
+import functools
 import os
 import time
 
 import pytest
 import torch
 
+from benchmarks import recording
+
 FULL = os.environ.get("TGFR_BENCH_FULL") == "1"
+MODE = "full" if FULL else "quick"
+_RECORDS = pytest.StashKey[list]()
 
 
-def measure_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """fp32 matmul throughput of this machine with torch's default threads, in GFLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """size x size matmul throughput of this machine with torch's default threads, in GFLOP/s."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):
         a @ b
     start = time.perf_counter()
@@ -26,9 +37,58 @@ def measure_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 @pytest.fixture(scope="session")
 def matmul_gflops() -> float:
+    """fp32 2048x2048 matmul GFLOP/s of this run: the yardstick of every fraction_of_matmul."""
     return measure_matmul_gflops()
+
+
+@pytest.fixture(scope="session")
+def matmul_gflops_of():
+    """dtype name -> that dtype's 2048x2048 matmul GFLOP/s in this run, measured on first use."""
+    return functools.cache(lambda dtype: measure_matmul_gflops(dtype=getattr(torch, dtype)))
 
 
 @pytest.fixture(scope="session")
 def bench_rounds() -> int:
     return 3 if FULL else 1
+
+
+@pytest.fixture
+def results_record(request):
+    """record(extra_info: dict): adds a non-timed case (e.g. a sweep) to the results file."""
+
+    def record(extra_info: dict) -> None:
+        request.config.stash[_RECORDS].append(
+            {"name": request.node.name, "fullname": request.node.nodeid, "group": None,
+             "params": None, "extra_info": extra_info, "stats": {}}
+        )
+
+    return record
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tgfr-results", metavar="PATH", default=None,
+        help="merge this run's benchmark cases into the JSON file PATH "
+             "('auto': benchmarks/results/<machine kind>.json)",
+    )
+
+
+def pytest_configure(config):
+    config.stash[_RECORDS] = []
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--tgfr-results")
+    if not path:
+        return
+    machine = recording.machine_description()
+    if path == "auto":
+        path = recording.RESULTS_DIR / f"{machine['kind']}.json"
+    # pytest-benchmark keeps the finished benchmarks of the session on its BenchmarkSession.
+    benchmark_session = getattr(session.config, "_benchmarksession", None)
+    timed = [recording.benchmark_case(metadata.as_dict(include_data=False))
+             for metadata in getattr(benchmark_session, "benchmarks", [])]
+    cases = timed + session.config.stash[_RECORDS]
+    if cases:
+        recording.write_results(path, machine, recording.run_description(MODE), cases)
+        session.config.get_terminal_writer().line(f"tgfr: {len(cases)} benchmark cases merged into {path}")

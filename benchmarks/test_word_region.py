@@ -1,96 +1,110 @@
-"""Fused CPU word-region similarity vs the vectorized PyTorch reference, `tgfr` shape.
+"""Word-region similarity on CPU: the fused op against three PyTorch baselines, `tgfr` shape.
 
-Each case reports time (pytest-benchmark), useful GFLOP/s with SPEC section 2's accounting
-(forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D, all T words counted, so lengths are full),
-its fraction of the same run's 2048x2048 fp32 matmul throughput, and the rise of peak RSS in a
-fresh process (tgfr.memory). Quick mode: N=M in {8, 16}; full mode (TGFR_BENCH_FULL=1):
-{32, 64, 128} for both and {256, 512} for the fused op only.
+Implementations (benchmarks/baselines.py): `fused` (tgfr.ops, backend "cpu"), `reference`
+(tgfr.reference, vectorized), `chunked_checkpointed` (the reference over blocks of captions under
+activation checkpointing) and `compiled_reference` (torch.compile of the reference). Each case
+reports, in pytest-benchmark's extra_info: the median time of a step, useful GFLOP/s with SPEC
+section 2's accounting (all T words valid), its fraction of the same run's fp32 2048x2048 matmul
+throughput (and of the bf16 matmul for bf16 cases), and the rise of peak RSS of one step in a
+fresh process (benchmarks/word_region_steps.py).
+
+The reference family computes in fp32 whatever the input dtype (tgfr.reference upcasts), so a
+bf16 run of it would time the same fp32 arithmetic plus a cast: only the fused op runs in bf16.
+
+Quick mode: N=M=32 (the compiled reference N=8, forward only: its compilation alone takes ~10 s
+cold). Full mode (TGFR_BENCH_FULL=1): N=M in {32, 64, 128} for every implementation and
+{256, 512} too for the fused op (issue 2, item 6), forward and forward+backward.
 """
-
-import os
 
 import pytest
 import torch
 
+from benchmarks.baselines import (WORD_REGION_IMPLEMENTATIONS, chunked_checkpointed_word_region_scores,
+                                  compiled_word_region_scores)
 from benchmarks.conftest import FULL
-from tgfr.memory import measure_peak_rss_rise
+from benchmarks.word_region_steps import (DIM, NUM_REGIONS, NUM_WORDS, make_inputs, make_step,
+                                          measure_step_memory, useful_flops)
+from tgfr import reference
 
-NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256  # the `tgfr` reference shape
-SIZES = [32, 64, 128, 256, 512] if FULL else [8, 16]
-REFERENCE_MAX_SIZE = 128 if FULL else 16
-DTYPES = ["float32", "bfloat16"] if FULL else ["float32"]
-
-
-def make_inputs(size: int, dtype: str, requires_grad: bool):
-    generator = torch.Generator().manual_seed(0)
-    words = torch.randn(size, NUM_WORDS, DIM, generator=generator).to(getattr(torch, dtype))
-    regions = torch.randn(size, NUM_REGIONS, DIM, generator=generator).to(getattr(torch, dtype))
-    lengths = torch.full((size,), NUM_WORDS)
-    return words.requires_grad_(requires_grad), lengths, regions.requires_grad_(requires_grad)
-
-
-def make_step(implementation: str, passes: str, words, lengths, regions):
-    import tgfr
-
-    backend = "cpu" if implementation == "fused" else "reference"
-
-    def step():
-        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend=backend)
-        if passes == "forward_backward":
-            scores.sum().backward()
-        return scores
-
-    return step
-
-
-MEMORY_SETUP = """
-import sys
-sys.path.insert(0, {root!r})
-from benchmarks.test_word_region import make_inputs, make_step
-words, lengths, regions = make_inputs({size}, {dtype!r}, {backward})
-step = make_step({implementation!r}, {passes!r}, words, lengths, regions)
-small = make_step({implementation!r}, {passes!r}, *make_inputs(4, {dtype!r}, {backward}))
-small()
-"""
+PASSES = ("forward", "forward_backward")
 
 
 def cases():
-    for implementation in ("fused", "reference"):
-        for passes in ("forward", "forward_backward"):
-            for dtype in DTYPES if implementation == "fused" else ["float32"]:
-                for size in SIZES:
-                    if implementation == "reference" and size > REFERENCE_MAX_SIZE:
-                        continue
-                    yield pytest.param(implementation, passes, dtype, size, id=f"{implementation}-{passes}-{dtype}-N{size}")
+    """(implementation, passes, dtype, size) of this mode."""
+    if FULL:
+        for implementation in WORD_REGION_IMPLEMENTATIONS:
+            fused = implementation == "fused"
+            for dtype in ("float32", "bfloat16") if fused else ("float32",):
+                for passes in PASSES:
+                    for size in (32, 64, 128, 256, 512) if fused else (32, 64, 128):
+                        yield implementation, passes, dtype, size
+        return
+    for dtype in ("float32", "bfloat16"):
+        for passes in PASSES:
+            yield "fused", passes, dtype, 32
+    yield from [("reference", "forward", "float32", 32), ("reference", "forward_backward", "float32", 32),
+                ("chunked_checkpointed", "forward_backward", "float32", 32),
+                ("compiled_reference", "forward", "float32", 8)]
 
 
-@pytest.mark.parametrize("implementation,passes,dtype,size", cases())
-def test_word_region_scores(benchmark, matmul_gflops, bench_rounds, implementation, passes, dtype, size):
-    backward = passes == "forward_backward"
-    words, lengths, regions = make_inputs(size, dtype, backward)
-    step = make_step(implementation, passes, words, lengths, regions)
+def rounds_of(size: int) -> tuple[int, int]:
+    """(rounds, warm-up rounds): steps of N >= 256 take 10 s and more on 2 cores, one is enough."""
+    if not FULL:
+        return 1, 1
+    return (3, 1) if size <= 128 else (1, 0)
+
+
+@pytest.mark.parametrize(
+    "implementation,passes,dtype,size",
+    [pytest.param(*case, id="{}-{}-{}-N{}".format(*case)) for case in cases()],
+)
+def test_word_region_scores(benchmark, matmul_gflops, matmul_gflops_of, implementation, passes, dtype, size):
+    step = make_step(implementation, passes, size, dtype)
     benchmark.group = f"word_region {passes} {dtype}"
-    benchmark.pedantic(step, rounds=bench_rounds, iterations=1, warmup_rounds=1)
+    rounds, warmup_rounds = rounds_of(size)
+    scores = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    assert scores.shape == (size, size) and torch.isfinite(scores).all()
 
     seconds = benchmark.stats.stats.median
-    useful_flops = (12 if backward else 4) * size * size * NUM_WORDS * NUM_REGIONS * DIM
-    gflops = useful_flops / seconds / 1e9
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    memory = measure_peak_rss_rise(
-        MEMORY_SETUP.format(
-            root=root, size=size, dtype=dtype, backward=backward, implementation=implementation, passes=passes
-        ),
-        "step()",
-    )
-    benchmark.extra_info.update(
-        shape=dict(N=size, M=size, T=NUM_WORDS, R=NUM_REGIONS, D=DIM),
-        dtype=dtype,
+    gflops = useful_flops(size, passes) / seconds / 1e9
+    memory = measure_step_memory(implementation, passes, size, dtype)
+    info = dict(
+        op="word_region",
         implementation=implementation,
         passes=passes,
+        dtype=dtype,
+        shape=dict(N=size, M=size, T=NUM_WORDS, R=NUM_REGIONS, D=DIM),
+        seconds=seconds,
         useful_gflops=round(gflops, 2),
         matmul_gflops=round(matmul_gflops, 2),
-        fraction_of_matmul=round(gflops / matmul_gflops, 3),
+        fraction_of_matmul=round(gflops / matmul_gflops, 4),
         peak_rss_rise_mib=round(memory.rise_bytes / 2**20, 1),
         threads=torch.get_num_threads(),
     )
-    assert torch.isfinite(step()).all()
+    if dtype != "float32":
+        same_dtype_gflops = matmul_gflops_of(dtype)
+        info.update(matmul_gflops_same_dtype=round(same_dtype_gflops, 2),
+                    fraction_of_matmul_same_dtype=round(gflops / same_dtype_gflops, 4))
+    benchmark.extra_info.update(info)
+
+
+def test_chunked_checkpointed_baseline_matches_reference():
+    """The chunked baseline is the reference's math: values and gradients over several blocks."""
+    words, lengths, regions = make_inputs(6, "float32", requires_grad=True)
+    lengths = torch.tensor([1, 22, 5, 13, 22, 9])
+    expected = reference.word_region_scores(words, lengths, regions)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (words, regions))
+    scores = chunked_checkpointed_word_region_scores(words, lengths, regions, chunk_pairs=12)  # blocks of 2
+    grads = torch.autograd.grad(scores.square().sum(), (words, regions))
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_reference_baseline_matches_reference():
+    """torch.compile keeps the reference's values (forward: the graph the quick benchmark compiled)."""
+    words, lengths, regions = make_inputs(4, "float32", requires_grad=False)
+    lengths = torch.tensor([1, 22, 7, 16])
+    compiled = compiled_word_region_scores()
+    torch.testing.assert_close(compiled(words, lengths, regions), reference.word_region_scores(words, lengths, regions),
+                               rtol=1e-5, atol=1e-5)

@@ -1,0 +1,135 @@
+"""Benchmark results files: one JSON file per machine kind under benchmarks/results/.
+
+A file holds the machine's description, the list of runs merged into it (commit, date, torch
+version, threads, quick or full mode, command line) and the cases, keyed by "<mode>::<test id>"
+so that a later run of a case replaces the earlier one of the same mode and leaves the others.
+Each case keeps its pytest-benchmark group, parameters, timing statistics (seconds) and
+extra_info, plus the commit and date of the run that produced it.
+"""
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FORMAT_VERSION = 1
+_KEPT_STATS = ("min", "max", "mean", "median", "stddev", "rounds")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+        return round(total_kib / 2**20, 1)
+    except (OSError, StopIteration):
+        return None
+
+
+def machine_description() -> dict:
+    """What the figures were measured on: CPU model, cores, memory, and the GPU if there is one."""
+    machine = {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    machine["kind"] = machine_kind(machine)
+    return machine
+
+
+def machine_kind(machine: dict) -> str:
+    """File-name-safe kind, e.g. 'cpu-amd-epyc-7b13-2c' or 'gpu-nvidia-h100-80gb-hbm3'."""
+    if machine.get("gpu"):
+        return "gpu-" + _slug(machine["gpu"])
+    model = re.sub(r"\((r|tm)\)|\b(cpu|processor)\b|@.*", " ", machine["cpu"].lower())
+    return f"cpu-{_slug(model)}-{machine['logical_cores']}c"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _commit() -> str:
+    result = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=RESULTS_DIR.parent, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS_DIR.parent,
+                           capture_output=True, text=True).stdout.strip()
+    return result.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def run_description(mode: str) -> dict:
+    """Provenance of this run: commit, UTC date, versions, threads, mode and command line."""
+    return {
+        "commit": _commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "mode": mode,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+def benchmark_case(benchmark: dict) -> dict:
+    """A case from pytest-benchmark's Metadata.as_dict(include_data=False)."""
+    stats = benchmark.get("stats") or {}
+    return {
+        "name": benchmark["name"],
+        "fullname": benchmark["fullname"],
+        "group": benchmark.get("group"),
+        "params": benchmark.get("params"),
+        "extra_info": benchmark.get("extra_info", {}),
+        "stats": {key: stats[key] for key in _KEPT_STATS if key in stats},
+    }
+
+
+def merge_results(existing: dict | None, machine: dict, run: dict, cases: list[dict]) -> dict:
+    """`existing` file contents (or None) with this run's cases added or replaced; a new dict."""
+    merged = {"format": FORMAT_VERSION, "machine": machine, "runs": [], "cases": {}}
+    if existing:
+        if existing.get("format") != FORMAT_VERSION:
+            raise ValueError(f"results file format must be {FORMAT_VERSION}, got {existing.get('format')!r}")
+        merged["runs"] = list(existing["runs"])
+        merged["cases"] = dict(existing["cases"])
+    merged["runs"].append({**run, "machine": machine, "cases": len(cases)})
+    for case in cases:
+        key = f"{run['mode']}::{case['fullname']}"
+        merged["cases"][key] = {**case, "mode": run["mode"], "commit": run["commit"], "date": run["date"]}
+    return merged
+
+
+def write_results(path: Path, machine: dict, run: dict, cases: list[dict]) -> dict:
+    """Merges the cases into the JSON file at `path` (created if absent); returns its contents."""
+    path = Path(path)
+    existing = None
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"results file {path} is not valid JSON: {error}") from None
+    merged = merge_results(existing, machine, run, cases)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n")
+    return merged
