@@ -91,4 +91,6 @@ def pytest_sessionfinish(session):
     cases = timed + session.config.stash[_RECORDS]
     if cases:
         recording.write_results(path, machine, recording.run_description(MODE), cases)
-        session.config.get_terminal_writer().line(f"tgfr: {len(cases)} benchmark cases merged into {path}")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"tgfr: {len(cases)} benchmark cases merged into {path}")
