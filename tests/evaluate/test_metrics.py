@@ -1,0 +1,115 @@
+"""tgfr.metrics against independent computations: brute-force pair counts, threshold sweeps,
+closed-form uniform distributions and a hand-made similarity matrix."""
+
+import numpy as np
+import pytest
+
+from tgfr.metrics import (cmc_curve, equal_error_rate, far_label, identification_metrics, match_ranks, roc_auc,
+                          roc_curve, tar_at_far, verification_metrics)
+
+
+def brute_force_auc(scores, same):
+    genuine, impostor = scores[same == 1], scores[same == 0]
+    wins = (genuine[:, None] > impostor[None, :]).sum() + 0.5 * (genuine[:, None] == impostor[None, :]).sum()
+    return wins / (genuine.size * impostor.size)
+
+
+def brute_force_tar_at_far(scores, same, far):
+    """Sweep every candidate threshold; best TAR among those with FAR <= far."""
+    genuine, impostor = scores[same == 1], scores[same == 0]
+    best = 0.0
+    for threshold in np.r_[np.unique(scores), np.inf]:
+        if (impostor >= threshold).mean() <= far:
+            best = max(best, (genuine >= threshold).mean())
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_equals_pair_count_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    same = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(same * 0.8, 1.0), 1)  # rounding makes many ties
+    assert roc_auc(roc_curve(scores, same)) == pytest.approx(brute_force_auc(scores, same), abs=1e-12)
+
+
+@pytest.mark.parametrize("far", [0.0, 0.01, 0.05, 0.3])
+def test_tar_at_far_equals_threshold_sweep(far):
+    rng = np.random.default_rng(5)
+    same = rng.integers(0, 2, 400)
+    scores = np.round(rng.normal(same * 1.5, 1.0), 2)
+    assert tar_at_far(roc_curve(scores, same), far) == pytest.approx(brute_force_tar_at_far(scores, same, far))
+
+
+def test_constructed_scores():
+    # Genuine 0.55..0.95, impostors 0.00..0.99 (100 evenly spaced): exact rates by counting.
+    genuine = np.linspace(0.55, 0.95, 5)
+    impostor = np.arange(100) / 100
+    scores, same = np.r_[genuine, impostor], np.r_[np.ones(5), np.zeros(100)]
+    curve = roc_curve(scores, same)
+    # Threshold 0.95 accepts 1 genuine and the 5 impostors 0.95..0.99 (the tie counts): FAR 0.05, TAR 0.2.
+    assert tar_at_far(curve, 0.05) == pytest.approx(0.2)
+    assert tar_at_far(curve, 0.049) == pytest.approx(0.0)
+    assert tar_at_far(curve, 0.45) == pytest.approx(1.0)
+
+
+def test_eer_of_shifted_uniforms():
+    # Genuine U(0.2, 1.2), impostors U(0, 1): FAR(t) = 1 - t, FRR(t) = t - 0.2, equal at t = 0.6: EER 0.4.
+    n = 20001
+    genuine, impostor = 0.2 + (np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n
+    curve = roc_curve(np.r_[genuine, impostor], np.r_[np.ones(n), np.zeros(n)])
+    assert equal_error_rate(curve) == pytest.approx(0.4, abs=1e-4)
+    assert roc_auc(curve) == pytest.approx(1 - 0.8**2 / 2, abs=1e-4)  # P(G > I) for the shift 0.2
+
+
+def test_perfect_separation():
+    curve = roc_curve(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0]))
+    assert roc_auc(curve) == 1.0 and equal_error_rate(curve) == 0.0 and tar_at_far(curve, 0.0) == 1.0
+
+
+def test_verification_bootstrap_covers_point_and_is_seeded():
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(200), np.zeros(5000)]
+    scores = rng.normal(same * 2.0, 1.0)
+    first = verification_metrics(scores, same, resamples=100, seed=3)
+    again = verification_metrics(scores, same, resamples=100, seed=3)
+    other = verification_metrics(scores, same, resamples=100, seed=4)
+    assert first == again and first["auc_ci"] != other["auc_ci"]
+    low, high = first["auc_ci"]
+    assert low <= first["auc"] <= high and high - low < 0.1
+    low, high = first["tar_at_far_ci"]["1e-2"]
+    assert low <= first["tar_at_far"]["1e-2"] <= high
+    # 5000 impostors cannot resolve FAR 1e-4 and below.
+    assert first["tar_at_far"]["1e-4"] is None and first["unresolved_far"] == ["1e-6", "1e-5", "1e-4"]
+    assert first["tar_at_far"]["1e-3"] == pytest.approx(brute_force_tar_at_far(scores, same, 1e-3))
+
+
+def test_hand_made_identification():
+    gallery = np.array([10, 11, 12])
+    probes = np.array([10, 11, 12, 10])
+    similarity = np.array([
+        [0.9, 0.1, 0.2],   # rank 1
+        [0.5, 0.4, 0.3],   # rank 2
+        [0.8, 0.7, 0.6],   # rank 3
+        [0.3, 0.3, 0.1],   # tie with an impostor: rank 2 (pessimistic)
+    ])
+    ranks = match_ranks(similarity, probes, gallery)
+    assert ranks.tolist() == [1, 2, 3, 2]
+    assert cmc_curve(ranks, 3).tolist() == [0.25, 0.75, 1.0]
+    result = identification_metrics(similarity, probes, gallery, resamples=50)
+    assert result["rank1"] == 0.25 and result["rank5"] == 1.0 and result["cmc"] == [0.25, 0.75, 1.0]
+    assert result["rank1_ci"][0] <= 0.25 <= result["rank1_ci"][1]
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="genuine and impostor"):
+        roc_curve(np.array([0.1, 0.2]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="same must hold 0"):
+        roc_curve(np.array([0.1, 0.2]), np.array([1, 2]))
+    with pytest.raises(ValueError, match="similarity must have shape"):
+        match_ranks(np.zeros((2, 2)), np.array([1]), np.array([1, 2]))
+    with pytest.raises(ValueError, match="gallery"):
+        match_ranks(np.zeros((1, 2)), np.array([3]), np.array([1, 2]))
+
+
+def test_far_label():
+    assert [far_label(f) for f in (1e-6, 1e-3, 1e-2)] == ["1e-6", "1e-3", "1e-2"]
