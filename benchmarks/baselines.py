@@ -10,6 +10,7 @@ Besides the vectorized reference (tgfr.reference), a careful user has two more o
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tgfr import reference
@@ -74,3 +75,90 @@ def word_region_function(implementation: str):
     if implementation == "compiled_reference":
         return compiled_word_region_scores()
     raise ValueError(f"implementation must be one of {WORD_REGION_IMPLEMENTATIONS}, got {implementation!r}")
+
+
+def reference_contrastive_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    scale: float = 10.0,
+    margin: float = 0.0,
+    same_identity: str = "none",
+) -> torch.Tensor:
+    """Symmetric contrastive loss from the full (N, N) logits matrix (tgfr.reference), scalar.
+
+    x, y (N, D), L2-normalized here; labels (N,) or None: mean row plus mean column
+    cross-entropy to the diagonal, same-identity entries handled by `same_identity`.
+    """
+    x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    row_loss, column_loss = reference.contrastive_cross_entropy(x, y, scale, margin, labels, labels, same_identity)
+    return row_loss.mean() + column_loss.mean()
+
+
+CONTRASTIVE_CHUNK_ROWS = 1024
+
+
+def chunked_checkpointed_contrastive_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    scale: float = 10.0,
+    margin: float = 0.0,
+    same_identity: str = "none",
+    chunk_rows: int = CONTRASTIVE_CHUNK_ROWS,
+) -> torch.Tensor:
+    """reference_contrastive_loss over (chunk_rows, N) blocks of logits, each checkpointed.
+
+    Row losses come from blocks of rows of x against all of y, column losses from blocks of y
+    against all of x (the block's targets found through the reference's `offset`), so at most
+    one chunk_rows x N block of logits lives at a time.
+    """
+    x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    size = x.shape[0]
+
+    def block_loss(start: int, queries: torch.Tensor, keys: torch.Tensor, direction: str) -> torch.Tensor:
+        stop = start + queries.shape[0]
+        block_labels = None if labels is None else labels[start:stop]
+        if direction == "rows":
+            row_loss, _ = reference.contrastive_cross_entropy(
+                queries, keys, scale, margin, block_labels, labels, same_identity, "rows", start
+            )
+            return row_loss.sum()
+        _, column_loss = reference.contrastive_cross_entropy(
+            keys, queries, scale, margin, labels, block_labels, same_identity, "columns", -start
+        )
+        return column_loss.sum()
+
+    total = x.new_zeros((), dtype=torch.float32)
+    for start in range(0, size, chunk_rows):
+        stop = start + chunk_rows
+        total = total + checkpoint(block_loss, start, x[start:stop], y, "rows", use_reentrant=False)
+        total = total + checkpoint(block_loss, start, y[start:stop], x, "columns", use_reentrant=False)
+    return total / size
+
+
+@functools.cache
+def compiled_contrastive_loss():
+    """torch.compile of reference_contrastive_loss, built once per process."""
+    return torch.compile(reference_contrastive_loss, dynamic=True)
+
+
+CONTRASTIVE_IMPLEMENTATIONS = ("fused", "reference", "chunked_checkpointed", "compiled_reference")
+
+
+def contrastive_function(implementation: str):
+    """The loss function (x, y, labels, scale, margin, same_identity) -> scalar of one implementation."""
+    import tgfr.ops
+
+    if implementation == "fused":
+        def fused(x, y, labels=None, scale=10.0, margin=0.0, same_identity="none"):
+            return tgfr.ops.contrastive_loss(x, y, scale, margin, labels, same_identity=same_identity, backend="cpu")
+
+        return fused
+    if implementation == "reference":
+        return reference_contrastive_loss
+    if implementation == "chunked_checkpointed":
+        return chunked_checkpointed_contrastive_loss
+    if implementation == "compiled_reference":
+        return compiled_contrastive_loss()
+    raise ValueError(f"implementation must be one of {CONTRASTIVE_IMPLEMENTATIONS}, got {implementation!r}")

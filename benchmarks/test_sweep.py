@@ -16,7 +16,8 @@ import pytest
 
 from benchmarks.baselines import WORD_REGION_IMPLEMENTATIONS
 from benchmarks.conftest import FULL
-from benchmarks.word_region_steps import (DIM, NUM_REGIONS, NUM_WORDS, StepOutOfMemory, measure_step_memory,
+from benchmarks.fresh_process import StepOutOfMemory
+from benchmarks.word_region_steps import (DIM, NUM_REGIONS, NUM_WORDS, measure_step_memory,
                                           useful_flops)
 
 BUDGET_MIB = 2048 if FULL else 128

@@ -3,41 +3,41 @@
 Implementations (benchmarks/baselines.py): `fused` (tgfr.ops, backend "cpu"), `reference`
 (tgfr.reference, vectorized), `chunked_checkpointed` (the reference over blocks of captions under
 activation checkpointing) and `compiled_reference` (torch.compile of the reference). Each case
-reports, in pytest-benchmark's extra_info: the median time of a step, useful GFLOP/s with SPEC
-section 2's accounting (all T words valid), its fraction of the same run's fp32 2048x2048 matmul
-throughput (and of the bf16 matmul for bf16 cases), and the rise of peak RSS of one step in a
-fresh process (benchmarks/word_region_steps.py).
+reports (benchmarks/cases.py) the median time of a step, useful GFLOP/s with SPEC section 2's
+accounting (all T words valid), its fraction of the same run's fp32 2048x2048 matmul throughput
+(and of the bf16 matmul for bf16 cases), and the rise of peak RSS of one step in a fresh process.
 
 The reference family computes in fp32 whatever the input dtype (tgfr.reference upcasts), so a
 bf16 run of it would time the same fp32 arithmetic plus a cast: only the fused op runs in bf16.
 
 Quick mode: N=M=32 (the compiled reference N=8, forward only: its compilation alone takes ~10 s
 cold). Full mode (TGFR_BENCH_FULL=1): N=M in {32, 64, 128} for every implementation and
-{256, 512} too for the fused op (issue 2, item 6), forward and forward+backward.
+{256, 512} too for the fused op (issue 2, item 6), forward and forward+backward; bf16 at
+N=M in {32, 128, 512}.
 """
 
 import pytest
 import torch
 
+from benchmarks import word_region_steps
 from benchmarks.baselines import (WORD_REGION_IMPLEMENTATIONS, chunked_checkpointed_word_region_scores,
                                   compiled_word_region_scores)
+from benchmarks.cases import PASSES, run_case
 from benchmarks.conftest import FULL
-from benchmarks.word_region_steps import (DIM, NUM_REGIONS, NUM_WORDS, make_inputs, make_step,
-                                          measure_step_memory, useful_flops)
+from benchmarks.word_region_steps import make_inputs
 from tgfr import reference
-
-PASSES = ("forward", "forward_backward")
 
 
 def cases():
     """(implementation, passes, dtype, size) of this mode."""
     if FULL:
         for implementation in WORD_REGION_IMPLEMENTATIONS:
-            fused = implementation == "fused"
-            for dtype in ("float32", "bfloat16") if fused else ("float32",):
-                for passes in PASSES:
-                    for size in (32, 64, 128, 256, 512) if fused else (32, 64, 128):
-                        yield implementation, passes, dtype, size
+            for passes in PASSES:
+                if implementation == "fused":
+                    yield from ((implementation, passes, "float32", size) for size in (32, 64, 128, 256, 512))
+                    yield from ((implementation, passes, "bfloat16", size) for size in (32, 128, 512))
+                else:
+                    yield from ((implementation, passes, "float32", size) for size in (32, 64, 128))
         return
     for dtype in ("float32", "bfloat16"):
         for passes in PASSES:
@@ -47,50 +47,19 @@ def cases():
                 ("compiled_reference", "forward", "float32", 8)]
 
 
-def rounds_of(size: int) -> tuple[int, int]:
-    """(rounds, warm-up rounds): steps of N >= 256 take 10 s and more on 2 cores, one is enough."""
-    if not FULL:
-        return 1, 1
-    return (3, 1) if size <= 128 else (1, 0)
-
-
 @pytest.mark.parametrize(
     "implementation,passes,dtype,size",
     [pytest.param(*case, id="{}-{}-{}-N{}".format(*case)) for case in cases()],
 )
 def test_word_region_scores(benchmark, matmul_gflops, matmul_gflops_of, implementation, passes, dtype, size):
-    step = make_step(implementation, passes, size, dtype)
-    benchmark.group = f"word_region {passes} {dtype}"
-    rounds, warmup_rounds = rounds_of(size)
-    scores = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    scores = run_case(benchmark, word_region_steps, "word_region", implementation, passes, dtype, size,
+                      matmul_gflops, matmul_gflops_of)
     assert scores.shape == (size, size) and torch.isfinite(scores).all()
-
-    seconds = benchmark.stats.stats.median
-    gflops = useful_flops(size, passes) / seconds / 1e9
-    memory = measure_step_memory(implementation, passes, size, dtype)
-    info = dict(
-        op="word_region",
-        implementation=implementation,
-        passes=passes,
-        dtype=dtype,
-        shape=dict(N=size, M=size, T=NUM_WORDS, R=NUM_REGIONS, D=DIM),
-        seconds=seconds,
-        useful_gflops=round(gflops, 2),
-        matmul_gflops=round(matmul_gflops, 2),
-        fraction_of_matmul=round(gflops / matmul_gflops, 4),
-        peak_rss_rise_mib=round(memory.rise_bytes / 2**20, 1),
-        threads=torch.get_num_threads(),
-    )
-    if dtype != "float32":
-        same_dtype_gflops = matmul_gflops_of(dtype)
-        info.update(matmul_gflops_same_dtype=round(same_dtype_gflops, 2),
-                    fraction_of_matmul_same_dtype=round(gflops / same_dtype_gflops, 4))
-    benchmark.extra_info.update(info)
 
 
 def test_chunked_checkpointed_baseline_matches_reference():
     """The chunked baseline is the reference's math: values and gradients over several blocks."""
-    words, lengths, regions = make_inputs(6, "float32", requires_grad=True)
+    words, _, regions = make_inputs(6, "float32", requires_grad=True)
     lengths = torch.tensor([1, 22, 5, 13, 22, 9])
     expected = reference.word_region_scores(words, lengths, regions)
     expected_grads = torch.autograd.grad(expected.square().sum(), (words, regions))
@@ -103,7 +72,7 @@ def test_chunked_checkpointed_baseline_matches_reference():
 
 def test_compiled_reference_baseline_matches_reference():
     """torch.compile keeps the reference's values (forward: the graph the quick benchmark compiled)."""
-    words, lengths, regions = make_inputs(4, "float32", requires_grad=False)
+    words, _, regions = make_inputs(4, "float32", requires_grad=False)
     lengths = torch.tensor([1, 22, 7, 16])
     compiled = compiled_word_region_scores()
     torch.testing.assert_close(compiled(words, lengths, regions), reference.word_region_scores(words, lengths, regions),

@@ -5,16 +5,17 @@ reference shape (T=22, R=196, D=256) with every caption at full length, so that 
 useful-FLOP count (forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) is the work really done.
 """
 
-from pathlib import Path
-
 import torch
 
 from benchmarks.baselines import word_region_function
-from benchmarks.fresh_process import measure_peak_rss_rise
+from benchmarks.fresh_process import measure_step
 from tgfr.memory import PeakMemory
 
 NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def shape(size: int) -> dict:
+    return dict(N=size, M=size, T=NUM_WORDS, R=NUM_REGIONS, D=DIM)
 
 
 def useful_flops(size: int, passes: str) -> int:
@@ -47,40 +48,6 @@ def make_step(implementation: str, passes: str, size: int, dtype: str):
     return step
 
 
-# Warm-up at N = 4 first, so the baseline holds the thread pool, the allocator's first arenas and
-# (compiled_reference) the compiled graph; an optional address-space cap then turns a step that
-# would run far past the budget into an allocation failure instead of swapping the machine.
-_MEMORY_SETUP = """
-import resource, sys
-sys.path.insert(0, {root!r})
-from benchmarks.word_region_steps import make_step
-make_step({implementation!r}, {passes!r}, 4, {dtype!r})()
-step = make_step({implementation!r}, {passes!r}, {size}, {dtype!r})
-if {cap_bytes}:
-    with open("/proc/self/status") as status:
-        virtual_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (virtual_kib * 1024 + {cap_bytes}, resource.RLIM_INFINITY))
-"""
-
-_OUT_OF_MEMORY_MARKERS = ("can't allocate memory", "MemoryError", "Cannot allocate memory", "std::bad_alloc")
-
-
-class StepOutOfMemory(RuntimeError):
-    """A step in a fresh process failed to allocate under its address-space cap."""
-
-
 def measure_step_memory(implementation: str, passes: str, size: int, dtype: str, cap_bytes: int = 0) -> PeakMemory:
-    """Peak RSS rise (and wall time) of one step in a fresh process, inputs already made.
-
-    With cap_bytes > 0 the process may map at most cap_bytes more than after its warm-up; an
-    allocation beyond raises StepOutOfMemory. Any other failure raises RuntimeError.
-    """
-    setup = _MEMORY_SETUP.format(
-        root=str(ROOT), implementation=implementation, passes=passes, size=size, dtype=dtype, cap_bytes=cap_bytes
-    )
-    try:
-        return measure_peak_rss_rise(setup, "step()")
-    except RuntimeError as error:
-        if any(marker in str(error) for marker in _OUT_OF_MEMORY_MARKERS):
-            raise StepOutOfMemory(str(error)) from None
-        raise
+    """Peak RSS rise of one step of make_step(...) in a fresh process (fresh_process.measure_step)."""
+    return measure_step(__name__, implementation, passes, size, dtype, cap_bytes)

@@ -1,0 +1,62 @@
+"""One benchmark case of a fused op or a baseline: time, useful FLOP/s, peak memory.
+
+A steps module (benchmarks/word_region_steps.py, benchmarks/contrastive_steps.py) provides
+make_step(implementation, passes, size, dtype), useful_flops(size, passes), shape(size) and
+measure_step_memory(...). The case's figures go to pytest-benchmark's extra_info, with the keys
+that benchmarks/render.py reads.
+"""
+
+from types import ModuleType
+
+import torch
+
+from benchmarks.conftest import FULL
+
+PASSES = ("forward", "forward_backward")
+
+
+# Throughput assumed when planning rounds: about what 2 cores give (useful GFLOP/s).
+PLANNING_GFLOPS = 50.0
+
+
+def rounds_of(implementation: str, useful_flops: int) -> tuple[int, int]:
+    """(rounds, warm-up rounds) of a step. Quick mode: one of each. Full mode: three rounds and a
+    warm-up, but one round and no warm-up for steps of about 10 s and more on 2 cores, except
+    for compiled baselines, whose warm-up holds the compilation."""
+    if not FULL:
+        return 1, 1
+    if useful_flops / (PLANNING_GFLOPS * 1e9) < 10:
+        return 3, 1
+    return 1, int(implementation.startswith("compiled"))
+
+
+def run_case(benchmark, steps: ModuleType, op: str, implementation: str, passes: str, dtype: str, size: int,
+             matmul_gflops: float, matmul_gflops_of) -> torch.Tensor:
+    """Times one step of `implementation` and records its figures; returns the step's output."""
+    step = steps.make_step(implementation, passes, size, dtype)
+    benchmark.group = f"{op} {passes} {dtype}"
+    rounds, warmup_rounds = rounds_of(implementation, steps.useful_flops(size, passes))
+    output = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+
+    seconds = benchmark.stats.stats.median
+    gflops = steps.useful_flops(size, passes) / seconds / 1e9
+    memory = steps.measure_step_memory(implementation, passes, size, dtype)
+    info = dict(
+        op=op,
+        implementation=implementation,
+        passes=passes,
+        dtype=dtype,
+        shape=steps.shape(size),
+        seconds=seconds,
+        useful_gflops=round(gflops, 2),
+        matmul_gflops=round(matmul_gflops, 2),
+        fraction_of_matmul=round(gflops / matmul_gflops, 4),
+        peak_rss_rise_mib=round(memory.rise_bytes / 2**20, 1),
+        threads=torch.get_num_threads(),
+    )
+    if dtype != "float32":
+        same_dtype_gflops = matmul_gflops_of(dtype)
+        info.update(matmul_gflops_same_dtype=round(same_dtype_gflops, 2),
+                    fraction_of_matmul_same_dtype=round(gflops / same_dtype_gflops, 4))
+    benchmark.extra_info.update(info)
+    return output
