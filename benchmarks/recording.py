@@ -88,7 +88,7 @@ def run_description(mode: str) -> dict:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "mode": mode,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
     }
 
 

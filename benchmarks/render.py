@@ -1,0 +1,294 @@
+"""Renders benchmarks/RESULTS.md (tables) and one PNG plot per machine from benchmarks/results/.
+
+    python -m benchmarks.render [--results-dir benchmarks/results] [--output benchmarks/RESULTS.md]
+
+Inputs: the JSON files written by `pytest benchmarks/ --tgfr-results ...` (benchmarks/recording.py)
+and the JSON-lines files of benchmarks/run_gpu.sh (word_region_gpu_*.jsonl). Cases that carry an
+op, an implementation, passes, a dtype and N (the word-region and contrastive benchmarks, the GPU
+benchmark) go into comparison tables with speed and memory ratios against the reference; the
+sweeps into a table of the largest N per implementation; any other benchmark (models, losses)
+into a plain table of its median time and extra_info. Where a machine has full-mode cases, its
+quick-mode cases are left out.
+"""
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.recording import RESULTS_DIR
+
+OUTPUT = RESULTS_DIR.parent / "RESULTS.md"
+IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "reference", "chunked_checkpointed", "compiled_reference")
+FULL_COMMAND = "TGFR_BENCH_FULL=1 python -m pytest benchmarks/ -p no:cacheprovider --tgfr-results auto"
+RENDER_COMMAND = "python -m benchmarks.render"
+
+
+def normalize_case(case: dict) -> dict | None:
+    """A comparison row (op, implementation, passes, dtype, N, seconds, useful_gflops, fractions,
+    peak_mib, memory) from a case of any benchmark file that has them; None for other cases."""
+    info = case.get("extra_info") or {}
+    stats = case.get("stats") or {}
+    if "useful_tflops" in info:  # benchmarks/test_word_region_gpu.py
+        seconds = info["ms"] / 1e3 if "ms" in info else stats.get("median")
+        return dict(op="word_region", implementation=info["implementation"], passes=info["passes"],
+                    dtype=info["dtype"], N=info["N"], seconds=seconds, useful_gflops=info["useful_tflops"] * 1e3,
+                    fraction_of_matmul=None, fraction_of_matmul_same_dtype=None,
+                    peak_mib=info["peak_gb"] * 1e9 / 2**20 if "peak_gb" in info else None,
+                    memory="max allocated")
+    if not {"op", "implementation", "passes", "dtype", "shape"} <= info.keys() or _is_sweep(case):
+        return None
+    return dict(op=info["op"], implementation=info["implementation"], passes=info["passes"], dtype=info["dtype"],
+                N=info["shape"]["N"], seconds=info.get("seconds", stats.get("median")),
+                useful_gflops=info.get("useful_gflops"), fraction_of_matmul=info.get("fraction_of_matmul"),
+                fraction_of_matmul_same_dtype=info.get("fraction_of_matmul_same_dtype"),
+                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise")
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    """Every results file of the folder as {"name", "machine", "runs", "cases"}, sorted by name."""
+    files = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            content = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"results file {path} is not valid JSON: {error}") from None
+        if not isinstance(content, dict) or "cases" not in content:
+            continue  # e.g. pytest-benchmark's own --benchmark-json output
+        files.append(dict(name=path.stem, machine=content["machine"], runs=content["runs"],
+                          cases=list(content["cases"].values())))
+    for path in sorted(Path(results_dir).glob("word_region_gpu_*.jsonl")):
+        files.append(_gpu_lines(path))
+    return files
+
+
+def _gpu_lines(path: Path) -> dict:
+    """benchmarks/run_gpu.sh's JSON lines as a results file; later lines replace earlier ones."""
+    cases, runs = {}, {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
+        runs[(record.get("commit"), record.get("date"))] = dict(
+            commit=record.get("commit"), date=record.get("date"), torch=record.get("torch"), mode="full",
+            threads=None, command="bash benchmarks/run_gpu.sh")
+        key = (record["implementation"], record["dtype"], record["passes"], record["N"])
+        cases[key] = dict(name="-".join(map(str, key)), extra_info=record, stats={}, mode="full",
+                          commit=record.get("commit"), date=record.get("date"))
+    device = next((case["extra_info"].get("device") for case in cases.values()), path.stem)
+    return dict(name=path.stem, machine=dict(gpu=device, kind=path.stem), runs=list(runs.values()),
+                cases=list(cases.values()))
+
+
+def _is_sweep(case: dict) -> bool:
+    return (case.get("extra_info") or {}).get("kind") == "sweep"
+
+
+def shown_cases(cases: list[dict]) -> tuple[str, list[dict]]:
+    """("full", full-mode cases) when there are any, else ("quick", quick-mode cases)."""
+    full = [case for case in cases if case.get("mode") == "full"]
+    return ("full", full) if full else ("quick", [case for case in cases if case.get("mode") != "full"])
+
+
+def _order(implementation: str) -> int:
+    return IMPLEMENTATION_ORDER.index(implementation) if implementation in IMPLEMENTATION_ORDER else len(
+        IMPLEMENTATION_ORDER)
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _number(value: float | None, pattern: str = "{:.1f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def comparison_tables(rows: list[dict]) -> list[str]:
+    """Markdown lines: one table per (op, passes), rows by implementation, dtype and N, with the
+    time and memory ratios of the fp32 reference at the same N over the row's."""
+    lines = []
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["op"], row["passes"])].append(row)
+    for (op, passes), group in sorted(groups.items()):
+        reference = {row["N"]: row for row in group if row["implementation"] == "reference" and row["dtype"] == "float32"}
+        memory = group[0]["memory"]
+        lines += [f"#### {op}, {passes.replace('_', '+')}", "",
+                  "| implementation | dtype | N=M | time | useful GFLOP/s | of fp32 matmul | of same-dtype matmul "
+                  f"| peak memory ({memory}, MiB) | speed-up vs reference | memory vs reference |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for row in sorted(group, key=lambda row: (_order(row["implementation"]), row["dtype"], row["N"])):
+            base = reference.get(row["N"])
+            speedup = base["seconds"] / row["seconds"] if base and row["seconds"] else None
+            memory_ratio = (base["peak_mib"] / row["peak_mib"]
+                            if base and base["peak_mib"] is not None and row["peak_mib"] else None)
+            lines.append(
+                f"| {row['implementation']} | {row['dtype']} | {row['N']} | {_time(row['seconds'])} "
+                f"| {_number(row['useful_gflops'])} | {_percent(row['fraction_of_matmul'])} "
+                f"| {_percent(row['fraction_of_matmul_same_dtype'])} | {_number(row['peak_mib'])} "
+                f"| {_number(speedup, '{:.2f}x')} | {_number(memory_ratio, '{:.1f}x')} |"
+            )
+        lines.append("")
+    return lines
+
+
+def sweep_table(sweeps: list[dict]) -> list[str]:
+    """Markdown lines: the largest N within the budget per op and implementation, with each step."""
+    if not sweeps:
+        return []
+    lines = ["#### Largest batch within a memory budget (forward+backward, fp32)", "",
+             "| op | implementation | budget (MiB) | largest N=M that fits | stopped by | steps: N (time, peak MiB) |",
+             "| --- | --- | ---: | ---: | --- | --- |"]
+    for sweep in sorted(sweeps, key=lambda sweep: (sweep["op"], _order(sweep["implementation"]))):
+        steps = ", ".join(
+            f"{step['N']} (out of memory)" if step.get("out_of_memory") else
+            f"{step['N']} ({_time(step['seconds'])}, {step['peak_rss_rise_mib']:.0f}{'' if step['fits'] else ', over'})"
+            for step in sweep["steps"]
+        )
+        largest = sweep["largest_fitting_n"]
+        largest = "none" if largest is None else f"{'>= ' if sweep['stopped_by'] == 'time' else ''}{largest}"
+        lines.append(f"| {sweep['op']} | {sweep['implementation']} | {sweep['budget_mib']} | {largest} "
+                     f"| {sweep['stopped_by']} | {steps} |")
+    return lines + [""]
+
+
+def other_table(cases: list[dict]) -> list[str]:
+    """Markdown lines: median time and extra_info of the cases no other table shows."""
+    if not cases:
+        return []
+    lines = ["#### Other benchmarks", "", "| case | median time | extra info |", "| --- | ---: | --- |"]
+    for case in sorted(cases, key=lambda case: case.get("fullname", case["name"])):
+        info = ", ".join(f"{key}={_compact(value)}" for key, value in sorted((case.get("extra_info") or {}).items()))
+        lines.append(f"| {case.get('fullname', case['name'])} | {_time((case.get('stats') or {}).get('median'))} "
+                     f"| {info} |")
+    return lines + [""]
+
+
+def _compact(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "/")
+
+
+def machine_section(results: dict, plot_name: str | None) -> list[str]:
+    """Markdown lines of one machine: description, runs, tables and the plot."""
+    machine = results["machine"]
+    mode, cases = shown_cases(results["cases"])
+    title = machine.get("gpu") or f"{machine.get('cpu')}, {machine.get('logical_cores')} logical cores"
+    lines = [f"## {results['name']}: {title}", ""]
+    if machine.get("memory_gib"):
+        lines.append(f"Memory {machine['memory_gib']} GiB; {machine.get('platform', '')}.")
+    shown_runs = [run for run in results["runs"] if run.get("mode") == mode]
+    for run in shown_runs[-3:]:
+        lines.append(f"- run of {run.get('date')}: commit {run.get('commit')}, torch {run.get('torch')}, "
+                     f"{run.get('threads')} threads, {run.get('mode')} mode: `{run.get('command')}`")
+    if mode == "quick":
+        lines.append("- quick mode only (CI shapes, one round): these figures check that the suite runs, "
+                     "they do not rank the implementations.")
+    lines.append("")
+    rows = [row for row in map(normalize_case, cases) if row is not None]
+    sweeps = [case["extra_info"] for case in cases if _is_sweep(case)]
+    others = [case for case in cases if not _is_sweep(case) and normalize_case(case) is None]
+    lines += comparison_tables(rows) + sweep_table(sweeps) + other_table(others)
+    if plot_name:
+        lines += [f"![{results['name']}](results/{plot_name})", ""]
+    return lines
+
+
+def plot(results: dict, path: Path) -> bool:
+    """Time and peak memory against N per op (forward+backward), log-log, one line per
+    implementation and dtype; the sweep budget as a dashed line. False when nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, cases = shown_cases(results["cases"])
+    rows = [row for row in map(normalize_case, cases) if row is not None and row["passes"] == "forward_backward"]
+    ops = sorted({row["op"] for row in rows})
+    if not ops:
+        return False
+    budgets = {case["extra_info"]["op"]: case["extra_info"]["budget_mib"] for case in cases if _is_sweep(case)}
+    sweeps = [case["extra_info"] for case in cases if _is_sweep(case)]
+    colors = {implementation: f"C{index}" for index, implementation in enumerate(IMPLEMENTATION_ORDER)}
+    figure, axes = plt.subplots(len(ops), 2, figsize=(11, 4 * len(ops)), squeeze=False)
+    for (time_axis, memory_axis), op in zip(axes, ops):
+        lines = defaultdict(list)
+        for row in rows:
+            if row["op"] == op:
+                lines[(row["implementation"], row["dtype"])].append(row)
+        for (implementation, dtype), points in sorted(lines.items(), key=lambda item: (_order(item[0][0]), item[0][1])):
+            points.sort(key=lambda row: row["N"])
+            style = dict(color=colors.get(implementation), marker="o" if dtype == "float32" else "s",
+                         label=f"{implementation} {dtype}",
+                         linestyle="--" if dtype != "float32" else "-")
+            time_axis.plot([p["N"] for p in points], [p["seconds"] for p in points], **style)
+            memory_points = [p for p in points if p["peak_mib"]]
+            memory_axis.plot([p["N"] for p in memory_points], [p["peak_mib"] for p in memory_points], **style)
+        for sweep in sweeps:
+            measured = [step for step in sweep["steps"] if not step.get("out_of_memory")]
+            if sweep["op"] != op or not measured:
+                continue
+            style = dict(color=colors.get(sweep["implementation"]), marker="x", linestyle=":",
+                         label=f"{sweep['implementation']} (sweep, one step)")
+            time_axis.plot([step["N"] for step in measured], [step["seconds"] for step in measured], **style)
+            memory_axis.plot([step["N"] for step in measured],
+                             [max(step["peak_rss_rise_mib"], 0.1) for step in measured], **style)
+        if op in budgets:
+            memory_axis.axhline(budgets[op], color="grey", linestyle=":", label=f"sweep budget {budgets[op]} MiB")
+        for axis, ylabel in ((time_axis, "seconds per step"), (memory_axis, "peak memory (MiB)")):
+            axis.set(xscale="log", yscale="log", xlabel="N = M", ylabel=ylabel,
+                     title=f"{op}, forward+backward: {ylabel.split(' (')[0]}")
+            axis.grid(True, which="both", alpha=0.3)
+        memory_axis.legend(fontsize=7)
+    figure.suptitle(results["name"])
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def render(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT) -> str:
+    """Writes `output` (and a PNG per machine into results_dir); returns the markdown."""
+    lines = [
+        "# Benchmark results", "",
+        "Generated by `python -m benchmarks.render` from the JSON files in benchmarks/results/; do not edit by hand.",
+        "", "Reproduce (CPU, full mode; each run merges its cases into benchmarks/results/<machine kind>.json):", "",
+        f"    {FULL_COMMAND}", f"    {RENDER_COMMAND}", "",
+        "Time: median of the rounds (pytest-benchmark). Useful GFLOP/s: SPEC section 2's work "
+        "(word-region forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D, all words valid; contrastive "
+        "2*N*M*D and 6*N*M*D), recomputation not counted, as a fraction of the same run's 2048x2048 matmul. "
+        "Peak memory on CPU: rise of the RSS high-water mark of one step in a fresh process above its RSS "
+        "with inputs made; on GPU: torch.cuda.max_memory_allocated. Ratios: the fp32 reference at the same "
+        "N over the row (higher is better).", "",
+    ]
+    for results in load_results(results_dir):
+        plot_name = f"{results['name']}.png"
+        if not plot(results, Path(results_dir) / plot_name):
+            plot_name = None
+        lines += machine_section(results, plot_name)
+    markdown = "\n".join(lines).rstrip() + "\n"
+    Path(output).write_text(markdown)
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    arguments = parser.parse_args(argv)
+    render(arguments.results_dir, arguments.output)
+    print(f"wrote {arguments.output}")
+
+
+if __name__ == "__main__":
+    main()
