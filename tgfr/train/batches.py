@@ -1,0 +1,85 @@
+"""Training data of a run: the manifest (or the embedded synthetic set), identity-balanced
+batches, and a batch stream that can start at any step (for exact resumption).
+
+Batch order depends only on (seed, epoch): step s is batch s mod E of epoch s // E, E batches
+per epoch, so a resumed run sees the batches an uninterrupted run would have seen.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, SyntheticConfig,
+                       TrainTransform, degrade_image, ensure_synthetic_dataset)
+from tgfr.train.config import DataConfig
+
+
+def synthetic_config(config: DataConfig) -> SyntheticConfig:
+    return SyntheticConfig(identities=config.synthetic_identities,
+                           images_per_identity=config.synthetic_images_per_identity,
+                           captions_per_image=config.synthetic_captions_per_image, seed=config.synthetic_seed,
+                           degradations={"test_degraded": config.degradation})
+
+
+def resolve_manifest(config: DataConfig) -> Path:
+    """The configured manifest, or the embedded synthetic dataset's (generated on first use)."""
+    if config.manifest:
+        return Path(config.manifest)
+    return ensure_synthetic_dataset(synthetic_config(config), cache_dir=config.cache_dir or None)
+
+
+class DegradingTransform:
+    """With probability p, degrades the PIL image with `recipe` (tgfr.data.degrade) before `base`."""
+
+    def __init__(self, base: TrainTransform, recipe: str, p: float):
+        self.base, self.recipe, self.p = base, recipe, p
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Any:
+        if self.p > 0 and rng.random() < self.p:
+            image = degrade_image(image, self.recipe, rng)
+        return self.base(image, rng)
+
+
+class StepBatches:
+    """Identity-balanced batches of the training split, addressable by optimizer step.
+
+    captions_per_sample: captions drawn per image (2 for the intra-caption loss).
+    rank, world_size: this process's share of each global batch of P x K images.
+    """
+
+    def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
+                 degrade_p: float = 0.0, captions_per_sample: int = 1, rank: int = 0, world_size: int = 1):
+        if config.identities_per_batch % world_size:
+            raise ValueError(f"data.identities_per_batch={config.identities_per_batch} must be divisible by "
+                             f"the world size {world_size}")
+        transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation, degrade_p)
+        self.dataset = FaceCaptionDataset(manifest, split=config.train_split, transform=transform,
+                                          captions_per_sample=captions_per_sample, seed=seed)
+        self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch,
+                                                    config.images_per_identity, seed=seed,
+                                                    num_replicas=world_size, rank=rank)
+        if len(self.sampler) == 0:
+            raise ValueError(f"split {config.train_split!r} has too few identities for one batch of "
+                             f"{config.identities_per_batch} x {config.images_per_identity} images")
+        self.collate, self.workers = collate, config.loader_workers
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def from_step(self, step: int) -> Iterator[dict[str, Any]]:
+        """Endless stream of batches, starting with the batch of optimizer step `step` (0-based)."""
+        while True:
+            epoch, position = divmod(step, len(self.sampler))
+            self.sampler.set_epoch(epoch)
+            self.dataset.set_epoch(epoch)
+            plan = list(self.sampler)[position:]
+            loader = DataLoader(self.dataset, batch_sampler=plan, collate_fn=self.collate,
+                                num_workers=self.workers)
+            for batch in loader:
+                yield batch
+                step += 1

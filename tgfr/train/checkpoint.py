@@ -1,0 +1,74 @@
+"""Training checkpoints: written atomically, read back without pickle.
+
+A checkpoint is one torch file holding only tensors and plain Python values (dicts, lists,
+numbers, strings), so `torch.load(weights_only=True)` reads it: the RNG states of Python, numpy
+and torch are stored as integer tensors. Writing goes to a temporary file in the same folder,
+flushed to disk, then renamed over the old checkpoint (`os.replace` is atomic), so a crash
+leaves either the old or the new checkpoint, never half of one.
+"""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy (legacy global) and torch (CPU and CUDA) as tensors/plain values."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically writes `state` (tensors and plain values) to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Reads a checkpoint with weights_only=True; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint file {path} could not be read: {error}") from error
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (no 'step')")
+    return state

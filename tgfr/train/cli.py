@@ -1,0 +1,44 @@
+"""`tgfr train`: train a TGFR model from a preset with `--set key=value` overrides."""
+
+import argparse
+import tomllib
+from pathlib import Path
+
+from tgfr.train.config import config_from_dict, load_config, to_toml
+from tgfr.train.run import train
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a TGFR model (stages fr, align, fuse)",
+        description="Train the face backbone (fr), the alignment heads (align) and the fusion module (fuse). "
+                    "Without data.manifest the embedded synthetic dataset is generated into the cache.")
+    parser.add_argument("--preset", default="default", help="preset name in configs/ or a TOML file (default: default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set fr.steps=50 (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint, with the run's own config.toml")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                        help="checkpoint and stop after this many optimizer steps (resume later with --resume)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.overrides:
+            raise SystemExit("--resume uses the run's config.toml; --set cannot change a run midway")
+        path = args.out / "config.toml"
+        if not path.is_file():
+            raise SystemExit(f"--resume: {path} does not exist (no run to resume in {args.out})")
+        config = config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    else:
+        config = load_config(args.preset, args.overrides)
+    if args.print_config:
+        print(to_toml(config), end="")
+        return 0
+    out = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    finished = (out / "model").is_dir()
+    print(f"run folder: {out} ({'finished' if finished else 'stopped; continue with --resume'})")
+    return 0

@@ -1,0 +1,300 @@
+"""Run configuration: nested dataclasses, TOML presets, `key=value` overrides, TOML output.
+
+A preset is a TOML file in `configs/` (configs/<name>.toml) or any path; it must set every key
+(presets are written out in full so a reader sees every value), and unknown keys are errors.
+Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.jsonl"`,
+`align.supervision=weak` (a bare word is read as a string).
+"""
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class DataConfig:
+    """manifest: a manifest path; empty = the embedded synthetic dataset (generated into the cache),
+    whose test split gets a degraded copy test_degraded made with `degradation`.
+    train_degradation: the recipe a stage applies to a training image with probability degrade_p.
+    identities_per_batch x images_per_identity: the global batch (split over ranks)."""
+
+    manifest: str = ""
+    synthetic_identities: int = 200
+    synthetic_images_per_identity: int = 8
+    synthetic_captions_per_image: int = 5
+    synthetic_seed: int = 0
+    degradation: str = "down24+celeba"
+    train_degradation: str = "down24+celeba"
+    cache_dir: str = ""
+    train_split: str = "train"
+    image_size: int = 56
+    identities_per_batch: int = 16
+    images_per_identity: int = 4
+    loader_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """backbone_weights: a released backbone (.pth / .safetensors); then the fr stage only loads it."""
+
+    backbone: str = "iresnet_small"
+    width: int = 16
+    num_features: int = 128
+    dropout: float = 0.2
+    backbone_weights: str = ""
+    text_encoder: str = ""
+    max_length: int = 24
+    freeze_text_encoder: bool = True
+    dim: int = 64
+    fusion: str = "fcfm"
+    fine_dim: int = 32
+
+
+@dataclass
+class OptimConfig:
+    """optimizer: adamw or sgd; schedule: cosine (to lr * min_lr_ratio) or constant, after a linear warmup."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 5.0
+
+
+@dataclass
+class FRStageConfig:
+    """Face backbone: ce_weight * (ArcFace(view1) + ArcFace(view2)) + coreface_weight * CoReFace
+    (released CoReFace: 0.5, 0.05). Every stage has degrade_p: probability of degrading a training image."""
+
+    steps: int = 200
+    arcface_scale: float = 32.0
+    arcface_margin: float = 0.3
+    ce_weight: float = 0.5
+    coreface_weight: float = 0.05
+    coreface_scale: float = 64.0
+    degrade_p: float = 0.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class AlignStageConfig:
+    """FCAM: wrcl_weight*WRCL + cicl_weight*CICL + intra_weight*intra-caption + identity_weight*identity.
+
+    supervision: "identity" (labels: class masking, ArcFace on the sentence and global image
+    features) or "weak" (no labels: the dual-granularity association replaces the identity term).
+    """
+
+    steps: int = 200
+    supervision: str = "identity"
+    wrcl_weight: float = 1.0
+    cicl_weight: float = 2.0
+    intra_weight: float = 1.0
+    identity_weight: float = 1.0
+    gamma1: float = 4.0
+    gamma2: float = 5.0
+    gamma3: float = 10.0
+    cicl_scale: float = 10.0
+    intra_scale: float = 10.0
+    identity_scale: float = 32.0
+    identity_margin: float = 0.3
+    num_prototypes: int = 128
+    degrade_p: float = 0.5
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class FuseStageConfig:
+    """FCFM trained with ArcFace on the fused embedding (focal form as TGFR when focal = true)."""
+
+    steps: int = 150
+    arcface_scale: float = 32.0
+    arcface_margin: float = 0.3
+    focal: bool = False
+    degrade_p: float = 0.5
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    """splits: report name -> manifest split. protocol: all_pairs (every pair of the split) or
+    pairs (TGFR's per-subject genuine + impostor_subjects impostors, tgfr.data)."""
+
+    splits: dict[str, str] = field(default_factory=lambda: {"clean": "test", "degraded": "test_degraded"})
+    protocol: str = "all_pairs"
+    impostor_subjects: int = 399
+    gallery_per_subject: int = 1
+    bootstrap_resamples: int = 200
+    max_rank: int = 20
+    batch_size: int = 128
+    heatmap_captions: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """device: auto (cuda when available), cpu or cuda; precision: auto (bf16 autocast on GPU,
+    fp32 on CPU), fp32 or bf16. stages: the stages to run, in order."""
+
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0
+    stages: list[str] = field(default_factory=lambda: ["fr", "align", "fuse"])
+    checkpoint_every: int = 50
+    log_every: int = 10
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fr: FRStageConfig = field(default_factory=FRStageConfig)
+    align: AlignStageConfig = field(default_factory=AlignStageConfig)
+    fuse: FuseStageConfig = field(default_factory=FuseStageConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        choices = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        unknown = [stage for stage in self.stages if stage not in ("fr", "align", "fuse")]
+        if unknown or len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages must be distinct names among fr, align, fuse; got {self.stages}")
+        for name, value in (("align.supervision", self.align.supervision), ("evaluation.protocol",
+                                                                               self.evaluation.protocol)):
+            allowed = ("identity", "weak") if name.startswith("align") else ("all_pairs", "pairs")
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for stage in ("fr", "align", "fuse"):
+            optim = getattr(self, stage).optim
+            if optim.optimizer not in ("adamw", "sgd") or optim.schedule not in ("cosine", "constant"):
+                raise ValueError(f"{stage}.optim: optimizer must be adamw or sgd and schedule cosine or constant, "
+                                 f"got {optim.optimizer!r}, {optim.schedule!r}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str, complete: bool) -> Any:
+    """Dataclass `cls` from a TOML table, checking keys and value types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'config'} must be a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; {where or 'top level'} "
+                         f"accepts {names}")
+    missing = [name for name in names if name not in values]
+    if complete and missing:
+        raise ValueError(f"config is missing key(s) {[f'{where}{k}' for k in missing]} (presets set every key)")
+    kwargs = {}
+    for name in names:
+        if name not in values:
+            continue
+        kind, value, key = hints[name], values[name], f"{where}{name}"
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value, f"{key}.", complete)
+        else:
+            kwargs[name] = _check_value(key, kind, value)
+    return cls(**kwargs)
+
+
+def _check_value(key: str, kind: Any, value: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key} must be a list of strings, got {value!r}")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"{key} must be a table of strings, got {value!r}")
+        return dict(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def preset_path(preset: str) -> Path:
+    """A preset name (configs/<name>.toml) or a path to a TOML file."""
+    path = Path(preset)
+    if path.suffix == ".toml" or path.exists():
+        candidate = path
+    else:
+        candidate = CONFIG_DIR / f"{preset}.toml"
+    if not candidate.is_file():
+        available = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise ValueError(f"preset {preset!r}: no file {candidate} (presets: {available})")
+    return candidate
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """"a.b=value" -> (["a", "b"], value parsed as TOML, or the raw text when it is not TOML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override must look like key=value (e.g. fr.steps=50), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:
+    """Reads a complete preset and applies `key=value` overrides."""
+    path = preset_path(preset)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"preset file {path} is not valid TOML: {error}") from None
+    _build(TrainConfig, values, "", complete=True)
+    for override in overrides:
+        keys, value = parse_override(override)
+        table = values
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(table.get(key), dict):
+                raise ValueError(f"override {override!r}: {'.'.join(keys[:depth + 1])} is not a table")
+            table = table[key]
+        if keys[-1] not in table:
+            raise ValueError(f"override {override!r}: unknown key {'.'.join(keys)}")
+        table[keys[-1]] = value
+    return _build(TrainConfig, values, "", complete=True)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from a complete nested dict (e.g. a run's config.toml)."""
+    return _build(TrainConfig, values, "", complete=True)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: Any, table: str = "") -> str:
+    """Every field of a (nested) config dataclass as TOML, scalars before sub-tables."""
+    lines, tables = [], []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append(to_toml(value, f"{table}{f.name}."))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    header = [f"[{table[:-1]}]"] if table else []
+    return "\n".join(header + lines) + "\n" + "".join("\n" + t for t in tables)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,114 @@
+"""The optimization loop shared by the stages: optimizer and schedule, mixed precision, gradient
+clipping before the step, progress bar, metrics log, periodic atomic checkpoints and resumption."""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from tgfr.train.batches import StepBatches
+from tgfr.train.checkpoint import set_rng_state
+from tgfr.train.config import OptimConfig
+from tgfr.train.stage import Stage
+from tgfr.train.training_log import TrainingLog
+
+# checkpoint(step, optimizer, scheduler): writes the run's state after `step` optimizer steps.
+CheckpointWriter = Callable[[int, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler], None]
+
+
+@dataclass
+class LoopSettings:
+    """bf16: autocast the stage's forward to bfloat16 (GPU); stop_after: optimizer steps this
+    process may still take before it checkpoints and stops (None: no limit)."""
+
+    device: torch.device
+    bf16: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 50
+    rank: int = 0
+    world_size: int = 1
+    stop_after: int | None = None
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
+    if not parameters:
+        raise ValueError("the stage has no trainable parameters")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, steps: int, config: OptimConfig) -> float:
+    """Linear warmup over warmup_steps, then constant or cosine down to min_lr_ratio at `steps`."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _scalars(components: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(value.detach()) for name, value in components.items()}
+
+
+def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int, settings: LoopSettings,
+              log: TrainingLog, checkpoint: CheckpointWriter, resume: dict[str, Any] | None = None) -> int:
+    """Trains `stage` for `steps` optimizer steps (from resume["step"] when resuming).
+
+    Returns the number of steps taken in this call (stops early at settings.stop_after).
+    """
+    stage.train()
+    parameters = stage.parameters_to_optimize()
+    optimizer = make_optimizer(parameters, optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, optim))
+    start = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        start = resume["step"]
+    module = stage
+    if settings.world_size > 1:
+        module = DistributedDataParallel(stage, device_ids=[settings.device.index] if settings.device.type == "cuda"
+                                         else None, broadcast_buffers=False)
+    stream = batches.from_step(start)
+    bar = tqdm(total=steps, initial=start, desc=stage.name, disable=settings.rank != 0, dynamic_ncols=True)
+    taken, last = 0, time.perf_counter()
+    for step in range(start, steps):
+        if settings.stop_after is not None and taken >= settings.stop_after:
+            break
+        batch = next(stream)
+        with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            loss, components = module(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage {stage.name}: loss is {float(loss)} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)  # before the step
+        optimizer.step()
+        scheduler.step()
+        taken += 1
+        now = time.perf_counter()
+        samples_per_s = len(batch["labels"]) * settings.world_size / (now - last)
+        last = now
+        values = {"loss": float(loss.detach()), **_scalars(components), "grad_norm": float(grad_norm),
+                  "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_s}
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k not in ("lr", "total")})
+        if (step + 1) % settings.log_every == 0 or step + 1 == steps:
+            log.write(stage.name, step + 1, values)
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
+            checkpoint(step + 1, optimizer, scheduler)
+    else:
+        bar.close()
+        return taken
+    checkpoint(start + taken, optimizer, scheduler)
+    bar.close()
+    return taken

@@ -1,0 +1,204 @@
+"""`tgfr train`: builds the data and the model, runs the configured stages in order and writes
+the run folder:
+
+    config.toml           the resolved configuration (every value)
+    metrics.jsonl         training log (tensorboard/ too when tensorboard is installed)
+    checkpoints/last.pt   the latest training state (atomic; --resume continues from it)
+    model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
+    train_summary.json    per stage: steps, seconds, samples/s, last logged values
+
+Under torchrun (WORLD_SIZE > 1) every rank runs this; the process group uses nccl on GPU and
+gloo on CPU, each rank takes identities_per_batch / world_size identities of every global batch,
+the pairwise losses run in their local (gathered) form, and rank 0 writes the files.
+"""
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tgfr.data import CaptionCollator
+from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
+from tgfr.train.batches import StepBatches, resolve_manifest
+from tgfr.train.caption_features import CaptionFeatures
+from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from tgfr.train.config import TrainConfig, to_toml
+from tgfr.train.loop import LoopSettings, run_stage
+from tgfr.train.stage import Stage
+from tgfr.train.stage_align import AlignStage
+from tgfr.train.stage_fr import FRStage
+from tgfr.train.stage_fuse import FuseStage
+from tgfr.train.training_log import TrainingLog, read_log
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+TEXT_ENCODER_PREFIX = "text_encoder."
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig) -> TGFRModel:
+    """TGFRModel of the run; the backbone trains only when the fr stage will train it."""
+    m = config.model
+    backbone = IResNetConfig.preset(m.backbone, width=m.width, input_size=config.data.image_size,
+                                    num_features=m.num_features, dropout=m.dropout)
+    train_backbone = "fr" in config.stages and not m.backbone_weights
+    model = TGFRModel(TGFRConfig(backbone=backbone, freeze_backbone=not train_backbone,
+                                 text_encoder=m.text_encoder or None, max_length=m.max_length,
+                                 freeze_text_encoder=m.freeze_text_encoder, dim=m.dim, fusion=m.fusion,
+                                 fine_dim=m.fine_dim))
+    if m.backbone_weights:
+        model.backbone.load_state_dict(load_weights_file(m.backbone_weights), strict=True)
+    return model
+
+
+def model_state(model: TGFRModel) -> dict[str, torch.Tensor]:
+    """Every weight that can change in training (a frozen text encoder is rebuilt from its files)."""
+    skip = model.text_encoder.frozen
+    return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(TEXT_ENCODER_PREFIX))}
+
+
+def load_model_state(model: TGFRModel, state: dict[str, torch.Tensor], source: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (model.text_encoder.frozen and k.startswith(TEXT_ENCODER_PREFIX))]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint file {source} does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def finish_stage(model: TGFRModel, name: str) -> None:
+    """After fr, the backbone is frozen for good (and saved as such)."""
+    if name == "fr":
+        model.backbone.freeze()
+        model.config.freeze_backbone = True
+
+
+def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world_size > 1 else 0
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return rank, world_size, torch.device("cuda", local_rank)
+    return rank, world_size, torch.device("cpu")
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def _build_stage(name: str, config: TrainConfig, model: TGFRModel, num_classes: int, captions: CaptionFeatures,
+                 device: torch.device, distributed: bool) -> Stage:
+    if name == "fr":
+        return FRStage(model, config.fr, num_classes, device, distributed)
+    if name == "align":
+        return AlignStage(model, config.align, num_classes, captions, device, distributed)
+    return FuseStage(model, config.fuse, num_classes, captions, device)
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Runs the stages of `config` into the run folder `out`; returns it.
+
+    resume: continue from out/checkpoints/last.pt (an error when there is none).
+    stop_after: take at most this many optimizer steps in this call, then checkpoint and return
+    (the run is finished when out/model exists).
+    """
+    out = Path(out)
+    rank, world_size, device = _init_distributed(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    state = None
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT)
+        if state["stage"] not in config.stages:
+            raise ValueError(f"checkpoint stage {state['stage']!r} is not among the configured stages {config.stages}")
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    if rank == 0:
+        manifest = resolve_manifest(config.data)
+    _barrier(world_size)
+    if rank != 0:
+        manifest = resolve_manifest(config.data)
+    seed_everything(config.seed)
+    model = build_model(config).to(device)
+    if state is not None:
+        load_model_state(model, state["model"], out / CHECKPOINT)
+    captions = CaptionFeatures(model.text_encoder, device)
+    collate = CaptionCollator(model.text_encoder.tokenizer, max_length=config.model.max_length)
+    settings = LoopSettings(device, bf16=config.precision == "bf16" or (config.precision == "auto"
+                                                                        and device.type == "cuda"),
+                            log_every=config.log_every, checkpoint_every=config.checkpoint_every, rank=rank,
+                            world_size=world_size, stop_after=stop_after)
+    log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
+    resume_index = config.stages.index(state["stage"]) if state is not None else 0
+    summary: dict[str, Any] = {}
+    for index, name in enumerate(config.stages):
+        if index < resume_index or (name == "fr" and config.model.backbone_weights):
+            finish_stage(model, name)
+            continue
+        if settings.stop_after is not None and settings.stop_after <= 0:
+            break
+        seed_everything(config.seed + 1000 * (index + 1) + rank)
+        stage_config = getattr(config, name)
+        batches = StepBatches(manifest, config.data, collate, seed=config.seed + index,
+                              degrade_p=stage_config.degrade_p,
+                              captions_per_sample=2 if name == "align" and config.align.intra_weight > 0 else 1,
+                              rank=rank, world_size=world_size)
+        stage = _build_stage(name, config, model, batches.num_classes, captions, device, world_size > 1).to(device)
+        stage_resume = state if state is not None and index == resume_index else None
+        if stage_resume is not None:
+            stage.losses.load_state_dict(stage_resume["losses"])
+
+        def checkpoint(step, optimizer, scheduler, name=name, stage=stage):
+            if rank == 0:
+                save_checkpoint(out / CHECKPOINT, {
+                    "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+
+        started = time.perf_counter()
+        taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
+                          stage_resume)
+        summary[name] = {"steps_taken": taken, "seconds": time.perf_counter() - started,
+                         "global_batch": config.data.identities_per_batch * config.data.images_per_identity}
+        done = (stage_resume["step"] if stage_resume else 0) + taken >= stage_config.steps
+        if settings.stop_after is not None:
+            settings.stop_after -= taken
+        if not done:
+            break
+        finish_stage(model, name)
+    else:
+        if rank == 0:
+            save_tgfr_model(model, out / "model")
+    if rank == 0:
+        _write_summary(out, summary)
+    log.close()
+    _barrier(world_size)
+    return out
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    path = out / "train_summary.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    last = {}
+    if (out / "metrics.jsonl").is_file():
+        for record in read_log(out / "metrics.jsonl"):
+            last[record["stage"]] = record
+    for name, values in summary.items():
+        values["last_logged"] = last.get(name, {})
+        if values["seconds"] > 0 and values["steps_taken"]:
+            values["seconds_per_step"] = values["seconds"] / values["steps_taken"]
+    path.write_text(json.dumps({**previous, **summary}, indent=1) + "\n", encoding="utf-8")

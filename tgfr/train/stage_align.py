@@ -1,0 +1,93 @@
+"""Stage `align`: FCAM heads with the multi-granularity contrastive objective on a frozen backbone.
+
+    loss = wrcl_weight * WRCL(words, regions) + cicl_weight * CICL(sentence, image)
+         + intra_weight * intra-modal(sentence of caption a, sentence of caption b)
+         + identity_weight * identity term
+
+With identity labels (supervision "identity") the pairwise losses mask other pairs of one
+identity and the identity term is ArcFace on the sentence and on the global image feature.
+Without them ("weak") nothing sees a label: the identity term is the dual-granularity
+association of images and captions.
+"""
+
+import torch
+
+from tgfr.losses import (ArcFaceHead, DualGranularityAssociationLoss, IntraModalContrastiveLoss,
+                         MultiGranularityLoss, WordRegionContrastiveLoss, CaptionImageContrastiveLoss)
+from tgfr.models import AlignedFeatures, TGFRModel
+from tgfr.train.caption_features import CaptionFeatures
+from tgfr.train.config import AlignStageConfig
+from tgfr.train.stage import Stage
+
+
+def align_features(model: TGFRModel, images: torch.Tensor, text, second_text=None):
+    """TGFRModel.align on precomputed caption features: AlignedFeatures, plus the sentence
+    feature of a second caption per image when `second_text` is given."""
+    embedding, region_map = model.backbone(images)
+    image_global, regions = model.image_head(embedding, region_map)
+    if second_text is None:
+        words, sentence = model.text_head(text.words, text.lengths)
+        return AlignedFeatures(words, text.lengths, regions, sentence, image_global), None
+    n = text.words.shape[0]
+    words, sentence = model.text_head(torch.cat([text.words, second_text.words]),
+                                      torch.cat([text.lengths, second_text.lengths]))
+    return AlignedFeatures(words[:n], text.lengths, regions, sentence[:n], image_global), sentence[n:]
+
+
+class AlignStage(Stage):
+    name = "align"
+    trained = ("image_head", "text_head", "text_encoder")
+
+    def __init__(self, model: TGFRModel, config: AlignStageConfig, num_classes: int, captions: CaptionFeatures,
+                 device: torch.device, distributed: bool = False):
+        super().__init__(model, device)
+        self.config, self.captions = config, captions
+        dim = model.config.dim
+        same_identity = "exclude" if config.supervision == "identity" else "none"
+        self.losses["multi_granularity"] = MultiGranularityLoss(
+            None, config.wrcl_weight, config.cicl_weight,
+            word_region=WordRegionContrastiveLoss(config.gamma1, config.gamma2, config.gamma3,
+                                                  same_identity=same_identity, gather_ranks=distributed),
+            caption_image=CaptionImageContrastiveLoss(config.cicl_scale, same_identity=same_identity,
+                                                      gather_ranks=distributed))
+        self.losses["intra"] = IntraModalContrastiveLoss(
+            config.intra_scale, same_identity="positive" if config.supervision == "identity" else "none",
+            gather_ranks=distributed)
+        if config.supervision == "identity":
+            self.losses["sentence_identity"] = ArcFaceHead(dim, num_classes, config.identity_scale,
+                                                           config.identity_margin)
+            self.losses["image_identity"] = ArcFaceHead(dim, num_classes, config.identity_scale,
+                                                        config.identity_margin)
+        else:
+            self.losses["association"] = DualGranularityAssociationLoss(dim, config.num_prototypes)
+
+    @property
+    def captions_per_sample(self) -> int:
+        return 2 if self.config.intra_weight > 0 else 1
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, labels = self.images_and_labels(batch)
+        if self.captions_per_sample == 2:
+            first, second = zip(*batch["all_captions"])
+            aligned, second_sentence = align_features(self.model, images, self.captions(list(first)),
+                                                      self.captions(list(second)))
+        else:
+            aligned, second_sentence = align_features(self.model, images, self.captions(batch["captions"]))
+        aligned = AlignedFeatures(*(t.float() if t.is_floating_point() else t for t in aligned))
+        supervised = self.config.supervision == "identity"
+        total, components = self.losses["multi_granularity"](
+            aligned.words, aligned.lengths, aligned.regions, aligned.sentence, aligned.image_global,
+            labels if supervised else None)
+        if second_sentence is not None:
+            components["intra"] = self.losses["intra"](aligned.sentence, second_sentence.float(),
+                                                       labels if supervised else None)
+            total = total + self.config.intra_weight * components["intra"]
+        if supervised:
+            components["identity"] = (self.losses["sentence_identity"](aligned.sentence, labels)
+                                      + self.losses["image_identity"](aligned.image_global, labels))
+        else:
+            components["identity"], stats = self.losses["association"](aligned.image_global, aligned.sentence)
+            components["confidence"] = stats["mean_confidence"]
+        total = total + self.config.identity_weight * components["identity"]
+        components["total"] = total
+        return total, components

@@ -1,0 +1,43 @@
+"""Metrics log of a run: one JSON object per line (metrics.jsonl), and TensorBoard scalars when
+the `tensorboard` package is installed."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class TrainingLog:
+    """Appends records {"stage", "step", ...numbers} to `path`; `path` None logs nothing (other ranks)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+        self.writer = None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
+
+    def write(self, stage: str, step: int, values: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        record = {"stage": stage, "step": step, "time": time.time(), **values}
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{stage}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
