@@ -205,15 +205,18 @@ def machine_section(results: dict, plot_name: str | None) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> bool:
-    """Time and peak memory against N per op (forward+backward), log-log, one line per
-    implementation and dtype; the sweep budget as a dashed line. False when nothing to plot."""
+    """Time and peak memory against N per op (forward+backward, or forward where that is all
+    there is), log-log, one line per implementation and dtype, the sweeps' steps dotted and
+    their budget as a grey line. False when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _, cases = shown_cases(results["cases"])
-    rows = [row for row in map(normalize_case, cases) if row is not None and row["passes"] == "forward_backward"]
+    rows = [row for row in map(normalize_case, cases) if row is not None]
+    passes = "forward_backward" if any(row["passes"] == "forward_backward" for row in rows) else "forward"
+    rows = [row for row in rows if row["passes"] == passes]
     ops = sorted({row["op"] for row in rows})
     if not ops:
         return False
@@ -236,7 +239,7 @@ def plot(results: dict, path: Path) -> bool:
             memory_axis.plot([p["N"] for p in memory_points], [p["peak_mib"] for p in memory_points], **style)
         for sweep in sweeps:
             measured = [step for step in sweep["steps"] if not step.get("out_of_memory")]
-            if sweep["op"] != op or not measured:
+            if sweep["op"] != op or sweep["passes"] != passes or not measured:
                 continue
             style = dict(color=colors.get(sweep["implementation"]), marker="x", linestyle=":",
                          label=f"{sweep['implementation']} (sweep, one step)")
@@ -247,7 +250,7 @@ def plot(results: dict, path: Path) -> bool:
             memory_axis.axhline(budgets[op], color="grey", linestyle=":", label=f"sweep budget {budgets[op]} MiB")
         for axis, ylabel in ((time_axis, "seconds per step"), (memory_axis, "peak memory (MiB)")):
             axis.set(xscale="log", yscale="log", xlabel="N = M", ylabel=ylabel,
-                     title=f"{op}, forward+backward: {ylabel.split(' (')[0]}")
+                     title=f"{op}, {passes.replace('_', '+')}: {ylabel.split(' (')[0]}")
             axis.grid(True, which="both", alpha=0.3)
         memory_axis.legend(fontsize=7)
     figure.suptitle(results["name"])

@@ -1,0 +1,143 @@
+"""The results-file writer (benchmarks/recording.py) and the renderer (benchmarks/render.py)."""
+
+import json
+
+import pytest
+
+from benchmarks import recording, render
+
+MACHINE = {"cpu": "AMD EPYC 7B13", "logical_cores": 2, "memory_gib": 23.5, "platform": "Linux", "gpu": None,
+           "kind": "cpu-amd-epyc-7b13-2c"}
+
+
+def run(mode: str, commit: str) -> dict:
+    return {"commit": commit, "date": f"2026-01-0{len(commit)}T00:00:00+00:00", "torch": "2.13.0", "python": "3.11",
+            "threads": 2, "mode": mode, "command": "pytest benchmarks/"}
+
+
+def case(fullname: str, median: float, **extra_info) -> dict:
+    return {"name": fullname.split("::")[-1], "fullname": fullname, "group": None, "params": None,
+            "extra_info": extra_info, "stats": {"median": median, "rounds": 1}}
+
+
+def word_region_case(implementation, passes, dtype, size, seconds, peak_mib, gflops=10.0, fraction=0.1):
+    return case(f"benchmarks/test_word_region.py::test[{implementation}-{passes}-{dtype}-N{size}]", seconds,
+                op="word_region", implementation=implementation, passes=passes, dtype=dtype,
+                shape={"N": size, "M": size, "T": 22, "R": 196, "D": 256}, seconds=seconds,
+                useful_gflops=gflops, fraction_of_matmul=fraction, peak_rss_rise_mib=peak_mib)
+
+
+def test_merge_replaces_a_case_of_the_same_mode_and_keeps_the_others():
+    first = recording.merge_results(None, MACHINE, run("quick", "a"), [case("f::x", 1.0), case("f::y", 2.0)])
+    second = recording.merge_results(first, MACHINE, run("quick", "bb"), [case("f::x", 3.0)])
+    third = recording.merge_results(second, MACHINE, run("full", "ccc"), [case("f::x", 5.0)])
+
+    assert set(third["cases"]) == {"quick::f::x", "quick::f::y", "full::f::x"}
+    assert third["cases"]["quick::f::x"]["stats"]["median"] == 3.0 and third["cases"]["quick::f::x"]["commit"] == "bb"
+    assert third["cases"]["quick::f::y"]["commit"] == "a"
+    assert third["cases"]["full::f::x"]["mode"] == "full"
+    assert [entry["commit"] for entry in third["runs"]] == ["a", "bb", "ccc"]
+    assert first["cases"].keys() == {"quick::f::x", "quick::f::y"}  # inputs are not modified
+
+
+def test_merge_rejects_another_format():
+    with pytest.raises(ValueError, match="format"):
+        recording.merge_results({"format": 99, "runs": [], "cases": {}}, MACHINE, run("quick", "a"), [])
+
+
+def test_write_results_merges_into_the_file_and_names_a_corrupt_one(tmp_path):
+    path = tmp_path / "results" / "cpu.json"
+    recording.write_results(path, MACHINE, run("quick", "a"), [case("f::x", 1.0)])
+    recording.write_results(path, MACHINE, run("quick", "bb"), [case("f::y", 2.0)])
+    assert set(json.loads(path.read_text())["cases"]) == {"quick::f::x", "quick::f::y"}
+
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cpu.json"):
+        recording.write_results(path, MACHINE, run("quick", "a"), [])
+
+
+def test_benchmark_case_keeps_the_timing_statistics_and_extra_info():
+    metadata = {"name": "t[a]", "fullname": "f::t[a]", "group": "g", "params": {"a": 1}, "extra_info": {"k": 2},
+                "stats": {"median": 0.5, "mean": 0.6, "min": 0.4, "max": 0.9, "stddev": 0.1, "rounds": 3,
+                          "iqr": 0.2, "ops": 2.0}}
+    assert recording.benchmark_case(metadata) == {
+        "name": "t[a]", "fullname": "f::t[a]", "group": "g", "params": {"a": 1}, "extra_info": {"k": 2},
+        "stats": {"median": 0.5, "mean": 0.6, "min": 0.4, "max": 0.9, "stddev": 0.1, "rounds": 3}}
+
+
+def test_machine_kind_is_a_file_name():
+    assert recording.machine_kind({"cpu": "Intel(R) Xeon(R) CPU @ 2.20GHz", "logical_cores": 2}) == "cpu-intel-xeon-2c"
+    assert recording.machine_kind({"cpu": "AMD EPYC 7B13", "logical_cores": 16}) == "cpu-amd-epyc-7b13-16c"
+    assert recording.machine_kind({"gpu": "NVIDIA H100 80GB HBM3"}) == "gpu-nvidia-h100-80gb-hbm3"
+
+
+def test_normalize_case_reads_cpu_and_gpu_benchmarks_and_leaves_the_others():
+    row = render.normalize_case(word_region_case("fused", "forward", "float32", 64, 0.25, 12.5))
+    assert (row["op"], row["implementation"], row["N"], row["seconds"], row["peak_mib"]) == (
+        "word_region", "fused", 64, 0.25, 12.5)
+
+    gpu = case("benchmarks/test_word_region_gpu.py::t", 0.0, implementation="cuda", dtype="bfloat16", N=4096,
+               passes="forward_backward", peak_gb=2**30 / 1e9, ms=20.0, useful_tflops=150.0)
+    row = render.normalize_case(gpu)
+    assert row["seconds"] == pytest.approx(0.02) and row["useful_gflops"] == pytest.approx(150000.0)
+    assert row["peak_mib"] == pytest.approx(1024.0) and row["memory"] == "max allocated"
+
+    assert render.normalize_case(case("benchmarks/test_losses.py::t", 0.1, n=256, d=256)) is None
+    assert render.normalize_case(case("benchmarks/test_sweep.py::t", 0.0, kind="sweep", op="word_region",
+                                      implementation="fused", passes="forward", dtype="float32",
+                                      shape={"T": 22})) is None
+
+
+def test_comparison_table_divides_the_reference_by_each_row():
+    rows = [render.normalize_case(c) for c in (
+        word_region_case("reference", "forward_backward", "float32", 64, 2.0, 1000.0),
+        word_region_case("fused", "forward_backward", "float32", 64, 0.5, 10.0),
+        word_region_case("fused", "forward_backward", "float32", 512, 30.0, 80.0),
+    )]
+    lines = render.comparison_tables(rows)
+    fused_64 = next(line for line in lines if line.startswith("| fused | float32 | 64 |"))
+    assert "| 500.0 ms |" in fused_64 and "| 4.00x | 100.0x |" in fused_64
+    fused_512 = next(line for line in lines if line.startswith("| fused | float32 | 512 |"))
+    assert "| 30.00 s |" in fused_512 and fused_512.endswith("| - | - |")  # no reference at 512
+    assert lines.index(fused_64) < next(i for i, line in enumerate(lines) if line.startswith("| reference"))
+
+
+def test_sweep_table_marks_lower_bounds_and_steps_over_budget():
+    sweeps = [
+        {"op": "word_region", "implementation": "reference", "budget_mib": 128, "largest_fitting_n": 8,
+         "stopped_by": "memory", "steps": [{"N": 8, "fits": True, "seconds": 0.02, "peak_rss_rise_mib": 11.0},
+                                           {"N": 32, "fits": False, "seconds": 0.5, "peak_rss_rise_mib": 150.0}]},
+        {"op": "word_region", "implementation": "chunked_checkpointed", "budget_mib": 128, "largest_fitting_n": 256,
+         "stopped_by": "time", "steps": [{"N": 256, "fits": True, "seconds": 40.0, "peak_rss_rise_mib": 90.0}]},
+        {"op": "word_region", "implementation": "compiled_reference", "budget_mib": 128, "largest_fitting_n": None,
+         "stopped_by": "memory", "steps": [{"N": 32, "fits": False, "out_of_memory": True}]},
+    ]
+    lines = render.sweep_table(sweeps)
+    assert "| reference | 128 | 8 | memory | 8 (20.0 ms, 11), 32 (500.0 ms, 150, over) |" in lines[4]
+    assert "| chunked_checkpointed | 128 | >= 256 | time |" in lines[5]
+    assert "| compiled_reference | 128 | none | memory | 32 (out of memory) |" in lines[6]
+
+
+def test_render_shows_full_mode_when_present_with_gpu_lines_and_a_plot(tmp_path):
+    results = recording.merge_results(None, MACHINE, run("quick", "a"), [
+        word_region_case("fused", "forward_backward", "float32", 8, 0.01, 2.0),
+        case("benchmarks/test_models.py::t[x]", 0.03, images_per_second=900.0)])
+    results = recording.merge_results(results, MACHINE, run("full", "bb"), [
+        word_region_case("reference", "forward_backward", "float32", 128, 12.0, 3500.0),
+        word_region_case("fused", "forward_backward", "float32", 128, 3.0, 20.0)])
+    (tmp_path / "cpu-amd-epyc-7b13-2c.json").write_text(json.dumps(results))
+    gpu_line = {"device": "NVIDIA H100", "commit": "c", "date": "d", "torch": "2.13", "implementation": "triton",
+                "dtype": "bfloat16", "N": 4096, "M": 4096, "passes": "forward", "peak_gb": 1.0, "ms": 5.0,
+                "useful_tflops": 100.0}
+    (tmp_path / "word_region_gpu_NVIDIA_H100.jsonl").write_text(json.dumps(gpu_line) + "\n")
+    (tmp_path / "pytest_benchmark_output.json").write_text(json.dumps({"benchmarks": []}))
+
+    markdown = render.render(tmp_path, tmp_path / "RESULTS.md")
+
+    assert (tmp_path / "RESULTS.md").read_text() == markdown
+    assert "| fused | float32 | 128 | 3.00 s |" in markdown and "| 4.00x | 175.0x |" in markdown
+    assert "| fused | float32 | 8 |" not in markdown and "test_models" not in markdown  # quick cases hidden
+    assert "## word_region_gpu_NVIDIA_H100: NVIDIA H100" in markdown and "| triton | bfloat16 | 4096 | 5.0 ms |" in markdown
+    assert render.FULL_COMMAND in markdown
+    for name in ("cpu-amd-epyc-7b13-2c.png", "word_region_gpu_NVIDIA_H100.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
