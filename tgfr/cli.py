@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("tgfr.data.cli", "tgfr.train.cli")
+COMMAND_MODULES = ("tgfr.data.cli", "tgfr.train.cli", "tgfr.evaluation.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

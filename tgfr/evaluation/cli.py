@@ -1,0 +1,41 @@
+"""`tgfr evaluate`: verification and identification report of a trained run."""
+
+import argparse
+import tomllib
+from pathlib import Path
+
+from tgfr.evaluation.run import evaluate
+from tgfr.train.config import config_from_dict, parse_override
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a trained run on clean and degraded test splits",
+        description="Image-only (backbone) vs TGFR fused embeddings: verification (ROC, AUC, EER, TAR@FAR) and "
+                    "identification (rank-1, rank-5, CMC) with bootstrap intervals; writes report.md, "
+                    "metrics.json and plots.")
+    parser.add_argument("--run", type=Path, required=True, help="run folder written by `tgfr train`")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
+    parser.add_argument("--manifest", type=Path, default=None, help="evaluate on this manifest instead of the run's data")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an evaluation value, e.g. --set evaluation.protocol=pairs")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    path = args.run / "config.toml"
+    if not path.is_file():
+        raise SystemExit(f"--run: {path} does not exist (not a folder written by `tgfr train`)")
+    if not (args.run / "model").is_dir():
+        raise SystemExit(f"--run: {args.run / 'model'} does not exist (training has not finished; use "
+                         "`tgfr train --resume`)")
+    values = tomllib.loads(path.read_text(encoding="utf-8"))
+    for override in args.overrides:
+        keys, value = parse_override(override)
+        if keys[0] != "evaluation" or len(keys) != 2 or keys[1] not in values["evaluation"]:
+            raise SystemExit(f"--set {override!r}: only evaluation.<key> can be set here")
+        values["evaluation"][keys[1]] = value
+    report = evaluate(args.run, config_from_dict(values), args.out, args.manifest, args.device)
+    print(f"report: {report}")
+    return 0

@@ -1,0 +1,45 @@
+"""Embeddings of one manifest split: image-only (the backbone's) and TGFR's fused face-caption
+embedding, both L2-normalized. Each image is paired with its first caption."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tgfr.data import EvalTransform, FaceCaptionDataset
+from tgfr.models import TGFRModel
+from tgfr.train.caption_features import CaptionFeatures
+from tgfr.train.stage_align import align_features
+
+
+@dataclass
+class SplitEmbeddings:
+    """paths, labels (N,) contiguous identities, captions (N,), image_only (N, E), tgfr (N, F)."""
+
+    paths: list[str]
+    labels: np.ndarray
+    captions: list[str]
+    image_only: np.ndarray
+    tgfr: np.ndarray
+
+    def method(self, name: str) -> np.ndarray:
+        return {"image_only": self.image_only, "tgfr": self.tgfr}[name]
+
+
+@torch.no_grad()
+def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, split: str,
+                batch_size: int, device: torch.device) -> SplitEmbeddings:
+    dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size))
+    texts = [record.captions[0] for record in dataset.records]
+    image_only, fused = [], []
+    model.eval()
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
+        aligned, _ = align_features(model, images, captions([texts[i] for i in indices]))
+        image_only.append(F.normalize(model.embed_image(images).float(), dim=1).cpu())
+        fused.append(F.normalize(model.fuse(aligned).float(), dim=1).cpu())
+    return SplitEmbeddings([r.path for r in dataset.records], dataset.labels.numpy(), texts,
+                           torch.cat(image_only).numpy(), torch.cat(fused).numpy())

@@ -1,0 +1,75 @@
+"""Pictures of the report (matplotlib, Agg backend): ROC and CMC curves per split, and
+word-region attention heatmaps drawn over faces."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tgfr.metrics import RocCurve  # noqa: E402
+
+LABELS = {"image_only": "image only (backbone)", "tgfr": "TGFR (face + caption)"}
+
+
+def plot_roc(curves: dict[str, RocCurve], path: Path, title: str) -> Path:
+    """TAR against FAR on a log axis, one line per method."""
+    figure, axis = plt.subplots(figsize=(5, 4), dpi=110)
+    for method, curve in curves.items():
+        keep = curve.far > 0
+        axis.step(curve.far[keep], curve.tar[keep], where="post", label=LABELS.get(method, method))
+    axis.set(xscale="log", xlabel="FAR", ylabel="TAR", title=title, ylim=(0, 1.01))
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_cmc(cmcs: dict[str, list[float]], path: Path, title: str) -> Path:
+    figure, axis = plt.subplots(figsize=(5, 4), dpi=110)
+    for method, cmc in cmcs.items():
+        axis.plot(np.arange(1, len(cmc) + 1), cmc, marker="o", markersize=3, label=LABELS.get(method, method))
+    axis.set(xlabel="rank", ylabel="identification rate", title=title, ylim=(0, 1.01))
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[list[str]], path: Path,
+                   words_per_caption: int = 6) -> Path:
+    """One row per caption: the face, then the regions each of its most focused words attends to.
+
+    images (N, 3, S, S) in [-1, 1]; attention (N, T, R) word-over-region weights (R = G*G);
+    tokens: the N captions' word tokens (len <= T). Words are chosen by peak attention.
+    """
+    n = len(tokens)
+    grid = int(round(attention.shape[2] ** 0.5))
+    columns = 1 + words_per_caption
+    figure, axes = plt.subplots(n, columns, figsize=(1.6 * columns, 1.8 * n), dpi=100, squeeze=False)
+    for i in range(n):
+        face = ((images[i].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)
+        axes[i, 0].imshow(face)
+        axes[i, 0].set_title("face", fontsize=7)
+        length = len(tokens[i])
+        peaks = attention[i, :length].amax(dim=1)
+        chosen = sorted(peaks.argsort(descending=True)[:words_per_caption].tolist())
+        for column, t in enumerate(chosen, start=1):
+            heat = attention[i, t].reshape(grid, grid).float().cpu().numpy()
+            axes[i, column].imshow(face)
+            axes[i, column].imshow(heat, cmap="jet", alpha=0.5, extent=(0, face.shape[1], face.shape[0], 0),
+                                   interpolation="bilinear")
+            axes[i, column].set_title(tokens[i][t], fontsize=8)
+        for axis in axes[i]:
+            axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,94 @@
+"""report.md and metrics.json of an evaluation.
+
+metrics.json is keyed split -> method -> figure, e.g.
+    {"degraded": {"image_only": {"tar_at_far": {"1e-3": 0.41, ...}, "rank1": 0.52, "auc": ...,
+                                 "eer": ..., "*_ci": [low, high], "cmc": [...]}, "tgfr": {...}},
+     "clean": {...}}
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tgfr.evaluation.plots import LABELS
+
+TABLE_FARS = ("1e-4", "1e-3", "1e-2")
+
+
+def _with_interval(value: float | None, interval: list[float] | None, percent: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    scale = 100 if percent else 1
+    text = f"{value * scale:.1f}" if percent else f"{value:.3f}"
+    if interval:
+        low, high = interval
+        text += f" [{low * scale:.1f}, {high * scale:.1f}]" if percent else f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def _table(split: dict[str, dict[str, Any]]) -> list[str]:
+    header = ["method", *(f"TAR@FAR={f} %" for f in TABLE_FARS), "AUC", "EER %", "rank-1 %", "rank-5 %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for method, m in split.items():
+        cells = [LABELS.get(method, method)]
+        cells += [_with_interval(m["tar_at_far"].get(f), m.get("tar_at_far_ci", {}).get(f)) for f in TABLE_FARS]
+        cells += [_with_interval(m["auc"], m.get("auc_ci"), percent=False), _with_interval(m["eer"], m.get("eer_ci")),
+                  _with_interval(m["rank1"], m.get("rank1_ci")), _with_interval(m["rank5"], m.get("rank5_ci"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for split, methods in metrics.items():
+        if not {"image_only", "tgfr"} <= set(methods):
+            continue
+        a, b = methods["image_only"], methods["tgfr"]
+        tar_a, tar_b = a["tar_at_far"].get("1e-3"), b["tar_at_far"].get("1e-3")
+        if tar_a is not None and tar_b is not None:
+            lines.append(f"- {split}: TAR@FAR=1e-3 {100 * tar_a:.1f}% (image only) -> {100 * tar_b:.1f}% (TGFR), "
+                         f"rank-1 {100 * a['rank1']:.1f}% -> {100 * b['rank1']:.1f}%; intervals do "
+                         f"{'' if _overlap(a, b) else 'not '}overlap at TAR@FAR=1e-3.")
+    if "clean" in metrics and "degraded" in metrics and "image_only" in metrics["clean"]:
+        clean, degraded = metrics["clean"]["image_only"], metrics["degraded"]["image_only"]
+        lines.append(f"- Image only, clean -> degraded: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, "
+                     f"rank-1 {100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%.")
+    return lines
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    ia, ib = a.get("tar_at_far_ci", {}).get("1e-3"), b.get("tar_at_far_ci", {}).get("1e-3")
+    if not ia or not ib:
+        return True
+    return ia[0] <= ib[1] and ib[0] <= ia[1]
+
+
+def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatmaps: list[str],
+                 context: dict[str, Any]) -> Path:
+    """Writes out/metrics.json and out/report.md; `figures` maps split -> plot file names."""
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    lines = ["# TGFR evaluation report", "",
+             f"Run: `{context['run']}`; manifest: `{context['manifest']}`; protocol: {context['protocol']} "
+             f"(verification), first image of each subject as gallery (identification). Figures in % with "
+             f"95% bootstrap intervals ({context['resamples']} resamples). TAR at a FAR below 1/impostor pairs "
+             "is n/a.", "", "## Summary", "", *_comparison(metrics), ""]
+    for split, methods in metrics.items():
+        first = next(iter(methods.values()))
+        lines += [f"## {split} (split `{context['splits'][split]}`)", "",
+                  f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs; "
+                  f"{first['probes']} probes against a gallery of {first['gallery']}.", "", *_table(methods), ""]
+        lines += [f"![{name}]({name})" for name in figures.get(split, [])] + [""]
+    if heatmaps:
+        lines += ["## Word-region attention", "",
+                  "Each row: a test face and the regions that its caption's most focused words attend to "
+                  "(tgfr.ops.word_region_attention).", ""]
+        lines += [f"![{name}]({name})" for name in heatmaps] + [""]
+    if context.get("training"):
+        lines += ["## Training", "", "| stage | steps | seconds | s/step | global batch |", "| --- | --- | --- | --- | --- |"]
+        for stage, s in context["training"].items():
+            lines.append(f"| {stage} | {s['steps_taken']} | {s['seconds']:.0f} | {s.get('seconds_per_step', 0):.2f} | "
+                         f"{s['global_batch']} |")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
