@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -65,7 +66,7 @@ class StepBatches:
         if len(self.sampler) == 0:
             raise ValueError(f"split {config.train_split!r} has too few identities for one batch of "
                              f"{config.identities_per_batch} x {config.images_per_identity} images")
-        self.collate, self.workers = collate, config.loader_workers
+        self.collate, self.workers, self.seed = collate, config.loader_workers, seed
 
     @property
     def num_classes(self) -> int:
@@ -78,8 +79,11 @@ class StepBatches:
             self.sampler.set_epoch(epoch)
             self.dataset.set_epoch(epoch)
             plan = list(self.sampler)[position:]
+            # An own generator: a DataLoader draws its worker seed from the global RNG otherwise, and a
+            # resumed run (which opens a loader mid-epoch) would then see other dropout masks.
+            generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
             loader = DataLoader(self.dataset, batch_sampler=plan, collate_fn=self.collate,
-                                num_workers=self.workers)
+                                num_workers=self.workers, generator=generator)
             for batch in loader:
                 yield batch
                 step += 1

@@ -1,0 +1,59 @@
+"""Checkpoints: atomic replacement, weights_only loading, RNG state round trip."""
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tgfr.train import checkpoint as checkpoint_module
+from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+def draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_rng_state_round_trip_through_a_file(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    draws()
+    save_checkpoint(tmp_path / "c.pt", {"step": 1, "rng": rng_state()})
+    expected = draws()
+    draws()
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
+    assert draws() == expected
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "weight": torch.ones(3)})
+
+    def crash(state, stream):
+        stream.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "weight": torch.zeros(3)})
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["weight"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as stream:
+        pickle.dump({"step": 1, "x": Payload()}, stream)
+    with pytest.raises(ValueError, match="evil.pt could not be read"):
+        load_checkpoint(path)
+    torch.save({"no_step": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a tgfr training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
