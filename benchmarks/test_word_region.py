@@ -10,8 +10,8 @@ accounting (all T words valid), its fraction of the same run's fp32 2048x2048 ma
 The reference family computes in fp32 whatever the input dtype (tgfr.reference upcasts), so a
 bf16 run of it would time the same fp32 arithmetic plus a cast: only the fused op runs in bf16.
 
-Quick mode: N=M=32 (the compiled reference N=8, forward only: its compilation alone takes ~10 s
-cold). Full mode (TGFR_BENCH_FULL=1): N=M in {32, 64, 128} for every implementation and
+Quick mode: N=M=32, a few cases, no compiled one (compilation alone takes 10-30 s cold; the
+compiled baseline's correctness test below keeps it from rotting). Full mode (TGFR_BENCH_FULL=1): N=M in {32, 64, 128} for every implementation and
 {256, 512} too for the fused op (issue 2, item 6), forward and forward+backward; bf16 at
 N=M in {32, 128, 512}.
 """
@@ -39,12 +39,9 @@ def cases():
                 else:
                     yield from ((implementation, passes, "float32", size) for size in (32, 64, 128))
         return
-    for dtype in ("float32", "bfloat16"):
-        for passes in PASSES:
-            yield "fused", passes, dtype, 32
-    yield from [("reference", "forward", "float32", 32), ("reference", "forward_backward", "float32", 32),
-                ("chunked_checkpointed", "forward_backward", "float32", 32),
-                ("compiled_reference", "forward", "float32", 8)]
+    yield from [("fused", "forward", "float32", 32), ("fused", "forward_backward", "float32", 32),
+                ("fused", "forward_backward", "bfloat16", 32), ("reference", "forward_backward", "float32", 32),
+                ("chunked_checkpointed", "forward_backward", "float32", 32)]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +68,7 @@ def test_chunked_checkpointed_baseline_matches_reference():
 
 
 def test_compiled_reference_baseline_matches_reference():
-    """torch.compile keeps the reference's values (forward: the graph the quick benchmark compiled)."""
+    """torch.compile keeps the reference's values (forward, dynamic shapes)."""
     words, _, regions = make_inputs(4, "float32", requires_grad=False)
     lengths = torch.tensor([1, 22, 7, 16])
     compiled = compiled_word_region_scores()
