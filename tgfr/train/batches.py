@@ -60,7 +60,7 @@ class StepBatches:
         transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation, degrade_p)
         self.dataset = FaceCaptionDataset(manifest, split=config.train_split, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed)
-        self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch,
+        self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch // world_size,
                                                     config.images_per_identity, seed=seed,
                                                     num_replicas=world_size, rank=rank)
         if len(self.sampler) == 0:

@@ -1,0 +1,40 @@
+"""`tgfr train` then `tgfr evaluate` through the command line on a shrunk quick preset: the run
+folder, report.md, plots and a metrics.json keyed split -> method -> figure."""
+
+import json
+
+from tgfr.cli import main
+
+
+def test_train_then_evaluate(tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    overrides = [arg for o in tiny_overrides for arg in ("--set", o)]
+    assert main(["train", "--preset", "quick", "--out", str(run), *overrides]) == 0
+    for name in ("config.toml", "metrics.jsonl", "train_summary.json", "checkpoints/last.pt", "model/config.json"):
+        assert (run / name).is_file(), name
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {"fr", "align", "fuse"}
+    assert all(r["samples_per_s"] > 0 for r in log)
+    assert {"wrcl", "cicl", "intra", "identity"} <= set(next(r for r in log if r["stage"] == "align"))
+
+    assert main(["evaluate", "--run", str(run)]) == 0
+    report = run / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics) == {"clean", "degraded"}
+    for split in metrics.values():
+        assert set(split) == {"image_only", "tgfr"}
+        for figures in split.values():
+            assert set(figures["tar_at_far"]) == {"1e-6", "1e-5", "1e-4", "1e-3", "1e-2"}
+            # The tiny test split has too few impostor pairs for small FARs: those are None, the rest rates.
+            unresolved = {far for far, tar in figures["tar_at_far"].items() if tar is None}
+            assert unresolved == set(figures["unresolved_far"])
+            assert all(0 <= tar <= 1 for tar in figures["tar_at_far"].values() if tar is not None)
+            assert 0 <= figures["rank1"] <= figures["rank5"] <= 1
+            assert 0 <= figures["auc"] <= 1 and 0 <= figures["eer"] <= 1
+            low, high = figures["rank1_ci"]
+            assert low <= figures["rank1"] <= high
+            assert len(figures["cmc"]) == min(5, figures["gallery"])
+    text = (report / "report.md").read_text()
+    assert "## degraded" in text and "TAR@FAR=1e-3" in text
+    for name in ("roc_clean.png", "cmc_degraded.png", "attention_degraded.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in text
