@@ -21,11 +21,12 @@ PLANNING_GFLOPS = 50.0
 
 def rounds_of(implementation: str, useful_flops: int) -> tuple[int, int]:
     """(rounds, warm-up rounds) of a step. Quick mode: one of each. Full mode: three rounds and a
-    warm-up, but one round and no warm-up for steps of about 10 s and more on 2 cores, except
-    for compiled baselines, whose warm-up holds the compilation."""
+    warm-up, but one round and no warm-up for steps of about 3 s and more on 2 cores (their
+    spread is small against their length), except for compiled baselines, whose warm-up holds
+    the compilation."""
     if not FULL:
         return 1, 1
-    if useful_flops / (PLANNING_GFLOPS * 1e9) < 10:
+    if useful_flops / (PLANNING_GFLOPS * 1e9) < 3:
         return 3, 1
     return 1, int(implementation.startswith("compiled"))
 

@@ -12,7 +12,7 @@ times them fused against the reference backend.
 As for the word-region op, the reference upcasts to fp32, so only the fused op runs in bf16.
 Quick mode: N=2048 (two blocks for the chunked baseline), forward+backward, no compiled case
 (its correctness test below keeps it from rotting). Full
-mode (TGFR_BENCH_FULL=1): forward+backward at N in {4096, 16384}, forward at N=16384.
+mode (TGFR_BENCH_FULL=1): forward+backward at N in {4096, 16384}, forward at N=4096.
 """
 
 import pytest
@@ -34,7 +34,7 @@ def cases():
             for dtype in dtypes:
                 yield from [(implementation, "forward_backward", dtype, 4096),
                             (implementation, "forward_backward", dtype, 16384),
-                            (implementation, "forward", dtype, 16384)]
+                            (implementation, "forward", dtype, 4096)]
         return
     yield from [("fused", "forward_backward", "float32", 2048), ("fused", "forward_backward", "bfloat16", 2048),
                 ("reference", "forward_backward", "float32", 2048),
