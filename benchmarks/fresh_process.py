@@ -1,18 +1,18 @@
 """Peak memory of one benchmark step in a fresh process: the rise of its RSS high-water mark
-above the RSS after setup (torch loaded, inputs made, warm-up done).
+above its RSS after setup (torch loaded, inputs made, warm-up done).
 
-measure_peak_rss_rise is tgfr.memory's, with three corrections. Linux hands a process's RSS high-water mark down to the program it execs (getrusage's ru_maxrss
-is the maximum of the pre-exec and the new one), so a probe started straight from a pytest
-process that has held 1 GB reports a 1 GB baseline and a zero rise. A small launcher process
-(Python without torch) sits in between: the probe's inherited mark is then the launcher's few
-MiB, below the probe's own torch-loaded baseline. The setup of measure_step resets the high-water
-mark after the warm-up (below), which ru_maxrss would otherwise keep.
-
-glibc's malloc raises its mmap threshold (up to 32 MiB) each time a large block is freed, after
-which blocks of that size come from the heap and freed ones stay resident: RSS then reports
-the allocator's retention rather than what the code needs, and penalizes most the baselines
-that free and reallocate blocks (chunked). The probe runs with the threshold pinned at glibc's
-default 128 KiB (MALLOC_MMAP_THRESHOLD_), the same for every implementation.
+It runs tgfr.memory.measure_peak_rss_rise with three precautions:
+- Linux hands a process's RSS high-water mark down to the program it execs (getrusage's
+  ru_maxrss keeps the larger), so a probe started straight from a pytest process that has held
+  1 GB reports a 1 GB baseline and no rise. A small launcher (Python without torch) sits in
+  between: the probe inherits the launcher's few MiB, below its own torch-loaded baseline.
+- The probe's setup resets its high-water mark after the warm-up (/proc/self/clear_refs), so a
+  transient peak there (torch.compile's compilation) does not hide the step's own.
+- glibc's malloc raises its mmap threshold (up to 32 MiB) each time a large block is freed;
+  blocks of that size then come from the heap, and freed ones stay resident. RSS would report
+  that retention rather than what the code needs, penalizing most the baselines that free and
+  reallocate blocks (chunked). The probe pins the threshold at glibc's default 128 KiB
+  (MALLOC_MMAP_THRESHOLD_), the same for every implementation.
 """
 
 import json
@@ -53,9 +53,8 @@ def measure_peak_rss_rise(setup: str, run: str) -> PeakMemory:
 
 
 # Warm-up at size 4 first, so the baseline holds the thread pool, the allocator's first arenas and
-# (compiled baselines) the compiled graph. Writing 5 to clear_refs then resets the high-water mark
-# to the current RSS: without it, the transient peak of a compilation would hide the step's own.
-# An optional address-space cap turns a step that would run far past a budget into an
+# (compiled baselines) the compiled graph; writing 5 to clear_refs then resets the high-water mark
+# to the current RSS. An optional address-space cap turns a step that would run far past a budget into an
 # allocation failure instead of swapping the machine.
 _STEP_SETUP = """
 import gc, resource
