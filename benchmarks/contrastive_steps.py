@@ -16,6 +16,7 @@ DIM, SCALE, SAME_IDENTITY = 256, 10.0, "exclude"
 
 
 def shape(size: int) -> dict:
+    """Sizes of a case at N = M = size, for the results file."""
     return dict(N=size, M=size, D=DIM)
 
 

@@ -15,6 +15,7 @@ NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
 
 
 def shape(size: int) -> dict:
+    """Sizes of a case at N = M = size, for the results file."""
     return dict(N=size, M=size, T=NUM_WORDS, R=NUM_REGIONS, D=DIM)
 
 
