@@ -217,10 +217,14 @@ def plot(results: dict, path: Path) -> bool:
     rows = [row for row in map(normalize_case, cases) if row is not None]
     passes = "forward_backward" if any(row["passes"] == "forward_backward" for row in rows) else "forward"
     rows = [row for row in rows if row["passes"] == passes]
-    ops = sorted({row["op"] for row in rows})
+    budgets = {case["extra_info"]["op"]: case["extra_info"]["budget_mib"] for case in cases if _is_sweep(case)}
+    # Ops measured at one N only (the loss modules) stay in the tables: a line needs two points.
+    sizes = defaultdict(set)
+    for row in rows:
+        sizes[row["op"]].add(row["N"])
+    ops = sorted(op for op in sizes if len(sizes[op]) > 1 or op in budgets) or sorted(sizes)
     if not ops:
         return False
-    budgets = {case["extra_info"]["op"]: case["extra_info"]["budget_mib"] for case in cases if _is_sweep(case)}
     sweeps = [case["extra_info"] for case in cases if _is_sweep(case)]
     colors = {implementation: f"C{index}" for index, implementation in enumerate(IMPLEMENTATION_ORDER)}
     figure, axes = plt.subplots(len(ops), 2, figsize=(11, 4 * len(ops)), squeeze=False)
