@@ -1,10 +1,13 @@
 """The strongest plain-PyTorch baselines the fused ops are measured against.
 
 Besides the vectorized reference (tgfr.reference), a careful user has two more options:
-- chunked and activation-checkpointed: the reference applied to a block of captions at a time
-  against all images, each block under torch.utils.checkpoint, so only one block's pairwise
-  tensors live at once, in the forward and (recomputed) in the backward;
+- chunked and activation-checkpointed: the reference applied to a block at a time (word-region:
+  a block of captions against all images; contrastive: a block of rows, then of columns, of the
+  logits matrix), each block under torch.utils.checkpoint, so only one block's pairwise tensors
+  live at once, in the forward and (recomputed) in the backward;
 - torch.compile of the reference (inductor; dynamic shapes so one compilation serves every N).
+Each op's implementations are looked up by name: "fused", "reference", "chunked_checkpointed",
+"compiled_reference".
 """
 
 import functools
