@@ -13,6 +13,15 @@ import torch  # noqa: E402
 from tgfr.metrics import RocCurve  # noqa: E402
 
 LABELS = {"image_only": "image only (backbone)", "tgfr": "TGFR (face + caption)"}
+# Function words say nothing about a region; the heatmaps show the caption's content words.
+FUNCTION_WORDS = frozenset("a an the this that is are has have with and or of on in at to his her he she they "
+                           "their its person man woman face".split())
+
+
+def content_word_positions(tokens: list[str]) -> list[int]:
+    """Positions of whole alphabetic tokens that are not function words (all positions if none)."""
+    positions = [t for t, token in enumerate(tokens) if token.isalpha() and token.lower() not in FUNCTION_WORDS]
+    return positions or list(range(len(tokens)))
 
 
 def plot_roc(curves: dict[str, RocCurve], path: Path, title: str) -> Path:
@@ -48,7 +57,7 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
     """One row per caption: the face, then the regions each of its most focused words attends to.
 
     images (N, 3, S, S) in [-1, 1]; attention (N, T, R) word-over-region weights (R = G*G);
-    tokens: the N captions' word tokens (len <= T). Words are chosen by peak attention.
+    tokens: the N captions' word tokens (len <= T). Content words with the highest peak attention are shown.
     """
     n = len(tokens)
     grid = int(round(attention.shape[2] ** 0.5))
@@ -58,9 +67,9 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
         face = ((images[i].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)
         axes[i, 0].imshow(face)
         axes[i, 0].set_title("face", fontsize=7)
-        length = len(tokens[i])
-        peaks = attention[i, :length].amax(dim=1)
-        chosen = sorted(peaks.argsort(descending=True)[:words_per_caption].tolist())
+        candidates = content_word_positions(tokens[i])
+        peaks = attention[i, candidates].amax(dim=1)
+        chosen = sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist())
         for column, t in enumerate(chosen, start=1):
             heat = attention[i, t].reshape(grid, grid).float().cpu().numpy()
             axes[i, column].imshow(face)

@@ -24,7 +24,7 @@ class DataConfig:
     identities_per_batch x images_per_identity: the global batch (split over ranks)."""
 
     manifest: str = ""
-    synthetic_identities: int = 200
+    synthetic_identities: int = 300
     synthetic_images_per_identity: int = 8
     synthetic_captions_per_image: int = 5
     synthetic_seed: int = 0
@@ -74,7 +74,7 @@ class FRStageConfig:
     """Face backbone: ce_weight * (ArcFace(view1) + ArcFace(view2)) + coreface_weight * CoReFace
     (released CoReFace: 0.5, 0.05). Every stage has degrade_p: probability of degrading a training image."""
 
-    steps: int = 200
+    steps: int = 400
     arcface_scale: float = 32.0
     arcface_margin: float = 0.3
     ce_weight: float = 0.5
@@ -92,7 +92,7 @@ class AlignStageConfig:
     features) or "weak" (no labels: the dual-granularity association replaces the identity term).
     """
 
-    steps: int = 200
+    steps: int = 300
     supervision: str = "identity"
     wrcl_weight: float = 1.0
     cicl_weight: float = 2.0
@@ -107,14 +107,14 @@ class AlignStageConfig:
     identity_margin: float = 0.3
     num_prototypes: int = 128
     degrade_p: float = 0.5
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
 
 
 @dataclass
 class FuseStageConfig:
     """FCFM trained with ArcFace on the fused embedding (focal form as TGFR when focal = true)."""
 
-    steps: int = 150
+    steps: int = 200
     arcface_scale: float = 32.0
     arcface_margin: float = 0.3
     focal: bool = False

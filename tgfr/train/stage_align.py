@@ -12,8 +12,8 @@ association of images and captions.
 
 import torch
 
-from tgfr.losses import (ArcFaceHead, DualGranularityAssociationLoss, IntraModalContrastiveLoss,
-                         MultiGranularityLoss, WordRegionContrastiveLoss, CaptionImageContrastiveLoss)
+from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, DualGranularityAssociationLoss,
+                         IntraModalContrastiveLoss, MultiGranularityLoss, WordRegionContrastiveLoss)
 from tgfr.models import AlignedFeatures, TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import AlignStageConfig

@@ -1,0 +1,76 @@
+"""Each stage trains exactly its part of the model: gradients reach those parameters and no others;
+the align stage runs with identity labels and weakly supervised (no labels anywhere)."""
+
+import pytest
+import torch
+
+from tgfr.train.caption_features import CaptionFeatures
+from tgfr.train.config import load_config
+from tgfr.train.run import build_model, finish_stage, seed_everything
+from tgfr.train.stage_align import AlignStage
+from tgfr.train.stage_fr import FRStage
+from tgfr.train.stage_fuse import FuseStage
+
+CAPTIONS = ["She has green eyes and freckles.", "He wears round glasses and has a scar.",
+            "A woman with curly red hair.", "The man has a short beard and brown eyes."]
+
+
+@pytest.fixture
+def parts(tiny_overrides):
+    config = load_config("quick", tiny_overrides)
+    seed_everything(0)
+    model = build_model(config)
+    batch = {"images": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 0, 1, 2]), "captions": CAPTIONS,
+             "all_captions": [[c, CAPTIONS[(i + 1) % 4]] for i, c in enumerate(CAPTIONS)]}
+    return config, model, batch
+
+
+def gradient_owners(stage):
+    return {name.split(".")[1] if name.startswith("model.") else name.split(".")[0]
+            for name, p in stage.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def check_align(model, config, captions, batch, supervision):
+    config.align.supervision = supervision
+    align = AlignStage(model, config.align, 3, captions, torch.device("cpu"))
+    align.train()
+    loss, components = align(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    owners = gradient_owners(align)
+    assert {"image_head", "text_head"} <= owners and not owners & {"backbone", "fusion", "text_encoder"}
+    assert ("confidence" in components) == (supervision == "weak")
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="DualGranularityAssociationLoss updates its prototype buffer in place after using it in "
+                          "the graph, so backward fails in training mode (tgfr/losses/association.py)")
+def test_weakly_supervised_align_trains_the_heads(parts):
+    config, model, batch = parts
+    model.backbone.freeze()
+    check_align(model, config, CaptionFeatures(model.text_encoder, torch.device("cpu")), batch, "weak")
+
+
+def test_stages_train_their_parts(parts):
+    config, model, batch = parts
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    fr = FRStage(model, config.fr, 3, torch.device("cpu"))
+    fr.train()
+    loss, components = fr(batch)
+    loss.backward()
+    assert gradient_owners(fr) == {"backbone", "losses"}
+    assert {"arcface1", "arcface2", "coreface"} <= set(components)
+    finish_stage(model, "fr")
+    model.zero_grad(set_to_none=True)
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+
+    check_align(model, config, captions, batch, "identity")
+
+    model.zero_grad(set_to_none=True)
+    fuse = FuseStage(model, config.fuse, 3, captions, torch.device("cpu"))
+    fuse.train()
+    fuse(batch)[0].backward()
+    assert gradient_owners(fuse) == {"fusion", "losses"}
+    # Only the trained part is in training mode (BatchNorm statistics elsewhere stay fixed).
+    assert model.fusion.training and not model.image_head.training and not model.backbone.training
