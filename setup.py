@@ -16,8 +16,8 @@ try:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError as error:  # pragma: no cover - build-time guidance only
     raise SystemExit(
-        "tgfr builds against the installed torch: install torch first (pip install torch==2.13.0 "
-        "on CPU machines), then `pip install --no-build-isolation -e .`"
+        f"tgfr builds against the installed torch, and importing it failed ({error}): install torch "
+        "first (pip install torch==2.13.0 on CPU machines), then `pip install --no-build-isolation -e .`"
     ) from error
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -13,6 +13,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from tgfr import reference
+from tgfr.ops.triton_precision import dot_input_precision
 
 _MODES = {"none": 0, "exclude": 1, "zero": 2, "positive": 3}
 BLOCK_ROWS, BLOCK_COLS = 32, 32
@@ -20,10 +21,11 @@ BLOCK_ROWS, BLOCK_COLS = 32, 32
 
 @triton.jit
 def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset, scale, margin,
-                 MODE: tl.constexpr, HAS_LABELS: tl.constexpr, BLOCK_D: tl.constexpr):
+                 MODE: tl.constexpr, HAS_LABELS: tl.constexpr, BLOCK_D: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr):
     b = tl.load(b_ptr + cols[:, None] * dims + tl.arange(0, BLOCK_D)[None, :],
                 mask=(cols[:, None] < num_b) & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
-    similarity = tl.dot(a, tl.trans(b)).to(tl.float32)
+    similarity = tl.dot(a, tl.trans(b), input_precision=INPUT_PRECISION).to(tl.float32)
     diagonal = cols[None, :] - rows[:, None] == offset
     same = diagonal & False
     if HAS_LABELS:
@@ -44,7 +46,8 @@ def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offs
 def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, loss_ptr, lse_ptr,
                          num_a, num_b, dims, offset, scale, margin,
                          MODE: tl.constexpr, HAS_LABELS: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                         INPUT_PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < num_a
     a = tl.load(a_ptr + rows[:, None] * dims + tl.arange(0, BLOCK_D)[None, :],
@@ -56,7 +59,7 @@ def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, l
     for start in range(0, num_b, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         logits, positive, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset,
-                                              scale, margin, MODE, HAS_LABELS, BLOCK_D)
+                                              scale, margin, MODE, HAS_LABELS, BLOCK_D, INPUT_PRECISION)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
@@ -73,7 +76,7 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
                           grad_b_ptr, lse_b_ptr, counts_b_ptr, out_ptr, num_a, num_b, dims, offset, scale, margin,
                           MODE: tl.constexpr, HAS_LABELS: tl.constexpr, ROWS_ON: tl.constexpr,
                           COLS_ON: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_D: tl.constexpr):
+                          BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < num_a
     d_range = tl.arange(0, BLOCK_D)
@@ -89,7 +92,7 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < num_b
         logits, positive, same, b = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset,
-                                                 scale, margin, MODE, HAS_LABELS, BLOCK_D)
+                                                 scale, margin, MODE, HAS_LABELS, BLOCK_D, INPUT_PRECISION)
         g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         if ROWS_ON:
             g += ga[:, None] * (tl.exp(logits - la[:, None]) - tl.where(positive, 1.0 / ca[:, None], 0.0))
@@ -101,7 +104,7 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
         # Excluded, zeroed and out-of-range entries are constants: no gradient.
         constant = (logits == float("-inf")) | (same & (MODE == 2)) | ~row_ok[:, None] | ~col_ok[None, :]
         g = tl.where(constant, 0.0, g)
-        grad += tl.dot(g.to(b.dtype), b).to(tl.float32)
+        grad += tl.dot(g.to(b.dtype), b, input_precision=INPUT_PRECISION).to(tl.float32)
     tl.store(out_ptr + rows[:, None] * dims + d_range[None, :], (scale * grad).to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (d_range[None, :] < dims))
 
@@ -126,7 +129,8 @@ def _launch_forward(a, b, labels_a, labels_b, scale, margin, same_identity, offs
     wrap_triton(_forward_rows_kernel)[(triton.cdiv(num_a, BLOCK_ROWS),)](
         a, b, labels_a if has_labels else dummy, labels_b if has_labels else dummy, counts, loss, lse,
         num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
-        BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_D=max(16, triton.next_power_of_2(dims)))
+        BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_D=max(16, triton.next_power_of_2(dims)),
+        INPUT_PRECISION=dot_input_precision(a.dtype))
     return loss, lse
 
 
@@ -161,7 +165,7 @@ def _launch_backward(a, b, labels_a, labels_b, grad_a, lse_a, grad_b, lse_b, sca
         grad_b if columns_on else dummy, lse_b if columns_on else dummy, counts_b, out,
         num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
         ROWS_ON=rows_on, COLS_ON=columns_on, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
-        BLOCK_D=max(16, triton.next_power_of_2(dims)))
+        BLOCK_D=max(16, triton.next_power_of_2(dims)), INPUT_PRECISION=dot_input_precision(a.dtype))
     return out
 
 

@@ -37,6 +37,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from tgfr.ops.triton_precision import dot_input_precision
+
 _COS_EPS = 1e-8
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -55,8 +57,10 @@ def _configs() -> list[triton.Config]:
 
 def _prune_configs(configs, named_args, **kwargs):
     """Drops tiles whose fp32 word-row accumulators (rows x D_PAD) would spill badly."""
+    arguments = {**named_args, **kwargs}  # constexpr launch arguments arrive in kwargs
+
     def accumulator_size(config):
-        return config.kwargs["CAPTIONS"] * named_args["T_PAD"] * named_args["D_PAD"]
+        return config.kwargs["CAPTIONS"] * arguments["T_PAD"] * arguments["D_PAD"]
 
     kept = [config for config in configs if accumulator_size(config) <= 64 * 256]
     return kept or [min(configs, key=accumulator_size)]
@@ -259,12 +263,11 @@ def _backward_kernel(
 
 def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
     num_words, dim = words.shape[1], words.shape[2]
-    tf32 = words.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     return {
         "T_PAD": max(16, triton.next_power_of_2(num_words)),
         "D_PAD": max(16, triton.next_power_of_2(dim)),
         "WORD_SOFTMAX": word_softmax,
-        "INPUT_PRECISION": "tf32" if tf32 else "ieee",
+        "INPUT_PRECISION": dot_input_precision(words.dtype),
     }
 
 
