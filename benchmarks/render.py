@@ -74,7 +74,7 @@ def _gpu_lines(path: Path) -> dict:
             raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
         runs[(record.get("commit"), record.get("date"))] = dict(
             commit=record.get("commit"), date=record.get("date"), torch=record.get("torch"), mode="full",
-            threads=None, command="bash benchmarks/run_gpu.sh")
+            threads=None, command=record.get("command", "bash benchmarks/run_gpu.sh"))
         key = (record["implementation"], record["dtype"], record["passes"], record["N"])
         cases[key] = dict(name="-".join(map(str, key)), extra_info=record, stats={}, mode="full",
                           commit=record.get("commit"), date=record.get("date"))
@@ -189,8 +189,9 @@ def machine_section(results: dict, plot_name: str | None) -> list[str]:
         lines.append(f"Memory {machine['memory_gib']} GiB; {machine.get('platform', '')}.")
     shown_runs = [run for run in results["runs"] if run.get("mode") == mode]
     for run in shown_runs[-3:]:
-        lines.append(f"- run of {run.get('date')}: commit {run.get('commit')}, torch {run.get('torch')}, "
-                     f"{run.get('threads')} threads, {run.get('mode')} mode: `{run.get('command')}`")
+        threads = f"{run['threads']} threads, " if run.get("threads") else ""
+        lines.append(f"- run of {run.get('date')}: commit {run.get('commit')}, torch {run.get('torch')}, {threads}"
+                     f"{run.get('mode')} mode: `{run.get('command')}`")
     if mode == "quick":
         lines.append("- quick mode only (CI shapes, one round): these figures check that the suite runs, "
                      "they do not rank the implementations.")

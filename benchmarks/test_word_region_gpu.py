@@ -11,7 +11,9 @@ the first size that runs out of memory (recorded as such). Run with benchmarks/r
 import datetime
 import json
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,7 @@ def _environment() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "command": shlex.join(["python", "-m", "pytest", *sys.argv[1:]]),
     }
 
 
