@@ -1,7 +1,9 @@
 """Run configuration: nested dataclasses, TOML presets, `key=value` overrides, TOML output.
 
-A preset is a TOML file in `configs/` (configs/<name>.toml) or any path; it must set every key
-(presets are written out in full so a reader sees every value), and unknown keys are errors.
+A preset is a named TOML file shipped inside the package (tgfr/train/presets/<name>.toml, read
+with importlib.resources so an installed wheel finds it) or any path to a TOML file; it must set
+every key (presets are written out in full so a reader sees every value), and unknown keys are
+errors.
 Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.jsonl"`,
 `align.supervision=weak` (a bare word is read as a string).
 """
@@ -10,10 +12,12 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 
 
 @dataclass
@@ -218,16 +222,17 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
     return value
 
 
-def preset_path(preset: str) -> Path:
-    """A preset name (configs/<name>.toml) or a path to a TOML file."""
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package, sorted."""
+    return sorted(entry.name.removesuffix(".toml") for entry in PRESET_DIR.iterdir() if entry.name.endswith(".toml"))
+
+
+def find_preset(preset: str) -> Traversable:
+    """A packaged preset by name (e.g. "quick") or a path to a TOML file."""
     path = Path(preset)
-    if path.suffix == ".toml" or path.exists():
-        candidate = path
-    else:
-        candidate = CONFIG_DIR / f"{preset}.toml"
+    candidate = path if path.suffix == ".toml" or path.exists() else PRESET_DIR / f"{preset}.toml"
     if not candidate.is_file():
-        available = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ValueError(f"preset {preset!r}: no file {candidate} (presets: {available})")
+        raise ValueError(f"preset {preset!r}: no file {candidate} (packaged presets: {preset_names()})")
     return candidate
 
 
@@ -245,7 +250,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:
     """Reads a complete preset and applies `key=value` overrides."""
-    path = preset_path(preset)
+    path = find_preset(preset)
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
