@@ -24,7 +24,10 @@ PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 class DataConfig:
     """manifest: a manifest path; empty = the embedded synthetic dataset (generated into the cache),
     whose test split gets a degraded copy test_degraded made with `degradation`.
-    train_degradation: the recipe a stage applies to a training image with probability degrade_p.
+    train_degradation, train_degrade_p: every stage degrades a training image with this recipe with
+    this probability. One setting for all stages on purpose: the evaluation compares the fr stage's
+    backbone (image-only) with the fused model on degraded probes, and that comparison measures what
+    captions add only when both saw the same degradation augmentation.
     identities_per_batch x images_per_identity: the global batch (split over ranks)."""
 
     manifest: str = ""
@@ -34,6 +37,7 @@ class DataConfig:
     synthetic_seed: int = 0
     degradation: str = "down24+celeba"
     train_degradation: str = "down24+celeba"
+    train_degrade_p: float = 0.5
     cache_dir: str = ""
     train_split: str = "train"
     image_size: int = 56
@@ -76,7 +80,7 @@ class OptimConfig:
 @dataclass
 class FRStageConfig:
     """Face backbone: ce_weight * (ArcFace(view1) + ArcFace(view2)) + coreface_weight * CoReFace
-    (released CoReFace: 0.5, 0.05). Every stage has degrade_p: probability of degrading a training image."""
+    (released CoReFace: 0.5, 0.05)."""
 
     steps: int = 400
     arcface_scale: float = 32.0
@@ -84,7 +88,6 @@ class FRStageConfig:
     ce_weight: float = 0.5
     coreface_weight: float = 0.05
     coreface_scale: float = 64.0
-    degrade_p: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -110,7 +113,6 @@ class AlignStageConfig:
     identity_scale: float = 32.0
     identity_margin: float = 0.3
     num_prototypes: int = 128
-    degrade_p: float = 0.5
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
 
 
@@ -122,7 +124,6 @@ class FuseStageConfig:
     arcface_scale: float = 32.0
     arcface_margin: float = 0.3
     focal: bool = False
-    degrade_p: float = 0.5
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -173,6 +174,8 @@ class TrainConfig:
             allowed = ("identity", "weak") if name.startswith("align") else ("all_pairs", "pairs")
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.data.train_degrade_p <= 1.0:
+            raise ValueError(f"data.train_degrade_p must lie in [0, 1], got {self.data.train_degrade_p}")
         for stage in ("fr", "align", "fuse"):
             optim = getattr(self, stage).optim
             if optim.optimizer not in ("adamw", "sgd") or optim.schedule not in ("cosine", "constant"):
