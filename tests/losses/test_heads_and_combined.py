@@ -44,33 +44,68 @@ def test_head_rejects_wrong_embedding_size():
         ArcFaceHead(16, 10)(torch.randn(3, 8), torch.zeros(3, dtype=torch.long))
 
 
+def association_reference(image, caption, prototypes, scale, temperature, min_confidence):
+    """The module docstring's formula in plain PyTorch -> (loss, assignment, confidence)."""
+    probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / temperature).softmax(1)
+    confidence, assignment = probabilities.max(1)
+    identity = torch.where(confidence >= min_confidence, assignment, -1 - torch.arange(image.shape[0]))
+    positives = (identity[:, None] == identity[None, :]).to(image.dtype)
+    logits = scale * F.normalize(image, dim=1) @ F.normalize(caption, dim=1).T
+
+    def supcon(scores):
+        return (-(scores.log_softmax(1) * positives).sum(1) / positives.sum(1)).mean()
+
+    ce = F.cross_entropy(scale * F.normalize(caption, dim=1) @ prototypes.T, assignment, reduction="none")
+    loss = supcon(logits) + supcon(logits.T) + (confidence * ce).sum() / confidence.sum()
+    return loss, assignment, confidence
+
+
+def check_prototypes_moved(moved, old, image, assignment, momentum=0.9):
+    """Each used prototype became normalize(momentum * old + (1 - momentum) * mean of its images); others stayed."""
+    images = F.normalize(image.detach(), dim=1)
+    for k in range(old.shape[0]):
+        members = assignment == k
+        expected = (F.normalize(momentum * old[k] + (1 - momentum) * images[members].mean(0), dim=0)
+                    if members.any() else old[k])
+        torch.testing.assert_close(moved[k], expected)
+
+
 def test_association_loss_matches_its_documented_formula():
     torch.manual_seed(1)
     loss = DualGranularityAssociationLoss(8, 4, scale=5.0, temperature=0.2, min_confidence=0.4).double()
     image = torch.randn(20, 8, dtype=torch.float64, requires_grad=True)
     caption = torch.randn(20, 8, dtype=torch.float64, requires_grad=True)
     prototypes = loss.prototypes.clone()
-
-    probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / 0.2).softmax(1)
-    confidence, assignment = probabilities.max(1)
-    identity = torch.where(confidence >= 0.4, assignment, -1 - torch.arange(20))
-    positives = (identity[:, None] == identity[None, :]).double()
-    logits = 5.0 * F.normalize(image, dim=1) @ F.normalize(caption, dim=1).T
-
-    def supcon(scores):
-        return (-(scores.log_softmax(1) * positives).sum(1) / positives.sum(1)).mean()
-
-    ce = F.cross_entropy(5.0 * F.normalize(caption, dim=1) @ prototypes.T, assignment, reduction="none")
-    expected = supcon(logits) + supcon(logits.T) + (confidence * ce).sum() / confidence.sum()
+    expected, assignment, _ = association_reference(image, caption, prototypes, 5.0, 0.2, 0.4)
     got, stats = loss(image, caption)
     torch.testing.assert_close(got, expected, **TOL)
     assert 0 < stats["mean_confidence"] <= 1
-    # Each used prototype moved to normalize(0.9 * old + 0.1 * mean of its images); others stayed.
-    images = F.normalize(image.detach(), dim=1)
-    for k in range(4):
-        members = assignment == k
-        moved = F.normalize(0.9 * prototypes[k] + 0.1 * images[members].mean(0), dim=0) if members.any() else prototypes[k]
-        torch.testing.assert_close(loss.prototypes[k], moved)
+    check_prototypes_moved(loss.prototypes, prototypes, image, assignment)
+
+
+def test_association_loss_trains_several_steps_in_a_row():
+    """Forward, backward and optimizer step twice with the memory updating in between: the backward
+    must survive the in-place memory update, its gradients must be those of the formula on the memory
+    as it was before the call, and the memory must move as documented, from the moved memory on."""
+    torch.manual_seed(3)
+    loss = DualGranularityAssociationLoss(8, 3, scale=5.0, temperature=0.2, min_confidence=0.4).double().train()
+    # Few prototypes and clustered images so several images share one: the local level has extra positives.
+    centres = torch.randn(3, 8, dtype=torch.float64)
+    image = torch.nn.Parameter(centres[torch.arange(12) % 3] + 0.3 * torch.randn(12, 8, dtype=torch.float64))
+    caption = torch.nn.Parameter(torch.randn(12, 8, dtype=torch.float64))
+    optimizer = torch.optim.SGD([image, caption], lr=0.5)
+    for _ in range(2):
+        before = loss.prototypes.clone()
+        optimizer.zero_grad()
+        got, _ = loss(image, caption)
+        got.backward()
+        expected, assignment, _ = association_reference(image, caption, before, 5.0, 0.2, 0.4)
+        torch.testing.assert_close(got, expected, **TOL)
+        for gradient, reference in zip((image.grad, caption.grad), torch.autograd.grad(expected, (image, caption))):
+            torch.testing.assert_close(gradient, reference, **TOL)
+        check_prototypes_moved(loss.prototypes, before, image, assignment)
+        assert not torch.equal(loss.prototypes, before)
+        optimizer.step()
 
 
 def test_multi_granularity_weights_and_components():

@@ -5,7 +5,8 @@ import tomllib
 
 import pytest
 
-from tgfr.train.config import CONFIG_DIR, TrainConfig, config_from_dict, load_config, parse_override, to_toml
+from tgfr.train.config import (PRESET_DIR, TrainConfig, config_from_dict, find_preset, load_config, parse_override,
+                               preset_names, to_toml)
 
 
 def flat_keys(table, prefix=""):
@@ -18,9 +19,14 @@ def flat_keys(table, prefix=""):
     return keys
 
 
-@pytest.mark.parametrize("preset", ["quick", "default"])
-def test_presets_write_out_every_key(preset):
-    text = (CONFIG_DIR / f"{preset}.toml").read_text()
+def test_presets_are_packaged_and_found_by_name():
+    assert {"quick", "default"} <= set(preset_names())
+    assert all(find_preset(name) == PRESET_DIR / f"{name}.toml" for name in preset_names())
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_writes_out_every_key_and_validates(preset):
+    text = (PRESET_DIR / f"{preset}.toml").read_text(encoding="utf-8")
     expected = flat_keys(dataclasses.asdict(TrainConfig()))
     assert flat_keys(tomllib.loads(text)) == expected
     assert isinstance(load_config(preset), TrainConfig)
@@ -59,7 +65,7 @@ def test_incomplete_preset_is_rejected(tmp_path):
     path.write_text("seed = 1\n")
     with pytest.raises(ValueError, match="missing key"):
         load_config(str(path))
-    with pytest.raises(ValueError, match="preset 'nope'"):
+    with pytest.raises(ValueError, match="preset 'nope'.*packaged presets"):
         load_config("nope")
 
 

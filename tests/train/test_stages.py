@@ -43,9 +43,6 @@ def check_align(model, config, captions, batch, supervision):
     model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="DualGranularityAssociationLoss updates its prototype buffer in place after using it in "
-                          "the graph, so backward fails in training mode (tgfr/losses/association.py)")
 def test_weakly_supervised_align_trains_the_heads(parts):
     config, model, batch = parts
     model.backbone.freeze()

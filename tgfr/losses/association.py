@@ -11,7 +11,9 @@ prototypes, s * cos(t_i, P_k) against a_i, weighted by c_i (detached):
     L_global = sum_i c_i CE_i / sum_i c_i.
 The confidence adapts during training: in training mode every call moves each used prototype
 towards the mean of its assigned (detached, normalized) images with `prototype_momentum`, so
-assignments and confidences sharpen as the visual embedding and the memory organize.
+assignments and confidences sharpen as the visual embedding and the memory organize. A call's
+loss uses the memory as it was before that call's update (P_new = normalize(m P + (1 - m) mean)),
+and the update replaces values in the buffer without touching anything the backward needs.
 
 Local level: within the batch, identity relations are built with the image as the anchor:
 images whose assignment is confident (c_i >= min_confidence) share a pseudo-identity when they
@@ -93,7 +95,10 @@ class DualGranularityAssociationLoss(nn.Module):
         pseudo_identity = torch.where(confidence >= self.min_confidence, assignment, own)
         local = contrastive_loss(image, caption, self.scale, row_labels=pseudo_identity, same_identity="positive",
                                  backend=self.backend)
-        prototype_logits = self.scale * F.normalize(caption, dim=1) @ self.prototypes.to(caption.dtype).T
+        # The matmul saves the memory for its backward; a copy keeps the in-place prototype update (below, or in
+        # a later training call before this backward) from invalidating it ("modified by an inplace operation").
+        memory = self.prototypes.to(caption.dtype, copy=True)
+        prototype_logits = self.scale * F.normalize(caption, dim=1) @ memory.T
         per_caption = F.cross_entropy(prototype_logits, assignment, reduction="none")
         weight = confidence.to(per_caption.dtype)
         global_ = (weight * per_caption).sum() / weight.sum()

@@ -48,16 +48,18 @@ class DegradingTransform:
 class StepBatches:
     """Identity-balanced batches of the training split, addressable by optimizer step.
 
+    Every stage degrades training images as config.train_degradation / train_degrade_p say.
     captions_per_sample: captions drawn per image (2 for the intra-caption loss).
     rank, world_size: this process's share of each global batch of P x K images.
     """
 
     def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
-                 degrade_p: float = 0.0, captions_per_sample: int = 1, rank: int = 0, world_size: int = 1):
+                 captions_per_sample: int = 1, rank: int = 0, world_size: int = 1):
         if config.identities_per_batch % world_size:
             raise ValueError(f"data.identities_per_batch={config.identities_per_batch} must be divisible by "
                              f"the world size {world_size}")
-        transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation, degrade_p)
+        transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation,
+                                       config.train_degrade_p)
         self.dataset = FaceCaptionDataset(manifest, split=config.train_split, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed)
         self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch // world_size,

@@ -4,7 +4,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from tgfr.train.config import config_from_dict, load_config, to_toml
+from tgfr.train.config import config_from_dict, load_config, preset_names, to_toml
 from tgfr.train.run import train
 
 
@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a TGFR model (stages fr, align, fuse)",
         description="Train the face backbone (fr), the alignment heads (align) and the fusion module (fuse). "
                     "Without data.manifest the embedded synthetic dataset is generated into the cache.")
-    parser.add_argument("--preset", default="default", help="preset name in configs/ or a TOML file (default: default)")
+    parser.add_argument("--preset", default="default",
+                        help=f"a packaged preset ({', '.join(preset_names())}) or a TOML file (default: default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set fr.steps=50 (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")

@@ -1,7 +1,9 @@
 """Run configuration: nested dataclasses, TOML presets, `key=value` overrides, TOML output.
 
-A preset is a TOML file in `configs/` (configs/<name>.toml) or any path; it must set every key
-(presets are written out in full so a reader sees every value), and unknown keys are errors.
+A preset is a named TOML file shipped inside the package (tgfr/train/presets/<name>.toml, read
+with importlib.resources so an installed wheel finds it) or any path to a TOML file; it must set
+every key (presets are written out in full so a reader sees every value), and unknown keys are
+errors.
 Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.jsonl"`,
 `align.supervision=weak` (a bare word is read as a string).
 """
@@ -10,17 +12,22 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 
 
 @dataclass
 class DataConfig:
     """manifest: a manifest path; empty = the embedded synthetic dataset (generated into the cache),
     whose test split gets a degraded copy test_degraded made with `degradation`.
-    train_degradation: the recipe a stage applies to a training image with probability degrade_p.
+    train_degradation, train_degrade_p: every stage degrades a training image with this recipe with
+    this probability. One setting for all stages on purpose: the evaluation compares the fr stage's
+    backbone (image-only) with the fused model on degraded probes, and that comparison measures what
+    captions add only when both saw the same degradation augmentation.
     identities_per_batch x images_per_identity: the global batch (split over ranks)."""
 
     manifest: str = ""
@@ -30,6 +37,7 @@ class DataConfig:
     synthetic_seed: int = 0
     degradation: str = "down24+celeba"
     train_degradation: str = "down24+celeba"
+    train_degrade_p: float = 0.5
     cache_dir: str = ""
     train_split: str = "train"
     image_size: int = 56
@@ -72,7 +80,7 @@ class OptimConfig:
 @dataclass
 class FRStageConfig:
     """Face backbone: ce_weight * (ArcFace(view1) + ArcFace(view2)) + coreface_weight * CoReFace
-    (released CoReFace: 0.5, 0.05). Every stage has degrade_p: probability of degrading a training image."""
+    (released CoReFace: 0.5, 0.05)."""
 
     steps: int = 400
     arcface_scale: float = 32.0
@@ -80,7 +88,6 @@ class FRStageConfig:
     ce_weight: float = 0.5
     coreface_weight: float = 0.05
     coreface_scale: float = 64.0
-    degrade_p: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -106,7 +113,6 @@ class AlignStageConfig:
     identity_scale: float = 32.0
     identity_margin: float = 0.3
     num_prototypes: int = 128
-    degrade_p: float = 0.5
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
 
 
@@ -118,7 +124,6 @@ class FuseStageConfig:
     arcface_scale: float = 32.0
     arcface_margin: float = 0.3
     focal: bool = False
-    degrade_p: float = 0.5
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -169,6 +174,8 @@ class TrainConfig:
             allowed = ("identity", "weak") if name.startswith("align") else ("all_pairs", "pairs")
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.data.train_degrade_p <= 1.0:
+            raise ValueError(f"data.train_degrade_p must lie in [0, 1], got {self.data.train_degrade_p}")
         for stage in ("fr", "align", "fuse"):
             optim = getattr(self, stage).optim
             if optim.optimizer not in ("adamw", "sgd") or optim.schedule not in ("cosine", "constant"):
@@ -218,16 +225,17 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
     return value
 
 
-def preset_path(preset: str) -> Path:
-    """A preset name (configs/<name>.toml) or a path to a TOML file."""
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package, sorted."""
+    return sorted(entry.name.removesuffix(".toml") for entry in PRESET_DIR.iterdir() if entry.name.endswith(".toml"))
+
+
+def find_preset(preset: str) -> Traversable:
+    """A packaged preset by name (e.g. "quick") or a path to a TOML file."""
     path = Path(preset)
-    if path.suffix == ".toml" or path.exists():
-        candidate = path
-    else:
-        candidate = CONFIG_DIR / f"{preset}.toml"
+    candidate = path if path.suffix == ".toml" or path.exists() else PRESET_DIR / f"{preset}.toml"
     if not candidate.is_file():
-        available = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ValueError(f"preset {preset!r}: no file {candidate} (presets: {available})")
+        raise ValueError(f"preset {preset!r}: no file {candidate} (packaged presets: {preset_names()})")
     return candidate
 
 
@@ -245,7 +253,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:
     """Reads a complete preset and applies `key=value` overrides."""
-    path = preset_path(preset)
+    path = find_preset(preset)
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:

@@ -109,6 +109,17 @@ def _build_stage(name: str, config: TrainConfig, model: TGFRModel, num_classes: 
     return FuseStage(model, config.fuse, num_classes, captions, device)
 
 
+def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: CaptionCollator, rank: int = 0,
+                  world_size: int = 1) -> StepBatches:
+    """The training batches of stage `name`: every stage reads the same split of the same manifest with
+    the same degradation augmentation (config.data), so the fr stage's backbone, the image-only
+    baseline of the evaluation, saw the training images the fused model saw."""
+    index = config.stages.index(name)
+    captions_per_sample = 2 if name == "align" and config.align.intra_weight > 0 else 1
+    return StepBatches(manifest, config.data, collate, seed=config.seed + index,
+                       captions_per_sample=captions_per_sample, rank=rank, world_size=world_size)
+
+
 def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
     """Runs the stages of `config` into the run folder `out`; returns it.
 
@@ -154,10 +165,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
             break
         seed_everything(config.seed + 1000 * (index + 1) + rank)
         stage_config = getattr(config, name)
-        batches = StepBatches(manifest, config.data, collate, seed=config.seed + index,
-                              degrade_p=stage_config.degrade_p,
-                              captions_per_sample=2 if name == "align" and config.align.intra_weight > 0 else 1,
-                              rank=rank, world_size=world_size)
+        batches = stage_batches(config, name, manifest, collate, rank, world_size)
         stage = _build_stage(name, config, model, batches.num_classes, captions, device, world_size > 1).to(device)
         stage_resume = state if state is not None and index == resume_index else None
         if stage_resume is not None:
