@@ -6,13 +6,15 @@ The loss of SPEC section 3 with labels ("exclude" mode, scale 10), x, y (N, 256)
 of 1024 columns, each checkpointed) and `compiled_reference` (torch.compile of the reference).
 Figures as in benchmarks/test_word_region.py (benchmarks/cases.py); useful work forward
 2*N*N*D, forward+backward 6*N*N*D (benchmarks/contrastive_steps.py). The loss modules of
-tgfr.losses (CICL, intra-modal, CoReFace) are this op plus O(N) work; benchmarks/test_losses.py
-times them fused against the reference backend.
+tgfr.losses (CICL, intra-modal, CoReFace) are this op plus O(N) work; benchmarks/test_losses_baselines.py
+times them.
 
 As for the word-region op, the reference upcasts to fp32, so only the fused op runs in bf16.
 Quick mode: N=2048 (two blocks for the chunked baseline), forward+backward, no compiled case
 (its correctness test below keeps it from rotting). Full
-mode (TGFR_BENCH_FULL=1): forward+backward at N in {4096, 16384}, forward at N=4096.
+mode (TGFR_BENCH_FULL=1): forward+backward at N in {4096, 16384}, forward at N=4096, and the
+peak memory of one fused fp32 forward+backward at N = M = 65536 (a logits matrix alone would take
+16 GiB; the fused op must stay under 1 GiB above its baseline).
 """
 
 import pytest
@@ -49,6 +51,17 @@ def test_contrastive_loss(benchmark, matmul_gflops, matmul_gflops_of, implementa
     loss = run_case(benchmark, contrastive_steps, "contrastive", implementation, passes, dtype, size,
                     matmul_gflops, matmul_gflops_of)
     assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+@pytest.mark.skipif(not FULL, reason="one step takes minutes on 2 cores; set TGFR_BENCH_FULL=1")
+def test_fused_memory_at_65536(results_record):
+    size = 65536
+    memory = contrastive_steps.measure_step_memory("fused", "forward_backward", size, "float32")
+    rise_mib = memory.rise_bytes / 2**20
+    results_record(dict(op="contrastive", kind="memory", implementation="fused", passes="forward_backward",
+                        dtype="float32", shape=contrastive_steps.shape(size), seconds=memory.seconds,
+                        peak_rss_rise_mib=round(rise_mib, 1)))
+    assert rise_mib < 1024, f"{rise_mib:.1f} MiB above the baseline"
 
 
 @pytest.mark.parametrize("same_identity", ["exclude", "zero", "positive", "none"])

@@ -5,8 +5,8 @@ The losses are their op (benchmarks/test_contrastive_baselines.py, test_word_reg
 chunked and checkpointed baselines are) plus O(N) work, so the op's useful work is counted. As for
 the ops, the reference backend upcasts to fp32: only the fused backend runs in bf16.
 
-Quick mode: the fused backend, forward+backward, CoReFace at N=1024 and the word-region loss at
-N=16 (benchmarks/test_losses.py times all four, fused and reference, in quick mode too). Full mode (TGFR_BENCH_FULL=1): N=4096 (embedding losses) and N=64 (word-region),
+Quick mode: every loss, fused backend, forward+backward, at N=1024 (embedding losses) and N=16
+(word-region). Full mode (TGFR_BENCH_FULL=1): N=4096 (embedding losses) and N=64 (word-region),
 forward+backward (the training step; forward-only figures are the ops'), fused fp32 and bf16
 and reference, the fused forward, and the compiled reference for the caption-image and
 word-region losses (the two of TGFR; each compilation takes 30 s and more on 2 cores).
@@ -30,8 +30,7 @@ def cases():
     """(loss, implementation, passes, dtype) of this mode."""
     for loss in LOSSES:
         if not FULL:
-            if loss in ("CoReFaceLoss", "WordRegionContrastiveLoss"):  # the other two are CoReFace's op
-                yield loss, "fused", "forward_backward", "float32"
+            yield loss, "fused", "forward_backward", "float32"
             continue
         yield from [(loss, "fused", "forward", "float32"), (loss, "fused", "forward_backward", "float32"),
                     (loss, "fused", "forward_backward", "bfloat16"), (loss, "reference", "forward_backward", "float32")]

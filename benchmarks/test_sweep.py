@@ -12,7 +12,7 @@ Quick mode: a 128 MiB budget, the word-region op at N in {8, 32}, the eager impl
 (the contrastive op's steps are exercised by its benchmark). Full mode (TGFR_BENCH_FULL=1): a
 2 GiB budget; word-region N in {32, 64, 128, 256}, contrastive N in {4096, 16384}; all four
 implementations. Larger N would only lengthen the run: the fused ops' memory at N=512 and
-N=65536 is measured by benchmarks/test_word_region.py and benchmarks/test_contrastive.py.
+N=65536 is measured by benchmarks/test_word_region.py and benchmarks/test_contrastive_baselines.py.
 """
 
 import pytest
