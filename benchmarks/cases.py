@@ -19,24 +19,24 @@ PASSES = ("forward", "forward_backward")
 PLANNING_GFLOPS = 50.0
 
 
-def rounds_of(implementation: str, useful_flops: int) -> tuple[int, int]:
-    """(rounds, warm-up rounds) of a step. Quick mode: one of each. Full mode: three rounds and a
-    warm-up, but one round and no warm-up for steps of about 3 s and more on 2 cores (their
-    spread is small against their length), except for compiled baselines, whose warm-up holds
-    the compilation."""
+def rounds_of(useful_flops: int) -> tuple[int, int]:
+    """(rounds, warm-up rounds) of a step. Quick mode: one of each. Full mode: a warm-up round
+    always (the first call pays one-time costs: thread pool, first-touch page faults, allocator
+    growth, a compiled baseline's compilation; training runs in the steady state), then three
+    rounds, or one for steps of about 3 s and more on 2 cores (their spread is small against
+    their length)."""
     if not FULL:
         return 1, 1
     if useful_flops / (PLANNING_GFLOPS * 1e9) < 3:
         return 3, 1
-    return 1, int(implementation.startswith("compiled"))
-
+    return 1, 1
 
 def run_case(benchmark, steps: ModuleType, op: str, implementation: str, passes: str, dtype: str, size: int,
              matmul_gflops: float, matmul_gflops_of) -> torch.Tensor:
     """Times one step of `implementation` and records its figures; returns the step's output."""
     step = steps.make_step(implementation, passes, size, dtype)
     benchmark.group = f"{op} {passes} {dtype}"
-    rounds, warmup_rounds = rounds_of(implementation, steps.useful_flops(size, passes))
+    rounds, warmup_rounds = rounds_of(steps.useful_flops(size, passes))
     output = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
 
     seconds = benchmark.stats.stats.median
