@@ -31,6 +31,7 @@ def rounds_of(useful_flops: int) -> tuple[int, int]:
         return 3, 1
     return 1, 1
 
+
 def run_case(benchmark, steps: ModuleType, op: str, implementation: str, passes: str, dtype: str, size: int,
              matmul_gflops: float, matmul_gflops_of) -> torch.Tensor:
     """Times one step of `implementation` and records its figures; returns the step's output."""

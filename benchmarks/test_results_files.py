@@ -82,7 +82,7 @@ def test_normalize_case_reads_cpu_and_gpu_benchmarks_and_leaves_the_others():
     assert row["seconds"] == pytest.approx(0.02) and row["useful_gflops"] == pytest.approx(150000.0)
     assert row["peak_mib"] == pytest.approx(1024.0) and row["memory"] == "max allocated"
 
-    assert render.normalize_case(case("benchmarks/test_losses.py::t", 0.1, n=256, d=256)) is None
+    assert render.normalize_case(case("benchmarks/test_models.py::t", 0.1, n=256, d=256)) is None
     assert render.normalize_case(case("benchmarks/test_sweep.py::t", 0.0, kind="sweep", op="word_region",
                                       implementation="fused", passes="forward", dtype="float32",
                                       shape={"T": 22})) is None
