@@ -44,14 +44,26 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _configs() -> list[triton.Config]:
+# (CAPTIONS, BLOCK_R, num_warps, num_stages), fastest first, from the per-config timings of
+# benchmarks/tune_word_region_triton.py on an H100 (bf16, tgfr shape, N=M=1024; results in
+# benchmarks/results/word_region_triton_configs_H100.jsonl): forward 37.0 / 38.4 / 39.1 ms,
+# backward 235 / 313 / 317 ms. The other 21 forward and 21 backward configs measured there were
+# slower; 4 captions with 16 warps in the backward fails register allocation in ptxas.
+_FORWARD_TILES = ((2, 64, 4, 2), (2, 32, 4, 2), (4, 64, 8, 2))
+_BACKWARD_TILES = ((1, 32, 4, 1), (2, 64, 4, 1), (2, 32, 8, 1))
+# Problems of other sizes take the first tile that fits (see _launch): tuning a few thousand pairs
+# is not worth its compilations, and tuning a large one runs every config at full size (over a
+# minute per backward run at N=M=16384).
+_TUNED_PAIRS = (64 * 64, 2048 * 2048)
+
+
+def _configs(tiles) -> list[triton.Config]:
     if _INTERPRETED:
         # One small config that still exercises caption packing, image groups and R chunking.
         return [triton.Config({"CAPTIONS": 2, "BLOCK_R": 16, "IMAGES": 2}, num_warps=4)]
     return [
         triton.Config({"CAPTIONS": captions, "BLOCK_R": block_r, "IMAGES": 8}, num_warps=warps, num_stages=stages)
-        for captions, block_r, warps in ((1, 32, 4), (1, 64, 4), (2, 32, 4), (2, 64, 8), (4, 32, 8), (4, 64, 8))
-        for stages in (1, 2)
+        for captions, block_r, warps, stages in tiles
     ]
 
 
@@ -146,7 +158,9 @@ def _word_logsumexp(logits, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr):
     return safe_top + tl.log(tl.where(total == 0.0, 1.0, total))  # 0, not -inf, for captions past N
 
 
-@triton.autotune(configs=_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs})
+@triton.autotune(
+    configs=_configs(_FORWARD_TILES), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs}
+)
 @triton.jit
 def _forward_kernel(
     words_ptr, lengths_ptr, regions_ptr, scores_ptr,
@@ -180,7 +194,7 @@ def _forward_kernel(
 
 
 @triton.autotune(
-    configs=_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
+    configs=_configs(_BACKWARD_TILES), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
     reset_to_zero=["grad_words_ptr", "grad_regions_ptr"],
 )
 @triton.jit
@@ -271,8 +285,17 @@ def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
     }
 
 
-def _grid(num_captions: int, num_images: int):
-    return lambda meta: (triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"]))
+def _launch(kernel, num_captions: int, num_images: int, *arguments, **constexprs) -> None:
+    """Runs an autotuned kernel: tuned for problem sizes inside _TUNED_PAIRS, else with the first
+    config that fits (the fastest one measured)."""
+    def grid(meta):
+        return triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"])
+
+    if _TUNED_PAIRS[0] < num_captions * num_images <= _TUNED_PAIRS[1]:
+        wrap_triton(kernel)[grid](*arguments, **constexprs)
+    else:
+        config = _prune_configs(kernel.configs, {}, **constexprs)[0]
+        wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **config.all_kwargs())
 
 
 def _check_dtype(words: torch.Tensor) -> None:
@@ -290,7 +313,8 @@ def _scores_op(
 ) -> torch.Tensor:
     num_captions, num_images = words.shape[0], regions.shape[0]
     scores = torch.empty((num_captions, num_images), dtype=torch.float32, device=words.device)
-    wrap_triton(_forward_kernel)[_grid(num_captions, num_images)](
+    _launch(
+        _forward_kernel, num_captions, num_images,
         words, lengths, regions, scores,
         num_captions, num_images, regions.shape[1], words.shape[2],
         words.stride(0), words.stride(1), regions.stride(0), regions.stride(1), scores.stride(0),
@@ -307,7 +331,8 @@ def _scores_backward_op(
     num_captions, num_images = words.shape[0], regions.shape[0]
     grad_words = torch.zeros(words.shape, dtype=torch.float32, device=words.device)
     grad_regions = torch.zeros(regions.shape, dtype=torch.float32, device=words.device)
-    wrap_triton(_backward_kernel)[_grid(num_captions, num_images)](
+    _launch(
+        _backward_kernel, num_captions, num_images,
         grad_scores, words, lengths, regions, grad_words, grad_regions,
         num_captions, num_images, regions.shape[1], words.shape[2],
         grad_scores.stride(0), words.stride(0), words.stride(1), regions.stride(0), regions.stride(1),
