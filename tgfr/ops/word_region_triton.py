@@ -19,8 +19,10 @@ ds^T W. The d(regions) tile of an image (R x D, fp32) cannot stay on chip across
 separate d(regions) pass over captions would write it back to memory once per caption block
 anyway; adding it with fp32 atomics costs the same traffic and lets a single kernel produce both
 gradients, saving the second full recomputation (about 5 of the 11 products a two-pass backward
-needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients.
-Which variant is faster has not been measured yet (no GPU in the session that wrote this).
+needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients. Only this
+variant is built. On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124
+useful TFLOP/s) and the backward about 235 ms (39 useful TFLOP/s): the backward, not the forward,
+is where the time goes, and the two-pass variant is the next thing to measure against it.
 
 Products run on tensor cores in the input dtype (bf16/fp16; fp32 as tf32 only when
 torch.backends.cuda.matmul.allow_tf32 is set, else full fp32) with fp32 accumulation;
