@@ -1,13 +1,16 @@
 """Which implementations of the fused ops can run here, and which one `backend="auto"` picks.
 
-Rule of backend="auto" for CUDA tensors: "triton" when Triton is installed, else "cuda" when the
-CUDA kernels are compiled in, else "reference". Measured on an H100 (torch 2.11 + CUDA 13,
-Triton 3.6), `tgfr` shape, bf16, N=M=1024 (benchmarks/results/word_region_gpu_*.jsonl):
-forward 37.5 ms with Triton vs 594 ms with the CUDA kernel, forward+backward 274 ms vs 2.84 s;
-Triton also ran N=M=16384 (9.2 s forward, 69.7 s forward+backward). No shape or dtype measured
-so far favours the CUDA kernel, so the rule does not depend on them; the CUDA kernel stays the
-choice without Triton, and the deterministic one: Triton's backward adds d(regions) with fp32
-atomics, so its gradients can differ in the last bits from run to run.
+Rule of backend="auto" for CUDA tensors: "triton" when Triton is installed and the padded word tile
+(T and D rounded up to powers of two, at least 16) is at most 32 x 512 elements with D at most 512
+(the fp32 accumulators of a tile live in registers), else "cuda" when the CUDA kernels are compiled
+in, else "triton" if installed, else "reference". Measured on an H100 (torch 2.11 + CUDA 13, Triton
+3.6), `tgfr` shape, bf16, N=M=1024 (benchmarks/results/word_region_gpu_*.jsonl): forward 37.5 ms
+with Triton vs 594 ms with the CUDA kernel, forward+backward 274 ms vs 2.84 s; Triton also ran
+N=M=16384 (9.2 s forward, 69.7 s forward+backward). The limits are the largest tiles the GPU tests
+ran (T=22 with D=300, T=33 with D=24); larger ones were not run on a GPU and need more registers
+than any measured tile (a 4-caption backward tile with 16 warps already fails register allocation
+in ptxas at D=256). The CUDA kernel is also the deterministic one: Triton's backward adds
+d(regions) with fp32 atomics, so its gradients can differ in the last bits from run to run.
 """
 
 import importlib.util
@@ -21,6 +24,8 @@ from tgfr.ops import _library  # noqa: F401  (registers torch.ops.tgfr.*, CUDA k
 # torch.compile can trace the backend choice.
 _CUDA_KERNELS_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key("tgfr::word_region_scores", "CUDA")
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_TRITON_MAX_WORD_TILE = 32 * 512
+_TRITON_MAX_DIM = 512
 
 
 def _triton_usable() -> bool:
@@ -37,10 +42,16 @@ def available_backends() -> list[str]:
     return backends
 
 
-def auto_cuda_backend() -> str:
-    """Backend for CUDA tensors under backend="auto" (rule in the module doc)."""
-    if _TRITON_INSTALLED:
+def auto_cuda_backend(num_words: int, dim: int) -> str:
+    """Backend for CUDA tensors of T=num_words, D=dim under backend="auto" (rule in the module doc)."""
+    padded_words, padded_dim = max(16, _next_power_of_2(num_words)), max(16, _next_power_of_2(dim))
+    triton_tile_fits = padded_dim <= _TRITON_MAX_DIM and padded_words * padded_dim <= _TRITON_MAX_WORD_TILE
+    if _TRITON_INSTALLED and (triton_tile_fits or not _CUDA_KERNELS_BUILT):
         return "triton"
     if _CUDA_KERNELS_BUILT:
         return "cuda"
     return "reference"
+
+
+def _next_power_of_2(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()

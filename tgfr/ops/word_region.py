@@ -47,13 +47,14 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, words: torch.Tensor) -> str:
     from tgfr.ops.backends import available_backends, auto_cuda_backend
 
+    device = words.device
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return auto_cuda_backend() if device.type == "cuda" else "cpu"
+        return auto_cuda_backend(words.shape[1], words.shape[2]) if device.type == "cuda" else "cpu"
     if backend not in available_backends():
         raise ValueError(f"backend {backend!r} is not available here; available: {available_backends()}")
     if backend == "cpu" and device.type != "cpu":
@@ -92,7 +93,7 @@ def word_region_scores(
     words, lengths, regions = _check_inputs(words, lengths, regions)
     gamma1, gamma2 = check_positive("gamma1", gamma1), check_positive("gamma2", gamma2)
     word_softmax = bool(word_softmax)
-    backend = _resolve_backend(backend, words.device)
+    backend = _resolve_backend(backend, words)
     if backend == "reference":
         return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
     if backend == "triton":
