@@ -3,7 +3,8 @@
 # small run, then the GPU benchmarks. Results land in benchmarks/results/ (JSON lines with device,
 # commit and date, plus pytest-benchmark's JSON and the logs). Usage, from the repository root on
 # a machine with an NVIDIA GPU and a CUDA build of torch:  bash benchmarks/run_gpu.sh
-# TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384).
+# TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384); TGFR_BENCH_MAX_STEP_S skips sizes whose
+# step would take longer (default 600 s, extrapolated from the previous size).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=benchmarks/results

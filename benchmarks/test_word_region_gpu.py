@@ -5,7 +5,9 @@ Each case reports (in pytest-benchmark's extra_info and in a JSON file under
 benchmarks/results/) the mean time, useful TFLOP/s with SPEC section 2's accounting (forward
 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) and the peak GPU memory of one step. Sizes sweep
 N=M from 256 up to TGFR_BENCH_MAX_SIZE (default 16384) for the kernels; the reference stops at
-the first size that runs out of memory (recorded as such). Run with benchmarks/run_gpu.sh.
+the first size that runs out of memory (recorded as such), and any implementation at the first size
+whose step would take over TGFR_BENCH_MAX_STEP_S (default 600) seconds, extrapolated from its
+previous size. Run with benchmarks/run_gpu.sh.
 """
 
 import datetime
@@ -35,6 +37,10 @@ IMPLEMENTATIONS = ["cuda", "triton", "reference", "compiled_reference"]
 DTYPES = ["bfloat16", "float16", "float32"]
 RESULTS = Path(__file__).resolve().parent / "results"
 _OUT_OF_MEMORY: set = set()  # (implementation, dtype, passes) that ran out at a smaller size
+# A size whose step would take longer than this, extrapolated from the case's last size by the
+# N*M work, is skipped (the CUDA kernel would need about 12 minutes a step at N=M=16384).
+MAX_STEP_SECONDS = float(os.environ.get("TGFR_BENCH_MAX_STEP_S", "600"))
+_LAST_STEP: dict = {}  # (implementation, dtype, passes) -> (size, seconds) of its last timed size
 
 
 def _environment() -> dict:
@@ -92,6 +98,11 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     key = (implementation, dtype, passes)
     if key in _OUT_OF_MEMORY:
         pytest.skip("ran out of memory at a smaller size")
+    if key in _LAST_STEP:
+        last_size, last_seconds = _LAST_STEP[key]
+        predicted = last_seconds * (size / last_size) ** 2
+        if predicted > MAX_STEP_SECONDS:
+            pytest.skip(f"a step would take about {predicted:.0f} s (> TGFR_BENCH_MAX_STEP_S={MAX_STEP_SECONDS:g})")
     torch.cuda.empty_cache()
     generator = torch.Generator(device="cuda").manual_seed(0)
     words = torch.randn(size, NUM_WORDS, DIM, device="cuda", generator=generator).to(getattr(torch, dtype))
@@ -117,6 +128,7 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
         _record({**result, "out_of_memory": True})
         pytest.skip(f"{implementation} ran out of memory at N=M={size}")
     seconds = benchmark.stats.stats.mean
+    _LAST_STEP[key] = (size, seconds)
     flops = (12 if backward else 4) * size * size * NUM_WORDS * NUM_REGIONS * DIM
     result.update(ms=seconds * 1e3, useful_tflops=flops / seconds / 1e12)
     benchmark.extra_info.update(result)
