@@ -297,7 +297,9 @@ def _launch(kernel, num_captions: int, num_images: int, *arguments, **constexprs
         wrap_triton(kernel)[grid](*arguments, **constexprs)
     else:
         config = _prune_configs(kernel.configs, {}, **constexprs)[0]
-        wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **config.all_kwargs())
+        # Only the tile sizes, warps and stages: torch.compile refuses other launch options (num_ctas).
+        launch_options = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+        wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **launch_options)
 
 
 def _check_dtype(words: torch.Tensor) -> None:
