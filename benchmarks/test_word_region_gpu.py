@@ -29,9 +29,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
 MAX_SIZE = int(os.environ.get("TGFR_BENCH_MAX_SIZE", "16384"))
 SIZES = [size for size in (256, 1024, 4096, 8192, 16384, 32768) if size <= MAX_SIZE]
-# tgfr.ops.word_region_triton tunes its tiles for 64*64 < N*M <= 2048*2048 only, so warm-up
-# steps past 2048 run no tuning and give the step's peak memory themselves.
-UNTUNED_FROM = 2048
 REFERENCE_MAX_SIZE = 1024  # the reference's N*M*T*R*D tensors pass 80 GB beyond this
 IMPLEMENTATIONS = ["cuda", "triton", "reference", "compiled_reference"]
 DTYPES = ["bfloat16", "float16", "float32"]
@@ -61,6 +58,12 @@ def _record(result: dict) -> None:
     path = RESULTS / f"word_region_gpu_{torch.cuda.get_device_name().replace(' ', '_')}.jsonl"
     with path.open("a") as file:
         file.write(json.dumps({**_environment(), **result}) + "\n")
+
+
+def _largest_tuned_problem() -> int:
+    from tgfr.ops.word_region_triton import _TUNED_PAIRS
+
+    return _TUNED_PAIRS[1]
 
 
 def _step(implementation: str, passes: str, words, lengths, regions):
@@ -116,8 +119,10 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
               "R": NUM_REGIONS, "D": DIM, "passes": passes}
     try:
         torch.cuda.reset_peak_memory_stats()
-        step()  # warm-up: compilation, and autotuning up to N=M=2048
-        if size <= UNTUNED_FROM:  # autotuning runs allocate; the peak of a step is read on another
+        step()  # warm-up: compilation and autotuning
+        # Autotuning runs allocate, so the peak is read on a second step unless the size is past the
+        # Triton kernels' tuned range (where one step of minutes would be spent again).
+        if size * size <= _largest_tuned_problem():
             torch.cuda.reset_peak_memory_stats()
             step()
         result["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9

@@ -46,11 +46,11 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# (CAPTIONS, BLOCK_R, num_warps, num_stages), fastest first, from the per-config timings of
-# benchmarks/tune_word_region_triton.py on an H100 (bf16, tgfr shape, N=M=1024; results in
-# benchmarks/results/word_region_triton_configs_H100.jsonl): forward 37.0 / 38.4 / 39.1 ms,
-# backward 235 / 313 / 317 ms. The other 21 forward and 21 backward configs measured there were
-# slower; 4 captions with 16 warps in the backward fails register allocation in ptxas.
+# (CAPTIONS, BLOCK_R, num_warps, num_stages), fastest first, from per-config timings on an H100
+# (bf16, tgfr shape, N=M=1024; benchmarks/results/word_region_triton_configs_H100.jsonl, made with
+# the prototype of benchmarks/tune_word_region_triton.py): forward 37.0 / 38.4 / 39.1 ms, backward
+# 235 / 313 / 317 ms. The other 21 forward and 12 backward configs timed there were slower; 4
+# captions with 16 warps in the backward fails register allocation in ptxas.
 _FORWARD_TILES = ((2, 64, 4, 2), (2, 32, 4, 2), (4, 64, 8, 2))
 _BACKWARD_TILES = ((1, 32, 4, 1), (2, 64, 4, 1), (2, 32, 8, 1))
 # Problems of other sizes take the first tile that fits (see _launch): tuning a few thousand pairs
