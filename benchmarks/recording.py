@@ -68,7 +68,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _commit() -> str:
+def commit() -> str:
+    """The measured tree's commit: $TGFR_COMMIT when set (a tree copied to a GPU machine can carry a
+    stale .git), else HEAD, with -dirty when tracked files differ from it."""
+    if os.environ.get("TGFR_COMMIT"):
+        return os.environ["TGFR_COMMIT"]
     result = subprocess.run(
         ["git", "rev-parse", "--short=12", "HEAD"], cwd=RESULTS_DIR.parent, capture_output=True, text=True
     )
@@ -82,7 +86,7 @@ def _commit() -> str:
 def run_description(mode: str) -> dict:
     """Provenance of this run: commit, UTC date, versions, threads, mode and command line."""
     return {
-        "commit": _commit(),
+        "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),

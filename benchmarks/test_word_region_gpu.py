@@ -14,13 +14,13 @@ import datetime
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import recording
 from tgfr import reference
 
 # tests/conftest.py's gpu skip does not reach benchmarks/, so the skip is explicit here.
@@ -41,11 +41,9 @@ _LAST_STEP: dict = {}  # (implementation, dtype, passes) -> (size, seconds) of i
 
 
 def _environment() -> dict:
-    root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     return {
         "device": torch.cuda.get_device_name(),
-        "commit": commit or "unknown",
+        "commit": recording.commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -1,14 +1,17 @@
-"""Times every candidate tile config of the Triton word-region kernels, one by one, at the `tgfr`
-shape (T=22, R=196, D=256; a third of the captions 9 words long): the measurement behind the
-config lists of tgfr/ops/word_region_triton.py.
+"""Times candidate configs of the Triton word-region kernels one by one at the `tgfr` shape
+(T=22, R=196, D=256; a third of the captions 9 words long): the measurement behind the config
+lists of tgfr/ops/word_region_triton.py.
 
 Usage, from the repository root on a CUDA machine:
-    python benchmarks/tune_word_region_triton.py --size 1024 --dtype bfloat16 \
-        --out benchmarks/results/word_region_triton_configs_<device>.jsonl
-All configs are compiled first in parallel worker processes (Triton's disk cache), then each is
-checked against the float64 reference on a small problem and timed (best of 3 runs; 1 run when a
-run takes over 0.6 s) at N=M=--size. One JSON line per config: ms and useful TFLOP/s (forward
-4*N*M*T*R*D, backward 8*N*M*T*R*D), the relative max error, device, commit and date.
+    python -m benchmarks.tune_word_region_triton --out benchmarks/results/word_region_triton_configs_<gpu>.jsonl
+--configs shipped (default) times the configs the autotuner chooses among; --configs grid every
+combination of captions per program (1, 2, 4), BLOCK_R (32, 64), warps (4, 8), stages (forward 1
+and 2, backward 1), TAIL_CHUNKS and REGIONS_MAJOR. All configs are compiled first in parallel
+worker processes (Triton's disk cache), then each is checked against the float64 reference on a
+small problem and timed (best of 3 runs; 1 run when a run takes over 0.6 s) at N=M=--size. One
+JSON line per config: ms and useful TFLOP/s (forward 4*N*M*T*R*D, backward 8*N*M*T*R*D), the
+relative max error, device, commit ($TGFR_COMMIT if set) and date; a config that fails to
+compile gets its error.
 """
 
 import argparse
@@ -16,24 +19,44 @@ import datetime
 import itertools
 import json
 import multiprocessing
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
+from benchmarks import recording
+from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS
+
 GAMMA1, GAMMA2 = 4.0, 5.0
-FORWARD_CONFIGS = [
-    dict(CAPTIONS=captions, BLOCK_R=block_r, IMAGES=8, num_warps=warps, num_stages=stages)
-    for captions, block_r, warps, stages in itertools.product((1, 2, 4), (32, 64), (4, 8), (1, 2))
-]
-BACKWARD_CONFIGS = [
-    dict(CAPTIONS=captions, BLOCK_R=block_r, IMAGES=8, num_warps=warps, num_stages=1)
-    for captions, block_r, warps in itertools.product((1, 2, 4), (16, 32, 64), (4, 8))
-] + [dict(CAPTIONS=2, BLOCK_R=32, IMAGES=images, num_warps=8, num_stages=1) for images in (2, 4, 16, 32)] + [
-    dict(CAPTIONS=captions, BLOCK_R=32, IMAGES=8, num_warps=16, num_stages=1) for captions in (2, 4)
-]
+KINDS = ("forward", "backward")
+
+
+def _as_dict(config) -> dict:
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def candidate_configs(kind: str, which: str) -> list[dict]:
+    """Configs of the `kind` kernel as plain dicts (kernel constexprs plus num_warps, num_stages):
+    `shipped`, the autotuner's list, or `grid`, the full search space."""
+    from tgfr.ops import word_region_triton as kernels
+
+    if which == "shipped":
+        shipped = kernels._FORWARD_CONFIGS if kind == "forward" else kernels._BACKWARD_CONFIGS
+        return [_as_dict(config) for config in shipped]
+    stages = (1, 2) if kind == "forward" else (1,)
+    return [
+        dict(CAPTIONS=captions, BLOCK_R=block_r, IMAGES=8, TAIL_CHUNKS=tail, REGIONS_MAJOR=regions_major,
+             num_warps=warps, num_stages=stage)
+        for captions, block_r, warps, stage, tail, regions_major
+        in itertools.product((1, 2, 4), (32, 64), (4, 8), stages, (False, True), (False, True))
+    ]
+
+
+def as_triton_config(config: dict):
+    import triton
+
+    kwargs = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
+    return triton.Config(kwargs, num_warps=config["num_warps"], num_stages=config["num_stages"])
 
 
 def _inputs(size: int, dtype: torch.dtype):
@@ -45,33 +68,14 @@ def _inputs(size: int, dtype: torch.dtype):
     return words, lengths, regions
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _launch(kind: str, config: dict, words, lengths, regions, grad_scores):
     """One launch of the forward or backward kernel with this config, bypassing the autotuner."""
     from tgfr.ops import word_region_triton as kernels
 
-    num_captions, num_images = words.shape[0], regions.shape[0]
-    constexprs = kernels._constexprs(words, True)
-    grid = (_ceil_div(num_captions, config["CAPTIONS"]), _ceil_div(num_images, config["IMAGES"]))
-    common = (num_captions, num_images, NUM_REGIONS, DIM)
+    arguments = (words, lengths, regions, GAMMA1, GAMMA2, True)
     if kind == "forward":
-        scores = torch.empty(num_captions, num_images, device="cuda")
-        kernels._forward_kernel.fn[grid](
-            words, lengths, regions, scores, *common, words.stride(0), words.stride(1), regions.stride(0),
-            regions.stride(1), scores.stride(0), GAMMA1, GAMMA2, **constexprs, **config,
-        )
-        return (scores,)
-    grad_words = torch.zeros(words.shape, device="cuda")
-    grad_regions = torch.zeros(regions.shape, device="cuda")
-    kernels._backward_kernel.fn[grid](
-        grad_scores, words, lengths, regions, grad_words, grad_regions, *common, grad_scores.stride(0),
-        words.stride(0), words.stride(1), regions.stride(0), regions.stride(1), GAMMA1, GAMMA2,
-        **constexprs, **config,
-    )
-    return grad_words, grad_regions
+        return (kernels.launch_forward(*arguments, config=as_triton_config(config)),)
+    return kernels.launch_backward(grad_scores, *arguments, config=as_triton_config(config))
 
 
 def _compile(job) -> str | None:
@@ -95,20 +99,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="N = M of the timed problem")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--configs", default="shipped", choices=["shipped", "grid"])
+    parser.add_argument("--kinds", default="forward,backward", help="comma-separated subset of forward,backward")
     parser.add_argument("--seconds", type=float, default=300.0, help="stop timing after this long")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append to")
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    if not set(kinds) <= set(KINDS):
+        parser.error(f"--kinds must name forward and/or backward, got {args.kinds!r}")
     dtype = getattr(torch, args.dtype)
-    root = Path(__file__).resolve().parents[1]
     environment = {
         "device": torch.cuda.get_device_name(),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip(),
+        "commit": recording.commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "dtype": args.dtype, "N": args.size, "M": args.size,
-        "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
+        "torch": torch.__version__, "triton": __import__("triton").__version__, "dtype": args.dtype,
+        "N": args.size, "M": args.size, "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
     }
-    jobs = [("forward", config, dtype) for config in FORWARD_CONFIGS]
-    jobs += [("backward", config, dtype) for config in BACKWARD_CONFIGS]
+    jobs = [(kind, config, dtype) for kind in kinds for config in candidate_configs(kind, args.configs)]
     with multiprocessing.get_context("spawn").Pool(max(1, min(14, multiprocessing.cpu_count() - 1))) as pool:
         compile_errors = pool.map(_compile, jobs)
 

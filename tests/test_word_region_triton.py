@@ -65,7 +65,8 @@ def _triton_with_grads(words, lengths, regions, grad, dtype=torch.float32, **hyp
 
 
 # (N, M, T, R, D, lengths): odd sizes, N not a multiple of the 2 captions per program, M not a
-# multiple of the 2 images per program, R spanning several 16-region chunks with a ragged last one,
+# multiple of the 2 images per program, R = 21 and 7 (tail chunks of 16 regions only, the last
+# ragged), 33 (a whole 32-region chunk and a ragged tail chunk) and 16 (one exact tail chunk),
 # lengths 1 and T, T above 16 (two-row-block padding), D not a power of two.
 SHAPES = [
     (3, 5, 5, 21, 10, [1, 5, 3]),
@@ -91,6 +92,39 @@ def test_values_and_gradients_match_reference(shape, word_softmax):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
     padded = torch.arange(words.shape[1]) >= lengths[:, None]
     assert (actual[1][padded] == 0).all(), "padded words must get zero gradient"
+
+
+# Kernel variants the public op reaches only on a GPU (through the autotuner's configs), launched
+# here one by one: one caption or two per program, regions in masked 32-region chunks or whole
+# chunks plus 16-region tail chunks, products in words-major or regions-major orientation.
+VARIANTS = [
+    {"CAPTIONS": 1, "TAIL_CHUNKS": False, "REGIONS_MAJOR": False},
+    {"CAPTIONS": 2, "TAIL_CHUNKS": True, "REGIONS_MAJOR": False},
+    {"CAPTIONS": 1, "TAIL_CHUNKS": False, "REGIONS_MAJOR": True},
+    {"CAPTIONS": 2, "TAIL_CHUNKS": True, "REGIONS_MAJOR": True},
+]
+
+
+@interpreted_only
+@pytest.mark.parametrize("word_softmax", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda variant: "-".join(f"{k}={int(v)}" for k, v in variant.items()))
+def test_kernel_variants_match_reference(variant, word_softmax):
+    import triton
+
+    from tgfr.ops import word_region_triton
+
+    words, lengths, regions = _inputs(3, 3, 5, 37, 20, [5, 1, 3], seed=9)
+    grad = torch.randn(3, 3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    hyper = {"gamma1": 4.0, "gamma2": 5.0, "word_softmax": word_softmax}
+    expected = _reference_with_grads(words, lengths, regions, grad, **hyper)
+    config = triton.Config({"BLOCK_R": 32, "IMAGES": 2, **variant}, num_warps=4)
+    arguments = (words.float(), lengths, regions.float(), *hyper.values())
+    scores = word_region_triton.launch_forward(*arguments, config=config)
+    grad_words, grad_regions = word_region_triton.launch_backward(grad.float(), *arguments, config=config)
+    for name, got, want in zip(("scores", "grad words", "grad regions"), (scores, grad_words, grad_regions), expected):
+        torch.testing.assert_close(
+            got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item(), msg=lambda m: f"{name}: {m}"
+        )
 
 
 @interpreted_only

@@ -22,7 +22,19 @@ gradients, saving the second full recomputation (about 5 of the 11 products a tw
 needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients. Only this
 variant is built. On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124
 useful TFLOP/s) and the backward about 235 ms (39 useful TFLOP/s): the backward, not the forward,
-is where the time goes, and the two-pass variant is the next thing to measure against it.
+is where the time goes.
+
+Variants, chosen per config (two constexpr flags, so the autotuner and the tuning script compare
+them like tile sizes):
+- TAIL_CHUNKS: regions past the last whole BLOCK_R chunk go in 16-region chunks instead of one
+  masked BLOCK_R chunk (R = 196 with BLOCK_R = 64: 208 rows of products instead of 256).
+- REGIONS_MAJOR: the products whose M side would be the word rows run transposed, with regions
+  or features on the M side (S^T = V W^T, C^T = V^T P^T, ...), and the context and d(words)
+  accumulate transposed. Hopper's wgmma needs M >= 64, which one caption (32 padded rows) does not
+  fill: compiled for sm_90a by Triton 3.9, the measured-best backward (one caption) has mma.sync
+  products only, and its regions-major form with 64-region chunks wgmma only
+  (benchmarks/results/word_region_triton_resources_sm90a.jsonl, benchmarks/triton_resources.py,
+  benchmarks/test_triton_resources.py). Which is faster is for the GPU to say.
 
 Products run on tensor cores in the input dtype (bf16/fp16; fp32 as tf32 only when
 torch.backends.cuda.matmul.allow_tf32 is set, else full fp32) with fp32 accumulation;
@@ -46,27 +58,42 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# (CAPTIONS, BLOCK_R, num_warps, num_stages), fastest first, from per-config timings on an H100
-# (bf16, tgfr shape, N=M=1024; benchmarks/results/word_region_triton_configs_H100.jsonl, made with
-# the prototype of benchmarks/tune_word_region_triton.py): forward 37.0 / 38.4 / 39.1 ms, backward
+def _tile(captions: int, block_r: int, warps: int, stages: int, tail_chunks=False, regions_major=False):
+    return triton.Config(
+        {"CAPTIONS": captions, "BLOCK_R": block_r, "IMAGES": 8,
+         "TAIL_CHUNKS": tail_chunks, "REGIONS_MAJOR": regions_major},
+        num_warps=warps, num_stages=stages,
+    )
+
+
+# Fastest first. The first three of each list are the fastest of per-config timings on an H100
+# (bf16, tgfr shape, N=M=1024; benchmarks/results/word_region_triton_configs_NVIDIA_H100_80GB_HBM3.jsonl,
+# made with the prototype of benchmarks/tune_word_region_triton.py): forward 37.0 / 38.4 / 39.1 ms, backward
 # 235 / 313 / 317 ms. The other 21 forward and 12 backward configs timed there were slower; 4
-# captions with 16 warps in the backward fails register allocation in ptxas.
-_FORWARD_TILES = ((2, 64, 4, 2), (2, 32, 4, 2), (4, 64, 8, 2))
-_BACKWARD_TILES = ((1, 32, 4, 1), (2, 64, 4, 1), (2, 32, 8, 1))
-# Problems of other sizes take the first tile that fits (see _launch): tuning a few thousand pairs
-# is not worth its compilations, and tuning a large one runs every config at full size (over a
-# minute per backward run at N=M=16384).
+# captions with 16 warps in the backward fails register allocation in ptxas. The configs after
+# them are candidates not yet timed on a GPU (tail chunks, regions-major products); the autotuner
+# times them with the rest, and the tuning script reports them one by one.
+_FORWARD_CONFIGS = [
+    _tile(2, 64, 4, 2), _tile(2, 32, 4, 2), _tile(4, 64, 8, 2),
+    _tile(2, 64, 4, 2, tail_chunks=True), _tile(1, 64, 8, 2, regions_major=True),
+]
+_BACKWARD_CONFIGS = [
+    _tile(1, 32, 4, 1), _tile(2, 64, 4, 1), _tile(2, 32, 8, 1),
+    _tile(1, 32, 4, 1, tail_chunks=True), _tile(1, 64, 8, 1, regions_major=True),
+    _tile(1, 64, 8, 1, tail_chunks=True, regions_major=True),
+]
+# Problems of other sizes take the first config that fits (see _launch): tuning a few thousand
+# pairs is not worth its compilations, and tuning a large one runs every config at full size (over
+# a minute per backward run at N=M=16384).
 _TUNED_PAIRS = (64 * 64, 2048 * 2048)
 
 
-def _configs(tiles) -> list[triton.Config]:
+def _configs(configs: list[triton.Config]) -> list[triton.Config]:
     if _INTERPRETED:
-        # One small config that still exercises caption packing, image groups and R chunking.
-        return [triton.Config({"CAPTIONS": 2, "BLOCK_R": 16, "IMAGES": 2}, num_warps=4)]
-    return [
-        triton.Config({"CAPTIONS": captions, "BLOCK_R": block_r, "IMAGES": 8}, num_warps=warps, num_stages=stages)
-        for captions, block_r, warps, stages in tiles
-    ]
+        # One small config that still exercises caption packing, image groups, whole R chunks and
+        # the 16-region tail chunks; tests/test_word_region_triton.py launches the other variants.
+        return [triton.Config({"CAPTIONS": 2, "BLOCK_R": 32, "IMAGES": 2, "TAIL_CHUNKS": True, "REGIONS_MAJOR": False})]
+    return configs
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -81,6 +108,10 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 _AUTOTUNE_KEY = ["T_PAD", "R", "D_PAD", "WORD_SOFTMAX"]
+# With TAIL_CHUNKS, the regions past the last whole BLOCK_R chunk go in chunks of 16 (the smallest
+# tl.dot side): R = 196 then costs 208 rows of products, not the 256 of four masked 64-row chunks,
+# at the price of a second copy of the loop body.
+_TAIL_CHUNK = tl.constexpr(16)
 
 
 @triton.jit
@@ -94,14 +125,24 @@ def _caption_rows(pid_caption, lengths_ptr, N, CAPTIONS: tl.constexpr, T_PAD: tl
 
 
 @triton.jit
+def _word_rows_product(word_rows, other, INPUT_PRECISION: tl.constexpr, REGIONS_MAJOR: tl.constexpr):
+    """word_rows @ other, with REGIONS_MAJOR computed as (other^T word_rows^T)^T: Hopper's wgmma
+    needs 64 rows on the M side, more than one caption's padded words."""
+    if REGIONS_MAJOR:
+        return tl.trans(tl.dot(tl.trans(other), tl.trans(word_rows), input_precision=INPUT_PRECISION))
+    else:
+        return tl.dot(word_rows, other, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def _region_logits(
     words_tile, regions_chunk, valid_word, region_in_range,
     gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, INPUT_PRECISION: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
 ):
     """a (after the optional softmax over each caption's valid words) and z = gamma1 * a for one
     chunk of regions; z is -inf at regions past R so that they drop out of the region softmax."""
-    dots = tl.dot(words_tile, tl.trans(regions_chunk), input_precision=INPUT_PRECISION)
+    dots = _word_rows_product(words_tile, tl.trans(regions_chunk), INPUT_PRECISION, REGIONS_MAJOR)
     if WORD_SOFTMAX:
         masked = tl.where(valid_word[:, None], dots, float("-inf"))
         per_caption = tl.reshape(masked, (CAPTIONS, T_PAD, BLOCK_R))
@@ -117,36 +158,75 @@ def _region_logits(
 
 
 @triton.jit
+def _whole_chunks_end(R, BLOCK_R: tl.constexpr, TAIL_CHUNKS: tl.constexpr):
+    """Where the BLOCK_R-region chunks stop: at R (the last chunk masked), or with TAIL_CHUNKS
+    after the last whole chunk, the rest going in _TAIL_CHUNK-region chunks."""
+    if TAIL_CHUNKS:
+        return R - R % BLOCK_R
+    else:
+        return R
+
+
+@triton.jit
+def _context_step(
+    words_tile, regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word, row_max, row_sum, context,
+    gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
+    BLOCK: tl.constexpr, D_PAD: tl.constexpr, INPUT_PRECISION: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+):
+    """Folds regions start .. start + BLOCK of one image into the online softmax over regions;
+    with REGIONS_MAJOR the context accumulates transposed, (D_PAD, rows)."""
+    dims = tl.arange(0, D_PAD)
+    region = start + tl.arange(0, BLOCK)
+    region_in_range = region < R
+    chunk = tl.load(
+        regions_ptr + image * stride_rm + region[:, None] * stride_rr + dims[None, :],
+        mask=region_in_range[:, None] & (dims[None, :] < D), other=0.0,
+    )
+    _, logits = _region_logits(
+        words_tile, chunk, valid_word, region_in_range,
+        gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK, INPUT_PRECISION, REGIONS_MAJOR,
+    )
+    new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+    probs = tl.exp(logits - new_max[:, None])
+    rescale = tl.exp(row_max - new_max)
+    row_sum = row_sum * rescale + tl.sum(probs, axis=1)
+    if REGIONS_MAJOR:
+        context = tl.dot(
+            tl.trans(chunk), tl.trans(probs.to(chunk.dtype)), context * rescale[None, :], input_precision=INPUT_PRECISION
+        )
+    else:
+        context = context * rescale[:, None] + tl.dot(probs.to(chunk.dtype), chunk, input_precision=INPUT_PRECISION)
+    return new_max, row_sum, context
+
+
+@triton.jit
 def _pair_context(
     words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
     gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
     BLOCK_R: tl.constexpr, D_PAD: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
 ):
     """Pass A: context C (rows x D_PAD, fp32) of every word row against one image, with the
     running max and sum of the online softmax over regions (alpha = exp(z - max) / sum)."""
-    dims = tl.arange(0, D_PAD)
     row_max = tl.full((CAPTIONS * T_PAD,), float("-inf"), tl.float32)
     row_sum = tl.zeros((CAPTIONS * T_PAD,), tl.float32)
-    context = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
-    for start in range(0, R, BLOCK_R):
-        region = start + tl.arange(0, BLOCK_R)
-        region_in_range = region < R
-        chunk = tl.load(
-            regions_ptr + image * stride_rm + region[:, None] * stride_rr + dims[None, :],
-            mask=region_in_range[:, None] & (dims[None, :] < D), other=0.0,
+    if REGIONS_MAJOR:
+        context = tl.zeros((D_PAD, CAPTIONS * T_PAD), tl.float32)
+    else:
+        context = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
+    for start in range(0, _whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), BLOCK_R):
+        row_max, row_sum, context = _context_step(
+            words_tile, regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word, row_max, row_sum, context,
+            gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
         )
-        _, logits = _region_logits(
-            words_tile, chunk, valid_word, region_in_range,
-            gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, INPUT_PRECISION,
-        )
-        new_max = tl.maximum(row_max, tl.max(logits, axis=1))
-        probs = tl.exp(logits - new_max[:, None])
-        rescale = tl.exp(row_max - new_max)
-        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
-        context = context * rescale[:, None] + tl.dot(
-            probs.to(chunk.dtype), chunk, input_precision=INPUT_PRECISION
-        )
-        row_max = new_max
+    if TAIL_CHUNKS:
+        for start in range(_whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), R, _TAIL_CHUNK):
+            row_max, row_sum, context = _context_step(
+                words_tile, regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word, row_max, row_sum,
+                context, gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, _TAIL_CHUNK, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
+            )
+    if REGIONS_MAJOR:
+        context = tl.trans(context)
     return context / row_sum[:, None], row_max, row_sum
 
 
@@ -161,7 +241,7 @@ def _word_logsumexp(logits, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr):
 
 
 @triton.autotune(
-    configs=_configs(_FORWARD_TILES), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs}
+    configs=_configs(_FORWARD_CONFIGS), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs}
 )
 @triton.jit
 def _forward_kernel(
@@ -171,6 +251,7 @@ def _forward_kernel(
     gamma1, gamma2,
     T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
+    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
 ):
     caption, word, valid_word = _caption_rows(tl.program_id(0), lengths_ptr, N, CAPTIONS, T_PAD)
     dims = tl.arange(0, D_PAD)
@@ -186,7 +267,7 @@ def _forward_kernel(
         if image < M:
             context, _, _ = _pair_context(
                 words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
-                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION,
+                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, TAIL_CHUNKS, REGIONS_MAJOR,
             )
             context_norm = tl.sqrt(tl.sum(context * context, axis=1))
             cos = tl.sum(context * words_f32, axis=1) / tl.maximum(context_norm * word_norm, 1e-8)
@@ -195,8 +276,51 @@ def _forward_kernel(
             tl.store(scores_ptr + first_caption * stride_sn + image, scores, mask=first_caption < N)
 
 
+@triton.jit
+def _gradient_step(
+    words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word,
+    row_max, row_sum, grad_context_in, delta, grad_words,
+    gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
+    BLOCK: tl.constexpr, D_PAD: tl.constexpr, INPUT_PRECISION: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+):
+    """Pass B over regions start .. start + BLOCK of one image: adds their d(regions) to
+    grad_regions (atomically) and returns grad_words plus their d(words); with REGIONS_MAJOR
+    grad_words is transposed, (D_PAD, rows)."""
+    dims = tl.arange(0, D_PAD)
+    region = start + tl.arange(0, BLOCK)
+    region_in_range = region < R
+    chunk_offsets = image * stride_rm + region[:, None] * stride_rr + dims[None, :]
+    chunk_mask = region_in_range[:, None] & (dims[None, :] < D)
+    chunk = tl.load(regions_ptr + chunk_offsets, mask=chunk_mask, other=0.0)
+    attn, logits = _region_logits(
+        words_tile, chunk, valid_word, region_in_range,
+        gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK, INPUT_PRECISION, REGIONS_MAJOR,
+    )
+    alpha = tl.exp(logits - row_max[:, None]) / row_sum[:, None]
+    grad_alpha = _word_rows_product(grad_context_in, tl.trans(chunk), INPUT_PRECISION, REGIONS_MAJOR)
+    grad_attn = gamma1 * alpha * (grad_alpha - delta[:, None])
+    if WORD_SOFTMAX:
+        weighted = tl.reshape(attn * grad_attn, (CAPTIONS, T_PAD, BLOCK))
+        column = tl.reshape(
+            tl.broadcast_to(tl.sum(weighted, axis=1)[:, None, :], (CAPTIONS, T_PAD, BLOCK)),
+            (CAPTIONS * T_PAD, BLOCK),
+        )
+        grad_dots = attn * (grad_attn - column)
+    else:
+        grad_dots = grad_attn
+    grad_dots_in = grad_dots.to(words_tile.dtype)
+    if REGIONS_MAJOR:
+        grad_words = tl.dot(tl.trans(chunk), tl.trans(grad_dots_in), grad_words, input_precision=INPUT_PRECISION)
+    else:
+        grad_words += tl.dot(grad_dots_in, chunk, input_precision=INPUT_PRECISION)
+    grad_chunk = tl.dot(tl.trans(alpha.to(words_tile.dtype)), grad_context_in, input_precision=INPUT_PRECISION)
+    grad_chunk += tl.dot(tl.trans(grad_dots_in), words_tile, input_precision=INPUT_PRECISION)
+    tl.atomic_add(grad_regions_ptr + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
+    return grad_words
+
+
 @triton.autotune(
-    configs=_configs(_BACKWARD_TILES), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
+    configs=_configs(_BACKWARD_CONFIGS), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
     reset_to_zero=["grad_words_ptr", "grad_regions_ptr"],
 )
 @triton.jit
@@ -207,6 +331,7 @@ def _backward_kernel(
     gamma1, gamma2,
     T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
+    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
 ):
     """Adds this program's share to grad_words (N, T, D) and grad_regions (M, R, D), both fp32,
     zeroed, contiguous (strides stride_wn/stride_wt and stride_rm/stride_rr of the inputs)."""
@@ -217,14 +342,17 @@ def _backward_kernel(
     words_tile = tl.load(words_ptr + word_offsets, mask=valid_word[:, None] & in_dims, other=0.0)
     words_f32 = words_tile.to(tl.float32)
     word_norm = tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
-    grad_words = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
+    if REGIONS_MAJOR:
+        grad_words = tl.zeros((D_PAD, CAPTIONS * T_PAD), tl.float32)
+    else:
+        grad_words = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
     for offset in range(IMAGES):
         image = tl.program_id(1) * IMAGES + offset
         if image < M:
             # Pass A: forward quantities of the pair, then the gradient of each word's context.
             context, row_max, row_sum = _pair_context(
                 words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
-                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION,
+                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, TAIL_CHUNKS, REGIONS_MAJOR,
             )
             context_norm = tl.sqrt(tl.sum(context * context, axis=1))
             norms = context_norm * word_norm
@@ -241,39 +369,31 @@ def _backward_kernel(
             grad_context = scale[:, None] * words_f32 - tl.where(
                 unclamped, grad_cos * cos / tl.where(unclamped, context_norm * context_norm, 1.0), 0.0
             )[:, None] * context
-            grad_words += scale[:, None] * context - tl.where(
+            grad_words_direct = scale[:, None] * context - tl.where(
                 unclamped, grad_cos * cos / tl.where(unclamped, word_norm * word_norm, 1.0), 0.0
             )[:, None] * words_f32
+            if REGIONS_MAJOR:
+                grad_words += tl.trans(grad_words_direct)
+            else:
+                grad_words += grad_words_direct
             delta = tl.sum(grad_context * context, axis=1)  # sum_r alpha_tr dalpha_tr
             grad_context_in = grad_context.to(words_tile.dtype)
             # Pass B: attention again, chunk by chunk, and the products of the gradients.
-            for start in range(0, R, BLOCK_R):
-                region = start + tl.arange(0, BLOCK_R)
-                region_in_range = region < R
-                chunk_offsets = image * stride_rm + region[:, None] * stride_rr + dims[None, :]
-                chunk_mask = region_in_range[:, None] & in_dims
-                chunk = tl.load(regions_ptr + chunk_offsets, mask=chunk_mask, other=0.0)
-                attn, logits_r = _region_logits(
-                    words_tile, chunk, valid_word, region_in_range,
-                    gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, INPUT_PRECISION,
+            for start in range(0, _whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), BLOCK_R):
+                grad_words = _gradient_step(
+                    words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word,
+                    row_max, row_sum, grad_context_in, delta, grad_words,
+                    gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
                 )
-                alpha = tl.exp(logits_r - row_max[:, None]) / row_sum[:, None]
-                grad_alpha = tl.dot(grad_context_in, tl.trans(chunk), input_precision=INPUT_PRECISION)
-                grad_attn = gamma1 * alpha * (grad_alpha - delta[:, None])
-                if WORD_SOFTMAX:
-                    weighted = tl.reshape(attn * grad_attn, (CAPTIONS, T_PAD, BLOCK_R))
-                    column = tl.reshape(
-                        tl.broadcast_to(tl.sum(weighted, axis=1)[:, None, :], (CAPTIONS, T_PAD, BLOCK_R)),
-                        (CAPTIONS * T_PAD, BLOCK_R),
+            if TAIL_CHUNKS:
+                for start in range(_whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), R, _TAIL_CHUNK):
+                    grad_words = _gradient_step(
+                        words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr,
+                        valid_word, row_max, row_sum, grad_context_in, delta, grad_words,
+                        gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, _TAIL_CHUNK, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
                     )
-                    grad_dots = attn * (grad_attn - column)
-                else:
-                    grad_dots = grad_attn
-                grad_dots_in = grad_dots.to(words_tile.dtype)
-                grad_words += tl.dot(grad_dots_in, chunk, input_precision=INPUT_PRECISION)
-                grad_chunk = tl.dot(tl.trans(alpha.to(words_tile.dtype)), grad_context_in, input_precision=INPUT_PRECISION)
-                grad_chunk += tl.dot(tl.trans(grad_dots_in), words_tile, input_precision=INPUT_PRECISION)
-                tl.atomic_add(grad_regions_ptr + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
+    if REGIONS_MAJOR:
+        grad_words = tl.trans(grad_words)
     tl.atomic_add(grad_words_ptr + word_offsets, grad_words, mask=valid_word[:, None] & in_dims, sem="relaxed")
 
 
@@ -287,19 +407,20 @@ def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
     }
 
 
-def _launch(kernel, num_captions: int, num_images: int, *arguments, **constexprs) -> None:
-    """Runs an autotuned kernel: tuned for problem sizes inside _TUNED_PAIRS, else with the first
-    config that fits (the fastest one measured)."""
+def _launch(kernel, config, num_captions: int, num_images: int, *arguments, **constexprs) -> None:
+    """Runs an autotuned kernel with `config` if given, else tuned for problem sizes inside
+    _TUNED_PAIRS and with the first config that fits (the fastest one measured) outside."""
     def grid(meta):
         return triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"])
 
-    if _TUNED_PAIRS[0] < num_captions * num_images <= _TUNED_PAIRS[1]:
+    if config is None and _TUNED_PAIRS[0] < num_captions * num_images <= _TUNED_PAIRS[1]:
         wrap_triton(kernel)[grid](*arguments, **constexprs)
-    else:
+        return
+    if config is None:
         config = _prune_configs(kernel.configs, {}, **constexprs)[0]
-        # Only the tile sizes, warps and stages: torch.compile refuses other launch options (num_ctas).
-        launch_options = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-        wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **launch_options)
+    # Only the tile sizes, warps and stages: torch.compile refuses other launch options (num_ctas).
+    launch_options = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **launch_options)
 
 
 def _check_dtype(words: torch.Tensor) -> None:
@@ -310,15 +431,17 @@ def _check_dtype(words: torch.Tensor) -> None:
         )
 
 
-@triton_op("tgfr::word_region_scores_triton", mutates_args=())
-def _scores_op(
+def launch_forward(
     words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-    gamma1: float, gamma2: float, word_softmax: bool,
+    gamma1: float, gamma2: float, word_softmax: bool, config: triton.Config | None = None,
 ) -> torch.Tensor:
+    """The forward kernel on contiguous inputs -> scores (N, M) float32. `config` (tile sizes,
+    TAIL_CHUNKS, REGIONS_MAJOR, warps, stages) forces one variant, for tuning and tests; None
+    lets the op choose."""
     num_captions, num_images = words.shape[0], regions.shape[0]
     scores = torch.empty((num_captions, num_images), dtype=torch.float32, device=words.device)
     _launch(
-        _forward_kernel, num_captions, num_images,
+        _forward_kernel, config, num_captions, num_images,
         words, lengths, regions, scores,
         num_captions, num_images, regions.shape[1], words.shape[2],
         words.stride(0), words.stride(1), regions.stride(0), regions.stride(1), scores.stride(0),
@@ -327,21 +450,39 @@ def _scores_op(
     return scores
 
 
-@triton_op("tgfr::word_region_scores_backward_triton", mutates_args=())
-def _scores_backward_op(
+def launch_backward(
     grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-    gamma1: float, gamma2: float, word_softmax: bool,
+    gamma1: float, gamma2: float, word_softmax: bool, config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward kernel on contiguous inputs -> (d words, d regions), float32; `config` as in
+    launch_forward."""
     num_captions, num_images = words.shape[0], regions.shape[0]
     grad_words = torch.zeros(words.shape, dtype=torch.float32, device=words.device)
     grad_regions = torch.zeros(regions.shape, dtype=torch.float32, device=words.device)
     _launch(
-        _backward_kernel, num_captions, num_images,
+        _backward_kernel, config, num_captions, num_images,
         grad_scores, words, lengths, regions, grad_words, grad_regions,
         num_captions, num_images, regions.shape[1], words.shape[2],
         grad_scores.stride(0), words.stride(0), words.stride(1), regions.stride(0), regions.stride(1),
         gamma1, gamma2, **_constexprs(words, word_softmax),
     )
+    return grad_words, grad_regions
+
+
+@triton_op("tgfr::word_region_scores_triton", mutates_args=())
+def _scores_op(
+    words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+    gamma1: float, gamma2: float, word_softmax: bool,
+) -> torch.Tensor:
+    return launch_forward(words, lengths, regions, gamma1, gamma2, word_softmax)
+
+
+@triton_op("tgfr::word_region_scores_backward_triton", mutates_args=())
+def _scores_backward_op(
+    grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+    gamma1: float, gamma2: float, word_softmax: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_words, grad_regions = launch_backward(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax)
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
 
 
