@@ -221,3 +221,15 @@ def test_reference_backend_is_the_reference():
         rtol=0,
         atol=0,
     )
+
+
+def test_cpu_backward_is_deterministic_and_allowed_in_deterministic_mode():
+    words, lengths, regions = make_inputs(**SHAPES["small"])
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [fused_and_reference(words, lengths, regions)[0] for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for first, second in zip(*runs):
+        assert torch.equal(first, second), "the CPU kernel must give bitwise identical results"

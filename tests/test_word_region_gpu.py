@@ -144,3 +144,23 @@ def test_auto_picks_a_gpu_kernel():
     from tgfr.ops.backends import auto_cuda_backend
 
     assert auto_cuda_backend(22, 256) in _backends()
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_backward_alerts_under_deterministic_algorithms(backend):
+    import tgfr.ops
+
+    words, lengths, regions = _inputs(3, 4, 5, 9, 16, torch.float32)
+    words.requires_grad_()
+    try:
+        torch.use_deterministic_algorithms(True)
+        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend=backend)  # the forward is deterministic
+        with pytest.raises(RuntimeError, match=rf"backend='{backend}'\)'s backward .* not deterministic"):
+            scores.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend=backend)
+        with pytest.warns(UserWarning, match="not deterministic"):
+            scores.sum().backward()
+        assert words.grad.isfinite().all()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -179,6 +179,26 @@ def test_noncontiguous_inputs():
 
 
 @interpreted_only
+def test_backward_alerts_under_deterministic_algorithms():
+    import tgfr.ops
+
+    words, lengths, regions = _inputs(2, 3, 3, 5, 4, [3, 1])
+    words, regions = words.float().requires_grad_(), regions.float()
+    try:
+        torch.use_deterministic_algorithms(True)
+        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")  # the forward is deterministic
+        with pytest.raises(RuntimeError, match=r"backend='triton'\)'s backward .* not deterministic"):
+            scores.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")
+        with pytest.warns(UserWarning, match="not deterministic"):
+            scores.sum().backward()
+        assert words.grad.isfinite().all()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@interpreted_only
 def test_float64_is_rejected_with_a_clear_error():
     import tgfr.ops
 

@@ -9,8 +9,8 @@ with Triton vs 594 ms with the CUDA kernel, forward+backward 274 ms vs 2.84 s; T
 N=M=16384 (9.2 s forward, 69.7 s forward+backward). The limits are the largest tiles the GPU tests
 ran (T=22 with D=300, T=33 with D=24); larger ones were not run on a GPU and need more registers
 than any measured tile (a 4-caption backward tile with 16 warps already fails register allocation
-in ptxas at D=256). The CUDA kernel is also the deterministic one: Triton's backward adds
-d(regions) with fp32 atomics, so its gradients can differ in the last bits from run to run.
+in ptxas at D=256). Both GPU backwards add gradients with fp32 atomics, so neither is deterministic
+(tgfr/ops/determinism.py).
 """
 
 import importlib.util

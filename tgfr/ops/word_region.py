@@ -10,6 +10,7 @@ import torch
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
+from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.validation import (
     check_nonempty,
     check_positive,
@@ -147,6 +148,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_scores):
     words, lengths, regions = ctx.saved_tensors
+    if words.device.type == "cuda":
+        alert_nondeterministic_backward("word_region_scores(backend='cuda')")
     grad_words, grad_regions = torch.ops.tgfr.word_region_scores_backward(
         grad_scores.contiguous(), words, lengths, regions, *ctx.hyperparameters
     )

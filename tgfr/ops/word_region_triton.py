@@ -19,8 +19,9 @@ ds^T W. The d(regions) tile of an image (R x D, fp32) cannot stay on chip across
 separate d(regions) pass over captions would write it back to memory once per caption block
 anyway; adding it with fp32 atomics costs the same traffic and lets a single kernel produce both
 gradients, saving the second full recomputation (about 5 of the 11 products a two-pass backward
-needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients. Only this
-variant is built. On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124
+needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients (so the
+backward raises under torch.use_deterministic_algorithms(True); tgfr/ops/determinism.py). Only
+this variant is built. On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124
 useful TFLOP/s) and the backward about 235 ms (39 useful TFLOP/s): the backward, not the forward,
 is where the time goes.
 
@@ -51,6 +52,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.ops.triton_precision import dot_input_precision
 
 _COS_EPS = 1e-8
@@ -506,6 +508,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_scores):
     words, lengths, regions = ctx.saved_tensors
+    alert_nondeterministic_backward("word_region_scores(backend='triton')")
     grad_words, grad_regions = _scores_backward_op(grad_scores.contiguous(), words, lengths, regions, *ctx.hyperparameters)
     return grad_words, None, grad_regions, None, None, None
 
