@@ -24,7 +24,7 @@ def _shipped(kind: str, **match) -> dict:
 def test_forward_config_compiles_to_warpgroup_mma():
     from benchmarks.triton_resources import compile_report
 
-    report = compile_report("forward", _shipped("forward", CAPTIONS=2, REGIONS_MAJOR=False), 90)
+    report = compile_report("_forward_kernel", _shipped("forward", CAPTIONS=2, REGIONS_MAJOR=False), 90)
     assert 0 < report["registers"] <= 255
     assert report["wgmma"] > 0 and report["mma_sync"] == 0
     assert report["spill_store_bytes"] >= 0 and report["shared_bytes"] > 0
@@ -33,9 +33,19 @@ def test_forward_config_compiles_to_warpgroup_mma():
 def test_regions_major_backward_moves_one_caption_onto_wgmma():
     from benchmarks.triton_resources import compile_report
 
-    words_major = compile_report("backward", _shipped("backward", CAPTIONS=1, BLOCK_R=32, TAIL_CHUNKS=False), 90)
+    words_major = compile_report("_backward_kernel", _shipped("backward", CAPTIONS=1, BLOCK_R=32, TAIL_CHUNKS=False), 90)
     regions_major = compile_report(
-        "backward", _shipped("backward", CAPTIONS=1, REGIONS_MAJOR=True, TAIL_CHUNKS=False), 90
+        "_backward_kernel", _shipped("backward", CAPTIONS=1, REGIONS_MAJOR=True, TAIL_CHUNKS=False), 90
     )
     assert words_major["wgmma"] == 0 and words_major["mma_sync"] > 0
     assert regions_major["wgmma"] > 0 and regions_major["mma_sync"] == 0
+
+
+def test_deterministic_backward_kernels_compile_for_sm90a():
+    from benchmarks.triton_resources import KERNELS, compile_report
+
+    config = _shipped("deterministic_backward")
+    for kernel in KERNELS["deterministic_backward"]:
+        report = compile_report(kernel, config, 90)
+        assert "error" not in report, report
+        assert 0 < report["registers"] <= 255 and report["mma_sync"] + report["wgmma"] > 0

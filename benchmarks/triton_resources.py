@@ -44,15 +44,24 @@ def _signature(kernel_fn, constexprs: dict) -> dict:
     return signature
 
 
-def compile_report(kind: str, config: dict, capability: int) -> dict:
-    """Compiles one config and returns its resource figures (or the compile error)."""
+# The kernels behind each kind of benchmarks/tune_word_region_triton.py.
+KERNELS = {
+    "forward": ("_forward_kernel",),
+    "backward": ("_backward_kernel",),
+    "deterministic_backward": ("_word_gradient_kernel", "_region_gradient_kernel"),
+}
+
+
+def compile_report(kernel: str, config: dict, capability: int) -> dict:
+    """Compiles one config of the kernel named `kernel` and returns its resource figures (or the
+    compile error)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from tgfr.ops import word_region_triton as kernels
 
-    kernel_fn = (kernels._forward_kernel if kind == "forward" else kernels._backward_kernel).fn
+    kernel_fn = getattr(kernels, kernel).fn
     words = torch.empty(1, NUM_WORDS, DIM, dtype=torch.bfloat16)
     constexprs = {
         **kernels._constexprs(words, True),
@@ -81,7 +90,7 @@ def compile_report(kind: str, config: dict, capability: int) -> dict:
     registers = re.search(r"Used (\d+) registers", ptxas)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)
     if registers is None or spills is None:
-        raise RuntimeError(f"no ptxas resource report for {kind} {config}:\n{ptxas[-2000:]}")
+        raise RuntimeError(f"no ptxas resource report for {kernel} {config}:\n{ptxas[-2000:]}")
     ptx = compiled.asm["ptx"]
     return {
         "registers": int(registers.group(1)),
@@ -110,10 +119,11 @@ def main() -> None:
         for kind in KINDS:
             shipped = candidate_configs(kind, "shipped")
             for config in candidate_configs(kind, args.configs):
-                row = {**environment, "kernel": kind, **config, "shipped": config in shipped,
-                       **compile_report(kind, config, args.arch)}
-                out.write(json.dumps(row) + "\n")
-                print(json.dumps({k: v for k, v in row.items() if k not in environment}), flush=True)
+                for kernel in KERNELS[kind]:
+                    row = {**environment, "kind": kind, "kernel": kernel, **config, "shipped": config in shipped,
+                           **compile_report(kernel, config, args.arch)}
+                    out.write(json.dumps(row) + "\n")
+                    print(json.dumps({k: v for k, v in row.items() if k not in environment}), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Usage, from the repository root on a CUDA machine:
     python -m benchmarks.tune_word_region_triton --out benchmarks/results/word_region_triton_configs_<gpu>.jsonl
 --configs shipped (default) times the configs the autotuner chooses among; --configs grid every
 combination of captions per program (1, 2, 4), BLOCK_R (32, 64), warps (4, 8), stages (forward 1
-and 2, backward 1), TAIL_CHUNKS and REGIONS_MAJOR. All configs are compiled first in parallel
+and 2, backwards 1), TAIL_CHUNKS and REGIONS_MAJOR. Kinds: forward, backward (one kernel, atomics)
+and deterministic_backward (its two kernels with the same config, timed together). All configs are compiled first in parallel
 worker processes (Triton's disk cache), then each is checked against the float64 reference on a
 small problem and timed (best of 3 runs; 1 run when a run takes over 0.6 s) at N=M=--size. One
 JSON line per config: ms and useful TFLOP/s (forward 4*N*M*T*R*D, backward 8*N*M*T*R*D), the
@@ -28,7 +29,7 @@ from benchmarks import recording
 from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS
 
 GAMMA1, GAMMA2 = 4.0, 5.0
-KINDS = ("forward", "backward")
+KINDS = ("forward", "backward", "deterministic_backward")
 
 
 def _as_dict(config) -> dict:
@@ -36,16 +37,18 @@ def _as_dict(config) -> dict:
 
 
 def candidate_configs(kind: str, which: str) -> list[dict]:
-    """Configs of the `kind` kernel as plain dicts (kernel constexprs plus num_warps, num_stages):
-    `shipped`, the autotuner's list, or `grid`, the full search space."""
+    """Configs of the `kind` kernel(s) as plain dicts (kernel constexprs plus num_warps,
+    num_stages): `shipped`, the autotuner's list, or `grid`, the full search space."""
     from tgfr.ops import word_region_triton as kernels
 
     if which == "shipped":
-        shipped = kernels._FORWARD_CONFIGS if kind == "forward" else kernels._BACKWARD_CONFIGS
+        shipped = {"forward": kernels._FORWARD_CONFIGS, "backward": kernels._BACKWARD_CONFIGS,
+                   "deterministic_backward": kernels._DETERMINISTIC_CONFIGS}[kind]
         return [_as_dict(config) for config in shipped]
     stages = (1, 2) if kind == "forward" else (1,)
+    images = {} if kind == "deterministic_backward" else {"IMAGES": 8}  # its kernels own whole rows or columns
     return [
-        dict(CAPTIONS=captions, BLOCK_R=block_r, IMAGES=8, TAIL_CHUNKS=tail, REGIONS_MAJOR=regions_major,
+        dict(CAPTIONS=captions, BLOCK_R=block_r, **images, TAIL_CHUNKS=tail, REGIONS_MAJOR=regions_major,
              num_warps=warps, num_stages=stage)
         for captions, block_r, warps, stage, tail, regions_major
         in itertools.product((1, 2, 4), (32, 64), (4, 8), stages, (False, True), (False, True))
@@ -69,13 +72,14 @@ def _inputs(size: int, dtype: torch.dtype):
 
 
 def _launch(kind: str, config: dict, words, lengths, regions, grad_scores):
-    """One launch of the forward or backward kernel with this config, bypassing the autotuner."""
+    """One launch of the forward or a backward with this config, bypassing the autotuner."""
     from tgfr.ops import word_region_triton as kernels
 
     arguments = (words, lengths, regions, GAMMA1, GAMMA2, True)
     if kind == "forward":
         return (kernels.launch_forward(*arguments, config=as_triton_config(config)),)
-    return kernels.launch_backward(grad_scores, *arguments, config=as_triton_config(config))
+    deterministic = kind == "deterministic_backward"
+    return kernels.launch_backward(grad_scores, *arguments, deterministic, config=as_triton_config(config))
 
 
 def _compile(job) -> str | None:
@@ -100,13 +104,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="N = M of the timed problem")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--configs", default="shipped", choices=["shipped", "grid"])
-    parser.add_argument("--kinds", default="forward,backward", help="comma-separated subset of forward,backward")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     parser.add_argument("--seconds", type=float, default=300.0, help="stop timing after this long")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append to")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     if not set(kinds) <= set(KINDS):
-        parser.error(f"--kinds must name forward and/or backward, got {args.kinds!r}")
+        parser.error(f"--kinds must be a subset of {','.join(KINDS)}, got {args.kinds!r}")
     dtype = getattr(torch, args.dtype)
     environment = {
         "device": torch.cuda.get_device_name(),
@@ -126,7 +130,7 @@ def main() -> None:
     expected.backward(small_grad.double())
     words, lengths, regions = _inputs(args.size, dtype)
     grad_scores = torch.randn(args.size, args.size, device="cuda")
-    useful = {"forward": 4, "backward": 8}
+    useful = {"forward": 4, "backward": 8, "deterministic_backward": 8}
     deadline = time.time() + args.seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:

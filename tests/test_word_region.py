@@ -193,23 +193,26 @@ def test_available_backends():
 
 
 @pytest.mark.parametrize(
-    ("triton", "cuda", "num_words", "dim", "expected"),
+    ("triton", "cuda", "deterministic", "num_words", "dim", "expected"),
     [
-        (True, True, 22, 256, "triton"),  # the tgfr shape: Triton measured 10x faster
-        (True, True, 22, 300, "triton"),  # 32 x 512 tile, the largest the GPU tests ran
-        (True, True, 33, 300, "cuda"),  # 64 x 512: past Triton's register tile
-        (True, True, 33, 24, "triton"),  # 64 x 32
-        (True, True, 5, 768, "cuda"),  # D past 512
-        (True, False, 5, 768, "triton"),  # nothing else compiled
-        (False, True, 22, 256, "cuda"),
-        (False, False, 22, 256, "reference"),
+        (True, True, False, 22, 256, "triton"),  # the tgfr shape: Triton measured 10x faster
+        (True, True, False, 22, 300, "triton"),  # 32 x 512 tile, the largest the GPU tests ran
+        (True, True, False, 33, 300, "cuda"),  # 64 x 512: past Triton's register tile
+        (True, True, False, 33, 24, "triton"),  # 64 x 32
+        (True, True, False, 5, 768, "cuda"),  # D past 512
+        (True, False, False, 5, 768, "triton"),  # nothing else compiled
+        (False, True, False, 22, 256, "cuda"),
+        (False, False, False, 22, 256, "reference"),
+        (True, True, True, 33, 300, "triton"),  # only Triton has a deterministic backward
+        (False, True, True, 22, 256, "cuda"),  # whose backward then raises
     ],
 )
-def test_auto_rule_for_cuda_tensors(monkeypatch, triton, cuda, num_words, dim, expected):
+def test_auto_rule_for_cuda_tensors(monkeypatch, triton, cuda, deterministic, num_words, dim, expected):
     from tgfr.ops import backends
 
     monkeypatch.setattr(backends, "_TRITON_INSTALLED", triton)
     monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", cuda)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     assert backends.auto_cuda_backend(num_words, dim) == expected
 
 

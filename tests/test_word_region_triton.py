@@ -96,7 +96,8 @@ def test_values_and_gradients_match_reference(shape, word_softmax):
 
 # Kernel variants the public op reaches only on a GPU (through the autotuner's configs), launched
 # here one by one: one caption or two per program, regions in masked 32-region chunks or whole
-# chunks plus 16-region tail chunks, products in words-major or regions-major orientation.
+# chunks plus 16-region tail chunks, products in words-major or regions-major orientation; each
+# with the atomics backward and the deterministic two-kernel one.
 VARIANTS = [
     {"CAPTIONS": 1, "TAIL_CHUNKS": False, "REGIONS_MAJOR": False},
     {"CAPTIONS": 2, "TAIL_CHUNKS": True, "REGIONS_MAJOR": False},
@@ -106,9 +107,10 @@ VARIANTS = [
 
 
 @interpreted_only
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
 @pytest.mark.parametrize("word_softmax", [True, False])
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda variant: "-".join(f"{k}={int(v)}" for k, v in variant.items()))
-def test_kernel_variants_match_reference(variant, word_softmax):
+def test_kernel_variants_match_reference(variant, word_softmax, deterministic):
     import triton
 
     from tgfr.ops import word_region_triton
@@ -120,7 +122,11 @@ def test_kernel_variants_match_reference(variant, word_softmax):
     config = triton.Config({"BLOCK_R": 32, "IMAGES": 2, **variant}, num_warps=4)
     arguments = (words.float(), lengths, regions.float(), *hyper.values())
     scores = word_region_triton.launch_forward(*arguments, config=config)
-    grad_words, grad_regions = word_region_triton.launch_backward(grad.float(), *arguments, config=config)
+    if deterministic:  # its two kernels take no image groups
+        config = triton.Config({"BLOCK_R": 32, **variant}, num_warps=4)
+    grad_words, grad_regions = word_region_triton.launch_backward(
+        grad.float(), *arguments, deterministic=deterministic, config=config
+    )
     for name, got, want in zip(("scores", "grad words", "grad regions"), (scores, grad_words, grad_regions), expected):
         torch.testing.assert_close(
             got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item(), msg=lambda m: f"{name}: {m}"
@@ -179,23 +185,33 @@ def test_noncontiguous_inputs():
 
 
 @interpreted_only
-def test_backward_alerts_under_deterministic_algorithms():
+def test_deterministic_algorithms_take_the_two_kernel_backward(monkeypatch):
     import tgfr.ops
+    from tgfr.ops import word_region_triton
 
-    words, lengths, regions = _inputs(2, 3, 3, 5, 4, [3, 1])
-    words, regions = words.float().requires_grad_(), regions.float()
+    calls = []
+
+    def spy(*arguments, **options):
+        calls.append(arguments[7])  # deterministic
+        return launch_backward(*arguments, **options)
+
+    launch_backward = word_region_triton.launch_backward
+    monkeypatch.setattr(word_region_triton, "launch_backward", spy)
+    words, lengths, regions = _inputs(3, 4, 5, 21, 10, [1, 5, 3], seed=11)
+    grad = torch.randn(3, 4, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    expected = _reference_with_grads(words, lengths, regions, grad)
+    previous = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")  # the forward is deterministic
-        with pytest.raises(RuntimeError, match=r"backend='triton'\)'s backward .* not deterministic"):
-            scores.sum().backward()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")
-        with pytest.warns(UserWarning, match="not deterministic"):
-            scores.sum().backward()
-        assert words.grad.isfinite().all()
+        actual = _triton_with_grads(words, lengths, regions, grad)
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(previous)
+    actual_default = _triton_with_grads(words, lengths, regions, grad)
+    assert calls == [True, False]
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    for got, other in zip(actual, actual_default):
+        torch.testing.assert_close(got, other, rtol=1e-5, atol=1e-6)
 
 
 @interpreted_only

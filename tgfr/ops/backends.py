@@ -9,8 +9,9 @@ with Triton vs 594 ms with the CUDA kernel, forward+backward 274 ms vs 2.84 s; T
 N=M=16384 (9.2 s forward, 69.7 s forward+backward). The limits are the largest tiles the GPU tests
 ran (T=22 with D=300, T=33 with D=24); larger ones were not run on a GPU and need more registers
 than any measured tile (a 4-caption backward tile with 16 warps already fails register allocation
-in ptxas at D=256). Both GPU backwards add gradients with fp32 atomics, so neither is deterministic
-(tgfr/ops/determinism.py).
+in ptxas at D=256). Under torch.use_deterministic_algorithms(True), "triton" whenever Triton is
+installed: its backward then runs without atomics, while the CUDA kernel's backward adds gradients
+with fp32 atomics and raises (tgfr/ops/determinism.py).
 """
 
 import importlib.util
@@ -46,7 +47,8 @@ def auto_cuda_backend(num_words: int, dim: int) -> str:
     """Backend for CUDA tensors of T=num_words, D=dim under backend="auto" (rule in the module doc)."""
     padded_words, padded_dim = max(16, _next_power_of_2(num_words)), max(16, _next_power_of_2(dim))
     triton_tile_fits = padded_dim <= _TRITON_MAX_DIM and padded_words * padded_dim <= _TRITON_MAX_WORD_TILE
-    if _TRITON_INSTALLED and (triton_tile_fits or not _CUDA_KERNELS_BUILT):
+    deterministic = torch.are_deterministic_algorithms_enabled()  # only Triton has a deterministic backward
+    if _TRITON_INSTALLED and (triton_tile_fits or deterministic or not _CUDA_KERNELS_BUILT):
         return "triton"
     if _CUDA_KERNELS_BUILT:
         return "cuda"

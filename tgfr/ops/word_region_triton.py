@@ -9,21 +9,25 @@ own), and an online (flash-attention style) softmax over regions whose context C
 accumulated with a second tl.dot. The T x R tile of a pair never leaves the chip; the log-sum-exp
 over words follows per caption. Only the (N, M) scores are written.
 
-Backward by recomputation, one kernel with atomics (not a d(words) pass over images plus a
-d(regions) pass over captions). Per pair, pass A repeats the forward to get C, the row statistics
-of the region softmax, cos and beta = softmax_t(gamma2 cos); from them dc (the gradient of the
+Backward by recomputation. Per pair, pass A repeats the forward to get C, the row statistics of
+the region softmax, cos and beta = softmax_t(gamma2 cos); from them dc (the gradient of the
 context) and delta_t = <dc_t, c_t> = sum_r alpha_tr dalpha_tr. Pass B streams the chunks again and
 forms dalpha = dc V^T, dz = alpha (dalpha - delta), ds (through the word softmax), then
-d(words) += ds V (kept in registers over the program's images) and d(regions) += alpha^T dc +
-ds^T W. The d(regions) tile of an image (R x D, fp32) cannot stay on chip across captions, so a
-separate d(regions) pass over captions would write it back to memory once per caption block
-anyway; adding it with fp32 atomics costs the same traffic and lets a single kernel produce both
-gradients, saving the second full recomputation (about 5 of the 11 products a two-pass backward
-needs). The price is a run-to-run nondeterministic summation order of the fp32 gradients (so the
-backward raises under torch.use_deterministic_algorithms(True); tgfr/ops/determinism.py). Only
-this variant is built. On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124
-useful TFLOP/s) and the backward about 235 ms (39 useful TFLOP/s): the backward, not the forward,
-is where the time goes.
+d(words) += ds V and d(regions) += alpha^T dc + ds^T W. Two schedules:
+- Default, one kernel with atomics (_backward_kernel): a program takes a caption block against an
+  image group, keeps d(words) in registers over its images and adds d(regions) chunk by chunk with
+  fp32 atomics. The d(regions) tile of an image (R x D, fp32) cannot stay on chip across captions,
+  so any schedule writes it back once per caption block; atomics let one kernel produce both
+  gradients with 7 products per pair instead of 11. The price is a run-to-run varying summation
+  order, so the last bits of the gradients can differ between runs.
+- Deterministic, under torch.use_deterministic_algorithms(True): two kernels, a d(words) pass
+  (_word_gradient_kernel: a caption block over every image, in order) and a d(regions) pass
+  (_region_gradient_kernel: an image over every caption block, in order, adding each chunk's sum
+  with a plain load-add-store that only its program makes). No atomics and a fixed summation
+  order, so bitwise reproducible; pass A runs twice (the 11 products).
+On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124 useful TFLOP/s) and the
+atomics backward about 235 ms (39 useful TFLOP/s): the backward, not the forward, is where the
+time goes. The deterministic backward has not run on a GPU yet.
 
 Variants, chosen per config (two constexpr flags, so the autotuner and the tuning script compare
 them like tile sizes):
@@ -52,26 +56,25 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.ops.triton_precision import dot_input_precision
 
-_COS_EPS = 1e-8
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _tile(captions: int, block_r: int, warps: int, stages: int, tail_chunks=False, regions_major=False):
-    return triton.Config(
-        {"CAPTIONS": captions, "BLOCK_R": block_r, "IMAGES": 8,
-         "TAIL_CHUNKS": tail_chunks, "REGIONS_MAJOR": regions_major},
-        num_warps=warps, num_stages=stages,
-    )
+def _tile(
+    captions: int, block_r: int, warps: int, stages: int, tail_chunks=False, regions_major=False, images=8
+) -> triton.Config:
+    kwargs = {"CAPTIONS": captions, "BLOCK_R": block_r, "TAIL_CHUNKS": tail_chunks, "REGIONS_MAJOR": regions_major}
+    if images is not None:  # the image group of the atomics kernels; the deterministic ones take none
+        kwargs["IMAGES"] = images
+    return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
 # Fastest first. The first three of each list are the fastest of per-config timings on an H100
 # (bf16, tgfr shape, N=M=1024; benchmarks/results/word_region_triton_configs_NVIDIA_H100_80GB_HBM3.jsonl,
-# made with the prototype of benchmarks/tune_word_region_triton.py): forward 37.0 / 38.4 / 39.1 ms, backward
-# 235 / 313 / 317 ms. The other 21 forward and 12 backward configs timed there were slower; 4
+# made with the prototype of benchmarks/tune_word_region_triton.py): forward 37.0 / 38.4 / 39.1 ms,
+# backward 235 / 313 / 317 ms. The other 21 forward and 12 backward configs timed there were slower; 4
 # captions with 16 warps in the backward fails register allocation in ptxas. The configs after
 # them are candidates not yet timed on a GPU (tail chunks, regions-major products); the autotuner
 # times them with the rest, and the tuning script reports them one by one.
@@ -84,6 +87,12 @@ _BACKWARD_CONFIGS = [
     _tile(1, 32, 4, 1, tail_chunks=True), _tile(1, 64, 8, 1, regions_major=True),
     _tile(1, 64, 8, 1, tail_chunks=True, regions_major=True),
 ]
+# The deterministic backward's two kernels (one caption block over every image, one image over every
+# caption block; no IMAGES): not yet timed on a GPU, so the measured-best backward tile comes first.
+_DETERMINISTIC_CONFIGS = [
+    _tile(1, 32, 4, 1, images=None), _tile(2, 64, 4, 1, images=None),
+    _tile(1, 64, 8, 1, regions_major=True, images=None),
+]
 # Problems of other sizes take the first config that fits (see _launch): tuning a few thousand
 # pairs is not worth its compilations, and tuning a large one runs every config at full size (over
 # a minute per backward run at N=M=16384).
@@ -94,7 +103,7 @@ def _configs(configs: list[triton.Config]) -> list[triton.Config]:
     if _INTERPRETED:
         # One small config that still exercises caption packing, image groups, whole R chunks and
         # the 16-region tail chunks; tests/test_word_region_triton.py launches the other variants.
-        return [triton.Config({"CAPTIONS": 2, "BLOCK_R": 32, "IMAGES": 2, "TAIL_CHUNKS": True, "REGIONS_MAJOR": False})]
+        return [_tile(2, 32, 4, 1, tail_chunks=True, images=2 if "IMAGES" in configs[0].kwargs else None)]
     return configs
 
 
@@ -284,10 +293,12 @@ def _gradient_step(
     row_max, row_sum, grad_context_in, delta, grad_words,
     gamma1, WORD_SOFTMAX: tl.constexpr, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
     BLOCK: tl.constexpr, D_PAD: tl.constexpr, INPUT_PRECISION: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+    REGION_GRADIENT: tl.constexpr, WORD_GRADIENT: tl.constexpr,
 ):
     """Pass B over regions start .. start + BLOCK of one image: adds their d(regions) to
-    grad_regions (atomically) and returns grad_words plus their d(words); with REGIONS_MAJOR
-    grad_words is transposed, (D_PAD, rows)."""
+    grad_regions (REGION_GRADIENT "atomic": with atomics; "owned": load, add, store, for the one
+    program that owns the image; "none": not at all) and returns grad_words plus their d(words)
+    (when WORD_GRADIENT); with REGIONS_MAJOR grad_words is transposed, (D_PAD, rows)."""
     dims = tl.arange(0, D_PAD)
     region = start + tl.arange(0, BLOCK)
     region_in_range = region < R
@@ -311,14 +322,102 @@ def _gradient_step(
     else:
         grad_dots = grad_attn
     grad_dots_in = grad_dots.to(words_tile.dtype)
-    if REGIONS_MAJOR:
-        grad_words = tl.dot(tl.trans(chunk), tl.trans(grad_dots_in), grad_words, input_precision=INPUT_PRECISION)
-    else:
-        grad_words += tl.dot(grad_dots_in, chunk, input_precision=INPUT_PRECISION)
-    grad_chunk = tl.dot(tl.trans(alpha.to(words_tile.dtype)), grad_context_in, input_precision=INPUT_PRECISION)
-    grad_chunk += tl.dot(tl.trans(grad_dots_in), words_tile, input_precision=INPUT_PRECISION)
-    tl.atomic_add(grad_regions_ptr + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
+    if WORD_GRADIENT:
+        if REGIONS_MAJOR:
+            grad_words = tl.dot(tl.trans(chunk), tl.trans(grad_dots_in), grad_words, input_precision=INPUT_PRECISION)
+        else:
+            grad_words += tl.dot(grad_dots_in, chunk, input_precision=INPUT_PRECISION)
+    if REGION_GRADIENT != "none":
+        grad_chunk = tl.dot(tl.trans(alpha.to(words_tile.dtype)), grad_context_in, input_precision=INPUT_PRECISION)
+        grad_chunk += tl.dot(tl.trans(grad_dots_in), words_tile, input_precision=INPUT_PRECISION)
+        if REGION_GRADIENT == "atomic":
+            tl.atomic_add(grad_regions_ptr + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
+        else:
+            total = tl.load(grad_regions_ptr + chunk_offsets, mask=chunk_mask, other=0.0) + grad_chunk
+            tl.store(grad_regions_ptr + chunk_offsets, total, mask=chunk_mask)
+            # The next caption block reads these sums back: make the block's writes visible to all its threads.
+            tl.debug_barrier()
     return grad_words
+
+
+@triton.jit
+def _pair_backward(
+    grad_scores_ptr, regions_ptr, grad_regions_ptr, words_tile, words_f32, word_norm, caption, valid_word, image,
+    grad_words, R, D, stride_gn, stride_rm, stride_rr, gamma1, gamma2,
+    T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+    REGION_GRADIENT: tl.constexpr, WORD_GRADIENT: tl.constexpr,
+):
+    """Both passes of one (caption block, image) pair; d(regions) and d(words) as in _gradient_step."""
+    # Pass A: forward quantities of the pair, then the gradient of each word's context.
+    context, row_max, row_sum = _pair_context(
+        words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
+        gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, TAIL_CHUNKS, REGIONS_MAJOR,
+    )
+    context_norm = tl.sqrt(tl.sum(context * context, axis=1))
+    norms = context_norm * word_norm
+    cos = tl.sum(context * words_f32, axis=1) / tl.maximum(norms, 1e-8)
+    logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
+    scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
+    beta = tl.reshape(tl.exp(tl.reshape(logits, (CAPTIONS, T_PAD)) - scores[:, None]), (CAPTIONS * T_PAD,))
+    grad_score = tl.load(grad_scores_ptr + caption * stride_gn + image, mask=valid_word, other=0.0)
+    grad_cos = tl.where(valid_word, grad_score * gamma2 * beta, 0.0)
+    unclamped = norms > 1e-8
+    scale = grad_cos / tl.where(unclamped, norms, 1e-8)
+    grad_context = scale[:, None] * words_f32 - tl.where(
+        unclamped, grad_cos * cos / tl.where(unclamped, context_norm * context_norm, 1.0), 0.0
+    )[:, None] * context
+    if WORD_GRADIENT:
+        grad_words_direct = scale[:, None] * context - tl.where(
+            unclamped, grad_cos * cos / tl.where(unclamped, word_norm * word_norm, 1.0), 0.0
+        )[:, None] * words_f32
+        if REGIONS_MAJOR:
+            grad_words += tl.trans(grad_words_direct)
+        else:
+            grad_words += grad_words_direct
+    delta = tl.sum(grad_context * context, axis=1)  # sum_r alpha_tr dalpha_tr
+    grad_context_in = grad_context.to(words_tile.dtype)
+    # Pass B: attention again, chunk by chunk, and the products of the gradients.
+    for start in range(0, _whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), BLOCK_R):
+        grad_words = _gradient_step(
+            words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word,
+            row_max, row_sum, grad_context_in, delta, grad_words,
+            gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
+            REGION_GRADIENT, WORD_GRADIENT,
+        )
+    if TAIL_CHUNKS:
+        for start in range(_whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), R, _TAIL_CHUNK):
+            grad_words = _gradient_step(
+                words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word,
+                row_max, row_sum, grad_context_in, delta, grad_words,
+                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, _TAIL_CHUNK, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
+                REGION_GRADIENT, WORD_GRADIENT,
+            )
+    return grad_words
+
+
+@triton.jit
+def _caption_block_words(
+    block, words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
+    D_PAD: tl.constexpr,
+):
+    """A caption block's word rows: caption and validity per row, offsets and mask in words,
+    the tile in the input dtype and in fp32, and each row's norm."""
+    caption, word, valid_word = _caption_rows(block, lengths_ptr, N, CAPTIONS, T_PAD)
+    dims = tl.arange(0, D_PAD)
+    offsets = caption[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :]
+    mask = valid_word[:, None] & (dims[None, :] < D)
+    words_tile = tl.load(words_ptr + offsets, mask=mask, other=0.0)
+    words_f32 = words_tile.to(tl.float32)
+    return caption, valid_word, offsets, mask, words_tile, words_f32, tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
+
+
+@triton.jit
+def _empty_word_gradient(CAPTIONS: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, REGIONS_MAJOR: tl.constexpr):
+    if REGIONS_MAJOR:
+        return tl.zeros((D_PAD, CAPTIONS * T_PAD), tl.float32)
+    else:
+        return tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
 
 
 @triton.autotune(
@@ -337,66 +436,81 @@ def _backward_kernel(
 ):
     """Adds this program's share to grad_words (N, T, D) and grad_regions (M, R, D), both fp32,
     zeroed, contiguous (strides stride_wn/stride_wt and stride_rm/stride_rr of the inputs)."""
-    caption, word, valid_word = _caption_rows(tl.program_id(0), lengths_ptr, N, CAPTIONS, T_PAD)
-    dims = tl.arange(0, D_PAD)
-    in_dims = dims[None, :] < D
-    word_offsets = caption[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :]
-    words_tile = tl.load(words_ptr + word_offsets, mask=valid_word[:, None] & in_dims, other=0.0)
-    words_f32 = words_tile.to(tl.float32)
-    word_norm = tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
-    if REGIONS_MAJOR:
-        grad_words = tl.zeros((D_PAD, CAPTIONS * T_PAD), tl.float32)
-    else:
-        grad_words = tl.zeros((CAPTIONS * T_PAD, D_PAD), tl.float32)
+    caption, valid_word, word_offsets, word_mask, words_tile, words_f32, word_norm = _caption_block_words(
+        tl.program_id(0), words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
+    )
+    grad_words = _empty_word_gradient(CAPTIONS, T_PAD, D_PAD, REGIONS_MAJOR)
     for offset in range(IMAGES):
         image = tl.program_id(1) * IMAGES + offset
         if image < M:
-            # Pass A: forward quantities of the pair, then the gradient of each word's context.
-            context, row_max, row_sum = _pair_context(
-                words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
-                gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, TAIL_CHUNKS, REGIONS_MAJOR,
+            grad_words = _pair_backward(
+                grad_scores_ptr, regions_ptr, grad_regions_ptr, words_tile, words_f32, word_norm, caption, valid_word,
+                image, grad_words, R, D, stride_gn, stride_rm, stride_rr, gamma1, gamma2,
+                T_PAD, D_PAD, WORD_SOFTMAX, INPUT_PRECISION, CAPTIONS, BLOCK_R, TAIL_CHUNKS, REGIONS_MAJOR,
+                "atomic", True,
             )
-            context_norm = tl.sqrt(tl.sum(context * context, axis=1))
-            norms = context_norm * word_norm
-            cos = tl.sum(context * words_f32, axis=1) / tl.maximum(norms, 1e-8)
-            logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
-            scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
-            beta = tl.reshape(
-                tl.exp(tl.reshape(logits, (CAPTIONS, T_PAD)) - scores[:, None]), (CAPTIONS * T_PAD,)
-            )
-            grad_score = tl.load(grad_scores_ptr + caption * stride_gn + image, mask=valid_word, other=0.0)
-            grad_cos = tl.where(valid_word, grad_score * gamma2 * beta, 0.0)
-            unclamped = norms > 1e-8
-            scale = grad_cos / tl.where(unclamped, norms, 1e-8)
-            grad_context = scale[:, None] * words_f32 - tl.where(
-                unclamped, grad_cos * cos / tl.where(unclamped, context_norm * context_norm, 1.0), 0.0
-            )[:, None] * context
-            grad_words_direct = scale[:, None] * context - tl.where(
-                unclamped, grad_cos * cos / tl.where(unclamped, word_norm * word_norm, 1.0), 0.0
-            )[:, None] * words_f32
-            if REGIONS_MAJOR:
-                grad_words += tl.trans(grad_words_direct)
-            else:
-                grad_words += grad_words_direct
-            delta = tl.sum(grad_context * context, axis=1)  # sum_r alpha_tr dalpha_tr
-            grad_context_in = grad_context.to(words_tile.dtype)
-            # Pass B: attention again, chunk by chunk, and the products of the gradients.
-            for start in range(0, _whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), BLOCK_R):
-                grad_words = _gradient_step(
-                    words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr, valid_word,
-                    row_max, row_sum, grad_context_in, delta, grad_words,
-                    gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK_R, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
-                )
-            if TAIL_CHUNKS:
-                for start in range(_whole_chunks_end(R, BLOCK_R, TAIL_CHUNKS), R, _TAIL_CHUNK):
-                    grad_words = _gradient_step(
-                        words_tile, regions_ptr, grad_regions_ptr, image, start, R, D, stride_rm, stride_rr,
-                        valid_word, row_max, row_sum, grad_context_in, delta, grad_words,
-                        gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, _TAIL_CHUNK, D_PAD, INPUT_PRECISION, REGIONS_MAJOR,
-                    )
     if REGIONS_MAJOR:
         grad_words = tl.trans(grad_words)
-    tl.atomic_add(grad_words_ptr + word_offsets, grad_words, mask=valid_word[:, None] & in_dims, sem="relaxed")
+    tl.atomic_add(grad_words_ptr + word_offsets, grad_words, mask=word_mask, sem="relaxed")
+
+
+@triton.autotune(
+    configs=_configs(_DETERMINISTIC_CONFIGS), key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
+@triton.jit
+def _word_gradient_kernel(
+    grad_scores_ptr, words_ptr, lengths_ptr, regions_ptr, grad_words_ptr, grad_regions_ptr,
+    N, M, R, D,
+    stride_gn, stride_wn, stride_wt, stride_rm, stride_rr,
+    gamma1, gamma2,
+    T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+):
+    """Deterministic backward, first kernel: writes grad_words (N, T, D) fp32 of one caption block,
+    summed over all images in order."""
+    caption, valid_word, word_offsets, word_mask, words_tile, words_f32, word_norm = _caption_block_words(
+        tl.program_id(0), words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
+    )
+    grad_words = _empty_word_gradient(CAPTIONS, T_PAD, D_PAD, REGIONS_MAJOR)
+    for image in range(0, M):
+        grad_words = _pair_backward(
+            grad_scores_ptr, regions_ptr, grad_regions_ptr, words_tile, words_f32, word_norm, caption, valid_word,
+            image, grad_words, R, D, stride_gn, stride_rm, stride_rr, gamma1, gamma2,
+            T_PAD, D_PAD, WORD_SOFTMAX, INPUT_PRECISION, CAPTIONS, BLOCK_R, TAIL_CHUNKS, REGIONS_MAJOR,
+            "none", True,
+        )
+    if REGIONS_MAJOR:
+        grad_words = tl.trans(grad_words)
+    tl.store(grad_words_ptr + word_offsets, grad_words, mask=word_mask)
+
+
+@triton.autotune(
+    configs=_configs(_DETERMINISTIC_CONFIGS), key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs}, reset_to_zero=["grad_regions_ptr"],
+)
+@triton.jit
+def _region_gradient_kernel(
+    grad_scores_ptr, words_ptr, lengths_ptr, regions_ptr, grad_words_ptr, grad_regions_ptr,
+    N, M, R, D,
+    stride_gn, stride_wn, stride_wt, stride_rm, stride_rr,
+    gamma1, gamma2,
+    T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+):
+    """Deterministic backward, second kernel: adds into grad_regions (M, R, D) fp32, zeroed, the
+    d(regions) of one image, summed over all caption blocks in order."""
+    image = tl.program_id(0)
+    for block in range(0, tl.cdiv(N, CAPTIONS)):
+        caption, valid_word, _, _, words_tile, words_f32, word_norm = _caption_block_words(
+            block, words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
+        )
+        _pair_backward(
+            grad_scores_ptr, regions_ptr, grad_regions_ptr, words_tile, words_f32, word_norm, caption, valid_word,
+            image, tl.zeros((1,), tl.float32), R, D, stride_gn, stride_rm, stride_rr, gamma1, gamma2,
+            T_PAD, D_PAD, WORD_SOFTMAX, INPUT_PRECISION, CAPTIONS, BLOCK_R, TAIL_CHUNKS, REGIONS_MAJOR,
+            "owned", False,
+        )
 
 
 def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
@@ -409,13 +523,10 @@ def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
     }
 
 
-def _launch(kernel, config, num_captions: int, num_images: int, *arguments, **constexprs) -> None:
-    """Runs an autotuned kernel with `config` if given, else tuned for problem sizes inside
-    _TUNED_PAIRS and with the first config that fits (the fastest one measured) outside."""
-    def grid(meta):
-        return triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"])
-
-    if config is None and _TUNED_PAIRS[0] < num_captions * num_images <= _TUNED_PAIRS[1]:
+def _launch(kernel, config, pairs: int, grid, *arguments, **constexprs) -> None:
+    """Runs an autotuned kernel with `config` if given, else tuned for problem sizes (N*M pairs)
+    inside _TUNED_PAIRS and with the first config that fits (the fastest one measured) outside."""
+    if config is None and _TUNED_PAIRS[0] < pairs <= _TUNED_PAIRS[1]:
         wrap_triton(kernel)[grid](*arguments, **constexprs)
         return
     if config is None:
@@ -442,8 +553,11 @@ def launch_forward(
     lets the op choose."""
     num_captions, num_images = words.shape[0], regions.shape[0]
     scores = torch.empty((num_captions, num_images), dtype=torch.float32, device=words.device)
+    def grid(meta):
+        return triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"])
+
     _launch(
-        _forward_kernel, config, num_captions, num_images,
+        _forward_kernel, config, num_captions * num_images, grid,
         words, lengths, regions, scores,
         num_captions, num_images, regions.shape[1], words.shape[2],
         words.stride(0), words.stride(1), regions.stride(0), regions.stride(1), scores.stride(0),
@@ -454,20 +568,34 @@ def launch_forward(
 
 def launch_backward(
     grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-    gamma1: float, gamma2: float, word_softmax: bool, config: triton.Config | None = None,
+    gamma1: float, gamma2: float, word_softmax: bool, deterministic: bool = False,
+    config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backward kernel on contiguous inputs -> (d words, d regions), float32; `config` as in
-    launch_forward."""
+    """The backward on contiguous inputs -> (d words, d regions), float32; `config` as in
+    launch_forward. deterministic=False: one kernel, gradients added with fp32 atomics.
+    deterministic=True: two kernels, each gradient summed in a fixed order by the one program
+    that owns it (a caption block over every image, an image over every caption block), at the
+    price of a second pass A: bitwise reproducible."""
     num_captions, num_images = words.shape[0], regions.shape[0]
     grad_words = torch.zeros(words.shape, dtype=torch.float32, device=words.device)
     grad_regions = torch.zeros(regions.shape, dtype=torch.float32, device=words.device)
-    _launch(
-        _backward_kernel, config, num_captions, num_images,
+    arguments = (
         grad_scores, words, lengths, regions, grad_words, grad_regions,
         num_captions, num_images, regions.shape[1], words.shape[2],
         grad_scores.stride(0), words.stride(0), words.stride(1), regions.stride(0), regions.stride(1),
-        gamma1, gamma2, **_constexprs(words, word_softmax),
+        gamma1, gamma2,
     )
+    constexprs = _constexprs(words, word_softmax)
+    pairs = num_captions * num_images
+    if not deterministic:
+        def grid(meta):
+            return triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"])
+
+        _launch(_backward_kernel, config, pairs, grid, *arguments, **constexprs)
+    else:
+        _launch(_word_gradient_kernel, config, pairs, lambda meta: (triton.cdiv(num_captions, meta["CAPTIONS"]),),
+                *arguments, **constexprs)
+        _launch(_region_gradient_kernel, config, pairs, (num_images,), *arguments, **constexprs)
     return grad_words, grad_regions
 
 
@@ -482,9 +610,11 @@ def _scores_op(
 @triton_op("tgfr::word_region_scores_backward_triton", mutates_args=())
 def _scores_backward_op(
     grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-    gamma1: float, gamma2: float, word_softmax: bool,
+    gamma1: float, gamma2: float, word_softmax: bool, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_words, grad_regions = launch_backward(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax)
+    grad_words, grad_regions = launch_backward(
+        grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax, deterministic
+    )
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
 
 
@@ -496,7 +626,7 @@ def _scores_fake(words, lengths, regions, gamma1, gamma2, word_softmax):
 
 
 @_scores_backward_op.register_fake
-def _scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax):
+def _scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax, deterministic):
     return torch.empty_like(words), torch.empty_like(regions)
 
 
@@ -508,8 +638,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_scores):
     words, lengths, regions = ctx.saved_tensors
-    alert_nondeterministic_backward("word_region_scores(backend='triton')")
-    grad_words, grad_regions = _scores_backward_op(grad_scores.contiguous(), words, lengths, regions, *ctx.hyperparameters)
+    # torch.use_deterministic_algorithms(True) gets the two-kernel backward without atomics.
+    grad_words, grad_regions = _scores_backward_op(
+        grad_scores.contiguous(), words, lengths, regions, *ctx.hyperparameters,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     return grad_words, None, grad_regions, None, None, None
 
 
