@@ -236,3 +236,17 @@ def test_registered_op_passes_opcheck():
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
 
+
+
+@interpreted_only
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
+def test_registered_backward_op_passes_opcheck(deterministic):
+    from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
+
+    words, lengths, regions = _inputs(3, 2, 4, 17, 8, [4, 1, 2], seed=13)
+    grad = torch.randn(3, 2, generator=torch.Generator().manual_seed(14))
+    torch.library.opcheck(
+        torch.ops.tgfr.word_region_scores_backward_triton.default,
+        (grad, words.float(), lengths, regions.float(), 4.0, 5.0, True, deterministic),
+        test_utils=("test_schema", "test_faketensor"),
+    )
