@@ -146,6 +146,20 @@ def test_auto_picks_a_gpu_kernel():
     assert auto_cuda_backend(22, 256) in _backends()
 
 
+@pytest.mark.skipif("triton" not in _backends(), reason="Triton not installed")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
+def test_triton_autotuned_sizes_match_reference(deterministic):
+    # N*M = 6400 pairs is inside the autotuned range (tgfr.ops.word_region_triton._TUNED_PAIRS): every
+    # shipped config is compiled and timed, then the fastest runs on gradients reset to zero.
+    words, lengths, regions = _inputs(80, 80, 22, 49, 64, torch.bfloat16, seed=5)
+    # warn_only: the float64 reference's cuBLAS products would raise without CUBLAS_WORKSPACE_CONFIG.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        _compare("triton", words, lengths, regions)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.skipif("cuda" not in _backends(), reason="CUDA kernels not compiled")
 def test_cuda_backward_alerts_under_deterministic_algorithms():
     import tgfr.ops
