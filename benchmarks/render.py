@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.recording import RESULTS_DIR
 
 OUTPUT = RESULTS_DIR.parent / "RESULTS.md"
-IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "reference", "chunked_checkpointed", "compiled_reference")
+IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "triton_deterministic", "reference", "chunked_checkpointed", "compiled_reference")
 FULL_COMMAND = "TGFR_BENCH_FULL=1 python -m pytest benchmarks/ -p no:cacheprovider --tgfr-results auto"
 RENDER_COMMAND = "python -m benchmarks.render"
 

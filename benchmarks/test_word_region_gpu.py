@@ -1,5 +1,6 @@
-"""GPU word-region similarity: cuda and triton kernels vs the PyTorch reference and
-torch.compile(reference), `tgfr` shape (T=22, R=196, D=256), full-length captions.
+"""GPU word-region similarity: cuda and triton kernels (and Triton's deterministic backward) vs the
+PyTorch reference and torch.compile(reference), `tgfr` shape (T=22, R=196, D=256), full-length
+captions.
 
 Each case reports (in pytest-benchmark's extra_info and in a JSON file under
 benchmarks/results/) the mean time, useful TFLOP/s with SPEC section 2's accounting (forward
@@ -30,7 +31,9 @@ NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
 MAX_SIZE = int(os.environ.get("TGFR_BENCH_MAX_SIZE", "16384"))
 SIZES = [size for size in (256, 1024, 4096, 8192, 16384, 32768) if size <= MAX_SIZE]
 REFERENCE_MAX_SIZE = 1024  # the reference's N*M*T*R*D tensors pass 80 GB beyond this
-IMPLEMENTATIONS = ["cuda", "triton", "reference", "compiled_reference"]
+# triton_deterministic: the Triton op under torch.use_deterministic_algorithms(True), whose backward
+# runs two kernels without atomics (forward+backward only: the forward is the same).
+IMPLEMENTATIONS = ["cuda", "triton", "triton_deterministic", "reference", "compiled_reference"]
 DTYPES = ["bfloat16", "float16", "float32"]
 RESULTS = Path(__file__).resolve().parent / "results"
 _OUT_OF_MEMORY: set = set()  # (implementation, dtype, passes) that ran out at a smaller size
@@ -67,20 +70,27 @@ def _largest_tuned_problem() -> int:
 def _step(implementation: str, passes: str, words, lengths, regions):
     import tgfr.ops
 
-    if implementation in ("cuda", "triton"):
+    if implementation in ("cuda", "triton", "triton_deterministic"):
         def scores_fn(w, v):
-            return tgfr.ops.word_region_scores(w, lengths, v, backend=implementation)
+            return tgfr.ops.word_region_scores(w, lengths, v, backend=implementation.removesuffix("_deterministic"))
     elif implementation == "reference":
         def scores_fn(w, v):
             return reference.word_region_scores(w, lengths, v)
     else:
         scores_fn = torch.compile(lambda w, v: reference.word_region_scores(w, lengths, v))
 
+    deterministic = implementation.endswith("_deterministic")
+
     def step():
-        scores = scores_fn(words, regions)
-        if passes == "forward_backward":
-            scores.sum().backward()
-        torch.cuda.synchronize()
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            scores = scores_fn(words, regions)
+            if passes == "forward_backward":
+                scores.sum().backward()
+            torch.cuda.synchronize()
+        finally:
+            torch.use_deterministic_algorithms(previous)
 
     return step
 
@@ -92,8 +102,11 @@ def _step(implementation: str, passes: str, words, lengths, regions):
 def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     import tgfr.ops
 
-    if implementation in ("cuda", "triton") and implementation not in tgfr.ops.available_backends():
-        pytest.skip(f"backend {implementation!r} not available")
+    backend = implementation.removesuffix("_deterministic")
+    if backend in ("cuda", "triton") and backend not in tgfr.ops.available_backends():
+        pytest.skip(f"backend {backend!r} not available")
+    if implementation == "triton_deterministic" and passes == "forward":
+        pytest.skip("the deterministic switch changes the backward only")
     if "reference" in implementation and size > REFERENCE_MAX_SIZE:
         pytest.skip("the reference's pairwise tensors do not fit")
     key = (implementation, dtype, passes)
