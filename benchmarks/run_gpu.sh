@@ -6,7 +6,8 @@
 # sanitizer (compute-sanitizer on the standalone test and a small torch run), tune (each shipped
 # Triton config timed at N=M=1024), bench (GPU benchmarks). Results land in benchmarks/results/:
 # JSON lines with device, commit and date, pytest-benchmark's JSON and the log of the run.
-# TGFR_COMMIT names the measured commit where the tree's .git may be stale (a copied tree);
+# TGFR_COMMIT names the measured commit where the tree's .git may be stale (a copied tree); with
+# $OUT set to a folder, the results files the run wrote are copied there at the end;
 # TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384); TGFR_BENCH_MAX_STEP_S skips sizes whose
 # step would take longer (default 600 s, extrapolated from the previous size).
 set -uo pipefail
@@ -69,9 +70,15 @@ for stage in "${stages[@]}"; do
     *) echo "unknown stage '$stage' (build, kernel, tests, sanitizer, tune, bench)" >&2; exit 2 ;;
   esac
 done
+started=$(mktemp)
 log "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 for stage in "${stages[@]}"; do
   log "$stage"
   "$stage"
 done
 log "done: $results"
+# On a lent machine whose $OUT folder comes back (benchmarks' device tool): the files this run wrote.
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;
+fi
+rm -f "$started"
