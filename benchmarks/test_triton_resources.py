@@ -49,3 +49,30 @@ def test_deterministic_backward_kernels_compile_for_sm90a():
         report = compile_report(kernel, config, 90)
         assert "error" not in report, report
         assert 0 < report["registers"] <= 255 and report["mma_sync"] + report["wgmma"] > 0
+
+
+def test_compiles_with_the_specialization_of_a_benchmark_launch():
+    from benchmarks.triton_resources import _launch_specialization
+    from benchmarks.word_region_steps import DIM, NUM_REGIONS
+    from tgfr.ops import word_region_triton as kernels
+
+    signature, constexprs, attrs = _launch_specialization("_backward_kernel")
+    names = kernels._backward_kernel.fn.arg_names
+    divisible = {names[index] for (index,) in attrs}
+    # Pointers and every size or stride that is a multiple of 16 (R = 196 is not) are marked.
+    assert {"words_ptr", "regions_ptr", "grad_regions_ptr", "N", "M", "D", "stride_wn", "stride_rm"} <= divisible
+    assert "R" not in divisible and "gamma1" not in divisible
+    assert signature["words_ptr"] == "*bf16" and signature["grad_regions_ptr"] == "*fp32"
+    assert signature["lengths_ptr"] == "*i64" and signature["R"] == "i32" and signature["gamma2"] == "fp32"
+    assert constexprs["T_PAD"] == 32 and constexprs["D_PAD"] == DIM
+    assert NUM_REGIONS % 16 != 0  # so that R's missing mark is a real check
+
+
+def test_backward_adds_four_floats_per_atomic_at_the_benchmark_shape():
+    """Knowing the strides are multiples of 16, the compiler vectorizes the d(regions) and d(words)
+    atomic adds: one red.global.add.v4.f32 per four floats, not one instruction per float."""
+    from benchmarks.triton_resources import compile_report
+
+    report = compile_report("_backward_kernel", _shipped("backward", CAPTIONS=1, BLOCK_R=32, TAIL_CHUNKS=False), 90)
+    assert report["atomic_add_v4_f32"] > 0
+    assert report["atomic_add_f32"] == report["atomic_add_v2_f32"] == 0

@@ -1,9 +1,12 @@
 """What each config of the Triton word-region kernels compiles to for a GPU, without one.
 
-Compiles every config ahead of time for --arch (default sm_90a, the H100) at the `tgfr` shape
-(T_PAD=32, D=256, bf16, word softmax on) and reads ptxas's report and the PTX: registers per
-thread, spill stores and loads (bytes per thread), shared memory, and the count of Hopper
-warpgroup MMAs (wgmma.mma_async) against Ampere-style ones (mma.sync). These are compiler facts,
+Compiles every config ahead of time for --arch (default sm_90a, the H100) at the benchmark shape
+(N=M=1024, T=22, R=196, D=256, bf16, word softmax on), specialized on the argument values as a
+launch with those inputs is (sizes and strides divisible by 16 known as such: that decides whether
+loads and atomics are vectorized), and reads ptxas's report and the PTX: registers per thread,
+spill stores and loads (bytes per thread), shared memory, the count of Hopper warpgroup MMAs
+(wgmma.mma_async) against Ampere-style ones (mma.sync), and the fp32 atomic adds by vector
+width. These are compiler facts,
 not speed: they say why a config may be slow (spills, no wgmma), and which untimed variants are
 worth GPU time; only benchmarks/tune_word_region_triton.py on a GPU says which is fast.
 
@@ -16,32 +19,68 @@ configs the autotuner chooses among. --configs grid covers the tuning script's w
 import argparse
 import contextlib
 import datetime
+import functools
 import io
 import json
 import re
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from benchmarks import recording
-from benchmarks.tune_word_region_triton import KINDS, candidate_configs
-from benchmarks.word_region_steps import DIM, NUM_WORDS
+from benchmarks.tune_word_region_triton import GAMMA1, GAMMA2, KINDS, candidate_configs
+from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS
+
+SIZE = 1024  # N = M of the benchmark shape, whose sizes and strides the launches specialize on
 
 
-def _signature(kernel_fn, constexprs: dict) -> dict:
-    """Triton types of the kernel's arguments: bf16 inputs, int64 lengths, fp32 outputs."""
-    types = {"words_ptr": "*bf16", "regions_ptr": "*bf16", "lengths_ptr": "*i64"}
-    signature = {}
-    for name in kernel_fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = types.get(name, "*fp32")
-        elif name.startswith("gamma"):
-            signature[name] = "fp32"
+def _arguments(kind: str) -> dict[str, dict]:
+    """The arguments each kernel of `kind` is launched with at the benchmark shape (N=M=1024, bf16):
+    the public launcher runs on meta tensors with the launch itself replaced by a recorder, so the
+    values (sizes, strides, gammas, constexprs) are the ones a GPU run passes."""
+    from tgfr.ops import word_region_triton as kernels
+
+    recorded = {}
+
+    def record(kernel, config, pairs, grid, *arguments, **constexprs):
+        recorded[kernel.fn.__name__] = {**dict(zip(kernel.fn.arg_names, arguments)), **constexprs}
+
+    words = torch.empty(SIZE, NUM_WORDS, DIM, dtype=torch.bfloat16, device="meta")
+    regions = torch.empty(SIZE, NUM_REGIONS, DIM, dtype=torch.bfloat16, device="meta")
+    lengths = torch.empty(SIZE, dtype=torch.int64, device="meta")
+    with mock.patch.object(kernels, "_launch", record):
+        if kind == "forward":
+            kernels.launch_forward(words, lengths, regions, GAMMA1, GAMMA2, True)
         else:
-            signature[name] = "i32"
-    return signature
+            grad_scores = torch.empty(SIZE, SIZE, dtype=torch.float32, device="meta")
+            kernels.launch_backward(
+                grad_scores, words, lengths, regions, GAMMA1, GAMMA2, True, deterministic=kind != "backward"
+            )
+    return recorded
+
+
+def _specialized(kernel_fn, arguments: dict) -> tuple[dict, dict, dict]:
+    """Signature, constexprs and attributes as Triton's launcher derives them from the values:
+    pointers 16-byte aligned and integers divisible by 16 get tt.divisibility (what lets the
+    compiler vectorize loads and atomics), integers equal to 1 become constants."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    signature, constexprs, attrs = {}, {}, {}
+    for index, parameter in enumerate(kernel_fn.params):
+        name, value = parameter.name, arguments.get(parameter.name)
+        if parameter.is_constexpr:  # the config's tile constexprs are not in `arguments`
+            if name in arguments:
+                signature[name], constexprs[name] = "constexpr", value
+            continue
+        kind, key = native_specialize_impl(CUDABackend, value, False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = key
+        elif key == "D":
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
 
 
 # The kernels behind each kind of benchmarks/tune_word_region_triton.py.
@@ -52,9 +91,17 @@ KERNELS = {
 }
 
 
+@functools.cache
+def _launch_specialization(kernel: str) -> tuple[dict, dict, dict]:
+    from tgfr.ops import word_region_triton as kernels
+
+    kind = next(kind for kind, names in KERNELS.items() if kernel in names)
+    return _specialized(getattr(kernels, kernel).fn, _arguments(kind)[kernel])
+
+
 def compile_report(kernel: str, config: dict, capability: int) -> dict:
-    """Compiles one config of the kernel named `kernel` and returns its resource figures (or the
-    compile error)."""
+    """Compiles one config of the kernel named `kernel`, specialized as a launch at the benchmark
+    shape is, and returns its resource figures (or the compile error)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -62,14 +109,12 @@ def compile_report(kernel: str, config: dict, capability: int) -> dict:
     from tgfr.ops import word_region_triton as kernels
 
     kernel_fn = getattr(kernels, kernel).fn
-    words = torch.empty(1, NUM_WORDS, DIM, dtype=torch.bfloat16)
-    constexprs = {
-        **kernels._constexprs(words, True),
-        **{key: value for key, value in config.items() if key not in ("num_warps", "num_stages")},
-    }
+    signature, constexprs, attrs = _launch_specialization(kernel)
+    tile = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
+    signature = {**signature, **dict.fromkeys(tile, "constexpr")}
     source = ASTSource(
-        fn=kernel_fn, signature=_signature(kernel_fn, constexprs),
-        constexprs={(kernel_fn.arg_names.index(name),): value for name, value in constexprs.items()},
+        fn=kernel_fn, signature=signature, attrs=attrs,
+        constexprs={(kernel_fn.arg_names.index(name),): value for name, value in {**constexprs, **tile}.items()},
     )
     log = io.StringIO()
     knobs = triton.knobs
@@ -92,11 +137,14 @@ def compile_report(kernel: str, config: dict, capability: int) -> dict:
     if registers is None or spills is None:
         raise RuntimeError(f"no ptxas resource report for {kernel} {config}:\n{ptxas[-2000:]}")
     ptx = compiled.asm["ptx"]
+    atomic_widths = re.findall(r"\bred\.global\S*\.add(\.v[24])?\.f32", ptx)  # one instruction adds 1, 2 or 4 floats
     return {
         "registers": int(registers.group(1)),
         "spill_store_bytes": int(spills.group(1)), "spill_load_bytes": int(spills.group(2)),
         "shared_bytes": compiled.metadata.shared,
         "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
+        "atomic_add_f32": atomic_widths.count(""), "atomic_add_v2_f32": atomic_widths.count(".v2"),
+        "atomic_add_v4_f32": atomic_widths.count(".v4"),
     }
 
 
@@ -112,7 +160,7 @@ def main() -> None:
         "arch": f"sm_{args.arch}a" if args.arch >= 90 else f"sm_{args.arch}", "triton": triton.__version__,
         "commit": recording.commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dtype": "bfloat16", "T": NUM_WORDS, "D": DIM,
+        "dtype": "bfloat16", "N": SIZE, "M": SIZE, "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w") as out:
