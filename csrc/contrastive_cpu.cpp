@@ -216,16 +216,25 @@ const int64_t* labels_pointer(const std::optional<Tensor>& labels, SameIdentity 
 
 void check_inputs(const Tensor& x, const Tensor& y, const std::optional<Tensor>& labels_x,
                   const std::optional<Tensor>& labels_y, int64_t offset, bool rows, bool columns) {
-  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1), "x and y must be (N, D) and (M, D)");
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "x and y must share a dtype");
-  TORCH_CHECK(labels_x.has_value() == labels_y.has_value(), "give both labels or neither");
+  TORCH_CHECK_VALUE(x.dim() == 2 && y.dim() == 2, "x and y must be (N, D) and (M, D), got shapes ", x.sizes(),
+                    " and ", y.sizes());
+  TORCH_CHECK_VALUE(y.size(1) == x.size(1), "y must have the embedding size D=", x.size(1), " of x, got ", y.size(1));
+  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "y must have the dtype of x (", x.scalar_type(), "), got ",
+                   y.scalar_type());
+  TORCH_CHECK_VALUE(labels_x.has_value() == labels_y.has_value(), "give both labels_x and labels_y, or neither");
   if (labels_x.has_value()) {
-    TORCH_CHECK(labels_x->scalar_type() == at::kLong && labels_y->scalar_type() == at::kLong, "labels must be int64");
-    TORCH_CHECK(labels_x->numel() == x.size(0) && labels_y->numel() == y.size(0), "one label per row of x and y");
+    TORCH_CHECK_TYPE(labels_x->scalar_type() == at::kLong && labels_y->scalar_type() == at::kLong,
+                     "labels_x and labels_y must be int64, got ", labels_x->scalar_type(), " and ",
+                     labels_y->scalar_type());
+    TORCH_CHECK_VALUE(labels_x->numel() == x.size(0) && labels_y->numel() == y.size(0),
+                      "labels_x and labels_y must have one label per row of x (", x.size(0), ") and of y (",
+                      y.size(0), "), got ", labels_x->numel(), " and ", labels_y->numel());
   }
   const int64_t n = x.size(0), m = y.size(0);
-  TORCH_CHECK(!rows || (offset >= 0 && offset + n <= m), "rows: every row i needs column i + offset");
-  TORCH_CHECK(!columns || (offset <= 0 && m - offset <= n), "columns: every column j needs row j - offset");
+  TORCH_CHECK_VALUE(!rows || (offset >= 0 && offset + n <= m), "offset: every row i needs column i + offset, got ",
+                    "offset ", offset, " with N=", n, ", M=", m);
+  TORCH_CHECK_VALUE(!columns || (offset <= 0 && m - offset <= n),
+                    "offset: every column j needs row j - offset, got offset ", offset, " with N=", n, ", M=", m);
 }
 
 Side make_side(const Tensor& x, const Tensor& y, const std::optional<Tensor>& labels_x,

@@ -168,3 +168,34 @@ def test_bad_input_names_the_argument(call, error, words):
         call(x, y, labels)
     for word in words:
         assert word in str(raised.value)
+
+
+def test_triton_backend_refuses_float64(monkeypatch):
+    # The Triton kernels compute in fp32: float64 in would come back float64 but not that precise.
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # makes backend "triton" available without a GPU
+    x, y, _, _ = make_batch(6, 6, 4, torch.float64)
+    with pytest.raises(TypeError, match="x must be float32, bfloat16 or float16 for backend 'triton', got float64"):
+        contrastive_loss(x, y, backend="triton")
+
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda x, y, l: torch.ops.tgfr.contrastive_forward(x, y[:, :3], None, None, 5.0, 0.0, "none", 0, True, True),
+         ValueError, ["y", "size D=4"]),
+        (lambda x, y, l: torch.ops.tgfr.contrastive_forward(x, y.double(), None, None, 5.0, 0.0, "none", 0, True, True),
+         TypeError, ["y", "dtype"]),
+        (lambda x, y, l: torch.ops.tgfr.contrastive_forward(x, y, l, l[:3], 5.0, 0.0, "exclude", 0, True, True),
+         ValueError, ["labels_y", "one label per row"]),
+        (lambda x, y, l: torch.ops.tgfr.contrastive_forward(x, y[:4], None, None, 5.0, 0.0, "none", 0, True, True),
+         ValueError, ["offset", "M=4"]),
+    ],
+)
+def test_kernel_checks_its_inputs_itself(call, error, words):
+    # The registered op can be called directly (and is what a compiled graph runs).
+    x, y, labels, _ = make_batch(6, 6, 4, torch.float32)
+    with pytest.raises(error) as raised:
+        call(x, y, labels)
+    for word in words:
+        assert word in str(raised.value)

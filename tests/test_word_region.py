@@ -236,3 +236,21 @@ def test_cpu_backward_is_deterministic_and_allowed_in_deterministic_mode():
         torch.use_deterministic_algorithms(previous)
     for first, second in zip(*runs):
         assert torch.equal(first, second), "the CPU kernel must give bitwise identical results"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_padded_words_take_no_part_even_when_nan(backend):
+    # SPEC section 2: padded words take no part in anything, gradients included (0 * NaN is NaN).
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=13)
+    padded = torch.arange(words.shape[1]) >= lengths[:, None]
+    assert padded.any()
+    results = []
+    for fill in (0.0, float("nan")):
+        w = words.masked_fill(padded[..., None], fill).requires_grad_()
+        v = regions.clone().requires_grad_()
+        scores = tgfr.ops.word_region_scores(w, lengths, v, backend=backend)
+        scores.sum().backward()
+        results.append((scores, w.grad, v.grad))
+    for clean, poisoned in zip(*results):
+        assert torch.isfinite(poisoned).all()
+        torch.testing.assert_close(poisoned, clean, rtol=0, atol=0)

@@ -73,3 +73,26 @@ def test_kernel_checks_lengths_itself():
     words, _, regions = valid_inputs()
     with pytest.raises(ValueError, match="lengths"):
         torch.ops.tgfr.word_region_scores(words, torch.tensor([1, 9, 3]), regions, 4.0, 5.0, True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("bad_lengths", [[0, 5, 3], [1, 6, 3]])
+def test_compiled_graph_checks_lengths_when_it_runs(backend, bad_lengths):
+    # While torch.compile traces, lengths are not data yet; the graph asserts on them instead,
+    # so a bad value is an error at run time, not a silent -inf or a read past T.
+    words, lengths, regions = valid_inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda w, n, v: tgfr.ops.word_region_scores(w, n, v, backend=backend), fullgraph=True, dynamic=False
+    )
+    torch.testing.assert_close(compiled(words, lengths, regions), tgfr.ops.word_region_scores(words, lengths, regions))
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T=5\]"):
+        compiled(words, torch.tensor(bad_lengths), regions)
+
+
+def test_kernel_checks_sizes_itself():
+    words, lengths, regions = valid_inputs()
+    with pytest.raises(ValueError, match="regions must have R >= 1"):
+        torch.ops.tgfr.word_region_scores(words, lengths, regions[:, :0], 4.0, 5.0, True)
+    with pytest.raises(ValueError, match="D >= 1"):
+        torch.ops.tgfr.word_region_scores(words[..., :0], lengths, regions[..., :0], 4.0, 5.0, True)

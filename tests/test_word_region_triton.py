@@ -224,6 +224,22 @@ def test_float64_is_rejected_with_a_clear_error():
 
 
 @interpreted_only
+@pytest.mark.parametrize("bad_lengths", [[0, 3], [1, 4]])
+def test_registered_ops_check_lengths_themselves(bad_lengths):
+    # Called directly (as a compiled graph or a user may), past the front end's checks.
+    import tgfr.ops  # noqa: F401  (registers the ops)
+
+    words, _, regions = _inputs(2, 2, 3, 5, 8, [1, 3])
+    words, regions, lengths = words.float(), regions.float(), torch.tensor(bad_lengths)
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T=3\]"):
+        torch.ops.tgfr.word_region_scores_triton(words, lengths, regions, 4.0, 5.0, True)
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T=3\]"):
+        torch.ops.tgfr.word_region_scores_backward_triton(
+            torch.ones(2, 2), words, lengths, regions, 4.0, 5.0, True, False
+        )
+
+
+@interpreted_only
 def test_registered_op_passes_opcheck():
     import tgfr.ops  # noqa: F401
     from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)

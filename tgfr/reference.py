@@ -17,6 +17,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _valid_words(words: torch.Tensor, valid_word: torch.Tensor) -> torch.Tensor:
+    """words with padded positions zeroed: whatever they hold (even NaN) then takes no part in the
+    products, nor in their gradients (0 * NaN would be NaN)."""
+    return words.masked_fill(~valid_word[..., None], 0)
+
+
 def word_region_attention_all_pairs(
     words: torch.Tensor,
     lengths: torch.Tensor,
@@ -32,8 +38,8 @@ def word_region_attention_all_pairs(
     Rows of padded words are left as computed (they are masked by the callers).
     """
     dtype = accumulation_dtype(words.dtype)
-    w, v = words.to(dtype), regions.to(dtype)
-    valid_word = valid_word_mask(lengths, w.shape[1])  # (N, T)
+    valid_word = valid_word_mask(lengths, words.shape[1])  # (N, T)
+    w, v = _valid_words(words, valid_word).to(dtype), regions.to(dtype)
     attn = torch.einsum("ntd,mrd->nmtr", w, v)
     if word_softmax:
         attn = attn.masked_fill(~valid_word[:, None, :, None], float("-inf")).softmax(dim=2)
@@ -56,8 +62,8 @@ def word_region_scores(
         c_ijt = sum_r alpha[i, j, t, r] * v_jr.
     """
     dtype = accumulation_dtype(words.dtype)
-    w, v = words.to(dtype), regions.to(dtype)
-    valid_word = valid_word_mask(lengths, w.shape[1])  # (N, T)
+    valid_word = valid_word_mask(lengths, words.shape[1])  # (N, T)
+    w, v = _valid_words(words, valid_word).to(dtype), regions.to(dtype)
     alpha = word_region_attention_all_pairs(words, lengths, regions, gamma1, word_softmax)
     context = torch.einsum("nmtr,mrd->nmtd", alpha, v)
     dot = (context * w[:, None]).sum(dim=-1)  # (N, M, T)
@@ -79,8 +85,8 @@ def word_region_attention(
     words (N, T, D), lengths (N,), regions (N, R, D) -> (N, T, R), zeros at padded words.
     """
     dtype = accumulation_dtype(words.dtype)
-    w, v = words.to(dtype), regions.to(dtype)
-    valid_word = valid_word_mask(lengths, w.shape[1])  # (N, T)
+    valid_word = valid_word_mask(lengths, words.shape[1])  # (N, T)
+    w, v = _valid_words(words, valid_word).to(dtype), regions.to(dtype)
     attn = torch.einsum("ntd,nrd->ntr", w, v)
     if word_softmax:
         attn = attn.masked_fill(~valid_word[:, :, None], float("-inf")).softmax(dim=1)

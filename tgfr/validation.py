@@ -63,18 +63,19 @@ def check_positive(name: str, value: float) -> float:
 def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Tensor:
     """Checks caption lengths: (batch,) int32/int64 with values in [1, num_words]; returns it.
 
-    The value check needs the data, so it is skipped while torch.compile traces (the kernels
-    check again themselves).
+    The values are data, which torch.compile does not have while it traces: a compiled graph
+    checks them with an assertion when it runs (on CUDA a device-side assert), so no kernel,
+    compiled or not, reads words past T.
     """
     check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
     check_size("lengths", lengths, 0, batch, "the number of captions N")
-    if lengths.numel() and not torch.compiler.is_compiling():
+    message = f"lengths must lie in [1, T={num_words}] (T from words.shape[1])"
+    if torch.compiler.is_compiling():
+        torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(), message)
+    elif lengths.numel():
         shortest, longest = (int(value) for value in lengths.aminmax())
         if shortest < 1 or longest > num_words:
-            raise ValueError(
-                f"lengths must lie in [1, T={num_words}] (T from words.shape[1]), "
-                f"got values in [{shortest}, {longest}]"
-            )
+            raise ValueError(f"{message}, got values in [{shortest}, {longest}]")
     return lengths
 
 

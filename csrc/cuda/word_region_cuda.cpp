@@ -32,19 +32,24 @@ struct Problem {
 
 Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                      double gamma1, double gamma2, bool word_softmax) {
-  TORCH_CHECK(words.is_cuda() && lengths.is_cuda() && regions.is_cuda(),
-              "words, lengths and regions must all be CUDA tensors");
-  TORCH_CHECK(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1,
-              "expected words (N, T, D), lengths (N,), regions (M, R, D)");
-  TORCH_CHECK(regions.size(2) == words.size(2), "regions must have the feature size D of words");
-  TORCH_CHECK(lengths.size(0) == words.size(0), "lengths must have one entry per caption");
+  TORCH_CHECK_VALUE(words.is_cuda() && lengths.is_cuda() && regions.is_cuda(),
+                    "words, lengths and regions must all be CUDA tensors");
+  TORCH_CHECK_VALUE(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1,
+                    "expected words (N, T, D), lengths (N,), regions (M, R, D)");
+  TORCH_CHECK_VALUE(regions.size(2) == words.size(2), "regions must have the feature size D=", words.size(2),
+                    " of words, got ", regions.size(2));
+  TORCH_CHECK_VALUE(lengths.size(0) == words.size(0), "lengths must have one entry per caption");
+  TORCH_CHECK_VALUE(words.size(0) >= 1 && regions.size(0) >= 1, "words and regions must not be empty, got shapes ",
+                    words.sizes(), " and ", regions.sizes());
+  TORCH_CHECK_VALUE(regions.size(1) >= 1, "regions must have R >= 1 regions per image, got shape ", regions.sizes());
+  TORCH_CHECK_VALUE(words.size(2) >= 1, "words and regions must have D >= 1 features, got shape ", words.sizes());
   TORCH_CHECK_TYPE(regions.scalar_type() == words.scalar_type(), "regions must have the dtype of words");
   Problem problem{words.contiguous(), lengths.to(at::kLong).contiguous(), regions.contiguous(), {}};
   // Out-of-range lengths would make the kernels read outside words; the front end checks them
   // too, but the op can be called directly.
   const auto [shortest, longest] = at::aminmax(problem.lengths);
-  TORCH_CHECK(shortest.item<int64_t>() >= 1 && longest.item<int64_t>() <= words.size(1),
-              "lengths must lie in [1, T=", words.size(1), "]");
+  TORCH_CHECK_VALUE(shortest.item<int64_t>() >= 1 && longest.item<int64_t>() <= words.size(1),
+                    "lengths must lie in [1, T=", words.size(1), "]");
   problem.view = {scalar_type(words),
                   problem.words.data_ptr(),
                   problem.words.stride(0),

@@ -82,20 +82,27 @@ def _check_offset(offset: object, num_rows: int, num_columns: int, direction: st
     return offset
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, x: torch.Tensor) -> str:
     from tgfr.ops.backends import available_backends
 
     check_choice("backend", backend, BACKENDS)
+    device = x.device
     if backend == "auto":
         if device.type == "cpu":
             return "cpu"
-        return "triton" if "triton" in available_backends() else "reference"
+        # The Triton kernel computes in fp32; float64 (gradcheck) keeps its precision in the reference.
+        return "triton" if "triton" in available_backends() and x.dtype != torch.float64 else "reference"
     if backend not in available_backends():
         raise ValueError(f"backend {backend!r} is not available here; available: {available_backends()}")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
+    if backend == "triton" and x.dtype == torch.float64:
+        raise TypeError(
+            "x must be float32, bfloat16 or float16 for backend 'triton', got float64 "
+            "(use backend='cpu' or 'reference' for float64)"
+        )
     return backend
 
 
@@ -137,7 +144,7 @@ def contrastive_cross_entropy(
     check_choice("direction", direction, DIRECTIONS)
     offset = _check_offset(offset, x.shape[0], y.shape[0], direction)
     scale, margin = _check_finite_number("scale", scale), _check_finite_number("margin", margin)
-    backend = _resolve_backend(backend, x.device)
+    backend = _resolve_backend(backend, x)
     if normalize:
         x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
     x, y = x.contiguous(), y.contiguous()
@@ -202,7 +209,7 @@ def contrastive_row_max(
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")
-    backend = _resolve_backend(backend, x.device)
+    backend = _resolve_backend(backend, x)
     with torch.no_grad():
         if normalize:
             x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)

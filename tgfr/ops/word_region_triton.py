@@ -601,11 +601,19 @@ def launch_backward(
     return grad_words, grad_regions
 
 
+def _assert_lengths_in_range(lengths: torch.Tensor, num_words: int) -> None:
+    # The ops can be called directly, past the front end's checks, and the kernels mask words by
+    # `word < length` alone: a length past T would read the next caption's words or past the
+    # tensor. An assertion on the device (no synchronization) stops that.
+    torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(), f"lengths must lie in [1, T={num_words}]")
+
+
 @triton_op("tgfr::word_region_scores_triton", mutates_args=())
 def _scores_op(
     words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool,
 ) -> torch.Tensor:
+    _assert_lengths_in_range(lengths, words.shape[1])
     return launch_forward(words, lengths, regions, gamma1, gamma2, word_softmax)
 
 
@@ -614,6 +622,7 @@ def _scores_backward_op(
     grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _assert_lengths_in_range(lengths, words.shape[1])
     grad_words, grad_regions = launch_backward(
         grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax, deterministic
     )
