@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgfr import reference
 from tgfr.ops import contrastive_cross_entropy, contrastive_loss, contrastive_row_max
 
 MODES = ("exclude", "zero", "positive", "none")
