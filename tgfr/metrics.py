@@ -100,6 +100,11 @@ def tar_at_far(curve: RocCurve, far: float) -> float:
     return float(curve.tar[curve.far <= far].max())
 
 
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def _interval(values: np.ndarray) -> list[float]:
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
@@ -117,6 +122,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, far_targets: tupl
     A FAR target below 1 / (number of impostor pairs) cannot be measured: its TAR is None and it
     is listed under "unresolved_far".
     """
+    _check_count("resamples", resamples, 0)
     pairs = _SortedPairs(*_check_scores(scores, same))
     impostors = pairs.impostor_positions.size
 
@@ -150,6 +156,8 @@ def match_ranks(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels
     if similarity.ndim != 2 or similarity.shape != (probe_labels.size, gallery_labels.size):
         raise ValueError(f"similarity must have shape (probes={probe_labels.size}, gallery={gallery_labels.size}), "
                          f"got {similarity.shape}")
+    if not np.isfinite(similarity).all():
+        raise ValueError("similarity must be finite")
     genuine = probe_labels[:, None] == gallery_labels[None, :]
     if not genuine.any(axis=1).all():
         missing = probe_labels[~genuine.any(axis=1)][:5].tolist()
@@ -167,11 +175,16 @@ def cmc_curve(ranks: np.ndarray, max_rank: int) -> np.ndarray:
 
 def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
                            max_rank: int = 20, resamples: int = 200, seed: int = 0) -> dict:
-    """rank1, rank5 (with 95% bootstrap intervals over probes) and the CMC up to max_rank."""
+    """rank1, rank5 (with 95% bootstrap intervals over probes) and the CMC up to max_rank.
+
+    rank1 and rank5 come from the ranks themselves, as their intervals do, so they do not depend
+    on max_rank (which only cuts the CMC).
+    """
+    _check_count("max_rank", max_rank, 1)
+    _check_count("resamples", resamples, 0)
     ranks = match_ranks(similarity, probe_labels, gallery_labels)
-    max_rank = min(max_rank, len(gallery_labels))
-    cmc = cmc_curve(ranks, max_rank)
-    result = {"rank1": float(cmc[0]), "rank5": float(cmc[min(5, max_rank) - 1]), "cmc": cmc.tolist(),
+    cmc = cmc_curve(ranks, min(max_rank, len(gallery_labels)))
+    result = {"rank1": float((ranks <= 1).mean()), "rank5": float((ranks <= 5).mean()), "cmc": cmc.tolist(),
               "probes": int(ranks.size), "gallery": int(len(gallery_labels))}
     if resamples:
         rng = np.random.default_rng(seed)

@@ -73,6 +73,44 @@ def test_tgfr_tree_bad_files(tmp_path):
         convert_tgfr_tree(tmp_path / "nothing")
 
 
+def test_tgfr_tree_corrupt_image(tmp_path, capsys):
+    root = tgfr_tree(tmp_path / "tree")
+    (root / "images/train/4/4_2.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(ValueError, match=r"images/train/4/4_2.jpg is corrupt or not an image .*--skip-bad"):
+        convert_tgfr_tree(root)
+    records, skipped = convert_tgfr_tree(root, bad_files="skip")
+    assert [r.path for r in records] == ["images/test/12/12_1.jpg", "images/test/12/12_2.jpg",
+                                         "images/train/4/4_1.jpg", "images/train/4/4_10.jpg", "images/train/7/7_1.jpg"]
+    assert len(skipped) == 1 and "4_2.jpg is corrupt" in skipped[0]
+    assert main(["data", "convert", "mmcelebA", "--root", str(root)]) == 2
+    assert "4_2.jpg is corrupt" in capsys.readouterr().err
+    assert main(["data", "convert", "mmcelebA", "--root", str(root), "--skip-bad"]) == 0
+    assert "5 images; skipped 1" in capsys.readouterr().out
+    assert len(read_manifest(root / "manifest.jsonl")) == 5
+
+
+def test_tgfr_tree_mixed_numeric_and_named_folders(tmp_path):
+    root = tmp_path
+    for identity, stem in (("abc", "abc_1"), ("5", "5_10"), ("5", "5_2"), ("abc", "abc_x"), ("10", "10_1")):
+        write_image(root / "images" / "train" / identity / f"{stem}.jpg")
+        (root / "text" / identity).mkdir(parents=True, exist_ok=True)
+        (root / "text" / identity / f"{stem}.txt").write_text(f"caption of {stem}\n")
+    records, _ = convert_tgfr_tree(root)
+    # Numbers by value and before names.
+    assert [r.path.rsplit("/", 1)[1] for r in records] == ["5_2.jpg", "5_10.jpg", "10_1.jpg", "abc_1.jpg", "abc_x.jpg"]
+
+
+def test_tgfr_tree_lists_each_image_once(tmp_path):
+    root = tgfr_tree(tmp_path)
+    write_image(root / "images/train/7/7_1.png")  # a second file for the stem 7_1
+    records, _ = convert_tgfr_tree(root)
+    assert [r.path for r in records if r.identity == "7"] == ["images/train/7/7_1.jpg"]
+    (root / "train").mkdir()
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1", "7/7_1", "4/4_1"]))
+    with pytest.raises(ValueError, match=r"filenames.json: entry '4/4_1' is listed twice"):
+        convert_tgfr_tree(root)
+
+
 def celeba_dialog(root):
     images = root / "CelebA-HQ-img"
     table = {}
@@ -117,6 +155,50 @@ def test_celeba_dialog_bad_input(tmp_path):
     (root / "captions_hq.json").write_text("{")
     with pytest.raises(ValueError, match="captions_hq.json is not readable UTF-8 JSON"):
         convert_celeba_dialog(*args)
+
+
+def test_celeba_dialog_corrupt_image(tmp_path):
+    root, images = celeba_dialog(tmp_path)
+    (images / "3.jpg").write_bytes(b"GIF89a? no")
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    with pytest.raises(ValueError, match=r"3.jpg is corrupt or not an image"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")
+    records, skipped = convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files="skip")
+    assert [r.path for r in records] == [f"CelebA-HQ-img/{i}.jpg" for i in (0, 1, 2, 4, 5)]
+    assert len(skipped) == 1 and "3.jpg is corrupt" in skipped[0]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("splits.json", "{", r"split file .*splits.json is not valid JSON"),
+    ("splits.json", json.dumps(["0.jpg", "1.jpg"]), r"split file .*splits.json must hold a JSON object \{split: "
+                                                      r"\[image names\]\}, got list"),
+    ("splits.json", json.dumps({"train": "0.jpg"}), r"splits.json must hold a JSON object"),
+    ("splits.json", json.dumps({"train": [f"{i}.jpg" for i in range(6)], "test": ["2.jpg"]}),
+     r"split file .*splits.json lists image 2.jpg under two splits, 'train' and 'test'"),
+    ("splits.csv", "".join(f"{i}.jpg,train\n" for i in range(6)) + "5.jpg,test\n",
+     r"split file .*splits.csv lists image 5.jpg under two splits, 'train' and 'test'"),
+    ("splits.csv", "0.jpg,\n", r"splits.csv gives image 0.jpg an empty split name"),
+])
+def test_celeba_dialog_bad_split_file(tmp_path, name, content, message):
+    root, images = celeba_dialog(tmp_path)
+    (root / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt", split_file=root / name)
+
+
+def test_celeba_dialog_missing_files_are_named(tmp_path, capsys):
+    root, images = celeba_dialog(tmp_path)
+    base = ["data", "convert", "celeba-dialog", "--root", str(root), "--captions", str(root / "captions_hq.json"),
+            "--images", str(images), "--hq-mapping", str(root / "mapping.txt")]
+    assert main([*base, "--identity-file", str(root / "nope.txt")]) == 2
+    assert f"identity file {root / 'nope.txt'} does not exist" in capsys.readouterr().err
+    assert main([*base, "--identity-file", str(root / "identity_CelebA.txt"), "--split-file",
+                 str(root / "gone.json")]) == 2
+    assert f"split file {root / 'gone.json'} does not exist" in capsys.readouterr().err
+    assert main([*base[:-1], str(root / "nomap.txt"), "--identity-file", str(root / "identity_CelebA.txt")]) == 2
+    assert f"CelebA-HQ mapping file {root / 'nomap.txt'} does not exist" in capsys.readouterr().err
+    assert main([*base, "--identity-file", str(root / "identity_CelebA.txt")]) == 0
 
 
 def test_cli_convert_and_protocol(tmp_path, capsys):

@@ -26,14 +26,15 @@ class WordTokenizer:
 def manifest(tmp_path):
     rng = np.random.default_rng(0)
     records = []
+    (tmp_path / "images").mkdir()
     for identity in ("7", "3", "12"):
         for k in range(3):
             path = f"images/{identity}_{k}.png"
-            (tmp_path / "images").mkdir(exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (100, 90, 3), dtype=np.uint8)).save(tmp_path / path)
             captions = tuple(f"person {identity} image {k} caption {c}" for c in range(4))
             records.append(ManifestRecord(path, identity, "train", captions))
-    records.append(ManifestRecord("images/7_0.png", "99", "test", ("other split",)))
+    Image.fromarray(rng.integers(0, 256, (100, 90, 3), dtype=np.uint8)).save(tmp_path / "images/99_0.png")
+    records.append(ManifestRecord("images/99_0.png", "99", "test", ("other split",)))
     return write_manifest(tmp_path / "manifest.jsonl", records)
 
 
@@ -121,6 +122,23 @@ def test_missing_image_error_or_skip(manifest):
     (manifest.parent / "images/3_2.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"3_2.png is corrupt"):
         dataset[5]
+
+
+@pytest.mark.parametrize("corrupt", [
+    b"not an image",
+    b"\x89PNG\r\n\x1a\n garbage",  # a PNG signature, then nothing of a PNG
+    "truncated",                    # the first half of a valid PNG
+])
+def test_corrupt_image_error_or_skip_at_construction(manifest, corrupt):
+    image = manifest.parent / "images/3_2.png"
+    image.write_bytes(image.read_bytes()[:image.stat().st_size // 2] if corrupt == "truncated" else corrupt)
+    with pytest.raises(ValueError, match=r"images/3_2.png is corrupt or not an image .*bad_images='skip'"):
+        FaceCaptionDataset(manifest, split="train")
+    dataset = FaceCaptionDataset(manifest, split="train", bad_images="skip")
+    assert dataset.skipped == [str(image)]
+    assert [r.path for r in dataset.records] == [f"images/{i}_{k}.png" for i in ("7", "3", "12") for k in range(3)
+                                                 if (i, k) != ("3", 2)]
+    assert dataset[4]["image"].shape == (3, 112, 112)
 
 
 def test_bad_arguments(manifest):

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
                                down_up, gaussian_blur, jpeg)
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
@@ -132,3 +133,26 @@ def test_degrade_missing_image(tmp_path):
     out, skipped = degrade_manifest(manifest, "test", "down16", bad_images="skip")
     assert len(skipped) == 1 and "2_0.png" in skipped[0]
     assert len([r for r in read_manifest(out) if r.split == "test_degraded"]) == 3
+
+
+@pytest.mark.parametrize("split, name", [("test", "train"),   # would move degraded test images into train
+                                         ("test", "test"),    # would relabel the clean test split
+                                         ("train", "test_degraded")])  # a degraded copy of another split
+def test_degrade_refuses_an_existing_split_name(tmp_path, split, name):
+    manifest = make_manifest(tmp_path)
+    if name == "test_degraded":
+        manifest, _ = degrade_manifest(manifest, "test", "down16", out_manifest=manifest)
+        (tmp_path / "images/train/9").mkdir(parents=True)
+        face(9).save(tmp_path / "images/train/9/9_0.png")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match=f"name '{name}' is already a split of .*manifest.jsonl that is not a "
+                                         f"degraded copy of split '{split}'"):
+        degrade_manifest(manifest, split, "down16", name=name, out_manifest=manifest)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before  # nothing written
+
+
+def test_cli_degrade_refuses_an_existing_split_name(tmp_path, capsys):
+    manifest = make_manifest(tmp_path)
+    assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down16", "--name", "train"]) == 2
+    assert "name 'train' is already a split" in capsys.readouterr().err
+    assert not (tmp_path / "manifest_train.jsonl").exists() and not (tmp_path / "train").exists()

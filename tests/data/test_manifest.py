@@ -21,10 +21,67 @@ def test_round_trip(tmp_path, suffix):
     assert back[0].meta == {"k": 1}
 
 
+# Every character str.splitlines() breaks at besides "\n" and "\r".
+LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_round_trip_keeps_unicode_line_breaks(tmp_path, suffix):
+    records = [ManifestRecord("images/a,\"b\".png", "1", "test", tuple(f"caption{c}end" for c in LINE_BREAKS)),
+               ManifestRecord(f"images/x{LINE_BREAKS}.png", f"id{LINE_BREAKS}", "test", (f"two{LINE_BREAKS}lines",),
+                              {"note": f"m{LINE_BREAKS}"}),
+               ManifestRecord("images/c.png", "2", "train", ("crlf\r\ninside",))]
+    assert read_manifest(write_manifest(tmp_path / f"m{suffix}", records)) == records
+
+
+def test_csv_record_with_a_newline_in_a_quoted_cell(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('path,identity,split,captions\n"images/a\nb.png",1,train,"[""c""]"\nx.png,1,train,[oops\n',
+                    encoding="utf-8", newline="")
+    with pytest.raises(ValueError, match=r"m.csv:4: column 'captions'"):  # the file's line, not the record's
+        read_manifest(path)
+    path.write_text('path,identity,split,captions\r\n"images/a\r\nb.png",1,train,"[""c""]"\r\n', newline="")
+    assert read_manifest(path)[0].path == "images/a\r\nb.png"
+
+
+def jsonl(*rows):
+    return "".join(json.dumps({"identity": "1", "split": "test", "captions": ["c"], **row}) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize("second", [
+    {"path": "images/a.png"},                                     # the same record twice
+    {"path": "images/a.png", "split": "train"},                   # train/test overlap
+    {"path": "images/a.png", "identity": "2"},                    # two identities for one image
+    {"path": "images/./a.png", "split": "train", "identity": "2"},  # another spelling of the same file
+])
+def test_repeated_image_path_is_rejected(tmp_path, second):
+    path = tmp_path / "dup.jsonl"
+    path.write_text(jsonl({"path": "images/a.png"}, {"path": "images/b.png"}, second))
+    with pytest.raises(ValueError, match=r"every image may appear in one record only") as error:
+        read_manifest(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:3: image {second['path']!r} is already listed on line 1")
+    assert ("as 'images/a.png'" in message) == (second["path"] != "images/a.png")
+    csv_path = tmp_path / "dup.csv"
+    csv_path.write_text("path,identity,split,captions\nimages/a.png,1,test,[]\n"
+                        f"{second['path']},{second.get('identity', '1')},{second.get('split', 'test')},[]\n")
+    with pytest.raises(ValueError, match=r"dup.csv:3: image .* is already listed on line 2"):
+        read_manifest(csv_path)
+
+
+def test_write_refuses_a_repeated_image_path(tmp_path):
+    records = [*RECORDS, ManifestRecord("images/b/1.png", "2", "train", ("again",))]
+    with pytest.raises(ValueError, match=r"records 1 and 3 both list image 'images/b/1.png'"):
+        write_manifest(tmp_path / "m.jsonl", records)
+    assert not (tmp_path / "m.jsonl").exists()
+
+
 def test_identity_labels_are_contiguous_and_numeric_order():
     labels = identity_labels(RECORDS)
     assert labels == {"2": 0, "10": 1}
     assert identity_labels([ManifestRecord("x", "bob", "s"), ManifestRecord("y", "alice", "s")]) == {"alice": 0, "bob": 1}
+    # "²" is a digit but not a decimal number: names sort as text then.
+    assert identity_labels([ManifestRecord("x", "²", "s"), ManifestRecord("y", "10", "s")]) == {"10": 0, "²": 1}
 
 
 def test_integer_identity_read_as_string(tmp_path):

@@ -100,6 +100,48 @@ def test_hand_made_identification():
     assert result["rank1_ci"][0] <= 0.25 <= result["rank1_ci"][1]
 
 
+def similarity_with_ranks(ranks, subjects=8):
+    """Probe i (subject i % subjects) scores 0.5 with its gallery image, 0.9 with ranks[i] - 1 impostors."""
+    similarity = np.full((len(ranks), subjects), 0.1)
+    for i, rank in enumerate(ranks):
+        similarity[i, i % subjects] = 0.5
+        impostors = [s for s in range(subjects) if s != i % subjects][:rank - 1]
+        similarity[i, impostors] = 0.9
+    return similarity, np.arange(len(ranks)) % subjects, np.arange(subjects)
+
+
+@pytest.mark.parametrize("max_rank", [1, 2, 4, 5, 20])
+def test_rank1_and_rank5_do_not_depend_on_max_rank(max_rank):
+    ranks = [1, 3, 5, 6, 8, 2]
+    similarity, probes, gallery = similarity_with_ranks(ranks)
+    assert match_ranks(similarity, probes, gallery).tolist() == ranks
+    result = identification_metrics(similarity, probes, gallery, max_rank=max_rank, resamples=200)
+    assert result["rank1"] == pytest.approx(1 / 6)
+    assert result["rank5"] == pytest.approx(4 / 6)  # ranks 1, 3, 5 and 2
+    expected_cmc = [sum(r <= k for r in ranks) / 6 for k in range(1, min(max_rank, 8) + 1)]
+    assert result["cmc"] == pytest.approx(expected_cmc)
+    for name in ("rank1", "rank5"):
+        low, high = result[f"{name}_ci"]
+        assert low <= result[name] <= high
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_identification_rejects_non_finite_similarity(bad):
+    similarity = np.array([[bad, 0.1], [0.2, 0.3]])
+    with pytest.raises(ValueError, match="similarity must be finite"):
+        identification_metrics(similarity, np.array([0, 1]), np.array([0, 1]), resamples=0)
+
+
+def test_counts_are_checked():
+    similarity, probes, gallery = similarity_with_ranks([1, 2])
+    with pytest.raises(ValueError, match="max_rank must be an integer >= 1, got 0"):
+        identification_metrics(similarity, probes, gallery, max_rank=0)
+    with pytest.raises(ValueError, match="resamples must be an integer >= 0, got -1"):
+        identification_metrics(similarity, probes, gallery, resamples=-1)
+    with pytest.raises(ValueError, match="resamples must be an integer >= 0, got -1"):
+        verification_metrics(np.array([0.9, 0.1]), np.array([1, 0]), resamples=-1)
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="genuine and impostor"):
         roc_curve(np.array([0.1, 0.2]), np.array([1, 1]))

@@ -129,7 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     degrade.add_argument("--manifest", required=True)
     degrade.add_argument("--split", default="test")
     degrade.add_argument("--recipe", default="celeba", help="celeba, face2text, down<S>, jpeg<Q>, joined by '+'")
-    degrade.add_argument("--name", help="new split name (default <split>_degraded)")
+    degrade.add_argument("--name", help="new split name (default <split>_degraded); an existing split is refused "
+                                        "unless it is an earlier degraded copy of --split, which is replaced")
     degrade.add_argument("--out-manifest", help="default <stem>_<name>.jsonl next to the manifest")
     degrade.add_argument("--seed", type=int, default=0)
     degrade.add_argument("--workers", type=int, default=1)

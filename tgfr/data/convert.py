@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.files import read_caption_file
+from tgfr.data.files import check_image, read_caption_file
 from tgfr.data.manifest import ManifestRecord
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -65,12 +65,31 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return next((folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
 
 
+def _entry_order(entry: str) -> list[tuple[int, int, str]]:
+    """Sort key of "<id>/<id>_<k>": numbers by value ("4_2" before "4_10"), all before names.
+
+    Tagged tuples, because a key mixing int and str tokens cannot compare "5" with "abc".
+    """
+    return [(0, int(t), t) if t.isdecimal() else (1, 0, t) for t in entry.replace("/", "_").split("_")]
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist or is not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid UTF-8 (byte {error.start})") from None
+
+
 def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
                       bad_files: str = "error") -> tuple[list[ManifestRecord], list[str]]:
     """Records (paths relative to `root`) of an MMCelebA/Face2Text tree, and the skipped files.
 
     A split's entries come from <root>/<split>/filenames.* when present, else from its image
-    folders. An image listed without a file, or without a readable caption file, raises
+    folders. An entry names an image stem: of files sharing one, the first suffix of
+    IMAGE_SUFFIXES is used. An entry listed twice is an error. An image listed without a file,
+    with a corrupt file (files.check_image) or without a readable caption file, raises
     (bad_files="error") or is skipped and reported (bad_files="skip").
     """
     if bad_files not in ("error", "skip"):
@@ -86,17 +105,21 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
         if list_file is not None:
             entries = read_split_list(list_file, trust_pickle)
         else:
-            entries = sorted((f"{p.parent.name}/{p.stem}" for p in (images_root / split).glob("*/*")
-                              if p.suffix.lower() in IMAGE_SUFFIXES),
-                             key=lambda e: [int(t) if t.isdigit() else t for t in e.replace("/", "_").split("_")])
+            entries = sorted({f"{p.parent.name}/{p.stem}" for p in (images_root / split).glob("*/*")
+                              if p.suffix.lower() in IMAGE_SUFFIXES}, key=_entry_order)
+        seen = set()
         for entry in entries:
             identity, _, stem = entry.replace("\\", "/").partition("/")
             if not stem:
                 raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>'")
+            if (identity, stem) in seen:
+                raise ValueError(f"{list_file}: entry {entry!r} is listed twice")
+            seen.add((identity, stem))
             try:
                 image = _find_image(images_root / split / identity, stem)
                 if image is None:
                     raise ValueError(f"image file {images_root / split / identity / stem}.(jpg|png) does not exist")
+                check_image(image)
                 captions = read_caption_file(root / "text" / identity / f"{stem}.txt")
             except ValueError as error:
                 if bad_files == "error":
@@ -111,7 +134,7 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
 
 def _read_identity_file(path: Path) -> dict[str, str]:
     identities = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(_read_text(path, "identity file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -124,7 +147,7 @@ def _read_identity_file(path: Path) -> dict[str, str]:
 def _read_hq_mapping(path: Path) -> dict[str, str]:
     """CelebA-HQ index -> CelebA file name, from 'idx orig_idx orig_file' rows (header skipped)."""
     mapping = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(_read_text(path, "CelebA-HQ mapping file").splitlines(), start=1):
         fields = line.split()
         if not fields or not fields[0].isdigit():
             continue
@@ -156,7 +179,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     """Records (paths relative to `root`) of CelebA-Dialog, and the skipped images.
 
     split_file: JSON {"train": [image names], "val": [...], "test": [...]} or CSV rows
-    "image,split". Without it identities are split train/val/test by `fractions`.
+    "image,split"; an image listed under two splits is an error. Without it identities are split
+    train/val/test by `fractions`. A missing image file, or a corrupt one (files.check_image),
+    raises (bad_files="error") or is skipped and reported (bad_files="skip").
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -179,8 +204,11 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
         problem = None
         if celeba_name not in celeba_identity:
             problem = f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}"
-        elif not image.is_file():
-            problem = f"image file {image} does not exist"
+        else:
+            try:
+                check_image(image)
+            except ValueError as error:
+                problem = str(error)
         if problem:
             if bad_files == "error":
                 raise ValueError(f"{problem} (pass bad_files='skip' / --skip-bad to skip such images)")
@@ -192,15 +220,36 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     return [ManifestRecord(r.path, r.identity, split_of(r), r.captions) for r in records], skipped
 
 
+def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
+    """Image name -> split, from JSON {split: [image names]} or CSV rows "image,split"."""
+    text = _read_text(split_file, "split file")
+    if split_file.suffix.lower() == ".json":
+        try:
+            by_split = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"split file {split_file} is not valid JSON ({error})") from None
+        if not isinstance(by_split, dict) or not all(
+                isinstance(names, list) and all(isinstance(n, str) for n in names) for names in by_split.values()):
+            raise ValueError(f"split file {split_file} must hold a JSON object {{split: [image names]}}, "
+                             f"got {type(by_split).__name__}: {str(by_split)[:80]}")
+        listed = [(name, split) for split, names in by_split.items() for name in names]
+    else:
+        listed = [(row[0], row[1]) for row in csv.reader(text.splitlines()) if len(row) >= 2]
+    table: dict[str, str] = {}
+    for name, split in listed:
+        if not split:
+            raise ValueError(f"split file {split_file} gives image {name} an empty split name")
+        # One image in two splits would leak it between train and test, whichever came last.
+        if table.setdefault(name, split) != split:
+            raise ValueError(f"split file {split_file} lists image {name} under two splits, "
+                             f"{table[name]!r} and {split!r}")
+    return table
+
+
 def _dialog_splits(records: list[ManifestRecord], split_file, fractions, seed):
     if split_file is not None:
         split_file = Path(split_file)
-        if split_file.suffix.lower() == ".json":
-            by_split = json.loads(split_file.read_text(encoding="utf-8"))
-            table = {name: split for split, names in by_split.items() for name in names}
-        else:
-            table = {row[0]: row[1] for row in csv.reader(split_file.read_text(encoding="utf-8").splitlines())
-                     if len(row) >= 2}
+        table = _read_dialog_split_file(split_file)
 
         def split_of(record: ManifestRecord) -> str:
             name = Path(record.path).name

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tgfr.data.files import load_image
+from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split
 from tgfr.data.transforms import EvalTransform
 
@@ -24,8 +24,8 @@ class FaceCaptionDataset(Dataset):
         transform: called as transform(pil_image, rng) -> (3, 112, 112) tensor; EvalTransform by default.
         captions_per_sample: captions drawn per item (without replacement while the image has enough).
         seed: base seed; with `set_epoch` every caption draw and random transform is reproducible.
-        bad_images: "error" (default) raises naming the first missing image at construction;
-            "skip" drops missing images and counts them in `skipped`.
+        bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image)
+            at construction; "skip" drops such images and lists their paths in `skipped`.
         require_captions: reject images without captions (a text-guided model needs one).
 
     Item: dict with image (3, 112, 112) float32 in [-1, 1], label int64 (contiguous identity
@@ -59,16 +59,18 @@ class FaceCaptionDataset(Dataset):
         kept, self.skipped = [], []
         for record in records:
             path = manifest_root / record.path
-            if not path.is_file():
+            try:
+                check_image(path)
+            except ValueError as error:
                 if bad_images == "error":
-                    raise ValueError(f"image file {path} does not exist (pass bad_images='skip' to skip such images)")
+                    raise ValueError(f"{error} (pass bad_images='skip' to skip such images)") from None
                 self.skipped.append(str(path))
-            elif require_captions and not record.captions:
+                continue
+            if require_captions and not record.captions:
                 raise ValueError(f"image {record.path} has no captions in the manifest")
-            else:
-                kept.append(record)
+            kept.append(record)
         if not kept:
-            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} missing)")
+            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} missing or corrupt)")
         self.root = manifest_root
         self.records = kept
         self.label_of = identity_labels(kept)

@@ -194,16 +194,25 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     Writes images under <manifest folder>/<name>/ and a manifest holding every input record
     (minus any earlier records of split `name`) plus the degraded ones, at `out_manifest`
     (default "<stem>_<name>.jsonl" next to the input; it may be the input itself).
+    An existing split `name` is replaced only when it is an earlier degraded copy of `split`
+    (every record's meta "source" is an image of `split`); any other existing split is an error.
     Returns (manifest path, errors of skipped images).
     """
     manifest = Path(manifest)
     name = name or f"{split}_degraded"
     records = read_manifest(manifest)
-    kept = [record for record in records if record.split != name]
-    degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
-                                       workers=workers, bad_images=bad_images)
+    sources = {record.path for record in records if record.split == split}
+    earlier = [record for record in records if record.split == name]
+    # Replacing any other split would relabel its images (e.g. name="train" would move degraded
+    # test images into train, and drop the real training images).
+    if earlier and not all(isinstance(r.meta.get("source"), str) and r.meta["source"] in sources for r in earlier):
+        raise ValueError(f"name {name!r} is already a split of {manifest} that is not a degraded copy of split "
+                         f"{split!r}; choose another name (--name)")
     out_manifest = Path(out_manifest) if out_manifest else manifest.with_name(f"{manifest.stem}_{name}.jsonl")
     if out_manifest.resolve().parent != manifest.resolve().parent:
         raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder {manifest.parent} "
                          "so that image paths stay relative to it")
+    kept = [record for record in records if record.split != name]
+    degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
+                                       workers=workers, bad_images=bad_images)
     return write_manifest(out_manifest, kept + degraded), failed

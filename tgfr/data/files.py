@@ -21,6 +21,23 @@ def load_image(path: str | Path) -> Image.Image:
         raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
 
 
+def check_image(path: str | Path) -> None:
+    """Raises naming `path` unless it is an image file whose header and structure are sound.
+
+    Cheap enough to run over a whole dataset before training (Image.verify reads the file without
+    decoding pixels): it catches missing files, non-images, broken headers and corrupt or truncated
+    PNGs. Truncated JPEG scan data is only found by decoding, in load_image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
+
+
 def read_caption_file(path: str | Path) -> list[str]:
     """Reads one caption per non-empty line of a UTF-8 text file; empty files are an error."""
     path = Path(path)

@@ -9,10 +9,15 @@ A manifest is a JSON Lines file (or a CSV file) with one record per image:
 strings), `captions` is a list of strings (may be empty for image-only data) and `meta` is an
 optional JSON object passed through untouched. CSV manifests have the columns
 path,identity,split,captions[,meta] where captions is a JSON list and meta a JSON object.
+
+Every image appears in one record only: a path listed twice (in one split or two) would let an
+image match itself in evaluation, count its pairs twice or leak it from test into train.
 """
 
 import csv
+import io
 import json
+import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,29 +78,47 @@ def _parse_json_cell(text: str, column: str, where: str) -> Any:
         raise ValueError(f"{where}: column '{column}' is not valid JSON ({error.msg})") from None
 
 
+def _repeated_path(records: Sequence[ManifestRecord]) -> tuple[int, int] | None:
+    """Indices (first, repeat) of the first path that names an image already listed, else None."""
+    first_index: dict[str, int] = {}
+    for index, record in enumerate(records):
+        # "a/./b.png" and "a//b.png" name the file "a/b.png" names.
+        key = posixpath.normpath(record.path)
+        if key in first_index:
+            return first_index[key], index
+        first_index[key] = index
+    return None
+
+
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
-    """Reads a .jsonl or .csv manifest; schema errors name the file and line number."""
+    """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest {path} does not exist or is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        # Bytes, not read_text: newline translation would turn a quoted "\r\n" in a CSV cell into "\n".
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"manifest {path} is not valid UTF-8 (byte {error.start})") from None
-    records = []
+    records, lines = [], []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        # The csv module reads records itself: a quoted field may hold a newline, and only \r and \n
+        # end a line (str.splitlines would also split at U+2028, U+0085, ... inside captions).
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [name for name in MANIFEST_FIELDS if name not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
-        for line_number, row in enumerate(reader, start=2):
-            where = f"{path}:{line_number}"
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
             row = dict(row)
             row["captions"] = _parse_json_cell(row["captions"] or "[]", "captions", where)
             row["meta"] = _parse_json_cell(row["meta"], "meta", where) if row.get("meta") else {}
             records.append(_record_from_row(row, where))
+            lines.append(reader.line_num)
     else:
-        for line_number, line in enumerate(text.splitlines(), start=1):
+        # JSON escapes newlines inside strings, so "\n" alone ends a record (a "\r" before it is JSON
+        # whitespace); write_manifest writes U+2028, U+0085, ... raw, and str.splitlines cuts at them.
+        for line_number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{line_number}"
@@ -104,16 +127,30 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
             records.append(_record_from_row(row, where))
+            lines.append(line_number)
     if not records:
         raise ValueError(f"manifest {path} has no records")
+    repeated = _repeated_path(records)
+    if repeated is not None:
+        first, again = repeated
+        earlier = records[first]
+        spelled = f" as {earlier.path!r}" if earlier.path != records[again].path else ""
+        raise ValueError(f"{path}:{lines[again]}: image {records[again].path!r} is already listed on line "
+                         f"{lines[first]}{spelled} (split {earlier.split!r}, identity {earlier.identity!r}); "
+                         "every image may appear in one record only")
     return records
 
 
 def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
     """Writes records as JSON Lines (or CSV when `path` ends in .csv); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     records = list(records)
+    repeated = _repeated_path(records)
+    if repeated is not None:
+        first, again = repeated
+        raise ValueError(f"cannot write manifest {path}: records {first} and {again} both list image "
+                         f"{records[again].path!r}; every image may appear in one record only")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         with path.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
@@ -144,5 +181,6 @@ def select_split(records: Sequence[ManifestRecord], split: str | Sequence[str] |
 def identity_labels(records: Sequence[ManifestRecord]) -> dict[str, int]:
     """Maps identities to contiguous labels 0..C-1 in sorted order (numeric when all are digits)."""
     identities = {record.identity for record in records}
-    key = (lambda name: (int(name), name)) if all(i.isdigit() for i in identities) else None
+    # isdecimal, not isdigit: "²" is a digit that int() rejects.
+    key = (lambda name: (int(name), name)) if all(i.isdecimal() for i in identities) else None
     return {identity: label for label, identity in enumerate(sorted(identities, key=key))}

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--manifest", type=Path, default=None, help="evaluate on this manifest instead of the run's data")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an evaluation value, e.g. --set evaluation.protocol=pairs")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto, cpu or cuda")
     parser.set_defaults(func=main)
 
 
@@ -30,12 +30,17 @@ def main(args: argparse.Namespace) -> int:
     if not (args.run / "model").is_dir():
         raise SystemExit(f"--run: {args.run / 'model'} does not exist (training has not finished; use "
                          "`tgfr train --resume`)")
-    values = tomllib.loads(path.read_text(encoding="utf-8"))
-    for override in args.overrides:
-        keys, value = parse_override(override)
-        if keys[0] != "evaluation" or len(keys) != 2 or keys[1] not in values["evaluation"]:
-            raise SystemExit(f"--set {override!r}: only evaluation.<key> can be set here")
-        values["evaluation"][keys[1]] = value
-    report = evaluate(args.run, config_from_dict(values), args.out, args.manifest, args.device)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        for override in args.overrides:
+            keys, value = parse_override(override)
+            if keys[0] != "evaluation" or len(keys) != 2 or keys[1] not in values.get("evaluation", {}):
+                raise SystemExit(f"--set {override!r}: only evaluation.<key> can be set here")
+            values["evaluation"][keys[1]] = value
+        # Validates every setting (e.g. evaluation.max_rank >= 1) before the model is loaded.
+        config = config_from_dict(values)
+        report = evaluate(args.run, config, args.out, args.manifest, args.device)
+    except ValueError as error:  # bad settings or data: the message names them, a traceback adds nothing
+        raise SystemExit(f"tgfr evaluate: error: {error}") from None
     print(f"report: {report}")
     return 0

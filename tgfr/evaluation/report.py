@@ -65,11 +65,18 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatmaps: list[str],
                  context: dict[str, Any]) -> Path:
-    """Writes out/metrics.json and out/report.md; `figures` maps split -> plot file names."""
+    """Writes out/metrics.json and out/report.md; `figures` maps split -> plot file names.
+
+    context: run, manifest, protocol, gallery_per_subject, resamples, splits (report name ->
+    manifest split) and training (train_summary.json's content or None).
+    """
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    per_subject = context["gallery_per_subject"]
+    gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
     lines = ["# TGFR evaluation report", "",
              f"Run: `{context['run']}`; manifest: `{context['manifest']}`; protocol: {context['protocol']} "
-             f"(verification), first image of each subject as gallery (identification). Figures in % with "
+             f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
+             f"(identification). Figures in % with "
              f"95% bootstrap intervals ({context['resamples']} resamples). TAR at a FAR below 1/impostor pairs "
              "is n/a.", "", "## Summary", "", *_comparison(metrics), ""]
     for split, methods in metrics.items():

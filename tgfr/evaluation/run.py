@@ -38,7 +38,13 @@ def _heatmaps(model, captions: CaptionFeatures, manifest: Path, split: str, coun
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
              device: str = "auto") -> Path:
     """Evaluates run/model on config.evaluation.splits; writes report.md, metrics.json and PNGs
-    into `out` (default run/report); returns the report path."""
+    into `out` (default run/report); returns the report path. device: auto (cuda when available),
+    cpu or cuda."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device (torch.cuda.is_available() "
+                         "is False); use device auto or cpu")
     run = Path(run)
     out = Path(out) if out is not None else run / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +71,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
                                       out / f"attention_{name}.png").name)
     summary = run / "train_summary.json"
     context = {"run": str(run), "manifest": str(manifest), "protocol": evaluation.protocol,
+               "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits,
                "training": json.loads(summary.read_text()) if summary.is_file() else None}
     return write_report(out, metrics, figures, heatmaps, context)

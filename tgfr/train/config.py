@@ -141,6 +141,18 @@ class EvaluationConfig:
     batch_size: int = 128
     heatmap_captions: int = 4
 
+    def __post_init__(self) -> None:
+        # Checked here, so that a bad value (e.g. from `tgfr evaluate --set`) fails before any
+        # embedding is computed, with the setting's name.
+        if not self.splits or not all(isinstance(s, str) and s for s in self.splits.values()):
+            raise ValueError(f"evaluation.splits must map report names to non-empty split names, got {self.splits!r}")
+        minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
+                   "batch_size": 1, "heatmap_captions": 0}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"evaluation.{name} must be an integer >= {low}, got {value!r}")
+
 
 @dataclass
 class TrainConfig:
