@@ -63,6 +63,15 @@ def test_bad_gamma(gamma):
         tgfr.ops.word_region_scores(*valid_inputs(), gamma2=gamma)
 
 
+def test_word_softmax_must_be_a_bool():
+    # bool("False") is True: a string must not silently turn the word softmax on.
+    with pytest.raises(TypeError, match="word_softmax must be a bool"):
+        tgfr.ops.word_region_scores(*valid_inputs(), word_softmax="False")
+    words, lengths, regions = valid_inputs()
+    with pytest.raises(TypeError, match="word_softmax must be a bool"):
+        tgfr.ops.word_region_attention(words, lengths, regions[:3], word_softmax=0)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         tgfr.ops.word_region_scores(*valid_inputs(), backend="tpu")

@@ -6,6 +6,7 @@ device or value) with a message that names the argument, what was expected and w
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -58,6 +59,13 @@ def check_positive(name: str, value: float) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return float(value)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """Checks a boolean option (a string such as "False" would otherwise count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Tensor:

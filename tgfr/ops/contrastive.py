@@ -20,7 +20,15 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.validation import check_choice, check_nonempty, check_same_device, check_size, check_tensor
+from tgfr.validation import (
+    check_choice,
+    check_flag,
+    check_nonempty,
+    check_positive,
+    check_same_device,
+    check_size,
+    check_tensor,
+)
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -143,7 +151,8 @@ def contrastive_cross_entropy(
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     check_choice("direction", direction, DIRECTIONS)
     offset = _check_offset(offset, x.shape[0], y.shape[0], direction)
-    scale, margin = _check_finite_number("scale", scale), _check_finite_number("margin", margin)
+    scale, margin = check_positive("scale", scale), _check_finite_number("margin", margin)
+    normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
     if normalize:
         x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
@@ -209,6 +218,7 @@ def contrastive_row_max(
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")
+    normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
     with torch.no_grad():
         if normalize:

@@ -12,6 +12,7 @@ from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
 from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.validation import (
+    check_flag,
     check_nonempty,
     check_positive,
     check_same_device,
@@ -93,7 +94,7 @@ def word_region_scores(
     """
     words, lengths, regions = _check_inputs(words, lengths, regions)
     gamma1, gamma2 = check_positive("gamma1", gamma1), check_positive("gamma2", gamma2)
-    word_softmax = bool(word_softmax)
+    word_softmax = check_flag("word_softmax", word_softmax)
     backend = _resolve_backend(backend, words)
     if backend == "reference":
         return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
@@ -119,8 +120,8 @@ def word_region_attention(
     """
     words, lengths, regions = _check_inputs(words, lengths, regions)
     check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
-    gamma1 = check_positive("gamma1", gamma1)
-    return torch.ops.tgfr.word_region_attention(words.detach(), lengths, regions.detach(), gamma1, bool(word_softmax))
+    gamma1, word_softmax = check_positive("gamma1", gamma1), check_flag("word_softmax", word_softmax)
+    return torch.ops.tgfr.word_region_attention(words.detach(), lengths, regions.detach(), gamma1, word_softmax)
 
 
 @torch.library.register_fake("tgfr::word_region_scores")
