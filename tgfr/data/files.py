@@ -3,22 +3,30 @@
 A missing or unreadable file is an error that names it: a wrong sample is worse than none.
 """
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Opens an image file fully (so truncation is caught here) as RGB."""
-    path = Path(path)
+@contextlib.contextmanager
+def _opened_image(path: Path) -> Iterator[Image.Image]:
+    """Image.open whose every failure, in opening or in what the caller then reads, names the file."""
     if not path.is_file():
         raise ValueError(f"image file {path} does not exist")
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
+            yield image
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Opens an image file fully (so truncation is caught here) as RGB."""
+    with _opened_image(Path(path)) as image:
+        image.load()
+        return image.convert("RGB")
 
 
 def check_image(path: str | Path) -> None:
@@ -28,14 +36,8 @@ def check_image(path: str | Path) -> None:
     decoding pixels): it catches missing files, non-images, broken headers and corrupt or truncated
     PNGs. Truncated JPEG scan data is only found by decoding, in load_image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
+    with _opened_image(Path(path)) as image:
+        image.verify()
 
 
 def read_caption_file(path: str | Path) -> list[str]:
