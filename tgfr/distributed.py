@@ -9,6 +9,8 @@ and DDP's averaging of parameter gradients brings it back to the single-process 
 Every rank must hold the same number of rows.
 """
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -41,7 +43,13 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """
     if not is_distributed():
         return tensor, 0
-    return _GatherWithGrad.apply(tensor), dist.get_rank() * tensor.shape[0]
+    return _GatherWithGrad.apply(tensor), row_offset(tensor.shape[0])
+
+
+def row_offset(rows: int) -> int:
+    """Index of this rank's first row in a gathered batch of `rows` rows per rank (0 outside a
+    process group)."""
+    return dist.get_rank() * rows if is_distributed() else 0
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -60,3 +68,13 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value)
     return value / dist.get_world_size()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value` (picklable; exchanged between the job's own processes, never read from
+    a file), in rank order, on every rank; [value] outside a process group."""
+    if not is_distributed():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values

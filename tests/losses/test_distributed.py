@@ -2,7 +2,8 @@
 
 Convention checked (tgfr/distributed.py): the mean of the ranks' losses is the single-process
 loss, and each rank's feature gradient is world_size times the single-process gradient of its
-rows (DDP's averaging of parameter gradients divides that factor out).
+rows (DDP's averaging of parameter gradients divides that factor out). Buffers (CoReFace's
+margin, the association memory) end equal to the single process's on every rank.
 """
 
 import os
@@ -41,6 +42,21 @@ def check_local_form(rank, make_loss, inputs, differentiable, steps=1):
         torch.testing.assert_close(a, b, msg=f"buffer {name}")
 
 
+class AssociationLoss(torch.nn.Module):
+    """DualGranularityAssociationLoss without its stats, its memory drawn from one seed: the same in
+    the single-process and the local form, as the training loop makes it on every rank."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from tgfr.losses import DualGranularityAssociationLoss
+
+        torch.manual_seed(5)
+        self.loss = DualGranularityAssociationLoss(6, 3, temperature=0.2, min_confidence=0.8, **kwargs).double()
+
+    def forward(self, image, caption):
+        return self.loss(image, caption)[0]
+
+
 def worker(rank, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -56,6 +72,10 @@ def worker(rank, port):
         check_local_form(rank, lambda **kw: CaptionImageContrastiveLoss(**kw), [a, b, labels], [0, 1])
         check_local_form(rank, lambda **kw: IntraModalContrastiveLoss(scale=3.0, **kw), [a, b, labels], [0, 1])
         check_local_form(rank, lambda **kw: CoReFaceLoss(**kw), [a, a + 0.5 * b, labels], [0, 1], steps=3)
+        # Clustered images: some share a confident pseudo-identity (across the ranks' halves too), others are
+        # unconfident and have one of their own.
+        image = torch.randn(3, 6, generator=generator, dtype=torch.float64)[torch.arange(12) % 3] + 0.3 * a
+        check_local_form(rank, AssociationLoss, [image, b], [0, 1], steps=3)
         words = torch.randn(8, 4, 6, generator=generator, dtype=torch.float64)
         regions = torch.randn(8, 5, 6, generator=generator, dtype=torch.float64)
         lengths = torch.tensor([4, 1, 3, 2, 4, 4, 2, 3])

@@ -44,6 +44,22 @@ def test_head_rejects_wrong_embedding_size():
         ArcFaceHead(16, 10)(torch.randn(3, 8), torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("head_class", [ArcFaceHead, CosFaceHead])
+@pytest.mark.parametrize("embeddings, labels, error, message", [
+    (torch.randn(3, 16), torch.tensor([0, 10, 2]), ValueError,
+     r"labels must lie in \[0, num_classes=10\), got values in \[0, 10\]"),
+    (torch.randn(3, 16), torch.tensor([0, -1, 2]), ValueError,
+     r"labels must lie in \[0, num_classes=10\), got values in \[-1, 2\]"),
+    (torch.randn(0, 16), torch.zeros(0, dtype=torch.long), ValueError, "embeddings must not be empty"),
+    (torch.ones(3, 16, dtype=torch.long), torch.tensor([0, 1, 2]), TypeError, "embeddings must have dtype in"),
+], ids=["label too large", "negative label", "empty batch", "integer embeddings"])
+def test_heads_name_bad_labels_and_embeddings(head_class, embeddings, labels, error, message):
+    """Labels outside the classes (a negative one would silently index from the end), an empty batch
+    (a nan loss) and integer embeddings are errors naming the argument."""
+    with pytest.raises(error, match=message):
+        head_class(16, 10)(embeddings, labels)
+
+
 def association_reference(image, caption, prototypes, scale, temperature, min_confidence):
     """The module docstring's formula in plain PyTorch -> (loss, assignment, confidence)."""
     probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / temperature).softmax(1)

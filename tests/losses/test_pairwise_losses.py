@@ -107,6 +107,52 @@ def test_coreface_equals_released_loss_over_several_batches():
     assert state["m"] > 0.1  # the margin really moved, so the comparison covered it
 
 
+def spec_coreface(view1, view2, labels, margin, scale=64.0, momentum=0.99):
+    """SPEC section 3 in float64: C = clamp(cos, -1, 1), same-identity off-diagonals 0, m_batch = mean_i(C_ii -
+    max_{j != i} C_ij), m <- momentum * m_batch + (1 - momentum) * m, CE of s * (C - m I) rows to the diagonal."""
+    z1, z2 = F.normalize(view1.double(), dim=1), F.normalize(view2.double(), dim=1)
+    n = len(labels)
+    eye = torch.eye(n, dtype=torch.bool)
+    cosine = (z1 @ z2.T).clamp(-1, 1)
+    cosine = cosine.masked_fill((labels[:, None] == labels[None, :]) & ~eye, 0.0)
+    hardest = cosine.detach().masked_fill(eye, float("-inf")).amax(1)
+    margin = momentum * (cosine.detach().diagonal() - hardest).mean().item() + (1 - momentum) * margin
+    return F.cross_entropy(scale * (cosine - margin * eye.double()), torch.arange(n)), margin
+
+
+def test_coreface_margin_follows_the_spec_when_every_negative_is_below_zero():
+    """Views whose off-diagonal cosines are all negative (a regular simplex, slightly perturbed): the SPEC's
+    hardest negative is below 0 there, where the release's zeroed diagonal would give 0."""
+    generator = torch.Generator().manual_seed(4)
+    simplex = torch.eye(6, dtype=torch.float64) - 1 / 6
+    view1 = (simplex + 0.01 * torch.randn(6, 6, generator=generator, dtype=torch.float64)).requires_grad_()
+    view2 = (simplex + 0.01 * torch.randn(6, 6, generator=generator, dtype=torch.float64)).requires_grad_()
+    labels = torch.arange(6)
+    off_diagonal = (F.normalize(view1, dim=1) @ F.normalize(view2, dim=1).T)[~torch.eye(6, dtype=torch.bool)]
+    assert off_diagonal.max() < -0.1
+    loss, margin = CoReFaceLoss(), 0.0
+    for _ in range(2):
+        got = loss(view1, view2, labels)
+        expected, margin = spec_coreface(view1, view2, labels, margin)
+        assert loss.margin.item() == pytest.approx(margin, abs=1e-12)
+        torch.testing.assert_close(got, expected, **TOL)
+        for g, e in zip(torch.autograd.grad(got, (view1, view2)), torch.autograd.grad(expected, (view1, view2))):
+            torch.testing.assert_close(g, e, **TOL)
+    assert margin > 1.1  # C_ii - max_j C_ij with C_ii ~ 1 and negatives ~ -0.2; the release's would be ~ 1
+
+
+def test_coreface_names_mismatched_views():
+    view, labels = torch.randn(4, 8), torch.arange(4)
+    with pytest.raises(ValueError, match=r"view2 must have size 4 \(one row per row of view1\)"):
+        CoReFaceLoss()(view, view[:1], labels)  # would broadcast against view1's rows
+    with pytest.raises(ValueError, match=r"view2 must have size 8 \(the embedding size of view1\)"):
+        CoReFaceLoss()(view, view[:, :6], labels)
+    with pytest.raises(ValueError, match="view1 must not be empty"):
+        CoReFaceLoss()(view[:0], view[:0], labels[:0])
+    with pytest.raises(ValueError, match="view2 must have 2 dimensions"):
+        CoReFaceLoss()(view, view[0], labels)
+
+
 def test_coreface_eval_keeps_the_margin():
     loss = CoReFaceLoss().eval()
     view = torch.randn(8, 4)

@@ -63,6 +63,12 @@ def test_checkpoint_errors_name_the_file(tiny_bert_dir, tmp_path):
     config_path.write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
         load_tgfr_model(checkpoint)
+    for corrupt in (None, [config], {**config, "dim": "16"}, {**config, "freeze_backbone": "no"},
+                    {**config, "backbone": None}, {**config, "backbone": {**config["backbone"], "width": 4.5}},
+                    {**config, "text_kernel_sizes": [2, None]}, {**config, "fusion": "bogus"}):
+        config_path.write_text(json.dumps(corrupt))
+        with pytest.raises(ValueError, match=f"checkpoint file '{config_path}' does not describe a model"):
+            load_tgfr_model(checkpoint)
     config_path.write_text(json.dumps({**config, "dim": 32}))  # weights no longer fit
     with pytest.raises(ValueError, match="model.safetensors"):
         load_tgfr_model(checkpoint)

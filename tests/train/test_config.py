@@ -1,10 +1,11 @@
-"""Run configuration: complete presets, overrides, type and key errors, TOML round trip."""
+"""Run configuration: complete presets, overrides, type, key and value errors, TOML round trip."""
 
 import dataclasses
 import tomllib
 
 import pytest
 
+from tgfr.cli import main
 from tgfr.train.config import (PRESET_DIR, TrainConfig, config_from_dict, find_preset, load_config, parse_override,
                                preset_names, to_toml)
 
@@ -52,12 +53,51 @@ def test_overrides_parse_toml_values_and_bare_words():
     ("fr.steps=true", "fr.steps must be of type int"),
     ("align.supervision=labels", "align.supervision must be one of"),
     ("stages=[\"fr\", \"oops\"]", "stages must be distinct names"),
+    ("stages=[]", "stages must be .*at least one"),
+    ("stages=[\"fr\", \"fr\"]", "stages must be distinct names"),
+    ("stages=[\"align\", \"fr\"]", "stages must be .*in that order"),
+    ("stages=[\"fuse\", \"align\"]", "stages must be .*in that order"),
     ("nothing", "key=value"),
     ("fr.steps.x=1", "fr.steps is not a table"),
+    ("fr.steps=0", r"fr\.steps must be an integer >= 1, got 0"),
+    ("fuse.steps=-3", r"fuse\.steps must be an integer >= 1"),
+    ("checkpoint_every=0", "checkpoint_every must be an integer >= 1"),
+    ("log_every=-1", "log_every must be an integer >= 1"),
+    ("threads=-1", "threads must be an integer >= 0"),
+    ("fr.optim.min_lr_ratio=1.5", r"fr\.optim\.min_lr_ratio must lie in \[0.0, 1.0\]"),
+    ("align.optim.min_lr_ratio=-0.1", r"align\.optim\.min_lr_ratio must lie in"),
+    ("fuse.optim.warmup_steps=-1", r"fuse\.optim\.warmup_steps must be an integer >= 0"),
+    ("fr.optim.lr=0", r"fr\.optim\.lr must be a finite positive number"),
+    ("align.optim.grad_clip=inf", r"align\.optim\.grad_clip must lie in"),
+    ("fr.optim.grad_clip=nan", r"fr\.optim\.grad_clip must lie in"),
+    ("fr.optim.grad_clip=-1", r"fr\.optim\.grad_clip must lie in"),
+    ("fuse.optim.optimizer=adam", r"fuse\.optim\.optimizer must be one of"),
+    ("fr.ce_weight=-0.5", r"fr\.ce_weight must lie in"),
+    ("fr.coreface_weight=-1", r"fr\.coreface_weight must lie in"),
+    ("align.wrcl_weight=-1", r"align\.wrcl_weight must lie in"),
+    ("align.identity_weight=nan", r"align\.identity_weight must lie in"),
+    ("fr.arcface_margin=1.5", r"fr\.arcface_margin must lie in \[0.0, 1.5\)"),
+    ("fuse.arcface_margin=-0.1", r"fuse\.arcface_margin must lie in"),
+    ("align.identity_margin=2", r"align\.identity_margin must lie in"),
+    ("align.gamma1=0", r"align\.gamma1 must be a finite positive number"),
+    ("align.gamma2=-5", r"align\.gamma2 must be a finite positive number"),
+    ("fr.arcface_scale=0", r"fr\.arcface_scale must be a finite positive number"),
+    ("align.num_prototypes=0", r"align\.num_prototypes must be an integer >= 1"),
+    ("data.train_degradation=blurry", r"data\.train_degradation: unknown recipe step 'blurry'"),
+    ("data.degradation=down24+jpeg0", r"data\.degradation: recipe step 'jpeg0'"),
+    ("data.train_degrade_p=1.5", r"data\.train_degrade_p must lie in"),
+    ("model.backbone=resnet50", r"model\.backbone must be one of"),
+    ("model.dropout=1", r"model\.dropout must lie in"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         load_config("quick", [override])
+
+
+def test_print_config_refuses_a_bad_value(capsys):
+    with pytest.raises(ValueError, match=r"align\.steps must be an integer >= 1"):
+        main(["train", "--preset", "quick", "--set", "align.steps=0", "--print-config"])
+    assert capsys.readouterr().out == ""
 
 
 def test_incomplete_preset_is_rejected(tmp_path):
@@ -72,3 +112,17 @@ def test_incomplete_preset_is_rejected(tmp_path):
 def test_toml_round_trip():
     config = load_config("quick", ["data.manifest=\"q\\\"uote.jsonl\"", "fr.optim.weight_decay=1e-05"])
     assert config_from_dict(tomllib.loads(to_toml(config))) == config
+
+
+def test_toml_round_trip_of_keys_and_strings_that_need_quoting_or_escapes():
+    """Inline-table keys that are not bare TOML keys, and strings with control characters, quotes and
+    backslashes, read back as written (a run's config.toml is what --resume reads)."""
+    config = load_config("quick")
+    config.evaluation.splits = {"low res": "test", "v1.2": "test_v1.2", 'say "hi"': "a\\b", "caf\u00e9": "t",
+                                "": "x", "tab\tkey": "y"}
+    config.data.manifest = "a\nb\r\t\x00\x1f\x7f\b\f\"q\"\\c.jsonl"
+    config.data.cache_dir = "caf\u00e9 \U0001f600"
+    text = to_toml(config)
+    assert config_from_dict(tomllib.loads(text)) == config
+    # Both strings and keys went through the escapes: the text holds no raw control character.
+    assert not any(ord(c) < 0x20 and c != "\n" or ord(c) == 0x7F for c in text)

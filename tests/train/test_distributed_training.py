@@ -1,10 +1,13 @@
-"""`tgfr train` under torchrun with 2 CPU processes (gloo): every stage runs with DDP and the
-losses' gathered local form, rank 0 writes the run folder, and the run evaluates."""
+"""`tgfr train` with 2 CPU processes (gloo): under torchrun every stage runs with DDP and the
+losses' gathered local form and rank 0 writes the run folder; a stopped run resumes exactly, and
+the weakly supervised association memory stays one memory across ranks."""
 
 import json
 import os
 import subprocess
 import sys
+
+from pathlib import Path
 
 
 def test_two_process_cpu_run(tmp_path, tiny_overrides):
@@ -20,3 +23,15 @@ def test_two_process_cpu_run(tmp_path, tiny_overrides):
     assert [(r["stage"], r["step"]) for r in log] == [(s, k) for s in ("fr", "align", "fuse") for k in (1, 2, 3)]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["align"]["global_batch"] == 8 and summary["fuse"]["steps_taken"] == 3
+
+
+
+def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrides):
+    """ddp_resume_worker.py under torchrun: stop and resume end with the weights of an uninterrupted run, and
+    the weakly supervised association memory is the same on both ranks after training."""
+    worker = Path(__file__).with_name("ddp_resume_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               str(tmp_path), json.dumps(tiny_overrides)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]

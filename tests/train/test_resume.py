@@ -1,7 +1,11 @@
 """A run stopped midway (inside the fr stage, whose dropout views use the RNG, then inside the
 align stage) and resumed ends with exactly the weights, loss states and optimizer state of an
-uninterrupted run (CPU, deterministic)."""
+uninterrupted run (CPU, deterministic), with one thread and with two (where the text encoder's
+output depends on how captions are batched); its train_summary.json counts every call's steps."""
 
+import json
+
+import pytest
 import safetensors.torch
 import torch
 
@@ -25,22 +29,38 @@ def assert_same_tree(a, b, where=""):
         assert a == b, where
 
 
-def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_overrides):
-    config = load_config("quick", tiny_overrides)
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def summary(run):
+    return json.loads((run / "train_summary.json").read_text())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_overrides, threads, keep_threads):
+    config = load_config("quick", tiny_overrides + [f"threads={threads}"])
+    (tmp_path / "straight").mkdir()  # an existing empty folder is a new run's folder too
     train(config, tmp_path / "straight")
 
-    train(config, tmp_path / "resumed", stop_after=2)
-    stopped = load_checkpoint(tmp_path / "resumed" / CHECKPOINT)
+    resumed = tmp_path / "resumed"
+    train(config, resumed, stop_after=2)
+    stopped = load_checkpoint(resumed / CHECKPOINT)
     assert (stopped["stage"], stopped["step"]) == ("fr", 2)
-    train(config, tmp_path / "resumed", resume=True, stop_after=4)  # fr has 4 steps: 2 more, then 2 of align
-    stopped = load_checkpoint(tmp_path / "resumed" / CHECKPOINT)
+    first = summary(resumed)
+    train(config, resumed, resume=True, stop_after=4)  # fr has 4 steps: 2 more, then 2 of align
+    stopped = load_checkpoint(resumed / CHECKPOINT)
     assert (stopped["stage"], stopped["step"]) == ("align", 2)
-    assert not (tmp_path / "resumed" / "model").exists()
-    train(config, tmp_path / "resumed", resume=True)
+    assert not (resumed / "model").exists()
+    second = summary(resumed)
+    train(config, resumed, resume=True)
 
     straight = safetensors.torch.load_file(tmp_path / "straight" / "model" / "model.safetensors")
-    resumed = safetensors.torch.load_file(tmp_path / "resumed" / "model" / "model.safetensors")
-    assert_same_tree(straight, resumed, "model")
+    resumed_weights = safetensors.torch.load_file(resumed / "model" / "model.safetensors")
+    assert_same_tree(straight, resumed_weights, "model")
     a, b = (load_checkpoint(tmp_path / run / CHECKPOINT) for run in ("straight", "resumed"))
     assert (a["stage"], a["step"]) == ("fuse", 4)
     for part in ("model", "losses", "optimizer", "scheduler"):
@@ -50,3 +70,14 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_overrides):
     fresh = build_model(config).state_dict()
     for name in ("backbone.conv1.weight", "fusion.fine.project.weight"):
         assert not torch.equal(fresh[name], straight[name]), name
+
+    # Steps and seconds add up over the three calls; the rate is that of the totals.
+    assert first["fr"]["steps_taken"] == 2 and "align" not in first
+    assert second["fr"]["steps_taken"] == 4 and second["fr"]["seconds"] > first["fr"]["seconds"]
+    final = summary(resumed)
+    batch = config.data.identities_per_batch * config.data.images_per_identity
+    for name in ("fr", "align", "fuse"):
+        values = final[name]
+        assert values["steps_taken"] == 4 and values["global_batch"] == batch, name
+        assert values["samples_per_s"] == pytest.approx(4 * batch / values["seconds"]), name
+    assert final["align"]["seconds"] > second["align"]["seconds"]

@@ -23,13 +23,21 @@ extra positives of the symmetric image-caption contrastive loss (the fused op's 
 mode, so nothing N x N is stored):
     L_local = symmetric supervised contrastive loss of (images, captions) on pseudo-identities.
 Total: local_weight * L_local + global_weight * L_global.
+
+Distributed (gather_ranks in a process group): the local form of tgfr.distributed. The batch is
+the concatenation of the ranks' batches: L_local runs this rank's rows against all ranks'
+columns, L_global divides this rank's share of sum_i c_i CE_i by the mean over ranks of sum_i c_i,
+and the memory moves with the images of all ranks, so the mean of the ranks' losses and every
+rank's memory are those of one process on the whole batch. The memory must start equal on every
+rank (the training loop broadcasts rank 0's): it is drawn from the RNG, which differs per rank.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgfr.ops.contrastive import contrastive_loss
+from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
+from tgfr.losses.pairwise import symmetric_contrastive_loss
 from tgfr.validation import check_positive, check_size, check_tensor
 
 
@@ -44,6 +52,7 @@ class DualGranularityAssociationLoss(nn.Module):
         min_confidence: below it an image makes no batch-level relation.
         prototype_momentum: weight of the old prototype in its update.
         local_weight, global_weight: of the two levels.
+        gather_ranks: in a process group, compute the local form over the batches of all ranks.
         backend: backend of the fused contrastive op.
 
     Buffer `prototypes` (K, D). forward(image, caption) -> (loss, stats) with stats a dict of
@@ -54,7 +63,7 @@ class DualGranularityAssociationLoss(nn.Module):
 
     def __init__(self, embedding_size: int, num_prototypes: int, scale: float = 10.0, temperature: float = 0.1,
                  min_confidence: float = 0.5, prototype_momentum: float = 0.9, local_weight: float = 1.0,
-                 global_weight: float = 1.0, backend: str = "auto") -> None:
+                 global_weight: float = 1.0, gather_ranks: bool = False, backend: str = "auto") -> None:
         super().__init__()
         if embedding_size < 1 or num_prototypes < 1:
             raise ValueError(f"embedding_size and num_prototypes must be positive, got {embedding_size}, {num_prototypes}")
@@ -64,7 +73,7 @@ class DualGranularityAssociationLoss(nn.Module):
                              f"got {min_confidence}, {prototype_momentum}")
         self.min_confidence, self.prototype_momentum = float(min_confidence), float(prototype_momentum)
         self.local_weight, self.global_weight = float(local_weight), float(global_weight)
-        self.backend = backend
+        self.gather_ranks, self.backend = gather_ranks, backend
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
 
     @torch.no_grad()
@@ -90,20 +99,27 @@ class DualGranularityAssociationLoss(nn.Module):
         check_tensor("caption", caption, ndim=2)
         check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
         check_size("caption", caption, 0, image.shape[0], "one caption per image")
+        gathering = self.gather_ranks and is_distributed()
         assignment, confidence = self.assign(image)
-        own = -1 - torch.arange(image.shape[0], device=image.device)
+        # An unconfident image's own pseudo-identity: unique over the images of all ranks.
+        first = row_offset(image.shape[0]) if gathering else 0
+        own = -1 - first - torch.arange(image.shape[0], device=image.device)
         pseudo_identity = torch.where(confidence >= self.min_confidence, assignment, own)
-        local = contrastive_loss(image, caption, self.scale, row_labels=pseudo_identity, same_identity="positive",
-                                 backend=self.backend)
+        local = symmetric_contrastive_loss(image, caption, pseudo_identity, self.scale, "positive", gathering,
+                                           self.backend)
         # The matmul saves the memory for its backward; a copy keeps the in-place prototype update (below, or in
         # a later training call before this backward) from invalidating it ("modified by an inplace operation").
         memory = self.prototypes.to(caption.dtype, copy=True)
         prototype_logits = self.scale * F.normalize(caption, dim=1) @ memory.T
         per_caption = F.cross_entropy(prototype_logits, assignment, reduction="none")
         weight = confidence.to(per_caption.dtype)
-        global_ = (weight * per_caption).sum() / weight.sum()
+        total_weight = mean_over_ranks(weight.sum()) if gathering else weight.sum()
+        global_ = (weight * per_caption).sum() / total_weight
         if self.training:
-            self._update_prototypes(image, assignment)
+            if gathering:
+                self._update_prototypes(gather(image.detach()), gather(assignment))
+            else:
+                self._update_prototypes(image, assignment)
         loss = self.local_weight * local + self.global_weight * global_
         stats = {"local": local.detach(), "global": global_.detach(), "mean_confidence": confidence.mean()}
         return loss, stats

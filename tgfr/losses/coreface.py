@@ -1,11 +1,14 @@
 """CoReFace contrastive regularization (SPEC section 3; arXiv 2304.11668, IsidoreSong/CoreFace).
 
-Two dropout views z, z' of each embedding; C_ij = cos(z_i, z'_j), off-diagonal entries of one
-identity set to 0; adaptive margin from the batch, on detached values,
-    m_batch = mean_i(C_ii - max(0, max_{j != i} C_ij))
-(the release zeroes the diagonal before taking the row maximum, hence the max with 0), kept as a
+Two dropout views z, z' of each embedding; C_ij = clamp(cos(z_i, z'_j), -1, 1), off-diagonal
+entries of one identity set to 0; adaptive margin from the batch, on detached values,
+    m_batch = mean_i(C_ii - max_{j != i} C_ij)
+as SPEC section 3 has it (a row without any negative, a batch of one, counts -1), kept as a
 running value m <- momentum * m_batch + (1 - momentum) * m starting at 0 and used on the same
 batch; loss = CE over j of s * (C_ij - m [i == j]) against the diagonal, view1 rows only.
+The release zeroes the diagonal before taking the row maximum, which makes its hardest negative
+max(0, max_{j != i} C_ij): it differs from this one only for a row whose negatives all have a
+cosine below 0.
 The hardest negatives come from a separate forward-only tiled pass (contrastive_row_max), so
 nothing N x N is stored: the margin has to be known before the fused cross-entropy starts.
 """
@@ -16,7 +19,7 @@ from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
 from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
-from tgfr.validation import check_positive, check_size, check_tensor
+from tgfr.validation import check_nonempty, check_positive, check_size, check_tensor
 
 
 class CoReFaceLoss(nn.Module):
@@ -47,6 +50,12 @@ class CoReFaceLoss(nn.Module):
         """view1, view2 (N, D) two embedding-augmented views, labels (N,) identities -> scalar.
 
         In eval mode the running margin is used as it is, not updated."""
+        # Checked before the row-wise product below, which would broadcast mismatched views silently.
+        check_tensor("view1", view1, ndim=2)
+        check_tensor("view2", view2, ndim=2)
+        check_nonempty("view1", view1)
+        check_size("view2", view2, 0, view1.shape[0], "one row per row of view1")
+        check_size("view2", view2, 1, view1.shape[1], "the embedding size of view1")
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_size("labels", labels, 0, view1.shape[0], "one label per row of view1")
         columns, offset, column_labels = view2, 0, labels
@@ -59,7 +68,7 @@ class CoReFaceLoss(nn.Module):
             with torch.no_grad():
                 z1, z2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
                 positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
-                hardest = contrastive_row_max(view1, columns, **common).clamp(0.0, 1.0).double()
+                hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
                 batch_margin = mean_over_ranks((positive - hardest).mean())
                 self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
         return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)

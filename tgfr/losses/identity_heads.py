@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgfr.validation import check_positive, check_size, check_tensor
+from tgfr.validation import check_nonempty, check_positive, check_size, check_tensor
+
+FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks its margins against it too)
 
 
 def focal(cross_entropy: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -27,8 +30,8 @@ class _MarginSoftmaxHead(nn.Module):
         if embedding_size < 1 or num_classes < 1:
             raise ValueError(f"embedding_size and num_classes must be positive, got {embedding_size}, {num_classes}")
         self.scale = check_positive("scale", scale)
-        if not 0.0 <= margin < 1.5:
-            raise ValueError(f"margin must lie in [0, 1.5), got {margin}")
+        if not 0.0 <= margin < MAX_MARGIN:
+            raise ValueError(f"margin must lie in [0, {MAX_MARGIN}), got {margin}")
         self.margin, self.focal = float(margin), bool(focal)
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_size)))
 
@@ -37,10 +40,15 @@ class _MarginSoftmaxHead(nn.Module):
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """embeddings (N, E), labels (N,) -> (N, num_classes) margin logits."""
-        check_tensor("embeddings", embeddings, ndim=2)
+        check_tensor("embeddings", embeddings, ndim=2, dtypes=FLOAT_TYPES)
+        check_nonempty("embeddings", embeddings)  # the mean cross-entropy of no row is nan
         check_size("embeddings", embeddings, 1, self.weight.shape[1], "embedding_size of the head")
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
+        low, high = (int(value) for value in labels.aminmax())
+        if low < 0 or high >= self.weight.shape[0]:
+            raise ValueError(f"labels must lie in [0, num_classes={self.weight.shape[0]}), "
+                             f"got values in [{low}, {high}]")
         cosine = (F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).T).clamp(-1.0, 1.0)
         rows = torch.arange(cosine.shape[0], device=cosine.device)
         target = self.target_cosine(cosine[rows, labels])

@@ -62,11 +62,14 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
             raise ValueError(f"checkpoint file {str(path)!r} does not exist")
     try:
         values = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} is not valid JSON: {error}") from error
-    config = TGFRConfig.from_dict(values)
-    config.text_encoder = str(directory / TEXT_ENCODER_DIR)
-    model = TGFRModel(config, pretrained_text=False)
+    try:
+        config = TGFRConfig.from_dict(values)
+        config.text_encoder = str(directory / TEXT_ENCODER_DIR)
+        model = TGFRModel(config, pretrained_text=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
     except (RuntimeError, OSError, safetensors.SafetensorError) as error:

@@ -7,7 +7,8 @@
     face = model.embed_image(images)                       # (B, 512) image-only embedding
 """
 
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -45,22 +46,42 @@ class TGFRConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TGFRConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config has unknown keys {unknown}; expected keys among {sorted(known)}")
+        """From `to_dict`'s form (e.g. read back from JSON); keys and value types are checked."""
+        _check_types(cls, values, "config")
         values = dict(values)
         if "backbone" in values:
             backbone = dict(values["backbone"])
-            unknown = sorted(set(backbone) - {f.name for f in fields(IResNetConfig)})
-            if unknown:
-                raise ValueError(f"config backbone has unknown keys {unknown}")
+            _check_types(IResNetConfig, backbone, "config backbone")
             if "layers" in backbone:
                 backbone["layers"] = tuple(backbone["layers"])
             values["backbone"] = IResNetConfig(**backbone)
         if "text_kernel_sizes" in values:
             values["text_kernel_sizes"] = tuple(values["text_kernel_sizes"])
         return cls(**values)
+
+
+def _check_types(cls: type, values: Any, where: str) -> None:
+    """Checks that `values` maps field names of dataclass `cls` to values of their JSON types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping of keys to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; expected keys among {sorted(hints)}")
+    for name, value in values.items():
+        kind = hints[name]
+        if typing.get_origin(kind) is tuple:
+            valid = isinstance(value, (list, tuple)) and all(type(v) is int for v in value)
+        elif kind is float:
+            valid = type(value) in (int, float)
+        elif kind in (bool, int, str):
+            valid = type(value) is kind
+        elif kind == str | None:
+            valid = value is None or type(value) is str
+        else:  # a nested config, checked on its own
+            valid = isinstance(value, dict)
+        if not valid:
+            raise ValueError(f"{where} key {name!r} must be of type {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
 class AlignedFeatures(NamedTuple):

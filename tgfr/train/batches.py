@@ -74,6 +74,11 @@ class StepBatches:
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
+    @property
+    def captions(self) -> list[str]:
+        """Every caption of the split's images (the vocabulary the batches draw from)."""
+        return [caption for record in self.dataset.records for caption in record.captions]
+
     def from_step(self, step: int) -> Iterator[dict[str, Any]]:
         """Endless stream of batches, starting with the batch of optimizer step `step` (0-based)."""
         while True:

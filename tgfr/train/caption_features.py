@@ -3,7 +3,17 @@
 A frozen text encoder maps a caption to the same features every time, so each distinct caption
 is encoded once and kept (float16, valid words only). On CPU this removes the text encoder
 from all but the first epoch, its largest cost. A trainable encoder runs on every batch.
+
+With more than one thread the encoder's output for a caption changes in its last bits with the
+other captions of its batch (the matrix products split their work by shape). Filled with what
+each training batch happened to miss, the cache would depend on the order of the batches, and a
+resumed process, which starts with an empty cache, would not reproduce the run. `prefill`
+encodes a whole vocabulary (training: every caption of the split) in a fixed grouping, so a
+caption's features depend only on that vocabulary. Captions outside it are still encoded on
+demand, in chunks of the batch's missing captions.
 """
+
+from collections.abc import Iterable
 
 import torch
 
@@ -27,21 +37,35 @@ class CaptionFeatures:
         batch = {name: value.to(self.device) for name, value in self.encoder.tokenize(captions).items()}
         return self.encoder(**batch)
 
-    def _fill(self, captions: list[str]) -> None:
-        missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
-        for start in range(0, len(missing), self.chunk):
-            part = missing[start:start + self.chunk]
+    def _store(self, captions: list[str]) -> None:
+        """Encodes `captions` in chunks of `chunk` and caches those not cached yet (a cached
+        caption keeps the features it was first served with)."""
+        for start in range(0, len(captions), self.chunk):
+            part = captions[start:start + self.chunk]
             with torch.no_grad():
                 features = self._encode(part)
             for i, caption in enumerate(part):
-                length = int(features.lengths[i])
-                self.cache[caption] = (features.words[i, :length].to("cpu", torch.float16),
-                                       features.sentence[i].to("cpu", torch.float16))
+                if caption not in self.cache:
+                    length = int(features.lengths[i])
+                    self.cache[caption] = (features.words[i, :length].to("cpu", torch.float16),
+                                           features.sentence[i].to("cpu", torch.float16))
+
+    def prefill(self, captions: Iterable[str]) -> None:
+        """Caches the distinct `captions`, sorted and encoded in chunks of `chunk`, so that each
+        one's features depend on this vocabulary only; chunks already cached are skipped. Nothing
+        to do for a trainable encoder."""
+        if not self.cached:
+            return
+        vocabulary = sorted(set(captions))
+        for start in range(0, len(vocabulary), self.chunk):
+            part = vocabulary[start:start + self.chunk]
+            if any(caption not in self.cache for caption in part):
+                self._store(part)
 
     def __call__(self, captions: list[str]) -> TextFeatures:
         if not self.cached:
             return self._encode(captions)
-        self._fill(captions)
+        self._store(list(dict.fromkeys(c for c in captions if c not in self.cache)))
         entries = [self.cache[c] for c in captions]
         lengths = torch.tensor([words.shape[0] for words, _ in entries], dtype=torch.int64)
         words = torch.zeros(len(captions), self.num_words, entries[0][0].shape[1])

@@ -8,6 +8,17 @@ from tgfr.train.config import config_from_dict, load_config, preset_names, to_to
 from tgfr.train.run import train
 
 
+def _steps(text: str) -> int:
+    """--stop-after: a number of optimizer steps, at least 1 (it must take a step to checkpoint one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a TGFR model (stages fr, align, fuse)",
@@ -17,10 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"a packaged preset ({', '.join(preset_names())}) or a TOML file (default: default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set fr.steps=50 (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")
+    parser.add_argument("--out", type=Path, default=Path("runs/default"),
+                        help="run folder (default: runs/default); without --resume it must be new or empty")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint, with the run's own config.toml")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+    parser.add_argument("--stop-after", type=_steps, default=None, metavar="STEPS",
                         help="checkpoint and stop after this many optimizer steps (resume later with --resume)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     parser.set_defaults(func=main)
@@ -33,7 +45,10 @@ def main(args: argparse.Namespace) -> int:
         path = args.out / "config.toml"
         if not path.is_file():
             raise SystemExit(f"--resume: {path} does not exist (no run to resume in {args.out})")
-        config = config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        try:
+            config = config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
+            raise SystemExit(f"--resume: {path} is not a valid run config: {error}") from None
     else:
         config = load_config(args.preset, args.overrides)
     if args.print_config:

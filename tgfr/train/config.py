@@ -9,6 +9,8 @@ Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.json
 """
 
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +19,14 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from tgfr.data.degrade import parse_recipe
+from tgfr.losses.identity_heads import MAX_MARGIN
+from tgfr.models import IRESNET_LAYERS
+from tgfr.models.fcfm import FUSIONS
+from tgfr.validation import check_choice, check_positive
+
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
+STAGES = ("fr", "align", "fuse")
 
 
 @dataclass
@@ -65,7 +74,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """optimizer: adamw or sgd; schedule: cosine (to lr * min_lr_ratio) or constant, after a linear warmup."""
+    """optimizer: adamw or sgd; schedule: cosine (to lr * min_lr_ratio) or constant, after a linear warmup
+    of warmup_steps (0: none). grad_clip: maximum gradient norm, 0 for no clipping."""
 
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -80,7 +90,8 @@ class OptimConfig:
 @dataclass
 class FRStageConfig:
     """Face backbone: ce_weight * (ArcFace(view1) + ArcFace(view2)) + coreface_weight * CoReFace
-    (released CoReFace: 0.5, 0.05)."""
+    (released CoReFace: 0.5, 0.05). steps: optimizer steps, at least 1 in every stage (a stage that
+    should not train is left out of TrainConfig.stages)."""
 
     steps: int = 400
     arcface_scale: float = 32.0
@@ -157,7 +168,8 @@ class EvaluationConfig:
 @dataclass
 class TrainConfig:
     """device: auto (cuda when available), cpu or cuda; precision: auto (bf16 autocast on GPU,
-    fp32 on CPU), fp32 or bf16. stages: the stages to run, in order."""
+    fp32 on CPU), fp32 or bf16. threads: torch CPU threads (0: torch's default). stages: the
+    stages to run, a non-empty subsequence of fr, align, fuse in that order."""
 
     seed: int = 0
     device: str = "auto"
@@ -174,25 +186,66 @@ class TrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
-        choices = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        unknown = [stage for stage in self.stages if stage not in ("fr", "align", "fuse")]
-        if unknown or len(set(self.stages)) != len(self.stages):
-            raise ValueError(f"stages must be distinct names among fr, align, fuse; got {self.stages}")
-        for name, value in (("align.supervision", self.align.supervision), ("evaluation.protocol",
-                                                                               self.evaluation.protocol)):
-            allowed = ("identity", "weak") if name.startswith("align") else ("all_pairs", "pairs")
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if not 0.0 <= self.data.train_degrade_p <= 1.0:
-            raise ValueError(f"data.train_degrade_p must lie in [0, 1], got {self.data.train_degrade_p}")
-        for stage in ("fr", "align", "fuse"):
+        # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
+        # --print-config and the start of training with its key, not a later stage after hours of training.
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        # align reads the backbone fr trains (run first, it would train the still unfrozen backbone
+        # itself) and fuse combines align's features: any other order trains on untrained parts.
+        if not self.stages or self.stages != [stage for stage in STAGES if stage in self.stages]:
+            raise ValueError(f"stages must be distinct names among fr, align, fuse, at least one, in that order; "
+                             f"got {self.stages}")
+        check_choice("align.supervision", self.align.supervision, ("identity", "weak"))
+        check_choice("evaluation.protocol", self.evaluation.protocol, ("all_pairs", "pairs"))
+        check_choice("model.backbone", self.model.backbone, tuple(IRESNET_LAYERS))
+        check_choice("model.fusion", self.model.fusion, FUSIONS)
+        minimum = {"threads": 0, "checkpoint_every": 1, "log_every": 1, "data.synthetic_identities": 1,
+                   "data.synthetic_images_per_identity": 1, "data.synthetic_captions_per_image": 1,
+                   "data.image_size": 16, "data.identities_per_batch": 1, "data.images_per_identity": 1,
+                   "data.loader_workers": 0, "model.width": 1, "model.num_features": 1, "model.max_length": 3,
+                   "model.dim": 1, "model.fine_dim": 1, "fr.steps": 1, "align.steps": 1, "fuse.steps": 1,
+                   "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
+        for key, low in minimum.items():
+            if self._get(key) < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {self._get(key)}")
+        for key in ("data.train_degrade_p", "fr.optim.min_lr_ratio", "align.optim.min_lr_ratio",
+                    "fuse.optim.min_lr_ratio"):
+            _check_range(key, self._get(key), 0.0, 1.0)
+        _check_range("model.dropout", self.model.dropout, 0.0, 1.0, high_open=True)
+        for key in ("fr.arcface_scale", "fr.coreface_scale", "align.gamma1", "align.gamma2", "align.gamma3",
+                    "align.cicl_scale", "align.intra_scale", "align.identity_scale", "fuse.arcface_scale"):
+            check_positive(key, self._get(key))
+        for key in ("fr.arcface_margin", "align.identity_margin", "fuse.arcface_margin"):
+            _check_range(key, self._get(key), 0.0, MAX_MARGIN, high_open=True)
+        for key in ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight",
+                    "align.intra_weight", "align.identity_weight"):
+            _check_range(key, self._get(key), 0.0, math.inf, high_open=True)
+        for key in ("data.degradation", "data.train_degradation"):
+            try:
+                parse_recipe(self._get(key))
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+        for stage in STAGES:
             optim = getattr(self, stage).optim
-            if optim.optimizer not in ("adamw", "sgd") or optim.schedule not in ("cosine", "constant"):
-                raise ValueError(f"{stage}.optim: optimizer must be adamw or sgd and schedule cosine or constant, "
-                                 f"got {optim.optimizer!r}, {optim.schedule!r}")
+            check_choice(f"{stage}.optim.optimizer", optim.optimizer, ("adamw", "sgd"))
+            check_choice(f"{stage}.optim.schedule", optim.schedule, ("cosine", "constant"))
+            check_positive(f"{stage}.optim.lr", optim.lr)
+            _check_range(f"{stage}.optim.weight_decay", optim.weight_decay, 0.0, math.inf, high_open=True)
+            _check_range(f"{stage}.optim.momentum", optim.momentum, 0.0, 1.0, high_open=True)
+            _check_range(f"{stage}.optim.grad_clip", optim.grad_clip, 0.0, math.inf, high_open=True)
+
+    def _get(self, key: str) -> Any:
+        """The value of a dotted key, e.g. "fr.optim.lr"."""
+        value = self
+        for name in key.split("."):
+            value = getattr(value, name)
+        return value
+
+
+def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
+    """low <= value <= high (value < high when high_open); NaN is outside every range."""
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise ValueError(f"{key} must lie in [{low}, {high}{')' if high_open else ']'}, got {value}")
 
 
 def _build(cls: type, values: dict[str, Any], where: str, complete: bool) -> Any:
@@ -289,17 +342,31 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, values, "", complete=True)
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: backslash, quote and every control character escaped (TOML forbids them raw)."""
+    return '"' + "".join(_TOML_ESCAPES.get(c, f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in text) + '"'
+
+
+def _toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else a quoted key (e.g. "low res", "v1.2")."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

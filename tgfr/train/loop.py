@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -59,7 +60,8 @@ def _scalars(components: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int, settings: LoopSettings,
               log: TrainingLog, checkpoint: CheckpointWriter, resume: dict[str, Any] | None = None) -> int:
-    """Trains `stage` for `steps` optimizer steps (from resume["step"] when resuming).
+    """Trains `stage` for `steps` optimizer steps (from resume["step"] when resuming; resume["rng"]
+    holds one RNG state per rank).
 
     Returns the number of steps taken in this call (stops early at settings.stop_after).
     """
@@ -71,10 +73,14 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"][settings.rank])
         start = resume["step"]
     module = stage
     if settings.world_size > 1:
+        # DDP syncs parameters but, with broadcast_buffers=False, no buffer: start every rank from rank 0's
+        # (the association memory is drawn from each rank's RNG; BN statistics drift apart per rank in fr).
+        for buffer in stage.buffers():
+            dist.broadcast(buffer, 0)
         module = DistributedDataParallel(stage, device_ids=[settings.device.index] if settings.device.type == "cuda"
                                          else None, broadcast_buffers=False)
     stream = batches.from_step(start)

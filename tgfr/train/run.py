@@ -3,9 +3,11 @@ the run folder:
 
     config.toml           the resolved configuration (every value)
     metrics.jsonl         training log (tensorboard/ too when tensorboard is installed)
-    checkpoints/last.pt   the latest training state (atomic; --resume continues from it)
+    checkpoints/last.pt   the latest training state (atomic; --resume continues from it), with the
+                          RNG states of every rank
     model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
-    train_summary.json    per stage: steps, seconds, samples/s, last logged values
+    train_summary.json    per stage: steps, seconds, samples/s (summed over the calls of a resumed
+                          run), last logged values
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this; the process group uses nccl on GPU and
 gloo on CPU, each rank takes identities_per_batch / world_size identities of every global batch,
@@ -24,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tgfr.data import CaptionCollator
+from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
@@ -57,7 +60,17 @@ def build_model(config: TrainConfig) -> TGFRModel:
                                  freeze_text_encoder=m.freeze_text_encoder, dim=m.dim, fusion=m.fusion,
                                  fine_dim=m.fine_dim))
     if m.backbone_weights:
-        model.backbone.load_state_dict(load_weights_file(m.backbone_weights), strict=True)
+        try:
+            weights = load_weights_file(m.backbone_weights)
+        except ValueError as error:
+            raise ValueError(f"model.backbone_weights: {error}") from error
+        try:
+            model.backbone.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"model.backbone_weights: weights file {m.backbone_weights!r} does not fit the configured "
+                             f"backbone (model.backbone={m.backbone!r}, model.width={m.width}, "
+                             f"model.num_features={m.num_features}, data.image_size={config.data.image_size}): "
+                             f"{error}") from error
     return model
 
 
@@ -123,11 +136,14 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
 def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
     """Runs the stages of `config` into the run folder `out`; returns it.
 
-    resume: continue from out/checkpoints/last.pt (an error when there is none).
-    stop_after: take at most this many optimizer steps in this call, then checkpoint and return
-    (the run is finished when out/model exists).
+    resume: continue from out/checkpoints/last.pt (an error when there is none); without it, `out`
+    must not exist or be empty, so that two runs never mix in one folder.
+    stop_after: take at most this many (>= 1) optimizer steps in this call, then checkpoint and
+    return (the run is finished when out/model exists).
     """
     out = Path(out)
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be an integer >= 1 (or None), got {stop_after!r}")
     rank, world_size, device = _init_distributed(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -136,7 +152,18 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         state = load_checkpoint(out / CHECKPOINT)
         if state["stage"] not in config.stages:
             raise ValueError(f"checkpoint stage {state['stage']!r} is not among the configured stages {config.stages}")
-    elif rank == 0:
+        rng = state.get("rng")
+        if not isinstance(rng, list):
+            raise ValueError(f"checkpoint file {out / CHECKPOINT} has no list of per-process RNG states under "
+                             f"'rng' (an older tgfr kept one state for all processes)")
+        if len(rng) != world_size:
+            raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(rng)} process(es); "
+                             f"resume it with as many (this run has {world_size})")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into another "
+                         f"--out")
+    _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
+    if not resume and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
     if rank == 0:
@@ -170,12 +197,15 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         stage_resume = state if state is not None and index == resume_index else None
         if stage_resume is not None:
             stage.losses.load_state_dict(stage_resume["losses"])
+        if name != "fr":
+            captions.prefill(batches.captions)  # features independent of batch order (caption_features)
 
         def checkpoint(step, optimizer, scheduler, name=name, stage=stage):
+            rng = gather_objects(rng_state())  # on every rank: each continues its own stream on resume
             if rank == 0:
                 save_checkpoint(out / CHECKPOINT, {
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng})
 
         started = time.perf_counter()
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
@@ -199,6 +229,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
 
 
 def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    """Adds this call's steps and seconds per stage to those of the run's earlier calls (a resumed
+    run), then derives the rates from the totals."""
     path = out / "train_summary.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     last = {}
@@ -206,7 +238,11 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
         for record in read_log(out / "metrics.jsonl"):
             last[record["stage"]] = record
     for name, values in summary.items():
+        earlier = previous.get(name, {})
+        values["steps_taken"] += earlier.get("steps_taken", 0)
+        values["seconds"] += earlier.get("seconds", 0.0)
         values["last_logged"] = last.get(name, {})
         if values["seconds"] > 0 and values["steps_taken"]:
             values["seconds_per_step"] = values["seconds"] / values["steps_taken"]
+            values["samples_per_s"] = values["steps_taken"] * values["global_batch"] / values["seconds"]
     path.write_text(json.dumps({**previous, **summary}, indent=1) + "\n", encoding="utf-8")

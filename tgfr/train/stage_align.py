@@ -59,7 +59,8 @@ class AlignStage(Stage):
             self.losses["image_identity"] = ArcFaceHead(dim, num_classes, config.identity_scale,
                                                         config.identity_margin)
         else:
-            self.losses["association"] = DualGranularityAssociationLoss(dim, config.num_prototypes)
+            self.losses["association"] = DualGranularityAssociationLoss(dim, config.num_prototypes,
+                                                                        gather_ranks=distributed)
 
     @property
     def captions_per_sample(self) -> int:
