@@ -160,9 +160,7 @@ class EvaluationConfig:
         minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
                    "batch_size": 1, "heatmap_captions": 0}
         for name, low in minimum.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"evaluation.{name} must be an integer >= {low}, got {value!r}")
+            _check_minimum(f"evaluation.{name}", getattr(self, name), low)
 
 
 @dataclass
@@ -206,8 +204,7 @@ class TrainConfig:
                    "model.dim": 1, "model.fine_dim": 1, "fr.steps": 1, "align.steps": 1, "fuse.steps": 1,
                    "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
         for key, low in minimum.items():
-            if self._get(key) < low:
-                raise ValueError(f"{key} must be an integer >= {low}, got {self._get(key)}")
+            _check_minimum(key, self._get(key), low)
         for key in ("data.train_degrade_p", "fr.optim.min_lr_ratio", "align.optim.min_lr_ratio",
                     "fuse.optim.min_lr_ratio"):
             _check_range(key, self._get(key), 0.0, 1.0)
@@ -240,6 +237,11 @@ class TrainConfig:
         for name in key.split("."):
             value = getattr(value, name)
         return value
+
+
+def _check_minimum(key: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
 
 
 def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
