@@ -60,6 +60,37 @@ def test_heads_name_bad_labels_and_embeddings(head_class, embeddings, labels, er
         head_class(16, 10)(embeddings, labels)
 
 
+@pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_heads_take_embeddings_of_another_float_dtype(head_class, arc, dtype):
+    """bf16 features into an fp32 head outside autocast (or float64 ones for gradcheck-style work) are
+    computed in the wider dtype, as the arccos formula on the promoted values gives, not a matmul error."""
+    torch.manual_seed(0)
+    head = head_class(16, 10)
+    embeddings = torch.randn(12, 16).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, 10, (12,))
+    wide = torch.promote_types(dtype, head.weight.dtype)
+    promoted = embeddings.detach().to(wide).requires_grad_(True)
+    weight = head.weight.detach().to(wide)
+    reference = head_class(16, 10).to(wide)
+    reference.weight.data.copy_(weight)
+    expected = F.cross_entropy(head_logits_by_angle(reference, promoted, labels, arc), labels)
+    got = head(embeddings, labels)
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, **TOL)
+    got.backward(), expected.backward()
+    assert embeddings.grad.dtype == dtype
+    torch.testing.assert_close(embeddings.grad, promoted.grad.to(dtype))
+
+
+def test_association_loss_names_its_arguments():
+    loss = DualGranularityAssociationLoss(8, 4)
+    with pytest.raises(ValueError, match="image must not be empty"):
+        loss(torch.randn(0, 8), torch.randn(0, 8))
+    with pytest.raises(TypeError, match=r"caption must have the dtype of image \(torch.float32\)"):
+        loss(torch.randn(3, 8), torch.randn(3, 8, dtype=torch.float64))
+
+
 def association_reference(image, caption, prototypes, scale, temperature, min_confidence):
     """The module docstring's formula in plain PyTorch -> (loss, assignment, confidence)."""
     probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / temperature).softmax(1)

@@ -170,3 +170,31 @@ def test_losses_name_bad_labels():
         CoReFaceLoss()(torch.randn(4, 8), torch.randn(4, 8), torch.zeros(4))
     with pytest.raises(ValueError, match="same_identity"):
         WordRegionContrastiveLoss(same_identity="zero")
+
+
+def test_wrcl_names_words_that_are_not_a_tensor():
+    lengths, regions = torch.tensor([3, 3]), torch.randn(2, 5, 8)
+    with pytest.raises(TypeError, match="words must be a torch.Tensor"):
+        WordRegionContrastiveLoss()(None, lengths, regions, torch.arange(2))
+    with pytest.raises(ValueError, match="words must have 3 dimensions"):
+        WordRegionContrastiveLoss()(torch.randn(2, 8), lengths, regions)
+
+
+@pytest.mark.parametrize("loss_class, x_name, y_name", [
+    (CaptionImageContrastiveLoss, "sentence", "image"), (IntraModalContrastiveLoss, "view1", "view2")])
+def test_pair_losses_name_their_own_arguments(loss_class, x_name, y_name):
+    """The fused op calls its inputs x and y and reads a batch mismatch as a bad target offset; the
+    losses' messages name what their callers passed."""
+    x, labels = torch.randn(4, 8), torch.arange(4)
+    with pytest.raises(ValueError, match=rf"{y_name} must have size 4 \(one row per row of {x_name}\)"):
+        loss_class()(x, torch.randn(6, 8))
+    with pytest.raises(ValueError, match=rf"{y_name} must have size 8 \(the embedding size of {x_name}\)"):
+        loss_class()(x, torch.randn(4, 6))
+    with pytest.raises(ValueError, match=f"{x_name} must not be empty"):
+        loss_class()(x[:0], x[:0])
+    with pytest.raises(TypeError, match=f"{x_name} must be a torch.Tensor"):
+        loss_class()(None, x)
+    with pytest.raises(TypeError, match=f"{y_name} must have the dtype of {x_name}"):
+        loss_class()(x, x.double())
+    with pytest.raises(ValueError, match=rf"labels must have size 4 \(one label per row of {x_name}\)"):
+        loss_class()(x, x, labels[:3])

@@ -111,6 +111,8 @@ def test_heads_reject_bad_inputs():
         image_head(torch.randn(2, 24), torch.randn(2, 32, 4, 4))
     with pytest.raises(ValueError, match="embedding must have size 24"):
         image_head(torch.randn(2, 512), torch.randn(2, 16, 4, 4))
+    with pytest.raises(ValueError, match=r"region_map must have size 2 \(one map per embedding\) in dimension 0"):
+        image_head(torch.randn(2, 24), torch.randn(3, 16, 4, 4))  # would pair nothing with the third map
     text_head = TextAlignmentHead(hidden_size=6, dim=4)
     with pytest.raises(ValueError, match="lengths must lie in"):
         text_head(torch.randn(2, 5, 6), torch.tensor([0, 3]))

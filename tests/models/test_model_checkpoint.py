@@ -65,7 +65,9 @@ def test_checkpoint_errors_name_the_file(tiny_bert_dir, tmp_path):
         load_tgfr_model(checkpoint)
     for corrupt in (None, [config], {**config, "dim": "16"}, {**config, "freeze_backbone": "no"},
                     {**config, "backbone": None}, {**config, "backbone": {**config["backbone"], "width": 4.5}},
-                    {**config, "text_kernel_sizes": [2, None]}, {**config, "fusion": "bogus"}):
+                    {**config, "text_kernel_sizes": [2, None]}, {**config, "fusion": "bogus"},
+                    {**config, "dim": -1}, {**config, "dim": 0}, {**config, "fine_dim": 0},
+                    {**config, "fusion_out_dim": -2}):
         config_path.write_text(json.dumps(corrupt))
         with pytest.raises(ValueError, match=f"checkpoint file '{config_path}' does not describe a model"):
             load_tgfr_model(checkpoint)

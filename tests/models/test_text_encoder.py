@@ -1,3 +1,4 @@
+import shutil
 import socket
 
 import pytest
@@ -133,3 +134,14 @@ def test_bad_inputs(tiny_bert_dir, tmp_path):
         encoder(batch["input_ids"].float(), batch["attention_mask"])
     with pytest.raises(TypeError, match="captions"):
         encoder.tokenize("a man")
+
+
+def test_missing_vocabulary_is_an_error(tiny_bert_dir, tmp_path):
+    """transformers loads a BERT tokenizer without its vocabulary files, knowing only the special
+    tokens, so every word would become [UNK]; the encoder refuses such a directory."""
+    stripped = tmp_path / "no_vocabulary"
+    stripped.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert_dir / name, stripped / name)
+    with pytest.raises(ValueError, match="no vocabulary beyond its"):
+        TextEncoder(stripped)

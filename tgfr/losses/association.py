@@ -106,7 +106,7 @@ class DualGranularityAssociationLoss(nn.Module):
         own = -1 - first - torch.arange(image.shape[0], device=image.device)
         pseudo_identity = torch.where(confidence >= self.min_confidence, assignment, own)
         local = symmetric_contrastive_loss(image, caption, pseudo_identity, self.scale, "positive", gathering,
-                                           self.backend)
+                                           self.backend, ("image", "caption"))
         # The matmul saves the memory for its backward; a copy keeps the in-place prototype update (below, or in
         # a later training call before this backward) from invalidating it ("modified by an inplace operation").
         memory = self.prototypes.to(caption.dtype, copy=True)

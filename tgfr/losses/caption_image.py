@@ -30,4 +30,4 @@ class CaptionImageContrastiveLoss(nn.Module):
         """sentence (N, D) caption embeddings, image (N, D) embeddings of their images, labels
         (N,) optional identities -> scalar."""
         return symmetric_contrastive_loss(sentence, image, labels, self.scale, self.same_identity,
-                                          self.gather_ranks, self.backend)
+                                          self.gather_ranks, self.backend, ("sentence", "image"))

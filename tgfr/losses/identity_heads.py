@@ -49,7 +49,11 @@ class _MarginSoftmaxHead(nn.Module):
         if low < 0 or high >= self.weight.shape[0]:
             raise ValueError(f"labels must lie in [0, num_classes={self.weight.shape[0]}), "
                              f"got values in [{low}, {high}]")
-        cosine = (F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).T).clamp(-1.0, 1.0)
+        # Embeddings in another float dtype than the head (bf16 features, fp32 head outside autocast) are
+        # compared in the wider of the two dtypes rather than failing in the matmul.
+        dtype = torch.promote_types(embeddings.dtype, self.weight.dtype)
+        cosine = F.normalize(embeddings.to(dtype), dim=1) @ F.normalize(self.weight.to(dtype), dim=1).T
+        cosine = cosine.clamp(-1.0, 1.0)
         rows = torch.arange(cosine.shape[0], device=cosine.device)
         target = self.target_cosine(cosine[rows, labels])
         cosine = cosine.index_put((rows, labels.long()), target)

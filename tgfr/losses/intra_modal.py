@@ -30,4 +30,4 @@ class IntraModalContrastiveLoss(nn.Module):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """view1, view2 (N, D) two views of the same N samples, labels (N,) optional -> scalar."""
         return symmetric_contrastive_loss(view1, view2, labels, self.scale, self.same_identity,
-                                          self.gather_ranks, self.backend)
+                                          self.gather_ranks, self.backend, ("view1", "view2"))

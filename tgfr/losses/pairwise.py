@@ -4,7 +4,25 @@ single-process form or the distributed local form (tgfr.distributed)."""
 import torch
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed
-from tgfr.ops.contrastive import contrastive_loss
+from tgfr.ops.contrastive import FLOAT_DTYPES, LABEL_DTYPES, contrastive_loss
+from tgfr.validation import check_nonempty, check_size, check_tensor
+
+
+def _check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, names: tuple[str, str]) -> None:
+    """Bad input named as the calling loss names it: the fused op only knows x and y, and would
+    report a batch mismatch as an out-of-range target offset."""
+    x_name, y_name = names
+    check_tensor(x_name, x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor(y_name, y, ndim=2, dtypes=FLOAT_DTYPES)
+    check_nonempty(x_name, x, 0)
+    check_nonempty(x_name, x, 1)
+    check_size(y_name, y, 0, x.shape[0], f"one row per row of {x_name}")
+    check_size(y_name, y, 1, x.shape[1], f"the embedding size of {x_name}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"{y_name} must have the dtype of {x_name} ({x.dtype}), got {y.dtype}")
+    if labels is not None:
+        check_tensor("labels", labels, ndim=1, dtypes=LABEL_DTYPES)
+        check_size("labels", labels, 0, x.shape[0], f"one label per row of {x_name}")
 
 
 def symmetric_contrastive_loss(
@@ -15,12 +33,15 @@ def symmetric_contrastive_loss(
     same_identity: str,
     gather_ranks: bool,
     backend: str,
+    names: tuple[str, str],
 ) -> torch.Tensor:
     """Mean CE of x_i over all y plus mean CE of y_j over all x, target the matching index.
 
-    x, y (n, D) matched pairs, labels (n,) or None. With gather_ranks inside a process group,
-    this rank's rows go against the columns of all ranks (local form).
+    x, y (n, D) matched pairs, labels (n,) or None; names: the caller's names of x and y, used
+    in the messages about bad input. With gather_ranks inside a process group, this rank's rows
+    go against the columns of all ranks (local form).
     """
+    _check_pairs(x, y, labels, names)
     if not (gather_ranks and is_distributed()):
         return contrastive_loss(x, y, scale, row_labels=labels, same_identity=same_identity, backend=backend)
     all_x, offset = gather_with_grad(x)

@@ -54,6 +54,7 @@ class WordRegionContrastiveLoss(nn.Module):
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         """words (N, T, D), lengths (N,), regions (N, R, D) of the N matching images, labels (N,)
         optional identities -> scalar: mean CE caption->image + mean CE image->caption."""
+        check_tensor("words", words, ndim=3)  # its N sizes the checks below
         if labels is not None:
             check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
             check_size("labels", labels, 0, words.shape[0], "one label per caption of words")

@@ -63,6 +63,7 @@ class ImageAlignmentHead(nn.Module):
         check_tensor("embedding", embedding, ndim=2)
         check_size("embedding", embedding, 1, self.embedding_dim, "the backbone's num_features")
         check_tensor("region_map", region_map, ndim=4)
+        check_size("region_map", region_map, 0, embedding.shape[0], "one map per embedding")
         check_size("region_map", region_map, 1, self.region_channels, "the backbone's layer3 channels")
         tokens = regions_as_tokens(self.norm_map(region_map))
         tokens = self.mlp(self.norm_tokens(self.attention(tokens)))

@@ -77,6 +77,13 @@ class TextEncoder(FreezableModule):
                 f"tokenizer in {path} must add exactly 2 special tokens (begin and end), "
                 f"got {self.tokenizer.num_special_tokens_to_add()}"
             )
+        # Without its vocabulary files a BERT tokenizer still loads, knowing only its special tokens:
+        # every word would silently become the unknown token.
+        if len(self.tokenizer) <= len(set(self.tokenizer.all_special_ids)):
+            raise ValueError(
+                f"tokenizer in {path} has no vocabulary beyond its {len(self.tokenizer)} special tokens "
+                "(are its vocabulary files missing?)"
+            )
         self.tokenizer.padding_side = "right"
         self.model = self._load_model(path, pretrained)
         self._init_frozen(frozen)

@@ -41,6 +41,12 @@ class TGFRConfig:
     fine_dim: int = 128
     fusion_out_dim: int = 640
 
+    def __post_init__(self) -> None:
+        # A config read from an untrusted checkpoint must fail here, by name, not deep inside a layer.
+        for name in ("dim", "fine_dim", "fusion_out_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
