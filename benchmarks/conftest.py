@@ -6,8 +6,10 @@ full mode (TGFR_BENCH_FULL=1) runs the shapes the issues name, with more rounds.
 `--tgfr-results PATH` merges every benchmark case of the run (pytest-benchmark's statistics and
 extra_info, from any benchmark file) and every record made through the `results_record` fixture
 into the JSON file PATH (benchmarks/recording.py); `--tgfr-results auto` picks
-benchmarks/results/<machine kind>.json. `python -m benchmarks.render` turns those files into
-benchmarks/RESULTS.md.
+benchmarks/results/<machine kind>.json. Cases of tests that failed are left out (their figures may
+time a wrong result, and merged they would replace a good earlier case), and so are benchmarks
+whose timed function raised (a test may catch that and skip, e.g. on running out of memory).
+`python -m benchmarks.render` turns those files into benchmarks/RESULTS.md.
 """
 
 import functools
@@ -22,6 +24,7 @@ from benchmarks import recording
 FULL = os.environ.get("TGFR_BENCH_FULL") == "1"
 MODE = "full" if FULL else "quick"
 _RECORDS = pytest.StashKey[list]()
+_FAILED = pytest.StashKey[set]()  # node ids of the tests that failed in any phase
 
 
 def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -75,6 +78,14 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.stash[_RECORDS] = []
+    config.stash[_FAILED] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if outcome.get_result().failed:
+        item.config.stash[_FAILED].add(item.nodeid)
 
 
 def pytest_sessionfinish(session):
@@ -86,9 +97,12 @@ def pytest_sessionfinish(session):
         path = recording.RESULTS_DIR / f"{machine['kind']}.json"
     # pytest-benchmark keeps the finished benchmarks of the session on its BenchmarkSession.
     benchmark_session = getattr(session.config, "_benchmarksession", None)
+    failed = session.config.stash[_FAILED]
+    # A benchmark whose function raised has partial or no timings (no statistics to compute).
     timed = [recording.benchmark_case(metadata.as_dict(include_data=False))
-             for metadata in getattr(benchmark_session, "benchmarks", [])]
-    cases = timed + session.config.stash[_RECORDS]
+             for metadata in getattr(benchmark_session, "benchmarks", [])
+             if not metadata.has_error and metadata.fullname not in failed]
+    cases = timed + [record for record in session.config.stash[_RECORDS] if record["fullname"] not in failed]
     if cases:
         recording.write_results(path, machine, recording.run_description(MODE), cases)
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

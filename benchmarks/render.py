@@ -274,11 +274,13 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT) -> str:
         f"    {FULL_COMMAND}", f"    {RENDER_COMMAND}", "",
         "GPU: `bash benchmarks/run_gpu.sh` (its word_region_gpu_*.jsonl files are read as well), or the "
         "pytest command above on the GPU machine.", "",
-        "Time: median of the rounds after a warm-up round (pytest-benchmark; full mode: 3 rounds, 1 for steps of 3 s and more). Useful GFLOP/s: SPEC section 2's work "
+        "Time: median of the rounds after a warm-up round (pytest-benchmark; full mode: 3 rounds, 1 for steps of 3 s and more); "
+        "GPU (word_region_gpu_*.jsonl): mean of 10 rounds (3 from N=M=8192, 1 from 16384) after one or two untimed "
+        "steps (compilation, autotuning). Useful GFLOP/s: SPEC section 2's work "
         "(word-region forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D, all words valid; contrastive "
         "2*N*M*D and 6*N*M*D), recomputation not counted, as a fraction of the same run's 2048x2048 matmul. "
         "Peak memory on CPU: rise of the RSS high-water mark of one step in a fresh process above its RSS "
-        "with inputs made; on GPU: torch.cuda.max_memory_allocated. Ratios: the fp32 reference at the same "
+        "with inputs made; on GPU: torch.cuda.max_memory_allocated, inputs and gradients included. Ratios: the fp32 reference at the same "
         "N over the row (higher is better).", "",
     ]
     files = load_results(results_dir)

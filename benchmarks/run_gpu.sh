@@ -4,12 +4,15 @@
 #   bash benchmarks/run_gpu.sh [STAGE ...]     (default: all stages, in this order)
 # Stages: build (pip install -e .), kernel (standalone CMake kernel test), tests (GPU tests),
 # sanitizer (compute-sanitizer on the standalone test and a small torch run), tune (each shipped
-# Triton config timed at N=M=1024), bench (GPU benchmarks). Results land in benchmarks/results/:
+# Triton config timed at N=M=1024), bench (GPU benchmarks), profile (Nsight Compute profile of the
+# measured-best forward and atomics backward at N=M=1024). Results land in benchmarks/results/:
 # JSON lines with device, commit and date, pytest-benchmark's JSON and the log of the run.
 # TGFR_COMMIT names the measured commit where the tree's .git may be stale (a copied tree); with
-# $OUT set to a folder, the results files the run wrote are copied there at the end;
+# $OUT set to a folder, the results files the run wrote are copied there after each stage and when
+# the run is stopped (TERM, INT), so a stage past a time limit keeps the others' results;
 # TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384); TGFR_BENCH_MAX_STEP_S skips sizes whose
 # step would take longer (default 600 s, extrapolated from the previous size).
+# Every stage runs even if an earlier one failed; the exit status is 1 if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=benchmarks/results
@@ -18,11 +21,11 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 logfile="$results/gpu_run_$stamp.log"
 log() { echo "== $*" | tee -a "$logfile"; }
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build kernel tests sanitizer tune bench)
+[ ${#stages[@]} -eq 0 ] && stages=(build kernel tests sanitizer tune bench profile)
 
 build() {
-  pip install --no-build-isolation --no-deps -e . 2>&1 | tail -5 | tee -a "$logfile"
-  python -c "import tgfr.ops; print('backends:', tgfr.ops.available_backends())" | tee -a "$logfile"
+  pip install --no-build-isolation --no-deps -e . 2>&1 | tail -5 | tee -a "$logfile" \
+    && python -c "import tgfr.ops; print('backends:', tgfr.ops.available_backends())" | tee -a "$logfile"
 }
 
 kernel() {
@@ -44,12 +47,14 @@ lengths = torch.tensor([1, 7, 3, 5, 2], device="cuda")
 for backend in [b for b in ("cuda", "triton") if b in tgfr.ops.available_backends()]:
     tgfr.ops.word_region_scores(w, lengths, v, backend=backend).sum().backward()
 torch.cuda.synchronize(); print("sanitized run done")'
-  local tool
+  local tool status=0
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 1 ./build/cmake/word_region_kernel_test 2>&1 | tail -3 \
-      | tee -a "$logfile"
+      | tee -a "$logfile" || status=1
   done
-  compute-sanitizer --tool memcheck --error-exitcode 1 python -c "$small_run" 2>&1 | tail -3 | tee -a "$logfile"
+  compute-sanitizer --tool memcheck --error-exitcode 1 python -c "$small_run" 2>&1 | tail -3 | tee -a "$logfile" \
+    || status=1
+  return "$status"
 }
 
 tune() {
@@ -64,21 +69,39 @@ bench() {
     --benchmark-json="$results/word_region_gpu_$stamp.json" 2>&1 | tail -60 | tee -a "$logfile"
 }
 
+profile() {
+  local gpu
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+  python -m benchmarks.profile_word_region_triton --out "$results/word_region_ncu_$gpu.jsonl" 2>&1 | tee -a "$logfile"
+}
+
 for stage in "${stages[@]}"; do
   case "$stage" in
-    build|kernel|tests|sanitizer|tune|bench) ;;
-    *) echo "unknown stage '$stage' (build, kernel, tests, sanitizer, tune, bench)" >&2; exit 2 ;;
+    build|kernel|tests|sanitizer|tune|bench|profile) ;;
+    *) echo "unknown stage '$stage' (build, kernel, tests, sanitizer, tune, bench, profile)" >&2; exit 2 ;;
   esac
 done
 started=$(mktemp)
+# On a lent machine whose $OUT folder comes back (benchmarks' device tool): the files this run wrote.
+collect() {
+  if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+    find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;
+  fi
+}
+# A run stopped by a time limit: what the finished stages and the running one wrote still comes back.
+trap 'log "stopped"; collect; rm -f "$started"; exit 143' TERM
+trap 'log "stopped"; collect; rm -f "$started"; exit 130' INT
 log "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+failed=()
 for stage in "${stages[@]}"; do
   log "$stage"
-  "$stage"
+  "$stage" || failed+=("$stage")
+  collect
 done
-log "done: $results"
-# On a lent machine whose $OUT folder comes back (benchmarks' device tool): the files this run wrote.
-if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-  find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;
+if [ ${#failed[@]} -gt 0 ]; then
+  log "failed stages: ${failed[*]}"
 fi
+log "done: $results"
+collect
 rm -f "$started"
+[ ${#failed[@]} -eq 0 ]

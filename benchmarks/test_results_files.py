@@ -1,10 +1,16 @@
 """The results-file writer (benchmarks/recording.py) and the renderer (benchmarks/render.py)."""
 
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from benchmarks import recording, render
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 MACHINE = {"cpu": "AMD EPYC 7B13", "logical_cores": 2, "memory_gib": 23.5, "platform": "Linux", "gpu": None,
            "kind": "cpu-amd-epyc-7b13-2c"}
@@ -138,6 +144,44 @@ def test_render_shows_full_mode_when_present_with_gpu_lines_and_a_plot(tmp_path)
     assert "| fused | float32 | 128 | 3.00 s |" in markdown and "| 4.00x | 175.0x |" in markdown
     assert "| fused | float32 | 8 |" not in markdown and "test_models" not in markdown  # quick cases hidden
     assert "## word_region_gpu_NVIDIA_H100: NVIDIA H100" in markdown and "| triton | bfloat16 | 4096 | 5.0 ms |" in markdown
+    assert "GPU (word_region_gpu_*.jsonl): mean of 10 rounds" in markdown  # the GPU benchmark's `ms` is a mean
     assert render.FULL_COMMAND in markdown
     for name in ("cpu-amd-epyc-7b13-2c.png", "word_region_gpu_NVIDIA_H100.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
+    """A failed test's timing (here of a wrong, non-finite result) is not merged, and a benchmark
+    whose function raised (caught by its test, as on running out of memory) neither is nor stops
+    the other cases from being written."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_cases.py").write_text(textwrap.dedent("""
+        import math
+        import pytest
+
+        def test_passes(benchmark):
+            benchmark.pedantic(lambda: 1.0, rounds=1, iterations=1)
+
+        def test_wrong_result(benchmark, results_record):
+            value = benchmark.pedantic(lambda: float("nan"), rounds=1, iterations=1)
+            results_record({"kind": "sweep"})
+            assert math.isfinite(value)
+
+        def test_step_raises(benchmark):
+            def step():
+                raise MemoryError("simulated")
+            try:
+                benchmark.pedantic(step, rounds=1, iterations=1)
+            except MemoryError:
+                pytest.skip("out of memory")
+    """))
+    results = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
+         "--tgfr-results", str(results)],
+        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert "1 failed, 1 passed, 1 skipped" in run.stdout, run.stdout + run.stderr
+    cases = json.loads(results.read_text())["cases"]
+    assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)

@@ -3,8 +3,10 @@ PyTorch reference and torch.compile(reference), `tgfr` shape (T=22, R=196, D=256
 captions.
 
 Each case reports (in pytest-benchmark's extra_info and in a JSON file under
-benchmarks/results/) the mean time, useful TFLOP/s with SPEC section 2's accounting (forward
-4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) and the peak GPU memory of one step. Sizes sweep
+benchmarks/results/) the mean time of 10 rounds (3 from N=M=8192, 1 from 16384) after one or two
+untimed steps (compilation, autotuning), useful TFLOP/s with SPEC section 2's accounting (forward
+4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) and the peak GPU memory of one step
+(torch.cuda.max_memory_allocated, the inputs and their gradients included). Sizes sweep
 N=M from 256 up to TGFR_BENCH_MAX_SIZE (default 16384) for the kernels; the reference stops at
 the first size that runs out of memory (recorded as such), and any implementation at the first size
 whose step would take over TGFR_BENCH_MAX_STEP_S (default 600) seconds, extrapolated from its
@@ -12,10 +14,12 @@ previous size. Run with benchmarks/run_gpu.sh.
 """
 
 import datetime
+import gc
 import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,13 +45,15 @@ _OUT_OF_MEMORY: set = set()  # (implementation, dtype, passes) that ran out at a
 # N*M work, is skipped (the CUDA kernel would need about 12 minutes a step at N=M=16384).
 MAX_STEP_SECONDS = float(os.environ.get("TGFR_BENCH_MAX_STEP_S", "600"))
 _LAST_STEP: dict = {}  # (implementation, dtype, passes) -> (size, seconds) of its last timed size
+# Every line of one pytest session carries its start: the renderer counts a (commit, date) as one run.
+_STARTED = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _environment() -> dict:
     return {
         "device": torch.cuda.get_device_name(),
         "commit": recording.commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _STARTED,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "command": shlex.join(["python", "-m", "pytest", *sys.argv[1:]]),
@@ -59,6 +65,21 @@ def _record(result: dict) -> None:
     path = RESULTS / f"word_region_gpu_{torch.cuda.get_device_name().replace(' ', '_')}.jsonl"
     with path.open("a") as file:
         file.write(json.dumps({**_environment(), **result}) + "\n")
+
+
+def _ran_out_of_memory(run: Callable[[], None]) -> bool:
+    """Calls `run`; True if it ran out of GPU memory, with the failed step's tensors freed by the
+    time it returns. They live as long as the error's traceback: skipping from inside the handler
+    would keep them past the test (pytest's record of the skip holds that traceback in a reference
+    cycle), and the next cases' steps and peaks would run and be read on top of them."""
+    try:
+        run()
+        return False
+    except torch.OutOfMemoryError:
+        pass
+    gc.collect()  # frames that keep the error (`except ... as error: raise`) form cycles with it
+    torch.cuda.empty_cache()
+    return True
 
 
 def _largest_tuned_problem() -> int:
@@ -77,6 +98,9 @@ def _step(implementation: str, passes: str, words, lengths, regions):
         def scores_fn(w, v):
             return reference.word_region_scores(w, lengths, v)
     else:
+        # Every case's lambda shares one code object, so dynamo's compilations of all cases would
+        # count against one recompile limit, past which it silently runs the reference eagerly.
+        torch._dynamo.reset()
         scores_fn = torch.compile(lambda w, v: reference.word_region_scores(w, lengths, v))
 
     deterministic = implementation.endswith("_deterministic")
@@ -117,6 +141,9 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
         predicted = last_seconds * (size / last_size) ** 2
         if predicted > MAX_STEP_SECONDS:
             pytest.skip(f"a step would take about {predicted:.0f} s (> TGFR_BENCH_MAX_STEP_S={MAX_STEP_SECONDS:g})")
+    # A case skipped or failed before leaves its frame (inputs, gradients) in a reference cycle with
+    # pytest's record of it: collected here, so this case's peak does not count them.
+    gc.collect()
     torch.cuda.empty_cache()
     generator = torch.Generator(device="cuda").manual_seed(0)
     words = torch.randn(size, NUM_WORDS, DIM, device="cuda", generator=generator).to(getattr(torch, dtype))
@@ -128,7 +155,8 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     step = _step(implementation, passes, words, lengths, regions)
     result = {"implementation": implementation, "dtype": dtype, "N": size, "M": size, "T": NUM_WORDS,
               "R": NUM_REGIONS, "D": DIM, "passes": passes}
-    try:
+
+    def measure():
         torch.cuda.reset_peak_memory_stats()
         step()  # warm-up: compilation and autotuning
         # Autotuning runs allocate, so the peak is read on a second step unless the size is past the
@@ -139,7 +167,8 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
         result["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
         rounds = 1 if size >= 16384 else 3 if size >= 8192 else 10
         benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
-    except torch.OutOfMemoryError:
+
+    if _ran_out_of_memory(measure):
         _OUT_OF_MEMORY.add(key)
         _record({**result, "out_of_memory": True})
         pytest.skip(f"{implementation} ran out of memory at N=M={size}")

@@ -1,0 +1,50 @@
+"""benchmarks/profile_word_region_triton.py without a GPU: its command lines and the reading of
+ncu's details CSV (the profile itself runs on a GPU machine, in benchmarks/run_gpu.sh)."""
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import profile_word_region_triton as profile
+from benchmarks.tune_word_region_triton import candidate_configs
+
+# The header ncu's `--csv --page details` writes, and a few rows in its value formats.
+_DETAILS = '''"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","101","python3","gpu","_backward_kernel","1","7","(128, 1, 1)","(1024, 128, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","msecond","235.12"
+"0","101","python3","gpu","_backward_kernel","1","7","(128, 1, 1)","(1024, 128, 1)","0","9.0","Memory Workload Analysis","L2 Hit Rate","%","97.5"
+"0","101","python3","gpu","_backward_kernel","1","7","(128, 1, 1)","(1024, 128, 1)","0","9.0","Launch Statistics","Threads","thread","16,777,216"
+"0","101","python3","gpu","_backward_kernel","1","7","(128, 1, 1)","(1024, 128, 1)","0","9.0","Occupancy","Block Limit Barriers","block","n/a"
+'''
+
+
+def test_details_rows_keep_each_metric_with_its_value_as_a_number():
+    rows = profile.details_rows(_DETAILS)
+    assert [(row["section"], row["metric"], row["unit"]) for row in rows] == [
+        ("GPU Speed Of Light Throughput", "Duration", "msecond"),
+        ("Memory Workload Analysis", "L2 Hit Rate", "%"),
+        ("Launch Statistics", "Threads", "thread"),
+        ("Occupancy", "Block Limit Barriers", "block"),
+    ]
+    assert [row["number"] for row in rows] == [235.12, 97.5, 128 * 1024 * 128, None]
+    assert {row["kernel_name"] for row in rows} == {"_backward_kernel"} and rows[0]["grid_size"] == "(1024, 128, 1)"
+
+
+def test_details_rows_name_missing_columns():
+    with pytest.raises(ValueError, match="Metric Value"):
+        profile.details_rows('"ID","Kernel Name","Section Name","Metric Name","Metric Unit"\n')
+
+
+def test_kernels_argument_is_checked_against_the_shipped_configs():
+    shipped = len(candidate_configs("backward", "shipped"))
+    assert profile.parse_kernels(f"forward:0,backward:{shipped - 1}") == [("forward", 0), ("backward", shipped - 1)]
+    with pytest.raises(ValueError, match="KIND:INDEX"):
+        profile.parse_kernels("backwards:0")
+    with pytest.raises(ValueError, match=f"{shipped} shipped configs"):
+        profile.parse_kernels(f"backward:{shipped}")
+
+
+def test_ncu_profiles_only_the_launch_after_compilation():
+    command = profile.ncu_command(Path("build/ncu/x"), "backward", 1, 1024, "bfloat16")
+    assert command[:5] == ["ncu", "--set", "full", "--profile-from-start", "off"]
+    assert command[command.index("--launch") + 1] == "backward:1"
+    assert command[command.index("--export") + 1] == "build/ncu/x"

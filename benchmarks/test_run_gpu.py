@@ -1,0 +1,73 @@
+"""benchmarks/run_gpu.sh without a GPU: its stages replaced by stubs on PATH (nvidia-smi, python)
+that write results files as the real stages do, run in a copy of the script's folder layout."""
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
+
+# `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
+# a line to a word_region_gpu_*.jsonl file, then sleeps $STUB_BENCH_SLEEP seconds.
+_PYTHON_STUB = """#!/bin/sh
+case "$*" in
+  *tune_word_region_triton*)
+    while [ $# -gt 0 ]; do [ "$1" = --out ] && echo '{"kernel": "forward"}' >> "$2"; shift; done
+    exit "${STUB_TUNE_EXIT:-0}";;
+  *pytest*)
+    echo '{"N": 256}' >> benchmarks/results/word_region_gpu_stub.jsonl
+    sleep "${STUB_BENCH_SLEEP:-0}";;
+esac
+"""
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> dict:
+    """A repository copy holding only run_gpu.sh, a stub bin folder and an $OUT folder."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    (tmp_path / "repo" / "benchmarks").mkdir(parents=True)
+    shutil.copy(_SCRIPT, tmp_path / "repo" / "benchmarks" / "run_gpu.sh")
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir()
+    out.mkdir()
+    for name, text in (("python", _PYTHON_STUB), ("nvidia-smi", "#!/bin/sh\necho 'NVIDIA Stub GPU'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OUT": str(out)}
+    return dict(script=tmp_path / "repo" / "benchmarks" / "run_gpu.sh", out=out, environment=environment)
+
+
+def _returned(out: Path) -> set[str]:
+    return {path.name for path in out.iterdir() if not path.name.startswith("gpu_run_")}
+
+
+def test_a_failing_stage_fails_the_run_and_keeps_the_other_stages_results(layout):
+    run = subprocess.run(["bash", str(layout["script"]), "tune", "bench"], capture_output=True, text=True,
+                         env={**layout["environment"], "STUB_TUNE_EXIT": "3"}, timeout=60)
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert _returned(layout["out"]) == {"word_region_triton_configs_NVIDIA_Stub_GPU.jsonl",
+                                        "word_region_gpu_stub.jsonl"}
+
+
+def test_a_run_stopped_during_a_stage_returns_what_was_written(layout):
+    """Stopped (TERM, as a time limit does) while `bench` runs: the finished `tune` stage's file and
+    the line `bench` wrote so far are in $OUT."""
+    process = subprocess.Popen(["bash", str(layout["script"]), "tune", "bench"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**layout["environment"], "STUB_BENCH_SLEEP": "60"},
+                               start_new_session=True)
+    bench_log = layout["script"].parent / "results" / "word_region_gpu_stub.jsonl"
+    deadline = time.monotonic() + 30
+    while not bench_log.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    assert bench_log.exists()
+    assert _returned(layout["out"]) == {"word_region_triton_configs_NVIDIA_Stub_GPU.jsonl",
+                                        "word_region_gpu_stub.jsonl"}
