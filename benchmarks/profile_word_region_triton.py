@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import recording
-from benchmarks.tune_word_region_triton import KINDS, _inputs, _launch, candidate_configs
+from benchmarks.tune_word_region_triton import KINDS, candidate_configs, launch_config, tuning_inputs
 from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS
 
 
@@ -89,12 +89,12 @@ def ncu_command(report: Path, kind: str, index: int, size: int, dtype: str) -> l
 
 def _profiled_launch(kind: str, index: int, size: int, dtype: str) -> None:
     config = candidate_configs(kind, "shipped")[index]
-    words, lengths, regions = _inputs(size, getattr(torch, dtype))
+    words, lengths, regions = tuning_inputs(size, getattr(torch, dtype))
     grad_scores = torch.randn(size, size, device="cuda")
-    _launch(kind, config, words, lengths, regions, grad_scores)  # compiles it, outside the profiled range
+    launch_config(kind, config, words, lengths, regions, grad_scores)  # compiles it, outside the profiled range
     torch.cuda.synchronize()
     torch.cuda.profiler.start()
-    _launch(kind, config, words, lengths, regions, grad_scores)
+    launch_config(kind, config, words, lengths, regions, grad_scores)
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
 

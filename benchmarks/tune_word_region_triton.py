@@ -62,7 +62,7 @@ def as_triton_config(config: dict):
     return triton.Config(kwargs, num_warps=config["num_warps"], num_stages=config["num_stages"])
 
 
-def _inputs(size: int, dtype: torch.dtype):
+def tuning_inputs(size: int, dtype: torch.dtype):
     generator = torch.Generator(device="cuda").manual_seed(0)
     words = torch.randn(size, NUM_WORDS, DIM, device="cuda", generator=generator).to(dtype)
     regions = torch.randn(size, NUM_REGIONS, DIM, device="cuda", generator=generator).to(dtype)
@@ -71,7 +71,7 @@ def _inputs(size: int, dtype: torch.dtype):
     return words, lengths, regions
 
 
-def _launch(kind: str, config: dict, words, lengths, regions, grad_scores):
+def launch_config(kind: str, config: dict, words, lengths, regions, grad_scores):
     """One launch of the forward or a backward with this config, bypassing the autotuner."""
     from tgfr.ops import word_region_triton as kernels
 
@@ -85,8 +85,8 @@ def _launch(kind: str, config: dict, words, lengths, regions, grad_scores):
 def _compile(job) -> str | None:
     kind, config, dtype = job
     try:
-        words, lengths, regions = _inputs(32, dtype)
-        _launch(kind, config, words, lengths, regions, torch.ones(32, 32, device="cuda"))
+        words, lengths, regions = tuning_inputs(32, dtype)
+        launch_config(kind, config, words, lengths, regions, torch.ones(32, 32, device="cuda"))
         torch.cuda.synchronize()
         return None
     except Exception as error:  # a config that does not compile is reported, not fatal
@@ -123,12 +123,12 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(max(1, min(14, multiprocessing.cpu_count() - 1))) as pool:
         compile_errors = pool.map(_compile, jobs)
 
-    small_words, small_lengths, small_regions = _inputs(40, dtype)
+    small_words, small_lengths, small_regions = tuning_inputs(40, dtype)
     small_grad = torch.randn(40, 40, device="cuda")
     words64, regions64 = small_words.double().requires_grad_(), small_regions.double().requires_grad_()
     expected = reference.word_region_scores(words64, small_lengths, regions64, gamma1=GAMMA1, gamma2=GAMMA2)
     expected.backward(small_grad.double())
-    words, lengths, regions = _inputs(args.size, dtype)
+    words, lengths, regions = tuning_inputs(args.size, dtype)
     grad_scores = torch.randn(args.size, args.size, device="cuda")
     useful = {"forward": 4, "backward": 8, "deterministic_backward": 8}
     deadline = time.time() + args.seconds
@@ -142,14 +142,14 @@ def main() -> None:
             if compile_error:
                 row["error"] = compile_error
             else:
-                small = _launch(kind, config, small_words, small_lengths, small_regions, small_grad)
+                small = launch_config(kind, config, small_words, small_lengths, small_regions, small_grad)
                 wants = (expected,) if kind == "forward" else (words64.grad, regions64.grad)
                 row["relative_error"] = max(_relative_error(got, want) for got, want in zip(small, wants))
                 times = []
                 for _ in range(3):
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
-                    _launch(kind, config, words, lengths, regions, grad_scores)
+                    launch_config(kind, config, words, lengths, regions, grad_scores)
                     end.record()
                     torch.cuda.synchronize()
                     times.append(start.elapsed_time(end))
