@@ -461,9 +461,12 @@ dim3 pair_grid(const WordRegionProblem& p) {
               static_cast<unsigned>((p.num_images + kImagesPerBlock - 1) / kImagesPerBlock));
 }
 
-bool valid(const WordRegionProblem& p) {
+static_assert(kMaxImages == int64_t{65535} * kImagesPerBlock, "kMaxImages (word_region.cuh) follows kImagesPerBlock");
+
+// `pairs`: the launch's grid has image groups (forward, backward), not one block per caption only.
+bool valid(const WordRegionProblem& p, bool pairs) {
   return p.num_captions > 0 && p.num_images > 0 && p.num_words > 0 && p.num_regions > 0 && p.dim > 0 &&
-         p.num_captions < (int64_t{1} << 31) && (p.num_images + kImagesPerBlock - 1) / kImagesPerBlock < 65536;
+         p.num_captions <= kMaxCaptions && (!pairs || p.num_images <= kMaxImages);
 }
 
 template <typename T>
@@ -518,7 +521,7 @@ size_t word_region_shared_memory_bytes(const WordRegionProblem& problem, bool ba
 
 cudaError_t word_region_scores_forward(const WordRegionProblem& problem, float* scores,
                                        int64_t scores_stride_caption, cudaStream_t stream) {
-  if (!valid(problem)) return cudaErrorInvalidValue;
+  if (!valid(problem, true)) return cudaErrorInvalidValue;
   return dispatch<Forward>(problem.dtype, {&problem, scores, scores_stride_caption, stream},
                            {&problem, scores, scores_stride_caption, stream},
                            {&problem, scores, scores_stride_caption, stream});
@@ -527,7 +530,7 @@ cudaError_t word_region_scores_forward(const WordRegionProblem& problem, float* 
 cudaError_t word_region_scores_backward(const WordRegionProblem& problem, const float* grad_scores,
                                         int64_t grad_scores_stride_caption, float* grad_words,
                                         float* grad_regions, cudaStream_t stream) {
-  if (!valid(problem)) return cudaErrorInvalidValue;
+  if (!valid(problem, true)) return cudaErrorInvalidValue;
   return dispatch<Backward>(
       problem.dtype, {&problem, grad_scores, grad_scores_stride_caption, grad_words, grad_regions, stream},
       {&problem, grad_scores, grad_scores_stride_caption, grad_words, grad_regions, stream},
@@ -535,7 +538,7 @@ cudaError_t word_region_scores_backward(const WordRegionProblem& problem, const 
 }
 
 cudaError_t word_region_attention(const WordRegionProblem& problem, float* alpha, cudaStream_t stream) {
-  if (!valid(problem) || problem.num_images != problem.num_captions) return cudaErrorInvalidValue;
+  if (!valid(problem, false) || problem.num_images != problem.num_captions) return cudaErrorInvalidValue;
   return dispatch<Attention>(problem.dtype, {&problem, alpha, stream}, {&problem, alpha, stream},
                              {&problem, alpha, stream});
 }

@@ -50,6 +50,12 @@ cudaError_t word_region_scores_backward(const WordRegionProblem& problem, const 
 // num_regions) fp32 contiguous, zeros at padded words.
 cudaError_t word_region_attention(const WordRegionProblem& problem, float* alpha, cudaStream_t stream);
 
+// Largest batches one launch takes (grid limits: a block per caption on the grid's x axis, a block
+// per group of 4 images on its y axis, at most 65535); launchers fail with cudaErrorInvalidValue
+// past them. Offsets into the tensors are 64-bit, so these are the only size limits.
+inline constexpr int64_t kMaxCaptions = (int64_t{1} << 31) - 1;
+inline constexpr int64_t kMaxImages = int64_t{65535} * 4;
+
 // Dynamic shared memory one thread block needs (bytes); launchers fail with
 // cudaErrorInvalidConfiguration when it exceeds the device's opt-in limit.
 size_t word_region_shared_memory_bytes(const WordRegionProblem& problem, bool backward);

@@ -44,6 +44,54 @@ def test_triton_kernels_under_interpreter():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
+# Row offsets row * D past 2^31 (N * D > 2^31, e.g. N = 4194305 at D = 512) without such a
+# tensor: rows 16 features wide spaced DIMS = 2^26 elements apart in one mostly virtual fp16 buffer
+# (torch.empty does not touch its pages), launched with dims = DIMS and BLOCK_D = 16, so the kernels
+# read and write the first 16 features of each row. Row 32, the first of the second block of rows
+# and of the second column tile, starts at 2^31: an int32 offset wraps to 4 GB below the buffer
+# (wrong values or a crash). The result must equal the launch on the compact rows.
+CHECK_LARGE_OFFSETS = """
+import torch, triton
+from tgfr.ops import contrastive_triton as kernels
+from tgfr.ops.triton_precision import dot_input_precision
+DIMS, ROWS, WIDTH = 2**26, 33, 16
+torch.manual_seed(0)
+a, b = torch.randn(ROWS, WIDTH).half(), torch.randn(ROWS, WIDTH).half()
+buffer = torch.empty(ROWS * DIMS, dtype=torch.float16)  # row i at i * DIMS: a, then b, then the gradient
+for i in range(ROWS):
+    buffer[i * DIMS:i * DIMS + WIDTH], buffer[i * DIMS + WIDTH:i * DIMS + 2 * WIDTH] = a[i], b[i]
+spread_a, spread_b, spread_out = buffer, buffer[WIDTH:], buffer[2 * WIDTH:]
+scale, margin, dummy = 5.0, 0.2, torch.zeros(1, dtype=torch.int64)
+blocks = dict(BLOCK_M=kernels.BLOCK_ROWS, BLOCK_N=kernels.BLOCK_COLS, BLOCK_D=WIDTH,
+              INPUT_PRECISION=dot_input_precision(torch.float16), MODE=0, HAS_LABELS=False)
+grid = (triton.cdiv(ROWS, kernels.BLOCK_ROWS),)
+loss, lse = kernels._launch_forward(a, b, None, None, scale, margin, "none", 0)
+_, column_lse = kernels._launch_forward(b, a, None, None, scale, margin, "none", 0)
+spread_loss, spread_lse, ones = torch.empty(ROWS), torch.empty(ROWS), torch.ones(ROWS)
+kernels._forward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, ones, spread_loss, spread_lse,
+                                   ROWS, ROWS, DIMS, 0, scale, margin, **blocks)
+torch.testing.assert_close(spread_loss, loss, rtol=0, atol=0)
+grad_rows, grad_columns = torch.randn(ROWS), torch.randn(ROWS)
+grad_a = kernels._launch_backward(a, b, None, None, grad_rows, lse, grad_columns, column_lse, scale, margin, "none",
+                                  0, True, True)
+kernels._backward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, grad_rows, lse, ones, grad_columns,
+                                    column_lse, ones, spread_out, ROWS, ROWS, DIMS, 0, scale, margin,
+                                    ROWS_ON=True, COLS_ON=True, **blocks)
+spread_grad = torch.stack([spread_out[i * DIMS:i * DIMS + WIDTH] for i in range(ROWS)])
+assert grad_a.abs().sum() > 0
+torch.testing.assert_close(spread_grad, grad_a, rtol=0, atol=0)
+print("ok")
+"""
+
+
+def test_row_offsets_past_int32_under_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", CHECK_LARGE_OFFSETS], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
+
+
 @pytest.mark.gpu
 def test_triton_kernels_on_cuda():
     exec(CHECK.format(device="cuda"), {})

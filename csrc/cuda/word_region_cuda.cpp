@@ -44,6 +44,10 @@ Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const a
   TORCH_CHECK_VALUE(regions.size(1) >= 1, "regions must have R >= 1 regions per image, got shape ", regions.sizes());
   TORCH_CHECK_VALUE(words.size(2) >= 1, "words and regions must have D >= 1 features, got shape ", words.sizes());
   TORCH_CHECK_TYPE(regions.scalar_type() == words.scalar_type(), "regions must have the dtype of words");
+  // The kernels' grid limits (kernels/word_region.cuh), named here rather than reported by the
+  // launcher as an anonymous invalid argument.
+  TORCH_CHECK_VALUE(words.size(0) <= kernels::kMaxCaptions, "words must have at most ", kernels::kMaxCaptions,
+                    " captions (N) for backend 'cuda', got N=", words.size(0));
   Problem problem{words.contiguous(), lengths.to(at::kLong).contiguous(), regions.contiguous(), {}};
   // Out-of-range lengths would make the kernels read outside words; the front end checks them
   // too, but the op can be called directly.
@@ -77,10 +81,18 @@ void check_launch(cudaError_t error, const kernels::WordRegionProblem& problem, 
   TORCH_CHECK(error == cudaSuccess, "word-region CUDA kernel failed to launch: ", cudaGetErrorString(error));
 }
 
+// The forward and backward launch a block per caption and group of images (the attention, one per caption).
+void check_images(const at::Tensor& regions) {
+  TORCH_CHECK_VALUE(regions.size(0) <= kernels::kMaxImages, "regions must have at most ", kernels::kMaxImages,
+                    " images (M) for backend 'cuda' (65535 groups of 4, CUDA's grid limit), got M=", regions.size(0),
+                    ": split the images over several calls or use backend='triton'");
+}
+
 at::Tensor scores_cuda(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                        double gamma1, double gamma2, bool word_softmax) {
   const c10::cuda::CUDAGuard guard(words.device());
   const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
+  check_images(regions);
   at::Tensor scores = at::empty({words.size(0), regions.size(0)}, words.options().dtype(at::kFloat));
   check_launch(kernels::word_region_scores_forward(problem.view, scores.data_ptr<float>(), scores.stride(0),
                                                    c10::cuda::getCurrentCUDAStream()),
@@ -93,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor> scores_backward_cuda(const at::Tensor& grad_s
                                                         double gamma1, double gamma2, bool word_softmax) {
   const c10::cuda::CUDAGuard guard(words.device());
   const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
+  check_images(regions);
   TORCH_CHECK(grad_scores.sizes() == at::IntArrayRef({words.size(0), regions.size(0)}),
               "grad_scores must have shape (N, M)");
   const at::Tensor grad = grad_scores.to(at::kFloat).contiguous();

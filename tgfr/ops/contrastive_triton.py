@@ -5,6 +5,9 @@ log-sum-exp of each row of a against all of b) and one for the backward (recompu
 dA += G @ B), each used twice, the column direction being the row direction of (y, x) with
 -offset. Each program owns a block of rows, so nothing is written twice. D is held in one tile
 (BLOCK_D = next power of two of D), which suits embedding sizes up to a few hundred.
+
+Row offsets (row * D) are 64-bit where they start a block: they pass 2^31 once N * D does
+(N = 4194305 at D = 512), a batch that fits a GPU. Offsets within a block stay int32.
 """
 
 import torch
@@ -20,10 +23,20 @@ BLOCK_ROWS, BLOCK_COLS = 32, 32
 
 
 @triton.jit
-def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset, scale, margin,
-                 MODE: tl.constexpr, HAS_LABELS: tl.constexpr, BLOCK_D: tl.constexpr,
+def _block_rows(ptr, start, dims, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pointers to rows start .. start + BLOCK of a (rows, dims) matrix: 64-bit at the block's
+    first row, int32 within the block. tl.cast, not .to: the interpreter gives loop indices as
+    Python ints."""
+    block_ptr = ptr + tl.cast(start, tl.int64) * dims
+    return block_ptr + tl.arange(0, BLOCK)[:, None] * dims + tl.arange(0, BLOCK_D)[None, :]
+
+
+@triton.jit
+def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dims, offset, scale, margin,
+                 MODE: tl.constexpr, HAS_LABELS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  INPUT_PRECISION: tl.constexpr):
-    b = tl.load(b_ptr + cols[:, None] * dims + tl.arange(0, BLOCK_D)[None, :],
+    """Logits of rows (a) against columns cols = start + arange(BLOCK_N) of b, with the masks."""
+    b = tl.load(_block_rows(b_ptr, start, dims, BLOCK_N, BLOCK_D),
                 mask=(cols[:, None] < num_b) & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
     similarity = tl.dot(a, tl.trans(b), input_precision=INPUT_PRECISION).to(tl.float32)
     diagonal = cols[None, :] - rows[:, None] == offset
@@ -48,9 +61,10 @@ def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, l
                          MODE: tl.constexpr, HAS_LABELS: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          INPUT_PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    first = tl.program_id(0) * BLOCK_M
+    rows = first + tl.arange(0, BLOCK_M)
     row_ok = rows < num_a
-    a = tl.load(a_ptr + rows[:, None] * dims + tl.arange(0, BLOCK_D)[None, :],
+    a = tl.load(_block_rows(a_ptr, first, dims, BLOCK_M, BLOCK_D),
                 mask=row_ok[:, None] & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
     labels_a = tl.load(labels_a_ptr + rows, mask=row_ok, other=-2) if HAS_LABELS else rows
     row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -58,8 +72,9 @@ def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, l
     positive_sum = tl.zeros((BLOCK_M,), tl.float32)
     for start in range(0, num_b, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        logits, positive, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset,
-                                              scale, margin, MODE, HAS_LABELS, BLOCK_D, INPUT_PRECISION)
+        logits, positive, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dims,
+                                              offset, scale, margin, MODE, HAS_LABELS, BLOCK_N, BLOCK_D,
+                                              INPUT_PRECISION)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
@@ -77,10 +92,11 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
                           MODE: tl.constexpr, HAS_LABELS: tl.constexpr, ROWS_ON: tl.constexpr,
                           COLS_ON: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    first = tl.program_id(0) * BLOCK_M
+    rows = first + tl.arange(0, BLOCK_M)
     row_ok = rows < num_a
     d_range = tl.arange(0, BLOCK_D)
-    a = tl.load(a_ptr + rows[:, None] * dims + d_range[None, :],
+    a = tl.load(_block_rows(a_ptr, first, dims, BLOCK_M, BLOCK_D),
                 mask=row_ok[:, None] & (d_range[None, :] < dims), other=0.0)
     labels_a = tl.load(labels_a_ptr + rows, mask=row_ok, other=-2) if HAS_LABELS else rows
     grad = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -91,8 +107,9 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
     for start in range(0, num_b, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < num_b
-        logits, positive, same, b = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, cols, num_b, dims, offset,
-                                                 scale, margin, MODE, HAS_LABELS, BLOCK_D, INPUT_PRECISION)
+        logits, positive, same, b = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dims,
+                                                 offset, scale, margin, MODE, HAS_LABELS, BLOCK_N, BLOCK_D,
+                                                 INPUT_PRECISION)
         g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         if ROWS_ON:
             g += ga[:, None] * (tl.exp(logits - la[:, None]) - tl.where(positive, 1.0 / ca[:, None], 0.0))
@@ -105,7 +122,7 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
         constant = (logits == float("-inf")) | (same & (MODE == 2)) | ~row_ok[:, None] | ~col_ok[None, :]
         g = tl.where(constant, 0.0, g)
         grad += tl.dot(g.to(b.dtype), b, input_precision=INPUT_PRECISION).to(tl.float32)
-    tl.store(out_ptr + rows[:, None] * dims + d_range[None, :], (scale * grad).to(out_ptr.dtype.element_ty),
+    tl.store(_block_rows(out_ptr, first, dims, BLOCK_M, BLOCK_D), (scale * grad).to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (d_range[None, :] < dims))
 
 

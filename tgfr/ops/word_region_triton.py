@@ -140,6 +140,33 @@ def _caption_rows(pid_caption, lengths_ptr, N, CAPTIONS: tl.constexpr, T_PAD: tl
 
 
 @triton.jit
+def _caption_block_rows(
+    block, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
+    D_PAD: tl.constexpr,
+):
+    """A caption block's rows in words (and in grad_words, same strides): caption and validity per
+    row, the block's first element as a 64-bit offset, the tile's offsets from it (int32) and mask.
+    64-bit because the offsets pass 2^31 once N * T * D does (N = 381301 at T=22, D=256); one
+    64-bit scalar, not a 64-bit tile, keeps the offsets that the backward holds to its end at 32
+    bits."""
+    caption, word, valid_word = _caption_rows(block, lengths_ptr, N, CAPTIONS, T_PAD)
+    first = block * CAPTIONS
+    block_offset = tl.cast(first, tl.int64) * stride_wn  # tl.cast: see _image_offset
+    dims = tl.arange(0, D_PAD)
+    offsets = (caption - first)[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :]
+    return caption, valid_word, block_offset, offsets, valid_word[:, None] & (dims[None, :] < D)
+
+
+@triton.jit
+def _image_offset(image, stride_rm):
+    """Offset of an image in regions (and grad_regions), 64-bit: image * stride_rm passes 2^31
+    once M * R * D does (M = 42800 at R=196, D=256). The chunk offsets within the image stay int32,
+    so the hot loops add one scalar, not a 64-bit tile. tl.cast, not .to: the interpreter gives
+    loop indices (the deterministic kernels' images and caption blocks) as Python ints."""
+    return tl.cast(image, tl.int64) * stride_rm
+
+
+@triton.jit
 def _word_rows_product(word_rows, other, INPUT_PRECISION: tl.constexpr, REGIONS_MAJOR: tl.constexpr):
     """word_rows @ other, with REGIONS_MAJOR computed as (other^T word_rows^T)^T: Hopper's wgmma
     needs 64 rows on the M side, more than one caption's padded words."""
@@ -194,7 +221,7 @@ def _context_step(
     region = start + tl.arange(0, BLOCK)
     region_in_range = region < R
     chunk = tl.load(
-        regions_ptr + image * stride_rm + region[:, None] * stride_rr + dims[None, :],
+        regions_ptr + _image_offset(image, stride_rm) + region[:, None] * stride_rr + dims[None, :],
         mask=region_in_range[:, None] & (dims[None, :] < D), other=0.0,
     )
     _, logits = _region_logits(
@@ -268,12 +295,10 @@ def _forward_kernel(
     CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
     TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
 ):
-    caption, word, valid_word = _caption_rows(tl.program_id(0), lengths_ptr, N, CAPTIONS, T_PAD)
-    dims = tl.arange(0, D_PAD)
-    words_tile = tl.load(
-        words_ptr + caption[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :],
-        mask=valid_word[:, None] & (dims[None, :] < D), other=0.0,
+    caption, valid_word, block_offset, word_offsets, word_mask = _caption_block_rows(
+        tl.program_id(0), lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
     )
+    words_tile = tl.load(words_ptr + block_offset + word_offsets, mask=word_mask, other=0.0)
     words_f32 = words_tile.to(tl.float32)
     word_norm = tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
     first_caption = tl.program_id(0) * CAPTIONS + tl.arange(0, CAPTIONS)
@@ -288,7 +313,8 @@ def _forward_kernel(
             cos = tl.sum(context * words_f32, axis=1) / tl.maximum(context_norm * word_norm, 1e-8)
             logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
             scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
-            tl.store(scores_ptr + first_caption * stride_sn + image, scores, mask=first_caption < N)
+            # 64-bit: caption * stride_sn passes 2^31 once (N - 1) * M does (N = M = 46342).
+            tl.store(scores_ptr + first_caption.to(tl.int64) * stride_sn + image, scores, mask=first_caption < N)
 
 
 @triton.jit
@@ -306,9 +332,10 @@ def _gradient_step(
     dims = tl.arange(0, D_PAD)
     region = start + tl.arange(0, BLOCK)
     region_in_range = region < R
-    chunk_offsets = image * stride_rm + region[:, None] * stride_rr + dims[None, :]
+    image_offset = _image_offset(image, stride_rm)
+    chunk_offsets = region[:, None] * stride_rr + dims[None, :]  # within the image
     chunk_mask = region_in_range[:, None] & (dims[None, :] < D)
-    chunk = tl.load(regions_ptr + chunk_offsets, mask=chunk_mask, other=0.0)
+    chunk = tl.load(regions_ptr + image_offset + chunk_offsets, mask=chunk_mask, other=0.0)
     attn, logits = _region_logits(
         words_tile, chunk, valid_word, region_in_range,
         gamma1, WORD_SOFTMAX, CAPTIONS, T_PAD, BLOCK, INPUT_PRECISION, REGIONS_MAJOR,
@@ -335,10 +362,11 @@ def _gradient_step(
         grad_chunk = tl.dot(tl.trans(alpha.to(words_tile.dtype)), grad_context_in, input_precision=INPUT_PRECISION)
         grad_chunk += tl.dot(tl.trans(grad_dots_in), words_tile, input_precision=INPUT_PRECISION)
         if REGION_GRADIENT == "atomic":
-            tl.atomic_add(grad_regions_ptr + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
+            tl.atomic_add(grad_regions_ptr + image_offset + chunk_offsets, grad_chunk, mask=chunk_mask, sem="relaxed")
         else:
-            total = tl.load(grad_regions_ptr + chunk_offsets, mask=chunk_mask, other=0.0) + grad_chunk
-            tl.store(grad_regions_ptr + chunk_offsets, total, mask=chunk_mask)
+            image_grad_ptr = grad_regions_ptr + image_offset
+            total = tl.load(image_grad_ptr + chunk_offsets, mask=chunk_mask, other=0.0) + grad_chunk
+            tl.store(image_grad_ptr + chunk_offsets, total, mask=chunk_mask)
             # The next caption block reads these sums back: make the block's writes visible to all its threads.
             tl.debug_barrier()
     return grad_words
@@ -364,7 +392,7 @@ def _pair_backward(
     logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
     scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
     beta = tl.reshape(tl.exp(tl.reshape(logits, (CAPTIONS, T_PAD)) - scores[:, None]), (CAPTIONS * T_PAD,))
-    grad_score = tl.load(grad_scores_ptr + caption * stride_gn + image, mask=valid_word, other=0.0)
+    grad_score = tl.load(grad_scores_ptr + caption.to(tl.int64) * stride_gn + image, mask=valid_word, other=0.0)
     grad_cos = tl.where(valid_word, grad_score * gamma2 * beta, 0.0)
     unclamped = norms > 1e-8
     scale = grad_cos / tl.where(unclamped, norms, 1e-8)
@@ -405,15 +433,18 @@ def _caption_block_words(
     block, words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr,
     D_PAD: tl.constexpr,
 ):
-    """A caption block's word rows: caption and validity per row, offsets and mask in words,
-    the tile in the input dtype and in fp32, and each row's norm."""
-    caption, word, valid_word = _caption_rows(block, lengths_ptr, N, CAPTIONS, T_PAD)
-    dims = tl.arange(0, D_PAD)
-    offsets = caption[:, None] * stride_wn + word[:, None] * stride_wt + dims[None, :]
-    mask = valid_word[:, None] & (dims[None, :] < D)
-    words_tile = tl.load(words_ptr + offsets, mask=mask, other=0.0)
+    """A caption block's word rows: caption and validity per row, the block's 64-bit offset and
+    the rows' offsets from it and mask in words (see _caption_block_rows), the tile in the input
+    dtype and in fp32, and each row's norm."""
+    caption, valid_word, block_offset, offsets, mask = _caption_block_rows(
+        block, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
+    )
+    words_tile = tl.load(words_ptr + block_offset + offsets, mask=mask, other=0.0)
     words_f32 = words_tile.to(tl.float32)
-    return caption, valid_word, offsets, mask, words_tile, words_f32, tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
+    return (
+        caption, valid_word, block_offset, offsets, mask, words_tile, words_f32,
+        tl.sqrt(tl.sum(words_f32 * words_f32, axis=1)),
+    )
 
 
 @triton.jit
@@ -440,7 +471,7 @@ def _backward_kernel(
 ):
     """Adds this program's share to grad_words (N, T, D) and grad_regions (M, R, D), both fp32,
     zeroed, contiguous (strides stride_wn/stride_wt and stride_rm/stride_rr of the inputs)."""
-    caption, valid_word, word_offsets, word_mask, words_tile, words_f32, word_norm = _caption_block_words(
+    caption, valid_word, block_offset, word_offsets, word_mask, words_tile, words_f32, word_norm = _caption_block_words(
         tl.program_id(0), words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
     )
     grad_words = _empty_word_gradient(CAPTIONS, T_PAD, D_PAD, REGIONS_MAJOR)
@@ -455,7 +486,7 @@ def _backward_kernel(
             )
     if REGIONS_MAJOR:
         grad_words = tl.trans(grad_words)
-    tl.atomic_add(grad_words_ptr + word_offsets, grad_words, mask=word_mask, sem="relaxed")
+    tl.atomic_add(grad_words_ptr + block_offset + word_offsets, grad_words, mask=word_mask, sem="relaxed")
 
 
 @triton.autotune(
@@ -473,7 +504,7 @@ def _word_gradient_kernel(
 ):
     """Deterministic backward, first kernel: writes grad_words (N, T, D) fp32 of one caption block,
     summed over all images in order."""
-    caption, valid_word, word_offsets, word_mask, words_tile, words_f32, word_norm = _caption_block_words(
+    caption, valid_word, block_offset, word_offsets, word_mask, words_tile, words_f32, word_norm = _caption_block_words(
         tl.program_id(0), words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
     )
     grad_words = _empty_word_gradient(CAPTIONS, T_PAD, D_PAD, REGIONS_MAJOR)
@@ -486,7 +517,7 @@ def _word_gradient_kernel(
         )
     if REGIONS_MAJOR:
         grad_words = tl.trans(grad_words)
-    tl.store(grad_words_ptr + word_offsets, grad_words, mask=word_mask)
+    tl.store(grad_words_ptr + block_offset + word_offsets, grad_words, mask=word_mask)
 
 
 @triton.autotune(
@@ -506,7 +537,7 @@ def _region_gradient_kernel(
     d(regions) of one image, summed over all caption blocks in order."""
     image = tl.program_id(0)
     for block in range(0, tl.cdiv(N, CAPTIONS)):
-        caption, valid_word, _, _, words_tile, words_f32, word_norm = _caption_block_words(
+        caption, valid_word, _, _, _, words_tile, words_f32, word_norm = _caption_block_words(
             block, words_ptr, lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
         )
         _pair_backward(
@@ -527,14 +558,48 @@ def _constexprs(words: torch.Tensor, word_softmax: bool) -> dict:
     }
 
 
+# CUDA's limit on a grid's second dimension (the image groups).
+_MAX_GRID_Y = 65535
+# Triton's launcher (3.9, backends/nvidia/driver.c) tests `gridX * gridY * gridZ > 0` in C int
+# and silently skips the launch when the product overflows: scores left uninitialized, zero
+# gradients. Hence at most 2^31 - 1 programs per launch.
+_MAX_PROGRAMS = 2**31 - 1
+
+
+def _check_grid(kernel, config: triton.Config, grid: tuple[int, ...], arguments: tuple) -> None:
+    """Raises a ValueError naming the batch size that puts the grid past _MAX_GRID_Y or
+    _MAX_PROGRAMS, instead of a CUDA launch error or a silently skipped launch."""
+    sizes = dict(zip(kernel.fn.arg_names, arguments))
+    num_captions, num_images = sizes["N"], sizes["M"]
+    if len(grid) > 1 and grid[1] > _MAX_GRID_Y:
+        images = config.kwargs["IMAGES"]
+        raise ValueError(
+            f"regions must have at most {_MAX_GRID_Y * images} images (M) for backend 'triton' "
+            f"({_MAX_GRID_Y} groups of {images} images, CUDA's grid limit), got M={num_images}: "
+            "split the images over several calls"
+        )
+    if grid[0] * (grid[1] if len(grid) > 1 else 1) > _MAX_PROGRAMS:
+        raise ValueError(
+            f"words (N={num_captions} captions) and regions (M={num_images} images) need {grid} programs "
+            f"of {kernel.fn.__name__}, more than the {_MAX_PROGRAMS} one Triton launch can take: "
+            "split the captions over several calls"
+        )
+
+
 def _launch(kernel, config, pairs: int, grid, *arguments, **constexprs) -> None:
     """Runs an autotuned kernel with `config` if given, else tuned for problem sizes (N*M pairs)
     inside _TUNED_PAIRS and with the first config that fits (the fastest one measured) outside."""
+    def check(config):
+        _check_grid(kernel, config, grid(config.kwargs) if callable(grid) else grid, arguments)
+
     if config is None and _TUNED_PAIRS[0] < pairs <= _TUNED_PAIRS[1]:
+        for candidate in kernel.configs:  # the autotuner may run any of them (N = 1, M = 2048^2 is tuned too)
+            check(candidate)
         wrap_triton(kernel)[grid](*arguments, **constexprs)
         return
     if config is None:
         config = _prune_configs(kernel.configs, {}, **constexprs)[0]
+    check(config)
     # Only the tile sizes, warps and stages: torch.compile refuses other launch options (num_ctas).
     launch_options = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
     wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **launch_options)
