@@ -13,7 +13,8 @@ worth GPU time; only benchmarks/tune_word_region_triton.py on a GPU says which i
 Usage, on any machine with Triton's CUDA backend (no GPU needed):
     python -m benchmarks.triton_resources --out benchmarks/results/word_region_triton_resources_sm90a.jsonl
 One JSON line per (kernel, config), with Triton's version, commit and date; "shipped" marks the
-configs the autotuner chooses among. --configs grid covers the tuning script's whole search space.
+configs the autotuner chooses among. --configs grid covers the tuning script's whole search space
+and the shipped configs outside it.
 """
 
 import argparse
@@ -166,7 +167,9 @@ def main() -> None:
     with args.out.open("w") as out:
         for kind in KINDS:
             shipped = candidate_configs(kind, "shipped")
-            for config in candidate_configs(kind, args.configs):
+            configs = candidate_configs(kind, args.configs)
+            configs += [config for config in shipped if config not in configs]  # shipped variants outside the grid
+            for config in configs:
                 for kernel in KERNELS[kind]:
                     row = {**environment, "kind": kind, "kernel": kernel, **config, "shipped": config in shipped,
                            **compile_report(kernel, config, args.arch)}

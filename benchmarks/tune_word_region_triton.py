@@ -46,7 +46,8 @@ def candidate_configs(kind: str, which: str) -> list[dict]:
                    "deterministic_backward": kernels._DETERMINISTIC_CONFIGS}[kind]
         return [_as_dict(config) for config in shipped]
     stages = (1, 2) if kind == "forward" else (1,)
-    images = {} if kind == "deterministic_backward" else {"IMAGES": 8}  # its kernels own whole rows or columns
+    # The deterministic kernels own whole rows or columns: no image groups.
+    images = {} if kind == "deterministic_backward" else {"IMAGES": 8, "STAGGER_IMAGES": False}
     return [
         dict(CAPTIONS=captions, BLOCK_R=block_r, **images, TAIL_CHUNKS=tail, REGIONS_MAJOR=regions_major,
              num_warps=warps, num_stages=stage)

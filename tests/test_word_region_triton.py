@@ -119,7 +119,7 @@ def test_kernel_variants_match_reference(variant, word_softmax, deterministic):
     grad = torch.randn(3, 3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     hyper = {"gamma1": 4.0, "gamma2": 5.0, "word_softmax": word_softmax}
     expected = _reference_with_grads(words, lengths, regions, grad, **hyper)
-    config = triton.Config({"BLOCK_R": 32, "IMAGES": 2, **variant}, num_warps=4)
+    config = triton.Config({"BLOCK_R": 32, "IMAGES": 2, "STAGGER_IMAGES": False, **variant}, num_warps=4)
     arguments = (words.float(), lengths, regions.float(), *hyper.values())
     scores = word_region_triton.launch_forward(*arguments, config=config)
     if deterministic:  # its two kernels take no image groups
@@ -128,6 +128,31 @@ def test_kernel_variants_match_reference(variant, word_softmax, deterministic):
         grad.float(), *arguments, deterministic=deterministic, config=config
     )
     for name, got, want in zip(("scores", "grad words", "grad regions"), (scores, grad_words, grad_regions), expected):
+        torch.testing.assert_close(
+            got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item(), msg=lambda m: f"{name}: {m}"
+        )
+
+
+@interpreted_only
+def test_staggered_image_order_matches_reference():
+    """STAGGER_IMAGES: programs of consecutive caption blocks start their image group at different
+    images (3 images in groups of 2: the second group's one image comes first or second); every
+    image must still be visited once per caption block."""
+    import triton
+
+    from tgfr.ops import word_region_triton
+
+    words, lengths, regions = _inputs(3, 3, 5, 37, 20, [5, 1, 3], seed=11)
+    grad = torch.randn(3, 3, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    expected = _reference_with_grads(words, lengths, regions, grad)
+    config = triton.Config(
+        {"CAPTIONS": 1, "BLOCK_R": 32, "IMAGES": 2, "TAIL_CHUNKS": False, "REGIONS_MAJOR": False,
+         "STAGGER_IMAGES": True}, num_warps=4,
+    )
+    grad_words, grad_regions = word_region_triton.launch_backward(
+        grad.float(), words.float(), lengths, regions.float(), 4.0, 5.0, True, config=config
+    )
+    for name, got, want in zip(("grad words", "grad regions"), (grad_words, grad_regions), expected[1:]):
         torch.testing.assert_close(
             got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item(), msg=lambda m: f"{name}: {m}"
         )

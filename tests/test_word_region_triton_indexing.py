@@ -97,7 +97,7 @@ def _run(words, lengths, regions, grad_scores, layout, deterministic):
     sizes = (num_captions, num_images, num_regions, dim)
     constexprs = kernels._constexprs(words, True)
     pairs = num_captions * num_images
-    config = triton.Config({**TILE, "IMAGES": 2}, num_warps=4)
+    config = triton.Config({**TILE, "IMAGES": 2, "STAGGER_IMAGES": False}, num_warps=4)
 
     def pair_grid(meta):
         return triton.cdiv(num_captions, meta["CAPTIONS"]), triton.cdiv(num_images, meta["IMAGES"])

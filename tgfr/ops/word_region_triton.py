@@ -29,7 +29,7 @@ On an H100 (bf16, `tgfr` shape, N=M=1024) the forward takes 37.5 ms (124 useful 
 atomics backward about 235 ms (39 useful TFLOP/s): the backward, not the forward, is where the
 time goes. The deterministic backward has not run on a GPU yet.
 
-Variants, chosen per config (two constexpr flags, so the autotuner and the tuning script compare
+Variants, chosen per config (constexpr flags, so the autotuner and the tuning script compare
 them like tile sizes):
 - TAIL_CHUNKS: regions past the last whole BLOCK_R chunk go in 16-region chunks instead of one
   masked BLOCK_R chunk (R = 196 with BLOCK_R = 64: 208 rows of products instead of 256).
@@ -40,6 +40,12 @@ them like tile sizes):
   products only, and its regions-major form with 64-region chunks wgmma only
   (benchmarks/results/word_region_triton_resources_sm90a.jsonl, benchmarks/triton_resources.py,
   benchmarks/test_triton_resources.py). Which is faster is for the GPU to say.
+- STAGGER_IMAGES (the kernels with image groups; it matters to the atomics backward): each
+  program walks its image group starting at a different image. The programs resident at one time are consecutive caption blocks of one image group, so
+  in the plain order they all add their d(regions) to the same image's chunks at about the same
+  time, and same-address atomics are serialized in L2; staggered, they spread over the group's
+  IMAGES images (the group's d(regions), 8 x 196 x 256 fp32 = 1.6 MB at the tgfr shape, still
+  fits in L2). Same products, a different summation order.
 
 Products run on tensor cores in the input dtype (bf16/fp16; fp32 as tf32 only when
 torch.backends.cuda.matmul.allow_tf32 is set, else full fp32) with fp32 accumulation;
@@ -63,11 +69,13 @@ _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _tile(
-    captions: int, block_r: int, warps: int, stages: int, tail_chunks=False, regions_major=False, images=8
+    captions: int, block_r: int, warps: int, stages: int, tail_chunks=False, regions_major=False, images=8,
+    stagger_images=False,
 ) -> triton.Config:
     kwargs = {"CAPTIONS": captions, "BLOCK_R": block_r, "TAIL_CHUNKS": tail_chunks, "REGIONS_MAJOR": regions_major}
-    if images is not None:  # the image group of the atomics kernels; the deterministic ones take none
+    if images is not None:  # the image group of the forward and the atomics backward; the deterministic kernels take none
         kwargs["IMAGES"] = images
+        kwargs["STAGGER_IMAGES"] = stagger_images
     return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
@@ -76,8 +84,10 @@ def _tile(
 # made with the prototype of benchmarks/tune_word_region_triton.py): forward 37.0 / 38.4 / 39.1 ms,
 # backward 235 / 313 / 317 ms. The other 21 forward and 12 backward configs timed there were slower; 4
 # captions with 16 warps in the backward fails register allocation in ptxas. The configs after
-# them are candidates not yet timed on a GPU (tail chunks, regions-major products); the autotuner
-# times them with the rest, and the tuning script reports them one by one.
+# them are candidates not yet timed on a GPU (tail chunks, regions-major products, staggered image
+# order); the autotuner times them with the rest, and the tuning script reports them one by one.
+# (Those timings predate the 64-bit offsets of commit db68253, which the compiler report shows to
+# add 16 B of spill stores to the measured-best backward.)
 _FORWARD_CONFIGS = [
     _tile(2, 64, 4, 2), _tile(2, 32, 4, 2), _tile(4, 64, 8, 2),
     _tile(2, 64, 4, 2, tail_chunks=True), _tile(1, 64, 8, 2, regions_major=True),
@@ -85,7 +95,7 @@ _FORWARD_CONFIGS = [
 _BACKWARD_CONFIGS = [
     _tile(1, 32, 4, 1), _tile(2, 64, 4, 1), _tile(2, 32, 8, 1),
     _tile(1, 32, 4, 1, tail_chunks=True), _tile(1, 64, 8, 1, regions_major=True),
-    _tile(1, 64, 8, 1, tail_chunks=True, regions_major=True),
+    _tile(1, 64, 8, 1, tail_chunks=True, regions_major=True), _tile(1, 32, 4, 1, stagger_images=True),
 ]
 # The deterministic backward's two kernels (one caption block over every image, one image over every
 # caption block; no IMAGES): not yet timed on a GPU, so the measured-best backward tile comes first,
@@ -164,6 +174,16 @@ def _image_offset(image, stride_rm):
     so the hot loops add one scalar, not a 64-bit tile. tl.cast, not .to: the interpreter gives
     loop indices (the deterministic kernels' images and caption blocks) as Python ints."""
     return tl.cast(image, tl.int64) * stride_rm
+
+
+@triton.jit
+def _group_image(offset, IMAGES: tl.constexpr, STAGGER_IMAGES: tl.constexpr):
+    """The image a program of an image-group kernel takes at step `offset` of its group: in order,
+    or (STAGGER_IMAGES) starting at a different image for consecutive caption blocks."""
+    if STAGGER_IMAGES:
+        return tl.program_id(1) * IMAGES + (offset + tl.program_id(0)) % IMAGES
+    else:
+        return tl.program_id(1) * IMAGES + offset
 
 
 @triton.jit
@@ -293,7 +313,7 @@ def _forward_kernel(
     gamma1, gamma2,
     T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
-    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr, STAGGER_IMAGES: tl.constexpr,
 ):
     caption, valid_word, block_offset, word_offsets, word_mask = _caption_block_rows(
         tl.program_id(0), lengths_ptr, N, D, stride_wn, stride_wt, CAPTIONS, T_PAD, D_PAD,
@@ -303,7 +323,7 @@ def _forward_kernel(
     word_norm = tl.sqrt(tl.sum(words_f32 * words_f32, axis=1))
     first_caption = tl.program_id(0) * CAPTIONS + tl.arange(0, CAPTIONS)
     for offset in range(IMAGES):
-        image = tl.program_id(1) * IMAGES + offset
+        image = _group_image(offset, IMAGES, STAGGER_IMAGES)
         if image < M:
             context, _, _ = _pair_context(
                 words_tile, regions_ptr, image, R, D, stride_rm, stride_rr, valid_word,
@@ -467,7 +487,7 @@ def _backward_kernel(
     gamma1, gamma2,
     T_PAD: tl.constexpr, D_PAD: tl.constexpr, WORD_SOFTMAX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     CAPTIONS: tl.constexpr, BLOCK_R: tl.constexpr, IMAGES: tl.constexpr,
-    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr,
+    TAIL_CHUNKS: tl.constexpr, REGIONS_MAJOR: tl.constexpr, STAGGER_IMAGES: tl.constexpr,
 ):
     """Adds this program's share to grad_words (N, T, D) and grad_regions (M, R, D), both fp32,
     zeroed, contiguous (strides stride_wn/stride_wt and stride_rm/stride_rr of the inputs)."""
@@ -476,7 +496,7 @@ def _backward_kernel(
     )
     grad_words = _empty_word_gradient(CAPTIONS, T_PAD, D_PAD, REGIONS_MAJOR)
     for offset in range(IMAGES):
-        image = tl.program_id(1) * IMAGES + offset
+        image = _group_image(offset, IMAGES, STAGGER_IMAGES)
         if image < M:
             grad_words = _pair_backward(
                 grad_scores_ptr, regions_ptr, grad_regions_ptr, words_tile, words_f32, word_norm, caption, valid_word,
