@@ -17,7 +17,6 @@ config; the .ncu-rep reports stay in --reports for the Nsight Compute GUI.
 
 import argparse
 import csv
-import datetime
 import io
 import json
 import subprocess
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import recording
-from benchmarks.tune_word_region_triton import KINDS, candidate_configs, launch_config, tuning_inputs
-from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS
+from benchmarks.tune_word_region_triton import (
+    KINDS, candidate_configs, launch_config, measurement_environment, tuning_inputs,
+)
 
 
 def parse_kernels(text: str) -> list[tuple[str, int]]:
@@ -117,13 +116,7 @@ def main() -> None:
         return
     if args.out is None:
         parser.error("--out is required")
-    environment = {
-        "device": torch.cuda.get_device_name(),
-        "commit": recording.commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "triton": __import__("triton").__version__, "dtype": args.dtype,
-        "N": args.size, "M": args.size, "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
-    }
+    environment = measurement_environment(args.size, args.dtype)
     args.reports.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for kind, index in kernels:

@@ -83,6 +83,17 @@ def launch_config(kind: str, config: dict, words, lengths, regions, grad_scores)
     return kernels.launch_backward(grad_scores, *arguments, deterministic, config=as_triton_config(config))
 
 
+def measurement_environment(size: int, dtype: str) -> dict:
+    """What a GPU measurement at N=M=size of the `tgfr` shape ran on: device, commit, date, versions, shape."""
+    return {
+        "device": torch.cuda.get_device_name(),
+        "commit": recording.commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "triton": __import__("triton").__version__, "dtype": dtype,
+        "N": size, "M": size, "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
+    }
+
+
 def _compile(job) -> str | None:
     kind, config, dtype = job
     try:
@@ -113,13 +124,7 @@ def main() -> None:
     if not set(kinds) <= set(KINDS):
         parser.error(f"--kinds must be a subset of {','.join(KINDS)}, got {args.kinds!r}")
     dtype = getattr(torch, args.dtype)
-    environment = {
-        "device": torch.cuda.get_device_name(),
-        "commit": recording.commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "triton": __import__("triton").__version__, "dtype": args.dtype,
-        "N": args.size, "M": args.size, "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
-    }
+    environment = measurement_environment(args.size, args.dtype)
     jobs = [(kind, config, dtype) for kind in kinds for config in candidate_configs(kind, args.configs)]
     with multiprocessing.get_context("spawn").Pool(max(1, min(14, multiprocessing.cpu_count() - 1))) as pool:
         compile_errors = pool.map(_compile, jobs)

@@ -3,40 +3,23 @@
 TRITON_INTERPRET=1 has to be set before the kernels are decorated, and setting it in this
 process would turn every Triton kernel of the session into the interpreter's (the GPU tests
 included). So, unless the variable is already set, the single test `test_interpreter_suite` runs
-this file again in a child process with the variable set, and the actual cases are skipped here.
+this file again in a child process with the variable set (tests/triton_interpreter.py), and the
+actual cases are skipped here.
 Shapes are tiny: the interpreter runs each program in numpy. torch.compile is tested on the GPU
 only (tests/test_word_region_gpu.py): tracing through triton_op needs compiled, not interpreted,
 kernels.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-HAS_TRITON = __import__("importlib").util.find_spec("triton") is not None
-ROOT = Path(__file__).resolve().parents[1]
-
-interpreted_only = pytest.mark.skipif(
-    not INTERPRETED, reason="runs inside test_interpreter_suite's child process (TRITON_INTERPRET=1)"
-)
+from triton_interpreter import interpreted_only, parent_only, run_interpreted
 
 
-@pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="this is the child process" if INTERPRETED else "triton missing")
+@parent_only
 def test_interpreter_suite():
-    environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
-         "-k", "not test_interpreter_suite", __file__],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "skipped" not in summary, result.stdout[-2000:]
+    summary = run_interpreted(__file__)
+    assert "skipped" not in summary, summary
 
 
 def _inputs(num_captions, num_images, num_words, num_regions, dim, lengths, seed=0):

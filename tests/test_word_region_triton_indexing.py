@@ -16,40 +16,24 @@ tensors in this process: they raise before any launch.
 """
 
 import gc
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-HAS_TRITON = __import__("importlib").util.find_spec("triton") is not None
-ROOT = Path(__file__).resolve().parents[1]
+from triton_interpreter import HAS_TRITON, INTERPRETED, interpreted_only, parent_only, run_interpreted
+
 GAMMA1, GAMMA2 = 4.0, 5.0
 # Captions per block and images per group of the launches below: the large offsets fall on the first
 # caption of a block and on an image of a group, the positions whose offsets the kernels compute.
 TILE = {"CAPTIONS": 2, "BLOCK_R": 32, "TAIL_CHUNKS": True, "REGIONS_MAJOR": False}
 
-interpreted_only = pytest.mark.skipif(
-    not INTERPRETED, reason="runs inside test_interpreter_suite's child process (TRITON_INTERPRET=1)"
-)
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton missing")
 
 
-@pytest.mark.skipif(INTERPRETED or not HAS_TRITON,
-                    reason="this is the child process" if INTERPRETED else "triton missing")
+@parent_only
 def test_interpreter_suite():
-    environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
-         "-k", "not test_interpreter_suite", __file__],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "skipped" in summary, result.stdout[-2000:]
+    summary = run_interpreted(__file__)
+    assert "skipped" in summary, summary
 
 
 def _spread(rows: torch.Tensor, stride: int, dtype: torch.dtype) -> torch.Tensor:
