@@ -147,9 +147,11 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, far_targets: tupl
 
 
 def match_ranks(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
-    """Rank (1-based) of the first gallery entry of each probe's identity, ties counted pessimistically.
+    """Rank (1-based) of each probe's identity among the gallery identities, ties counted pessimistically.
 
-    similarity (P, G) probes x gallery; every probe's identity must be in the gallery.
+    similarity (P, G) probes x gallery; every probe's identity must be in the gallery. An identity
+    with several gallery images scores its best one (max fusion): rank k means k candidate
+    identities, so the ranks run from 1 to the number of gallery identities.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     probe_labels, gallery_labels = np.asarray(probe_labels), np.asarray(gallery_labels)
@@ -158,13 +160,16 @@ def match_ranks(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels
                          f"got {similarity.shape}")
     if not np.isfinite(similarity).all():
         raise ValueError("similarity must be finite")
-    genuine = probe_labels[:, None] == gallery_labels[None, :]
+    identities, column = np.unique(gallery_labels, return_inverse=True)
+    per_identity = np.full((probe_labels.size, identities.size), -np.inf)
+    np.maximum.at(per_identity.T, column, similarity.T)
+    genuine = probe_labels[:, None] == identities[None, :]
     if not genuine.any(axis=1).all():
         missing = probe_labels[~genuine.any(axis=1)][:5].tolist()
         raise ValueError(f"every probe identity must be in the gallery; missing e.g. {missing}")
-    best_genuine = np.where(genuine, similarity, -np.inf).max(axis=1)
-    # Impostors scoring at least as high as the best genuine match come first.
-    return 1 + (np.where(genuine, -np.inf, similarity) >= best_genuine[:, None]).sum(axis=1)
+    best_genuine = per_identity[genuine]  # one gallery identity per probe
+    # Impostor identities scoring at least as high as the genuine one come first.
+    return 1 + (np.where(genuine, -np.inf, per_identity) >= best_genuine[:, None]).sum(axis=1)
 
 
 def cmc_curve(ranks: np.ndarray, max_rank: int) -> np.ndarray:
@@ -175,7 +180,8 @@ def cmc_curve(ranks: np.ndarray, max_rank: int) -> np.ndarray:
 
 def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
                            max_rank: int = 20, resamples: int = 200, seed: int = 0) -> dict:
-    """rank1, rank5 (with 95% bootstrap intervals over probes) and the CMC up to max_rank.
+    """rank1, rank5 (with 95% bootstrap intervals over probes) and the CMC up to max_rank (at most
+    the number of gallery identities); similarity (P, G), probe_labels (P,), gallery_labels (G,).
 
     rank1 and rank5 come from the ranks themselves, as their intervals do, so they do not depend
     on max_rank (which only cuts the CMC).
@@ -183,7 +189,7 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     _check_count("max_rank", max_rank, 1)
     _check_count("resamples", resamples, 0)
     ranks = match_ranks(similarity, probe_labels, gallery_labels)
-    cmc = cmc_curve(ranks, min(max_rank, len(gallery_labels)))
+    cmc = cmc_curve(ranks, min(max_rank, np.unique(gallery_labels).size))
     result = {"rank1": float((ranks <= 1).mean()), "rank5": float((ranks <= 5).mean()), "cmc": cmc.tolist(),
               "probes": int(ranks.size), "gallery": int(len(gallery_labels))}
     if resamples:

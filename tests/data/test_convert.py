@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 
 import numpy as np
@@ -215,3 +216,27 @@ def test_cli_convert_and_protocol(tmp_path, capsys):
     assert main(["data", "protocol", "--manifest", str(root / "manifest.jsonl"), "--split", "train",
                  "--out", str(tmp_path / "protocol"), "--impostors", "5"]) == 0
     assert "1 genuine, 2 impostor pairs" in capsys.readouterr().out
+
+
+def test_symlinked_image_folders_stay_under_the_root(tmp_path, capsys):
+    # Datasets are often laid out with the images linked in from a bigger disk: the manifest
+    # keeps the link's path (it moves with the folder), and an image folder linked into the root
+    # lies inside it.
+    tree = tgfr_tree(tmp_path / "store")
+    root = tmp_path / "tree"
+    root.mkdir()
+    os.symlink(tree / "images", root / "images")
+    os.symlink(tree / "text", root / "text")
+    assert main(["data", "convert", "mmcelebA", "--root", str(root)]) == 0
+    expected = sorted(os.path.relpath(p, root) for p in (root / "images").glob("*/*/*.jpg"))
+    assert sorted(r.path for r in read_manifest(root / "manifest.jsonl")) == expected
+
+    dialog, images = celeba_dialog(tmp_path / "dialog_store")
+    root = tmp_path / "dialog"
+    root.mkdir()
+    os.symlink(images, root / "hq")
+    assert main(["data", "convert", "celeba-dialog", "--root", str(root), "--images", str(root / "hq"),
+                 "--captions", str(dialog / "captions_hq.json"), "--hq-mapping", str(dialog / "mapping.txt"),
+                 "--identity-file", str(dialog / "identity_CelebA.txt")]) == 0, capsys.readouterr().err
+    records = read_manifest(root / "manifest.jsonl")
+    assert sorted(r.path for r in records) == sorted(os.path.relpath(p, root) for p in (root / "hq").glob("*.jpg"))

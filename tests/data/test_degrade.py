@@ -125,6 +125,28 @@ def test_degrade_manifest_writes_split_reproducibly(tmp_path):
     assert [(tmp_path / r.path).read_bytes() for r in read_manifest(third) if r.split == "test_degraded"] == first
 
 
+def test_degraded_copies_of_images_outside_the_manifest_folder_stay_in_the_copy(tmp_path):
+    # `tgfr data convert --out` into another folder writes "../" paths; "test_degraded/../data/..."
+    # would land beside the manifest, here over a training image.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "m/data").mkdir(parents=True)
+    records = []
+    for i in range(2):
+        face(i).save(tmp_path / f"data/{i}.jpg", quality=95)
+        records.append(ManifestRecord(f"../data/{i}.jpg", str(i), "test", ("c",)))
+    face(7).save(tmp_path / "m/data/0.png")
+    records.append(ManifestRecord("data/0.png", "7", "train", ("c",)))
+    train_image = (tmp_path / "m/data/0.png").read_bytes()
+    out, _ = degrade_manifest(write_manifest(tmp_path / "m/manifest.jsonl", records), "test", "down16")
+    degraded = [r for r in read_manifest(out) if r.split == "test_degraded"]
+    assert len(degraded) == 2 and (tmp_path / "m/data/0.png").read_bytes() == train_image
+    for record in degraded:
+        target = (tmp_path / "m" / record.path).resolve()
+        assert target.is_relative_to((tmp_path / "m/test_degraded").resolve())
+        expected = down_up(Image.open(tmp_path / "m" / record.meta["source"]).convert("RGB"), 16)
+        assert np.array_equal(np.asarray(Image.open(target)), np.asarray(expected))
+
+
 def test_degrade_missing_image(tmp_path):
     manifest = make_manifest(tmp_path)
     (tmp_path / "images/test/2/2_0.png").unlink()

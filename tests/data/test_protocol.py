@@ -34,6 +34,20 @@ def test_pairs_counts_and_labels(impostors, expected):
         assert probes == {f"test/{subject}/{subject}_0.png"}  # the subject's first image, as in TGFR
 
 
+@pytest.mark.parametrize("images, seed", [(1, 0), (2, 0), (2, 1), (3, 2)])
+def test_no_pair_is_listed_twice(images, seed):
+    # Subjects with few images drawing each other: the same comparison must not count twice.
+    test = [ManifestRecord(f"test/{s}/{s}_{k}.png", str(s), "test", ("c",))
+            for s in range(30) for k in range(images + s % 2)]
+    pairs = make_verification_pairs(test, "test", impostor_subjects=29, seed=seed)
+    unordered = Counter(frozenset((p.path_a, p.path_b)) for p in pairs)
+    assert max(unordered.values()) == 1 and all(len(pair) == 2 for pair in unordered)
+    assert all((identity(p.path_a) == identity(p.path_b)) == (p.same == 1) for p in pairs)
+    # Every two subjects are compared (each drew all others), first image against some image.
+    compared = {frozenset((identity(p.path_a), identity(p.path_b))) for p in pairs if p.same == 0}
+    assert len(compared) == 30 * 29 // 2
+
+
 def test_pairs_deterministic_and_seeded():
     assert make_verification_pairs(records(), seed=1, impostor_subjects=4) == \
         make_verification_pairs(list(reversed(records())), seed=1, impostor_subjects=4)
@@ -43,7 +57,8 @@ def test_pairs_deterministic_and_seeded():
 
 def test_single_image_subjects_have_no_genuine_pair():
     pairs = make_verification_pairs(records(images=1), impostor_subjects=3)
-    assert all(p.same == 0 for p in pairs) and len(pairs) == 36
+    # 12 subjects x 3 impostors, less the pairs that two subjects drew from both sides (listed once)
+    assert all(p.same == 0 for p in pairs) and 18 <= len(pairs) <= 36
     with pytest.raises(ValueError, match="at least 2 subjects"):
         make_verification_pairs(records(subjects=1))
 
@@ -54,6 +69,14 @@ def test_pairs_round_trip(tmp_path, suffix):
     assert read_verification_pairs(write_verification_pairs(tmp_path / f"p.{suffix}", pairs)) == pairs
 
 
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_pairs_round_trip_keeps_line_breaks_in_paths(tmp_path, suffix):
+    # Linux file names may hold "\r", "\n", U+0085 and U+2028; the manifest keeps them, so must the pairs.
+    pairs = [VerificationPair(f"a{c}b.png", f"c{c}.png", same) for c in ("\r", "\n", "\r\n", "\x85", "\u2028")
+             for same in (0, 1)]
+    assert read_verification_pairs(write_verification_pairs(tmp_path / f"p.{suffix}", pairs)) == pairs
+
+
 def test_pairs_file_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("path_a,path_b,same\na.png,b.png,2\n")
     with pytest.raises(ValueError, match=r"bad.csv:2: 'same' must be 0 or 1"):
@@ -61,6 +84,9 @@ def test_pairs_file_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"rows": []}')
     with pytest.raises(ValueError, match="'pairs' list"):
         read_verification_pairs(tmp_path / "bad.json")
+    (tmp_path / "latin1.csv").write_bytes("path_a,path_b,same\n\xe9.png,b.png,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"pairs file .*latin1.csv is not valid UTF-8"):
+        read_verification_pairs(tmp_path / "latin1.csv")
 
 
 def test_identification_split(tmp_path):

@@ -125,6 +125,24 @@ def test_rank1_and_rank5_do_not_depend_on_max_rank(max_rank):
         assert low <= result[name] <= high
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ranks_count_identities_with_several_gallery_images(seed):
+    """Rank k = the probe's identity is among the k best-scoring gallery identities (each scored by
+    its best image), brute-forced identity by identity; rounding makes ties."""
+    rng = np.random.default_rng(seed)
+    gallery = np.repeat(np.arange(7), rng.integers(1, 5, 7))  # 1 to 4 images per identity
+    probes = rng.integers(0, 7, 40)
+    similarity = np.round(rng.normal(size=(40, gallery.size)), 1)
+    expected = []
+    for p, label in enumerate(probes):
+        best = {g: max(similarity[p, j] for j in range(gallery.size) if gallery[j] == g) for g in set(gallery)}
+        expected.append(1 + sum(score >= best[label] for g, score in best.items() if g != label))
+    assert match_ranks(similarity, probes, gallery).tolist() == expected
+    result = identification_metrics(similarity, probes, gallery, max_rank=20, resamples=0)
+    assert result["cmc"] == pytest.approx([np.mean([r <= k for r in expected]) for k in range(1, 8)])
+    assert result["rank5"] == pytest.approx(np.mean([r <= 5 for r in expected]))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_identification_rejects_non_finite_similarity(bad):
     similarity = np.array([[bad, 0.1], [0.2, 0.3]])

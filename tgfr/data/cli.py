@@ -29,9 +29,13 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> list[ManifestRecord]:
-    """Rewrites paths relative to `root` as paths relative to the manifest's folder."""
-    base = manifest.resolve().parent
-    return [ManifestRecord(Path(os.path.relpath((root / r.path).resolve(), base)).as_posix(), r.identity, r.split,
+    """Rewrites paths relative to `root` as paths relative to the manifest's folder.
+
+    Only the two folders are resolved: a symlink inside `root` (images -> /data/celeba) stays in
+    the path, so the manifest keeps the dataset's layout and moves with it.
+    """
+    base, root = manifest.resolve().parent, root.resolve()
+    return [ManifestRecord(Path(os.path.relpath(root / r.path, base)).as_posix(), r.identity, r.split,
                            r.captions, r.meta) for r in records]
 
 

@@ -18,9 +18,10 @@ with trust_pickle=True (CLI: --trust-pickle). JSON lists or CSV files are read o
 
 import csv
 import json
+import os
 import pickle
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -172,6 +173,18 @@ def _dialog_captions(value: object, where: str) -> list[str]:
     return captions
 
 
+def _path_inside(path: Path, root: Path) -> str | None:
+    """`path` relative to `root` (posix) when it lies inside it, else None.
+
+    Compared as spelled first, so that a symlink inside `root` (images -> /data/celeba) stays a
+    path under `root`, as the user laid it out; then with symlinks resolved.
+    """
+    for inner, outer in ((Path(os.path.abspath(path)), Path(os.path.abspath(root))), (path.resolve(), root.resolve())):
+        if inner.is_relative_to(outer):
+            return inner.relative_to(outer).as_posix()
+    return None
+
+
 def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, images_dir: str | Path,
                           root: str | Path, hq_mapping: str | Path | None = None,
                           split_file: str | Path | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -192,7 +205,8 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
         raise ValueError(f"caption file {captions_json} is not readable UTF-8 JSON ({error})") from None
     if not isinstance(table, dict) or not table:
         raise ValueError(f"caption file {captions_json} must be a non-empty JSON object keyed by image name")
-    if not images_dir.resolve().is_relative_to(root.resolve()):
+    images_folder = _path_inside(images_dir, root)
+    if images_folder is None:
         raise ValueError(f"images_dir {images_dir} must lie inside the manifest folder {root}")
     celeba_identity = _read_identity_file(Path(identity_file))
     mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping else None
@@ -214,7 +228,7 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
                 raise ValueError(f"{problem} (pass bad_files='skip' / --skip-bad to skip such images)")
             skipped.append(problem)
             continue
-        path = image.resolve().relative_to(root.resolve()).as_posix()
+        path = (PurePosixPath(images_folder) / name).as_posix()
         records.append(ManifestRecord(path, celeba_identity[celeba_name], "", tuple(captions)))
     split_of = _dialog_splits(records, split_file, fractions, seed)
     return [ManifestRecord(r.path, r.identity, split_of(r), r.captions) for r in records], skipped

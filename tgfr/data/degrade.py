@@ -18,10 +18,11 @@ does not depend on the order or the number of worker processes.
 
 import io
 import multiprocessing
+import posixpath
 import re
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -157,13 +158,22 @@ def _degrade_one(task: tuple[str, str, str, str, int]) -> str | None:
     return None
 
 
+def _degraded_path(folder: str, path: str) -> str:
+    """"<folder>/<path>.png", kept inside `folder`: a path that leaves the manifest's folder
+    ("../data/x.jpg", as `tgfr data convert --out` elsewhere writes) gets "__" for each "..",
+    where "<folder>/../data/x.png" would write outside the copy, over any image there."""
+    parts = ["__" if part == ".." else part for part in PurePosixPath(posixpath.normpath(path)).parts]
+    return PurePosixPath(folder, *parts).with_suffix(".png").as_posix()
+
+
 def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe: str, split_name: str,
                     seed: int = 0, folder: str | None = None, workers: int = 1,
                     bad_images: str = "error") -> tuple[list[ManifestRecord], list[str]]:
     """Writes a degraded PNG of every record under root/folder and returns their new records.
 
     New records keep identity and captions, take split `split_name`, path
-    "<folder>/<old path>.png" (folder defaults to split_name) and meta {"source", "recipe"}.
+    "<folder>/<old path>.png" (folder defaults to split_name; each ".." of the old path becomes
+    "__") and meta {"source", "recipe"}.
     Returns (records, errors): with bad_images="skip" unreadable images are left out and their
     errors returned; with "error" the first one raises.
     """
@@ -171,7 +181,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     if bad_images not in ("error", "skip"):
         raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
     root, folder = Path(root), folder or split_name
-    new_paths = [str(Path(folder) / Path(r.path).with_suffix(".png")) for r in records]
+    new_paths = [_degraded_path(folder, r.path) for r in records]
     tasks = [(str(root / r.path), str(root / p), r.path, recipe, seed) for r, p in zip(records, new_paths)]
     if workers > 1 and len(tasks) > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:

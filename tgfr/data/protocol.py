@@ -10,6 +10,7 @@ folder, same order) gets corresponding pairs for the same seed.
 """
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,12 @@ def _images_by_subject(records: Sequence[ManifestRecord]) -> list[list[str]]:
 
 def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None = "test",
                             impostor_subjects: int = 399, seed: int = 0) -> list[VerificationPair]:
-    """Per subject: one genuine pair (if it has two images) and min(impostor_subjects, S-1) impostors."""
+    """Per subject: one genuine pair (if it has two images) and min(impostor_subjects, S-1) impostors.
+
+    No pair is listed twice: when the other subject already drew this subject's first image
+    against its own first one, another of its images is drawn, or, if it has no other, the pair
+    (already listed) is not repeated.
+    """
     if isinstance(impostor_subjects, bool) or not isinstance(impostor_subjects, int) or impostor_subjects < 0:
         raise ValueError(f"impostor_subjects must be a non-negative integer, got {impostor_subjects!r}")
     subjects = _images_by_subject(select_split(records, split))
@@ -47,14 +53,21 @@ def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None
         raise ValueError(f"verification needs at least 2 subjects in split {split!r}, got {len(subjects)}")
     rng = np.random.default_rng(seed)
     count = min(impostor_subjects, len(subjects) - 1)
-    pairs = []
+    pairs, first_pairs = [], set()  # first_pairs: impostor pairs of two first images, as drawn
     for subject, images in enumerate(subjects):
         if len(images) > 1:
             pairs.append(VerificationPair(images[0], images[1 + int(rng.integers(len(images) - 1))], 1))
         others = rng.choice(len(subjects) - 1, size=count, replace=False)
         for other in others:
             other_images = subjects[other + (other >= subject)]
-            pairs.append(VerificationPair(images[0], other_images[int(rng.integers(len(other_images)))], 0))
+            # A repeated pair would count one comparison twice (both subjects draw each other).
+            candidates = other_images[1:] if (other_images[0], images[0]) in first_pairs else other_images
+            if not candidates:
+                continue
+            image = candidates[int(rng.integers(len(candidates)))]
+            if image == other_images[0]:
+                first_pairs.add((images[0], image))
+            pairs.append(VerificationPair(images[0], image, 0))
     return pairs
 
 
@@ -102,14 +115,21 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"pairs file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    # Bytes, not read_text: newline translation would turn a quoted "\r" in a path into "\n".
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"pairs file {path} is not valid UTF-8 (byte {error.start})") from None
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(text)["pairs"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"pairs file {path} is not a JSON object with a 'pairs' list ({error})") from None
         return [_pair_from_row(row, f"{path}: pair {i}") for i, row in enumerate(rows)]
-    return [_pair_from_row(row, f"{path}:{line}") for line, row in enumerate(csv.DictReader(text.splitlines()), start=2)]
+    # The csv module reads records itself: str.splitlines would also cut at U+2028, U+0085, ... and
+    # at quoted newlines, all of which a file name may hold.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    return [_pair_from_row(row, f"{path}:{reader.line_num}") for row in reader]
 
 
 def write_identification_split(path: str | Path, split: dict[str, list[dict[str, str]]]) -> Path:
