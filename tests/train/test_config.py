@@ -95,7 +95,7 @@ def test_bad_overrides_are_named(override, message):
 
 
 def test_print_config_refuses_a_bad_value(capsys):
-    with pytest.raises(ValueError, match=r"align\.steps must be an integer >= 1"):
+    with pytest.raises(SystemExit, match=r"tgfr train: error: align\.steps must be an integer >= 1"):
         main(["train", "--preset", "quick", "--set", "align.steps=0", "--print-config"])
     assert capsys.readouterr().out == ""
 

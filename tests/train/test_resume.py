@@ -1,7 +1,8 @@
 """A run stopped midway (inside the fr stage, whose dropout views use the RNG, then inside the
 align stage) and resumed ends with exactly the weights, loss states and optimizer state of an
 uninterrupted run (CPU, deterministic), with one thread and with two (where the text encoder's
-output depends on how captions are batched); its train_summary.json counts every call's steps."""
+output depends on how captions are batched); its train_summary.json counts every call's steps.
+A run that crashed after its last checkpoint logs each step once when resumed."""
 
 import json
 
@@ -12,6 +13,8 @@ import torch
 from tgfr.train.checkpoint import load_checkpoint
 from tgfr.train.config import load_config
 from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
+from tgfr.train.stage_align import AlignStage
+from tgfr.train.training_log import read_log
 
 
 def assert_same_tree(a, b, where=""):
@@ -81,3 +84,26 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_overrides, threads,
         assert values["steps_taken"] == 4 and values["global_batch"] == batch, name
         assert values["samples_per_s"] == pytest.approx(4 * batch / values["seconds"]), name
     assert final["align"]["seconds"] > second["align"]["seconds"]
+
+
+def test_resume_after_a_crash_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch, keep_threads):
+    """Steps logged after the last checkpoint (here: align steps after fr's final checkpoint) are lost in
+    a crash and taken again on resume; metrics.jsonl keeps one record per step, as an uninterrupted run."""
+    config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]', "checkpoint_every=3"])
+    forward, calls = AlignStage.forward, []
+
+    def crash_on_the_third_align_step(self, batch):
+        calls.append(batch)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return forward(self, batch)
+
+    monkeypatch.setattr(AlignStage, "forward", crash_on_the_third_align_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path)
+    assert (load_checkpoint(tmp_path / CHECKPOINT)["stage"], len(read_log(tmp_path / "metrics.jsonl"))) == ("fr", 6)
+    monkeypatch.setattr(AlignStage, "forward", forward)
+    train(config, tmp_path, resume=True)
+    logged = [(record["stage"], record["step"]) for record in read_log(tmp_path / "metrics.jsonl")]
+    assert logged == [(stage, step) for stage in config.stages
+                      for step in range(1, getattr(config, stage).steps + 1)]

@@ -23,10 +23,44 @@ def test_a_fresh_run_refuses_a_used_folder(tmp_path, tiny_overrides):
     with pytest.raises(ValueError, match=re.escape(f"run folder {run} is not empty: continue its run with --resume")):
         train(load_config("quick", tiny_overrides), run)
     overrides = [arg for o in tiny_overrides for arg in ("--set", o)]
-    with pytest.raises(ValueError, match="another --out"):
+    with pytest.raises(SystemExit, match=re.escape(f"tgfr train: error: run folder {run} is not empty")):
         main(["train", "--preset", "quick", "--out", str(run), *overrides])
     assert [p.name for p in run.iterdir()] == ["metrics.jsonl"]  # nothing written, nothing appended
     assert (run / "metrics.jsonl").read_text() == '{"stage": "fr", "step": 1}\n'
+
+
+def test_a_failed_start_leaves_the_run_folder_empty(tmp_path, tiny_overrides):
+    """Bad data (here a missing manifest) or a bad --out stops before anything is written, so the
+    corrected command can train into the same folder."""
+    run, manifest = tmp_path / "run", tmp_path / "missing.jsonl"
+    config = load_config("quick", tiny_overrides + [f'data.manifest="{manifest}"'])
+    with pytest.raises(ValueError, match=re.escape(f"manifest {manifest} does not exist")):
+        train(config, run)
+    assert not run.exists()
+    run.mkdir()
+    with pytest.raises(ValueError, match=re.escape(f"manifest {manifest} does not exist")):
+        train(config, run)
+    assert list(run.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=re.escape(f"run folder {tmp_path / 'file'} is a file, not a folder")):
+        train(config, tmp_path / "file")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--set", "fr.stepz=3", "--print-config"], "override 'fr.stepz=3': unknown key fr.stepz"),
+    (["--preset", "missing.toml", "--print-config"], "preset 'missing.toml': no file missing.toml"),
+    (["--set", "data.manifest=MISSING"], "manifest MISSING does not exist"),
+])
+def test_user_errors_exit_with_a_message_and_no_traceback(tmp_path, arguments, message):
+    """A user error ends `tgfr train` with a non-zero exit and a one-line message naming the culprit
+    (SystemExit with a message: exit status 1, the message on stderr, no traceback)."""
+    arguments = [a.replace("MISSING", str(tmp_path / "missing.jsonl")) for a in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), *arguments])
+    assert isinstance(exit_info.value.code, str)
+    assert exit_info.value.code.startswith("tgfr train: error: ")
+    assert message.replace("MISSING", str(tmp_path / "missing.jsonl")) in exit_info.value.code
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])

@@ -4,7 +4,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from tgfr.train.config import config_from_dict, load_config, preset_names, to_toml
+from tgfr.train.config import TrainConfig, config_from_dict, load_config, preset_names, to_toml
 from tgfr.train.run import train
 
 
@@ -38,23 +38,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
+def _run_config(out: Path) -> TrainConfig:
+    """--resume: the config.toml of the run in `out`."""
+    path = out / "config.toml"
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist (no run to resume in {out})")
+    try:
+        return config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
+        raise SystemExit(f"--resume: {path} is not a valid run config: {error}") from None
+
+
 def main(args: argparse.Namespace) -> int:
-    if args.resume:
-        if args.overrides:
-            raise SystemExit("--resume uses the run's config.toml; --set cannot change a run midway")
-        path = args.out / "config.toml"
-        if not path.is_file():
-            raise SystemExit(f"--resume: {path} does not exist (no run to resume in {args.out})")
-        try:
-            config = config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
-        except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
-            raise SystemExit(f"--resume: {path} is not a valid run config: {error}") from None
-    else:
-        config = load_config(args.preset, args.overrides)
-    if args.print_config:
-        print(to_toml(config), end="")
-        return 0
-    out = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    if args.resume and args.overrides:
+        raise SystemExit("--resume uses the run's config.toml; --set cannot change a run midway")
+    try:
+        config = _run_config(args.out) if args.resume else load_config(args.preset, args.overrides)
+        if args.print_config:
+            print(to_toml(config), end="")
+            return 0
+        out = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    except ValueError as error:  # bad settings, folders or files: the message names them, a traceback adds nothing
+        raise SystemExit(f"tgfr train: error: {error}") from None
     finished = (out / "model").is_dir()
     print(f"run folder: {out} ({'finished' if finished else 'stopped; continue with --resume'})")
     return 0

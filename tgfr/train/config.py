@@ -74,8 +74,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """optimizer: adamw or sgd; schedule: cosine (to lr * min_lr_ratio) or constant, after a linear warmup
-    of warmup_steps (0: none). grad_clip: maximum gradient norm, 0 for no clipping."""
+    """optimizer: adamw or sgd; schedule: cosine (to lr * min_lr_ratio at the stage's last step) or constant,
+    after a linear warmup of warmup_steps (0: none). grad_clip: maximum gradient norm, 0 for no clipping."""
 
     optimizer: str = "adamw"
     lr: float = 1e-3

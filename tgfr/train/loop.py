@@ -45,12 +45,16 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: OptimConfig) ->
 
 
 def lr_factor(step: int, steps: int, config: OptimConfig) -> float:
-    """Linear warmup over warmup_steps, then constant or cosine down to min_lr_ratio at `steps`."""
+    """Factor of the lr at 0-based optimizer step `step` of `steps`: linear warm-up (step + 1) / warmup_steps,
+    so the last warm-up step uses the full lr; then constant, or cosine from the full lr at step
+    warmup_steps down to min_lr_ratio at the last step, steps - 1."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return 1.0
-    progress = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
+    # steps - 1 - warmup_steps: the last step, not the step after it, takes min_lr_ratio (a one-step
+    # cosine phase keeps the full lr).
+    progress = (step - config.warmup_steps) / max(1, steps - 1 - config.warmup_steps)
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -98,6 +102,7 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
         loss.backward()
         clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)  # before the step
+        lr = optimizer.param_groups[0]["lr"]  # this step's; after scheduler.step() it is the next step's
         optimizer.step()
         scheduler.step()
         taken += 1
@@ -105,7 +110,7 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
         samples_per_s = len(batch["labels"]) * settings.world_size / (now - last)
         last = now
         values = {"loss": float(loss.detach()), **_scalars(components), "grad_norm": float(grad_norm),
-                  "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_s}
+                  "lr": lr, "samples_per_s": samples_per_s}
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k not in ("lr", "total")})
         if (step + 1) % settings.log_every == 0 or step + 1 == steps:

@@ -37,7 +37,7 @@ from tgfr.train.stage import Stage
 from tgfr.train.stage_align import AlignStage
 from tgfr.train.stage_fr import FRStage
 from tgfr.train.stage_fuse import FuseStage
-from tgfr.train.training_log import TrainingLog, read_log
+from tgfr.train.training_log import TrainingLog, drop_records_after, read_log
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 TEXT_ENCODER_PREFIX = "text_encoder."
@@ -159,13 +159,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         if len(rng) != world_size:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(rng)} process(es); "
                              f"resume it with as many (this run has {world_size})")
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"run folder {out} is a file, not a folder: train into another --out")
     elif out.is_dir() and any(out.iterdir()):
         raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into another "
                          f"--out")
     _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
-    if not resume and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
     if rank == 0:
         manifest = resolve_manifest(config.data)
     _barrier(world_size)
@@ -181,8 +180,18 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                                                                         and device.type == "cuda"),
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every, rank=rank,
                             world_size=world_size, stop_after=stop_after)
-    log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
     resume_index = config.stages.index(state["stage"]) if state is not None else 0
+    # The model (above) and the data of every stage still to run are built before the first file is
+    # written: a bad weights file, manifest or batch size fails here and leaves a fresh run's folder
+    # empty, so the corrected command can train into it.
+    stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size)
+                  for name in config.stages[resume_index:]}
+    if not resume and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    if state is not None and rank == 0:
+        drop_records_after(out / "metrics.jsonl", config.stages, state["stage"], state["step"])
+    log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
     summary: dict[str, Any] = {}
     for index, name in enumerate(config.stages):
         if index < resume_index or (name == "fr" and config.model.backbone_weights):
@@ -192,7 +201,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
             break
         seed_everything(config.seed + 1000 * (index + 1) + rank)
         stage_config = getattr(config, name)
-        batches = stage_batches(config, name, manifest, collate, rank, world_size)
+        batches = stage_data[name]
         stage = _build_stage(name, config, model, batches.num_classes, captions, device, world_size > 1).to(device)
         stage_resume = state if state is not None and index == resume_index else None
         if stage_resume is not None:

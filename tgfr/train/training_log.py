@@ -2,6 +2,7 @@
 the `tensorboard` package is installed."""
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,22 @@ class TrainingLog:
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl file."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def drop_records_after(path: str | Path, stages: list[str], stage: str, step: int) -> None:
+    """Removes from the metrics log `path` the records of `stage` past `step` and of the stages after it
+    in `stages`: steps a run logged after its last checkpoint were lost with it, and the resumed run
+    logs them again. Rewritten through a temporary file and os.replace, so a crash keeps the old log."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    later = set(stages[stages.index(stage) + 1:])
+
+    def lost(record: dict[str, Any]) -> bool:
+        return record["stage"] in later or (record["stage"] == stage and record["step"] > step)
+
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if line.strip() and not lost(json.loads(line))]
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)

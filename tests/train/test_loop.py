@@ -1,0 +1,92 @@
+"""The optimization loop's schedule: linear warm-up to the full learning rate, then cosine down to
+lr * min_lr_ratio at the last step; metrics.jsonl logs the learning rate each step actually used,
+also across a resume in the middle of the warm-up."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tgfr.train.checkpoint import rng_state
+from tgfr.train.config import OptimConfig
+from tgfr.train.loop import LoopSettings, lr_factor, run_stage
+from tgfr.train.stage import Stage
+from tgfr.train.training_log import TrainingLog, read_log
+
+STEPS, WARMUP, MIN_RATIO, LR = 12, 4, 0.1, 0.5
+
+
+def expected_factor(step: int) -> float:
+    """Warm-up (s + 1) / W for s < W; then min + (1 - min) * (1 + cos(pi * (s - W) / (S - 1 - W))) / 2."""
+    if step < WARMUP:
+        return (step + 1) / WARMUP
+    progress = (step - WARMUP) / (STEPS - 1 - WARMUP)
+    return MIN_RATIO + (1 - MIN_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def test_schedule_reaches_the_full_rate_after_warm_up_and_min_lr_ratio_at_the_last_step():
+    config = OptimConfig(lr=LR, warmup_steps=WARMUP, min_lr_ratio=MIN_RATIO)
+    factors = [lr_factor(step, STEPS, config) for step in range(STEPS)]
+    assert factors[0] == pytest.approx(1 / WARMUP)
+    assert factors[WARMUP - 1] == factors[WARMUP] == 1.0
+    assert factors[-1] == pytest.approx(MIN_RATIO)
+    assert factors == pytest.approx([expected_factor(step) for step in range(STEPS)])
+    no_warmup = OptimConfig(lr=LR, warmup_steps=0, min_lr_ratio=MIN_RATIO)
+    assert lr_factor(0, STEPS, no_warmup) == 1.0 and lr_factor(STEPS - 1, STEPS, no_warmup) == pytest.approx(MIN_RATIO)
+    assert lr_factor(0, 1, no_warmup) == 1.0  # a one-step stage trains at the full rate
+
+
+class LinearStage(Stage):
+    """loss = <weight, direction>: its gradient is `direction` whatever the weight, so plain SGD moves the
+    weight by exactly -lr * direction and the learning rate of every step can be read off the weights."""
+
+    name = "linear"
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.losses = nn.ModuleDict()
+        self.weight = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        self.register_buffer("direction", torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+
+    def train(self, mode: bool = True) -> "LinearStage":
+        return nn.Module.train(self, mode)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return (self.weight * self.direction).sum(), {}
+
+
+class Batches:
+    def from_step(self, step: int):
+        while True:
+            yield {"labels": torch.zeros(2)}
+
+
+def test_logged_rate_is_the_rate_each_step_used_also_after_a_resume_in_warm_up(tmp_path):
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, warmup_steps=WARMUP,
+                        min_lr_ratio=MIN_RATIO, grad_clip=0.0)
+    settings = LoopSettings(torch.device("cpu"), log_every=1, checkpoint_every=STEPS)
+    stage, log, weights, saved = LinearStage(), TrainingLog(tmp_path / "metrics.jsonl"), [], {}
+
+    def checkpoint(step, optimizer, scheduler):
+        weights.append((step, stage.weight.detach().clone()))
+        saved.update(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=[rng_state()])
+
+    settings.stop_after = WARMUP // 2  # stop in the middle of the warm-up
+    assert run_stage(stage, Batches(), optim, STEPS, settings, log, checkpoint) == WARMUP // 2
+    settings.stop_after = None
+    resumed = dict(saved)
+    # A fresh stage holding the checkpointed weights (as a resumed process builds it).
+    weight = stage.weight.detach().clone()
+    stage = LinearStage()
+    with torch.no_grad():
+        stage.weight.copy_(weight)
+    assert run_stage(stage, Batches(), optim, STEPS, settings, log, checkpoint, resumed) == STEPS - WARMUP // 2
+    records = read_log(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    expected = [LR * expected_factor(step) for step in range(STEPS)]
+    assert [r["lr"] for r in records] == pytest.approx(expected)
+    # The weights moved by exactly the logged rates: sum of the rates so far times -direction.
+    direction = LinearStage().direction
+    for step, weight in weights:
+        assert torch.allclose(weight, -sum(expected[:step]) * direction), step
