@@ -100,9 +100,9 @@ _BACKWARD_CONFIGS = [
 # The deterministic backward's two kernels (one caption block over every image, one image over every
 # caption block; no IMAGES): not yet timed on a GPU, so the measured-best backward tile comes first,
 # then the least-spilling ones of benchmarks/results/word_region_triton_resources_sm90a.jsonl (8 warps:
-# no spills in the d(words) kernel, 36 B in the d(regions) one). For the atomics kernel fewer spills
+# no spills in the d(words) kernel, 44 B in the d(regions) one). For the atomics kernel fewer spills
 # did not mean faster: with 8 warps it compiles spill-free and took 368 ms, against 235 ms for 4 warps
-# and 572 B of spills.
+# and 572 B of spills (588 B since the 64-bit offsets).
 _DETERMINISTIC_CONFIGS = [
     _tile(1, 32, 4, 1, images=None), _tile(1, 32, 8, 1, images=None), _tile(2, 64, 4, 1, images=None),
     _tile(1, 64, 8, 1, regions_major=True, images=None),
