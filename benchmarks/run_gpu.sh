@@ -11,7 +11,8 @@
 # $OUT set to a folder, the results files the run wrote are copied there after each stage and when
 # the run is stopped (TERM, INT), so a stage past a time limit keeps the others' results;
 # TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384); TGFR_BENCH_MAX_STEP_S skips sizes whose
-# step would take longer (default 600 s, extrapolated from the previous size).
+# step would take longer (default 600 s, extrapolated from the previous size); TGFR_BENCH_SELECT
+# is passed to the bench stage's pytest as -k (e.g. "bfloat16 and 1024" for the issue's case).
 # Every stage runs even if an earlier one failed; the exit status is 1 if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,7 @@ tune() {
 
 bench() {
   python -m pytest -q -m gpu benchmarks/test_word_region_gpu.py -p no:cacheprovider \
+    ${TGFR_BENCH_SELECT:+-k "$TGFR_BENCH_SELECT"} \
     --benchmark-json="$results/word_region_gpu_$stamp.json" 2>&1 | tail -60 | tee -a "$logfile"
 }
 

@@ -14,13 +14,15 @@ import pytest
 _SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
 
 # `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
-# a line to a word_region_gpu_*.jsonl file, then sleeps $STUB_BENCH_SLEEP seconds.
+# a line to a word_region_gpu_*.jsonl file (and its arguments, one per line, to $STUB_ARGS if set),
+# then sleeps $STUB_BENCH_SLEEP seconds.
 _PYTHON_STUB = """#!/bin/sh
 case "$*" in
   *tune_word_region_triton*)
     while [ $# -gt 0 ]; do [ "$1" = --out ] && echo '{"kernel": "forward"}' >> "$2"; shift; done
     exit "${STUB_TUNE_EXIT:-0}";;
   *pytest*)
+    [ -n "${STUB_ARGS:-}" ] && printf '%s\n' "$@" > "$STUB_ARGS"
     echo '{"N": 256}' >> benchmarks/results/word_region_gpu_stub.jsonl
     sleep "${STUB_BENCH_SLEEP:-0}";;
 esac
@@ -71,3 +73,14 @@ def test_a_run_stopped_during_a_stage_returns_what_was_written(layout):
     assert bench_log.exists()
     assert _returned(layout["out"]) == {"word_region_triton_configs_NVIDIA_Stub_GPU.jsonl",
                                         "word_region_gpu_stub.jsonl"}
+
+
+def test_bench_selection_reaches_pytest_as_one_expression(layout, tmp_path):
+    arguments = tmp_path / "arguments"
+    for selection, expected in (("bfloat16 and 1024", ["-k", "bfloat16 and 1024"]), ("", [])):
+        run = subprocess.run(["bash", str(layout["script"]), "bench"], capture_output=True, text=True, timeout=60,
+                             env={**layout["environment"], "STUB_ARGS": str(arguments), "TGFR_BENCH_SELECT": selection})
+        assert run.returncode == 0, run.stdout + run.stderr
+        passed = arguments.read_text().splitlines()
+        selected = passed[passed.index("-k"):passed.index("-k") + 2] if "-k" in passed else []
+        assert selected == expected
