@@ -8,10 +8,22 @@ never optimistic). AUC is the trapezoid area (= the Mann-Whitney probability tha
 outscores an impostor pair, ties counted one half). EER is where FAR = 1 - TAR on the ROC's
 linear interpolation.
 
-Bootstrap: genuine and impostor scores (verification) or probes (identification) are resampled
-with replacement, separately per class, `resamples` times from a seeded generator; the interval
-is the (2.5, 97.5) percentile range. Verification resamples reuse one sort: a resample is a
-vector of counts over the sorted scores, so each replicate costs O(n) instead of a sort.
+Bootstrap, `resamples` times from a generator seeded with `seed`; the interval is the (2.5, 97.5)
+percentile range of the replicates.
+- Verification resamples subjects, not pairs: pairs that share a subject (and its images) are
+  not independent, and a pair bootstrap makes their intervals too narrow. The S distinct subjects
+  of the pairs (sorted ids) are drawn S times with replacement, rng.integers(0, S, (resamples,
+  S)); a subject drawn c_a times counts each of its genuine pairs c_a times and each impostor pair
+  with a subject drawn c_b times c_a * c_b times: the pair list of the resampled subjects, where
+  the copies of one subject form no pairs with each other. The draws depend only on the subjects
+  and the seed, so two methods scored on the same pairs get the same resamples and
+  their replicates can be differenced (a paired comparison). The scores are sorted once: a
+  replicate is a vector of pair weights read through cumulative sums, O(pairs) instead of a sort.
+- Identification resamples probes with replacement.
+A replicate that cannot measure a figure gives NaN, and the figure's interval is then None: no
+genuine or no impostor weight (only possible with very few subjects), or, for TAR at FAR f, an
+impostor weight W with f * W < 1, the rule that makes the point estimate None with W = the
+number of impostor pairs.
 """
 
 from dataclasses import dataclass
@@ -46,34 +58,58 @@ def _check_scores(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.
     return scores, same
 
 
+def _check_subjects(same: np.ndarray, subjects_a: np.ndarray, subjects_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """subjects_a, subjects_b (P,) integer ids, equal exactly for the genuine pairs of same (P,)."""
+    checked = []
+    for name, subjects in (("subjects_a", subjects_a), ("subjects_b", subjects_b)):
+        subjects = np.asarray(subjects)
+        if not np.issubdtype(subjects.dtype, np.integer):
+            raise TypeError(f"{name} must be an integer array of subject ids, got dtype {subjects.dtype}")
+        if subjects.shape != same.shape:
+            raise ValueError(f"{name} must have shape (pairs,) = {same.shape}, one subject per pair, "
+                             f"got {subjects.shape}")
+        checked.append(subjects)
+    wrong = np.flatnonzero(same != (checked[0] == checked[1]))
+    if wrong.size:
+        k = wrong[0]
+        raise ValueError(f"subjects_a and subjects_b must be equal for genuine pairs and differ for impostor pairs; "
+                         f"pair {k} has same={int(same[k])} with subjects {checked[0][k]} and {checked[1][k]}")
+    return checked[0], checked[1]
+
+
 class _SortedPairs:
-    """Scores sorted once (descending) with the boundaries of tied groups, for fast (re)weighting."""
+    """Scores sorted once (descending) with the boundaries of tied groups; the ROC is read from
+    cumulative (weighted) counts at those boundaries, so reweighting the pairs needs no new sort."""
 
     def __init__(self, scores: np.ndarray, same: np.ndarray):
         order = np.argsort(-scores, kind="stable")
         self.scores, self.same = scores[order], same[order]
         # Last index of every group of equal scores: the ROC steps there.
         self.group_ends = np.flatnonzero(np.r_[self.scores[1:] != self.scores[:-1], True])
-        self.genuine_positions = np.flatnonzero(self.same)
-        self.impostor_positions = np.flatnonzero(~self.same)
+        genuine_positions, impostor_positions = np.flatnonzero(self.same), np.flatnonzero(~self.same)
+        # Input indices of the genuine (impostor) pairs, by descending score: the order of roc()'s weights.
+        self.genuine_pairs, self.impostor_pairs = order[genuine_positions], order[impostor_positions]
+        # Genuine (impostor) pairs scoring >= each group's score: where their cumulative weights are read.
+        self.genuine_seen = np.searchsorted(genuine_positions, self.group_ends, side="right")
+        self.impostor_seen = np.searchsorted(impostor_positions, self.group_ends, side="right")
 
-    def roc(self, weights: np.ndarray | None = None) -> RocCurve:
-        """ROC with optional per-(sorted)-pair weights (bootstrap counts)."""
-        genuine = self.same.astype(np.float64)
-        impostor = 1.0 - genuine
-        if weights is not None:
-            genuine, impostor = genuine * weights, impostor * weights
-        tp = np.cumsum(genuine)[self.group_ends]
-        fp = np.cumsum(impostor)[self.group_ends]
+    def roc(self, genuine_weights: np.ndarray | None = None, impostor_weights: np.ndarray | None = None) -> RocCurve:
+        """ROC, all pairs counted once, or with integer weights (G,) and (I,) of the genuine and
+        impostor pairs in the order of genuine_pairs and impostor_pairs (a bootstrap replicate)."""
+        tp = self.genuine_seen if genuine_weights is None else np.r_[0, np.cumsum(genuine_weights)][self.genuine_seen]
+        fp = (self.impostor_seen if impostor_weights is None else
+              np.r_[0, np.cumsum(impostor_weights)][self.impostor_seen])
         return RocCurve(np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]],
                         np.r_[np.inf, self.scores[self.group_ends]])
 
-    def resample_weights(self, rng: np.random.Generator) -> np.ndarray:
-        weights = np.zeros(self.scores.size)
-        for positions in (self.genuine_positions, self.impostor_positions):
-            drawn = rng.integers(0, positions.size, positions.size)
-            weights[positions] = np.bincount(drawn, minlength=positions.size)
-        return weights
+
+def _subject_multiplicities(subjects: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, subjects) int64: how often each subject is drawn when `subjects` subjects are
+    drawn with replacement, rng.integers(0, subjects, (resamples, subjects)) with rng seeded by seed."""
+    drawn = np.random.default_rng(seed).integers(0, subjects, (resamples, subjects))
+    # One bincount for all resamples: resample r counts into bins r * subjects .. (r + 1) * subjects - 1.
+    offsets = drawn + subjects * np.arange(resamples)[:, None]
+    return np.bincount(offsets.ravel(), minlength=resamples * subjects).reshape(resamples, subjects)
 
 
 def roc_curve(scores: np.ndarray, same: np.ndarray) -> RocCurve:
@@ -105,8 +141,12 @@ def _check_count(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _interval(values: np.ndarray) -> list[float]:
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+def bootstrap_interval(replicates: np.ndarray) -> list[float] | None:
+    """(2.5, 97.5) percentiles of replicates (R,), R >= 1; None if a replicate is NaN (could not
+    measure the figure)."""
+    if np.isnan(replicates).any():
+        return None
+    return [float(np.percentile(replicates, 2.5)), float(np.percentile(replicates, 97.5))]
 
 
 def far_label(far: float) -> str:
@@ -115,34 +155,54 @@ def far_label(far: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def verification_metrics(scores: np.ndarray, same: np.ndarray, far_targets: tuple[float, ...] = FAR_TARGETS,
-                         resamples: int = 200, seed: int = 0) -> dict:
-    """AUC, EER, TAR at each FAR target, each with a 95% bootstrap interval ("*_ci").
+def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np.ndarray, subjects_b: np.ndarray,
+                         far_targets: tuple[float, ...] = FAR_TARGETS, resamples: int = 200, seed: int = 0,
+                         keep_replicates: bool = False) -> dict:
+    """AUC, EER, TAR at each FAR target, each with a 95% subject-bootstrap interval ("*_ci").
 
-    A FAR target below 1 / (number of impostor pairs) cannot be measured: its TAR is None and it
-    is listed under "unresolved_far".
+    scores, same (P,); subjects_a, subjects_b (P,) integer subject ids of each pair's two images
+    (equal exactly for the genuine pairs). A FAR target below 1 / (number of impostor pairs)
+    cannot be measured: its TAR is None and it is listed under "unresolved_far". An interval is
+    None when some replicate cannot measure its figure (see the module's docstring).
+    keep_replicates: also return "replicates", the figures' (resamples,) arrays nested like the
+    figures ("auc", "eer", "tar_at_far" -> label; NaN where unmeasurable), for paired comparisons
+    of methods scored on the same pairs with the same seed.
     """
     _check_count("resamples", resamples, 0)
-    pairs = _SortedPairs(*_check_scores(scores, same))
-    impostors = pairs.impostor_positions.size
+    scores, same = _check_scores(scores, same)
+    subjects_a, subjects_b = _check_subjects(same, subjects_a, subjects_b)
+    pairs = _SortedPairs(scores, same)
+    ids, index = np.unique(np.r_[subjects_a, subjects_b], return_inverse=True)
+    index_a, index_b = index[:scores.size], index[scores.size:]
+    genuine = index_a[pairs.genuine_pairs]
+    impostor_a, impostor_b = index_a[pairs.impostor_pairs], index_b[pairs.impostor_pairs]
 
-    def figures(curve: RocCurve) -> np.ndarray:
-        return np.array([roc_auc(curve), equal_error_rate(curve), *(tar_at_far(curve, f) for f in far_targets)])
+    def figures(curve: RocCurve, impostor_weight: int) -> np.ndarray:
+        tars = [tar_at_far(curve, f) if f * impostor_weight >= 1 else np.nan for f in far_targets]
+        return np.array([roc_auc(curve), equal_error_rate(curve), *tars])
 
-    point = figures(pairs.roc())
-    rng = np.random.default_rng(seed)
-    replicates = np.array([figures(pairs.roc(pairs.resample_weights(rng))) for _ in range(resamples)])
-    resolved = [f * impostors >= 1 for f in far_targets]
-    result = {"auc": float(point[0]), "eer": float(point[1]), "tar_at_far": {}, "tar_at_far_ci": {},
-              "genuine_pairs": int(pairs.genuine_positions.size), "impostor_pairs": int(impostors),
-              "unresolved_far": [far_label(f) for f, ok in zip(far_targets, resolved) if not ok]}
+    point = figures(pairs.roc(), impostor_a.size)
+    replicates = np.full((resamples, point.size), np.nan)
+    for row, counts in zip(replicates, _subject_multiplicities(ids.size, resamples, seed)):
+        genuine_weights, impostor_weights = counts[genuine], counts[impostor_a] * counts[impostor_b]
+        # Without genuine or impostor weight (possible only with few subjects) the ROC is undefined: the row stays NaN.
+        if genuine_weights.any() and impostor_weights.any():
+            row[:] = figures(pairs.roc(genuine_weights, impostor_weights), impostor_weights.sum())
+    # A target the point estimate cannot resolve gets no interval, whatever a replicate's weight.
+    replicates[:, 2:][:, np.isnan(point[2:])] = np.nan
+    labels = [far_label(f) for f in far_targets]
+    result = {"auc": float(point[0]), "eer": float(point[1]),
+              "tar_at_far": {key: None if np.isnan(v) else float(v) for key, v in zip(labels, point[2:])},
+              "genuine_pairs": int(genuine.size), "impostor_pairs": int(impostor_a.size), "subjects": int(ids.size),
+              "unresolved_far": [key for key, v in zip(labels, point[2:]) if np.isnan(v)]}
     if resamples:
-        result["auc_ci"], result["eer_ci"] = _interval(replicates[:, 0]), _interval(replicates[:, 1])
-    for column, (far, ok) in enumerate(zip(far_targets, resolved), start=2):
-        key = far_label(far)
-        result["tar_at_far"][key] = float(point[column]) if ok else None
-        if resamples:
-            result["tar_at_far_ci"][key] = _interval(replicates[:, column]) if ok else None
+        result["auc_ci"], result["eer_ci"] = bootstrap_interval(replicates[:, 0]), bootstrap_interval(replicates[:, 1])
+        result["tar_at_far_ci"] = {key: bootstrap_interval(replicates[:, column])
+                                   for column, key in enumerate(labels, start=2)}
+    if keep_replicates:
+        result["replicates"] = {"auc": replicates[:, 0], "eer": replicates[:, 1],
+                                "tar_at_far": {key: replicates[:, column]
+                                               for column, key in enumerate(labels, start=2)}}
     return result
 
 
@@ -179,12 +239,15 @@ def cmc_curve(ranks: np.ndarray, max_rank: int) -> np.ndarray:
 
 
 def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
-                           max_rank: int = 20, resamples: int = 200, seed: int = 0) -> dict:
+                           max_rank: int = 20, resamples: int = 200, seed: int = 0,
+                           keep_replicates: bool = False) -> dict:
     """rank1, rank5 (with 95% bootstrap intervals over probes) and the CMC up to max_rank (at most
     the number of gallery identities); similarity (P, G), probe_labels (P,), gallery_labels (G,).
 
     rank1 and rank5 come from the ranks themselves, as their intervals do, so they do not depend
-    on max_rank (which only cuts the CMC).
+    on max_rank (which only cuts the CMC). The probe draws depend only on the number of probes and
+    the seed; keep_replicates: also return "replicates" {"rank1", "rank5"} (resamples,) arrays, for
+    paired comparisons of methods on the same probes with the same seed.
     """
     _check_count("max_rank", max_rank, 1)
     _check_count("resamples", resamples, 0)
@@ -192,9 +255,11 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     cmc = cmc_curve(ranks, min(max_rank, np.unique(gallery_labels).size))
     result = {"rank1": float((ranks <= 1).mean()), "rank5": float((ranks <= 5).mean()), "cmc": cmc.tolist(),
               "probes": int(ranks.size), "gallery": int(len(gallery_labels))}
+    drawn = ranks[np.random.default_rng(seed).integers(0, ranks.size, (resamples, ranks.size))]
+    replicates = {"rank1": (drawn <= 1).mean(axis=1), "rank5": (drawn <= 5).mean(axis=1)}
     if resamples:
-        rng = np.random.default_rng(seed)
-        drawn = ranks[rng.integers(0, ranks.size, (resamples, ranks.size))]
-        result["rank1_ci"] = _interval((drawn <= 1).mean(axis=1))
-        result["rank5_ci"] = _interval((drawn <= 5).mean(axis=1))
+        result["rank1_ci"] = bootstrap_interval(replicates["rank1"])
+        result["rank5_ci"] = bootstrap_interval(replicates["rank5"])
+    if keep_replicates:
+        result["replicates"] = replicates
     return result

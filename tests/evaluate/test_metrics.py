@@ -68,11 +68,16 @@ def test_perfect_separation():
 
 def test_verification_bootstrap_covers_point_and_is_seeded():
     rng = np.random.default_rng(0)
+    # 100 subjects with 2 genuine pairs each; 5000 impostor pairs of distinct subjects.
+    genuine = np.repeat(np.arange(100), 2)
+    impostor_a = rng.integers(0, 100, 5000)
+    impostor_b = (impostor_a + rng.integers(1, 100, 5000)) % 100
+    subjects = {"subjects_a": np.r_[genuine, impostor_a], "subjects_b": np.r_[genuine, impostor_b]}
     same = np.r_[np.ones(200), np.zeros(5000)]
     scores = rng.normal(same * 2.0, 1.0)
-    first = verification_metrics(scores, same, resamples=100, seed=3)
-    again = verification_metrics(scores, same, resamples=100, seed=3)
-    other = verification_metrics(scores, same, resamples=100, seed=4)
+    first = verification_metrics(scores, same, **subjects, resamples=100, seed=3)
+    again = verification_metrics(scores, same, **subjects, resamples=100, seed=3)
+    other = verification_metrics(scores, same, **subjects, resamples=100, seed=4)
     assert first == again and first["auc_ci"] != other["auc_ci"]
     low, high = first["auc_ci"]
     assert low <= first["auc"] <= high and high - low < 0.1
@@ -157,7 +162,8 @@ def test_counts_are_checked():
     with pytest.raises(ValueError, match="resamples must be an integer >= 0, got -1"):
         identification_metrics(similarity, probes, gallery, resamples=-1)
     with pytest.raises(ValueError, match="resamples must be an integer >= 0, got -1"):
-        verification_metrics(np.array([0.9, 0.1]), np.array([1, 0]), resamples=-1)
+        verification_metrics(np.array([0.9, 0.1]), np.array([1, 0]), subjects_a=np.array([0, 0]),
+                             subjects_b=np.array([0, 1]), resamples=-1)
 
 
 def test_bad_inputs_are_named():

@@ -5,26 +5,48 @@ import json
 import numpy as np
 import pytest
 
-from tgfr.evaluation.report import write_report
+from tgfr.evaluation.protocols import paired_difference
+from tgfr.evaluation.report import MAIN_FAR, write_report
 from tgfr.metrics import identification_metrics, verification_metrics
 
 
-def figures():
+def figures(separation=1.0):
+    """(figures, replicates) of a method: 50 subjects with one genuine pair each and an impostor
+    pair between every two of them (1225, enough to resolve FAR 1e-3)."""
     rng = np.random.default_rng(0)
-    same = np.r_[np.ones(20), np.zeros(200)]
-    result = verification_metrics(rng.normal(same, 1.0), same, resamples=10)
+    impostor_a, impostor_b = np.triu_indices(50, k=1)
+    subjects_a, subjects_b = np.r_[np.arange(50), impostor_a], np.r_[np.arange(50), impostor_b]
+    same = (subjects_a == subjects_b).astype(np.int64)
+    result = verification_metrics(rng.normal(same * separation, 1.0), same, subjects_a=subjects_a,
+                                  subjects_b=subjects_b, resamples=10, keep_replicates=True)
     labels = np.arange(4)
-    result.update(identification_metrics(rng.normal(size=(8, 4)), np.r_[labels, labels], labels, resamples=10))
-    return result
+    probes = np.r_[labels, labels]
+    identification = identification_metrics(rng.normal(np.eye(4)[probes] * separation), probes, labels,
+                                            resamples=10, keep_replicates=True)
+    replicates = result.pop("replicates") | identification.pop("replicates")
+    return result | identification, replicates
 
 
 @pytest.mark.parametrize("per_subject, wording", [(1, "the first image (by path) of each subject as gallery"),
                                                   (2, "the first 2 images (by path) of each subject as gallery")])
 def test_report_states_the_gallery_setting(tmp_path, per_subject, wording):
-    metrics = {"clean": {"image_only": figures()}}
+    metrics = {"clean": {"image_only": figures()[0]}}
     context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": per_subject,
                "resamples": 10, "splits": {"clean": "test"}, "training": None}
     text = write_report(tmp_path, metrics, {}, [], context).read_text(encoding="utf-8")
     assert wording in text
     assert ("first image" in text) == (per_subject == 1)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_report_states_the_paired_difference(tmp_path):
+    (image_only, image_replicates), (tgfr, tgfr_replicates) = figures(1.0), figures(3.0)
+    tgfr["vs_image_only"] = paired_difference(image_only, tgfr, image_replicates, tgfr_replicates)
+    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+               "resamples": 10, "splits": {"clean": "test"}, "training": None}
+    text = write_report(tmp_path, {"clean": {"image_only": image_only, "tgfr": tgfr}}, {}, [], context).read_text()
+    difference = tgfr["vs_image_only"]
+    tar, (low, high) = difference["tar_at_far"][MAIN_FAR], difference["tar_at_far_ci"][MAIN_FAR]
+    assert f"TGFR minus image only (paired, points): TAR@FAR={MAIN_FAR} {100 * tar:+.1f} [{100 * low:+.1f}, " \
+           f"{100 * high:+.1f}], rank-1 {100 * difference['rank1']:+.1f} [" in text
+    assert "verification resamples subjects" in text and "50 subjects" in text

@@ -4,6 +4,10 @@ Verification protocols: "all_pairs" scores every unordered pair of images of the
 "pairs" uses TGFR's list (tgfr.data.make_verification_pairs: per subject one genuine pair and
 impostors against `impostor_subjects` other subjects). Identification: tgfr.data's
 gallery/probe split (the first `gallery_per_subject` images of each subject form the gallery).
+
+Both methods are scored on the same pairs and probes with the same seed, so their bootstrap
+replicates come from the same resamples (subjects for verification, probes for identification)
+and TGFR minus image-only has a paired interval.
 """
 
 from collections.abc import Sequence
@@ -12,23 +16,27 @@ import numpy as np
 
 from tgfr.data import ManifestRecord, make_identification_split, make_verification_pairs
 from tgfr.evaluation.embeddings import SplitEmbeddings
-from tgfr.metrics import identification_metrics, verification_metrics
+from tgfr.evaluation.report import MAIN_FAR
+from tgfr.metrics import bootstrap_interval, identification_metrics, verification_metrics
 from tgfr.train.config import EvaluationConfig
 
 
 def verification_scores(embeddings: SplitEmbeddings, method: str, records: Sequence[ManifestRecord], split: str,
-                        config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (P,), same (P,)) of the protocol's pairs."""
+                        config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, same, subjects_a, subjects_b), each (P,), of the protocol's pairs; the subjects are
+    the embeddings' identity labels of each pair's two images."""
     x = embeddings.method(method).astype(np.float64)
+    labels = embeddings.labels
     if config.protocol == "all_pairs":
         rows, columns = np.triu_indices(len(x), k=1)
         similarity = x @ x.T
-        return similarity[rows, columns], (embeddings.labels[rows] == embeddings.labels[columns]).astype(np.int64)
+        return (similarity[rows, columns], (labels[rows] == labels[columns]).astype(np.int64), labels[rows],
+                labels[columns])
     index = {path: i for i, path in enumerate(embeddings.paths)}
     pairs = make_verification_pairs(records, split, config.impostor_subjects, seed=0)
     a = np.array([index[p.path_a] for p in pairs])
     b = np.array([index[p.path_b] for p in pairs])
-    return (x[a] * x[b]).sum(axis=1), np.array([p.same for p in pairs])
+    return (x[a] * x[b]).sum(axis=1), np.array([p.same for p in pairs]), labels[a], labels[b]
 
 
 def identification_indices(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord], split: str,
@@ -40,17 +48,37 @@ def identification_indices(embeddings: SplitEmbeddings, records: Sequence[Manife
             np.array([index[e["path"]] for e in protocol["probes"]]))
 
 
+def paired_difference(baseline: dict, method: dict, baseline_replicates: dict, method_replicates: dict) -> dict:
+    """method minus baseline: "rank1" and "tar_at_far" at MAIN_FAR (None if either is), with
+    "*_ci" the 95% interval of the replicates' differences when there are replicates. Each takes
+    a method's figures and its "replicates" (from the same resamples as the other's)."""
+    tars = baseline["tar_at_far"][MAIN_FAR], method["tar_at_far"][MAIN_FAR]
+    difference = {"rank1": method["rank1"] - baseline["rank1"],
+                  "tar_at_far": {MAIN_FAR: None if None in tars else tars[1] - tars[0]}}
+    if baseline_replicates["rank1"].size:
+        difference["rank1_ci"] = bootstrap_interval(method_replicates["rank1"] - baseline_replicates["rank1"])
+        difference["tar_at_far_ci"] = {MAIN_FAR: bootstrap_interval(method_replicates["tar_at_far"][MAIN_FAR] -
+                                                                    baseline_replicates["tar_at_far"][MAIN_FAR])}
+    return difference
+
+
 def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord], split: str,
                   config: EvaluationConfig, methods: Sequence[str] = ("image_only", "tgfr")) -> dict:
-    """method -> verification and identification figures with 95% bootstrap intervals."""
+    """method -> verification and identification figures with 95% bootstrap intervals; with both
+    methods, tgfr's "vs_image_only" holds paired_difference(image_only, tgfr)."""
     gallery, probes = identification_indices(embeddings, records, split, config)
-    result = {}
+    result, replicates = {}, {}
     for method in methods:
-        scores, same = verification_scores(embeddings, method, records, split, config)
-        figures = verification_metrics(scores, same, resamples=config.bootstrap_resamples, seed=0)
+        scores, same, subjects_a, subjects_b = verification_scores(embeddings, method, records, split, config)
+        verification = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
+                                            resamples=config.bootstrap_resamples, seed=0, keep_replicates=True)
         x = embeddings.method(method).astype(np.float64)
-        figures.update(identification_metrics(x[probes] @ x[gallery].T, embeddings.labels[probes],
-                                              embeddings.labels[gallery], config.max_rank,
-                                              config.bootstrap_resamples, seed=0))
-        result[method] = figures
+        identification = identification_metrics(x[probes] @ x[gallery].T, embeddings.labels[probes],
+                                                embeddings.labels[gallery], config.max_rank,
+                                                config.bootstrap_resamples, seed=0, keep_replicates=True)
+        replicates[method] = verification.pop("replicates") | identification.pop("replicates")
+        result[method] = verification | identification
+    if {"image_only", "tgfr"} <= set(result):
+        result["tgfr"]["vs_image_only"] = paired_difference(result["image_only"], result["tgfr"],
+                                                            replicates["image_only"], replicates["tgfr"])
     return result

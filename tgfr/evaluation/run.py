@@ -59,7 +59,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     for name, split in evaluation.splits.items():
         embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device)
         metrics[name] = split_figures(embeddings, records, split, evaluation)
-        curves = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation))
+        curves = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation)[:2])
                   for method in metrics[name]}
         figures[name] = [plot_roc(curves, out / f"roc_{name}.png", f"ROC, {name}").name,
                          plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / f"cmc_{name}.png",

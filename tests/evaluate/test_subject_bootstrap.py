@@ -1,0 +1,186 @@
+"""The verification bootstrap resamples subjects: every replicate equals the figures of the pair
+list the drawn subjects make, materialized by duplicating pairs and scored by the unweighted
+functions; the draws depend only on the subjects and the seed, so methods are compared on the
+same resamples."""
+
+import numpy as np
+import pytest
+
+from tgfr.data import ManifestRecord
+from tgfr.evaluation.embeddings import SplitEmbeddings
+from tgfr.evaluation.protocols import split_figures, verification_scores
+from tgfr.evaluation.report import MAIN_FAR
+from tgfr.metrics import (bootstrap_interval, equal_error_rate, far_label, roc_auc, roc_curve, tar_at_far,
+                          verification_metrics)
+from tgfr.train.config import EvaluationConfig
+
+
+def all_pairs(images_per_subject):
+    """Every unordered pair of images: (subjects_a, subjects_b, same), each (P,)."""
+    subjects = np.repeat(np.arange(len(images_per_subject)), images_per_subject)
+    rows, columns = np.triu_indices(subjects.size, k=1)
+    return subjects[rows], subjects[columns], (subjects[rows] == subjects[columns]).astype(np.int64)
+
+
+def drawn_counts(subjects_a, subjects_b, resamples, seed):
+    """(resamples, S): the documented draw, S subjects (sorted ids) with replacement, counted row by row."""
+    ids = np.unique(np.r_[subjects_a, subjects_b])
+    drawn = np.random.default_rng(seed).integers(0, ids.size, (resamples, ids.size))
+    return ids, np.array([np.bincount(row, minlength=ids.size) for row in drawn])
+
+
+def materialized_figures(scores, same, subjects_a, subjects_b, counts, ids, far_targets):
+    """[auc, eer, tar at each far] of the resampled pair list: a genuine pair of subject a copied
+    c_a times, an impostor pair of subjects a, b c_a * c_b times; NaN where it cannot be measured."""
+    c_a, c_b = counts[np.searchsorted(ids, subjects_a)], counts[np.searchsorted(ids, subjects_b)]
+    copies = np.where(same == 1, c_a, c_a * c_b)
+    kept = np.repeat(np.arange(scores.size), copies)
+    s, y = scores[kept], same[kept]
+    if y.all() or not y.any():
+        return np.full(2 + len(far_targets), np.nan)
+    curve = roc_curve(s, y)
+    impostors = (y == 0).sum()
+    return np.array([roc_auc(curve), equal_error_rate(curve),
+                     *(tar_at_far(curve, f) if f * impostors >= 1 else np.nan for f in far_targets)])
+
+
+def replicate_matrix(result, far_targets):
+    r = result["replicates"]
+    return np.column_stack([r["auc"], r["eer"], *(r["tar_at_far"][far_label(f)] for f in far_targets)])
+
+
+def brute_force_replicates(scores, same, subjects_a, subjects_b, resamples, seed, far_targets):
+    """(resamples, 2 + F) materialized figures; a TAR the point estimate (every subject once)
+    cannot measure is NaN in every replicate."""
+    ids, counts = drawn_counts(subjects_a, subjects_b, resamples, seed)
+    point = materialized_figures(scores, same, subjects_a, subjects_b, np.ones(ids.size, np.int64), ids, far_targets)
+    replicates = np.array([materialized_figures(scores, same, subjects_a, subjects_b, c, ids, far_targets)
+                           for c in counts])
+    replicates[:, np.isnan(point)] = np.nan
+    return replicates
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_replicates_equal_materialized_pair_lists(seed):
+    # 6 subjects of 4 images (the last has 1: no genuine pair), rounded scores (ties across
+    # genuine and impostor pairs). Of the 180 impostor pairs, 2e-3 needs 500: unresolved;
+    # 6e-3 needs 167: resolved by the point estimate but not by every replicate.
+    subjects_a, subjects_b, same = all_pairs([4, 4, 4, 4, 4, 1])
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(same * 1.0 + 0.3 * rng.normal(size=6)[subjects_a], 1.0), 1)
+    far_targets = (2e-3, 6e-3, 0.05, 0.3)
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
+                                  far_targets=far_targets, resamples=40, seed=seed, keep_replicates=True)
+    expected = brute_force_replicates(scores, same, subjects_a, subjects_b, 40, seed, far_targets)
+    replicates = replicate_matrix(result, far_targets)
+    np.testing.assert_allclose(replicates, expected, rtol=0, atol=1e-12)  # NaN where NaN
+    assert result["tar_at_far"]["2e-3"] is None and result["tar_at_far_ci"]["2e-3"] is None
+    assert result["tar_at_far"]["6e-3"] is not None and np.isnan(expected[:, 3]).any()
+    for column, far in enumerate(far_targets, start=2):
+        # An interval only where every replicate measures the figure.
+        assert (result["tar_at_far_ci"][far_label(far)] is None) == np.isnan(expected[:, column]).any()
+
+
+def test_unit_multiplicities_give_the_point_estimate():
+    # 3 subjects: a resample that draws each once weighs every pair 1; one that draws a single
+    # subject has no impostor pair and measures nothing.
+    subjects_a, subjects_b, same = all_pairs([5, 4, 6])
+    scores = np.round(np.random.default_rng(3).normal(same, 1.0), 1)
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b, far_targets=(0.05,),
+                                  resamples=60, seed=2, keep_replicates=True)
+    curve = roc_curve(scores, same)
+    point = [roc_auc(curve), equal_error_rate(curve), tar_at_far(curve, 0.05)]
+    assert [result["auc"], result["eer"], result["tar_at_far"]["5e-2"]] == point
+    _, counts = drawn_counts(subjects_a, subjects_b, 60, 2)
+    replicates = replicate_matrix(result, (0.05,))
+    unit, single = (counts == 1).all(axis=1), (counts > 0).sum(axis=1) == 1
+    assert unit.any() and single.any()
+    assert (replicates[unit] == point).all()
+    assert np.isnan(replicates[single]).all() and result["auc_ci"] is None
+
+
+def pair_bootstrap_interval(scores, same, resamples, seed):
+    """AUC interval of the former bootstrap: genuine and impostor pairs resampled independently."""
+    rng = np.random.default_rng(seed)
+    genuine, impostor = scores[same == 1], scores[same == 0]
+    aucs = []
+    for _ in range(resamples):
+        g, i = rng.choice(genuine, genuine.size), rng.choice(impostor, impostor.size)
+        aucs.append(roc_auc(roc_curve(np.r_[g, i], np.r_[np.ones(g.size), np.zeros(i.size)])))
+    return bootstrap_interval(np.array(aucs))
+
+
+def test_correlated_pairs_widen_the_interval():
+    # Every pair of a subject scores alike: 40 subjects' 28 genuine pairs all score 1 + d_s, their
+    # impostor pairs (d_a + d_b) / 2 plus a little noise. The information is in 40 subjects, not in
+    # 1120 genuine pairs, and the subject bootstrap's interval says so.
+    subjects_a, subjects_b, same = all_pairs([8] * 40)
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0.0, 1.0, 40)
+    scores = np.where(same == 1, 1.0 + difficulty[subjects_a],
+                      (difficulty[subjects_a] + difficulty[subjects_b]) / 2 + rng.normal(0, 0.1, same.size))
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b, far_targets=(0.01,),
+                                  resamples=200, seed=5)
+    expected = brute_force_replicates(scores, same, subjects_a, subjects_b, 200, 5, (0.01,))
+    np.testing.assert_allclose(result["auc_ci"], bootstrap_interval(expected[:, 0]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result["eer_ci"], bootstrap_interval(expected[:, 1]), rtol=0, atol=1e-12)
+    pair_low, pair_high = pair_bootstrap_interval(scores, same, 200, 5)
+    low, high = result["auc_ci"]
+    assert low <= result["auc"] <= high
+    assert high - low > 2 * (pair_high - pair_low)
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"subjects_a": np.zeros(3, dtype=np.int64)}, ValueError, r"subjects_a must have shape \(pairs,\) = \(4,\)"),
+    ({"subjects_b": np.zeros((2, 2), dtype=np.int64)}, ValueError, r"subjects_b must have shape .* got \(2, 2\)"),
+    ({"subjects_a": np.array([0.0, 0.0, 1.0, 1.0])}, TypeError, "subjects_a must be an integer array .* float64"),
+    ({"subjects_b": None}, TypeError, "subjects_b must be an integer array .* object"),
+    ({"subjects_b": ["a", "a", "b", "b"]}, TypeError, "subjects_b must be an integer array"),
+    ({"subjects_b": np.array([0, 1, 1, 0])}, ValueError, "pair 1 has same=1 with subjects 0 and 1"),
+    ({"subjects_b": np.array([0, 0, 1, 1])}, ValueError, "subjects_a and subjects_b must be equal for genuine pairs "
+                                                         "and differ for impostor pairs; pair 2 has same=0"),
+])
+def test_bad_subjects_are_named(arguments, error, message):
+    subjects = {"subjects_a": np.array([0, 0, 1, 0]), "subjects_b": np.array([0, 0, 0, 1])} | arguments
+    with pytest.raises(error, match=message):
+        verification_metrics(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0]), **subjects, resamples=5)
+
+
+def embeddings_and_records(seed, subjects=20, images=4):
+    """Embeddings whose subjects differ in quality (a noisier subject is harder), and their records."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(subjects), images)
+    centers, noise = rng.normal(size=(subjects, 16)), rng.uniform(0.5, 2.0, subjects)
+    x = centers[labels] + noise[labels, None] * rng.normal(size=(labels.size, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    paths = [f"s{label:02d}/{i}.png" for label, i in zip(labels, np.tile(np.arange(images), subjects))]
+    records = [ManifestRecord(path, f"s{label:02d}", "test") for path, label in zip(paths, labels)]
+    return x, labels, paths, records
+
+
+def test_methods_are_compared_on_the_same_resamples():
+    x, labels, paths, records = embeddings_and_records(0)
+    other = embeddings_and_records(1)[0]
+    config = EvaluationConfig(bootstrap_resamples=50)
+    same_method = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), x, x), records, "test", config)
+    difference = same_method["tgfr"]["vs_image_only"]
+    # Identical scores on identical resamples: every replicate's difference is 0 (resamples drawn
+    # independently per method would give an interval around 0 instead).
+    assert difference["rank1"] == 0 and difference["rank1_ci"] == [0.0, 0.0]
+    assert difference["tar_at_far"][MAIN_FAR] == 0 and difference["tar_at_far_ci"][MAIN_FAR] == [0.0, 0.0]
+
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
+    figures = split_figures(embeddings, records, "test", config)
+    far = (float(MAIN_FAR),)
+    tars = {}
+    for method in ("image_only", "tgfr"):
+        scores, same, subjects_a, subjects_b = verification_scores(embeddings, method, records, "test", config)
+        tars[method] = brute_force_replicates(scores, same, subjects_a, subjects_b, 50, 0, far)[:, 2]
+    difference = figures["tgfr"]["vs_image_only"]
+    assert difference["tar_at_far"][MAIN_FAR] == pytest.approx(
+        figures["tgfr"]["tar_at_far"][MAIN_FAR] - figures["image_only"]["tar_at_far"][MAIN_FAR])
+    np.testing.assert_allclose(difference["tar_at_far_ci"][MAIN_FAR],
+                               bootstrap_interval(tars["tgfr"] - tars["image_only"]), rtol=0, atol=1e-12)
+    assert difference["rank1"] == pytest.approx(figures["tgfr"]["rank1"] - figures["image_only"]["rank1"])
+    low, high = difference["rank1_ci"]
+    assert low <= difference["rank1"] <= high
