@@ -67,7 +67,7 @@ def sweep_cases():
                 yield pytest.param(op, implementation, id=f"{op}-{implementation}")
 
 
-@pytest.mark.parametrize("op,implementation", sweep_cases())
+@pytest.mark.parametrize("op,implementation", list(sweep_cases()))
 def test_largest_batch_within_budget(results_record, op, implementation):
     record = sweep(op, implementation)
     results_record(record)

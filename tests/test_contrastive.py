@@ -27,7 +27,7 @@ def weighted(losses, seed=1):
     return sum((loss * torch.randn(loss.shape, generator=generator, dtype=loss.dtype)).sum() for loss in losses)
 
 
-@pytest.mark.parametrize("mode,direction", itertools.product(MODES, DIRECTIONS))
+@pytest.mark.parametrize("mode,direction", list(itertools.product(MODES, DIRECTIONS)))
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_matches_full_matrix_values_and_gradients(mode, direction, dtype, tolerance):
     # 300 rows cross several 128 x 256 tiles, with ragged edges.
