@@ -98,64 +98,100 @@ def _run(handler):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="datasets: synthetic set, converters, degradations, protocols")
+    data = subparsers.add_parser("data", help="datasets: synthetic set, converters, degradations, protocols",
+                                 description="Write and transform face-caption manifests (manifest.jsonl: one "
+                                             "record per image, paths relative to the manifest's folder).")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
-    synth = commands.add_parser("synth", help="generate the synthetic face-caption dataset")
-    synth.add_argument("--out", required=True, help="output folder (manifest.jsonl, images/)")
-    synth.add_argument("--identities", type=int, default=1000)
-    synth.add_argument("--images-per-identity", type=int, default=10)
-    synth.add_argument("--captions-per-image", type=int, default=5)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--val-fraction", type=float, default=0.1)
-    synth.add_argument("--test-fraction", type=float, default=0.2)
-    synth.add_argument("--degradation", default=DEFAULT_DEGRADATION, help="recipe of the test_degraded split")
+    synth = commands.add_parser("synth", help="generate the synthetic face-caption dataset",
+                                description="Draw a synthetic face-caption dataset: train/val/test splits of "
+                                            "disjoint identities and a degraded copy of test (test_degraded).")
+    synth.add_argument("--out", required=True,
+                       help="output folder (manifest.jsonl, synthetic.json, images/, test_degraded/)")
+    synth.add_argument("--identities", type=int, default=1000, help="number of identities (default: %(default)s)")
+    synth.add_argument("--images-per-identity", type=int, default=10, help="default: %(default)s")
+    synth.add_argument("--captions-per-image", type=int, default=5, help="default: %(default)s")
+    synth.add_argument("--seed", type=int, default=0, help="seed of faces, captions, splits and degradation "
+                                                           "(default: %(default)s)")
+    synth.add_argument("--val-fraction", type=float, default=0.1,
+                       help="fraction of the identities in val (default: %(default)s)")
+    synth.add_argument("--test-fraction", type=float, default=0.2,
+                       help="fraction of the identities in test (default: %(default)s)")
+    synth.add_argument("--degradation", default=DEFAULT_DEGRADATION,
+                       help="recipe of the test_degraded split, as `tgfr data degrade --recipe` "
+                            "(default: %(default)s)")
     synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
-    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
     synth.set_defaults(func=_run(_synth))
 
-    convert = commands.add_parser("convert", help="write a manifest from a released dataset layout")
-    convert.add_argument("layout", choices=("mmcelebA", "face2text", "celeba-dialog"))
+    convert = commands.add_parser("convert", help="write a manifest from a released dataset layout",
+                                  description="mmcelebA and face2text read TGFR's tree under --root "
+                                              "(images/<split>/<id>/, text/<id>/, optional <split>/filenames.*); "
+                                              "celeba-dialog also needs --captions, --identity-file and --images.")
+    convert.add_argument("layout", choices=("mmcelebA", "face2text", "celeba-dialog"), help="the dataset's layout")
     convert.add_argument("--root", required=True, help="dataset root (TGFR tree; for celeba-dialog the manifest "
                                                        "folder that contains the images)")
     convert.add_argument("--out", help="manifest path (default ROOT/manifest.jsonl)")
-    convert.add_argument("--trust-pickle", action="store_true", help="allow unpickling released split lists")
-    convert.add_argument("--skip-bad", action="store_true", help="skip and count missing/corrupt files")
-    convert.add_argument("--captions", help="celeba-dialog caption JSON")
-    convert.add_argument("--identity-file", help="CelebA identity_CelebA.txt")
-    convert.add_argument("--images", help="celeba-dialog image folder")
+    convert.add_argument("--trust-pickle", action="store_true",
+                         help="allow unpickling released split lists (<split>/filenames.pickle); refused without it")
+    convert.add_argument("--skip-bad", action="store_true",
+                         help="skip and count missing or corrupt image and caption files (default: an error naming "
+                              "the file)")
+    convert.add_argument("--captions", help="celeba-dialog caption JSON (required for celeba-dialog)")
+    convert.add_argument("--identity-file", help="CelebA identity_CelebA.txt (required for celeba-dialog)")
+    convert.add_argument("--images", help="celeba-dialog image folder, inside --root (required for celeba-dialog)")
     convert.add_argument("--hq-mapping", help="CelebA-HQ-to-CelebA-mapping.txt (images numbered as CelebA-HQ)")
-    convert.add_argument("--split-file", help="JSON {split: [image names]} or CSV image,split")
-    convert.add_argument("--seed", type=int, default=0, help="seed of the identity split without --split-file")
+    convert.add_argument("--split-file", help="celeba-dialog: JSON {split: [image names]} or CSV image,split "
+                                              "(default: identities split 0.8/0.1/0.1 by --seed)")
+    convert.add_argument("--seed", type=int, default=0,
+                         help="celeba-dialog: seed of the identity split without --split-file (default: %(default)s)")
     convert.set_defaults(func=_run(_convert))
 
-    degrade = commands.add_parser("degrade", help="add a degraded copy of a split to a manifest")
-    degrade.add_argument("--manifest", required=True)
-    degrade.add_argument("--split", default="test")
-    degrade.add_argument("--recipe", default="celeba", help="celeba, face2text, down<S>, jpeg<Q>, joined by '+'")
+    degrade = commands.add_parser("degrade", help="add a degraded copy of a split to a manifest",
+                                  description="Write degraded PNGs of a split under <manifest folder>/<name>/ "
+                                              "(over the images of an earlier copy of that name) and a manifest "
+                                              "with every record plus the degraded copies (by default a new file "
+                                              "next to the input, see --out-manifest).")
+    degrade.add_argument("--manifest", required=True, help="input manifest")
+    degrade.add_argument("--split", default="test", help="split to degrade (default: %(default)s)")
+    degrade.add_argument("--recipe", default="celeba",
+                         help="celeba, face2text, down<S>, jpeg<Q>, joined by '+' and applied left to right, "
+                              "e.g. down24+celeba (default: %(default)s)")
     degrade.add_argument("--name", help="new split name (default <split>_degraded); an existing split is refused "
                                         "unless it is an earlier degraded copy of --split, which is replaced")
-    degrade.add_argument("--out-manifest", help="default <stem>_<name>.jsonl next to the manifest")
-    degrade.add_argument("--seed", type=int, default=0)
-    degrade.add_argument("--workers", type=int, default=1)
+    degrade.add_argument("--out-manifest", help="output manifest, in the input manifest's folder; may be the input "
+                                                "itself (default: <stem>_<name>.jsonl next to the input)")
+    degrade.add_argument("--seed", type=int, default=0, help="seed, combined with each image's path "
+                                                             "(default: %(default)s)")
+    degrade.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
     degrade.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
     degrade.set_defaults(func=_run(_degrade))
 
-    protocol = commands.add_parser("protocol", help="verification pairs and identification split of a split")
-    protocol.add_argument("--manifest", required=True)
-    protocol.add_argument("--split", default="test")
+    protocol = commands.add_parser("protocol", help="verification pairs and identification split of a split",
+                                   description="Write OUT/<split>_pairs.csv (or .json): per subject one genuine "
+                                               "pair and impostor pairs against other subjects, and "
+                                               "OUT/<split>_identification.json: gallery and probes.")
+    protocol.add_argument("--manifest", required=True, help="input manifest")
+    protocol.add_argument("--split", default="test", help="split to use (default: %(default)s)")
     protocol.add_argument("--out", required=True, help="output folder")
-    protocol.add_argument("--impostors", type=int, default=399, help="impostor subjects per subject (N-1)")
-    protocol.add_argument("--gallery-per-subject", type=int, default=1)
-    protocol.add_argument("--format", choices=("csv", "json"), default="csv")
-    protocol.add_argument("--seed", type=int, default=0)
+    protocol.add_argument("--impostors", type=int, default=399,
+                          help="impostor subjects per subject, N-1 of TGFR's protocol; capped at the number of "
+                               "other subjects (default: %(default)s)")
+    protocol.add_argument("--gallery-per-subject", type=int, default=1,
+                          help="first images (by path) of each subject in the gallery, the rest are probes "
+                               "(default: %(default)s)")
+    protocol.add_argument("--format", choices=("csv", "json"), default="csv",
+                          help="format of the pairs file (default: %(default)s)")
+    protocol.add_argument("--seed", type=int, default=0, help="seed of the impostor draw (default: %(default)s)")
     protocol.set_defaults(func=_run(_protocol))
 
     grid = commands.add_parser("grid", help="render faces, clean and degraded, with captions to a PNG")
     grid.add_argument("--out", required=True, help="PNG path")
     grid.add_argument("--manifest", help="take faces from this manifest (default: draw synthetic faces)")
-    grid.add_argument("--split", default="test")
-    grid.add_argument("--rows", type=int, default=8)
-    grid.add_argument("--recipe", default=DEFAULT_DEGRADATION)
-    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--split", default="test", help="split of --manifest to take faces from (default: %(default)s)")
+    grid.add_argument("--rows", type=int, default=8, help="rows, one identity each (default: %(default)s)")
+    grid.add_argument("--recipe", default=DEFAULT_DEGRADATION,
+                      help="degradation recipe of the right-hand copies (default: %(default)s)")
+    grid.add_argument("--seed", type=int, default=0,
+                      help="seed of the synthetic faces and of the degradation (default: %(default)s)")
     grid.set_defaults(func=_run(_grid))

@@ -12,14 +12,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="evaluate a trained run on clean and degraded test splits",
         description="Image-only (backbone) vs TGFR fused embeddings: verification (ROC, AUC, EER, TAR@FAR) and "
-                    "identification (rank-1, rank-5, CMC) with bootstrap intervals; writes report.md, "
-                    "metrics.json and plots.")
-    parser.add_argument("--run", type=Path, required=True, help="run folder written by `tgfr train`")
+                    "identification (rank-1, rank-5, CMC) with bootstrap intervals, on the splits of "
+                    "evaluation.splits (clean = test, degraded = test_degraded); writes report.md, metrics.json, "
+                    "roc_<name>.png, cmc_<name>.png and attention_<name>.png into --out.")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="run folder of a finished `tgfr train` (it has model/)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
-    parser.add_argument("--manifest", type=Path, default=None, help="evaluate on this manifest instead of the run's data")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="evaluate on this manifest instead of the run's data (it needs the splits that "
+                             "evaluation.splits names)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an evaluation value, e.g. --set evaluation.protocol=pairs")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto, cpu or cuda")
+                        help="override one evaluation.<key> of the run's config (repeatable), e.g. "
+                             "--set evaluation.protocol=pairs --set evaluation.bootstrap_resamples=50")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto (CUDA when available), cpu or cuda (default: %(default)s)")
     parser.set_defaults(func=main)
 
 

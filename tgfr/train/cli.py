@@ -23,18 +23,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a TGFR model (stages fr, align, fuse)",
         description="Train the face backbone (fr), the alignment heads (align) and the fusion module (fuse). "
-                    "Without data.manifest the embedded synthetic dataset is generated into the cache.")
+                    "Without data.manifest the embedded synthetic dataset is generated into the cache "
+                    "(data.cache_dir, else $TGFR_CACHE_DIR, else ~/.cache/tgfr). Writes config.toml, "
+                    "metrics.jsonl, checkpoints/last.pt, model/ and train_summary.json into --out.")
     parser.add_argument("--preset", default="default",
-                        help=f"a packaged preset ({', '.join(preset_names())}) or a TOML file (default: default)")
+                        help=f"a packaged preset ({', '.join(preset_names())}) or a TOML file that sets every key "
+                             "(default: %(default)s); ignored with --resume")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set fr.steps=50 (repeatable)")
+                        help="override one config value: KEY a dotted key as --print-config shows it, VALUE a "
+                             "TOML value (a bare word is a string), e.g. --set fr.steps=50 (repeatable; refused "
+                             "with --resume)")
     parser.add_argument("--out", type=Path, default=Path("runs/default"),
                         help="run folder (default: runs/default); without --resume it must be new or empty")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint, with the run's own config.toml")
+                        help="continue the run in --out from checkpoints/last.pt, with the run's own config.toml "
+                             "(--preset is ignored, --set refused) and as many processes as wrote the checkpoint")
     parser.add_argument("--stop-after", type=_steps, default=None, metavar="STEPS",
-                        help="checkpoint and stop after this many optimizer steps (resume later with --resume)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+                        help="take at most STEPS (>= 1) more optimizer steps, counted over all stages, then "
+                             "checkpoint and stop (continue later with --resume)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="check the resolved config, print it as TOML and exit (with --resume: the run's config)")
     parser.set_defaults(func=main)
 
 
