@@ -10,12 +10,12 @@ from tgfr.evaluation.report import MAIN_FAR, write_report
 from tgfr.metrics import identification_metrics, verification_metrics
 
 
-def figures(separation=1.0):
-    """(figures, replicates) of a method: 50 subjects with one genuine pair each and an impostor
-    pair between every two of them (1225, enough to resolve FAR 1e-3)."""
+def figures(separation=1.0, subjects=50):
+    """(figures, replicates) of a method: `subjects` subjects with one genuine pair each and an
+    impostor pair between every two of them (1225 for 50, enough to resolve FAR 1e-3)."""
     rng = np.random.default_rng(0)
-    impostor_a, impostor_b = np.triu_indices(50, k=1)
-    subjects_a, subjects_b = np.r_[np.arange(50), impostor_a], np.r_[np.arange(50), impostor_b]
+    impostor_a, impostor_b = np.triu_indices(subjects, k=1)
+    subjects_a, subjects_b = np.r_[np.arange(subjects), impostor_a], np.r_[np.arange(subjects), impostor_b]
     same = (subjects_a == subjects_b).astype(np.int64)
     result = verification_metrics(rng.normal(same * separation, 1.0), same, subjects_a=subjects_a,
                                   subjects_b=subjects_b, resamples=10, keep_replicates=True)
@@ -50,3 +50,17 @@ def test_report_states_the_paired_difference(tmp_path):
     assert f"TGFR minus image only (paired, points): TAR@FAR={MAIN_FAR} {100 * tar:+.1f} [{100 * low:+.1f}, " \
            f"{100 * high:+.1f}], rank-1 {100 * difference['rank1']:+.1f} [" in text
     assert "verification resamples subjects" in text and "50 subjects" in text
+
+
+def test_summary_keeps_the_rank1_comparison_when_the_far_is_unresolved(tmp_path):
+    """20 subjects give 190 impostor pairs: TAR at FAR 1e-3 cannot be measured, rank-1 can."""
+    (image_only, image_replicates), (tgfr, tgfr_replicates) = figures(1.0, subjects=20), figures(3.0, subjects=20)
+    assert image_only["tar_at_far"][MAIN_FAR] is None
+    tgfr["vs_image_only"] = paired_difference(image_only, tgfr, image_replicates, tgfr_replicates)
+    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+               "resamples": 10, "splits": {"clean": "test"}, "training": None}
+    text = write_report(tmp_path, {"clean": {"image_only": image_only, "tgfr": tgfr}}, {}, [], context).read_text()
+    difference = tgfr["vs_image_only"]
+    assert (f"- clean: TAR@FAR={MAIN_FAR} n/a (image only) -> n/a (TGFR), rank-1 {100 * image_only['rank1']:.1f}% -> "
+            f"{100 * tgfr['rank1']:.1f}%") in text
+    assert f"TAR@FAR={MAIN_FAR} n/a, rank-1 {100 * difference['rank1']:+.1f} [" in text

@@ -42,6 +42,10 @@ def _table(split: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _difference(value: float | None, interval: list[float] | None) -> str:
     """A paired difference in percentage points, with its interval."""
     if value is None:
@@ -54,15 +58,14 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     for split, methods in metrics.items():
         if not {"image_only", "tgfr"} <= set(methods):
             continue
-        a, b = methods["image_only"], methods["tgfr"]
-        tar_a, tar_b = a["tar_at_far"].get(MAIN_FAR), b["tar_at_far"].get(MAIN_FAR)
-        if tar_a is not None and tar_b is not None:
-            d = b["vs_image_only"]
-            lines.append(f"- {split}: TAR@FAR={MAIN_FAR} {100 * tar_a:.1f}% (image only) -> {100 * tar_b:.1f}% "
-                         f"(TGFR), rank-1 {100 * a['rank1']:.1f}% -> {100 * b['rank1']:.1f}%; TGFR minus image only "
-                         f"(paired, points): TAR@FAR={MAIN_FAR} "
-                         f"{_difference(d['tar_at_far'][MAIN_FAR], d.get('tar_at_far_ci', {}).get(MAIN_FAR))}, "
-                         f"rank-1 {_difference(d['rank1'], d.get('rank1_ci'))}.")
+        a, b, d = methods["image_only"], methods["tgfr"], methods["tgfr"]["vs_image_only"]
+        # A split too small to resolve the FAR still gets its rank-1 comparison.
+        tar_a, tar_b = (_percent(m["tar_at_far"].get(MAIN_FAR)) for m in (a, b))
+        lines.append(f"- {split}: TAR@FAR={MAIN_FAR} {tar_a} (image only) -> {tar_b} "
+                     f"(TGFR), rank-1 {100 * a['rank1']:.1f}% -> {100 * b['rank1']:.1f}%; TGFR minus image only "
+                     f"(paired, points): TAR@FAR={MAIN_FAR} "
+                     f"{_difference(d['tar_at_far'][MAIN_FAR], d.get('tar_at_far_ci', {}).get(MAIN_FAR))}, "
+                     f"rank-1 {_difference(d['rank1'], d.get('rank1_ci'))}.")
     if "clean" in metrics and "degraded" in metrics and "image_only" in metrics["clean"]:
         clean, degraded = metrics["clean"]["image_only"], metrics["degraded"]["image_only"]
         lines.append(f"- Image only, clean -> degraded: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, "
