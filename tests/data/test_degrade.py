@@ -6,7 +6,7 @@ from PIL import Image, ImageFilter
 
 from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
-                               down_up, gaussian_blur, jpeg)
+                               down_up, gaussian_blur, image_rng, jpeg)
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 
@@ -171,6 +171,22 @@ def test_degrade_refuses_an_existing_split_name(tmp_path, split, name):
                                          f"degraded copy of split '{split}'"):
         degrade_manifest(manifest, split, "down16", name=name, out_manifest=manifest)
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before  # nothing written
+
+
+def test_an_earlier_copy_is_replaced_only_in_the_manifest_that_lists_it(tmp_path):
+    """Degrading into the name of an earlier copy overwrites its images: only allowed when the
+    manifest that lists them is the one rewritten."""
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", out_manifest=tmp_path / "manifest.jsonl")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match="earlier degraded copy whose images would be overwritten"):
+        degrade_manifest(manifest, "test", "jpeg30")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    replaced, _ = degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    for record in (r for r in read_manifest(replaced) if r.split == "test_degraded"):
+        source = Image.open(tmp_path / record.meta["source"]).convert("RGB")
+        expected = degrade_image(source, "jpeg30", image_rng(0, record.meta["source"]))
+        assert record.meta["recipe"] == "jpeg30"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
 
 
 def test_cli_degrade_refuses_an_existing_split_name(tmp_path, capsys):

@@ -205,9 +205,11 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     (minus any earlier records of split `name`) plus the degraded ones, at `out_manifest`
     (default "<stem>_<name>.jsonl" next to the input; it may be the input itself).
     An existing split `name` is replaced only when it is an earlier degraded copy of `split`
-    (every record's meta "source" is an image of `split`); any other existing split is an error.
+    (every record's meta "source" is an image of `split`) and `out_manifest` is the input itself
+    (its images are overwritten); any other existing split is an error.
     Returns (manifest path, errors of skipped images).
     """
+    parse_recipe(recipe)  # a bad recipe is the first error, before any about the manifest
     manifest = Path(manifest)
     name = name or f"{split}_degraded"
     records = read_manifest(manifest)
@@ -222,6 +224,12 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     if out_manifest.resolve().parent != manifest.resolve().parent:
         raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder {manifest.parent} "
                          "so that image paths stay relative to it")
+    # The new images overwrite the earlier copy's files, which the input manifest would go on
+    # listing (with the old recipe in their meta) if it were not the manifest written.
+    if earlier and out_manifest.resolve() != manifest.resolve():
+        raise ValueError(f"split {name!r} of {manifest} is an earlier degraded copy whose images would be "
+                         f"overwritten while {manifest} still lists them: replace it in place (out_manifest = "
+                         f"the input manifest, --out-manifest {manifest}) or choose another name (--name)")
     kept = [record for record in records if record.split != name]
     degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
                                        workers=workers, bad_images=bad_images)
