@@ -1,6 +1,7 @@
 """`tgfr train`: train a TGFR model from a preset with `--set key=value` overrides."""
 
 import argparse
+import os
 import tomllib
 from pathlib import Path
 
@@ -50,16 +51,16 @@ def _run_config(out: Path) -> TrainConfig:
     """--resume: the config.toml of the run in `out`."""
     path = out / "config.toml"
     if not path.is_file():
-        raise SystemExit(f"--resume: {path} does not exist (no run to resume in {out})")
+        raise SystemExit(f"tgfr train: error: --resume: {path} does not exist (no run to resume in {out})")
     try:
         return config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
     except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
-        raise SystemExit(f"--resume: {path} is not a valid run config: {error}") from None
+        raise SystemExit(f"tgfr train: error: --resume: {path} is not a valid run config: {error}") from None
 
 
 def main(args: argparse.Namespace) -> int:
     if args.resume and args.overrides:
-        raise SystemExit("--resume uses the run's config.toml; --set cannot change a run midway")
+        raise SystemExit("tgfr train: error: --resume uses the run's config.toml; --set cannot change a run midway")
     try:
         config = _run_config(args.out) if args.resume else load_config(args.preset, args.overrides)
         if args.print_config:
@@ -69,5 +70,6 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:  # bad settings, folders or files: the message names them, a traceback adds nothing
         raise SystemExit(f"tgfr train: error: {error}") from None
     finished = (out / "model").is_dir()
-    print(f"run folder: {out} ({'finished' if finished else 'stopped; continue with --resume'})")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per process
+        print(f"run folder: {out} ({'finished' if finished else 'stopped; continue with --resume'})")
     return 0
