@@ -91,6 +91,20 @@ def test_gradcheck(mode):
     assert torch.autograd.gradcheck(function, (x, y))
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_double_backward_raises_instead_of_returning_wrong_gradients(normalize):
+    # The fused backward has no derivative: second-order gradients silently left it out (only the
+    # part through F.normalize remained).
+    x, y, labels, _ = make_batch(6, 6, 4, torch.float64, identities=3)
+    arguments = dict(scale=2.0, margin=0.2, row_labels=labels, same_identity="exclude", normalize=normalize)
+    grads = torch.autograd.grad(contrastive_loss(x, y, **arguments), (x, y), create_graph=True)
+    expected = torch.autograd.grad(contrastive_loss(x, y, backend="reference", **arguments), (x, y))
+    for got, wanted in zip(grads, expected):
+        torch.testing.assert_close(got, wanted, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(sum(grad.square().sum() for grad in grads), (x, y))
+
+
 @pytest.mark.parametrize("mode", ("exclude", "zero", "none"))
 def test_row_max_matches_masked_maximum(mode):
     x, y, labels, _ = make_batch(300, 300, 12, torch.float32, identities=20)

@@ -32,6 +32,15 @@ for mode, direction in itertools.product(("exclude", "zero", "positive", "none")
     grads_expected = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, expected)), (x, y))
     for a, b in zip(grads, grads_expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+# The fused backward has no derivative: differentiating its gradients again must fail, not drop it.
+grads = torch.autograd.grad(contrastive_cross_entropy(x, y, backend="triton", **kw)[0].sum(), (x, y),
+                            create_graph=True)
+try:
+    torch.autograd.grad(sum(g.square().sum() for g in grads), (x, y))
+except RuntimeError as error:
+    assert "first-order gradients only" in str(error), error
+else:
+    raise AssertionError("double backward through the Triton backward did not raise")
 print("ok")
 """
 

@@ -127,6 +127,21 @@ def test_gradcheck_float64(word_softmax):
     )
 
 
+def test_double_backward_raises_instead_of_returning_wrong_gradients():
+    # The fused backward has no derivative: second-order gradients through it were silently zero.
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6, dtype=torch.float64)
+    words.requires_grad_()
+    regions.requires_grad_()
+    scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
+    grad_words, grad_regions = torch.autograd.grad(scores.sum(), (words, regions), create_graph=True)
+    # First-order gradients taken with create_graph=True stay those of the reference.
+    expected = torch.autograd.grad(reference.word_region_scores(words, lengths, regions).sum(), (words, regions))
+    torch.testing.assert_close(grad_words, expected[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad_regions, expected[1], rtol=1e-9, atol=1e-12)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(grad_words.square().sum() + grad_regions.square().sum(), (words, regions))
+
+
 def test_opcheck():
     words, lengths, regions = make_inputs(num_captions=3, num_images=4, num_words=5, num_regions=6, dim=8)
     torch.library.opcheck(

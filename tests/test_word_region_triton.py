@@ -142,6 +142,18 @@ def test_staggered_image_order_matches_reference():
 
 
 @interpreted_only
+def test_double_backward_raises_instead_of_returning_wrong_gradients():
+    import tgfr.ops
+
+    words, lengths, regions = _inputs(2, 3, 4, 9, 6, [4, 2], seed=13)
+    words, regions = words.float().requires_grad_(), regions.float().requires_grad_()
+    scores = tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")
+    grads = torch.autograd.grad(scores.sum(), (words, regions), create_graph=True)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(sum(grad.square().sum() for grad in grads), (words, regions))
+
+
+@interpreted_only
 def test_other_hyperparameters():
     words, lengths, regions = _inputs(3, 4, 6, 18, 8, [6, 2, 4], seed=3)
     grad = torch.ones(3, 4, dtype=torch.float64)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
+from tgfr.ops.first_order import refuse_double_backward
 from tgfr.validation import (
     check_choice,
     check_flag,
@@ -275,3 +276,5 @@ def _backward(ctx, grad_row_loss, grad_column_loss, _grad_row_lse, _grad_column_
 
 
 torch.library.register_autograd("tgfr::contrastive_forward", _backward, setup_context=setup_context)
+
+refuse_double_backward("tgfr::contrastive_backward", "contrastive_loss")

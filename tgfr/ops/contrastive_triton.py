@@ -16,6 +16,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from tgfr import reference
+from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
 
 _MODES = {"none": 0, "exclude": 1, "zero": 2, "positive": 3}
@@ -229,3 +230,4 @@ def _backward(ctx, grad_row_loss, grad_column_loss, _grad_row_lse, _grad_column_
 
 
 contrastive_forward.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward("tgfr::contrastive_backward_triton", "contrastive_loss (backend 'triton')")

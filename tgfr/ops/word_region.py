@@ -11,6 +11,7 @@ import torch
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
 from tgfr.ops.determinism import alert_nondeterministic_backward
+from tgfr.ops.first_order import refuse_double_backward
 from tgfr.validation import (
     check_flag,
     check_nonempty,
@@ -158,3 +159,5 @@ def _backward(ctx, grad_scores):
 
 
 torch.library.register_autograd("tgfr::word_region_scores", _backward, setup_context=_setup_context)
+
+refuse_double_backward("tgfr::word_region_scores_backward", "word_region_scores")

@@ -62,6 +62,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -745,6 +746,7 @@ def _backward(ctx, grad_scores):
 
 
 _scores_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward("tgfr::word_region_scores_backward_triton", "word_region_scores (backend 'triton')")
 
 
 def word_region_scores(
