@@ -128,7 +128,7 @@ def main() -> None:
                 ["ncu", "--import", f"{report}.ncu-rep", "--csv", "--page", "details"],
                 check=True, capture_output=True, text=True,
             ).stdout)
-        except (subprocess.CalledProcessError, ValueError) as error:  # the next kernel's profile may still work
+        except (OSError, subprocess.CalledProcessError, ValueError) as error:  # e.g. no ncu on PATH; the next kernel may still work
             rows = [{"error": f"{type(error).__name__}: {str(error)[-300:]}"}]
         with args.out.open("a") as out:
             for row in rows:
