@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from tgfr.data.files import check_image, read_caption_file
+from tgfr.data.files import check_image, read_caption_file, read_text_file
 from tgfr.data.manifest import ManifestRecord
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -72,15 +72,6 @@ def _entry_order(entry: str) -> list[tuple[int, int, str]]:
     Tagged tuples, because a key mixing int and str tokens cannot compare "5" with "abc".
     """
     return [(0, int(t), t) if t.isdecimal() else (1, 0, t) for t in entry.replace("/", "_").split("_")]
-
-
-def _read_text(path: Path, what: str) -> str:
-    if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist or is not a file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{what} {path} is not valid UTF-8 (byte {error.start})") from None
 
 
 def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
@@ -135,7 +126,7 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
 
 def _read_identity_file(path: Path) -> dict[str, str]:
     identities = {}
-    for line_number, line in enumerate(_read_text(path, "identity file").splitlines(), start=1):
+    for line_number, line in enumerate(read_text_file(path, "identity file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -148,7 +139,7 @@ def _read_identity_file(path: Path) -> dict[str, str]:
 def _read_hq_mapping(path: Path) -> dict[str, str]:
     """CelebA-HQ index -> CelebA file name, from 'idx orig_idx orig_file' rows (header skipped)."""
     mapping = {}
-    for line_number, line in enumerate(_read_text(path, "CelebA-HQ mapping file").splitlines(), start=1):
+    for line_number, line in enumerate(read_text_file(path, "CelebA-HQ mapping file").splitlines(), start=1):
         fields = line.split()
         if not fields or not fields[0].isdigit():
             continue
@@ -236,7 +227,7 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
 
 def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
     """Image name -> split, from JSON {split: [image names]} or CSV rows "image,split"."""
-    text = _read_text(split_file, "split file")
+    text = read_text_file(split_file, "split file")
     if split_file.suffix.lower() == ".json":
         try:
             by_split = json.loads(text)

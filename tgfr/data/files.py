@@ -40,15 +40,25 @@ def check_image(path: str | Path) -> None:
         image.verify()
 
 
+def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
+    """The text of a UTF-8 file; a missing file or a bad byte is an error naming it as `what`.
+
+    Read as bytes, not with read_text: newline translation would turn a quoted "\r" or "\r\n"
+    inside a CSV field into "\n".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist or is not a file")
+    try:
+        return path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid UTF-8 (byte {error.start})") from None
+
+
 def read_caption_file(path: str | Path) -> list[str]:
     """Reads one caption per non-empty line of a UTF-8 text file; empty files are an error."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"caption file {path} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"caption file {path} is not valid UTF-8 (bad byte at offset {error.start})") from None
+    text = read_text_file(path, "caption file", encoding="utf-8-sig")
     captions = [line.strip() for line in text.splitlines() if line.strip()]
     if not captions:
         raise ValueError(f"caption file {path} is empty: expected one caption per line")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tgfr.data.files import read_text_file
+
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
 
 
@@ -93,13 +95,7 @@ def _repeated_path(records: Sequence[ManifestRecord]) -> tuple[int, int] | None:
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
     """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"manifest {path} does not exist or is not a file")
-    try:
-        # Bytes, not read_text: newline translation would turn a quoted "\r\n" in a CSV cell into "\n".
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"manifest {path} is not valid UTF-8 (byte {error.start})") from None
+    text = read_text_file(path, "manifest")
     records, lines = [], []
     if path.suffix.lower() == ".csv":
         # The csv module reads records itself: a quoted field may hold a newline, and only \r and \n

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
 
 
@@ -113,13 +114,7 @@ def _pair_from_row(row: object, where: str) -> VerificationPair:
 def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
     """Reads pairs written by `write_verification_pairs` (CSV or JSON); errors name file and row."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"pairs file {path} does not exist")
-    # Bytes, not read_text: newline translation would turn a quoted "\r" in a path into "\n".
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"pairs file {path} is not valid UTF-8 (byte {error.start})") from None
+    text = read_text_file(path, "pairs file")
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(text)["pairs"]
