@@ -34,7 +34,10 @@ def build_cuda() -> bool:
 
 
 cpu_arch = os.environ.get("TGFR_CPU_ARCH", "native")
-cxx_flags = ["-O3", "-std=c++20", "-fopenmp", f"-march={cpu_arch}", "-fno-math-errno"]
+# -fno-math-errno and -fno-trapping-math let GCC vectorize the exp loops of csrc/vector_math.h
+# (with trapping math, its floor and float-to-int conversion keep every loop that stores an exp
+# scalar); neither changes a value, NaN or inf, only errno and the floating-point status flags.
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp", f"-march={cpu_arch}", "-fno-math-errno", "-fno-trapping-math"]
 link_flags = ["-fopenmp"]
 
 if build_cuda():

@@ -1,6 +1,6 @@
 // Element-wise and reduction loops of the fused CPU kernels, written so that GCC vectorizes them
-// (-O3 -march=native -fopenmp): branch-free bodies and `omp simd` reductions, which allow the
-// reassociation that plain -O3 forbids for floating point.
+// (-O3 -march=native -fopenmp -fno-trapping-math, setup.py): branch-free bodies and `omp simd`
+// reductions, which allow the reassociation that plain -O3 forbids for floating point.
 #pragma once
 
 #include <algorithm>
