@@ -2,12 +2,16 @@
 //
 // logits[i, j] = scale * (<x_i, y_j> - margin * [j == i + offset]), with off-diagonal entries of
 // one identity dropped (-inf, "exclude"), set to 0 ("zero"), or counted as extra positives
-// ("positive"). No N x M matrix is ever stored: every pass walks (rows x columns) tiles, keeping
-// only per-row statistics, and the backward recomputes the tiles.
+// ("positive"). No N x M matrix is ever stored: the passes walk (row block x column block) tiles
+// of the logits, and every tile serves both directions at once. The forward keeps an online
+// log-sum-exp per row and per column; the backward recomputes each tile once, turns it into
+// d(logits) of both cross-entropies, and adds d(x) += dL . y and d(y) += dL^T . x. That is one
+// tile product in the forward and three in the backward; separate row and column passes would
+// take two and four.
 //
-// Every pass is written for "rows of a against columns of b". The column direction of (x, y) is
-// the row direction of (y, x) with -offset, since the masks and the diagonal are symmetric, so
-// one routine serves both, and each pass is parallel over its own row blocks (no shared writes).
+// Tiles are visited in the group rotation of group_rotation.h, so each task owns the rows and
+// columns it updates. The group count follows from N and M alone, never from the thread count,
+// so every result is bitwise the same with any number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -20,13 +24,19 @@
 #include <tuple>
 #include <vector>
 
-namespace tgfr {
+#include "group_rotation.h"
+#include "vector_math.h"
+
+namespace tgfr::cpu {
 namespace {
 
 using at::Tensor;
 
 constexpr int64_t kBlockRows = 128;
 constexpr int64_t kBlockCols = 256;
+// Groups per side: parallel work for up to 64 threads, while a task's share of a step stays
+// about one block or more on each side (sqrt(N * M) / kBlockRows groups).
+constexpr int64_t kMaxGroups = 64;
 
 enum class SameIdentity { kNone, kExclude, kZero, kPositive };
 
@@ -38,175 +48,230 @@ SameIdentity parse_same_identity(c10::string_view mode) {
   TORCH_CHECK(false, "same_identity must be one of exclude, zero, positive, none; got ", std::string(mode));
 }
 
-enum class Pair { kOther, kDiagonal, kSameIdentity };
-
-// Rows of `a` against columns of `b`; row i's own positive is column i + offset.
-struct Side {
-  Tensor a, b;                     // (Na, D), (Nb, D), contiguous
-  const int64_t* labels_a;         // nullptr without labels (or in mode "none")
+// Rows of `a` against rows of `b`; row i's target is column i + offset.
+template <typename acc_t>
+struct Problem {
+  Tensor a, b;              // (Na, D), (Nb, D), contiguous, accumulation dtype
+  const int64_t* labels_a;  // nullptr without labels or in mode "none"
   const int64_t* labels_b;
   int64_t offset;
-
-  Pair pair(int64_t i, int64_t j) const {
-    if (j - i == offset) return Pair::kDiagonal;
-    if (labels_a != nullptr && labels_a[i] == labels_b[j]) return Pair::kSameIdentity;
-    return Pair::kOther;
-  }
-  Side swapped() const { return Side{b, a, labels_b, labels_a, -offset}; }
-};
-
-template <typename acc_t>
-struct Config {
   acc_t scale, margin;
   SameIdentity mode;
 };
 
-// logits of rows [a0, a0 + na) against columns [b0, b0 + nb) into `tile` (na x nb, acc dtype).
-template <typename acc_t>
-void fill_logits(const Side& side, const Config<acc_t>& config, const Tensor& a_block, int64_t a0,
-                 int64_t b0, Tensor& tile) {
-  const int64_t na = tile.size(0), nb = tile.size(1);
-  at::mm_out(tile, a_block, side.b.narrow(0, b0, nb).to(a_block.scalar_type()).t());
-  acc_t* logits = tile.data_ptr<acc_t>();
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t r = 0; r < na; ++r) {
-    for (int64_t c = 0; c < nb; ++c) {
-      acc_t& value = logits[r * nb + c];
-      switch (side.pair(a0 + r, b0 + c)) {
-        case Pair::kDiagonal: value = config.scale * (value - config.margin); break;
-        case Pair::kSameIdentity:
-          if (config.mode == SameIdentity::kExclude) value = kNegInf;
-          else if (config.mode == SameIdentity::kZero) value = 0;
-          else value *= config.scale;
-          break;
-        case Pair::kOther: value *= config.scale; break;
+int64_t group_count(int64_t na, int64_t nb) {
+  const double side = std::sqrt(static_cast<double>(na) * static_cast<double>(nb)) / kBlockRows;
+  return std::clamp<int64_t>(static_cast<int64_t>(side), 1, std::min({kMaxGroups, na, nb}));
+}
+
+// Calls tile(a0, rows, b0, cols, scratch) for every block of the (Na x Nb) logits, in the group
+// rotation; `scratch` is a per-thread `Scratch`.
+template <typename Scratch, typename TileFn>
+void for_each_tile_rotated(int64_t na, int64_t nb, TileFn&& tile) {
+  const int64_t parts = group_count(na, nb);
+  const std::vector<int64_t> row_groups = even_split(na, parts), col_groups = even_split(nb, parts);
+  for (int64_t step = 0; step < parts; ++step) {
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      Scratch scratch;
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t g = rotated_group(k, step, parts);
+        for (int64_t a0 = row_groups[k]; a0 < row_groups[k + 1]; a0 += kBlockRows) {
+          const int64_t rows = std::min(kBlockRows, row_groups[k + 1] - a0);
+          for (int64_t b0 = col_groups[g]; b0 < col_groups[g + 1]; b0 += kBlockCols) {
+            tile(a0, rows, b0, std::min(kBlockCols, col_groups[g + 1] - b0), scratch);
+          }
+        }
       }
+    });
+  }
+}
+
+// logits of rows [a0, a0 + rows) against columns [b0, b0 + cols), into `tile` (rows x cols).
+template <typename acc_t>
+void fill_logits(const Problem<acc_t>& p, int64_t a0, int64_t b0, Tensor& tile) {
+  const int64_t rows = tile.size(0), cols = tile.size(1);
+  at::mm_out(tile, p.a.narrow(0, a0, rows), p.b.narrow(0, b0, cols).t());
+  acc_t* logits = tile.data_ptr<acc_t>();
+  const acc_t scale = p.scale;
+  const bool masked = p.labels_a != nullptr && p.mode != SameIdentity::kPositive;
+  const acc_t replacement = p.mode == SameIdentity::kExclude ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    acc_t* row = logits + r * cols;
+    const int64_t target = a0 + r + p.offset - b0;
+    const bool has_target = target >= 0 && target < cols;
+    const acc_t raw_target = has_target ? row[target] : acc_t(0);
+    if (masked) {
+      const int64_t label = p.labels_a[a0 + r];
+      const int64_t* labels = p.labels_b + b0;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) row[c] = labels[c] == label ? replacement : scale * row[c];
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) row[c] *= scale;
+    }
+    if (has_target) row[target] = scale * (raw_target - p.margin);
+  }
+}
+
+// Per-thread tile memory of the forward and backward passes.
+template <typename acc_t>
+struct TileScratch {
+  std::vector<acc_t> logits = std::vector<acc_t>(kBlockRows * kBlockCols);
+  std::vector<acc_t> column_top = std::vector<acc_t>(kBlockCols);
+
+  Tensor tile(int64_t rows, int64_t cols) {
+    return at::from_blob(logits.data(), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  }
+};
+
+// Online log-sum-exp of one direction (per row, or per column): running maximum, sum of
+// exp(logit - maximum), and sum of the positive logits.
+template <typename acc_t>
+struct OnlineLogSumExp {
+  std::vector<acc_t> top, sum, positive;
+  explicit OnlineLogSumExp(int64_t n)
+      : top(n, -std::numeric_limits<acc_t>::infinity()), sum(n, acc_t(0)), positive(n, acc_t(0)) {}
+};
+
+// Adds one row of logits to its running (top, sum). -inf entries add nothing; NaN and +inf
+// entries make the sum NaN, as they should.
+template <typename acc_t>
+void add_row(const acc_t* row, int64_t cols, acc_t& top, acc_t& sum) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t tile_top = max_of(row, cols);
+  if (tile_top > top) {
+    sum *= std::exp(top - tile_top);
+    top = tile_top;
+  }
+  const acc_t shift = top;
+  acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t c = 0; c < cols; ++c) total += row[c] == kNegInf ? acc_t(0) : vectorizable_exp(row[c] - shift);
+  sum += total;
+}
+
+// Adds the columns of a (rows x cols) tile to their running (top, sum); `tile_top` is scratch.
+template <typename acc_t>
+void add_columns(const acc_t* logits, int64_t rows, int64_t cols, acc_t* top, acc_t* sum, acc_t* tile_top) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  std::fill(tile_top, tile_top + cols, kNegInf);
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t* row = logits + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) tile_top[c] = std::max(tile_top[c], row[c]);
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    if (tile_top[c] > top[c]) {
+      sum[c] *= std::exp(top[c] - tile_top[c]);
+      top[c] = tile_top[c];
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t* row = logits + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) sum[c] += row[c] == kNegInf ? acc_t(0) : vectorizable_exp(row[c] - top[c]);
+  }
+}
+
+// Adds every positive logit of the tile to its row's and its column's positive sum (either may
+// be nullptr). The target is always a positive; in mode "positive" so is every entry whose
+// row and column share an identity.
+template <typename acc_t>
+void add_positives(const Problem<acc_t>& p, const acc_t* logits, int64_t a0, int64_t rows, int64_t b0, int64_t cols,
+                   acc_t* row_positive, acc_t* col_positive) {
+  const bool by_label = p.mode == SameIdentity::kPositive && p.labels_a != nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t* row = logits + r * cols;
+    const int64_t target = a0 + r + p.offset - b0;
+    bool target_counted = false;
+    if (by_label) {
+      const int64_t label = p.labels_a[a0 + r];
+      const int64_t* labels = p.labels_b + b0;
+      if (row_positive != nullptr) {
+        acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t c = 0; c < cols; ++c) total += labels[c] == label ? row[c] : acc_t(0);
+        row_positive[a0 + r] += total;
+      }
+      if (col_positive != nullptr) {
+        acc_t* column = col_positive + b0;
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) column[c] += labels[c] == label ? row[c] : acc_t(0);
+      }
+      target_counted = target >= 0 && target < cols && labels[target] == label;
+    }
+    if (target >= 0 && target < cols && !target_counted) {
+      if (row_positive != nullptr) row_positive[a0 + r] += row[target];
+      if (col_positive != nullptr) col_positive[b0 + target] += row[target];
     }
   }
 }
 
-// Number of positives of every row of `side`: its diagonal plus, in mode "positive", every
-// off-diagonal column of its identity. Sorting keeps this O((Na + Nb) log Nb).
-Tensor positive_counts(const Side& side, const Tensor& labels_a, const Tensor& labels_b, SameIdentity mode,
-                       at::ScalarType dtype) {
-  const int64_t na = side.a.size(0);
-  if (mode != SameIdentity::kPositive || side.labels_a == nullptr) {
-    return at::ones({na}, side.a.options().dtype(dtype));
-  }
+// Number of positives of every row of a against b: its target plus, in mode "positive", every
+// other column of its identity. Sorting keeps this O((Na + Nb) log Nb).
+Tensor positive_counts(const Tensor& labels_a, const Tensor& labels_b, int64_t offset, int64_t na, SameIdentity mode,
+                       const at::TensorOptions& options) {
+  if (mode != SameIdentity::kPositive || !labels_a.defined()) return at::ones({na}, options);
   const Tensor sorted = std::get<0>(labels_b.sort());
   const Tensor same = at::searchsorted(sorted, labels_a, false, /*right=*/true) -
                       at::searchsorted(sorted, labels_a, false, /*right=*/false);
-  const Tensor diagonal_labels = labels_b.narrow(0, side.offset, na);
-  return (same + diagonal_labels.ne(labels_a)).to(dtype);
+  const Tensor target_labels = labels_b.narrow(0, offset, na);
+  return (same + target_labels.ne(labels_a)).to(options.dtype());
 }
 
-Tensor row_block(const Side& side, int64_t a0, int64_t na, at::ScalarType acc) {
-  return side.a.narrow(0, a0, na).to(acc).contiguous();
-}
-
-// Per-row log-sum-exp and cross-entropy (lse minus the mean positive logit).
+// Per-row (or per-column) coefficients of d(logits) for one direction of the backward:
+// d(loss)/d(logit[i, j]) = grad[i] * softmax[i, j] - grad[i] / count[i] * positive[i, j].
 template <typename acc_t>
-void forward_rows(const Side& side, const Config<acc_t>& config, const Tensor& counts, acc_t* loss, acc_t* lse) {
-  const int64_t na = side.a.size(0), nb = side.b.size(0);
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const acc_t* count = counts.data_ptr<acc_t>();
+struct DirectionGradient {
+  const acc_t* grad = nullptr;
+  const acc_t* lse = nullptr;
+  const acc_t* grad_per_positive = nullptr;
+};
+
+// Turns a tile of logits into d(loss)/d(logits) in place. Entries that are constants of the
+// inputs (excluded, or zeroed in mode "zero") get 0.
+template <typename acc_t, bool kRows, bool kCols>
+void logits_to_gradient(const Problem<acc_t>& p, acc_t* logits, int64_t a0, int64_t rows, int64_t b0, int64_t cols,
+                        const DirectionGradient<acc_t>& by_row, const DirectionGradient<acc_t>& by_col) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  const int64_t blocks = (na + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    Tensor buffer = at::empty({kBlockRows * kBlockCols}, side.a.options().dtype(acc));
-    std::vector<acc_t> row_max(kBlockRows), row_sum(kBlockRows), positive_sum(kBlockRows);
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t a0 = block * kBlockRows, rows = std::min(kBlockRows, na - a0);
-      const Tensor a_block = row_block(side, a0, rows, acc);
-      std::fill(row_max.begin(), row_max.end(), kNegInf);
-      std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
-      std::fill(positive_sum.begin(), positive_sum.end(), acc_t(0));
-      for (int64_t b0 = 0; b0 < nb; b0 += kBlockCols) {
-        const int64_t cols = std::min(kBlockCols, nb - b0);
-        Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-        fill_logits(side, config, a_block, a0, b0, tile);
-        const acc_t* logits = tile.data_ptr<acc_t>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc_t* row = logits + r * cols;
-          acc_t tile_max = kNegInf;
-          for (int64_t c = 0; c < cols; ++c) tile_max = row[c] > tile_max ? row[c] : tile_max;
-          if (tile_max > row_max[r]) {
-            row_sum[r] *= std::exp(row_max[r] - tile_max);
-            row_max[r] = tile_max;
-          }
-          acc_t sum = 0;
-          // -inf entries add nothing; NaN and +inf entries make the sum NaN, as they should.
-          for (int64_t c = 0; c < cols; ++c) sum += row[c] == kNegInf ? acc_t(0) : std::exp(row[c] - row_max[r]);
-          row_sum[r] += sum;
-          for (int64_t c = 0; c < cols; ++c) {
-            const Pair pair = side.pair(a0 + r, b0 + c);
-            if (pair == Pair::kDiagonal || (pair == Pair::kSameIdentity && config.mode == SameIdentity::kPositive)) {
-              positive_sum[r] += row[c];
-            }
-          }
+  const acc_t* col_grad = kCols ? by_col.grad + b0 : nullptr;
+  const acc_t* col_lse = kCols ? by_col.lse + b0 : nullptr;
+  const acc_t* col_per_positive = kCols ? by_col.grad_per_positive + b0 : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = a0 + r;
+    acc_t* row = logits + r * cols;
+    const acc_t row_grad = kRows ? by_row.grad[i] : acc_t(0);
+    const acc_t row_lse = kRows ? by_row.lse[i] : acc_t(0);
+    const acc_t row_per_positive = kRows ? by_row.grad_per_positive[i] : acc_t(0);
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      const acc_t value = row[c];
+      acc_t g = 0;
+      if constexpr (kRows) g += row_grad * vectorizable_exp(value - row_lse);
+      if constexpr (kCols) g += col_grad[c] * vectorizable_exp(value - col_lse[c]);
+      row[c] = value == kNegInf ? acc_t(0) : g;
+    }
+    const int64_t target = i + p.offset - b0;
+    const bool has_target = target >= 0 && target < cols;
+    const acc_t target_softmax_part = has_target ? row[target] : acc_t(0);
+    if (p.labels_a != nullptr && (p.mode == SameIdentity::kZero || p.mode == SameIdentity::kPositive)) {
+      const int64_t label = p.labels_a[i];
+      const int64_t* labels = p.labels_b + b0;
+      if (p.mode == SameIdentity::kZero) {
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) row[c] = labels[c] == label ? acc_t(0) : row[c];
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+          const acc_t per_positive = row_per_positive + (kCols ? col_per_positive[c] : acc_t(0));
+          row[c] -= labels[c] == label ? per_positive : acc_t(0);
         }
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        lse[a0 + r] = row_max[r] + std::log(row_sum[r]);
-        loss[a0 + r] = lse[a0 + r] - positive_sum[r] / count[a0 + r];
-      }
     }
-  });
-}
-
-// Gradient of sum_i grad_a[i] * loss_rows[i] + sum_j grad_b[j] * loss_cols[j] with respect to
-// the rows of `side.a`. grad_a / grad_b are undefined when that direction is not computed.
-template <typename acc_t>
-Tensor backward_rows(const Side& side, const Config<acc_t>& config, const Tensor& grad_a, const Tensor& lse_a,
-                     const Tensor& counts_a, const Tensor& grad_b, const Tensor& lse_b, const Tensor& counts_b) {
-  const int64_t na = side.a.size(0), nb = side.b.size(0);
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const bool rows_on = grad_a.defined(), cols_on = grad_b.defined();
-  const acc_t* ga = rows_on ? grad_a.data_ptr<acc_t>() : nullptr;
-  const acc_t* la = rows_on ? lse_a.data_ptr<acc_t>() : nullptr;
-  const acc_t* ca = rows_on ? counts_a.data_ptr<acc_t>() : nullptr;
-  const acc_t* gb = cols_on ? grad_b.data_ptr<acc_t>() : nullptr;
-  const acc_t* lb = cols_on ? lse_b.data_ptr<acc_t>() : nullptr;
-  const acc_t* cb = cols_on ? counts_b.data_ptr<acc_t>() : nullptr;
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  Tensor grad = at::empty_like(side.a);
-  const int64_t blocks = (na + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    Tensor buffer = at::empty({kBlockRows * kBlockCols}, side.a.options().dtype(acc));
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t a0 = block * kBlockRows, rows = std::min(kBlockRows, na - a0);
-      const Tensor a_block = row_block(side, a0, rows, acc);
-      Tensor grad_block = at::zeros({rows, side.a.size(1)}, a_block.options());
-      for (int64_t b0 = 0; b0 < nb; b0 += kBlockCols) {
-        const int64_t cols = std::min(kBlockCols, nb - b0);
-        Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-        fill_logits(side, config, a_block, a0, b0, tile);
-        acc_t* logits = tile.data_ptr<acc_t>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = a0 + r;
-          for (int64_t c = 0; c < cols; ++c) {
-            const int64_t j = b0 + c;
-            acc_t& value = logits[r * cols + c];
-            const Pair pair = side.pair(i, j);
-            // Excluded (-inf) and zeroed entries are constants: no gradient reaches them.
-            if (value == kNegInf || (pair == Pair::kSameIdentity && config.mode == SameIdentity::kZero)) {
-              value = 0;
-              continue;
-            }
-            const bool positive =
-                pair == Pair::kDiagonal || (pair == Pair::kSameIdentity && config.mode == SameIdentity::kPositive);
-            acc_t g = 0;
-            if (rows_on) g += ga[i] * (std::exp(value - la[i]) - (positive ? acc_t(1) / ca[i] : acc_t(0)));
-            if (cols_on) g += gb[j] * (std::exp(value - lb[j]) - (positive ? acc_t(1) / cb[j] : acc_t(0)));
-            value = g;
-          }
-        }
-        grad_block.addmm_(tile, side.b.narrow(0, b0, cols).to(acc));
-      }
-      grad.narrow(0, a0, rows).copy_(grad_block.mul_(config.scale));
+    if (has_target) {
+      row[target] = target_softmax_part - row_per_positive - (kCols ? col_per_positive[target] : acc_t(0));
     }
-  });
-  return grad;
+  }
 }
 
 const int64_t* labels_pointer(const std::optional<Tensor>& labels, SameIdentity mode) {
@@ -237,39 +302,95 @@ void check_inputs(const Tensor& x, const Tensor& y, const std::optional<Tensor>&
                     "offset: every column j needs row j - offset, got offset ", offset, " with N=", n, ", M=", m);
 }
 
-Side make_side(const Tensor& x, const Tensor& y, const std::optional<Tensor>& labels_x,
-               const std::optional<Tensor>& labels_y, SameIdentity mode, int64_t offset) {
-  return Side{x, y, labels_pointer(labels_x, mode), labels_pointer(labels_y, mode), offset};
-}
+// Inputs of all three ops, checked, detached (the tile products are internal, and worker threads
+// do not inherit autograd guards) and converted once to the accumulation dtype.
+struct Inputs {
+  Tensor x, y;  // accumulation dtype, contiguous
+  std::optional<Tensor> labels_x, labels_y;
+  SameIdentity mode;
+
+  Inputs(const Tensor& x_in, const Tensor& y_in, const std::optional<Tensor>& labels_x_in,
+         const std::optional<Tensor>& labels_y_in, c10::string_view same_identity, int64_t offset, bool rows,
+         bool columns)
+      : labels_x(labels_x_in.has_value() ? std::optional<Tensor>(labels_x_in->contiguous()) : std::nullopt),
+        labels_y(labels_y_in.has_value() ? std::optional<Tensor>(labels_y_in->contiguous()) : std::nullopt),
+        mode(parse_same_identity(same_identity)) {
+    check_inputs(x_in, y_in, labels_x, labels_y, offset, rows, columns);
+    const auto acc = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    x = x_in.detach().to(acc).contiguous();
+    y = y_in.detach().to(acc).contiguous();
+  }
+
+  template <typename acc_t>
+  Problem<acc_t> problem(double scale, double margin, int64_t offset) const {
+    return Problem<acc_t>{x, y, labels_pointer(labels_x, mode), labels_pointer(labels_y, mode), offset,
+                          static_cast<acc_t>(scale), static_cast<acc_t>(margin), mode};
+  }
+
+  Tensor counts(bool of_rows, int64_t offset) const {
+    const Tensor lx = labels_x.value_or(Tensor()), ly = labels_y.value_or(Tensor());
+    return of_rows ? positive_counts(lx, ly, offset, x.size(0), mode, x.options())
+                   : positive_counts(ly, lx, -offset, y.size(0), mode, x.options());
+  }
+};
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_forward_cpu(
     const Tensor& x_in, const Tensor& y_in, const std::optional<Tensor>& labels_x_in,
     const std::optional<Tensor>& labels_y_in, double scale, double margin, c10::string_view same_identity,
     int64_t offset, bool rows, bool columns) {
-  // Detached: the tile products are internal, and worker threads do not inherit autograd guards.
-  const Tensor x = x_in.detach().contiguous(), y = y_in.detach().contiguous();
-  const auto labels_x = labels_x_in.has_value() ? std::optional<Tensor>(labels_x_in->contiguous()) : std::nullopt;
-  const auto labels_y = labels_y_in.has_value() ? std::optional<Tensor>(labels_y_in->contiguous()) : std::nullopt;
-  check_inputs(x, y, labels_x, labels_y, offset, rows, columns);
-  const SameIdentity mode = parse_same_identity(same_identity);
-  const Side side = make_side(x, y, labels_x, labels_y, mode, offset);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto options = x.options().dtype(acc);
-  Tensor row_loss = at::empty({rows ? x.size(0) : 0}, options), row_lse = at::empty_like(row_loss);
-  Tensor col_loss = at::empty({columns ? y.size(0) : 0}, options), col_lse = at::empty_like(col_loss);
-  AT_DISPATCH_FLOATING_TYPES(acc, "contrastive_forward_cpu", [&] {
-    const Config<scalar_t> config{static_cast<scalar_t>(scale), static_cast<scalar_t>(margin), mode};
-    if (rows) {
-      const Tensor counts = positive_counts(side, labels_x.value_or(Tensor()), labels_y.value_or(Tensor()), mode, acc);
-      forward_rows<scalar_t>(side, config, counts, row_loss.data_ptr<scalar_t>(), row_lse.data_ptr<scalar_t>());
-    }
-    if (columns) {
-      const Side flipped = side.swapped();
-      const Tensor counts = positive_counts(flipped, labels_y.value_or(Tensor()), labels_x.value_or(Tensor()), mode, acc);
-      forward_rows<scalar_t>(flipped, config, counts, col_loss.data_ptr<scalar_t>(), col_lse.data_ptr<scalar_t>());
-    }
+  const Inputs inputs(x_in, y_in, labels_x_in, labels_y_in, same_identity, offset, rows, columns);
+  const int64_t na = inputs.x.size(0), nb = inputs.y.size(0);
+  const auto options = inputs.x.options();
+  Tensor row_loss = at::empty({rows ? na : 0}, options), row_lse = at::empty_like(row_loss);
+  Tensor col_loss = at::empty({columns ? nb : 0}, options), col_lse = at::empty_like(col_loss);
+  if (!rows && !columns) return {row_loss, col_loss, row_lse, col_lse};
+  AT_DISPATCH_FLOATING_TYPES(inputs.x.scalar_type(), "contrastive_forward_cpu", [&] {
+    const Problem<scalar_t> p = inputs.problem<scalar_t>(scale, margin, offset);
+    OnlineLogSumExp<scalar_t> by_row(rows ? na : 0), by_col(columns ? nb : 0);
+    for_each_tile_rotated<TileScratch<scalar_t>>(
+        na, nb, [&](int64_t a0, int64_t num_rows, int64_t b0, int64_t num_cols, TileScratch<scalar_t>& scratch) {
+          Tensor tile = scratch.tile(num_rows, num_cols);
+          fill_logits(p, a0, b0, tile);
+          const scalar_t* logits = scratch.logits.data();
+          if (rows) {
+            for (int64_t r = 0; r < num_rows; ++r) {
+              add_row(logits + r * num_cols, num_cols, by_row.top[a0 + r], by_row.sum[a0 + r]);
+            }
+          }
+          if (columns) {
+            add_columns(logits, num_rows, num_cols, by_col.top.data() + b0, by_col.sum.data() + b0,
+                        scratch.column_top.data());
+          }
+          add_positives(p, logits, a0, num_rows, b0, num_cols, rows ? by_row.positive.data() : nullptr,
+                        columns ? by_col.positive.data() : nullptr);
+        });
+    const auto finish = [](const OnlineLogSumExp<scalar_t>& state, const Tensor& counts, Tensor& loss, Tensor& lse) {
+      const scalar_t* count = counts.data_ptr<scalar_t>();
+      scalar_t* loss_data = loss.data_ptr<scalar_t>();
+      scalar_t* lse_data = lse.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < loss.numel(); ++i) {
+        lse_data[i] = state.top[i] + std::log(state.sum[i]);
+        loss_data[i] = lse_data[i] - state.positive[i] / count[i];
+      }
+    };
+    if (rows) finish(by_row, inputs.counts(/*of_rows=*/true, offset), row_loss, row_lse);
+    if (columns) finish(by_col, inputs.counts(/*of_rows=*/false, offset), col_loss, col_lse);
   });
   return {row_loss, col_loss, row_lse, col_lse};
+}
+
+template <typename acc_t, bool kRows, bool kCols>
+void backward_tiles(const Problem<acc_t>& p, const DirectionGradient<acc_t>& by_row,
+                    const DirectionGradient<acc_t>& by_col, Tensor& grad_x, Tensor& grad_y) {
+  for_each_tile_rotated<TileScratch<acc_t>>(
+      p.a.size(0), p.b.size(0),
+      [&](int64_t a0, int64_t rows, int64_t b0, int64_t cols, TileScratch<acc_t>& scratch) {
+        Tensor tile = scratch.tile(rows, cols);
+        fill_logits(p, a0, b0, tile);
+        logits_to_gradient<acc_t, kRows, kCols>(p, scratch.logits.data(), a0, rows, b0, cols, by_row, by_col);
+        grad_x.narrow(0, a0, rows).addmm_(tile, p.b.narrow(0, b0, cols));
+        grad_y.narrow(0, b0, cols).addmm_(tile.t(), p.a.narrow(0, a0, rows));
+      });
 }
 
 std::tuple<Tensor, Tensor> contrastive_backward_cpu(
@@ -277,68 +398,59 @@ std::tuple<Tensor, Tensor> contrastive_backward_cpu(
     const std::optional<Tensor>& labels_x_in, const std::optional<Tensor>& labels_y_in, const Tensor& row_lse,
     const Tensor& col_lse, double scale, double margin, c10::string_view same_identity, int64_t offset, bool rows,
     bool columns) {
-  // Detached: the tile products are internal, and worker threads do not inherit autograd guards.
-  const Tensor x = x_in.detach().contiguous(), y = y_in.detach().contiguous();
-  const auto labels_x = labels_x_in.has_value() ? std::optional<Tensor>(labels_x_in->contiguous()) : std::nullopt;
-  const auto labels_y = labels_y_in.has_value() ? std::optional<Tensor>(labels_y_in->contiguous()) : std::nullopt;
-  check_inputs(x, y, labels_x, labels_y, offset, rows, columns);
-  const SameIdentity mode = parse_same_identity(same_identity);
-  const Side side = make_side(x, y, labels_x, labels_y, mode, offset);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const Tensor lx = labels_x.value_or(Tensor()), ly = labels_y.value_or(Tensor());
-  Tensor grad_x, grad_y;
-  AT_DISPATCH_FLOATING_TYPES(acc, "contrastive_backward_cpu", [&] {
-    const Config<scalar_t> config{static_cast<scalar_t>(scale), static_cast<scalar_t>(margin), mode};
-    Tensor g_rows, g_cols, counts_rows, counts_cols;
-    if (rows) {
-      TORCH_CHECK(grad_row_loss.numel() == x.size(0) && row_lse.numel() == x.size(0), "row gradient size");
-      g_rows = grad_row_loss.to(acc).contiguous();
-      counts_rows = positive_counts(side, lx, ly, mode, acc);
-    }
-    if (columns) {
-      TORCH_CHECK(grad_col_loss.numel() == y.size(0) && col_lse.numel() == y.size(0), "column gradient size");
-      g_cols = grad_col_loss.to(acc).contiguous();
-      counts_cols = positive_counts(side.swapped(), ly, lx, mode, acc);
-    }
-    const Tensor lse_rows = row_lse.to(acc).contiguous(), lse_cols = col_lse.to(acc).contiguous();
-    grad_x = backward_rows<scalar_t>(side, config, g_rows, lse_rows, counts_rows, g_cols, lse_cols, counts_cols);
-    grad_y = backward_rows<scalar_t>(side.swapped(), config, g_cols, lse_cols, counts_cols, g_rows, lse_rows,
-                                     counts_rows);
+  const Inputs inputs(x_in, y_in, labels_x_in, labels_y_in, same_identity, offset, rows, columns);
+  const int64_t na = inputs.x.size(0), nb = inputs.y.size(0);
+  Tensor grad_x = at::zeros_like(inputs.x), grad_y = at::zeros_like(inputs.y);
+  AT_DISPATCH_FLOATING_TYPES(inputs.x.scalar_type(), "contrastive_backward_cpu", [&] {
+    const Problem<scalar_t> p = inputs.problem<scalar_t>(scale, margin, offset);
+    // Keeps the tensors behind each DirectionGradient's pointers alive.
+    std::vector<Tensor> owners;
+    const auto direction = [&](bool on, const Tensor& grad, const Tensor& lse, int64_t n, bool of_rows,
+                               const char* name) {
+      DirectionGradient<scalar_t> result;
+      if (!on) return result;
+      TORCH_CHECK(grad.numel() == n && lse.numel() == n, name, " gradient and log-sum-exp must have ", n,
+                  " entries, got ", grad.numel(), " and ", lse.numel());
+      const Tensor g = grad.to(inputs.x.scalar_type()).contiguous();
+      const Tensor l = lse.to(inputs.x.scalar_type()).contiguous();
+      const Tensor per_positive = g / inputs.counts(of_rows, offset);
+      owners.insert(owners.end(), {g, l, per_positive});
+      result.grad = g.data_ptr<scalar_t>();
+      result.lse = l.data_ptr<scalar_t>();
+      result.grad_per_positive = per_positive.data_ptr<scalar_t>();
+      return result;
+    };
+    const auto by_row = direction(rows, grad_row_loss, row_lse, na, /*of_rows=*/true, "row");
+    const auto by_col = direction(columns, grad_col_loss, col_lse, nb, /*of_rows=*/false, "column");
+    if (rows && columns) backward_tiles<scalar_t, true, true>(p, by_row, by_col, grad_x, grad_y);
+    else if (rows) backward_tiles<scalar_t, true, false>(p, by_row, by_col, grad_x, grad_y);
+    else if (columns) backward_tiles<scalar_t, false, true>(p, by_row, by_col, grad_x, grad_y);
   });
-  return {grad_x, grad_y};
+  return {grad_x.mul_(scale).to(x_in.scalar_type()), grad_y.mul_(scale).to(y_in.scalar_type())};
 }
 
 // max over j != i + offset of the masked (unscaled) similarity of row i; -inf when none.
 Tensor contrastive_row_max_cpu(const Tensor& x_in, const Tensor& y_in, const std::optional<Tensor>& labels_x_in,
                                const std::optional<Tensor>& labels_y_in, c10::string_view same_identity,
                                int64_t offset) {
-  // Detached: the tile products are internal, and worker threads do not inherit autograd guards.
-  const Tensor x = x_in.detach().contiguous(), y = y_in.detach().contiguous();
-  const auto labels_x = labels_x_in.has_value() ? std::optional<Tensor>(labels_x_in->contiguous()) : std::nullopt;
-  const auto labels_y = labels_y_in.has_value() ? std::optional<Tensor>(labels_y_in->contiguous()) : std::nullopt;
-  check_inputs(x, y, labels_x, labels_y, offset, true, false);
-  const SameIdentity mode = parse_same_identity(same_identity);
-  const Side side = make_side(x, y, labels_x, labels_y, mode, offset);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t na = x.size(0), nb = y.size(0);
-  Tensor result = at::empty({na}, x.options().dtype(acc));
-  AT_DISPATCH_FLOATING_TYPES(acc, "contrastive_row_max_cpu", [&] {
+  const Inputs inputs(x_in, y_in, labels_x_in, labels_y_in, same_identity, offset, /*rows=*/true, /*columns=*/false);
+  const int64_t na = inputs.x.size(0), nb = inputs.y.size(0);
+  Tensor result = at::empty({na}, inputs.x.options());
+  AT_DISPATCH_FLOATING_TYPES(inputs.x.scalar_type(), "contrastive_row_max_cpu", [&] {
     // scale 1 and margin 0: the tile holds the masked similarities themselves.
-    const Config<scalar_t> config{scalar_t(1), scalar_t(0), mode};
+    const Problem<scalar_t> p = inputs.problem<scalar_t>(1.0, 0.0, offset);
     scalar_t* out = result.data_ptr<scalar_t>();
-    constexpr scalar_t kNegInf = -std::numeric_limits<scalar_t>::infinity();
     const int64_t blocks = (na + kBlockRows - 1) / kBlockRows;
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      Tensor buffer = at::empty({kBlockRows * kBlockCols}, x.options().dtype(acc));
+      TileScratch<scalar_t> scratch;
       for (int64_t block = begin; block < end; ++block) {
         const int64_t a0 = block * kBlockRows, rows = std::min(kBlockRows, na - a0);
-        const Tensor a_block = row_block(side, a0, rows, acc);
-        for (int64_t r = 0; r < rows; ++r) out[a0 + r] = kNegInf;
+        for (int64_t r = 0; r < rows; ++r) out[a0 + r] = -std::numeric_limits<scalar_t>::infinity();
         for (int64_t b0 = 0; b0 < nb; b0 += kBlockCols) {
           const int64_t cols = std::min(kBlockCols, nb - b0);
-          Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-          fill_logits(side, config, a_block, a0, b0, tile);
-          const scalar_t* values = tile.data_ptr<scalar_t>();
+          Tensor tile = scratch.tile(rows, cols);
+          fill_logits(p, a0, b0, tile);
+          const scalar_t* values = scratch.logits.data();
           for (int64_t r = 0; r < rows; ++r) {
             for (int64_t c = 0; c < cols; ++c) {
               const scalar_t v = values[r * cols + c];
@@ -360,4 +472,4 @@ TORCH_LIBRARY_IMPL(tgfr, CPU, m) {
   m.impl("contrastive_row_max", &contrastive_row_max_cpu);
 }
 
-}  // namespace tgfr
+}  // namespace tgfr::cpu

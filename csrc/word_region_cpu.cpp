@@ -10,8 +10,8 @@
 //
 // The backward recomputes each pair. d(words) of a caption sums over images and d(regions) of
 // an image over captions; to accumulate both without races or per-thread copies, captions and
-// images are split into P groups each (P threads), and in step s thread k owns caption group k
-// and image group (k + s) mod P, so no two threads ever write the same rows.
+// images are split into P groups each (P threads) and visited in the rotation of
+// group_rotation.h, so no two threads ever write the same rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "group_rotation.h"
 #include "vector_math.h"
 
 namespace tgfr::cpu {
@@ -305,13 +306,6 @@ void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t 
   grad_image_matrix.addmm_(grad_matrix.t(), matrix(block_words, rows, dim));
 }
 
-// Splits [0, count) into `parts` nearly equal ranges; returns the parts + 1 boundaries.
-std::vector<int64_t> even_split(int64_t count, int64_t parts) {
-  std::vector<int64_t> bounds(parts + 1);
-  for (int64_t p = 0; p <= parts; ++p) bounds[p] = count * p / parts;
-  return bounds;
-}
-
 // Caption groups with about equal numbers of packed rows.
 std::vector<int64_t> row_balanced_split(const std::vector<int64_t>& offsets, int64_t parts) {
   const int64_t num_captions = static_cast<int64_t>(offsets.size()) - 1;
@@ -361,7 +355,7 @@ std::tuple<at::Tensor, at::Tensor> scores_backward(const at::Tensor& grad_scores
       PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/true);
       for (int64_t k = begin; k < end; ++k) {
         const std::vector<int64_t>& blocks = group_blocks[k];
-        const int64_t image_group = (k + step) % parts;
+        const int64_t image_group = rotated_group(k, step, parts);
         for (int64_t j = image_groups[image_group]; j < image_groups[image_group + 1]; ++j) {
           for (size_t b = 0; b + 1 < blocks.size(); ++b) {
             if (blocks[b] == blocks[b + 1]) continue;

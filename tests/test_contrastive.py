@@ -81,6 +81,41 @@ def test_offset_targets_match_reference(direction, offset, n, m):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("direction,offset,n,m", [("rows", 150, 610, 900), ("columns", -150, 900, 610),
+                                                  ("both", 0, 700, 700)])
+def test_many_groups_with_unequal_sides_match_reference(mode, direction, offset, n, m):
+    # sqrt(N * M) / 128 gives 5-6 row and column groups of unequal sizes, each cut into ragged
+    # blocks, so every tile serves a row and a column that other steps of the rotation also touch.
+    x, y, row_labels, column_labels = make_batch(n, m, 16, torch.float64, identities=40)
+    arguments = dict(scale=6.0, margin=0.2, row_labels=row_labels, column_labels=column_labels,
+                     same_identity=mode, direction=direction, offset=offset)
+    fused = contrastive_cross_entropy(x, y, **arguments)
+    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
+    for got, expected in zip(fused, full):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    for got, expected in zip(torch.autograd.grad(weighted(fused), (x, y)),
+                             torch.autograd.grad(weighted(full), (x, y))):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_do_not_depend_on_the_thread_count(dtype):
+    x, y, labels, _ = make_batch(640, 640, 32, dtype, identities=50)
+    threads = torch.get_num_threads()
+
+    def run(num_threads):
+        torch.set_num_threads(num_threads)
+        try:
+            losses = contrastive_cross_entropy(x, y, 10.0, 0.1, labels, same_identity="positive")
+            return losses + torch.autograd.grad(weighted(losses), (x, y))
+        finally:
+            torch.set_num_threads(threads)
+
+    for one_thread, three_threads in zip(run(1), run(3)):
+        assert torch.equal(one_thread, three_threads)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_gradcheck(mode):
     x, y, labels, _ = make_batch(5, 5, 3, torch.float64, identities=2)
 
