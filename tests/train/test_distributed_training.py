@@ -35,3 +35,23 @@ def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrid
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_loss(tmp_path):
+    """ddp_loop_worker.py under torchrun: rank 0's log holds the mean over ranks (rank 1's loss is 10
+    above rank 0's), and rank 1's NaN at step 3 stops both ranks at that step, naming rank 1."""
+    worker = Path(__file__).with_name("ddp_loop_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               str(tmp_path)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for seen in ranks:
+        assert seen["error"] is not None and "not finite on rank 1 at step 3" in seen["error"]
+    log = ranks[0]["log"]
+    assert [record["step"] for record in log] == [1, 2]  # the two steps before the NaN
+    for record in log:
+        assert record["rank_term"] == 5.0  # (0 + 10) / 2
+        # loss = <w, 1> + rank term on each rank; SGD keeps w equal on both ranks
+        assert abs(record["loss"] - record["rank_term"]) < 1.0

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from tgfr.distributed import mean_over_ranks
 from tgfr.train.batches import StepBatches
 from tgfr.train.checkpoint import set_rng_state
 from tgfr.train.config import OptimConfig
@@ -58,8 +59,29 @@ def lr_factor(step: int, steps: int, config: OptimConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _scalars(components: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {name: float(value.detach()) for name, value in components.items()}
+def _check_finite(loss: torch.Tensor, stage: str, step: int, world_size: int) -> None:
+    """Raises FloatingPointError on every rank when the loss of any rank is not finite: a rank that
+    raised alone would leave the others waiting in DDP's gradient all-reduce for good."""
+    bad = torch.zeros(world_size, dtype=torch.int32, device=loss.device)
+    bad[dist.get_rank() if world_size > 1 else 0] = int(not torch.isfinite(loss.detach()))
+    if world_size > 1:
+        dist.all_reduce(bad)
+    if bad.any():
+        ranks = bad.nonzero().flatten().tolist()
+        where = f" on rank {', '.join(map(str, ranks))}" if world_size > 1 else ""
+        raise FloatingPointError(f"stage {stage}: loss is not finite{where} at step {step}"
+                                 f" (this rank's loss: {float(loss)})")
+
+
+def _batch_scalars(loss: torch.Tensor, components: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
+    """The loss and its components for the log: each rank's are of its share of the global batch,
+    so under DDP they are averaged over ranks (the pairwise losses' mean over ranks is their value
+    on the whole batch, see tgfr.distributed)."""
+    names = ["loss", *components]
+    values = torch.stack([value.detach().float().reshape(()) for value in (loss, *components.values())])
+    if world_size > 1:
+        values = mean_over_ranks(values)
+    return dict(zip(names, values.tolist()))
 
 
 def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int, settings: LoopSettings,
@@ -96,8 +118,7 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
         batch = next(stream)
         with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             loss, components = module(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {stage.name}: loss is {float(loss)} at step {step}")
+        _check_finite(loss, stage.name, step + 1, settings.world_size)  # 1-based, as in metrics.jsonl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
@@ -109,11 +130,13 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
         now = time.perf_counter()
         samples_per_s = len(batch["labels"]) * settings.world_size / (now - last)
         last = now
-        values = {"loss": float(loss.detach()), **_scalars(components), "grad_norm": float(grad_norm),
-                  "lr": lr, "samples_per_s": samples_per_s}
+        logged = (step + 1) % settings.log_every == 0 or step + 1 == steps
+        # Averaging needs a collective, so only at logged steps (the same steps on every rank).
+        values = {**_batch_scalars(loss, components, settings.world_size if logged else 1),
+                  "grad_norm": float(grad_norm), "lr": lr, "samples_per_s": samples_per_s}
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k not in ("lr", "total")})
-        if (step + 1) % settings.log_every == 0 or step + 1 == steps:
+        if logged:
             log.write(stage.name, step + 1, values)
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
             checkpoint(step + 1, optimizer, scheduler)
