@@ -1,6 +1,7 @@
 """The results-file writer (benchmarks/recording.py) and the renderer (benchmarks/render.py)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -180,7 +181,9 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
          "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
          "--tgfr-results", str(results)],
+        # quick mode even inside a full benchmark run, whose TGFR_BENCH_FULL=1 the child would inherit
         cwd=_ROOT, capture_output=True, text=True, timeout=300,
+        env={name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
     )
     assert "1 failed, 1 passed, 1 skipped" in run.stdout, run.stdout + run.stderr
     cases = json.loads(results.read_text())["cases"]

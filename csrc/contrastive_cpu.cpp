@@ -429,6 +429,17 @@ std::tuple<Tensor, Tensor> contrastive_backward_cpu(
   return {grad_x.mul_(scale).to(x_in.scalar_type()), grad_y.mul_(scale).to(y_in.scalar_type())};
 }
 
+// best <- max(best, max over c != target of row[c]), NaN when any of them is NaN (max_of skips
+// NaN, so NaN is looked for on the side). The target entry is overwritten.
+template <typename acc_t>
+void fold_negatives_max(acc_t* row, int64_t cols, int64_t target, acc_t& best) {
+  if (target >= 0 && target < cols) row[target] = -std::numeric_limits<acc_t>::infinity();
+  int has_nan = 0;
+#pragma omp simd reduction(| : has_nan)
+  for (int64_t c = 0; c < cols; ++c) has_nan |= static_cast<int>(std::isnan(row[c]));
+  best = has_nan || std::isnan(best) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(best, max_of(row, cols));
+}
+
 // max over j != i + offset of the masked (unscaled) similarity of row i; -inf when none.
 Tensor contrastive_row_max_cpu(const Tensor& x_in, const Tensor& y_in, const std::optional<Tensor>& labels_x_in,
                                const std::optional<Tensor>& labels_y_in, c10::string_view same_identity,
@@ -450,12 +461,8 @@ Tensor contrastive_row_max_cpu(const Tensor& x_in, const Tensor& y_in, const std
           const int64_t cols = std::min(kBlockCols, nb - b0);
           Tensor tile = scratch.tile(rows, cols);
           fill_logits(p, a0, b0, tile);
-          const scalar_t* values = scratch.logits.data();
           for (int64_t r = 0; r < rows; ++r) {
-            for (int64_t c = 0; c < cols; ++c) {
-              const scalar_t v = values[r * cols + c];
-              if (b0 + c - (a0 + r) != offset && (v > out[a0 + r] || std::isnan(v))) out[a0 + r] = v;
-            }
+            fold_negatives_max(scratch.logits.data() + r * cols, cols, a0 + r + offset - b0, out[a0 + r]);
           }
         }
       }

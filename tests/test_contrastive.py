@@ -153,6 +153,24 @@ def test_row_max_matches_masked_maximum(mode):
     torch.testing.assert_close(contrastive_row_max(x, y, labels, same_identity=mode), expected.detach())
 
 
+def test_row_max_with_offset_and_nan_matches_reference():
+    # Row i's target (column i + 100) is skipped wherever its tile falls; a NaN column makes the
+    # max of every row NaN, except the row whose target it is and the rows of its identity (mode
+    # "zero" replaces those entries by 0); a NaN row stays NaN.
+    x, y, row_labels, column_labels = make_batch(200, 450, 8, torch.float32, identities=30)
+    x, y = x.detach().clone(), y.detach().clone()
+    y[170, 2] = float("nan")  # the target of row 70
+    x[5, 0] = float("nan")
+    arguments = dict(row_labels=row_labels, column_labels=column_labels, same_identity="zero", offset=100,
+                     normalize=False)
+    got = contrastive_row_max(x, y, **arguments)
+    expected = contrastive_row_max(x, y, backend="reference", **arguments)
+    nan_rows = row_labels != column_labels[170]
+    nan_rows[70], nan_rows[5] = False, True
+    assert nan_rows.sum() > 150 and torch.equal(got.isnan(), nan_rows)
+    torch.testing.assert_close(got, expected, equal_nan=True)
+
+
 def test_bfloat16_accumulates_in_float32():
     x, y, labels, _ = make_batch(200, 200, 32, torch.float32)
     expected = contrastive_loss(x.bfloat16().float(), y.bfloat16().float(), 10.0, row_labels=labels,
