@@ -154,12 +154,7 @@ void add_row(const acc_t* row, int64_t cols, acc_t& top, acc_t& sum) {
 template <typename acc_t>
 void add_columns(const acc_t* logits, int64_t rows, int64_t cols, acc_t* top, acc_t* sum, acc_t* tile_top) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  std::fill(tile_top, tile_top + cols, kNegInf);
-  for (int64_t r = 0; r < rows; ++r) {
-    const acc_t* row = logits + r * cols;
-#pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) tile_top[c] = std::max(tile_top[c], row[c]);
-  }
+  column_max(logits, rows, cols, tile_top);
   for (int64_t c = 0; c < cols; ++c) {
     if (tile_top[c] > top[c]) {
       sum[c] *= std::exp(top[c] - tile_top[c]);

@@ -86,18 +86,25 @@ inline void softmax_row_into(acc_t* src, acc_t* dst, int64_t size, acc_t sharpne
   for (int64_t k = 0; k < size; ++k) dst[k] *= inverse;
 }
 
+// top[k] <- max over the rows of column k of a (rows x cols) row-major block (NaN skipped, as in
+// max_of; -inf for no rows).
+template <typename acc_t>
+inline void column_max(const acc_t* block, int64_t rows, int64_t cols, acc_t* top) {
+  std::fill(top, top + cols, -std::numeric_limits<acc_t>::infinity());
+  for (int64_t row = 0; row < rows; ++row) {
+    const acc_t* x = block + row * cols;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k) top[k] = std::max(top[k], x[k]);
+  }
+}
+
 // First half of a softmax over the rows of each column of a (rows x cols) row-major block: in
 // place, x <- exp(x - column max), and inverse_sums[k] <- 1 / sum of column k. Multiplying row
 // by row with inverse_sums (softmax_row_into does it) finishes the softmax.
 template <typename acc_t>
 inline void exp_columns(acc_t* block, int64_t rows, int64_t cols, acc_t* inverse_sums) {
   acc_t* top = inverse_sums;  // holds the column maxima until the sums replace them
-  std::copy(block, block + cols, top);
-  for (int64_t row = 1; row < rows; ++row) {
-    const acc_t* x = block + row * cols;
-#pragma omp simd
-    for (int64_t k = 0; k < cols; ++k) top[k] = std::max(top[k], x[k]);
-  }
+  column_max(block, rows, cols, top);
   for (int64_t row = 0; row < rows; ++row) {
     acc_t* x = block + row * cols;
 #pragma omp simd

@@ -27,20 +27,25 @@ def weighted(losses, seed=1):
     return sum((loss * torch.randn(loss.shape, generator=generator, dtype=loss.dtype)).sum() for loss in losses)
 
 
+def assert_matches_reference(x, y, arguments, tolerance):
+    """Both outputs of contrastive_cross_entropy, and the gradients of a random functional of them,
+    equal the full-matrix reference's."""
+    fused = contrastive_cross_entropy(x, y, **arguments)
+    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
+    for got, expected in zip(fused, full):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    for got, expected in zip(torch.autograd.grad(weighted(fused), (x, y)),
+                             torch.autograd.grad(weighted(full), (x, y))):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("mode,direction", list(itertools.product(MODES, DIRECTIONS)))
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_matches_full_matrix_values_and_gradients(mode, direction, dtype, tolerance):
     # 300 rows cross several 128 x 256 tiles, with ragged edges.
     x, y, labels, _ = make_batch(300, 300, 24, dtype)
     arguments = dict(scale=7.0, margin=0.3, row_labels=labels, same_identity=mode, direction=direction)
-    fused = contrastive_cross_entropy(x, y, **arguments)
-    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
-    for got, expected in zip(fused, full):
-        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
-    fused_grads = torch.autograd.grad(weighted(fused), (x, y))
-    full_grads = torch.autograd.grad(weighted(full), (x, y))
-    for got, expected in zip(fused_grads, full_grads):
-        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    assert_matches_reference(x, y, arguments, tolerance)
 
 
 def test_symmetric_loss_equals_cross_entropy_formula():
@@ -71,13 +76,7 @@ def test_offset_targets_match_reference(direction, offset, n, m):
     x, y, row_labels, column_labels = make_batch(n, m, 8, torch.float64, identities=4)
     arguments = dict(row_labels=row_labels, column_labels=column_labels, same_identity="zero",
                      direction=direction, offset=offset, margin=0.1)
-    fused = contrastive_cross_entropy(x, y, **arguments)
-    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
-    for got, expected in zip(fused, full):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    for got, expected in zip(torch.autograd.grad(weighted(fused), (x, y)),
-                             torch.autograd.grad(weighted(full), (x, y))):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert_matches_reference(x, y, arguments, 1e-10)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -89,13 +88,7 @@ def test_many_groups_with_unequal_sides_match_reference(mode, direction, offset,
     x, y, row_labels, column_labels = make_batch(n, m, 16, torch.float64, identities=40)
     arguments = dict(scale=6.0, margin=0.2, row_labels=row_labels, column_labels=column_labels,
                      same_identity=mode, direction=direction, offset=offset)
-    fused = contrastive_cross_entropy(x, y, **arguments)
-    full = contrastive_cross_entropy(x, y, backend="reference", **arguments)
-    for got, expected in zip(fused, full):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    for got, expected in zip(torch.autograd.grad(weighted(fused), (x, y)),
-                             torch.autograd.grad(weighted(full), (x, y))):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert_matches_reference(x, y, arguments, 1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
