@@ -1,9 +1,12 @@
 """Triton kernels of the fused contrastive cross-entropy (CUDA tensors; CPU under TRITON_INTERPRET=1).
 
-Same algorithm as csrc/contrastive_cpu.cpp: one "row pass" kernel for the forward (online
-log-sum-exp of each row of a against all of b) and one for the backward (recomputed tiles,
-dA += G @ B), each used twice, the column direction being the row direction of (y, x) with
--offset. Each program owns a block of rows, so nothing is written twice. D is held in one tile
+One "row pass" kernel for the forward (online log-sum-exp of each row of a against all of b)
+and one for the backward (recomputed tiles, dA += G @ B), each used twice, the column direction
+being the row direction of (y, x) with -offset. Each program owns a block of rows, so nothing
+is written twice and no atomics are needed; the price is that the columns' pass recomputes the
+tiles (six tile products per forward+backward, where csrc/contrastive_cpu.cpp, whose tasks own
+both a row and a column group, shares each tile between the directions and takes four). Which
+costs less on a GPU, the recomputation or column atomics, is unmeasured. D is held in one tile
 (BLOCK_D = next power of two of D), which suits embedding sizes up to a few hundred.
 
 Row offsets (row * D) are 64-bit where they start a block: they pass 2^31 once N * D does
