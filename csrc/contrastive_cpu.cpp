@@ -11,7 +11,9 @@
 //
 // Tiles are visited in the group rotation of group_rotation.h, so each task owns the rows and
 // columns it updates. The group count follows from N and M alone, never from the thread count,
-// so every result is bitwise the same with any number of threads.
+// so every sum of the kernel's own is bitwise the same with any number of threads. (The tile
+// products are MKL's, which may round differently under another thread setting unless
+// MKL_CBWR=COMPATIBLE.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -118,6 +120,7 @@ template <typename acc_t>
 struct TileScratch {
   std::vector<acc_t> logits = std::vector<acc_t>(kBlockRows * kBlockCols);
   std::vector<acc_t> column_top = std::vector<acc_t>(kBlockCols);
+  std::vector<acc_t> column_sum = std::vector<acc_t>(kBlockCols);
 
   Tensor tile(int64_t rows, int64_t cols) {
     return at::from_blob(logits.data(), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
@@ -150,9 +153,12 @@ void add_row(const acc_t* row, int64_t cols, acc_t& top, acc_t& sum) {
   sum += total;
 }
 
-// Adds the columns of a (rows x cols) tile to their running (top, sum); `tile_top` is scratch.
+// Adds the columns of a (rows x cols) tile to their running (top, sum); `tile_top` and
+// `tile_sum` are scratch. The tile's sum is formed apart and then added, so a column's sum is a
+// chain of N / rows additions, not N (its rounding error grew like sqrt(N)).
 template <typename acc_t>
-void add_columns(const acc_t* logits, int64_t rows, int64_t cols, acc_t* top, acc_t* sum, acc_t* tile_top) {
+void add_columns(const acc_t* logits, int64_t rows, int64_t cols, acc_t* top, acc_t* sum, acc_t* tile_top,
+                 acc_t* tile_sum) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   column_max(logits, rows, cols, tile_top);
   for (int64_t c = 0; c < cols; ++c) {
@@ -161,11 +167,16 @@ void add_columns(const acc_t* logits, int64_t rows, int64_t cols, acc_t* top, ac
       top[c] = tile_top[c];
     }
   }
+  std::fill(tile_sum, tile_sum + cols, acc_t(0));
   for (int64_t r = 0; r < rows; ++r) {
     const acc_t* row = logits + r * cols;
 #pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) sum[c] += row[c] == kNegInf ? acc_t(0) : vectorizable_exp(row[c] - top[c]);
+    for (int64_t c = 0; c < cols; ++c) {
+      tile_sum[c] += row[c] == kNegInf ? acc_t(0) : vectorizable_exp(row[c] - top[c]);
+    }
   }
+#pragma omp simd
+  for (int64_t c = 0; c < cols; ++c) sum[c] += tile_sum[c];
 }
 
 // Adds every positive logit of the tile to its row's and its column's positive sum (either may
@@ -215,56 +226,62 @@ Tensor positive_counts(const Tensor& labels_a, const Tensor& labels_b, int64_t o
 }
 
 // Per-row (or per-column) coefficients of d(logits) for one direction of the backward:
-// d(loss)/d(logit[i, j]) = grad[i] * softmax[i, j] - grad[i] / count[i] * positive[i, j].
+// d(loss)/d(logit[i, j]) = grad[i] * (softmax[i, j] - positive[i, j] / count[i]).
 template <typename acc_t>
 struct DirectionGradient {
   const acc_t* grad = nullptr;
   const acc_t* lse = nullptr;
-  const acc_t* grad_per_positive = nullptr;
+  const acc_t* inverse_count = nullptr;
 };
 
-// Turns a tile of logits into d(loss)/d(logits) in place. Entries that are constants of the
-// inputs (excluded, or zeroed in mode "zero") get 0.
+// One row of a tile of logits -> d(loss)/d(logits), in place. Each direction subtracts its own
+// positive share before it is weighted, so a target whose softmax is exactly 1 gets exactly 0.
+// The entries `same_identity` makes constants (excluded, or zeroed in mode "zero") are found by
+// their labels, not by a -inf value: a logit can also overflow to -inf, and its gradient must
+// then come out as the reference's (NaN when the whole row or column is -inf).
+template <typename acc_t, bool kRows, bool kCols, bool kLabelled>
+void gradient_row(acc_t* row, int64_t cols, int64_t target, const int64_t* labels, int64_t label,
+                  bool same_is_positive, acc_t row_grad, acc_t row_lse, acc_t row_inverse_count,
+                  const acc_t* col_grad, const acc_t* col_lse, const acc_t* col_inverse_count) {
+#pragma omp simd
+  for (int64_t c = 0; c < cols; ++c) {
+    const acc_t value = row[c];
+    // Bitwise & and |: short-circuit operators would be branches, which keep the loop scalar.
+    bool same = false;
+    if constexpr (kLabelled) same = labels[c] == label;
+    const bool positive = (c == target) | (same & same_is_positive);
+    acc_t g = 0;
+    if constexpr (kRows) {
+      g += row_grad * (vectorizable_exp(value - row_lse) - (positive ? row_inverse_count : acc_t(0)));
+    }
+    if constexpr (kCols) {
+      g += col_grad[c] * (vectorizable_exp(value - col_lse[c]) - (positive ? col_inverse_count[c] : acc_t(0)));
+    }
+    row[c] = (same & !positive) ? acc_t(0) : g;
+  }
+}
+
 template <typename acc_t, bool kRows, bool kCols>
 void logits_to_gradient(const Problem<acc_t>& p, acc_t* logits, int64_t a0, int64_t rows, int64_t b0, int64_t cols,
                         const DirectionGradient<acc_t>& by_row, const DirectionGradient<acc_t>& by_col) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   const acc_t* col_grad = kCols ? by_col.grad + b0 : nullptr;
   const acc_t* col_lse = kCols ? by_col.lse + b0 : nullptr;
-  const acc_t* col_per_positive = kCols ? by_col.grad_per_positive + b0 : nullptr;
+  const acc_t* col_inverse_count = kCols ? by_col.inverse_count + b0 : nullptr;
+  const bool same_is_positive = p.mode == SameIdentity::kPositive;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = a0 + r;
-    acc_t* row = logits + r * cols;
+    const int64_t target = i + p.offset - b0;
     const acc_t row_grad = kRows ? by_row.grad[i] : acc_t(0);
     const acc_t row_lse = kRows ? by_row.lse[i] : acc_t(0);
-    const acc_t row_per_positive = kRows ? by_row.grad_per_positive[i] : acc_t(0);
-#pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) {
-      const acc_t value = row[c];
-      acc_t g = 0;
-      if constexpr (kRows) g += row_grad * vectorizable_exp(value - row_lse);
-      if constexpr (kCols) g += col_grad[c] * vectorizable_exp(value - col_lse[c]);
-      row[c] = value == kNegInf ? acc_t(0) : g;
-    }
-    const int64_t target = i + p.offset - b0;
-    const bool has_target = target >= 0 && target < cols;
-    const acc_t target_softmax_part = has_target ? row[target] : acc_t(0);
-    if (p.labels_a != nullptr && (p.mode == SameIdentity::kZero || p.mode == SameIdentity::kPositive)) {
-      const int64_t label = p.labels_a[i];
-      const int64_t* labels = p.labels_b + b0;
-      if (p.mode == SameIdentity::kZero) {
-#pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) row[c] = labels[c] == label ? acc_t(0) : row[c];
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-          const acc_t per_positive = row_per_positive + (kCols ? col_per_positive[c] : acc_t(0));
-          row[c] -= labels[c] == label ? per_positive : acc_t(0);
-        }
-      }
-    }
-    if (has_target) {
-      row[target] = target_softmax_part - row_per_positive - (kCols ? col_per_positive[target] : acc_t(0));
+    const acc_t row_inverse_count = kRows ? by_row.inverse_count[i] : acc_t(0);
+    if (p.labels_a != nullptr) {
+      gradient_row<acc_t, kRows, kCols, true>(logits + r * cols, cols, target, p.labels_b + b0, p.labels_a[i],
+                                              same_is_positive, row_grad, row_lse, row_inverse_count, col_grad,
+                                              col_lse, col_inverse_count);
+    } else {
+      gradient_row<acc_t, kRows, kCols, false>(logits + r * cols, cols, target, nullptr, 0, same_is_positive,
+                                               row_grad, row_lse, row_inverse_count, col_grad, col_lse,
+                                               col_inverse_count);
     }
   }
 }
@@ -354,7 +371,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_forward_cpu(
           }
           if (columns) {
             add_columns(logits, num_rows, num_cols, by_col.top.data() + b0, by_col.sum.data() + b0,
-                        scratch.column_top.data());
+                        scratch.column_top.data(), scratch.column_sum.data());
           }
           add_positives(p, logits, a0, num_rows, b0, num_cols, rows ? by_row.positive.data() : nullptr,
                         columns ? by_col.positive.data() : nullptr);
@@ -408,11 +425,11 @@ std::tuple<Tensor, Tensor> contrastive_backward_cpu(
                   " entries, got ", grad.numel(), " and ", lse.numel());
       const Tensor g = grad.to(inputs.x.scalar_type()).contiguous();
       const Tensor l = lse.to(inputs.x.scalar_type()).contiguous();
-      const Tensor per_positive = g / inputs.counts(of_rows, offset);
-      owners.insert(owners.end(), {g, l, per_positive});
+      const Tensor inverse_count = inputs.counts(of_rows, offset).reciprocal();
+      owners.insert(owners.end(), {g, l, inverse_count});
       result.grad = g.data_ptr<scalar_t>();
       result.lse = l.data_ptr<scalar_t>();
-      result.grad_per_positive = per_positive.data_ptr<scalar_t>();
+      result.inverse_count = inverse_count.data_ptr<scalar_t>();
       return result;
     };
     const auto by_row = direction(rows, grad_row_loss, row_lse, na, /*of_rows=*/true, "row");

@@ -1,6 +1,10 @@
 """The fused contrastive op against full-matrix PyTorch, in every mode and direction."""
 
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,8 +96,10 @@ def test_many_groups_with_unequal_sides_match_reference(mode, direction, offset,
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_results_do_not_depend_on_the_thread_count(dtype):
-    x, y, labels, _ = make_batch(640, 640, 32, dtype, identities=50)
+def test_results_do_not_depend_on_the_thread_count(dtype, embedding_size=32):
+    # The tile schedule follows N and M only. The BLAS behind the tile products may round
+    # differently with its thread setting (MKL does at large D), which the next test pins.
+    x, y, labels, _ = make_batch(640, 640, embedding_size, dtype, identities=50)
     threads = torch.get_num_threads()
 
     def run(num_threads):
@@ -106,6 +112,18 @@ def test_results_do_not_depend_on_the_thread_count(dtype):
 
     for one_thread, three_threads in zip(run(1), run(3)):
         assert torch.equal(one_thread, three_threads)
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL's reproducibility switch only")
+def test_thread_count_independence_at_large_d_with_reproducible_mkl():
+    # MKL's sgemm rounds differently under 1 and 3 threads at D=1024 (seen on a 2-core Xeon); with
+    # MKL_CBWR=COMPATIBLE, read when MKL starts, so in a child process, only the schedule is left.
+    code = ("import sys; sys.path.insert(0, {tests!r}); import torch; "
+            "from test_contrastive import test_results_do_not_depend_on_the_thread_count as check; "
+            "check(torch.float32, embedding_size=1024)").format(tests=str(Path(__file__).parent))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MKL_CBWR": "COMPATIBLE"})
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -182,6 +200,56 @@ def test_nan_propagates_to_its_rows():
     x[3, 0] = float("nan")
     rows, columns = contrastive_cross_entropy(x, y.detach(), normalize=False)
     assert rows[3].isnan() and not rows[[0, 1, 2, 4]].isnan().any() and columns.isnan().all()
+
+
+def test_overflowing_logit_is_not_taken_for_an_excluded_one():
+    # Row 1's target logit overflows to -inf and every other entry is excluded (one identity), so
+    # its loss and gradient are NaN in the reference. A kernel that took every -inf for an excluded
+    # entry gave the row a finite gradient.
+    x = torch.tensor([[0.3, -1.0, 0.5], [2e37, -3e37, 1e37], [-0.2, 0.4, 1.0], [1.0, 0.1, -0.7]])
+    y = torch.tensor([[0.9, 0.2, -0.3], [-3.0, 4.0, -2.0], [0.5, -0.5, 0.8], [-0.6, 0.3, 0.2]])
+    labels = torch.zeros(4, dtype=torch.int64)
+    grads = []
+    for backend in ("cpu", "reference"):
+        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+        losses = contrastive_cross_entropy(xx, yy, 10.0, row_labels=labels, same_identity="exclude",
+                                           normalize=False, backend=backend)
+        assert losses[0][1].isnan()
+        grads.append(torch.autograd.grad(weighted(losses), (xx, yy)))
+    (got_x, got_y), (expected_x, expected_y) = grads
+    assert expected_x[1].isnan().all()
+    torch.testing.assert_close(got_x, expected_x, equal_nan=True)
+    torch.testing.assert_close(got_y, expected_y, equal_nan=True)
+
+
+def test_saturated_targets_get_the_reference_zero_gradient():
+    # Orthonormal rows at scale 1e4: every softmax is exactly one-hot, so every gradient is 0.
+    # Summing both directions' softmax parts first and subtracting the positive shares after left
+    # (g_row + g_col) - g_row - g_col, about scale * float epsilon (1e-3 here).
+    x = torch.eye(8, 16, requires_grad=True)
+    y = torch.eye(8, 16, requires_grad=True)
+    losses = contrastive_cross_entropy(x, y, 1e4, normalize=False)
+    for grad in torch.autograd.grad(weighted(losses), (x, y)):
+        torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-30)
+
+
+def test_float32_gradients_are_as_accurate_as_the_reference_at_4100_rows():
+    # Each column's sum of exps used to be one chain of N additions, so the column direction lost
+    # accuracy like sqrt(N): about 6x the fp32 reference's gradient error at N = 4100.
+    x, y, _, _ = make_batch(4100, 4100, 33, torch.float64, seed=3)
+    weights = torch.randn(2, 4100, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def gradients(a, b, backend):
+        rows, columns = contrastive_cross_entropy(a, b, 30.0, 0.2, backend=backend)
+        functional = (rows * weights[0].to(rows.dtype)).sum() + (columns * weights[1].to(rows.dtype)).sum()
+        return torch.autograd.grad(functional, (a, b))
+
+    exact = gradients(x, y, "reference")
+    x32, y32 = x.detach().float().requires_grad_(), y.detach().float().requires_grad_()
+    errors = {backend: max((got.double() - want).abs().max().item()
+                           for got, want in zip(gradients(x32, y32, backend), exact))
+              for backend in ("cpu", "reference")}
+    assert errors["cpu"] < 2 * errors["reference"], errors
 
 
 def test_noncontiguous_inputs():
