@@ -189,26 +189,24 @@ void add_positives(const Problem<acc_t>& p, const acc_t* logits, int64_t a0, int
   for (int64_t r = 0; r < rows; ++r) {
     const acc_t* row = logits + r * cols;
     const int64_t target = a0 + r + p.offset - b0;
-    bool target_counted = false;
-    if (by_label) {
-      const int64_t label = p.labels_a[a0 + r];
-      const int64_t* labels = p.labels_b + b0;
-      if (row_positive != nullptr) {
-        acc_t total = 0;
-#pragma omp simd reduction(+ : total)
-        for (int64_t c = 0; c < cols; ++c) total += labels[c] == label ? row[c] : acc_t(0);
-        row_positive[a0 + r] += total;
-      }
-      if (col_positive != nullptr) {
-        acc_t* column = col_positive + b0;
-#pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) column[c] += labels[c] == label ? row[c] : acc_t(0);
-      }
-      target_counted = target >= 0 && target < cols && labels[target] == label;
-    }
-    if (target >= 0 && target < cols && !target_counted) {
+    if (!by_label) {
+      if (target < 0 || target >= cols) continue;
       if (row_positive != nullptr) row_positive[a0 + r] += row[target];
       if (col_positive != nullptr) col_positive[b0 + target] += row[target];
+      continue;
+    }
+    const int64_t label = p.labels_a[a0 + r];
+    const int64_t* labels = p.labels_b + b0;
+    if (row_positive != nullptr) {
+      acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+      for (int64_t c = 0; c < cols; ++c) total += ((c == target) | (labels[c] == label)) ? row[c] : acc_t(0);
+      row_positive[a0 + r] += total;
+    }
+    if (col_positive != nullptr) {
+      acc_t* column = col_positive + b0;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) column[c] += ((c == target) | (labels[c] == label)) ? row[c] : acc_t(0);
     }
   }
 }
