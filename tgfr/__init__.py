@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("ops", "reference", "losses", "models", "data", "metrics", "train", "evaluate")
+_SUBMODULES = ("ops", "reference", "losses", "models", "data", "metrics", "train", "evaluation")
 
 
 def __getattr__(name: str) -> Any:

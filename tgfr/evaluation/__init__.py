@@ -1,5 +1,16 @@
-"""Evaluation of text-guided face recognition: embeddings, protocols, plots and the report."""
+"""Evaluation of text-guided face recognition: embeddings, protocols, plots and the report.
 
-from tgfr.evaluation.run import evaluate
+`evaluate` loads lazily (like the `tgfr` package), so the command line parses its options
+without importing the models, torch or transformers.
+"""
+
+import importlib
+from typing import Any
 
 __all__ = ["evaluate"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "evaluate":
+        return importlib.import_module("tgfr.evaluation.run").evaluate
+    raise AttributeError(f"module 'tgfr.evaluation' has no attribute {name!r}")

@@ -4,7 +4,6 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from tgfr.evaluation.run import evaluate
 from tgfr.train.config import config_from_dict, parse_override
 
 
@@ -30,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from tgfr.evaluation.run import evaluate  # torch and the models: loaded once a command runs, not for --help
+
     path = args.run / "config.toml"
     if not path.is_file():
         raise SystemExit(f"--run: {path} does not exist (not a folder written by `tgfr train`)")

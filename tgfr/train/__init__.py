@@ -1,7 +1,19 @@
 """Training of text-guided face recognition: configuration, stages (fr, align, fuse), loop,
-checkpoints and the `tgfr train` command."""
+checkpoints and the `tgfr train` command.
 
-from tgfr.train.config import TrainConfig, load_config, to_toml
-from tgfr.train.run import train
+Names load lazily (like the `tgfr` package), so the command line parses its options, and
+`tgfr.train.config` checks a config, without importing the models, torch or transformers.
+"""
 
-__all__ = ["TrainConfig", "load_config", "to_toml", "train"]
+import importlib
+from typing import Any
+
+_EXPORTS = {"TrainConfig": "config", "load_config": "config", "to_toml": "config", "train": "run"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"tgfr.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'tgfr.train' has no attribute {name!r}")

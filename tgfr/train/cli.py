@@ -6,7 +6,6 @@ import tomllib
 from pathlib import Path
 
 from tgfr.train.config import TrainConfig, config_from_dict, load_config, preset_names, to_toml
-from tgfr.train.run import train
 
 
 def _steps(text: str) -> int:
@@ -59,6 +58,8 @@ def _run_config(out: Path) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from tgfr.train.run import train  # torch and the models: loaded once a command runs, not for --help
+
     if args.resume and args.overrides:
         raise SystemExit("tgfr train: error: --resume uses the run's config.toml; --set cannot change a run midway")
     try:

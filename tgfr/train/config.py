@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.degrade import parse_recipe
-from tgfr.losses.identity_heads import MAX_MARGIN
-from tgfr.models import IRESNET_LAYERS
-from tgfr.models.fcfm import FUSIONS
 from tgfr.validation import check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
@@ -184,6 +181,12 @@ class TrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
+        # Imported here, not with the module: they load torch and transformers (seconds), which
+        # `tgfr --help` and a usage error should not wait for.
+        from tgfr.losses.identity_heads import MAX_MARGIN
+        from tgfr.models import IRESNET_LAYERS
+        from tgfr.models.fcfm import FUSIONS
+
         # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
         # --print-config and the start of training with its key, not a later stage after hours of training.
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
