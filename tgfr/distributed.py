@@ -6,7 +6,8 @@ column i + rank_offset) and returns the mean over its rows. The mean of the rank
 single-process loss on the concatenated batch; the backward of `gather_with_grad` sums the
 gradients of all ranks, so each rank's features get world_size times the gradient of that mean,
 and DDP's averaging of parameter gradients brings it back to the single-process gradient.
-Every rank must hold the same number of rows.
+Every rank must hold a tensor of the same shape (checked: a ValueError on every rank, where the
+collective would abort the process or hang).
 """
 
 from typing import Any
@@ -20,13 +21,32 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+_MAX_GATHER_DIMS = 8
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """(n, ...) on each rank -> (world_size * n, ...) in rank order, after checking that every
+    rank holds the same shape (all_gather needs it, and fails without a Python error otherwise)."""
+    if tensor.dim() > _MAX_GATHER_DIMS:
+        raise ValueError(f"can gather tensors of at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
+    padding = [0] * (_MAX_GATHER_DIMS - tensor.dim())
+    shape = torch.tensor([tensor.dim(), *tensor.shape, *padding], dtype=torch.int64, device=tensor.device)
+    shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, shape)
+    if any(not torch.equal(other, shapes[0]) for other in shapes):
+        described = [tuple(other[1:1 + int(other[0])].tolist()) for other in shapes]
+        raise ValueError(f"every rank must gather a tensor of the same shape (the same number of rows per "
+                         f"rank), got shapes {described} on ranks 0..{len(shapes) - 1}")
+    parts = [torch.empty_like(tensor) for _ in shapes]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         ctx.rows = tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        return _all_gather(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -56,9 +76,7 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     """All-gather without gradient (labels, lengths): (n, ...) -> (world_size * n, ...)."""
     if not is_distributed():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    return _all_gather(tensor)
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

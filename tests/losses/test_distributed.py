@@ -81,6 +81,14 @@ def worker(rank, port):
         lengths = torch.tensor([4, 1, 3, 2, 4, 4, 2, 3])
         check_local_form(rank, lambda **kw: WordRegionContrastiveLoss(**kw), [words, lengths, regions, labels[:8]],
                          [0, 2])
+        # Unequal shares: all_gather itself would abort the process (gloo) or hang (nccl).
+        rows = 3 + rank
+        try:
+            CaptionImageContrastiveLoss(gather_ranks=True)(a[:rows], b[:rows])
+        except ValueError as error:
+            assert "got shapes [(3, 6), (4, 6)] on ranks 0..1" in str(error), error
+        else:
+            raise AssertionError("unequal shares were not refused")
     finally:
         dist.destroy_process_group()
 

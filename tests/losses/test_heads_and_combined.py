@@ -13,11 +13,14 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def head_logits_by_angle(head, embeddings, labels, arc):
-    """cos(theta + m) via arccos (ArcFace) or cos(theta) - m (CosFace), as arcface_torch writes them."""
+    """cos(theta + m) via arccos (ArcFace; past theta = pi - m arcface_torch's linear continuation
+    cos(theta) - m sin(pi - m)) or cos(theta) - m (CosFace), as arcface_torch writes them."""
     cosine = (F.normalize(embeddings, dim=1) @ F.normalize(head.weight, dim=1).T).clamp(-1, 1)
     one_hot = F.one_hot(labels, cosine.shape[1]).bool()
     if arc:
-        target = torch.cos(torch.arccos(cosine) + head.margin)
+        theta = torch.arccos(cosine)
+        target = torch.where(theta < math.pi - head.margin, torch.cos(theta + head.margin),
+                             cosine - head.margin * math.sin(math.pi - head.margin))
     else:
         target = cosine - head.margin
     return head.scale * torch.where(one_hot, target, cosine)
@@ -37,6 +40,36 @@ def test_margin_heads(head_class, arc, focal):
     for g, e in zip(torch.autograd.grad(got, (embeddings, head.weight)),
                     torch.autograd.grad(expected, (embeddings, head.weight))):
         torch.testing.assert_close(g, e, **TOL)
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.2])
+def test_arcface_loss_grows_as_a_sample_turns_away_from_its_class(margin):
+    """cos(theta + m) alone rises again past theta = pi - m, so a sample far from its class would be
+    pushed further away; arcface_torch's continuation keeps the loss increasing over [0, pi]."""
+    # The other class is orthogonal to the plane the sample turns in, so only the target logit moves.
+    head = ArcFaceHead(3, 2, scale=4.0, margin=margin).double()
+    head.weight.data = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    angles = torch.linspace(0.0, math.pi, 721, dtype=torch.float64)
+    embeddings = torch.stack([torch.cos(angles), torch.sin(angles), torch.zeros_like(angles)], dim=1)
+    labels = torch.zeros(len(angles), dtype=torch.long)
+    losses = torch.stack([head(sample[None], label[None]) for sample, label in zip(embeddings, labels)])
+    assert (losses.diff() > 0).all()
+    # Both sides of pi - m agree with the formula written above, so the switch sits where it should.
+    expected = F.cross_entropy(head_logits_by_angle(head, embeddings, labels, True), labels, reduction="none")
+    torch.testing.assert_close(losses, expected, **TOL)  # TOL: sin(0) is clamped at 1e-6 for finite gradients
+
+
+@pytest.mark.parametrize("head_class", [ArcFaceHead, CosFaceHead])
+def test_heads_compute_logits_in_float32_under_bf16_autocast(head_class):
+    """Under autocast the head's matmul would give bf16 cosines (off by up to 2^-9, 0.125 at scale 64)."""
+    torch.manual_seed(0)
+    head = head_class(64, 100)
+    embeddings, labels = torch.randn(32, 64), torch.randint(0, 100, (32,))
+    expected = head.logits(embeddings, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head.logits(embeddings, labels)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_head_rejects_wrong_embedding_size():
@@ -85,6 +118,8 @@ def test_heads_take_embeddings_of_another_float_dtype(head_class, arc, dtype):
 
 def test_association_loss_names_its_arguments():
     loss = DualGranularityAssociationLoss(8, 4)
+    with pytest.raises(TypeError, match="image must have dtype in"):
+        loss(torch.ones(3, 8, dtype=torch.long), torch.randn(3, 8))
     with pytest.raises(ValueError, match="image must not be empty"):
         loss(torch.randn(0, 8), torch.randn(0, 8))
     with pytest.raises(TypeError, match=r"caption must have the dtype of image \(torch.float32\)"):
@@ -172,3 +207,14 @@ def test_multi_granularity_weights_and_components():
                         rel_tol=1e-9)
     with pytest.raises(ValueError, match="fused"):
         MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels)
+
+
+@pytest.mark.parametrize("name", ["sentence", "image", "fused"])
+def test_multi_granularity_refuses_parts_of_another_batch(name):
+    """Each term checks only its own inputs: sentences of 3 captions against words of 4 would add a
+    WRCL over 4 pairs to a CICL over 3 without an error."""
+    inputs = dict(words=torch.randn(4, 3, 8), lengths=torch.tensor([3, 2, 1, 3]), regions=torch.randn(4, 5, 8),
+                  sentence=torch.randn(4, 6), image=torch.randn(4, 6), labels=torch.arange(4), fused=torch.randn(4, 16))
+    inputs[name] = inputs[name][:3]
+    with pytest.raises(ValueError, match=rf"{name} must have size 4 \(one row per caption of words\)"):
+        MultiGranularityLoss(ArcFaceHead(16, 4))(**inputs)

@@ -151,6 +151,14 @@ def test_coreface_names_mismatched_views():
         CoReFaceLoss()(view[:0], view[:0], labels[:0])
     with pytest.raises(ValueError, match="view2 must have 2 dimensions"):
         CoReFaceLoss()(view, view[0], labels)
+    with pytest.raises(TypeError, match=r"view2 must have the dtype of view1 \(torch.float32\)"):
+        CoReFaceLoss()(view, view.double(), labels)
+    with pytest.raises(TypeError, match="view1 must have dtype in"):
+        CoReFaceLoss()(view.long(), view.long(), labels)
+    with pytest.raises(ValueError, match="view1 must not be empty along dimension 1"):
+        CoReFaceLoss()(view[:, :0], view[:, :0], labels)
+    with pytest.raises(ValueError, match="labels must be given"):
+        CoReFaceLoss()(view, view, None)
 
 
 def test_coreface_eval_keeps_the_margin():

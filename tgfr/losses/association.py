@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
-from tgfr.losses.pairwise import symmetric_contrastive_loss
-from tgfr.validation import check_positive, check_size, check_tensor
+from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
+from tgfr.validation import check_positive, check_size
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -95,10 +95,8 @@ class DualGranularityAssociationLoss(nn.Module):
 
     def forward(self, image: torch.Tensor, caption: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """image, caption (N, D) matched pairs -> (scalar loss, stats)."""
-        check_tensor("image", image, ndim=2)
-        check_tensor("caption", caption, ndim=2)
+        check_pairs(image, caption, None, ("image", "caption"))
         check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
-        check_size("caption", caption, 0, image.shape[0], "one caption per image")
         gathering = self.gather_ranks and is_distributed()
         assignment, confidence = self.assign(image)
         # An unconfident image's own pseudo-identity: unique over the images of all ranks.

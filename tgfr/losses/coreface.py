@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
+from tgfr.losses.pairwise import check_pairs
 from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
-from tgfr.validation import check_nonempty, check_positive, check_size, check_tensor
+from tgfr.validation import check_positive
 
 
 class CoReFaceLoss(nn.Module):
@@ -51,13 +52,9 @@ class CoReFaceLoss(nn.Module):
 
         In eval mode the running margin is used as it is, not updated."""
         # Checked before the row-wise product below, which would broadcast mismatched views silently.
-        check_tensor("view1", view1, ndim=2)
-        check_tensor("view2", view2, ndim=2)
-        check_nonempty("view1", view1)
-        check_size("view2", view2, 0, view1.shape[0], "one row per row of view1")
-        check_size("view2", view2, 1, view1.shape[1], "the embedding size of view1")
-        check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
-        check_size("labels", labels, 0, view1.shape[0], "one label per row of view1")
+        if labels is None:
+            raise ValueError("labels must be given: CoReFace zeroes the off-diagonal entries of one identity")
+        check_pairs(view1, view2, labels, ("view1", "view2"))
         columns, offset, column_labels = view2, 0, labels
         if self.gather_ranks and is_distributed():
             columns, offset = gather_with_grad(view2)

@@ -3,7 +3,10 @@ normalized linear layer followed by CombinedMarginLoss, with TGFR's optional foc
 
 logits[i, k] = scale * cos(theta_ik), theta_ik the angle between embedding i and class centre k;
 the target class k = labels[i] gets cos(theta + margin) (ArcFace) or cos(theta) - margin
-(CosFace). focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
+(CosFace). Past theta = pi - margin, where cos(theta + margin) would rise again as the sample moves
+away from its class, ArcFace continues linearly with cos(theta) - margin * sin(pi - margin), as
+arcface_torch does. The cosines, margins and scale are computed in float32 (float64 for float64
+input) even under autocast: a bf16 cosine is off by up to 2^-9, 0.125 at scale 64. focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
 (TGFR's FocalLoss with gamma 2).
 """
 
@@ -50,9 +53,10 @@ class _MarginSoftmaxHead(nn.Module):
             raise ValueError(f"labels must lie in [0, num_classes={self.weight.shape[0]}), "
                              f"got values in [{low}, {high}]")
         # Embeddings in another float dtype than the head (bf16 features, fp32 head outside autocast) are
-        # compared in the wider of the two dtypes rather than failing in the matmul.
-        dtype = torch.promote_types(embeddings.dtype, self.weight.dtype)
-        cosine = F.normalize(embeddings.to(dtype), dim=1) @ F.normalize(self.weight.to(dtype), dim=1).T
+        # compared in the widest of the two dtypes and float32 rather than failing in the matmul.
+        dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            cosine = F.normalize(embeddings.to(dtype), dim=1) @ F.normalize(self.weight.to(dtype), dim=1).T
         cosine = cosine.clamp(-1.0, 1.0)
         rows = torch.arange(cosine.shape[0], device=cosine.device)
         target = self.target_cosine(cosine[rows, labels])
@@ -75,7 +79,9 @@ class ArcFaceHead(_MarginSoftmaxHead):
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
         # cos(theta + m) expanded, so the gradient stays finite where arccos' would not.
         sine = (1.0 - cosine * cosine).clamp_min(1e-12).sqrt()
-        return cosine * math.cos(self.margin) - sine * math.sin(self.margin)
+        shifted = cosine * math.cos(self.margin) - sine * math.sin(self.margin)
+        linear = cosine - self.margin * math.sin(math.pi - self.margin)
+        return torch.where(cosine > math.cos(math.pi - self.margin), shifted, linear)
 
 
 class CosFaceHead(_MarginSoftmaxHead):

@@ -6,6 +6,7 @@ from torch import nn
 
 from tgfr.losses.caption_image import CaptionImageContrastiveLoss
 from tgfr.losses.word_region import WordRegionContrastiveLoss
+from tgfr.validation import check_size, check_tensor
 
 
 class MultiGranularityLoss(nn.Module):
@@ -37,6 +38,12 @@ class MultiGranularityLoss(nn.Module):
                 fused: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """words (N, T, Dw), lengths (N,), regions (N, R, Dw), sentence (N, Ds), image (N, Ds),
         labels (N,) identities (needed by the identity term), fused (N, E) embeddings for it."""
+        # Each term checks its own inputs; this makes them describe one batch.
+        check_tensor("words", words, ndim=3)
+        for name, tensor in (("sentence", sentence), ("image", image), ("fused", fused)):
+            if tensor is not None:
+                check_tensor(name, tensor, ndim=2)
+                check_size(name, tensor, 0, words.shape[0], "one row per caption of words")
         components = {
             "wrcl": self.word_region(words, lengths, regions, labels),
             "cicl": self.caption_image(sentence, image, labels),

@@ -8,7 +8,7 @@ from tgfr.ops.contrastive import FLOAT_DTYPES, LABEL_DTYPES, contrastive_loss
 from tgfr.validation import check_nonempty, check_size, check_tensor
 
 
-def _check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, names: tuple[str, str]) -> None:
+def check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, names: tuple[str, str]) -> None:
     """Bad input named as the calling loss names it: the fused op only knows x and y, and would
     report a batch mismatch as an out-of-range target offset."""
     x_name, y_name = names
@@ -41,7 +41,7 @@ def symmetric_contrastive_loss(
     in the messages about bad input. With gather_ranks inside a process group, this rank's rows
     go against the columns of all ranks (local form).
     """
-    _check_pairs(x, y, labels, names)
+    check_pairs(x, y, labels, names)
     if not (gather_ranks and is_distributed()):
         return contrastive_loss(x, y, scale, row_labels=labels, same_identity=same_identity, backend=backend)
     all_x, offset = gather_with_grad(x)
