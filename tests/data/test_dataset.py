@@ -177,12 +177,34 @@ def test_sampler_pads_small_identities_and_validates():
         IdentityBalancedBatchSampler(labels, 2, 0)
 
 
-def test_sampler_replicas_partition_the_plan():
+def test_sampler_replicas_share_each_batch():
+    """Under torchrun the replicas' batches of one step together are the single process's batch, so
+    a global batch has P distinct identities (not P / W per replica, overlapping between them)."""
     labels = [i // 4 for i in range(80)]
-    whole = list(IdentityBalancedBatchSampler(labels, 4, 2, seed=3))
-    parts = [list(IdentityBalancedBatchSampler(labels, 4, 2, seed=3, num_replicas=3, rank=r)) for r in range(3)]
-    assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(whole) // 3
-    assert [b for i in range(len(parts[0])) for b in (parts[0][i], parts[1][i], parts[2][i])] == \
-        whole[:3 * len(parts[0])]
+    whole = list(IdentityBalancedBatchSampler(labels, 6, 2, seed=3))
+    parts = [list(IdentityBalancedBatchSampler(labels, 6, 2, seed=3, num_replicas=3, rank=r)) for r in range(3)]
+    assert all(len(part) == len(whole) for part in parts)
+    for step, batch in enumerate(whole):
+        assert [index for part in parts for index in part[step]] == batch
+        assert all(len({labels[i] for i in part[step]}) == 2 for part in parts)
     with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
-        IdentityBalancedBatchSampler(labels, 4, 2, num_replicas=3, rank=3)
+        IdentityBalancedBatchSampler(labels, 6, 2, num_replicas=3, rank=3)
+    with pytest.raises(ValueError, match="identities_per_batch=4 must be divisible by num_replicas=3"):
+        IdentityBalancedBatchSampler(labels, 4, 2, num_replicas=3, rank=0)
+
+
+@pytest.mark.parametrize("identities, images, p, k", [(20, 8, 10, 4), (32, 20, 16, 4), (12, 40, 10, 4),
+                                                      (7, 6, 3, 2)])
+def test_sampler_makes_as_many_batches_as_any_packing(identities, images, p, k):
+    """b batches of P distinct identities need P * b <= sum over identities of min(groups, b); the
+    largest such b is the most any packing makes. A random first-fit packing missed it by a batch
+    or more for these sizes."""
+    labels = [i // images for i in range(identities * images)]
+    groups = images // k
+    best = max(b for b in range(identities * groups + 1) if p * b <= identities * min(groups, b))
+    for seed in range(8):
+        batches = list(IdentityBalancedBatchSampler(labels, p, k, seed=seed))
+        assert len(batches) == best
+        used = [i for batch in batches for i in batch]
+        assert len(used) == len(set(used))
+        assert all(set(Counter(labels[i] for i in batch).values()) == {k} and len(batch) == p * k for batch in batches)

@@ -11,11 +11,15 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
     """Yields batches of P distinct identities with K images each (batch size P*K).
 
     Each epoch, every identity's images are shuffled and cut into groups of K (an identity with
-    fewer than K images fills its single group by drawing again from its own images); groups are
-    shuffled and packed P per batch so that no identity appears twice in a batch. Groups that do
-    not fill a last batch are dropped. The order depends only on (seed, epoch): call
-    `set_epoch` each epoch, as with DistributedSampler. With num_replicas > 1, replica `rank`
-    gets every num_replicas-th batch of the common plan (all replicas get equally many).
+    fewer than K images fills its single group by drawing again from its own images). Each batch
+    takes a group from each of the P identities with the most groups left (random among ties),
+    which makes as many batches as any packing can; the groups left when fewer than P identities
+    have any are dropped. Batches are then shuffled. The order depends only on (seed, epoch):
+    call `set_epoch` each epoch, as with DistributedSampler.
+
+    With num_replicas > 1, identities_per_batch is the global P (divisible by num_replicas), and
+    replica `rank` gets its share of P / num_replicas identities of each batch of the common plan:
+    the replicas' batches of one step together are the batch a single process gets.
     """
 
     def __init__(self, labels: Sequence[int] | torch.Tensor, identities_per_batch: int,
@@ -32,6 +36,9 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         if not isinstance(rank, int) or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
         self.num_replicas, self.rank = num_replicas, rank
+        if identities_per_batch % num_replicas:
+            raise ValueError(f"identities_per_batch={identities_per_batch} must be divisible by num_replicas="
+                             f"{num_replicas} (each replica takes an equal share of every batch's identities)")
         if len(self.indices_of) < identities_per_batch:
             raise ValueError(f"identities_per_batch={identities_per_batch} exceeds the {len(self.indices_of)} "
                              "identities in labels")
@@ -45,29 +52,29 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         if self._plan is not None and self._plan[0] == self.epoch:
             return self._plan[1]
         rng = np.random.default_rng((self.seed, self.epoch))
-        groups: list[tuple[int, list[int]]] = []
-        for label in sorted(self.indices_of):
+        labels = sorted(self.indices_of)
+        groups: list[list[list[int]]] = []  # per label, its groups of K indices
+        for label in labels:
             indices = [self.indices_of[label][i] for i in rng.permutation(len(self.indices_of[label]))]
             if len(indices) < self.k:
                 extra = rng.choice(indices, size=self.k - len(indices), replace=True)
-                groups.append((label, indices + [int(i) for i in extra]))
+                groups.append([indices + [int(i) for i in extra]])
             else:
-                groups += [(label, indices[s:s + self.k]) for s in range(0, len(indices) - self.k + 1, self.k)]
-        order = rng.permutation(len(groups))
-        batches, open_batches = [], []  # open batches: (labels in batch, indices)
-        for group_index in order:
-            label, indices = groups[group_index]
-            target = next((b for b in open_batches if label not in b[0]), None)
-            if target is None:
-                target = (set(), [])
-                open_batches.append(target)
-            target[0].add(label)
-            target[1].extend(indices)
-            if len(target[0]) == self.p:
-                open_batches.remove(target)
-                batches.append(target[1])
-        per_replica = len(batches) // self.num_replicas
-        batches = batches[self.rank:per_replica * self.num_replicas:self.num_replicas]
+                groups.append([indices[s:s + self.k] for s in range(0, len(indices) - self.k + 1, self.k)])
+        left = np.array([len(label_groups) for label_groups in groups])
+        share = self.p // self.num_replicas
+        batches = []
+        # Taking the identities with the most groups left never strands groups that a batch could
+        # still use: a random first-fit packing drops whole batches when P is a large share of the
+        # identities (e.g. 3 of 4 possible batches of 10 among 20 identities).
+        while (left > 0).sum() >= self.p:
+            chosen = np.lexsort((rng.random(left.size), -left))[:self.p]
+            chosen = chosen[rng.permutation(self.p)]
+            left[chosen] -= 1
+            batch = [groups[label_index][left[label_index]] for label_index in chosen]
+            part = batch[self.rank * share:(self.rank + 1) * share]
+            batches.append([index for group in part for index in group])
+        batches = [batches[i] for i in rng.permutation(len(batches))]
         self._plan = (self.epoch, batches)
         return batches
 

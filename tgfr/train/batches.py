@@ -62,7 +62,7 @@ class StepBatches:
                                        config.train_degrade_p)
         self.dataset = FaceCaptionDataset(manifest, split=config.train_split, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed)
-        self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch // world_size,
+        self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch,
                                                     config.images_per_identity, seed=seed,
                                                     num_replicas=world_size, rank=rank)
         if len(self.sampler) == 0:
