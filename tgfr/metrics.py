@@ -150,9 +150,22 @@ def bootstrap_interval(replicates: np.ndarray) -> list[float] | None:
 
 
 def far_label(far: float) -> str:
-    """1e-3 -> "1e-3" (the keys of metrics.json)."""
-    mantissa, exponent = f"{far:.0e}".split("e")
+    """1e-3 -> "1e-3", 1.5e-3 -> "1.5e-3" (the keys of metrics.json): the shortest mantissa that
+    reads back as `far`, so that distinct targets never share a key."""
+    mantissa, exponent = np.format_float_scientific(far, unique=True, trim="-").split("e")
     return f"{mantissa}e{int(exponent)}"
+
+
+def _far_labels(far_targets: tuple[float, ...]) -> list[str]:
+    """far_label of each target; the targets must be FARs, in (0, 1], with distinct labels."""
+    outside = [far for far in far_targets if not 0 < far <= 1]  # NaN is outside too
+    if outside:
+        raise ValueError(f"far_targets must lie in (0, 1], got {outside} in {far_targets}")
+    labels = [far_label(far) for far in far_targets]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"far_targets must be distinct, got {far_targets} ({repeated} more than once)")
+    return labels
 
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np.ndarray, subjects_b: np.ndarray,
@@ -161,14 +174,16 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
     """AUC, EER, TAR at each FAR target, each with a 95% subject-bootstrap interval ("*_ci").
 
     scores, same (P,); subjects_a, subjects_b (P,) integer subject ids of each pair's two images
-    (equal exactly for the genuine pairs). A FAR target below 1 / (number of impostor pairs)
-    cannot be measured: its TAR is None and it is listed under "unresolved_far". An interval is
-    None when some replicate cannot measure its figure (see the module's docstring).
+    (equal exactly for the genuine pairs); far_targets: distinct FARs in (0, 1], keyed by far_label.
+    A FAR target below 1 / (number of impostor pairs) cannot be measured: its TAR is None and it is
+    listed under "unresolved_far". An interval is None when some replicate cannot measure its figure
+    (see the module's docstring).
     keep_replicates: also return "replicates", the figures' (resamples,) arrays nested like the
     figures ("auc", "eer", "tar_at_far" -> label; NaN where unmeasurable), for paired comparisons
     of methods scored on the same pairs with the same seed.
     """
     _check_count("resamples", resamples, 0)
+    labels = _far_labels(far_targets)
     scores, same = _check_scores(scores, same)
     subjects_a, subjects_b = _check_subjects(same, subjects_a, subjects_b)
     pairs = _SortedPairs(scores, same)
@@ -190,7 +205,6 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
             row[:] = figures(pairs.roc(genuine_weights, impostor_weights), impostor_weights.sum())
     # A target the point estimate cannot resolve gets no interval, whatever a replicate's weight.
     replicates[:, 2:][:, np.isnan(point[2:])] = np.nan
-    labels = [far_label(f) for f in far_targets]
     result = {"auc": float(point[0]), "eer": float(point[1]),
               "tar_at_far": {key: None if np.isnan(v) else float(v) for key, v in zip(labels, point[2:])},
               "genuine_pairs": int(genuine.size), "impostor_pairs": int(impostor_a.size), "subjects": int(ids.size),
@@ -252,6 +266,9 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     _check_count("max_rank", max_rank, 1)
     _check_count("resamples", resamples, 0)
     ranks = match_ranks(similarity, probe_labels, gallery_labels)
+    if not ranks.size:  # rank-1 and the CMC would be means of nothing (NaN, which JSON cannot hold)
+        raise ValueError(f"identification needs at least one probe, got probe_labels of size 0 and similarity "
+                         f"of shape {np.shape(similarity)}")
     cmc = cmc_curve(ranks, min(max_rank, np.unique(gallery_labels).size))
     result = {"rank1": float((ranks <= 1).mean()), "rank5": float((ranks <= 5).mean()), "cmc": cmc.tolist(),
               "probes": int(ranks.size), "gallery": int(len(gallery_labels))}

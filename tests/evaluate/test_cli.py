@@ -3,19 +3,31 @@
 import pytest
 import torch
 
+import tgfr.evaluation.run as run_module
 from tgfr.cli import main
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
 
 
-@pytest.fixture
-def run(tmp_path):
+def make_run(tmp_path, overrides=()):
     """A run folder that passes the --run checks; its manifest does not exist, so evaluating fails
     at once if settings are not checked first."""
-    config = load_config("quick", [f'data.manifest="{tmp_path / "absent.jsonl"}"'])
+    config = load_config("quick", [f'data.manifest="{tmp_path / "absent.jsonl"}"', *overrides])
     folder = tmp_path / "run"
     (folder / "model").mkdir(parents=True)
     (folder / "config.toml").write_text(to_toml(config), encoding="utf-8")
     return folder
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path)
+
+
+def evaluate_error(*arguments):
+    """The message with which `tgfr evaluate` stops."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", *arguments])
+    return str(exit_.value.code)
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -26,6 +38,8 @@ def run(tmp_path):
     ("evaluation.impostor_subjects=-2", "evaluation.impostor_subjects must be an integer >= 0, got -2"),
     ("evaluation.splits={}", "evaluation.splits must map report names to non-empty split names"),
     ("evaluation.max_rank=2.5", "evaluation.max_rank must be of type int"),
+    ('evaluation.splits={"a/b"="test"}', "evaluation.splits: report names name the report's files"),
+    ('evaluation.splits={""="test"}', "evaluation.splits: report names name the report's files"),
 ])
 def test_bad_settings_are_named(run, setting, message):
     with pytest.raises(SystemExit) as exit_:
@@ -62,3 +76,103 @@ def test_bad_data_is_a_clean_error(run):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--run", str(run)])
     assert "absent.jsonl does not exist" in str(exit_.value.code)
+
+
+def test_pairs_without_impostor_subjects_is_named(run):
+    message = evaluate_error("--run", str(run), "--set", "evaluation.protocol=pairs", "--set",
+                             "evaluation.impostor_subjects=0")
+    assert 'evaluation.impostor_subjects must be >= 1 with evaluation.protocol = "pairs", got 0' in message
+    assert not (run / "report").exists()
+
+
+@pytest.mark.parametrize("overrides, missing", [
+    (['stages=["fr"]'], "the TGFR embedding needs the align and fuse stages, missing ['align', 'fuse']"),
+    (['stages=["fr", "align"]'], "the TGFR embedding needs the align and fuse stages, missing ['fuse']"),
+    (['stages=["align", "fuse"]'], "the image-only baseline needs the fr stage or model.backbone_weights"),
+])
+def test_partly_trained_runs_are_refused(tmp_path, overrides, missing):
+    """A stage that did not run left its parts untrained: a report would compare untrained parts."""
+    run = make_run(tmp_path, overrides)
+    stages = load_config("quick", overrides).stages
+    message = evaluate_error("--run", str(run))
+    assert f"run {run} trained only the stages {stages}" in message and missing in message
+    assert not (run / "report").exists()
+
+
+def test_released_backbone_weights_stand_in_for_the_fr_stage(tmp_path):
+    # build_model loads model.backbone_weights whatever the stages: the baseline is a trained backbone.
+    run = make_run(tmp_path, ['stages=["align", "fuse"]', 'model.backbone_weights="backbone.safetensors"'])
+    assert "absent.jsonl does not exist" in evaluate_error("--run", str(run))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"fr": \n', "is not valid JSON: Expecting value: line 2 column 1"),
+    ("[1, 2]", "must be a JSON object (stage -> figures), got list"),
+    ('{"fr": 3}', "stage 'fr' must be a JSON object of figures, got 3"),
+    ('{"fr": {"steps_taken": 3, "global_batch": 64}}', "stage 'fr' needs seconds (int or float), got None"),
+    ('{"fr": {"steps_taken": 3, "seconds": "2", "global_batch": 64}}', "stage 'fr' needs seconds (int or float), "
+                                                                       "got '2'"),
+    ('{"fr": {"steps_taken": 3, "seconds": 2.0, "global_batch": 64, "seconds_per_step": null}}',
+     "stage 'fr' needs seconds_per_step (int or float), got None"),
+])
+def test_corrupt_training_summary_is_named_before_any_work(run, text, message):
+    (run / "train_summary.json").write_text(text, encoding="utf-8")
+    error = evaluate_error("--run", str(run))
+    assert f"training summary {run / 'train_summary.json'}" in error and message in error
+    assert not (run / "report").exists()
+
+
+def test_training_summary_as_training_writes_it_is_read(run):
+    """The summary of a stage that took no step has no seconds_per_step (tgfr.train.run)."""
+    (run / "train_summary.json").write_text('{"fr": {"steps_taken": 0, "seconds": 0.5, "global_batch": 64}}',
+                                            encoding="utf-8")
+    assert "absent.jsonl does not exist" in evaluate_error("--run", str(run))
+
+
+@pytest.mark.parametrize("content", [b"seed = [\n", b"seed = \xff\n"])
+def test_corrupt_config_is_named(run, content):
+    (run / "config.toml").write_bytes(content)
+    assert f"--run: {run / 'config.toml'} is not valid TOML: " in evaluate_error("--run", str(run))
+
+
+def test_config_errors_name_the_file(run):
+    path = run / "config.toml"
+    path.write_text(path.read_text(encoding="utf-8").replace("seed = 0", 'seed = "zero"'), encoding="utf-8")
+    assert f"{path}: seed must be of type int" in evaluate_error("--run", str(run))
+    assert f"{path} with --set: seed must be of type int" in evaluate_error("--run", str(run), "--set",
+                                                                            "evaluation.max_rank=3")
+
+
+def test_out_that_is_a_file_is_named(run):
+    out = run / "taken"
+    out.write_text("not a folder", encoding="utf-8")
+    assert f"report folder {out} is a file, not a folder" in evaluate_error("--run", str(run), "--out", str(out))
+
+
+def test_report_folder_waits_for_the_figures(run):
+    # The manifest is missing: evaluation stops before any figure, with no report folder made.
+    out = run / "deep" / "report"
+    assert "absent.jsonl does not exist" in evaluate_error("--run", str(run), "--out", str(out))
+    assert not (run / "deep").exists()
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_run_threads_hold_during_the_evaluation_only(run, monkeypatch, threads):
+    """config.threads fixes torch's CPU threads while evaluating, as in training, so that the figures
+    do not depend on the machine; the caller's count comes back afterwards."""
+    config = load_config("quick", [f'data.manifest="{run / "absent.jsonl"}"', f"threads={threads}"])
+    seen = []
+
+    def read_manifest(path):  # the first step of the work
+        seen.append(torch.get_num_threads())
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(run_module, "read_manifest", read_manifest)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="stop here"):
+            run_module.evaluate(run, config, device="cpu")
+        assert seen == [threads or 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(callers)

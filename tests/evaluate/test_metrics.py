@@ -179,3 +179,41 @@ def test_bad_inputs_are_named():
 
 def test_far_label():
     assert [far_label(f) for f in (1e-6, 1e-3, 1e-2)] == ["1e-6", "1e-3", "1e-2"]
+    assert [far_label(f) for f in (1.5e-3, 2.5e-3, 5e-4, 0.25, 1.0)] == ["1.5e-3", "2.5e-3", "5e-4", "2.5e-1", "1e0"]
+    for far in (1.5e-3, 2.5e-3, 3e-3, 1 / 3, 0.0123456789):
+        assert float(far_label(far)) == far  # a label names its target exactly
+
+
+def test_close_far_targets_keep_their_own_figures():
+    # 2.5e-3 and 3e-3 once shared the label "3e-3": one key, holding one of the two TARs.
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(40), 3)
+    rows, columns = np.triu_indices(subjects.size, k=1)
+    subjects_a, subjects_b = subjects[rows], subjects[columns]
+    same = (subjects_a == subjects_b).astype(np.int64)
+    scores = np.round(rng.normal(same * 2.0, 1.0), 2)
+    far_targets = (1.5e-3, 2.5e-3, 3e-3)
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
+                                  far_targets=far_targets, resamples=5)
+    assert list(result["tar_at_far"]) == list(result["tar_at_far_ci"]) == ["1.5e-3", "2.5e-3", "3e-3"]
+    for far in far_targets:
+        assert result["tar_at_far"][far_label(far)] == pytest.approx(brute_force_tar_at_far(scores, same, far))
+
+
+@pytest.mark.parametrize("far_targets, message", [
+    ((1e-3, 0.0), r"far_targets must lie in \(0, 1\], got \[0.0\]"),
+    ((-1e-3,), r"far_targets must lie in \(0, 1\], got \[-0.001\]"),
+    ((1e-2, 1.5), r"far_targets must lie in \(0, 1\], got \[1.5\]"),
+    ((float("nan"),), r"far_targets must lie in \(0, 1\], got \[nan\]"),
+    ((1e-3, 1e-2, 0.001), r"far_targets must be distinct, got .*\['1e-3'\] more than once"),
+])
+def test_bad_far_targets_are_named(far_targets, message):
+    with pytest.raises(ValueError, match=message):
+        verification_metrics(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0]), subjects_a=np.array([0, 0, 1, 0]),
+                             subjects_b=np.array([0, 0, 0, 1]), far_targets=far_targets, resamples=0)
+
+
+def test_identification_without_probes_is_an_error():
+    # rank-1 of no probe was NaN, which metrics.json cannot hold.
+    with pytest.raises(ValueError, match="identification needs at least one probe, got probe_labels of size 0"):
+        identification_metrics(np.zeros((0, 3)), np.array([], dtype=np.int64), np.array([0, 1, 2]), resamples=5)

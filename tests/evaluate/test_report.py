@@ -10,7 +10,7 @@ from tgfr.evaluation.report import MAIN_FAR, write_report
 from tgfr.metrics import identification_metrics, verification_metrics
 
 
-def figures(separation=1.0, subjects=50):
+def figures(separation=1.0, subjects=50, resamples=10):
     """(figures, replicates) of a method: `subjects` subjects with one genuine pair each and an
     impostor pair between every two of them (1225 for 50, enough to resolve FAR 1e-3)."""
     rng = np.random.default_rng(0)
@@ -18,11 +18,11 @@ def figures(separation=1.0, subjects=50):
     subjects_a, subjects_b = np.r_[np.arange(subjects), impostor_a], np.r_[np.arange(subjects), impostor_b]
     same = (subjects_a == subjects_b).astype(np.int64)
     result = verification_metrics(rng.normal(same * separation, 1.0), same, subjects_a=subjects_a,
-                                  subjects_b=subjects_b, resamples=10, keep_replicates=True)
+                                  subjects_b=subjects_b, resamples=resamples, keep_replicates=True)
     labels = np.arange(4)
     probes = np.r_[labels, labels]
     identification = identification_metrics(rng.normal(np.eye(4)[probes] * separation), probes, labels,
-                                            resamples=10, keep_replicates=True)
+                                            resamples=resamples, keep_replicates=True)
     replicates = result.pop("replicates") | identification.pop("replicates")
     return result | identification, replicates
 
@@ -64,3 +64,20 @@ def test_summary_keeps_the_rank1_comparison_when_the_far_is_unresolved(tmp_path)
     assert (f"- clean: TAR@FAR={MAIN_FAR} n/a (image only) -> n/a (TGFR), rank-1 {100 * image_only['rank1']:.1f}% -> "
             f"{100 * tgfr['rank1']:.1f}%") in text
     assert f"TAR@FAR={MAIN_FAR} n/a, rank-1 {100 * difference['rank1']:+.1f} [" in text
+
+
+@pytest.mark.parametrize("resamples", [0, 10])
+def test_report_states_whether_there_are_intervals(tmp_path, resamples):
+    image_only = figures(resamples=resamples)[0]
+    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+               "resamples": resamples, "splits": {"clean": "test"}, "training": None}
+    text = write_report(tmp_path, {"clean": {"image_only": image_only}}, {}, [], context).read_text()
+    auc = f"{image_only['auc']:.3f}"
+    if resamples:
+        assert "with 95% bootstrap intervals (10 resamples)" in text
+        low, high = image_only["auc_ci"]
+        assert f"{auc} [{low:.3f}, {high:.3f}]" in text
+    else:
+        assert "95%" not in text and "(0 resamples)" not in text
+        assert "without intervals (evaluation.bootstrap_resamples = 0: no bootstrap)" in text
+        assert f"| {auc} |" in text  # the figure alone

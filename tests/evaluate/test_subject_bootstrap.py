@@ -184,3 +184,15 @@ def test_methods_are_compared_on_the_same_resamples():
     assert difference["rank1"] == pytest.approx(figures["tgfr"]["rank1"] - figures["image_only"]["rank1"])
     low, high = difference["rank1_ci"]
     assert low <= difference["rank1"] <= high
+
+
+@pytest.mark.parametrize("method", ["image_only", "tgfr"])
+def test_non_finite_embeddings_name_split_and_method(method):
+    x, labels, paths, records = embeddings_and_records(0)
+    broken = x.copy()
+    broken[[6, 9]] = np.nan  # two images of subject s01
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), *((broken, x) if method == "image_only"
+                                                                       else (x, broken)))
+    with pytest.raises(ValueError, match=f"the {method} embeddings of split 'test' are not finite \\(NaN or Inf\\) "
+                                         f"for 2 of {len(paths)} images, e.g. {paths[6]}"):
+        split_figures(embeddings, records, "test", EvaluationConfig(bootstrap_resamples=5))

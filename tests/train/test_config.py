@@ -1,13 +1,14 @@
 """Run configuration: complete presets, overrides, type, key and value errors, TOML round trip."""
 
 import dataclasses
+import re
 import tomllib
 
 import pytest
 
 from tgfr.cli import main
-from tgfr.train.config import (PRESET_DIR, TrainConfig, config_from_dict, find_preset, load_config, parse_override,
-                               preset_names, to_toml)
+from tgfr.train.config import (PRESET_DIR, EvaluationConfig, TrainConfig, config_from_dict, find_preset, load_config,
+                               parse_override, preset_names, to_toml)
 
 
 def flat_keys(table, prefix=""):
@@ -119,10 +120,29 @@ def test_toml_round_trip_of_keys_and_strings_that_need_quoting_or_escapes():
     backslashes, read back as written (a run's config.toml is what --resume reads)."""
     config = load_config("quick")
     config.evaluation.splits = {"low res": "test", "v1.2": "test_v1.2", 'say "hi"': "a\\b", "caf\u00e9": "t",
-                                "": "x", "tab\tkey": "y"}
+                                "tab\tkey": "y"}
     config.data.manifest = "a\nb\r\t\x00\x1f\x7f\b\f\"q\"\\c.jsonl"
     config.data.cache_dir = "caf\u00e9 \U0001f600"
     text = to_toml(config)
     assert config_from_dict(tomllib.loads(text)) == config
     # Both strings and keys went through the escapes: the text holds no raw control character.
     assert not any(ord(c) < 0x20 and c != "\n" or ord(c) == 0x7F for c in text)
+
+
+@pytest.mark.parametrize("splits, bad", [({"a/b": "test"}, "a/b"), ({"": "test"}, ""), ({"a\\b": "test"}, "a\\b"),
+                                         ({"clean": "test", "x\0y": "test_degraded"}, "x\0y")])
+def test_report_names_that_cannot_name_files_are_rejected(splits, bad):
+    """A report name becomes part of file names (roc_<name>.png): a path separator or an empty name
+    failed only when the first figure was written, after all the embedding work."""
+    with pytest.raises(ValueError, match=re.escape("evaluation.splits: report names name the report's files") +
+                       ".*" + re.escape(f"got {[bad]}")):
+        EvaluationConfig(splits=splits)
+
+
+def test_pairs_protocol_needs_impostor_subjects():
+    # With no impostor subject, make_verification_pairs has no impostor pair and verification fails after embedding.
+    with pytest.raises(ValueError, match='evaluation.impostor_subjects must be >= 1 with evaluation.protocol = '
+                                         '"pairs", got 0'):
+        EvaluationConfig(protocol="pairs", impostor_subjects=0)
+    assert EvaluationConfig(protocol="all_pairs", impostor_subjects=0).impostor_subjects == 0  # unused there
+    assert EvaluationConfig(protocol="pairs", impostor_subjects=1).impostor_subjects == 1

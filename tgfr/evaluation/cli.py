@@ -39,6 +39,9 @@ def main(args: argparse.Namespace) -> int:
                          "`tgfr train --resume`)")
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SystemExit(f"--run: {path} is not valid TOML: {error}") from None
+    try:
         for override in args.overrides:
             keys, value = parse_override(override)
             if keys[0] != "evaluation" or len(keys) != 2 or keys[1] not in values.get("evaluation", {}):
@@ -46,6 +49,9 @@ def main(args: argparse.Namespace) -> int:
             values["evaluation"][keys[1]] = value
         # Validates every setting (e.g. evaluation.max_rank >= 1) before the model is loaded.
         config = config_from_dict(values)
+    except ValueError as error:  # the setting is named; the file (and the overrides) tell where it came from
+        raise SystemExit(f"tgfr evaluate: error: {path}{' with --set' if args.overrides else ''}: {error}") from None
+    try:
         report = evaluate(args.run, config, args.out, args.manifest, args.device)
     except ValueError as error:  # bad settings or data: the message names them, a traceback adds nothing
         raise SystemExit(f"tgfr evaluate: error: {error}") from None

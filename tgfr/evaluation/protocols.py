@@ -69,6 +69,11 @@ def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord]
     gallery, probes = identification_indices(embeddings, records, split, config)
     result, replicates = {}, {}
     for method in methods:
+        broken = ~np.isfinite(embeddings.method(method)).all(axis=1)
+        if broken.any():  # scores and similarities would be NaN: say where, not only that they are
+            raise ValueError(f"the {method} embeddings of split {split!r} are not finite (NaN or Inf) for "
+                             f"{int(broken.sum())} of {broken.size} images, e.g. {embeddings.paths[broken.argmax()]}: "
+                             "the model's weights or these images are broken")
         scores, same, subjects_a, subjects_b = verification_scores(embeddings, method, records, split, config)
         verification = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
                                             resamples=config.bootstrap_resamples, seed=0, keep_replicates=True)

@@ -83,16 +83,21 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     per_subject = context["gallery_per_subject"]
     gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
+    if context["resamples"]:
+        intervals = (f"with 95% bootstrap intervals ({context['resamples']} resamples): verification resamples "
+                     "subjects, since pairs that share a subject are not independent (a subject drawn c times counts "
+                     "its genuine pairs c times, its impostor pairs with a subject drawn c' times c * c' times), "
+                     "identification resamples probes; both methods are scored on the same resamples, so their "
+                     "difference has a paired interval. TAR at a FAR below 1/impostor pairs is n/a; an interval is "
+                     "left out where some resample cannot measure its figure (e.g. too little impostor weight for "
+                     "the FAR).")
+    else:
+        intervals = ("without intervals (evaluation.bootstrap_resamples = 0: no bootstrap). TAR at a FAR below "
+                     "1/impostor pairs is n/a.")
     lines = ["# TGFR evaluation report", "",
              f"Run: `{context['run']}`; manifest: `{context['manifest']}`; protocol: {context['protocol']} "
              f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
-             f"(identification). Figures in % with 95% bootstrap intervals ({context['resamples']} resamples): "
-             "verification resamples subjects, since pairs that share a subject are not independent (a subject "
-             "drawn c times counts its genuine pairs c times, its impostor pairs with a subject drawn c' times "
-             "c * c' times), identification resamples probes; both methods are scored on the same resamples, so "
-             "their difference has a paired interval. TAR at a FAR below 1/impostor pairs is n/a; an interval is "
-             "left out where some resample cannot measure its figure (e.g. too little impostor weight for the "
-             "FAR).", "", "## Summary", "", *_comparison(metrics), ""]
+             f"(identification). Figures in % {intervals}", "", "## Summary", "", *_comparison(metrics), ""]
     for split, methods in metrics.items():
         first = next(iter(methods.values()))
         lines += [f"## {split} (split `{context['splits'][split]}`)", "",

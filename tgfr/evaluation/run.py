@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +18,11 @@ from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import TrainConfig
 from tgfr.train.stage_align import align_features
+
+# The figures of each stage in train_summary.json that the report's training table reads (a stage
+# that took no step has no seconds_per_step).
+SUMMARY_FIGURES = {"steps_taken": (int,), "seconds": (int, float), "global_batch": (int,),
+                   "seconds_per_step": (int, float)}
 
 
 def _heatmaps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, device: torch.device,
@@ -35,43 +41,106 @@ def _heatmaps(model, captions: CaptionFeatures, manifest: Path, split: str, coun
     return plot_attention(images, attention, tokens, path)
 
 
+def _check_trained(run: Path, config: TrainConfig) -> None:
+    """Both embeddings must come from trained parts: TGFR's from the align heads and the fusion (the
+    align and fuse stages), the image-only one from the backbone, which the fr stage trains or
+    model.backbone_weights provides (tgfr.train.run.build_model loads the weights whatever the stages)."""
+    problems = []
+    missing = [stage for stage in ("align", "fuse") if stage not in config.stages]
+    if missing:
+        problems.append(f"the TGFR embedding needs the align and fuse stages, missing {missing}")
+    if "fr" not in config.stages and not config.model.backbone_weights:
+        problems.append("the image-only baseline needs the fr stage or model.backbone_weights, and the run has "
+                        "neither")
+    if problems:
+        raise ValueError(f"run {run} trained only the stages {config.stages} (stages in its config.toml): "
+                         + "; ".join(problems))
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """train_summary.json (None when the run has none), checked for the figures that the report's
+    training table reads, so that a corrupt file fails before the evaluation's work, with its name."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"training summary {path} is not valid JSON: {error}") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"training summary {path} must be a JSON object (stage -> figures), got "
+                         f"{type(summary).__name__}")
+    for stage, figures in summary.items():
+        if not isinstance(figures, dict):
+            raise ValueError(f"training summary {path}: stage {stage!r} must be a JSON object of figures, got "
+                             f"{figures!r}")
+        for key, kinds in SUMMARY_FIGURES.items():
+            if key == "seconds_per_step" and key not in figures:
+                continue
+            value = figures.get(key)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"training summary {path}: stage {stage!r} needs {key} "
+                                 f"({' or '.join(kind.__name__ for kind in kinds)}), got {value!r}")
+    return summary
+
+
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
              device: str = "auto") -> Path:
     """Evaluates run/model on config.evaluation.splits; writes report.md, metrics.json and PNGs
     into `out` (default run/report); returns the report path. device: auto (cuda when available),
-    cpu or cuda."""
+    cpu or cuda.
+
+    The run (its stages, train_summary.json) and `out` are checked before any work, and `out` is
+    made only once every figure is computed. config.threads > 0 sets torch's CPU threads for the
+    call, as training does, so that the figures do not depend on the machine's thread count; the
+    caller's count is restored on return.
+    """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device (torch.cuda.is_available() "
                          "is False); use device auto or cpu")
     run = Path(run)
+    _check_trained(run, config)
     out = Path(out) if out is not None else run / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report folder {out} is a file, not a folder: evaluate into another --out")
+    training = _read_summary(run / "train_summary.json")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
+    threads = torch.get_num_threads()
+    if config.threads > 0:
+        # As in training: torch's CPU sums, and so the figures, then do not depend on the machine's cores.
+        torch.set_num_threads(config.threads)
+    try:
+        return _evaluate(run, config, out, manifest, device, training)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting
+
+
+def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
+              training: dict[str, Any] | None) -> Path:
     manifest = Path(manifest) if manifest is not None else resolve_manifest(config.data)
     records = read_manifest(manifest)
     model = load_tgfr_model(run / "model").to(device).eval()
     captions = CaptionFeatures(model.text_encoder, device)
     evaluation = config.evaluation
-    metrics, figures = {}, {}
+    metrics, curves = {}, {}
     for name, split in evaluation.splits.items():
         embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device)
         metrics[name] = split_figures(embeddings, records, split, evaluation)
-        curves = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation)[:2])
-                  for method in metrics[name]}
-        figures[name] = [plot_roc(curves, out / f"roc_{name}.png", f"ROC, {name}").name,
-                         plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / f"cmc_{name}.png",
-                                  f"CMC, {name}").name]
+        curves[name] = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation)[:2])
+                        for method in metrics[name]}
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {name: [plot_roc(curves[name], out / f"roc_{name}.png", f"ROC, {name}").name,
+                      plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / f"cmc_{name}.png",
+                               f"CMC, {name}").name]
+               for name in evaluation.splits}
     heatmaps = []
     if evaluation.heatmap_captions > 0:
         for name, split in evaluation.splits.items():
             heatmaps.append(_heatmaps(model, captions, manifest, split, evaluation.heatmap_captions, device,
                                       out / f"attention_{name}.png").name)
-    summary = run / "train_summary.json"
     context = {"run": str(run), "manifest": str(manifest), "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
-               "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits,
-               "training": json.loads(summary.read_text()) if summary.is_file() else None}
+               "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
     return write_report(out, metrics, figures, heatmaps, context)

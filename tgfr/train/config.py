@@ -137,8 +137,9 @@ class FuseStageConfig:
 
 @dataclass
 class EvaluationConfig:
-    """splits: report name -> manifest split. protocol: all_pairs (every pair of the split) or
-    pairs (TGFR's per-subject genuine + impostor_subjects impostors, tgfr.data)."""
+    """splits: report name -> manifest split; a report name names files (roc_<name>.png), so it is
+    non-empty and has no path separator. protocol: all_pairs (every pair of the split) or pairs
+    (TGFR's per-subject genuine + impostor_subjects impostors, tgfr.data; at least 1)."""
 
     splits: dict[str, str] = field(default_factory=lambda: {"clean": "test", "degraded": "test_degraded"})
     protocol: str = "all_pairs"
@@ -154,10 +155,18 @@ class EvaluationConfig:
         # embedding is computed, with the setting's name.
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits.values()):
             raise ValueError(f"evaluation.splits must map report names to non-empty split names, got {self.splits!r}")
+        bad_names = [name for name in self.splits
+                     if not isinstance(name, str) or not name or any(c in name for c in "/\\\0")]
+        if bad_names:
+            raise ValueError(f"evaluation.splits: report names name the report's files (roc_<name>.png), so they must "
+                             f"be non-empty and hold no '/', '\\' or NUL; got {bad_names} in {self.splits!r}")
         minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
                    "batch_size": 1, "heatmap_captions": 0}
         for name, low in minimum.items():
             _check_minimum(f"evaluation.{name}", getattr(self, name), low)
+        if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
+            raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
+                             f"got {self.impostor_subjects}")
 
 
 @dataclass
