@@ -240,3 +240,70 @@ def test_symlinked_image_folders_stay_under_the_root(tmp_path, capsys):
                  "--identity-file", str(dialog / "identity_CelebA.txt")]) == 0, capsys.readouterr().err
     records = read_manifest(root / "manifest.jsonl")
     assert sorted(r.path for r in records) == sorted(os.path.relpath(p, root) for p in (root / "hq").glob("*.jpg"))
+
+
+def test_upper_case_suffixes_are_found(tmp_path):
+    root = tgfr_tree(tmp_path)
+    (root / "images/train/7/7_1.jpg").rename(root / "images/train/7/7_1.JPG")
+    (root / "images/test/12/12_2.jpg").rename(root / "images/test/12/12_2.Png")
+    records, skipped = convert_tgfr_tree(root)
+    assert not skipped
+    paths = [r.path for r in records]
+    assert "images/train/7/7_1.JPG" in paths and "images/test/12/12_2.Png" in paths and len(paths) == 6
+    (root / "train").mkdir()  # entries from a split list are looked up the same way
+    (root / "train" / "filenames.json").write_text(json.dumps(["7/7_1"]))
+    assert [r.path for r in convert_tgfr_tree(root)[0] if r.split == "train"] == ["images/train/7/7_1.JPG"]
+
+
+def test_truncated_jpeg_is_skipped_by_convert(tmp_path, capsys):
+    root = tgfr_tree(tmp_path)
+    image = root / "images/train/4/4_2.jpg"
+    Image.fromarray((np.random.default_rng(0).random((112, 112, 3)) * 255).astype(np.uint8)).save(image)
+    image.write_bytes(image.read_bytes()[:image.stat().st_size // 2])
+    assert main(["data", "convert", "mmcelebA", "--root", str(root), "--skip-bad"]) == 0
+    assert "5 images; skipped 1" in capsys.readouterr().out
+    assert "images/train/4/4_2.jpg" not in [r.path for r in read_manifest(root / "manifest.jsonl")]
+
+
+def test_bad_split_lists_are_named(tmp_path, capsys):
+    root = tgfr_tree(tmp_path)
+    (root / "train").mkdir()
+    (root / "train" / "filenames.pickle").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"split list .*filenames.pickle is not a readable pickle"):
+        convert_tgfr_tree(root, trust_pickle=True)
+    assert main(["data", "convert", "mmcelebA", "--root", str(root), "--trust-pickle"]) == 2
+    assert "filenames.pickle is not a readable pickle" in capsys.readouterr().err
+    (root / "train" / "filenames.pickle").unlink()
+    (root / "train" / "filenames.csv").write_bytes(b"7/7_\xe9\n")
+    with pytest.raises(ValueError, match=r"split list .*filenames.csv is not valid UTF-8"):
+        convert_tgfr_tree(root)
+    # A byte-order mark (as spreadsheet programs write) is not part of the first entry.
+    (root / "train" / "filenames.csv").write_bytes("\ufefffilename\n7/7_1\n".encode("utf-8"))
+    assert read_split_list(root / "train" / "filenames.csv") == ["7/7_1"]
+    (root / "train" / "filenames.json").write_bytes('\ufeff["7/7_1"]'.encode("utf-8"))
+    assert read_split_list(root / "train" / "filenames.json") == ["7/7_1"]
+
+
+def test_celeba_dialog_with_every_image_skipped_is_an_error(tmp_path, capsys):
+    root, images = celeba_dialog(tmp_path)
+    for image in images.iterdir():
+        image.write_bytes(b"not an image")
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    with pytest.raises(ValueError, match=r"no images found: every one of the 6 image\(s\) of .*captions_hq.json was "
+                                         r"skipped, the first because: image file .*0.jpg is corrupt"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files="skip")
+    assert main(["data", "convert", "celeba-dialog", "--root", str(root), "--captions", str(args[0]),
+                 "--identity-file", str(args[1]), "--images", str(images), "--hq-mapping",
+                 str(root / "mapping.txt"), "--skip-bad"]) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert not (root / "manifest.jsonl").exists()
+
+
+def test_a_tree_whose_every_image_is_skipped_says_why(tmp_path):
+    write_image(tmp_path / "images/train/7/7_1.jpg")
+    (tmp_path / "images/train/7/7_1.jpg").write_bytes(b"not an image")
+    (tmp_path / "text/7").mkdir(parents=True)
+    (tmp_path / "text/7/7_1.txt").write_text("a face\n")
+    with pytest.raises(ValueError, match=r"no images found under .*images \(1 skipped, the first because: image "
+                                         r"file .*7_1.jpg is corrupt"):
+        convert_tgfr_tree(tmp_path, bad_files="skip")

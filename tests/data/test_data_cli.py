@@ -1,7 +1,9 @@
+import pytest
 from PIL import Image
 
 from tgfr.cli import main
-from tgfr.data.manifest import read_manifest
+from tgfr.data.grid import manifest_rows
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 
 
 def test_synth_degrade_grid(tmp_path, capsys):
@@ -25,3 +27,58 @@ def test_synth_degrade_grid(tmp_path, capsys):
 
     assert main(["data", "degrade", "--manifest", str(out / "manifest.jsonl"), "--recipe", "sharpen"]) == 2
     assert "unknown recipe step 'sharpen'" in capsys.readouterr().err
+
+
+def test_output_paths_of_the_wrong_kind_are_named(tmp_path, capsys):
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{s}_{k}.png", str(s), "test", ("c",))
+                                                     for s in range(3) for k in range(2)])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    for command in (["grid", "--out", str(tmp_path / "folder"), "--rows", "1"],
+                    ["protocol", "--manifest", str(manifest), "--out", str(tmp_path / "file")],
+                    ["synth", "--out", str(tmp_path / "file"), "--identities", "2", "--images-per-identity", "1",
+                     "--workers", "1"],
+                    ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(tmp_path / "folder")]):
+        assert main(["data", *command]) == 2
+        error = capsys.readouterr().err
+        assert f"tgfr data {command[0]}: error: --out " in error and ("is a folder" in error or "is a file" in error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder", "m.jsonl"]  # nothing written
+    # An output that cannot be written for another reason is an error naming it, not a traceback.
+    assert main(["data", "grid", "--out", str(tmp_path / "file" / "g.png"), "--rows", "1"]) == 2
+    assert f"{tmp_path / 'file'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["synth", "--out", "s"], ["degrade", "--manifest", "m.jsonl"],
+                                     ["protocol", "--manifest", "m.jsonl", "--out", "p"],
+                                     ["convert", "mmcelebA", "--root", "r"], ["grid", "--out", "g.png"]])
+def test_a_negative_seed_names_the_option(tmp_path, monkeypatch, command, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", *command, "--seed", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --seed: expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows", ["0", "-1"])
+def test_grid_rows_must_be_positive(tmp_path, rows, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "grid", "--out", str(tmp_path / "g.png"), "--rows", rows])
+    assert "argument --rows: expected an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"rows must be a positive integer, got {rows}"):
+        manifest_rows(tmp_path / "m.jsonl", int(rows))
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_synth_checks_the_degradation_recipe_before_rendering(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", "2", "--images-per-identity", "1",
+                 "--workers", "1", "--degradation", "bogus"]) == 2
+    assert "degradation recipe of split 'test_degraded': unknown recipe step 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_protocol_writes_nothing_when_the_identification_split_fails(tmp_path, capsys):
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{s}.png", str(s), "test", ("c",))
+                                                     for s in range(3)])  # one image each: no probes
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p")]) == 2
+    assert "no probe images" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

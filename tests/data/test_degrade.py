@@ -6,7 +6,7 @@ from PIL import Image, ImageFilter
 
 from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
-                               down_up, gaussian_blur, image_rng, jpeg)
+                               degrade_records, down_up, gaussian_blur, image_rng, jpeg)
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 
@@ -194,3 +194,89 @@ def test_cli_degrade_refuses_an_existing_split_name(tmp_path, capsys):
     assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down16", "--name", "train"]) == 2
     assert "name 'train' is already a split" in capsys.readouterr().err
     assert not (tmp_path / "manifest_train.jsonl").exists() and not (tmp_path / "train").exists()
+
+
+def files_of(folder):
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/abs/copy", ".", "..", "a/b", "a\\b"])
+def test_degrade_name_must_be_one_plain_folder_name(tmp_path, name):
+    manifest = make_manifest(tmp_path / "m")
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=r"name \(--name\) must be one plain folder name"):
+        degrade_manifest(manifest, "test", "down16", name=name, out_manifest=tmp_path / "m/out.jsonl")
+    assert files_of(tmp_path) == before
+
+
+def test_cli_degrade_refuses_a_name_that_leaves_the_folder(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "m")
+    assert main(["data", "degrade", "--manifest", str(manifest), "--name", "../escaped", "--recipe", "down16",
+                 "--out-manifest", str(tmp_path / "m/a.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "name (--name) must be one plain folder name" in error and "'../escaped'" in error
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "m/a.jsonl").exists()
+
+
+def test_degrade_refuses_a_target_that_a_symlink_leads_out_of_the_copy(tmp_path):
+    manifest = make_manifest(tmp_path)
+    (tmp_path / "test_degraded").mkdir()
+    (tmp_path / "test_degraded/images").symlink_to(tmp_path / "images")  # would write over the sources
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=r"would be written to .*images/test/0/0_0.png, outside the copy's folder"):
+        degrade_manifest(manifest, "test", "down16")
+    assert files_of(tmp_path) == before
+
+
+def test_degrade_records_refuses_to_overwrite_a_listed_image(tmp_path):
+    records = read_manifest(make_manifest(tmp_path))[:2]
+    listed = "test_degraded/images/test/1/1_0.png"
+    with pytest.raises(ValueError, match=f"copy of image images/test/1/1_0.png would overwrite image {listed}"):
+        degrade_records(records, tmp_path, "down16", "test_degraded", listed=[listed])
+    assert not (tmp_path / "test_degraded").exists()
+
+
+def test_degrade_refuses_two_images_with_one_degraded_path(tmp_path):
+    (tmp_path / "img").mkdir()
+    face(0).save(tmp_path / "img/1.jpg")
+    face(1).save(tmp_path / "img/1.png")
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord("img/1.jpg", "0", "test"),
+                                                     ManifestRecord("img/1.png", "1", "test")])
+    with pytest.raises(ValueError, match="images img/1.jpg and img/1.png would both be degraded to "
+                                         "test_degraded/img/1.png"):
+        degrade_manifest(manifest, "test", "down16")
+    assert not (tmp_path / "test_degraded").exists()
+
+
+def test_degrade_refuses_a_folder_holding_another_manifests_copy(tmp_path):
+    manifest = make_manifest(tmp_path)
+    first, _ = degrade_manifest(manifest, "test", "celeba")
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=r"folder .*test_degraded already holds 4 file\(s\) that .*down.jsonl does "
+                                         r"not list under split 'test_degraded'"):
+        degrade_manifest(manifest, "test", "down16", out_manifest=tmp_path / "down.jsonl")
+    assert files_of(tmp_path) == before
+    # Rewriting the manifest that lists them keeps images and recorded recipe in step.
+    again, _ = degrade_manifest(manifest, "test", "down16")
+    assert again == first
+    for record in (r for r in read_manifest(again) if r.split == "test_degraded"):
+        expected = down_up(Image.open(tmp_path / record.meta["source"]).convert("RGB"), 16)
+        assert record.meta["recipe"] == "down16"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+
+
+def test_in_place_replacement_checks_every_source_before_writing(tmp_path):
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "celeba", out_manifest=tmp_path / "manifest.jsonl")
+    (tmp_path / "images/test/2/2_0.png").write_bytes(b"junk")
+    before = files_of(tmp_path)
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match=r"images/test/2/2_0.png is corrupt .*\(1 image\(s\) failed"):
+            degrade_manifest(manifest, "test", "down16", out_manifest=manifest, workers=workers)
+        assert files_of(tmp_path) == before  # the other copies still match the recipe "celeba" recorded
+
+
+def test_degrade_seed_must_be_non_negative(tmp_path):
+    manifest = make_manifest(tmp_path)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        degrade_manifest(manifest, "test", "down16", seed=-1)
+    assert not (tmp_path / "test_degraded").exists()

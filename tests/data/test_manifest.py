@@ -117,6 +117,13 @@ def test_csv_errors_name_line(tmp_path):
         read_manifest(tmp_path / "nohead.csv")
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_manifest(tmp_path, suffix):
+    path = write_manifest(tmp_path / f"m{suffix}", RECORDS)
+    path.write_bytes("\ufeff".encode("utf-8") + path.read_bytes())  # as spreadsheet programs save UTF-8
+    assert read_manifest(path) == RECORDS
+
+
 def test_empty_missing_and_non_utf8_manifest(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         read_manifest(tmp_path / "none.jsonl")

@@ -1,9 +1,11 @@
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import tgfr.data.synthetic as synthetic
 from tgfr.data.degrade import down_up
 from tgfr.data.manifest import read_manifest
 from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
@@ -123,3 +125,46 @@ def test_config_validation():
         SyntheticConfig(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="degradation split names"):
         SyntheticConfig(degradations={"blurry": "down16"})
+
+
+def test_config_rejects_a_negative_seed_and_a_bad_recipe_before_rendering():
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        SyntheticConfig(seed=-1)
+    with pytest.raises(ValueError, match="degradation recipe of split 'test_degraded': unknown recipe step 'bogus'"):
+        SyntheticConfig(degradations={"test_degraded": "bogus"})
+
+
+def test_ensure_regenerates_a_cut_short_marker(tmp_path):
+    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    marker = manifest.parent / "synthetic.json"
+    marker.write_text(marker.read_text()[:20])
+    assert ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1) == manifest
+    assert json.loads(marker.read_text())["key"] == config.key()
+    assert len(read_manifest(manifest)) == 3
+    assert sorted(p.name for p in manifest.parent.parent.iterdir()) == [config.key()]  # nothing left aside
+
+
+def test_concurrent_first_use_never_touches_the_other_generation(tmp_path, monkeypatch):
+    """A second process that starts while the first generates must neither delete the first's
+    half-written files nor fail when the first's dataset arrives: the later one uses the earlier."""
+    config = SyntheticConfig(identities=4, images_per_identity=2, captions_per_image=1)
+    render = synthetic._render_identity
+    other = []  # the other process's result; None while it runs
+
+    def render_while_another_process_generates(task):
+        if not other:
+            other.append(None)
+            sentinel = Path(task[0]) / "written-by-the-first-process"
+            sentinel.write_text("x")
+            other[0] = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+            assert sentinel.is_file()
+        return render(task)
+    monkeypatch.setattr(synthetic, "_render_identity", render_while_another_process_generates)
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert other == [manifest]
+    assert json.loads((manifest.parent / "synthetic.json").read_text())["key"] == config.key()
+    splits = [r.split for r in read_manifest(manifest)]
+    assert len(splits) - splits.count("test_degraded") == 8 and splits.count("test_degraded") == splits.count("test")
+    assert sorted(p.name for p in manifest.parent.parent.iterdir()) == [config.key()]
+    assert not (manifest.parent / "written-by-the-first-process").exists()

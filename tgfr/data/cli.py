@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree
@@ -15,14 +16,42 @@ from tgfr.data.protocol import (make_identification_split, make_verification_pai
 from tgfr.data.synthetic import DEFAULT_DEGRADATION, SyntheticConfig, generate_synthetic_dataset
 
 
+def _integer(minimum: int) -> Callable[[str], int]:
+    """argparse type of an integer option >= minimum: argparse's error then names the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _output_file(path: str, flag: str) -> Path:
+    """`path` as the file an option names, refused before any work when it is a folder."""
+    if Path(path).is_dir():
+        raise ValueError(f"{flag} {path} is a folder; expected a file path")
+    return Path(path)
+
+
+def _output_folder(path: str, flag: str) -> Path:
+    """`path` as the folder an option names, refused before any work when it is a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{flag} {path} is a file; expected a folder")
+    return Path(path)
+
+
 def _synth(args: argparse.Namespace) -> int:
     degradations = {} if args.no_degraded else {"test_degraded": args.degradation}
     config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                              captions_per_image=args.captions_per_image, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              degradations=degradations)
+    out = _output_folder(args.out, "--out")
     start = time.perf_counter()
-    manifest = generate_synthetic_dataset(args.out, config, workers=args.workers)
+    manifest = generate_synthetic_dataset(out, config, workers=args.workers)
     print(f"wrote {manifest} ({config.identities} identities x {config.images_per_identity} images) "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
@@ -41,6 +70,7 @@ def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> lis
 
 def _convert(args: argparse.Namespace) -> int:
     bad_files = "skip" if args.skip_bad else "error"
+    out = _output_file(args.out, "--out") if args.out else None
     if args.layout in ("mmcelebA", "face2text"):
         root = Path(args.root)
         records, skipped = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
@@ -53,7 +83,7 @@ def _convert(args: argparse.Namespace) -> int:
         records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
                                                  hq_mapping=args.hq_mapping, split_file=args.split_file,
                                                  seed=args.seed, bad_files=bad_files)
-    out = Path(args.out) if args.out else root / "manifest.jsonl"
+    out = out or root / "manifest.jsonl"
     write_manifest(out, _relocated(records, root, out))
     print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}")
     for problem in skipped[:20]:
@@ -70,20 +100,23 @@ def _degrade(args: argparse.Namespace) -> int:
 
 
 def _protocol(args: argparse.Namespace) -> int:
+    out = _output_folder(args.out, "--out")
     records = read_manifest(args.manifest)
-    out = Path(args.out)
+    # Both are made before either is written: a pairs file without its identification split
+    # would be left behind by an error in the second.
     pairs = make_verification_pairs(records, args.split, impostor_subjects=args.impostors, seed=args.seed)
+    identification = make_identification_split(records, args.split, args.gallery_per_subject)
     pairs_path = write_verification_pairs(out / f"{args.split}_pairs.{args.format}", pairs)
-    ident_path = write_identification_split(out / f"{args.split}_identification.json",
-                                            make_identification_split(records, args.split, args.gallery_per_subject))
+    ident_path = write_identification_split(out / f"{args.split}_identification.json", identification)
     genuine = sum(p.same for p in pairs)
     print(f"wrote {pairs_path} ({genuine} genuine, {len(pairs) - genuine} impostor pairs) and {ident_path}")
     return 0
 
 
 def _grid(args: argparse.Namespace) -> int:
+    out = _output_file(args.out, "--out")
     rows = manifest_rows(args.manifest, args.rows, args.split) if args.manifest else synthetic_rows(args.rows, args.seed)
-    print(f"wrote {render_grid(rows, args.out, args.recipe, args.seed)}")
+    print(f"wrote {render_grid(rows, out, args.recipe, args.seed)}")
     return 0
 
 
@@ -91,7 +124,8 @@ def _run(handler):
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except ValueError as error:
+        # OSError: a file that cannot be written or read (its message names it) is bad input too.
+        except (ValueError, OSError) as error:
             print(f"tgfr data {args.data_command}: error: {error}", file=sys.stderr)
             return 2
     return run
@@ -111,8 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--identities", type=int, default=1000, help="number of identities (default: %(default)s)")
     synth.add_argument("--images-per-identity", type=int, default=10, help="default: %(default)s")
     synth.add_argument("--captions-per-image", type=int, default=5, help="default: %(default)s")
-    synth.add_argument("--seed", type=int, default=0, help="seed of faces, captions, splits and degradation "
-                                                           "(default: %(default)s)")
+    synth.add_argument("--seed", type=_integer(0), default=0,
+                       help="seed of faces, captions, splits and degradation (default: %(default)s)")
     synth.add_argument("--val-fraction", type=float, default=0.1,
                        help="fraction of the identities in val (default: %(default)s)")
     synth.add_argument("--test-fraction", type=float, default=0.2,
@@ -143,7 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--hq-mapping", help="CelebA-HQ-to-CelebA-mapping.txt (images numbered as CelebA-HQ)")
     convert.add_argument("--split-file", help="celeba-dialog: JSON {split: [image names]} or CSV image,split "
                                               "(default: identities split 0.8/0.1/0.1 by --seed)")
-    convert.add_argument("--seed", type=int, default=0,
+    convert.add_argument("--seed", type=_integer(0), default=0,
                          help="celeba-dialog: seed of the identity split without --split-file (default: %(default)s)")
     convert.set_defaults(func=_run(_convert))
 
@@ -157,12 +191,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     degrade.add_argument("--recipe", default="celeba",
                          help="celeba, face2text, down<S>, jpeg<Q>, joined by '+' and applied left to right, "
                               "e.g. down24+celeba (default: %(default)s)")
-    degrade.add_argument("--name", help="new split name (default <split>_degraded); an existing split is refused "
-                                        "unless it is an earlier degraded copy of --split, which is replaced")
+    degrade.add_argument("--name", help="new split name, also the images' folder, so one plain folder name "
+                                        "(default <split>_degraded); an existing split is refused unless it is an "
+                                        "earlier degraded copy of --split, which is replaced")
     degrade.add_argument("--out-manifest", help="output manifest, in the input manifest's folder; may be the input "
                                                 "itself (default: <stem>_<name>.jsonl next to the input)")
-    degrade.add_argument("--seed", type=int, default=0, help="seed, combined with each image's path "
-                                                             "(default: %(default)s)")
+    degrade.add_argument("--seed", type=_integer(0), default=0,
+                         help="seed, combined with each image's path (default: %(default)s)")
     degrade.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
     degrade.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
     degrade.set_defaults(func=_run(_degrade))
@@ -182,16 +217,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                "(default: %(default)s)")
     protocol.add_argument("--format", choices=("csv", "json"), default="csv",
                           help="format of the pairs file (default: %(default)s)")
-    protocol.add_argument("--seed", type=int, default=0, help="seed of the impostor draw (default: %(default)s)")
+    protocol.add_argument("--seed", type=_integer(0), default=0,
+                          help="seed of the impostor draw (default: %(default)s)")
     protocol.set_defaults(func=_run(_protocol))
 
     grid = commands.add_parser("grid", help="render faces, clean and degraded, with captions to a PNG")
     grid.add_argument("--out", required=True, help="PNG path")
     grid.add_argument("--manifest", help="take faces from this manifest (default: draw synthetic faces)")
     grid.add_argument("--split", default="test", help="split of --manifest to take faces from (default: %(default)s)")
-    grid.add_argument("--rows", type=int, default=8, help="rows, one identity each (default: %(default)s)")
+    grid.add_argument("--rows", type=_integer(1), default=8, help="rows, one identity each (default: %(default)s)")
     grid.add_argument("--recipe", default=DEFAULT_DEGRADATION,
                       help="degradation recipe of the right-hand copies (default: %(default)s)")
-    grid.add_argument("--seed", type=int, default=0,
+    grid.add_argument("--seed", type=_integer(0), default=0,
                       help="seed of the synthetic faces and of the degradation (default: %(default)s)")
     grid.set_defaults(func=_run(_grid))

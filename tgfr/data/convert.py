@@ -39,15 +39,20 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
         if not trust_pickle:
             raise ValueError(f"refusing to unpickle split list {path}: pickles can run code. Pass "
                              "trust_pickle=True (--trust-pickle) if you trust the file, or provide a JSON/CSV list")
-        with path.open("rb") as handle:
-            entries = pickle.load(handle)
+        try:
+            with path.open("rb") as handle:
+                entries = pickle.load(handle)
+        # A corrupt pickle can raise nearly any exception type (UnpicklingError, EOFError,
+        # AttributeError, ImportError, IndexError, ...), and an absent one OSError: none names the file.
+        except Exception as error:
+            raise ValueError(f"split list {path} is not a readable pickle ({type(error).__name__}: {error})") from None
     elif suffix == ".json":
         try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            entries = json.loads(read_text_file(path, "split list", encoding="utf-8-sig"))
+        except json.JSONDecodeError as error:
             raise ValueError(f"split list {path} is not valid JSON ({error})") from None
     else:
-        rows = csv.reader(path.read_text(encoding="utf-8").splitlines())
+        rows = csv.reader(read_text_file(path, "split list", encoding="utf-8-sig").splitlines())
         entries = [row[0].strip() for row in rows if row and row[0].strip() and row[0].strip() != "filename"]
     if not isinstance(entries, list) or not all(isinstance(e, (str, int)) for e in entries):
         raise ValueError(f"split list {path} must hold a list of strings")
@@ -63,7 +68,14 @@ def _split_list_file(root: Path, split: str) -> Path | None:
 
 
 def _find_image(folder: Path, stem: str) -> Path | None:
-    return next((folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
+    """The image file `stem` + a suffix of IMAGE_SUFFIXES, in that order of preference, whatever
+    the suffix's case (7_0.JPG), as the folder scan that lists entries matches suffixes."""
+    exact = next((folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
+    if exact is not None or not folder.is_dir():
+        return exact
+    # Listing the folder only when no lower-case name exists keeps the usual case cheap.
+    by_suffix = {p.suffix.lower(): p for p in sorted(folder.iterdir()) if p.stem == stem and p.is_file()}
+    return next((by_suffix[s] for s in IMAGE_SUFFIXES if s in by_suffix), None)
 
 
 def _entry_order(entry: str) -> list[tuple[int, int, str]]:
@@ -120,7 +132,8 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
                 continue
             records.append(ManifestRecord(image.relative_to(root).as_posix(), identity, split, tuple(captions)))
     if not records:
-        raise ValueError(f"no images found under {images_root}")
+        why = f" ({len(skipped)} skipped, the first because: {skipped[0]})" if skipped else ""
+        raise ValueError(f"no images found under {images_root}{why}")
     return records, skipped
 
 
@@ -221,6 +234,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
             continue
         path = (PurePosixPath(images_folder) / name).as_posix()
         records.append(ManifestRecord(path, celeba_identity[celeba_name], "", tuple(captions)))
+    if not records:
+        raise ValueError(f"no images found: every one of the {len(skipped)} image(s) of {captions_json} was "
+                         f"skipped, the first because: {skipped[0]}")
     split_of = _dialog_splits(records, split_file, fractions, seed)
     return [ManifestRecord(r.path, r.identity, split_of(r), r.captions) for r in records], skipped
 

@@ -16,18 +16,19 @@ Every image's generator is seeded by (seed, CRC32 of its manifest path), so a de
 does not depend on the order or the number of worker processes.
 """
 
+import contextlib
 import io
 import multiprocessing
 import posixpath
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from tgfr.data.files import load_image
+from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
 
 Step = Callable[[Image.Image, np.random.Generator], Image.Image]
@@ -158,6 +159,21 @@ def _degrade_one(task: tuple[str, str, str, str, int]) -> str | None:
     return None
 
 
+def _check_one(source: str) -> str | None:
+    try:
+        check_image(source)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _check_plain_name(name: str, what: str) -> None:
+    """Refuses a folder name that is not one plain path segment: "../x" or "/abs" would write the
+    copy outside the manifest's folder, and "." or "" over the source images."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"{what} must be one plain folder name (no '/', '\\', '.' or '..'), got {name!r}")
+
+
 def _degraded_path(folder: str, path: str) -> str:
     """"<folder>/<path>.png", kept inside `folder`: a path that leaves the manifest's folder
     ("../data/x.jpg", as `tgfr data convert --out` elsewhere writes) gets "__" for each "..",
@@ -166,34 +182,92 @@ def _degraded_path(folder: str, path: str) -> str:
     return PurePosixPath(folder, *parts).with_suffix(".png").as_posix()
 
 
+def _check_targets(root: Path, folder: str, records: Sequence[ManifestRecord], targets: Sequence[str],
+                   listed: Collection[str]) -> None:
+    """Refuses, before anything is written, a target that resolves outside root/folder (through a
+    symlink, or an absolute record path), that is an image of `listed`, or that two records share
+    (img/1.jpg and img/1.png both become <folder>/img/1.png: the second would overwrite the first)."""
+    inside = (root / folder).resolve()
+    protected = {(root / path).resolve(): path for path in listed}
+    source_of: dict[Path, str] = {}
+    for record, target in zip(records, targets):
+        resolved = (root / target).resolve()
+        if not resolved.is_relative_to(inside):
+            raise ValueError(f"the degraded copy of image {record.path} would be written to {resolved}, outside "
+                             f"the copy's folder {inside}")
+        if resolved in protected:
+            raise ValueError(f"the degraded copy of image {record.path} would overwrite image "
+                             f"{protected[resolved]}, which the manifest lists")
+        if resolved in source_of:
+            raise ValueError(f"images {source_of[resolved]} and {record.path} would both be degraded to {target}; "
+                             "rename one of them")
+        source_of[resolved] = record.path
+
+
+def _raise_first(errors: Sequence[str | None]) -> None:
+    failed = [error for error in errors if error is not None]
+    if failed:
+        raise ValueError(f"{failed[0]} ({len(failed)} image(s) failed; pass bad_images='skip' / --skip-bad "
+                         "to skip them)")
+
+
 def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe: str, split_name: str,
                     seed: int = 0, folder: str | None = None, workers: int = 1,
-                    bad_images: str = "error") -> tuple[list[ManifestRecord], list[str]]:
+                    bad_images: str = "error", listed: Collection[str] = ()) -> tuple[list[ManifestRecord], list[str]]:
     """Writes a degraded PNG of every record under root/folder and returns their new records.
 
     New records keep identity and captions, take split `split_name`, path
-    "<folder>/<old path>.png" (folder defaults to split_name; each ".." of the old path becomes
-    "__") and meta {"source", "recipe"}.
+    "<folder>/<old path>.png" (folder, one plain folder name, defaults to split_name; each ".."
+    of the old path becomes "__") and meta {"source", "recipe"}. Nothing is written when a
+    degraded image would land outside root/folder, on an image of `listed` (paths relative to
+    root that must stay as they are) or on another record's degraded image.
     Returns (records, errors): with bad_images="skip" unreadable images are left out and their
-    errors returned; with "error" the first one raises.
+    errors returned; with "error" every image is checked first and the first bad one raises
+    before any is written, so an earlier copy being replaced is never left half-replaced.
     """
     parse_recipe(recipe)
     if bad_images not in ("error", "skip"):
         raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     root, folder = Path(root), folder or split_name
+    _check_plain_name(folder, "folder")
     new_paths = [_degraded_path(folder, r.path) for r in records]
+    _check_targets(root, folder, records, new_paths, listed)
     tasks = [(str(root / r.path), str(root / p), r.path, recipe, seed) for r, p in zip(records, new_paths)]
-    if workers > 1 and len(tasks) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            errors = pool.map(_degrade_one, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
-    else:
-        errors = [_degrade_one(task) for task in tasks]
-    failed = [error for error in errors if error is not None]
-    if failed and bad_images == "error":
-        raise ValueError(f"{failed[0]} ({len(failed)} image(s) failed; pass bad_images='skip' to skip them)")
+    parallel = workers > 1 and len(tasks) > 1
+    with multiprocessing.get_context("spawn").Pool(workers) if parallel else contextlib.nullcontext() as pool:
+        chunksize = max(1, len(tasks) // (8 * workers))
+
+        def run(function: Callable, items: list) -> list[str | None]:
+            return pool.map(function, items, chunksize=chunksize) if parallel else [function(i) for i in items]
+
+        if bad_images == "error":
+            _raise_first(run(_check_one, [task[0] for task in tasks]))
+        errors = run(_degrade_one, tasks)
+    if bad_images == "error":
+        _raise_first(errors)  # a file that changed since its check
     degraded = [ManifestRecord(path, r.identity, split_name, r.captions, {"source": r.path, "recipe": recipe})
                 for r, path, error in zip(records, new_paths, errors) if error is None]
-    return degraded, failed
+    return degraded, [error for error in errors if error is not None]
+
+
+def _check_folder_holds_only(folder: Path, name: str, out_manifest: Path,
+                             replaced: Sequence[ManifestRecord] | None) -> None:
+    """Refuses a `folder` holding files that the manifest about to be replaced (`out_manifest`,
+    whose records of split `name` are `replaced`, read from the file when None) does not list
+    under split `name`: they belong to another manifest (an earlier run with another
+    --out-manifest), which would go on recording a recipe that its overwritten images no longer have."""
+    if not folder.is_dir():
+        return
+    if replaced is None:
+        replaced = [r for r in read_manifest(out_manifest) if r.split == name] if out_manifest.is_file() else []
+    owned = {(out_manifest.parent / record.path).resolve() for record in replaced}
+    stray = sorted(path for path in folder.rglob("*") if path.is_file() and path.resolve() not in owned)
+    if stray:
+        raise ValueError(f"folder {folder} already holds {len(stray)} file(s) that {out_manifest} does not list "
+                         f"under split {name!r} (e.g. {stray[0]}), such as another manifest's degraded copy; "
+                         "choose another name (--name), or remove them")
 
 
 def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "celeba", name: str | None = None,
@@ -201,17 +275,20 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
                      bad_images: str = "error") -> tuple[Path, list[str]]:
     """Adds a degraded copy of `split` as split `name` (default "<split>_degraded").
 
-    Writes images under <manifest folder>/<name>/ and a manifest holding every input record
-    (minus any earlier records of split `name`) plus the degraded ones, at `out_manifest`
-    (default "<stem>_<name>.jsonl" next to the input; it may be the input itself).
+    Writes images under <manifest folder>/<name>/ (`name` is one plain folder name) and a
+    manifest holding every input record (minus any earlier records of split `name`) plus the
+    degraded ones, at `out_manifest` (default "<stem>_<name>.jsonl" next to the input; it may be
+    the input itself).
     An existing split `name` is replaced only when it is an earlier degraded copy of `split`
     (every record's meta "source" is an image of `split`) and `out_manifest` is the input itself
-    (its images are overwritten); any other existing split is an error.
+    (its images are overwritten); any other existing split is an error. So is a folder `name`
+    holding files that `out_manifest`, as it was, does not list under split `name`.
     Returns (manifest path, errors of skipped images).
     """
     parse_recipe(recipe)  # a bad recipe is the first error, before any about the manifest
     manifest = Path(manifest)
     name = name or f"{split}_degraded"
+    _check_plain_name(name, "name (--name)")
     records = read_manifest(manifest)
     sources = {record.path for record in records if record.split == split}
     earlier = [record for record in records if record.split == name]
@@ -230,7 +307,9 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
         raise ValueError(f"split {name!r} of {manifest} is an earlier degraded copy whose images would be "
                          f"overwritten while {manifest} still lists them: replace it in place (out_manifest = "
                          f"the input manifest, --out-manifest {manifest}) or choose another name (--name)")
+    _check_folder_holds_only(manifest.parent / name, name, out_manifest,
+                             earlier if out_manifest.resolve() == manifest.resolve() else None)
     kept = [record for record in records if record.split != name]
     degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
-                                       workers=workers, bad_images=bad_images)
+                                       workers=workers, bad_images=bad_images, listed=[r.path for r in kept])
     return write_manifest(out_manifest, kept + degraded), failed

@@ -4,9 +4,11 @@ A missing or unreadable file is an error that names it: a wrong sample is worse 
 """
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
@@ -16,28 +18,57 @@ def _opened_image(path: Path) -> Iterator[Image.Image]:
     if not path.is_file():
         raise ValueError(f"image file {path} does not exist")
     try:
-        with Image.open(path) as image:
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that: a header claiming a huge
+        # image would then allocate gigabytes when decoded, so the warning refuses it too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"image file {path} is too large to decode safely ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
 
 
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """RGB with 8 bits per channel.
+
+    Image.convert clips 16-bit greyscale (mode I;16, a 16-bit PNG) at 255 instead of scaling it,
+    which turns the face almost white: the top 8 bits are kept instead. 32-bit integer and float
+    pixels (modes I and F) have no fixed range to scale from, so they are refused.
+    """
+    if image.mode.startswith("I;16"):
+        high_bytes = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high_bytes, mode="L").convert("RGB")
+    if image.mode in ("I", "F"):
+        raise ValueError(f"image file {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
+                         f"pixels (mode {image.mode}) of no fixed range; convert it to 8-bit RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image file fully (so truncation is caught here) as RGB."""
-    with _opened_image(Path(path)) as image:
+    """Opens an image file fully (so truncation is caught here) as 8-bit RGB."""
+    path = Path(path)
+    with _opened_image(path) as image:
         image.load()
-        return image.convert("RGB")
+        return _to_rgb(image, path)
 
 
 def check_image(path: str | Path) -> None:
-    """Raises naming `path` unless it is an image file whose header and structure are sound.
+    """Raises naming `path` unless it is an image file that decodes completely.
 
-    Cheap enough to run over a whole dataset before training (Image.verify reads the file without
-    decoding pixels): it catches missing files, non-images, broken headers and corrupt or truncated
-    PNGs. Truncated JPEG scan data is only found by decoding, in load_image.
+    Image.verify checks the structure (PNG chunk checksums) without decoding; decoding then
+    catches what verify cannot see, such as truncated JPEG scan data, which would otherwise fail
+    only when the image is first loaded, in the middle of training. Both together cost about
+    0.2 ms (JPEG) to 0.3 ms (PNG) per 112x112 image, verify alone 0.02 ms: a minute per 200k images.
     """
-    with _opened_image(Path(path)) as image:
+    path = Path(path)
+    with _opened_image(path) as image:
         image.verify()
+    with _opened_image(path) as image:  # verify leaves the image unusable: open it again to decode
+        image.load()
+        _to_rgb(image, path)  # refuses pixel formats that load_image refuses
 
 
 def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:

@@ -16,8 +16,15 @@ from tgfr.data.synthetic_faces import OUTPUT_SIZE, identity_attributes, image_st
 TEXT_WIDTH = 420
 
 
+def _check_rows(rows: int) -> None:
+    # A negative count would silently slice off the last identities ([:-1]) instead of failing.
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+
+
 def synthetic_rows(rows: int, seed: int = 0) -> list[tuple[list[Image.Image], str]]:
     """Two images and one caption for identities 0..rows-1, drawn without writing a dataset."""
+    _check_rows(rows)
     out = []
     for identity in range(rows):
         attributes = identity_attributes(seed, identity)
@@ -29,6 +36,7 @@ def synthetic_rows(rows: int, seed: int = 0) -> list[tuple[list[Image.Image], st
 
 def manifest_rows(manifest: str | Path, rows: int, split: str = "test") -> list[tuple[list[Image.Image], str]]:
     """Two images and the first caption of the first `rows` identities (with 2+ images) of a split."""
+    _check_rows(rows)
     manifest = Path(manifest)
     by_identity: dict[str, list] = {}
     for record in select_split(read_manifest(manifest), split):

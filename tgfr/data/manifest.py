@@ -95,7 +95,9 @@ def _repeated_path(records: Sequence[ManifestRecord]) -> tuple[int, int] | None:
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
     """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
     path = Path(path)
-    text = read_text_file(path, "manifest")
+    # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would otherwise
+    # become part of the first column's name ("\ufeffpath").
+    text = read_text_file(path, "manifest", encoding="utf-8-sig")
     records, lines = [], []
     if path.suffix.lower() == ".csv":
         # The csv module reads records itself: a quoted field may hold a newline, and only \r and \n

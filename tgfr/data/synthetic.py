@@ -7,17 +7,19 @@ only on (seed, identity, image), so two runs with one seed write identical files
 number of worker processes.
 """
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import degrade_records
+from tgfr.data.degrade import degrade_records, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -48,9 +50,16 @@ class SyntheticConfig:
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be >= 0 with sum < 1, got "
                              f"{self.val_fraction} and {self.test_fraction}")
-        for name in self.degradations:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name, recipe in self.degradations.items():
             if not name.endswith("_degraded") or name.split("_")[0] not in ("train", "val", "test"):
                 raise ValueError(f"degradation split names look like '<train|val|test>_degraded...', got {name!r}")
+            # Checked here, not after every image has been rendered.
+            try:
+                parse_recipe(recipe)
+            except ValueError as error:
+                raise ValueError(f"degradation recipe of split {name!r}: {error}") from None
 
     def key(self) -> str:
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
@@ -113,8 +122,12 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
         degraded, _ = degrade_records(source, out, recipe, name, seed=config.seed, workers=workers)
         records += degraded
     manifest = write_manifest(out / "manifest.jsonl", records)
-    (out / "synthetic.json").write_text(json.dumps({**asdict(config), "version": GENERATOR_VERSION,
-                                                    "key": config.key()}, indent=1, sort_keys=True) + "\n")
+    # Written to a temporary file and renamed: a marker cut short by an interrupted run would
+    # otherwise be a half-written file that readers take for the dataset's description.
+    marker = out / "synthetic.json.tmp"
+    marker.write_text(json.dumps({**asdict(config), "version": GENERATOR_VERSION, "key": config.key()},
+                                 indent=1, sort_keys=True) + "\n")
+    os.replace(marker, out / "synthetic.json")
     return manifest
 
 
@@ -125,21 +138,53 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tgfr"
 
 
+def _cached_manifest(folder: Path, key: str) -> Path | None:
+    """folder's manifest when its synthetic.json records `key`; an absent, unreadable or cut-short
+    marker is a folder still being written or left half-written, so None."""
+    try:
+        marker = json.loads((folder / "synthetic.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return folder / "manifest.jsonl" if isinstance(marker, dict) and marker.get("key") == key else None
+
+
 def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_dir: str | Path | None = None,
                              workers: int = 2) -> Path:
     """Manifest of a synthetic dataset in <cache_dir>/synthetic/<config key>, generated on first use.
 
-    A folder is reused only when its synthetic.json records the same key, written last, so an
-    interrupted generation is redone instead of being used half-written.
+    A folder is reused only when its synthetic.json records the same key. The dataset is generated
+    in a temporary sibling folder and renamed into place, so neither an interrupted run nor a
+    process generating it at the same time is ever seen half-written; of two processes that
+    generate it at once, the one whose rename comes second uses the other's folder.
     """
     if isinstance(preset, str):
         if preset not in SYNTHETIC_PRESETS:
             raise ValueError(f"preset must be one of {sorted(SYNTHETIC_PRESETS)} or a SyntheticConfig, got {preset!r}")
         preset = SYNTHETIC_PRESETS[preset]
-    folder = Path(cache_dir or default_cache_dir()) / "synthetic" / preset.key()
-    marker = folder / "synthetic.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == preset.key():
-        return folder / "manifest.jsonl"
-    if folder.exists():
-        shutil.rmtree(folder)
-    return generate_synthetic_dataset(folder, preset, workers=workers)
+    key = preset.key()
+    folder = Path(cache_dir or default_cache_dir()) / "synthetic" / key
+    if (manifest := _cached_manifest(folder, key)) is not None:
+        return manifest
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read).
+    staging = folder.with_name(f".{key}-{uuid.uuid4().hex}")
+    staging.mkdir()
+    try:
+        generate_synthetic_dataset(staging, preset, workers=workers)
+        if folder.exists() and _cached_manifest(folder, key) is None:
+            # A stale folder (no valid marker: interrupted by an older version, or damaged) is
+            # moved aside first, since a directory cannot be renamed over a non-empty one; if
+            # another process moved or replaced it meanwhile, the rename below settles it.
+            stale = folder.with_name(f".{key}-stale-{uuid.uuid4().hex}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(folder, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if (manifest := _cached_manifest(folder, key)) is None:  # not a finished copy from another process
+                raise
+            return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / "manifest.jsonl"
