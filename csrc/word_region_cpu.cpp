@@ -7,6 +7,9 @@
 // and (rows x R) . (R x D)) on tiles that stay in cache, done by the BLAS behind at::mm
 // (single-threaded inside at::parallel_for), and the two softmaxes and the cosines run in
 // between on the (rows x R) tile. Nothing of size N*M*T*R or N*M*T*D is ever allocated.
+// bf16 inputs take bf16 products with fp32 accumulation on CPUs with bf16 matrix units
+// (bf16_products.h), as the GPU kernels do; fp32, float64 and the other CPUs take fp32 (float64)
+// products.
 //
 // The backward recomputes each pair. d(words) of a caption sums over images and d(regions) of
 // an image over captions; to accumulate both without races or per-thread copies, captions and
@@ -17,8 +20,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "bf16_products.h"
 #include "group_rotation.h"
 #include "vector_math.h"
 
@@ -111,6 +117,106 @@ std::vector<int64_t> caption_blocks(const std::vector<int64_t>& offsets, int64_t
   return starts;
 }
 
+// What the bf16 products of a call share: the packed words in bf16 and every image packed as a
+// right operand, both ways round.
+struct Bf16Operands {
+  std::vector<BFloat16> words;                 // (sum(lengths), even(D)), zeros past D
+  int64_t words_stride = 0;                    // even(D)
+  std::vector<PackedRight> images;             // per image: V (R x D)
+  std::vector<PackedRight> transposed_images;  // per image: V^T (D x R)
+
+  Bf16Operands(const at::Tensor& packed_rows, const at::Tensor& images_fp32) {
+    const int64_t rows = packed_rows.size(0), dim = packed_rows.size(1);
+    const int64_t num_images = images_fp32.size(0), num_regions = images_fp32.size(1);
+    words_stride = even(dim);
+    words.resize(rows * words_stride);
+    copy_to_bf16(packed_rows.data_ptr<float>(), rows, dim, dim, false, words.data(), words_stride);
+    images.resize(num_images);
+    transposed_images.resize(num_images);
+    const float* image_data = images_fp32.data_ptr<float>();
+    at::parallel_for(0, num_images, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const float* image = image_data + j * num_regions * dim;
+        images[j].pack(image, num_regions, dim, dim, /*transposed=*/false);
+        transposed_images[j].pack(image, dim, num_regions, dim, /*transposed=*/true);
+      }
+    });
+  }
+};
+
+// The products of one block of captions against image j: fp32 (float64) through at::mm, or,
+// given bf16 operands, bf16 through the micro-kernel (converting the left operand to bf16).
+template <typename acc_t>
+class PairProducts {
+ public:
+  PairProducts(const Bf16Operands* bf16, int64_t max_rows, int64_t num_regions, int64_t dim)
+      : bf16_(bf16), num_regions_(num_regions), dim_(dim) {
+    if (bf16_ != nullptr) {
+      left_.resize(std::max(max_rows * std::max(even(num_regions), even(dim)), num_regions * even(max_rows)));
+    }
+  }
+  PairProducts(const PairProducts&) = delete;
+  ~PairProducts() {
+    if (bf16_ != nullptr) release_bf16_products();
+  }
+
+  // out (rows x R) = left (rows x D) . V_j^T; left_bf16: the same rows already in bf16, if any.
+  void times_transposed_image(const acc_t* left, const BFloat16* left_bf16, int64_t rows, const acc_t* image,
+                              int64_t j, acc_t* out) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (bf16_ != nullptr) {
+        const int64_t stride = even(dim_);
+        if (left_bf16 == nullptr) {
+          copy_to_bf16(left, rows, dim_, dim_, false, left_.data(), stride);
+          left_bf16 = left_.data();
+        }
+        bf16_->transposed_images[j].multiply(left_bf16, rows, stride, out, num_regions_, false);
+        return;
+      }
+    }
+    at::Tensor out_matrix = matrix(out, rows, num_regions_);
+    at::mm_out(out_matrix, matrix(left, rows, dim_), matrix(image, num_regions_, dim_).t());
+  }
+
+  // out (rows x D) = left (rows x R) . V_j, or += with accumulate.
+  void times_image(const acc_t* left, int64_t rows, const acc_t* image, int64_t j, acc_t* out, bool accumulate) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (bf16_ != nullptr) {
+        const int64_t stride = even(num_regions_);
+        copy_to_bf16(left, rows, num_regions_, num_regions_, false, left_.data(), stride);
+        bf16_->images[j].multiply(left_.data(), rows, stride, out, dim_, accumulate);
+        return;
+      }
+    }
+    at::Tensor out_matrix = matrix(out, rows, dim_);
+    const at::Tensor left_matrix = matrix(left, rows, num_regions_), image_matrix = matrix(image, num_regions_, dim_);
+    if (accumulate) {
+      out_matrix.addmm_(left_matrix, image_matrix);
+    } else {
+      at::mm_out(out_matrix, left_matrix, image_matrix);
+    }
+  }
+
+  // out (R x D) += left^T (R x rows) . right (rows x D).
+  void add_transposed_times(const acc_t* left, const acc_t* right, int64_t rows, acc_t* out) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (bf16_ != nullptr) {
+        right_.pack(right, rows, dim_, dim_, /*transposed=*/false);
+        copy_to_bf16(left, num_regions_, rows, num_regions_, /*transposed=*/true, left_.data(), even(rows));
+        right_.multiply(left_.data(), num_regions_, even(rows), out, dim_, /*accumulate=*/true);
+        return;
+      }
+    }
+    matrix(out, num_regions_, dim_).addmm_(matrix(left, rows, num_regions_).t(), matrix(right, rows, dim_));
+  }
+
+ private:
+  const Bf16Operands* bf16_;
+  int64_t num_regions_, dim_;
+  std::vector<BFloat16> left_;
+  PackedRight right_;
+};
+
 // Per-thread scratch for one block of captions against one image.
 template <typename acc_t>
 struct PairTiles {
@@ -121,31 +227,32 @@ struct PairTiles {
   std::vector<acc_t> column_buffer;     // (R)
   std::vector<acc_t> cosines;           // (rows)
   std::vector<acc_t> context_norms;     // (rows)
+  PairProducts<acc_t> products;
 
-  PairTiles(int64_t max_rows, int64_t num_regions, int64_t dim, bool backward)
+  PairTiles(int64_t max_rows, int64_t num_regions, int64_t dim, bool backward, const Bf16Operands* bf16)
       : word_attention(max_rows * num_regions),
         region_attention(max_rows * num_regions),
         grad_attention(backward ? max_rows * num_regions : 0),
         context(max_rows * dim),
         column_buffer(num_regions),
         cosines(max_rows),
-        context_norms(max_rows) {}
+        context_norms(max_rows),
+        products(bf16, max_rows, num_regions, dim) {}
 };
 
 // Forward of one block of captions [first, last) against one image: fills tiles.word_attention,
 // tiles.region_attention, tiles.context, tiles.cosines, tiles.context_norms.
 template <typename acc_t>
 void forward_block(const PackedWords& packed, const acc_t* word_norms, int64_t first, int64_t last,
-                   const acc_t* image, int64_t num_regions, int64_t dim, const Hyperparameters& hyper,
-                   PairTiles<acc_t>& tiles) {
+                   const acc_t* image, int64_t image_index, int64_t num_regions, int64_t dim,
+                   const Hyperparameters& hyper, const Bf16Operands* bf16, PairTiles<acc_t>& tiles) {
   const int64_t row0 = packed.offsets[first];
   const int64_t rows = packed.offsets[last] - row0;
   const acc_t* block_words = packed.rows.data_ptr<acc_t>() + row0 * dim;
-  const at::Tensor image_matrix = matrix(image, num_regions, dim);
 
   acc_t* a = tiles.word_attention.data();
-  at::Tensor a_matrix = matrix(a, rows, num_regions);
-  at::mm_out(a_matrix, matrix(block_words, rows, dim), image_matrix.t());
+  const BFloat16* block_words_bf16 = bf16 != nullptr ? bf16->words.data() + row0 * bf16->words_stride : nullptr;
+  tiles.products.times_transposed_image(block_words, block_words_bf16, rows, image, image_index, a);
   acc_t* alpha = tiles.region_attention.data();
   acc_t* inverse_sums = tiles.column_buffer.data();
   for (int64_t i = first; i < last; ++i) {
@@ -158,8 +265,7 @@ void forward_block(const PackedWords& packed, const acc_t* word_norms, int64_t f
   }
 
   acc_t* context = tiles.context.data();
-  at::Tensor context_matrix = matrix(context, rows, dim);
-  at::mm_out(context_matrix, matrix(alpha, rows, num_regions), image_matrix);
+  tiles.products.times_image(alpha, rows, image, image_index, context, /*accumulate=*/false);
   for (int64_t row = 0; row < rows; ++row) {
     const acc_t* c = context + row * dim;
     const acc_t context_norm = std::sqrt(dot(c, c, dim));
@@ -169,14 +275,31 @@ void forward_block(const PackedWords& packed, const acc_t* word_norms, int64_t f
   }
 }
 
-// log sum_t exp(gamma2 * cos_t) over one caption's rows of tiles.cosines.
+// score = log sum_t exp(gamma2 * cos_t) over one caption's rows of tiles.cosines, kept as
+// gamma2 * top + log_sum with top = max_t cos_t, so that softmax_t = exp(gamma2 * (cos_t - top) -
+// log_sum). gamma2 scales the differences, not the cosines: with a contracted (FMA) gamma2 * cos_t
+// - max, exp would see the rounding error of the max, gamma2 * |cos| * 2^-24, which is not small
+// for a large gamma2.
 template <typename acc_t>
-acc_t caption_score(const acc_t* cosines, int64_t rows, acc_t gamma2) {
-  acc_t top = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t t = 0; t < rows; ++t) top = std::max(top, gamma2 * cosines[t]);
-  acc_t sum = 0;
-  for (int64_t t = 0; t < rows; ++t) sum += std::exp(gamma2 * cosines[t] - top);
-  return top + std::log(sum);
+struct CaptionSoftmax {
+  acc_t top, log_sum, gamma2;
+
+  CaptionSoftmax(const acc_t* cosines, int64_t rows, acc_t gamma2) : gamma2(gamma2) {
+    top = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t t = 0; t < rows; ++t) top = std::max(top, cosines[t]);
+    acc_t sum = 0;
+    for (int64_t t = 0; t < rows; ++t) sum += std::exp(gamma2 * (cosines[t] - top));
+    log_sum = std::log(sum);
+  }
+
+  acc_t score() const { return gamma2 * top + log_sum; }
+  acc_t probability(acc_t cosine) const { return std::exp(gamma2 * (cosine - top) - log_sum); }
+};
+
+// The bf16 operands of a call, when its inputs are bf16 and the CPU has bf16 products.
+std::unique_ptr<Bf16Operands> bf16_operands(at::ScalarType input, const PackedWords& packed, const at::Tensor& images) {
+  if (input != at::kBFloat16 || !bf16_products_enabled()) return nullptr;
+  return std::make_unique<Bf16Operands>(packed.rows, images);
 }
 
 template <typename acc_t>
@@ -187,6 +310,7 @@ at::Tensor scores_forward(const at::Tensor& words, const at::Tensor& lengths, co
   const PackedWords packed = pack_words(words, lengths);
   const at::Tensor word_norms = packed.rows.norm(2, {1});
   const at::Tensor images = regions.to(packed.rows.scalar_type()).contiguous();
+  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(words.scalar_type(), packed, images);
   at::Tensor scores = at::empty({num_captions, num_images}, packed.rows.options());
 
   const std::vector<int64_t> blocks = caption_blocks(packed.offsets, 0, num_captions, kRowsPerBlock);
@@ -198,16 +322,17 @@ at::Tensor scores_forward(const at::Tensor& words, const at::Tensor& lengths, co
   const acc_t* norm_data = word_norms.data_ptr<acc_t>();
   acc_t* score_data = scores.data_ptr<acc_t>();
   at::parallel_for(0, num_blocks * num_images, 1, [&](int64_t begin, int64_t end) {
-    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false);
+    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false, bf16.get());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / num_images, j = task % num_images;
       const int64_t first = blocks[b], last = blocks[b + 1];
-      forward_block(packed, norm_data, first, last, image_data + j * num_regions * dim, num_regions, dim, hyper,
-                    tiles);
+      forward_block(packed, norm_data, first, last, image_data + j * num_regions * dim, j, num_regions, dim, hyper,
+                    bf16.get(), tiles);
       for (int64_t i = first; i < last; ++i) {
         const int64_t local = packed.offsets[i] - packed.offsets[first];
         score_data[i * num_images + j] =
-            caption_score(tiles.cosines.data() + local, packed.offsets[i + 1] - packed.offsets[i], acc_t(hyper.gamma2));
+            CaptionSoftmax<acc_t>(tiles.cosines.data() + local, packed.offsets[i + 1] - packed.offsets[i],
+                                  acc_t(hyper.gamma2)).score();
       }
     }
   });
@@ -218,10 +343,10 @@ at::Tensor scores_forward(const at::Tensor& words, const at::Tensor& lengths, co
 // grad_rows (packed like the words) and into grad_image (R x D).
 template <typename acc_t>
 void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t first, int64_t last,
-                    const acc_t* image, acc_t* grad_image, const acc_t* grad_score_column, int64_t num_images,
-                    int64_t num_regions, int64_t dim, const Hyperparameters& hyper, acc_t* grad_rows,
-                    PairTiles<acc_t>& tiles) {
-  forward_block(packed, word_norms, first, last, image, num_regions, dim, hyper, tiles);
+                    const acc_t* image, int64_t image_index, acc_t* grad_image, const acc_t* grad_score_column,
+                    int64_t num_images, int64_t num_regions, int64_t dim, const Hyperparameters& hyper,
+                    const Bf16Operands* bf16, acc_t* grad_rows, PairTiles<acc_t>& tiles) {
+  forward_block(packed, word_norms, first, last, image, image_index, num_regions, dim, hyper, bf16, tiles);
   const int64_t row0 = packed.offsets[first];
   const int64_t rows = packed.offsets[last] - row0;
   const acc_t* block_words = packed.rows.data_ptr<acc_t>() + row0 * dim;
@@ -236,10 +361,10 @@ void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t 
     const int64_t length = packed.offsets[i + 1] - packed.offsets[i];
     const acc_t* cosines = tiles.cosines.data() + local;
     const acc_t grad_score = grad_score_column[i * num_images];
-    const acc_t score = caption_score(cosines, length, gamma2);
+    const CaptionSoftmax<acc_t> softmax(cosines, length, gamma2);
     for (int64_t t = 0; t < length; ++t) {
       const int64_t row = local + t;
-      const acc_t grad_cos = grad_score * gamma2 * std::exp(gamma2 * cosines[t] - score);
+      const acc_t grad_cos = grad_score * gamma2 * softmax.probability(cosines[t]);
       const acc_t word_norm = word_norms[row0 + row], context_norm = tiles.context_norms[row];
       const acc_t product = context_norm * word_norm;
       acc_t a, b, e;
@@ -262,14 +387,9 @@ void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t 
     }
   }
 
-  const at::Tensor image_matrix = matrix(image, num_regions, dim);
-  at::Tensor grad_image_matrix = matrix(grad_image, num_regions, dim);
-  const at::Tensor grad_context = matrix(static_cast<const acc_t*>(context), rows, dim);
-  const at::Tensor alpha_matrix = matrix(tiles.region_attention.data(), rows, num_regions);
   acc_t* grad = tiles.grad_attention.data();
-  at::Tensor grad_matrix = matrix(grad, rows, num_regions);
-  at::mm_out(grad_matrix, grad_context, image_matrix.t());
-  grad_image_matrix.addmm_(alpha_matrix.t(), grad_context);
+  tiles.products.times_transposed_image(context, nullptr, rows, image, image_index, grad);
+  tiles.products.add_transposed_times(tiles.region_attention.data(), context, rows, grad_image);
 
   // Softmax over regions of gamma1 * a: d(a) = gamma1 * alpha * (d(alpha) - <alpha, d(alpha)>).
   const acc_t* alpha = tiles.region_attention.data();
@@ -302,8 +422,8 @@ void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t 
       }
     }
   }
-  matrix(block_grad, rows, dim).addmm_(grad_matrix, image_matrix);
-  grad_image_matrix.addmm_(grad_matrix.t(), matrix(block_words, rows, dim));
+  tiles.products.times_image(grad, rows, image, image_index, block_grad, /*accumulate=*/true);
+  tiles.products.add_transposed_times(grad, block_words, rows, grad_image);
 }
 
 // Caption groups with about equal numbers of packed rows.
@@ -330,6 +450,7 @@ std::tuple<at::Tensor, at::Tensor> scores_backward(const at::Tensor& grad_scores
   const at::Tensor word_norms = packed.rows.norm(2, {1});
   const at::Tensor images = regions.to(packed.rows.scalar_type()).contiguous();
   const at::Tensor grad = grad_scores.to(packed.rows.scalar_type()).contiguous();
+  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(words.scalar_type(), packed, images);
   at::Tensor grad_rows = at::zeros_like(packed.rows);
   at::Tensor grad_images = at::zeros_like(images);
 
@@ -352,16 +473,16 @@ std::tuple<at::Tensor, at::Tensor> scores_backward(const at::Tensor& grad_scores
   acc_t* grad_image_data = grad_images.data_ptr<acc_t>();
   for (int64_t step = 0; step < parts; ++step) {
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-      PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/true);
+      PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/true, bf16.get());
       for (int64_t k = begin; k < end; ++k) {
         const std::vector<int64_t>& blocks = group_blocks[k];
         const int64_t image_group = rotated_group(k, step, parts);
         for (int64_t j = image_groups[image_group]; j < image_groups[image_group + 1]; ++j) {
           for (size_t b = 0; b + 1 < blocks.size(); ++b) {
             if (blocks[b] == blocks[b + 1]) continue;
-            backward_block(packed, norm_data, blocks[b], blocks[b + 1], image_data + j * num_regions * dim,
+            backward_block(packed, norm_data, blocks[b], blocks[b + 1], image_data + j * num_regions * dim, j,
                            grad_image_data + j * num_regions * dim, grad_data + j, num_images, num_regions, dim,
-                           hyper, grad_rows_data, tiles);
+                           hyper, bf16.get(), grad_rows_data, tiles);
           }
         }
       }
@@ -382,6 +503,7 @@ at::Tensor paired_attention(const at::Tensor& words, const at::Tensor& lengths, 
   const PackedWords packed = pack_words(words, lengths);
   const at::Tensor word_norms = packed.rows.norm(2, {1});
   const at::Tensor images = regions.to(packed.rows.scalar_type()).contiguous();
+  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(words.scalar_type(), packed, images);
   at::Tensor attention = at::zeros({num_captions, num_words, num_regions}, packed.rows.options());
   int64_t max_rows = 0;
   for (int64_t i = 0; i < num_captions; ++i) max_rows = std::max(max_rows, packed.offsets[i + 1] - packed.offsets[i]);
@@ -389,10 +511,10 @@ at::Tensor paired_attention(const at::Tensor& words, const at::Tensor& lengths, 
   const acc_t* image_data = images.data_ptr<acc_t>();
   acc_t* attention_data = attention.data_ptr<acc_t>();
   at::parallel_for(0, num_captions, 1, [&](int64_t begin, int64_t end) {
-    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false);
+    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false, bf16.get());
     for (int64_t i = begin; i < end; ++i) {
-      forward_block(packed, word_norms.data_ptr<acc_t>(), i, i + 1, image_data + i * num_regions * dim, num_regions,
-                    dim, hyper, tiles);
+      forward_block(packed, word_norms.data_ptr<acc_t>(), i, i + 1, image_data + i * num_regions * dim, i,
+                    num_regions, dim, hyper, bf16.get(), tiles);
       const int64_t rows = packed.offsets[i + 1] - packed.offsets[i];
       std::copy(tiles.region_attention.begin(), tiles.region_attention.begin() + rows * num_regions,
                 attention_data + i * num_words * num_regions);

@@ -11,6 +11,8 @@ SHAPES = {
     "tgfr": dict(num_captions=5, num_images=4, num_words=22, num_regions=196, dim=256),
     "attngan-coco": dict(num_captions=4, num_images=5, num_words=15, num_regions=289, dim=256),
     "small": dict(num_captions=9, num_images=7, num_words=12, num_regions=49, dim=64),
+    # Odd R and D: the bf16 products pad their inner sizes to even (bf16_products.h).
+    "odd": dict(num_captions=6, num_images=5, num_words=7, num_regions=9, dim=33),
 }
 # (values rtol, gradients rtol) against the reference run on the same (rounded) inputs in fp32/fp64.
 TOLERANCES = {torch.float32: (1e-4, 1e-3), torch.float64: (1e-10, 1e-9), torch.bfloat16: (2e-3, 2e-2)}
@@ -45,10 +47,27 @@ def fused_and_reference(words, lengths, regions, grad_seed=1, **hyper):
     return (fused, *fused_grads), (expected, *expected_grads)
 
 
+# bf16 inputs take bf16 products on CPUs with bf16 matrix units (csrc/bf16_products.h) unless
+# TGFR_CPU_BF16_PRODUCTS=0: both ways are checked (on other CPUs both are the fp32 products).
+DTYPES = [pytest.param(torch.float32, None, id="float32"),
+          pytest.param(torch.bfloat16, None, id="bfloat16"),
+          pytest.param(torch.bfloat16, "0", id="bfloat16-fp32-products")]
+
+
+@pytest.fixture
+def products(monkeypatch):
+    """Applies the test's TGFR_CPU_BF16_PRODUCTS setting (None: the default)."""
+    def use(setting):
+        if setting is not None:
+            monkeypatch.setenv("TGFR_CPU_BF16_PRODUCTS", setting)
+    return use
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("word_softmax", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matches_reference(shape, word_softmax, dtype):
+@pytest.mark.parametrize("dtype, bf16_products", DTYPES)
+def test_matches_reference(shape, word_softmax, dtype, bf16_products, products):
+    products(bf16_products)
     words, lengths, regions = make_inputs(**SHAPES[shape], dtype=dtype)
     fused, expected = fused_and_reference(words, lengths, regions, word_softmax=word_softmax)
     value_rtol, grad_rtol = TOLERANCES[dtype]
@@ -59,7 +78,9 @@ def test_matches_reference(shape, word_softmax, dtype):
     assert_close_relative(fused[2], expected[2], grad_rtol, "d(regions)")
 
 
-@pytest.mark.parametrize("gamma1,gamma2", [(0.5, 0.5), (4.0, 5.0), (20.0, 20.0), (0.5, 20.0), (20.0, 0.5)])
+# Large gamma2: the log-sum-exp over words must not put gamma2 * cos rounding errors inside exp.
+@pytest.mark.parametrize("gamma1,gamma2", [(0.5, 0.5), (4.0, 5.0), (20.0, 20.0), (0.5, 20.0), (20.0, 0.5),
+                                           (4.0, 1e6), (4.0, 1e10)])
 def test_gamma_range(gamma1, gamma2):
     words, lengths, regions = make_inputs(**SHAPES["small"], seed=2)
     fused, expected = fused_and_reference(words, lengths, regions, gamma1=gamma1, gamma2=gamma2)
@@ -148,6 +169,11 @@ def test_opcheck():
         torch.ops.tgfr.word_region_scores.default,
         (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0, True),
     )
+    # Transposed inputs: the backward's fake kernel must give the kernel's contiguous strides.
+    words_t = words.detach().transpose(1, 2).contiguous().transpose(1, 2)
+    regions_t = regions.detach().transpose(0, 1).contiguous().transpose(0, 1)
+    torch.library.opcheck(torch.ops.tgfr.word_region_scores_backward.default,
+                          (torch.randn(3, 4), words_t, lengths, regions_t, 4.0, 5.0, True))
     torch.library.opcheck(torch.ops.tgfr.word_region_attention.default, (words.detach(), lengths, regions[:3].detach(), 4.0, True))
 
 
@@ -175,8 +201,10 @@ def test_non_contiguous_inputs():
     )
 
 
-def test_nan_propagates_to_its_row_and_column():
-    words, lengths, regions = make_inputs(**SHAPES["small"], seed=10)
+@pytest.mark.parametrize("dtype, bf16_products", DTYPES)
+def test_nan_propagates_to_its_row_and_column(dtype, bf16_products, products):
+    products(bf16_products)
+    words, lengths, regions = make_inputs(**SHAPES["small"], seed=10, dtype=dtype)
     words[2, 0, 0] = float("nan")
     regions[3, 5, 1] = float("nan")
     scores = tgfr.ops.word_region_scores(words, lengths, regions)
@@ -200,6 +228,17 @@ def test_attention_matches_reference(word_softmax, dtype):
     valid = torch.arange(words.shape[1]) < lengths[:, None]
     torch.testing.assert_close(attention[valid], diagonal[valid], rtol=1e-5, atol=1e-6)
     assert (attention[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("bf16_products", [None, "0"])
+def test_bf16_attention_matches_reference(bf16_products, products):
+    """alpha needs only the first product, exact in either way for bf16 inputs (fp32 accumulation)."""
+    products(bf16_products)
+    words, lengths, _ = make_inputs(**SHAPES["odd"], dtype=torch.bfloat16, seed=12)
+    regions = torch.randn(words.shape[0], 9, words.shape[2]).bfloat16()
+    attention = tgfr.ops.word_region_attention(words, lengths, regions)
+    expected = reference.word_region_attention(words.float(), lengths, regions.float())
+    torch.testing.assert_close(attention, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_available_backends():

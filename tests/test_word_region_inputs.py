@@ -55,7 +55,8 @@ def test_attention_needs_one_image_per_caption():
         tgfr.ops.word_region_attention(words, lengths, regions)
 
 
-@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan"), float("inf")])
+# 1e39 and 10**400: finite in Python, inf in the kernels' float32 (or beyond float altogether).
+@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan"), float("inf"), 1e39, 10**400])
 def test_bad_gamma(gamma):
     with pytest.raises(ValueError, match="gamma1"):
         tgfr.ops.word_region_scores(*valid_inputs(), gamma1=gamma)

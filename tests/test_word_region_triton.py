@@ -276,13 +276,34 @@ def test_registered_op_passes_opcheck():
 
 @interpreted_only
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
-def test_registered_backward_op_passes_opcheck(deterministic):
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "transposed"])
+def test_registered_backward_op_passes_opcheck(deterministic, contiguous):
     from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
 
     words, lengths, regions = _inputs(3, 2, 4, 17, 8, [4, 1, 2], seed=13)
+    words, regions = words.float(), regions.float()
+    if not contiguous:  # the fake kernel must give the real op's (contiguous) strides
+        words, regions = words.transpose(1, 2).contiguous().transpose(1, 2), regions.transpose(0, 1).contiguous().transpose(0, 1)
     grad = torch.randn(3, 2, generator=torch.Generator().manual_seed(14))
     torch.library.opcheck(
         torch.ops.tgfr.word_region_scores_backward_triton.default,
-        (grad, words.float(), lengths, regions.float(), 4.0, 5.0, True, deterministic),
+        (grad, words, lengths, regions, 4.0, 5.0, True, deterministic),
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+@interpreted_only
+def test_registered_ops_take_noncontiguous_inputs():
+    """Called directly, past the front end's .contiguous(): the kernels assume a unit last stride."""
+    import tgfr.ops  # noqa: F401  (registers the ops)
+
+    words, lengths, regions = _inputs(3, 2, 5, 11, 4, [5, 3, 1], seed=15)
+    grad = torch.randn(3, 2, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    expected = _reference_with_grads(words, lengths, regions, grad)
+    words_t = words.float().transpose(1, 2).contiguous().transpose(1, 2)  # last stride 5, not 1
+    regions_t = regions.float().transpose(0, 1).contiguous().transpose(0, 1)
+    scores = torch.ops.tgfr.word_region_scores_triton(words_t, lengths, regions_t, 4.0, 5.0, True)
+    gradients = torch.ops.tgfr.word_region_scores_backward_triton(
+        grad.float(), words_t, lengths, regions_t, 4.0, 5.0, True, False)
+    for got, want in zip((scores, *gradients), expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())

@@ -4,6 +4,7 @@ Each check raises TypeError (not a tensor, wrong dtype) or ValueError (wrong ran
 device or value) with a message that names the argument, what was expected and what came.
 """
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,13 +53,18 @@ def check_size(name: str, tensor: torch.Tensor, dim: int, expected: int, what: s
         )
 
 
-def check_positive(name: str, value: float) -> float:
-    """Checks a finite, strictly positive hyperparameter."""
+def check_positive(name: str, value: float, maximum: float = math.inf) -> float:
+    """Checks a finite, strictly positive hyperparameter, at most `maximum`; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite positive number, got {value}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not 0 < number < math.inf or number > maximum:
+        bound = "" if maximum == math.inf else f" of at most {maximum:g}"
+        raise ValueError(f"{name} must be a finite positive number{bound}, got {value}")
+    return number
 
 
 def check_flag(name: str, value: object) -> bool:

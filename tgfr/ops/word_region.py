@@ -24,6 +24,8 @@ from tgfr.validation import (
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+# The kernels compute in float32: a larger gamma would be inf there.
+GAMMA_MAX = torch.finfo(torch.float32).max
 
 
 def _check_inputs(
@@ -94,7 +96,7 @@ def word_region_scores(
         No N*M*T*R or N*M*T*D tensor is allocated: the backward recomputes per pair.
     """
     words, lengths, regions = _check_inputs(words, lengths, regions)
-    gamma1, gamma2 = check_positive("gamma1", gamma1), check_positive("gamma2", gamma2)
+    gamma1, gamma2 = check_positive("gamma1", gamma1, GAMMA_MAX), check_positive("gamma2", gamma2, GAMMA_MAX)
     word_softmax = check_flag("word_softmax", word_softmax)
     backend = _resolve_backend(backend, words)
     if backend == "reference":
@@ -121,7 +123,7 @@ def word_region_attention(
     """
     words, lengths, regions = _check_inputs(words, lengths, regions)
     check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
-    gamma1, word_softmax = check_positive("gamma1", gamma1), check_flag("word_softmax", word_softmax)
+    gamma1, word_softmax = check_positive("gamma1", gamma1, GAMMA_MAX), check_flag("word_softmax", word_softmax)
     return torch.ops.tgfr.word_region_attention(words.detach(), lengths, regions.detach(), gamma1, word_softmax)
 
 
@@ -133,7 +135,7 @@ def _word_region_scores_fake(words, lengths, regions, gamma1, gamma2, word_softm
 
 @torch.library.register_fake("tgfr::word_region_scores_backward")
 def _word_region_scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax):
-    return torch.empty_like(words), torch.empty_like(regions)
+    return words.new_empty(words.shape), regions.new_empty(regions.shape)  # contiguous, as the kernels' are
 
 
 @torch.library.register_fake("tgfr::word_region_attention")

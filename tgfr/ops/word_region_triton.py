@@ -294,13 +294,19 @@ def _pair_context(
 
 
 @triton.jit
-def _word_logsumexp(logits, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr):
-    """Log-sum-exp over each caption's rows: (CAPTIONS * T_PAD,) -> (CAPTIONS,), -inf rows ignored."""
-    per_caption = tl.reshape(logits, (CAPTIONS, T_PAD))
+def _caption_scores(cos, valid_word, gamma2, CAPTIONS: tl.constexpr, T_PAD: tl.constexpr):
+    """Per caption, score = log sum_t exp(gamma2 cos_t) over its valid rows, (CAPTIONS,), and each
+    row's softmax_t(gamma2 cos), (CAPTIONS * T_PAD,), 0 at invalid rows. gamma2 scales differences
+    to the largest cosine, not the cosines: with gamma2 * cos_t - max fused into an FMA, exp would
+    see the max's rounding error, gamma2 * |cos| * 2^-24, not small for a large gamma2."""
+    per_caption = tl.reshape(tl.where(valid_word, cos, float("-inf")), (CAPTIONS, T_PAD))
     top = tl.max(per_caption, axis=1)
-    safe_top = tl.where(top == float("-inf"), 0.0, top)
-    total = tl.sum(tl.exp(per_caption - safe_top[:, None]), axis=1)
-    return safe_top + tl.log(tl.where(total == 0.0, 1.0, total))  # 0, not -inf, for captions past N
+    safe_top = tl.where(top == float("-inf"), 0.0, top)  # captions past N have no valid row
+    scaled = gamma2 * (per_caption - safe_top[:, None])
+    total = tl.sum(tl.exp(scaled), axis=1)
+    log_total = tl.log(tl.where(total == 0.0, 1.0, total))  # 0, not -inf, for captions past N
+    probabilities = tl.reshape(tl.exp(scaled - log_total[:, None]), (CAPTIONS * T_PAD,))
+    return gamma2 * safe_top + log_total, probabilities
 
 
 @triton.autotune(
@@ -332,8 +338,7 @@ def _forward_kernel(
             )
             context_norm = tl.sqrt(tl.sum(context * context, axis=1))
             cos = tl.sum(context * words_f32, axis=1) / tl.maximum(context_norm * word_norm, 1e-8)
-            logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
-            scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
+            scores, _ = _caption_scores(cos, valid_word, gamma2, CAPTIONS, T_PAD)
             # 64-bit: caption * stride_sn passes 2^31 once (N - 1) * M does (N = M = 46342).
             tl.store(scores_ptr + first_caption.to(tl.int64) * stride_sn + image, scores, mask=first_caption < N)
 
@@ -410,9 +415,7 @@ def _pair_backward(
     context_norm = tl.sqrt(tl.sum(context * context, axis=1))
     norms = context_norm * word_norm
     cos = tl.sum(context * words_f32, axis=1) / tl.maximum(norms, 1e-8)
-    logits = tl.where(valid_word, gamma2 * cos, float("-inf"))
-    scores = _word_logsumexp(logits, CAPTIONS, T_PAD)
-    beta = tl.reshape(tl.exp(tl.reshape(logits, (CAPTIONS, T_PAD)) - scores[:, None]), (CAPTIONS * T_PAD,))
+    _, beta = _caption_scores(cos, valid_word, gamma2, CAPTIONS, T_PAD)
     grad_score = tl.load(grad_scores_ptr + caption.to(tl.int64) * stride_gn + image, mask=valid_word, other=0.0)
     grad_cos = tl.where(valid_word, grad_score * gamma2 * beta, 0.0)
     unclamped = norms > 1e-8
@@ -702,7 +705,10 @@ def _scores_op(
     gamma1: float, gamma2: float, word_softmax: bool,
 ) -> torch.Tensor:
     _assert_lengths_in_range(lengths, words.shape[1])
-    return launch_forward(words, lengths, regions, gamma1, gamma2, word_softmax)
+    # The kernels take the strides of the first two dimensions and assume the last is 1; the
+    # public front end passes contiguous tensors, a direct call of torch.ops.tgfr.* may not.
+    return launch_forward(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2,
+                          word_softmax)
 
 
 @triton_op("tgfr::word_region_scores_backward_triton", mutates_args=())
@@ -712,7 +718,8 @@ def _scores_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _assert_lengths_in_range(lengths, words.shape[1])
     grad_words, grad_regions = launch_backward(
-        grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax, deterministic
+        grad_scores.contiguous(), words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2,
+        word_softmax, deterministic,
     )
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
 
@@ -726,7 +733,7 @@ def _scores_fake(words, lengths, regions, gamma1, gamma2, word_softmax):
 
 @_scores_backward_op.register_fake
 def _scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax, deterministic):
-    return torch.empty_like(words), torch.empty_like(regions)
+    return words.new_empty(words.shape), regions.new_empty(regions.shape)  # contiguous, as the op's
 
 
 def _setup_context(ctx, inputs, output):

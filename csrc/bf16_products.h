@@ -1,0 +1,95 @@
+// bf16 x bf16 -> fp32 matrix products on the CPU's matrix units (AMX; AVX512-BF16 where oneDNN
+// supports it) through ATen's oneDNN micro-kernel, at::native::cpublas::brgemm, for the fused
+// kernels' bf16 inputs. As on the GPU, the operands are bf16 (the inputs exactly; probabilities
+// and gradients rounded to bf16) and every product accumulates in fp32.
+//
+// The micro-kernel takes the right operand B (K x N) packed: in blocks of kColumnBlock columns,
+// and with K padded to even, since bf16 pairs of rows are interleaved (VNNI). The left operand A
+// is row-major bf16 with the same padded K (zeros past the true K).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace tgfr::cpu {
+
+using at::BFloat16;
+
+inline constexpr int64_t kColumnBlock = 64;
+
+inline int64_t even(int64_t size) { return (size + 1) / 2 * 2; }
+
+// bf16 inputs take these products when the CPU and ATen's oneDNN support them, unless
+// TGFR_CPU_BF16_PRODUCTS=0 asks for the fp32 products (the kernels then convert bf16 inputs to
+// fp32 and multiply in fp32, as on CPUs without bf16 matrix units).
+inline bool bf16_products_enabled() {
+  const char* setting = std::getenv("TGFR_CPU_BF16_PRODUCTS");
+  if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
+  static const bool supported = at::native::cpublas::could_pack(at::kBFloat16);
+  return supported;
+}
+
+// rows x cols of `source` (row stride source_stride; transposed: element (r, c) is
+// source[c * source_stride + r]) into bf16 `target` with row stride target_stride, zeroing
+// columns cols .. target_stride.
+template <typename T>
+void copy_to_bf16(const T* source, int64_t rows, int64_t cols, int64_t source_stride, bool transposed,
+                  BFloat16* target, int64_t target_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    BFloat16* out = target + r * target_stride;
+    if (transposed) {
+      for (int64_t c = 0; c < cols; ++c) out[c] = BFloat16(static_cast<float>(source[c * source_stride + r]));
+    } else {
+      const T* in = source + r * source_stride;
+      for (int64_t c = 0; c < cols; ++c) out[c] = BFloat16(static_cast<float>(in[c]));
+    }
+    std::fill(out + cols, out + target_stride, BFloat16(0.0f));
+  }
+}
+
+// A right operand B (K x N), packed once and used by many products.
+class PackedRight {
+ public:
+  // B from `source` as copy_to_bf16 reads it (rows = K, cols = N). Reuses its buffers.
+  template <typename T>
+  void pack(const T* source, int64_t k, int64_t n, int64_t source_stride, bool transposed) {
+    k_ = even(k);
+    n_ = n;
+    const int64_t blocks = (n + kColumnBlock - 1) / kColumnBlock;
+    const int64_t padded_columns = blocks * kColumnBlock;
+    staging_.resize(k_ * padded_columns);
+    copy_to_bf16(source, k, n, source_stride, transposed, staging_.data(), padded_columns);
+    std::fill(staging_.begin() + k * padded_columns, staging_.end(), BFloat16(0.0f));
+    packed_.resize(blocks * k_ * kColumnBlock);
+    for (int64_t block = 0; block < blocks; ++block) {
+      at::native::cpublas::pack(k_, kColumnBlock, padded_columns, kColumnBlock, at::kBFloat16, at::kBFloat16,
+                                staging_.data() + block * kColumnBlock, packed_.data() + block * k_ * kColumnBlock);
+    }
+  }
+
+  // c (m x N, row stride ldc) = a (m x K, bf16, row stride lda) . B, or += with accumulate.
+  void multiply(const BFloat16* a, int64_t m, int64_t lda, float* c, int64_t ldc, bool accumulate) const {
+    for (int64_t block = 0; block * kColumnBlock < n_; ++block) {
+      const int64_t columns = std::min(kColumnBlock, n_ - block * kColumnBlock);
+      at::native::cpublas::brgemm(m, columns, k_, lda, kColumnBlock, ldc, accumulate, a,
+                                  packed_.data() + block * k_ * kColumnBlock, c + block * kColumnBlock,
+                                  /*is_vnni=*/true);
+    }
+  }
+
+  int64_t padded_k() const { return k_; }
+
+ private:
+  int64_t k_ = 0, n_ = 0;
+  std::vector<BFloat16> staging_, packed_;
+};
+
+// Ends a thread's products: the micro-kernel holds the matrix units' configuration until then.
+inline void release_bf16_products() { at::native::cpublas::brgemm_release(/*is_vnni=*/true); }
+
+}  // namespace tgfr::cpu
