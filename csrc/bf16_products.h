@@ -89,7 +89,47 @@ class PackedRight {
   std::vector<BFloat16> staging_, packed_;
 };
 
-// Ends a thread's products: the micro-kernel holds the matrix units' configuration until then.
-inline void release_bf16_products() { at::native::cpublas::brgemm_release(/*is_vnni=*/true); }
+// One thread's products: bf16 copies of left operands, a right operand packed on the fly, and
+// the release of the matrix units' configuration, which the micro-kernel holds until then.
+class Bf16Products {
+ public:
+  Bf16Products() = default;
+  Bf16Products(const Bf16Products&) = delete;
+  Bf16Products& operator=(const Bf16Products&) = delete;
+  ~Bf16Products() {
+    if (used_) at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+  }
+
+  // out (m x n, row stride ldc) = left (m x k) . right (k x n), or += with accumulate; each
+  // operand given as copy_to_bf16 reads it. Packing the right operand costs k x n copies against
+  // the product's m x k x n multiply-adds.
+  template <typename T>
+  void multiply(const T* left, int64_t m, int64_t k, int64_t left_stride, bool left_transposed, const T* right,
+                int64_t n, int64_t right_stride, bool right_transposed, float* out, int64_t ldc, bool accumulate) {
+    right_.pack(right, k, n, right_stride, right_transposed);
+    multiply(left, m, k, left_stride, left_transposed, right_, out, ldc, accumulate);
+  }
+
+  // The same with a right operand (k x n) packed beforehand.
+  template <typename T>
+  void multiply(const T* left, int64_t m, int64_t k, int64_t left_stride, bool left_transposed,
+                const PackedRight& right, float* out, int64_t ldc, bool accumulate) {
+    left_.resize(m * even(k));
+    copy_to_bf16(left, m, k, left_stride, left_transposed, left_.data(), even(k));
+    right.multiply(left_.data(), m, even(k), out, ldc, accumulate);
+    used_ = true;
+  }
+
+  // With a left operand already in bf16, rows of even(k) elements.
+  void multiply(const BFloat16* left, int64_t m, const PackedRight& right, float* out, int64_t ldc, bool accumulate) {
+    right.multiply(left, m, right.padded_k(), out, ldc, accumulate);
+    used_ = true;
+  }
+
+ private:
+  std::vector<BFloat16> left_;
+  PackedRight right_;
+  bool used_ = false;
+};
 
 }  // namespace tgfr::cpu

@@ -145,32 +145,24 @@ struct Bf16Operands {
 };
 
 // The products of one block of captions against image j: fp32 (float64) through at::mm, or,
-// given bf16 operands, bf16 through the micro-kernel (converting the left operand to bf16).
+// given bf16 operands, bf16 through the micro-kernel (bf16_products.h).
 template <typename acc_t>
 class PairProducts {
  public:
-  PairProducts(const Bf16Operands* bf16, int64_t max_rows, int64_t num_regions, int64_t dim)
-      : bf16_(bf16), num_regions_(num_regions), dim_(dim) {
-    if (bf16_ != nullptr) {
-      left_.resize(std::max(max_rows * std::max(even(num_regions), even(dim)), num_regions * even(max_rows)));
-    }
-  }
-  PairProducts(const PairProducts&) = delete;
-  ~PairProducts() {
-    if (bf16_ != nullptr) release_bf16_products();
-  }
+  PairProducts(const Bf16Operands* bf16, int64_t num_regions, int64_t dim)
+      : bf16_(bf16), num_regions_(num_regions), dim_(dim) {}
 
   // out (rows x R) = left (rows x D) . V_j^T; left_bf16: the same rows already in bf16, if any.
   void times_transposed_image(const acc_t* left, const BFloat16* left_bf16, int64_t rows, const acc_t* image,
                               int64_t j, acc_t* out) {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (bf16_ != nullptr) {
-        const int64_t stride = even(dim_);
-        if (left_bf16 == nullptr) {
-          copy_to_bf16(left, rows, dim_, dim_, false, left_.data(), stride);
-          left_bf16 = left_.data();
+        const PackedRight& image_t = bf16_->transposed_images[j];
+        if (left_bf16 != nullptr) {
+          products_.multiply(left_bf16, rows, image_t, out, num_regions_, false);
+        } else {
+          products_.multiply(left, rows, dim_, dim_, false, image_t, out, num_regions_, false);
         }
-        bf16_->transposed_images[j].multiply(left_bf16, rows, stride, out, num_regions_, false);
         return;
       }
     }
@@ -182,9 +174,7 @@ class PairProducts {
   void times_image(const acc_t* left, int64_t rows, const acc_t* image, int64_t j, acc_t* out, bool accumulate) {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (bf16_ != nullptr) {
-        const int64_t stride = even(num_regions_);
-        copy_to_bf16(left, rows, num_regions_, num_regions_, false, left_.data(), stride);
-        bf16_->images[j].multiply(left_.data(), rows, stride, out, dim_, accumulate);
+        products_.multiply(left, rows, num_regions_, num_regions_, false, bf16_->images[j], out, dim_, accumulate);
         return;
       }
     }
@@ -201,9 +191,8 @@ class PairProducts {
   void add_transposed_times(const acc_t* left, const acc_t* right, int64_t rows, acc_t* out) {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (bf16_ != nullptr) {
-        right_.pack(right, rows, dim_, dim_, /*transposed=*/false);
-        copy_to_bf16(left, num_regions_, rows, num_regions_, /*transposed=*/true, left_.data(), even(rows));
-        right_.multiply(left_.data(), num_regions_, even(rows), out, dim_, /*accumulate=*/true);
+        products_.multiply(left, num_regions_, rows, num_regions_, /*left_transposed=*/true, right, dim_, dim_,
+                           /*right_transposed=*/false, out, dim_, /*accumulate=*/true);
         return;
       }
     }
@@ -213,8 +202,7 @@ class PairProducts {
  private:
   const Bf16Operands* bf16_;
   int64_t num_regions_, dim_;
-  std::vector<BFloat16> left_;
-  PackedRight right_;
+  Bf16Products products_;
 };
 
 // Per-thread scratch for one block of captions against one image.
@@ -237,7 +225,7 @@ struct PairTiles {
         column_buffer(num_regions),
         cosines(max_rows),
         context_norms(max_rows),
-        products(bf16, max_rows, num_regions, dim) {}
+        products(bf16, num_regions, dim) {}
 };
 
 // Forward of one block of captions [first, last) against one image: fills tiles.word_attention,

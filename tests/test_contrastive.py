@@ -194,6 +194,30 @@ def test_bfloat16_accumulates_in_float32():
     assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
 
 
+@pytest.mark.parametrize("bf16_products", [None, "0"], ids=["default", "fp32-products"])
+def test_bfloat16_matches_reference_in_both_product_modes(bf16_products, monkeypatch):
+    """bf16 inputs take bf16 products on CPUs with bf16 matrix units (csrc/bf16_products.h), unless
+    TGFR_CPU_BF16_PRODUCTS=0. Ragged tiles and an odd D (padded to even in those products)."""
+    if bf16_products is not None:
+        monkeypatch.setenv("TGFR_CPU_BF16_PRODUCTS", bf16_products)
+    x, y, row_labels, column_labels = make_batch(300, 300, 33, torch.float32, identities=40)
+    x16, y16 = x.detach().bfloat16().requires_grad_(), y.detach().bfloat16().requires_grad_()
+    x32, y32 = x16.detach().float().requires_grad_(), y16.detach().float().requires_grad_()
+    arguments = dict(scale=10.0, margin=0.2, row_labels=row_labels, column_labels=column_labels,
+                     same_identity="positive", direction="both")
+    fused = contrastive_cross_entropy(x16, y16, **arguments)
+    full = contrastive_cross_entropy(x32, y32, backend="reference", **arguments)
+    for got, expected in zip(fused, full):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    got_grads = torch.autograd.grad(weighted(fused), (x16, y16))
+    expected_grads = torch.autograd.grad(weighted(full), (x32, y32))
+    for got, expected in zip(got_grads, expected_grads):
+        assert got.dtype == torch.bfloat16
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(got.float(), expected, rtol=0, atol=2e-2 * scale)
+
+
 def test_nan_propagates_to_its_rows():
     x, y, _, _ = make_batch(10, 10, 4, torch.float32)
     x = x.detach().clone()
