@@ -166,15 +166,40 @@ def test_identity_balanced_sampler():
     assert list(sampler) != batches
 
 
+def image_index(item):
+    """The image of a sampler item: an index, or (index, draw) for a repeat."""
+    return item[0] if isinstance(item, tuple) else item
+
+
 def test_sampler_pads_small_identities_and_validates():
     labels = [0, 1, 1, 2, 2, 2]
     batches = list(IdentityBalancedBatchSampler(labels, identities_per_batch=3, images_per_identity=3, seed=0))
     assert len(batches) == 1
-    assert Counter(labels[i] for i in batches[0]) == {0: 3, 1: 3, 2: 3}
+    assert Counter(labels[image_index(i)] for i in batches[0]) == {0: 3, 1: 3, 2: 3}
+    # Repeats are numbered draws of their image, so no two items of the batch are the same sample.
+    assert len(set(batches[0])) == 9
+    assert Counter(i[0] for i in batches[0] if isinstance(i, tuple))[0] == 2
     with pytest.raises(ValueError, match="identities_per_batch=4 exceeds the 3 identities"):
         IdentityBalancedBatchSampler(labels, 4, 2)
     with pytest.raises(ValueError, match="images_per_identity must be a positive integer"):
         IdentityBalancedBatchSampler(labels, 2, 0)
+
+
+def test_repeated_images_are_distinct_samples(manifest):
+    """An identity with fewer than K images repeats some: each repeat gets its own augmentation and
+    captions, where the same seed gave byte-identical samples (a false negative that a loss
+    without labels cannot tell from the original)."""
+    dataset = FaceCaptionDataset(manifest, split="train", transform=TrainTransform(), captions_per_sample=2)
+    batch = list(IdentityBalancedBatchSampler(dataset.labels, identities_per_batch=3, images_per_identity=5,
+                                              seed=0))[0]
+    repeats = [item for item in batch if isinstance(item, tuple)]
+    assert len(repeats) == 3 * 2  # 3 images per identity, 5 per group
+    samples = {item: dataset[item] for item in batch}
+    for index, draw in repeats:
+        first, again = samples[index], samples[(index, draw)]
+        assert again["index"] == index and int(again["label"]) == int(first["label"])
+        assert not torch.equal(again["image"], first["image"]) or again["captions"] != first["captions"]
+    assert torch.equal(dataset[(4, 1)]["image"], dataset[(4, 1)]["image"])  # still reproducible
 
 
 def test_sampler_replicas_share_each_batch():

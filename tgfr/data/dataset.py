@@ -99,8 +99,12 @@ class FaceCaptionDataset(Dataset):
         chosen = rng.choice(len(captions), size=self.captions_per_sample, replace=replace)
         return [captions[i] for i in chosen]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """key: an index, or (index, draw) for the draw-th repeat of an image in one batch (the
+        identity-balanced sampler's), which gets its own augmentation and captions."""
+        index, draw = key if isinstance(key, tuple) else (key, 0)
+        seed = (self.seed, self.epoch, index) if draw == 0 else (self.seed, self.epoch, index, draw)
+        rng = np.random.default_rng(seed)
         record = self.records[index]
         captions = self.sample_captions(index, rng)
         image = self.transform(load_image(self.root / record.path), rng)

@@ -7,11 +7,13 @@ import torch
 from torch.utils.data import Sampler
 
 
-class IdentityBalancedBatchSampler(Sampler[list[int]]):
+class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
     """Yields batches of P distinct identities with K images each (batch size P*K).
 
     Each epoch, every identity's images are shuffled and cut into groups of K (an identity with
-    fewer than K images fills its single group by drawing again from its own images). Each batch
+    fewer than K images fills its single group by drawing again from its own images; such a
+    repeat is the pair (index, draw), draw >= 1, which FaceCaptionDataset reads as another draw of
+    the image's augmentation and captions, so a batch never holds two identical samples). Each batch
     takes a group from each of the P identities with the most groups left (random among ties),
     which makes as many batches as any packing can; the groups left when fewer than P identities
     have any are dropped. Batches are then shuffled. The order depends only on (seed, epoch):
@@ -48,17 +50,22 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def _batches(self) -> list[list[int | tuple[int, int]]]:
         if self._plan is not None and self._plan[0] == self.epoch:
             return self._plan[1]
         rng = np.random.default_rng((self.seed, self.epoch))
         labels = sorted(self.indices_of)
-        groups: list[list[list[int]]] = []  # per label, its groups of K indices
+        groups: list[list[list[int | tuple[int, int]]]] = []  # per label, its groups of K items
         for label in labels:
             indices = [self.indices_of[label][i] for i in rng.permutation(len(self.indices_of[label]))]
             if len(indices) < self.k:
                 extra = rng.choice(indices, size=self.k - len(indices), replace=True)
-                groups.append([indices + [int(i) for i in extra]])
+                draws = dict.fromkeys(indices, 0)
+                repeats = []
+                for index in (int(i) for i in extra):
+                    draws[index] += 1
+                    repeats.append((index, draws[index]))
+                groups.append([indices + repeats])
             else:
                 groups.append([indices[s:s + self.k] for s in range(0, len(indices) - self.k + 1, self.k)])
         left = np.array([len(label_groups) for label_groups in groups])
@@ -78,7 +85,7 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         self._plan = (self.epoch, batches)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int | tuple[int, int]]]:
         return iter(self._batches())
 
     def __len__(self) -> int:
