@@ -12,6 +12,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -34,22 +35,38 @@ inline bool bf16_products_enabled() {
   return supported;
 }
 
+// float -> bf16 bits, rounded to nearest even as c10::BFloat16's conversion, NaN kept NaN, but
+// branch-free, so that the copy loops below vectorize (c10's has a branch per element, and the
+// copies would then cost more than the products they feed).
+inline uint16_t bf16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return value != value ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
+}
+
 // rows x cols of `source` (row stride source_stride; transposed: element (r, c) is
 // source[c * source_stride + r]) into bf16 `target` with row stride target_stride, zeroing
 // columns cols .. target_stride.
 template <typename T>
 void copy_to_bf16(const T* source, int64_t rows, int64_t cols, int64_t source_stride, bool transposed,
                   BFloat16* target, int64_t target_stride) {
-  for (int64_t r = 0; r < rows; ++r) {
-    BFloat16* out = target + r * target_stride;
-    if (transposed) {
-      for (int64_t c = 0; c < cols; ++c) out[c] = BFloat16(static_cast<float>(source[c * source_stride + r]));
-    } else {
-      const T* in = source + r * source_stride;
-      for (int64_t c = 0; c < cols; ++c) out[c] = BFloat16(static_cast<float>(in[c]));
+  uint16_t* out = reinterpret_cast<uint16_t*>(target);  // BFloat16 is its 16 bits
+  if (transposed) {  // read the source's rows contiguously, write the target's columns
+    for (int64_t c = 0; c < cols; ++c) {
+      const T* in = source + c * source_stride;
+#pragma omp simd
+      for (int64_t r = 0; r < rows; ++r) out[r * target_stride + c] = bf16_bits(static_cast<float>(in[r]));
     }
-    std::fill(out + cols, out + target_stride, BFloat16(0.0f));
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* in = source + r * source_stride;
+      uint16_t* row = out + r * target_stride;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) row[c] = bf16_bits(static_cast<float>(in[c]));
+    }
   }
+  for (int64_t r = 0; r < rows; ++r) std::fill(out + r * target_stride + cols, out + (r + 1) * target_stride, 0);
 }
 
 // A right operand B (K x N), packed once and used by many products.
