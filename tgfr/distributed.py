@@ -3,9 +3,14 @@
 In the local form (open_clip's `local_loss` + `gather_with_grad`) every rank gathers the
 features of all ranks, computes its own rows against all columns (row i's target sits at
 column i + rank_offset) and returns the mean over its rows. The mean of the ranks' losses is the
-single-process loss on the concatenated batch; the backward of `gather_with_grad` sums the
-gradients of all ranks, so each rank's features get world_size times the gradient of that mean,
-and DDP's averaging of parameter gradients brings it back to the single-process gradient.
+single-process loss on the concatenated batch of the same features; the backward of
+`gather_with_grad` sums the gradients of all ranks, so each rank's features get world_size times
+the gradient of that mean, and DDP's averaging of parameter gradients brings it back to the
+single-process gradient. The features themselves match a single process's only where no
+BatchNorm in training mode computes them: BatchNorm normalizes each rank's rows with that rank's
+batch statistics (there is no SyncBatchNorm; in tgfr: the backbone in the fr stage, the image
+head's region-map BatchNorm in the align stage), so there the losses and gradients differ from a
+single process's on the whole batch.
 Every rank must hold a tensor of the same shape (checked: a ValueError on every rank, where the
 collective would abort the process or hang).
 """

@@ -101,8 +101,33 @@ def test_gradients_reach_the_packaged_encoder():
     (features.words.square().sum() + features.sentence.sum()).backward()
     embeddings = encoder.model.embeddings.word_embeddings.weight.grad
     assert embeddings is not None and embeddings.abs().sum() > 0
-    without_grad = [name for name, p in encoder.model.named_parameters() if p.requires_grad and p.grad is None]
-    assert without_grad == [name for name in without_grad if name.startswith("pooler.")]
+    # Every trainable parameter gets a gradient (DDP without find_unused_parameters needs that);
+    # under mean pooling the pooler is not trainable.
+    assert [name for name, p in encoder.model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert [name for name, p in encoder.model.named_parameters() if not p.requires_grad] == [
+        name for name, _ in encoder.model.pooler.named_parameters(prefix="pooler")]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooled"])
+def test_exactly_the_parameters_the_features_use_are_trainable(tiny_bert_dir, pooling):
+    """A parameter requires a gradient iff the features depend on it, also after requires_grad_(True)
+    (what a training stage calls on a trainable encoder); the state dict keeps every weight."""
+    encoder = TextEncoder(tiny_bert_dir, max_length=8, sentence_pooling=pooling).requires_grad_(True)
+    features = encoder(**encoder.tokenize(["a man with a beard", "blond woman"]))
+    (features.words.sum() + features.sentence.sum()).backward()
+    # Reached by the backward (a gradient, if only zeros), as DDP counts a parameter used.
+    used = {name for name, p in encoder.named_parameters() if p.grad is not None}
+    assert {name for name, p in encoder.named_parameters() if p.requires_grad} == used
+    assert any("pooler" in name for name in used) == (pooling == "pooled")
+    assert any("pooler" in name for name in encoder.state_dict())
+
+
+def test_max_length_beyond_the_position_embeddings_is_refused(tiny_bert_dir, tiny_clip_text_dir):
+    for directory in (tiny_bert_dir, tiny_clip_text_dir):
+        limit = TextEncoder(directory).model.config.max_position_embeddings
+        TextEncoder(directory, max_length=limit)
+        with pytest.raises(ValueError, match=f"max_length must be at most {limit}, .* got {limit + 1}"):
+            TextEncoder(directory, max_length=limit + 1)
 
 
 def test_frozen_encoder(tiny_bert_dir):

@@ -1,5 +1,7 @@
 import pytest
 
+from tgfr.train.checkpoint import rng_state
+
 # A test-only shrink of the quick preset: a 16-identity synthetic set at 32x32, a tiny backbone and
 # a few steps per stage (the packaged MiniLM still encodes the captions).
 TINY = [
@@ -16,3 +18,13 @@ TINY = [
 def tiny_overrides(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tgfr-cache")
     return TINY + [f'data.cache_dir="{cache}"']
+
+
+@pytest.fixture
+def checkpoint_state():
+    """Factory of a well-formed training checkpoint (every part load_checkpoint requires), parts replaced
+    by keyword."""
+    def make(**parts):
+        return {"stage": "fr", "step": 1, "model": {}, "losses": {}, "optimizer": {"state": {}, "param_groups": []},
+                "scheduler": {}, "rng": [rng_state()], **parts}
+    return make

@@ -2,6 +2,7 @@
 
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -15,19 +16,19 @@ def draws():
     return random.random(), float(np.random.rand()), float(torch.rand(()))
 
 
-def test_rng_state_round_trip_through_a_file(tmp_path):
+def test_rng_state_round_trip_through_a_file(tmp_path, checkpoint_state):
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     draws()
-    save_checkpoint(tmp_path / "c.pt", {"step": 1, "rng": rng_state()})
+    save_checkpoint(tmp_path / "c.pt", checkpoint_state(rng=[rng_state()]))
     expected = draws()
     draws()
-    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"][0])
     assert draws() == expected
 
 
-def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch, checkpoint_state):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"step": 1, "weight": torch.ones(3)})
+    save_checkpoint(path, checkpoint_state(step=1, weight=torch.ones(3)))
 
     def crash(state, stream):
         stream.write(b"half a checkpoint")
@@ -35,7 +36,7 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"step": 2, "weight": torch.zeros(3)})
+        save_checkpoint(path, checkpoint_state(step=2, weight=torch.zeros(3)))
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["weight"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
@@ -57,3 +58,25 @@ def test_pickled_objects_are_refused(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("key", ["stage", "step", "model", "losses", "optimizer", "scheduler", "rng"])
+def test_a_checkpoint_without_a_part_is_named(tmp_path, checkpoint_state, key):
+    state = checkpoint_state()
+    del state[key]
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / 'last.pt'} is not a tgfr training "
+                                                   f"checkpoint (no {key!r})")):
+        load_checkpoint(tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("stage", 1), ("step", "2"), ("step", -1), ("step", True), ("model", [torch.ones(1)]),
+    ("losses", {"margin": 0.5}), ("optimizer", {"state": {}}), ("scheduler", []), ("rng", rng_state()),
+    ("rng", []), ("rng", [{"torch": torch.ones(1)}]), ("summary", {"fr": {"steps_taken": 2}}),
+    ("summary", {"fr": {"steps_taken": 2.0, "seconds": 1.0}}),
+])
+def test_a_checkpoint_with_a_malformed_part_is_named(tmp_path, checkpoint_state, key, value):
+    save_checkpoint(tmp_path / "last.pt", checkpoint_state(**{key: value}))
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / 'last.pt'}: {key!r} must be")):
+        load_checkpoint(tmp_path / "last.pt")

@@ -89,6 +89,10 @@ def test_overrides_parse_toml_values_and_bare_words():
     ("data.train_degrade_p=1.5", r"data\.train_degrade_p must lie in"),
     ("model.backbone=resnet50", r"model\.backbone must be one of"),
     ("model.dropout=1", r"model\.dropout must lie in"),
+    ("seed=-1", r"^seed must be an integer in \[0, 4294967296\), got -1"),
+    ("seed=4294967296", r"^seed must be an integer in \[0, 4294967296\), got 4294967296"),
+    ("data.synthetic_seed=-1", r"data\.synthetic_seed must be an integer in \[0, 4294967296\)"),
+    ("data.synthetic_seed=9223372036854775807", r"data\.synthetic_seed must be an integer in \[0, 4294967296\)"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
@@ -146,3 +150,23 @@ def test_pairs_protocol_needs_impostor_subjects():
         EvaluationConfig(protocol="pairs", impostor_subjects=0)
     assert EvaluationConfig(protocol="all_pairs", impostor_subjects=0).impostor_subjects == 0  # unused there
     assert EvaluationConfig(protocol="pairs", impostor_subjects=1).impostor_subjects == 1
+
+
+def test_the_largest_seeds_are_accepted():
+    config = load_config("quick", [f"seed={2**32 - 1}", f"data.synthetic_seed={2**32 - 1}"])
+    assert config.seed == config.data.synthetic_seed == 2**32 - 1
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """Only a file is taken for a path: a folder ./quick (e.g. runs) leaves the packaged preset in place;
+    a name that is neither a file nor a packaged preset lists the packaged ones."""
+    monkeypatch.chdir(tmp_path)
+    for name in preset_names():
+        (tmp_path / name).mkdir()
+        assert find_preset(name) == PRESET_DIR / f"{name}.toml"
+    assert load_config("quick") == config_from_dict(tomllib.loads((PRESET_DIR / "quick.toml").read_text()))
+    (tmp_path / "mine").write_text(to_toml(load_config("quick", ["seed=5"])))
+    assert load_config("mine").seed == 5  # an existing file is a path, with or without .toml
+    with pytest.raises(ValueError, match=re.escape(f"preset 'other' is neither a file nor a packaged preset "
+                                                   f"(packaged presets: {preset_names()})")):
+        load_config("other")

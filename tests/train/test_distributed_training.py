@@ -6,8 +6,12 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from tgfr.models import TextEncoder
 
 
 def test_two_process_cpu_run(tmp_path, tiny_overrides):
@@ -23,6 +27,28 @@ def test_two_process_cpu_run(tmp_path, tiny_overrides):
     assert [(r["stage"], r["step"]) for r in log] == [(s, k) for s in ("fr", "align", "fuse") for k in (1, 2, 3)]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["align"]["global_batch"] == 8 and summary["fuse"]["steps_taken"] == 3
+
+
+def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
+    """With model.freeze_text_encoder = false the align stage trains the text encoder under DDP: every
+    trainable parameter gets a gradient at every step (BERT's pooler, unused by mean pooling, is not
+    trainable), so DDP takes its second step; the encoder moved, the pooler kept its packaged weights."""
+    run = tmp_path / "ddp"
+    settings = tiny_overrides + ['stages=["align", "fuse"]', "align.steps=2", "fuse.steps=1",
+                                 "model.freeze_text_encoder=false"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
+               *[arg for o in settings for arg in ("--set", o)]]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = safetensors.torch.load_file(run / "model" / "model.safetensors")
+    packaged = TextEncoder().state_dict()
+    changed = {name for name, value in packaged.items()
+               if not torch.equal(trained[f"text_encoder.{name}"], value)}
+    assert "model.embeddings.word_embeddings.weight" in changed
+    assert "model.encoder.layer.5.output.dense.weight" in changed
+    assert not any(name.startswith("model.pooler.") for name in changed)
 
 
 

@@ -5,15 +5,17 @@ output depends on how captions are batched); its train_summary.json counts every
 A run that crashed after its last checkpoint logs each step once when resumed."""
 
 import json
+import re
 
 import pytest
 import safetensors.torch
 import torch
 
-from tgfr.train.checkpoint import load_checkpoint
+from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
 from tgfr.train.config import load_config
 from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
 from tgfr.train.stage_align import AlignStage
+from tgfr.train.stage_fr import FRStage
 from tgfr.train.training_log import read_log
 
 
@@ -107,3 +109,88 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path, tiny_overrides, monk
     logged = [(record["stage"], record["step"]) for record in read_log(tmp_path / "metrics.jsonl")]
     assert logged == [(stage, step) for stage in config.stages
                       for step in range(1, getattr(config, stage).steps + 1)]
+
+
+def logged_steps(run):
+    steps = {}
+    for record in read_log(run / "metrics.jsonl"):
+        steps[record["stage"]] = steps.get(record["stage"], 0) + 1
+    return steps
+
+
+def test_the_summary_counts_the_steps_a_crashed_call_checkpointed(tmp_path, tiny_overrides, monkeypatch,
+                                                                  keep_threads):
+    """A call killed after fr's checkpoint at step 4 (of 6) wrote no summary; the resumed run's summary still
+    counts every step metrics.jsonl holds (one record per step), and the seconds of both calls."""
+    config = load_config("quick", tiny_overrides + ["fr.steps=6", "align.steps=2", "fuse.steps=2",
+                                                    "checkpoint_every=2"])
+    forward, calls = FRStage.forward, []
+
+    def crash_on_the_fifth_fr_step(self, batch):
+        calls.append(batch)
+        if len(calls) == 6:  # step 5 was taken and logged, its checkpoint is due at step 6
+            raise KeyboardInterrupt("killed")
+        return forward(self, batch)
+
+    monkeypatch.setattr(FRStage, "forward", crash_on_the_fifth_fr_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path)
+    assert not (tmp_path / "train_summary.json").exists()
+    crashed = load_checkpoint(tmp_path / CHECKPOINT)
+    assert (crashed["stage"], crashed["step"]) == ("fr", 4)
+    monkeypatch.setattr(FRStage, "forward", forward)
+    train(config, tmp_path, resume=True)
+    final = summary(tmp_path)
+    assert {name: values["steps_taken"] for name, values in final.items()} == logged_steps(tmp_path) == {
+        "fr": 6, "align": 2, "fuse": 2}
+    assert final["fr"]["seconds"] > crashed["summary"]["fr"]["seconds"] > 0
+
+
+def test_a_checkpoint_of_an_older_tgfr_without_counts_resumes(tmp_path, tiny_overrides, keep_threads):
+    """Checkpoints written before they carried the steps and seconds fall back to train_summary.json (the
+    counts of the calls that ended normally)."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=2)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    del state["summary"]
+    save_checkpoint(tmp_path / CHECKPOINT, state)
+    train(config, tmp_path, resume=True)
+    assert {name: values["steps_taken"] for name, values in summary(tmp_path).items()} == logged_steps(tmp_path)
+
+
+def test_resume_after_a_half_written_log_line(tmp_path, tiny_overrides, keep_threads):
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=2)
+    with (tmp_path / "metrics.jsonl").open("a") as stream:
+        stream.write('{"stage": "fr", "step": 3, "ti')  # killed while appending
+    train(config, tmp_path, resume=True)
+    logged = [(record["stage"], record["step"]) for record in read_log(tmp_path / "metrics.jsonl")]
+    assert logged == [(stage, step) for stage in config.stages for step in range(1, getattr(config, stage).steps + 1)]
+
+
+def break_losses(state):
+    state["losses"] = {name: torch.zeros(7) for name in state["losses"]}
+
+
+def break_optimizer(state):
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"] * 2
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state.pop("optimizer"), "is not a tgfr training checkpoint (no 'optimizer')"),
+    (lambda state: state.update(model=[]), "'model' must be a state dict"),
+    (break_losses, "does not match stage fr's losses"),
+    (break_optimizer, "the resume state does not fit its optimizer"),
+])
+def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path, tiny_overrides, keep_threads,
+                                                                      damage, message):
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=3)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    state["step"] = 1  # a resume would drop the records of steps 2 and 3
+    damage(state)
+    save_checkpoint(tmp_path / CHECKPOINT, state)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(config, tmp_path, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == log

@@ -10,10 +10,12 @@ import safetensors.torch
 import torch
 
 from tgfr.cli import main
-from tgfr.models import IResNet, IResNetConfig
+from tgfr.data import CaptionCollator
+from tgfr.models import IResNet, IResNetConfig, TextEncoder
 from tgfr.train.checkpoint import rng_state, save_checkpoint
 from tgfr.train.config import load_config
-from tgfr.train.run import CHECKPOINT, build_model, train
+from tgfr.train.batches import resolve_manifest
+from tgfr.train.run import CHECKPOINT, build_model, stage_batches, train
 
 
 def test_a_fresh_run_refuses_a_used_folder(tmp_path, tiny_overrides):
@@ -86,14 +88,14 @@ def test_resume_names_a_corrupt_config_file(tmp_path, content):
         main(["train", "--resume", "--out", str(tmp_path)])
 
 
-def test_resume_needs_one_rng_state_per_process(tmp_path, tiny_overrides):
+def test_resume_needs_one_rng_state_per_process(tmp_path, tiny_overrides, checkpoint_state):
     """Each process continues its own RNG stream, so a checkpoint resumes with as many processes as wrote it."""
     config = load_config("quick", tiny_overrides)
-    for rng, message in (([rng_state(), rng_state()], "holds the RNG states of 2 process(es); resume it with as many "
-                                                      "(this run has 1)"),
-                         (rng_state(), "has no list of per-process RNG states")):
-        save_checkpoint(tmp_path / CHECKPOINT, {"stage": "fr", "step": 1, "rng": rng})
-        with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / CHECKPOINT} {message}")):
+    for rng, message in (([rng_state(), rng_state()], " holds the RNG states of 2 process(es); resume it with as "
+                                                      "many (this run has 1)"),
+                         (rng_state(), ": 'rng' must be a list of per-process RNG states")):
+        save_checkpoint(tmp_path / CHECKPOINT, checkpoint_state(rng=rng))
+        with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / CHECKPOINT}{message}")):
             train(config, tmp_path, resume=True)
 
 
@@ -114,3 +116,43 @@ def test_backbone_weights_that_do_not_fit_name_the_file_and_the_key(tmp_path, ti
     config.model.backbone_weights = str(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match=r"model\.backbone_weights: weights file '.*missing\.pth' does not exist"):
         build_model(config)
+
+
+def test_max_length_beyond_the_text_encoders_positions_is_refused_before_writing(tmp_path, tiny_overrides):
+    limit = TextEncoder().model.config.max_position_embeddings
+    config = load_config("quick", tiny_overrides + [f"model.max_length={limit + 1}"])
+    with pytest.raises(ValueError, match=rf"model\.max_length = {limit + 1}: max_length must be at most {limit}\b"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--out=FILE/run", "run folder FILE/run: FILE is a file, not a folder"),
+    ("data.cache_dir=FILE", "data.cache_dir FILE is a file, not a folder"),
+    ("data.cache_dir=FILE/cache", "data.cache_dir FILE/cache: FILE is a file, not a folder"),
+    ("device=cuda", 'device = "cuda", but this torch sees no CUDA device'),
+])
+def test_unusable_folders_and_devices_are_named_before_writing(tmp_path, tiny_overrides, setting, message):
+    if setting == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    file = tmp_path / "file"
+    file.write_text("")
+    out = tmp_path / "run"
+    arguments = [arg for o in tiny_overrides for arg in ("--set", o)]
+    if setting.startswith("--out="):
+        out = setting.removeprefix("--out=").replace("FILE", str(file))
+    else:
+        arguments += ["--set", setting.replace("FILE", str(file))]
+    with pytest.raises(SystemExit, match=re.escape(f"tgfr train: error: {message.replace('FILE', str(file))}")):
+        main(["train", "--preset", "quick", "--out", str(out), *arguments])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and file.read_text() == ""
+
+
+def test_the_largest_seed_draws_batches(tiny_overrides):
+    """seed < 2**32 is accepted by the config and works in every stage's batch stream."""
+    config = load_config("quick", tiny_overrides + [f"seed={2**32 - 1}"])
+    collate = CaptionCollator(TextEncoder().tokenizer, max_length=config.model.max_length)
+    manifest = resolve_manifest(config.data)
+    for name in config.stages:
+        batch = next(stage_batches(config, name, manifest, collate).from_step(0))
+        assert len(batch["labels"]) == config.data.identities_per_batch * config.data.images_per_identity

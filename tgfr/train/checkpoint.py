@@ -10,6 +10,7 @@ leaves either the old or the new checkpoint, never half of one.
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,37 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _valid_summary(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(counts, dict) and type(counts.get("steps_taken")) is int and type(counts.get("seconds")) is float
+        for counts in value.values())
+
+
+_RNG_SOURCES = {"python", "numpy", "torch"}
+# The parts of a training checkpoint (tgfr.train.run): key -> (check, what the value must be). An
+# optional "summary" (stage -> steps_taken and seconds up to this checkpoint; absent in checkpoints
+# of older tgfr versions) is checked on its own.
+_PARTS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stage": (lambda v: isinstance(v, str), "a stage name"),
+    "step": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+    "model": (_state_dict, "a state dict (name -> tensor)"),
+    "losses": (_state_dict, "a state dict (name -> tensor)"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list), "an optimizer state dict"),
+    "scheduler": (lambda v: isinstance(v, dict), "a scheduler state dict"),
+    "rng": (lambda v: isinstance(v, list) and len(v) > 0
+            and all(isinstance(r, dict) and _RNG_SOURCES <= r.keys() for r in v),
+            "a list of per-process RNG states (an older tgfr kept one state for all processes)"),
+}
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a checkpoint with weights_only=True; errors name the file."""
+    """Reads a training checkpoint with weights_only=True and checks that it holds every part of one;
+    errors are ValueErrors naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint file {path} does not exist")
@@ -69,6 +99,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"checkpoint file {path} could not be read: {error}") from error
-    if not isinstance(state, dict) or "step" not in state:
-        raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (no 'step')")
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (not a dict)")
+    # Every part is checked here, before a resumed run changes anything (metrics.jsonl is cut back to
+    # the checkpoint's step), so that a malformed file stops it with its name, not a KeyError later.
+    for key, (valid, expected) in _PARTS.items():
+        if key not in state:
+            raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (no {key!r})")
+        if not valid(state[key]):
+            raise ValueError(f"checkpoint file {path}: {key!r} must be {expected}")
+    if "summary" in state and not _valid_summary(state["summary"]):
+        raise ValueError(f"checkpoint file {path}: 'summary' must be a dict of stage name -> "
+                         f"{{'steps_taken': int, 'seconds': float}}")
     return state
+

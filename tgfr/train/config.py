@@ -24,6 +24,7 @@ from tgfr.validation import check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 STAGES = ("fr", "align", "fuse")
+SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT)
 
 
 @dataclass
@@ -163,7 +164,7 @@ class EvaluationConfig:
         minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
                    "batch_size": 1, "heatmap_captions": 0}
         for name, low in minimum.items():
-            _check_minimum(f"evaluation.{name}", getattr(self, name), low)
+            _check_integer(f"evaluation.{name}", getattr(self, name), low)
         if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
             raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
                              f"got {self.impostor_subjects}")
@@ -216,7 +217,11 @@ class TrainConfig:
                    "model.dim": 1, "model.fine_dim": 1, "fr.steps": 1, "align.steps": 1, "fuse.steps": 1,
                    "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
         for key, low in minimum.items():
-            _check_minimum(key, self._get(key), low)
+            _check_integer(key, self._get(key), low)
+        # The batch order seeds a torch generator with (seed + stage index) * 100003 + epoch, which must
+        # fit in 64 bits: a larger seed would fail only once training has started.
+        for key in ("seed", "data.synthetic_seed"):
+            _check_integer(key, self._get(key), 0, SEED_LIMIT)
         for key in ("data.train_degrade_p", "fr.optim.min_lr_ratio", "align.optim.min_lr_ratio",
                     "fuse.optim.min_lr_ratio"):
             _check_range(key, self._get(key), 0.0, 1.0)
@@ -251,9 +256,11 @@ class TrainConfig:
         return value
 
 
-def _check_minimum(key: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+def _check_integer(key: str, value: int, low: int, high: int | None = None) -> None:
+    """An integer with low <= value (and value < high when high is given)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value >= high):
+        bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{key} must be an integer {bounds}, got {value!r}")
 
 
 def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
@@ -310,12 +317,18 @@ def preset_names() -> list[str]:
 
 
 def find_preset(preset: str) -> Traversable:
-    """A packaged preset by name (e.g. "quick") or a path to a TOML file."""
+    """A path to a TOML file (a name ending in .toml, or any existing file) or a packaged preset by
+    name (e.g. "quick"). Only a file counts as a path: a folder named like a preset (e.g. runs in
+    ./default) must not hide the packaged one."""
     path = Path(preset)
-    candidate = path if path.suffix == ".toml" or path.exists() else PRESET_DIR / f"{preset}.toml"
-    if not candidate.is_file():
-        raise ValueError(f"preset {preset!r}: no file {candidate} (packaged presets: {preset_names()})")
-    return candidate
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"preset {preset!r}: no file {path} (packaged presets: {preset_names()})")
+        return path
+    if preset not in preset_names():
+        raise ValueError(f"preset {preset!r} is neither a file nor a packaged preset (packaged presets: "
+                         f"{preset_names()})")
+    return PRESET_DIR / f"{preset}.toml"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -76,7 +76,7 @@ def _check_finite(loss: torch.Tensor, stage: str, step: int, world_size: int) ->
 def _batch_scalars(loss: torch.Tensor, components: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
     """The loss and its components for the log: each rank's are of its share of the global batch,
     so under DDP they are averaged over ranks (the pairwise losses' mean over ranks is their value
-    on the whole batch, see tgfr.distributed)."""
+    on the whole batch up to BatchNorm's per-rank statistics, see tgfr.distributed)."""
     names = ["loss", *components]
     values = torch.stack([value.detach().float().reshape(()) for value in (loss, *components.values())])
     if world_size > 1:
@@ -85,9 +85,12 @@ def _batch_scalars(loss: torch.Tensor, components: dict[str, torch.Tensor], worl
 
 
 def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int, settings: LoopSettings,
-              log: TrainingLog, checkpoint: CheckpointWriter, resume: dict[str, Any] | None = None) -> int:
+              log: TrainingLog, checkpoint: CheckpointWriter, resume: dict[str, Any] | None = None,
+              on_resumed: Callable[[], None] | None = None) -> int:
     """Trains `stage` for `steps` optimizer steps (from resume["step"] when resuming; resume["rng"]
-    holds one RNG state per rank).
+    holds one RNG state per rank). on_resumed: called once the resume state is loaded, before the
+    first step (tgfr.train.run cuts metrics.jsonl back to the checkpoint only then, so a state that
+    does not load leaves the log as it was).
 
     Returns the number of steps taken in this call (stops early at settings.stop_after).
     """
@@ -97,10 +100,16 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, optim))
     start = 0
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"][settings.rank])
+        try:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            set_rng_state(resume["rng"][settings.rank])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"stage {stage.name}: the resume state does not fit its optimizer, schedule or "
+                             f"RNGs: {error!r}") from error
         start = resume["step"]
+        if on_resumed is not None:
+            on_resumed()
     module = stage
     if settings.world_size > 1:
         # DDP syncs parameters but, with broadcast_buffers=False, no buffer: start every rank from rank 0's

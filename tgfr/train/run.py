@@ -7,7 +7,8 @@ the run folder:
                           RNG states of every rank
     model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
     train_summary.json    per stage: steps, seconds, samples/s (summed over the calls of a resumed
-                          run), last logged values
+                          run, up to each call's last checkpoint: a crashed call's checkpointed
+                          steps count too), last logged values
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this; the process group uses nccl on GPU and
 gloo on CPU, each rank takes identities_per_batch / world_size identities of every global batch,
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from tgfr.data import CaptionCollator
+from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.train.batches import StepBatches, resolve_manifest
@@ -55,10 +57,14 @@ def build_model(config: TrainConfig) -> TGFRModel:
     backbone = IResNetConfig.preset(m.backbone, width=m.width, input_size=config.data.image_size,
                                     num_features=m.num_features, dropout=m.dropout)
     train_backbone = "fr" in config.stages and not m.backbone_weights
-    model = TGFRModel(TGFRConfig(backbone=backbone, freeze_backbone=not train_backbone,
-                                 text_encoder=m.text_encoder or None, max_length=m.max_length,
-                                 freeze_text_encoder=m.freeze_text_encoder, dim=m.dim, fusion=m.fusion,
-                                 fine_dim=m.fine_dim))
+    try:
+        model = TGFRModel(TGFRConfig(backbone=backbone, freeze_backbone=not train_backbone,
+                                     text_encoder=m.text_encoder or None, max_length=m.max_length,
+                                     freeze_text_encoder=m.freeze_text_encoder, dim=m.dim, fusion=m.fusion,
+                                     fine_dim=m.fine_dim))
+    except ValueError as error:  # the text encoder refuses its folder, or a max_length past its positions
+        raise ValueError(f"model.text_encoder ({m.text_encoder or 'the packaged all-MiniLM-L6-v2'}) with "
+                         f"model.max_length = {m.max_length}: {error}") from error
     if m.backbone_weights:
         try:
             weights = load_weights_file(m.backbone_weights)
@@ -96,6 +102,9 @@ def finish_stage(model: TGFRModel, name: str) -> None:
 
 
 def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError('device = "cuda", but this torch sees no CUDA device (torch.cuda.is_available() is '
+                         'False): use device = "auto" or "cpu"')
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if world_size > 1 and not dist.is_initialized():
@@ -106,6 +115,15 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local_rank)
         return rank, world_size, torch.device("cuda", local_rank)
     return rank, world_size, torch.device("cpu")
+
+
+def _check_folder(setting: str, path: Path) -> None:
+    """`path` is a folder or can be made one: the first of it and its parents that exists is a folder
+    (else creating it fails only when files are due, with an OSError that names no setting)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        raise ValueError(f"{setting} {path}{where} is a file, not a folder")
 
 
 def _barrier(world_size: int) -> None:
@@ -152,18 +170,18 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         state = load_checkpoint(out / CHECKPOINT)
         if state["stage"] not in config.stages:
             raise ValueError(f"checkpoint stage {state['stage']!r} is not among the configured stages {config.stages}")
-        rng = state.get("rng")
-        if not isinstance(rng, list):
-            raise ValueError(f"checkpoint file {out / CHECKPOINT} has no list of per-process RNG states under "
-                             f"'rng' (an older tgfr kept one state for all processes)")
-        if len(rng) != world_size:
-            raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(rng)} process(es); "
-                             f"resume it with as many (this run has {world_size})")
-    elif out.exists() and not out.is_dir():
-        raise ValueError(f"run folder {out} is a file, not a folder: train into another --out")
-    elif out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into another "
-                         f"--out")
+        if len(state["rng"]) != world_size:
+            raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
+                             f"process(es); resume it with as many (this run has {world_size})")
+    else:
+        _check_folder("run folder", out)
+        if out.is_dir() and any(out.iterdir()):
+            raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
+                             f"another --out")
+    if not config.data.manifest:
+        _check_folder("data.cache_dir" if config.data.cache_dir else "cache folder (data.cache_dir is empty)",
+                      Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
+    counted = _earlier_counts(out, state)
     _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
     if rank == 0:
         manifest = resolve_manifest(config.data)
@@ -189,10 +207,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     if not resume and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
-    if state is not None and rank == 0:
-        drop_records_after(out / "metrics.jsonl", config.stages, state["stage"], state["step"])
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
-    summary: dict[str, Any] = {}
+
+    def drop_lost_records() -> None:  # only once the checkpoint's whole state has loaded
+        if rank == 0:
+            drop_records_after(out / "metrics.jsonl", config.stages, state["stage"], state["step"])
+
     for index, name in enumerate(config.stages):
         if index < resume_index or (name == "fr" and config.model.backbone_weights):
             finish_stage(model, name)
@@ -205,23 +225,33 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         stage = _build_stage(name, config, model, batches.num_classes, captions, device, world_size > 1).to(device)
         stage_resume = state if state is not None and index == resume_index else None
         if stage_resume is not None:
-            stage.losses.load_state_dict(stage_resume["losses"])
+            try:
+                stage.losses.load_state_dict(stage_resume["losses"])
+            except RuntimeError as error:
+                raise ValueError(f"checkpoint file {out / CHECKPOINT} does not match stage {name}'s losses: "
+                                 f"{error}") from error
         if name != "fr":
             captions.prefill(batches.captions)  # features independent of batch order (caption_features)
 
-        def checkpoint(step, optimizer, scheduler, name=name, stage=stage):
+        first_step = stage_resume["step"] if stage_resume else 0
+        started = time.perf_counter()
+
+        def checkpoint(step, optimizer, scheduler, name=name, stage=stage, counted=counted, first_step=first_step,
+                       started=started):
             rng = gather_objects(rng_state())  # on every rank: each continues its own stream on resume
             if rank == 0:
+                # The steps and seconds up to here travel with the state: a call that crashes after this
+                # checkpoint still counts them when resumed.
+                summary = _add_counts(counted, name, step - first_step, time.perf_counter() - started)
                 save_checkpoint(out / CHECKPOINT, {
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng})
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                    "summary": summary})
 
-        started = time.perf_counter()
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
-                          stage_resume)
-        summary[name] = {"steps_taken": taken, "seconds": time.perf_counter() - started,
-                         "global_batch": config.data.identities_per_batch * config.data.images_per_identity}
-        done = (stage_resume["step"] if stage_resume else 0) + taken >= stage_config.steps
+                          stage_resume, drop_lost_records if stage_resume is not None else None)
+        counted = _add_counts(counted, name, taken, time.perf_counter() - started)
+        done = first_step + taken >= stage_config.steps
         if settings.stop_after is not None:
             settings.stop_after -= taken
         if not done:
@@ -231,27 +261,48 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         if rank == 0:
             save_tgfr_model(model, out / "model")
     if rank == 0:
-        _write_summary(out, summary)
+        _write_summary(out, counted, config.data.identities_per_batch * config.data.images_per_identity)
     log.close()
     _barrier(world_size)
     return out
 
 
-def _write_summary(out: Path, summary: dict[str, Any]) -> None:
-    """Adds this call's steps and seconds per stage to those of the run's earlier calls (a resumed
-    run), then derives the rates from the totals."""
+def _earlier_counts(out: Path, state: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Steps and seconds per stage of the run's earlier calls, up to the checkpoint it resumes: the
+    checkpoint's own counts, or, for a checkpoint of an older tgfr without them, train_summary.json's
+    (that file counts only the calls that ended normally)."""
+    if state is None:
+        return {}
+    if "summary" in state:
+        return state["summary"]
     path = out / "train_summary.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return {name: {"steps_taken": int(values["steps_taken"]), "seconds": float(values["seconds"])}
+                for name, values in previous.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"summary file {path} is not a tgfr train summary: {error!r}") from error
+
+
+def _add_counts(counts: dict[str, dict[str, Any]], name: str, steps: int, seconds: float) -> dict[str, dict[str, Any]]:
+    """`counts` with `steps` and `seconds` added to stage `name`'s (a new dict)."""
+    earlier = counts.get(name, {"steps_taken": 0, "seconds": 0.0})
+    return {**counts, name: {"steps_taken": earlier["steps_taken"] + steps,
+                             "seconds": earlier["seconds"] + seconds}}
+
+
+def _write_summary(out: Path, counts: dict[str, dict[str, Any]], global_batch: int) -> None:
+    """Writes the run's steps and seconds per stage (every call's, up to its last checkpoint, and this
+    call's) with the rates derived from these totals and each stage's last logged record."""
     last = {}
     if (out / "metrics.jsonl").is_file():
         for record in read_log(out / "metrics.jsonl"):
             last[record["stage"]] = record
-    for name, values in summary.items():
-        earlier = previous.get(name, {})
-        values["steps_taken"] += earlier.get("steps_taken", 0)
-        values["seconds"] += earlier.get("seconds", 0.0)
-        values["last_logged"] = last.get(name, {})
+    summary = {}
+    for name, values in counts.items():
+        values = {**values, "global_batch": global_batch, "last_logged": last.get(name, {})}
         if values["seconds"] > 0 and values["steps_taken"]:
             values["seconds_per_step"] = values["seconds"] / values["steps_taken"]
-            values["samples_per_s"] = values["steps_taken"] * values["global_batch"] / values["seconds"]
-    path.write_text(json.dumps({**previous, **summary}, indent=1) + "\n", encoding="utf-8")
+            values["samples_per_s"] = values["steps_taken"] * global_batch / values["seconds"]
+        summary[name] = values
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

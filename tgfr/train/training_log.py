@@ -39,15 +39,43 @@ class TrainingLog:
             self.writer.close()
 
 
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for every record of the metrics log `path`.
+
+    An unparsable last line is left out: a step's record is written before its checkpoint, so a
+    process killed while appending leaves at most a half line, past the last checkpoint (a resumed
+    run drops it and logs that step again). Any other bad line is a ValueError naming the file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"metrics log {path} is not UTF-8 text: {error}") from None
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if index == len(numbered) - 1:
+                break
+            raise ValueError(f"metrics log {path}, line {number}, is not valid JSON: {error}") from None
+        if not (isinstance(record, dict) and isinstance(record.get("stage"), str)
+                and type(record.get("step")) is int):
+            raise ValueError(f"metrics log {path}, line {number}, is not a record with a stage and a step: "
+                             f"{line.strip()[:100]}")
+        records.append((line, record))
+    return records
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Records of a metrics.jsonl file (without a half-written last line)."""
+    return [record for _, record in _records(Path(path))]
 
 
 def drop_records_after(path: str | Path, stages: list[str], stage: str, step: int) -> None:
     """Removes from the metrics log `path` the records of `stage` past `step` and of the stages after it
-    in `stages`: steps a run logged after its last checkpoint were lost with it, and the resumed run
-    logs them again. Rewritten through a temporary file and os.replace, so a crash keeps the old log."""
+    in `stages`, and a half-written last line: steps a run logged after its last checkpoint were lost
+    with it, and the resumed run logs them again. Rewritten through a temporary file and os.replace,
+    so a crash keeps the old log."""
     path = Path(path)
     if not path.is_file():
         return
@@ -56,8 +84,8 @@ def drop_records_after(path: str | Path, stages: list[str], stage: str, step: in
     def lost(record: dict[str, Any]) -> bool:
         return record["stage"] in later or (record["stage"] == stage and record["step"] > step)
 
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if line.strip() and not lost(json.loads(line))]
+    # A last record without its newline gets one: the next record is appended after it.
+    kept = [line if line.endswith("\n") else line + "\n" for line, record in _records(path) if not lost(record)]
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("".join(kept), encoding="utf-8")
     os.replace(temporary, path)

@@ -1,0 +1,47 @@
+"""metrics.jsonl: a half-written last line (a process killed while appending) is left out and dropped on
+resume; any other bad line stops with the file and line named."""
+
+import json
+import re
+
+import pytest
+
+from tgfr.train.training_log import TrainingLog, drop_records_after, read_log
+
+
+def write_steps(path, steps):
+    log = TrainingLog(path)
+    for step in steps:
+        log.write("fr", step, {"loss": float(step)})
+    log.close()
+
+
+def test_a_half_written_last_line_is_left_out_and_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write_steps(path, [1, 2, 3])
+    with path.open("a") as stream:
+        stream.write('{"stage": "fr", "step": 4, "ti')
+    assert [record["step"] for record in read_log(path)] == [1, 2, 3]
+    drop_records_after(path, ["fr", "align"], "fr", 2)  # resume from the checkpoint after step 2
+    write_steps(path, [3, 4])
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]  # every line is a whole record
+
+
+def test_a_last_record_without_its_newline_is_kept_and_followed_correctly(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"stage": "fr", "step": 1}\n{"stage": "fr", "step": 2}')
+    drop_records_after(path, ["fr"], "fr", 2)
+    write_steps(path, [3])
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("bad", ['{"stage": "fr", "st', '[1, 2]', '{"stage": "fr"}'])
+def test_a_bad_line_before_the_last_names_the_file_and_line(tmp_path, bad):
+    path = tmp_path / "metrics.jsonl"
+    text = f'{{"stage": "fr", "step": 1}}\n{bad}\n{{"stage": "fr", "step": 3}}\n'
+    path.write_text(text)
+    for call in (lambda: read_log(path), lambda: drop_records_after(path, ["fr"], "fr", 1)):
+        with pytest.raises(ValueError, match=re.escape(f"metrics log {path}, line 2, is not")):
+            call()
+    assert path.read_text() == text
