@@ -1,7 +1,8 @@
 // bf16 x bf16 -> fp32 matrix products on the CPU's matrix units (AMX; AVX512-BF16 where oneDNN
-// supports it) through ATen's oneDNN micro-kernel, at::native::cpublas::brgemm, for the fused
-// kernels' bf16 inputs. As on the GPU, the operands are bf16 (the inputs exactly; probabilities
-// and gradients rounded to bf16) and every product accumulates in fp32.
+// supports it) through ATen's oneDNN micro-kernel, at::native::cpublas::brgemm, for the word-region
+// kernel's bf16 inputs. As on the GPU, the operands are bf16 (the inputs exactly; probabilities
+// and gradients rounded to bf16) and every product accumulates in fp32. (The contrastive kernel's
+// 128 x 256 x D tiles are too small to pay for converting and packing operands: measured slower.)
 //
 // The micro-kernel takes the right operand B (K x N) packed: in blocks of kColumnBlock columns,
 // and with K padded to even, since bf16 pairs of rows are interleaved (VNNI). The left operand A

@@ -13,8 +13,7 @@
 // columns it updates. The group count follows from N and M alone, never from the thread count,
 // so every sum of the kernel's own is bitwise the same with any number of threads. (The tile
 // products are MKL's, which may round differently under another thread setting unless
-// MKL_CBWR=COMPATIBLE.) bf16 inputs take bf16 products with fp32 accumulation on CPUs with bf16
-// matrix units (bf16_products.h), as the GPU kernels do.
+// MKL_CBWR=COMPATIBLE.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -25,10 +24,8 @@
 #include <optional>
 #include <string>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
-#include "bf16_products.h"
 #include "group_rotation.h"
 #include "vector_math.h"
 
@@ -62,7 +59,6 @@ struct Problem {
   int64_t offset;
   acc_t scale, margin;
   SameIdentity mode;
-  bool bf16_products;       // bf16 inputs on a CPU with bf16 products (the tensors hold their fp32 values)
 };
 
 int64_t group_count(int64_t na, int64_t nb) {
@@ -92,32 +88,11 @@ void for_each_tile_rotated(int64_t na, int64_t nb, TileFn&& tile) {
   }
 }
 
-// out (m x n, row stride n) (+)= left (m x k, or k x m read transposed) . right (k x n, row stride n): in
-// bf16 when the problem takes bf16 products, else through at::mm.
-template <typename acc_t>
-void tile_product(const Problem<acc_t>& p, Bf16Products& products, const Tensor& left, bool left_transposed,
-                  const Tensor& right, bool right_transposed, Tensor& out, bool accumulate) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (p.bf16_products) {
-      const int64_t m = out.size(0), n = out.size(1), k = left_transposed ? left.size(0) : left.size(1);
-      products.multiply(left.data_ptr<float>(), m, k, left.size(1), left_transposed, right.data_ptr<float>(), n,
-                        right.size(1), right_transposed, out.data_ptr<float>(), n, accumulate);
-      return;
-    }
-  }
-  const Tensor a = left_transposed ? left.t() : left, b = right_transposed ? right.t() : right;
-  if (accumulate) {
-    out.addmm_(a, b);
-  } else {
-    at::mm_out(out, a, b);
-  }
-}
-
 // logits of rows [a0, a0 + rows) against columns [b0, b0 + cols), into `tile` (rows x cols).
 template <typename acc_t>
-void fill_logits(const Problem<acc_t>& p, int64_t a0, int64_t b0, Tensor& tile, Bf16Products& products) {
+void fill_logits(const Problem<acc_t>& p, int64_t a0, int64_t b0, Tensor& tile) {
   const int64_t rows = tile.size(0), cols = tile.size(1);
-  tile_product(p, products, p.a.narrow(0, a0, rows), false, p.b.narrow(0, b0, cols), true, tile, false);
+  at::mm_out(tile, p.a.narrow(0, a0, rows), p.b.narrow(0, b0, cols).t());
   acc_t* logits = tile.data_ptr<acc_t>();
   const acc_t scale = p.scale;
   const bool masked = p.labels_a != nullptr && p.mode != SameIdentity::kPositive;
@@ -146,7 +121,6 @@ struct TileScratch {
   std::vector<acc_t> logits = std::vector<acc_t>(kBlockRows * kBlockCols);
   std::vector<acc_t> column_top = std::vector<acc_t>(kBlockCols);
   std::vector<acc_t> column_sum = std::vector<acc_t>(kBlockCols);
-  Bf16Products products;
 
   Tensor tile(int64_t rows, int64_t cols) {
     return at::from_blob(logits.data(), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
@@ -344,15 +318,13 @@ struct Inputs {
   Tensor x, y;  // accumulation dtype, contiguous
   std::optional<Tensor> labels_x, labels_y;
   SameIdentity mode;
-  bool bf16_products;
 
   Inputs(const Tensor& x_in, const Tensor& y_in, const std::optional<Tensor>& labels_x_in,
          const std::optional<Tensor>& labels_y_in, c10::string_view same_identity, int64_t offset, bool rows,
          bool columns)
       : labels_x(labels_x_in.has_value() ? std::optional<Tensor>(labels_x_in->contiguous()) : std::nullopt),
         labels_y(labels_y_in.has_value() ? std::optional<Tensor>(labels_y_in->contiguous()) : std::nullopt),
-        mode(parse_same_identity(same_identity)),
-        bf16_products(x_in.scalar_type() == at::kBFloat16 && bf16_products_enabled()) {
+        mode(parse_same_identity(same_identity)) {
     check_inputs(x_in, y_in, labels_x, labels_y, offset, rows, columns);
     const auto acc = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     x = x_in.detach().to(acc).contiguous();
@@ -362,7 +334,7 @@ struct Inputs {
   template <typename acc_t>
   Problem<acc_t> problem(double scale, double margin, int64_t offset) const {
     return Problem<acc_t>{x, y, labels_pointer(labels_x, mode), labels_pointer(labels_y, mode), offset,
-                          static_cast<acc_t>(scale), static_cast<acc_t>(margin), mode, bf16_products};
+                          static_cast<acc_t>(scale), static_cast<acc_t>(margin), mode};
   }
 
   Tensor counts(bool of_rows, int64_t offset) const {
@@ -388,7 +360,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_forward_cpu(
     for_each_tile_rotated<TileScratch<scalar_t>>(
         na, nb, [&](int64_t a0, int64_t num_rows, int64_t b0, int64_t num_cols, TileScratch<scalar_t>& scratch) {
           Tensor tile = scratch.tile(num_rows, num_cols);
-          fill_logits(p, a0, b0, tile, scratch.products);
+          fill_logits(p, a0, b0, tile);
           const scalar_t* logits = scratch.logits.data();
           if (rows) {
             for (int64_t r = 0; r < num_rows; ++r) {
@@ -424,11 +396,10 @@ void backward_tiles(const Problem<acc_t>& p, const DirectionGradient<acc_t>& by_
       p.a.size(0), p.b.size(0),
       [&](int64_t a0, int64_t rows, int64_t b0, int64_t cols, TileScratch<acc_t>& scratch) {
         Tensor tile = scratch.tile(rows, cols);
-        fill_logits(p, a0, b0, tile, scratch.products);
+        fill_logits(p, a0, b0, tile);
         logits_to_gradient<acc_t, kRows, kCols>(p, scratch.logits.data(), a0, rows, b0, cols, by_row, by_col);
-        Tensor grad_x_rows = grad_x.narrow(0, a0, rows), grad_y_rows = grad_y.narrow(0, b0, cols);
-        tile_product(p, scratch.products, tile, false, p.b.narrow(0, b0, cols), false, grad_x_rows, true);
-        tile_product(p, scratch.products, tile, true, p.a.narrow(0, a0, rows), false, grad_y_rows, true);
+        grad_x.narrow(0, a0, rows).addmm_(tile, p.b.narrow(0, b0, cols));
+        grad_y.narrow(0, b0, cols).addmm_(tile.t(), p.a.narrow(0, a0, rows));
       });
 }
 
@@ -499,7 +470,7 @@ Tensor contrastive_row_max_cpu(const Tensor& x_in, const Tensor& y_in, const std
         for (int64_t b0 = 0; b0 < nb; b0 += kBlockCols) {
           const int64_t cols = std::min(kBlockCols, nb - b0);
           Tensor tile = scratch.tile(rows, cols);
-          fill_logits(p, a0, b0, tile, scratch.products);
+          fill_logits(p, a0, b0, tile);
           for (int64_t r = 0; r < rows; ++r) {
             fold_negatives_max(scratch.logits.data() + r * cols, cols, a0 + r + offset - b0, out[a0 + r]);
           }
