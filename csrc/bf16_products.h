@@ -80,13 +80,16 @@ class PackedRight {
     n_ = n;
     const int64_t blocks = (n + kColumnBlock - 1) / kColumnBlock;
     const int64_t padded_columns = blocks * kColumnBlock;
-    staging_.resize(k_ * padded_columns);
-    copy_to_bf16(source, k, n, source_stride, transposed, staging_.data(), padded_columns);
-    std::fill(staging_.begin() + k * padded_columns, staging_.end(), BFloat16(0.0f));
+    // One staging buffer per thread, not per operand: the images packed once per call would
+    // otherwise each keep a second copy of themselves.
+    thread_local std::vector<BFloat16> staging;
+    staging.resize(k_ * padded_columns);
+    copy_to_bf16(source, k, n, source_stride, transposed, staging.data(), padded_columns);
+    std::fill(staging.begin() + k * padded_columns, staging.end(), BFloat16(0.0f));
     packed_.resize(blocks * k_ * kColumnBlock);
     for (int64_t block = 0; block < blocks; ++block) {
       at::native::cpublas::pack(k_, kColumnBlock, padded_columns, kColumnBlock, at::kBFloat16, at::kBFloat16,
-                                staging_.data() + block * kColumnBlock, packed_.data() + block * k_ * kColumnBlock);
+                                staging.data() + block * kColumnBlock, packed_.data() + block * k_ * kColumnBlock);
     }
   }
 
@@ -104,7 +107,7 @@ class PackedRight {
 
  private:
   int64_t k_ = 0, n_ = 0;
-  std::vector<BFloat16> staging_, packed_;
+  std::vector<BFloat16> packed_;
 };
 
 // One thread's products: bf16 copies of left operands, a right operand packed on the fly, and
