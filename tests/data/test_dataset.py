@@ -186,9 +186,9 @@ def test_sampler_pads_small_identities_and_validates():
 
 
 def test_repeated_images_are_distinct_samples(manifest):
-    """An identity with fewer than K images repeats some: each repeat gets its own augmentation and
-    captions, where the same seed gave byte-identical samples (a false negative that a loss
-    without labels cannot tell from the original)."""
+    """An identity with fewer than K images repeats some: each repeat draws its own augmentation and
+    captions, where the same seed gave byte-identical samples every time (a false negative that a
+    loss without labels cannot tell from the original). Four captions each keep coincidences rare."""
     dataset = FaceCaptionDataset(manifest, split="train", transform=TrainTransform(), captions_per_sample=2)
     batch = list(IdentityBalancedBatchSampler(dataset.labels, identities_per_batch=3, images_per_identity=5,
                                               seed=0))[0]

@@ -101,7 +101,8 @@ class FaceCaptionDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """key: an index, or (index, draw) for the draw-th repeat of an image in one batch (the
-        identity-balanced sampler's), which gets its own augmentation and captions."""
+        identity-balanced sampler's), which draws its own augmentation and captions (they may
+        still coincide with the original's when there are few to draw from)."""
         index, draw = key if isinstance(key, tuple) else (key, 0)
         seed = (self.seed, self.epoch, index) if draw == 0 else (self.seed, self.epoch, index, draw)
         rng = np.random.default_rng(seed)
