@@ -1,5 +1,8 @@
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +171,21 @@ def test_concurrent_first_use_never_touches_the_other_generation(tmp_path, monke
     assert len(splits) - splits.count("test_degraded") == 8 and splits.count("test_degraded") == splits.count("test")
     assert sorted(p.name for p in manifest.parent.parent.iterdir()) == [config.key()]
     assert not (manifest.parent / "written-by-the-first-process").exists()
+
+
+def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
+    """A run killed while generating (SIGKILL, out of memory) cannot remove its staging folder; the
+    next run removes it, and leaves a live process's staging folder alone."""
+    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    parent = tmp_path / "synthetic"
+    abandoned = parent / f".{config.key()}-{finished.stdout.strip()}-0123abcd"
+    running = parent / f".{config.key()}-{os.getppid()}-4567ef01"
+    for staging in (abandoned, running):
+        staging.mkdir(parents=True)
+        (staging / "part.png").write_bytes(b"partial")
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert not abandoned.exists() and (running / "part.png").is_file()
+    assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), running.name])
+    assert len(read_manifest(manifest)) == 3

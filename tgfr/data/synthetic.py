@@ -148,6 +148,22 @@ def _cached_manifest(folder: Path, key: str) -> Path | None:
     return folder / "manifest.jsonl" if isinstance(marker, dict) and marker.get("key") == key else None
 
 
+def _remove_abandoned_staging(parent: Path, key: str) -> None:
+    """Removes the staging folders of `key` whose process has ended without removing its own (killed:
+    SIGKILL, out of memory): each would hold a partial copy of the dataset for good. Staging folders
+    of live processes, and names of another form, are left alone."""
+    for staging in parent.glob(f".{key}-*-*"):
+        owner = staging.name[len(key) + 2:].split("-", 1)[0]
+        if not owner.isdigit() or int(owner) == os.getpid():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            shutil.rmtree(staging, ignore_errors=True)
+        except OSError:  # alive under another user (PermissionError), or unknowable: keep it
+            continue
+
+
 def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_dir: str | Path | None = None,
                              workers: int = 2) -> Path:
     """Manifest of a synthetic dataset in <cache_dir>/synthetic/<config key>, generated on first use.
@@ -166,8 +182,10 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
     if (manifest := _cached_manifest(folder, key)) is not None:
         return manifest
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read).
-    staging = folder.with_name(f".{key}-{uuid.uuid4().hex}")
+    _remove_abandoned_staging(folder.parent, key)
+    # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read);
+    # the process id in it lets a later run remove it if this process is killed.
+    staging = folder.with_name(f".{key}-{os.getpid()}-{uuid.uuid4().hex}")
     staging.mkdir()
     try:
         generate_synthetic_dataset(staging, preset, workers=workers)
