@@ -166,6 +166,21 @@ def test_identity_balanced_sampler():
     assert list(sampler) != batches
 
 
+def test_sampler_stream_is_not_an_items_stream(monkeypatch):
+    """numpy reads (seed, epoch) as (seed, epoch, 0): the plan must not share item 0's augmentation
+    draws, the stream FaceCaptionDataset seeds with (seed, epoch, index)."""
+    first_draws = []
+    real = np.random.default_rng
+
+    def recording(seed=None):
+        first_draws.append(real(seed).random())
+        return real(seed)
+
+    monkeypatch.setattr(np.random, "default_rng", recording)
+    list(IdentityBalancedBatchSampler([i // 4 for i in range(40)], 3, 2, seed=5))
+    assert first_draws and first_draws[0] != real((5, 0, 0)).random()
+
+
 def image_index(item):
     """The image of a sampler item: an index, or (index, draw) for a repeat."""
     return item[0] if isinstance(item, tuple) else item

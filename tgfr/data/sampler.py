@@ -54,7 +54,9 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
     def _batches(self) -> list[list[int | tuple[int, int]]]:
         if self._plan is not None and self._plan[0] == self.epoch:
             return self._plan[1]
-        rng = np.random.default_rng((self.seed, self.epoch))
+        # Its own spawn key: numpy drops trailing zeros of a seed tuple, so (seed, epoch) would be the
+        # stream of the dataset's item 0, (seed, epoch, 0), and the plan would follow its augmentation.
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed, self.epoch), spawn_key=(1,)))
         labels = sorted(self.indices_of)
         groups: list[list[list[int | tuple[int, int]]]] = []  # per label, its groups of K items
         for label in labels:
