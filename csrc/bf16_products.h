@@ -49,22 +49,21 @@ inline uint16_t bf16_bits(float value) {
 // rows x cols of `source` (row stride source_stride; transposed: element (r, c) is
 // source[c * source_stride + r]) into bf16 `target` with row stride target_stride, zeroing
 // columns cols .. target_stride.
-template <typename T>
-void copy_to_bf16(const T* source, int64_t rows, int64_t cols, int64_t source_stride, bool transposed,
+inline void copy_to_bf16(const float* source, int64_t rows, int64_t cols, int64_t source_stride, bool transposed,
                   BFloat16* target, int64_t target_stride) {
   uint16_t* out = reinterpret_cast<uint16_t*>(target);  // BFloat16 is its 16 bits
   if (transposed) {  // read the source's rows contiguously, write the target's columns
     for (int64_t c = 0; c < cols; ++c) {
-      const T* in = source + c * source_stride;
+      const float* in = source + c * source_stride;
 #pragma omp simd
-      for (int64_t r = 0; r < rows; ++r) out[r * target_stride + c] = bf16_bits(static_cast<float>(in[r]));
+      for (int64_t r = 0; r < rows; ++r) out[r * target_stride + c] = bf16_bits(in[r]);
     }
   } else {
     for (int64_t r = 0; r < rows; ++r) {
-      const T* in = source + r * source_stride;
+      const float* in = source + r * source_stride;
       uint16_t* row = out + r * target_stride;
 #pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) row[c] = bf16_bits(static_cast<float>(in[c]));
+      for (int64_t c = 0; c < cols; ++c) row[c] = bf16_bits(in[c]);
     }
   }
   for (int64_t r = 0; r < rows; ++r) std::fill(out + r * target_stride + cols, out + (r + 1) * target_stride, 0);
@@ -74,8 +73,7 @@ void copy_to_bf16(const T* source, int64_t rows, int64_t cols, int64_t source_st
 class PackedRight {
  public:
   // B from `source` as copy_to_bf16 reads it (rows = K, cols = N). Reuses its buffers.
-  template <typename T>
-  void pack(const T* source, int64_t k, int64_t n, int64_t source_stride, bool transposed) {
+  void pack(const float* source, int64_t k, int64_t n, int64_t source_stride, bool transposed) {
     k_ = even(k);
     n_ = n;
     const int64_t blocks = (n + kColumnBlock - 1) / kColumnBlock;
@@ -124,16 +122,15 @@ class Bf16Products {
   // out (m x n, row stride ldc) = left (m x k) . right (k x n), or += with accumulate; each
   // operand given as copy_to_bf16 reads it. Packing the right operand costs k x n copies against
   // the product's m x k x n multiply-adds.
-  template <typename T>
-  void multiply(const T* left, int64_t m, int64_t k, int64_t left_stride, bool left_transposed, const T* right,
-                int64_t n, int64_t right_stride, bool right_transposed, float* out, int64_t ldc, bool accumulate) {
+  void multiply(const float* left, int64_t m, int64_t k, int64_t left_stride, bool left_transposed,
+                const float* right, int64_t n, int64_t right_stride, bool right_transposed, float* out, int64_t ldc,
+                bool accumulate) {
     right_.pack(right, k, n, right_stride, right_transposed);
     multiply(left, m, k, left_stride, left_transposed, right_, out, ldc, accumulate);
   }
 
   // The same with a right operand (k x n) packed beforehand.
-  template <typename T>
-  void multiply(const T* left, int64_t m, int64_t k, int64_t left_stride, bool left_transposed,
+  void multiply(const float* left, int64_t m, int64_t k, int64_t left_stride, bool left_transposed,
                 const PackedRight& right, float* out, int64_t ldc, bool accumulate) {
     left_.resize(m * even(k));
     copy_to_bf16(left, m, k, left_stride, left_transposed, left_.data(), even(k));
