@@ -46,21 +46,24 @@ inline uint16_t bf16_bits(float value) {
   return value != value ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
 }
 
-// rows x cols of `source` (row stride source_stride; transposed: element (r, c) is
+inline uint16_t bf16_bits(BFloat16 value) { return value.x; }
+
+// rows x cols of `source` (float or bf16; row stride source_stride; transposed: element (r, c) is
 // source[c * source_stride + r]) into bf16 `target` with row stride target_stride, zeroing
 // columns cols .. target_stride.
-inline void copy_to_bf16(const float* source, int64_t rows, int64_t cols, int64_t source_stride, bool transposed,
+template <typename source_t>
+void copy_to_bf16(const source_t* source, int64_t rows, int64_t cols, int64_t source_stride, bool transposed,
                   BFloat16* target, int64_t target_stride) {
   uint16_t* out = reinterpret_cast<uint16_t*>(target);  // BFloat16 is its 16 bits
   if (transposed) {  // read the source's rows contiguously, write the target's columns
     for (int64_t c = 0; c < cols; ++c) {
-      const float* in = source + c * source_stride;
+      const source_t* in = source + c * source_stride;
 #pragma omp simd
       for (int64_t r = 0; r < rows; ++r) out[r * target_stride + c] = bf16_bits(in[r]);
     }
   } else {
     for (int64_t r = 0; r < rows; ++r) {
-      const float* in = source + r * source_stride;
+      const source_t* in = source + r * source_stride;
       uint16_t* row = out + r * target_stride;
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) row[c] = bf16_bits(in[c]);
@@ -73,7 +76,8 @@ inline void copy_to_bf16(const float* source, int64_t rows, int64_t cols, int64_
 class PackedRight {
  public:
   // B from `source` as copy_to_bf16 reads it (rows = K, cols = N). Reuses its buffers.
-  void pack(const float* source, int64_t k, int64_t n, int64_t source_stride, bool transposed) {
+  template <typename source_t>
+  void pack(const source_t* source, int64_t k, int64_t n, int64_t source_stride, bool transposed) {
     k_ = even(k);
     n_ = n;
     const int64_t blocks = (n + kColumnBlock - 1) / kColumnBlock;

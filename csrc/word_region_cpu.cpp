@@ -118,25 +118,25 @@ std::vector<int64_t> caption_blocks(const std::vector<int64_t>& offsets, int64_t
 }
 
 // What the bf16 products of a call share: the packed words in bf16 and every image packed as a
-// right operand, both ways round.
+// right operand, both ways round, straight from the bf16 regions (no fp32 copy of them is made).
 struct Bf16Operands {
   std::vector<BFloat16> words;                 // (sum(lengths), even(D)), zeros past D
   int64_t words_stride = 0;                    // even(D)
   std::vector<PackedRight> images;             // per image: V (R x D)
   std::vector<PackedRight> transposed_images;  // per image: V^T (D x R)
 
-  Bf16Operands(const at::Tensor& packed_rows, const at::Tensor& images_fp32) {
+  Bf16Operands(const at::Tensor& packed_rows, const at::Tensor& regions) {
     const int64_t rows = packed_rows.size(0), dim = packed_rows.size(1);
-    const int64_t num_images = images_fp32.size(0), num_regions = images_fp32.size(1);
+    const int64_t num_images = regions.size(0), num_regions = regions.size(1);
     words_stride = even(dim);
     words.resize(rows * words_stride);
     copy_to_bf16(packed_rows.data_ptr<float>(), rows, dim, dim, false, words.data(), words_stride);
     images.resize(num_images);
     transposed_images.resize(num_images);
-    const float* image_data = images_fp32.data_ptr<float>();
+    const BFloat16* image_data = regions.data_ptr<BFloat16>();
     at::parallel_for(0, num_images, 1, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        const float* image = image_data + j * num_regions * dim;
+        const BFloat16* image = image_data + j * num_regions * dim;
         images[j].pack(image, num_regions, dim, dim, /*transposed=*/false);
         transposed_images[j].pack(image, dim, num_regions, dim, /*transposed=*/true);
       }
@@ -144,17 +144,18 @@ struct Bf16Operands {
   }
 };
 
-// The products of one block of captions against image j: fp32 (float64) through at::mm, or,
-// given bf16 operands, bf16 through the micro-kernel (bf16_products.h).
+// The products of one block of captions against image j: fp32 (float64) through at::mm on the
+// images converted to acc_t, or, given bf16 operands, bf16 through the micro-kernel
+// (bf16_products.h).
 template <typename acc_t>
 class PairProducts {
  public:
-  PairProducts(const Bf16Operands* bf16, int64_t num_regions, int64_t dim)
-      : bf16_(bf16), num_regions_(num_regions), dim_(dim) {}
+  // images: (M, R, D) in acc_t, contiguous; null with bf16 operands, which hold their own.
+  PairProducts(const Bf16Operands* bf16, const acc_t* images, int64_t num_regions, int64_t dim)
+      : bf16_(bf16), images_(images), num_regions_(num_regions), dim_(dim) {}
 
   // out (rows x R) = left (rows x D) . V_j^T; left_bf16: the same rows already in bf16, if any.
-  void times_transposed_image(const acc_t* left, const BFloat16* left_bf16, int64_t rows, const acc_t* image,
-                              int64_t j, acc_t* out) {
+  void times_transposed_image(const acc_t* left, const BFloat16* left_bf16, int64_t rows, int64_t j, acc_t* out) {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (bf16_ != nullptr) {
         const PackedRight& image_t = bf16_->transposed_images[j];
@@ -167,11 +168,11 @@ class PairProducts {
       }
     }
     at::Tensor out_matrix = matrix(out, rows, num_regions_);
-    at::mm_out(out_matrix, matrix(left, rows, dim_), matrix(image, num_regions_, dim_).t());
+    at::mm_out(out_matrix, matrix(left, rows, dim_), image(j).t());
   }
 
   // out (rows x D) = left (rows x R) . V_j, or += with accumulate.
-  void times_image(const acc_t* left, int64_t rows, const acc_t* image, int64_t j, acc_t* out, bool accumulate) {
+  void times_image(const acc_t* left, int64_t rows, int64_t j, acc_t* out, bool accumulate) {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (bf16_ != nullptr) {
         products_.multiply(left, rows, num_regions_, num_regions_, false, bf16_->images[j], out, dim_, accumulate);
@@ -179,7 +180,7 @@ class PairProducts {
       }
     }
     at::Tensor out_matrix = matrix(out, rows, dim_);
-    const at::Tensor left_matrix = matrix(left, rows, num_regions_), image_matrix = matrix(image, num_regions_, dim_);
+    const at::Tensor left_matrix = matrix(left, rows, num_regions_), image_matrix = image(j);
     if (accumulate) {
       out_matrix.addmm_(left_matrix, image_matrix);
     } else {
@@ -200,7 +201,10 @@ class PairProducts {
   }
 
  private:
+  at::Tensor image(int64_t j) const { return matrix(images_ + j * num_regions_ * dim_, num_regions_, dim_); }
+
   const Bf16Operands* bf16_;
+  const acc_t* images_;
   int64_t num_regions_, dim_;
   Bf16Products products_;
 };
@@ -217,7 +221,8 @@ struct PairTiles {
   std::vector<acc_t> context_norms;     // (rows)
   PairProducts<acc_t> products;
 
-  PairTiles(int64_t max_rows, int64_t num_regions, int64_t dim, bool backward, const Bf16Operands* bf16)
+  PairTiles(int64_t max_rows, int64_t num_regions, int64_t dim, bool backward, const Bf16Operands* bf16,
+            const acc_t* images)
       : word_attention(max_rows * num_regions),
         region_attention(max_rows * num_regions),
         grad_attention(backward ? max_rows * num_regions : 0),
@@ -225,22 +230,22 @@ struct PairTiles {
         column_buffer(num_regions),
         cosines(max_rows),
         context_norms(max_rows),
-        products(bf16, num_regions, dim) {}
+        products(bf16, images, num_regions, dim) {}
 };
 
 // Forward of one block of captions [first, last) against one image: fills tiles.word_attention,
 // tiles.region_attention, tiles.context, tiles.cosines, tiles.context_norms.
 template <typename acc_t>
 void forward_block(const PackedWords& packed, const acc_t* word_norms, int64_t first, int64_t last,
-                   const acc_t* image, int64_t image_index, int64_t num_regions, int64_t dim,
-                   const Hyperparameters& hyper, const Bf16Operands* bf16, PairTiles<acc_t>& tiles) {
+                   int64_t image_index, int64_t num_regions, int64_t dim, const Hyperparameters& hyper,
+                   const Bf16Operands* bf16, PairTiles<acc_t>& tiles) {
   const int64_t row0 = packed.offsets[first];
   const int64_t rows = packed.offsets[last] - row0;
   const acc_t* block_words = packed.rows.data_ptr<acc_t>() + row0 * dim;
 
   acc_t* a = tiles.word_attention.data();
   const BFloat16* block_words_bf16 = bf16 != nullptr ? bf16->words.data() + row0 * bf16->words_stride : nullptr;
-  tiles.products.times_transposed_image(block_words, block_words_bf16, rows, image, image_index, a);
+  tiles.products.times_transposed_image(block_words, block_words_bf16, rows, image_index, a);
   acc_t* alpha = tiles.region_attention.data();
   acc_t* inverse_sums = tiles.column_buffer.data();
   for (int64_t i = first; i < last; ++i) {
@@ -253,7 +258,7 @@ void forward_block(const PackedWords& packed, const acc_t* word_norms, int64_t f
   }
 
   acc_t* context = tiles.context.data();
-  tiles.products.times_image(alpha, rows, image, image_index, context, /*accumulate=*/false);
+  tiles.products.times_image(alpha, rows, image_index, context, /*accumulate=*/false);
   for (int64_t row = 0; row < rows; ++row) {
     const acc_t* c = context + row * dim;
     const acc_t context_norm = std::sqrt(dot(c, c, dim));
@@ -285,9 +290,20 @@ struct CaptionSoftmax {
 };
 
 // The bf16 operands of a call, when its inputs are bf16 and the CPU has bf16 products.
-std::unique_ptr<Bf16Operands> bf16_operands(at::ScalarType input, const PackedWords& packed, const at::Tensor& images) {
-  if (input != at::kBFloat16 || !bf16_products_enabled()) return nullptr;
-  return std::make_unique<Bf16Operands>(packed.rows, images);
+std::unique_ptr<Bf16Operands> bf16_operands(const PackedWords& packed, const at::Tensor& regions) {
+  if (regions.scalar_type() != at::kBFloat16 || !bf16_products_enabled()) return nullptr;
+  return std::make_unique<Bf16Operands>(packed.rows, regions);
+}
+
+// The images converted to the accumulation type for the fp32 (float64) products; undefined when
+// bf16 operands were packed instead.
+at::Tensor converted_images(const at::Tensor& regions, const PackedWords& packed, const Bf16Operands* bf16) {
+  return bf16 != nullptr ? at::Tensor() : regions.to(packed.rows.scalar_type()).contiguous();
+}
+
+template <typename acc_t>
+const acc_t* data_or_null(const at::Tensor& tensor) {
+  return tensor.defined() ? tensor.data_ptr<acc_t>() : nullptr;
 }
 
 template <typename acc_t>
@@ -297,8 +313,8 @@ at::Tensor scores_forward(const at::Tensor& words, const at::Tensor& lengths, co
   const int64_t num_regions = regions.size(1), dim = regions.size(2);
   const PackedWords packed = pack_words(words, lengths);
   const at::Tensor word_norms = packed.rows.norm(2, {1});
-  const at::Tensor images = regions.to(packed.rows.scalar_type()).contiguous();
-  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(words.scalar_type(), packed, images);
+  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(packed, regions);
+  const at::Tensor images = converted_images(regions, packed, bf16.get());
   at::Tensor scores = at::empty({num_captions, num_images}, packed.rows.options());
 
   const std::vector<int64_t> blocks = caption_blocks(packed.offsets, 0, num_captions, kRowsPerBlock);
@@ -306,16 +322,14 @@ at::Tensor scores_forward(const at::Tensor& words, const at::Tensor& lengths, co
   int64_t max_rows = 0;
   for (int64_t b = 0; b < num_blocks; ++b) max_rows = std::max(max_rows, packed.offsets[blocks[b + 1]] - packed.offsets[blocks[b]]);
 
-  const acc_t* image_data = images.data_ptr<acc_t>();
   const acc_t* norm_data = word_norms.data_ptr<acc_t>();
   acc_t* score_data = scores.data_ptr<acc_t>();
   at::parallel_for(0, num_blocks * num_images, 1, [&](int64_t begin, int64_t end) {
-    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false, bf16.get());
+    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false, bf16.get(), data_or_null<acc_t>(images));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / num_images, j = task % num_images;
       const int64_t first = blocks[b], last = blocks[b + 1];
-      forward_block(packed, norm_data, first, last, image_data + j * num_regions * dim, j, num_regions, dim, hyper,
-                    bf16.get(), tiles);
+      forward_block(packed, norm_data, first, last, j, num_regions, dim, hyper, bf16.get(), tiles);
       for (int64_t i = first; i < last; ++i) {
         const int64_t local = packed.offsets[i] - packed.offsets[first];
         score_data[i * num_images + j] =
@@ -331,10 +345,10 @@ at::Tensor scores_forward(const at::Tensor& words, const at::Tensor& lengths, co
 // grad_rows (packed like the words) and into grad_image (R x D).
 template <typename acc_t>
 void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t first, int64_t last,
-                    const acc_t* image, int64_t image_index, acc_t* grad_image, const acc_t* grad_score_column,
+                    int64_t image_index, acc_t* grad_image, const acc_t* grad_score_column,
                     int64_t num_images, int64_t num_regions, int64_t dim, const Hyperparameters& hyper,
                     const Bf16Operands* bf16, acc_t* grad_rows, PairTiles<acc_t>& tiles) {
-  forward_block(packed, word_norms, first, last, image, image_index, num_regions, dim, hyper, bf16, tiles);
+  forward_block(packed, word_norms, first, last, image_index, num_regions, dim, hyper, bf16, tiles);
   const int64_t row0 = packed.offsets[first];
   const int64_t rows = packed.offsets[last] - row0;
   const acc_t* block_words = packed.rows.data_ptr<acc_t>() + row0 * dim;
@@ -376,7 +390,7 @@ void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t 
   }
 
   acc_t* grad = tiles.grad_attention.data();
-  tiles.products.times_transposed_image(context, nullptr, rows, image, image_index, grad);
+  tiles.products.times_transposed_image(context, nullptr, rows, image_index, grad);
   tiles.products.add_transposed_times(tiles.region_attention.data(), context, rows, grad_image);
 
   // Softmax over regions of gamma1 * a: d(a) = gamma1 * alpha * (d(alpha) - <alpha, d(alpha)>).
@@ -410,7 +424,7 @@ void backward_block(const PackedWords& packed, const acc_t* word_norms, int64_t 
       }
     }
   }
-  tiles.products.times_image(grad, rows, image, image_index, block_grad, /*accumulate=*/true);
+  tiles.products.times_image(grad, rows, image_index, block_grad, /*accumulate=*/true);
   tiles.products.add_transposed_times(grad, block_words, rows, grad_image);
 }
 
@@ -436,11 +450,11 @@ std::tuple<at::Tensor, at::Tensor> scores_backward(const at::Tensor& grad_scores
   const int64_t num_regions = regions.size(1), dim = regions.size(2);
   const PackedWords packed = pack_words(words, lengths);
   const at::Tensor word_norms = packed.rows.norm(2, {1});
-  const at::Tensor images = regions.to(packed.rows.scalar_type()).contiguous();
   const at::Tensor grad = grad_scores.to(packed.rows.scalar_type()).contiguous();
-  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(words.scalar_type(), packed, images);
+  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(packed, regions);
+  const at::Tensor images = converted_images(regions, packed, bf16.get());
   at::Tensor grad_rows = at::zeros_like(packed.rows);
-  at::Tensor grad_images = at::zeros_like(images);
+  at::Tensor grad_images = at::zeros(regions.sizes(), packed.rows.options());
 
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), std::min(num_captions, num_images)));
   const std::vector<int64_t> caption_groups = row_balanced_split(packed.offsets, parts);
@@ -454,23 +468,21 @@ std::tuple<at::Tensor, at::Tensor> scores_backward(const at::Tensor& grad_scores
     }
   }
 
-  const acc_t* image_data = images.data_ptr<acc_t>();
   const acc_t* norm_data = word_norms.data_ptr<acc_t>();
   const acc_t* grad_data = grad.data_ptr<acc_t>();
   acc_t* grad_rows_data = grad_rows.data_ptr<acc_t>();
   acc_t* grad_image_data = grad_images.data_ptr<acc_t>();
   for (int64_t step = 0; step < parts; ++step) {
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-      PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/true, bf16.get());
+      PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/true, bf16.get(), data_or_null<acc_t>(images));
       for (int64_t k = begin; k < end; ++k) {
         const std::vector<int64_t>& blocks = group_blocks[k];
         const int64_t image_group = rotated_group(k, step, parts);
         for (int64_t j = image_groups[image_group]; j < image_groups[image_group + 1]; ++j) {
           for (size_t b = 0; b + 1 < blocks.size(); ++b) {
             if (blocks[b] == blocks[b + 1]) continue;
-            backward_block(packed, norm_data, blocks[b], blocks[b + 1], image_data + j * num_regions * dim, j,
-                           grad_image_data + j * num_regions * dim, grad_data + j, num_images, num_regions, dim,
-                           hyper, bf16.get(), grad_rows_data, tiles);
+            backward_block(packed, norm_data, blocks[b], blocks[b + 1], j, grad_image_data + j * num_regions * dim,
+                           grad_data + j, num_images, num_regions, dim, hyper, bf16.get(), grad_rows_data, tiles);
           }
         }
       }
@@ -490,19 +502,17 @@ at::Tensor paired_attention(const at::Tensor& words, const at::Tensor& lengths, 
   const int64_t num_regions = regions.size(1), dim = regions.size(2);
   const PackedWords packed = pack_words(words, lengths);
   const at::Tensor word_norms = packed.rows.norm(2, {1});
-  const at::Tensor images = regions.to(packed.rows.scalar_type()).contiguous();
-  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(words.scalar_type(), packed, images);
+  const std::unique_ptr<Bf16Operands> bf16 = bf16_operands(packed, regions);
+  const at::Tensor images = converted_images(regions, packed, bf16.get());
   at::Tensor attention = at::zeros({num_captions, num_words, num_regions}, packed.rows.options());
   int64_t max_rows = 0;
   for (int64_t i = 0; i < num_captions; ++i) max_rows = std::max(max_rows, packed.offsets[i + 1] - packed.offsets[i]);
 
-  const acc_t* image_data = images.data_ptr<acc_t>();
   acc_t* attention_data = attention.data_ptr<acc_t>();
   at::parallel_for(0, num_captions, 1, [&](int64_t begin, int64_t end) {
-    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false, bf16.get());
+    PairTiles<acc_t> tiles(max_rows, num_regions, dim, /*backward=*/false, bf16.get(), data_or_null<acc_t>(images));
     for (int64_t i = begin; i < end; ++i) {
-      forward_block(packed, word_norms.data_ptr<acc_t>(), i, i + 1, image_data + i * num_regions * dim, i,
-                    num_regions, dim, hyper, bf16.get(), tiles);
+      forward_block(packed, word_norms.data_ptr<acc_t>(), i, i + 1, i, num_regions, dim, hyper, bf16.get(), tiles);
       const int64_t rows = packed.offsets[i + 1] - packed.offsets[i];
       std::copy(tiles.region_attention.begin(), tiles.region_attention.begin() + rows * num_regions,
                 attention_data + i * num_words * num_regions);
