@@ -1,5 +1,9 @@
 """`tgfr evaluate` checks its settings and device up front, with errors naming them."""
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,6 +44,11 @@ def evaluate_error(*arguments):
     ("evaluation.max_rank=2.5", "evaluation.max_rank must be of type int"),
     ('evaluation.splits={"a/b"="test"}', "evaluation.splits: report names name the report's files"),
     ('evaluation.splits={""="test"}', "evaluation.splits: report names name the report's files"),
+    ('evaluation.splits={"a\\nb"="test"}', "hold no '/', '\\', NUL, line break or lone surrogate"),
+    ('evaluation.splits={"a\\rb"="test"}', "hold no '/', '\\', NUL, line break or lone surrogate"),
+    (f'evaluation.splits={{"{"a" * 242}"="test"}}', "the longest attention_<name>.png, which must fit a file name "
+                                                   "(255 bytes), so a name takes at most 241 bytes in UTF-8; got "
+                                                   "'aaaaaaaaaaaaaaaa'... (242 bytes)"),
 ])
 def test_bad_settings_are_named(run, setting, message):
     with pytest.raises(SystemExit) as exit_:
@@ -55,6 +64,25 @@ def test_settings_are_checked_wherever_a_config_is_made():
         EvaluationConfig(batch_size=0)
     with pytest.raises(ValueError, match="evaluation.heatmap_captions must be an integer >= 0"):
         EvaluationConfig(heatmap_captions=-1)
+    with pytest.raises(ValueError, match="hold no '/', '.*', NUL, line break or lone surrogate"):
+        EvaluationConfig(splits={"a\ud800": "test"})  # no UTF-8 bytes, so no file name (TOML cannot write it)
+
+
+@pytest.mark.parametrize("name", ["a" * 241, "é" * 120, "a" * 242, "é" * 121])
+def test_report_names_are_refused_exactly_when_a_report_file_would_not_fit(tmp_path, name):
+    """The file system is the reference: the report's longest file, attention_<name>.png, can be
+    made exactly for the names that the setting takes."""
+    try:
+        (tmp_path / f"attention_{name}.png").touch()
+        fits = True
+    except OSError as error:
+        assert error.errno == errno.ENAMETOOLONG
+        fits = False
+    if fits:
+        assert EvaluationConfig(splits={name: "test"}).splits == {name: "test"}
+    else:
+        with pytest.raises(ValueError, match="so a name takes at most 241 bytes in UTF-8"):
+            EvaluationConfig(splits={name: "test"})
 
 
 def test_unknown_device_is_named(run, capsys):
@@ -147,6 +175,39 @@ def test_out_that_is_a_file_is_named(run):
     out = run / "taken"
     out.write_text("not a folder", encoding="utf-8")
     assert f"report folder {out} is a file, not a folder" in evaluate_error("--run", str(run), "--out", str(out))
+
+
+def test_out_under_a_file_is_named_before_any_work(run):
+    taken = run / "taken"
+    taken.write_text("not a folder", encoding="utf-8")
+    out = taken / "sub" / "report"
+    assert f"report folder {out}: {taken} is a file, not a folder" in evaluate_error("--run", str(run), "--out",
+                                                                                      str(out))
+
+
+def test_out_in_a_folder_that_cannot_be_written_is_named_before_any_work(run, monkeypatch):
+    locked = run / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes whatever the mode bits say: answer as the OS does for other users
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **options: Path(path) != locked
+                            and access(path, mode, **options))
+    try:
+        error = evaluate_error("--run", str(run), "--out", str(locked / "report"))
+    finally:
+        locked.chmod(0o755)
+    assert f"report folder {locked / 'report'}: {locked} is not writable" in error
+
+
+def test_a_report_file_that_cannot_be_written_is_one_line(run, monkeypatch):
+    """A write that fails during the evaluation (say a full disk) ends with the CLI's one-line error."""
+    def evaluate(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "report" / "metrics.json"))
+
+    monkeypatch.setattr(run_module, "evaluate", evaluate)
+    assert evaluate_error("--run", str(run)) == ("tgfr evaluate: error: [Errno 28] No space left on device: "
+                                                 f"'{run / 'report' / 'metrics.json'}'")
 
 
 def test_report_folder_waits_for_the_figures(run):

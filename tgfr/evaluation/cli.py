@@ -53,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"tgfr evaluate: error: {path}{' with --set' if args.overrides else ''}: {error}") from None
     try:
         report = evaluate(args.run, config, args.out, args.manifest, args.device)
-    except ValueError as error:  # bad settings or data: the message names them, a traceback adds nothing
+    except (ValueError, OSError) as error:  # bad settings or data, or a report file that cannot be written
+        # (say a full disk): the message names them, a traceback adds nothing
         raise SystemExit(f"tgfr evaluate: error: {error}") from None
     print(f"report: {report}")
     return 0

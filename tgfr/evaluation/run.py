@@ -1,6 +1,7 @@
 """`tgfr evaluate`: image-only vs TGFR embeddings on the clean and degraded test splits of a run."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tgfr.ops import word_region_attention
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import TrainConfig
+from tgfr.train.run import _check_folder
 from tgfr.train.stage_align import align_features
 
 # The figures of each stage in train_summary.json that the report's training table reads (a stage
@@ -55,6 +57,15 @@ def _check_trained(run: Path, config: TrainConfig) -> None:
     if problems:
         raise ValueError(f"run {run} trained only the stages {config.stages} (stages in its config.toml): "
                          + "; ".join(problems))
+
+
+def _check_report_folder(out: Path) -> None:
+    """`out` is a folder, or one that can be made: else making it would fail only after the
+    evaluation's work."""
+    _check_folder("report folder", out)
+    existing = next(p for p in (out, *out.parents) if p.exists())  # a relative path ends at ".", which exists
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"report folder {out}: {existing} is not writable")
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
@@ -102,8 +113,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     run = Path(run)
     _check_trained(run, config)
     out = Path(out) if out is not None else run / "report"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"report folder {out} is a file, not a folder: evaluate into another --out")
+    _check_report_folder(out)
     training = _read_summary(run / "train_summary.json")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)

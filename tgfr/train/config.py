@@ -13,6 +13,7 @@ import math
 import re
 import tomllib
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -136,11 +137,18 @@ class FuseStageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
+# The longest file of the report that a report name names (tgfr.evaluation.run writes roc_, cmc_ and
+# attention_<name>.png), and the longest file name that Linux's and most filesystems take (NAME_MAX, bytes).
+LONGEST_REPORT_FILE = "attention_{}.png"
+NAME_MAX = 255
+
+
 @dataclass
 class EvaluationConfig:
     """splits: report name -> manifest split; a report name names files (roc_<name>.png), so it is
-    non-empty and has no path separator. protocol: all_pairs (every pair of the split) or pairs
-    (TGFR's per-subject genuine + impostor_subjects impostors, tgfr.data; at least 1)."""
+    non-empty, has no path separator, NUL or line break, and attention_<name>.png fits NAME_MAX.
+    protocol: all_pairs (every pair of the split) or pairs (TGFR's per-subject genuine +
+    impostor_subjects impostors, tgfr.data; at least 1)."""
 
     splits: dict[str, str] = field(default_factory=lambda: {"clean": "test", "degraded": "test_degraded"})
     protocol: str = "all_pairs"
@@ -156,11 +164,23 @@ class EvaluationConfig:
         # embedding is computed, with the setting's name.
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits.values()):
             raise ValueError(f"evaluation.splits must map report names to non-empty split names, got {self.splits!r}")
+        # A line break would also break report.md's lines (a blank line ends an image link, a newline a
+        # heading); a lone surrogate has no UTF-8 bytes, so it names no file.
         bad_names = [name for name in self.splits
-                     if not isinstance(name, str) or not name or any(c in name for c in "/\\\0")]
+                     if not isinstance(name, str) or not name
+                     or any(c in "/\\\0\n\r" or unicodedata.category(c) == "Cs" for c in name)]
         if bad_names:
             raise ValueError(f"evaluation.splits: report names name the report's files (roc_<name>.png), so they must "
-                             f"be non-empty and hold no '/', '\\' or NUL; got {bad_names} in {self.splits!r}")
+                             f"be non-empty and hold no '/', '\\', NUL, line break or lone surrogate; got {bad_names} "
+                             f"in {self.splits!r}")
+        room = NAME_MAX - len(LONGEST_REPORT_FILE.format(""))
+        long_names = [name for name in self.splits if len(name.encode("utf-8")) > room]
+        if long_names:
+            raise ValueError(f"evaluation.splits: report names name the report's files, the longest "
+                             f"{LONGEST_REPORT_FILE.format('<name>')}, which must fit a file name ({NAME_MAX} bytes), "
+                             f"so a name takes at most {room} bytes in UTF-8; got "
+                             + ", ".join(f"{name[:16]!r}... ({len(name.encode('utf-8'))} bytes)"
+                                         for name in long_names))
         minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
                    "batch_size": 1, "heatmap_captions": 0}
         for name, low in minimum.items():
