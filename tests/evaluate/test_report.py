@@ -1,6 +1,9 @@
 """report.md states the evaluation's real settings."""
 
+import html
 import json
+import re
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import pytest
 from tgfr.evaluation.protocols import paired_difference
 from tgfr.evaluation.report import MAIN_FAR, write_report
 from tgfr.metrics import identification_metrics, verification_metrics
+from tgfr.train.config import EvaluationConfig
 
 
 def figures(separation=1.0, subjects=50, resamples=10):
@@ -81,3 +85,44 @@ def test_report_states_whether_there_are_intervals(tmp_path, resamples):
         assert "95%" not in text and "(0 resamples)" not in text
         assert "without intervals (evaluation.bootstrap_resamples = 0: no bootstrap)" in text
         assert f"| {auc} |" in text  # the figure alone
+
+
+# Report names that name files but mean something to Markdown: a space, `)` or `<` ends a bare link
+# destination; `[`, `]`, `*`, `_`, a backtick or `&` would change the alt text; a tab is allowed too.
+NAMES = ["clean set", "a)b", "x<y>", "b]r[", "*star* _x_", "&amp;", "`tick`", "é ü", "(p)", "tab\tkey"]
+
+
+def report_with_images(folder):
+    """report.md of one split per name in NAMES, with its PNGs next to it: {file name: report text}."""
+    config = EvaluationConfig(splits={name: "test" for name in NAMES})  # the names are allowed
+    files = {name: [f"{kind}_{name}.png" for kind in ("roc", "cmc")] for name in config.splits}
+    heatmaps = [f"attention_{name}.png" for name in config.splits]
+    for name in [*sum(files.values(), []), *heatmaps]:
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+               "resamples": 0, "splits": config.splits, "training": None}
+    metrics = {name: {"image_only": figures(resamples=0)[0]} for name in config.splits}
+    text = write_report(folder, metrics, files, heatmaps, context).read_text(encoding="utf-8")
+    return {*sum(files.values(), []), *heatmaps}, text
+
+
+def test_images_link_to_their_files_whatever_the_report_name(tmp_path):
+    expected, text = report_with_images(tmp_path)
+    # CommonMark's bare link destination: no space, control character or '<', and no ')' (parentheses
+    # only balanced or escaped); the alt text is link text, where every ASCII punctuation may be escaped.
+    images = re.findall(r"!\[((?:\\[!-/:-@\[-`{-~]|[^\\\[\]])*)\]\(([^\s<()\x00-\x1f]+)\)", text)
+    assert len(images) == len(expected) == text.count("![")
+    for alt, destination in images:
+        name = unquote(destination)
+        assert (tmp_path / name).is_file() and (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+        assert re.sub(r"\\(.)", r"\1", alt) == name
+    assert {unquote(destination) for _, destination in images} == expected
+
+
+def test_images_render_whatever_the_report_name(tmp_path):
+    markdown_it = pytest.importorskip("markdown_it")
+    expected, text = report_with_images(tmp_path)
+    rendered = markdown_it.MarkdownIt("commonmark").render(text)
+    images = re.findall(r'<img src="([^"]*)" alt="([^"]*)" />', rendered)
+    assert {unquote(html.unescape(src)) for src, _ in images} == expected
+    assert all(html.unescape(alt) == unquote(html.unescape(src)) for src, alt in images)

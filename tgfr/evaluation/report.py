@@ -10,8 +10,10 @@ An interval is null where some bootstrap resample cannot measure its figure (tgf
 """
 
 import json
+import string
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tgfr.evaluation.plots import LABELS
 
@@ -73,6 +75,14 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _image(file_name: str) -> str:
+    """A Markdown image of a file next to report.md, whatever its name: CommonMark takes the alt text
+    literally once every ASCII punctuation mark is escaped, and ends a bare link destination at a
+    space, `)` or `<`, so the destination is percent-encoded (renderers decode it to the file)."""
+    alt = "".join(f"\\{c}" if c in string.punctuation else c for c in file_name)
+    return f"![{alt}]({quote(file_name, safe='')})"
+
+
 def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatmaps: list[str],
                  context: dict[str, Any]) -> Path:
     """Writes out/metrics.json and out/report.md; `figures` maps split -> plot file names.
@@ -104,12 +114,12 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
                   f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs of "
                   f"{first['subjects']} subjects; "
                   f"{first['probes']} probes against a gallery of {first['gallery']}.", "", *_table(methods), ""]
-        lines += [f"![{name}]({name})" for name in figures.get(split, [])] + [""]
+        lines += [_image(name) for name in figures.get(split, [])] + [""]
     if heatmaps:
         lines += ["## Word-region attention", "",
                   "Each row: a test face and the regions that its caption's most focused words attend to "
                   "(tgfr.ops.word_region_attention).", ""]
-        lines += [f"![{name}]({name})" for name in heatmaps] + [""]
+        lines += [_image(name) for name in heatmaps] + [""]
     if context.get("training"):
         lines += ["## Training", "", "| stage | steps | seconds | s/step | global batch |", "| --- | --- | --- | --- | --- |"]
         for stage, s in context["training"].items():
