@@ -150,6 +150,13 @@ def test_corrupt_training_summary_is_named_before_any_work(run, text, message):
     assert not (run / "report").exists()
 
 
+def test_training_summary_that_is_a_folder_is_named_before_any_work(run):
+    (run / "train_summary.json").mkdir()
+    error = evaluate_error("--run", str(run))
+    assert f"training summary {run / 'train_summary.json'} cannot be read: Is a directory" in error
+    assert not (run / "report").exists()
+
+
 def test_training_summary_as_training_writes_it_is_read(run):
     """The summary of a stage that took no step has no seconds_per_step (tgfr.train.run)."""
     (run / "train_summary.json").write_text('{"fr": {"steps_taken": 0, "seconds": 0.5, "global_batch": 64}}',

@@ -71,10 +71,14 @@ def _check_report_folder(out: Path) -> None:
 def _read_summary(path: Path) -> dict[str, Any] | None:
     """train_summary.json (None when the run has none), checked for the figures that the report's
     training table reads, so that a corrupt file fails before the evaluation's work, with its name."""
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as error:  # e.g. a folder in its place
+        raise ValueError(f"training summary {path} cannot be read: {error.strerror}") from None
+    try:
+        summary = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"training summary {path} is not valid JSON: {error}") from None
     if not isinstance(summary, dict):
