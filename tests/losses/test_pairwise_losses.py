@@ -206,3 +206,28 @@ def test_pair_losses_name_their_own_arguments(loss_class, x_name, y_name):
         loss_class()(x, x.double())
     with pytest.raises(ValueError, match=rf"labels must have size 4 \(one label per row of {x_name}\)"):
         loss_class()(x, x, labels[:3])
+
+
+@pytest.mark.parametrize("compiler_backend", ["aot_eager", "inductor"])
+def test_compiled_coreface_updates_its_margin_like_eager(compiler_backend):
+    """torch.compile used to drop the in-place update of the 0-dim margin buffer: the margin stayed 0."""
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(6)
+    view1 = torch.randn(10, 8, generator=generator, dtype=torch.float64)
+    view2 = view1 + 0.5 * torch.randn(10, 8, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 4, (10,), generator=generator)
+    eager, compiled = CoReFaceLoss(), CoReFaceLoss()
+    compiled_call, margin = torch.compile(compiled, backend=compiler_backend), 0.0
+    for step in range(3):
+        shifted1 = (view1 + 0.2 * step).requires_grad_()
+        shifted2 = view2.roll(step, 1).requires_grad_()
+        expected, margin = spec_coreface(shifted1, shifted2, labels, margin)
+        got_eager, got_compiled = eager(shifted1, shifted2, labels), compiled_call(shifted1, shifted2, labels)
+        torch.testing.assert_close(got_eager, expected, **TOL)
+        torch.testing.assert_close(got_compiled, expected, **TOL)
+        assert compiled.margin.item() == pytest.approx(margin, abs=1e-12)
+        assert eager.margin.item() == pytest.approx(margin, abs=1e-12)
+        for g, e in zip(torch.autograd.grad(got_compiled, (shifted1, shifted2)),
+                        torch.autograd.grad(expected, (shifted1, shifted2))):
+            torch.testing.assert_close(g, e, **TOL)
+    assert abs(margin) > 0.1  # the margin moved, so a margin left at 0 would have shown

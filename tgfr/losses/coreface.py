@@ -13,6 +13,8 @@ The hardest negatives come from a separate forward-only tiled pass (contrastive_
 nothing N x N is stored: the margin has to be known before the fused cross-entropy starts.
 """
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,10 +64,17 @@ class CoReFaceLoss(nn.Module):
         common = dict(row_labels=labels, column_labels=column_labels, same_identity="zero", offset=offset,
                       backend=self.backend)
         if self.training:
-            with torch.no_grad():
-                z1, z2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
-                positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
-                hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
-                batch_margin = mean_over_ranks((positive - hardest).mean())
-                self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
+            self._update_margin(view1, view2, columns, common)
         return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
+
+    # Run eagerly: torch.compile (aot_eager, inductor; torch 2.13) drops in-place updates of a 0-dim buffer, which
+    # left the margin at 0 in compiled training.
+    @torch.compiler.disable
+    @torch.no_grad()
+    def _update_margin(self, view1: torch.Tensor, view2: torch.Tensor, columns: torch.Tensor,
+                       common: dict[str, Any]) -> None:
+        z1, z2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+        positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
+        hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
+        batch_margin = mean_over_ranks((positive - hardest).mean())
+        self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
