@@ -190,6 +190,31 @@ def test_association_loss_trains_several_steps_in_a_row():
         optimizer.step()
 
 
+@pytest.mark.parametrize("bad_input,bad_value", [("image", float("nan")), ("image", float("inf")),
+                                                 ("caption", float("nan"))])
+def test_association_non_finite_batch_gives_a_non_finite_loss_and_keeps_the_memory_finite(bad_input, bad_value):
+    """SPEC section 5: NaN/Inf propagate to the output. An image with NaN/Inf used to write NaN into its
+    prototype, and every later loss was NaN; the memory now moves with the batch's finite images only."""
+    torch.manual_seed(8)
+    loss = DualGranularityAssociationLoss(8, 3, scale=5.0, temperature=0.2, min_confidence=0.4).double()
+    centres = torch.randn(3, 8, dtype=torch.float64)
+    image = centres[torch.arange(12) % 3] + 0.3 * torch.randn(12, 8, dtype=torch.float64)
+    caption = torch.randn(12, 8, dtype=torch.float64)
+    bad = {"image": image.clone(), "caption": caption.clone()}
+    bad[bad_input][2, 5] = bad_value
+    before = loss.prototypes.clone()
+    got, _ = loss(bad["image"], bad["caption"])
+    assert not torch.isfinite(got)
+    _, assignment, _ = association_reference(image, caption, before, 5.0, 0.2, 0.4)
+    finite = (torch.arange(12) != 2) if bad_input == "image" else torch.ones(12, dtype=torch.bool)
+    assert (assignment[finite] == assignment[2]).any()  # the bad image's prototype has finite images to move with
+    check_prototypes_moved(loss.prototypes, before, image[finite], assignment[finite])
+    moved = loss.prototypes.clone()
+    next_image, next_caption = image.roll(1, 1), caption.roll(1, 0)
+    expected, _, _ = association_reference(next_image, next_caption, moved, 5.0, 0.2, 0.4)
+    torch.testing.assert_close(loss(next_image, next_caption)[0], expected, **TOL)
+
+
 def test_multi_granularity_weights_and_components():
     torch.manual_seed(2)
     words, regions = torch.randn(6, 4, 8, dtype=torch.float64), torch.randn(6, 9, 8, dtype=torch.float64)

@@ -231,3 +231,26 @@ def test_compiled_coreface_updates_its_margin_like_eager(compiler_backend):
                         torch.autograd.grad(expected, (shifted1, shifted2))):
             torch.testing.assert_close(g, e, **TOL)
     assert abs(margin) > 0.1  # the margin moved, so a margin left at 0 would have shown
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad_view", [0, 1])
+def test_coreface_non_finite_batch_gives_a_non_finite_loss_and_leaves_the_margin(bad_value, bad_view):
+    """SPEC section 5: NaN/Inf propagate to the output. The batch's margin is not finite; it used to enter the
+    running margin and make every later call raise."""
+    generator = torch.Generator().manual_seed(7)
+    batches = [[torch.randn(8, 6, generator=generator, dtype=torch.float64) for _ in range(2)] for _ in range(2)]
+    labels = torch.randint(0, 3, (8,), generator=generator)
+    loss = CoReFaceLoss()
+    loss(*batches[0], labels)
+    margin = loss.margin.clone()
+    bad = [view.clone() for view in batches[0]]
+    bad[bad_view][3, 2] = bad_value
+    assert not torch.isfinite(loss(*bad, labels))
+    assert torch.equal(loss.margin, margin)
+    # The next batch as if the bad one had never come: SPEC section 3 from the margin after the first batch.
+    expected, expected_margin = spec_coreface(*batches[1], labels, margin.item())
+    torch.testing.assert_close(loss(*batches[1], labels), expected, **TOL)
+    assert loss.margin.item() == pytest.approx(expected_margin, abs=1e-12)
+    expected_eval, _ = spec_coreface(*batches[1], labels, expected_margin, momentum=0.0)
+    torch.testing.assert_close(loss.eval()(*batches[1], labels), expected_eval, **TOL)

@@ -14,6 +14,8 @@ towards the mean of its assigned (detached, normalized) images with `prototype_m
 assignments and confidences sharpen as the visual embedding and the memory organize. A call's
 loss uses the memory as it was before that call's update (P_new = normalize(m P + (1 - m) mean)),
 and the update replaces values in the buffer without touching anything the backward needs.
+Images with NaN/Inf make the loss non-finite but are left out of the update, so the memory stays
+finite.
 
 Local level: within the batch, identity relations are built with the image as the anchor:
 images whose assignment is confident (c_i >= min_confidence) share a pseudo-identity when they
@@ -86,6 +88,9 @@ class DualGranularityAssociationLoss(nn.Module):
     @torch.no_grad()
     def _update_prototypes(self, image: torch.Tensor, assignment: torch.Tensor) -> None:
         features = F.normalize(image.detach(), dim=1).to(self.prototypes.dtype)
+        # An image with NaN/Inf makes the loss non-finite; in the memory it would make every later loss NaN.
+        finite = features.isfinite().all(dim=1)
+        features, assignment = features[finite], assignment[finite]
         sums = torch.zeros_like(self.prototypes).index_add_(0, assignment, features)
         counts = torch.bincount(assignment, minlength=self.prototypes.shape[0])
         used = counts > 0

@@ -34,7 +34,8 @@ class CoReFaceLoss(nn.Module):
         gather_ranks: in a process group, compute the local form on features of all ranks.
         backend: backend of the fused contrastive op.
 
-    Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call.
+    Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call whose
+    batch margin is finite (a batch with NaN/Inf gives a non-finite loss and leaves m as it was).
     """
 
     margin: torch.Tensor
@@ -68,7 +69,7 @@ class CoReFaceLoss(nn.Module):
         return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
 
     # Run eagerly: torch.compile (aot_eager, inductor; torch 2.13) drops in-place updates of a 0-dim buffer, which
-    # left the margin at 0 in compiled training.
+    # left the margin at 0 in compiled training; and the finiteness check below branches on data.
     @torch.compiler.disable
     @torch.no_grad()
     def _update_margin(self, view1: torch.Tensor, view2: torch.Tensor, columns: torch.Tensor,
@@ -77,4 +78,7 @@ class CoReFaceLoss(nn.Module):
         positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
         hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
         batch_margin = mean_over_ranks((positive - hardest).mean())
-        self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
+        # A batch with NaN/Inf gets a non-finite loss from its features; its margin must not stay in the state,
+        # where it would poison every later call. mean_over_ranks makes the skip the same on every rank.
+        if torch.isfinite(batch_margin):
+            self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
