@@ -1,5 +1,6 @@
 """Identity heads, the weakly supervised association loss and the combined TGFR objective."""
 
+import copy
 import math
 
 import pytest
@@ -213,6 +214,31 @@ def test_association_non_finite_batch_gives_a_non_finite_loss_and_keeps_the_memo
     next_image, next_caption = image.roll(1, 1), caption.roll(1, 0)
     expected, _, _ = association_reference(next_image, next_caption, moved, 5.0, 0.2, 0.4)
     torch.testing.assert_close(loss(next_image, next_caption)[0], expected, **TOL)
+
+
+def test_compiled_association_loss_trains_like_eager():
+    """Inductor removed the copy of the memory that the global level's matmul saved for its backward, and the
+    in-place memory update then broke that backward ("modified by an inplace operation")."""
+    torch._dynamo.reset()
+    torch.manual_seed(9)
+    eager = DualGranularityAssociationLoss(8, 3, scale=5.0, temperature=0.2, min_confidence=0.4).double()
+    compiled = copy.deepcopy(eager)
+    compiled_call = torch.compile(compiled, backend="inductor")
+    centres = torch.randn(3, 8, dtype=torch.float64)
+    for _ in range(3):
+        image = (centres[torch.arange(12) % 3] + 0.3 * torch.randn(12, 8, dtype=torch.float64)).requires_grad_()
+        caption = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+        before = compiled.prototypes.clone()
+        expected, assignment, _ = association_reference(image, caption, before, 5.0, 0.2, 0.4)
+        got_eager, got_compiled = eager(image, caption)[0], compiled_call(image, caption)[0]
+        torch.testing.assert_close(got_eager, expected, **TOL)
+        torch.testing.assert_close(got_compiled, expected, **TOL)
+        for gradient, reference in zip(torch.autograd.grad(got_compiled, (image, caption)),
+                                       torch.autograd.grad(expected, (image, caption))):
+            torch.testing.assert_close(gradient, reference, **TOL)
+        check_prototypes_moved(compiled.prototypes, before, image, assignment)
+        torch.testing.assert_close(compiled.prototypes, eager.prototypes)
+        assert not torch.equal(compiled.prototypes, before)
 
 
 def test_multi_granularity_weights_and_components():

@@ -13,7 +13,7 @@ The confidence adapts during training: in training mode every call moves each us
 towards the mean of its assigned (detached, normalized) images with `prototype_momentum`, so
 assignments and confidences sharpen as the visual embedding and the memory organize. A call's
 loss uses the memory as it was before that call's update (P_new = normalize(m P + (1 - m) mean)),
-and the update replaces values in the buffer without touching anything the backward needs.
+and the update puts the new memory in a new tensor, leaving the one the backward saved as it was.
 Images with NaN/Inf make the loss non-finite but are left out of the update, so the memory stays
 finite.
 
@@ -85,6 +85,9 @@ class DualGranularityAssociationLoss(nn.Module):
         confidence, assignment = (similarity / self.temperature).softmax(dim=1).max(dim=1)
         return assignment, confidence
 
+    # Run eagerly, as CoReFace's margin update: the selection of finite images has a data-dependent shape, and
+    # torch.compile has dropped buffer updates (torch 2.13 drops in-place updates of 0-dim buffers).
+    @torch.compiler.disable
     @torch.no_grad()
     def _update_prototypes(self, image: torch.Tensor, assignment: torch.Tensor) -> None:
         features = F.normalize(image.detach(), dim=1).to(self.prototypes.dtype)
@@ -93,10 +96,13 @@ class DualGranularityAssociationLoss(nn.Module):
         features, assignment = features[finite], assignment[finite]
         sums = torch.zeros_like(self.prototypes).index_add_(0, assignment, features)
         counts = torch.bincount(assignment, minlength=self.prototypes.shape[0])
-        used = counts > 0
-        means = sums[used] / counts[used, None]
-        moved = self.prototype_momentum * self.prototypes[used] + (1.0 - self.prototype_momentum) * means
-        self.prototypes[used] = F.normalize(moved, dim=1)
+        means = sums / counts.clamp_min(1)[:, None]
+        moved = F.normalize(self.prototype_momentum * self.prototypes + (1.0 - self.prototype_momentum) * means, dim=1)
+        # A new tensor, not an in-place update: the memory tensor that a forward's matmul saved for its backward
+        # (this call's, or an earlier call's still to come) must keep its values ("modified by an inplace
+        # operation" otherwise). A copy of the memory in forward does not do it under torch.compile: inductor
+        # removes the copy.
+        self.prototypes = torch.where((counts > 0)[:, None], moved, self.prototypes)
 
     def forward(self, image: torch.Tensor, caption: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """image, caption (N, D) matched pairs -> (scalar loss, stats)."""
@@ -110,9 +116,7 @@ class DualGranularityAssociationLoss(nn.Module):
         pseudo_identity = torch.where(confidence >= self.min_confidence, assignment, own)
         local = symmetric_contrastive_loss(image, caption, pseudo_identity, self.scale, "positive", gathering,
                                            self.backend, ("image", "caption"))
-        # The matmul saves the memory for its backward; a copy keeps the in-place prototype update (below, or in
-        # a later training call before this backward) from invalidating it ("modified by an inplace operation").
-        memory = self.prototypes.to(caption.dtype, copy=True)
+        memory = self.prototypes.to(caption.dtype)
         prototype_logits = self.scale * F.normalize(caption, dim=1) @ memory.T
         per_caption = F.cross_entropy(prototype_logits, assignment, reduction="none")
         weight = confidence.to(per_caption.dtype)
