@@ -42,6 +42,39 @@ def check_local_form(rank, make_loss, inputs, differentiable, steps=1):
         torch.testing.assert_close(a, b, msg=f"buffer {name}")
 
 
+def check_word_region_with_per_rank_caption_lengths(rank, generator):
+    """Ranks whose captions are padded to different T (padding="longest" per rank): the local form equals the
+    single-process loss on the batch padded to the longest T, and a length past its own rank's T is refused
+    on every rank (one rank raising alone would leave the other waiting in a collective)."""
+    from tgfr.losses import WordRegionContrastiveLoss
+
+    words_per_rank, n = (3, 5), 4
+    words = torch.randn(2 * n, max(words_per_rank), 6, generator=generator, dtype=torch.float64)
+    regions = torch.randn(2 * n, 5, 6, generator=generator, dtype=torch.float64)
+    lengths = torch.tensor([3, 1, 2, 3, 5, 4, 1, 5])
+    labels = torch.tensor([0, 1, 2, 0, 1, 3, 2, 3])
+    rows = slice(rank * n, (rank + 1) * n)
+    full = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
+    part = [words[rows, :words_per_rank[rank]].clone().requires_grad_(), regions[rows].clone().requires_grad_()]
+    expected = WordRegionContrastiveLoss()(full[0], lengths, full[1], labels)
+    got = WordRegionContrastiveLoss(gather_ranks=True)(part[0], lengths[rows], part[1], labels[rows])
+    expected_grads, got_grads = torch.autograd.grad(expected, full), torch.autograd.grad(got, part)
+    mean = got.detach().clone()
+    dist.all_reduce(mean)
+    torch.testing.assert_close(mean / WORLD, expected.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_grads[0] / WORLD, expected_grads[0][rows, :words_per_rank[rank]],
+                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_grads[1] / WORLD, expected_grads[1][rows], rtol=1e-9, atol=1e-9)
+    too_long = lengths[rows].clone()
+    too_long[0] = max(words_per_rank) if rank == 0 else too_long[0]
+    try:
+        WordRegionContrastiveLoss(gather_ranks=True)(part[0], too_long, part[1])
+    except ValueError as error:
+        assert "on rank 0: lengths must lie in [1, T=3]" in str(error), error
+    else:
+        raise AssertionError("a length past its rank's T was not refused")
+
+
 class AssociationLoss(torch.nn.Module):
     """DualGranularityAssociationLoss without its stats, its memory drawn from one seed: the same in
     the single-process and the local form, as the training loop makes it on every rank."""
@@ -81,6 +114,7 @@ def worker(rank, port):
         lengths = torch.tensor([4, 1, 3, 2, 4, 4, 2, 3])
         check_local_form(rank, lambda **kw: WordRegionContrastiveLoss(**kw), [words, lengths, regions, labels[:8]],
                          [0, 2])
+        check_word_region_with_per_rank_caption_lengths(rank, generator)
         # Unequal shares: all_gather itself would abort the process (gloo) or hang (nccl).
         rows = 3 + rank
         try:

@@ -11,7 +11,7 @@ from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed
 from tgfr.ops.word_region import word_region_scores
-from tgfr.validation import check_choice, check_positive, check_size, check_tensor
+from tgfr.validation import check_choice, check_positive, check_size, check_tensor, check_word_lengths
 
 
 def _row_cross_entropy(logits: torch.Tensor, row_labels: torch.Tensor | None,
@@ -32,7 +32,8 @@ class WordRegionContrastiveLoss(nn.Module):
         gamma1, gamma2, word_softmax: of the word-region similarity (SPEC section 2).
         gamma3: logit scale of the scores (TGFR/AttnGAN: 10).
         same_identity: "exclude" (default) or "none", used when labels are given.
-        gather_ranks: in a process group, compute the local form on features of all ranks.
+        gather_ranks: in a process group, compute the local form on features of all ranks (every rank
+            holds N captions and images; the word dimension T may differ between ranks).
         backend: backend of tgfr.ops.word_region_scores.
     """
 
@@ -65,9 +66,21 @@ class WordRegionContrastiveLoss(nn.Module):
             logits = self._logits(words, lengths, regions)
             return (_row_cross_entropy(logits, labels, labels, 0, exclude)
                     + _row_cross_entropy(logits.T, labels, labels, 0, exclude))
-        all_words, offset = gather_with_grad(words)
-        all_regions, _ = gather_with_grad(regions)
+        # Ranks may pad their captions to different T (collation with padding="longest"): gather them padded to
+        # the longest T of any rank, with zero words past every caption's length, which the scores mask.
+        words_per_rank = gather(torch.tensor([words.shape[1]], device=words.device)).tolist()
+        check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
+        check_size("lengths", lengths, 0, words.shape[0], "the number of captions N")
         all_lengths = gather(lengths)
+        # Every rank checks every rank's lengths against that rank's T: a rank that raised alone would leave the
+        # others waiting in the backward's all-reduce.
+        for rank, (num_words, rank_lengths) in enumerate(zip(words_per_rank, all_lengths.split(words.shape[0]))):
+            try:
+                check_word_lengths(rank_lengths, words.shape[0], num_words)
+            except ValueError as error:
+                raise ValueError(f"on rank {rank}: {error}") from None
+        all_words, offset = gather_with_grad(F.pad(words, (0, 0, 0, max(words_per_rank) - words.shape[1])))
+        all_regions, _ = gather_with_grad(regions)
         all_labels = None if labels is None else gather(labels)
         rows = self._logits(words, lengths, all_regions)
         columns = self._logits(all_words, all_lengths, regions).T
