@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
                                degrade_records, down_up, gaussian_blur, image_rng, jpeg)
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.data.transforms import EvalTransform
 
 
 def face(identity=3, image=0):
@@ -85,6 +86,61 @@ def test_tgfr_recipes_blur():
         energies = [high_frequency_energy(degrade_image(image, recipe, np.random.default_rng(s))
                                           .filter(ImageFilter.MedianFilter(3))) for s in range(3)]
         assert max(energies) < 0.6 * high_frequency_energy(image.filter(ImageFilter.MedianFilter(3)))
+
+
+def tgfr_celeba_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """TGFR's CelebA recipe written out step by step, on an image of TGFR's 112 x 112."""
+    assert image.size == (112, 112)
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    image = image.rotate(rng.uniform(-5, 5), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    image = gaussian_blur(image, 3, rng.uniform(2, 9))
+    image = adjust_brightness(image, rng.uniform(0.6, 1.4))
+    image = adjust_hue(image, rng.uniform(-0.5, 0.5))
+    return add_gaussian_noise(image, 0.002 ** 0.5, rng)
+
+
+def test_celeba_recipe_on_a_112_image_is_tgfrs_recipe_unresized():
+    image = face()
+    for seed in range(3):
+        got = degrade_image(image, "celeba", np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(got), np.asarray(tgfr_celeba_recipe(image, np.random.default_rng(seed))))
+
+
+def test_celeba_recipe_runs_at_112_whatever_the_source_size():
+    big = face().resize((1024, 1024), Image.Resampling.BICUBIC)
+    got = degrade_image(big, "celeba", np.random.default_rng(4))
+    expected = tgfr_celeba_recipe(big.resize((112, 112), Image.Resampling.BILINEAR), np.random.default_rng(4))
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def seen_at_112(image: Image.Image) -> np.ndarray:
+    """What the model sees of an image: the evaluation transform's resize to 112."""
+    return ((EvalTransform(112)(image).permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.float64)
+
+
+@pytest.mark.parametrize("side", [218, 1024])
+def test_celeba_noise_and_blur_seen_at_112_do_not_depend_on_the_source_size(side):
+    def strength(side: int) -> tuple[float, float]:
+        grey = Image.new("RGB", (side, side), (128, 128, 128))
+        step = np.full((side, side, 3), 64, np.uint8)
+        step[:, side // 2:] = 192
+        noise, sharpness = [], []
+        for seed in range(6):
+            noise.append(seen_at_112(degrade_image(grey, "celeba", np.random.default_rng(seed)))[40:72, 40:72].std())
+            profile = seen_at_112(degrade_image(Image.fromarray(step), "celeba", np.random.default_rng(seed)))
+            profile = profile[48:64, 20:92].mean(axis=(0, 2))
+            # Largest one-pixel change across the edge as a fraction of the step: 1 unblurred.
+            sharpness.append(np.abs(np.diff(profile)).max() / abs(profile[-10:].mean() - profile[:10].mean()))
+        return float(np.mean(noise)), float(np.mean(sharpness))
+
+    noise, sharpness = strength(side)
+    reference_noise, reference_sharpness = strength(112)
+    # The recipe's noise std is sqrt(0.002) on the [0, 1] scale (brightness acts before it).
+    assert abs(reference_noise - 255 * 0.002 ** 0.5) < 0.05 * 255 * 0.002 ** 0.5
+    assert abs(noise - reference_noise) < 0.05 * reference_noise
+    assert reference_sharpness < 0.45  # blurred: a sharp step moves by the whole step in one pixel
+    assert abs(sharpness - reference_sharpness) < 0.05
 
 
 def test_unknown_recipe():

@@ -2,9 +2,13 @@
 
 Recipes (names joined with "+" apply left to right, e.g. "down24+jpeg30"):
 
-- "celeba": TGFR's CelebA recipe (data/celeba/scripts/transform_fair.py): horizontal flip
-  p=0.5, rotation U(-5, 5) deg with white fill, Gaussian blur kernel 3 sigma U(2, 9), brightness
-  factor U(0.6, 1.4), hue shift U(-0.5, 0.5), additive Gaussian noise std sqrt(0.002).
+- "celeba": TGFR's CelebA recipe (data/celeba/scripts/transform_fair.py), on 112 x 112 images
+  as TGFR's: resize to 112, horizontal flip p=0.5, rotation U(-5, 5) deg with white fill,
+  Gaussian blur kernel 3 sigma U(2, 9), brightness factor U(0.6, 1.4), hue shift U(-0.5, 0.5),
+  additive Gaussian noise std sqrt(0.002); the result stays 112 x 112. Blur and noise act per
+  pixel, so only at TGFR's size do they have TGFR's strength relative to the face; and resizing
+  back up would not keep it: the model's bilinear resize to 112 (transforms) would average away
+  about half of the noise. A 112 x 112 image (the synthetic set) is not resized at all.
 - "face2text": TGFR's Face2Text recipe (data/face2text/scripts/transform.py): resize to 144,
   flip p=0.5, rotation U(-30, 30), blur kernel 5 sigma U(1, 5), brightness U(0.6, 1.4), hue
   U(-0.2, 0.2), noise std sqrt(0.005); then back to the input size, so every split of a
@@ -89,12 +93,11 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def _tgfr_recipe(work_size: int | None, max_angle: float, kernel_size: int, sigma: tuple[float, float],
-                 hue: float, noise_var: float) -> Step:
+def _tgfr_recipe(work_size: int, restore_size: bool, max_angle: float, kernel_size: int,
+                 sigma: tuple[float, float], hue: float, noise_var: float) -> Step:
     def step(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        size = image.size
-        if work_size is not None:
-            image = image.resize((work_size, work_size), Image.Resampling.BILINEAR)
+        size = image.size if restore_size else (work_size, work_size)
+        image = image.resize((work_size, work_size), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             image = ImageOps.mirror(image)
         image = image.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
@@ -107,8 +110,8 @@ def _tgfr_recipe(work_size: int | None, max_angle: float, kernel_size: int, sigm
 
 
 NAMED_RECIPES: dict[str, Step] = {
-    "celeba": _tgfr_recipe(None, 5.0, 3, (2.0, 9.0), 0.5, 0.002),
-    "face2text": _tgfr_recipe(144, 30.0, 5, (1.0, 5.0), 0.2, 0.005),
+    "celeba": _tgfr_recipe(112, False, 5.0, 3, (2.0, 9.0), 0.5, 0.002),
+    "face2text": _tgfr_recipe(144, True, 30.0, 5, (1.0, 5.0), 0.2, 0.005),
 }
 
 
