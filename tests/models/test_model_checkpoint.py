@@ -93,3 +93,44 @@ def test_weights_file_never_unpickles_objects(tmp_path):
         load_weights_file(path)
     with pytest.raises(ValueError, match="does not exist"):
         load_weights_file(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("config.json", "{"), ("config.json", "[1]"), ("config.json", '{"model_type": "bert", "hidden_size": "x"}'),
+    ("tokenizer_config.json", "{"), ("tokenizer_config.json", "[1]"), ("tokenizer_config.json", b"\xff\xfe"),
+    ("tokenizer.json", "{"), ("tokenizer.json", "{}"),
+])
+def test_a_broken_text_model_file_is_reported_with_the_text_model_folder(tiny_bert_dir, tmp_path, name, content):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    text_dir = checkpoint / "text_encoder"
+    assert (text_dir / name).is_file()
+    if isinstance(content, bytes):
+        (text_dir / name).write_bytes(content)
+    else:
+        (text_dir / name).write_text(content)
+    with pytest.raises(ValueError) as raised:
+        load_tgfr_model(checkpoint)
+    message = str(raised.value)
+    assert f"text model folder {text_dir}" in message
+    assert f"'{checkpoint / 'config.json'}'" not in message  # the checkpoint's own config is fine
+
+
+def test_a_missing_text_model_folder_is_named(tiny_bert_dir, tmp_path):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    shutil.rmtree(checkpoint / "text_encoder")
+    with pytest.raises(ValueError, match=f"checkpoint folder '{checkpoint / 'text_encoder'}'.* does not exist"):
+        load_tgfr_model(checkpoint)
+
+
+@pytest.mark.parametrize("key, value", [("input_size", 10**6), ("input_size", 64), ("width", 10**5),
+                                        ("num_features", 10**9)])
+def test_a_backbone_that_does_not_fit_the_weights_is_refused_before_it_is_built(tiny_bert_dir, tmp_path, key, value):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    config["backbone"][key] = value
+    config_path.write_text(json.dumps(config))
+    # Building iresnet_small at 32 x 32 with num_features 64 gives fc.weight (64, 128 * 2 * 2).
+    with pytest.raises(ValueError, match=rf"'{config_path}' does not fit its weights: .*backbone.{key} {value}.*"
+                                         rf"holds \(64, 512\)"):
+        load_tgfr_model(checkpoint)

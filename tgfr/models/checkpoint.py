@@ -13,11 +13,13 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
+FC_WEIGHT = "backbone.fc.weight"
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -52,6 +54,27 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     return directory
 
 
+def _check_backbone_fits_weights(config: TGFRConfig, config_path: Path, weights_path: Path) -> None:
+    """Compares the backbone's fc, whose size follows input_size, width and num_features, with the
+    weights file's header before the model is built: a config that does not fit (say input_size
+    10**6) would otherwise first allocate that fc, and fail with an allocation error naming nothing."""
+    try:
+        with safetensors.safe_open(str(weights_path), framework="pt") as weights:
+            if FC_WEIGHT not in weights.keys():
+                return  # reported with every other missing weight once the model is built
+            stored = tuple(weights.get_slice(FC_WEIGHT).get_shape())
+    except (OSError, safetensors.SafetensorError) as error:
+        raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
+    backbone = config.backbone
+    expected = (backbone.num_features, backbone.fc_inputs)
+    if stored != expected:
+        raise ValueError(
+            f"checkpoint file {str(config_path)!r} does not fit its weights: backbone.input_size "
+            f"{backbone.input_size}, backbone.width {backbone.width} and backbone.num_features "
+            f"{backbone.num_features} give {FC_WEIGHT} the shape {expected}, {str(weights_path)!r} holds {stored}"
+        )
+
+
 def load_tgfr_model(directory: str | Path) -> TGFRModel:
     """Rebuilds a TGFRModel from `save_tgfr_model`'s directory; every weight must match (strict)."""
     directory = Path(directory)
@@ -60,14 +83,23 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     for path in (config_path, weights_path):
         if not path.is_file():
             raise ValueError(f"checkpoint file {str(path)!r} does not exist")
+    text_dir = directory / TEXT_ENCODER_DIR
+    if not text_dir.is_dir():
+        raise ValueError(f"checkpoint folder {str(text_dir)!r} (the text model's files) does not exist")
     try:
         values = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} is not valid JSON: {error}") from error
     try:
         config = TGFRConfig.from_dict(values)
-        config.text_encoder = str(directory / TEXT_ENCODER_DIR)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
+    config.text_encoder = str(text_dir)
+    _check_backbone_fits_weights(config, config_path, weights_path)
+    try:
         model = TGFRModel(config, pretrained_text=False)
+    except TextModelFilesError:
+        raise  # names the text_encoder folder and what transformers said, not config.json
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
     try:

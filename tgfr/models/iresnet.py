@@ -92,6 +92,11 @@ class IResNetConfig:
     def num_regions(self) -> int:
         return self.region_grid**2
 
+    @property
+    def fc_inputs(self) -> int:
+        """Inputs of fc: the flattened layer4 map, 8*width channels of final_grid^2."""
+        return 8 * self.width * self.final_grid**2
+
 
 class BackboneOutput(NamedTuple):
     embedding: torch.Tensor  # (B, num_features)
@@ -145,7 +150,7 @@ class IResNet(FreezableModule):
             inplanes = planes
         self.bn2 = nn.BatchNorm2d(inplanes, eps=1e-05)
         self.dropout = nn.Dropout(p=config.dropout)
-        self.fc = nn.Linear(inplanes * config.final_grid**2, config.num_features)
+        self.fc = nn.Linear(config.fc_inputs, config.num_features)
         self.features = nn.BatchNorm1d(num_features=config.num_features, eps=1e-05)
         self._reset_parameters()
         self._init_frozen(frozen)

