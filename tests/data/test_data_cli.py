@@ -82,3 +82,18 @@ def test_protocol_writes_nothing_when_the_identification_split_fails(tmp_path, c
     assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p")]) == 2
     assert "no probe images" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("command", [["synth", "--out", "s", "--identities", "2", "--images-per-identity", "1"],
+                                     ["degrade", "--manifest", "m.jsonl"]])
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_workers_below_one_is_a_usage_error(tmp_path, monkeypatch, command, workers, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_manifest(tmp_path / "m.jsonl", [ManifestRecord("0.png", "0", "test", ("c",))])
+    Image.new("RGB", (8, 8)).save(tmp_path / "0.png")
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", *command, "--workers", workers])
+    assert exit_.value.code == 2
+    assert f"argument --workers: expected an integer >= 1, got '{workers}'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "m.jsonl"]  # nothing written
+

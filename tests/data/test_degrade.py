@@ -336,3 +336,11 @@ def test_degrade_seed_must_be_non_negative(tmp_path):
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
         degrade_manifest(manifest, "test", "down16", seed=-1)
     assert not (tmp_path / "test_degraded").exists()
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True])
+def test_degrade_workers_must_be_a_positive_integer(tmp_path, workers):
+    manifest = make_manifest(tmp_path)
+    with pytest.raises(ValueError, match=f"workers must be a positive integer, got {workers!r}"):
+        degrade_manifest(manifest, "test", "down16", workers=workers)
+    assert not (tmp_path / "test_degraded").exists()

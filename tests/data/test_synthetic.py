@@ -189,3 +189,11 @@ def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     assert not abandoned.exists() and (running / "part.png").is_file()
     assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), running.name])
     assert len(read_manifest(manifest)) == 3
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_workers_must_be_positive_before_anything_is_written(tmp_path, workers):
+    config = SyntheticConfig(identities=4, images_per_identity=1, captions_per_image=1)
+    with pytest.raises(ValueError, match=f"workers must be a positive integer, got {workers}"):
+        generate_synthetic_dataset(tmp_path / "out", config, workers=workers)
+    assert not (tmp_path / "out").exists()

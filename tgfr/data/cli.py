@@ -155,7 +155,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="recipe of the test_degraded split, as `tgfr data degrade --recipe` "
                             "(default: %(default)s)")
     synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
-    synth.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
+    synth.add_argument("--workers", type=_integer(1), default=2, help="worker processes (default: %(default)s)")
     synth.set_defaults(func=_run(_synth))
 
     convert = commands.add_parser("convert", help="write a manifest from a released dataset layout",
@@ -198,7 +198,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 "itself (default: <stem>_<name>.jsonl next to the input)")
     degrade.add_argument("--seed", type=_integer(0), default=0,
                          help="seed, combined with each image's path (default: %(default)s)")
-    degrade.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
+    degrade.add_argument("--workers", type=_integer(1), default=1, help="worker processes (default: %(default)s)")
     degrade.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
     degrade.set_defaults(func=_run(_degrade))
 

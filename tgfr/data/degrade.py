@@ -170,6 +170,12 @@ def _check_one(source: str) -> str | None:
     return None
 
 
+def check_workers(workers: int) -> None:
+    """Refuses a worker count that is not a positive integer (0 would divide the work by zero)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+
+
 def _check_plain_name(name: str, what: str) -> None:
     """Refuses a folder name that is not one plain path segment: "../x" or "/abs" would write the
     copy outside the manifest's folder, and "." or "" over the source images."""
@@ -233,6 +239,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
         raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_workers(workers)
     root, folder = Path(root), folder or split_name
     _check_plain_name(folder, "folder")
     new_paths = [_degraded_path(folder, r.path) for r in records]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import degrade_records, parse_recipe
+from tgfr.data.degrade import check_workers, degrade_records, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -107,6 +107,7 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
 def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
                                workers: int = 2) -> Path:
     """Renders the dataset (and its degraded splits) into `out`; returns the manifest path."""
+    check_workers(workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = identity_splits(config)
