@@ -97,3 +97,19 @@ def test_workers_below_one_is_a_usage_error(tmp_path, monkeypatch, command, work
     assert f"argument --workers: expected an integer >= 1, got '{workers}'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "m.jsonl"]  # nothing written
 
+
+def test_degrade_refuses_an_out_manifest_folder_before_writing_any_image(tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [ManifestRecord(f"{i}.png", str(i), "test", ("c",)) for i in range(3)])
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "out").mkdir()
+    assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down4",
+                 "--out-manifest", str(tmp_path / "out")]) == 2
+    assert f"tgfr data degrade: error: out_manifest (--out-manifest) {tmp_path / 'out'} is a folder" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "1.png", "2.png", "m.jsonl", "out"]
+    assert not any((tmp_path / "out").iterdir())
+    # The corrected command is not blocked by anything the refused one left.
+    assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down4",
+                 "--out-manifest", str(tmp_path / "out.jsonl")]) == 0

@@ -308,6 +308,8 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
         raise ValueError(f"name {name!r} is already a split of {manifest} that is not a degraded copy of split "
                          f"{split!r}; choose another name (--name)")
     out_manifest = Path(out_manifest) if out_manifest else manifest.with_name(f"{manifest.stem}_{name}.jsonl")
+    if out_manifest.is_dir():  # found out only when writing it, after every image
+        raise ValueError(f"out_manifest (--out-manifest) {out_manifest} is a folder; expected a file path")
     if out_manifest.resolve().parent != manifest.resolve().parent:
         raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder {manifest.parent} "
                          "so that image paths stay relative to it")
