@@ -307,3 +307,25 @@ def test_a_tree_whose_every_image_is_skipped_says_why(tmp_path):
     with pytest.raises(ValueError, match=r"no images found under .*images \(1 skipped, the first because: image "
                                          r"file .*7_1.jpg is corrupt"):
         convert_tgfr_tree(tmp_path, bad_files="skip")
+
+
+
+@pytest.mark.parametrize("split_name, marked", [
+    ("splits.json", "captions_hq.json"), ("splits.json", "identity_CelebA.txt"), ("splits.json", "mapping.txt"),
+    ("splits.json", "splits.json"), ("splits.csv", "splits.csv"),
+])
+def test_celeba_dialog_files_with_a_byte_order_mark_are_read(tmp_path, split_name, marked):
+    root, images = celeba_dialog(tmp_path)
+    if split_name.endswith(".json"):
+        (root / split_name).write_text(json.dumps({"train": [f"{i}.jpg" for i in range(4)], "test": ["4.jpg", "5.jpg"]}))
+    else:
+        (root / split_name).write_text("".join(f"{i}.jpg,{'train' if i < 4 else 'test'}\n" for i in range(6)))
+    mapping = (root / "mapping.txt").read_text()
+    (root / "mapping.txt").write_text(mapping[mapping.index("\n") + 1:])  # without its header, the mark is on a row
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    options = {"hq_mapping": root / "mapping.txt", "split_file": root / split_name}
+    expected, _ = convert_celeba_dialog(*args, **options)
+    (root / marked).write_bytes(b"\xef\xbb\xbf" + (root / marked).read_bytes())  # as Windows editors save UTF-8
+    records, skipped = convert_celeba_dialog(*args, **options)
+    assert not skipped and records == expected
+    assert [r.split for r in records] == ["train"] * 4 + ["test"] * 2

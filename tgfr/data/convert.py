@@ -139,7 +139,8 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
 
 def _read_identity_file(path: Path) -> dict[str, str]:
     identities = {}
-    for line_number, line in enumerate(read_text_file(path, "identity file").splitlines(), start=1):
+    text = read_text_file(path, "identity file", encoding="utf-8-sig")
+    for line_number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -152,7 +153,8 @@ def _read_identity_file(path: Path) -> dict[str, str]:
 def _read_hq_mapping(path: Path) -> dict[str, str]:
     """CelebA-HQ index -> CelebA file name, from 'idx orig_idx orig_file' rows (header skipped)."""
     mapping = {}
-    for line_number, line in enumerate(read_text_file(path, "CelebA-HQ mapping file").splitlines(), start=1):
+    text = read_text_file(path, "CelebA-HQ mapping file", encoding="utf-8-sig")
+    for line_number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or not fields[0].isdigit():
             continue
@@ -203,9 +205,10 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
     captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
+    text = read_text_file(captions_json, "caption file", encoding="utf-8-sig")
     try:
-        table = json.loads(captions_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        table = json.loads(text)
+    except json.JSONDecodeError as error:
         raise ValueError(f"caption file {captions_json} is not readable UTF-8 JSON ({error})") from None
     if not isinstance(table, dict) or not table:
         raise ValueError(f"caption file {captions_json} must be a non-empty JSON object keyed by image name")
@@ -243,7 +246,7 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
 
 def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
     """Image name -> split, from JSON {split: [image names]} or CSV rows "image,split"."""
-    text = read_text_file(split_file, "split file")
+    text = read_text_file(split_file, "split file", encoding="utf-8-sig")
     if split_file.suffix.lower() == ".json":
         try:
             by_split = json.loads(text)
