@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import pickle
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tgfr.cli import main
-from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree, read_split_list
+from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree, read_split_list, seeded_identity_split
 from tgfr.data.manifest import read_manifest
 
 
@@ -127,6 +128,12 @@ def celeba_dialog(root):
     return root, images
 
 
+def hashed_split(identity: str, seed: int, fractions) -> str:
+    """The documented split rule: sha256 of "<seed>:<identity>", first 8 bytes / 2^64, cut at the fractions."""
+    position = int(hashlib.sha256(f"{seed}:{identity}".encode()).hexdigest()[:16], 16) / 2**64
+    return "train" if position < fractions[0] else "val" if position < fractions[0] + fractions[1] else "test"
+
+
 def test_celeba_dialog(tmp_path):
     root, images = celeba_dialog(tmp_path)
     records, skipped = convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
@@ -135,7 +142,7 @@ def test_celeba_dialog(tmp_path):
     assert [r.identity for r in records] == ["900", "900", "901", "901", "902", "902"]
     assert records[3].path == "CelebA-HQ-img/3.jpg"
     assert records[3].captions == ("Face 3 smiles.", "No bangs 3.")
-    assert sorted(r.split for r in records[::2]) == ["test", "train", "val"]
+    assert [r.split for r in records[::2]] == [hashed_split(i, 0, (0.34, 0.33, 0.33)) for i in ("900", "901", "902")]
     assert all(a.split == b.split for a, b in zip(records[::2], records[1::2]))  # identity-disjoint
     (root / "splits.json").write_text(json.dumps({"train": [f"{i}.jpg" for i in range(4)], "test": ["4.jpg", "5.jpg"]}))
     records, _ = convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
@@ -329,3 +336,45 @@ def test_celeba_dialog_files_with_a_byte_order_mark_are_read(tmp_path, split_nam
     records, skipped = convert_celeba_dialog(*args, **options)
     assert not skipped and records == expected
     assert [r.split for r in records] == ["train"] * 4 + ["test"] * 2
+
+
+def test_seeded_identity_split_follows_the_fractions_and_the_seed():
+    identities = [f"{i:06d}" for i in range(20000)]
+    for seed, fractions in ((0, (0.8, 0.1, 0.1)), (7, (0.5, 0.2, 0.3))):
+        splits = [seeded_identity_split(i, seed, fractions) for i in identities]
+        assert splits[:50] == [hashed_split(i, seed, fractions) for i in identities[:50]]
+        for name, fraction in zip(("train", "val", "test"), fractions):
+            assert abs(splits.count(name) / len(splits) - fraction) < 0.015  # binomial std < 0.004
+    assert [seeded_identity_split(i, 0) for i in identities[:50]] != [seeded_identity_split(i, 1) for i in identities[:50]]
+
+
+def many_identity_dialog(root, identities=40):
+    images, table = root / "imgs", {}
+    for i in range(2 * identities):
+        write_image(images / f"{i}.jpg", i % 250)
+        table[f"{i}.jpg"] = f"caption {i}"
+    (root / "captions.json").write_text(json.dumps(table))
+    (root / "ids.txt").write_text("".join(f"{i}.jpg {i // 2}\n" for i in range(2 * identities)))
+    return (root / "captions.json", root / "ids.txt", images, root)
+
+
+def test_removing_identities_moves_no_other_identity_between_splits(tmp_path):
+    args = many_identity_dialog(tmp_path)
+    before = {r.identity: r.split for r in convert_celeba_dialog(*args, seed=3)[0]}
+    assert set(before.values()) == {"train", "val", "test"}
+    removed = {identity for identity, split in before.items() if split == "train"}
+    removed = {sorted(removed)[0], sorted(removed)[-1], next(i for i, s in sorted(before.items()) if s == "val")}
+    (tmp_path / "ids.txt").write_text("".join(f"{i}.jpg {i // 2}\n" for i in range(80) if str(i // 2) not in removed))
+    records, skipped = convert_celeba_dialog(*args, seed=3, bad_files="skip")
+    after = {r.identity: r.split for r in records}
+    assert len(skipped) == 6 and set(after) == set(before) - removed
+    assert after == {identity: before[identity] for identity in after}
+
+
+def test_a_split_file_that_puts_an_identity_in_two_splits_is_refused(tmp_path):
+    args = many_identity_dialog(tmp_path, identities=3)
+    (tmp_path / "splits.json").write_text(json.dumps({"train": ["0.jpg", "1.jpg", "2.jpg", "4.jpg"],
+                                                      "test": ["3.jpg", "5.jpg"]}))
+    with pytest.raises(ValueError, match=r"splits.json puts identity 1 in two splits: image 2.jpg in 'train' and "
+                                         r"image 3.jpg in 'test'"):
+        convert_celeba_dialog(*args, split_file=tmp_path / "splits.json")

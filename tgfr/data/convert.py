@@ -10,20 +10,19 @@ CelebA-Dialog: a caption JSON {"<image>.jpg": {"overall_caption": str,
 "attribute_wise_captions": {attribute: str}} | str | [str]}, CelebA's identity file
 ("<celeba image> <identity>" per line), optionally the CelebA-HQ-to-CelebA mapping file
 ("idx orig_idx orig_file" table) when the images are CelebA-HQ numbered, and optionally a split
-file; without one, identities are split disjointly by a seeded permutation.
+file; without one, each identity goes to a split by a seeded hash of its name.
 
 Released split lists are pickles; unpickling runs code from the file, so they are read only
 with trust_pickle=True (CLI: --trust-pickle). JSON lists or CSV files are read otherwise.
 """
 
 import csv
+import hashlib
 import json
 import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-
-import numpy as np
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file
 from tgfr.data.manifest import ManifestRecord
@@ -198,9 +197,10 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     """Records (paths relative to `root`) of CelebA-Dialog, and the skipped images.
 
     split_file: JSON {"train": [image names], "val": [...], "test": [...]} or CSV rows
-    "image,split"; an image listed under two splits is an error. Without it identities are split
-    train/val/test by `fractions`. A missing image file, or a corrupt one (files.check_image),
-    raises (bad_files="error") or is skipped and reported (bad_files="skip").
+    "image,split"; an image listed under two splits, or an identity's images under two, is an error.
+    Without it each identity is split train/val/test by `fractions` (seeded_identity_split).
+    A missing image file, or a corrupt one (files.check_image), raises (bad_files="error") or is
+    skipped and reported (bad_files="skip").
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -240,8 +240,8 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     if not records:
         raise ValueError(f"no images found: every one of the {len(skipped)} image(s) of {captions_json} was "
                          f"skipped, the first because: {skipped[0]}")
-    split_of = _dialog_splits(records, split_file, fractions, seed)
-    return [ManifestRecord(r.path, r.identity, split_of(r), r.captions) for r in records], skipped
+    splits = _dialog_splits(records, split_file, fractions, seed)
+    return [ManifestRecord(r.path, r.identity, split, r.captions) for r, split in zip(records, splits)], skipped
 
 
 def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
@@ -270,23 +270,34 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
     return table
 
 
-def _dialog_splits(records: list[ManifestRecord], split_file, fractions, seed):
-    if split_file is not None:
-        split_file = Path(split_file)
-        table = _read_dialog_split_file(split_file)
+def seeded_identity_split(identity: str, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
+    """"train", "val" or "test" for an identity: sha256 of f"{seed}:{identity}" read as a number in
+    [0, 1), cut at fractions (train, val, test). An identity's split depends on nothing else, so
+    skipping or adding other identities moves none (a permutation of the identity list would)."""
+    digest = hashlib.sha256(f"{seed}:{identity}".encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    return "train" if position < fractions[0] else "val" if position < fractions[0] + fractions[1] else "test"
 
-        def split_of(record: ManifestRecord) -> str:
-            name = Path(record.path).name
-            if name not in table:
-                raise ValueError(f"split file {split_file} does not list image {name}")
-            return table[name]
-        return split_of
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, got {fractions}")
-    identities = sorted({r.identity for r in records})
-    order = np.random.default_rng(seed).permutation(len(identities))
-    n_train = round(fractions[0] * len(identities))
-    n_val = round(fractions[1] * len(identities))
-    split_by_identity = {identities[i]: "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-                         for rank, i in enumerate(order)}
-    return lambda record: split_by_identity[record.identity]
+
+def _dialog_splits(records: list[ManifestRecord], split_file: str | Path | None, fractions: Sequence[float],
+                   seed: int) -> list[str]:
+    """The split of each record, from the split file or by seeded_identity_split."""
+    if split_file is None:
+        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+            raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
+                             f"got {fractions}")
+        return [seeded_identity_split(r.identity, seed, fractions) for r in records]
+    split_file = Path(split_file)
+    table = _read_dialog_split_file(split_file)
+    splits, first_of_identity = [], {}
+    for record in records:
+        name = Path(record.path).name
+        if name not in table:
+            raise ValueError(f"split file {split_file} does not list image {name}")
+        # An identity in two splits would be trained on and tested with, and a test leak.
+        other = first_of_identity.setdefault(record.identity, (name, table[name]))
+        if other[1] != table[name]:
+            raise ValueError(f"split file {split_file} puts identity {record.identity} in two splits: image "
+                             f"{other[0]} in {other[1]!r} and image {name} in {table[name]!r}")
+        splits.append(table[name])
+    return splits
