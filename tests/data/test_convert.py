@@ -378,3 +378,21 @@ def test_a_split_file_that_puts_an_identity_in_two_splits_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"splits.json puts identity 1 in two splits: image 2.jpg in 'train' and "
                                          r"image 3.jpg in 'test'"):
         convert_celeba_dialog(*args, split_file=tmp_path / "splits.json")
+
+
+def test_split_list_entries_may_name_the_image_file(tmp_path):
+    root = tgfr_tree(tmp_path)
+    write_image(root / "images/train/4/4_2.png", 7)  # beside 4_2.jpg: the entry's suffix chooses
+    (root / "train").mkdir()
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.jpg", "4/4_2.png", "7/7_1"]))
+    records, skipped = convert_tgfr_tree(root)
+    assert not skipped
+    train = [r for r in records if r.split == "train"]
+    assert [r.path for r in train] == ["images/train/4/4_1.jpg", "images/train/4/4_2.png", "images/train/7/7_1.jpg"]
+    assert train[1].captions == ("The man 4 has brown hair.", "This person 2 is smiling.")  # text/4/4_2.txt
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.png"]))
+    with pytest.raises(ValueError, match=r"image file .*4_1.png does not exist"):
+        convert_tgfr_tree(root)
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1", "4/4_1.jpg"]))
+    with pytest.raises(ValueError, match=r"entry '4/4_1.jpg' is listed twice"):
+        convert_tgfr_tree(root)

@@ -5,6 +5,7 @@ TGFR's MMCelebA and Face2Text trees (github Mahedi-61/Text_Guided_Face_Recogniti
     <root>/images/<split>/<id>/<id>_<k>.(jpg|png)    one folder per identity
     <root>/text/<id>/<id>_<k>.txt                     captions of that image, one per line
     <root>/<split>/filenames.(json|csv|pickle)        optional split list of "<id>/<id>_<k>"
+                                                      (or "<id>/<id>_<k>.jpg", naming the file)
 
 CelebA-Dialog: a caption JSON {"<image>.jpg": {"overall_caption": str,
 "attribute_wise_captions": {attribute: str}} | str | [str]}, CelebA's identity file
@@ -91,7 +92,8 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
 
     A split's entries come from <root>/<split>/filenames.* when present, else from its image
     folders. An entry names an image stem: of files sharing one, the first suffix of
-    IMAGE_SUFFIXES is used. An entry listed twice is an error. An image listed without a file,
+    IMAGE_SUFFIXES is used; or a file, when it ends in one of them ("4/4_1.png"). An entry listed
+    twice ("4/4_1" and "4/4_1.jpg" count as one) is an error. An image listed without a file,
     with a corrupt file (files.check_image) or without a readable caption file, raises
     (bad_files="error") or is skipped and reported (bad_files="skip").
     """
@@ -112,16 +114,23 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
                               if p.suffix.lower() in IMAGE_SUFFIXES}, key=_entry_order)
         seen = set()
         for entry in entries:
-            identity, _, stem = entry.replace("\\", "/").partition("/")
-            if not stem:
+            identity, _, name = entry.replace("\\", "/").partition("/")
+            if not name:
                 raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>'")
+            # "4/4_1.jpg" names that file; "4/4_1" (TGFR's lists) the first of IMAGE_SUFFIXES found.
+            named_suffix = PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+            stem = PurePosixPath(name).stem if named_suffix else name
             if (identity, stem) in seen:
                 raise ValueError(f"{list_file}: entry {entry!r} is listed twice")
             seen.add((identity, stem))
             try:
-                image = _find_image(images_root / split / identity, stem)
+                folder = images_root / split / identity
+                if named_suffix:
+                    image = folder / name if (folder / name).is_file() else None
+                else:
+                    image = _find_image(folder, stem)
                 if image is None:
-                    raise ValueError(f"image file {images_root / split / identity / stem}.(jpg|png) does not exist")
+                    raise ValueError(f"image file {folder / name}{'' if named_suffix else '.(jpg|png)'} does not exist")
                 check_image(image)
                 captions = read_caption_file(root / "text" / identity / f"{stem}.txt")
             except ValueError as error:
