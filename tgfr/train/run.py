@@ -204,6 +204,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     # empty, so the corrected command can train into it.
     stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size)
                   for name in config.stages[resume_index:]}
+    if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
+        collate.check_captions(next(iter(stage_data.values())).dataset)
     if not resume and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
