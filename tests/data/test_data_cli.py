@@ -84,6 +84,16 @@ def test_protocol_writes_nothing_when_the_identification_split_fails(tmp_path, c
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("blocked", ["test_pairs.csv", "test_identification.json"])
+def test_protocol_writes_neither_file_when_one_path_is_a_folder(tmp_path, capsys, blocked):
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{i}.png", str(i // 2), "test", ("c",))
+                                                     for i in range(6)])
+    (tmp_path / "p" / blocked).mkdir(parents=True)
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p")]) == 2
+    assert f"{blocked} is a folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "p").iterdir()] == [blocked]
+
+
 @pytest.mark.parametrize("command", [["synth", "--out", "s", "--identities", "2", "--images-per-identity", "1"],
                                      ["degrade", "--manifest", "m.jsonl"]])
 @pytest.mark.parametrize("workers", ["0", "-1"])

@@ -101,13 +101,15 @@ def _degrade(args: argparse.Namespace) -> int:
 
 def _protocol(args: argparse.Namespace) -> int:
     out = _output_folder(args.out, "--out")
+    # Both are made and both paths checked before either is written: a pairs file without its
+    # identification split would be left behind by an error in the second.
+    pairs_path = _output_file(str(out / f"{args.split}_pairs.{args.format}"), "pairs file")
+    ident_path = _output_file(str(out / f"{args.split}_identification.json"), "identification file")
     records = read_manifest(args.manifest)
-    # Both are made before either is written: a pairs file without its identification split
-    # would be left behind by an error in the second.
     pairs = make_verification_pairs(records, args.split, impostor_subjects=args.impostors, seed=args.seed)
     identification = make_identification_split(records, args.split, args.gallery_per_subject)
-    pairs_path = write_verification_pairs(out / f"{args.split}_pairs.{args.format}", pairs)
-    ident_path = write_identification_split(out / f"{args.split}_identification.json", identification)
+    pairs_path = write_verification_pairs(pairs_path, pairs)
+    ident_path = write_identification_split(ident_path, identification)
     genuine = sum(p.same for p in pairs)
     print(f"wrote {pairs_path} ({genuine} genuine, {len(pairs) - genuine} impostor pairs) and {ident_path}")
     return 0
