@@ -38,7 +38,11 @@ def test_output_paths_of_the_wrong_kind_are_named(tmp_path, capsys):
                     ["protocol", "--manifest", str(manifest), "--out", str(tmp_path / "file")],
                     ["synth", "--out", str(tmp_path / "file"), "--identities", "2", "--images-per-identity", "1",
                      "--workers", "1"],
-                    ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(tmp_path / "folder")]):
+                    ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(tmp_path / "folder")],
+                    # under a file: found out only when written, after the work, without the check
+                    ["grid", "--out", str(tmp_path / "file" / "grid.png"), "--rows", "1"],
+                    ["protocol", "--manifest", str(manifest), "--out", str(tmp_path / "file" / "protocol")],
+                    ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(tmp_path / "file" / "m.jsonl")]):
         assert main(["data", *command]) == 2
         error = capsys.readouterr().err
         assert f"tgfr data {command[0]}: error: --out " in error and ("is a folder" in error or "is a file" in error)

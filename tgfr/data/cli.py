@@ -14,6 +14,7 @@ from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
                                 write_verification_pairs)
 from tgfr.data.synthetic import DEFAULT_DEGRADATION, SyntheticConfig, generate_synthetic_dataset
+from tgfr.output_paths import check_output_file, check_output_folder
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -29,27 +30,13 @@ def _integer(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _output_file(path: str, flag: str) -> Path:
-    """`path` as the file an option names, refused before any work when it is a folder."""
-    if Path(path).is_dir():
-        raise ValueError(f"{flag} {path} is a folder; expected a file path")
-    return Path(path)
-
-
-def _output_folder(path: str, flag: str) -> Path:
-    """`path` as the folder an option names, refused before any work when it is a file."""
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ValueError(f"{flag} {path} is a file; expected a folder")
-    return Path(path)
-
-
 def _synth(args: argparse.Namespace) -> int:
     degradations = {} if args.no_degraded else {"test_degraded": args.degradation}
     config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                              captions_per_image=args.captions_per_image, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              degradations=degradations)
-    out = _output_folder(args.out, "--out")
+    out = check_output_folder("--out", args.out)
     start = time.perf_counter()
     manifest = generate_synthetic_dataset(out, config, workers=args.workers)
     print(f"wrote {manifest} ({config.identities} identities x {config.images_per_identity} images) "
@@ -70,7 +57,7 @@ def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> lis
 
 def _convert(args: argparse.Namespace) -> int:
     bad_files = "skip" if args.skip_bad else "error"
-    out = _output_file(args.out, "--out") if args.out else None
+    out = check_output_file("--out", args.out) if args.out else None
     if args.layout in ("mmcelebA", "face2text"):
         root = Path(args.root)
         records, skipped = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
@@ -100,11 +87,11 @@ def _degrade(args: argparse.Namespace) -> int:
 
 
 def _protocol(args: argparse.Namespace) -> int:
-    out = _output_folder(args.out, "--out")
+    out = check_output_folder("--out", args.out)
     # Both are made and both paths checked before either is written: a pairs file without its
     # identification split would be left behind by an error in the second.
-    pairs_path = _output_file(str(out / f"{args.split}_pairs.{args.format}"), "pairs file")
-    ident_path = _output_file(str(out / f"{args.split}_identification.json"), "identification file")
+    pairs_path = check_output_file("pairs file", out / f"{args.split}_pairs.{args.format}")
+    ident_path = check_output_file("identification file", out / f"{args.split}_identification.json")
     records = read_manifest(args.manifest)
     pairs = make_verification_pairs(records, args.split, impostor_subjects=args.impostors, seed=args.seed)
     identification = make_identification_split(records, args.split, args.gallery_per_subject)
@@ -116,7 +103,7 @@ def _protocol(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    out = _output_file(args.out, "--out")
+    out = check_output_file("--out", args.out)
     rows = manifest_rows(args.manifest, args.rows, args.split) if args.manifest else synthetic_rows(args.rows, args.seed)
     print(f"wrote {render_grid(rows, out, args.recipe, args.seed)}")
     return 0

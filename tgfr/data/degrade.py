@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 
 from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
+from tgfr.output_paths import check_output_file
 
 Step = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -308,8 +309,7 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
         raise ValueError(f"name {name!r} is already a split of {manifest} that is not a degraded copy of split "
                          f"{split!r}; choose another name (--name)")
     out_manifest = Path(out_manifest) if out_manifest else manifest.with_name(f"{manifest.stem}_{name}.jsonl")
-    if out_manifest.is_dir():  # found out only when writing it, after every image
-        raise ValueError(f"out_manifest (--out-manifest) {out_manifest} is a folder; expected a file path")
+    check_output_file("out_manifest (--out-manifest)", out_manifest)  # else found out after every image
     if out_manifest.resolve().parent != manifest.resolve().parent:
         raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder {manifest.parent} "
                          "so that image paths stay relative to it")

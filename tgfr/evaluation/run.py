@@ -15,10 +15,10 @@ from tgfr.evaluation.report import write_report
 from tgfr.metrics import roc_curve
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
+from tgfr.output_paths import check_output_folder
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import TrainConfig
-from tgfr.train.run import _check_folder
 from tgfr.train.stage_align import align_features
 
 # The figures of each stage in train_summary.json that the report's training table reads (a stage
@@ -62,7 +62,7 @@ def _check_trained(run: Path, config: TrainConfig) -> None:
 def _check_report_folder(out: Path) -> None:
     """`out` is a folder, or one that can be made: else making it would fail only after the
     evaluation's work."""
-    _check_folder("report folder", out)
+    check_output_folder("report folder", out)
     existing = next(p for p in (out, *out.parents) if p.exists())  # a relative path ends at ".", which exists
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"report folder {out}: {existing} is not writable")

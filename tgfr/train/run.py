@@ -30,6 +30,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
+from tgfr.output_paths import check_output_folder
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
@@ -117,15 +118,6 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world_size, torch.device("cpu")
 
 
-def _check_folder(setting: str, path: Path) -> None:
-    """`path` is a folder or can be made one: the first of it and its parents that exists is a folder
-    (else creating it fails only when files are due, with an OSError that names no setting)."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "" if existing == path else f": {existing}"
-        raise ValueError(f"{setting} {path}{where} is a file, not a folder")
-
-
 def _barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
@@ -174,12 +166,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
     else:
-        _check_folder("run folder", out)
+        check_output_folder("run folder", out)
         if out.is_dir() and any(out.iterdir()):
             raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
                              f"another --out")
     if not config.data.manifest:
-        _check_folder("data.cache_dir" if config.data.cache_dir else "cache folder (data.cache_dir is empty)",
+        check_output_folder("data.cache_dir" if config.data.cache_dir else "cache folder (data.cache_dir is empty)",
                       Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
     counted = _earlier_counts(out, state)
     _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
