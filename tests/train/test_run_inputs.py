@@ -3,6 +3,8 @@ file or config key: a fresh run into a used folder, --stop-after below 1, a corr
 under --resume, a checkpoint written by another number of processes, backbone weights that do
 not fit the configured backbone."""
 
+import dataclasses
+import os
 import re
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from tgfr.cli import main
 from tgfr.data import CaptionCollator
+from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.models import IResNet, IResNetConfig, TextEncoder
 from tgfr.train.checkpoint import rng_state, save_checkpoint
 from tgfr.train.config import load_config
@@ -156,3 +159,18 @@ def test_the_largest_seed_draws_batches(tiny_overrides):
     for name in config.stages:
         batch = next(stage_batches(config, name, manifest, collate).from_step(0))
         assert len(batch["labels"]) == config.data.identities_per_batch * config.data.images_per_identity
+
+
+def test_a_caption_without_words_is_refused_before_writing(tmp_path, tiny_overrides):
+    """The text encoder refuses a caption that tokenizes to no word (zero-width spaces pass the
+    manifest's non-empty check): found before the fr stage, not when the align stage draws it."""
+    source = resolve_manifest(load_config("quick", tiny_overrides).data)
+    records = read_manifest(source)
+    index = next(i for i, r in enumerate(records) if r.split == "train")
+    records[index] = dataclasses.replace(records[index], captions=("\u200b\u200b",) + records[index].captions[1:])
+    relocated = [dataclasses.replace(r, path=os.path.relpath(source.parent / r.path, tmp_path)) for r in records]
+    manifest = write_manifest(tmp_path / "manifest.jsonl", relocated)
+    config = load_config("quick", tiny_overrides + [f'data.manifest="{manifest}"'])
+    with pytest.raises(ValueError, match=re.escape("has caption '\\u200b\\u200b', which the tokenizer reduces to no word")):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
