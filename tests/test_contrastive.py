@@ -215,6 +215,40 @@ def test_bfloat16_matches_reference():
         torch.testing.assert_close(got.float(), expected, rtol=0, atol=2e-2 * scale)
 
 
+def exact_symmetric_cross_entropy(x, y, scale):
+    """Float64 per-row and per-column CLIP cross-entropy of the given values (targets on the
+    diagonal), written out here, and the float64 leaves it is differentiable in."""
+    x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    logits = scale * F.normalize(x64, dim=1) @ F.normalize(y64, dim=1).T
+    return (logits.logsumexp(1) - logits.diagonal(), logits.logsumexp(0) - logits.diagonal()), (x64, y64)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bfloat16_inputs_are_normalized_in_float32(backend):
+    # F.normalize in bf16 rounded the unit vectors to bf16 before the fp32 kernel: at scale 64 the
+    # losses were off by about 0.15 and the gradients by about 1% of their largest entry. Now the
+    # result is the fp32 computation on the (exact) bf16 values: losses within 1e-4 of float64 and
+    # gradients within bf16's own rounding of them.
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 32, generator=generator).bfloat16().requires_grad_()
+    y = (x.detach().float() + 3.0 * torch.randn(64, 32, generator=generator)).bfloat16().requires_grad_()
+    weights = torch.randn(2, 64, generator=generator, dtype=torch.float64)
+    losses = contrastive_cross_entropy(x, y, 64.0, backend=backend)
+    expected, leaves = exact_symmetric_cross_entropy(x, y, 64.0)
+    for got, want in zip(losses, expected):
+        torch.testing.assert_close(got.double(), want.detach(), rtol=0, atol=1e-4)
+    got_grads = torch.autograd.grad(sum((loss * w.float()).sum() for loss, w in zip(losses, weights)), (x, y))
+    expected_grads = torch.autograd.grad(sum((loss * w).sum() for loss, w in zip(expected, weights)), leaves)
+    for got, want in zip(got_grads, expected_grads):
+        assert got.dtype == torch.bfloat16
+        bound = 2.0**-8 * want.abs() + 1e-5 * want.abs().max()  # bf16 rounding of the result, and a little
+        assert ((got.double() - want).abs() <= bound).all(), ((got.double() - want).abs() - bound).max()
+    x64, y64 = (F.normalize(t.detach().double(), dim=1) for t in (x, y))
+    expected_row_max = (x64 @ y64.T).fill_diagonal_(float("-inf")).amax(dim=1)
+    got_row_max = contrastive_row_max(x.detach(), y.detach(), backend=backend)
+    torch.testing.assert_close(got_row_max.double(), expected_row_max, rtol=0, atol=1e-5)
+
+
 def test_nan_propagates_to_its_rows():
     x, y, _, _ = make_batch(10, 10, 4, torch.float32)
     x = x.detach().clone()

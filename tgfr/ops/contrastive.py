@@ -5,7 +5,8 @@ The op works on two embedding matrices, never on a logits matrix:
     logits[i, j] = scale * (<x_i, y_j> - margin * [j == i + offset])
 
 with x and y L2-normalized first by default (`normalize=True`, so logits = scale * cos as in
-SPEC section 3; the normalization is plain PyTorch, O((N + M) D), and autograd goes through it).
+SPEC section 3; the normalization is plain PyTorch in the accumulation dtype, O((N + M) D), and
+autograd goes through it).
 Pass normalize=False for embeddings that are already normalized or for raw dot products.
 Row i's target is column i + offset; `offset` is how a rank's local rows find their columns in
 a gathered batch (tgfr.distributed). Same-identity off-diagonal entries follow `same_identity`
@@ -91,6 +92,13 @@ def _check_offset(offset: object, num_rows: int, num_columns: int, direction: st
     return offset
 
 
+def _normalized(embeddings: torch.Tensor) -> torch.Tensor:
+    """(N, D) rows L2-normalized in the accumulation dtype: normalized in bf16 they would be
+    rounded to bf16 (a loss error of about scale * 2^-9) before the fp32 kernel ever saw them.
+    Autograd casts the gradient back to the input dtype."""
+    return F.normalize(embeddings.to(reference.accumulation_dtype(embeddings.dtype)), dim=1)
+
+
 def _resolve_backend(backend: str, x: torch.Tensor) -> str:
     from tgfr.ops.backends import available_backends
 
@@ -139,7 +147,7 @@ def contrastive_cross_entropy(
         same_identity: "exclude", "zero", "positive" or "none" (SPEC section 3).
         direction: "rows" (each x_i against all y), "columns" (each y_j against all x) or "both".
         offset: row i's target is column i + offset (column j's is row j - offset).
-        normalize: L2-normalize x and y first.
+        normalize: L2-normalize x and y first (in float32 for 16-bit inputs).
         backend: "auto", "reference", "cpu" or "triton".
 
     Returns:
@@ -156,7 +164,7 @@ def contrastive_cross_entropy(
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
     if normalize:
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+        x, y = _normalized(x), _normalized(y)
     x, y = x.contiguous(), y.contiguous()
     rows, columns = direction in ("rows", "both"), direction in ("columns", "both")
     if backend == "reference":
@@ -223,7 +231,7 @@ def contrastive_row_max(
     backend = _resolve_backend(backend, x)
     with torch.no_grad():
         if normalize:
-            x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+            x, y = _normalized(x), _normalized(y)
         if backend == "reference":
             return reference.contrastive_row_max(x, y, row_labels, column_labels, same_identity, offset)
         if backend == "triton":
