@@ -47,7 +47,7 @@ SameIdentity parse_same_identity(c10::string_view mode) {
   if (mode == "exclude") return SameIdentity::kExclude;
   if (mode == "zero") return SameIdentity::kZero;
   if (mode == "positive") return SameIdentity::kPositive;
-  TORCH_CHECK(false, "same_identity must be one of exclude, zero, positive, none; got ", std::string(mode));
+  TORCH_CHECK_VALUE(false, "same_identity must be one of exclude, zero, positive, none; got ", std::string(mode));
 }
 
 // Rows of `a` against rows of `b`; row i's target is column i + offset.
@@ -293,6 +293,10 @@ void check_inputs(const Tensor& x, const Tensor& y, const std::optional<Tensor>&
                   const std::optional<Tensor>& labels_y, int64_t offset, bool rows, bool columns) {
   TORCH_CHECK_VALUE(x.dim() == 2 && y.dim() == 2, "x and y must be (N, D) and (M, D), got shapes ", x.sizes(),
                     " and ", y.sizes());
+  // Empty sides would reach a division by zero in the tiling (SIGFPE, not an exception).
+  TORCH_CHECK_VALUE(x.size(0) >= 1, "x must have N >= 1 rows, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(y.size(0) >= 1, "y must have M >= 1 rows, got shape ", y.sizes());
+  TORCH_CHECK_VALUE(x.size(1) >= 1, "x must have D >= 1 features, got shape ", x.sizes());
   TORCH_CHECK_VALUE(y.size(1) == x.size(1), "y must have the embedding size D=", x.size(1), " of x, got ", y.size(1));
   TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "y must have the dtype of x (", x.scalar_type(), "), got ",
                    y.scalar_type());
@@ -301,9 +305,12 @@ void check_inputs(const Tensor& x, const Tensor& y, const std::optional<Tensor>&
     TORCH_CHECK_TYPE(labels_x->scalar_type() == at::kLong && labels_y->scalar_type() == at::kLong,
                      "labels_x and labels_y must be int64, got ", labels_x->scalar_type(), " and ",
                      labels_y->scalar_type());
-    TORCH_CHECK_VALUE(labels_x->numel() == x.size(0) && labels_y->numel() == y.size(0),
-                      "labels_x and labels_y must have one label per row of x (", x.size(0), ") and of y (",
-                      y.size(0), "), got ", labels_x->numel(), " and ", labels_y->numel());
+    TORCH_CHECK_VALUE(labels_x->dim() == 1 && labels_x->size(0) == x.size(0),
+                      "labels_x must have shape (N,) = (", x.size(0), ",), one label per row of x, got shape ",
+                      labels_x->sizes());
+    TORCH_CHECK_VALUE(labels_y->dim() == 1 && labels_y->size(0) == y.size(0),
+                      "labels_y must have shape (M,) = (", y.size(0), ",), one label per row of y, got shape ",
+                      labels_y->sizes());
   }
   const int64_t n = x.size(0), m = y.size(0);
   TORCH_CHECK_VALUE(!rows || (offset >= 0 && offset + n <= m), "offset: every row i needs column i + offset, got ",
@@ -419,8 +426,8 @@ std::tuple<Tensor, Tensor> contrastive_backward_cpu(
                                const char* name) {
       DirectionGradient<scalar_t> result;
       if (!on) return result;
-      TORCH_CHECK(grad.numel() == n && lse.numel() == n, name, " gradient and log-sum-exp must have ", n,
-                  " entries, got ", grad.numel(), " and ", lse.numel());
+      TORCH_CHECK_VALUE(grad.numel() == n && lse.numel() == n, name, " gradient and log-sum-exp must have ", n,
+                        " entries, got ", grad.numel(), " and ", lse.numel());
       const Tensor g = grad.to(inputs.x.scalar_type()).contiguous();
       const Tensor l = lse.to(inputs.x.scalar_type()).contiguous();
       const Tensor inverse_count = inputs.counts(of_rows, offset).reciprocal();

@@ -75,6 +75,9 @@ void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::
   TORCH_CHECK_VALUE(words.size(2) == regions.size(2), "regions must have D=", words.size(2), ", got ",
                     regions.size(2));
   TORCH_CHECK_VALUE(lengths.size(0) == words.size(0), "lengths must have N=", words.size(0), " entries");
+  TORCH_CHECK_VALUE(words.size(0) >= 1, "words must have N >= 1 captions, got shape ", words.sizes());
+  TORCH_CHECK_VALUE(words.size(1) >= 1, "words must have T >= 1 words per caption, got shape ", words.sizes());
+  TORCH_CHECK_VALUE(regions.size(0) >= 1, "regions must have M >= 1 images, got shape ", regions.sizes());
   TORCH_CHECK_VALUE(regions.size(1) >= 1, "regions must have R >= 1 regions per image, got shape ", regions.sizes());
   TORCH_CHECK_VALUE(words.size(2) >= 1, "words and regions must have D >= 1 features, got shape ", words.sizes());
   TORCH_CHECK_TYPE(words.scalar_type() == regions.scalar_type(), "words and regions must share a dtype");

@@ -364,6 +364,64 @@ def test_bad_input_names_the_argument(call, error, words):
         assert word in str(raised.value)
 
 
+def raw_forward(x, y, labels_x=None, labels_y=None):
+    return torch.ops.tgfr.contrastive_forward(x, y, labels_x, labels_y, 5.0, 0.0, "positive", 0, True, False)
+
+
+def raw_backward(x, y):
+    n, m = x.shape[0], y.shape[0]
+    return torch.ops.tgfr.contrastive_backward(torch.ones(n), torch.ones(m), x, y, None, None, torch.zeros(n),
+                                               torch.zeros(m), 5.0, 0.0, "none", 0, True, False)
+
+
+def raw_row_max(x, y):
+    return torch.ops.tgfr.contrastive_row_max(x, y, None, None, "none", 0)
+
+
+# The registered ops can be called directly (and a compiled graph calls them): an empty side used to
+# kill the process with SIGFPE (a division by zero in the tiling), 2-D labels gave a RuntimeError.
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        pytest.param(lambda: raw_forward(torch.randn(0, 4), torch.randn(3, 4)), "x must have N >= 1 rows",
+                     id="forward N=0"),
+        pytest.param(lambda: raw_forward(torch.randn(3, 4), torch.randn(0, 4)), "y must have M >= 1 rows",
+                     id="forward M=0"),
+        pytest.param(lambda: raw_forward(torch.randn(0, 4).bfloat16(), torch.randn(3, 4).bfloat16()),
+                     "x must have N >= 1", id="forward bf16 N=0"),
+        pytest.param(lambda: raw_forward(torch.randn(3, 0), torch.randn(3, 0)), "x must have D >= 1 features",
+                     id="forward D=0"),
+        pytest.param(lambda: raw_backward(torch.randn(0, 4), torch.randn(3, 4)), "x must have N >= 1 rows",
+                     id="backward N=0"),
+        pytest.param(lambda: raw_backward(torch.randn(3, 4), torch.randn(0, 4)), "y must have M >= 1 rows",
+                     id="backward M=0"),
+        pytest.param(lambda: raw_row_max(torch.randn(0, 4), torch.randn(3, 4)), "x must have N >= 1 rows",
+                     id="row_max N=0"),
+        pytest.param(lambda: raw_row_max(torch.randn(3, 4), torch.randn(0, 4)), "y must have M >= 1 rows",
+                     id="row_max M=0"),
+        pytest.param(lambda: raw_forward(torch.randn(4, 3), torch.randn(4, 3),
+                                         torch.zeros(2, 2, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)),
+                     r"labels_x must have shape \(N,\) = \(4,\)", id="labels_x 2-D"),
+        pytest.param(lambda: raw_forward(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, dtype=torch.int64),
+                                         torch.zeros(1, 4, dtype=torch.int64)),
+                     r"labels_y must have shape \(M,\) = \(4,\)", id="labels_y 2-D"),
+        pytest.param(lambda: raw_forward(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, dtype=torch.int64),
+                                         torch.zeros(3, dtype=torch.int64)),
+                     "one label per row of y, got shape", id="labels_y short"),
+        pytest.param(lambda: torch.ops.tgfr.contrastive_backward(
+            torch.ones(2), torch.ones(3), torch.randn(3, 4), torch.randn(3, 4), None, None, torch.zeros(3),
+            torch.zeros(3), 5.0, 0.0, "none", 0, True, True), "row gradient and log-sum-exp must have 3",
+            id="backward gradient short"),
+        pytest.param(lambda: torch.ops.tgfr.contrastive_row_max(torch.randn(3, 4), torch.randn(3, 4), None, None,
+                                                                "mask", 0), "same_identity must be one of",
+                     id="unknown same_identity"),
+    ],
+)
+def test_registered_ops_refuse_empty_sides_and_misshapen_labels(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 def test_triton_backend_refuses_float64(monkeypatch):
     # The Triton kernels compute in fp32: float64 in would come back float64 but not that precise.
     pytest.importorskip("triton")

@@ -106,3 +106,43 @@ def test_kernel_checks_sizes_itself():
         torch.ops.tgfr.word_region_scores(words, lengths, regions[:, :0], 4.0, 5.0, True)
     with pytest.raises(ValueError, match="D >= 1"):
         torch.ops.tgfr.word_region_scores(words[..., :0], lengths, regions[..., :0], 4.0, 5.0, True)
+
+
+def raw_scores(words, lengths, regions):
+    return torch.ops.tgfr.word_region_scores(words, lengths, regions, 4.0, 5.0, True)
+
+
+def raw_scores_backward(words, lengths, regions):
+    grad = torch.ones(words.shape[0], regions.shape[0])
+    return torch.ops.tgfr.word_region_scores_backward(grad, words, lengths, regions, 4.0, 5.0, True)
+
+
+def raw_attention(words, lengths, regions):
+    return torch.ops.tgfr.word_region_attention(words, lengths, regions, 4.0, True)
+
+
+EMPTY_SIDES = {
+    "N=0": ((torch.randn(0, 5, 8), torch.zeros(0, dtype=torch.int64), torch.randn(4, 6, 8)),
+            "words must have N >= 1 captions"),
+    "M=0": ((torch.randn(3, 5, 8), torch.tensor([1, 5, 3]), torch.randn(0, 6, 8)),
+            "regions must have M >= 1 images"),
+    "T=0": ((torch.randn(3, 0, 8), torch.tensor([1, 1, 1]), torch.randn(4, 6, 8)),
+            "words must have T >= 1 words per caption"),
+}
+
+
+# The attention pairs caption i with image i (M is N), so it has no case "M=0" of its own.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "case,op",
+    [(case, op) for case in EMPTY_SIDES for op in (raw_scores, raw_scores_backward, raw_attention)
+     if not (op is raw_attention and case == "M=0")],
+)
+def test_kernel_refuses_empty_sides(case, op, dtype):
+    # The registered ops can be called directly: bf16 with N=0 used to raise std::bad_alloc, and
+    # other empty sides a RuntimeError or nothing; the front end's ValueError is the answer.
+    (words, lengths, regions), message = EMPTY_SIDES[case]
+    if op is raw_attention:
+        regions = regions[: words.shape[0]]
+    with pytest.raises(ValueError, match=message):
+        op(words.to(dtype), lengths, regions.to(dtype))
