@@ -457,7 +457,8 @@ void fold_negatives_max(acc_t* row, int64_t cols, int64_t target, acc_t& best) {
   best = has_nan || std::isnan(best) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(best, max_of(row, cols));
 }
 
-// max over j != i + offset of the masked (unscaled) similarity of row i; -inf when none.
+// Hardest negative of row i: max of the masked (unscaled) similarity over the columns that are no
+// positive of it (neither i + offset nor, in mode "positive", of its identity); -inf when none.
 Tensor contrastive_row_max_cpu(const Tensor& x_in, const Tensor& y_in, const std::optional<Tensor>& labels_x_in,
                                const std::optional<Tensor>& labels_y_in, c10::string_view same_identity,
                                int64_t offset) {
@@ -466,7 +467,10 @@ Tensor contrastive_row_max_cpu(const Tensor& x_in, const Tensor& y_in, const std
   Tensor result = at::empty({na}, inputs.x.options());
   AT_DISPATCH_FLOATING_TYPES(inputs.x.scalar_type(), "contrastive_row_max_cpu", [&] {
     // scale 1 and margin 0: the tile holds the masked similarities themselves.
-    const Problem<scalar_t> p = inputs.problem<scalar_t>(1.0, 0.0, offset);
+    Problem<scalar_t> p = inputs.problem<scalar_t>(1.0, 0.0, offset);
+    // In mode "positive" the columns of the row's identity are positives, not negatives: they are
+    // skipped, as in mode "exclude".
+    if (p.mode == SameIdentity::kPositive) p.mode = SameIdentity::kExclude;
     scalar_t* out = result.data_ptr<scalar_t>();
     const int64_t blocks = (na + kBlockRows - 1) / kBlockRows;
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {

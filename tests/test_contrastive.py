@@ -422,6 +422,34 @@ def test_registered_ops_refuse_empty_sides_and_misshapen_labels(call, message):
         call()
 
 
+def hardest_negative_formula(x, y, row_labels, column_labels, offset):
+    """max of cos(x_i, y_j) over the columns that are neither row i's target nor of its identity."""
+    similarity = F.normalize(x.double(), dim=1) @ F.normalize(y.double(), dim=1).T
+    columns = torch.arange(y.shape[0])
+    positive = (columns[None, :] == torch.arange(x.shape[0])[:, None] + offset) | (
+        row_labels[:, None] == column_labels[None, :])
+    return similarity.masked_fill(positive, float("-inf")).amax(dim=1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_row_max_in_positive_mode_skips_the_positives(backend):
+    # In mode "positive" the same-identity columns are positives: the hardest negative used to be
+    # one of them (rows 0 and 1, one identity and one direction, gave 1 instead of 0).
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    got = contrastive_row_max(x, x, torch.tensor([0, 0, 1]), same_identity="positive", backend=backend)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, 0.0]))
+    one_identity = torch.zeros(3, dtype=torch.int64)  # no negatives at all
+    got = contrastive_row_max(x, x, one_identity, same_identity="positive", backend=backend)
+    torch.testing.assert_close(got, torch.full((3,), float("-inf")))
+    # Tiles of 128 x 256 with ragged edges, and an offset.
+    x, y, row_labels, column_labels = make_batch(300, 560, 12, torch.float32, identities=20)
+    x, y, offset = x.detach(), y.detach(), 250
+    got = contrastive_row_max(x, y, row_labels, column_labels, same_identity="positive", offset=offset,
+                              backend=backend)
+    expected = hardest_negative_formula(x, y, row_labels, column_labels, offset)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-6)
+
+
 def test_triton_backend_refuses_float64(monkeypatch):
     # The Triton kernels compute in fp32: float64 in would come back float64 but not that precise.
     pytest.importorskip("triton")

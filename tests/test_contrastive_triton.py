@@ -53,6 +53,49 @@ def test_triton_kernels_under_interpreter():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
+# bf16 inputs are normalized in fp32 (normalized in bf16, the unit vectors were rounded to bf16:
+# losses off by about 0.15 at scale 64), and the hardest negative of mode "positive" skips the
+# row's identity (the positives); both against float64 formulas written here.
+CHECK_BF16_AND_ROW_MAX = """
+import torch, torch.nn.functional as F
+from tgfr.ops import contrastive_cross_entropy, contrastive_row_max
+device = "{device}"
+generator = torch.Generator().manual_seed(5)
+x = torch.randn(40, 32, generator=generator).bfloat16()
+y = (x.float() + 3.0 * torch.randn(40, 32, generator=generator)).bfloat16()
+x, y = x.to(device).requires_grad_(), y.to(device).requires_grad_()
+x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+logits = 64.0 * F.normalize(x64, dim=1) @ F.normalize(y64, dim=1).T
+expected = (logits.logsumexp(1) - logits.diagonal(), logits.logsumexp(0) - logits.diagonal())
+got = contrastive_cross_entropy(x, y, 64.0, backend="triton")
+for a, b in zip(got, expected):
+    torch.testing.assert_close(a.double(), b.detach(), rtol=0, atol=1e-4)
+weights = torch.randn(2, 40, generator=generator, dtype=torch.float64).to(device)
+grads = torch.autograd.grad(sum((t * w.float()).sum() for t, w in zip(got, weights)), (x, y))
+grads_expected = torch.autograd.grad(sum((t * w).sum() for t, w in zip(expected, weights)), (x64, y64))
+for a, b in zip(grads, grads_expected):
+    assert a.dtype == torch.bfloat16
+    assert ((a.double() - b).abs() <= 2.0**-8 * b.abs() + 1e-5 * b.abs().max()).all()
+row_labels, column_labels = torch.randint(0, 6, (20,)).to(device), torch.randint(0, 6, (45,)).to(device)
+a, b = torch.randn(20, 8).to(device), torch.randn(45, 8).to(device)
+similarity = F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
+positive = (torch.arange(45, device=device)[None, :] == torch.arange(20, device=device)[:, None] + 11) | (
+    row_labels[:, None] == column_labels[None, :])
+got = contrastive_row_max(a, b, row_labels, column_labels, same_identity="positive", offset=11, backend="triton")
+expected = similarity.masked_fill(positive, float("-inf")).amax(dim=1)
+torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-6)
+print("ok")
+"""
+
+
+def test_bf16_normalization_and_positive_row_max_under_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", CHECK_BF16_AND_ROW_MAX.format(device="cpu")], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
 # Row offsets row * D past 2^31 (N * D > 2^31, e.g. N = 4194305 at D = 512) without such a
 # tensor: rows 16 features wide spaced DIMS = 2^26 elements apart in one mostly virtual fp16 buffer
 # (torch.empty does not touch its pages), launched with dims = DIMS and BLOCK_D = 16, so the kernels
@@ -104,6 +147,7 @@ def test_row_offsets_past_int32_under_interpreter():
 @pytest.mark.gpu
 def test_triton_kernels_on_cuda():
     exec(CHECK.format(device="cuda"), {})
+    exec(CHECK_BF16_AND_ROW_MAX.format(device="cuda"), {})
     x = torch.randn(3000, 128, device="cuda", dtype=torch.bfloat16)
     from tgfr.ops import contrastive_loss
 

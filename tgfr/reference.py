@@ -162,6 +162,8 @@ def contrastive_row_max(
     same_identity: str = "none",
     offset: int = 0,
 ) -> torch.Tensor:
-    """max over j != i + offset of the masked similarity <x_i, y_j> (-inf when there is none): (N,)."""
-    logits, _, diagonal = _contrastive_logits(x, y, 1.0, 0.0, row_labels, column_labels, same_identity, offset)
-    return logits.masked_fill(diagonal, float("-inf")).amax(dim=1)
+    """Hardest negative of each row: max of the masked similarity <x_i, y_j> over the columns that
+    are no positive of row i, -inf when there is none: (N,). The positives are the target
+    j = i + offset and, in mode "positive", the other columns of the row's identity."""
+    logits, positive, _ = _contrastive_logits(x, y, 1.0, 0.0, row_labels, column_labels, same_identity, offset)
+    return logits.masked_fill(positive, float("-inf")).amax(dim=1)

@@ -218,10 +218,11 @@ def contrastive_row_max(
     normalize: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Hardest negative of each row: max over j != i + offset of the masked similarity (the
-    entries `same_identity` excludes are skipped, the ones it zeroes count as 0), without an
-    N x M matrix. x (N, D), y (M, D) -> (N,) float32 (float64 for float64 inputs), -inf for a row
-    with no negative. Not differentiable (CoReFace uses it on detached values)."""
+    """Hardest negative of each row: max over j != i + offset of the masked similarity, without
+    an N x M matrix. Off-diagonal entries of the row's identity are skipped in modes "exclude"
+    and "positive" (where they are positives, not negatives) and count as 0 in mode "zero".
+    x (N, D), y (M, D) -> (N,) float32 (float64 for float64 inputs), -inf for a row with no
+    negative. Not differentiable (CoReFace uses it on detached values)."""
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
