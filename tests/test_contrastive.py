@@ -341,6 +341,13 @@ def test_compiles_without_graph_break():
         (lambda x, y, l: contrastive_loss(x, y[:4], direction="rows"), ValueError, ["offset", "M - N"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=float("nan")), ValueError, ["scale", "finite"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=-10.0), ValueError, ["scale", "positive"]),
+        # Finite in Python but inf in the float32 the kernels compute in: NaN or inf losses.
+        (lambda x, y, l: contrastive_loss(x, y, scale=1e39), ValueError, ["scale", "at most 3.40282e+38"]),
+        (lambda x, y, l: contrastive_loss(x, y, scale=10**400), ValueError, ["scale", "at most 3.40282e+38"]),
+        (lambda x, y, l: contrastive_loss(x.bfloat16(), y.bfloat16(), scale=1e39), ValueError, ["scale"]),
+        (lambda x, y, l: contrastive_loss(x, y, margin=-1e39), ValueError, ["margin", "at most 3.40282e+38"]),
+        (lambda x, y, l: contrastive_loss(x, y, margin=10**400), ValueError, ["margin", "at most 3.40282e+38"]),
+        (lambda x, y, l: contrastive_loss(x, y, margin=float("nan")), ValueError, ["margin", "finite"]),
         (lambda x, y, l: contrastive_loss(x, y, normalize="False"), TypeError, ["normalize", "bool"]),
         (lambda x, y, l: contrastive_row_max(x, y, normalize=1), TypeError, ["normalize", "bool"]),
         (lambda x, y, l: contrastive_loss(x, y, backend="gpu"), ValueError, ["backend", "'gpu'"]),
@@ -362,6 +369,14 @@ def test_bad_input_names_the_argument(call, error, words):
         call(x, y, labels)
     for word in words:
         assert word in str(raised.value)
+
+
+def test_float64_takes_a_scale_beyond_float32():
+    # float64 computes in float64, where a scale above float32's maximum is an ordinary number.
+    x, y, _, _ = make_batch(6, 6, 4, torch.float64)
+    for backend in ("reference", "cpu"):
+        loss = contrastive_loss(x, y, scale=1e39, margin=1e-40, backend=backend)
+        assert torch.isfinite(loss)
 
 
 def raw_forward(x, y, labels_x=None, labels_y=None):

@@ -14,6 +14,7 @@ a gathered batch (tgfr.distributed). Same-identity off-diagonal entries follow `
 walk tiles with an online log-sum-exp and recompute the tiles in the backward.
 """
 
+import math
 import os
 
 import torch
@@ -39,12 +40,23 @@ DIRECTIONS = ("rows", "columns", "both")
 BACKENDS = ("auto", "reference", "cpu", "triton")
 
 
-def _check_finite_number(name: str, value: object) -> float:
+def _check_finite_number(name: str, value: object, maximum: float) -> float:
+    """Checks a number of magnitude at most `maximum`; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value != value or abs(value) == float("inf"):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not abs(number) <= maximum:
+        raise ValueError(f"{name} must be finite, of magnitude at most {maximum:g}, got {value}")
+    return number
+
+
+def _hyperparameter_maximum(dtype: torch.dtype) -> float:
+    """Largest scale or margin the kernels can hold: a float32 one for every input dtype but
+    float64 (a larger Python float becomes inf there, and the loss inf or NaN)."""
+    return torch.finfo(reference.accumulation_dtype(dtype)).max
 
 
 def _check_embeddings(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -141,8 +153,9 @@ def contrastive_cross_entropy(
     Args:
         x: (N, D) queries (rows), float32/bfloat16/float64 (float16 on GPU).
         y: (M, D) keys (columns), same dtype and device.
-        scale: logit scale s (logits = s * cos).
-        margin: subtracted from the similarity of each row's target before scaling.
+        scale: logit scale s (logits = s * cos); at most float32's maximum unless x is float64.
+        margin: subtracted from the similarity of each row's target before scaling; of magnitude
+            at most float32's maximum unless x is float64.
         row_labels: optional (N,) identity labels of x; column_labels (M,) default to them.
         same_identity: "exclude", "zero", "positive" or "none" (SPEC section 3).
         direction: "rows" (each x_i against all y), "columns" (each y_j against all x) or "both".
@@ -160,7 +173,8 @@ def contrastive_cross_entropy(
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     check_choice("direction", direction, DIRECTIONS)
     offset = _check_offset(offset, x.shape[0], y.shape[0], direction)
-    scale, margin = check_positive("scale", scale), _check_finite_number("margin", margin)
+    maximum = _hyperparameter_maximum(x.dtype)
+    scale, margin = check_positive("scale", scale, maximum), _check_finite_number("margin", margin, maximum)
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
     if normalize:
