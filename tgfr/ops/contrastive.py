@@ -81,6 +81,11 @@ def _check_labels(
     check_tensor("row_labels", row_labels, ndim=1, dtypes=LABEL_DTYPES)
     check_size("row_labels", row_labels, 0, x.shape[0], "one label per row of x")
     if column_labels is None:
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"column_labels must be given when x and y have different numbers of rows (N={x.shape[0]}, "
+                f"M={y.shape[0]}): they default to row_labels, which label the rows of x only"
+            )
         column_labels = row_labels
     check_tensor("column_labels", column_labels, ndim=1, dtypes=LABEL_DTYPES)
     check_size("column_labels", column_labels, 0, y.shape[0], "one label per row of y")
@@ -91,6 +96,23 @@ def _check_labels(
 def _check_offset(offset: object, num_rows: int, num_columns: int, direction: str) -> int:
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    # An offset cannot help when the sizes themselves rule every offset out: say so, not "offset".
+    if direction == "both" and num_rows != num_columns:
+        raise ValueError(
+            f"direction 'both' needs x and y with the same number of rows (every row and every column "
+            f"has its target), got N={num_rows}, M={num_columns}; use direction 'rows' (N <= M) or "
+            f"'columns' (N >= M)"
+        )
+    if direction == "rows" and num_rows > num_columns:
+        raise ValueError(
+            f"x must not have more rows than y (N={num_rows} > M={num_columns}): row i's target is "
+            f"column i + offset of y"
+        )
+    if direction == "columns" and num_columns > num_rows:
+        raise ValueError(
+            f"y must not have more rows than x (M={num_columns} > N={num_rows}) for direction 'columns': "
+            f"column j's target is row j - offset of x"
+        )
     if direction in ("rows", "both") and not 0 <= offset <= num_columns - num_rows:
         raise ValueError(
             f"offset must lie in [0, M - N] = [0, {num_columns - num_rows}] so that row i's target "
@@ -169,10 +191,10 @@ def contrastive_cross_entropy(
     """
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
-    row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
-    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     check_choice("direction", direction, DIRECTIONS)
     offset = _check_offset(offset, x.shape[0], y.shape[0], direction)
+    row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
+    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     maximum = _hyperparameter_maximum(x.dtype)
     scale, margin = check_positive("scale", scale, maximum), _check_finite_number("margin", margin, maximum)
     normalize = check_flag("normalize", normalize)
@@ -239,9 +261,9 @@ def contrastive_row_max(
     negative. Not differentiable (CoReFace uses it on detached values)."""
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
+    offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
-    offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
     with torch.no_grad():
