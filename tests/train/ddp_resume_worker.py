@@ -41,8 +41,8 @@ def main(root: Path, overrides: list[str]) -> None:
         return taken
 
     run.run_stage = recording_run_stage
-    weak = load_config("quick", overrides + ['stages=["fr", "align"]', "fr.steps=1", "align.steps=3",
-                                             "align.supervision=weak"])
+    weak = load_config("quick", overrides + ['stages=["fr", "align"]', "fr.steps=1", "fr.optim.warmup_steps=0",
+                                             "align.steps=3", "align.supervision=weak"])
     run.train(weak, root / "weak")
     (memory,) = memories
     memory_of = [torch.empty_like(memory) for _ in range(dist.get_world_size())]

@@ -9,6 +9,7 @@ import pytest
 from tgfr.cli import main
 from tgfr.train.config import (PRESET_DIR, EvaluationConfig, TrainConfig, config_from_dict, find_preset, load_config,
                                parse_override, preset_names, to_toml)
+from tgfr.train.loop import lr_factor
 
 
 def flat_keys(table, prefix=""):
@@ -39,10 +40,10 @@ def test_default_preset_equals_dataclass_defaults():
 
 
 def test_overrides_parse_toml_values_and_bare_words():
-    config = load_config("quick", ["fr.steps=7", "fr.optim.lr=0.5", "align.supervision=weak",
+    config = load_config("quick", ["fr.steps=17", "fr.optim.lr=0.5", "align.supervision=weak",
                                    'data.manifest="a b.jsonl"', "model.freeze_text_encoder=false",
                                    'stages=["fr", "fuse"]', "fuse.arcface_scale=16"])
-    assert config.fr.steps == 7 and config.fr.optim.lr == 0.5 and config.align.supervision == "weak"
+    assert config.fr.steps == 17 and config.fr.optim.lr == 0.5 and config.align.supervision == "weak"
     assert config.data.manifest == "a b.jsonl" and config.model.freeze_text_encoder is False
     assert config.stages == ["fr", "fuse"] and config.fuse.arcface_scale == 16.0
     assert parse_override("x.y=abc") == (["x", "y"], "abc")
@@ -97,6 +98,28 @@ def test_overrides_parse_toml_values_and_bare_words():
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         load_config("quick", [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["fr.steps=3"], "fr.optim.warmup_steps = 10 must be less than fr.steps = 3"),
+    (["align.steps=10"], "align.optim.warmup_steps = 10 must be less than align.steps = 10"),
+    (["fuse.steps=7", "fuse.optim.warmup_steps=7"], "fuse.optim.warmup_steps = 7 must be less than fuse.steps = 7"),
+])
+def test_a_warm_up_as_long_as_the_stage_is_refused(overrides, message):
+    """The quick preset warms up for 10 steps: a stage of at most 10 steps would never reach its full rate."""
+    assert load_config("quick").fr.optim.warmup_steps == 10
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        load_config("quick", overrides)
+
+
+def test_a_warm_up_of_steps_minus_one_and_stages_that_do_not_train_are_accepted(tmp_path):
+    config = load_config("quick", ["fr.steps=11"])  # the full rate at the last two steps, no cosine phase
+    assert [lr_factor(step, 11, config.fr.optim) for step in range(8, 11)] == [0.9, 1.0, 1.0]
+    # Stages left out never run their schedule; neither does fr when it only loads model.backbone_weights.
+    assert load_config("quick", ['stages=["fr"]', "align.steps=1", "fuse.steps=1"]).stages == ["fr"]
+    weights = tmp_path / "backbone.pth"
+    config = load_config("quick", ["fr.steps=1", f'model.backbone_weights="{weights}"'])
+    assert config.trained_stages == ["align", "fuse"]
 
 
 def test_print_config_refuses_a_bad_value(capsys):

@@ -35,6 +35,7 @@ def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
     trainable), so DDP takes its second step; the encoder moved, the pooler kept its packaged weights."""
     run = tmp_path / "ddp"
     settings = tiny_overrides + ['stages=["align", "fuse"]', "align.steps=2", "fuse.steps=1",
+                                 "align.optim.warmup_steps=1", "fuse.optim.warmup_steps=0",
                                  "model.freeze_text_encoder=false"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),

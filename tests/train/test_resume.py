@@ -123,6 +123,7 @@ def test_the_summary_counts_the_steps_a_crashed_call_checkpointed(tmp_path, tiny
     """A call killed after fr's checkpoint at step 4 (of 6) wrote no summary; the resumed run's summary still
     counts every step metrics.jsonl holds (one record per step), and the seconds of both calls."""
     config = load_config("quick", tiny_overrides + ["fr.steps=6", "align.steps=2", "fuse.steps=2",
+                                                    "align.optim.warmup_steps=1", "fuse.optim.warmup_steps=1",
                                                     "checkpoint_every=2"])
     forward, calls = FRStage.forward, []
 

@@ -74,7 +74,8 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     """optimizer: adamw or sgd; schedule: cosine (to lr * min_lr_ratio at the stage's last step) or constant,
-    after a linear warmup of warmup_steps (0: none). grad_clip: maximum gradient norm, 0 for no clipping."""
+    after a linear warmup of warmup_steps (0: none; less than the stage's steps). grad_clip: maximum
+    gradient norm, 0 for no clipping."""
 
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -267,6 +268,20 @@ class TrainConfig:
             _check_range(f"{stage}.optim.weight_decay", optim.weight_decay, 0.0, math.inf, high_open=True)
             _check_range(f"{stage}.optim.momentum", optim.momentum, 0.0, 1.0, high_open=True)
             _check_range(f"{stage}.optim.grad_clip", optim.grad_clip, 0.0, math.inf, high_open=True)
+        # A warm-up of the whole stage (or more) trains it below or barely at the full rate, never down the
+        # cosine: a mistake, typically steps cut for a short run. The last warm-up step takes the full rate,
+        # so warmup_steps = steps - 1 keeps it for the last two steps, with nothing left to decay. Only the
+        # stages that train count: a stage left out (or fr loading model.backbone_weights) has no schedule.
+        for stage in self.trained_stages:
+            steps, warmup = getattr(self, stage).steps, getattr(self, stage).optim.warmup_steps
+            if warmup >= steps:
+                raise ValueError(f"{stage}.optim.warmup_steps = {warmup} must be less than {stage}.steps = {steps} "
+                                 f"(the warm-up would take the whole stage)")
+
+    @property
+    def trained_stages(self) -> list[str]:
+        """The stages of `stages` that take optimizer steps (fr only loads model.backbone_weights when set)."""
+        return [stage for stage in self.stages if not (stage == "fr" and self.model.backbone_weights)]
 
     def _get(self, key: str) -> Any:
         """The value of a dotted key, e.g. "fr.optim.lr"."""

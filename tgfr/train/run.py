@@ -57,7 +57,7 @@ def build_model(config: TrainConfig) -> TGFRModel:
     m = config.model
     backbone = IResNetConfig.preset(m.backbone, width=m.width, input_size=config.data.image_size,
                                     num_features=m.num_features, dropout=m.dropout)
-    train_backbone = "fr" in config.stages and not m.backbone_weights
+    train_backbone = "fr" in config.trained_stages
     try:
         model = TGFRModel(TGFRConfig(backbone=backbone, freeze_backbone=not train_backbone,
                                      text_encoder=m.text_encoder or None, max_length=m.max_length,
@@ -208,7 +208,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
             drop_records_after(out / "metrics.jsonl", config.stages, state["stage"], state["step"])
 
     for index, name in enumerate(config.stages):
-        if index < resume_index or (name == "fr" and config.model.backbone_weights):
+        if index < resume_index or name not in config.trained_stages:
             finish_stage(model, name)
             continue
         if settings.stop_after is not None and settings.stop_after <= 0:
