@@ -94,10 +94,18 @@ def test_overrides_parse_toml_values_and_bare_words():
     ("seed=4294967296", r"^seed must be an integer in \[0, 4294967296\), got 4294967296"),
     ("data.synthetic_seed=-1", r"data\.synthetic_seed must be an integer in \[0, 4294967296\)"),
     ("data.synthetic_seed=9223372036854775807", r"data\.synthetic_seed must be an integer in \[0, 4294967296\)"),
+    ("data.image_size=100000", r"^data\.image_size must be an integer in \[16, 1025\), got 100000$"),
+    ("data.image_size=15", r"^data\.image_size must be an integer in \[16, 1025\), got 15$"),
+    ("fr=3", r"^fr must be a table, got 3$"),
+    ("fr.optim=3", r"^fr\.optim must be a table, got 3$"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         load_config("quick", [override])
+
+
+def test_the_largest_image_size_is_accepted():
+    assert load_config("quick", ["data.image_size=1024"]).data.image_size == 1024
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -120,6 +128,22 @@ def test_a_warm_up_of_steps_minus_one_and_stages_that_do_not_train_are_accepted(
     weights = tmp_path / "backbone.pth"
     config = load_config("quick", ["fr.steps=1", f'model.backbone_weights="{weights}"'])
     assert config.trained_stages == ["align", "fuse"]
+
+
+@pytest.mark.parametrize("overrides, accepted", [
+    ([], False),
+    (['stages=["align", "fuse"]'], False),
+    (["align.supervision=weak"], True),  # no label, no masking: other images of the identity are negatives
+    (['stages=["fr", "fuse"]'], True),  # ArcFace (and CoReFace's pull between the two views) need no second one
+])
+def test_one_identity_per_batch_is_refused_where_identity_supervision_masks_every_pair(overrides, accepted):
+    overrides = ["data.identities_per_batch=1", *overrides]
+    if accepted:
+        assert load_config("quick", overrides).data.identities_per_batch == 1
+    else:
+        with pytest.raises(ValueError, match=re.escape('data.identities_per_batch must be at least 2 when the align '
+                                                       'stage runs with align.supervision = "identity"')):
+            load_config("quick", overrides)
 
 
 def test_print_config_refuses_a_bad_value(capsys):

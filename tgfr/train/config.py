@@ -26,6 +26,12 @@ from tgfr.validation import check_choice, check_positive
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 STAGES = ("fr", "align", "fuse")
 SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT)
+# The backbone takes any side >= 16, but its fc flattens the last map of (side / 16)^2 cells, so its
+# weights grow with the square of the side: at 1024 (FFHQ's and CelebA-HQ's size, the largest face
+# sets in common use) the default config's fc (iresnet_small, width 16, 128 features) already holds
+# 67M weights and insightface's iresnet50 (width 64, 512 features) 1G. A larger side is a typo that
+# would otherwise fail with an allocation error once training starts.
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass
@@ -233,7 +239,7 @@ class TrainConfig:
         check_choice("model.fusion", self.model.fusion, FUSIONS)
         minimum = {"threads": 0, "checkpoint_every": 1, "log_every": 1, "data.synthetic_identities": 1,
                    "data.synthetic_images_per_identity": 1, "data.synthetic_captions_per_image": 1,
-                   "data.image_size": 16, "data.identities_per_batch": 1, "data.images_per_identity": 1,
+                   "data.identities_per_batch": 1, "data.images_per_identity": 1,
                    "data.loader_workers": 0, "model.width": 1, "model.num_features": 1, "model.max_length": 3,
                    "model.dim": 1, "model.fine_dim": 1, "fr.steps": 1, "align.steps": 1, "fuse.steps": 1,
                    "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
@@ -243,6 +249,7 @@ class TrainConfig:
         # fit in 64 bits: a larger seed would fail only once training has started.
         for key in ("seed", "data.synthetic_seed"):
             _check_integer(key, self._get(key), 0, SEED_LIMIT)
+        _check_integer("data.image_size", self.data.image_size, 16, MAX_IMAGE_SIZE + 1)
         for key in ("data.train_degrade_p", "fr.optim.min_lr_ratio", "align.optim.min_lr_ratio",
                     "fuse.optim.min_lr_ratio"):
             _check_range(key, self._get(key), 0.0, 1.0)
@@ -277,6 +284,14 @@ class TrainConfig:
             if warmup >= steps:
                 raise ValueError(f"{stage}.optim.warmup_steps = {warmup} must be less than {stage}.steps = {steps} "
                                  f"(the warm-up would take the whole stage)")
+        # With identity supervision the align stage's word-region and caption-image losses mask every
+        # pair of one identity: a batch of one identity leaves them no pair and they are 0 at every
+        # step. (fr's ArcFace needs no second identity; CoReFace then has no negative but still pulls
+        # the two views together, and the fuse stage is ArcFace alone.)
+        if "align" in self.stages and self.align.supervision == "identity" and self.data.identities_per_batch < 2:
+            raise ValueError(f"data.identities_per_batch must be at least 2 when the align stage runs with "
+                             f"align.supervision = \"identity\" (its contrastive losses mask the pairs of one "
+                             f"identity), got {self.data.identities_per_batch}")
 
     @property
     def trained_stages(self) -> list[str]:
@@ -307,7 +322,7 @@ def _check_range(key: str, value: float, low: float, high: float, high_open: boo
 def _build(cls: type, values: dict[str, Any], where: str, complete: bool) -> Any:
     """Dataclass `cls` from a TOML table, checking keys and value types."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where or 'config'} must be a table, got {values!r}")
+        raise ValueError(f"{where.removesuffix('.') or 'config'} must be a table, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
