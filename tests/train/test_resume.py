@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from tgfr.cli import main
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
 from tgfr.train.config import load_config
 from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
@@ -177,9 +178,21 @@ def break_optimizer(state):
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"] * 2
 
 
+def widen_conv1(state):
+    state["model"]["backbone.conv1.weight"] = torch.zeros(8, 3, 3, 3)
+
+
+MODEL_MISMATCH = "does not fit the model the run's config builds"
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda state: state.pop("optimizer"), "is not a tgfr training checkpoint (no 'optimizer')"),
     (lambda state: state.update(model=[]), "'model' must be a state dict"),
+    (widen_conv1, f"{MODEL_MISMATCH} (a checkpoint of another run, or model.* settings or data.image_size of the "
+                  "run's config.toml changed since it was written?): size mismatch for backbone.conv1.weight"),
+    (lambda state: state["model"].pop("fusion.fine.project.weight"),
+     f"{MODEL_MISMATCH} (a checkpoint of another run, or model.* settings or data.image_size of the run's config.toml "
+     "changed since it was written?): missing ['fusion.fine.project.weight'], unexpected []"),
     (break_losses, "does not match stage fr's losses"),
     (break_optimizer, "the resume state does not fit its optimizer"),
 ])
@@ -194,4 +207,21 @@ def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path,
     log = (tmp_path / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match=re.escape(message)):
         train(config, tmp_path, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == log
+
+
+def test_a_checkpoint_of_another_model_width_is_one_error_line(tmp_path, tiny_overrides, keep_threads):
+    """config.toml's model.width changed after the checkpoint was written: `tgfr train --resume` ends with
+    one line naming the checkpoint file and the model settings, not a traceback, and leaves the log."""
+    train(load_config("quick", tiny_overrides), tmp_path, stop_after=1)
+    config_file = tmp_path / "config.toml"
+    assert "\nwidth = 4\n" in config_file.read_text()
+    config_file.write_text(config_file.read_text().replace("\nwidth = 4\n", "\nwidth = 8\n"))
+    log = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(tmp_path)])
+    message = exit_info.value.code
+    assert message.startswith(f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} {MODEL_MISMATCH} ")
+    assert "model.* settings" in message and "size mismatch for backbone.conv1.weight" in message
+    assert "\n" not in message and "; size mismatch for backbone.bn1.weight" in message and ".;" not in message
     assert (tmp_path / "metrics.jsonl").read_text() == log

@@ -88,11 +88,20 @@ def model_state(model: TGFRModel) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(model: TGFRModel, state: dict[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """Loads the model part of the checkpoint file `source` (model_state's weights) into `model`; a
+    part that does not fit, in names or shapes, is a ValueError naming the file."""
+    mismatch = (f"checkpoint file {source} does not fit the model the run's config builds (a checkpoint of "
+                f"another run, or model.* settings or data.image_size of the run's config.toml changed since "
+                f"it was written?)")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes: torch lists one mismatch per line after a heading line
+        problems = [line.strip().rstrip(".") for line in str(error).splitlines()[1:] if line.strip()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(f"{mismatch}: {'; '.join(problems[:3])}{more}") from error
     missing = [k for k in missing if not (model.text_encoder.frozen and k.startswith(TEXT_ENCODER_PREFIX))]
     if missing or unexpected:
-        raise ValueError(f"checkpoint file {source} does not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(f"{mismatch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def finish_stage(model: TGFRModel, name: str) -> None:
