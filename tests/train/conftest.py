@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from tgfr.train.checkpoint import rng_state
@@ -28,3 +31,24 @@ def checkpoint_state():
         return {"stage": "fr", "step": 1, "model": {}, "losses": {}, "optimizer": {"state": {}, "param_groups": []},
                 "scheduler": {}, "rng": [rng_state()], **parts}
     return make
+
+
+@pytest.fixture
+def kill_while_writing():
+    """kill(path): a process that dies (os._exit: no exception handler runs, as with SIGKILL) halfway
+    through save_checkpoint(path), leaving its temporary file beside path; returns that file."""
+    def kill(path):
+        script = (
+            "import os, sys\n"
+            "from tgfr.train import checkpoint\n"
+            "def die(state, stream):\n"
+            "    stream.write(b'half a checkpoint'); stream.flush(); os._exit(9)\n"
+            "checkpoint.torch.save = die\n"
+            "checkpoint.save_checkpoint(sys.argv[1], {'step': 1})\n")
+        result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 9, result.stderr
+        (leftover,) = [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+        assert leftover.read_bytes() == b"half a checkpoint" and leftover.name.startswith(f".{path.name}.")
+        return leftover
+    return kill

@@ -1,15 +1,17 @@
 """Checkpoints: atomic replacement, weights_only loading, RNG state round trip."""
 
+import os
 import pickle
 import random
 import re
+import stat
 
 import numpy as np
 import pytest
 import torch
 
 from tgfr.train import checkpoint as checkpoint_module
-from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tgfr.train.checkpoint import load_checkpoint, remove_temporaries, rng_state, save_checkpoint, set_rng_state
 
 
 def draws():
@@ -80,3 +82,32 @@ def test_a_checkpoint_with_a_malformed_part_is_named(tmp_path, checkpoint_state,
     save_checkpoint(tmp_path / "last.pt", checkpoint_state(**{key: value}))
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / 'last.pt'}: {key!r} must be")):
         load_checkpoint(tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)
+def test_the_checkpoint_gets_the_permissions_of_any_new_file(tmp_path, checkpoint_state, umask):
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "last.pt", checkpoint_state())
+        (tmp_path / "other").write_text("")  # what the umask gives a new file, e.g. metrics.jsonl
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "last.pt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "other").stat().st_mode) == 0o666 & ~umask
+
+
+def test_remove_temporaries_removes_only_what_save_checkpoint_leaves(tmp_path, checkpoint_state,
+                                                                     kill_while_writing):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint_state())
+    leftovers = [kill_while_writing(path), tmp_path / ".last.pt.k_9zq2xa.tmp"]  # and one named by tempfile.mkstemp
+    leftovers[1].write_bytes(b"older")
+    kept = ["last.pt", ".last.pt.notes.tmp", ".last.pt.0a1b2c3d.tmp.bak", ".other.pt.0a1b2c3d.tmp",
+            "last.pt.0a1b2c3d.tmp"]
+    for name in kept[1:]:
+        (tmp_path / name).write_text("not a leftover")
+    (tmp_path / ".last.pt.abcdefgh.tmp").mkdir()  # not a file
+    assert sorted(remove_temporaries(path)) == sorted(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [".last.pt.abcdefgh.tmp"])
+    assert load_checkpoint(path)["step"] == 1
+    assert remove_temporaries(tmp_path / "absent" / "last.pt") == []

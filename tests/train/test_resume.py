@@ -225,3 +225,15 @@ def test_a_checkpoint_of_another_model_width_is_one_error_line(tmp_path, tiny_ov
     assert "model.* settings" in message and "size mismatch for backbone.conv1.weight" in message
     assert "\n" not in message and "; size mismatch for backbone.bn1.weight" in message and ".;" not in message
     assert (tmp_path / "metrics.jsonl").read_text() == log
+
+
+def test_resume_removes_the_temporary_file_of_a_checkpoint_write_that_was_killed(tmp_path, tiny_overrides,
+                                                                               keep_threads, kill_while_writing):
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=2)
+    leftover = kill_while_writing(tmp_path / CHECKPOINT)
+    notes = tmp_path / "checkpoints" / "notes.tmp"  # not a name save_checkpoint makes
+    notes.write_text("mine")
+    train(config, tmp_path, resume=True)
+    assert not leftover.exists() and notes.read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "notes.tmp"]

@@ -33,7 +33,7 @@ from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file,
 from tgfr.output_paths import check_output_folder
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
-from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from tgfr.train.checkpoint import load_checkpoint, remove_temporaries, rng_state, save_checkpoint
 from tgfr.train.config import TrainConfig, to_toml
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.stage import Stage
@@ -207,7 +207,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                   for name in config.stages[resume_index:]}
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         collate.check_captions(next(iter(stage_data.values())).dataset)
-    if not resume and rank == 0:
+    if rank == 0 and resume:  # an earlier call killed while checkpointing leaves its temporary file
+        remove_temporaries(out / CHECKPOINT)
+    elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
