@@ -237,3 +237,50 @@ def test_resume_removes_the_temporary_file_of_a_checkpoint_write_that_was_killed
     train(config, tmp_path, resume=True)
     assert not leftover.exists() and notes.read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "notes.tmp"]
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_its_start(tmp_path, tiny_overrides, monkeypatch,
+                                                                              capsys, keep_threads):
+    """A non-finite loss at fr's step 2 (checkpoint_every = 3) leaves config.toml and one logged step but no
+    checkpoint; `tgfr train --resume` trains the run from its first step with its config.toml and ends with
+    the uninterrupted run's weights and log."""
+    config = load_config("quick", tiny_overrides)
+    assert config.checkpoint_every > 2
+    train(config, tmp_path / "straight")
+    run = tmp_path / "died"
+    forward, calls = FRStage.forward, []
+
+    def nan_at_the_second_step(self, batch):
+        calls.append(batch)
+        loss, components = forward(self, batch)
+        return (loss * float("nan") if len(calls) == 2 else loss), components
+
+    monkeypatch.setattr(FRStage, "forward", nan_at_the_second_step)
+    with pytest.raises(FloatingPointError, match="stage fr: loss is not finite at step 2"):
+        train(config, run)
+    monkeypatch.setattr(FRStage, "forward", forward)
+    assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == ["config.toml", "metrics.jsonl"]
+    assert [record["step"] for record in read_log(run / "metrics.jsonl")] == [1]
+    with pytest.raises(ValueError, match=re.escape(f"run folder {run} is not empty: continue its run with --resume")):
+        train(config, run)
+    capsys.readouterr()
+
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert f"{run} holds no checkpoint yet" in capsys.readouterr().err
+    straight = safetensors.torch.load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    assert_same_tree(straight, safetensors.torch.load_file(run / "model" / "model.safetensors"), "model")
+    a, b = (load_checkpoint(folder / CHECKPOINT) for folder in (tmp_path / "straight", run))
+    for part in ("model", "losses", "optimizer", "scheduler"):
+        assert_same_tree(a[part], b[part], part)
+    assert ([(r["stage"], r["step"]) for r in read_log(run / "metrics.jsonl")]
+            == [(r["stage"], r["step"]) for r in read_log(tmp_path / "straight" / "metrics.jsonl")])
+    assert {name: values["steps_taken"] for name, values in summary(run).items()} == {"fr": 4, "align": 4, "fuse": 4}
+
+
+def test_a_folder_without_config_toml_is_still_no_run_to_resume(tmp_path, tiny_overrides):
+    (tmp_path / "metrics.jsonl").write_text('{"stage": "fr", "step": 1}\n')
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / CHECKPOINT} does not exist")):
+        train(load_config("quick", tiny_overrides), tmp_path, resume=True)
+    with pytest.raises(SystemExit, match=re.escape(f"--resume: {tmp_path / 'config.toml'} does not exist")):
+        main(["train", "--resume", "--out", str(tmp_path)])
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"stage": "fr", "step": 1}\n'

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/default"),
                         help="run folder (default: runs/default); without --resume it must be new or empty")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from checkpoints/last.pt, with the run's own config.toml "
+                        help="continue the run in --out from checkpoints/last.pt (or, when it stopped before its "
+                             "first checkpoint, train it again from its first step), with the run's own config.toml "
                              "(--preset is ignored, --set refused) and as many processes as wrote the checkpoint")
     parser.add_argument("--stop-after", type=_steps, default=None, metavar="STEPS",
                         help="take at most STEPS (>= 1) more optimizer steps, counted over all stages, then "

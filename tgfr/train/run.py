@@ -18,6 +18,7 @@ the pairwise losses run in their local (gathered) form, and rank 0 writes the fi
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,10 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
 def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
     """Runs the stages of `config` into the run folder `out`; returns it.
 
-    resume: continue from out/checkpoints/last.pt (an error when there is none); without it, `out`
-    must not exist or be empty, so that two runs never mix in one folder.
+    resume: continue from out/checkpoints/last.pt; a run folder with its config.toml but no checkpoint
+    yet (the run stopped before its first one) starts again from its first step, with metrics.jsonl
+    emptied, and ends as an uninterrupted run would; a folder with neither is an error. Without
+    resume, `out` must not exist or be empty, so that two runs never mix in one folder.
     stop_after: take at most this many (>= 1) optimizer steps in this call, then checkpoint and
     return (the run is finished when out/model exists).
     """
@@ -167,14 +170,17 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     state = None
-    if resume:
+    # A run that died before its first checkpoint (a non-finite loss, a kill during the caption prefill)
+    # has nothing to continue from, and its folder is no longer empty for a fresh start.
+    restart = resume and not (out / CHECKPOINT).exists() and (out / "config.toml").is_file()
+    if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
         if state["stage"] not in config.stages:
             raise ValueError(f"checkpoint stage {state['stage']!r} is not among the configured stages {config.stages}")
         if len(state["rng"]) != world_size:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
-    else:
+    elif not resume:
         check_output_folder("run folder", out)
         if out.is_dir() and any(out.iterdir()):
             raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
@@ -209,7 +215,11 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         collate.check_captions(next(iter(stage_data.values())).dataset)
     if rank == 0 and resume:  # an earlier call killed while checkpointing leaves its temporary file
         remove_temporaries(out / CHECKPOINT)
-    elif rank == 0:
+    if rank == 0 and restart:
+        print(f"tgfr train: {out} holds no checkpoint yet (its run stopped before the first one): training it "
+              f"from its first step, {out / 'metrics.jsonl'} emptied", file=sys.stderr)
+        (out / "metrics.jsonl").write_text("", encoding="utf-8")
+    elif rank == 0 and not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
