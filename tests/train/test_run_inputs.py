@@ -1,7 +1,8 @@
 """`tgfr train` refuses bad inputs before it trains or writes anything, naming the argument, folder,
 file or config key: a fresh run into a used folder, --stop-after below 1, a corrupt config.toml
 under --resume, a checkpoint written by another number of processes, backbone weights that do
-not fit the configured backbone."""
+not fit the configured backbone, a batch of more identities than the split has, an unknown
+split, a missing training image."""
 
 import dataclasses
 import os
@@ -174,3 +175,47 @@ def test_a_caption_without_words_is_refused_before_writing(tmp_path, tiny_overri
     with pytest.raises(ValueError, match=re.escape("has caption '\\u200b\\u200b', which the tokenizer reduces to no word")):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def train_error(tmp_path, overrides):
+    """The one-line error of `tgfr train` with the tiny overrides and `overrides`; nothing was written."""
+    arguments = [arg for o in overrides for arg in ("--set", o)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), *arguments])
+    assert not (tmp_path / "run").exists()
+    message = exit_info.value.code
+    assert message.startswith("tgfr train: error: ") and "\n" not in message
+    return message
+
+
+def test_data_size_errors_name_their_key_and_the_manifest(tmp_path, tiny_overrides):
+    manifest = resolve_manifest(load_config("quick", tiny_overrides).data)
+    records = read_manifest(manifest)
+    identities = len({r.identity for r in records if r.split == "train"})
+    splits = sorted({r.split for r in records})
+    message = train_error(tmp_path, tiny_overrides + [f"data.identities_per_batch={identities + 1}"])
+    assert message == (f"tgfr train: error: data.identities_per_batch = {identities + 1} exceeds the {identities} "
+                       f"identities of split 'train' in manifest {manifest} (a batch takes that many identities, "
+                       f"data.images_per_identity images each)")
+    # As many identities as there are is one batch per epoch, even with more images per identity than any has.
+    config = load_config("quick", tiny_overrides + [f"data.identities_per_batch={identities}",
+                                                    "data.images_per_identity=9"])
+    collate = CaptionCollator(TextEncoder().tokenizer, max_length=config.model.max_length)
+    assert len(stage_batches(config, "fr", manifest, collate).sampler) == 1
+    message = train_error(tmp_path, tiny_overrides + ["data.train_split=nope"])
+    assert message == (f"tgfr train: error: data.train_split = 'nope', manifest {manifest}: split ['nope'] has no "
+                       f"records; the manifest has splits {splits}")
+
+
+def test_a_missing_training_image_names_the_manifest_to_fix(tmp_path, tiny_overrides):
+    """The dataset's hint (bad_images='skip') is no option of `tgfr train`: its error says what to do instead."""
+    source = resolve_manifest(load_config("quick", tiny_overrides).data)
+    relocated = [dataclasses.replace(r, path=os.path.relpath(source.parent / r.path, tmp_path))
+                 for r in read_manifest(source)]
+    index = next(i for i, r in enumerate(relocated) if r.split == "train")
+    relocated[index] = dataclasses.replace(relocated[index], path="gone.png")
+    manifest = write_manifest(tmp_path / "manifest.jsonl", relocated)
+    message = train_error(tmp_path, tiny_overrides + [f'data.manifest="{manifest}"'])
+    assert message.startswith(f"tgfr train: error: image file {tmp_path / 'gone.png'} ")
+    assert message.endswith(f"(fix or remove that image's record in manifest {manifest})")
+    assert "bad_images" not in message

@@ -26,6 +26,8 @@ class FaceCaptionDataset(Dataset):
         seed: base seed; with `set_epoch` every caption draw and random transform is reproducible.
         bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image)
             at construction; "skip" drops such images and lists their paths in `skipped`.
+        bad_image_hint: what that error tells the reader to do, in parentheses after it (a caller that
+            does not expose bad_images names its own remedy).
         require_captions: reject images without captions (a text-guided model needs one).
 
     Item: dict with image (3, 112, 112) float32 in [-1, 1], label int64 (contiguous identity
@@ -43,6 +45,7 @@ class FaceCaptionDataset(Dataset):
         root: str | Path | None = None,
         bad_images: str = "error",
         require_captions: bool = True,
+        bad_image_hint: str = "pass bad_images='skip' to skip such images",
     ):
         if isinstance(source, (str, Path)):
             manifest_root = Path(source).parent
@@ -63,7 +66,7 @@ class FaceCaptionDataset(Dataset):
                 check_image(path)
             except ValueError as error:
                 if bad_images == "error":
-                    raise ValueError(f"{error} (pass bad_images='skip' to skip such images)") from None
+                    raise ValueError(f"{error} ({bad_image_hint})") from None
                 self.skipped.append(str(path))
                 continue
             if require_captions and not record.captions:

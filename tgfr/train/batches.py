@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, SyntheticConfig,
                        TrainTransform, degrade_image, ensure_synthetic_dataset)
+from tgfr.data.manifest import read_manifest, select_split
 from tgfr.train.config import DataConfig
 
 
@@ -60,14 +61,25 @@ class StepBatches:
                              f"the world size {world_size}")
         transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation,
                                        config.train_degrade_p)
-        self.dataset = FaceCaptionDataset(manifest, split=config.train_split, transform=transform,
-                                          captions_per_sample=captions_per_sample, seed=seed)
+        # The errors name the data.* key and the manifest to fix, not the dataset's and sampler's arguments.
+        records = read_manifest(manifest)
+        try:
+            records = select_split(records, config.train_split)
+        except ValueError as error:
+            raise ValueError(f"data.train_split = {config.train_split!r}, manifest {manifest}: {error}") from None
+        self.dataset = FaceCaptionDataset(records, root=manifest.parent, transform=transform,
+                                          captions_per_sample=captions_per_sample, seed=seed,
+                                          bad_image_hint=f"fix or remove that image's record in manifest {manifest}")
+        # With as many identities as a batch takes, every identity has a group of images_per_identity
+        # (a smaller one is filled by drawing its images again), so there is at least one batch.
+        if self.dataset.num_classes < config.identities_per_batch:
+            raise ValueError(f"data.identities_per_batch = {config.identities_per_batch} exceeds the "
+                             f"{self.dataset.num_classes} identities of split {config.train_split!r} in manifest "
+                             f"{manifest} (a batch takes that many identities, data.images_per_identity images "
+                             f"each)")
         self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch,
                                                     config.images_per_identity, seed=seed,
                                                     num_replicas=world_size, rank=rank)
-        if len(self.sampler) == 0:
-            raise ValueError(f"split {config.train_split!r} has too few identities for one batch of "
-                             f"{config.identities_per_batch} x {config.images_per_identity} images")
         self.collate, self.workers, self.seed = collate, config.loader_workers, seed
 
     @property
