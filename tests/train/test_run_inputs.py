@@ -20,6 +20,7 @@ from tgfr.train.checkpoint import rng_state, save_checkpoint
 from tgfr.train.config import load_config
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.run import CHECKPOINT, build_model, stage_batches, train
+from tgfr.train.stage_fr import FRStage
 
 
 def test_a_fresh_run_refuses_a_used_folder(tmp_path, tiny_overrides):
@@ -219,3 +220,18 @@ def test_a_missing_training_image_names_the_manifest_to_fix(tmp_path, tiny_overr
     assert message.startswith(f"tgfr train: error: image file {tmp_path / 'gone.png'} ")
     assert message.endswith(f"(fix or remove that image's record in manifest {manifest})")
     assert "bad_images" not in message
+
+
+def test_a_loss_that_is_not_finite_ends_tgfr_train_with_one_line(tmp_path, tiny_overrides, monkeypatch, recwarn):
+    forward = FRStage.forward
+
+    def nan_loss(self, batch):
+        loss, components = forward(self, batch)
+        return loss * float("nan"), components
+
+    monkeypatch.setattr(FRStage, "forward", nan_loss)
+    arguments = [arg for o in tiny_overrides for arg in ("--set", o)]
+    with pytest.raises(SystemExit, match=re.escape("tgfr train: error: stage fr: loss is not finite at step 1 "
+                                                   "(this rank's loss: nan)")):
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), *arguments])
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]  # float() of the loss, not of its graph

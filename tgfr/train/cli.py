@@ -69,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
             print(to_toml(config), end="")
             return 0
         out = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
-    except ValueError as error:  # bad settings, folders or files: the message names them, a traceback adds nothing
+    except (ValueError, FloatingPointError) as error:  # bad settings, folders or files, or a loss that is not
+        # finite (the message names the stage, step and rank): a traceback adds nothing
         raise SystemExit(f"tgfr train: error: {error}") from None
     finished = (out / "model").is_dir()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per process
