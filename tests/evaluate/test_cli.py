@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,20 @@ def test_run_threads_hold_during_the_evaluation_only(run, monkeypatch, threads):
         assert seen == [threads or 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(callers)
+
+
+@pytest.mark.parametrize("evaluate_part", ["embeddings", "heatmaps"])
+def test_a_missing_test_image_is_named_with_a_remedy_evaluate_users_have(tmp_path, evaluate_part):
+    """`tgfr evaluate` has no bad_images option: the error says to fix the manifest instead."""
+    from tgfr.data.manifest import ManifestRecord, write_manifest
+    from tgfr.evaluation.embeddings import embed_split
+    from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
+
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord("absent.png", "0", "test", ("a face",))])
+    model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16)))
+    message = re.escape(f"absent.png does not exist (fix or remove that image's record in manifest {manifest})")
+    with pytest.raises(ValueError, match=message):
+        if evaluate_part == "embeddings":
+            embed_split(model, None, manifest, "test", 4, torch.device("cpu"))
+        else:
+            run_module._heatmaps(model, None, manifest, "test", 1, torch.device("cpu"), tmp_path / "a.png")

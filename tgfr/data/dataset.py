@@ -15,6 +15,11 @@ from tgfr.data.transforms import EvalTransform
 Transform = Callable[..., torch.Tensor]
 
 
+def manifest_record_hint(manifest: str | Path) -> str:
+    """The remedy for a bad image that a command without a bad_images option gives its users."""
+    return f"fix or remove that image's record in manifest {manifest}"
+
+
 class FaceCaptionDataset(Dataset):
     """Images of one or more manifest splits with identity labels and sampled captions.
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tgfr.data import EvalTransform, FaceCaptionDataset
+from tgfr.data.dataset import manifest_record_hint
 from tgfr.models import TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.stage_align import align_features
@@ -31,7 +32,8 @@ class SplitEmbeddings:
 @torch.no_grad()
 def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, split: str,
                 batch_size: int, device: torch.device) -> SplitEmbeddings:
-    dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size))
+    dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
+                                 bad_image_hint=manifest_record_hint(manifest))
     texts = [record.captions[0] for record in dataset.records]
     image_only, fused = [], []
     model.eval()

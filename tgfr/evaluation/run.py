@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from tgfr.data import EvalTransform, FaceCaptionDataset, read_manifest
+from tgfr.data.dataset import manifest_record_hint
 from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
 from tgfr.evaluation.protocols import split_figures, verification_scores
@@ -29,7 +30,8 @@ SUMMARY_FIGURES = {"steps_taken": (int,), "seconds": (int, float), "global_batch
 
 def _heatmaps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, device: torch.device,
               path: Path) -> Path:
-    dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size))
+    dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
+                                 bad_image_hint=manifest_record_hint(manifest))
     # One image of `count` different subjects.
     indices = [int((dataset.labels == label).nonzero()[0]) for label in range(min(count, dataset.num_classes))]
     images = torch.stack([dataset[i]["image"] for i in indices]).to(device)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, SyntheticConfig,
                        TrainTransform, degrade_image, ensure_synthetic_dataset)
+from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.manifest import read_manifest, select_split
 from tgfr.train.config import DataConfig
 
@@ -69,7 +70,7 @@ class StepBatches:
             raise ValueError(f"data.train_split = {config.train_split!r}, manifest {manifest}: {error}") from None
         self.dataset = FaceCaptionDataset(records, root=manifest.parent, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed,
-                                          bad_image_hint=f"fix or remove that image's record in manifest {manifest}")
+                                          bad_image_hint=manifest_record_hint(manifest))
         # With as many identities as a batch takes, every identity has a group of images_per_identity
         # (a smaller one is filled by drawing its images again), so there is at least one batch.
         if self.dataset.num_classes < config.identities_per_batch:
