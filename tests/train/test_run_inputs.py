@@ -235,3 +235,12 @@ def test_a_loss_that_is_not_finite_ends_tgfr_train_with_one_line(tmp_path, tiny_
                                                    "(this rank's loss: nan)")):
         main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), *arguments])
     assert not [w for w in recwarn if "requires_grad" in str(w.message)]  # float() of the loss, not of its graph
+
+
+def test_a_batch_of_one_image_per_process_is_refused_before_writing(tmp_path, tiny_overrides):
+    config = load_config("quick", tiny_overrides + ["data.identities_per_batch=1", "data.images_per_identity=1",
+                                                    'align.supervision="weak"'])
+    with pytest.raises(ValueError, match=re.escape("data.identities_per_batch x data.images_per_identity = 1 x 1 "
+                                                   "gives 1 image(s) per process (world size 1)")):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
