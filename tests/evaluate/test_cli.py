@@ -262,3 +262,18 @@ def test_a_missing_test_image_is_named_with_a_remedy_evaluate_users_have(tmp_pat
             embed_split(model, None, manifest, "test", 4, torch.device("cpu"))
         else:
             run_module._heatmaps(model, None, manifest, "test", 1, torch.device("cpu"), tmp_path / "a.png")
+
+
+def test_a_test_caption_without_words_is_named(tmp_path):
+    from PIL import Image
+
+    from tgfr.data.manifest import ManifestRecord, write_manifest
+    from tgfr.evaluation.embeddings import embed_split
+    from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord("face.png", "0", "test", ("\u200b\u200b",))])
+    model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16)))
+    with pytest.raises(ValueError, match=re.escape(f"image {tmp_path / 'face.png'} has caption '\\u200b\\u200b', "
+                                                   "which the tokenizer reduces to no word")):
+        embed_split(model, None, manifest, "test", 4, torch.device("cpu"))

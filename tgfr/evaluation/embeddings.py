@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgfr.data import EvalTransform, FaceCaptionDataset
+from tgfr.data import CaptionCollator, EvalTransform, FaceCaptionDataset
 from tgfr.data.dataset import manifest_record_hint
 from tgfr.models import TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
@@ -34,6 +34,8 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
                 batch_size: int, device: torch.device) -> SplitEmbeddings:
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest))
+    # The text encoder refuses a caption without words mid-split, naming neither caption nor image.
+    CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(dataset)
     texts = [record.captions[0] for record in dataset.records]
     image_only, fused = [], []
     model.eval()
