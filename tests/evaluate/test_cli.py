@@ -277,3 +277,24 @@ def test_a_test_caption_without_words_is_named(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"image {tmp_path / 'face.png'} has caption '\\u200b\\u200b', "
                                                    "which the tokenizer reduces to no word")):
         embed_split(model, None, manifest, "test", 4, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no run", "--run: RUN/config.toml does not exist (not a folder written by `tgfr train`)"),
+    ("no model", "--run: RUN/model does not exist (training has not finished"),
+    ("bad toml", "--run: RUN/config.toml is not valid TOML: "),
+    ("train key", "--set 'fr.steps=3': only evaluation.<key> can be set here"),
+    ("unknown key", "--set 'evaluation.bogus=3': unknown key evaluation.bogus; known: batch_size, "),
+])
+def test_run_and_set_refusals_are_one_error_line(run, case, message):
+    arguments = ["--run", str(run)]
+    if case == "no run":
+        arguments = ["--run", str(run / "absent")]
+        run = run / "absent"
+    elif case == "no model":
+        (run / "model").rmdir()
+    elif case == "bad toml":
+        (run / "config.toml").write_text("seed = [\n")
+    else:
+        arguments += ["--set", message.split("'")[1]]
+    assert evaluate_error(*arguments).startswith("tgfr evaluate: error: " + message.replace("RUN", str(run)))

@@ -33,19 +33,23 @@ def main(args: argparse.Namespace) -> int:
 
     path = args.run / "config.toml"
     if not path.is_file():
-        raise SystemExit(f"--run: {path} does not exist (not a folder written by `tgfr train`)")
+        raise SystemExit(f"tgfr evaluate: error: --run: {path} does not exist (not a folder written by `tgfr train`)")
     if not (args.run / "model").is_dir():
-        raise SystemExit(f"--run: {args.run / 'model'} does not exist (training has not finished; use "
+        raise SystemExit(f"tgfr evaluate: error: --run: {args.run / 'model'} does not exist (training has not finished; use "
                          "`tgfr train --resume`)")
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise SystemExit(f"--run: {path} is not valid TOML: {error}") from None
+        raise SystemExit(f"tgfr evaluate: error: --run: {path} is not valid TOML: {error}") from None
     try:
         for override in args.overrides:
             keys, value = parse_override(override)
-            if keys[0] != "evaluation" or len(keys) != 2 or keys[1] not in values.get("evaluation", {}):
-                raise SystemExit(f"--set {override!r}: only evaluation.<key> can be set here")
+            if keys[0] != "evaluation" or len(keys) != 2:
+                raise SystemExit(f"tgfr evaluate: error: --set {override!r}: only evaluation.<key> can be set here")
+            known = values.get("evaluation", {})
+            if keys[1] not in known:
+                raise SystemExit(f"tgfr evaluate: error: --set {override!r}: unknown key evaluation.{keys[1]}; "
+                                 f"known: {', '.join(sorted(known))}")
             values["evaluation"][keys[1]] = value
         # Validates every setting (e.g. evaluation.max_rank >= 1) before the model is loaded.
         config = config_from_dict(values)
