@@ -232,7 +232,7 @@ def test_a_loss_that_is_not_finite_ends_tgfr_train_with_one_line(tmp_path, tiny_
     monkeypatch.setattr(FRStage, "forward", nan_loss)
     arguments = [arg for o in tiny_overrides for arg in ("--set", o)]
     with pytest.raises(SystemExit, match=re.escape("tgfr train: error: stage fr: loss is not finite at step 1 "
-                                                   "(this rank's loss: nan)")):
+                                                   "(loss: nan)")):
         main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), *arguments])
     assert not [w for w in recwarn if "requires_grad" in str(w.message)]  # float() of the loss, not of its graph
 

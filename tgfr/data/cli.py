@@ -210,7 +210,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="seed of the impostor draw (default: %(default)s)")
     protocol.set_defaults(func=_run(_protocol))
 
-    grid = commands.add_parser("grid", help="render faces, clean and degraded, with captions to a PNG")
+    grid = commands.add_parser("grid", help="render faces, clean and degraded, with captions to a PNG",
+                               description="Renders --rows faces (synthetic, or from --manifest), each clean and "
+                                           "degraded by --recipe, with their captions, into one PNG.")
     grid.add_argument("--out", required=True, help="PNG path")
     grid.add_argument("--manifest", help="take faces from this manifest (default: draw synthetic faces)")
     grid.add_argument("--split", default="test", help="split of --manifest to take faces from (default: %(default)s)")

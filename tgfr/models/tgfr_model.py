@@ -5,6 +5,11 @@
     aligned = model.align(images, **batch)                 # inputs of the contrastive losses
     fused = model.fuse(aligned)                            # (B, 640) identity embedding
     face = model.embed_image(images)                       # (B, 512) image-only embedding
+
+The backbone is frozen and kept in eval mode, so its BatchNorm layers use their running
+statistics: the features mean something once the backbone is trained (`tgfr train`'s fr stage)
+or loaded (`model.backbone_weights`). With an untrained iResNet50's initial statistics the
+activations grow through the layers until the normalized outputs below are 0 or NaN.
 """
 
 import typing
@@ -91,7 +96,8 @@ def _check_types(cls: type, values: Any, where: str) -> None:
 
 
 class AlignedFeatures(NamedTuple):
-    """Outputs of `TGFRModel.align`, all L2-normalized along D (padded words are zero)."""
+    """Outputs of `TGFRModel.align`, all L2-normalized along D (padded words are zero), for a
+    trained or loaded backbone (see the module docstring)."""
 
     words: torch.Tensor  # (B, T, D), T = max_length - 2
     lengths: torch.Tensor  # (B,) int64, word t valid iff t < lengths[i]

@@ -173,7 +173,7 @@ def contrastive_cross_entropy(
     """Per-row and per-column contrastive cross-entropy, fused (no N x M matrix).
 
     Args:
-        x: (N, D) queries (rows), float32/bfloat16/float64 (float16 on GPU).
+        x: (N, D) queries (rows), float32/bfloat16/float16, or float64 (for gradcheck).
         y: (M, D) keys (columns), same dtype and device.
         scale: logit scale s (logits = s * cos); at most float32's maximum unless x is float64.
         margin: subtracted from the similarity of each row's target before scaling; of magnitude

@@ -83,7 +83,7 @@ def word_region_scores(
     """Word-region similarity of every caption with every image, fused (SPEC section 2).
 
     Args:
-        words: (N, T, D) word features, float32/bfloat16 (float16 too on GPU; float64 on CPU).
+        words: (N, T, D) word features, float32/bfloat16/float16 (float64 on CPU).
         lengths: (N,) int64 number of valid words of each caption, in [1, T].
         regions: (M, R, D) region features, same dtype and device as words.
         gamma1: sharpness of the softmax over regions.

@@ -69,8 +69,9 @@ def _check_finite(loss: torch.Tensor, stage: str, step: int, world_size: int) ->
     if bad.any():
         ranks = bad.nonzero().flatten().tolist()
         where = f" on rank {', '.join(map(str, ranks))}" if world_size > 1 else ""
+        whose = "this rank's loss" if world_size > 1 else "loss"
         raise FloatingPointError(f"stage {stage}: loss is not finite{where} at step {step}"
-                                 f" (this rank's loss: {float(loss.detach())})")
+                                 f" ({whose}: {float(loss.detach())})")
 
 
 def _batch_scalars(loss: torch.Tensor, components: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
