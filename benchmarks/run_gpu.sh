@@ -9,10 +9,21 @@
 # JSON lines with device, commit and date, pytest-benchmark's JSON and the log of the run.
 # TGFR_COMMIT names the measured commit where the tree's .git may be stale (a copied tree); with
 # $OUT set to a folder, the results files the run wrote are copied there after each stage and when
-# the run is stopped (TERM, INT), so a stage past a time limit keeps the others' results;
-# TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384); TGFR_BENCH_MAX_STEP_S skips sizes whose
-# step would take longer (default 600 s, extrapolated from the previous size); TGFR_BENCH_SELECT
-# is passed to the bench stage's pytest as -k (e.g. "bfloat16 and 1024" for the issue's case).
+# the run is stopped (TERM, INT), so a stage past a time limit keeps the others' results.
+# TGFR_BENCH_MAX_SIZE caps the N=M sweep (default 16384); TGFR_BENCH_MAX_CASE_S skips a case whose
+# predicted cost (its steps, extrapolated from the previous size) is over it (default 120 s);
+# TGFR_BENCH_DEADLINE_S skips the cases that would not finish that many seconds after the bench
+# stage's start (default 420); both inf for the whole sweep. TGFR_BENCH_SELECT is passed to the
+# bench stage's pytest as -k (e.g. "bfloat16 and 1024" for the issue's case).
+# Dependencies: every stage but kernel needs build to have run first on the same machine (a fresh
+# machine has no tgfr installed); sanitizer needs kernel's build/cmake/word_region_kernel_test.
+# Time: tune compiles every shipped config, then times them for at most 300 s; bench starts no case
+# predicted to end past TGFR_BENCH_DEADLINE_S; build, kernel, tests, sanitizer and profile each
+# take minutes (compilation, ncu's replays). A whole run does not fit one 600 s call; split it
+# into calls on one warm machine, in this order (a fresh machine's first call starts with build):
+#   bash benchmarks/run_gpu.sh build kernel tests sanitizer
+#   TGFR_BENCH_DEADLINE_S=360 bash benchmarks/run_gpu.sh bench profile
+#   bash benchmarks/run_gpu.sh tune
 # Every stage runs even if an earlier one failed; the exit status is 1 if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,10 +1,14 @@
 """What benchmarks/test_word_region_gpu.py records around its timings, checked without a GPU: the
-memory of a step that ran out of it, and the provenance of its JSON lines."""
+memory of a step that ran out of it, the provenance of its JSON lines, which cases it skips and in
+which order it runs them."""
 
 import datetime
 import json
+import subprocess
+import sys
 import types
 import weakref
+from pathlib import Path
 
 import torch
 
@@ -51,3 +55,38 @@ def test_the_lines_of_one_session_are_one_run_with_the_given_commit(tmp_path, mo
     assert [line["commit"] for line in lines] == ["0123456789abcdef"] * 2
     (results,) = render.load_results(tmp_path)
     assert len(results["runs"]) == 1 and len(results["cases"]) == 2
+
+
+def test_a_case_is_skipped_on_its_whole_predicted_cost_and_on_the_deadline():
+    """The CUDA kernel's bfloat16 forward+backward measured on an H100 at N=M=1024 (2.84 s a step):
+    at 8192 a step is 64 times that, and the case runs 4 of them (warm-up, 3 rounds), 727 s: over
+    the case cap although one step (182 s) is under it."""
+    step_8192 = 2.84 * 64
+    assert 4 * step_8192 > 600 > step_8192
+    assert "727 s" in gpu._skip_reason((1024, 2.84), 8192, 0.0, 600.0, float("inf"))
+    # 4096: 11 steps (warm-up, peak step, 10 rounds) of 45 s.
+    assert gpu._skip_reason((1024, 2.84), 4096, 0.0, 600.0, float("inf")) is None
+    assert "TGFR_BENCH_MAX_CASE_S" in gpu._skip_reason((1024, 2.84), 4096, 0.0, 400.0, float("inf"))
+    assert "TGFR_BENCH_DEADLINE_S" in gpu._skip_reason((1024, 2.84), 4096, 100.0, 600.0, 550.0)
+    assert gpu._skip_reason((1024, 2.84), 4096, 0.0, 600.0, 550.0) is None
+    assert gpu._skip_reason(None, 256, 0.0, 1.0, 1.0) is None  # nothing to extrapolate from yet
+    assert "TGFR_BENCH_DEADLINE_S" in gpu._skip_reason(None, 256, 1.0, 600.0, 1.0)
+    assert gpu._skip_reason(None, 256, 1e6, float("inf"), float("inf")) is None  # the whole sweep on request
+
+
+def test_cases_run_dtype_by_dtype_and_size_by_size_with_triton_before_cuda():
+    """A run cut short by the deadline has measured Triton (the headline) at every size it reached,
+    and bfloat16 (the issue's dtype) at every size before any other dtype."""
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         str(Path(gpu.__file__))], capture_output=True, text=True, cwd=Path(gpu.__file__).parents[1], timeout=120,
+    ).stdout
+    cases = [dict(zip(("dtype", "size", "implementation", "passes"), line.split("[")[1].rstrip("]").split("-")))
+             for line in collected.splitlines() if "::test_word_region_gpu[" in line]
+    assert len(cases) == len(gpu.DTYPES) * len(gpu.SIZES) * len(gpu.IMPLEMENTATIONS) * 2
+    groups = [(case["dtype"], int(case["size"])) for case in cases]
+    assert groups == sorted(groups, key=lambda group: (gpu.DTYPES.index(group[0]), group[1]))
+    assert groups[0] == ("bfloat16", 256)
+    for group in set(groups):
+        order = [case["implementation"] for case, of in zip(cases, groups) if of == group]
+        assert max(i for i, name in enumerate(order) if name.startswith("triton")) < order.index("cuda")

@@ -4,13 +4,17 @@ captions.
 
 Each case reports (in pytest-benchmark's extra_info and in a JSON file under
 benchmarks/results/) the mean time of 10 rounds (3 from N=M=8192, 1 from 16384) after one or two
-untimed steps (compilation, autotuning), useful TFLOP/s with SPEC section 2's accounting (forward
-4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) and the peak GPU memory of one step
-(torch.cuda.max_memory_allocated, the inputs and their gradients included). Sizes sweep
-N=M from 256 up to TGFR_BENCH_MAX_SIZE (default 16384) for the kernels; the reference stops at
-the first size that runs out of memory (recorded as such), and any implementation at the first size
-whose step would take over TGFR_BENCH_MAX_STEP_S (default 600) seconds, extrapolated from its
-previous size. Run with benchmarks/run_gpu.sh.
+untimed steps (compilation, autotuning from a fresh autotuner cache), useful TFLOP/s with SPEC
+section 2's accounting (forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D) and the peak GPU
+memory of one step (torch.cuda.max_memory_allocated, the inputs and their gradients included).
+Cases run dtype by dtype (bfloat16 first), size by size, Triton before CUDA before the references,
+so that a run cut short has measured the headline (Triton, bfloat16) at every size it reached.
+Sizes sweep N=M from 256 up to TGFR_BENCH_MAX_SIZE (default 16384) for the kernels; the reference
+stops at the first size that runs out of memory (recorded as such). A case is skipped, with the
+reason, when its predicted cost (its steps times the step time extrapolated by N*M from the same
+implementation's previous size) is over TGFR_BENCH_MAX_CASE_S (default 120) seconds, or when it
+would not finish within TGFR_BENCH_DEADLINE_S (default 420) seconds of the session's start; set
+both to inf for the whole sweep. Run with benchmarks/run_gpu.sh.
 """
 
 import datetime
@@ -19,6 +23,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,13 +42,16 @@ SIZES = [size for size in (256, 1024, 4096, 8192, 16384, 32768) if size <= MAX_S
 REFERENCE_MAX_SIZE = 1024  # the reference's N*M*T*R*D tensors pass 80 GB beyond this
 # triton_deterministic: the Triton op under torch.use_deterministic_algorithms(True), whose backward
 # runs two kernels without atomics (forward+backward only: the forward is the same).
-IMPLEMENTATIONS = ["cuda", "triton", "triton_deterministic", "reference", "compiled_reference"]
+IMPLEMENTATIONS = ["triton", "triton_deterministic", "cuda", "reference", "compiled_reference"]
 DTYPES = ["bfloat16", "float16", "float32"]
 RESULTS = Path(__file__).resolve().parent / "results"
 _OUT_OF_MEMORY: set = set()  # (implementation, dtype, passes) that ran out at a smaller size
-# A size whose step would take longer than this, extrapolated from the case's last size by the
-# N*M work, is skipped (the CUDA kernel would need about 12 minutes a step at N=M=16384).
-MAX_STEP_SECONDS = float(os.environ.get("TGFR_BENCH_MAX_STEP_S", "600"))
+# One GPU call of the benchmarks' device tool lasts at most 600 s, and run_gpu.sh's profile stage
+# follows the bench stage: a case's whole cost (not one step: the CUDA kernel's bfloat16 forward and
+# backward at N=M=8192 is 3 minutes a step, 4 steps) and the stage as a whole are capped.
+MAX_CASE_SECONDS = float(os.environ.get("TGFR_BENCH_MAX_CASE_S", "120"))
+DEADLINE_SECONDS = float(os.environ.get("TGFR_BENCH_DEADLINE_S", "420"))
+_SESSION_START = time.monotonic()
 _LAST_STEP: dict = {}  # (implementation, dtype, passes) -> (size, seconds) of its last timed size
 # Every line of one pytest session carries its start: the renderer counts a (commit, date) as one run.
 _STARTED = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -88,6 +96,34 @@ def _largest_tuned_problem() -> int:
     return _TUNED_PAIRS[1]
 
 
+def _rounds(size: int) -> int:
+    return 1 if size >= 16384 else 3 if size >= 8192 else 10
+
+
+def _steps(size: int) -> int:
+    """Steps a case at N=M=size runs: warm-up, the peak-memory step inside the tuned range, rounds."""
+    return 1 + (size * size <= _largest_tuned_problem()) + _rounds(size)
+
+
+def _skip_reason(last_step: tuple[int, float] | None, size: int, elapsed: float,
+                 max_case_seconds: float, deadline_seconds: float) -> str | None:
+    """Why a case at N=M=size is not run, or None. `last_step` is (size, seconds of a step) of the
+    same implementation, dtype and passes at its previous size (None: nothing to extrapolate from);
+    `elapsed` the seconds since the session started."""
+    if elapsed >= deadline_seconds:
+        return f"past the deadline (TGFR_BENCH_DEADLINE_S={deadline_seconds:g})"
+    if last_step is None:
+        return None
+    last_size, last_seconds = last_step
+    predicted = last_seconds * (size / last_size) ** 2 * _steps(size)
+    if predicted > max_case_seconds:
+        return f"the case would take about {predicted:.0f} s (> TGFR_BENCH_MAX_CASE_S={max_case_seconds:g})"
+    if elapsed + predicted > deadline_seconds:
+        return (f"the case would take about {predicted:.0f} s, past the deadline "
+                f"(TGFR_BENCH_DEADLINE_S={deadline_seconds:g}, {elapsed:.0f} s elapsed)")
+    return None
+
+
 def _step(implementation: str, passes: str, words, lengths, regions):
     import tgfr.ops
 
@@ -119,10 +155,11 @@ def _step(implementation: str, passes: str, words, lengths, regions):
     return step
 
 
+# The bottom decorator's parameter varies slowest: dtype, then size, then implementation.
 @pytest.mark.parametrize("passes", ["forward", "forward_backward"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     import tgfr.ops
 
@@ -136,11 +173,10 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     key = (implementation, dtype, passes)
     if key in _OUT_OF_MEMORY:
         pytest.skip("ran out of memory at a smaller size")
-    if key in _LAST_STEP:
-        last_size, last_seconds = _LAST_STEP[key]
-        predicted = last_seconds * (size / last_size) ** 2
-        if predicted > MAX_STEP_SECONDS:
-            pytest.skip(f"a step would take about {predicted:.0f} s (> TGFR_BENCH_MAX_STEP_S={MAX_STEP_SECONDS:g})")
+    reason = _skip_reason(_LAST_STEP.get(key), size, time.monotonic() - _SESSION_START,
+                          MAX_CASE_SECONDS, DEADLINE_SECONDS)
+    if reason:
+        pytest.skip(reason)
     # A case skipped or failed before leaves its frame (inputs, gradients) in a reference cycle with
     # pytest's record of it: collected here, so this case's peak does not count them.
     gc.collect()
@@ -165,8 +201,7 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
             torch.cuda.reset_peak_memory_stats()
             step()
         result["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        rounds = 1 if size >= 16384 else 3 if size >= 8192 else 10
-        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(step, rounds=_rounds(size), iterations=1, warmup_rounds=0)
 
     if _ran_out_of_memory(measure):
         _OUT_OF_MEMORY.add(key)
