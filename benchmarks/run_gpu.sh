@@ -6,7 +6,8 @@
 # sanitizer (compute-sanitizer on the standalone test and a small torch run), tune (each shipped
 # Triton config timed at N=M=1024), bench (GPU benchmarks), profile (Nsight Compute profile of the
 # measured-best forward and atomics backward at N=M=1024). Results land in benchmarks/results/:
-# JSON lines with device, commit and date, pytest-benchmark's JSON and the log of the run.
+# JSON lines with device, commit and date, pytest-benchmark's JSON and the log of the run
+# (gpu_run_<date>.log: every stage's whole output; the console shows its last lines).
 # TGFR_COMMIT names the measured commit where the tree's .git may be stale (a copied tree); with
 # $OUT set to a folder, the results files the run wrote are copied there after each stage and when
 # the run is stopped (TERM, INT), so a stage past a time limit keeps the others' results.
@@ -32,23 +33,31 @@ mkdir -p "$results"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 logfile="$results/gpu_run_$stamp.log"
 log() { echo "== $*" | tee -a "$logfile"; }
+# A stage's whole output goes to the log (which comes back in $OUT), only its last lines to the
+# console. Unbuffered Python, so that a stage stopped by TERM has logged all it printed.
+export PYTHONUNBUFFERED=1
+logged() {  # logged LINES COMMAND...: the command's output, its last LINES lines on the console
+  local lines=$1
+  shift
+  "$@" 2>&1 | tee -a "$logfile" | tail -n "$lines"
+}
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build kernel tests sanitizer tune bench profile)
 
 build() {
-  pip install --no-build-isolation --no-deps -e . 2>&1 | tail -5 | tee -a "$logfile" \
-    && python -c "import tgfr.ops; print('backends:', tgfr.ops.available_backends())" | tee -a "$logfile"
+  logged 5 pip install --no-build-isolation --no-deps -e . \
+    && logged 5 python -c "import tgfr.ops; print('backends:', tgfr.ops.available_backends())"
 }
 
 kernel() {
-  cmake -S . -B build/cmake -DTGFR_KERNELS_ONLY=ON -DTGFR_BUILD_KERNEL_TEST=ON >/dev/null \
-    && cmake --build build/cmake -j"$(nproc)" >/dev/null \
-    && ./build/cmake/word_region_kernel_test 2>&1 | tee -a "$logfile"
+  logged 5 cmake -S . -B build/cmake -DTGFR_KERNELS_ONLY=ON -DTGFR_BUILD_KERNEL_TEST=ON \
+    && logged 5 cmake --build build/cmake -j"$(nproc)" \
+    && logged 20 ./build/cmake/word_region_kernel_test
 }
 
 tests() {
-  python -m pytest -q -m gpu -p no:cacheprovider tests/test_word_region_gpu.py tests/test_word_region_triton.py \
-    tests/test_contrastive_triton.py tests/test_kernels_build.py 2>&1 | tail -30 | tee -a "$logfile"
+  logged 30 python -m pytest -q -m gpu -p no:cacheprovider tests/test_word_region_gpu.py tests/test_word_region_triton.py \
+    tests/test_contrastive_triton.py tests/test_kernels_build.py
 }
 
 sanitizer() {
@@ -61,31 +70,30 @@ for backend in [b for b in ("cuda", "triton") if b in tgfr.ops.available_backend
 torch.cuda.synchronize(); print("sanitized run done")'
   local tool status=0
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 1 ./build/cmake/word_region_kernel_test 2>&1 | tail -3 \
-      | tee -a "$logfile" || status=1
+    logged 3 compute-sanitizer --tool "$tool" --error-exitcode 1 ./build/cmake/word_region_kernel_test || status=1
   done
-  compute-sanitizer --tool memcheck --error-exitcode 1 python -c "$small_run" 2>&1 | tail -3 | tee -a "$logfile" \
-    || status=1
+  # torch's caching allocator hands out slices of larger blocks: an access past a tensor's end
+  # stays inside the block, where memcheck cannot see it.
+  logged 3 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    python -c "$small_run" || status=1
   return "$status"
 }
 
 tune() {
   local gpu
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
-  python -m benchmarks.tune_word_region_triton --out "$results/word_region_triton_configs_$gpu.jsonl" 2>&1 \
-    | tee -a "$logfile"
+  logged 40 python -m benchmarks.tune_word_region_triton --out "$results/word_region_triton_configs_$gpu.jsonl"
 }
 
 bench() {
-  python -m pytest -q -m gpu benchmarks/test_word_region_gpu.py -p no:cacheprovider \
-    ${TGFR_BENCH_SELECT:+-k "$TGFR_BENCH_SELECT"} \
-    --benchmark-json="$results/word_region_gpu_$stamp.json" 2>&1 | tail -60 | tee -a "$logfile"
+  logged 60 python -m pytest -q -rs -m gpu benchmarks/test_word_region_gpu.py -p no:cacheprovider \
+    ${TGFR_BENCH_SELECT:+-k "$TGFR_BENCH_SELECT"} --benchmark-json="$results/word_region_gpu_$stamp.json"
 }
 
 profile() {
   local gpu
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
-  python -m benchmarks.profile_word_region_triton --out "$results/word_region_ncu_$gpu.jsonl" 2>&1 | tee -a "$logfile"
+  logged 20 python -m benchmarks.profile_word_region_triton --out "$results/word_region_ncu_$gpu.jsonl"
 }
 
 for stage in "${stages[@]}"; do
@@ -101,9 +109,17 @@ collect() {
     find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;
   fi
 }
-# A run stopped by a time limit: what the finished stages and the running one wrote still comes back.
-trap 'log "stopped"; collect; rm -f "$started"; exit 143' TERM
-trap 'log "stopped"; collect; rm -f "$started"; exit 130' INT
+# A run stopped by a time limit: what the finished stages and the running one wrote still comes back,
+# and the console shows the stopped stage's last lines (its `tail` is stopped before printing).
+stopped() {
+  tail -n 20 "$logfile"
+  log "stopped"
+  collect
+  rm -f "$started"
+  exit "$1"
+}
+trap 'stopped 143' TERM
+trap 'stopped 130' INT
 log "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 failed=()
 for stage in "${stages[@]}"; do

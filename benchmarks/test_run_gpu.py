@@ -15,7 +15,7 @@ _SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
 
 # `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
 # a line to a word_region_gpu_*.jsonl file (and its arguments, one per line, to $STUB_ARGS if set),
-# then sleeps $STUB_BENCH_SLEEP seconds.
+# prints a case's line, then sleeps $STUB_BENCH_SLEEP seconds.
 _PYTHON_STUB = """#!/bin/sh
 case "$*" in
   *tune_word_region_triton*)
@@ -24,6 +24,7 @@ case "$*" in
   *pytest*)
     [ -n "${STUB_ARGS:-}" ] && printf '%s\n' "$@" > "$STUB_ARGS"
     echo '{"N": 256}' >> benchmarks/results/word_region_gpu_stub.jsonl
+    echo "test_word_region_gpu[bfloat16-256-triton-forward] PASSED"
     sleep "${STUB_BENCH_SLEEP:-0}";;
 esac
 """
@@ -43,7 +44,17 @@ def layout(tmp_path: Path) -> dict:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
     environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OUT": str(out)}
-    return dict(script=tmp_path / "repo" / "benchmarks" / "run_gpu.sh", out=out, environment=environment)
+    return dict(script=tmp_path / "repo" / "benchmarks" / "run_gpu.sh", out=out, environment=environment, bin=bin_dir)
+
+
+def _stub(layout: dict, name: str, text: str) -> None:
+    (layout["bin"] / name).write_text(text)
+    (layout["bin"] / name).chmod(stat.S_IRWXU)
+
+
+def _log(out: Path) -> str:
+    (log,) = out.glob("gpu_run_*.log")
+    return log.read_text()
 
 
 def _returned(out: Path) -> set[str]:
@@ -73,6 +84,27 @@ def test_a_run_stopped_during_a_stage_returns_what_was_written(layout):
     assert bench_log.exists()
     assert _returned(layout["out"]) == {"word_region_triton_configs_NVIDIA_Stub_GPU.jsonl",
                                         "word_region_gpu_stub.jsonl"}
+    assert "test_word_region_gpu[bfloat16-256-triton-forward] PASSED" in _log(layout["out"])
+
+
+def test_the_log_keeps_a_stages_whole_output_and_the_console_its_last_lines(layout):
+    """A failed build's compiler error and every line of a sanitizer report are in the log; the
+    sanitizer's torch run goes without the caching allocator, which hides out-of-bounds accesses."""
+    _stub(layout, "pip", "#!/bin/sh\necho 'src/kernel.c:3:1: error: expected declaration'\n"
+                         "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"note $i\"; done\nexit 1\n")
+    _stub(layout, "compute-sanitizer", "#!/bin/sh\n"
+          "echo \"========= Invalid __global__ read of size 2 bytes (caching: ${PYTORCH_NO_CUDA_MEMORY_CACHING:-on})\"\n"
+          "for i in 1 2 3 4 5 6 7 8; do echo \"=========     Host Frame: frame_$i\"; done\n"
+          "echo '========= ERROR SUMMARY: 1 error'\nexit 1\n")
+    run = subprocess.run(["bash", str(layout["script"]), "build", "sanitizer"], capture_output=True, text=True,
+                         env=layout["environment"], timeout=60)
+    assert run.returncode != 0
+    log = _log(layout["out"])
+    assert "error: expected declaration" in log and "note 10" in log
+    reads = [line for line in log.splitlines() if "Invalid __global__ read" in line]
+    assert [line.rsplit("caching: ", 1)[1] for line in reads] == ["on)", "on)", "1)"]  # memcheck, racecheck, torch
+    assert "error: expected declaration" not in run.stdout and "Invalid __global__ read" not in run.stdout
+    assert "ERROR SUMMARY: 1 error" in run.stdout and "note 10" in run.stdout
 
 
 def test_bench_selection_reaches_pytest_as_one_expression(layout, tmp_path):
