@@ -70,16 +70,20 @@ def _slug(text: str) -> str:
 
 def commit() -> str:
     """The measured tree's commit: $TGFR_COMMIT when set (a tree copied to a GPU machine can carry a
-    stale .git), else HEAD, with -dirty when tracked files differ from it."""
+    stale .git), else HEAD, with -dirty when tracked files differ from it; 'unknown' outside a git
+    checkout or without git."""
     if os.environ.get("TGFR_COMMIT"):
         return os.environ["TGFR_COMMIT"]
-    result = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], cwd=RESULTS_DIR.parent, capture_output=True, text=True
-    )
-    if result.returncode != 0:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=RESULTS_DIR.parent, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS_DIR.parent,
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on PATH: the figures still count, under an unknown commit
         return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS_DIR.parent,
-                           capture_output=True, text=True).stdout.strip()
     return result.stdout.strip() + ("-dirty" if dirty else "")
 
 

@@ -121,6 +121,11 @@ stopped() {
 trap 'stopped 143' TERM
 trap 'stopped 130' INT
 log "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+if [ -z "${TGFR_COMMIT:-}" ]; then
+  log "WARNING: TGFR_COMMIT is unset: results name the commit of this tree's .git" \
+    "($(git rev-parse --short=12 HEAD 2>/dev/null || echo 'none: unknown')), which a copied tree may carry stale;" \
+    "set TGFR_COMMIT=<measured commit>" >&2
+fi
 failed=()
 for stage in "${stages[@]}"; do
   log "$stage"

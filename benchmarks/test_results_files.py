@@ -188,3 +188,11 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     assert "1 failed, 1 passed, 1 skipped" in run.stdout, run.stdout + run.stderr
     cases = json.loads(results.read_text())["cases"]
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
+
+
+def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("TGFR_COMMIT", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no git
+    assert recording.commit() == "unknown"
+    monkeypatch.setenv("TGFR_COMMIT", "0123456789ab")
+    assert recording.commit() == "0123456789ab"

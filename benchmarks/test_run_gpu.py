@@ -116,3 +116,15 @@ def test_bench_selection_reaches_pytest_as_one_expression(layout, tmp_path):
         passed = arguments.read_text().splitlines()
         selected = passed[passed.index("-k"):passed.index("-k") + 2] if "-k" in passed else []
         assert selected == expected
+
+
+def test_an_unset_commit_is_warned_about(layout):
+    """The GPU machine's copy of the tree may carry a stale .git: the measured commit must be named."""
+    environment = {key: value for key, value in layout["environment"].items() if key != "TGFR_COMMIT"}
+    for commit, warned in ((None, True), ("0123456789ab", False)):
+        run = subprocess.run(["bash", str(layout["script"]), "tune"], capture_output=True, text=True, timeout=60,
+                             env={**environment, **({"TGFR_COMMIT": commit} if commit else {})})
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert ("WARNING: TGFR_COMMIT is unset" in run.stderr) == warned
+        this_run = _log(layout["out"]).rsplit("== device:", 1)[1]  # both runs may share a log (same second)
+        assert ("WARNING: TGFR_COMMIT is unset" in this_run) == warned
