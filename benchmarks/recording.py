@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def run_description(mode: str) -> dict:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "mode": mode,
-        "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
+        "command": shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
     }
 
 

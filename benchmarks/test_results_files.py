@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,9 @@ def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
     assert recording.commit() == "unknown"
     monkeypatch.setenv("TGFR_COMMIT", "0123456789ab")
     assert recording.commit() == "0123456789ab"
+
+
+def test_the_recorded_command_can_be_pasted_back(monkeypatch):
+    argv = ["/usr/bin/python3", "-m", "pytest", "benchmarks/", "-k", "bfloat16 and 1024"]
+    monkeypatch.setattr(sys, "orig_argv", argv)
+    assert shlex.split(recording.run_description("quick")["command"]) == ["python3", *argv[1:]]
