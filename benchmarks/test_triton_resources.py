@@ -76,3 +76,24 @@ def test_backward_adds_four_floats_per_atomic_at_the_benchmark_shape():
     report = compile_report("_backward_kernel", _shipped("backward", CAPTIONS=1, BLOCK_R=32, TAIL_CHUNKS=False), 90)
     assert report["atomic_add_v4_f32"] > 0
     assert report["atomic_add_f32"] == report["atomic_add_v2_f32"] == 0
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward", "deterministic_backward"])
+def test_the_tuning_check_runs_the_binary_it_times(kind):
+    """benchmarks/tune_word_region_triton.py compiles and checks each config at N=M=CHECK_SIZE and
+    times it at 1024: Triton's launch specialization (argument kinds, constexprs, divisibility
+    attributes) must be the same at both, else the check tests another binary."""
+    from unittest import mock
+
+    from benchmarks import triton_resources
+    from benchmarks.tune_word_region_triton import CHECK_SIZE
+    from tgfr.ops import word_region_triton as kernels
+
+    def specializations(size):
+        with mock.patch.object(triton_resources, "SIZE", size):
+            arguments = triton_resources._arguments(kind)
+        return {name: triton_resources._specialized(getattr(kernels, name).fn, arguments[name])
+                for name in triton_resources.KERNELS[kind]}
+
+    assert specializations(CHECK_SIZE) == specializations(1024)
+    assert specializations(40) != specializations(1024)  # what the check used to run at
