@@ -90,3 +90,18 @@ def test_cases_run_dtype_by_dtype_and_size_by_size_with_triton_before_cuda():
     for group in set(groups):
         order = [case["implementation"] for case, of in zip(cases, groups) if of == group]
         assert max(i for i, name in enumerate(order) if name.startswith("triton")) < order.index("cuda")
+
+
+def test_each_triton_case_starts_with_empty_autotuner_caches(monkeypatch):
+    """A config tuned by an earlier case (another N, M: the cache key has neither) is forgotten."""
+    from triton.runtime.autotuner import Autotuner
+
+    from tgfr.ops import word_region_triton
+
+    autotuned = [word_region_triton._forward_kernel, word_region_triton._backward_kernel,
+                 word_region_triton._word_gradient_kernel, word_region_triton._region_gradient_kernel]
+    assert all(isinstance(kernel, Autotuner) for kernel in autotuned)
+    for kernel in autotuned:
+        monkeypatch.setitem(kernel.cache, ("tuned at another size",), kernel.configs[-1])
+    gpu.reset_autotuners()
+    assert all(kernel.cache == {} for kernel in autotuned)

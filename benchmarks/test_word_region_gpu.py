@@ -96,6 +96,19 @@ def _largest_tuned_problem() -> int:
     return _TUNED_PAIRS[1]
 
 
+def reset_autotuners() -> None:
+    """Empties the autotuner caches of tgfr's Triton word-region kernels. They are keyed on the
+    shape without N and M, so a case would otherwise keep the config tuned at an earlier case's
+    size (or, past the tuned range, none), and its figure would depend on which cases ran before."""
+    from triton.runtime.autotuner import Autotuner
+
+    from tgfr.ops import word_region_triton
+
+    for kernel in vars(word_region_triton).values():
+        if isinstance(kernel, Autotuner):
+            kernel.cache.clear()
+
+
 def _rounds(size: int) -> int:
     return 1 if size >= 16384 else 3 if size >= 8192 else 10
 
@@ -181,6 +194,8 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     # pytest's record of it: collected here, so this case's peak does not count them.
     gc.collect()
     torch.cuda.empty_cache()
+    if backend == "triton":
+        reset_autotuners()  # tuned as in a fresh process
     generator = torch.Generator(device="cuda").manual_seed(0)
     words = torch.randn(size, NUM_WORDS, DIM, device="cuda", generator=generator).to(getattr(torch, dtype))
     regions = torch.randn(size, NUM_REGIONS, DIM, device="cuda", generator=generator).to(getattr(torch, dtype))
