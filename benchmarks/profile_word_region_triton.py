@@ -9,8 +9,9 @@ forward and of the atomics backward); KIND is forward, backward or deterministic
 INDEX a position in the kind's shipped config list (benchmarks/tune_word_region_triton.py).
 Each entry runs in its own process under `ncu --set full --profile-from-start off`: the launch is
 made once to compile it (Triton's cache; no autotuning, the config is forced), then once more
-between torch.cuda.profiler.start() and stop(), so only that launch is profiled (both kernels
-of deterministic_backward). One JSON line per profiled kernel and metric of ncu's details page
+between torch.cuda.profiler.start() and stop(), and ncu's --kernel-name keeps the kind's Triton
+kernels only (both kernels of deterministic_backward), not the zero-fill of the gradient buffers
+the backward allocates in that range. One JSON line per profiled kernel and metric of ncu's details page
 (section, metric, unit, value as printed and as a number), with device, commit, date, shape and
 config; the .ncu-rep reports stay in --reports for the Nsight Compute GUI.
 """
@@ -20,11 +21,13 @@ import csv
 import io
 import json
 import subprocess
+import re
 import sys
 from pathlib import Path
 
 import torch
 
+from benchmarks.triton_resources import KERNELS
 from benchmarks.tune_word_region_triton import (
     KINDS, candidate_configs, launch_config, measurement_environment, tuning_inputs,
 )
@@ -78,9 +81,12 @@ def details_rows(details_csv: str) -> list[dict]:
 
 
 def ncu_command(report: Path, kind: str, index: int, size: int, dtype: str) -> list[str]:
-    """The ncu run of one KIND:INDEX launch, profiled between the profiler's start and stop only."""
+    """The ncu run of one KIND:INDEX launch, profiled between the profiler's start and stop only,
+    its Triton kernels only."""
+    kernel_names = "|".join(re.escape(name) for name in KERNELS[kind])
     return [
-        "ncu", "--set", "full", "--profile-from-start", "off", "--force-overwrite", "--export", str(report),
+        "ncu", "--set", "full", "--profile-from-start", "off", "--kernel-name", f"regex:^({kernel_names})$",
+        "--force-overwrite", "--export", str(report),
         sys.executable, "-m", "benchmarks.profile_word_region_triton",
         "--launch", f"{kind}:{index}", "--size", str(size), "--dtype", dtype,
     ]

@@ -1,6 +1,7 @@
 """benchmarks/profile_word_region_triton.py without a GPU: its command lines and the reading of
 ncu's details CSV (the profile itself runs on a GPU machine, in benchmarks/run_gpu.sh)."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,20 @@ def test_ncu_profiles_only_the_launch_after_compilation():
     assert command[:5] == ["ncu", "--set", "full", "--profile-from-start", "off"]
     assert command[command.index("--launch") + 1] == "backward:1"
     assert command[command.index("--export") + 1] == "build/ncu/x"
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward", "deterministic_backward"])
+def test_ncu_profiles_the_kinds_triton_kernels_and_not_the_gradient_buffers_zero_fill(kind):
+    """The backward allocates its zero-filled gradients inside the profiled range; ncu names kernels
+    as in its details page (benchmarks/results/word_region_ncu_*.jsonl)."""
+    import re
+
+    from benchmarks.triton_resources import KERNELS
+
+    command = profile.ncu_command(Path("build/ncu/x"), kind, 0, 1024, "bfloat16")
+    filter_ = command[command.index("--kernel-name") + 1]
+    assert filter_.startswith("regex:") and command.index("--kernel-name") < command.index(sys.executable)
+    pattern = re.compile(filter_.removeprefix("regex:"))
+    every_triton_kernel = ["_forward_kernel", "_backward_kernel", "_word_gradient_kernel", "_region_gradient_kernel"]
+    assert [name for name in every_triton_kernel if pattern.search(name)] == list(KERNELS[kind])
+    assert not pattern.search("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>")
