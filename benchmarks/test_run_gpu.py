@@ -6,6 +6,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,3 +129,19 @@ def test_an_unset_commit_is_warned_about(layout):
         assert ("WARNING: TGFR_COMMIT is unset" in run.stderr) == warned
         this_run = _log(layout["out"]).rsplit("== device:", 1)[1]  # both runs may share a log (same second)
         assert ("WARNING: TGFR_COMMIT is unset" in this_run) == warned
+
+
+def test_every_file_of_the_tests_stage_has_gpu_tests(layout, tmp_path):
+    """The stage runs pytest -m gpu: a file without gpu-marked tests would run nothing."""
+    arguments = tmp_path / "arguments"
+    run = subprocess.run(["bash", str(layout["script"]), "tests"], capture_output=True, text=True, timeout=60,
+                         env={**layout["environment"], "STUB_ARGS": str(arguments)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    files = [argument for argument in arguments.read_text().splitlines() if argument.startswith("tests/")]
+    assert files
+    root = _SCRIPT.parents[1]
+    for file in files:
+        collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu",
+                                    "-p", "no:cacheprovider", file], capture_output=True, text=True, cwd=root,
+                                   timeout=300)
+        assert f"{file}::" in collected.stdout, collected.stdout[-2000:]
