@@ -108,3 +108,10 @@ def pytest_sessionfinish(session):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"tgfr: {len(cases)} benchmark cases merged into {path}")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """pytest-benchmark's JSON (--benchmark-json, run_gpu.sh's bench stage) names the GPU and the
+    measured commit, as the results files do."""
+    machine_info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    machine_info["tgfr_commit"] = recording.commit()

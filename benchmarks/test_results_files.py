@@ -203,3 +203,14 @@ def test_the_recorded_command_can_be_pasted_back(monkeypatch):
     argv = ["/usr/bin/python3", "-m", "pytest", "benchmarks/", "-k", "bfloat16 and 1024"]
     monkeypatch.setattr(sys, "orig_argv", argv)
     assert shlex.split(recording.run_description("quick")["command"]) == ["python3", *argv[1:]]
+
+
+def test_pytest_benchmark_json_names_the_gpu_and_the_commit(monkeypatch):
+    from benchmarks import conftest
+
+    monkeypatch.setenv("TGFR_COMMIT", "0123456789ab")
+    monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(conftest.torch.cuda, "get_device_name", lambda: "NVIDIA Stub GPU")
+    machine_info = {"node": "gpu-host"}
+    conftest.pytest_benchmark_update_machine_info(None, machine_info)
+    assert machine_info == {"node": "gpu-host", "gpu": "NVIDIA Stub GPU", "tgfr_commit": "0123456789ab"}
