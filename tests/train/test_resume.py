@@ -13,7 +13,7 @@ import torch
 
 from tgfr.cli import main
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
-from tgfr.train.config import load_config
+from tgfr.train.config import load_config, to_toml
 from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
 from tgfr.train.stage_align import AlignStage
 from tgfr.train.stage_fr import FRStage
@@ -284,3 +284,23 @@ def test_a_folder_without_config_toml_is_still_no_run_to_resume(tmp_path, tiny_o
     with pytest.raises(SystemExit, match=re.escape(f"--resume: {tmp_path / 'config.toml'} does not exist")):
         main(["train", "--resume", "--out", str(tmp_path)])
     assert (tmp_path / "metrics.jsonl").read_text() == '{"stage": "fr", "step": 1}\n'
+
+
+@pytest.mark.parametrize("case", ["stopped after a checkpoint", "logged past the first checkpoint"])
+def test_a_run_whose_checkpoint_went_missing_is_not_trained_again(tmp_path, tiny_overrides, case):
+    """Only a run that never wrote a checkpoint starts again: one whose checkpoint was deleted or
+    moved later keeps its log and model, and --resume says the checkpoint is missing."""
+    config = load_config("quick", tiny_overrides)
+    run = tmp_path / "run"
+    if case == "stopped after a checkpoint":
+        train(config, run, stop_after=config.checkpoint_every + 1)
+    else:  # killed after logging step checkpoint_every, whose checkpoint write never finished
+        run.mkdir()
+        (run / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": "fr", "step": step}) + "\n"
+                                                   for step in range(1, config.checkpoint_every + 1)))
+    (run / CHECKPOINT).unlink(missing_ok=True)
+    log = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {run / CHECKPOINT} does not exist")):
+        train(config, run, resume=True)
+    assert (run / "metrics.jsonl").read_text() == log

@@ -128,6 +128,23 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world_size, torch.device("cpu")
 
 
+def _stopped_before_first_checkpoint(out: Path, config: TrainConfig) -> bool:
+    """Whether run folder `out` without a checkpoint is one that never wrote one: its config.toml, no
+    model/ or train_summary.json, and metrics.jsonl records of the first trained stage only, before its
+    first checkpoint. A run whose checkpoint was deleted or moved later must not start again from
+    step 0 (emptying its log, overwriting its model): that is an error, as before."""
+    if not (out / "config.toml").is_file() or (out / "model").exists() or (out / "train_summary.json").exists():
+        return False
+    if not config.trained_stages:
+        return False
+    first = config.trained_stages[0]
+    first_checkpoint = min(config.checkpoint_every, getattr(config, first).steps)
+    log = out / "metrics.jsonl"
+    records = read_log(log) if log.is_file() else []
+    return all(record.get("stage") == first and record.get("step", first_checkpoint) < first_checkpoint
+               for record in records)
+
+
 def _barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
@@ -158,7 +175,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
 
     resume: continue from out/checkpoints/last.pt; a run folder with its config.toml but no checkpoint
     yet (the run stopped before its first one) starts again from its first step, with metrics.jsonl
-    emptied, and ends as an uninterrupted run would; a folder with neither is an error. Without
+    emptied, and ends as an uninterrupted run would; any other folder without a checkpoint (one
+    whose checkpoint went missing after it was written, or no run) is an error. Without
     resume, `out` must not exist or be empty, so that two runs never mix in one folder.
     stop_after: take at most this many (>= 1) optimizer steps in this call, then checkpoint and
     return (the run is finished when out/model exists).
@@ -172,7 +190,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     state = None
     # A run that died before its first checkpoint (a non-finite loss, a kill during the caption prefill)
     # has nothing to continue from, and its folder is no longer empty for a fresh start.
-    restart = resume and not (out / CHECKPOINT).exists() and (out / "config.toml").is_file()
+    restart = resume and not (out / CHECKPOINT).exists() and _stopped_before_first_checkpoint(out, config)
     if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
         if state["stage"] not in config.stages:
