@@ -10,6 +10,7 @@ from tgfr.cli import main
 from tgfr.train.config import (PRESET_DIR, EvaluationConfig, TrainConfig, config_from_dict, find_preset, load_config,
                                parse_override, preset_names, to_toml)
 from tgfr.train.loop import lr_factor
+from tgfr.train.run import train
 
 
 def flat_keys(table, prefix=""):
@@ -217,3 +218,21 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=re.escape(f"preset 'other' is neither a file nor a packaged preset "
                                                    f"(packaged presets: {preset_names()})")):
         load_config("other")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("fr.steps", 3, "fr.optim.warmup_steps = 10 must be less than fr.steps = 3"),
+    ("data.identities_per_batch", 1, "data.identities_per_batch must be at least 2"),
+])
+def test_a_run_trained_before_the_recipe_checks_stays_evaluable_and_resumable(tmp_path, key, value, message):
+    """check_training_recipe judges a fresh training's recipe; a run's own config.toml, written by a tgfr
+    that did not check it, must still load (tgfr evaluate, --resume)."""
+    values = tomllib.loads(to_toml(load_config("quick")))
+    section, name = key.split(".")
+    values[section][name] = value
+    config = config_from_dict(values)  # as tgfr evaluate and --resume read config.toml
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config.check_training_recipe()
+    with pytest.raises(ValueError, match=re.escape(message)):  # a fresh training with it is still refused
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -275,6 +275,11 @@ class TrainConfig:
             _check_range(f"{stage}.optim.weight_decay", optim.weight_decay, 0.0, math.inf, high_open=True)
             _check_range(f"{stage}.optim.momentum", optim.momentum, 0.0, 1.0, high_open=True)
             _check_range(f"{stage}.optim.grad_clip", optim.grad_clip, 0.0, math.inf, high_open=True)
+
+    def check_training_recipe(self) -> None:
+        """Checks that make a fresh training's recipe sound, run by load_config and by a fresh `train`,
+        not for a run's own config.toml: a run trained before these checks existed must stay
+        evaluable and resumable."""
         # A warm-up of the whole stage (or more) trains it below or barely at the full rate, never down the
         # cosine: a mistake, typically steps cut for a short run. The last warm-up step takes the full rate,
         # so warmup_steps = steps - 1 keeps it for the last two steps, with nothing left to decay. Only the
@@ -411,7 +416,9 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
         if keys[-1] not in table:
             raise ValueError(f"override {override!r}: unknown key {'.'.join(keys)}")
         table[keys[-1]] = value
-    return _build(TrainConfig, values, "", complete=True)
+    config = _build(TrainConfig, values, "", complete=True)
+    config.check_training_recipe()
+    return config
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

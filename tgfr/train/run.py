@@ -199,6 +199,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
     elif not resume:
+        config.check_training_recipe()
         check_output_folder("run folder", out)
         if out.is_dir() and any(out.iterdir()):
             raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
