@@ -272,7 +272,9 @@ def test_a_test_caption_without_words_is_named(tmp_path):
     from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
 
     Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
-    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord("face.png", "0", "test", ("\u200b\u200b",))])
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord("face.png", "0", "test", ("\u200b\u200b",)),
+                                                     ManifestRecord("face2.png", "0", "test", ("a face", "\u200b"))])
+    Image.new("RGB", (32, 32)).save(tmp_path / "face2.png")  # its unused second caption is not checked
     model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16)))
     with pytest.raises(ValueError, match=re.escape(f"image {tmp_path / 'face.png'} has caption '\\u200b\\u200b', "
                                                    "which the tokenizer reduces to no word")):

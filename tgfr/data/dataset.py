@@ -141,12 +141,14 @@ class CaptionCollator:
                                  max_length=self.max_length, return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"]
 
-    def check_captions(self, dataset: FaceCaptionDataset, chunk: int = 4096) -> None:
+    def check_captions(self, dataset: FaceCaptionDataset, chunk: int = 4096, first_only: bool = False) -> None:
         """Raises a ValueError naming the image and the caption when a caption of `dataset` tokenizes to
         no more tokens than "" does (no word: say only zero-width spaces, which manifests accept). The
-        text encoder refuses such a caption, so training would stop at the first batch drawing it."""
+        text encoder refuses such a caption, so training would stop at the first batch drawing it.
+        first_only: check each image's first caption only (the one evaluation embeds)."""
         special_tokens = int(self.tokenize([""])[1].sum())
-        captions = sorted({caption for record in dataset.records for caption in record.captions})
+        captions = sorted({caption for record in dataset.records
+                           for caption in (record.captions[:1] if first_only else record.captions)})
         for start in range(0, len(captions), chunk):
             part = captions[start:start + chunk]
             for caption, tokens in zip(part, self.tokenize(part)[1].sum(1).tolist()):

@@ -34,8 +34,10 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
                 batch_size: int, device: torch.device) -> SplitEmbeddings:
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest))
-    # The text encoder refuses a caption without words mid-split, naming neither caption nor image.
-    CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(dataset)
+    # The text encoder refuses a caption without words mid-split, naming neither caption nor image; only
+    # each image's first caption is embedded, so only it is checked.
+    CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(
+        dataset, first_only=True)
     texts = [record.captions[0] for record in dataset.records]
     image_only, fused = [], []
     model.eval()
