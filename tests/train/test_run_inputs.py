@@ -241,6 +241,10 @@ def test_a_batch_of_one_image_per_process_is_refused_before_writing(tmp_path, ti
     config = load_config("quick", tiny_overrides + ["data.identities_per_batch=1", "data.images_per_identity=1",
                                                     'align.supervision="weak"'])
     with pytest.raises(ValueError, match=re.escape("data.identities_per_batch x data.images_per_identity = 1 x 1 "
-                                                   "gives 1 image(s) per process (world size 1)")):
+                                                   "gives 1 image(s) per process (world size 1); the fr stage's")):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    # The fuse stage trains no BatchNorm layer (its backbone and heads are frozen, in eval mode): one image will do.
+    fuse_only = load_config("quick", tiny_overrides + ["data.identities_per_batch=1", "data.images_per_identity=1",
+                                                       'stages=["fuse"]'])
+    assert stage_batches(fuse_only, "fuse", resolve_manifest(fuse_only.data), collate=None).sampler is not None

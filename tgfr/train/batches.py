@@ -60,11 +60,6 @@ class StepBatches:
         if config.identities_per_batch % world_size:
             raise ValueError(f"data.identities_per_batch={config.identities_per_batch} must be divisible by "
                              f"the world size {world_size}")
-        share = config.identities_per_batch // world_size * config.images_per_identity
-        if share < 2:  # BatchNorm in training mode (the backbone's, the image head's) needs two samples
-            raise ValueError(f"data.identities_per_batch x data.images_per_identity = {config.identities_per_batch} x "
-                             f"{config.images_per_identity} gives {share} image(s) per process (world size "
-                             f"{world_size}); training's BatchNorm layers need at least 2")
         transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation,
                                        config.train_degrade_p)
         # The errors name the data.* key and the manifest to fix, not the dataset's and sampler's arguments.

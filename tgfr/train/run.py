@@ -165,6 +165,11 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
     the same degradation augmentation (config.data), so the fr stage's backbone, the image-only
     baseline of the evaluation, saw the training images the fused model saw."""
     index = config.stages.index(name)
+    share = config.data.identities_per_batch // world_size * config.data.images_per_identity
+    if name in ("fr", "align") and share < 2:  # their BatchNorm layers train (the backbone's, the image head's)
+        raise ValueError(f"data.identities_per_batch x data.images_per_identity = {config.data.identities_per_batch} "
+                         f"x {config.data.images_per_identity} gives {share} image(s) per process (world size "
+                         f"{world_size}); the {name} stage's BatchNorm layers need at least 2")
     captions_per_sample = 2 if name == "align" and config.align.intra_weight > 0 else 1
     return StepBatches(manifest, config.data, collate, seed=config.seed + index,
                        captions_per_sample=captions_per_sample, rank=rank, world_size=world_size)
