@@ -248,3 +248,11 @@ def test_a_batch_of_one_image_per_process_is_refused_before_writing(tmp_path, ti
     fuse_only = load_config("quick", tiny_overrides + ["data.identities_per_batch=1", "data.images_per_identity=1",
                                                        'stages=["fuse"]'])
     assert stage_batches(fuse_only, "fuse", resolve_manifest(fuse_only.data), collate=None).sampler is not None
+
+
+@pytest.mark.parametrize("rank, expected", [("0", "tgfr train: error: fr.steps must be"), ("1", 1)])
+def test_under_torchrun_rank_0_alone_prints_the_error(monkeypatch, rank, expected):
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", "--set", "fr.steps=0"])
+    assert exit_.value.code == expected if rank == "1" else str(exit_.value.code).startswith(expected)

@@ -71,7 +71,10 @@ def main(args: argparse.Namespace) -> int:
             return 0
         out = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
     except (ValueError, FloatingPointError) as error:  # bad settings, folders or files, or a loss that is not
-        # finite (the message names the stage, step and rank): a traceback adds nothing
+        # finite (the message names the stage, step and rank): a traceback adds nothing. Under torchrun every
+        # rank meets the error; rank 0 says it once.
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(1) from None
         raise SystemExit(f"tgfr train: error: {error}") from None
     finished = (out / "model").is_dir()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per process
