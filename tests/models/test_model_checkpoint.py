@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -134,3 +136,17 @@ def test_a_backbone_that_does_not_fit_the_weights_is_refused_before_it_is_built(
     with pytest.raises(ValueError, match=rf"'{config_path}' does not fit its weights: .*backbone.{key} {value}.*"
                                          rf"holds \(64, 512\)"):
         load_tgfr_model(checkpoint)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_every_model_file_gets_the_umask_permissions(tiny_bert_dir, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        directory = save_tgfr_model(build(tiny_bert_dir), tmp_path / "model")
+        (tmp_path / "probe").write_text("")  # a file written the ordinary way
+    finally:
+        os.umask(previous)
+    expected = stat.S_IMODE((tmp_path / "probe").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.rglob("*") if path.is_file()} == {
+        path.name: expected for path in directory.rglob("*") if path.is_file()}

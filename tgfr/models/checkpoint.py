@@ -8,6 +8,7 @@ A TGFRModel checkpoint is a directory:
 """
 
 import json
+import os
 from pathlib import Path
 
 import safetensors.torch
@@ -50,7 +51,12 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     config = model.config.to_dict()
     config["text_encoder"] = TEXT_ENCODER_DIR  # relative: the checkpoint directory can move
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE))
+    weights = directory / WEIGHTS_FILE
+    safetensors.torch.save_model(model, str(weights))
+    # safetensors creates the file 0600 whatever the umask; the model is shared like the other files.
+    umask = os.umask(0)
+    os.umask(umask)
+    weights.chmod(0o666 & ~umask)
     return directory
 
 
