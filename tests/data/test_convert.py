@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -396,3 +397,13 @@ def test_split_list_entries_may_name_the_image_file(tmp_path):
     (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1", "4/4_1.jpg"]))
     with pytest.raises(ValueError, match=r"entry '4/4_1.jpg' is listed twice"):
         convert_tgfr_tree(root)
+
+
+def test_a_seeded_split_that_leaves_a_split_empty_warns(tmp_path):
+    args = many_identity_dialog(tmp_path, identities=3)
+    # 3 identities: with seed 0 at least one of the three splits takes none (checked against the formula).
+    expected = {seeded_identity_split(str(i), 0) for i in range(3)}
+    assert expected != {"train", "val", "test"}
+    missing = sorted({"train", "val", "test"} - expected, key=["train", "val", "test"].index)
+    with pytest.warns(UserWarning, match=re.escape(f"leaves split(s) {', '.join(missing)} empty")):
+        convert_celeba_dialog(*args, seed=0)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -295,7 +296,17 @@ def _dialog_splits(records: list[ManifestRecord], split_file: str | Path | None,
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
             raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                              f"got {fractions}")
-        return [seeded_identity_split(r.identity, seed, fractions) for r in records]
+        splits = [seeded_identity_split(r.identity, seed, fractions) for r in records]
+        # Per-identity draws can leave a small set's val or test split empty (10 identities: often),
+        # which would otherwise show only at evaluation.
+        empty = [name for name, fraction in zip(("train", "val", "test"), fractions) if fraction > 0
+                 and name not in splits]
+        if empty:
+            identities = len({r.identity for r in records})
+            warnings.warn(f"the seeded split (--seed {seed}) of {identities} identities leaves split(s) "
+                          f"{', '.join(empty)} empty: convert more identities, try another --seed, or give "
+                          "--split-file", stacklevel=2)
+        return splits
     split_file = Path(split_file)
     table = _read_dialog_split_file(split_file)
     splits, first_of_identity = [], {}
