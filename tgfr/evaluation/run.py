@@ -1,7 +1,6 @@
 """`tgfr evaluate`: image-only vs TGFR embeddings on the clean and degraded test splits of a run."""
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +60,6 @@ def _check_trained(run: Path, config: TrainConfig) -> None:
                          + "; ".join(problems))
 
 
-def _check_report_folder(out: Path) -> None:
-    """`out` is a folder, or one that can be made: else making it would fail only after the
-    evaluation's work."""
-    check_output_folder("report folder", out)
-    existing = next(p for p in (out, *out.parents) if p.exists())  # a relative path ends at ".", which exists
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"report folder {out}: {existing} is not writable")
-
-
 def _read_summary(path: Path) -> dict[str, Any] | None:
     """train_summary.json (None when the run has none), checked for the figures that the report's
     training table reads, so that a corrupt file fails before the evaluation's work, with its name."""
@@ -119,7 +109,8 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     run = Path(run)
     _check_trained(run, config)
     out = Path(out) if out is not None else run / "report"
-    _check_report_folder(out)
+    # Made only once every figure is computed: a folder that cannot be made or written fails first.
+    check_output_folder("report folder", out, writable=True)
     training = _read_summary(run / "train_summary.json")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)

@@ -211,7 +211,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                              f"another --out")
     if not config.data.manifest:
         check_output_folder("data.cache_dir" if config.data.cache_dir else "cache folder (data.cache_dir is empty)",
-                      Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
+                            Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
     counted = _earlier_counts(out, state)
     _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
     if rank == 0:
