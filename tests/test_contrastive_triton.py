@@ -53,16 +53,31 @@ def test_triton_kernels_under_interpreter():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
-# bf16 inputs are normalized in fp32 (normalized in bf16, the unit vectors were rounded to bf16:
-# losses off by about 0.15 at scale 64), and the hardest negative of mode "positive" skips the
-# row's identity (the positives); both against float64 formulas written here.
-CHECK_BF16_AND_ROW_MAX = """
+# 16-bit inputs are normalized with fp32 norms (normalized in bf16, the unit vectors were rounded
+# to bf16: losses off by about 0.15 at scale 64) while the tile products keep the input dtype
+# (normalized in fp32 and multiplied in fp32, they left the tensor cores); a zero row and a row
+# under F.normalize's eps get its gradient; and the hardest negative of mode "positive" skips the
+# row's identity (the positives). All against float64 formulas written here. The interpreter
+# runs it in float16 (Triton 3.9's interpreter mishandles bfloat16), CUDA in both.
+CHECK_16BIT_AND_ROW_MAX = """
 import torch, torch.nn.functional as F
-from tgfr.ops import contrastive_cross_entropy, contrastive_row_max
-device = "{device}"
+from tgfr.ops import contrastive_cross_entropy, contrastive_row_max, contrastive_triton
+device, dtype = "{device}", getattr(torch, "{dtype}")
+kernel_dtypes = []
+launch = contrastive_triton.wrap_triton
+def recording_wrap_triton(kernel):
+    launcher = launch(kernel)
+    class Recorder:
+        def __getitem__(self, grid):
+            def run(a, b, *args, **kwargs):
+                kernel_dtypes.append((a.dtype, b.dtype))
+                return launcher[grid](a, b, *args, **kwargs)
+            return run
+    return Recorder()
+contrastive_triton.wrap_triton = recording_wrap_triton
 generator = torch.Generator().manual_seed(5)
-x = torch.randn(40, 32, generator=generator).bfloat16()
-y = (x.float() + 3.0 * torch.randn(40, 32, generator=generator)).bfloat16()
+x = torch.randn(40, 32, generator=generator).to(dtype)
+y = (x.float() + 3.0 * torch.randn(40, 32, generator=generator)).to(dtype)
 x, y = x.to(device).requires_grad_(), y.to(device).requires_grad_()
 x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
 logits = 64.0 * F.normalize(x64, dim=1) @ F.normalize(y64, dim=1).T
@@ -73,9 +88,26 @@ for a, b in zip(got, expected):
 weights = torch.randn(2, 40, generator=generator, dtype=torch.float64).to(device)
 grads = torch.autograd.grad(sum((t * w.float()).sum() for t, w in zip(got, weights)), (x, y))
 grads_expected = torch.autograd.grad(sum((t * w).sum() for t, w in zip(expected, weights)), (x64, y64))
+# The backward's gradient tile is rounded to the input dtype for its product, as in a 16-bit
+# matmul: errors of the dtype's resolution relative to the largest gradient entry.
 for a, b in zip(grads, grads_expected):
-    assert a.dtype == torch.bfloat16
-    assert ((a.double() - b).abs() <= 2.0**-8 * b.abs() + 1e-5 * b.abs().max()).all()
+    assert a.dtype == dtype
+    assert ((a.double() - b).abs() <= 2.0**-8 * b.abs() + torch.finfo(dtype).eps * b.abs().max()).all()
+assert kernel_dtypes and set(kernel_dtypes) == {{(dtype, dtype)}}, kernel_dtypes
+# Rows 0 and 1 have norms 0 and 1e-13, under eps = 1e-12: divided by eps, not by their norm.
+small = torch.randn(6, 8, generator=generator)
+small[0], small[1] = 0.0, torch.tensor([1e-13] + [0.0] * 7)
+small = small.to(device).requires_grad_()
+other = torch.randn(6, 8, generator=generator).to(device)
+small64 = small.detach().double().requires_grad_()
+logits = 3.0 * F.normalize(small64, dim=1) @ F.normalize(other.double(), dim=1).T
+expected = logits.logsumexp(1) - logits.diagonal()
+got = contrastive_cross_entropy(small, other, 3.0, direction="rows", backend="triton")[0]
+torch.testing.assert_close(got.double(), expected.detach(), rtol=0, atol=1e-5)
+grad, = torch.autograd.grad(got.sum(), small)
+grad_expected, = torch.autograd.grad(expected.sum(), small64)
+assert grad_expected[:2].abs().max() > 1e11
+torch.testing.assert_close(grad.double(), grad_expected, rtol=1e-4, atol=1e-5)
 row_labels, column_labels = torch.randint(0, 6, (20,)).to(device), torch.randint(0, 6, (45,)).to(device)
 a, b = torch.randn(20, 8).to(device), torch.randn(45, 8).to(device)
 similarity = F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
@@ -88,11 +120,11 @@ print("ok")
 """
 
 
-def test_bf16_normalization_and_positive_row_max_under_interpreter():
+def test_16bit_normalization_and_positive_row_max_under_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", CHECK_BF16_AND_ROW_MAX.format(device="cpu")], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", CHECK_16BIT_AND_ROW_MAX.format(device="cpu", dtype="float16")],
+                            env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
@@ -115,18 +147,18 @@ for i in range(ROWS):
 spread_a, spread_b, spread_out = buffer, buffer[WIDTH:], buffer[2 * WIDTH:]
 scale, margin, dummy = 5.0, 0.2, torch.zeros(1, dtype=torch.int64)
 blocks = dict(BLOCK_M=kernels.BLOCK_ROWS, BLOCK_N=kernels.BLOCK_COLS, BLOCK_D=WIDTH,
-              INPUT_PRECISION=dot_input_precision(torch.float16), MODE=0, HAS_LABELS=False)
+              INPUT_PRECISION=dot_input_precision(torch.float16), MODE=0, HAS_LABELS=False, NORMALIZE=False)
 grid = (triton.cdiv(ROWS, kernels.BLOCK_ROWS),)
-loss, lse = kernels._launch_forward(a, b, None, None, scale, margin, "none", 0)
-_, column_lse = kernels._launch_forward(b, a, None, None, scale, margin, "none", 0)
+loss, lse = kernels._launch_forward(a, b, None, None, None, None, scale, margin, "none", 0)
+_, column_lse = kernels._launch_forward(b, a, None, None, None, None, scale, margin, "none", 0)
 spread_loss, spread_lse, ones = torch.empty(ROWS), torch.empty(ROWS), torch.ones(ROWS)
-kernels._forward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, ones, spread_loss, spread_lse,
+kernels._forward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, ones, ones, ones, spread_loss, spread_lse,
                                    ROWS, ROWS, DIMS, 0, scale, margin, **blocks)
 torch.testing.assert_close(spread_loss, loss, rtol=0, atol=0)
 grad_rows, grad_columns = torch.randn(ROWS), torch.randn(ROWS)
-grad_a = kernels._launch_backward(a, b, None, None, grad_rows, lse, grad_columns, column_lse, scale, margin, "none",
-                                  0, True, True)
-kernels._backward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, grad_rows, lse, ones, grad_columns,
+grad_a = kernels._launch_backward(a, b, None, None, None, None, grad_rows, lse, grad_columns, column_lse, scale,
+                                  margin, "none", 0, True, True)
+kernels._backward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, ones, ones, grad_rows, lse, ones, grad_columns,
                                     column_lse, ones, spread_out, ROWS, ROWS, DIMS, 0, scale, margin,
                                     ROWS_ON=True, COLS_ON=True, **blocks)
 spread_grad = torch.stack([spread_out[i * DIMS:i * DIMS + WIDTH] for i in range(ROWS)])
@@ -147,9 +179,17 @@ def test_row_offsets_past_int32_under_interpreter():
 @pytest.mark.gpu
 def test_triton_kernels_on_cuda():
     exec(CHECK.format(device="cuda"), {})
-    exec(CHECK_BF16_AND_ROW_MAX.format(device="cuda"), {})
+    exec(CHECK_16BIT_AND_ROW_MAX.format(device="cuda", dtype="bfloat16"), {})
+    exec(CHECK_16BIT_AND_ROW_MAX.format(device="cuda", dtype="float16"), {})
     x = torch.randn(3000, 128, device="cuda", dtype=torch.bfloat16)
     from tgfr.ops import contrastive_loss
 
     torch.testing.assert_close(contrastive_loss(x, x.roll(1, 1), backend="triton"),
                                contrastive_loss(x, x.roll(1, 1), backend="reference"), rtol=2e-2, atol=2e-2)
+    # The triton_op, its normalization inside included, traced whole by torch.compile.
+    x, y = x[:512].clone().requires_grad_(), x[512:1024].roll(1, 1).clone().requires_grad_()
+    compiled = torch.compile(lambda a, b: contrastive_loss(a, b, backend="triton"), fullgraph=True)
+    loss, eager_loss = compiled(x, y), contrastive_loss(x, y, backend="triton")
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(loss, (x, y)), torch.autograd.grad(eager_loss, (x, y))):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-4)

@@ -5,8 +5,9 @@ The op works on two embedding matrices, never on a logits matrix:
     logits[i, j] = scale * (<x_i, y_j> - margin * [j == i + offset])
 
 with x and y L2-normalized first by default (`normalize=True`, so logits = scale * cos as in
-SPEC section 3; the normalization is plain PyTorch in the accumulation dtype, O((N + M) D), and
-autograd goes through it).
+SPEC section 3; for the CPU kernel and the reference the normalization is plain PyTorch in the
+accumulation dtype, O((N + M) D), and autograd goes through it; the Triton op normalizes inside,
+with fp32 norms, so that 16-bit inputs keep 16-bit tile products).
 Pass normalize=False for embeddings that are already normalized or for raw dot products.
 Row i's target is column i + offset; `offset` is how a rank's local rows find their columns in
 a gathered batch (tgfr.distributed). Same-identity off-diagonal entries follow `same_identity`
@@ -199,21 +200,24 @@ def contrastive_cross_entropy(
     scale, margin = check_positive("scale", scale, maximum), _check_finite_number("margin", margin, maximum)
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
+    rows, columns = direction in ("rows", "both"), direction in ("columns", "both")
+    if backend == "triton":
+        from tgfr.ops import contrastive_triton
+
+        # Normalizes inside, so that 16-bit inputs keep 16-bit products (contrastive_triton's docstring).
+        row_loss, column_loss, _, _ = contrastive_triton.contrastive_forward(
+            x.contiguous(), y.contiguous(), row_labels, column_labels, scale, margin, same_identity, offset, rows,
+            columns, normalize,
+        )
+        return row_loss, column_loss
     if normalize:
         x, y = _normalized(x), _normalized(y)
     x, y = x.contiguous(), y.contiguous()
-    rows, columns = direction in ("rows", "both"), direction in ("columns", "both")
     if backend == "reference":
         return reference.contrastive_cross_entropy(
             x, y, scale, margin, row_labels, column_labels, same_identity, direction, offset
         )
-    if backend == "triton":
-        from tgfr.ops import contrastive_triton
-
-        forward = contrastive_triton.contrastive_forward
-    else:
-        forward = torch.ops.tgfr.contrastive_forward
-    row_loss, column_loss, _, _ = forward(
+    row_loss, column_loss, _, _ = torch.ops.tgfr.contrastive_forward(
         x, y, row_labels, column_labels, scale, margin, same_identity, offset, rows, columns
     )
     return row_loss, column_loss

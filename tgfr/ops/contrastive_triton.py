@@ -9,6 +9,15 @@ both a row and a column group, shares each tile between the directions and takes
 costs less on a GPU, the recomputation or column atomics, is unmeasured. D is held in one tile
 (BLOCK_D = next power of two of D), which suits embedding sizes up to a few hundred.
 
+With `normalize`, the op takes x and y as they are and L2-normalizes inside: the tile products
+multiply the raw rows in the input dtype (bf16/fp16 on tensor cores) and scale each product by
+the fp32 inverse norms of its row and column, so the cosines come out as precise as fp32
+normalization gives them, at the speed of 16-bit products. Normalized vectors rounded to 16 bits
+would cost the logits about scale * 2^-9; normalized in fp32 and multiplied in fp32, the products
+leave the tensor cores. The backward kernel forms d(loss)/d(unit rows) with the columns' inverse
+norms folded into the 16-bit gradient tile, and the gradient of the normalization follows in
+fp32 (`_normalization_backward`).
+
 Row offsets (row * D) are 64-bit where they start a block: they pass 2^31 once N * D does
 (N = 4194305 at D = 512), a batch that fits a GPU. Offsets within a block stay int32.
 """
@@ -36,13 +45,18 @@ def _block_rows(ptr, start, dims, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dims, offset, scale, margin,
-                 MODE: tl.constexpr, HAS_LABELS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr):
-    """Logits of rows (a) against columns cols = start + arange(BLOCK_N) of b, with the masks."""
+def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, inverse_norm_a, inverse_norm_b_ptr, rows, start, cols, num_b,
+                 dims, offset, scale, margin, MODE: tl.constexpr, HAS_LABELS: tl.constexpr, NORMALIZE: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Logits of rows (a) against columns cols = start + arange(BLOCK_N) of b, with the masks;
+    also the columns' tile of b and (NORMALIZE) their inverse norms (1.0 otherwise)."""
     b = tl.load(_block_rows(b_ptr, start, dims, BLOCK_N, BLOCK_D),
                 mask=(cols[:, None] < num_b) & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
     similarity = tl.dot(a, tl.trans(b), input_precision=INPUT_PRECISION).to(tl.float32)
+    inverse_norm_b = tl.full((BLOCK_N,), 1.0, tl.float32)
+    if NORMALIZE:
+        inverse_norm_b = tl.load(inverse_norm_b_ptr + cols, mask=cols < num_b, other=0.0)
+        similarity = similarity * inverse_norm_a[:, None] * inverse_norm_b[None, :]
     diagonal = cols[None, :] - rows[:, None] == offset
     same = diagonal & False
     if HAS_LABELS:
@@ -56,29 +70,41 @@ def _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dim
         valid = valid & ~same
     logits = tl.where(valid, logits, float("-inf"))
     positive = diagonal | (same & (MODE == 3))
-    return logits, positive, same, b
+    return logits, positive, same, b, inverse_norm_b
 
 
 @triton.jit
-def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, loss_ptr, lse_ptr,
-                         num_a, num_b, dims, offset, scale, margin,
-                         MODE: tl.constexpr, HAS_LABELS: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                         INPUT_PRECISION: tl.constexpr):
+def _row_block(a_ptr, labels_a_ptr, inverse_norm_a_ptr, num_a, dims, HAS_LABELS: tl.constexpr,
+               NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The program's rows: indices, validity, tile of a, labels and inverse norms."""
     first = tl.program_id(0) * BLOCK_M
     rows = first + tl.arange(0, BLOCK_M)
     row_ok = rows < num_a
     a = tl.load(_block_rows(a_ptr, first, dims, BLOCK_M, BLOCK_D),
                 mask=row_ok[:, None] & (tl.arange(0, BLOCK_D)[None, :] < dims), other=0.0)
     labels_a = tl.load(labels_a_ptr + rows, mask=row_ok, other=-2) if HAS_LABELS else rows
+    inverse_norm_a = tl.full((BLOCK_M,), 1.0, tl.float32)
+    if NORMALIZE:
+        inverse_norm_a = tl.load(inverse_norm_a_ptr + rows, mask=row_ok, other=0.0)
+    return first, rows, row_ok, a, labels_a, inverse_norm_a
+
+
+@triton.jit
+def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, inverse_norm_a_ptr, inverse_norm_b_ptr,
+                         counts_ptr, loss_ptr, lse_ptr, num_a, num_b, dims, offset, scale, margin,
+                         MODE: tl.constexpr, HAS_LABELS: tl.constexpr, NORMALIZE: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                         INPUT_PRECISION: tl.constexpr):
+    _, rows, row_ok, a, labels_a, inverse_norm_a = _row_block(
+        a_ptr, labels_a_ptr, inverse_norm_a_ptr, num_a, dims, HAS_LABELS, NORMALIZE, BLOCK_M, BLOCK_D)
     row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_M,), tl.float32)
     positive_sum = tl.zeros((BLOCK_M,), tl.float32)
     for start in range(0, num_b, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        logits, positive, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dims,
-                                              offset, scale, margin, MODE, HAS_LABELS, BLOCK_N, BLOCK_D,
-                                              INPUT_PRECISION)
+        logits, positive, _, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, inverse_norm_a, inverse_norm_b_ptr,
+                                                 rows, start, cols, num_b, dims, offset, scale, margin, MODE,
+                                                 HAS_LABELS, NORMALIZE, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
@@ -91,18 +117,16 @@ def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, counts_ptr, l
 
 
 @triton.jit
-def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, lse_a_ptr, counts_a_ptr,
-                          grad_b_ptr, lse_b_ptr, counts_b_ptr, out_ptr, num_a, num_b, dims, offset, scale, margin,
-                          MODE: tl.constexpr, HAS_LABELS: tl.constexpr, ROWS_ON: tl.constexpr,
-                          COLS_ON: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    first = tl.program_id(0) * BLOCK_M
-    rows = first + tl.arange(0, BLOCK_M)
-    row_ok = rows < num_a
+def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, inverse_norm_a_ptr, inverse_norm_b_ptr,
+                          grad_a_ptr, lse_a_ptr, counts_a_ptr, grad_b_ptr, lse_b_ptr, counts_b_ptr, out_ptr,
+                          num_a, num_b, dims, offset, scale, margin, MODE: tl.constexpr, HAS_LABELS: tl.constexpr,
+                          NORMALIZE: tl.constexpr, ROWS_ON: tl.constexpr, COLS_ON: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                          INPUT_PRECISION: tl.constexpr):
+    """out = d(loss)/d(a), or with NORMALIZE d(loss)/d(a's unit rows)."""
+    first, rows, row_ok, a, labels_a, inverse_norm_a = _row_block(
+        a_ptr, labels_a_ptr, inverse_norm_a_ptr, num_a, dims, HAS_LABELS, NORMALIZE, BLOCK_M, BLOCK_D)
     d_range = tl.arange(0, BLOCK_D)
-    a = tl.load(_block_rows(a_ptr, first, dims, BLOCK_M, BLOCK_D),
-                mask=row_ok[:, None] & (d_range[None, :] < dims), other=0.0)
-    labels_a = tl.load(labels_a_ptr + rows, mask=row_ok, other=-2) if HAS_LABELS else rows
     grad = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     if ROWS_ON:
         ga = tl.load(grad_a_ptr + rows, mask=row_ok, other=0.0)
@@ -111,9 +135,9 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
     for start in range(0, num_b, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < num_b
-        logits, positive, same, b = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, rows, start, cols, num_b, dims,
-                                                 offset, scale, margin, MODE, HAS_LABELS, BLOCK_N, BLOCK_D,
-                                                 INPUT_PRECISION)
+        logits, positive, same, b, inverse_norm_b = _logits_tile(
+            a, b_ptr, labels_a, labels_b_ptr, inverse_norm_a, inverse_norm_b_ptr, rows, start, cols, num_b, dims,
+            offset, scale, margin, MODE, HAS_LABELS, NORMALIZE, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         if ROWS_ON:
             g += ga[:, None] * (tl.exp(logits - la[:, None]) - tl.where(positive, 1.0 / ca[:, None], 0.0))
@@ -124,9 +148,11 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, grad_a_ptr, 
             g += gb[None, :] * (tl.exp(logits - lb[None, :]) - tl.where(positive, 1.0 / cb[None, :], 0.0))
         # Excluded, zeroed and out-of-range entries are constants: no gradient.
         constant = (logits == float("-inf")) | (same & (MODE == 2)) | ~row_ok[:, None] | ~col_ok[None, :]
-        g = tl.where(constant, 0.0, g)
+        # Unit columns are b times their inverse norms: folded into g, which is rounded to the input
+        # dtype for the product anyway; scaled first, so fewer small entries flush to zero in fp16.
+        g = tl.where(constant, 0.0, scale * g * inverse_norm_b[None, :])
         grad += tl.dot(g.to(b.dtype), b, input_precision=INPUT_PRECISION).to(tl.float32)
-    tl.store(_block_rows(out_ptr, first, dims, BLOCK_M, BLOCK_D), (scale * grad).to(out_ptr.dtype.element_ty),
+    tl.store(_block_rows(out_ptr, first, dims, BLOCK_M, BLOCK_D), grad.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (d_range[None, :] < dims))
 
 
@@ -139,18 +165,48 @@ def _positive_counts(labels_a, labels_b, offset, same_identity, num_a, like):
     return (same + labels_b[offset:offset + num_a].ne(labels_a)).to(like.dtype)
 
 
-def _launch_forward(a, b, labels_a, labels_b, scale, margin, same_identity, offset):
+_NORMALIZE_EPS = 1e-12  # F.normalize's: rows are divided by max(norm, eps)
+
+
+def _row_norms(embeddings: torch.Tensor) -> torch.Tensor:
+    """(N,) fp32 L2 norms of the rows of (N, D) embeddings."""
+    return torch.linalg.vector_norm(embeddings, dim=1, dtype=torch.float32)
+
+
+def _inverse_norms(embeddings: torch.Tensor, normalize: bool) -> torch.Tensor | None:
+    """(N,) fp32 1 / max(norm, eps), the factor that makes each row a unit row; None without
+    normalize."""
+    return _row_norms(embeddings).clamp_min(_NORMALIZE_EPS).reciprocal() if normalize else None
+
+
+def _normalization_backward(embeddings: torch.Tensor, grad_units: torch.Tensor) -> torch.Tensor:
+    """Gradient of the loss in the (N, D) embeddings from its gradient in their unit rows
+    (fp32, (N, D)), in fp32 and rounded once to the embeddings' dtype: the unit rows' gradient
+    less its radial part, over the norm. Rows clamped at eps were divided by the constant eps,
+    so nothing is removed there (as in F.normalize's backward)."""
+    norms = _row_norms(embeddings)
+    inverse = norms.clamp_min(_NORMALIZE_EPS).reciprocal()[:, None]
+    units = embeddings.float() * inverse
+    radial = units * (units * grad_units).sum(dim=1, keepdim=True)
+    tangential = torch.where((norms >= _NORMALIZE_EPS)[:, None], grad_units - radial, grad_units)
+    return (inverse * tangential).to(embeddings.dtype)
+
+
+def _launch_forward(a, b, labels_a, labels_b, inverse_norm_a, inverse_norm_b, scale, margin, same_identity, offset):
     num_a, dims = a.shape
     accumulation = reference.accumulation_dtype(a.dtype)
     loss = torch.empty(num_a, dtype=accumulation, device=a.device)
     lse = torch.empty_like(loss)
     counts = _positive_counts(labels_a, labels_b, offset, same_identity, num_a, loss)
     has_labels = labels_a is not None and same_identity != "none"
-    dummy = torch.zeros(1, dtype=torch.int64, device=a.device)
+    normalize = inverse_norm_a is not None
+    dummy_labels = torch.zeros(1, dtype=torch.int64, device=a.device)
+    dummy = torch.ones(1, dtype=accumulation, device=a.device)
     wrap_triton(_forward_rows_kernel)[(triton.cdiv(num_a, BLOCK_ROWS),)](
-        a, b, labels_a if has_labels else dummy, labels_b if has_labels else dummy, counts, loss, lse,
+        a, b, labels_a if has_labels else dummy_labels, labels_b if has_labels else dummy_labels,
+        inverse_norm_a if normalize else dummy, inverse_norm_b if normalize else dummy, counts, loss, lse,
         num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
-        BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_D=max(16, triton.next_power_of_2(dims)),
+        NORMALIZE=normalize, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_D=max(16, triton.next_power_of_2(dims)),
         INPUT_PRECISION=dot_input_precision(a.dtype))
     return loss, lse
 
@@ -158,50 +214,58 @@ def _launch_forward(a, b, labels_a, labels_b, scale, margin, same_identity, offs
 @triton_op("tgfr::contrastive_forward_triton", mutates_args=())
 def contrastive_forward(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor | None,
                         labels_y: torch.Tensor | None, scale: float, margin: float, same_identity: str,
-                        offset: int, rows: bool, columns: bool
+                        offset: int, rows: bool, columns: bool, normalize: bool
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton twin of torch.ops.tgfr.contrastive_forward (same arguments and outputs)."""
+    """Triton twin of torch.ops.tgfr.contrastive_forward (same arguments and outputs), which
+    with `normalize` L2-normalizes x and y itself (see the module docstring)."""
     empty = x.new_empty(0, dtype=reference.accumulation_dtype(x.dtype))
     row_loss, row_lse = empty, empty.clone()
     column_loss, column_lse = empty.clone(), empty.clone()
+    inverse_norm_x, inverse_norm_y = _inverse_norms(x, normalize), _inverse_norms(y, normalize)
+    common = (scale, margin, same_identity)
     if rows:
-        row_loss, row_lse = _launch_forward(x, y, labels_x, labels_y, scale, margin, same_identity, offset)
+        row_loss, row_lse = _launch_forward(x, y, labels_x, labels_y, inverse_norm_x, inverse_norm_y, *common, offset)
     if columns:
-        column_loss, column_lse = _launch_forward(y, x, labels_y, labels_x, scale, margin, same_identity, -offset)
+        column_loss, column_lse = _launch_forward(y, x, labels_y, labels_x, inverse_norm_y, inverse_norm_x, *common,
+                                                  -offset)
     return row_loss, column_loss, row_lse, column_lse
 
 
-def _launch_backward(a, b, labels_a, labels_b, grad_a, lse_a, grad_b, lse_b, scale, margin, same_identity, offset,
-                     rows_on, columns_on):
+def _launch_backward(a, b, labels_a, labels_b, inverse_norm_a, inverse_norm_b, grad_a, lse_a, grad_b, lse_b, scale,
+                     margin, same_identity, offset, rows_on, columns_on):
     num_a, dims = a.shape
     has_labels = labels_a is not None and same_identity != "none"
+    normalize = inverse_norm_a is not None
     dummy = torch.zeros(1, dtype=lse_a.dtype if rows_on else lse_b.dtype, device=a.device)
     dummy_labels = torch.zeros(1, dtype=torch.int64, device=a.device)
     counts_a = _positive_counts(labels_a, labels_b, offset, same_identity, num_a, dummy) if rows_on else dummy
     counts_b = _positive_counts(labels_b, labels_a, -offset, same_identity, b.shape[0], dummy) if columns_on else dummy
-    out = torch.empty_like(a)
+    # With normalize, the gradient of the unit rows, in fp32 for _normalization_backward.
+    out = torch.empty(a.shape, dtype=dummy.dtype, device=a.device) if normalize else torch.empty_like(a)
     wrap_triton(_backward_rows_kernel)[(triton.cdiv(num_a, BLOCK_ROWS),)](
         a, b, labels_a if has_labels else dummy_labels, labels_b if has_labels else dummy_labels,
+        inverse_norm_a if normalize else dummy, inverse_norm_b if normalize else dummy,
         grad_a if rows_on else dummy, lse_a if rows_on else dummy, counts_a,
         grad_b if columns_on else dummy, lse_b if columns_on else dummy, counts_b, out,
         num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
-        ROWS_ON=rows_on, COLS_ON=columns_on, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
+        NORMALIZE=normalize, ROWS_ON=rows_on, COLS_ON=columns_on, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
         BLOCK_D=max(16, triton.next_power_of_2(dims)), INPUT_PRECISION=dot_input_precision(a.dtype))
-    return out
+    return _normalization_backward(a, out) if normalize else out
 
 
 @triton_op("tgfr::contrastive_backward_triton", mutates_args=())
 def contrastive_backward(grad_row_loss: torch.Tensor, grad_col_loss: torch.Tensor, x: torch.Tensor,
                          y: torch.Tensor, labels_x: torch.Tensor | None, labels_y: torch.Tensor | None,
                          row_lse: torch.Tensor, col_lse: torch.Tensor, scale: float, margin: float,
-                         same_identity: str, offset: int, rows: bool, columns: bool
+                         same_identity: str, offset: int, rows: bool, columns: bool, normalize: bool
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of torch.ops.tgfr.contrastive_backward."""
+    """Triton twin of torch.ops.tgfr.contrastive_backward, plus `normalize` (as in the forward)."""
+    inverse_norm_x, inverse_norm_y = _inverse_norms(x, normalize), _inverse_norms(y, normalize)
     common = (scale, margin, same_identity)
-    grad_x = _launch_backward(x, y, labels_x, labels_y, grad_row_loss, row_lse, grad_col_loss, col_lse, *common,
-                              offset, rows, columns)
-    grad_y = _launch_backward(y, x, labels_y, labels_x, grad_col_loss, col_lse, grad_row_loss, row_lse, *common,
-                              -offset, columns, rows)
+    grad_x = _launch_backward(x, y, labels_x, labels_y, inverse_norm_x, inverse_norm_y, grad_row_loss, row_lse,
+                              grad_col_loss, col_lse, *common, offset, rows, columns)
+    grad_y = _launch_backward(y, x, labels_y, labels_x, inverse_norm_y, inverse_norm_x, grad_col_loss, col_lse,
+                              grad_row_loss, row_lse, *common, -offset, columns, rows)
     return grad_x, grad_y
 
 
@@ -217,9 +281,9 @@ def contrastive_row_max(x, y, labels_x, labels_y, same_identity, offset):
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns = inputs
+    x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns, normalize = inputs
     ctx.save_for_backward(x, y, labels_x, labels_y, output[2], output[3])
-    ctx.hyperparameters = (scale, margin, same_identity, offset, rows, columns)
+    ctx.hyperparameters = (scale, margin, same_identity, offset, rows, columns, normalize)
     ctx.mark_non_differentiable(output[2], output[3])
 
 
@@ -229,7 +293,7 @@ def _backward(ctx, grad_row_loss, grad_column_loss, _grad_row_lse, _grad_column_
     grad_column_loss = torch.zeros_like(column_lse) if grad_column_loss is None else grad_column_loss.contiguous()
     grad_x, grad_y = contrastive_backward(grad_row_loss, grad_column_loss, x, y, labels_x, labels_y, row_lse,
                                           column_lse, *ctx.hyperparameters)
-    return grad_x, grad_y, None, None, None, None, None, None, None, None
+    return grad_x, grad_y, None, None, None, None, None, None, None, None, None
 
 
 contrastive_forward.register_autograd(_backward, setup_context=_setup_context)
