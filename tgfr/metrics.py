@@ -19,7 +19,10 @@ percentile range of the replicates.
   and the seed, so two methods scored on the same pairs get the same resamples and
   their replicates can be differenced (a paired comparison). The scores are sorted once: a
   replicate is a vector of pair weights read through cumulative sums, O(pairs) instead of a sort.
-- Identification resamples probes with replacement.
+- Identification resamples the probes' subjects the same way, for the same reason (the probes
+  of one subject share its gallery entry and its looks): the S distinct probe labels (sorted) are
+  drawn S times, and a subject drawn c times counts each of its probes c times. The gallery is
+  the enrolled set and stays whole.
 A replicate that cannot measure a figure gives NaN, and the figure's interval is then None: no
 genuine or no impostor weight (only possible with very few subjects), or, for TAR at FAR f, an
 impostor weight W with f * W < 1, the rule that makes the point estimate None with W = the
@@ -255,11 +258,12 @@ def cmc_curve(ranks: np.ndarray, max_rank: int) -> np.ndarray:
 def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
                            max_rank: int = 20, resamples: int = 200, seed: int = 0,
                            keep_replicates: bool = False) -> dict:
-    """rank1, rank5 (with 95% bootstrap intervals over probes) and the CMC up to max_rank (at most
-    the number of gallery identities); similarity (P, G), probe_labels (P,), gallery_labels (G,).
+    """rank1, rank5 (with 95% bootstrap intervals over the probes' subjects) and the CMC up to
+    max_rank (at most the number of gallery identities); similarity (P, G), probe_labels (P,),
+    gallery_labels (G,).
 
     rank1 and rank5 come from the ranks themselves, as their intervals do, so they do not depend
-    on max_rank (which only cuts the CMC). The probe draws depend only on the number of probes and
+    on max_rank (which only cuts the CMC). The subject draws depend only on the probe labels and
     the seed; keep_replicates: also return "replicates" {"rank1", "rank5"} (resamples,) arrays, for
     paired comparisons of methods on the same probes with the same seed.
     """
@@ -272,8 +276,16 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     cmc = cmc_curve(ranks, min(max_rank, np.unique(gallery_labels).size))
     result = {"rank1": float((ranks <= 1).mean()), "rank5": float((ranks <= 5).mean()), "cmc": cmc.tolist(),
               "probes": int(ranks.size), "gallery": int(len(gallery_labels))}
-    drawn = ranks[np.random.default_rng(seed).integers(0, ranks.size, (resamples, ranks.size))]
-    replicates = {"rank1": (drawn <= 1).mean(axis=1), "rank5": (drawn <= 5).mean(axis=1)}
+    subjects, subject_of_probe = np.unique(probe_labels, return_inverse=True)
+    multiplicities = _subject_multiplicities(subjects.size, resamples, seed)  # (resamples, S)
+    # A replicate's rank-k is its weighted hits over its weighted probes, both summed per subject.
+    probes_per_subject = np.bincount(subject_of_probe, minlength=subjects.size)
+    weighted_probes = multiplicities @ probes_per_subject
+    replicates = {
+        name: multiplicities @ np.bincount(subject_of_probe, weights=ranks <= k, minlength=subjects.size)
+        / weighted_probes
+        for name, k in (("rank1", 1), ("rank5", 5))
+    }
     if resamples:
         result["rank1_ci"] = bootstrap_interval(replicates["rank1"])
         result["rank5_ci"] = bootstrap_interval(replicates["rank5"])

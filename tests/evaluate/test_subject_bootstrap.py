@@ -1,7 +1,8 @@
 """The verification bootstrap resamples subjects: every replicate equals the figures of the pair
 list the drawn subjects make, materialized by duplicating pairs and scored by the unweighted
 functions; the draws depend only on the subjects and the seed, so methods are compared on the
-same resamples."""
+same resamples. Identification resamples the probes' subjects the same way: every replicate
+equals the rank-k of the probe list the drawn subjects make."""
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from tgfr.data import ManifestRecord
 from tgfr.evaluation.embeddings import SplitEmbeddings
 from tgfr.evaluation.protocols import split_figures, verification_scores
 from tgfr.evaluation.report import MAIN_FAR
-from tgfr.metrics import (bootstrap_interval, equal_error_rate, far_label, roc_auc, roc_curve, tar_at_far,
-                          verification_metrics)
+from tgfr.metrics import (bootstrap_interval, equal_error_rate, far_label, identification_metrics, roc_auc,
+                          roc_curve, tar_at_far, verification_metrics)
 from tgfr.train.config import EvaluationConfig
 
 
@@ -128,6 +129,55 @@ def test_correlated_pairs_widen_the_interval():
     low, high = result["auc_ci"]
     assert low <= result["auc"] <= high
     assert high - low > 2 * (pair_high - pair_low)
+
+
+def ranked_probes(ranks_per_subject, gallery_size=8):
+    """similarity (P, gallery_size), probe labels (P,), gallery labels: probe p of subject s (label
+    10 * s, not in order) ranks ranks_per_subject[s][p], below rank - 1 impostor gallery entries."""
+    gallery = 10 * np.arange(gallery_size)
+    rows, probe_labels = [], []
+    for subject, ranks in enumerate(ranks_per_subject):
+        for rank in ranks:
+            row = np.full(gallery_size, 0.1)
+            row[subject] = 0.5
+            row[[s for s in range(gallery_size) if s != subject][:rank - 1]] = 0.9
+            rows.append(row)
+            probe_labels.append(10 * subject)
+    order = np.random.default_rng(0).permutation(len(rows))
+    return np.array(rows)[order], np.array(probe_labels)[order], gallery
+
+
+def materialized_rank_replicates(ranks_per_subject, resamples, seed, k):
+    """(resamples,) rank-k of the probe list of the drawn subjects (the documented draw over the
+    sorted probe labels), each drawn subject's probes copied once per draw."""
+    drawn = np.random.default_rng(seed).integers(0, len(ranks_per_subject), (resamples, len(ranks_per_subject)))
+    return np.array([np.mean(np.concatenate([ranks_per_subject[s] for s in row]) <= k) for row in drawn])
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_identification_replicates_equal_materialized_probe_lists(seed):
+    ranks_per_subject = [[1, 1, 2], [3], [1, 6, 1, 1], [2, 2], [1, 5, 7, 1, 1]]
+    similarity, probe_labels, gallery = ranked_probes(ranks_per_subject)
+    result = identification_metrics(similarity, probe_labels, gallery, resamples=30, seed=seed, keep_replicates=True)
+    for name, k in (("rank1", 1), ("rank5", 5)):
+        expected = materialized_rank_replicates(ranks_per_subject, 30, seed, k)
+        np.testing.assert_allclose(result["replicates"][name], expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(result[f"{name}_ci"], bootstrap_interval(expected), rtol=0, atol=1e-12)
+
+
+def test_correlated_probes_widen_the_identification_interval():
+    # 8 subjects of 25 probes each, all of a subject's probes alike (half the subjects always
+    # found at rank 1, half never): 8 subjects' worth of information, not 200 probes'. A probe
+    # bootstrap gives about +-0.07 around 0.5; the subject bootstrap about +-0.35.
+    ranks_per_subject = [[1] * 25 if s % 2 else [2] * 25 for s in range(8)]
+    similarity, probe_labels, gallery = ranked_probes(ranks_per_subject)
+    result = identification_metrics(similarity, probe_labels, gallery, resamples=400, seed=1)
+    draws = np.random.default_rng(1).integers(0, 200, (400, 200))
+    ranks = np.concatenate(ranks_per_subject)
+    probe_low, probe_high = bootstrap_interval((ranks[draws] <= 1).mean(axis=1))
+    low, high = result["rank1_ci"]
+    assert result["rank1"] == 0.5 and low <= 0.5 <= high
+    assert high - low > 3 * (probe_high - probe_low)
 
 
 @pytest.mark.parametrize("arguments, error, message", [

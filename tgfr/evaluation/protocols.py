@@ -6,7 +6,7 @@ impostors against `impostor_subjects` other subjects). Identification: tgfr.data
 gallery/probe split (the first `gallery_per_subject` images of each subject form the gallery).
 
 Both methods are scored on the same pairs and probes with the same seed, so their bootstrap
-replicates come from the same resamples (subjects for verification, probes for identification)
+replicates come from the same resamples (subjects for verification, probe subjects for identification)
 and TGFR minus image-only has a paired interval.
 """
 

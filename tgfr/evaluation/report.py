@@ -97,7 +97,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
         intervals = (f"with 95% bootstrap intervals ({context['resamples']} resamples): verification resamples "
                      "subjects, since pairs that share a subject are not independent (a subject drawn c times counts "
                      "its genuine pairs c times, its impostor pairs with a subject drawn c' times c * c' times), "
-                     "identification resamples probes; both methods are scored on the same resamples, so their "
+                     "identification resamples the probes' subjects (a subject drawn c times counts its probes c "
+                     "times); both methods are scored on the same resamples, so their "
                      "difference has a paired interval. TAR at a FAR below 1/impostor pairs is n/a; an interval is "
                      "left out where some resample cannot measure its figure (e.g. too little impostor weight for "
                      "the FAR).")
