@@ -56,7 +56,8 @@ def test_triton_kernels_under_interpreter():
 # 16-bit inputs are normalized with fp32 norms (normalized in bf16, the unit vectors were rounded
 # to bf16: losses off by about 0.15 at scale 64) while the tile products keep the input dtype
 # (normalized in fp32 and multiplied in fp32, they left the tensor cores); a zero row and a row
-# under F.normalize's eps get its gradient; and the hardest negative of mode "positive" skips the
+# under F.normalize's eps get its gradient; rows of tiny norm under a loss scale keep finite
+# gradients in the input dtype; and the hardest negative of mode "positive" skips the
 # row's identity (the positives). All against float64 formulas written here. The interpreter
 # runs it in float16 (Triton 3.9's interpreter mishandles bfloat16), CUDA in both.
 CHECK_16BIT_AND_ROW_MAX = """
@@ -108,6 +109,29 @@ grad, = torch.autograd.grad(got.sum(), small)
 grad_expected, = torch.autograd.grad(expected.sum(), small64)
 assert grad_expected[:2].abs().max() > 1e11
 torch.testing.assert_close(grad.double(), grad_expected, rtol=1e-4, atol=1e-5)
+# In the input dtype: a zero row and rows of norm 1e-3 in x (inverse norms up to 1 / eps) under a
+# loss scale of 1024. d(y) stays finite and right (the inverse norms folded into the fp16 gradient
+# tile overflowed it: d(y) was NaN); so does every entry of d(x) that the dtype can hold (the
+# zero row's is 1e12 times larger, and others pass fp16's 65504: inf, as from the CPU kernel).
+small = torch.randn(64, 32, generator=generator)
+small = 1e-3 * small / small.norm(dim=1, keepdim=True)
+small[5] = 0.0
+small = small.to(dtype).to(device).requires_grad_()
+other = torch.randn(64, 32, generator=generator).to(dtype).to(device).requires_grad_()
+small64, other64 = small.detach().double().requires_grad_(), other.detach().double().requires_grad_()
+logits = 64.0 * F.normalize(small64, dim=1) @ F.normalize(other64, dim=1).T
+expected = 1024.0 * sum((logits.logsumexp(dim) - logits.diagonal()).mean() for dim in (1, 0))
+got = 1024.0 * sum(t.mean() for t in contrastive_cross_entropy(small, other, 64.0, backend="triton"))
+grads = torch.autograd.grad(got, (small, other))
+grads_expected = torch.autograd.grad(expected, (small64, other64))
+# Errors of the dtype's resolution relative to each row's largest entry, as in a 16-bit matmul.
+representable = grads_expected[0].abs() < torch.finfo(dtype).max / 2
+assert representable.sum() > 100
+for a, b, kept in ((grads[0], grads_expected[0], representable), (grads[1], grads_expected[1], None)):
+    kept = torch.ones_like(b, dtype=torch.bool) if kept is None else kept
+    tolerance = 2.0**-8 * b.abs() + torch.finfo(dtype).eps * b.abs().amax(dim=1, keepdim=True)
+    assert a[kept].isfinite().all()
+    assert ((a.double() - b).abs() <= tolerance)[kept].all()
 row_labels, column_labels = torch.randint(0, 6, (20,)).to(device), torch.randint(0, 6, (45,)).to(device)
 a, b = torch.randn(20, 8).to(device), torch.randn(45, 8).to(device)
 similarity = F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
@@ -125,6 +149,48 @@ def test_16bit_normalization_and_positive_row_max_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", CHECK_16BIT_AND_ROW_MAX.format(device="cpu", dtype="float16")],
                             env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+# The registered ops, called directly: opcheck (schema, fake kernels, autograd registration) and
+# non-contiguous inputs, which the kernels (row * D indexing) would misread.
+CHECK_REGISTERED_OPS = """
+import torch
+from tgfr.ops import contrastive_triton  # noqa: F401  (registers the ops)
+generator = torch.Generator().manual_seed(2)
+x = torch.randn(12, 24, generator=generator).T.contiguous().T[:, :20]  # strides (1, 12), sliced
+y = torch.randn(9, 20, generator=generator)
+labels_x = torch.randint(0, 3, (24,), generator=generator)[::2]
+labels_y = torch.randint(0, 3, (9,), generator=generator)
+assert not x.is_contiguous() and not labels_x.is_contiguous()
+for normalize in (True, False):
+    arguments = (x, y, labels_x, labels_y, 5.0, 0.1, "exclude", 0, True, False, normalize)
+    dense = (x.contiguous(), y, labels_x.contiguous(), labels_y, *arguments[4:])
+    forward, backward = torch.ops.tgfr.contrastive_forward_triton, torch.ops.tgfr.contrastive_backward_triton
+    got, expected = forward(*arguments), forward(*dense)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    grads = (torch.randn(12, generator=generator), torch.zeros(0), x, y, labels_x, labels_y, expected[2], expected[3],
+             5.0, 0.1, "exclude", 0, True, False, normalize)
+    got = backward(*grads)
+    expected = backward(*grads[:2], x.contiguous(), y, labels_x.contiguous(), *grads[5:])
+    assert got[0].abs().sum() > 0
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.tgfr.contrastive_forward_triton.default,
+                          (x.requires_grad_(), y.requires_grad_(), *arguments[2:]),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    x, y = x.detach(), y.detach()
+    torch.library.opcheck(torch.ops.tgfr.contrastive_backward_triton.default, grads,
+                          test_utils=("test_schema", "test_faketensor"))
+print("ok")
+"""
+
+
+def test_registered_ops_under_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", CHECK_REGISTERED_OPS], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
@@ -160,7 +226,7 @@ grad_a = kernels._launch_backward(a, b, None, None, None, None, grad_rows, lse, 
                                   margin, "none", 0, True, True)
 kernels._backward_rows_kernel[grid](spread_a, spread_b, dummy, dummy, ones, ones, grad_rows, lse, ones, grad_columns,
                                     column_lse, ones, spread_out, ROWS, ROWS, DIMS, 0, scale, margin,
-                                    ROWS_ON=True, COLS_ON=True, **blocks)
+                                    ROWS_ON=True, COLS_ON=True, SCALE_ROWS=True, **blocks)
 spread_grad = torch.stack([spread_out[i * DIMS:i * DIMS + WIDTH] for i in range(ROWS)])
 assert grad_a.abs().sum() > 0
 torch.testing.assert_close(spread_grad, grad_a, rtol=0, atol=0)

@@ -22,7 +22,8 @@ percentile range of the replicates.
 - Identification resamples the probes' subjects the same way, for the same reason (the probes
   of one subject share its gallery entry and its looks): the S distinct probe labels (sorted) are
   drawn S times, and a subject drawn c times counts each of its probes c times. The gallery is
-  the enrolled set and stays whole.
+  the enrolled set and stays whole. With a single probe subject every resample is the sample
+  itself, so there is no interval (None), as for verification with one subject.
 A replicate that cannot measure a figure gives NaN, and the figure's interval is then None: no
 genuine or no impostor weight (only possible with very few subjects), or, for TAR at FAR f, an
 impostor weight W with f * W < 1, the rule that makes the point estimate None with W = the
@@ -286,6 +287,8 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
         / weighted_probes
         for name, k in (("rank1", 1), ("rank5", 5))
     }
+    if subjects.size < 2:  # every resample repeats the one subject: a zero-width interval would claim certainty
+        replicates = {name: np.full(resamples, np.nan) for name in replicates}
     if resamples:
         result["rank1_ci"] = bootstrap_interval(replicates["rank1"])
         result["rank5_ci"] = bootstrap_interval(replicates["rank5"])

@@ -180,6 +180,14 @@ def test_correlated_probes_widen_the_identification_interval():
     assert high - low > 3 * (probe_high - probe_low)
 
 
+def test_one_probe_subject_has_no_identification_interval():
+    # Resampling one subject repeats it: the spread of its probes says nothing about other subjects.
+    similarity, probe_labels, gallery = ranked_probes([[1, 2, 1, 3, 1, 1, 2, 1]])
+    result = identification_metrics(similarity, probe_labels, gallery, resamples=50, keep_replicates=True)
+    assert result["rank1"] == 5 / 8 and result["rank1_ci"] is None and result["rank5_ci"] is None
+    assert np.isnan(result["replicates"]["rank1"]).all()
+
+
 @pytest.mark.parametrize("arguments, error, message", [
     ({"subjects_a": np.zeros(3, dtype=np.int64)}, ValueError, r"subjects_a must have shape \(pairs,\) = \(4,\)"),
     ({"subjects_b": np.zeros((2, 2), dtype=np.int64)}, ValueError, r"subjects_b must have shape .* got \(2, 2\)"),

@@ -14,9 +14,11 @@ multiply the raw rows in the input dtype (bf16/fp16 on tensor cores) and scale e
 the fp32 inverse norms of its row and column, so the cosines come out as precise as fp32
 normalization gives them, at the speed of 16-bit products. Normalized vectors rounded to 16 bits
 would cost the logits about scale * 2^-9; normalized in fp32 and multiplied in fp32, the products
-leave the tensor cores. The backward kernel forms d(loss)/d(unit rows) with the columns' inverse
-norms folded into the 16-bit gradient tile, and the gradient of the normalization follows in
-fp32 (`_normalization_backward`).
+leave the tensor cores. The backward kernel forms d(loss)/d(unit rows) from the unit columns rounded
+to the input dtype (as a 16-bit matmul of unit vectors would take them), and the gradient of
+the normalization follows in fp32 (`_normalization_backward`). In fp16 the gradient tile enters
+its product scaled row by row to its largest entry: its entries span more than fp16's range
+(softmax tails next to loss-scaled targets), where bf16 has fp32's.
 
 Row offsets (row * D) are 64-bit where they start a block: they pass 2^31 once N * D does
 (N = 4194305 at D = 512), a batch that fits a GPU. Offsets within a block stay int32.
@@ -121,9 +123,10 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, inverse_norm
                           grad_a_ptr, lse_a_ptr, counts_a_ptr, grad_b_ptr, lse_b_ptr, counts_b_ptr, out_ptr,
                           num_a, num_b, dims, offset, scale, margin, MODE: tl.constexpr, HAS_LABELS: tl.constexpr,
                           NORMALIZE: tl.constexpr, ROWS_ON: tl.constexpr, COLS_ON: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                          INPUT_PRECISION: tl.constexpr):
-    """out = d(loss)/d(a), or with NORMALIZE d(loss)/d(a's unit rows)."""
+                          SCALE_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """out = d(loss)/d(a), or with NORMALIZE d(loss)/d(a's unit rows). SCALE_ROWS (fp16 inputs):
+    the gradient tile enters its product row-scaled to its range."""
     first, rows, row_ok, a, labels_a, inverse_norm_a = _row_block(
         a_ptr, labels_a_ptr, inverse_norm_a_ptr, num_a, dims, HAS_LABELS, NORMALIZE, BLOCK_M, BLOCK_D)
     d_range = tl.arange(0, BLOCK_D)
@@ -148,11 +151,20 @@ def _backward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, inverse_norm
             g += gb[None, :] * (tl.exp(logits - lb[None, :]) - tl.where(positive, 1.0 / cb[None, :], 0.0))
         # Excluded, zeroed and out-of-range entries are constants: no gradient.
         constant = (logits == float("-inf")) | (same & (MODE == 2)) | ~row_ok[:, None] | ~col_ok[None, :]
-        # Unit columns are b times their inverse norms: folded into g, which is rounded to the input
-        # dtype for the product anyway; scaled first, so fewer small entries flush to zero in fp16.
-        g = tl.where(constant, 0.0, scale * g * inverse_norm_b[None, :])
-        grad += tl.dot(g.to(b.dtype), b, input_precision=INPUT_PRECISION).to(tl.float32)
-    tl.store(_block_rows(out_ptr, first, dims, BLOCK_M, BLOCK_D), grad.to(out_ptr.dtype.element_ty),
+        g = tl.where(constant, 0.0, g)
+        if NORMALIZE:
+            # The unit columns, rounded to the input dtype like a 16-bit matmul's operand. Not their
+            # inverse norms folded into g: up to 1 / eps, they would overflow fp16.
+            b = (b.to(tl.float32) * inverse_norm_b[:, None]).to(b.dtype)
+        if SCALE_ROWS:
+            # fp16 (6e-8 .. 65504) cannot hold g, whose entries run from softmax tails to loss-scaled
+            # targets: each row is divided by its largest entry for the product, and multiplied back.
+            peak = tl.max(tl.abs(g), axis=1)
+            peak = tl.where(peak > 0.0, peak, 1.0)
+            grad += tl.dot((g / peak[:, None]).to(b.dtype), b, input_precision=INPUT_PRECISION) * peak[:, None]
+        else:
+            grad += tl.dot(g.to(b.dtype), b, input_precision=INPUT_PRECISION).to(tl.float32)
+    tl.store(_block_rows(out_ptr, first, dims, BLOCK_M, BLOCK_D), (scale * grad).to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (d_range[None, :] < dims))
 
 
@@ -163,6 +175,12 @@ def _positive_counts(labels_a, labels_b, offset, same_identity, num_a, like):
     ordered = labels_b.sort().values
     same = torch.searchsorted(ordered, labels_a, right=True) - torch.searchsorted(ordered, labels_a)
     return (same + labels_b[offset:offset + num_a].ne(labels_a)).to(like.dtype)
+
+
+def _contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The kernels index rows as row * D and labels as label_ptr + row: the public front end passes
+    contiguous tensors, a direct call of the registered op may not."""
+    return [None if tensor is None else tensor.contiguous() for tensor in tensors]
 
 
 _NORMALIZE_EPS = 1e-12  # F.normalize's: rows are divided by max(norm, eps)
@@ -218,6 +236,7 @@ def contrastive_forward(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.tgfr.contrastive_forward (same arguments and outputs), which
     with `normalize` L2-normalizes x and y itself (see the module docstring)."""
+    x, y, labels_x, labels_y = _contiguous(x, y, labels_x, labels_y)
     empty = x.new_empty(0, dtype=reference.accumulation_dtype(x.dtype))
     row_loss, row_lse = empty, empty.clone()
     column_loss, column_lse = empty.clone(), empty.clone()
@@ -248,7 +267,8 @@ def _launch_backward(a, b, labels_a, labels_b, inverse_norm_a, inverse_norm_b, g
         grad_a if rows_on else dummy, lse_a if rows_on else dummy, counts_a,
         grad_b if columns_on else dummy, lse_b if columns_on else dummy, counts_b, out,
         num_a, b.shape[0], dims, offset, scale, margin, MODE=_MODES[same_identity], HAS_LABELS=has_labels,
-        NORMALIZE=normalize, ROWS_ON=rows_on, COLS_ON=columns_on, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
+        NORMALIZE=normalize, ROWS_ON=rows_on, COLS_ON=columns_on, SCALE_ROWS=a.dtype == torch.float16,
+        BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
         BLOCK_D=max(16, triton.next_power_of_2(dims)), INPUT_PRECISION=dot_input_precision(a.dtype))
     return _normalization_backward(a, out) if normalize else out
 
@@ -260,6 +280,8 @@ def contrastive_backward(grad_row_loss: torch.Tensor, grad_col_loss: torch.Tenso
                          same_identity: str, offset: int, rows: bool, columns: bool, normalize: bool
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.tgfr.contrastive_backward, plus `normalize` (as in the forward)."""
+    grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse = _contiguous(
+        grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse)
     inverse_norm_x, inverse_norm_y = _inverse_norms(x, normalize), _inverse_norms(y, normalize)
     common = (scale, margin, same_identity)
     grad_x = _launch_backward(x, y, labels_x, labels_y, inverse_norm_x, inverse_norm_y, grad_row_loss, row_lse,
@@ -278,6 +300,22 @@ def contrastive_row_max(x, y, labels_x, labels_y, same_identity, offset):
         labels = None if labels_x is None else labels_x[start:start + 4096]
         maxima.append(reference.contrastive_row_max(block, y, labels, labels_y, same_identity, offset + start))
     return torch.cat(maxima)
+
+
+# Explicit fake kernels: the ones triton_op derives by tracing the launches do not work when the
+# kernels are interpreted (TRITON_INTERPRET=1) rather than compiled.
+@contrastive_forward.register_fake
+def _contrastive_forward_fake(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns,
+                              normalize):
+    dtype = reference.accumulation_dtype(x.dtype)
+    row_loss = x.new_empty((x.shape[0] if rows else 0,), dtype=dtype)
+    column_loss = x.new_empty((y.shape[0] if columns else 0,), dtype=dtype)
+    return row_loss, column_loss, torch.empty_like(row_loss), torch.empty_like(column_loss)
+
+
+@contrastive_backward.register_fake
+def _contrastive_backward_fake(grad_row_loss, grad_col_loss, x, y, *args):
+    return x.new_empty(x.shape), y.new_empty(y.shape)  # contiguous, as the op's
 
 
 def _setup_context(ctx, inputs, output):
