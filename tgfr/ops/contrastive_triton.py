@@ -30,6 +30,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from tgfr import reference
+from tgfr.ops.contrastive import _contrastive_forward_fake as cpu_forward_fake
 from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
 
@@ -307,10 +308,7 @@ def contrastive_row_max(x, y, labels_x, labels_y, same_identity, offset):
 @contrastive_forward.register_fake
 def _contrastive_forward_fake(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns,
                               normalize):
-    dtype = reference.accumulation_dtype(x.dtype)
-    row_loss = x.new_empty((x.shape[0] if rows else 0,), dtype=dtype)
-    column_loss = x.new_empty((y.shape[0] if columns else 0,), dtype=dtype)
-    return row_loss, column_loss, torch.empty_like(row_loss), torch.empty_like(column_loss)
+    return cpu_forward_fake(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns)
 
 
 @contrastive_backward.register_fake
