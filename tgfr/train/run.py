@@ -224,7 +224,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     if state is not None:
         load_model_state(model, state["model"], out / CHECKPOINT)
     captions = CaptionFeatures(model.text_encoder, device)
-    collate = CaptionCollator(model.text_encoder.tokenizer, max_length=config.model.max_length)
+    # The stages look their captions up in `captions`: batches need no tokens.
+    collate = CaptionCollator(model.text_encoder.tokenizer, max_length=config.model.max_length, tokenize_batches=False)
     settings = LoopSettings(device, bf16=config.precision == "bf16" or (config.precision == "auto"
                                                                         and device.type == "cuda"),
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every, rank=rank,
