@@ -1,6 +1,7 @@
 """The package's lazy loading: every advertised submodule and name resolves, and the command
 line builds its parser without the heavy imports."""
 
+import os
 import subprocess
 import sys
 import types
@@ -34,3 +35,14 @@ def test_command_line_parser_skips_models_and_transformers():
             f"print(','.join(name for name in {heavy!r} if name in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+@pytest.mark.parametrize("environment, expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
+def test_command_line_sets_omp_wait_policy_before_torch_loads(environment, expected):
+    # libgomp reads OMP_WAIT_POLICY once, when torch loads it: the command must set it first.
+    code = ("import os, sys, tgfr.cli; torch_loaded = 'torch' in sys.modules; import torch; "
+            "print(torch_loaded, os.environ['OMP_WAIT_POLICY'])")
+    base = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=base | environment)
+    assert result.stdout.split() == ["False", expected]
