@@ -16,6 +16,7 @@ from tgfr.distributed import mean_over_ranks
 from tgfr.train.batches import StepBatches
 from tgfr.train.checkpoint import set_rng_state
 from tgfr.train.config import OptimConfig
+from tgfr.train.prefetch import Prefetcher
 from tgfr.train.stage import Stage
 from tgfr.train.training_log import TrainingLog
 
@@ -122,40 +123,41 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             dist.broadcast(buffer, 0)
         module = DistributedDataParallel(stage, device_ids=[settings.device.index] if settings.device.type == "cuda"
                                          else None, broadcast_buffers=False)
-    stream = batches.from_step(start)
-    bar = tqdm(total=steps, initial=start, desc=stage.name, disable=settings.rank != 0, dynamic_ncols=True)
-    taken, last = 0, time.perf_counter()
-    for step in range(start, steps):
-        if settings.stop_after is not None and taken >= settings.stop_after:
-            break
-        batch = next(stream)
-        with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-            loss, components = module(batch)
-        _check_finite(loss, stage.name, step + 1, settings.world_size)  # 1-based, as in metrics.jsonl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)  # before the step
-        lr = optimizer.param_groups[0]["lr"]  # this step's; after scheduler.step() it is the next step's
-        optimizer.step()
-        scheduler.step()
-        taken += 1
-        now = time.perf_counter()
-        samples_per_s = len(batch["labels"]) * settings.world_size / (now - last)
-        last = now
-        logged = (step + 1) % settings.log_every == 0 or step + 1 == steps
-        # Averaging needs a collective, so only at logged steps (the same steps on every rank).
-        values = {**_batch_scalars(loss, components, settings.world_size if logged else 1),
-                  "grad_norm": float(grad_norm), "lr": lr, "samples_per_s": samples_per_s}
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k not in ("lr", "total")})
-        if logged:
-            log.write(stage.name, step + 1, values)
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
-            checkpoint(step + 1, optimizer, scheduler)
-    else:
+    # The next batch is made while this step computes (tgfr.train.prefetch); leaving the block stops that.
+    with Prefetcher(batches.from_step(start)) as stream:
+        bar = tqdm(total=steps, initial=start, desc=stage.name, disable=settings.rank != 0, dynamic_ncols=True)
+        taken, last = 0, time.perf_counter()
+        for step in range(start, steps):
+            if settings.stop_after is not None and taken >= settings.stop_after:
+                break
+            batch = next(stream)
+            with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+                loss, components = module(batch)
+            _check_finite(loss, stage.name, step + 1, settings.world_size)  # 1-based, as in metrics.jsonl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)  # before the step
+            lr = optimizer.param_groups[0]["lr"]  # this step's; after scheduler.step() it is the next step's
+            optimizer.step()
+            scheduler.step()
+            taken += 1
+            now = time.perf_counter()
+            samples_per_s = len(batch["labels"]) * settings.world_size / (now - last)
+            last = now
+            logged = (step + 1) % settings.log_every == 0 or step + 1 == steps
+            # Averaging needs a collective, so only at logged steps (the same steps on every rank).
+            values = {**_batch_scalars(loss, components, settings.world_size if logged else 1),
+                      "grad_norm": float(grad_norm), "lr": lr, "samples_per_s": samples_per_s}
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k not in ("lr", "total")})
+            if logged:
+                log.write(stage.name, step + 1, values)
+            if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
+                checkpoint(step + 1, optimizer, scheduler)
+        else:
+            bar.close()
+            return taken
+        checkpoint(start + taken, optimizer, scheduler)
         bar.close()
         return taken
-    checkpoint(start + taken, optimizer, scheduler)
-    bar.close()
-    return taken
