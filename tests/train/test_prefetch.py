@@ -39,16 +39,20 @@ def test_items_in_order_then_the_end(depth):
             next(stream)
 
 
-def test_runs_ahead_of_the_consumer():
+@pytest.mark.parametrize("depth", [1, 2])
+def test_runs_ahead_of_the_consumer_by_depth_items(depth):
     produced = []
-    with Prefetcher(counting(produced), depth=2) as stream:
+    with Prefetcher(counting(produced), depth=depth) as stream:
         assert next(stream) == 0
-        # While the consumer holds item 0, the thread makes the next ones: 2 waiting in the queue, one more
-        # made and waiting for room.
-        assert wait_for(lambda: len(produced) >= 4)
-        time.sleep(0.05)
-        assert len(produced) == 4
-        assert [next(stream) for _ in range(3)] == [1, 2, 3]
+        # While the consumer holds item 0, the thread makes the next `depth` items, and no more: each
+        # batch made ahead is memory, and a stop waits for the one being made.
+        assert wait_for(lambda: len(produced) >= 1 + depth)
+        time.sleep(0.1)
+        assert len(produced) == 1 + depth
+        assert next(stream) == 1
+        assert wait_for(lambda: len(produced) >= 2 + depth)
+        time.sleep(0.1)
+        assert len(produced) == 2 + depth
 
 
 def test_an_error_of_the_source_reaches_the_consumer_in_place():
@@ -61,11 +65,12 @@ def test_an_error_of_the_source_reaches_the_consumer_in_place():
 
 
 def test_close_stops_the_thread_and_closes_an_endless_source():
-    closed, before = [], threading.active_count()
-    stream = Prefetcher(counting([], closed=closed))
+    closed, produced, before = [], [], threading.active_count()
+    stream = Prefetcher(counting(produced, closed=closed))
     assert next(stream) == 0
+    assert wait_for(lambda: len(produced) == 2)
     stream.close()
-    assert closed == [True] and threading.active_count() == before
+    assert closed == [True] and threading.active_count() == before and len(produced) == 2
     with pytest.raises(StopIteration):
         next(stream)
 

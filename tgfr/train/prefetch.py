@@ -17,7 +17,8 @@ Item = TypeVar("Item")
 
 
 class Prefetcher(Generic[Item]):
-    """Iterates `source` in a daemon thread, up to `depth` items ahead of the consumer.
+    """Iterates `source` in a daemon thread, at most `depth` items ahead of the consumer: an item is
+    made only when there is room for it, so that besides the item in use at most `depth` exist.
 
     An exception raised by `source` is raised again by the `next` call that reaches it. Use as a
     context manager (or call `close`): leaving it stops the thread, which then closes `source`
@@ -27,7 +28,8 @@ class Prefetcher(Generic[Item]):
     def __init__(self, source: Iterator[Item], depth: int = 1):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive integer, got {depth!r}")
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._room = threading.Semaphore(depth)  # taken before an item is made, given back when it is consumed
         self._stop = threading.Event()
         self._finished = False
         self._thread = threading.Thread(target=self._fill, args=(source,), name="tgfr-prefetch", daemon=True)
@@ -35,11 +37,16 @@ class Prefetcher(Generic[Item]):
 
     def _fill(self, source: Iterator[Item]) -> None:
         try:
-            for item in source:
-                self._queue.put((True, item))
+            while True:
+                self._room.acquire()
                 if self._stop.is_set():
                     return
-            self._queue.put((False, StopIteration()))
+                try:
+                    item = next(source)
+                except StopIteration as end:
+                    self._queue.put((False, end))
+                    return
+                self._queue.put((True, item))
         except BaseException as error:  # handed to the consumer, whatever it is
             self._queue.put((False, error))
         finally:
@@ -55,18 +62,16 @@ class Prefetcher(Generic[Item]):
             raise StopIteration
         is_item, value = self._queue.get()
         if is_item:
+            self._room.release()
             return value
         self._finished = True
         raise value
 
     def close(self) -> None:
-        """Stops the thread: takes what it has made (so that a waiting put returns) until it ends."""
+        """Stops the thread (after the item it may be making) and closes the source."""
         self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
+        self._room.release()  # wakes a thread that waits for room
+        self._thread.join()
         self._finished = True
 
     def __enter__(self) -> "Prefetcher[Item]":
