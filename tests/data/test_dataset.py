@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
+from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.sampler import IdentityBalancedBatchSampler
 from tgfr.data.transforms import EvalTransform, TrainTransform
@@ -289,3 +290,61 @@ def test_check_captions_names_a_caption_that_tokenizes_to_no_word(tmp_path, capt
                                                    "tokenizer reduces to no word")):
         collate.check_captions(dataset, chunk=2)
     collate.check_captions(FaceCaptionDataset(records[::2], root=tmp_path))  # the others pass
+
+
+def _train_items(dataset):
+    return [dataset[index]["image"] for index in range(len(dataset))]
+
+
+def test_image_cache_keeps_what_fits_and_items_stay_bitwise_the_same(manifest):
+    image_bytes = 100 * 90 * 4  # Pillow's RGB pixels take 4 bytes
+    cache = DecodedImageCache(3 * image_bytes + image_bytes // 2)
+    transform = TrainTransform(48)
+    cached = FaceCaptionDataset(manifest, split="train", transform=transform, seed=5, image_cache=cache)
+    plain = FaceCaptionDataset(manifest, split="train", transform=transform, seed=5)
+    assert len(cache) == 3 and cache.used_bytes == 3 * image_bytes
+    for epoch in (0, 1):
+        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        assert all(torch.equal(a, b) for a, b in zip(_train_items(cached), _train_items(plain), strict=True))
+
+
+def test_cached_images_are_not_read_again(manifest, monkeypatch):
+    cache = DecodedImageCache(1 << 20)
+    dataset = FaceCaptionDataset(manifest, split="train", image_cache=cache)
+    before = _train_items(dataset)
+    for path in (manifest.parent / "images").glob("*.png"):
+        path.write_bytes(b"not an image any more")
+    assert all(torch.equal(a, b) for a, b in zip(_train_items(dataset), before, strict=True))
+    # A second dataset over the same files (another training stage) finds them checked and kept.
+    monkeypatch.setattr("tgfr.data.image_cache.check_image", lambda path: pytest.fail(f"{path} decoded again"))
+    again = FaceCaptionDataset(manifest, split="train", image_cache=cache)
+    assert all(torch.equal(a, b) for a, b in zip(_train_items(again), before, strict=True))
+
+
+def test_a_transform_that_changes_its_image_in_place_leaves_the_kept_image_alone(manifest):
+    def blacken(image, rng):
+        image.paste((0, 0, 0), (0, 0, image.width, image.height))
+        return torch.from_numpy(np.asarray(image).copy())
+
+    cache = DecodedImageCache(1 << 20)
+    FaceCaptionDataset(manifest, split="train", image_cache=cache)
+    dataset = FaceCaptionDataset(manifest, split="train", image_cache=cache, transform=blacken)
+    assert int(dataset[0]["image"].sum()) == 0
+    kept = FaceCaptionDataset(manifest, split="train", image_cache=cache, transform=lambda image, rng: image)[0]
+    expected = Image.open(manifest.parent / dataset.records[0].path).convert("RGB")
+    assert np.array_equal(np.asarray(kept["image"]), np.asarray(expected))
+
+
+def test_an_image_that_breaks_after_construction_names_the_remedy(manifest):
+    dataset = FaceCaptionDataset(manifest, split="train", bad_image_hint="fix the manifest")
+    path = manifest.parent / dataset.records[2].path
+    path.write_bytes(b"broken")
+    with pytest.raises(ValueError, match=re.escape(f"image file {path} is corrupt or not an image") + r".*"
+                                         + re.escape("(fix the manifest)")):
+        dataset[2]
+
+
+@pytest.mark.parametrize("budget", [-1, 1.5, True, "1"])
+def test_image_cache_budget_must_be_a_byte_count(budget):
+    with pytest.raises(ValueError, match="the image cache's budget must be an integer number of bytes >= 0"):
+        DecodedImageCache(budget)

@@ -3,6 +3,8 @@ folder, report.md, plots and a metrics.json keyed split -> method -> figure."""
 
 import json
 
+import safetensors.torch
+
 from tgfr.cli import main
 
 
@@ -16,6 +18,14 @@ def test_train_then_evaluate(tmp_path, tiny_overrides):
     assert {r["stage"] for r in log} == {"fr", "align", "fuse"}
     assert all(r["samples_per_s"] > 0 for r in log)
     assert {"wrcl", "cicl", "intra", "identity"} <= set(next(r for r in log if r["stage"] == "align"))
+    # The default keeps every decoded training image in memory; reading each from disk every time
+    # trains the same weights.
+    uncached = tmp_path / "uncached"
+    assert main(["train", "--preset", "quick", "--out", str(uncached), "--image-cache-mib", "0", *overrides]) == 0
+    weights = safetensors.torch.load_file(run / "model" / "model.safetensors")
+    uncached_weights = safetensors.torch.load_file(uncached / "model" / "model.safetensors")
+    assert weights.keys() == uncached_weights.keys()
+    assert all(weights[name].equal(uncached_weights[name]) for name in weights)
 
     assert main(["evaluate", "--run", str(run)]) == 0
     report = run / "report"

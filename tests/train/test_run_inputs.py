@@ -79,9 +79,21 @@ def test_stop_after_must_take_a_step(tmp_path, capsys, value):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "1.5", "lots"])
+def test_the_image_cache_takes_a_size_in_mib(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), "--image-cache-mib", value])
+    assert exit_info.value.code == 2
+    assert "argument --image-cache-mib: must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_refuses_stop_after_zero(tmp_path, tiny_overrides):
     with pytest.raises(ValueError, match="stop_after must be an integer >= 1"):
         train(load_config("quick", tiny_overrides), tmp_path / "run", stop_after=0)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="image cache's budget must be an integer number of bytes >= 0, got -1"):
+        train(load_config("quick", tiny_overrides), tmp_path / "run", image_cache_bytes=-1)
     assert not (tmp_path / "run").exists()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tgfr.data.files import check_image, load_image
+from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split
 from tgfr.data.transforms import EvalTransform
 
@@ -32,7 +32,10 @@ class FaceCaptionDataset(Dataset):
         bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image)
             at construction; "skip" drops such images and lists their paths in `skipped`.
         bad_image_hint: what that error tells the reader to do, in parentheses after it (a caller that
-            does not expose bad_images names its own remedy).
+            does not expose bad_images names its own remedy); so does the error of an image that breaks
+            after construction, when an item reads it.
+        image_cache: keeps the images that the checks at construction decode, up to its budget, so that
+            items skip reading them again (shared by the datasets of one run); None keeps none.
         require_captions: reject images without captions (a text-guided model needs one).
 
     Item: dict with image (3, 112, 112) float32 in [-1, 1], label int64 (contiguous identity
@@ -51,6 +54,7 @@ class FaceCaptionDataset(Dataset):
         bad_images: str = "error",
         require_captions: bool = True,
         bad_image_hint: str = "pass bad_images='skip' to skip such images",
+        image_cache: DecodedImageCache | None = None,
     ):
         if isinstance(source, (str, Path)):
             manifest_root = Path(source).parent
@@ -64,11 +68,13 @@ class FaceCaptionDataset(Dataset):
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         records = select_split(records, split)
+        self.image_cache = image_cache if image_cache is not None else DecodedImageCache(0)
+        self.bad_image_hint = bad_image_hint
         kept, self.skipped = [], []
         for record in records:
             path = manifest_root / record.path
             try:
-                check_image(path)
+                self.image_cache.check(path)
             except ValueError as error:
                 if bad_images == "error":
                     raise ValueError(f"{error} ({bad_image_hint})") from None
@@ -116,7 +122,11 @@ class FaceCaptionDataset(Dataset):
         rng = np.random.default_rng(seed)
         record = self.records[index]
         captions = self.sample_captions(index, rng)
-        image = self.transform(load_image(self.root / record.path), rng)
+        try:
+            image = self.image_cache.load(self.root / record.path)
+        except ValueError as error:  # the file changed since the check at construction
+            raise ValueError(f"{error} ({self.bad_image_hint})") from None
+        image = self.transform(image, rng)
         return {"image": image, "label": self.labels[index], "caption": captions[0],
                 "captions": captions, "index": index}
 

@@ -55,8 +55,9 @@ def load_image(path: str | Path) -> Image.Image:
         return _to_rgb(image, path)
 
 
-def check_image(path: str | Path) -> None:
-    """Raises naming `path` unless it is an image file that decodes completely.
+def check_image(path: str | Path) -> Image.Image:
+    """Raises naming `path` unless it is an image file that decodes completely; returns the decoded
+    image, as load_image would (8-bit RGB), for a caller that keeps it.
 
     Image.verify checks the structure (PNG chunk checksums) without decoding; decoding then
     catches what verify cannot see, such as truncated JPEG scan data, which would otherwise fail
@@ -68,7 +69,7 @@ def check_image(path: str | Path) -> None:
         image.verify()
     with _opened_image(path) as image:  # verify leaves the image unusable: open it again to decode
         image.load()
-        _to_rgb(image, path)  # refuses pixel formats that load_image refuses
+        return _to_rgb(image, path)  # refuses pixel formats that load_image refuses
 
 
 def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, SyntheticConfig,
                        TrainTransform, degrade_image, ensure_synthetic_dataset)
 from tgfr.data.dataset import manifest_record_hint
+from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import read_manifest, select_split
 from tgfr.train.config import DataConfig
 
@@ -53,10 +54,12 @@ class StepBatches:
     Every stage degrades training images as config.train_degradation / train_degrade_p say.
     captions_per_sample: captions drawn per image (2 for the intra-caption loss).
     rank, world_size: this process's share of each global batch of P x K images.
+    image_cache: decoded images kept in memory (FaceCaptionDataset), shared by the stages of a run.
     """
 
     def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
-                 captions_per_sample: int = 1, rank: int = 0, world_size: int = 1):
+                 captions_per_sample: int = 1, rank: int = 0, world_size: int = 1,
+                 image_cache: DecodedImageCache | None = None):
         if config.identities_per_batch % world_size:
             raise ValueError(f"data.identities_per_batch={config.identities_per_batch} must be divisible by "
                              f"the world size {world_size}")
@@ -70,7 +73,7 @@ class StepBatches:
             raise ValueError(f"data.train_split = {config.train_split!r}, manifest {manifest}: {error}") from None
         self.dataset = FaceCaptionDataset(records, root=manifest.parent, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed,
-                                          bad_image_hint=manifest_record_hint(manifest))
+                                          bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
         # With as many identities as a batch takes, every identity has a group of images_per_identity
         # (a smaller one is filled by drawing its images again), so there is at least one batch.
         if self.dataset.num_classes < config.identities_per_batch:

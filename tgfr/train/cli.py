@@ -3,20 +3,26 @@
 import argparse
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
+from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
 from tgfr.train.config import TrainConfig, config_from_dict, load_config, preset_names, to_toml
 
 
-def _steps(text: str) -> int:
-    """--stop-after: a number of optimizer steps, at least 1 (it must take a step to checkpoint one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
+def _integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,9 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the run in --out from checkpoints/last.pt (or, when it stopped before its "
                              "first checkpoint, train it again from its first step), with the run's own config.toml "
                              "(--preset is ignored, --set refused) and as many processes as wrote the checkpoint")
-    parser.add_argument("--stop-after", type=_steps, default=None, metavar="STEPS",
+    # At least 1: it must take a step to checkpoint one.
+    parser.add_argument("--stop-after", type=_integer_at_least(1), default=None, metavar="STEPS",
                         help="take at most STEPS (>= 1) more optimizer steps, counted over all stages, then "
                              "checkpoint and stop (continue later with --resume)")
+    parser.add_argument("--image-cache-mib", type=_integer_at_least(0), default=DEFAULT_IMAGE_CACHE_BYTES >> 20,
+                        metavar="MIB",
+                        help="keep up to MIB MiB of decoded training images in memory per process, so that later "
+                             "epochs skip reading them (default: %(default)s; 0: read every image from disk each "
+                             "time); the results are the same with any value")
     parser.add_argument("--print-config", action="store_true",
                         help="check the resolved config, print it as TOML and exit (with --resume: the run's config)")
     parser.set_defaults(func=main)
@@ -69,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
         if args.print_config:
             print(to_toml(config), end="")
             return 0
-        out = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+        out = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
+                    image_cache_bytes=args.image_cache_mib << 20)
     except (ValueError, FloatingPointError) as error:  # bad settings, folders or files, or a loss that is not
         # finite (the message names the stage, step and rank): a traceback adds nothing. Under torchrun every
         # rank meets the error; rank 0 says it once.

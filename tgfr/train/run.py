@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from tgfr.data import CaptionCollator
+from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
@@ -160,7 +161,7 @@ def _build_stage(name: str, config: TrainConfig, model: TGFRModel, num_classes: 
 
 
 def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: CaptionCollator, rank: int = 0,
-                  world_size: int = 1) -> StepBatches:
+                  world_size: int = 1, image_cache: DecodedImageCache | None = None) -> StepBatches:
     """The training batches of stage `name`: every stage reads the same split of the same manifest with
     the same degradation augmentation (config.data), so the fr stage's backbone, the image-only
     baseline of the evaluation, saw the training images the fused model saw."""
@@ -172,10 +173,12 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
                          f"{world_size}); the {name} stage's BatchNorm layers need at least 2")
     captions_per_sample = 2 if name == "align" and config.align.intra_weight > 0 else 1
     return StepBatches(manifest, config.data, collate, seed=config.seed + index,
-                       captions_per_sample=captions_per_sample, rank=rank, world_size=world_size)
+                       captions_per_sample=captions_per_sample, rank=rank, world_size=world_size,
+                       image_cache=image_cache)
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
+def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None,
+          image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> Path:
     """Runs the stages of `config` into the run folder `out`; returns it.
 
     resume: continue from out/checkpoints/last.pt; a run folder with its config.toml but no checkpoint
@@ -185,10 +188,13 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     resume, `out` must not exist or be empty, so that two runs never mix in one folder.
     stop_after: take at most this many (>= 1) optimizer steps in this call, then checkpoint and
     return (the run is finished when out/model exists).
+    image_cache_bytes: decoded training images kept in memory, per process (tgfr.data.image_cache); the
+    results do not depend on it, only the time spent reading images.
     """
     out = Path(out)
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be an integer >= 1 (or None), got {stop_after!r}")
+    image_cache = DecodedImageCache(image_cache_bytes)
     rank, world_size, device = _init_distributed(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -234,7 +240,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     # The model (above) and the data of every stage still to run are built before the first file is
     # written: a bad weights file, manifest or batch size fails here and leaves a fresh run's folder
     # empty, so the corrected command can train into it.
-    stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size)
+    stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size, image_cache)
                   for name in config.stages[resume_index:]}
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         collate.check_captions(next(iter(stage_data.values())).dataset)
