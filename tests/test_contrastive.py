@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from derivative_transforms import DERIVATIVE_TRANSFORMS, DIRECTIONAL
 from tgfr.ops import contrastive_cross_entropy, contrastive_loss, contrastive_row_max
 
 MODES = ("exclude", "zero", "positive", "none")
@@ -149,6 +150,22 @@ def test_double_backward_raises_instead_of_returning_wrong_gradients(normalize):
         torch.testing.assert_close(got, wanted, rtol=1e-10, atol=1e-12)
     with pytest.raises(RuntimeError, match="first-order gradients only"):
         torch.autograd.grad(sum(grad.square().sum() for grad in grads), (x, y))
+
+
+@pytest.mark.parametrize("transform", DERIVATIVE_TRANSFORMS)
+def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
+    # PyTorch dropped forward tangents through the fused op without a word (zero JVPs) and refused
+    # torch.func.grad with an error naming neither the op nor the reference backend.
+    x, y, labels, _ = make_batch(6, 6, 4, torch.float64, identities=3)
+    arguments = dict(scale=2.0, margin=0.2, row_labels=labels, same_identity="exclude")
+    with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only.*"
+                                                  "use backend='reference'"):
+        DERIVATIVE_TRANSFORMS[transform](lambda a: contrastive_loss(a, y, backend="cpu", **arguments), x)
+    result = DERIVATIVE_TRANSFORMS[transform](lambda a: contrastive_loss(a, y, backend="reference", **arguments), x)
+    if transform in DIRECTIONAL:
+        step = 1e-6
+        ahead, behind = (contrastive_loss(x + sign * step, y, backend="reference", **arguments) for sign in (1, -1))
+        torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("mode", ("exclude", "zero", "none"))

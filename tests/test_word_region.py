@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import tgfr
+from derivative_transforms import DERIVATIVE_TRANSFORMS, DIRECTIONAL
 from tgfr import reference
 
 # Scaled-down reference shapes: T, R and D as in SPEC section 1, few captions and images.
@@ -161,6 +162,34 @@ def test_double_backward_raises_instead_of_returning_wrong_gradients():
     torch.testing.assert_close(grad_regions, expected[1], rtol=1e-9, atol=1e-12)
     with pytest.raises(RuntimeError, match="first-order gradients only"):
         torch.autograd.grad(grad_words.square().sum() + grad_regions.square().sum(), (words, regions))
+
+
+@pytest.mark.parametrize("transform", DERIVATIVE_TRANSFORMS)
+def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
+    # PyTorch dropped forward tangents through the fused op without a word (zero JVPs) and refused
+    # torch.func.grad with an error naming neither the op nor the reference backend.
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6,
+                                          dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="word_region_scores has fused reverse-mode gradients only.*"
+                                                  "use backend='reference'"):
+        DERIVATIVE_TRANSFORMS[transform](lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="cpu"), words)
+    # The reference backend gives the derivative: here its directional derivative along ones, against
+    # central differences.
+    result = DERIVATIVE_TRANSFORMS[transform](lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="reference"),
+                                   words)
+    if transform in DIRECTIONAL:
+        step = 1e-6
+        ahead, behind = (reference.word_region_scores(words + sign * step, lengths, regions) for sign in (1, -1))
+        torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
+
+
+def test_vmap_alone_still_runs_the_fused_op():
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6,
+                                          dtype=torch.float64)
+    stacked = torch.stack([words, words.flip(0)])
+    batched = torch.func.vmap(lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="cpu"))(stacked)
+    for scores, w in zip(batched, stacked):
+        torch.testing.assert_close(scores, reference.word_region_scores(w, lengths, regions), rtol=1e-9, atol=1e-12)
 
 
 def test_opcheck():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.ops.first_order import refuse_double_backward
+from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
 from tgfr.validation import (
     check_choice,
     check_flag,
@@ -200,6 +200,8 @@ def contrastive_cross_entropy(
     scale, margin = check_positive("scale", scale, maximum), _check_finite_number("margin", margin, maximum)
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
+    if backend != "reference":
+        refuse_forward_ad_and_transforms("the fused contrastive cross-entropy", x, y)
     rows, columns = direction in ("rows", "both"), direction in ("columns", "both")
     if backend == "triton":
         from tgfr.ops import contrastive_triton

@@ -1,6 +1,8 @@
-"""The fused backward ops have no derivative of their own: double backward through them is an error."""
+"""The fused ops have reverse-mode, first-order autograd only: double backward through their
+backward ops, forward-mode AD and the torch.func derivative transforms are errors, not zeros."""
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 
 def refuse_double_backward(backward_op: str, front_end: str) -> None:
@@ -19,3 +21,35 @@ def refuse_double_backward(backward_op: str, front_end: str) -> None:
         )
 
     torch.library.register_autograd(backward_op, refuse)
+
+
+def _tracked_by_a_derivative_transform(tensor: torch.Tensor) -> bool:
+    """Whether torch.func.grad/vjp/jvp (or jacrev, jacfwd, hessian, built on them) tracks `tensor`,
+    at any level of nesting; vmap's batching alone does not count."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        if functorch.is_gradtrackingtensor(tensor):
+            return True
+        tensor = functorch.get_unwrapped(tensor)
+    return False
+
+
+def refuse_forward_ad_and_transforms(front_end: str, *tensors: torch.Tensor) -> None:
+    """Raises NotImplementedError naming `front_end` when an input carries a forward-mode tangent
+    (torch.autograd.forward_ad) or is tracked by a torch.func derivative transform.
+
+    The fused ops register reverse-mode autograd only. PyTorch drops a forward-mode tangent through
+    them without a word (the JVP comes out zero), and refuses torch.func.grad with an error about
+    setup_context that names neither the op nor a way out; the reference backend supports both.
+    vmap alone gives correct values and is let through. Not checked while torch.compile traces,
+    where these wrappers do not reach the op.
+    """
+    if torch.compiler.is_compiling():
+        return
+    for tensor in tensors:
+        if forward_ad.unpack_dual(tensor).tangent is not None or _tracked_by_a_derivative_transform(tensor):
+            raise NotImplementedError(
+                f"{front_end} has fused reverse-mode gradients only: forward-mode AD (torch.autograd.forward_ad, "
+                "torch.func.jvp/jacfwd) and the torch.func derivative transforms (grad, vjp, jacrev) are not "
+                "supported by its fused backends; use backend='reference' for them"
+            )

@@ -11,7 +11,7 @@ import torch
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
 from tgfr.ops.determinism import alert_nondeterministic_backward
-from tgfr.ops.first_order import refuse_double_backward
+from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
 from tgfr.validation import (
     check_flag,
     check_nonempty,
@@ -101,6 +101,7 @@ def word_region_scores(
     backend = _resolve_backend(backend, words)
     if backend == "reference":
         return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
+    refuse_forward_ad_and_transforms("word_region_scores", words, regions)
     if backend == "triton":
         from tgfr.ops import word_region_triton
 
