@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import tgfr
 
@@ -96,8 +97,27 @@ def test_compiled_graph_checks_lengths_when_it_runs(backend, bad_lengths):
         lambda w, n, v: tgfr.ops.word_region_scores(w, n, v, backend=backend), fullgraph=True, dynamic=False
     )
     torch.testing.assert_close(compiled(words, lengths, regions), tgfr.ops.word_region_scores(words, lengths, regions))
-    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T=5\]"):
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\] \(T from words.shape\[1\]\)"):
         compiled(words, torch.tensor(bad_lengths), regions)
+
+
+def test_a_dynamic_compiled_graph_takes_every_caption_length():
+    # The lengths check formatted the symbolic T into its message, which fixed T: every new T compiled
+    # again, until the recompile limit sent the op back to eager.
+    counter = torch._dynamo.testing.CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda w, n, v: tgfr.ops.word_region_scores(w, n, v, backend="cpu"), backend=counter,
+                             fullgraph=True, dynamic=True)
+    generator = torch.Generator().manual_seed(0)
+    for num_words in (5, 7, 9, 12):
+        words = torch.randn(3, num_words, 8, generator=generator)
+        lengths = torch.tensor([1, num_words, num_words // 2])
+        regions = torch.randn(4, 6, 8, generator=generator)
+        torch.testing.assert_close(compiled(words, lengths, regions),
+                                   tgfr.ops.word_region_scores(words, lengths, regions), rtol=1e-6, atol=1e-6)
+    assert counter.frame_count == 1
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\]"):
+        compiled(words, torch.tensor([1, 13, 2]), regions)
 
 
 def test_kernel_checks_sizes_itself():

@@ -83,13 +83,16 @@ def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Ten
     """
     check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
     check_size("lengths", lengths, 0, batch, "the number of captions N")
-    message = f"lengths must lie in [1, T={num_words}] (T from words.shape[1])"
     if torch.compiler.is_compiling():
-        torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(), message)
+        # No T in the message: a symbolic T (dynamic shapes) put into a string is fixed to its value,
+        # and every new caption length would compile the graph again.
+        torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(),
+                            "lengths must lie in [1, T] (T from words.shape[1])")
     elif lengths.numel():
         shortest, longest = (int(value) for value in lengths.aminmax())
         if shortest < 1 or longest > num_words:
-            raise ValueError(f"{message}, got values in [{shortest}, {longest}]")
+            raise ValueError(f"lengths must lie in [1, T={num_words}] (T from words.shape[1]), got values in "
+                             f"[{shortest}, {longest}]")
     return lengths
 
 

@@ -73,6 +73,23 @@ def test_heads_compute_logits_in_float32_under_bf16_autocast(head_class):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("head_class", [ArcFaceHead, CosFaceHead])
+def test_heads_compile_to_one_graph_and_check_labels_when_it_runs(head_class):
+    """The label range check read the labels while tracing: fullgraph=True failed, the default mode broke
+    the graph."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    head = head_class(16, 10)
+    embeddings, labels = torch.randn(6, 16), torch.randint(0, 10, (6,))
+    for backend in ("aot_eager", "inductor"):
+        compiled = torch.compile(head, fullgraph=True, backend=backend)
+        torch.testing.assert_close(compiled(embeddings, labels), head(embeddings, labels), rtol=1e-6, atol=1e-6)
+        # Inductor's generated code may meet the bad index before the assertion does.
+        message = r"labels must lie in \[0, num_classes\)" + ("|index out of bounds" if backend == "inductor" else "")
+        with pytest.raises(RuntimeError, match=message):
+            compiled(embeddings, torch.tensor([0, 1, 2, 3, 4, 10]))
+
+
 def test_head_rejects_wrong_embedding_size():
     with pytest.raises(ValueError, match="embeddings"):
         ArcFaceHead(16, 10)(torch.randn(3, 8), torch.zeros(3, dtype=torch.long))

@@ -48,10 +48,13 @@ class _MarginSoftmaxHead(nn.Module):
         check_size("embeddings", embeddings, 1, self.weight.shape[1], "embedding_size of the head")
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
-        low, high = (int(value) for value in labels.aminmax())
-        if low < 0 or high >= self.weight.shape[0]:
-            raise ValueError(f"labels must lie in [0, num_classes={self.weight.shape[0]}), "
-                             f"got values in [{low}, {high}]")
+        num_classes = self.weight.shape[0]
+        if torch.compiler.is_compiling():  # labels are data, unknown while torch.compile traces: checked on run
+            torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), "labels must lie in [0, num_classes)")
+        else:
+            low, high = (int(value) for value in labels.aminmax())
+            if low < 0 or high >= num_classes:
+                raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]")
         # Embeddings in another float dtype than the head (bf16 features, fp32 head outside autocast) are
         # compared in the widest of the two dtypes and float32 rather than failing in the matmul.
         dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)

@@ -695,8 +695,10 @@ def launch_backward(
 def _assert_lengths_in_range(lengths: torch.Tensor, num_words: int) -> None:
     # The ops can be called directly, past the front end's checks, and the kernels mask words by
     # `word < length` alone: a length past T would read the next caption's words or past the
-    # tensor. An assertion on the device (no synchronization) stops that.
-    torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(), f"lengths must lie in [1, T={num_words}]")
+    # tensor. An assertion on the device (no synchronization) stops that. No T in the message: torch.compile
+    # traces this body, and a symbolic T put into a string would be fixed to its value (a recompile per T).
+    torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(),
+                        "lengths must lie in [1, T] (T from words.shape[1])")
 
 
 @triton_op("tgfr::word_region_scores_triton", mutates_args=())
