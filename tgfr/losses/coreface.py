@@ -22,6 +22,7 @@ from torch import nn
 from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
 from tgfr.losses.pairwise import check_pairs
 from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
+from tgfr.reference import accumulation_dtype
 from tgfr.validation import check_positive
 
 
@@ -74,7 +75,10 @@ class CoReFaceLoss(nn.Module):
     @torch.no_grad()
     def _update_margin(self, view1: torch.Tensor, view2: torch.Tensor, columns: torch.Tensor,
                        common: dict[str, Any]) -> None:
-        z1, z2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+        # In the ops' accumulation dtype, as the hardest negatives and the cross-entropy are: from 16-bit views
+        # the positive cosines would be off by up to 2^-8 (bf16), 0.25 in a logit at scale 64.
+        dtype = accumulation_dtype(view1.dtype)
+        z1, z2 = F.normalize(view1.to(dtype), dim=1), F.normalize(view2.to(dtype), dim=1)
         positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
         hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
         batch_margin = mean_over_ranks((positive - hardest).mean())
