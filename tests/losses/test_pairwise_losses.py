@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch._dynamo.testing
 import torch.nn.functional as F
 
 from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, IntraModalContrastiveLoss,
@@ -244,6 +245,23 @@ def test_coreface_margin_of_bfloat16_views_is_computed_in_float32():
     loss_bf16, loss_fp32 = in_bf16(view1, view2, labels), in_fp32(view1.float(), view2.float(), labels)
     assert in_bf16.margin.item() == pytest.approx(in_fp32.margin.item(), abs=1e-6)
     torch.testing.assert_close(loss_bf16, loss_fp32, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_coreface_compiles_once_while_its_margin_changes():
+    """The float margin passed to the fused op was guarded on: every training step compiled again, until
+    the recompile limit sent the loss back to eager."""
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    loss, generator = CoReFaceLoss(), torch.Generator().manual_seed(2)
+    compiled = torch.compile(loss, backend=counter)
+    labels = torch.randint(0, 4, (10,), generator=generator)
+    graphs, margins = [], []
+    for _ in range(4):
+        view1 = torch.randn(10, 8, generator=generator)
+        compiled(view1, view1 + 0.5 * torch.randn(10, 8, generator=generator), labels)
+        graphs.append(counter.frame_count)
+        margins.append(loss.margin.item())
+    assert len(set(margins)) == 4 and graphs[1:] == graphs[:1] * 3
 
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])

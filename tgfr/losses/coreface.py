@@ -67,6 +67,14 @@ class CoReFaceLoss(nn.Module):
                       backend=self.backend)
         if self.training:
             self._update_margin(view1, view2, columns, common)
+            return self._loss(view1, columns, common)
+        return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
+
+    # Run eagerly in training, where the margin changes every step: torch.compile would guard on the float margin
+    # (the fused op takes a float) and compile the rest of forward again at every step. The training graph breaks at
+    # _update_margin anyway, and the fused op is opaque to the compiler, so nothing is lost.
+    @torch.compiler.disable
+    def _loss(self, view1: torch.Tensor, columns: torch.Tensor, common: dict[str, Any]) -> torch.Tensor:
         return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
 
     # Run eagerly: torch.compile (aot_eager, inductor; torch 2.13) drops in-place updates of a 0-dim buffer, which
