@@ -53,6 +53,33 @@ def test_round_trip_gives_identical_outputs(tiny_bert_dir, tmp_path, fusion):
         assert torch.equal(model.fuse(expected), loaded.fuse(actual))
 
 
+def test_a_loaded_model_is_in_eval_mode_and_its_embeddings_do_not_depend_on_the_batch(tiny_bert_dir, tmp_path):
+    """In training mode the image head's BatchNorm normalizes by the batch's own statistics and moves
+    its running statistics at every call, no_grad or not."""
+    torch.manual_seed(0)
+    model = build(tiny_bert_dir)
+    with torch.no_grad():  # running statistics away from BatchNorm's initial (0, 1)
+        model.align(torch.randn(8, 3, 32, 32), **model.tokenize(CAPTIONS * 4))
+    loaded = load_tgfr_model(save_tgfr_model(model, tmp_path / "checkpoint"))
+    assert [name for name, module in loaded.named_modules() if module.training] == []
+    buffers = {name: buffer.clone() for name, buffer in loaded.named_buffers()}
+    assert not torch.equal(buffers["image_head.norm_map.running_mean"], torch.zeros(16))
+
+    images = torch.randn(5, 3, 32, 32)
+    captions = ["a young man with a beard", "blond woman smiling", "old man", "a woman with glasses", "young man"]
+    with torch.no_grad():
+        together = loaded(images, **loaded.tokenize(captions)), loaded.embed_image(images)
+        first_two = loaded(images[:2], **loaded.tokenize(captions[:2])), loaded.embed_image(images[:2])
+        alone = [(loaded(images[i:i + 1], **loaded.tokenize(captions[i:i + 1])), loaded.embed_image(images[i:i + 1]))
+                 for i in range(5)]
+    for i in range(5):
+        for batched, single in zip(together, alone[i]):
+            torch.testing.assert_close(batched[i:i + 1], single, rtol=1e-5, atol=1e-5)
+    for batched, pair in zip(together, first_two):
+        torch.testing.assert_close(batched[:2], pair, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(buffer, buffers[name]) for name, buffer in loaded.named_buffers())
+
+
 def test_checkpoint_errors_name_the_file(tiny_bert_dir, tmp_path):
     model = build(tiny_bert_dir)
     checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")

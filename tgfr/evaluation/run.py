@@ -128,7 +128,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
               training: dict[str, Any] | None) -> Path:
     manifest = Path(manifest) if manifest is not None else resolve_manifest(config.data)
     records = read_manifest(manifest)
-    model = load_tgfr_model(run / "model").to(device).eval()
+    model = load_tgfr_model(run / "model").to(device)
     captions = CaptionFeatures(model.text_encoder, device)
     evaluation = config.evaluation
     metrics, curves = {}, {}

@@ -82,7 +82,13 @@ def _check_backbone_fits_weights(config: TGFRConfig, config_path: Path, weights_
 
 
 def load_tgfr_model(directory: str | Path) -> TGFRModel:
-    """Rebuilds a TGFRModel from `save_tgfr_model`'s directory; every weight must match (strict)."""
+    """Rebuilds a TGFRModel from `save_tgfr_model`'s directory; every weight must match (strict).
+
+    The model comes back in eval mode, as Hugging Face's `from_pretrained` returns its models: in
+    training mode the image head's BatchNorm would normalize each call's batch by its own statistics
+    (an embedding would depend on the other images of the batch) and move its running statistics
+    for good. Call `.train()` to train it further.
+    """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     weights_path = directory / WEIGHTS_FILE
@@ -117,4 +123,4 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
             f"checkpoint file {str(weights_path)!r} does not match the model: missing {sorted(missing)}, "
             f"unexpected {sorted(unexpected)}"
         )
-    return model
+    return model.eval()
