@@ -105,6 +105,49 @@ def test_text_head_gradients_reach_tokens():
     assert torch.all(tokens.grad[1, 3:] == 0)  # padded tokens take no part
 
 
+# float16 keeps 11 significant bits (a relative rounding of 2**-11, about 5e-4 per operation); the
+# heads' sums of a few dozen products and their normalization stay within a few such roundings of
+# float32 on these unit-scale inputs, far below 5e-3, while a NaN or a lost word would be off by O(1).
+FLOAT16_TOLERANCE = dict(rtol=0.0, atol=5e-3)
+
+
+def test_text_head_in_float16_keeps_padded_words_zero_and_matches_float32():
+    """F.normalize's eps (1e-12) is 0 in float16: a zeroed padded word became 0/0 = NaN."""
+    torch.manual_seed(2)
+    head = TextAlignmentHead(hidden_size=12, dim=10, kernel_sizes=(2, 3, 4))
+    tokens, lengths = torch.randn(3, 7, 12), torch.tensor([7, 1, 4])
+    words, sentence = head(tokens, lengths)
+    half_words, half_sentence = head.half()(tokens.half(), lengths)
+    assert half_words.dtype == half_sentence.dtype == torch.float16
+    assert torch.all(half_words[1, 1:] == 0) and torch.all(half_words[2, 4:] == 0)
+    torch.testing.assert_close(half_words.float(), words, **FLOAT16_TOLERANCE)
+    torch.testing.assert_close(half_sentence.float(), sentence, **FLOAT16_TOLERANCE)
+
+
+def test_image_head_in_float16_matches_float32():
+    torch.manual_seed(3)
+    head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8).eval()
+    embedding, region_map = torch.randn(3, 24), torch.randn(3, 16, 4, 5)
+    image_global, regions = head(embedding, region_map)
+    half_global, half_regions = head.half()(embedding.half(), region_map.half())
+    assert half_global.dtype == half_regions.dtype == torch.float16
+    torch.testing.assert_close(half_global.float(), image_global, **FLOAT16_TOLERANCE)
+    torch.testing.assert_close(half_regions.float(), regions, **FLOAT16_TOLERANCE)
+
+
+def test_heads_under_autocast_give_float32_unit_rows():
+    """Under autocast the 16-bit rows are normalized in float32, as autocast's norm is on CUDA."""
+    torch.manual_seed(4)
+    head = TextAlignmentHead(hidden_size=12, dim=10)
+    tokens, lengths = torch.randn(2, 6, 12), torch.tensor([6, 2])
+    with torch.autocast("cpu", dtype=torch.float16):
+        words, sentence = head(tokens, lengths)
+    assert words.dtype == sentence.dtype == torch.float32
+    assert torch.all(words[1, 2:] == 0)
+    torch.testing.assert_close(words[0].norm(dim=-1), torch.ones(6))
+    torch.testing.assert_close(sentence.norm(dim=-1), torch.ones(2))
+
+
 def test_heads_reject_bad_inputs():
     image_head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8)
     with pytest.raises(ValueError, match="region_map must have size 16"):

@@ -24,6 +24,20 @@ from tgfr.validation import check_word_lengths
 from tgfr.validation import check_size, check_tensor
 
 
+def _unit_rows(features: torch.Tensor) -> torch.Tensor:
+    """F.normalize along the last dimension, (..., D) -> (..., D), with zero rows kept zero in float16.
+
+    F.normalize divides by max(norm, 1e-12), and 1e-12 is 0 in float16: a zero row (a padded
+    word) would become 0/0 = NaN. float16 rows are therefore normalized in float32 and rounded back
+    to float16, or left in float32 under autocast, where F.normalize gives float32 on CUDA too
+    (autocast takes norms in float32). Other dtypes hold 1e-12 and go through F.normalize as before.
+    """
+    if features.dtype != torch.float16:
+        return F.normalize(features, dim=-1)
+    unit = F.normalize(features.float(), dim=-1)
+    return unit if torch.is_autocast_enabled(features.device.type) else unit.to(features.dtype)
+
+
 class RegionSelfAttention(nn.Module):
     """Single-head scaled dot-product self-attention over region tokens (B, R, C) -> (B, R, C)."""
 
@@ -67,8 +81,8 @@ class ImageAlignmentHead(nn.Module):
         check_size("region_map", region_map, 1, self.region_channels, "the backbone's layer3 channels")
         tokens = regions_as_tokens(self.norm_map(region_map))
         tokens = self.mlp(self.norm_tokens(self.attention(tokens)))
-        regions = F.normalize(self.project_regions(tokens), dim=-1)
-        image_global = F.normalize(self.project_global(embedding), dim=-1)
+        regions = _unit_rows(self.project_regions(tokens))
+        image_global = _unit_rows(self.project_global(embedding))
         return image_global, regions
 
 
@@ -99,4 +113,4 @@ class TextAlignmentHead(nn.Module):
         invalid = ~valid[None, :, None, :]  # broadcast to (K, B, D, T)
         words = maps.amax(dim=0).transpose(1, 2).masked_fill(~valid.unsqueeze(-1), 0.0)
         sentence = maps.masked_fill(invalid, float("-inf")).amax(dim=-1).mean(dim=0)
-        return F.normalize(words, dim=-1), F.normalize(sentence, dim=-1)
+        return _unit_rows(words), _unit_rows(sentence)
