@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
+from tgfr.data.files import load_image
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.sampler import IdentityBalancedBatchSampler
@@ -74,6 +75,59 @@ def test_train_transform_flip_and_grayscale():
     assert 50 < kinds["grey"] + kinds["grey flipped"] < 110  # p = 0.2 of 400
     assert 150 < kinds["colour flipped"] + kinds["grey flipped"] < 250  # p = 0.5
     assert TrainTransform()(image, np.random.default_rng(7)).equal(TrainTransform()(image, np.random.default_rng(7)))
+
+
+def image_of_mode(mode: str, tmp_path):
+    """A 40 x 30 image file in `mode` and the image as Image.open gives it."""
+    grey = np.random.default_rng(2).integers(0, 256, (30, 40), dtype=np.uint8)
+    rgb = Image.fromarray(np.stack([grey, 255 - grey, grey // 2], axis=-1))
+    image = {"I;16": Image.fromarray(grey.astype(np.uint16) * 257), "1": Image.fromarray(grey).convert("1"),
+             "P": rgb.convert("P", palette=Image.Palette.ADAPTIVE)}.get(mode) or rgb.convert(mode)
+    path = tmp_path / f"face.{'jpg' if mode == 'CMYK' else 'png'}"
+    image.save(path)
+    opened = Image.open(path)
+    assert opened.mode == mode
+    return path, opened
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "1", "CMYK", "I;16"])
+def test_transforms_of_an_opened_image_equal_those_of_load_image(tmp_path, mode):
+    """The transforms convert as load_image does. They converted after resizing (a palette or 1-bit
+    image was resized by its nearest pixels, a CMYK one in CMYK), and 16-bit greyscale came out white."""
+    path, opened = image_of_mode(mode, tmp_path)
+    loaded = load_image(path)
+    for size in (30, 24):  # the image's height (no resize) and a resize
+        assert torch.equal(EvalTransform(size)(opened), EvalTransform(size)(loaded))
+        assert torch.equal(TrainTransform(size, grayscale_p=0.5)(opened, np.random.default_rng(5)),
+                           TrainTransform(size, grayscale_p=0.5)(loaded, np.random.default_rng(5)))
+
+
+def test_16_bit_greyscale_keeps_its_top_8_bits():
+    rng = np.random.default_rng(3)
+    grey, low_bits = (rng.integers(0, 256, (16, 16), dtype=np.uint16) for _ in range(2))
+    image = Image.fromarray(grey * 256 + low_bits)
+    expected = (torch.from_numpy(grey).float() / 127.5 - 1.0).expand(3, 16, 16)
+    assert image.mode == "I;16"
+    assert torch.equal(EvalTransform(16)(image), expected)
+
+
+@pytest.mark.parametrize("array, description", [
+    (np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), "floating-point pixels (mode F)"),
+    (np.arange(64, dtype=np.int32).reshape(8, 8) * 1000, "32-bit integer pixels (mode I)"),
+])
+def test_transforms_refuse_pixels_of_no_fixed_range(array, description):
+    image = Image.fromarray(array)
+    for transform in (EvalTransform(8), TrainTransform(8)):
+        with pytest.raises(ValueError, match=re.escape(f"image has {description} of no fixed range; convert it "
+                                                       "to 8-bit RGB")):
+            transform(image)
+
+
+@pytest.mark.parametrize("image, name", [(torch.zeros(3, 8, 8), "Tensor"), (np.zeros((8, 8, 3), np.uint8), "ndarray")])
+def test_transforms_take_only_pil_images(image, name):
+    for transform in (EvalTransform(8), TrainTransform(8)):
+        with pytest.raises(TypeError, match=f"^image must be a PIL.Image.Image, got {name}$"):
+            transform(image, np.random.default_rng(0))
 
 
 def test_captions_reproducible_and_vary_with_epoch(manifest):

@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "ManifestRecord": "manifest", "read_manifest": "manifest", "write_manifest": "manifest",
     "select_split": "manifest", "identity_labels": "manifest",
-    "load_image": "files", "check_image": "files", "read_caption_file": "files",
+    "load_image": "files", "check_image": "files", "read_caption_file": "files", "to_rgb": "files",
     "TrainTransform": "transforms", "EvalTransform": "transforms", "IMAGE_SIZE": "transforms",
     "FaceCaptionDataset": "dataset", "CaptionCollator": "dataset",
     "IdentityBalancedBatchSampler": "sampler",

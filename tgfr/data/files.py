@@ -31,18 +31,20 @@ def _opened_image(path: Path) -> Iterator[Image.Image]:
         raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
 
 
-def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
-    """RGB with 8 bits per channel.
+def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
+    """The image as 8-bit RGB (a new image); errors name it as `what` ("image file x.png").
 
     Image.convert clips 16-bit greyscale (mode I;16, a 16-bit PNG) at 255 instead of scaling it,
     which turns the face almost white: the top 8 bits are kept instead. 32-bit integer and float
-    pixels (modes I and F) have no fixed range to scale from, so they are refused.
+    pixels (modes I and F) have no fixed range to scale from, so they are refused (ValueError).
     """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"{what} must be a PIL.Image.Image, got {type(image).__name__}")
     if image.mode.startswith("I;16"):
         high_bytes = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return Image.fromarray(high_bytes, mode="L").convert("RGB")
     if image.mode in ("I", "F"):
-        raise ValueError(f"image file {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
+        raise ValueError(f"{what} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
                          f"pixels (mode {image.mode}) of no fixed range; convert it to 8-bit RGB")
     return image.convert("RGB")
 
@@ -52,7 +54,7 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     with _opened_image(path) as image:
         image.load()
-        return _to_rgb(image, path)
+        return to_rgb(image, f"image file {path}")
 
 
 def check_image(path: str | Path) -> Image.Image:
@@ -69,7 +71,7 @@ def check_image(path: str | Path) -> Image.Image:
         image.verify()
     with _opened_image(path) as image:  # verify leaves the image unusable: open it again to decode
         image.load()
-        return _to_rgb(image, path)  # refuses pixel formats that load_image refuses
+        return to_rgb(image, f"image file {path}")  # refuses pixel formats that load_image refuses
 
 
 def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:

@@ -1,20 +1,25 @@
 """Image transforms for face crops, written with PIL/numpy/torch (no torchvision).
 
-Both transforms map a PIL image to a float32 tensor (3, size, size) in [-1, 1]
-(mean = std = 0.5 per channel, as arcface_torch). They draw their randomness from the
-numpy Generator they are given, so a dataset can make every sample reproducible.
+Both transforms map a PIL image of any mode to a float32 tensor (3, size, size) in [-1, 1]
+(mean = std = 0.5 per channel, as arcface_torch). They first convert it to 8-bit RGB as
+`load_image` does (`tgfr.data.files.to_rgb`: 16-bit greyscale keeps its top 8 bits, 32-bit
+integer and float pixels are refused), so an image opened by the caller gives what the file
+read by `load_image` gives. They draw their randomness from the numpy Generator they are given,
+so a dataset can make every sample reproducible.
 """
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from tgfr.data.files import to_rgb
+
 IMAGE_SIZE = 112
 
 
-def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image (H, W) -> float32 tensor (3, H, W) with (x / 255 - 0.5) / 0.5."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+def _normalized_tensor(rgb: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image (H, W) -> float32 tensor (3, H, W) with (x / 255 - 0.5) / 0.5."""
+    array = np.asarray(rgb, dtype=np.float32)
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     return tensor.div_(127.5).sub_(1.0)
 
@@ -32,7 +37,9 @@ class EvalTransform:
         self.size = size
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
-        return to_normalized_tensor(_resized(image, self.size))
+        """PIL image (any size and mode) -> (3, size, size) float32 in [-1, 1]; TypeError for
+        anything but a PIL image, ValueError for 32-bit integer or float pixels."""
+        return _normalized_tensor(_resized(to_rgb(image), self.size))
 
 
 class TrainTransform:
@@ -42,10 +49,11 @@ class TrainTransform:
         self.size, self.flip_p, self.grayscale_p = size, flip_p, grayscale_p
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """As EvalTransform, with the random flip and greyscale drawn from `rng`."""
+        image = _resized(to_rgb(image), self.size)
         rng = rng if rng is not None else np.random.default_rng()
-        image = _resized(image, self.size)
         if rng.random() < self.flip_p:
             image = ImageOps.mirror(image)
         if rng.random() < self.grayscale_p:
             image = image.convert("L").convert("RGB")
-        return to_normalized_tensor(image)
+        return _normalized_tensor(image)
