@@ -1,5 +1,9 @@
+import copy
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tgfr.models import IResNet, IResNetConfig, iresnet18, iresnet34, iresnet50, iresnet100, load_weights_file
 from tgfr.models import regions_as_tokens
@@ -169,3 +173,24 @@ def test_bad_configs_and_inputs_are_rejected():
         model(torch.randn(2, 3, 64, 64))
     with pytest.raises(TypeError, match="images"):
         model([1, 2, 3])
+
+
+def test_images_of_another_dtype_than_the_parameters_are_named():
+    """uint8 pixels and float16 images into a float32 backbone failed inside conv1, naming neither."""
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32)).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    for dtype in (torch.uint8, torch.float16, torch.float64):
+        with pytest.raises(TypeError, match=re.escape(f"images must have dtype float32, the backbone's parameters', "
+                                                      f"got {str(dtype).removeprefix('torch.')} (images are floats "
+                                                      "in [-1, 1]")):
+            model(images.to(dtype))
+    with pytest.raises(TypeError, match="images must have dtype bfloat16, the backbone's parameters', got float32"):
+        copy.deepcopy(model).to(torch.bfloat16)(images)
+    # Under autocast the float32 images meet float32 parameters and conv1 casts both to bfloat16.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding, regions = model(images)
+        with pytest.raises(TypeError, match="images must have dtype float32, the backbone's parameters', got uint8"):
+            model(images.to(torch.uint8))
+    assert embedding.dtype == regions.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert F.cosine_similarity(embedding.float(), model(images).embedding).min() > 0.99  # bf16 rounds at 2**-8

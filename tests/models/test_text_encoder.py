@@ -159,6 +159,8 @@ def test_bad_inputs(tiny_bert_dir, tmp_path):
         encoder(batch["input_ids"].float(), batch["attention_mask"])
     with pytest.raises(TypeError, match="captions"):
         encoder.tokenize("a man")
+    with pytest.raises(ValueError, match="^captions must be a non-empty list of strings, got an empty list$"):
+        encoder.tokenize([])
 
 
 def test_missing_vocabulary_is_an_error(tiny_bert_dir, tmp_path):

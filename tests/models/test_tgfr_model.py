@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,3 +89,31 @@ def test_a_float16_model_gives_the_float32_embeddings(tiny_bert_dir):
     # fusion the unit embeddings stay within 1e-2 of float32 (1e-3 measured), where a NaN is off by O(1).
     torch.testing.assert_close(F.normalize(half_fused.float(), dim=1), fused, rtol=0.0, atol=1e-2)
     torch.testing.assert_close(F.normalize(half_face.float(), dim=1), face, rtol=0.0, atol=1e-2)
+
+
+@pytest.mark.parametrize("captions", [2, 4])
+def test_captions_for_another_number_of_images_are_refused_before_the_backbone_runs(tiny_bert_dir, captions):
+    model = TGFRModel(small_config(tiny_bert_dir)).eval()
+    batch = model.tokenize((CAPTIONS * 2)[:captions])
+    calls = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs))
+    message = re.escape(f"input_ids must have size 3 (the batch size of images: one caption per image) in "
+                        f"dimension 0, got {captions} (shape ({captions}, 10))")
+    with torch.no_grad():
+        for call in (model, model.align):
+            with pytest.raises(ValueError, match=message):
+                call(torch.randn(3, 3, 32, 32), **batch)
+    assert calls == []
+
+
+def test_autocast_runs_the_float32_model_on_float32_images(tiny_bert_dir):
+    torch.manual_seed(0)
+    model = TGFRModel(small_config(tiny_bert_dir)).eval()
+    images, batch = torch.randn(3, 3, 32, 32), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        fused = F.normalize(model(images, **batch), dim=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_fused = F.normalize(model(images, **batch).float(), dim=1)
+            autocast_face = model.embed_image(images)
+    assert autocast_face.dtype == torch.bfloat16
+    assert F.cosine_similarity(autocast_fused, fused).min() > 0.99  # bf16 rounds at 2**-8

@@ -172,6 +172,13 @@ class IResNet(FreezableModule):
         check_tensor("images", images, ndim=4)
         if tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        expected = self.conv1.weight.dtype
+        # Under autocast the convolutions cast any float input to the autocast dtype themselves.
+        autocast = images.is_floating_point() and torch.is_autocast_enabled(images.device.type)
+        if images.dtype != expected and not autocast:
+            raise TypeError(f"images must have dtype {str(expected).removeprefix('torch.')}, the backbone's "
+                            f"parameters', got {str(images.dtype).removeprefix('torch.')} (images are floats in "
+                            "[-1, 1], as tgfr.data.EvalTransform gives them)")
         x = self.prelu(self.bn1(self.conv1(images)))
         regions = self.layer3(self.layer2(self.layer1(x)))
         x = self.bn2(self.layer4(regions))

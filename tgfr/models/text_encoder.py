@@ -141,9 +141,11 @@ class TextEncoder(FreezableModule):
         return self.model.config.hidden_size
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """Captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded and truncated."""
+        """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded and truncated."""
         if isinstance(captions, str) or not all(isinstance(caption, str) for caption in captions):
             raise TypeError("captions must be a list of strings")
+        if len(captions) == 0:
+            raise ValueError("captions must be a non-empty list of strings, got an empty list")
         batch = self.tokenizer(
             list(captions), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )

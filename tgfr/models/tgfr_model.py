@@ -23,6 +23,7 @@ from tgfr.models.fcam import ImageAlignmentHead, TextAlignmentHead
 from tgfr.models.fcfm import build_fusion
 from tgfr.models.iresnet import IResNet, IResNetConfig
 from tgfr.models.text_encoder import TextEncoder
+from tgfr.validation import check_size, check_tensor
 
 
 @dataclass
@@ -130,15 +131,24 @@ class TGFRModel(nn.Module):
         return self.fusion.out_dim
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """Captions -> {"input_ids", "attention_mask"} (B, max_length) on the CPU."""
+        """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) on the CPU."""
         return self.text_encoder.tokenize(captions)
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, S, S) -> backbone embedding (B, num_features), not normalized."""
+        """images (B, 3, S, S) -> backbone embedding (B, num_features), not normalized.
+
+        S = config.backbone.input_size (a run's data.image_size); values in [-1, 1], in the dtype of
+        the parameters: what tgfr.data.EvalTransform(S) gives for a face crop.
+        """
         return self.backbone(images).embedding
 
     def align(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AlignedFeatures:
-        """images (B, 3, S, S), input_ids / attention_mask (B, L) -> AlignedFeatures (T = L - 2)."""
+        """images (B, 3, S, S) as for `embed_image`, input_ids / attention_mask (B, L) from `tokenize`
+        (one caption per image) -> AlignedFeatures (T = L - 2)."""
+        check_tensor("images", images, ndim=4)
+        check_tensor("input_ids", input_ids, ndim=2)
+        # Checked before the backbone runs, which would otherwise spend a whole batch to fail in the fusion.
+        check_size("input_ids", input_ids, 0, images.shape[0], "the batch size of images: one caption per image")
         embedding, region_map = self.backbone(images)
         image_global, regions = self.image_head(embedding, region_map)
         text = self.text_encoder(input_ids, attention_mask)
@@ -150,5 +160,9 @@ class TGFRModel(nn.Module):
         return self.fusion(aligned.regions, aligned.words, aligned.lengths, aligned.image_global, aligned.sentence)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Fused identity embedding (B, fused_dim) of face-caption pairs."""
+        """Fused identity embedding (B, fused_dim) of face-caption pairs, not normalized.
+
+        images (B, 3, S, S): S = config.backbone.input_size, values in [-1, 1] (tgfr.data.EvalTransform(S));
+        input_ids / attention_mask (B, L): `tokenize` of the B captions, one per image.
+        """
         return self.fuse(self.align(images, input_ids, attention_mask))
