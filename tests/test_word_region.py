@@ -183,6 +183,21 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
         torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
+def test_a_derivative_transform_whose_gradient_bypasses_the_op_still_runs_it():
+    # Hard-negative mining inside a differentiated loss: the scores weight the loss but take no gradient,
+    # so the only gradient is the one of the square term, 2 w.
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6,
+                                          dtype=torch.float64)
+
+    def loss(w):
+        with torch.no_grad():
+            weight = tgfr.ops.word_region_scores(w, lengths, regions, backend="cpu").softmax(1)
+        return (weight * tgfr.ops.word_region_scores(w.detach(), lengths, regions, backend="cpu")).sum() \
+            + w.square().sum()
+
+    torch.testing.assert_close(torch.func.grad(loss)(words), 2 * words, rtol=1e-12, atol=1e-12)
+
+
 def test_vmap_alone_still_runs_the_fused_op():
     words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6,
                                           dtype=torch.float64)
