@@ -163,3 +163,14 @@ def test_heads_reject_bad_inputs():
         text_head(torch.randn(2, 5, 7), torch.tensor([1, 3]))
     with pytest.raises(ValueError, match="kernel_sizes"):
         TextAlignmentHead(hidden_size=6, kernel_sizes=())
+
+
+def test_image_head_runs_on_the_meta_device_in_float16():
+    """Shape inference without memory: asking whether autocast is on raised for the meta device. (The
+    text head reads its lengths, which meta tensors do not hold.)"""
+    with torch.device("meta"):
+        head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8).half().eval()
+        image_global, regions = head(torch.randn(3, 24, dtype=torch.float16),
+                                     torch.randn(3, 16, 4, 5, dtype=torch.float16))
+    assert image_global.shape == (3, 8) and regions.shape == (3, 20, 8) and regions.is_meta
+    assert regions.dtype == torch.float16

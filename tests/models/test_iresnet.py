@@ -175,6 +175,16 @@ def test_bad_configs_and_inputs_are_rejected():
         model([1, 2, 3])
 
 
+def test_the_backbone_runs_on_the_meta_device():
+    """Shape inference without memory: the dtype check asked whether autocast is on, which raised for meta."""
+    with torch.device("meta"):
+        model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32)).eval()
+        embedding, regions = model(torch.empty(2, 3, 32, 32))
+    assert embedding.is_meta and embedding.shape == (2, model.config.num_features) and regions.shape[0] == 2
+    with pytest.raises(TypeError, match="images must have dtype float32"):
+        model(torch.empty(2, 3, 32, 32, device="meta", dtype=torch.uint8))
+
+
 def test_images_of_another_dtype_than_the_parameters_are_named():
     """uint8 pixels and float16 images into a float32 backbone failed inside conv1, naming neither."""
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32)).eval()

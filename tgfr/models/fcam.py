@@ -35,7 +35,9 @@ def _unit_rows(features: torch.Tensor) -> torch.Tensor:
     if features.dtype != torch.float16:
         return F.normalize(features, dim=-1)
     unit = F.normalize(features.float(), dim=-1)
-    return unit if torch.is_autocast_enabled(features.device.type) else unit.to(features.dtype)
+    device = features.device.type  # is_autocast_enabled raises for devices without autocast (meta)
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return unit if autocast else unit.to(features.dtype)
 
 
 class RegionSelfAttention(nn.Module):

@@ -174,7 +174,10 @@ class IResNet(FreezableModule):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         expected = self.conv1.weight.dtype
         # Under autocast the convolutions cast any float input to the autocast dtype themselves.
-        autocast = images.is_floating_point() and torch.is_autocast_enabled(images.device.type)
+        # is_autocast_enabled raises for devices without autocast (meta, for shape inference).
+        device = images.device.type
+        autocast = (images.is_floating_point() and torch.amp.is_autocast_available(device)
+                    and torch.is_autocast_enabled(device))
         if images.dtype != expected and not autocast:
             raise TypeError(f"images must have dtype {str(expected).removeprefix('torch.')}, the backbone's "
                             f"parameters', got {str(images.dtype).removeprefix('torch.')} (images are floats in "
