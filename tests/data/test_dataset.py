@@ -1,3 +1,4 @@
+import pickle
 import re
 from collections import Counter
 
@@ -396,6 +397,15 @@ def test_an_image_that_breaks_after_construction_names_the_remedy(manifest):
     with pytest.raises(ValueError, match=re.escape(f"image file {path} is corrupt or not an image") + r".*"
                                          + re.escape("(fix the manifest)")):
         dataset[2]
+
+
+def test_loader_workers_that_are_not_forked_read_from_disk_without_a_copy_of_the_cache(manifest):
+    """Spawned workers got the dataset pickled with every kept image, once per epoch's DataLoader."""
+    cache = DecodedImageCache(1 << 20)
+    dataset = FaceCaptionDataset(manifest, split="train", image_cache=cache, transform=TrainTransform(48), seed=1)
+    assert len(pickle.loads(pickle.dumps(cache))) == 0 and len(cache) == 9
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=1, multiprocessing_context="spawn")
+    assert torch.equal(torch.cat([batch["image"] for batch in loader]), torch.stack(_train_items(dataset)))
 
 
 @pytest.mark.parametrize("budget", [-1, 1.5, True, "1"])

@@ -6,7 +6,9 @@ read and decode (PNG: about 0.6 ms per 112 x 112 image on one Xeon core) for the
 reads the others from disk as before. The images are kept in the order they are checked until the
 budget is spent; with an epoch touching every image once, no eviction policy would hit more often.
 The cache is filled once and only read afterwards, so a prefetch thread and forked loader workers
-(which inherit it) can share it without locks.
+(which inherit it) can share it without locks. Workers started otherwise (spawn, forkserver) get
+the dataset pickled, and a pickled cache arrives empty: they read the files, as without a cache,
+rather than receive a copy of every kept image each epoch.
 """
 
 from pathlib import Path
@@ -39,6 +41,9 @@ class DecodedImageCache:
 
     def __len__(self) -> int:
         return len(self._images)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": {}, "used_bytes": 0}
 
     def check(self, path: Path) -> None:
         """files.check_image(path), keeping the decoded image if it still fits the budget."""
