@@ -97,3 +97,23 @@ def test_the_tuning_check_runs_the_binary_it_times(kind):
 
     assert specializations(CHECK_SIZE) == specializations(1024)
     assert specializations(40) != specializations(1024)  # what the check used to run at
+
+
+@pytest.mark.parametrize("dtype, normalize, same_identity", [
+    ("bfloat16", True, "exclude"), ("float16", True, "positive"), ("float32", False, "zero"), ("bfloat16", False, "none"),
+])
+def test_contrastive_kernels_compile_for_sm90a(dtype, normalize, same_identity):
+    """The interpreter runs what the GPU compiler refuses: the forward kernel reused `_` for an int and,
+    in its loop, for a tile, which no GPU could compile (a loop-carried variable must keep its type)."""
+    import torch
+
+    from benchmarks.triton_resources import _specialized, compile_kernel, contrastive_launches
+
+    launches = contrastive_launches(getattr(torch, dtype), 256, normalize, same_identity)
+    assert sorted(kernel.__name__ for kernel, _ in launches) == ["_backward_rows_kernel", "_forward_rows_kernel"]
+    for kernel, arguments in launches:
+        # Triton's launch defaults for CUDA, which these kernels are launched with.
+        report = compile_kernel(kernel, *_specialized(kernel, arguments), num_warps=4, num_stages=3, capability=90)
+        assert "error" not in report, (kernel.__name__, report)
+        assert 0 < report["registers"] <= 255
+        assert (report["mma_sync"] + report["wgmma"] > 0) == (dtype != "float32")  # fp32 without TF32: no MMA

@@ -101,21 +101,27 @@ def _launch_specialization(kernel: str) -> tuple[dict, dict, dict]:
 
 
 def compile_report(kernel: str, config: dict, capability: int) -> dict:
-    """Compiles one config of the kernel named `kernel`, specialized as a launch at the benchmark
-    shape is, and returns its resource figures (or the compile error)."""
+    """Compiles one config of the word-region kernel named `kernel`, specialized as a launch at the
+    benchmark shape is, and returns its resource figures (or the compile error)."""
+    from tgfr.ops import word_region_triton as kernels
+
+    signature, constexprs, attrs = _launch_specialization(kernel)
+    tile = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
+    return compile_kernel(getattr(kernels, kernel).fn, {**signature, **dict.fromkeys(tile, "constexpr")},
+                          {**constexprs, **tile}, attrs, config["num_warps"], config["num_stages"], capability)
+
+
+def compile_kernel(kernel_fn, signature: dict, constexprs: dict, attrs: dict, num_warps: int, num_stages: int,
+                   capability: int) -> dict:
+    """Compiles a @triton.jit function for the CUDA `capability` (no GPU needed) with the
+    specialization of _specialized and returns its resource figures, or {"error": ...}."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from tgfr.ops import word_region_triton as kernels
-
-    kernel_fn = getattr(kernels, kernel).fn
-    signature, constexprs, attrs = _launch_specialization(kernel)
-    tile = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
-    signature = {**signature, **dict.fromkeys(tile, "constexpr")}
     source = ASTSource(
         fn=kernel_fn, signature=signature, attrs=attrs,
-        constexprs={(kernel_fn.arg_names.index(name),): value for name, value in {**constexprs, **tile}.items()},
+        constexprs={(kernel_fn.arg_names.index(name),): value for name, value in constexprs.items()},
     )
     log = io.StringIO()
     knobs = triton.knobs
@@ -126,7 +132,7 @@ def compile_report(kernel: str, config: dict, capability: int) -> dict:
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(
                 source, target=GPUTarget("cuda", capability, 32),
-                options={"num_warps": config["num_warps"], "num_stages": config["num_stages"]},
+                options={"num_warps": num_warps, "num_stages": num_stages},
             )
     except Exception as error:  # a config that does not compile is reported, not fatal
         return {"error": f"{type(error).__name__}: {str(error)[-300:]}"}
@@ -136,7 +142,7 @@ def compile_report(kernel: str, config: dict, capability: int) -> dict:
     registers = re.search(r"Used (\d+) registers", ptxas)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)
     if registers is None or spills is None:
-        raise RuntimeError(f"no ptxas resource report for {kernel} {config}:\n{ptxas[-2000:]}")
+        raise RuntimeError(f"no ptxas resource report for {kernel_fn.__name__}:\n{ptxas[-2000:]}")
     ptx = compiled.asm["ptx"]
     atomic_widths = re.findall(r"\bred\.global\S*\.add(\.v[24])?\.f32", ptx)  # one instruction adds 1, 2 or 4 floats
     return {
@@ -147,6 +153,34 @@ def compile_report(kernel: str, config: dict, capability: int) -> dict:
         "atomic_add_f32": atomic_widths.count(""), "atomic_add_v2_f32": atomic_widths.count(".v2"),
         "atomic_add_v4_f32": atomic_widths.count(".v4"),
     }
+
+
+def contrastive_launches(dtype: torch.dtype, dims: int, normalize: bool, same_identity: str) -> list[tuple]:
+    """(kernel function, arguments) of every Triton launch of a contrastive forward and backward
+    (both directions, with labels) on (1024, dims) inputs of `dtype`: the launchers run on meta
+    tensors with wrap_triton replaced by a recorder, so the arguments are the ones a GPU run passes."""
+    from tgfr.ops import contrastive_triton
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*arguments, **constexprs):
+                launches.append((self.kernel, {**dict(zip(self.kernel.arg_names, arguments)), **constexprs}))
+            return launch
+
+    x = torch.empty(SIZE, dims, dtype=dtype, device="meta")
+    labels = torch.empty(SIZE, dtype=torch.int64, device="meta")
+    inverse_norms = contrastive_triton._inverse_norms(x, normalize)
+    common = (x, x, labels, labels, inverse_norms, inverse_norms)
+    # The launchers, not the registered ops: those would take their fake kernels on meta tensors.
+    with mock.patch.object(contrastive_triton, "wrap_triton", Recorder):
+        loss, lse = contrastive_triton._launch_forward(*common, 10.0, 0.2, same_identity, 0)
+        contrastive_triton._launch_backward(*common, loss, lse, loss, lse, 10.0, 0.2, same_identity, 0, True, True)
+    return launches
 
 
 def main() -> None:

@@ -98,16 +98,18 @@ def _forward_rows_kernel(a_ptr, b_ptr, labels_a_ptr, labels_b_ptr, inverse_norm_
                          MODE: tl.constexpr, HAS_LABELS: tl.constexpr, NORMALIZE: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          INPUT_PRECISION: tl.constexpr):
-    _, rows, row_ok, a, labels_a, inverse_norm_a = _row_block(
+    # Names, not `_`, for the unused results: the GPU compiler refuses a loop-carried variable whose type
+    # changes, and `_` would be an int here and a tile in the loop (the interpreter does not check this).
+    first, rows, row_ok, a, labels_a, inverse_norm_a = _row_block(
         a_ptr, labels_a_ptr, inverse_norm_a_ptr, num_a, dims, HAS_LABELS, NORMALIZE, BLOCK_M, BLOCK_D)
     row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_M,), tl.float32)
     positive_sum = tl.zeros((BLOCK_M,), tl.float32)
     for start in range(0, num_b, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        logits, positive, _, _, _ = _logits_tile(a, b_ptr, labels_a, labels_b_ptr, inverse_norm_a, inverse_norm_b_ptr,
-                                                 rows, start, cols, num_b, dims, offset, scale, margin, MODE,
-                                                 HAS_LABELS, NORMALIZE, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        logits, positive, same, b, inverse_norm_b = _logits_tile(
+            a, b_ptr, labels_a, labels_b_ptr, inverse_norm_a, inverse_norm_b_ptr, rows, start, cols, num_b, dims,
+            offset, scale, margin, MODE, HAS_LABELS, NORMALIZE, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
