@@ -63,15 +63,22 @@ def test_a_case_is_skipped_on_its_whole_predicted_cost_and_on_the_deadline():
     the case cap although one step (182 s) is under it."""
     step_8192 = 2.84 * 64
     assert 4 * step_8192 > 600 > step_8192
-    assert "727 s" in gpu._skip_reason((1024, 2.84), 8192, 0.0, 600.0, float("inf"))
+    assert "727 s" in gpu._skip_reason((1024, 2.84), 8192, 0.0, 600.0, float("inf"), 60.0)
     # 4096: 11 steps (warm-up, peak step, 10 rounds) of 45 s.
-    assert gpu._skip_reason((1024, 2.84), 4096, 0.0, 600.0, float("inf")) is None
-    assert "TGFR_BENCH_MAX_CASE_S" in gpu._skip_reason((1024, 2.84), 4096, 0.0, 400.0, float("inf"))
-    assert "TGFR_BENCH_DEADLINE_S" in gpu._skip_reason((1024, 2.84), 4096, 100.0, 600.0, 550.0)
-    assert gpu._skip_reason((1024, 2.84), 4096, 0.0, 600.0, 550.0) is None
-    assert gpu._skip_reason(None, 256, 0.0, 1.0, 1.0) is None  # nothing to extrapolate from yet
-    assert "TGFR_BENCH_DEADLINE_S" in gpu._skip_reason(None, 256, 1.0, 600.0, 1.0)
-    assert gpu._skip_reason(None, 256, 1e6, float("inf"), float("inf")) is None  # the whole sweep on request
+    assert gpu._skip_reason((1024, 2.84), 4096, 0.0, 600.0, float("inf"), 60.0) is None
+    assert "TGFR_BENCH_MAX_CASE_S" in gpu._skip_reason((1024, 2.84), 4096, 0.0, 400.0, float("inf"), 60.0)
+    assert "TGFR_BENCH_DEADLINE_S" in gpu._skip_reason((1024, 2.84), 4096, 100.0, 600.0, 550.0, 60.0)
+    assert gpu._skip_reason((1024, 2.84), 4096, 0.0, 600.0, 550.0, 60.0) is None
+    assert gpu._skip_reason(None, 256, 1e6, float("inf"), float("inf"), 60.0) is None  # the whole sweep on request
+
+
+def test_a_first_case_counts_its_allowance_against_the_deadline():
+    """With nothing to extrapolate from (a selection of one size, -k "bfloat16 and 1024"), a case that
+    started a second before the deadline ran to its end, compilation and all."""
+    assert gpu._skip_reason(None, 1024, 100.0, 120.0, 240.0, 60.0) is None
+    assert gpu._skip_reason(None, 1024, 0.0, 1.0, 240.0, 60.0) is None  # the case cap needs a prediction
+    reason = gpu._skip_reason(None, 1024, 239.0, 120.0, 240.0, 60.0)
+    assert "TGFR_BENCH_FIRST_CASE_S" in reason and "TGFR_BENCH_DEADLINE_S=240" in reason
 
 
 def test_cases_run_dtype_by_dtype_and_size_by_size_with_triton_before_cuda():

@@ -145,3 +145,22 @@ def test_every_file_of_the_tests_stage_has_gpu_tests(layout, tmp_path):
                                     "-p", "no:cacheprovider", file], capture_output=True, text=True, cwd=root,
                                    timeout=300)
         assert f"{file}::" in collected.stdout, collected.stdout[-2000:]
+
+
+def test_the_sanitizer_stage_builds_the_kernel_test_it_needs(layout):
+    """A fresh machine has no build/ (it is not part of a copied tree): memcheck and racecheck ran on a
+    missing binary unless the kernel stage had run in the same call."""
+    _stub(layout, "cmake", "#!/bin/sh\ncase \"$*\" in *--build*)\n  mkdir -p build/cmake\n"
+          "  printf '#!/bin/sh\\necho kernel test passed\\n' > build/cmake/word_region_kernel_test\n"
+          "  chmod +x build/cmake/word_region_kernel_test;;\nesac\n")
+    # Fails, as the real tool does, when the program it should run is missing.
+    _stub(layout, "compute-sanitizer", "#!/bin/sh\nfor argument; do case \"$argument\" in\n"
+          "  *word_region_kernel_test) [ -x \"$argument\" ] || exit 1;;\nesac; done\n"
+          "echo \"sanitized $*\" >> sanitized.log\n")
+    run = subprocess.run(["bash", str(layout["script"]), "sanitizer"], capture_output=True, text=True,
+                         env=layout["environment"], timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    sanitized = (layout["script"].parents[1] / "sanitized.log").read_text().splitlines()
+    tools = [line.split("--tool ")[1].split()[0] for line in sanitized if line.startswith("sanitized")]
+    assert tools == ["memcheck", "racecheck", "memcheck"]  # the kernel test twice, then the torch run
+    assert "kernel test passed" in _log(layout["out"])

@@ -13,8 +13,10 @@ Sizes sweep N=M from 256 up to TGFR_BENCH_MAX_SIZE (default 16384) for the kerne
 stops at the first size that runs out of memory (recorded as such). A case is skipped, with the
 reason, when its predicted cost (its steps times the step time extrapolated by N*M from the same
 implementation's previous size) is over TGFR_BENCH_MAX_CASE_S (default 120) seconds, or when it
-would not finish within TGFR_BENCH_DEADLINE_S (default 420) seconds of the session's start; set
-both to inf for the whole sweep. Run with benchmarks/run_gpu.sh.
+would not finish within TGFR_BENCH_DEADLINE_S (default 420) seconds of the session's start; a case
+with no previous size to extrapolate from (its first size, compilation and autotuning included) is
+taken to cost TGFR_BENCH_FIRST_CASE_S (default 60) seconds for that deadline. Set the first two to
+inf for the whole sweep. Run with benchmarks/run_gpu.sh.
 """
 
 import datetime
@@ -51,6 +53,7 @@ _OUT_OF_MEMORY: set = set()  # (implementation, dtype, passes) that ran out at a
 # backward at N=M=8192 is 3 minutes a step, 4 steps) and the stage as a whole are capped.
 MAX_CASE_SECONDS = float(os.environ.get("TGFR_BENCH_MAX_CASE_S", "120"))
 DEADLINE_SECONDS = float(os.environ.get("TGFR_BENCH_DEADLINE_S", "420"))
+FIRST_CASE_SECONDS = float(os.environ.get("TGFR_BENCH_FIRST_CASE_S", "60"))
 _SESSION_START = time.monotonic()
 _LAST_STEP: dict = {}  # (implementation, dtype, passes) -> (size, seconds) of its last timed size
 # Every line of one pytest session carries its start: the renderer counts a (commit, date) as one run.
@@ -119,13 +122,17 @@ def _steps(size: int) -> int:
 
 
 def _skip_reason(last_step: tuple[int, float] | None, size: int, elapsed: float,
-                 max_case_seconds: float, deadline_seconds: float) -> str | None:
+                 max_case_seconds: float, deadline_seconds: float, first_case_seconds: float) -> str | None:
     """Why a case at N=M=size is not run, or None. `last_step` is (size, seconds of a step) of the
-    same implementation, dtype and passes at its previous size (None: nothing to extrapolate from);
-    `elapsed` the seconds since the session started."""
+    same implementation, dtype and passes at its previous size (None: nothing to extrapolate from,
+    and the case is taken to cost first_case_seconds against the deadline); `elapsed` the seconds
+    since the session started."""
     if elapsed >= deadline_seconds:
         return f"past the deadline (TGFR_BENCH_DEADLINE_S={deadline_seconds:g})"
     if last_step is None:
+        if elapsed + first_case_seconds > deadline_seconds:
+            return (f"a first case is taken to cost {first_case_seconds:g} s (TGFR_BENCH_FIRST_CASE_S), past "
+                    f"the deadline (TGFR_BENCH_DEADLINE_S={deadline_seconds:g}, {elapsed:.0f} s elapsed)")
         return None
     last_size, last_seconds = last_step
     predicted = last_seconds * (size / last_size) ** 2 * _steps(size)
@@ -187,7 +194,7 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     if key in _OUT_OF_MEMORY:
         pytest.skip("ran out of memory at a smaller size")
     reason = _skip_reason(_LAST_STEP.get(key), size, time.monotonic() - _SESSION_START,
-                          MAX_CASE_SECONDS, DEADLINE_SECONDS)
+                          MAX_CASE_SECONDS, DEADLINE_SECONDS, FIRST_CASE_SECONDS)
     if reason:
         pytest.skip(reason)
     # A case skipped or failed before leaves its frame (inputs, gradients) in a reference cycle with
