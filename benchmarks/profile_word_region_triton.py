@@ -7,13 +7,15 @@ Usage, from the repository root on a CUDA machine with ncu:
 --kernels lists KIND:INDEX entries (default forward:0,backward:0: the measured-best config of the
 forward and of the atomics backward); KIND is forward, backward or deterministic_backward and
 INDEX a position in the kind's shipped config list (benchmarks/tune_word_region_triton.py).
-Each entry runs in its own process under `ncu --set full --profile-from-start off`: the launch is
+Each entry runs in its own process under `ncu --set full --profile-from-start off --clock-control
+none` (the GPU's clocks are left as they are: the lent machines' rules forbid changing them): the launch is
 made once to compile it (Triton's cache; no autotuning, the config is forced), then once more
 between torch.cuda.profiler.start() and stop(), and ncu's --kernel-name keeps the kind's Triton
 kernels only (both kernels of deterministic_backward), not the zero-fill of the gradient buffers
 the backward allocates in that range. One JSON line per profiled kernel and metric of ncu's details page
 (section, metric, unit, value as printed and as a number), with device, commit, date, shape and
-config; the .ncu-rep reports stay in --reports for the Nsight Compute GUI.
+config; the .ncu-rep reports stay in --reports (on the profiled machine) for the Nsight Compute GUI. The
+command exits with status 1 when no entry could be profiled; a failed entry's line carries ncu's message.
 """
 
 import argparse
@@ -85,11 +87,23 @@ def ncu_command(report: Path, kind: str, index: int, size: int, dtype: str) -> l
     its Triton kernels only."""
     kernel_names = "|".join(re.escape(name) for name in KERNELS[kind])
     return [
-        "ncu", "--set", "full", "--profile-from-start", "off", "--kernel-name", f"regex:^({kernel_names})$",
+        "ncu", "--set", "full", "--profile-from-start", "off", "--clock-control", "none",
+        "--kernel-name", f"regex:^({kernel_names})$",
         "--force-overwrite", "--export", str(report),
         sys.executable, "-m", "benchmarks.profile_word_region_triton",
         "--launch", f"{kind}:{index}", "--size", str(size), "--dtype", dtype,
     ]
+
+
+def _ncu(command: list[str]) -> str:
+    """Runs an ncu command and returns its output; a failure raises RuntimeError with the end of that
+    output, where ncu says what went wrong (==ERROR== lines)."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        output = (result.stdout + result.stderr).strip()
+        raise RuntimeError(f"{' '.join(command[:2])}... exited with status {result.returncode}: {output[-500:]}")
+    print(result.stderr, end="", file=sys.stderr)  # ncu's progress lines, for the stage's log
+    return result.stdout
 
 
 def _profiled_launch(kind: str, index: int, size: int, dtype: str) -> None:
@@ -125,23 +139,24 @@ def main() -> None:
     environment = measurement_environment(args.size, args.dtype)
     args.reports.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    profiled = 0
     for kind, index in kernels:
         report = args.reports / f"word_region_{kind}_{index}_{args.dtype}_{args.size}"
         config = candidate_configs(kind, "shipped")[index]
         try:
-            subprocess.run(ncu_command(report, kind, index, args.size, args.dtype), check=True)
-            rows = details_rows(subprocess.run(
-                ["ncu", "--import", f"{report}.ncu-rep", "--csv", "--page", "details"],
-                check=True, capture_output=True, text=True,
-            ).stdout)
-        except (OSError, subprocess.CalledProcessError, ValueError) as error:  # e.g. no ncu on PATH; the next kernel may still work
-            rows = [{"error": f"{type(error).__name__}: {str(error)[-300:]}"}]
+            print(_ncu(ncu_command(report, kind, index, args.size, args.dtype)), end="")  # ==PROF== progress
+            rows = details_rows(_ncu(["ncu", "--import", f"{report}.ncu-rep", "--csv", "--page", "details"]))
+            profiled += 1
+        except (OSError, RuntimeError, ValueError) as error:  # e.g. no ncu on PATH; the next kernel may still work
+            rows = [{"error": f"{type(error).__name__}: {str(error)[-600:]}"}]
         with args.out.open("a") as out:
             for row in rows:
                 out.write(json.dumps({**environment, "kernel": kind, "config_index": index, **config, **row}) + "\n")
         durations = [row for row in rows if row.get("metric") == "Duration"]
         print(json.dumps({"kernel": kind, "config_index": index, "metrics": len(rows),
                           "duration": [f"{row['value']} {row['unit']}" for row in durations]}), flush=True)
+    if not profiled:
+        raise SystemExit(f"profile_word_region_triton: none of {args.kernels} could be profiled (see {args.out})")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def test_kernels_argument_is_checked_against_the_shipped_configs():
 def test_ncu_profiles_only_the_launch_after_compilation():
     command = profile.ncu_command(Path("build/ncu/x"), "backward", 1, 1024, "bfloat16")
     assert command[:5] == ["ncu", "--set", "full", "--profile-from-start", "off"]
+    # ncu's default locks the GPU's clocks, which the lent machines' rules forbid.
+    assert command[command.index("--clock-control") + 1] == "none"
     assert command[command.index("--launch") + 1] == "backward:1"
     assert command[command.index("--export") + 1] == "build/ncu/x"
 
@@ -66,3 +68,23 @@ def test_ncu_profiles_the_kinds_triton_kernels_and_not_the_gradient_buffers_zero
     every_triton_kernel = ["_forward_kernel", "_backward_kernel", "_word_gradient_kernel", "_region_gradient_kernel"]
     assert [name for name in every_triton_kernel if pattern.search(name)] == list(KERNELS[kind])
     assert not pattern.search("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>")
+
+
+def test_a_profile_without_any_profiled_kernel_fails_and_keeps_ncus_message(tmp_path, monkeypatch):
+    """Every ncu run failing used to end with status 0 and rows naming only the command line."""
+    import json
+    import os
+
+    fake = tmp_path / "bin" / "ncu"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '==ERROR== ERR_NVGPUCTRPERM: no permission to the performance counters'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(profile, "measurement_environment", lambda size, dtype: {"device": "test"})
+    out = tmp_path / "ncu.jsonl"
+    monkeypatch.setattr(sys, "argv", ["profile", "--out", str(out), "--reports", str(tmp_path / "reports")])
+    with pytest.raises(SystemExit, match="none of forward:0,backward:0 could be profiled"):
+        profile.main()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["kernel"] for row in rows] == ["forward", "backward"]
+    assert all("ERR_NVGPUCTRPERM" in row["error"] for row in rows)
