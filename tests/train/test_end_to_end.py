@@ -3,12 +3,13 @@ folder, report.md, plots and a metrics.json keyed split -> method -> figure."""
 
 import json
 
+import pytest
 import safetensors.torch
 
 from tgfr.cli import main
 
 
-def test_train_then_evaluate(tmp_path, tiny_overrides):
+def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     run = tmp_path / "run"
     overrides = [arg for o in tiny_overrides for arg in ("--set", o)]
     assert main(["train", "--preset", "quick", "--out", str(run), *overrides]) == 0
@@ -44,6 +45,18 @@ def test_train_then_evaluate(tmp_path, tiny_overrides):
             low, high = figures["rank1_ci"]
             assert low <= figures["rank1"] <= high
             assert len(figures["cmc"]) == min(5, figures["gallery"])
+    # The heatmaps are computed before the report folder is made: when they fail (as on a GPU whose
+    # attention op had no CUDA implementation), no half-written report is left.
+    import tgfr.evaluation.run as run_module
+
+    def fail(*arguments):
+        raise RuntimeError("no attention kernel for this device")
+
+    monkeypatch.setattr(run_module, "word_region_attention", fail)
+    with pytest.raises(RuntimeError, match="no attention kernel"):
+        main(["evaluate", "--run", str(run), "--out", str(tmp_path / "failed_report")])
+    assert not (tmp_path / "failed_report").exists()
+    monkeypatch.undo()
     text = (report / "report.md").read_text()
     assert "## degraded" in text and "TAR@FAR=1e-3" in text
     for name in ("roc_clean.png", "cmc_degraded.png", "attention_degraded.png"):

@@ -27,8 +27,10 @@ SUMMARY_FIGURES = {"steps_taken": (int,), "seconds": (int, float), "global_batch
                    "seconds_per_step": (int, float)}
 
 
-def _heatmaps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, device: torch.device,
-              path: Path) -> Path:
+def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    """Faces of `count` subjects of `split`, their captions' word-region attention and the captions'
+    tokens, for plot_attention."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest))
     # One image of `count` different subjects.
@@ -41,7 +43,7 @@ def _heatmaps(model, captions: CaptionFeatures, manifest: Path, split: str, coun
     ids = model.tokenize(texts)["input_ids"]
     tokens = [model.text_encoder.tokenizer.convert_ids_to_tokens(ids[i, 1:1 + int(aligned.lengths[i])].tolist())
               for i in range(len(texts))]
-    return plot_attention(images, attention, tokens, path)
+    return images, attention, tokens
 
 
 def _check_trained(run: Path, config: TrainConfig) -> None:
@@ -137,16 +139,14 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
         metrics[name] = split_figures(embeddings, records, split, evaluation)
         curves[name] = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation)[:2])
                         for method in metrics[name]}
-    out.mkdir(parents=True, exist_ok=True)
+    maps = {name: _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions, device)
+            for name, split in evaluation.splits.items()} if evaluation.heatmap_captions > 0 else {}
+    out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     figures = {name: [plot_roc(curves[name], out / f"roc_{name}.png", f"ROC, {name}").name,
                       plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / f"cmc_{name}.png",
                                f"CMC, {name}").name]
                for name in evaluation.splits}
-    heatmaps = []
-    if evaluation.heatmap_captions > 0:
-        for name, split in evaluation.splits.items():
-            heatmaps.append(_heatmaps(model, captions, manifest, split, evaluation.heatmap_captions, device,
-                                      out / f"attention_{name}.png").name)
+    heatmaps = [plot_attention(*maps[name], out / f"attention_{name}.png").name for name in maps]
     context = {"run": str(run), "manifest": str(manifest), "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}

@@ -125,7 +125,15 @@ def word_region_attention(
     words, lengths, regions = _check_inputs(words, lengths, regions)
     check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
     gamma1, word_softmax = check_positive("gamma1", gamma1, GAMMA_MAX), check_flag("word_softmax", word_softmax)
-    return torch.ops.tgfr.word_region_attention(words.detach(), lengths, regions.detach(), gamma1, word_softmax)
+    from tgfr.ops.backends import available_backends
+
+    words, regions = words.detach(), regions.detach()
+    if words.is_cuda and "cuda" not in available_backends():
+        # Only the compiled CUDA kernels implement the op on CUDA (an install without nvcc has none);
+        # the reference's memory is O(N*T*R) for these pairs, as the op's.
+        with torch.no_grad():
+            return reference.word_region_attention(words, lengths, regions, gamma1, word_softmax)
+    return torch.ops.tgfr.word_region_attention(words, lengths, regions, gamma1, word_softmax)
 
 
 @torch.library.register_fake("tgfr::word_region_scores")
