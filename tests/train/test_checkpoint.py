@@ -18,6 +18,39 @@ def draws():
     return random.random(), float(np.random.rand()), float(torch.rand(()))
 
 
+def test_the_cuda_rng_state_is_the_process_devices_and_resumes_with_fewer_visible_devices(monkeypatch):
+    """Checkpoints kept every visible device's CUDA state and restored them all with set_rng_state_all,
+    which raises IndexError (reported as a checkpoint that does not fit) where fewer devices are visible."""
+    devices = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    current = {"device": 1}
+
+    def set_state(state, device="cuda"):
+        devices[current["device"]] = state
+
+    def set_all(states):  # torch's: one default generator per visible device
+        for index, state in enumerate(states):
+            if index not in devices:
+                raise IndexError("tuple index out of range")
+            devices[index] = state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current["device"])
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": devices[current["device"]])
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [devices[index] for index in sorted(devices)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    saved = rng_state()  # rank 1 of a two-GPU machine
+    assert torch.equal(saved["cuda_device"], devices[1]) and "cuda" not in saved
+    del devices[1]  # resumed where one GPU is visible, as device 0
+    current["device"] = 0
+    set_rng_state(saved)
+    assert torch.equal(devices[0], torch.tensor([1], dtype=torch.uint8))
+    # An older checkpoint (every device's state): the current device takes its own.
+    older = {key: value for key, value in saved.items() if key != "cuda_device"}
+    set_rng_state({**older, "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]})
+    assert torch.equal(devices[0], torch.tensor([7], dtype=torch.uint8))
+
+
 def test_rng_state_round_trip_through_a_file(tmp_path, checkpoint_state):
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     draws()

@@ -21,7 +21,11 @@ import torch
 
 
 def rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy (legacy global) and torch (CPU and CUDA) as tensors/plain values."""
+    """RNG states of python, numpy (legacy global) and torch (CPU, and the process's CUDA device) as
+    tensors/plain values.
+
+    One CUDA state, the current device's (each rank's own, set from LOCAL_RANK), not one per visible
+    device: a checkpoint of a machine with 8 visible GPUs then resumes where fewer are visible."""
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
     state = {
@@ -31,7 +35,7 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -42,8 +46,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
                          numpy["has_gauss"], numpy["cached_gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif "cuda" in state:  # older checkpoints: every visible device's state; this process's device is the current one
+        device = torch.cuda.current_device()
+        if device < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][device])
 
 
 def _open_temporary(path: Path) -> tuple[int, Path]:
