@@ -168,6 +168,18 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
         torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_row_max_is_float32_under_autocast(backend):
+    """The reference's (and the Triton backend's) similarity matmul ran in bf16 under autocast: maxima off
+    by about 1e-3 on CUDA, where training autocasts, while the CPU kernel's stayed float32."""
+    x, y, labels, _ = make_batch(64, 64, 32, torch.float32, identities=8)
+    expected = contrastive_row_max(x, y, labels, same_identity="zero", backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_row_max(x, y, labels, same_identity="zero", backend=backend)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ("exclude", "zero", "none"))
 def test_row_max_matches_masked_maximum(mode):
     x, y, labels, _ = make_batch(300, 300, 12, torch.float32, identities=20)

@@ -272,7 +272,9 @@ def contrastive_row_max(
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
-    with torch.no_grad():
+    # Without autocast: the reference's and the Triton backend's similarities are matmuls, which autocast
+    # would take in bf16 (the maxima off by about 1e-3, CoReFace's margin with them), unlike the CPU kernel's.
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         if normalize:
             x, y = _normalized(x), _normalized(y)
         if backend == "reference":
