@@ -168,6 +168,15 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
         torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
+def test_autocast_gives_the_loss_its_dtype_as_a_matmul_gets_it():
+    x, y, labels, _ = make_batch(32, 32, 16, torch.float32, identities=5)
+    expected = contrastive_loss(x.bfloat16(), y.bfloat16(), row_labels=labels, same_identity="exclude", backend="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_loss(x, y, row_labels=labels, same_identity="exclude", backend="cpu")
+    assert torch.equal(got, expected)
+    assert torch.autograd.grad(got, x)[0].dtype == torch.float32
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_row_max_is_float32_under_autocast(backend):
     """The reference's (and the Triton backend's) similarity matmul ran in bf16 under autocast: maxima off

@@ -207,6 +207,24 @@ def test_vmap_alone_still_runs_the_fused_op():
         torch.testing.assert_close(scores, reference.word_region_scores(w, lengths, regions), rtol=1e-9, atol=1e-12)
 
 
+def test_autocast_gives_the_op_its_dtype_as_a_matmul_gets_it():
+    """Under autocast the fused op received float32 (training casts its features to float32 first): on
+    CUDA that is the kernels' unmeasured float32 form, on CUDA cores, instead of the bf16 one."""
+    words, lengths, regions = make_inputs(num_captions=4, num_images=3, num_words=6, num_regions=9, dim=16)
+    words.requires_grad_()
+    in_bf16 = tgfr.ops.word_region_scores(words.bfloat16(), lengths, regions.bfloat16(), backend="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
+        mixed = tgfr.ops.word_region_scores(words.bfloat16(), lengths, regions, backend="cpu")  # as a matmul takes
+    assert torch.equal(autocast, in_bf16) and torch.equal(mixed, in_bf16)
+    (gradient,) = torch.autograd.grad(autocast.sum(), words)
+    assert gradient.dtype == torch.float32
+    # fp16 autocast on CPU, whose kernels have no fp16: the op stays in float32.
+    with torch.autocast("cpu", dtype=torch.float16):
+        unchanged = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
+    assert torch.equal(unchanged, tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu"))
+
+
 def test_opcheck():
     words, lengths, regions = make_inputs(num_captions=3, num_images=4, num_words=5, num_regions=6, dim=8)
     torch.library.opcheck(

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
+from tgfr.ops.autocast import autocast_inputs
 from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
 from tgfr.validation import (
     check_choice,
@@ -189,7 +190,12 @@ def contrastive_cross_entropy(
     Returns:
         (row_loss (N,), column_loss (M,)), float32 (float64 for float64 inputs); a direction
         that is off gives an empty (0,) tensor. Differentiable in x and y.
+
+    Under torch.autocast, x and y are taken in the autocast dtype (bf16; on CUDA also fp16), as a
+    matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
     """
+    if backend != "reference":
+        x, y = autocast_inputs(x, y)
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     check_choice("direction", direction, DIRECTIONS)

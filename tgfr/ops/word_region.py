@@ -10,6 +10,7 @@ import torch
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
+from tgfr.ops.autocast import autocast_inputs
 from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
 from tgfr.validation import (
@@ -94,7 +95,12 @@ def word_region_scores(
     Returns:
         (N, M) float32 scores (float64 for float64 inputs); differentiable in words and regions.
         No N*M*T*R or N*M*T*D tensor is allocated: the backward recomputes per pair.
+
+    Under torch.autocast, words and regions are taken in the autocast dtype (bf16; on CUDA also
+    fp16), as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
     """
+    if backend != "reference":
+        words, regions = autocast_inputs(words, regions)
     words, lengths, regions = _check_inputs(words, lengths, regions)
     gamma1, gamma2 = check_positive("gamma1", gamma1, GAMMA_MAX), check_positive("gamma2", gamma2, GAMMA_MAX)
     word_softmax = check_flag("word_softmax", word_softmax)
