@@ -168,11 +168,19 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
         torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
-def test_autocast_gives_the_loss_its_dtype_as_a_matmul_gets_it():
+def test_autocast_gives_the_loss_its_dtype_where_its_kernels_take_it(monkeypatch):
+    """As test_word_region's: CUDA's rule, with the CPU standing in for CUDA. On CPU itself the loss
+    stays float32 (its kernel multiplies in float32: bf16 would only round the inputs)."""
+    import tgfr.ops.autocast
+
     x, y, labels, _ = make_batch(32, 32, 16, torch.float32, identities=5)
-    expected = contrastive_loss(x.bfloat16(), y.bfloat16(), row_labels=labels, same_identity="exclude", backend="cpu")
+    arguments = dict(row_labels=labels, same_identity="exclude", backend="cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = contrastive_loss(x, y, row_labels=labels, same_identity="exclude", backend="cpu")
+        assert torch.equal(contrastive_loss(x, y, **arguments), contrastive_loss(x.detach(), y.detach(), **arguments))
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
+    expected = contrastive_loss(x.bfloat16(), y.bfloat16(), **arguments)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_loss(x, y, **arguments)
     assert torch.equal(got, expected)
     assert torch.autograd.grad(got, x)[0].dtype == torch.float32
 
@@ -187,6 +195,8 @@ def test_row_max_is_float32_under_autocast(backend):
         got = contrastive_row_max(x, y, labels, same_identity="zero", backend=backend)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    meta = torch.empty(8, 4, device="meta")
+    assert contrastive_row_max(meta, meta, backend="reference").shape == (8,)  # no autocast to turn off there
 
 
 @pytest.mark.parametrize("mode", ("exclude", "zero", "none"))

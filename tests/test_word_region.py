@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import tgfr
+import tgfr.ops.autocast
 from derivative_transforms import DERIVATIVE_TRANSFORMS, DIRECTIONAL
 from tgfr import reference
 
@@ -207,22 +208,27 @@ def test_vmap_alone_still_runs_the_fused_op():
         torch.testing.assert_close(scores, reference.word_region_scores(w, lengths, regions), rtol=1e-9, atol=1e-12)
 
 
-def test_autocast_gives_the_op_its_dtype_as_a_matmul_gets_it():
-    """Under autocast the fused op received float32 (training casts its features to float32 first): on
-    CUDA that is the kernels' unmeasured float32 form, on CUDA cores, instead of the bf16 one."""
+def test_autocast_gives_the_op_its_dtype_where_its_kernels_take_it(monkeypatch):
+    """Under autocast on CUDA the fused op received float32 (training casts its features to float32
+    first): the kernels' unmeasured float32 form, on CUDA cores, instead of the bf16 one. The rule is
+    per device (CUDA: bf16, fp16); here the CPU stands in for CUDA."""
     words, lengths, regions = make_inputs(num_captions=4, num_images=3, num_words=6, num_regions=9, dim=16)
     words.requires_grad_()
+    in_fp32 = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # on CPU: left in float32
+        assert torch.equal(tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu"), in_fp32)
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
     in_bf16 = tgfr.ops.word_region_scores(words.bfloat16(), lengths, regions.bfloat16(), backend="cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
         mixed = tgfr.ops.word_region_scores(words.bfloat16(), lengths, regions, backend="cpu")  # as a matmul takes
+        with pytest.raises(TypeError, match="regions must have the dtype of words .*float64.*, got torch.float32"):
+            tgfr.ops.word_region_scores(words.double(), lengths, regions, backend="cpu")  # the caller's dtypes
     assert torch.equal(autocast, in_bf16) and torch.equal(mixed, in_bf16)
     (gradient,) = torch.autograd.grad(autocast.sum(), words)
     assert gradient.dtype == torch.float32
-    # fp16 autocast on CPU, whose kernels have no fp16: the op stays in float32.
-    with torch.autocast("cpu", dtype=torch.float16):
-        unchanged = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
-    assert torch.equal(unchanged, tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu"))
+    with torch.autocast("cpu", dtype=torch.float16):  # a dtype the device's kernels do not take
+        assert torch.equal(tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu"), in_fp32)
 
 
 def test_opcheck():

@@ -140,6 +140,18 @@ def test_attention_on_cuda_matches_reference():
     torch.testing.assert_close(alpha.double(), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_autocast_runs_the_16_bit_kernels():
+    """tgfr train's bf16 autocast hands the op float32 features: they must reach the bf16 kernels."""
+    import tgfr.ops
+
+    words, lengths, regions = _inputs(8, 8, 22, 196, 256, torch.float32, seed=3)
+    for dtype in (torch.bfloat16, torch.float16):
+        expected = tgfr.ops.word_region_scores(words.to(dtype), lengths, regions.to(dtype))
+        with torch.autocast("cuda", dtype=dtype):
+            got = tgfr.ops.word_region_scores(words, lengths, regions)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_auto_picks_a_gpu_kernel():
     from tgfr.ops.backends import auto_cuda_backend
 

@@ -247,6 +247,24 @@ def test_coreface_margin_of_bfloat16_views_is_computed_in_float32():
     torch.testing.assert_close(loss_bf16, loss_fp32, rtol=1e-5, atol=1e-5)
 
 
+def test_coreface_stays_float32_where_autocast_would_give_the_fused_op_bf16(monkeypatch):
+    """At scale 64 a bf16 rounding of the views moves logits by up to about 0.25: CoReFace keeps its
+    cross-entropy in float32 under autocast (the CPU stands in for CUDA, whose fused ops take bf16)."""
+    import tgfr.ops.autocast
+
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
+    generator = torch.Generator().manual_seed(4)
+    view1 = torch.randn(16, 32, generator=generator)
+    view2 = view1 + 0.3 * torch.randn(16, 32, generator=generator)
+    labels = torch.randint(0, 6, (16,), generator=generator)
+    plain, autocast = CoReFaceLoss(), CoReFaceLoss()
+    expected = plain(view1, view2, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = autocast(view1, view2, labels)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert autocast.margin.item() == pytest.approx(plain.margin.item(), abs=1e-9)
+
+
 def test_compiled_coreface_compiles_once_while_its_margin_changes():
     """The float margin passed to the fused op was guarded on: every training step compiled again, until
     the recompile limit sent the loss back to eager."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
 from tgfr.losses.pairwise import check_pairs
+from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
 from tgfr.reference import accumulation_dtype
 from tgfr.validation import check_positive
@@ -67,15 +68,22 @@ class CoReFaceLoss(nn.Module):
                       backend=self.backend)
         if self.training:
             self._update_margin(view1, view2, columns, common)
-            return self._loss(view1, columns, common)
-        return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
+            return self._training_cross_entropy(view1, columns, common)
+        return self._cross_entropy(view1, columns, common)
+
+    def _cross_entropy(self, view1: torch.Tensor, columns: torch.Tensor, common: dict[str, Any]) -> torch.Tensor:
+        # Float32 even under autocast, where the fused op would take bf16 on CUDA: at scale 64 bf16-rounded views
+        # move a logit by up to about 0.25 (2^-8 in a cosine), as for the margin below.
+        with without_autocast(view1.device.type):
+            return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
 
     # Run eagerly in training, where the margin changes every step: torch.compile would guard on the float margin
     # (the fused op takes a float) and compile the rest of forward again at every step. The training graph breaks at
     # _update_margin anyway, and the fused op is opaque to the compiler, so nothing is lost.
     @torch.compiler.disable
-    def _loss(self, view1: torch.Tensor, columns: torch.Tensor, common: dict[str, Any]) -> torch.Tensor:
-        return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
+    def _training_cross_entropy(self, view1: torch.Tensor, columns: torch.Tensor,
+                                common: dict[str, Any]) -> torch.Tensor:
+        return self._cross_entropy(view1, columns, common)
 
     # Run eagerly: torch.compile (aot_eager, inductor; torch 2.13) drops in-place updates of a 0-dim buffer, which
     # left the margin at 0 in compiled training; and the finiteness check below branches on data.

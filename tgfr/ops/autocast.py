@@ -1,31 +1,43 @@
-"""Autocast for the fused ops, whose cost is in their products: under torch.autocast they take
-their floating inputs in the autocast dtype, as a matmul does, and still accumulate in float32.
+"""Autocast for the fused ops on CUDA, whose cost is in their products: under torch.autocast they
+take their floating inputs in the autocast dtype, as a matmul does, and still accumulate in float32.
 
 Without this, code that casts its features to float32 before the ops (mixed dtypes under autocast
 would otherwise not match) sent float32 to GPU kernels tuned and measured in bf16, whose float32
-form runs on CUDA cores and spills. The dtypes are the ones the device's kernels take: bf16 on
-CPU (the CPU kernels have no fp16), bf16 and fp16 on CUDA. float64 stays float64, as autocast
-leaves it.
+form runs on CUDA cores and spills. On CPU nothing is cast: the CPU contrastive kernel multiplies in
+float32 whatever its inputs (bf16 would only round them), and the word-region kernel's bf16 products
+trade about 1% of gradient precision for a speed that varies with the shape. Inputs with a float64
+among them are left alone too (autocast leaves float64 as it is, and a cast of the others would make
+the front end's dtype errors name a dtype the caller never passed).
 """
+
+import contextlib
 
 import torch
 
-_KERNEL_DTYPES = {"cpu": (torch.bfloat16,), "cuda": (torch.bfloat16, torch.float16)}
+_KERNEL_DTYPES = {"cuda": (torch.bfloat16, torch.float16)}
 _CAST = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def autocast_inputs(*values: object) -> tuple:
     """`values` with every float32/16-bit tensor in the autocast dtype when autocast is on for the
-    first tensor's device and its kernels take that dtype; anything else (non-tensors included, for
-    the front end's checks to name) unchanged."""
-    first = next((value for value in values if isinstance(value, torch.Tensor)), None)
-    if first is None:
+    first tensor's device and that device's kernels take the dtype (CUDA: bf16, fp16); anything else
+    (non-tensors included, for the front end's checks to name) unchanged."""
+    tensors = [value for value in values if isinstance(value, torch.Tensor)]
+    if not tensors or any(tensor.dtype == torch.float64 for tensor in tensors):
         return values
-    device = first.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+    device = tensors[0].device.type
+    if device not in _KERNEL_DTYPES or not torch.is_autocast_enabled(device):
         return values
     dtype = torch.get_autocast_dtype(device)
-    if dtype not in _KERNEL_DTYPES.get(device, ()):
+    if dtype not in _KERNEL_DTYPES[device]:
         return values
     return tuple(value.to(dtype) if isinstance(value, torch.Tensor) and value.dtype in _CAST else value
                  for value in values)
+
+
+def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """A region where autocast is off for `device_type` (nothing to turn off for devices without
+    autocast, such as meta, where torch.autocast raises)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

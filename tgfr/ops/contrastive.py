@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.ops.autocast import autocast_inputs
+from tgfr.ops.autocast import autocast_inputs, without_autocast
 from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
 from tgfr.validation import (
     check_choice,
@@ -191,7 +191,7 @@ def contrastive_cross_entropy(
         (row_loss (N,), column_loss (M,)), float32 (float64 for float64 inputs); a direction
         that is off gives an empty (0,) tensor. Differentiable in x and y.
 
-    Under torch.autocast, x and y are taken in the autocast dtype (bf16; on CUDA also fp16), as a
+    Under torch.autocast on CUDA, x and y are taken in the autocast dtype (bf16 or fp16), as a
     matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
     """
     if backend != "reference":
@@ -280,7 +280,7 @@ def contrastive_row_max(
     backend = _resolve_backend(backend, x)
     # Without autocast: the reference's and the Triton backend's similarities are matmuls, which autocast
     # would take in bf16 (the maxima off by about 1e-3, CoReFace's margin with them), unlike the CPU kernel's.
-    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    with torch.no_grad(), without_autocast(x.device.type):
         if normalize:
             x, y = _normalized(x), _normalized(y)
         if backend == "reference":

@@ -96,8 +96,8 @@ def word_region_scores(
         (N, M) float32 scores (float64 for float64 inputs); differentiable in words and regions.
         No N*M*T*R or N*M*T*D tensor is allocated: the backward recomputes per pair.
 
-    Under torch.autocast, words and regions are taken in the autocast dtype (bf16; on CUDA also
-    fp16), as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
+    Under torch.autocast on CUDA, words and regions are taken in the autocast dtype (bf16 or fp16),
+    as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
     """
     if backend != "reference":
         words, regions = autocast_inputs(words, regions)
