@@ -127,7 +127,10 @@ def test_an_unset_commit_is_warned_about(layout):
                              env={**environment, **({"TGFR_COMMIT": commit} if commit else {})})
         assert run.returncode == 0, run.stdout + run.stderr
         assert ("WARNING: TGFR_COMMIT is unset" in run.stderr) == warned
-        this_run = _log(layout["out"]).rsplit("== device:", 1)[1]  # both runs may share a log (same second)
+        # The newest log (names carry the start second), whose last run is this one: two runs in one
+        # second share a log, in two seconds each has its own.
+        newest = max(layout["out"].glob("gpu_run_*.log"))
+        this_run = newest.read_text().rsplit("== device:", 1)[1]
         assert ("WARNING: TGFR_COMMIT is unset" in this_run) == warned
 
 
