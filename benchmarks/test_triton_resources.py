@@ -100,7 +100,8 @@ def test_the_tuning_check_runs_the_binary_it_times(kind):
 
 
 @pytest.mark.parametrize("dtype, normalize, same_identity", [
-    ("bfloat16", True, "exclude"), ("float16", True, "positive"), ("float32", False, "zero"), ("bfloat16", False, "none"),
+    ("bfloat16", True, "exclude"), ("float16", True, "positive"), ("float32", False, "zero"),
+    ("bfloat16", False, "none"),
 ])
 def test_contrastive_kernels_compile_for_sm90a(dtype, normalize, same_identity):
     """The interpreter runs what the GPU compiler refuses: the forward kernel reused `_` for an int and,

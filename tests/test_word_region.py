@@ -173,11 +173,12 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
                                           dtype=torch.float64)
     with pytest.raises(NotImplementedError, match="word_region_scores has fused reverse-mode gradients only.*"
                                                   "use backend='reference'"):
-        DERIVATIVE_TRANSFORMS[transform](lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="cpu"), words)
+        DERIVATIVE_TRANSFORMS[transform](lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="cpu"),
+                                         words)
     # The reference backend gives the derivative: here its directional derivative along ones, against
     # central differences.
-    result = DERIVATIVE_TRANSFORMS[transform](lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="reference"),
-                                   words)
+    result = DERIVATIVE_TRANSFORMS[transform](
+        lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend="reference"), words)
     if transform in DIRECTIONAL:
         step = 1e-6
         ahead, behind = (reference.word_region_scores(words + sign * step, lengths, regions) for sign in (1, -1))
