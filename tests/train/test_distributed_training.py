@@ -82,3 +82,26 @@ def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_l
         assert record["rank_term"] == 5.0  # (0 + 10) / 2
         # loss = <w, 1> + rank term on each rank; SGD keeps w equal on both ranks
         assert abs(record["loss"] - record["rank_term"]) < 1.0
+
+
+def test_tgfr_train_destroys_the_process_group_of_its_run(tmp_path, monkeypatch):
+    """A process group still alive when the interpreter exits lets a gloo thread drop the last collectives'
+    tensors after Python has gone, which aborts a finished run (SIGABRT): tgfr train destroys the group its
+    training made (train() itself cannot: a caller may train again in the same group)."""
+    import torch.distributed as dist
+
+    from tgfr.cli import main
+    from tgfr.train import run
+
+    def train_in_a_group(config, out, **kwargs):  # as train() under torchrun: its group outlives the call
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        out.mkdir()
+        return out
+
+    monkeypatch.setattr(run, "train", train_in_a_group)
+    try:
+        assert main(["train", "--preset", "quick", "--out", str(tmp_path / "run")]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

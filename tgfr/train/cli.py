@@ -71,6 +71,16 @@ def _run_config(out: Path) -> TrainConfig:
         raise SystemExit(f"tgfr train: error: --resume: {path} is not a valid run config: {error}") from None
 
 
+def _destroy_process_group() -> None:
+    """The group train() made under torchrun, destroyed while Python still runs: left to the interpreter's
+    exit, a gloo thread that drops the last collectives' tensors then aborts the finished run's process
+    (SIGABRT, nonzero exit status)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: argparse.Namespace) -> int:
     from tgfr.train.run import train  # torch and the models: loaded once a command runs, not for --help
 
@@ -89,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", "0")) != 0:
             raise SystemExit(1) from None
         raise SystemExit(f"tgfr train: error: {error}") from None
+    _destroy_process_group()
     finished = (out / "model").is_dir()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per process
         print(f"run folder: {out} ({'finished' if finished else 'stopped; continue with --resume'})")
