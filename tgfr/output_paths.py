@@ -1,9 +1,19 @@
-"""Output paths of the commands, checked before any work: a file where a folder is due (or the
-reverse), here or in a parent, would otherwise fail only when the output is written, after the
-work, with an OSError that names no option."""
+"""Output paths of the commands: checked before any work, and written atomically.
 
+A file where a folder is due (or the reverse), here or in a parent, would otherwise fail only when
+the output is written, after the work, with an OSError that names no option. A file written in
+place (open "w") is lost when the write fails halfway (a full disk, an unencodable name), and what
+is left may still read as a valid, shorter file; `write_atomically` leaves the old file instead.
+"""
+
+import contextlib
 import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def _first_existing(path: Path) -> Path | None:
@@ -33,3 +43,70 @@ def check_output_file(setting: str, path: str | Path) -> Path:
     if existing is not None and not existing.is_dir():
         raise ValueError(f"{setting} {path}: {existing} is a file, not a folder")
     return path
+
+
+def _open_temporary(path: Path) -> tuple[int, Path]:
+    """A new file .<name of path>.<8 random hex digits>.tmp beside `path`, opened for writing, with the
+    permissions the umask gives any new file (tempfile.mkstemp's are 0600 whatever the umask)."""
+    while True:
+        # secrets, not random: a training's global RNG streams must not move with a checkpoint.
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def write_atomically(path: str | Path, what: str, binary: bool = False) -> Iterator[IO]:
+    """A stream (text, UTF-8, or with `binary` bytes) whose content replaces the file `path` when the
+    block ends without an error: it is written to a temporary file beside `path`, flushed to disk and
+    renamed over `path` (os.replace is atomic), so `path` holds either its old content or all of the new.
+    On any error the temporary file is removed and `path` left as it was; an OSError is raised again
+    naming `path` (`what` says what it is, e.g. "manifest"). A process killed while writing leaves the
+    temporary file, which `remove_temporaries(path)` deletes. Missing parent folders are made. A new
+    file gets the permissions the umask gives any new file, a replaced one keeps its own; a symlink
+    `path` has its target replaced, as open("w") would write through it."""
+    path, target = Path(path), Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder
+    try:
+        handle, temporary = _open_temporary(target)
+    except OSError as error:
+        raise _naming(error, what, path) from error
+    # newline="": "\n" stays "\n" on every platform, as the csv module needs.
+    stream = os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", encoding="utf-8", newline="")
+    try:
+        with stream:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(stream.fileno(), stat.S_IMODE(os.stat(target).st_mode))
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _naming(error, what, path) from error
+        raise
+
+
+def _naming(error: OSError, what: str, path: Path) -> OSError:
+    """`error` with a message that names `path`: a failed write's own ("[Errno 27] File too large")
+    names no file, or only the temporary one."""
+    if error.errno is None:
+        return OSError(f"cannot write {what} {path}: {error}")
+    return OSError(error.errno, f"cannot write {what} {path}: {error.strerror}")
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Removes the temporary files of write_atomically(path) that a process killed while writing left
+    beside `path`; returns them. Only names it makes match: .<name>. then 8 characters of [a-z0-9_]
+    (its hex digits, and tempfile.mkstemp's, which earlier versions of save_checkpoint used) then .tmp."""
+    path = Path(os.path.realpath(path))
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    if not path.parent.is_dir():
+        return []
+    removed = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file()]
+    for leftover in removed:
+        leftover.unlink(missing_ok=True)
+    return removed

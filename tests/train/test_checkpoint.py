@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from tgfr.output_paths import remove_temporaries
 from tgfr.train import checkpoint as checkpoint_module
-from tgfr.train.checkpoint import load_checkpoint, remove_temporaries, rng_state, save_checkpoint, set_rng_state
+from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def draws():

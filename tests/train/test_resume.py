@@ -234,8 +234,10 @@ def test_resume_removes_the_temporary_file_of_a_checkpoint_write_that_was_killed
     leftover = kill_while_writing(tmp_path / CHECKPOINT)
     notes = tmp_path / "checkpoints" / "notes.tmp"  # not a name save_checkpoint makes
     notes.write_text("mine")
+    log_leftover = tmp_path / ".metrics.jsonl.0a1b2c3d.tmp"  # what a rewrite of the log killed alike leaves
+    log_leftover.write_text("half a log")
     train(config, tmp_path, resume=True)
-    assert not leftover.exists() and notes.read_text() == "mine"
+    assert not leftover.exists() and not log_leftover.exists() and notes.read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "notes.tmp"]
 
 

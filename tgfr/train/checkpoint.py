@@ -3,21 +3,21 @@
 A checkpoint is one torch file holding only tensors and plain Python values (dicts, lists,
 numbers, strings), so `torch.load(weights_only=True)` reads it: the RNG states of Python, numpy
 and torch are stored as integer tensors. Writing goes to a temporary file in the same folder,
-flushed to disk, then renamed over the old checkpoint (`os.replace` is atomic), so a crash
-leaves either the old or the new checkpoint, never half of one; a process killed while writing
-also leaves the temporary file, which `remove_temporaries` deletes (a resumed run does).
+flushed to disk, then renamed over the old checkpoint (tgfr.output_paths.write_atomically), so a
+crash leaves either the old or the new checkpoint, never half of one; a process killed while writing
+also leaves the temporary file, which `tgfr.output_paths.remove_temporaries` deletes (a resumed run
+does).
 """
 
-import os
 import random
-import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tgfr.output_paths import write_atomically
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,48 +56,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(state["cuda"][device])
 
 
-def _open_temporary(path: Path) -> tuple[int, Path]:
-    """A new file .<name of path>.<8 random hex digits>.tmp beside `path`, opened for writing, with the
-    permissions the umask gives any new file (tempfile.mkstemp's are 0600 whatever the umask)."""
-    while True:
-        # secrets, not random: the training's global RNG streams must not move with a checkpoint.
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
-        except FileExistsError:
-            continue
-
-
-def remove_temporaries(path: str | Path) -> list[Path]:
-    """Removes the temporary files of save_checkpoint(path) that a process killed while writing left
-    beside `path`; returns them. Only names save_checkpoint makes match: .<name>. then 8 characters of
-    [a-z0-9_] (its hex digits, and tempfile.mkstemp's, which earlier versions used) then .tmp."""
-    path = Path(path)
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
-    if not path.parent.is_dir():
-        return []
-    removed = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file()]
-    for leftover in removed:
-        leftover.unlink(missing_ok=True)
-    return removed
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically writes `state` (tensors and plain values) to `path`, a file with the permissions the
-    umask gives a new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = _open_temporary(path)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Atomically writes `state` (tensors and plain values) to `path` (new, it gets the permissions the
+    umask gives any new file); an OSError names `path`."""
+    with write_atomically(path, "checkpoint", binary=True) as stream:
+        torch.save(state, stream)
+    return Path(path)
 
 
 def _state_dict(value: Any) -> bool:

@@ -32,10 +32,10 @@ from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
-from tgfr.output_paths import check_output_folder
+from tgfr.output_paths import check_output_folder, remove_temporaries
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
-from tgfr.train.checkpoint import load_checkpoint, remove_temporaries, rng_state, save_checkpoint
+from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from tgfr.train.config import TrainConfig, to_toml
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.stage import Stage
@@ -244,8 +244,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                   for name in config.stages[resume_index:]}
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         collate.check_captions(next(iter(stage_data.values())).dataset)
-    if rank == 0 and resume:  # an earlier call killed while checkpointing leaves its temporary file
+    if rank == 0 and resume:  # an earlier call killed while writing either file leaves its temporary file
         remove_temporaries(out / CHECKPOINT)
+        remove_temporaries(out / "metrics.jsonl")
     if rank == 0 and restart:
         print(f"tgfr train: {out} holds no checkpoint yet (its run stopped before the first one): training it "
               f"from its first step, {out / 'metrics.jsonl'} emptied", file=sys.stderr)

@@ -2,10 +2,11 @@
 the `tensorboard` package is installed."""
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from tgfr.output_paths import write_atomically
 
 
 class TrainingLog:
@@ -74,8 +75,8 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 def drop_records_after(path: str | Path, stages: list[str], stage: str, step: int) -> None:
     """Removes from the metrics log `path` the records of `stage` past `step` and of the stages after it
     in `stages`, and a half-written last line: steps a run logged after its last checkpoint were lost
-    with it, and the resumed run logs them again. Rewritten through a temporary file and os.replace,
-    so a crash keeps the old log."""
+    with it, and the resumed run logs them again. Rewritten atomically (write_atomically), so a crash
+    keeps the old log."""
     path = Path(path)
     if not path.is_file():
         return
@@ -86,6 +87,5 @@ def drop_records_after(path: str | Path, stages: list[str], stage: str, step: in
 
     # A last record without its newline gets one: the next record is appended after it.
     kept = [line if line.endswith("\n") else line + "\n" for line, record in _records(path) if not lost(record)]
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(kept), encoding="utf-8")
-    os.replace(temporary, path)
+    with write_atomically(path, "metrics log") as stream:
+        stream.write("".join(kept))
