@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import os
 import re
 
 import pytest
@@ -74,6 +76,27 @@ def test_write_refuses_a_repeated_image_path(tmp_path):
     with pytest.raises(ValueError, match=r"records 1 and 3 both list image 'images/b/1.png'"):
         write_manifest(tmp_path / "m.jsonl", records)
     assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize("field", ["path", "identity", "captions"])
+def test_text_that_is_not_utf8_is_named_and_the_old_manifest_kept(tmp_path, suffix, field):
+    # How os.listdir spells a folder named "José" in Latin-1 (the bytes b"Jos\xe9").
+    latin1 = os.fsdecode(b"Jos\xe9")
+    assert latin1 == "Jos\udce9"
+    bad = {"path": f"images/{latin1}/0.png", "identity": latin1, "captions": (f"a photo of {latin1}",)}[field]
+    record = ManifestRecord("images/x/0.png", "x", "train", ("c",))
+    records = [*RECORDS, dataclasses.replace(record, **{field: bad})]
+    path = tmp_path / f"m{suffix}"
+    old = b"the user's own manifest\n"
+    path.write_bytes(old)
+    with pytest.raises(ValueError) as error:
+        write_manifest(path, records)
+    assert str(error.value) == (f"cannot write manifest {path}: the {field} field of record 3 (image "
+                                f"{ascii(records[3].path)}) holds bytes that are not UTF-8, as a file or folder name "
+                                "in another encoding (e.g. Latin-1) does; rename it to UTF-8")
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
 def test_identity_labels_are_contiguous_and_numeric_order():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file
+from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
 
@@ -139,8 +140,28 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
     return records
 
 
+def _not_utf8(record: ManifestRecord, raw_meta: bool) -> str | None:
+    """Name of the first field of `record` that UTF-8 cannot encode, else None: one holding a lone
+    surrogate, which is how Python spells the bytes of a file name that is not UTF-8 (Latin-1
+    "Jos\\xe9"). `raw_meta`: meta is written unescaped (JSON Lines), not as ASCII JSON (CSV)."""
+    fields = {"path": [record.path], "identity": [record.identity], "split": [record.split],
+              "captions": list(record.captions),
+              "meta": [json.dumps(record.meta, ensure_ascii=False)] if raw_meta else []}
+    for name, texts in fields.items():
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return name
+    return None
+
+
 def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
-    """Writes records as JSON Lines (or CSV when `path` ends in .csv); returns the path."""
+    """Writes records as JSON Lines (or CSV when `path` ends in .csv); returns the path.
+
+    Written atomically (a temporary file renamed over `path`): on any error an existing file at
+    `path` is left as it was. A record with text that is not valid Unicode (a file name in another
+    encoding than UTF-8) is a ValueError naming its image path with ascii()."""
     path = Path(path)
     records = list(records)
     repeated = _repeated_path(records)
@@ -148,19 +169,24 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
         first, again = repeated
         raise ValueError(f"cannot write manifest {path}: records {first} and {again} both list image "
                          f"{records[again].path!r}; every image may appear in one record only")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([*MANIFEST_FIELDS, "meta"])
-            for record in records:
-                writer.writerow([record.path, record.identity, record.split,
-                                 json.dumps(list(record.captions), ensure_ascii=False),
-                                 json.dumps(record.meta, sort_keys=True) if record.meta else ""])
-    else:
-        with path.open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
+    as_csv = path.suffix.lower() == ".csv"
+    try:
+        with write_atomically(path, "manifest") as handle:
+            if as_csv:
+                writer = csv.writer(handle)
+                writer.writerow([*MANIFEST_FIELDS, "meta"])
+                for record in records:
+                    writer.writerow([record.path, record.identity, record.split,
+                                     json.dumps(list(record.captions), ensure_ascii=False),
+                                     json.dumps(record.meta, sort_keys=True) if record.meta else ""])
+            else:
+                for record in records:
+                    handle.write(json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
+    except UnicodeEncodeError:
+        index, field = next((i, name) for i, r in enumerate(records) if (name := _not_utf8(r, not as_csv)) is not None)
+        raise ValueError(f"cannot write manifest {path}: the {field} field of record {index} (image "
+                         f"{ascii(records[index].path)}) holds bytes that are not UTF-8, as a file or folder "
+                         "name in another encoding (e.g. Latin-1) does; rename it to UTF-8") from None
     return path
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
+from tgfr.output_paths import write_atomically
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,14 @@ def make_identification_split(records: Sequence[ManifestRecord], split: str | No
 
 
 def write_verification_pairs(path: str | Path, pairs: Sequence[VerificationPair]) -> Path:
-    """Writes pairs as CSV (path_a,path_b,same) or, for a .json path, a JSON list of objects."""
+    """Writes pairs as CSV (path_a,path_b,same) or, for a .json path, a JSON list of objects; atomically:
+    on any error an existing file at `path` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        rows = [{"path_a": p.path_a, "path_b": p.path_b, "same": p.same} for p in pairs]
-        path.write_text(json.dumps({"pairs": rows}, indent=0) + "\n", encoding="utf-8")
-    else:
-        with path.open("w", encoding="utf-8", newline="") as handle:
+    with write_atomically(path, "pairs file") as handle:
+        if path.suffix.lower() == ".json":
+            rows = [{"path_a": p.path_a, "path_b": p.path_b, "same": p.same} for p in pairs]
+            handle.write(json.dumps({"pairs": rows}, indent=0) + "\n")
+        else:
             writer = csv.writer(handle)
             writer.writerow(["path_a", "path_b", "same"])
             writer.writerows([p.path_a, p.path_b, p.same] for p in pairs)
@@ -128,10 +129,11 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
 
 
 def write_identification_split(path: str | Path, split: dict[str, list[dict[str, str]]]) -> Path:
-    """Writes the gallery/probe split as JSON."""
+    """Writes the gallery/probe split as JSON; atomically: on any error an existing file at `path` is left
+    as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(split, indent=0) + "\n", encoding="utf-8")
+    with write_atomically(path, "identification file") as handle:
+        handle.write(json.dumps(split, indent=0) + "\n")
     return path
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tgfr.evaluation.plots import LABELS
+from tgfr.output_paths import write_atomically
 
 TABLE_FARS = ("1e-4", "1e-3", "1e-2")
 MAIN_FAR = "1e-3"  # the summary's (and the paired difference's) operating point
@@ -85,12 +86,12 @@ def _image(file_name: str) -> str:
 
 def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatmaps: list[str],
                  context: dict[str, Any]) -> Path:
-    """Writes out/metrics.json and out/report.md; `figures` maps split -> plot file names.
+    """Writes out/metrics.json and out/report.md, each atomically (an error leaves an earlier report's
+    file as it was); `figures` maps split -> plot file names.
 
     context: run, manifest, protocol, gallery_per_subject, resamples, splits (report name ->
     manifest split) and training (train_summary.json's content or None).
     """
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     per_subject = context["gallery_per_subject"]
     gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
     if context["resamples"]:
@@ -127,6 +128,10 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
             lines.append(f"| {stage} | {s['steps_taken']} | {s['seconds']:.0f} | {s.get('seconds_per_step', 0):.2f} | "
                          f"{s['global_batch']} |")
         lines.append("")
+    # Both written once the report's text is made: an error in it leaves an earlier report whole.
+    with write_atomically(out / "metrics.json", "metrics file") as stream:
+        stream.write(json.dumps(metrics, indent=1) + "\n")
     path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    with write_atomically(path, "report") as stream:
+        stream.write("\n".join(lines))
     return path

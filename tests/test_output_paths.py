@@ -1,0 +1,92 @@
+"""Output files are replaced atomically: a write that fails halfway leaves the old file, byte for byte, and
+an error that names it."""
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
+
+MANIFEST = ("from tgfr.data.manifest import ManifestRecord, write_manifest\n"
+            "def write(path):\n"
+            "    write_manifest(path, [ManifestRecord(f'{i}.png', '1', 'test', ('c' * 50,)) for i in range(50)])\n")
+PAIRS = ("from tgfr.data.protocol import VerificationPair, write_verification_pairs\n"
+         "def write(path):\n"
+         "    write_verification_pairs(path, [VerificationPair(f'a{i}.png', f'b{i}.png', 1) for i in range(50)])\n")
+# file name -> code that defines write(path), which writes far more than LIMIT bytes to `path`.
+WRITERS = {
+    "manifest.jsonl": MANIFEST,
+    "manifest.csv": MANIFEST,
+    "test_pairs.csv": PAIRS,
+    "test_pairs.json": PAIRS,
+    "test_identification.json": "from tgfr.data.protocol import write_identification_split\n"
+                                "def write(path):\n"
+                                "    images = [{'path': f'{i}.png', 'identity': '1'} for i in range(50)]\n"
+                                "    write_identification_split(path, {'gallery': images, 'probes': images})\n",
+    "last.pt": "import torch\n"
+               "from tgfr.train.checkpoint import save_checkpoint\n"
+               "def write(path):\n"
+               "    save_checkpoint(path, {'step': 1, 'weight': torch.zeros(1000)})\n",
+    "metrics.json": "import numpy as np\n"
+                    "from pathlib import Path\n"
+                    "from tgfr.evaluation.report import write_report\n"
+                    "from tgfr.metrics import identification_metrics, verification_metrics\n"
+                    "def write(path):\n"
+                    "    a, b = np.triu_indices(20, k=1)\n"
+                    "    subjects_a, subjects_b = np.r_[0:20, a], np.r_[0:20, b]\n"
+                    "    same = (subjects_a == subjects_b).astype(np.int64)\n"
+                    "    rng = np.random.default_rng(0)\n"
+                    "    figures = verification_metrics(rng.normal(same, 1.0), same, subjects_a=subjects_a,\n"
+                    "                                   subjects_b=subjects_b, resamples=0)\n"
+                    "    labels = np.r_[0:4, 0:4]\n"
+                    "    figures |= identification_metrics(rng.normal(np.eye(4)[labels]), labels, np.arange(4),\n"
+                    "                                      resamples=0)\n"
+                    "    context = {'run': 'run', 'manifest': 'm.jsonl', 'protocol': 'all_pairs',\n"
+                    "               'gallery_per_subject': 1, 'resamples': 0, 'splits': {'clean': 'test'},\n"
+                    "               'training': None}\n"
+                    "    write_report(Path(path).parent, {'clean': {'image_only': figures}}, {}, [], context)\n",
+}
+LIMIT = 256  # bytes: RLIMIT_FSIZE makes every write past it fail with EFBIG, as a full disk fails with ENOSPC
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_a_write_that_fails_halfway_keeps_the_old_file_and_names_it(tmp_path, name):
+    path = tmp_path / name
+    old = b"the user's own file\n"
+    path.write_bytes(old)
+    # Python ignores SIGXFSZ, so the write past the limit returns EFBIG instead of killing the process.
+    script = (WRITERS[name] + "import resource, sys\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({LIMIT}, resource.RLIM_INFINITY))\n"
+              "try:\n"
+              "    write(sys.argv[1])\n"
+              "except OSError as error:\n"
+              "    print(f'{type(error).__name__}: {error}', file=sys.stderr)\n"
+              "    sys.exit(3)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert path.read_bytes() == old
+    assert f"[Errno {errno.EFBIG}]" in result.stderr and str(path) in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file, no report.md either
+
+
+def test_a_replaced_file_keeps_its_permissions_and_a_symlink_its_place(tmp_path):
+    """What open("w") did: an existing file keeps its mode; a symlinked manifest is written through the
+    link, which stays a link (os.replace over the link would turn it into a copy)."""
+    records = [ManifestRecord("a.png", "1", "test", ("c",))]
+    own = tmp_path / "own.jsonl"
+    own.write_text("old")
+    os.chmod(own, 0o640)
+    write_manifest(own, records)
+    assert stat.S_IMODE(own.stat().st_mode) == 0o640 and read_manifest(own) == records
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "data" / "real.jsonl"
+    target.write_text("old")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    write_manifest(link, records)
+    assert link.is_symlink() and read_manifest(target) == records
+
