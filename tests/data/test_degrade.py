@@ -213,6 +213,22 @@ def test_degrade_missing_image(tmp_path):
     assert len([r for r in read_manifest(out) if r.split == "test_degraded"]) == 3
 
 
+def test_degrade_skip_bad_names_the_skipped_images(tmp_path, capsys):
+    manifest = make_manifest(tmp_path, n=25)
+    bad = [1, 3, *range(5, 25)]  # 22 images, in the manifest's order
+    for i in bad[1:]:
+        (tmp_path / f"images/test/{i}/{i}_0.png").write_bytes(b"not an image")
+    (tmp_path / "images/test/1/1_0.png").unlink()
+    assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down16", "--skip-bad"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"wrote {tmp_path / 'manifest_test_degraded.jsonl'}; skipped 22 unreadable image(s)"
+    # The first 20, one line each with the error that skipped it, then a count of the rest.
+    assert len(lines) == 22 and lines[-1] == "  ... and 2 more"
+    for i, line in zip(bad[:20], lines[1:21]):
+        assert line.startswith("  skipped: ") and str(tmp_path / f"images/test/{i}/{i}_0.png") in line
+        assert ("does not exist" if i == 1 else "corrupt") in line
+
+
 @pytest.mark.parametrize("split, name", [("test", "train"),   # would move degraded test images into train
                                          ("test", "test"),    # would relabel the clean test split
                                          ("train", "test_degraded")])  # a degraded copy of another split

@@ -55,6 +55,14 @@ def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> lis
                            r.captions, r.meta) for r in records]
 
 
+def _print_skipped(skipped: list[str]) -> None:
+    """One line per skipped file (its error names it), at most 20."""
+    for problem in skipped[:20]:
+        print(f"  skipped: {problem}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more")
+
+
 def _convert(args: argparse.Namespace) -> int:
     bad_files = "skip" if args.skip_bad else "error"
     out = check_output_file("--out", args.out) if args.out else None
@@ -73,8 +81,7 @@ def _convert(args: argparse.Namespace) -> int:
     out = out or root / "manifest.jsonl"
     write_manifest(out, _relocated(records, root, out))
     print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}")
-    for problem in skipped[:20]:
-        print(f"  skipped: {problem}")
+    _print_skipped(skipped)
     return 0
 
 
@@ -83,6 +90,7 @@ def _degrade(args: argparse.Namespace) -> int:
                                          seed=args.seed, out_manifest=args.out_manifest, workers=args.workers,
                                          bad_images="skip" if args.skip_bad else "error")
     print(f"wrote {manifest}; skipped {len(skipped)} unreadable image(s)")
+    _print_skipped(skipped)
     return 0
 
 
