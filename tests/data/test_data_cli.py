@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from PIL import Image
 
@@ -127,3 +129,27 @@ def test_degrade_refuses_an_out_manifest_folder_before_writing_any_image(tmp_pat
     # The corrected command is not blocked by anything the refused one left.
     assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down4",
                  "--out-manifest", str(tmp_path / "out.jsonl")]) == 0
+
+
+def test_synth_refuses_a_folder_of_other_files_and_rewrites_its_own(tmp_path, capsys):
+    def synth(out, *options):
+        return main(["data", "synth", "--out", str(out), "--identities", "4", "--images-per-identity", "1",
+                     "--captions-per-image", "1", "--workers", "1", "--no-degraded", *options])
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    mine = '{"path": "mine.jpg", "identity": "a", "split": "train", "captions": ["my data"]}\n'
+    (theirs / "manifest.jsonl").write_text(mine)
+    assert synth(theirs) == 2
+    assert capsys.readouterr().err == (f"tgfr data synth: error: output folder (--out) {theirs} already holds files "
+                                       "(e.g. manifest.jsonl) but no synthetic.json of an earlier synthetic dataset; "
+                                       "not writing over them: choose an empty or new folder\n")
+    assert [p.name for p in theirs.iterdir()] == ["manifest.jsonl"] and (theirs / "manifest.jsonl").read_text() == mine
+
+    own = tmp_path / "own"
+    own.mkdir()  # empty: written into
+    assert synth(own, "--seed", "1") == 0
+    first = read_manifest(own / "manifest.jsonl")
+    assert synth(own, "--seed", "2") == 0  # an earlier synth output is rewritten
+    assert json.loads((own / "synthetic.json").read_text())["seed"] == 2
+    assert [r.captions for r in read_manifest(own / "manifest.jsonl")] != [r.captions for r in first]

@@ -23,11 +23,14 @@ from tgfr.data.degrade import check_workers, degrade_records, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.output_paths import write_atomically
 
 GENERATOR_VERSION = 1
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
 DEFAULT_DEGRADATION = "down24+celeba"
+# Written last, with the generation parameters: a folder holding it is a finished synthetic dataset.
+MARKER = "synthetic.json"
 
 
 @dataclass(frozen=True)
@@ -104,11 +107,36 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
     return records
 
 
+def _marker_key(folder: Path) -> str | None:
+    """The key that folder's synthetic.json records; None for an absent, unreadable or cut-short one."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    key = marker.get("key") if isinstance(marker, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def _check_synthetic_or_empty(out: Path) -> None:
+    """Refuses an `out` that holds files but no synthetic.json of an earlier run: its manifest.jsonl
+    and images/ are someone else's, which generating would overwrite."""
+    if not out.is_dir() or _marker_key(out) is not None:
+        return
+    example = min(out.iterdir(), default=None)
+    if example is not None:
+        raise ValueError(f"output folder (--out) {out} already holds files (e.g. {example.name}) but no {MARKER} of "
+                         "an earlier synthetic dataset; not writing over them: choose an empty or new folder")
+
+
 def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
                                workers: int = 2) -> Path:
-    """Renders the dataset (and its degraded splits) into `out`; returns the manifest path."""
+    """Renders the dataset (and its degraded splits) into `out`; returns the manifest path.
+
+    `out` must be new, empty or an earlier synthetic dataset (holding its synthetic.json), whose files
+    are then overwritten; a folder holding other files is a ValueError, before anything is written."""
     check_workers(workers)
     out = Path(out)
+    _check_synthetic_or_empty(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
@@ -123,12 +151,11 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
         degraded, _ = degrade_records(source, out, recipe, name, seed=config.seed, workers=workers)
         records += degraded
     manifest = write_manifest(out / "manifest.jsonl", records)
-    # Written to a temporary file and renamed: a marker cut short by an interrupted run would
-    # otherwise be a half-written file that readers take for the dataset's description.
-    marker = out / "synthetic.json.tmp"
-    marker.write_text(json.dumps({**asdict(config), "version": GENERATOR_VERSION, "key": config.key()},
-                                 indent=1, sort_keys=True) + "\n")
-    os.replace(marker, out / "synthetic.json")
+    # Atomically: a marker cut short by an interrupted run would otherwise be a half-written file
+    # that readers take for the dataset's description.
+    with write_atomically(out / MARKER, "synthetic dataset marker") as stream:
+        stream.write(json.dumps({**asdict(config), "version": GENERATOR_VERSION, "key": config.key()},
+                                indent=1, sort_keys=True) + "\n")
     return manifest
 
 
@@ -142,11 +169,7 @@ def default_cache_dir() -> Path:
 def _cached_manifest(folder: Path, key: str) -> Path | None:
     """folder's manifest when its synthetic.json records `key`; an absent, unreadable or cut-short
     marker is a folder still being written or left half-written, so None."""
-    try:
-        marker = json.loads((folder / "synthetic.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return folder / "manifest.jsonl" if isinstance(marker, dict) and marker.get("key") == key else None
+    return folder / "manifest.jsonl" if _marker_key(folder) == key else None
 
 
 def _remove_abandoned_staging(parent: Path, key: str) -> None:
