@@ -7,7 +7,10 @@ import pytest
 from PIL import Image
 
 from tgfr.data.convert import convert_tgfr_tree
+from tgfr.data.degrade import degrade_manifest
 from tgfr.data.files import check_image, load_image
+from tgfr.data.image_cache import DecodedImageCache
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -72,3 +75,42 @@ def test_truncated_jpeg_fails_the_check(tmp_path):
     check_image(tmp_path / "whole.jpg")
     with pytest.raises(ValueError, match=r"image file .*cut.jpg is corrupt .*truncated"):
         check_image(tmp_path / "cut.jpg")
+
+
+# EXIF orientation -> the turn that shows the stored pixels upright, as numpy.rot90/flips give it.
+UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: np.rot90(a, 2), 4: lambda a: a[::-1],
+           5: lambda a: np.rot90(a, 1)[::-1], 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, -1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_images_load_upright_as_their_exif_orientation_says(tmp_path, orientation):
+    # A phone stores an upright portrait as landscape pixels tagged "turn 90 degrees" (orientation 6).
+    stored = np.random.default_rng(orientation).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"  # lossless, so that pixels compare exactly
+    Image.fromarray(stored).save(path, exif=exif)
+    upright = UPRIGHT[orientation](stored)
+    assert np.array_equal(np.asarray(load_image(path)), upright)
+    assert np.array_equal(np.asarray(check_image(path)), upright)
+    for budget in (1 << 20, 0):  # the decoded-image cache holds it upright, or reads it upright
+        cache = DecodedImageCache(budget)
+        cache.check(path)
+        assert len(cache) == (budget > 0)
+        assert np.array_equal(np.asarray(cache.load(path)), upright)
+
+
+def test_a_degraded_copy_of_a_turned_image_is_upright(tmp_path):
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30] = 255  # the stored left half, the upright top half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    write_manifest(tmp_path / "m.jsonl", [ManifestRecord("phone.jpg", "1", "test", ("a face",))])
+    manifest, _ = degrade_manifest(tmp_path / "m.jsonl", recipe="jpeg95")
+    degraded = [r for r in read_manifest(manifest) if r.split == "test_degraded"][0]
+    pixels = np.asarray(Image.open(tmp_path / degraded.path).convert("L")).astype(int)
+    assert pixels.shape == (60, 40)
+    assert pixels[:28].min() > 200 and pixels[32:].max() < 55
+

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 @contextlib.contextmanager
@@ -50,16 +50,22 @@ def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image file fully (so truncation is caught here) as 8-bit RGB."""
+    """Opens an image file fully (so truncation is caught here) as 8-bit RGB, upright.
+
+    Upright: turned as its EXIF orientation tag says, as image viewers show it. A phone stores an
+    upright portrait as a landscape JPEG tagged "rotate by 90 degrees", which would otherwise be
+    trained and evaluated on its side.
+    """
     path = Path(path)
     with _opened_image(path) as image:
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image, f"image file {path}")
 
 
 def check_image(path: str | Path) -> Image.Image:
     """Raises naming `path` unless it is an image file that decodes completely; returns the decoded
-    image, as load_image would (8-bit RGB), for a caller that keeps it.
+    image, as load_image gives it (8-bit RGB, upright), for a caller that keeps it.
 
     Image.verify checks the structure (PNG chunk checksums) without decoding; decoding then
     catches what verify cannot see, such as truncated JPEG scan data, which would otherwise fail
@@ -69,9 +75,7 @@ def check_image(path: str | Path) -> Image.Image:
     path = Path(path)
     with _opened_image(path) as image:
         image.verify()
-    with _opened_image(path) as image:  # verify leaves the image unusable: open it again to decode
-        image.load()
-        return to_rgb(image, f"image file {path}")  # refuses pixel formats that load_image refuses
+    return load_image(path)  # verify leaves the image unusable: open it again to decode
 
 
 def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
