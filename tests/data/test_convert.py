@@ -407,3 +407,35 @@ def test_a_seeded_split_that_leaves_a_split_empty_warns(tmp_path):
     missing = sorted({"train", "val", "test"} - expected, key=["train", "val", "test"].index)
     with pytest.warns(UserWarning, match=re.escape(f"leaves split(s) {', '.join(missing)} empty")):
         convert_celeba_dialog(*args, seed=0)
+
+
+@pytest.mark.parametrize("line_break", ["\u2028", "\x0c", "\x85", "\x1c"])
+def test_caption_identity_and_mapping_files_end_lines_at_newlines_only(tmp_path, line_break):
+    root = tgfr_tree(tmp_path / "tree")
+    (root / "text/4/4_1.txt").write_bytes(f"a man with glasses{line_break}and a beard\r\nsecond{line_break}one\n"
+                                          .encode("utf-8"))
+    captions = {r.path: r.captions for r in convert_tgfr_tree(root)[0]}["images/train/4/4_1.jpg"]
+    assert captions == (f"a man with glasses{line_break}and a beard", f"second{line_break}one")
+
+    dialog, images = celeba_dialog(tmp_path / "dialog")
+    args = (dialog / "captions_hq.json", dialog / "identity_CelebA.txt", images, dialog)
+    # The third line is wrong: the error names line 3, not a line further down.
+    identities = (dialog / "identity_CelebA.txt").read_text()
+    lines = identities.split("\n")
+    lines[0] += line_break
+    lines[2] = "000503.jpg"
+    (dialog / "identity_CelebA.txt").write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"identity_CelebA.txt:3: expected '<image> <identity>', got '000503.jpg'"):
+        convert_celeba_dialog(*args, hq_mapping=dialog / "mapping.txt")
+    (dialog / "identity_CelebA.txt").write_text(identities)
+    mapping = (dialog / "mapping.txt").read_text().split("\n")
+    mapping[1] += line_break
+    mapping[3] = "2 502"
+    (dialog / "mapping.txt").write_text("\n".join(mapping), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mapping.txt:4: expected 'idx orig_idx orig_file', got '2 502'"):
+        convert_celeba_dialog(*args, hq_mapping=dialog / "mapping.txt")
+
+
+def test_split_list_csv_entries_end_at_newlines_only(tmp_path):
+    (tmp_path / "list.csv").write_bytes("filename\r\n4/4_1\r\n4/4\u2028_2\n".encode("utf-8"))
+    assert read_split_list(tmp_path / "list.csv") == ["4/4_1", "4/4\u2028_2"]

@@ -19,6 +19,7 @@ with trust_pickle=True (CLI: --trust-pickle). JSON lists or CSV files are read o
 
 import csv
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -26,7 +27,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from tgfr.data.files import check_image, read_caption_file, read_text_file
+from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -53,7 +54,7 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
         except json.JSONDecodeError as error:
             raise ValueError(f"split list {path} is not valid JSON ({error})") from None
     else:
-        rows = csv.reader(read_text_file(path, "split list", encoding="utf-8-sig").splitlines())
+        rows = csv.reader(io.StringIO(read_text_file(path, "split list", encoding="utf-8-sig"), newline=""))
         entries = [row[0].strip() for row in rows if row and row[0].strip() and row[0].strip() != "filename"]
     if not isinstance(entries, list) or not all(isinstance(e, (str, int)) for e in entries):
         raise ValueError(f"split list {path} must hold a list of strings")
@@ -149,7 +150,7 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
 def _read_identity_file(path: Path) -> dict[str, str]:
     identities = {}
     text = read_text_file(path, "identity file", encoding="utf-8-sig")
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text_lines(text), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -163,7 +164,7 @@ def _read_hq_mapping(path: Path) -> dict[str, str]:
     """CelebA-HQ index -> CelebA file name, from 'idx orig_idx orig_file' rows (header skipped)."""
     mapping = {}
     text = read_text_file(path, "CelebA-HQ mapping file", encoding="utf-8-sig")
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text_lines(text), start=1):
         fields = line.split()
         if not fields or not fields[0].isdigit():
             continue
@@ -268,7 +269,7 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
                              f"got {type(by_split).__name__}: {str(by_split)[:80]}")
         listed = [(name, split) for split, names in by_split.items() for name in names]
     else:
-        listed = [(row[0], row[1]) for row in csv.reader(text.splitlines()) if len(row) >= 2]
+        listed = [(row[0], row[1]) for row in csv.reader(io.StringIO(text, newline="")) if len(row) >= 2]
     table: dict[str, str] = {}
     for name, split in listed:
         if not split:

@@ -93,11 +93,20 @@ def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
         raise ValueError(f"{what} {path} is not valid UTF-8 (byte {error.start})") from None
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of `text`, ended by "\n" or "\r\n" only.
+
+    str.splitlines also ends a line at a form feed, U+2028, U+0085 and other characters that a
+    caption or a file name may hold, which would cut one line into two.
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_caption_file(path: str | Path) -> list[str]:
     """Reads one caption per non-empty line of a UTF-8 text file; empty files are an error."""
     path = Path(path)
     text = read_text_file(path, "caption file", encoding="utf-8-sig")
-    captions = [line.strip() for line in text.splitlines() if line.strip()]
+    captions = [line.strip() for line in text_lines(text) if line.strip()]
     if not captions:
         raise ValueError(f"caption file {path} is empty: expected one caption per line")
     return captions
