@@ -439,3 +439,12 @@ def test_caption_identity_and_mapping_files_end_lines_at_newlines_only(tmp_path,
 def test_split_list_csv_entries_end_at_newlines_only(tmp_path):
     (tmp_path / "list.csv").write_bytes("filename\r\n4/4_1\r\n4/4\u2028_2\n".encode("utf-8"))
     assert read_split_list(tmp_path / "list.csv") == ["4/4_1", "4/4\u2028_2"]
+
+
+def test_celeba_dialog_split_csv_fields_are_stripped(tmp_path):
+    root, images = celeba_dialog(tmp_path)
+    (root / "splits.csv").write_text("image, split\n" + "".join(f" {i}.jpg , {'train' if i < 4 else 'test'} \n"
+                                                                for i in range(6)))
+    records, _ = convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                                       hq_mapping=root / "mapping.txt", split_file=root / "splits.csv")
+    assert [r.split for r in records] == ["train"] * 4 + ["test"] * 2

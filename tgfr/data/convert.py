@@ -269,7 +269,9 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
                              f"got {type(by_split).__name__}: {str(by_split)[:80]}")
         listed = [(name, split) for split, names in by_split.items() for name in names]
     else:
-        listed = [(row[0], row[1]) for row in csv.reader(io.StringIO(text, newline="")) if len(row) >= 2]
+        # "0.jpg, train" is how many write a CSV: the split is "train", not " train".
+        listed = [(row[0].strip(), row[1].strip()) for row in csv.reader(io.StringIO(text, newline=""))
+                  if len(row) >= 2]
     table: dict[str, str] = {}
     for name, split in listed:
         if not split:
