@@ -10,6 +10,7 @@ from PIL import Image
 
 from tgfr.cli import main
 from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree, read_split_list, seeded_identity_split
+from tgfr.data.files import load_image
 from tgfr.data.manifest import read_manifest
 
 
@@ -32,8 +33,8 @@ def tgfr_tree(root):
 
 
 def test_tgfr_tree_from_folders(tmp_path):
-    records, skipped = convert_tgfr_tree(tgfr_tree(tmp_path))
-    assert not skipped
+    records, skipped, unused = convert_tgfr_tree(tgfr_tree(tmp_path))
+    assert not skipped and not unused
     assert [r.path for r in records] == ["images/test/12/12_1.jpg", "images/test/12/12_2.jpg",
                                          "images/train/4/4_1.jpg", "images/train/4/4_2.jpg",
                                          "images/train/4/4_10.jpg", "images/train/7/7_1.jpg"]
@@ -51,7 +52,7 @@ def test_tgfr_tree_with_split_lists_and_pickles(tmp_path):
         pickle.dump(["7/7_1", "4/4_1"], handle)
     with pytest.raises(ValueError, match="refusing to unpickle .*filenames.pickle.*--trust-pickle"):
         convert_tgfr_tree(root)
-    records, _ = convert_tgfr_tree(root, trust_pickle=True)
+    records, _, _ = convert_tgfr_tree(root, trust_pickle=True)
     assert [(r.path, r.split) for r in records] == [("images/test/12/12_2.jpg", "test"),
                                                     ("images/train/7/7_1.jpg", "train"),
                                                     ("images/train/4/4_1.jpg", "train")]
@@ -65,12 +66,12 @@ def test_tgfr_tree_bad_files(tmp_path):
     (root / "text" / "7" / "7_1.txt").write_text("\n \n")
     with pytest.raises(ValueError, match=r"4_2.txt is not valid UTF-8"):
         convert_tgfr_tree(root)
-    records, skipped = convert_tgfr_tree(root, bad_files="skip")
+    records, skipped, _ = convert_tgfr_tree(root, bad_files="skip")
     assert len(records) == 4 and len(skipped) == 2
     assert any("7_1.txt is empty" in s for s in skipped)
     (root / "test").mkdir()
     (root / "test" / "filenames.json").write_text(json.dumps(["12/12_9"]))
-    with pytest.raises(ValueError, match=r"12_9.\(jpg\|png\) does not exist"):
+    with pytest.raises(ValueError, match=r"12_9.\(jpg\|jpeg\|png\|webp\|bmp\|tif\|tiff\) does not exist"):
         convert_tgfr_tree(root, bad_files="error")
     with pytest.raises(ValueError, match="expected a folder"):
         convert_tgfr_tree(tmp_path / "nothing")
@@ -81,7 +82,7 @@ def test_tgfr_tree_corrupt_image(tmp_path, capsys):
     (root / "images/train/4/4_2.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     with pytest.raises(ValueError, match=r"images/train/4/4_2.jpg is corrupt or not an image .*--skip-bad"):
         convert_tgfr_tree(root)
-    records, skipped = convert_tgfr_tree(root, bad_files="skip")
+    records, skipped, _ = convert_tgfr_tree(root, bad_files="skip")
     assert [r.path for r in records] == ["images/test/12/12_1.jpg", "images/test/12/12_2.jpg",
                                          "images/train/4/4_1.jpg", "images/train/4/4_10.jpg", "images/train/7/7_1.jpg"]
     assert len(skipped) == 1 and "4_2.jpg is corrupt" in skipped[0]
@@ -98,7 +99,7 @@ def test_tgfr_tree_mixed_numeric_and_named_folders(tmp_path):
         write_image(root / "images" / "train" / identity / f"{stem}.jpg")
         (root / "text" / identity).mkdir(parents=True, exist_ok=True)
         (root / "text" / identity / f"{stem}.txt").write_text(f"caption of {stem}\n")
-    records, _ = convert_tgfr_tree(root)
+    records, _, _ = convert_tgfr_tree(root)
     # Numbers by value and before names.
     assert [r.path.rsplit("/", 1)[1] for r in records] == ["5_2.jpg", "5_10.jpg", "10_1.jpg", "abc_1.jpg", "abc_x.jpg"]
 
@@ -106,9 +107,12 @@ def test_tgfr_tree_mixed_numeric_and_named_folders(tmp_path):
 def test_tgfr_tree_lists_each_image_once(tmp_path):
     root = tgfr_tree(tmp_path)
     write_image(root / "images/train/7/7_1.png")  # a second file for the stem 7_1
-    records, _ = convert_tgfr_tree(root)
+    records, _, unused = convert_tgfr_tree(root)
     assert [r.path for r in records if r.identity == "7"] == ["images/train/7/7_1.jpg"]
+    assert unused == [f"{root / 'images/train/7/7_1.png'}: another image of the entry 7/7_1, which uses 7_1.jpg"]
     (root / "train").mkdir()
+    (root / "train" / "filenames.json").write_text(json.dumps(["7/7_1"]))  # a list's entry passes it over too
+    assert convert_tgfr_tree(root)[2] == unused
     (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1", "7/7_1", "4/4_1"]))
     with pytest.raises(ValueError, match=r"filenames.json: entry '4/4_1' is listed twice"):
         convert_tgfr_tree(root)
@@ -254,8 +258,8 @@ def test_upper_case_suffixes_are_found(tmp_path):
     root = tgfr_tree(tmp_path)
     (root / "images/train/7/7_1.jpg").rename(root / "images/train/7/7_1.JPG")
     (root / "images/test/12/12_2.jpg").rename(root / "images/test/12/12_2.Png")
-    records, skipped = convert_tgfr_tree(root)
-    assert not skipped
+    records, skipped, unused = convert_tgfr_tree(root)
+    assert not skipped and not unused
     paths = [r.path for r in records]
     assert "images/train/7/7_1.JPG" in paths and "images/test/12/12_2.Png" in paths and len(paths) == 6
     (root / "train").mkdir()  # entries from a split list are looked up the same way
@@ -386,8 +390,8 @@ def test_split_list_entries_may_name_the_image_file(tmp_path):
     write_image(root / "images/train/4/4_2.png", 7)  # beside 4_2.jpg: the entry's suffix chooses
     (root / "train").mkdir()
     (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.jpg", "4/4_2.png", "7/7_1"]))
-    records, skipped = convert_tgfr_tree(root)
-    assert not skipped
+    records, skipped, unused = convert_tgfr_tree(root)
+    assert not skipped and not unused
     train = [r for r in records if r.split == "train"]
     assert [r.path for r in train] == ["images/train/4/4_1.jpg", "images/train/4/4_2.png", "images/train/7/7_1.jpg"]
     assert train[1].captions == ("The man 4 has brown hair.", "This person 2 is smiling.")  # text/4/4_2.txt
@@ -448,3 +452,78 @@ def test_celeba_dialog_split_csv_fields_are_stripped(tmp_path):
     records, _ = convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
                                        hq_mapping=root / "mapping.txt", split_file=root / "splits.csv")
     assert [r.split for r in records] == ["train"] * 4 + ["test"] * 2
+
+
+def test_every_image_type_the_loader_reads_is_converted_and_every_other_file_is_named(tmp_path, capsys):
+    root = tmp_path
+    pixels = {}
+    for k, (name, options) in enumerate([("1_0.webp", {"lossless": True}), ("1_1.BMP", {}), ("1_2.tif", {}),
+                                         ("1_3.TIFF", {}), ("1_4.Jpeg", {})]):
+        pixels[name] = np.random.default_rng(k).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+        (root / "images/train/1").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[name]).save(root / "images/train/1" / name, **options)
+    write_image(root / "images/train/1/1_5.jpg", 10)
+    write_image(root / "images/train/1/1_5.png", 20)     # passed over: .jpg comes first
+    write_image(root / "images/train/1/1_5.jpeg", 30)    # passed over too
+    write_image(root / "images/train/1/1_6.gif", 40)     # a type convert does not take
+    (root / "images/train/1/notes.txt").write_text("where these came from")
+    (root / "images/train/1/aligned").mkdir()
+    (root / "images/train/README").write_text("one folder per identity")
+    (root / "images/index.csv").write_text("")
+    (root / "text/1").mkdir(parents=True)
+    for k in range(7):
+        (root / f"text/1/1_{k}.txt").write_text(f"caption {k}\n")
+    records, skipped, unused = convert_tgfr_tree(root)
+    assert not skipped
+    assert [r.path for r in records] == ["images/train/1/" + name for name in (*pixels, "1_5.jpg")]
+    for record, name in zip(records, ("1_0.webp", "1_1.BMP", "1_2.tif", "1_3.TIFF")):  # lossless: bit-exact
+        assert np.array_equal(np.asarray(load_image(root / record.path)), pixels[name]), name
+    folder = root / "images/train/1"
+    suffixes = "not one of the image suffixes (jpg|jpeg|png|webp|bmp|tif|tiff)"
+    assert unused == [f"{root / 'images/index.csv'}: not inside a split folder",
+                      f"{folder / '1_6.gif'}: {suffixes}",
+                      f"{folder / 'aligned'}: a folder inside an identity folder",
+                      f"{folder / 'notes.txt'}: {suffixes}",
+                      f"{root / 'images/train/README'}: not inside an identity folder",
+                      f"{folder / '1_5.jpeg'}: another image of the entry 1/1_5, which uses 1_5.jpg",
+                      f"{folder / '1_5.png'}: another image of the entry 1/1_5, which uses 1_5.jpg"]
+    assert main(["data", "convert", "mmcelebA", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "6 images; skipped 0; 7 other file(s) in the image folders not used" in out
+    assert [line for line in out.splitlines() if line.startswith("  not used: ")] == \
+        [f"  not used: {line}" for line in unused]
+
+
+def test_a_missing_stem_names_the_suffixes_tried_and_each_is_tried(tmp_path):
+    root = tgfr_tree(tmp_path)
+    (root / "train").mkdir()
+    (root / "train" / "filenames.json").write_text(json.dumps(["7/7_2"]))
+    write_image(root / "images/train/7/7_2.gif")
+    (root / "text/7/7_2.txt").write_text("a face\n")
+    with pytest.raises(ValueError, match=r"7_2\.\(([a-z|]+)\) does not exist, in any letter case \(7_2.gif: not an "
+                                         r"image suffix\)") as error:
+        convert_tgfr_tree(root)
+    tried = re.search(r"7_2\.\(([a-z|]+)\)", str(error.value))[1].split("|")
+    assert len(tried) == 7 and "webp" in tried and "tif" in tried
+    for suffix in tried:  # every suffix the message names is found, in any letter case
+        image = root / f"images/train/7/7_2.{suffix.upper()}"
+        write_image(image)
+        train = [r.path for r in convert_tgfr_tree(root)[0] if r.split == "train"]
+        assert train == [image.relative_to(root).as_posix()]
+        image.unlink()
+
+
+def test_an_entry_naming_a_file_matches_its_suffix_in_any_letter_case(tmp_path):
+    root = tgfr_tree(tmp_path)
+    (root / "images/train/4/4_1.jpg").rename(root / "images/train/4/4_1.JPG")
+    (root / "train").mkdir()
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.jpg", "7/7_1.Jpg"]))
+    records, skipped, unused = convert_tgfr_tree(root)
+    assert not skipped and not unused
+    assert [r.path for r in records if r.split == "train"] == ["images/train/4/4_1.JPG", "images/train/7/7_1.jpg"]
+    write_image(root / "images/train/4/4_1.jpg")  # both spellings on a case-sensitive file system: the exact one
+    if not (root / "images/train/4/4_1.JPG").samefile(root / "images/train/4/4_1.jpg"):
+        (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.JPG"]))
+        assert [r.path for r in convert_tgfr_tree(root)[0] if r.split == "train"] == ["images/train/4/4_1.JPG"]
+        (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.jpg"]))
+        assert [r.path for r in convert_tgfr_tree(root)[0] if r.split == "train"] == ["images/train/4/4_1.jpg"]

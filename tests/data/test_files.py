@@ -39,7 +39,7 @@ def test_convert_skips_a_decompression_bomb(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "images/test/1/1_1.png")
     for k in range(2):
         (tmp_path / f"text/1/1_{k}.txt").write_text("a face\n")
-    records, skipped = convert_tgfr_tree(tmp_path, bad_files="skip")
+    records, skipped, _ = convert_tgfr_tree(tmp_path, bad_files="skip")
     assert [r.path for r in records] == ["images/test/1/1_1.png"]
     assert len(skipped) == 1 and "1_0.png is too large" in skipped[0]
 

@@ -55,20 +55,21 @@ def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> lis
                            r.captions, r.meta) for r in records]
 
 
-def _print_skipped(skipped: list[str]) -> None:
-    """One line per skipped file (its error names it), at most 20."""
-    for problem in skipped[:20]:
-        print(f"  skipped: {problem}")
-    if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more")
+def _print_skipped(left_out: list[str], label: str = "skipped") -> None:
+    """One line per file left out (its message names it and says why), at most 20, after `label`."""
+    for problem in left_out[:20]:
+        print(f"  {label}: {problem}")
+    if len(left_out) > 20:
+        print(f"  ... and {len(left_out) - 20} more")
 
 
 def _convert(args: argparse.Namespace) -> int:
     bad_files = "skip" if args.skip_bad else "error"
     out = check_output_file("--out", args.out) if args.out else None
+    unused: list[str] = []  # files of the image folders that no record uses (TGFR trees)
     if args.layout in ("mmcelebA", "face2text"):
         root = Path(args.root)
-        records, skipped = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
+        records, skipped, unused = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
     else:
         missing = [flag for flag, value in (("--captions", args.captions), ("--identity-file", args.identity_file),
                                             ("--images", args.images)) if value is None]
@@ -80,8 +81,10 @@ def _convert(args: argparse.Namespace) -> int:
                                                  seed=args.seed, bad_files=bad_files)
     out = out or root / "manifest.jsonl"
     write_manifest(out, _relocated(records, root, out))
-    print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}")
+    not_used = f"; {len(unused)} other file(s) in the image folders not used" if unused else ""
+    print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}{not_used}")
     _print_skipped(skipped)
+    _print_skipped(unused, "not used")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 TGFR's MMCelebA and Face2Text trees (github Mahedi-61/Text_Guided_Face_Recognition, data/):
 
-    <root>/images/<split>/<id>/<id>_<k>.(jpg|png)    one folder per identity
+    <root>/images/<split>/<id>/<id>_<k>.jpg          one folder per identity (.png, ...: IMAGE_SUFFIXES)
     <root>/text/<id>/<id>_<k>.txt                     captions of that image, one per line
     <root>/<split>/filenames.(json|csv|pickle)        optional split list of "<id>/<id>_<k>"
                                                       (or "<id>/<id>_<k>.jpg", naming the file)
@@ -30,7 +30,10 @@ from pathlib import Path, PurePosixPath
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
+# several, the first in this order is used.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_SUFFIX_CHOICE = f"({'|'.join(s.removeprefix('.') for s in IMAGE_SUFFIXES)})"  # as messages spell them
 
 
 def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
@@ -69,15 +72,64 @@ def _split_list_file(root: Path, split: str) -> Path | None:
     return None
 
 
-def _find_image(folder: Path, stem: str) -> Path | None:
-    """The image file `stem` + a suffix of IMAGE_SUFFIXES, in that order of preference, whatever
-    the suffix's case (7_0.JPG), as the folder scan that lists entries matches suffixes."""
-    exact = next((folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
-    if exact is not None or not folder.is_dir():
-        return exact
-    # Listing the folder only when no lower-case name exists keeps the usual case cheap.
-    by_suffix = {p.suffix.lower(): p for p in sorted(folder.iterdir()) if p.stem == stem and p.is_file()}
-    return next((by_suffix[s] for s in IMAGE_SUFFIXES if s in by_suffix), None)
+# A folder's image files by stem and its other entries (_list_folder).
+_Listing = tuple[dict[str, list[Path]], list[Path]]
+
+
+def _list_folder(folder: Path) -> _Listing:
+    """The image files of `folder` by stem, each stem's in IMAGE_SUFFIXES order of preference (then
+    by name), and its other entries (files of other suffixes, subfolders); both empty when there is
+    no such folder. A link to nowhere named like an image counts as one: check_image then names it."""
+    images: dict[str, list[Path]] = {}
+    others = []
+    if folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.is_dir():
+                images.setdefault(entry.stem, []).append(entry)
+            else:
+                others.append(entry)
+    for files in images.values():
+        files.sort(key=lambda p: IMAGE_SUFFIXES.index(p.suffix.lower()))  # stable: by name within a suffix
+    return images, others
+
+
+def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[list[str], list[str]]:
+    """The entries "<id>/<stem>" of a split's image folders, in _entry_order, and what in them holds
+    no image, each with why; fills `listings` (folder -> _list_folder) for the folders it lists."""
+    entries, unused = [], []
+    for folder in sorted(split_folder.iterdir()):
+        if not folder.is_dir():
+            unused.append(f"{folder}: not inside an identity folder")
+            continue
+        images, others = listings[folder] = _list_folder(folder)
+        entries.extend(f"{folder.name}/{stem}" for stem in images)
+        unused.extend(f"{other}: a folder inside an identity folder" if other.is_dir() else
+                      f"{other}: not one of the image suffixes {_SUFFIX_CHOICE}" for other in others)
+    return sorted(entries, key=_entry_order), unused
+
+
+def _entry_image(spelled: Path, named_suffix: bool, listing: _Listing) -> tuple[Path, list[Path]]:
+    """The image file of an entry, `spelled` as the entry names it, and the files of its stem passed
+    over for it (for an entry naming a stem); raises naming what was looked for when there is none.
+
+    `listing` is _list_folder(spelled.parent). An entry naming a file ("4_1.jpg") takes the file of
+    that name, else of that name in another letter case (4_1.JPG); an entry naming a stem ("4_1")
+    the first of its stem's files."""
+    images, others = listing
+    stem = spelled.stem if named_suffix else spelled.name
+    candidates = images.get(stem, [])
+    if named_suffix:
+        # The exact name first: a case-sensitive file system can hold both 4_1.jpg and 4_1.JPG.
+        image = next((p for p in candidates if p.name == spelled.name),
+                     next((p for p in candidates if p.name.lower() == spelled.name.lower()), None))
+        if image is not None:
+            return image, []
+    elif candidates:
+        return candidates[0], candidates[1:]
+    other_types = [p.name for p in others if stem in (p.stem, p.name)]
+    raise ValueError((f"image file {spelled} does not exist" if named_suffix else
+                      f"image file {spelled}.{_SUFFIX_CHOICE} does not exist, in any letter case")
+                     + (f" ({', '.join(other_types)}: not an image suffix)" if other_types else ""))
 
 
 def _entry_order(entry: str) -> list[tuple[int, int, str]]:
@@ -88,16 +140,22 @@ def _entry_order(entry: str) -> list[tuple[int, int, str]]:
     return [(0, int(t), t) if t.isdecimal() else (1, 0, t) for t in entry.replace("/", "_").split("_")]
 
 
-def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
-                      bad_files: str = "error") -> tuple[list[ManifestRecord], list[str]]:
-    """Records (paths relative to `root`) of an MMCelebA/Face2Text tree, and the skipped files.
+def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: str = "error"
+                      ) -> tuple[list[ManifestRecord], list[str], list[str]]:
+    """Records (paths relative to `root`) of an MMCelebA/Face2Text tree, the skipped files, and the
+    files of the image folders that no record uses.
 
     A split's entries come from <root>/<split>/filenames.* when present, else from its image
     folders. An entry names an image stem: of files sharing one, the first suffix of
-    IMAGE_SUFFIXES is used; or a file, when it ends in one of them ("4/4_1.png"). An entry listed
-    twice ("4/4_1" and "4/4_1.jpg" count as one) is an error. An image listed without a file,
-    with a corrupt file (files.check_image) or without a readable caption file, raises
-    (bad_files="error") or is skipped and reported (bad_files="skip").
+    IMAGE_SUFFIXES is used and the others are reported as not used; or a file, when it ends in one
+    of them ("4/4_1.png"), in any letter case. An entry listed twice ("4/4_1" and "4/4_1.jpg" count
+    as one) is an error, and so is an identity with images in two splits (a test identity that is
+    also trained on). An image listed without a file, with a corrupt file (files.check_image) or
+    without a readable caption file, raises (bad_files="error") or is skipped and reported
+    (bad_files="skip"). Not used, each with why: a file beside the split folders; in a split
+    without a split list, every other entry of images/<split>/ and its identity folders (a .gif, a
+    note, a subfolder); in every split, an image that an entry naming its stem passes over for
+    another suffix of that stem.
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -107,13 +165,15 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
         raise ValueError(f"{root} is not a TGFR tree: expected a folder {images_root}")
     splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
     records, skipped = [], []
+    unused = [f"{p}: not inside a split folder" for p in sorted(images_root.iterdir()) if not p.is_dir()]
     for split in splits:
+        listings: dict[Path, _Listing] = {}
         list_file = _split_list_file(root, split)
         if list_file is not None:
             entries = read_split_list(list_file, trust_pickle)
         else:
-            entries = sorted({f"{p.parent.name}/{p.stem}" for p in (images_root / split).glob("*/*")
-                              if p.suffix.lower() in IMAGE_SUFFIXES}, key=_entry_order)
+            entries, not_images = _scan_split(images_root / split, listings)
+            unused.extend(not_images)
         seen = set()
         for entry in entries:
             identity, _, name = entry.replace("\\", "/").partition("/")
@@ -121,18 +181,17 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
                 raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>'")
             # "4/4_1.jpg" names that file; "4/4_1" (TGFR's lists) the first of IMAGE_SUFFIXES found.
             named_suffix = PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
-            stem = PurePosixPath(name).stem if named_suffix else name
+            stem = PurePosixPath(name).with_suffix("").as_posix() if named_suffix else name
             if (identity, stem) in seen:
                 raise ValueError(f"{list_file}: entry {entry!r} is listed twice")
             seen.add((identity, stem))
+            spelled = images_root / split / identity / name
+            if spelled.parent not in listings:
+                listings[spelled.parent] = _list_folder(spelled.parent)
             try:
-                folder = images_root / split / identity
-                if named_suffix:
-                    image = folder / name if (folder / name).is_file() else None
-                else:
-                    image = _find_image(folder, stem)
-                if image is None:
-                    raise ValueError(f"image file {folder / name}{'' if named_suffix else '.(jpg|png)'} does not exist")
+                image, passed_over = _entry_image(spelled, named_suffix, listings[spelled.parent])
+                unused.extend(f"{other}: another image of the entry {identity}/{stem}, which uses {image.name}"
+                              for other in passed_over)
                 check_image(image)
                 captions = read_caption_file(root / "text" / identity / f"{stem}.txt")
             except ValueError as error:
@@ -140,11 +199,12 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False,
                     raise ValueError(f"{error} (pass bad_files='skip' / --skip-bad to skip such images)") from None
                 skipped.append(str(error))
                 continue
-            records.append(ManifestRecord(image.relative_to(root).as_posix(), identity, split, tuple(captions)))
+            record = ManifestRecord(image.relative_to(root).as_posix(), identity, split, tuple(captions))
+            records.append(record)
     if not records:
         why = f" ({len(skipped)} skipped, the first because: {skipped[0]})" if skipped else ""
         raise ValueError(f"no images found under {images_root}{why}")
-    return records, skipped
+    return records, skipped, unused
 
 
 def _read_identity_file(path: Path) -> dict[str, str]:
