@@ -527,3 +527,23 @@ def test_an_entry_naming_a_file_matches_its_suffix_in_any_letter_case(tmp_path):
         assert [r.path for r in convert_tgfr_tree(root)[0] if r.split == "train"] == ["images/train/4/4_1.JPG"]
         (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.jpg"]))
         assert [r.path for r in convert_tgfr_tree(root)[0] if r.split == "train"] == ["images/train/4/4_1.jpg"]
+
+
+@pytest.mark.parametrize("split_list", [False, True])
+def test_an_identity_in_two_splits_is_refused(tmp_path, capsys, split_list):
+    # A test identity that is also trained on is recognised by what training learnt of it: open-set
+    # results would look better than they are.
+    root = tgfr_tree(tmp_path)
+    write_image(root / "images/test/7/7_2.jpg")
+    (root / "text/7/7_2.txt").write_text("a face\n")
+    if split_list:
+        (root / "test").mkdir()
+        (root / "test" / "filenames.json").write_text(json.dumps(["12/12_1", "7/7_2.jpg"]))
+    for bad_files in ("error", "skip"):
+        with pytest.raises(ValueError, match=re.escape(f"{root / 'images'} puts identity '7' in two splits: image "
+                                                       "images/test/7/7_2.jpg in 'test' and image "
+                                                       "images/train/7/7_1.jpg in 'train'")):
+            convert_tgfr_tree(root, bad_files=bad_files)
+    assert main(["data", "convert", "mmcelebA", "--root", str(root)]) == 2
+    assert "puts identity '7' in two splits" in capsys.readouterr().err
+    assert not (root / "manifest.jsonl").exists()

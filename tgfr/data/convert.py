@@ -166,6 +166,7 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
     records, skipped = [], []
     unused = [f"{p}: not inside a split folder" for p in sorted(images_root.iterdir()) if not p.is_dir()]
+    first_of_identity: dict[str, ManifestRecord] = {}
     for split in splits:
         listings: dict[Path, _Listing] = {}
         list_file = _split_list_file(root, split)
@@ -200,6 +201,12 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
                 skipped.append(str(error))
                 continue
             record = ManifestRecord(image.relative_to(root).as_posix(), identity, split, tuple(captions))
+            # The splits of TGFR's open-set protocol share no identity: one also trained on would be
+            # recognised in test by what training learnt of it.
+            first = first_of_identity.setdefault(identity, record)
+            if first.split != split:
+                raise ValueError(f"{images_root} puts identity {identity!r} in two splits: image {first.path} in "
+                                 f"{first.split!r} and image {record.path} in {split!r}")
             records.append(record)
     if not records:
         why = f" ({len(skipped)} skipped, the first because: {skipped[0]})" if skipped else ""
