@@ -547,3 +547,13 @@ def test_an_identity_in_two_splits_is_refused(tmp_path, capsys, split_list):
     assert main(["data", "convert", "mmcelebA", "--root", str(root)]) == 2
     assert "puts identity '7' in two splits" in capsys.readouterr().err
     assert not (root / "manifest.jsonl").exists()
+
+
+def test_an_image_reached_through_a_link_from_another_record_is_refused(tmp_path, capsys):
+    root = tgfr_tree(tmp_path)
+    os.symlink("../../test/12/12_1.jpg", root / "images/train/4/4_3.jpg")
+    (root / "text/4/4_3.txt").write_text("a face\n")
+    assert main(["data", "convert", "mmcelebA", "--root", str(root)]) == 2
+    assert ("records 0 and 4 both list image 'images/train/4/4_3.jpg' (record 0 as 'images/test/12/12_1.jpg')"
+            in capsys.readouterr().err)
+    assert not (root / "manifest.jsonl").exists()

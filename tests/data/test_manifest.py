@@ -78,6 +78,31 @@ def test_write_refuses_a_repeated_image_path(tmp_path):
     assert not (tmp_path / "m.jsonl").exists()
 
 
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_one_file_reached_by_two_paths_is_one_image(tmp_path, link):
+    # A link in train to a test image leaks that image into training as surely as its path would.
+    (tmp_path / "images/test/7").mkdir(parents=True)
+    (tmp_path / "images/train/2").mkdir(parents=True)
+    (tmp_path / "images/test/7/7_0.jpg").write_bytes(b"a face")
+    (tmp_path / "images/train/2/2_6.jpg").write_bytes(b"a face")  # the same bytes, another file: allowed
+    if link == "symlink":
+        os.symlink("../../test/7/7_0.jpg", tmp_path / "images/train/2/2_7.jpg")
+    else:
+        os.link(tmp_path / "images/test/7/7_0.jpg", tmp_path / "images/train/2/2_7.jpg")
+    records = [ManifestRecord("images/test/7/7_0.jpg", "7", "test", ("c",)),
+               ManifestRecord("images/train/2/2_6.jpg", "2", "train", ("c",)),
+               ManifestRecord("images/train/2/2_7.jpg", "2", "train", ("c",))]
+    write_manifest(tmp_path / "two.jsonl", records[:2])
+    assert read_manifest(tmp_path / "two.jsonl") == records[:2]
+    with pytest.raises(ValueError, match=re.escape("records 0 and 2 both list image 'images/train/2/2_7.jpg' "
+                                                   "(record 0 as 'images/test/7/7_0.jpg')")):
+        write_manifest(tmp_path / "m.jsonl", records)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'm.jsonl'}:3: image 'images/train/2/2_7.jpg' is "
+                                                   "already listed on line 1 as 'images/test/7/7_0.jpg'")):
+        read_manifest(tmp_path / "m.jsonl")
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 @pytest.mark.parametrize("field", ["path", "identity", "captions"])
 def test_text_that_is_not_utf8_is_named_and_the_old_manifest_kept(tmp_path, suffix, field):

@@ -17,6 +17,7 @@ image match itself in evaluation, count its pairs twice or leak it from test int
 import csv
 import io
 import json
+import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,12 +82,22 @@ def _parse_json_cell(text: str, column: str, where: str) -> Any:
         raise ValueError(f"{where}: column '{column}' is not valid JSON ({error.msg})") from None
 
 
-def _repeated_path(records: Sequence[ManifestRecord]) -> tuple[int, int] | None:
-    """Indices (first, repeat) of the first path that names an image already listed, else None."""
-    first_index: dict[str, int] = {}
+def _repeated_path(records: Sequence[ManifestRecord], folder: Path) -> tuple[int, int] | None:
+    """Indices (first, repeat) of the first path that reaches an image already listed, else None;
+    paths are relative to `folder`, the manifest's.
+
+    An existing file is known by its device and inode, as os.path.samefile compares files (one
+    stat per record), so that a link to it (images/train/2/2_7.jpg -> ../../test/7/7_0.jpg), a hard
+    link or another letter case on a case-insensitive file system is the same image; a path to no
+    file by its spelling, where "a/./b.png" and "a//b.png" name the file "a/b.png" names.
+    """
+    first_index: dict[tuple, int] = {}
     for index, record in enumerate(records):
-        # "a/./b.png" and "a//b.png" name the file "a/b.png" names.
-        key = posixpath.normpath(record.path)
+        try:
+            status = os.stat(folder / record.path)
+            key: tuple = (status.st_dev, status.st_ino)
+        except (OSError, ValueError):  # ValueError: a NUL in the path
+            key = (posixpath.normpath(record.path),)
         if key in first_index:
             return first_index[key], index
         first_index[key] = index
@@ -129,7 +140,7 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
             lines.append(line_number)
     if not records:
         raise ValueError(f"manifest {path} has no records")
-    repeated = _repeated_path(records)
+    repeated = _repeated_path(records, path.parent)
     if repeated is not None:
         first, again = repeated
         earlier = records[first]
@@ -164,11 +175,12 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
     encoding than UTF-8) is a ValueError naming its image path with ascii()."""
     path = Path(path)
     records = list(records)
-    repeated = _repeated_path(records)
+    repeated = _repeated_path(records, path.parent)
     if repeated is not None:
         first, again = repeated
+        spelled = f" (record {first} as {records[first].path!r})" if records[first].path != records[again].path else ""
         raise ValueError(f"cannot write manifest {path}: records {first} and {again} both list image "
-                         f"{records[again].path!r}; every image may appear in one record only")
+                         f"{records[again].path!r}{spelled}; every image may appear in one record only")
     as_csv = path.suffix.lower() == ".csv"
     try:
         with write_atomically(path, "manifest") as handle:
