@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tgfr.data.files import read_text_file
+from tgfr.data.files import read_text_file, text_lines
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
@@ -126,9 +126,9 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
             records.append(_record_from_row(row, where))
             lines.append(reader.line_num)
     else:
-        # JSON escapes newlines inside strings, so "\n" alone ends a record (a "\r" before it is JSON
-        # whitespace); write_manifest writes U+2028, U+0085, ... raw, and str.splitlines cuts at them.
-        for line_number, line in enumerate(text.split("\n"), start=1):
+        # JSON escapes newlines inside strings, so "\n" alone ends a record; write_manifest writes
+        # U+2028, U+0085, ... raw, which text_lines, unlike str.splitlines, leaves inside a record.
+        for line_number, line in enumerate(text_lines(text), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{line_number}"
