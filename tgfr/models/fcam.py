@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.models.iresnet import regions_as_tokens
+from tgfr.ops.autocast import autocast_enabled
 from tgfr.word_mask import valid_word_mask
-from tgfr.validation import check_word_lengths
-from tgfr.validation import check_size, check_tensor
+from tgfr.validation import check_size, check_tensor, check_word_lengths
 
 
 def _unit_rows(features: torch.Tensor) -> torch.Tensor:
@@ -35,9 +35,7 @@ def _unit_rows(features: torch.Tensor) -> torch.Tensor:
     if features.dtype != torch.float16:
         return F.normalize(features, dim=-1)
     unit = F.normalize(features.float(), dim=-1)
-    device = features.device.type  # is_autocast_enabled raises for devices without autocast (meta)
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    return unit if autocast else unit.to(features.dtype)
+    return unit if autocast_enabled(features.device.type) else unit.to(features.dtype)
 
 
 class RegionSelfAttention(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tgfr.models.freezing import FreezableModule
+from tgfr.ops.autocast import autocast_enabled
 from tgfr.validation import check_tensor
 
 IRESNET_LAYERS = {
@@ -174,10 +175,7 @@ class IResNet(FreezableModule):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         expected = self.conv1.weight.dtype
         # Under autocast the convolutions cast any float input to the autocast dtype themselves.
-        # is_autocast_enabled raises for devices without autocast (meta, for shape inference).
-        device = images.device.type
-        autocast = (images.is_floating_point() and torch.amp.is_autocast_available(device)
-                    and torch.is_autocast_enabled(device))
+        autocast = images.is_floating_point() and autocast_enabled(images.device.type)
         if images.dtype != expected and not autocast:
             raise TypeError(f"images must have dtype {str(expected).removeprefix('torch.')}, the backbone's "
                             f"parameters', got {str(images.dtype).removeprefix('torch.')} (images are floats in "

@@ -35,6 +35,12 @@ def autocast_inputs(*values: object) -> tuple:
                  for value in values)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for `device_type`; False for devices without autocast (meta, used for
+    shape inference), where torch.is_autocast_enabled raises."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
     """A region where autocast is off for `device_type` (nothing to turn off for devices without
     autocast, such as meta, where torch.autocast raises)."""
