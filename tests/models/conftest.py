@@ -13,6 +13,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionConfig,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizer,
 )
 
 WORDS = ["a", "man", "woman", "with", "young", "old", "blond", "black", "hair", "beard", "smiling", "glasses"]
@@ -35,6 +38,23 @@ def tiny_bert_dir(tmp_path_factory):
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory):
+    """A RoBERTa with 20 position embeddings, numbered from padding_idx + 1 = 2 (so 18 usable) and a
+    byte-level tokenizer without merges (one token per byte)."""
+    directory = tmp_path_factory.mktemp("tiny_roberta")
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    printable = [chr(c) for c in range(ord("!"), ord("~") + 1)] + ["\u0120"]  # byte-level BPE's space
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(special + printable)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = RobertaTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=20, pad_token_id=1)
+    RobertaModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

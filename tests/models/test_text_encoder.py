@@ -1,3 +1,4 @@
+import re
 import shutil
 import socket
 
@@ -128,6 +129,36 @@ def test_max_length_beyond_the_position_embeddings_is_refused(tiny_bert_dir, tin
         TextEncoder(directory, max_length=limit)
         with pytest.raises(ValueError, match=f"max_length must be at most {limit}, .* got {limit + 1}"):
             TextEncoder(directory, max_length=limit + 1)
+
+
+def test_max_length_counts_the_positions_roberta_reaches(tiny_roberta_dir):
+    """RoBERTa numbers positions from padding_idx + 1, so of its 20 position embeddings 18 tokens
+    fit: the model itself runs at width 18 and fails at 19; the encoder takes max_length 18 and
+    refuses 19 by name, before any forward."""
+    model = TextEncoder(tiny_roberta_dir, max_length=18).model
+    with torch.no_grad():
+        model(input_ids=torch.full((1, 18), 5))
+        with pytest.raises((IndexError, RuntimeError)):
+            model(input_ids=torch.full((1, 19), 5))
+    encoder = TextEncoder(tiny_roberta_dir, max_length=18)
+    features = encoder(**encoder.tokenize(["a man with a beard"]))  # 18 bytes, cut to 16 words
+    assert features.lengths.tolist() == [16]
+    for max_length in (19, 20):
+        with pytest.raises(ValueError, match=f"^max_length must be at most 18, .* got {max_length}$"):
+            TextEncoder(tiny_roberta_dir, max_length=max_length)
+
+
+@pytest.mark.parametrize("text_dir, positions", [("tiny_bert_dir", 64), ("tiny_roberta_dir", 18)])
+def test_inputs_the_model_cannot_take_are_refused_by_name(text_dir, positions, request):
+    encoder = TextEncoder(request.getfixturevalue(text_dir), max_length=6)
+    ids, mask = torch.full((1, positions), 5), torch.ones(1, positions, dtype=torch.int64)
+    assert encoder(ids, mask).words.shape[1] == positions - 2
+    wide = re.escape(f"input_ids must be at most {positions} tokens wide, the number of positions of the text "
+                     f"encoder in {encoder.name_or_path}, got shape (1, {positions + 1})")
+    with pytest.raises(ValueError, match=wide):
+        encoder(torch.full((1, positions + 1), 5), torch.ones(1, positions + 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=re.escape("input_ids must not be empty along dimension 0, got shape (0, 6)")):
+        encoder(torch.zeros(0, 6, dtype=torch.int64), torch.zeros(0, 6, dtype=torch.int64))
 
 
 def test_frozen_encoder(tiny_bert_dir):

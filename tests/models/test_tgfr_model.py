@@ -106,6 +106,18 @@ def test_captions_for_another_number_of_images_are_refused_before_the_backbone_r
     assert calls == []
 
 
+def test_an_empty_batch_is_refused_by_name_before_the_backbone_runs(tiny_bert_dir):
+    model = TGFRModel(small_config(tiny_bert_dir)).eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs))
+    empty = torch.zeros(0, 10, dtype=torch.int64)
+    with torch.no_grad():
+        for call in (model, model.align):
+            with pytest.raises(ValueError, match=re.escape("input_ids must not be empty along dimension 0")):
+                call(torch.randn(0, 3, 32, 32), empty, empty)
+    assert calls == []
+
+
 def test_autocast_runs_the_float32_model_on_float32_images(tiny_bert_dir):
     torch.manual_seed(0)
     model = TGFRModel(small_config(tiny_bert_dir)).eval()

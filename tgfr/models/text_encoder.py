@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from tgfr.models.freezing import FreezableModule
 from tgfr.word_mask import valid_word_mask
-from tgfr.validation import check_same_device, check_tensor
+from tgfr.validation import check_nonempty, check_same_device, check_tensor
 
 SENTENCE_POOLINGS = ("mean", "cls", "pooled")
 
@@ -47,7 +47,8 @@ class TextEncoder(FreezableModule):
 
     name_or_path: local model directory (None: the packaged all-MiniLM-L6-v2). A full CLIP
     checkpoint loads its text tower only.
-    max_length: tokenizer width including the two special tokens (TGFR: 24).
+    max_length: tokenizer width including the two special tokens (TGFR: 24); `tokenize` keeps the
+    first max_length - 2 word-piece tokens of a longer caption and drops the rest.
     sentence_pooling: "mean" = mean of the last hidden states over all attended tokens,
     special tokens included (sentence-transformers' pooling for MiniLM; no L2 normalization
     here); "cls" = hidden state of the first token; "pooled" = the model's `pooler_output`
@@ -101,7 +102,7 @@ class TextEncoder(FreezableModule):
             raise TextModelFilesError(f"the model files (config.json, weights) of text model folder {path} do not "
                                       f"load: {type(error).__name__}: {error}") from error
         # Positions past the model's embedding table fail only at the first forward, deep in the model.
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = self.max_positions
         if limit is not None and max_length > limit:
             raise ValueError(f"max_length must be at most {limit}, the number of positions of the text encoder in "
                              f"{path}, got {max_length}")
@@ -140,8 +141,24 @@ class TextEncoder(FreezableModule):
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def max_positions(self) -> int | None:
+        """Widest input (special tokens included) the model's position embeddings cover; None: no limit.
+
+        RoBERTa-like models number positions from padding_idx + 1, so padding_idx + 1 entries of the
+        table are never reached (514 positions hold 512 tokens).
+        """
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is None:
+            return None
+        padding_idx = getattr(getattr(self.model, "embeddings", None), "padding_idx", None)
+        return limit - (padding_idx + 1) if isinstance(padding_idx, int) else limit
+
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded and truncated."""
+        """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded on the right.
+
+        A caption of more than max_length - 2 word-piece tokens is cut to its first max_length - 2.
+        """
         if isinstance(captions, str) or not all(isinstance(caption, str) for caption in captions):
             raise TypeError("captions must be a list of strings")
         if len(captions) == 0:
@@ -156,6 +173,10 @@ class TextEncoder(FreezableModule):
         check_tensor("input_ids", input_ids, ndim=2, dtypes=(torch.int64, torch.int32))
         check_tensor("attention_mask", attention_mask, ndim=2)
         check_same_device(input_ids=input_ids, attention_mask=attention_mask)
+        check_nonempty("input_ids", input_ids)
+        if self.max_positions is not None and input_ids.shape[1] > self.max_positions:
+            raise ValueError(f"input_ids must be at most {self.max_positions} tokens wide, the number of positions of "
+                             f"the text encoder in {self.name_or_path}, got shape {tuple(input_ids.shape)}")
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "

@@ -23,7 +23,7 @@ from tgfr.models.fcam import ImageAlignmentHead, TextAlignmentHead
 from tgfr.models.fcfm import build_fusion
 from tgfr.models.iresnet import IResNet, IResNetConfig
 from tgfr.models.text_encoder import TextEncoder
-from tgfr.validation import check_size, check_tensor
+from tgfr.validation import check_nonempty, check_size, check_tensor
 
 
 @dataclass
@@ -149,6 +149,7 @@ class TGFRModel(nn.Module):
         check_tensor("input_ids", input_ids, ndim=2)
         # Checked before the backbone runs, which would otherwise spend a whole batch to fail in the fusion.
         check_size("input_ids", input_ids, 0, images.shape[0], "the batch size of images: one caption per image")
+        check_nonempty("input_ids", input_ids)
         embedding, region_map = self.backbone(images)
         image_global, regions = self.image_head(embedding, region_map)
         text = self.text_encoder(input_ids, attention_mask)
