@@ -146,6 +146,8 @@ def test_dropout_masks_the_flattened_map_before_fc():
 def test_frozen_backbone_stays_in_eval_and_builds_no_graph():
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32), frozen=True)
     assert not any(p.requires_grad for p in model.parameters())
+    model.requires_grad_(True)  # as train() keeps it in eval mode, this keeps it frozen
+    assert not any(p.requires_grad for p in model.parameters())
     running_mean = model.bn1.running_mean.clone()
     model.train()
     assert not model.training and not model.layer2[0].bn1.training
@@ -159,6 +161,8 @@ def test_embedding_bn_scale_is_fixed_like_insightface():
     model = iresnet18()
     assert not model.features.weight.requires_grad
     assert torch.equal(model.features.weight, torch.ones(512))
+    model.requires_grad_(False).requires_grad_(True)
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["features.weight"]
 
 
 def test_bad_configs_and_inputs_are_rejected():

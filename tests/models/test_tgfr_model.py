@@ -72,6 +72,27 @@ def test_trainable_backbone_and_frozen_text(tiny_bert_dir):
     assert all(p.grad is None for p in model.text_encoder.parameters())
 
 
+@pytest.mark.parametrize("freeze_backbone, freeze_text_encoder", [(True, True), (False, False)])
+def test_requires_grad_keeps_frozen_parts_and_fixed_parameters_off(tiny_bert_dir, freeze_backbone,
+                                                                    freeze_text_encoder):
+    """model.requires_grad_(True) turns on exactly what trains: nothing of a frozen part, never BERT's
+    pooler (mean pooling does not use it) nor the backbone's embedding BatchNorm scale (fixed at 1)."""
+    model = TGFRModel(small_config(tiny_bert_dir, freeze_backbone=freeze_backbone,
+                                   freeze_text_encoder=freeze_text_encoder))
+    names = [name for name, _ in model.named_parameters()]
+    never = {"backbone.features.weight"} | {name for name in names if name.startswith("text_encoder.model.pooler.")}
+    frozen = {name for name in names if name.startswith(("backbone.",) * freeze_backbone
+                                                        + ("text_encoder.",) * freeze_text_encoder)}
+    expected = {name for name in names if name not in never | frozen}
+    assert len(never) == 3 and model.text_encoder.sentence_pooling == "mean"
+    for _ in range(2):
+        model.requires_grad_(False)
+        assert not any(p.requires_grad for p in model.parameters())
+        model.requires_grad_(True)
+        assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
+    assert model.requires_grad_() is model
+
+
 def test_a_float16_model_gives_the_float32_embeddings(tiny_bert_dir):
     """model.half() on the CPU: captions shorter than max_length have padded words, which the text
     head's normalization turned into NaN in float16, and the fused embedding with them."""

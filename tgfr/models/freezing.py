@@ -1,24 +1,51 @@
 """Frozen mode shared by the pretrained parts (face backbone, text encoder)."""
 
 import contextlib
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 
-class FreezableModule(nn.Module):
+class KeepsFrozenPartsFixed(nn.Module):
+    """An nn.Module whose `requires_grad_` leaves off every parameter under it that must not train.
+
+    nn.Module.requires_grad_ sets every parameter of the tree directly, without calling the
+    submodules' own requires_grad_, so a model holding FreezableModules (and each FreezableModule)
+    derives from this class to keep their frozen and fixed parameters off, as `train()` keeps a
+    frozen module in eval mode.
+    """
+
+    def requires_grad_(self, requires_grad: bool = True) -> "KeepsFrozenPartsFixed":
+        super().requires_grad_(requires_grad)
+        for module in self.modules():
+            if isinstance(module, FreezableModule):
+                fixed = module.parameters() if module.frozen else module.fixed_parameters()
+                for parameter in fixed:
+                    parameter.requires_grad_(False)
+        return self
+
+
+class FreezableModule(KeepsFrozenPartsFixed):
     """A module that can be frozen: eval mode for good, no parameter trains, forward builds no graph.
 
     Subclasses call `self._init_frozen(frozen)` in `__init__` after creating their parameters and
-    run their forward under `self.grad_context()`.
+    run their forward under `self.grad_context()`; they list in `fixed_parameters` the parameters
+    that never train, frozen or not.
     """
 
-    frozen: bool
+    frozen: bool = False
 
     def _init_frozen(self, frozen: bool) -> None:
+        """Every parameter trains but the fixed ones, or none when `frozen`."""
         self.frozen = False
+        self.requires_grad_(True)
         if frozen:
             self.freeze()
+
+    def fixed_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters that keep requires_grad False even when the module trains (none by default)."""
+        return ()
 
     def freeze(self) -> "FreezableModule":
         """Switches to eval mode, sets requires_grad False on every parameter; returns self."""

@@ -165,7 +165,10 @@ class IResNet(FreezableModule):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.ones_(self.features.weight)
-        self.features.weight.requires_grad_(False)
+
+    def fixed_parameters(self) -> list[nn.Parameter]:
+        """The embedding BatchNorm's scale, fixed at 1 (insightface's)."""
+        return [self.features.weight]
 
     def _trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the flattened final map (B, 8*width*final_grid^2) and the layer3 map."""

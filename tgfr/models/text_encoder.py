@@ -106,7 +106,6 @@ class TextEncoder(FreezableModule):
         if limit is not None and max_length > limit:
             raise ValueError(f"max_length must be at most {limit}, the number of positions of the text encoder in "
                              f"{path}, got {max_length}")
-        self.requires_grad_(True)  # every parameter trains but the unused ones (see requires_grad_)
         self._init_frozen(frozen)
 
     @staticmethod
@@ -120,22 +119,15 @@ class TextEncoder(FreezableModule):
             return AutoModel.from_pretrained(path, local_files_only=True)
         return AutoModel.from_config(config)
 
-    def _unused_parameters(self) -> list[torch.nn.Parameter]:
+    def fixed_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the features never depend on: the model's pooler (BERT's tanh layer) unless
-        sentence_pooling is "pooled" (CLIP's pooled output has no parameters of its own)."""
+        sentence_pooling is "pooled" (CLIP's pooled output has no parameters of its own). They
+        would never get a gradient, which DistributedDataParallel (without find_unused_parameters)
+        refuses at the next step; they stay in the state dict, so saved models keep their format."""
         pooler = getattr(self.model, "pooler", None)
         if self.sentence_pooling == "pooled" or not isinstance(pooler, torch.nn.Module):
             return []
         return list(pooler.parameters())
-
-    def requires_grad_(self, requires_grad: bool = True) -> "TextEncoder":
-        """nn.Module's, except that the unused parameters stay off: they would never get a gradient,
-        which DistributedDataParallel (without find_unused_parameters) refuses at the next step.
-        They stay in the state dict, so saved models keep their format."""
-        super().requires_grad_(requires_grad)
-        for parameter in self._unused_parameters():
-            parameter.requires_grad_(False)
-        return self
 
     @property
     def hidden_size(self) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 
 from tgfr.models.fcam import ImageAlignmentHead, TextAlignmentHead
 from tgfr.models.fcfm import build_fusion
+from tgfr.models.freezing import KeepsFrozenPartsFixed
 from tgfr.models.iresnet import IResNet, IResNetConfig
 from tgfr.models.text_encoder import TextEncoder
 from tgfr.validation import check_nonempty, check_size, check_tensor
@@ -107,9 +108,10 @@ class AlignedFeatures(NamedTuple):
     image_global: torch.Tensor  # (B, D)
 
 
-class TGFRModel(nn.Module):
+class TGFRModel(KeepsFrozenPartsFixed):
     """Text-guided face recognition network. `pretrained_text=False` builds the text encoder with
-    fresh weights from its config (a checkpoint then supplies them)."""
+    fresh weights from its config (a checkpoint then supplies them). `requires_grad_(True)` leaves
+    a frozen backbone or text encoder, and the parameters that never train, off."""
 
     def __init__(self, config: TGFRConfig = TGFRConfig(), pretrained_text: bool = True):
         super().__init__()
