@@ -40,6 +40,11 @@ def test_default_config_is_tgfr():
     assert aligned.regions.shape == (1, 196, 256)
     assert aligned.sentence.shape == aligned.image_global.shape == (1, 256)
     assert fused.shape == (1, 640)
+    # Each default-built model owns its config: changing one (as training does) leaves the next alone.
+    model.config.freeze_backbone, model.config.dim = False, 64
+    fresh = TGFRModel()
+    assert fresh.config == TGFRConfig() and fresh.config is not model.config
+    assert fresh.backbone.frozen and fresh.image_head.project_global.out_features == 256
 
 
 @pytest.mark.parametrize("fusion, size", [("linear", 24), ("concat", 32)])

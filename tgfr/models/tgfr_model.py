@@ -110,11 +110,13 @@ class AlignedFeatures(NamedTuple):
 
 class TGFRModel(KeepsFrozenPartsFixed):
     """Text-guided face recognition network. `pretrained_text=False` builds the text encoder with
-    fresh weights from its config (a checkpoint then supplies them). `requires_grad_(True)` leaves
+    fresh weights from its config (a checkpoint then supplies them); config None: TGFRConfig(). `requires_grad_(True)` leaves
     a frozen backbone or text encoder, and the parameters that never train, off."""
 
-    def __init__(self, config: TGFRConfig = TGFRConfig(), pretrained_text: bool = True):
+    def __init__(self, config: TGFRConfig | None = None, pretrained_text: bool = True):
         super().__init__()
+        # A fresh default per model: training writes into model.config (freeze_backbone after fr).
+        config = TGFRConfig() if config is None else config
         self.config = config
         self.backbone = IResNet(config.backbone, frozen=config.freeze_backbone)
         self.text_encoder = TextEncoder(
