@@ -347,6 +347,20 @@ def test_check_captions_names_a_caption_that_tokenizes_to_no_word(tmp_path, capt
     collate.check_captions(FaceCaptionDataset(records[::2], root=tmp_path))  # the others pass
 
 
+def test_check_captions_counts_the_captions_it_cuts(tmp_path):
+    """WordTokenizer makes one token per word and adds none: at max_length 3 a caption of 4 or 5
+    words is cut, one of 3 fits exactly; a caption shared by two images counts once."""
+    captions = [("a b c", "a b c d"), ("a b c d e", "a"), ("b", "a b c d")]
+    records = [ManifestRecord(f"{i}.png", str(i), "train", pair) for i, pair in enumerate(captions)]
+    for record in records:
+        Image.new("RGB", (8, 8)).save(tmp_path / record.path)
+    dataset = FaceCaptionDataset(write_manifest(tmp_path / "m.jsonl", records), split="train")
+    collate = CaptionCollator(WordTokenizer(), max_length=3)
+    assert collate.check_captions(dataset, chunk=2) == 2
+    assert collate.check_captions(dataset, first_only=True) == 1
+    assert CaptionCollator(WordTokenizer(), max_length=5).check_captions(dataset) == 0
+
+
 def _train_items(dataset):
     return [dataset[index]["image"] for index in range(len(dataset))]
 

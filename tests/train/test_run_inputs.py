@@ -185,6 +185,20 @@ def test_a_caption_without_words_is_refused_before_writing(tmp_path, tiny_overri
     assert not (tmp_path / "run").exists()
 
 
+def test_training_says_how_many_captions_lose_words(tmp_path, tiny_overrides, capsys):
+    """With model.max_length 20 the text encoder sees 18 word pieces of a caption: training says once
+    how many distinct training captions are longer, counted here with the tokenizer uncut."""
+    config = load_config("quick", tiny_overrides + ["model.max_length=20"])
+    tokenizer = TextEncoder(max_length=20).tokenizer
+    captions = {c for r in read_manifest(resolve_manifest(config.data)) if r.split == "train" for c in r.captions}
+    longer = sum(len(tokenizer(caption)["input_ids"]) > 20 for caption in captions)
+    assert 0 < longer < len(captions)
+    train(config, tmp_path / "run", stop_after=1)
+    message = (f"tgfr train: {longer} distinct training captions have more than model.max_length - 2 = 18 "
+               "word-piece tokens; the text encoder sees only their first 18\n")
+    assert capsys.readouterr().err.count(message) == 1
+
+
 def train_error(tmp_path, overrides):
     """The one-line error of `tgfr train` with the tiny overrides and `overrides`; nothing was written."""
     arguments = [arg for o in overrides for arg in ("--set", o)]

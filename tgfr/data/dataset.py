@@ -156,21 +156,30 @@ class CaptionCollator:
                                  max_length=self.max_length, return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"]
 
-    def check_captions(self, dataset: FaceCaptionDataset, chunk: int = 4096, first_only: bool = False) -> None:
+    def check_captions(self, dataset: FaceCaptionDataset, chunk: int = 4096, first_only: bool = False) -> int:
         """Raises a ValueError naming the image and the caption when a caption of `dataset` tokenizes to
         no more tokens than "" does (no word: say only zero-width spaces, which manifests accept). The
         text encoder refuses such a caption, so training would stop at the first batch drawing it.
-        first_only: check each image's first caption only (the one evaluation embeds)."""
+        first_only: check each image's first caption only (the one evaluation embeds).
+
+        Returns how many distinct captions have more than max_length tokens, so that `tokenize` cuts
+        off their last words."""
         special_tokens = int(self.tokenize([""])[1].sum())
         captions = sorted({caption for record in dataset.records
                            for caption in (record.captions[:1] if first_only else record.captions)})
+        truncated = 0
         for start in range(0, len(captions), chunk):
             part = captions[start:start + chunk]
-            for caption, tokens in zip(part, self.tokenize(part)[1].sum(1).tolist()):
+            # One token beyond max_length tells a caption that is cut from one that fits exactly.
+            encoded = self.tokenizer(part, padding=self.padding, truncation=True, max_length=self.max_length + 1,
+                                     return_tensors="pt")
+            for caption, tokens in zip(part, encoded["attention_mask"].sum(1).tolist()):
                 if tokens <= special_tokens:
                     record = next(r for r in dataset.records if caption in r.captions)
                     raise ValueError(f"image {dataset.root / record.path} has caption {caption!r}, which the "
                                      "tokenizer reduces to no word; edit or remove that caption in the manifest")
+                truncated += tokens > self.max_length
+        return truncated
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         if not items:

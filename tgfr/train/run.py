@@ -243,7 +243,11 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size, image_cache)
                   for name in config.stages[resume_index:]}
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
-        collate.check_captions(next(iter(stage_data.values())).dataset)
+        truncated = collate.check_captions(next(iter(stage_data.values())).dataset)
+        if rank == 0 and truncated:
+            words = config.model.max_length - 2
+            print(f"tgfr train: {truncated} distinct training captions have more than model.max_length - 2 = "
+                  f"{words} word-piece tokens; the text encoder sees only their first {words}", file=sys.stderr)
     if rank == 0 and resume:  # an earlier call killed while writing either file leaves its temporary file
         remove_temporaries(out / CHECKPOINT)
         remove_temporaries(out / "metrics.jsonl")
