@@ -110,8 +110,9 @@ class AlignedFeatures(NamedTuple):
 
 class TGFRModel(KeepsFrozenPartsFixed):
     """Text-guided face recognition network. `pretrained_text=False` builds the text encoder with
-    fresh weights from its config (a checkpoint then supplies them); config None: TGFRConfig(). `requires_grad_(True)` leaves
-    a frozen backbone or text encoder, and the parameters that never train, off."""
+    fresh weights from its config (a checkpoint then supplies them); config None: TGFRConfig().
+    `requires_grad_(True)` leaves a frozen backbone or text encoder, and the parameters that never
+    train, off."""
 
     def __init__(self, config: TGFRConfig | None = None, pretrained_text: bool = True):
         super().__init__()
