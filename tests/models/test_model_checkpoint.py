@@ -165,6 +165,36 @@ def test_a_backbone_that_does_not_fit_the_weights_is_refused_before_it_is_built(
         load_tgfr_model(checkpoint)
 
 
+@pytest.mark.parametrize("file, key, value", [("config.json", "dim", 10**8),
+                                              ("config.json", "text_kernel_sizes", [2, 3, 10**8]),
+                                              ("text_encoder/config.json", "hidden_size", 10**8)])
+def test_a_config_that_does_not_fit_the_weights_is_refused_before_anything_is_allocated(
+        tiny_bert_dir, tmp_path, monkeypatch, file, key, value):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    config_path = checkpoint / file
+    config = json.loads(config_path.read_text())
+    config[key] = value
+    config_path.write_text(json.dumps(config))
+    allocated = []  # the sizes of every real (not meta) tensor the load creates before it fails
+    empty = torch.empty
+
+    def recording_empty(*size, **options):
+        tensor = empty(*size, **options)
+        if tensor.device.type != "meta":
+            allocated.append(tensor.numel())
+        return tensor
+
+    monkeypatch.setattr(torch, "empty", recording_empty)
+    with pytest.raises(ValueError) as raised:
+        load_tgfr_model(checkpoint)
+    message = str(raised.value)
+    text_config = checkpoint / "text_encoder" / "config.json"
+    assert message.startswith(f"checkpoint files '{checkpoint / 'config.json'}' and '{text_config}' describe a model "
+                              f"that does not fit the weights in '{checkpoint / 'model.safetensors'}': it has ")
+    assert "100000000" in message  # the shapes it lists are the ones the changed size gives
+    assert sum(allocated) < 10**6  # the tiny model's own size; the described one has at least 10**8 values
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
 def test_every_model_file_gets_the_umask_permissions(tiny_bert_dir, tmp_path, umask):
     previous = os.umask(umask)

@@ -60,25 +60,50 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     return directory
 
 
-def _check_backbone_fits_weights(config: TGFRConfig, config_path: Path, weights_path: Path) -> None:
-    """Compares the backbone's fc, whose size follows input_size, width and num_features, with the
-    weights file's header before the model is built: a config that does not fit (say input_size
-    10**6) would otherwise first allocate that fc, and fail with an allocation error naming nothing."""
+def _stored_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the safetensors file, read from its header only."""
     try:
         with safetensors.safe_open(str(weights_path), framework="pt") as weights:
-            if FC_WEIGHT not in weights.keys():
-                return  # reported with every other missing weight once the model is built
-            stored = tuple(weights.get_slice(FC_WEIGHT).get_shape())
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     except (OSError, safetensors.SafetensorError) as error:
         raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
+
+
+def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_path: Path) -> None:
+    """Builds the model `config` describes on the meta device (no memory) and compares its every
+    parameter and buffer with the weights file's header, before the model is built for real: a
+    config that does not fit (say dim 10**8, or input_size 10**6, which sizes the backbone's fc)
+    would otherwise first allocate its tensors and fail with an allocation error naming nothing."""
+    stored = _stored_shapes(weights_path)
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape)
+                        for name, tensor in TGFRModel(config, pretrained_text=False).state_dict().items()}
+    except TextModelFilesError:
+        raise  # names the text_encoder folder and what transformers said, not config.json
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
+    missing, unexpected = expected.keys() - stored.keys(), stored.keys() - expected.keys()
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint file {str(weights_path)!r} does not match the model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
     backbone = config.backbone
-    expected = (backbone.num_features, backbone.fc_inputs)
-    if stored != expected:
+    if stored[FC_WEIGHT] != expected[FC_WEIGHT]:
         raise ValueError(
             f"checkpoint file {str(config_path)!r} does not fit its weights: backbone.input_size "
             f"{backbone.input_size}, backbone.width {backbone.width} and backbone.num_features "
-            f"{backbone.num_features} give {FC_WEIGHT} the shape {expected}, {str(weights_path)!r} holds {stored}"
+            f"{backbone.num_features} give {FC_WEIGHT} the shape {expected[FC_WEIGHT]}, {str(weights_path)!r} "
+            f"holds {stored[FC_WEIGHT]}"
         )
+    mismatched = [name for name in sorted(expected) if expected[name] != stored[name]]
+    if mismatched:
+        text_config = config_path.parent / TEXT_ENCODER_DIR / CONFIG_FILE
+        shapes = "; ".join(f"{name} {expected[name]} (file: {stored[name]})" for name in mismatched[:5])
+        more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
+        raise ValueError(f"checkpoint files {str(config_path)!r} and {str(text_config)!r} describe a model that does "
+                         f"not fit the weights in {str(weights_path)!r}: it has {shapes}{more}")
 
 
 def load_tgfr_model(directory: str | Path) -> TGFRModel:
@@ -107,20 +132,10 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
     config.text_encoder = str(text_dir)
-    _check_backbone_fits_weights(config, config_path, weights_path)
+    _check_config_fits_weights(config, config_path, weights_path)
+    model = TGFRModel(config, pretrained_text=False)
     try:
-        model = TGFRModel(config, pretrained_text=False)
-    except TextModelFilesError:
-        raise  # names the text_encoder folder and what transformers said, not config.json
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
-    try:
-        missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
+        safetensors.torch.load_model(model, str(weights_path))
     except (RuntimeError, OSError, safetensors.SafetensorError) as error:
         raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint file {str(weights_path)!r} does not match the model: missing {sorted(missing)}, "
-            f"unexpected {sorted(unexpected)}"
-        )
     return model.eval()
