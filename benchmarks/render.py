@@ -8,7 +8,8 @@ op, an implementation, passes, a dtype and N (the word-region and contrastive be
 benchmark) go into comparison tables with speed and memory ratios against the reference; the
 sweeps into a table of the largest N per implementation; any other benchmark (models, losses)
 into a plain table of its median time and extra_info. Where a machine has full-mode cases, its
-quick-mode cases are left out.
+quick-mode cases are left out. Every table row names the run that measured it (r1, r2, ...), and
+each machine's section lists every run that supplied a shown row, a dirty tree's marked as such.
 """
 
 import argparse
@@ -35,14 +36,19 @@ def normalize_case(case: dict) -> dict | None:
                     dtype=info["dtype"], N=info["N"], seconds=seconds, useful_gflops=info["useful_tflops"] * 1e3,
                     fraction_of_matmul=None, fraction_of_matmul_same_dtype=None,
                     peak_mib=info["peak_gb"] * 1e9 / 2**20 if "peak_gb" in info else None,
-                    memory="max allocated")
+                    memory="max allocated", run=run_key(case))
     if not {"op", "implementation", "passes", "dtype", "shape"} <= info.keys() or _is_sweep(case):
         return None
     return dict(op=info["op"], implementation=info["implementation"], passes=info["passes"], dtype=info["dtype"],
                 N=info["shape"]["N"], seconds=info.get("seconds", stats.get("median")),
                 useful_gflops=info.get("useful_gflops"), fraction_of_matmul=info.get("fraction_of_matmul"),
                 fraction_of_matmul_same_dtype=info.get("fraction_of_matmul_same_dtype"),
-                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise")
+                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise", run=run_key(case))
+
+
+def run_key(case_or_run: dict) -> tuple[str | None, str | None]:
+    """(commit, date): what a case shares with the entry of the run that measured it."""
+    return case_or_run.get("commit"), case_or_run.get("date")
 
 
 def load_results(results_dir: Path) -> list[dict]:
@@ -74,7 +80,8 @@ def _gpu_lines(path: Path) -> dict:
             raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
         runs[(record.get("commit"), record.get("date"))] = dict(
             commit=record.get("commit"), date=record.get("date"), torch=record.get("torch"), mode="full",
-            threads=None, command=record.get("command", "bash benchmarks/run_gpu.sh"))
+            threads=None, command=record.get("command", "bash benchmarks/run_gpu.sh"),
+            machine=dict(gpu=record.get("device"), cuda=record.get("cuda")), commit_note=record.get("commit_note"))
         key = (record["implementation"], record["dtype"], record["passes"], record["N"])
         cases[key] = dict(name="-".join(map(str, key)), extra_info=record, stats={}, mode="full",
                           commit=record.get("commit"), date=record.get("date"))
@@ -112,9 +119,10 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def comparison_tables(rows: list[dict]) -> list[str]:
+def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
     """Markdown lines: one table per (op, passes), rows by implementation, dtype and N, with the
-    time and memory ratios of the fp32 reference at the same N over the row's."""
+    time and memory ratios of the fp32 reference at the same N over the row's and the label of the
+    row's run (`labels`, by run_key)."""
     lines = []
     groups = defaultdict(list)
     for row in rows:
@@ -124,8 +132,8 @@ def comparison_tables(rows: list[dict]) -> list[str]:
         memory = group[0]["memory"]
         lines += [f"#### {op}, {passes.replace('_', '+')}", "",
                   "| implementation | dtype | N=M | time | useful GFLOP/s | of fp32 matmul | of same-dtype matmul "
-                  f"| peak memory ({memory}, MiB) | speed-up vs reference | memory vs reference |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  f"| peak memory ({memory}, MiB) | speed-up vs reference | memory vs reference | run |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for row in sorted(group, key=lambda row: (_order(row["implementation"]), row["dtype"], row["N"])):
             base = reference.get(row["N"])
             speedup = base["seconds"] / row["seconds"] if base and row["seconds"] else None
@@ -135,20 +143,24 @@ def comparison_tables(rows: list[dict]) -> list[str]:
                 f"| {row['implementation']} | {row['dtype']} | {row['N']} | {_time(row['seconds'])} "
                 f"| {_number(row['useful_gflops'])} | {_percent(row['fraction_of_matmul'])} "
                 f"| {_percent(row['fraction_of_matmul_same_dtype'])} | {_number(row['peak_mib'])} "
-                f"| {_number(speedup, '{:.2f}x')} | {_number(memory_ratio, '{:.1f}x')} |"
+                f"| {_number(speedup, '{:.2f}x')} | {_number(memory_ratio, '{:.1f}x')} | {labels[row['run']]} |"
             )
         lines.append("")
     return lines
 
 
-def sweep_table(sweeps: list[dict]) -> list[str]:
-    """Markdown lines: the largest N within the budget per op and implementation, with each step."""
-    if not sweeps:
+def sweep_table(cases: list[dict], labels: dict[tuple, str]) -> list[str]:
+    """Markdown lines: the largest N within the budget per op and implementation of the sweep
+    cases, with each step and the label of the case's run (`labels`, by run_key)."""
+    if not cases:
         return []
     lines = ["#### Largest batch within a memory budget (forward+backward, fp32)", "",
-             "| op | implementation | budget (MiB) | largest N=M that fits | stopped by | steps: N (time, peak MiB) |",
-             "| --- | --- | ---: | ---: | --- | --- |"]
-    for sweep in sorted(sweeps, key=lambda sweep: (sweep["op"], _order(sweep["implementation"]))):
+             "| op | implementation | budget (MiB) | largest N=M that fits | stopped by | steps: N (time, peak MiB) "
+             "| run |",
+             "| --- | --- | ---: | ---: | --- | --- | --- |"]
+    by_op = sorted(cases, key=lambda case: (case["extra_info"]["op"], _order(case["extra_info"]["implementation"])))
+    for case in by_op:
+        sweep = case["extra_info"]
         steps = ", ".join(
             f"{step['N']} (out of memory)" if step.get("out_of_memory") else
             f"{step['N']} ({_time(step['seconds'])}, {step['peak_rss_rise_mib']:.0f}{'' if step['fits'] else ', over'})"
@@ -157,19 +169,20 @@ def sweep_table(sweeps: list[dict]) -> list[str]:
         largest = sweep["largest_fitting_n"]
         largest = "none" if largest is None else f"{'>= ' if sweep['stopped_by'] == 'time' else ''}{largest}"
         lines.append(f"| {sweep['op']} | {sweep['implementation']} | {sweep['budget_mib']} | {largest} "
-                     f"| {sweep['stopped_by']} | {steps} |")
+                     f"| {sweep['stopped_by']} | {steps} | {labels[run_key(case)]} |")
     return lines + [""]
 
 
-def other_table(cases: list[dict]) -> list[str]:
-    """Markdown lines: median time and extra_info of the cases no other table shows."""
+def other_table(cases: list[dict], labels: dict[tuple, str]) -> list[str]:
+    """Markdown lines: median time, extra_info and run label (`labels`, by run_key) of the cases no
+    other table shows."""
     if not cases:
         return []
-    lines = ["#### Other benchmarks", "", "| case | median time | extra info |", "| --- | ---: | --- |"]
+    lines = ["#### Other benchmarks", "", "| case | median time | extra info | run |", "| --- | ---: | --- | --- |"]
     for case in sorted(cases, key=lambda case: case.get("fullname", case["name"])):
         info = ", ".join(f"{key}={_compact(value)}" for key, value in sorted((case.get("extra_info") or {}).items()))
         lines.append(f"| {case.get('fullname', case['name'])} | {_time((case.get('stats') or {}).get('median'))} "
-                     f"| {info} |")
+                     f"| {info} | {labels[run_key(case)]} |")
     return lines + [""]
 
 
@@ -179,27 +192,65 @@ def _compact(value) -> str:
     return str(value).replace("|", "/")
 
 
+def _machine_title(machine: dict) -> str:
+    return machine.get("gpu") or f"{machine.get('cpu')}, {machine.get('logical_cores')} logical cores"
+
+
+def run_list(runs: list[dict], cases: list[dict]) -> tuple[list[str], dict[tuple, str]]:
+    """Markdown lines naming each run that measured one of `cases` (commit and any note on it, dates,
+    torch, threads, mode, machine, command), in the order of `runs`, and the label (r1, r2, ...) of
+    each case's run_key. Runs that differ in their date only share a label (the GPU benchmark once dated each
+    of its lines); a case whose run `runs` lacks gets a label of its own commit and date."""
+    measuring = {run_key(case) for case in cases}
+    known = {run_key(run): run for run in runs}
+    ordered = [run for key, run in known.items() if key in measuring]
+    ordered += [dict(commit=commit, date=date) for commit, date in sorted(measuring - known.keys(), key=str)]
+    groups: dict[tuple, list[dict]] = {}
+    for run in ordered:
+        machine = run.get("machine") or {}
+        platform = f", {machine['platform']}" if machine.get("platform") else ""
+        description = (run.get("commit"), run.get("commit_note"), run.get("torch"), run.get("threads"), run.get("mode"),
+                       run.get("command"), f"{_machine_title(machine)}{platform}" if machine else None)
+        groups.setdefault(description, []).append(run)
+    lines, labels = [], {}
+    for number, ((commit, note, torch, threads, mode, command, machine), members) in enumerate(groups.items(), 1):
+        label = f"r{number}"
+        labels.update((run_key(run), label) for run in members)
+        dates = [run.get("date") for run in members]
+        when = (dates[0] if len(dates) == 1 else
+                f"dated {min(dates, key=str)} to {max(dates, key=str)} ({len(dates)} dates)")
+        if commit and commit.endswith("-dirty"):
+            provenance = (f"commit {commit} (DIRTY TREE: the measured tracked files differed from commit "
+                          f"{commit.removesuffix('-dirty')})")
+        else:
+            provenance = f"commit {commit}"
+        if note:
+            provenance += f" ({note})"
+        details = [when, f"torch {torch}" if torch else None, f"{threads} threads" if threads else None,
+                   f"{mode} mode" if mode else None, f"on {machine}" if machine else None]
+        lines.append(f"- {label}: {provenance}; {', '.join(detail for detail in details if detail)}"
+                     + (f": `{command}`" if command else ""))
+    return lines, labels
+
+
 def machine_section(results: dict, plot_name: str | None) -> list[str]:
-    """Markdown lines of one machine: description, runs, tables and the plot."""
+    """Markdown lines of one machine: description, the runs its figures come from, tables and the plot."""
     machine = results["machine"]
     mode, cases = shown_cases(results["cases"])
-    title = machine.get("gpu") or f"{machine.get('cpu')}, {machine.get('logical_cores')} logical cores"
-    lines = [f"## {results['name']}: {title}", ""]
+    lines = [f"## {results['name']}: {_machine_title(machine)}", ""]
     if machine.get("memory_gib"):
-        lines.append(f"Memory {machine['memory_gib']} GiB; {machine.get('platform', '')}.")
-    shown_runs = [run for run in results["runs"] if run.get("mode") == mode]
-    for run in shown_runs[-3:]:
-        threads = f"{run['threads']} threads, " if run.get("threads") else ""
-        lines.append(f"- run of {run.get('date')}: commit {run.get('commit')}, torch {run.get('torch')}, {threads}"
-                     f"{run.get('mode')} mode: `{run.get('command')}`")
+        lines += [f"Memory {machine['memory_gib']} GiB; {machine.get('platform', '')}.", ""]
+    runs, labels = run_list(results["runs"], cases)
+    if runs:
+        lines += ["Runs that measured the figures below (each row's run column names one):", "", *runs]
     if mode == "quick":
         lines.append("- quick mode only (CI shapes, one round): these figures check that the suite runs, "
                      "they do not rank the implementations.")
     lines.append("")
     rows = [row for row in map(normalize_case, cases) if row is not None]
-    sweeps = [case["extra_info"] for case in cases if _is_sweep(case)]
+    sweeps = [case for case in cases if _is_sweep(case)]
     others = [case for case in cases if not _is_sweep(case) and normalize_case(case) is None]
-    lines += comparison_tables(rows) + sweep_table(sweeps) + other_table(others)
+    lines += comparison_tables(rows, labels) + sweep_table(sweeps, labels) + other_table(others, labels)
     if plot_name:
         lines += [f"![{results['name']}](results/{plot_name})", ""]
     return lines

@@ -102,11 +102,11 @@ def test_comparison_table_divides_the_reference_by_each_row():
         word_region_case("fused", "forward_backward", "float32", 64, 0.5, 10.0),
         word_region_case("fused", "forward_backward", "float32", 512, 30.0, 80.0),
     )]
-    lines = render.comparison_tables(rows)
+    lines = render.comparison_tables(rows, {(None, None): "r1"})
     fused_64 = next(line for line in lines if line.startswith("| fused | float32 | 64 |"))
-    assert "| 500.0 ms |" in fused_64 and "| 4.00x | 100.0x |" in fused_64
+    assert "| 500.0 ms |" in fused_64 and "| 4.00x | 100.0x | r1 |" in fused_64
     fused_512 = next(line for line in lines if line.startswith("| fused | float32 | 512 |"))
-    assert "| 30.00 s |" in fused_512 and fused_512.endswith("| - | - |")  # no reference at 512
+    assert "| 30.00 s |" in fused_512 and fused_512.endswith("| - | - | r1 |")  # no reference at 512
     assert lines.index(fused_64) < next(i for i, line in enumerate(lines) if line.startswith("| reference"))
 
 
@@ -120,8 +120,9 @@ def test_sweep_table_marks_lower_bounds_and_steps_over_budget():
         {"op": "word_region", "implementation": "compiled_reference", "budget_mib": 128, "largest_fitting_n": None,
          "stopped_by": "memory", "steps": [{"N": 32, "fits": False, "out_of_memory": True}]},
     ]
-    lines = render.sweep_table(sweeps)
-    assert "| reference | 128 | 8 | memory | 8 (20.0 ms, 11), 32 (500.0 ms, 150, over) |" in lines[4]
+    cases = [{"extra_info": sweep, "commit": "c", "date": "d"} for sweep in sweeps]
+    lines = render.sweep_table(cases, {("c", "d"): "r1"})
+    assert "| reference | 128 | 8 | memory | 8 (20.0 ms, 11), 32 (500.0 ms, 150, over) | r1 |" in lines[4]
     assert "| chunked_checkpointed | 128 | >= 256 | time |" in lines[5]
     assert "| compiled_reference | 128 | none | memory | 32 (out of memory) |" in lines[6]
 
@@ -150,6 +151,48 @@ def test_render_shows_full_mode_when_present_with_gpu_lines_and_a_plot(tmp_path)
     assert render.FULL_COMMAND in markdown
     for name in ("cpu-amd-epyc-7b13-2c.png", "word_region_gpu_NVIDIA_H100.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_names_every_run_a_shown_figure_comes_from_and_marks_a_dirty_tree(tmp_path):
+    """Five runs, the first's case replaced by the second's: the figures come from runs 2 to 5, more
+    than the three newest, and run 3 measured uncommitted changes."""
+    results = None
+    commits = ["1111", "22222", "333333-dirty", "4444444", "55555555"]
+
+    def run_of(commit: str) -> dict:
+        return {**run("full", commit), "command": f"pytest -k {commit}"}
+
+    for commit, implementation in zip(commits, ["fused", "fused", "reference", "chunked_checkpointed",
+                                                "compiled_reference"]):
+        size = 64 if commit != "4444444" else 128
+        results = recording.merge_results(results, MACHINE, run_of(commit),
+                                          [word_region_case(implementation, "forward", "float32", size, 1.0, 5.0)])
+    sweep = case("benchmarks/test_sweep.py::t", 0.0, kind="sweep", op="word_region", implementation="fused",
+                 passes="forward_backward", dtype="float32", budget_mib=64, largest_fitting_n=8, stopped_by="sizes",
+                 steps=[{"N": 8, "fits": True, "seconds": 0.01, "peak_rss_rise_mib": 1.0}])
+    results = recording.merge_results(results, MACHINE, run_of("55555555"), [
+        sweep, case("benchmarks/test_models.py::t[x]", 0.03, images_per_second=900.0)])
+    (tmp_path / "cpu.json").write_text(json.dumps(results))
+
+    markdown = render.render(tmp_path, tmp_path / "RESULTS.md")
+
+    run_lines = [line for line in markdown.splitlines() if line.startswith("- r")]
+    assert [line.split(": commit ")[1].split()[0].rstrip(";") for line in run_lines] == commits[1:]
+    assert all(f"pytest -k {commit}" in line for line, commit in zip(run_lines, commits[1:]))
+    assert "pytest -k 1111" not in markdown  # its only case was measured again
+    assert "DIRTY TREE" in run_lines[1] and "commit 333333" in run_lines[1]
+    assert sum("DIRTY TREE" in line for line in run_lines) == 1
+    dates = {commit: run("full", commit)["date"] for commit in commits}
+    assert all(dates[commit] in line for line, commit in zip(run_lines, commits[1:]))
+    assert all("AMD EPYC 7B13, 2 logical cores" in line for line in run_lines)
+    labels = {commit: line.split(":")[0][2:] for line, commit in zip(run_lines, commits[1:])}
+    rows = {line.split(" | ")[0][2:]: line.rstrip(" |").rsplit("| ", 1)[1]
+            for line in markdown.splitlines() if line.startswith("| ") and " float32 | " in line}
+    assert rows == {"fused": labels["22222"], "reference": labels["333333-dirty"],
+                    "chunked_checkpointed": labels["4444444"], "compiled_reference": labels["55555555"]}
+    sweep_row = next(line for line in markdown.splitlines() if line.startswith("| word_region | fused | 64 |"))
+    model_row = next(line for line in markdown.splitlines() if line.startswith("| benchmarks/test_models.py"))
+    assert sweep_row.endswith(f"| {labels['55555555']} |") and model_row.endswith(f"| {labels['55555555']} |")
 
 
 def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
