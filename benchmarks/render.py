@@ -27,23 +27,26 @@ RENDER_COMMAND = "python -m benchmarks.render"
 
 def normalize_case(case: dict) -> dict | None:
     """A comparison row (op, implementation, passes, dtype, N, seconds, useful_gflops, fractions,
-    peak_mib, memory) from a case of any benchmark file that has them; None for other cases."""
+    peak_mib, memory, out_of_memory, run: the case's run_key) from a case of any benchmark file
+    that has them; None for other cases."""
     info = case.get("extra_info") or {}
     stats = case.get("stats") or {}
-    if "useful_tflops" in info:  # benchmarks/test_word_region_gpu.py
+    # benchmarks/test_word_region_gpu.py: a measured case, or one whose step ran out of memory (no timing)
+    if "useful_tflops" in info or info.get("out_of_memory"):
         seconds = info["ms"] / 1e3 if "ms" in info else stats.get("median")
         return dict(op="word_region", implementation=info["implementation"], passes=info["passes"],
-                    dtype=info["dtype"], N=info["N"], seconds=seconds, useful_gflops=info["useful_tflops"] * 1e3,
+                    dtype=info["dtype"], N=info["N"], seconds=seconds,
+                    useful_gflops=info["useful_tflops"] * 1e3 if "useful_tflops" in info else None,
                     fraction_of_matmul=None, fraction_of_matmul_same_dtype=None,
                     peak_mib=info["peak_gb"] * 1e9 / 2**20 if "peak_gb" in info else None,
-                    memory="max allocated", run=run_key(case))
+                    memory="max allocated", out_of_memory=bool(info.get("out_of_memory")), run=run_key(case))
     if not {"op", "implementation", "passes", "dtype", "shape"} <= info.keys() or _is_sweep(case):
         return None
     return dict(op=info["op"], implementation=info["implementation"], passes=info["passes"], dtype=info["dtype"],
                 N=info["shape"]["N"], seconds=info.get("seconds", stats.get("median")),
                 useful_gflops=info.get("useful_gflops"), fraction_of_matmul=info.get("fraction_of_matmul"),
                 fraction_of_matmul_same_dtype=info.get("fraction_of_matmul_same_dtype"),
-                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise", run=run_key(case))
+                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise", out_of_memory=False, run=run_key(case))
 
 
 def run_key(case_or_run: dict) -> tuple[str | None, str | None]:
@@ -69,7 +72,8 @@ def load_results(results_dir: Path) -> list[dict]:
 
 
 def _gpu_lines(path: Path) -> dict:
-    """benchmarks/run_gpu.sh's JSON lines as a results file; later lines replace earlier ones."""
+    """benchmarks/run_gpu.sh's JSON lines as a results file; a later line replaces an earlier one of
+    the same implementation, dtype, passes and N, whether it was measured or ran out of memory."""
     cases, runs = {}, {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -122,7 +126,7 @@ def _percent(value: float | None) -> str:
 def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
     """Markdown lines: one table per (op, passes), rows by implementation, dtype and N, with the
     time and memory ratios of the fp32 reference at the same N over the row's and the label of the
-    row's run (`labels`, by run_key)."""
+    row's run (`labels`, by run_key). A row that ran out of memory says so instead of a time."""
     lines = []
     groups = defaultdict(list)
     for row in rows:
@@ -136,11 +140,12 @@ def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for row in sorted(group, key=lambda row: (_order(row["implementation"]), row["dtype"], row["N"])):
             base = reference.get(row["N"])
-            speedup = base["seconds"] / row["seconds"] if base and row["seconds"] else None
+            speedup = base["seconds"] / row["seconds"] if base and base["seconds"] and row["seconds"] else None
             memory_ratio = (base["peak_mib"] / row["peak_mib"]
                             if base and base["peak_mib"] is not None and row["peak_mib"] else None)
             lines.append(
-                f"| {row['implementation']} | {row['dtype']} | {row['N']} | {_time(row['seconds'])} "
+                f"| {row['implementation']} | {row['dtype']} | {row['N']} "
+                f"| {'out of memory' if row['out_of_memory'] else _time(row['seconds'])} "
                 f"| {_number(row['useful_gflops'])} | {_percent(row['fraction_of_matmul'])} "
                 f"| {_percent(row['fraction_of_matmul_same_dtype'])} | {_number(row['peak_mib'])} "
                 f"| {_number(speedup, '{:.2f}x')} | {_number(memory_ratio, '{:.1f}x')} | {labels[row['run']]} |"
@@ -266,7 +271,7 @@ def plot(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     _, cases = shown_cases(results["cases"])
-    rows = [row for row in map(normalize_case, cases) if row is not None]
+    rows = [row for row in map(normalize_case, cases) if row is not None and not row["out_of_memory"]]
     passes = "forward_backward" if any(row["passes"] == "forward_backward" for row in rows) else "forward"
     rows = [row for row in rows if row["passes"] == passes]
     budgets = {case["extra_info"]["op"]: case["extra_info"]["budget_mib"] for case in cases if _is_sweep(case)}

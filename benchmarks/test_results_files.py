@@ -195,6 +195,38 @@ def test_render_names_every_run_a_shown_figure_comes_from_and_marks_a_dirty_tree
     assert sweep_row.endswith(f"| {labels['55555555']} |") and model_row.endswith(f"| {labels['55555555']} |")
 
 
+def test_gpu_lines_that_ran_out_of_memory_are_table_rows_and_the_latest_line_of_a_case_wins(tmp_path):
+    common = {"device": "NVIDIA H100", "torch": "2.11", "dtype": "bfloat16", "M": 1024, "N": 1024,
+              "command": "pytest benchmarks/test_word_region_gpu.py"}
+    measured = {"peak_gb": 2**20 / 1e9, "ms": 8.0, "useful_tflops": 1.0}
+    lines = [
+        {**common, "commit": "a", "date": "1", "implementation": "reference", "passes": "forward_backward",
+         **measured},
+        {**common, "commit": "b", "date": "2", "implementation": "reference", "passes": "forward_backward",
+         "out_of_memory": True},
+        {**common, "commit": "a", "date": "1", "implementation": "triton", "passes": "forward_backward",
+         "out_of_memory": True},
+        {**common, "commit": "b", "date": "2", "implementation": "triton", "passes": "forward_backward", **measured},
+        {**common, "commit": "b", "date": "2", "implementation": "reference", "passes": "forward",
+         "out_of_memory": True},
+        {**common, "commit": "b", "date": "2", "implementation": "triton", "passes": "forward", **measured},
+    ]
+    (tmp_path / "word_region_gpu_NVIDIA_H100.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    markdown = render.render(tmp_path, tmp_path / "RESULTS.md")
+
+    assert "Other benchmarks" not in markdown
+    for passes in ("forward", "forward+backward"):
+        table = markdown.split(f"#### word_region, {passes}\n\n")[1].split("\n\n")[0].splitlines()
+        assert table[2:] == [
+            "| triton | bfloat16 | 1024 | 8.0 ms | 1000.0 | - | - | 1.0 | - | - | r1 |",
+            "| reference | bfloat16 | 1024 | out of memory | - | - | - | - | - | - | r1 |",
+        ]
+    run_lines = [line for line in markdown.splitlines() if line.startswith("- r")]
+    assert len(run_lines) == 1 and "commit b;" in run_lines[0]  # commit a's lines were all replaced
+    assert (tmp_path / "word_region_gpu_NVIDIA_H100.png").exists()  # the measured rows are plotted
+
+
 def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     """A failed test's timing (here of a wrong, non-finite result) is not merged, and a benchmark
     whose function raised (caught by its test, as on running out of memory) neither is nor stops
