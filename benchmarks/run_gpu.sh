@@ -34,14 +34,20 @@ results=benchmarks/results
 mkdir -p "$results"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 logfile="$results/gpu_run_$stamp.log"
-log() { echo "== $*" | tee -a "$logfile"; }
+# Straight into the log, no `tee` in a pipe: a time limit's TERM goes to the whole process group,
+# and a killed tee loses what the stage printed that it had not read yet.
+log() { echo "== $*" >>"$logfile"; echo "== $*"; }
 # A stage's whole output goes to the log (which comes back in $OUT), only its last lines to the
 # console. Unbuffered Python, so that a stage stopped by TERM has logged all it printed.
 export PYTHONUNBUFFERED=1
 logged() {  # logged LINES COMMAND...: the command's output, its last LINES lines on the console
-  local lines=$1
+  local lines=$1 start status
   shift
-  "$@" 2>&1 | tee -a "$logfile" | tail -n "$lines"
+  start=$(($(wc -c <"$logfile") + 1))
+  "$@" >>"$logfile" 2>&1
+  status=$?
+  tail -c "+$start" "$logfile" | tail -n "$lines"
+  return "$status"
 }
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build kernel tests sanitizer tune bench profile)
@@ -114,7 +120,7 @@ collect() {
   fi
 }
 # A run stopped by a time limit: what the finished stages and the running one wrote still comes back,
-# and the console shows the stopped stage's last lines (its `tail` is stopped before printing).
+# and the console shows the stopped stage's last lines (logged() prints them only when a stage ends).
 stopped() {
   tail -n 20 "$logfile"
   log "stopped"

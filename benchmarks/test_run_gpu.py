@@ -16,7 +16,8 @@ _SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
 
 # `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
 # a line to a word_region_gpu_*.jsonl file (and its arguments, one per line, to $STUB_ARGS if set),
-# prints a case's line, then sleeps $STUB_BENCH_SLEEP seconds.
+# prints a case's line, creates the file $STUB_PRINTED if set, then sleeps $STUB_BENCH_SLEEP seconds;
+# stopped by TERM, it prints which case it was in, as a stage reporting where it stopped does.
 _PYTHON_STUB = """#!/bin/sh
 case "$*" in
   *tune_word_region_triton*)
@@ -25,7 +26,9 @@ case "$*" in
   *pytest*)
     [ -n "${STUB_ARGS:-}" ] && printf '%s\n' "$@" > "$STUB_ARGS"
     echo '{"N": 256}' >> benchmarks/results/word_region_gpu_stub.jsonl
+    trap 'echo "stopped in test_word_region_gpu[bfloat16-512-triton-forward]"; exit 143' TERM
     echo "test_word_region_gpu[bfloat16-256-triton-forward] PASSED"
+    if [ -n "${STUB_PRINTED:-}" ]; then touch "$STUB_PRINTED"; fi
     sleep "${STUB_BENCH_SLEEP:-0}";;
 esac
 """
@@ -70,22 +73,27 @@ def test_a_failing_stage_fails_the_run_and_keeps_the_other_stages_results(layout
                                         "word_region_gpu_stub.jsonl"}
 
 
-def test_a_run_stopped_during_a_stage_returns_what_was_written(layout):
-    """Stopped (TERM, as a time limit does) while `bench` runs: the finished `tune` stage's file and
-    the line `bench` wrote so far are in $OUT."""
+def test_a_run_stopped_during_a_stage_returns_what_was_written(layout, tmp_path):
+    """Stopped (TERM to the process group, as a time limit does) while `bench` runs: the finished
+    `tune` stage's file, the line `bench` wrote so far, and in the log every line `bench` printed,
+    before the TERM and on it, are in $OUT."""
+    printed = tmp_path / "printed"
     process = subprocess.Popen(["bash", str(layout["script"]), "tune", "bench"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={**layout["environment"], "STUB_BENCH_SLEEP": "60"},
-                               start_new_session=True)
-    bench_log = layout["script"].parent / "results" / "word_region_gpu_stub.jsonl"
+                               stderr=subprocess.DEVNULL, start_new_session=True,
+                               env={**layout["environment"], "STUB_BENCH_SLEEP": "60", "STUB_PRINTED": str(printed)})
     deadline = time.monotonic() + 30
-    while not bench_log.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not printed.exists() and time.monotonic() < deadline:  # the stub's PASSED line is written
+        time.sleep(0.05)
+    assert printed.exists(), "the bench stub did not print its case within 30 s"
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=30)
-    assert bench_log.exists()
+    assert (layout["script"].parent / "results" / "word_region_gpu_stub.jsonl").exists()
     assert _returned(layout["out"]) == {"word_region_triton_configs_NVIDIA_Stub_GPU.jsonl",
                                         "word_region_gpu_stub.jsonl"}
-    assert "test_word_region_gpu[bfloat16-256-triton-forward] PASSED" in _log(layout["out"])
+    log = _log(layout["out"])
+    assert "test_word_region_gpu[bfloat16-256-triton-forward] PASSED" in log
+    assert "stopped in test_word_region_gpu[bfloat16-512-triton-forward]" in log
+    assert log.rstrip().endswith("== stopped")
 
 
 def test_the_log_keeps_a_stages_whole_output_and_the_console_its_last_lines(layout):
