@@ -254,3 +254,13 @@ def test_non_finite_embeddings_name_split_and_method(method):
     with pytest.raises(ValueError, match=f"the {method} embeddings of split 'test' are not finite \\(NaN or Inf\\) "
                                          f"for 2 of {len(paths)} images, e.g. {paths[6]}"):
         split_figures(embeddings, records, "test", EvaluationConfig(bootstrap_resamples=5))
+
+
+@pytest.mark.parametrize("protocol", ["all_pairs", "pairs"])
+def test_a_split_of_one_subject_is_named_by_both_protocols(protocol):
+    """One subject has no impostor pair: both protocols name the split and the subject count."""
+    x, labels, paths, records = embeddings_and_records(0, subjects=1, images=5)
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, x)
+    config = EvaluationConfig(protocol=protocol, bootstrap_resamples=5)
+    with pytest.raises(ValueError, match="^verification needs at least 2 subjects in split 'test', got 1$"):
+        split_figures(embeddings, records, "test", config)

@@ -28,6 +28,10 @@ def verification_scores(embeddings: SplitEmbeddings, method: str, records: Seque
     x = embeddings.method(method).astype(np.float64)
     labels = embeddings.labels
     if config.protocol == "all_pairs":
+        # One subject gives no impostor pair; said here, with the split, as the pairs protocol says it.
+        subjects = np.unique(labels).size
+        if subjects < 2:
+            raise ValueError(f"verification needs at least 2 subjects in split {split!r}, got {subjects}")
         rows, columns = np.triu_indices(len(x), k=1)
         similarity = x @ x.T
         return (similarity[rows, columns], (labels[rows] == labels[columns]).astype(np.int64), labels[rows],
