@@ -25,6 +25,8 @@ from tgfr.train.stage_align import align_features
 # that took no step has no seconds_per_step).
 SUMMARY_FIGURES = {"steps_taken": (int,), "seconds": (int, float), "global_batch": (int,),
                    "seconds_per_step": (int, float)}
+# The report's pictures are <prefix><report name>.png: ROC and CMC curves, attention heatmaps.
+PICTURE_PREFIXES = ("roc_", "cmc_", "attention_")
 
 
 def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int,
@@ -44,6 +46,16 @@ def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str
     tokens = [model.text_encoder.tokenizer.convert_ids_to_tokens(ids[i, 1:1 + int(aligned.lengths[i])].tolist())
               for i in range(len(texts))]
     return images, attention, tokens
+
+
+def _remove_stale_pictures(out: Path, kept: set[str]) -> None:
+    """Removes from report folder `out` the pictures an evaluation writes (PICTURE_PREFIXES + report name
+    + .png) other than `kept`: an earlier evaluation's, say of a report name no longer in evaluation.splits,
+    would otherwise lie beside a report.md that does not show them. Other files stay."""
+    for entry in out.iterdir():
+        name = entry.name
+        if name.startswith(PICTURE_PREFIXES) and name.endswith(".png") and name not in kept and not entry.is_dir():
+            entry.unlink()
 
 
 def _check_trained(run: Path, config: TrainConfig) -> None:
@@ -142,11 +154,13 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     maps = {name: _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions, device)
             for name, split in evaluation.splits.items()} if evaluation.heatmap_captions > 0 else {}
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
-    figures = {name: [plot_roc(curves[name], out / f"roc_{name}.png", f"ROC, {name}").name,
-                      plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / f"cmc_{name}.png",
-                               f"CMC, {name}").name]
-               for name in evaluation.splits}
-    heatmaps = [plot_attention(*maps[name], out / f"attention_{name}.png").name for name in maps]
+    curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
+    heatmap_files = {name: f"attention_{name}.png" for name in maps}
+    _remove_stale_pictures(out, {*(file for files in curve_files.values() for file in files), *heatmap_files.values()})
+    figures = {name: [plot_roc(curves[name], out / roc, f"ROC, {name}").name,
+                      plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
+               for name, (roc, cmc) in curve_files.items()}
+    heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
     context = {"run": str(run), "manifest": str(manifest), "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
