@@ -1,12 +1,15 @@
-"""What `tgfr evaluate` leaves in the report folder, on a run of an untrained tiny model: only the
-pictures of its own report."""
+"""What `tgfr evaluate` reads and leaves in the report folder, on a run of an untrained tiny model:
+the manifest it names (never one that a relative path of an older run's config.toml happens to
+name in the current directory) and only the pictures of its own report."""
 
 import dataclasses
+import os
 import re
 from urllib.parse import unquote
 
 import pytest
 
+from tgfr.cli import main
 from tgfr.evaluation import evaluate
 from tgfr.models import save_tgfr_model
 from tgfr.train.batches import resolve_manifest
@@ -54,3 +57,29 @@ def test_re_evaluating_removes_the_earlier_reports_pictures_only(tiny_run, tmp_p
     assert linked_images(report) == {"roc_lowq.png", "cmc_lowq.png"}
     assert all((out / name).read_bytes() == b"not the report's" for name in others)
 
+
+def test_a_relative_manifest_of_an_older_run_is_refused_and_manifest_is_named_absolute(tiny_run, tmp_path,
+                                                                                       monkeypatch):
+    """An older tgfr wrote data.manifest as given, relative to a directory config.toml does not record:
+    evaluate asks for --manifest rather than read whatever that path names in the current directory."""
+    run, config, manifest = tiny_run
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data").symlink_to(manifest.parent)
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    (old_run / "model").symlink_to(run / "model")
+    relative = f"data/{manifest.name}"
+    old = dataclasses.replace(config, data=dataclasses.replace(config.data, manifest=relative))
+    (old_run / "config.toml").write_text(to_toml(old), encoding="utf-8")
+    monkeypatch.chdir(project)  # where the relative path names a manifest: still refused
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--run", str(old_run)])
+    assert exit_.value.code == (f"tgfr evaluate: error: --run: {old_run / 'config.toml'} holds data.manifest = "
+                                f"'{relative}', a path relative to the directory the run was trained in, which it "
+                                "does not record; name the manifest with --manifest")
+    assert not (old_run / "report").exists()
+
+    assert main(["evaluate", "--run", str(old_run), "--manifest", relative]) == 0
+    named = re.search(r"; manifest: `([^`]*)`;", (old_run / "report" / "report.md").read_text(encoding="utf-8"))[1]
+    assert os.path.isabs(named) and os.path.realpath(named) == os.path.realpath(manifest)

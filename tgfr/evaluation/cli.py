@@ -55,6 +55,13 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_dict(values)
     except ValueError as error:  # the setting is named; the file (and the overrides) tell where it came from
         raise SystemExit(f"tgfr evaluate: error: {path}{' with --set' if args.overrides else ''}: {error}") from None
+    manifest = config.data.manifest
+    if args.manifest is None and manifest and not Path(manifest).is_absolute():
+        # An older tgfr wrote the path as given, relative to a directory it did not record: read from
+        # here it could name another manifest, and the report would look like the run's.
+        raise SystemExit(f"tgfr evaluate: error: --run: {path} holds data.manifest = {manifest!r}, a path "
+                         "relative to the directory the run was trained in, which it does not record; name the "
+                         "manifest with --manifest")
     try:
         report = evaluate(args.run, config, args.out, args.manifest, args.device)
     except (ValueError, OSError) as error:  # bad settings or data, or a report file that cannot be written

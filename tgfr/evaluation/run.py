@@ -107,8 +107,10 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
              device: str = "auto") -> Path:
     """Evaluates run/model on config.evaluation.splits; writes report.md, metrics.json and PNGs
-    into `out` (default run/report); returns the report path. device: auto (cuda when available),
-    cpu or cuda.
+    into `out` (default run/report); returns the report path. manifest: evaluate on this manifest
+    instead of the run's data (config.data); a relative path, here or in config.data.manifest,
+    is relative to the current directory, and report.md names it absolute. device: auto (cuda
+    when available), cpu or cuda.
 
     The run (its stages, train_summary.json) and `out` are checked before any work, and `out` is
     made only once every figure is computed. config.threads > 0 sets torch's CPU threads for the
@@ -140,7 +142,8 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
 
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
               training: dict[str, Any] | None) -> Path:
-    manifest = Path(manifest) if manifest is not None else resolve_manifest(config.data)
+    # Absolute, so that the report names the file evaluated whatever directory it is read from.
+    manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
     model = load_tgfr_model(run / "model").to(device)
     captions = CaptionFeatures(model.text_encoder, device)

@@ -8,6 +8,7 @@ Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.json
 `align.supervision=weak` (a bare word is read as a string).
 """
 
+import copy
 import dataclasses
 import math
 import re
@@ -32,6 +33,9 @@ SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT)
 # 67M weights and insightface's iresnet50 (width 64, 512 features) 1G. A larger side is a typo that
 # would otherwise fail with an allocation error once training starts.
 MAX_IMAGE_SIZE = 1024
+# The settings that name a file or folder (empty: none). A run's config.toml holds them absolute, so that
+# `tgfr evaluate` and `--resume` find the same files from any directory.
+PATH_KEYS = ("data.manifest", "data.cache_dir", "model.backbone_weights", "model.text_encoder")
 
 
 @dataclass
@@ -297,6 +301,17 @@ class TrainConfig:
             raise ValueError(f"data.identities_per_batch must be at least 2 when the align stage runs with "
                              f"align.supervision = \"identity\" (its contrastive losses mask the pairs of one "
                              f"identity), got {self.data.identities_per_batch}")
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """A copy whose relative PATH_KEYS settings are made absolute against the current directory
+        (not resolved: a symlink or `..` in them keeps its meaning)."""
+        absolute = copy.deepcopy(self)
+        for key in PATH_KEYS:
+            section, name = key.split(".")
+            value = getattr(getattr(absolute, section), name)
+            if value:
+                setattr(getattr(absolute, section), name, str(Path(value).absolute()))
+        return absolute
 
     @property
     def trained_stages(self) -> list[str]:

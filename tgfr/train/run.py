@@ -185,7 +185,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     yet (the run stopped before its first one) starts again from its first step, with metrics.jsonl
     emptied, and ends as an uninterrupted run would; any other folder without a checkpoint (one
     whose checkpoint went missing after it was written, or no run) is an error. Without
-    resume, `out` must not exist or be empty, so that two runs never mix in one folder.
+    resume, `out` must not exist or be empty, so that two runs never mix in one folder, and the
+    path settings (tgfr.train.config.PATH_KEYS) are made absolute against the current directory,
+    as config.toml then records them.
     stop_after: take at most this many (>= 1) optimizer steps in this call, then checkpoint and
     return (the run is finished when out/model exists).
     image_cache_bytes: decoded training images kept in memory, per process (tgfr.data.image_cache); the
@@ -210,6 +212,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
     elif not resume:
+        # config.toml records the files as trained on, whatever directory a later command starts in. A
+        # resumed run keeps its config.toml as written (an older tgfr's relative paths included).
+        config = config.with_absolute_paths()
         config.check_training_recipe()
         check_output_folder("run folder", out)
         if out.is_dir() and any(out.iterdir()):

@@ -1,0 +1,57 @@
+"""A run's config.toml holds its path settings absolute, as resolved in the directory training ran
+in, so that `--resume` (and `tgfr evaluate`) read the same files from any directory; a run whose
+config.toml holds relative paths (an older tgfr's) still resumes from the directory it names them from."""
+
+import os
+import tomllib
+from pathlib import Path
+
+import safetensors.torch
+
+from tgfr.cli import main
+from tgfr.models.text_encoder import packaged_minilm_path
+from tgfr.train.batches import resolve_manifest
+from tgfr.train.config import PATH_KEYS, load_config, to_toml
+from tgfr.train.run import build_model
+
+
+def test_config_toml_holds_absolute_paths_and_resumes_from_another_directory(tmp_path, tiny_overrides, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    # Each path setting names a file or folder relative to the project folder.
+    synthetic = resolve_manifest(load_config("quick", tiny_overrides).data)
+    (project / "data").symlink_to(synthetic.parent)
+    (project / "text").symlink_to(packaged_minilm_path())
+    (project / "weights").mkdir()
+    backbone = build_model(load_config("quick", tiny_overrides)).backbone
+    safetensors.torch.save_file(backbone.state_dict(), project / "weights" / "backbone.safetensors")
+    relative = {"data.manifest": f"data/{synthetic.name}", "data.cache_dir": "cache",
+                "model.backbone_weights": "weights/backbone.safetensors", "model.text_encoder": "text"}
+    assert set(relative) == set(PATH_KEYS)
+    settings = [*tiny_overrides, *(f'{key}="{value}"' for key, value in relative.items())]
+    monkeypatch.chdir(project)
+    assert main(["train", "--preset", "quick", "--out", "run", "--stop-after", "1",
+                 *(arg for setting in settings for arg in ("--set", setting))]) == 0
+
+    written = tomllib.loads((project / "run" / "config.toml").read_text(encoding="utf-8"))
+    for key, value in relative.items():
+        section, name = key.split(".")
+        # Absolute, and naming what the relative path named (the current directory may be spelled without
+        # a symlink that tmp_path has).
+        assert Path(written[section][name]).is_absolute(), key
+        assert os.path.realpath(written[section][name]) == os.path.realpath(project / value), key
+    monkeypatch.chdir(elsewhere)  # where none of the relative paths names anything
+    assert main(["train", "--resume", "--out", str(project / "run")]) == 0
+    assert (project / "run" / "model").is_dir()
+
+    # An older tgfr's run, its paths as given: resumed from the directory they are relative to (here it
+    # has no checkpoint yet, so it trains from its first step), its config.toml left as written.
+    old = project / "old"
+    old.mkdir()
+    config_text = to_toml(load_config("quick", settings))
+    (old / "config.toml").write_text(config_text, encoding="utf-8")
+    monkeypatch.chdir(project)
+    assert main(["train", "--resume", "--out", "old", "--stop-after", "1"]) == 0
+    assert (old / "config.toml").read_text(encoding="utf-8") == config_text
+    assert f'manifest = "data/{synthetic.name}"' in config_text
