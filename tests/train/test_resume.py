@@ -11,7 +11,9 @@ import pytest
 import safetensors.torch
 import torch
 
+import tgfr.train.run as run_module
 from tgfr.cli import main
+from tgfr.output_paths import write_atomically
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
 from tgfr.train.config import load_config, to_toml
 from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
@@ -241,34 +243,58 @@ def test_resume_removes_the_temporary_file_of_a_checkpoint_write_that_was_killed
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "notes.tmp"]
 
 
-def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_its_start(tmp_path, tiny_overrides, monkeypatch,
-                                                                              capsys, keep_threads):
-    """A non-finite loss at fr's step 2 (checkpoint_every = 3) leaves config.toml and one logged step but no
-    checkpoint; `tgfr train --resume` trains the run from its first step with its config.toml and ends with
-    the uninterrupted run's weights and log."""
-    config = load_config("quick", tiny_overrides)
-    assert config.checkpoint_every > 2
-    train(config, tmp_path / "straight")
-    run = tmp_path / "died"
+def nan_at_the_second_step(monkeypatch):
+    """fr's loss is NaN at step 2 (before checkpoint_every = 3): the run logs step 1 and stops."""
     forward, calls = FRStage.forward, []
 
-    def nan_at_the_second_step(self, batch):
+    def forward_nan_at_step_2(self, batch):
         calls.append(batch)
         loss, components = forward(self, batch)
         return (loss * float("nan") if len(calls) == 2 else loss), components
 
-    monkeypatch.setattr(FRStage, "forward", nan_at_the_second_step)
-    with pytest.raises(FloatingPointError, match="stage fr: loss is not finite at step 2"):
-        train(config, run)
-    monkeypatch.setattr(FRStage, "forward", forward)
-    assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == ["config.toml", "metrics.jsonl"]
-    assert [record["step"] for record in read_log(run / "metrics.jsonl")] == [1]
+    monkeypatch.setattr(FRStage, "forward", forward_nan_at_step_2)
+    return FloatingPointError, "stage fr: loss is not finite at step 2", 1
+
+
+def killed_writing_the_first_checkpoint(monkeypatch):
+    """Interrupted inside the write of the checkpoint of step checkpoint_every = 3: the run has logged
+    steps 1 to 3 (each record goes before its step's checkpoint)."""
+    def interrupted_save(path, state):
+        with write_atomically(path, "checkpoint", binary=True) as stream:
+            stream.write(b"half a checkpoint")
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(run_module, "save_checkpoint", interrupted_save)
+    return KeyboardInterrupt, "killed", 3
+
+
+@pytest.mark.parametrize("stop", [nan_at_the_second_step, killed_writing_the_first_checkpoint])
+def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_its_start(tmp_path, tiny_overrides, monkeypatch,
+                                                                              capsys, keep_threads,
+                                                                              kill_while_writing, stop):
+    """A run stopped before its first checkpoint was written (a non-finite loss at fr's step 2, or a kill while
+    the checkpoint of step checkpoint_every = 3 was written) leaves config.toml and the steps it logged but no
+    checkpoint; `tgfr train --resume` trains the run from its first step with its config.toml, removes what
+    a killed checkpoint write left, and ends with the uninterrupted run's weights and log."""
+    config = load_config("quick", tiny_overrides)
+    assert config.checkpoint_every == 3 < config.fr.steps
+    train(config, tmp_path / "straight")
+    run = tmp_path / "died"
+    with monkeypatch.context() as patch:
+        error, message, logged = stop(patch)
+        with pytest.raises(error, match=re.escape(message)):
+            train(config, run)
+    leftover = kill_while_writing(run / CHECKPOINT)  # as a SIGKILL inside the write leaves it
+    assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == ["checkpoints", "config.toml",
+                                                                               "metrics.jsonl"]
+    assert [record["step"] for record in read_log(run / "metrics.jsonl")] == list(range(1, logged + 1))
     with pytest.raises(ValueError, match=re.escape(f"run folder {run} is not empty: continue its run with --resume")):
         train(config, run)
     capsys.readouterr()
 
     assert main(["train", "--resume", "--out", str(run)]) == 0
     assert f"{run} holds no checkpoint yet" in capsys.readouterr().err
+    assert not leftover.exists() and [p.name for p in (run / "checkpoints").iterdir()] == ["last.pt"]
     straight = safetensors.torch.load_file(tmp_path / "straight" / "model" / "model.safetensors")
     assert_same_tree(straight, safetensors.torch.load_file(run / "model" / "model.safetensors"), "model")
     a, b = (load_checkpoint(folder / CHECKPOINT) for folder in (tmp_path / "straight", run))
@@ -296,11 +322,11 @@ def test_a_run_whose_checkpoint_went_missing_is_not_trained_again(tmp_path, tiny
     run = tmp_path / "run"
     if case == "stopped after a checkpoint":
         train(config, run, stop_after=config.checkpoint_every + 1)
-    else:  # killed after logging step checkpoint_every, whose checkpoint write never finished
+    else:  # logged the step after checkpoint_every, so the checkpoint of step checkpoint_every was written
         run.mkdir()
         (run / "config.toml").write_text(to_toml(config), encoding="utf-8")
         (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": "fr", "step": step}) + "\n"
-                                                   for step in range(1, config.checkpoint_every + 1)))
+                                                   for step in range(1, config.checkpoint_every + 2)))
     (run / CHECKPOINT).unlink(missing_ok=True)
     log = (run / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {run / CHECKPOINT} does not exist")):

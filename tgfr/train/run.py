@@ -131,9 +131,10 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
 
 def _stopped_before_first_checkpoint(out: Path, config: TrainConfig) -> bool:
     """Whether run folder `out` without a checkpoint is one that never wrote one: its config.toml, no
-    model/ or train_summary.json, and metrics.jsonl records of the first trained stage only, before its
-    first checkpoint. A run whose checkpoint was deleted or moved later must not start again from
-    step 0 (emptying its log, overwriting its model): that is an error, as before."""
+    model/ or train_summary.json, and metrics.jsonl records of the first trained stage only, up to its
+    first checkpoint. A step's record is logged before its checkpoint is written, so a run stopped while
+    writing its first checkpoint has logged that step too. A run whose checkpoint was deleted or moved
+    later must not start again from step 0 (emptying its log, overwriting its model): that is an error."""
     if not (out / "config.toml").is_file() or (out / "model").exists() or (out / "train_summary.json").exists():
         return False
     if not config.trained_stages:
@@ -142,7 +143,7 @@ def _stopped_before_first_checkpoint(out: Path, config: TrainConfig) -> bool:
     first_checkpoint = min(config.checkpoint_every, getattr(config, first).steps)
     log = out / "metrics.jsonl"
     records = read_log(log) if log.is_file() else []
-    return all(record.get("stage") == first and record.get("step", first_checkpoint) < first_checkpoint
+    return all(record.get("stage") == first and record.get("step", first_checkpoint) <= first_checkpoint
                for record in records)
 
 
@@ -201,8 +202,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     state = None
-    # A run that died before its first checkpoint (a non-finite loss, a kill during the caption prefill)
-    # has nothing to continue from, and its folder is no longer empty for a fresh start.
+    # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
+    # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
+    # empty for a fresh start.
     restart = resume and not (out / CHECKPOINT).exists() and _stopped_before_first_checkpoint(out, config)
     if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
