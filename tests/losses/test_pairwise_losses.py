@@ -1,5 +1,7 @@
 """WRCL, CICL, intra-modal and CoReFace losses against the published formulas, written here."""
 
+import math
+
 import pytest
 import torch
 import torch._dynamo.testing
@@ -179,6 +181,19 @@ def test_losses_name_bad_labels():
         CoReFaceLoss()(torch.randn(4, 8), torch.randn(4, 8), torch.zeros(4))
     with pytest.raises(ValueError, match="same_identity"):
         WordRegionContrastiveLoss(same_identity="zero")
+
+
+@pytest.mark.parametrize("gamma", ["gamma1", "gamma2", "gamma3"])
+def test_wrcl_refuses_a_gamma_past_float32s_maximum_by_name(gamma):
+    """The scores and logits are float32: a larger gamma would be inf there (gamma3's loss NaN). Refused when
+    the loss is built, naming the gamma; float32's maximum itself is a gamma."""
+    largest = torch.finfo(torch.float32).max
+    WordRegionContrastiveLoss(**{gamma: largest})
+    with pytest.raises(ValueError, match=rf"^{gamma} must be a finite positive number of at most 3.40282e\+38, "
+                                         rf"got 1e\+39$"):
+        WordRegionContrastiveLoss(**{gamma: 1e39})
+    with pytest.raises(ValueError, match=rf"^{gamma} must be"):
+        WordRegionContrastiveLoss(**{gamma: math.nextafter(largest, math.inf)})
 
 
 def test_wrcl_names_words_that_are_not_a_tensor():

@@ -85,6 +85,11 @@ def test_overrides_parse_toml_values_and_bare_words():
     ("align.gamma1=0", r"align\.gamma1 must be a finite positive number"),
     ("align.gamma2=-5", r"align\.gamma2 must be a finite positive number"),
     ("fr.arcface_scale=0", r"fr\.arcface_scale must be a finite positive number"),
+    # The ops and losses compute in float32: a larger scale or gamma would be inf there.
+    *((f"{key}=3.4028236e38", rf"^{re.escape(key)} must be a finite positive number of at most 3\.40282e\+38, "
+                              r"got 3\.4028236e\+38$")
+      for key in ("fr.arcface_scale", "fr.coreface_scale", "align.gamma1", "align.gamma2", "align.gamma3",
+                  "align.cicl_scale", "align.intra_scale", "align.identity_scale", "fuse.arcface_scale")),
     ("align.num_prototypes=0", r"align\.num_prototypes must be an integer >= 1"),
     ("data.train_degradation=blurry", r"data\.train_degradation: unknown recipe step 'blurry'"),
     ("data.degradation=down24+jpeg0", r"data\.degradation: recipe step 'jpeg0'"),
@@ -107,6 +112,12 @@ def test_bad_overrides_are_named(override, message):
 
 def test_the_largest_image_size_is_accepted():
     assert load_config("quick", ["data.image_size=1024"]).data.image_size == 1024
+
+
+def test_float32s_maximum_is_a_scale_and_a_gamma():
+    largest = 3.4028234663852886e38  # float32's maximum
+    config = load_config("quick", [f"align.gamma3={largest!r}", f"fuse.arcface_scale={largest!r}"])
+    assert (config.align.gamma3, config.fuse.arcface_scale) == (largest, largest)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed
-from tgfr.ops.word_region import word_region_scores
+from tgfr.ops.word_region import GAMMA_MAX, word_region_scores
 from tgfr.validation import check_choice, check_positive, check_size, check_tensor, check_word_lengths
 
 
@@ -30,7 +30,8 @@ class WordRegionContrastiveLoss(nn.Module):
 
     Args:
         gamma1, gamma2, word_softmax: of the word-region similarity (SPEC section 2).
-        gamma3: logit scale of the scores (TGFR/AttnGAN: 10).
+        gamma3: logit scale of the scores (TGFR/AttnGAN: 10). Each gamma must be finite, positive and
+            at most GAMMA_MAX (float32's maximum; a ValueError names it).
         same_identity: "exclude" (default) or "none", used when labels are given.
         gather_ranks: in a process group, compute the local form on features of all ranks (every rank
             holds N captions and images; the word dimension T may differ between ranks).
@@ -40,8 +41,10 @@ class WordRegionContrastiveLoss(nn.Module):
     def __init__(self, gamma1: float = 4.0, gamma2: float = 5.0, gamma3: float = 10.0, word_softmax: bool = True,
                  same_identity: str = "exclude", gather_ranks: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        self.gamma1, self.gamma2 = check_positive("gamma1", gamma1), check_positive("gamma2", gamma2)
-        self.gamma3 = check_positive("gamma3", gamma3)
+        # The op refuses gamma1 and gamma2 past GAMMA_MAX only when called; gamma3 scales its float32
+        # scores here, where a larger one would make the loss NaN. All three are refused up front.
+        self.gamma1, self.gamma2, self.gamma3 = (check_positive(name, value, GAMMA_MAX) for name, value in
+                                                 (("gamma1", gamma1), ("gamma2", gamma2), ("gamma3", gamma3)))
         self.word_softmax = bool(word_softmax)
         self.same_identity = check_choice("same_identity", same_identity, ("exclude", "none"))
         self.gather_ranks, self.backend = gather_ranks, backend

@@ -227,6 +227,7 @@ class TrainConfig:
         from tgfr.losses.identity_heads import MAX_MARGIN
         from tgfr.models import IRESNET_LAYERS
         from tgfr.models.fcfm import FUSIONS
+        from tgfr.ops.word_region import GAMMA_MAX
 
         # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
         # --print-config and the start of training with its key, not a later stage after hours of training.
@@ -258,9 +259,11 @@ class TrainConfig:
                     "fuse.optim.min_lr_ratio"):
             _check_range(key, self._get(key), 0.0, 1.0)
         _check_range("model.dropout", self.model.dropout, 0.0, 1.0, high_open=True)
+        # The ops and losses take these in float32 and refuse a larger one (GAMMA_MAX, float32's maximum) only
+        # when called, after earlier stages trained, or turn it into inf and a NaN loss.
         for key in ("fr.arcface_scale", "fr.coreface_scale", "align.gamma1", "align.gamma2", "align.gamma3",
                     "align.cicl_scale", "align.intra_scale", "align.identity_scale", "fuse.arcface_scale"):
-            check_positive(key, self._get(key))
+            check_positive(key, self._get(key), GAMMA_MAX)
         for key in ("fr.arcface_margin", "align.identity_margin", "fuse.arcface_margin"):
             _check_range(key, self._get(key), 0.0, MAX_MARGIN, high_open=True)
         for key in ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight",
