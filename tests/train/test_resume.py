@@ -4,6 +4,7 @@ uninterrupted run (CPU, deterministic), with one thread and with two (where the 
 output depends on how captions are batched); its train_summary.json counts every call's steps.
 A run that crashed after its last checkpoint logs each step once when resumed."""
 
+import dataclasses
 import json
 import re
 
@@ -152,14 +153,62 @@ def test_the_summary_counts_the_steps_a_crashed_call_checkpointed(tmp_path, tiny
 
 def test_a_checkpoint_of_an_older_tgfr_without_counts_resumes(tmp_path, tiny_overrides, keep_threads):
     """Checkpoints written before they carried the steps and seconds fall back to train_summary.json (the
-    counts of the calls that ended normally)."""
+    counts of the calls that ended normally); written before they carried the optimizer settings, they resume."""
     config = load_config("quick", tiny_overrides)
     train(config, tmp_path, stop_after=2)
     state = load_checkpoint(tmp_path / CHECKPOINT)
-    del state["summary"]
+    del state["summary"], state["optim"]
     save_checkpoint(tmp_path / CHECKPOINT, state)
     train(config, tmp_path, resume=True)
     assert {name: values["steps_taken"] for name, values in summary(tmp_path).items()} == logged_steps(tmp_path)
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["checkpoint", "older checkpoint"])
+@pytest.mark.parametrize("edits", [{"lr": 0.01}, {"weight_decay": 0.1, "lr": 0.01}, {"optimizer": "sgd"},
+                                   {"warmup_steps": 1}])
+def test_a_resume_with_other_optimizer_settings_is_refused_before_anything_changes(tmp_path, tiny_overrides,
+                                                                                  keep_threads, edits, older):
+    """The optimizer and scheduler state a resume loads hold the lr and weight decay the stage trained with: an
+    edit of them in config.toml was silently ignored (while a steps edit applied), and another optimizer
+    failed with a KeyError after metrics.jsonl was cut back. The resume is refused, naming the keys, with the
+    run folder untouched. A checkpoint of an older tgfr, without the settings, is compared on what its
+    optimizer state holds (not warmup_steps)."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=3)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["stage"] == "fr"
+    if older:
+        save_checkpoint(tmp_path / CHECKPOINT, {key: value for key, value in state.items() if key != "optim"})
+    else:
+        assert state["optim"] == dataclasses.asdict(config.fr.optim)
+    edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, optim=dataclasses.replace(config.fr.optim,
+                                                                                                     **edits)))
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    if older and "warmup_steps" in edits:  # an older checkpoint does not say what it was trained with
+        assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(tmp_path)])
+    old_values = dataclasses.asdict(config.fr.optim)
+    changed = [key for key in old_values if key in edits]
+    assert exit_info.value.code == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} was trained with "
+        + ", ".join(f"fr.optim.{key} = {json.dumps(old_values[key])}" for key in changed)
+        + ", but the run's config now has " + ", ".join(f"fr.optim.{key} = {json.dumps(edits[key])}" for key in changed)
+        + ": the optimizer settings of the stage a resume continues cannot change (set them back in config.toml)")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_a_resume_with_other_optimizer_settings_of_a_later_stage_goes_on(tmp_path, tiny_overrides, keep_threads):
+    """Only the stage the checkpoint continues is bound to its settings: a stage that has not started yet
+    trains with the edited ones."""
+    config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]'])
+    train(config, tmp_path, stop_after=2)
+    edited = dataclasses.replace(config, align=dataclasses.replace(
+        config.align, optim=dataclasses.replace(config.align.optim, lr=0.01)))
+    train(edited, tmp_path, resume=True)
+    assert [record["lr"] for record in read_log(tmp_path / "metrics.jsonl") if record["stage"] == "align"][1] == 0.01
 
 
 def test_resume_after_a_half_written_log_line(tmp_path, tiny_overrides, keep_threads):

@@ -74,10 +74,15 @@ def _valid_summary(value: Any) -> bool:
         for counts in value.values())
 
 
+def _valid_optim(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and type(v) in (str, int, float) for k, v in value.items())
+
+
 _RNG_SOURCES = {"python", "numpy", "torch"}
-# The parts of a training checkpoint (tgfr.train.run): key -> (check, what the value must be). An
-# optional "summary" (stage -> steps_taken and seconds up to this checkpoint; absent in checkpoints
-# of older tgfr versions) is checked on its own.
+# The parts of a training checkpoint (tgfr.train.run): key -> (check, what the value must be). The
+# optional "summary" (stage -> steps_taken and seconds up to this checkpoint) and "optim" (the
+# stage's optimizer settings, OptimConfig's fields), absent in checkpoints of older tgfr versions,
+# are checked on their own.
 _PARTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stage": (lambda v: isinstance(v, str), "a stage name"),
     "step": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
@@ -114,5 +119,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if "summary" in state and not _valid_summary(state["summary"]):
         raise ValueError(f"checkpoint file {path}: 'summary' must be a dict of stage name -> "
                          f"{{'steps_taken': int, 'seconds': float}}")
+    if "optim" in state and not _valid_optim(state["optim"]):
+        raise ValueError(f"checkpoint file {path}: 'optim' must be a dict of optimizer setting name -> string or "
+                         f"number")
     return state
+
+
+def optimizer_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer settings (OptimConfig field name -> value) that the stage of checkpoint `state`
+    (load_checkpoint's) trained with: its "optim" part, or, in a checkpoint of an older tgfr without
+    one, those its optimizer state holds (optimizer, lr, weight_decay, and momentum for sgd)."""
+    if "optim" in state:
+        return state["optim"]
+    groups = state["optimizer"]["param_groups"]
+    group = groups[0] if groups and isinstance(groups[0], dict) else {}  # the stages optimize one group
+    settings = {}
+    if "nesterov" in group:  # only SGD's groups have it, only AdamW's have betas
+        settings["optimizer"] = "sgd"
+        if "momentum" in group:
+            settings["momentum"] = group["momentum"]
+    elif "betas" in group:
+        settings["optimizer"] = "adamw"
+    if "initial_lr" in group:  # the schedule's base lr; "lr" is that of the step after the checkpoint
+        settings["lr"] = group["initial_lr"]
+    if "weight_decay" in group:
+        settings["weight_decay"] = group["weight_decay"]
+    return settings
 

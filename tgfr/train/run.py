@@ -4,7 +4,7 @@ the run folder:
     config.toml           the resolved configuration (every value)
     metrics.jsonl         training log (tensorboard/ too when tensorboard is installed)
     checkpoints/last.pt   the latest training state (atomic; --resume continues from it), with the
-                          RNG states of every rank
+                          RNG states of every rank and the optimizer settings of its stage
     model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
     train_summary.json    per stage: steps, seconds, samples/s (summed over the calls of a resumed
                           run, up to each call's last checkpoint: a crashed call's checkpointed
@@ -15,6 +15,7 @@ gloo on CPU, each rank takes identities_per_batch / world_size identities of eve
 the pairwise losses run in their local (gathered) form, and rank 0 writes the files.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -35,7 +36,7 @@ from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file,
 from tgfr.output_paths import check_output_folder, remove_temporaries
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
-from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
 from tgfr.train.config import TrainConfig, to_toml
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.stage import Stage
@@ -104,6 +105,25 @@ def load_model_state(model: TGFRModel, state: dict[str, torch.Tensor], source: P
     missing = [k for k in missing if not (model.text_encoder.frozen and k.startswith(TEXT_ENCODER_PREFIX))]
     if missing or unexpected:
         raise ValueError(f"{mismatch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source: Path) -> None:
+    """Refuses to resume checkpoint `state` (from file `source`) when the run's config changed the
+    optimizer settings of the stage it continues: the optimizer and scheduler state it loads keep
+    the old lr and weight decay (an edit would be silently ignored), another optimizer's state does
+    not fit, and the others (schedule, warm-up, clipping) would change the stage's training midway.
+    A ValueError names the keys."""
+    stage = state["stage"]
+    now = dataclasses.asdict(getattr(config, stage).optim)
+    trained = optimizer_settings(state)
+    changed = [key for key, value in trained.items() if key in now and now[key] != value]
+    if changed:
+        def listing(values: dict[str, Any]) -> str:
+            return ", ".join(f"{stage}.optim.{key} = {json.dumps(values[key])}" for key in changed)
+
+        raise ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config "
+                         f"now has {listing(now)}: the optimizer settings of the stage a resume continues cannot "
+                         f"change (set them back in config.toml)")
 
 
 def finish_stage(model: TGFRModel, name: str) -> None:
@@ -213,6 +233,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         if len(state["rng"]) != world_size:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
+        check_optimizer_settings(config, state, out / CHECKPOINT)
     elif not resume:
         # config.toml records the files as trained on, whatever directory a later command starts in. A
         # resumed run keeps its config.toml as written (an older tgfr's relative paths included).
@@ -295,7 +316,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         started = time.perf_counter()
 
         def checkpoint(step, optimizer, scheduler, name=name, stage=stage, counted=counted, first_step=first_step,
-                       started=started):
+                       started=started, optim=stage_config.optim):
             rng = gather_objects(rng_state())  # on every rank: each continues its own stream on resume
             if rank == 0:
                 # The steps and seconds up to here travel with the state: a call that crashes after this
@@ -304,7 +325,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                 save_checkpoint(out / CHECKPOINT, {
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                    "summary": summary})
+                    "summary": summary, "optim": dataclasses.asdict(optim)})
 
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
                           stage_resume, drop_lost_records if stage_resume is not None else None)
