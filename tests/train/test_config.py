@@ -202,6 +202,23 @@ def test_report_names_that_cannot_name_files_are_rejected(splits, bad):
         EvaluationConfig(splits=splits)
 
 
+@pytest.mark.parametrize("key, value", [
+    ("data.manifest", "syn\udcff/manifest.jsonl"), ("data.cache_dir", "cache\udcff"),
+    ("model.text_encoder", "\udcffminilm"), ("model.backbone_weights", "w\udcff.pth"),
+    ("data.train_split", "train\udcff"), ("evaluation.splits", {"clean": "test\udcff"}),
+])
+def test_a_string_that_utf8_cannot_encode_is_refused_by_key(key, value):
+    """A lone surrogate (Python's stand-in for a non-UTF-8 byte of a file name) cannot be written to config.toml."""
+    values = tomllib.loads(to_toml(load_config("quick")))
+    table, name = values, key
+    while "." in name:
+        prefix, name = name.split(".", 1)
+        table = table[prefix]
+    table[name] = value
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} must be encodable as UTF-8, as config\.toml is, got "):
+        config_from_dict(values)
+
+
 def test_pairs_protocol_needs_impostor_subjects():
     # With no impostor subject, make_verification_pairs has no impostor pair and verification fails after embedding.
     with pytest.raises(ValueError, match='evaluation.impostor_subjects must be >= 1 with evaluation.protocol = '

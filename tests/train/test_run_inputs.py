@@ -229,6 +229,33 @@ def test_data_size_errors_name_their_key_and_the_manifest(tmp_path, tiny_overrid
                        f"records; the manifest has splits {splits}")
 
 
+def test_a_setting_that_utf8_cannot_encode_is_refused_by_key_before_writing(tmp_path, tiny_overrides):
+    """A non-UTF-8 byte of a file name (legal on Linux) comes into Python as a lone surrogate, which config.toml,
+    UTF-8 text, cannot hold: writing it failed with an unnamed codec error after the data was built and left a
+    0-byte config.toml that blocked both a retry and --resume."""
+    manifest = resolve_manifest(load_config("quick", tiny_overrides).data)
+    folder = tmp_path / os.fsdecode(b"syn\xff")
+    folder.symlink_to(manifest.parent)
+    assert (folder / manifest.name).is_file()
+    message = train_error(tmp_path, tiny_overrides + ['stages=["fr"]', f"data.manifest={folder / manifest.name}"])
+    assert message == (f"tgfr train: error: data.manifest must be encodable as UTF-8, as config.toml is, got "
+                       f"{str(folder / manifest.name)!r} (a lone surrogate at position {len(str(folder)) - 1}: a "
+                       f"non-UTF-8 byte of a file name? reach the file through a UTF-8 name, e.g. a symlink)")
+
+
+def test_a_failed_write_of_config_toml_leaves_no_file(tmp_path, tiny_overrides):
+    """config.toml is written atomically: a config changed after its check so that it cannot be written leaves
+    the run folder empty for the corrected run, not a 0-byte config.toml."""
+    config = load_config("quick", tiny_overrides + ['stages=["fr"]'])
+    config.evaluation.splits = {"clean": os.fsdecode(b"test\xff")}
+    with pytest.raises(UnicodeEncodeError):
+        train(config, tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+    config.evaluation.splits = {"clean": "test"}
+    train(config, tmp_path / "run", stop_after=1)
+    assert load_config(str(tmp_path / "run" / "config.toml")) == config
+
+
 def test_a_missing_training_image_names_the_manifest_to_fix(tmp_path, tiny_overrides):
     """The dataset's hint (bad_images='skip') is no option of `tgfr train`: its error says what to do instead."""
     source = resolve_manifest(load_config("quick", tiny_overrides).data)

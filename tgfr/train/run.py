@@ -33,7 +33,7 @@ from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
-from tgfr.output_paths import check_output_folder, remove_temporaries
+from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
@@ -285,7 +285,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
         (out / "metrics.jsonl").write_text("", encoding="utf-8")
     elif rank == 0 and not resume:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        with write_atomically(out / "config.toml", "run config") as stream:
+            stream.write(to_toml(config))
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
 
     def drop_lost_records() -> None:  # only once the checkpoint's whole state has loaded
