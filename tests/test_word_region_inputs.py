@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch._dynamo.testing
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import tgfr
 
@@ -99,6 +100,21 @@ def test_compiled_graph_checks_lengths_when_it_runs(backend, bad_lengths):
     torch.testing.assert_close(compiled(words, lengths, regions), tgfr.ops.word_region_scores(words, lengths, regions))
     with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\] \(T from words.shape\[1\]\)"):
         compiled(words, torch.tensor(bad_lengths), regions)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_are_inferred_on_meta_and_fake_tensors(backend, dtype):
+    """Meta and fake tensors have no values for the lengths check to read: the front end must give the
+    shape and dtype the op gives on real tensors (N, M), not fail reading them."""
+    words, lengths, regions = (tensor.to(dtype) if tensor.is_floating_point() else tensor for tensor in valid_inputs())
+    expected = tgfr.ops.word_region_scores(words, lengths, regions, backend=backend)
+    meta = tgfr.ops.word_region_scores(words.to("meta"), lengths.to("meta"), regions.to("meta"), backend=backend)
+    assert (meta.device.type, meta.shape, meta.dtype) == ("meta", expected.shape, expected.dtype)
+    with FakeTensorMode() as mode:
+        fake = tgfr.ops.word_region_scores(*(mode.from_tensor(tensor) for tensor in (words, lengths, regions)),
+                                           backend=backend)
+    assert (fake.shape, fake.dtype) == (expected.shape, expected.dtype)
 
 
 def test_a_dynamic_compiled_graph_takes_every_caption_length():

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 
 def check_tensor(
@@ -74,16 +75,23 @@ def check_flag(name: str, value: object) -> bool:
     return bool(value)
 
 
+def values_readable(tensor: torch.Tensor) -> bool:
+    """False where the values of `tensor` are not there to read: while torch.compile traces, and for
+    meta and fake tensors (FakeTensorMode), which carry shapes only. Value checks then go through
+    torch._assert_async, which the compiled graph runs and shape inference passes over."""
+    return not (torch.compiler.is_compiling() or tensor.is_meta or is_fake(tensor))
+
+
 def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Tensor:
     """Checks caption lengths: (batch,) int32/int64 with values in [1, num_words]; returns it.
 
-    The values are data, which torch.compile does not have while it traces: a compiled graph
-    checks them with an assertion when it runs (on CUDA a device-side assert), so no kernel,
-    compiled or not, reads words past T.
+    The values are data, which torch.compile does not have while it traces, nor a meta or fake
+    tensor at all: a compiled graph checks them with an assertion when it runs (on CUDA a
+    device-side assert), so no kernel, compiled or not, reads words past T.
     """
     check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
     check_size("lengths", lengths, 0, batch, "the number of captions N")
-    if torch.compiler.is_compiling():
+    if not values_readable(lengths):
         # No T in the message: a symbolic T (dynamic shapes) put into a string is fixed to its value,
         # and every new caption length would compile the graph again.
         torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(),

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CosFaceHead, DualGranularityAssociationLoss,
                          MultiGranularityLoss, WordRegionContrastiveLoss)
@@ -286,3 +287,29 @@ def test_multi_granularity_refuses_parts_of_another_batch(name):
     inputs[name] = inputs[name][:3]
     with pytest.raises(ValueError, match=rf"{name} must have size 4 \(one row per caption of words\)"):
         MultiGranularityLoss(ArcFaceHead(16, 4))(**inputs)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_losses_infer_shapes_on_meta_and_fake_tensors(backend):
+    """Shape inference (meta tensors, FakeTensorMode) through the word-region and combined losses,
+    identity head included, gives the scalars they give on real tensors instead of failing where the
+    length and label checks would read values."""
+    torch.manual_seed(3)
+    batch = dict(words=torch.randn(4, 3, 8), lengths=torch.tensor([3, 2, 1, 3]), regions=torch.randn(4, 5, 8),
+                 sentence=torch.randn(4, 6), image=torch.randn(4, 6), labels=torch.tensor([0, 1, 0, 2]),
+                 fused=torch.randn(4, 16))
+    word_region = WordRegionContrastiveLoss(backend=backend)
+    combined = MultiGranularityLoss(ArcFaceHead(16, 3), word_region=word_region)
+
+    def shapes(inputs, combined=combined):
+        wrcl = word_region(inputs["words"], inputs["lengths"], inputs["regions"], inputs["labels"])
+        total, parts = combined(**inputs)
+        return wrcl.shape, total.shape, {name: part.shape for name, part in parts.items()}
+
+    expected = shapes(batch)
+    assert expected == (torch.Size([]), torch.Size([]), dict.fromkeys(("wrcl", "cicl", "identity", "total"),
+                                                                       torch.Size([])))
+    meta_batch = {name: tensor.to("meta") for name, tensor in batch.items()}
+    assert shapes(meta_batch, copy.deepcopy(combined).to("meta")) == expected
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        assert shapes({name: mode.from_tensor(tensor) for name, tensor in batch.items()}) == expected

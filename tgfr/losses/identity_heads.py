@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgfr.validation import check_nonempty, check_positive, check_size, check_tensor
+from tgfr.ops.autocast import without_autocast
+from tgfr.validation import check_nonempty, check_positive, check_size, check_tensor, values_readable
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks its margins against it too)
@@ -49,7 +50,7 @@ class _MarginSoftmaxHead(nn.Module):
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
         num_classes = self.weight.shape[0]
-        if torch.compiler.is_compiling():  # labels are data, unknown while torch.compile traces: checked on run
+        if not values_readable(labels):  # unknown while torch.compile traces, and in meta/fake tensors: checked on run
             torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), "labels must lie in [0, num_classes)")
         else:
             low, high = (int(value) for value in labels.aminmax())
@@ -58,7 +59,7 @@ class _MarginSoftmaxHead(nn.Module):
         # Embeddings in another float dtype than the head (bf16 features, fp32 head outside autocast) are
         # compared in the widest of the two dtypes and float32 rather than failing in the matmul.
         dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
-        with torch.autocast(embeddings.device.type, enabled=False):
+        with without_autocast(embeddings.device.type):
             cosine = F.normalize(embeddings.to(dtype), dim=1) @ F.normalize(self.weight.to(dtype), dim=1).T
         cosine = cosine.clamp(-1.0, 1.0)
         rows = torch.arange(cosine.shape[0], device=cosine.device)
