@@ -104,10 +104,12 @@ def test_head_rejects_wrong_embedding_size():
      r"labels must lie in \[0, num_classes=10\), got values in \[-1, 2\]"),
     (torch.randn(0, 16), torch.zeros(0, dtype=torch.long), ValueError, "embeddings must not be empty"),
     (torch.ones(3, 16, dtype=torch.long), torch.tensor([0, 1, 2]), TypeError, "embeddings must have dtype in"),
-], ids=["label too large", "negative label", "empty batch", "integer embeddings"])
+    (torch.randn(3, 16), torch.tensor([0, 1, 2], device="meta"), ValueError,
+     "all inputs must be on one device, got embeddings on cpu, labels on meta"),
+], ids=["label too large", "negative label", "empty batch", "integer embeddings", "labels on another device"])
 def test_heads_name_bad_labels_and_embeddings(head_class, embeddings, labels, error, message):
     """Labels outside the classes (a negative one would silently index from the end), an empty batch
-    (a nan loss) and integer embeddings are errors naming the argument."""
+    (a nan loss), integer embeddings and labels on another device are errors naming the argument."""
     with pytest.raises(error, match=message):
         head_class(16, 10)(embeddings, labels)
 

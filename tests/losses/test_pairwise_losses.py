@@ -196,6 +196,13 @@ def test_wrcl_refuses_a_gamma_past_float32s_maximum_by_name(gamma):
         WordRegionContrastiveLoss(**{gamma: math.nextafter(largest, math.inf)})
 
 
+def test_wrcl_names_labels_on_another_device():
+    words, lengths, regions = torch.randn(4, 3, 8), torch.tensor([3, 1, 2, 3]), torch.randn(4, 5, 8)
+    with pytest.raises(ValueError, match="all inputs must be on one device, got words on cpu, regions on cpu, "
+                                         "labels on meta"):
+        WordRegionContrastiveLoss()(words, lengths, regions, torch.arange(4, device="meta"))
+
+
 def test_wrcl_names_words_that_are_not_a_tensor():
     lengths, regions = torch.tensor([3, 3]), torch.randn(2, 5, 8)
     with pytest.raises(TypeError, match="words must be a torch.Tensor"):

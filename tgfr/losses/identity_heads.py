@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.ops.autocast import without_autocast
-from tgfr.validation import check_nonempty, check_positive, check_size, check_tensor, values_readable
+from tgfr.validation import (check_nonempty, check_positive, check_same_device, check_size, check_tensor,
+                             values_readable)
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks its margins against it too)
@@ -49,6 +50,7 @@ class _MarginSoftmaxHead(nn.Module):
         check_size("embeddings", embeddings, 1, self.weight.shape[1], "embedding_size of the head")
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
+        check_same_device(embeddings=embeddings, labels=labels)
         num_classes = self.weight.shape[0]
         if not values_readable(labels):  # unknown while torch.compile traces, and in meta/fake tensors: checked on run
             torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), "labels must lie in [0, num_classes)")

@@ -11,7 +11,8 @@ from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed
 from tgfr.ops.word_region import GAMMA_MAX, word_region_scores
-from tgfr.validation import check_choice, check_positive, check_size, check_tensor, check_word_lengths
+from tgfr.validation import (check_choice, check_positive, check_same_device, check_size, check_tensor,
+                             check_word_lengths)
 
 
 def _row_cross_entropy(logits: torch.Tensor, row_labels: torch.Tensor | None,
@@ -64,6 +65,8 @@ class WordRegionContrastiveLoss(nn.Module):
             check_size("labels", labels, 0, words.shape[0], "one label per caption of words")
         check_tensor("regions", regions, ndim=3)
         check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
+        if labels is not None:
+            check_same_device(words=words, regions=regions, labels=labels)
         exclude = self.same_identity == "exclude"
         if not (self.gather_ranks and is_distributed()):
             logits = self._logits(words, lengths, regions)
