@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CosFaceHead, DualGranularityAssociationLoss,
-                         MultiGranularityLoss, WordRegionContrastiveLoss)
+from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CoReFaceLoss, CosFaceHead,
+                         DualGranularityAssociationLoss, IntraModalContrastiveLoss, MultiGranularityLoss,
+                         WordRegionContrastiveLoss)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -315,3 +316,24 @@ def test_losses_infer_shapes_on_meta_and_fake_tensors(backend):
     assert shapes(meta_batch, copy.deepcopy(combined).to("meta")) == expected
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         assert shapes({name: mode.from_tensor(tensor) for name, tensor in batch.items()}) == expected
+
+
+LOSS_FLAGS = {
+    "WRCL word_softmax": (lambda flag: WordRegionContrastiveLoss(word_softmax=flag), "word_softmax"),
+    "WRCL gather_ranks": (lambda flag: WordRegionContrastiveLoss(gather_ranks=flag), "gather_ranks"),
+    "CICL gather_ranks": (lambda flag: CaptionImageContrastiveLoss(gather_ranks=flag), "gather_ranks"),
+    "intra-modal gather_ranks": (lambda flag: IntraModalContrastiveLoss(gather_ranks=flag), "gather_ranks"),
+    "CoReFace gather_ranks": (lambda flag: CoReFaceLoss(gather_ranks=flag), "gather_ranks"),
+    "association gather_ranks": (lambda flag: DualGranularityAssociationLoss(8, 4, gather_ranks=flag), "gather_ranks"),
+    "ArcFace focal": (lambda flag: ArcFaceHead(8, 4, focal=flag), "focal"),
+    "CosFace focal": (lambda flag: CosFaceHead(8, 4, focal=flag), "focal"),
+}
+
+
+@pytest.mark.parametrize("case", LOSS_FLAGS)
+def test_loss_flags_must_be_bools(case):
+    """A string such as "False" is true to bool() and to an if: it would turn the option on."""
+    make, name = LOSS_FLAGS[case]
+    with pytest.raises(TypeError, match=f"{name} must be a bool, got str 'False'"):
+        make("False")
+    assert getattr(make(False), name) is False

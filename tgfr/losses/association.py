@@ -40,7 +40,7 @@ from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
 from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
-from tgfr.validation import check_positive, check_size
+from tgfr.validation import check_flag, check_positive, check_size
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -75,7 +75,7 @@ class DualGranularityAssociationLoss(nn.Module):
                              f"got {min_confidence}, {prototype_momentum}")
         self.min_confidence, self.prototype_momentum = float(min_confidence), float(prototype_momentum)
         self.local_weight, self.global_weight = float(local_weight), float(global_weight)
-        self.gather_ranks, self.backend = gather_ranks, backend
+        self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
 
     @torch.no_grad()

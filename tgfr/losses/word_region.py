@@ -11,8 +11,8 @@ from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed
 from tgfr.ops.word_region import GAMMA_MAX, word_region_scores
-from tgfr.validation import (check_choice, check_positive, check_same_device, check_size, check_tensor,
-                             check_word_lengths)
+from tgfr.validation import (check_choice, check_flag, check_positive, check_same_device, check_size,
+                             check_tensor, check_word_lengths)
 
 
 def _row_cross_entropy(logits: torch.Tensor, row_labels: torch.Tensor | None,
@@ -46,9 +46,9 @@ class WordRegionContrastiveLoss(nn.Module):
         # scores here, where a larger one would make the loss NaN. All three are refused up front.
         self.gamma1, self.gamma2, self.gamma3 = (check_positive(name, value, GAMMA_MAX) for name, value in
                                                  (("gamma1", gamma1), ("gamma2", gamma2), ("gamma3", gamma3)))
-        self.word_softmax = bool(word_softmax)
+        self.word_softmax = check_flag("word_softmax", word_softmax)
         self.same_identity = check_choice("same_identity", same_identity, ("exclude", "none"))
-        self.gather_ranks, self.backend = gather_ranks, backend
+        self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
 
     def _logits(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         scores = word_region_scores(words, lengths, regions, self.gamma1, self.gamma2, self.word_softmax,
