@@ -5,6 +5,7 @@ device or value) with a message that names the argument, what was expected and w
 """
 
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,17 +55,32 @@ def check_size(name: str, tensor: torch.Tensor, dim: int, expected: int, what: s
         )
 
 
+def _as_float(name: str, value: object) -> float:
+    """`value` as a float (an int beyond float's range as inf); TypeError naming `name` unless it is
+    an int or float (a bool or a string such as "0.5" is a mistake, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def check_positive(name: str, value: float, maximum: float = math.inf) -> float:
     """Checks a finite, strictly positive hyperparameter, at most `maximum`; returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond float's range
-        number = math.inf
+    number = _as_float(name, value)
     if not 0 < number < math.inf or number > maximum:
         bound = "" if maximum == math.inf else f" of at most {maximum:g}"
         raise ValueError(f"{name} must be a finite positive number{bound}, got {value}")
+    return number
+
+
+def check_finite_number(name: str, value: object, maximum: float = sys.float_info.max) -> float:
+    """Checks a number of magnitude at most `maximum` (so finite, not NaN); returns it as a float."""
+    number = _as_float(name, value)
+    if not abs(number) <= maximum:
+        bound = "" if maximum == sys.float_info.max else f" of magnitude at most {maximum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value}")
     return number
 
 

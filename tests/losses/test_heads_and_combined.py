@@ -337,3 +337,35 @@ def test_loss_flags_must_be_bools(case):
     with pytest.raises(TypeError, match=f"{name} must be a bool, got str 'False'"):
         make("False")
     assert getattr(make(False), name) is False
+
+
+LOSS_NUMBERS = {
+    "ArcFace margin": (lambda value: ArcFaceHead(8, 4, margin=value), "margin"),
+    "CosFace margin": (lambda value: CosFaceHead(8, 4, margin=value), "margin"),
+    "CoReFace momentum": (lambda value: CoReFaceLoss(momentum=value), "momentum"),
+    "association min_confidence": (lambda value: DualGranularityAssociationLoss(8, 4, min_confidence=value),
+                                   "min_confidence"),
+    "association prototype_momentum": (lambda value: DualGranularityAssociationLoss(8, 4, prototype_momentum=value),
+                                       "prototype_momentum"),
+    "association local_weight": (lambda value: DualGranularityAssociationLoss(8, 4, local_weight=value),
+                                 "local_weight"),
+    "association global_weight": (lambda value: DualGranularityAssociationLoss(8, 4, global_weight=value),
+                                  "global_weight"),
+    "combined wrcl_weight": (lambda value: MultiGranularityLoss(wrcl_weight=value), "wrcl_weight"),
+    "combined cicl_weight": (lambda value: MultiGranularityLoss(cicl_weight=value), "cicl_weight"),
+    "combined identity_weight": (lambda value: MultiGranularityLoss(identity_weight=value), "identity_weight"),
+}
+
+
+@pytest.mark.parametrize("case", LOSS_NUMBERS)
+def test_loss_numbers_name_a_wrong_type_or_a_non_finite_value(case):
+    """A string such as "0.5" failed in a comparison with a TypeError naming no argument, or went
+    through float() unnoticed; NaN passed a weight through to a NaN loss."""
+    make, name = LOSS_NUMBERS[case]
+    with pytest.raises(TypeError, match=f"{name} must be a number, got str '0.5'"):
+        make("0.5")
+    with pytest.raises(TypeError, match=f"{name} must be a number, got bool True"):
+        make(True)
+    with pytest.raises(ValueError, match=name):
+        make(float("nan"))
+    assert getattr(make(0.5), name) == 0.5

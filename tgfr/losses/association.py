@@ -40,7 +40,7 @@ from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
 from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
-from tgfr.validation import check_flag, check_positive, check_size
+from tgfr.validation import check_finite_number, check_flag, check_positive, check_size
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -70,11 +70,13 @@ class DualGranularityAssociationLoss(nn.Module):
         if embedding_size < 1 or num_prototypes < 1:
             raise ValueError(f"embedding_size and num_prototypes must be positive, got {embedding_size}, {num_prototypes}")
         self.scale, self.temperature = check_positive("scale", scale), check_positive("temperature", temperature)
-        if not 0.0 <= min_confidence <= 1.0 or not 0.0 <= prototype_momentum <= 1.0:
+        self.min_confidence = check_finite_number("min_confidence", min_confidence)
+        self.prototype_momentum = check_finite_number("prototype_momentum", prototype_momentum)
+        if not 0.0 <= self.min_confidence <= 1.0 or not 0.0 <= self.prototype_momentum <= 1.0:
             raise ValueError(f"min_confidence and prototype_momentum must lie in [0, 1], "
                              f"got {min_confidence}, {prototype_momentum}")
-        self.min_confidence, self.prototype_momentum = float(min_confidence), float(prototype_momentum)
-        self.local_weight, self.global_weight = float(local_weight), float(global_weight)
+        self.local_weight = check_finite_number("local_weight", local_weight)
+        self.global_weight = check_finite_number("global_weight", global_weight)
         self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
 

@@ -24,7 +24,7 @@ from tgfr.losses.pairwise import check_pairs
 from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import check_flag, check_positive
+from tgfr.validation import check_finite_number, check_flag, check_positive
 
 
 class CoReFaceLoss(nn.Module):
@@ -46,9 +46,9 @@ class CoReFaceLoss(nn.Module):
                  backend: str = "auto") -> None:
         super().__init__()
         self.scale = check_positive("scale", scale)
-        if not 0.0 <= momentum <= 1.0:
+        self.momentum = check_finite_number("momentum", momentum)
+        if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-        self.momentum = float(momentum)
         self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
         self.register_buffer("margin", torch.zeros((), dtype=torch.float64))
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.ops.autocast import without_autocast
-from tgfr.validation import (check_flag, check_nonempty, check_positive, check_same_device, check_size,
-                             check_tensor, values_readable)
+from tgfr.validation import (check_finite_number, check_flag, check_nonempty, check_positive, check_same_device,
+                             check_size, check_tensor, values_readable)
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks its margins against it too)
@@ -35,9 +35,10 @@ class _MarginSoftmaxHead(nn.Module):
         if embedding_size < 1 or num_classes < 1:
             raise ValueError(f"embedding_size and num_classes must be positive, got {embedding_size}, {num_classes}")
         self.scale = check_positive("scale", scale)
-        if not 0.0 <= margin < MAX_MARGIN:
+        self.margin = check_finite_number("margin", margin)
+        if not 0.0 <= self.margin < MAX_MARGIN:
             raise ValueError(f"margin must lie in [0, {MAX_MARGIN}), got {margin}")
-        self.margin, self.focal = float(margin), check_flag("focal", focal)
+        self.focal = check_flag("focal", focal)
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_size)))
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from torch import nn
 
 from tgfr.losses.caption_image import CaptionImageContrastiveLoss
 from tgfr.losses.word_region import WordRegionContrastiveLoss
-from tgfr.validation import check_size, check_tensor
+from tgfr.validation import check_finite_number, check_size, check_tensor
 
 
 class MultiGranularityLoss(nn.Module):
@@ -30,8 +30,9 @@ class MultiGranularityLoss(nn.Module):
         self.word_region = word_region if word_region is not None else WordRegionContrastiveLoss()
         self.caption_image = caption_image if caption_image is not None else CaptionImageContrastiveLoss()
         self.identity_head = identity_head
-        self.wrcl_weight, self.cicl_weight = float(wrcl_weight), float(cicl_weight)
-        self.identity_weight = float(identity_weight)
+        self.wrcl_weight = check_finite_number("wrcl_weight", wrcl_weight)
+        self.cicl_weight = check_finite_number("cicl_weight", cicl_weight)
+        self.identity_weight = check_finite_number("identity_weight", identity_weight)
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor,
                 image: torch.Tensor, labels: torch.Tensor | None = None,

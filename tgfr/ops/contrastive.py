@@ -15,7 +15,6 @@ a gathered batch (tgfr.distributed). Same-identity off-diagonal entries follow `
 walk tiles with an online log-sum-exp and recompute the tiles in the backward.
 """
 
-import math
 import os
 
 import torch
@@ -27,6 +26,7 @@ from tgfr.ops.autocast import autocast_inputs, without_autocast
 from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
 from tgfr.validation import (
     check_choice,
+    check_finite_number,
     check_flag,
     check_nonempty,
     check_positive,
@@ -40,19 +40,6 @@ LABEL_DTYPES = (torch.int64, torch.int32)
 SAME_IDENTITY_MODES = ("exclude", "zero", "positive", "none")
 DIRECTIONS = ("rows", "columns", "both")
 BACKENDS = ("auto", "reference", "cpu", "triton")
-
-
-def _check_finite_number(name: str, value: object, maximum: float) -> float:
-    """Checks a number of magnitude at most `maximum`; returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond float's range
-        number = math.inf
-    if not abs(number) <= maximum:
-        raise ValueError(f"{name} must be finite, of magnitude at most {maximum:g}, got {value}")
-    return number
 
 
 def _hyperparameter_maximum(dtype: torch.dtype) -> float:
@@ -203,7 +190,7 @@ def contrastive_cross_entropy(
     row_labels, column_labels = _check_labels(x, y, row_labels, column_labels)
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     maximum = _hyperparameter_maximum(x.dtype)
-    scale, margin = check_positive("scale", scale, maximum), _check_finite_number("margin", margin, maximum)
+    scale, margin = check_positive("scale", scale, maximum), check_finite_number("margin", margin, maximum)
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
     if backend != "reference":
