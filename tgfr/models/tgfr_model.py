@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from tgfr.models.fcam import ImageAlignmentHead, TextAlignmentHead
 from tgfr.models.fcfm import build_fusion
