@@ -11,7 +11,7 @@ from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
 from tgfr.data.files import load_image
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, write_manifest
-from tgfr.data.sampler import IdentityBalancedBatchSampler
+from tgfr.data.sampler import IdentityBalancedBatchSampler, ShuffledBatchSampler
 from tgfr.data.transforms import EvalTransform, TrainTransform
 
 
@@ -309,6 +309,48 @@ def test_sampler_replicas_share_each_batch():
         IdentityBalancedBatchSampler(labels, 6, 2, num_replicas=3, rank=3)
     with pytest.raises(ValueError, match="identities_per_batch=4 must be divisible by num_replicas=3"):
         IdentityBalancedBatchSampler(labels, 4, 2, num_replicas=3, rank=0)
+
+
+def shuffled_batches(num_items, batch_size, seed, epoch):
+    """The documented rule of ShuffledBatchSampler: a permutation seeded by (seed, epoch) with spawn key
+    2, cut into consecutive whole batches."""
+    order = np.random.default_rng(np.random.SeedSequence((seed, epoch), spawn_key=(2,))).permutation(num_items)
+    return [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(num_items // batch_size)]
+
+
+@pytest.mark.parametrize("num_items, batch_size", [(42, 8), (40, 8), (9, 9)])
+def test_shuffled_sampler_cuts_a_seeded_permutation(num_items, batch_size):
+    sampler = ShuffledBatchSampler(num_items, batch_size, seed=7)
+    for epoch in (0, 1, 5):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert batches == shuffled_batches(num_items, batch_size, 7, epoch)
+        assert len(sampler) == len(batches) == num_items // batch_size  # the incomplete last batch is dropped
+        assert all(len(batch) == batch_size for batch in batches)
+        used = [i for batch in batches for i in batch]
+        assert len(used) == len(set(used)) and set(used) <= set(range(num_items))
+    if num_items // batch_size > 1:
+        sampler.set_epoch(0)
+        first = list(sampler)
+        sampler.set_epoch(1)
+        assert list(sampler) != first
+
+
+def test_shuffled_sampler_replicas_share_each_batch_and_validates():
+    whole = list(ShuffledBatchSampler(50, 12, seed=3))
+    parts = [list(ShuffledBatchSampler(50, 12, seed=3, num_replicas=3, rank=r)) for r in range(3)]
+    for part in parts:
+        assert len(part) == len(whole) == 4 and all(len(batch) == 4 for batch in part)
+    for step, batch in enumerate(whole):
+        assert [index for part in parts for index in part[step]] == batch
+    with pytest.raises(ValueError, match=re.escape("batch_size=12 exceeds the 11 items")):
+        ShuffledBatchSampler(11, 12)
+    with pytest.raises(ValueError, match="batch_size=12 must be divisible by num_replicas=5"):
+        ShuffledBatchSampler(50, 12, num_replicas=5)
+    with pytest.raises(ValueError, match=re.escape("rank must be in [0, 3)")):
+        ShuffledBatchSampler(50, 12, num_replicas=3, rank=3)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        ShuffledBatchSampler(50, 0)
 
 
 @pytest.mark.parametrize("identities, images, p, k", [(20, 8, 10, 4), (32, 20, 16, 4), (12, 40, 10, 4),

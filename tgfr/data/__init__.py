@@ -14,7 +14,7 @@ _EXPORTS = {
     "load_image": "files", "check_image": "files", "read_caption_file": "files", "to_rgb": "files",
     "TrainTransform": "transforms", "EvalTransform": "transforms", "IMAGE_SIZE": "transforms",
     "FaceCaptionDataset": "dataset", "CaptionCollator": "dataset",
-    "IdentityBalancedBatchSampler": "sampler",
+    "IdentityBalancedBatchSampler": "sampler", "ShuffledBatchSampler": "sampler",
     "VerificationPair": "protocol", "make_verification_pairs": "protocol",
     "make_identification_split": "protocol", "write_verification_pairs": "protocol",
     "read_verification_pairs": "protocol", "write_identification_split": "protocol",

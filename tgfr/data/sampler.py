@@ -1,4 +1,5 @@
-"""Identity-balanced batches (P identities x K images) for contrastive training."""
+"""Batch samplers for contrastive training: identity-balanced batches (P identities x K images),
+and shuffled batches that never read a label (weakly supervised training)."""
 
 from collections.abc import Iterator, Sequence
 
@@ -93,3 +94,46 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Yields batches of `batch_size` images drawn without labels: a shuffle of the images, cut up.
+
+    Each epoch the indices 0..num_items-1 are permuted by
+    `np.random.default_rng(np.random.SeedSequence((seed, epoch), spawn_key=(2,))).permutation(num_items)`
+    and cut into consecutive batches of batch_size; the incomplete last batch is dropped, so an
+    epoch has num_items // batch_size batches. The order depends only on (seed, epoch): call
+    `set_epoch` each epoch, as with IdentityBalancedBatchSampler, whose contract this follows.
+    Its spawn key differs from that sampler's (1) and from the dataset's item streams (none).
+
+    With num_replicas > 1, batch_size is the global batch (divisible by num_replicas), and replica
+    `rank` gets the contiguous share [rank * b, (rank + 1) * b) of each batch, b = batch_size /
+    num_replicas: the replicas' batches of one step together are the batch a single process gets.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        for name, value in (("num_items", num_items), ("batch_size", batch_size), ("num_replicas", num_replicas)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
+        if batch_size % num_replicas:
+            raise ValueError(f"batch_size={batch_size} must be divisible by num_replicas={num_replicas} "
+                             "(each replica takes an equal share of every batch)")
+        if num_items < batch_size:
+            raise ValueError(f"batch_size={batch_size} exceeds the {num_items} items (no batch would be complete)")
+        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed, self.epoch), spawn_key=(2,)))
+        order = rng.permutation(self.num_items).tolist()
+        share = self.batch_size // self.num_replicas
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start + self.rank * share:start + (self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size

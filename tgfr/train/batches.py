@@ -1,5 +1,5 @@
-"""Training data of a run: the manifest (or the embedded synthetic set), identity-balanced
-batches, and a batch stream that can start at any step (for exact resumption).
+"""Training data of a run: the manifest (or the embedded synthetic set), identity-balanced or
+label-free batches, and a batch stream that can start at any step (for exact resumption).
 
 Batch order depends only on (seed, epoch): step s is batch s mod E of epoch s // E, E batches
 per epoch, so a resumed run sees the batches an uninterrupted run would have seen.
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, SyntheticConfig,
-                       TrainTransform, degrade_image, ensure_synthetic_dataset)
+from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, ShuffledBatchSampler,
+                       SyntheticConfig, TrainTransform, degrade_image, ensure_synthetic_dataset)
 from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import read_manifest, select_split
@@ -49,8 +49,13 @@ class DegradingTransform:
 
 
 class StepBatches:
-    """Identity-balanced batches of the training split, addressable by optimizer step.
+    """Batches of the training split, addressable by optimizer step.
 
+    identity_balanced: True, each batch holds config.images_per_identity images of each of
+    config.identities_per_batch identities (IdentityBalancedBatchSampler: the batches follow the
+    labels); False, each batch is identities_per_batch x images_per_identity images of a seeded
+    shuffle of the split, whatever their identities (ShuffledBatchSampler: no label is read), for
+    training without identity labels.
     Every stage degrades training images as config.train_degradation / train_degrade_p say.
     captions_per_sample: captions drawn per image (2 for the intra-caption loss).
     rank, world_size: this process's share of each global batch of P x K images.
@@ -59,7 +64,7 @@ class StepBatches:
 
     def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
                  captions_per_sample: int = 1, rank: int = 0, world_size: int = 1,
-                 image_cache: DecodedImageCache | None = None):
+                 image_cache: DecodedImageCache | None = None, identity_balanced: bool = True):
         if config.identities_per_batch % world_size:
             raise ValueError(f"data.identities_per_batch={config.identities_per_batch} must be divisible by "
                              f"the world size {world_size}")
@@ -74,16 +79,27 @@ class StepBatches:
         self.dataset = FaceCaptionDataset(records, root=manifest.parent, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed,
                                           bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
-        # With as many identities as a batch takes, every identity has a group of images_per_identity
-        # (a smaller one is filled by drawing its images again), so there is at least one batch.
-        if self.dataset.num_classes < config.identities_per_batch:
-            raise ValueError(f"data.identities_per_batch = {config.identities_per_batch} exceeds the "
-                             f"{self.dataset.num_classes} identities of split {config.train_split!r} in manifest "
-                             f"{manifest} (a batch takes that many identities, data.images_per_identity images "
-                             f"each)")
-        self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch,
-                                                    config.images_per_identity, seed=seed,
-                                                    num_replicas=world_size, rank=rank)
+        self.sampler: IdentityBalancedBatchSampler | ShuffledBatchSampler
+        if identity_balanced:
+            # With as many identities as a batch takes, every identity has a group of images_per_identity
+            # (a smaller one is filled by drawing its images again), so there is at least one batch.
+            if self.dataset.num_classes < config.identities_per_batch:
+                raise ValueError(f"data.identities_per_batch = {config.identities_per_batch} exceeds the "
+                                 f"{self.dataset.num_classes} identities of split {config.train_split!r} in "
+                                 f"manifest {manifest} (a batch takes that many identities, "
+                                 f"data.images_per_identity images each)")
+            self.sampler = IdentityBalancedBatchSampler(self.dataset.labels, config.identities_per_batch,
+                                                        config.images_per_identity, seed=seed,
+                                                        num_replicas=world_size, rank=rank)
+        else:
+            batch_size = config.identities_per_batch * config.images_per_identity
+            if len(self.dataset) < batch_size:
+                raise ValueError(f"data.identities_per_batch x data.images_per_identity = "
+                                 f"{config.identities_per_batch} x {config.images_per_identity} = {batch_size} "
+                                 f"exceeds the {len(self.dataset)} images of split {config.train_split!r} in "
+                                 f"manifest {manifest} (a batch takes that many images)")
+            self.sampler = ShuffledBatchSampler(len(self.dataset), batch_size, seed=seed,
+                                                num_replicas=world_size, rank=rank)
         self.collate, self.workers, self.seed = collate, config.loader_workers, seed
 
     @property

@@ -1,0 +1,111 @@
+"""The batches of each stage: under align.supervision = "weak" the align stage's batches are a seeded
+shuffle of the training images that no label shapes; the fr and fuse stages keep identity-balanced
+batches. Both streams resume at any step."""
+
+import dataclasses
+import os
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from tgfr.data import CaptionCollator
+from tgfr.data.manifest import read_manifest, write_manifest
+from tgfr.train.batches import resolve_manifest
+from tgfr.train.config import load_config
+from tgfr.train.run import stage_batches
+
+COLLATE = CaptionCollator(None, tokenize_batches=False)
+
+
+def weak_config(overrides, *extra):
+    return load_config("quick", overrides + ["align.supervision=weak", *extra])
+
+
+def plan(batches, steps, start=0):
+    """The image indices of `steps` batches of the stream from step `start`."""
+    return [batch["indices"].tolist() for _, batch in zip(range(steps), batches.from_step(start))]
+
+
+def relabeled_manifest(source, folder):
+    """source's records under other identities (record i of the training split becomes identity i mod 5),
+    the images' paths made relative to `folder`."""
+    records = read_manifest(source)
+    train = iter(range(len(records)))
+    relabeled = [dataclasses.replace(r, identity=f"x{next(train) % 5}" if r.split == "train" else r.identity,
+                                     path=os.path.relpath(source.parent / r.path, folder)) for r in records]
+    return write_manifest(folder / "manifest.jsonl", relabeled)
+
+
+def test_weak_align_batches_are_a_seeded_shuffle_that_ignores_labels(tmp_path, tiny_overrides):
+    config = weak_config(tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    batches = stage_batches(config, "align", manifest, COLLATE)
+    size = config.data.identities_per_batch * config.data.images_per_identity
+    count = len(batches.dataset)
+    epoch_length = count // size
+    assert len(batches.sampler) == epoch_length
+    # Independent reconstruction of the documented rule, over two epochs: the align stage's seed is
+    # config.seed + 1 (its index in stages).
+    expected = []
+    for epoch in (0, 1):
+        order = np.random.default_rng(np.random.SeedSequence((config.seed + 1, epoch), spawn_key=(2,))).permutation(count)
+        expected += [order[b * size:(b + 1) * size].tolist() for b in range(epoch_length)]
+    assert plan(batches, 2 * epoch_length) == expected
+    # Identity-balanced batches hold K images of each of P identities; these hold whatever the shuffle
+    # gives, so some batch has an identity with other than K images.
+    labels = batches.dataset.labels.tolist()
+    assert any(set(Counter(labels[i] for i in batch).values()) != {config.data.images_per_identity}
+               for batch in expected)
+    # Other labels, the same images: the same batches.
+    other = load_config("quick", tiny_overrides + ["align.supervision=weak",
+                                                   f'data.manifest="{relabeled_manifest(manifest, tmp_path)}"'])
+    relabeled = stage_batches(other, "align", resolve_manifest(other.data), COLLATE)
+    assert relabeled.dataset.labels.tolist() != labels
+    assert plan(relabeled, 2 * epoch_length) == expected
+
+
+def test_fr_and_fuse_batches_stay_identity_balanced_under_weak_supervision(tiny_overrides):
+    config = weak_config(tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    for name in ("fr", "fuse"):
+        batches = stage_batches(config, name, manifest, COLLATE)
+        labels = batches.dataset.labels.tolist()
+        for indices in plan(batches, 3):
+            counts = Counter(labels[i] for i in indices)
+            assert len(counts) == config.data.identities_per_batch
+            assert set(counts.values()) == {config.data.images_per_identity}
+
+
+def test_weak_align_stream_resumes_at_any_step_and_ranks_share_each_batch(tiny_overrides):
+    config = weak_config(tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    batches = stage_batches(config, "align", manifest, COLLATE)
+    epoch_length = len(batches.sampler)
+    whole = [batch for _, batch in zip(range(2 * epoch_length + 1), batches.from_step(0))]
+    for start in (1, epoch_length - 1, epoch_length, epoch_length + 2):
+        resumed = stage_batches(config, "align", manifest, COLLATE)
+        for expected, batch in zip(whole[start:], resumed.from_step(start)):
+            assert batch["indices"].tolist() == expected["indices"].tolist()
+            assert torch.equal(batch["images"], expected["images"])
+    ranks = [stage_batches(config, "align", manifest, COLLATE, rank=rank, world_size=2) for rank in (0, 1)]
+    half = len(whole[0]["indices"]) // 2
+    for step, parts in enumerate(zip(*(plan(r, epoch_length + 1) for r in ranks))):
+        assert [len(part) for part in parts] == [half, half]
+        assert parts[0] + parts[1] == whole[step]["indices"].tolist()
+
+
+def test_weak_align_refuses_a_split_smaller_than_a_batch(tiny_overrides):
+    config = weak_config(tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    images = sum(r.split == "train" for r in read_manifest(manifest))
+    # One identity per batch is fine without labels (more images than one identity has).
+    small = weak_config(tiny_overrides, "data.identities_per_batch=1", f"data.images_per_identity={images}")
+    assert len(stage_batches(small, "align", manifest, COLLATE).sampler) == 1
+    large = weak_config(tiny_overrides, "data.identities_per_batch=1", f"data.images_per_identity={images + 1}")
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.identities_per_batch x data.images_per_identity = 1 x {images + 1} = {images + 1} exceeds the "
+            f"{images} images of split 'train' in manifest {manifest} (a batch takes that many images)")):
+        stage_batches(large, "align", manifest, COLLATE)
