@@ -197,3 +197,43 @@ def test_workers_must_be_positive_before_anything_is_written(tmp_path, workers):
     with pytest.raises(ValueError, match=f"workers must be a positive integer, got {workers}"):
         generate_synthetic_dataset(tmp_path / "out", config, workers=workers)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_in_place_of_the_cache_folders_is_named(tmp_path):
+    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    (tmp_path / "synthetic").write_text("x")
+    with pytest.raises(ValueError, match=re.escape(
+            f"cache_dir {tmp_path}: the synthetic dataset's folder {tmp_path / 'synthetic'} is a file, not a folder")):
+        ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    cache_file = tmp_path / "cache-file"
+    cache_file.write_text("x")
+    with pytest.raises(ValueError, match=re.escape(
+            f"cache_dir {cache_file}: the synthetic dataset's folder {cache_file / 'synthetic'}: {cache_file} is a "
+            "file, not a folder")):
+        ensure_synthetic_dataset(config, cache_dir=cache_file, workers=1)
+
+
+def test_a_staging_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    mkdir = Path.mkdir
+
+    def refuse_staging(self, *args, **kwargs):
+        if self.name.startswith(f".{config.key()}-"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse_staging)
+    with pytest.raises(ValueError, match=re.escape(
+            f"cache_dir {tmp_path}: cannot create the synthetic dataset's folder {tmp_path / 'synthetic' / config.key()}"
+            f": {tmp_path / 'synthetic'}/.{config.key()}-") + r"\S+: Permission denied$"):
+        ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+
+
+def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path):
+    """A file where the dataset's folder belongs is moved aside and removed, leaving no hidden copy behind."""
+    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "synthetic" / config.key()).write_text("not a dataset")
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert len(read_manifest(manifest)) == 3
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == [config.key()]

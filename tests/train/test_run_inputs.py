@@ -304,3 +304,12 @@ def test_under_torchrun_rank_0_alone_prints_the_error(monkeypatch, rank, expecte
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--preset", "quick", "--set", "fr.steps=0"])
     assert exit_.value.code == expected if rank == "1" else str(exit_.value.code).startswith(expected)
+
+
+def test_a_file_in_place_of_the_synthetic_cache_folder_is_one_error_line(tmp_path, tiny_overrides):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "synthetic").write_text("x")
+    message = train_error(tmp_path, tiny_overrides + [f'data.cache_dir="{cache}"'])
+    assert message == (f"tgfr train: error: cache_dir {cache}: the synthetic dataset's folder {cache / 'synthetic'} "
+                       "is a file, not a folder")

@@ -23,7 +23,7 @@ from tgfr.data.degrade import check_workers, degrade_records, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
-from tgfr.output_paths import write_atomically
+from tgfr.output_paths import check_output_folder, write_atomically
 
 GENERATOR_VERSION = 1
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
@@ -195,22 +195,30 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
     A folder is reused only when its synthetic.json records the same key. The dataset is generated
     in a temporary sibling folder and renamed into place, so neither an interrupted run nor a
     process generating it at the same time is ever seen half-written; of two processes that
-    generate it at once, the one whose rename comes second uses the other's folder.
+    generate it at once, the one whose rename comes second uses the other's folder. A folder that
+    cannot be made there (a file in the way, no permission) is a ValueError naming cache_dir and the path.
     """
     if isinstance(preset, str):
         if preset not in SYNTHETIC_PRESETS:
             raise ValueError(f"preset must be one of {sorted(SYNTHETIC_PRESETS)} or a SyntheticConfig, got {preset!r}")
         preset = SYNTHETIC_PRESETS[preset]
     key = preset.key()
-    folder = Path(cache_dir or default_cache_dir()) / "synthetic" / key
+    root = Path(cache_dir or default_cache_dir())
+    folder = root / "synthetic" / key
     if (manifest := _cached_manifest(folder, key)) is not None:
         return manifest
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(folder.parent, key)
     # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read);
     # the process id in it lets a later run remove it if this process is killed.
     staging = folder.with_name(f".{key}-{os.getpid()}-{uuid.uuid4().hex}")
-    staging.mkdir()
+    # A file in the way, no permission, a full disk: a setting to fix, named in one line, not a traceback.
+    check_output_folder(f"cache_dir {root}: the synthetic dataset's folder", folder.parent)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(folder.parent, key)
+        staging.mkdir()
+    except OSError as error:
+        raise ValueError(f"cache_dir {root}: cannot create the synthetic dataset's folder {folder}: "
+                         f"{error.filename or staging}: {error.strerror}") from None
     try:
         generate_synthetic_dataset(staging, preset, workers=workers)
         if folder.exists() and _cached_manifest(folder, key) is None:
@@ -220,7 +228,10 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
             stale = folder.with_name(f".{key}-stale-{uuid.uuid4().hex}")
             with contextlib.suppress(FileNotFoundError):
                 os.replace(folder, stale)
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:  # a file or a link in the folder's place, which rmtree never removes
+                stale.unlink(missing_ok=True)
         try:
             os.replace(staging, folder)
         except OSError:
