@@ -5,6 +5,7 @@ Batch order depends only on (seed, epoch): step s is batch s mod E of epoch s //
 per epoch, so a resumed run sees the batches an uninterrupted run would have seen.
 """
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,38 @@ class StepBatches:
             generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
             loader = DataLoader(self.dataset, batch_sampler=plan, collate_fn=self.collate,
                                 num_workers=self.workers, generator=generator)
-            for batch in loader:
+            batches = iter(loader)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception as error:
+                    if (unwrapped := _unwrapped_worker_error(error)) is None:
+                        raise
+                    raise unwrapped from error
                 yield batch
                 step += 1
+
+
+def _unwrapped_worker_error(error: Exception) -> Exception | None:
+    """The exception a DataLoader worker raised, rebuilt with its own message, or None when `error` does
+    not come from a worker (or its type cannot be rebuilt from one message).
+
+    A worker's exception reaches the main process as the same type holding "Caught ValueError in
+    DataLoader worker process 0.\nOriginal Traceback ...\nValueError: <message>\n": as the error line
+    of `tgfr train` that is a traceback, where loader_workers = 0 gives the one-line message.
+    """
+    text = str(error)
+    if isinstance(error, KeyError) or not re.match(r"Caught \w+ in DataLoader worker process \d+\.\n", text):
+        return None  # (KeyError's str() is the repr of the wrapped text)
+    kind = type(error)
+    # The name traceback.format_exception_only writes before the message.
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    start = text.rfind(f"\n{name}: ")
+    if start < 0:
+        return None
+    try:
+        return kind(text[start + len(name) + 3:].rstrip("\n"))
+    except Exception:  # a type that takes other arguments than one message
+        return None

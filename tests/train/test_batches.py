@@ -1,10 +1,12 @@
 """The batches of each stage: under align.supervision = "weak" the align stage's batches are a seeded
 shuffle of the training images that no label shapes; the fr and fuse stages keep identity-balanced
-batches. Both streams resume at any step."""
+batches. Both streams resume at any step, and an image that fails in a loader worker gives the error
+it gives without workers."""
 
 import dataclasses
 import os
 import re
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -13,7 +15,8 @@ import torch
 
 from tgfr.data import CaptionCollator
 from tgfr.data.manifest import read_manifest, write_manifest
-from tgfr.train.batches import resolve_manifest
+from tgfr.data.image_cache import DecodedImageCache
+from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.config import load_config
 from tgfr.train.run import stage_batches
 
@@ -109,3 +112,24 @@ def test_weak_align_refuses_a_split_smaller_than_a_batch(tiny_overrides):
             f"data.identities_per_batch x data.images_per_identity = 1 x {images + 1} = {images + 1} exceeds the "
             f"{images} images of split 'train' in manifest {manifest} (a batch takes that many images)")):
         stage_batches(large, "align", manifest, COLLATE)
+
+
+def test_an_image_that_fails_in_a_loader_worker_gives_the_error_line_of_no_workers(tmp_path, tiny_overrides):
+    """A loader worker's ValueError reaches the main process as a ValueError holding "Caught ValueError in
+    DataLoader worker process 0." and the worker's traceback; the stream raises the worker's own message."""
+    config = load_config("quick", tiny_overrides)
+    shutil.copytree(resolve_manifest(config.data).parent, tmp_path / "data")
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    messages = []
+    for workers in (0, 1):
+        data = dataclasses.replace(config.data, loader_workers=workers)
+        batches = StepBatches(manifest, data, COLLATE, seed=1, image_cache=DecodedImageCache(0))
+        first = batches.dataset.records[next(iter(batches.sampler))[0]]
+        (manifest.parent / first.path).rename(tmp_path / "moved.png")  # gone after the check at the start
+        with pytest.raises(ValueError) as error:
+            next(batches.from_step(0))
+        (tmp_path / "moved.png").rename(manifest.parent / first.path)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    assert re.fullmatch(re.escape(f"image file {manifest.parent / first.path} does not exist (fix or remove that ") +
+                        r"image's record in manifest .*manifest\.jsonl\)", messages[0])
