@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tgfr.data.convert import convert_tgfr_tree
@@ -11,6 +12,7 @@ from tgfr.data.degrade import degrade_manifest
 from tgfr.data.files import check_image, load_image
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
+from tgfr.data.transforms import EvalTransform, TrainTransform
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -99,6 +101,24 @@ def test_images_load_upright_as_their_exif_orientation_says(tmp_path, orientatio
         cache.check(path)
         assert len(cache) == (budget > 0)
         assert np.array_equal(np.asarray(cache.load(path)), upright)
+
+
+def test_transforms_turn_a_caller_opened_image_upright_as_load_image_does(tmp_path):
+    """The transforms of an image the caller opened equal those of the file read by load_image, and of
+    the stored pixels turned as orientation 6 says, once (load_image's image is not turned again)."""
+    stored = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    with Image.open(path) as decoded:
+        upright = Image.fromarray(np.rot90(np.asarray(decoded.convert("RGB")), -1).copy())
+    for transform in (EvalTransform(32), TrainTransform(32)):
+        with Image.open(path) as opened:
+            results = [transform(image, np.random.default_rng(3)) for image in (opened, load_image(path), upright)]
+            assert opened.size == (60, 40)  # the caller's image is left as it was
+        assert results[0].shape == (3, 32, 32)
+        assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[2])
 
 
 def test_a_degraded_copy_of_a_turned_image_is_upright(tmp_path):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 
 @contextlib.contextmanager
@@ -32,7 +32,12 @@ def _opened_image(path: Path) -> Iterator[Image.Image]:
 
 
 def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
-    """The image as 8-bit RGB (a new image); errors name it as `what` ("image file x.png").
+    """The image as 8-bit RGB (a new image), upright; errors name it as `what` ("image file x.png").
+
+    Upright: turned as its EXIF orientation tag says, as image viewers show it. A phone stores an
+    upright portrait as a landscape JPEG tagged "rotate by 90 degrees", which would otherwise be
+    trained and evaluated on its side. The turned image has no orientation tag left, so converting
+    it again turns nothing.
 
     Image.convert clips 16-bit greyscale (mode I;16, a 16-bit PNG) at 255 instead of scaling it,
     which turns the face almost white: the top 8 bits are kept instead. 32-bit integer and float
@@ -40,6 +45,8 @@ def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"{what} must be a PIL.Image.Image, got {type(image).__name__}")
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):
         high_bytes = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return Image.fromarray(high_bytes, mode="L").convert("RGB")
@@ -50,16 +57,10 @@ def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image file fully (so truncation is caught here) as 8-bit RGB, upright.
-
-    Upright: turned as its EXIF orientation tag says, as image viewers show it. A phone stores an
-    upright portrait as a landscape JPEG tagged "rotate by 90 degrees", which would otherwise be
-    trained and evaluated on its side.
-    """
+    """Opens an image file fully (so truncation is caught here) as 8-bit RGB, upright (to_rgb)."""
     path = Path(path)
     with _opened_image(path) as image:
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image, f"image file {path}")
 
 

@@ -1,10 +1,10 @@
 """Image transforms for face crops, written with PIL/numpy/torch (no torchvision).
 
 Both transforms map a PIL image of any mode to a float32 tensor (3, size, size) in [-1, 1]
-(mean = std = 0.5 per channel, as arcface_torch). They first convert it to 8-bit RGB as
-`load_image` does (`tgfr.data.files.to_rgb`: 16-bit greyscale keeps its top 8 bits, 32-bit
-integer and float pixels are refused), so an image opened by the caller gives what the file
-read by `load_image` gives. They draw their randomness from the numpy Generator they are given,
+(mean = std = 0.5 per channel, as arcface_torch). They first convert it to upright 8-bit RGB as
+`load_image` does (`tgfr.data.files.to_rgb`: turned as its EXIF orientation tag says, 16-bit
+greyscale keeps its top 8 bits, 32-bit integer and float pixels are refused), so an image opened
+by the caller gives what the file read by `load_image` gives. They draw their randomness from the numpy Generator they are given,
 so a dataset can make every sample reproducible.
 """
 
