@@ -223,9 +223,9 @@ def test_a_staging_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
         return mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", refuse_staging)
-    with pytest.raises(ValueError, match=re.escape(
-            f"cache_dir {tmp_path}: cannot create the synthetic dataset's folder {tmp_path / 'synthetic' / config.key()}"
-            f": {tmp_path / 'synthetic'}/.{config.key()}-") + r"\S+: Permission denied$"):
+    expected = (f"cache_dir {tmp_path}: cannot create the synthetic dataset's folder "
+                f"{tmp_path / 'synthetic' / config.key()}: {tmp_path / 'synthetic'}/.{config.key()}-")
+    with pytest.raises(ValueError, match=re.escape(expected) + r"\S+: Permission denied$"):
         ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
 
 

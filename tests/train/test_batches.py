@@ -54,7 +54,8 @@ def test_weak_align_batches_are_a_seeded_shuffle_that_ignores_labels(tmp_path, t
     # config.seed + 1 (its index in stages).
     expected = []
     for epoch in (0, 1):
-        order = np.random.default_rng(np.random.SeedSequence((config.seed + 1, epoch), spawn_key=(2,))).permutation(count)
+        seeds = np.random.SeedSequence((config.seed + 1, epoch), spawn_key=(2,))
+        order = np.random.default_rng(seeds).permutation(count)
         expected += [order[b * size:(b + 1) * size].tolist() for b in range(epoch_length)]
     assert plan(batches, 2 * epoch_length) == expected
     # Identity-balanced batches hold K images of each of P identities; these hold whatever the shuffle

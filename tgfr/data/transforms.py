@@ -4,8 +4,8 @@ Both transforms map a PIL image of any mode to a float32 tensor (3, size, size) 
 (mean = std = 0.5 per channel, as arcface_torch). They first convert it to upright 8-bit RGB as
 `load_image` does (`tgfr.data.files.to_rgb`: turned as its EXIF orientation tag says, 16-bit
 greyscale keeps its top 8 bits, 32-bit integer and float pixels are refused), so an image opened
-by the caller gives what the file read by `load_image` gives. They draw their randomness from the numpy Generator they are given,
-so a dataset can make every sample reproducible.
+by the caller gives what the file read by `load_image` gives. They draw their randomness from the
+numpy Generator they are given, so a dataset can make every sample reproducible.
 """
 
 import numpy as np

@@ -151,7 +151,9 @@ def _unwrapped_worker_error(error: Exception) -> Exception | None:
         return None  # (KeyError's str() is the repr of the wrapped text)
     kind = type(error)
     # The name traceback.format_exception_only writes before the message.
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
     start = text.rfind(f"\n{name}: ")
     if start < 0:
         return None
