@@ -196,6 +196,18 @@ def test_wrcl_refuses_a_gamma_past_float32s_maximum_by_name(gamma):
         WordRegionContrastiveLoss(**{gamma: math.nextafter(largest, math.inf)})
 
 
+@pytest.mark.parametrize("gamma2", [5.0, 1e30])
+def test_wrcl_refuses_gammas_whose_logits_overflow_and_keeps_the_loss_finite_below(gamma2):
+    """|score| <= gamma2 + log T (a log-sum-exp of T terms gamma2 * cos), the logits are gamma3 * score, and the
+    cross-entropy subtracts two: below half float32's maximum for that product the loss is finite."""
+    torch.manual_seed(0)
+    words, lengths, regions = torch.randn(4, 3, 8), torch.tensor([3, 1, 2, 3]), torch.randn(4, 5, 8)
+    limit = torch.finfo(torch.float32).max / 2 / (gamma2 + math.log(3))
+    assert torch.isfinite(WordRegionContrastiveLoss(gamma2=gamma2, gamma3=limit * 0.999)(words, lengths, regions))
+    with pytest.raises(ValueError, match=r"^gamma3 \* \(gamma2 \+ log T\) must be at most 1\.70141e\+38 .*T 3: "):
+        WordRegionContrastiveLoss(gamma2=gamma2, gamma3=limit * 1.01)(words, lengths, regions)
+
+
 def test_wrcl_names_labels_on_another_device():
     words, lengths, regions = torch.randn(4, 3, 8), torch.tensor([3, 1, 2, 3]), torch.randn(4, 5, 8)
     with pytest.raises(ValueError, match="all inputs must be on one device, got words on cpu, regions on cpu, "

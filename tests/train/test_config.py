@@ -1,6 +1,7 @@
 """Run configuration: complete presets, overrides, type, key and value errors, TOML round trip."""
 
 import dataclasses
+import math
 import re
 import tomllib
 
@@ -116,8 +117,21 @@ def test_the_largest_image_size_is_accepted():
 
 def test_float32s_maximum_is_a_scale_and_a_gamma():
     largest = 3.4028234663852886e38  # float32's maximum
-    config = load_config("quick", [f"align.gamma3={largest!r}", f"fuse.arcface_scale={largest!r}"])
-    assert (config.align.gamma3, config.fuse.arcface_scale) == (largest, largest)
+    config = load_config("quick", [f"align.gamma1={largest!r}", f"fuse.arcface_scale={largest!r}"])
+    assert (config.align.gamma1, config.fuse.arcface_scale) == (largest, largest)
+
+
+def test_wrcl_logits_must_fit_float32():
+    """WRCL's logits are gamma3 * score, |score| <= gamma2 + log T with T = max_length - 2 word slots
+    (a log-sum-exp of T terms gamma2 * cos); the cross-entropy subtracts two of them."""
+    config = load_config("quick")
+    gamma2, words = config.align.gamma2, config.model.max_length - 2
+    limit = 3.4028234663852886e38 / 2 / (gamma2 + math.log(words))
+    assert load_config("quick", [f"align.gamma3={limit * 0.999!r}"]).align.gamma3 == limit * 0.999
+    with pytest.raises(ValueError, match=r"^align\.gamma3 \* \(align\.gamma2 \+ log\(model\.max_length - 2\)\) must be at "
+                                         r"most 1\.70141e\+38 .*got align\.gamma2 = 5, align\.gamma3 = 1e\+38, "
+                                         r"model\.max_length = 24$"):
+        load_config("quick", ["align.gamma3=1e38"])
 
 
 @pytest.mark.parametrize("overrides, message", [

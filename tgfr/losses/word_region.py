@@ -5,6 +5,8 @@ cross-entropy summed; with identity labels, other captions/images of one identit
 from the softmax ("exclude", AttnGAN's class masking) or kept as negatives ("none").
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +15,13 @@ from tgfr.distributed import gather, gather_with_grad, is_distributed
 from tgfr.ops.word_region import GAMMA_MAX, word_region_scores
 from tgfr.validation import (check_choice, check_flag, check_positive, check_same_device, check_size,
                              check_tensor, check_word_lengths)
+
+
+def logits_fit_float32(gamma2: float, gamma3: float, words: int) -> bool:
+    """Whether WRCL's float32 logits gamma3 * score stay finite, and so do their differences in the
+    cross-entropy, for captions of `words` word slots: a score (SPEC section 2, step 6: log of a sum of
+    at most `words` terms exp(gamma2 * cos), cosines in [-1, 1]) lies in [-gamma2, gamma2 + log(words)]."""
+    return gamma3 * (gamma2 + math.log(max(words, 1))) <= GAMMA_MAX / 2
 
 
 def _row_cross_entropy(logits: torch.Tensor, row_labels: torch.Tensor | None,
@@ -32,7 +41,8 @@ class WordRegionContrastiveLoss(nn.Module):
     Args:
         gamma1, gamma2, word_softmax: of the word-region similarity (SPEC section 2).
         gamma3: logit scale of the scores (TGFR/AttnGAN: 10). Each gamma must be finite, positive and
-            at most GAMMA_MAX (float32's maximum; a ValueError names it).
+            at most GAMMA_MAX (float32's maximum; a ValueError names it), and gamma3 * (gamma2 + log T)
+            at most half of it (checked when called, with the T of `words`; see logits_fit_float32).
         same_identity: "exclude" (default) or "none", used when labels are given.
         gather_ranks: in a process group, compute the local form on features of all ranks (every rank
             holds N captions and images; the word dimension T may differ between ranks).
@@ -51,6 +61,10 @@ class WordRegionContrastiveLoss(nn.Module):
         self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
 
     def _logits(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        if not logits_fit_float32(self.gamma2, self.gamma3, words.shape[1]):
+            raise ValueError(f"gamma3 * (gamma2 + log T) must be at most {GAMMA_MAX / 2:g} (half float32's maximum), "
+                             f"got gamma2 {self.gamma2:g}, gamma3 {self.gamma3:g}, T {words.shape[1]}: the logits "
+                             "or their differences would overflow")
         scores = word_region_scores(words, lengths, regions, self.gamma1, self.gamma2, self.word_softmax,
                                     self.backend)
         return self.gamma3 * scores

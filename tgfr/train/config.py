@@ -227,6 +227,7 @@ class TrainConfig:
         from tgfr.losses.identity_heads import MAX_MARGIN
         from tgfr.models import IRESNET_LAYERS
         from tgfr.models.fcfm import FUSIONS
+        from tgfr.losses.word_region import logits_fit_float32
         from tgfr.ops.word_region import GAMMA_MAX
 
         # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
@@ -265,6 +266,11 @@ class TrainConfig:
         for key in ("fr.arcface_scale", "fr.coreface_scale", "align.gamma1", "align.gamma2", "align.gamma3",
                     "align.cicl_scale", "align.intra_scale", "align.identity_scale", "fuse.arcface_scale"):
             check_positive(key, self._get(key), GAMMA_MAX)
+        if not logits_fit_float32(self.align.gamma2, self.align.gamma3, self.model.max_length - 2):
+            raise ValueError(f"align.gamma3 * (align.gamma2 + log(model.max_length - 2)) must be at most "
+                             f"{GAMMA_MAX / 2:g} (half float32's maximum: WRCL's logits and their differences), got "
+                             f"align.gamma2 = {self.align.gamma2:g}, align.gamma3 = {self.align.gamma3:g}, "
+                             f"model.max_length = {self.model.max_length}")
         for key in ("fr.arcface_margin", "align.identity_margin", "fuse.arcface_margin"):
             _check_range(key, self._get(key), 0.0, MAX_MARGIN, high_open=True)
         for key in ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight",
