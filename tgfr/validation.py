@@ -5,6 +5,7 @@ device or value) with a message that names the argument, what was expected and w
 """
 
 import math
+import numbers
 import sys
 from collections.abc import Sequence
 
@@ -57,8 +58,9 @@ def check_size(name: str, tensor: torch.Tensor, dim: int, expected: int, what: s
 
 def _as_float(name: str, value: object) -> float:
     """`value` as a float (an int beyond float's range as inf); TypeError naming `name` unless it is
-    an int or float (a bool or a string such as "0.5" is a mistake, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    a real number (int, float, a numpy integer or floating scalar; a bool or a string such as "0.5"
+    is a mistake, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     try:
         return float(value)
@@ -93,9 +95,13 @@ def check_flag(name: str, value: object) -> bool:
 
 def values_readable(tensor: torch.Tensor) -> bool:
     """False where the values of `tensor` are not there to read: while torch.compile traces, and for
-    meta and fake tensors (FakeTensorMode), which carry shapes only. Value checks then go through
+    meta and fake tensors (FakeTensorMode), which carry shapes only, and for real tensors inside an
+    active FakeTensorMode, where what is computed from them is fake. Value checks then go through
     torch._assert_async, which the compiled graph runs and shape inference passes over."""
-    return not (torch.compiler.is_compiling() or tensor.is_meta or is_fake(tensor))
+    if torch.compiler.is_compiling():  # first: dynamo cannot trace the dispatch-mode lookup below
+        return False
+    return not (tensor.is_meta or is_fake(tensor)
+                or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None)
 
 
 def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -316,6 +317,10 @@ def test_losses_infer_shapes_on_meta_and_fake_tensors(backend):
     assert shapes(meta_batch, copy.deepcopy(combined).to("meta")) == expected
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         assert shapes({name: mode.from_tensor(tensor) for name, tensor in batch.items()}) == expected
+        # Real lengths and labels made outside the mode: what is computed from them inside is fake too.
+        real = ("lengths", "labels")
+        assert shapes({name: tensor if name in real else mode.from_tensor(tensor)
+                       for name, tensor in batch.items()}) == expected
 
 
 LOSS_FLAGS = {
@@ -369,3 +374,7 @@ def test_loss_numbers_name_a_wrong_type_or_a_non_finite_value(case):
     with pytest.raises(ValueError, match=name):
         make(float("nan"))
     assert getattr(make(0.5), name) == 0.5
+    # numpy scalars (a sweep over np.linspace) are numbers, stored as Python floats.
+    for number in (np.float32(0.5), np.float64(0.5)):
+        stored = getattr(make(number), name)
+        assert type(stored) is float and stored == 0.5
