@@ -195,6 +195,31 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_anything_is_al
     assert sum(allocated) < 10**6  # the tiny model's own size; the described one has at least 10**8 values
 
 
+@pytest.mark.parametrize("file, change", [
+    ("config.json", lambda config: config["backbone"].update(layers=[1, 1, 1, 200])),
+    ("text_encoder/config.json", lambda config: config.update(num_hidden_layers=100)),
+])
+def test_a_config_with_more_layers_than_the_weights_names_the_configs_and_counts_the_missing(
+        tiny_bert_dir, tmp_path, file, change):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    stored = set(TGFRModel(TGFRConfig.from_dict({**json.loads((checkpoint / "config.json").read_text()),
+                                                 "text_encoder": str(checkpoint / "text_encoder")}),
+                           pretrained_text=False).state_dict())
+    config = json.loads((checkpoint / file).read_text())
+    change(config)
+    (checkpoint / file).write_text(json.dumps(config))
+    described = TGFRModel(TGFRConfig.from_dict({**json.loads((checkpoint / "config.json").read_text()),
+                                                "text_encoder": str(checkpoint / "text_encoder")}),
+                          pretrained_text=False).state_dict()
+    missing = sorted(set(described) - stored)
+    with pytest.raises(ValueError) as raised:
+        load_tgfr_model(checkpoint)
+    assert str(raised.value) == (
+        f"checkpoint file '{checkpoint / 'model.safetensors'}' does not match the model that "
+        f"'{checkpoint / 'config.json'}' and '{checkpoint / 'text_encoder' / 'config.json'}' describe: missing "
+        f"{'; '.join(missing[:5])} and {len(missing) - 5} more, unexpected none")
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
 def test_every_model_file_gets_the_umask_permissions(tiny_bert_dir, tmp_path, umask):
     previous = os.umask(umask)

@@ -69,6 +69,11 @@ def _stored_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
 
 
+def _first_few(items: list[str]) -> str:
+    """The first 5 of `items`, then how many more (a config of 10**4 layers misses about 10**5 names)."""
+    return "; ".join(items[:5] or ["none"]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
 def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_path: Path) -> None:
     """Builds the model `config` describes on the meta device (no memory) and compares its every
     parameter and buffer with the weights file's header, before the model is built for real: a
@@ -83,12 +88,12 @@ def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_pa
         raise  # names the text_encoder folder and what transformers said, not config.json
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
-    missing, unexpected = expected.keys() - stored.keys(), stored.keys() - expected.keys()
+    text_config = config_path.parent / TEXT_ENCODER_DIR / CONFIG_FILE
+    missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(
-            f"checkpoint file {str(weights_path)!r} does not match the model: missing {sorted(missing)}, "
-            f"unexpected {sorted(unexpected)}"
-        )
+        raise ValueError(f"checkpoint file {str(weights_path)!r} does not match the model that {str(config_path)!r} "
+                         f"and {str(text_config)!r} describe: missing {_first_few(missing)}, unexpected "
+                         f"{_first_few(unexpected)}")
     backbone = config.backbone
     if stored[FC_WEIGHT] != expected[FC_WEIGHT]:
         raise ValueError(
@@ -99,11 +104,9 @@ def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_pa
         )
     mismatched = [name for name in sorted(expected) if expected[name] != stored[name]]
     if mismatched:
-        text_config = config_path.parent / TEXT_ENCODER_DIR / CONFIG_FILE
-        shapes = "; ".join(f"{name} {expected[name]} (file: {stored[name]})" for name in mismatched[:5])
-        more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
+        shapes = _first_few([f"{name} {expected[name]} (file: {stored[name]})" for name in mismatched])
         raise ValueError(f"checkpoint files {str(config_path)!r} and {str(text_config)!r} describe a model that does "
-                         f"not fit the weights in {str(weights_path)!r}: it has {shapes}{more}")
+                         f"not fit the weights in {str(weights_path)!r}: it has {shapes}")
 
 
 def load_tgfr_model(directory: str | Path) -> TGFRModel:
