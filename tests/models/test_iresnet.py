@@ -146,8 +146,11 @@ def test_dropout_masks_the_flattened_map_before_fc():
 def test_frozen_backbone_stays_in_eval_and_builds_no_graph():
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32), frozen=True)
     assert not any(p.requires_grad for p in model.parameters())
-    model.requires_grad_(True)  # as train() keeps it in eval mode, this keeps it frozen
+    # Its forward builds no graph, so a parameter turned on would silently never train.
+    with pytest.raises(ValueError, match=r"^this IResNet is frozen for good .* requires_grad_\(True\) would train nothing"):
+        model.requires_grad_(True)
     assert not any(p.requires_grad for p in model.parameters())
+    assert model.requires_grad_(False) is model
     running_mean = model.bn1.running_mean.clone()
     model.train()
     assert not model.training and not model.layer2[0].bn1.training

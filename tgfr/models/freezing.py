@@ -43,6 +43,16 @@ class FreezableModule(KeepsFrozenPartsFixed):
         if frozen:
             self.freeze()
 
+    def requires_grad_(self, requires_grad: bool = True) -> "FreezableModule":
+        """nn.Module's, with the fixed parameters kept off; a frozen module refuses True: its forward
+        builds no graph, so its parameters would never get a gradient (build it unfrozen to train it,
+        TGFRConfig.freeze_backbone / freeze_text_encoder). A parent model's requires_grad_(True)
+        passes over it instead (KeepsFrozenPartsFixed)."""
+        if requires_grad and self.frozen:
+            raise ValueError(f"this {type(self).__name__} is frozen for good (its forward builds no graph), so "
+                             "requires_grad_(True) would train nothing; build it with frozen=False to train it")
+        return super().requires_grad_(requires_grad)
+
     def fixed_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters that keep requires_grad False even when the module trains (none by default)."""
         return ()
