@@ -229,11 +229,16 @@ def test_a_staging_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
         ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
 
 
-def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path):
-    """A file where the dataset's folder belongs is moved aside and removed, leaving no hidden copy behind."""
+@pytest.mark.parametrize("entry", ["file", "dangling link"])
+def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path, entry):
+    """A file (or a link to nothing) where the dataset's folder belongs is moved aside and removed,
+    leaving no hidden copy behind."""
     config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
     (tmp_path / "synthetic").mkdir()
-    (tmp_path / "synthetic" / config.key()).write_text("not a dataset")
+    if entry == "file":
+        (tmp_path / "synthetic" / config.key()).write_text("not a dataset")
+    else:
+        (tmp_path / "synthetic" / config.key()).symlink_to(tmp_path / "gone")
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     assert len(read_manifest(manifest)) == 3
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == [config.key()]

@@ -221,7 +221,7 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
                          f"{error.filename or staging}: {error.strerror}") from None
     try:
         generate_synthetic_dataset(staging, preset, workers=workers)
-        if folder.exists() and _cached_manifest(folder, key) is None:
+        if (folder.is_symlink() or folder.exists()) and _cached_manifest(folder, key) is None:
             # A stale folder (no valid marker: interrupted by an older version, or damaged) is
             # moved aside first, since a directory cannot be renamed over a non-empty one; if
             # another process moved or replaced it meanwhile, the rename below settles it.
