@@ -83,3 +83,17 @@ def test_a_relative_manifest_of_an_older_run_is_refused_and_manifest_is_named_ab
     assert main(["evaluate", "--run", str(old_run), "--manifest", relative]) == 0
     named = re.search(r"; manifest: `([^`]*)`;", (old_run / "report" / "report.md").read_text(encoding="utf-8"))[1]
     assert os.path.isabs(named) and os.path.realpath(named) == os.path.realpath(manifest)
+
+
+def test_a_manifest_under_a_non_utf8_folder_is_named_escaped_in_the_report(tiny_run, tmp_path, monkeypatch):
+    """report.md is UTF-8; the absolute manifest path of a relative --manifest started in a folder whose
+    name is not UTF-8 (Python's lone surrogate for the byte) is shown escaped instead of failing the
+    report's write after all the work."""
+    run, config, manifest = tiny_run
+    project = tmp_path / os.fsdecode(b"project\xff")
+    project.mkdir()
+    (project / "data").symlink_to(manifest.parent)
+    monkeypatch.chdir(project)
+    report = evaluate(run, config, tmp_path / "report", manifest=f"data/{manifest.name}", device="cpu")
+    named = re.search(r"; manifest: `([^`]*)`;", report.read_text(encoding="utf-8"))[1]
+    assert named == f"{tmp_path}/project\\udcff/data/{manifest.name}"

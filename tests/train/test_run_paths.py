@@ -6,6 +6,7 @@ import os
 import tomllib
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 
 from tgfr.cli import main
@@ -55,3 +56,17 @@ def test_config_toml_holds_absolute_paths_and_resumes_from_another_directory(tmp
     assert main(["train", "--resume", "--out", "old", "--stop-after", "1"]) == 0
     assert (old / "config.toml").read_text(encoding="utf-8") == config_text
     assert f'manifest = "data/{synthetic.name}"' in config_text
+
+
+def test_a_relative_path_under_a_non_utf8_folder_is_refused_by_key_before_the_run_folder(tmp_path, monkeypatch):
+    """config.toml is UTF-8: a relative data.manifest made absolute against a current folder whose name
+    holds a non-UTF-8 byte could not be written there after the data was read."""
+    project = tmp_path / os.fsdecode(b"project\xff")
+    project.mkdir()
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), "--set", "data.manifest=data/m.jsonl"])
+    assert str(exit_.value.code).startswith(
+        f"tgfr train: error: data.manifest must be encodable as UTF-8, as config.toml is, got "
+        f"{str(project / 'data' / 'm.jsonl')!r} (a lone surrogate at position {len(str(tmp_path)) + 8}")
+    assert not (tmp_path / "run").exists()

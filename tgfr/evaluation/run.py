@@ -58,6 +58,12 @@ def _remove_stale_pictures(out: Path, kept: set[str]) -> None:
             entry.unlink()
 
 
+def _printable(path: Path) -> str:
+    """`path` as UTF-8 text for report.md: a byte of a non-UTF-8 folder name (Python's lone surrogate)
+    is shown escaped, as \\udcff, where it would make the report unwritable after all the work."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _check_trained(run: Path, config: TrainConfig) -> None:
     """Both embeddings must come from trained parts: TGFR's from the align heads and the fusion (the
     align and fuse stages), the image-only one from the backbone, which the fr stage trains or
@@ -164,7 +170,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                       plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
                for name, (roc, cmc) in curve_files.items()}
     heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
-    context = {"run": str(run), "manifest": str(manifest), "protocol": evaluation.protocol,
+    context = {"run": _printable(run), "manifest": _printable(manifest), "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
     return write_report(out, metrics, figures, heatmaps, context)

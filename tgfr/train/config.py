@@ -314,13 +314,15 @@ class TrainConfig:
 
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose relative PATH_KEYS settings are made absolute against the current directory
-        (not resolved: a symlink or `..` in them keeps its meaning)."""
+        (not resolved: a symlink or `..` in them keeps its meaning). A ValueError names the key when
+        the current directory's name is not UTF-8, which config.toml cannot hold."""
         absolute = copy.deepcopy(self)
         for key in PATH_KEYS:
             section, name = key.split(".")
             value = getattr(getattr(absolute, section), name)
             if value:
                 setattr(getattr(absolute, section), name, str(Path(value).absolute()))
+                _check_utf8(key, getattr(getattr(absolute, section), name))
         return absolute
 
     @property
