@@ -211,6 +211,24 @@ def test_a_resume_with_other_optimizer_settings_of_a_later_stage_goes_on(tmp_pat
     assert [record["lr"] for record in read_log(tmp_path / "metrics.jsonl") if record["stage"] == "align"][1] == 0.01
 
 
+def test_optimizer_edits_that_cannot_change_training_are_accepted(tmp_path, tiny_overrides, keep_threads):
+    """AdamW has no momentum, and a stage the checkpoint finished trains no more: editing either is no
+    reason to refuse the resume."""
+    config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]'])
+    assert config.fr.optim.optimizer == "adamw" and config.fr.steps > 1
+
+    def with_fr_optim(**edits):
+        return dataclasses.replace(config, fr=dataclasses.replace(
+            config.fr, optim=dataclasses.replace(config.fr.optim, **edits)))
+
+    train(config, tmp_path, stop_after=1)
+    train(with_fr_optim(momentum=0.5), tmp_path, resume=True, stop_after=config.fr.steps - 1)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert (state["stage"], state["step"]) == ("fr", config.fr.steps)
+    train(with_fr_optim(lr=0.5), tmp_path, resume=True)
+    assert logged_steps(tmp_path) == {"fr": config.fr.steps, "align": config.align.steps}
+
+
 def test_resume_after_a_half_written_log_line(tmp_path, tiny_overrides, keep_threads):
     config = load_config("quick", tiny_overrides)
     train(config, tmp_path, stop_after=2)

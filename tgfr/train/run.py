@@ -114,9 +114,13 @@ def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source:
     not fit, and the others (schedule, warm-up, clipping) would change the stage's training midway.
     A ValueError names the keys."""
     stage = state["stage"]
+    if state["step"] >= getattr(config, stage).steps:
+        return  # that stage is done: the resume goes on with the next one, whose settings apply
     now = dataclasses.asdict(getattr(config, stage).optim)
     trained = optimizer_settings(state)
-    changed = [key for key, value in trained.items() if key in now and now[key] != value]
+    # AdamW has no momentum: an edit of it changes nothing while both sides use AdamW.
+    unused = {"momentum"} if trained.get("optimizer") == now["optimizer"] == "adamw" else set()
+    changed = [key for key, value in trained.items() if key in now and key not in unused and now[key] != value]
     if changed:
         def listing(values: dict[str, Any]) -> str:
             return ", ".join(f"{stage}.optim.{key} = {json.dumps(values[key])}" for key in changed)
