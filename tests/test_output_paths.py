@@ -50,6 +50,26 @@ WRITERS = {
                     "               'training': None}\n"
                     "    write_report(Path(path).parent, {'clean': {'image_only': figures}}, {}, [], context)\n",
 }
+WRITERS |= {
+    "roc_test.png": "import numpy as np\n"
+                    "from tgfr.evaluation.plots import plot_roc\n"
+                    "from tgfr.metrics import RocCurve\n"
+                    "def write(path):\n"
+                    "    far = np.logspace(-4, 0, 50)\n"
+                    "    plot_roc({'image_only': RocCurve(far=far, tar=far ** 0.1, thresholds=-far)}, path, 'ROC')\n",
+    "cmc_test.png": "import numpy as np\n"
+                    "from tgfr.evaluation.plots import plot_cmc\n"
+                    "def write(path):\n"
+                    "    plot_cmc({'image_only': list(np.linspace(0.5, 1.0, 50))}, path, 'CMC')\n",
+    "grid.png": "from tgfr.data.grid import render_grid, synthetic_rows\n"
+                "def write(path):\n"
+                "    render_grid(synthetic_rows(2), path, 'down24')\n",
+    "train_summary.json": "from pathlib import Path\n"
+                          "from tgfr.train.run import _write_summary\n"
+                          "def write(path):\n"
+                          "    counts = {f'stage{i}': {'steps_taken': i, 'seconds': 1.5 * i} for i in range(20)}\n"
+                          "    _write_summary(Path(path).parent, counts, 64)\n",
+}
 LIMIT = 256  # bytes: RLIMIT_FSIZE makes every write past it fail with EFBIG, as a full disk fails with ENOSPC
 
 

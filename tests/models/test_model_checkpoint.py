@@ -1,5 +1,6 @@
 import json
 import os
+import resource
 import shutil
 import stat
 
@@ -232,3 +233,23 @@ def test_every_model_file_gets_the_umask_permissions(tiny_bert_dir, tmp_path, um
     assert expected == 0o666 & ~umask
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.rglob("*") if path.is_file()} == {
         path.name: expected for path in directory.rglob("*") if path.is_file()}
+
+
+def test_a_save_that_fails_halfway_leaves_the_earlier_weights_whole_and_names_the_file(tiny_bert_dir, tmp_path):
+    """A full disk while the weights are written (RLIMIT_FSIZE makes every write past it fail with EFBIG;
+    Python ignores SIGXFSZ) must not leave a truncated model.safetensors where a whole one was."""
+    torch.manual_seed(0)
+    earlier, later = build(tiny_bert_dir), build(tiny_bert_dir)
+    directory = save_tgfr_model(earlier, tmp_path / "checkpoint")
+    size = (directory / "model.safetensors").stat().st_size
+    assert max(path.stat().st_size for path in (directory / "text_encoder").iterdir()) < size // 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    try:
+        with pytest.raises(OSError, match=f"checkpoint file {directory / 'model.safetensors'}"):
+            save_tgfr_model(later, directory)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    loaded = load_tgfr_model(directory).state_dict()
+    assert all(torch.equal(tensor, loaded[name]) for name, tensor in earlier.state_dict().items())
+    assert sorted(path.name for path in directory.iterdir()) == ["config.json", "model.safetensors", "text_encoder"]

@@ -12,6 +12,7 @@ from tgfr.data.files import load_image
 from tgfr.data.manifest import read_manifest, select_split
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import OUTPUT_SIZE, identity_attributes, image_state, render_face
+from tgfr.output_paths import write_atomically
 
 TEXT_WIDTH = 420
 
@@ -66,6 +67,6 @@ def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, reci
         text = "\n".join(textwrap.wrap(caption, width=52)[:6])
         draw.multiline_text((4 * size + 8, y + 8), text, fill=(0, 0, 0), font=font, spacing=3)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out, format="PNG", optimize=True)
+    with write_atomically(out, "grid picture", binary=True) as stream:
+        grid.save(stream, format="PNG", optimize=True)
     return out

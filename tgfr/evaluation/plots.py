@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tgfr.metrics import RocCurve  # noqa: E402
+from tgfr.output_paths import write_atomically  # noqa: E402
 
 LABELS = {"image_only": "image only (backbone)", "tgfr": "TGFR (face + caption)"}
 # Function words say nothing about a region; the heatmaps show the caption's content words.
@@ -24,6 +25,15 @@ def content_word_positions(tokens: list[str]) -> list[int]:
     return positions or list(range(len(tokens)))
 
 
+def _save(figure: plt.Figure, path: Path) -> Path:
+    """Writes `figure` as a PNG that replaces `path` whole (a report's picture is never left cut short)."""
+    figure.tight_layout()
+    with write_atomically(path, "plot", binary=True) as stream:
+        figure.savefig(stream, format="png")
+    plt.close(figure)
+    return path
+
+
 def plot_roc(curves: dict[str, RocCurve], path: Path, title: str) -> Path:
     """TAR against FAR on a log axis, one line per method."""
     figure, axis = plt.subplots(figsize=(5, 4), dpi=110)
@@ -33,10 +43,7 @@ def plot_roc(curves: dict[str, RocCurve], path: Path, title: str) -> Path:
     axis.set(xscale="log", xlabel="FAR", ylabel="TAR", title=title, ylim=(0, 1.01))
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_cmc(cmcs: dict[str, list[float]], path: Path, title: str) -> Path:
@@ -46,10 +53,7 @@ def plot_cmc(cmcs: dict[str, list[float]], path: Path, title: str) -> Path:
     axis.set(xlabel="rank", ylabel="identification rate", title=title, ylim=(0, 1.01))
     axis.grid(True, alpha=0.3)
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[list[str]], path: Path,
@@ -78,7 +82,4 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
             axes[i, column].set_title(tokens[i][t], fontsize=8)
         for axis in axes[i]:
             axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)

@@ -8,7 +8,6 @@ A TGFRModel checkpoint is a directory:
 """
 
 import json
-import os
 from pathlib import Path
 
 import safetensors.torch
@@ -16,6 +15,7 @@ import torch
 
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
+from tgfr.output_paths import write_atomically
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,7 +42,11 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
-    """Writes the checkpoint directory (created if needed); returns its path."""
+    """Writes the checkpoint directory (created if needed); returns its path.
+
+    config.json and model.safetensors are each replaced atomically, the weights last, so a save that
+    fails halfway (a full disk) leaves each file whole, old or new, never a truncated weights file.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     text_dir = directory / TEXT_ENCODER_DIR
@@ -50,13 +54,13 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     model.text_encoder.tokenizer.save_pretrained(text_dir)
     config = model.config.to_dict()
     config["text_encoder"] = TEXT_ENCODER_DIR  # relative: the checkpoint directory can move
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    weights = directory / WEIGHTS_FILE
-    safetensors.torch.save_model(model, str(weights))
-    # safetensors creates the file 0600 whatever the umask; the model is shared like the other files.
-    umask = os.umask(0)
-    os.umask(umask)
-    weights.chmod(0o666 & ~umask)
+    with write_atomically(directory / CONFIG_FILE, "checkpoint file") as stream:
+        stream.write(json.dumps(config, indent=2))
+    # No TGFRModel parameter shares storage with another (load_tgfr_model's key check would miss the
+    # names safetensors.torch.save_model drops), so the state dict serializes as it is.
+    weights = safetensors.torch.save({name: tensor.contiguous() for name, tensor in model.state_dict().items()})
+    with write_atomically(directory / WEIGHTS_FILE, "checkpoint file", binary=True) as stream:
+        stream.write(weights)
     return directory
 
 

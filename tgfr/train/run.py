@@ -392,4 +392,5 @@ def _write_summary(out: Path, counts: dict[str, dict[str, Any]], global_batch: i
             values["seconds_per_step"] = values["seconds"] / values["steps_taken"]
             values["samples_per_s"] = values["steps_taken"] * global_batch / values["seconds"]
         summary[name] = values
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    with write_atomically(out / "train_summary.json", "training summary") as stream:
+        stream.write(json.dumps(summary, indent=1) + "\n")
