@@ -6,9 +6,6 @@ rows (DDP's averaging of parameter gradients divides that factor out). Buffers (
 margin, the association memory) end equal to the single process's on every rank.
 """
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,12 +17,6 @@ from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, DualGranular
                          IntraModalContrastiveLoss, WordRegionContrastiveLoss)
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def check_local_form(rank, make_loss, inputs, differentiable, steps=1):
@@ -92,9 +83,9 @@ class AssociationLoss(torch.nn.Module):
         return self.loss(image, caption)[0]
 
 
-def worker(rank, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def worker(rank, store_file):
+    # A file store: a port picked free by the parent can be taken by another process before rank 0 binds it.
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
         generator = torch.Generator().manual_seed(0)
@@ -126,5 +117,5 @@ def worker(rank, port):
         dist.destroy_process_group()
 
 
-def test_local_form_on_two_gloo_processes_equals_single_process():
-    mp.spawn(worker, args=(free_port(),), nprocs=WORLD, join=True)
+def test_local_form_on_two_gloo_processes_equals_single_process(tmp_path):
+    mp.spawn(worker, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)
