@@ -242,3 +242,26 @@ def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path,
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     assert len(read_manifest(manifest)) == 3
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == [config.key()]
+
+
+def test_a_generation_cut_short_is_no_dataset_and_the_next_run_writes_over_it(tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) mid-way leaves images but no manifest: the folder must neither be taken
+    for a finished dataset nor refused as someone else's files by the rerun."""
+    out = tmp_path / "synth"
+    render = synthetic._render_identity
+
+    def interrupted(task):
+        if task[2] == 4:
+            raise KeyboardInterrupt
+        return render(task)
+
+    monkeypatch.setattr(synthetic, "_render_identity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_dataset(out, CONFIG, workers=1)
+    assert any(out.rglob("*.png")) and not (out / "manifest.jsonl").exists()
+    assert synthetic._cached_manifest(out, CONFIG.key()) is None
+    monkeypatch.setattr(synthetic, "_render_identity", render)
+    manifest = generate_synthetic_dataset(out, CONFIG, workers=1)
+    fresh = generate_synthetic_dataset(tmp_path / "fresh", CONFIG, workers=1)
+    assert manifest.read_bytes() == fresh.read_bytes()
+    assert synthetic._cached_manifest(out, CONFIG.key()) == manifest

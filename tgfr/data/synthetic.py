@@ -29,7 +29,8 @@ GENERATOR_VERSION = 1
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
 DEFAULT_DEGRADATION = "down24+celeba"
-# Written last, with the generation parameters: a folder holding it is a finished synthetic dataset.
+# Written first without a key, and last with the generation parameters and their key: a folder whose
+# marker holds a key is a finished synthetic dataset.
 MARKER = "synthetic.json"
 
 
@@ -107,20 +108,33 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
     return records
 
 
-def _marker_key(folder: Path) -> str | None:
-    """The key that folder's synthetic.json records; None for an absent, unreadable or cut-short one."""
+def _marker(folder: Path) -> dict | None:
+    """folder's synthetic.json; None for an absent, unreadable or cut-short one."""
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    key = marker.get("key") if isinstance(marker, dict) else None
+    return marker if isinstance(marker, dict) else None
+
+
+def _marker_key(folder: Path) -> str | None:
+    """The key that a finished dataset's synthetic.json records; None when there is none, or the
+    dataset is still being written or was cut short (its marker has no key yet)."""
+    key = (_marker(folder) or {}).get("key")
     return key if isinstance(key, str) else None
 
 
+def _write_marker(out: Path, content: dict) -> None:
+    # Atomically: a marker cut short by an interrupted run would otherwise be a half-written file
+    # that readers take for the dataset's description.
+    with write_atomically(out / MARKER, "synthetic dataset marker") as stream:
+        stream.write(json.dumps(content, indent=1, sort_keys=True) + "\n")
+
+
 def _check_synthetic_or_empty(out: Path) -> None:
-    """Refuses an `out` that holds files but no synthetic.json of an earlier run: its manifest.jsonl
-    and images/ are someone else's, which generating would overwrite."""
-    if not out.is_dir() or _marker_key(out) is not None:
+    """Refuses an `out` that holds files but no synthetic.json of an earlier run, finished or cut
+    short: its manifest.jsonl and images/ are someone else's, which generating would overwrite."""
+    if not out.is_dir() or _marker(out) is not None:
         return
     example = min(out.iterdir(), default=None)
     if example is not None:
@@ -132,12 +146,16 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
                                workers: int = 2) -> Path:
     """Renders the dataset (and its degraded splits) into `out`; returns the manifest path.
 
-    `out` must be new, empty or an earlier synthetic dataset (holding its synthetic.json), whose files
-    are then overwritten; a folder holding other files is a ValueError, before anything is written."""
+    `out` must be new, empty or an earlier synthetic dataset (holding its synthetic.json, written
+    first and given the dataset's key last, so a run cut short leaves one too), whose files are then
+    overwritten; a folder holding other files is a ValueError, before anything is written."""
     check_workers(workers)
     out = Path(out)
     _check_synthetic_or_empty(out)
     out.mkdir(parents=True, exist_ok=True)
+    # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
+    # next run may write over, and that no reader takes for a finished dataset.
+    _write_marker(out, {"version": GENERATOR_VERSION, "key": None, "finished": False})
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
     if workers > 1:
@@ -151,11 +169,7 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
         degraded, _ = degrade_records(source, out, recipe, name, seed=config.seed, workers=workers)
         records += degraded
     manifest = write_manifest(out / "manifest.jsonl", records)
-    # Atomically: a marker cut short by an interrupted run would otherwise be a half-written file
-    # that readers take for the dataset's description.
-    with write_atomically(out / MARKER, "synthetic dataset marker") as stream:
-        stream.write(json.dumps({**asdict(config), "version": GENERATOR_VERSION, "key": config.key()},
-                                indent=1, sort_keys=True) + "\n")
+    _write_marker(out, {**asdict(config), "version": GENERATOR_VERSION, "key": config.key(), "finished": True})
     return manifest
 
 
