@@ -46,6 +46,20 @@ def test_margin_heads(head_class, arc, focal):
         torch.testing.assert_close(g, e, **TOL)
 
 
+@pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
+def test_a_scale_past_the_computation_dtypes_maximum_is_refused_not_a_nan_loss(head_class, arc):
+    """The heads compute in float32 (float64 for float64 input): a larger scale makes every logit inf."""
+    torch.manual_seed(0)
+    head = head_class(4, 3, scale=1e39)
+    embeddings, labels = torch.randn(2, 4), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"^scale must be a finite positive number of at most 3\.40282e\+38, got 1e\+39$"):
+        head(embeddings, labels)
+    head, embeddings = head.double(), embeddings.double()
+    expected = F.cross_entropy(head_logits_by_angle(head, embeddings, labels, arc), labels)
+    assert torch.isfinite(expected)
+    torch.testing.assert_close(head(embeddings, labels), expected, **TOL)
+
+
 @pytest.mark.parametrize("margin", [0.5, 1.2])
 def test_arcface_loss_grows_as_a_sample_turns_away_from_its_class(margin):
     """cos(theta + m) alone rises again past theta = pi - m, so a sample far from its class would be

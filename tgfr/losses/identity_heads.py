@@ -6,7 +6,8 @@ the target class k = labels[i] gets cos(theta + margin) (ArcFace) or cos(theta) 
 (CosFace). Past theta = pi - margin, where cos(theta + margin) would rise again as the sample moves
 away from its class, ArcFace continues linearly with cos(theta) - margin * sin(pi - margin), as
 arcface_torch does. The cosines, margins and scale are computed in float32 (float64 for float64
-input) even under autocast: a bf16 cosine is off by up to 2^-9, 0.125 at scale 64. focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
+input) even under autocast: a bf16 cosine is off by up to 2^-9, 0.125 at scale 64; a scale above
+that dtype's maximum is a ValueError at the call (every logit would be inf). focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
 (TGFR's FocalLoss with gamma 2).
 """
 
@@ -62,6 +63,8 @@ class _MarginSoftmaxHead(nn.Module):
         # Embeddings in another float dtype than the head (bf16 features, fp32 head outside autocast) are
         # compared in the widest of the two dtypes and float32 rather than failing in the matmul.
         dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
+        # A scale past the dtype's maximum turns every logit into inf and the loss into NaN, silently.
+        check_positive("scale", self.scale, torch.finfo(dtype).max)
         with without_autocast(embeddings.device.type):
             cosine = F.normalize(embeddings.to(dtype), dim=1) @ F.normalize(self.weight.to(dtype), dim=1).T
         cosine = cosine.clamp(-1.0, 1.0)
