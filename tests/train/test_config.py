@@ -49,6 +49,14 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert config.data.manifest == "a b.jsonl" and config.model.freeze_text_encoder is False
     assert config.stages == ["fr", "fuse"] and config.fuse.arcface_scale == 16.0
     assert parse_override("x.y=abc") == (["x", "y"], "abc")
+    assert parse_override(r"data.manifest=C:\data\m.jsonl") == (["data", "manifest"], r"C:\data\m.jsonl")
+
+
+@pytest.mark.parametrize("raw", ['"mycache', r'"C:\data\m.jsonl"', "'a' b", '["fr", "fuse"', "{a = 1"])
+def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw):
+    """Taken as text, '"mycache' (a missing closing quote) would make a cache folder named "mycache."""
+    with pytest.raises(ValueError, match=rf"^override data\.cache_dir: {re.escape(raw)} is not a valid TOML value"):
+        load_config("quick", [f"data.cache_dir={raw}"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default: %(default)s); ignored with --resume")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value: KEY a dotted key as --print-config shows it, VALUE a "
-                             "TOML value (a bare word is a string), e.g. --set fr.steps=50 (repeatable; refused "
-                             "with --resume)")
+                             "TOML value (a bare word is a string; one opening with a quote, [ or { must be valid "
+                             "TOML), e.g. --set fr.steps=50 (repeatable; refused with --resume)")
     parser.add_argument("--out", type=Path, default=Path("runs/default"),
                         help="run folder (default: runs/default); without --resume it must be new or empty")
     parser.add_argument("--resume", action="store_true",

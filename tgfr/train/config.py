@@ -433,13 +433,19 @@ def find_preset(preset: str) -> Traversable:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """"a.b=value" -> (["a", "b"], value parsed as TOML, or the raw text when it is not TOML)."""
+    """"a.b=value" -> (["a", "b"], value parsed as TOML, or the raw text when it is not TOML (a bare
+    word); a value opening with a quote, `[` or `{` must be valid TOML (ValueError naming the key)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. fr.steps=50), got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as error:
+        # Meant as a TOML string, array or table: as raw text it would keep its quotes or brackets
+        # (data.cache_dir="mycache, a missing closing quote, made a folder named "mycache).
+        if raw.lstrip()[:1] in ('"', "'", "[", "{"):
+            raise ValueError(f"override {key.strip()}: {raw} is not a valid TOML value ({error}); "
+                             "close its quotes or brackets, or give a bare word") from None
         value = raw
     return key.strip().split("."), value
 
