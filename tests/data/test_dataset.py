@@ -103,6 +103,18 @@ def test_transforms_of_an_opened_image_equal_those_of_load_image(tmp_path, mode)
                            TrainTransform(size, grayscale_p=0.5)(loaded, np.random.default_rng(5)))
 
 
+def test_premultiplied_greyscale_converts_as_premultiplied_rgb_does():
+    """PIL converts La (L with premultiplied alpha) to RGB only through LA; RGBa holding the same grey
+    and alpha converts directly, un-premultiplying the same way."""
+    rng = np.random.default_rng(4)
+    grey, alpha = (Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)) for _ in range(2))
+    alpha = Image.fromarray(np.maximum(np.asarray(alpha), grey))  # premultiplied: grey <= alpha
+    premultiplied_grey = Image.merge("La", [grey, alpha])
+    expected = EvalTransform(12)(Image.merge("RGBa", [grey, grey, grey, alpha]))
+    assert torch.equal(EvalTransform(12)(premultiplied_grey), expected)
+    assert not torch.equal(expected, EvalTransform(12)(grey))  # un-premultiplied, not the stored grey
+
+
 def test_16_bit_greyscale_keeps_its_top_8_bits():
     rng = np.random.default_rng(3)
     grey, low_bits = (rng.integers(0, 256, (16, 16), dtype=np.uint16) for _ in range(2))

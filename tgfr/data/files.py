@@ -53,6 +53,8 @@ def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
     if image.mode in ("I", "F"):
         raise ValueError(f"{what} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
                          f"pixels (mode {image.mode}) of no fixed range; convert it to 8-bit RGB")
+    if image.mode == "La":  # premultiplied alpha, which PIL converts to RGB only through LA
+        image = image.convert("LA")
     return image.convert("RGB")
 
 
