@@ -4,10 +4,15 @@ CUDA sources (csrc/cuda/*.cpp bindings and kernels/*.cu) are compiled only when 
 torch is a CUDA build and a CUDA toolkit is found; set TGFR_NO_CUDA=1 to skip them anyway.
 TGFR_CPU_ARCH sets -march for the CPU kernels (default: native, since every install compiles
 on the machine that runs it).
+
+The hash of the sources (tgfr/_source_hash.py) is compiled into the extension, so that importing
+tgfr.ops from a checkout whose C++/CUDA sources changed since the build asks for a rebuild.
 """
 
 import glob
+import importlib.util
 import os
+from pathlib import Path
 
 from setuptools import setup
 
@@ -21,6 +26,12 @@ except ImportError as error:  # pragma: no cover - build-time guidance only
     ) from error
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Loaded by file path, not imported: `import tgfr` would run the package's __init__ (and could
+# find another installed tgfr) just to hash this checkout's sources.
+_hash_spec = importlib.util.spec_from_file_location("_source_hash", os.path.join(ROOT, "tgfr", "_source_hash.py"))
+_source_hash = importlib.util.module_from_spec(_hash_spec)
+_hash_spec.loader.exec_module(_source_hash)
 
 
 def sources(pattern: str) -> list[str]:
@@ -66,4 +77,24 @@ else:
         extra_link_args=link_flags,
     )
 
-setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+
+class BuildExtensionWithSourceHash(BuildExtension.with_options(use_ninja=True)):
+    """Writes TGFR_SOURCE_HASH into a header of the build folder before compiling.
+
+    Only csrc/ops.cpp includes it, so a source change recompiles that one file more; the header
+    is rewritten only when the hash changes, since ninja rebuilds on its timestamp.
+    """
+
+    def build_extensions(self) -> None:
+        generated = Path(self.build_temp).resolve() / "generated"
+        header = generated / "tgfr_source_hash.h"
+        content = f'#define TGFR_SOURCE_HASH "{_source_hash.source_hash(Path(ROOT))}"\n'
+        if not header.exists() or header.read_text() != content:
+            generated.mkdir(parents=True, exist_ok=True)
+            header.write_text(content)
+        for built in self.extensions:
+            built.include_dirs.append(str(generated))
+        super().build_extensions()
+
+
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtensionWithSourceHash})

@@ -3,11 +3,20 @@
 #include <Python.h>
 #include <torch/library.h>
 
+// Generated in the build folder by setup.py or CMakeLists.txt (see tgfr/_source_hash.py).
+#include "tgfr_source_hash.h"
+
 extern "C" {
 // `import tgfr._C` loads this library, which runs the registrations below.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  // tgfr/ops/_library.py compares it with the checkout's sources to catch a stale build.
+  if (module != nullptr && PyModule_AddStringConstant(module, "source_hash", TGFR_SOURCE_HASH) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 
