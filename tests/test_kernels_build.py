@@ -1,13 +1,18 @@
 """CI checks of the CUDA code without a GPU: the torch-free kernels of kernels/ compile with nvcc
-through CMake (sm_80 and sm_90a, CMakeLists.txt; about a minute on 2 cores), and the csrc/cuda
-binding parses against this torch's headers (seconds)."""
+through CMake (sm_80 and sm_90a, CMakeLists.txt; about a minute on 2 cores), the CMake target of
+tgfr/_C gets setup.py's C++ flags and source hash, and the csrc/cuda binding parses against this
+torch's headers (seconds)."""
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from tgfr._source_hash import source_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +65,30 @@ def test_cuda_binding_compiles_against_this_torch(tmp_path):
             capture_output=True, text=True, timeout=600,
         )
         assert result.returncode == 0, f"{source.name}:\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not on PATH")
+def test_cmake_extension_target_gets_setup_py_flags_and_source_hash(tmp_path):
+    # The _C target needs a CUDA torch to link, but configures against this one, which is enough
+    # to read its compile flags and build csrc/ops.cpp (the only file that needs the hash header).
+    build = tmp_path / "build"
+    env = os.environ | {"TGFR_CPU_ARCH": "x86-64-v2"}
+    configure = subprocess.run(
+        ["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles", "-DTGFR_KERNELS_ONLY=OFF",
+         f"-DPython3_EXECUTABLE={sys.executable}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    flags = (build / "CMakeFiles" / "_C.dir" / "flags.make").read_text()
+    cxx_flags = next(line for line in flags.splitlines() if line.startswith("CXX_FLAGS")).split()
+    for flag in ["-O3", "-std=c++20", "-fopenmp", "-march=x86-64-v2", "-fno-math-errno", "-fno-trapping-math"]:
+        assert flag in cxx_flags, flags
+    assert "-fopenmp" in (build / "CMakeFiles" / "_C.dir" / "link.txt").read_text().split()
+    kernel_flags = (build / "CMakeFiles" / "tgfr_kernels.dir" / "flags.make").read_text()
+    assert "-fopenmp" not in kernel_flags and "-march" not in kernel_flags, kernel_flags
+
+    header = build / "generated" / "tgfr_source_hash.h"
+    assert header.read_text() == f'#define TGFR_SOURCE_HASH "{source_hash(ROOT)}"\n'
+    compile_ = subprocess.run(["make", "-C", str(build), "csrc/ops.cpp.o"], capture_output=True, text=True, timeout=300)
+    assert compile_.returncode == 0, compile_.stdout[-3000:] + compile_.stderr[-3000:]
