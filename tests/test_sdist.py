@@ -1,0 +1,42 @@
+"""The source distribution holds everything a build of tgfr._C reads and the folders README.md's
+Layout lists, and no build output: `pip install tgfr-*.tar.gz` compiles from it, and a CUDA build
+compiles the kernels only when kernels/*.cu are there."""
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_FOLDERS = ("csrc", "kernels", "tests", "benchmarks")
+# Too big or unrelated to copy; build outputs that an sdist must leave out (*.so, __pycache__)
+# stay in the copy so that the test sees them left out.
+NOT_COPIED = (".git", ".venv", "build", "dist", "runs", "*.egg-info", ".pytest_cache", ".benchmarks")
+
+
+def _files_under(root: Path, folder: str) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in (root / folder).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".so"}
+
+
+def test_sdist_holds_the_build_inputs_and_no_build_outputs(tmp_path):
+    # Built from a copy: the hook writes tgfr.egg-info beside setup.py.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_COPIED))
+    build = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+         str(tmp_path / "dist")],
+        cwd=source, capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    with tarfile.open(tmp_path / "dist" / build.stdout.split()[-1]) as sdist:
+        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+
+    expected = {"CMakeLists.txt", "setup.py", "pyproject.toml", "README.md", "tgfr/_source_hash.py"}
+    expected |= {f"tgfr/train/presets/{path.name}" for path in (ROOT / "tgfr/train/presets").glob("*.toml")}
+    for folder in SHIPPED_FOLDERS:
+        expected |= _files_under(ROOT, folder)
+    assert {"csrc/ops.cpp", "kernels/word_region.cu", "tests/conftest.py"} <= expected
+    assert sorted(expected - members) == []
+    assert [name for name in members if name.endswith((".so", ".pyc")) or "__pycache__" in name] == []
