@@ -32,6 +32,11 @@ def test_sdist_holds_the_build_inputs_and_no_build_outputs(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     with tarfile.open(tmp_path / "dist" / build.stdout.split()[-1]) as sdist:
         members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+        metadata = sdist.extractfile(f"{sdist.getnames()[0].split('/')[0]}/PKG-INFO").read().decode()
+    # An SPDX expression: setuptools deprecates the `license = { text = ... }` table and plans to
+    # refuse it after 2027-02-18.
+    assert "License-Expression: MIT" in metadata.splitlines()
+    assert "license" not in build.stderr.lower(), build.stderr[-3000:]
 
     expected = {"CMakeLists.txt", "setup.py", "pyproject.toml", "README.md", "tgfr/_source_hash.py"}
     expected |= {f"tgfr/train/presets/{path.name}" for path in (ROOT / "tgfr/train/presets").glob("*.toml")}
