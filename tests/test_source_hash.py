@@ -1,6 +1,7 @@
-"""A tgfr._C built from other C++/CUDA sources than the checkout's is refused at import with an
-ImportError that says how to rebuild, instead of failing on a missing operator or running old
-kernels; an install without sources beside the package (a wheel) skips the check."""
+"""A tgfr._C built from other C++/CUDA sources than the checkout's, or before builds carried a
+source hash, is refused at import with an ImportError that says how to rebuild, instead of failing
+on a missing operator or running old kernels; an install without sources beside the package (a
+wheel) has nothing to compare the hash with."""
 
 import hashlib
 import os
@@ -80,17 +81,20 @@ def test_checkout_whose_sources_changed_since_the_build_is_refused(tmp_path, cha
     assert "is out of date" in last_line and REBUILD in last_line and str(checkout) in last_line
 
 
-def test_extension_without_a_source_hash_is_refused():
-    # What an extension built before the check existed looks like (torch first: _C links to it).
-    result = _import_ops(ROOT, before="import torch, tgfr._C; del tgfr._C.source_hash; ")
+@pytest.mark.parametrize("with_sources", [True, False])
+def test_extension_without_a_source_hash_is_refused(tmp_path, with_sources):
+    # What an extension built before the check existed looks like (torch first: _C links to it);
+    # without sources beside the package (a wheel's layout) it is still known to be out of date.
+    package = _copy_checkout(tmp_path / "checkout", with_sources)
+    result = _import_ops(package, before="import torch, tgfr._C; del tgfr._C.source_hash; ")
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ImportError:") and "is out of date" in last_line and REBUILD in last_line
 
 
-def test_install_without_sources_skips_the_check(tmp_path):
-    # An installed wheel has no csrc/ beside the package, so even an extension without a hash
-    # (refused in a checkout, above) imports.
+def test_install_without_sources_does_not_compare_hashes(tmp_path):
+    # An installed wheel has no csrc/ beside the package to compare with: an extension whose hash
+    # differs from the checkout's (refused there, above) imports.
     package = _copy_checkout(tmp_path / "site-packages", with_sources=False)
-    result = _import_ops(package, before="import torch, tgfr._C; del tgfr._C.source_hash; ")
+    result = _import_ops(package, before="import torch, tgfr._C; tgfr._C.source_hash = '0' * 64; ")
     assert result.returncode == 0, result.stderr[-2000:]
