@@ -209,6 +209,34 @@ def test_vmap_alone_still_runs_the_fused_op():
         torch.testing.assert_close(scores, reference.word_region_scores(w, lengths, regions), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_vmap_takes_lengths_batched_with_the_words(backend):
+    """Each vmapped item its own captions and lengths: the lengths check read the values with int(), which vmap
+    refuses (it raised vmap's own ".item()" error); values and gradients are those of a loop over the batch."""
+    items = [make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6, dtype=torch.float64,
+                         seed=seed) for seed in range(3)]
+    words, lengths, regions = (torch.stack(parts).requires_grad_(parts[0].is_floating_point())
+                               for parts in zip(*items))
+    assert len({tuple(item_lengths.tolist()) for item_lengths in lengths}) > 1
+
+    def scores(w, n, v):
+        return tgfr.ops.word_region_scores(w, n, v, backend=backend)
+
+    batched = torch.func.vmap(scores)(words, lengths, regions)
+    looped = torch.stack([scores(*item) for item in zip(words, lengths, regions)])
+    torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(looped.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for got, expected in zip(torch.autograd.grad((weights * batched).sum(), (words, regions)),
+                             torch.autograd.grad((weights * looped).sum(), (words, regions))):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # A bad length in one item only is named, with the range of the whole batch's lengths.
+    bad = lengths.clone()
+    bad[1, 2] = 5
+    with pytest.raises(ValueError, match=r"^lengths must lie in \[1, T=4\] \(T from words.shape\[1\]\), "
+                                         r"got values in \[1, 5\]$"):
+        torch.func.vmap(scores)(words, bad, regions)
+
+
 def test_autocast_gives_the_op_its_dtype_where_its_kernels_take_it(monkeypatch):
     """Under autocast on CUDA the fused op received float32 (training casts its features to float32
     first): the kernels' unmeasured float32 form, on CUDA cores, instead of the bf16 one. The rule is

@@ -93,15 +93,37 @@ def check_flag(name: str, value: object) -> bool:
     return bool(value)
 
 
+def _functorch_unwrapped(tensor: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under the wrappers of the torch.func transforms (vmap's BatchedTensor, the
+    grad and jvp transforms' GradTrackingTensor); `tensor` itself outside them."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
+
+
 def values_readable(tensor: torch.Tensor) -> bool:
     """False where the values of `tensor` are not there to read: while torch.compile traces, and for
     meta and fake tensors (FakeTensorMode), which carry shapes only, and for real tensors inside an
     active FakeTensorMode, where what is computed from them is fake. Value checks then go through
-    torch._assert_async, which the compiled graph runs and shape inference passes over."""
+    torch._assert_async, which the compiled graph runs and shape inference passes over. Under the
+    torch.func transforms it is the tensor inside their wrappers that counts: value_range reads it."""
     if torch.compiler.is_compiling():  # first: dynamo cannot trace the dispatch-mode lookup below
         return False
+    tensor = _functorch_unwrapped(tensor)
     return not (tensor.is_meta or is_fake(tensor)
                 or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None)
+
+
+def value_range(tensor: torch.Tensor) -> tuple[int, int]:
+    """Smallest and largest value of a nonempty integer tensor whose values_readable is True.
+
+    Under torch.func.vmap these are taken over the whole batch, from the tensor inside vmap's
+    BatchedTensor: vmap refuses to read a value (.item()) itself, and has no batching rule for
+    torch._assert_async either, so a per-item check could not run at all.
+    """
+    low, high = _functorch_unwrapped(tensor).aminmax()
+    return int(low), int(high)
 
 
 def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Tensor:
@@ -119,7 +141,7 @@ def check_word_lengths(lengths: object, batch: int, num_words: int) -> torch.Ten
         torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(),
                             "lengths must lie in [1, T] (T from words.shape[1])")
     elif lengths.numel():
-        shortest, longest = (int(value) for value in lengths.aminmax())
+        shortest, longest = value_range(lengths)
         if shortest < 1 or longest > num_words:
             raise ValueError(f"lengths must lie in [1, T={num_words}] (T from words.shape[1]), got values in "
                              f"[{shortest}, {longest}]")

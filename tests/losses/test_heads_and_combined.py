@@ -107,6 +107,21 @@ def test_heads_compile_to_one_graph_and_check_labels_when_it_runs(head_class):
             compiled(embeddings, torch.tensor([0, 1, 2, 3, 4, 10]))
 
 
+@pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
+def test_heads_under_vmap_take_labels_batched_with_the_embeddings(head_class, arc):
+    """The label check read the labels with int(), which vmap refuses ("calling .item() on a Tensor")."""
+    torch.manual_seed(1)
+    head = head_class(8, 5).double()
+    embeddings = torch.randn(3, 4, 8, dtype=torch.float64)
+    labels = torch.tensor([[0, 1, 4, 1], [2, 2, 3, 0], [4, 3, 1, 1]])
+    expected = torch.stack([F.cross_entropy(head_logits_by_angle(head, item, item_labels, arc), item_labels)
+                            for item, item_labels in zip(embeddings, labels)])
+    torch.testing.assert_close(torch.func.vmap(head)(embeddings, labels), expected, **TOL)
+    labels[1, 2] = 7
+    with pytest.raises(ValueError, match=r"^labels must lie in \[0, num_classes=5\), got values in \[0, 7\]$"):
+        torch.func.vmap(head)(embeddings, labels)
+
+
 def test_head_rejects_wrong_embedding_size():
     with pytest.raises(ValueError, match="embeddings"):
         ArcFaceHead(16, 10)(torch.randn(3, 8), torch.zeros(3, dtype=torch.long))

@@ -66,6 +66,24 @@ def test_wrcl_equals_damsm_words_loss():
             torch.testing.assert_close(g, e, **TOL)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_wrcl_under_vmap_with_lengths_batched_with_the_words(backend):
+    """vmap over batches of captions, each with its own lengths and labels: the lengths check read the values
+    with int(), which vmap refuses ("calling .item() on a Tensor"). Losses and gradients are those of a loop."""
+    generator = torch.Generator().manual_seed(9)
+    words = torch.randn(3, 4, 5, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    regions = torch.randn(3, 4, 7, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([[5, 3, 1, 4], [2, 5, 5, 1], [4, 4, 2, 3]])
+    labels = torch.tensor([[0, 1, 0, 2], [0, 1, 2, 3], [1, 1, 0, 0]])
+    loss = WordRegionContrastiveLoss(backend=backend)
+    batched = torch.func.vmap(loss)(words, lengths, regions, labels)
+    looped = torch.stack([loss(*item) for item in zip(words, lengths, regions, labels)])
+    torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-12)
+    for g, e in zip(torch.autograd.grad(batched.sum(), (words, regions)),
+                    torch.autograd.grad(looped.sum(), (words, regions))):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
 def test_cicl_equals_clip_loss_summed():
     generator = torch.Generator().manual_seed(1)
     sentence = torch.randn(50, 16, generator=generator, dtype=torch.float64, requires_grad=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from tgfr.ops.autocast import without_autocast
 from tgfr.validation import (check_finite_number, check_flag, check_nonempty, check_positive, check_same_device,
-                             check_size, check_tensor, values_readable)
+                             check_size, check_tensor, value_range, values_readable)
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks its margins against it too)
@@ -57,7 +57,7 @@ class _MarginSoftmaxHead(nn.Module):
         if not values_readable(labels):  # unknown while torch.compile traces, and in meta/fake tensors: checked on run
             torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), "labels must lie in [0, num_classes)")
         else:
-            low, high = (int(value) for value in labels.aminmax())
+            low, high = value_range(labels)
             if low < 0 or high >= num_classes:
                 raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]")
         # Embeddings in another float dtype than the head (bf16 features, fp32 head outside autocast) are
