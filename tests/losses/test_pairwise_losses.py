@@ -189,6 +189,30 @@ def test_coreface_eval_keeps_the_margin():
     assert loss.margin.item() == 0.0
 
 
+@pytest.mark.parametrize("cast", [lambda loss: loss.to(torch.bfloat16), lambda loss: loss.half(),
+                                  lambda loss: loss.float()], ids=["to-bfloat16", "half", "float"])
+def test_coreface_margin_stays_float64_when_the_module_is_cast(cast, tmp_path):
+    """A module-wide cast (a model holding the loss cast to bf16) rounded the running margin to the new dtype:
+    margin and loss drifted from SPEC's float64 values (0.69140625 against 0.69160529 in bf16)."""
+    generator = torch.Generator().manual_seed(7)
+    loss, margin = cast(CoReFaceLoss()), 0.0
+    assert loss.margin.dtype == torch.float64
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    for step in range(3):
+        view1 = torch.randn(6, 8, generator=generator, dtype=torch.float64)
+        view2 = view1 + 0.3 * torch.randn(6, 8, generator=generator, dtype=torch.float64)
+        expected, margin = spec_coreface(view1, view2, labels, margin)
+        torch.testing.assert_close(loss(view1, view2, labels), expected, rtol=1e-10, atol=1e-10)
+        assert loss.margin.item() == pytest.approx(margin, abs=1e-12)
+    # The state still goes through a state_dict (weights_only) and moves with the module, in float64.
+    torch.save(loss.state_dict(), tmp_path / "loss.pt")
+    restored = cast(CoReFaceLoss())
+    restored.load_state_dict(torch.load(tmp_path / "loss.pt", weights_only=True))
+    assert restored.margin.dtype == torch.float64 and restored.margin.item() == loss.margin.item()
+    moved = restored.to("meta", torch.bfloat16)
+    assert (moved.margin.device.type, moved.margin.dtype) == ("meta", torch.float64)
+
+
 def test_losses_name_bad_labels():
     words, regions = torch.randn(4, 3, 8), torch.randn(4, 5, 8)
     with pytest.raises(ValueError, match="labels"):

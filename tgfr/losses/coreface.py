@@ -13,7 +13,8 @@ The hardest negatives come from a separate forward-only tiled pass (contrastive_
 nothing N x N is stored: the margin has to be known before the fused cross-entropy starts.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,8 @@ class CoReFaceLoss(nn.Module):
         backend: backend of the fused contrastive op.
 
     Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call whose
-    batch margin is finite (a batch with NaN/Inf gives a non-finite loss and leaves m as it was).
+    batch margin is finite (a batch with NaN/Inf gives a non-finite loss and leaves m as it was). It stays
+    float64 when the module is cast to another dtype (.half(), .to(torch.bfloat16)).
     """
 
     margin: torch.Tensor
@@ -51,6 +53,16 @@ class CoReFaceLoss(nn.Module):
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
         self.register_buffer("margin", torch.zeros((), dtype=torch.float64))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
+        margin = self.margin
+        super()._apply(fn, recurse)
+        if self.margin.dtype != torch.float64:
+            # A cast of the module (or of a model holding the loss) would round the running margin to the new dtype,
+            # 8 significant bits in bf16, so margin and loss would drift from SPEC's float64 ones. Device moves
+            # still apply: only the dtype is kept.
+            self.margin = margin.to(self.margin.device)
+        return self
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """view1, view2 (N, D) two embedding-augmented views, labels (N,) identities -> scalar.
