@@ -54,8 +54,10 @@ class _MarginSoftmaxHead(nn.Module):
         check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
         check_same_device(embeddings=embeddings, labels=labels)
         num_classes = self.weight.shape[0]
+        labels_in_range = None
         if not values_readable(labels):  # unknown while torch.compile traces, and in meta/fake tensors: checked on run
-            torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), "labels must lie in [0, num_classes)")
+            labels_in_range = ((labels >= 0) & (labels < num_classes)).all()
+            torch._assert_async(labels_in_range, "labels must lie in [0, num_classes)")
         else:
             low, high = value_range(labels)
             if low < 0 or high >= num_classes:
@@ -68,6 +70,11 @@ class _MarginSoftmaxHead(nn.Module):
         with without_autocast(embeddings.device.type):
             cosine = F.normalize(embeddings.to(dtype), dim=1) @ F.normalize(self.weight.to(dtype), dim=1).T
         cosine = cosine.clamp(-1.0, 1.0)
+        if labels_in_range is not None:
+            # Inductor fused the range check into the cross-entropy's gather, whose own bounds check then met a
+            # bad label first with a generic "index out of bounds"; logits that depend on the check make every
+            # use of the labels wait for it, so the assertion above speaks first.
+            cosine = torch.where(labels_in_range, cosine, math.nan)
         rows = torch.arange(cosine.shape[0], device=cosine.device)
         target = self.target_cosine(cosine[rows, labels])
         cosine = cosine.index_put((rows, labels.long()), target)
