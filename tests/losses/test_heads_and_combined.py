@@ -352,6 +352,35 @@ def test_losses_infer_shapes_on_meta_and_fake_tensors(backend):
                        for name, tensor in batch.items()}) == expected
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_stateful_losses_infer_shapes_on_meta_and_fake_tensors_and_keep_their_state(training):
+    """CoReFace's margin update read its batch margin (.item()) and the association loss's prototype update
+    selected finite images (nonzero): both failed on meta and fake tensors, and CoReFace moved to meta failed
+    even in eval mode, reading its margin. Shapes are those of real tensors; the state stays as it was."""
+    torch.manual_seed(4)
+    view1, view2, labels = torch.randn(4, 8), torch.randn(4, 8), torch.tensor([0, 1, 0, 2])
+    coreface, association = CoReFaceLoss().train(training), DualGranularityAssociationLoss(8, 3).train(training)
+    coreface.margin.fill_(0.25)
+    prototypes = association.prototypes.clone()
+
+    def shapes(view1, view2, labels, coreface=coreface, association=association):
+        loss, stats = association(view1, view2)
+        return coreface(view1, view2, labels).shape, loss.shape, {name: part.shape for name, part in stats.items()}
+
+    expected = (torch.Size([]), torch.Size([]), dict.fromkeys(("local", "global", "mean_confidence"), torch.Size([])))
+    meta = (view1.to("meta"), view2.to("meta"), labels.to("meta"))
+    assert shapes(*meta, copy.deepcopy(coreface).to("meta"), copy.deepcopy(association).to("meta")) == expected
+    assert shapes(*meta) == expected  # meta inputs to a loss whose state is real
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        assert shapes(*(mode.from_tensor(tensor) for tensor in (view1, view2, labels))) == expected
+    assert coreface.margin.item() == 0.25
+    assert torch.equal(association.prototypes, prototypes)
+    # Real inputs still update the state in training mode, so the checks above covered a skipped update.
+    shapes(view1, view2, labels)
+    assert (coreface.margin.item() != 0.25) == training
+    assert (not torch.equal(association.prototypes, prototypes)) == training
+
+
 LOSS_FLAGS = {
     "WRCL word_softmax": (lambda flag: WordRegionContrastiveLoss(word_softmax=flag), "word_softmax"),
     "WRCL gather_ranks": (lambda flag: WordRegionContrastiveLoss(gather_ranks=flag), "gather_ranks"),

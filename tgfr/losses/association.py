@@ -40,7 +40,7 @@ from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
 from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
-from tgfr.validation import check_finite_number, check_flag, check_positive, check_size
+from tgfr.validation import check_finite_number, check_flag, check_positive, check_size, values_readable
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -92,6 +92,9 @@ class DualGranularityAssociationLoss(nn.Module):
     @torch.compiler.disable
     @torch.no_grad()
     def _update_prototypes(self, image: torch.Tensor, assignment: torch.Tensor) -> None:
+        # Meta and fake tensors carry shapes only: no image to move a prototype with (nor a finite mask to select).
+        if not (values_readable(image) and values_readable(self.prototypes)):
+            return
         features = F.normalize(image.detach(), dim=1).to(self.prototypes.dtype)
         # An image with NaN/Inf makes the loss non-finite; in the memory it would make every later loss NaN.
         finite = features.isfinite().all(dim=1)

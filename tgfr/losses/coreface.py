@@ -25,7 +25,7 @@ from tgfr.losses.pairwise import check_pairs
 from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import check_finite_number, check_flag, check_positive
+from tgfr.validation import check_finite_number, check_flag, check_positive, values_readable
 
 
 class CoReFaceLoss(nn.Module):
@@ -39,7 +39,8 @@ class CoReFaceLoss(nn.Module):
 
     Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call whose
     batch margin is finite (a batch with NaN/Inf gives a non-finite loss and leaves m as it was). It stays
-    float64 when the module is cast to another dtype (.half(), .to(torch.bfloat16)).
+    float64 when the module is cast to another dtype (.half(), .to(torch.bfloat16)). Meta and fake
+    tensors (FakeTensorMode) give the loss's shape and leave m as it was.
     """
 
     margin: torch.Tensor
@@ -84,10 +85,14 @@ class CoReFaceLoss(nn.Module):
         return self._cross_entropy(view1, columns, common)
 
     def _cross_entropy(self, view1: torch.Tensor, columns: torch.Tensor, common: dict[str, Any]) -> torch.Tensor:
+        # A meta or fake margin has no value to read (while torch.compile traces, the value is the buffer's); the
+        # loss's shape, all there is to compute then, does not depend on it.
+        readable = torch.compiler.is_compiling() or values_readable(self.margin)
+        margin = float(self.margin) if readable else 0.0
         # Float32 even under autocast, where the fused op would take bf16 on CUDA: at scale 64 bf16-rounded views
         # move a logit by up to about 0.25 (2^-8 in a cosine), as for the margin below.
         with without_autocast(view1.device.type):
-            return contrastive_loss(view1, columns, self.scale, margin=float(self.margin), direction="rows", **common)
+            return contrastive_loss(view1, columns, self.scale, margin=margin, direction="rows", **common)
 
     # Run eagerly in training, where the margin changes every step: torch.compile would guard on the float margin
     # (the fused op takes a float) and compile the rest of forward again at every step. The training graph breaks at
@@ -103,6 +108,9 @@ class CoReFaceLoss(nn.Module):
     @torch.no_grad()
     def _update_margin(self, view1: torch.Tensor, view2: torch.Tensor, columns: torch.Tensor,
                        common: dict[str, Any]) -> None:
+        # Meta and fake tensors carry shapes only: there is no batch margin to read, nor a running one to move.
+        if not (values_readable(view1) and values_readable(self.margin)):
+            return
         # In the ops' accumulation dtype, as the hardest negatives and the cross-entropy are: from 16-bit views
         # the positive cosines would be off by up to 2^-8 (bf16), 0.25 in a logit at scale 64.
         dtype = accumulation_dtype(view1.dtype)
