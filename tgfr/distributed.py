@@ -11,8 +11,8 @@ BatchNorm in training mode computes them: BatchNorm normalizes each rank's rows 
 batch statistics (there is no SyncBatchNorm; in tgfr: the backbone in the fr stage, the image
 head's region-map BatchNorm in the align stage), so there the losses and gradients differ from a
 single process's on the whole batch.
-Every rank must hold a tensor of the same shape (checked: a ValueError on every rank, where the
-collective would abort the process or hang).
+Every rank must hold a tensor of the same shape and dtype (checked: a ValueError on every rank, where the
+collective would abort the process, hang or mix bytes of different dtypes).
 """
 
 from typing import Any
@@ -27,22 +27,29 @@ def is_distributed() -> bool:
 
 
 _MAX_GATHER_DIMS = 8
+# Every dtype of this torch in a fixed order (every rank runs the same torch): the descriptor sends a
+# dtype as its index here.
+_DTYPES = tuple(sorted({value for value in vars(torch).values() if isinstance(value, torch.dtype)}, key=str))
 
 
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """(n, ...) on each rank -> (world_size * n, ...) in rank order, after checking that every
-    rank holds the same shape (all_gather needs it, and fails without a Python error otherwise)."""
+    rank holds the same shape and dtype (all_gather needs both, and fails without a Python error
+    otherwise)."""
     if tensor.dim() > _MAX_GATHER_DIMS:
         raise ValueError(f"can gather tensors of at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
     padding = [0] * (_MAX_GATHER_DIMS - tensor.dim())
-    shape = torch.tensor([tensor.dim(), *tensor.shape, *padding], dtype=torch.int64, device=tensor.device)
-    shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]
-    dist.all_gather(shapes, shape)
-    if any(not torch.equal(other, shapes[0]) for other in shapes):
-        described = [tuple(other[1:1 + int(other[0])].tolist()) for other in shapes]
+    descriptor = torch.tensor([_DTYPES.index(tensor.dtype), tensor.dim(), *tensor.shape, *padding],
+                              dtype=torch.int64, device=tensor.device)
+    descriptors = [torch.empty_like(descriptor) for _ in range(dist.get_world_size())]
+    dist.all_gather(descriptors, descriptor)
+    if any(not torch.equal(other, descriptors[0]) for other in descriptors):
+        shapes = [tuple(other[2:2 + int(other[1])].tolist()) for other in descriptors]
+        dtypes = [str(_DTYPES[int(other[0])]).replace("torch.", "") for other in descriptors]
         raise ValueError(f"every rank must gather a tensor of the same shape (the same number of rows per "
-                         f"rank), got shapes {described} on ranks 0..{len(shapes) - 1}")
-    parts = [torch.empty_like(tensor) for _ in shapes]
+                         f"rank) and dtype, got shapes {shapes} and dtypes {dtypes} on ranks "
+                         f"0..{len(descriptors) - 1}")
+    parts = [torch.empty_like(tensor) for _ in descriptors]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
 

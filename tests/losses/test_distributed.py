@@ -110,9 +110,18 @@ def worker(rank, store_file):
         try:
             CaptionImageContrastiveLoss(gather_ranks=True)(a[:rows], b[:rows])
         except ValueError as error:
-            assert "got shapes [(3, 6), (4, 6)] on ranks 0..1" in str(error), error
+            assert "got shapes [(3, 6), (4, 6)] and dtypes ['float64', 'float64'] on ranks 0..1" in str(error), error
         else:
             raise AssertionError("unequal shares were not refused")
+        # Labels of another integer dtype on one rank: gloo aborts the process or reads the bytes of one dtype as
+        # the other's.
+        rank_labels = labels[:4].to(torch.int32 if rank == 1 else torch.int64)
+        try:
+            CaptionImageContrastiveLoss(gather_ranks=True)(a[:4], b[:4], rank_labels)
+        except ValueError as error:
+            assert "got shapes [(4,), (4,)] and dtypes ['int64', 'int32'] on ranks 0..1" in str(error), error
+        else:
+            raise AssertionError("labels of different dtypes were not refused")
     finally:
         dist.destroy_process_group()
 
