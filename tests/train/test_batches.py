@@ -134,3 +134,24 @@ def test_an_image_that_fails_in_a_loader_worker_gives_the_error_line_of_no_worke
     assert messages[0] == messages[1]
     assert re.fullmatch(re.escape(f"image file {manifest.parent / first.path} does not exist (fix or remove that ") +
                         r"image's record in manifest .*manifest\.jsonl\)", messages[0])
+
+
+def test_ranks_need_a_divisible_identity_count_only_where_batches_follow_identities(tiny_overrides):
+    """3 identities x 2 images over 2 processes: the shuffled batches of the weakly supervised align stage split
+    into two shares of 3 images that together are the single process's batch; identity-balanced batches cannot
+    split 3 identities in two and are refused naming data.identities_per_batch."""
+    config = weak_config(tiny_overrides, "data.identities_per_batch=3", "data.images_per_identity=2")
+    manifest = resolve_manifest(config.data)
+    whole = plan(stage_batches(config, "align", manifest, COLLATE), 3)
+    shares = [plan(stage_batches(config, "align", manifest, COLLATE, rank=rank, world_size=2), 3)
+              for rank in (0, 1)]
+    assert [[len(part) for part in parts] for parts in zip(*shares)] == [[3, 3]] * 3
+    assert [parts[0] + parts[1] for parts in zip(*shares)] == whole
+    for name in ("fr", "fuse"):
+        with pytest.raises(ValueError, match=re.escape("data.identities_per_batch=3 must be divisible by the "
+                                                       "world size 2")):
+            stage_batches(config, name, manifest, COLLATE, rank=1, world_size=2)
+    odd = weak_config(tiny_overrides, "data.identities_per_batch=3", "data.images_per_identity=3")
+    with pytest.raises(ValueError, match=re.escape("data.identities_per_batch x data.images_per_identity = 3 x 3 "
+                                                   "= 9 must be divisible by the world size 2")):
+        stage_batches(odd, "align", manifest, COLLATE, rank=0, world_size=2)

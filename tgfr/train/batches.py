@@ -66,9 +66,17 @@ class StepBatches:
     def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
                  captions_per_sample: int = 1, rank: int = 0, world_size: int = 1,
                  image_cache: DecodedImageCache | None = None, identity_balanced: bool = True):
-        if config.identities_per_batch % world_size:
+        # Each rank takes an equal share of every batch: of its identities when the batches follow the labels,
+        # of its images when they are a shuffle.
+        batch_size = config.identities_per_batch * config.images_per_identity
+        if identity_balanced and config.identities_per_batch % world_size:
             raise ValueError(f"data.identities_per_batch={config.identities_per_batch} must be divisible by "
-                             f"the world size {world_size}")
+                             f"the world size {world_size} (each process takes an equal share of a batch's "
+                             f"identities)")
+        if not identity_balanced and batch_size % world_size:
+            raise ValueError(f"data.identities_per_batch x data.images_per_identity = {config.identities_per_batch} "
+                             f"x {config.images_per_identity} = {batch_size} must be divisible by the world size "
+                             f"{world_size} (each process takes an equal share of a batch's images)")
         transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation,
                                        config.train_degrade_p)
         # The errors name the data.* key and the manifest to fix, not the dataset's and sampler's arguments.
@@ -93,7 +101,6 @@ class StepBatches:
                                                         config.images_per_identity, seed=seed,
                                                         num_replicas=world_size, rank=rank)
         else:
-            batch_size = config.identities_per_batch * config.images_per_identity
             if len(self.dataset) < batch_size:
                 raise ValueError(f"data.identities_per_batch x data.images_per_identity = "
                                  f"{config.identities_per_batch} x {config.images_per_identity} = {batch_size} "

@@ -11,7 +11,9 @@ the run folder:
                           steps count too), last logged values
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this; the process group uses nccl on GPU and
-gloo on CPU, each rank takes identities_per_batch / world_size identities of every global batch,
+gloo on CPU, each rank takes identities_per_batch / world_size identities of every global batch
+(of the weakly supervised align stage's shuffled batches: identities_per_batch * images_per_identity /
+world_size images),
 the pairwise losses run in their local (gathered) form, and rank 0 writes the files.
 """
 
@@ -193,7 +195,7 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
     and the align stage under identity supervision, take identity-balanced batches; the align stage
     under align.supervision = "weak" takes shuffled batches that no label shaped."""
     index = config.stages.index(name)
-    share = config.data.identities_per_batch // world_size * config.data.images_per_identity
+    share = config.data.identities_per_batch * config.data.images_per_identity // world_size
     if name in ("fr", "align") and share < 2:  # their BatchNorm layers train (the backbone's, the image head's)
         raise ValueError(f"data.identities_per_batch x data.images_per_identity = {config.data.identities_per_batch} "
                          f"x {config.data.images_per_identity} gives {share} image(s) per process (world size "
