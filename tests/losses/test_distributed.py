@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 # Imported before init_process_group, not in the worker: importing torch._dynamo (tgfr.losses does) after
 # it keeps the group alive past destroy_process_group, and a gloo thread that drops the last collective's
 # tensors while the interpreter exits aborts the process (SIGABRT after the worker returned, seen in CI).
-from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, DualGranularityAssociationLoss,
-                         IntraModalContrastiveLoss, WordRegionContrastiveLoss)
+from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CoReFaceLoss, CosFaceHead,
+                         DualGranularityAssociationLoss, IntraModalContrastiveLoss, WordRegionContrastiveLoss)
 
 WORLD = 2
 
@@ -70,6 +70,33 @@ def check_word_region_with_per_rank_caption_lengths(rank, generator):
         raise AssertionError("a length past its rank's T was not refused")
 
 
+def check_margin_head(rank, head_class, focal):
+    """A margin head with gather_ranks: every rank's loss is the single-process loss on the concatenated batch
+    (focal of the whole batch's mean cross-entropy, not of each rank's), and DDP's averaging of the ranks' weight
+    gradients gives the single-process weight gradient. Rank 1's rows lie farther from their class centres, so
+    the ranks' own mean cross-entropies differ (focal of each would be another loss)."""
+    n, classes = 6, 5
+    torch.manual_seed(3)
+    single = head_class(8, classes, scale=16.0, margin=0.3, focal=focal).double()
+    local = head_class(8, classes, scale=16.0, margin=0.3, focal=focal, gather_ranks=True).double()
+    local.load_state_dict(single.state_dict())
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.arange(2 * n) % classes
+    spread = torch.tensor([0.2] * n + [1.5] * n, dtype=torch.float64)[:, None]
+    embeddings = 20 * single.weight.detach()[labels] + spread * torch.randn(2 * n, 8, generator=generator,
+                                                                              dtype=torch.float64)
+    rows = slice(rank * n, (rank + 1) * n)
+    full, part = embeddings.clone().requires_grad_(), embeddings[rows].clone().requires_grad_()
+    expected, got = single(full, labels), local(part, labels[rows])
+    expected_grads = torch.autograd.grad(expected, [full, single.weight])
+    got_grads = torch.autograd.grad(got, [part, local.weight])
+    torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-9, atol=1e-9)
+    weight_grad = got_grads[1].clone()
+    dist.all_reduce(weight_grad)
+    torch.testing.assert_close(weight_grad / WORLD, expected_grads[1], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_grads[0] / WORLD, expected_grads[0][rows], rtol=1e-9, atol=1e-9)
+
+
 class AssociationLoss(torch.nn.Module):
     """DualGranularityAssociationLoss without its stats, its memory drawn from one seed: the same in
     the single-process and the local form, as the training loop makes it on every rank."""
@@ -105,6 +132,9 @@ def worker(rank, store_file):
         check_local_form(rank, lambda **kw: WordRegionContrastiveLoss(**kw), [words, lengths, regions, labels[:8]],
                          [0, 2])
         check_word_region_with_per_rank_caption_lengths(rank, generator)
+        for head_class in (ArcFaceHead, CosFaceHead):
+            for focal in (False, True):
+                check_margin_head(rank, head_class, focal)
         # Unequal shares: all_gather itself would abort the process (gloo) or hang (nccl).
         rows = 3 + rank
         try:

@@ -390,6 +390,8 @@ LOSS_FLAGS = {
     "association gather_ranks": (lambda flag: DualGranularityAssociationLoss(8, 4, gather_ranks=flag), "gather_ranks"),
     "ArcFace focal": (lambda flag: ArcFaceHead(8, 4, focal=flag), "focal"),
     "CosFace focal": (lambda flag: CosFaceHead(8, 4, focal=flag), "focal"),
+    "ArcFace gather_ranks": (lambda flag: ArcFaceHead(8, 4, gather_ranks=flag), "gather_ranks"),
+    "CosFace gather_ranks": (lambda flag: CosFaceHead(8, 4, gather_ranks=flag), "gather_ranks"),
 }
 
 

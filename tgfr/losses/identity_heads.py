@@ -9,6 +9,12 @@ arcface_torch does. The cosines, margins and scale are computed in float32 (floa
 input) even under autocast: a bf16 cosine is off by up to 2^-9, 0.125 at scale 64; a scale above
 that dtype's maximum is a ValueError at the call (every logit would be inf). focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
 (TGFR's FocalLoss with gamma 2).
+
+gather_ranks=True, in a process group: ce is the mean over the rows of all ranks (every rank must
+hold as many rows), gathered with gradient (tgfr.distributed), so that focal sees the global
+batch's cross-entropy; each rank's loss is then the single-process loss on the concatenated
+batch, and DDP's averaging of parameter gradients gives its gradient. Focal is not linear in ce:
+applied to each rank's own mean, the ranks would optimize the mean of focal(ce_rank) instead.
 """
 
 import math
@@ -17,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tgfr.distributed import gather_with_grad, is_distributed
 from tgfr.ops.autocast import without_autocast
 from tgfr.validation import (check_finite_number, check_flag, check_nonempty, check_positive, check_same_device,
                              check_size, check_tensor, value_range, values_readable)
@@ -31,7 +38,8 @@ def focal(cross_entropy: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
 
 
 class _MarginSoftmaxHead(nn.Module):
-    def __init__(self, embedding_size: int, num_classes: int, scale: float, margin: float, focal: bool) -> None:
+    def __init__(self, embedding_size: int, num_classes: int, scale: float, margin: float, focal: bool,
+                 gather_ranks: bool) -> None:
         super().__init__()
         if embedding_size < 1 or num_classes < 1:
             raise ValueError(f"embedding_size and num_classes must be positive, got {embedding_size}, {num_classes}")
@@ -40,6 +48,7 @@ class _MarginSoftmaxHead(nn.Module):
         if not 0.0 <= self.margin < MAX_MARGIN:
             raise ValueError(f"margin must lie in [0, {MAX_MARGIN}), got {margin}")
         self.focal = check_flag("focal", focal)
+        self.gather_ranks = check_flag("gather_ranks", gather_ranks)
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_size)))
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
@@ -81,17 +90,27 @@ class _MarginSoftmaxHead(nn.Module):
         return self.scale * cosine
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embeddings (N, E), labels (N,) class indices -> scalar loss (focal if asked)."""
-        cross_entropy = F.cross_entropy(self.logits(embeddings, labels), labels.long())
+        """embeddings (N, E), labels (N,) class indices -> scalar loss (focal if asked); with
+        gather_ranks in a process group, the loss of the ranks' rows together (N on every rank)."""
+        logits = self.logits(embeddings, labels)
+        if self.gather_ranks and is_distributed():
+            rows, _ = gather_with_grad(F.cross_entropy(logits, labels.long(), reduction="none"))
+            cross_entropy = rows.mean()
+        else:
+            cross_entropy = F.cross_entropy(logits, labels.long())
         return focal(cross_entropy) if self.focal else cross_entropy
 
 
 class ArcFaceHead(_MarginSoftmaxHead):
-    """ArcFace: additive angular margin, cos(theta + margin) on the target (s 64, m 0.5)."""
+    """ArcFace: additive angular margin, cos(theta + margin) on the target (s 64, m 0.5).
+
+    focal: the focal form of the batch-mean cross-entropy. gather_ranks: in a process group, the loss
+    of the ranks' rows together, focal included (module docstring).
+    """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.5,
-                 focal: bool = False) -> None:
-        super().__init__(embedding_size, num_classes, scale, margin, focal)
+                 focal: bool = False, gather_ranks: bool = False) -> None:
+        super().__init__(embedding_size, num_classes, scale, margin, focal, gather_ranks)
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
         # cos(theta + m) expanded, so the gradient stays finite where arccos' would not.
@@ -102,11 +121,15 @@ class ArcFaceHead(_MarginSoftmaxHead):
 
 
 class CosFaceHead(_MarginSoftmaxHead):
-    """CosFace: additive cosine margin, cos(theta) - margin on the target (s 64, m 0.4)."""
+    """CosFace: additive cosine margin, cos(theta) - margin on the target (s 64, m 0.4).
+
+    focal: the focal form of the batch-mean cross-entropy. gather_ranks: in a process group, the loss
+    of the ranks' rows together, focal included (module docstring).
+    """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.4,
-                 focal: bool = False) -> None:
-        super().__init__(embedding_size, num_classes, scale, margin, focal)
+                 focal: bool = False, gather_ranks: bool = False) -> None:
+        super().__init__(embedding_size, num_classes, scale, margin, focal, gather_ranks)
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
         return cosine - self.margin

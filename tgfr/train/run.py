@@ -184,7 +184,7 @@ def _build_stage(name: str, config: TrainConfig, model: TGFRModel, num_classes: 
         return FRStage(model, config.fr, num_classes, device, distributed)
     if name == "align":
         return AlignStage(model, config.align, num_classes, captions, device, distributed)
-    return FuseStage(model, config.fuse, num_classes, captions, device)
+    return FuseStage(model, config.fuse, num_classes, captions, device, distributed)
 
 
 def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: CaptionCollator, rank: int = 0,

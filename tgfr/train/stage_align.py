@@ -55,9 +55,9 @@ class AlignStage(Stage):
             gather_ranks=distributed)
         if config.supervision == "identity":
             self.losses["sentence_identity"] = ArcFaceHead(dim, num_classes, config.identity_scale,
-                                                           config.identity_margin)
+                                                           config.identity_margin, gather_ranks=distributed)
             self.losses["image_identity"] = ArcFaceHead(dim, num_classes, config.identity_scale,
-                                                        config.identity_margin)
+                                                        config.identity_margin, gather_ranks=distributed)
         else:
             self.losses["association"] = DualGranularityAssociationLoss(dim, config.num_prototypes,
                                                                         gather_ranks=distributed)

@@ -24,7 +24,7 @@ class FRStage(Stage):
             raise ValueError("the fr stage needs a trainable backbone (model built with freeze_backbone=False)")
         self.config = config
         self.losses["arcface"] = ArcFaceHead(model.backbone.config.num_features, num_classes,
-                                             config.arcface_scale, config.arcface_margin)
+                                             config.arcface_scale, config.arcface_margin, gather_ranks=distributed)
         self.losses["coreface"] = CoReFaceLoss(config.coreface_scale, gather_ranks=distributed)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

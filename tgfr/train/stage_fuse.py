@@ -16,11 +16,12 @@ class FuseStage(Stage):
     trained = ("fusion",)
 
     def __init__(self, model: TGFRModel, config: FuseStageConfig, num_classes: int, captions: CaptionFeatures,
-                 device: torch.device):
+                 device: torch.device, distributed: bool = False):
         super().__init__(model, device)
         self.captions = captions
         self.losses["arcface"] = ArcFaceHead(model.fused_dim, num_classes, config.arcface_scale,
-                                             config.arcface_margin, focal=config.focal)
+                                             config.arcface_margin, focal=config.focal,
+                                             gather_ranks=distributed)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, labels = self.images_and_labels(batch)
