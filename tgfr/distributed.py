@@ -11,8 +11,8 @@ BatchNorm in training mode computes them: BatchNorm normalizes each rank's rows 
 batch statistics (there is no SyncBatchNorm; in tgfr: the backbone in the fr stage, the image
 head's region-map BatchNorm in the align stage), so there the losses and gradients differ from a
 single process's on the whole batch.
-Every rank must hold a tensor of the same shape and dtype (checked: a ValueError on every rank, where the
-collective would abort the process, hang or mix bytes of different dtypes).
+Every rank must hold a tensor of the same shape and dtype (checked: a CollectiveCheckError, a ValueError,
+on every rank, where the collective would abort the process, hang or mix bytes of different dtypes).
 """
 
 from typing import Any
@@ -24,6 +24,11 @@ import torch.distributed as dist
 def is_distributed() -> bool:
     """True inside an initialized process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class CollectiveCheckError(ValueError):
+    """A check of every rank's values that failed: every rank raises it together, with the same message
+    (where raising on one rank alone would leave the others waiting in a collective)."""
 
 
 _MAX_GATHER_DIMS = 8
@@ -46,9 +51,9 @@ def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
     if any(not torch.equal(other, descriptors[0]) for other in descriptors):
         shapes = [tuple(other[2:2 + int(other[1])].tolist()) for other in descriptors]
         dtypes = [str(_DTYPES[int(other[0])]).replace("torch.", "") for other in descriptors]
-        raise ValueError(f"every rank must gather a tensor of the same shape (the same number of rows per "
-                         f"rank) and dtype, got shapes {shapes} and dtypes {dtypes} on ranks "
-                         f"0..{len(descriptors) - 1}")
+        raise CollectiveCheckError(f"every rank must gather a tensor of the same shape (the same number of rows "
+                                   f"per rank) and dtype, got shapes {shapes} and dtypes {dtypes} on ranks "
+                                   f"0..{len(descriptors) - 1}")
     parts = [torch.empty_like(tensor) for _ in descriptors]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)

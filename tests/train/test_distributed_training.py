@@ -4,6 +4,8 @@ the weakly supervised association memory stays one memory across ranks."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,31 @@ def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_l
         assert record["rank_term"] == 5.0  # (0 + 10) / 2
         # loss = <w, 1> + rank term on each rank; SGD keeps w equal on both ranks
         assert abs(record["loss"] - record["rank_term"]) < 1.0
+
+
+def test_an_image_only_rank_1_reads_is_named_by_rank_1(tmp_path, tiny_overrides):
+    """ddp_corrupt_image_worker.py under torchrun: rank 1 meets an image that is no longer one in its share of a
+    batch, which rank 0 never reads; the run fails, and stderr holds rank 1's error line naming the file (rank 0
+    meets only a broken connection, which does not say why)."""
+    from tgfr.train.batches import resolve_manifest
+    from tgfr.train.config import load_config
+
+    data = tmp_path / "data"  # a copy: the worker overwrites some of its images
+    shutil.copytree(resolve_manifest(load_config("quick", tiny_overrides).data).parent, data)
+    settings = tiny_overrides + ['stages=["fr"]', "fr.steps=3", f'data.manifest="{data / "manifest.jsonl"}"']
+    arguments = ["--preset", "quick", "--image-cache-mib", "0", *[arg for o in settings for arg in ("--set", o)]]
+    worker = Path(__file__).with_name("ddp_corrupt_image_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               str(tmp_path / "run"), json.dumps(arguments)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode != 0
+    corrupted = sorted(path for path in data.rglob("*.png") if path.read_bytes() == b"not an image")
+    assert corrupted
+    # Rank 0's progress bar shares the terminal's line (it ends in a carriage return, not a newline).
+    lines = re.findall(r"tgfr train: error \(rank 1\): [^\r\n]*", result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert any(f"image file {path} is corrupt or not an image" in lines[0] for path in corrupted), lines[0]
 
 
 def test_tgfr_train_destroys_the_process_group_of_its_run(tmp_path, monkeypatch):

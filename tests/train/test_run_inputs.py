@@ -7,20 +7,26 @@ split, a missing training image."""
 import dataclasses
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import safetensors.torch
 import torch
+from torch import nn
 
 from tgfr.cli import main
 from tgfr.data import CaptionCollator
 from tgfr.data.manifest import read_manifest, write_manifest
+from tgfr.distributed import CollectiveCheckError
 from tgfr.models import IResNet, IResNetConfig, TextEncoder
 from tgfr.train.checkpoint import rng_state, save_checkpoint
-from tgfr.train.config import load_config
+from tgfr.train.config import OptimConfig, load_config
+from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.run import CHECKPOINT, build_model, stage_batches, train
+from tgfr.train.stage import Stage
 from tgfr.train.stage_fr import FRStage
+from tgfr.train.training_log import TrainingLog
 
 
 def test_a_fresh_run_refuses_a_used_folder(tmp_path, tiny_overrides):
@@ -304,6 +310,46 @@ def test_under_torchrun_rank_0_alone_prints_the_error(monkeypatch, rank, expecte
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--preset", "quick", "--set", "fr.steps=0"])
     assert exit_.value.code == expected if rank == "1" else str(exit_.value.code).startswith(expected)
+
+
+class FailingStage(Stage):
+    """A stage whose every training step raises `error`."""
+
+    name = "failing"
+
+    def __init__(self, error: Exception):
+        nn.Module.__init__(self)
+        self.losses = nn.ModuleDict()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.error = error
+
+    def train(self, mode: bool = True) -> "FailingStage":
+        return nn.Module.train(self, mode)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise self.error
+
+
+@pytest.mark.parametrize("error, expected", [
+    (ValueError("image file x.png is corrupt or not an image"),
+     "tgfr train: error (rank 1): image file x.png is corrupt or not an image"),
+    (FloatingPointError("stage failing: loss is not finite on rank 1 at step 1"), 1),
+    (CollectiveCheckError("every rank must gather a tensor of the same shape"), 1)])
+def test_under_torchrun_another_rank_prints_an_error_met_in_a_training_step_unless_every_rank_meets_it(
+        monkeypatch, tmp_path, error, expected):
+    """An error of a training step may be this rank's alone (an image of its share): rank 1 says it. A
+    non-finite loss and a failed check of every rank's tensors are raised by every rank together, with the
+    same message: rank 0 says them once."""
+    def training_step_fails(*args, **kwargs):
+        batches = SimpleNamespace(from_step=lambda step: iter(lambda: {}, None))
+        run_stage(FailingStage(error), batches, OptimConfig(), 1, LoopSettings(torch.device("cpu")),
+                  TrainingLog(None), lambda *args: None)
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr("tgfr.train.run.train", training_step_fails)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run")])
+    assert exit_.value.code == expected
 
 
 def test_a_file_in_place_of_the_synthetic_cache_folder_is_one_error_line(tmp_path, tiny_overrides):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgfr.distributed import gather, gather_with_grad, is_distributed
+from tgfr.distributed import CollectiveCheckError, gather, gather_with_grad, is_distributed
 from tgfr.ops.word_region import GAMMA_MAX, word_region_scores
 from tgfr.validation import (check_choice, check_flag, check_positive, check_same_device, check_size,
                              check_tensor, check_word_lengths)
@@ -98,7 +98,7 @@ class WordRegionContrastiveLoss(nn.Module):
             try:
                 check_word_lengths(rank_lengths, words.shape[0], num_words)
             except ValueError as error:
-                raise ValueError(f"on rank {rank}: {error}") from None
+                raise CollectiveCheckError(f"on rank {rank}: {error}") from None
         all_words, offset = gather_with_grad(F.pad(words, (0, 0, 0, max(words_per_rank) - words.shape[1])))
         all_regions, _ = gather_with_grad(regions)
         all_labels = None if labels is None else gather(labels)

@@ -3,6 +3,7 @@
 import argparse
 import os
 import tomllib
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,6 +82,20 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _met_by_every_rank(error: Exception) -> bool:
+    """Whether under torchrun every rank meets `error` together, with the same message, so that rank 0's
+    line reports it for the job: an error raised before a stage's training loop (every rank checks the same
+    settings, folders and files), a non-finite loss (the ranks compare theirs) or a failed check of every
+    rank's tensors. Anything else raised in the training loop (an image only this rank's share reads) may
+    be this rank's alone."""
+    from tgfr.distributed import CollectiveCheckError
+    from tgfr.train.loop import run_stage
+
+    if isinstance(error, (FloatingPointError, CollectiveCheckError)):
+        return True
+    return all(frame.f_code is not run_stage.__code__ for frame, _ in traceback.walk_tb(error.__traceback__))
+
+
 def main(args: argparse.Namespace) -> int:
     from tgfr.train.run import train  # torch and the models: loaded once a command runs, not for --help
 
@@ -94,11 +109,15 @@ def main(args: argparse.Namespace) -> int:
         out = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
                     image_cache_bytes=args.image_cache_mib << 20)
     except (ValueError, FloatingPointError) as error:  # bad settings, folders or files, or a loss that is not
-        # finite (the message names the stage, step and rank): a traceback adds nothing. Under torchrun every
-        # rank meets the error; rank 0 says it once.
-        if int(os.environ.get("RANK", "0")) != 0:
+        # finite (the message names the stage, step and rank): a traceback adds nothing.
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 0:
+            raise SystemExit(f"tgfr train: error: {error}") from None
+        if _met_by_every_rank(error):  # rank 0 says it once
             raise SystemExit(1) from None
-        raise SystemExit(f"tgfr train: error: {error}") from None
+        # Said before this process exits: the other ranks then fail in their next collective with a backend
+        # error that does not say why.
+        raise SystemExit(f"tgfr train: error (rank {rank}): {error}") from None
     _destroy_process_group()
     finished = (out / "model").is_dir()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per process
