@@ -12,10 +12,13 @@
 namespace tgfr::cpu {
 
 // exp with ~2 ulp error on float (Cephes' expf polynomial); std::exp does not vectorize without
-// -ffast-math, which would also break NaN propagation. NaN in gives NaN out; inputs are clamped
-// to the range where 2^n is a normal float, so exp(-100) returns ~1e-38 rather than 0, which
-// no softmax here can tell apart from 0.
+// -ffast-math, which would also break NaN propagation. NaN in gives NaN out. Below -87.3, where
+// 2^n would leave the normal floats, the result is exactly 0 (subnormals flushed): a floor of
+// ~1e-38 there instead sat in every softmax tail, and the backward multiplies those tails by
+// gamma1 or the contrastive scale (up to float32's maximum), which turned it into errors of
+// order 1. The select compiles to a blend, so the loops stay vectorized.
 inline float vectorizable_exp(float x) {
+  const bool underflows = x < -87.3f;  // false for NaN, which must reach the result
   x = std::max(x, -87.3f);  // x first: std::max/min return their first argument for NaN
   x = std::min(x, 88.3f);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -30,7 +33,7 @@ inline float vectorizable_exp(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  return underflows ? 0.0f : y * scale;
 }
 
 // float64 accumulation (used for gradcheck) keeps the exact libm exp.

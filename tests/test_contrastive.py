@@ -336,6 +336,30 @@ def test_saturated_targets_get_the_reference_zero_gradient():
         torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-30)
 
 
+@pytest.mark.parametrize("scale", [1e37, 1e38])
+def test_huge_scale_gradients_match_a_float64_formula(scale):
+    # 0/1 embeddings make every similarity an exact small integer, so at these scales each softmax
+    # is exactly one-hot or, where row 0 and column 1 hold a tie, exactly 1/2 in float32 too. The
+    # CPU exp floored the zero entries at ~1.2e-38, and the backward's multiplication by scale made
+    # that floor a gradient of about 0.1 (1e37) or 1 (1e38) in every row whose exact gradient is 0.
+    # rtol 1e-5 elementwise with atol 0: an exact 0 must come out as 0.
+    n = 6
+    x = torch.eye(n)
+    x[0, 1] = 1.0  # row 0 matches columns 0 and 1 equally, and column 1 matches rows 0 and 1
+    y = torch.eye(n)
+    fused_inputs = [x.clone().requires_grad_(), y.clone().requires_grad_()]
+    exact_inputs = [x.double().requires_grad_(), y.double().requires_grad_()]
+    rows, columns = contrastive_cross_entropy(*fused_inputs, scale, normalize=False, backend="cpu")
+    logits = scale * exact_inputs[0] @ exact_inputs[1].T
+    exact_rows = logits.logsumexp(dim=1) - logits.diagonal()
+    exact_columns = logits.logsumexp(dim=0) - logits.diagonal()
+    fused_grads = torch.autograd.grad(rows.sum() + columns.sum(), fused_inputs)
+    exact_grads = torch.autograd.grad(exact_rows.sum() + exact_columns.sum(), exact_inputs)
+    assert exact_grads[0].abs().max() > 0 and (exact_grads[0] == 0).any()
+    for got, wanted in zip(fused_grads, exact_grads):
+        torch.testing.assert_close(got.double(), wanted, rtol=1e-5, atol=0)
+
+
 def test_float32_gradients_are_as_accurate_as_the_reference_at_4100_rows():
     # Each column's sum of exps used to be one chain of N additions, so the column direction lost
     # accuracy like sqrt(N): about 6x the fp32 reference's gradient error at N = 4100.

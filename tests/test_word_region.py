@@ -90,6 +90,40 @@ def test_gamma_range(gamma1, gamma2):
         assert_close_relative(actual, wanted, 1e-4 if what == "scores" else 1e-3, what)
 
 
+def float64_scores(words, lengths, regions, gamma1, gamma2, word_softmax):
+    """SPEC section 2 written out pair by pair in float64: (N, T, D), (N,), (M, R, D) -> (N, M)."""
+    rows = []
+    for caption, length in zip(words.double(), lengths.tolist()):
+        w = caption[:length]  # (L, D)
+        a = torch.einsum("ld,mrd->mlr", w, regions.double())  # (M, L, R)
+        if word_softmax:
+            a = a.softmax(dim=1)
+        alpha = (gamma1 * a).softmax(dim=2)
+        context = torch.einsum("mlr,mrd->mld", alpha, regions.double())  # (M, L, D)
+        cos = (context * w).sum(-1) / (context.norm(dim=-1) * w.norm(dim=-1)).clamp_min(1e-8)
+        rows.append((gamma2 * cos).logsumexp(dim=1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("word_softmax", [True, False])
+@pytest.mark.parametrize("gamma1", [1e37, 1e38])
+def test_huge_gamma1_gradients_match_a_float64_formula(gamma1, word_softmax):
+    # At such gamma1 every softmax over regions is one-hot and the attention passes no gradient;
+    # the backward's gamma1 * alpha * (...) needs the tails of alpha to be exactly 0. The CPU exp
+    # floored them at ~1.2e-38, which gamma1 turned into gradient errors of 14% (1e37) and 140%
+    # (1e38). rtol 1e-4 of the largest gradient entry; the float32 reference is within 2e-7.
+    words, lengths, regions = make_inputs(num_captions=4, num_images=3, num_words=5, num_regions=7, dim=17)
+    fused_inputs = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
+    exact_inputs = [words.double().requires_grad_(), regions.double().requires_grad_()]
+    fused = tgfr.ops.word_region_scores(fused_inputs[0], lengths, fused_inputs[1], gamma1, 5.0,
+                                        word_softmax=word_softmax, backend="cpu")
+    exact = float64_scores(exact_inputs[0], lengths, exact_inputs[1], gamma1, 5.0, word_softmax)
+    assert_close_relative(fused, exact, 1e-5, "scores")
+    for actual, wanted, what in zip(torch.autograd.grad(fused.sum(), fused_inputs),
+                                    torch.autograd.grad(exact.sum(), exact_inputs), ("d(words)", "d(regions)")):
+        assert_close_relative(actual, wanted, 1e-4, what)
+
+
 @pytest.mark.parametrize("word_softmax", [True, False])
 def test_large_magnitude_inputs_are_stable(word_softmax):
     # Products of ~1e4: any softmax without max-subtraction overflows to inf/NaN here.
