@@ -24,6 +24,18 @@ kernels::ScalarType scalar_type(const at::Tensor& tensor) {
   }
 }
 
+// The dispatcher sends a call here when any argument is on CUDA, but the guard and the kernels
+// take words' device for all: anything elsewhere (a CPU tensor, another GPU) would be read
+// through a pointer the kernels cannot dereference. Checked before the guard, which cannot take
+// a CPU device.
+void check_devices(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions) {
+  TORCH_CHECK_VALUE(words.is_cuda(), "words must be a CUDA tensor, got one on ", words.device());
+  TORCH_CHECK_VALUE(lengths.device() == words.device(), "lengths must be on the device of words (", words.device(),
+                    "), got ", lengths.device());
+  TORCH_CHECK_VALUE(regions.device() == words.device(), "regions must be on the device of words (", words.device(),
+                    "), got ", regions.device());
+}
+
 // Contiguous copies of the inputs (the kernels need a contiguous feature dimension) and the problem.
 struct Problem {
   at::Tensor words, lengths, regions;
@@ -32,8 +44,6 @@ struct Problem {
 
 Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                      double gamma1, double gamma2, bool word_softmax) {
-  TORCH_CHECK_VALUE(words.is_cuda() && lengths.is_cuda() && regions.is_cuda(),
-                    "words, lengths and regions must all be CUDA tensors");
   TORCH_CHECK_VALUE(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1,
                     "expected words (N, T, D), lengths (N,), regions (M, R, D)");
   TORCH_CHECK_VALUE(regions.size(2) == words.size(2), "regions must have the feature size D=", words.size(2),
@@ -90,6 +100,7 @@ void check_images(const at::Tensor& regions) {
 
 at::Tensor scores_cuda(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                        double gamma1, double gamma2, bool word_softmax) {
+  check_devices(words, lengths, regions);
   const c10::cuda::CUDAGuard guard(words.device());
   const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
   check_images(regions);
@@ -103,6 +114,10 @@ at::Tensor scores_cuda(const at::Tensor& words, const at::Tensor& lengths, const
 std::tuple<at::Tensor, at::Tensor> scores_backward_cuda(const at::Tensor& grad_scores, const at::Tensor& words,
                                                         const at::Tensor& lengths, const at::Tensor& regions,
                                                         double gamma1, double gamma2, bool word_softmax) {
+  check_devices(words, lengths, regions);
+  TORCH_CHECK_VALUE(grad_scores.device() == words.device(),
+                    "grad_scores must be a CUDA tensor on the device of words (", words.device(), "), got one on ",
+                    grad_scores.device());
   const c10::cuda::CUDAGuard guard(words.device());
   const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
   check_images(regions);
@@ -120,6 +135,7 @@ std::tuple<at::Tensor, at::Tensor> scores_backward_cuda(const at::Tensor& grad_s
 
 at::Tensor attention_cuda(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                           double gamma1, bool word_softmax) {
+  check_devices(words, lengths, regions);
   const c10::cuda::CUDAGuard guard(words.device());
   TORCH_CHECK(regions.size(0) == words.size(0), "regions must have one image per caption");
   const Problem problem = make_problem(words, lengths, regions, gamma1, 1.0, word_softmax);
