@@ -86,6 +86,16 @@ def check_finite_number(name: str, value: object, maximum: float = sys.float_inf
     return number
 
 
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """Checks a size setting (a number of classes, an embedding size): an integer (a Python or numpy one; a bool
+    or a float such as 8.0 is a mistake, not a size) of at least `minimum`; returns it as an int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
 def check_flag(name: str, value: object) -> bool:
     """Checks a boolean option (a string such as "False" would otherwise count as true)."""
     if not isinstance(value, (bool, np.bool_)):

@@ -438,3 +438,30 @@ def test_loss_numbers_name_a_wrong_type_or_a_non_finite_value(case):
     for number in (np.float32(0.5), np.float64(0.5)):
         stored = getattr(make(number), name)
         assert type(stored) is float and stored == 0.5
+
+
+LOSS_SIZES = {
+    "ArcFace embedding_size": (lambda value: ArcFaceHead(value, 4), "embedding_size"),
+    "ArcFace num_classes": (lambda value: ArcFaceHead(8, value), "num_classes"),
+    "CosFace embedding_size": (lambda value: CosFaceHead(value, 4), "embedding_size"),
+    "CosFace num_classes": (lambda value: CosFaceHead(8, value), "num_classes"),
+    "association embedding_size": (lambda value: DualGranularityAssociationLoss(value, 4), "embedding_size"),
+    "association num_prototypes": (lambda value: DualGranularityAssociationLoss(8, value), "num_prototypes"),
+}
+
+
+@pytest.mark.parametrize("case", LOSS_SIZES)
+def test_loss_sizes_name_a_wrong_type_or_a_size_below_one(case):
+    """A float size failed inside torch.normal or randn, a string or None in a comparison, naming no argument;
+    True was taken as a size of 1."""
+    make, name = LOSS_SIZES[case]
+    for value in (8.0, "8", None, True):
+        with pytest.raises(TypeError, match=f"^{name} must be an integer, got {type(value).__name__} "):
+            make(value)
+    for value in (0, -3):
+        with pytest.raises(ValueError, match=f"^{name} must be an integer >= 1, got {value}$"):
+            make(value)
+    # A numpy integer (a size read from an array) is a size; the parameter or buffer takes it in that dimension.
+    module = make(np.int64(5))
+    shape = (module.prototypes if isinstance(module, DualGranularityAssociationLoss) else module.weight).shape
+    assert shape[1 if name == "embedding_size" else 0] == 5

@@ -40,7 +40,7 @@ from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
 from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
-from tgfr.validation import check_finite_number, check_flag, check_positive, check_size, values_readable
+from tgfr.validation import check_count, check_finite_number, check_flag, check_positive, check_size, values_readable
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -67,8 +67,8 @@ class DualGranularityAssociationLoss(nn.Module):
                  min_confidence: float = 0.5, prototype_momentum: float = 0.9, local_weight: float = 1.0,
                  global_weight: float = 1.0, gather_ranks: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        if embedding_size < 1 or num_prototypes < 1:
-            raise ValueError(f"embedding_size and num_prototypes must be positive, got {embedding_size}, {num_prototypes}")
+        embedding_size = check_count("embedding_size", embedding_size)
+        num_prototypes = check_count("num_prototypes", num_prototypes)
         self.scale, self.temperature = check_positive("scale", scale), check_positive("temperature", temperature)
         self.min_confidence = check_finite_number("min_confidence", min_confidence)
         self.prototype_momentum = check_finite_number("prototype_momentum", prototype_momentum)

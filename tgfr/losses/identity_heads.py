@@ -25,8 +25,8 @@ from torch import nn
 
 from tgfr.distributed import gather_with_grad, is_distributed
 from tgfr.ops.autocast import without_autocast
-from tgfr.validation import (check_finite_number, check_flag, check_nonempty, check_positive, check_same_device,
-                             check_size, check_tensor, value_range, values_readable)
+from tgfr.validation import (check_count, check_finite_number, check_flag, check_nonempty, check_positive,
+                             check_same_device, check_size, check_tensor, value_range, values_readable)
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks its margins against it too)
@@ -41,8 +41,8 @@ class _MarginSoftmaxHead(nn.Module):
     def __init__(self, embedding_size: int, num_classes: int, scale: float, margin: float, focal: bool,
                  gather_ranks: bool) -> None:
         super().__init__()
-        if embedding_size < 1 or num_classes < 1:
-            raise ValueError(f"embedding_size and num_classes must be positive, got {embedding_size}, {num_classes}")
+        embedding_size = check_count("embedding_size", embedding_size)
+        num_classes = check_count("num_classes", num_classes)
         self.scale = check_positive("scale", scale)
         self.margin = check_finite_number("margin", margin)
         if not 0.0 <= self.margin < MAX_MARGIN:
