@@ -1,5 +1,6 @@
 """WRCL, CICL, intra-modal and CoReFace losses against the published formulas, written here."""
 
+import copy
 import math
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 import torch._dynamo.testing
 import torch.nn.functional as F
 
-from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, IntraModalContrastiveLoss,
-                         WordRegionContrastiveLoss)
+from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, DualGranularityAssociationLoss,
+                         IntraModalContrastiveLoss, WordRegionContrastiveLoss)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -283,6 +284,35 @@ def test_pair_losses_name_their_own_arguments(loss_class, x_name, y_name):
         loss_class()(x, x.double())
     with pytest.raises(ValueError, match=rf"labels must have size 4 \(one label per row of {x_name}\)"):
         loss_class()(x, x, labels[:3])
+
+
+# loss, the names of its inputs (labels last where it takes them)
+PAIR_LOSSES = {
+    "CICL": (CaptionImageContrastiveLoss, ("sentence", "image", "labels")),
+    "intra-modal": (IntraModalContrastiveLoss, ("view1", "view2", "labels")),
+    "CoReFace": (CoReFaceLoss, ("view1", "view2", "labels")),
+    "association": (lambda: DualGranularityAssociationLoss(8, 3), ("image", "caption")),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case, moved", [(case, moved) for case, (_, names) in PAIR_LOSSES.items()
+                                         for moved in names])
+def test_pair_losses_name_their_own_arguments_on_another_device(case, moved, training):
+    """A device mismatch was reported with the fused op's names (x, y, row_labels, column_labels), and CoReFace's
+    margin update in training mode raised a bare RuntimeError before any check. Now it is a ValueError with the
+    loss's own names, raised before any state moves."""
+    make, names = PAIR_LOSSES[case]
+    loss = make().train(training)
+    state = copy.deepcopy(dict(loss.named_buffers()))
+    inputs = {"labels": torch.tensor([0, 1, 0, 2])} if "labels" in names else {}
+    inputs.update({name: torch.randn(4, 8) for name in names[:2]})
+    inputs[moved] = inputs[moved].to("meta")
+    listing = ", ".join(f"{name} on {inputs[name].device}" for name in names)
+    with pytest.raises(ValueError, match=f"^all inputs must be on one device, got {listing}$"):
+        loss(*(inputs[name] for name in names))
+    for name, value in loss.named_buffers():
+        assert torch.equal(value, state[name]), name
 
 
 @pytest.mark.parametrize("compiler_backend", ["aot_eager", "inductor"])

@@ -5,12 +5,13 @@ import torch
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed
 from tgfr.ops.contrastive import FLOAT_DTYPES, LABEL_DTYPES, contrastive_loss
-from tgfr.validation import check_nonempty, check_size, check_tensor
+from tgfr.validation import check_nonempty, check_same_device, check_size, check_tensor
 
 
 def check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, names: tuple[str, str]) -> None:
-    """Bad input named as the calling loss names it: the fused op only knows x and y, and would
-    report a batch mismatch as an out-of-range target offset."""
+    """Bad input named as the calling loss names it: the fused op only knows x and y (and row_labels,
+    column_labels), and would report a batch mismatch as an out-of-range target offset. Callers check
+    before any state update (CoReFace's margin), which would meet a device mismatch first."""
     x_name, y_name = names
     check_tensor(x_name, x, ndim=2, dtypes=FLOAT_DTYPES)
     check_tensor(y_name, y, ndim=2, dtypes=FLOAT_DTYPES)
@@ -23,6 +24,7 @@ def check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, n
     if labels is not None:
         check_tensor("labels", labels, ndim=1, dtypes=LABEL_DTYPES)
         check_size("labels", labels, 0, x.shape[0], f"one label per row of {x_name}")
+    check_same_device(**{x_name: x, y_name: y}, **({} if labels is None else {"labels": labels}))
 
 
 def symmetric_contrastive_loss(
