@@ -6,9 +6,12 @@ rows (DDP's averaging of parameter gradients divides that factor out). Buffers (
 margin, the association memory) end equal to the single process's on every rank.
 """
 
+import datetime
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 # Imported before init_process_group, not in the worker: importing torch._dynamo (tgfr.losses does) after
 # it keeps the group alive past destroy_process_group, and a gloo thread that drops the last collective's
@@ -158,3 +161,47 @@ def worker(rank, store_file):
 
 def test_local_form_on_two_gloo_processes_equals_single_process(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)
+
+
+def spec_batch_margin(view1, view2, labels):
+    """SPEC section 3's batch margin in float64: mean_i(C_ii - max_{j != i} C_ij), C the clamped cosines with the
+    off-diagonal entries of one identity set to 0."""
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    cosine = (F.normalize(view1.double(), dim=1) @ F.normalize(view2.double(), dim=1).T).clamp(-1, 1)
+    cosine = cosine.masked_fill((labels[:, None] == labels[None, :]) & ~eye, 0.0)
+    return (cosine.diagonal() - cosine.masked_fill(eye, float("-inf")).amax(1)).mean().item()
+
+
+def own_margin_worker(rank, store_file):
+    """CoReFaceLoss(gather_ranks=False) in a process group: each rank's margin follows its own batches, and no
+    collective runs (one would pair with whatever collective another rank runs next, or wait for it forever)."""
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    collectives = []
+    all_reduce = dist.all_reduce
+
+    def counting_all_reduce(*args, **kwargs):
+        collectives.append("all_reduce")
+        return all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counting_all_reduce
+    try:
+        # Different batches on the two ranks, so that an average over ranks differs from either rank's own margin.
+        generator = torch.Generator().manual_seed(10 + rank)
+        loss, expected = CoReFaceLoss(momentum=0.7), 0.0
+        for _ in range(2):
+            view1 = torch.randn(6, 8, generator=generator, dtype=torch.float64)
+            view2 = view1 + (0.2 + rank) * torch.randn(6, 8, generator=generator, dtype=torch.float64)
+            labels = torch.tensor([0, 1, 2, 0, 1, 3])
+            loss(view1, view2, labels)
+            expected = 0.7 * spec_batch_margin(view1, view2, labels) + 0.3 * expected
+            assert abs(loss.margin.item() - expected) < 1e-12, (rank, loss.margin.item(), expected)
+        assert collectives == [], collectives
+    finally:
+        dist.all_reduce = all_reduce
+        dist.destroy_process_group()
+
+
+def test_coreface_without_gather_ranks_keeps_each_ranks_own_margin(tmp_path):
+    mp.spawn(own_margin_worker, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)

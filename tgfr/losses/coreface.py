@@ -34,7 +34,9 @@ class CoReFaceLoss(nn.Module):
     Args:
         scale: logit scale s (64).
         momentum: weight of the batch margin in the running margin (0.99, as released).
-        gather_ranks: in a process group, compute the local form on features of all ranks.
+        gather_ranks: in a process group, compute the local form on features of all ranks, and move the
+            running margin by the batch margin of all ranks' rows (the same on every rank); without it, a
+            rank's margin follows its own batches only.
         backend: backend of the fused contrastive op.
 
     Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call whose
@@ -117,8 +119,12 @@ class CoReFaceLoss(nn.Module):
         z1, z2 = F.normalize(view1.to(dtype), dim=1), F.normalize(view2.to(dtype), dim=1)
         positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
         hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
-        batch_margin = mean_over_ranks((positive - hardest).mean())
+        batch_margin = (positive - hardest).mean()
+        if self.gather_ranks:
+            # The margin of the ranks' batch together, the same on every rank. Without gather_ranks each rank is on
+            # its own: a collective here would wait for ranks that never call the loss.
+            batch_margin = mean_over_ranks(batch_margin)
         # A batch with NaN/Inf gets a non-finite loss from its features; its margin must not stay in the state,
-        # where it would poison every later call. mean_over_ranks makes the skip the same on every rank.
+        # where it would poison every later call. With gather_ranks the mean makes the skip the same on every rank.
         if torch.isfinite(batch_margin):
             self.margin.mul_(1.0 - self.momentum).add_(self.momentum * batch_margin)
