@@ -261,7 +261,7 @@ def test_a_missing_test_image_is_named_with_a_remedy_evaluate_users_have(tmp_pat
         if evaluate_part == "embeddings":
             embed_split(model, None, manifest, "test", 4, torch.device("cpu"))
         else:
-            run_module._attention_maps(model, None, manifest, "test", 1, torch.device("cpu"))
+            run_module._attention_maps(model, None, manifest, "test", 1, 4.0, torch.device("cpu"))
 
 
 def test_a_test_caption_without_words_is_named(tmp_path):

@@ -8,10 +8,12 @@ import re
 from urllib.parse import unquote
 
 import pytest
+import torch
 
+import tgfr.evaluation.run as run_module
 from tgfr.cli import main
 from tgfr.evaluation import evaluate
-from tgfr.models import save_tgfr_model
+from tgfr.models import load_tgfr_model, save_tgfr_model
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
 from tgfr.train.run import build_model
@@ -97,3 +99,54 @@ def test_a_manifest_under_a_non_utf8_folder_is_named_escaped_in_the_report(tiny_
     report = evaluate(run, config, tmp_path / "report", manifest=f"data/{manifest.name}", device="cpu")
     named = re.search(r"; manifest: `([^`]*)`;", report.read_text(encoding="utf-8"))[1]
     assert named == f"{tmp_path}/project\\udcff/data/{manifest.name}"
+
+
+def attnagan_attention(words, lengths, regions, gamma1):
+    """AttnGAN's word-region attention of each caption on its own image (N, T, R): dot products of words and
+    regions, softmax over the caption's words, then softmax over regions of gamma1 times that."""
+    rows = []
+    for i in range(words.shape[0]):
+        attn = (words[i, :lengths[i]].double() @ regions[i].double().T).softmax(dim=0)
+        alpha = (gamma1 * attn).softmax(dim=1)
+        rows.append(torch.cat([alpha, alpha.new_zeros(words.shape[1] - lengths[i], alpha.shape[1])]))
+    return torch.stack(rows)
+
+
+def test_heatmaps_use_the_gamma1_the_run_trained_with(tiny_run, tmp_path, monkeypatch):
+    """The heatmaps were drawn with the op's default gamma1 = 4 whatever align.gamma1 the run trained WRCL with."""
+    run, config, _ = tiny_run
+    sharp_run = tmp_path / "sharp_run"
+    model = load_tgfr_model(run / "model")
+    # Untrained, the region map is small against the BatchNorm's initial running variance of 1 and the region
+    # self-attention averages the tokens almost evenly: the regions come out nearly equal and every gamma's
+    # attention uniform. A running variance of the map's scale and sharper queries and keys make regions that
+    # tell gammas apart.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.image_head.norm_map.running_var.fill_(1e-3)
+        for layer in (model.image_head.attention.query, model.image_head.attention.key):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator))
+    save_tgfr_model(model, sharp_run / "model")
+    sharp = dataclasses.replace(config, align=dataclasses.replace(config.align, gamma1=20.0))
+    (sharp_run / "config.toml").write_text(to_toml(sharp), encoding="utf-8")
+    inputs, drawn = [], []
+    attention = run_module.word_region_attention
+    plot_attention = run_module.plot_attention
+
+    def recording_attention(words, lengths, regions, *args, **kwargs):
+        inputs.append((words, lengths, regions))
+        return attention(words, lengths, regions, *args, **kwargs)
+
+    def recording_plot(images, maps, tokens, path):
+        drawn.append(maps)
+        return plot_attention(images, maps, tokens, path)
+
+    monkeypatch.setattr(run_module, "word_region_attention", recording_attention)
+    monkeypatch.setattr(run_module, "plot_attention", recording_plot)
+    assert main(["evaluate", "--run", str(sharp_run), "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    assert len(drawn) == len(inputs) == len(config.evaluation.splits)
+    for (words, lengths, regions), maps in zip(inputs, drawn):
+        expected = attnagan_attention(words, lengths, regions, 20.0)
+        # The inputs tell the two gammas apart, so the comparison below is not one that any gamma passes.
+        assert (expected - attnagan_attention(words, lengths, regions, 4.0)).abs().max() > 1e-3
+        torch.testing.assert_close(maps.double(), expected, rtol=1e-5, atol=1e-6)

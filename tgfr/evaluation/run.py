@@ -29,10 +29,10 @@ SUMMARY_FIGURES = {"steps_taken": (int,), "seconds": (int, float), "global_batch
 PICTURE_PREFIXES = ("roc_", "cmc_", "attention_")
 
 
-def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int,
+def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, gamma1: float,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
-    """Faces of `count` subjects of `split`, their captions' word-region attention and the captions'
-    tokens, for plot_attention."""
+    """Faces of `count` subjects of `split`, their captions' word-region attention with the gamma1 the
+    align stage trained with (align.gamma1) and the captions' tokens, for plot_attention."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest))
     # One image of `count` different subjects.
@@ -41,7 +41,10 @@ def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str
     texts = [dataset.records[i].captions[0] for i in indices]
     with torch.no_grad():
         aligned, _ = align_features(model, images, captions(texts))
-        attention = word_region_attention(aligned.words.float(), aligned.lengths, aligned.regions.float())
+        # The attention WRCL trained with: word_softmax as the align stage's WordRegionContrastiveLoss has it (its
+        # default), gamma1 the run's, which the op's default 4 would override in the picture.
+        attention = word_region_attention(aligned.words.float(), aligned.lengths, aligned.regions.float(),
+                                          gamma1=gamma1)
     ids = model.tokenize(texts)["input_ids"]
     tokens = [model.text_encoder.tokenizer.convert_ids_to_tokens(ids[i, 1:1 + int(aligned.lengths[i])].tolist())
               for i in range(len(texts))]
@@ -160,7 +163,8 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
         metrics[name] = split_figures(embeddings, records, split, evaluation)
         curves[name] = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation)[:2])
                         for method in metrics[name]}
-    maps = {name: _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions, device)
+    maps = {name: _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions, config.align.gamma1,
+                                  device)
             for name, split in evaluation.splits.items()} if evaluation.heatmap_captions > 0 else {}
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
