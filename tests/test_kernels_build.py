@@ -92,3 +92,35 @@ def test_cmake_extension_target_gets_setup_py_flags_and_source_hash(tmp_path):
     assert header.read_text() == f'#define TGFR_SOURCE_HASH "{source_hash(ROOT)}"\n'
     compile_ = subprocess.run(["make", "-C", str(build), "csrc/ops.cpp.o"], capture_output=True, text=True, timeout=300)
     assert compile_.returncode == 0, compile_.stdout[-3000:] + compile_.stderr[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not on PATH")
+def test_cmake_build_follows_an_added_source_and_a_changed_cpu_arch(tmp_path):
+    """A header added after configuring changes the sources' hash: the build must reconfigure, or the
+    _C it builds is refused as out of date. TGFR_CPU_ARCH is read at each configure, as setup.py reads it."""
+    tree = tmp_path / "tree"
+    for part in ("csrc", "kernels"):
+        shutil.copytree(ROOT / part, tree / part)
+    (tree / "tgfr").mkdir()
+    shutil.copy(ROOT / "tgfr" / "_source_hash.py", tree / "tgfr")
+    shutil.copy(ROOT / "CMakeLists.txt", tree)
+    build = tmp_path / "build"
+
+    def configure(arch: str) -> str:
+        result = subprocess.run(
+            ["cmake", "-S", str(tree), "-B", str(build), "-G", "Unix Makefiles", "-DTGFR_KERNELS_ONLY=OFF",
+             f"-DPython3_EXECUTABLE={sys.executable}"],
+            capture_output=True, text=True, timeout=300, env=os.environ | {"TGFR_CPU_ARCH": arch},
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return (build / "CMakeFiles" / "_C.dir" / "flags.make").read_text()
+
+    assert "-march=x86-64-v2" in configure("x86-64-v2").split()
+    assert "-march=x86-64-v3" in configure("x86-64-v3").split()
+    (tree / "csrc" / "added.h").write_text("#pragma once\n")
+    check = subprocess.run(["make", "-C", str(build), "cmake_check_build_system"], capture_output=True, text=True,
+                           timeout=300)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    header = build / "generated" / "tgfr_source_hash.h"
+    assert header.read_text() == f'#define TGFR_SOURCE_HASH "{source_hash(tree)}"\n'
