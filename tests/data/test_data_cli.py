@@ -145,6 +145,10 @@ def test_synth_refuses_a_folder_of_other_files_and_rewrites_its_own(tmp_path, ca
                                        "(e.g. manifest.jsonl) but no synthetic.json of an earlier synthetic dataset; "
                                        "not writing over them: choose an empty or new folder\n")
     assert [p.name for p in theirs.iterdir()] == ["manifest.jsonl"] and (theirs / "manifest.jsonl").read_text() == mine
+    (theirs / "synthetic.json").write_text('{"tool": "another generator", "key": "theirs"}')  # not this synth's
+    assert synth(theirs) == 2
+    assert "already holds files (e.g. manifest.jsonl) but no synthetic.json" in capsys.readouterr().err
+    assert (theirs / "manifest.jsonl").read_text() == mine
 
     own = tmp_path / "own"
     own.mkdir()  # empty: written into

@@ -109,12 +109,16 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
 
 
 def _marker(folder: Path) -> dict | None:
-    """folder's synthetic.json; None for an absent, unreadable or cut-short one."""
+    """folder's synthetic.json as this generator writes it (an integer version, a key that is a string
+    or, while the dataset is written, null); None for an absent, unreadable or cut-short one, or a
+    synthetic.json of another tool's."""
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return marker if isinstance(marker, dict) else None
+    if not isinstance(marker, dict) or type(marker.get("version")) is not int:
+        return None
+    return marker if "key" in marker and (marker["key"] is None or isinstance(marker["key"], str)) else None
 
 
 def _marker_key(folder: Path) -> str | None:
