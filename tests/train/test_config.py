@@ -55,8 +55,9 @@ def test_overrides_parse_toml_values_and_bare_words():
 @pytest.mark.parametrize("raw", ['"mycache', r'"C:\data\m.jsonl"', "'a' b", '["fr", "fuse"', "{a = 1"])
 def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw):
     """Taken as text, '"mycache' (a missing closing quote) would make a cache folder named "mycache."""
-    with pytest.raises(ValueError, match=rf"^override data\.cache_dir: {re.escape(raw)} is not a valid TOML value"):
+    with pytest.raises(ValueError, match=rf"^override data\.cache_dir: {re.escape(raw)} is not a valid TOML value") as error:
         load_config("quick", [f"data.cache_dir={raw}"])
+    assert "column" not in str(error.value)  # tomllib's column counts a prefix the user never typed
 
 
 @pytest.mark.parametrize("override, message", [

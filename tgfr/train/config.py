@@ -444,8 +444,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         # Meant as a TOML string, array or table: as raw text it would keep its quotes or brackets
         # (data.cache_dir="mycache, a missing closing quote, made a folder named "mycache).
         if raw.lstrip()[:1] in ('"', "'", "[", "{"):
-            raise ValueError(f"override {key.strip()}: {raw} is not a valid TOML value ({error}); "
-                             "close its quotes or brackets, or give a bare word") from None
+            # The position tomllib gives counts the "v = " put before the value: it is left out.
+            reason = re.sub(r" \(at line \d+, column \d+\)$", "", str(error))
+            raise ValueError(f"override {key.strip()}: {raw} is not a valid TOML value ({reason}); strings "
+                             "inside [ ] or { } need quotes (stages=[\"fr\", \"align\"], which a shell keeps "
+                             "inside single quotes), and a backslash in double quotes starts an escape "
+                             "('C:\\data' in single quotes does not)") from None
         value = raw
     return key.strip().split("."), value
 
