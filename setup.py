@@ -14,7 +14,14 @@ import importlib.util
 import os
 from pathlib import Path
 
+import setuptools
 from setuptools import setup
+
+# pyproject.toml's license = "MIT" (an SPDX expression) needs setuptools 77, and pip does not
+# enforce [build-system] requires under --no-build-isolation: an older one fails with a schema dump.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    raise SystemExit(f"tgfr builds with setuptools>=77, found {setuptools.__version__}: "
+                     "pip install -U setuptools, then `pip install --no-build-isolation -e .` again")
 
 try:
     import torch

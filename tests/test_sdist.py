@@ -1,12 +1,15 @@
 """The source distribution holds everything a build of tgfr._C reads and the folders README.md's
 Layout lists, and no build output: `pip install tgfr-*.tar.gz` compiles from it, and a CUDA build
-compiles the kernels only when kernels/*.cu are there."""
+compiles the kernels only when kernels/*.cu are there. setup.py names a setuptools too old to build."""
 
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_FOLDERS = ("csrc", "kernels", "tests", "benchmarks")
@@ -45,3 +48,23 @@ def test_sdist_holds_the_build_inputs_and_no_build_outputs(tmp_path):
     assert {"csrc/ops.cpp", "kernels/word_region.cu", "tests/conftest.py"} <= expected
     assert sorted(expected - members) == []
     assert [name for name in members if name.endswith((".so", ".pyc")) or "__pycache__" in name] == []
+
+
+@pytest.mark.parametrize("version", ["65.5.0", "76.1.0"])
+def test_setup_py_names_a_setuptools_too_old_for_the_license_expression(tmp_path, version):
+    """pip does not enforce [build-system] requires under --no-build-isolation (README's install), and
+    setuptools < 77 rejects pyproject's SPDX license with a schema dump that names no fix."""
+    stub = tmp_path / "stub" / "setuptools"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(f"__version__ = {version!r}\ndef setup(**options):\n    print('setup called')\n")
+    result = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--version"], capture_output=True, text=True,
+                            timeout=120, env=os.environ | {"PYTHONPATH": str(tmp_path / "stub")})
+    assert result.returncode == 1 and "setup called" not in result.stdout
+    assert result.stderr.strip().endswith(f"tgfr builds with setuptools>=77, found {version}: pip install -U "
+                                          "setuptools, then `pip install --no-build-isolation -e .` again")
+
+
+def test_setup_py_runs_with_the_installed_setuptools():
+    result = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--version"], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "0.1.0", result.stderr[-2000:]
