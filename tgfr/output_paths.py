@@ -3,17 +3,22 @@
 A file where a folder is due (or the reverse), here or in a parent, would otherwise fail only when
 the output is written, after the work, with an OSError that names no option. A file written in
 place (open "w") is lost when the write fails halfway (a full disk, an unencodable name), and what
-is left may still read as a valid, shorter file; `write_atomically` leaves the old file instead.
+is left may still read as a valid, shorter file; `write_atomically` leaves the old file instead,
+and `replace_folder_atomically` the old folder (a checkpoint's files, which only load together).
 """
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+_Made = TypeVar("_Made")
 
 
 def _first_existing(path: Path) -> Path | None:
@@ -45,16 +50,22 @@ def check_output_file(setting: str, path: str | Path) -> Path:
     return path
 
 
+def _make_beside(path: Path, make: Callable[[Path], _Made], suffix: str = "tmp") -> tuple[_Made, Path]:
+    """`make` (which fails with FileExistsError where its path exists) called on a new name
+    .<name of path>.<8 random hex digits>.<suffix> beside `path`; what it returns, and that name."""
+    while True:
+        # secrets, not random: a training's global RNG streams must not move with a checkpoint.
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{suffix}")
+        try:
+            return make(candidate), candidate
+        except FileExistsError:
+            continue
+
+
 def _open_temporary(path: Path) -> tuple[int, Path]:
     """A new file .<name of path>.<8 random hex digits>.tmp beside `path`, opened for writing, with the
     permissions the umask gives any new file (tempfile.mkstemp's are 0600 whatever the umask)."""
-    while True:
-        # secrets, not random: a training's global RNG streams must not move with a checkpoint.
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
-        except FileExistsError:
-            continue
+    return _make_beside(path, lambda temporary: os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -88,6 +99,79 @@ def write_atomically(path: str | Path, what: str, binary: bool = False) -> Itera
         if isinstance(error, OSError):
             raise _naming(error, what, path) from error
         raise
+
+
+@contextlib.contextmanager
+def replace_folder_atomically(path: str | Path, what: str) -> Iterator[Path]:
+    """An empty staging folder .<name of path>.<8 random hex digits>.tmp beside `path`, whose content
+    replaces the folder `path` when the block ends without an error: every file in it is flushed to
+    disk, then it is renamed to `path`. An existing `path` is first renamed aside (to
+    .<name>.<8 hex digits>.old) and its entries whose names the new folder does not have (a user's own
+    files) are moved into the new one before the old one is removed; an entry the new folder has is
+    replaced whole. On any error in the block (or while it is staged) the staging folder is removed and
+    `path` left as it was; an OSError is raised again naming `path` (`what` says what it is). The
+    staging folder never takes the name `path`, so `path` existing means a whole folder is there.
+    Missing parent folders are made. A new folder gets the permissions the umask gives any new folder,
+    a replaced one keeps its own; a symlink `path` stays a link, the folder it points to is replaced.
+    A process killed while staging leaves the staging folder; one killed between the two renames
+    leaves no `path` and the old folder under its .old name."""
+    path, target = Path(path), Path(os.path.realpath(path))
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {what} {path}: it is a file, not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder
+    try:
+        _, staging = _make_beside(target, os.mkdir)
+    except OSError as error:
+        raise _naming(error, what, path) from error
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(staging, stat.S_IMODE(os.stat(target).st_mode))
+        yield staging
+        _flush_folder(staging)
+        _move_folder_in(staging, target)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _naming(error, what, path) from error
+        raise
+
+
+def _flush_folder(folder: Path) -> None:
+    """fsyncs every file and folder under `folder`, itself included: a rename that reaches the disk
+    before the content would, after a power cut, put a folder of empty files in place of the old one."""
+    for root, _, files in os.walk(folder):
+        for name in [*files, "."]:
+            handle = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+
+
+def _move_folder_in(staging: Path, target: Path) -> None:
+    """Renames `staging` to `target`; a `target` that is not empty is renamed aside first, its entries
+    that `staging` lacks moved into the new `target`, and then removed."""
+    try:
+        os.rename(staging, target)  # also replaces an empty folder
+        return
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    # rename replaces the empty folder made for the name, so the old folder cannot land in another's.
+    _, aside = _make_beside(target, os.mkdir, "old")
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    for name in os.listdir(aside):
+        if not os.path.lexists(target / name):
+            try:
+                os.rename(aside / name, target / name)
+            except OSError as error:
+                raise OSError(error.errno, f"{error.strerror}: {name} is left in {aside}") from error
+    shutil.rmtree(aside)
 
 
 def _naming(error: OSError, what: str, path: Path) -> OSError:

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import resource
 import shutil
 import stat
@@ -12,9 +13,9 @@ from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_tgfr_model, l
 CAPTIONS = ["a young man with a beard", "blond woman smiling"]
 
 
-def build(text_dir, fusion="fcfm") -> TGFRModel:
+def build(text_dir, fusion="fcfm", dim=16) -> TGFRModel:
     backbone = IResNetConfig.preset("iresnet_small", input_size=32, num_features=64, dropout=0.1)
-    config = TGFRConfig(backbone=backbone, text_encoder=str(text_dir), max_length=10, dim=16, fine_dim=8,
+    config = TGFRConfig(backbone=backbone, text_encoder=str(text_dir), max_length=10, dim=dim, fine_dim=8,
                         fusion=fusion, sentence_pooling="pooled")
     return TGFRModel(config)
 
@@ -235,21 +236,59 @@ def test_every_model_file_gets_the_umask_permissions(tiny_bert_dir, tmp_path, um
         path.name: expected for path in directory.rglob("*") if path.is_file()}
 
 
-def test_a_save_that_fails_halfway_leaves_the_earlier_weights_whole_and_names_the_file(tiny_bert_dir, tmp_path):
-    """A full disk while the weights are written (RLIMIT_FSIZE makes every write past it fail with EFBIG;
-    Python ignores SIGXFSZ) must not leave a truncated model.safetensors where a whole one was."""
+def files_under(directory) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("failing", ["text_encoder/tokenizer.json", "model.safetensors"])
+def test_a_save_that_fails_halfway_leaves_the_earlier_checkpoint_loading_and_names_the_folder(
+        tiny_bert_dir, tmp_path, failing):
+    """A full disk (RLIMIT_FSIZE makes every write past it fail with EFBIG; Python ignores SIGXFSZ) while
+    the tokenizer's files or the weights of a model of another dim are written must leave the earlier
+    checkpoint as it was: neither a cut tokenizer.json nor the new config.json beside the old weights."""
     torch.manual_seed(0)
-    earlier, later = build(tiny_bert_dir), build(tiny_bert_dir)
+    earlier, later = build(tiny_bert_dir), build(tiny_bert_dir, dim=32)
     directory = save_tgfr_model(earlier, tmp_path / "checkpoint")
-    size = (directory / "model.safetensors").stat().st_size
-    assert max(path.stat().st_size for path in (directory / "text_encoder").iterdir()) < size // 2
+    before = files_under(directory)
+    sizes = {name: len(content) for name, content in before.items()}
+    # the largest text model file is the tokenizer's, and even it is under half of the weights
+    assert max(sizes, key=lambda name: (name.startswith("text_encoder/"), sizes[name])) == "text_encoder/tokenizer.json"
+    assert sizes["text_encoder/tokenizer.json"] < sizes["model.safetensors"] // 2
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (sizes[failing] // 2, hard))
     try:
-        with pytest.raises(OSError, match=f"checkpoint file {directory / 'model.safetensors'}"):
+        with pytest.raises(OSError, match=re.escape(f"cannot write checkpoint folder {directory}: ")):
             save_tgfr_model(later, directory)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    loaded = load_tgfr_model(directory).state_dict()
-    assert all(torch.equal(tensor, loaded[name]) for name, tensor in earlier.state_dict().items())
-    assert sorted(path.name for path in directory.iterdir()) == ["config.json", "model.safetensors", "text_encoder"]
+    assert files_under(directory) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint"]  # nothing staged left behind
+    loaded = load_tgfr_model(directory)
+    assert loaded.config.dim == 16
+    assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in earlier.state_dict().items())
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_save_over_a_checkpoint_replaces_its_entries_whole_and_keeps_a_users_other_files(
+        tiny_bert_dir, tmp_path, linked):
+    torch.manual_seed(0)
+    earlier, later = build(tiny_bert_dir), build(tiny_bert_dir, dim=32)
+    folder = save_tgfr_model(earlier, tmp_path / "folder")
+    (folder / "README.md").write_text("trained on run 7\n")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "eval.txt").write_text("TAR 0.91\n")
+    (folder / "text_encoder" / "stale.txt").write_text("not a file of the new checkpoint\n")
+    directory = tmp_path / "link" if linked else folder
+    if linked:
+        directory.symlink_to(folder, target_is_directory=True)
+    assert save_tgfr_model(later, directory) == directory
+    assert directory.is_symlink() == linked
+    assert (folder / "README.md").read_text() == "trained on run 7\n"
+    assert (folder / "notes" / "eval.txt").read_text() == "TAR 0.91\n"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "notes", "text_encoder"]
+    assert not (folder / "text_encoder" / "stale.txt").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["folder", "link"] if linked else ["folder"])
+    loaded = load_tgfr_model(directory)
+    assert loaded.config.dim == 32
+    assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in later.state_dict().items())

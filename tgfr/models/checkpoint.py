@@ -15,7 +15,7 @@ import torch
 
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
-from tgfr.output_paths import write_atomically
+from tgfr.output_paths import replace_folder_atomically
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,23 +44,29 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     """Writes the checkpoint directory (created if needed); returns its path.
 
-    config.json and model.safetensors are each replaced atomically, the weights last, so a save that
-    fails halfway (a full disk) leaves each file whole, old or new, never a truncated weights file.
+    The whole checkpoint (config.json, model.safetensors, text_encoder/) is written into a hidden
+    folder beside `directory` and flushed, then renamed into place (see
+    `tgfr.output_paths.replace_folder_atomically`), so a save that fails (a full disk) leaves an earlier
+    checkpoint there as it was, loading with its own weights, and raises an OSError naming `directory`.
+    Other files a user keeps in `directory` stay; its checkpoint entries are replaced whole.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    text_dir = directory / TEXT_ENCODER_DIR
-    model.text_encoder.model.config.save_pretrained(text_dir)
-    model.text_encoder.tokenizer.save_pretrained(text_dir)
     config = model.config.to_dict()
     config["text_encoder"] = TEXT_ENCODER_DIR  # relative: the checkpoint directory can move
-    with write_atomically(directory / CONFIG_FILE, "checkpoint file") as stream:
-        stream.write(json.dumps(config, indent=2))
     # No TGFRModel parameter shares storage with another (load_tgfr_model's key check would miss the
     # names safetensors.torch.save_model drops), so the state dict serializes as it is.
     weights = safetensors.torch.save({name: tensor.contiguous() for name, tensor in model.state_dict().items()})
-    with write_atomically(directory / WEIGHTS_FILE, "checkpoint file", binary=True) as stream:
-        stream.write(weights)
+    with replace_folder_atomically(directory, "checkpoint folder") as staging:
+        text_dir = staging / TEXT_ENCODER_DIR
+        try:
+            model.text_encoder.model.config.save_pretrained(text_dir)
+            model.text_encoder.tokenizer.save_pretrained(text_dir)
+        except OSError:
+            raise
+        except Exception as error:  # tokenizers fails to write with a bare Exception ("File too large (os error 27)")
+            raise OSError(f"cannot write the text model's files: {error}") from error
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (staging / WEIGHTS_FILE).write_bytes(weights)
     return directory
 
 
