@@ -49,7 +49,7 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     # attention op had no CUDA implementation), no half-written report is left.
     import tgfr.evaluation.run as run_module
 
-    def fail(*arguments):
+    def fail(*arguments, **options):
         raise RuntimeError("no attention kernel for this device")
 
     monkeypatch.setattr(run_module, "word_region_attention", fail)
