@@ -4,7 +4,8 @@ A file where a folder is due (or the reverse), here or in a parent, would otherw
 the output is written, after the work, with an OSError that names no option. A file written in
 place (open "w") is lost when the write fails halfway (a full disk, an unencodable name), and what
 is left may still read as a valid, shorter file; `write_atomically` leaves the old file instead,
-and `replace_folder_atomically` the old folder (a checkpoint's files, which only load together).
+and `replace_entries_atomically` the old entries of a folder (a checkpoint's files, which only
+load together) until every new one is written.
 """
 
 import contextlib
@@ -102,33 +103,31 @@ def write_atomically(path: str | Path, what: str, binary: bool = False) -> Itera
 
 
 @contextlib.contextmanager
-def replace_folder_atomically(path: str | Path, what: str) -> Iterator[Path]:
-    """An empty staging folder .<name of path>.<8 random hex digits>.tmp beside `path`, whose content
-    replaces the folder `path` when the block ends without an error: every file in it is flushed to
-    disk, then it is renamed to `path`. An existing `path` is first renamed aside (to
-    .<name>.<8 hex digits>.old) and its entries whose names the new folder does not have (a user's own
-    files) are moved into the new one before the old one is removed; an entry the new folder has is
-    replaced whole. On any error in the block (or while it is staged) the staging folder is removed and
-    `path` left as it was; an OSError is raised again naming `path` (`what` says what it is). The
-    staging folder never takes the name `path`, so `path` existing means a whole folder is there.
-    Missing parent folders are made. A new folder gets the permissions the umask gives any new folder,
-    a replaced one keeps its own; a symlink `path` stays a link, the folder it points to is replaced.
-    A process killed while staging leaves the staging folder; one killed between the two renames
-    leaves no `path` and the old folder under its .old name."""
-    path, target = Path(path), Path(os.path.realpath(path))
+def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """An empty staging folder .<name of folder>.<8 random hex digits>.tmp inside `folder` (made, with
+    its parents, if missing); when the block ends without an error, every file in it is flushed to disk
+    and each of its entries replaces the entry of that name in `folder` by a rename (an existing folder
+    entry is renamed aside first, then removed), the names in `last` last; then the staging folder is
+    removed. `folder` itself stays (a mount point, a process's working directory, its owner and mode,
+    a user's other files in it). On any error in the block the staging folder is removed, `folder`
+    left as it was, and an OSError raised naming `folder` (`what` says what it is): a full disk fails
+    while staging, before any rename. A process killed while staging leaves the staging folder; one
+    killed among the renames leaves some entries new and some old."""
+    path, target = Path(folder), Path(os.path.realpath(folder))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {what} {path}: it is a file, not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder
     try:
-        _, staging = _make_beside(target, os.mkdir)
+        target.mkdir(parents=True, exist_ok=True)
+        _, staging = _make_beside(target / target.name, os.mkdir)
     except OSError as error:
         raise _naming(error, what, path) from error
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(staging, stat.S_IMODE(os.stat(target).st_mode))
         yield staging
         _flush_folder(staging)
-        _move_folder_in(staging, target)
+        names = sorted(os.listdir(staging), key=lambda name: (name in last, last.index(name) if name in last else 0))
+        for name in names:
+            _replace_entry(staging / name, target / name)
+        os.rmdir(staging)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError):
@@ -138,7 +137,7 @@ def replace_folder_atomically(path: str | Path, what: str) -> Iterator[Path]:
 
 def _flush_folder(folder: Path) -> None:
     """fsyncs every file and folder under `folder`, itself included: a rename that reaches the disk
-    before the content would, after a power cut, put a folder of empty files in place of the old one."""
+    before the content would, after a power cut, put empty files in place of the old ones."""
     for root, _, files in os.walk(folder):
         for name in [*files, "."]:
             handle = os.open(os.path.join(root, name), os.O_RDONLY)
@@ -148,29 +147,15 @@ def _flush_folder(folder: Path) -> None:
                 os.close(handle)
 
 
-def _move_folder_in(staging: Path, target: Path) -> None:
-    """Renames `staging` to `target`; a `target` that is not empty is renamed aside first, its entries
-    that `staging` lacks moved into the new `target`, and then removed."""
-    try:
-        os.rename(staging, target)  # also replaces an empty folder
+def _replace_entry(new: Path, target: Path) -> None:
+    """Renames `new` to `target`; a `target` folder (which a rename cannot replace unless empty) is
+    renamed aside first and removed after."""
+    if not target.is_dir() or target.is_symlink():
+        os.replace(new, target)
         return
-    except OSError as error:
-        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-    # rename replaces the empty folder made for the name, so the old folder cannot land in another's.
     _, aside = _make_beside(target, os.mkdir, "old")
-    os.rename(target, aside)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    for name in os.listdir(aside):
-        if not os.path.lexists(target / name):
-            try:
-                os.rename(aside / name, target / name)
-            except OSError as error:
-                raise OSError(error.errno, f"{error.strerror}: {name} is left in {aside}") from error
+    os.replace(target, aside)  # replaces the empty folder made for the name
+    os.rename(new, target)
     shutil.rmtree(aside)
 
 

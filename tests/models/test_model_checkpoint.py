@@ -281,7 +281,11 @@ def test_a_save_over_a_checkpoint_replaces_its_entries_whole_and_keeps_a_users_o
     directory = tmp_path / "link" if linked else folder
     if linked:
         directory.symlink_to(folder, target_is_directory=True)
+    inode = os.stat(folder).st_ino
     assert save_tgfr_model(later, directory) == directory
+    # The folder itself stays (only its entries are renamed): it may be a mount point, a process's
+    # working directory, or owned by another user than the one saving into it.
+    assert os.stat(folder).st_ino == inode
     assert directory.is_symlink() == linked
     assert (folder / "README.md").read_text() == "trained on run 7\n"
     assert (folder / "notes" / "eval.txt").read_text() == "TAR 0.91\n"

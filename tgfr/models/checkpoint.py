@@ -15,7 +15,7 @@ import torch
 
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
-from tgfr.output_paths import replace_folder_atomically
+from tgfr.output_paths import replace_entries_atomically
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,11 +44,11 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     """Writes the checkpoint directory (created if needed); returns its path.
 
-    The whole checkpoint (config.json, model.safetensors, text_encoder/) is written into a hidden
-    folder beside `directory` and flushed, then renamed into place (see
-    `tgfr.output_paths.replace_folder_atomically`), so a save that fails (a full disk) leaves an earlier
-    checkpoint there as it was, loading with its own weights, and raises an OSError naming `directory`.
-    Other files a user keeps in `directory` stay; its checkpoint entries are replaced whole.
+    The whole checkpoint (config.json, model.safetensors, text_encoder/) is first written into a
+    hidden staging folder inside `directory` and flushed, then each entry renamed into place, config.json
+    last (`tgfr.output_paths.replace_entries_atomically`): a save that fails (a full disk) fails while
+    staging and leaves an earlier checkpoint as it was, loading with its own weights, with an OSError
+    naming `directory`. `directory` itself and a user's other files in it stay.
     """
     directory = Path(directory)
     config = model.config.to_dict()
@@ -56,7 +56,7 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     # No TGFRModel parameter shares storage with another (load_tgfr_model's key check would miss the
     # names safetensors.torch.save_model drops), so the state dict serializes as it is.
     weights = safetensors.torch.save({name: tensor.contiguous() for name, tensor in model.state_dict().items()})
-    with replace_folder_atomically(directory, "checkpoint folder") as staging:
+    with replace_entries_atomically(directory, "checkpoint folder", last=(CONFIG_FILE,)) as staging:
         text_dir = staging / TEXT_ENCODER_DIR
         try:
             model.text_encoder.model.config.save_pretrained(text_dir)
