@@ -87,8 +87,12 @@ def check_finite_number(name: str, value: object, maximum: float = sys.float_inf
 
 
 def check_count(name: str, value: object, minimum: int = 1) -> int:
-    """Checks a size setting (a number of classes, an embedding size): an integer (a Python or numpy one; a bool
-    or a float such as 8.0 is a mistake, not a size) of at least `minimum`; returns it as an int."""
+    """Checks a size setting (a number of classes, an embedding size): an integer (a Python or numpy one,
+    or a 0-dim integer tensor such as labels.max() + 1; a bool or a float such as 8.0 is a mistake, not a
+    size) of at least `minimum`; returns it as an int."""
+    if (isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool
+            and not value.dtype.is_floating_point and not value.dtype.is_complex):
+        value = int(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if value < minimum:

@@ -455,13 +455,15 @@ def test_loss_sizes_name_a_wrong_type_or_a_size_below_one(case):
     """A float size failed inside torch.normal or randn, a string or None in a comparison, naming no argument;
     True was taken as a size of 1."""
     make, name = LOSS_SIZES[case]
-    for value in (8.0, "8", None, True):
+    for value in (8.0, "8", None, True, torch.tensor(8.0), torch.tensor(True), torch.tensor([4, 5])):
         with pytest.raises(TypeError, match=f"^{name} must be an integer, got {type(value).__name__} "):
             make(value)
     for value in (0, -3):
         with pytest.raises(ValueError, match=f"^{name} must be an integer >= 1, got {value}$"):
             make(value)
-    # A numpy integer (a size read from an array) is a size; the parameter or buffer takes it in that dimension.
-    module = make(np.int64(5))
-    shape = (module.prototypes if isinstance(module, DualGranularityAssociationLoss) else module.weight).shape
-    assert shape[1 if name == "embedding_size" else 0] == 5
+    # A numpy integer (a size read from an array) or a 0-dim integer tensor (labels.max() + 1) is a size;
+    # the parameter or buffer takes it in that dimension.
+    for value in (np.int64(5), torch.tensor([0, 4]).max() + 1):
+        module = make(value)
+        shape = (module.prototypes if isinstance(module, DualGranularityAssociationLoss) else module.weight).shape
+        assert shape[1 if name == "embedding_size" else 0] == 5
