@@ -2,6 +2,7 @@
 in, so that `--resume` (and `tgfr evaluate`) read the same files from any directory; a run whose
 config.toml holds relative paths (an older tgfr's) still resumes from the directory it names them from."""
 
+import errno
 import os
 import tomllib
 from pathlib import Path
@@ -70,3 +71,24 @@ def test_a_relative_path_under_a_non_utf8_folder_is_refused_by_key_before_the_ru
         f"tgfr train: error: data.manifest must be encodable as UTF-8, as config.toml is, got "
         f"{str(project / 'data' / 'm.jsonl')!r} (a lone surrogate at position {len(str(tmp_path)) + 8}")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_be_saved_ends_training_with_one_line_naming_the_folder(tmp_path, tiny_overrides,
+                                                                                      monkeypatch, capsys):
+    """A full disk at the final save raised a traceback after the whole training; tgfr evaluate and
+    tgfr data say such a write error in their one-line form, and so does tgfr train now."""
+    import tgfr.train.run as run_module
+
+    def full_disk(model, directory):
+        raise OSError(errno.ENOSPC, f"cannot write checkpoint folder {directory}: No space left on device")
+
+    monkeypatch.setattr(run_module, "save_tgfr_model", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--preset", "quick", "--out", str(out), "--set", 'stages=["fr"]',
+              *(arg for setting in tiny_overrides for arg in ("--set", setting))])
+    assert str(stopped.value) == (f"tgfr train: error: [Errno {errno.ENOSPC}] cannot write checkpoint folder "
+                                  f"{out / 'model'}: No space left on device")
+    monkeypatch.undo()  # the disk has room again: --resume saves the model of the kept last checkpoint
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    assert (out / "model" / "config.json").is_file()

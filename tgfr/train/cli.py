@@ -108,8 +108,9 @@ def main(args: argparse.Namespace) -> int:
             return 0
         out = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
                     image_cache_bytes=args.image_cache_mib << 20)
-    except (ValueError, FloatingPointError) as error:  # bad settings, folders or files, or a loss that is not
-        # finite (the message names the stage, step and rank): a traceback adds nothing.
+    except (ValueError, FloatingPointError, OSError) as error:  # bad settings, folders or files, a file that
+        # cannot be written (a full disk; the message names it), or a loss that is not finite (the message
+        # names the stage, step and rank): a traceback adds nothing.
         rank = int(os.environ.get("RANK", "0"))
         if rank == 0:
             raise SystemExit(f"tgfr train: error: {error}") from None
