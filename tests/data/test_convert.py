@@ -557,3 +557,16 @@ def test_an_image_reached_through_a_link_from_another_record_is_refused(tmp_path
     assert ("records 0 and 4 both list image 'images/train/4/4_3.jpg' (record 0 as 'images/test/12/12_1.jpg')"
             in capsys.readouterr().err)
     assert not (root / "manifest.jsonl").exists()
+
+
+def test_attribute_wise_captions_that_are_not_an_object_are_named(tmp_path):
+    root, images = celeba_dialog(tmp_path)
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    for attribute_wise in (["No bangs."], "No bangs."):
+        table = json.loads((root / "captions_hq.json").read_text())
+        table["4.jpg"]["attribute_wise_captions"] = attribute_wise
+        (root / "captions_hq.json").write_text(json.dumps(table))
+        for bad_files in ("error", "skip"):
+            with pytest.raises(ValueError, match=r"captions_hq.json: entry '4.jpg': 'attribute_wise_captions' must be "
+                                                 rf"an object \{{attribute: caption\}}, got {type(attribute_wise).__name__}"):
+                convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files=bad_files)

@@ -247,7 +247,11 @@ def _dialog_captions(value: object, where: str) -> list[str]:
     elif isinstance(value, list):
         captions = value
     elif isinstance(value, dict):
-        captions = [value.get("overall_caption", "")] + list((value.get("attribute_wise_captions") or {}).values())
+        attribute_wise = value.get("attribute_wise_captions") or {}
+        if not isinstance(attribute_wise, dict):
+            raise ValueError(f"{where}: 'attribute_wise_captions' must be an object {{attribute: caption}}, "
+                             f"got {type(attribute_wise).__name__}")
+        captions = [value.get("overall_caption", "")] + list(attribute_wise.values())
     else:
         raise ValueError(f"{where}: expected a caption string, list or object, got {type(value).__name__}")
     captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
