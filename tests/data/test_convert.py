@@ -570,3 +570,20 @@ def test_attribute_wise_captions_that_are_not_an_object_are_named(tmp_path):
             with pytest.raises(ValueError, match=r"captions_hq.json: entry '4.jpg': 'attribute_wise_captions' must be "
                                                  rf"an object \{{attribute: caption\}}, got {type(attribute_wise).__name__}"):
                 convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files=bad_files)
+
+
+def test_an_image_given_two_identities_or_two_sources_is_refused(tmp_path):
+    root, images = celeba_dialog(tmp_path)
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    identities = (root / "identity_CelebA.txt").read_text()
+    # Repeating a line says nothing new: the identity stays, as a reference dict of the rows gives it.
+    (root / "identity_CelebA.txt").write_text(identities + "000502.jpg 900\n")
+    records, _ = convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")
+    assert [r.identity for r in records] == ["900", "900", "901", "901", "902", "902"]
+    (root / "identity_CelebA.txt").write_text(identities + "000502.jpg 901\n")
+    with pytest.raises(ValueError, match=r"identity_CelebA.txt:7: 000502.jpg is given '901', but line 2 gave it '900'"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")
+    (root / "identity_CelebA.txt").write_text(identities)
+    (root / "mapping.txt").write_text((root / "mapping.txt").read_text() + "3 503 000505.jpg\n")
+    with pytest.raises(ValueError, match=r"mapping.txt:8: 3 is given '000505.jpg', but line 5 gave it '000504.jpg'"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")

@@ -214,8 +214,20 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     return records, skipped, unused
 
 
+def _set_once(table: dict[str, tuple[str, int]], key: str, value: str, path: Path, line_number: int) -> None:
+    """table[key] = (value, line_number), unless an earlier line gave `key` another value: an error
+    naming both lines. Silently keeping the last would give an image whichever identity (or source
+    file) came last. The same value given twice is accepted: both lines say one thing, as in a file
+    concatenated from overlapping parts."""
+    earlier_value, earlier_line = table.setdefault(key, (value, line_number))
+    if earlier_value != value:
+        raise ValueError(f"{path}:{line_number}: {key} is given {value!r}, but line {earlier_line} "
+                         f"gave it {earlier_value!r}")
+
+
 def _read_identity_file(path: Path) -> dict[str, str]:
-    identities = {}
+    """CelebA image file name -> identity, from '<image> <identity>' rows."""
+    identities: dict[str, tuple[str, int]] = {}
     text = read_text_file(path, "identity file", encoding="utf-8-sig")
     for line_number, line in enumerate(text_lines(text), start=1):
         fields = line.split()
@@ -223,13 +235,13 @@ def _read_identity_file(path: Path) -> dict[str, str]:
             continue
         if len(fields) != 2:
             raise ValueError(f"{path}:{line_number}: expected '<image> <identity>', got {line!r}")
-        identities[fields[0]] = fields[1]
-    return identities
+        _set_once(identities, fields[0], fields[1], path, line_number)
+    return {name: identity for name, (identity, _) in identities.items()}
 
 
 def _read_hq_mapping(path: Path) -> dict[str, str]:
     """CelebA-HQ index -> CelebA file name, from 'idx orig_idx orig_file' rows (header skipped)."""
-    mapping = {}
+    mapping: dict[str, tuple[str, int]] = {}
     text = read_text_file(path, "CelebA-HQ mapping file", encoding="utf-8-sig")
     for line_number, line in enumerate(text_lines(text), start=1):
         fields = line.split()
@@ -237,8 +249,8 @@ def _read_hq_mapping(path: Path) -> dict[str, str]:
             continue
         if len(fields) < 3:
             raise ValueError(f"{path}:{line_number}: expected 'idx orig_idx orig_file', got {line!r}")
-        mapping[fields[0]] = fields[2]
-    return mapping
+        _set_once(mapping, fields[0], fields[2], path, line_number)
+    return {index: name for index, (name, _) in mapping.items()}
 
 
 def _dialog_captions(value: object, where: str) -> list[str]:
