@@ -157,3 +157,13 @@ def test_synth_refuses_a_folder_of_other_files_and_rewrites_its_own(tmp_path, ca
     assert synth(own, "--seed", "2") == 0  # an earlier synth output is rewritten
     assert json.loads((own / "synthetic.json").read_text())["seed"] == 2
     assert [r.captions for r in read_manifest(own / "manifest.jsonl")] != [r.captions for r in first]
+
+
+@pytest.mark.parametrize("split", ["../escaped", "a/b", "a\\b", "..", "."])
+def test_protocol_refuses_a_split_that_would_name_files_outside_out(tmp_path, capsys, split):
+    # The manifest holds that split, so only the check on the name stops files being written.
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{i}.png", str(i // 2), split, ("c",))
+                                                     for i in range(6)])
+    assert main(["data", "protocol", "--manifest", str(manifest), "--split", split, "--out", str(tmp_path / "p")]) == 2
+    assert f"split (--split) must be one plain name (no '/', '\\', '.' or '..'), got {split!r}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.jsonl"]

@@ -276,7 +276,7 @@ def files_of(folder):
 def test_degrade_name_must_be_one_plain_folder_name(tmp_path, name):
     manifest = make_manifest(tmp_path / "m")
     before = files_of(tmp_path)
-    with pytest.raises(ValueError, match=r"name \(--name\) must be one plain folder name"):
+    with pytest.raises(ValueError, match=r"name \(--name\) must be one plain name"):
         degrade_manifest(manifest, "test", "down16", name=name, out_manifest=tmp_path / "m/out.jsonl")
     assert files_of(tmp_path) == before
 
@@ -286,7 +286,7 @@ def test_cli_degrade_refuses_a_name_that_leaves_the_folder(tmp_path, capsys):
     assert main(["data", "degrade", "--manifest", str(manifest), "--name", "../escaped", "--recipe", "down16",
                  "--out-manifest", str(tmp_path / "m/a.jsonl")]) == 2
     error = capsys.readouterr().err
-    assert "name (--name) must be one plain folder name" in error and "'../escaped'" in error
+    assert "name (--name) must be one plain name" in error and "'../escaped'" in error
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "m/a.jsonl").exists()
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree
-from tgfr.data.degrade import degrade_manifest
+from tgfr.data.degrade import check_plain_name, degrade_manifest
 from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
@@ -98,6 +98,8 @@ def _degrade(args: argparse.Namespace) -> int:
 
 
 def _protocol(args: argparse.Namespace) -> int:
+    # The split names the files written into --out: "../x" would write them outside it.
+    check_plain_name(args.split, "split (--split)")
     out = check_output_folder("--out", args.out)
     # Both are made and both paths checked before either is written: a pairs file without its
     # identification split would be left behind by an error in the second.

@@ -180,11 +180,12 @@ def check_workers(workers: int) -> None:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
 
 
-def _check_plain_name(name: str, what: str) -> None:
-    """Refuses a folder name that is not one plain path segment: "../x" or "/abs" would write the
-    copy outside the manifest's folder, and "." or "" over the source images."""
+def check_plain_name(name: str, what: str) -> None:
+    """Refuses a file or folder name, named `what` in the error, that is not one plain path segment:
+    "../x" or "/abs" would write outside the folder meant (a degraded copy outside the manifest's
+    folder), and "." or "" over what is there (the source images)."""
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
-        raise ValueError(f"{what} must be one plain folder name (no '/', '\\', '.' or '..'), got {name!r}")
+        raise ValueError(f"{what} must be one plain name (no '/', '\\', '.' or '..'), got {name!r}")
 
 
 def _degraded_path(folder: str, path: str) -> str:
@@ -245,7 +246,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     check_workers(workers)
     root, folder = Path(root), folder or split_name
-    _check_plain_name(folder, "folder")
+    check_plain_name(folder, "folder")
     new_paths = [_degraded_path(folder, r.path) for r in records]
     _check_targets(root, folder, records, new_paths, listed)
     tasks = [(str(root / r.path), str(root / p), r.path, recipe, seed) for r, p in zip(records, new_paths)]
@@ -302,7 +303,7 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     parse_recipe(recipe)  # a bad recipe is the first error, before any about the manifest
     manifest = Path(manifest)
     name = name or f"{split}_degraded"
-    _check_plain_name(name, "name (--name)")
+    check_plain_name(name, "name (--name)")
     records = read_manifest(manifest)
     sources = {record.path for record in records if record.split == split}
     earlier = [record for record in records if record.split == name]
