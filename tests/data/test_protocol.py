@@ -1,3 +1,5 @@
+import json
+import re
 from collections import Counter
 
 import pytest
@@ -108,3 +110,26 @@ def test_degraded_split_gets_corresponding_pairs():
     degraded = make_verification_pairs(records(split="test_degraded"), "test_degraded", impostor_subjects=3, seed=4)
     assert [VerificationPair(p.path_a.replace("test_degraded", "test"), p.path_b.replace("test_degraded", "test"),
                              p.same) for p in degraded] == clean
+
+
+def test_protocol_files_with_bad_bytes_or_non_string_paths_are_named(tmp_path):
+    (tmp_path / "latin1.json").write_bytes('{"gallery": [{"path": "\xe9.png", "identity": "1"}], "probes": []}'
+                                           .encode("latin-1"))
+    with pytest.raises(ValueError, match=r"identification file .*latin1.json is not valid UTF-8"):
+        read_identification_split(tmp_path / "latin1.json")
+    for bad_path in (None, [1], 3, ""):
+        (tmp_path / "pairs.json").write_text(json.dumps({"pairs": [{"path_a": "a.png", "path_b": "b.png", "same": 1},
+                                                                   {"path_a": bad_path, "path_b": "c.png", "same": 0}]}))
+        with pytest.raises(ValueError, match=re.escape(f"pairs.json: pair 1: 'path_a' must be a non-empty string, "
+                                                       f"got {bad_path!r}")):
+            read_verification_pairs(tmp_path / "pairs.json")
+        for field in ("path", "identity"):
+            probe = {"path": "b.png", "identity": "1", field: bad_path}
+            (tmp_path / "i.json").write_text(json.dumps({"gallery": [{"path": "a.png", "identity": "1"}],
+                                                         "probes": [probe]}))
+            with pytest.raises(ValueError, match=re.escape(f"i.json: probes entry 0: {field!r} must be a non-empty "
+                                                           f"string, got {bad_path!r}")):
+                read_identification_split(tmp_path / "i.json")
+    (tmp_path / "short.csv").write_text("path_a,path_b,same\na.png,b.png,1\nc.png\n")  # a row cut short
+    with pytest.raises(ValueError, match=r"short.csv:3: 'path_b' must be a non-empty string, got None"):
+        read_verification_pairs(tmp_path / "short.csv")

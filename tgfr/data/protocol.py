@@ -104,9 +104,19 @@ def write_verification_pairs(path: str | Path, pairs: Sequence[VerificationPair]
     return path
 
 
+def _check_text_fields(entry: dict, fields: Sequence[str], where: str) -> None:
+    """Refuses an entry whose `fields` are not non-empty strings: a null, a number or a list would
+    otherwise become a path such as "None" or "[1]", found missing only when evaluation opens it,
+    and a short CSV row leaves None in its last fields."""
+    for name in fields:
+        if not isinstance(entry[name], str) or not entry[name]:
+            raise ValueError(f"{where}: {name!r} must be a non-empty string, got {entry[name]!r}")
+
+
 def _pair_from_row(row: object, where: str) -> VerificationPair:
     if not isinstance(row, dict) or not {"path_a", "path_b", "same"} <= set(row):
         raise ValueError(f"{where}: expected fields path_a, path_b, same, got {row!r}")
+    _check_text_fields(row, ("path_a", "path_b"), where)
     if str(row["same"]) not in ("0", "1"):
         raise ValueError(f"{where}: 'same' must be 0 or 1, got {row['same']!r}")
     return VerificationPair(str(row["path_a"]), str(row["path_b"]), int(row["same"]))
@@ -138,16 +148,18 @@ def write_identification_split(path: str | Path, split: dict[str, list[dict[str,
 
 
 def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]]]:
-    """Reads a gallery/probe JSON written by `write_identification_split`."""
+    """Reads a gallery/probe JSON written by `write_identification_split`; errors name the file and
+    the entry."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"identification file {path} does not exist")
+    text = read_text_file(path, "identification file")
     try:
-        split = json.loads(path.read_text(encoding="utf-8"))
+        split = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"identification file {path} is not valid JSON ({error.msg})") from None
     for part in ("gallery", "probes"):
         entries = split.get(part) if isinstance(split, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) and {"path", "identity"} <= set(e) for e in entries):
             raise ValueError(f"identification file {path}: '{part}' must be a list of {{path, identity}} objects")
+        for index, entry in enumerate(entries):
+            _check_text_fields(entry, ("path", "identity"), f"identification file {path}: {part} entry {index}")
     return split
