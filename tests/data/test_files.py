@@ -9,7 +9,7 @@ from PIL import Image
 
 from tgfr.data.convert import convert_tgfr_tree
 from tgfr.data.degrade import degrade_manifest
-from tgfr.data.files import check_image, load_image
+from tgfr.data.files import check_image, load_image, to_rgb
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.transforms import EvalTransform, TrainTransform
@@ -134,3 +134,26 @@ def test_a_degraded_copy_of_a_turned_image_is_upright(tmp_path):
     assert pixels.shape == (60, 40)
     assert pixels[:28].min() > 200 and pixels[32:].max() < 55
 
+
+
+def test_an_image_whose_exif_holds_a_tag_of_the_wrong_type_still_loads_upright(tmp_path):
+    """Orientation 6 plus an ASCII Make tag relabelled as tag 0x013e (WhitePoint, a rational): Pillow
+    cannot re-encode that EXIF block, which ImageOps.exif_transpose does, but the pixels are fine."""
+    stored = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010f] = "Cam"
+    encoded = io.BytesIO()
+    Image.fromarray(stored).save(encoded, format="JPEG", exif=exif, quality=95)  # JPEG: no checksum to fix
+    (tmp_path / "phone.jpg").write_bytes(encoded.getvalue().replace(b"\x01\x0f\x00\x02", b"\x01\x3e\x00\x02", 1))
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        assert opened.getexif()[0x013e] == "Cam"
+        upright = np.rot90(np.asarray(opened.convert("RGB")), -1)  # the decoded pixels as stored, turned
+    assert np.array_equal(np.asarray(load_image(tmp_path / "phone.jpg")), upright)
+    assert np.array_equal(np.asarray(check_image(tmp_path / "phone.jpg")), upright)
+    assert np.array_equal(np.asarray(to_rgb(load_image(tmp_path / "phone.jpg"))), upright)  # not turned twice
+    write_manifest(tmp_path / "m.jsonl", [ManifestRecord("phone.jpg", "1", "test", ("a face",))])
+    manifest, skipped = degrade_manifest(tmp_path / "m.jsonl", recipe="jpeg95", bad_images="skip")
+    degraded = [r for r in read_manifest(manifest) if r.split == "test_degraded"]
+    assert not skipped and len(degraded) == 1
+    assert Image.open(tmp_path / degraded[0].path).size == (40, 60)

@@ -9,7 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+
+# EXIF orientation -> the turn that shows the stored pixels upright (as ImageOps.exif_transpose).
+_UPRIGHT_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+# The image metadata from which Image.getexif reads an orientation tag.
+_ORIENTATION_METADATA = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
 @contextlib.contextmanager
@@ -45,8 +53,15 @@ def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"{what} must be a PIL.Image.Image, got {type(image).__name__}")
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        image = ImageOps.exif_transpose(image)
+    turn = _UPRIGHT_TURN.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    if turn is not None:
+        # Turned here rather than by ImageOps.exif_transpose, which also re-encodes the EXIF block
+        # without the tag and so raises TypeError for a block holding any tag of an unexpected type
+        # (a camera's text where a number belongs), which a viewer shows fine. Dropping the metadata
+        # of the turned copy (the caller's image keeps its own) leaves no orientation to turn again.
+        image = image.transpose(turn)
+        for key in _ORIENTATION_METADATA:
+            image.info.pop(key, None)
     if image.mode.startswith("I;16"):
         high_bytes = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return Image.fromarray(high_bytes, mode="L").convert("RGB")
