@@ -38,7 +38,7 @@ def test_output_paths_of_the_wrong_kind_are_named(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for command in (["grid", "--out", str(tmp_path / "folder"), "--rows", "1"],
                     ["protocol", "--manifest", str(manifest), "--out", str(tmp_path / "file")],
-                    ["synth", "--out", str(tmp_path / "file"), "--identities", "2", "--images-per-identity", "1",
+                    ["synth", "--out", str(tmp_path / "file"), "--identities", "6", "--images-per-identity", "1",
                      "--workers", "1"],
                     ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(tmp_path / "folder")],
                     # under a file: found out only when written, after the work, without the check
@@ -134,7 +134,7 @@ def test_degrade_refuses_an_out_manifest_folder_before_writing_any_image(tmp_pat
 def test_synth_refuses_a_folder_of_other_files_and_rewrites_its_own(tmp_path, capsys):
     def synth(out, *options):
         return main(["data", "synth", "--out", str(out), "--identities", "4", "--images-per-identity", "1",
-                     "--captions-per-image", "1", "--workers", "1", "--no-degraded", *options])
+                     "--captions-per-image", "1", "--val-fraction", "0", "--workers", "1", "--no-degraded", *options])
 
     theirs = tmp_path / "theirs"
     theirs.mkdir()

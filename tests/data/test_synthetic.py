@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tgfr.data.synthetic as synthetic
+from tgfr.cli import main
 from tgfr.data.degrade import down_up
 from tgfr.data.manifest import read_manifest
 from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
@@ -110,7 +111,7 @@ def test_fine_marks_visible_clean_and_erased_by_low_resolution(mark, absent):
 
 
 def test_ensure_reuses_cache(tmp_path):
-    config = SyntheticConfig(identities=4, images_per_identity=2, captions_per_image=2, degradations={})
+    config = SyntheticConfig(identities=4, val_fraction=0, images_per_identity=2, captions_per_image=2, degradations={})
     first = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     stamp = first.stat().st_mtime_ns
     assert ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1) == first
@@ -138,7 +139,7 @@ def test_config_rejects_a_negative_seed_and_a_bad_recipe_before_rendering():
 
 
 def test_ensure_regenerates_a_cut_short_marker(tmp_path):
-    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     marker = manifest.parent / "synthetic.json"
     marker.write_text(marker.read_text()[:20])
@@ -151,7 +152,7 @@ def test_ensure_regenerates_a_cut_short_marker(tmp_path):
 def test_concurrent_first_use_never_touches_the_other_generation(tmp_path, monkeypatch):
     """A second process that starts while the first generates must neither delete the first's
     half-written files nor fail when the first's dataset arrives: the later one uses the earlier."""
-    config = SyntheticConfig(identities=4, images_per_identity=2, captions_per_image=1)
+    config = SyntheticConfig(identities=4, val_fraction=0, images_per_identity=2, captions_per_image=1)
     render = synthetic._render_identity
     other = []  # the other process's result; None while it runs
 
@@ -176,7 +177,7 @@ def test_concurrent_first_use_never_touches_the_other_generation(tmp_path, monke
 def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     """A run killed while generating (SIGKILL, out of memory) cannot remove its staging folder; the
     next run removes it, and leaves a live process's staging folder alone."""
-    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)
     parent = tmp_path / "synthetic"
@@ -193,14 +194,14 @@ def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, -1])
 def test_workers_must_be_positive_before_anything_is_written(tmp_path, workers):
-    config = SyntheticConfig(identities=4, images_per_identity=1, captions_per_image=1)
+    config = SyntheticConfig(identities=4, val_fraction=0, images_per_identity=1, captions_per_image=1)
     with pytest.raises(ValueError, match=f"workers must be a positive integer, got {workers}"):
         generate_synthetic_dataset(tmp_path / "out", config, workers=workers)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_file_in_place_of_the_cache_folders_is_named(tmp_path):
-    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     (tmp_path / "synthetic").write_text("x")
     with pytest.raises(ValueError, match=re.escape(
             f"cache_dir {tmp_path}: the synthetic dataset's folder {tmp_path / 'synthetic'} is a file, not a folder")):
@@ -214,7 +215,7 @@ def test_a_file_in_place_of_the_cache_folders_is_named(tmp_path):
 
 
 def test_a_staging_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
-    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     mkdir = Path.mkdir
 
     def refuse_staging(self, *args, **kwargs):
@@ -233,7 +234,7 @@ def test_a_staging_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
 def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path, entry):
     """A file (or a link to nothing) where the dataset's folder belongs is moved aside and removed,
     leaving no hidden copy behind."""
-    config = SyntheticConfig(identities=3, images_per_identity=1, captions_per_image=1, degradations={})
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     (tmp_path / "synthetic").mkdir()
     if entry == "file":
         (tmp_path / "synthetic" / config.key()).write_text("not a dataset")
@@ -265,3 +266,26 @@ def test_a_generation_cut_short_is_no_dataset_and_the_next_run_writes_over_it(tm
     fresh = generate_synthetic_dataset(tmp_path / "fresh", CONFIG, workers=1)
     assert manifest.read_bytes() == fresh.read_bytes()
     assert synthetic._cached_manifest(out, CONFIG.key()) == manifest
+
+
+@pytest.mark.parametrize("identities, val_fraction, test_fraction, empty, sizes", [
+    (2, 0.1, 0.2, "val, test", "2/0/0"), (4, 0.1, 0.2, "val", "3/0/1"), (3, 0.49, 0.5, "train", "0/1/2")])
+def test_a_split_rounded_to_no_identity_is_refused_before_anything_is_written(tmp_path, capsys, identities,
+                                                                               val_fraction, test_fraction, empty, sizes):
+    with pytest.raises(ValueError, match=re.escape(
+            f"identities={identities} with val_fraction={val_fraction} and test_fraction={test_fraction} leaves "
+            f"split(s) {empty} without an identity (train/val/test get {sizes})")):
+        SyntheticConfig(identities=identities, val_fraction=val_fraction, test_fraction=test_fraction)
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", str(identities), "--val-fraction",
+                 str(val_fraction), "--test-fraction", str(test_fraction), "--workers", "1"]) == 2
+    assert f"leaves split(s) {empty} without an identity" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_every_split_with_a_positive_fraction_gets_identities_as_the_fractions_round():
+    for identities, val_fraction, test_fraction in ((6, 0.1, 0.2), (24, 0.1, 0.2), (3, 0, 0.2), (2, 0, 0.5)):
+        config = SyntheticConfig(identities=identities, val_fraction=val_fraction, test_fraction=test_fraction)
+        counts = {name: synthetic.identity_splits(config).count(name) for name in ("train", "val", "test")}
+        expected_test, expected_val = round(identities * test_fraction), round(identities * val_fraction)
+        assert counts == {"train": identities - expected_test - expected_val, "val": expected_val, "test": expected_test}
+        assert counts["train"] > 0 and (counts["val"] > 0) == (val_fraction > 0) and counts["test"] > 0

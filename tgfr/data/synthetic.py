@@ -64,6 +64,22 @@ class SyntheticConfig:
                 parse_recipe(recipe)
             except ValueError as error:
                 raise ValueError(f"degradation recipe of split {name!r}: {error}") from None
+        # A split cut to no identity by the rounding (2 identities: no val, no test) would show only
+        # when training or evaluation finds it empty, and a dataset without train is of no use.
+        sizes = self.split_sizes()
+        empty = [name for name, fraction in (("train", 1), ("val", self.val_fraction), ("test", self.test_fraction))
+                 if fraction > 0 and sizes[name] == 0]
+        if empty:
+            raise ValueError(f"identities={self.identities} with val_fraction={self.val_fraction} and test_fraction="
+                             f"{self.test_fraction} leaves split(s) {', '.join(empty)} without an identity (train/val/"
+                             f"test get {sizes['train']}/{sizes['val']}/{sizes['test']}): give more identities, or "
+                             "set the fraction of a split that is not wanted to 0")
+
+    def split_sizes(self) -> dict[str, int]:
+        """Identities in each of train, val and test: the fractions of `identities`, rounded."""
+        test = round(self.identities * self.test_fraction)
+        val = round(self.identities * self.val_fraction)
+        return {"train": self.identities - test - val, "val": val, "test": test}
 
     def key(self) -> str:
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
@@ -80,8 +96,8 @@ SYNTHETIC_PRESETS = {
 def identity_splits(config: SyntheticConfig) -> list[str]:
     """Split name of every identity (a seeded permutation cut by the fractions)."""
     order = np.random.default_rng((config.seed, 3)).permutation(config.identities)
-    n_test = round(config.identities * config.test_fraction)
-    n_val = round(config.identities * config.val_fraction)
+    sizes = config.split_sizes()
+    n_test, n_val = sizes["test"], sizes["val"]
     splits = [""] * config.identities
     for rank, identity in enumerate(order):
         splits[identity] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
