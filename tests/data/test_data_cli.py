@@ -167,3 +167,28 @@ def test_protocol_refuses_a_split_that_would_name_files_outside_out(tmp_path, ca
     assert main(["data", "protocol", "--manifest", str(manifest), "--split", split, "--out", str(tmp_path / "p")]) == 2
     assert f"split (--split) must be one plain name (no '/', '\\', '.' or '..'), got {split!r}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.jsonl"]
+
+
+def test_synth_over_its_earlier_output_leaves_only_what_the_new_manifest_lists(tmp_path, capsys):
+    out = tmp_path / "s"
+
+    def synth(*options):
+        return main(["data", "synth", "--out", str(out), "--identities", "6", "--images-per-identity", "2",
+                     "--captions-per-image", "1", "--workers", "1", *options])
+
+    def degrade():
+        return main(["data", "degrade", "--manifest", str(out / "manifest.jsonl"), "--recipe", "jpeg20",
+                     "--name", "test_degraded", "--out-manifest", str(out / "manifest.jsonl")])
+
+    def images_on_disk():
+        return {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+
+    assert synth() == 0 and degrade() == 0
+    (out / "images" / "notes.txt").write_text("mine")  # the user's, which no run wrote
+    assert synth("--seed", "5") == 0
+    assert images_on_disk() == {r.path for r in read_manifest(out / "manifest.jsonl")}
+    assert degrade() == 0  # no stale images left in test_degraded/ to refuse it for
+    assert synth("--seed", "6", "--images-per-identity", "1", "--no-degraded") == 0
+    assert images_on_disk() == {r.path for r in read_manifest(out / "manifest.jsonl")}
+    assert not (out / "test_degraded").exists()  # emptied, so removed
+    assert (out / "images" / "notes.txt").read_text() == "mine"

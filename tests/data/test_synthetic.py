@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -289,3 +290,29 @@ def test_every_split_with_a_positive_fraction_gets_identities_as_the_fractions_r
         expected_test, expected_val = round(identities * test_fraction), round(identities * val_fraction)
         assert counts == {"train": identities - expected_test - expected_val, "val": expected_val, "test": expected_test}
         assert counts["train"] > 0 and (counts["val"] > 0) == (val_fraction > 0) and counts["test"] > 0
+
+
+def test_a_rerun_removes_the_images_of_earlier_runs_also_one_cut_short(tmp_path, monkeypatch):
+    """Run A finishes, run B (another config) is cut short over it, run C (a third) writes over both:
+    the folder then holds the images that C's manifest lists, and nothing of A's or B's else."""
+    out = tmp_path / "synth"
+    generate_synthetic_dataset(out, CONFIG, workers=1)
+    render = synthetic._render_identity
+
+    def interrupted(task):
+        if task[2] == 6:
+            raise KeyboardInterrupt
+        return render(task)
+
+    monkeypatch.setattr(synthetic, "_render_identity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_dataset(out, dataclasses.replace(CONFIG, seed=7, images_per_identity=4), workers=1)
+    assert any(out.glob("images/*/*/*_3.png"))  # B's fourth images, which A has not
+    monkeypatch.setattr(synthetic, "_render_identity", render)
+    manifest = generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, seed=8,
+                                                                   images_per_identity=2), workers=1)
+    listed = {record.path for record in read_manifest(manifest)}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == listed | {"manifest.jsonl",
+                                                                                                "synthetic.json"}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir()} == \
+        {parent for path in listed for parent in map(str, Path(path).parents) if parent != "."}

@@ -188,7 +188,7 @@ def check_plain_name(name: str, what: str) -> None:
         raise ValueError(f"{what} must be one plain name (no '/', '\\', '.' or '..'), got {name!r}")
 
 
-def _degraded_path(folder: str, path: str) -> str:
+def degraded_path(folder: str, path: str) -> str:
     """"<folder>/<path>.png", kept inside `folder`: a path that leaves the manifest's folder
     ("../data/x.jpg", as `tgfr data convert --out` elsewhere writes) gets "__" for each "..",
     where "<folder>/../data/x.png" would write outside the copy, over any image there."""
@@ -247,7 +247,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     check_workers(workers)
     root, folder = Path(root), folder or split_name
     check_plain_name(folder, "folder")
-    new_paths = [_degraded_path(folder, r.path) for r in records]
+    new_paths = [degraded_path(folder, r.path) for r in records]
     _check_targets(root, folder, records, new_paths, listed)
     tasks = [(str(root / r.path), str(root / p), r.path, recipe, seed) for r, p in zip(records, new_paths)]
     parallel = workers > 1 and len(tasks) > 1

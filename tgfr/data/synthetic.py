@@ -14,12 +14,12 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import check_workers, degrade_records, parse_recipe
+from tgfr.data.degrade import check_workers, degrade_records, degraded_path, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -30,7 +30,9 @@ GENERATOR_VERSION = 1
 # earrings while hair, skin, face shape and clothes stay visible.
 DEFAULT_DEGRADATION = "down24+celeba"
 # Written first without a key, and last with the generation parameters and their key: a folder whose
-# marker holds a key is a finished synthetic dataset.
+# marker holds a key is a finished synthetic dataset. The first one lists, under "written", the
+# parameters of every run whose images the folder may hold, so that a run cut short leaves a
+# record of what the next one has to remove.
 MARKER = "synthetic.json"
 
 
@@ -104,6 +106,21 @@ def identity_splits(config: SyntheticConfig) -> list[str]:
     return splits
 
 
+def _image_path(split: str, identity: int, k: int) -> str:
+    """Path, relative to the dataset folder, of image k of an identity."""
+    return f"images/{split}/{identity}/{identity}_{k}.png"
+
+
+def _written_paths(config: SyntheticConfig) -> set[str]:
+    """Paths (relative to the dataset folder) of every image that generating `config` writes."""
+    splits = identity_splits(config)
+    images = [(splits[identity], _image_path(splits[identity], identity, k))
+              for identity in range(config.identities) for k in range(config.images_per_identity)]
+    degraded = [degraded_path(name, path) for name in config.degradations
+                for split, path in images if split == name.split("_")[0]]
+    return {path for _, path in images} | set(degraded)
+
+
 def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[ManifestRecord]:
     out, config, identity, split = task
     attributes = identity_attributes(config.seed, identity)
@@ -112,7 +129,7 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
     records = []
     for k in range(config.images_per_identity):
         state = image_state(config.seed, identity, k, attributes)
-        relative = f"images/{split}/{identity}/{identity}_{k}.png"
+        relative = _image_path(split, identity, k)
         render_face(attributes, state).save(Path(out) / relative, format="PNG", compress_level=1)
         captions = make_captions(attributes, state, config.captions_per_image,
                                  np.random.default_rng((config.seed, 13, identity, k)))
@@ -144,6 +161,36 @@ def _marker_key(folder: Path) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def _earlier_configs(marker: dict | None) -> list[SyntheticConfig]:
+    """The configs of the runs whose images a folder with this marker may hold: a finished dataset's
+    own, or those a run cut short listed. Parameters that no longer make a valid config (another
+    generator version, a config since refused) are passed over: what they wrote is unknown."""
+    if marker is None:
+        return []
+    listed = [marker] if isinstance(marker["key"], str) else marker.get("written", [])
+    configs = []
+    for parameters in listed if isinstance(listed, list) else []:
+        if not isinstance(parameters, dict) or parameters.get("version") != GENERATOR_VERSION:
+            continue
+        try:
+            configs.append(SyntheticConfig(**{f.name: parameters[f.name] for f in fields(SyntheticConfig)}))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return configs
+
+
+def _remove_images(out: Path, paths: set[str]) -> None:
+    """Removes the images `paths` (relative to `out`), and the folders under `out` they leave empty."""
+    folders = set()
+    for path in paths:
+        (out / path).unlink(missing_ok=True)
+        folders.update((out / path).parents)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # the deepest first
+        if folder.is_relative_to(out) and folder != out:
+            with contextlib.suppress(OSError):  # not empty: it holds other images, or files of the user's
+                folder.rmdir()
+
+
 def _write_marker(out: Path, content: dict) -> None:
     # Atomically: a marker cut short by an interrupted run would otherwise be a half-written file
     # that readers take for the dataset's description.
@@ -168,14 +215,22 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
 
     `out` must be new, empty or an earlier synthetic dataset (holding its synthetic.json, written
     first and given the dataset's key last, so a run cut short leaves one too), whose files are then
-    overwritten; a folder holding other files is a ValueError, before anything is written."""
+    rewritten: the images that its runs wrote and this one does not (other identities, splits or
+    degraded copies) are removed first, so that of the images generated there, only those the new
+    manifest lists remain; files that no run wrote are left alone. A folder holding other files but
+    no synthetic.json is a ValueError, before anything is written."""
     check_workers(workers)
     out = Path(out)
     _check_synthetic_or_empty(out)
+    earlier = _earlier_configs(_marker(out)) if out.is_dir() else []
     out.mkdir(parents=True, exist_ok=True)
     # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
-    # next run may write over, and that no reader takes for a finished dataset.
-    _write_marker(out, {"version": GENERATOR_VERSION, "key": None, "finished": False})
+    # next run may write over, and that no reader takes for a finished dataset; it lists this run's
+    # parameters with the earlier ones, whose images are not all removed yet.
+    runs = {run.key(): run for run in [*earlier, config]}.values()
+    _write_marker(out, {"version": GENERATOR_VERSION, "key": None, "finished": False,
+                        "written": [{**asdict(run), "version": GENERATOR_VERSION} for run in runs]})
+    _remove_images(out, set().union(*map(_written_paths, earlier)) - _written_paths(config))
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
     if workers > 1:
