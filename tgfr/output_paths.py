@@ -51,12 +51,19 @@ def check_output_file(setting: str, path: str | Path) -> Path:
     return path
 
 
+def temporary_name(name: str, suffix: str = "tmp") -> str:
+    """.<name>.<8 random hex digits>.<suffix>: the name under which a file `name` is first written
+    (write_atomically), always len(temporary_name("")) bytes longer than `name` in UTF-8, so `name`
+    itself must leave that much room under the file system's longest name."""
+    # secrets, not random: a training's global RNG streams must not move with a checkpoint.
+    return f".{name}.{secrets.token_hex(4)}.{suffix}"
+
+
 def _make_beside(path: Path, make: Callable[[Path], _Made], suffix: str = "tmp") -> tuple[_Made, Path]:
     """`make` (which fails with FileExistsError where its path exists) called on a new name
-    .<name of path>.<8 random hex digits>.<suffix> beside `path`; what it returns, and that name."""
+    temporary_name(name of path, suffix) beside `path`; what it returns, and that name."""
     while True:
-        # secrets, not random: a training's global RNG streams must not move with a checkpoint.
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{suffix}")
+        candidate = path.with_name(temporary_name(path.name, suffix))
         try:
             return make(candidate), candidate
         except FileExistsError:

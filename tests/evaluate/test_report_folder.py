@@ -3,6 +3,7 @@ the manifest it names (never one that a relative path of an older run's config.t
 name in the current directory) and only the pictures of its own report."""
 
 import dataclasses
+import errno
 import os
 import re
 from urllib.parse import unquote
@@ -58,6 +59,27 @@ def test_re_evaluating_removes_the_earlier_reports_pictures_only(tiny_run, tmp_p
                                                "roc_folder.png", *others}
     assert linked_images(report) == {"roc_lowq.png", "cmc_lowq.png"}
     assert all((out / name).read_bytes() == b"not the report's" for name in others)
+
+
+def test_an_evaluation_that_fails_to_write_keeps_the_earlier_reports_pictures(tiny_run, tmp_path, monkeypatch):
+    """The earlier report.md stays when a picture cannot be written (say on a full disk), and so do
+    the pictures it shows, the earlier report names' included."""
+    run, config, _ = tiny_run
+    out = tmp_path / "report"
+    earlier = evaluate(run, config, out, device="cpu")
+    shown = linked_images(earlier)
+    assert shown == {f"{kind}_{name}.png" for kind in ("roc", "cmc", "attention") for name in ("clean", "degraded")}
+
+    def plot_attention_on_a_full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_module, "plot_attention", plot_attention_on_a_full_disk)
+    lowq = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation,
+                                                                      splits={"lowq": "test_degraded"}))
+    with pytest.raises(OSError, match="No space left on device"):
+        evaluate(run, lowq, out, device="cpu")
+    assert linked_images(out / "report.md") == shown
+    assert all((out / name).is_file() for name in shown)
 
 
 def test_a_relative_manifest_of_an_older_run_is_refused_and_manifest_is_named_absolute(tiny_run, tmp_path,

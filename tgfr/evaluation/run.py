@@ -169,7 +169,6 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
     heatmap_files = {name: f"attention_{name}.png" for name in maps}
-    _remove_stale_pictures(out, {*(file for files in curve_files.values() for file in files), *heatmap_files.values()})
     figures = {name: [plot_roc(curves[name], out / roc, f"ROC, {name}").name,
                       plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
                for name, (roc, cmc) in curve_files.items()}
@@ -177,4 +176,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     context = {"run": _printable(run), "manifest": _printable(manifest), "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
-    return write_report(out, metrics, figures, heatmaps, context)
+    report = write_report(out, metrics, figures, heatmaps, context)
+    # Only now: until the new report.md replaces it, the earlier one shows these pictures.
+    _remove_stale_pictures(out, {*(file for files in figures.values() for file in files), *heatmaps})
+    return report

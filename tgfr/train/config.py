@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.degrade import parse_recipe
+from tgfr.output_paths import temporary_name
 from tgfr.validation import check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
@@ -149,7 +150,8 @@ class FuseStageConfig:
 
 
 # The longest file of the report that a report name names (tgfr.evaluation.run writes roc_, cmc_ and
-# attention_<name>.png), and the longest file name that Linux's and most filesystems take (NAME_MAX, bytes).
+# attention_<name>.png, each first under its temporary_name), and the longest file name that Linux's and
+# most filesystems take (NAME_MAX, bytes).
 LONGEST_REPORT_FILE = "attention_{}.png"
 NAME_MAX = 255
 
@@ -157,7 +159,8 @@ NAME_MAX = 255
 @dataclass
 class EvaluationConfig:
     """splits: report name -> manifest split; a report name names files (roc_<name>.png), so it is
-    non-empty, has no path separator, NUL or line break, and attention_<name>.png fits NAME_MAX.
+    non-empty, has no path separator, NUL or line break, and the temporary name under which
+    attention_<name>.png is written fits NAME_MAX.
     protocol: all_pairs (every pair of the split) or pairs (TGFR's per-subject genuine +
     impostor_subjects impostors, tgfr.data; at least 1)."""
 
@@ -184,11 +187,15 @@ class EvaluationConfig:
             raise ValueError(f"evaluation.splits: report names name the report's files (roc_<name>.png), so they must "
                              f"be non-empty and hold no '/', '\\', NUL, line break or lone surrogate; got {bad_names} "
                              f"in {self.splits!r}")
-        room = NAME_MAX - len(LONGEST_REPORT_FILE.format(""))
+        # Each file is written under a longer temporary name first (write_atomically): the name that
+        # fits only at its final length fails after all the work, once the embeddings are computed.
+        temporary_extra = len(temporary_name("").encode("utf-8"))
+        room = NAME_MAX - len(LONGEST_REPORT_FILE.format("").encode("utf-8")) - temporary_extra
         long_names = [name for name in self.splits if len(name.encode("utf-8")) > room]
         if long_names:
             raise ValueError(f"evaluation.splits: report names name the report's files, the longest "
-                             f"{LONGEST_REPORT_FILE.format('<name>')}, which must fit a file name ({NAME_MAX} bytes), "
+                             f"{LONGEST_REPORT_FILE.format('<name>')}, which is written under a temporary name "
+                             f"{temporary_extra} bytes longer that must fit a file name ({NAME_MAX} bytes), "
                              f"so a name takes at most {room} bytes in UTF-8; got "
                              + ", ".join(f"{name[:16]!r}... ({len(name.encode('utf-8'))} bytes)"
                                          for name in long_names))
