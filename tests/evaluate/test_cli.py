@@ -1,5 +1,6 @@
 """`tgfr evaluate` checks its settings and device up front, with errors naming them."""
 
+import dataclasses
 import errno
 import os
 import re
@@ -181,6 +182,31 @@ def test_config_errors_name_the_file(run):
     assert f"{path}: seed must be of type int" in evaluate_error("--run", str(run))
     assert f"{path} with --set: seed must be of type int" in evaluate_error("--run", str(run), "--set",
                                                                             "evaluation.max_rank=3")
+
+
+def test_an_evaluation_that_is_not_a_table_is_named_with_or_without_set(run):
+    """`evaluation = 3`: the error of the file without --set is the reference."""
+    path = run / "config.toml"
+    text = path.read_text(encoding="utf-8")
+    table = re.search(r"^\[evaluation\]\n(?:[^\[\n].*\n)*", text, re.MULTILINE)
+    path.write_text("evaluation = 3\n" + text[:table.start()] + text[table.end():], encoding="utf-8")
+    assert evaluate_error("--run", str(run)) == f"tgfr evaluate: error: {path}: evaluation must be a table, got 3"
+    assert evaluate_error("--run", str(run), "--set", "evaluation.max_rank=3") == (
+        f"tgfr evaluate: error: {path} with --set: evaluation must be a table, got 3")
+
+
+def test_set_takes_every_evaluation_setting_whatever_keys_the_file_holds(run):
+    """The setting's fields, not the file's keys, are the reference: a key the file lacks can be set
+    (here the one it is missing), and an unknown key is refused naming every setting."""
+    path = run / "config.toml"
+    path.write_text(re.sub(r"^heatmap_captions = .*\n", "", path.read_text(encoding="utf-8"), flags=re.MULTILINE),
+                    encoding="utf-8")
+    assert "missing key(s) ['evaluation.heatmap_captions']" in evaluate_error("--run", str(run))
+    # The settings pass; the evaluation then stops at the run's absent manifest.
+    assert "absent.jsonl does not exist" in evaluate_error("--run", str(run), "--set", "evaluation.heatmap_captions=1")
+    settings = ", ".join(sorted(field.name for field in dataclasses.fields(EvaluationConfig)))
+    assert evaluate_error("--run", str(run), "--set", "evaluation.bogus=1") == (
+        f"tgfr evaluate: error: --set 'evaluation.bogus=1': unknown key evaluation.bogus; known: {settings}")
 
 
 def test_out_that_is_a_file_is_named(run):

@@ -4,7 +4,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from tgfr.train.config import config_from_dict, parse_override
+from tgfr.train.config import config_from_dict, parse_override, set_key
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,11 +46,10 @@ def main(args: argparse.Namespace) -> int:
             keys, value = parse_override(override)
             if keys[0] != "evaluation" or len(keys) != 2:
                 raise SystemExit(f"tgfr evaluate: error: --set {override!r}: only evaluation.<key> can be set here")
-            known = values.get("evaluation", {})
-            if keys[1] not in known:
-                raise SystemExit(f"tgfr evaluate: error: --set {override!r}: unknown key evaluation.{keys[1]}; "
-                                 f"known: {', '.join(sorted(known))}")
-            values["evaluation"][keys[1]] = value
+            try:
+                set_key(values, keys, value)
+            except ValueError as error:  # a key that is no setting: the override, not the file, is wrong
+                raise SystemExit(f"tgfr evaluate: error: --set {override!r}: {error}") from None
         # Validates every setting (e.g. evaluation.max_rank >= 1) before the model is loaded.
         config = config_from_dict(values)
     except ValueError as error:  # the setting is named; the file (and the overrides) tell where it came from

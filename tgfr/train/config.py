@@ -461,6 +461,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_key(values: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Sets `value` at the dotted key `keys` (as parse_override splits it) of `values`, a TrainConfig as
+    a nested dict (a preset, a run's config.toml). The key is checked against TrainConfig's fields, not
+    against the keys `values` holds, so that a setting missing from a file can be set; ValueError naming
+    the key when it names no setting. A table on the way that `values` lacks is made; one that is not a
+    table there (e.g. `evaluation = 3`) is left as it is, for building the config to name."""
+    config_class = TrainConfig
+    for depth, key in enumerate(keys):
+        names = [f.name for f in dataclasses.fields(config_class)]
+        if key not in names:
+            raise ValueError(f"unknown key {'.'.join(keys[:depth + 1])}; known: {', '.join(sorted(names))}")
+        if depth < len(keys) - 1:
+            config_class = typing.get_type_hints(config_class)[key]
+            if not dataclasses.is_dataclass(config_class):
+                raise ValueError(f"{'.'.join(keys[:depth + 1])} is not a table")
+    table = values
+    for key in keys[:-1]:
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            return
+    table[keys[-1]] = value
+
+
 def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:
     """Reads a complete preset and applies `key=value` overrides."""
     path = find_preset(preset)
@@ -471,14 +494,10 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
     _build(TrainConfig, values, "", complete=True)
     for override in overrides:
         keys, value = parse_override(override)
-        table = values
-        for depth, key in enumerate(keys[:-1]):
-            if not isinstance(table.get(key), dict):
-                raise ValueError(f"override {override!r}: {'.'.join(keys[:depth + 1])} is not a table")
-            table = table[key]
-        if keys[-1] not in table:
-            raise ValueError(f"override {override!r}: unknown key {'.'.join(keys)}")
-        table[keys[-1]] = value
+        try:
+            set_key(values, keys, value)
+        except ValueError as error:
+            raise ValueError(f"override {override!r}: {error}") from None
     config = _build(TrainConfig, values, "", complete=True)
     config.check_training_recipe()
     return config
