@@ -14,7 +14,10 @@ whose timed function raised (a test may catch that and skip, e.g. on running out
 
 import functools
 import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,6 +69,33 @@ def results_record(request):
         )
 
     return record
+
+
+# The tracked results files of `benchmarks_checkout`: one a CPU run merges into, one a GPU session appends to.
+CHECKOUT_RESULTS = ("cpu-stub-2c.json", "word_region_gpu_Stub_GPU.jsonl")
+
+
+def git(checkout: Path, *arguments: str) -> str:
+    """stdout of `git arguments` run in `checkout`, with a committer identity of its own."""
+    return subprocess.run(["git", "-c", "user.name=tgfr tests", "-c", "user.email=tests@tgfr.invalid", *arguments],
+                          cwd=checkout, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def benchmarks_checkout(tmp_path) -> Path:
+    """A git repository holding a committed copy of this benchmarks package, its RESULTS.md and the
+    tracked results files CHECKOUT_RESULTS: for tests of what git says of a tree, which must never
+    change this checkout's tracked files."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(__file__).parent, checkout / "benchmarks",
+                    ignore=shutil.ignore_patterns("__pycache__", "results"))
+    (checkout / "benchmarks" / "results").mkdir()
+    for name in CHECKOUT_RESULTS:
+        (checkout / "benchmarks" / "results" / name).write_text("{}\n")
+    git(checkout, "init", "-q")
+    git(checkout, "add", "benchmarks")
+    git(checkout, "commit", "-q", "-m", "benchmarks")
+    return checkout
 
 
 def pytest_addoption(parser):

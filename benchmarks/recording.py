@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_PAGE = RESULTS_DIR.parent / "RESULTS.md"  # what benchmarks/render.py writes by default
 FORMAT_VERSION = 1
 _KEPT_STATS = ("min", "max", "mean", "median", "stddev", "rounds")
 
@@ -71,8 +72,9 @@ def _slug(text: str) -> str:
 
 def commit() -> str:
     """The measured tree's commit: $TGFR_COMMIT when set (a tree copied to a GPU machine can carry a
-    stale .git), else HEAD, with -dirty when tracked files differ from it; 'unknown' outside a git
-    checkout or without git."""
+    stale .git), else HEAD, with -dirty when tracked files other than the harness's own outputs
+    (benchmarks/results/, benchmarks/RESULTS.md) differ from it; 'unknown' outside a git checkout
+    or without git."""
     if os.environ.get("TGFR_COMMIT"):
         return os.environ["TGFR_COMMIT"]
     try:
@@ -81,8 +83,12 @@ def commit() -> str:
         )
         if result.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS_DIR.parent,
-                               capture_output=True, text=True).stdout.strip()
+        # The results files a run merges into and appends to are tracked: a run after another, or the
+        # second line of one GPU session, would otherwise mark measurements of the same code dirty.
+        # The pathspecs are relative to benchmarks/ (the cwd); ':/' is the whole tree.
+        outputs = [f":(exclude){path.relative_to(RESULTS_DIR.parent)}" for path in (RESULTS_DIR, RESULTS_PAGE)]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs],
+                               cwd=RESULTS_DIR.parent, capture_output=True, text=True).stdout.strip()
     except OSError:  # no git on PATH: the figures still count, under an unknown commit
         return "unknown"
     return result.stdout.strip() + ("-dirty" if dirty else "")

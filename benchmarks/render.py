@@ -17,9 +17,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.recording import RESULTS_DIR
+from benchmarks.recording import RESULTS_DIR, RESULTS_PAGE
 
-OUTPUT = RESULTS_DIR.parent / "RESULTS.md"
 IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "triton_deterministic", "reference", "chunked_checkpointed", "compiled_reference")
 FULL_COMMAND = "TGFR_BENCH_FULL=1 python -m pytest benchmarks/ -p no:cacheprovider --tgfr-results auto"
 RENDER_COMMAND = "python -m benchmarks.render"
@@ -321,7 +320,7 @@ def plot(results: dict, path: Path) -> bool:
     return True
 
 
-def render(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT) -> str:
+def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
     """Writes `output` (and a PNG per machine into results_dir); returns the markdown."""
     lines = [
         "# Benchmark results", "",
@@ -355,7 +354,7 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--output", type=Path, default=RESULTS_PAGE)
     arguments = parser.parse_args(argv)
     render(arguments.results_dir, arguments.output)
     print(f"wrote {arguments.output}")

@@ -4,8 +4,10 @@ which order it runs them."""
 
 import datetime
 import json
+import os
 import subprocess
 import sys
+import textwrap
 import types
 import weakref
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import render
+from benchmarks.conftest import CHECKOUT_RESULTS, git
 from benchmarks import test_word_region_gpu as gpu
 
 
@@ -34,7 +37,7 @@ def test_a_step_that_ran_out_of_memory_is_freed_before_the_case_is_skipped():
 
 def test_the_lines_of_one_session_are_one_run_with_the_given_commit(tmp_path, monkeypatch):
     """Two cases recorded a second apart by one pytest session: one run in the rendered results
-    (whose run list is keyed by commit and date), under $TGFR_COMMIT."""
+    (whose run list is keyed by commit and date), under the session's commit."""
     seconds = iter(range(100))
 
     class Clock(datetime.datetime):
@@ -45,7 +48,7 @@ def test_the_lines_of_one_session_are_one_run_with_the_given_commit(tmp_path, mo
     monkeypatch.setattr(gpu, "datetime", types.SimpleNamespace(datetime=Clock, timezone=datetime.timezone))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Stub GPU")
     monkeypatch.setattr(gpu, "RESULTS", tmp_path)
-    monkeypatch.setenv("TGFR_COMMIT", "0123456789abcdef")
+    monkeypatch.setattr(gpu, "_COMMIT", "0123456789abcdef")
     case = {"dtype": "bfloat16", "N": 256, "M": 256, "passes": "forward", "peak_gb": 0.1, "ms": 1.0,
             "useful_tflops": 1.0}
     gpu._record({**case, "implementation": "triton"})
@@ -55,6 +58,31 @@ def test_the_lines_of_one_session_are_one_run_with_the_given_commit(tmp_path, mo
     assert [line["commit"] for line in lines] == ["0123456789abcdef"] * 2
     (results,) = render.load_results(tmp_path)
     assert len(results["runs"]) == 1 and len(results["cases"]) == 2
+
+
+def test_the_lines_of_one_session_name_the_clean_commit_it_started_on(benchmarks_checkout):
+    """A session without $TGFR_COMMIT in a checkout whose results file it appends to is tracked (as
+    word_region_gpu_*.jsonl is): its second line, written after the first changed that file and
+    after a source file was edited mid-session, names the same clean commit as its first."""
+    session = textwrap.dedent("""
+        import torch
+        torch.cuda.get_device_name = lambda *device: "Stub GPU"
+        from benchmarks import test_word_region_gpu as gpu
+        case = {"dtype": "bfloat16", "N": 256, "M": 256, "passes": "forward", "ms": 1.0}
+        gpu._record({**case, "implementation": "triton"})
+        with open("benchmarks/cases.py", "a") as source:
+            source.write("# edited while the session runs\\n")
+        gpu._record({**case, "implementation": "cuda"})
+    """)
+    environment = {name: value for name, value in os.environ.items() if name != "TGFR_COMMIT"}
+    # The checkout's benchmarks package first, tgfr from the tree under test.
+    environment["PYTHONPATH"] = os.pathsep.join([str(benchmarks_checkout), str(Path(gpu.__file__).parents[1])])
+    subprocess.run([sys.executable, "-c", session], cwd=benchmarks_checkout, env=environment, check=True,
+                   capture_output=True, timeout=120)
+
+    head = git(benchmarks_checkout, "rev-parse", "--short=12", "HEAD").strip()
+    lines = (benchmarks_checkout / "benchmarks" / "results" / CHECKOUT_RESULTS[1]).read_text().splitlines()[1:]
+    assert [json.loads(line)["commit"] for line in lines] == [head, head]
 
 
 def test_a_case_is_skipped_on_its_whole_predicted_cost_and_on_the_deadline():

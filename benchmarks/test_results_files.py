@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import recording, render
+from benchmarks.conftest import CHECKOUT_RESULTS, git
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -272,6 +273,31 @@ def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
     assert recording.commit() == "unknown"
     monkeypatch.setenv("TGFR_COMMIT", "0123456789ab")
     assert recording.commit() == "0123456789ab"
+
+
+def test_commit_is_not_dirty_for_changes_to_the_harness_outputs_only(benchmarks_checkout):
+    """A run merged into a tracked results file, and RESULTS.md rendered again, leave the measured
+    code as committed: the next run names the plain commit. A changed source file still marks it."""
+    environment = {name: value for name, value in os.environ.items() if name != "TGFR_COMMIT"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(benchmarks_checkout), str(_ROOT)])  # the checkout's copy
+
+    def checkout_commit() -> str:
+        return subprocess.run([sys.executable, "-c", "from benchmarks import recording; print(recording.commit())"],
+                              cwd=benchmarks_checkout, env=environment, capture_output=True, text=True,
+                              check=True, timeout=120).stdout.strip()
+
+    head = git(benchmarks_checkout, "rev-parse", "--short=12", "HEAD").strip()
+    benchmarks = benchmarks_checkout / "benchmarks"
+    recording.write_results(benchmarks / "results" / CHECKOUT_RESULTS[0], MACHINE, run("quick", "a"),
+                            [case("f::x", 1.0)])
+    (benchmarks / "RESULTS.md").write_text("rendered again\n")
+    assert git(benchmarks_checkout, "status", "--porcelain").split() == [
+        "M", "benchmarks/RESULTS.md", "M", f"benchmarks/results/{CHECKOUT_RESULTS[0]}"]
+    assert checkout_commit() == head
+
+    with (benchmarks / "cases.py").open("a") as source:
+        source.write("# an uncommitted change to measured code\n")
+    assert checkout_commit() == f"{head}-dirty"
 
 
 def test_the_recorded_command_can_be_pasted_back(monkeypatch):

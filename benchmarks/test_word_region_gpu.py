@@ -56,14 +56,16 @@ DEADLINE_SECONDS = float(os.environ.get("TGFR_BENCH_DEADLINE_S", "420"))
 FIRST_CASE_SECONDS = float(os.environ.get("TGFR_BENCH_FIRST_CASE_S", "60"))
 _SESSION_START = time.monotonic()
 _LAST_STEP: dict = {}  # (implementation, dtype, passes) -> (size, seconds) of its last timed size
-# Every line of one pytest session carries its start: the renderer counts a (commit, date) as one run.
+# Every line of one pytest session carries its start and the commit of the tree it imported: the
+# renderer counts a (commit, date) as one run, and a tracked file edited mid-session is not measured.
 _STARTED = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+_COMMIT = recording.commit()
 
 
 def _environment() -> dict:
     return {
         "device": torch.cuda.get_device_name(),
-        "commit": recording.commit(),
+        "commit": _COMMIT,
         "date": _STARTED,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
