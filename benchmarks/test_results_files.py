@@ -228,6 +228,18 @@ def test_gpu_lines_that_ran_out_of_memory_are_table_rows_and_the_latest_line_of_
     assert (tmp_path / "word_region_gpu_NVIDIA_H100.png").exists()  # the measured rows are plotted
 
 
+def test_the_gpu_figures_are_reproduced_with_the_script_whose_bench_stage_runs_them(tmp_path):
+    """RESULTS.md sends a reader to run_gpu.sh, whose bench stage runs the GPU benchmarks on their
+    own, not to the full-mode pytest command, which reaches them past their deadline."""
+    markdown = render.render(tmp_path, tmp_path / "RESULTS.md")
+    (gpu_line,) = [line for line in markdown.splitlines() if line.startswith("GPU:")]
+    assert "pytest" not in gpu_line, gpu_line
+    command = gpu_line.split("`")[1].split()
+    assert command[0] == "bash" and (_ROOT / command[1]).is_file()
+    bench_stage = (_ROOT / command[1]).read_text().split("\nbench() {")[1].split("\n}")[0]
+    assert "pytest" in bench_stage and "benchmarks/test_word_region_gpu.py" in bench_stage
+
+
 def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     """A failed test's timing (here of a wrong, non-finite result) is not merged, and a benchmark
     whose function raised (caught by its test, as on running out of memory) neither is nor stops
