@@ -6,7 +6,8 @@ full mode (TGFR_BENCH_FULL=1) runs the shapes the issues name, with more rounds.
 `--tgfr-results PATH` merges every benchmark case of the run (pytest-benchmark's statistics and
 extra_info, from any benchmark file) and every record made through the `results_record` fixture
 into the JSON file PATH (benchmarks/recording.py); `--tgfr-results auto` picks
-benchmarks/results/<machine kind>.json. Cases of tests that failed are left out (their figures may
+benchmarks/results/<machine kind>.json. A PATH that is not a results file this machine's runs may
+merge into (another machine kind's) is refused before anything runs. Cases of tests that failed are left out (their figures may
 time a wrong result, and merged they would replace a good earlier case), and so are benchmarks
 whose timed function raised (a test may catch that and skip, e.g. on running out of memory).
 `python -m benchmarks.render` turns those files into benchmarks/RESULTS.md.
@@ -28,6 +29,7 @@ FULL = os.environ.get("TGFR_BENCH_FULL") == "1"
 MODE = "full" if FULL else "quick"
 _RECORDS = pytest.StashKey[list]()
 _FAILED = pytest.StashKey[set]()  # node ids of the tests that failed in any phase
+_RESULTS_FILE = pytest.StashKey[tuple]()  # (path, machine description) of --tgfr-results
 
 
 def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -109,6 +111,17 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.stash[_RECORDS] = []
     config.stash[_FAILED] = set()
+    path = config.getoption("--tgfr-results")
+    if path:
+        machine = recording.machine_description()
+        if path == "auto":
+            path = recording.RESULTS_DIR / f"{machine['kind']}.json"
+        # Checked before the benchmarks run (hours in full mode) rather than when their cases are merged.
+        try:
+            recording.read_results(path, machine)
+        except ValueError as error:
+            raise pytest.UsageError(f"--tgfr-results: {error}") from None
+        config.stash[_RESULTS_FILE] = (Path(path), machine)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -119,12 +132,9 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session):
-    path = session.config.getoption("--tgfr-results")
-    if not path:
+    if _RESULTS_FILE not in session.config.stash:
         return
-    machine = recording.machine_description()
-    if path == "auto":
-        path = recording.RESULTS_DIR / f"{machine['kind']}.json"
+    path, machine = session.config.stash[_RESULTS_FILE]
     # pytest-benchmark keeps the finished benchmarks of the session on its BenchmarkSession.
     benchmark_session = getattr(session.config, "_benchmarksession", None)
     failed = session.config.stash[_FAILED]

@@ -120,12 +120,24 @@ def benchmark_case(benchmark: dict) -> dict:
     }
 
 
+def _check_mergeable(existing: dict, machine: dict) -> None:
+    """Raises ValueError unless a run on `machine` may merge into the file contents `existing`: of
+    another format the cases are unreadable, and of another machine kind the file's heading and
+    figures would name the newest run's machine above the others' measurements."""
+    if existing.get("format") != FORMAT_VERSION:
+        raise ValueError(f"format must be {FORMAT_VERSION}, got {existing.get('format')!r}")
+    kind = existing["machine"]["kind"]
+    if kind != machine["kind"]:
+        raise ValueError(f"machine kind is {kind!r}, not this run's {machine['kind']!r} "
+                         f"(whose file is {machine['kind']}.json)")
+
+
 def merge_results(existing: dict | None, machine: dict, run: dict, cases: list[dict]) -> dict:
-    """`existing` file contents (or None) with this run's cases added or replaced; a new dict."""
+    """`existing` file contents (or None) with this run's cases added or replaced; a new dict.
+    ValueError if `existing` is of another format or machine kind."""
     merged = {"format": FORMAT_VERSION, "machine": machine, "runs": [], "cases": {}}
     if existing:
-        if existing.get("format") != FORMAT_VERSION:
-            raise ValueError(f"results file format must be {FORMAT_VERSION}, got {existing.get('format')!r}")
+        _check_mergeable(existing, machine)
         merged["runs"] = list(existing["runs"])
         merged["cases"] = dict(existing["cases"])
     merged["runs"].append({**run, "machine": machine, "cases": len(cases)})
@@ -135,16 +147,28 @@ def merge_results(existing: dict | None, machine: dict, run: dict, cases: list[d
     return merged
 
 
-def write_results(path: Path, machine: dict, run: dict, cases: list[dict]) -> dict:
-    """Merges the cases into the JSON file at `path` (created if absent); returns its contents."""
+def read_results(path: Path, machine: dict) -> dict | None:
+    """Contents of the results file at `path` (None if absent), checked to be one a run on
+    `machine` may merge into; a ValueError names the file."""
     path = Path(path)
-    existing = None
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"results file {path} is not valid JSON: {error}") from None
-    merged = merge_results(existing, machine, run, cases)
+    if not path.exists():
+        return None
+    try:
+        existing = json.loads(path.read_text())
+        if existing:
+            _check_mergeable(existing, machine)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"results file {path} is not valid JSON: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"results file {path}: {error}") from None
+    return existing
+
+
+def write_results(path: Path, machine: dict, run: dict, cases: list[dict]) -> dict:
+    """Merges the cases into the JSON file at `path` (created if absent); returns its contents.
+    ValueError, naming the file, if it is not valid JSON or of another format or machine kind."""
+    path = Path(path)
+    merged = merge_results(read_results(path, machine), machine, run, cases)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n")
     return merged

@@ -65,6 +65,21 @@ def test_write_results_merges_into_the_file_and_names_a_corrupt_one(tmp_path):
         recording.write_results(path, MACHINE, run("quick", "a"), [])
 
 
+def test_a_run_on_another_machine_kind_is_refused_and_leaves_the_file_as_it_was(tmp_path):
+    """Merged, an Intel run would put its machine above the AMD figures of the file."""
+    intel = {**MACHINE, "cpu": "Intel(R) Xeon(R) Processor", "kind": "cpu-intel-xeon-2c"}
+    with pytest.raises(ValueError, match="'cpu-amd-epyc-7b13-2c', not this run's 'cpu-intel-xeon-2c'"):
+        recording.merge_results(recording.merge_results(None, MACHINE, run("quick", "a"), []), intel,
+                                run("quick", "b"), [])
+    path = tmp_path / "cpu-amd-epyc-7b13-2c.json"
+    recording.write_results(path, MACHINE, run("quick", "a"), [case("f::x", 1.0)])
+    written = path.read_text()
+    with pytest.raises(ValueError, match=f"results file {path}: machine kind is 'cpu-amd-epyc-7b13-2c', "
+                                         "not this run's 'cpu-intel-xeon-2c'"):
+        recording.write_results(path, intel, run("quick", "b"), [case("f::y", 2.0)])
+    assert path.read_text() == written
+
+
 def test_benchmark_case_keeps_the_timing_statistics_and_extra_info():
     metadata = {"name": "t[a]", "fullname": "f::t[a]", "group": "g", "params": {"a": 1}, "extra_info": {"k": 2},
                 "stats": {"median": 0.5, "mean": 0.6, "min": 0.4, "max": 0.9, "stddev": 0.1, "rounds": 3,
@@ -277,6 +292,29 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     assert "1 failed, 1 passed, 1 skipped" in run.stdout, run.stdout + run.stderr
     cases = json.loads(results.read_text())["cases"]
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
+
+
+def test_tgfr_results_of_another_machine_kind_is_a_usage_error_before_the_run(tmp_path):
+    """pytest stops with the file and both kinds named, no traceback, no test run, the file unchanged."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_cases.py").write_text("def test_passes(benchmark):\n    benchmark(lambda: None)\n")
+    other = {**MACHINE, "kind": "cpu-another-machine-2c"}
+    results = tmp_path / "cpu-another-machine-2c.json"
+    recording.write_results(results, other, run("quick", "a"), [case("f::x", 1.0)])
+    written = results.read_text()
+    pytest_run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
+         "--tgfr-results", str(results)],
+        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    output = pytest_run.stdout + pytest_run.stderr
+    kind = recording.machine_description()["kind"]
+    assert pytest_run.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert (f"ERROR: --tgfr-results: results file {results}: machine kind is 'cpu-another-machine-2c', "
+            f"not this run's {kind!r}") in output, output
+    assert "Traceback" not in output and "passed" not in output, output
+    assert results.read_text() == written
 
 
 def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
