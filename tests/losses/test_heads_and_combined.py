@@ -267,6 +267,33 @@ def test_association_non_finite_batch_gives_a_non_finite_loss_and_keeps_the_memo
     torch.testing.assert_close(loss(next_image, next_caption)[0], expected, **TOL)
 
 
+def test_association_memory_update_under_inference_mode_keeps_a_normal_buffer():
+    """A training-mode call under torch.inference_mode put an inference tensor in the memory buffer: every later
+    autograd-recording call failed ("Inference tensors cannot be saved for backward"), and so did
+    load_state_dict. The call still updates the memory, as CoReFace's margin is updated there."""
+    torch.manual_seed(4)
+    loss = DualGranularityAssociationLoss(8, 3, scale=5.0, temperature=0.2, min_confidence=0.4).double().train()
+    centres = torch.randn(3, 8, dtype=torch.float64)
+    image = centres[torch.arange(12) % 3] + 0.3 * torch.randn(12, 8, dtype=torch.float64)
+    caption = torch.randn(12, 8, dtype=torch.float64)
+    before = loss.prototypes.clone()
+    with torch.inference_mode():
+        loss(image, caption)
+    _, assignment, _ = association_reference(image, caption, before, 5.0, 0.2, 0.4)
+    check_prototypes_moved(loss.prototypes, before, image, assignment)
+    assert not loss.prototypes.is_inference()
+    moved = loss.prototypes.clone()
+    image.requires_grad_(), caption.requires_grad_()
+    got, _ = loss(image, caption)
+    expected, _, _ = association_reference(image, caption, moved, 5.0, 0.2, 0.4)
+    torch.testing.assert_close(got, expected, **TOL)
+    for gradient, reference in zip(torch.autograd.grad(got, (image, caption)),
+                                   torch.autograd.grad(expected, (image, caption))):
+        torch.testing.assert_close(gradient, reference, **TOL)
+    loss.load_state_dict({"prototypes": before})
+    assert torch.equal(loss.prototypes, before)
+
+
 def test_compiled_association_loss_trains_like_eager():
     """Inductor removed the copy of the memory that the global level's matmul saved for its backward, and the
     in-place memory update then broke that backward ("modified by an inplace operation")."""

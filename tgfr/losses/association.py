@@ -15,7 +15,9 @@ assignments and confidences sharpen as the visual embedding and the memory organ
 loss uses the memory as it was before that call's update (P_new = normalize(m P + (1 - m) mean)),
 and the update puts the new memory in a new tensor, leaving the one the backward saved as it was.
 Images with NaN/Inf make the loss non-finite but are left out of the update, so the memory stays
-finite.
+finite. A training-mode call under torch.inference_mode (or torch.no_grad) updates the memory too, as
+CoReFace's margin is updated there, and the memory stays a normal tensor that later calls can save for
+their backward; in eval mode the memory is never updated.
 
 Local level: within the batch, identity relations are built with the image as the anchor:
 images whose assignment is confident (c_i >= min_confidence) share a pseudo-identity when they
@@ -106,8 +108,11 @@ class DualGranularityAssociationLoss(nn.Module):
         # A new tensor, not an in-place update: the memory tensor that a forward's matmul saved for its backward
         # (this call's, or an earlier call's still to come) must keep its values ("modified by an inplace
         # operation" otherwise). A copy of the memory in forward does not do it under torch.compile: inductor
-        # removes the copy.
-        self.prototypes = torch.where((counts > 0)[:, None], moved, self.prototypes)
+        # removes the copy. Made outside inference mode even when called in it: an inference tensor as the buffer
+        # would make every later autograd-recording call fail (it cannot be saved for backward), and
+        # load_state_dict too (it cannot be updated in place outside inference mode).
+        with torch.inference_mode(False), torch.no_grad():
+            self.prototypes = torch.where((counts > 0)[:, None], moved, self.prototypes)
 
     def forward(self, image: torch.Tensor, caption: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """image, caption (N, D) matched pairs -> (scalar loss, stats)."""
