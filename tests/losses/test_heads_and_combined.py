@@ -267,6 +267,27 @@ def test_association_non_finite_batch_gives_a_non_finite_loss_and_keeps_the_memo
     torch.testing.assert_close(loss(next_image, next_caption)[0], expected, **TOL)
 
 
+@pytest.mark.parametrize("precision", ["bf16 autocast", "bf16 inputs"])
+def test_association_loss_computes_in_float32_from_bf16(precision):
+    """Assignments, confidences and the global level were computed in bf16 under autocast and from bf16 inputs:
+    assignments flipped between near prototypes and the global term and stats came back rounded to bf16."""
+    torch.manual_seed(0)
+    loss = DualGranularityAssociationLoss(64, 16).eval()
+    image, caption = torch.randn(256, 64), torch.randn(256, 64)
+    if precision == "bf16 inputs":
+        image, caption = image.bfloat16(), caption.bfloat16()
+    expected, expected_assignment, expected_confidence = association_reference(
+        image.double(), caption.double(), loss.prototypes.double(), loss.scale, loss.temperature, loss.min_confidence)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
+        assignment, confidence = loss.assign(image)
+        got, stats = loss(image, caption)
+    assert torch.equal(assignment, expected_assignment)
+    torch.testing.assert_close(confidence, expected_confidence.float(), **TOL)
+    assert got.dtype == stats["global"].dtype == stats["mean_confidence"].dtype == torch.float32
+    torch.testing.assert_close(got, expected.float(), **TOL)
+    torch.testing.assert_close(stats["mean_confidence"], expected_confidence.mean().float(), **TOL)
+
+
 def test_association_memory_update_under_inference_mode_keeps_a_normal_buffer():
     """A training-mode call under torch.inference_mode put an inference tensor in the memory buffer: every later
     autograd-recording call failed ("Inference tensors cannot be saved for backward"), and so did

@@ -27,6 +27,8 @@ extra positives of the symmetric image-caption contrastive loss (the fused op's 
 mode, so nothing N x N is stored):
     L_local = symmetric supervised contrastive loss of (images, captions) on pseudo-identities.
 Total: local_weight * L_local + global_weight * L_global.
+Assignments, confidences and L_global are computed in float32 (float64 for float64 inputs) from
+16-bit inputs and under autocast, as the fused op computes L_local: the loss and its stats are float32.
 
 Distributed (gather_ranks in a process group): the local form of tgfr.distributed. The batch is
 the concatenation of the ranks' batches: L_local runs this rank's rows against all ranks'
@@ -42,6 +44,8 @@ from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
 from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
+from tgfr.ops.autocast import without_autocast
+from tgfr.reference import accumulation_dtype
 from tgfr.validation import check_count, check_finite_number, check_flag, check_positive, check_size, values_readable
 
 
@@ -84,9 +88,14 @@ class DualGranularityAssociationLoss(nn.Module):
 
     @torch.no_grad()
     def assign(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image (N, D) -> (assignment (N,) int64, confidence (N,)) against the memory."""
-        similarity = F.normalize(image.detach(), dim=1) @ self.prototypes.to(image.dtype).T
-        confidence, assignment = (similarity / self.temperature).softmax(dim=1).max(dim=1)
+        """image (N, D) -> (assignment (N,) int64, confidence (N,)) against the memory, computed in the
+        accumulation dtype (float32, float64 for float64 images) even under autocast."""
+        dtype = accumulation_dtype(image.dtype)
+        # In bf16 (autocast, or bf16 images) a cosine is off by up to 2^-9: divided by the temperature, enough to
+        # flip the assignment of an image between two near prototypes and to round the confidence to 8 bits.
+        with without_autocast(image.device.type):
+            similarity = F.normalize(image.detach().to(dtype), dim=1) @ self.prototypes.to(dtype).T
+            confidence, assignment = (similarity / self.temperature).softmax(dim=1).max(dim=1)
         return assignment, confidence
 
     # Run eagerly, as CoReFace's margin update: the selection of finite images has a data-dependent shape, and
@@ -126,9 +135,13 @@ class DualGranularityAssociationLoss(nn.Module):
         pseudo_identity = torch.where(confidence >= self.min_confidence, assignment, own)
         local = symmetric_contrastive_loss(image, caption, pseudo_identity, self.scale, "positive", gathering,
                                            self.backend, ("image", "caption"))
-        memory = self.prototypes.to(caption.dtype)
-        prototype_logits = self.scale * F.normalize(caption, dim=1) @ memory.T
-        per_caption = F.cross_entropy(prototype_logits, assignment, reduction="none")
+        # In the accumulation dtype, as the local level's fused op and the assignment: in bf16 a logit at scale 10
+        # is off by up to about 0.02.
+        dtype = accumulation_dtype(caption.dtype)
+        with without_autocast(caption.device.type):
+            memory = self.prototypes.to(dtype)
+            prototype_logits = self.scale * F.normalize(caption.to(dtype), dim=1) @ memory.T
+            per_caption = F.cross_entropy(prototype_logits, assignment, reduction="none")
         weight = confidence.to(per_caption.dtype)
         total_weight = mean_over_ranks(weight.sum()) if gathering else weight.sum()
         global_ = (weight * per_caption).sum() / total_weight
