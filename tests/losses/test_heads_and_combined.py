@@ -178,6 +178,22 @@ def test_association_loss_names_its_arguments():
         loss(torch.randn(3, 8), torch.randn(3, 8, dtype=torch.float64))
 
 
+def test_association_assign_names_its_argument():
+    """assign(image) is public: a wrong embedding size reached the matmul (a RuntimeError naming no argument) and
+    a 1-D image raised IndexError."""
+    loss = DualGranularityAssociationLoss(8, 4)
+    with pytest.raises(ValueError, match=r"image must have size 8 \(embedding_size of the loss\) in dimension 1"):
+        loss.assign(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="image must have 2 dimensions, got 1"):
+        loss.assign(torch.randn(8))
+    with pytest.raises(TypeError, match="image must have dtype in"):
+        loss.assign(torch.ones(3, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="image must be a torch.Tensor, got list"):
+        loss.assign([[0.0] * 8])
+    with pytest.raises(ValueError, match=r"image must have size 8 \(embedding_size of the loss\)"):
+        loss(torch.randn(3, 5), torch.randn(3, 5))
+
+
 def association_reference(image, caption, prototypes, scale, temperature, min_confidence):
     """The module docstring's formula in plain PyTorch -> (loss, assignment, confidence)."""
     probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / temperature).softmax(1)

@@ -45,8 +45,10 @@ from torch import nn
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
 from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
 from tgfr.ops.autocast import without_autocast
+from tgfr.ops.contrastive import FLOAT_DTYPES
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import check_count, check_finite_number, check_flag, check_positive, check_size, values_readable
+from tgfr.validation import (check_count, check_finite_number, check_flag, check_positive, check_size, check_tensor,
+                             values_readable)
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -90,6 +92,8 @@ class DualGranularityAssociationLoss(nn.Module):
     def assign(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (N, D) -> (assignment (N,) int64, confidence (N,)) against the memory, computed in the
         accumulation dtype (float32, float64 for float64 images) even under autocast."""
+        check_tensor("image", image, ndim=2, dtypes=FLOAT_DTYPES)
+        check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
         dtype = accumulation_dtype(image.dtype)
         # In bf16 (autocast, or bf16 images) a cosine is off by up to 2^-9: divided by the temperature, enough to
         # flip the assignment of an image between two near prototypes and to round the confidence to 8 bits.
@@ -126,9 +130,8 @@ class DualGranularityAssociationLoss(nn.Module):
     def forward(self, image: torch.Tensor, caption: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """image, caption (N, D) matched pairs -> (scalar loss, stats)."""
         check_pairs(image, caption, None, ("image", "caption"))
-        check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
         gathering = self.gather_ranks and is_distributed()
-        assignment, confidence = self.assign(image)
+        assignment, confidence = self.assign(image)  # checks image's size against the memory
         # An unconfident image's own pseudo-identity: unique over the images of all ranks.
         first = row_offset(image.shape[0]) if gathering else 0
         own = -1 - first - torch.arange(image.shape[0], device=image.device)
