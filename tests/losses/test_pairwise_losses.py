@@ -14,8 +14,9 @@ from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, DualGranular
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, gamma3=10.0):
-    """AttnGAN's words_loss: a loop over captions, each attending over every image's regions."""
+def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=True):
+    """AttnGAN's words_loss: a loop over captions, each attending over every image's regions; class_masking=False
+    keeps the other pairs of one identity as ordinary negatives (SPEC section 3's "none")."""
     batch = words.shape[0]
     rows = []
     for i in range(batch):
@@ -30,9 +31,10 @@ def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, ga
             context_scores.append(torch.log(torch.exp(gamma2 * cos).sum()))
         rows.append(torch.stack(context_scores))
     similarities = gamma3 * torch.stack(rows)  # (captions, images)
-    masks = labels[:, None] == labels[None, :]
-    masks.fill_diagonal_(False)
-    similarities = similarities.masked_fill(masks, float("-inf"))
+    if class_masking:
+        masks = labels[:, None] == labels[None, :]
+        masks.fill_diagonal_(False)
+        similarities = similarities.masked_fill(masks, float("-inf"))
     target = torch.arange(batch)
     return F.cross_entropy(similarities, target) + F.cross_entropy(similarities.T, target)
 
@@ -68,6 +70,22 @@ def test_wrcl_equals_damsm_words_loss():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_wrcl_same_identity_none_keeps_other_pairs_of_an_identity_as_negatives(backend):
+    """SPEC section 3: with same_identity="none" the labels change nothing; only "exclude" (the default, checked
+    above) drops the other pairs of one identity from the softmax."""
+    generator = torch.Generator().manual_seed(3)
+    words = torch.randn(6, 5, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    regions = torch.randn(6, 9, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 3, 1, 4, 5, 2])
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    got = WordRegionContrastiveLoss(same_identity="none", backend=backend)(words, lengths, regions, labels)
+    expected = damsm_words_loss(words, lengths, regions, labels, class_masking=False)
+    torch.testing.assert_close(got, expected, **TOL)
+    for g, e in zip(torch.autograd.grad(got, (words, regions)), torch.autograd.grad(expected, (words, regions))):
+        torch.testing.assert_close(g, e, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_wrcl_under_vmap_with_lengths_batched_with_the_words(backend):
     """vmap over batches of captions, each with its own lengths and labels: the lengths check read the values
     with int(), which vmap refuses ("calling .item() on a Tensor"). Losses and gradients are those of a loop."""
@@ -96,6 +114,27 @@ def test_cicl_equals_clip_loss_summed():
     torch.testing.assert_close(got, expected, **TOL)
     for g, e in zip(torch.autograd.grad(got, (sentence, image)), torch.autograd.grad(expected, (sentence, image))):
         torch.testing.assert_close(g, e, **TOL)
+
+
+def test_cicl_with_labels_excludes_other_pairs_of_an_identity_by_default():
+    """SPEC section 3's "exclude" mode, CICL's default: an off-diagonal pair of one identity gets logit -inf in both
+    directions; with same_identity="none" it stays an ordinary negative."""
+    generator = torch.Generator().manual_seed(4)
+    sentence = torch.randn(40, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    image = torch.randn(40, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 8, (40,), generator=generator)
+    target = torch.arange(40)
+    other_pair_of_identity = (labels[:, None] == labels[None, :]) & ~torch.eye(40, dtype=torch.bool)
+    for loss, masked in ((CaptionImageContrastiveLoss(), other_pair_of_identity),
+                         (CaptionImageContrastiveLoss(same_identity="none"), torch.zeros_like(other_pair_of_identity))):
+        logits = 10.0 * F.normalize(sentence, dim=1) @ F.normalize(image, dim=1).T
+        scores = logits.masked_fill(masked, float("-inf"))
+        expected = F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)
+        got = loss(sentence, image, labels)
+        torch.testing.assert_close(got, expected, **TOL)
+        for g, e in zip(torch.autograd.grad(got, (sentence, image)),
+                        torch.autograd.grad(expected, (sentence, image))):
+            torch.testing.assert_close(g, e, **TOL)
 
 
 def test_intra_modal_is_supervised_contrastive_both_ways():
