@@ -373,6 +373,10 @@ def test_multi_granularity_weights_and_components():
                         rel_tol=1e-9)
     with pytest.raises(ValueError, match="fused"):
         MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels)
+    # Without a head (the align stage's use) there is no identity term, and no "identity" entry.
+    total, parts = MultiGranularityLoss()(words, lengths, regions, sentence, image, labels)
+    torch.testing.assert_close(total, expected - 100 * head(fused, labels), **TOL)
+    assert set(parts) == {"wrcl", "cicl", "total"}
 
 
 @pytest.mark.parametrize("name", ["sentence", "image", "fused"])

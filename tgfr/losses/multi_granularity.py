@@ -20,7 +20,8 @@ class MultiGranularityLoss(nn.Module):
         caption_image: the CICL module (default CaptionImageContrastiveLoss()).
 
     forward(words, lengths, regions, sentence, image, labels=None, fused=None) ->
-        (total scalar, {"wrcl", "cicl", "identity", "total"} detached scalars for logging).
+        (total scalar, {"wrcl", "cicl", "identity", "total"} detached scalars for logging; "identity"
+        only with an identity_head).
     """
 
     def __init__(self, identity_head: nn.Module | None = None, wrcl_weight: float = 1.0, cicl_weight: float = 2.0,
