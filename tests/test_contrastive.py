@@ -391,6 +391,19 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.tgfr.contrastive_forward, args)
 
 
+def test_backward_opcheck_with_transposed_inputs():
+    # The fake kernel must give the real kernel's (contiguous) gradients: with empty_like it copied the
+    # strides of a transposed x, and a compiled graph's stride assertion failed on the real op.
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 4, generator=generator).T
+    y = torch.randn(8, 4, generator=generator).T
+    assert not x.is_contiguous() and not y.is_contiguous()
+    lse = torch.randn(4, generator=generator)
+    args = (torch.ones(4), torch.ones(4), x, y, None, None, lse, lse, 3.0, 0.1, "none", 0, True, True)
+    torch.library.opcheck(torch.ops.tgfr.contrastive_backward.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_compiles_without_graph_break():
     x, y, labels, _ = make_batch(16, 16, 4, torch.float32)
     compiled = torch.compile(contrastive_loss, backend="eager", fullgraph=True)

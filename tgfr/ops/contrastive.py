@@ -290,7 +290,8 @@ def _contrastive_forward_fake(x, y, labels_x, labels_y, scale, margin, same_iden
 
 @torch.library.register_fake("tgfr::contrastive_backward")
 def _contrastive_backward_fake(grad_row_loss, grad_col_loss, x, y, *args):
-    return torch.empty_like(x), torch.empty_like(y)
+    # new_empty, not empty_like: the kernel's gradients are contiguous whatever the strides of x and y.
+    return x.new_empty(x.shape), y.new_empty(y.shape)
 
 
 @torch.library.register_fake("tgfr::contrastive_row_max")
