@@ -307,3 +307,78 @@ def test_registered_ops_take_noncontiguous_inputs():
         grad.float(), words_t, lengths, regions_t, 4.0, 5.0, True, False)
     for got, want in zip((scores, *gradients), expected):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+# Inputs the C++ ops refuse with a ValueError (or TypeError), as (words, lengths, regions), the
+# error type and the argument the Triton ops' message must name. The Triton ops took their sizes
+# from words and regions unchecked: a short lengths or a regions of smaller D was read past its end
+# (garbage scores here, an illegal memory access on a GPU), an empty side gave an empty result.
+BAD_SIZES = {
+    "regions D": ((2, 3, 8), [3, 1], (2, 5, 4), torch.float32, ValueError, "regions"),
+    "lengths short": ((2, 3, 8), [3], (2, 5, 8), torch.float32, ValueError, "lengths"),
+    "N=0": ((0, 3, 8), [], (2, 5, 8), torch.float32, ValueError, "words"),
+    "T=0": ((2, 0, 8), [1, 1], (2, 5, 8), torch.float32, ValueError, "words"),
+    "M=0": ((2, 3, 8), [3, 1], (0, 5, 8), torch.float32, ValueError, "regions"),
+    "R=0": ((2, 3, 8), [3, 1], (2, 0, 8), torch.float32, ValueError, "regions"),
+    "regions bfloat16": ((2, 3, 8), [3, 1], (2, 5, 8), torch.bfloat16, TypeError, "regions"),
+}
+
+
+def _bad_sizes_inputs(case):
+    words_shape, lengths, regions_shape, regions_dtype, error, name = BAD_SIZES[case]
+    generator = torch.Generator().manual_seed(17)
+    words = torch.randn(words_shape, generator=generator)
+    regions = torch.randn(regions_shape, generator=generator).to(regions_dtype)
+    return (words, torch.tensor(lengths, dtype=torch.int64), regions), error, name
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", list(BAD_SIZES))
+def test_registered_scores_op_checks_sizes_itself(case):
+    from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
+
+    inputs, error, name = _bad_sizes_inputs(case)
+    with pytest.raises(error):  # the reference: the C++ op refuses these inputs
+        torch.ops.tgfr.word_region_scores(*inputs, 4.0, 5.0, True)
+    with pytest.raises(error, match=f"^{name} "):
+        torch.ops.tgfr.word_region_scores_triton(*inputs, 4.0, 5.0, True)
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", [*BAD_SIZES, "grad_scores N", "grad_scores M", "grad_scores 1-D"])
+def test_registered_backward_op_checks_sizes_itself(case):
+    from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
+
+    if case.startswith("grad_scores"):  # valid words (2, 3, 8) and regions (2, 5, 8), grad_scores not (2, 2)
+        words, lengths, regions = _inputs(2, 2, 3, 5, 8, [3, 1], seed=18)
+        words, regions = words.float(), regions.float()
+        grad_scores = {"grad_scores N": torch.ones(1, 2), "grad_scores M": torch.ones(2, 3),
+                       "grad_scores 1-D": torch.ones(4)}[case]
+        error, name = ValueError, "grad_scores"
+    else:
+        (words, lengths, regions), error, name = _bad_sizes_inputs(case)
+        grad_scores = torch.ones(words.shape[0], regions.shape[0])
+    with pytest.raises(error):  # the reference: the C++ op refuses these inputs
+        torch.ops.tgfr.word_region_scores_backward(grad_scores, words, lengths, regions, 4.0, 5.0, True)
+    for deterministic in (False, True):
+        with pytest.raises(error, match=f"^{name} "):
+            torch.ops.tgfr.word_region_scores_backward_triton(
+                grad_scores, words, lengths, regions, 4.0, 5.0, True, deterministic)
+
+
+@interpreted_only
+def test_size_checks_take_symbolic_sizes():
+    # torch.compile with dynamic shapes traces the ops with symbolic sizes: the checks read shapes only.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from tgfr.ops import word_region_triton
+
+    def check(words, lengths, regions):
+        word_region_triton._check_op_inputs(words, lengths, regions)
+        return lengths * regions.shape[0]
+
+    (words, lengths, regions), _, _ = _bad_sizes_inputs("regions D")
+    graph = make_fx(check, tracing_mode="symbolic")(words, lengths, regions.new_zeros(3, 5, 8))
+    torch.testing.assert_close(graph(words, lengths, torch.randn(4, 2, 8)), lengths * 4)
+    with pytest.raises(ValueError, match="^regions "):
+        make_fx(check, tracing_mode="symbolic")(words, lengths, regions)

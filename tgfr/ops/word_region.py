@@ -29,23 +29,30 @@ BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 GAMMA_MAX = torch.finfo(torch.float32).max
 
 
-def _check_inputs(
-    words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def check_input_shapes(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> None:
+    """Checks everything but the values of lengths: words (N, T, D) and regions (M, R, D) of one
+    float dtype, no size 0, lengths (N,) int64/int32, all on one device. Metadata only, so it holds
+    for fake tensors and while torch.compile traces; the registered Triton ops check with it too."""
     check_tensor("words", words, ndim=3, dtypes=FLOAT_DTYPES)
     check_tensor("regions", regions, ndim=3, dtypes=FLOAT_DTYPES)
     check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64, torch.int32))
     check_same_device(words=words, lengths=lengths, regions=regions)
     if regions.dtype != words.dtype:
         raise TypeError(f"regions must have the dtype of words ({words.dtype}), got {regions.dtype}")
-    num_captions, num_words, dim = words.shape
     check_nonempty("words", words, 0)
     check_nonempty("words", words, 1)
     check_nonempty("words", words, 2)
     check_nonempty("regions", regions, 0)
     check_nonempty("regions", regions, 1)
-    check_size("regions", regions, 2, dim, "the feature size D of words")
-    check_word_lengths(lengths, num_captions, num_words)
+    check_size("regions", regions, 2, words.shape[2], "the feature size D of words")
+    check_size("lengths", lengths, 0, words.shape[0], "the number of captions N")
+
+
+def _check_inputs(
+    words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_input_shapes(words, lengths, regions)
+    check_word_lengths(lengths, words.shape[0], words.shape[1])
     return words.contiguous(), lengths.to(torch.int64).contiguous(), regions.contiguous()
 
 

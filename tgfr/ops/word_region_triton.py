@@ -64,6 +64,8 @@ from torch.library import triton_op, wrap_triton
 
 from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
+from tgfr.ops.word_region import check_input_shapes
+from tgfr.validation import check_same_device, check_size, check_tensor
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -629,14 +631,6 @@ def _launch(kernel, config, pairs: int, grid, *arguments, **constexprs) -> None:
     wrap_triton(kernel.fn)[grid](*arguments, **constexprs, **launch_options)
 
 
-def _check_dtype(words: torch.Tensor) -> None:
-    if words.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"words must be float32, bfloat16 or float16 for backend 'triton', got {words.dtype} "
-            "(use backend='cpu' or 'reference' for float64)"
-        )
-
-
 def launch_forward(
     words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool, config: triton.Config | None = None,
@@ -692,12 +686,23 @@ def launch_backward(
     return grad_words, grad_regions
 
 
-def _assert_lengths_in_range(lengths: torch.Tensor, num_words: int) -> None:
-    # The ops can be called directly, past the front end's checks, and the kernels mask words by
-    # `word < length` alone: a length past T would read the next caption's words or past the
-    # tensor. An assertion on the device (no synchronization) stops that. No T in the message: torch.compile
-    # traces this body, and a symbolic T put into a string would be fixed to its value (a recompile per T).
-    torch._assert_async(((lengths >= 1) & (lengths <= num_words)).all(),
+def _check_op_inputs(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> None:
+    """The registered ops' own checks of words (N, T, D), lengths (N,) and regions (M, R, D): the
+    ops can be called directly (as a compiled graph or a user may), past the front end's checks,
+    and the kernels take N, T, R and D from words and regions, so a short lengths or a smaller D
+    of regions would have them read past a tensor. Sizes and dtypes are metadata, known while
+    torch.compile traces too, and raise here."""
+    check_input_shapes(words, lengths, regions)
+    if words.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(
+            f"words must be float32, bfloat16 or float16 for backend 'triton', got {words.dtype} "
+            "(use backend='cpu' or 'reference' for float64)"
+        )
+    # The kernels mask words by `word < length` alone: a length past T would read the next caption's
+    # words or past the tensor. The values are data: an assertion on the device (no synchronization)
+    # stops that. No T in the message: torch.compile traces this body, and a symbolic T put into a
+    # string would be fixed to its value (a recompile per T).
+    torch._assert_async(((lengths >= 1) & (lengths <= words.shape[1])).all(),
                         "lengths must lie in [1, T] (T from words.shape[1])")
 
 
@@ -706,7 +711,7 @@ def _scores_op(
     words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool,
 ) -> torch.Tensor:
-    _assert_lengths_in_range(lengths, words.shape[1])
+    _check_op_inputs(words, lengths, regions)
     # The kernels take the strides of the first two dimensions and assume the last is 1; the
     # public front end passes contiguous tensors, a direct call of torch.ops.tgfr.* may not.
     return launch_forward(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2,
@@ -718,7 +723,12 @@ def _scores_backward_op(
     grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _assert_lengths_in_range(lengths, words.shape[1])
+    _check_op_inputs(words, lengths, regions)
+    # The kernels index grad_scores (N, M) by caption and image of words and regions.
+    check_tensor("grad_scores", grad_scores, ndim=2)
+    check_same_device(words=words, grad_scores=grad_scores)
+    check_size("grad_scores", grad_scores, 0, words.shape[0], "the number of captions N of words")
+    check_size("grad_scores", grad_scores, 1, regions.shape[0], "the number of images M of regions")
     grad_words, grad_regions = launch_backward(
         grad_scores.contiguous(), words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2,
         word_softmax, deterministic,
@@ -766,10 +776,10 @@ def word_region_scores(
     gamma2: float,
     word_softmax: bool,
 ) -> torch.Tensor:
-    """Triton word-region scores; inputs already checked and contiguous by tgfr.ops.word_region.
+    """Triton word-region scores; inputs checked and made contiguous by tgfr.ops.word_region (the
+    op checks their sizes and dtypes again, for direct calls).
 
     words (N, T, D) float32/bfloat16/float16, lengths (N,) int64 in [1, T], regions (M, R, D)
     -> (N, M) float32, differentiable in words and regions.
     """
-    _check_dtype(words)
     return _scores_op(words, lengths, regions, gamma1, gamma2, word_softmax)
