@@ -159,9 +159,9 @@ import torch
 from tgfr.ops import contrastive_triton  # noqa: F401  (registers the ops)
 generator = torch.Generator().manual_seed(2)
 x = torch.randn(12, 24, generator=generator).T.contiguous().T[:, :20]  # strides (1, 12), sliced
-y = torch.randn(9, 20, generator=generator)
+y = torch.randn(14, 20, generator=generator)  # M >= N: every row's target column i + offset exists
 labels_x = torch.randint(0, 3, (24,), generator=generator)[::2]
-labels_y = torch.randint(0, 3, (9,), generator=generator)
+labels_y = torch.randint(0, 3, (14,), generator=generator)
 assert not x.is_contiguous() and not labels_x.is_contiguous()
 for normalize in (True, False):
     arguments = (x, y, labels_x, labels_y, 5.0, 0.1, "exclude", 0, True, False, normalize)

@@ -60,30 +60,36 @@ def _check_embeddings(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def _check_labels(
-    x: torch.Tensor, y: torch.Tensor, row_labels: torch.Tensor | None, column_labels: torch.Tensor | None
+    x: torch.Tensor, y: torch.Tensor, row_labels: torch.Tensor | None, column_labels: torch.Tensor | None,
+    names: tuple[str, str] = ("row_labels", "column_labels"),
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Labels as int64; column_labels default to row_labels when x and y are one batch."""
+    """Labels as int64; column_labels default to row_labels when x and y are one batch. `names`
+    are the two labels' argument names for the messages (the registered ops call them labels_x
+    and labels_y)."""
+    row_name, column_name = names
     if row_labels is None:
         if column_labels is not None:
-            raise ValueError("column_labels were given without row_labels")
+            raise ValueError(f"{column_name} were given without {row_name}")
         return None, None
-    check_tensor("row_labels", row_labels, ndim=1, dtypes=LABEL_DTYPES)
-    check_size("row_labels", row_labels, 0, x.shape[0], "one label per row of x")
+    check_tensor(row_name, row_labels, ndim=1, dtypes=LABEL_DTYPES)
+    check_size(row_name, row_labels, 0, x.shape[0], "one label per row of x")
     if column_labels is None:
         if y.shape[0] != x.shape[0]:
             raise ValueError(
-                f"column_labels must be given when x and y have different numbers of rows (N={x.shape[0]}, "
-                f"M={y.shape[0]}): they default to row_labels, which label the rows of x only"
+                f"{column_name} must be given when x and y have different numbers of rows (N={x.shape[0]}, "
+                f"M={y.shape[0]}): they default to {row_name}, which label the rows of x only"
             )
         column_labels = row_labels
-    check_tensor("column_labels", column_labels, ndim=1, dtypes=LABEL_DTYPES)
-    check_size("column_labels", column_labels, 0, y.shape[0], "one label per row of y")
-    check_same_device(x=x, y=y, row_labels=row_labels, column_labels=column_labels)
+    check_tensor(column_name, column_labels, ndim=1, dtypes=LABEL_DTYPES)
+    check_size(column_name, column_labels, 0, y.shape[0], "one label per row of y")
+    check_same_device(**{"x": x, "y": y, row_name: row_labels, column_name: column_labels})
     return row_labels.to(torch.int64).contiguous(), column_labels.to(torch.int64).contiguous()
 
 
 def _check_offset(offset: object, num_rows: int, num_columns: int, direction: str) -> int:
-    if isinstance(offset, bool) or not isinstance(offset, int):
+    # A SymInt where torch.compile traces the registered Triton ops, which check with this too, with
+    # dynamic shapes: an offset from a dynamic batch size (tgfr.distributed.row_offset) is one.
+    if isinstance(offset, bool) or not isinstance(offset, (int, torch.SymInt)):
         raise TypeError(f"offset must be an int, got {type(offset).__name__}")
     # An offset cannot help when the sizes themselves rule every offset out: say so, not "offset".
     if direction == "both" and num_rows != num_columns:

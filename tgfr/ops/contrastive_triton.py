@@ -30,9 +30,11 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from tgfr import reference
+from tgfr.ops.contrastive import SAME_IDENTITY_MODES, _check_embeddings, _check_labels, _check_offset
 from tgfr.ops.contrastive import _contrastive_forward_fake as cpu_forward_fake
 from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
+from tgfr.validation import check_choice, check_same_device, check_size, check_tensor
 
 _MODES = {"none": 0, "exclude": 1, "zero": 2, "positive": 3}
 BLOCK_ROWS, BLOCK_COLS = 32, 32
@@ -180,6 +182,41 @@ def _positive_counts(labels_a, labels_b, offset, same_identity, num_a, like):
     return (same + labels_b[offset:offset + num_a].ne(labels_a)).to(like.dtype)
 
 
+def _check_op_inputs(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor | None, labels_y: torch.Tensor | None,
+                     same_identity: str, offset: int, rows: bool, columns: bool
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The registered ops' own checks of x (N, D), y (M, D), labels_x (N,) and labels_y (M,) (both or
+    neither), with the front end's checks (tgfr.ops.contrastive): the ops can be called directly (as
+    a compiled graph or a user may), past the front end, and the kernels take N, M and D from x and y
+    and every target column i + offset as there, so a smaller D of y, short labels or an offset
+    without a target would have them read past a tensor. Metadata only: it holds while
+    torch.compile traces. Returns the labels as int64 (or None)."""
+    _check_embeddings(x, y)
+    check_same_device(x=x, y=y)
+    if (labels_x is None) != (labels_y is None):
+        given = "labels_x" if labels_y is None else "labels_y"
+        raise ValueError(f"labels_x and labels_y must be given both or neither, got only {given}")
+    labels_x, labels_y = _check_labels(x, y, labels_x, labels_y, names=("labels_x", "labels_y"))
+    check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
+    if rows or columns:
+        _check_offset(offset, x.shape[0], y.shape[0], "both" if rows and columns else "rows" if rows else "columns")
+    return labels_x, labels_y
+
+
+def _check_direction_gradients(grad_row_loss: torch.Tensor, grad_col_loss: torch.Tensor, row_lse: torch.Tensor,
+                               col_lse: torch.Tensor, num_rows: int, num_columns: int, rows: bool,
+                               columns: bool) -> None:
+    """The backward kernels read one loss gradient and one log-sum-exp per row of x (N) for `rows`
+    and per row of y (M) for `columns`: each of those must be (N,) or (M,)."""
+    for on, count, what, named in (
+        (rows, num_rows, "one per row of x", {"grad_row_loss": grad_row_loss, "row_lse": row_lse}),
+        (columns, num_columns, "one per row of y", {"grad_col_loss": grad_col_loss, "col_lse": col_lse}),
+    ):
+        for name, tensor in named.items() if on else ():
+            check_tensor(name, tensor, ndim=1)
+            check_size(name, tensor, 0, count, what)
+
+
 def _contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """The kernels index rows as row * D and labels as label_ptr + row: the public front end passes
     contiguous tensors, a direct call of the registered op may not."""
@@ -239,6 +276,7 @@ def contrastive_forward(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.tgfr.contrastive_forward (same arguments and outputs), which
     with `normalize` L2-normalizes x and y itself (see the module docstring)."""
+    labels_x, labels_y = _check_op_inputs(x, y, labels_x, labels_y, same_identity, offset, rows, columns)
     x, y, labels_x, labels_y = _contiguous(x, y, labels_x, labels_y)
     empty = x.new_empty(0, dtype=reference.accumulation_dtype(x.dtype))
     row_loss, row_lse = empty, empty.clone()
@@ -283,6 +321,8 @@ def contrastive_backward(grad_row_loss: torch.Tensor, grad_col_loss: torch.Tenso
                          same_identity: str, offset: int, rows: bool, columns: bool, normalize: bool
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.tgfr.contrastive_backward, plus `normalize` (as in the forward)."""
+    labels_x, labels_y = _check_op_inputs(x, y, labels_x, labels_y, same_identity, offset, rows, columns)
+    _check_direction_gradients(grad_row_loss, grad_col_loss, row_lse, col_lse, x.shape[0], y.shape[0], rows, columns)
     grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse = _contiguous(
         grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse)
     inverse_norm_x, inverse_norm_y = _inverse_norms(x, normalize), _inverse_norms(y, normalize)
