@@ -330,3 +330,15 @@ def test_run_and_set_refusals_are_one_error_line(run, case, message):
     else:
         arguments += ["--set", message.split("'")[1]]
     assert evaluate_error(*arguments).startswith("tgfr evaluate: error: " + message.replace("RUN", str(run)))
+
+
+def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
+    """`tgfr evaluate --set evaluation.splits.<name>` changes that entry of the run's table; a name the
+    table does not hold is refused, naming the ones it does."""
+    evaluated = []
+    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *rest: evaluated.append(config) or run / "report")
+    assert main(["evaluate", "--run", str(run), "--set", "evaluation.splits.degraded=test_blur"]) == 0
+    assert evaluated[0].evaluation.splits == {"clean": "test", "degraded": "test_blur"}
+    assert evaluate_error("--run", str(run), "--set", "evaluation.splits.blur=test_blur") == (
+        "tgfr evaluate: error: --set 'evaluation.splits.blur=test_blur': unknown key evaluation.splits.blur; "
+        "known: clean, degraded")

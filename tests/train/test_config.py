@@ -287,3 +287,18 @@ def test_a_run_trained_before_the_recipe_checks_stays_evaluable_and_resumable(tm
     with pytest.raises(ValueError, match=re.escape(message)):  # a fresh training with it is still refused
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):
+    """An entry of a table setting is a key: `tgfr train --set` changes the entries the preset holds
+    (as it always did), refuses a new one (the whole table is set for that) and a key past an entry."""
+    main(["train", "--preset", "quick", "--set", 'evaluation.splits.clean="test_degraded"', "--print-config"])
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["evaluation"]["splits"] == {"clean": "test_degraded", "degraded": "test_degraded"}
+    with pytest.raises(ValueError, match=r"^override 'evaluation\.splits\.blur=test_blur': unknown key "
+                                         r"evaluation\.splits\.blur; known: clean, degraded$"):
+        load_config("quick", ["evaluation.splits.blur=test_blur"])
+    with pytest.raises(ValueError, match=r"^override 'evaluation\.splits\.clean\.x=1': evaluation\.splits\.clean "
+                                         r"is not a table$"):
+        load_config("quick", ["evaluation.splits.clean.x=1"])
+    assert load_config("quick", ['evaluation.splits={blur = "test_blur"}']).evaluation.splits == {"blur": "test_blur"}

@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="evaluate on this manifest instead of the run's data (it needs the splits that "
                              "evaluation.splits names)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one evaluation.<key> of the run's config (repeatable), e.g. "
-                             "--set evaluation.protocol=pairs --set evaluation.bootstrap_resamples=50")
+                        help="override one evaluation.<key> of the run's config (repeatable), or one "
+                             "entry of evaluation.splits, e.g. --set evaluation.protocol=pairs --set "
+                             "evaluation.bootstrap_resamples=50 --set evaluation.splits.degraded=test_blur")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto (CUDA when available), cpu or cuda (default: %(default)s)")
     parser.set_defaults(func=main)
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         for override in args.overrides:
             keys, value = parse_override(override)
-            if keys[0] != "evaluation" or len(keys) != 2:
+            if keys[0] != "evaluation" or len(keys) < 2:
                 raise SystemExit(f"tgfr evaluate: error: --set {override!r}: only evaluation.<key> can be set here")
             try:
                 set_key(values, keys, value)

@@ -464,18 +464,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def set_key(values: dict[str, Any], keys: list[str], value: Any) -> None:
     """Sets `value` at the dotted key `keys` (as parse_override splits it) of `values`, a TrainConfig as
     a nested dict (a preset, a run's config.toml). The key is checked against TrainConfig's fields, not
-    against the keys `values` holds, so that a setting missing from a file can be set; ValueError naming
-    the key when it names no setting. A table on the way that `values` lacks is made; one that is not a
-    table there (e.g. `evaluation = 3`) is left as it is, for building the config to name."""
-    config_class = TrainConfig
+    against the keys `values` holds, so that a setting missing from a file can be set; past a setting
+    that is a table of entries (evaluation.splits), the key names one of the entries `values` holds
+    there. ValueError naming the key when it names no setting or entry. A table on the way that `values`
+    lacks is made; one that is not a table there (e.g. `evaluation = 3`) is left as it is, for building
+    the config to name."""
+    setting: Any = TrainConfig  # the type of what keys[:depth] names
+    table: Any = values  # what `values` holds at keys[:depth] (None where it holds nothing)
     for depth, key in enumerate(keys):
-        names = [f.name for f in dataclasses.fields(config_class)]
-        if key not in names:
-            raise ValueError(f"unknown key {'.'.join(keys[:depth + 1])}; known: {', '.join(sorted(names))}")
-        if depth < len(keys) - 1:
-            config_class = typing.get_type_hints(config_class)[key]
-            if not dataclasses.is_dataclass(config_class):
-                raise ValueError(f"{'.'.join(keys[:depth + 1])} is not a table")
+        if dataclasses.is_dataclass(setting):
+            known = [f.name for f in dataclasses.fields(setting)]
+            setting = typing.get_type_hints(setting)[key] if key in known else None
+        elif typing.get_origin(setting) is dict and isinstance(table, dict):
+            # One entry of the table is changed, as `tgfr train --set` always allowed; a new entry
+            # comes with the whole table (evaluation.splits={clean = "test", low = "test_low"}).
+            known = list(table)
+            setting = typing.get_args(setting)[1] if key in known else None
+        elif typing.get_origin(setting) is dict:
+            return  # not a table in `values` (e.g. `splits = 3`): building the config names it
+        else:
+            raise ValueError(f"{'.'.join(keys[:depth])} is not a table")
+        if setting is None:
+            raise ValueError(f"unknown key {'.'.join(keys[:depth + 1])}; known: {', '.join(sorted(known))}")
+        table = table.get(key) if isinstance(table, dict) else None
     table = values
     for key in keys[:-1]:
         table = table.setdefault(key, {})
