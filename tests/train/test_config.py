@@ -4,10 +4,12 @@ import dataclasses
 import math
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from tgfr.cli import main
+from tgfr.data import SyntheticConfig
 from tgfr.train.config import (PRESET_DIR, EvaluationConfig, TrainConfig, config_from_dict, find_preset, load_config,
                                parse_override, preset_names, to_toml)
 from tgfr.train.loop import lr_factor
@@ -302,3 +304,31 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):
                                          r"is not a table$"):
         load_config("quick", ["evaluation.splits.clean.x=1"])
     assert load_config("quick", ['evaluation.splits={blur = "test_blur"}']).evaluation.splits == {"blur": "test_blur"}
+
+
+def _synthetic_set_accepts(identities):
+    """Whether the synthetic generator takes `identities` with the fractions training generates with."""
+    try:
+        SyntheticConfig(identities=identities)
+    except ValueError:
+        return False
+    return True
+
+
+def test_too_few_synthetic_identities_are_refused_when_the_config_is_read(capsys):
+    """The generator's own refusal is the reference: the smallest count it takes is the minimum, named
+    by --print-config (before any generation) and stated in README; a manifest makes the count moot."""
+    accepted = [identities for identities in range(1, 40) if _synthetic_set_accepts(identities)]
+    smallest = accepted[0]
+    assert accepted == list(range(smallest, 40))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", "--set", f"data.synthetic_identities={smallest - 1}", "--print-config"])
+    assert str(exit_.value.code) == (
+        f"tgfr train: error: data.synthetic_identities must be at least {smallest} without a data.manifest (fewer "
+        f"leave the synthetic dataset's val or test split without an identity), got {smallest - 1}")
+    assert capsys.readouterr().out == ""
+    assert load_config("quick", [f"data.synthetic_identities={smallest}"]).data.synthetic_identities == smallest
+    assert load_config("quick", ["data.synthetic_identities=1", "data.manifest=m.jsonl"]).data.synthetic_identities == 1
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
+    assert f"`data.synthetic_identities` at least {smallest} without a `data.manifest`" in readme
+    assert f"fewer than {smallest} identities" in readme

@@ -68,10 +68,9 @@ class SyntheticConfig:
                 raise ValueError(f"degradation recipe of split {name!r}: {error}") from None
         # A split cut to no identity by the rounding (2 identities: no val, no test) would show only
         # when training or evaluation finds it empty, and a dataset without train is of no use.
-        sizes = self.split_sizes()
-        empty = [name for name, fraction in (("train", 1), ("val", self.val_fraction), ("test", self.test_fraction))
-                 if fraction > 0 and sizes[name] == 0]
+        empty = _empty_splits(self.identities, self.val_fraction, self.test_fraction)
         if empty:
+            sizes = self.split_sizes()
             raise ValueError(f"identities={self.identities} with val_fraction={self.val_fraction} and test_fraction="
                              f"{self.test_fraction} leaves split(s) {', '.join(empty)} without an identity (train/val/"
                              f"test get {sizes['train']}/{sizes['val']}/{sizes['test']}): give more identities, or "
@@ -79,13 +78,36 @@ class SyntheticConfig:
 
     def split_sizes(self) -> dict[str, int]:
         """Identities in each of train, val and test: the fractions of `identities`, rounded."""
-        test = round(self.identities * self.test_fraction)
-        val = round(self.identities * self.val_fraction)
-        return {"train": self.identities - test - val, "val": val, "test": test}
+        return _split_sizes(self.identities, self.val_fraction, self.test_fraction)
 
     def key(self) -> str:
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _split_sizes(identities: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Identities in each of train, val and test: the fractions of `identities`, rounded."""
+    test = round(identities * test_fraction)
+    val = round(identities * val_fraction)
+    return {"train": identities - test - val, "val": val, "test": test}
+
+
+def _empty_splits(identities: int, val_fraction: float, test_fraction: float) -> list[str]:
+    """The splits, among train and those of val and test with a positive fraction, that the fractions
+    of `identities` leave without an identity."""
+    sizes = _split_sizes(identities, val_fraction, test_fraction)
+    return [name for name, fraction in (("train", 1), ("val", val_fraction), ("test", test_fraction))
+            if fraction > 0 and sizes[name] == 0]
+
+
+def fewest_identities(val_fraction: float = SyntheticConfig.val_fraction,
+                      test_fraction: float = SyntheticConfig.test_fraction) -> int:
+    """The fewest identities that SyntheticConfig accepts with these fractions (by default its own,
+    those `tgfr train` generates with): every wanted split gets an identity."""
+    identities = 1
+    while _empty_splits(identities, val_fraction, test_fraction):
+        identities += 1
+    return identities
 
 
 SYNTHETIC_PRESETS = {

@@ -233,6 +233,7 @@ class TrainConfig:
         # `tgfr --help` and a usage error should not wait for.
         from tgfr.losses.identity_heads import MAX_MARGIN
         from tgfr.models import IRESNET_LAYERS
+        from tgfr.data.synthetic import fewest_identities
         from tgfr.models.fcfm import FUSIONS
         from tgfr.losses.word_region import logits_fit_float32
         from tgfr.ops.word_region import GAMMA_MAX
@@ -259,6 +260,15 @@ class TrainConfig:
                    "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
         for key, low in minimum.items():
             _check_integer(key, self._get(key), low)
+        if not self.data.manifest:
+            # The synthetic set splits its identities by SyntheticConfig's default fractions, and refuses
+            # a count that leaves a split without one only once training generates it; the fractions stay
+            # (changing them would change every preset's dataset).
+            synthetic_minimum = fewest_identities()
+            if self.data.synthetic_identities < synthetic_minimum:
+                raise ValueError(f"data.synthetic_identities must be at least {synthetic_minimum} without a "
+                                 f"data.manifest (fewer leave the synthetic dataset's val or test split without "
+                                 f"an identity), got {self.data.synthetic_identities}")
         # The batch order seeds a torch generator with (seed + stage index) * 100003 + epoch, which must
         # fit in 64 bits: a larger seed would fail only once training has started.
         for key in ("seed", "data.synthetic_seed"):
