@@ -316,3 +316,24 @@ def test_a_rerun_removes_the_images_of_earlier_runs_also_one_cut_short(tmp_path,
                                                                                                 "synthetic.json"}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir()} == \
         {parent for path in listed for parent in map(str, Path(path).parents) if parent != "."}
+
+
+def test_a_rerun_removes_the_images_of_a_run_an_earlier_tgfr_cut_short(tmp_path):
+    """An earlier tgfr's cut-short marker lists no parameters: the rerun removes the files named like
+    the generator's images and degraded copies that it does not write itself, and no other file."""
+    out = tmp_path / "synth"
+    (out / "images").mkdir(parents=True)
+    (out / "synthetic.json").write_text(json.dumps({"finished": False, "key": None, "version": 1}))
+    generated_names = ["images/val/50/50_0.png", "images/test/51/51_2.png", "images/train/0/0_7.png",
+                       "test_degraded/images/test/51/51_2.png", "test_blur_degraded/images/test/52/52_0.png"]
+    other_names = ["notes.txt", "images/test/51/face.png", "images/train/7/8_0.png", "images/extra/1/1_0.png",
+                   "images/test/51/51_2.jpg", "test_degraded/images/val/50/50_0.png", "images/test/051/051_0.png",
+                   "mine/images/test/51/51_2.png"]
+    for name in generated_names + other_names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"earlier")
+    manifest = generate_synthetic_dataset(out, CONFIG, workers=1)
+    listed = {record.path for record in read_manifest(manifest)}
+    assert not listed & set(generated_names + other_names)  # none of them is rewritten by this run
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
+        listed | set(other_names) | {"manifest.jsonl", "synthetic.json"}

@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -201,6 +202,25 @@ def _earlier_configs(marker: dict | None) -> list[SyntheticConfig]:
     return configs
 
 
+# The names this generator gives its images (_image_path) and their degraded copies (degraded_path of
+# a split's "<split>[_...]_degraded" copy, which holds that split's images only).
+_GENERATED_IMAGE = re.compile(r"(?:(?P<copy_split>train|val|test)(?:_[^/]*)?_degraded/)?images/"
+                              r"(?P<split>train|val|test)/(?P<identity>0|[1-9][0-9]*)/(?P=identity)_(?:0|[1-9][0-9]*)"
+                              r"\.png")
+
+
+def _generated_images(out: Path) -> set[str]:
+    """The files under `out` (relative paths) that bear the names of this generator's images and their
+    degraded copies: what a run of an earlier tgfr, cut short before listing its parameters, may have
+    written. Other files are not among them."""
+    paths = set()
+    for candidate in [*out.glob("images/*/*/*.png"), *out.glob("*/images/*/*/*.png")]:
+        match = _GENERATED_IMAGE.fullmatch(candidate.relative_to(out).as_posix())
+        if match and match["copy_split"] in (None, match["split"]) and candidate.is_file():
+            paths.add(match.group(0))
+    return paths
+
+
 def _remove_images(out: Path, paths: set[str]) -> None:
     """Removes the images `paths` (relative to `out`), and the folders under `out` they leave empty."""
     folders = set()
@@ -244,7 +264,13 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     check_workers(workers)
     out = Path(out)
     _check_synthetic_or_empty(out)
-    earlier = _earlier_configs(_marker(out)) if out.is_dir() else []
+    marker = _marker(out) if out.is_dir() else None
+    earlier = _earlier_configs(marker)
+    if marker is not None and marker["key"] is None and "written" not in marker:
+        # Cut short by a tgfr that did not list its runs' parameters: what it wrote is known only by
+        # the generator's names. Removed before this run's marker lists the runs, so that a rerun cut
+        # short here finds the old marker and looks again.
+        _remove_images(out, _generated_images(out) - _written_paths(config))
     out.mkdir(parents=True, exist_ok=True)
     # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
     # next run may write over, and that no reader takes for a finished dataset; it lists this run's
