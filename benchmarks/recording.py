@@ -124,9 +124,19 @@ def _check_mergeable(existing: dict, machine: dict) -> None:
     """Raises ValueError unless a run on `machine` may merge into the file contents `existing`: of
     another format the cases are unreadable, and of another machine kind the file's heading and
     figures would name the newest run's machine above the others' measurements."""
+    if not isinstance(existing, dict):
+        raise ValueError(f"must hold a JSON object, got {type(existing).__name__}")
     if existing.get("format") != FORMAT_VERSION:
         raise ValueError(f"format must be {FORMAT_VERSION}, got {existing.get('format')!r}")
-    kind = existing["machine"]["kind"]
+    # What merging reads: a file edited or cut by hand would otherwise stop it with a KeyError.
+    machine_entry = existing.get("machine")
+    if not isinstance(machine_entry, dict) or not isinstance(machine_entry.get("kind"), str):
+        raise ValueError(f"machine must be an object holding a string kind, got {machine_entry!r}")
+    for name, kind_of_entry in (("runs", list), ("cases", dict)):
+        if not isinstance(existing.get(name), kind_of_entry):
+            raise ValueError(f"{name} must be a JSON {'array' if kind_of_entry is list else 'object'}, got "
+                             f"{type(existing.get(name)).__name__}")
+    kind = machine_entry["kind"]
     if kind != machine["kind"]:
         raise ValueError(f"machine kind is {kind!r}, not this run's {machine['kind']!r} "
                          f"(whose file is {machine['kind']}.json)")
@@ -155,7 +165,7 @@ def read_results(path: Path, machine: dict) -> dict | None:
         return None
     try:
         existing = json.loads(path.read_text())
-        if existing:
+        if existing != {}:  # an empty object holds nothing to merge with
             _check_mergeable(existing, machine)
     except json.JSONDecodeError as error:
         raise ValueError(f"results file {path} is not valid JSON: {error}") from None

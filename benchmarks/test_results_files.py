@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -315,6 +316,41 @@ def test_tgfr_results_of_another_machine_kind_is_a_usage_error_before_the_run(tm
             f"not this run's {kind!r}") in output, output
     assert "Traceback" not in output and "passed" not in output, output
     assert results.read_text() == written
+
+
+@pytest.mark.parametrize("content, message", [
+    ([], "must hold a JSON object, got list"),
+    ({"format": recording.FORMAT_VERSION, "runs": [], "cases": {}}, "machine must be an object holding a string kind"),
+    ({"format": recording.FORMAT_VERSION, "machine": {}, "runs": [], "cases": {}},
+     "machine must be an object holding a string kind, got {}"),
+    ({"format": recording.FORMAT_VERSION, "machine": MACHINE, "cases": {}}, "runs must be a JSON array, got NoneType"),
+    ({"format": recording.FORMAT_VERSION, "machine": MACHINE, "runs": [], "cases": []},
+     "cases must be a JSON object, got list"),
+])
+def test_a_results_file_without_what_merging_reads_is_named(tmp_path, content, message):
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"^results file {re.escape(str(path))}: {re.escape(message)}"):
+        recording.write_results(path, MACHINE, run("quick", "a"), [case("f::x", 1.0)])
+    assert json.loads(path.read_text()) == content
+
+
+def test_tgfr_results_that_is_not_a_results_file_is_a_usage_error_before_the_run(tmp_path):
+    """A JSON list given to --tgfr-results: pytest names the file, not an INTERNALERROR traceback."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_cases.py").write_text("def test_passes(benchmark):\n    benchmark(lambda: None)\n")
+    results = tmp_path / "results.json"
+    results.write_text('[{"format": 1}]')
+    pytest_run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
+         "--tgfr-results", str(results)],
+        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    output = pytest_run.stdout + pytest_run.stderr
+    assert pytest_run.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert f"ERROR: --tgfr-results: results file {results}: must hold a JSON object, got list" in output, output
+    assert "Traceback" not in output and "INTERNALERROR" not in output, output
 
 
 def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
