@@ -4,6 +4,7 @@ import dataclasses
 import errno
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,29 @@ def test_report_names_are_refused_exactly_when_a_report_file_would_not_fit(tmp_p
         assert error.errno == errno.ENAMETOOLONG
         fits = False
     if fits:
-        assert EvaluationConfig(splits={name: "test"}).splits == {name: "test"}
+        EvaluationConfig(splits={name: "test"}).check_report_names_fit()
     else:
         with pytest.raises(ValueError, match="so a name takes at most 227 bytes in UTF-8"):
-            EvaluationConfig(splits={name: "test"})
+            EvaluationConfig(splits={name: "test"}).check_report_names_fit()
+        with pytest.raises(ValueError, match="so a name takes at most 227 bytes in UTF-8"):
+            load_config("quick", [f'evaluation.splits={{"{name}" = "test"}}'])
+
+
+def test_a_run_with_a_report_name_an_earlier_tgfr_allowed_resumes_but_does_not_evaluate(tmp_path, capsys):
+    """An earlier tgfr took report names up to 241 bytes: such a run's config.toml is read by
+    `tgfr train --resume` (README: it does not re-judge the recipe), while `tgfr evaluate`, which
+    could not write the report's files, refuses it before any work."""
+    name = "a" * 241
+    run = make_run(tmp_path)
+    path = run / "config.toml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('splits = { clean = "test",', f'splits = {{ {name} = "test",'), encoding="utf-8")
+    assert main(["train", "--out", str(run), "--resume", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["evaluation"]["splits"] == {name: "test",
+                                                                              "degraded": "test_degraded"}
+    assert evaluate_error("--run", str(run)).startswith(
+        "tgfr evaluate: error: evaluation.splits: report names name the report's files, the longest "
+        "attention_<name>.png")
 
 
 def test_unknown_device_is_named(run, capsys):

@@ -131,6 +131,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device (torch.cuda.is_available() "
                          "is False); use device auto or cpu")
+    config.evaluation.check_report_names_fit()
     run = Path(run)
     _check_trained(run, config)
     out = Path(out) if out is not None else run / "report"

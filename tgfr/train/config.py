@@ -159,8 +159,8 @@ NAME_MAX = 255
 @dataclass
 class EvaluationConfig:
     """splits: report name -> manifest split; a report name names files (roc_<name>.png), so it is
-    non-empty, has no path separator, NUL or line break, and the temporary name under which
-    attention_<name>.png is written fits NAME_MAX.
+    non-empty, has no path separator, NUL or line break, and (check_report_names_fit) the temporary
+    name under which attention_<name>.png is written fits NAME_MAX.
     protocol: all_pairs (every pair of the split) or pairs (TGFR's per-subject genuine +
     impostor_subjects impostors, tgfr.data; at least 1)."""
 
@@ -187,6 +187,18 @@ class EvaluationConfig:
             raise ValueError(f"evaluation.splits: report names name the report's files (roc_<name>.png), so they must "
                              f"be non-empty and hold no '/', '\\', NUL, line break or lone surrogate; got {bad_names} "
                              f"in {self.splits!r}")
+        minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
+                   "batch_size": 1, "heatmap_captions": 0}
+        for name, low in minimum.items():
+            _check_integer(f"evaluation.{name}", getattr(self, name), low)
+        if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
+            raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
+                             f"got {self.impostor_subjects}")
+
+    def check_report_names_fit(self) -> None:
+        """Refuses report names whose files cannot be written: run by a fresh training (load_config,
+        train) and by an evaluation before its work, not whenever a config is read, so that a run an
+        earlier tgfr started with a longer name (it allowed 241 bytes) can still be resumed."""
         # Each file is written under a longer temporary name first (write_atomically): the name that
         # fits only at its final length fails after all the work, once the embeddings are computed.
         temporary_extra = len(temporary_name("").encode("utf-8"))
@@ -199,13 +211,6 @@ class EvaluationConfig:
                              f"so a name takes at most {room} bytes in UTF-8; got "
                              + ", ".join(f"{name[:16]!r}... ({len(name.encode('utf-8'))} bytes)"
                                          for name in long_names))
-        minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
-                   "batch_size": 1, "heatmap_captions": 0}
-        for name, low in minimum.items():
-            _check_integer(f"evaluation.{name}", getattr(self, name), low)
-        if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
-            raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
-                             f"got {self.impostor_subjects}")
 
 
 @dataclass
@@ -311,6 +316,7 @@ class TrainConfig:
         """Checks that make a fresh training's recipe sound, run by load_config and by a fresh `train`,
         not for a run's own config.toml: a run trained before these checks existed must stay
         evaluable and resumable."""
+        self.evaluation.check_report_names_fit()
         # A warm-up of the whole stage (or more) trains it below or barely at the full rate, never down the
         # cosine: a mistake, typically steps cut for a short run. The last warm-up step takes the full rate,
         # so warmup_steps = steps - 1 keeps it for the last two steps, with nothing left to decay. Only the
