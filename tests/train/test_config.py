@@ -276,6 +276,7 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
 @pytest.mark.parametrize("key, value, message", [
     ("fr.steps", 3, "fr.optim.warmup_steps = 10 must be less than fr.steps = 3"),
     ("data.identities_per_batch", 1, "data.identities_per_batch must be at least 2"),
+    ("data.synthetic_identities", 5, "data.synthetic_identities must be at least 6"),
 ])
 def test_a_run_trained_before_the_recipe_checks_stays_evaluable_and_resumable(tmp_path, key, value, message):
     """check_training_recipe judges a fresh training's recipe; a run's own config.toml, written by a tgfr

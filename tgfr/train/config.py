@@ -238,7 +238,6 @@ class TrainConfig:
         # `tgfr --help` and a usage error should not wait for.
         from tgfr.losses.identity_heads import MAX_MARGIN
         from tgfr.models import IRESNET_LAYERS
-        from tgfr.data.synthetic import fewest_identities
         from tgfr.models.fcfm import FUSIONS
         from tgfr.losses.word_region import logits_fit_float32
         from tgfr.ops.word_region import GAMMA_MAX
@@ -265,15 +264,6 @@ class TrainConfig:
                    "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
         for key, low in minimum.items():
             _check_integer(key, self._get(key), low)
-        if not self.data.manifest:
-            # The synthetic set splits its identities by SyntheticConfig's default fractions, and refuses
-            # a count that leaves a split without one only once training generates it; the fractions stay
-            # (changing them would change every preset's dataset).
-            synthetic_minimum = fewest_identities()
-            if self.data.synthetic_identities < synthetic_minimum:
-                raise ValueError(f"data.synthetic_identities must be at least {synthetic_minimum} without a "
-                                 f"data.manifest (fewer leave the synthetic dataset's val or test split without "
-                                 f"an identity), got {self.data.synthetic_identities}")
         # The batch order seeds a torch generator with (seed + stage index) * 100003 + epoch, which must
         # fit in 64 bits: a larger seed would fail only once training has started.
         for key in ("seed", "data.synthetic_seed"):
@@ -334,6 +324,18 @@ class TrainConfig:
             raise ValueError(f"data.identities_per_batch must be at least 2 when the align stage runs with "
                              f"align.supervision = \"identity\" (its contrastive losses mask the pairs of one "
                              f"identity), got {self.data.identities_per_batch}")
+        if not self.data.manifest:
+            from tgfr.data.synthetic import fewest_identities
+
+            # The synthetic set splits its identities by SyntheticConfig's default fractions, and refuses
+            # a count that leaves a split without one only once training generates it; the fractions stay
+            # (changing them would change every preset's dataset). A recipe check: a run an earlier tgfr
+            # trained on fewer stays readable (tgfr evaluate --manifest evaluates it on other data).
+            synthetic_minimum = fewest_identities()
+            if self.data.synthetic_identities < synthetic_minimum:
+                raise ValueError(f"data.synthetic_identities must be at least {synthetic_minimum} without a "
+                                 f"data.manifest (fewer leave the synthetic dataset's val or test split without "
+                                 f"an identity), got {self.data.synthetic_identities}")
 
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose relative PATH_KEYS settings are made absolute against the current directory
