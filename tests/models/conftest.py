@@ -43,6 +43,16 @@ def tiny_bert_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_half_bert_dir(tiny_bert_dir, tmp_path_factory):
+    """tiny_bert_dir saved in float16: its config.json names "dtype": "float16"."""
+    directory = tmp_path_factory.mktemp("tiny_half_bert")
+    BertModel.from_pretrained(tiny_bert_dir).half().save_pretrained(directory)
+    BertTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(directory)
+    assert json.loads((directory / "config.json").read_text())["dtype"] == "float16"
+    return directory
+
+
+@pytest.fixture(scope="session")
 def tiny_roberta_dir(tmp_path_factory):
     """A RoBERTa with 20 position embeddings, numbered from padding_idx + 1 = 2 (so 18 usable) and a
     byte-level tokenizer without merges (one token per byte)."""

@@ -55,6 +55,26 @@ def test_round_trip_gives_identical_outputs(tiny_bert_dir, tmp_path, fusion):
         assert torch.equal(model.fuse(expected), loaded.fuse(actual))
 
 
+def test_a_half_precision_text_model_is_built_saved_and_loaded_in_float32(tiny_half_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    model = build(tiny_half_bert_dir).eval()
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        for parameter in model.text_encoder.parameters():  # fine-tuned values float16 cannot hold
+            parameter.add_(1e-4 * torch.randn_like(parameter))
+    images, batch = torch.randn(2, 3, 32, 32), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        expected = model.fuse(model.align(images, **batch))
+
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    assert json.loads((checkpoint / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
+    loaded = load_tgfr_model(checkpoint)
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
+    with torch.no_grad():
+        assert torch.equal(loaded.fuse(loaded.align(images, **batch)), expected)
+
+
 def test_a_loaded_model_is_in_eval_mode_and_its_embeddings_do_not_depend_on_the_batch(tiny_bert_dir, tmp_path):
     """In training mode the image head's BatchNorm normalizes by the batch's own statistics and moves
     its running statistics at every call, no_grad or not."""

@@ -7,11 +7,13 @@ A TGFRModel checkpoint is a directory:
                         checkpoint does not depend on the directory the model was built from
 """
 
+import copy
 import json
 from pathlib import Path
 
 import safetensors.torch
 import torch
+from transformers import PretrainedConfig
 
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
@@ -41,6 +43,14 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _text_config_as_saved(model: TGFRModel) -> PretrainedConfig:
+    """The text model's config naming the dtype of the text weights model.safetensors holds: the
+    config it was loaded with may still name float16 after `.float()`."""
+    config = copy.deepcopy(model.text_encoder.model.config)
+    config.dtype = next(model.text_encoder.model.parameters()).dtype
+    return config
+
+
 def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     """Writes the checkpoint directory (created if needed); returns its path.
 
@@ -59,7 +69,7 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     with replace_entries_atomically(directory, "checkpoint folder", last=(CONFIG_FILE,)) as staging:
         text_dir = staging / TEXT_ENCODER_DIR
         try:
-            model.text_encoder.model.config.save_pretrained(text_dir)
+            _text_config_as_saved(model).save_pretrained(text_dir)
             model.text_encoder.tokenizer.save_pretrained(text_dir)
         except OSError:
             raise

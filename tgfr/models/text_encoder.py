@@ -110,14 +110,16 @@ class TextEncoder(FreezableModule):
 
     @staticmethod
     def _load_model(path: Path, pretrained: bool) -> torch.nn.Module:
+        # Always float32, whatever dtype config.json names: transformers would otherwise build a
+        # float16 text model (a folder saved in half precision) beside the float32 backbone and heads.
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         if config.model_type == "clip":  # a full CLIP checkpoint: keep the text tower
             if pretrained:
-                return CLIPTextModel.from_pretrained(path, local_files_only=True)
-            return CLIPTextModel(config.text_config)
+                return CLIPTextModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+            return CLIPTextModel(config.text_config).float()
         if pretrained:
-            return AutoModel.from_pretrained(path, local_files_only=True)
-        return AutoModel.from_config(config)
+            return AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return AutoModel.from_config(config, dtype=torch.float32)
 
     def fixed_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the features never depend on: the model's pooler (BERT's tanh layer) unless
