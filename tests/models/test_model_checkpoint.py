@@ -146,6 +146,26 @@ def test_weights_file_never_unpickles_objects(tmp_path):
         load_weights_file(tmp_path / "missing.pth")
 
 
+@pytest.mark.parametrize("content, message", [
+    ({"state_dict": {"conv1.weight": torch.zeros(1)}}, "entry 'state_dict' is not a tensor but dict"),
+    ({"conv1.weight": torch.zeros(1), "epoch": 3}, "entry 'epoch' is not a tensor but int"),
+    (None, "could not be read: EOFError"),  # an empty file
+])
+def test_a_weights_file_that_is_not_a_state_dict_names_what_it_holds(tmp_path, content, message):
+    path = tmp_path / "backbone.pth"
+    if content is None:
+        path.write_bytes(b"")
+    else:
+        torch.save(content, path)
+    with pytest.raises(ValueError, match=re.escape(f"weights file {str(path)!r}") + ".*" + re.escape(message)):
+        load_weights_file(path)
+
+
+def test_a_weights_path_that_is_a_folder_is_reported_as_not_a_file(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"weights file {str(tmp_path)!r} is not a file")):
+        load_weights_file(tmp_path)
+
+
 @pytest.mark.parametrize("name, content", [
     ("config.json", "{"), ("config.json", "[1]"), ("config.json", '{"model_type": "bert", "hidden_size": "x"}'),
     ("tokenizer_config.json", "{"), ("tokenizer_config.json", "[1]"), ("tokenizer_config.json", b"\xff\xfe"),

@@ -29,17 +29,23 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """State dict from a `.safetensors` file or a torch file (e.g. insightface's `backbone.pth`)
     read with `torch.load(weights_only=True)`, on the CPU."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"weights file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} is not a file")
     try:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(path, device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"weights file {str(path)!r} could not be read: {error}") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    except Exception as error:  # an empty file: torch.load's EOFError has no message
+        raise ValueError(f"weights file {str(path)!r} could not be read: {str(error) or type(error).__name__}") from error
+    if not isinstance(state, dict):
         raise ValueError(f"weights file {str(path)!r} must hold a state dict (name -> tensor), got {type(state).__name__}")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"weights file {str(path)!r} must hold a state dict (name -> tensor), but its entry "
+                             f"{name!r} is not a tensor but {type(value).__name__}")
     return state
 
 
