@@ -6,6 +6,7 @@ import shutil
 import stat
 
 import pytest
+import safetensors.torch
 import torch
 
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_tgfr_model, load_weights_file, save_tgfr_model
@@ -127,6 +128,19 @@ def test_checkpoint_errors_name_the_file(tiny_bert_dir, tmp_path):
         load_tgfr_model(checkpoint)
     (checkpoint / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="model.safetensors"):
+        load_tgfr_model(checkpoint)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_a_checkpoint_weight_of_another_dtype_kind_is_refused_naming_the_file_and_the_key(tiny_bert_dir, tmp_path,
+                                                                                          dtype):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    weights_path = checkpoint / "model.safetensors"
+    state = safetensors.torch.load_file(weights_path)
+    state["backbone.conv1.weight"] = state["backbone.conv1.weight"].to(dtype)  # would load as zeros, ones or real parts
+    safetensors.torch.save_file(state, weights_path)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {str(weights_path)!r} holds tensors of another "
+                                                   "kind than the model's: backbone.conv1.weight (model: floating")):
         load_tgfr_model(checkpoint)
 
 

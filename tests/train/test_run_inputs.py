@@ -136,6 +136,22 @@ def test_backbone_weights_that_do_not_fit_name_the_file_and_the_key(tmp_path, ti
         build_model(config)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_backbone_weights_of_another_dtype_kind_are_refused_naming_the_file_and_the_key(tmp_path, tiny_overrides,
+                                                                                        dtype):
+    config = load_config("quick", tiny_overrides)
+    released = IResNet(IResNetConfig.preset(config.model.backbone, width=config.model.width,
+                                            input_size=config.data.image_size,
+                                            num_features=config.model.num_features)).state_dict()
+    released["conv1.weight"] = released["conv1.weight"].to(dtype)  # would load as zeros, ones or real parts
+    weights = tmp_path / "backbone.pth"
+    torch.save(released, weights)
+    config.model.backbone_weights = str(weights)
+    with pytest.raises(ValueError, match=r"model\.backbone_weights: weights file '.*backbone\.pth' holds tensors of "
+                                         r"another kind than the model's: conv1\.weight \(model: floating, file: "):
+        build_model(config)
+
+
 def test_max_length_beyond_the_text_encoders_positions_is_refused_before_writing(tmp_path, tiny_overrides):
     limit = TextEncoder().model.config.max_position_embeddings
     config = load_config("quick", tiny_overrides + [f"model.max_length={limit + 1}"])

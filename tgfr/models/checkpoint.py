@@ -49,6 +49,38 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def dtype_kind(dtype: torch.dtype) -> str:
+    """"floating", "complex", "bool" or "integer": loading casts between dtypes of one kind harmlessly,
+    across kinds silently wrongly (an integer tensor becomes whole numbers, bool ones, complex its real part)."""
+    if dtype.is_floating_point:
+        return "floating"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def _safetensors_dtype_kind(dtype: str) -> str:
+    """dtype_kind of a safetensors header dtype ("F32", "BF16", "F8_E4M3", "C64", "BOOL", "I64", "U8")."""
+    if dtype.startswith(("F", "BF")):
+        return "floating"
+    if dtype.startswith("C"):
+        return "complex"
+    return "bool" if dtype == "BOOL" else "integer"
+
+
+def check_weight_kinds(expected: dict[str, torch.dtype], stored: dict[str, str], description: str) -> None:
+    """Refuses weights whose dtype kind (`dtype_kind`) differs from the model's.
+
+    expected: name -> dtype of the model's parameters and buffers; stored: name -> dtype_kind of
+    the file's tensors (names only one side has are left to the caller's key check); description
+    names the file ("weights file '/path/backbone.pth'")."""
+    wrong = [f"{name} (model: {kind}, file: {stored[name]})"
+             for name, kind in sorted((name, dtype_kind(dtype)) for name, dtype in expected.items())
+             if name in stored and stored[name] != kind]
+    if wrong:
+        raise ValueError(f"{description} holds tensors of another kind than the model's: {_first_few(wrong)}")
+
+
 def _text_config_as_saved(model: TGFRModel) -> PretrainedConfig:
     """The text model's config naming the dtype of the text weights model.safetensors holds: the
     config it was loaded with may still name float16 after `.float()`."""
@@ -86,11 +118,13 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     return directory
 
 
-def _stored_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in the safetensors file, read from its header only."""
+def _stored_shapes_and_kinds(weights_path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Name -> shape and name -> dtype_kind of every tensor in the safetensors file, read from its header only."""
     try:
         with safetensors.safe_open(str(weights_path), framework="pt") as weights:
-            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+            slices = {name: weights.get_slice(name) for name in weights.keys()}
+            return ({name: tuple(piece.get_shape()) for name, piece in slices.items()},
+                    {name: _safetensors_dtype_kind(piece.get_dtype()) for name, piece in slices.items()})
     except (OSError, safetensors.SafetensorError) as error:
         raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
 
@@ -105,15 +139,15 @@ def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_pa
     parameter and buffer with the weights file's header, before the model is built for real: a
     config that does not fit (say dim 10**8, or input_size 10**6, which sizes the backbone's fc)
     would otherwise first allocate its tensors and fail with an allocation error naming nothing."""
-    stored = _stored_shapes(weights_path)
+    stored, stored_kinds = _stored_shapes_and_kinds(weights_path)
     try:
         with torch.device("meta"):
-            expected = {name: tuple(tensor.shape)
-                        for name, tensor in TGFRModel(config, pretrained_text=False).state_dict().items()}
+            expected_tensors = TGFRModel(config, pretrained_text=False).state_dict()
     except TextModelFilesError:
         raise  # names the text_encoder folder and what transformers said, not config.json
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
+    expected = {name: tuple(tensor.shape) for name, tensor in expected_tensors.items()}
     text_config = config_path.parent / TEXT_ENCODER_DIR / CONFIG_FILE
     missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
     if missing or unexpected:
@@ -133,6 +167,8 @@ def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_pa
         shapes = _first_few([f"{name} {expected[name]} (file: {stored[name]})" for name in mismatched])
         raise ValueError(f"checkpoint files {str(config_path)!r} and {str(text_config)!r} describe a model that does "
                          f"not fit the weights in {str(weights_path)!r}: it has {shapes}")
+    check_weight_kinds({name: tensor.dtype for name, tensor in expected_tensors.items()}, stored_kinds,
+                       f"checkpoint file {str(weights_path)!r}")
 
 
 def load_tgfr_model(directory: str | Path) -> TGFRModel:

@@ -35,6 +35,7 @@ from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
+from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
@@ -74,6 +75,9 @@ def build_model(config: TrainConfig) -> TGFRModel:
     if m.backbone_weights:
         try:
             weights = load_weights_file(m.backbone_weights)
+            check_weight_kinds({name: tensor.dtype for name, tensor in model.backbone.state_dict().items()},
+                               {name: dtype_kind(tensor.dtype) for name, tensor in weights.items()},
+                               f"weights file {m.backbone_weights!r}")
         except ValueError as error:
             raise ValueError(f"model.backbone_weights: {error}") from error
         try:
