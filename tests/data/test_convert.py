@@ -183,6 +183,8 @@ def test_celeba_dialog_corrupt_image(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("splits.json", "{", r"split file .*splits.json is not valid JSON"),
+    ("splits.json", "[" * 100000 + "]" * 100000,
+     r"split file .*splits.json is not valid JSON \(arrays or objects nested too deeply"),
     ("splits.json", json.dumps(["0.jpg", "1.jpg"]), r"split file .*splits.json must hold a JSON object \{split: "
                                                       r"\[image names\]\}, got list"),
     ("splits.json", json.dumps({"train": "0.jpg"}), r"splits.json must hold a JSON object"),

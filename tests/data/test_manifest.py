@@ -140,6 +140,7 @@ def test_integer_identity_read_as_string(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ("{not json", "not valid JSON"),
+    ("[" * 100000 + "]" * 100000, "not valid JSON (arrays or objects nested too deeply)"),
     ('{"path": "x.png", "identity": 1, "split": "train"}', "missing field(s) captions"),
     ('{"path": "/abs/x.png", "identity": 1, "split": "train", "captions": []}', "relative"),
     ('{"path": "x.png", "identity": 1, "split": "train", "captions": "a caption"}', "list of non-empty strings"),

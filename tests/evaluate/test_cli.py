@@ -161,6 +161,7 @@ def test_released_backbone_weights_stand_in_for_the_fr_stage(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('{"fr": \n', "is not valid JSON: Expecting value: line 2 column 1"),
+    ("[" * 100000 + "]" * 100000, "is not valid JSON: arrays or objects nested too deeply"),
     ("[1, 2]", "must be a JSON object (stage -> figures), got list"),
     ('{"fr": 3}', "stage 'fr' must be a JSON object of figures, got 3"),
     ('{"fr": {"steps_taken": 3, "global_batch": 64}}', "stage 'fr' needs seconds (int or float), got None"),

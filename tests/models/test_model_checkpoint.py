@@ -144,6 +144,14 @@ def test_a_checkpoint_weight_of_another_dtype_kind_is_refused_naming_the_file_an
         load_tgfr_model(checkpoint)
 
 
+def test_a_config_nested_too_deeply_is_reported_as_invalid_json_naming_the_file(tiny_bert_dir, tmp_path):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    (checkpoint / "config.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {str(checkpoint / 'config.json')!r} is not valid "
+                                                   "JSON: arrays or objects nested too deeply")):
+        load_tgfr_model(checkpoint)
+
+
 class NotATensor:
     pass
 

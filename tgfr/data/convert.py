@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
+from tgfr.json_text import parse_json
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
 # several, the first in this order is used.
@@ -53,7 +54,7 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
             raise ValueError(f"split list {path} is not a readable pickle ({type(error).__name__}: {error})") from None
     elif suffix == ".json":
         try:
-            entries = json.loads(read_text_file(path, "split list", encoding="utf-8-sig"))
+            entries = parse_json(read_text_file(path, "split list", encoding="utf-8-sig"))
         except json.JSONDecodeError as error:
             raise ValueError(f"split list {path} is not valid JSON ({error})") from None
     else:
@@ -301,7 +302,7 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
     text = read_text_file(captions_json, "caption file", encoding="utf-8-sig")
     try:
-        table = json.loads(text)
+        table = parse_json(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"caption file {captions_json} is not readable UTF-8 JSON ({error})") from None
     if not isinstance(table, dict) or not table:
@@ -343,7 +344,7 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
     text = read_text_file(split_file, "split file", encoding="utf-8-sig")
     if split_file.suffix.lower() == ".json":
         try:
-            by_split = json.loads(text)
+            by_split = parse_json(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"split file {split_file} is not valid JSON ({error})") from None
         if not isinstance(by_split, dict) or not all(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file, text_lines
+from tgfr.json_text import parse_json
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
@@ -77,7 +78,7 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
 
 def _parse_json_cell(text: str, column: str, where: str) -> Any:
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}: column '{column}' is not valid JSON ({error.msg})") from None
 
@@ -133,7 +134,7 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
                 continue
             where = f"{path}:{line_number}"
             try:
-                row = json.loads(line)
+                row = parse_json(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
             records.append(_record_from_row(row, where))

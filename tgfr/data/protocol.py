@@ -20,6 +20,7 @@ import numpy as np
 
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
+from tgfr.json_text import parse_json
 from tgfr.output_paths import write_atomically
 
 
@@ -128,7 +129,7 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
     text = read_text_file(path, "pairs file")
     if path.suffix.lower() == ".json":
         try:
-            rows = json.loads(text)["pairs"]
+            rows = parse_json(text)["pairs"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"pairs file {path} is not a JSON object with a 'pairs' list ({error})") from None
         return [_pair_from_row(row, f"{path}: pair {i}") for i, row in enumerate(rows)]
@@ -153,7 +154,7 @@ def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]
     path = Path(path)
     text = read_text_file(path, "identification file")
     try:
-        split = json.loads(text)
+        split = parse_json(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"identification file {path} is not valid JSON ({error.msg})") from None
     for part in ("gallery", "probes"):

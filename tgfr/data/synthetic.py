@@ -24,6 +24,7 @@ from tgfr.data.degrade import check_workers, degrade_records, degraded_path, par
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.json_text import parse_json
 from tgfr.output_paths import check_output_folder, write_atomically
 
 GENERATOR_VERSION = 1
@@ -169,7 +170,7 @@ def _marker(folder: Path) -> dict | None:
     or, while the dataset is written, null); None for an absent, unreadable or cut-short one, or a
     synthetic.json of another tool's."""
     try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        marker = parse_json((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(marker, dict) or type(marker.get("version")) is not int:

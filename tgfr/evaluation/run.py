@@ -12,6 +12,7 @@ from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
 from tgfr.evaluation.protocols import split_figures, verification_scores
 from tgfr.evaluation.report import write_report
+from tgfr.json_text import parse_json
 from tgfr.metrics import roc_curve
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
@@ -93,7 +94,7 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
     except OSError as error:  # e.g. a folder in its place
         raise ValueError(f"training summary {path} cannot be read: {error.strerror}") from None
     try:
-        summary = json.loads(data.decode("utf-8"))
+        summary = parse_json(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"training summary {path} is not valid JSON: {error}") from None
     if not isinstance(summary, dict):

@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 from transformers import PretrainedConfig
 
+from tgfr.json_text import parse_json
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
 from tgfr.output_paths import replace_entries_atomically
@@ -189,7 +190,7 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     if not text_dir.is_dir():
         raise ValueError(f"checkpoint folder {str(text_dir)!r} (the text model's files) does not exist")
     try:
-        values = json.loads(config_path.read_text())
+        values = parse_json(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"checkpoint file {str(config_path)!r} is not valid JSON: {error}") from error
     try:

@@ -34,6 +34,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
+from tgfr.json_text import parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
@@ -370,7 +371,7 @@ def _earlier_counts(out: Path, state: dict[str, Any] | None) -> dict[str, dict[s
         return state["summary"]
     path = out / "train_summary.json"
     try:
-        previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        previous = parse_json(path.read_text(encoding="utf-8")) if path.is_file() else {}
         return {name: {"steps_taken": int(values["steps_taken"]), "seconds": float(values["seconds"])}
                 for name, values in previous.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as error:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tgfr.json_text import parse_json
 from tgfr.output_paths import write_atomically
 
 
@@ -54,7 +55,7 @@ def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     records = []
     for index, (number, line) in enumerate(numbered):
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as error:
             if index == len(numbered) - 1:
                 break
