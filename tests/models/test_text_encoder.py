@@ -161,6 +161,19 @@ def test_inputs_the_model_cannot_take_are_refused_by_name(text_dir, positions, r
         encoder(torch.zeros(0, 6, dtype=torch.int64), torch.zeros(0, 6, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("outside", [-1, 0])  # 0: replaced by the vocabulary size
+def test_input_ids_outside_the_vocabulary_are_refused_by_name(tiny_bert_dir, outside):
+    encoder = TextEncoder(tiny_bert_dir, max_length=6)
+    vocab_size = encoder.model.config.vocab_size
+    batch = encoder.tokenize(["a man", "old woman"])
+    ids = batch["input_ids"].clone()
+    ids[1, 1] = outside or vocab_size
+    message = re.escape(f"input_ids must lie in [0, {vocab_size}), the vocabulary of the text encoder in "
+                        f"{encoder.name_or_path}, got values from {int(ids.min())} to {int(ids.max())}")
+    with pytest.raises(ValueError, match=message):
+        encoder(ids, batch["attention_mask"])
+
+
 def test_frozen_encoder(tiny_bert_dir):
     encoder = TextEncoder(tiny_bert_dir, max_length=8, frozen=True)
     encoder.train()

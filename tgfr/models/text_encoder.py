@@ -176,6 +176,10 @@ class TextEncoder(FreezableModule):
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
+        vocab_size = self.model.config.vocab_size
+        if bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
+            raise ValueError(f"input_ids must lie in [0, {vocab_size}), the vocabulary of the text encoder in "
+                             f"{self.name_or_path}, got values from {int(input_ids.min())} to {int(input_ids.max())}")
         if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask must be right-padded (ones then zeros in every row)")
         attended = attention_mask.long().sum(1)
