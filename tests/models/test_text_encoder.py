@@ -174,6 +174,19 @@ def test_input_ids_outside_the_vocabulary_are_refused_by_name(tiny_bert_dir, out
         encoder(ids, batch["attention_mask"])
 
 
+def test_attention_mask_values_other_than_0_and_1_are_refused_and_bools_accepted(tiny_bert_dir):
+    encoder = TextEncoder(tiny_bert_dir, max_length=6)
+    batch = encoder.tokenize(["a man", "old woman"])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    expected = encoder(ids, mask)
+    from_bools = encoder(ids, mask.bool())
+    assert torch.equal(from_bools.lengths, expected.lengths) and torch.equal(from_bools.words, expected.words)
+    for outside in (2, 0.5):  # 2s would count each word twice; 0.5s would be called a mask of no tokens
+        with pytest.raises(ValueError, match=re.escape(f"attention_mask must hold only 0s and 1s (or bools), "
+                                                       f"got {outside}")):
+            encoder(ids, mask * outside)
+
+
 def test_frozen_encoder(tiny_bert_dir):
     encoder = TextEncoder(tiny_bert_dir, max_length=8, frozen=True)
     encoder.train()

@@ -180,6 +180,9 @@ class TextEncoder(FreezableModule):
         if bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
             raise ValueError(f"input_ids must lie in [0, {vocab_size}), the vocabulary of the text encoder in "
                              f"{self.name_or_path}, got values from {int(input_ids.min())} to {int(input_ids.max())}")
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):  # a 2 would count twice as a word
+            outside = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
+            raise ValueError(f"attention_mask must hold only 0s and 1s (or bools), got {outside}")
         if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask must be right-padded (ones then zeros in every row)")
         attended = attention_mask.long().sum(1)
