@@ -262,7 +262,7 @@ MODEL_MISMATCH = "does not fit the model the run's config builds"
     (lambda state: state["model"].pop("fusion.fine.project.weight"),
      f"{MODEL_MISMATCH} (a checkpoint of another run, or model.* settings or data.image_size of the run's config.toml "
      "changed since it was written?): missing ['fusion.fine.project.weight'], unexpected []"),
-    (break_losses, "does not match stage fr's losses"),
+    (break_losses, "does not match stage fr's losses: size mismatch for "),
     (break_optimizer, "the resume state does not fit its optimizer"),
 ])
 def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path, tiny_overrides, keep_threads,
@@ -274,8 +274,9 @@ def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path,
     damage(state)
     save_checkpoint(tmp_path / CHECKPOINT, state)
     log = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
         train(config, tmp_path, resume=True)
+    assert "\n" not in str(error.value)  # `tgfr train` prints it as one `tgfr train: error: ...` line
     assert (tmp_path / "metrics.jsonl").read_text() == log
 
 

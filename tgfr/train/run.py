@@ -97,6 +97,14 @@ def model_state(model: TGFRModel) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(TEXT_ENCODER_PREFIX))}
 
 
+def load_error_line(error: RuntimeError) -> str:
+    """torch's load_state_dict `error` as one line (tgfr train's errors are one line): torch lists one
+    problem per tab-indented line after a heading line; the first three, joined by '; '."""
+    problems = [line.strip().rstrip(".") for line in str(error).splitlines()[1:] if line.strip()]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"{'; '.join(problems[:3])}{more}"
+
+
 def load_model_state(model: TGFRModel, state: dict[str, torch.Tensor], source: Path) -> None:
     """Loads the model part of the checkpoint file `source` (model_state's weights) into `model`; a
     part that does not fit, in names or shapes, is a ValueError naming the file."""
@@ -105,10 +113,8 @@ def load_model_state(model: TGFRModel, state: dict[str, torch.Tensor], source: P
                 f"it was written?)")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shapes: torch lists one mismatch per line after a heading line
-        problems = [line.strip().rstrip(".") for line in str(error).splitlines()[1:] if line.strip()]
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ValueError(f"{mismatch}: {'; '.join(problems[:3])}{more}") from error
+    except RuntimeError as error:
+        raise ValueError(f"{mismatch}: {load_error_line(error)}") from error
     missing = [k for k in missing if not (model.text_encoder.frozen and k.startswith(TEXT_ENCODER_PREFIX))]
     if missing or unexpected:
         raise ValueError(f"{mismatch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -323,7 +329,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                 stage.losses.load_state_dict(stage_resume["losses"])
             except RuntimeError as error:
                 raise ValueError(f"checkpoint file {out / CHECKPOINT} does not match stage {name}'s losses: "
-                                 f"{error}") from error
+                                 f"{load_error_line(error)}") from error
         if name != "fr":
             captions.prefill(batches.captions)  # features independent of batch order (caption_features)
 
