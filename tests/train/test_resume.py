@@ -280,6 +280,25 @@ def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path,
     assert (tmp_path / "metrics.jsonl").read_text() == log
 
 
+def test_a_checkpoint_of_a_stage_dropped_from_config_toml_is_refused_naming_the_file(tmp_path, tiny_overrides,
+                                                                                    keep_threads):
+    """config.toml's stages lost the stage the checkpoint continues: the one error line names the checkpoint
+    file and config.toml's stages, and the run folder stays as it was."""
+    train(load_config("quick", tiny_overrides), tmp_path, stop_after=1)
+    config_file = tmp_path / "config.toml"
+    assert '\nstages = ["fr", "align", "fuse"]\n' in config_file.read_text()
+    config_file.write_text(config_file.read_text().replace('\nstages = ["fr", "align", "fuse"]\n',
+                                                           '\nstages = ["align", "fuse"]\n'))
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(tmp_path)])
+    assert exit_info.value.code == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} continues stage 'fr', but the run's config.toml "
+        'now has stages = ["align", "fuse"], without it: the stages a resume continues cannot be dropped (put it '
+        "back in config.toml)")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
 def test_a_checkpoint_of_another_model_width_is_one_error_line(tmp_path, tiny_overrides, keep_threads):
     """config.toml's model.width changed after the checkpoint was written: `tgfr train --resume` ends with
     one line naming the checkpoint file and the model settings, not a traceback, and leaves the log."""

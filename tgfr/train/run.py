@@ -249,7 +249,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
         if state["stage"] not in config.stages:
-            raise ValueError(f"checkpoint stage {state['stage']!r} is not among the configured stages {config.stages}")
+            raise ValueError(f"checkpoint file {out / CHECKPOINT} continues stage {state['stage']!r}, but the run's "
+                             f"config.toml now has stages = {json.dumps(config.stages)}, without it: the stages a "
+                             f"resume continues cannot be dropped (put it back in config.toml)")
         if len(state["rng"]) != world_size:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
