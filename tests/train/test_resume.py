@@ -151,6 +151,22 @@ def test_the_summary_counts_the_steps_a_crashed_call_checkpointed(tmp_path, tiny
     assert final["fr"]["seconds"] > crashed["summary"]["fr"]["seconds"] > 0
 
 
+@pytest.mark.parametrize("first_call_steps", [3, None], ids=["stage boundary", "finished run"])
+def test_a_call_that_takes_no_step_in_a_stage_adds_no_seconds_to_it(tmp_path, tiny_overrides, keep_threads,
+                                                                   first_call_steps):
+    """A resume of a checkpoint at fr's last step, or of a finished run, takes no fr step: fr's seconds stay those
+    its checkpoint counted (the setup of a call that trained nothing there would lower its samples/s)."""
+    config = load_config("quick", tiny_overrides + ["fr.steps=3", 'stages=["fr", "align"]'])
+    train(config, tmp_path, stop_after=first_call_steps)
+    checkpointed = load_checkpoint(tmp_path / CHECKPOINT)["summary"]
+    train(config, tmp_path, resume=True)
+    final = summary(tmp_path)
+    assert final["fr"]["seconds"] == checkpointed["fr"]["seconds"] > 0
+    assert final["fr"]["steps_taken"] == 3
+    if first_call_steps is None:
+        assert final["align"]["seconds"] == checkpointed["align"]["seconds"] > 0
+
+
 def test_a_checkpoint_of_an_older_tgfr_without_counts_resumes(tmp_path, tiny_overrides, keep_threads):
     """Checkpoints written before they carried the steps and seconds fall back to train_summary.json (the
     counts of the calls that ended normally); written before they carried the optimizer settings, they resume."""

@@ -352,7 +352,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
 
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
                           stage_resume, drop_lost_records if stage_resume is not None else None)
-        counted = _add_counts(counted, name, taken, time.perf_counter() - started)
+        if taken:  # a call resumed at the stage's last step (its end, a finished run) trained it no more
+            counted = _add_counts(counted, name, taken, time.perf_counter() - started)
         done = first_step + taken >= stage_config.steps
         if settings.stop_after is not None:
             settings.stop_after -= taken
