@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tgfr.text_formats import parse_json
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_PAGE = RESULTS_DIR.parent / "RESULTS.md"  # what benchmarks/render.py writes by default
 FORMAT_VERSION = 1
@@ -164,7 +166,7 @@ def read_results(path: Path, machine: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        existing = json.loads(path.read_text())
+        existing = parse_json(path.read_text())
         if existing != {}:  # an empty object holds nothing to merge with
             _check_mergeable(existing, machine)
     except json.JSONDecodeError as error:

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.recording import RESULTS_DIR, RESULTS_PAGE
+from tgfr.text_formats import parse_json
 
 IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "triton_deterministic", "reference", "chunked_checkpointed", "compiled_reference")
 FULL_COMMAND = "TGFR_BENCH_FULL=1 python -m pytest benchmarks/ -p no:cacheprovider --tgfr-results auto"
@@ -59,7 +60,7 @@ def load_results(results_dir: Path) -> list[dict]:
     files = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
-            content = json.loads(path.read_text())
+            content = parse_json(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"results file {path} is not valid JSON: {error}") from None
         if not isinstance(content, dict) or "cases" not in content:
@@ -79,7 +80,7 @@ def _gpu_lines(path: Path) -> dict:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
         runs[(record.get("commit"), record.get("date"))] = dict(

@@ -335,6 +335,13 @@ def test_a_results_file_without_what_merging_reads_is_named(tmp_path, content, m
     assert json.loads(path.read_text()) == content
 
 
+def test_a_results_file_nested_past_the_recursion_limit_is_invalid_json_naming_it(tmp_path):
+    path = tmp_path / "cpu.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match=f"^results file {re.escape(str(path))} is not valid JSON: "):
+        recording.write_results(path, MACHINE, run("quick", "a"), [case("f::x", 1.0)])
+
+
 def test_tgfr_results_that_is_not_a_results_file_is_a_usage_error_before_the_run(tmp_path):
     """A JSON list given to --tgfr-results: pytest names the file, not an INTERNALERROR traceback."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")

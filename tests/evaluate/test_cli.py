@@ -191,7 +191,7 @@ def test_training_summary_as_training_writes_it_is_read(run):
     assert "absent.jsonl does not exist" in evaluate_error("--run", str(run))
 
 
-@pytest.mark.parametrize("content", [b"seed = [\n", b"seed = \xff\n"])
+@pytest.mark.parametrize("content", [b"seed = [\n", b"seed = \xff\n", b"seed = " + b"[" * 100000 + b"]" * 100000])
 def test_corrupt_config_is_named(run, content):
     (run / "config.toml").write_bytes(content)
     assert f"--run: {run / 'config.toml'} is not valid TOML: " in evaluate_error("--run", str(run))

@@ -333,3 +333,24 @@ def test_too_few_synthetic_identities_are_refused_when_the_config_is_read(capsys
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
     assert f"`data.synthetic_identities` at least {smallest} without a `data.manifest`" in readme
     assert f"fewer than {smallest} identities" in readme
+
+
+def test_toml_nested_past_the_recursion_limit_is_invalid_toml_naming_its_source(tmp_path):
+    """tomllib raises RecursionError for arrays nested deeper than Python's recursion limit; a preset
+    file, a --set value and a run's config.toml so nested are malformed TOML, named like any other."""
+    deep = "[" * 100000 + "]" * 100000
+    preset = tmp_path / "deep.toml"
+    preset.write_text(f"stages = {deep}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", str(preset), "--print-config"])
+    assert str(exit_.value.code).startswith(f"tgfr train: error: preset file {preset} is not valid TOML: ")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", "--set", f"stages={deep}", "--print-config"])
+    assert str(exit_.value.code).startswith("tgfr train: error: override stages: [[[")
+    assert "valid TOML" in str(exit_.value.code)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(f"seed = {deep}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(run), "--resume"])
+    assert str(exit_.value.code).startswith(f"tgfr train: error: --resume: {run / 'config.toml'} is not a valid run config: ")

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
 # several, the first in this order is used.

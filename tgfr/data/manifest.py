@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file, text_lines
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")

@@ -20,7 +20,7 @@ import numpy as np
 
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.output_paths import write_atomically
 
 

@@ -24,7 +24,7 @@ from tgfr.data.degrade import check_workers, degrade_records, degraded_path, par
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.output_paths import check_output_folder, write_atomically
 
 GENERATOR_VERSION = 1

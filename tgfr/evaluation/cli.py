@@ -4,6 +4,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
+from tgfr.text_formats import parse_toml
 from tgfr.train.config import config_from_dict, parse_override, set_key
 
 
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"tgfr evaluate: error: --run: {args.run / 'model'} does not exist (training has not finished; use "
                          "`tgfr train --resume`)")
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        values = parse_toml(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SystemExit(f"tgfr evaluate: error: --run: {path} is not valid TOML: {error}") from None
     try:

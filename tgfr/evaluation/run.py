@@ -12,7 +12,7 @@ from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
 from tgfr.evaluation.protocols import split_figures, verification_scores
 from tgfr.evaluation.report import write_report
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.metrics import roc_curve
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention

@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 from transformers import PretrainedConfig
 
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
 from tgfr.output_paths import replace_entries_atomically

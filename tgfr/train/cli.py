@@ -2,12 +2,12 @@
 
 import argparse
 import os
-import tomllib
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
+from tgfr.text_formats import parse_toml
 from tgfr.train.config import TrainConfig, config_from_dict, load_config, preset_names, to_toml
 
 
@@ -67,7 +67,7 @@ def _run_config(out: Path) -> TrainConfig:
     if not path.is_file():
         raise SystemExit(f"tgfr train: error: --resume: {path} does not exist (no run to resume in {out})")
     try:
-        return config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        return config_from_dict(parse_toml(path.read_text(encoding="utf-8")))
     except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
         raise SystemExit(f"tgfr train: error: --resume: {path} is not a valid run config: {error}") from None
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from tgfr.data.degrade import parse_recipe
 from tgfr.output_paths import temporary_name
+from tgfr.text_formats import parse_toml
 from tgfr.validation import check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
@@ -464,7 +465,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. fr.steps=50), got {text!r}")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        value = parse_toml(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError as error:
         # Meant as a TOML string, array or table: as raw text it would keep its quotes or brackets
         # (data.cache_dir="mycache, a missing closing quote, made a folder named "mycache).
@@ -517,7 +518,7 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
     """Reads a complete preset and applies `key=value` overrides."""
     path = find_preset(preset)
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        values = parse_toml(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"preset file {path} is not valid TOML: {error}") from None
     _build(TrainConfig, values, "", complete=True)

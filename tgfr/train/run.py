@@ -34,7 +34,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically

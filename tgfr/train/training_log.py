@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tgfr.json_text import parse_json
+from tgfr.text_formats import parse_json
 from tgfr.output_paths import write_atomically
 
 
