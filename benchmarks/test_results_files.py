@@ -295,20 +295,25 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
 
 
-def test_tgfr_results_of_another_machine_kind_is_a_usage_error_before_the_run(tmp_path):
-    """pytest stops with the file and both kinds named, no traceback, no test run, the file unchanged."""
+def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path) -> subprocess.CompletedProcess:
+    """A pytest session, in a child process, of one benchmark under tmp_path merged into `results`."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_cases.py").write_text("def test_passes(benchmark):\n    benchmark(lambda: None)\n")
-    other = {**MACHINE, "kind": "cpu-another-machine-2c"}
-    results = tmp_path / "cpu-another-machine-2c.json"
-    recording.write_results(results, other, run("quick", "a"), [case("f::x", 1.0)])
-    written = results.read_text()
-    pytest_run = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
          "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
          "--tgfr-results", str(results)],
         cwd=_ROOT, capture_output=True, text=True, timeout=300,
     )
+
+
+def test_tgfr_results_of_another_machine_kind_is_a_usage_error_before_the_run(tmp_path):
+    """pytest stops with the file and both kinds named, no traceback, no test run, the file unchanged."""
+    other = {**MACHINE, "kind": "cpu-another-machine-2c"}
+    results = tmp_path / "cpu-another-machine-2c.json"
+    recording.write_results(results, other, run("quick", "a"), [case("f::x", 1.0)])
+    written = results.read_text()
+    pytest_run = _pytest_one_benchmark_with_tgfr_results(tmp_path, results)
     output = pytest_run.stdout + pytest_run.stderr
     kind = recording.machine_description()["kind"]
     assert pytest_run.returncode == pytest.ExitCode.USAGE_ERROR, output
@@ -344,16 +349,9 @@ def test_a_results_file_nested_past_the_recursion_limit_is_invalid_json_naming_i
 
 def test_tgfr_results_that_is_not_a_results_file_is_a_usage_error_before_the_run(tmp_path):
     """A JSON list given to --tgfr-results: pytest names the file, not an INTERNALERROR traceback."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "test_cases.py").write_text("def test_passes(benchmark):\n    benchmark(lambda: None)\n")
     results = tmp_path / "results.json"
     results.write_text('[{"format": 1}]')
-    pytest_run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
-         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
-         "--tgfr-results", str(results)],
-        cwd=_ROOT, capture_output=True, text=True, timeout=300,
-    )
+    pytest_run = _pytest_one_benchmark_with_tgfr_results(tmp_path, results)
     output = pytest_run.stdout + pytest_run.stderr
     assert pytest_run.returncode == pytest.ExitCode.USAGE_ERROR, output
     assert f"ERROR: --tgfr-results: results file {results}: must hold a JSON object, got list" in output, output

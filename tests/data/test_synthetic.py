@@ -246,23 +246,29 @@ def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path,
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == [config.key()]
 
 
-def test_a_generation_cut_short_is_no_dataset_and_the_next_run_writes_over_it(tmp_path, monkeypatch):
-    """Ctrl-C (or a full disk) mid-way leaves images but no manifest: the folder must neither be taken
-    for a finished dataset nor refused as someone else's files by the rerun."""
-    out = tmp_path / "synth"
+def _interrupt_at_identity(monkeypatch, identity: int) -> None:
+    """Makes the generator stop with KeyboardInterrupt (a Ctrl-C) when it comes to render `identity`;
+    monkeypatch.undo() lets it run again."""
     render = synthetic._render_identity
 
     def interrupted(task):
-        if task[2] == 4:
+        if task[2] == identity:
             raise KeyboardInterrupt
         return render(task)
 
     monkeypatch.setattr(synthetic, "_render_identity", interrupted)
+
+
+def test_a_generation_cut_short_is_no_dataset_and_the_next_run_writes_over_it(tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) mid-way leaves images but no manifest: the folder must neither be taken
+    for a finished dataset nor refused as someone else's files by the rerun."""
+    out = tmp_path / "synth"
+    _interrupt_at_identity(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_dataset(out, CONFIG, workers=1)
     assert any(out.rglob("*.png")) and not (out / "manifest.jsonl").exists()
     assert synthetic._cached_manifest(out, CONFIG.key()) is None
-    monkeypatch.setattr(synthetic, "_render_identity", render)
+    monkeypatch.undo()
     manifest = generate_synthetic_dataset(out, CONFIG, workers=1)
     fresh = generate_synthetic_dataset(tmp_path / "fresh", CONFIG, workers=1)
     assert manifest.read_bytes() == fresh.read_bytes()
@@ -297,18 +303,11 @@ def test_a_rerun_removes_the_images_of_earlier_runs_also_one_cut_short(tmp_path,
     the folder then holds the images that C's manifest lists, and nothing of A's or B's else."""
     out = tmp_path / "synth"
     generate_synthetic_dataset(out, CONFIG, workers=1)
-    render = synthetic._render_identity
-
-    def interrupted(task):
-        if task[2] == 6:
-            raise KeyboardInterrupt
-        return render(task)
-
-    monkeypatch.setattr(synthetic, "_render_identity", interrupted)
+    _interrupt_at_identity(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_dataset(out, dataclasses.replace(CONFIG, seed=7, images_per_identity=4), workers=1)
     assert any(out.glob("images/*/*/*_3.png"))  # B's fourth images, which A has not
-    monkeypatch.setattr(synthetic, "_render_identity", render)
+    monkeypatch.undo()
     manifest = generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, seed=8,
                                                                    images_per_identity=2), workers=1)
     listed = {record.path for record in read_manifest(manifest)}
