@@ -7,9 +7,9 @@ equals the rank-k of the probe list the drawn subjects make."""
 import numpy as np
 import pytest
 
-from tgfr.data import ManifestRecord
+from tgfr.data import ManifestRecord, make_verification_pairs
 from tgfr.evaluation.embeddings import SplitEmbeddings
-from tgfr.evaluation.protocols import split_figures, verification_scores
+from tgfr.evaluation.protocols import paired_difference, split_figures, verification_scores
 from tgfr.evaluation.report import MAIN_FAR
 from tgfr.metrics import (bootstrap_interval, equal_error_rate, far_label, identification_metrics, roc_auc,
                           roc_curve, tar_at_far, verification_metrics)
@@ -264,3 +264,49 @@ def test_a_split_of_one_subject_is_named_by_both_protocols(protocol):
     config = EvaluationConfig(protocol=protocol, bootstrap_resamples=5)
     with pytest.raises(ValueError, match="^verification needs at least 2 subjects in split 'test', got 1$"):
         split_figures(embeddings, records, "test", config)
+
+
+@pytest.mark.parametrize("protocol", ["all_pairs", "pairs"])
+@pytest.mark.parametrize("method", ["image_only", "tgfr"])
+def test_verification_scores_are_the_cosines_of_the_protocols_pairs(protocol, method):
+    """all_pairs: every unordered pair of two distinct images, n (n - 1) / 2 of them, in row-major
+    order; pairs: TGFR's list. Each pair scores the cosine of its two images' embeddings."""
+    x, labels, paths, records = embeddings_and_records(0, subjects=5, images=3)
+    other = embeddings_and_records(1, subjects=5, images=3)[0]
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
+    config = EvaluationConfig(protocol=protocol, impostor_subjects=2)
+    if protocol == "all_pairs":
+        listed = [(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))]
+    else:
+        listed = [(paths.index(p.path_a), paths.index(p.path_b)) for p in make_verification_pairs(records, "test", 2)]
+    assert all(i != j for i, j in listed)
+    vectors = embeddings.method(method)
+    cosines = [vectors[i] @ vectors[j] / (np.linalg.norm(vectors[i]) * np.linalg.norm(vectors[j])) for i, j in listed]
+    scores, same, subjects_a, subjects_b = verification_scores(embeddings, method, records, "test", config)
+    if protocol == "all_pairs":
+        assert scores.size == len(paths) * (len(paths) - 1) // 2
+    np.testing.assert_allclose(scores, cosines, rtol=0, atol=1e-12)
+    assert subjects_a.tolist() == [labels[i] for i, _ in listed]
+    assert subjects_b.tolist() == [labels[j] for _, j in listed]
+    assert same.tolist() == [int(labels[i] == labels[j]) for i, j in listed]
+    assert 0 < same.sum() < same.size and (scores < 1 - 1e-9).all()  # no image is paired with itself
+
+
+def test_paired_difference_is_method_minus_baseline():
+    """The point differences and the (2.5, 97.5) percentiles of the replicates' differences, here
+    np.linspace(0.1, 0.3, 41) (rank-1) and its negation (TAR), whose percentiles are exact."""
+    steps = np.linspace(0.0, 1.0, 41)
+    order = np.random.default_rng(0).permutation(41)  # the replicates' order says nothing
+    baseline = {"rank1": 0.5, "tar_at_far": {MAIN_FAR: 0.6}}
+    method = {"rank1": 0.7, "tar_at_far": {MAIN_FAR: 0.4}}
+    baseline_replicates = {"rank1": (0.3 + 0.2 * steps)[order], "tar_at_far": {MAIN_FAR: (0.5 + 0.1 * steps)[order]}}
+    method_replicates = {"rank1": (0.4 + 0.4 * steps)[order], "tar_at_far": {MAIN_FAR: (0.4 - 0.1 * steps)[order]}}
+    difference = paired_difference(baseline, method, baseline_replicates, method_replicates)
+    assert difference["rank1"] == pytest.approx(0.2)
+    assert difference["tar_at_far"][MAIN_FAR] == pytest.approx(-0.2)
+    # rank-1 differences 0.1 + 0.2 * steps: percentiles 0.1 + 0.2 * (0.025, 0.975); TAR: -0.1 - 0.2 * steps.
+    assert difference["rank1_ci"] == pytest.approx([0.105, 0.295])
+    assert difference["tar_at_far_ci"][MAIN_FAR] == pytest.approx([-0.295, -0.105])
+    unresolved = paired_difference({**baseline, "tar_at_far": {MAIN_FAR: None}}, method, baseline_replicates,
+                                   method_replicates)
+    assert unresolved["tar_at_far"][MAIN_FAR] is None and unresolved["rank1"] == pytest.approx(0.2)
