@@ -126,3 +126,20 @@ def test_images_render_whatever_the_report_name(tmp_path):
     images = re.findall(r'<img src="([^"]*)" alt="([^"]*)" />', rendered)
     assert {unquote(html.unescape(src)) for src, _ in images} == expected
     assert all(html.unescape(alt) == unquote(html.unescape(src)) for src, alt in images)
+
+
+def test_table_row_puts_each_figure_and_its_interval_in_its_column(tmp_path):
+    """Distinct values for every figure and interval bound, so a figure shown under another's
+    column or with its bounds swapped changes the row."""
+    figures = {"tar_at_far": {"1e-4": None, "1e-3": 0.25, "1e-2": 0.5},
+               "tar_at_far_ci": {"1e-4": None, "1e-3": [0.2, 0.3], "1e-2": [0.45, 0.55]},
+               "auc": 0.912, "auc_ci": [0.901, 0.923], "eer": 0.07, "eer_ci": [0.06, 0.08],
+               "rank1": 0.6, "rank1_ci": [0.55, 0.65], "rank5": 0.8, "rank5_ci": [0.75, 0.85], "cmc": [0.6, 0.8],
+               "genuine_pairs": 10, "impostor_pairs": 900, "subjects": 10, "probes": 20, "gallery": 10}
+    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+               "resamples": 10, "splits": {"clean": "test"}, "training": None}
+    text = write_report(tmp_path, {"clean": {"image_only": figures}}, {}, [], context).read_text()
+    assert ("| method | TAR@FAR=1e-4 % | TAR@FAR=1e-3 % | TAR@FAR=1e-2 % | AUC | EER % | rank-1 % | rank-5 % |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+            "| image only (backbone) | n/a | 25.0 [20.0, 30.0] | 50.0 [45.0, 55.0] | 0.912 [0.901, 0.923] | "
+            "7.0 [6.0, 8.0] | 60.0 [55.0, 65.0] | 80.0 [75.0, 85.0] |\n") in text
