@@ -4,8 +4,8 @@ closed-form uniform distributions and a hand-made similarity matrix."""
 import numpy as np
 import pytest
 
-from tgfr.metrics import (cmc_curve, equal_error_rate, far_label, identification_metrics, match_ranks, roc_auc,
-                          roc_curve, tar_at_far, verification_metrics)
+from tgfr.metrics import (bootstrap_interval, cmc_curve, equal_error_rate, far_label, identification_metrics,
+                          match_ranks, roc_auc, roc_curve, tar_at_far, verification_metrics)
 
 
 def brute_force_auc(scores, same):
@@ -217,3 +217,67 @@ def test_identification_without_probes_is_an_error():
     # rank-1 of no probe was NaN, which metrics.json cannot hold.
     with pytest.raises(ValueError, match="identification needs at least one probe, got probe_labels of size 0"):
         identification_metrics(np.zeros((0, 3)), np.array([], dtype=np.int64), np.array([0, 1, 2]), resamples=5)
+
+
+def test_bootstrap_interval_is_the_2_5_and_97_5_percentiles():
+    # Replicates 0..40 (shuffled): the p-th percentile interpolates at index p / 100 * 40, so 1 and 39.
+    replicates = np.random.default_rng(0).permutation(41).astype(np.float64)
+    assert bootstrap_interval(replicates) == [1.0, 39.0]
+    assert bootstrap_interval(np.r_[replicates, np.nan]) is None
+
+
+def pairs_of_four_subjects(impostor_scores, genuine_scores):
+    """scores, same, subjects_a, subjects_b: one genuine pair per score of genuine_scores (subject
+    i % 4) and the impostor pairs cycling through the 6 pairs of the 4 subjects."""
+    first, second = np.triu_indices(4, k=1)
+    cycle = np.arange(len(impostor_scores)) % 6
+    genuine = np.arange(len(genuine_scores)) % 4
+    same = np.r_[np.ones(len(genuine_scores), np.int64), np.zeros(len(impostor_scores), np.int64)]
+    return np.r_[genuine_scores, impostor_scores], same, np.r_[genuine, first[cycle]], np.r_[genuine, second[cycle]]
+
+
+@pytest.mark.parametrize("impostors, expected", [(100, 0.5), (99, None)])
+def test_tar_at_far_needs_far_times_impostor_pairs_at_least_1(impostors, expected):
+    """FAR 1e-2 with 100 impostor pairs (scores 0.00..0.99) allows 1 accepted impostor: threshold
+    0.99 accepts genuine 0.999 and 0.995 of 4 (0.975 would accept impostors 0.98 and 0.99 too),
+    TAR 0.5. 99 impostor pairs cannot resolve 1e-2."""
+    scores, same, subjects_a, subjects_b = pairs_of_four_subjects(np.arange(impostors) / 100,
+                                                                  [0.999, 0.995, 0.975, 0.5])
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b, far_targets=(1e-2,),
+                                  resamples=0)
+    assert result["impostor_pairs"] == impostors and result["tar_at_far"] == {"1e-2": expected}
+    assert result["unresolved_far"] == ([] if expected is not None else ["1e-2"])
+
+
+def test_an_unresolved_far_has_no_interval_whatever_the_resamples_weight():
+    """11 subjects, 99 impostor pairs (subject 0 against each other subject 9 times, subject 1
+    against 2..10): FAR 1e-2 is unresolved, though the one resample (seed 0) draws subject 0 three
+    times and so weighs the impostor pairs c_a * c_b to 100 or more, enough for 1e-2 on its own."""
+    subjects = np.arange(11)
+    impostor_a = np.r_[np.zeros(90, np.int64), np.ones(9, np.int64)]
+    impostor_b = np.r_[np.tile(np.arange(1, 11), 9), np.arange(2, 11)]
+    subjects_a, subjects_b = np.r_[subjects, impostor_a], np.r_[subjects, impostor_b]
+    same = np.r_[np.ones(11, np.int64), np.zeros(99, np.int64)]
+    scores = np.random.default_rng(0).normal(same * 2.0, 1.0)
+    counts = np.bincount(np.random.default_rng(0).integers(0, 11, 11), minlength=11)  # the documented draw
+    assert counts[0] == 3 and (counts[impostor_a] * counts[impostor_b]).sum() >= 100
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b, far_targets=(1e-2,),
+                                  resamples=1, seed=0, keep_replicates=True)
+    assert result["impostor_pairs"] == 99 and result["tar_at_far"] == {"1e-2": None}
+    assert result["tar_at_far_ci"] == {"1e-2": None} and np.isnan(result["replicates"]["tar_at_far"]["1e-2"]).all()
+    assert result["auc_ci"] is not None  # the resample itself measures the other figures
+
+
+def test_eer_at_an_exact_crossing():
+    # Genuine 3, 1; impostors 2, 0. Threshold 2 accepts genuine 3 and impostor 2: FAR = FRR = 1/2.
+    assert equal_error_rate(roc_curve(np.array([3.0, 1.0, 2.0, 0.0]), np.array([1, 1, 0, 0]))) == 0.5
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_verification_rejects_non_finite_scores(bad):
+    scores, same = np.array([0.9, bad, 0.1, 0.2]), np.array([1, 1, 0, 0])
+    with pytest.raises(ValueError, match="scores must be finite"):
+        roc_curve(scores, same)
+    with pytest.raises(ValueError, match="scores must be finite"):
+        verification_metrics(scores, same, subjects_a=np.array([0, 1, 0, 1]), subjects_b=np.array([0, 1, 1, 2]),
+                             resamples=0)
