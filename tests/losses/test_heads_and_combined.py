@@ -46,6 +46,26 @@ def test_margin_heads(head_class, arc, focal):
         torch.testing.assert_close(g, e, **TOL)
 
 
+@pytest.mark.parametrize("head_class,target_cosine", [(ArcFaceHead, math.cos), (CosFaceHead, lambda m: 1.0 - m)],
+                         ids=["ArcFace", "CosFace"])
+def test_focal_head_loss_where_the_cross_entropy_is_below_one(head_class, target_cosine):
+    """test_margin_heads has a cross-entropy near 54, where (1 - exp(-ce))^gamma is 1 for any gamma and focal
+    equals ce. Here each embedding is its class's weight row (orthonormal rows): the target cosine is
+    cos(0 + m) (ArcFace) or 1 - m (CosFace), every other cosine 0, so ce = log(1 + (K - 1) exp(-s * target))."""
+    classes, scale, margin = 6, 4.0, 0.3
+    head = head_class(classes, classes, scale=scale, margin=margin, focal=True).double()
+    head.weight.data = torch.eye(classes, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 5, 3])
+    embeddings = 2.5 * torch.eye(classes, dtype=torch.float64)[labels]  # the norm does not count
+    ce = math.log(1 + (classes - 1) * math.exp(-scale * target_cosine(margin)))
+    assert 0.01 < ce < 1
+    expected = (1 - math.exp(-ce)) ** 2 * ce
+    # rel: ArcFace clamps sin(0) at 1e-6 (finite gradients), which moves ce by about 1e-7.
+    assert head(embeddings, labels).item() == pytest.approx(expected, rel=1e-5)
+    head.focal = False
+    assert head(embeddings, labels).item() == pytest.approx(ce, rel=1e-5)
+
+
 @pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
 def test_a_scale_past_the_computation_dtypes_maximum_is_refused_not_a_nan_loss(head_class, arc):
     """The heads compute in float32 (float64 for float64 input): a larger scale makes every logit inf."""
