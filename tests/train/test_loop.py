@@ -90,3 +90,26 @@ def test_logged_rate_is_the_rate_each_step_used_also_after_a_resume_in_warm_up(t
     direction = LinearStage().direction
     for step, weight in weights:
         assert torch.allclose(weight, -sum(expected[:step]) * direction), step
+
+
+def run_linear_stage(tmp_path, steps, grad_clip=0.0, log_every=1):
+    """Trains a fresh LinearStage for `steps` SGD steps at the constant rate LR -> (its weight, the log's records)."""
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0,
+                        grad_clip=grad_clip)
+    settings = LoopSettings(torch.device("cpu"), log_every=log_every, checkpoint_every=steps)
+    stage, log = LinearStage(), TrainingLog(tmp_path / "metrics.jsonl")
+    run_stage(stage, Batches(), optim, steps, settings, log, lambda *state: None)
+    return stage.weight.detach(), read_log(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5, 2.0, 10.0])
+def test_a_step_moves_the_weights_by_lr_times_the_gradient_clipped_to_grad_clip(tmp_path, grad_clip):
+    """The gradient is `direction`, norm sqrt(1 + 4 + 0.25) = 2.29: grad_clip below it scales the step to
+    norm lr * grad_clip; above it, or 0 (no clipping), the step is lr * direction. The log has the norm before clipping."""
+    weight, records = run_linear_stage(tmp_path, 1, grad_clip=grad_clip)
+    direction = LinearStage().direction
+    norm = math.sqrt(1 + 4 + 0.25)
+    step_norm = LR * (min(grad_clip, norm) if grad_clip > 0 else norm)
+    assert torch.allclose(weight, -step_norm * direction / norm, rtol=1e-6, atol=0)
+    assert records[0]["grad_norm"] == pytest.approx(norm)
+
