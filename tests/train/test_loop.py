@@ -113,3 +113,9 @@ def test_a_step_moves_the_weights_by_lr_times_the_gradient_clipped_to_grad_clip(
     assert torch.allclose(weight, -step_norm * direction / norm, rtol=1e-6, atol=0)
     assert records[0]["grad_norm"] == pytest.approx(norm)
 
+
+@pytest.mark.parametrize("steps,log_every,logged", [(3, 5, [3]), (5, 2, [2, 4, 5]), (4, 2, [2, 4])])
+def test_the_log_has_every_log_every_th_step_and_the_last(tmp_path, steps, log_every, logged):
+    """A stage shorter than log_every, or not a multiple of it, still logs its last step."""
+    _, records = run_linear_stage(tmp_path, steps, log_every=log_every)
+    assert [record["step"] for record in records] == logged
