@@ -4,6 +4,7 @@ batches. Both streams resume at any step, and an image that fails in a loader wo
 it gives without workers."""
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -12,11 +13,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tgfr.data import CaptionCollator
 from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.data.image_cache import DecodedImageCache
-from tgfr.train.batches import StepBatches, resolve_manifest
+from tgfr.train.batches import DegradingTransform, StepBatches, resolve_manifest
 from tgfr.train.config import load_config
 from tgfr.train.run import stage_batches
 
@@ -155,3 +157,16 @@ def test_ranks_need_a_divisible_identity_count_only_where_batches_follow_identit
     with pytest.raises(ValueError, match=re.escape("data.identities_per_batch x data.images_per_identity = 3 x 3 "
                                                    "= 9 must be divisible by the world size 2")):
         stage_batches(odd, "align", manifest, COLLATE, rank=0, world_size=2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+def test_training_images_are_degraded_with_probability_train_degrade_p(p):
+    """Over 2000 seeded draws the degraded count is binomial(2000, p): within 5 standard deviations of 2000 p
+    (exactly 0 or 2000 at p = 0 or 1). The recipe down2 always changes a checkerboard; the base transform
+    returns its input, so a changed image is a degraded one."""
+    checkerboard = Image.fromarray((np.indices((16, 16)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
+    transform = DegradingTransform(lambda image, rng: image, "down2", p)
+    draws = 2000
+    degraded = sum(not np.array_equal(np.asarray(transform(checkerboard, np.random.default_rng(seed))),
+                                      np.asarray(checkerboard)) for seed in range(draws))
+    assert abs(degraded - draws * p) <= 5 * math.sqrt(draws * p * (1 - p))
