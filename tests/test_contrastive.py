@@ -437,6 +437,8 @@ def test_compiles_without_graph_break():
          ["column_labels must be given", "N=4, M=6"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=float("nan")), ValueError, ["scale", "finite"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=-10.0), ValueError, ["scale", "positive"]),
+        (lambda x, y, l: contrastive_loss(x, y, scale=0.0), ValueError, ["scale", "positive"]),
+        (lambda x, y, l: contrastive_loss(x, y, scale=0.0, backend="reference"), ValueError, ["scale", "positive"]),
         # Finite in Python but inf in the float32 the kernels compute in: NaN or inf losses.
         (lambda x, y, l: contrastive_loss(x, y, scale=1e39), ValueError, ["scale", "at most 3.40282e+38"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=10**400), ValueError, ["scale", "at most 3.40282e+38"]),

@@ -57,13 +57,15 @@ def test_attention_needs_one_image_per_caption():
         tgfr.ops.word_region_attention(words, lengths, regions)
 
 
-# 1e39 and 10**400: finite in Python, inf in the kernels' float32 (or beyond float altogether).
+# 1e39 and 10**400: finite in Python, inf in the kernels' float32 (or beyond float altogether). The C++ kernel
+# re-checks the gammas; the reference backend has only the front end's check.
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan"), float("inf"), 1e39, 10**400])
-def test_bad_gamma(gamma):
+def test_bad_gamma(gamma, backend):
     with pytest.raises(ValueError, match="gamma1"):
-        tgfr.ops.word_region_scores(*valid_inputs(), gamma1=gamma)
+        tgfr.ops.word_region_scores(*valid_inputs(), gamma1=gamma, backend=backend)
     with pytest.raises(ValueError, match="gamma2"):
-        tgfr.ops.word_region_scores(*valid_inputs(), gamma2=gamma)
+        tgfr.ops.word_region_scores(*valid_inputs(), gamma2=gamma, backend=backend)
 
 
 def test_word_softmax_must_be_a_bool():

@@ -528,6 +528,30 @@ def test_loss_numbers_name_a_wrong_type_or_a_non_finite_value(case):
         assert type(stored) is float and stored == 0.5
 
 
+# Hyperparameters that only a positive number makes sense for: 0 would flatten every logit (scale, gamma) or
+# divide by zero (temperature). The ops' C++ kernels re-check some, not these constructors' values.
+LOSS_POSITIVE_NUMBERS = {
+    "ArcFace scale": (lambda value: ArcFaceHead(8, 4, scale=value), "scale"),
+    "CosFace scale": (lambda value: CosFaceHead(8, 4, scale=value), "scale"),
+    "CoReFace scale": (lambda value: CoReFaceLoss(scale=value), "scale"),
+    "CICL scale": (lambda value: CaptionImageContrastiveLoss(scale=value), "scale"),
+    "intra-modal scale": (lambda value: IntraModalContrastiveLoss(scale=value), "scale"),
+    "association scale": (lambda value: DualGranularityAssociationLoss(8, 4, scale=value), "scale"),
+    "association temperature": (lambda value: DualGranularityAssociationLoss(8, 4, temperature=value), "temperature"),
+    **{f"WRCL {gamma}": (lambda value, gamma=gamma: WordRegionContrastiveLoss(**{gamma: value}), gamma)
+       for gamma in ("gamma1", "gamma2", "gamma3")},
+}
+
+
+@pytest.mark.parametrize("case", LOSS_POSITIVE_NUMBERS)
+def test_loss_positive_numbers_refuse_zero_and_take_the_smallest_positive_float(case):
+    make, name = LOSS_POSITIVE_NUMBERS[case]
+    for value in (0.0, -0.0, -1.0):
+        with pytest.raises(ValueError, match=rf"^{name} must be a finite positive number"):
+            make(value)
+    assert getattr(make(5e-324), name) == 5e-324
+
+
 LOSS_SIZES = {
     "ArcFace embedding_size": (lambda value: ArcFaceHead(value, 4), "embedding_size"),
     "ArcFace num_classes": (lambda value: ArcFaceHead(8, value), "num_classes"),
