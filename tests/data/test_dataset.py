@@ -157,6 +157,19 @@ def test_captions_reproducible_and_vary_with_epoch(manifest):
     assert len(set(captions)) == 3 and multi[2]["caption"] == captions[0]
 
 
+@pytest.mark.parametrize("captions_per_sample", [2, 3, 4])
+def test_captions_of_an_item_are_drawn_without_replacement(manifest, captions_per_sample):
+    """Each training image has 4 captions: an item's captions_per_sample captions are distinct ones of its
+    image's, for every image and epoch (4 of 4: all of them, in some order)."""
+    dataset = FaceCaptionDataset(manifest, split="train", captions_per_sample=captions_per_sample, seed=1)
+    for epoch in range(5):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            captions = dataset[index]["captions"]
+            assert len(captions) == len(set(captions)) == captions_per_sample
+            assert set(captions) <= set(dataset.records[index].captions)
+
+
 def test_collate_tokenizes(manifest):
     dataset = FaceCaptionDataset(manifest, split="train", captions_per_sample=2, transform=TrainTransform())
     batch = CaptionCollator(WordTokenizer(), max_length=5)([dataset[i] for i in range(4)])
