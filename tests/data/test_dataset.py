@@ -1,3 +1,4 @@
+import math
 import pickle
 import re
 from collections import Counter
@@ -393,6 +394,20 @@ def test_sampler_makes_as_many_batches_as_any_packing(identities, images, p, k):
         used = [i for batch in batches for i in batch]
         assert len(used) == len(set(used))
         assert all(set(Counter(labels[i] for i in batch).values()) == {k} and len(batch) == p * k for batch in batches)
+
+
+def test_sampler_shuffles_its_batches():
+    """Identity 0 has 4 images, identities 1..8 one each; P = 2, K = 1. Packing takes the identity with the most
+    images left first, so identity 0 is in the first three packed batches and in 4 of the 6. Shuffled, each
+    position holds a batch with identity 0 with probability 4/6: over 300 seeds, within 5 standard deviations."""
+    labels = [0] * 4 + list(range(1, 9))
+    seeds = 300
+    with_identity_0 = np.zeros(6)
+    for seed in range(seeds):
+        batches = list(IdentityBalancedBatchSampler(labels, identities_per_batch=2, images_per_identity=1, seed=seed))
+        with_identity_0 += [any(labels[i] == 0 for i in batch) for batch in batches]
+    assert with_identity_0.sum() == 4 * seeds
+    assert (abs(with_identity_0 - seeds * 4 / 6) <= 5 * math.sqrt(seeds * 4 / 6 * 2 / 6)).all(), with_identity_0
 
 
 @pytest.mark.parametrize("caption", ["\u200b\u200b", "\u200b \ufeff\u200b"])
