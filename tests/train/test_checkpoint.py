@@ -16,7 +16,8 @@ from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, s
 
 
 def draws():
-    return random.random(), float(np.random.rand()), float(torch.rand(()))
+    """One draw of each RNG; numpy's standard_normal makes a pair and caches the second (has_gauss)."""
+    return random.random(), float(np.random.rand()), float(np.random.standard_normal()), float(torch.rand(()))
 
 
 def test_the_cuda_rng_state_is_the_process_devices_and_resumes_with_fewer_visible_devices(monkeypatch):
@@ -55,6 +56,7 @@ def test_the_cuda_rng_state_is_the_process_devices_and_resumes_with_fewer_visibl
 def test_rng_state_round_trip_through_a_file(tmp_path, checkpoint_state):
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     draws()
+    assert np.random.get_state()[3] == 1  # a cached normal, which the next standard_normal returns
     save_checkpoint(tmp_path / "c.pt", checkpoint_state(rng=[rng_state()]))
     expected = draws()
     draws()
