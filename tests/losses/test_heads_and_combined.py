@@ -552,6 +552,34 @@ def test_loss_positive_numbers_refuse_zero_and_take_the_smallest_positive_float(
     assert getattr(make(5e-324), name) == 5e-324
 
 
+BELOW_ZERO, ABOVE_ONE = math.nextafter(0.0, -1.0), math.nextafter(1.0, 2.0)
+BELOW_MAX_MARGIN = math.nextafter(1.5, 0.0)
+# name: (make, argument, values refused, values taken: the edges of its range).
+LOSS_RANGES = {
+    "ArcFace margin": (lambda value: ArcFaceHead(8, 4, margin=value), "margin", [BELOW_ZERO, 1.5, 2.0],
+                       [0.0, BELOW_MAX_MARGIN]),
+    "CosFace margin": (lambda value: CosFaceHead(8, 4, margin=value), "margin", [BELOW_ZERO, 1.5, 2.0],
+                       [0.0, BELOW_MAX_MARGIN]),
+    "CoReFace momentum": (lambda value: CoReFaceLoss(momentum=value), "momentum", [BELOW_ZERO, ABOVE_ONE, 1.5],
+                          [0.0, 1.0]),
+    "association min_confidence": (lambda value: DualGranularityAssociationLoss(8, 4, min_confidence=value),
+                                   "min_confidence", [BELOW_ZERO, ABOVE_ONE, 1.5], [0.0, 1.0]),
+    "association prototype_momentum": (lambda value: DualGranularityAssociationLoss(8, 4, prototype_momentum=value),
+                                       "prototype_momentum", [BELOW_ZERO, ABOVE_ONE, 1.5], [0.0, 1.0]),
+}
+
+
+@pytest.mark.parametrize("case", LOSS_RANGES)
+def test_loss_numbers_refuse_values_just_outside_their_range_and_take_its_edges(case):
+    """Margins lie in [0, 1.5) (MAX_MARGIN; 1.5 itself is refused), momentums and min_confidence in [0, 1]."""
+    make, name, refused, taken = LOSS_RANGES[case]
+    for value in refused:
+        with pytest.raises(ValueError, match=rf"{name}\b.* must lie in \[0, "):
+            make(value)
+    for value in taken:
+        assert getattr(make(value), name) == value
+
+
 LOSS_SIZES = {
     "ArcFace embedding_size": (lambda value: ArcFaceHead(value, 4), "embedding_size"),
     "ArcFace num_classes": (lambda value: ArcFaceHead(8, value), "num_classes"),

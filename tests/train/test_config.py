@@ -83,6 +83,8 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("align.optim.min_lr_ratio=-0.1", r"align\.optim\.min_lr_ratio must lie in"),
     ("fuse.optim.warmup_steps=-1", r"fuse\.optim\.warmup_steps must be an integer >= 0"),
     ("fr.optim.lr=0", r"fr\.optim\.lr must be a finite positive number"),
+    ("fr.optim.momentum=1.0", r"^fr\.optim\.momentum must lie in \[0\.0, 1\.0\), got 1\.0$"),
+    ("align.optim.momentum=-0.1", r"^align\.optim\.momentum must lie in \[0\.0, 1\.0\)"),
     ("align.optim.grad_clip=inf", r"align\.optim\.grad_clip must lie in"),
     ("fr.optim.grad_clip=nan", r"fr\.optim\.grad_clip must lie in"),
     ("fr.optim.grad_clip=-1", r"fr\.optim\.grad_clip must lie in"),
