@@ -230,6 +230,22 @@ def association_reference(image, caption, prototypes, scale, temperature, min_co
     return loss, assignment, confidence
 
 
+def test_association_confidence_equal_to_min_confidence_is_confident():
+    """c_i >= min_confidence makes image i confident. With one prototype every confidence is softmax of one
+    logit, exactly 1 = min_confidence: all images share the pseudo-identity, every caption is a positive of
+    every image, and L_local = mean_i(LSE_j L_ij - mean_j L_ij) + the same over columns, L = s cos(v_i, t_j).
+    The cross-entropy over one prototype is 0, so that is the whole loss."""
+    torch.manual_seed(6)
+    loss = DualGranularityAssociationLoss(8, 1, scale=5.0, min_confidence=1.0).double().eval()
+    image, caption = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    logits = 5.0 * F.normalize(image, dim=1) @ F.normalize(caption, dim=1).T
+    expected = sum((scores.logsumexp(1) - scores.mean(1)).mean() for scores in (logits, logits.T))
+    got, stats = loss(image, caption)
+    assert stats["mean_confidence"].item() == 1.0 and stats["global"].item() == 0.0
+    torch.testing.assert_close(stats["local"], expected, **TOL)
+    torch.testing.assert_close(got, expected, **TOL)
+
+
 def check_prototypes_moved(moved, old, image, assignment, momentum=0.9):
     """Each used prototype became normalize(momentum * old + (1 - momentum) * mean of its images); others stayed."""
     images = F.normalize(image.detach(), dim=1)
