@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch._dynamo.testing
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
 
 import tgfr
 
@@ -104,6 +105,21 @@ def test_compiled_graph_checks_lengths_when_it_runs(backend, bad_lengths):
     torch.testing.assert_close(compiled(words, lengths, regions), tgfr.ops.word_region_scores(words, lengths, regions))
     with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\] \(T from words.shape\[1\]\)"):
         compiled(words, torch.tensor(bad_lengths), regions)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_make_fx_real_mode_traces_and_the_graph_checks_lengths_when_it_runs(backend):
+    # make_fx's default tracing_mode="real" traces real tensors, whose values it refuses to read
+    # (that would bake this call's lengths into the graph): the lengths check must become an
+    # assertion in the graph, as under torch.compile, not fail the trace.
+    words, lengths, regions = valid_inputs()
+    graph = make_fx(lambda w, n, v: tgfr.ops.word_region_scores(w, n, v, backend=backend))(words, lengths, regions)
+    other_words, other_regions = torch.randn(3, 5, 8), torch.randn(4, 6, 8)  # real mode fixes the shapes
+    other_lengths = torch.tensor([5, 2, 4])
+    torch.testing.assert_close(graph(other_words, other_lengths, other_regions),
+                               tgfr.reference.word_region_scores(other_words, other_lengths, other_regions))
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\]"):
+        graph(words, torch.tensor([1, 6, 3]), regions)
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
