@@ -168,6 +168,27 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
         torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("compiler", ["eager", "aot_eager"])
+@pytest.mark.parametrize("transform", DIRECTIONAL)
+def test_forward_ad_through_torch_compile_raises(compiler, transform):
+    # As test_word_region's: a compiled graph ran the op on the dual tensors and dropped their tangents.
+    # Inputs that require no grad, as there: aot_eager wraps a graph with such inputs in an
+    # autograd.Function, which refuses forward AD itself.
+    x, y, labels, _ = (tensor.detach() for tensor in make_batch(6, 6, 4, torch.float64, identities=3))
+    arguments = dict(scale=2.0, margin=0.2, row_labels=labels, same_identity="exclude")
+
+    def compiled(backend):
+        torch._dynamo.reset()
+        return torch.compile(lambda a: contrastive_loss(a, y, backend=backend, **arguments), backend=compiler)
+
+    with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS[transform](compiled("cpu"), x)
+    torch.testing.assert_close(
+        DERIVATIVE_TRANSFORMS[transform](compiled("reference"), x),
+        DERIVATIVE_TRANSFORMS[transform](lambda a: contrastive_loss(a, y, backend="reference", **arguments), x),
+    )
+
+
 def test_autocast_gives_the_loss_its_dtype_where_its_kernels_take_it(monkeypatch):
     """As test_word_region's: CUDA's rule, with the CPU standing in for CUDA. On CPU itself the loss
     stays float32 (its kernel multiplies in float32: bf16 would only round the inputs)."""

@@ -219,6 +219,28 @@ def test_forward_ad_and_func_transforms_raise_or_take_the_reference(transform):
         torch.testing.assert_close(result, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("compiler", ["eager", "aot_eager"])
+@pytest.mark.parametrize("transform", DIRECTIONAL)
+def test_forward_ad_through_torch_compile_raises(compiler, transform):
+    # The front end's check is skipped while Dynamo traces, and these backends run the graph on the dual
+    # tensors: the op's autograd kernel dropped the tangent (a None or zero JVP) until it refused it too.
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6,
+                                          dtype=torch.float64)
+
+    def compiled(backend):
+        torch._dynamo.reset()
+        return torch.compile(lambda w: tgfr.ops.word_region_scores(w, lengths, regions, backend=backend),
+                             backend=compiler)
+
+    with pytest.raises(NotImplementedError, match="word_region_scores has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS[transform](compiled("cpu"), words)
+    # The same compiled graph carries the reference backend's tangent, as eager code does.
+    torch.testing.assert_close(
+        DERIVATIVE_TRANSFORMS[transform](compiled("reference"), words),
+        DERIVATIVE_TRANSFORMS[transform](lambda w: reference.word_region_scores(w, lengths, regions), words),
+    )
+
+
 def test_a_derivative_transform_whose_gradient_bypasses_the_op_still_runs_it():
     # Hard-negative mining inside a differentiated loss: the scores weight the loss but take no gradient,
     # so the only gradient is the one of the square term, 2 w.

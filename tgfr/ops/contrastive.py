@@ -23,7 +23,11 @@ import torch.nn.functional as F
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
 from tgfr.ops.autocast import autocast_inputs, without_autocast
-from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
+from tgfr.ops.first_order import (
+    refuse_double_backward,
+    refuse_forward_ad_and_transforms,
+    register_reverse_mode_autograd,
+)
 from tgfr.validation import (
     check_choice,
     check_finite_number,
@@ -328,6 +332,7 @@ def _backward(ctx, grad_row_loss, grad_column_loss, _grad_row_lse, _grad_column_
     return grad_x, grad_y, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("tgfr::contrastive_forward", _backward, setup_context=setup_context)
+register_reverse_mode_autograd("tgfr::contrastive_forward", _backward, setup_context,
+                               "the fused contrastive cross-entropy")
 
 refuse_double_backward("tgfr::contrastive_backward", "contrastive_loss")

@@ -12,7 +12,11 @@ from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
 from tgfr.ops.autocast import autocast_inputs
 from tgfr.ops.determinism import alert_nondeterministic_backward
-from tgfr.ops.first_order import refuse_double_backward, refuse_forward_ad_and_transforms
+from tgfr.ops.first_order import (
+    refuse_double_backward,
+    refuse_forward_ad_and_transforms,
+    register_reverse_mode_autograd,
+)
 from tgfr.validation import (
     check_flag,
     check_nonempty,
@@ -182,6 +186,6 @@ def _backward(ctx, grad_scores):
     return grad_words, None, grad_regions, None, None, None
 
 
-torch.library.register_autograd("tgfr::word_region_scores", _backward, setup_context=_setup_context)
+register_reverse_mode_autograd("tgfr::word_region_scores", _backward, _setup_context, "word_region_scores")
 
 refuse_double_backward("tgfr::word_region_scores_backward", "word_region_scores")
