@@ -55,6 +55,31 @@ def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
 
 
 
+def test_an_fr_stage_that_only_loads_backbone_weights_is_held_to_no_batch_rule(tmp_path, tiny_overrides):
+    """stages = ["fr", "align"] with model.backbone_weights: fr trains nothing, so only the weakly supervised
+    align stage's rule holds (3 identities x 2 images = 6 images split over 2 processes), not the
+    identity-balanced batches' (3 identities cannot split in two), as without torchrun."""
+    from tgfr.train.config import load_config
+    from tgfr.train.run import build_model
+
+    weights = tmp_path / "backbone.safetensors"
+    safetensors.torch.save_file(build_model(load_config("quick", tiny_overrides)).backbone.state_dict(), weights)
+    run = tmp_path / "ddp"
+    settings = tiny_overrides + ['stages=["fr", "align"]', 'align.supervision="weak"', "data.identities_per_batch=3",
+                                 "align.steps=2", "align.optim.warmup_steps=1", f'model.backbone_weights="{weights}"']
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
+               *[arg for o in settings for arg in ("--set", o)]]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log] == [("align", 1), ("align", 2)]
+    trained = safetensors.torch.load_file(run / "model" / "model.safetensors")
+    loaded = safetensors.torch.load_file(weights)
+    assert all(torch.equal(trained[f"backbone.{name}"], value) for name, value in loaded.items())
+
+
 def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrides):
     """ddp_resume_worker.py under torchrun: stop and resume end with the weights of an uninterrupted run, and
     the weakly supervised association memory is the same on both ranks after training."""

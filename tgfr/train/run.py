@@ -287,11 +287,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every, rank=rank,
                             world_size=world_size, stop_after=stop_after)
     resume_index = config.stages.index(state["stage"]) if state is not None else 0
-    # The model (above) and the data of every stage still to run are built before the first file is
+    # The model (above) and the data of every stage still to train are built before the first file is
     # written: a bad weights file, manifest or batch size fails here and leaves a fresh run's folder
-    # empty, so the corrected command can train into it.
+    # empty, so the corrected command can train into it. A stage that takes no step (fr loading
+    # model.backbone_weights) reads no batch, so its batch rules (world size, BatchNorm) do not apply.
     stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size, image_cache)
-                  for name in config.stages[resume_index:]}
+                  for name in config.stages[resume_index:] if name in config.trained_stages}
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         truncated = collate.check_captions(next(iter(stage_data.values())).dataset)
         if rank == 0 and truncated:
