@@ -7,6 +7,7 @@ split, a missing training image."""
 import dataclasses
 import os
 import re
+import tomllib
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,7 @@ from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.distributed import CollectiveCheckError
 from tgfr.models import IResNet, IResNetConfig, TextEncoder
 from tgfr.train.checkpoint import rng_state, save_checkpoint
-from tgfr.train.config import OptimConfig, load_config
+from tgfr.train.config import OptimConfig, config_to_dict, load_config
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.run import CHECKPOINT, build_model, stage_batches, train
@@ -326,6 +327,18 @@ def test_under_torchrun_rank_0_alone_prints_the_error(monkeypatch, rank, expecte
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--preset", "quick", "--set", "fr.steps=0"])
     assert exit_.value.code == expected if rank == "1" else str(exit_.value.code).startswith(expected)
+
+
+def test_under_torchrun_rank_0_alone_prints_the_config(monkeypatch, capsys):
+    """--print-config under torchrun: rank 0 prints the TOML of the resolved config, the other ranks nothing,
+    so the job's output is one TOML document."""
+    printed = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--preset", "quick", "--set", "fr.steps=70", "--print-config"]) == 0
+        printed[rank] = capsys.readouterr().out
+    assert tomllib.loads(printed["0"]) == config_to_dict(load_config("quick", ["fr.steps=70"]))
+    assert printed["1"] == ""
 
 
 class FailingStage(Stage):
