@@ -1,5 +1,7 @@
-"""Parsing JSON and TOML from files a user hands tgfr (configs, manifests, protocols, summaries)."""
+"""Parsing JSON and TOML from files a user hands tgfr (configs, manifests, protocols, summaries), and
+checking that text tgfr writes into such files (or hands to a library that takes UTF-8 paths) is UTF-8."""
 
+import dataclasses
 import json
 import tomllib
 from typing import Any
@@ -22,3 +24,23 @@ def parse_toml(text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except RecursionError:
         raise tomllib.TOMLDecodeError("arrays or tables nested too deeply") from None
+
+
+def check_utf8(key: str, value: Any, need: str = "as config.toml is",
+               remedy: str = "reach the file through a UTF-8 name, e.g. a symlink") -> None:
+    """Every string of `value` (a config dataclass, whose fields' dotted keys start with `key`, a list
+    or a table) encodes to UTF-8; the error says why it must (`need`: what writes it) and what to do
+    (`remedy`). A lone surrogate does not: Python's stand-in for a byte of a non-UTF-8 file name,
+    e.g. one passed in `--set data.manifest=...` or `--out`."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            check_utf8(f"{key}.{f.name}" if key else f.name, getattr(value, f.name), need, remedy)
+    elif isinstance(value, (list, dict)):
+        for item in (*value, *value.values()) if isinstance(value, dict) else value:
+            check_utf8(key, item, need, remedy)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"{key} must be encodable as UTF-8, {need}, got {value!r} (a lone surrogate at "
+                             f"position {error.start}: a non-UTF-8 byte of a file name? {remedy})") from None

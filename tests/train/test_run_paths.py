@@ -92,3 +92,41 @@ def test_a_model_that_cannot_be_saved_ends_training_with_one_line_naming_the_fol
     monkeypatch.undo()  # the disk has room again: --resume saves the model of the kept last checkpoint
     assert main(["train", "--resume", "--out", str(out)]) == 0
     assert (out / "model" / "config.json").is_file()
+
+
+def test_a_run_folder_whose_real_path_utf8_cannot_encode_is_refused_before_training(tmp_path, tiny_overrides,
+                                                                                        monkeypatch):
+    """The saved model's tokenizer files cannot be written under a non-UTF-8 path, and the model is saved at the
+    run folder's real path: such an --out (named so, or relative in such a current folder) failed at the final
+    save, after the whole training, and at every --resume. It is refused before anything trains or is written;
+    the run, renamed, resumes and finishes."""
+    settings = [arg for setting in tiny_overrides + ['stages=["fr"]'] for arg in ("--set", setting)]
+    byte = os.fsdecode(b"\xff")
+    unnamed = tmp_path / f"run{byte}"
+
+    def refusal(real):
+        return (f"tgfr train: error: run folder (--out) must be encodable as UTF-8, as the saved model's tokenizer "
+                f"files are written at its real path, got {str(real)!r} (a lone surrogate at position "
+                f"{str(real).index(byte)}: a non-UTF-8 byte of a file name? rename the folder holding "
+                f"that byte, or train into another --out)")
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--preset", "quick", "--out", str(unnamed), *settings])
+    assert str(stopped.value) == refusal(unnamed)
+    assert not unnamed.exists()
+    unnamed.mkdir()
+    monkeypatch.chdir(unnamed)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--preset", "quick", "--out", "run", *settings])
+    assert str(stopped.value) == refusal(unnamed / "run")
+    assert not (unnamed / "run").exists()
+    monkeypatch.chdir(tmp_path)
+    # A run moved under such a name: its resume is refused too, not trained and then lost.
+    assert main(["train", "--preset", "quick", "--out", "run", "--stop-after", "1", *settings]) == 0
+    (tmp_path / "run").rename(unnamed / "run")
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--resume", "--out", str(unnamed / "run")])
+    assert str(stopped.value) == refusal(unnamed / "run")
+    (unnamed / "run").rename(tmp_path / "renamed")
+    assert main(["train", "--resume", "--out", "renamed"]) == 0
+    assert (tmp_path / "renamed" / "model" / "config.json").is_file()

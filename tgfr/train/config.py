@@ -23,7 +23,7 @@ from typing import Any
 
 from tgfr.data.degrade import parse_recipe
 from tgfr.output_paths import temporary_name
-from tgfr.text_formats import parse_toml
+from tgfr.text_formats import check_utf8, parse_toml
 from tgfr.validation import check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
@@ -245,7 +245,7 @@ class TrainConfig:
 
         # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
         # --print-config and the start of training with its key, not a later stage after hours of training.
-        _check_utf8("", self)
+        check_utf8("", self)
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
         # align reads the backbone fr trains (run first, it would train the still unfrozen backbone
@@ -348,7 +348,7 @@ class TrainConfig:
             value = getattr(getattr(absolute, section), name)
             if value:
                 setattr(getattr(absolute, section), name, str(Path(value).absolute()))
-                _check_utf8(key, getattr(getattr(absolute, section), name))
+                check_utf8(key, getattr(getattr(absolute, section), name))
         return absolute
 
     @property
@@ -369,25 +369,6 @@ def _check_integer(key: str, value: int, low: int, high: int | None = None) -> N
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value >= high):
         bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
         raise ValueError(f"{key} must be an integer {bounds}, got {value!r}")
-
-
-def _check_utf8(key: str, value: Any) -> None:
-    """Every string of `value` (a config dataclass, whose fields' dotted keys start with `key`, a list
-    or a table) encodes to UTF-8, as config.toml does. A lone surrogate does not: Python's stand-in
-    for a byte of a non-UTF-8 file name, e.g. one passed in `--set data.manifest=...`."""
-    if dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            _check_utf8(f"{key}.{f.name}" if key else f.name, getattr(value, f.name))
-    elif isinstance(value, (list, dict)):
-        for item in (*value, *value.values()) if isinstance(value, dict) else value:
-            _check_utf8(key, item)
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise ValueError(f"{key} must be encodable as UTF-8, as config.toml is, got {value!r} (a lone surrogate "
-                             f"at position {error.start}: a non-UTF-8 byte of a file name? reach the file through a "
-                             f"UTF-8 name, e.g. a symlink)") from None
 
 
 def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:

@@ -34,7 +34,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
-from tgfr.text_formats import parse_json
+from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
@@ -237,6 +237,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     out = Path(out)
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be an integer >= 1 (or None), got {stop_after!r}")
+    # tokenizers takes paths as UTF-8 only, and the model is saved at the run folder's real path (through
+    # symlinks and the current directory): another byte there fails the final save, after all the
+    # training, and every --resume after it.
+    check_utf8("run folder (--out)", os.path.realpath(out),
+               need="as the saved model's tokenizer files are written at its real path",
+               remedy="rename the folder holding that byte, or train into another --out")
     image_cache = DecodedImageCache(image_cache_bytes)
     rank, world_size, device = _init_distributed(config)
     if config.threads > 0:
