@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -288,6 +290,20 @@ def test_cli_degrade_refuses_a_name_that_leaves_the_folder(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "name (--name) must be one plain name" in error and "'../escaped'" in error
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "m/a.jsonl").exists()
+
+
+def test_cli_degrade_refuses_a_name_the_manifest_cannot_hold_before_degrading(tmp_path, capsys):
+    """A --name with a byte that is not UTF-8 (a lone surrogate in Python) cannot be written into the manifest as
+    its split and paths: refused before any image is degraded, where it failed at the manifest after them all."""
+    manifest = make_manifest(tmp_path / "m")
+    before = files_of(tmp_path)
+    name = os.fsdecode(b"copy\xff")
+    assert main(["data", "degrade", "--manifest", str(manifest), "--name", name, "--recipe", "down16"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"tgfr data degrade: error: name (--name) must be encodable as UTF-8, as the manifest that lists the copy "
+        f"is, got {name!r} (a lone surrogate at position 4: a non-UTF-8 byte of a file name? choose a UTF-8 "
+        f"--name)\n")
+    assert files_of(tmp_path) == before
 
 
 def test_degrade_refuses_a_target_that_a_symlink_leads_out_of_the_copy(tmp_path):

@@ -35,6 +35,7 @@ from PIL import Image, ImageOps
 from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
 from tgfr.output_paths import check_output_file
+from tgfr.text_formats import check_utf8
 
 Step = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -304,6 +305,9 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     manifest = Path(manifest)
     name = name or f"{split}_degraded"
     check_plain_name(name, "name (--name)")
+    # The manifest written last spells the name as split and in the new images' paths: one it cannot hold
+    # would fail there, after every image was degraded.
+    check_utf8("name (--name)", name, need="as the manifest that lists the copy is", remedy="choose a UTF-8 --name")
     records = read_manifest(manifest)
     sources = {record.path for record in records if record.split == split}
     earlier = [record for record in records if record.split == name]
