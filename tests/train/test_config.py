@@ -337,6 +337,17 @@ def test_too_few_synthetic_identities_are_refused_when_the_config_is_read(capsys
     assert f"fewer than {smallest} identities" in readme
 
 
+def test_a_preset_file_that_is_not_utf8_is_invalid_toml_naming_the_file(tmp_path):
+    """TOML is UTF-8: a preset file with another byte is malformed TOML, named like the run's config.toml
+    under --resume, not a bare codec error."""
+    preset = tmp_path / "latin1.toml"
+    preset.write_bytes('data.manifest = "Jos\u00e9.jsonl"\n'.encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", str(preset), "--print-config"])
+    assert str(exit_.value.code) == (f"tgfr train: error: preset file {preset} is not valid TOML: 'utf-8' codec "
+                                     f"can't decode byte 0xe9 in position 20: invalid continuation byte")
+
+
 def test_toml_nested_past_the_recursion_limit_is_invalid_toml_naming_its_source(tmp_path):
     """tomllib raises RecursionError for arrays nested deeper than Python's recursion limit; a preset
     file, a --set value and a run's config.toml so nested are malformed TOML, named like any other."""

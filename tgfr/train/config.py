@@ -500,7 +500,7 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
     path = find_preset(preset)
     try:
         values = parse_toml(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8 text
         raise ValueError(f"preset file {path} is not valid TOML: {error}") from None
     _build(TrainConfig, values, "", complete=True)
     for override in overrides:
