@@ -336,3 +336,23 @@ def test_a_rerun_removes_the_images_of_a_run_an_earlier_tgfr_cut_short(tmp_path)
     assert not listed & set(generated_names + other_names)  # none of them is rewritten by this run
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
         listed | set(other_names) | {"manifest.jsonl", "synthetic.json"}
+
+
+@pytest.mark.parametrize("tgfr_cache, xdg_cache, expected", [
+    ("/srv/tgfr-cache", "/xdg", "/srv/tgfr-cache"),
+    ("", "/xdg", "/xdg/tgfr"),  # an empty $TGFR_CACHE_DIR is unset, not the current folder
+    (None, "/xdg", "/xdg/tgfr"),
+    (None, "", "HOME/.cache/tgfr"),  # the XDG spec: an empty or relative $XDG_CACHE_HOME is ignored
+    (None, "cache", "HOME/.cache/tgfr"),
+    (None, None, "HOME/.cache/tgfr"),
+])
+def test_default_cache_dir_ignores_empty_variables_and_a_relative_xdg_cache_home(tmp_path, monkeypatch, tgfr_cache,
+                                                                                 xdg_cache, expected):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, value in (("TGFR_CACHE_DIR", tgfr_cache), ("XDG_CACHE_HOME", xdg_cache)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert synthetic.default_cache_dir() == Path(expected.replace("HOME", str(tmp_path)))
+

@@ -298,10 +298,13 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
 
 
 def default_cache_dir() -> Path:
-    """$TGFR_CACHE_DIR, else $XDG_CACHE_HOME/tgfr, else ~/.cache/tgfr."""
-    if "TGFR_CACHE_DIR" in os.environ:
+    """$TGFR_CACHE_DIR, else $XDG_CACHE_HOME/tgfr, else ~/.cache/tgfr. An empty variable counts as unset
+    (Path("") is the current folder, where a cache would land unasked), and so does a relative
+    $XDG_CACHE_HOME, which the XDG Base Directory Specification says to ignore."""
+    if os.environ.get("TGFR_CACHE_DIR"):
         return Path(os.environ["TGFR_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tgfr"
+    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg_cache) if os.path.isabs(xdg_cache) else Path.home() / ".cache") / "tgfr"
 
 
 def _cached_manifest(folder: Path, key: str) -> Path | None:
