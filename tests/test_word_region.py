@@ -368,18 +368,21 @@ def test_nan_propagates_to_its_row_and_column(dtype, bf16_products, products):
 
 
 @pytest.mark.parametrize("word_softmax", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_attention_matches_reference(word_softmax, dtype):
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 3e-5), (torch.float64, 1e-12)])
+def test_attention_matches_reference(word_softmax, dtype, atol):
+    """Against the float64 reference. float32's atol is about 3x the worst error seen over 300 seeds:
+    the softmax over regions scales the cosines' rounding by gamma1."""
     words, lengths, _ = make_inputs(**SHAPES["small"], dtype=dtype, seed=11)
-    regions = torch.randn(words.shape[0], 49, words.shape[2], dtype=dtype)
+    regions = torch.randn(words.shape[0], 49, words.shape[2], generator=torch.Generator().manual_seed(12)).to(dtype)
     attention = tgfr.ops.word_region_attention(words, lengths, regions, word_softmax=word_softmax)
-    expected = reference.word_region_attention(words, lengths, regions, word_softmax=word_softmax)
-    torch.testing.assert_close(attention, expected, rtol=1e-5, atol=1e-6)
+    exact_inputs = words.double(), lengths, regions.double()
+    expected = reference.word_region_attention(*exact_inputs, word_softmax=word_softmax)
+    torch.testing.assert_close(attention.double(), expected, rtol=0, atol=atol)
     # The diagonal of the all-pairs reference, independently.
-    all_pairs = reference.word_region_attention_all_pairs(words, lengths, regions, word_softmax=word_softmax)
+    all_pairs = reference.word_region_attention_all_pairs(*exact_inputs, word_softmax=word_softmax)
     diagonal = all_pairs[torch.arange(words.shape[0]), torch.arange(words.shape[0])]
     valid = torch.arange(words.shape[1]) < lengths[:, None]
-    torch.testing.assert_close(attention[valid], diagonal[valid], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attention.double()[valid], diagonal[valid], rtol=0, atol=atol)
     assert (attention[~valid] == 0).all()
 
 
@@ -388,7 +391,7 @@ def test_bf16_attention_matches_reference(bf16_products, products):
     """alpha needs only the first product, exact in either way for bf16 inputs (fp32 accumulation)."""
     products(bf16_products)
     words, lengths, _ = make_inputs(**SHAPES["odd"], dtype=torch.bfloat16, seed=12)
-    regions = torch.randn(words.shape[0], 9, words.shape[2]).bfloat16()
+    regions = torch.randn(words.shape[0], 9, words.shape[2], generator=torch.Generator().manual_seed(13)).bfloat16()
     attention = tgfr.ops.word_region_attention(words, lengths, regions)
     expected = reference.word_region_attention(words.float(), lengths, regions.float())
     torch.testing.assert_close(attention, expected, rtol=1e-5, atol=1e-6)
