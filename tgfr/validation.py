@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch._subclasses.fake_tensor import is_fake
+from torch.fx.experimental.proxy_tensor import has_proxy_slot
 
 
 def check_tensor(
@@ -119,18 +120,20 @@ def _functorch_unwrapped(tensor: torch.Tensor) -> torch.Tensor:
 def values_readable(tensor: torch.Tensor) -> bool:
     """False where the values of `tensor` are not there to read: while torch.compile traces, and for
     meta and fake tensors (FakeTensorMode), which carry shapes only, and for real tensors inside an
-    active FakeTensorMode, where what is computed from them is fake, and while make_fx traces (a
-    proxy mode, even with real tensors: reading a value would bake this input's value into the
-    graph, so make_fx refuses it). Value checks then go through torch._assert_async, which the
+    active FakeTensorMode, where what is computed from them is fake, and for a tensor make_fx traces
+    (real ones too: reading its value would bake this input's value into the graph, so make_fx
+    refuses it; a tensor it does not trace, such as a module's buffer, is a constant of the graph
+    and is read). Value checks then go through torch._assert_async, which the
     traced or compiled graph runs and shape inference passes over. Under the torch.func transforms
     it is the tensor inside their wrappers that counts: value_range reads it."""
     if torch.compiler.is_compiling():  # first: dynamo cannot trace the dispatch-mode lookup below
         return False
     tensor = _functorch_unwrapped(tensor)
     modes = torch._C._TorchDispatchModeKey
+    proxy_mode = torch._C._get_dispatch_mode(modes.PROXY)
     return not (tensor.is_meta or is_fake(tensor)
                 or torch._C._get_dispatch_mode(modes.FAKE) is not None
-                or torch._C._get_dispatch_mode(modes.PROXY) is not None)
+                or (proxy_mode is not None and has_proxy_slot(tensor, proxy_mode.tracer)))
 
 
 def value_range(tensor: torch.Tensor) -> tuple[int, int]:

@@ -229,6 +229,22 @@ def test_coreface_eval_keeps_the_margin():
     assert loss.margin.item() == 0.0
 
 
+def test_coreface_traced_by_make_fx_keeps_its_running_margin():
+    # make_fx's default (real) tracing reads the margin buffer, which it does not trace, as a constant
+    # of the graph; only the traced inputs' values are unreadable.
+    from torch.fx.experimental.proxy_tensor import make_fx
+    generator = torch.Generator().manual_seed(0)
+    view1, view2 = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
+    labels = torch.arange(6)
+    loss = CoReFaceLoss(scale=16.0).eval()
+    without_margin = loss(view1, view2, labels)
+    loss.margin.fill_(0.3)
+    eager = loss(view1, view2, labels)
+    assert abs(eager.item() - without_margin.item()) > 1.0  # the margin matters at this scale
+    graph = make_fx(loss)(view1, view2, labels)
+    torch.testing.assert_close(graph(view1, view2, labels), eager, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cast", [lambda loss: loss.to(torch.bfloat16), lambda loss: loss.half(),
                                   lambda loss: loss.float()], ids=["to-bfloat16", "half", "float"])
 def test_coreface_margin_stays_float64_when_the_module_is_cast(cast, tmp_path):
