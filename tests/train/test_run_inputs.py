@@ -388,3 +388,27 @@ def test_a_file_in_place_of_the_synthetic_cache_folder_is_one_error_line(tmp_pat
     message = train_error(tmp_path, tiny_overrides + [f'data.cache_dir="{cache}"'])
     assert message == (f"tgfr train: error: cache_dir {cache}: the synthetic dataset's folder {cache / 'synthetic'} "
                        "is a file, not a folder")
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_run_threads_hold_during_the_training_only(tmp_path, tiny_overrides, monkeypatch, threads):
+    """config.threads fixes torch's CPU threads while training; the caller's count comes back afterwards,
+    so a script (or a test session) that trains keeps its own."""
+    import tgfr.train.run as run_module
+
+    config = load_config("quick", tiny_overrides + [f"threads={threads}"])
+    seen = []
+
+    def build_model(config):  # a step of the work, after the arguments are checked
+        seen.append(torch.get_num_threads())
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(run_module, "build_model", build_model)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="stop here"):
+            train(config, tmp_path / "run")
+        assert seen == [threads or 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(callers)

@@ -19,7 +19,7 @@ from tgfr.ops import word_region_attention
 from tgfr.output_paths import check_output_folder
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
-from tgfr.train.config import TrainConfig
+from tgfr.train.config import TrainConfig, torch_threads
 from tgfr.train.stage_align import align_features
 
 # The figures of each stage in train_summary.json that the report's training table reads (a stage
@@ -141,14 +141,8 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     training = _read_summary(run / "train_summary.json")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    threads = torch.get_num_threads()
-    if config.threads > 0:
-        # As in training: torch's CPU sums, and so the figures, then do not depend on the machine's cores.
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config):
         return _evaluate(run, config, out, manifest, device, training)
-    finally:
-        torch.set_num_threads(threads)  # the caller's setting
 
 
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,

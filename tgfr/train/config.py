@@ -8,6 +8,7 @@ Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.json
 `align.supervision=weak` (a bare word is read as a string).
 """
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -20,6 +21,8 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tgfr.data.degrade import parse_recipe
 from tgfr.output_paths import temporary_name
@@ -493,6 +496,20 @@ def set_key(values: dict[str, Any], keys: list[str], value: Any) -> None:
         if not isinstance(table, dict):
             return
     table[keys[-1]] = value
+
+
+@contextlib.contextmanager
+def torch_threads(config: TrainConfig) -> typing.Iterator[None]:
+    """torch's CPU threads set to config.threads (when > 0) for the block, the caller's setting after
+    it: torch's CPU sums, and so a run's figures, then do not depend on the machine's cores, and a
+    script or test session that trains or evaluates keeps its own thread count."""
+    threads = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:

@@ -41,7 +41,7 @@ from tgfr.output_paths import check_output_folder, remove_temporaries, write_ato
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
-from tgfr.train.config import TrainConfig, to_toml
+from tgfr.train.config import TrainConfig, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.stage import Stage
 from tgfr.train.stage_align import AlignStage
@@ -233,6 +233,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     return (the run is finished when out/model exists).
     image_cache_bytes: decoded training images kept in memory, per process (tgfr.data.image_cache); the
     results do not depend on it, only the time spent reading images.
+    config.threads > 0 sets torch's CPU threads for the call; the caller's count is restored on return.
     """
     out = Path(out)
     if stop_after is not None and stop_after < 1:
@@ -243,10 +244,14 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     check_utf8("run folder (--out)", os.path.realpath(out),
                need="as the saved model's tokenizer files are written at its real path",
                remedy="rename the folder holding that byte, or train into another --out")
-    image_cache = DecodedImageCache(image_cache_bytes)
+    with torch_threads(config):
+        return _train(config, out, resume, stop_after, DecodedImageCache(image_cache_bytes))
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
+           image_cache: DecodedImageCache) -> Path:
+    """train() once its arguments are checked, in config.threads threads."""
     rank, world_size, device = _init_distributed(config)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
