@@ -16,13 +16,19 @@ import torch
 from tgfr.models import TextEncoder
 
 
+def torchrun(log_root: Path, *arguments: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run` with 2 processes of 1 OpenMP thread each; its agent's logs go under
+    log_root (by default it leaves a torchelastic_* folder in $TMPDIR)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--log-dir", str(log_root / "torchrun-logs"), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_two_process_cpu_run(tmp_path, tiny_overrides):
     run = tmp_path / "ddp"
     overrides = [arg for o in tiny_overrides + ["fr.steps=3", "align.steps=3", "fuse.steps=3"] for arg in ("--set", o)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run), *overrides]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run), *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "model" / "model.safetensors").is_file()
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -39,11 +45,8 @@ def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
     settings = tiny_overrides + ['stages=["align", "fuse"]', "align.steps=2", "fuse.steps=1",
                                  "align.optim.warmup_steps=1", "fuse.optim.warmup_steps=0",
                                  "model.freeze_text_encoder=false"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
-               *[arg for o in settings for arg in ("--set", o)]]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
+                      *[arg for o in settings for arg in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     trained = safetensors.torch.load_file(run / "model" / "model.safetensors")
     packaged = TextEncoder().state_dict()
@@ -67,11 +70,8 @@ def test_an_fr_stage_that_only_loads_backbone_weights_is_held_to_no_batch_rule(t
     run = tmp_path / "ddp"
     settings = tiny_overrides + ['stages=["fr", "align"]', 'align.supervision="weak"', "data.identities_per_batch=3",
                                  "align.steps=2", "align.optim.warmup_steps=1", f'model.backbone_weights="{weights}"']
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
-               *[arg for o in settings for arg in ("--set", o)]]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
+                      *[arg for o in settings for arg in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in log] == [("align", 1), ("align", 2)]
@@ -84,10 +84,7 @@ def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrid
     """ddp_resume_worker.py under torchrun: stop and resume end with the weights of an uninterrupted run, and
     the weakly supervised association memory is the same on both ranks after training."""
     worker = Path(__file__).with_name("ddp_resume_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-               str(tmp_path), json.dumps(tiny_overrides)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    result = torchrun(tmp_path, str(worker), str(tmp_path), json.dumps(tiny_overrides))
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -95,10 +92,7 @@ def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_l
     """ddp_loop_worker.py under torchrun: rank 0's log holds the mean over ranks (rank 1's loss is 10
     above rank 0's), and rank 1's NaN at step 3 stops both ranks at that step, naming rank 1."""
     worker = Path(__file__).with_name("ddp_loop_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-               str(tmp_path)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    result = torchrun(tmp_path, str(worker), str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for seen in ranks:
@@ -123,10 +117,7 @@ def test_an_image_only_rank_1_reads_is_named_by_rank_1(tmp_path, tiny_overrides)
     settings = tiny_overrides + ['stages=["fr"]', "fr.steps=3", f'data.manifest="{data / "manifest.jsonl"}"']
     arguments = ["--preset", "quick", "--image-cache-mib", "0", *[arg for o in settings for arg in ("--set", o)]]
     worker = Path(__file__).with_name("ddp_corrupt_image_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-               str(tmp_path / "run"), json.dumps(arguments)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    result = torchrun(tmp_path, str(worker), str(tmp_path / "run"), json.dumps(arguments))
     assert result.returncode != 0
     corrupted = sorted(path for path in data.rglob("*.png") if path.read_bytes() == b"not an image")
     assert corrupted
