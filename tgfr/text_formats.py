@@ -27,20 +27,29 @@ def parse_toml(text: str) -> dict[str, Any]:
 
 
 def check_utf8(key: str, value: Any, need: str = "as config.toml is",
-               remedy: str = "reach the file through a UTF-8 name, e.g. a symlink") -> None:
+               remedy: str = "reach the file through a UTF-8 name, e.g. a symlink",
+               cause: str = "a non-UTF-8 byte of a file name?") -> None:
     """Every string of `value` (a config dataclass, whose fields' dotted keys start with `key`, a list
-    or a table) encodes to UTF-8; the error says why it must (`need`: what writes it) and what to do
-    (`remedy`). A lone surrogate does not: Python's stand-in for a byte of a non-UTF-8 file name,
-    e.g. one passed in `--set data.manifest=...` or `--out`."""
+    or a table) encodes to UTF-8; the error says why it must (`need`: what writes or reads it), where
+    the bad character likely came from (`cause`) and what to do (`remedy`). A lone surrogate does
+    not: Python's stand-in for a byte of a non-UTF-8 file name, e.g. one passed in
+    `--set data.manifest=...` or `--out`, or a JSON escape such as "\\ud800"."""
     if dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
-            check_utf8(f"{key}.{f.name}" if key else f.name, getattr(value, f.name), need, remedy)
+            check_utf8(f"{key}.{f.name}" if key else f.name, getattr(value, f.name), need, remedy, cause)
     elif isinstance(value, (list, dict)):
         for item in (*value, *value.values()) if isinstance(value, dict) else value:
-            check_utf8(key, item, need, remedy)
+            check_utf8(key, item, need, remedy, cause)
     elif isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as error:
             raise ValueError(f"{key} must be encodable as UTF-8, {need}, got {value!r} (a lone surrogate at "
-                             f"position {error.start}: a non-UTF-8 byte of a file name? {remedy})") from None
+                             f"position {error.start}: {cause} {remedy})") from None
+
+
+def check_caption_utf8(key: str, caption: str) -> None:
+    """`caption` encodes to UTF-8, as the text encoder's tokenizer needs (it raises a TypeError naming
+    no caption otherwise); `key` names the caption in the error (file and line, or list index)."""
+    check_utf8(key, caption, need="as the text encoder's tokenizer needs",
+               cause='a JSON escape such as "\\ud800" that is half of a character?', remedy="fix the caption")

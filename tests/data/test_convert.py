@@ -589,3 +589,14 @@ def test_an_image_given_two_identities_or_two_sources_is_refused(tmp_path):
     (root / "mapping.txt").write_text((root / "mapping.txt").read_text() + "3 503 000505.jpg\n")
     with pytest.raises(ValueError, match=r"mapping.txt:8: 3 is given '000505.jpg', but line 5 gave it '000504.jpg'"):
         convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")
+
+
+def test_celeba_dialog_caption_utf8_cannot_encode_is_named(tmp_path):
+    root, images = celeba_dialog(tmp_path)
+    table = json.loads((root / "captions_hq.json").read_text())
+    table["4.jpg"]["attribute_wise_captions"]["Young"] = "Young \ud800."
+    (root / "captions_hq.json").write_text(json.dumps(table))  # ASCII JSON: the escape "\ud800"
+    with pytest.raises(ValueError, match=re.escape(f"{root / 'captions_hq.json'}: entry '4.jpg': a caption must be "
+                                                   "encodable as UTF-8")):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt")

@@ -210,3 +210,24 @@ def test_corrupt_and_missing_image(tmp_path):
         load_image(tmp_path / "bad.png")
     with pytest.raises(ValueError, match=r"gone.png does not exist"):
         load_image(tmp_path / "gone.png")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_caption_utf8_cannot_encode_is_named_by_line_and_image(tmp_path, suffix):
+    """JSON's "\\ud800" is half of a character: read, it would reach the tokenizer, whose TypeError
+    names no file (tgfr train and evaluate read captions from the manifest)."""
+    captions = json.dumps(["a smiling man", "glasses \ud800"])
+    assert "\\ud800" in captions
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".csv":
+        path.write_text('path,identity,split,captions\nok.png,1,train,"[""c""]"\n'
+                        f'x.png,1,train,"{captions.replace(chr(34), chr(34) * 2)}"\n')
+    else:
+        good = json.dumps({"path": "ok.png", "identity": "1", "split": "train", "captions": ["c"]})
+        path.write_text(f'{good}\n{{"path": "x.png", "identity": 1, "split": "train", "captions": {captions}}}\n')
+    with pytest.raises(ValueError) as error:
+        read_manifest(path)
+    line = 3 if suffix == ".csv" else 2  # a CSV's header is line 1
+    assert str(error.value).startswith(f"{path}:{line}: a caption of image 'x.png' must be encodable as UTF-8, as the "
+                                       f"text encoder's tokenizer needs, got {'glasses ' + chr(0xD800)!r} "
+                                       "(a lone surrogate at position 8:")

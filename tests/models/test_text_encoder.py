@@ -229,3 +229,11 @@ def test_missing_vocabulary_is_an_error(tiny_bert_dir, tmp_path):
         shutil.copy(tiny_bert_dir / name, stripped / name)
     with pytest.raises(ValueError, match="no vocabulary beyond its"):
         TextEncoder(stripped)
+
+
+def test_a_caption_utf8_cannot_encode_is_named_by_index(tiny_bert_dir):
+    """A lone surrogate (JSON "\\ud800") made the tokenizer raise a TypeError naming no caption."""
+    encoder = TextEncoder(tiny_bert_dir, max_length=6)
+    with pytest.raises(ValueError, match=re.escape("captions[1] must be encodable as UTF-8, as the text encoder's "
+                                                   "tokenizer needs, got 'a man \\ud800'")):
+        encoder.tokenize(["old woman", "a man \ud800"])

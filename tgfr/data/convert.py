@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
-from tgfr.text_formats import parse_json
+from tgfr.text_formats import check_caption_utf8, parse_json
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
 # several, the first in this order is used.
@@ -270,6 +270,8 @@ def _dialog_captions(value: object, where: str) -> list[str]:
     captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
     if not captions:
         raise ValueError(f"{where}: no non-empty caption")
+    for caption in captions:
+        check_caption_utf8(f"{where}: a caption", caption)
     return captions
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file, text_lines
-from tgfr.text_formats import parse_json
+from tgfr.text_formats import check_caption_utf8, parse_json
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
@@ -70,6 +70,8 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
         raise ValueError(f"{where}: 'split' must be a non-empty string, got {split!r}")
     if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
         raise ValueError(f"{where}: 'captions' must be a list of non-empty strings, got {captions!r}")
+    for caption in captions:
+        check_caption_utf8(f"{where}: a caption of image {path!r}", caption)
     meta = row.get("meta") or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")

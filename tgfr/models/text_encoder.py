@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from tgfr.models.freezing import FreezableModule
+from tgfr.text_formats import check_caption_utf8
 from tgfr.word_mask import valid_word_mask
 from tgfr.validation import check_nonempty, check_same_device, check_tensor
 
@@ -151,12 +152,15 @@ class TextEncoder(FreezableModule):
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded on the right.
 
-        A caption of more than max_length - 2 word-piece tokens is cut to its first max_length - 2.
+        A caption of more than max_length - 2 word-piece tokens is cut to its first max_length - 2. A
+        caption that UTF-8 cannot encode (a lone surrogate) is a ValueError naming captions[i].
         """
         if isinstance(captions, str) or not all(isinstance(caption, str) for caption in captions):
             raise TypeError("captions must be a list of strings")
         if len(captions) == 0:
             raise ValueError("captions must be a non-empty list of strings, got an empty list")
+        for index, caption in enumerate(captions):
+            check_caption_utf8(f"captions[{index}]", caption)
         batch = self.tokenizer(
             list(captions), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
