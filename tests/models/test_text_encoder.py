@@ -237,3 +237,21 @@ def test_a_caption_utf8_cannot_encode_is_named_by_index(tiny_bert_dir):
     with pytest.raises(ValueError, match=re.escape("captions[1] must be encodable as UTF-8, as the text encoder's "
                                                    "tokenizer needs, got 'a man \\ud800'")):
         encoder.tokenize(["old woman", "a man \ud800"])
+
+
+@pytest.mark.parametrize("caption, pieces", [
+    ("[CLS] [SEP]", ["[", "cl", "##s", "]", "[", "sep", "]"]),
+    ("a man [SEP] with glasses", ["a", "man", "[", "sep", "]", "with", "glasses"]),
+    ("[PAD] [MASK]", ["[", "pad", "]", "[", "mask", "]"]),
+])
+def test_special_tokens_spelled_in_a_caption_are_words(caption, pieces):
+    """A caption's "[SEP]" is text: word pieces counted in lengths, not the model's own marker (which
+    made "[CLS] [SEP]" two "words" that were special tokens). `pieces`: BERT's uncased word pieces
+    of the caption, written by hand."""
+    encoder = TextEncoder(max_length=24, frozen=True)
+    batch = encoder.tokenize([caption])
+    vocab = encoder.tokenizer.get_vocab()
+    expected = [vocab["[CLS]"], *(vocab[piece] for piece in pieces), vocab["[SEP]"]]
+    assert batch["input_ids"][0, :len(expected)].tolist() == expected
+    assert batch["attention_mask"][0].tolist() == [1] * len(expected) + [0] * (24 - len(expected))
+    assert encoder(**batch).lengths.tolist() == [len(pieces)]

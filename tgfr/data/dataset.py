@@ -135,7 +135,9 @@ class CaptionCollator:
     """Stacks dataset items and tokenizes their captions in one call.
 
     `tokenizer` is a Hugging Face tokenizer (or any callable with its signature):
-    tokenizer(list[str], padding=..., truncation=True, max_length=L, return_tensors="pt").
+    tokenizer(list[str], padding=..., truncation=True, max_length=L, split_special_tokens=True,
+    return_tensors="pt"), where split_special_tokens=True tokenizes a caption's "[SEP]" as text, as
+    TextEncoder.tokenize does.
     Returns images (B, 3, H, W), labels (B,), indices (B,), captions list[str] and input_ids,
     attention_mask (B, L); with captions_per_sample = k > 1 also all_captions (B lists of k) and
     all_input_ids, all_attention_mask (B, k, L) (caption 0 of each item is the one in input_ids).
@@ -152,8 +154,8 @@ class CaptionCollator:
         self.tokenize_batches = tokenize_batches
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded = self.tokenizer(captions, padding=self.padding, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+        encoded = self.tokenizer(captions, padding=self.padding, truncation=True, max_length=self.max_length,
+                                 split_special_tokens=True, return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"]
 
     def check_captions(self, dataset: FaceCaptionDataset, chunk: int = 4096, first_only: bool = False) -> int:
@@ -172,7 +174,7 @@ class CaptionCollator:
             part = captions[start:start + chunk]
             # One token beyond max_length tells a caption that is cut from one that fits exactly.
             encoded = self.tokenizer(part, padding=self.padding, truncation=True, max_length=self.max_length + 1,
-                                     return_tensors="pt")
+                                     split_special_tokens=True, return_tensors="pt")
             for caption, tokens in zip(part, encoded["attention_mask"].sum(1).tolist()):
                 if tokens <= special_tokens:
                     record = next(r for r in dataset.records if caption in r.captions)

@@ -153,7 +153,8 @@ class TextEncoder(FreezableModule):
         """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded on the right.
 
         A caption of more than max_length - 2 word-piece tokens is cut to its first max_length - 2. A
-        caption that UTF-8 cannot encode (a lone surrogate) is a ValueError naming captions[i].
+        caption that UTF-8 cannot encode (a lone surrogate) is a ValueError naming captions[i]. Text that
+        spells a special token ("[SEP]") is tokenized as text, like any other word.
         """
         if isinstance(captions, str) or not all(isinstance(caption, str) for caption in captions):
             raise TypeError("captions must be a list of strings")
@@ -161,9 +162,10 @@ class TextEncoder(FreezableModule):
             raise ValueError("captions must be a non-empty list of strings, got an empty list")
         for index, caption in enumerate(captions):
             check_caption_utf8(f"captions[{index}]", caption)
-        batch = self.tokenizer(
-            list(captions), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        # split_special_tokens: a caption's "[SEP]" or "<|endoftext|>" is text, not the model's marker
+        # (it would count as a word, or leave a caption of markers with none).
+        batch = self.tokenizer(list(captions), padding="max_length", truncation=True, max_length=self.max_length,
+                               split_special_tokens=True, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
