@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 import socket
@@ -255,3 +256,18 @@ def test_special_tokens_spelled_in_a_caption_are_words(caption, pieces):
     assert batch["input_ids"][0, :len(expected)].tolist() == expected
     assert batch["attention_mask"][0].tolist() == [1] * len(expected) + [0] * (24 - len(expected))
     assert encoder(**batch).lengths.tolist() == [len(pieces)]
+
+
+def test_a_long_caption_keeps_its_first_words_whatever_the_folder_says(tmp_path):
+    """A model folder whose tokenizer_config.json says "truncation_side": "left" kept the last word
+    pieces of a long caption, where the first max_length - 2 are documented."""
+    folder = tmp_path / "minilm_left"
+    shutil.copytree(packaged_minilm_path(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    (folder / "model.safetensors").symlink_to(packaged_minilm_path() / "model.safetensors")
+    config_file = folder / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "truncation_side": "left"}))
+    encoder = TextEncoder(folder, max_length=6, frozen=True)
+    vocab = encoder.tokenizer.get_vocab()
+    words = ["a", "young", "man", "with", "a", "beard", "and", "glasses"]
+    expected = [vocab["[CLS]"], *(vocab[word] for word in words[:4]), vocab["[SEP]"]]
+    assert encoder.tokenize([" ".join(words)])["input_ids"][0].tolist() == expected

@@ -96,7 +96,10 @@ class TextEncoder(FreezableModule):
                 f"tokenizer in {path} has no vocabulary beyond its {len(self.tokenizer)} special tokens "
                 "(are its vocabulary files missing?)"
             )
+        # Whatever tokenizer_config.json says ("padding_side"/"truncation_side": "left"): forward needs
+        # right padding, and a long caption keeps its first words, as documented.
         self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "right"
         try:
             self.model = self._load_model(path, pretrained)
         except Exception as error:
