@@ -39,7 +39,7 @@ def test_two_process_cpu_run(tmp_path, tiny_overrides):
 
 def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
     """With model.freeze_text_encoder = false the align stage trains the text encoder under DDP: every
-    trainable parameter gets a gradient at every step (BERT's pooler, unused by mean pooling, is not
+    trainable parameter gets a gradient at every step (BERT's pooler, which TGFR never uses, is not
     trainable), so DDP takes its second step; the encoder moved, the pooler kept its packaged weights."""
     run = tmp_path / "ddp"
     settings = tiny_overrides + ['stages=["align", "fuse"]', "align.steps=2", "fuse.steps=1",

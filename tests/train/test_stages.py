@@ -71,3 +71,19 @@ def test_stages_train_their_parts(parts):
     assert gradient_owners(fuse) == {"fusion", "losses"}
     # Only the trained part is in training mode (BatchNorm statistics elsewhere stay fixed).
     assert model.fusion.training and not model.image_head.training and not model.backbone.training
+
+
+def test_caption_features_serve_the_encoders_word_features_only(parts):
+    """The caption cache keeps each caption's word features (float16), the only text encoder output the
+    TGFR model uses; it no longer computes or stores the encoder's sentence feature."""
+    _, model, _ = parts
+    assert model.text_encoder.frozen
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    served = captions(CAPTIONS[:2])
+    assert served._fields == ("words", "lengths", "mask")
+    with torch.no_grad():
+        expected = model.text_encoder(**model.tokenize(CAPTIONS[:2]))
+    assert torch.equal(served.lengths, expected.lengths) and torch.equal(served.mask, expected.mask)
+    torch.testing.assert_close(served.words, expected.words.half().float())
+    assert all(isinstance(words, torch.Tensor) and words.dtype == torch.float16 and words.ndim == 2
+               for words in captions.cache.values())

@@ -31,7 +31,9 @@ class TGFRConfig:
     """Everything needed to rebuild a TGFRModel (stored as JSON beside the weights).
 
     text_encoder: local model directory, None for the packaged all-MiniLM-L6-v2.
-    dim: alignment dimension D of words, regions, sentence and global image features.
+    dim: alignment dimension D of words, regions, sentence and global image features; the sentence
+    feature is the TextCNN head's (TextAlignmentHead), made from the word features, so the text
+    encoder's own sentence feature and BERT's pooler have no role (the pooler is kept fixed).
     fusion: "fcfm" (out fine_dim + 2*dim), "linear" (out fusion_out_dim) or "concat" (2*dim).
     """
 
@@ -39,7 +41,6 @@ class TGFRConfig:
     freeze_backbone: bool = True
     text_encoder: str | None = None
     max_length: int = 24
-    sentence_pooling: str = "mean"
     freeze_text_encoder: bool = False
     dim: int = 256
     text_kernel_sizes: tuple[int, ...] = (2, 3, 4)
@@ -58,7 +59,10 @@ class TGFRConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TGFRConfig":
-        """From `to_dict`'s form (e.g. read back from JSON); keys and value types are checked."""
+        """From `to_dict`'s form (e.g. read back from JSON); keys and value types are checked. A
+        "sentence_pooling" key, which saved models' configs held, is ignored: it never had an effect."""
+        if isinstance(values, dict):
+            values = {key: value for key, value in values.items() if key != "sentence_pooling"}
         _check_types(cls, values, "config")
         values = dict(values)
         if "backbone" in values:
@@ -119,10 +123,11 @@ class TGFRModel(KeepsFrozenPartsFixed):
         config = TGFRConfig() if config is None else config
         self.config = config
         self.backbone = IResNet(config.backbone, frozen=config.freeze_backbone)
+        # The encoder's default "mean" sentence pooling keeps BERT's pooler in its fixed_parameters:
+        # TGFR uses only the word features (the TextCNN head makes the sentence feature).
         self.text_encoder = TextEncoder(
             config.text_encoder,
             max_length=config.max_length,
-            sentence_pooling=config.sentence_pooling,
             frozen=config.freeze_text_encoder,
             pretrained=pretrained_text,
         )

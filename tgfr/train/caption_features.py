@@ -1,7 +1,8 @@
 """Caption features for training and evaluation, with a cache when the text encoder is frozen.
 
 A frozen text encoder maps a caption to the same features every time, so each distinct caption
-is encoded once and kept (float16, valid words only). On CPU this removes the text encoder
+is encoded once and kept (float16, valid words only; the encoder's sentence feature is not kept:
+the TGFR model makes its own from the words, in the TextCNN head). On CPU this removes the text encoder
 from all but the first epoch, its largest cost. A trainable encoder runs on every batch.
 
 With more than one thread the encoder's output for a caption changes in its last bits with the
@@ -14,28 +15,36 @@ demand, in chunks of the batch's missing captions.
 """
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 
-from tgfr.models import TextEncoder, TextFeatures
+from tgfr.models import TextEncoder
 from tgfr.word_mask import valid_word_mask
 
 
+class CaptionWords(NamedTuple):
+    words: torch.Tensor  # (B, T, H) the text encoder's word features, zeros at padded positions
+    lengths: torch.Tensor  # (B,) int64, number of words
+    mask: torch.Tensor  # (B, T) bool, word t valid iff t < lengths[i]
+
+
 class CaptionFeatures:
-    """captions (list of B strings) -> TextFeatures (words (B, T, H), lengths, mask, sentence) on `device`."""
+    """captions (list of B strings) -> CaptionWords (words (B, T, H), lengths, mask) on `device`."""
 
     def __init__(self, encoder: TextEncoder, device: torch.device, chunk: int = 256):
         self.encoder, self.device, self.chunk = encoder, device, chunk
         self.num_words = encoder.max_length - 2
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache: dict[str, torch.Tensor] = {}  # caption -> (lengths, H) float16 word features
 
     @property
     def cached(self) -> bool:
         return self.encoder.frozen
 
-    def _encode(self, captions: list[str]) -> TextFeatures:
+    def _encode(self, captions: list[str]) -> CaptionWords:
         batch = {name: value.to(self.device) for name, value in self.encoder.tokenize(captions).items()}
-        return self.encoder(**batch)
+        features = self.encoder(**batch)
+        return CaptionWords(features.words, features.lengths, features.mask)
 
     def _store(self, captions: list[str]) -> None:
         """Encodes `captions` in chunks of `chunk` and caches those not cached yet (a cached
@@ -47,8 +56,7 @@ class CaptionFeatures:
             for i, caption in enumerate(part):
                 if caption not in self.cache:
                     length = int(features.lengths[i])
-                    self.cache[caption] = (features.words[i, :length].to("cpu", torch.float16),
-                                           features.sentence[i].to("cpu", torch.float16))
+                    self.cache[caption] = features.words[i, :length].to("cpu", torch.float16)
 
     def prefill(self, captions: Iterable[str]) -> None:
         """Caches the distinct `captions`, sorted and encoded in chunks of `chunk`, so that each
@@ -62,16 +70,14 @@ class CaptionFeatures:
             if any(caption not in self.cache for caption in part):
                 self._store(part)
 
-    def __call__(self, captions: list[str]) -> TextFeatures:
+    def __call__(self, captions: list[str]) -> CaptionWords:
         if not self.cached:
             return self._encode(captions)
         self._store(list(dict.fromkeys(c for c in captions if c not in self.cache)))
         entries = [self.cache[c] for c in captions]
-        lengths = torch.tensor([words.shape[0] for words, _ in entries], dtype=torch.int64)
-        words = torch.zeros(len(captions), self.num_words, entries[0][0].shape[1])
-        for i, (caption_words, _) in enumerate(entries):
+        lengths = torch.tensor([caption_words.shape[0] for caption_words in entries], dtype=torch.int64)
+        words = torch.zeros(len(captions), self.num_words, entries[0].shape[1])
+        for i, caption_words in enumerate(entries):
             words[i, :caption_words.shape[0]] = caption_words.float()
-        sentence = torch.stack([s.float() for _, s in entries])
         mask = valid_word_mask(lengths, self.num_words)
-        return TextFeatures(words.to(self.device), lengths.to(self.device), mask.to(self.device),
-                            sentence.to(self.device))
+        return CaptionWords(words.to(self.device), lengths.to(self.device), mask.to(self.device))

@@ -109,8 +109,8 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
             raise ValueError(f"stage {stage.name}: the resume state does not fit its optimizer, schedule or "
                              f"RNGs: {error!r}. A checkpoint of other settings or of another tgfr version? (tgfr "
-                             "before 2026-11-27 also optimized the text encoder's pooler, which mean pooling does "
-                             "not use, when model.freeze_text_encoder was false: such an align-stage checkpoint "
+                             "before 2026-11-27 also optimized the text encoder's pooler, which TGFR never uses, "
+                             "when model.freeze_text_encoder was false: such an align-stage checkpoint "
                              "cannot be resumed)") from error
         start = resume["step"]
         if on_resumed is not None:

@@ -21,8 +21,9 @@ from tgfr.train.stage import Stage
 
 
 def align_features(model: TGFRModel, images: torch.Tensor, text, second_text=None):
-    """TGFRModel.align on precomputed caption features: AlignedFeatures, plus the sentence
-    feature of a second caption per image when `second_text` is given."""
+    """TGFRModel.align on precomputed caption features (`text`, `second_text`: CaptionFeatures'
+    CaptionWords, words (B, T, H)): AlignedFeatures, plus the sentence feature (B, D) of a second
+    caption per image when `second_text` is given."""
     embedding, region_map = model.backbone(images)
     image_global, regions = model.image_head(embedding, region_map)
     if second_text is None:
