@@ -9,3 +9,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def threads_seen_by(monkeypatch):
+    """threads_seen_by(module, name, call) -> the torch CPU thread counts `module.name` saw when call()
+    reached it (which stops the work there), the caller holding 2 threads; asserts that the caller has
+    its 2 threads again afterwards."""
+    def run(module, name, call):
+        seen = []
+
+        def stop(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            raise ValueError("stop here")
+
+        monkeypatch.setattr(module, name, stop)
+        callers = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            with pytest.raises(ValueError, match="stop here"):
+                call()
+            assert torch.get_num_threads() == 2
+        finally:
+            torch.set_num_threads(callers)
+        return seen
+    return run

@@ -277,25 +277,13 @@ def test_report_folder_waits_for_the_figures(run):
 
 
 @pytest.mark.parametrize("threads", [0, 1])
-def test_run_threads_hold_during_the_evaluation_only(run, monkeypatch, threads):
+def test_run_threads_hold_during_the_evaluation_only(run, threads_seen_by, threads):
     """config.threads fixes torch's CPU threads while evaluating, as in training, so that the figures
     do not depend on the machine; the caller's count comes back afterwards."""
     config = load_config("quick", [f'data.manifest="{run / "absent.jsonl"}"', f"threads={threads}"])
-    seen = []
-
-    def read_manifest(path):  # the first step of the work
-        seen.append(torch.get_num_threads())
-        raise ValueError("stop here")
-
-    monkeypatch.setattr(run_module, "read_manifest", read_manifest)
-    callers = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(ValueError, match="stop here"):
-            run_module.evaluate(run, config, device="cpu")
-        assert seen == [threads or 2] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(callers)
+    # read_manifest: the first step of the work
+    seen = threads_seen_by(run_module, "read_manifest", lambda: run_module.evaluate(run, config, device="cpu"))
+    assert seen == [threads or 2]
 
 
 @pytest.mark.parametrize("evaluate_part", ["embeddings", "heatmaps"])

@@ -391,24 +391,11 @@ def test_a_file_in_place_of_the_synthetic_cache_folder_is_one_error_line(tmp_pat
 
 
 @pytest.mark.parametrize("threads", [0, 1])
-def test_run_threads_hold_during_the_training_only(tmp_path, tiny_overrides, monkeypatch, threads):
+def test_run_threads_hold_during_the_training_only(tmp_path, tiny_overrides, threads_seen_by, threads):
     """config.threads fixes torch's CPU threads while training; the caller's count comes back afterwards,
     so a script (or a test session) that trains keeps its own."""
     import tgfr.train.run as run_module
 
     config = load_config("quick", tiny_overrides + [f"threads={threads}"])
-    seen = []
-
-    def build_model(config):  # a step of the work, after the arguments are checked
-        seen.append(torch.get_num_threads())
-        raise ValueError("stop here")
-
-    monkeypatch.setattr(run_module, "build_model", build_model)
-    callers = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(ValueError, match="stop here"):
-            train(config, tmp_path / "run")
-        assert seen == [threads or 2] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(callers)
+    # build_model: a step of the work, after the arguments are checked
+    assert threads_seen_by(run_module, "build_model", lambda: train(config, tmp_path / "run")) == [threads or 2]
