@@ -156,3 +156,18 @@ def test_autocast_runs_the_float32_model_on_float32_images(tiny_bert_dir):
             autocast_face = model.embed_image(images)
     assert autocast_face.dtype == torch.bfloat16
     assert F.cosine_similarity(autocast_fused, fused).min() > 0.99  # bf16 rounds at 2**-8
+
+
+@pytest.mark.parametrize("fusion", ["concat", "fcfm"])
+def test_fuse_places_image_global_before_sentence(tiny_bert_dir, fusion):
+    model = TGFRModel(small_config(tiny_bert_dir, fusion=fusion)).eval()
+    with torch.no_grad():
+        aligned = model.align(torch.randn(2, 3, 32, 32), **model.tokenize(CAPTIONS[:2]))
+        fused = model.fuse(aligned)
+        if fusion == "concat":
+            expected = torch.cat((aligned.image_global, aligned.sentence), dim=1)
+        else:  # documented FCFM layout: [fine (fine_dim) | norm_image(image_global) | norm_sentence(sentence)]
+            expected = torch.cat((model.fusion.norm_image(aligned.image_global),
+                                  model.fusion.norm_sentence(aligned.sentence)), dim=1)
+            fused = fused[:, model.config.fine_dim:]
+    torch.testing.assert_close(fused, expected)
