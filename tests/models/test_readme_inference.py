@@ -45,6 +45,9 @@ def test_readme_inference_snippet_gives_the_evaluation_embeddings(tiny_bert_dir,
     manifest = write_manifest(tmp_path / "manifest.jsonl", records)
     expected = embed_split(loaded, CaptionFeatures(loaded.text_encoder, torch.device("cpu")), manifest, "test",
                            batch_size=2, device=torch.device("cpu"))
+    # Unit rows, so that the protocols' plain dot products are cosines.
+    for embeddings in (expected.image_only, expected.tgfr):
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
     torch.testing.assert_close(snippet["face_only"], torch.from_numpy(expected.image_only))
     # The cache rounds the text encoder's features to float16 (relative 2**-11, about 5e-4); through the
     # text head and the fusion that moves these unit embeddings by about 1e-4 (measured), within 1e-3.

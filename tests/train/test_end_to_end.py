@@ -7,6 +7,7 @@ import pytest
 import safetensors.torch
 
 from tgfr.cli import main
+from tgfr.models import load_tgfr_model
 
 
 def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
@@ -27,6 +28,9 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     uncached_weights = safetensors.torch.load_file(uncached / "model" / "model.safetensors")
     assert weights.keys() == uncached_weights.keys()
     assert all(weights[name].equal(uncached_weights[name]) for name in weights)
+    # The backbone is frozen for good after fr and saved so: a loaded model's BatchNorm statistics stay put.
+    assert json.loads((run / "model" / "config.json").read_text())["freeze_backbone"] is True
+    assert load_tgfr_model(run / "model").backbone.frozen
 
     assert main(["evaluate", "--run", str(run)]) == 0
     report = run / "report"
