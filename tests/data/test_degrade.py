@@ -306,6 +306,19 @@ def test_cli_degrade_refuses_a_name_the_manifest_cannot_hold_before_degrading(tm
     assert files_of(tmp_path) == before
 
 
+@pytest.mark.parametrize("split, complaint", [(os.fsdecode(b"t\xff"), "must be encodable as UTF-8"),
+                                               ("a/b", "must be one plain name")])
+def test_cli_degrade_says_a_bad_default_name_comes_from_split(tmp_path, capsys, split, complaint):
+    """Without --name the copy is named after --split: an error about that name points at --split, rather than
+    at a --name the user never gave."""
+    manifest = make_manifest(tmp_path / "m")
+    before = files_of(tmp_path)
+    assert main(["data", "degrade", "--manifest", str(manifest), "--split", split, "--recipe", "down16"]) == 2
+    assert (f"error: name (--name; by default --split + '_degraded') {complaint}"
+            in capsys.readouterr().err)
+    assert files_of(tmp_path) == before
+
+
 def test_degrade_refuses_a_target_that_a_symlink_leads_out_of_the_copy(tmp_path):
     manifest = make_manifest(tmp_path)
     (tmp_path / "test_degraded").mkdir()

@@ -303,11 +303,13 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     """
     parse_recipe(recipe)  # a bad recipe is the first error, before any about the manifest
     manifest = Path(manifest)
+    # A default name comes from --split: an error about it must say so, not blame a --name never given.
+    what = "name (--name)" if name else "name (--name; by default --split + '_degraded')"
     name = name or f"{split}_degraded"
-    check_plain_name(name, "name (--name)")
+    check_plain_name(name, what)
     # The manifest written last spells the name as split and in the new images' paths: one it cannot hold
     # would fail there, after every image was degraded.
-    check_utf8("name (--name)", name, need="as the manifest that lists the copy is", remedy="choose a UTF-8 --name")
+    check_utf8(what, name, need="as the manifest that lists the copy is", remedy="choose a UTF-8 --name")
     records = read_manifest(manifest)
     sources = {record.path for record in records if record.split == split}
     earlier = [record for record in records if record.split == name]
