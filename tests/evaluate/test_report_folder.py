@@ -4,6 +4,7 @@ name in the current directory) and only the pictures of its own report."""
 
 import dataclasses
 import errno
+import json
 import os
 import re
 from urllib.parse import unquote
@@ -37,6 +38,18 @@ def tiny_run(tmp_path_factory):
     save_tgfr_model(build_model(config), run / "model")
     (run / "config.toml").write_text(to_toml(config), encoding="utf-8")
     return run, config, resolve_manifest(config.data)
+
+
+def test_a_run_reached_through_a_link_with_a_non_utf8_name_evaluates(tiny_run, tmp_path):
+    """`tgfr train --out` takes a link whose own name is not UTF-8 when the folder it leads to has a UTF-8 path;
+    evaluating through that link gives the run's figures (safetensors and tokenizers refuse the link's path)."""
+    run, config, _ = tiny_run
+    link = tmp_path / os.fsdecode(b"run\xfe")
+    link.symlink_to(run, target_is_directory=True)
+    evaluate(link, config, tmp_path / "through_link", device="cpu")
+    evaluate(run, config, tmp_path / "direct", device="cpu")
+    metrics = [json.loads((tmp_path / out / "metrics.json").read_text()) for out in ("through_link", "direct")]
+    assert metrics[0] == metrics[1]
 
 
 def linked_images(report):

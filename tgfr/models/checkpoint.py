@@ -9,6 +9,7 @@ A TGFRModel checkpoint is a directory:
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import safetensors.torch
@@ -181,6 +182,12 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     for good. Call `.train()` to train it further.
     """
     directory = Path(directory)
+    try:
+        str(directory).encode("utf-8")
+    except UnicodeEncodeError:
+        # safetensors and the tokenizers library open UTF-8 paths only. A folder reached through a link with a
+        # non-UTF-8 name (`tgfr train --out` accepts one whose real path is UTF-8) is opened through its real path.
+        directory = Path(os.path.realpath(directory))
     config_path = directory / CONFIG_FILE
     weights_path = directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
