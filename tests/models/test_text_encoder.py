@@ -260,13 +260,16 @@ def test_special_tokens_spelled_in_a_caption_are_words(caption, pieces):
 
 def test_a_long_caption_keeps_its_first_words_whatever_the_folder_says(tmp_path):
     """A model folder whose tokenizer_config.json says "truncation_side": "left" kept the last word
-    pieces of a long caption, where the first max_length - 2 are documented."""
+    pieces of a long caption, where the first max_length - 2 are documented; a warning says so, since a model saved
+    by earlier tgfr kept that setting and was trained on the last pieces."""
     folder = tmp_path / "minilm_left"
     shutil.copytree(packaged_minilm_path(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
     (folder / "model.safetensors").symlink_to(packaged_minilm_path() / "model.safetensors")
     config_file = folder / "tokenizer_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "truncation_side": "left"}))
-    encoder = TextEncoder(folder, max_length=6, frozen=True)
+    with pytest.warns(UserWarning, match=f"text model folder {folder} says \"truncation_side\": \"left\"; tgfr "
+                                         "keeps the first max_length - 2 = 4 word pieces"):
+        encoder = TextEncoder(folder, max_length=6, frozen=True)
     vocab = encoder.tokenizer.get_vocab()
     words = ["a", "young", "man", "with", "a", "beard", "and", "glasses"]
     expected = [vocab["[CLS]"], *(vocab[word] for word in words[:4]), vocab["[SEP]"]]

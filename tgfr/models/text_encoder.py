@@ -11,6 +11,7 @@ with input width L the word axis has T = L - 2 positions and word t of caption i
 t < lengths[i] (TGFR: max_length 24 -> T = 22).
 """
 
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -98,6 +99,12 @@ class TextEncoder(FreezableModule):
             )
         # Whatever tokenizer_config.json says ("padding_side"/"truncation_side": "left"): forward needs
         # right padding, and a long caption keeps its first words, as documented.
+        if self.tokenizer.truncation_side == "left":
+            # Said aloud, not only overridden: earlier tgfr honoured it, and a model it saved keeps the setting,
+            # so that model's figures (and a resumed run's training) change with the words it now sees.
+            warnings.warn(f"text model folder {path} says \"truncation_side\": \"left\"; tgfr keeps the first "
+                          f"max_length - 2 = {max_length - 2} word pieces of a longer caption (earlier tgfr kept "
+                          "the last ones: a model trained that way sees other words now)", stacklevel=2)
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "right"
         try:
