@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -65,10 +66,17 @@ def test_single_image_subjects_have_no_genuine_pair():
         make_verification_pairs(records(subjects=1))
 
 
-@pytest.mark.parametrize("suffix", ["csv", "json"])
+@pytest.mark.parametrize("suffix", ["csv", "json", "JSON"])
 def test_pairs_round_trip(tmp_path, suffix):
+    """A .json file, the suffix in any case, is JSON; any other is CSV with a header row."""
     pairs = make_verification_pairs(records(), impostor_subjects=3)
-    assert read_verification_pairs(write_verification_pairs(tmp_path / f"p.{suffix}", pairs)) == pairs
+    path = write_verification_pairs(tmp_path / f"p.{suffix}", pairs)
+    assert read_verification_pairs(path) == pairs
+    text = path.read_text(encoding="utf-8")
+    if suffix == "csv":
+        assert text.splitlines()[0] == "path_a,path_b,same"
+    else:
+        assert json.loads(text)["pairs"] == [dataclasses.asdict(pair) for pair in pairs]
 
 
 @pytest.mark.parametrize("suffix", ["csv", "json"])
