@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import tgfr.output_paths as output_paths
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 
 MANIFEST = ("from tgfr.data.manifest import ManifestRecord, write_manifest\n"
@@ -109,4 +110,21 @@ def test_a_replaced_file_keeps_its_permissions_and_a_symlink_its_place(tmp_path)
     link.symlink_to(target)
     write_manifest(link, records)
     assert link.is_symlink() and read_manifest(target) == records
+
+
+
+def test_staged_entries_replace_the_folders_in_order_the_last_ones_at_the_end(tmp_path, monkeypatch):
+    """A reader takes a folder whose `last` entries (a saved model's config.json) are there as complete: every
+    other entry is renamed into place before them, and they in the order given."""
+    renamed = []
+    replace_entry = output_paths._replace_entry
+    monkeypatch.setattr(output_paths, "_replace_entry", lambda new, target: (renamed.append(target.name),
+                                                                           replace_entry(new, target)))
+    others = [f"{letter}.bin" for letter in "zyxwvutsrqponm"] + ["a.bin", "config.bin"]
+    with output_paths.replace_entries_atomically(tmp_path / "model", "model folder",
+                                                 last=("config.json", "b.json")) as staging:
+        for name in (*others, "b.json", "config.json"):
+            (staging / name).write_text(name)
+    assert sorted(renamed[:-2]) == sorted(others) and renamed[-2:] == ["config.json", "b.json"]
+    assert {path.name: path.read_text() for path in (tmp_path / "model").iterdir()} == {n: n for n in renamed}
 
