@@ -101,6 +101,17 @@ def test_a_half_precision_text_model_is_built_saved_and_loaded_in_float32(tiny_h
         assert torch.equal(loaded.fuse(loaded.align(images, **batch)), expected)
 
 
+def test_the_saved_text_config_names_the_dtype_of_the_saved_text_weights(tiny_bert_dir, tmp_path):
+    """A model cast to bfloat16 after it was built (its text config still says float32) saves bfloat16 text
+    weights, and text_encoder/config.json says so; cast back, it says float32 again."""
+    model = build(tiny_bert_dir).to(torch.bfloat16)
+    for dtype in (torch.bfloat16, torch.float32):
+        checkpoint = save_tgfr_model(model.to(dtype), tmp_path / str(dtype))
+        saved = safetensors.torch.load_file(checkpoint / "model.safetensors")
+        assert {saved[k].dtype for k in saved if k.startswith("text_encoder.model.")} == {dtype}
+        assert json.loads((checkpoint / "text_encoder" / "config.json").read_text())["dtype"] == str(dtype)[6:]
+
+
 def test_a_loaded_model_is_in_eval_mode_and_its_embeddings_do_not_depend_on_the_batch(tiny_bert_dir, tmp_path):
     """In training mode the image head's BatchNorm normalizes by the batch's own statistics and moves
     its running statistics at every call, no_grad or not."""
