@@ -212,6 +212,17 @@ def test_render_names_every_run_a_shown_figure_comes_from_and_marks_a_dirty_tree
     assert sweep_row.endswith(f"| {labels['55555555']} |") and model_row.endswith(f"| {labels['55555555']} |")
 
 
+def test_one_commits_runs_on_several_dates_are_one_run_line_giving_the_range():
+    """Runs alike but for their date (one commit measured in several sessions) share a label; the line says the
+    first and last date and how many there were, in any order of the file."""
+    dates = ["2026-03-02T00:00:00+00:00", "2026-01-05T00:00:00+00:00", "2026-02-01T00:00:00+00:00"]
+    runs = [{**run("full", "abc"), "date": date} for date in dates] + [run("full", "later")]
+    lines, labels = render.run_list(runs, [{"commit": r["commit"], "date": r["date"]} for r in runs])
+    assert lines[0].startswith(f"- r1: commit abc; dated {dates[1]} to {dates[0]} (3 dates), torch 2.13.0")
+    assert lines[1].startswith(f"- r2: commit later; {run('full', 'later')['date']}, torch")
+    assert labels == {**{("abc", date): "r1" for date in dates}, ("later", run("full", "later")["date"]): "r2"}
+
+
 def test_gpu_lines_that_ran_out_of_memory_are_table_rows_and_the_latest_line_of_a_case_wins(tmp_path):
     common = {"device": "NVIDIA H100", "torch": "2.11", "dtype": "bfloat16", "M": 1024, "N": 1024,
               "command": "pytest benchmarks/test_word_region_gpu.py"}
