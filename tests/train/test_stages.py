@@ -73,6 +73,25 @@ def test_stages_train_their_parts(parts):
     assert model.fusion.training and not model.image_head.training and not model.backbone.training
 
 
+def test_a_trainable_text_encoder_is_optimized_by_the_align_stage_only(tiny_overrides):
+    """With freeze_text_encoder=false the encoder's parameters (all but BERT's pooler, which no feature uses)
+    are optimized in align and nowhere else: fr and fuse, built before and after it, list none of them."""
+    config = load_config("quick", tiny_overrides + ["model.freeze_text_encoder=false"])
+    model = build_model(config)
+    cpu = torch.device("cpu")
+    captions = CaptionFeatures(model.text_encoder, cpu)
+    pooler = {id(p) for p in model.text_encoder.model.pooler.parameters()}
+    encoder = {id(p) for p in model.text_encoder.parameters()} - pooler
+    assert pooler and encoder
+
+    def optimized_encoder_parameters(stage):
+        return {id(p) for p in stage.parameters_to_optimize()} & (encoder | pooler)
+
+    assert optimized_encoder_parameters(FRStage(model, config.fr, 3, cpu)) == set()
+    assert optimized_encoder_parameters(AlignStage(model, config.align, 3, captions, cpu)) == encoder
+    assert optimized_encoder_parameters(FuseStage(model, config.fuse, 3, captions, cpu)) == set()
+
+
 def test_caption_features_serve_the_encoders_word_features_only(parts):
     """The caption cache keeps each caption's word features (float16), the only text encoder output the
     TGFR model uses; it no longer computes or stores the encoder's sentence feature."""
