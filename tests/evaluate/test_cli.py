@@ -320,6 +320,30 @@ def test_a_test_caption_without_words_is_named(tmp_path):
         embed_split(model, None, manifest, "test", 4, torch.device("cpu"))
 
 
+def test_evaluation_pairs_each_test_image_with_its_first_caption(tmp_path):
+    """The embeddings and the heatmaps take each image's first caption, not the second (the same for every
+    image here), and the heatmap's word labels are that caption's word pieces, [CLS] and [SEP] left out."""
+    from PIL import Image
+
+    from tgfr.data.manifest import ManifestRecord, write_manifest
+    from tgfr.evaluation.embeddings import embed_split
+    from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
+    from tgfr.train.caption_features import CaptionFeatures
+
+    firsts = ["She has green eyes and freckles.", "A bearded man in round glasses."]
+    for i in range(2):
+        Image.new("RGB", (32, 32), (100 * i, 90, 160)).save(tmp_path / f"face{i}.png")
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"face{i}.png", str(i), "test",
+                                                                    (first, "zebra stripes everywhere"))
+                                                     for i, first in enumerate(firsts)])
+    model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16)))
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    assert embed_split(model, captions, manifest, "test", 4, torch.device("cpu")).captions == firsts
+    _, _, tokens = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0, torch.device("cpu"))
+    assert tokens == [model.text_encoder.tokenizer.tokenize(first) for first in firsts]
+    assert tokens[0][:2] == ["she", "has"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("no run", "--run: RUN/config.toml does not exist (not a folder written by `tgfr train`)"),
     ("no model", "--run: RUN/model does not exist (training has not finished"),
