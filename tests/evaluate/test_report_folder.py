@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import pytest
 import torch
 
+import tgfr.evaluation.plots as plots_module
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
 from tgfr.evaluation import evaluate
@@ -189,3 +190,22 @@ def test_heatmaps_use_the_gamma1_the_run_trained_with(tiny_run, tmp_path, monkey
         # not one that any gamma passes.
         assert (expected - attnagan_attention(words, lengths, regions, 4.0)).abs().max() > 100 * 1e-6
         torch.testing.assert_close(maps.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_heatmaps_show_the_content_words_whose_attention_peaks_highest(tmp_path, monkeypatch):
+    """Of the content words (green, eyes, freckles, cheeks), green and freckles each put 0.97 of their
+    attention on one region and the others spread theirs evenly (peak 0.25): the two columns show those."""
+    tokens = ["a", "woman", "has", "green", "eyes", "and", "freckles", "on", "cheeks"]
+    attention = torch.full((1, len(tokens), 4), 0.25)
+    attention[0, tokens.index("green")] = torch.tensor([0.97, 0.01, 0.01, 0.01])
+    attention[0, tokens.index("freckles")] = torch.tensor([0.01, 0.01, 0.01, 0.97])
+    titles = []
+    save = plots_module._save
+
+    def recording_save(figure, path):
+        titles.extend(axis.get_title() for axis in figure.axes)
+        return save(figure, path)
+
+    monkeypatch.setattr(plots_module, "_save", recording_save)
+    plots_module.plot_attention(torch.zeros(1, 3, 8, 8), attention, [tokens], tmp_path / "a.png", words_per_caption=2)
+    assert titles == ["face", "green", "freckles"]
