@@ -18,8 +18,9 @@ from PIL import Image
 from tgfr.data import CaptionCollator
 from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.data.image_cache import DecodedImageCache
-from tgfr.train.batches import DegradingTransform, StepBatches, resolve_manifest
-from tgfr.train.config import load_config
+from tgfr.data.synthetic import SyntheticConfig
+from tgfr.train.batches import DegradingTransform, StepBatches, resolve_manifest, synthetic_config
+from tgfr.train.config import DataConfig, load_config
 from tgfr.train.run import stage_batches
 
 COLLATE = CaptionCollator(None, tokenize_batches=False)
@@ -83,6 +84,34 @@ def test_fr_and_fuse_batches_stay_identity_balanced_under_weak_supervision(tiny_
             counts = Counter(labels[i] for i in indices)
             assert len(counts) == config.data.identities_per_batch
             assert set(counts.values()) == {config.data.images_per_identity}
+
+
+def test_the_synthetic_dataset_takes_each_of_its_data_settings():
+    settings = DataConfig(synthetic_identities=7, synthetic_images_per_identity=3, synthetic_captions_per_image=2,
+                          synthetic_seed=11, degradation="down16")
+    assert synthetic_config(settings) == SyntheticConfig(identities=7, images_per_identity=3, captions_per_image=2,
+                                                         seed=11, degradations={"test_degraded": "down16"})
+
+
+def test_every_epoch_draws_each_image_its_own_augmentation_and_captions(tiny_overrides):
+    """The stream's items in epoch e are the dataset's items for epoch e, so an image seen again in the next
+    epoch comes with another augmentation and other captions, not a repeat of the first epoch's."""
+    config = weak_config(tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    batches = stage_batches(config, "align", manifest, COLLATE)
+    dataset = stage_batches(config, "align", manifest, COLLATE).dataset  # the items, drawn one by one
+    epoch_length = len(batches.sampler)
+    seen: dict[int, list] = {}
+    for step, batch in zip(range(2 * epoch_length), batches.from_step(0)):
+        dataset.set_epoch(step // epoch_length)
+        for image, caption, index in zip(batch["images"], batch["captions"], batch["indices"].tolist()):
+            item = dataset[index]
+            assert torch.equal(image, item["image"]) and caption == item["caption"]
+            seen.setdefault(index, []).append((image, caption))
+    again = [draws for draws in seen.values() if len(draws) == 2]
+    assert len(again) > 10
+    assert sum(not torch.equal(first[0], second[0]) for first, second in again) > len(again) // 2
+    assert sum(first[1] != second[1] for first, second in again) > 0
 
 
 def test_weak_align_stream_resumes_at_any_step_and_ranks_share_each_batch(tiny_overrides):
