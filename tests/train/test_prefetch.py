@@ -66,7 +66,9 @@ def test_an_error_of_the_source_reaches_the_consumer_in_place():
 
 def test_close_stops_the_thread_and_closes_an_endless_source():
     closed, produced, before = [], [], threading.active_count()
-    stream = Prefetcher(counting(produced, closed=closed))
+    # Held here, as a DataLoader iterator is by its loader: a source freed with the thread would close anyway.
+    source = counting(produced, closed=closed)
+    stream = Prefetcher(source)
     assert next(stream) == 0
     assert wait_for(lambda: len(produced) == 2)
     stream.close()
