@@ -36,7 +36,8 @@ def test_a_last_record_without_its_newline_is_kept_and_followed_correctly(tmp_pa
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("bad", ['{"stage": "fr", "st', '[1, 2]', '{"stage": "fr"}'])
+@pytest.mark.parametrize("bad", ['{"stage": "fr", "st', '[1, 2]', '{"stage": "fr"}', '{"stage": "fr", "step": true}',
+                                 '{"stage": "fr", "step": 2.0}', '{"stage": 1, "step": 2}'])
 def test_a_bad_line_before_the_last_names_the_file_and_line(tmp_path, bad):
     path = tmp_path / "metrics.jsonl"
     text = f'{{"stage": "fr", "step": 1}}\n{bad}\n{{"stage": "fr", "step": 3}}\n'
