@@ -96,6 +96,27 @@ def test_many_groups_with_unequal_sides_match_reference(mode, direction, offset,
     assert_matches_reference(x, y, arguments, 1e-10)
 
 
+@pytest.mark.parametrize("direction", ["rows", "columns"])
+def test_an_excluded_first_tile_leaves_the_log_sum_exp_finite(direction):
+    """Row 0 (columns: column 0) shares its identity with every entry of the first tile the kernel visits (256
+    columns; 128 rows), its target in a later tile: the running maximum stays -inf through that tile, where
+    exp(-inf - -inf) would make the loss NaN unless excluded entries are skipped."""
+    n, m, offset, first_tile = (4, 300, 290, 256) if direction == "rows" else (200, 4, -150, 128)
+    x, y, row_labels, column_labels = make_batch(n, m, 16, torch.float64, identities=90)
+    row_labels, column_labels = row_labels + 10, column_labels + 10
+    if direction == "rows":
+        column_labels[:first_tile] = row_labels[0]
+        column_labels[offset:offset + n] = row_labels
+    else:
+        row_labels[:first_tile] = column_labels[0]
+        row_labels[-offset:-offset + m] = column_labels
+    arguments = dict(scale=6.0, row_labels=row_labels, column_labels=column_labels, same_identity="exclude",
+                     direction=direction, offset=offset)
+    losses = contrastive_cross_entropy(x, y, **arguments)
+    assert losses[0 if direction == "rows" else 1].isfinite().all()
+    assert_matches_reference(x, y, arguments, 1e-10)
+
+
 def check_thread_count_independence(dtype, embedding_size):
     x, y, labels, _ = make_batch(640, 640, embedding_size, dtype, identities=50)
     threads = torch.get_num_threads()

@@ -166,10 +166,14 @@ def test_many_captions_cross_thread_groups():
         assert_close_relative(actual, wanted, 1e-4 if what == "scores" else 1e-3, what)
 
 
-def test_zero_vectors_hit_the_cosine_clamp():
+@pytest.mark.parametrize("word_softmax", [True, False])
+@pytest.mark.parametrize("zeroed", ["words", "regions"])
+def test_zero_vectors_hit_the_cosine_clamp(zeroed, word_softmax):
+    """A zero caption zeroes the words of the cosine, a zero image their contexts: each side's gradient through
+    the clamped cosine is checked (with zero words the term of d(words) that the clamp changes vanishes)."""
     words, lengths, regions = make_inputs(**SHAPES["small"], seed=7, dtype=torch.float64)
-    words[0] = 0.0
-    fused, expected = fused_and_reference(words, lengths, regions)
+    (words if zeroed == "words" else regions)[0] = 0.0
+    fused, expected = fused_and_reference(words, lengths, regions, word_softmax=word_softmax)
     for actual, wanted in zip(fused, expected):
         torch.testing.assert_close(actual, wanted, rtol=1e-9, atol=1e-9)
 
