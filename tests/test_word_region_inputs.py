@@ -1,12 +1,15 @@
 """Bad input to the word-region ops (SPEC section 5): clear errors naming the argument."""
 
+import math
+import re
+
 import pytest
 import torch
 import torch._dynamo.testing
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-import tgfr
+import tgfr.ops  # registers torch.ops.tgfr, which tests call directly
 
 
 def valid_inputs():
@@ -202,3 +205,50 @@ def test_kernel_refuses_empty_sides(case, op, dtype):
         regions = regions[: words.shape[0]]
     with pytest.raises(ValueError, match=message):
         op(words.to(dtype), lengths, regions.to(dtype))
+
+
+# The registered ops can be called directly, past the front end's checks: each kernel checks for itself.
+def raw_calls(words, lengths, regions, gamma1=4.0, gamma2=5.0, grad=None):
+    """word_region_scores, its backward and the attention called directly; the attention pairs caption i with
+    image i, so it takes the first N images."""
+    grad = torch.ones(words.shape[0], regions.shape[0]) if grad is None else grad
+    return {"scores": lambda: torch.ops.tgfr.word_region_scores(words, lengths, regions, gamma1, gamma2, True),
+            "backward": lambda: torch.ops.tgfr.word_region_scores_backward(grad, words, lengths, regions, gamma1,
+                                                                           gamma2, True),
+            "attention": lambda: torch.ops.tgfr.word_region_attention(words, lengths, regions[:words.shape[0]],
+                                                                      gamma1, True)}
+
+
+@pytest.mark.parametrize("gamma1, gamma2", [(0.0, 5.0), (-1.0, 5.0), (math.nan, 5.0), (4.0, 0.0), (4.0, -1.0),
+                                            (4.0, math.nan)])
+def test_kernel_checks_gammas_itself(gamma1, gamma2):
+    calls = raw_calls(*valid_inputs(), gamma1=gamma1, gamma2=gamma2)
+    if gamma1 == 4.0:
+        del calls["attention"]  # it takes no gamma2
+    for call in calls.values():
+        with pytest.raises(ValueError, match="gamma1 and gamma2 must be positive"):
+            call()
+
+
+def test_kernel_checks_dtypes_and_the_gradients_shape_itself():
+    words, lengths, regions = valid_inputs()
+    for call in raw_calls(words, lengths, regions.double()).values():
+        with pytest.raises(TypeError, match="words and regions must share a dtype"):
+            call()
+    for grad in (torch.ones(4, 3), torch.ones(3), torch.ones(3, 4, 1), torch.ones(3, 5)):
+        with pytest.raises(ValueError, match=re.escape("grad_scores must have shape (N, M) = (3, 4)")):
+            raw_calls(words, lengths, regions, grad=grad)["backward"]()
+
+
+def test_kernel_reads_strided_inputs_as_their_values():
+    """Views with other strides (lengths every other entry, words and regions transposed in memory, a
+    transposed gradient) give exactly what their contiguous copies give."""
+    words, lengths, regions = valid_inputs()
+    grad = torch.randn(3, 4)
+    strided = (words.transpose(1, 2).contiguous().transpose(1, 2), torch.stack([lengths, 5 - lengths], 1)[:, 0],
+               regions.transpose(0, 1).contiguous().transpose(0, 1), grad.t().contiguous().t())
+    assert not any(tensor.is_contiguous() for tensor in strided)
+    expected = {name: call() for name, call in raw_calls(words, lengths, regions, grad=grad).items()}
+    for name, call in raw_calls(*strided[:3], grad=strided[3]).items():
+        for got, wanted in zip(torch.utils._pytree.tree_leaves(call()), torch.utils._pytree.tree_leaves(expected[name])):
+            assert torch.equal(got, wanted), name
