@@ -26,6 +26,13 @@ def test_synth_degrade_grid(tmp_path, capsys):
     assert Image.open(png).size == (4 * 112 + 420, 22 + 3 * 112)
     assert main(["data", "grid", "--out", str(png), "--rows", "2", "--manifest", str(out / "manifest.jsonl")]) == 0
     assert Image.open(png).size == (4 * 112 + 420, 22 + 2 * 112)
+    # The same faces of the manifest degraded with --seed's draws.
+    grids = []
+    for seed in ("1", "2", "1"):
+        assert main(["data", "grid", "--out", str(png), "--rows", "2", "--manifest", str(out / "manifest.jsonl"),
+                     "--seed", seed]) == 0
+        grids.append(png.read_bytes())
+    assert grids[0] != grids[1] and grids[0] == grids[2]
 
     assert main(["data", "degrade", "--manifest", str(out / "manifest.jsonl"), "--recipe", "sharpen"]) == 2
     assert "unknown recipe step 'sharpen'" in capsys.readouterr().err
@@ -157,6 +164,24 @@ def test_synth_refuses_a_folder_of_other_files_and_rewrites_its_own(tmp_path, ca
     assert synth(own, "--seed", "2") == 0  # an earlier synth output is rewritten
     assert json.loads((own / "synthetic.json").read_text())["seed"] == 2
     assert [r.captions for r in read_manifest(own / "manifest.jsonl")] != [r.captions for r in first]
+
+
+def test_protocol_options_reach_the_files(tmp_path):
+    """--gallery-per-subject sizes each subject's gallery; --seed draws the impostor pairs (the same seed
+    the same pairs, another seed others)."""
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{i}.png", str(i // 4), "test", ("c",))
+                                                     for i in range(80)])
+
+    def protocol(out, *options):
+        assert main(["data", "protocol", "--manifest", str(manifest), "--impostors", "3", "--out",
+                     str(tmp_path / out), *options]) == 0
+        return tmp_path / out
+
+    split = json.loads((protocol("g2", "--gallery-per-subject", "2") / "test_identification.json").read_text())
+    assert (len(split["gallery"]), len(split["probes"])) == (2 * 20, 2 * 20)
+    pairs = {seed: (protocol(f"s{seed}", "--seed", seed) / "test_pairs.csv").read_text() for seed in ("1", "2")}
+    assert pairs["1"] != pairs["2"]
+    assert (protocol("s1again", "--seed", "1") / "test_pairs.csv").read_text() == pairs["1"]
 
 
 @pytest.mark.parametrize("split", ["../escaped", "a/b", "a\\b", "..", "."])
