@@ -90,6 +90,14 @@ def test_numeric_options_are_usage_errors_below_their_minimum(tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("mib", [0, 3])
+def test_image_cache_mib_reaches_training_in_bytes(tmp_path, monkeypatch, mib):
+    received = {}
+    monkeypatch.setattr("tgfr.train.run.train", lambda config, out, **options: received.update(options) or out)
+    assert main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), "--image-cache-mib", str(mib)]) == 0
+    assert received["image_cache_bytes"] == mib * 1024 * 1024
+
+
 def test_train_refuses_stop_after_zero(tmp_path, tiny_overrides):
     with pytest.raises(ValueError, match="stop_after must be an integer >= 1"):
         train(load_config("quick", tiny_overrides), tmp_path / "run", stop_after=0)
