@@ -167,17 +167,22 @@ def test_kernel_checks_sizes_itself():
         torch.ops.tgfr.word_region_scores(words[..., :0], lengths, regions[..., :0], 4.0, 5.0, True)
 
 
-def raw_scores(words, lengths, regions):
-    return torch.ops.tgfr.word_region_scores(words, lengths, regions, 4.0, 5.0, True)
+# The registered ops called directly, past the front end's checks: each kernel checks for itself. They share
+# one signature; the attention takes no gamma2 nor gradient.
+def raw_scores(words, lengths, regions, gamma1=4.0, gamma2=5.0, grad=None):
+    return torch.ops.tgfr.word_region_scores(words, lengths, regions, gamma1, gamma2, True)
 
 
-def raw_scores_backward(words, lengths, regions):
-    grad = torch.ones(words.shape[0], regions.shape[0])
-    return torch.ops.tgfr.word_region_scores_backward(grad, words, lengths, regions, 4.0, 5.0, True)
+def raw_scores_backward(words, lengths, regions, gamma1=4.0, gamma2=5.0, grad=None):
+    grad = torch.ones(words.shape[0], regions.shape[0]) if grad is None else grad
+    return torch.ops.tgfr.word_region_scores_backward(grad, words, lengths, regions, gamma1, gamma2, True)
 
 
-def raw_attention(words, lengths, regions):
-    return torch.ops.tgfr.word_region_attention(words, lengths, regions, 4.0, True)
+def raw_attention(words, lengths, regions, gamma1=4.0, gamma2=None, grad=None):
+    return torch.ops.tgfr.word_region_attention(words, lengths, regions, gamma1, True)
+
+
+RAW_OPS = (raw_scores, raw_scores_backward, raw_attention)
 
 
 EMPTY_SIDES = {
@@ -207,48 +212,36 @@ def test_kernel_refuses_empty_sides(case, op, dtype):
         op(words.to(dtype), lengths, regions.to(dtype))
 
 
-# The registered ops can be called directly, past the front end's checks: each kernel checks for itself.
-def raw_calls(words, lengths, regions, gamma1=4.0, gamma2=5.0, grad=None):
-    """word_region_scores, its backward and the attention called directly; the attention pairs caption i with
-    image i, so it takes the first N images."""
-    grad = torch.ones(words.shape[0], regions.shape[0]) if grad is None else grad
-    return {"scores": lambda: torch.ops.tgfr.word_region_scores(words, lengths, regions, gamma1, gamma2, True),
-            "backward": lambda: torch.ops.tgfr.word_region_scores_backward(grad, words, lengths, regions, gamma1,
-                                                                           gamma2, True),
-            "attention": lambda: torch.ops.tgfr.word_region_attention(words, lengths, regions[:words.shape[0]],
-                                                                      gamma1, True)}
-
-
 @pytest.mark.parametrize("gamma1, gamma2", [(0.0, 5.0), (-1.0, 5.0), (math.nan, 5.0), (4.0, 0.0), (4.0, -1.0),
                                             (4.0, math.nan)])
 def test_kernel_checks_gammas_itself(gamma1, gamma2):
-    calls = raw_calls(*valid_inputs(), gamma1=gamma1, gamma2=gamma2)
-    if gamma1 == 4.0:
-        del calls["attention"]  # it takes no gamma2
-    for call in calls.values():
+    words, lengths, regions = valid_inputs()
+    for op in RAW_OPS if gamma1 != 4.0 else (raw_scores, raw_scores_backward):  # the attention takes no gamma2
         with pytest.raises(ValueError, match="gamma1 and gamma2 must be positive"):
-            call()
+            op(words, lengths, regions[:3], gamma1, gamma2)
 
 
 def test_kernel_checks_dtypes_and_the_gradients_shape_itself():
     words, lengths, regions = valid_inputs()
-    for call in raw_calls(words, lengths, regions.double()).values():
+    for op in RAW_OPS:
         with pytest.raises(TypeError, match="words and regions must share a dtype"):
-            call()
+            op(words, lengths, regions[:3].double())
     for grad in (torch.ones(4, 3), torch.ones(3), torch.ones(3, 4, 1), torch.ones(3, 5)):
         with pytest.raises(ValueError, match=re.escape("grad_scores must have shape (N, M) = (3, 4)")):
-            raw_calls(words, lengths, regions, grad=grad)["backward"]()
+            raw_scores_backward(words, lengths, regions, grad=grad)
 
 
 def test_kernel_reads_strided_inputs_as_their_values():
     """Views with other strides (lengths every other entry, words and regions transposed in memory, a
     transposed gradient) give exactly what their contiguous copies give."""
     words, lengths, regions = valid_inputs()
-    grad = torch.randn(3, 4)
+    regions, grad = regions[:3], torch.randn(3, 3)  # one image per caption, for the attention
     strided = (words.transpose(1, 2).contiguous().transpose(1, 2), torch.stack([lengths, 5 - lengths], 1)[:, 0],
-               regions.transpose(0, 1).contiguous().transpose(0, 1), grad.t().contiguous().t())
-    assert not any(tensor.is_contiguous() for tensor in strided)
-    expected = {name: call() for name, call in raw_calls(words, lengths, regions, grad=grad).items()}
-    for name, call in raw_calls(*strided[:3], grad=strided[3]).items():
-        for got, wanted in zip(torch.utils._pytree.tree_leaves(call()), torch.utils._pytree.tree_leaves(expected[name])):
-            assert torch.equal(got, wanted), name
+               regions.transpose(0, 1).contiguous().transpose(0, 1))
+    strided_grad = grad.t().contiguous().t()
+    assert not any(tensor.is_contiguous() for tensor in (*strided, strided_grad))
+    for op in RAW_OPS:
+        got, expected = op(*strided, grad=strided_grad), op(words, lengths, regions, grad=grad)
+        for got_part, expected_part in zip(torch.utils._pytree.tree_leaves(got),
+                                           torch.utils._pytree.tree_leaves(expected)):
+            assert torch.equal(got_part, expected_part), op.__name__
