@@ -139,7 +139,7 @@ def test_remove_temporaries_removes_only_what_save_checkpoint_leaves(tmp_path, c
     leftovers = [kill_while_writing(path), tmp_path / ".last.pt.k_9zq2xa.tmp"]  # and one named by tempfile.mkstemp
     leftovers[1].write_bytes(b"older")
     kept = ["last.pt", ".last.pt.notes.tmp", ".last.pt.0a1b2c3d.tmp.bak", ".other.pt.0a1b2c3d.tmp",
-            "last.pt.0a1b2c3d.tmp"]
+            "last.pt.0a1b2c3d.tmp", ".last.pt.BACKUP01.tmp"]
     for name in kept[1:]:
         (tmp_path / name).write_text("not a leftover")
     (tmp_path / ".last.pt.abcdefgh.tmp").mkdir()  # not a file
