@@ -210,6 +210,16 @@ def test_forward_ad_through_torch_compile_raises(compiler, transform):
     )
 
 
+def test_jvp_through_inductor_raises_where_forward_ad_tangents_are_dropped():
+    """README: under inductor a forward_ad tangent reaching the op through other work comes back None
+    (PyTorch's doing); torch.func.jvp must still meet the front end's refusal, not give None or zeros."""
+    x, y = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a: contrastive_loss(3 * a, y, backend="cpu"))
+    with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS["jvp"](compiled, x)
+
+
 def test_autocast_gives_the_loss_its_dtype_where_its_kernels_take_it(monkeypatch):
     """As test_word_region's: CUDA's rule, with the CPU standing in for CUDA. On CPU itself the loss
     stays float32 (its kernel multiplies in float32: bf16 would only round the inputs)."""

@@ -3,8 +3,9 @@ backward ops, forward-mode AD and the torch.func derivative transforms are error
 
 Forward-mode AD is refused twice: by the front ends (refuse_forward_ad_and_transforms, before any
 work) and, for the C++ ops, by their autograd kernels (register_reverse_mode_autograd), which also
-run inside torch.compile's graphs (the eager and aot_eager backends; inductor drops the tangents of
-any graph before they reach an op, PyTorch's arithmetic too, unless the op takes the input itself).
+run inside torch.compile's graphs (the eager and aot_eager backends; inductor drops the
+torch.autograd.forward_ad tangents of any graph before they reach an op, PyTorch's arithmetic too,
+unless the op takes the input itself, while torch.func.jvp still reaches the front ends' refusal).
 The Triton ops (torch.library.triton_op) keep the autograd kernel triton_op registers for them (a
 Python kernel, which torch.library refuses to override): a graph compiled for backend="triton"
 drops a tangent without a word."""
