@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 import socket
+import warnings
 
 import pytest
 import torch
@@ -274,3 +275,10 @@ def test_a_long_caption_keeps_its_first_words_whatever_the_folder_says(tmp_path)
     words = ["a", "young", "man", "with", "a", "beard", "and", "glasses"]
     expected = [vocab["[CLS]"], *(vocab[word] for word in words[:4]), vocab["[SEP]"]]
     assert encoder.tokenize([" ".join(words)])["input_ids"][0].tolist() == expected
+    # Only "left" warns: not the packaged folder every run loads, nor one that says "right".
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "truncation_side": "right"}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TextEncoder(folder, max_length=6, frozen=True)
+        TextEncoder(max_length=6, frozen=True)
+    assert not [warning for warning in caught if "truncation_side" in str(warning.message)]
