@@ -47,8 +47,8 @@ them like tile sizes):
   IMAGES images (the group's d(regions), 8 x 196 x 256 fp32 = 1.6 MB at the tgfr shape, still
   fits in L2). Same products, a different summation order.
 
-Products run on tensor cores in the input dtype (bf16/fp16; fp32 as tf32 only when
-torch.backends.cuda.matmul.allow_tf32 is set, else full fp32) with fp32 accumulation;
+Products run on tensor cores in the input dtype (bf16/fp16; fp32 as tf32 only when torch allows
+TF32 in CUDA matmuls, see triton_precision.py, else full fp32) with fp32 accumulation;
 softmax, norms and the log-sum-exp are fp32.
 
 With TRITON_INTERPRET=1 set before triton is imported, the same kernels run on CPU tensors
