@@ -82,6 +82,25 @@ def test_grid_rows_must_be_positive(tmp_path, rows, capsys):
     assert not (tmp_path / "g.png").exists()
 
 
+def test_grid_rows_of_a_manifest_are_its_identities_with_two_images(tmp_path):
+    """An identity with one image is passed over; each row holds the first two images of an identity
+    in manifest order and the first image's first caption."""
+    pictures = [("a0", "A", ("lonely A",)), ("b0", "B", ("first of B", "another of B")),
+                ("b1", "B", ("second of B",)), ("c0", "C", ()), ("c1", "C", ("second of C",)),
+                ("c2", "C", ("third of C",))]
+    records = []
+    for shade, (name, identity, captions) in enumerate(pictures):
+        Image.new("RGB", (8, 8), (40 * shade, 0, 0)).save(tmp_path / f"{name}.png")
+        records.append(ManifestRecord(f"{name}.png", identity, "test", captions))
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+
+    rows = manifest_rows(manifest, 5)
+    red_of_first_pixels = [[image.getpixel((0, 0))[0] for image in images] for images, _ in rows]
+    assert red_of_first_pixels == [[40, 80], [120, 160]]  # b0 b1, c0 c1
+    assert [caption for _, caption in rows] == ["first of B", ""]  # c0 has no caption
+    assert len(manifest_rows(manifest, 1)) == 1
+
+
 def test_synth_checks_the_degradation_recipe_before_rendering(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", "2", "--images-per-identity", "1",
                  "--workers", "1", "--degradation", "bogus"]) == 2
