@@ -46,12 +46,16 @@ def test_convert_skips_a_decompression_bomb(tmp_path):
     assert len(skipped) == 1 and "1_0.png is too large" in skipped[0]
 
 
-def test_16_bit_greyscale_is_scaled_to_8_bits(tmp_path):
+# I;16 as a 16-bit PNG stores it (little-endian in memory), I;16B as a big-endian TIFF does.
+@pytest.mark.parametrize(("mode", "byte_order", "file_name"), [("I;16", "<", "grey16.png"),
+                                                               ("I;16B", ">", "grey16.tif")])
+def test_16_bit_greyscale_is_scaled_to_8_bits(tmp_path, mode, byte_order, file_name):
     values = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
-    Image.fromarray(values).save(tmp_path / "grey16.png")
-    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
-    check_image(tmp_path / "grey16.png")
-    rgb = np.asarray(load_image(tmp_path / "grey16.png"))
+    path = tmp_path / file_name
+    Image.frombytes(mode, (64, 64), values.astype(f"{byte_order}u2").tobytes()).save(path)
+    assert Image.open(path).mode == mode
+    check_image(path)
+    rgb = np.asarray(load_image(path))
     assert rgb.shape == (64, 64, 3)
     for channel in range(3):
         assert np.array_equal(rgb[..., channel], values >> 8)

@@ -198,10 +198,17 @@ def test_caption_file_errors(tmp_path):
     with pytest.raises(ValueError, match=r"empty.txt is empty"):
         read_caption_file(tmp_path / "empty.txt")
     (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin.txt is not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"latin.txt is not valid UTF-8 \(byte 3\)$"):  # where the 0xe9 is
         read_caption_file(tmp_path / "latin.txt")
     with pytest.raises(ValueError, match=r"gone.txt does not exist"):
         read_caption_file(tmp_path / "gone.txt")
+
+
+def test_a_caption_file_with_a_byte_order_mark_and_crlf_line_ends_reads_as_its_captions(tmp_path):
+    """As Windows Notepad saves UTF-8: neither the mark nor the carriage returns are part of a caption."""
+    path = tmp_path / "notepad.txt"
+    path.write_bytes(b"\xef\xbb\xbfThe man has a scar.\r\nHe wears glasses.\r\n")
+    assert read_caption_file(path) == ["The man has a scar.", "He wears glasses."]
 
 
 def test_corrupt_and_missing_image(tmp_path):
