@@ -106,3 +106,43 @@ def test_caption_features_serve_the_encoders_word_features_only(parts):
     torch.testing.assert_close(served.words, expected.words.half().float())
     assert all(isinstance(words, torch.Tensor) and words.dtype == torch.float16 and words.ndim == 2
                for words in captions.cache.values())
+
+
+def test_prefill_caches_a_whole_vocabulary_in_sorted_chunks_and_keeps_served_captions(parts):
+    """A chunk partly cached by an earlier batch is still encoded: its other captions get the features of
+    the sorted chunk, while the caption served before keeps the features it was served with."""
+    _, model, _ = parts
+    vocabulary = sorted(CAPTIONS + ["A man with a grey moustache.", "She wears a red hat.", "He is bald."])
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"), chunk=3)
+    served_first = vocabulary[1]  # in the first sorted chunk
+    before = captions([served_first]).words
+    # With several threads a frozen encoder's output for a caption changes in its last bits with the
+    # batch around it; changing its weights stands in for that, so that re-encoding the served caption shows.
+    with torch.no_grad():
+        for parameter in model.text_encoder.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    captions.prefill(vocabulary[::-1] + vocabulary[:2])  # any order, repeats: the same chunks
+    assert set(captions.cache) == set(vocabulary)
+    assert torch.equal(captions([served_first]).words, before)
+    for start in range(0, len(vocabulary), 3):
+        chunk = vocabulary[start:start + 3]
+        with torch.no_grad():
+            expected = model.text_encoder(**model.tokenize(chunk))
+        for i, caption in enumerate(chunk):
+            encoded_now = expected.words[i, :expected.lengths[i]].half()
+            assert torch.equal(captions.cache[caption], encoded_now) == (caption != served_first), caption
+
+
+def test_a_trainable_text_encoder_s_caption_features_carry_gradients(tiny_overrides):
+    """With freeze_text_encoder=false every batch runs the encoder with autograd and nothing is cached."""
+    config = load_config("quick", tiny_overrides + ["model.freeze_text_encoder=false"])
+    model = build_model(config)
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    captions.prefill(CAPTIONS)
+    served = captions(CAPTIONS[:2])
+    assert served.words.requires_grad
+    served.words.sum().backward()
+    pooler = {id(p) for p in model.text_encoder.model.pooler.parameters()}  # no word feature uses it
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0)
+               for p in model.text_encoder.parameters() if id(p) not in pooler)
+    assert captions.cache == {}
