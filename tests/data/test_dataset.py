@@ -466,9 +466,10 @@ def _train_items(dataset):
     return [dataset[index]["image"] for index in range(len(dataset))]
 
 
-def test_image_cache_keeps_what_fits_and_items_stay_bitwise_the_same(manifest):
+@pytest.mark.parametrize("spare_bytes", [100 * 90 * 4 // 2, 0])  # 0: three images fill the budget exactly
+def test_image_cache_keeps_what_fits_and_items_stay_bitwise_the_same(manifest, spare_bytes):
     image_bytes = 100 * 90 * 4  # Pillow's RGB pixels take 4 bytes
-    cache = DecodedImageCache(3 * image_bytes + image_bytes // 2)
+    cache = DecodedImageCache(3 * image_bytes + spare_bytes)
     transform = TrainTransform(48)
     cached = FaceCaptionDataset(manifest, split="train", transform=transform, seed=5, image_cache=cache)
     plain = FaceCaptionDataset(manifest, split="train", transform=transform, seed=5)
