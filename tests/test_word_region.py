@@ -1,5 +1,7 @@
 """Fused CPU word-region similarity against the PyTorch reference (SPEC section 2)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -450,6 +452,31 @@ def test_cpu_backward_is_deterministic_and_allowed_in_deterministic_mode():
         torch.use_deterministic_algorithms(previous)
     for first, second in zip(*runs):
         assert torch.equal(first, second), "the CPU kernel must give bitwise identical results"
+
+
+def test_cuda_backward_alert_follows_use_deterministic_algorithms():
+    """The CUDA kernel's backward (fp32 atomics) calls the alert, which must be silent by default,
+    raise under torch.use_deterministic_algorithms(True) and warn once with warn_only=True, as
+    PyTorch's own nondeterministic kernels do (the GPU tests run it through the kernel)."""
+    from tgfr.ops.determinism import alert_nondeterministic_backward
+
+    op = "word_region_scores(backend='cuda')"
+    message = r"backend='cuda'\)'s backward adds gradients with floating-point atomics and is not deterministic"
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            alert_nondeterministic_backward(op)
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match=message):
+            alert_nondeterministic_backward(op)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match=message) as seen:
+            alert_nondeterministic_backward(op)
+        assert len(seen) == 1
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
