@@ -413,6 +413,8 @@ def test_available_backends():
     [
         (True, True, False, 22, 256, "triton"),  # the tgfr shape: Triton measured 10x faster
         (True, True, False, 22, 300, "triton"),  # 32 x 512 tile, the largest the GPU tests ran
+        (True, True, False, 32, 512, "triton"),  # powers of two are their own padding: 32 x 512
+        (True, True, False, 32, 256, "triton"),  # 32 x 256
         (True, True, False, 33, 300, "cuda"),  # 64 x 512: past Triton's register tile
         (True, True, False, 33, 24, "triton"),  # 64 x 32
         (True, True, False, 5, 768, "cuda"),  # D past 512
@@ -430,6 +432,12 @@ def test_auto_rule_for_cuda_tensors(monkeypatch, triton, cuda, deterministic, nu
     monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", cuda)
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     assert backends.auto_cuda_backend(num_words, dim) == expected
+
+
+def test_tile_padding_rounds_up_to_a_power_of_two():
+    from tgfr.ops.backends import _next_power_of_2
+
+    assert [_next_power_of_2(value) for value in (1, 2, 16, 17, 300, 512, 513)] == [1, 2, 16, 32, 512, 512, 1024]
 
 
 def test_reference_backend_is_the_reference():
