@@ -313,9 +313,14 @@ def test_autocast_gives_the_op_its_dtype_where_its_kernels_take_it(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
         mixed = tgfr.ops.word_region_scores(words.bfloat16(), lengths, regions, backend="cpu")  # as a matmul takes
+        from_fp16 = tgfr.ops.word_region_scores(words.detach().half(), lengths, regions, backend="cpu")
         with pytest.raises(TypeError, match="regions must have the dtype of words .*float64.*, got torch.float32"):
             tgfr.ops.word_region_scores(words.double(), lengths, regions, backend="cpu")  # the caller's dtypes
     assert torch.equal(autocast, in_bf16) and torch.equal(mixed, in_bf16)
+    # float16 is taken in bf16 too, as a matmul takes it.
+    expected_from_fp16 = tgfr.ops.word_region_scores(words.detach().half().bfloat16(), lengths, regions.bfloat16(),
+                                                     backend="cpu")
+    assert torch.equal(from_fp16, expected_from_fp16)
     (gradient,) = torch.autograd.grad(autocast.sum(), words)
     assert gradient.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.float16):  # a dtype the device's kernels do not take
