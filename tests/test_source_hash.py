@@ -43,7 +43,7 @@ def test_the_built_extension_carries_the_hash_of_these_sources():
 
 def test_source_hash_covers_the_build_sources_by_path_and_content(tmp_path):
     files = {"csrc/ops.cpp": b"int a;", "csrc/x.h": b"#pragma once", "csrc/cuda/b.cpp": b"int b;",
-             "kernels/k.cu": b"__global__ void k() {}", "kernels/k.cuh": b"void k();"}
+             "csrc/cuda/b.h": b"void b();", "kernels/k.cu": b"__global__ void k() {}", "kernels/k.cuh": b"void k();"}
     ignored = {"kernels/tests/t.cu": b"int main() {}", "csrc/notes.txt": b"notes", "setup.py": b""}
     for name, content in (files | ignored).items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
