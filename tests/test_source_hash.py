@@ -54,6 +54,11 @@ def test_source_hash_covers_the_build_sources_by_path_and_content(tmp_path):
         expected.update(len(encoded).to_bytes(8, "little") + encoded
                         + len(files[name]).to_bytes(8, "little") + files[name])
     assert source_hash(tmp_path) == expected.hexdigest()
+    # CMakeLists.txt reconfigures (and rewrites the hash header) when one of the files listed changes.
+    listed = subprocess.run([sys.executable, str(ROOT / "tgfr" / "_source_hash.py"), str(tmp_path), "--files"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == ";".join((tmp_path.resolve() / name).as_posix() for name in sorted(files)) + "\n"
     # A rename with the same contents is a different build (the file sets differ).
     (tmp_path / "csrc/x.h").rename(tmp_path / "csrc/y.h")
     assert source_hash(tmp_path) != expected.hexdigest()
