@@ -5,6 +5,7 @@ wheel) has nothing to compare the hash with."""
 
 import hashlib
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,34 @@ def test_source_hash_covers_the_build_sources_by_path_and_content(tmp_path):
     # A rename with the same contents is a different build (the file sets differ).
     (tmp_path / "csrc/x.h").rename(tmp_path / "csrc/y.h")
     assert source_hash(tmp_path) != expected.hexdigest()
+
+
+def test_setup_py_rewrites_the_hash_header_when_the_sources_change(tmp_path, monkeypatch):
+    """An incremental build (`build_ext --inplace` after a `git pull`) must compile the new hash in,
+    and an unchanged one must leave the header's timestamp alone (ninja rebuilds on it)."""
+    import setuptools
+
+    checkout = _copy_checkout(tmp_path / "checkout")
+    options = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: options.update(kwargs))
+    runpy.run_path(str(checkout / "setup.py"))
+    build_ext = options["cmdclass"]["build_ext"]
+    monkeypatch.setattr(build_ext.__mro__[1], "build_extensions", lambda self: None)  # no compile
+    header = tmp_path / "build" / "generated" / "tgfr_source_hash.h"
+
+    def build() -> str:
+        command = build_ext.__new__(build_ext)
+        command.build_temp, command.extensions = str(tmp_path / "build"), []
+        command.build_extensions()
+        return header.read_text()
+
+    assert build() == f'#define TGFR_SOURCE_HASH "{source_hash(checkout)}"\n'
+    os.utime(header, ns=(0, 0))
+    assert build() == f'#define TGFR_SOURCE_HASH "{source_hash(checkout)}"\n'
+    assert header.stat().st_mtime_ns == 0, "an unchanged hash must not rewrite the header"
+    with open(checkout / "csrc" / "ops.cpp", "a") as source:
+        source.write("// pulled after the build\n")
+    assert build() == f'#define TGFR_SOURCE_HASH "{source_hash(checkout)}"\n'
 
 
 def test_checkout_with_unchanged_sources_imports(tmp_path):
