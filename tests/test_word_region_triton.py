@@ -260,12 +260,14 @@ def test_registered_ops_check_lengths_themselves(bad_lengths):
 
 
 @interpreted_only
-def test_registered_op_passes_opcheck():
+# The scores are float32 for 16-bit inputs too, and the fake kernel must say so (torch.compile, export).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_registered_op_passes_opcheck(dtype):
     import tgfr.ops  # noqa: F401
     from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
 
     words, lengths, regions = _inputs(3, 2, 4, 17, 8, [4, 1, 2], seed=8)
-    words, regions = words.float().requires_grad_(), regions.float().requires_grad_()
+    words, regions = words.to(dtype).requires_grad_(), regions.to(dtype).requires_grad_()
     torch.library.opcheck(
         torch.ops.tgfr.word_region_scores_triton.default,
         (words, lengths, regions, 4.0, 5.0, True),
