@@ -180,6 +180,9 @@ for normalize in (True, False):
     torch.library.opcheck(torch.ops.tgfr.contrastive_forward_triton.default,
                           (x.requires_grad_(), y.requires_grad_(), *arguments[2:]),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    # The backward ignores the lse outputs' gradients: they must not take part in autograd.
+    losses = forward(x, y, *arguments[2:])
+    assert losses[0].requires_grad and not (losses[2].requires_grad or losses[3].requires_grad), "lse requires grad"
     x, y = x.detach(), y.detach()
     torch.library.opcheck(torch.ops.tgfr.contrastive_backward_triton.default, grads,
                           test_utils=("test_schema", "test_faketensor"))
