@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -161,8 +162,14 @@ def test_heads_reject_bad_inputs():
         text_head(torch.randn(2, 5, 6), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="tokens must have size 6"):
         text_head(torch.randn(2, 5, 7), torch.tensor([1, 3]))
-    with pytest.raises(ValueError, match="kernel_sizes"):
-        TextAlignmentHead(hidden_size=6, kernel_sizes=())
+
+
+@pytest.mark.parametrize("kernel_sizes", [(), (2, 0), (3, -1)])
+def test_text_head_refuses_kernel_sizes_below_one(kernel_sizes):
+    # nn.Conv1d takes kernel_size 0 and only fails in the first forward, without naming the setting.
+    with pytest.raises(ValueError, match=re.escape(f"kernel_sizes must be a non-empty list of positive sizes, "
+                                                   f"got {kernel_sizes}")):
+        TextAlignmentHead(hidden_size=6, kernel_sizes=kernel_sizes)
 
 
 def test_image_head_runs_on_the_meta_device_in_float16():
