@@ -231,6 +231,22 @@ def test_kernel_checks_dtypes_and_the_gradients_shape_itself():
             raw_scores_backward(words, lengths, regions, grad=grad)
 
 
+def test_kernel_checks_shapes_itself():
+    """A wrong count of lengths, regions of another D, or (for the attention) not one image per caption: each
+    kernel read past its buffers or with a wrong stride without its own check."""
+    words, lengths, regions = valid_inputs()
+    regions = regions[:3]  # one image per caption, for the attention
+    for op in RAW_OPS:
+        for bad_lengths in (lengths[:2], torch.tensor([1, 5, 3, 2])):
+            with pytest.raises(ValueError, match="lengths must have N=3 entries"):
+                op(words, bad_lengths, regions)
+        with pytest.raises(ValueError, match="regions must have D=8, got 7"):
+            op(words, lengths, regions[..., :7])
+    for images in (2, 4):
+        with pytest.raises(ValueError, match=f"regions must have N=3 images, got {images}"):
+            raw_attention(words, lengths, torch.randn(images, 6, 8))
+
+
 def test_kernel_reads_strided_inputs_as_their_values():
     """Views with other strides (lengths every other entry, words and regions transposed in memory, a
     transposed gradient) give exactly what their contiguous copies give."""
