@@ -282,6 +282,17 @@ def test_row_max_with_offset_and_nan_matches_reference():
     torch.testing.assert_close(got, expected, equal_nan=True)
 
 
+def test_row_max_when_a_target_opens_the_next_column_tile():
+    """Row 2's target, column 256, is the first of the second 256-column tile: skipping it must not touch row 3's
+    first column of the tile before, which holds every row's hardest negative."""
+    generator = torch.Generator().manual_seed(0)
+    x = 1 + 0.1 * torch.randn(4, 8, generator=generator, dtype=torch.float64)
+    y = torch.randn(300, 8, generator=generator, dtype=torch.float64)
+    y[0] = 10.0
+    torch.testing.assert_close(contrastive_row_max(x, y, offset=254),
+                               contrastive_row_max(x, y, offset=254, backend="reference"))
+
+
 def test_bfloat16_accumulates_in_float32():
     x, y, labels, _ = make_batch(200, 200, 32, torch.float32)
     expected = contrastive_loss(x.bfloat16().float(), y.bfloat16().float(), 10.0, row_labels=labels,
@@ -585,6 +596,36 @@ def raw_row_max(x, y):
 def test_registered_ops_refuse_empty_sides_and_misshapen_labels(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def every_other(tensor):
+    """A view of `tensor`'s values with stride 2."""
+    return torch.stack([tensor, tensor + 9], 1)[:, 0]
+
+
+def test_registered_ops_read_strided_labels_gradients_and_lse_as_their_values():
+    """The front end hands the ops contiguous tensors; a direct call (or a compiled graph) may not: labels every
+    other entry, a gradient every other entry or expanded from one value (as loss.mean() gives), a strided
+    log-sum-exp. Each gives exactly what its contiguous copy gives."""
+    x, y, labels, _ = (tensor.detach() for tensor in make_batch(6, 6, 4, torch.float64, identities=3))
+    arguments = (5.0, 0.1, "exclude", 0, True, True)  # scale, margin, same_identity, offset, rows, columns
+    expected = torch.ops.tgfr.contrastive_forward(x, y, labels, labels, *arguments)
+    for labels_x, labels_y in ((every_other(labels), labels), (labels, every_other(labels))):
+        for got_part, expected_part in zip(torch.ops.tgfr.contrastive_forward(x, y, labels_x, labels_y, *arguments),
+                                           expected):
+            assert torch.equal(got_part, expected_part)
+        assert torch.equal(torch.ops.tgfr.contrastive_row_max(x, y, labels_x, labels_y, "exclude", 0),
+                           torch.ops.tgfr.contrastive_row_max(x, y, labels, labels, "exclude", 0))
+    _, _, row_lse, column_lse = expected
+    grad_rows, grad_columns = torch.arange(1.0, 7.0, dtype=torch.float64), torch.full((6,), 0.2, dtype=torch.float64)
+    strided = (every_other(grad_rows), torch.full((1,), 0.2, dtype=torch.float64).expand(6), every_other(labels),
+               every_other(row_lse), every_other(column_lse))
+    assert not any(tensor.is_contiguous() for tensor in strided)
+    got = torch.ops.tgfr.contrastive_backward(*strided[:2], x, y, strided[2], labels, *strided[3:], *arguments)
+    expected = torch.ops.tgfr.contrastive_backward(grad_rows, grad_columns, x, y, labels, labels, row_lse, column_lse,
+                                                   *arguments)
+    for got_part, expected_part in zip(got, expected):
+        assert torch.equal(got_part, expected_part)
 
 
 def hardest_negative_formula(x, y, row_labels, column_labels, offset):
