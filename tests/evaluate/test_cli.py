@@ -347,8 +347,12 @@ def test_evaluation_pairs_each_test_image_with_its_first_caption(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("no run", "--run: RUN/config.toml does not exist (not a folder written by `tgfr train`)"),
     ("no model", "--run: RUN/model does not exist (training has not finished"),
+    # A file, say a model saved by hand, is no model folder: --run is named, not the manifest read next.
+    ("model is a file", "--run: RUN/model does not exist (training has not finished"),
     ("bad toml", "--run: RUN/config.toml is not valid TOML: "),
     ("train key", "--set 'fr.steps=3': only evaluation.<key> can be set here"),
+    # The whole table: it would drop every setting the override does not name.
+    ("whole table", "--set 'evaluation={max_rank=2}': only evaluation.<key> can be set here"),
     ("unknown key", "--set 'evaluation.bogus=3': unknown key evaluation.bogus; known: batch_size, "),
 ])
 def test_run_and_set_refusals_are_one_error_line(run, case, message):
@@ -358,6 +362,9 @@ def test_run_and_set_refusals_are_one_error_line(run, case, message):
         run = run / "absent"
     elif case == "no model":
         (run / "model").rmdir()
+    elif case == "model is a file":
+        (run / "model").rmdir()
+        (run / "model").write_text("not a model folder", encoding="utf-8")
     elif case == "bad toml":
         (run / "config.toml").write_text("seed = [\n")
     else:
@@ -375,3 +382,20 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
     assert evaluate_error("--run", str(run), "--set", "evaluation.splits.blur=test_blur") == (
         "tgfr evaluate: error: --set 'evaluation.splits.blur=test_blur': unknown key evaluation.splits.blur; "
         "known: clean, degraded")
+
+
+@pytest.mark.parametrize("run_manifest", ["absolute", "relative"])
+def test_manifest_and_device_options_reach_the_evaluation(tmp_path, monkeypatch, capsys, run_manifest):
+    """--manifest, here a copy of the data in another folder than the run's, is the manifest evaluated,
+    whether the run's data.manifest is absolute or (older tgfr) relative; without --device the
+    evaluation gets "auto" (README, --help), with it the device named."""
+    overrides = ['data.manifest="data/manifest.jsonl"'] if run_manifest == "relative" else []
+    run = make_run(tmp_path, overrides)
+    copy = tmp_path / "elsewhere" / "manifest.jsonl"
+    calls = []
+    monkeypatch.setattr(run_module, "evaluate", lambda *arguments: calls.append(arguments) or run / "report")
+    assert main(["evaluate", "--run", str(run), "--manifest", str(copy)]) == 0
+    assert main(["evaluate", "--run", str(run), "--manifest", str(copy), "--device", "cpu"]) == 0
+    assert [(called_run, out, manifest, device) for called_run, _, out, manifest, device in calls] == [
+        (run, None, copy, "auto"), (run, None, copy, "cpu")]
+    assert capsys.readouterr().out == f"report: {run / 'report'}\n" * 2
