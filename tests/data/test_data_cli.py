@@ -3,6 +3,7 @@ import json
 import pytest
 from PIL import Image
 
+import tgfr.data.cli as data_cli
 from tgfr.cli import main
 from tgfr.data.grid import manifest_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
@@ -236,3 +237,75 @@ def test_synth_over_its_earlier_output_leaves_only_what_the_new_manifest_lists(t
     assert images_on_disk() == {r.path for r in read_manifest(out / "manifest.jsonl")}
     assert not (out / "test_degraded").exists()  # emptied, so removed
     assert (out / "images" / "notes.txt").read_text() == "mine"
+
+
+def test_protocol_format_impostors_and_split_reach_the_files(tmp_path):
+    """--format json writes <split>_pairs.json; --impostors 2 gives each of 10 subjects (2 images each,
+    so no draw is passed over) 2 impostor pairs; --split val takes the pairs and the identification
+    split from val only, though test holds subjects too."""
+    records = [ManifestRecord(f"{split}{i}.png", f"{split}{i // 2}", split, ("c",))
+               for split in ("val", "test") for i in range(20)]
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+    out = tmp_path / "p"
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(out), "--split", "val",
+                 "--format", "json", "--impostors", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["val_identification.json", "val_pairs.json"]
+    pairs = json.loads((out / "val_pairs.json").read_text())["pairs"]
+    impostors = [pair for pair in pairs if pair["same"] == 0]
+    assert len(impostors) == 10 * 2 and len(pairs) == 10 + 10 * 2
+    identification = json.loads((out / "val_identification.json").read_text())
+    val_paths = {r.path for r in records if r.split == "val"}
+    assert {entry["path"] for part in ("gallery", "probes") for entry in identification[part]} == val_paths
+    assert {pair[end] for pair in pairs for end in ("path_a", "path_b")} <= val_paths
+
+
+@pytest.mark.parametrize("source", ["synthetic", "manifest"])
+def test_grid_options_reach_the_rows_and_the_picture(tmp_path, monkeypatch, source):
+    """--split picks the manifest's faces, --seed draws the synthetic faces (not only their degraded
+    copies) and seeds the degradation, --recipe degrades them."""
+    calls = {}
+    monkeypatch.setattr(data_cli, "manifest_rows", lambda *arguments: calls.setdefault("manifest_rows", arguments))
+    monkeypatch.setattr(data_cli, "synthetic_rows", lambda *arguments: calls.setdefault("synthetic_rows", arguments))
+    monkeypatch.setattr(data_cli, "render_grid", lambda *arguments: calls.setdefault("render_grid", arguments)[1])
+    out, manifest = tmp_path / "grid.png", str(tmp_path / "m.jsonl")
+    faces = ["--manifest", manifest, "--split", "val"] if source == "manifest" else []
+    assert main(["data", "grid", "--out", str(out), "--rows", "3", "--recipe", "down4", "--seed", "7", *faces]) == 0
+    rows = calls.pop(f"{source}_rows")
+    assert rows == ((manifest, 3, "val") if source == "manifest" else (3, 7))
+    assert calls == {"render_grid": (rows, out, "down4", 7)}
+
+
+def test_synth_takes_captions_per_image(tmp_path, monkeypatch):
+    """--captions-per-image reaches the dataset's settings (not the default 5)."""
+    configs = []
+    monkeypatch.setattr(data_cli, "generate_synthetic_dataset",
+                        lambda out, config, workers: configs.append(config) or out / "manifest.jsonl")
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", "10", "--captions-per-image", "2"]) == 0
+    assert [config.captions_per_image for config in configs] == [2]
+
+
+def celeba_dialog_convert(tmp_path, *options):
+    """`tgfr data convert celeba-dialog` with its required files named (convert_celeba_dialog is
+    patched by the caller, so they need not exist)."""
+    return main(["data", "convert", "celeba-dialog", "--root", str(tmp_path), "--out", str(tmp_path / "m.jsonl"),
+                 "--captions", "captions.json", "--identity-file", "identity.txt", "--images", str(tmp_path),
+                 *options])
+
+
+def test_convert_celeba_dialog_takes_the_seed(tmp_path, monkeypatch):
+    """--seed draws the identity split of celeba-dialog (without --split-file)."""
+    seeds = []
+    monkeypatch.setattr(data_cli, "convert_celeba_dialog",
+                        lambda *arguments, seed, **options: seeds.append(seed) or ([], []))
+    assert celeba_dialog_convert(tmp_path, "--seed", "3") == 0
+    assert seeds == [3]
+
+
+@pytest.mark.parametrize("count, more", [(20, []), (21, ["  ... and 1 more"])])
+def test_convert_lists_the_first_20_skipped_files_and_counts_the_rest(tmp_path, monkeypatch, capsys, count, more):
+    """Exactly 20 skipped files are all listed with no "... and 0 more"; a 21st is counted, not listed."""
+    skipped = [f"image {i}.jpg is missing" for i in range(count)]
+    monkeypatch.setattr(data_cli, "convert_celeba_dialog", lambda *arguments, **options: ([], skipped))
+    assert celeba_dialog_convert(tmp_path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [f"  skipped: {problem}" for problem in skipped[:20]] + more
