@@ -348,7 +348,7 @@ def test_evaluation_pairs_each_test_image_with_its_first_caption(tmp_path):
     ("no run", "--run: RUN/config.toml does not exist (not a folder written by `tgfr train`)"),
     ("no model", "--run: RUN/model does not exist (training has not finished"),
     # A file, say a model saved by hand, is no model folder: --run is named, not the manifest read next.
-    ("model is a file", "--run: RUN/model does not exist (training has not finished"),
+    ("model is a file", "--run: RUN/model is not a folder (`tgfr train` saves the model as one)"),
     ("bad toml", "--run: RUN/config.toml is not valid TOML: "),
     ("train key", "--set 'fr.steps=3': only evaluation.<key> can be set here"),
     # The whole table: it would drop every setting the override does not name.

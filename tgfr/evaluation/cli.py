@@ -36,8 +36,11 @@ def main(args: argparse.Namespace) -> int:
     path = args.run / "config.toml"
     if not path.is_file():
         raise SystemExit(f"tgfr evaluate: error: --run: {path} does not exist (not a folder written by `tgfr train`)")
-    if not (args.run / "model").is_dir():
-        raise SystemExit(f"tgfr evaluate: error: --run: {args.run / 'model'} does not exist (training has not finished; use "
+    model = args.run / "model"
+    if model.exists() and not model.is_dir():
+        raise SystemExit(f"tgfr evaluate: error: --run: {model} is not a folder (`tgfr train` saves the model as one)")
+    if not model.is_dir():
+        raise SystemExit(f"tgfr evaluate: error: --run: {model} does not exist (training has not finished; use "
                          "`tgfr train --resume`)")
     try:
         values = parse_toml(path.read_text(encoding="utf-8"))
