@@ -87,3 +87,17 @@ def test_fused_implementation_is_the_ops_cpu_backend(monkeypatch):
     word_region_function("fused")(words, lengths, regions)
     assert backends == ["cpu"]
 
+
+def test_compiled_reference_is_torch_compile_of_the_reference(monkeypatch):
+    """"compiled_reference" is what torch.compile (dynamic shapes) makes of the reference, not the
+    reference itself."""
+    compiled = object()
+    compile_calls = []
+    monkeypatch.setattr(torch, "compile",
+                        lambda function, **options: compile_calls.append((function, options)) or compiled)
+    compiled_word_region_scores.cache_clear()
+    try:
+        assert word_region_function("compiled_reference") is compiled
+    finally:
+        compiled_word_region_scores.cache_clear()  # so that later callers compile for real
+    assert compile_calls == [(reference.word_region_scores, {"dynamic": True})]
