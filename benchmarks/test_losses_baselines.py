@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.cases import run_case
 from benchmarks.conftest import FULL
-from benchmarks.loss_steps import EMBEDDING_LOSSES, LOSSES, LossSteps
+from benchmarks.loss_steps import EMBEDDING_LOSSES, LOSSES, LossSteps, loss_module
 
 
 def size_of(loss: str) -> int:
@@ -46,3 +46,12 @@ def test_loss(benchmark, matmul_gflops, matmul_gflops_of, loss, implementation, 
     value = run_case(benchmark, LossSteps(loss), loss, implementation, passes, dtype, size, matmul_gflops,
                      matmul_gflops_of)
     assert value.dim() == 0 and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_implementation_is_the_loss_module_on_its_backend(loss):
+    """"fused" is the module on the fused CPU backend; "reference" and "compiled_reference" (torch.compile
+    of the module, which compiles on its first call) are on the reference backend."""
+    assert loss_module(loss, "fused").backend == "cpu"
+    assert loss_module(loss, "reference").backend == "reference"
+    assert loss_module(loss, "compiled_reference")._orig_mod.backend == "reference"
