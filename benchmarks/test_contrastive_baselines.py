@@ -116,3 +116,26 @@ def test_compiled_reference_is_torch_compile_of_the_reference(monkeypatch):
     finally:
         compiled_contrastive_loss.cache_clear()  # so that later callers compile for real
     assert compile_calls == [(reference_contrastive_loss, {"dynamic": True})]
+
+
+def test_useful_flops_count_the_logits_product_and_its_two_gradient_products():
+    """Forward 2*N*N*D (x @ y.T), forward+backward 6*N*N*D (plus the gradients of x and y), D=256."""
+    size = 2048
+    assert contrastive_steps.useful_flops(size, "forward") == 2 * size * size * 256
+    assert contrastive_steps.useful_flops(size, "forward_backward") == 6 * size * size * 256
+
+
+def test_a_step_passes_the_identity_labels_to_the_loss(monkeypatch):
+    """The caption-image setting: labels of N/4 identities reach the loss, in the "exclude" mode at scale 10."""
+    calls = []
+
+    def record_loss(x, y, labels, scale, margin, same_identity):
+        calls.append((labels, scale, margin, same_identity))
+        return torch.zeros(())
+
+    monkeypatch.setattr(contrastive_steps, "contrastive_function", lambda implementation: record_loss)
+    contrastive_steps.make_step("reference", "forward", 16, "float32")()
+    [(labels, scale, margin, same_identity)] = calls
+    assert isinstance(labels, torch.Tensor) and labels.shape == (16,)
+    assert labels.min() >= 0 and labels.max() < 16 // 4
+    assert (scale, margin, same_identity) == (10.0, 0.0, "exclude")

@@ -101,3 +101,26 @@ def test_compiled_reference_is_torch_compile_of_the_reference(monkeypatch):
     finally:
         compiled_word_region_scores.cache_clear()  # so that later callers compile for real
     assert compile_calls == [(reference.word_region_scores, {"dynamic": True})]
+
+
+def test_useful_flops_are_spec_section_2s():
+    """SPEC section 2's accounting at T=22, R=196, D=256: forward 4*N*M*T*R*D (the products of
+    steps 1 and 4), forward+backward 12*N*M*T*R*D."""
+    size = 32
+    assert word_region_steps.useful_flops(size, "forward") == 4 * size * size * 22 * 196 * 256
+    assert word_region_steps.useful_flops(size, "forward_backward") == 12 * size * size * 22 * 196 * 256
+
+
+def test_a_step_scores_captions_at_full_length(monkeypatch):
+    """All T=22 words valid, so that SPEC section 2's useful FLOPs are the work really done."""
+    scored = []
+
+    def record_scores(words, lengths, regions):
+        scored.append((words.shape, lengths, regions.shape))
+        return torch.zeros(words.shape[0], regions.shape[0])
+
+    monkeypatch.setattr(word_region_steps, "word_region_function", lambda implementation: record_scores)
+    word_region_steps.make_step("reference", "forward", 3, "float32")()
+    [(words_shape, lengths, regions_shape)] = scored
+    assert words_shape == (3, 22, 256) and regions_shape == (3, 196, 256)
+    assert lengths.tolist() == [22, 22, 22]
