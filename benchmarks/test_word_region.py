@@ -16,6 +16,8 @@ reference, {32, 64, 128, 256, 512} for the fused op (issue 2, item 6), {32, 128}
 baselines and for the fused op in bf16.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -26,6 +28,7 @@ from benchmarks.cases import PASSES, run_case
 from benchmarks.conftest import FULL
 from benchmarks.word_region_steps import make_inputs
 from tgfr import reference
+from tgfr.memory import PeakMemory
 
 
 def cases():
@@ -124,3 +127,34 @@ def test_a_step_scores_captions_at_full_length(monkeypatch):
     [(words_shape, lengths, regions_shape)] = scored
     assert words_shape == (3, 22, 256) and regions_shape == (3, 196, 256)
     assert lengths.tolist() == [22, 22, 22]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_run_case_records_the_figures_of_the_timed_step(dtype):
+    """extra_info holds the case's own passes, dtype and shape, the peak memory of a step of the same
+    passes, size and dtype, and for a bf16 case its fraction of the bf16 matmul (stub steps and fixture)."""
+    memory_calls = []
+
+    def measure_step_memory(implementation, passes, size, dtype):
+        memory_calls.append((implementation, passes, size, dtype))
+        rise_mib = 5 if passes == "forward_backward" else 1
+        return PeakMemory(baseline_bytes=2**20, peak_bytes=(1 + rise_mib) * 2**20, seconds=0.1)
+
+    steps = SimpleNamespace(
+        make_step=lambda implementation, passes, size, dtype: lambda: "output",
+        useful_flops=lambda size, passes: (3 if passes == "forward_backward" else 1) * 10**9,
+        shape=lambda size: {"N": size},
+        measure_step_memory=measure_step_memory,
+    )
+    benchmark = SimpleNamespace(extra_info={}, stats=SimpleNamespace(stats=SimpleNamespace(median=0.5)),
+                                pedantic=lambda step, rounds, iterations, warmup_rounds: step())
+    output = run_case(benchmark, steps, "op", "fused", "forward_backward", dtype, 48, 100.0, {"bfloat16": 40.0}.get)
+    # 3 GFLOP in the median 0.5 s: 6 GFLOP/s, 6% of the fp32 matmul's 100 and 15% of the bf16 matmul's 40.
+    expected = dict(op="op", implementation="fused", passes="forward_backward", dtype=dtype, shape={"N": 48},
+                    seconds=0.5, useful_gflops=6.0, matmul_gflops=100.0, fraction_of_matmul=0.06,
+                    peak_rss_rise_mib=5.0, threads=torch.get_num_threads())
+    if dtype == "bfloat16":
+        expected.update(matmul_gflops_same_dtype=40.0, fraction_of_matmul_same_dtype=0.15)
+    assert output == "output" and benchmark.group == f"op forward_backward {dtype}"
+    assert benchmark.extra_info == expected
+    assert memory_calls == [("fused", "forward_backward", 48, dtype)]
