@@ -24,7 +24,7 @@ import torch
 from benchmarks import word_region_steps
 from benchmarks.baselines import (WORD_REGION_IMPLEMENTATIONS, chunked_checkpointed_word_region_scores,
                                   compiled_word_region_scores, word_region_function)
-from benchmarks.cases import PASSES, run_case
+from benchmarks.cases import PASSES, rounds_of, run_case
 from benchmarks.conftest import FULL
 from benchmarks.word_region_steps import make_inputs
 from tgfr import reference
@@ -158,3 +158,13 @@ def test_run_case_records_the_figures_of_the_timed_step(dtype):
     assert output == "output" and benchmark.group == f"op forward_backward {dtype}"
     assert benchmark.extra_info == expected
     assert memory_calls == [("fused", "forward_backward", 48, dtype)]
+
+
+def test_rounds_of_a_step_are_one_in_quick_mode_and_three_under_3_s_in_full_mode(monkeypatch):
+    """(rounds, warm-up rounds): (1, 1) in quick mode; in full mode, at 50 GFLOP/s planned, (3, 1) for
+    a 1 GFLOP step (0.02 s) and (1, 1) for a 10 TFLOP one (200 s)."""
+    monkeypatch.setattr("benchmarks.cases.FULL", False)
+    assert rounds_of(10**9) == (1, 1)
+    monkeypatch.setattr("benchmarks.cases.FULL", True)
+    assert rounds_of(10**9) == (3, 1)
+    assert rounds_of(10**13) == (1, 1)
