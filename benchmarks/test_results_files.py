@@ -1,5 +1,6 @@
 """The results-file writer (benchmarks/recording.py) and the renderer (benchmarks/render.py)."""
 
+import io
 import json
 import os
 import re
@@ -47,6 +48,7 @@ def test_merge_replaces_a_case_of_the_same_mode_and_keeps_the_others():
     assert third["cases"]["quick::f::y"]["commit"] == "a"
     assert third["cases"]["full::f::x"]["mode"] == "full"
     assert [entry["commit"] for entry in third["runs"]] == ["a", "bb", "ccc"]
+    assert [entry["cases"] for entry in third["runs"]] == [2, 1, 1]  # each run's own cases, not the file's
     assert first["cases"].keys() == {"quick::f::x", "quick::f::y"}  # inputs are not modified
 
 
@@ -88,6 +90,24 @@ def test_benchmark_case_keeps_the_timing_statistics_and_extra_info():
     assert recording.benchmark_case(metadata) == {
         "name": "t[a]", "fullname": "f::t[a]", "group": "g", "params": {"a": 1}, "extra_info": {"k": 2},
         "stats": {"median": 0.5, "mean": 0.6, "min": 0.4, "max": 0.9, "stddev": 0.1, "rounds": 3}}
+
+
+def test_machine_memory_is_memtotal_in_gib(monkeypatch):
+    """memory_gib is /proc/meminfo's MemTotal (kiB) in GiB: 24641536 kiB = 23.5 GiB."""
+    real_open = open
+
+    def open_with_stub_meminfo(path, *arguments, **options):
+        if path == "/proc/meminfo":
+            return io.StringIO("MemTotal:       24641536 kB\nMemFree:         1048576 kB\n")
+        return real_open(path, *arguments, **options)
+
+    monkeypatch.setattr(recording, "open", open_with_stub_meminfo, raising=False)  # found before the builtin
+    assert recording.machine_description()["memory_gib"] == 23.5
+
+
+def test_run_description_records_torchs_threads(monkeypatch):
+    monkeypatch.setattr(recording.torch, "get_num_threads", lambda: 7)
+    assert recording.run_description("quick")["threads"] == 7
 
 
 def test_machine_kind_is_a_file_name():
@@ -377,9 +397,10 @@ def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
     assert recording.commit() == "0123456789ab"
 
 
-def test_commit_is_not_dirty_for_changes_to_the_harness_outputs_only(benchmarks_checkout):
-    """A run merged into a tracked results file, and RESULTS.md rendered again, leave the measured
-    code as committed: the next run names the plain commit. A changed source file still marks it."""
+def test_commit_is_not_dirty_for_changes_to_the_harness_outputs_or_untracked_files(benchmarks_checkout):
+    """A run merged into a tracked results file, RESULTS.md rendered again, and untracked scratch files
+    leave the measured code as committed: the next run names the plain commit. A changed source file
+    still marks it."""
     environment = {name: value for name, value in os.environ.items() if name != "TGFR_COMMIT"}
     environment["PYTHONPATH"] = os.pathsep.join([str(benchmarks_checkout), str(_ROOT)])  # the checkout's copy
 
@@ -393,8 +414,11 @@ def test_commit_is_not_dirty_for_changes_to_the_harness_outputs_only(benchmarks_
     recording.write_results(benchmarks / "results" / CHECKOUT_RESULTS[0], MACHINE, run("quick", "a"),
                             [case("f::x", 1.0)])
     (benchmarks / "RESULTS.md").write_text("rendered again\n")
+    (benchmarks_checkout / "notes.txt").write_text("scratch\n")
+    (benchmarks / "scratch.py").write_text("# not tracked\n")
     assert git(benchmarks_checkout, "status", "--porcelain").split() == [
-        "M", "benchmarks/RESULTS.md", "M", f"benchmarks/results/{CHECKOUT_RESULTS[0]}"]
+        "M", "benchmarks/RESULTS.md", "M", f"benchmarks/results/{CHECKOUT_RESULTS[0]}",
+        "??", "benchmarks/scratch.py", "??", "notes.txt"]
     assert checkout_commit() == head
 
     with (benchmarks / "cases.py").open("a") as source:
