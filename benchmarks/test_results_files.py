@@ -326,16 +326,33 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
 
 
-def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path) -> subprocess.CompletedProcess:
-    """A pytest session, in a child process, of one benchmark under tmp_path merged into `results`."""
+def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path | str,
+                                            package_root: Path = _ROOT) -> subprocess.CompletedProcess:
+    """A pytest session, in a child process, of one benchmark under tmp_path merged into `results`,
+    with the benchmarks package (its conftest and recording) of `package_root`."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_cases.py").write_text("def test_passes(benchmark):\n    benchmark(lambda: None)\n")
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
          "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
          "--tgfr-results", str(results)],
-        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=package_root, capture_output=True, text=True, timeout=300,
+        # quick mode even inside a full benchmark run; tgfr from this checkout
+        env={**{name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
+             "PYTHONPATH": os.pathsep.join([str(package_root), str(_ROOT)])},
     )
+
+
+def test_tgfr_results_auto_merges_into_the_machine_kinds_file(benchmarks_checkout):
+    """`--tgfr-results auto` writes benchmarks/results/<machine kind>.json, here of a copy of the
+    package, so that this checkout's results files are left alone."""
+    results = benchmarks_checkout / "benchmarks" / "results"
+    files_before = set(results.iterdir())
+    pytest_run = _pytest_one_benchmark_with_tgfr_results(benchmarks_checkout, "auto", package_root=benchmarks_checkout)
+    assert pytest_run.returncode == pytest.ExitCode.OK, pytest_run.stdout + pytest_run.stderr
+    written = results / f"{recording.machine_description()['kind']}.json"
+    assert set(results.iterdir()) - files_before == {written}
+    assert list(json.loads(written.read_text())["cases"]) == ["quick::test_cases.py::test_passes"]
 
 
 def test_tgfr_results_of_another_machine_kind_is_a_usage_error_before_the_run(tmp_path):
