@@ -22,7 +22,7 @@ import torch
 
 from benchmarks import contrastive_steps
 from benchmarks.baselines import (CONTRASTIVE_IMPLEMENTATIONS, chunked_checkpointed_contrastive_loss,
-                                  compiled_contrastive_loss, contrastive_function, reference_contrastive_loss)
+                                  compiled_contrastive_loss, reference_contrastive_loss)
 from benchmarks.cases import run_case
 from benchmarks.conftest import FULL
 from benchmarks.contrastive_steps import make_inputs
@@ -90,32 +90,6 @@ def test_compiled_reference_baseline_matches_reference():
     x, y, labels = make_inputs(16, "float32", requires_grad=False)
     torch.testing.assert_close(compiled_contrastive_loss()(x, y, labels, 10.0, 0.0, "exclude"),
                                reference_contrastive_loss(x, y, labels, 10.0, 0.0, "exclude"), rtol=1e-5, atol=1e-5)
-
-
-def test_fused_implementation_is_the_ops_cpu_backend(monkeypatch):
-    """"fused" times the op's fused CPU kernel (backend "cpu"), not its reference backend."""
-    import tgfr.ops
-
-    backends = []
-    monkeypatch.setattr(tgfr.ops, "contrastive_loss", lambda *inputs, **options: backends.append(options["backend"]))
-    x, y, labels = make_inputs(4, "float32", requires_grad=False)
-    contrastive_function("fused")(x, y, labels, 10.0, 0.0, "exclude")
-    assert backends == ["cpu"]
-
-
-def test_compiled_reference_is_torch_compile_of_the_reference(monkeypatch):
-    """"compiled_reference" is what torch.compile (dynamic shapes) makes of the reference, not the
-    reference itself."""
-    compiled = object()
-    compile_calls = []
-    monkeypatch.setattr(torch, "compile",
-                        lambda function, **options: compile_calls.append((function, options)) or compiled)
-    compiled_contrastive_loss.cache_clear()
-    try:
-        assert contrastive_function("compiled_reference") is compiled
-    finally:
-        compiled_contrastive_loss.cache_clear()  # so that later callers compile for real
-    assert compile_calls == [(reference_contrastive_loss, {"dynamic": True})]
 
 
 def test_useful_flops_count_the_logits_product_and_its_two_gradient_products():

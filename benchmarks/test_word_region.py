@@ -23,7 +23,7 @@ import torch
 
 from benchmarks import word_region_steps
 from benchmarks.baselines import (WORD_REGION_IMPLEMENTATIONS, chunked_checkpointed_word_region_scores,
-                                  compiled_word_region_scores, word_region_function)
+                                  compiled_word_region_scores)
 from benchmarks.cases import PASSES, rounds_of, run_case
 from benchmarks.conftest import FULL
 from benchmarks.word_region_steps import make_inputs
@@ -78,32 +78,6 @@ def test_compiled_reference_baseline_matches_reference():
     compiled = compiled_word_region_scores()
     torch.testing.assert_close(compiled(words, lengths, regions), reference.word_region_scores(words, lengths, regions),
                                rtol=1e-5, atol=1e-5)
-
-
-def test_fused_implementation_is_the_ops_cpu_backend(monkeypatch):
-    """"fused" times the op's fused CPU kernel (backend "cpu"), not its reference backend."""
-    import tgfr.ops
-
-    backends = []
-    monkeypatch.setattr(tgfr.ops, "word_region_scores", lambda *inputs, backend: backends.append(backend))
-    words, lengths, regions = make_inputs(2, "float32", requires_grad=False)
-    word_region_function("fused")(words, lengths, regions)
-    assert backends == ["cpu"]
-
-
-def test_compiled_reference_is_torch_compile_of_the_reference(monkeypatch):
-    """"compiled_reference" is what torch.compile (dynamic shapes) makes of the reference, not the
-    reference itself."""
-    compiled = object()
-    compile_calls = []
-    monkeypatch.setattr(torch, "compile",
-                        lambda function, **options: compile_calls.append((function, options)) or compiled)
-    compiled_word_region_scores.cache_clear()
-    try:
-        assert word_region_function("compiled_reference") is compiled
-    finally:
-        compiled_word_region_scores.cache_clear()  # so that later callers compile for real
-    assert compile_calls == [(reference.word_region_scores, {"dynamic": True})]
 
 
 def test_useful_flops_are_spec_section_2s():
