@@ -356,3 +356,20 @@ def test_default_cache_dir_ignores_empty_variables_and_a_relative_xdg_cache_home
             monkeypatch.setenv(name, value)
     assert synthetic.default_cache_dir() == Path(expected.replace("HOME", str(tmp_path)))
 
+
+
+def test_a_rerun_removes_the_images_of_another_generator_version(tmp_path, monkeypatch):
+    """A folder that an earlier generator version wrote (its marker's parameters make no config of this
+    version) holds, after a rerun with fewer identities and images, only the rerun's images and the
+    files that no run wrote."""
+    out = tmp_path / "synth"
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION - 1)
+    generate_synthetic_dataset(out, CONFIG, workers=1)
+    monkeypatch.undo()
+    (out / "notes.txt").write_text("mine")
+    manifest = generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, images_per_identity=2),
+                                          workers=1)
+    listed = {record.path for record in read_manifest(manifest)}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
+        listed | {"manifest.jsonl", "synthetic.json", "notes.txt"}
+    assert json.loads((out / "synthetic.json").read_text())["version"] == synthetic.GENERATOR_VERSION

@@ -267,10 +267,11 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     _check_synthetic_or_empty(out)
     marker = _marker(out) if out.is_dir() else None
     earlier = _earlier_configs(marker)
-    if marker is not None and marker["key"] is None and "written" not in marker:
-        # Cut short by a tgfr that did not list its runs' parameters: what it wrote is known only by
-        # the generator's names. Removed before this run's marker lists the runs, so that a rerun cut
-        # short here finds the old marker and looks again.
+    cut_short_unlisted = marker is not None and marker["key"] is None and "written" not in marker
+    if marker is not None and (marker["version"] != GENERATOR_VERSION or cut_short_unlisted):
+        # Written by another generator version, or cut short by a tgfr that did not list its runs'
+        # parameters: what it wrote is known only by the generator's names. Removed before this run's
+        # marker lists the runs, so that a rerun cut short here finds the old marker and looks again.
         _remove_images(out, _generated_images(out) - _written_paths(config))
     out.mkdir(parents=True, exist_ok=True)
     # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
