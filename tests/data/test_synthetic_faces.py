@@ -59,3 +59,67 @@ def test_fine_phrases_name_exactly_the_marks_that_change_pixels(seed):
             without = _pixels({**attributes, **attribute_overrides}, {**state, **state_overrides})
             shown = bool(np.any(with_marks != without))
             assert (name in phrased) == shown, (name, shown, attributes, state)
+
+
+# A face with every fine mark and accessory off, upright and centred, its hair leaving the forehead bare.
+PLAIN_FACE = {"freckles": False, "scar": "none", "mole": "none", "age": "young", "lipstick": False, "moustache": False,
+              "beard": "none", "hair_style": "short", "glasses": "round", "earrings": "studs"}
+PLAIN_STATE = {"yaw": 0.0, "roll": 0.0, "shift": (0.0, 0.0), "hat": False, "glasses_on": False, "earrings_on": False}
+CENTRE_COLUMN = 56  # the face's centre column in the 112-pixel image when the state's shift is (0, 0)
+
+
+def _plain_face(identity: int) -> tuple[dict, dict]:
+    attributes = {**identity_attributes(0, identity), **PLAIN_FACE}
+    return attributes, {**image_state(0, identity, 0, attributes), **PLAIN_STATE}
+
+
+def _changed_pixels(first: tuple[dict, dict], second: tuple[dict, dict]) -> np.ndarray:
+    """(K, 2) rows and columns of the pixels that differ between the two renders."""
+    return np.argwhere(np.any(_pixels(*first) != _pixels(*second), axis=-1))
+
+
+@pytest.mark.parametrize("identity", [0, 1, 2])
+@pytest.mark.parametrize("attribute_on, state_on", [
+    ({"freckles": True}, {}), ({"scar": "left cheek"}, {}), ({"mole": "on the right cheek"}, {}),
+    ({"age": "old"}, {}), ({"lipstick": True}, {}), ({"moustache": True}, {}), ({"beard": "goatee"}, {}),
+    ({}, {"glasses_on": True}), ({}, {"earrings_on": True}), ({}, {"hat": True})])
+def test_each_attribute_and_state_flag_changes_the_face_when_on(identity, attribute_on, state_on):
+    attributes, state = _plain_face(identity)
+    assert len(_changed_pixels((attributes, state), ({**attributes, **attribute_on}, {**state, **state_on}))) > 0
+
+
+@pytest.mark.parametrize("identity", [0, 1, 2])
+def test_glasses_and_earrings_follow_the_image_state_and_wrinkles_the_old(identity):
+    """glasses_on / earrings_on off: the identity's glasses and earrings are not drawn; wrinkles, darker
+    lines on the forehead, are an old face's and not a young one's."""
+    attributes, state = _plain_face(identity)
+    plain = _pixels(attributes, state)
+    assert np.array_equal(plain, _pixels({**attributes, "glasses": "none", "earrings": "none"}, state))
+    old = _pixels({**attributes, "age": "old"}, state)
+    changed = np.any(old != plain, axis=-1)
+    assert changed.any() and old[changed].sum() < plain[changed].sum()
+
+
+@pytest.mark.parametrize("identity", [0, 1, 2])
+@pytest.mark.parametrize("mark, place", [("mole", "above the left lip"), ("mole", "on the left cheek"),
+                                         ("mole", "above the right lip"), ("mole", "on the right cheek"),
+                                         ("scar", "left cheek"), ("scar", "right cheek")])
+def test_a_mark_named_left_or_right_lands_on_that_side(identity, mark, place):
+    """"left" is the image's left, as the generator's places name it (for a mole and a scar alike)."""
+    attributes, state = _plain_face(identity)
+    columns = _changed_pixels((attributes, state), ({**attributes, mark: place}, state))[:, 1]
+    assert len(columns) > 0
+    assert (columns < CENTRE_COLUMN).all() if "left" in place else (columns >= CENTRE_COLUMN).all()
+
+
+@pytest.mark.parametrize("identity", [0, 1, 2])
+def test_stud_earrings_are_dots_and_hoops_rings_hanging_below(identity):
+    """A stud is a small disc at the lobe; a hoop is a ring around 5 output pixels across hanging below it,
+    so it changes more pixels and reaches lower rows."""
+    attributes, state = _plain_face(identity)
+    earrings = {}
+    for kind in ("studs", "hoops"):
+        worn = {**attributes, "earrings": kind}
+        earrings[kind] = _changed_pixels((worn, state), (worn, {**state, "earrings_on": True}))
+    assert len(earrings["hoops"]) > len(earrings["studs"]) > 0
+    assert earrings["hoops"][:, 0].max() > earrings["studs"][:, 0].max()
