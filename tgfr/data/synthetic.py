@@ -27,7 +27,7 @@ from tgfr.data.synthetic_faces import identity_attributes, image_state, render_f
 from tgfr.text_formats import parse_json
 from tgfr.output_paths import check_output_folder, write_atomically
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 1
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
 DEFAULT_DEGRADATION = "down24+celeba"

@@ -11,22 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from tgfr.data.synthetic_faces import covered_marks
-
 
 def fine_phrases(attributes: dict[str, Any], state: dict[str, Any]) -> dict[str, list[str]]:
-    """Fine attribute name -> paraphrases, for the fine attributes visible in this image: a mark that
-    hair or a beard covers (covered_marks) is not phrased, as the image does not show it."""
-    covered = covered_marks(attributes, state)
+    """Fine attribute name -> paraphrases, for the fine attributes visible in this image."""
     phrases: dict[str, list[str]] = {
         "eye_colour": [f"{attributes['eye_colour']} eyes", f"bright {attributes['eye_colour']} eyes"],
     }
     if attributes["freckles"]:
         phrases["freckles"] = ["freckles", "freckled cheeks"]
-    if attributes["scar"] != "none" and "scar" not in covered:
+    if attributes["scar"] != "none":
         place = attributes["scar"]
         phrases["scar"] = [f"a scar on the {place}", f"a small scar across the {place}"]
-    if attributes["mole"] != "none" and "mole" not in covered:
+    if attributes["mole"] != "none":
         phrases["mole"] = [f"a mole {attributes['mole']}", f"a small dark mole {attributes['mole']}"]
     if state["glasses_on"]:
         kind, colour = attributes["glasses"], attributes["glasses_colour"]
@@ -35,7 +31,7 @@ def fine_phrases(attributes: dict[str, Any], state: dict[str, Any]) -> dict[str,
         kind, metal = attributes["earrings"], attributes["earrings_metal"]
         singular = kind[:-1]  # "studs" -> "stud", "hoops" -> "hoop"
         phrases["earrings"] = [f"{metal} {singular} earrings", f"{metal} {kind} in the ears"]
-    if attributes["age"] == "old" and "wrinkles" not in covered:
+    if attributes["age"] == "old":
         phrases["wrinkles"] = ["wrinkles on the forehead", "a wrinkled forehead"]
     if attributes["lipstick"]:
         phrases["lipstick"] = ["red lipstick", "red lips"]
