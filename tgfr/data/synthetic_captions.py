@@ -1,9 +1,9 @@
 """MMCelebA-style captions for synthetic faces ("The man has brown hair, freckles, and a mole
 above the left lip. He is smiling.").
 
-Every image gets several paraphrased captions. Each fine attribute visible in the image
-(freckles, scar, mole, eye colour, glasses, earrings, wrinkles, lipstick) is mentioned in at
-least one of them, so the captions carry what degradation erases; coarse attributes (hair,
+Every image gets several paraphrased captions. Each fine attribute of the image (freckles,
+scar, mole, eye colour, glasses, earrings, wrinkles, lipstick; see fine_phrases) is mentioned in
+at least one of them, so the captions carry what degradation erases; coarse attributes (hair,
 face shape, skin, beard, expression) are sprinkled in as MMCelebA's captions do.
 """
 
@@ -13,7 +13,9 @@ import numpy as np
 
 
 def fine_phrases(attributes: dict[str, Any], state: dict[str, Any]) -> dict[str, list[str]]:
-    """Fine attribute name -> paraphrases, for the fine attributes visible in this image."""
+    """Fine attribute name -> paraphrases, for the fine attributes of this image. A scar, mole or
+    wrinkles that bangs or a beard cover are named too (45 of 1398 named marks at seed 0):
+    leaving them out would change the embedded dataset, which a trained run does not pin yet."""
     phrases: dict[str, list[str]] = {
         "eye_colour": [f"{attributes['eye_colour']} eyes", f"bright {attributes['eye_colour']} eyes"],
     }
