@@ -14,8 +14,8 @@ import numpy as np
 
 def fine_phrases(attributes: dict[str, Any], state: dict[str, Any]) -> dict[str, list[str]]:
     """Fine attribute name -> paraphrases, for the fine attributes of this image. A scar, mole or
-    wrinkles that bangs or a beard cover are named too (45 of 1398 named marks at seed 0):
-    leaving them out would change the embedded dataset, which a trained run does not pin yet."""
+    wrinkles that bangs or a beard cover are named too: leaving them out would change the
+    embedded dataset, which a trained run does not pin yet."""
     phrases: dict[str, list[str]] = {
         "eye_colour": [f"{attributes['eye_colour']} eyes", f"bright {attributes['eye_colour']} eyes"],
     }
