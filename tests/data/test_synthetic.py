@@ -358,18 +358,50 @@ def test_default_cache_dir_ignores_empty_variables_and_a_relative_xdg_cache_home
 
 
 
-def test_a_rerun_removes_the_images_of_another_generator_version(tmp_path, monkeypatch):
-    """A folder that an earlier generator version wrote (its marker's parameters make no config of this
-    version) holds, after a rerun with fewer identities and images, only the rerun's images and the
+def test_a_rerun_removes_the_images_of_a_newer_generator_version(tmp_path):
+    """A folder that a newer generator version wrote (its marker's parameters make no config of this
+    tgfr) holds, after a rerun with fewer identities and images, only the rerun's images and the
     files that no run wrote."""
     out = tmp_path / "synth"
-    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION - 1)
     generate_synthetic_dataset(out, CONFIG, workers=1)
-    monkeypatch.undo()
+    marker = json.loads((out / "synthetic.json").read_text())
+    (out / "synthetic.json").write_text(json.dumps({**marker, "version": synthetic.GENERATOR_VERSION + 1}))
     (out / "notes.txt").write_text("mine")
     manifest = generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, images_per_identity=2),
                                           workers=1)
     listed = {record.path for record in read_manifest(manifest)}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
         listed | {"manifest.jsonl", "synthetic.json", "notes.txt"}
-    assert json.loads((out / "synthetic.json").read_text())["version"] == synthetic.GENERATOR_VERSION
+    assert json.loads((out / "synthetic.json").read_text())["version"] == CONFIG.version
+
+
+# The keys, and so the cache folders, that tgfr gave the presets before the version was a parameter
+# (computed by the tgfr of 2ea00fd): a run trained then finds its cached dataset again.
+KEYS_BEFORE_VERSIONS = {"default": "962ff99f1a9e5063", "small": "ff22d02536f734bb", "tiny": "7eb9ea2fb183785c"}
+
+
+@pytest.mark.parametrize("preset", sorted(KEYS_BEFORE_VERSIONS))
+def test_a_version_1_config_keeps_the_key_it_had_before_versions_were_a_parameter(preset):
+    config = dataclasses.replace(synthetic.SYNTHETIC_PRESETS[preset], version=1)
+    assert config.key() == KEYS_BEFORE_VERSIONS[preset]
+
+
+def test_configs_of_other_versions_have_other_keys(monkeypatch):
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", 3)
+    keys = {dataclasses.replace(CONFIG, version=version).key() for version in (1, 2, 3)}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("version", [0, -1, synthetic.GENERATOR_VERSION + 1, True, 1.0, "1"])
+def test_a_version_this_generator_does_not_write_is_refused(version):
+    with pytest.raises(ValueError, match=rf"^version must be a synthetic generator version from 1 to "
+                                         rf"{synthetic.GENERATOR_VERSION} \(this tgfr's newest\), got "
+                                         rf"{re.escape(repr(version))}$"):
+        dataclasses.replace(CONFIG, version=version)
+
+
+def test_the_marker_records_the_version_the_dataset_was_written_with(dataset):
+    out, _ = dataset
+    marker = json.loads((out / "synthetic.json").read_text())
+    assert marker["version"] == CONFIG.version == synthetic.GENERATOR_VERSION
+    assert SyntheticConfig(**{f.name: marker[f.name] for f in dataclasses.fields(SyntheticConfig)}) == CONFIG

@@ -10,6 +10,7 @@ import pytest
 
 from tgfr.cli import main
 from tgfr.data import SyntheticConfig
+from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.train.config import (PRESET_DIR, EvaluationConfig, TrainConfig, config_from_dict, find_preset, load_config,
                                parse_override, preset_names, to_toml)
 from tgfr.train.loop import lr_factor
@@ -114,6 +115,9 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("seed=4294967296", r"^seed must be an integer in \[0, 4294967296\), got 4294967296"),
     ("data.synthetic_seed=-1", r"data\.synthetic_seed must be an integer in \[0, 4294967296\)"),
     ("data.synthetic_seed=9223372036854775807", r"data\.synthetic_seed must be an integer in \[0, 4294967296\)"),
+    ("data.synthetic_version=0", rf"^data\.synthetic_version must be an integer in \[1, {GENERATOR_VERSION + 1}\), got 0$"),
+    (f"data.synthetic_version={GENERATOR_VERSION + 1}", r"^data\.synthetic_version must be an integer in \[1, "),
+    ("data.synthetic_version=1.0", r"^data\.synthetic_version must be of type int, got 1\.0"),
     ("data.image_size=100000", r"^data\.image_size must be an integer in \[16, 1025\), got 100000$"),
     ("data.image_size=15", r"^data\.image_size must be an integer in \[16, 1025\), got 15$"),
     ("fr=3", r"^fr must be a table, got 3$"),
@@ -292,6 +296,27 @@ def test_a_run_trained_before_the_recipe_checks_stays_evaluable_and_resumable(tm
     with pytest.raises(ValueError, match=re.escape(message)):  # a fresh training with it is still refused
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_generates_the_newest_synthetic_version(preset):
+    assert load_config(preset).data.synthetic_version == GENERATOR_VERSION
+
+
+def test_a_run_written_before_the_synthetic_version_was_recorded_reads_as_version_1(tmp_path):
+    """A run's config.toml without data.synthetic_version was trained on version 1, the only one then;
+    one that records a version keeps it. A preset must still name it (presets set every key)."""
+    text = re.sub(r"(?m)^synthetic_version = .*\n", "", to_toml(load_config("quick")))
+    values = tomllib.loads(text)
+    assert "synthetic_version" not in values["data"]
+    before = {name: dict(table) if isinstance(table, dict) else table for name, table in values.items()}
+    assert config_from_dict(values).data.synthetic_version == 1
+    assert values == before  # the caller's dict is left as it was
+    assert config_from_dict({**values, "data": {**values["data"], "synthetic_version": GENERATOR_VERSION}}) \
+        .data.synthetic_version == GENERATOR_VERSION
+    with pytest.raises(ValueError, match=re.escape("config is missing key(s) ['data.synthetic_version']")):
+        (tmp_path / "old.toml").write_text(text)
+        load_config(str(tmp_path / "old.toml"))
 
 
 def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):

@@ -13,7 +13,7 @@ from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
                                 write_verification_pairs)
-from tgfr.data.synthetic import DEFAULT_DEGRADATION, SyntheticConfig, generate_synthetic_dataset
+from tgfr.data.synthetic import DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, generate_synthetic_dataset
 from tgfr.output_paths import check_output_file, check_output_folder
 
 
@@ -35,7 +35,7 @@ def _synth(args: argparse.Namespace) -> int:
     config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                              captions_per_image=args.captions_per_image, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             degradations=degradations)
+                             degradations=degradations, version=args.generator_version)
     out = check_output_folder("--out", args.out)
     start = time.perf_counter()
     manifest = generate_synthetic_dataset(out, config, workers=args.workers)
@@ -157,6 +157,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="recipe of the test_degraded split, as `tgfr data degrade --recipe` "
                             "(default: %(default)s)")
     synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
+    synth.add_argument("--generator-version", type=int, choices=range(1, GENERATOR_VERSION + 1),
+                       default=GENERATOR_VERSION,
+                       help="generator version; each writes the dataset it wrote when it was the newest, as "
+                            "`tgfr train`'s data.synthetic_version (default: the newest, %(default)s)")
     synth.add_argument("--workers", type=_integer(1), default=2, help="worker processes (default: %(default)s)")
     synth.set_defaults(func=_run(_synth))
 

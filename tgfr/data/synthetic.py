@@ -27,6 +27,11 @@ from tgfr.data.synthetic_faces import identity_attributes, image_state, render_f
 from tgfr.text_formats import parse_json
 from tgfr.output_paths import check_output_folder, write_atomically
 
+# The newest generator version. SyntheticConfig.version picks any from 1 to this one, and a version
+# writes forever the dataset it wrote when it was the newest: a run records the version it trained
+# on (data.synthetic_version), so that its evaluation and its resumption read that same data.
+# All versions name their images alike (_written_paths); they differ in what they draw or say.
+# 1: the first.
 GENERATOR_VERSION = 1
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
@@ -40,7 +45,8 @@ MARKER = "synthetic.json"
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Parameters of a synthetic dataset; equal configs give identical datasets."""
+    """Parameters of a synthetic dataset; equal configs give identical datasets. version: the
+    generator version (1 to GENERATOR_VERSION) whose images and captions to write."""
 
     identities: int = 1000
     images_per_identity: int = 10
@@ -49,6 +55,7 @@ class SyntheticConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     degradations: dict[str, str] = field(default_factory=lambda: {"test_degraded": DEFAULT_DEGRADATION})
+    version: int = GENERATOR_VERSION
 
     def __post_init__(self):
         for name in ("identities", "images_per_identity", "captions_per_image"):
@@ -60,6 +67,9 @@ class SyntheticConfig:
                              f"{self.val_fraction} and {self.test_fraction}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if type(self.version) is not int or not 1 <= self.version <= GENERATOR_VERSION:
+            raise ValueError(f"version must be a synthetic generator version from 1 to {GENERATOR_VERSION} (this "
+                             f"tgfr's newest), got {self.version!r}")
         for name, recipe in self.degradations.items():
             if not name.endswith("_degraded") or name.split("_")[0] not in ("train", "val", "test"):
                 raise ValueError(f"degradation split names look like '<train|val|test>_degraded...', got {name!r}")
@@ -83,7 +93,9 @@ class SyntheticConfig:
         return _split_sizes(self.identities, self.val_fraction, self.test_fraction)
 
     def key(self) -> str:
-        text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
+        # A version 1 config keeps the key (and the cache folder) that tgfr gave it before the version
+        # was a parameter, when the marker and the key added the version by hand.
+        text = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -187,14 +199,14 @@ def _marker_key(folder: Path) -> str | None:
 
 def _earlier_configs(marker: dict | None) -> list[SyntheticConfig]:
     """The configs of the runs whose images a folder with this marker may hold: a finished dataset's
-    own, or those a run cut short listed. Parameters that no longer make a valid config (another
-    generator version, a config since refused) are passed over: what they wrote is unknown."""
+    own, or those a run cut short listed. Parameters that no longer make a valid config (a newer
+    generator's version, a config since refused) are passed over: what they wrote is unknown."""
     if marker is None:
         return []
     listed = [marker] if isinstance(marker["key"], str) else marker.get("written", [])
     configs = []
     for parameters in listed if isinstance(listed, list) else []:
-        if not isinstance(parameters, dict) or parameters.get("version") != GENERATOR_VERSION:
+        if not isinstance(parameters, dict):
             continue
         try:
             configs.append(SyntheticConfig(**{f.name: parameters[f.name] for f in fields(SyntheticConfig)}))
@@ -268,18 +280,20 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     marker = _marker(out) if out.is_dir() else None
     earlier = _earlier_configs(marker)
     cut_short_unlisted = marker is not None and marker["key"] is None and "written" not in marker
-    if marker is not None and (marker["version"] != GENERATOR_VERSION or cut_short_unlisted):
-        # Written by another generator version, or cut short by a tgfr that did not list its runs'
+    if marker is not None and (marker["version"] > GENERATOR_VERSION or cut_short_unlisted):
+        # Written by a newer generator version, or cut short by a tgfr that did not list its runs'
         # parameters: what it wrote is known only by the generator's names. Removed before this run's
         # marker lists the runs, so that a rerun cut short here finds the old marker and looks again.
         _remove_images(out, _generated_images(out) - _written_paths(config))
     out.mkdir(parents=True, exist_ok=True)
     # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
     # next run may write over, and that no reader takes for a finished dataset; it lists this run's
-    # parameters with the earlier ones, whose images are not all removed yet.
+    # parameters with the earlier ones, whose images are not all removed yet. Its version is the
+    # newest this tgfr knows: an older tgfr, which cannot read the parameters of a newer version,
+    # then removes what the runs wrote by the generator's names.
     runs = {run.key(): run for run in [*earlier, config]}.values()
     _write_marker(out, {"version": GENERATOR_VERSION, "key": None, "finished": False,
-                        "written": [{**asdict(run), "version": GENERATOR_VERSION} for run in runs]})
+                        "written": [asdict(run) for run in runs]})
     _remove_images(out, set().union(*map(_written_paths, earlier)) - _written_paths(config))
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
@@ -294,7 +308,7 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
         degraded, _ = degrade_records(source, out, recipe, name, seed=config.seed, workers=workers)
         records += degraded
     manifest = write_manifest(out / "manifest.jsonl", records)
-    _write_marker(out, {**asdict(config), "version": GENERATOR_VERSION, "key": config.key(), "finished": True})
+    _write_marker(out, {**asdict(config), "key": config.key(), "finished": True})
     return manifest
 
 

@@ -27,7 +27,7 @@ def synthetic_config(config: DataConfig) -> SyntheticConfig:
     return SyntheticConfig(identities=config.synthetic_identities,
                            images_per_identity=config.synthetic_images_per_identity,
                            captions_per_image=config.synthetic_captions_per_image, seed=config.synthetic_seed,
-                           degradations={"test_degraded": config.degradation})
+                           degradations={"test_degraded": config.degradation}, version=config.synthetic_version)
 
 
 def resolve_manifest(config: DataConfig) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tgfr.data.degrade import parse_recipe
+from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.output_paths import temporary_name
 from tgfr.text_formats import check_utf8, parse_toml
 from tgfr.validation import check_choice, check_positive
@@ -51,13 +52,17 @@ class DataConfig:
     this probability. One setting for all stages on purpose: the evaluation compares the fr stage's
     backbone (image-only) with the fused model on degraded probes, and that comparison measures what
     captions add only when both saw the same degradation augmentation.
-    identities_per_batch x images_per_identity: the global batch (split over ranks)."""
+    identities_per_batch x images_per_identity: the global batch (split over ranks).
+    synthetic_version: the synthetic generator's version (tgfr.data.synthetic.GENERATOR_VERSION is the
+    newest), recorded in the run's config.toml so that evaluating or resuming it reads the data it was
+    trained on, whatever the newest version is by then."""
 
     manifest: str = ""
     synthetic_identities: int = 300
     synthetic_images_per_identity: int = 8
     synthetic_captions_per_image: int = 5
     synthetic_seed: int = 0
+    synthetic_version: int = GENERATOR_VERSION
     degradation: str = "down24+celeba"
     train_degradation: str = "down24+celeba"
     train_degrade_p: float = 0.5
@@ -272,6 +277,7 @@ class TrainConfig:
         # fit in 64 bits: a larger seed would fail only once training has started.
         for key in ("seed", "data.synthetic_seed"):
             _check_integer(key, self._get(key), 0, SEED_LIMIT)
+        _check_integer("data.synthetic_version", self.data.synthetic_version, 1, GENERATOR_VERSION + 1)
         _check_integer("data.image_size", self.data.image_size, 16, MAX_IMAGE_SIZE + 1)
         for key in ("data.train_degrade_p", "fr.optim.min_lr_ratio", "align.optim.min_lr_ratio",
                     "fuse.optim.min_lr_ratio"):
@@ -531,8 +537,18 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
     return config
 
 
+# Keys added after runs were first written, each with the value that describes what a run written
+# before it did: such a run's config.toml lacks the key, and must still evaluate and resume as trained.
+_ADDED_KEYS = {"data": {"synthetic_version": 1}}
+
+
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from a complete nested dict (e.g. a run's config.toml)."""
+    """TrainConfig from a run's config.toml as a nested dict: complete, but for the keys added since
+    the run was written (_ADDED_KEYS), which take the values that it was trained with."""
+    values = dict(values)
+    for table, added in _ADDED_KEYS.items():
+        if isinstance(values.get(table), dict):
+            values[table] = {**added, **values[table]}
     return _build(TrainConfig, values, "", complete=True)
 
 
