@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -14,7 +15,8 @@ from tgfr.cli import main
 from tgfr.data.degrade import down_up
 from tgfr.data.manifest import read_manifest
 from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
-from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.data.synthetic_captions import fine_phrases
+from tgfr.data.synthetic_faces import covered_marks, identity_attributes, image_state, render_face
 
 CONFIG = SyntheticConfig(identities=10, images_per_identity=3, captions_per_image=4, seed=5,
                          val_fraction=0.2, test_fraction=0.3)
@@ -405,3 +407,40 @@ def test_the_marker_records_the_version_the_dataset_was_written_with(dataset):
     marker = json.loads((out / "synthetic.json").read_text())
     assert marker["version"] == CONFIG.version == synthetic.GENERATOR_VERSION
     assert SyntheticConfig(**{f.name: marker[f.name] for f in dataclasses.fields(SyntheticConfig)}) == CONFIG
+
+
+# Identities 21, 22 and 29 of seed 5 have a mole or scar that a beard or bangs cover.
+COVERING = SyntheticConfig(identities=30, images_per_identity=2, captions_per_image=3, seed=5, degradations={})
+# sha256 of the manifest.jsonl that the tgfr of 2ea00fd, before versions were a parameter, wrote for COVERING.
+COVERING_MANIFEST_SHA256_BEFORE_VERSIONS = "659b2bee83b8438544d71aa9bb702cf848e29dda434eda61c62f8363e1c6758f"
+
+
+def test_version_1_writes_the_dataset_of_before_and_version_2_differs_in_covered_marks_only(tmp_path):
+    """`tgfr data synth --generator-version 1` writes, byte for byte, the dataset the tgfr before versions
+    wrote (which named covered marks); version 2 draws the same images and leaves covered marks out."""
+    assert main(["data", "synth", "--out", str(tmp_path / "v1"), "--identities", "30", "--images-per-identity", "2",
+                 "--captions-per-image", "3", "--seed", "5", "--no-degraded", "--workers", "1",
+                 "--generator-version", "1"]) == 0
+    first = (tmp_path / "v1" / "manifest.jsonl").read_bytes()
+    assert hashlib.sha256(first).hexdigest() == COVERING_MANIFEST_SHA256_BEFORE_VERSIONS
+    assert json.loads((tmp_path / "v1" / "synthetic.json").read_text())["key"] == \
+        dataclasses.replace(COVERING, version=1).key()
+    second = read_manifest(generate_synthetic_dataset(tmp_path / "v2", dataclasses.replace(COVERING, version=2),
+                                                      workers=1))
+    changed = 0
+    for old, new in zip(read_manifest(tmp_path / "v1" / "manifest.jsonl"), second, strict=True):
+        assert (old.path, old.identity, old.meta) == (new.path, new.identity, new.meta)
+        assert (tmp_path / "v1" / old.path).read_bytes() == (tmp_path / "v2" / new.path).read_bytes()
+        identity, k = int(old.identity), int(old.path[-5])
+        attributes = identity_attributes(COVERING.seed, identity)
+        state = image_state(COVERING.seed, identity, k, attributes)
+        covered = covered_marks(attributes, state)
+        if not covered:
+            assert old.captions == new.captions
+            continue
+        changed += 1
+        for mark in covered:
+            phrases = fine_phrases(attributes, state, name_covered=True)[mark]
+            assert any(phrase in caption for caption in old.captions for phrase in phrases)
+            assert not any(phrase in caption for caption in new.captions for phrase in phrases)
+    assert changed > 0

@@ -1,8 +1,10 @@
-"""The synthetic renderer against its attributes and per-image state."""
+"""The synthetic renderer against its attributes and per-image state, and the fine marks that the
+captions phrase against the pixels that the marks change."""
 
 import numpy as np
 import pytest
 
+from tgfr.data.synthetic_captions import fine_phrases
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 
 
@@ -71,3 +73,64 @@ def test_stud_earrings_are_dots_and_hoops_rings_hanging_below(identity):
         earrings[kind] = _changed_pixels((worn, state), (worn, {**state, "earrings_on": True}))
     assert len(earrings["hoops"]) > len(earrings["studs"]) > 0
     assert earrings["hoops"][:, 0].max() > earrings["studs"][:, 0].max()
+
+
+# fine_phrases name -> how to render the image without that mark: (attribute overrides, state overrides)
+WITHOUT_MARK = {
+    "freckles": ({"freckles": False}, {}),
+    "scar": ({"scar": "none"}, {}),
+    "mole": ({"mole": "none"}, {}),
+    "wrinkles": ({"age": "young"}, {}),
+    "lipstick": ({"lipstick": False}, {}),
+    "glasses": ({}, {"glasses_on": False}),
+    "earrings": ({}, {"earrings_on": False}),
+}
+# Hair, beard and marks that hair or a beard may cover, forced onto identities so that every such case occurs.
+COVERING_CASES = [
+    {"hair_style": "bangs", "scar": "forehead", "age": "old"},
+    {"gender": "man", "beard": "full beard", "scar": "chin", "mole": "on the chin", "lipstick": False},
+    {"gender": "man", "beard": "goatee", "scar": "chin", "mole": "on the chin", "lipstick": False},
+    {"hair_style": "short", "scar": "forehead", "age": "old"},
+]
+
+
+def _mark_present(attributes, state, name: str) -> bool:
+    """Whether the attributes and state give the face the mark `name` at all (drawn, maybe covered)."""
+    return {"freckles": attributes["freckles"], "scar": attributes["scar"] != "none",
+            "mole": attributes["mole"] != "none", "wrinkles": attributes["age"] == "old",
+            "lipstick": attributes["lipstick"], "glasses": state["glasses_on"],
+            "earrings": state["earrings_on"]}[name]
+
+
+def _faces_with_covering_cases(seed: int) -> list[tuple[dict, dict]]:
+    faces = []
+    for identity in range(6):
+        attributes = identity_attributes(seed, identity)
+        faces.append((attributes, image_state(seed, identity, 0, attributes)))
+        for k, case in enumerate(COVERING_CASES):
+            faces.append(({**attributes, **case}, {**image_state(seed, identity, k + 1, attributes), "hat": k % 2 == 1}))
+    return faces
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fine_phrases_name_exactly_the_marks_that_change_pixels(seed):
+    """A mark is phrased iff rendering the image without it changes a pixel: a scar under bangs or a
+    beard, wrinkles under bangs, a mole under a beard are not described. With name_covered (the
+    synthetic generator's version 1) every mark drawn is phrased, covered or not."""
+    covered_seen = 0
+    for attributes, state in _faces_with_covering_cases(seed):
+        phrased = fine_phrases(attributes, state)
+        phrased_all = fine_phrases(attributes, state, name_covered=True)
+        with_marks = _pixels(attributes, state)
+        for name, (attribute_overrides, state_overrides) in WITHOUT_MARK.items():
+            present = _mark_present(attributes, state, name)
+            assert (name in phrased_all) == present, (name, attributes, state)
+            if not present:
+                assert name not in phrased
+                continue
+            without = _pixels({**attributes, **attribute_overrides}, {**state, **state_overrides})
+            shown = bool(np.any(with_marks != without))
+            assert (name in phrased) == shown, (name, shown, attributes, state)
+            covered_seen += not shown
+        assert {name: phrased_all[name] for name in phrased} == phrased  # the same words for what both name
+    assert covered_seen > 0

@@ -13,6 +13,7 @@ import torch
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
 from tgfr.output_paths import write_atomically
+from tgfr.train.batches import synthetic_config
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
 
 
@@ -382,6 +383,24 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
     assert evaluate_error("--run", str(run), "--set", "evaluation.splits.blur=test_blur") == (
         "tgfr evaluate: error: --set 'evaluation.splits.blur=test_blur': unknown key evaluation.splits.blur; "
         "known: clean, degraded")
+
+
+def test_a_run_written_before_the_synthetic_version_was_recorded_reads_version_1(tmp_path, monkeypatch, capsys):
+    """A run on the embedded synthetic set whose config.toml predates data.synthetic_version trained on
+    version 1, the only one then: `tgfr evaluate` and `tgfr train --resume` read that version's data,
+    not the newest's."""
+    config = load_config("quick")
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "config.toml").write_text(re.sub(r"(?m)^synthetic_version = .*\n", "", to_toml(config)), encoding="utf-8")
+    evaluated = []
+    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *rest: evaluated.append(config) or run / "report")
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert config.data.synthetic_version != 1
+    assert synthetic_config(evaluated[0].data) == dataclasses.replace(synthetic_config(config.data), version=1)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["data"]["synthetic_version"] == 1
 
 
 @pytest.mark.parametrize("run_manifest", ["absolute", "relative"])

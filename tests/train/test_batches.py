@@ -88,9 +88,9 @@ def test_fr_and_fuse_batches_stay_identity_balanced_under_weak_supervision(tiny_
 
 def test_the_synthetic_dataset_takes_each_of_its_data_settings():
     settings = DataConfig(synthetic_identities=7, synthetic_images_per_identity=3, synthetic_captions_per_image=2,
-                          synthetic_seed=11, degradation="down16")
+                          synthetic_seed=11, degradation="down16", synthetic_version=1)
     assert synthetic_config(settings) == SyntheticConfig(identities=7, images_per_identity=3, captions_per_image=2,
-                                                         seed=11, degradations={"test_degraded": "down16"})
+                                                         seed=11, degradations={"test_degraded": "down16"}, version=1)
 
 
 def test_every_epoch_draws_each_image_its_own_augmentation_and_captions(tiny_overrides):

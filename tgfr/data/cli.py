@@ -159,8 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
     synth.add_argument("--generator-version", type=int, choices=range(1, GENERATOR_VERSION + 1),
                        default=GENERATOR_VERSION,
-                       help="generator version; each writes the dataset it wrote when it was the newest, as "
-                            "`tgfr train`'s data.synthetic_version (default: the newest, %(default)s)")
+                       help="generator version, as `tgfr train`'s data.synthetic_version: each writes the "
+                            "dataset it wrote when it was the newest; 1 also names marks that hair or a beard "
+                            "cover (default: the newest, %(default)s)")
     synth.add_argument("--workers", type=_integer(1), default=2, help="worker processes (default: %(default)s)")
     synth.set_defaults(func=_run(_synth))
 

@@ -1,7 +1,7 @@
 """MMCelebA-style captions for synthetic faces ("The man has brown hair, freckles, and a mole
 above the left lip. He is smiling.").
 
-Every image gets several paraphrased captions. Each fine attribute of the image (freckles,
+Every image gets several paraphrased captions. Each fine attribute the image shows (freckles,
 scar, mole, eye colour, glasses, earrings, wrinkles, lipstick; see fine_phrases) is mentioned in
 at least one of them, so the captions carry what degradation erases; coarse attributes (hair,
 face shape, skin, beard, expression) are sprinkled in as MMCelebA's captions do.
@@ -11,20 +11,24 @@ from typing import Any
 
 import numpy as np
 
+from tgfr.data.synthetic_faces import covered_marks
 
-def fine_phrases(attributes: dict[str, Any], state: dict[str, Any]) -> dict[str, list[str]]:
-    """Fine attribute name -> paraphrases, for the fine attributes of this image. A scar, mole or
-    wrinkles that bangs or a beard cover are named too: leaving them out would change the
-    embedded dataset, which a trained run does not pin yet."""
+
+def fine_phrases(attributes: dict[str, Any], state: dict[str, Any],
+                 name_covered: bool = False) -> dict[str, list[str]]:
+    """Fine attribute name -> paraphrases, for the fine attributes this image shows: a mark that
+    hair or a beard covers (covered_marks) is left out, unless name_covered (what the synthetic
+    generator's version 1 did)."""
+    covered = set() if name_covered else covered_marks(attributes, state)
     phrases: dict[str, list[str]] = {
         "eye_colour": [f"{attributes['eye_colour']} eyes", f"bright {attributes['eye_colour']} eyes"],
     }
     if attributes["freckles"]:
         phrases["freckles"] = ["freckles", "freckled cheeks"]
-    if attributes["scar"] != "none":
+    if attributes["scar"] != "none" and "scar" not in covered:
         place = attributes["scar"]
         phrases["scar"] = [f"a scar on the {place}", f"a small scar across the {place}"]
-    if attributes["mole"] != "none":
+    if attributes["mole"] != "none" and "mole" not in covered:
         phrases["mole"] = [f"a mole {attributes['mole']}", f"a small dark mole {attributes['mole']}"]
     if state["glasses_on"]:
         kind, colour = attributes["glasses"], attributes["glasses_colour"]
@@ -33,7 +37,7 @@ def fine_phrases(attributes: dict[str, Any], state: dict[str, Any]) -> dict[str,
         kind, metal = attributes["earrings"], attributes["earrings_metal"]
         singular = kind[:-1]  # "studs" -> "stud", "hoops" -> "hoop"
         phrases["earrings"] = [f"{metal} {singular} earrings", f"{metal} {kind} in the ears"]
-    if attributes["age"] == "old":
+    if attributes["age"] == "old" and "wrinkles" not in covered:
         phrases["wrinkles"] = ["wrinkles on the forehead", "a wrinkled forehead"]
     if attributes["lipstick"]:
         phrases["lipstick"] = ["red lipstick", "red lips"]
@@ -62,13 +66,15 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + (", and " if len(items) > 2 else " and ") + items[-1]
 
 
-def make_captions(attributes: dict[str, Any], state: dict[str, Any], count: int, rng: np.random.Generator) -> list[str]:
-    """`count` captions of one image; every visible fine attribute is in at least one."""
+def make_captions(attributes: dict[str, Any], state: dict[str, Any], count: int, rng: np.random.Generator,
+                  name_covered: bool = False) -> list[str]:
+    """`count` captions of one image; every fine attribute of fine_phrases(attributes, state,
+    name_covered) is in at least one."""
     man = attributes["gender"] == "man"
     subjects = ["The man", "This man", "The person", "This person"] if man else \
                ["The woman", "This woman", "The person", "This person"]
     pronoun = "He" if man else "She"
-    fine = fine_phrases(attributes, state)
+    fine = fine_phrases(attributes, state, name_covered)
     coarse = coarse_phrases(attributes, state)
     names = [list(fine)[i] for i in rng.permutation(len(fine))]
     assigned: list[list[str]] = [[] for _ in range(count)]

@@ -105,6 +105,23 @@ def image_state(seed: int, identity: int, image: int, attributes: dict[str, Any]
     }
 
 
+def covered_marks(attributes: dict[str, Any], state: dict[str, Any]) -> set[str]:
+    """The fine marks ("scar", "mole", "wrinkles") that render_face draws and then covers whole with
+    hair or a beard, so that the image does not show them: bangs (under no hat, which replaces them)
+    over a forehead scar and the forehead wrinkles, a full beard over a chin scar, either beard over
+    a mole on the chin. A goatee is narrower than a chin scar, which it covers in part only."""
+    bangs = attributes["hair_style"] == "bangs" and not state["hat"]
+    scar, beard = attributes["scar"], attributes["beard"]
+    covered = set()
+    if (bangs and scar == "forehead") or (beard == "full beard" and scar == "chin"):
+        covered.add("scar")
+    if beard != "none" and attributes["mole"] == "on the chin":
+        covered.add("mole")
+    if bangs and attributes["age"] == "old":
+        covered.add("wrinkles")
+    return covered
+
+
 def _shade(colour, factor: float) -> tuple[int, int, int]:
     return tuple(int(max(0, min(255, c * factor))) for c in colour)
 
