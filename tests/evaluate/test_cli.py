@@ -387,8 +387,8 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
 
 def test_a_run_written_before_the_synthetic_version_was_recorded_reads_version_1(tmp_path, monkeypatch, capsys):
     """A run on the embedded synthetic set whose config.toml predates data.synthetic_version trained on
-    version 1, the only one then: `tgfr evaluate` and `tgfr train --resume` read that version's data,
-    not the newest's."""
+    version 1 (as with every tgfr before the key, but the reverted commits 3db1e1f to 3874a79): `tgfr
+    evaluate` and `tgfr train --resume` read that version's data, not the newest's."""
     config = load_config("quick")
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)

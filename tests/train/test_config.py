@@ -304,8 +304,9 @@ def test_every_preset_generates_the_newest_synthetic_version(preset):
 
 
 def test_a_run_written_before_the_synthetic_version_was_recorded_reads_as_version_1(tmp_path):
-    """A run's config.toml without data.synthetic_version was trained on version 1, the only one then;
-    one that records a version keeps it. A preset must still name it (presets set every key)."""
+    """A run's config.toml without data.synthetic_version was trained on version 1 (as with every tgfr
+    before the key, but the reverted commits 3db1e1f to 3874a79); one that records a version keeps it.
+    A preset must still name it (presets set every key)."""
     text = re.sub(r"(?m)^synthetic_version = .*\n", "", to_toml(load_config("quick")))
     values = tomllib.loads(text)
     assert "synthetic_version" not in values["data"]

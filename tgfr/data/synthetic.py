@@ -292,7 +292,9 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     # next run may write over, and that no reader takes for a finished dataset; it lists this run's
     # parameters with the earlier ones, whose images are not all removed yet. Its version is the
     # newest this tgfr knows: an older tgfr, which cannot read the parameters of a newer version,
-    # then removes what the runs wrote by the generator's names.
+    # then removes what the runs wrote by the generator's names. (Not the reverted commits 3db1e1f to
+    # 3874a79, which called themselves version 2 too but read only version 2's parameters: rerun by
+    # them, a folder that a version 1 run left cut short keeps that run's images.)
     runs = {run.key(): run for run in [*earlier, config]}.values()
     _write_marker(out, {"version": GENERATOR_VERSION, "key": None, "finished": False,
                         "written": [asdict(run) for run in runs]})

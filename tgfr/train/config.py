@@ -539,6 +539,9 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
 
 # Keys added after runs were first written, each with the value that describes what a run written
 # before it did: such a run's config.toml lacks the key, and must still evaluate and resume as trained.
+# One exception the file cannot show: the commits 3db1e1f to 3874a79 (reverted by 1f0a382) generated
+# version 2 before the version was recorded; a run trained there needs synthetic_version = 2 written
+# under [data] by hand.
 _ADDED_KEYS = {"data": {"synthetic_version": 1}}
 
 
