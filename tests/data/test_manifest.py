@@ -6,7 +6,8 @@ import re
 import pytest
 
 from tgfr.data.files import load_image, read_caption_file
-from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split, write_manifest
+from tgfr.data.manifest import (ManifestRecord, identity_labels, read_manifest, records_digest, select_split,
+                                 write_manifest)
 
 RECORDS = [
     ManifestRecord("images/a/1.png", "10", "train", ("a man", "a person"), {"k": 1}),
@@ -238,3 +239,16 @@ def test_a_caption_utf8_cannot_encode_is_named_by_line_and_image(tmp_path, suffi
     assert str(error.value).startswith(f"{path}:{line}: a caption of image 'x.png' must be encodable as UTF-8, as the "
                                        f"text encoder's tokenizer needs, got {'glasses ' + chr(0xD800)!r} "
                                        "(a lone surrogate at position 8:")
+
+
+def test_records_digest_follows_every_field_but_meta_and_the_order():
+    digest = records_digest(RECORDS)
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert records_digest([dataclasses.replace(RECORDS[0], meta={"k": 2}), *RECORDS[1:]]) == digest
+    edits = [{"path": "images/a/2.png"}, {"identity": "11"}, {"split": "val"}, {"captions": ("a man",)},
+             {"captions": ("a person", "a man")}, {"captions": ("a man", "a person", "")}]
+    digests = {records_digest([dataclasses.replace(RECORDS[0], **edit), *RECORDS[1:]]) for edit in edits}
+    digests |= {records_digest(RECORDS[::-1]), records_digest(RECORDS[:2])}
+    assert digest not in digests and len(digests) == len(edits) + 2
+    # Fields are kept apart: text moved from one field to the next is another record.
+    assert records_digest([ManifestRecord("ab", "c", "train")]) != records_digest([ManifestRecord("a", "bc", "train")])

@@ -7,6 +7,7 @@ A run that crashed after its last checkpoint logs each step once when resumed.""
 import dataclasses
 import json
 import re
+import shutil
 
 import pytest
 import safetensors.torch
@@ -14,7 +15,9 @@ import torch
 
 import tgfr.train.run as run_module
 from tgfr.cli import main
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.output_paths import write_atomically
+from tgfr.train.batches import resolve_manifest
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
 from tgfr.train.config import load_config, to_toml
 from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
@@ -169,11 +172,12 @@ def test_a_call_that_takes_no_step_in_a_stage_adds_no_seconds_to_it(tmp_path, ti
 
 def test_a_checkpoint_of_an_older_tgfr_without_counts_resumes(tmp_path, tiny_overrides, keep_threads):
     """Checkpoints written before they carried the steps and seconds fall back to train_summary.json (the
-    counts of the calls that ended normally); written before they carried the optimizer settings, they resume."""
+    counts of the calls that ended normally); written before they carried the optimizer settings and the
+    training data's digest, they resume."""
     config = load_config("quick", tiny_overrides)
     train(config, tmp_path, stop_after=2)
     state = load_checkpoint(tmp_path / CHECKPOINT)
-    del state["summary"], state["optim"]
+    del state["summary"], state["optim"], state["data"]
     save_checkpoint(tmp_path / CHECKPOINT, state)
     train(config, tmp_path, resume=True)
     assert {name: values["steps_taken"] for name, values in summary(tmp_path).items()} == logged_steps(tmp_path)
@@ -280,6 +284,7 @@ MODEL_MISMATCH = "does not fit the model the run's config builds"
      "changed since it was written?): missing ['fusion.fine.project.weight'], unexpected []"),
     (break_losses, "does not match stage fr's losses: size mismatch for "),
     (break_optimizer, "the resume state does not fit its optimizer"),
+    (lambda state: state.update(data="0" * 63), "'data' must be a sha256 digest in hex (the training split's)"),
 ])
 def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path, tiny_overrides, keep_threads,
                                                                       damage, message):
@@ -294,6 +299,33 @@ def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path,
         train(config, tmp_path, resume=True)
     assert "\n" not in str(error.value)  # `tgfr train` prints it as one `tgfr train: error: ...` line
     assert (tmp_path / "metrics.jsonl").read_text() == log
+
+
+def test_a_resume_over_other_training_data_is_refused_before_anything_changes(tmp_path, tiny_overrides, keep_threads):
+    """A run whose training split has changed since its checkpoint (here one caption edited) would train its
+    remaining steps on other data: the resume is refused, naming the checkpoint, the split and the manifest,
+    with the run folder untouched. Records of other splits may change; the data restored, the run goes on."""
+    data = tmp_path / "data"
+    shutil.copytree(resolve_manifest(load_config("quick", tiny_overrides).data).parent, data)
+    manifest = data / "manifest.jsonl"
+    config = load_config("quick", tiny_overrides + [f'data.manifest="{manifest}"'])
+    run = tmp_path / "run"
+    train(config, run, stop_after=2)
+    records = read_manifest(manifest)
+    edited = [dataclasses.replace(record, captions=("A caption written since.", *record.captions[1:]))
+              if record.path == next(r.path for r in records if r.split == "train") else record for record in records]
+    write_manifest(manifest, edited)
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(run)])
+    assert exit_info.value.code == (
+        f"tgfr train: error: checkpoint file {run / CHECKPOINT} trained on split 'train' of manifest {manifest} as it "
+        f"was then; its images' paths, identities or captions have changed since, and resuming would train the rest "
+        f"of the run on other data: restore the data the run started with, or train a new run")
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    write_manifest(manifest, [*records, ManifestRecord("images/added.png", "new", "val", ("An added image.",))])
+    train(config, run, resume=True)
+    assert (run / "model").is_dir()
 
 
 def test_a_checkpoint_of_a_stage_dropped_from_config_toml_is_refused_naming_the_file(tmp_path, tiny_overrides,

@@ -15,6 +15,7 @@ image match itself in evaluation, count its pairs twice or leak it from test int
 """
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -223,3 +224,13 @@ def identity_labels(records: Sequence[ManifestRecord]) -> dict[str, int]:
     # isdecimal, not isdigit: "²" is a digit that int() rejects.
     key = (lambda name: (int(name), name)) if all(i.isdecimal() for i in identities) else None
     return {identity: label for label, identity in enumerate(sorted(identities, key=key))}
+
+
+def records_digest(records: Sequence[ManifestRecord]) -> str:
+    """sha256 (hex) of the records' paths, identities, splits and captions, in order (meta is left
+    out): the same records give the same digest wherever their folder lies, as paths are relative."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record.path, record.identity, record.split, list(record.captions)]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

@@ -10,6 +10,7 @@ does).
 """
 
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,9 @@ def _valid_optim(value: Any) -> bool:
 
 _RNG_SOURCES = {"python", "numpy", "torch"}
 # The parts of a training checkpoint (tgfr.train.run): key -> (check, what the value must be). The
-# optional "summary" (stage -> steps_taken and seconds up to this checkpoint) and "optim" (the
-# stage's optimizer settings, OptimConfig's fields), absent in checkpoints of older tgfr versions,
-# are checked on their own.
+# optional "summary" (stage -> steps_taken and seconds up to this checkpoint), "optim" (the
+# stage's optimizer settings, OptimConfig's fields) and "data" (tgfr.data.manifest.records_digest of
+# the training split), absent in checkpoints of older tgfr versions, are checked on their own.
 _PARTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stage": (lambda v: isinstance(v, str), "a stage name"),
     "step": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
@@ -122,6 +123,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if "optim" in state and not _valid_optim(state["optim"]):
         raise ValueError(f"checkpoint file {path}: 'optim' must be a dict of optimizer setting name -> string or "
                          f"number")
+    if "data" in state and not (isinstance(state["data"], str) and re.fullmatch(r"[0-9a-f]{64}", state["data"])):
+        raise ValueError(f"checkpoint file {path}: 'data' must be a sha256 digest in hex (the training split's)")
     return state
 
 

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from tgfr.data import CaptionCollator
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
+from tgfr.data.manifest import records_digest
 from tgfr.data.synthetic import default_cache_dir
 from tgfr.distributed import gather_objects
 from tgfr.text_formats import check_utf8, parse_json
@@ -304,6 +305,15 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     # model.backbone_weights) reads no batch, so its batch rules (world size, BatchNorm) do not apply.
     stage_data = {name: stage_batches(config, name, manifest, collate, rank, world_size, image_cache)
                   for name in config.stages[resume_index:] if name in config.trained_stages}
+    # Checkpoints record the training split they trained on: resumed over other data (another dataset
+    # written into the manifest's folder, captions edited), the run would train the rest of its steps on
+    # it without a word. Every stage reads the same split (stage_batches).
+    training_data = records_digest(next(iter(stage_data.values())).dataset.records) if stage_data else None
+    if state is not None and "data" in state and training_data not in (None, state["data"]):
+        raise ValueError(f"checkpoint file {out / CHECKPOINT} trained on split {config.data.train_split!r} of "
+                         f"manifest {manifest} as it was then; its images' paths, identities or captions have "
+                         f"changed since, and resuming would train the rest of the run on other data: restore "
+                         f"the data the run started with, or train a new run")
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         truncated = collate.check_captions(next(iter(stage_data.values())).dataset)
         if rank == 0 and truncated:
@@ -360,7 +370,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                 save_checkpoint(out / CHECKPOINT, {
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                    "summary": summary, "optim": dataclasses.asdict(optim)})
+                    "summary": summary, "optim": dataclasses.asdict(optim), "data": training_data})
 
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
                           stage_resume, drop_lost_records if stage_resume is not None else None)
