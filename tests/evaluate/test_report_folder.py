@@ -53,6 +53,17 @@ def test_a_run_reached_through_a_link_with_a_non_utf8_name_evaluates(tiny_run, t
     assert metrics[0] == metrics[1]
 
 
+def test_the_report_says_which_synthetic_set_it_evaluated(tiny_run, tmp_path):
+    """The cache folder's name does not say it: the report names the synthetic generator version of the run's
+    data, and nothing of the kind for a manifest given to the evaluation."""
+    run, config, manifest = tiny_run
+    text = evaluate(run, config, tmp_path / "synthetic", device="cpu").read_text(encoding="utf-8")
+    assert (f"; manifest: `{manifest}` (the embedded synthetic set, generator version "
+            f"{config.data.synthetic_version}); protocol: ") in text
+    text = evaluate(run, config, tmp_path / "named", manifest=manifest, device="cpu").read_text(encoding="utf-8")
+    assert f"; manifest: `{manifest}`; protocol: " in text
+
+
 def linked_images(report):
     """The files that report.md's image links point to."""
     return {unquote(target) for target in re.findall(r"!\[[^\]]*\]\(([^)]*)\)", report.read_text(encoding="utf-8"))}

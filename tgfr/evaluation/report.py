@@ -89,8 +89,9 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     """Writes out/metrics.json and out/report.md, each atomically (an error leaves an earlier report's
     file as it was); `figures` maps split -> plot file names.
 
-    context: run, manifest, protocol, gallery_per_subject, resamples, splits (report name ->
-    manifest split) and training (train_summary.json's content or None).
+    context: run, manifest, synthetic_version (of the embedded synthetic set the manifest is, or None
+    for another manifest), protocol, gallery_per_subject, resamples, splits (report name -> manifest
+    split) and training (train_summary.json's content or None).
     """
     per_subject = context["gallery_per_subject"]
     gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
@@ -106,8 +107,10 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     else:
         intervals = ("without intervals (evaluation.bootstrap_resamples = 0: no bootstrap). TAR at a FAR below "
                      "1/impostor pairs is n/a.")
+    data = f" (the embedded synthetic set, generator version {context['synthetic_version']})" \
+        if context.get("synthetic_version") is not None else ""
     lines = ["# TGFR evaluation report", "",
-             f"Run: `{context['run']}`; manifest: `{context['manifest']}`; protocol: {context['protocol']} "
+             f"Run: `{context['run']}`; manifest: `{context['manifest']}`{data}; protocol: {context['protocol']} "
              f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
              f"(identification). Figures in % {intervals}", "", "## Summary", "", *_comparison(metrics), ""]
     for split, methods in metrics.items():

@@ -147,6 +147,8 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
 
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
               training: dict[str, Any] | None) -> Path:
+    # The cache folder's name does not say which synthetic set the report is about.
+    synthetic_version = config.data.synthetic_version if manifest is None and not config.data.manifest else None
     # Absolute, so that the report names the file evaluated whatever directory it is read from.
     manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
@@ -169,7 +171,8 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                       plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
                for name, (roc, cmc) in curve_files.items()}
     heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
-    context = {"run": _printable(run), "manifest": _printable(manifest), "protocol": evaluation.protocol,
+    context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
+               "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
     report = write_report(out, metrics, figures, heatmaps, context)
