@@ -320,12 +320,27 @@ def test_a_resume_over_other_training_data_is_refused_before_anything_changes(tm
         main(["train", "--resume", "--out", str(run)])
     assert exit_info.value.code == (
         f"tgfr train: error: checkpoint file {run / CHECKPOINT} trained on split 'train' of manifest {manifest} as it "
-        f"was then; its images' paths, identities or captions have changed since, and resuming would train the rest "
-        f"of the run on other data: restore the data the run started with, or train a new run")
+        f"was then; its images' paths, identities or captions, or their order, have changed since, and resuming would "
+        f"train the rest of the run on other data: restore the data the run started with, or train a new run")
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
     write_manifest(manifest, [*records, ManifestRecord("images/added.png", "new", "val", ("An added image.",))])
     train(config, run, resume=True)
     assert (run / "model").is_dir()
+
+
+def test_a_resume_with_other_synthetic_settings_names_them(tmp_path, tiny_overrides, keep_threads):
+    """On the embedded synthetic set the data changes only with config.toml's settings: the refusal says so,
+    instead of naming a cache manifest the run never trained on."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=2)
+    edited = dataclasses.replace(config, data=dataclasses.replace(config.data, synthetic_seed=1))
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(tmp_path)])
+    assert exit_info.value.code == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} trained on another synthetic set than the run's "
+        f"config.toml now generates (its data.synthetic_* or data.train_split settings changed since), and resuming "
+        f"would train the rest of the run on other data: set them back in config.toml")
 
 
 def test_a_checkpoint_of_a_stage_dropped_from_config_toml_is_refused_naming_the_file(tmp_path, tiny_overrides,

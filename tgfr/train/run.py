@@ -310,10 +310,15 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     # it without a word. Every stage reads the same split (stage_batches).
     training_data = records_digest(next(iter(stage_data.values())).dataset.records) if stage_data else None
     if state is not None and "data" in state and training_data not in (None, state["data"]):
+        if not config.data.manifest:  # the embedded synthetic set: only config.toml's settings can have changed it
+            raise ValueError(f"checkpoint file {out / CHECKPOINT} trained on another synthetic set than the run's "
+                             f"config.toml now generates (its data.synthetic_* or data.train_split settings "
+                             f"changed since), and resuming would train the rest of the run on other data: set "
+                             f"them back in config.toml")
         raise ValueError(f"checkpoint file {out / CHECKPOINT} trained on split {config.data.train_split!r} of "
-                         f"manifest {manifest} as it was then; its images' paths, identities or captions have "
-                         f"changed since, and resuming would train the rest of the run on other data: restore "
-                         f"the data the run started with, or train a new run")
+                         f"manifest {manifest} as it was then; its images' paths, identities or captions, or their "
+                         f"order, have changed since, and resuming would train the rest of the run on other data: "
+                         f"restore the data the run started with, or train a new run")
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         truncated = collate.check_captions(next(iter(stage_data.values())).dataset)
         if rank == 0 and truncated:
