@@ -48,6 +48,13 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+def resume_refusal(run) -> str:
+    """The message with which `tgfr train --resume --out run` stops."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(run)])
+    return exit_info.value.code
+
+
 def summary(run):
     return json.loads((run / "train_summary.json").read_text())
 
@@ -208,11 +215,9 @@ def test_a_resume_with_other_optimizer_settings_is_refused_before_anything_chang
     if older and "warmup_steps" in edits:  # an older checkpoint does not say what it was trained with
         assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
         return
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--resume", "--out", str(tmp_path)])
     old_values = dataclasses.asdict(config.fr.optim)
     changed = [key for key in old_values if key in edits]
-    assert exit_info.value.code == (
+    assert resume_refusal(tmp_path) == (
         f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} was trained with "
         + ", ".join(f"fr.optim.{key} = {json.dumps(old_values[key])}" for key in changed)
         + ", but the run's config now has " + ", ".join(f"fr.optim.{key} = {json.dumps(edits[key])}" for key in changed)
@@ -316,9 +321,7 @@ def test_a_resume_over_other_training_data_is_refused_before_anything_changes(tm
               if record.path == next(r.path for r in records if r.split == "train") else record for record in records]
     write_manifest(manifest, edited)
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--resume", "--out", str(run)])
-    assert exit_info.value.code == (
+    assert resume_refusal(run) == (
         f"tgfr train: error: checkpoint file {run / CHECKPOINT} trained on split 'train' of manifest {manifest} as it "
         f"was then; its images' paths, identities or captions, or their order, have changed since, and resuming would "
         f"train the rest of the run on other data: restore the data the run started with, or train a new run")
@@ -335,9 +338,7 @@ def test_a_resume_with_other_synthetic_settings_names_them(tmp_path, tiny_overri
     train(config, tmp_path, stop_after=2)
     edited = dataclasses.replace(config, data=dataclasses.replace(config.data, synthetic_seed=1))
     (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--resume", "--out", str(tmp_path)])
-    assert exit_info.value.code == (
+    assert resume_refusal(tmp_path) == (
         f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} trained on another synthetic set than the run's "
         f"config.toml now generates (its data.synthetic_* or data.train_split settings changed since), and resuming "
         f"would train the rest of the run on other data: set them back in config.toml")
@@ -353,9 +354,7 @@ def test_a_checkpoint_of_a_stage_dropped_from_config_toml_is_refused_naming_the_
     config_file.write_text(config_file.read_text().replace('\nstages = ["fr", "align", "fuse"]\n',
                                                            '\nstages = ["align", "fuse"]\n'))
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--resume", "--out", str(tmp_path)])
-    assert exit_info.value.code == (
+    assert resume_refusal(tmp_path) == (
         f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} continues stage 'fr', but the run's config.toml "
         'now has stages = ["align", "fuse"], without it: the stages a resume continues cannot be dropped (put it '
         "back in config.toml)")
@@ -370,9 +369,7 @@ def test_a_checkpoint_of_another_model_width_is_one_error_line(tmp_path, tiny_ov
     assert "\nwidth = 4\n" in config_file.read_text()
     config_file.write_text(config_file.read_text().replace("\nwidth = 4\n", "\nwidth = 8\n"))
     log = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--resume", "--out", str(tmp_path)])
-    message = exit_info.value.code
+    message = resume_refusal(tmp_path)
     assert message.startswith(f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} {MODEL_MISMATCH} ")
     assert "model.* settings" in message and "size mismatch for backbone.conv1.weight" in message
     assert "\n" not in message and "; size mismatch for backbone.bn1.weight" in message and ".;" not in message
