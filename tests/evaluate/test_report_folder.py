@@ -1,12 +1,14 @@
-"""What `tgfr evaluate` reads and leaves in the report folder, on a run of an untrained tiny model:
-the manifest it names (never one that a relative path of an older run's config.toml happens to
-name in the current directory) and only the pictures of its own report."""
+"""What `tgfr evaluate` reads and leaves in the report folder, mostly on a run of an untrained tiny
+model: the manifest it names (never one that a relative path of an older run's config.toml happens
+to name in the current directory), a training split changed since the run, and only the pictures of
+its own report."""
 
 import dataclasses
 import errno
 import json
 import os
 import re
+import shutil
 from urllib.parse import unquote
 
 import pytest
@@ -15,11 +17,12 @@ import torch
 import tgfr.evaluation.plots as plots_module
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
+from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.evaluation import evaluate
 from tgfr.models import load_tgfr_model, save_tgfr_model
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
-from tgfr.train.run import build_model
+from tgfr.train.run import build_model, train
 
 # A 16-identity synthetic set at 32 x 32 and a tiny backbone: the report's files, not its figures, matter here.
 TINY = ["data.synthetic_identities=16", "data.synthetic_images_per_identity=4", "data.synthetic_captions_per_image=1",
@@ -62,6 +65,35 @@ def test_the_report_says_which_synthetic_set_it_evaluated(tiny_run, tmp_path):
             f"{config.data.synthetic_version}); protocol: ") in text
     text = evaluate(run, config, tmp_path / "named", manifest=manifest, device="cpu").read_text(encoding="utf-8")
     assert f"; manifest: `{manifest}`; protocol: " in text
+
+
+def test_a_training_split_changed_since_the_run_is_a_warning_in_the_report_and_on_stderr(tmp_path, capsys):
+    """The run's last checkpoint records the training split it trained on: evaluated on its own manifest after
+    that split changed (a caption edited here), the report and stderr say so; given with --manifest, or as
+    trained, it is evaluated without a word."""
+    data = tmp_path / "data"
+    base = load_config("quick", [*TINY, f'data.cache_dir="{tmp_path / "cache"}"'])
+    shutil.copytree(resolve_manifest(base.data).parent, data)
+    manifest = data / "manifest.jsonl"
+    config = load_config("quick", [*TINY, f'data.manifest="{manifest}"', "data.identities_per_batch=4",
+                                   "data.images_per_identity=2", "checkpoint_every=1",
+                                   *(f"{stage}.{key}" for stage in ("fr", "align", "fuse")
+                                     for key in ("steps=1", "optim.warmup_steps=0"))])
+    train(config, tmp_path / "run")
+    warning = "**Warning:** this manifest's training split is not the one the run's last checkpoint trained on"
+    assert warning not in evaluate(tmp_path / "run", config, tmp_path / "as_trained", device="cpu").read_text()
+    records = read_manifest(manifest)
+    first = next(i for i, record in enumerate(records) if record.split == "train")
+    records[first] = dataclasses.replace(records[first], captions=("A caption written since.",))
+    write_manifest(manifest, records)
+    capsys.readouterr()
+    assert warning in evaluate(tmp_path / "run", config, tmp_path / "changed", device="cpu").read_text()
+    assert capsys.readouterr().err == (
+        f"tgfr evaluate: warning: the 'train' split of manifest {manifest} is not the one the run's last checkpoint "
+        "trained on (its paths, identities, captions or their order changed since): the test splits evaluated may "
+        "not be those the run was trained beside\n")
+    report = evaluate(tmp_path / "run", config, tmp_path / "given", manifest=manifest, device="cpu")
+    assert warning not in report.read_text() and capsys.readouterr().err == ""
 
 
 def linked_images(report):

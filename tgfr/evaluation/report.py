@@ -90,7 +90,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     file as it was); `figures` maps split -> plot file names.
 
     context: run, manifest, synthetic_version (of the embedded synthetic set the manifest is, or None
-    for another manifest), protocol, gallery_per_subject, resamples, splits (report name -> manifest
+    for another manifest), training_split_changed (the manifest's training split is not the one the
+    run trained on), protocol, gallery_per_subject, resamples, splits (report name -> manifest
     split) and training (train_summary.json's content or None).
     """
     per_subject = context["gallery_per_subject"]
@@ -112,7 +113,12 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     lines = ["# TGFR evaluation report", "",
              f"Run: `{context['run']}`; manifest: `{context['manifest']}`{data}; protocol: {context['protocol']} "
              f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
-             f"(identification). Figures in % {intervals}", "", "## Summary", "", *_comparison(metrics), ""]
+             f"(identification). Figures in % {intervals}", ""]
+    if context.get("training_split_changed"):
+        lines += ["**Warning:** this manifest's training split is not the one the run's last checkpoint trained on "
+                  "(its paths, identities, captions or their order changed since): the test splits evaluated may "
+                  "not be those the run was trained beside.", ""]
+    lines += ["## Summary", "", *_comparison(metrics), ""]
     for split, methods in metrics.items():
         first = next(iter(methods.values()))
         lines += [f"## {split} (split `{context['splits'][split]}`)", "",

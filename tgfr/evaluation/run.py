@@ -1,6 +1,7 @@
 """`tgfr evaluate`: image-only vs TGFR embeddings on the clean and degraded test splits of a run."""
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,7 @@ import torch
 
 from tgfr.data import EvalTransform, FaceCaptionDataset, read_manifest
 from tgfr.data.dataset import manifest_record_hint
+from tgfr.data.manifest import ManifestRecord, records_digest
 from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
 from tgfr.evaluation.protocols import split_figures, verification_scores
@@ -20,6 +22,7 @@ from tgfr.output_paths import check_output_folder
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import TrainConfig, torch_threads
+from tgfr.train.run import CHECKPOINT
 from tgfr.train.stage_align import align_features
 
 # The figures of each stage in train_summary.json that the report's training table reads (a stage
@@ -114,6 +117,22 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
     return summary
 
 
+def _training_split_changed(run: Path, records: list[ManifestRecord], split: str) -> bool:
+    """Whether `split` of `records` differs from the training split that the run's last checkpoint
+    records (its records_digest); False when there is nothing to compare (no checkpoint or one of an
+    older tgfr, a checkpoint that cannot be read, a manifest without that split)."""
+    path = run / CHECKPOINT
+    if not path.is_file():
+        return False
+    try:  # mmap: only the digest is read, not the model and optimizer state
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the evaluation does not need the checkpoint; a damaged one is for --resume to name
+        return False
+    trained = state.get("data") if isinstance(state, dict) else None
+    kept = [record for record in records if record.split == split]
+    return isinstance(trained, str) and bool(kept) and records_digest(kept) != trained
+
+
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
              device: str = "auto") -> Path:
     """Evaluates run/model on config.evaluation.splits; writes report.md, metrics.json and PNGs
@@ -149,9 +168,16 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
               training: dict[str, Any] | None) -> Path:
     # The cache folder's name does not say which synthetic set the report is about.
     synthetic_version = config.data.synthetic_version if manifest is None and not config.data.manifest else None
+    data_given = manifest
     # Absolute, so that the report names the file evaluated whatever directory it is read from.
     manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
+    # Checked when the run's own data is evaluated: a manifest given on purpose may hold another training split.
+    data_changed = data_given is None and _training_split_changed(run, records, config.data.train_split)
+    if data_changed:
+        print(f"tgfr evaluate: warning: the {config.data.train_split!r} split of manifest {manifest} is not the one "
+              f"the run's last checkpoint trained on (its paths, identities, captions or their order changed since): "
+              f"the test splits evaluated may not be those the run was trained beside", file=sys.stderr)
     model = load_tgfr_model(run / "model").to(device)
     captions = CaptionFeatures(model.text_encoder, device)
     evaluation = config.evaluation
@@ -172,7 +198,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                for name, (roc, cmc) in curve_files.items()}
     heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
     context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
-               "protocol": evaluation.protocol,
+               "training_split_changed": data_changed, "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
                "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
     report = write_report(out, metrics, figures, heatmaps, context)
