@@ -69,8 +69,8 @@ def test_the_report_says_which_synthetic_set_it_evaluated(tiny_run, tmp_path):
 
 def test_a_training_split_changed_since_the_run_is_a_warning_in_the_report_and_on_stderr(tmp_path, capsys):
     """The run's last checkpoint records the training split it trained on: evaluated on its own manifest after
-    that split changed (a caption edited here), the report and stderr say so; given with --manifest, or as
-    trained, it is evaluated without a word."""
+    that split changed (a caption edited here, then the split renamed), the report and stderr say so; given
+    with --manifest, or as trained, it is evaluated without a word."""
     data = tmp_path / "data"
     base = load_config("quick", [*TINY, f'data.cache_dir="{tmp_path / "cache"}"'])
     shutil.copytree(resolve_manifest(base.data).parent, data)
@@ -94,6 +94,10 @@ def test_a_training_split_changed_since_the_run_is_a_warning_in_the_report_and_o
         "not be those the run was trained beside\n")
     report = evaluate(tmp_path / "run", config, tmp_path / "given", manifest=manifest, device="cpu")
     assert warning not in report.read_text() and capsys.readouterr().err == ""
+    # The training split renamed: its images are evaluated as test images now, the worst case of all.
+    write_manifest(manifest, [dataclasses.replace(record, split="test" if record.split == "train" else record.split)
+                              for record in records])
+    assert warning in evaluate(tmp_path / "run", config, tmp_path / "renamed", device="cpu").read_text()
 
 
 def linked_images(report):

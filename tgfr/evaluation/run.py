@@ -119,8 +119,9 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
 
 def _training_split_changed(run: Path, records: list[ManifestRecord], split: str) -> bool:
     """Whether `split` of `records` differs from the training split that the run's last checkpoint
-    records (its records_digest); False when there is nothing to compare (no checkpoint or one of an
-    older tgfr, a checkpoint that cannot be read, a manifest without that split)."""
+    records (its records_digest), a split gone from the manifest included (its images may now be in
+    another split); False when there is nothing to compare (no checkpoint, one of an older tgfr, one
+    that cannot be read)."""
     path = run / CHECKPOINT
     if not path.is_file():
         return False
@@ -130,7 +131,7 @@ def _training_split_changed(run: Path, records: list[ManifestRecord], split: str
         return False
     trained = state.get("data") if isinstance(state, dict) else None
     kept = [record for record in records if record.split == split]
-    return isinstance(trained, str) and bool(kept) and records_digest(kept) != trained
+    return isinstance(trained, str) and records_digest(kept) != trained
 
 
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
