@@ -167,14 +167,13 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
 
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
               training: dict[str, Any] | None) -> Path:
+    own_data = manifest is None  # not a manifest given on purpose, which may hold another training split
     # The cache folder's name does not say which synthetic set the report is about.
-    synthetic_version = config.data.synthetic_version if manifest is None and not config.data.manifest else None
-    data_given = manifest
+    synthetic_version = config.data.synthetic_version if own_data and not config.data.manifest else None
     # Absolute, so that the report names the file evaluated whatever directory it is read from.
     manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
-    # Checked when the run's own data is evaluated: a manifest given on purpose may hold another training split.
-    data_changed = data_given is None and _training_split_changed(run, records, config.data.train_split)
+    data_changed = own_data and _training_split_changed(run, records, config.data.train_split)
     if data_changed:
         print(f"tgfr evaluate: warning: the {config.data.train_split!r} split of manifest {manifest} is not the one "
               f"the run's last checkpoint trained on (its paths, identities, captions or their order changed since): "
