@@ -1,7 +1,7 @@
 """Benchmark results files: one JSON file per machine kind under benchmarks/results/.
 
 A file holds the machine's description, the list of runs merged into it (commit, date, torch
-version, threads, quick or full mode, command line) and the cases, keyed by "<mode>::<test id>"
+version, threads, quick or full mode, command line, other processes' share of the CPUs meanwhile) and the cases, keyed by "<mode>::<test id>"
 so that a later run of a case replaces the earlier one of the same mode and leaves the others.
 Each case keeps its pytest-benchmark group, parameters, timing statistics (seconds) and
 extra_info, plus the commit and date of the run that produced it.
@@ -12,9 +12,11 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -96,9 +98,52 @@ def commit() -> str:
     return result.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def run_description(mode: str) -> dict:
-    """Provenance of this run: commit, UTC date, versions, threads, mode and command line."""
-    return {
+def _machine_busy_seconds() -> float | None:
+    """CPU time every process of the machine has used since boot (and time the hypervisor gave to
+    other guests: steal), in seconds, from /proc/stat's first line; None without /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for (fresh-process steps)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class CpuContention:
+    """How much of the machine's CPUs other processes used while the benchmarks ran: figures timed
+    beside another job come out slower, and their run should say so.
+
+    Start it before the benchmarks; other_share() is the CPU time used meanwhile by every process
+    but this one and its children (steal included), over wall time x logical cores: 0 on an idle
+    machine, 0.5 when another job kept one of two cores busy. None without /proc/stat."""
+
+    def __init__(self):
+        self._start = (time.monotonic(), _machine_busy_seconds(), _own_cpu_seconds())
+
+    def other_share(self) -> float | None:
+        wall_start, busy_start, own_start = self._start
+        busy = _machine_busy_seconds()
+        wall = time.monotonic() - wall_start
+        if busy is None or busy_start is None or wall <= 0:
+            return None
+        others = (busy - busy_start) - (_own_cpu_seconds() - own_start)
+        # Clock ticks and rusage round differently: a short idle run can come out a little below 0.
+        return round(min(max(others / (wall * (os.cpu_count() or 1)), 0.0), 1.0), 3)
+
+
+def run_description(mode: str, contention: CpuContention | None = None) -> dict:
+    """Provenance of this run: commit, UTC date, versions, threads, mode, command line and, given the
+    run's CpuContention, other processes' share of the CPUs while it ran."""
+    description = {
         "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -107,6 +152,9 @@ def run_description(mode: str) -> dict:
         "mode": mode,
         "command": shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
     }
+    if contention is not None and (share := contention.other_share()) is not None:
+        description["other_cpu_share"] = share
+    return description
 
 
 def benchmark_case(benchmark: dict) -> dict:

@@ -204,8 +204,8 @@ def _machine_title(machine: dict) -> str:
 
 def run_list(runs: list[dict], cases: list[dict]) -> tuple[list[str], dict[tuple, str]]:
     """Markdown lines naming each run that measured one of `cases` (commit and any note on it, dates,
-    torch, threads, mode, machine, command), in the order of `runs`, and the label (r1, r2, ...) of
-    each case's run_key. Runs that differ in their date only share a label (the GPU benchmark once dated each
+    torch, threads, mode, machine, other processes' share of its CPUs, command), in the order of `runs`,
+    and the label (r1, r2, ...) of each case's run_key. Runs that differ in their date only share a label (the GPU benchmark once dated each
     of its lines); a case whose run `runs` lacks gets a label of its own commit and date."""
     measuring = {run_key(case) for case in cases}
     known = {run_key(run): run for run in runs}
@@ -216,10 +216,12 @@ def run_list(runs: list[dict], cases: list[dict]) -> tuple[list[str], dict[tuple
         machine = run.get("machine") or {}
         platform = f", {machine['platform']}" if machine.get("platform") else ""
         description = (run.get("commit"), run.get("commit_note"), run.get("torch"), run.get("threads"), run.get("mode"),
-                       run.get("command"), f"{_machine_title(machine)}{platform}" if machine else None)
+                       run.get("command"), f"{_machine_title(machine)}{platform}" if machine else None,
+                       run.get("other_cpu_share"))
         groups.setdefault(description, []).append(run)
     lines, labels = [], {}
-    for number, ((commit, note, torch, threads, mode, command, machine), members) in enumerate(groups.items(), 1):
+    for number, ((commit, note, torch, threads, mode, command, machine, other_share), members) in enumerate(
+            groups.items(), 1):
         label = f"r{number}"
         labels.update((run_key(run), label) for run in members)
         dates = [run.get("date") for run in members]
@@ -233,7 +235,8 @@ def run_list(runs: list[dict], cases: list[dict]) -> tuple[list[str], dict[tuple
         if note:
             provenance += f" ({note})"
         details = [when, f"torch {torch}" if torch else None, f"{threads} threads" if threads else None,
-                   f"{mode} mode" if mode else None, f"on {machine}" if machine else None]
+                   f"{mode} mode" if mode else None, f"on {machine}" if machine else None,
+                   f"other processes used {other_share:.0%} of its CPUs meanwhile" if other_share is not None else None]
         lines.append(f"- {label}: {provenance}; {', '.join(detail for detail in details if detail)}"
                      + (f": `{command}`" if command else ""))
     return lines, labels

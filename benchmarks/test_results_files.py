@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,55 @@ def test_machine_memory_is_memtotal_in_gib(monkeypatch):
 def test_run_description_records_torchs_threads(monkeypatch):
     monkeypatch.setattr(recording.torch, "get_num_threads", lambda: 7)
     assert recording.run_description("quick")["threads"] == 7
+
+
+def test_machine_busy_time_counts_every_state_but_idle_and_iowait(monkeypatch):
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal (guest time is already in
+    user), in clock ticks."""
+    real_open = open
+
+    def open_with_stub_stat(path, *arguments, **options):
+        if path == "/proc/stat":
+            return io.StringIO("cpu  1000 20 300 99999 7777 4 5 60 11 0\ncpu0 500 10 150 50000 3888 2 2 30 5 0\n")
+        return real_open(path, *arguments, **options)
+
+    monkeypatch.setattr(recording, "open", open_with_stub_stat, raising=False)
+    monkeypatch.setattr(recording.os, "sysconf", lambda name: 100)
+    assert recording._machine_busy_seconds() == pytest.approx((1000 + 20 + 300 + 4 + 5 + 60) / 100)
+
+
+def test_other_processes_share_is_their_cpu_time_over_wall_time_and_cores(monkeypatch):
+    """Over 4 s on 2 cores the machine used 10 CPU seconds, 4 of them this process's and its
+    children's: the others used 6 of the 8 available."""
+    clock = {"wall": 10.0, "busy": 100.0, "own": 50.0}
+    monkeypatch.setattr(recording.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(recording, "_machine_busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(recording, "_own_cpu_seconds", lambda: clock["own"])
+    monkeypatch.setattr(recording.os, "cpu_count", lambda: 2)
+    contention = recording.CpuContention()
+    clock.update(wall=14.0, busy=110.0, own=54.0)
+    assert contention.other_share() == 0.75
+    assert recording.run_description("full", contention)["other_cpu_share"] == 0.75
+    clock.update(busy=103.0)  # clock ticks round down: the machine seems to have used less than this process
+    assert contention.other_share() == 0.0
+    monkeypatch.setattr(recording, "_machine_busy_seconds", lambda: None)  # no /proc/stat
+    assert "other_cpu_share" not in recording.run_description("full", contention)
+    assert "other_cpu_share" not in recording.run_description("full")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_another_process_busy_during_the_run_is_seen():
+    """A process that is not this one (nor a child waited for) keeps a core busy for a second: most of
+    that core shows as the others' share (more if anything else ran meanwhile)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        contention = recording.CpuContention()
+        time.sleep(1.0)
+        share = contention.other_share()  # before the spinner is reaped, which would make its time the children's
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert share >= 0.6 / os.cpu_count()
 
 
 def test_machine_kind_is_a_file_name():
@@ -241,6 +291,16 @@ def test_one_commits_runs_on_several_dates_are_one_run_line_giving_the_range():
     assert lines[0].startswith(f"- r1: commit abc; dated {dates[1]} to {dates[0]} (3 dates), torch 2.13.0")
     assert lines[1].startswith(f"- r2: commit later; {run('full', 'later')['date']}, torch")
     assert labels == {**{("abc", date): "r1" for date in dates}, ("later", run("full", "later")["date"]): "r2"}
+
+
+def test_a_runs_line_says_how_much_of_the_cpus_other_processes_used():
+    """Two runs of one commit, one beside another job: separate lines, the share on the busy one's only
+    (older runs did not record it)."""
+    quiet, busy = run("full", "abc"), {**run("full", "abc"), "date": "2026-05-05T00:00:00+00:00", "other_cpu_share": 0.5}
+    lines, labels = render.run_list([quiet, busy], [{"commit": "abc", "date": r["date"]} for r in (quiet, busy)])
+    assert len(lines) == 2 and "other processes" not in lines[0]
+    assert "other processes used 50% of its CPUs meanwhile" in lines[1]
+    assert set(labels.values()) == {"r1", "r2"}
 
 
 def test_gpu_lines_that_ran_out_of_memory_are_table_rows_and_the_latest_line_of_a_case_wins(tmp_path):
