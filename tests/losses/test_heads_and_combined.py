@@ -198,6 +198,21 @@ def test_association_loss_names_its_arguments():
         loss(torch.randn(3, 8), torch.randn(3, 8, dtype=torch.float64))
 
 
+def test_association_refuses_a_temperature_that_overflows_the_cosines_before_moving_its_memory():
+    """cos / temperature past the float32 range made the softmax NaN: wrong assignments, a NaN loss, and the
+    prototypes moved with those assignments. float64 features may take such a temperature."""
+    loss = DualGranularityAssociationLoss(8, 3, temperature=1e-39)
+    memory = loss.prototypes.clone()
+    image, caption = torch.randn(6, 8), torch.randn(6, 8)
+    with pytest.raises(ValueError, match=r"temperature must be at least 2.93874e-39 .* for torch.float32 image "
+                                         r"features, got 1e-39"):
+        loss(image, caption)
+    assert torch.equal(loss.prototypes, memory)
+    assignment, confidence = loss.assign(image.double())
+    assert torch.equal(assignment, (F.normalize(image.double(), dim=1) @ memory.double().T).argmax(dim=1))
+    assert torch.isfinite(confidence).all()
+
+
 def test_association_assign_names_its_argument():
     """assign(image) is public: a wrong embedding size reached the matmul (a RuntimeError naming no argument) and
     a 1-D image raised IndexError."""

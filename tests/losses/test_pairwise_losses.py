@@ -222,6 +222,19 @@ def test_coreface_names_mismatched_views():
         CoReFaceLoss()(view, view, None)
 
 
+def test_coreface_refuses_a_scale_past_float32_before_moving_its_margin():
+    """A float32 scale past float32's range: the fused op refused it only after the training call had moved
+    the running margin, so every failed call still changed the state. float64 views may take it."""
+    views = torch.randn(4, 8), torch.randn(4, 8)
+    loss = CoReFaceLoss(scale=1e39)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="scale must be a finite positive number of at most 3.40282e"):
+            loss(*views, torch.arange(4))
+    assert loss.margin.item() == 0.0
+    assert torch.isfinite(loss(views[0].double(), views[1].double(), torch.arange(4)))
+    assert loss.margin.item() != 0.0
+
+
 def test_coreface_eval_keeps_the_margin():
     loss = CoReFaceLoss().eval()
     view = torch.randn(8, 4)

@@ -58,7 +58,8 @@ class DualGranularityAssociationLoss(nn.Module):
         embedding_size: D of the image and caption embeddings.
         num_prototypes: K pseudo-identities in the memory.
         scale: logit scale of both levels.
-        temperature: of the confidence softmax over prototypes.
+        temperature: of the confidence softmax over prototypes; at least 1 / the largest float32 number (float64
+            for float64 features), so that a cosine over it stays finite.
         min_confidence: below it an image makes no batch-level relation.
         prototype_momentum: weight of the old prototype in its update.
         local_weight, global_weight: of the two levels.
@@ -95,6 +96,11 @@ class DualGranularityAssociationLoss(nn.Module):
         check_tensor("image", image, ndim=2, dtypes=FLOAT_DTYPES)
         check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
         dtype = accumulation_dtype(image.dtype)
+        # A cosine over a smaller temperature overflows: inf logits, a NaN softmax, wrong assignments moving the memory.
+        smallest_temperature = 1.0 / torch.finfo(dtype).max
+        if self.temperature < smallest_temperature:
+            raise ValueError(f"temperature must be at least {smallest_temperature:g} (1 / the largest {dtype} number) "
+                             f"for {image.dtype} image features, got {self.temperature:g}")
         # In bf16 (autocast, or bf16 images) a cosine is off by up to 2^-9: divided by the temperature, enough to
         # flip the assignment of an image between two near prototypes and to round the confidence to 8 bits.
         with without_autocast(image.device.type):

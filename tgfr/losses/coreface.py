@@ -75,6 +75,8 @@ class CoReFaceLoss(nn.Module):
         if labels is None:
             raise ValueError("labels must be given: CoReFace zeroes the off-diagonal entries of one identity")
         check_pairs(view1, view2, labels, ("view1", "view2"))
+        # The fused op refuses such a scale too, but only after _update_margin has moved the margin.
+        check_positive("scale", self.scale, torch.finfo(accumulation_dtype(view1.dtype)).max)
         columns, offset, column_labels = view2, 0, labels
         if self.gather_ranks and is_distributed():
             columns, offset = gather_with_grad(view2)
