@@ -109,6 +109,12 @@ def word_region_scores(
 
     Under torch.autocast on CUDA, words and regions are taken in the autocast dtype (bf16 or fp16),
     as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
+
+    Norms are float32 sums of squares (float64 for float64 inputs) on every backend, the
+    reference's included: below a norm of about 1e-19 a word's or a context's square underflows,
+    the 1e-8 clamp of SPEC's cosine takes over from the true product of norms, and a cosine can pass
+    1. Words times s and regions over s give the same products and scores: an s that brings both
+    norms near 1 avoids it.
     """
     if backend != "reference":
         words, regions = autocast_inputs(words, regions)
