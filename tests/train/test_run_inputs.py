@@ -19,7 +19,7 @@ from tgfr.cli import main
 from tgfr.data import CaptionCollator
 from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.distributed import CollectiveCheckError
-from tgfr.models import IResNet, IResNetConfig, TextEncoder
+from tgfr.models import IResNet, IResNetConfig, TextEncoder, save_tgfr_model
 from tgfr.train.checkpoint import rng_state, save_checkpoint
 from tgfr.train.config import OptimConfig, config_to_dict, load_config
 from tgfr.train.loop import LoopSettings, run_stage
@@ -126,23 +126,55 @@ def test_resume_needs_one_rng_state_per_process(tmp_path, tiny_overrides, checkp
             train(config, tmp_path, resume=True)
 
 
-def test_backbone_weights_that_do_not_fit_name_the_file_and_the_key(tmp_path, tiny_overrides):
+def test_backbone_weights_that_do_not_fit_name_the_file_and_the_key_in_one_line(tmp_path, tiny_overrides):
+    """tgfr train's errors are one line: torch's message listed every key that did not fit, one per line
+    (90 lines, 14 kB, for a released backbone of another width)."""
     config = load_config("quick", tiny_overrides)
     other = IResNet(IResNetConfig.preset("iresnet_small", width=8, input_size=config.data.image_size,
                                          num_features=config.model.num_features))
     weights = tmp_path / "backbone.safetensors"
     safetensors.torch.save_file(other.state_dict(), weights)
-    config.model.backbone_weights = str(weights)
-    with pytest.raises(ValueError, match=r"(?s)model\.backbone_weights: weights file '.*backbone\.safetensors' "
-                                         r"does not fit .*size mismatch for conv1\.weight"):
-        build_model(config)
-    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "partial.pth")
-    config.model.backbone_weights = str(tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match=r"(?s)model\.backbone_weights: .*partial\.pth.*Missing key"):
-        build_model(config)
+    torch.save({"conv1.weight": torch.zeros(1), **{f"extra{i}": torch.zeros(1) for i in range(5)}},
+               tmp_path / "partial.pth")
+    for file, problems in (
+        (weights, r"size mismatch for conv1\.weight: .*; size mismatch for .*; size mismatch for .* \(and \d+ more\)$"),
+        (tmp_path / "partial.pth", r'Missing key\(s\): "bn1\.\w+", "[\w.]+", "[\w.]+" \(and \d+ more\); '
+                                   r'Unexpected key\(s\): "extra0", "extra1", "extra2" \(and 2 more\); '
+                                   r"size mismatch for conv1\.weight"),
+    ):
+        config.model.backbone_weights = str(file)
+        with pytest.raises(ValueError) as refused:
+            build_model(config)
+        message = str(refused.value)
+        assert re.match(rf"model\.backbone_weights: weights file '{re.escape(str(file))}' does not fit the configured "
+                        rf"backbone \(model\.backbone='iresnet_small', model\.width=\d+, .*\): ", message)
+        assert re.search(problems, message), message
+        assert "\n" not in message and len(message) < 1000
     config.model.backbone_weights = str(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match=r"model\.backbone_weights: weights file '.*missing\.pth' does not exist"):
         build_model(config)
+
+
+def test_a_saved_tgfr_models_weights_file_gives_its_backbone(tmp_path, tiny_overrides):
+    """A run's model/model.safetensors holds the backbone under 'backbone.' beside the other parts: as
+    model.backbone_weights it loads that backbone (and refuses it in one line when the widths differ)."""
+    config = load_config("quick", tiny_overrides)
+    saved = build_model(config)
+    with torch.no_grad():
+        for parameter in saved.parameters():
+            parameter.normal_()
+    save_tgfr_model(saved, tmp_path / "model")
+    config.model.backbone_weights = str(tmp_path / "model" / "model.safetensors")
+    loaded = build_model(config)
+    for name, tensor in saved.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[name], tensor), name
+    fresh = dict(loaded.named_parameters())  # the rest of the model is built as without the file
+    others = [(name, parameter) for name, parameter in saved.named_parameters() if not name.startswith("backbone.")]
+    assert others and not any(torch.equal(fresh[name], parameter) for name, parameter in others)
+    wider = load_config("quick", tiny_overrides + [f"model.width={config.model.width * 2}"])
+    wider.model.backbone_weights = config.model.backbone_weights
+    with pytest.raises(ValueError, match=r"does not fit the configured backbone .*: size mismatch for conv1\.weight"):
+        build_model(wider)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])

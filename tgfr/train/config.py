@@ -76,7 +76,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """backbone_weights: a released backbone (.pth / .safetensors); then the fr stage only loads it."""
+    """backbone_weights: a released backbone (.pth / .safetensors) or a saved tgfr model's model.safetensors
+    (its backbone part); then the fr stage only loads it."""
 
     backbone: str = "iresnet_small"
     width: int = 16

@@ -52,6 +52,7 @@ from tgfr.train.training_log import TrainingLog, drop_records_after, read_log
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 TEXT_ENCODER_PREFIX = "text_encoder."
+BACKBONE_PREFIX = "backbone."
 
 
 def seed_everything(seed: int) -> None:
@@ -76,7 +77,7 @@ def build_model(config: TrainConfig) -> TGFRModel:
                          f"model.max_length = {m.max_length}: {error}") from error
     if m.backbone_weights:
         try:
-            weights = load_weights_file(m.backbone_weights)
+            weights = _backbone_part(load_weights_file(m.backbone_weights), model.backbone.state_dict())
             check_weight_kinds({name: tensor.dtype for name, tensor in model.backbone.state_dict().items()},
                                {name: dtype_kind(tensor.dtype) for name, tensor in weights.items()},
                                f"weights file {m.backbone_weights!r}")
@@ -88,8 +89,17 @@ def build_model(config: TrainConfig) -> TGFRModel:
             raise ValueError(f"model.backbone_weights: weights file {m.backbone_weights!r} does not fit the configured "
                              f"backbone (model.backbone={m.backbone!r}, model.width={m.width}, "
                              f"model.num_features={m.num_features}, data.image_size={config.data.image_size}): "
-                             f"{error}") from error
+                             f"{load_error_line(error)}") from error
     return model
+
+
+def _backbone_part(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's weights of a weights file: a saved tgfr model's (model/model.safetensors) are its
+    BACKBONE_PREFIX entries, without the prefix; a released backbone's are the file's entries."""
+    if not expected.keys() & weights.keys() and any(name.startswith(BACKBONE_PREFIX) for name in weights):
+        return {name.removeprefix(BACKBONE_PREFIX): tensor for name, tensor in weights.items()
+                if name.startswith(BACKBONE_PREFIX)}
+    return weights
 
 
 def model_state(model: TGFRModel) -> dict[str, torch.Tensor]:
@@ -100,8 +110,16 @@ def model_state(model: TGFRModel) -> dict[str, torch.Tensor]:
 
 def load_error_line(error: RuntimeError) -> str:
     """torch's load_state_dict `error` as one line (tgfr train's errors are one line): torch lists one
-    problem per tab-indented line after a heading line; the first three, joined by '; '."""
-    problems = [line.strip().rstrip(".") for line in str(error).splitlines()[1:] if line.strip()]
+    problem per tab-indented line after a heading line, a missing or unexpected one with every key;
+    the first three problems, joined by '; ', each with its first three keys."""
+    problems = []
+    for line in str(error).splitlines()[1:]:
+        heading, _, keys = line.strip().rstrip(".").partition(" in state_dict: ")
+        if keys:  # 'Missing key(s) in state_dict: "a", "b", ...'
+            names = keys.split(", ")
+            heading += f": {', '.join(names[:3])}" + (f" (and {len(names) - 3} more)" if len(names) > 3 else "")
+        if heading:
+            problems.append(heading)
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     return f"{'; '.join(problems[:3])}{more}"
 
