@@ -170,6 +170,19 @@ def test_celeba_dialog_bad_input(tmp_path):
         convert_celeba_dialog(*args)
 
 
+def test_celeba_dialog_image_missing_from_the_mapping_names_the_mapping_file(tmp_path):
+    """It was blamed on the identity file, which is right, as 'CelebA None'."""
+    root, images = celeba_dialog(tmp_path)
+    mapping = root / "mapping.txt"
+    mapping.write_text("".join(mapping.read_text().splitlines(keepends=True)[:-1]))  # no row for 5.jpg
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    with pytest.raises(ValueError, match=rf"^image 5.jpg has no row in the CelebA-HQ mapping file {re.escape(str(mapping))} "
+                                         r"\(pass bad_files='skip'"):
+        convert_celeba_dialog(*args, hq_mapping=mapping)
+    records, skipped = convert_celeba_dialog(*args, hq_mapping=mapping, bad_files="skip")
+    assert len(records) == 5 and skipped == [f"image 5.jpg has no row in the CelebA-HQ mapping file {mapping}"]
+
+
 def test_celeba_dialog_corrupt_image(tmp_path):
     root, images = celeba_dialog(tmp_path)
     (images / "3.jpg").write_bytes(b"GIF89a? no")

@@ -320,7 +320,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
         celeba_name = mapping.get(Path(name).stem) if mapping is not None else name
         image = images_dir / name
         problem = None
-        if celeba_name not in celeba_identity:
+        if celeba_name is None:
+            problem = f"image {name} has no row in the CelebA-HQ mapping file {hq_mapping}"
+        elif celeba_name not in celeba_identity:
             problem = f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}"
         else:
             try:
