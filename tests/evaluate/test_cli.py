@@ -12,6 +12,7 @@ import torch
 
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
+from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.output_paths import write_atomically
 from tgfr.train.batches import synthetic_config
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
@@ -131,6 +132,28 @@ def test_bad_data_is_a_clean_error(run):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--run", str(run)])
     assert "absent.jsonl does not exist" in str(exit_.value.code)
+
+
+def test_a_split_to_evaluate_that_the_manifest_lacks_or_holds_one_identity_of_is_named_before_any_work(run, tmp_path):
+    """Training on manifest.jsonl after `tgfr data degrade` wrote manifest_test_degraded.jsonl stopped with
+    "split ['test_degraded'] has no records" after the clean split was embedded, naming no manifest."""
+    manifest = tmp_path / "absent.jsonl"  # the run's data.manifest
+    write_manifest(manifest, [ManifestRecord(f"{split}/{i}.png", f"{split}{i % 2}", split, ("a face",))
+                              for split in ("train", "test") for i in range(4)])
+    message = evaluate_error("--run", str(run))
+    assert message == (f"tgfr evaluate: error: evaluation.splits.degraded = 'test_degraded': manifest {manifest} has "
+                       f"no such split (its splits: ['test', 'train']); evaluate with --manifest FILE, a manifest "
+                       f"holding every split evaluated, or set evaluation.splits")
+    degraded = tmp_path / "absent_test_degraded.jsonl"
+    degraded.write_text("")
+    assert f"`tgfr data degrade` wrote it into {degraded}: evaluate with --manifest {degraded}" in evaluate_error(
+        "--run", str(run))
+    write_manifest(manifest, [ManifestRecord(f"{split}/{i}.png", "one", split, ("a face",)) for split in
+                              ("train", "test", "test_degraded") for i in range(4)])
+    assert evaluate_error("--run", str(run)) == (
+        f"tgfr evaluate: error: evaluation.splits.clean = 'test': split 'test' of manifest {manifest} holds images "
+        f"of one identity; verification needs 2 or more")
+    assert not (run / "report").exists()
 
 
 def test_pairs_without_impostor_subjects_is_named(run):

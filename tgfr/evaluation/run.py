@@ -21,7 +21,7 @@ from tgfr.ops import word_region_attention
 from tgfr.output_paths import check_output_folder
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
-from tgfr.train.config import TrainConfig, torch_threads
+from tgfr.train.config import EvaluationConfig, TrainConfig, torch_threads
 from tgfr.train.run import CHECKPOINT
 from tgfr.train.stage_align import align_features
 
@@ -165,6 +165,29 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
         return _evaluate(run, config, out, manifest, device, training)
 
 
+def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[ManifestRecord], manifest: Path,
+                            own_data: bool) -> None:
+    """Refuses, before any image is embedded, a split of evaluation.splits that the manifest lacks or that
+    holds one identity (verification then has no impostor pair)."""
+    identities: dict[str, set[str]] = {}
+    for record in records:
+        identities.setdefault(record.split, set()).add(record.identity)
+    for name, split in evaluation.splits.items():
+        found = len(identities.get(split, ()))
+        setting = f"evaluation.splits.{name} = {split!r}"
+        if not found:
+            # `tgfr data degrade` writes the manifest with its copy beside this one unless told to add it here.
+            degraded = manifest.with_name(f"{manifest.stem}_{split}.jsonl")
+            remedy = (f"; `tgfr data degrade` wrote it into {degraded}: evaluate with --manifest {degraded}"
+                      if own_data and degraded.is_file() else "; evaluate with --manifest FILE, a manifest holding "
+                      "every split evaluated, or set evaluation.splits")
+            raise ValueError(f"{setting}: manifest {manifest} has no such split (its splits: {sorted(identities)})"
+                             f"{remedy}")
+        if found == 1:
+            raise ValueError(f"{setting}: split {split!r} of manifest {manifest} holds images of one identity; "
+                             f"verification needs 2 or more")
+
+
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
               training: dict[str, Any] | None) -> Path:
     own_data = manifest is None  # not a manifest given on purpose, which may hold another training split
@@ -173,6 +196,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     # Absolute, so that the report names the file evaluated whatever directory it is read from.
     manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
+    _check_evaluated_splits(config.evaluation, records, manifest, own_data)
     data_changed = own_data and _training_split_changed(run, records, config.data.train_split)
     if data_changed:
         print(f"tgfr evaluate: warning: the {config.data.train_split!r} split of manifest {manifest} is not the one "
