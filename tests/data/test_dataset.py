@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import pickle
 import re
@@ -11,7 +12,7 @@ from PIL import Image
 from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
 from tgfr.data.files import load_image
 from tgfr.data.image_cache import DecodedImageCache
-from tgfr.data.manifest import ManifestRecord, write_manifest
+from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.sampler import IdentityBalancedBatchSampler, ShuffledBatchSampler
 from tgfr.data.transforms import EvalTransform, TrainTransform
 
@@ -226,6 +227,24 @@ def test_missing_image_error_or_skip(manifest):
     (manifest.parent / "images/3_2.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"3_2.png is corrupt"):
         dataset[5]
+
+
+def test_an_image_without_captions_is_an_error_with_the_callers_remedy_or_skipped(manifest):
+    records = read_manifest(manifest)
+    records[4] = dataclasses.replace(records[4], captions=())
+    with pytest.raises(ValueError, match=r"^image images/3_1.png has no captions in the manifest, and a text-guided "
+                                         r"model reads one of every image \(fix or remove that image's record in "
+                                         r"manifest M\)$"):
+        FaceCaptionDataset(records, split="train", root=manifest.parent, bad_image_hint="fix or remove that "
+                           "image's record in manifest M")
+    dataset = FaceCaptionDataset(records, split="train", root=manifest.parent, bad_images="skip")
+    assert [r.path for r in dataset.records] == [r.path for r in records[:9] if r.path != "images/3_1.png"]
+    assert dataset.skipped == [str(manifest.parent / "images/3_1.png")]
+    assert len(FaceCaptionDataset(records, split="train", root=manifest.parent, require_captions=False)) == 9
+    with pytest.raises(ValueError, match=r"no usable images left in split 'test' \(1 missing, corrupt or without "
+                                         r"captions\)"):
+        FaceCaptionDataset([dataclasses.replace(records[9], captions=())], split="test", root=manifest.parent,
+                           bad_images="skip")
 
 
 @pytest.mark.parametrize("corrupt", [

@@ -29,8 +29,9 @@ class FaceCaptionDataset(Dataset):
         transform: called as transform(pil_image, rng) -> (3, 112, 112) tensor; EvalTransform by default.
         captions_per_sample: captions drawn per item (without replacement while the image has enough).
         seed: base seed; with `set_epoch` every caption draw and random transform is reproducible.
-        bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image)
-            at construction; "skip" drops such images and lists their paths in `skipped`.
+        bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image),
+            or with require_captions one without captions, at construction; "skip" drops such images and
+            lists their paths in `skipped`.
         bad_image_hint: what that error tells the reader to do, in parentheses after it (a caller that
             does not expose bad_images names its own remedy); so does the error of an image that breaks
             after construction, when an item reads it.
@@ -81,10 +82,15 @@ class FaceCaptionDataset(Dataset):
                 self.skipped.append(str(path))
                 continue
             if require_captions and not record.captions:
-                raise ValueError(f"image {record.path} has no captions in the manifest")
+                if bad_images == "error":
+                    raise ValueError(f"image {record.path} has no captions in the manifest, and a text-guided model "
+                                     f"reads one of every image ({bad_image_hint})")
+                self.skipped.append(str(path))
+                continue
             kept.append(record)
         if not kept:
-            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} missing or corrupt)")
+            without = " or without captions" if require_captions else ""
+            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} missing, corrupt{without})")
         self.root = manifest_root
         self.records = kept
         self.label_of = identity_labels(kept)

@@ -6,7 +6,8 @@ A manifest is a JSON Lines file (or a CSV file) with one record per image:
      "captions": ["The man has ...", "This person ..."], "meta": {...}}
 
 `path` is relative to the manifest's folder, `identity` is a string (integers are read as
-strings), `captions` is a list of strings (may be empty for image-only data) and `meta` is an
+strings), `captions` is a list of strings (may be empty for image-only data, though `tgfr train` and
+`tgfr evaluate` refuse an image without one: the text-guided model reads a caption of every image) and `meta` is an
 optional JSON object passed through untouched. CSV manifests have the columns
 path,identity,split,captions[,meta] where captions is a JSON list and meta a JSON object.
 
