@@ -114,12 +114,12 @@ def load_error_line(error: RuntimeError) -> str:
     the first three problems, joined by '; ', each with its first three keys."""
     problems = []
     for line in str(error).splitlines()[1:]:
-        heading, _, keys = line.strip().rstrip(".").partition(" in state_dict: ")
+        problem, _, keys = line.strip().rstrip(".").partition(" in state_dict: ")
         if keys:  # 'Missing key(s) in state_dict: "a", "b", ...'
             names = keys.split(", ")
-            heading += f": {', '.join(names[:3])}" + (f" (and {len(names) - 3} more)" if len(names) > 3 else "")
-        if heading:
-            problems.append(heading)
+            problem += f": {', '.join(names[:3])}" + (f" (and {len(names) - 3} more)" if len(names) > 3 else "")
+        if problem:
+            problems.append(problem)
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     return f"{'; '.join(problems[:3])}{more}"
 
