@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
 from tgfr.data.files import load_image
@@ -264,9 +265,61 @@ def test_corrupt_image_error_or_skip_at_construction(manifest, corrupt):
     assert dataset[4]["image"].shape == (3, 112, 112)
 
 
+def items_as_they_are(items):
+    return items
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_workers(manifest, context):
+    """Persistent DataLoader workers keep their copy of the dataset across epochs: an epoch set as a plain
+    attribute never reached them, and every epoch repeated epoch 0's captions and augmentations."""
+    dataset = FaceCaptionDataset(manifest, split="train", transform=TrainTransform(32))
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=context, collate_fn=items_as_they_are)
+    for epoch in (0, 1, 0, 5):
+        dataset.set_epoch(epoch)
+        loaded = [item for batch in loader for item in batch]
+        in_process = [dataset[i] for i in range(len(dataset))]
+        assert [item["caption"] for item in loaded] == [item["caption"] for item in in_process], epoch
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(loaded, in_process)), epoch
+    dataset.set_epoch(0)
+    first = [dataset[i]["caption"] for i in range(len(dataset))]
+    dataset.set_epoch(1)
+    assert first != [dataset[i]["caption"] for i in range(len(dataset))]
+
+
+def test_items_are_indexed_as_a_list_is(manifest):
+    dataset = FaceCaptionDataset(manifest, split="train")
+    assert dataset[-1]["index"] == len(dataset) - 1
+    assert dataset[-1]["caption"] == dataset[len(dataset) - 1]["caption"]
+    assert dataset[torch.tensor(3)]["index"] == 3  # SubsetRandomSampler's indices are 0-d tensors
+    assert dataset[(np.int64(2), 1)]["index"] == 2
+    for index in (len(dataset), -len(dataset) - 1):
+        with pytest.raises(IndexError, match=rf"index {index} is out of range for the 9 images of the dataset"):
+            dataset[index]
+    with pytest.raises(TypeError):
+        dataset[1.0]
+
+
 def test_bad_arguments(manifest):
     with pytest.raises(ValueError, match="captions_per_sample"):
         FaceCaptionDataset(manifest, captions_per_sample=0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        FaceCaptionDataset(manifest, seed=-1)
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
+        FaceCaptionDataset(manifest).set_epoch(-1)
+    with pytest.raises(TypeError, match="epoch must be an integer, got float 1.5"):
+        FaceCaptionDataset(manifest).set_epoch(1.5)
+    for sampler in (IdentityBalancedBatchSampler([0, 0, 1, 1], 2, 2), ShuffledBatchSampler(4, 2)):
+        with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
+            sampler.set_epoch(-1)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        IdentityBalancedBatchSampler([0, 0, 1, 1], 2, 2, seed=-1)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        ShuffledBatchSampler(4, 2, seed=-1)
+    for name, value in (("flip_p", float("nan")), ("grayscale_p", 1.5), ("flip_p", -0.1)):
+        with pytest.raises(ValueError, match=rf"{name} must be a (finite number|probability in \[0, 1\])"):
+            TrainTransform(**{name: value})
     with pytest.raises(ValueError, match="root must be given"):
         FaceCaptionDataset([ManifestRecord("x.png", "1", "train", ("c",))])
     with pytest.raises(ValueError, match="split"):

@@ -51,6 +51,11 @@ def test_no_pair_is_listed_twice(images, seed):
     assert len(compared) == 30 * 29 // 2
 
 
+def test_a_negative_seed_is_named():
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        make_verification_pairs(records(), seed=-1)
+
+
 def test_pairs_deterministic_and_seeded():
     assert make_verification_pairs(records(), seed=1, impostor_subjects=4) == \
         make_verification_pairs(list(reversed(records())), seed=1, impostor_subjects=4)

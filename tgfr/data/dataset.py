@@ -1,5 +1,6 @@
 """Face-caption dataset over a manifest, and the collate function that tokenizes captions."""
 
+import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split
 from tgfr.data.transforms import EvalTransform
+from tgfr.validation import check_count
 
 Transform = Callable[..., torch.Tensor]
 
@@ -97,16 +99,23 @@ class FaceCaptionDataset(Dataset):
         self.labels = torch.tensor([self.label_of[r.identity] for r in kept], dtype=torch.int64)
         self.transform = transform if transform is not None else EvalTransform()
         self.captions_per_sample = captions_per_sample
-        self.seed = seed
-        self.epoch = 0
+        self.seed = check_count("seed", seed, minimum=0)
+        # In shared memory: DataLoader workers load items from copies of the dataset, and persistent workers
+        # keep theirs across epochs, so a plain attribute set by set_epoch would not reach them.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
     def num_classes(self) -> int:
         return len(self.label_of)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Changes the caption draws and random transforms for a new epoch."""
-        self.epoch = epoch
+        """Changes the caption draws and random transforms for a new epoch, in the DataLoader workers
+        that load the items too (persistent ones included)."""
+        self._epoch.fill_(check_count("epoch", epoch, minimum=0))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -120,11 +129,17 @@ class FaceCaptionDataset(Dataset):
         return [captions[i] for i in chosen]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        """key: an index, or (index, draw) for the draw-th repeat of an image in one batch (the
-        identity-balanced sampler's), which draws its own augmentation and captions (they may
-        still coincide with the original's when there are few to draw from)."""
+        """key: an index (negative ones count from the end, as in a list), or (index, draw) for the
+        draw-th repeat of an image in one batch (the identity-balanced sampler's), which draws its own
+        augmentation and captions (they may still coincide with the original's when there are few to
+        draw from)."""
         index, draw = key if isinstance(key, tuple) else (key, 0)
-        seed = (self.seed, self.epoch, index) if draw == 0 else (self.seed, self.epoch, index, draw)
+        index = operator.index(index)  # a 0-d integer tensor too (SubsetRandomSampler yields those)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for the {len(self)} images of the dataset")
+        index %= len(self)
+        epoch = self.epoch
+        seed = (self.seed, epoch, index) if draw == 0 else (self.seed, epoch, index, draw)
         rng = np.random.default_rng(seed)
         record = self.records[index]
         captions = self.sample_captions(index, rng)

@@ -22,6 +22,7 @@ from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
 from tgfr.text_formats import parse_json
 from tgfr.output_paths import write_atomically
+from tgfr.validation import check_count
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None
     subjects = _images_by_subject(select_split(records, split))
     if len(subjects) < 2:
         raise ValueError(f"verification needs at least 2 subjects in split {split!r}, got {len(subjects)}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_count("seed", seed, minimum=0))
     count = min(impostor_subjects, len(subjects) - 1)
     pairs, first_pairs = [], set()  # first_pairs: impostor pairs of two first images, as drawn
     for subject, images in enumerate(subjects):

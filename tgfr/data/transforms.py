@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from tgfr.data.files import to_rgb
+from tgfr.validation import check_finite_number
 
 IMAGE_SIZE = 112
 
@@ -46,7 +47,10 @@ class TrainTransform:
     """Resize, horizontal flip (p=0.5), grayscale (p=0.2, kept 3-channel), normalize."""
 
     def __init__(self, size: int = IMAGE_SIZE, flip_p: float = 0.5, grayscale_p: float = 0.2):
-        self.size, self.flip_p, self.grayscale_p = size, flip_p, grayscale_p
+        for name, value in (("flip_p", flip_p), ("grayscale_p", grayscale_p)):
+            if not 0.0 <= check_finite_number(name, value) <= 1.0:  # NaN would silently never flip
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        self.size, self.flip_p, self.grayscale_p = size, float(flip_p), float(grayscale_p)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         """As EvalTransform, with the random flip and greyscale drawn from `rng`."""
