@@ -128,6 +128,14 @@ def test_bad_overrides_are_named(override, message):
         load_config("quick", [override])
 
 
+def test_overrides_given_as_one_string_are_refused():
+    """Iterated, "fr.steps=3" was read as overrides "f", "r", ...: the error named the character 'f'."""
+    with pytest.raises(TypeError, match=r"^overrides must be a list of 'key=value' strings, got the string "
+                                        r"'fr\.steps=3'$"):
+        load_config("quick", "fr.steps=3")
+    assert load_config("quick", ("fr.steps=30",)).fr.steps == 30
+
+
 def test_the_largest_image_size_is_accepted():
     assert load_config("quick", ["data.image_size=1024"]).data.image_size == 1024
 

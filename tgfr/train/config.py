@@ -520,7 +520,9 @@ def torch_threads(config: TrainConfig) -> typing.Iterator[None]:
 
 
 def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:
-    """Reads a complete preset and applies `key=value` overrides."""
+    """Reads a complete preset and applies `key=value` overrides (a list of strings)."""
+    if isinstance(overrides, str):  # iterated, a string would be read as one override per character
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
     path = find_preset(preset)
     try:
         values = parse_toml(path.read_text(encoding="utf-8"))
