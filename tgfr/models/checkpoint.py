@@ -20,6 +20,7 @@ from tgfr.text_formats import parse_json
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
 from tgfr.output_paths import replace_entries_atomically
+from tgfr.torch_files import load_torch_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,8 +40,8 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(path, device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # an empty file: torch.load's EOFError has no message
+            state = load_torch_file(path)
+    except Exception as error:  # an empty .safetensors file: its error has no message
         raise ValueError(f"weights file {str(path)!r} could not be read: {str(error) or type(error).__name__}") from error
     if not isinstance(state, dict):
         raise ValueError(f"weights file {str(path)!r} must hold a state dict (name -> tensor), got {type(state).__name__}")

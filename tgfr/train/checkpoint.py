@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tgfr.output_paths import write_atomically
+from tgfr.torch_files import load_torch_file
 
 
 def rng_state() -> dict[str, Any]:
@@ -102,11 +103,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Reads a training checkpoint with weights_only=True and checks that it holds every part of one;
     errors are ValueErrors naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint file {path} is a folder, not a file")
     if not path.is_file():
         raise ValueError(f"checkpoint file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+        state = load_torch_file(path)
+    except (OSError, ValueError) as error:
         raise ValueError(f"checkpoint file {path} could not be read: {error}") from error
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (not a dict)")

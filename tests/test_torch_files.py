@@ -1,0 +1,50 @@
+"""Files torch.save did not write, or wrote with objects tgfr does not unpickle, are refused in one
+short line naming why, wherever tgfr reads one (backbone weights, training checkpoints)."""
+
+import collections
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from tgfr.models import load_weights_file
+from tgfr.train.checkpoint import load_checkpoint
+
+
+def saved_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(3)}, buffer)
+    return buffer.getvalue()
+
+
+REFUSED = ("it is a pickle of objects other than tensors and plain containers (or a pickle not written by torch.save), "
+           "which tgfr does not unpickle: torch.load(weights_only=True) refuses it")
+CORRUPT = "it is corrupt, truncated or not a file torch.save wrote"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (pickle.dumps({"conv1.weight": torch.zeros(3)}, protocol=4), REFUSED),  # a plain pickle: torch's text had 8 lines
+    (pickle.dumps(collections.Counter(a=1), protocol=2), CORRUPT + " (Invalid magic number; corrupt file?)"),
+    (b"hello world\n", CORRUPT),  # torch said "101", the opcode of 'e'
+    (b"", CORRUPT),
+    (saved_bytes()[:200], CORRUPT + " (PytorchStreamReader failed reading zip archive: failed finding central "
+                                    "directory)"),
+])
+@pytest.mark.parametrize("reader, description", [(load_weights_file, "weights file '{}'"),
+                                                 (load_checkpoint, "checkpoint file {}")])
+def test_a_file_torch_load_refuses_is_one_line_saying_why(tmp_path, content, reason, reader, description):
+    path = tmp_path / "file.pth"
+    path.write_bytes(content)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ValueError) as refused:
+        warnings.simplefilter("always")
+        reader(path)
+    assert str(refused.value) == f"{description.format(path)} could not be read: {reason}"
+    assert not [warning for warning in caught if "pickle protocol" in str(warning.message)]
+
+
+def test_a_folder_where_the_checkpoint_should_be_is_named_as_one(tmp_path):
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(ValueError, match=r"^checkpoint file .*last\.pt is a folder, not a file$"):
+        load_checkpoint(tmp_path / "last.pt")

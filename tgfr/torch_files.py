@@ -1,0 +1,33 @@
+"""Reading files written by torch.save (released backbones, training checkpoints) without unpickling
+objects: torch.load(weights_only=True), with a failure told in one short line. tgfr's errors are one
+line naming the file; torch's run to paragraphs of advice, links and terminal colours (a refused
+pickle) or come down to a bare pickle opcode (a text file)."""
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REFUSED_PICKLE = ("it is a pickle of objects other than tensors and plain containers (or a pickle not written by "
+                  "torch.save), which tgfr does not unpickle: torch.load(weights_only=True) refuses it")
+_CORRUPT = "it is corrupt, truncated or not a file torch.save wrote"
+
+
+def load_torch_file(path: Path) -> Any:
+    """torch.load(path, map_location="cpu", weights_only=True). A file torch cannot read so is a
+    ValueError saying why in one line; an OSError (permissions, a folder) passes through."""
+    with warnings.catch_warnings():
+        # "Detected pickle protocol 4 in the checkpoint": two lines of warning before the file's own error.
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except pickle.UnpicklingError as error:
+            raise ValueError(REFUSED_PICKLE if "Weights only load failed" in str(error) else _CORRUPT) from error
+        except Exception as error:  # EOFError (empty), KeyError('105') (text), RuntimeError (a broken archive)
+            # torch's first sentence where it says something ("failed finding central directory"), not an opcode.
+            detail = str(error).split("\n")[0].split(". ")[0][:160]
+            raise ValueError(_CORRUPT + (f" ({detail})" if any(c.isalpha() for c in detail) else "")) from error
