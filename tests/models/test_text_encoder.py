@@ -1,15 +1,19 @@
 import json
+import pickle
 import re
 import shutil
 import socket
 import warnings
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
 from tgfr.models import TextEncoder, packaged_minilm_path
+from tgfr.models.text_encoder import TextModelFilesError
+from tgfr.torch_files import REFUSED_PICKLE
 
 CAPTIONS = ["The woman has blond hair and wears heavy makeup.", "He is a young man with a beard."]
 
@@ -231,6 +235,30 @@ def test_missing_vocabulary_is_an_error(tiny_bert_dir, tmp_path):
         shutil.copy(tiny_bert_dir / name, stripped / name)
     with pytest.raises(ValueError, match="no vocabulary beyond its"):
         TextEncoder(stripped)
+
+
+def test_text_model_folders_that_do_not_load_are_one_line_saying_why(tiny_bert_dir, tmp_path):
+    """transformers' messages ran to paragraphs: an empty folder asked for sentencepiece or tiktoken, an
+    unknown model type for a transformers upgrade, a pickled pytorch_model.bin for torch's weights-only advice."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TextModelFilesError, match=rf"^text model folder {re.escape(str(empty))} holds no config\.json"):
+        TextEncoder(empty)
+    unknown = tmp_path / "unknown"
+    shutil.copytree(tiny_bert_dir, unknown)
+    (unknown / "config.json").write_text('{"model_type": "bogus"}')
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_bert_dir, pickled)
+    weights = safetensors.torch.load_file(pickled / "model.safetensors")
+    (pickled / "model.safetensors").unlink()
+    with (pickled / "pytorch_model.bin").open("wb") as stream:
+        pickle.dump(weights, stream, protocol=4)
+    for folder, reason in ((unknown, r"ValueError: .*bogus"), (pickled, re.escape(REFUSED_PICKLE) + "$")):
+        with pytest.raises(TextModelFilesError) as refused:
+            TextEncoder(folder)
+        message = str(refused.value)
+        assert "\n" not in message and len(message) < 600, message
+        assert re.search(rf"text model folder {re.escape(str(folder))} do not load: {reason}", message), message
 
 
 def test_a_caption_utf8_cannot_encode_is_named_by_index(tiny_bert_dir):

@@ -11,6 +11,7 @@ with input width L the word axis has T = L - 2 positions and word t of caption i
 t < lengths[i] (TGFR: max_length 24 -> T = 22).
 """
 
+import re
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from tgfr.models.freezing import FreezableModule
 from tgfr.text_formats import check_caption_utf8
+from tgfr.torch_files import REFUSED_PICKLE
 from tgfr.word_mask import valid_word_mask
 from tgfr.validation import check_nonempty, check_same_device, check_tensor
 
@@ -35,6 +37,15 @@ def packaged_minilm_path() -> Path:
 
 class TextModelFilesError(ValueError):
     """A text model folder whose files do not load; the message names the folder."""
+
+
+def _library_reason(error: Exception) -> str:
+    """transformers' (or torch's) exception as one line for TextModelFilesError: its type and first
+    line, at most 300 characters; its messages run to several paragraphs of advice and links."""
+    if "Weights only load failed" in str(error):
+        return REFUSED_PICKLE
+    first = next((line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
 
 
 class TextFeatures(NamedTuple):
@@ -75,6 +86,10 @@ class TextEncoder(FreezableModule):
         path = Path(name_or_path) if name_or_path is not None else packaged_minilm_path()
         if not path.is_dir():
             raise ValueError(f"name_or_path must be a local model directory, got {str(path)!r} (not a directory)")
+        if not (path / "config.json").is_file():
+            # transformers' own message for it sends the user to install sentencepiece or tiktoken.
+            raise TextModelFilesError(f"text model folder {path} holds no config.json (a Hugging Face model folder, "
+                                      f"as save_pretrained writes it)")
         self.name_or_path = path
         self.max_length = max_length
         self.sentence_pooling = sentence_pooling
@@ -84,7 +99,7 @@ class TextEncoder(FreezableModule):
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except Exception as error:
             raise TextModelFilesError(f"the tokenizer files of text model folder {path} do not load: "
-                                      f"{type(error).__name__}: {error}") from error
+                                      f"{_library_reason(error)}") from error
         if self.tokenizer.num_special_tokens_to_add() != 2:
             raise TextModelFilesError(
                 f"tokenizer in {path} must add exactly 2 special tokens (begin and end), "
@@ -111,7 +126,7 @@ class TextEncoder(FreezableModule):
             self.model = self._load_model(path, pretrained)
         except Exception as error:
             raise TextModelFilesError(f"the model files (config.json, weights) of text model folder {path} do not "
-                                      f"load: {type(error).__name__}: {error}") from error
+                                      f"load: {_library_reason(error)}") from error
         # Positions past the model's embedding table fail only at the first forward, deep in the model.
         limit = self.max_positions
         if limit is not None and max_length > limit:
