@@ -126,8 +126,12 @@ def test_ensure_reuses_cache(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="identities must be a positive integer"):
+    with pytest.raises(ValueError, match=r"^identities must be an integer in \[1, 10000000\], got 0$"):
         SyntheticConfig(identities=0)
+    # Sizes numpy's draws refuse only after the folder's marker is written ("Maximum allowed size exceeded").
+    for name, limit in (("identities", 10**7), ("images_per_identity", 10**5), ("captions_per_image", 10**4)):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer in \[1, {limit}\], got {limit + 1}$"):
+            SyntheticConfig(**{name: limit + 1})
     with pytest.raises(ValueError, match="sum < 1"):
         SyntheticConfig(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="degradation split names"):

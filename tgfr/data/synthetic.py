@@ -44,6 +44,11 @@ DEFAULT_DEGRADATION = "down24+celeba"
 MARKER = "synthetic.json"
 
 
+# Far past any use, and below the sizes at which numpy's draws fail ("Maximum allowed size exceeded")
+# after the folder's marker is written.
+SIZE_LIMITS = {"identities": 10**7, "images_per_identity": 10**5, "captions_per_image": 10**4}
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Parameters of a synthetic dataset; equal configs give identical datasets. version: the
@@ -59,10 +64,10 @@ class SyntheticConfig:
     version: int = GENERATOR_VERSION
 
     def __post_init__(self):
-        for name in ("identities", "images_per_identity", "captions_per_image"):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be >= 0 with sum < 1, got "
                              f"{self.val_fraction} and {self.test_fraction}")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from tgfr.data.degrade import parse_recipe
-from tgfr.data.synthetic import GENERATOR_VERSION
+from tgfr.data.synthetic import GENERATOR_VERSION, SIZE_LIMITS as SYNTHETIC_SIZE_LIMITS
 from tgfr.output_paths import temporary_name
 from tgfr.text_formats import check_utf8, parse_toml
 from tgfr.validation import check_choice, check_positive
@@ -266,14 +266,17 @@ class TrainConfig:
         check_choice("evaluation.protocol", self.evaluation.protocol, ("all_pairs", "pairs"))
         check_choice("model.backbone", self.model.backbone, tuple(IRESNET_LAYERS))
         check_choice("model.fusion", self.model.fusion, FUSIONS)
-        minimum = {"threads": 0, "checkpoint_every": 1, "log_every": 1, "data.synthetic_identities": 1,
-                   "data.synthetic_images_per_identity": 1, "data.synthetic_captions_per_image": 1,
-                   "data.identities_per_batch": 1, "data.images_per_identity": 1,
-                   "data.loader_workers": 0, "model.width": 1, "model.num_features": 1, "model.max_length": 3,
-                   "model.dim": 1, "model.fine_dim": 1, "fr.steps": 1, "align.steps": 1, "fuse.steps": 1,
-                   "align.num_prototypes": 1, **{f"{stage}.optim.warmup_steps": 0 for stage in STAGES}}
-        for key, low in minimum.items():
-            _check_integer(key, self._get(key), low)
+        # Upper bounds far past any use: larger values passed this check and then failed inside torch or numpy
+        # (an integer overflow, an allocation of terabytes), with a traceback naming no setting.
+        bounds = {"threads": (0, 4097), "checkpoint_every": (1, None), "log_every": (1, None),
+                  **{f"data.synthetic_{name}": (1, limit + 1) for name, limit in SYNTHETIC_SIZE_LIMITS.items()},
+                  "data.identities_per_batch": (1, 2**20), "data.images_per_identity": (1, 2**20),
+                  "data.loader_workers": (0, 1025), "model.width": (1, 2**16), "model.num_features": (1, 2**16),
+                  "model.max_length": (3, 2**16), "model.dim": (1, 2**16), "model.fine_dim": (1, 2**16),
+                  "fr.steps": (1, 2**48), "align.steps": (1, 2**48), "fuse.steps": (1, 2**48),
+                  "align.num_prototypes": (1, 2**20), **{f"{stage}.optim.warmup_steps": (0, None) for stage in STAGES}}
+        for key, (low, high) in bounds.items():
+            _check_integer(key, self._get(key), low, high)
         # The batch order seeds a torch generator with (seed + stage index) * 100003 + epoch, which must
         # fit in 64 bits: a larger seed would fail only once training has started.
         for key in ("seed", "data.synthetic_seed"):
