@@ -206,6 +206,9 @@ def test_celeba_dialog_corrupt_image(tmp_path):
     ("splits.csv", "".join(f"{i}.jpg,train\n" for i in range(6)) + "5.jpg,test\n",
      r"split file .*splits.csv lists image 5.jpg under two splits, 'train' and 'test'"),
     ("splits.csv", "0.jpg,\n", r"splits.csv gives image 0.jpg an empty split name"),
+    # A row without its split was dropped: the error then said the file did not list the image.
+    ("splits.csv", "0.jpg,train\n\n1.jpg\n", r"^split file .*splits.csv, line 3: a row must be image,split, got "
+                                            r"'1.jpg'$"),
 ])
 def test_celeba_dialog_bad_split_file(tmp_path, name, content, message):
     root, images = celeba_dialog(tmp_path)

@@ -358,8 +358,14 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
         listed = [(name, split) for split, names in by_split.items() for name in names]
     else:
         # "0.jpg, train" is how many write a CSV: the split is "train", not " train".
-        listed = [(row[0].strip(), row[1].strip()) for row in csv.reader(io.StringIO(text, newline=""))
-                  if len(row) >= 2]
+        listed = []
+        rows = csv.reader(io.StringIO(text, newline=""))
+        for row in rows:
+            if len(row) == 1 and row[0].strip():  # dropped, the image seemed unlisted ("does not list image ...")
+                raise ValueError(f"split file {split_file}, line {rows.line_num}: a row must be image,split, got "
+                                 f"{row[0]!r}")
+            if len(row) >= 2:
+                listed.append((row[0].strip(), row[1].strip()))
     table: dict[str, str] = {}
     for name, split in listed:
         if not split:
