@@ -251,6 +251,15 @@ def test_a_missing_text_model_folder_is_named(tiny_bert_dir, tmp_path):
         load_tgfr_model(checkpoint)
 
 
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_folder_where_a_checkpoint_file_should_be_is_named_as_one(tiny_bert_dir, tmp_path, name):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    (checkpoint / name).unlink()
+    (checkpoint / name).mkdir()
+    with pytest.raises(ValueError, match=f"^checkpoint file '{checkpoint / name}' is a folder, not a file$"):
+        load_tgfr_model(checkpoint)
+
+
 @pytest.mark.parametrize("key, value", [("input_size", 10**6), ("input_size", 64), ("width", 10**5),
                                         ("num_features", 10**9)])
 def test_a_backbone_that_does_not_fit_the_weights_is_refused_before_it_is_built(tiny_bert_dir, tmp_path, key, value):

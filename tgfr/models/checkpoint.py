@@ -193,7 +193,8 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     weights_path = directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise ValueError(f"checkpoint file {str(path)!r} does not exist")
+            raise ValueError(f"checkpoint file {str(path)!r} " + ("is a folder, not a file" if path.is_dir() else
+                                                                  "does not exist"))
     text_dir = directory / TEXT_ENCODER_DIR
     if not text_dir.is_dir():
         raise ValueError(f"checkpoint folder {str(text_dir)!r} (the text model's files) does not exist")
