@@ -104,6 +104,14 @@ def test_tgfr_tree_mixed_numeric_and_named_folders(tmp_path):
     assert [r.path.rsplit("/", 1)[1] for r in records] == ["5_2.jpg", "5_10.jpg", "10_1.jpg", "abc_1.jpg", "abc_x.jpg"]
 
 
+def test_a_split_list_that_is_a_folder_is_refused(tmp_path):
+    """It was passed over: every image of the split's folders was taken instead of the list's."""
+    root = tgfr_tree(tmp_path)
+    (root / "train" / "filenames.json").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"^split list .*train/filenames\.json is a folder, not a file$"):
+        convert_tgfr_tree(root)
+
+
 def test_tgfr_tree_lists_each_image_once(tmp_path):
     root = tgfr_tree(tmp_path)
     write_image(root / "images/train/7/7_1.png")  # a second file for the stem 7_1

@@ -68,6 +68,8 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
 def _split_list_file(root: Path, split: str) -> Path | None:
     for suffix in (".json", ".csv", ".pickle"):
         candidate = root / split / f"filenames{suffix}"
+        if candidate.is_dir():  # passed over, every image of the split's folders would be taken instead of the list
+            raise ValueError(f"split list {candidate} is a folder, not a file")
         if candidate.is_file():
             return candidate
     return None
