@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
 from tgfr.data.files import load_image
@@ -269,23 +269,38 @@ def items_as_they_are(items):
     return items
 
 
+class EpochKeys(Sampler):
+    """Batches of (index, 0, epoch) keys: the epoch travels with each key, to workers too."""
+
+    def __init__(self, size: int, batch: int):
+        self.size, self.batch, self.epoch = size, batch, 0
+
+    def __iter__(self):
+        for start in range(0, self.size, self.batch):
+            yield [(index, 0, self.epoch) for index in range(start, min(self.size, start + self.batch))]
+
+    def __len__(self):
+        return -(-self.size // self.batch)
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_set_epoch_reaches_persistent_workers(manifest, context):
-    """Persistent DataLoader workers keep their copy of the dataset across epochs: an epoch set as a plain
-    attribute never reached them, and every epoch repeated epoch 0's captions and augmentations."""
+def test_keys_carrying_the_epoch_reach_persistent_workers(manifest, context):
+    """Persistent DataLoader workers keep the copy of the dataset they started with, so set_epoch does not
+    reach them (every epoch repeated epoch 0's captions and augmentations): keys (index, draw, epoch) do."""
     dataset = FaceCaptionDataset(manifest, split="train", transform=TrainTransform(32))
-    loader = DataLoader(dataset, batch_size=3, num_workers=2, persistent_workers=True,
+    keys = EpochKeys(len(dataset), 3)
+    loader = DataLoader(dataset, batch_sampler=keys, num_workers=2, persistent_workers=True,
                         multiprocessing_context=context, collate_fn=items_as_they_are)
     for epoch in (0, 1, 0, 5):
-        dataset.set_epoch(epoch)
+        keys.epoch = epoch
         loaded = [item for batch in loader for item in batch]
+        dataset.set_epoch(epoch)
         in_process = [dataset[i] for i in range(len(dataset))]
         assert [item["caption"] for item in loaded] == [item["caption"] for item in in_process], epoch
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(loaded, in_process)), epoch
     dataset.set_epoch(0)
-    first = [dataset[i]["caption"] for i in range(len(dataset))]
-    dataset.set_epoch(1)
-    assert first != [dataset[i]["caption"] for i in range(len(dataset))]
+    assert [dataset[i]["caption"] for i in range(9)] != [dataset[(i, 0, 1)]["caption"] for i in range(9)]
+    assert dataset[(4, 2, 1)]["caption"] == (dataset.set_epoch(1), dataset[(4, 2)]["caption"])[1]
 
 
 def test_items_are_indexed_as_a_list_is(manifest):

@@ -204,10 +204,16 @@ def test_association_refuses_a_temperature_that_overflows_the_cosines_before_mov
     loss = DualGranularityAssociationLoss(8, 3, temperature=1e-39)
     memory = loss.prototypes.clone()
     image, caption = torch.randn(6, 8), torch.randn(6, 8)
-    with pytest.raises(ValueError, match=r"temperature must be at least 2.93874e-39 .* for torch.float32 image "
+    with pytest.raises(ValueError, match=r"temperature must be at least 5.87747e-39 .* for torch.float32 image "
                                          r"features, got 1e-39"):
         loss(image, caption)
     assert torch.equal(loss.prototypes, memory)
+    # The smallest temperature accepted, against images on the prototypes (cosines of 1, rounded past it).
+    smallest = DualGranularityAssociationLoss(8, 3, temperature=2 / torch.finfo(torch.float32).max)
+    assignment, confidence = smallest.assign(smallest.prototypes * 3)
+    assert torch.equal(assignment, torch.arange(3)) and torch.isfinite(confidence).all()
+    with pytest.raises(ValueError, match="temperature must be at least"):
+        DualGranularityAssociationLoss(8, 3, temperature=1 / torch.finfo(torch.float32).max).assign(image)
     assignment, confidence = loss.assign(image.double())
     assert torch.equal(assignment, (F.normalize(image.double(), dim=1) @ memory.double().T).argmax(dim=1))
     assert torch.isfinite(confidence).all()

@@ -100,22 +100,18 @@ class FaceCaptionDataset(Dataset):
         self.transform = transform if transform is not None else EvalTransform()
         self.captions_per_sample = captions_per_sample
         self.seed = check_count("seed", seed, minimum=0)
-        # In shared memory: DataLoader workers load items from copies of the dataset, and persistent workers
-        # keep theirs across epochs, so a plain attribute set by set_epoch would not reach them.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.epoch = 0
 
     @property
     def num_classes(self) -> int:
         return len(self.label_of)
 
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
     def set_epoch(self, epoch: int) -> None:
-        """Changes the caption draws and random transforms for a new epoch, in the DataLoader workers
-        that load the items too (persistent ones included)."""
-        self._epoch.fill_(check_count("epoch", epoch, minimum=0))
+        """Changes the caption draws and random transforms for a new epoch, for items this object
+        loads. DataLoader workers load from copies of the dataset made when they start, so with
+        persistent_workers=True a later set_epoch does not reach them: build the DataLoader after
+        set_epoch each epoch (as tgfr train does), or give keys that carry the epoch (__getitem__)."""
+        self.epoch = check_count("epoch", epoch, minimum=0)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -128,17 +124,18 @@ class FaceCaptionDataset(Dataset):
         chosen = rng.choice(len(captions), size=self.captions_per_sample, replace=replace)
         return [captions[i] for i in chosen]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> dict[str, Any]:
         """key: an index (negative ones count from the end, as in a list), or (index, draw) for the
         draw-th repeat of an image in one batch (the identity-balanced sampler's), which draws its own
         augmentation and captions (they may still coincide with the original's when there are few to
-        draw from)."""
-        index, draw = key if isinstance(key, tuple) else (key, 0)
+        draw from), or (index, draw, epoch) to draw as in that epoch whatever set_epoch said: a
+        sampler's keys reach persistent DataLoader workers, where set_epoch does not."""
+        index, draw, epoch = (*key, self.epoch)[:3] if isinstance(key, tuple) else (key, 0, self.epoch)
         index = operator.index(index)  # a 0-d integer tensor too (SubsetRandomSampler yields those)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for the {len(self)} images of the dataset")
         index %= len(self)
-        epoch = self.epoch
+        epoch = check_count("epoch", epoch, minimum=0)
         seed = (self.seed, epoch, index) if draw == 0 else (self.seed, epoch, index, draw)
         rng = np.random.default_rng(seed)
         record = self.records[index]

@@ -58,7 +58,7 @@ class DualGranularityAssociationLoss(nn.Module):
         embedding_size: D of the image and caption embeddings.
         num_prototypes: K pseudo-identities in the memory.
         scale: logit scale of both levels.
-        temperature: of the confidence softmax over prototypes; at least 1 / the largest float32 number (float64
+        temperature: of the confidence softmax over prototypes; at least 2 / the largest float32 number (float64
             for float64 features), so that a cosine over it stays finite.
         min_confidence: below it an image makes no batch-level relation.
         prototype_momentum: weight of the old prototype in its update.
@@ -97,9 +97,10 @@ class DualGranularityAssociationLoss(nn.Module):
         check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
         dtype = accumulation_dtype(image.dtype)
         # A cosine over a smaller temperature overflows: inf logits, a NaN softmax, wrong assignments moving the memory.
-        smallest_temperature = 1.0 / torch.finfo(dtype).max
+        # 2 / max, not 1 / max: the temperature rounded to the dtype, and a cosine rounded past 1, overflowed there.
+        smallest_temperature = 2.0 / torch.finfo(dtype).max
         if self.temperature < smallest_temperature:
-            raise ValueError(f"temperature must be at least {smallest_temperature:g} (1 / the largest {dtype} number) "
+            raise ValueError(f"temperature must be at least {smallest_temperature:g} (2 / the largest {dtype} number) "
                              f"for {image.dtype} image features, got {self.temperature:g}")
         # In bf16 (autocast, or bf16 images) a cosine is off by up to 2^-9: divided by the temperature, enough to
         # flip the assignment of an image between two near prototypes and to round the confidence to 8 bits.
