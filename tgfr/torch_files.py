@@ -15,9 +15,14 @@ REFUSED_PICKLE = ("it is a pickle of objects other than tensors and plain contai
 _CORRUPT = "it is corrupt, truncated or not a file torch.save wrote"
 
 
+def is_refused_pickle(error: BaseException) -> bool:
+    """Whether `error` is torch.load(weights_only=True) refusing a pickle (raised through transformers too)."""
+    return "Weights only load failed" in str(error)
+
+
 def load_torch_file(path: Path) -> Any:
-    """torch.load(path, map_location="cpu", weights_only=True). A file torch cannot read so is a
-    ValueError saying why in one line; an OSError (permissions, a folder) passes through."""
+    """torch.load(path, map_location="cpu", weights_only=True). A file torch refuses or cannot read is
+    a ValueError saying why in one line; an OSError (permissions, a folder) passes through."""
     with warnings.catch_warnings():
         # "Detected pickle protocol 4 in the checkpoint": two lines of warning before the file's own error.
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -26,7 +31,7 @@ def load_torch_file(path: Path) -> Any:
         except OSError:
             raise
         except pickle.UnpicklingError as error:
-            raise ValueError(REFUSED_PICKLE if "Weights only load failed" in str(error) else _CORRUPT) from error
+            raise ValueError(REFUSED_PICKLE if is_refused_pickle(error) else _CORRUPT) from error
         except Exception as error:  # EOFError (empty), KeyError('105') (text), RuntimeError (a broken archive)
             # torch's first sentence where it says something ("failed finding central directory"), not an opcode.
             detail = str(error).split("\n")[0].split(". ")[0][:160]

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from tgfr.models.freezing import FreezableModule
 from tgfr.text_formats import check_caption_utf8
-from tgfr.torch_files import REFUSED_PICKLE
+from tgfr.torch_files import REFUSED_PICKLE, is_refused_pickle
 from tgfr.word_mask import valid_word_mask
 from tgfr.validation import check_nonempty, check_same_device, check_tensor
 
@@ -42,7 +42,7 @@ class TextModelFilesError(ValueError):
 def _library_reason(error: Exception) -> str:
     """transformers' (or torch's) exception as one line for TextModelFilesError: its type and first
     line, at most 300 characters; its messages run to several paragraphs of advice and links."""
-    if "Weights only load failed" in str(error):
+    if is_refused_pickle(error):
         return REFUSED_PICKLE
     first = next((line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()), "")
     return f"{type(error).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
