@@ -83,6 +83,15 @@ def test_truncated_jpeg_fails_the_check(tmp_path):
         check_image(tmp_path / "cut.jpg")
 
 
+@pytest.mark.parametrize("read", [load_image, check_image])
+def test_a_missing_image_and_a_folder_in_its_place_are_named_as_such(tmp_path, read):
+    with pytest.raises(ValueError, match=r"image file .*gone.png does not exist"):
+        read(tmp_path / "gone.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError, match=r"image file .*folder.png is a folder, not a file"):
+        read(tmp_path / "folder.png")
+
+
 # EXIF orientation -> the turn that shows the stored pixels upright, as numpy.rot90/flips give it.
 UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: np.rot90(a, 2), 4: lambda a: a[::-1],
            5: lambda a: np.rot90(a, 1)[::-1], 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, -1)[::-1],

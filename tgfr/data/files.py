@@ -24,7 +24,7 @@ _ORIENTATION_METADATA = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "
 def _opened_image(path: Path) -> Iterator[Image.Image]:
     """Image.open whose every failure, in opening or in what the caller then reads, names the file."""
     if not path.is_file():
-        raise ValueError(f"image file {path} does not exist")
+        raise ValueError(f"image file {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: a header claiming a huge
         # image would then allocate gigabytes when decoded, so the warning refuses it too.
