@@ -4,6 +4,7 @@ batches. Both streams resume at any step, and an image that fails in a loader wo
 it gives without workers."""
 
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -54,10 +55,11 @@ def test_weak_align_batches_are_a_seeded_shuffle_that_ignores_labels(tmp_path, t
     epoch_length = count // size
     assert len(batches.sampler) == epoch_length
     # Independent reconstruction of the documented rule, over two epochs: the align stage's seed is
-    # config.seed + 1 (its index in stages).
+    # mixed from (config.seed, 1: its index in stages) in the data stream (spawn key 1).
+    stage_seed = int(np.random.SeedSequence((config.seed, 1), spawn_key=(1,)).generate_state(1)[0])
     expected = []
     for epoch in (0, 1):
-        seeds = np.random.SeedSequence((config.seed + 1, epoch), spawn_key=(2,))
+        seeds = np.random.SeedSequence((stage_seed, epoch), spawn_key=(2,))
         order = np.random.default_rng(seeds).permutation(count)
         expected += [order[b * size:(b + 1) * size].tolist() for b in range(epoch_length)]
     assert plan(batches, 2 * epoch_length) == expected
@@ -84,6 +86,21 @@ def test_fr_and_fuse_batches_stay_identity_balanced_under_weak_supervision(tiny_
             counts = Counter(labels[i] for i in indices)
             assert len(counts) == config.data.identities_per_batch
             assert set(counts.values()) == {config.data.images_per_identity}
+
+
+def test_runs_of_other_seeds_share_no_stage_stream(tiny_overrides):
+    """Seeds 0, 1, 2 are independent replicates: no stage of one replays a stage of another (with the
+    stage's index added to the seed, seed 2's fr stage was seed 0's fuse stage, batch for batch)."""
+    first_images = {}
+    for seed in (0, 1, 2):
+        config = load_config("quick", tiny_overrides + [f"seed={seed}"])
+        manifest = resolve_manifest(config.data)
+        for name in config.stages:
+            batch = next(stage_batches(config, name, manifest, COLLATE).from_step(0))
+            first_images[seed, name] = batch["images"]
+    assert len(first_images) == 9
+    for (one, first), (other, second) in itertools.combinations(first_images.items(), 2):
+        assert not torch.equal(first, second), (one, other)
 
 
 def test_the_synthetic_dataset_takes_each_of_its_data_settings():

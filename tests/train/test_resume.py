@@ -20,7 +20,8 @@ from tgfr.output_paths import write_atomically
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
 from tgfr.train.config import load_config, to_toml
-from tgfr.train.run import CHECKPOINT, build_model, seed_everything, train
+from tgfr.train.run import CHECKPOINT, build_model, train
+from tgfr.train.seeds import seed_everything
 from tgfr.train.stage_align import AlignStage
 from tgfr.train.stage_fr import FRStage
 from tgfr.train.training_log import read_log

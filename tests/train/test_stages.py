@@ -6,7 +6,8 @@ import torch
 
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import load_config
-from tgfr.train.run import build_model, finish_stage, seed_everything
+from tgfr.train.run import build_model, finish_stage
+from tgfr.train.seeds import seed_everything
 from tgfr.train.stage_align import AlignStage
 from tgfr.train.stage_fr import FRStage
 from tgfr.train.stage_fuse import FuseStage

@@ -21,6 +21,7 @@ from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import read_manifest, select_split
 from tgfr.train.config import DataConfig
+from tgfr.train.seeds import LOADER_STREAM, stream_seed
 
 
 def synthetic_config(config: DataConfig) -> SyntheticConfig:
@@ -128,7 +129,7 @@ class StepBatches:
             plan = list(self.sampler)[position:]
             # An own generator: a DataLoader draws its worker seed from the global RNG otherwise, and a
             # resumed run (which opens a loader mid-epoch) would then see other dropout masks.
-            generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, LOADER_STREAM, epoch))
             loader = DataLoader(self.dataset, batch_sampler=plan, collate_fn=self.collate,
                                 num_workers=self.workers, generator=generator)
             batches = iter(loader)

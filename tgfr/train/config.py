@@ -277,8 +277,8 @@ class TrainConfig:
                   "align.num_prototypes": (1, 2**20), **{f"{stage}.optim.warmup_steps": (0, None) for stage in STAGES}}
         for key, (low, high) in bounds.items():
             _check_integer(key, self._get(key), low, high)
-        # The batch order seeds a torch generator with (seed + stage index) * 100003 + epoch, which must
-        # fit in 64 bits: a larger seed would fail only once training has started.
+        # numpy's global generator takes seeds below 2^32 (tgfr.train.seeds): a larger one would fail
+        # only once training has started.
         for key in ("seed", "data.synthetic_seed"):
             _check_integer(key, self._get(key), 0, SEED_LIMIT)
         _check_integer("data.synthetic_version", self.data.synthetic_version, 1, GENERATOR_VERSION + 1)

@@ -20,13 +20,11 @@ the pairwise losses run in their local (gathered) form, and rank 0 writes the fi
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -44,6 +42,7 @@ from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
 from tgfr.train.config import TrainConfig, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
+from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
 from tgfr.train.stage import Stage
 from tgfr.train.stage_align import AlignStage
 from tgfr.train.stage_fr import FRStage
@@ -53,12 +52,6 @@ from tgfr.train.training_log import TrainingLog, drop_records_after, read_log
 CHECKPOINT = Path("checkpoints") / "last.pt"
 TEXT_ENCODER_PREFIX = "text_encoder."
 BACKBONE_PREFIX = "backbone."
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_model(config: TrainConfig) -> TGFRModel:
@@ -231,7 +224,7 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
                          f"x {config.data.images_per_identity} gives {share} image(s) per process (world size "
                          f"{world_size}); the {name} stage's BatchNorm layers need at least 2")
     captions_per_sample = 2 if name == "align" and config.align.intra_weight > 0 else 1
-    return StepBatches(manifest, config.data, collate, seed=config.seed + index,
+    return StepBatches(manifest, config.data, collate, seed=stream_seed(config.seed, DATA_STREAM, index),
                        captions_per_sample=captions_per_sample, rank=rank, world_size=world_size,
                        image_cache=image_cache,
                        identity_balanced=not (name == "align" and config.align.supervision == "weak"))
@@ -366,7 +359,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
             continue
         if settings.stop_after is not None and settings.stop_after <= 0:
             break
-        seed_everything(config.seed + 1000 * (index + 1) + rank)
+        seed_everything(stream_seed(config.seed, STEP_STREAM, index, rank))
         stage_config = getattr(config, name)
         batches = stage_data[name]
         stage = _build_stage(name, config, model, batches.num_classes, captions, device, world_size > 1).to(device)
