@@ -29,7 +29,8 @@ class FaceCaptionDataset(Dataset):
         source: a manifest path, or records (then `root` is the folder their paths are relative to).
         split: split name(s) to keep; None keeps every record.
         transform: called as transform(pil_image, rng) -> (3, 112, 112) tensor; EvalTransform by default.
-        captions_per_sample: captions drawn per item (without replacement while the image has enough).
+        captions_per_sample: captions drawn per item (without replacement while the image has enough;
+            sample_captions).
         seed: base seed; with `set_epoch` every caption draw and random transform is reproducible.
         bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image),
             or with require_captions one without captions, at construction; "skip" drops such images and
@@ -117,12 +118,16 @@ class FaceCaptionDataset(Dataset):
         return len(self.records)
 
     def sample_captions(self, index: int, rng: np.random.Generator) -> list[str]:
+        """captions_per_sample captions of image `index`: its captions in a random order, cut short or,
+        when it has fewer, followed by draws with replacement. The first k are the same whatever
+        captions_per_sample >= k asks: drawing a second caption for the intra-caption loss changes no
+        other loss's caption."""
         captions = self.records[index].captions
         if not captions:
             return [""] * self.captions_per_sample
-        replace = len(captions) < self.captions_per_sample
-        chosen = rng.choice(len(captions), size=self.captions_per_sample, replace=replace)
-        return [captions[i] for i in chosen]
+        order = rng.permutation(len(captions))
+        repeats = rng.integers(len(captions), size=max(self.captions_per_sample - len(captions), 0))
+        return [captions[i] for i in np.concatenate((order, repeats))[:self.captions_per_sample]]
 
     def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> dict[str, Any]:
         """key: an index (negative ones count from the end, as in a list), or (index, draw) for the
@@ -137,14 +142,16 @@ class FaceCaptionDataset(Dataset):
         index %= len(self)
         epoch = check_count("epoch", epoch, minimum=0)
         seed = (self.seed, epoch, index) if draw == 0 else (self.seed, epoch, index, draw)
-        rng = np.random.default_rng(seed)
+        # Captions and augmentation draw from streams of their own, so that the augmentation does not
+        # depend on how many captions are drawn.
+        caption_seed, image_seed = np.random.SeedSequence(seed).spawn(2)
         record = self.records[index]
-        captions = self.sample_captions(index, rng)
+        captions = self.sample_captions(index, np.random.default_rng(caption_seed))
         try:
             image = self.image_cache.load(self.root / record.path)
         except ValueError as error:  # the file changed since the check at construction
             raise ValueError(f"{error} ({self.bad_image_hint})") from None
-        image = self.transform(image, rng)
+        image = self.transform(image, np.random.default_rng(image_seed))
         return {"image": image, "label": self.labels[index], "caption": captions[0],
                 "captions": captions, "index": index}
 
