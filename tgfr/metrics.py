@@ -96,15 +96,30 @@ class _SortedPairs:
         # Genuine (impostor) pairs scoring >= each group's score: where their cumulative weights are read.
         self.genuine_seen = np.searchsorted(genuine_positions, self.group_ends, side="right")
         self.impostor_seen = np.searchsorted(impostor_positions, self.group_ends, side="right")
+        self.thresholds = np.r_[np.inf, self.scores[self.group_ends]]
 
     def roc(self, genuine_weights: np.ndarray | None = None, impostor_weights: np.ndarray | None = None) -> RocCurve:
         """ROC, all pairs counted once, or with integer weights (G,) and (I,) of the genuine and
         impostor pairs in the order of genuine_pairs and impostor_pairs (a bootstrap replicate)."""
-        tp = self.genuine_seen if genuine_weights is None else np.r_[0, np.cumsum(genuine_weights)][self.genuine_seen]
-        fp = (self.impostor_seen if impostor_weights is None else
-              np.r_[0, np.cumsum(impostor_weights)][self.impostor_seen])
-        return RocCurve(np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]],
-                        np.r_[np.inf, self.scores[self.group_ends]])
+        tp = self.genuine_seen if genuine_weights is None else _cumulative(genuine_weights)[self.genuine_seen]
+        fp = self.impostor_seen if impostor_weights is None else _cumulative(impostor_weights)[self.impostor_seen]
+        return RocCurve(_rates(fp), _rates(tp), self.thresholds)
+
+
+def _cumulative(weights: np.ndarray) -> np.ndarray:
+    """(K + 1,) int64: 0 and the running sums of weights (K,)."""
+    sums = np.empty(weights.size + 1, dtype=np.int64)
+    sums[0] = 0
+    np.cumsum(weights, out=sums[1:])
+    return sums
+
+
+def _rates(counts: np.ndarray) -> np.ndarray:
+    """(K + 1,) float64: 0 and counts (K,) over its last."""
+    rates = np.empty(counts.size + 1)
+    rates[0] = 0.0
+    np.divide(counts, counts[-1], out=rates[1:])
+    return rates
 
 
 def _subject_multiplicities(subjects: int, resamples: int, seed: int) -> np.ndarray:
@@ -116,9 +131,41 @@ def _subject_multiplicities(subjects: int, resamples: int, seed: int) -> np.ndar
     return np.bincount(offsets.ravel(), minlength=resamples * subjects).reshape(resamples, subjects)
 
 
+def _subject_indices(subjects_a: np.ndarray, subjects_b: np.ndarray) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+    """(S, (index_a, index_b)): the number S of distinct subjects of the pairs, and each pair's two
+    subjects as indices 0 .. S - 1 in sorted id order (int32 where S allows it). Ids in a range of
+    a few times the pairs' number are counted in a table, as np.unique over the 2P ids would sort
+    them and take about 50 bytes per pair."""
+    low = int(min(subjects_a.min(), subjects_b.min()))
+    span = int(max(subjects_a.max(), subjects_b.max())) - low + 1
+    if span <= 4 * subjects_a.size + 1024:
+        present = np.zeros(span, dtype=bool)
+        present[subjects_a - low] = True
+        present[subjects_b - low] = True
+        index_of = np.cumsum(present, dtype=np.int64) - 1
+        subjects = int(index_of[-1]) + 1
+        dtype = np.int32 if subjects < 2**31 else np.int64
+        return subjects, tuple(index_of.astype(dtype)[ids - low] for ids in (subjects_a, subjects_b))
+    ids, index = np.unique(np.r_[subjects_a, subjects_b], return_inverse=True)
+    return ids.size, (index[:subjects_a.size], index[subjects_a.size:])
+
+
 def roc_curve(scores: np.ndarray, same: np.ndarray) -> RocCurve:
     """ROC of pair scores (P,) with labels same (P,) in {0, 1}."""
     return _SortedPairs(*_check_scores(scores, same)).roc()
+
+
+def thin_roc_curve(curve: RocCurve, points: int = 4096) -> RocCurve:
+    """`curve` cut to about `points` of its points, for a picture on a log FAR axis: point 0, and at
+    each of `points` FARs spaced evenly in log from the smallest nonzero FAR to 1, the curve's last
+    point at or below it. Every kept point is one of the curve's, and the TAR at those FARs is
+    exact; all pairs' curve has one point per pair, millions for a few thousand images."""
+    nonzero = curve.far[curve.far > 0]
+    if curve.far.size <= points + 1 or nonzero.size == 0:
+        return curve
+    grid = np.geomspace(nonzero[0], 1.0, points)
+    keep = np.unique(np.r_[0, np.searchsorted(curve.far, grid, side="right") - 1])
+    return RocCurve(curve.far[keep], curve.tar[keep], curve.thresholds[keep])
 
 
 def roc_auc(curve: RocCurve) -> float:
@@ -174,7 +221,7 @@ def _far_labels(far_targets: tuple[float, ...]) -> list[str]:
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np.ndarray, subjects_b: np.ndarray,
                          far_targets: tuple[float, ...] = FAR_TARGETS, resamples: int = 200, seed: int = 0,
-                         keep_replicates: bool = False) -> dict:
+                         keep_replicates: bool = False, keep_curve: bool = False) -> dict:
     """AUC, EER, TAR at each FAR target, each with a 95% subject-bootstrap interval ("*_ci").
 
     scores, same (P,); subjects_a, subjects_b (P,) integer subject ids of each pair's two images
@@ -185,25 +232,31 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
     keep_replicates: also return "replicates", the figures' (resamples,) arrays nested like the
     figures ("auc", "eer", "tar_at_far" -> label; NaN where unmeasurable), for paired comparisons
     of methods scored on the same pairs with the same seed.
+    keep_curve: also return "curve", the RocCurve of all pairs.
     """
     _check_count("resamples", resamples, 0)
     labels = _far_labels(far_targets)
     scores, same = _check_scores(scores, same)
     subjects_a, subjects_b = _check_subjects(same, subjects_a, subjects_b)
     pairs = _SortedPairs(scores, same)
-    ids, index = np.unique(np.r_[subjects_a, subjects_b], return_inverse=True)
-    index_a, index_b = index[:scores.size], index[scores.size:]
+    subjects, (index_a, index_b) = _subject_indices(subjects_a, subjects_b)
     genuine = index_a[pairs.genuine_pairs]
     impostor_a, impostor_b = index_a[pairs.impostor_pairs], index_b[pairs.impostor_pairs]
+    del index_a, index_b
+    # Each replicate's impostor weights are products of two gathers: buffers kept across replicates.
+    drawn_a, drawn_b = np.empty(impostor_a.size, dtype=np.int64), np.empty(impostor_a.size, dtype=np.int64)
 
     def figures(curve: RocCurve, impostor_weight: int) -> np.ndarray:
         tars = [tar_at_far(curve, f) if f * impostor_weight >= 1 else np.nan for f in far_targets]
         return np.array([roc_auc(curve), equal_error_rate(curve), *tars])
 
-    point = figures(pairs.roc(), impostor_a.size)
+    curve = pairs.roc()
+    point = figures(curve, impostor_a.size)
     replicates = np.full((resamples, point.size), np.nan)
-    for row, counts in zip(replicates, _subject_multiplicities(ids.size, resamples, seed)):
-        genuine_weights, impostor_weights = counts[genuine], counts[impostor_a] * counts[impostor_b]
+    for row, counts in zip(replicates, _subject_multiplicities(subjects, resamples, seed)):
+        genuine_weights = counts[genuine]
+        impostor_weights = np.multiply(np.take(counts, impostor_a, out=drawn_a), np.take(counts, impostor_b, out=drawn_b),
+                                       out=drawn_a)
         # Without genuine or impostor weight (possible only with few subjects) the ROC is undefined: the row stays NaN.
         if genuine_weights.any() and impostor_weights.any():
             row[:] = figures(pairs.roc(genuine_weights, impostor_weights), impostor_weights.sum())
@@ -211,7 +264,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
     replicates[:, 2:][:, np.isnan(point[2:])] = np.nan
     result = {"auc": float(point[0]), "eer": float(point[1]),
               "tar_at_far": {key: None if np.isnan(v) else float(v) for key, v in zip(labels, point[2:])},
-              "genuine_pairs": int(genuine.size), "impostor_pairs": int(impostor_a.size), "subjects": int(ids.size),
+              "genuine_pairs": int(genuine.size), "impostor_pairs": int(impostor_a.size), "subjects": subjects,
               "unresolved_far": [key for key, v in zip(labels, point[2:]) if np.isnan(v)]}
     if resamples:
         result["auc_ci"], result["eer_ci"] = bootstrap_interval(replicates[:, 0]), bootstrap_interval(replicates[:, 1])
@@ -221,6 +274,8 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
         result["replicates"] = {"auc": replicates[:, 0], "eer": replicates[:, 1],
                                 "tar_at_far": {key: replicates[:, column]
                                                for column, key in enumerate(labels, start=2)}}
+    if keep_curve:
+        result["curve"] = curve
     return result
 
 

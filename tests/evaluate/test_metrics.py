@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tgfr.metrics import (bootstrap_interval, cmc_curve, equal_error_rate, far_label, identification_metrics,
-                          match_ranks, roc_auc, roc_curve, tar_at_far, verification_metrics)
+                          match_ranks, roc_auc, roc_curve, tar_at_far, thin_roc_curve, verification_metrics)
 
 
 def brute_force_auc(scores, same):
@@ -281,3 +281,23 @@ def test_verification_rejects_non_finite_scores(bad):
     with pytest.raises(ValueError, match="scores must be finite"):
         verification_metrics(scores, same, subjects_a=np.array([0, 1, 0, 1]), subjects_b=np.array([0, 1, 1, 2]),
                              resamples=0)
+
+
+def test_a_thinned_roc_keeps_points_of_the_curve_with_exact_tar_at_its_fars():
+    rng = np.random.default_rng(3)
+    same = rng.random(200_000) < 0.01
+    scores = rng.normal(size=same.size) + 2.0 * same
+    curve = roc_curve(scores, same)
+    thin = thin_roc_curve(curve, points=500)
+    assert curve.far.size > 100_000 and thin.far.size <= 501
+    assert (thin.far[0], thin.tar[0]) == (0.0, 0.0) and (thin.far[-1], thin.tar[-1]) == (1.0, 1.0)
+    # every kept point is one of the curve's (a threshold picks it out)
+    kept = np.searchsorted(-curve.thresholds, -thin.thresholds)
+    np.testing.assert_array_equal(curve.far[kept], thin.far)
+    np.testing.assert_array_equal(curve.tar[kept], thin.tar)
+    # at the 500 FARs spaced evenly in log from the smallest nonzero one, the TAR is the full curve's
+    assert thin.far[1] == curve.far[curve.far > 0][0]
+    for far in np.geomspace(thin.far[1], 1.0, 500):
+        assert tar_at_far(thin, far) == tar_at_far(curve, far)
+    small = roc_curve(scores[:300], same[:300] | (np.arange(300) == 0))
+    assert thin_roc_curve(small, points=500) is small

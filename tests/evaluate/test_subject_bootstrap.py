@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tgfr.data import ManifestRecord, make_verification_pairs
+from tgfr.evaluation import protocols
 from tgfr.evaluation.embeddings import SplitEmbeddings
 from tgfr.evaluation.protocols import paired_difference, split_figures, verification_scores
 from tgfr.evaluation.report import MAIN_FAR
@@ -61,14 +62,22 @@ def brute_force_replicates(scores, same, subjects_a, subjects_b, resamples, seed
     return replicates
 
 
+# Subject ids as a caller may number them: 0 .. S - 1, negative and int32, spaced out in uint16, and
+# spread far wider than the pairs' number (counted by np.unique instead of a table).
+SUBJECT_IDS = {"contiguous": lambda s: s, "negative_int32": lambda s: (s - 3).astype(np.int32),
+               "spaced_uint16": lambda s: (s * 7).astype(np.uint16), "sparse": lambda s: s * 10**12 - 5}
+
+
+@pytest.mark.parametrize("ids", sorted(SUBJECT_IDS))
 @pytest.mark.parametrize("seed", [0, 1])
-def test_replicates_equal_materialized_pair_lists(seed):
+def test_replicates_equal_materialized_pair_lists(seed, ids):
     # 6 subjects of 4 images (the last has 1: no genuine pair), rounded scores (ties across
     # genuine and impostor pairs). Of the 180 impostor pairs, 2e-3 needs 500: unresolved;
     # 6e-3 needs 167: resolved by the point estimate but not by every replicate.
     subjects_a, subjects_b, same = all_pairs([4, 4, 4, 4, 4, 1])
     rng = np.random.default_rng(seed)
     scores = np.round(rng.normal(same * 1.0 + 0.3 * rng.normal(size=6)[subjects_a], 1.0), 1)
+    subjects_a, subjects_b = SUBJECT_IDS[ids](subjects_a), SUBJECT_IDS[ids](subjects_b)
     far_targets = (2e-3, 6e-3, 0.05, 0.3)
     result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
                                   far_targets=far_targets, resamples=40, seed=seed, keep_replicates=True)
@@ -220,7 +229,7 @@ def test_methods_are_compared_on_the_same_resamples():
     x, labels, paths, records = embeddings_and_records(0)
     other = embeddings_and_records(1)[0]
     config = EvaluationConfig(bootstrap_resamples=50)
-    same_method = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), x, x), records, "test", config)
+    same_method, _ = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), x, x), records, "test", config)
     difference = same_method["tgfr"]["vs_image_only"]
     # Identical scores on identical resamples: every replicate's difference is 0 (resamples drawn
     # independently per method would give an interval around 0 instead).
@@ -228,7 +237,7 @@ def test_methods_are_compared_on_the_same_resamples():
     assert difference["tar_at_far"][MAIN_FAR] == 0 and difference["tar_at_far_ci"][MAIN_FAR] == [0.0, 0.0]
 
     embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
-    figures = split_figures(embeddings, records, "test", config)
+    figures, _ = split_figures(embeddings, records, "test", config)
     far = (float(MAIN_FAR),)
     tars = {}
     for method in ("image_only", "tgfr"):
@@ -268,9 +277,13 @@ def test_a_split_of_one_subject_is_named_by_both_protocols(protocol):
 
 @pytest.mark.parametrize("protocol", ["all_pairs", "pairs"])
 @pytest.mark.parametrize("method", ["image_only", "tgfr"])
-def test_verification_scores_are_the_cosines_of_the_protocols_pairs(protocol, method):
+@pytest.mark.parametrize("block", [None, 1, 31, 100])
+def test_verification_scores_are_the_cosines_of_the_protocols_pairs(protocol, method, block, monkeypatch):
     """all_pairs: every unordered pair of two distinct images, n (n - 1) / 2 of them, in row-major
-    order; pairs: TGFR's list. Each pair scores the cosine of its two images' embeddings."""
+    order (scored a block of rows at a time: all 15 rows, 1, 2 or 6 per block, the last block
+    partial); pairs: TGFR's list. Each pair scores the cosine of its two images' embeddings."""
+    if block is not None:
+        monkeypatch.setattr(protocols, "SIMILARITIES_PER_BLOCK", block)
     x, labels, paths, records = embeddings_and_records(0, subjects=5, images=3)
     other = embeddings_and_records(1, subjects=5, images=3)[0]
     embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
@@ -288,6 +301,7 @@ def test_verification_scores_are_the_cosines_of_the_protocols_pairs(protocol, me
     np.testing.assert_allclose(scores, cosines, rtol=0, atol=1e-12)
     assert subjects_a.tolist() == [labels[i] for i, _ in listed]
     assert subjects_b.tolist() == [labels[j] for _, j in listed]
+    assert same.tolist() == [labels[i] == labels[j] for i, j in listed]
     assert same.tolist() == [int(labels[i] == labels[j]) for i, j in listed]
     assert 0 < same.sum() < same.size and (scores < 1 - 1e-9).all()  # no image is paired with itself
 

@@ -17,7 +17,8 @@ import numpy as np
 from tgfr.data import ManifestRecord, make_identification_split, make_verification_pairs
 from tgfr.evaluation.embeddings import SplitEmbeddings
 from tgfr.evaluation.report import MAIN_FAR
-from tgfr.metrics import bootstrap_interval, identification_metrics, verification_metrics
+from tgfr.metrics import (RocCurve, bootstrap_interval, identification_metrics, thin_roc_curve,
+                          verification_metrics)
 from tgfr.train.config import EvaluationConfig
 
 
@@ -32,15 +33,39 @@ def verification_scores(embeddings: SplitEmbeddings, method: str, records: Seque
         subjects = np.unique(labels).size
         if subjects < 2:
             raise ValueError(f"verification needs at least 2 subjects in split {split!r}, got {subjects}")
-        rows, columns = np.triu_indices(len(x), k=1)
-        similarity = x @ x.T
-        return (similarity[rows, columns], (labels[rows] == labels[columns]).astype(np.int64), labels[rows],
-                labels[columns])
+        return _all_pair_scores(x, labels)
     index = {path: i for i, path in enumerate(embeddings.paths)}
     pairs = make_verification_pairs(records, split, config.impostor_subjects, seed=0)
     a = np.array([index[p.path_a] for p in pairs])
     b = np.array([index[p.path_b] for p in pairs])
     return (x[a] * x[b]).sum(axis=1), np.array([p.same for p in pairs]), labels[a], labels[b]
+
+
+SIMILARITIES_PER_BLOCK = 2**22  # all_pairs scores this many similarities (32 MiB) at a time
+
+
+def _all_pair_scores(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """verification_scores of every pair i < j of the rows of x (n, D), in row-major order, built a
+    block of rows at a time: the n x n similarity matrix and its triangle's index arrays would take
+    about 60 bytes per pair on top of the 8 of a score."""
+    n = len(x)
+    count = n * (n - 1) // 2
+    labels = labels.astype(np.int32 if n < 2**31 else np.int64)
+    scores, same = np.empty(count), np.empty(count, dtype=bool)
+    subjects_a, subjects_b = np.empty(count, dtype=labels.dtype), np.empty(count, dtype=labels.dtype)
+    rows_per_block = max(1, SIMILARITIES_PER_BLOCK // n)
+    start = 0
+    for first in range(0, n - 1, rows_per_block):
+        block = x[first:first + rows_per_block] @ x.T
+        for offset, similarities in enumerate(block):
+            i = first + offset
+            end = start + n - 1 - i
+            scores[start:end] = similarities[i + 1:]
+            subjects_a[start:end] = labels[i]
+            subjects_b[start:end] = labels[i + 1:]
+            same[start:end] = subjects_b[start:end] == labels[i]
+            start = end
+    return scores, same, subjects_a, subjects_b
 
 
 def identification_indices(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord], split: str,
@@ -67,11 +92,14 @@ def paired_difference(baseline: dict, method: dict, baseline_replicates: dict, m
 
 
 def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord], split: str,
-                  config: EvaluationConfig, methods: Sequence[str] = ("image_only", "tgfr")) -> dict:
-    """method -> verification and identification figures with 95% bootstrap intervals; with both
-    methods, tgfr's "vs_image_only" holds paired_difference(image_only, tgfr)."""
+                  config: EvaluationConfig, methods: Sequence[str] = ("image_only", "tgfr"),
+                  ) -> tuple[dict, dict[str, RocCurve]]:
+    """(figures, curves): figures, method -> verification and identification figures with 95%
+    bootstrap intervals, where with both methods tgfr's "vs_image_only" holds
+    paired_difference(image_only, tgfr); curves, method -> its ROC thinned for a picture
+    (thin_roc_curve)."""
     gallery, probes = identification_indices(embeddings, records, split, config)
-    result, replicates = {}, {}
+    result, replicates, curves = {}, {}, {}
     for method in methods:
         broken = ~np.isfinite(embeddings.method(method)).all(axis=1)
         if broken.any():  # scores and similarities would be NaN: say where, not only that they are
@@ -80,7 +108,10 @@ def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord]
                              "the model's weights or these images are broken")
         scores, same, subjects_a, subjects_b = verification_scores(embeddings, method, records, split, config)
         verification = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
-                                            resamples=config.bootstrap_resamples, seed=0, keep_replicates=True)
+                                            resamples=config.bootstrap_resamples, seed=0, keep_replicates=True,
+                                            keep_curve=True)
+        del scores, same, subjects_a, subjects_b  # a few tens of bytes per pair, not needed for identification
+        curves[method] = thin_roc_curve(verification.pop("curve"))
         x = embeddings.method(method).astype(np.float64)
         identification = identification_metrics(x[probes] @ x[gallery].T, embeddings.labels[probes],
                                                 embeddings.labels[gallery], config.max_rank,
@@ -90,4 +121,4 @@ def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord]
     if {"image_only", "tgfr"} <= set(result):
         result["tgfr"]["vs_image_only"] = paired_difference(result["image_only"], result["tgfr"],
                                                             replicates["image_only"], replicates["tgfr"])
-    return result
+    return result, curves

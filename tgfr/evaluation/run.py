@@ -12,10 +12,9 @@ from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.manifest import ManifestRecord, records_digest
 from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
-from tgfr.evaluation.protocols import split_figures, verification_scores
+from tgfr.evaluation.protocols import split_figures
 from tgfr.evaluation.report import write_report
 from tgfr.text_formats import parse_json
-from tgfr.metrics import roc_curve
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
 from tgfr.output_paths import check_output_folder
@@ -208,9 +207,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     metrics, curves = {}, {}
     for name, split in evaluation.splits.items():
         embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device)
-        metrics[name] = split_figures(embeddings, records, split, evaluation)
-        curves[name] = {method: roc_curve(*verification_scores(embeddings, method, records, split, evaluation)[:2])
-                        for method in metrics[name]}
+        metrics[name], curves[name] = split_figures(embeddings, records, split, evaluation)
     maps = {name: _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions, config.align.gamma1,
                                   device)
             for name, split in evaluation.splits.items()} if evaluation.heatmap_captions > 0 else {}
