@@ -255,11 +255,11 @@ def test_an_earlier_copy_is_replaced_only_in_the_manifest_that_lists_it(tmp_path
     with pytest.raises(ValueError, match="earlier degraded copy whose images would be overwritten"):
         degrade_manifest(manifest, "test", "jpeg30")
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
-    replaced, _ = degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    replaced, _ = degrade_manifest(manifest, "test", "jpeg30", seed=5, out_manifest=manifest)
     for record in (r for r in read_manifest(replaced) if r.split == "test_degraded"):
         source = Image.open(tmp_path / record.meta["source"]).convert("RGB")
-        expected = degrade_image(source, "jpeg30", image_rng(0, record.meta["source"]))
-        assert record.meta["recipe"] == "jpeg30"
+        expected = degrade_image(source, "jpeg30", image_rng(5, record.meta["source"]))
+        assert record.meta["recipe"] == "jpeg30" and record.meta["seed"] == 5
         assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
 
 

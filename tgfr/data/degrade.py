@@ -233,7 +233,8 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
 
     New records keep identity and captions, take split `split_name`, path
     "<folder>/<old path>.png" (folder, one plain folder name, defaults to split_name; each ".."
-    of the old path becomes "__") and meta {"source", "recipe"}. Nothing is written when a
+    of the old path becomes "__") and meta {"source", "recipe", "seed"}, which with the
+    source's path seed the image's degradation (image_rng). Nothing is written when a
     degraded image would land outside root/folder, on an image of `listed` (paths relative to
     root that must stay as they are) or on another record's degraded image.
     Returns (records, errors): with bad_images="skip" unreadable images are left out and their
@@ -263,7 +264,8 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
         errors = run(_degrade_one, tasks)
     if bad_images == "error":
         _raise_first(errors)  # a file that changed since its check
-    degraded = [ManifestRecord(path, r.identity, split_name, r.captions, {"source": r.path, "recipe": recipe})
+    degraded = [ManifestRecord(path, r.identity, split_name, r.captions, {"source": r.path, "recipe": recipe,
+                                                                         "seed": seed})
                 for r, path, error in zip(records, new_paths, errors) if error is None]
     return degraded, [error for error in errors if error is not None]
 
