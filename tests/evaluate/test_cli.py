@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -366,6 +367,40 @@ def test_evaluation_pairs_each_test_image_with_its_first_caption(tmp_path):
     _, _, tokens = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0, torch.device("cpu"))
     assert tokens == [model.text_encoder.tokenizer.tokenize(first) for first in firsts]
     assert tokens[0][:2] == ["she", "has"]
+
+
+def test_embeddings_run_the_backbone_once_per_batch_and_match_the_model_s_own(tmp_path):
+    """image_only is the normalized embed_image, tgfr the normalized fuse(align(...)), with one backbone pass
+    per batch for both (embed_image on top of align ran it twice)."""
+    from PIL import Image
+
+    from tgfr.data import EvalTransform
+    from tgfr.data.manifest import ManifestRecord, write_manifest
+    from tgfr.evaluation.embeddings import embed_split
+    from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
+    from tgfr.train.caption_features import CaptionFeatures
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"face{i}.png")
+    texts = ["She has green eyes.", "A man in round glasses.", "Freckles and red hair.", "A grey beard.", "Bald."]
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"face{i}.png", str(i % 2), "test", (text,))
+                                                     for i, text in enumerate(texts)])
+    torch.manual_seed(0)
+    model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16),
+                                 freeze_text_encoder=True)).eval()
+    passes = []
+    model.backbone.register_forward_hook(lambda module, args, output: passes.append(args[0].shape[0]))
+    embeddings = embed_split(model, CaptionFeatures(model.text_encoder, torch.device("cpu")), manifest, "test", 2,
+                             torch.device("cpu"))
+    assert passes == [2, 2, 1]
+    images = torch.stack([EvalTransform(32)(Image.open(tmp_path / f"face{i}.png")) for i in range(5)])
+    with torch.no_grad():
+        image_only = torch.nn.functional.normalize(model.embed_image(images), dim=1)
+        fused = torch.nn.functional.normalize(model.fuse(model.align(images, **model.tokenize(texts))), dim=1)
+    torch.testing.assert_close(torch.from_numpy(embeddings.image_only), image_only, rtol=0, atol=1e-5)
+    # the cache rounds the caption features to float16
+    torch.testing.assert_close(torch.from_numpy(embeddings.tgfr), fused, rtol=0, atol=2e-3)
 
 
 @pytest.mark.parametrize("case, message", [

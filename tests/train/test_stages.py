@@ -147,3 +147,29 @@ def test_a_trainable_text_encoder_s_caption_features_carry_gradients(tiny_overri
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0)
                for p in model.text_encoder.parameters() if id(p) not in pooler)
     assert captions.cache == {}
+
+
+def test_a_trainable_text_encoder_s_captions_are_cached_where_it_does_not_train(tiny_overrides):
+    """The fuse stage (and evaluation) fix a trainable encoder: each caption is then encoded once, with the
+    encoder's current weights; once it trains again, the features cached before are dropped."""
+    config = load_config("quick", tiny_overrides + ["model.freeze_text_encoder=false"])
+    model = build_model(config)
+    cpu = torch.device("cpu")
+    captions = CaptionFeatures(model.text_encoder, cpu)
+    calls = []
+    model.text_encoder.register_forward_hook(lambda module, args, kwargs, output: calls.append(1), with_kwargs=True)
+    AlignStage(model, config.align, 3, captions, cpu)
+    captions(CAPTIONS), captions(CAPTIONS)
+    assert len(calls) == 2 and captions.cache == {}
+    FuseStage(model, config.fuse, 3, captions, cpu)
+    captions.prefill(CAPTIONS)
+    served = captions(CAPTIONS[:2]), captions(CAPTIONS[2:])
+    assert len(calls) == 3 and set(captions.cache) == set(CAPTIONS)
+    with torch.no_grad():
+        expected = model.text_encoder(**model.tokenize(sorted(CAPTIONS)))
+    for caption, words in zip(CAPTIONS, [w for part in served for w in part.words]):
+        row = sorted(CAPTIONS).index(caption)
+        length = int(expected.lengths[row])
+        torch.testing.assert_close(words[:length], expected.words[row, :length].half().float())
+    AlignStage(model, config.align, 3, captions, cpu)
+    assert captions(CAPTIONS[:1]).words.requires_grad and captions.cache == {}

@@ -44,8 +44,10 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
         images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
-        aligned, _ = align_features(model, images, captions([texts[i] for i in indices]))
-        image_only.append(F.normalize(model.embed_image(images).float(), dim=1).cpu())
+        backbone_output = model.backbone(images)
+        aligned, _ = align_features(model, images, captions([texts[i] for i in indices]),
+                                    backbone_output=backbone_output)
+        image_only.append(F.normalize(backbone_output.embedding.float(), dim=1).cpu())
         fused.append(F.normalize(model.fuse(aligned).float(), dim=1).cpu())
     return SplitEmbeddings([r.path for r in dataset.records], dataset.labels.numpy(), texts,
                            torch.cat(image_only).numpy(), torch.cat(fused).numpy())

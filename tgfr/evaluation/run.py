@@ -201,7 +201,8 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
         print(f"tgfr evaluate: warning: the {config.data.train_split!r} split of manifest {manifest} is not the one "
               f"the run's last checkpoint trained on (its paths, identities, captions or their order changed since): "
               f"the test splits evaluated may not be those the run was trained beside", file=sys.stderr)
-    model = load_tgfr_model(run / "model").to(device)
+    # Nothing trains here: a trainable text encoder's caption features can then be cached too.
+    model = load_tgfr_model(run / "model").to(device).requires_grad_(False)
     captions = CaptionFeatures(model.text_encoder, device)
     evaluation = config.evaluation
     metrics, curves = {}, {}

@@ -1,9 +1,11 @@
-"""Caption features for training and evaluation, with a cache when the text encoder is frozen.
+"""Caption features for training and evaluation, with a cache while the text encoder cannot change.
 
-A frozen text encoder maps a caption to the same features every time, so each distinct caption
-is encoded once and kept (float16, valid words only; the encoder's sentence feature is not kept:
-the TGFR model makes its own from the words, in the TextCNN head). On CPU this removes the text encoder
-from all but the first epoch, its largest cost. A trainable encoder runs on every batch.
+A frozen text encoder, or a trainable one while none of its weights trains (in the fuse stage and
+in evaluation), maps a caption to the same features every time, so each distinct caption is
+encoded once and kept (float16, valid words only; the encoder's sentence feature is not kept: the
+TGFR model makes its own from the words, in the TextCNN head). On CPU this removes the text encoder
+from all but the first epoch, its largest cost. An encoder that trains runs on every batch, and
+the features cached before it trained are dropped.
 
 With more than one thread the encoder's output for a caption changes in its last bits with the
 other captions of its batch (the matrix products split their work by shape). Filled with what
@@ -39,7 +41,12 @@ class CaptionFeatures:
 
     @property
     def cached(self) -> bool:
-        return self.encoder.frozen
+        """Whether the encoder cannot change: frozen, or none of its weights requires grad. While
+        it can, the cache is emptied, since training moves the features it holds."""
+        fixed = self.encoder.frozen or not any(p.requires_grad for p in self.encoder.parameters())
+        if not fixed:
+            self.cache.clear()
+        return fixed
 
     def _encode(self, captions: list[str]) -> CaptionWords:
         batch = {name: value.to(self.device) for name, value in self.encoder.tokenize(captions).items()}
@@ -61,7 +68,7 @@ class CaptionFeatures:
     def prefill(self, captions: Iterable[str]) -> None:
         """Caches the distinct `captions`, sorted and encoded in chunks of `chunk`, so that each
         one's features depend on this vocabulary only; chunks already cached are skipped. Nothing
-        to do for a trainable encoder."""
+        to do while the encoder can change (cached)."""
         if not self.cached:
             return
         vocabulary = sorted(set(captions))

@@ -14,17 +14,19 @@ import torch
 
 from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, DualGranularityAssociationLoss,
                          IntraModalContrastiveLoss, MultiGranularityLoss, WordRegionContrastiveLoss)
-from tgfr.models import AlignedFeatures, TGFRModel
+from tgfr.models import AlignedFeatures, BackboneOutput, TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import AlignStageConfig
 from tgfr.train.stage import Stage
 
 
-def align_features(model: TGFRModel, images: torch.Tensor, text, second_text=None):
+def align_features(model: TGFRModel, images: torch.Tensor, text, second_text=None,
+                   backbone_output: BackboneOutput | None = None):
     """TGFRModel.align on precomputed caption features (`text`, `second_text`: CaptionFeatures'
     CaptionWords, words (B, T, H)): AlignedFeatures, plus the sentence feature (B, D) of a second
-    caption per image when `second_text` is given."""
-    embedding, region_map = model.backbone(images)
+    caption per image when `second_text` is given. backbone_output: model.backbone(images), when
+    the caller needs it too (the backbone then does not run again)."""
+    embedding, region_map = backbone_output if backbone_output is not None else model.backbone(images)
     image_global, regions = model.image_head(embedding, region_map)
     if second_text is None:
         words, sentence = model.text_head(text.words, text.lengths)
