@@ -163,6 +163,25 @@ def test_weak_align_refuses_a_split_smaller_than_a_batch(tiny_overrides):
         stage_batches(large, "align", manifest, COLLATE)
 
 
+@pytest.mark.parametrize("supervision", ["identity", "weak"])
+def test_loader_workers_serve_every_epoch_the_batches_of_no_workers(tiny_overrides, supervision):
+    """One loader spans the epochs: its workers, started once, still draw each epoch's augmentation and
+    captions (the keys carry the epoch), from a step in the middle of an epoch on. (Without workers the
+    stream draws each epoch's items: test_every_epoch_draws_each_image_its_own_augmentation_and_captions.)"""
+    config = weak_config(tiny_overrides) if supervision == "weak" else load_config("quick", tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    streams = []
+    for workers in (0, 2):
+        data = dataclasses.replace(config.data, loader_workers=workers)
+        batches = StepBatches(manifest, data, COLLATE, seed=3, identity_balanced=supervision == "identity")
+        epoch_length = len(batches.sampler)
+        streams.append([batch for _, batch in zip(range(2 * epoch_length), batches.from_step(epoch_length - 1))])
+    for without, with_workers in zip(*streams):
+        assert without["indices"].tolist() == with_workers["indices"].tolist()
+        assert without["captions"] == with_workers["captions"]
+        assert torch.equal(without["images"], with_workers["images"])
+
+
 def test_an_image_that_fails_in_a_loader_worker_gives_the_error_line_of_no_workers(tmp_path, tiny_overrides):
     """A loader worker's ValueError reaches the main process as a ValueError holding "Caught ValueError in
     DataLoader worker process 0." and the worker's traceback; the stream raises the worker's own message."""

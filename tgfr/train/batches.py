@@ -121,28 +121,42 @@ class StepBatches:
         return [caption for record in self.dataset.records for caption in record.captions]
 
     def from_step(self, step: int) -> Iterator[dict[str, Any]]:
-        """Endless stream of batches, starting with the batch of optimizer step `step` (0-based)."""
+        """Endless stream of batches, starting with the batch of optimizer step `step` (0-based).
+
+        One DataLoader serves every epoch: its keys carry their epoch (_EpochKeys), so its workers,
+        started once, draw each epoch's captions and augmentation (a loader per epoch re-forked its
+        workers every epoch, which cost a fifth of a step with small epochs)."""
+        # An own generator: a DataLoader draws its worker seed from the global RNG otherwise, and a
+        # resumed run (which opens a loader mid-stage) would then see other dropout masks.
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, LOADER_STREAM, step))
+        loader = DataLoader(self.dataset, batch_sampler=_EpochKeys(self.sampler, step), collate_fn=self.collate,
+                            num_workers=self.workers, generator=generator)
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except Exception as error:
+                if (unwrapped := _unwrapped_worker_error(error)) is None:
+                    raise
+                raise unwrapped from error
+            yield batch
+
+
+class _EpochKeys:
+    """A batch sampler's batches from step `step` on, epoch after epoch without end; step s is
+    batch s mod E of epoch s // E (E batches per epoch), each key (index, draw, epoch), which
+    FaceCaptionDataset reads as that epoch's draw wherever the item is made."""
+
+    def __init__(self, sampler: IdentityBalancedBatchSampler | ShuffledBatchSampler, step: int):
+        self.sampler, self.step = sampler, step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        step = self.step
         while True:
             epoch, position = divmod(step, len(self.sampler))
             self.sampler.set_epoch(epoch)
-            self.dataset.set_epoch(epoch)
-            plan = list(self.sampler)[position:]
-            # An own generator: a DataLoader draws its worker seed from the global RNG otherwise, and a
-            # resumed run (which opens a loader mid-epoch) would then see other dropout masks.
-            generator = torch.Generator().manual_seed(stream_seed(self.seed, LOADER_STREAM, epoch))
-            loader = DataLoader(self.dataset, batch_sampler=plan, collate_fn=self.collate,
-                                num_workers=self.workers, generator=generator)
-            batches = iter(loader)
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except Exception as error:
-                    if (unwrapped := _unwrapped_worker_error(error)) is None:
-                        raise
-                    raise unwrapped from error
-                yield batch
+            for batch in list(self.sampler)[position:]:
+                yield [(key, 0, epoch) if isinstance(key, int) else (*key, epoch) for key in batch]
                 step += 1
 
 
