@@ -7,6 +7,7 @@ import tgfr.data.cli as data_cli
 from tgfr.cli import main
 from tgfr.data.grid import manifest_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
+from tgfr.data.synthetic import DEFAULT_DEGRADATION
 
 
 def test_synth_degrade_grid(tmp_path, capsys):
@@ -299,6 +300,54 @@ def test_convert_celeba_dialog_takes_the_seed(tmp_path, monkeypatch):
                         lambda *arguments, seed, **options: seeds.append(seed) or ([], []))
     assert celeba_dialog_convert(tmp_path, "--seed", "3") == 0
     assert seeds == [3]
+
+
+def test_convert_celeba_dialog_defaults_its_seed_to_0(tmp_path, monkeypatch):
+    seeds = []
+    monkeypatch.setattr(data_cli, "convert_celeba_dialog",
+                        lambda *arguments, seed, **options: seeds.append(seed) or ([], []))
+    assert celeba_dialog_convert(tmp_path) == 0
+    assert seeds == [0]
+
+
+@pytest.mark.parametrize("layout", ["mmcelebA", "face2text"])
+@pytest.mark.parametrize("options, named", [
+    (["--split-file", "split.json"], "--split-file"), (["--seed", "0"], "--seed"),
+    (["--hq-mapping", "none.txt", "--captions", "c.json"], "--captions, --hq-mapping"),
+    (["--identity-file", "i.txt", "--images", "img"], "--identity-file, --images")])
+def test_convert_of_a_tree_refuses_the_options_only_celeba_dialog_reads(tmp_path, monkeypatch, capsys, layout, options,
+                                                                        named):
+    """A split file given to a TGFR tree's layout was passed over, the splits taken from the tree."""
+    monkeypatch.setattr(data_cli, "convert_tgfr_tree", lambda *arguments, **options: pytest.fail("converted"))
+    assert main(["data", "convert", layout, "--root", str(tmp_path), *options]) == 2
+    assert capsys.readouterr().err == (f"tgfr data convert: error: {named}: celeba-dialog options, which {layout} "
+                                       "does not read (its splits come from the tree under --root: images/<split>/ "
+                                       "and <split>/filenames.*)\n")
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+def test_synth_refuses_a_degradation_recipe_with_no_degraded_split(tmp_path, monkeypatch, capsys):
+    configs = []
+    monkeypatch.setattr(data_cli, "generate_synthetic_dataset",
+                        lambda out, config, workers: configs.append(config) or out / "manifest.jsonl")
+    synth = ["data", "synth", "--out", str(tmp_path / "s"), "--identities", "10"]
+    assert main([*synth, "--no-degraded", "--degradation", "down16"]) == 2
+    assert "error: --degradation: the recipe of the test_degraded split, which --no-degraded leaves out" in (
+        capsys.readouterr().err)
+    assert main([*synth, "--no-degraded"]) == 0 and main(synth) == 0 and main([*synth, "--degradation", "down16"]) == 0
+    assert [config.degradations for config in configs] == [{}, {"test_degraded": DEFAULT_DEGRADATION},
+                                                           {"test_degraded": "down16"}]
+
+
+def test_grid_refuses_a_split_without_a_manifest_and_takes_test_by_default(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(data_cli, "manifest_rows", lambda *arguments: calls.append(arguments) or [])
+    monkeypatch.setattr(data_cli, "render_grid", lambda rows, out, *arguments: out)
+    assert main(["data", "grid", "--out", str(tmp_path / "g.png"), "--split", "val"]) == 2
+    assert ("error: --split: a split of --manifest; without it the faces are synthetic and have no split"
+            in capsys.readouterr().err)
+    assert main(["data", "grid", "--out", str(tmp_path / "g.png"), "--manifest", "m.jsonl"]) == 0
+    assert calls == [("m.jsonl", 8, "test")]
 
 
 @pytest.mark.parametrize("count, more", [(20, []), (21, ["  ... and 1 more"])])

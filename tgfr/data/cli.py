@@ -31,7 +31,9 @@ def _integer(minimum: int) -> Callable[[str], int]:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    degradations = {} if args.no_degraded else {"test_degraded": args.degradation}
+    if args.no_degraded and args.degradation is not None:
+        raise ValueError("--degradation: the recipe of the test_degraded split, which --no-degraded leaves out")
+    degradations = {} if args.no_degraded else {"test_degraded": args.degradation or DEFAULT_DEGRADATION}
     config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                              captions_per_image=args.captions_per_image, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -68,6 +70,13 @@ def _convert(args: argparse.Namespace) -> int:
     out = check_output_file("--out", args.out) if args.out else None
     unused: list[str] = []  # files of the image folders that no record uses (TGFR trees)
     if args.layout in ("mmcelebA", "face2text"):
+        # Accepted and passed over, a split file would leave the splits to the tree without a word.
+        options = (("--captions", args.captions), ("--identity-file", args.identity_file), ("--images", args.images),
+                   ("--hq-mapping", args.hq_mapping), ("--split-file", args.split_file), ("--seed", args.seed))
+        given = [flag for flag, value in options if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: celeba-dialog options, which {args.layout} does not read (its "
+                             "splits come from the tree under --root: images/<split>/ and <split>/filenames.*)")
         root = Path(args.root)
         records, skipped, unused = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
     else:
@@ -78,7 +87,7 @@ def _convert(args: argparse.Namespace) -> int:
         root = Path(args.root)
         records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
                                                  hq_mapping=args.hq_mapping, split_file=args.split_file,
-                                                 seed=args.seed, bad_files=bad_files)
+                                                 seed=args.seed or 0, bad_files=bad_files)
     out = out or root / "manifest.jsonl"
     write_manifest(out, _relocated(records, root, out))
     not_used = f"; {len(unused)} other file(s) in the image folders not used" if unused else ""
@@ -116,8 +125,11 @@ def _protocol(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
+    if args.split is not None and not args.manifest:
+        raise ValueError("--split: a split of --manifest; without it the faces are synthetic and have no split")
     out = check_output_file("--out", args.out)
-    rows = manifest_rows(args.manifest, args.rows, args.split) if args.manifest else synthetic_rows(args.rows, args.seed)
+    rows = (manifest_rows(args.manifest, args.rows, args.split or "test") if args.manifest
+            else synthetic_rows(args.rows, args.seed))
     print(f"wrote {render_grid(rows, out, args.recipe, args.seed)}")
     return 0
 
@@ -153,9 +165,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="fraction of the identities in val (default: %(default)s)")
     synth.add_argument("--test-fraction", type=float, default=0.2,
                        help="fraction of the identities in test (default: %(default)s)")
-    synth.add_argument("--degradation", default=DEFAULT_DEGRADATION,
+    synth.add_argument("--degradation",
                        help="recipe of the test_degraded split, as `tgfr data degrade --recipe` "
-                            "(default: %(default)s)")
+                            f"(default: {DEFAULT_DEGRADATION})")
     synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
     synth.add_argument("--generator-version", type=int, choices=range(1, GENERATOR_VERSION + 1),
                        default=GENERATOR_VERSION,
@@ -181,11 +193,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--captions", help="celeba-dialog caption JSON (required for celeba-dialog)")
     convert.add_argument("--identity-file", help="CelebA identity_CelebA.txt (required for celeba-dialog)")
     convert.add_argument("--images", help="celeba-dialog image folder, inside --root (required for celeba-dialog)")
-    convert.add_argument("--hq-mapping", help="CelebA-HQ-to-CelebA-mapping.txt (images numbered as CelebA-HQ)")
+    convert.add_argument("--hq-mapping", help="celeba-dialog: CelebA-HQ-to-CelebA-mapping.txt (images numbered as "
+                                              "CelebA-HQ)")
     convert.add_argument("--split-file", help="celeba-dialog: JSON {split: [image names]} or CSV image,split "
                                               "(default: identities split 0.8/0.1/0.1 by --seed)")
-    convert.add_argument("--seed", type=_integer(0), default=0,
-                         help="celeba-dialog: seed of the identity split without --split-file (default: %(default)s)")
+    convert.add_argument("--seed", type=_integer(0),
+                         help="celeba-dialog: seed of the identity split without --split-file (default: 0)")
     convert.set_defaults(func=_run(_convert))
 
     degrade = commands.add_parser("degrade", help="add a degraded copy of a split to a manifest",
@@ -233,7 +246,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            "degraded by --recipe, with their captions, into one PNG.")
     grid.add_argument("--out", required=True, help="PNG path")
     grid.add_argument("--manifest", help="take faces from this manifest (default: draw synthetic faces)")
-    grid.add_argument("--split", default="test", help="split of --manifest to take faces from (default: %(default)s)")
+    grid.add_argument("--split", help="split of --manifest to take faces from (default: test)")
     grid.add_argument("--rows", type=_integer(1), default=8, help="rows, one identity each (default: %(default)s)")
     grid.add_argument("--recipe", default=DEFAULT_DEGRADATION,
                       help="degradation recipe of the right-hand copies (default: %(default)s)")
