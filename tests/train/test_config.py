@@ -337,6 +337,23 @@ def test_a_run_written_before_the_synthetic_version_was_recorded_reads_as_versio
         load_config(str(tmp_path / "old.toml"))
 
 
+def test_a_run_written_before_fusion_out_dim_was_a_setting_reads_as_the_640_wide_linear_fusion_it_trained():
+    text = re.sub(r"(?m)^fusion_out_dim = .*\n", "", to_toml(load_config("quick", ["model.fusion=\"linear\""])))
+    values = tomllib.loads(text)
+    assert "fusion_out_dim" not in values["model"]
+    assert config_from_dict(values).model.fusion_out_dim == 640
+    assert load_config("quick").model.fusion_out_dim == 160  # a new run: fcfm's default width
+
+
+@pytest.mark.parametrize("fusion, width", [("fcfm", 7 + 2 * 64), ("linear", 9), ("concat", 2 * 64)])
+def test_each_fusion_reads_its_own_width_setting(tiny_overrides, fusion, width):
+    from tgfr.train.run import build_model
+
+    config = load_config("quick", tiny_overrides + [f'model.fusion="{fusion}"', "model.fine_dim=7",
+                                                    "model.fusion_out_dim=9", "model.dim=64"])
+    assert build_model(config).fused_dim == width
+
+
 def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):
     """An entry of a table setting is a key: `tgfr train --set` changes the entries the preset holds
     (as it always did), refuses a new one (the whole table is set for that) and a key past an entry."""

@@ -77,7 +77,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """backbone_weights: a released backbone (.pth / .safetensors) or a saved tgfr model's model.safetensors
-    (its backbone part); then the fr stage only loads it."""
+    (its backbone part); then the fr stage only loads it.
+    fusion: "fcfm" (fine_dim + 2 * dim wide), "linear" (a linear layer over [global image | sentence],
+    fusion_out_dim wide) or "concat" ([global image | sentence], 2 * dim wide, no weights); fine_dim
+    is read by fcfm only, fusion_out_dim by linear only (its default is fcfm's default width)."""
 
     backbone: str = "iresnet_small"
     width: int = 16
@@ -90,6 +93,7 @@ class ModelConfig:
     dim: int = 64
     fusion: str = "fcfm"
     fine_dim: int = 32
+    fusion_out_dim: int = 160
 
 
 @dataclass
@@ -128,7 +132,9 @@ class AlignStageConfig:
     """FCAM: wrcl_weight*WRCL + cicl_weight*CICL + intra_weight*intra-caption + identity_weight*identity.
 
     supervision: "identity" (labels: class masking, ArcFace on the sentence and global image
-    features) or "weak" (no labels: the dual-granularity association replaces the identity term).
+    features, which read identity_scale and identity_margin) or "weak" (no labels: the
+    dual-granularity association, with num_prototypes visual identity prototypes, replaces the
+    identity term). Each mode reads only its own keys.
     """
 
     steps: int = 300
@@ -273,6 +279,7 @@ class TrainConfig:
                   "data.identities_per_batch": (1, 2**20), "data.images_per_identity": (1, 2**20),
                   "data.loader_workers": (0, 1025), "model.width": (1, 2**16), "model.num_features": (1, 2**16),
                   "model.max_length": (3, 2**16), "model.dim": (1, 2**16), "model.fine_dim": (1, 2**16),
+                  "model.fusion_out_dim": (1, 2**16),
                   "fr.steps": (1, 2**48), "align.steps": (1, 2**48), "fuse.steps": (1, 2**48),
                   "align.num_prototypes": (1, 2**20), **{f"{stage}.optim.warmup_steps": (0, None) for stage in STAGES}}
         for key, (low, high) in bounds.items():
@@ -547,8 +554,9 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
 # before it did: such a run's config.toml lacks the key, and must still evaluate and resume as trained.
 # One exception the file cannot show: the commits 3db1e1f to 3874a79 (reverted by 1f0a382) generated
 # version 2 before the version was recorded; a run trained there needs synthetic_version = 2 written
-# under [data] by hand.
-_ADDED_KEYS = {"data": {"synthetic_version": 1}}
+# under [data] by hand. model.fusion_out_dim: the linear fusion was 640 wide (TGFRConfig's default)
+# before the setting existed.
+_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640}}
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

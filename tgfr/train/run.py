@@ -64,7 +64,7 @@ def build_model(config: TrainConfig) -> TGFRModel:
         model = TGFRModel(TGFRConfig(backbone=backbone, freeze_backbone=not train_backbone,
                                      text_encoder=m.text_encoder or None, max_length=m.max_length,
                                      freeze_text_encoder=m.freeze_text_encoder, dim=m.dim, fusion=m.fusion,
-                                     fine_dim=m.fine_dim))
+                                     fine_dim=m.fine_dim, fusion_out_dim=m.fusion_out_dim))
     except ValueError as error:  # the text encoder refuses its folder, or a max_length past its positions
         raise ValueError(f"model.text_encoder ({m.text_encoder or 'the packaged all-MiniLM-L6-v2'}) with "
                          f"model.max_length = {m.max_length}: {error}") from error
