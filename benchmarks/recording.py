@@ -14,13 +14,13 @@ import platform
 import re
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from tgfr.provenance import checkout_commit
 from tgfr.text_formats import parse_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -81,21 +81,10 @@ def commit() -> str:
     or without git."""
     if os.environ.get("TGFR_COMMIT"):
         return os.environ["TGFR_COMMIT"]
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=RESULTS_DIR.parent, capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            return "unknown"
-        # The results files a run merges into and appends to are tracked: a run after another, or the
-        # second line of one GPU session, would otherwise mark measurements of the same code dirty.
-        # The pathspecs are relative to benchmarks/ (the cwd); ':/' is the whole tree.
-        outputs = [f":(exclude){path.relative_to(RESULTS_DIR.parent)}" for path in (RESULTS_DIR, RESULTS_PAGE)]
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs],
-                               cwd=RESULTS_DIR.parent, capture_output=True, text=True).stdout.strip()
-    except OSError:  # no git on PATH: the figures still count, under an unknown commit
-        return "unknown"
-    return result.stdout.strip() + ("-dirty" if dirty else "")
+    # The results files a run merges into and appends to are tracked: a run after another, or the
+    # second line of one GPU session, would otherwise mark measurements of the same code dirty.
+    outputs = [path.relative_to(RESULTS_DIR.parent).as_posix() for path in (RESULTS_DIR, RESULTS_PAGE)]
+    return checkout_commit(RESULTS_DIR.parent, outputs) or "unknown"
 
 
 def _machine_busy_seconds() -> float | None:

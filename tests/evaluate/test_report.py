@@ -1,5 +1,6 @@
 """report.md states the evaluation's real settings."""
 
+import dataclasses
 import html
 import json
 import re
@@ -7,11 +8,16 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+import torch
 
+import tgfr
 from tgfr.evaluation.protocols import paired_difference
 from tgfr.evaluation.report import MAIN_FAR, write_report
 from tgfr.metrics import identification_metrics, verification_metrics
+from tgfr.provenance import environment
 from tgfr.train.config import EvaluationConfig
+
+ENVIRONMENT = environment(torch.device("cpu"), "fp32")
 
 
 def figures(separation=1.0, subjects=50, resamples=10):
@@ -35,7 +41,7 @@ def figures(separation=1.0, subjects=50, resamples=10):
                                                   (2, "the first 2 images (by path) of each subject as gallery")])
 def test_report_states_the_gallery_setting(tmp_path, per_subject, wording):
     metrics = {"clean": {"image_only": figures()[0]}}
-    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": per_subject,
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": per_subject,
                "resamples": 10, "splits": {"clean": "test"}, "training": None}
     text = write_report(tmp_path, metrics, {}, [], context).read_text(encoding="utf-8")
     assert wording in text
@@ -46,7 +52,7 @@ def test_report_states_the_gallery_setting(tmp_path, per_subject, wording):
 def test_report_states_the_paired_difference(tmp_path):
     (image_only, image_replicates), (tgfr, tgfr_replicates) = figures(1.0), figures(3.0)
     tgfr["vs_image_only"] = paired_difference(image_only, tgfr, image_replicates, tgfr_replicates)
-    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
                "resamples": 10, "splits": {"clean": "test"}, "training": None}
     text = write_report(tmp_path, {"clean": {"image_only": image_only, "tgfr": tgfr}}, {}, [], context).read_text()
     difference = tgfr["vs_image_only"]
@@ -61,7 +67,7 @@ def test_summary_keeps_the_rank1_comparison_when_the_far_is_unresolved(tmp_path)
     (image_only, image_replicates), (tgfr, tgfr_replicates) = figures(1.0, subjects=20), figures(3.0, subjects=20)
     assert image_only["tar_at_far"][MAIN_FAR] is None
     tgfr["vs_image_only"] = paired_difference(image_only, tgfr, image_replicates, tgfr_replicates)
-    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
                "resamples": 10, "splits": {"clean": "test"}, "training": None}
     text = write_report(tmp_path, {"clean": {"image_only": image_only, "tgfr": tgfr}}, {}, [], context).read_text()
     difference = tgfr["vs_image_only"]
@@ -73,7 +79,7 @@ def test_summary_keeps_the_rank1_comparison_when_the_far_is_unresolved(tmp_path)
 @pytest.mark.parametrize("resamples", [0, 10])
 def test_report_states_whether_there_are_intervals(tmp_path, resamples):
     image_only = figures(resamples=resamples)[0]
-    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
                "resamples": resamples, "splits": {"clean": "test"}, "training": None}
     text = write_report(tmp_path, {"clean": {"image_only": image_only}}, {}, [], context).read_text()
     auc = f"{image_only['auc']:.3f}"
@@ -99,7 +105,7 @@ def report_with_images(folder):
     heatmaps = [f"attention_{name}.png" for name in config.splits]
     for name in [*sum(files.values(), []), *heatmaps]:
         (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n")
-    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
                "resamples": 0, "splits": config.splits, "training": None}
     metrics = {name: {"image_only": figures(resamples=0)[0]} for name in config.splits}
     text = write_report(folder, metrics, files, heatmaps, context).read_text(encoding="utf-8")
@@ -136,10 +142,25 @@ def test_table_row_puts_each_figure_and_its_interval_in_its_column(tmp_path):
                "auc": 0.912, "auc_ci": [0.901, 0.923], "eer": 0.07, "eer_ci": [0.06, 0.08],
                "rank1": 0.6, "rank1_ci": [0.55, 0.65], "rank5": 0.8, "rank5_ci": [0.75, 0.85], "cmc": [0.6, 0.8],
                "genuine_pairs": 10, "impostor_pairs": 900, "subjects": 10, "probes": 20, "gallery": 10}
-    context = {"run": "run", "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": 1,
                "resamples": 10, "splits": {"clean": "test"}, "training": None}
     text = write_report(tmp_path, {"clean": {"image_only": figures}}, {}, [], context).read_text()
     assert ("| method | TAR@FAR=1e-4 % | TAR@FAR=1e-3 % | TAR@FAR=1e-2 % | AUC | EER % | rank-1 % | rank-5 % |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
             "| image only (backbone) | n/a | 25.0 [20.0, 30.0] | 50.0 [45.0, 55.0] | 0.912 [0.901, 0.923] | "
             "7.0 [6.0, 8.0] | 60.0 [55.0, 65.0] | 80.0 [75.0, 85.0] |\n") in text
+
+
+def test_report_names_what_produced_it_and_report_info_holds_every_setting(tmp_path):
+    """report.md says which tgfr (and commit), torch, device, precision and threads made it;
+    report_info.json holds that and the settings, so that the report can be traced and rerun."""
+    described = {**ENVIRONMENT, "commit": "0123456789ab", "threads": 3, "torch": "9.9"}
+    settings = dataclasses.asdict(EvaluationConfig())
+    context = {"run": "run", "environment": described, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test"}, "training": None,
+               "evaluation": settings}
+    text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
+    assert (f"Produced by tgfr {tgfr.__version__} (commit 0123456789ab) with torch 9.9 on cpu, fp32, 3 CPU threads, "
+            f"{described['date']}.") in text
+    info = json.loads((tmp_path / "report_info.json").read_text())
+    assert info == {key: value for key, value in context.items() if key != "training"}

@@ -110,7 +110,7 @@ def test_re_evaluating_removes_the_earlier_reports_pictures_only(tiny_run, tmp_p
     out = tmp_path / "report"
     evaluate(run, config, out, device="cpu")
     pictures = {f"{kind}_{name}.png" for kind in ("roc", "cmc", "attention") for name in ("clean", "degraded")}
-    assert {p.name for p in out.iterdir()} == pictures | {"report.md", "metrics.json"}
+    assert {p.name for p in out.iterdir()} == pictures | {"report.md", "metrics.json", "report_info.json"}
     others = {"notes.png", "roc_clean.txt", "plot_roc_clean.png", "cmc_degraded.png.bak"}
     for name in others:
         (out / name).write_bytes(b"not the report's")
@@ -120,7 +120,7 @@ def test_re_evaluating_removes_the_earlier_reports_pictures_only(tiny_run, tmp_p
                                                                    heatmap_captions=0, bootstrap_resamples=0))
     report = evaluate(run, lowq, out, device="cpu")
     assert {p.name for p in out.iterdir()} == {"roc_lowq.png", "cmc_lowq.png", "report.md", "metrics.json",
-                                               "roc_folder.png", *others}
+                                               "report_info.json", "roc_folder.png", *others}
     assert linked_images(report) == {"roc_lowq.png", "cmc_lowq.png"}
     assert all((out / name).read_bytes() == b"not the report's" for name in others)
 

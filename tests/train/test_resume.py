@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
+import tgfr
 import tgfr.train.run as run_module
 from tgfr.cli import main
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
@@ -176,6 +177,27 @@ def test_a_call_that_takes_no_step_in_a_stage_adds_no_seconds_to_it(tmp_path, ti
     assert final["fr"]["steps_taken"] == 3
     if first_call_steps is None:
         assert final["align"]["seconds"] == checkpointed["align"]["seconds"] > 0
+
+
+def test_run_info_records_each_call_and_where_it_resumed(tmp_path, tiny_overrides, keep_threads, capsys):
+    """run_info.json: per call, the software, device, precision and threads it trained with, and the
+    stage and step it resumed at; an unreadable file is named and written anew, training goes on."""
+    config = load_config("quick", tiny_overrides + ["threads=1", 'stages=["fr"]', "fr.steps=4"])
+    train(config, tmp_path, stop_after=2)
+    train(config, tmp_path, resume=True, stop_after=1)
+    calls = json.loads((tmp_path / "run_info.json").read_text())["calls"]
+    assert [call["resumed_at"] for call in calls] == [None, {"stage": "fr", "step": 2}]
+    for call in calls:
+        assert (call["tgfr"], call["torch"], call["device"], call["precision"], call["threads"], call["world_size"]) \
+            == (tgfr.__version__, torch.__version__, "cpu", "fp32", 1, 1)
+        assert set(call) >= {"date", "commit", "python"}
+    (tmp_path / "run_info.json").write_text("{not json")
+    capsys.readouterr()
+    train(config, tmp_path, resume=True)
+    assert f"tgfr train: warning: {tmp_path / 'run_info.json'} cannot be read" in capsys.readouterr().err
+    calls = json.loads((tmp_path / "run_info.json").read_text())["calls"]
+    assert [call["resumed_at"] for call in calls] == [{"stage": "fr", "step": 3}]
+    assert (tmp_path / "model").is_dir()
 
 
 def test_a_checkpoint_of_an_older_tgfr_without_counts_resumes(tmp_path, tiny_overrides, keep_threads):
@@ -434,7 +456,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_its_start(t
             train(config, run)
     leftover = kill_while_writing(run / CHECKPOINT)  # as a SIGKILL inside the write leaves it
     assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == ["checkpoints", "config.toml",
-                                                                               "metrics.jsonl"]
+                                                                               "metrics.jsonl", "run_info.json"]
     assert [record["step"] for record in read_log(run / "metrics.jsonl")] == list(range(1, logged + 1))
     with pytest.raises(ValueError, match=re.escape(f"run folder {run} is not empty: continue its run with --resume")):
         train(config, run)

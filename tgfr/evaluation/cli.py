@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Image-only (backbone) vs TGFR fused embeddings: verification (ROC, AUC, EER, TAR@FAR) and "
                     "identification (rank-1, rank-5, CMC) with bootstrap intervals, on the splits of "
                     "evaluation.splits (clean = test, degraded = test_degraded); writes report.md, metrics.json, "
-                    "roc_<name>.png, cmc_<name>.png and attention_<name>.png into --out.")
+                    "report_info.json, roc_<name>.png, cmc_<name>.png and attention_<name>.png into --out.")
     parser.add_argument("--run", type=Path, required=True,
                         help="run folder of a finished `tgfr train` (it has model/)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")

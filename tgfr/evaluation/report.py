@@ -84,6 +84,13 @@ def _image(file_name: str) -> str:
     return f"![{alt}]({quote(file_name, safe='')})"
 
 
+def _produced_by(environment: dict[str, Any]) -> str:
+    commit = f" (commit {environment['commit']})" if environment.get("commit") else ""
+    device = environment["device"] + (f", {environment['gpu']}" if environment.get("gpu") else "")
+    return (f"Produced by tgfr {environment['tgfr']}{commit} with torch {environment['torch']} on {device}, "
+            f"{environment['precision']}, {environment['threads']} CPU threads, {environment['date']}.")
+
+
 def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatmaps: list[str],
                  context: dict[str, Any]) -> Path:
     """Writes out/metrics.json and out/report.md, each atomically (an error leaves an earlier report's
@@ -92,7 +99,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     context: run, manifest, synthetic_version (of the embedded synthetic set the manifest is, or None
     for another manifest), training_split_changed (the manifest's training split is not the one the
     run trained on), protocol, gallery_per_subject, resamples, splits (report name -> manifest
-    split) and training (train_summary.json's content or None).
+    split), training (train_summary.json's content or None), evaluation (every evaluation setting)
+    and environment (tgfr.provenance.environment). All but training also go to out/report_info.json.
     """
     per_subject = context["gallery_per_subject"]
     gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
@@ -113,7 +121,7 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     lines = ["# TGFR evaluation report", "",
              f"Run: `{context['run']}`; manifest: `{context['manifest']}`{data}; protocol: {context['protocol']} "
              f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
-             f"(identification). Figures in % {intervals}", ""]
+             f"(identification). Figures in % {intervals}", "", _produced_by(context["environment"]), ""]
     if context.get("training_split_changed"):
         lines += ["**Warning:** this manifest's training split is not the one the run's last checkpoint trained on "
                   "(its paths, identities, captions or their order changed since): the test splits evaluated may "
@@ -137,9 +145,11 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
             lines.append(f"| {stage} | {s['steps_taken']} | {s['seconds']:.0f} | {s.get('seconds_per_step', 0):.2f} | "
                          f"{s['global_batch']} |")
         lines.append("")
-    # Both written once the report's text is made: an error in it leaves an earlier report whole.
+    # Written once the report's text is made: an error in it leaves an earlier report whole.
     with write_atomically(out / "metrics.json", "metrics file") as stream:
         stream.write(json.dumps(metrics, indent=1) + "\n")
+    with write_atomically(out / "report_info.json", "report information") as stream:
+        stream.write(json.dumps({key: value for key, value in context.items() if key != "training"}, indent=1) + "\n")
     path = out / "report.md"
     with write_atomically(path, "report") as stream:
         stream.write("\n".join(lines))

@@ -1,5 +1,6 @@
 """`tgfr evaluate`: image-only vs TGFR embeddings on the clean and degraded test splits of a run."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from tgfr.text_formats import parse_json
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
 from tgfr.output_paths import check_output_folder
+from tgfr.provenance import environment
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import EvaluationConfig, TrainConfig, torch_threads
@@ -222,7 +224,8 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
                "training_split_changed": data_changed, "protocol": evaluation.protocol,
                "gallery_per_subject": evaluation.gallery_per_subject,
-               "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training}
+               "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training,
+               "evaluation": dataclasses.asdict(evaluation), "environment": environment(device, "fp32")}
     report = write_report(out, metrics, figures, heatmaps, context)
     # Only now: until the new report.md replaces it, the earlier one shows these pictures.
     _remove_stale_pictures(out, {*(file for files in figures.values() for file in files), *heatmaps})

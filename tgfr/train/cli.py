@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the face backbone (fr), the alignment heads (align) and the fusion module (fuse). "
                     "Without data.manifest the embedded synthetic dataset is generated into the cache "
                     "(data.cache_dir, else $TGFR_CACHE_DIR, else $XDG_CACHE_HOME/tgfr, by default ~/.cache/tgfr). "
-                    "Writes config.toml, metrics.jsonl, checkpoints/last.pt, model/ and train_summary.json into "
-                    "--out.")
+                    "Writes config.toml, metrics.jsonl, checkpoints/last.pt, model/, train_summary.json and "
+                    "run_info.json into --out.")
     parser.add_argument("--preset", default="default",
                         help=f"a packaged preset ({', '.join(preset_names())}) or a TOML file that sets every key "
                              "(default: %(default)s); ignored with --resume")

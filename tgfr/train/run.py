@@ -6,6 +6,8 @@ the run folder:
     checkpoints/last.pt   the latest training state (atomic; --resume continues from it), with the
                           RNG states of every rank and the optimizer settings of its stage
     model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
+    run_info.json         per call of `tgfr train` on the run: tgfr version and commit, torch, device,
+                          precision, threads (tgfr.train.run_info)
     train_summary.json    per stage: steps, seconds, samples/s (summed over the calls of a resumed
                           run, up to each call's last checkpoint: a crashed call's checkpointed
                           steps count too), last logged values
@@ -37,11 +39,13 @@ from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
+from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
 from tgfr.train.config import TrainConfig, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
+from tgfr.train.run_info import record_call
 from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
 from tgfr.train.stage import Stage
 from tgfr.train.stage_align import AlignStage
@@ -347,6 +351,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
         out.mkdir(parents=True, exist_ok=True)
         with write_atomically(out / "config.toml", "run config") as stream:
             stream.write(to_toml(config))
+    if rank == 0:
+        resumed_at = {"stage": state["stage"], "step": state["step"]} if state is not None else None
+        record_call(out, {**environment(device, "bf16" if settings.bf16 else "fp32", world_size),
+                          "resumed_at": resumed_at})
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
 
     def drop_lost_records() -> None:  # only once the checkpoint's whole state has loaded
