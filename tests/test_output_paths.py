@@ -36,6 +36,8 @@ WRITERS = {
                     "from pathlib import Path\n"
                     "from tgfr.evaluation.report import write_report\n"
                     "from tgfr.metrics import identification_metrics, verification_metrics\n"
+                    "from tgfr.provenance import environment\n"
+                    "import torch\n"
                     "def write(path):\n"
                     "    a, b = np.triu_indices(20, k=1)\n"
                     "    subjects_a, subjects_b = np.r_[0:20, a], np.r_[0:20, b]\n"
@@ -48,7 +50,7 @@ WRITERS = {
                     "                                      resamples=0)\n"
                     "    context = {'run': 'run', 'manifest': 'm.jsonl', 'protocol': 'all_pairs',\n"
                     "               'gallery_per_subject': 1, 'resamples': 0, 'splits': {'clean': 'test'},\n"
-                    "               'training': None}\n"
+                    "               'training': None, 'environment': environment(torch.device('cpu'), 'fp32')}\n"
                     "    write_report(Path(path).parent, {'clean': {'image_only': figures}}, {}, [], context)\n",
 }
 WRITERS |= {
@@ -70,6 +72,10 @@ WRITERS |= {
                           "def write(path):\n"
                           "    counts = {f'stage{i}': {'steps_taken': i, 'seconds': 1.5 * i} for i in range(20)}\n"
                           "    _write_summary(Path(path).parent, counts, 64)\n",
+    "run_info.json": "from pathlib import Path\n"
+                     "from tgfr.train.run_info import record_call\n"
+                     "def write(path):\n"
+                     "    record_call(Path(path).parent, {'device': 'cpu', 'note': 'x' * 400})\n",
 }
 LIMIT = 256  # bytes: RLIMIT_FSIZE makes every write past it fail with EFBIG, as a full disk fails with ENOSPC
 
