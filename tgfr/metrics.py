@@ -87,16 +87,16 @@ class _SortedPairs:
 
     def __init__(self, scores: np.ndarray, same: np.ndarray):
         order = np.argsort(-scores, kind="stable")
-        self.scores, self.same = scores[order], same[order]
+        scores, same = scores[order], same[order]
         # Last index of every group of equal scores: the ROC steps there.
-        self.group_ends = np.flatnonzero(np.r_[self.scores[1:] != self.scores[:-1], True])
-        genuine_positions, impostor_positions = np.flatnonzero(self.same), np.flatnonzero(~self.same)
+        group_ends = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True])
+        genuine_positions, impostor_positions = np.flatnonzero(same), np.flatnonzero(~same)
         # Input indices of the genuine (impostor) pairs, by descending score: the order of roc()'s weights.
         self.genuine_pairs, self.impostor_pairs = order[genuine_positions], order[impostor_positions]
         # Genuine (impostor) pairs scoring >= each group's score: where their cumulative weights are read.
-        self.genuine_seen = np.searchsorted(genuine_positions, self.group_ends, side="right")
-        self.impostor_seen = np.searchsorted(impostor_positions, self.group_ends, side="right")
-        self.thresholds = np.r_[np.inf, self.scores[self.group_ends]]
+        self.genuine_seen = np.searchsorted(genuine_positions, group_ends, side="right")
+        self.impostor_seen = np.searchsorted(impostor_positions, group_ends, side="right")
+        self.thresholds = np.r_[np.inf, scores[group_ends]]
 
     def roc(self, genuine_weights: np.ndarray | None = None, impostor_weights: np.ndarray | None = None) -> RocCurve:
         """ROC, all pairs counted once, or with integer weights (G,) and (I,) of the genuine and
