@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 
+import tgfr.data.degrade as degrade_module
 from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
                                degrade_records, down_up, gaussian_blur, image_rng, jpeg)
@@ -261,6 +262,61 @@ def test_an_earlier_copy_is_replaced_only_in_the_manifest_that_lists_it(tmp_path
         expected = degrade_image(source, "jpeg30", image_rng(5, record.meta["source"]))
         assert record.meta["recipe"] == "jpeg30" and record.meta["seed"] == 5
         assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+
+
+def files_under(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("interrupted_after", [0, 2])
+def test_a_degrade_cut_short_leaves_the_earlier_copy_whole_and_a_rerun_finishes(tmp_path, monkeypatch,
+                                                                                 interrupted_after):
+    """Ctrl-C after some images: the copy being replaced and its manifest are as they were (no image of
+    the new recipe, none cut short), nothing is left behind, and the same command then runs through."""
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", out_manifest=tmp_path / "manifest.jsonl")
+    before = files_under(tmp_path)
+    written = []
+    degrade_one = degrade_module._degrade_one
+
+    def interrupting(task):
+        if len(written) == interrupted_after:
+            raise KeyboardInterrupt
+        written.append(task)
+        return degrade_one(task)
+
+    monkeypatch.setattr(degrade_module, "_degrade_one", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    assert files_under(tmp_path) == before
+    monkeypatch.setattr(degrade_module, "_degrade_one", degrade_one)
+    degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    for record in (r for r in read_manifest(manifest) if r.split == "test_degraded"):
+        assert record.meta["recipe"] == "jpeg30"
+        source = Image.open(tmp_path / record.meta["source"])
+        expected = degrade_image(source, "jpeg30", image_rng(0, record.meta["source"]))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_first_degrade_cut_short_leaves_nothing_that_refuses_the_rerun(tmp_path, monkeypatch):
+    manifest = make_manifest(tmp_path)
+    before = files_under(tmp_path)
+    degrade_one = degrade_module._degrade_one
+    written = []
+
+    def failing_at_the_third(task):  # a full disk, say
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(task)
+        return degrade_one(task)
+
+    monkeypatch.setattr(degrade_module, "_degrade_one", failing_at_the_third)
+    with pytest.raises(OSError):
+        degrade_manifest(manifest, "test", "down16")
+    assert files_under(tmp_path) == before and not (tmp_path / "test_degraded").exists()
+    monkeypatch.setattr(degrade_module, "_degrade_one", degrade_one)
+    out, _ = degrade_manifest(manifest, "test", "down16")
+    assert sum(r.split == "test_degraded" for r in read_manifest(out)) == 4
 
 
 def test_cli_degrade_refuses_an_existing_split_name(tmp_path, capsys):

@@ -305,14 +305,17 @@ def test_every_split_with_a_positive_fraction_gets_identities_as_the_fractions_r
 
 
 def test_a_rerun_removes_the_images_of_earlier_runs_also_one_cut_short(tmp_path, monkeypatch):
-    """Run A finishes, run B (another config) is cut short over it, run C (a third) writes over both:
-    the folder then holds the images that C's manifest lists, and nothing of A's or B's else."""
+    """Run A finishes, run B (another config) is cut short over it, leaving no manifest, and run C (a
+    third) writes over both: the folder then holds the images that C's manifest lists, and nothing of
+    A's or B's else."""
     out = tmp_path / "synth"
     generate_synthetic_dataset(out, CONFIG, workers=1)
     _interrupt_at_identity(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_dataset(out, dataclasses.replace(CONFIG, seed=7, images_per_identity=4), workers=1)
     assert any(out.glob("images/*/*/*_3.png"))  # B's fourth images, which A has not
+    # A's manifest went before B touched A's images: kept, it would list images of two datasets.
+    assert not (out / "manifest.jsonl").exists()
     monkeypatch.undo()
     manifest = generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, seed=8,
                                                                    images_per_identity=2), workers=1)

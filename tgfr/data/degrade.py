@@ -25,6 +25,8 @@ import io
 import multiprocessing
 import posixpath
 import re
+import secrets
+import shutil
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path, PurePosixPath
@@ -239,7 +241,9 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     root that must stay as they are) or on another record's degraded image.
     Returns (records, errors): with bad_images="skip" unreadable images are left out and their
     errors returned; with "error" every image is checked first and the first bad one raises
-    before any is written, so an earlier copy being replaced is never left half-replaced.
+    before any is written. The images are written into a hidden folder root/.<folder>.<hex>.tmp
+    and moved into root/folder once every one is written, so an earlier copy being replaced is not
+    left half-replaced by a run cut short (a killed one leaves that hidden folder).
     """
     parse_recipe(recipe)
     if bad_images not in ("error", "skip"):
@@ -251,19 +255,31 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     check_plain_name(folder, "folder")
     new_paths = [degraded_path(folder, r.path) for r in records]
     _check_targets(root, folder, records, new_paths, listed)
-    tasks = [(str(root / r.path), str(root / p), r.path, recipe, seed) for r, p in zip(records, new_paths)]
+    # The images are written into a hidden folder beside the copy's and moved into place once all are:
+    # a run cut short (Ctrl-C, a kill, a full disk) leaves no image cut short under its name, and an
+    # earlier copy, with the manifest that lists it, as it was (a rerun then starts afresh).
+    staging = root / f".{folder}.{secrets.token_hex(4)}.tmp"
+    staged = [staging / PurePosixPath(path).relative_to(folder) for path in new_paths]
+    tasks = [(str(root / r.path), str(s), r.path, recipe, seed) for r, s in zip(records, staged)]
     parallel = workers > 1 and len(tasks) > 1
-    with multiprocessing.get_context("spawn").Pool(workers) if parallel else contextlib.nullcontext() as pool:
-        chunksize = max(1, len(tasks) // (8 * workers))
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers) if parallel else contextlib.nullcontext() as pool:
+            chunksize = max(1, len(tasks) // (8 * workers))
 
-        def run(function: Callable, items: list) -> list[str | None]:
-            return pool.map(function, items, chunksize=chunksize) if parallel else [function(i) for i in items]
+            def run(function: Callable, items: list) -> list[str | None]:
+                return pool.map(function, items, chunksize=chunksize) if parallel else [function(i) for i in items]
 
+            if bad_images == "error":
+                _raise_first(run(_check_one, [task[0] for task in tasks]))
+            errors = run(_degrade_one, tasks)
         if bad_images == "error":
-            _raise_first(run(_check_one, [task[0] for task in tasks]))
-        errors = run(_degrade_one, tasks)
-    if bad_images == "error":
-        _raise_first(errors)  # a file that changed since its check
+            _raise_first(errors)  # a file that changed since its check
+        for path, staged_path, error in zip(new_paths, staged, errors):
+            if error is None:
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(staged_path, root / path)  # a rename, unless the copy's folder is elsewhere
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     degraded = [ManifestRecord(path, r.identity, split_name, r.captions, {"source": r.path, "recipe": recipe,
                                                                          "seed": seed})
                 for r, path, error in zip(records, new_paths, errors) if error is None]

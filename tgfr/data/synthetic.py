@@ -279,8 +279,10 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     first and given the dataset's key last, so a run cut short leaves one too), whose files are then
     rewritten: the images that its runs wrote and this one does not (other identities, splits or
     degraded copies) are removed first, so that of the images generated there, only those the new
-    manifest lists remain; files that no run wrote are left alone. A folder holding other files but
-    no synthetic.json is a ValueError, before anything is written."""
+    manifest lists remain; files that no run wrote are left alone. The earlier manifest.jsonl is
+    removed before any image changes, and the new one written last, so a run cut short leaves no
+    manifest. A folder holding other files but no synthetic.json is a ValueError, before anything
+    is written."""
     check_workers(workers)
     out = Path(out)
     _check_synthetic_or_empty(out)
@@ -303,6 +305,9 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     runs = {run.key(): run for run in [*earlier, config]}.values()
     _write_marker(out, {"version": GENERATOR_VERSION, "key": None, "finished": False,
                         "written": [asdict(run) for run in runs]})
+    # The earlier manifest goes before any of its images is overwritten or removed: left beside them by
+    # a run cut short, it would describe images of two datasets to any reader of data.manifest.
+    (out / "manifest.jsonl").unlink(missing_ok=True)
     _remove_images(out, set().union(*map(_written_paths, earlier)) - _written_paths(config))
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
