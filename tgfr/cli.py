@@ -7,7 +7,9 @@ with the parsed arguments, returning an exit code) as its default.
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 # Idle OpenMP threads spin-wait by default, and next to any other busy process on the machine that
 # spinning made training several times slower (profiled on 2 cores), while on a quiet machine
@@ -26,9 +28,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do after an interruption, by command.
+RESUME_HINTS = {"train": "; `tgfr train --resume --out RUN` continues the run from its last checkpoint"}
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command; Ctrl-C or SIGTERM (a scheduler's time limit, `kill`) ends it with one line on
+    stderr and exit status 128 + the signal's number (130, 143), through the same clean-up as an
+    error: SIGTERM raises KeyboardInterrupt here instead of ending the process where it stands, which
+    left worker pools and temporary files behind."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    on_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt as interruption:
+        signum = next((arg for arg in interruption.args if isinstance(arg, int)), signal.SIGINT)
+        name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"tgfr {name}: interrupted ({signal.Signals(signum).name}){RESUME_HINTS.get(args.command, '')}",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -105,15 +105,21 @@ def linked_images(report):
     return {unquote(target) for target in re.findall(r"!\[[^\]]*\]\(([^)]*)\)", report.read_text(encoding="utf-8"))}
 
 
-def test_re_evaluating_removes_the_earlier_reports_pictures_only(tiny_run, tmp_path):
+def test_re_evaluating_removes_the_earlier_reports_pictures_and_temporary_files_only(tiny_run, tmp_path):
     run, config, _ = tiny_run
     out = tmp_path / "report"
     evaluate(run, config, out, device="cpu")
     pictures = {f"{kind}_{name}.png" for kind in ("roc", "cmc", "attention") for name in ("clean", "degraded")}
     assert {p.name for p in out.iterdir()} == pictures | {"report.md", "metrics.json", "report_info.json"}
-    others = {"notes.png", "roc_clean.txt", "plot_roc_clean.png", "cmc_degraded.png.bak"}
+    others = {"notes.png", "roc_clean.txt", "plot_roc_clean.png", "cmc_degraded.png.bak", ".notes.png.2c4548e4.tmp",
+              ".metrics.json.2c45.tmp"}
     for name in others:
         (out / name).write_bytes(b"not the report's")
+    # What an evaluation killed while writing leaves (write_atomically's temporary files), of this
+    # evaluation's report names and of others.
+    for name in (".attention_degraded.png.2c4548e4.tmp", ".roc_lowq.png.0a1b2c3d.tmp", ".metrics.json.abcdef12.tmp",
+                 ".report.md.a_b_c_d_.tmp", ".report_info.json.12345678.tmp"):
+        (out / name).write_bytes(b"cut short")
     (out / "roc_folder.png").mkdir()
 
     lowq = dataclasses.replace(config, evaluation=EvaluationConfig(splits={"lowq": "test_degraded"},

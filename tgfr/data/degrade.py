@@ -23,10 +23,12 @@ does not depend on the order or the number of worker processes.
 import contextlib
 import io
 import multiprocessing
+import multiprocessing.pool
 import posixpath
 import re
 import secrets
 import shutil
+import signal
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path, PurePosixPath
@@ -177,6 +179,13 @@ def _check_one(source: str) -> str | None:
     return None
 
 
+def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of `workers` spawned processes that leave Ctrl-C to the parent, which then ends the pool
+    (each would otherwise print a traceback of its own)."""
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=signal.signal,
+                                                     initargs=(signal.SIGINT, signal.SIG_IGN))
+
+
 def check_workers(workers: int) -> None:
     """Refuses a worker count that is not a positive integer (0 would divide the work by zero)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -263,7 +272,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     tasks = [(str(root / r.path), str(s), r.path, recipe, seed) for r, s in zip(records, staged)]
     parallel = workers > 1 and len(tasks) > 1
     try:
-        with multiprocessing.get_context("spawn").Pool(workers) if parallel else contextlib.nullcontext() as pool:
+        with worker_pool(workers) if parallel else contextlib.nullcontext() as pool:
             chunksize = max(1, len(tasks) // (8 * workers))
 
             def run(function: Callable, items: list) -> list[str | None]:

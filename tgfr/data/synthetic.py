@@ -10,7 +10,6 @@ number of worker processes.
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import check_workers, degrade_records, degraded_path, parse_recipe
+from tgfr.data.degrade import check_workers, degrade_records, degraded_path, parse_recipe, worker_pool
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -312,7 +311,7 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             chunks = pool.map(_render_identity, tasks, chunksize=max(1, len(tasks) // (16 * workers)))
     else:
         chunks = [_render_identity(task) for task in tasks]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ SUMMARY_FIGURES = {"steps_taken": (int,), "seconds": (int, float), "global_batch
                    "seconds_per_step": (int, float)}
 # The report's pictures are <prefix><report name>.png: ROC and CMC curves, attention heatmaps.
 PICTURE_PREFIXES = ("roc_", "cmc_", "attention_")
+REPORT_FILES = ("metrics.json", "report.md", "report_info.json")
 
 
 def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, gamma1: float,
@@ -56,14 +58,22 @@ def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str
     return images, attention, tokens
 
 
-def _remove_stale_pictures(out: Path, kept: set[str]) -> None:
+def _remove_stale_files(out: Path, kept: set[str]) -> None:
     """Removes from report folder `out` the pictures an evaluation writes (PICTURE_PREFIXES + report name
     + .png) other than `kept`: an earlier evaluation's, say of a report name no longer in evaluation.splits,
-    would otherwise lie beside a report.md that does not show them. Other files stay."""
-    for entry in out.iterdir():
-        name = entry.name
-        if name.startswith(PICTURE_PREFIXES) and name.endswith(".png") and name not in kept and not entry.is_dir():
-            entry.unlink()
+    would otherwise lie beside a report.md that does not show them. Also the temporary files that an
+    evaluation killed while writing a report file left (tgfr.output_paths.remove_temporaries). Other
+    files stay."""
+    pictures = [entry for entry in out.iterdir() if entry.name.startswith(PICTURE_PREFIXES)
+                and entry.name.endswith(".png") and not entry.is_dir()]
+    for picture in pictures:
+        if picture.name not in kept:
+            picture.unlink()
+    temporary = re.compile(r"\.((?:" + "|".join(map(re.escape, PICTURE_PREFIXES)) + r").*\.png|"
+                           + "|".join(map(re.escape, REPORT_FILES)) + r")\.[a-z0-9_]{8}\.tmp")
+    for leftover in out.iterdir():
+        if temporary.fullmatch(leftover.name) and leftover.is_file():
+            leftover.unlink()
 
 
 def _printable(path: Path) -> str:
@@ -228,5 +238,5 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                "evaluation": dataclasses.asdict(evaluation), "environment": environment(device, "fp32")}
     report = write_report(out, metrics, figures, heatmaps, context)
     # Only now: until the new report.md replaces it, the earlier one shows these pictures.
-    _remove_stale_pictures(out, {*(file for files in figures.values() for file in files), *heatmaps})
+    _remove_stale_files(out, {*(file for files in figures.values() for file in files), *heatmaps})
     return report

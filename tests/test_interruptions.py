@@ -1,0 +1,51 @@
+"""Ctrl-C and SIGTERM end a `tgfr` command with one line and exit status 128 + the signal, through the
+clean-up an error gets (SIGTERM's default would end the process where it stands)."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import tgfr.data.cli as data_cli
+from tgfr.cli import main
+from tgfr.data.degrade import worker_pool
+
+
+def test_ctrl_c_is_one_line_with_status_130(tmp_path, monkeypatch, capsys):
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_cli, "generate_synthetic_dataset", interrupted)
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", "10"]) == 130
+    assert capsys.readouterr().err == "tgfr data synth: interrupted (SIGINT)\n"
+
+
+def test_sigterm_runs_the_clean_up_and_ends_with_status_143(tmp_path):
+    """The command's `finally` runs (here it writes a file), and train's line says how to go on."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import tgfr.train.run as train_run
+        from tgfr.cli import main
+
+        def training(*arguments, **options):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(60)
+            finally:
+                open({str(tmp_path / "cleaned")!r}, "w").close()
+
+        train_run.train = training
+        sys.exit(main(["train", "--preset", "quick", "--out", {str(tmp_path / "run")!r}]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.splitlines()[-1] == ("tgfr train: interrupted (SIGTERM); `tgfr train --resume --out RUN` "
+                                              "continues the run from its last checkpoint")
+    assert "Traceback" not in result.stderr and (tmp_path / "cleaned").exists()
+
+
+def test_pool_workers_leave_ctrl_c_to_the_parent():
+    """Ctrl-C reaches the whole process group: the parent ends the pool, and the workers, which ignore it,
+    print no traceback each."""
+    with worker_pool(1) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
