@@ -39,10 +39,10 @@ class CaptionFeatures:
         self.num_words = encoder.max_length - 2
         self.cache: dict[str, torch.Tensor] = {}  # caption -> (lengths, H) float16 word features
 
-    @property
-    def cached(self) -> bool:
-        """Whether the encoder cannot change: frozen, or none of its weights requires grad. While
-        it can, the cache is emptied, since training moves the features it holds."""
+    def refresh_cache(self) -> bool:
+        """Whether the cache serves features now: the encoder cannot change (frozen, or none of its
+        weights requires grad). While it can, the cache is emptied, since training moves the
+        features it holds."""
         fixed = self.encoder.frozen or not any(p.requires_grad for p in self.encoder.parameters())
         if not fixed:
             self.cache.clear()
@@ -68,8 +68,8 @@ class CaptionFeatures:
     def prefill(self, captions: Iterable[str]) -> None:
         """Caches the distinct `captions`, sorted and encoded in chunks of `chunk`, so that each
         one's features depend on this vocabulary only; chunks already cached are skipped. Nothing
-        to do while the encoder can change (cached)."""
-        if not self.cached:
+        to do while the encoder can change (refresh_cache)."""
+        if not self.refresh_cache():
             return
         vocabulary = sorted(set(captions))
         for start in range(0, len(vocabulary), self.chunk):
@@ -78,7 +78,7 @@ class CaptionFeatures:
                 self._store(part)
 
     def __call__(self, captions: list[str]) -> CaptionWords:
-        if not self.cached:
+        if not self.refresh_cache():
             return self._encode(captions)
         self._store(list(dict.fromkeys(c for c in captions if c not in self.cache)))
         entries = [self.cache[c] for c in captions]
