@@ -138,14 +138,22 @@ def _subject_indices(subjects_a: np.ndarray, subjects_b: np.ndarray) -> tuple[in
     them and take about 50 bytes per pair."""
     low = int(min(subjects_a.min(), subjects_b.min()))
     span = int(max(subjects_a.max(), subjects_b.max())) - low + 1
-    if span <= 4 * subjects_a.size + 1024:
+    common = np.promote_types(subjects_a.dtype, subjects_b.dtype)
+    if span <= 4 * subjects_a.size + 1024 and common.kind in "iu":
+        # id - low can overflow the ids' dtype (int8 ids -100 and 100); it wraps there, and read as the
+        # unsigned type of the same width it is the true offset again, which is below 2**bits.
+        unsigned = np.dtype(f"u{common.itemsize}")
+
+        def offsets(ids: np.ndarray) -> np.ndarray:
+            return (ids.astype(common, copy=False) - common.type(low)).view(unsigned)
+
         present = np.zeros(span, dtype=bool)
-        present[subjects_a - low] = True
-        present[subjects_b - low] = True
+        present[offsets(subjects_a)] = True
+        present[offsets(subjects_b)] = True
         index_of = np.cumsum(present, dtype=np.int64) - 1
         subjects = int(index_of[-1]) + 1
         dtype = np.int32 if subjects < 2**31 else np.int64
-        return subjects, tuple(index_of.astype(dtype)[ids - low] for ids in (subjects_a, subjects_b))
+        return subjects, tuple(index_of.astype(dtype)[offsets(ids)] for ids in (subjects_a, subjects_b))
     ids, index = np.unique(np.r_[subjects_a, subjects_b], return_inverse=True)
     return ids.size, (index[:subjects_a.size], index[subjects_a.size:])
 

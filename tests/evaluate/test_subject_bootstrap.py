@@ -62,10 +62,12 @@ def brute_force_replicates(scores, same, subjects_a, subjects_b, resamples, seed
     return replicates
 
 
-# Subject ids as a caller may number them: 0 .. S - 1, negative and int32, spaced out in uint16, and
-# spread far wider than the pairs' number (counted by np.unique instead of a table).
+# Subject ids as a caller may number them: 0 .. S - 1, negative and int32, spaced out in uint16, in int8
+# from -100 to 100 (id - lowest id overflows int8), and spread far wider than the pairs' number (counted by
+# np.unique instead of a table).
 SUBJECT_IDS = {"contiguous": lambda s: s, "negative_int32": lambda s: (s - 3).astype(np.int32),
-               "spaced_uint16": lambda s: (s * 7).astype(np.uint16), "sparse": lambda s: s * 10**12 - 5}
+               "spaced_uint16": lambda s: (s * 7).astype(np.uint16),
+               "int8_full_range": lambda s: (s * 40 - 100).astype(np.int8), "sparse": lambda s: s * 10**12 - 5}
 
 
 @pytest.mark.parametrize("ids", sorted(SUBJECT_IDS))
