@@ -13,7 +13,7 @@ import torch
 # Which stream: a spawn key apart from the keys, since numpy drops a seed tuple's trailing zeros.
 DATA_STREAM = 1  # a stage's batches: order, caption draws, augmentation (keys: stage index)
 STEP_STREAM = 2  # a stage's global RNGs: dropout, embedding augmentation (keys: stage index, rank)
-LOADER_STREAM = 3  # a DataLoader's worker seeds (keys: the data stream's seed, epoch)
+LOADER_STREAM = 3  # a DataLoader's worker seeds (keys: the data stream's seed, the step the loader starts at)
 
 
 def stream_seed(seed: int, stream: int, *keys: int) -> int:
