@@ -62,7 +62,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically writes `state` (tensors and plain values) to `path` (new, it gets the permissions the
     umask gives any new file); an OSError names `path`."""
     with write_atomically(path, "checkpoint", binary=True) as stream:
-        torch.save(state, stream)
+        try:
+            torch.save(state, stream)
+        except RuntimeError as error:
+            # A write failing (a full disk) inside a tensor's record makes torch's zip writer, as it closes,
+            # raise a RuntimeError of its own ("unexpected pos") over the OSError that says what happened.
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
     return Path(path)
 
 
