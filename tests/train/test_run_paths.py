@@ -94,6 +94,24 @@ def test_a_model_that_cannot_be_saved_ends_training_with_one_line_naming_the_fol
     assert (out / "model" / "config.json").is_file()
 
 
+def test_a_checkpoint_that_cannot_be_written_is_said_on_a_line_of_its_own(tmp_path, tiny_overrides, monkeypatch,
+                                                                           capsys):
+    """The stage's progress bar is closed (its line ended) before the error reaches the command, which
+    prints it: the bar, left open while the exception held its frame, put the error line inside the bar."""
+    import tgfr.train.run as run_module
+
+    def full_disk(path, state):
+        raise OSError(errno.ENOSPC, f"cannot write checkpoint {path}: No space left on device")
+
+    monkeypatch.setattr(run_module, "save_checkpoint", full_disk)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--preset", "quick", "--out", str(tmp_path / "run"), "--set", 'stages=["fr"]',
+              *(arg for setting in tiny_overrides for arg in ("--set", setting))])
+    assert str(stopped.value).startswith(f"tgfr train: error: [Errno {errno.ENOSPC}] cannot write checkpoint")
+    progress = capsys.readouterr().err
+    assert "fr: " in progress and progress.endswith("\n")
+
+
 def test_a_run_folder_whose_real_path_utf8_cannot_encode_is_refused_before_training(tmp_path, tiny_overrides,
                                                                                         monkeypatch):
     """The saved model's tokenizer files cannot be written under a non-UTF-8 path, and the model is saved at the

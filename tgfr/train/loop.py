@@ -124,8 +124,9 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
         module = DistributedDataParallel(stage, device_ids=[settings.device.index] if settings.device.type == "cuda"
                                          else None, broadcast_buffers=False)
     # The next batch is made while this step computes (tgfr.train.prefetch); leaving the block stops that.
-    with Prefetcher(batches.from_step(start)) as stream:
-        bar = tqdm(total=steps, initial=start, desc=stage.name, disable=settings.rank != 0, dynamic_ncols=True)
+    # The bar closes on an error too, before the command prints it (else the line lands inside the bar).
+    with (Prefetcher(batches.from_step(start)) as stream,
+          tqdm(total=steps, initial=start, desc=stage.name, disable=settings.rank != 0, dynamic_ncols=True) as bar):
         taken, last = 0, time.perf_counter()
         for step in range(start, steps):
             if settings.stop_after is not None and taken >= settings.stop_after:
@@ -156,8 +157,6 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
                 checkpoint(step + 1, optimizer, scheduler)
         else:
-            bar.close()
             return taken
         checkpoint(start + taken, optimizer, scheduler)
-        bar.close()
         return taken
