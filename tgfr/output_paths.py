@@ -174,6 +174,16 @@ def _naming(error: OSError, what: str, path: Path) -> OSError:
     return OSError(error.errno, f"cannot write {what} {path}: {error.strerror}")
 
 
+@contextlib.contextmanager
+def naming_write_errors(what: str, path: str | Path) -> Iterator[None]:
+    """Raises an OSError of the block again naming `path`, for a file written in place (an image of a
+    dataset being generated): a full disk's error, raised by the write, names no file."""
+    try:
+        yield
+    except OSError as error:
+        raise _naming(error, what, Path(path)) from error
+
+
 def remove_temporaries(path: str | Path) -> list[Path]:
     """Removes the temporary files of write_atomically(path) that a process killed while writing left
     beside `path`; returns them. Only names it makes match: .<name>. then 8 characters of [a-z0-9_]

@@ -1,4 +1,9 @@
+import errno
 import json
+import re
+import resource
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -358,3 +363,35 @@ def test_convert_lists_the_first_20_skipped_files_and_counts_the_rest(tmp_path, 
     assert celeba_dialog_convert(tmp_path) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:] == [f"  skipped: {problem}" for problem in skipped[:20]] + more
+
+
+IMAGE_WRITE_LIMIT = 1024  # bytes: RLIMIT_FSIZE fails a write past it with EFBIG, as a full disk fails with ENOSPC
+
+
+def run_with_file_size_limit(*arguments):
+    """`tgfr data ...` in a process whose files cannot grow past IMAGE_WRITE_LIMIT (Python ignores
+    SIGXFSZ, so such a write raises instead of killing it); a synthetic face's PNG is larger."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (IMAGE_WRITE_LIMIT, resource.RLIM_INFINITY))
+
+    return subprocess.run([sys.executable, "-m", "tgfr.cli", "data", *arguments], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)
+
+
+def test_an_image_that_cannot_be_written_is_named(tmp_path):
+    """A full disk's error, raised by PIL's write, names no file: synth and degrade name the image."""
+    out = tmp_path / "synth"
+    result = run_with_file_size_limit("synth", "--out", str(out), "--identities", "10", "--images-per-identity", "1",
+                                      "--workers", "1")
+    assert result.returncode == 2
+    assert re.fullmatch(rf"tgfr data synth: error: \[Errno {errno.EFBIG}\] cannot write image "
+                        rf"{re.escape(str(out))}/images/\w+/\d+/\d+_0\.png: File too large\n", result.stderr)
+    assert main(["data", "synth", "--out", str(out), "--identities", "10", "--images-per-identity", "2",
+                 "--workers", "1", "--no-degraded"]) == 0
+    result = run_with_file_size_limit("degrade", "--manifest", str(out / "manifest.jsonl"), "--split", "train",
+                                      "--recipe", "jpeg90")
+    assert result.returncode == 2
+    assert re.fullmatch(rf"tgfr data degrade: error: \[Errno {errno.EFBIG}\] cannot write image "
+                        rf"{re.escape(str(out))}/\.train_degraded\.[0-9a-f]{{8}}\.tmp/images/train/\d+/\d+_\d\.png: "
+                        rf"File too large\n", result.stderr)
+    assert not (out / "train_degraded").exists()

@@ -38,7 +38,7 @@ from PIL import Image, ImageOps
 
 from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
-from tgfr.output_paths import check_output_file
+from tgfr.output_paths import check_output_file, naming_write_errors
 from tgfr.text_formats import check_utf8
 
 Step = Callable[[Image.Image, np.random.Generator], Image.Image]
@@ -167,7 +167,8 @@ def _degrade_one(task: tuple[str, str, str, str, int]) -> str | None:
     except ValueError as error:
         return str(error)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
-    degrade_image(image, recipe, image_rng(seed, relative)).save(target, format="PNG")
+    with naming_write_errors("image", target):
+        degrade_image(image, recipe, image_rng(seed, relative)).save(target, format="PNG")
     return None
 
 

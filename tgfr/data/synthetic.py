@@ -24,7 +24,7 @@ from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 from tgfr.text_formats import parse_json
-from tgfr.output_paths import check_output_folder, write_atomically
+from tgfr.output_paths import check_output_folder, naming_write_errors, write_atomically
 
 # The newest generator version. SyntheticConfig.version picks any from 1 to this one, and a version
 # writes forever the dataset it wrote when it was the newest: a run records the version it trained
@@ -171,7 +171,8 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
     for k in range(config.images_per_identity):
         state = image_state(config.seed, identity, k, attributes)
         relative = _image_path(split, identity, k)
-        render_face(attributes, state).save(Path(out) / relative, format="PNG", compress_level=1)
+        with naming_write_errors("image", Path(out) / relative):
+            render_face(attributes, state).save(Path(out) / relative, format="PNG", compress_level=1)
         captions = make_captions(attributes, state, config.captions_per_image,
                                  np.random.default_rng((config.seed, 13, identity, k)),
                                  name_covered=config.version == 1)
