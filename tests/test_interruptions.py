@@ -8,7 +8,7 @@ import textwrap
 
 import tgfr.data.cli as data_cli
 from tgfr.cli import main
-from tgfr.data.degrade import worker_pool
+from tgfr.data.degrade import WorkerPool
 
 
 def test_ctrl_c_is_one_line_with_status_130(tmp_path, monkeypatch, capsys):
@@ -47,5 +47,5 @@ def test_sigterm_runs_the_clean_up_and_ends_with_status_143(tmp_path):
 def test_pool_workers_leave_ctrl_c_to_the_parent():
     """Ctrl-C reaches the whole process group: the parent ends the pool, and the workers, which ignore it,
     print no traceback each."""
-    with worker_pool(1) as pool:
-        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    with WorkerPool(1) as pool:
+        assert pool.map(signal.getsignal, [signal.SIGINT, signal.SIGTERM]) == [signal.SIG_IGN, signal.SIG_IGN]

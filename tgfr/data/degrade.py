@@ -23,7 +23,6 @@ does not depend on the order or the number of worker processes.
 import contextlib
 import io
 import multiprocessing
-import multiprocessing.pool
 import posixpath
 import re
 import secrets
@@ -31,6 +30,8 @@ import shutil
 import signal
 import zlib
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -180,11 +181,42 @@ def _check_one(source: str) -> str | None:
     return None
 
 
-def worker_pool(workers: int) -> multiprocessing.pool.Pool:
-    """A pool of `workers` spawned processes that leave Ctrl-C to the parent, which then ends the pool
-    (each would otherwise print a traceback of its own)."""
-    return multiprocessing.get_context("spawn").Pool(workers, initializer=signal.signal,
-                                                     initargs=(signal.SIGINT, signal.SIG_IGN))
+def _leave_signals_to_parent() -> None:
+    """A worker's Ctrl-C and SIGTERM (a scheduler's, sent to the whole process group) are its parent's to
+    handle: a worker they ended would break the pool, with a traceback from the executor's thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class WorkerPool:
+    """`workers` spawned processes, as a context manager whose `map` returns a list.
+
+    Ctrl-C and SIGTERM are left to the parent (_leave_signals_to_parent); leaving the block on an error
+    drops the work not yet started, and each worker ends once its current chunk is done (callers keep
+    chunks to a second or two of work). A worker that dies (killed, say for memory; or failing as it
+    starts, as in a script without an `if __name__ == "__main__":` guard, which each spawned worker
+    imports again) is a ChildProcessError, where multiprocessing.Pool waited for ever.
+    """
+
+    def __init__(self, workers: int):
+        self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_leave_signals_to_parent)
+
+    def map(self, function: Callable, items: Sequence, chunksize: int = 1) -> list:
+        try:
+            return list(self._executor.map(function, items, chunksize=chunksize))
+        except BrokenProcessPool:
+            raise ChildProcessError("a worker process ended abruptly (killed, say for lack of memory: try fewer "
+                                    "workers; from a script, guard its top level with "
+                                    "if __name__ == \"__main__\":, which every spawned worker imports again)") from None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> None:
+        # Waits for the chunks under way, whose files the caller may remove next. Not terminate(): Python
+        # 3.11's executor then fails in its own thread (InvalidStateError on futures map already cancelled).
+        self._executor.shutdown(cancel_futures=error is not None)
 
 
 def check_workers(workers: int) -> None:
@@ -273,8 +305,9 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     tasks = [(str(root / r.path), str(s), r.path, recipe, seed) for r, s in zip(records, staged)]
     parallel = workers > 1 and len(tasks) > 1
     try:
-        with worker_pool(workers) if parallel else contextlib.nullcontext() as pool:
-            chunksize = max(1, len(tasks) // (8 * workers))
+        with WorkerPool(workers) if parallel else contextlib.nullcontext() as pool:
+            # At most about a second of work (4 ms an image on this project's CPU), the wait of a Ctrl-C.
+            chunksize = min(256, max(1, len(tasks) // (8 * workers)))
 
             def run(function: Callable, items: list) -> list[str | None]:
                 return pool.map(function, items, chunksize=chunksize) if parallel else [function(i) for i in items]

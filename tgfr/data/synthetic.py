@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import check_workers, degrade_records, degraded_path, parse_recipe, worker_pool
+from tgfr.data.degrade import WorkerPool, check_workers, degrade_records, degraded_path, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -312,8 +312,10 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
     if workers > 1:
-        with worker_pool(workers) as pool:
-            chunks = pool.map(_render_identity, tasks, chunksize=max(1, len(tasks) // (16 * workers)))
+        with WorkerPool(workers) as pool:
+            # At most about a second of work (7 ms an image on this project's CPU), the wait of a Ctrl-C.
+            chunksize = min(max(1, 160 // config.images_per_identity), max(1, len(tasks) // (16 * workers)))
+            chunks = pool.map(_render_identity, tasks, chunksize=chunksize)
     else:
         chunks = [_render_identity(task) for task in tasks]
     records = [record for chunk in chunks for record in chunk]
