@@ -19,6 +19,7 @@ world_size images),
 the pairwise losses run in their local (gathered) form, and rank 0 writes the files.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -46,6 +47,7 @@ from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state
 from tgfr.train.config import TrainConfig, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.run_info import record_call
+from tgfr.train.run_lock import lock_run_folder
 from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
 from tgfr.train.stage import Stage
 from tgfr.train.stage_align import AlignStage
@@ -260,14 +262,22 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     check_utf8("run folder (--out)", os.path.realpath(out),
                need="as the saved model's tokenizer files are written at its real path",
                remedy="rename the folder holding that byte, or train into another --out")
-    with torch_threads(config):
-        return _train(config, out, resume, stop_after, DecodedImageCache(image_cache_bytes))
+    with torch_threads(config), contextlib.ExitStack() as held:
+        return _train(config, out, resume, stop_after, DecodedImageCache(image_cache_bytes), held)
 
 
 def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
-           image_cache: DecodedImageCache) -> Path:
-    """train() once its arguments are checked, in config.threads threads."""
+           image_cache: DecodedImageCache, held: contextlib.ExitStack) -> Path:
+    """train() once its arguments are checked, in config.threads threads; `held` releases the run
+    folder's lock (tgfr.train.run_lock) when train() returns."""
+
+    def lock() -> None:
+        if (descriptor := lock_run_folder(out)) is not None:
+            held.callback(os.close, descriptor)
+
     rank, world_size, device = _init_distributed(config)
+    if rank == 0 and resume and out.is_dir():
+        lock()
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
@@ -349,6 +359,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
         (out / "metrics.jsonl").write_text("", encoding="utf-8")
     elif rank == 0 and not resume:
         out.mkdir(parents=True, exist_ok=True)
+        lock()
+        if any(out.iterdir()):  # another run started here since the check above
+            raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
+                             f"another --out")
         with write_atomically(out / "config.toml", "run config") as stream:
             stream.write(to_toml(config))
     if rank == 0:
