@@ -1,3 +1,6 @@
+import fcntl
+import os
+
 import pytest
 import torch
 
@@ -34,3 +37,24 @@ def threads_seen_by(monkeypatch):
             torch.set_num_threads(callers)
         return seen
     return run
+
+
+@pytest.fixture
+def folder_held_elsewhere():
+    """folder_held_elsewhere(folder): takes `folder`'s tgfr.folder_lock as another process would (a second
+    open file description conflicts with it, as another process's does) until release() or the test's end;
+    returns release."""
+    descriptors = []
+
+    def release():
+        while descriptors:
+            os.close(descriptors.pop())
+
+    def hold(folder):
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        descriptors.append(descriptor)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return release
+
+    yield hold
+    release()

@@ -451,3 +451,18 @@ def test_version_1_writes_the_dataset_of_before_and_version_2_differs_in_covered
             assert any(phrase in caption for caption in old.captions for phrase in phrases)
             assert not any(phrase in caption for caption in new.captions for phrase in phrases)
     assert changed > 0
+
+
+def test_a_folder_another_process_generates_into_is_refused_and_left_alone(tmp_path, folder_held_elsewhere):
+    """Two generators in one folder interleave their images: one's could end up under the other's manifest."""
+    out = tmp_path / "synth"
+    generate_synthetic_dataset(out, CONFIG, workers=1)
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    release = folder_held_elsewhere(out)
+    with pytest.raises(ValueError, match=re.escape(f"output folder {out} is being written by another process "
+                                                   "generating a synthetic dataset")):
+        generate_synthetic_dataset(out, dataclasses.replace(CONFIG, seed=6), workers=1)
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    release()
+    generate_synthetic_dataset(out, dataclasses.replace(CONFIG, seed=6), workers=1)
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} != before

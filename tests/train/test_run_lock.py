@@ -1,8 +1,5 @@
 """One tgfr train per run folder: a second one, while the first runs, is refused before it writes."""
 
-import fcntl
-import os
-
 import pytest
 
 from tgfr.cli import main
@@ -11,49 +8,37 @@ from tgfr.train.config import load_config
 from tgfr.train.run import CHECKPOINT, train
 
 
-class HeldByAnotherProcess:
-    """The folder's flock, as a running tgfr train holds it (another open file description conflicts
-    with it, as another process's does)."""
-
-    def __init__(self, folder):
-        self.descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(self.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def release(self):
-        os.close(self.descriptor)
-
-
 def train_error(*arguments):
     with pytest.raises(SystemExit) as stopped:
         main(["train", *arguments])
     return str(stopped.value)
 
 
-def test_a_resume_while_the_run_trains_is_refused_and_changes_nothing(tmp_path, tiny_overrides):
+def test_a_resume_while_the_run_trains_is_refused_and_changes_nothing(tmp_path, tiny_overrides,
+                                                                      folder_held_elsewhere):
     run = tmp_path / "run"
     train(load_config("quick", tiny_overrides), run, stop_after=1)
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
-    held = HeldByAnotherProcess(run)
+    release = folder_held_elsewhere(run)
     assert train_error("--resume", "--out", str(run)) == (
         f"tgfr train: error: run folder {run} is being trained by another tgfr train process: wait for it to end (two "
         "processes would write the same checkpoint and log every step twice)")
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
-    held.release()
+    release()
     assert main(["train", "--resume", "--out", str(run), "--stop-after", "1"]) == 0
     assert load_checkpoint(run / CHECKPOINT)["step"] == 2
 
 
-def test_a_new_run_into_a_folder_being_trained_is_refused(tmp_path, tiny_overrides):
+def test_a_new_run_into_a_folder_being_trained_is_refused(tmp_path, tiny_overrides, folder_held_elsewhere):
     run = tmp_path / "run"
     run.mkdir()  # the other run made it and holds it, not yet written into
-    held = HeldByAnotherProcess(run)
+    folder_held_elsewhere(run)
     assert "is being trained by another tgfr train process" in train_error(
         "--preset", "quick", "--out", str(run), *(arg for setting in tiny_overrides for arg in ("--set", setting)))
     assert not any(run.iterdir())
-    held.release()
 
 
-def test_the_lock_is_released_when_training_fails(tmp_path, tiny_overrides, monkeypatch):
+def test_the_lock_is_released_when_training_fails(tmp_path, tiny_overrides, monkeypatch, folder_held_elsewhere):
     import tgfr.train.run as run_module
 
     def failing(*arguments, **options):
@@ -63,4 +48,4 @@ def test_the_lock_is_released_when_training_fails(tmp_path, tiny_overrides, monk
     monkeypatch.setattr(run_module, "record_call", failing)
     with pytest.raises(OSError):
         train(load_config("quick", tiny_overrides), run)
-    HeldByAnotherProcess(run).release()  # free again: the failed call let go of it
+    folder_held_elsewhere(run)  # free again: the failed call let go of it

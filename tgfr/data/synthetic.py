@@ -24,6 +24,7 @@ from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 from tgfr.text_formats import parse_json
+from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_folder, naming_write_errors, write_atomically
 
 # The newest generator version. SyntheticConfig.version picks any from 1 to this one, and a version
@@ -282,11 +283,20 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     manifest lists remain; files that no run wrote are left alone. The earlier manifest.jsonl is
     removed before any image changes, and the new one written last, so a run cut short leaves no
     manifest. A folder holding other files but no synthetic.json is a ValueError, before anything
-    is written."""
+    is written, and so is a folder that another process generates into (tgfr.folder_lock)."""
     check_workers(workers)
     out = Path(out)
     _check_synthetic_or_empty(out)
-    marker = _marker(out) if out.is_dir() else None
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, f"output folder {out} is being written by another process generating a synthetic "
+                          "dataset: wait for it to end, or choose another folder"):
+        return _generate(out, config, workers)
+
+
+def _generate(out: Path, config: SyntheticConfig, workers: int) -> Path:
+    """generate_synthetic_dataset once it holds `out`'s lock."""
+    _check_synthetic_or_empty(out)  # again: another process may have written there since
+    marker = _marker(out)
     earlier = _earlier_configs(marker)
     cut_short_unlisted = marker is not None and marker["key"] is None and "written" not in marker
     if marker is not None and (marker["version"] > GENERATOR_VERSION or cut_short_unlisted):
@@ -294,7 +304,6 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
         # parameters: what it wrote is known only by the generator's names. Removed before this run's
         # marker lists the runs, so that a rerun cut short here finds the old marker and looks again.
         _remove_images(out, _generated_images(out) - _written_paths(config))
-    out.mkdir(parents=True, exist_ok=True)
     # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
     # next run may write over, and that no reader takes for a finished dataset; it lists this run's
     # parameters with the earlier ones, whose images are not all removed yet. Its version is the

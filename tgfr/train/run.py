@@ -39,6 +39,7 @@ from tgfr.distributed import gather_objects
 from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
+from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
@@ -47,7 +48,6 @@ from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state
 from tgfr.train.config import TrainConfig, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.run_info import record_call
-from tgfr.train.run_lock import lock_run_folder
 from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
 from tgfr.train.stage import Stage
 from tgfr.train.stage_align import AlignStage
@@ -269,11 +269,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
 def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
            image_cache: DecodedImageCache, held: contextlib.ExitStack) -> Path:
     """train() once its arguments are checked, in config.threads threads; `held` releases the run
-    folder's lock (tgfr.train.run_lock) when train() returns."""
+    folder's lock (tgfr.folder_lock) when train() returns."""
 
     def lock() -> None:
-        if (descriptor := lock_run_folder(out)) is not None:
-            held.callback(os.close, descriptor)
+        held.enter_context(folder_lock(out, f"run folder {out} is being trained by another tgfr train process: wait "
+                                            "for it to end (two processes would write the same checkpoint and log "
+                                            "every step twice)"))
 
     rank, world_size, device = _init_distributed(config)
     if rank == 0 and resume and out.is_dir():

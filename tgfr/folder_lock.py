@@ -1,0 +1,32 @@
+"""One writer at a time per output folder: a run folder (tgfr train) or a synthetic dataset's folder.
+
+Two processes writing one folder (a resume started twice, a scheduler's requeue while the first job
+still runs, two commands given the same --out) would interleave their files: a checkpoint written by
+both and every step logged twice, or images of one dataset under another's manifest. The writer
+holds an exclusive flock on the folder itself (no lock file to leave behind): the system releases
+it when the process ends, however it ends, so no stale lock outlives a kill.
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, in_use: str) -> Iterator[None]:
+    """Holds `folder`'s lock (the folder must exist) for the block; a folder that another process holds
+    is a ValueError with message `in_use`. Where the file system has no locks (some network file
+    systems) the block runs unguarded."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ValueError(in_use) from None
+        yield
+    finally:
+        os.close(descriptor)
