@@ -19,6 +19,7 @@ from tgfr.evaluation.report import write_report
 from tgfr.text_formats import parse_json
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
+from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_folder
 from tgfr.provenance import environment
 from tgfr.train.batches import resolve_manifest
@@ -225,18 +226,21 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                                   device)
             for name, split in evaluation.splits.items()} if evaluation.heatmap_captions > 0 else {}
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
-    curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
-    heatmap_files = {name: f"attention_{name}.png" for name in maps}
-    figures = {name: [plot_roc(curves[name], out / roc, f"ROC, {name}").name,
-                      plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
-               for name, (roc, cmc) in curve_files.items()}
-    heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
-    context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
-               "training_split_changed": data_changed, "protocol": evaluation.protocol,
-               "gallery_per_subject": evaluation.gallery_per_subject,
-               "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training,
-               "evaluation": dataclasses.asdict(evaluation), "environment": environment(device, "fp32")}
-    report = write_report(out, metrics, figures, heatmaps, context)
-    # Only now: until the new report.md replaces it, the earlier one shows these pictures.
-    _remove_stale_files(out, {*(file for files in figures.values() for file in files), *heatmaps})
-    return report
+    # Another evaluation writing into `out` at the same time goes first, whole: interleaved, the folder
+    # would hold one's metrics.json beside the other's report.md.
+    with folder_lock(out):
+        curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
+        heatmap_files = {name: f"attention_{name}.png" for name in maps}
+        figures = {name: [plot_roc(curves[name], out / roc, f"ROC, {name}").name,
+                          plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
+                   for name, (roc, cmc) in curve_files.items()}
+        heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
+        context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
+                   "training_split_changed": data_changed, "protocol": evaluation.protocol,
+                   "gallery_per_subject": evaluation.gallery_per_subject,
+                   "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training,
+                   "evaluation": dataclasses.asdict(evaluation), "environment": environment(device, "fp32")}
+        report = write_report(out, metrics, figures, heatmaps, context)
+        # Only now: until the new report.md replaces it, the earlier one shows these pictures.
+        _remove_stale_files(out, {*(file for files in figures.values() for file in files), *heatmaps})
+        return report
