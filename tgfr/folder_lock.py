@@ -4,9 +4,9 @@ report folder (tgfr evaluate).
 Two processes writing one folder (a resume started twice, a scheduler's requeue while the first job
 still runs, two commands given the same --out) would interleave their files: a checkpoint written by
 both and every step logged twice, images of one dataset under another's manifest, or one
-evaluation's metrics.json beside another's report.md. The writer
-holds an exclusive flock on the folder itself (no lock file to leave behind): the system releases
-it when the process ends, however it ends, so no stale lock outlives a kill.
+evaluation's metrics.json beside another's report.md. The writer holds an exclusive flock on the
+folder itself (no lock file to leave behind): the system releases it when the process ends, however
+it ends, so no stale lock outlives a kill.
 """
 
 import contextlib
