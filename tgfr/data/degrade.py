@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 
 from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
+from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_file, naming_write_errors
 from tgfr.text_formats import check_utf8
 
@@ -371,28 +372,36 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     # The manifest written last spells the name as split and in the new images' paths: one it cannot hold
     # would fail there, after every image was degraded.
     check_utf8(what, name, need="as the manifest that lists the copy is", remedy="choose a UTF-8 --name")
-    records = read_manifest(manifest)
-    sources = {record.path for record in records if record.split == split}
-    earlier = [record for record in records if record.split == name]
-    # Replacing any other split would relabel its images (e.g. name="train" would move degraded
-    # test images into train, and drop the real training images).
-    if earlier and not all(isinstance(r.meta.get("source"), str) and r.meta["source"] in sources for r in earlier):
-        raise ValueError(f"name {name!r} is already a split of {manifest} that is not a degraded copy of split "
-                         f"{split!r}; choose another name (--name)")
-    out_manifest = Path(out_manifest) if out_manifest else manifest.with_name(f"{manifest.stem}_{name}.jsonl")
-    check_output_file("out_manifest (--out-manifest)", out_manifest)  # else found out after every image
-    if out_manifest.resolve().parent != manifest.resolve().parent:
-        raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder {manifest.parent} "
-                         "so that image paths stay relative to it")
-    # The new images overwrite the earlier copy's files, which the input manifest would go on
-    # listing (with the old recipe in their meta) if it were not the manifest written.
-    if earlier and out_manifest.resolve() != manifest.resolve():
-        raise ValueError(f"split {name!r} of {manifest} is an earlier degraded copy whose images would be "
-                         f"overwritten while {manifest} still lists them: replace it in place (out_manifest = "
-                         f"the input manifest, --out-manifest {manifest}) or choose another name (--name)")
-    _check_folder_holds_only(manifest.parent / name, name, out_manifest,
-                             earlier if out_manifest.resolve() == manifest.resolve() else None)
-    kept = [record for record in records if record.split != name]
-    degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
-                                       workers=workers, bad_images=bad_images, listed=[r.path for r in kept])
-    return write_manifest(out_manifest, kept + degraded), failed
+    read_manifest(manifest)  # a missing or bad manifest is named before any wait below
+    # Another degrade writing into this folder (another copy, or this one with another recipe) goes first,
+    # whole: interleaved, one copy's images could lie under the other's recipe.
+    with folder_lock(manifest.parent, waiting=f"tgfr data degrade: waiting for another process writing into "
+                                              f"{manifest.parent} to end"):
+        records = read_manifest(manifest)
+        sources = {record.path for record in records if record.split == split}
+        earlier = [record for record in records if record.split == name]
+        # Replacing any other split would relabel its images (e.g. name="train" would move degraded
+        # test images into train, and drop the real training images).
+        if earlier and not all(isinstance(r.meta.get("source"), str) and r.meta["source"] in sources
+                               for r in earlier):
+            raise ValueError(f"name {name!r} is already a split of {manifest} that is not a degraded copy of "
+                             f"split {split!r}; choose another name (--name)")
+        out_manifest = (Path(out_manifest) if out_manifest
+                        else manifest.with_name(f"{manifest.stem}_{name}.jsonl"))
+        check_output_file("out_manifest (--out-manifest)", out_manifest)  # else found out after every image
+        if out_manifest.resolve().parent != manifest.resolve().parent:
+            raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder "
+                             f"{manifest.parent} so that image paths stay relative to it")
+        # The new images overwrite the earlier copy's files, which the input manifest would go on
+        # listing (with the old recipe in their meta) if it were not the manifest written.
+        if earlier and out_manifest.resolve() != manifest.resolve():
+            raise ValueError(f"split {name!r} of {manifest} is an earlier degraded copy whose images would be "
+                             f"overwritten while {manifest} still lists them: replace it in place (out_manifest = "
+                             f"the input manifest, --out-manifest {manifest}) or choose another name (--name)")
+        _check_folder_holds_only(manifest.parent / name, name, out_manifest,
+                                 earlier if out_manifest.resolve() == manifest.resolve() else None)
+        kept = [record for record in records if record.split != name]
+        degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
+                                           workers=workers, bad_images=bad_images,
+                                           listed=[r.path for r in kept])
+        return write_manifest(out_manifest, kept + degraded), failed
