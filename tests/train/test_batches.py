@@ -6,9 +6,11 @@ it gives without workers."""
 import dataclasses
 import itertools
 import math
+import multiprocessing
 import os
 import re
 import shutil
+import signal
 from collections import Counter
 
 import numpy as np
@@ -235,3 +237,18 @@ def test_training_images_are_degraded_with_probability_train_degrade_p(p):
     degraded = sum(not np.array_equal(np.asarray(transform(checkerboard, np.random.default_rng(seed))),
                                       np.asarray(checkerboard)) for seed in range(draws))
     assert abs(degraded - draws * p) <= 5 * math.sqrt(draws * p * (1 - p))
+
+
+def test_a_loader_worker_that_dies_is_a_child_process_error_saying_what_to_do(tiny_overrides):
+    """torch's RuntimeError for a killed worker was a traceback in tgfr train; an OSError is its one line."""
+    config = load_config("quick", tiny_overrides)
+    data = dataclasses.replace(config.data, loader_workers=1)
+    stream = StepBatches(resolve_manifest(config.data), data, COLLATE, seed=1).from_step(0)
+    next(stream)
+    for worker in multiprocessing.active_children():
+        os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(ChildProcessError, match=r"^a data loader worker process ended abruptly \(DataLoader worker "
+                                                r"\(pid\(s\) \d+\) exited unexpectedly\), killed, say for lack of "
+                                                r"memory: try fewer data.loader_workers; --resume continues"):
+        for _ in range(100):
+            next(stream)

@@ -136,6 +136,10 @@ class StepBatches:
             try:
                 batch = next(batches)
             except Exception as error:
+                if str(error).startswith("DataLoader worker (pid"):  # killed (say for memory): torch's RuntimeError
+                    raise ChildProcessError(f"a data loader worker process ended abruptly ({error}), killed, say for "
+                                            "lack of memory: try fewer data.loader_workers; --resume continues the "
+                                            "run from its last checkpoint") from error
                 if (unwrapped := _unwrapped_worker_error(error)) is None:
                     raise
                 raise unwrapped from error
