@@ -44,8 +44,8 @@ def test_sigterm_runs_the_clean_up_and_ends_with_status_143(tmp_path):
     assert "Traceback" not in result.stderr and (tmp_path / "cleaned").exists()
 
 
-def test_pool_workers_leave_ctrl_c_to_the_parent():
-    """Ctrl-C reaches the whole process group: the parent ends the pool, and the workers, which ignore it,
-    print no traceback each."""
+def test_pool_workers_leave_ctrl_c_and_sigterm_to_the_parent():
+    """Ctrl-C (and a scheduler's SIGTERM) reaches the whole process group: the parent handles it, and the
+    workers, which ignore it, print no traceback each and end once their chunk is done."""
     with WorkerPool(1) as pool:
         assert pool.map(signal.getsignal, [signal.SIGINT, signal.SIGTERM]) == [signal.SIG_IGN, signal.SIG_IGN]
