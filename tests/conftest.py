@@ -1,5 +1,6 @@
 import fcntl
 import os
+import threading
 
 import pytest
 import torch
@@ -58,3 +59,34 @@ def folder_held_elsewhere():
 
     yield hold
     release()
+
+
+@pytest.fixture
+def calls_after_release(folder_held_elsewhere, monkeypatch):
+    """calls_after_release(folder, module, name, action): runs action() while another process (as
+    folder_held_elsewhere) holds `folder` for its first second; returns, for each call of `module.name`
+    made meanwhile, whether the folder had been let go by then."""
+    def run(folder, module, name, action):
+        release = folder_held_elsewhere(folder)
+        released = threading.Event()
+
+        def let_go():
+            released.set()
+            release()
+
+        function = getattr(module, name)
+        seen = []
+
+        def recording(*arguments, **options):
+            seen.append(released.is_set())
+            return function(*arguments, **options)
+
+        monkeypatch.setattr(module, name, recording)
+        timer = threading.Timer(1.0, let_go)
+        timer.start()
+        try:
+            action()
+        finally:
+            timer.join()
+        return seen
+    return run

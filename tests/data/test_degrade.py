@@ -1,5 +1,4 @@
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -448,31 +447,10 @@ def test_degrade_workers_must_be_a_positive_integer(tmp_path, workers):
     assert not (tmp_path / "test_degraded").exists()
 
 
-def test_a_degrade_waits_for_another_writing_into_the_manifests_folder(tmp_path, monkeypatch, capsys,
-                                                                       folder_held_elsewhere):
+def test_a_degrade_waits_for_another_writing_into_the_manifests_folder(tmp_path, capsys, calls_after_release):
     """Two degrades into one folder at once (two recipes under one name, say): the second reads the
     manifest and writes its images once the first is done, so no copy mixes images of two recipes."""
     manifest = make_manifest(tmp_path)
-    release = folder_held_elsewhere(tmp_path)
-    released = threading.Event()
-
-    def let_go():
-        released.set()
-        release()
-
-    degrade_records = degrade_module.degrade_records
-    seen_at_write = []
-
-    def recording(*arguments, **options):
-        seen_at_write.append(released.is_set())
-        return degrade_records(*arguments, **options)
-
-    monkeypatch.setattr(degrade_module, "degrade_records", recording)
-    timer = threading.Timer(1.0, let_go)
-    timer.start()
-    try:
-        degrade_manifest(manifest, "test", "down16")
-    finally:
-        timer.join()
-    assert seen_at_write == [True]
+    assert calls_after_release(tmp_path, degrade_module, "degrade_records",
+                               lambda: degrade_manifest(manifest, "test", "down16")) == [True]
     assert capsys.readouterr().err == f"tgfr data degrade: waiting for another process writing into {tmp_path} to end\n"

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from urllib.parse import unquote
 
 import pytest
@@ -265,32 +264,13 @@ def test_heatmaps_show_the_content_words_whose_attention_peaks_highest(tmp_path,
     assert titles == ["face", "green", "freckles"]
 
 
-def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_folder(tiny_run, tmp_path, monkeypatch,
-                                                                                   folder_held_elsewhere):
+def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_folder(tiny_run, tmp_path,
+                                                                                   calls_after_release):
     """Two evaluations into one folder at once: the second waits for the first's writes, so the folder
     holds one evaluation's files, never one's metrics.json beside the other's report.md."""
     run, config, _ = tiny_run
     out = tmp_path / "report"
     out.mkdir()
-    release = folder_held_elsewhere(out)
-    released = threading.Event()
-
-    def let_go():
-        released.set()
-        release()
-
-    write_report = run_module.write_report
-    seen_at_write = []
-
-    def recording(*arguments, **options):
-        seen_at_write.append(released.is_set())
-        return write_report(*arguments, **options)
-
-    monkeypatch.setattr(run_module, "write_report", recording)
-    timer = threading.Timer(1.0, let_go)
-    timer.start()
-    try:
-        evaluate(run, config, out, device="cpu")
-    finally:
-        timer.join()
-    assert seen_at_write == [True] and (out / "report.md").is_file()
+    evaluation = lambda: evaluate(run, config, out, device="cpu")  # noqa: E731
+    assert calls_after_release(out, run_module, "write_report", evaluation) == [True]
+    assert (out / "report.md").is_file()
