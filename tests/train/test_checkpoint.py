@@ -110,7 +110,7 @@ def test_a_checkpoint_without_a_part_is_named(tmp_path, checkpoint_state, key):
 
 @pytest.mark.parametrize("key, value", [
     ("stage", 1), ("step", "2"), ("step", -1), ("step", True), ("model", [torch.ones(1)]),
-    ("losses", {"margin": 0.5}), ("optimizer", {"state": {}}), ("scheduler", []), ("rng", rng_state()),
+    ("losses", {"margin": 0.5}), ("optimizer", {"state": {}}), ("scheduler", []), ("rng", {"python": 1}),
     ("rng", []), ("rng", [{"torch": torch.ones(1)}]), ("summary", {"fr": {"steps_taken": 2}}),
     ("summary", {"fr": {"steps_taken": 2.0, "seconds": 1.0}}), ("optim", {"lr": [0.1]}), ("optim", ["lr", 0.1]),
 ])

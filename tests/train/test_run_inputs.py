@@ -7,6 +7,7 @@ split, a missing training image."""
 import dataclasses
 import os
 import re
+import shutil
 import tomllib
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.distributed import CollectiveCheckError
 from tgfr.models import IResNet, IResNetConfig, TextEncoder, save_tgfr_model
-from tgfr.train.checkpoint import rng_state, save_checkpoint
+from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from tgfr.train.config import OptimConfig, config_to_dict, load_config
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.batches import resolve_manifest
@@ -120,10 +121,24 @@ def test_resume_needs_one_rng_state_per_process(tmp_path, tiny_overrides, checkp
     config = load_config("quick", tiny_overrides)
     for rng, message in (([rng_state(), rng_state()], " holds the RNG states of 2 process(es); resume it with as "
                                                       "many (this run has 1)"),
-                         (rng_state(), ": 'rng' must be a list of per-process RNG states")):
+                         ({"torch": torch.ones(1)}, ": 'rng' must be a list of per-process RNG states")):
         save_checkpoint(tmp_path / CHECKPOINT, checkpoint_state(rng=rng))
         with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / CHECKPOINT}{message}")):
             train(config, tmp_path, resume=True)
+
+
+def test_a_checkpoint_of_an_older_tgfr_with_one_rng_state_resumes_as_its_one_process(tmp_path, tiny_overrides):
+    """An older tgfr kept one RNG state (not a list per process): read as its one process's, it resumes the
+    run as the list form of the same state does."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path / "new", stop_after=2)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    state = load_checkpoint(tmp_path / "old" / CHECKPOINT)
+    save_checkpoint(tmp_path / "old" / CHECKPOINT, {**state, "rng": state["rng"][0]})
+    for run in ("new", "old"):
+        train(config, tmp_path / run, resume=True)
+    new, old = (safetensors.torch.load_file(tmp_path / run / "model" / "model.safetensors") for run in ("new", "old"))
+    assert new.keys() == old.keys() and all(torch.equal(new[name], old[name]) for name in new)
 
 
 def test_backbone_weights_that_do_not_fit_name_the_file_and_the_key_in_one_line(tmp_path, tiny_overrides):

@@ -102,7 +102,7 @@ _PARTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scheduler": (lambda v: isinstance(v, dict), "a scheduler state dict"),
     "rng": (lambda v: isinstance(v, list) and len(v) > 0
             and all(isinstance(r, dict) and _RNG_SOURCES <= r.keys() for r in v),
-            "a list of per-process RNG states (an older tgfr kept one state for all processes)"),
+            "a list of per-process RNG states"),
 }
 
 
@@ -120,6 +120,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint file {path} could not be read: {error}") from error
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (not a dict)")
+    if isinstance(state.get("rng"), dict) and _RNG_SOURCES <= state["rng"].keys():
+        # An older tgfr kept one RNG state, its process's (rank 0's under torchrun): one process's list.
+        state["rng"] = [state["rng"]]
     # Every part is checked here, before a resumed run changes anything (metrics.jsonl is cut back to
     # the checkpoint's step), so that a malformed file stops it with its name, not a KeyError later.
     for key, (valid, expected) in _PARTS.items():
