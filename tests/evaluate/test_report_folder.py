@@ -264,7 +264,7 @@ def test_heatmaps_show_the_content_words_whose_attention_peaks_highest(tmp_path,
     assert titles == ["face", "green", "freckles"]
 
 
-def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_folder(tiny_run, tmp_path,
+def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_folder(tiny_run, tmp_path, capsys,
                                                                                    calls_after_release):
     """Two evaluations into one folder at once: the second waits for the first's writes, so the folder
     holds one evaluation's files, never one's metrics.json beside the other's report.md."""
@@ -274,3 +274,4 @@ def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_fol
     evaluation = lambda: evaluate(run, config, out, device="cpu")  # noqa: E731
     assert calls_after_release(out, run_module, "write_report", evaluation) == [True]
     assert (out / "report.md").is_file()
+    assert f"tgfr evaluate: waiting for another process writing into {out} to end\n" in capsys.readouterr().err

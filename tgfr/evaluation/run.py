@@ -228,7 +228,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     # Another evaluation writing into `out` at the same time goes first, whole: interleaved, the folder
     # would hold one's metrics.json beside the other's report.md.
-    with folder_lock(out):
+    with folder_lock(out, waiting=f"tgfr evaluate: waiting for another process writing into {out} to end"):
         curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
         heatmap_files = {name: f"attention_{name}.png" for name in maps}
         figures = {name: [plot_roc(curves[name], out / roc, f"ROC, {name}").name,
