@@ -8,7 +8,7 @@ import textwrap
 
 import tgfr.data.cli as data_cli
 from tgfr.cli import main
-from tgfr.data.degrade import WorkerPool
+from tgfr.data.worker_pool import WorkerPool
 
 
 def test_ctrl_c_is_one_line_with_status_130(tmp_path, monkeypatch, capsys):

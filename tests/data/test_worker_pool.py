@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tgfr.data.degrade import WorkerPool
+from tgfr.data.worker_pool import WorkerPool
 
 
 def test_a_worker_that_dies_is_a_child_process_error():

@@ -22,16 +22,12 @@ does not depend on the order or the number of worker processes.
 
 import contextlib
 import io
-import multiprocessing
 import posixpath
 import re
 import secrets
 import shutil
-import signal
 import zlib
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -39,6 +35,7 @@ from PIL import Image, ImageOps
 
 from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
+from tgfr.data.worker_pool import WorkerPool, check_workers
 from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_file, naming_write_errors
 from tgfr.text_formats import check_utf8
@@ -180,50 +177,6 @@ def _check_one(source: str) -> str | None:
     except ValueError as error:
         return str(error)
     return None
-
-
-def _leave_signals_to_parent() -> None:
-    """A worker's Ctrl-C and SIGTERM (a scheduler's, sent to the whole process group) are its parent's to
-    handle: a worker they ended would break the pool, with a traceback from the executor's thread."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class WorkerPool:
-    """`workers` spawned processes, as a context manager whose `map` returns a list.
-
-    Ctrl-C and SIGTERM are left to the parent (_leave_signals_to_parent); leaving the block on an error
-    drops the work not yet started, and each worker ends once its current chunk is done (callers keep
-    chunks to a second or two of work). A worker that dies (killed, say for memory; or failing as it
-    starts, as in a script without an `if __name__ == "__main__":` guard, which each spawned worker
-    imports again) is a ChildProcessError, where multiprocessing.Pool waited for ever.
-    """
-
-    def __init__(self, workers: int):
-        self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_leave_signals_to_parent)
-
-    def map(self, function: Callable, items: Sequence, chunksize: int = 1) -> list:
-        try:
-            return list(self._executor.map(function, items, chunksize=chunksize))
-        except BrokenProcessPool:
-            raise ChildProcessError("a worker process ended abruptly (killed, say for lack of memory: try fewer "
-                                    "workers; from a script, guard its top level with "
-                                    "if __name__ == \"__main__\":, which every spawned worker imports again)") from None
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> None:
-        # Waits for the chunks under way, whose files the caller may remove next. Not terminate(): Python
-        # 3.11's executor then fails in its own thread (InvalidStateError on futures map already cancelled).
-        self._executor.shutdown(cancel_futures=error is not None)
-
-
-def check_workers(workers: int) -> None:
-    """Refuses a worker count that is not a positive integer (0 would divide the work by zero)."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
 
 
 def check_plain_name(name: str, what: str) -> None:

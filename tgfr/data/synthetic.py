@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import WorkerPool, check_workers, degrade_records, degraded_path, parse_recipe
+from tgfr.data.degrade import degrade_records, degraded_path, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.data.worker_pool import WorkerPool, check_workers
 from tgfr.text_formats import parse_json
 from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_folder, naming_write_errors, write_atomically
