@@ -112,6 +112,23 @@ def test_a_split_list_that_is_a_folder_is_refused(tmp_path):
         convert_tgfr_tree(root)
 
 
+@pytest.mark.parametrize("kind", ["broken link", "pipe"])
+def test_a_split_list_that_cannot_be_read_is_refused(tmp_path, kind):
+    """A link to lists on a disk that is not mounted was passed over like a missing list: every image of
+    the split's folders went into the manifest."""
+    root = tgfr_tree(tmp_path)
+    split_list = root / "train" / "filenames.json"
+    split_list.parent.mkdir()
+    if kind == "pipe":
+        os.mkfifo(split_list)
+        expected = "is not a regular file"
+    else:
+        split_list.symlink_to(tmp_path / "unmounted" / "train.json")
+        expected = re.escape(f"is a broken symbolic link (to {tmp_path / 'unmounted' / 'train.json'})")
+    with pytest.raises(ValueError, match=rf"^split list .*train/filenames\.json {expected}"):
+        convert_tgfr_tree(root)
+
+
 def test_tgfr_tree_lists_each_image_once(tmp_path):
     root = tgfr_tree(tmp_path)
     write_image(root / "images/train/7/7_1.png")  # a second file for the stem 7_1

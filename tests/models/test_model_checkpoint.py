@@ -219,8 +219,8 @@ def test_a_weights_file_that_is_not_a_state_dict_names_what_it_holds(tmp_path, c
         load_weights_file(path)
 
 
-def test_a_weights_path_that_is_a_folder_is_reported_as_not_a_file(tmp_path):
-    with pytest.raises(ValueError, match=re.escape(f"weights file {str(tmp_path)!r} is not a file")):
+def test_a_weights_path_that_is_a_folder_is_reported_as_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"weights file {str(tmp_path)!r} is a folder, not a file")):
         load_weights_file(tmp_path)
 
 

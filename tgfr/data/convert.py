@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
+from tgfr.input_paths import file_problem
 from tgfr.text_formats import check_caption_utf8, parse_json
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
@@ -68,10 +69,12 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
 def _split_list_file(root: Path, split: str) -> Path | None:
     for suffix in (".json", ".csv", ".pickle"):
         candidate = root / split / f"filenames{suffix}"
-        if candidate.is_dir():  # passed over, every image of the split's folders would be taken instead of the list
-            raise ValueError(f"split list {candidate} is a folder, not a file")
         if candidate.is_file():
             return candidate
+        # Passed over, a folder, a broken link or a pipe there would have every image of the split's folders
+        # taken instead of the list's.
+        if os.path.lexists(candidate):
+            raise ValueError(f"split list {candidate} {file_problem(candidate)}")
     return None
 
 

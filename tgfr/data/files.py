@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from tgfr.input_paths import file_problem
+
 
 # EXIF orientation -> the turn that shows the stored pixels upright (as ImageOps.exif_transpose).
 _UPRIGHT_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -23,8 +25,8 @@ _ORIENTATION_METADATA = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "
 @contextlib.contextmanager
 def _opened_image(path: Path) -> Iterator[Image.Image]:
     """Image.open whose every failure, in opening or in what the caller then reads, names the file."""
-    if not path.is_file():
-        raise ValueError(f"image file {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
+    if problem := file_problem(path):
+        raise ValueError(f"image file {path} {problem}")
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: a header claiming a huge
         # image would then allocate gigabytes when decoded, so the warning refuses it too.
@@ -103,8 +105,8 @@ def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
     inside a CSV field into "\n".
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist or is not a file")
+    if problem := file_problem(path):
+        raise ValueError(f"{what} {path} {problem}")
     try:
         return path.read_bytes().decode(encoding)
     except UnicodeDecodeError as error:

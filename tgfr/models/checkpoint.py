@@ -19,6 +19,7 @@ from transformers import PretrainedConfig
 from tgfr.text_formats import parse_json
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import replace_entries_atomically
 from tgfr.torch_files import load_torch_file
 
@@ -32,10 +33,8 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """State dict from a `.safetensors` file or a torch file (e.g. insightface's `backbone.pth`)
     read with `torch.load(weights_only=True)`, on the CPU."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"weights file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ValueError(f"weights file {str(path)!r} is not a file")
+    if problem := file_problem(path):
+        raise ValueError(f"weights file {str(path)!r} {problem}")
     try:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(path, device="cpu")
@@ -192,9 +191,8 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     config_path = directory / CONFIG_FILE
     weights_path = directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
-        if not path.is_file():
-            raise ValueError(f"checkpoint file {str(path)!r} " + ("is a folder, not a file" if path.is_dir() else
-                                                                  "does not exist"))
+        if problem := file_problem(path):
+            raise ValueError(f"checkpoint file {str(path)!r} {problem}")
     text_dir = directory / TEXT_ENCODER_DIR
     if not text_dir.is_dir():
         raise ValueError(f"checkpoint folder {str(text_dir)!r} (the text model's files) does not exist")

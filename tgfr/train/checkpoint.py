@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import write_atomically
 from tgfr.torch_files import load_torch_file
 
@@ -110,10 +111,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Reads a training checkpoint with weights_only=True and checks that it holds every part of one;
     errors are ValueErrors naming the file."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint file {path} is a folder, not a file")
-    if not path.is_file():
-        raise ValueError(f"checkpoint file {path} does not exist")
+    if problem := file_problem(path):
+        raise ValueError(f"checkpoint file {path} {problem}")
     try:
         state = load_torch_file(path)
     except (OSError, ValueError) as error:
