@@ -183,9 +183,7 @@ def roc_auc(curve: RocCurve) -> float:
 def equal_error_rate(curve: RocCurve) -> float:
     """FAR = FRR crossing, linear between ROC points."""
     gap = (1.0 - curve.tar) - curve.far  # decreases from 1 to -1 along the curve
-    k = int(np.flatnonzero(gap <= 0)[0])
-    if gap[k] == 0 or k == 0:
-        return float(curve.far[k])
+    k = int(np.flatnonzero(gap <= 0)[0])  # at least 1: the curve starts at (0, 0), where the gap is 1
     t = gap[k - 1] / (gap[k - 1] - gap[k])
     return float(curve.far[k - 1] + t * (curve.far[k] - curve.far[k - 1]))
 

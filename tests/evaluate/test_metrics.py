@@ -268,9 +268,21 @@ def test_an_unresolved_far_has_no_interval_whatever_the_resamples_weight():
     assert result["auc_ci"] is not None  # the resample itself measures the other figures
 
 
+def test_eer_interpolates_linearly_between_roc_points():
+    # Genuine 3, 1, 1; impostors 1, 0: the ROC goes from (0, 1/3) to (1/2, 1) at the tied score 1. On that
+    # segment FAR = s/2 and FRR = 1 - (1/3 + 2s/3), equal at s = 4/7: EER 2/7.
+    curve = roc_curve(np.array([3.0, 1.0, 1.0, 1.0, 0.0]), np.array([1, 1, 1, 0, 0]))
+    assert equal_error_rate(curve) == pytest.approx(2 / 7, rel=1e-12)
+
+
 def test_eer_at_an_exact_crossing():
     # Genuine 3, 1; impostors 2, 0. Threshold 2 accepts genuine 3 and impostor 2: FAR = FRR = 1/2.
     assert equal_error_rate(roc_curve(np.array([3.0, 1.0, 2.0, 0.0]), np.array([1, 1, 0, 0]))) == 0.5
+
+
+def test_verification_rejects_labels_of_another_length():
+    with pytest.raises(ValueError, match=r"^scores and same must have one entry per pair, got 4 and 3$"):
+        roc_curve(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 0, 0]))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

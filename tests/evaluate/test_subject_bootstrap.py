@@ -197,6 +197,11 @@ def test_one_probe_subject_has_no_identification_interval():
     result = identification_metrics(similarity, probe_labels, gallery, resamples=50, keep_replicates=True)
     assert result["rank1"] == 5 / 8 and result["rank1_ci"] is None and result["rank5_ci"] is None
     assert np.isnan(result["replicates"]["rank1"]).all()
+    # Two subjects already vary between resamples, and get their interval.
+    similarity, probe_labels, gallery = ranked_probes([[1, 2, 1, 3], [1, 1, 1, 1]])
+    result = identification_metrics(similarity, probe_labels, gallery, resamples=50)
+    low, high = result["rank1_ci"]
+    assert result["rank1"] == 6 / 8 and low == 0.5 and high == 1.0
 
 
 @pytest.mark.parametrize("arguments, error, message", [
