@@ -49,6 +49,16 @@ def test_no_pair_is_listed_twice(images, seed):
     # Every two subjects are compared (each drew all others), first image against some image.
     compared = {frozenset((identity(p.path_a), identity(p.path_b))) for p in pairs if p.same == 0}
     assert len(compared) == 30 * 29 // 2
+    if images > 1:  # a repeat is replaced by another image of the other subject, never dropped
+        assert Counter(identity(p.path_a) for p in pairs if p.same == 0) == {str(s): 29 for s in range(30)}
+
+
+def test_pairs_draw_from_every_image():
+    """Genuine partners come from all of a subject's other images, impostors from all images of the others."""
+    pairs = make_verification_pairs(records(subjects=40, images=4), "test", impostor_subjects=39, seed=0)
+    image_index = {p: int(p.rsplit("_", 1)[1].removesuffix(".png")) for pair in pairs for p in (pair.path_a, pair.path_b)}
+    assert {image_index[p.path_b] for p in pairs if p.same == 1} == {1, 2, 3}
+    assert {image_index[p.path_b] for p in pairs if p.same == 0} == {0, 1, 2, 3}
 
 
 def test_a_negative_seed_is_named():
