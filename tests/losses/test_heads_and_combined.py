@@ -46,6 +46,17 @@ def test_margin_heads(head_class, arc, focal):
         torch.testing.assert_close(g, e, **TOL)
 
 
+@pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
+def test_heads_default_to_the_plain_cross_entropy(head_class, arc):
+    """focal is opt-in: the default head's loss is the batch-mean cross-entropy of its margin logits."""
+    torch.manual_seed(0)
+    head = head_class(4, 3, scale=2.0).double()
+    embeddings, labels = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0])
+    expected = F.cross_entropy(head_logits_by_angle(head, embeddings, labels, arc), labels)
+    assert 0.1 < expected < 3  # where focal's factor (1 - exp(-ce))^2 is far from 1
+    torch.testing.assert_close(head(embeddings, labels), expected, **TOL)
+
+
 @pytest.mark.parametrize("head_class,target_cosine", [(ArcFaceHead, math.cos), (CosFaceHead, lambda m: 1.0 - m)],
                          ids=["ArcFace", "CosFace"])
 def test_focal_head_loss_where_the_cross_entropy_is_below_one(head_class, target_cosine):
