@@ -1,9 +1,11 @@
 """The data commands' worker processes: a worker that dies is an error, not a wait for ever."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -29,3 +31,114 @@ def test_a_script_without_a_main_guard_fails_instead_of_waiting(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("ChildProcessError: a worker process ended abruptly")
+
+
+def _group_alive(group: int) -> list[int]:
+    """The processes of process group `group` still running (zombies, which init has yet to reap, left out)."""
+    alive = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            alive.append(int(entry))
+    return alive
+
+
+def _start_script(tmp_path, body: str) -> subprocess.Popen:
+    """Runs `body` as a script in a session of its own, Ctrl-C at its default, until it prints "started"."""
+    script = tmp_path / "pool_script.py"
+    script.write_text(textwrap.dedent(body))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.stdout.readline() == "started\n"
+    return process
+
+
+def _wait_until_gone(group: int, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := _group_alive(group)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def test_work_handed_to_the_workers_is_dropped_after_an_error(tmp_path):
+    """Cancelling the executor's futures leaves the chunks already in its workers' queue (up to workers + 1)
+    to run; the stop event makes them return at once, so only the chunks under way finish."""
+    log = tmp_path / "started.log"
+    process = _start_script(tmp_path, f"""
+        import time
+        from tgfr.data.worker_pool import WorkerPool
+
+        def job(item):
+            with open({str(log)!r}, "a") as handle:
+                handle.write(f"{{item}}\\n")
+            time.sleep(1.0)
+            if item == 0:
+                raise ValueError("the first item fails")
+
+        if __name__ == "__main__":
+            print("started", flush=True)
+            try:
+                with WorkerPool(2) as pool:
+                    pool.map(job, range(40))
+            except ValueError:
+                pass
+    """)
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    started = sorted(int(line) for line in log.read_text().split())
+    # 0 and 1 run together; each worker takes one more while 0's error travels back; none after that.
+    assert started in ([0, 1], [0, 1, 2], [0, 1, 2, 3]), started
+
+
+def test_a_second_ctrl_c_while_the_pool_winds_down_ends_the_program(tmp_path):
+    """Interrupted, the executor's shutdown left its workers waiting for work and the interpreter's exit
+    waiting for them, for ever: the second Ctrl-C is taken once the chunks under way end."""
+    process = _start_script(tmp_path, """
+        import time
+        from tgfr.data.worker_pool import WorkerPool
+
+        if __name__ == "__main__":
+            try:
+                with WorkerPool(2) as pool:
+                    print("started", flush=True)
+                    pool.map(time.sleep, [1.5] * 20)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+    time.sleep(2.5)  # the workers are up and sleeping
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0 and out == "interrupted\n" and "Traceback" not in err, err
+    assert _wait_until_gone(process.pid, 10) == []
+
+
+def test_workers_end_with_their_parent(tmp_path):
+    """Deaf to SIGTERM, workers whose parent was killed outright (SIGKILL, the out-of-memory killer) would
+    wait for work for ever."""
+    process = _start_script(tmp_path, """
+        import time
+        from tgfr.data.worker_pool import WorkerPool
+
+        if __name__ == "__main__":
+            with WorkerPool(2) as pool:
+                print("started", flush=True)
+                pool.map(time.sleep, [60, 60])
+    """)
+    time.sleep(2.5)  # the workers are up and sleeping
+    assert len(_group_alive(process.pid)) >= 3  # the parent, its workers (and the resource tracker)
+    process.kill()
+    process.wait()
+    left = _wait_until_gone(process.pid, 15)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []

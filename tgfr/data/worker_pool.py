@@ -1,36 +1,92 @@
 """The data commands' worker processes (tgfr data synth and degrade, the embedded dataset's generation)."""
 
+import contextlib
+import functools
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+# In a worker: set by the parent when it leaves the pool on an error or an interruption.
+_stop: Any = None
 
 
-def _leave_signals_to_parent() -> None:
-    """A worker's Ctrl-C and SIGTERM (a scheduler's, sent to the whole process group) are its parent's to
-    handle: a worker they ended would break the pool, with a traceback from the executor's thread."""
+def _start_worker(stop: Any) -> None:
+    """Each worker's initializer.
+
+    A worker's Ctrl-C and SIGTERM (a scheduler's, sent to the whole process group) are its parent's to
+    handle: a worker they ended would break the pool, with a traceback from the executor's thread. Deaf
+    to SIGTERM, a worker must not outlive its parent either: a parent killed outright (SIGKILL, the
+    out-of-memory killer) never tells it to stop, and it would wait for work for ever. A thread ends it
+    when the parent's end of the pipe multiprocessing keeps for that purpose closes.
+    """
+    global _stop
+    _stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="tgfr-parent-watch",
+                         daemon=True).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
+def _unless_stopped(function: Callable, item: Any) -> Any:
+    """function(item), or None once the parent stopped the pool: the work the executor already handed to
+    the workers' queue (up to workers + 1 chunks), which cancelling its futures does not reach."""
+    return None if _stop.is_set() else function(item)
+
+
+@contextlib.contextmanager
+def _interruptions_deferred() -> Iterator[None]:
+    """Holds back Ctrl-C and SIGTERM for the block, then raises the last one received through its
+    handler. Interrupted, the executor's shutdown left its workers waiting for work and the interpreter's
+    exit waiting for them, for ever; the block waits for at most the chunks under way. Signal handlers
+    live on the main thread: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        signal.raise_signal(received[-1])
 
 
 class WorkerPool:
     """`workers` spawned processes, as a context manager whose `map` returns a list.
 
-    Ctrl-C and SIGTERM are left to the parent (_leave_signals_to_parent); leaving the block on an error
-    drops the work not yet started, and each worker ends once its current chunk is done (callers keep
-    chunks to a second or two of work). A worker that dies (killed, say for memory; or failing as it
-    starts, as in a script without an `if __name__ == "__main__":` guard, which each spawned worker
-    imports again) is a ChildProcessError, where multiprocessing.Pool waited for ever.
+    Ctrl-C and SIGTERM are left to the parent (_start_worker). Leaving the block on an error or an
+    interruption stops the work not yet started and waits for the chunks under way (callers keep chunks
+    to about a second of work), whose files the caller may remove next; a second Ctrl-C or SIGTERM meanwhile
+    is taken once they end. A worker that dies (killed, say for memory; or failing as it starts, as in a
+    script without an `if __name__ == "__main__":` guard, which each spawned worker imports again) is a
+    ChildProcessError, where multiprocessing.Pool waited for ever. Workers end with their parent.
     """
 
     def __init__(self, workers: int):
-        self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_leave_signals_to_parent)
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                             initargs=(self._stop,))
 
     def map(self, function: Callable, items: Sequence, chunksize: int = 1) -> list:
         try:
-            return list(self._executor.map(function, items, chunksize=chunksize))
+            return list(self._executor.map(functools.partial(_unless_stopped, function), items, chunksize=chunksize))
         except BrokenProcessPool:
             raise ChildProcessError("a worker process ended abruptly (killed, say for lack of memory: try fewer "
                                     "workers; from a script, guard its top level with "
@@ -40,9 +96,12 @@ class WorkerPool:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> None:
-        # Waits for the chunks under way, whose files the caller may remove next. Not terminate(): Python
-        # 3.11's executor then fails in its own thread (InvalidStateError on futures map already cancelled).
-        self._executor.shutdown(cancel_futures=error is not None)
+        if error is not None:
+            self._stop.set()
+        # Waits for the chunks under way. Not terminate(): Python 3.11's executor then fails in its own thread
+        # (InvalidStateError on the futures map already cancelled).
+        with _interruptions_deferred():
+            self._executor.shutdown(cancel_futures=error is not None)
 
 
 def check_workers(workers: int) -> None:
