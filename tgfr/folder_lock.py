@@ -6,7 +6,8 @@ still runs, two commands given the same --out) would interleave their files: a c
 both and every step logged twice, images of one dataset under another's manifest, one degraded
 copy's images under another's recipe, or one evaluation's metrics.json beside another's report.md.
 The writer holds an exclusive flock on the folder itself (no lock file to leave behind): the system
-releases it when the process ends, however it ends, so no stale lock outlives a kill.
+releases it when the process ends, however it ends, so no stale lock outlives a kill (its forked children,
+which would share it, let go of it as they start).
 """
 
 import contextlib
@@ -17,6 +18,21 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+# The descriptors of the locks this process holds.
+_held: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    """A forked child (a DataLoader worker) shares its parent's lock through the inherited descriptor, and
+    would keep the folder locked after the parent ended (killed, say) until it noticed, seconds later. Its
+    copies are closed; the parent's keep the lock."""
+    for descriptor in _held:
+        os.close(descriptor)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
+
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, in_use: str | None = None, waiting: str | None = None) -> Iterator[None]:
@@ -25,6 +41,7 @@ def folder_lock(folder: Path, in_use: str | None = None, waiting: str | None = N
     given) on stderr first; the block then goes after the other's, whole. Where the file system has
     no locks (some network file systems) the block runs unguarded."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    _held.add(descriptor)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,4 +55,5 @@ def folder_lock(folder: Path, in_use: str | None = None, waiting: str | None = N
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
+        _held.discard(descriptor)
         os.close(descriptor)
