@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
 
@@ -148,3 +149,28 @@ def test_tgfr_train_destroys_the_process_group_of_its_run(tmp_path, monkeypatch)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new run", "resume"])
+def test_a_run_folder_another_trainer_holds_is_refused_by_every_rank(tmp_path, tiny_overrides, folder_held_elsewhere,
+                                                                     resume):
+    """Rank 0 alone takes the run folder's lock. Refused, it stopped alone, and rank 1 died in its next
+    collective with gloo's "Connection closed by peer" and a traceback; now every rank stops with rank 0's
+    message, which rank 0 alone prints."""
+    from tgfr.train.config import load_config
+    from tgfr.train.run import train
+
+    run = tmp_path / "ddp"
+    if resume:
+        train(load_config("quick", tiny_overrides), run, stop_after=1)
+        arguments = ["--resume", "--out", str(run)]
+    else:
+        run.mkdir()  # the other trainer made it and holds it, not yet written into
+        arguments = ["--preset", "quick", "--out", str(run), *[arg for o in tiny_overrides for arg in ("--set", o)]]
+    folder_held_elsewhere(run)
+    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", *arguments)
+    assert result.returncode != 0
+    assert re.findall(r"tgfr train: error[^\r\n]*", result.stderr) == [
+        f"tgfr train: error: run folder {run} is being trained by another tgfr train process: wait for it to end (two "
+        "processes would write the same checkpoint and log every step twice)"], result.stderr[-3000:]
+    assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]

@@ -148,3 +148,21 @@ def test_a_run_folder_whose_real_path_utf8_cannot_encode_is_refused_before_train
     (unnamed / "run").rename(tmp_path / "renamed")
     assert main(["train", "--resume", "--out", "renamed"]) == 0
     assert (tmp_path / "renamed" / "model" / "config.json").is_file()
+
+
+def test_a_synthetic_cache_inside_the_run_folder_is_the_runs_own(tmp_path, tiny_overrides):
+    """data.cache_dir inside --out: the run writes the synthetic set there before it takes the folder's lock, and
+    the check that no other run started meanwhile took it for another run's files. The run failed, and so did
+    every retry (the folder was no longer empty) and --resume (no config.toml)."""
+    run = tmp_path / "run"
+    settings = [o for o in tiny_overrides if not o.startswith("data.cache_dir")] + [f'data.cache_dir="{run / "cache"}"']
+    broken = tmp_path / "backbone.pth"
+    broken.write_bytes(b"not a torch file")
+    # A first attempt that fails after generating the data (its backbone weights are loaded after it).
+    with pytest.raises(SystemExit, match="weights file"):
+        main(["train", "--preset", "quick", "--out", str(run), "--stop-after", "1",
+              *[arg for o in settings + [f'model.backbone_weights="{broken}"'] for arg in ("--set", o)]])
+    assert [path.name for path in run.iterdir()] == ["cache"]
+    assert main(["train", "--preset", "quick", "--out", str(run), "--stop-after", "1",
+                 *[arg for o in settings for arg in ("--set", o)]]) == 0
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "cache" / "synthetic").is_dir()

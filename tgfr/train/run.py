@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,41 @@ def _barrier(world_size: int) -> None:
         dist.barrier()
 
 
+def _on_rank_0(rank: int, world_size: int, action: Callable[[], None]) -> None:
+    """Runs `action` on rank 0 alone. An error it raises (a run folder another trainer holds) is raised on
+    every rank, rank 0's as it is and the others' as a ValueError with its message, which the command prints
+    once: the other ranks would otherwise fail in their next collective with the backend's error."""
+    message = None
+    try:
+        if rank == 0:
+            action()
+    except (ValueError, OSError) as error:
+        message = str(error)
+        raise
+    finally:
+        if world_size > 1:
+            message = gather_objects(message)[0]
+    if message is not None:
+        raise ValueError(message)
+
+
+def _synthetic_cache_entry(out: Path, config: TrainConfig) -> Path | None:
+    """The entry of run folder `out` holding the embedded synthetic set's cache (<cache folder>/synthetic),
+    when data.cache_dir (or the default cache folder) lies inside `out`: the run's own data, not another
+    run's files."""
+    if config.data.manifest:
+        return None
+    cache = Path(os.path.realpath(Path(config.data.cache_dir or default_cache_dir()) / "synthetic"))
+    run = Path(os.path.realpath(out))
+    return out / cache.relative_to(run).parts[0] if cache.is_relative_to(run) and cache != run else None
+
+
+def _holds_other_files(out: Path, config: TrainConfig) -> bool:
+    """Whether `out` holds anything but the run's synthetic cache (_synthetic_cache_entry)."""
+    own = _synthetic_cache_entry(out, config)
+    return out.is_dir() and any(entry != own for entry in out.iterdir())
+
+
 def _build_stage(name: str, config: TrainConfig, model: TGFRModel, num_classes: int, captions: CaptionFeatures,
                  device: torch.device, distributed: bool) -> Stage:
     if name == "fr":
@@ -277,8 +313,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                                             "every step twice)"))
 
     rank, world_size, device = _init_distributed(config)
-    if rank == 0 and resume and out.is_dir():
-        lock()
+    if resume and out.is_dir():
+        _on_rank_0(rank, world_size, lock)
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
@@ -300,7 +336,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
         config = config.with_absolute_paths()
         config.check_training_recipe()
         check_output_folder("run folder", out)
-        if out.is_dir() and any(out.iterdir()):
+        if _holds_other_files(out, config):
             raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
                              f"another --out")
     if not config.data.manifest:
@@ -358,14 +394,17 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
         print(f"tgfr train: {out} holds no checkpoint yet (its run stopped before the first one): training it "
               f"from its first step, {out / 'metrics.jsonl'} emptied", file=sys.stderr)
         (out / "metrics.jsonl").write_text("", encoding="utf-8")
-    elif rank == 0 and not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        lock()
-        if any(out.iterdir()):  # another run started here since the check above
-            raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
-                             f"another --out")
-        with write_atomically(out / "config.toml", "run config") as stream:
-            stream.write(to_toml(config))
+    elif not resume:
+        def start_run_folder() -> None:
+            out.mkdir(parents=True, exist_ok=True)
+            lock()
+            if _holds_other_files(out, config):  # another run started here since the check above
+                raise ValueError(f"run folder {out} is not empty: continue its run with --resume, or train into "
+                                 f"another --out")
+            with write_atomically(out / "config.toml", "run config") as stream:
+                stream.write(to_toml(config))
+
+        _on_rank_0(rank, world_size, start_run_folder)
     if rank == 0:
         resumed_at = {"stage": state["stage"], "step": state["step"]} if state is not None else None
         record_call(out, {**environment(device, "bf16" if settings.bf16 else "fp32", world_size),
