@@ -78,7 +78,19 @@ def _check_subjects(same: np.ndarray, subjects_a: np.ndarray, subjects_b: np.nda
         k = wrong[0]
         raise ValueError(f"subjects_a and subjects_b must be equal for genuine pairs and differ for impostor pairs; "
                          f"pair {k} has same={int(same[k])} with subjects {checked[0][k]} and {checked[1][k]}")
-    return checked[0], checked[1]
+    return _one_integer_type(*checked)
+
+
+def _one_integer_type(subjects_a: np.ndarray, subjects_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both id arrays in one integer type that holds them: numpy promotes int64 with uint64 to float64, where
+    ids above 2**53 round together and distinct subjects would merge. Python ints where no type holds both
+    (ids below 0 and above 2**63)."""
+    if np.promote_types(subjects_a.dtype, subjects_b.dtype).kind in "iu":
+        return subjects_a, subjects_b
+    low = min(int(subjects_a.min()), int(subjects_b.min()))
+    high = max(int(subjects_a.max()), int(subjects_b.max()))
+    dtype = next((d for d in (np.int64, np.uint64) if np.iinfo(d).min <= low and high <= np.iinfo(d).max), object)
+    return subjects_a.astype(dtype), subjects_b.astype(dtype)
 
 
 class _SortedPairs:

@@ -93,6 +93,20 @@ def test_replicates_equal_materialized_pair_lists(seed, ids):
         assert (result["tar_at_far_ci"][far_label(far)] is None) == np.isnan(expected[:, column]).any()
 
 
+def test_int64_and_uint64_ids_above_2_to_the_53_stay_apart():
+    """numpy promotes int64 with uint64 to float64, where ids 2**60 + k round together: the six subjects
+    merged into one, with a zero-width interval."""
+    subjects_a, subjects_b, same = all_pairs([4, 4, 4, 4, 4, 1])
+    scores = np.round(np.random.default_rng(5).normal(same * 1.0, 1.0), 1)
+    mixed = {"subjects_a": (subjects_a + 2**60).astype(np.int64),
+             "subjects_b": subjects_b.astype(np.uint64) + np.uint64(2**60)}
+    got = verification_metrics(scores, same, **mixed, resamples=40, keep_replicates=True)
+    expected = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b, resamples=40,
+                                    keep_replicates=True)
+    assert got["subjects"] == 6 and got["auc_ci"] == expected["auc_ci"]
+    np.testing.assert_array_equal(got["replicates"]["auc"], expected["replicates"]["auc"])
+
+
 def test_unit_multiplicities_give_the_point_estimate():
     # 3 subjects: a resample that draws each once weighs every pair 1; one that draws a single
     # subject has no impostor pair and measures nothing.
