@@ -26,10 +26,18 @@ def _taken_elsewhere(folder) -> bool:
 def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
     """A DataLoader worker forked while tgfr train holds its run folder outlived a SIGKILLed trainer for
     seconds, and with it the lock: an immediate --resume was refused."""
+    fork = multiprocessing.get_context("fork")
+    running = fork.Event()  # set once the child runs, after the fork's handlers
+
+    def child_body():
+        running.set()
+        time.sleep(60)
+
     with folder_lock(tmp_path, in_use="in use"):
         assert _taken_elsewhere(tmp_path)
-        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        child = fork.Process(target=child_body)
         child.start()
+        assert running.wait(30)
         assert _taken_elsewhere(tmp_path)  # the parent still holds it
     try:
         assert not _taken_elsewhere(tmp_path)
