@@ -205,7 +205,7 @@ def test_corrupt_training_summary_is_named_before_any_work(run, text, message):
 def test_training_summary_that_is_a_folder_is_named_before_any_work(run):
     (run / "train_summary.json").mkdir()
     error = evaluate_error("--run", str(run))
-    assert f"training summary {run / 'train_summary.json'} cannot be read: Is a directory" in error
+    assert f"training summary {run / 'train_summary.json'} is a folder, not a file" in error
     assert not (run / "report").exists()
 
 

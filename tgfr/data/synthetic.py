@@ -24,6 +24,7 @@ from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 from tgfr.data.worker_pool import WorkerPool, check_workers
+from tgfr.input_paths import file_problem
 from tgfr.text_formats import parse_json
 from tgfr.folder_lock import folder_lock
 from tgfr.output_paths import check_output_folder, naming_write_errors, write_atomically
@@ -190,6 +191,8 @@ def _marker(folder: Path) -> dict | None:
     """folder's synthetic.json as this generator writes it (an integer version, a key that is a string
     or, while the dataset is written, null); None for an absent, unreadable or cut-short one, or a
     synthetic.json of another tool's."""
+    if file_problem(folder / MARKER):  # a pipe would be waited on for ever
+        return None
     try:
         marker = parse_json((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -4,6 +4,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
+from tgfr.input_paths import file_problem
 from tgfr.text_formats import parse_toml
 from tgfr.train.config import config_from_dict, parse_override, set_key
 
@@ -34,8 +35,9 @@ def main(args: argparse.Namespace) -> int:
     from tgfr.evaluation.run import evaluate  # torch and the models: loaded once a command runs, not for --help
 
     path = args.run / "config.toml"
-    if not path.is_file():
-        raise SystemExit(f"tgfr evaluate: error: --run: {path} does not exist (not a folder written by `tgfr train`)")
+    if problem := file_problem(path):
+        hint = " (not a folder written by `tgfr train`)" if problem == "does not exist" else ""
+        raise SystemExit(f"tgfr evaluate: error: --run: {path} {problem}{hint}")
     model = args.run / "model"
     if model.exists() and not model.is_dir():
         raise SystemExit(f"tgfr evaluate: error: --run: {model} is not a folder (`tgfr train` saves the model as one)")
@@ -46,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
         values = parse_toml(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SystemExit(f"tgfr evaluate: error: --run: {path} is not valid TOML: {error}") from None
+    except OSError as error:  # another user's run, say (umask 077)
+        raise SystemExit(f"tgfr evaluate: error: --run: {path} cannot be read: {error.strerror}") from None
     try:
         for override in args.overrides:
             keys, value = parse_override(override)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from tgfr.text_formats import parse_json
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
 from tgfr.folder_lock import folder_lock
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import check_output_folder
 from tgfr.provenance import environment
 from tgfr.train.batches import resolve_manifest
@@ -102,8 +104,10 @@ def _check_trained(run: Path, config: TrainConfig) -> None:
 def _read_summary(path: Path) -> dict[str, Any] | None:
     """train_summary.json (None when the run has none), checked for the figures that the report's
     training table reads, so that a corrupt file fails before the evaluation's work, with its name."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    if problem := file_problem(path):
+        raise ValueError(f"training summary {path} {problem}")
     try:
         data = path.read_bytes()
     except OSError as error:  # e.g. a folder in its place

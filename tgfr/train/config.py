@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import re
 import tomllib
 import typing
@@ -26,6 +27,7 @@ import torch
 
 from tgfr.data.degrade import parse_recipe
 from tgfr.data.synthetic import GENERATOR_VERSION, SIZE_LIMITS as SYNTHETIC_SIZE_LIMITS
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import temporary_name
 from tgfr.text_formats import check_utf8, parse_toml
 from tgfr.validation import check_choice, check_positive
@@ -449,9 +451,11 @@ def find_preset(preset: str) -> Traversable:
     name (e.g. "quick"). Only a file counts as a path: a folder named like a preset (e.g. runs in
     ./default) must not hide the packaged one."""
     path = Path(preset)
-    if path.suffix == ".toml" or path.is_file():
-        if not path.is_file():
+    if path.suffix == ".toml" or (os.path.lexists(path) and not path.is_dir()):
+        if (problem := file_problem(path)) == "does not exist":
             raise ValueError(f"preset {preset!r}: no file {path} (packaged presets: {preset_names()})")
+        if problem:
+            raise ValueError(f"preset {preset!r}: {path} {problem}")
         return path
     if preset not in preset_names():
         raise ValueError(f"preset {preset!r} is neither a file nor a packaged preset (packaged presets: "

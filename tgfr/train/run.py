@@ -41,6 +41,7 @@ from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.folder_lock import folder_lock
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
@@ -315,6 +316,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     rank, world_size, device = _init_distributed(config)
     if resume and out.is_dir():
         _on_rank_0(rank, world_size, lock)
+    training_log = out / "metrics.jsonl"  # read, emptied or appended to: a pipe would be waited on for ever
+    if resume and os.path.lexists(training_log) and (problem := file_problem(training_log)):
+        raise ValueError(f"training log {training_log} {problem}")
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer

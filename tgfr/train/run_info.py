@@ -3,10 +3,12 @@ several, maybe on other machines or another tgfr), each tgfr.provenance.environm
 and step the call resumed at (null for the call that started the run)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import write_atomically
 from tgfr.text_formats import parse_json
 
@@ -18,8 +20,10 @@ def record_call(out: Path, call: dict[str, Any]) -> None:
     stderr and replaced: it describes the run, and training does not depend on it."""
     path = out / RUN_INFO
     calls = []
-    if path.exists():
+    if os.path.lexists(path):
         try:
+            if problem := file_problem(path):  # a pipe would be waited on for ever
+                raise OSError(f"{path} {problem}")
             calls = parse_json(path.read_bytes().decode("utf-8"))["calls"]
             if not isinstance(calls, list):
                 raise TypeError(f"calls is a {type(calls).__name__}, not a list")
