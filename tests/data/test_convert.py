@@ -3,6 +3,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -126,6 +127,17 @@ def test_a_split_list_that_cannot_be_read_is_refused(tmp_path, kind):
         split_list.symlink_to(tmp_path / "unmounted" / "train.json")
         expected = re.escape(f"is a broken symbolic link (to {tmp_path / 'unmounted' / 'train.json'})")
     with pytest.raises(ValueError, match=rf"^split list .*train/filenames\.json {expected}"):
+        convert_tgfr_tree(root)
+
+
+@pytest.mark.parametrize("folder", ["images/test", "images/train/4"])
+def test_a_split_or_identity_folder_that_is_a_broken_link_is_refused(tmp_path, folder):
+    """A folder linked from a disk that is not mounted left its split (or identity) out of the manifest."""
+    root = tgfr_tree(tmp_path / "tree")
+    shutil.rmtree(root / folder)
+    (root / folder).symlink_to(tmp_path / "unmounted")
+    kind = "split" if folder == "images/test" else "identity"
+    with pytest.raises(ValueError, match=rf"^{kind} folder .*{folder} is a broken symbolic link \(to .*unmounted\)$"):
         convert_tgfr_tree(root)
 
 

@@ -99,11 +99,19 @@ def _list_folder(folder: Path) -> _Listing:
     return images, others
 
 
+def _refuse_broken_link(entry: Path, what: str) -> None:
+    """A folder of the tree linked from a disk that is not mounted: passed over, its images (a whole split
+    or identity) would be left out of the manifest with only a line in the summary."""
+    if entry.is_symlink() and not entry.exists():
+        raise ValueError(f"{what} {entry} {file_problem(entry)}")
+
+
 def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[list[str], list[str]]:
     """The entries "<id>/<stem>" of a split's image folders, in _entry_order, and what in them holds
     no image, each with why; fills `listings` (folder -> _list_folder) for the folders it lists."""
     entries, unused = [], []
     for folder in sorted(split_folder.iterdir()):
+        _refuse_broken_link(folder, "identity folder")
         if not folder.is_dir():
             unused.append(f"{folder}: not inside an identity folder")
             continue
@@ -169,6 +177,8 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     images_root = root / "images"
     if not images_root.is_dir():
         raise ValueError(f"{root} is not a TGFR tree: expected a folder {images_root}")
+    for entry in images_root.iterdir():
+        _refuse_broken_link(entry, "split folder")
     splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
     records, skipped = [], []
     unused = [f"{p}: not inside a split folder" for p in sorted(images_root.iterdir()) if not p.is_dir()]
