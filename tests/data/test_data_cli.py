@@ -395,3 +395,21 @@ def test_an_image_that_cannot_be_written_is_named(tmp_path):
                         rf"{re.escape(str(out))}/\.train_degraded\.[0-9a-f]{{8}}\.tmp/images/train/\d+/\d+_\d\.png: "
                         rf"File too large\n", result.stderr)
     assert not (out / "train_degraded").exists()
+
+
+def test_protocol_files_are_replaced_together_or_not_at_all(tmp_path, capsys, monkeypatch):
+    """A full disk while the identification split was written left the new pairs file beside the earlier split."""
+    import tgfr.data.cli as data_cli
+
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{i}.png", str(i // 2), "test", ("c",))
+                                                     for i in range(6)])
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p")]) == 0
+    before = {path.name: path.read_bytes() for path in (tmp_path / "p").iterdir()}
+
+    def full_disk(*arguments):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data_cli, "write_identification_split", full_disk)
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p"), "--seed", "7"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "p").iterdir()} == before

@@ -14,7 +14,7 @@ from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
                                 write_verification_pairs)
 from tgfr.data.synthetic import DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, generate_synthetic_dataset
-from tgfr.output_paths import check_output_file, check_output_folder
+from tgfr.output_paths import check_output_file, check_output_folder, replace_entries_atomically
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -117,8 +117,11 @@ def _protocol(args: argparse.Namespace) -> int:
     records = read_manifest(args.manifest)
     pairs = make_verification_pairs(records, args.split, impostor_subjects=args.impostors, seed=args.seed)
     identification = make_identification_split(records, args.split, args.gallery_per_subject)
-    pairs_path = write_verification_pairs(pairs_path, pairs)
-    ident_path = write_identification_split(ident_path, identification)
+    # Staged and renamed in together: a full disk while writing the second file left the first, new, beside
+    # an earlier identification split or none.
+    with replace_entries_atomically(out, "protocol files") as staging:
+        write_verification_pairs(staging / pairs_path.name, pairs)
+        write_identification_split(staging / ident_path.name, identification)
     genuine = sum(p.same for p in pairs)
     print(f"wrote {pairs_path} ({genuine} genuine, {len(pairs) - genuine} impostor pairs) and {ident_path}")
     return 0
