@@ -152,6 +152,33 @@ def test_an_evaluation_that_fails_to_write_keeps_the_earlier_reports_pictures(ti
     assert all((out / name).is_file() for name in shown)
 
 
+def test_an_evaluation_that_fails_to_write_leaves_every_file_of_the_earlier_report(tiny_run, tmp_path, monkeypatch):
+    """Each picture was put in place as soon as it was written: a failure at the attention picture left the new
+    ROC and CMC pictures beside the earlier report.md, metrics.json and report_info.json."""
+    run, config, _ = tiny_run
+    out = tmp_path / "report"
+    evaluate(run, config, out, device="cpu")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def plot_attention_on_a_full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_module, "plot_attention", plot_attention_on_a_full_disk)
+    swapped = {"clean": "test_degraded", "degraded": "test"}  # the same pictures' names, other curves in them
+    other = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, splits=swapped))
+    with pytest.raises(OSError, match="No space left on device"):
+        evaluate(run, other, out, device="cpu")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    # A staging folder that an evaluation killed while writing left is removed by the next one.
+    killed = out / ".report.0123abcd.tmp"
+    killed.mkdir()
+    (killed / "roc_clean.png").write_bytes(b"cut short")
+    monkeypatch.undo()
+    evaluate(run, config, out, device="cpu")
+    assert not killed.exists() and not [path for path in out.iterdir() if path.name.startswith(".")]
+
+
 def test_a_relative_manifest_of_an_older_run_is_refused_and_manifest_is_named_absolute(tiny_run, tmp_path,
                                                                                        monkeypatch):
     """An older tgfr wrote data.manifest as given, relative to a directory config.toml does not record:

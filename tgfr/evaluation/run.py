@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
 from tgfr.folder_lock import folder_lock
 from tgfr.input_paths import file_problem
-from tgfr.output_paths import check_output_folder
+from tgfr.output_paths import check_output_folder, replace_entries_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
@@ -65,8 +66,8 @@ def _remove_stale_files(out: Path, kept: set[str]) -> None:
     """Removes from report folder `out` the pictures an evaluation writes (PICTURE_PREFIXES + report name
     + .png) other than `kept`: an earlier evaluation's, say of a report name no longer in evaluation.splits,
     would otherwise lie beside a report.md that does not show them. Also the temporary files that an
-    evaluation killed while writing a report file left (tgfr.output_paths.remove_temporaries). Other
-    files stay."""
+    evaluation killed while writing a report file left (tgfr.output_paths.remove_temporaries), and its
+    staging folder. Other files stay."""
     pictures = [entry for entry in out.iterdir() if entry.name.startswith(PICTURE_PREFIXES)
                 and entry.name.endswith(".png") and not entry.is_dir()]
     for picture in pictures:
@@ -77,6 +78,11 @@ def _remove_stale_files(out: Path, kept: set[str]) -> None:
     for leftover in out.iterdir():
         if temporary.fullmatch(leftover.name) and leftover.is_file():
             leftover.unlink()
+    # The staging folder of an evaluation killed while writing its report (replace_entries_atomically).
+    staging = re.compile(re.escape(f".{Path(os.path.realpath(out)).name}.") + r"[0-9a-f]{8}\.tmp")
+    for leftover in out.iterdir():
+        if staging.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
 
 
 def _printable(path: Path) -> str:
@@ -235,16 +241,21 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     with folder_lock(out, waiting=f"tgfr evaluate: waiting for another process writing into {out} to end"):
         curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
         heatmap_files = {name: f"attention_{name}.png" for name in maps}
-        figures = {name: [plot_roc(curves[name], out / roc, f"ROC, {name}").name,
-                          plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, out / cmc, f"CMC, {name}").name]
-                   for name, (roc, cmc) in curve_files.items()}
-        heatmaps = [plot_attention(*maps[name], out / file).name for name, file in heatmap_files.items()]
         context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
                    "training_split_changed": data_changed, "protocol": evaluation.protocol,
                    "gallery_per_subject": evaluation.gallery_per_subject,
                    "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training,
                    "evaluation": dataclasses.asdict(evaluation), "environment": environment(device, "fp32")}
-        report = write_report(out, metrics, figures, heatmaps, context)
+        # Staged, then renamed in together, report.md last: a write that fails (a full disk) leaves the earlier
+        # report's files as they were, where a picture of the same name put in place at once would sit beside
+        # the earlier report.md.
+        with replace_entries_atomically(out, "report folder", last=("report.md",)) as staging:
+            figures = {name: [plot_roc(curves[name], staging / roc, f"ROC, {name}").name,
+                              plot_cmc({m: v["cmc"] for m, v in metrics[name].items()}, staging / cmc,
+                                       f"CMC, {name}").name]
+                       for name, (roc, cmc) in curve_files.items()}
+            heatmaps = [plot_attention(*maps[name], staging / file).name for name, file in heatmap_files.items()]
+            write_report(staging, metrics, figures, heatmaps, context)
         # Only now: until the new report.md replaces it, the earlier one shows these pictures.
         _remove_stale_files(out, {*(file for files in figures.values() for file in files), *heatmaps})
-        return report
+        return out / "report.md"
