@@ -99,11 +99,13 @@ def _list_folder(folder: Path) -> _Listing:
     return images, others
 
 
-def _refuse_broken_link(entry: Path, what: str) -> None:
-    """A folder of the tree linked from a disk that is not mounted: passed over, its images (a whole split
-    or identity) would be left out of the manifest with only a line in the summary."""
+def _refuse_broken_link(entry: Path) -> None:
+    """An entry of the tree's images/ or split folders that is a broken link: a split's or identity's folder
+    linked from a disk that is not mounted, say. Passed over, its images would be left out of the manifest
+    with only a line in the summary."""
     if entry.is_symlink() and not entry.exists():
-        raise ValueError(f"{what} {entry} {file_problem(entry)}")
+        raise ValueError(f"{entry} {file_problem(entry)}: a folder of the tree on a disk that is not mounted? "
+                         "Its images would be left out")
 
 
 def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[list[str], list[str]]:
@@ -111,7 +113,7 @@ def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[lis
     no image, each with why; fills `listings` (folder -> _list_folder) for the folders it lists."""
     entries, unused = [], []
     for folder in sorted(split_folder.iterdir()):
-        _refuse_broken_link(folder, "identity folder")
+        _refuse_broken_link(folder)
         if not folder.is_dir():
             unused.append(f"{folder}: not inside an identity folder")
             continue
@@ -178,7 +180,7 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     if not images_root.is_dir():
         raise ValueError(f"{root} is not a TGFR tree: expected a folder {images_root}")
     for entry in images_root.iterdir():
-        _refuse_broken_link(entry, "split folder")
+        _refuse_broken_link(entry)
     splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
     records, skipped = [], []
     unused = [f"{p}: not inside a split folder" for p in sorted(images_root.iterdir()) if not p.is_dir()]
@@ -204,6 +206,7 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
             seen.add((identity, stem))
             spelled = images_root / split / identity / name
             if spelled.parent not in listings:
+                _refuse_broken_link(spelled.parent)
                 listings[spelled.parent] = _list_folder(spelled.parent)
             try:
                 image, passed_over = _entry_image(spelled, named_suffix, listings[spelled.parent])
