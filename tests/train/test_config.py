@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -294,6 +295,15 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=re.escape(f"preset 'other' is neither a file nor a packaged preset "
                                                    f"(packaged presets: {preset_names()})")):
         load_config("other")
+    # Nor does a broken link or a pipe named like one; named otherwise, it is said what it is.
+    for name in preset_names():
+        (tmp_path / name).rmdir()
+    (tmp_path / "quick").symlink_to(tmp_path / "unmounted" / "runs")
+    os.mkfifo(tmp_path / "default")
+    assert [find_preset(name) for name in ("quick", "default")] == [PRESET_DIR / "quick.toml", PRESET_DIR / "default.toml"]
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted" / "runs")
+    with pytest.raises(ValueError, match=r"^preset 'runs': runs is a broken symbolic link"):
+        find_preset("runs")
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -448,10 +448,12 @@ def preset_names() -> list[str]:
 
 def find_preset(preset: str) -> Traversable:
     """A path to a TOML file (a name ending in .toml, or any existing file) or a packaged preset by
-    name (e.g. "quick"). Only a file counts as a path: a folder named like a preset (e.g. runs in
-    ./default) must not hide the packaged one."""
+    name (e.g. "quick"). Only a file counts as a path: a folder, a broken link or a pipe named like a
+    preset (e.g. runs in ./default) must not hide the packaged one; named otherwise, it is an error that
+    says what it is."""
     path = Path(preset)
-    if path.suffix == ".toml" or (os.path.lexists(path) and not path.is_dir()):
+    if path.suffix == ".toml" or path.is_file() or (
+            os.path.lexists(path) and not path.is_dir() and preset not in preset_names()):
         if (problem := file_problem(path)) == "does not exist":
             raise ValueError(f"preset {preset!r}: no file {path} (packaged presets: {preset_names()})")
         if problem:
