@@ -137,3 +137,39 @@ def test_staged_entries_replace_the_folders_in_order_the_last_ones_at_the_end(tm
     assert sorted(renamed[:-2]) == sorted(others) and renamed[-2:] == ["config.json", "b.json"]
     assert {path.name: path.read_text() for path in (tmp_path / "model").iterdir()} == {n: n for n in renamed}
 
+
+
+def test_staged_files_replace_a_file_with_its_permissions_and_a_link_through_it(tmp_path):
+    """As write_atomically: a report file that is a link to a shared copy was replaced by a new file (the shared
+    copy left stale), and a replaced file lost its mode."""
+    folder, shared = tmp_path / "out", tmp_path / "shared.csv"
+    folder.mkdir()
+    shared.write_text("old")
+    (folder / "linked.csv").symlink_to(shared)
+    (folder / "private.csv").write_text("old")
+    os.chmod(folder / "private.csv", 0o600)
+    with output_paths.replace_entries_atomically(folder, "files") as staging:
+        (staging / "linked.csv").write_text("new linked")
+        (staging / "private.csv").write_text("new private")
+    assert (folder / "linked.csv").is_symlink() and shared.read_text() == "new linked"
+    assert (folder / "private.csv").read_text() == "new private"
+    assert stat.S_IMODE((folder / "private.csv").stat().st_mode) == 0o600
+
+
+def test_a_long_folder_name_leaves_room_for_the_staging_folder(tmp_path):
+    """The staging folder was named after the folder, 14 bytes longer: a folder name of 242 to 255 bytes failed."""
+    folder = tmp_path / ("r" * 250)
+    with output_paths.replace_entries_atomically(folder, "files") as staging:
+        (staging / "a.txt").write_text("a")
+    assert [path.name for path in folder.iterdir()] == ["a.txt"]
+
+
+def test_an_error_written_in_the_staging_folder_names_the_files_place(tmp_path):
+    """The staging folder is gone when the error is read: the file is named where it was to go."""
+    folder = tmp_path / "out"
+    with pytest.raises(OSError) as raised:
+        with output_paths.replace_entries_atomically(folder, "report folder") as staging:
+            with output_paths.write_atomically(staging / "metrics.json", "metrics file"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(raised.value) == f"[Errno 28] cannot write metrics file {folder / 'metrics.json'}: No space left on device"
+    assert list(folder.iterdir()) == []

@@ -21,6 +21,9 @@ from typing import IO, TypeVar
 
 _Made = TypeVar("_Made")
 
+# replace_entries_atomically's staging folder is .STAGING.<8 hex digits>.tmp inside the folder it writes.
+STAGING = "staging"
+
 
 def _first_existing(path: Path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists()), None)
@@ -111,7 +114,7 @@ def write_atomically(path: str | Path, what: str, binary: bool = False) -> Itera
 
 @contextlib.contextmanager
 def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, ...] = ()) -> Iterator[Path]:
-    """An empty staging folder .<name of folder>.<8 random hex digits>.tmp inside `folder` (made, with
+    """An empty staging folder .staging.<8 random hex digits>.tmp inside `folder` (made, with
     its parents, if missing); when the block ends without an error, every file in it is flushed to disk
     and each of its entries replaces the entry of that name in `folder` by a rename (an existing folder
     entry is renamed aside first, then removed), the names in `last` last; then the staging folder is
@@ -125,7 +128,8 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {what} {path}: it is a file, not a folder")
     try:
         target.mkdir(parents=True, exist_ok=True)
-        _, staging = _make_beside(target / target.name, os.mkdir)
+        # A fixed short name: one made from the folder's would pass the longest name for a long folder name.
+        _, staging = _make_beside(target / STAGING, os.mkdir)
     except OSError as error:
         raise _naming(error, what, path) from error
     try:
@@ -138,8 +142,19 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError):
-            raise _naming(error, what, path) from error
+            raise _naming_staged(error, what, path, staging) from error
         raise
+
+
+def _naming_staged(error: OSError, what: str, path: Path, staging: Path) -> OSError:
+    """_naming(error, what, path), or, for an error that a write in the staging folder already named (write_atomically,
+    naming_write_errors), that error naming its file where it was to go, `path`/<name>, not in the staging folder
+    (which is gone by then)."""
+    message = error.strerror if error.errno is not None else str(error)
+    if not (isinstance(message, str) and message.startswith("cannot write ") and str(staging) in message):
+        return _naming(error, what, path)
+    message = message.replace(str(staging), str(path))
+    return OSError(error.errno, message) if error.errno is not None else OSError(message)
 
 
 def _flush_folder(folder: Path) -> None:
@@ -156,7 +171,11 @@ def _flush_folder(folder: Path) -> None:
 
 def _replace_entry(new: Path, target: Path) -> None:
     """Renames `new` to `target`; a `target` folder (which a rename cannot replace unless empty) is
-    renamed aside first and removed after."""
+    renamed aside first and removed after. A file `new` replaces an existing file with its permissions,
+    and a link to a file through the link (its target), as write_atomically does."""
+    if new.is_file() and target.is_file():
+        target = Path(os.path.realpath(target))
+        os.chmod(new, stat.S_IMODE(os.stat(target).st_mode))
     if not target.is_dir() or target.is_symlink():
         os.replace(new, target)
         return

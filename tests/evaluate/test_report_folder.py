@@ -171,12 +171,24 @@ def test_an_evaluation_that_fails_to_write_leaves_every_file_of_the_earlier_repo
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
     # A staging folder that an evaluation killed while writing left is removed by the next one.
-    killed = out / ".report.0123abcd.tmp"
+    killed = out / ".staging.0123abcd.tmp"
     killed.mkdir()
     (killed / "roc_clean.png").write_bytes(b"cut short")
     monkeypatch.undo()
     evaluate(run, config, out, device="cpu")
     assert not killed.exists() and not [path for path in out.iterdir() if path.name.startswith(".")]
+
+
+def test_a_folder_named_like_a_report_file_is_refused_and_kept(tiny_run, tmp_path):
+    """Staged report files replace their entries, folders too: a user's folder named roc_clean.png was removed
+    with what it held."""
+    run, config, _ = tiny_run
+    out = tmp_path / "report"
+    (out / "roc_clean.png").mkdir(parents=True)
+    (out / "roc_clean.png" / "mine.txt").write_text("precious")
+    with pytest.raises(ValueError, match=r"^report file .*roc_clean\.png is a folder, not a file$"):
+        evaluate(run, config, out, device="cpu")
+    assert (out / "roc_clean.png" / "mine.txt").read_text() == "precious"
 
 
 def test_a_relative_manifest_of_an_older_run_is_refused_and_manifest_is_named_absolute(tiny_run, tmp_path,

@@ -23,7 +23,7 @@ from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
 from tgfr.folder_lock import folder_lock
 from tgfr.input_paths import file_problem
-from tgfr.output_paths import check_output_folder, replace_entries_atomically
+from tgfr.output_paths import STAGING, check_output_file, check_output_folder, replace_entries_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
@@ -79,7 +79,7 @@ def _remove_stale_files(out: Path, kept: set[str]) -> None:
         if temporary.fullmatch(leftover.name) and leftover.is_file():
             leftover.unlink()
     # The staging folder of an evaluation killed while writing its report (replace_entries_atomically).
-    staging = re.compile(re.escape(f".{Path(os.path.realpath(out)).name}.") + r"[0-9a-f]{8}\.tmp")
+    staging = re.compile(re.escape(f".{STAGING}.") + r"[0-9a-f]{8}\.tmp")
     for leftover in out.iterdir():
         if staging.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover)
@@ -180,6 +180,10 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     out = Path(out) if out is not None else run / "report"
     # Made only once every figure is computed: a folder that cannot be made or written fails first.
     check_output_folder("report folder", out, writable=True)
+    # A folder where a report file goes (a user's, named like one) would be replaced, with what it holds.
+    for name in [*REPORT_FILES, *(f"{prefix}{report}.png" for prefix in PICTURE_PREFIXES
+                                  for report in config.evaluation.splits)]:
+        check_output_file("report file", out / name)
     training = _read_summary(run / "train_summary.json")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
