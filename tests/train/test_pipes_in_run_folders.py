@@ -81,3 +81,18 @@ def test_a_pipe_as_the_synthetic_sets_marker_makes_it_generated_again(tmp_path, 
     os.mkfifo(marker)
     assert ensure_synthetic_dataset(synthetic_config(data), cache_dir=cache) == manifest
     assert marker.is_file()
+
+
+def test_a_checkpoint_folder_behind_a_broken_link_is_named_not_trained_again(tmp_path, tiny_overrides):
+    """Through the broken link the checkpoint looked absent: a run killed at its first checkpoint (no
+    train_summary.json) was taken for one that stopped before it, trained again from step 0 and its metrics.jsonl
+    emptied."""
+    run = tmp_path / "run"
+    train(load_config("quick", tiny_overrides + ["checkpoint_every=1"]), run, stop_after=1)
+    (run / "train_summary.json").unlink()
+    log = (run / "metrics.jsonl").read_bytes()
+    shutil.move(run / "checkpoints", tmp_path / "unmounted")
+    (run / "checkpoints").symlink_to(tmp_path / "gone")
+    assert error_of(["train", "--resume", "--out", str(run)]) == (
+        f"tgfr train: error: checkpoint folder {run / 'checkpoints'} is a broken symbolic link (to {tmp_path / 'gone'})")
+    assert (run / "metrics.jsonl").read_bytes() == log

@@ -319,6 +319,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     training_log = out / "metrics.jsonl"  # read, emptied or appended to: a pipe would be waited on for ever
     if resume and os.path.lexists(training_log) and (problem := file_problem(training_log)):
         raise ValueError(f"training log {training_log} {problem}")
+    # Through a broken link (a disk not mounted) the checkpoint looks absent, and a run stopped early would be
+    # trained again from its first step, its log emptied.
+    checkpoints = (out / CHECKPOINT).parent
+    if resume and checkpoints.is_symlink() and not checkpoints.exists():
+        raise ValueError(f"checkpoint folder {checkpoints} {file_problem(checkpoints)}")
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
