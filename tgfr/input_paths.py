@@ -12,6 +12,11 @@ import stat
 from pathlib import Path
 
 
+def is_broken_link(path: Path) -> bool:
+    """Whether `path` is a symbolic link that does not resolve (its target is missing, or links loop)."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
 def file_problem(path: Path) -> str | None:
     """None if `path` is a regular file (links followed); else what it is instead, worded to follow
     the path in an error: "does not exist", "is a folder, not a file", "is a broken symbolic link

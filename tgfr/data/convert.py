@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
-from tgfr.input_paths import file_problem
+from tgfr.input_paths import file_problem, is_broken_link
 from tgfr.text_formats import check_caption_utf8, parse_json
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
@@ -103,7 +103,7 @@ def _refuse_broken_link(entry: Path) -> None:
     """An entry of the tree's images/ or split folders that is a broken link: a split's or identity's folder
     linked from a disk that is not mounted, say. Passed over, its images would be left out of the manifest
     with only a line in the summary."""
-    if entry.is_symlink() and not entry.exists():
+    if is_broken_link(entry):
         raise ValueError(f"{entry} {file_problem(entry)}: a folder of the tree on a disk that is not mounted? "
                          "Its images would be left out")
 

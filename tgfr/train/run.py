@@ -41,7 +41,7 @@ from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.folder_lock import folder_lock
-from tgfr.input_paths import file_problem
+from tgfr.input_paths import file_problem, is_broken_link
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
@@ -322,7 +322,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     # Through a broken link (a disk not mounted) the checkpoint looks absent, and a run stopped early would be
     # trained again from its first step, its log emptied.
     checkpoints = (out / CHECKPOINT).parent
-    if resume and checkpoints.is_symlink() and not checkpoints.exists():
+    if resume and is_broken_link(checkpoints):
         raise ValueError(f"checkpoint folder {checkpoints} {file_problem(checkpoints)}")
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
