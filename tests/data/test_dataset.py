@@ -444,6 +444,8 @@ def test_sampler_replicas_share_each_batch():
         assert all(len({labels[i] for i in part[step]}) == 2 for part in parts)
     with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
         IdentityBalancedBatchSampler(labels, 6, 2, num_replicas=3, rank=3)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\), got True"):
+        IdentityBalancedBatchSampler(labels, 6, 2, num_replicas=3, rank=True)
     with pytest.raises(ValueError, match="identities_per_batch=4 must be divisible by num_replicas=3"):
         IdentityBalancedBatchSampler(labels, 4, 2, num_replicas=3, rank=0)
 
@@ -519,6 +521,21 @@ def test_sampler_shuffles_its_batches():
         with_identity_0 += [any(labels[i] == 0 for i in batch) for batch in batches]
     assert with_identity_0.sum() == 4 * seeds
     assert (abs(with_identity_0 - seeds * 4 / 6) <= 5 * math.sqrt(seeds * 4 / 6 * 2 / 6)).all(), with_identity_0
+
+
+def test_sampler_shuffles_identities_within_a_batch():
+    """Packing picks identity 0 (8 images, the most groups left) first for 4 batches; under torchrun replica 0
+    takes a batch's first P / W identities, so unshuffled it would always get identity 0. Shuffled within the
+    batch, identity 0 is first in each of its batches with probability 1/2: over 200 seeds, within 5 standard
+    deviations."""
+    labels = [0] * 8 + list(range(1, 5)) * 2
+    seeds, batches_with_identity_0 = 200, 4
+    first = 0
+    for seed in range(seeds):
+        for batch in IdentityBalancedBatchSampler(labels, identities_per_batch=2, images_per_identity=2, seed=seed):
+            first += labels[batch[0]] == 0
+    expected = seeds * batches_with_identity_0 / 2
+    assert abs(first - expected) <= 5 * math.sqrt(expected / 2), first
 
 
 @pytest.mark.parametrize("caption", ["\u200b\u200b", "\u200b \ufeff\u200b"])

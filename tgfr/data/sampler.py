@@ -39,7 +39,7 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
             self.indices_of.setdefault(int(label), []).append(index)
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
             raise ValueError(f"num_replicas must be a positive integer, got {num_replicas!r}")
-        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
         self.num_replicas, self.rank = num_replicas, rank
         if identities_per_batch % num_replicas:
