@@ -1,6 +1,7 @@
 """Embeddings of one manifest split: image-only (the backbone's) and TGFR's fused face-caption
 embedding, both L2-normalized. Each image is paired with its first caption."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tgfr.data import CaptionCollator, EvalTransform, FaceCaptionDataset
 from tgfr.data.dataset import manifest_record_hint
 from tgfr.models import TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
+from tgfr.train.prefetch import Prefetcher
 from tgfr.train.stage_align import align_features
 
 
@@ -29,6 +31,13 @@ class SplitEmbeddings:
         return {"image_only": self.image_only, "tgfr": self.tgfr}[name]
 
 
+def _image_batches(dataset: FaceCaptionDataset, batch_size: int) -> Iterator[tuple[range, torch.Tensor]]:
+    """(indices, images (B, 3, S, S)) of consecutive batches of `dataset`, in order."""
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        yield indices, torch.stack([dataset[i]["image"] for i in indices])
+
+
 @torch.no_grad()
 def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, split: str,
                 batch_size: int, device: torch.device) -> SplitEmbeddings:
@@ -41,13 +50,14 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
     texts = [record.captions[0] for record in dataset.records]
     image_only, fused = [], []
     model.eval()
-    for start in range(0, len(dataset), batch_size):
-        indices = range(start, min(start + batch_size, len(dataset)))
-        images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
-        backbone_output = model.backbone(images)
-        aligned, _ = align_features(model, images, captions([texts[i] for i in indices]),
-                                    backbone_output=backbone_output)
-        image_only.append(F.normalize(backbone_output.embedding.float(), dim=1).cpu())
-        fused.append(F.normalize(model.fuse(aligned).float(), dim=1).cpu())
+    # The next batch is decoded in a thread while the model embeds this one, as training's batches are.
+    with Prefetcher(_image_batches(dataset, batch_size)) as batches:
+        for indices, images in batches:
+            images = images.to(device)
+            backbone_output = model.backbone(images)
+            aligned, _ = align_features(model, images, captions([texts[i] for i in indices]),
+                                        backbone_output=backbone_output)
+            image_only.append(F.normalize(backbone_output.embedding.float(), dim=1).cpu())
+            fused.append(F.normalize(model.fuse(aligned).float(), dim=1).cpu())
     return SplitEmbeddings([r.path for r in dataset.records], dataset.labels.numpy(), texts,
                            torch.cat(image_only).numpy(), torch.cat(fused).numpy())
