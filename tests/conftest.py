@@ -1,9 +1,12 @@
 import fcntl
 import os
 import threading
+import types
 
 import pytest
 import torch
+
+import tgfr.folder_lock as folder_lock_module
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,16 +67,25 @@ def folder_held_elsewhere():
 @pytest.fixture
 def calls_after_release(folder_held_elsewhere, monkeypatch):
     """calls_after_release(folder, module, name, action): runs action() while another process (as
-    folder_held_elsewhere) holds `folder` for its first second; returns, for each call of `module.name`
-    made meanwhile, whether the folder had been let go by then."""
+    folder_held_elsewhere) holds `folder`, letting go of it a moment after action starts waiting for the
+    folder (however long action takes to get there: a fixed delay failed on a busy machine); returns, for
+    each call of `module.name` made meanwhile, whether the folder had been let go by then."""
     def run(folder, module, name, action):
         release = folder_held_elsewhere(folder)
         released = threading.Event()
 
         def let_go():
-            released.set()
-            release()
+            if not released.is_set():
+                released.set()
+                release()
 
+        def flock(descriptor, operation):
+            if not operation & fcntl.LOCK_NB:  # action now waits for the folder
+                threading.Timer(0.2, let_go).start()
+            return fcntl.flock(descriptor, operation)
+
+        monkeypatch.setattr(folder_lock_module, "fcntl",
+                            types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB))
         function = getattr(module, name)
         seen = []
 
@@ -82,11 +94,9 @@ def calls_after_release(folder_held_elsewhere, monkeypatch):
             return function(*arguments, **options)
 
         monkeypatch.setattr(module, name, recording)
-        timer = threading.Timer(1.0, let_go)
-        timer.start()
         try:
             action()
         finally:
-            timer.join()
+            let_go()
         return seen
     return run
