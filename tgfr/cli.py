@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 # Idle OpenMP threads spin-wait by default, and next to any other busy process on the machine that
 # spinning made training several times slower (profiled on 2 cores), while on a quiet machine
@@ -18,6 +19,21 @@ import threading
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMAND_MODULES = ("tgfr.data.cli", "tgfr.train.cli", "tgfr.evaluation.cli")
+
+
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type of the subcommands' options: an integer >= minimum (argparse's error names the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,14 +76,14 @@ def test_a_negative_seed_names_the_option(tmp_path, monkeypatch, command, capsys
     with pytest.raises(SystemExit) as exit_:
         main(["data", *command, "--seed", "-1"])
     assert exit_.value.code == 2
-    assert "argument --seed: expected an integer >= 0, got '-1'" in capsys.readouterr().err
+    assert "argument --seed: must be an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("rows", ["0", "-1"])
 def test_grid_rows_must_be_positive(tmp_path, rows, capsys):
     with pytest.raises(SystemExit):
         main(["data", "grid", "--out", str(tmp_path / "g.png"), "--rows", rows])
-    assert "argument --rows: expected an integer >= 1" in capsys.readouterr().err
+    assert "argument --rows: must be an integer >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match=f"rows must be a positive integer, got {rows}"):
         manifest_rows(tmp_path / "m.jsonl", int(rows))
     assert not (tmp_path / "g.png").exists()
@@ -143,7 +143,7 @@ def test_workers_below_one_is_a_usage_error(tmp_path, monkeypatch, command, work
     with pytest.raises(SystemExit) as exit_:
         main(["data", *command, "--workers", workers])
     assert exit_.value.code == 2
-    assert f"argument --workers: expected an integer >= 1, got '{workers}'" in capsys.readouterr().err
+    assert f"argument --workers: must be an integer >= 1, got '{workers}'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "m.jsonl"]  # nothing written
 
 

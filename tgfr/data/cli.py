@@ -4,9 +4,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from tgfr.cli import integer_at_least
 from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree
 from tgfr.data.degrade import check_plain_name, degrade_manifest
 from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
@@ -15,19 +15,6 @@ from tgfr.data.protocol import (make_identification_split, make_verification_pai
                                 write_verification_pairs)
 from tgfr.data.synthetic import DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, generate_synthetic_dataset
 from tgfr.output_paths import check_output_file, check_output_folder, replace_entries_atomically
-
-
-def _integer(minimum: int) -> Callable[[str], int]:
-    """argparse type of an integer option >= minimum: argparse's error then names the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -162,7 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--identities", type=int, default=1000, help="number of identities (default: %(default)s)")
     synth.add_argument("--images-per-identity", type=int, default=10, help="default: %(default)s")
     synth.add_argument("--captions-per-image", type=int, default=5, help="default: %(default)s")
-    synth.add_argument("--seed", type=_integer(0), default=0,
+    synth.add_argument("--seed", type=integer_at_least(0), default=0,
                        help="seed of faces, captions, splits and degradation (default: %(default)s)")
     synth.add_argument("--val-fraction", type=float, default=0.1,
                        help="fraction of the identities in val (default: %(default)s)")
@@ -177,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="generator version, as `tgfr train`'s data.synthetic_version: each writes the "
                             "dataset it wrote when it was the newest; 1 also names marks that hair or a beard "
                             "cover (default: the newest, %(default)s)")
-    synth.add_argument("--workers", type=_integer(1), default=2, help="worker processes (default: %(default)s)")
+    synth.add_argument("--workers", type=integer_at_least(1), default=2, help="worker processes (default: %(default)s)")
     synth.set_defaults(func=_run(_synth))
 
     convert = commands.add_parser("convert", help="write a manifest from a released dataset layout",
@@ -200,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                               "CelebA-HQ)")
     convert.add_argument("--split-file", help="celeba-dialog: JSON {split: [image names]} or CSV image,split "
                                               "(default: identities split 0.8/0.1/0.1 by --seed)")
-    convert.add_argument("--seed", type=_integer(0),
+    convert.add_argument("--seed", type=integer_at_least(0),
                          help="celeba-dialog: seed of the identity split without --split-file (default: 0)")
     convert.set_defaults(func=_run(_convert))
 
@@ -219,9 +206,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "earlier degraded copy of --split, which is replaced")
     degrade.add_argument("--out-manifest", help="output manifest, in the input manifest's folder; may be the input "
                                                 "itself (default: <stem>_<name>.jsonl next to the input)")
-    degrade.add_argument("--seed", type=_integer(0), default=0,
+    degrade.add_argument("--seed", type=integer_at_least(0), default=0,
                          help="seed, combined with each image's path (default: %(default)s)")
-    degrade.add_argument("--workers", type=_integer(1), default=1, help="worker processes (default: %(default)s)")
+    degrade.add_argument("--workers", type=integer_at_least(1), default=1,
+                         help="worker processes (default: %(default)s)")
     degrade.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
     degrade.set_defaults(func=_run(_degrade))
 
@@ -240,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                "(default: %(default)s)")
     protocol.add_argument("--format", choices=("csv", "json"), default="csv",
                           help="format of the pairs file (default: %(default)s)")
-    protocol.add_argument("--seed", type=_integer(0), default=0,
+    protocol.add_argument("--seed", type=integer_at_least(0), default=0,
                           help="seed of the impostor draw (default: %(default)s)")
     protocol.set_defaults(func=_run(_protocol))
 
@@ -250,9 +238,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--out", required=True, help="PNG path")
     grid.add_argument("--manifest", help="take faces from this manifest (default: draw synthetic faces)")
     grid.add_argument("--split", help="split of --manifest to take faces from (default: test)")
-    grid.add_argument("--rows", type=_integer(1), default=8, help="rows, one identity each (default: %(default)s)")
+    grid.add_argument("--rows", type=integer_at_least(1), default=8,
+                      help="rows, one identity each (default: %(default)s)")
     grid.add_argument("--recipe", default=DEFAULT_DEGRADATION,
                       help="degradation recipe of the right-hand copies (default: %(default)s)")
-    grid.add_argument("--seed", type=_integer(0), default=0,
+    grid.add_argument("--seed", type=integer_at_least(0), default=0,
                       help="seed of the synthetic faces and of the degradation (default: %(default)s)")
     grid.set_defaults(func=_run(_grid))

@@ -3,28 +3,13 @@
 import argparse
 import os
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
+from tgfr.cli import integer_at_least
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
 from tgfr.input_paths import file_problem
 from tgfr.text_formats import parse_toml
 from tgfr.train.config import TrainConfig, config_from_dict, load_config, preset_names, to_toml
-
-
-def _integer_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "first checkpoint, train it again from its first step), with the run's own config.toml "
                              "(--preset is ignored, --set refused) and as many processes as wrote the checkpoint")
     # At least 1: it must take a step to checkpoint one.
-    parser.add_argument("--stop-after", type=_integer_at_least(1), default=None, metavar="STEPS",
+    parser.add_argument("--stop-after", type=integer_at_least(1), default=None, metavar="STEPS",
                         help="take at most STEPS (>= 1) more optimizer steps, counted over all stages, then "
                              "checkpoint and stop (continue later with --resume)")
-    parser.add_argument("--image-cache-mib", type=_integer_at_least(0), default=DEFAULT_IMAGE_CACHE_BYTES >> 20,
+    parser.add_argument("--image-cache-mib", type=integer_at_least(0), default=DEFAULT_IMAGE_CACHE_BYTES >> 20,
                         metavar="MIB",
                         help="keep up to MIB MiB of decoded training images in memory per process, so that later "
                              "epochs skip reading them (default: %(default)s; 0: read every image from disk each "
