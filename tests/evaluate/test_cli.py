@@ -286,7 +286,7 @@ def test_out_in_a_folder_that_cannot_be_written_is_named_before_any_work(run, mo
 
 def test_a_report_file_that_cannot_be_written_is_one_line(run, monkeypatch):
     """A write that fails during the evaluation (say a full disk) ends with the CLI's one-line error."""
-    def evaluate(*args):
+    def evaluate(*args, **keywords):
         raise OSError(errno.ENOSPC, "No space left on device", str(run / "report" / "metrics.json"))
 
     monkeypatch.setattr(run_module, "evaluate", evaluate)
@@ -435,7 +435,7 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
     """`tgfr evaluate --set evaluation.splits.<name>` changes that entry of the run's table; a name the
     table does not hold is refused, naming the ones it does."""
     evaluated = []
-    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *rest: evaluated.append(config) or run / "report")
+    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *_, **__: evaluated.append(config) or run / "report")
     assert main(["evaluate", "--run", str(run), "--set", "evaluation.splits.degraded=test_blur"]) == 0
     assert evaluated[0].evaluation.splits == {"clean": "test", "degraded": "test_blur"}
     assert evaluate_error("--run", str(run), "--set", "evaluation.splits.blur=test_blur") == (
@@ -452,7 +452,7 @@ def test_a_run_written_before_the_synthetic_version_was_recorded_reads_version_1
     (run / "model").mkdir(parents=True)
     (run / "config.toml").write_text(re.sub(r"(?m)^synthetic_version = .*\n", "", to_toml(config)), encoding="utf-8")
     evaluated = []
-    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *rest: evaluated.append(config) or run / "report")
+    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *_, **__: evaluated.append(config) or run / "report")
     assert main(["evaluate", "--run", str(run)]) == 0
     assert config.data.synthetic_version != 1
     assert synthetic_config(evaluated[0].data) == dataclasses.replace(synthetic_config(config.data), version=1)
@@ -470,9 +470,20 @@ def test_manifest_and_device_options_reach_the_evaluation(tmp_path, monkeypatch,
     run = make_run(tmp_path, overrides)
     copy = tmp_path / "elsewhere" / "manifest.jsonl"
     calls = []
-    monkeypatch.setattr(run_module, "evaluate", lambda *arguments: calls.append(arguments) or run / "report")
+    monkeypatch.setattr(run_module, "evaluate",
+                        lambda *arguments, **keywords: calls.append((arguments, keywords)) or run / "report")
     assert main(["evaluate", "--run", str(run), "--manifest", str(copy)]) == 0
-    assert main(["evaluate", "--run", str(run), "--manifest", str(copy), "--device", "cpu"]) == 0
-    assert [(called_run, out, manifest, device) for called_run, _, out, manifest, device in calls] == [
-        (run, None, copy, "auto"), (run, None, copy, "cpu")]
+    assert main(["evaluate", "--run", str(run), "--manifest", str(copy), "--device", "cpu",
+                 "--image-cache-mib", "3"]) == 0
+    assert [(called_run, out, manifest, device, keywords) for (called_run, _, out, manifest, device), keywords
+            in calls] == [(run, None, copy, "auto", {"image_cache_bytes": 1 << 30}),
+                          (run, None, copy, "cpu", {"image_cache_bytes": 3 << 20})]
     assert capsys.readouterr().out == f"report: {run / 'report'}\n" * 2
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "lots"])
+def test_image_cache_mib_below_0_or_not_an_integer_is_a_usage_error(run, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--run", str(run), "--image-cache-mib", value])
+    assert exit_info.value.code == 2
+    assert f"argument --image-cache-mib: must be an integer >= 0, got '{value}'" in capsys.readouterr().err

@@ -9,11 +9,13 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from urllib.parse import unquote
 
 import pytest
 import torch
 
+import tgfr.data.image_cache as image_cache_module
 import tgfr.evaluation.plots as plots_module
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
@@ -98,6 +100,35 @@ def test_a_training_split_changed_since_the_run_is_a_warning_in_the_report_and_o
     write_manifest(manifest, [dataclasses.replace(record, split="test" if record.split == "train" else record.split)
                               for record in records])
     assert warning in evaluate(tmp_path / "run", config, tmp_path / "renamed", device="cpu").read_text()
+
+
+def test_each_image_is_decoded_once_and_the_figures_do_not_depend_on_the_image_cache(tiny_run, tmp_path,
+                                                                                       monkeypatch):
+    """The dataset's check of every image, the embeddings and the heatmap faces take one decoding of each
+    image of an evaluated split from the split's image cache; with a budget of 0 the images are read again
+    for the embeddings and heatmaps, with the same figures."""
+    run, config, manifest = tiny_run
+    checked, loaded = Counter(), Counter()
+
+    def counting(counter, decode):
+        return lambda path: counter.update([path]) or decode(path)
+
+    monkeypatch.setattr(image_cache_module, "check_image", counting(checked, image_cache_module.check_image))
+    monkeypatch.setattr(image_cache_module, "load_image", counting(loaded, image_cache_module.load_image))
+    evaluate(run, config, tmp_path / "cached", device="cpu")
+    evaluated = {manifest.parent / record.path for record in read_manifest(manifest)
+                 if record.split in config.evaluation.splits.values()}
+    assert set(checked) == evaluated and set(checked.values()) == {1}
+    assert not loaded
+    checked.clear()
+    evaluate(run, config, tmp_path / "uncached", device="cpu", image_cache_bytes=0)
+    # without a cache, the heatmaps' datasets check their split again
+    assert set(checked) == evaluated and set(checked.values()) == {2}
+    assert set(loaded) == evaluated
+    assert (tmp_path / "cached" / "metrics.json").read_bytes() == (tmp_path / "uncached" / "metrics.json").read_bytes()
+    with pytest.raises(ValueError, match="the image cache's budget must be an integer number of bytes >= 0, got -1"):
+        evaluate(run, config, tmp_path / "refused", device="cpu", image_cache_bytes=-1)
+    assert not (tmp_path / "refused").exists()
 
 
 def linked_images(report):

@@ -4,6 +4,8 @@ import argparse
 import tomllib
 from pathlib import Path
 
+from tgfr.cli import integer_at_least
+from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
 from tgfr.input_paths import file_problem
 from tgfr.text_formats import parse_toml
 from tgfr.train.config import config_from_dict, parse_override, set_key
@@ -28,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "evaluation.bootstrap_resamples=50 --set evaluation.splits.degraded=test_blur")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto (CUDA when available), cpu or cuda (default: %(default)s)")
+    parser.add_argument("--image-cache-mib", type=integer_at_least(0), default=DEFAULT_IMAGE_CACHE_BYTES >> 20,
+                        metavar="MIB",
+                        help="keep up to MIB MiB of the decoded images of the split being evaluated in memory, so "
+                             "that each is decoded once (default: %(default)s; 0: decoded for the check of every "
+                             "image, again for its embedding); the figures are the same with any value")
     parser.set_defaults(func=main)
 
 
@@ -71,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
                          "relative to the directory the run was trained in, which it does not record; name the "
                          "manifest with --manifest")
     try:
-        report = evaluate(args.run, config, args.out, args.manifest, args.device)
+        report = evaluate(args.run, config, args.out, args.manifest, args.device,
+                          image_cache_bytes=args.image_cache_mib << 20)
     except (ValueError, OSError) as error:  # bad settings or data, or a report file that cannot be written
         # (say a full disk): the message names them, a traceback adds nothing
         raise SystemExit(f"tgfr evaluate: error: {error}") from None

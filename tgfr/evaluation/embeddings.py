@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from tgfr.data import CaptionCollator, EvalTransform, FaceCaptionDataset
 from tgfr.data.dataset import manifest_record_hint
+from tgfr.data.image_cache import DecodedImageCache
 from tgfr.models import TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.prefetch import Prefetcher
@@ -39,10 +40,12 @@ def _image_batches(dataset: FaceCaptionDataset, batch_size: int) -> Iterator[tup
 
 
 @torch.no_grad()
-def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, split: str,
-                batch_size: int, device: torch.device) -> SplitEmbeddings:
+def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, split: str, batch_size: int,
+                device: torch.device, image_cache: DecodedImageCache | None = None) -> SplitEmbeddings:
+    """The split's embeddings, in manifest order. image_cache: keeps the images that the dataset's check
+    decodes, which are then not decoded again here or by a later dataset over them (FaceCaptionDataset)."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
-                                 bad_image_hint=manifest_record_hint(manifest))
+                                 bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
     # The text encoder refuses a caption without words mid-split, naming neither caption nor image; only
     # each image's first caption is embedded, so only it is checked.
     CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(

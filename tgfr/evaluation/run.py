@@ -13,6 +13,7 @@ import torch
 
 from tgfr.data import EvalTransform, FaceCaptionDataset, read_manifest
 from tgfr.data.dataset import manifest_record_hint
+from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, records_digest
 from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
@@ -41,11 +42,13 @@ REPORT_FILES = ("metrics.json", "report.md", "report_info.json")
 
 
 def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, gamma1: float,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+                    device: torch.device, image_cache: DecodedImageCache | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
     """Faces of `count` subjects of `split`, their captions' word-region attention with the gamma1 the
-    align stage trained with (align.gamma1) and the captions' tokens, for plot_attention."""
+    align stage trained with (align.gamma1) and the captions' tokens, for plot_attention. image_cache:
+    the split's images that embed_split's dataset decoded, not decoded again."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
-                                 bad_image_hint=manifest_record_hint(manifest))
+                                 bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
     # One image of `count` different subjects.
     indices = [int((dataset.labels == label).nonzero()[0]) for label in range(min(count, dataset.num_classes))]
     images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
@@ -157,18 +160,21 @@ def _training_split_changed(run: Path, records: list[ManifestRecord], split: str
 
 
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
-             device: str = "auto") -> Path:
+             device: str = "auto", image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> Path:
     """Evaluates run/model on config.evaluation.splits; writes report.md, metrics.json and PNGs
     into `out` (default run/report); returns the report path. manifest: evaluate on this manifest
     instead of the run's data (config.data); a relative path, here or in config.data.manifest,
     is relative to the current directory, and report.md names it absolute. device: auto (cuda
-    when available), cpu or cuda.
+    when available), cpu or cuda. image_cache_bytes: decoded images of the split being evaluated kept
+    in memory (tgfr.data.image_cache), so that the check of every image, the embeddings and the heatmaps
+    decode each once; the figures are the same with any value.
 
     The run (its stages, train_summary.json) and `out` are checked before any work, and `out` is
     made only once every figure is computed. config.threads > 0 sets torch's CPU threads for the
     call, as training does, so that the figures do not depend on the machine's thread count; the
     caller's count is restored on return.
     """
+    DecodedImageCache(image_cache_bytes)  # a bad budget is named before any work
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -188,7 +194,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     with torch_threads(config):
-        return _evaluate(run, config, out, manifest, device, training)
+        return _evaluate(run, config, out, manifest, device, training, image_cache_bytes)
 
 
 def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[ManifestRecord], manifest: Path,
@@ -215,7 +221,7 @@ def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[Manifest
 
 
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
-              training: dict[str, Any] | None) -> Path:
+              training: dict[str, Any] | None, image_cache_bytes: int) -> Path:
     own_data = manifest is None  # not a manifest given on purpose, which may hold another training split
     # The cache folder's name does not say which synthetic set the report is about.
     synthetic_version = config.data.synthetic_version if own_data and not config.data.manifest else None
@@ -232,13 +238,15 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     model = load_tgfr_model(run / "model").to(device).requires_grad_(False)
     captions = CaptionFeatures(model.text_encoder, device)
     evaluation = config.evaluation
-    metrics, curves = {}, {}
+    metrics, curves, maps = {}, {}, {}
     for name, split in evaluation.splits.items():
-        embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device)
+        # Its own cache, dropped with the split: checked, embedded and drawn from, each image is decoded once.
+        images = DecodedImageCache(image_cache_bytes)
+        embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device, images)
         metrics[name], curves[name] = split_figures(embeddings, records, split, evaluation)
-    maps = {name: _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions, config.align.gamma1,
-                                  device)
-            for name, split in evaluation.splits.items()} if evaluation.heatmap_captions > 0 else {}
+        if evaluation.heatmap_captions > 0:
+            maps[name] = _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions,
+                                         config.align.gamma1, device, images)
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     # Another evaluation writing into `out` at the same time goes first, whole: interleaved, the folder
     # would hold one's metrics.json beside the other's report.md.
