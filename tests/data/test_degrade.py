@@ -1,4 +1,5 @@
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -151,6 +152,17 @@ def test_unknown_recipe():
         degrade_image(face(), "down16+blurry", np.random.default_rng(0))
     with pytest.raises(ValueError, match="JPEG quality"):
         degrade_image(face(), "jpeg0", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="recipe step 'down0': size must be positive"):
+        degrade_image(face(), "down0", np.random.default_rng(0))
+
+
+def test_image_generator_is_seeded_by_the_seed_and_the_crc32_of_the_path():
+    """(seed, CRC32 of the path's UTF-8 bytes); a path that is not UTF-8 (a lone surrogate, as Python reads
+    such a file name) gives the CRC32 of its bytes on disk."""
+    for seed, path, data in [(0, "images/é/1.png", "images/é/1.png".encode()), (7, "a.png", b"a.png"),
+                             (3, "\udcff.png", b"\xff.png")]:
+        expected = np.random.default_rng((seed, zlib.crc32(data))).random(4)
+        assert np.array_equal(image_rng(seed, path).random(4), expected)
 
 
 def make_manifest(tmp_path, n=4):
@@ -204,6 +216,23 @@ def test_degraded_copies_of_images_outside_the_manifest_folder_stay_in_the_copy(
         assert target.is_relative_to((tmp_path / "m/test_degraded").resolve())
         expected = down_up(Image.open(tmp_path / "m" / record.meta["source"]).convert("RGB"), 16)
         assert np.array_equal(np.asarray(Image.open(target)), np.asarray(expected))
+
+
+def test_degraded_images_depend_on_the_seed_and_the_path(tmp_path):
+    """celeba draws from the image's generator: another --seed, or the same face at another path, gives
+    another image (down16 and jpeg30, which draw nothing, cannot show it)."""
+    records = []
+    for i, folder in enumerate(("a", "b")):
+        (tmp_path / folder).mkdir()
+        face(3).save(tmp_path / folder / "face.png")
+        records.append(ManifestRecord(f"{folder}/face.png", str(i), "test", ("c",)))
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records)
+    copies = {}
+    for seed in (0, 1):
+        out, _ = degrade_manifest(manifest, "test", "celeba", name=f"seed{seed}", seed=seed)
+        copies[seed] = [(tmp_path / r.path).read_bytes() for r in read_manifest(out) if r.split == f"seed{seed}"]
+    assert copies[0][0] != copies[1][0] and copies[0][1] != copies[1][1]
+    assert copies[0][0] != copies[0][1]  # the same face at paths a/ and b/
 
 
 def test_degrade_missing_image(tmp_path):
@@ -430,6 +459,54 @@ def test_in_place_replacement_checks_every_source_before_writing(tmp_path):
         with pytest.raises(ValueError, match=r"images/test/2/2_0.png is corrupt .*\(1 image\(s\) failed"):
             degrade_manifest(manifest, "test", "down16", out_manifest=manifest, workers=workers)
         assert files_of(tmp_path) == before  # the other copies still match the recipe "celeba" recorded
+
+
+def test_an_in_place_copy_that_skips_an_image_leaves_no_unlisted_file_and_reruns(tmp_path):
+    """Replaced in place with --skip-bad, the earlier copy's image of a skipped source (of the earlier recipe)
+    is removed with its record: kept, it would lie unlisted in the folder and refuse the next degrade."""
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", out_manifest=tmp_path / "manifest.jsonl")
+    source = tmp_path / "images/test/2/2_0.png"
+    clean = source.read_bytes()
+    source.write_bytes(b"junk")
+    _, skipped = degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest, bad_images="skip")
+    assert len(skipped) == 1 and "2_0.png" in skipped[0]
+    listed = {tmp_path / r.path for r in read_manifest(manifest) if r.split == "test_degraded"}
+    assert len(listed) == 3 and set(path for path in (tmp_path / "test_degraded").rglob("*") if path.is_file()) == listed
+    source.write_bytes(clean)
+    degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    assert sum(r.split == "test_degraded" for r in read_manifest(manifest)) == 4
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_degrade_that_skips_every_image_is_an_error_and_writes_nothing(tmp_path, in_place):
+    manifest = make_manifest(tmp_path)
+    if in_place:
+        manifest, _ = degrade_manifest(manifest, "test", "down16", out_manifest=manifest)
+    for i in range(4):
+        (tmp_path / f"images/test/{i}/{i}_0.png").write_bytes(b"junk")
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=r"every image of split 'test' was skipped, nothing was written; the first: "
+                                         r".*images/test/0/0_0.png is corrupt"):
+        degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest if in_place else None, bad_images="skip")
+    assert files_of(tmp_path) == before
+
+
+def test_a_copy_named_up_to_the_longest_folder_name_is_replaced_in_place(tmp_path):
+    """The staging folder is not named after the copy: a 250-byte name left no room for its prefix and suffix."""
+    name = "n" * 250
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", name=name,
+                                   out_manifest=tmp_path / "manifest.jsonl")
+    degrade_manifest(manifest, "test", "jpeg30", name=name, out_manifest=manifest)
+    assert [r.meta["recipe"] for r in read_manifest(manifest) if r.split == name] == ["jpeg30"] * 4
+
+
+def test_a_file_where_the_copys_folder_goes_is_refused_before_any_work(tmp_path, monkeypatch):
+    manifest = make_manifest(tmp_path)
+    (tmp_path / "test_degraded").write_text("notes")
+    monkeypatch.setattr(degrade_module, "degrade_records", lambda *arguments, **options: pytest.fail("work began"))
+    with pytest.raises(ValueError, match=r"test_degraded, where the degraded copy's images go, is a file, not a "
+                                         r"folder; remove it or choose another name \(--name"):
+        degrade_manifest(manifest, "test", "down16")
 
 
 def test_degrade_seed_must_be_non_negative(tmp_path):

@@ -22,6 +22,7 @@ does not depend on the order or the number of worker processes.
 
 import contextlib
 import io
+import os
 import posixpath
 import re
 import secrets
@@ -37,7 +38,7 @@ from tgfr.data.files import check_image, load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
 from tgfr.data.worker_pool import WorkerPool, check_workers
 from tgfr.folder_lock import folder_lock
-from tgfr.output_paths import check_output_file, naming_write_errors
+from tgfr.output_paths import STAGING, check_output_file, naming_write_errors
 from tgfr.text_formats import check_utf8
 
 Step = Callable[[Image.Image, np.random.Generator], Image.Image]
@@ -156,7 +157,9 @@ def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator) -> 
 
 
 def image_rng(seed: int, path: str) -> np.random.Generator:
-    return np.random.default_rng((seed, zlib.crc32(path.encode("utf-8"))))
+    # surrogateescape: a manifest may hold a path that is not UTF-8 (a lone surrogate in Python), which
+    # strict UTF-8 refused after every image was checked; UTF-8 paths give the same bytes either way.
+    return np.random.default_rng((seed, zlib.crc32(path.encode("utf-8", "surrogateescape"))))
 
 
 def _degrade_one(task: tuple[str, str, str, str, int]) -> str | None:
@@ -237,7 +240,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     root that must stay as they are) or on another record's degraded image.
     Returns (records, errors): with bad_images="skip" unreadable images are left out and their
     errors returned; with "error" every image is checked first and the first bad one raises
-    before any is written. The images are written into a hidden folder root/.<folder>.<hex>.tmp
+    before any is written. The images are written into a hidden folder root/.staging.<hex>.tmp
     and moved into root/folder once every one is written, so an earlier copy being replaced is not
     left half-replaced by a run cut short (a killed one leaves that hidden folder).
     """
@@ -254,7 +257,8 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     # The images are written into a hidden folder beside the copy's and moved into place once all are:
     # a run cut short (Ctrl-C, a kill, a full disk) leaves no image cut short under its name, and an
     # earlier copy, with the manifest that lists it, as it was (a rerun then starts afresh).
-    staging = root / f".{folder}.{secrets.token_hex(4)}.tmp"
+    # Not named after `folder`: a name of up to 255 bytes, which the folder can have, would not fit.
+    staging = root / f".{STAGING}.{secrets.token_hex(4)}.tmp"
     staged = [staging / PurePosixPath(path).relative_to(folder) for path in new_paths]
     tasks = [(str(root / r.path), str(s), r.path, recipe, seed) for r, s in zip(records, staged)]
     parallel = workers > 1 and len(tasks) > 1
@@ -351,10 +355,25 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
             raise ValueError(f"split {name!r} of {manifest} is an earlier degraded copy whose images would be "
                              f"overwritten while {manifest} still lists them: replace it in place (out_manifest = "
                              f"the input manifest, --out-manifest {manifest}) or choose another name (--name)")
-        _check_folder_holds_only(manifest.parent / name, name, out_manifest,
+        copy_folder = manifest.parent / name
+        if os.path.lexists(copy_folder) and not copy_folder.is_dir():  # found out after every image otherwise
+            raise ValueError(f"{copy_folder}, where the degraded copy's images go, is a file, not a folder; "
+                             f"remove it or choose another {what}")
+        _check_folder_holds_only(copy_folder, name, out_manifest,
                                  earlier if out_manifest.resolve() == manifest.resolve() else None)
         kept = [record for record in records if record.split != name]
         degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
                                            workers=workers, bad_images=bad_images,
                                            listed=[r.path for r in kept])
-        return write_manifest(out_manifest, kept + degraded), failed
+        if not degraded:  # every image skipped: a manifest without the split would look like a copy made
+            raise ValueError(f"every image of split {split!r} was skipped, nothing was written; the first: "
+                             f"{failed[0]}")
+        written = write_manifest(out_manifest, kept + degraded)
+        # An earlier copy's image whose source was skipped this time keeps the earlier recipe, listed by
+        # no manifest now: left, it would make the next degrade into `name` refuse the folder.
+        rewritten, inside = {record.path for record in degraded}, copy_folder.resolve()
+        for record in earlier:
+            path = manifest.parent / record.path
+            if record.path not in rewritten and path.resolve().is_relative_to(inside):
+                path.unlink(missing_ok=True)
+        return written, failed
