@@ -377,9 +377,10 @@ def test_identity_balanced_sampler():
     assert list(sampler) != batches
 
 
-def test_sampler_stream_is_not_an_items_stream(monkeypatch):
-    """numpy reads (seed, epoch) as (seed, epoch, 0): the plan must not share item 0's augmentation
-    draws, the stream FaceCaptionDataset seeds with (seed, epoch, index)."""
+@pytest.mark.parametrize("sampler", ["identity_balanced", "shuffled"])
+def test_sampler_stream_is_not_an_items_stream(monkeypatch, sampler):
+    """numpy reads (seed, epoch) as (seed, epoch, 0): a plan must not share a draw of item 0's caption or
+    augmentation streams, the children of the SeedSequence FaceCaptionDataset seeds with (seed, epoch, index)."""
     first_draws = []
     real = np.random.default_rng
 
@@ -388,8 +389,12 @@ def test_sampler_stream_is_not_an_items_stream(monkeypatch):
         return real(seed)
 
     monkeypatch.setattr(np.random, "default_rng", recording)
-    list(IdentityBalancedBatchSampler([i // 4 for i in range(40)], 3, 2, seed=5))
-    assert first_draws and first_draws[0] != real((5, 0, 0)).random()
+    if sampler == "identity_balanced":
+        list(IdentityBalancedBatchSampler([i // 4 for i in range(40)], 3, 2, seed=5))
+    else:
+        list(ShuffledBatchSampler(40, 8, seed=5))
+    item_streams = [real(stream).random() for stream in np.random.SeedSequence((5, 0, 0)).spawn(2)]
+    assert first_draws and first_draws[0] not in item_streams
 
 
 def image_index(item):

@@ -57,9 +57,10 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
     def _batches(self) -> list[list[int | tuple[int, int]]]:
         if self._plan is not None and self._plan[0] == self.epoch:
             return self._plan[1]
-        # Its own spawn key: numpy drops trailing zeros of a seed tuple, so (seed, epoch) would be the
-        # stream of the dataset's item 0, (seed, epoch, 0), and the plan would follow its augmentation.
-        rng = np.random.default_rng(np.random.SeedSequence((self.seed, self.epoch), spawn_key=(1,)))
+        # A spawn key of its own: numpy drops trailing zeros of a seed tuple, so (seed, epoch) is the entropy
+        # of the dataset's item 0, (seed, epoch, 0), whose caption and augmentation streams are its children
+        # (0,) and (1,); with either key the plan would follow item 0's draws.
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed, self.epoch), spawn_key=(3,)))
         labels = sorted(self.indices_of)
         groups: list[list[list[int | tuple[int, int]]]] = []  # per label, its groups of K items
         for label in labels:
@@ -106,7 +107,8 @@ class ShuffledBatchSampler(Sampler[list[int]]):
     and cut into consecutive batches of batch_size; the incomplete last batch is dropped, so an
     epoch has num_items // batch_size batches. The order depends only on (seed, epoch): call
     `set_epoch` each epoch, as with IdentityBalancedBatchSampler, whose contract this follows.
-    Its spawn key differs from that sampler's (1) and from the dataset's item streams (none).
+    Its spawn key differs from that sampler's (3) and from the dataset's item streams, the children (0,)
+    and (1,) of (seed, epoch, index), which for item 0 is the entropy (seed, epoch).
 
     With num_replicas > 1, batch_size is the global batch (divisible by num_replicas), and replica
     `rank` gets the contiguous share [rank * b, (rank + 1) * b) of each batch, b = batch_size /
