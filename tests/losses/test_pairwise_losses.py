@@ -202,6 +202,21 @@ def test_coreface_margin_follows_the_spec_when_every_negative_is_below_zero():
     assert margin > 1.1  # C_ii - max_j C_ij with C_ii ~ 1 and negatives ~ -0.2; the release's would be ~ 1
 
 
+def test_coreface_batch_of_one_has_no_margin_to_measure_and_leaves_the_running_one():
+    """A row without a negative (a batch of one, say a DataLoader's last) gives no batch margin: counted as
+    -1 it moved the running margin from 0 to 1.98, a logit more for the next batch at scale 64."""
+    generator = torch.Generator().manual_seed(5)
+    single = [torch.randn(1, 6, generator=generator, dtype=torch.float64) for _ in range(2)]
+    batch = [torch.randn(8, 6, generator=generator, dtype=torch.float64) for _ in range(2)]
+    labels = torch.randint(0, 3, (8,), generator=generator)
+    loss = CoReFaceLoss()
+    assert loss(*single, torch.zeros(1, dtype=torch.int64)).item() == 0.0  # the positive is the only logit
+    assert loss.margin.item() == 0.0
+    expected, expected_margin = spec_coreface(*batch, labels, 0.0)
+    torch.testing.assert_close(loss(*batch, labels), expected, **TOL)
+    assert loss.margin.item() == pytest.approx(expected_margin, abs=1e-12)
+
+
 def test_coreface_names_mismatched_views():
     view, labels = torch.randn(4, 8), torch.arange(4)
     with pytest.raises(ValueError, match=r"view2 must have size 4 \(one row per row of view1\)"):

@@ -3,9 +3,10 @@
 Two dropout views z, z' of each embedding; C_ij = clamp(cos(z_i, z'_j), -1, 1), off-diagonal
 entries of one identity set to 0; adaptive margin from the batch, on detached values,
     m_batch = mean_i(C_ii - max_{j != i} C_ij)
-as SPEC section 3 has it (a row without any negative, a batch of one, counts -1), kept as a
-running value m <- momentum * m_batch + (1 - momentum) * m starting at 0 and used on the same
-batch; loss = CE over j of s * (C_ij - m [i == j]) against the diagonal, view1 rows only.
+as SPEC section 3 has it, over the rows that have a negative (a row without one, in a batch of one or
+of one identity, has no margin to measure; counted as -1 it moved the running margin to about 2), kept
+as a running value m <- momentum * m_batch + (1 - momentum) * m starting at 0 (a batch without any
+such row leaves it as it was) and used on the same batch; loss = CE over j of s * (C_ij - m [i == j]) against the diagonal, view1 rows only.
 The release zeroes the diagonal before taking the row maximum, which makes its hardest negative
 max(0, max_{j != i} C_ij): it differs from this one only for a row whose negatives all have a
 cosine below 0.
@@ -120,12 +121,15 @@ class CoReFaceLoss(nn.Module):
         dtype = accumulation_dtype(view1.dtype)
         z1, z2 = F.normalize(view1.to(dtype), dim=1), F.normalize(view2.to(dtype), dim=1)
         positive = (z1 * z2).sum(dim=1).clamp(-1.0, 1.0).double()
-        hardest = contrastive_row_max(view1, columns, **common).clamp(-1.0, 1.0).double()
-        batch_margin = (positive - hardest).mean()
+        hardest = contrastive_row_max(view1, columns, **common).double()
+        measured = hardest != -torch.inf  # rows that have a negative
+        margins = (positive - hardest.clamp(-1.0, 1.0))[measured]
+        total, count = margins.sum(), measured.sum().double()
         if self.gather_ranks:
             # The margin of the ranks' batch together, the same on every rank. Without gather_ranks each rank is on
             # its own: a collective here would wait for ranks that never call the loss.
-            batch_margin = mean_over_ranks(batch_margin)
+            total, count = mean_over_ranks(total), mean_over_ranks(count)
+        batch_margin = total / count  # NaN without any measured row
         # A batch with NaN/Inf gets a non-finite loss from its features; its margin must not stay in the state,
         # where it would poison every later call. With gather_ranks the mean makes the skip the same on every rank.
         if torch.isfinite(batch_margin):
