@@ -454,3 +454,10 @@ def test_run_threads_hold_during_the_training_only(tmp_path, tiny_overrides, thr
     config = load_config("quick", tiny_overrides + [f"threads={threads}"])
     # build_model: a step of the work, after the arguments are checked
     assert threads_seen_by(run_module, "build_model", lambda: train(config, tmp_path / "run")) == [threads or 2]
+
+
+def test_resume_refuses_set(tmp_path):
+    """--resume trains on the run's config.toml: a --set would be dropped without a word."""
+    with pytest.raises(SystemExit, match="^tgfr train: error: --resume uses the run's config.toml; --set cannot "
+                                         "change a run midway$"):
+        main(["train", "--resume", "--out", str(tmp_path / "run"), "--set", "fr.steps=5"])

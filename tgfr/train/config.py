@@ -471,6 +471,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. fr.steps=50), got {text!r}")
+    if not raw.strip():  # `--set data.manifest=$MANIFEST` with the variable unset would train on other data
+        raise ValueError(f"override {key.strip()}: no value after '='; an empty string is written {key.strip()}=\"\"")
     try:
         value = parse_toml(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError as error:
@@ -544,15 +546,21 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
         values = parse_toml(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8 text
         raise ValueError(f"preset file {path} is not valid TOML: {error}") from None
-    _build(TrainConfig, values, "", complete=True)
     for override in overrides:
         keys, value = parse_override(override)
         try:
             set_key(values, keys, value)
         except ValueError as error:
             raise ValueError(f"override {override!r}: {error}") from None
-    config = _build(TrainConfig, values, "", complete=True)
-    config.check_training_recipe()
+    # Checked once the overrides are in, so that --set can mend a file's value or fill a key it lacks. The
+    # error names a user's preset file, where the value (unless an override's) came from.
+    try:
+        config = _build(TrainConfig, values, "", complete=True)
+        config.check_training_recipe()
+    except ValueError as error:
+        if path == PRESET_DIR / f"{preset}.toml":  # a packaged preset: the value is an override's
+            raise
+        raise ValueError(f"preset file {path}{' with --set' if overrides else ''}: {error}") from None
     return config
 
 
