@@ -448,8 +448,10 @@ def test_noncontiguous_inputs():
     torch.testing.assert_close(got, contrastive_loss(x, y, backend="reference"))
 
 
-def test_opcheck():
-    x, y, labels, _ = make_batch(9, 9, 4, torch.float64, identities=3)
+# bfloat16: the fake kernel must give the float32 the CPU kernel returns (see test_word_region's test_opcheck).
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_opcheck(dtype):
+    x, y, labels, _ = make_batch(9, 9, 4, dtype, identities=3)
     args = (x, y, labels, labels, 3.0, 0.1, "positive", 0, True, True)
     torch.library.opcheck(torch.ops.tgfr.contrastive_forward, args)
 
@@ -663,3 +665,58 @@ def test_triton_backend_refuses_float64(monkeypatch):
     x, y, _, _ = make_batch(6, 6, 4, torch.float64)
     with pytest.raises(TypeError, match="x must be float32, bfloat16 or float16 for backend 'triton', got float64"):
         contrastive_loss(x, y, backend="triton")
+
+
+@pytest.mark.parametrize("transform", DERIVATIVE_TRANSFORMS)
+def test_derivative_transforms_on_y_raise_too(transform):
+    """A review's mutation: the refusal checked x alone, and a transform on y passed with every test green."""
+    x, y, _, _ = (tensor.detach() for tensor in make_batch(6, 6, 4, torch.float64))
+    with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS[transform](lambda b: contrastive_loss(x, b, backend="cpu"), y)
+
+
+def test_jvp_on_y_through_aot_eager_raises():
+    x, y, _, _ = (tensor.detach() for tensor in make_batch(6, 6, 4, torch.float64))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda b: contrastive_loss(x, b, backend="cpu"), backend="aot_eager")
+    with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS["forward_ad"](compiled, y)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_row_max_is_not_differentiable(backend):
+    """CoReFace's margin needs detached maxima: a differentiable reference, or a CPU result that requires grad
+    but gets no gradient, would each be silent."""
+    x, y, _, _ = make_batch(6, 6, 4, torch.float32)
+    assert not contrastive_row_max(x, y, backend=backend).requires_grad
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_int32_labels_are_taken_as_int64(backend):
+    x, y, labels, columns = make_batch(6, 6, 4, torch.float64, identities=3)
+    for mode in ("exclude", "positive"):
+        got = contrastive_loss(x, y, row_labels=labels.int(), column_labels=columns.int(), same_identity=mode,
+                               backend=backend)
+        expected = contrastive_loss(x, y, row_labels=labels, column_labels=columns, same_identity=mode,
+                                    backend="reference")
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda x, y, l: contrastive_loss(x, y.detach().to("meta")), ValueError, ["one device", "y on meta"]),
+    (lambda x, y, l: contrastive_loss(x, y, row_labels=l.to("meta")), ValueError, ["row_labels on meta"]),
+    (lambda x, y, l: contrastive_row_max(x, y.detach().to("meta")), ValueError, ["y on meta"]),
+    (lambda x, y, l: contrastive_loss(x, y, row_labels=l, column_labels=l[:1], backend="reference"), ValueError,
+     ["column_labels must have size 6"]),
+    (lambda x, y, l: contrastive_loss(x[:, :0], y[:, :0], backend="reference"), ValueError,
+     ["x must not be empty along dimension 1"]),
+    (lambda x, y, l: contrastive_loss(x, y, direction="rows", offset=True), TypeError, ["offset", "bool"]),
+])
+def test_more_bad_input_names_the_argument(call, error, words):
+    """Checks a review's mutations showed untested: without them the reference broadcast or returned log M, and
+    the CPU op read a meta tensor's missing values."""
+    x, y, labels, _ = make_batch(6, 6, 4, torch.float32)
+    with pytest.raises(error) as raised:
+        call(x, y, labels)
+    for word in words:
+        assert word in str(raised.value)

@@ -327,8 +327,11 @@ def test_autocast_gives_the_op_its_dtype_where_its_kernels_take_it(monkeypatch):
         assert torch.equal(tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu"), in_fp32)
 
 
-def test_opcheck():
-    words, lengths, regions = make_inputs(num_captions=3, num_images=4, num_words=5, num_regions=6, dim=8)
+# bfloat16: the fake kernels must give the float32 the CPU kernels return for 16-bit inputs; with the input's dtype
+# a compiled bf16 graph read the float32 output as bf16 (values of 1e37), and float32 tests cannot tell.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    words, lengths, regions = make_inputs(num_captions=3, num_images=4, num_words=5, num_regions=6, dim=8, dtype=dtype)
     torch.library.opcheck(
         torch.ops.tgfr.word_region_scores.default,
         (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0, True),
@@ -338,6 +341,8 @@ def test_opcheck():
     regions_t = regions.detach().transpose(0, 1).contiguous().transpose(0, 1)
     torch.library.opcheck(torch.ops.tgfr.word_region_scores_backward.default,
                           (torch.randn(3, 4), words_t, lengths, regions_t, 4.0, 5.0, True))
+    assert torch.ops.tgfr.word_region_attention.default(words.detach(), lengths, regions[:3].detach(), 4.0,
+                                                        True).dtype == torch.float32
     torch.library.opcheck(torch.ops.tgfr.word_region_attention.default, (words.detach(), lengths, regions[:3].detach(), 4.0, True))
 
 
@@ -508,3 +513,44 @@ def test_padded_words_take_no_part_even_when_nan(backend):
     for clean, poisoned in zip(*results):
         assert torch.isfinite(poisoned).all()
         torch.testing.assert_close(poisoned, clean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("transform", DERIVATIVE_TRANSFORMS)
+def test_derivative_transforms_on_regions_raise_too(transform):
+    """A review's mutation: the refusal checked words alone, and a transform on regions passed with every test
+    green (aot_eager then gave a None tangent)."""
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6,
+                                          dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="word_region_scores has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS[transform](lambda r: tgfr.ops.word_region_scores(words, lengths, r, backend="cpu"),
+                                         regions)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda r: tgfr.ops.word_region_scores(words, lengths, r, backend="cpu"),
+                             backend="aot_eager")
+    if transform in DIRECTIONAL:
+        with pytest.raises(NotImplementedError, match="word_region_scores has fused reverse-mode gradients only"):
+            DERIVATIVE_TRANSFORMS[transform](compiled, regions)
+
+
+def test_attention_is_not_differentiable():
+    """word_region_attention has no backward: its output must not require grad (with a grad_fn, backward left
+    words.grad None, with a warning only)."""
+    words, lengths, regions = make_inputs(num_captions=3, num_images=3, num_words=4, num_regions=5, dim=6)
+    assert not tgfr.ops.word_region_attention(words.requires_grad_(), lengths, regions.requires_grad_()).requires_grad
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_int32_lengths_are_taken_as_int64(backend):
+    words, lengths, regions = make_inputs(num_captions=3, num_images=3, num_words=4, num_regions=5, dim=6,
+                                          dtype=torch.float64)
+    torch.testing.assert_close(tgfr.ops.word_region_scores(words, lengths.int(), regions, backend=backend),
+                               reference.word_region_scores(words, lengths, regions))
+    torch.testing.assert_close(tgfr.ops.word_region_attention(words, lengths.int(), regions[:3]),
+                               tgfr.ops.word_region_attention(words, lengths, regions[:3]))
+
+
+def test_empty_feature_dimension_is_named():
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=5, dim=6)
+    for backend in ("cpu", "reference"):
+        with pytest.raises(ValueError, match=r"words must not be empty along dimension 2"):
+            tgfr.ops.word_region_scores(words[..., :0], lengths, regions[..., :0], backend=backend)

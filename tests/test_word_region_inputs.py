@@ -126,7 +126,7 @@ def test_make_fx_real_mode_traces_and_the_graph_checks_lengths_when_it_runs(back
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_shapes_are_inferred_on_meta_and_fake_tensors(backend, dtype):
     """Meta and fake tensors have no values for the lengths check to read: the front end must give the
     shape and dtype the op gives on real tensors (N, M), not fail reading them."""
@@ -138,6 +138,7 @@ def test_shapes_are_inferred_on_meta_and_fake_tensors(backend, dtype):
         fake = tgfr.ops.word_region_scores(*(mode.from_tensor(tensor) for tensor in (words, lengths, regions)),
                                            backend=backend)
     assert (fake.shape, fake.dtype) == (expected.shape, expected.dtype)
+    assert expected.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 
 
 def test_a_dynamic_compiled_graph_takes_every_caption_length():
@@ -261,3 +262,16 @@ def test_kernel_reads_strided_inputs_as_their_values():
         for got_part, expected_part in zip(torch.utils._pytree.tree_leaves(got),
                                            torch.utils._pytree.tree_leaves(expected)):
             assert torch.equal(got_part, expected_part), op.__name__
+
+
+def test_auto_sends_float64_cuda_tensors_to_the_reference():
+    """Neither GPU kernel takes float64: "auto" picked Triton for them, whose error then suggested 'cpu', which
+    refuses CUDA tensors. (Fake CUDA tensors: the choice reads only device, dtype and shape.)"""
+    from tgfr.ops.backends import auto_cuda_backend
+    from tgfr.ops.word_region import _resolve_backend
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        words64 = torch.empty(3, 22, 300, dtype=torch.float64, device="cuda")
+        words32 = torch.empty(3, 22, 300, dtype=torch.float32, device="cuda")
+    assert _resolve_backend("auto", words64) == "reference"
+    assert _resolve_backend("auto", words32) == auto_cuda_backend(22, 300)

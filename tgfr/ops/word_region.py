@@ -71,7 +71,10 @@ def _resolve_backend(backend: str, words: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return auto_cuda_backend(words.shape[1], words.shape[2]) if device.type == "cuda" else "cpu"
+        if device.type != "cuda":
+            return "cpu"
+        # The GPU kernels compute in fp32 and take no float64 (gradcheck): the reference keeps its precision.
+        return "reference" if words.dtype == torch.float64 else auto_cuda_backend(words.shape[1], words.shape[2])
     if backend not in available_backends():
         raise ValueError(f"backend {backend!r} is not available here; available: {available_backends()}")
     if backend == "cpu" and device.type != "cpu":
@@ -151,9 +154,9 @@ def word_region_attention(
     from tgfr.ops.backends import available_backends
 
     words, regions = words.detach(), regions.detach()
-    if words.is_cuda and "cuda" not in available_backends():
-        # Only the compiled CUDA kernels implement the op on CUDA (an install without nvcc has none);
-        # the reference's memory is O(N*T*R) for these pairs, as the op's.
+    if words.is_cuda and ("cuda" not in available_backends() or words.dtype == torch.float64):
+        # Only the compiled CUDA kernels implement the op on CUDA (an install without nvcc has none), and not
+        # in float64; the reference's memory is O(N*T*R) for these pairs, as the op's.
         with torch.no_grad():
             return reference.word_region_attention(words, lengths, regions, gamma1, word_softmax)
     return torch.ops.tgfr.word_region_attention(words, lengths, regions, gamma1, word_softmax)
