@@ -87,6 +87,15 @@ def check_finite_number(name: str, value: object, maximum: float = sys.float_inf
     return number
 
 
+def check_loss_weight(name: str, value: object) -> float:
+    """Checks a loss term's weight: finite and at least 0 (a negative one would have the optimizer raise that
+    term); returns it as a float."""
+    number = check_finite_number(name, value)
+    if number < 0:
+        raise ValueError(f"{name} must be at least 0, got {value}")
+    return number
+
+
 def check_count(name: str, value: object, minimum: int = 1) -> int:
     """Checks a size setting (a number of classes, an embedding size): an integer (a Python or numpy one,
     or a 0-dim integer tensor such as labels.max() + 1; a bool or a float such as 8.0 is a mistake, not a

@@ -75,6 +75,11 @@ def test_focal_head_loss_where_the_cross_entropy_is_below_one(head_class, target
     assert head(embeddings, labels).item() == pytest.approx(expected, rel=1e-5)
     head.focal = False
     assert head(embeddings, labels).item() == pytest.approx(ce, rel=1e-5)
+    # On its class centre (cosine 1) the gradient stays finite: ArcFace's sine is floored, where sqrt(0)'s
+    # derivative would make it NaN while the loss itself stays finite.
+    embeddings.requires_grad_()
+    head(embeddings, labels).backward()
+    assert torch.isfinite(embeddings.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
 @pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
@@ -441,6 +446,8 @@ def test_multi_granularity_weights_and_components():
                         rel_tol=1e-9)
     with pytest.raises(ValueError, match="fused"):
         MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels)
+    with pytest.raises(ValueError, match="fused embeddings were given, but there is no identity_head"):
+        MultiGranularityLoss()(words, lengths, regions, sentence, image, labels, fused)
     # Without a head (the align stage's use) there is no identity term, and no "identity" entry.
     total, parts = MultiGranularityLoss()(words, lengths, regions, sentence, image, labels)
     torch.testing.assert_close(total, expected - 100 * head(fused, labels), **TOL)
@@ -655,3 +662,29 @@ def test_loss_sizes_name_a_wrong_type_or_a_size_below_one(case):
         module = make(value)
         shape = (module.prototypes if isinstance(module, DualGranularityAssociationLoss) else module.weight).shape
         assert shape[1 if name == "embedding_size" else 0] == 5
+
+
+@pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
+def test_a_bfloat16_head_computes_its_logits_in_float32(head_class, arc):
+    """A head cast to bf16 with bf16 embeddings: the cosines in bf16 would move a logit by about 0.2 at s 64."""
+    torch.manual_seed(1)
+    head = head_class(16, 10).bfloat16()
+    embeddings, labels = torch.randn(12, 16).bfloat16(), torch.randint(0, 10, (12,))
+    logits = head.logits(embeddings, labels)
+    wide = head_class(16, 10).double()
+    wide.weight.data.copy_(head.weight.data.double())
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits.double(), wide.logits(embeddings.double(), labels), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MultiGranularityLoss(wrcl_weight=-1.0),
+    lambda: MultiGranularityLoss(cicl_weight=-0.5),
+    lambda: MultiGranularityLoss(identity_weight=-2),
+    lambda: DualGranularityAssociationLoss(8, 4, local_weight=-1.0),
+    lambda: DualGranularityAssociationLoss(8, 4, global_weight=-1.0),
+])
+def test_negative_loss_weights_are_refused(make):
+    """The training config refuses them; the modules took them, and the optimizer would raise that term."""
+    with pytest.raises(ValueError, match=r"_weight must be at least 0, got -"):
+        make()

@@ -47,8 +47,8 @@ from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
 from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import FLOAT_DTYPES
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import (check_count, check_finite_number, check_flag, check_positive, check_size, check_tensor,
-                             values_readable)
+from tgfr.validation import (check_count, check_finite_number, check_flag, check_loss_weight, check_positive,
+                             check_size, check_tensor, values_readable)
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -84,8 +84,8 @@ class DualGranularityAssociationLoss(nn.Module):
         if not 0.0 <= self.min_confidence <= 1.0 or not 0.0 <= self.prototype_momentum <= 1.0:
             raise ValueError(f"min_confidence and prototype_momentum must lie in [0, 1], "
                              f"got {min_confidence}, {prototype_momentum}")
-        self.local_weight = check_finite_number("local_weight", local_weight)
-        self.global_weight = check_finite_number("global_weight", global_weight)
+        self.local_weight = check_loss_weight("local_weight", local_weight)
+        self.global_weight = check_loss_weight("global_weight", global_weight)
         self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from tgfr.losses.caption_image import CaptionImageContrastiveLoss
 from tgfr.losses.word_region import WordRegionContrastiveLoss
-from tgfr.validation import check_finite_number, check_size, check_tensor
+from tgfr.validation import check_loss_weight, check_size, check_tensor
 
 
 class MultiGranularityLoss(nn.Module):
@@ -31,9 +31,9 @@ class MultiGranularityLoss(nn.Module):
         self.word_region = word_region if word_region is not None else WordRegionContrastiveLoss()
         self.caption_image = caption_image if caption_image is not None else CaptionImageContrastiveLoss()
         self.identity_head = identity_head
-        self.wrcl_weight = check_finite_number("wrcl_weight", wrcl_weight)
-        self.cicl_weight = check_finite_number("cicl_weight", cicl_weight)
-        self.identity_weight = check_finite_number("identity_weight", identity_weight)
+        self.wrcl_weight = check_loss_weight("wrcl_weight", wrcl_weight)
+        self.cicl_weight = check_loss_weight("cicl_weight", cicl_weight)
+        self.identity_weight = check_loss_weight("identity_weight", identity_weight)
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor,
                 image: torch.Tensor, labels: torch.Tensor | None = None,
@@ -56,5 +56,7 @@ class MultiGranularityLoss(nn.Module):
                 raise ValueError("fused embeddings and labels are needed for the identity term (identity_head is set)")
             components["identity"] = self.identity_head(fused, labels)
             total = total + self.identity_weight * components["identity"]
+        elif fused is not None:  # would be dropped without a word: the caller expects an identity term
+            raise ValueError("fused embeddings were given, but there is no identity_head to train them with")
         components["total"] = total
         return total, {name: value.detach() for name, value in components.items()}
