@@ -392,7 +392,7 @@ def test_an_image_that_cannot_be_written_is_named(tmp_path):
                                       "--recipe", "jpeg90")
     assert result.returncode == 2
     assert re.fullmatch(rf"tgfr data degrade: error: \[Errno {errno.EFBIG}\] cannot write image "
-                        rf"{re.escape(str(out))}/\.train_degraded\.[0-9a-f]{{8}}\.tmp/images/train/\d+/\d+_\d\.png: "
+                        rf"{re.escape(str(out))}/train_degraded/images/train/\d+/\d+_\d\.png: "
                         rf"File too large\n", result.stderr)
     assert not (out / "train_degraded").exists()
 

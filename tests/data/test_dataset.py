@@ -146,6 +146,13 @@ def test_transforms_take_only_pil_images(image, name):
             transform(image, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("transform", [EvalTransform, TrainTransform])
+@pytest.mark.parametrize("size, message", [(0, " >= 1, got 0"), (True, ", got bool True"), (8.0, ", got float 8.0")])
+def test_transform_sizes_are_refused_when_made(transform, size, message):
+    with pytest.raises((TypeError, ValueError), match=f"^size must be an integer{message}$"):
+        transform(size)
+
+
 def test_captions_reproducible_and_vary_with_epoch(manifest):
     dataset = FaceCaptionDataset(manifest, split="train", seed=3)
     epoch0 = [dataset[i]["caption"] for i in range(9)]
@@ -334,13 +341,25 @@ def test_items_are_indexed_as_a_list_is(manifest):
             dataset[index]
     with pytest.raises(TypeError):
         dataset[1.0]
+    for key in ((1,), (1, 2, 3, 4)):  # a dropped element, or a missing draw, is a mistake
+        with pytest.raises(ValueError, match=re.escape(f"key must be an index, (index, draw) or (index, draw, "
+                                                       f"epoch), got {key!r}")):
+            dataset[key]
+    with pytest.raises(ValueError, match="draw must be an integer >= 0, got -1"):
+        dataset[(1, -1)]
 
 
-def test_bad_arguments(manifest):
+def test_bad_arguments(manifest, monkeypatch):
     with pytest.raises(ValueError, match="captions_per_sample"):
         FaceCaptionDataset(manifest, captions_per_sample=0)
+    with pytest.raises(ValueError, match=r"root is for records; a manifest's image paths are relative to its folder"):
+        FaceCaptionDataset(manifest, root=manifest.parent / "elsewhere")
+    checked = []
+    monkeypatch.setattr(DecodedImageCache, "check", lambda self, path: checked.append(path))
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         FaceCaptionDataset(manifest, seed=-1)
+    assert not checked  # refused before any image is decoded
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
         FaceCaptionDataset(manifest).set_epoch(-1)
     with pytest.raises(TypeError, match="epoch must be an integer, got float 1.5"):
@@ -560,6 +579,11 @@ def test_check_captions_names_a_caption_that_tokenizes_to_no_word(tmp_path, capt
                                                    "tokenizer reduces to no word")):
         collate.check_captions(dataset, chunk=2)
     collate.check_captions(FaceCaptionDataset(records[::2], root=tmp_path))  # the others pass
+    # first_only: the image whose first caption it is, not an earlier one holding it as a later caption.
+    records = [ManifestRecord("0.png", "0", "train", ("a smiling man", caption)),
+               ManifestRecord("1.png", "1", "train", (caption, "glasses"))]
+    with pytest.raises(ValueError, match=re.escape(f"image {tmp_path / '1.png'} has caption {caption!r}")):
+        collate.check_captions(FaceCaptionDataset(records, root=tmp_path), first_only=True)
 
 
 def test_check_captions_and_tokenize_read_special_tokens_in_a_caption_as_text(tmp_path):

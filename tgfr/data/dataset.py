@@ -61,6 +61,9 @@ class FaceCaptionDataset(Dataset):
         image_cache: DecodedImageCache | None = None,
     ):
         if isinstance(source, (str, Path)):
+            if root is not None:  # else ignored: the manifest's paths are relative to its own folder
+                raise ValueError("root is for records; a manifest's image paths are relative to its folder "
+                                 f"({Path(source).parent}), got root={root!r}")
             manifest_root = Path(source).parent
             records = read_manifest(source)
         else:
@@ -71,6 +74,7 @@ class FaceCaptionDataset(Dataset):
             raise ValueError(f"captions_per_sample must be a positive integer, got {captions_per_sample!r}")
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
+        seed = check_count("seed", seed, minimum=0)  # before every image is decoded
         records = select_split(records, split)
         self.image_cache = image_cache if image_cache is not None else DecodedImageCache(0)
         self.bad_image_hint = bad_image_hint
@@ -100,7 +104,7 @@ class FaceCaptionDataset(Dataset):
         self.labels = torch.tensor([self.label_of[r.identity] for r in kept], dtype=torch.int64)
         self.transform = transform if transform is not None else EvalTransform()
         self.captions_per_sample = captions_per_sample
-        self.seed = check_count("seed", seed, minimum=0)
+        self.seed = seed
         self.epoch = 0
 
     @property
@@ -135,7 +139,10 @@ class FaceCaptionDataset(Dataset):
         augmentation and captions (they may still coincide with the original's when there are few to
         draw from), or (index, draw, epoch) to draw as in that epoch whatever set_epoch said: a
         sampler's keys reach persistent DataLoader workers, where set_epoch does not."""
+        if isinstance(key, tuple) and not 2 <= len(key) <= 3:
+            raise ValueError(f"key must be an index, (index, draw) or (index, draw, epoch), got {key!r}")
         index, draw, epoch = (*key, self.epoch)[:3] if isinstance(key, tuple) else (key, 0, self.epoch)
+        draw = check_count("draw", draw, minimum=0)
         index = operator.index(index)  # a 0-d integer tensor too (SubsetRandomSampler yields those)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for the {len(self)} images of the dataset")
@@ -202,7 +209,8 @@ class CaptionCollator:
                                      split_special_tokens=True, return_tensors="pt")
             for caption, tokens in zip(part, encoded["attention_mask"].sum(1).tolist()):
                 if tokens <= special_tokens:
-                    record = next(r for r in dataset.records if caption in r.captions)
+                    record = next(r for r in dataset.records
+                                  if caption in (r.captions[:1] if first_only else r.captions))
                     raise ValueError(f"image {dataset.root / record.path} has caption {caption!r}, which the "
                                      "tokenizer reduces to no word; edit or remove that caption in the manifest")
                 truncated += tokens > self.max_length

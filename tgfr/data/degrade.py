@@ -162,15 +162,16 @@ def image_rng(seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng((seed, zlib.crc32(path.encode("utf-8", "surrogateescape"))))
 
 
-def _degrade_one(task: tuple[str, str, str, str, int]) -> str | None:
-    source, target, relative, recipe, seed = task
+def _degrade_one(task: tuple[str, str, str, str, str, int]) -> str | None:
+    """Writes the degraded image of `source` at `staged`; a write error names `target`, where it goes."""
+    source, staged, target, relative, recipe, seed = task
     try:
         image = load_image(source)
     except ValueError as error:
         return str(error)
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    Path(staged).parent.mkdir(parents=True, exist_ok=True)
     with naming_write_errors("image", target):
-        degrade_image(image, recipe, image_rng(seed, relative)).save(target, format="PNG")
+        degrade_image(image, recipe, image_rng(seed, relative)).save(staged, format="PNG")
     return None
 
 
@@ -260,7 +261,8 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     # Not named after `folder`: a name of up to 255 bytes, which the folder can have, would not fit.
     staging = root / f".{STAGING}.{secrets.token_hex(4)}.tmp"
     staged = [staging / PurePosixPath(path).relative_to(folder) for path in new_paths]
-    tasks = [(str(root / r.path), str(s), r.path, recipe, seed) for r, s in zip(records, staged)]
+    tasks = [(str(root / r.path), str(s), str(root / path), r.path, recipe, seed)
+             for r, s, path in zip(records, staged, new_paths)]
     parallel = workers > 1 and len(tasks) > 1
     try:
         with WorkerPool(workers) if parallel else contextlib.nullcontext() as pool:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from tgfr.data.files import to_rgb
-from tgfr.validation import check_finite_number
+from tgfr.validation import check_count, check_finite_number
 
 IMAGE_SIZE = 112
 
@@ -35,7 +35,7 @@ class EvalTransform:
     """Resize to size x size and normalize; deterministic."""
 
     def __init__(self, size: int = IMAGE_SIZE):
-        self.size = size
+        self.size = check_count("size", size)  # else PIL's error at the first image, or 1 x 1 for True
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         """PIL image (any size and mode) -> (3, size, size) float32 in [-1, 1]; TypeError for
@@ -50,7 +50,7 @@ class TrainTransform:
         for name, value in (("flip_p", flip_p), ("grayscale_p", grayscale_p)):
             if not 0.0 <= check_finite_number(name, value) <= 1.0:  # NaN would silently never flip
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-        self.size, self.flip_p, self.grayscale_p = size, float(flip_p), float(grayscale_p)
+        self.size, self.flip_p, self.grayscale_p = check_count("size", size), float(flip_p), float(grayscale_p)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         """As EvalTransform, with the random flip and greyscale drawn from `rng`."""
