@@ -104,6 +104,41 @@ def tgfr_celeba_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Im
     return add_gaussian_noise(image, 0.002 ** 0.5, rng)
 
 
+def tgfr_face2text_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """TGFR's Face2Text recipe written out step by step: at 144 x 144, then back to the input size."""
+    size = image.size
+    image = image.resize((144, 144), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    image = image.rotate(rng.uniform(-30, 30), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    image = gaussian_blur(image, 5, rng.uniform(1, 5))
+    image = adjust_brightness(image, rng.uniform(0.6, 1.4))
+    image = adjust_hue(image, rng.uniform(-0.2, 0.2))
+    return add_gaussian_noise(image, 0.005 ** 0.5, rng).resize(size, Image.Resampling.BILINEAR)
+
+
+def test_face2text_recipe_is_tgfrs_recipe():
+    image = face()
+    for seed in range(3):
+        got = degrade_image(image, "face2text", np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(got), np.asarray(tgfr_face2text_recipe(image, np.random.default_rng(seed))))
+
+
+def test_down_up_is_bicubic_down_and_back():
+    image = face()
+    expected = image.resize((24, 24), Image.Resampling.BICUBIC, reducing_gap=None).resize(
+        image.size, Image.Resampling.BICUBIC)
+    assert np.array_equal(np.asarray(down_up(image, 24)), np.asarray(expected))
+
+
+def test_noise_and_brightness_round_to_the_nearest_level():
+    """Truncating instead would darken every pixel by half a level on average."""
+    grey = Image.new("RGB", (256, 256), (128, 128, 128))
+    noisy = np.asarray(add_gaussian_noise(grey, 0.05, np.random.default_rng(0)), np.float64)
+    assert abs(noisy.mean() - 128) < 0.2  # standard error about 0.04
+    assert np.asarray(adjust_brightness(Image.new("RGB", (2, 2), (3, 3, 3)), 1.3))[0, 0, 0] == 4  # 3.9
+
+
 def test_celeba_recipe_on_a_112_image_is_tgfrs_recipe_unresized():
     image = face()
     for seed in range(3):

@@ -9,7 +9,11 @@ Recipes (names joined with "+" apply left to right, e.g. "down24+jpeg30"):
   pixel, so only at TGFR's size do they have TGFR's strength relative to the face; and resizing
   back up would not keep it: the model's bilinear resize to 112 (transforms) would average away
   about half of the noise. A 112 x 112 image (the synthetic set) is not resized at all.
-- "face2text": TGFR's Face2Text recipe (data/face2text/scripts/transform.py): resize to 144,
+  Written after that script's steps, with these known departures: the rotation is bilinear (torchvision's
+  rotate defaults to nearest), brightness always comes before hue (torchvision's ColorJitter draws
+  their order), and the hue shift goes through PIL's 8-bit HSV with a wrap modulo 256, as torchvision's
+  PIL path does (a zero shift still moves some pixels by a few levels).
+- "face2text": TGFR's Face2Text recipe (data/face2text/scripts/transform.py), with celeba's departures: resize to 144,
   flip p=0.5, rotation U(-30, 30), blur kernel 5 sigma U(1, 5), brightness U(0.6, 1.4), hue
   U(-0.2, 0.2), noise std sqrt(0.005); then back to the input size, so every split of a
   manifest keeps one image size.
