@@ -5,6 +5,7 @@ import resource
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -413,3 +414,22 @@ def test_protocol_files_are_replaced_together_or_not_at_all(tmp_path, capsys, mo
     assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p"), "--seed", "7"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in (tmp_path / "p").iterdir()} == before
+
+
+def test_grid_cells_are_degraded_with_their_own_seeded_draws(tmp_path):
+    """Each degraded cell is its clean cell degraded with the generator of (seed, "row/column"): shared draws
+    would give two cells of a row the same flip, blur and noise."""
+    from tgfr.data.degrade import degrade_image, image_rng
+    from tgfr.data.grid import render_grid
+    from tgfr.data.synthetic_faces import OUTPUT_SIZE
+
+    faces = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)) for i in range(4)]
+    picture = np.asarray(Image.open(render_grid([(faces[:2], "a"), (faces[2:], "b")], tmp_path / "g.png", "celeba",
+                                                seed=3)).convert("RGB"))
+    size, header = OUTPUT_SIZE, 22
+    for row in range(2):
+        for column in range(2):
+            clean = faces[2 * row + column].convert("RGB").resize((size, size))
+            expected = degrade_image(clean, "celeba", image_rng(3, f"{row}/{column}"))
+            y, x = header + row * size, (2 + column) * size
+            assert np.array_equal(picture[y:y + size, x:x + size], np.asarray(expected))

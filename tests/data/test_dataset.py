@@ -153,6 +153,21 @@ def test_transform_sizes_are_refused_when_made(transform, size, message):
         transform(size)
 
 
+def test_repeated_captions_draw_from_every_caption(tmp_path):
+    """An image with 3 captions asked for 6: the 3 repeats draw with replacement from all 3 captions (a draw
+    from all but the last would never repeat it): over 40 epochs each caption is repeated about 40 times."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "0.png")
+    dataset = FaceCaptionDataset([ManifestRecord("0.png", "0", "train", ("a", "b", "c"))], root=tmp_path,
+                                 captions_per_sample=6)
+    repeats = Counter()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        captions = dataset[0]["captions"]
+        assert sorted(captions[:3]) == ["a", "b", "c"]
+        repeats.update(captions[3:])
+    assert set(repeats) == {"a", "b", "c"} and min(repeats.values()) >= 20, repeats
+
+
 def test_captions_reproducible_and_vary_with_epoch(manifest):
     dataset = FaceCaptionDataset(manifest, split="train", seed=3)
     epoch0 = [dataset[i]["caption"] for i in range(9)]
