@@ -1,4 +1,5 @@
 import io
+import re
 import struct
 import zlib
 
@@ -71,6 +72,42 @@ def test_pixels_of_no_fixed_range_are_refused(tmp_path, array):
     for read in (check_image, load_image):
         with pytest.raises(ValueError, match=rf"image file .*wide.tif has .* pixels \(mode {mode}\)"):
             read(path)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("damage", ["text_chunk_bomb", "truncated_header"])
+@pytest.mark.parametrize("read", [check_image, load_image])
+def test_pillows_value_errors_name_the_image(tmp_path, damage, read):
+    """Pillow raises a plain ValueError for these, which escaped naming no file (SPEC section 5)."""
+    path = tmp_path / "face.png"
+    if damage == "text_chunk_bomb":
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * (8 << 20)))
+        Image.new("RGB", (16, 16)).save(path, pnginfo=info)
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", b"\0\0\0\x10\0") + png_chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=f"^image file {re.escape(str(path))} is corrupt or not an image"):
+        read(path)
+
+
+def test_the_check_refuses_a_png_whose_chunk_checksum_is_wrong(tmp_path):
+    """Decoding alone takes it (load_image does); the check verifies the file, as its docstring says."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"IDAT")
+    length = struct.unpack(">I", data[start - 4:start])[0]
+    data[start + 4 + length] ^= 0xFF  # the first byte of IDAT's CRC
+    path = tmp_path / "crc.png"
+    path.write_bytes(bytes(data))
+    load_image(path)
+    with pytest.raises(ValueError, match=f"^image file {re.escape(str(path))} is corrupt or not an image"):
+        check_image(path)
 
 
 def test_truncated_jpeg_fails_the_check(tmp_path):

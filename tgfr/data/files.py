@@ -37,7 +37,8 @@ def _opened_image(path: Path) -> Iterator[Image.Image]:
             yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(f"image file {path} is too large to decode safely ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    # ValueError: Pillow's for a PNG text chunk too large to decompress, or a truncated header chunk.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
 
 
@@ -80,7 +81,8 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     with _opened_image(path) as image:
         image.load()
-        return to_rgb(image, f"image file {path}")
+    # Outside the block, whose errors are all Pillow's: to_rgb's own already name the file.
+    return to_rgb(image, f"image file {path}")
 
 
 def check_image(path: str | Path) -> Image.Image:
