@@ -158,6 +158,12 @@ def test_tgfr_tree_lists_each_image_once(tmp_path):
     (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1", "7/7_1", "4/4_1"]))
     with pytest.raises(ValueError, match=r"filenames.json: entry '4/4_1' is listed twice"):
         convert_tgfr_tree(root)
+    # Found through the path, these would get the identity "." or "", or 4 for subject 7's image.
+    for entry in ("./4/4_1", "/4/4_1", "4/../7/7_1", "4//4_1", "4_1"):
+        (root / "train" / "filenames.json").write_text(json.dumps([entry]))
+        with pytest.raises(ValueError, match=re.escape(f"filenames.json: entry {entry!r} is not of the form "
+                                                       "'<id>/<image name>' (with no empty, '.' or '..' part)")):
+            convert_tgfr_tree(root)
 
 
 def celeba_dialog(root):

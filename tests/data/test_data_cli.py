@@ -433,3 +433,12 @@ def test_grid_cells_are_degraded_with_their_own_seeded_draws(tmp_path):
             expected = degrade_image(clean, "celeba", image_rng(3, f"{row}/{column}"))
             y, x = header + row * size, (2 + column) * size
             assert np.array_equal(picture[y:y + size, x:x + size], np.asarray(expected))
+
+
+@pytest.mark.parametrize("option, value, minimum", [("--impostors", "-1", 0), ("--gallery-per-subject", "0", 1)])
+def test_protocol_counts_are_usage_errors_naming_the_option(tmp_path, capsys, option, value, minimum):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "protocol", "--manifest", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "p"),
+              option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be an integer >= {minimum}, got '{value}'" in capsys.readouterr().err

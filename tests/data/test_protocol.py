@@ -112,6 +112,19 @@ def test_pairs_file_errors(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("path_a,path_b,same\n\xe9.png,b.png,0\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"pairs file .*latin1.csv is not valid UTF-8"):
         read_verification_pairs(tmp_path / "latin1.csv")
+    for rows in ("null", "5"):
+        (tmp_path / "bad.json").write_text(f'{{"pairs": {rows}}}')
+        with pytest.raises(ValueError, match=f"bad.json: 'pairs' must be a list, got {rows.replace('null', 'None')}"):
+            read_verification_pairs(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text('{"pairs": [{"path_a": "a.png", "path_b": "b.png", "same": true}]}')
+    with pytest.raises(ValueError, match=r"bad.json: pair 0: 'same' must be 0 or 1, got True"):
+        read_verification_pairs(tmp_path / "bad.json")
+    # Empty, or TGFR's own "a b same" lines: no pairs read is an error, not an empty protocol.
+    for text, missing in (("", "path_a, path_b, same"), ("4_0.jpg 4_1.jpg 1\n", "path_a, path_b, same"),
+                          ("path_a,path_b\na.png,b.png\n", "same")):
+        (tmp_path / "other.csv").write_text(text)
+        with pytest.raises(ValueError, match=rf"other.csv:1: the CSV header lacks column\(s\) {missing}$"):
+            read_verification_pairs(tmp_path / "other.csv")
 
 
 def test_identification_split(tmp_path):
@@ -126,6 +139,10 @@ def test_identification_split(tmp_path):
     (tmp_path / "bad.json").write_text('{"gallery": []}')
     with pytest.raises(ValueError, match="'probes' must be a list"):
         read_identification_split(tmp_path / "bad.json")
+    twice = {"gallery": [{"path": "a.png", "identity": "1"}], "probes": [{"path": "a.png", "identity": "2"}]}
+    (tmp_path / "twice.json").write_text(json.dumps(twice))
+    with pytest.raises(ValueError, match=r"twice.json: image 'a.png' is listed twice"):
+        read_identification_split(tmp_path / "twice.json")
 
 
 def test_degraded_split_gets_corresponding_pairs():

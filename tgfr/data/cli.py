@@ -220,10 +220,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     protocol.add_argument("--manifest", required=True, help="input manifest")
     protocol.add_argument("--split", default="test", help="split to use (default: %(default)s)")
     protocol.add_argument("--out", required=True, help="output folder")
-    protocol.add_argument("--impostors", type=int, default=399,
+    protocol.add_argument("--impostors", type=integer_at_least(0), default=399,
                           help="impostor subjects per subject, N-1 of TGFR's protocol; capped at the number of "
                                "other subjects (default: %(default)s)")
-    protocol.add_argument("--gallery-per-subject", type=int, default=1,
+    protocol.add_argument("--gallery-per-subject", type=integer_at_least(1), default=1,
                           help="first images (by path) of each subject in the gallery, the rest are probes "
                                "(default: %(default)s)")
     protocol.add_argument("--format", choices=("csv", "json"), default="csv",

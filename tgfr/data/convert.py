@@ -195,9 +195,13 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
             unused.extend(not_images)
         seen = set()
         for entry in entries:
-            identity, _, name = entry.replace("\\", "/").partition("/")
-            if not name:
-                raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>'")
+            parts = entry.replace("\\", "/").split("/")
+            # The path drops "." and empty parts and would find the image, while the identity stayed "." or
+            # "" ("./4/4_0"), or another subject's ("4/../6/6_0").
+            if len(parts) < 2 or any(part in ("", ".", "..") for part in parts):
+                raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>' (with no "
+                                 "empty, '.' or '..' part)")
+            identity, name = parts[0], "/".join(parts[1:])
             # "4/4_1.jpg" names that file; "4/4_1" (TGFR's lists) the first of IMAGE_SUFFIXES found.
             named_suffix = PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
             stem = PurePosixPath(name).with_suffix("").as_posix() if named_suffix else name

@@ -133,10 +133,15 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
             rows = parse_json(text)["pairs"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"pairs file {path} is not a JSON object with a 'pairs' list ({error})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"pairs file {path}: 'pairs' must be a list, got {rows!r}")
         return [_pair_from_row(row, f"{path}: pair {i}") for i, row in enumerate(rows)]
     # The csv module reads records itself: str.splitlines would also cut at U+2028, U+0085, ... and
     # at quoted newlines, all of which a file name may hold.
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    # An empty file, or one of another format (TGFR's "a.jpg b.jpg 1" lines), would read as no pairs.
+    if missing := [name for name in ("path_a", "path_b", "same") if name not in (reader.fieldnames or [])]:
+        raise ValueError(f"pairs file {path}:1: the CSV header lacks column(s) {', '.join(missing)}")
     return [_pair_from_row(row, f"{path}:{reader.line_num}") for row in reader]
 
 
@@ -164,4 +169,12 @@ def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]
             raise ValueError(f"identification file {path}: '{part}' must be a list of {{path, identity}} objects")
         for index, entry in enumerate(entries):
             _check_text_fields(entry, ("path", "identity"), f"identification file {path}: {part} entry {index}")
+    # A probe that is also a gallery image would match itself at rank 1.
+    seen: set[str] = set()
+    for part in ("gallery", "probes"):
+        for entry in split[part]:
+            if entry["path"] in seen:
+                raise ValueError(f"identification file {path}: image {entry['path']!r} is listed twice (in the "
+                                 "gallery and the probes, or twice in one)")
+            seen.add(entry["path"])
     return split
