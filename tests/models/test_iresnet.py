@@ -115,6 +115,11 @@ def test_dual_dropout_views_share_one_trunk_pass():
     assert not torch.allclose(view1, view2)
     (view1.sum() + 2 * view2.sum()).backward()
     assert model.fc.weight.grad.abs().sum() > 0 and model.conv1.weight.grad.abs().sum() > 0
+    # The second view alone reaches the trunk too (CoReFace's regularization trains it through both views).
+    model.zero_grad()
+    _, view2, _ = model.forward_two_views(images)
+    view2.square().sum().backward()
+    assert model.conv1.weight.grad.abs().sum() > 0
 
     model.eval()
     with torch.no_grad():
@@ -211,3 +216,52 @@ def test_images_of_another_dtype_than_the_parameters_are_named():
     assert embedding.dtype == regions.dtype == torch.bfloat16
     with torch.no_grad():
         assert F.cosine_similarity(embedding.float(), model(images).embedding).min() > 0.99  # bf16 rounds at 2**-8
+
+
+def batch_norm(x, module):
+    return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias, training=False,
+                        eps=module.eps)
+
+
+def insightface_forward(model, images):
+    """insightface's iresnet forward in eval mode, written out with torch.nn.functional: (embedding, layer3 map)."""
+    def block(x, b):
+        out = batch_norm(x, b.bn1)
+        out = F.conv2d(out, b.conv1.weight, padding=1)
+        out = F.prelu(batch_norm(out, b.bn2), b.prelu.weight)
+        out = batch_norm(F.conv2d(out, b.conv2.weight, stride=b.conv2.stride, padding=1), b.bn3)
+        if b.downsample is not None:
+            x = batch_norm(F.conv2d(x, b.downsample[0].weight, stride=b.downsample[0].stride), b.downsample[1])
+        return out + x
+
+    x = F.prelu(batch_norm(F.conv2d(images, model.conv1.weight, padding=1), model.bn1), model.prelu.weight)
+    maps = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for b in layer:
+            x = block(x, b)
+        maps.append(x)
+    x = batch_norm(x, model.bn2).reshape(len(images), -1)  # (C, H, W) order, as released fc weights expect
+    return batch_norm(F.linear(x, model.fc.weight, model.fc.bias), model.features), maps[2]
+
+
+def test_forward_matches_insightfaces_written_out():
+    """Random weights, BN statistics and PReLU slopes, so that every BN, PReLU and the flatten order count (the
+    layout tests pass with any of them dropped)."""
+    torch.manual_seed(0)
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+            elif isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(0.0, 0.5)
+        model.features.weight.fill_(1.0)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        output = model(images)
+        embedding, regions = insightface_forward(model, images)
+    torch.testing.assert_close(output.regions, regions, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(output.embedding, embedding, rtol=1e-4, atol=1e-4)
