@@ -110,6 +110,9 @@ def test_the_saved_text_config_names_the_dtype_of_the_saved_text_weights(tiny_be
         saved = safetensors.torch.load_file(checkpoint / "model.safetensors")
         assert {saved[k].dtype for k in saved if k.startswith("text_encoder.model.")} == {dtype}
         assert json.loads((checkpoint / "text_encoder" / "config.json").read_text())["dtype"] == str(dtype)[6:]
+        # And it loads: BF16 tensors are floating (a header dtype read as integer refused every one of them).
+        loaded = load_tgfr_model(checkpoint).state_dict()
+        assert all(torch.equal(loaded[k].to(saved[k].dtype), saved[k]) for k in saved)
 
 
 def test_a_loaded_model_is_in_eval_mode_and_its_embeddings_do_not_depend_on_the_batch(tiny_bert_dir, tmp_path):
@@ -202,6 +205,13 @@ def test_weights_file_never_unpickles_objects(tmp_path):
         load_weights_file(path)
     with pytest.raises(ValueError, match="does not exist"):
         load_weights_file(tmp_path / "missing.pth")
+
+
+def test_a_safetensors_suffix_in_any_case_is_read_as_safetensors(tmp_path):
+    """W.SAFETENSORS went to torch.load, whose error called it a refused pickle."""
+    path = tmp_path / "W.SAFETENSORS"
+    safetensors.torch.save_file({"conv1.weight": torch.ones(2, 3)}, path)
+    assert torch.equal(load_weights_file(path)["conv1.weight"], torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("content, message", [

@@ -310,3 +310,21 @@ def test_a_long_caption_keeps_its_first_words_whatever_the_folder_says(tmp_path)
         TextEncoder(folder, max_length=6, frozen=True)
         TextEncoder(max_length=6, frozen=True)
     assert not [warning for warning in caught if "truncation_side" in str(warning.message)]
+
+
+def test_captions_are_padded_on_the_right_whatever_the_folder_says(tmp_path):
+    """A folder whose tokenizer_config.json says "padding_side": "left" padded in front of the words, and the
+    encoder, which reads captions as right-padded, refused every batch."""
+    folder = tmp_path / "minilm_left_padded"
+    shutil.copytree(packaged_minilm_path(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    (folder / "model.safetensors").symlink_to(packaged_minilm_path() / "model.safetensors")
+    config_file = folder / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "padding_side": "left"}))
+    encoder = TextEncoder(folder, max_length=8, frozen=True)
+    batch = encoder.tokenize(["a man", "a young man with glasses"])
+    assert batch["attention_mask"][0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    reference = TextEncoder(max_length=8, frozen=True)
+    with torch.no_grad():
+        expected = reference(**reference.tokenize(["a man", "a young man with glasses"]))
+        for got, wanted in zip(encoder(**batch), expected):
+            torch.testing.assert_close(got, wanted)

@@ -36,7 +36,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if problem := file_problem(path):
         raise ValueError(f"weights file {str(path)!r} {problem}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":  # W.SAFETENSORS went to torch.load, named a refused pickle
             state = safetensors.torch.load_file(path, device="cpu")
         else:
             state = load_torch_file(path)
