@@ -502,3 +502,18 @@ def test_a_run_whose_checkpoint_went_missing_is_not_trained_again(tmp_path, tiny
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {run / CHECKPOINT} does not exist")):
         train(config, run, resume=True)
     assert (run / "metrics.jsonl").read_text() == log
+
+
+def test_a_run_with_a_trainable_text_encoder_resumed_inside_fuse_equals_uninterrupted(tmp_path, tiny_overrides,
+                                                                                       keep_threads):
+    """The fuse stage caches caption features: encoded with the dropout the align stage left on, they were one
+    random draw per caption, and another in a resumed process, whose model is built in eval mode."""
+    config = load_config("quick", tiny_overrides + ["threads=1", "model.freeze_text_encoder=false"])
+    train(config, tmp_path / "straight")
+    resumed = tmp_path / "resumed"
+    train(config, resumed, stop_after=9)  # fr and align take 4 steps each: one step into fuse
+    assert (load_checkpoint(resumed / CHECKPOINT)["stage"], load_checkpoint(resumed / CHECKPOINT)["step"]) == (
+        "fuse", 1)
+    train(config, resumed, resume=True)
+    assert_same_tree(safetensors.torch.load_file(tmp_path / "straight" / "model" / "model.safetensors"),
+                     safetensors.torch.load_file(resumed / "model" / "model.safetensors"), "model")

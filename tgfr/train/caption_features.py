@@ -56,6 +56,17 @@ class CaptionFeatures:
     def _store(self, captions: list[str]) -> None:
         """Encodes `captions` in chunks of `chunk` and caches those not cached yet (a cached
         caption keeps the features it was first served with)."""
+        # Kept for a whole stage, and computed again by evaluation in eval mode: a trainable encoder left in
+        # training mode by the align stage would cache one dropout draw per caption, and a process resumed
+        # inside the stage (its model built in eval mode) another one.
+        training = self.encoder.training
+        self.encoder.eval()
+        try:
+            self._store_chunks(captions)
+        finally:
+            self.encoder.train(training)
+
+    def _store_chunks(self, captions: list[str]) -> None:
         for start in range(0, len(captions), self.chunk):
             part = captions[start:start + self.chunk]
             with torch.no_grad():
