@@ -59,12 +59,13 @@ class CaptionFeatures:
         # Kept for a whole stage, and computed again by evaluation in eval mode: a trainable encoder left in
         # training mode by the align stage would cache one dropout draw per caption, and a process resumed
         # inside the stage (its model built in eval mode) another one.
-        training = self.encoder.training
+        modes = [(module, module.training) for module in self.encoder.modules()]  # train() would set all alike
         self.encoder.eval()
         try:
             self._store_chunks(captions)
         finally:
-            self.encoder.train(training)
+            for module, training in modes:
+                module.training = training
 
     def _store_chunks(self, captions: list[str]) -> None:
         for start in range(0, len(captions), self.chunk):
