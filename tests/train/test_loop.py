@@ -119,3 +119,42 @@ def test_the_log_has_every_log_every_th_step_and_the_last(tmp_path, steps, log_e
     """A stage shorter than log_every, or not a multiple of it, still logs its last step."""
     _, records = run_linear_stage(tmp_path, steps, log_every=log_every)
     assert [record["step"] for record in records] == logged
+
+
+class SquareRootStage(LinearStage):
+    """loss = sum(sqrt(|weight|)): finite at weight 0, where its gradient is not."""
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.weight.abs().sqrt().sum(), {}
+
+
+class InfiniteAtStep2(LinearStage):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.calls += 1
+        loss, components = super().forward(batch)
+        return (loss + math.inf if self.calls == 2 else loss), components
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 5.0])
+def test_a_non_finite_gradient_stops_the_stage_before_the_step(tmp_path, grad_clip):
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0,
+                        grad_clip=grad_clip)
+    settings = LoopSettings(torch.device("cpu"), log_every=1, checkpoint_every=1)
+    stage, saved = SquareRootStage(), []
+    with pytest.raises(FloatingPointError, match=r"^stage linear: gradient is not finite at step 1 \(loss 0, "
+                                                 r"gradient norm nan\); the weights were not updated$"):
+        run_stage(stage, Batches(), optim, 3, settings, TrainingLog(tmp_path / "metrics.jsonl"),
+                  lambda step, optimizer, scheduler: saved.append(step))
+    assert torch.equal(stage.weight, torch.zeros(3, dtype=torch.float64)) and not saved
+
+
+def test_an_infinite_loss_stops_the_stage(tmp_path):
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
+    settings = LoopSettings(torch.device("cpu"), log_every=1, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"^stage linear: loss is not finite at step 2 \(loss: inf\)$"):
+        run_stage(InfiniteAtStep2(), Batches(), optim, 3, settings, TrainingLog(tmp_path / "metrics.jsonl"),
+                  lambda step, optimizer, scheduler: None)

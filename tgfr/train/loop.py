@@ -139,6 +139,12 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             loss.backward()
             clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)  # before the step
+            # A finite loss can have a non-finite gradient (sqrt at 0): the step would write NaN weights, and the
+            # next checkpoint would hold them. The norm is of the all-reduced gradients: every rank raises.
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError(f"stage {stage.name}: gradient is not finite at step {step + 1} (loss "
+                                         f"{float(loss.detach()):.6g}, gradient norm {float(grad_norm)}); the "
+                                         "weights were not updated")
             lr = optimizer.param_groups[0]["lr"]  # this step's; after scheduler.step() it is the next step's
             optimizer.step()
             scheduler.step()
