@@ -253,6 +253,8 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
     keep_curve: also return "curve", the RocCurve of all pairs.
     """
     _check_count("resamples", resamples, 0)
+    # None would draw from the OS: two methods scored so would not be on the same resamples, unpaired.
+    _check_count("seed", seed, 0)
     labels = _far_labels(far_targets)
     scores, same = _check_scores(scores, same)
     subjects_a, subjects_b = _check_subjects(same, subjects_a, subjects_b)
@@ -343,6 +345,7 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     """
     _check_count("max_rank", max_rank, 1)
     _check_count("resamples", resamples, 0)
+    _check_count("seed", seed, 0)
     ranks = match_ranks(similarity, probe_labels, gallery_labels)
     if not ranks.size:  # rank-1 and the CMC would be means of nothing (NaN, which JSON cannot hold)
         raise ValueError(f"identification needs at least one probe, got probe_labels of size 0 and similarity "

@@ -1,6 +1,8 @@
 """tgfr.metrics against independent computations: brute-force pair counts, threshold sweeps,
 closed-form uniform distributions and a hand-made similarity matrix."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -313,3 +315,28 @@ def test_a_thinned_roc_keeps_points_of_the_curve_with_exact_tar_at_its_fars():
         assert tar_at_far(thin, far) == tar_at_far(curve, far)
     small = roc_curve(scores[:300], same[:300] | (np.arange(300) == 0))
     assert thin_roc_curve(small, points=500) is small
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_thresholds_accept_what_each_point_counts(seed):
+    """RocCurve.thresholds[k] is the score at or above which point k accepts a pair: a caller reading an
+    operating threshold off the curve gets far[k] and tar[k] with it (scores with ties and without)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 300, 200) / 4.0
+    same = rng.random(200) < 0.3
+    curve = roc_curve(scores, same)
+    for k, threshold in enumerate(curve.thresholds):
+        assert (scores[~same] >= threshold).mean() == curve.far[k]
+        assert (scores[same] >= threshold).mean() == curve.tar[k]
+
+
+@pytest.mark.parametrize("seed", [None, True, -1, 1.5])
+def test_bootstrap_seed_must_be_an_integer(seed):
+    """None drew from the OS: two methods scored so were not on the same resamples, and their difference's
+    interval was not paired."""
+    scores, same = np.array([0.9, 0.2, 0.8, 0.1]), np.array([1, 0, 1, 0])
+    with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {re.escape(repr(seed))}$"):
+        verification_metrics(scores, same, subjects_a=np.array([0, 0, 1, 1]), subjects_b=np.array([0, 1, 1, 0]),
+                             resamples=2, seed=seed)
+    with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {re.escape(repr(seed))}$"):
+        identification_metrics(np.eye(2), np.array([0, 1]), np.array([0, 1]), resamples=2, seed=seed)

@@ -164,3 +164,26 @@ def test_report_names_what_produced_it_and_report_info_holds_every_setting(tmp_p
             f"{described['date']}.") in text
     info = json.loads((tmp_path / "report_info.json").read_text())
     assert info == {key: value for key, value in context.items() if key != "training"}
+
+
+def test_report_lines_put_each_figure_where_it_says(tmp_path):
+    """A review's mutations swapped clean and degraded, pair and probe counts, and the training table's columns,
+    and every test passed: here every number differs, so each line has one right reading."""
+    clean, degraded = figures(3.0)[0], figures(1.0, subjects=40)[0]
+    metrics = {"clean": {"image_only": clean}, "degraded": {"image_only": degraded}}
+    training = {"fr": {"steps_taken": 400, "seconds": 95.0, "global_batch": 64, "seconds_per_step": 0.2375},
+                "align": {"steps_taken": 0, "seconds": 3.0, "global_batch": 32}}
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test_x", "degraded": "test_y"},
+               "training": training}
+    text = write_report(tmp_path, metrics, {}, [], context).read_text()
+    assert (f"- Image only, clean -> degraded: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, rank-1 "
+            f"{100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%.") in text
+    assert clean["auc"] != degraded["auc"]
+    assert "## clean (split `test_x`)" in text and "## degraded (split `test_y`)" in text
+    assert (f"{degraded['genuine_pairs']} genuine / {degraded['impostor_pairs']} impostor pairs of "
+            f"{degraded['subjects']} subjects; {degraded['probes']} probes against a gallery of "
+            f"{degraded['gallery']}.") in text
+    assert degraded["genuine_pairs"] != degraded["impostor_pairs"] and degraded["probes"] != degraded["gallery"]
+    # A stage that took no step has no rate: "n/a", not a 0.00 s step.
+    assert "| fr | 400 | 95 | 0.237 | 64 |" in text and "| align | 0 | 3 | n/a | 32 |" in text

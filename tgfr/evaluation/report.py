@@ -142,8 +142,10 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     if context.get("training"):
         lines += ["## Training", "", "| stage | steps | seconds | s/step | global batch |", "| --- | --- | --- | --- | --- |"]
         for stage, s in context["training"].items():
-            lines.append(f"| {stage} | {s['steps_taken']} | {s['seconds']:.0f} | {s.get('seconds_per_step', 0):.2f} | "
-                         f"{s['global_batch']} |")
+            # A stage that took no step has no rate (train_summary.json leaves it out); 3 significant digits
+            # keep a fast one's rate from reading 0.00.
+            rate = f"{s['seconds_per_step']:.3g}" if "seconds_per_step" in s else "n/a"
+            lines.append(f"| {stage} | {s['steps_taken']} | {s['seconds']:.0f} | {rate} | {s['global_batch']} |")
         lines.append("")
     # Written once the report's text is made: an error in it leaves an earlier report whole.
     with write_atomically(out / "metrics.json", "metrics file") as stream:
