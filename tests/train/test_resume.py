@@ -517,3 +517,17 @@ def test_a_run_with_a_trainable_text_encoder_resumed_inside_fuse_equals_uninterr
     train(config, resumed, resume=True)
     assert_same_tree(safetensors.torch.load_file(tmp_path / "straight" / "model" / "model.safetensors"),
                      safetensors.torch.load_file(resumed / "model" / "model.safetensors"), "model")
+
+
+def test_a_resume_whose_config_cuts_the_stage_below_its_checkpoint_is_refused(tmp_path, tiny_overrides, keep_threads):
+    """fr.steps edited from 4 to 2 after 3 steps: the stage ended silently at step 3, counted as done."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=3)
+    edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, steps=2, optim=dataclasses.replace(
+        config.fr.optim, warmup_steps=min(config.fr.optim.warmup_steps, 1))))
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert resume_refusal(tmp_path) == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} is at step 3 of stage fr, past fr.steps = 2 in the "
+        "run's config: a stage cannot be cut shorter than it has trained (set it back to at least 3 in config.toml)")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

@@ -146,8 +146,12 @@ def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source:
     the old lr and weight decay (an edit would be silently ignored), another optimizer's state does
     not fit, and the others (schedule, warm-up, clipping) would change the stage's training midway.
     A ValueError names the keys."""
-    stage = state["stage"]
-    if state["step"] >= getattr(config, stage).steps:
+    stage, steps = state["stage"], getattr(config, state["stage"]).steps
+    if state["step"] > steps:  # an edit of steps below the checkpoint's: the stage would end there without a word
+        raise ValueError(f"checkpoint file {source} is at step {state['step']} of stage {stage}, past {stage}.steps = "
+                         f"{steps} in the run's config: a stage cannot be cut shorter than it has trained (set it "
+                         f"back to at least {state['step']} in config.toml)")
+    if state["step"] == steps:
         return  # that stage is done: the resume goes on with the next one, whose settings apply
     now = dataclasses.asdict(getattr(config, stage).optim)
     trained = optimizer_settings(state)
