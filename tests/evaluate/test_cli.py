@@ -154,6 +154,13 @@ def test_a_split_to_evaluate_that_the_manifest_lacks_or_holds_one_identity_of_is
     assert evaluate_error("--run", str(run)) == (
         f"tgfr evaluate: error: evaluation.splits.clean = 'test': split 'test' of manifest {manifest} holds images "
         f"of one identity; verification needs 2 or more")
+    # Every identity with no more images than the gallery takes: found only after the split was embedded.
+    write_manifest(manifest, [ManifestRecord(f"{split}/{i}.png", f"{i}", split, ("a face",)) for split in
+                              ("train", "test", "test_degraded") for i in range(4)])
+    assert evaluate_error("--run", str(run)) == (
+        f"tgfr evaluate: error: evaluation.splits.clean = 'test': no identity of split 'test' of manifest {manifest} "
+        "has more than evaluation.gallery_per_subject = 1 image(s) (the most: 1), so identification would have no "
+        "probe image")
     assert not (run / "report").exists()
 
 

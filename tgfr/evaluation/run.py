@@ -199,11 +199,14 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
 
 def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[ManifestRecord], manifest: Path,
                             own_data: bool) -> None:
-    """Refuses, before any image is embedded, a split of evaluation.splits that the manifest lacks or that
-    holds one identity (verification then has no impostor pair)."""
+    """Refuses, before any image is embedded, a split of evaluation.splits that the manifest lacks, that
+    holds one identity (verification then has no impostor pair), or whose identities all have no more
+    images than evaluation.gallery_per_subject (identification then has no probe)."""
     identities: dict[str, set[str]] = {}
+    images: dict[tuple[str, str], int] = {}  # (split, identity) -> images
     for record in records:
         identities.setdefault(record.split, set()).add(record.identity)
+        images[record.split, record.identity] = images.get((record.split, record.identity), 0) + 1
     for name, split in evaluation.splits.items():
         found = len(identities.get(split, ()))
         setting = f"evaluation.splits.{name} = {split!r}"
@@ -218,6 +221,11 @@ def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[Manifest
         if found == 1:
             raise ValueError(f"{setting}: split {split!r} of manifest {manifest} holds images of one identity; "
                              f"verification needs 2 or more")
+        most = max(images[split, identity] for identity in identities[split])
+        if most <= evaluation.gallery_per_subject:  # else found after this and every earlier split is embedded
+            raise ValueError(f"{setting}: no identity of split {split!r} of manifest {manifest} has more than "
+                             f"evaluation.gallery_per_subject = {evaluation.gallery_per_subject} image(s) (the most: "
+                             f"{most}), so identification would have no probe image")
 
 
 def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | None, device: torch.device,
