@@ -252,3 +252,17 @@ def test_records_digest_follows_every_field_but_meta_and_the_order():
     assert digest not in digests and len(digests) == len(edits) + 2
     # Fields are kept apart: text moved from one field to the next is another record.
     assert records_digest([ManifestRecord("ab", "c", "train")]) != records_digest([ManifestRecord("a", "bc", "train")])
+
+
+@pytest.mark.parametrize("record, message", [
+    (ManifestRecord("a.png", "", "test", ("a face",)), "'identity' must be a non-empty string or an integer"),
+    (ManifestRecord("a.png", "1", "", ("a face",)), "'split' must be a non-empty string"),
+    (ManifestRecord("a.png", "1", "test", ("a face", "  ")), "'captions' must be a list of non-empty strings"),
+])
+def test_a_record_that_reading_would_refuse_is_not_written(tmp_path, record, message):
+    """Written, such a manifest failed only when read back (by training, say), naming its line."""
+    path = tmp_path / "m.jsonl"
+    expected = f"cannot write manifest {path}: record 0 (image 'a.png'): {message}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        write_manifest(path, [record])
+    assert not path.exists()

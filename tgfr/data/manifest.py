@@ -180,13 +180,19 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
     encoding than UTF-8) is a ValueError naming its image path with ascii()."""
     path = Path(path)
     records = list(records)
+    as_csv = path.suffix.lower() == ".csv"
+    # What read_manifest would refuse (an empty identity or split, a blank caption) is refused here, where the
+    # record is written, not when the manifest is next read; text that is not UTF-8 is named below.
+    for index, record in enumerate(records):
+        if _not_utf8(record, not as_csv) is None:
+            _record_from_row(record.to_json(), f"cannot write manifest {path}: record {index} (image "
+                                               f"{ascii(record.path)})")
     repeated = _repeated_path(records, path.parent)
     if repeated is not None:
         first, again = repeated
         spelled = f" (record {first} as {records[first].path!r})" if records[first].path != records[again].path else ""
         raise ValueError(f"cannot write manifest {path}: records {first} and {again} both list image "
                          f"{records[again].path!r}{spelled}; every image may appear in one record only")
-    as_csv = path.suffix.lower() == ".csv"
     try:
         with write_atomically(path, "manifest") as handle:
             if as_csv:
