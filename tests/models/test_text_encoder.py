@@ -210,10 +210,14 @@ def test_bad_inputs(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="sentence_pooling"):
         TextEncoder(tiny_bert_dir, sentence_pooling="max")
     encoder = TextEncoder(tiny_bert_dir, max_length=6)
-    batch = encoder.tokenize(["a man", ""])
-    with pytest.raises(ValueError, match="attention_mask row 1"):
-        encoder(**batch)
+    with pytest.raises(ValueError, match=r"captions\[1\] = '' has no word"):
+        encoder.tokenize(["a man", ""])
     batch = encoder.tokenize(["a man", "old woman"])
+    mask = batch["attention_mask"].clone()
+    mask[1] = 0
+    mask[1, :2] = 1  # [CLS] [SEP] alone: a mask made by hand is checked too
+    with pytest.raises(ValueError, match="attention_mask row 1"):
+        encoder(batch["input_ids"], mask)
     with pytest.raises(ValueError, match="right-padded"):
         encoder(batch["input_ids"], batch["attention_mask"].flip(1))
     with pytest.raises(ValueError, match="attention_mask must have the shape"):
@@ -328,3 +332,10 @@ def test_captions_are_padded_on_the_right_whatever_the_folder_says(tmp_path):
         expected = reference(**reference.tokenize(["a man", "a young man with glasses"]))
         for got, wanted in zip(encoder(**batch), expected):
             torch.testing.assert_close(got, wanted)
+
+
+@pytest.mark.parametrize("caption", ["", "   ", "\u200b"])
+def test_a_caption_without_a_word_is_named_by_tokenize(caption):
+    encoder = TextEncoder(max_length=8, frozen=True)
+    with pytest.raises(ValueError, match=re.escape(f"captions[1] = {caption!r} has no word for the text encoder")):
+        encoder.tokenize(["a face", caption])

@@ -178,7 +178,8 @@ class TextEncoder(FreezableModule):
         """B >= 1 captions -> {"input_ids", "attention_mask"} (B, max_length) int64, padded on the right.
 
         A caption of more than max_length - 2 word-piece tokens is cut to its first max_length - 2. A
-        caption that UTF-8 cannot encode (a lone surrogate) is a ValueError naming captions[i]. Text that
+        caption that UTF-8 cannot encode (a lone surrogate), or that has no word, is a ValueError naming
+        captions[i]. Text that
         spells a special token ("[SEP]") is tokenized as text, like any other word.
         """
         if isinstance(captions, str) or not all(isinstance(caption, str) for caption in captions):
@@ -191,6 +192,12 @@ class TextEncoder(FreezableModule):
         # (it would count as a word, or leave a caption of markers with none).
         batch = self.tokenizer(list(captions), padding="max_length", truncation=True, max_length=self.max_length,
                                split_special_tokens=True, return_tensors="pt")
+        # A caption of no word ("", spaces, zero-width spaces) failed in forward, after the backbone's batch,
+        # naming a mask row.
+        words = batch["attention_mask"].sum(dim=1) - self.tokenizer.num_special_tokens_to_add()
+        if (empty := (words <= 0).nonzero().flatten().tolist()):
+            raise ValueError(f"captions[{empty[0]}] = {captions[empty[0]]!r} has no word for the text encoder "
+                             "(the tokenizer reduces it to its special tokens)")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
