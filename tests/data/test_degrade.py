@@ -92,36 +92,28 @@ def test_tgfr_recipes_blur():
         assert max(energies) < 0.6 * high_frequency_energy(image.filter(ImageFilter.MedianFilter(3)))
 
 
-def tgfr_celeba_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """TGFR's CelebA recipe written out step by step, on an image of TGFR's 112 x 112."""
-    assert image.size == (112, 112)
+def tgfr_steps(image, rng, max_angle, kernel_size, sigma, hue, noise_variance):
+    """The steps of TGFR's recipes, written out: flip, rotation with white fill, blur, brightness, hue, noise."""
     if rng.random() < 0.5:
         image = ImageOps.mirror(image)
-    image = image.rotate(rng.uniform(-5, 5), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-    image = gaussian_blur(image, 3, rng.uniform(2, 9))
+    image = image.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    image = gaussian_blur(image, kernel_size, rng.uniform(*sigma))
     image = adjust_brightness(image, rng.uniform(0.6, 1.4))
-    image = adjust_hue(image, rng.uniform(-0.5, 0.5))
-    return add_gaussian_noise(image, 0.002 ** 0.5, rng)
+    image = adjust_hue(image, rng.uniform(-hue, hue))
+    return add_gaussian_noise(image, noise_variance ** 0.5, rng)
+
+
+def tgfr_celeba_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """TGFR's CelebA recipe (data/celeba/scripts/transform_fair.py), on an image of TGFR's 112 x 112."""
+    assert image.size == (112, 112)
+    return tgfr_steps(image, rng, max_angle=5, kernel_size=3, sigma=(2, 9), hue=0.5, noise_variance=0.002)
 
 
 def tgfr_face2text_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """TGFR's Face2Text recipe written out step by step: at 144 x 144, then back to the input size."""
-    size = image.size
-    image = image.resize((144, 144), Image.Resampling.BILINEAR)
-    if rng.random() < 0.5:
-        image = ImageOps.mirror(image)
-    image = image.rotate(rng.uniform(-30, 30), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-    image = gaussian_blur(image, 5, rng.uniform(1, 5))
-    image = adjust_brightness(image, rng.uniform(0.6, 1.4))
-    image = adjust_hue(image, rng.uniform(-0.2, 0.2))
-    return add_gaussian_noise(image, 0.005 ** 0.5, rng).resize(size, Image.Resampling.BILINEAR)
-
-
-def test_face2text_recipe_is_tgfrs_recipe():
-    image = face()
-    for seed in range(3):
-        got = degrade_image(image, "face2text", np.random.default_rng(seed))
-        assert np.array_equal(np.asarray(got), np.asarray(tgfr_face2text_recipe(image, np.random.default_rng(seed))))
+    """TGFR's Face2Text recipe (data/face2text/scripts/transform.py): at 144 x 144, then back to the input size."""
+    image_144 = image.resize((144, 144), Image.Resampling.BILINEAR)
+    degraded = tgfr_steps(image_144, rng, max_angle=30, kernel_size=5, sigma=(1, 5), hue=0.2, noise_variance=0.005)
+    return degraded.resize(image.size, Image.Resampling.BILINEAR)
 
 
 def test_down_up_is_bicubic_down_and_back():
@@ -139,11 +131,13 @@ def test_noise_and_brightness_round_to_the_nearest_level():
     assert np.asarray(adjust_brightness(Image.new("RGB", (2, 2), (3, 3, 3)), 1.3))[0, 0, 0] == 4  # 3.9
 
 
-def test_celeba_recipe_on_a_112_image_is_tgfrs_recipe_unresized():
-    image = face()
+@pytest.mark.parametrize("recipe", ["celeba", "face2text"])
+def test_tgfr_recipes_are_their_steps_written_out(recipe):
+    """celeba on a 112 x 112 image is TGFR's recipe unresized; face2text works at 144 and comes back."""
+    image, written_out = face(), {"celeba": tgfr_celeba_recipe, "face2text": tgfr_face2text_recipe}[recipe]
     for seed in range(3):
-        got = degrade_image(image, "celeba", np.random.default_rng(seed))
-        assert np.array_equal(np.asarray(got), np.asarray(tgfr_celeba_recipe(image, np.random.default_rng(seed))))
+        got = degrade_image(image, recipe, np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(got), np.asarray(written_out(image, np.random.default_rng(seed))))
 
 
 def test_celeba_recipe_runs_at_112_whatever_the_source_size():
