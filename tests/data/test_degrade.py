@@ -500,7 +500,7 @@ def test_an_in_place_copy_that_skips_an_image_leaves_no_unlisted_file_and_reruns
     _, skipped = degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest, bad_images="skip")
     assert len(skipped) == 1 and "2_0.png" in skipped[0]
     listed = {tmp_path / r.path for r in read_manifest(manifest) if r.split == "test_degraded"}
-    assert len(listed) == 3 and set(path for path in (tmp_path / "test_degraded").rglob("*") if path.is_file()) == listed
+    assert len(listed) == 3 and {path for path in (tmp_path / "test_degraded").rglob("*") if path.is_file()} == listed
     source.write_bytes(clean)
     degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
     assert sum(r.split == "test_degraded" for r in read_manifest(manifest)) == 4

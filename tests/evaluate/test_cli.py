@@ -442,7 +442,8 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
     """`tgfr evaluate --set evaluation.splits.<name>` changes that entry of the run's table; a name the
     table does not hold is refused, naming the ones it does."""
     evaluated = []
-    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *_, **__: evaluated.append(config) or run / "report")
+    monkeypatch.setattr(run_module, "evaluate",
+                        lambda run, config, *_, **__: evaluated.append(config) or run / "report")
     assert main(["evaluate", "--run", str(run), "--set", "evaluation.splits.degraded=test_blur"]) == 0
     assert evaluated[0].evaluation.splits == {"clean": "test", "degraded": "test_blur"}
     assert evaluate_error("--run", str(run), "--set", "evaluation.splits.blur=test_blur") == (
@@ -459,7 +460,8 @@ def test_a_run_written_before_the_synthetic_version_was_recorded_reads_version_1
     (run / "model").mkdir(parents=True)
     (run / "config.toml").write_text(re.sub(r"(?m)^synthetic_version = .*\n", "", to_toml(config)), encoding="utf-8")
     evaluated = []
-    monkeypatch.setattr(run_module, "evaluate", lambda run, config, *_, **__: evaluated.append(config) or run / "report")
+    monkeypatch.setattr(run_module, "evaluate",
+                        lambda run, config, *_, **__: evaluated.append(config) or run / "report")
     assert main(["evaluate", "--run", str(run)]) == 0
     assert config.data.synthetic_version != 1
     assert synthetic_config(evaluated[0].data) == dataclasses.replace(synthetic_config(config.data), version=1)

@@ -528,6 +528,7 @@ def test_a_resume_whose_config_cuts_the_stage_below_its_checkpoint_is_refused(tm
     (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     assert resume_refusal(tmp_path) == (
-        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} is at step 3 of stage fr, past fr.steps = 2 in the "
-        "run's config: a stage cannot be cut shorter than it has trained (set it back to at least 3 in config.toml)")
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} is at step 3 of stage fr, past fr.steps = 2 in "
+        "the run's config: a stage cannot be cut shorter than it has trained (set it back to at least 3 in "
+        "config.toml)")
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

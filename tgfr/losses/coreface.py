@@ -3,10 +3,11 @@
 Two dropout views z, z' of each embedding; C_ij = clamp(cos(z_i, z'_j), -1, 1), off-diagonal
 entries of one identity set to 0; adaptive margin from the batch, on detached values,
     m_batch = mean_i(C_ii - max_{j != i} C_ij)
-as SPEC section 3 has it, over the rows that have a negative (a row without one, in a batch of one or
-of one identity, has no margin to measure; counted as -1 it moved the running margin to about 2), kept
-as a running value m <- momentum * m_batch + (1 - momentum) * m starting at 0 (a batch without any
-such row leaves it as it was) and used on the same batch; loss = CE over j of s * (C_ij - m [i == j]) against the diagonal, view1 rows only.
+as SPEC section 3 has it, over the rows that have a negative (the row of a batch of one has none, so no
+margin to measure; counted as -1 it moved the running margin to about 2), kept as a running value
+m <- momentum * m_batch + (1 - momentum) * m starting at 0 (a batch without any such row leaves it as
+it was) and used on the same batch; loss = CE over j of s * (C_ij - m [i == j]) against the diagonal,
+view1 rows only.
 The release zeroes the diagonal before taking the row maximum, which makes its hardest negative
 max(0, max_{j != i} C_ij): it differs from this one only for a row whose negatives all have a
 cosine below 0.
