@@ -173,3 +173,45 @@ def test_a_trainable_text_encoder_s_captions_are_cached_where_it_does_not_train(
         torch.testing.assert_close(words[:length], expected.words[row, :length].half().float())
     AlignStage(model, config.align, 3, captions, cpu)
     assert captions(CAPTIONS[:1]).words.requires_grad and captions.cache == {}
+
+
+@pytest.mark.parametrize("supervision", ["identity", "weak"])
+def test_align_loss_is_its_documented_sum_of_the_losses_on_the_right_features(parts, supervision):
+    """stage_align's docstring: wrcl_weight * WRCL(words, regions) + cicl_weight * CICL(sentence, image)
+    + intra_weight * intra(sentence of caption a, of caption b) + identity_weight * identity, with identity
+    labels masking pairs (WRCL, CICL: exclude; intra: positive) or, weak, no label anywhere. A review's
+    mutations (the second sentence replaced by the first, labels dropped from intra, no masking, the image
+    head's ArcFace fed the sentence) passed every test. In eval mode: no dropout, no association update."""
+    from tgfr.losses import CaptionImageContrastiveLoss, IntraModalContrastiveLoss, WordRegionContrastiveLoss
+
+    config, model, batch = parts
+    config.align.supervision = supervision
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    align = AlignStage(model, config.align, 3, captions, torch.device("cpu")).eval()
+    with torch.no_grad():
+        total, components = align(batch)
+        first, second = (captions([pair[k] for pair in batch["all_captions"]]) for k in (0, 1))
+        embedding, region_map = model.backbone(batch["images"])
+        image, regions = model.image_head(embedding, region_map)
+        words, sentence = model.text_head(first.words, first.lengths)
+        _, second_sentence = model.text_head(second.words, second.lengths)
+        a = config.align
+        labels = batch["labels"] if supervision == "identity" else None
+        masking = "exclude" if labels is not None else "none"
+        expected = {
+            "wrcl": WordRegionContrastiveLoss(a.gamma1, a.gamma2, a.gamma3, same_identity=masking)(
+                words, first.lengths, regions, labels),
+            "cicl": CaptionImageContrastiveLoss(a.cicl_scale, same_identity=masking)(sentence, image, labels),
+            "intra": IntraModalContrastiveLoss(a.intra_scale, same_identity="positive" if labels is not None
+                                               else "none")(sentence, second_sentence, labels),
+        }
+        if labels is not None:
+            expected["identity"] = (align.losses["sentence_identity"](sentence, labels)
+                                    + align.losses["image_identity"](image, labels))
+        else:
+            expected["identity"] = align.losses["association"](image, sentence)[0]
+    for name, value in expected.items():
+        torch.testing.assert_close(components[name], value, rtol=1e-5, atol=1e-5, msg=name)
+    weighted = (a.wrcl_weight * expected["wrcl"] + a.cicl_weight * expected["cicl"]
+                + a.intra_weight * expected["intra"] + a.identity_weight * expected["identity"])
+    torch.testing.assert_close(total, weighted, rtol=1e-5, atol=1e-5)
