@@ -184,9 +184,12 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
     # What read_manifest would refuse (an empty identity or split, a blank caption) is refused here, where the
     # record is written, not when the manifest is next read; text that is not UTF-8 is named below.
     for index, record in enumerate(records):
-        if _not_utf8(record, not as_csv) is None:
+        try:
             _record_from_row(record.to_json(), f"cannot write manifest {path}: record {index} (image "
                                                f"{ascii(record.path)})")
+        except ValueError:
+            if _not_utf8(record, not as_csv) is None:
+                raise
     repeated = _repeated_path(records, path.parent)
     if repeated is not None:
         first, again = repeated

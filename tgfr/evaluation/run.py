@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -202,11 +203,9 @@ def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[Manifest
     """Refuses, before any image is embedded, a split of evaluation.splits that the manifest lacks, that
     holds one identity (verification then has no impostor pair), or whose identities all have no more
     images than evaluation.gallery_per_subject (identification then has no probe)."""
-    identities: dict[str, set[str]] = {}
-    images: dict[tuple[str, str], int] = {}  # (split, identity) -> images
+    identities: dict[str, Counter[str]] = {}  # split -> images per identity
     for record in records:
-        identities.setdefault(record.split, set()).add(record.identity)
-        images[record.split, record.identity] = images.get((record.split, record.identity), 0) + 1
+        identities.setdefault(record.split, Counter())[record.identity] += 1
     for name, split in evaluation.splits.items():
         found = len(identities.get(split, ()))
         setting = f"evaluation.splits.{name} = {split!r}"
@@ -221,7 +220,7 @@ def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[Manifest
         if found == 1:
             raise ValueError(f"{setting}: split {split!r} of manifest {manifest} holds images of one identity; "
                              f"verification needs 2 or more")
-        most = max(images[split, identity] for identity in identities[split])
+        most = max(identities[split].values())
         if most <= evaluation.gallery_per_subject:  # else found after this and every earlier split is embedded
             raise ValueError(f"{setting}: no identity of split {split!r} of manifest {manifest} has more than "
                              f"evaluation.gallery_per_subject = {evaluation.gallery_per_subject} image(s) (the most: "
