@@ -171,8 +171,9 @@ def celeba_dialog(root):
     table = {}
     for hq in range(6):
         write_image(images / f"{hq}.jpg", hq * 10)
-        table[f"{hq}.jpg"] = {"overall_caption": f"Face {hq} smiles.",
-                              "attribute_wise_captions": {"Bangs": f"No bangs {hq}.", "Young": ""}}
+        # Padded captions: the manifest keeps them stripped.
+        table[f"{hq}.jpg"] = {"overall_caption": f" Face {hq} smiles.\n",
+                              "attribute_wise_captions": {"Bangs": f"No bangs {hq}.  ", "Young": " "}}
     (root / "captions_hq.json").write_text(json.dumps(table))
     # CelebA-HQ index -> CelebA file; CelebA file -> identity (pairs of HQ images share one)
     (root / "mapping.txt").write_text("idx orig_idx orig_file\n" +
@@ -216,6 +217,16 @@ def test_celeba_dialog_bad_input(tmp_path):
     (root / "captions_hq.json").write_text("{")
     with pytest.raises(ValueError, match="captions_hq.json is not readable UTF-8 JSON"):
         convert_celeba_dialog(*args)
+
+
+def test_celeba_dialog_identity_row_with_a_third_field_is_refused(tmp_path):
+    """A third field (an identity file with attribute columns, or a name with a space) would be dropped."""
+    root, images = celeba_dialog(tmp_path)
+    identity_file = root / "identity_CelebA.txt"
+    identity_file.write_text(identity_file.read_text().replace("000502.jpg 900", "000502.jpg 900 1"))
+    with pytest.raises(ValueError, match=re.escape(f"{identity_file}:2: expected '<image> <identity>', "
+                                                   "got '000502.jpg 900 1'")):
+        convert_celeba_dialog(root / "captions_hq.json", identity_file, images, root, hq_mapping=root / "mapping.txt")
 
 
 def test_celeba_dialog_image_missing_from_the_mapping_names_the_mapping_file(tmp_path):
