@@ -157,6 +157,13 @@ def test_schema_errors_name_file_and_line(tmp_path, line, message):
     assert f"{path}:3" in str(error.value)
 
 
+def test_an_empty_csv_captions_cell_is_an_image_only_record(tmp_path):
+    """A spreadsheet leaves the cell empty rather than writing []."""
+    path = tmp_path / "image_only.csv"
+    path.write_text('path,identity,split,captions\nx.png,1,train,\ny.png,2,test,"[""c""]"\n')
+    assert [(r.path, r.captions) for r in read_manifest(path)] == [("x.png", ()), ("y.png", ("c",))]
+
+
 def test_csv_errors_name_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text('path,identity,split,captions\nx.png,1,train,"[""c""]"\ny.png,1,train,[oops\n')
