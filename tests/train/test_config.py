@@ -1,6 +1,7 @@
 """Run configuration: complete presets, overrides, type, key and value errors, TOML round trip."""
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -199,6 +200,16 @@ def test_a_warm_up_of_steps_minus_one_and_stages_that_do_not_train_are_accepted(
     weights = tmp_path / "backbone.pth"
     config = load_config("quick", ["fr.steps=1", f'model.backbone_weights="{weights}"'])
     assert config.trained_stages == ["align", "fuse"]
+
+
+@pytest.mark.parametrize("stages", [["align", "fuse"], ["align"], ["fuse"]])
+def test_stages_without_fr_need_backbone_weights(stages):
+    """align and fuse keep the backbone frozen: without fr or released weights it would stay random."""
+    override = "stages=" + json.dumps(stages)
+    with pytest.raises(ValueError, match=re.escape(f"stages = {stages} leave out fr, so model.backbone_weights "
+                                                   "must name a trained backbone")):
+        load_config("quick", [override])
+    assert load_config("quick", [override, 'model.backbone_weights="b.pth"']).trained_stages == stages
 
 
 @pytest.mark.parametrize("overrides, accepted", [

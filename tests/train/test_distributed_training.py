@@ -43,7 +43,7 @@ def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
     trainable parameter gets a gradient at every step (BERT's pooler, which TGFR never uses, is not
     trainable), so DDP takes its second step; the encoder moved, the pooler kept its packaged weights."""
     run = tmp_path / "ddp"
-    settings = tiny_overrides + ['stages=["align", "fuse"]', "align.steps=2", "fuse.steps=1",
+    settings = tiny_overrides + ["fr.steps=1", "align.steps=2", "fuse.steps=1", "fr.optim.warmup_steps=0",
                                  "align.optim.warmup_steps=1", "fuse.optim.warmup_steps=0",
                                  "model.freeze_text_encoder=false"]
     result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),

@@ -359,6 +359,11 @@ class TrainConfig:
                 raise ValueError(f"data.synthetic_identities must be at least {synthetic_minimum} without a "
                                  f"data.manifest (fewer leave the synthetic dataset's val or test split without "
                                  f"an identity), got {self.data.synthetic_identities}")
+        # Only fr trains the backbone, and align and fuse keep it frozen: without fr or released weights they
+        # would learn on the features of a random backbone, a run tgfr evaluate refuses.
+        if "fr" not in self.stages and not self.model.backbone_weights:
+            raise ValueError(f"stages = {self.stages} leave out fr, so model.backbone_weights must name a trained "
+                             f"backbone (without one, align and fuse would learn on a random, frozen backbone)")
 
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose relative PATH_KEYS settings are made absolute against the current directory
