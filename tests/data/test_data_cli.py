@@ -4,6 +4,7 @@ import re
 import resource
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -314,6 +315,17 @@ def test_convert_celeba_dialog_defaults_its_seed_to_0(tmp_path, monkeypatch):
                         lambda *arguments, seed, **options: seeds.append(seed) or ([], []))
     assert celeba_dialog_convert(tmp_path) == 0
     assert seeds == [0]
+
+
+def test_convert_celeba_dialog_prints_its_warnings_as_warning_lines(tmp_path, monkeypatch, capsys):
+    """A seeded split that leaves a split empty warns (test_convert): the command shows one line, not a
+    Python warning naming a source line."""
+    def convert(*arguments, **options):
+        warnings.warn("the seeded split leaves split(s) test empty", stacklevel=2)
+        return [], []
+    monkeypatch.setattr(data_cli, "convert_celeba_dialog", convert)
+    assert celeba_dialog_convert(tmp_path) == 0
+    assert capsys.readouterr().err == "tgfr data convert: warning: the seeded split leaves split(s) test empty\n"
 
 
 @pytest.mark.parametrize("layout", ["mmcelebA", "face2text"])

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tgfr.cli import integer_at_least
@@ -72,9 +73,14 @@ def _convert(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"celeba-dialog needs {', '.join(missing)}")
         root = Path(args.root)
-        records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
-                                                 hq_mapping=args.hq_mapping, split_file=args.split_file,
-                                                 seed=args.seed or 0, bad_files=bad_files)
+        # Its warning (a seeded split left empty) is for the user, not a Python warning naming a source line.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
+                                                     hq_mapping=args.hq_mapping, split_file=args.split_file,
+                                                     seed=args.seed or 0, bad_files=bad_files)
+        for warning in caught:
+            print(f"tgfr data convert: warning: {warning.message}", file=sys.stderr)
     out = out or root / "manifest.jsonl"
     write_manifest(out, _relocated(records, root, out))
     not_used = f"; {len(unused)} other file(s) in the image folders not used" if unused else ""
