@@ -3,6 +3,7 @@ an error that names it."""
 
 import errno
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -120,6 +121,19 @@ def test_a_replaced_file_keeps_its_permissions_and_a_symlink_its_place(tmp_path)
     write_manifest(link, records)
     assert link.is_symlink() and read_manifest(target) == records
 
+
+
+@pytest.mark.parametrize("below", ["", "run"])
+def test_an_output_folder_at_or_under_a_broken_link_is_refused_naming_the_link(tmp_path, below):
+    """A link to a disk that is not mounted: making the folder failed with a bare "File exists", after the work."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "unmounted")
+    path, where = (link / below, f": {link}") if below else (link, "")
+    message = f" is a broken symbolic link (to {tmp_path / 'unmounted'})"
+    with pytest.raises(ValueError, match=re.escape(f"--out {path}{where}{message}")):
+        output_paths.check_output_folder("--out", path)
+    with pytest.raises(ValueError, match=re.escape(f"--out {path / 'm.jsonl'}: {link}{message}")):
+        output_paths.check_output_file("--out", path / "m.jsonl")
 
 
 def test_staged_entries_replace_the_folders_in_order_the_last_ones_at_the_end(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
+from tgfr.input_paths import is_broken_link
+
 _Made = TypeVar("_Made")
 
 # replace_entries_atomically's staging folder is .STAGING.<8 hex digits>.tmp inside the folder it writes.
@@ -26,7 +28,16 @@ STAGING = "staging"
 
 
 def _first_existing(path: Path) -> Path | None:
-    return next((p for p in (path, *path.parents) if p.exists()), None)
+    """The first of `path` and its parents that is there, a broken symbolic link included (making a
+    folder there fails with a bare "File exists", after the work)."""
+    return next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+
+
+def _not_a_folder(setting: str, path: Path, existing: Path) -> ValueError:
+    where = "" if existing == path else f": {existing}"
+    if is_broken_link(existing):
+        return ValueError(f"{setting} {path}{where} is a broken symbolic link (to {os.readlink(existing)})")
+    return ValueError(f"{setting} {path}{where} is a file, not a folder")
 
 
 def check_output_folder(setting: str, path: str | Path, writable: bool = False) -> Path:
@@ -36,8 +47,7 @@ def check_output_folder(setting: str, path: str | Path, writable: bool = False) 
     path = Path(path)
     existing = _first_existing(path)
     if existing is not None and not existing.is_dir():
-        where = "" if existing == path else f": {existing}"
-        raise ValueError(f"{setting} {path}{where} is a file, not a folder")
+        raise _not_a_folder(setting, path, existing)
     if writable and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{setting} {path}: {existing} is not writable")
     return path
@@ -50,7 +60,7 @@ def check_output_file(setting: str, path: str | Path) -> Path:
         raise ValueError(f"{setting} {path} is a folder, not a file")
     existing = _first_existing(path.parent)
     if existing is not None and not existing.is_dir():
-        raise ValueError(f"{setting} {path}: {existing} is a file, not a folder")
+        raise _not_a_folder(setting, path, existing)
     return path
 
 
