@@ -144,6 +144,8 @@ def test_integer_identity_read_as_string(tmp_path):
     ("[" * 100000 + "]" * 100000, "not valid JSON (arrays or objects nested too deeply)"),
     ('{"path": "x.png", "identity": 1, "split": "train"}', "missing field(s) captions"),
     ('{"path": "/abs/x.png", "identity": 1, "split": "train", "captions": []}', "relative"),
+    ('{"path": "x\\u0000.png", "identity": 1, "split": "train", "captions": []}',
+     "'path' holds a NUL character, which no file name can: 'x\\x00.png'"),
     ('{"path": "x.png", "identity": 1, "split": "train", "captions": "a caption"}', "list of non-empty strings"),
     ('{"path": "x.png", "identity": true, "split": "train", "captions": []}', "identity"),
     ('[1, 2]', "expected a JSON object"),
@@ -264,12 +266,13 @@ def test_records_digest_follows_every_field_but_meta_and_the_order():
 @pytest.mark.parametrize("record, message", [
     (ManifestRecord("a.png", "", "test", ("a face",)), "'identity' must be a non-empty string or an integer"),
     (ManifestRecord("a.png", "1", "", ("a face",)), "'split' must be a non-empty string"),
+    (ManifestRecord("a\0.png", "1", "test", ("a face",)), "'path' holds a NUL character"),
     (ManifestRecord("a.png", "1", "test", ("a face", "  ")), "'captions' must be a list of non-empty strings"),
 ])
 def test_a_record_that_reading_would_refuse_is_not_written(tmp_path, record, message):
     """Written, such a manifest failed only when read back (by training, say), naming its line."""
     path = tmp_path / "m.jsonl"
-    expected = f"cannot write manifest {path}: record 0 (image 'a.png'): {message}"
+    expected = f"cannot write manifest {path}: record 0 (image {ascii(record.path)}): {message}"
     with pytest.raises(ValueError, match=re.escape(expected)):
         write_manifest(path, [record])
     assert not path.exists()

@@ -64,6 +64,8 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
     path, identity, split, captions = (row[name] for name in MANIFEST_FIELDS)
     if not isinstance(path, str) or not path:
         raise ValueError(f"{where}: 'path' must be a non-empty string, got {path!r}")
+    if "\0" in path:  # no file name holds one: opening it failed with "embedded null byte", naming no file
+        raise ValueError(f"{where}: 'path' holds a NUL character, which no file name can: {path!r}")
     if Path(path).is_absolute():
         raise ValueError(f"{where}: 'path' must be relative to the manifest's folder, got {path!r}")
     if isinstance(identity, bool) or not isinstance(identity, (str, int)) or identity == "":
