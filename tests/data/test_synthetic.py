@@ -136,6 +136,10 @@ def test_config_validation():
         SyntheticConfig(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="degradation split names"):
         SyntheticConfig(degradations={"blurry": "down16"})
+    # Refused by the config, not after every clean image is rendered.
+    with pytest.raises(ValueError, match=re.escape("a degradation split name (the degraded copy's folder) must be one "
+                                                   "plain name (no '/', '\\', '.' or '..'), got 'test_/_degraded'")):
+        SyntheticConfig(degradations={"test_/_degraded": "down16"})
 
 
 def test_config_rejects_a_negative_seed_and_a_bad_recipe_before_rendering():

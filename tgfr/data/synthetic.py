@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import degrade_records, degraded_path, parse_recipe
+from tgfr.data.degrade import check_plain_name, degrade_records, degraded_path, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -81,6 +81,7 @@ class SyntheticConfig:
         for name, recipe in self.degradations.items():
             if not name.endswith("_degraded") or name.split("_")[0] not in ("train", "val", "test"):
                 raise ValueError(f"degradation split names look like '<train|val|test>_degraded...', got {name!r}")
+            check_plain_name(name, "a degradation split name (the degraded copy's folder)")
             # Checked here, not after every image has been rendered.
             try:
                 parse_recipe(recipe)
