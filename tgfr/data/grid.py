@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tgfr.data.degrade import degrade_image, image_rng
 from tgfr.data.files import load_image
 from tgfr.data.manifest import read_manifest, select_split
+from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import OUTPUT_SIZE, identity_attributes, image_state, render_face
 from tgfr.output_paths import write_atomically
@@ -30,7 +31,8 @@ def synthetic_rows(rows: int, seed: int = 0) -> list[tuple[list[Image.Image], st
     for identity in range(rows):
         attributes = identity_attributes(seed, identity)
         states = [image_state(seed, identity, k, attributes) for k in range(2)]
-        caption = make_captions(attributes, states[0], 1, np.random.default_rng((seed, 13, identity, 0)))[0]
+        caption = make_captions(attributes, states[0], 1, np.random.default_rng((seed, 13, identity, 0)),
+                                GENERATOR_VERSION)[0]
         out.append(([render_face(attributes, s) for s in states], caption))
     return out
 

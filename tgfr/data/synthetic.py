@@ -35,7 +35,9 @@ from tgfr.output_paths import check_output_folder, naming_write_errors, write_at
 # All versions name their images alike (_written_paths); they differ in what they draw or say.
 # 1: the first. 2: the captions leave out a scar, mole or wrinkles that bangs or a beard cover
 # (synthetic_faces.covered_marks), which version 1 named although the image does not show them.
-GENERATOR_VERSION = 2
+# 3: they also leave out the wrinkles that any hair front covers (all but bald heads and hats), which
+# version 2 still named.
+GENERATOR_VERSION = 3
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
 DEFAULT_DEGRADATION = "down24+celeba"
@@ -179,7 +181,7 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
             render_face(attributes, state).save(Path(out) / relative, format="PNG", compress_level=1)
         captions = make_captions(attributes, state, config.captions_per_image,
                                  np.random.default_rng((config.seed, 13, identity, k)),
-                                 name_covered=config.version == 1)
+                                 version=config.version)
         visible = {"expression": state["expression"], "hat": state["hat"], "glasses_on": state["glasses_on"],
                    "earrings_on": state["earrings_on"]}
         records.append(ManifestRecord(relative, str(identity), split, tuple(captions),

@@ -14,12 +14,10 @@ import numpy as np
 from tgfr.data.synthetic_faces import covered_marks
 
 
-def fine_phrases(attributes: dict[str, Any], state: dict[str, Any],
-                 name_covered: bool = False) -> dict[str, list[str]]:
-    """Fine attribute name -> paraphrases, for the fine attributes this image shows: a mark that
-    hair or a beard covers (covered_marks) is left out, unless name_covered (what the synthetic
-    generator's version 1 did)."""
-    covered = set() if name_covered else covered_marks(attributes, state)
+def fine_phrases(attributes: dict[str, Any], state: dict[str, Any], version: int) -> dict[str, list[str]]:
+    """Fine attribute name -> paraphrases, for the fine attributes this image shows, as the synthetic
+    generator's `version` words them: a mark that hair or a beard covers (covered_marks) is left out."""
+    covered = covered_marks(attributes, state, version)
     phrases: dict[str, list[str]] = {
         "eye_colour": [f"{attributes['eye_colour']} eyes", f"bright {attributes['eye_colour']} eyes"],
     }
@@ -67,14 +65,14 @@ def _join(items: list[str]) -> str:
 
 
 def make_captions(attributes: dict[str, Any], state: dict[str, Any], count: int, rng: np.random.Generator,
-                  name_covered: bool = False) -> list[str]:
-    """`count` captions of one image; every fine attribute of fine_phrases(attributes, state,
-    name_covered) is in at least one."""
+                  version: int) -> list[str]:
+    """`count` captions of one image, as the synthetic generator's `version` writes them; every fine
+    attribute of fine_phrases(attributes, state, version) is in at least one."""
     man = attributes["gender"] == "man"
     subjects = ["The man", "This man", "The person", "This person"] if man else \
                ["The woman", "This woman", "The person", "This person"]
     pronoun = "He" if man else "She"
-    fine = fine_phrases(attributes, state, name_covered)
+    fine = fine_phrases(attributes, state, version)
     coarse = coarse_phrases(attributes, state)
     names = [list(fine)[i] for i in rng.permutation(len(fine))]
     assigned: list[list[str]] = [[] for _ in range(count)]

@@ -105,11 +105,18 @@ def image_state(seed: int, identity: int, image: int, attributes: dict[str, Any]
     }
 
 
-def covered_marks(attributes: dict[str, Any], state: dict[str, Any]) -> set[str]:
-    """The fine marks ("scar", "mole", "wrinkles") that render_face draws and then covers whole with
-    hair or a beard, so that the image does not show them: bangs (under no hat, which replaces them)
-    over a forehead scar and the forehead wrinkles, a full beard over a chin scar, either beard over
-    a mole on the chin. A goatee is narrower than a chin scar, which it covers in part only."""
+def covered_marks(attributes: dict[str, Any], state: dict[str, Any], version: int) -> set[str]:
+    """The fine marks ("scar", "mole", "wrinkles") that render_face draws and then covers with hair
+    or a beard, so that the image does not show them, as the synthetic generator's `version` counts
+    them (its captions leave them out). Version 1: none. Version 2: bangs (under no hat, which
+    replaces them) over a forehead scar and the forehead wrinkles, a full beard over a chin scar,
+    either beard over a mole on the chin. Version 3 adds any hair front (under no hat) over the
+    wrinkles: it reaches down past all but a faint edge of them, which version 2 missed. A goatee is
+    narrower than a chin scar, which it covers in part only; a forehead scar shows in part below a
+    hair front without bangs."""
+    if version == 1:
+        return set()
+    hair_front = attributes["hair_style"] != "bald" and not state["hat"]
     bangs = attributes["hair_style"] == "bangs" and not state["hat"]
     scar, beard = attributes["scar"], attributes["beard"]
     covered = set()
@@ -117,7 +124,7 @@ def covered_marks(attributes: dict[str, Any], state: dict[str, Any]) -> set[str]
         covered.add("scar")
     if beard != "none" and attributes["mole"] == "on the chin":
         covered.add("mole")
-    if bangs and attributes["age"] == "old":
+    if attributes["age"] == "old" and (bangs or (version >= 3 and hair_front)):
         covered.add("wrinkles")
     return covered
 
