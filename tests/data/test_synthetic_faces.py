@@ -6,7 +6,8 @@ import pytest
 
 from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.data.synthetic_captions import fine_phrases
-from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.data.synthetic_faces import (EYE_COLOURS, FRAME_COLOURS, HAIR_COLOURS, METAL_COLOURS, identity_attributes,
+                                      image_state, render_face)
 
 
 def _pixels(attributes, state) -> np.ndarray:
@@ -74,6 +75,49 @@ def test_stud_earrings_are_dots_and_hoops_rings_hanging_below(identity):
         earrings[kind] = _changed_pixels((worn, state), (worn, {**state, "earrings_on": True}))
     assert len(earrings["hoops"]) > len(earrings["studs"]) > 0
     assert earrings["hoops"][:, 0].max() > earrings["studs"][:, 0].max()
+
+
+# Lighting that leaves every drawn colour as it is, and no roll (its bicubic resampling can overshoot).
+NEUTRAL_LIGHT = {"light_strength": 0.0, "brightness": 1.0, "cast": [1.0, 1.0, 1.0], "roll": 0.0}
+
+
+def _best_fitting_colour(attributes, state, key: str, palette: dict[str, tuple], named: str) -> str:
+    """The palette entry that the pixels drawn with attributes[key] = named show. Against a render with
+    another entry X, a pixel that the part covers by a share s changes by s * (colour - X), so of the
+    entries, the one drawn leaves no residual when the changes are fitted along (entry - X)."""
+    other = next(name for name in palette if name != named)
+    change = _pixels({**attributes, key: named}, state) - _pixels({**attributes, key: other}, state)
+    change = change[np.any(change != 0, axis=-1)].astype(np.float64)
+    assert len(change) > 0, (key, named, other)
+    residuals = {}
+    for name, colour in palette.items():
+        if name != other:
+            direction = np.subtract(colour, palette[other], dtype=np.float64)
+            share = np.clip(change @ direction / (direction @ direction), 0, None)
+            residuals[name] = ((change - share[:, None] * direction) ** 2).sum()
+    return min(residuals, key=residuals.get)
+
+
+@pytest.mark.parametrize("identity", [0, 1])
+@pytest.mark.parametrize("key, palette", [("hair_colour", HAIR_COLOURS), ("eye_colour", EYE_COLOURS),
+                                          ("glasses_colour", FRAME_COLOURS), ("earrings_metal", METAL_COLOURS)])
+def test_the_colour_a_caption_names_is_the_colour_drawn(identity, key, palette):
+    attributes = {**identity_attributes(0, identity), "hair_style": "short", "glasses": "round", "earrings": "hoops"}
+    state = {**image_state(0, identity, 0, attributes), **NEUTRAL_LIGHT, "hat": False, "glasses_on": True,
+             "earrings_on": True}
+    for named in palette:
+        assert _best_fitting_colour(attributes, state, key, palette, named) == named
+
+
+@pytest.mark.parametrize("identity", [0, 1, 2])
+def test_square_frames_are_square_and_round_ones_round(identity):
+    """A frame around each lens's box: square (rounded corners) traces about a fifth more than the
+    ellipse inscribed in it, which the temples and the bridge, alike for both, dilute."""
+    attributes, state = _plain_face(identity)
+    plain = _pixels(attributes, state)
+    ink = {kind: np.abs(_pixels({**attributes, "glasses": kind}, {**state, "glasses_on": True}) - plain).sum()
+           for kind in ("round", "square")}
+    assert ink["square"] > 1.05 * ink["round"], ink
 
 
 # fine_phrases name -> how to render the image without that mark: (attribute overrides, state overrides)
