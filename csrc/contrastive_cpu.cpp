@@ -300,6 +300,10 @@ void check_inputs(const Tensor& x, const Tensor& y, const std::optional<Tensor>&
   TORCH_CHECK_VALUE(y.size(1) == x.size(1), "y must have the embedding size D=", x.size(1), " of x, got ", y.size(1));
   TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "y must have the dtype of x (", x.scalar_type(), "), got ",
                    y.scalar_type());
+  // Integers would be converted (and the gradients truncated back), complex numbers cut to their real parts.
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                   "x and y must be float32, float64, float16 or bfloat16, got ", dtype);
   TORCH_CHECK_VALUE(labels_x.has_value() == labels_y.has_value(), "give both labels_x and labels_y, or neither");
   if (labels_x.has_value()) {
     TORCH_CHECK_TYPE(labels_x->scalar_type() == at::kLong && labels_y->scalar_type() == at::kLong,
@@ -340,6 +344,12 @@ struct Inputs {
 
   template <typename acc_t>
   Problem<acc_t> problem(double scale, double margin, int64_t offset) const {
+    // Checked in the accumulation type: a float64 scale past float32's range is inf in a float32 kernel.
+    TORCH_CHECK_VALUE(std::isfinite(static_cast<acc_t>(scale)) && scale > 0,
+                      "scale must be finite and positive in the kernel's ", sizeof(acc_t) == 8 ? "float64" : "float32",
+                      ", got ", scale);
+    TORCH_CHECK_VALUE(std::isfinite(static_cast<acc_t>(margin)), "margin must be finite in the kernel's ",
+                      sizeof(acc_t) == 8 ? "float64" : "float32", ", got ", margin);
     return Problem<acc_t>{x, y, labels_pointer(labels_x, mode), labels_pointer(labels_y, mode), offset,
                           static_cast<acc_t>(scale), static_cast<acc_t>(margin), mode};
   }

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -81,6 +82,10 @@ void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::
   TORCH_CHECK_VALUE(regions.size(1) >= 1, "regions must have R >= 1 regions per image, got shape ", regions.sizes());
   TORCH_CHECK_VALUE(words.size(2) >= 1, "words and regions must have D >= 1 features, got shape ", words.sizes());
   TORCH_CHECK_TYPE(words.scalar_type() == regions.scalar_type(), "words and regions must share a dtype");
+  // Integers would be converted (and the gradients truncated back), complex numbers cut to their real parts.
+  const auto dtype = words.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                   "words and regions must be float32, float64, float16 or bfloat16, got ", dtype);
   check_lengths(lengths, words.size(1));
 }
 
@@ -525,8 +530,9 @@ at::Tensor paired_attention(const at::Tensor& words, const at::Tensor& lengths, 
 }
 
 void check_hyperparameters(const Hyperparameters& hyper) {
-  TORCH_CHECK_VALUE(hyper.gamma1 > 0 && hyper.gamma2 > 0, "gamma1 and gamma2 must be positive, got ", hyper.gamma1,
-                    " and ", hyper.gamma2);
+  // An infinite gamma makes every score NaN (inf - inf in the log-sum-exps).
+  TORCH_CHECK_VALUE(hyper.gamma1 > 0 && hyper.gamma2 > 0 && std::isfinite(hyper.gamma1) && std::isfinite(hyper.gamma2),
+                    "gamma1 and gamma2 must be finite and positive, got ", hyper.gamma1, " and ", hyper.gamma2);
 }
 
 at::Tensor word_region_scores(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,

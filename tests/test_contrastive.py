@@ -1,7 +1,9 @@
 """The fused contrastive op against full-matrix PyTorch, in every mode and direction."""
 
 import itertools
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -598,6 +600,51 @@ def raw_row_max(x, y):
 def test_registered_ops_refuse_empty_sides_and_misshapen_labels(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def raw_calls(n: int, m: int, offset: int, rows: bool, scale: float = 5.0, margin: float = 0.0, dtype=torch.float32):
+    """The three registered ops on random (n, 4) and (m, 4) inputs, each a thunk."""
+    x, y = torch.randn(n, 4).to(dtype), torch.randn(m, 4).to(dtype)
+    settings = (scale, margin, "none", offset, rows, not rows)
+    lse = torch.zeros(n if rows else m)
+    gradients = (torch.ones(n), torch.zeros(0)) if rows else (torch.zeros(0), torch.ones(m))
+    return {"forward": lambda: torch.ops.tgfr.contrastive_forward(x, y, None, None, *settings),
+            "backward": lambda: torch.ops.tgfr.contrastive_backward(
+                *gradients, x, y, None, None, lse if rows else torch.zeros(0), torch.zeros(0) if rows else lse,
+                *settings),
+            "row_max": lambda: torch.ops.tgfr.contrastive_row_max(x, y, None, None, "none", offset)}
+
+
+@pytest.mark.parametrize("n, m, offset, rows", [(3, 5, 3, True), (3, 5, -1, True), (5, 3, -3, False),
+                                                (5, 3, 1, False)])
+def test_registered_ops_refuse_an_offset_that_leaves_a_row_or_column_without_its_target(n, m, offset, rows):
+    """Offset M - N + 1 by rows gave row N - 1 no target column: its loss was its log-sum-exp alone."""
+    calls = raw_calls(n, m, offset, rows)
+    for name, call in calls.items():
+        if name == "row_max" and not rows:
+            continue  # row_max reads rows only
+        with pytest.raises(ValueError, match=r"^offset: every (row i needs column i|column j needs row j)"):
+            call()
+
+
+@pytest.mark.parametrize("scale, margin, message", [
+    (0.0, 0.0, "scale must be finite and positive"), (-1.0, 0.0, "scale must be finite and positive"),
+    (math.nan, 0.0, "scale must be finite and positive"), (math.inf, 0.0, "scale must be finite and positive"),
+    (1e39, 0.0, "scale must be finite and positive in the kernel's float32, got 1e+39"),
+    (5.0, math.nan, "margin must be finite"), (5.0, -math.inf, "margin must be finite")])
+def test_registered_ops_refuse_a_scale_or_margin_the_kernel_cannot_use(scale, margin, message):
+    """A NaN scale gave NaN losses, a negative one finite losses of the negated logits."""
+    for name in ("forward", "backward"):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            raw_calls(3, 3, 0, True, scale, margin)[name]()
+    raw_calls(3, 3, 0, True, 1e39, 0.0, dtype=torch.float64)["forward"]()  # float64 holds it
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_registered_ops_refuse_inputs_that_are_not_floating_point(dtype):
+    for call in raw_calls(3, 3, 0, True, dtype=dtype).values():
+        with pytest.raises(TypeError, match="x and y must be float32, float64, float16 or bfloat16, got"):
+            call()
 
 
 def every_other(tensor):

@@ -160,10 +160,18 @@ def test_lengths_one_and_full():
         assert_close_relative(fused[1], expected[1], 1e-3, "d(words)")
 
 
-def test_many_captions_cross_thread_groups():
-    # More captions and images than threads and blocks: exercises the race-free backward schedule.
+@pytest.mark.parametrize("threads", [1, 3, 4])
+def test_many_captions_cross_thread_groups(threads):
+    """More captions and images than threads and blocks: exercises the race-free backward schedule, which
+    splits the work into min(threads, N, M) groups, at thread counts besides the machine's (CI's two
+    cores left a schedule past two groups untested)."""
     words, lengths, regions = make_inputs(num_captions=67, num_images=33, num_words=12, num_regions=16, dim=24, seed=6)
-    fused, expected = fused_and_reference(words, lengths, regions)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused, expected = fused_and_reference(words, lengths, regions)
+    finally:
+        torch.set_num_threads(before)
     for actual, wanted, what in zip(fused, expected, ("scores", "d(words)", "d(regions)")):
         assert_close_relative(actual, wanted, 1e-4 if what == "scores" else 1e-3, what)
 

@@ -213,13 +213,32 @@ def test_kernel_refuses_empty_sides(case, op, dtype):
         op(words.to(dtype), lengths, regions.to(dtype))
 
 
-@pytest.mark.parametrize("gamma1, gamma2", [(0.0, 5.0), (-1.0, 5.0), (math.nan, 5.0), (4.0, 0.0), (4.0, -1.0),
-                                            (4.0, math.nan)])
+@pytest.mark.parametrize("gamma1, gamma2", [(0.0, 5.0), (-1.0, 5.0), (math.nan, 5.0), (math.inf, 5.0), (4.0, 0.0),
+                                            (4.0, -1.0), (4.0, math.nan), (4.0, math.inf)])
 def test_kernel_checks_gammas_itself(gamma1, gamma2):
+    """An infinite gamma gave NaN scores."""
     words, lengths, regions = valid_inputs()
     for op in RAW_OPS if gamma1 != 4.0 else (raw_scores, raw_scores_backward):  # the attention takes no gamma2
-        with pytest.raises(ValueError, match="gamma1 and gamma2 must be positive"):
+        with pytest.raises(ValueError, match="gamma1 and gamma2 must be finite and positive"):
             op(words, lengths, regions[:3], gamma1, gamma2)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+def test_kernel_refuses_inputs_that_are_not_floating_point(dtype):
+    """Integers were converted and their gradients truncated back; complex numbers cut to their real parts."""
+    words, lengths, regions = valid_inputs()
+    for op in RAW_OPS:
+        with pytest.raises(TypeError, match=re.escape("words and regions must be float32, float64, float16 or "
+                                                      "bfloat16, got")):
+            op(words.to(dtype), lengths, regions[:3].to(dtype))
+
+
+def test_kernel_refuses_a_length_of_zero():
+    """A caption of no word gave a score of -inf."""
+    words, _, regions = valid_inputs()
+    for op in RAW_OPS:
+        with pytest.raises(ValueError, match=re.escape("lengths must lie in [1, T=5], got lengths[0] = 0")):
+            op(words, torch.tensor([0, 5, 3]), regions[:3])
 
 
 def test_kernel_checks_dtypes_and_the_gradients_shape_itself():

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <tuple>
 
 #include "word_region.cuh"
@@ -54,6 +55,11 @@ Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const a
   TORCH_CHECK_VALUE(regions.size(1) >= 1, "regions must have R >= 1 regions per image, got shape ", regions.sizes());
   TORCH_CHECK_VALUE(words.size(2) >= 1, "words and regions must have D >= 1 features, got shape ", words.sizes());
   TORCH_CHECK_TYPE(regions.scalar_type() == words.scalar_type(), "regions must have the dtype of words");
+  // The kernels take gammas in float32: past its range one is inf, and every score NaN.
+  TORCH_CHECK_VALUE(gamma1 > 0 && gamma2 > 0 && std::isfinite(static_cast<float>(gamma1)) &&
+                        std::isfinite(static_cast<float>(gamma2)),
+                    "gamma1 and gamma2 must be finite and positive in the kernel's float32, got ", gamma1, " and ",
+                    gamma2);
   // The kernels' grid limits (kernels/word_region.cuh), named here rather than reported by the
   // launcher as an anonymous invalid argument.
   TORCH_CHECK_VALUE(words.size(0) <= kernels::kMaxCaptions, "words must have at most ", kernels::kMaxCaptions,
@@ -121,8 +127,8 @@ std::tuple<at::Tensor, at::Tensor> scores_backward_cuda(const at::Tensor& grad_s
   const c10::cuda::CUDAGuard guard(words.device());
   const Problem problem = make_problem(words, lengths, regions, gamma1, gamma2, word_softmax);
   check_images(regions);
-  TORCH_CHECK(grad_scores.sizes() == at::IntArrayRef({words.size(0), regions.size(0)}),
-              "grad_scores must have shape (N, M)");
+  TORCH_CHECK_VALUE(grad_scores.sizes() == at::IntArrayRef({words.size(0), regions.size(0)}),
+                    "grad_scores must have shape (N, M) = (", words.size(0), ", ", regions.size(0), ")");
   const at::Tensor grad = grad_scores.to(at::kFloat).contiguous();
   at::Tensor grad_words = at::zeros(problem.words.sizes(), words.options().dtype(at::kFloat));
   at::Tensor grad_regions = at::zeros(problem.regions.sizes(), regions.options().dtype(at::kFloat));
@@ -137,7 +143,9 @@ at::Tensor attention_cuda(const at::Tensor& words, const at::Tensor& lengths, co
                           double gamma1, bool word_softmax) {
   check_devices(words, lengths, regions);
   const c10::cuda::CUDAGuard guard(words.device());
-  TORCH_CHECK(regions.size(0) == words.size(0), "regions must have one image per caption");
+  TORCH_CHECK_VALUE(regions.size(0) == words.size(0),
+                    "word_region_attention pairs caption i with image i: regions must have N=", words.size(0),
+                    " images, got ", regions.size(0));
   const Problem problem = make_problem(words, lengths, regions, gamma1, 1.0, word_softmax);
   at::Tensor alpha = at::empty({words.size(0), words.size(1), regions.size(1)}, words.options().dtype(at::kFloat));
   check_launch(kernels::word_region_attention(problem.view, alpha.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
