@@ -121,7 +121,7 @@ def pytest_configure(config):
             recording.read_results(path, machine)
         except ValueError as error:
             raise pytest.UsageError(f"--tgfr-results: {error}") from None
-        config.stash[_RESULTS_FILE] = (Path(path), machine, recording.CpuContention())
+        config.stash[_RESULTS_FILE] = (Path(path), machine, recording.CpuContention(), recording.run_description(MODE))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -134,7 +134,7 @@ def pytest_runtest_makereport(item, call):
 def pytest_sessionfinish(session):
     if _RESULTS_FILE not in session.config.stash:
         return
-    path, machine, contention = session.config.stash[_RESULTS_FILE]
+    path, machine, contention, started = session.config.stash[_RESULTS_FILE]
     # pytest-benchmark keeps the finished benchmarks of the session on its BenchmarkSession.
     benchmark_session = getattr(session.config, "_benchmarksession", None)
     failed = session.config.stash[_FAILED]
@@ -144,7 +144,7 @@ def pytest_sessionfinish(session):
              if not metadata.has_error and metadata.fullname not in failed]
     cases = timed + [record for record in session.config.stash[_RECORDS] if record["fullname"] not in failed]
     if cases:
-        recording.write_results(path, machine, recording.run_description(MODE, contention), cases)
+        recording.write_results(path, machine, recording.finished_run(started, MODE, contention), cases)
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"tgfr: {len(cases)} benchmark cases merged into {path}")

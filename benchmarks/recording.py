@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from tgfr.output_paths import write_atomically
 from tgfr.provenance import checkout_commit
 from tgfr.text_formats import parse_json
 
@@ -146,6 +147,17 @@ def run_description(mode: str, contention: CpuContention | None = None) -> dict:
     return description
 
 
+def finished_run(started: dict, mode: str, contention: CpuContention | None = None) -> dict:
+    """run_description at the end of a run whose run_description at its start was `started`: with the
+    start's commit and date, those of the code the run imported and measured, and a commit_note when
+    the checkout has moved since (a commit made while a run of hours went on)."""
+    ended = run_description(mode, contention)
+    run = {**ended, "commit": started["commit"], "date": started["date"]}
+    if ended["commit"] != started["commit"]:
+        run["commit_note"] = f"the checkout was at {ended['commit']} when the run ended"
+    return run
+
+
 def benchmark_case(benchmark: dict) -> dict:
     """A case from pytest-benchmark's Metadata.as_dict(include_data=False)."""
     stats = benchmark.get("stats") or {}
@@ -219,5 +231,7 @@ def write_results(path: Path, machine: dict, run: dict, cases: list[dict]) -> di
     path = Path(path)
     merged = merge_results(read_results(path, machine), machine, run, cases)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n")
+    # Atomically: a write cut short (a full disk) would leave every earlier run's figures unreadable.
+    with write_atomically(path, "results file") as file:
+        file.write(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n")
     return merged

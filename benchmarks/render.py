@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.recording import RESULTS_DIR, RESULTS_PAGE
+from tgfr.output_paths import write_atomically
 from tgfr.text_formats import parse_json
 
 IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "triton_deterministic", "reference", "chunked_checkpointed", "compiled_reference")
@@ -355,7 +356,8 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
             plot_name = None
         lines += machine_section(results, plot_name)
     markdown = "\n".join(lines).rstrip() + "\n"
-    Path(output).write_text(markdown)
+    with write_atomically(output, "results page") as file:
+        file.write(markdown)
     return markdown
 
 

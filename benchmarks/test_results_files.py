@@ -53,6 +53,40 @@ def test_merge_replaces_a_case_of_the_same_mode_and_keeps_the_others():
     assert first["cases"].keys() == {"quick::f::x", "quick::f::y"}  # inputs are not modified
 
 
+def test_a_results_file_write_that_fails_halfway_keeps_the_earlier_runs(tmp_path):
+    """Written in place, a write cut short (here a file size limit, as a full disk) left invalid JSON
+    that the next run refused: every earlier run's figures were lost."""
+    path = tmp_path / "machine.json"
+    recording.write_results(path, MACHINE, run("quick", "a"), [case("f::x", 1.0)])
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, sys
+        from benchmarks.test_results_files import MACHINE, case, recording, run
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 100}, resource.RLIM_INFINITY))
+        try:
+            recording.write_results(sys.argv[1], MACHINE, run("quick", "b"), [case(f"f::{{i}}", 1.0) for i in range(50)])
+        except OSError as error:
+            sys.exit(3)
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 3, result.stderr
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_run_records_the_commit_it_started_at_and_notes_a_later_one(monkeypatch):
+    """The measured code is the code imported at the start; a commit made during a run of hours was
+    recorded as if measured."""
+    commits = iter(["aaa", "aaa", "bbb"])
+    monkeypatch.setattr(recording, "commit", lambda: next(commits))
+    started = recording.run_description("full")
+    unmoved = recording.finished_run(started, "full")
+    assert unmoved["commit"] == "aaa" and "commit_note" not in unmoved
+    moved = recording.finished_run(started, "full")
+    assert (moved["commit"], moved["date"]) == ("aaa", started["date"])
+    assert moved["commit_note"] == "the checkout was at bbb when the run ended"
+
+
 def test_merge_rejects_another_format():
     with pytest.raises(ValueError, match="format"):
         recording.merge_results({"format": 99, "runs": [], "cases": {}}, MACHINE, run("quick", "a"), [])
