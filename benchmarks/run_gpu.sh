@@ -63,9 +63,19 @@ kernel() {
     && logged 20 ./build/cmake/word_region_kernel_test
 }
 
+# Without CUDA (a CPU torch, a driver fault) or without the GPU backends built, every GPU test and
+# benchmark is skipped and pytest exits 0: a stage that measured nothing would pass.
+require_gpu() {
+  logged 3 python -c 'import sys, torch, tgfr.ops
+backends = tgfr.ops.available_backends()
+missing = [name for name in ("cuda", "triton") if name not in backends]
+if not torch.cuda.is_available() or missing:
+    sys.exit(f"no GPU to run on: torch.cuda.is_available() is {torch.cuda.is_available()}, backends {backends}")'
+}
+
 tests() {
   # The files with gpu-marked tests; CI runs the rest (interpreted Triton, the nvcc build checks).
-  logged 30 python -m pytest -q -m gpu -p no:cacheprovider tests/test_word_region_gpu.py tests/test_contrastive_triton.py
+  require_gpu && logged 30 python -m pytest -q -m gpu -p no:cacheprovider tests/test_word_region_gpu.py tests/test_contrastive_triton.py
 }
 
 sanitizer() {
@@ -96,7 +106,7 @@ tune() {
 }
 
 bench() {
-  logged 60 python -m pytest -q -rs -m gpu benchmarks/test_word_region_gpu.py -p no:cacheprovider \
+  require_gpu && logged 60 python -m pytest -q -rs -m gpu benchmarks/test_word_region_gpu.py -p no:cacheprovider \
     ${TGFR_BENCH_SELECT:+-k "$TGFR_BENCH_SELECT"} --benchmark-json="$results/word_region_gpu_$stamp.json"
 }
 

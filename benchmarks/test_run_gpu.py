@@ -14,12 +14,15 @@ import pytest
 
 _SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
 
-# `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
+# The GPU check (before tests and bench) fails when $STUB_NO_GPU is set. `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
 # a line to a word_region_gpu_*.jsonl file (and its arguments, one per line, to $STUB_ARGS if set),
 # prints a case's line, creates the file $STUB_PRINTED if set, then sleeps $STUB_BENCH_SLEEP seconds;
 # stopped by TERM, it prints which case it was in, as a stage reporting where it stopped does.
 _PYTHON_STUB = """#!/bin/sh
 case "$*" in
+  *cuda.is_available*)
+    [ -n "${STUB_NO_GPU:-}" ] && { echo "no GPU to run on"; exit 1; }
+    exit 0;;
   *tune_word_region_triton*)
     while [ $# -gt 0 ]; do [ "$1" = --out ] && echo '{"kernel": "forward"}' >> "$2"; shift; done
     exit "${STUB_TUNE_EXIT:-0}";;
@@ -71,6 +74,17 @@ def test_a_failing_stage_fails_the_run_and_keeps_the_other_stages_results(layout
     assert run.returncode != 0, run.stdout + run.stderr
     assert _returned(layout["out"]) == {"word_region_triton_configs_NVIDIA_Stub_GPU.jsonl",
                                         "word_region_gpu_stub.jsonl"}
+
+
+@pytest.mark.parametrize("stage", ["tests", "bench"])
+def test_a_gpu_stage_without_a_gpu_fails_instead_of_skipping_everything(layout, stage):
+    """Without CUDA every GPU test and benchmark is skipped and pytest exits 0: the run said done."""
+    run = subprocess.run(["bash", str(layout["script"]), stage], capture_output=True, text=True,
+                         env={**layout["environment"], "STUB_NO_GPU": "1"}, timeout=60)
+    assert run.returncode != 0 and "no GPU to run on" in run.stdout, run.stdout + run.stderr
+    assert _returned(layout["out"]) == set()  # pytest never ran
+    assert subprocess.run(["bash", str(layout["script"]), stage], capture_output=True, text=True,
+                          env=layout["environment"], timeout=60).returncode == 0
 
 
 def test_a_run_stopped_during_a_stage_returns_what_was_written(layout, tmp_path):
