@@ -39,8 +39,9 @@ def test_sigterm_runs_the_clean_up_and_ends_with_status_143(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 143, result.stderr
-    assert result.stderr.splitlines()[-1] == ("tgfr train: interrupted (SIGTERM); `tgfr train --resume --out RUN` "
-                                              "continues the run from its last checkpoint")
+    assert result.stderr.splitlines()[-1] == (f"tgfr train: interrupted (SIGTERM); `tgfr train --resume --out "
+                                              f"{tmp_path / 'run'}` continues the run from its last checkpoint (from "
+                                              "its first step before one is written)")
     assert "Traceback" not in result.stderr and (tmp_path / "cleaned").exists()
 
 

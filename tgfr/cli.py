@@ -7,6 +7,7 @@ with the parsed arguments, returning an exit code) as its default.
 import argparse
 import importlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -45,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What to do after an interruption, by command.
-RESUME_HINTS = {"train": "; `tgfr train --resume --out RUN` continues the run from its last checkpoint"}
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interruption:
         signum = next((arg for arg in interruption.args if isinstance(arg, int)), signal.SIGINT)
         name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        print(f"tgfr {name}: interrupted ({signal.Signals(signum).name}){RESUME_HINTS.get(args.command, '')}",
-              file=sys.stderr)
+        hint = (f"; `tgfr train --resume --out {shlex.quote(str(args.out))}` continues the run from its last "
+                "checkpoint (from its first step before one is written)") if args.command == "train" else ""
+        print(f"tgfr {name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
         return 128 + signum
     finally:
         if on_main_thread:
