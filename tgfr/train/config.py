@@ -442,7 +442,10 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
+        # A folder named 2024 is a bare word to the user and a number to TOML.
+        quoting = (f"; TOML reads an unquoted number, date or boolean as one: quote it to give text "
+                   f"(--set '{key}=\"...\"')") if kind is str else ""
+        raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__}){quoting}")
     return value
 
 
