@@ -14,7 +14,9 @@ import pytest
 import safetensors.torch
 import torch
 
+import tgfr.train.run as run_module
 from tgfr.models import TextEncoder
+from tgfr.train.config import load_config
 
 
 def torchrun(log_root: Path, *arguments: str, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -174,3 +176,18 @@ def test_a_run_folder_another_trainer_holds_is_refused_by_every_rank(tmp_path, t
         f"tgfr train: error: run folder {run} is being trained by another tgfr train process: wait for it to end (two "
         "processes would write the same checkpoint and log every step twice)"], result.stderr[-3000:]
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_process_group_the_caller_made_sets_the_rank_and_world_size(monkeypatch):
+    """mp.spawn with init_process_group and no torchrun: read from WORLD_SIZE alone (unset), every process
+    trained as rank 0 of one, each writing the same run folder."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(run_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(run_module.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(run_module.dist, "get_rank", lambda: 1)
+    config = load_config("quick", ['device="cpu"'])
+    assert run_module._init_distributed(config) == (1, 2, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match=re.escape("WORLD_SIZE=4 in the environment, but the process group already "
+                                                   "initialized has 2 process(es)")):
+        run_module._init_distributed(config)

@@ -178,10 +178,19 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError('device = "cuda", but this torch sees no CUDA device (torch.cuda.is_available() is '
                          'False): use device = "auto" or "cpu"')
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.is_initialized():
+        # The caller's own process group (mp.spawn, no torchrun): read from WORLD_SIZE alone, every process
+        # trained as rank 0 of one, each into the same run folder.
+        world_size = dist.get_world_size()
+        declared = os.environ.get("WORLD_SIZE")
+        if declared is not None and declared != str(world_size):
+            raise ValueError(f"WORLD_SIZE={declared} in the environment, but the process group already "
+                             f"initialized has {world_size} process(es)")
+    else:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1:
+            dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0
     if cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
