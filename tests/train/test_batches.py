@@ -151,6 +151,21 @@ def test_weak_align_stream_resumes_at_any_step_and_ranks_share_each_batch(tiny_o
         assert parts[0] + parts[1] == whole[step]["indices"].tolist()
 
 
+@pytest.mark.parametrize("stage", ["fr", "align"])
+def test_identity_balanced_ranks_share_each_batch(tiny_overrides, stage):
+    """The identity-balanced stream (fr, fuse, identity-supervised align) split over two ranks: together
+    they take the single process's batch, each a different half (a sampler given rank 0 on every rank
+    would train every rank on the same half and never read the other)."""
+    config = load_config("quick", tiny_overrides)
+    manifest = resolve_manifest(config.data)
+    steps = len(stage_batches(config, stage, manifest, COLLATE).sampler) + 1
+    whole = plan(stage_batches(config, stage, manifest, COLLATE), steps)
+    ranks = [plan(stage_batches(config, stage, manifest, COLLATE, rank=rank, world_size=2), steps) for rank in (0, 1)]
+    for batch, first, second in zip(whole, *ranks, strict=True):
+        assert len(first) == len(second) == len(batch) // 2
+        assert sorted(first + second) == sorted(batch) and not set(first) & set(second)
+
+
 def test_weak_align_refuses_a_split_smaller_than_a_batch(tiny_overrides):
     config = weak_config(tiny_overrides)
     manifest = resolve_manifest(config.data)
