@@ -215,3 +215,25 @@ def test_align_loss_is_its_documented_sum_of_the_losses_on_the_right_features(pa
     weighted = (a.wrcl_weight * expected["wrcl"] + a.cicl_weight * expected["cicl"]
                 + a.intra_weight * expected["intra"] + a.identity_weight * expected["identity"])
     torch.testing.assert_close(total, weighted, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("distributed", [True, False])
+def test_every_loss_gathers_the_ranks_exactly_when_the_stage_runs_distributed(parts, distributed):
+    """Under DDP each loss must take the ranks' batches together (SPEC: the single-process loss on the whole
+    batch); a loss left local contrasts each rank's rows with its own share only, which no run reveals."""
+    config, model, _ = parts
+    cpu, captions = torch.device("cpu"), CaptionFeatures(model.text_encoder, torch.device("cpu"))
+
+    def gathering(stage) -> list[bool]:
+        return [module.gather_ranks for module in stage.losses.modules() if hasattr(module, "gather_ranks")]
+
+    assert gathering(FRStage(model, config.fr, 3, cpu, distributed=distributed)) == [distributed] * 2
+    finish_stage(model, "fr")  # align and fuse take the backbone frozen
+    # Identity: word-region, caption-image, intra and two identity heads; weak: the association for the heads.
+    for supervision, losses in (("identity", 5), ("weak", 4)):
+        config.align.supervision = supervision
+        assert gathering(AlignStage(model, config.align, 3, captions, cpu, distributed=distributed)) == \
+            [distributed] * losses, supervision
+    for focal in (True, False):
+        config.fuse.focal = focal
+        assert gathering(FuseStage(model, config.fuse, 3, captions, cpu, distributed=distributed)) == [distributed]
