@@ -16,6 +16,7 @@ import torch
 
 import tgfr.train.run as run_module
 from tgfr.models import TextEncoder
+from tgfr.train.checkpoint import load_checkpoint
 from tgfr.train.config import load_config
 
 
@@ -58,6 +59,10 @@ def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
     assert "model.embeddings.word_embeddings.weight" in changed
     assert "model.encoder.layer.5.output.dense.weight" in changed
     assert not any(name.startswith("model.pooler.") for name in changed)
+    # Each rank seeds its steps apart, so that the ranks draw other dropout masks (the checkpoint holds the
+    # ranks' RNG states as the run ended).
+    rng = load_checkpoint(run / "checkpoints" / "last.pt")["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
 
 
 
