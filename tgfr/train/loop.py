@@ -1,6 +1,7 @@
 """The optimization loop shared by the stages: optimizer and schedule, mixed precision, gradient
 clipping before the step, progress bar, metrics log, periodic atomic checkpoints and resumption."""
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +37,13 @@ class LoopSettings:
     rank: int = 0
     world_size: int = 1
     stop_after: int | None = None
+
+
+# Buffers are not synced at each forward: torch 2.13 renamed broadcast_buffers=False (deprecated there, with a
+# FutureWarning from every rank for every stage) to forward_sync_buffers=False.
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                           else {"broadcast_buffers": False})
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
@@ -117,12 +125,13 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             on_resumed()
     module = stage
     if settings.world_size > 1:
-        # DDP syncs parameters but, with broadcast_buffers=False, no buffer: start every rank from rank 0's
+        # DDP syncs parameters, but buffers at most once, when the torch has forward_sync_buffers: start every
+        # rank from rank 0's
         # (the association memory is drawn from each rank's RNG; BN statistics drift apart per rank in fr).
         for buffer in stage.buffers():
             dist.broadcast(buffer, 0)
         module = DistributedDataParallel(stage, device_ids=[settings.device.index] if settings.device.type == "cuda"
-                                         else None, broadcast_buffers=False)
+                                         else None, **_NO_FORWARD_BUFFER_SYNC)
     # The next batch is made while this step computes (tgfr.train.prefetch); leaving the block stops that.
     # The bar closes on an error too, before the command prints it (else the line lands inside the bar).
     with (Prefetcher(batches.from_step(start)) as stream,
