@@ -52,7 +52,8 @@ def test_two_process_run_trains_the_text_encoder(tmp_path, tiny_overrides):
     result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run),
                       *[arg for o in settings for arg in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "FutureWarning" not in result.stderr  # torch 2.13 deprecates DDP's broadcast_buffers, once per rank and stage
+    # torch 2.13 deprecates DDP's broadcast_buffers with a warning per rank and stage.
+    assert "FutureWarning" not in result.stderr
     trained = safetensors.torch.load_file(run / "model" / "model.safetensors")
     packaged = TextEncoder().state_dict()
     changed = {name for name, value in packaged.items()
