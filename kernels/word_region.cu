@@ -155,6 +155,11 @@ __device__ void shared_gemm(const T* a, int lda, const T* b, int ldb, float* c, 
   }
 }
 
+// The word softmax of one (caption, image) pair: the largest cosine and log sum_t exp(gamma2 (cos[t] - top_cos)).
+struct WordSoftmax {
+  float top_cos, log_total;
+};
+
 // Shared-memory view of one block's buffers, and the per-pair steps of the forward.
 template <typename T>
 struct Pair {
@@ -269,8 +274,11 @@ struct Pair {
     }
   }
 
-  // cos[t] of every word with its context; returns log sum_{t < length} exp(gamma2 cos[t]) to all threads.
-  __device__ float score() const {
+  // cos[t] of every word with its context; returns to all threads log sum_{t < length} exp(gamma2 cos[t])
+  // as gamma2 * top_cos + log_total. The backward's weights exp(gamma2 (cos[t] - top_cos) - log_total) take
+  // the difference of the cosines before gamma2 scales it, as the CPU and Triton kernels do: rounding
+  // gamma2 cos[t] and the score apart gave them a relative error that grows as gamma2 * 2^-24.
+  __device__ WordSoftmax word_softmax() const {
     float* cos = f32(l.cos);
     for (int word = threadIdx.x / 32; word < l.t_pad; word += kWarps) {
       float dot = 0.0f, squares = 0.0f;
@@ -284,11 +292,11 @@ struct Pair {
       if (threadIdx.x % 32 == 0) cos[word] = dot / fmaxf(sqrtf(squares) * f32(l.word_norm)[word], kCosEps);
     }
     __syncthreads();
-    float top = -INFINITY;
-    for (int word = 0; word < length; ++word) top = fmaxf(top, p.gamma2 * cos[word]);
+    float top_cos = -INFINITY;
+    for (int word = 0; word < length; ++word) top_cos = fmaxf(top_cos, cos[word]);
     float total = 0.0f;
-    for (int word = 0; word < length; ++word) total += __expf(p.gamma2 * cos[word] - top);
-    return top + __logf(total);
+    for (int word = 0; word < length; ++word) total += __expf(p.gamma2 * (cos[word] - top_cos));
+    return {top_cos, __logf(total)};
   }
 };
 
@@ -304,8 +312,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(WordRegionProblem p, 
     if (image >= p.num_images) break;
     __syncthreads();
     pair.attend(image);
-    const float value = pair.score();
-    if (threadIdx.x == 0) scores[caption * scores_stride + image] = value;
+    const WordSoftmax softmax = pair.word_softmax();
+    if (threadIdx.x == 0) scores[caption * scores_stride + image] = p.gamma2 * softmax.top_cos + softmax.log_total;
   }
 }
 
@@ -330,13 +338,15 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(WordRegionProblem p,
     if (image >= p.num_images) break;
     __syncthreads();
     pair.attend(image);
-    const float score = pair.score();
+    const WordSoftmax softmax = pair.word_softmax();
     const float grad_score = grad_scores[caption * grad_stride + image];
     // Gradient of each word's context (overwrites the context) and the direct d(words) term.
     for (int word = threadIdx.x / 32; word < l.t_pad; word += kWarps) {
       const float cos = pair.f32(l.cos)[word];
       const float grad_cos =
-          word < pair.length ? grad_score * p.gamma2 * __expf(p.gamma2 * cos - score) : 0.0f;
+          word < pair.length
+              ? grad_score * p.gamma2 * __expf(p.gamma2 * (cos - softmax.top_cos) - softmax.log_total)
+              : 0.0f;
       float squares = 0.0f;
       for (int column = threadIdx.x % 32; column < l.d_pad; column += 32) {
         const float c = context[word * l.d_pad + column];

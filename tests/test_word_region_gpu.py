@@ -36,16 +36,16 @@ def _inputs(num_captions, num_images, num_words, num_regions, dim, dtype, seed=0
     return words, lengths, regions
 
 
-def _compare(backend, words, lengths, regions, word_softmax=True, seed=1):
+def _compare(backend, words, lengths, regions, word_softmax=True, seed=1, gamma2=5.0):
     import tgfr.ops
 
     grad = torch.randn(words.shape[0], regions.shape[0], device="cuda", dtype=torch.float64,
                        generator=torch.Generator(device="cuda").manual_seed(seed))
     w64, v64 = words.double().requires_grad_(), regions.double().requires_grad_()
-    expected = reference.word_region_scores(w64, lengths, v64, word_softmax=word_softmax)
+    expected = reference.word_region_scores(w64, lengths, v64, gamma2=gamma2, word_softmax=word_softmax)
     expected.backward(grad)
     w, v = words.clone().requires_grad_(), regions.clone().requires_grad_()
-    scores = tgfr.ops.word_region_scores(w, lengths, v, word_softmax=word_softmax, backend=backend)
+    scores = tgfr.ops.word_region_scores(w, lengths, v, gamma2=gamma2, word_softmax=word_softmax, backend=backend)
     scores.backward(grad.float())
     assert scores.dtype == torch.float32 and w.grad.dtype == words.dtype and v.grad.dtype == regions.dtype
     score_tolerance, grad_tolerance = TOLERANCES[words.dtype]
@@ -75,6 +75,15 @@ def test_reference_shapes(backend, shape, dtype):
 def test_odd_sizes_and_no_word_softmax(backend, shape, word_softmax):
     words, lengths, regions = _inputs(9, 3, *ODD_SHAPES[shape], torch.float32, seed=2)
     _compare(backend, words, lengths, regions, word_softmax=word_softmax)
+
+
+@pytest.mark.parametrize("gamma2", [1e3, 1e5])
+@pytest.mark.parametrize("backend", _backends())
+def test_a_large_gamma2_keeps_the_word_weights_accurate(backend, gamma2):
+    """The weights exp(gamma2 cos[t] - score) rounded gamma2 cos[t] and the score apart: a relative error
+    growing as gamma2 * 2^-24; the kernels take the cosines' difference first."""
+    words, lengths, regions = _inputs(9, 3, 12, 49, 64, torch.float32, seed=4)
+    _compare(backend, words, lengths, regions, gamma2=gamma2)
 
 
 @pytest.mark.parametrize("backend", _backends())
