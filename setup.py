@@ -58,6 +58,13 @@ cpu_arch = os.environ.get("TGFR_CPU_ARCH", "native")
 cxx_flags = ["-O3", "-std=c++20", "-fopenmp", f"-march={cpu_arch}", "-fno-math-errno", "-fno-trapping-math"]
 link_flags = ["-fopenmp"]
 
+# Machine code for sm_80 (A100) and sm_90a (H100, H200), and compute_90 PTX that the driver compiles for a
+# newer GPU, which would otherwise find no kernel image. A TORCH_CUDA_ARCH_LIST chooses instead: torch
+# derives its flags from it only when no -gencode is given.
+cuda_arch_flags = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else [
+    "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
+    "-gencode=arch=compute_90,code=compute_90"]
+
 if build_cuda():
     extension = CUDAExtension(
         name="tgfr._C",
@@ -66,13 +73,7 @@ if build_cuda():
         define_macros=[("TGFR_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": [
-                "-O3",
-                "--use_fast_math",
-                "-lineinfo",
-                "-gencode=arch=compute_80,code=sm_80",
-                "-gencode=arch=compute_90a,code=sm_90a",
-            ],
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", *cuda_arch_flags],
         },
         extra_link_args=link_flags,
     )
