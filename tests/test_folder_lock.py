@@ -1,5 +1,6 @@
 """tgfr.folder_lock: the lock goes with the process that took it."""
 
+import errno
 import fcntl
 import multiprocessing
 import os
@@ -55,3 +56,33 @@ def test_a_held_folder_is_refused_with_the_callers_message(tmp_path, folder_held
     with folder_lock(tmp_path, in_use="another writer"):
         assert _taken_elsewhere(tmp_path)
     assert not _taken_elsewhere(tmp_path)
+
+
+def test_a_released_locks_descriptor_number_is_left_to_its_next_owner_in_a_forked_child(tmp_path):
+    """A forked child closes the descriptors of the locks its parent holds, not those of locks released
+    since: the number goes to the next file opened, which the child would lose."""
+    with folder_lock(tmp_path):
+        pass
+    path = tmp_path / "data.txt"
+    path.write_text("kept")
+    with open(path) as reused:  # most likely the released lock's number
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if os.read(reused.fileno(), 4) == b"kept" else 1)
+            except OSError:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_file_system_without_locks_runs_the_block_unguarded(tmp_path, monkeypatch):
+    """Some network file systems refuse flock (ENOLCK): refusing the folder would make them unusable."""
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = False
+    with folder_lock(tmp_path, in_use="in use"):
+        ran = True
+    assert ran
