@@ -134,6 +134,11 @@ def test_config_validation():
             SyntheticConfig(**{name: limit + 1})
     with pytest.raises(ValueError, match="sum < 1"):
         SyntheticConfig(val_fraction=0.5, test_fraction=0.5)
+    for value in ("0.1", True, None):  # a TypeError or a comparison of True, naming no argument
+        with pytest.raises(ValueError, match=re.escape(f"test_fraction must be a number, got {value!r}")):
+            SyntheticConfig(test_fraction=value)
+    with pytest.raises(ValueError, match=re.escape("degradations must be a dict {split name: recipe}, got None")):
+        SyntheticConfig(degradations=None)
     with pytest.raises(ValueError, match="degradation split names"):
         SyntheticConfig(degradations={"blurry": "down16"})
     # Refused by the config, not after every clean image is rendered.
