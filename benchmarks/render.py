@@ -66,6 +66,8 @@ def load_results(results_dir: Path) -> list[dict]:
             raise ValueError(f"results file {path} is not valid JSON: {error}") from None
         if not isinstance(content, dict) or "cases" not in content:
             continue  # e.g. pytest-benchmark's own --benchmark-json output
+        if missing := [key for key in ("machine", "runs") if key not in content]:
+            raise ValueError(f"results file {path} lacks {', '.join(missing)}")
         files.append(dict(name=path.stem, machine=content["machine"], runs=content["runs"],
                           cases=list(content["cases"].values())))
     for path in sorted(Path(results_dir).glob("word_region_gpu_*.jsonl")):
@@ -84,6 +86,9 @@ def _gpu_lines(path: Path) -> dict:
             record = parse_json(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
+        fields = ("implementation", "dtype", "passes", "N")
+        if missing := [field for field in fields if not isinstance(record, dict) or field not in record]:
+            raise ValueError(f"{path}, line {number}: a GPU case lacks {', '.join(missing)}")
         runs[(record.get("commit"), record.get("date"))] = dict(
             commit=record.get("commit"), date=record.get("date"), torch=record.get("torch"), mode="full",
             threads=None, command=record.get("command", "bash benchmarks/run_gpu.sh"),

@@ -552,3 +552,17 @@ def test_pytest_benchmark_json_names_the_gpu_and_the_commit(monkeypatch):
     machine_info = {"node": "gpu-host"}
     conftest.pytest_benchmark_update_machine_info(None, machine_info)
     assert machine_info == {"node": "gpu-host", "gpu": "NVIDIA Stub GPU", "tgfr_commit": "0123456789ab"}
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("cpu.json", '{"cases": {}, "runs": []}', "results file {path} lacks machine"),
+    ("word_region_gpu_X.jsonl", '{"implementation": "triton", "dtype": "bfloat16", "N": 8}\n',
+     "{path}, line 1: a GPU case lacks passes"),
+    ("word_region_gpu_X.jsonl", '\n[1, 2]\n', "{path}, line 2: a GPU case lacks implementation, dtype, passes, N"),
+])
+def test_the_renderer_names_the_file_and_what_a_malformed_one_lacks(tmp_path, name, text, message):
+    """A bare KeyError or AttributeError named neither."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
+        render.load_results(tmp_path)
