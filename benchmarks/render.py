@@ -132,21 +132,22 @@ def _percent(value: float | None) -> str:
 
 def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
     """Markdown lines: one table per (op, passes), rows by implementation, dtype and N, with the
-    time and memory ratios of the fp32 reference at the same N over the row's and the label of the
-    row's run (`labels`, by run_key). A row that ran out of memory says so instead of a time."""
+    time and memory ratios of the fp32 reference at the same N (where none ran, as on the GPU, the
+    reference of the row's dtype) over the row's and the label of the row's run (`labels`, by
+    run_key). A row that ran out of memory says so instead of a time."""
     lines = []
     groups = defaultdict(list)
     for row in rows:
         groups[(row["op"], row["passes"])].append(row)
     for (op, passes), group in sorted(groups.items()):
-        reference = {row["N"]: row for row in group if row["implementation"] == "reference" and row["dtype"] == "float32"}
+        references = {(row["N"], row["dtype"]): row for row in group if row["implementation"] == "reference"}
         memory = group[0]["memory"]
         lines += [f"#### {op}, {passes.replace('_', '+')}", "",
                   "| implementation | dtype | N=M | time | useful GFLOP/s | of fp32 matmul | of same-dtype matmul "
                   f"| peak memory ({memory}, MiB) | speed-up vs reference | memory vs reference | run |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for row in sorted(group, key=lambda row: (_order(row["implementation"]), row["dtype"], row["N"])):
-            base = reference.get(row["N"])
+            base = references.get((row["N"], "float32")) or references.get((row["N"], row["dtype"]))
             speedup = base["seconds"] / row["seconds"] if base and base["seconds"] and row["seconds"] else None
             memory_ratio = (base["peak_mib"] / row["peak_mib"]
                             if base and base["peak_mib"] is not None and row["peak_mib"] else None)
@@ -350,7 +351,7 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
         "2*N*M*D and 6*N*M*D), recomputation not counted, as a fraction of the same run's 2048x2048 matmul. "
         "Peak memory on CPU: rise of the RSS high-water mark of one step in a fresh process above its RSS "
         "with inputs made; on GPU: torch.cuda.max_memory_allocated, inputs and gradients included. Ratios: the fp32 reference at the same "
-        "N over the row (higher is better).", "",
+        "N (where none ran, as on the GPU, the reference of the row's dtype) over the row (higher is better).", "",
     ]
     files = load_results(results_dir)
     if not files:

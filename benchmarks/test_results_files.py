@@ -231,6 +231,21 @@ def test_comparison_table_divides_the_reference_by_each_row():
     assert lines.index(fused_64) < next(i for i, line in enumerate(lines) if line.startswith("| reference"))
 
 
+def test_the_ratios_take_the_fp32_reference_and_without_one_the_reference_of_the_rows_dtype():
+    """On the GPU the reference runs in bf16 only: its tables showed no ratio, so a kernel slower than the
+    reference went unsaid."""
+    rows = [render.normalize_case(c) for c in (
+        word_region_case("reference", "forward", "float32", 64, 2.0, 1000.0),
+        word_region_case("reference", "forward", "bfloat16", 64, 1.0, 500.0),
+        word_region_case("fused", "forward", "bfloat16", 64, 0.5, 10.0),
+        word_region_case("reference", "forward", "bfloat16", 128, 1.0, 500.0),
+        word_region_case("fused", "forward", "bfloat16", 128, 2.0, 10.0),
+    )]
+    lines = render.comparison_tables(rows, {(None, None): "r1"})
+    assert "| 4.00x | 100.0x | r1 |" in next(line for line in lines if line.startswith("| fused | bfloat16 | 64 |"))
+    assert "| 0.50x | 50.0x | r1 |" in next(line for line in lines if line.startswith("| fused | bfloat16 | 128 |"))
+
+
 def test_sweep_table_marks_lower_bounds_and_steps_over_budget():
     sweeps = [
         {"op": "word_region", "implementation": "reference", "budget_mib": 128, "largest_fitting_n": 8,
