@@ -106,7 +106,7 @@ def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_l
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for seen in ranks:
-        assert seen["error"] is not None and "not finite on rank 1 at step 3" in seen["error"]
+        assert seen["error"] is not None and "not finite on rank 1 at step 3 (rank 1: nan)" in seen["error"]
     log = ranks[0]["log"]
     assert [record["step"] for record in log] == [1, 2]  # the two steps before the NaN
     for record in log:

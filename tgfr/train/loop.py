@@ -70,17 +70,19 @@ def lr_factor(step: int, steps: int, config: OptimConfig) -> float:
 
 def _check_finite(loss: torch.Tensor, stage: str, step: int, world_size: int) -> None:
     """Raises FloatingPointError on every rank when the loss of any rank is not finite: a rank that
-    raised alone would leave the others waiting in DDP's gradient all-reduce for good."""
-    bad = torch.zeros(world_size, dtype=torch.int32, device=loss.device)
-    bad[dist.get_rank() if world_size > 1 else 0] = int(not torch.isfinite(loss.detach()))
+    raised alone would leave the others waiting in DDP's gradient all-reduce for good. Every rank's
+    message gives the failing ranks' losses (rank 0 prints it, whose own loss may be finite)."""
+    losses = torch.zeros(world_size, dtype=torch.float64, device=loss.device)
+    losses[dist.get_rank() if world_size > 1 else 0] = loss.detach().double()
     if world_size > 1:
-        dist.all_reduce(bad)
-    if bad.any():
-        ranks = bad.nonzero().flatten().tolist()
-        where = f" on rank {', '.join(map(str, ranks))}" if world_size > 1 else ""
-        whose = "this rank's loss" if world_size > 1 else "loss"
-        raise FloatingPointError(f"stage {stage}: loss is not finite{where} at step {step}"
-                                 f" ({whose}: {float(loss.detach())})")
+        dist.all_reduce(losses)  # each entry is one rank's: a sum with zeros keeps it, NaN and inf included
+    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+    if bad:
+        if world_size > 1:
+            values = ", ".join(f"rank {rank}: {losses[rank].item()}" for rank in bad)
+            raise FloatingPointError(f"stage {stage}: loss is not finite on rank {', '.join(map(str, bad))} at step "
+                                     f"{step} ({values})")
+        raise FloatingPointError(f"stage {stage}: loss is not finite at step {step} (loss: {losses[0].item()})")
 
 
 def _batch_scalars(loss: torch.Tensor, components: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
