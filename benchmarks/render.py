@@ -41,14 +41,16 @@ def normalize_case(case: dict) -> dict | None:
                     useful_gflops=info["useful_tflops"] * 1e3 if "useful_tflops" in info else None,
                     fraction_of_matmul=None, fraction_of_matmul_same_dtype=None,
                     peak_mib=info["peak_gb"] * 1e9 / 2**20 if "peak_gb" in info else None,
-                    memory="max allocated", out_of_memory=bool(info.get("out_of_memory")), run=run_key(case))
+                    memory="max allocated", out_of_memory=bool(info.get("out_of_memory")), one_step=False,
+                    run=run_key(case))
     if not {"op", "implementation", "passes", "dtype", "shape"} <= info.keys() or _is_sweep(case):
         return None
     return dict(op=info["op"], implementation=info["implementation"], passes=info["passes"], dtype=info["dtype"],
                 N=info["shape"]["N"], seconds=info.get("seconds", stats.get("median")),
                 useful_gflops=info.get("useful_gflops"), fraction_of_matmul=info.get("fraction_of_matmul"),
                 fraction_of_matmul_same_dtype=info.get("fraction_of_matmul_same_dtype"),
-                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise", out_of_memory=False, run=run_key(case))
+                peak_mib=info.get("peak_rss_rise_mib"), memory="RSS rise", out_of_memory=False,
+                one_step=info.get("kind") == "memory", run=run_key(case))
 
 
 def run_key(case_or_run: dict) -> tuple[str | None, str | None]:
@@ -153,7 +155,8 @@ def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
                             if base and base["peak_mib"] is not None and row["peak_mib"] else None)
             lines.append(
                 f"| {row['implementation']} | {row['dtype']} | {row['N']} "
-                f"| {'out of memory' if row['out_of_memory'] else _time(row['seconds'])} "
+                f"| {'out of memory' if row['out_of_memory'] else _time(row['seconds'])}"
+                f"{' (one step, fresh process)' if row['one_step'] else ''} "
                 f"| {_number(row['useful_gflops'])} | {_percent(row['fraction_of_matmul'])} "
                 f"| {_percent(row['fraction_of_matmul_same_dtype'])} | {_number(row['peak_mib'])} "
                 f"| {_number(speedup, '{:.2f}x')} | {_number(memory_ratio, '{:.1f}x')} | {labels[row['run']]} |"

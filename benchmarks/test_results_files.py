@@ -246,6 +246,17 @@ def test_the_ratios_take_the_fp32_reference_and_without_one_the_reference_of_the
     assert "| 0.50x | 50.0x | r1 |" in next(line for line in lines if line.startswith("| fused | bfloat16 | 128 |"))
 
 
+def test_a_memory_cases_time_is_marked_as_one_step():
+    """The N=65536 memory case times one step in a fresh process, not the median of warmed-up rounds that
+    the column holds elsewhere."""
+    memory = word_region_case("fused", "forward_backward", "float32", 65536, 0.0, 386.0)
+    memory["extra_info"].update(kind="memory", seconds=47.2)
+    timed = word_region_case("fused", "forward_backward", "float32", 64, 0.5, 10.0)
+    lines = render.comparison_tables([render.normalize_case(c) for c in (memory, timed)], {(None, None): "r1"})
+    assert "| 47.20 s (one step, fresh process) |" in next(line for line in lines if "| 65536 |" in line)
+    assert "| 500.0 ms |" in next(line for line in lines if "| 64 |" in line)
+
+
 def test_sweep_table_marks_lower_bounds_and_steps_over_budget():
     sweeps = [
         {"op": "word_region", "implementation": "reference", "budget_mib": 128, "largest_fitting_n": 8,
