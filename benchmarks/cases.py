@@ -39,7 +39,8 @@ def run_case(benchmark, steps: ModuleType, op: str, implementation: str, passes:
     benchmark.group = f"{op} {passes} {dtype}"
     rounds, warmup_rounds = rounds_of(steps.useful_flops(size, passes))
     output = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
-
+    if benchmark.disabled:  # --benchmark-disable: the step ran once, as a check; nothing was timed
+        return output
     seconds = benchmark.stats.stats.median
     gflops = steps.useful_flops(size, passes) / seconds / 1e9
     memory = steps.measure_step_memory(implementation, passes, size, dtype)

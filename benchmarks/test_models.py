@@ -36,6 +36,8 @@ def test_iresnet_small_images_per_second(benchmark, bench_rounds, passes, batch,
 
     benchmark.group = f"iresnet_small {passes} {input_size}x{input_size}"
     benchmark.pedantic(step, rounds=bench_rounds, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: the step ran once, as a check; nothing was timed
+        return
     images_per_second = batch / benchmark.stats.stats.median
     benchmark.extra_info.update(images_per_second=images_per_second, batch=batch, input_size=input_size,
                                 dtype="float32", threads=torch.get_num_threads())
