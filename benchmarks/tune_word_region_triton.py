@@ -10,7 +10,9 @@ and 2, backwards 1), TAIL_CHUNKS and REGIONS_MAJOR. Kinds: forward, backward (on
 and deterministic_backward (its two kernels with the same config, timed together). All configs are compiled first in parallel
 worker processes (Triton's disk cache) at N=M=CHECK_SIZE, then each is checked against the float64
 reference at that size and timed (best of 3 runs; 1 run when a run takes over 0.6 s) at N=M=--size. One
-JSON line per config: ms and useful TFLOP/s (forward 4*N*M*T*R*D, backward 8*N*M*T*R*D), the
+JSON line per config: ms and useful TFLOP/s (forward 4*W*M*R*D, backward 8*W*M*R*D, W = sum(lengths) the
+valid words: a third of the captions have 9 of T=22, the padding is no useful work; lines written
+before 2026-11-29 count N*T, a quarter more), the
 relative max error, device, commit ($TGFR_COMMIT if set) and date; a config that fails to
 compile gets its error.
 """
@@ -141,6 +143,7 @@ def main() -> None:
     words, lengths, regions = tuning_inputs(args.size, dtype)
     grad_scores = torch.randn(args.size, args.size, device="cuda")
     useful = {"forward": 4, "backward": 8, "deterministic_backward": 8}
+    valid_words = int(lengths.sum())
     deadline = time.time() + args.seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
@@ -165,7 +168,7 @@ def main() -> None:
                     times.append(start.elapsed_time(end))
                     if times[0] > 600:
                         break
-                flops = useful[kind] * args.size**2 * NUM_WORDS * NUM_REGIONS * DIM
+                flops = useful[kind] * valid_words * args.size * NUM_REGIONS * DIM
                 row.update(ms=min(times), useful_tflops=flops / min(times) / 1e9)
             out.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in environment}), flush=True)
