@@ -185,6 +185,22 @@ def test_a_run_folder_another_trainer_holds_is_refused_by_every_rank(tmp_path, t
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
 
 
+def test_a_write_that_rank_0_alone_does_fails_on_every_rank_with_its_message(tmp_path, tiny_overrides):
+    """run_info.json, written by rank 0 alone, cannot be written (a folder stands there): rank 1 died in its
+    next collective with about 30 lines of gloo's traceback; now every rank stops, rank 0 saying why."""
+    run = tmp_path / "ddp"
+    started = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run), "--stop-after", "1",
+                       *[arg for o in tiny_overrides for arg in ("--set", o)])
+    assert started.returncode == 0, started.stderr[-3000:]
+    (run / "run_info.json").unlink()
+    (run / "run_info.json").mkdir()
+    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--resume", "--out", str(run))
+    assert result.returncode != 0
+    errors = re.findall(r"tgfr train: error[^\r\n]*", result.stderr)
+    assert len(errors) == 1 and f"cannot write run information {run / 'run_info.json'}" in errors[0], result.stderr
+    assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
+
+
 def test_a_process_group_the_caller_made_sets_the_rank_and_world_size(monkeypatch):
     """mp.spawn with init_process_group and no torchrun: read from WORLD_SIZE alone (unset), every process
     trained as rank 0 of one, each writing the same run folder."""

@@ -409,14 +409,20 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
             words = config.model.max_length - 2
             print(f"tgfr train: {truncated} distinct training captions have more than model.max_length - 2 = "
                   f"{words} word-piece tokens; the text encoder sees only their first {words}", file=sys.stderr)
-    if rank == 0 and resume:  # an earlier call killed while writing either file leaves its temporary file
+    # What rank 0 alone writes goes through _on_rank_0: a failed write (a full disk, a folder where a file
+    # goes) is then raised on every rank, where the others would fail in their next collective with a
+    # backend error that does not say why.
+    def tidy_resumed_folder() -> None:  # an earlier call killed while writing either file leaves its temporary file
         remove_temporaries(out / CHECKPOINT)
         remove_temporaries(out / "metrics.jsonl")
-    if rank == 0 and restart:
-        print(f"tgfr train: {out} holds no checkpoint yet (its run stopped before the first one): training it "
-              f"from its first step, {out / 'metrics.jsonl'} emptied", file=sys.stderr)
-        (out / "metrics.jsonl").write_text("", encoding="utf-8")
-    elif not resume:
+        if restart:
+            print(f"tgfr train: {out} holds no checkpoint yet (its run stopped before the first one): training it "
+                  f"from its first step, {out / 'metrics.jsonl'} emptied", file=sys.stderr)
+            (out / "metrics.jsonl").write_text("", encoding="utf-8")
+
+    if resume:
+        _on_rank_0(rank, world_size, tidy_resumed_folder)
+    else:
         def start_run_folder() -> None:
             out.mkdir(parents=True, exist_ok=True)
             lock()
@@ -427,10 +433,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                 stream.write(to_toml(config))
 
         _on_rank_0(rank, world_size, start_run_folder)
-    if rank == 0:
+
+    def record_this_call() -> None:
         resumed_at = {"stage": state["stage"], "step": state["step"]} if state is not None else None
         record_call(out, {**environment(device, "bf16" if settings.bf16 else "fp32", world_size),
                           "resumed_at": resumed_at})
+
+    _on_rank_0(rank, world_size, record_this_call)
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
 
     def drop_lost_records() -> None:  # only once the checkpoint's whole state has loaded
@@ -463,7 +472,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
         def checkpoint(step, optimizer, scheduler, name=name, stage=stage, counted=counted, first_step=first_step,
                        started=started, optim=stage_config.optim):
             rng = gather_objects(rng_state())  # on every rank: each continues its own stream on resume
-            if rank == 0:
+
+            def save() -> None:
                 # The steps and seconds up to here travel with the state: a call that crashes after this
                 # checkpoint still counts them when resumed.
                 summary = _add_counts(counted, name, step - first_step, time.perf_counter() - started)
@@ -471,6 +481,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                     "summary": summary, "optim": dataclasses.asdict(optim), "data": training_data})
+
+            _on_rank_0(rank, world_size, save)
 
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
                           stage_resume, drop_lost_records if stage_resume is not None else None)
@@ -483,10 +495,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
             break
         finish_stage(model, name)
     else:
-        if rank == 0:
-            save_tgfr_model(model, out / "model")
-    if rank == 0:
-        _write_summary(out, counted, config.data.identities_per_batch * config.data.images_per_identity)
+        _on_rank_0(rank, world_size, lambda: save_tgfr_model(model, out / "model"))
+    _on_rank_0(rank, world_size, lambda: _write_summary(out, counted, config.data.identities_per_batch
+                                                        * config.data.images_per_identity))
     log.close()
     _barrier(world_size)
     return out
