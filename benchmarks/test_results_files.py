@@ -1,5 +1,6 @@
 """The results-file writer (benchmarks/recording.py) and the renderer (benchmarks/render.py)."""
 
+import datetime
 import io
 import json
 import os
@@ -143,6 +144,21 @@ def test_machine_memory_is_memtotal_in_gib(monkeypatch):
 def test_run_description_records_torchs_threads(monkeypatch):
     monkeypatch.setattr(recording.torch, "get_num_threads", lambda: 7)
     assert recording.run_description("quick")["threads"] == 7
+
+
+def test_run_description_records_the_torch_and_a_utc_date():
+    run = recording.run_description("quick")
+    assert run["torch"] == recording.torch.__version__
+    assert run["date"].endswith("+00:00") and datetime.datetime.fromisoformat(run["date"]).utcoffset() == \
+        datetime.timedelta(0)
+
+
+def test_a_gpu_machine_is_of_a_gpu_kind(monkeypatch):
+    """A GPU's figures go to a gpu-<name> file, not the host CPU's."""
+    monkeypatch.setattr(recording.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(recording.torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    machine = recording.machine_description()
+    assert (machine["gpu"], machine["kind"]) == ("NVIDIA H200", "gpu-nvidia-h200")
 
 
 def test_machine_busy_time_counts_every_state_but_idle_and_iowait(monkeypatch):
