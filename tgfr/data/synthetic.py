@@ -329,7 +329,9 @@ def _generate(out: Path, config: SyntheticConfig, workers: int) -> Path:
     # The earlier manifest goes before any of its images is overwritten or removed: left beside them by
     # a run cut short, it would describe images of two datasets to any reader of data.manifest.
     (out / "manifest.jsonl").unlink(missing_ok=True)
-    _remove_images(out, set().union(*map(_written_paths, earlier)) - _written_paths(config))
+    # Only the earlier runs' images that are there: a run cut short early may have planned millions it never
+    # wrote, each a failed unlink.
+    _remove_images(out, (set().union(*map(_written_paths, earlier)) & _generated_images(out)) - _written_paths(config))
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
     if workers > 1:
