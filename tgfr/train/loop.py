@@ -127,9 +127,9 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             on_resumed()
     module = stage
     if settings.world_size > 1:
-        # DDP syncs parameters, but buffers at most once, when the torch has forward_sync_buffers: start every
-        # rank from rank 0's
-        # (the association memory is drawn from each rank's RNG; BN statistics drift apart per rank in fr).
+        # DDP syncs parameters, but buffers at most once (where torch has forward_sync_buffers): every rank
+        # starts from rank 0's (the association memory is drawn from each rank's RNG; BN statistics drift
+        # apart per rank in fr).
         for buffer in stage.buffers():
             dist.broadcast(buffer, 0)
         module = DistributedDataParallel(stage, device_ids=[settings.device.index] if settings.device.type == "cuda"
