@@ -438,6 +438,9 @@ std::tuple<Tensor, Tensor> contrastive_backward_cpu(
       if (!on) return result;
       TORCH_CHECK_VALUE(grad.numel() == n && lse.numel() == n, name, " gradient and log-sum-exp must have ", n,
                         " entries, got ", grad.numel(), " and ", lse.numel());
+      TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()) && at::isFloatingType(lse.scalar_type()), name,
+                       " gradient and log-sum-exp must be floating point, got ", grad.scalar_type(), " and ",
+                       lse.scalar_type());
       const Tensor g = grad.to(inputs.x.scalar_type()).contiguous();
       const Tensor l = lse.to(inputs.x.scalar_type()).contiguous();
       const Tensor inverse_count = inputs.counts(of_rows, offset).reciprocal();

@@ -529,18 +529,24 @@ at::Tensor paired_attention(const at::Tensor& words, const at::Tensor& lengths, 
   return attention;
 }
 
-void check_hyperparameters(const Hyperparameters& hyper) {
-  // An infinite gamma makes every score NaN (inf - inf in the log-sum-exps).
-  TORCH_CHECK_VALUE(hyper.gamma1 > 0 && hyper.gamma2 > 0 && std::isfinite(hyper.gamma1) && std::isfinite(hyper.gamma2),
-                    "gamma1 and gamma2 must be finite and positive, got ", hyper.gamma1, " and ", hyper.gamma2);
+// Checked in the accumulation type: an infinite gamma makes every score NaN (inf - inf in the log-sum-exps),
+// and a float64 gamma past float32's range is inf in a float32 kernel.
+void check_hyperparameters(const Hyperparameters& hyper, at::ScalarType accumulation) {
+  const bool in_range = accumulation == at::kDouble
+                            ? std::isfinite(hyper.gamma1) && std::isfinite(hyper.gamma2)
+                            : std::isfinite(static_cast<float>(hyper.gamma1)) &&
+                                  std::isfinite(static_cast<float>(hyper.gamma2));
+  TORCH_CHECK_VALUE(hyper.gamma1 > 0 && hyper.gamma2 > 0 && in_range, "gamma1 and gamma2 must be finite and positive ",
+                    "in the kernel's ", accumulation == at::kDouble ? "float64" : "float32", ", got ", hyper.gamma1,
+                    " and ", hyper.gamma2);
 }
 
 at::Tensor word_region_scores(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                               double gamma1, double gamma2, bool word_softmax) {
   const Hyperparameters hyper{gamma1, gamma2, word_softmax};
-  check_hyperparameters(hyper);
   const at::Tensor w = words.contiguous(), l = lengths.contiguous(), v = regions.contiguous();
   check_inputs(w, l, v);
+  check_hyperparameters(hyper, accumulation_type(w.scalar_type()));
   if (accumulation_type(w.scalar_type()) == at::kDouble) return scores_forward<double>(w, l, v, hyper);
   return scores_forward<float>(w, l, v, hyper);
 }
@@ -549,11 +555,13 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
                                                                const at::Tensor& lengths, const at::Tensor& regions,
                                                                double gamma1, double gamma2, bool word_softmax) {
   const Hyperparameters hyper{gamma1, gamma2, word_softmax};
-  check_hyperparameters(hyper);
   const at::Tensor w = words.contiguous(), l = lengths.contiguous(), v = regions.contiguous();
   check_inputs(w, l, v);
+  check_hyperparameters(hyper, accumulation_type(w.scalar_type()));
   TORCH_CHECK_VALUE(grad_scores.dim() == 2 && grad_scores.size(0) == w.size(0) && grad_scores.size(1) == v.size(0),
                     "grad_scores must have shape (N, M) = (", w.size(0), ", ", v.size(0), ")");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_scores.scalar_type()), "grad_scores must be floating point, got ",
+                   grad_scores.scalar_type());
   if (accumulation_type(w.scalar_type()) == at::kDouble) return scores_backward<double>(grad_scores, w, l, v, hyper);
   return scores_backward<float>(grad_scores, w, l, v, hyper);
 }
@@ -561,9 +569,9 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
 at::Tensor word_region_attention(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                                  double gamma1, bool word_softmax) {
   const Hyperparameters hyper{gamma1, 1.0, word_softmax};
-  check_hyperparameters(hyper);
   const at::Tensor w = words.contiguous(), l = lengths.contiguous(), v = regions.contiguous();
   check_inputs(w, l, v);
+  check_hyperparameters(hyper, accumulation_type(w.scalar_type()));
   TORCH_CHECK_VALUE(v.size(0) == w.size(0), "word_region_attention pairs caption i with image i: regions must have N=",
                     w.size(0), " images, got ", v.size(0));
   if (accumulation_type(w.scalar_type()) == at::kDouble) return paired_attention<double>(w, l, v, hyper);

@@ -645,6 +645,11 @@ def test_registered_ops_refuse_inputs_that_are_not_floating_point(dtype):
     for call in raw_calls(3, 3, 0, True, dtype=dtype).values():
         with pytest.raises(TypeError, match="x and y must be float32, float64, float16 or bfloat16, got"):
             call()
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    for grad, lse in ((torch.ones(3).to(dtype), torch.zeros(3)), (torch.ones(3), torch.zeros(3).to(dtype))):
+        with pytest.raises(TypeError, match="row gradient and log-sum-exp must be floating point, got"):
+            torch.ops.tgfr.contrastive_backward(grad, torch.zeros(0), x, y, None, None, lse, torch.zeros(0), 5.0, 0.0,
+                                                "none", 0, True, False)
 
 
 def every_other(tensor):

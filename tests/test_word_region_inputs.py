@@ -294,3 +294,20 @@ def test_auto_sends_float64_cuda_tensors_to_the_reference():
         words32 = torch.empty(3, 22, 300, dtype=torch.float32, device="cuda")
     assert _resolve_backend("auto", words64) == "reference"
     assert _resolve_backend("auto", words32) == auto_cuda_backend(22, 300)
+
+
+def test_kernel_checks_gammas_in_its_own_precision():
+    """A gamma past float32's range is inf in the float32 kernel (NaN scores); the float64 kernel holds it."""
+    words, lengths, regions = valid_inputs()
+    for op in RAW_OPS:
+        with pytest.raises(ValueError, match=re.escape("gamma1 and gamma2 must be finite and positive in the "
+                                                       "kernel's float32, got 1e+39 and")):
+            op(words, lengths, regions[:3], 1e39)
+    assert torch.isfinite(raw_scores(words.double(), lengths, regions.double(), 1e39, 1e39)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_kernel_refuses_a_gradient_that_is_not_floating_point(dtype):
+    words, lengths, regions = valid_inputs()
+    with pytest.raises(TypeError, match="grad_scores must be floating point, got"):
+        raw_scores_backward(words, lengths, regions, grad=torch.ones(3, 4).to(dtype))
