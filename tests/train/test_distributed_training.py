@@ -210,6 +210,14 @@ def test_a_process_group_the_caller_made_sets_the_rank_and_world_size(monkeypatc
     monkeypatch.setattr(run_module.dist, "get_rank", lambda: 1)
     config = load_config("quick", ['device="cpu"'])
     assert run_module._init_distributed(config) == (1, 2, torch.device("cpu"))
+    # On CUDA, rank r of one machine takes GPU r (mp.spawn sets no LOCAL_RANK; every rank took GPU 0).
+    chosen = []
+    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run_module.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(run_module.torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert run_module._init_distributed(load_config("quick", ['device="cuda"'])) == (1, 2, torch.device("cuda", 1))
+    assert chosen == [1]
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ValueError, match=re.escape("WORLD_SIZE=4 in the environment, but the process group already "
                                                    "initialized has 2 process(es)")):

@@ -193,7 +193,8 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
             dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0
     if cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        # torchrun sets LOCAL_RANK; mp.spawn on one machine does not, and rank r takes GPU r there.
+        local_rank = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
         torch.cuda.set_device(local_rank)
         return rank, world_size, torch.device("cuda", local_rank)
     return rank, world_size, torch.device("cpu")
