@@ -134,11 +134,14 @@ def test_config_validation():
             SyntheticConfig(**{name: limit + 1})
     with pytest.raises(ValueError, match="sum < 1"):
         SyntheticConfig(val_fraction=0.5, test_fraction=0.5)
-    for value in ("0.1", True, None):  # a TypeError or a comparison of True, naming no argument
-        with pytest.raises(ValueError, match=re.escape(f"test_fraction must be a number, got {value!r}")):
+    # A TypeError, a comparison of True, or (numpy's float32) a TypeError of json once the key is made.
+    for value in ("0.1", True, None, np.float32(0.1)):
+        with pytest.raises(ValueError, match=re.escape(f"test_fraction must be an int or float, got {value!r}")):
             SyntheticConfig(test_fraction=value)
-    with pytest.raises(ValueError, match=re.escape("degradations must be a dict {split name: recipe}, got None")):
-        SyntheticConfig(degradations=None)
+    for degradations in (None, {1: "down24"}):  # an AttributeError
+        with pytest.raises(ValueError, match=re.escape(f"degradations must be a dict {{split name: recipe}}, got "
+                                                       f"{degradations!r}")):
+            SyntheticConfig(degradations=degradations)
     with pytest.raises(ValueError, match="degradation split names"):
         SyntheticConfig(degradations={"blurry": "down16"})
     # Refused by the config, not after every clean image is rendered.

@@ -73,9 +73,10 @@ class SyntheticConfig:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
                 raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
         for name in ("val_fraction", "test_fraction"):
+            # A Python number: the config's key is its JSON, which has no numpy float32.
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
-                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
-        if not isinstance(self.degradations, dict):
+                raise ValueError(f"{name} must be an int or float, got {getattr(self, name)!r}")
+        if not isinstance(self.degradations, dict) or not all(isinstance(name, str) for name in self.degradations):
             raise ValueError(f"degradations must be a dict {{split name: recipe}}, got {self.degradations!r}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be >= 0 with sum < 1, got "
