@@ -45,9 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What to do after an interruption, by command.
-
-
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signum)
 

@@ -11,6 +11,7 @@ Overrides use dotted keys and TOML values: `fr.steps=50`, `data.manifest="m.json
 import contextlib
 import copy
 import dataclasses
+import datetime
 import math
 import os
 import re
@@ -443,8 +444,9 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         # A folder named 2024 is a bare word to the user and a number to TOML.
+        unquoted = (int, float, bool, datetime.date, datetime.time)  # datetime.datetime is a date
         quoting = (f"; TOML reads an unquoted number, date or boolean as one: quote it to give text "
-                   f"(--set '{key}=\"...\"')") if kind is str else ""
+                   f"(--set '{key}=\"...\"')") if kind is str and isinstance(value, unquoted) else ""
         raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__}){quoting}")
     return value
 
