@@ -479,6 +479,25 @@ def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path | str,
     )
 
 
+def test_a_session_records_the_commit_it_started_at(tmp_path):
+    """The plugin takes the commit when the session starts (the code it imports and measures); the test
+    here moves it ($TGFR_COMMIT, which recording.commit reads) as a commit made during the run would."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_cases.py").write_text("import os\n\ndef test_passes(benchmark):\n"
+                                            "    benchmark(lambda: None)\n    os.environ['TGFR_COMMIT'] = 'moved'\n")
+    results = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
+         "--tgfr-results", str(results)],
+        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+        env={**{name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
+             "TGFR_COMMIT": "started"})
+    assert run.returncode == pytest.ExitCode.OK, run.stdout + run.stderr
+    (entry,) = json.loads(results.read_text())["runs"]
+    assert (entry["commit"], entry["commit_note"]) == ("started", "the checkout was at moved when the run ended")
+
+
 def test_tgfr_results_auto_merges_into_the_machine_kinds_file(benchmarks_checkout):
     """`--tgfr-results auto` writes benchmarks/results/<machine kind>.json, here of a copy of the
     package, so that this checkout's results files are left alone."""
@@ -598,6 +617,7 @@ def test_pytest_benchmark_json_names_the_gpu_and_the_commit(monkeypatch):
 
 @pytest.mark.parametrize("name, text, message", [
     ("cpu.json", '{"cases": {}, "runs": []}', "results file {path} lacks machine"),
+    ("cpu.json", '{"cases": {}, "machine": {}}', "results file {path} lacks runs"),
     ("word_region_gpu_X.jsonl", '{"implementation": "triton", "dtype": "bfloat16", "N": 8}\n',
      "{path}, line 1: a GPU case lacks passes"),
     ("word_region_gpu_X.jsonl", '\n[1, 2]\n', "{path}, line 2: a GPU case lacks implementation, dtype, passes, N"),
