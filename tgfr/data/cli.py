@@ -75,7 +75,7 @@ def _convert(args: argparse.Namespace) -> int:
         root = Path(args.root)
         # Its warning (a seeded split left empty) is for the user, not a Python warning naming a source line.
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", UserWarning)  # other categories keep their filters
             records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
                                                      hq_mapping=args.hq_mapping, split_file=args.split_file,
                                                      seed=args.seed or 0, bad_files=bad_files)
