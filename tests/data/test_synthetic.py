@@ -195,19 +195,23 @@ def test_concurrent_first_use_never_touches_the_other_generation(tmp_path, monke
 
 def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     """A run killed while generating (SIGKILL, out of memory) cannot remove its staging folder; the
-    next run removes it, and leaves a live process's staging folder alone."""
+    next run removes it (an earlier tgfr's, named without the machine, too), and leaves alone a live
+    process's staging folder and another machine's (sharing the cache over a network file system: its
+    process id says nothing here)."""
     config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
+                              text=True, check=True).stdout.strip()
+    here = synthetic._staging_owner().partition("@")[2]
     parent = tmp_path / "synthetic"
-    abandoned = parent / f".{config.key()}-{finished.stdout.strip()}-0123abcd"
-    running = parent / f".{config.key()}-{os.getppid()}-4567ef01"
-    for staging in (abandoned, running):
+    abandoned = [parent / f".{config.key()}-{finished}@{here}-0123abcd", parent / f".{config.key()}-{finished}-89ab"]
+    kept = [parent / f".{config.key()}-{os.getppid()}@{here}-4567ef01",
+            parent / f".{config.key()}-{finished}@another_machine-cdef"]
+    for staging in abandoned + kept:
         staging.mkdir(parents=True)
         (staging / "part.png").write_bytes(b"partial")
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
-    assert not abandoned.exists() and (running / "part.png").is_file()
-    assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), running.name])
+    assert not any(staging.exists() for staging in abandoned) and all((s / "part.png").is_file() for s in kept)
+    assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), *(staging.name for staging in kept)])
     assert len(read_manifest(manifest)) == 3
 
 

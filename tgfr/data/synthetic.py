@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -368,13 +369,21 @@ def _cached_manifest(folder: Path, key: str) -> Path | None:
     return folder / "manifest.jsonl" if _marker_key(folder) == key else None
 
 
+def _staging_owner() -> str:
+    """This process as the owner named in a staging folder's name: <pid>@<host>, since a process id names a
+    process of its own machine only, and a cache folder on a network file system is shared by several."""
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())}"
+
+
 def _remove_abandoned_staging(parent: Path, key: str) -> None:
-    """Removes the staging folders of `key` whose process has ended without removing its own (killed:
-    SIGKILL, out of memory): each would hold a partial copy of the dataset for good. Staging folders
-    of live processes, and names of another form, are left alone."""
+    """Removes the staging folders of `key` whose process, on this machine, has ended without removing
+    its own (killed: SIGKILL, out of memory): each would hold a partial copy of the dataset for good.
+    Staging folders of live processes or of another machine, and names of another form, are left alone
+    (a name without a machine is an earlier tgfr's, taken for this machine's)."""
+    this_machine = _staging_owner().partition("@")[2]
     for staging in parent.glob(f".{key}-*-*"):
-        owner = staging.name[len(key) + 2:].split("-", 1)[0]
-        if not owner.isdigit() or int(owner) == os.getpid():
+        owner, _, machine = staging.name[len(key) + 2:].split("-", 1)[0].partition("@")
+        if not owner.isdigit() or int(owner) == os.getpid() or machine not in ("", this_machine):
             continue
         try:
             os.kill(int(owner), 0)
@@ -405,7 +414,7 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
         return manifest
     # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read);
     # the process id in it lets a later run remove it if this process is killed.
-    staging = folder.with_name(f".{key}-{os.getpid()}-{uuid.uuid4().hex}")
+    staging = folder.with_name(f".{key}-{_staging_owner()}-{uuid.uuid4().hex}")
     # A file in the way, no permission, a full disk: a setting to fix, named in one line, not a traceback.
     check_output_folder(f"cache_dir {root}: the synthetic dataset's folder", folder.parent)
     try:
