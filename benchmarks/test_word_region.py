@@ -121,7 +121,12 @@ def test_run_case_records_the_figures_of_the_timed_step(dtype):
         measure_step_memory=measure_step_memory,
     )
     benchmark = SimpleNamespace(extra_info={}, stats=SimpleNamespace(stats=SimpleNamespace(median=0.5)),
-                                pedantic=lambda step, rounds, iterations, warmup_rounds: step())
+                                pedantic=lambda step, rounds, iterations, warmup_rounds: step(), disabled=False)
+    # --benchmark-disable: the step runs once, as a check; there are no timings, and nothing is recorded.
+    disabled = SimpleNamespace(extra_info={}, stats=None, disabled=True,
+                               pedantic=lambda step, rounds, iterations, warmup_rounds: step())
+    assert run_case(disabled, steps, "op", "fused", "forward_backward", dtype, 48, 100.0, {}.get) == "output"
+    assert disabled.extra_info == {} and memory_calls == []
     output = run_case(benchmark, steps, "op", "fused", "forward_backward", dtype, 48, 100.0, {"bfloat16": 40.0}.get)
     # 3 GFLOP in the median 0.5 s: 6 GFLOP/s, 6% of the fp32 matmul's 100 and 15% of the bf16 matmul's 40.
     expected = dict(op="op", implementation="fused", passes="forward_backward", dtype=dtype, shape={"N": 48},
