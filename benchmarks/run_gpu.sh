@@ -75,7 +75,8 @@ if not torch.cuda.is_available() or missing:
 
 tests() {
   # The files with gpu-marked tests; CI runs the rest (interpreted Triton, the nvcc build checks).
-  require_gpu && logged 30 python -m pytest -q -m gpu -p no:cacheprovider tests/test_word_region_gpu.py tests/test_contrastive_triton.py
+  require_gpu && logged 30 python -m pytest -q -m gpu -p no:cacheprovider tests/test_word_region_gpu.py \
+    tests/test_contrastive_triton.py
 }
 
 sanitizer() {

@@ -65,7 +65,8 @@ def test_a_results_file_write_that_fails_halfway_keeps_the_earlier_runs(tmp_path
         from benchmarks.test_results_files import MACHINE, case, recording, run
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 100}, resource.RLIM_INFINITY))
         try:
-            recording.write_results(sys.argv[1], MACHINE, run("quick", "b"), [case(f"f::{{i}}", 1.0) for i in range(50)])
+            cases = [case(f"f::{{i}}", 1.0) for i in range(50)]
+            recording.write_results(sys.argv[1], MACHINE, run("quick", "b"), cases)
         except OSError as error:
             sys.exit(3)
     """)
@@ -462,12 +463,15 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
 
 
-def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path | str,
-                                            package_root: Path = _ROOT) -> subprocess.CompletedProcess:
+def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path | str, package_root: Path = _ROOT,
+                                            after: str = "", environment: dict | None = None
+                                            ) -> subprocess.CompletedProcess:
     """A pytest session, in a child process, of one benchmark under tmp_path merged into `results`,
-    with the benchmarks package (its conftest and recording) of `package_root`."""
+    with the benchmarks package (its conftest and recording) of `package_root`; `after`: a line of Python
+    the benchmark runs after its timing, `environment`: variables set for the session."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "test_cases.py").write_text("def test_passes(benchmark):\n    benchmark(lambda: None)\n")
+    (tmp_path / "test_cases.py").write_text(f"import os\n\ndef test_passes(benchmark):\n    benchmark(lambda: None)\n"
+                                            f"    {after or 'pass'}\n")
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
          "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
@@ -475,24 +479,16 @@ def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path | str,
         cwd=package_root, capture_output=True, text=True, timeout=300,
         # quick mode even inside a full benchmark run; tgfr from this checkout
         env={**{name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
-             "PYTHONPATH": os.pathsep.join([str(package_root), str(_ROOT)])},
+             "PYTHONPATH": os.pathsep.join([str(package_root), str(_ROOT)]), **(environment or {})},
     )
 
 
 def test_a_session_records_the_commit_it_started_at(tmp_path):
-    """The plugin takes the commit when the session starts (the code it imports and measures); the test
-    here moves it ($TGFR_COMMIT, which recording.commit reads) as a commit made during the run would."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "test_cases.py").write_text("import os\n\ndef test_passes(benchmark):\n"
-                                            "    benchmark(lambda: None)\n    os.environ['TGFR_COMMIT'] = 'moved'\n")
+    """The plugin takes the commit when the session starts (the code it imports and measures); the
+    benchmark here moves it ($TGFR_COMMIT, which recording.commit reads) as a commit made during the run would."""
     results = tmp_path / "results.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
-         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
-         "--tgfr-results", str(results)],
-        cwd=_ROOT, capture_output=True, text=True, timeout=300,
-        env={**{name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
-             "TGFR_COMMIT": "started"})
+    run = _pytest_one_benchmark_with_tgfr_results(tmp_path, results, after="os.environ['TGFR_COMMIT'] = 'moved'",
+                                                  environment={"TGFR_COMMIT": "started"})
     assert run.returncode == pytest.ExitCode.OK, run.stdout + run.stderr
     (entry,) = json.loads(results.read_text())["runs"]
     assert (entry["commit"], entry["commit_note"]) == ("started", "the checkout was at moved when the run ended")

@@ -14,7 +14,8 @@ import pytest
 
 _SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
 
-# The GPU check (before tests and bench) fails when $STUB_NO_GPU is set. `tune` appends a line to its --out file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
+# The GPU check (before tests and bench) fails when $STUB_NO_GPU is set. `tune` appends a line to its --out
+# file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
 # a line to a word_region_gpu_*.jsonl file (and its arguments, one per line, to $STUB_ARGS if set),
 # prints a case's line, creates the file $STUB_PRINTED if set, then sleeps $STUB_BENCH_SLEEP seconds;
 # stopped by TERM, it prints which case it was in, as a stage reporting where it stopped does.

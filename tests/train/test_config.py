@@ -69,8 +69,8 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("fr.stepz=3", "unknown key fr.stepz"),
     ("fr.steps=1.5", "fr.steps must be of type int"),
     ("fr.steps=true", "fr.steps must be of type int"),
-    ("data.cache_dir=2024", r"^data\.cache_dir must be of type str, got 2024 \(int\); TOML reads an unquoted number, date "
-                            r"or boolean as one: quote it to give text \(--set 'data\.cache_dir=\"\.\.\.\"'\)$"),
+    ("data.cache_dir=2024", r"^data\.cache_dir must be of type str, got 2024 \(int\); TOML reads an unquoted number, "
+                            r"date or boolean as one: quote it to give text \(--set 'data\.cache_dir=\"\.\.\.\"'\)$"),
     ('data.cache_dir=["runs"]', r"^data\.cache_dir must be of type str, got \['runs'\] \(list\)$"),  # no quoting hint
     ("align.supervision=labels", "align.supervision must be one of"),
     ("stages=[\"fr\", \"oops\"]", "stages must be distinct names"),
