@@ -19,6 +19,31 @@ def test_a_worker_that_dies_is_a_child_process_error():
             pool.map(os._exit, [9])
 
 
+def test_a_result_that_does_not_unpickle_is_named_not_taken_for_a_killed_worker(tmp_path):
+    """An exception class whose arguments do not rebuild it: the parent's unpickling fails, which the pool
+    reported as a worker killed for lack of memory."""
+    script = tmp_path / "unpicklable.py"
+    script.write_text(textwrap.dedent("""
+        from tgfr.data.worker_pool import WorkerPool
+
+        class TwoPartError(Exception):
+            def __init__(self, message, detail):
+                super().__init__(message)
+
+        def work(item):
+            raise TwoPartError("boom", item)
+
+        if __name__ == "__main__":
+            with WorkerPool(2) as pool:
+                pool.map(work, [1])
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "ChildProcessError: a worker's result or error could not be passed back to this process: TypeError: "
+        "TwoPartError.__init__() missing 1 required positional argument: 'detail'"), result.stderr
+
+
 def test_a_script_without_a_main_guard_fails_instead_of_waiting(tmp_path):
     """Each spawned worker imports the script again, which starts a pool of its own while it is still
     starting: the worker fails, and multiprocessing.Pool replaced it with another for ever."""

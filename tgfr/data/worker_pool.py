@@ -87,7 +87,11 @@ class WorkerPool:
     def map(self, function: Callable, items: Sequence, chunksize: int = 1) -> list:
         try:
             return list(self._executor.map(functools.partial(_unless_stopped, function), items, chunksize=chunksize))
-        except BrokenProcessPool:
+        except BrokenProcessPool as broken:
+            if broken.__cause__ is not None:  # the worker ran, but its result or error did not unpickle here
+                reason = [line.strip() for line in str(broken.__cause__).splitlines() if line.strip(" '")][-1]
+                raise ChildProcessError(f"a worker's result or error could not be passed back to this process: "
+                                        f"{reason}") from None
             raise ChildProcessError("a worker process ended abruptly (killed, say for lack of memory: try fewer "
                                     "workers; from a script, guard its top level with "
                                     "if __name__ == \"__main__\":, which every spawned worker imports again)") from None
