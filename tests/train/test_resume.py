@@ -50,6 +50,11 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+def files_of(folder) -> dict:
+    """Every file under `folder` and its bytes: a refused resume must leave the run folder as it was."""
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
 def resume_refusal(run) -> str:
     """The message with which `tgfr train --resume --out run` stops."""
     with pytest.raises(SystemExit) as exit_info:
@@ -234,7 +239,7 @@ def test_a_resume_with_other_optimizer_settings_is_refused_before_anything_chang
     edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, optim=dataclasses.replace(config.fr.optim,
                                                                                                      **edits)))
     (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
-    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    before = files_of(tmp_path)
     if older and "warmup_steps" in edits:  # an older checkpoint does not say what it was trained with
         assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
         return
@@ -245,7 +250,7 @@ def test_a_resume_with_other_optimizer_settings_is_refused_before_anything_chang
         + ", ".join(f"fr.optim.{key} = {json.dumps(old_values[key])}" for key in changed)
         + ", but the run's config now has " + ", ".join(f"fr.optim.{key} = {json.dumps(edits[key])}" for key in changed)
         + ": the optimizer settings of the stage a resume continues cannot change (set them back in config.toml)")
-    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert files_of(tmp_path) == before
 
 
 def test_a_resume_with_other_optimizer_settings_of_a_later_stage_goes_on(tmp_path, tiny_overrides, keep_threads):
@@ -343,12 +348,12 @@ def test_a_resume_over_other_training_data_is_refused_before_anything_changes(tm
     edited = [dataclasses.replace(record, captions=("A caption written since.", *record.captions[1:]))
               if record.path == next(r.path for r in records if r.split == "train") else record for record in records]
     write_manifest(manifest, edited)
-    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    before = files_of(run)
     assert resume_refusal(run) == (
         f"tgfr train: error: checkpoint file {run / CHECKPOINT} trained on split 'train' of manifest {manifest} as it "
         f"was then; its images' paths, identities or captions, or their order, have changed since, and resuming would "
         f"train the rest of the run on other data: restore the data the run started with, or train a new run")
-    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    assert files_of(run) == before
     write_manifest(manifest, [*records, ManifestRecord("images/added.png", "new", "val", ("An added image.",))])
     train(config, run, resume=True)
     assert (run / "model").is_dir()
@@ -376,12 +381,12 @@ def test_a_checkpoint_of_a_stage_dropped_from_config_toml_is_refused_naming_the_
     assert '\nstages = ["fr", "align", "fuse"]\n' in config_file.read_text()
     config_file.write_text(config_file.read_text().replace('\nstages = ["fr", "align", "fuse"]\n',
                                                            '\nstages = ["align", "fuse"]\n'))
-    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    before = files_of(tmp_path)
     assert resume_refusal(tmp_path) == (
         f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} continues stage 'fr', but the run's config.toml "
         'now has stages = ["align", "fuse"], without it: the stages a resume continues cannot be dropped (put it '
         "back in config.toml)")
-    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert files_of(tmp_path) == before
 
 
 def test_a_checkpoint_of_another_model_width_is_one_error_line(tmp_path, tiny_overrides, keep_threads):
@@ -526,9 +531,9 @@ def test_a_resume_whose_config_cuts_the_stage_below_its_checkpoint_is_refused(tm
     edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, steps=2, optim=dataclasses.replace(
         config.fr.optim, warmup_steps=min(config.fr.optim.warmup_steps, 1))))
     (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
-    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    before = files_of(tmp_path)
     assert resume_refusal(tmp_path) == (
         f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} is at step 3 of stage fr, past fr.steps = 2 in "
         "the run's config: a stage cannot be cut shorter than it has trained (set it back to at least 3 in "
         "config.toml)")
-    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert files_of(tmp_path) == before
