@@ -325,13 +325,36 @@ def test_heatmaps_show_the_content_words_whose_attention_peaks_highest(tmp_path,
     titles = []
     save = plots_module._save
 
-    def recording_save(figure, path):
-        titles.extend(axis.get_title() for axis in figure.axes)
-        return save(figure, path)
+    def recording_save(figure, path, **options):
+        titles.extend(axis.get_title() for axis in figure.axes if axis.get_images())
+        return save(figure, path, **options)
 
     monkeypatch.setattr(plots_module, "_save", recording_save)
     plots_module.plot_attention(torch.zeros(1, 3, 8, 8), attention, [tokens], tmp_path / "a.png", words_per_caption=2)
     assert titles == ["face", "green", "freckles"]
+
+
+def test_heatmaps_share_one_colour_scale_so_an_even_spread_looks_even(tmp_path, monkeypatch):
+    """An even spread (each weight 1/16) whose floats differ by rounding must not be stretched into hot and
+    cold spots: every overlay maps 0 .. the highest weight shown (0.97, in the other caption) to the colours,
+    so the rounded map is drawn in the even map's colours, and the colour bar says what they mean."""
+    tokens = ["green", "eyes", "freckles"]
+    attention = torch.full((2, len(tokens), 16), 1 / 16)
+    attention[0, 1] += torch.randn(16, generator=torch.Generator().manual_seed(0)) * 1e-9
+    attention[1, 0] = torch.tensor([0.97] + [0.002] * 15)
+    figures = []
+    monkeypatch.setattr(plots_module, "_save", lambda figure, path, layout=True: figures.append(figure))
+    plots_module.plot_attention(torch.zeros(2, 3, 8, 8), attention, [tokens, tokens], tmp_path / "a.png",
+                                words_per_caption=3)
+    panels = [axis for axis in figures[0].axes if len(axis.get_images()) == 2]
+    assert len(panels) == 6
+    for panel in panels:
+        assert panel.get_images()[1].get_clim() == pytest.approx((0.0, 0.97))
+    colours = [overlay.to_rgba(overlay.get_array()) for overlay in (panel.get_images()[1] for panel in panels[:3])]
+    assert (attention[0, 1] != attention[0, 2]).any()
+    assert (colours[1] == colours[2]).all() and (colours[0] == colours[2]).all()
+    colour_bar = figures[0].axes[-1]
+    assert "attention weight" in colour_bar.get_ylabel() and "1/16" in colour_bar.get_ylabel()
 
 
 def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_folder(tiny_run, tmp_path, capsys,

@@ -25,9 +25,11 @@ def content_word_positions(tokens: list[str]) -> list[int]:
     return positions or list(range(len(tokens)))
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
-    """Writes `figure` as a PNG that replaces `path` whole (a report's picture is never left cut short)."""
-    figure.tight_layout()
+def _save(figure: plt.Figure, path: Path, layout: bool = True) -> Path:
+    """Writes `figure` as a PNG that replaces `path` whole (a report's picture is never left cut short).
+    layout: tighten the layout first (False where the caller laid it out itself)."""
+    if layout:
+        figure.tight_layout()
     with write_atomically(path, "plot", binary=True) as stream:
         figure.savefig(stream, format="png")
     plt.close(figure)
@@ -62,24 +64,34 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
 
     images (N, 3, S, S) in [-1, 1]; attention (N, T, R) word-over-region weights (R = G*G);
     tokens: the N captions' word tokens (len <= T). Content words with the highest peak attention are shown.
+    Every map is drawn on one colour scale, from 0 to the highest weight shown, with a colour bar: scaled
+    map by map, an even spread (each weight 1/R up to rounding) would show as hot spots.
     """
     n = len(tokens)
     grid = int(round(attention.shape[2] ** 0.5))
     columns = 1 + words_per_caption
-    figure, axes = plt.subplots(n, columns, figsize=(1.6 * columns, 1.8 * n), dpi=100, squeeze=False)
+    figure, axes = plt.subplots(n, columns, figsize=(1.6 * columns + 0.8, 1.8 * n), dpi=100, squeeze=False)
+    shown = []
     for i in range(n):
+        candidates = content_word_positions(tokens[i])
+        peaks = attention[i, candidates].amax(dim=1)
+        shown.append(sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist()))
+    highest = max((float(attention[i, chosen].max()) for i, chosen in enumerate(shown) if chosen), default=1.0)
+    for i, chosen in enumerate(shown):
         face = ((images[i].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)
         axes[i, 0].imshow(face)
         axes[i, 0].set_title("face", fontsize=7)
-        candidates = content_word_positions(tokens[i])
-        peaks = attention[i, candidates].amax(dim=1)
-        chosen = sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist())
         for column, t in enumerate(chosen, start=1):
             heat = attention[i, t].reshape(grid, grid).float().cpu().numpy()
             axes[i, column].imshow(face)
-            axes[i, column].imshow(heat, cmap="jet", alpha=0.5, extent=(0, face.shape[1], face.shape[0], 0),
-                                   interpolation="bilinear")
+            overlay = axes[i, column].imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=highest or 1.0,
+                                             extent=(0, face.shape[1], face.shape[0], 0), interpolation="bilinear")
             axes[i, column].set_title(tokens[i][t], fontsize=8)
         for axis in axes[i]:
             axis.axis("off")
-    return _save(figure, path)
+    figure.tight_layout(rect=(0, 0, 0.86, 1))  # the right edge is the colour bar's
+    if any(shown):
+        scale = figure.colorbar(overlay, cax=figure.add_axes((0.88, 0.1, 0.015, 0.8)))
+        scale.set_label(f"attention weight\n(even spread: 1/{attention.shape[2]})", fontsize=7)
+        scale.ax.tick_params(labelsize=6)
+    return _save(figure, path, layout=False)
