@@ -130,7 +130,8 @@ def test_dual_dropout_views_share_one_trunk_pass():
 
 
 def test_dropout_masks_the_flattened_map_before_fc():
-    # A view's fc input is mask * flat / (1 - p): each entry is 0 or the undropped entry / (1 - p).
+    # A view's fc input, and the plain forward's in training (the align stage's), is mask * flat / (1 - p):
+    # each entry is 0 or the undropped entry / (1 - p).
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32, dropout=0.25)).eval()
     inputs = []
     model.fc.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
@@ -138,10 +139,11 @@ def test_dropout_masks_the_flattened_map_before_fc():
     with torch.no_grad():
         model.dropout.train()
         model.forward_two_views(images)
+        model(images)
         model.dropout.eval()
         model(images)
-    flat = inputs[2]
-    for dropped in inputs[:2]:
+    flat = inputs[3]
+    for dropped in inputs[:3]:
         kept = dropped != 0
         torch.testing.assert_close(dropped[kept], flat[kept] / 0.75)
         assert 0.6 < kept.float().mean() < 0.9
@@ -151,6 +153,12 @@ def test_dropout_masks_the_flattened_map_before_fc():
 def test_frozen_backbone_stays_in_eval_and_builds_no_graph():
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32), frozen=True)
     assert not any(p.requires_grad for p in model.parameters())
+    # In eval mode from the start (a module is built in training mode): a forward before any train()/eval()
+    # call must not run BatchNorm on the batch's statistics and overwrite the running ones.
+    assert not model.training and not model.bn1.training
+    running_mean = model.bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(model.bn1.running_mean, running_mean)
     # Its forward builds no graph, so a parameter turned on would silently never train.
     with pytest.raises(ValueError, match=r"^this IResNet is frozen for good .* requires_grad_\(True\) would train nothing"):
         model.requires_grad_(True)

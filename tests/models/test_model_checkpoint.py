@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -54,6 +55,38 @@ def test_round_trip_gives_identical_outputs(tiny_bert_dir, tmp_path, fusion):
         for x, y in zip(expected, actual):
             assert torch.equal(x, y)
         assert torch.equal(model.fuse(expected), loaded.fuse(actual))
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, torch.nn.DataParallel], ids=["compile", "DataParallel"])
+def test_a_wrapped_model_saves_the_model_inside(tiny_bert_dir, tmp_path, wrap):
+    """The wrappers' state dicts prefix every name (_orig_mod., module.): saved as they are, the
+    checkpoint would not load."""
+    torch.manual_seed(0)
+    model = build(tiny_bert_dir)
+    loaded = load_tgfr_model(save_tgfr_model(wrap(model), tmp_path / "checkpoint"))
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
+
+
+def test_saving_what_is_not_a_tgfr_model_is_refused_naming_the_argument(tmp_path):
+    with pytest.raises(TypeError, match=r"^model: expected a TGFRModel .*, got Linear$"):
+        save_tgfr_model(torch.compile(torch.nn.Linear(2, 2)), tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_parts_frozen_after_the_build_are_saved_frozen(tiny_bert_dir, tmp_path):
+    """The config the model was built with says both parts train; freeze() afterwards must carry into the
+    checkpoint, or the loaded model would train (and move the BatchNorm statistics of) a frozen part."""
+    model = TGFRModel(dataclasses.replace(build(tiny_bert_dir).config, freeze_backbone=False))
+    model.backbone.freeze()
+    model.text_encoder.freeze()
+    loaded = load_tgfr_model(save_tgfr_model(model, tmp_path / "checkpoint"))
+    assert loaded.backbone.frozen and loaded.text_encoder.frozen
+    assert loaded.config.freeze_backbone and loaded.config.freeze_text_encoder
+    assert not any(p.requires_grad for p in [*loaded.backbone.parameters(), *loaded.text_encoder.parameters()])
+    saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert saved["freeze_backbone"] is True and saved["freeze_text_encoder"] is True
 
 
 def test_a_model_saved_with_sentence_pooling_loads_and_trains_every_trainable_parameter(tiny_bert_dir, tmp_path):

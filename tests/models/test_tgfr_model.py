@@ -77,6 +77,22 @@ def test_trainable_backbone_and_frozen_text(tiny_bert_dir):
     assert all(p.grad is None for p in model.text_encoder.parameters())
 
 
+@pytest.mark.parametrize("freeze_backbone, freeze_text_encoder", [(True, False), (False, True)])
+def test_a_frozen_part_is_in_eval_mode_as_soon_as_the_model_is_built(tiny_bert_dir, freeze_backbone,
+                                                                      freeze_text_encoder):
+    """No train()/eval() call needed: an embedding right after the build leaves a frozen backbone's
+    BatchNorm statistics as they were, and a frozen text model's dropout off."""
+    model = TGFRModel(small_config(tiny_bert_dir, freeze_backbone=freeze_backbone,
+                                   freeze_text_encoder=freeze_text_encoder))
+    assert model.training and model.image_head.training
+    assert model.backbone.training is not freeze_backbone
+    if freeze_text_encoder:  # (transformers builds its models in eval mode, frozen or not)
+        assert not any(module.training for module in model.text_encoder.modules())
+    running_mean = model.backbone.bn1.running_mean.clone()
+    model.embed_image(torch.randn(2, 3, 32, 32))
+    assert torch.equal(model.backbone.bn1.running_mean, running_mean) is freeze_backbone
+
+
 @pytest.mark.parametrize("freeze_backbone, freeze_text_encoder", [(True, True), (False, False)])
 def test_requires_grad_keeps_frozen_parts_and_fixed_parameters_off(tiny_bert_dir, freeze_backbone,
                                                                     freeze_text_encoder):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
 from transformers import PretrainedConfig
 
 from tgfr.text_formats import parse_json
@@ -91,8 +92,23 @@ def _text_config_as_saved(model: TGFRModel) -> PretrainedConfig:
     return config
 
 
+def _unwrapped(model: torch.nn.Module) -> TGFRModel:
+    """The TGFRModel inside torch.compile's and (Distributed)DataParallel's wrappers, whose state dicts
+    prefix every name (a checkpoint saved with those names would not load)."""
+    while isinstance(model, (OptimizedModule, torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model._orig_mod if isinstance(model, OptimizedModule) else model.module
+    if not isinstance(model, TGFRModel):
+        raise TypeError(f"model: expected a TGFRModel (or one wrapped by torch.compile or DistributedDataParallel), "
+                        f"got {type(model).__name__}")
+    return model
+
+
 def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
-    """Writes the checkpoint directory (created if needed); returns its path.
+    """Writes the checkpoint directory (created if needed); returns its path. `model` may be wrapped by
+    torch.compile or (Distributed)DataParallel; the checkpoint holds the TGFRModel inside.
+
+    config.json records the backbone and text encoder as frozen when they are, also when they were
+    frozen after the model was built (`model.backbone.freeze()`), so the loaded model trains the same parts.
 
     The whole checkpoint (config.json, model.safetensors, text_encoder/) is first written into a
     hidden staging folder inside `directory` and flushed, then each entry renamed into place, config.json
@@ -101,7 +117,10 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     naming `directory`. `directory` itself and a user's other files in it stay.
     """
     directory = Path(directory)
+    model = _unwrapped(model)
     config = model.config.to_dict()
+    config["freeze_backbone"] = model.backbone.frozen
+    config["freeze_text_encoder"] = model.text_encoder.frozen
     config["text_encoder"] = TEXT_ENCODER_DIR  # relative: the checkpoint directory can move
     # No TGFRModel parameter shares storage with another (load_tgfr_model's key check would miss the
     # names safetensors.torch.save_model drops), so the state dict serializes as it is.
