@@ -60,6 +60,11 @@ def test_report_states_the_paired_difference(tmp_path):
     assert f"TGFR minus image only (paired, points): TAR@FAR={MAIN_FAR} {100 * tar:+.1f} [{100 * low:+.1f}, " \
            f"{100 * high:+.1f}], rank-1 {100 * difference['rank1']:+.1f} [" in text
     assert "verification resamples subjects" in text and "50 subjects" in text
+    # The summary line credits each method with its own figures (the two TARs and rank-1s differ).
+    assert image_only["tar_at_far"][MAIN_FAR] != tgfr["tar_at_far"][MAIN_FAR]
+    assert (f"- clean: TAR@FAR={MAIN_FAR} {100 * image_only['tar_at_far'][MAIN_FAR]:.1f}% (image only) -> "
+            f"{100 * tgfr['tar_at_far'][MAIN_FAR]:.1f}% (TGFR), rank-1 {100 * image_only['rank1']:.1f}% -> "
+            f"{100 * tgfr['rank1']:.1f}%") in text
 
 
 def test_summary_keeps_the_rank1_comparison_when_the_far_is_unresolved(tmp_path):
