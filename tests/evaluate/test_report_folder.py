@@ -19,7 +19,7 @@ import tgfr.data.image_cache as image_cache_module
 import tgfr.evaluation.plots as plots_module
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
-from tgfr.data.manifest import read_manifest, write_manifest
+from tgfr.data.manifest import read_manifest, records_digest, write_manifest
 from tgfr.evaluation import evaluate
 from tgfr.models import load_tgfr_model, save_tgfr_model
 from tgfr.train.batches import resolve_manifest
@@ -67,6 +67,82 @@ def test_the_report_says_which_synthetic_set_it_evaluated(tiny_run, tmp_path):
             f"{config.data.synthetic_version}); protocol: ") in text
     text = evaluate(run, config, tmp_path / "named", manifest=manifest, device="cpu").read_text(encoding="utf-8")
     assert f"; manifest: `{manifest}`; protocol: " in text
+
+
+def section(report: str, heading: str) -> str:
+    """The text of report.md's section `## heading (...`, up to the next section."""
+    return report.split(f"\n## {heading} (")[1].split("\n## ")[0]
+
+
+def test_the_report_says_what_each_split_holds_and_how_training_degraded(tiny_run, tmp_path, capsys):
+    """Which degradation each evaluated split's images have (meta.recipe, as `tgfr data degrade` writes it),
+    whether its identities were trained on, and how training degraded its images: without these a reader
+    cannot tell what "degraded" means or whether the figures are of unseen identities."""
+    run, config, manifest = tiny_run
+    records = read_manifest(manifest)
+    identities = {split: {r.identity for r in records if r.split == split} for split in ("train", "test")}
+    assert identities["train"] and not identities["train"] & identities["test"]
+    capsys.readouterr()
+    text = evaluate(run, config, tmp_path / "report", device="cpu").read_text(encoding="utf-8")
+    assert capsys.readouterr().err == ""
+    assert (f"Training degraded each image with `{config.data.train_degradation}` with probability "
+            f"{config.data.train_degrade_p:g} (data.train_degradation, data.train_degrade_p).") in text
+    assert ("Images: none records a degradation (clean, or degraded without a `meta.recipe`). Identities also in "
+            f"the training split `train`: none of {len(identities['test'])}.") in section(text, "clean")
+    assert f"Images: all degraded with `{config.data.degradation}`." in section(text, "degraded")
+    info = json.loads((tmp_path / "report" / "report_info.json").read_text())
+    degraded = [r for r in records if r.split == "test_degraded"]
+    assert info["split_contents"]["degraded"] == {
+        "split": "test_degraded", "degradations": {config.data.degradation: len(degraded)},
+        "identities": len({r.identity for r in degraded}), "identities_in_training": 0}
+    assert info["train_degradation"] == {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p}
+
+    # The training split itself, evaluated as a test split: said on stderr and in the report.
+    on_train = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, splits={"clean": "train"}))
+    text = evaluate(run, on_train, tmp_path / "on_train", device="cpu").read_text(encoding="utf-8")
+    count = len(identities["train"])
+    assert capsys.readouterr().err == (
+        f"tgfr evaluate: warning: evaluation.splits.clean = 'train': {count} of its {count} identities are in the "
+        f"training split 'train' of manifest {manifest}, so its figures are not those of identities unseen in "
+        "training\n")
+    assert (f"**Warning:** {count} of its {count} identities are in the training split `train`: these are not "
+            "figures of identities unseen in training.") in section(text, "clean")
+
+
+def test_a_given_manifest_is_checked_for_training_identities_when_it_holds_the_runs_training_split(tiny_run,
+                                                                                                tmp_path, capsys):
+    """A split of copies of two training identities' images beside two test identities': a manifest given with
+    --manifest whose training split is the one the run's checkpoint trained on (its records_digest) gets the
+    overlap counted; without a checkpoint to compare with, the report says it was not checked."""
+    run, config, manifest = tiny_run
+    records = read_manifest(manifest)
+    seen, unseen = (sorted({r.identity for r in records if r.split == split})[:2] for split in ("train", "test"))
+    data = tmp_path / "data"
+    shutil.copytree(manifest.parent, data)
+    copies = []
+    for record in records:
+        if (record.split, record.identity) in {*(("train", i) for i in seen), *(("test", i) for i in unseen)}:
+            copy = f"seen/{record.split}_{os.path.basename(record.path)}"
+            (data / copy).parent.mkdir(exist_ok=True)
+            shutil.copyfile(data / record.path, data / copy)
+            copies.append(dataclasses.replace(record, path=copy, split="seen"))
+    write_manifest(data / "manifest.jsonl", [*records, *copies])
+    evaluated = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, splits={"mixed": "seen"}))
+    checked_run = tmp_path / "run"
+    shutil.copytree(run, checked_run)
+    (checked_run / "checkpoints").mkdir()
+    torch.save({"data": records_digest([r for r in records if r.split == "train"])},
+               checked_run / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    text = evaluate(checked_run, evaluated, tmp_path / "checked", manifest=data / "manifest.jsonl",
+                    device="cpu").read_text(encoding="utf-8")
+    assert "2 of its 4 identities are in the training split 'train'" in capsys.readouterr().err
+    assert "**Warning:** 2 of its 4 identities are in the training split `train`" in section(text, "mixed")
+    text = evaluate(run, evaluated, tmp_path / "unchecked", manifest=data / "manifest.jsonl",
+                    device="cpu").read_text(encoding="utf-8")
+    assert capsys.readouterr().err == ""
+    assert ("Identities also in the training split: not checked (this manifest's `train` split is not known to be "
+            "the one the run trained on).") in section(text, "mixed")
 
 
 def test_a_training_split_changed_since_the_run_is_a_warning_in_the_report_and_on_stderr(tmp_path, capsys):

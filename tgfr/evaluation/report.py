@@ -76,6 +76,28 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _split_lines(content: dict[str, Any], train_split: str) -> list[str]:
+    """What a split's images are (their degradations) and whether its identities were trained on."""
+    recipes = content["degradations"]
+    if list(recipes) == ["none"]:
+        images = "Images: none records a degradation (clean, or degraded without a `meta.recipe`)."
+    elif len(recipes) == 1:
+        images = f"Images: all degraded with `{next(iter(recipes))}`."
+    else:
+        images = "Images: " + ", ".join(f"{count} with `{recipe}`" if recipe != "none" else f"{count} with none"
+                                        for recipe, count in recipes.items()) + "."
+    shared, total = content["identities_in_training"], content["identities"]
+    if shared is None:
+        seen = (f"Identities also in the training split: not checked (this manifest's `{train_split}` split is not "
+                "known to be the one the run trained on).")
+    elif shared:
+        seen = (f"**Warning:** {shared} of its {total} identities are in the training split `{train_split}`: these "
+                "are not figures of identities unseen in training.")
+    else:
+        seen = f"Identities also in the training split `{train_split}`: none of {total}."
+    return [images, seen]
+
+
 def _image(file_name: str) -> str:
     """A Markdown image of a file next to report.md, whatever its name: CommonMark takes the alt text
     literally once every ASCII punctuation mark is escaped, and ends a bare link destination at a
@@ -100,7 +122,10 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     for another manifest), training_split_changed (the manifest's training split is not the one the
     run trained on), protocol, gallery_per_subject, resamples, splits (report name -> manifest
     split), training (train_summary.json's content or None), evaluation (every evaluation setting)
-    and environment (tgfr.provenance.environment). All but training also go to out/report_info.json.
+    and environment (tgfr.provenance.environment); where known, train_split (its name), split_contents
+    (report name -> tgfr.evaluation.run's split contents: degradations, identities and those in training) and
+    train_degradation (the run's data.train_degradation as "recipe" and data.train_degrade_p as "p").
+    All but training also go to out/report_info.json.
     """
     per_subject = context["gallery_per_subject"]
     gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
@@ -121,7 +146,12 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     lines = ["# TGFR evaluation report", "",
              f"Run: `{context['run']}`; manifest: `{context['manifest']}`{data}; protocol: {context['protocol']} "
              f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
-             f"(identification). Figures in % {intervals}", "", _produced_by(context["environment"]), ""]
+             f"(identification). Figures in % (AUC as a fraction) {intervals}", ""]
+    if degradation := context.get("train_degradation"):
+        lines += [f"Training degraded each image with `{degradation['recipe']}` with probability {degradation['p']:g} "
+                  "(data.train_degradation, data.train_degrade_p)." if degradation["p"] > 0 else
+                  "Training degraded no image (data.train_degrade_p = 0).", ""]
+    lines += [_produced_by(context["environment"]), ""]
     if context.get("training_split_changed"):
         lines += ["**Warning:** this manifest's training split is not the one the run's last checkpoint trained on "
                   "(its paths, identities, captions or their order changed since): the test splits evaluated may "
@@ -132,7 +162,10 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
         lines += [f"## {split} (split `{context['splits'][split]}`)", "",
                   f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs of "
                   f"{first['subjects']} subjects; "
-                  f"{first['probes']} probes against a gallery of {first['gallery']}.", "", *_table(methods), ""]
+                  f"{first['probes']} probes against a gallery of {first['gallery']}.", ""]
+        if split in context.get("split_contents", {}):
+            lines += [" ".join(_split_lines(context["split_contents"][split], context["train_split"])), ""]
+        lines += [*_table(methods), ""]
         lines += [_image(name) for name in figures.get(split, [])] + [""]
     if heatmaps:
         lines += ["## Word-region attention", "",

@@ -143,21 +143,34 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
     return summary
 
 
-def _training_split_changed(run: Path, records: list[ManifestRecord], split: str) -> bool:
-    """Whether `split` of `records` differs from the training split that the run's last checkpoint
-    records (its records_digest), a split gone from the manifest included (its images may now be in
-    another split); False when there is nothing to compare (no checkpoint, one of an older tgfr, one
-    that cannot be read)."""
+def _trained_split_digest(run: Path) -> str | None:
+    """The records_digest of the training split that the run's last checkpoint trained on; None when there
+    is nothing to read (no checkpoint, one of an older tgfr, one that cannot be read)."""
     path = run / CHECKPOINT
     if not path.is_file():
-        return False
+        return None
     try:  # mmap: only the digest is read, not the model and optimizer state
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # the evaluation does not need the checkpoint; a damaged one is for --resume to name
-        return False
+        return None
     trained = state.get("data") if isinstance(state, dict) else None
-    kept = [record for record in records if record.split == split]
-    return isinstance(trained, str) and records_digest(kept) != trained
+    return trained if isinstance(trained, str) else None
+
+
+def _split_contents(evaluation: EvaluationConfig, records: list[ManifestRecord],
+                    trained_identities: set[str] | None) -> dict[str, dict[str, Any]]:
+    """Per report name: its manifest split, the degradation recipes of its images with their counts (meta
+    "recipe", as `tgfr data degrade` records it; "none" for an image without one), its identities, and how
+    many of them the training split holds (None where that split is not known)."""
+    contents = {}
+    for name, split in evaluation.splits.items():
+        kept = [record for record in records if record.split == split]
+        identities = {record.identity for record in kept}
+        recipes = Counter(str(record.meta.get("recipe", "none")) for record in kept)
+        contents[name] = {"split": split, "degradations": dict(sorted(recipes.items())), "identities": len(identities),
+                          "identities_in_training": None if trained_identities is None
+                          else len(identities & trained_identities)}
+    return contents
 
 
 def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None, manifest: str | Path | None = None,
@@ -236,11 +249,25 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
     _check_evaluated_splits(config.evaluation, records, manifest, own_data)
-    data_changed = own_data and _training_split_changed(run, records, config.data.train_split)
+    train_split = config.data.train_split
+    trained_digest = _trained_split_digest(run)
+    train_records = [record for record in records if record.split == train_split]
+    # A split gone from the manifest counts as changed too: its images may now be in another split.
+    data_changed = own_data and trained_digest is not None and records_digest(train_records) != trained_digest
     if data_changed:
-        print(f"tgfr evaluate: warning: the {config.data.train_split!r} split of manifest {manifest} is not the one "
+        print(f"tgfr evaluate: warning: the {train_split!r} split of manifest {manifest} is not the one "
               f"the run's last checkpoint trained on (its paths, identities, captions or their order changed since): "
               f"the test splits evaluated may not be those the run was trained beside", file=sys.stderr)
+    # The run's own manifest, or one whose training split is the one the checkpoint trained on: its training
+    # identities are the run's, and an evaluated split that shares them does not measure unseen identities.
+    known = bool(train_records) and (own_data or records_digest(train_records) == trained_digest)
+    contents = _split_contents(config.evaluation, records, {r.identity for r in train_records} if known else None)
+    for name, content in contents.items():
+        if content["identities_in_training"]:
+            print(f"tgfr evaluate: warning: evaluation.splits.{name} = {content['split']!r}: "
+                  f"{content['identities_in_training']} of its {content['identities']} identities are in the "
+                  f"training split {train_split!r} of manifest {manifest}, so its figures are not those of "
+                  "identities unseen in training", file=sys.stderr)
     # Nothing trains here: a trainable text encoder's caption features can then be cached too.
     model = load_tgfr_model(run / "model").to(device).requires_grad_(False)
     captions = CaptionFeatures(model.text_encoder, device)
@@ -261,7 +288,9 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
         curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
         heatmap_files = {name: f"attention_{name}.png" for name in maps}
         context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
-                   "training_split_changed": data_changed, "protocol": evaluation.protocol,
+                   "training_split_changed": data_changed, "train_split": train_split, "split_contents": contents,
+                   "train_degradation": {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p},
+                   "protocol": evaluation.protocol,
                    "gallery_per_subject": evaluation.gallery_per_subject,
                    "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training,
                    "evaluation": dataclasses.asdict(evaluation), "environment": environment(device, "fp32")}
