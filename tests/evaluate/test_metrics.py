@@ -133,12 +133,18 @@ def test_rank1_and_rank5_do_not_depend_on_max_rank(max_rank):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_ranks_count_identities_with_several_gallery_images(seed):
+@pytest.mark.parametrize("gallery_order", ["grouped", "shuffled"])
+def test_ranks_count_identities_with_several_gallery_images(seed, gallery_order):
     """Rank k = the probe's identity is among the k best-scoring gallery identities (each scored by
-    its best image), brute-forced identity by identity; rounding makes ties."""
+    its best image), brute-forced identity by identity; rounding makes ties. The gallery lists each
+    identity's images together, or shuffled among the others' with labels out of numeric order."""
     rng = np.random.default_rng(seed)
-    gallery = np.repeat(np.arange(7), rng.integers(1, 5, 7))  # 1 to 4 images per identity
+    images_per_identity = np.r_[1, 4, rng.integers(1, 5, 5)]  # 1 to 4 images, one and several among them
+    gallery = np.repeat(np.arange(7), images_per_identity)
     probes = rng.integers(0, 7, 40)
+    if gallery_order == "shuffled":
+        identity_label = np.array([30, -2, 7, 1000, 5, 12, 0])
+        gallery, probes = identity_label[rng.permutation(gallery)], identity_label[probes]
     similarity = np.round(rng.normal(size=(40, gallery.size)), 1)
     expected = []
     for p, label in enumerate(probes):

@@ -125,6 +125,24 @@ def test_unit_multiplicities_give_the_point_estimate():
     assert np.isnan(replicates[single]).all() and result["auc_ci"] is None
 
 
+def test_a_resample_without_genuine_weight_measures_nothing():
+    # 40 subjects, of which only 2 have 2 or more images (the only genuine pairs): a resample that draws
+    # neither (about 1 in 8) has impostor weight but no genuine weight, and measures nothing, so the split
+    # loses its intervals however many subjects it has.
+    subjects_a, subjects_b, same = all_pairs([3, 3] + [1] * 38)
+    scores = np.round(np.random.default_rng(4).normal(same, 1.0), 1)
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b, far_targets=(0.05,),
+                                  resamples=40, seed=1, keep_replicates=True)
+    _, counts = drawn_counts(subjects_a, subjects_b, 40, 1)
+    without_genuine = counts[:, :2].sum(axis=1) == 0
+    assert 0 < without_genuine.sum() < 40 and (counts[without_genuine] > 0).sum(axis=1).min() >= 2
+    replicates = replicate_matrix(result, (0.05,))
+    assert np.isnan(replicates[without_genuine]).all() and not np.isnan(replicates[~without_genuine]).any()
+    expected = brute_force_replicates(scores, same, subjects_a, subjects_b, 40, 1, (0.05,))
+    np.testing.assert_allclose(replicates, expected, rtol=0, atol=1e-12)  # NaN where NaN
+    assert result["auc_ci"] is None and result["eer_ci"] is None and result["tar_at_far_ci"]["5e-2"] is None
+
+
 def pair_bootstrap_interval(scores, same, resamples, seed):
     """AUC interval of the former bootstrap: genuine and impostor pairs resampled independently."""
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -53,6 +54,9 @@ def plot_cmc(cmcs: dict[str, list[float]], path: Path, title: str) -> Path:
     for method, cmc in cmcs.items():
         axis.plot(np.arange(1, len(cmc) + 1), cmc, marker="o", markersize=3, label=LABELS.get(method, method))
     axis.set(xlabel="rank", ylabel="identification rate", title=title, ylim=(0, 1.01))
+    # Ranks are whole (no tick at 1.25); with the default min_n_ticks=2 a one-rank CMC, whose view holds the
+    # single integer 1, would fall back to fractional ticks.
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axis.grid(True, alpha=0.3)
     axis.legend(loc="lower right")
     return _save(figure, path)
