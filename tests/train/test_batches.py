@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tgfr.data import CaptionCollator
+from tgfr.data import CaptionCollator, EvalTransform
 from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.synthetic import SyntheticConfig
@@ -239,6 +239,25 @@ def test_ranks_need_a_divisible_identity_count_only_where_batches_follow_identit
     with pytest.raises(ValueError, match=re.escape("data.identities_per_batch x data.images_per_identity = 3 x 3 "
                                                    "= 9 must be divisible by the world size 2")):
         stage_batches(odd, "align", manifest, COLLATE, rank=0, world_size=2)
+
+
+def test_the_stages_that_pair_images_with_captions_neither_mirror_nor_grey_them(tiny_overrides):
+    """The captions say left and right and name colours: an align or fuse item is its image as EvalTransform
+    gives it (no degradation here), while the fr stage, which reads no caption, mirrors about half its items
+    and greys some."""
+    config = load_config("quick", tiny_overrides + ["data.train_degrade_p=0.0"])
+    manifest = resolve_manifest(config.data)
+    plain = EvalTransform(config.data.image_size)
+    for name in ("fr", "align", "fuse"):
+        dataset = stage_batches(config, name, manifest, COLLATE).dataset
+        items = range(min(len(dataset), 60))
+        unchanged = [torch.equal(dataset[i]["image"], plain(Image.open(dataset.root / dataset.records[i].path)))
+                     for i in items]
+        grey = [bool((dataset[i]["image"][0] == dataset[i]["image"][1]).all()) for i in items]
+        if name == "fr":
+            assert 0.3 * len(items) < len(items) - sum(unchanged) and any(grey), name
+        else:
+            assert all(unchanged) and not any(grey), name
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])

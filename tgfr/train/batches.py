@@ -62,11 +62,15 @@ class StepBatches:
     captions_per_sample: captions drawn per image (2 for the intra-caption loss).
     rank, world_size: this process's share of each global batch of P x K images.
     image_cache: decoded images kept in memory (FaceCaptionDataset), shared by the stages of a run.
+    caption_paired: the stage pairs each image with its caption (align, fuse), so the image is neither
+    mirrored (captions say left and right: a mirrored face contradicts "a mole on the left cheek") nor
+    turned grey (they name colours); otherwise TrainTransform's flip and greyscale apply.
     """
 
     def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
                  captions_per_sample: int = 1, rank: int = 0, world_size: int = 1,
-                 image_cache: DecodedImageCache | None = None, identity_balanced: bool = True):
+                 image_cache: DecodedImageCache | None = None, identity_balanced: bool = True,
+                 caption_paired: bool = False):
         # Each rank takes an equal share of every batch: of its identities when the batches follow the labels,
         # of its images when they are a shuffle.
         batch_size = config.identities_per_batch * config.images_per_identity
@@ -78,8 +82,9 @@ class StepBatches:
             raise ValueError(f"data.identities_per_batch x data.images_per_identity = {config.identities_per_batch} "
                              f"x {config.images_per_identity} = {batch_size} must be divisible by the world size "
                              f"{world_size} (each process takes an equal share of a batch's images)")
-        transform = DegradingTransform(TrainTransform(config.image_size), config.train_degradation,
-                                       config.train_degrade_p)
+        base = TrainTransform(config.image_size, flip_p=0.0, grayscale_p=0.0) if caption_paired else \
+            TrainTransform(config.image_size)
+        transform = DegradingTransform(base, config.train_degradation, config.train_degrade_p)
         # The errors name the data.* key and the manifest to fix, not the dataset's and sampler's arguments.
         records = read_manifest(manifest)
         try:

@@ -271,9 +271,10 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
                   world_size: int = 1, image_cache: DecodedImageCache | None = None) -> StepBatches:
     """The training batches of stage `name`: every stage reads the same split of the same manifest with
     the same degradation augmentation (config.data), so the fr stage's backbone, the image-only
-    baseline of the evaluation, saw the training images the fused model saw. The fr and fuse stages,
-    and the align stage under identity supervision, take identity-balanced batches; the align stage
-    under align.supervision = "weak" takes shuffled batches that no label shaped."""
+    baseline of the evaluation, saw the training images the fused model saw; the align and fuse stages,
+    which pair each image with its caption, neither mirror nor grey it (StepBatches' caption_paired).
+    The fr and fuse stages, and the align stage under identity supervision, take identity-balanced
+    batches; the align stage under align.supervision = "weak" takes shuffled batches that no label shaped."""
     index = config.stages.index(name)
     share = config.data.identities_per_batch * config.data.images_per_identity // world_size
     if name in ("fr", "align") and share < 2:  # their BatchNorm layers train (the backbone's, the image head's)
@@ -284,7 +285,8 @@ def stage_batches(config: TrainConfig, name: str, manifest: Path, collate: Capti
     return StepBatches(manifest, config.data, collate, seed=stream_seed(config.seed, DATA_STREAM, index),
                        captions_per_sample=captions_per_sample, rank=rank, world_size=world_size,
                        image_cache=image_cache,
-                       identity_balanced=not (name == "align" and config.align.supervision == "weak"))
+                       identity_balanced=not (name == "align" and config.align.supervision == "weak"),
+                       caption_paired=name in ("align", "fuse"))
 
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None,
