@@ -164,6 +164,48 @@ def test_heads_reject_bad_inputs():
         text_head(torch.randn(2, 5, 7), torch.tensor([1, 3]))
 
 
+@pytest.mark.parametrize("argument, dtype", [("embedding", torch.float16), ("region_map", torch.bfloat16),
+                                             ("region_map", torch.float64), ("tokens", torch.float16),
+                                             ("tokens", torch.int64)])
+def test_heads_refuse_an_input_of_another_dtype_than_their_parameters_naming_it(argument, dtype):
+    """A PyTorch error ("mat1 and mat2 must have the same dtype") named neither the argument nor the dtypes."""
+    inputs = {"embedding": torch.randn(2, 24), "region_map": torch.randn(2, 16, 4, 4), "tokens": torch.randn(2, 5, 6)}
+    inputs[argument] = inputs[argument].to(dtype)
+    head = "TextAlignmentHead" if argument == "tokens" else "ImageAlignmentHead"
+    with pytest.raises(TypeError, match="^" + re.escape(f"{argument} must have dtype float32, the {head}'s "
+                                                        f"parameters', got {str(dtype).removeprefix('torch.')}") + "$"):
+        if argument == "tokens":
+            TextAlignmentHead(hidden_size=6, dim=4)(inputs["tokens"], torch.tensor([5, 3]))
+        else:
+            ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8)(inputs["embedding"], inputs["region_map"])
+
+
+def test_heads_cast_to_bfloat16_refuse_float32_inputs_naming_their_dtype():
+    with pytest.raises(TypeError, match=r"^tokens must have dtype bfloat16, the TextAlignmentHead's parameters', "
+                                        r"got float32$"):
+        TextAlignmentHead(hidden_size=6, dim=4).to(torch.bfloat16)(torch.randn(2, 5, 6), torch.tensor([5, 3]))
+
+
+def test_heads_under_autocast_take_16_bit_inputs_into_float32_parameters():
+    """Autocast casts inputs and weights itself, so the dtype check lets them through; the result is the
+    float32 heads' on the same (rounded) inputs."""
+    torch.manual_seed(5)
+    image_head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8).eval()
+    text_head = TextAlignmentHead(hidden_size=12, dim=10)
+    embedding, region_map = torch.randn(3, 24).half(), torch.randn(3, 16, 4, 5).half()
+    tokens, lengths = torch.randn(2, 6, 12).half(), torch.tensor([6, 2])
+    expected_image = image_head(embedding.float(), region_map.float())
+    expected_text = text_head(tokens.float(), lengths)
+    with torch.autocast("cpu", dtype=torch.float16):
+        image = image_head(embedding, region_map)
+        text = text_head(tokens, lengths)
+        # autocast leaves float64 as it is, to meet float16 weights: refused as without autocast
+        with pytest.raises(TypeError, match="^tokens must have dtype float32, .* got float64$"):
+            text_head(tokens.double(), lengths)
+    for actual, expected in zip((*image, *text), (*expected_image, *expected_text)):
+        torch.testing.assert_close(actual.float(), expected, **FLOAT16_TOLERANCE)
+
+
 @pytest.mark.parametrize("kernel_sizes", [(), (2, 0), (3, -1)])
 def test_text_head_refuses_kernel_sizes_below_one(kernel_sizes):
     # nn.Conv1d takes kernel_size 0 and only fails in the first forward, without naming the setting.

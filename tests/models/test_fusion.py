@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -89,3 +90,40 @@ def test_fusion_rejects_bad_inputs():
         fusion(**dict(inputs, lengths=torch.tensor([6, 1, 1])))
     with pytest.raises(ValueError, match="fusion must be one of"):
         build_fusion("attention")
+
+
+@pytest.mark.parametrize("name", ["fcfm", "linear"])
+@pytest.mark.parametrize("argument", ["regions", "words", "image_global", "sentence"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_fusion_refuses_an_input_of_another_dtype_than_its_parameters_naming_it(name, argument, dtype):
+    """A PyTorch error ("mat1 and mat2 must have the same dtype") named neither the argument nor the dtypes."""
+    fusion = build_fusion(name, dim=8, fine_dim=4, out_dim=5)
+    inputs = aligned_batch()
+    inputs[argument] = inputs[argument].to(dtype)
+    with pytest.raises(TypeError, match="^" + re.escape(f"{argument} must have dtype float32, the "
+                                                        f"{type(fusion).__name__}'s parameters', got "
+                                                        f"{str(dtype).removeprefix('torch.')}") + "$"):
+        fusion(**inputs)
+
+
+def test_concat_fusion_has_no_parameters_and_takes_any_float_dtype():
+    inputs = {k: v.double() if v.is_floating_point() else v for k, v in aligned_batch().items()}
+    torch.testing.assert_close(ConcatFusion(dim=8)(**inputs), torch.cat((inputs["image_global"], inputs["sentence"]),
+                                                                          dim=1))
+
+
+def test_fcfm_under_autocast_takes_16_bit_inputs_into_float32_parameters():
+    """Autocast casts inputs and weights itself, so the dtype check lets them through; the result is the
+    float32 fusion's on the same (rounded) inputs."""
+    torch.manual_seed(0)
+    fusion = FCFM(dim=8, fine_dim=4)
+    inputs = {k: v.half() if v.is_floating_point() else v for k, v in aligned_batch().items()}
+    expected = fusion(**{k: v.float() if v.is_floating_point() else v for k, v in inputs.items()})
+    with torch.autocast("cpu", dtype=torch.float16):
+        fused = fusion(**inputs)
+        # autocast leaves float64 as it is, to meet float16 weights: refused as without autocast
+        with pytest.raises(TypeError, match="^sentence must have dtype float32, .* got float64$"):
+            fusion(**dict(inputs, sentence=inputs["sentence"].double()))
+    # float16 rounds by 2**-11 relative (about 5e-4) per operation, on outputs of about 2 at most (LayerNorm's):
+    # a few roundings stay far below 5e-3
+    torch.testing.assert_close(fused.float(), expected, rtol=0.0, atol=5e-3)

@@ -160,7 +160,8 @@ def test_frozen_backbone_stays_in_eval_and_builds_no_graph():
     model(torch.randn(2, 3, 32, 32))
     assert torch.equal(model.bn1.running_mean, running_mean)
     # Its forward builds no graph, so a parameter turned on would silently never train.
-    with pytest.raises(ValueError, match=r"^this IResNet is frozen for good .* requires_grad_\(True\) would train nothing"):
+    with pytest.raises(ValueError,
+                       match=r"^this IResNet is frozen for good .* requires_grad_\(True\) would train nothing"):
         model.requires_grad_(True)
     assert not any(p.requires_grad for p in model.parameters())
     assert model.requires_grad_(False) is model
@@ -179,6 +180,31 @@ def test_embedding_bn_scale_is_fixed_like_insightface():
     assert torch.equal(model.features.weight, torch.ones(512))
     model.requires_grad_(False).requires_grad_(True)
     assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["features.weight"]
+
+
+def test_every_batchnorm_has_insightfaces_eps():
+    """insightface's iresnet.py builds every BatchNorm with eps=1e-05: the released weights' statistics were
+    gathered with it, and another eps shifts every normalized value."""
+    batchnorms = {name: module.eps for name, module in iresnet18().named_modules()
+                  if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))}
+    expected = {key.removesuffix(".running_var") for key in insightface_shapes(INSIGHTFACE_BLOCKS[18])
+                if key.endswith(".running_var")}
+    assert batchnorms == dict.fromkeys(expected, 1e-05)
+
+
+def test_fresh_conv_weights_are_drawn_like_insightfaces():
+    """insightface initializes every convolution with normal(0, 0.1); PyTorch's default (kaiming uniform)
+    gives a std of 1 / sqrt(3 * fan_in): 0.11 for the stem's conv1, but 0.072 or less for every other conv."""
+    torch.manual_seed(0)
+    convs = {name: module.weight.detach() for name, module in iresnet18().named_modules()
+             if isinstance(module, torch.nn.Conv2d)}
+    assert len(convs) == 1 + 2 * sum(INSIGHTFACE_BLOCKS[18]) + 4  # stem, two per block, one downsample per stage
+    for name, weight in convs.items():
+        # The sample mean and std of n normal(0, 0.1) draws lie within 5 standard errors (0.1 / sqrt(n) and
+        # 0.1 / sqrt(2n)) of 0 and 0.1 but for a chance of about 1e-6.
+        count = weight.numel()
+        assert abs(weight.mean().item()) < 5 * 0.1 / count**0.5, name
+        assert abs(weight.std().item() - 0.1) < 5 * 0.1 / (2 * count)**0.5, name
 
 
 def test_bad_configs_and_inputs_are_rejected():
@@ -210,17 +236,19 @@ def test_images_of_another_dtype_than_the_parameters_are_named():
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32)).eval()
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     for dtype in (torch.uint8, torch.float16, torch.float64):
-        with pytest.raises(TypeError, match=re.escape(f"images must have dtype float32, the backbone's parameters', "
+        with pytest.raises(TypeError, match=re.escape(f"images must have dtype float32, the IResNet's parameters', "
                                                       f"got {str(dtype).removeprefix('torch.')} (images are floats "
                                                       "in [-1, 1]")):
             model(images.to(dtype))
-    with pytest.raises(TypeError, match="images must have dtype bfloat16, the backbone's parameters', got float32"):
+    with pytest.raises(TypeError, match="images must have dtype bfloat16, the IResNet's parameters', got float32"):
         copy.deepcopy(model).to(torch.bfloat16)(images)
     # Under autocast the float32 images meet float32 parameters and conv1 casts both to bfloat16.
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         embedding, regions = model(images)
-        with pytest.raises(TypeError, match="images must have dtype float32, the backbone's parameters', got uint8"):
-            model(images.to(torch.uint8))
+        for dtype in (torch.uint8, torch.float64):  # autocast leaves float64 as it is: conv1 would fail on it
+            with pytest.raises(TypeError, match="images must have dtype float32, the IResNet's parameters', got "
+                                                + str(dtype).removeprefix("torch.")):
+                model(images.to(dtype))
     assert embedding.dtype == regions.dtype == torch.bfloat16
     with torch.no_grad():
         assert F.cosine_similarity(embedding.float(), model(images).embedding).min() > 0.99  # bf16 rounds at 2**-8

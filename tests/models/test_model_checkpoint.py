@@ -39,6 +39,9 @@ def test_round_trip_gives_identical_outputs(tiny_bert_dir, tmp_path, fusion):
         model.backbone.bn2.running_mean.add_(0.3)  # the frozen backbone keeps its statistics otherwise
     checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
     shutil.rmtree(source)
+    config_text = (checkpoint / "config.json").read_text()
+    assert json.loads(config_text)["text_encoder"] == "text_encoder"  # relative: the checkpoint folder can move
+    assert str(source) not in config_text
 
     loaded = load_tgfr_model(checkpoint)
     assert loaded.config.backbone == model.config.backbone
@@ -416,6 +419,29 @@ def test_a_save_that_fails_halfway_leaves_the_earlier_checkpoint_loading_and_nam
     loaded = load_tgfr_model(directory)
     assert loaded.config.dim == 16
     assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in earlier.state_dict().items())
+
+
+def test_a_save_over_a_checkpoint_renames_config_json_into_place_last(tiny_bert_dir, tmp_path, monkeypatch):
+    """A process killed among the renames must leave the earlier config.json, which describes the earlier
+    weights, until every other entry is new: a new config beside the old weights (of another dim) loads nothing."""
+    torch.manual_seed(0)
+    directory = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    folder = os.path.realpath(directory)
+    renamed = []  # names renamed into the checkpoint folder, in order
+    for function in ("replace", "rename"):
+        def recording(source, destination, *args, original=getattr(os, function), **kwargs):
+            if os.path.dirname(destination) == folder:
+                renamed.append(os.path.basename(destination))
+            return original(source, destination, *args, **kwargs)
+        monkeypatch.setattr(os, function, recording)
+    # Listed in name order, config.json comes first: the order the staging folder happens to list in (by
+    # creation, by hash) cannot put it last by chance.
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda *path: sorted(listdir(*path)))
+    save_tgfr_model(build(tiny_bert_dir, dim=32), directory)
+    entries = [name for name in renamed if not name.startswith(".")]  # the old text_encoder/ is first moved aside
+    assert sorted(entries) == ["config.json", "model.safetensors", "text_encoder"]
+    assert entries[-1] == "config.json"
 
 
 @pytest.mark.parametrize("linked", [False, True])

@@ -137,6 +137,16 @@ def test_max_length_beyond_the_position_embeddings_is_refused(tiny_bert_dir, tin
             TextEncoder(directory, max_length=limit + 1)
 
 
+def test_max_length_below_two_special_tokens_and_a_word_is_refused(tiny_bert_dir):
+    encoder = TextEncoder(tiny_bert_dir, max_length=3)  # [CLS], one word piece, [SEP]
+    features = encoder(**encoder.tokenize(["a man with a beard"]))
+    assert features.lengths.tolist() == [1] and features.words.shape[1] == 1
+    for max_length in (2, 1, 0):
+        with pytest.raises(ValueError, match=re.escape(f"max_length must be at least 3 (two special tokens and a "
+                                                       f"word), got {max_length}")):
+            TextEncoder(tiny_bert_dir, max_length=max_length)
+
+
 def test_max_length_counts_the_positions_roberta_reaches(tiny_roberta_dir):
     """RoBERTa numbers positions from padding_idx + 1, so of its 20 position embeddings 18 tokens
     fit: the model itself runs at width 18 and fails at 19; the encoder takes max_length 18 and
@@ -181,7 +191,7 @@ def test_input_ids_outside_the_vocabulary_are_refused_by_name(tiny_bert_dir, out
 
 
 def test_attention_mask_values_other_than_0_and_1_are_refused_and_bools_accepted(tiny_bert_dir):
-    encoder = TextEncoder(tiny_bert_dir, max_length=6)
+    encoder = TextEncoder(tiny_bert_dir, max_length=6).eval()  # dropout off: the two forwards compare exactly
     batch = encoder.tokenize(["a man", "old woman"])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     expected = encoder(ids, mask)

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from tgfr.models.input_dtype import check_input_dtype
 from tgfr.word_mask import valid_word_mask
 from tgfr.validation import check_word_lengths
 from tgfr.validation import check_size, check_tensor
@@ -20,12 +21,13 @@ from tgfr.validation import check_size, check_tensor
 FUSIONS = ("fcfm", "linear", "concat")
 
 
-def _check_aligned(dim: int, regions, words, lengths, image_global, sentence) -> None:
+def _check_aligned(fusion: nn.Module, regions, words, lengths, image_global, sentence) -> None:
     for name, value, ndim in (("regions", regions, 3), ("words", words, 3), ("image_global", image_global, 2),
                               ("sentence", sentence, 2)):
         check_tensor(name, value, ndim=ndim)
-        check_size(name, value, ndim - 1, dim, "the alignment dimension D")
+        check_size(name, value, ndim - 1, fusion.dim, "the alignment dimension D")
         check_size(name, value, 0, regions.shape[0], "the batch size of regions")
+        check_input_dtype(name, value, fusion)
     check_word_lengths(lengths, regions.shape[0], words.shape[1])
 
 
@@ -62,7 +64,7 @@ class FCFM(nn.Module):
 
     def forward(self, regions, words, lengths, image_global, sentence) -> torch.Tensor:
         """regions (B, R, D), words (B, T, D), lengths (B,), image_global (B, D), sentence (B, D)."""
-        _check_aligned(self.dim, regions, words, lengths, image_global, sentence)
+        _check_aligned(self, regions, words, lengths, image_global, sentence)
         fine = self.fine(regions, words, lengths)
         return torch.cat((fine, self.norm_image(image_global), self.norm_sentence(sentence)), dim=1)
 
@@ -77,7 +79,7 @@ class LinearFusion(nn.Module):
         self.linear = nn.Linear(2 * dim, out_dim)
 
     def forward(self, regions, words, lengths, image_global, sentence) -> torch.Tensor:
-        _check_aligned(self.dim, regions, words, lengths, image_global, sentence)
+        _check_aligned(self, regions, words, lengths, image_global, sentence)
         return self.linear(torch.cat((image_global, sentence), dim=1))
 
 
@@ -90,7 +92,7 @@ class ConcatFusion(nn.Module):
         self.out_dim = 2 * dim
 
     def forward(self, regions, words, lengths, image_global, sentence) -> torch.Tensor:
-        _check_aligned(self.dim, regions, words, lengths, image_global, sentence)
+        _check_aligned(self, regions, words, lengths, image_global, sentence)
         return torch.cat((image_global, sentence), dim=1)
 
 

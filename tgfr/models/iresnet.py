@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tgfr.models.freezing import FreezableModule
-from tgfr.ops.autocast import autocast_enabled
+from tgfr.models.input_dtype import check_input_dtype
 from tgfr.validation import check_tensor
 
 IRESNET_LAYERS = {
@@ -176,13 +176,7 @@ class IResNet(FreezableModule):
         check_tensor("images", images, ndim=4)
         if tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        expected = self.conv1.weight.dtype
-        # Under autocast the convolutions cast any float input to the autocast dtype themselves.
-        autocast = images.is_floating_point() and autocast_enabled(images.device.type)
-        if images.dtype != expected and not autocast:
-            raise TypeError(f"images must have dtype {str(expected).removeprefix('torch.')}, the backbone's "
-                            f"parameters', got {str(images.dtype).removeprefix('torch.')} (images are floats in "
-                            "[-1, 1], as tgfr.data.EvalTransform gives them)")
+        check_input_dtype("images", images, self, "images are floats in [-1, 1], as tgfr.data.EvalTransform gives them")
         x = self.prelu(self.bn1(self.conv1(images)))
         regions = self.layer3(self.layer2(self.layer1(x)))
         x = self.bn2(self.layer4(regions))
