@@ -81,13 +81,15 @@ def test_trainable_backbone_and_frozen_text(tiny_bert_dir):
 def test_a_frozen_part_is_in_eval_mode_as_soon_as_the_model_is_built(tiny_bert_dir, freeze_backbone,
                                                                       freeze_text_encoder):
     """No train()/eval() call needed: an embedding right after the build leaves a frozen backbone's
-    BatchNorm statistics as they were, and a frozen text model's dropout off."""
+    BatchNorm statistics as they were, and a frozen text model's dropout off; a trainable part is in
+    training mode throughout, as a new nn.Module is."""
     model = TGFRModel(small_config(tiny_bert_dir, freeze_backbone=freeze_backbone,
                                    freeze_text_encoder=freeze_text_encoder))
     assert model.training and model.image_head.training
     assert model.backbone.training is not freeze_backbone
-    if freeze_text_encoder:  # (transformers builds its models in eval mode, frozen or not)
-        assert not any(module.training for module in model.text_encoder.modules())
+    # Every module of a trainable part trains (transformers hands its models back in eval mode, dropout off).
+    assert all(module.training is not freeze_text_encoder for module in model.text_encoder.modules())
+    assert all(module.training is not freeze_backbone for module in model.backbone.modules())
     running_mean = model.backbone.bn1.running_mean.clone()
     model.embed_image(torch.randn(2, 3, 32, 32))
     assert torch.equal(model.backbone.bn1.running_mean, running_mean) is freeze_backbone

@@ -37,9 +37,11 @@ class FreezableModule(KeepsFrozenPartsFixed):
     frozen: bool = False
 
     def _init_frozen(self, frozen: bool) -> None:
-        """Every parameter trains but the fixed ones, or none when `frozen`."""
+        """Every parameter trains but the fixed ones, in training mode throughout, as a new nn.Module is
+        (transformers hands its models back in eval mode, dropout off); or none, in eval mode, when `frozen`."""
         self.frozen = False
         self.requires_grad_(True)
+        self.train()
         if frozen:
             self.freeze()
 

@@ -58,7 +58,7 @@ class CaptionFeatures:
         caption keeps the features it was first served with)."""
         # Kept for a whole stage, and computed again by evaluation in eval mode: a trainable encoder left in
         # training mode by the align stage would cache one dropout draw per caption, and a process resumed
-        # inside the stage (its model built in eval mode) another one.
+        # inside the stage (its model freshly built) another one.
         modes = [(module, module.training) for module in self.encoder.modules()]  # train() would set all alike
         self.encoder.eval()
         try:
