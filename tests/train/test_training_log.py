@@ -2,7 +2,9 @@
 resume; any other bad line stops with the file and line named."""
 
 import json
+import os
 import re
+import sys
 
 import pytest
 
@@ -46,3 +48,46 @@ def test_a_bad_line_before_the_last_names_the_file_and_line(tmp_path, bad):
         with pytest.raises(ValueError, match=re.escape(f"metrics log {path}, line 2, is not")):
             call()
     assert path.read_text() == text
+
+
+class PurgingSummaryWriter:
+    """TensorBoard as its SummaryWriter documents purge_step: a writer opened on a folder with purge_step p hides
+    the folder's earlier points at steps >= p. `shown` holds what TensorBoard shows: folder -> tag -> step -> value."""
+
+    shown: dict[str, dict[str, dict[int, float]]] = {}
+
+    def __init__(self, log_dir, purge_step=None):
+        self.folder = self.shown.setdefault(log_dir, {})
+        for points in self.folder.values():
+            for step in [step for step in points if purge_step is not None and step >= purge_step]:
+                del points[step]
+
+    def add_scalar(self, tag, value, step):
+        self.folder.setdefault(tag, {})[step] = value
+
+    def close(self):
+        pass
+
+
+def test_tensorboard_shows_each_step_of_a_resumed_run_once_with_its_last_value(tmp_path, monkeypatch):
+    """A call logs fr 1-4 and align 1-3 and dies; its checkpoint was at fr step 2. The resumed call logs fr 3-4
+    and align 1-2 again (other values): TensorBoard shows what metrics.jsonl holds, each step once, without
+    the dead call's align step 3. (An appended writer per folder without purge_step showed both calls' points.)"""
+    module = type(sys)("torch.utils.tensorboard")
+    module.SummaryWriter = PurgingSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    monkeypatch.setattr(PurgingSummaryWriter, "shown", {})
+    path = tmp_path / "metrics.jsonl"
+    log = TrainingLog(path)
+    for stage, step in [("fr", 1), ("fr", 2), ("fr", 3), ("fr", 4), ("align", 1), ("align", 2), ("align", 3)]:
+        log.write(stage, step, {"loss": 1.0 * step})
+    drop_records_after(path, ["fr", "align"], "fr", 2)
+    log = TrainingLog(path)
+    for stage, step in [("fr", 3), ("fr", 4), ("align", 1), ("align", 2)]:
+        log.write(stage, step, {"loss": 10.0 * step})
+    log.close()
+    shown = {(os.path.basename(folder), tag, step): value for folder, tags in PurgingSummaryWriter.shown.items()
+             for tag, points in tags.items() for step, value in points.items()}
+    assert shown == {(record["stage"], f"{record['stage']}/loss", record["step"]): record["loss"]
+                     for record in read_log(path)}
+    assert len(shown) == 6

@@ -11,11 +11,18 @@ from tgfr.output_paths import write_atomically
 
 
 class TrainingLog:
-    """Appends records {"stage", "step", ...numbers} to `path`; `path` None logs nothing (other ranks)."""
+    """Appends records {"stage", "step", ...numbers} to `path`; `path` None logs nothing (other ranks).
+
+    TensorBoard scalars go to tensorboard/<stage>/ beside `path`, one writer per stage, opened at the
+    stage's first record in this process with purge_step = that record's step: a resumed run logs again
+    the steps past its checkpoint, and TensorBoard then hides the earlier call's points from that step
+    on, as the resume cuts them from metrics.jsonl (the first step logged after a checkpoint is the
+    same in every call: log_every and the checkpoint's step fix it)."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
-        self.writer = None
+        self.summary_writer: type | None = None
+        self.writers: dict[str, Any] = {}
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,7 +30,7 @@ class TrainingLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
+        self.summary_writer = SummaryWriter
 
     def write(self, stage: str, step: int, values: dict[str, Any]) -> None:
         if self.path is None:
@@ -31,14 +38,17 @@ class TrainingLog:
         record = {"stage": stage, "step": step, "time": time.time(), **values}
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{stage}/{name}", value, step)
+        if self.summary_writer is None:
+            return
+        if stage not in self.writers:
+            self.writers[stage] = self.summary_writer(str(self.path.parent / "tensorboard" / stage), purge_step=step)
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self.writers[stage].add_scalar(f"{stage}/{name}", value, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
 
 
 def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
