@@ -9,7 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel
+from transformers import CLIPModel, GPT2Config, GPT2Model, GPT2Tokenizer
 
 from tgfr.models import TextEncoder, packaged_minilm_path
 from tgfr.models.text_encoder import TextModelFilesError
@@ -349,3 +349,20 @@ def test_a_caption_without_a_word_is_named_by_tokenize(caption):
     encoder = TextEncoder(max_length=8, frozen=True)
     with pytest.raises(ValueError, match=re.escape(f"captions[1] = {caption!r} has no word for the text encoder")):
         encoder.tokenize(["a face", caption])
+
+
+def test_a_tokenizer_that_adds_no_begin_and_end_tokens_is_refused(tmp_path):
+    """GPT-2's tokenizer adds no special token: taken, every caption would lose its first and last words, which
+    the encoder drops as the begin and end tokens."""
+    special = ["<|endoftext|>"]
+    printable = [chr(c) for c in range(ord("!"), ord("~") + 1)] + ["\u0120"]  # byte-level BPE's space
+    (tmp_path / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(special + printable)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert tokenizer.num_special_tokens_to_add() == 0
+    GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=16)).save_pretrained(
+        tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(TextModelFilesError, match=re.escape(f"tokenizer in {tmp_path} must add exactly 2 special "
+                                                            "tokens (begin and end), got 0")):
+        TextEncoder(tmp_path)
