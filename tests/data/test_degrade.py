@@ -92,9 +92,10 @@ def test_tgfr_recipes_blur():
         assert max(energies) < 0.6 * high_frequency_energy(image.filter(ImageFilter.MedianFilter(3)))
 
 
-def tgfr_steps(image, rng, max_angle, kernel_size, sigma, hue, noise_variance):
-    """The steps of TGFR's recipes, written out: flip, rotation with white fill, blur, brightness, hue, noise."""
-    if rng.random() < 0.5:
+def tgfr_steps(image, rng, max_angle, kernel_size, sigma, hue, noise_variance, mirror=True):
+    """The steps of TGFR's recipes, written out: flip (drawn, and made unless not `mirror`), rotation with white
+    fill, blur, brightness, hue, noise."""
+    if rng.random() < 0.5 and mirror:
         image = ImageOps.mirror(image)
     image = image.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
     image = gaussian_blur(image, kernel_size, rng.uniform(*sigma))
@@ -103,16 +104,18 @@ def tgfr_steps(image, rng, max_angle, kernel_size, sigma, hue, noise_variance):
     return add_gaussian_noise(image, noise_variance ** 0.5, rng)
 
 
-def tgfr_celeba_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def tgfr_celeba_recipe(image: Image.Image, rng: np.random.Generator, mirror=True) -> Image.Image:
     """TGFR's CelebA recipe (data/celeba/scripts/transform_fair.py), on an image of TGFR's 112 x 112."""
     assert image.size == (112, 112)
-    return tgfr_steps(image, rng, max_angle=5, kernel_size=3, sigma=(2, 9), hue=0.5, noise_variance=0.002)
+    return tgfr_steps(image, rng, max_angle=5, kernel_size=3, sigma=(2, 9), hue=0.5, noise_variance=0.002,
+                      mirror=mirror)
 
 
-def tgfr_face2text_recipe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def tgfr_face2text_recipe(image: Image.Image, rng: np.random.Generator, mirror=True) -> Image.Image:
     """TGFR's Face2Text recipe (data/face2text/scripts/transform.py): at 144 x 144, then back to the input size."""
     image_144 = image.resize((144, 144), Image.Resampling.BILINEAR)
-    degraded = tgfr_steps(image_144, rng, max_angle=30, kernel_size=5, sigma=(1, 5), hue=0.2, noise_variance=0.005)
+    degraded = tgfr_steps(image_144, rng, max_angle=30, kernel_size=5, sigma=(1, 5), hue=0.2, noise_variance=0.005,
+                          mirror=mirror)
     return degraded.resize(image.size, Image.Resampling.BILINEAR)
 
 
@@ -138,6 +141,19 @@ def test_tgfr_recipes_are_their_steps_written_out(recipe):
     for seed in range(3):
         got = degrade_image(image, recipe, np.random.default_rng(seed))
         assert np.array_equal(np.asarray(got), np.asarray(written_out(image, np.random.default_rng(seed))))
+
+
+@pytest.mark.parametrize("recipe", ["celeba", "face2text"])
+def test_tgfr_recipes_without_their_flip_draw_it_and_make_the_other_steps(recipe):
+    """mirror=False (images paired with captions that say left and right) leaves out the flip but still draws
+    it: the other steps draw what they draw with the flip. Seeds 0-7 flip some images (checked)."""
+    image, written_out = face(), {"celeba": tgfr_celeba_recipe, "face2text": tgfr_face2text_recipe}[recipe]
+    flips = [np.random.default_rng(seed).random() < 0.5 for seed in range(8)]
+    assert any(flips) and not all(flips)
+    for seed in range(8):
+        got = degrade_image(image, recipe, np.random.default_rng(seed), mirror=False)
+        expected = written_out(image, np.random.default_rng(seed), mirror=False)
+        assert np.array_equal(np.asarray(got), np.asarray(expected)), seed
 
 
 def test_celeba_recipe_runs_at_112_whatever_the_source_size():

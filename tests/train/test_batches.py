@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tgfr.data import CaptionCollator, EvalTransform
 from tgfr.data.manifest import read_manifest, write_manifest
@@ -239,6 +239,25 @@ def test_ranks_need_a_divisible_identity_count_only_where_batches_follow_identit
     with pytest.raises(ValueError, match=re.escape("data.identities_per_batch x data.images_per_identity = 3 x 3 "
                                                    "= 9 must be divisible by the world size 2")):
         stage_batches(odd, "align", manifest, COLLATE, rank=0, world_size=2)
+
+
+def test_the_stages_that_pair_images_with_captions_do_not_mirror_them_in_the_degradation_either(tiny_overrides,
+                                                                                              monkeypatch):
+    """Every training image degraded by TGFR's celeba recipe, whose flip (p = 0.5) the align and fuse stages leave
+    out; the fr stage mirrors about half its images in the recipe and half in TrainTransform."""
+    config = load_config("quick", tiny_overrides + ['data.train_degradation="celeba"', "data.train_degrade_p=1.0"])
+    manifest = resolve_manifest(config.data)
+    mirrored = []
+    monkeypatch.setattr(ImageOps, "mirror", lambda image: mirrored.append(1) or image.transpose(Image.FLIP_LEFT_RIGHT))
+    for name in ("fr", "align", "fuse"):
+        dataset = stage_batches(config, name, manifest, COLLATE).dataset
+        mirrored.clear()
+        for i in range(min(len(dataset), 40)):
+            dataset[i]
+        if name == "fr":
+            assert 20 < len(mirrored) < 60, name
+        else:
+            assert mirrored == [], name
 
 
 def test_the_stages_that_pair_images_with_captions_neither_mirror_nor_grey_them(tiny_overrides):

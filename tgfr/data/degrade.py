@@ -107,11 +107,12 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
 
 
 def _tgfr_recipe(work_size: int, restore_size: bool, max_angle: float, kernel_size: int,
-                 sigma: tuple[float, float], hue: float, noise_var: float) -> Step:
+                 sigma: tuple[float, float], hue: float, noise_var: float, mirror: bool = True) -> Step:
+    """mirror False leaves out the flip (its draw is still made, so the other draws stay the same)."""
     def step(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         size = image.size if restore_size else (work_size, work_size)
         image = image.resize((work_size, work_size), Image.Resampling.BILINEAR)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and mirror:
             image = ImageOps.mirror(image)
         image = image.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
         image = gaussian_blur(image, kernel_size, rng.uniform(*sigma))
@@ -122,20 +123,22 @@ def _tgfr_recipe(work_size: int, restore_size: bool, max_angle: float, kernel_si
     return step
 
 
-NAMED_RECIPES: dict[str, Step] = {
-    "celeba": _tgfr_recipe(112, False, 5.0, 3, (2.0, 9.0), 0.5, 0.002),
-    "face2text": _tgfr_recipe(144, True, 30.0, 5, (1.0, 5.0), 0.2, 0.005),
+# The arguments of _tgfr_recipe (but mirror) of TGFR's recipes.
+NAMED_RECIPES: dict[str, tuple] = {
+    "celeba": (112, False, 5.0, 3, (2.0, 9.0), 0.5, 0.002),
+    "face2text": (144, True, 30.0, 5, (1.0, 5.0), 0.2, 0.005),
 }
 
 
-def parse_recipe(recipe: str) -> list[Step]:
-    """Turns "celeba", "down16", "jpeg30", "down24+jpeg50", ... into a list of steps."""
+def parse_recipe(recipe: str, mirror: bool = True) -> list[Step]:
+    """Turns "celeba", "down16", "jpeg30", "down24+jpeg50", ... into a list of steps. mirror False: the
+    named recipes leave out their horizontal flip (for images paired with captions that say left and right)."""
     if not isinstance(recipe, str) or not recipe:
         raise ValueError(f"recipe must be a non-empty string, got {recipe!r}")
     steps: list[Step] = []
     for name in recipe.split("+"):
         if name in NAMED_RECIPES:
-            steps.append(NAMED_RECIPES[name])
+            steps.append(_tgfr_recipe(*NAMED_RECIPES[name], mirror=mirror))
         elif match := re.fullmatch(r"down(\d+)", name):
             size = int(match[1])
             if size < 1:
@@ -152,10 +155,10 @@ def parse_recipe(recipe: str) -> list[Step]:
     return steps
 
 
-def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator) -> Image.Image:
-    """Applies a recipe to an RGB image; the same rng state gives the same output."""
+def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator, mirror: bool = True) -> Image.Image:
+    """Applies a recipe to an RGB image; the same rng state gives the same output. mirror: as parse_recipe's."""
     image = image.convert("RGB")
-    for step in parse_recipe(recipe):
+    for step in parse_recipe(recipe, mirror):
         image = step(image, rng)
     return image
 

@@ -39,14 +39,15 @@ def resolve_manifest(config: DataConfig) -> Path:
 
 
 class DegradingTransform:
-    """With probability p, degrades the PIL image with `recipe` (tgfr.data.degrade) before `base`."""
+    """With probability p, degrades the PIL image with `recipe` (tgfr.data.degrade) before `base`;
+    mirror False leaves out the recipe's horizontal flip."""
 
-    def __init__(self, base: TrainTransform, recipe: str, p: float):
-        self.base, self.recipe, self.p = base, recipe, p
+    def __init__(self, base: TrainTransform, recipe: str, p: float, mirror: bool = True):
+        self.base, self.recipe, self.p, self.mirror = base, recipe, p, mirror
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Any:
         if self.p > 0 and rng.random() < self.p:
-            image = degrade_image(image, self.recipe, rng)
+            image = degrade_image(image, self.recipe, rng, self.mirror)
         return self.base(image, rng)
 
 
@@ -63,8 +64,9 @@ class StepBatches:
     rank, world_size: this process's share of each global batch of P x K images.
     image_cache: decoded images kept in memory (FaceCaptionDataset), shared by the stages of a run.
     caption_paired: the stage pairs each image with its caption (align, fuse), so the image is neither
-    mirrored (captions say left and right: a mirrored face contradicts "a mole on the left cheek") nor
-    turned grey (they name colours); otherwise TrainTransform's flip and greyscale apply.
+    mirrored (captions say left and right: a mirrored face contradicts "a mole on the left cheek"), by
+    TrainTransform or by the degradation recipe's flip, nor turned grey (they name colours); otherwise
+    TrainTransform's flip and greyscale and the whole recipe apply.
     """
 
     def __init__(self, manifest: Path, config: DataConfig, collate: CaptionCollator, seed: int,
@@ -84,7 +86,8 @@ class StepBatches:
                              f"{world_size} (each process takes an equal share of a batch's images)")
         base = TrainTransform(config.image_size, flip_p=0.0, grayscale_p=0.0) if caption_paired else \
             TrainTransform(config.image_size)
-        transform = DegradingTransform(base, config.train_degradation, config.train_degrade_p)
+        transform = DegradingTransform(base, config.train_degradation, config.train_degrade_p,
+                                       mirror=not caption_paired)
         # The errors name the data.* key and the manifest to fix, not the dataset's and sampler's arguments.
         records = read_manifest(manifest)
         try:
