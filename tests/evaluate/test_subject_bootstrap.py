@@ -190,11 +190,20 @@ def ranked_probes(ranks_per_subject, gallery_size=8):
     return np.array(rows)[order], np.array(probe_labels)[order], gallery
 
 
-def materialized_rank_replicates(ranks_per_subject, resamples, seed, k):
+def materialized_rank_replicates(hits_per_subject, resamples, seed):
     """(resamples,) rank-k of the probe list of the drawn subjects (the documented draw over the
-    sorted probe labels), each drawn subject's probes copied once per draw."""
-    drawn = np.random.default_rng(seed).integers(0, len(ranks_per_subject), (resamples, len(ranks_per_subject)))
-    return np.array([np.mean(np.concatenate([ranks_per_subject[s] for s in row]) <= k) for row in drawn])
+    sorted probe labels), each drawn subject's probes copied once per draw; hits_per_subject[s]
+    says which probes of subject s (in sorted label order) have rank <= k."""
+    drawn = np.random.default_rng(seed).integers(0, len(hits_per_subject), (resamples, len(hits_per_subject)))
+    return np.array([np.mean(np.concatenate([hits_per_subject[s] for s in row])) for row in drawn])
+
+
+def nearest_gallery_hits(x, labels, gallery, probes):
+    """(P,) whether each probe's most similar gallery image (cosine) shows its subject: rank-1 by
+    the plain nearest-neighbour rule; x (N, D), labels (N,), gallery (G,) and probes (P,) indices."""
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nearest = (unit[probes] @ unit[gallery].T).argmax(axis=1)
+    return labels[gallery][nearest] == labels[probes]
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -203,7 +212,7 @@ def test_identification_replicates_equal_materialized_probe_lists(seed):
     similarity, probe_labels, gallery = ranked_probes(ranks_per_subject)
     result = identification_metrics(similarity, probe_labels, gallery, resamples=30, seed=seed, keep_replicates=True)
     for name, k in (("rank1", 1), ("rank5", 5)):
-        expected = materialized_rank_replicates(ranks_per_subject, 30, seed, k)
+        expected = materialized_rank_replicates([np.array(r) <= k for r in ranks_per_subject], 30, seed)
         np.testing.assert_allclose(result["replicates"][name], expected, rtol=0, atol=1e-12)
         np.testing.assert_allclose(result[f"{name}_ci"], bootstrap_interval(expected), rtol=0, atol=1e-12)
 
@@ -288,8 +297,17 @@ def test_methods_are_compared_on_the_same_resamples():
     np.testing.assert_allclose(difference["tar_at_far_ci"][MAIN_FAR],
                                bootstrap_interval(tars["tgfr"] - tars["image_only"]), rtol=0, atol=1e-12)
     assert difference["rank1"] == pytest.approx(figures["tgfr"]["rank1"] - figures["image_only"]["rank1"])
-    low, high = difference["rank1_ci"]
-    assert low <= difference["rank1"] <= high
+    # rank-1 on the same subject resamples: the gallery is each subject's first image (by path), and
+    # each resample's rank-1 comes from the probe list of its drawn subjects.
+    gallery = np.flatnonzero([path.endswith("/0.png") for path in paths])
+    probes = np.setdiff1d(np.arange(len(paths)), gallery)
+    rank1 = {}
+    for method in ("image_only", "tgfr"):
+        hits = nearest_gallery_hits(embeddings.method(method), labels, gallery, probes)
+        hits_per_subject = [hits[labels[probes] == subject] for subject in np.unique(labels[probes])]
+        rank1[method] = materialized_rank_replicates(hits_per_subject, 50, 0)
+    np.testing.assert_allclose(difference["rank1_ci"], bootstrap_interval(rank1["tgfr"] - rank1["image_only"]),
+                               rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["image_only", "tgfr"])

@@ -1,0 +1,63 @@
+"""split_figures' protocols: the identification split it scores (gallery and probes by path) and the
+ROC curve it hands back for each method."""
+
+import numpy as np
+import pytest
+
+from test_subject_bootstrap import embeddings_and_records, nearest_gallery_hits
+from tgfr.evaluation.embeddings import SplitEmbeddings
+from tgfr.evaluation.protocols import identification_indices, split_figures, verification_scores
+from tgfr.metrics import far_label, roc_curve, tar_at_far
+from tgfr.train.config import EvaluationConfig
+
+
+def test_identification_gallery_is_each_subjects_first_images_by_path():
+    # 12 images a subject: by path "10.png" and "11.png" come before "2.png", so the gallery of 3
+    # is 0, 1 and 10; the embeddings are shuffled, so their order says nothing of the paths'.
+    subjects, images, gallery_per_subject = 8, 12, 3
+    x, labels, paths, records = embeddings_and_records(2, subjects=subjects, images=images)
+    other = embeddings_and_records(3, subjects=subjects, images=images)[0]
+    order = np.random.default_rng(0).permutation(len(paths))
+    x, other, labels = x[order], other[order], labels[order]
+    paths, records = [paths[i] for i in order], [records[i] for i in order]
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
+    config = EvaluationConfig(gallery_per_subject=gallery_per_subject, bootstrap_resamples=5)
+
+    first_by_path = {path for subject in np.unique(labels)
+                     for path in sorted(p for p, label in zip(paths, labels) if label == subject)[:gallery_per_subject]}
+    expected_gallery = np.flatnonzero([path in first_by_path for path in paths])
+    expected_probes = np.flatnonzero([path not in first_by_path for path in paths])
+    assert expected_gallery.size == subjects * gallery_per_subject
+    assert expected_probes.size == subjects * (images - gallery_per_subject)
+    gallery, probes = identification_indices(embeddings, records, "test", config)
+    assert sorted(gallery.tolist()) == expected_gallery.tolist()
+    assert sorted(probes.tolist()) == expected_probes.tolist()
+
+    figures, _ = split_figures(embeddings, records, "test", config)
+    for method in ("image_only", "tgfr"):
+        hits = nearest_gallery_hits(embeddings.method(method), labels, expected_gallery, expected_probes)
+        assert 0 < hits.mean() < 1  # neither all nor none found: a wrong gallery would show
+        assert figures[method]["rank1"] == pytest.approx(hits.mean(), abs=1e-12)
+        assert figures[method]["gallery"] == expected_gallery.size
+        assert figures[method]["probes"] == expected_probes.size
+
+
+@pytest.mark.parametrize("methods", [("image_only",), ("tgfr",), ("image_only", "tgfr")])
+def test_each_method_gets_its_own_roc_curve(methods):
+    """A curve per method scored, its ROC (3160 pairs, too few to be thinned), whose TAR at FAR 1e-2
+    is the method's figure; the two methods' TARs differ, so a curve under the wrong name would show."""
+    x, labels, paths, records = embeddings_and_records(0)
+    other = embeddings_and_records(1)[0]
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
+    config = EvaluationConfig(bootstrap_resamples=5)
+    figures, curves = split_figures(embeddings, records, "test", config, methods=methods)
+    assert set(curves) == set(methods)
+    tars = {}
+    for method in methods:
+        scores, same, _, _ = verification_scores(embeddings, method, records, "test", config)
+        expected = roc_curve(scores, same)
+        np.testing.assert_array_equal(curves[method].far, expected.far)
+        np.testing.assert_array_equal(curves[method].tar, expected.tar)
+        tars[method] = tar_at_far(curves[method], 1e-2)
+        assert tars[method] == figures[method]["tar_at_far"][far_label(1e-2)]
+    assert len(set(tars.values())) == len(methods)
