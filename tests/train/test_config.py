@@ -49,10 +49,10 @@ def test_default_preset_equals_dataclass_defaults():
 def test_overrides_parse_toml_values_and_bare_words():
     config = load_config("quick", ["fr.steps=17", "fr.optim.lr=0.5", "align.supervision=weak",
                                    'data.manifest="a b.jsonl"', "model.freeze_text_encoder=false",
-                                   'stages=["fr", "fuse"]', "fuse.arcface_scale=16"])
+                                   'stages=["fr", "align"]', "fuse.arcface_scale=16"])
     assert config.fr.steps == 17 and config.fr.optim.lr == 0.5 and config.align.supervision == "weak"
     assert config.data.manifest == "a b.jsonl" and config.model.freeze_text_encoder is False
-    assert config.stages == ["fr", "fuse"] and config.fuse.arcface_scale == 16.0
+    assert config.stages == ["fr", "align"] and config.fuse.arcface_scale == 16.0
     assert parse_override("x.y=abc") == (["x", "y"], "abc")
     assert parse_override(r"data.manifest=C:\data\m.jsonl") == (["data", "manifest"], r"C:\data\m.jsonl")
 
@@ -205,7 +205,7 @@ def test_a_warm_up_of_steps_minus_one_and_stages_that_do_not_train_are_accepted(
     assert config.trained_stages == ["align", "fuse"]
 
 
-@pytest.mark.parametrize("stages", [["align", "fuse"], ["align"], ["fuse"]])
+@pytest.mark.parametrize("stages", [["align", "fuse"], ["align"]])
 def test_stages_without_fr_need_backbone_weights(stages):
     """align and fuse keep the backbone frozen: without fr or released weights it would stay random."""
     override = "stages=" + json.dumps(stages)
@@ -215,11 +215,31 @@ def test_stages_without_fr_need_backbone_weights(stages):
     assert load_config("quick", [override, 'model.backbone_weights="b.pth"']).trained_stages == stages
 
 
+@pytest.mark.parametrize("stages, weights", [(["fr", "fuse"], ""), (["fuse"], "b.pth")])
+def test_fuse_without_align_is_refused_also_with_backbone_weights(tmp_path, stages, weights):
+    """fuse keeps the alignment heads frozen and model.backbone_weights holds no heads: without align it would
+    learn on random features. A run's own config.toml with such stages still loads (an older tgfr trained them)."""
+    overrides = ["stages=" + json.dumps(stages), f'model.backbone_weights="{weights}"']
+    message = re.escape(f"stages = {stages} run fuse without align, which trains the alignment heads that fuse reads")
+    with pytest.raises(ValueError, match=message):
+        load_config("quick", overrides)
+    values = tomllib.loads(to_toml(load_config("quick", [f'model.backbone_weights="{weights}"'])))
+    values["stages"] = stages
+    config = config_from_dict(values)  # as tgfr evaluate and --resume read config.toml
+    assert config.stages == stages
+    with pytest.raises(ValueError, match=message):  # a fresh training with it is refused before writing
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    # fr alone trains a backbone for model.backbone_weights; align without fuse leaves nothing random behind it.
+    for allowed in (["fr"], ["fr", "align"]):
+        assert load_config("quick", ["stages=" + json.dumps(allowed)]).stages == allowed
+
+
 @pytest.mark.parametrize("overrides, accepted", [
     ([], False),
     (['stages=["align", "fuse"]'], False),
     (["align.supervision=weak"], True),  # no label, no masking: other images of the identity are negatives
-    (['stages=["fr", "fuse"]'], True),  # ArcFace (and CoReFace's pull between the two views) need no second one
+    (['stages=["fr"]'], True),  # ArcFace (and CoReFace's pull between the two views) need no second one
 ])
 def test_one_identity_per_batch_is_refused_where_identity_supervision_masks_every_pair(overrides, accepted):
     overrides = ["data.identities_per_batch=1", *overrides]

@@ -371,9 +371,10 @@ def test_a_batch_of_one_image_per_process_is_refused_before_writing(tmp_path, ti
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     # The fuse stage trains no BatchNorm layer (its backbone and heads are frozen, in eval mode): one image will do.
-    fuse_only = load_config("quick", tiny_overrides + ["data.identities_per_batch=1", "data.images_per_identity=1",
-                                                       'stages=["fuse"]', 'model.backbone_weights="unread.pth"'])
-    assert stage_batches(fuse_only, "fuse", resolve_manifest(fuse_only.data), collate=None).sampler is not None
+    with_fuse = load_config("quick", tiny_overrides + ["data.identities_per_batch=1", "data.images_per_identity=1",
+                                                      'stages=["align", "fuse"]', 'align.supervision="weak"',
+                                                      'model.backbone_weights="unread.pth"'])
+    assert stage_batches(with_fuse, "fuse", resolve_manifest(with_fuse.data), collate=None).sampler is not None
 
 
 @pytest.mark.parametrize("rank, expected", [("0", "tgfr train: error: fr.steps must be"), ("1", 1)])

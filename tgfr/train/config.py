@@ -365,6 +365,12 @@ class TrainConfig:
         if "fr" not in self.stages and not self.model.backbone_weights:
             raise ValueError(f"stages = {self.stages} leave out fr, so model.backbone_weights must name a trained "
                              f"backbone (without one, align and fuse would learn on a random, frozen backbone)")
+        # fuse keeps the alignment heads frozen and fuses their features: model.backbone_weights holds a backbone
+        # alone, so without align they stay random, a run tgfr evaluate refuses. fr alone (a backbone for
+        # model.backbone_weights) and fr + align stay allowed.
+        if "fuse" in self.stages and "align" not in self.stages:
+            raise ValueError(f"stages = {self.stages} run fuse without align, which trains the alignment heads that "
+                             f"fuse reads (without it, fuse would learn on their random, frozen features)")
 
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose relative PATH_KEYS settings are made absolute against the current directory
