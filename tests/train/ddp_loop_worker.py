@@ -2,24 +2,29 @@
 
 run_stage on a stage whose loss differs by rank: rank 0 logs the mean of the ranks' losses and
 components, and a loss that is not finite on rank 1 only stops both ranks with FloatingPointError
-(a rank that raised alone would leave the other waiting in DDP's all-reduce). Each rank writes
-what it saw to ROOT/rank<r>.json for the test to check.
+(a rank that raised alone would leave the other waiting in DDP's all-reduce). A fake clock makes
+every step take STEP_SECONDS, so the logged samples_per_s is known. Each rank writes what it saw to
+ROOT/rank<r>.json for the test to check.
 """
 
+import itertools
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from tgfr.train import loop
 from tgfr.train.config import OptimConfig
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.stage import Stage
 from tgfr.train.training_log import TrainingLog, read_log
 
 BAD_STEP = 3
+STEP_SECONDS = 0.25
 
 
 class RankStage(Stage):
@@ -53,11 +58,13 @@ class Batches:
 
 def main(root: Path) -> None:
     dist.init_process_group("gloo")
+    readings = itertools.count(0.0, STEP_SECONDS)
+    loop.time = SimpleNamespace(perf_counter=lambda: next(readings))
     rank = dist.get_rank()
     settings = LoopSettings(torch.device("cpu"), log_every=1, checkpoint_every=100, rank=rank, world_size=2)
     log = TrainingLog(root / "metrics.jsonl" if rank == 0 else None)
     optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, warmup_steps=0, grad_clip=0.0)
-    seen = {"error": None}
+    seen = {"error": None, "step_seconds": STEP_SECONDS}
     try:
         run_stage(RankStage(rank), Batches(), optim, 5, settings, log, lambda *args: None)
     except FloatingPointError as error:

@@ -100,7 +100,8 @@ def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrid
 
 def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_loss(tmp_path):
     """ddp_loop_worker.py under torchrun: rank 0's log holds the mean over ranks (rank 1's loss is 10
-    above rank 0's), and rank 1's NaN at step 3 stops both ranks at that step, naming rank 1."""
+    above rank 0's), and rank 1's NaN at step 3 stops both ranks at that step, naming rank 1. Its throughput
+    is of the global batch: each rank's 2 samples times 2 ranks per step of the worker's fake clock."""
     worker = Path(__file__).with_name("ddp_loop_worker.py")
     result = torchrun(tmp_path, str(worker), str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -113,6 +114,7 @@ def test_two_process_loop_logs_rank_means_and_stops_every_rank_on_a_non_finite_l
         assert record["rank_term"] == 5.0  # (0 + 10) / 2
         # loss = <w, 1> + rank term on each rank; SGD keeps w equal on both ranks
         assert abs(record["loss"] - record["rank_term"]) < 1.0
+        assert record["samples_per_s"] == pytest.approx(2 * 2 / ranks[0]["step_seconds"])
 
 
 def test_an_image_only_rank_1_reads_is_named_by_rank_1(tmp_path, tiny_overrides):

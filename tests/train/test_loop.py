@@ -1,8 +1,9 @@
 """The optimization loop's schedule: linear warm-up to the full learning rate, then cosine down to
 lr * min_lr_ratio at the last step; metrics.jsonl logs the learning rate each step actually used,
-also across a resume in the middle of the warm-up."""
+also across a resume in the middle of the warm-up; bf16 autocast of the forward; the logged throughput."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -119,6 +120,44 @@ def test_the_log_has_every_log_every_th_step_and_the_last(tmp_path, steps, log_e
     """A stage shorter than log_every, or not a multiple of it, still logs its last step."""
     _, records = run_linear_stage(tmp_path, steps, log_every=log_every)
     assert [record["step"] for record in records] == logged
+
+
+class AutocastRecordingStage(LinearStage):
+    """Records, at each forward, whether CPU autocast is on and the dtype it casts to."""
+
+    def __init__(self):
+        super().__init__()
+        self.autocast = []
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return super().forward(batch)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_autocasts_every_forward_to_bfloat16_and_fp32_none(tmp_path, bf16):
+    """precision bf16 (or auto on GPU) must not train silently in fp32, nor fp32 under autocast."""
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
+    settings = LoopSettings(torch.device("cpu"), bf16=bf16, log_every=1, checkpoint_every=3)
+    stage = AutocastRecordingStage()
+    run_stage(stage, Batches(), optim, 3, settings, TrainingLog(tmp_path / "metrics.jsonl"), lambda *state: None)
+    assert [enabled for enabled, _ in stage.autocast] == [bf16] * 3
+    if bf16:
+        assert [dtype for _, dtype in stage.autocast] == [torch.bfloat16] * 3
+    assert not torch.is_autocast_enabled("cpu")  # the loop leaves autocast as it found it
+
+
+def test_samples_per_s_is_the_batch_over_the_time_of_its_own_step(tmp_path, monkeypatch):
+    """A fake clock gives each step its own duration: samples_per_s is the batch's size over that step's time,
+    not over the time since the stage started. With world size 1 only: the factor world_size (the global
+    batch of all ranks) needs a process group of several ranks."""
+    durations = [0.5, 2.0, 0.25, 4.0]
+    readings = [100.0 + sum(durations[:count]) for count in range(len(durations) + 1)]
+    monkeypatch.setattr("tgfr.train.loop.time", SimpleNamespace(perf_counter=lambda: readings.pop(0)))
+    run_linear_stage(tmp_path, len(durations))
+    batch_size = len(next(Batches().from_step(0))["labels"])
+    records = read_log(tmp_path / "metrics.jsonl")
+    assert [record["samples_per_s"] for record in records] == pytest.approx([batch_size / d for d in durations])
 
 
 class SquareRootStage(LinearStage):
