@@ -260,7 +260,8 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
               f"the test splits evaluated may not be those the run was trained beside", file=sys.stderr)
     # The run's own manifest, or one whose training split is the one the checkpoint trained on: its training
     # identities are the run's, and an evaluated split that shares them does not measure unseen identities.
-    known = bool(train_records) and (own_data or records_digest(train_records) == trained_digest)
+    # A training split changed since is not the run's (an identity trained on may have moved to a test split).
+    known = bool(train_records) and not data_changed and (own_data or records_digest(train_records) == trained_digest)
     contents = _split_contents(config.evaluation, records, {r.identity for r in train_records} if known else None)
     for name, content in contents.items():
         if content["identities_in_training"]:
