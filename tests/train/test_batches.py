@@ -241,6 +241,17 @@ def test_ranks_need_a_divisible_identity_count_only_where_batches_follow_identit
         stage_batches(odd, "align", manifest, COLLATE, rank=0, world_size=2)
 
 
+def test_the_vocabulary_a_stage_prefills_is_every_caption_of_its_split(tiny_overrides):
+    """The caption features are encoded ahead from StepBatches.captions (tgfr.train.caption_features: a caption's
+    features then do not depend on the batch it first comes in): every caption of every training image."""
+    config = load_config("quick", tiny_overrides + ["data.synthetic_captions_per_image=3"])
+    manifest = resolve_manifest(config.data)
+    expected = Counter(caption for record in read_manifest(manifest) if record.split == config.data.train_split
+                       for caption in record.captions)
+    assert max(len(record.captions) for record in read_manifest(manifest)) == 3
+    assert Counter(stage_batches(config, "align", manifest, COLLATE).captions) == expected
+
+
 def test_the_stages_that_pair_images_with_captions_do_not_mirror_them_in_the_degradation_either(tiny_overrides,
                                                                                               monkeypatch):
     """Every training image degraded by TGFR's celeba recipe, whose flip (p = 0.5) the align and fuse stages leave

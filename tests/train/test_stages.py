@@ -1,6 +1,8 @@
 """Each stage trains exactly its part of the model: gradients reach those parameters and no others;
 the align stage runs with identity labels and weakly supervised (no labels anywhere)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -215,6 +217,25 @@ def test_align_loss_is_its_documented_sum_of_the_losses_on_the_right_features(pa
     weighted = (a.wrcl_weight * expected["wrcl"] + a.cicl_weight * expected["cicl"]
                 + a.intra_weight * expected["intra"] + a.identity_weight * expected["identity"])
     torch.testing.assert_close(total, weighted, rtol=1e-5, atol=1e-5)
+
+
+def test_align_without_the_intra_loss_reads_one_caption_per_image(parts):
+    """align.intra_weight = 0: the stage's batches hold one caption per image (no all_captions), and its loss is
+    the same as the full stage's on those captions less the intra term."""
+    config, model, batch = parts
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    full = AlignStage(model, config.align, 3, captions, torch.device("cpu")).eval()
+    without_intra = AlignStage(model, dataclasses.replace(config.align, intra_weight=0.0), 3, captions,
+                               torch.device("cpu")).eval()
+    without_intra.losses.load_state_dict(full.losses.state_dict())
+    assert without_intra.captions_per_sample == 1 and full.captions_per_sample == 2
+    with torch.no_grad():
+        total, components = without_intra({key: value for key, value in batch.items() if key != "all_captions"})
+        expected_total, expected = full(batch)
+    assert "intra" not in components
+    for name in ("wrcl", "cicl", "identity"):
+        torch.testing.assert_close(components[name], expected[name], msg=name)
+    torch.testing.assert_close(total, expected_total - full.config.intra_weight * expected["intra"])
 
 
 @pytest.mark.parametrize("distributed", [True, False])
