@@ -1,16 +1,19 @@
 """Checkpoints: atomic replacement, weights_only loading, RNG state round trip."""
 
+import contextlib
+import errno
 import os
 import pickle
 import random
 import re
 import stat
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from tgfr.output_paths import remove_temporaries
+from tgfr.output_paths import remove_temporaries, write_atomically
 from tgfr.train import checkpoint as checkpoint_module
 from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -78,6 +81,63 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch, checkpoint
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["weight"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_byte_flipped_inside_a_tensor_record_is_named(tmp_path, checkpoint_state):
+    """torch.load does not check the CRC-32s of torch.save's zip records: a byte flipped inside a weight's record
+    (bit rot, a bad copy) loaded as a changed weight, and a resume trained on from it without a word."""
+    weight = torch.arange(4096, dtype=torch.float32)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint_state(model={"weight": weight}))
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda record: record.file_size)
+    data = bytearray(path.read_bytes())
+    start = data.find(weight.numpy().tobytes())
+    assert largest.file_size == weight.numel() * weight.element_size() and start > 0
+    data[start + largest.file_size // 2] ^= 0x01
+    path.write_bytes(data)
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["weight"], weight)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {path} could not be read: it is corrupt (record "
+                                                   f"{largest.filename} does not match its CRC-32)")):
+        load_checkpoint(path)
+
+
+class FullDisk:
+    """A stream that takes `room` bytes, then fails every write with ENOSPC, as a file on a full disk."""
+
+    def __init__(self, stream, room):
+        self.stream, self.room = stream, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.stream.write(data)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def test_a_full_disk_inside_a_tensor_record_is_the_oserror_naming_the_checkpoint(tmp_path, monkeypatch,
+                                                                                  checkpoint_state):
+    """The disk fills up inside a weight's record: torch's zip writer, as it closes, raises a RuntimeError of its own
+    ("unexpected pos"), the OSError only its __context__; the error names the checkpoint and the disk's error,
+    and the old checkpoint stays."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint_state(step=1, model={"weight": torch.ones(4096)}))
+
+    @contextlib.contextmanager
+    def on_a_full_disk(*args, **kwargs):
+        with write_atomically(*args, **kwargs) as stream:
+            yield FullDisk(stream, room=path.stat().st_size // 2)
+
+    monkeypatch.setattr(checkpoint_module, "write_atomically", on_a_full_disk)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(path, checkpoint_state(step=2, model={"weight": torch.zeros(4096)}))
+    assert str(raised.value) == f"[Errno {errno.ENOSPC}] cannot write checkpoint {path}: No space left on device"
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["weight"], torch.ones(4096))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 class Payload:

@@ -197,3 +197,46 @@ def test_an_infinite_loss_stops_the_stage(tmp_path):
     with pytest.raises(FloatingPointError, match=r"^stage linear: loss is not finite at step 2 \(loss: inf\)$"):
         run_stage(InfiniteAtStep2(), Batches(), optim, 3, settings, TrainingLog(tmp_path / "metrics.jsonl"),
                   lambda step, optimizer, scheduler: None)
+
+
+@pytest.mark.parametrize("stop_after", [3, 4, 6])
+def test_stop_after_writes_the_checkpoint_of_each_step_once(tmp_path, stop_after):
+    """stop_after ends the call with a checkpoint of its last step; where that step wrote its periodic one
+    (stop_after a multiple of checkpoint_every), the same checkpoint was written twice: one more full save."""
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
+    settings = LoopSettings(torch.device("cpu"), checkpoint_every=3, stop_after=stop_after)
+    saved = []
+    assert run_stage(LinearStage(), Batches(), optim, STEPS, settings, TrainingLog(tmp_path / "metrics.jsonl"),
+                     lambda step, optimizer, scheduler: saved.append(step)) == stop_after
+    periodic = [step for step in range(1, stop_after + 1) if step % settings.checkpoint_every == 0]
+    assert saved == periodic + ([] if stop_after in periodic else [stop_after])
+
+
+class TextEncoderStage(LinearStage):
+    """A stage that trains the text encoder, as align does; frozen, the encoder takes no part in it."""
+
+    trained = ("text_encoder",)
+
+    def __init__(self, frozen: bool):
+        super().__init__()
+        self.model = nn.Module()  # stands in for TGFRModel: only its text encoder's `frozen` is read
+        self.model.text_encoder = nn.Module()
+        self.model.text_encoder.frozen = frozen
+
+
+@pytest.mark.parametrize("make_stage, pooler", [(LinearStage, False), (lambda: TextEncoderStage(frozen=True), False),
+                                                (lambda: TextEncoderStage(frozen=False), True)],
+                         ids=["no text encoder", "frozen text encoder", "trained text encoder"])
+def test_a_resume_state_that_does_not_load_names_its_file_and_the_pooler_only_where_it_trained(tmp_path, make_stage,
+                                                                                              pooler):
+    """tgfr before 2026-11-27 optimized the text encoder's pooler too, where the text encoder trained: only there
+    can that be why a checkpoint's optimizer state does not fit (here one of another number of groups)."""
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
+    resume = {"step": 1, "optimizer": {"state": {}, "param_groups": []}, "scheduler": {}, "rng": [rng_state()]}
+    with pytest.raises(ValueError) as error:
+        run_stage(make_stage(), Batches(), optim, 3, LoopSettings(torch.device("cpu")),
+                  TrainingLog(tmp_path / "metrics.jsonl"), lambda step, optimizer, scheduler: None, resume,
+                  resume_file=tmp_path / "last.pt")
+    assert str(error.value).startswith(f"checkpoint file {tmp_path / 'last.pt'}: the state of stage linear does not "
+                                       "fit its optimizer, schedule or RNGs: ValueError(")
+    assert ("the text encoder's pooler" in str(error.value)) == pooler

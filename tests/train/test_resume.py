@@ -219,16 +219,18 @@ def test_a_checkpoint_of_an_older_tgfr_without_counts_resumes(tmp_path, tiny_ove
 
 
 @pytest.mark.parametrize("older", [False, True], ids=["checkpoint", "older checkpoint"])
-@pytest.mark.parametrize("edits", [{"lr": 0.01}, {"weight_decay": 0.1, "lr": 0.01}, {"optimizer": "sgd"},
-                                   {"warmup_steps": 1}])
+@pytest.mark.parametrize("optimizer, edits", [("adamw", {"lr": 0.01}), ("adamw", {"weight_decay": 0.1, "lr": 0.01}),
+                                              ("adamw", {"optimizer": "sgd"}), ("adamw", {"warmup_steps": 1}),
+                                              ("sgd", {"momentum": 0.5})])
 def test_a_resume_with_other_optimizer_settings_is_refused_before_anything_changes(tmp_path, tiny_overrides,
-                                                                                  keep_threads, edits, older):
-    """The optimizer and scheduler state a resume loads hold the lr and weight decay the stage trained with: an
-    edit of them in config.toml was silently ignored (while a steps edit applied), and another optimizer
-    failed with a KeyError after metrics.jsonl was cut back. The resume is refused, naming the keys, with the
-    run folder untouched. A checkpoint of an older tgfr, without the settings, is compared on what its
-    optimizer state holds (not warmup_steps)."""
-    config = load_config("quick", tiny_overrides)
+                                                                                  keep_threads, optimizer, edits,
+                                                                                  older):
+    """The optimizer and scheduler state a resume loads hold the lr and weight decay (and SGD's momentum) the
+    stage trained with: an edit of them in config.toml was silently ignored (while a steps edit applied), and
+    another optimizer failed with a KeyError after metrics.jsonl was cut back. The resume is refused, naming the
+    keys, with the run folder untouched. A checkpoint of an older tgfr, without the settings, is compared on
+    what its optimizer state holds (not warmup_steps)."""
+    config = load_config("quick", tiny_overrides + [f'fr.optim.optimizer="{optimizer}"'])
     train(config, tmp_path, stop_after=3)
     state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["stage"] == "fr"
@@ -300,6 +302,10 @@ def break_optimizer(state):
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"] * 2
 
 
+def cut_the_torch_rng_state(state):
+    state["rng"][0]["torch"] = state["rng"][0]["torch"][:100]
+
+
 def widen_conv1(state):
     state["model"]["backbone.conv1.weight"] = torch.zeros(8, 3, 3, 3)
 
@@ -316,7 +322,8 @@ MODEL_MISMATCH = "does not fit the model the run's config builds"
      f"{MODEL_MISMATCH} (a checkpoint of another run, or model.* settings or data.image_size of the run's config.toml "
      "changed since it was written?): missing ['fusion.fine.project.weight'], unexpected []"),
     (break_losses, "does not match stage fr's losses: size mismatch for "),
-    (break_optimizer, "the resume state does not fit its optimizer"),
+    (break_optimizer, ": the state of stage fr does not fit its optimizer, schedule or RNGs: ValueError("),
+    (cut_the_torch_rng_state, ": the state of stage fr does not fit its optimizer, schedule or RNGs: RuntimeError("),
     (lambda state: state.update(data="0" * 63), "'data' must be a sha256 digest in hex (the training split's)"),
 ])
 def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path, tiny_overrides, keep_threads,
@@ -331,6 +338,8 @@ def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path,
     with pytest.raises(ValueError, match=re.escape(message)) as error:
         train(config, tmp_path, resume=True)
     assert "\n" not in str(error.value)  # `tgfr train` prints it as one `tgfr train: error: ...` line
+    assert str(error.value).startswith(f"checkpoint file {tmp_path / CHECKPOINT}")
+    assert "pooler" not in str(error.value)  # an fr checkpoint: the text encoder's pooler trained only in align
     assert (tmp_path / "metrics.jsonl").read_text() == log
 
 
@@ -507,6 +516,23 @@ def test_a_run_whose_checkpoint_went_missing_is_not_trained_again(tmp_path, tiny
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {run / CHECKPOINT} does not exist")):
         train(config, run, resume=True)
     assert (run / "metrics.jsonl").read_text() == log
+
+
+def test_a_checkpoint_file_behind_a_broken_link_is_named_not_trained_again(tmp_path, tiny_overrides, keep_threads):
+    """Through the broken link (its disk not mounted) last.pt looked absent: a run killed after its first
+    checkpoint, before it logged a step past it, was taken for one that stopped before it, trained again from
+    step 0 with its metrics.jsonl emptied, and its new checkpoint written through the link."""
+    config = load_config("quick", tiny_overrides)
+    run = tmp_path / "run"
+    train(config, run, stop_after=config.checkpoint_every)
+    (run / "train_summary.json").unlink()  # killed right after the checkpoint, before the summary
+    target = tmp_path / "gone" / "last.pt"
+    (run / CHECKPOINT).unlink()
+    (run / CHECKPOINT).symlink_to(target)
+    before = files_of(run)
+    assert resume_refusal(run) == (
+        f"tgfr train: error: checkpoint file {run / CHECKPOINT} is a broken symbolic link (to {target})")
+    assert files_of(run) == before and not (tmp_path / "gone").exists() and (run / CHECKPOINT).is_symlink()
 
 
 def test_a_run_with_a_trainable_text_encoder_resumed_inside_fuse_equals_uninterrupted(tmp_path, tiny_overrides,

@@ -11,6 +11,7 @@ does).
 
 import random
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,13 +108,30 @@ _PARTS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _check_crcs(path: Path) -> None:
+    """Raises ValueError when a record of torch.save's zip archive `path` does not match the CRC-32 stored
+    with it, or its zip directory is damaged: torch.load checks neither, and a flipped byte in a tensor's
+    record (bit rot, a bad copy) loads as a changed weight. A file that is no zip archive (truncated, not
+    torch.save's) is left to torch.load's error."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = archive.testzip()  # reads every record once
+    except zipfile.BadZipFile:  # no zip directory at all (testzip reports a bad record by its name)
+        return
+    except (EOFError, NotImplementedError, UnicodeDecodeError) as error:  # an entry's size, method or name
+        raise ValueError(f"it is corrupt (its zip directory is damaged: {error!r})") from error
+    if member is not None:
+        raise ValueError(f"it is corrupt (record {member} does not match its CRC-32)")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a training checkpoint with weights_only=True and checks that it holds every part of one;
-    errors are ValueErrors naming the file."""
+    """Reads a training checkpoint with weights_only=True, after checking its records' CRC-32s, and checks
+    that it holds every part of one; errors are ValueErrors naming the file."""
     path = Path(path)
     if problem := file_problem(path):
         raise ValueError(f"checkpoint file {path} {problem}")
     try:
+        _check_crcs(path)
         state = load_torch_file(path)
     except (OSError, ValueError) as error:
         raise ValueError(f"checkpoint file {path} could not be read: {error}") from error

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,11 +99,12 @@ def _batch_scalars(loss: torch.Tensor, components: dict[str, torch.Tensor], worl
 
 def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int, settings: LoopSettings,
               log: TrainingLog, checkpoint: CheckpointWriter, resume: dict[str, Any] | None = None,
-              on_resumed: Callable[[], None] | None = None) -> int:
+              on_resumed: Callable[[], None] | None = None, resume_file: Path | None = None) -> int:
     """Trains `stage` for `steps` optimizer steps (from resume["step"] when resuming; resume["rng"]
     holds one RNG state per rank). on_resumed: called once the resume state is loaded, before the
     first step (tgfr.train.run cuts metrics.jsonl back to the checkpoint only then, so a state that
-    does not load leaves the log as it was).
+    does not load leaves the log as it was). resume_file: the checkpoint file `resume` was read from,
+    which an error in loading it names.
 
     Returns the number of steps taken in this call (stops early at settings.stop_after).
     """
@@ -117,11 +119,14 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             scheduler.load_state_dict(resume["scheduler"])
             set_rng_state(resume["rng"][settings.rank])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"stage {stage.name}: the resume state does not fit its optimizer, schedule or "
-                             f"RNGs: {error!r}. A checkpoint of other settings or of another tgfr version? (tgfr "
-                             "before 2026-11-27 also optimized the text encoder's pooler, which TGFR never uses, "
-                             "when model.freeze_text_encoder was false: such an align-stage checkpoint "
-                             "cannot be resumed)") from error
+            source = f"checkpoint file {resume_file}" if resume_file is not None else "the resume state"
+            # Only a stage that trains the text encoder optimized its pooler too, in tgfr before 2026-11-27.
+            pooler = (" (tgfr before 2026-11-27 also optimized the text encoder's pooler, which TGFR never uses, "
+                      "when model.freeze_text_encoder was false: such a checkpoint of this stage cannot be resumed)"
+                      if "text_encoder" in stage.trained and not stage.model.text_encoder.frozen else "")
+            raise ValueError(f"{source}: the state of stage {stage.name} does not fit its optimizer, schedule or "
+                             f"RNGs: {error!r}. A checkpoint of other settings or of another tgfr "
+                             f"version?{pooler}") from error
         start = resume["step"]
         if on_resumed is not None:
             on_resumed()
@@ -138,7 +143,7 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
     # The bar closes on an error too, before the command prints it (else the line lands inside the bar).
     with (Prefetcher(batches.from_step(start)) as stream,
           tqdm(total=steps, initial=start, desc=stage.name, disable=settings.rank != 0, dynamic_ncols=True) as bar):
-        taken, last = 0, time.perf_counter()
+        taken, last, checkpointed = 0, time.perf_counter(), None
         for step in range(start, steps):
             if settings.stop_after is not None and taken >= settings.stop_after:
                 break
@@ -173,7 +178,9 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
                 log.write(stage.name, step + 1, values)
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
                 checkpoint(step + 1, optimizer, scheduler)
+                checkpointed = step + 1
         else:
             return taken
-        checkpoint(start + taken, optimizer, scheduler)
+        if checkpointed != start + taken:  # stop_after ran out on a step that wrote no periodic checkpoint
+            checkpoint(start + taken, optimizer, scheduler)
         return taken

@@ -2,7 +2,7 @@
 the run folder:
 
     config.toml           the resolved configuration (every value)
-    metrics.jsonl         training log (tensorboard/ too when tensorboard is installed)
+    metrics.jsonl         training log (tensorboard/<stage>/ too when tensorboard is installed)
     checkpoints/last.pt   the latest training state (atomic; --resume continues from it), with the
                           RNG states of every rank and the optimizer settings of its stage
     model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
@@ -336,15 +336,15 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     if resume and os.path.lexists(training_log) and (problem := file_problem(training_log)):
         raise ValueError(f"training log {training_log} {problem}")
     # Through a broken link (a disk not mounted) the checkpoint looks absent, and a run stopped early would be
-    # trained again from its first step, its log emptied.
+    # trained again from its first step, its log emptied and its new checkpoint written through the link.
     checkpoints = (out / CHECKPOINT).parent
     if resume and is_broken_link(checkpoints):
         raise ValueError(f"checkpoint folder {checkpoints} {file_problem(checkpoints)}")
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
-    # empty for a fresh start.
-    restart = resume and not (out / CHECKPOINT).exists() and _stopped_before_first_checkpoint(out, config)
+    # empty for a fresh start. A checkpoint file behind a broken link is there (lexists): load_checkpoint names it.
+    restart = resume and not os.path.lexists(out / CHECKPOINT) and _stopped_before_first_checkpoint(out, config)
     if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
         if state["stage"] not in config.stages:
@@ -488,7 +488,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
             _on_rank_0(rank, world_size, save)
 
         taken = run_stage(stage, batches, stage_config.optim, stage_config.steps, settings, log, checkpoint,
-                          stage_resume, drop_lost_records if stage_resume is not None else None)
+                          stage_resume, drop_lost_records if stage_resume is not None else None, out / CHECKPOINT)
         if taken:  # a call resumed at the stage's last step (its end, a finished run) trained it no more
             counted = _add_counts(counted, name, taken, time.perf_counter() - started)
         done = first_step + taken >= stage_config.steps
