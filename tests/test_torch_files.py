@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tgfr.models import load_weights_file
+from tgfr.torch_files import is_refused_pickle
 from tgfr.train.checkpoint import load_checkpoint
 
 
@@ -48,3 +49,17 @@ def test_a_folder_where_the_checkpoint_should_be_is_named_as_one(tmp_path):
     (tmp_path / "last.pt").mkdir()
     with pytest.raises(ValueError, match=r"^checkpoint file .*last\.pt is a folder, not a file$"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+def test_a_refused_pickle_is_recognised_through_an_error_raised_from_it(tmp_path):
+    """transformers 4.56 raises an OSError of its own ("Unable to load weights from pytorch checkpoint file")
+    from torch's refusal: the text model folder's error must still say that tgfr does not unpickle it."""
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(pickle.dumps({"weight": collections.Counter(a=1)}, protocol=4))
+    with pytest.raises(pickle.UnpicklingError) as refusal:
+        torch.load(path, weights_only=True)
+    try:
+        raise OSError(f"Unable to load weights from pytorch checkpoint file for '{path}'") from refusal.value
+    except OSError as wrapped:
+        assert is_refused_pickle(wrapped) and is_refused_pickle(refusal.value)
+    assert not is_refused_pickle(OSError("Unable to load weights from pytorch checkpoint file"))

@@ -15,9 +15,16 @@ REFUSED_PICKLE = ("it is a pickle of objects other than tensors and plain contai
 _CORRUPT = "it is corrupt, truncated or not a file torch.save wrote"
 
 
-def is_refused_pickle(error: BaseException) -> bool:
-    """Whether `error` is torch.load(weights_only=True) refusing a pickle (raised through transformers too)."""
-    return "Weights only load failed" in str(error)
+def is_refused_pickle(error: BaseException | None) -> bool:
+    """Whether `error` is torch.load(weights_only=True) refusing a pickle, or an error raised from one
+    (transformers 4.56 raises an OSError of its own from it; later versions pass torch's on)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if "Weights only load failed" in str(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def load_torch_file(path: Path) -> Any:
