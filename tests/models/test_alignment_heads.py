@@ -184,6 +184,12 @@ def test_heads_cast_to_bfloat16_refuse_float32_inputs_naming_their_dtype():
     with pytest.raises(TypeError, match=r"^tokens must have dtype bfloat16, the TextAlignmentHead's parameters', "
                                         r"got float32$"):
         TextAlignmentHead(hidden_size=6, dim=4).to(torch.bfloat16)(torch.randn(2, 5, 6), torch.tensor([5, 3]))
+    # Under autocast too: the image head's first layer, a BatchNorm, is not one autocast casts, and failed with
+    # "mixed dtype (CPU): expect parameter to have scalar type of Float".
+    image_head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+            TypeError, match=r"^region_map must have dtype bfloat16, the ImageAlignmentHead's parameters', got float32$"):
+        image_head(torch.randn(2, 24).bfloat16(), torch.randn(2, 16, 4, 4))
 
 
 def test_heads_under_autocast_take_16_bit_inputs_into_float32_parameters():
