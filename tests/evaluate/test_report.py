@@ -192,3 +192,18 @@ def test_report_lines_put_each_figure_where_it_says(tmp_path):
     assert degraded["genuine_pairs"] != degraded["impostor_pairs"] and degraded["probes"] != degraded["gallery"]
     # A stage that took no step has no rate: "n/a", not a 0.00 s step.
     assert "| fr | 400 | 95 | 0.237 | 64 |" in text and "| align | 0 | 3 | n/a | 32 |" in text
+
+
+@pytest.mark.parametrize("degradations, line", [
+    ({"none": 5}, "Images: none records a degradation (clean, or degraded without a `meta.recipe`)."),
+    ({"down16": 5}, "Images: all degraded with `down16`."),
+    ({"down16": 3, "none": 2}, "Images: 3 with `down16`, 2 with none."),
+    ({"celeba": 1, "down16": 4}, "Images: 1 with `celeba`, 4 with `down16`."),
+])
+def test_each_split_says_which_degradations_its_images_have(tmp_path, degradations, line):
+    contents = {"split": "test_x", "degradations": degradations, "identities": 50, "identities_in_training": 0}
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test_x"}, "training": None,
+               "train_split": "train", "split_contents": {"clean": contents}}
+    text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
+    assert f"{line} Identities also in the training split `train`: none of 50." in text

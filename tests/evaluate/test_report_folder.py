@@ -138,11 +138,17 @@ def test_a_given_manifest_is_checked_for_training_identities_when_it_holds_the_r
                     device="cpu").read_text(encoding="utf-8")
     assert "2 of its 4 identities are in the training split 'train'" in capsys.readouterr().err
     assert "**Warning:** 2 of its 4 identities are in the training split `train`" in section(text, "mixed")
+    unchecked = ("Identities also in the training split: not checked (this manifest's `train` split is not known "
+                 "to be the one the run trained on).")
     text = evaluate(run, evaluated, tmp_path / "unchecked", manifest=data / "manifest.jsonl",
                     device="cpu").read_text(encoding="utf-8")
-    assert capsys.readouterr().err == ""
-    assert ("Identities also in the training split: not checked (this manifest's `train` split is not known to be "
-            "the one the run trained on).") in section(text, "mixed")
+    assert capsys.readouterr().err == "" and unchecked in section(text, "mixed")
+    # A manifest whose training split is another than the checkpoint's (one record fewer) is not counted against.
+    first_train = next(i for i, record in enumerate(records) if record.split == "train")
+    write_manifest(data / "other.jsonl", [*records[:first_train], *records[first_train + 1:], *copies])
+    text = evaluate(checked_run, evaluated, tmp_path / "other", manifest=data / "other.jsonl",
+                    device="cpu").read_text(encoding="utf-8")
+    assert capsys.readouterr().err == "" and unchecked in section(text, "mixed")
 
 
 def test_a_training_split_changed_since_the_run_is_a_warning_in_the_report_and_on_stderr(tmp_path, capsys):

@@ -60,13 +60,26 @@ def test_round_trip_gives_identical_outputs(tiny_bert_dir, tmp_path, fusion):
         assert torch.equal(model.fuse(expected), loaded.fuse(actual))
 
 
-@pytest.mark.parametrize("wrap", [torch.compile, torch.nn.DataParallel], ids=["compile", "DataParallel"])
+def distributed(model):
+    """model in DistributedDataParallel, in a one-process gloo group made for it."""
+    if not torch.distributed.is_initialized():
+        store = torch.distributed.HashStore()
+        torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, torch.nn.DataParallel, distributed],
+                         ids=["compile", "DataParallel", "DistributedDataParallel"])
 def test_a_wrapped_model_saves_the_model_inside(tiny_bert_dir, tmp_path, wrap):
     """The wrappers' state dicts prefix every name (_orig_mod., module.): saved as they are, the
     checkpoint would not load."""
     torch.manual_seed(0)
     model = build(tiny_bert_dir)
-    loaded = load_tgfr_model(save_tgfr_model(wrap(model), tmp_path / "checkpoint"))
+    try:
+        loaded = load_tgfr_model(save_tgfr_model(wrap(model), tmp_path / "checkpoint"))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     saved_state, loaded_state = model.state_dict(), loaded.state_dict()
     assert saved_state.keys() == loaded_state.keys()
     assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
