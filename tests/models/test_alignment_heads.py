@@ -190,6 +190,11 @@ def test_heads_cast_to_bfloat16_refuse_float32_inputs_naming_their_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
             TypeError, match=r"^region_map must have dtype bfloat16, the ImageAlignmentHead's parameters', got float32$"):
         image_head(torch.randn(2, 24).bfloat16(), torch.randn(2, 16, 4, 4))
+    # Inputs that meet a layer autocast casts first (the embedding a linear layer, the tokens convolutions) run.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        image_global, _ = image_head(torch.randn(2, 24), torch.randn(2, 16, 4, 4).bfloat16())
+        words, _ = TextAlignmentHead(hidden_size=6, dim=4).to(torch.bfloat16)(torch.randn(2, 5, 6), torch.tensor([5, 3]))
+    assert image_global.dtype == words.dtype == torch.bfloat16
 
 
 def test_heads_under_autocast_take_16_bit_inputs_into_float32_parameters():

@@ -252,6 +252,9 @@ def test_images_of_another_dtype_than_the_parameters_are_named():
     assert embedding.dtype == regions.dtype == torch.bfloat16
     with torch.no_grad():
         assert F.cosine_similarity(embedding.float(), model(images).embedding).min() > 0.99  # bf16 rounds at 2**-8
+        # A bfloat16 backbone takes float32 images under autocast too: conv1, which they meet first, casts them.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert copy.deepcopy(model).to(torch.bfloat16)(images).embedding.dtype == torch.bfloat16
 
 
 def batch_norm(x, module):

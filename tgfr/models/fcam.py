@@ -80,8 +80,8 @@ class ImageAlignmentHead(nn.Module):
         check_tensor("region_map", region_map, ndim=4)
         check_size("region_map", region_map, 0, embedding.shape[0], "one map per embedding")
         check_size("region_map", region_map, 1, self.region_channels, "the backbone's layer3 channels")
-        check_input_dtype("embedding", embedding, self)
-        check_input_dtype("region_map", region_map, self)
+        check_input_dtype("embedding", embedding, self, cast_by_autocast=True)  # into a linear layer
+        check_input_dtype("region_map", region_map, self)  # into a BatchNorm
         tokens = regions_as_tokens(self.norm_map(region_map))
         tokens = self.mlp(self.norm_tokens(self.attention(tokens)))
         regions = _unit_rows(self.project_regions(tokens))
@@ -108,7 +108,7 @@ class TextAlignmentHead(nn.Module):
         """tokens (B, T, H), lengths (B,) with 1 <= lengths <= T -> words (B, T, D), sentence (B, D)."""
         check_tensor("tokens", tokens, ndim=3)
         check_size("tokens", tokens, 2, self.hidden_size, "the text encoder's hidden size")
-        check_input_dtype("tokens", tokens, self)
+        check_input_dtype("tokens", tokens, self, cast_by_autocast=True)  # into convolutions
         check_word_lengths(lengths, tokens.shape[0], tokens.shape[1])
         valid = valid_word_mask(lengths, tokens.shape[1])  # (B, T)
         x = (tokens * valid.unsqueeze(-1).to(tokens.dtype)).transpose(1, 2)  # (B, H, T)

@@ -176,7 +176,8 @@ class IResNet(FreezableModule):
         check_tensor("images", images, ndim=4)
         if tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        check_input_dtype("images", images, self, "images are floats in [-1, 1], as tgfr.data.EvalTransform gives them")
+        check_input_dtype("images", images, self, "images are floats in [-1, 1], as tgfr.data.EvalTransform gives them",
+                          cast_by_autocast=True)  # into conv1
         x = self.prelu(self.bn1(self.conv1(images)))
         regions = self.layer3(self.layer2(self.layer1(x)))
         x = self.bn2(self.layer4(regions))
