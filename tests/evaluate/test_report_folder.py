@@ -423,10 +423,11 @@ def test_heatmaps_share_one_colour_scale_so_an_even_spread_looks_even(tmp_path, 
     """An even spread (each weight 1/16) whose floats differ by rounding must not be stretched into hot and
     cold spots: every overlay maps 0 .. the highest weight shown (0.97, in the other caption) to the colours,
     so the rounded map is drawn in the even map's colours, and the colour bar says what they mean."""
-    tokens = ["green", "eyes", "freckles"]
+    tokens = ["green", "eyes", "freckles", "the"]  # a function word is never shown, nor does it set the scale
     attention = torch.full((2, len(tokens), 16), 1 / 16)
     attention[0, 1] += torch.randn(16, generator=torch.Generator().manual_seed(0)) * 1e-9
     attention[1, 0] = torch.tensor([0.97] + [0.002] * 15)
+    attention[:, 3] = torch.tensor([0.99] + [0.01 / 15] * 15)
     figures = []
     monkeypatch.setattr(plots_module, "_save", lambda figure, path, layout=True: figures.append(figure))
     plots_module.plot_attention(torch.zeros(2, 3, 8, 8), attention, [tokens, tokens], tmp_path / "a.png",
