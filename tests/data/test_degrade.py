@@ -11,6 +11,7 @@ import tgfr.data.degrade as degrade_module
 from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
                                degrade_records, down_up, gaussian_blur, image_rng, jpeg)
+from tgfr.data.files import load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 from tgfr.data.transforms import EvalTransform
@@ -330,11 +331,12 @@ def test_an_earlier_copy_is_replaced_only_in_the_manifest_that_lists_it(tmp_path
     with pytest.raises(ValueError, match="earlier degraded copy whose images would be overwritten"):
         degrade_manifest(manifest, "test", "jpeg30")
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
-    replaced, _ = degrade_manifest(manifest, "test", "jpeg30", seed=5, out_manifest=manifest)
+    # celeba draws from the image's generator, seeded by the manifest path (not the folder's absolute one)
+    replaced, _ = degrade_manifest(manifest, "test", "celeba", seed=5, out_manifest=manifest)
     for record in (r for r in read_manifest(replaced) if r.split == "test_degraded"):
         source = Image.open(tmp_path / record.meta["source"]).convert("RGB")
-        expected = degrade_image(source, "jpeg30", image_rng(5, record.meta["source"]))
-        assert record.meta["recipe"] == "jpeg30" and record.meta["seed"] == 5
+        expected = degrade_image(source, "celeba", image_rng(5, record.meta["source"]))
+        assert record.meta["recipe"] == "celeba" and record.meta["seed"] == 5
         assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
 
 
@@ -576,3 +578,20 @@ def test_a_degrade_waits_for_another_writing_into_the_manifests_folder(tmp_path,
     assert calls_after_release(tmp_path, degrade_module, "degrade_records",
                                lambda: degrade_manifest(manifest, "test", "down16")) == [True]
     assert capsys.readouterr().err == f"tgfr data degrade: waiting for another process writing into {tmp_path} to end\n"
+
+
+def test_an_image_is_degraded_as_the_transforms_read_it_and_a_bad_generator_is_named(tmp_path):
+    """16-bit greyscale kept its clipped-white values and an EXIF-turned photo stayed on its side through
+    degrade_image's own conversion: it now degrades what load_image reads, whatever mode the image has."""
+    grey = Image.fromarray(np.asarray(face().convert("L"), np.uint16) * 257)  # mode I;16
+    turned = face().transpose(Image.Transpose.ROTATE_90)
+    exif = turned.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    turned.save(tmp_path / "turned.jpg", exif=exif)
+    grey.save(tmp_path / "grey.png")
+    for name in ("grey.png", "turned.jpg"):
+        opened, loaded = Image.open(tmp_path / name), load_image(tmp_path / name)
+        got = degrade_image(opened, "celeba", np.random.default_rng(3))
+        assert np.array_equal(np.asarray(got), np.asarray(degrade_image(loaded, "celeba", np.random.default_rng(3))))
+    with pytest.raises(TypeError, match="^rng must be a numpy.random.Generator"):
+        degrade_image(face(), "celeba", 3)

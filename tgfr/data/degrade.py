@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps
 
-from tgfr.data.files import check_image, load_image
+from tgfr.data.files import check_image, load_image, to_rgb
 from tgfr.data.manifest import ManifestRecord, read_manifest, select_split, write_manifest
 from tgfr.data.worker_pool import WorkerPool, check_workers
 from tgfr.folder_lock import folder_lock
@@ -156,8 +156,13 @@ def parse_recipe(recipe: str, mirror: bool = True) -> list[Step]:
 
 
 def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator, mirror: bool = True) -> Image.Image:
-    """Applies a recipe to an RGB image; the same rng state gives the same output. mirror: as parse_recipe's."""
-    image = image.convert("RGB")
+    """Applies a recipe to an image made 8-bit RGB and upright as the transforms make it (tgfr.data.files.to_rgb:
+    a 16-bit greyscale image scaled, not clipped white; an EXIF-turned photo turned); the same rng state gives
+    the same output. mirror: as parse_recipe's."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), got "
+                        f"{type(rng).__name__}")
+    image = to_rgb(image)
     for step in parse_recipe(recipe, mirror):
         image = step(image, rng)
     return image
