@@ -251,7 +251,8 @@ def test_association_assign_names_its_argument():
         loss(torch.randn(3, 5), torch.randn(3, 5))
 
 
-def association_reference(image, caption, prototypes, scale, temperature, min_confidence):
+def association_reference(image, caption, prototypes, scale, temperature, min_confidence, local_weight=1.0,
+                          global_weight=1.0):
     """The module docstring's formula in plain PyTorch -> (loss, assignment, confidence)."""
     probabilities = (F.normalize(image.detach(), dim=1) @ prototypes.T / temperature).softmax(1)
     confidence, assignment = probabilities.max(1)
@@ -263,7 +264,8 @@ def association_reference(image, caption, prototypes, scale, temperature, min_co
         return (-(scores.log_softmax(1) * positives).sum(1) / positives.sum(1)).mean()
 
     ce = F.cross_entropy(scale * F.normalize(caption, dim=1) @ prototypes.T, assignment, reduction="none")
-    loss = supcon(logits) + supcon(logits.T) + (confidence * ce).sum() / confidence.sum()
+    local, global_ = supcon(logits) + supcon(logits.T), (confidence * ce).sum() / confidence.sum()
+    loss = local_weight * local + global_weight * global_
     return loss, assignment, confidence
 
 
@@ -304,6 +306,39 @@ def test_association_loss_matches_its_documented_formula():
     torch.testing.assert_close(got, expected, **TOL)
     assert 0 < stats["mean_confidence"] <= 1
     check_prototypes_moved(loss.prototypes, prototypes, image, assignment)
+
+
+def test_association_loss_takes_its_level_weights_and_momentum():
+    torch.manual_seed(1)
+    loss = DualGranularityAssociationLoss(8, 4, scale=5.0, temperature=0.2, min_confidence=0.4, local_weight=0.3,
+                                          global_weight=2.0, prototype_momentum=0.7).double()
+    image, caption = torch.randn(20, 8, dtype=torch.float64), torch.randn(20, 8, dtype=torch.float64)
+    prototypes = loss.prototypes.clone()
+    expected, assignment, _ = association_reference(image, caption, prototypes, 5.0, 0.2, 0.4, 0.3, 2.0)
+    torch.testing.assert_close(loss(image, caption)[0], expected, **TOL)
+    check_prototypes_moved(loss.prototypes, prototypes, image, assignment, momentum=0.7)
+
+
+@pytest.mark.parametrize("cast", [torch.nn.Module.bfloat16, torch.nn.Module.half])
+def test_the_association_memory_keeps_float32_when_the_module_is_cast(cast):
+    """A 16-bit memory rounded every moving-average step to 8 or 11 bits: at momentum 0.999 a bfloat16 memory
+    moved about a quarter as far as the float32 one. A cast keeps it float32 (as CoReFace keeps its margin)."""
+    torch.manual_seed(4)
+    cast_loss = cast(DualGranularityAssociationLoss(8, 3, prototype_momentum=0.999)).train()
+    float_loss = DualGranularityAssociationLoss(8, 3, prototype_momentum=0.999).train()
+    float_loss.prototypes = cast_loss.prototypes.clone()
+    assert cast_loss.prototypes.dtype == torch.float32
+    for _ in range(20):
+        image, caption = torch.randn(16, 8), torch.randn(16, 8)
+        float_loss(image, caption), cast_loss(image, caption)
+    torch.testing.assert_close(cast_loss.prototypes, float_loss.prototypes, rtol=0, atol=1e-6)
+    assert cast_loss.to("meta").prototypes.device.type == "meta"
+
+
+def test_identity_heads_default_to_the_released_scales_and_margins():
+    """ArcFace s = 64, m = 0.5; CosFace s = 64, m = 0.4 (insightface's released heads)."""
+    assert (ArcFaceHead(4, 3).scale, ArcFaceHead(4, 3).margin) == (64.0, 0.5)
+    assert (CosFaceHead(4, 3).scale, CosFaceHead(4, 3).margin) == (64.0, 0.4)
 
 
 def test_association_loss_trains_several_steps_in_a_row():
@@ -448,6 +483,9 @@ def test_multi_granularity_weights_and_components():
         MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels)
     with pytest.raises(ValueError, match="fused embeddings were given, but there is no identity_head"):
         MultiGranularityLoss()(words, lengths, regions, sentence, image, labels, fused)
+    weighted, _ = MultiGranularityLoss(head, wrcl_weight=0.5, cicl_weight=3.0, identity_weight=7.0)(
+        words, lengths, regions, sentence, image, labels, fused)
+    torch.testing.assert_close(weighted, 0.5 * parts["wrcl"] + 3.0 * parts["cicl"] + 7.0 * parts["identity"], **TOL)
     # Without a head (the align stage's use) there is no identity term, and no "identity" entry.
     total, parts = MultiGranularityLoss()(words, lengths, regions, sentence, image, labels)
     torch.testing.assert_close(total, expected - 100 * head(fused, labels), **TOL)

@@ -38,6 +38,9 @@ rank's memory are those of one process on the whole batch. The memory must start
 rank (the training loop broadcasts rank 0's): it is drawn from the RNG, which differs per rank.
 """
 
+from collections.abc import Callable
+from typing import Self
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,6 +91,16 @@ class DualGranularityAssociationLoss(nn.Module):
         self.global_weight = check_loss_weight("global_weight", global_weight)
         self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
+        prototypes = self.prototypes
+        super()._apply(fn, recurse)
+        if self.prototypes.dtype in (torch.float16, torch.bfloat16):
+            # A cast of the module (or of a model holding the loss) would round every moving-average step to 8 or
+            # 11 bits: at momentum 0.999 a bfloat16 memory barely moves. Device moves still apply; every use of
+            # the memory casts it to the accumulation dtype anyway.
+            self.prototypes = prototypes.to(self.prototypes.device)
+        return self
 
     @torch.no_grad()
     def assign(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
