@@ -225,6 +225,12 @@ def test_collate_tokenizes(manifest):
     expected = WordTokenizer()([batch["captions"][1]], "max_length", True, 5, True, "pt")["input_ids"][0]
     assert torch.equal(batch["input_ids"][1], expected)
     assert [c[0] for c in batch["all_captions"]] == batch["captions"]
+    # input_ids is caption 0's: at 8 tokens the two captions of an image (which differ in their 6th word) differ.
+    wide = CaptionCollator(WordTokenizer(), max_length=8)([dataset[i] for i in range(4)])
+    assert any(not torch.equal(ids[0], ids[1]) for ids in wide["all_input_ids"])
+    for i, captions in enumerate(wide["all_captions"]):
+        expected = WordTokenizer()([captions[0]], "max_length", True, 8, True, "pt")["input_ids"][0]
+        assert torch.equal(wide["input_ids"][i], expected) and torch.equal(wide["all_input_ids"][i, 0], expected)
     single = CaptionCollator(WordTokenizer(), max_length=8, padding=True)(
         [FaceCaptionDataset(manifest, split="train")[i] for i in range(3)])
     assert single["input_ids"].shape == (3, 6) and "all_input_ids" not in single
