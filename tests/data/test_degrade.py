@@ -595,3 +595,18 @@ def test_an_image_is_degraded_as_the_transforms_read_it_and_a_bad_generator_is_n
         assert np.array_equal(np.asarray(got), np.asarray(degrade_image(loaded, "celeba", np.random.default_rng(3))))
     with pytest.raises(TypeError, match="^rng must be a numpy.random.Generator"):
         degrade_image(face(), "celeba", 3)
+
+
+def test_an_earlier_copy_record_outside_the_copy_folder_is_never_deleted(tmp_path):
+    """A replaced copy's image whose source is skipped this time is removed, but only inside the copy's folder:
+    a hand-edited record of the earlier copy that points at another image (here images/keep.png) keeps it."""
+    (tmp_path / "images").mkdir()
+    for name in ("a", "b", "keep"):
+        Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(tmp_path / f"images/{name}.png")
+    records = [ManifestRecord("images/a.png", "1", "test", ("c",)), ManifestRecord("images/b.png", "2", "test", ("c",)),
+               ManifestRecord("images/keep.png", "2", "test_degraded", ("c",),
+                              {"source": "images/b.png", "recipe": "down8", "seed": 0})]
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+    (tmp_path / "images/b.png").write_bytes(b"junk")  # skipped this time
+    _, skipped = degrade_manifest(manifest, "test", "down8", out_manifest=manifest, bad_images="skip")
+    assert len(skipped) == 1 and (tmp_path / "images/keep.png").is_file()
