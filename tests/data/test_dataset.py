@@ -362,6 +362,9 @@ def test_items_are_indexed_as_a_list_is(manifest):
             dataset[index]
     with pytest.raises(TypeError):
         dataset[1.0]
+    for key in (True, (True, 0)):
+        with pytest.raises(TypeError, match="^index must be an integer, got bool True$"):
+            dataset[key]
     for key in ((1,), (1, 2, 3, 4)):  # a dropped element, or a missing draw, is a mistake
         with pytest.raises(ValueError, match=re.escape(f"key must be an index, (index, draw) or (index, draw, "
                                                        f"epoch), got {key!r}")):

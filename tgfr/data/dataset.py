@@ -143,6 +143,8 @@ class FaceCaptionDataset(Dataset):
             raise ValueError(f"key must be an index, (index, draw) or (index, draw, epoch), got {key!r}")
         index, draw, epoch = (*key, self.epoch)[:3] if isinstance(key, tuple) else (key, 0, self.epoch)
         draw = check_count("draw", draw, minimum=0)
+        if isinstance(index, bool):  # operator.index takes True for 1, as a boolean draw is refused
+            raise TypeError(f"index must be an integer, got bool {index}")
         index = operator.index(index)  # a 0-d integer tensor too (SubsetRandomSampler yields those)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for the {len(self)} images of the dataset")
