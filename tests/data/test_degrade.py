@@ -291,6 +291,17 @@ def test_degrade_missing_image(tmp_path):
     assert len([r for r in read_manifest(out) if r.split == "test_degraded"]) == 3
 
 
+def test_an_image_that_breaks_after_its_check_stops_the_copy(tmp_path, monkeypatch):
+    """Every image is checked before any is written, and again as it is degraded: an image that broke in
+    between (here the check is made to pass a corrupt file) is an error naming it, not a record left out."""
+    manifest = make_manifest(tmp_path)
+    (tmp_path / "images/test/2/2_0.png").write_bytes(b"not an image any more")
+    monkeypatch.setattr(degrade_module, "_check_one", lambda source: None)
+    with pytest.raises(ValueError, match=r"images/test/2/2_0.png is corrupt or not an image .*\(1 image\(s\) failed"):
+        degrade_manifest(manifest, "test", "down16")
+    assert not (tmp_path / "manifest_test_degraded.jsonl").exists() and not (tmp_path / "test_degraded").exists()
+
+
 def test_degrade_skip_bad_names_the_skipped_images(tmp_path, capsys):
     manifest = make_manifest(tmp_path, n=25)
     bad = [1, 3, *range(5, 25)]  # 22 images, in the manifest's order

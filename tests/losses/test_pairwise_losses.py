@@ -181,6 +181,22 @@ def spec_coreface(view1, view2, labels, margin, scale=64.0, momentum=0.99):
     return F.cross_entropy(scale * (cosine - margin * eye.double()), torch.arange(n)), margin
 
 
+def test_coreface_zeroes_same_identity_cosines_where_that_changes_the_loss():
+    """At scale 2 with repeated identities whose views point apart, a zeroed same-identity cosine (SPEC) and
+    one left out or kept give clearly different losses and margins: the spec's is the one computed."""
+    generator = torch.Generator().manual_seed(9)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    view1 = torch.randn(8, 6, generator=generator, dtype=torch.float64)
+    view2 = torch.where((labels % 2 == 0)[:, None], -view1, view1) + 0.5 * torch.randn(8, 6, generator=generator,
+                                                                                     dtype=torch.float64)
+    expected, margin = spec_coreface(view1, view2, labels, 0.0, scale=2.0)
+    kept, _ = spec_coreface(view1, view2, torch.arange(8), 0.0, scale=2.0)  # no same-identity pair zeroed
+    assert abs(expected.item() - kept.item()) > 1e-3
+    loss = CoReFaceLoss(scale=2.0)
+    torch.testing.assert_close(loss(view1, view2, labels), expected, rtol=1e-10, atol=1e-10)
+    assert loss.margin.item() == pytest.approx(margin, abs=1e-12)
+
+
 def test_coreface_margin_follows_the_spec_when_every_negative_is_below_zero():
     """Views whose off-diagonal cosines are all negative (a regular simplex, slightly perturbed): the SPEC's
     hardest negative is below 0 there, where the release's zeroed diagonal would give 0."""
