@@ -421,8 +421,9 @@ def test_heatmaps_show_the_content_words_whose_attention_peaks_highest(tmp_path,
 
 def test_heatmaps_share_one_colour_scale_so_an_even_spread_looks_even(tmp_path, monkeypatch):
     """An even spread (each weight 1/16) whose floats differ by rounding must not be stretched into hot and
-    cold spots: every overlay maps 0 .. the highest weight shown (0.97, in the other caption) to the colours,
-    so the rounded map is drawn in the even map's colours, and the colour bar says what they mean."""
+    cold spots: every overlay shares one scale, reaching the weight farthest from 1/16 (0.97, in the other
+    caption; below 1/16 it stops at 0), so the rounded map is drawn in the even map's colours, and the colour
+    bar says what they mean."""
     tokens = ["green", "eyes", "freckles", "the"]  # a function word is never shown, nor does it set the scale
     attention = torch.full((2, len(tokens), 16), 1 / 16)
     attention[0, 1] += torch.randn(16, generator=torch.Generator().manual_seed(0)) * 1e-9
@@ -440,7 +441,38 @@ def test_heatmaps_share_one_colour_scale_so_an_even_spread_looks_even(tmp_path, 
     assert (attention[0, 1] != attention[0, 2]).any()
     assert (colours[1] == colours[2]).all() and (colours[0] == colours[2]).all()
     colour_bar = figures[0].axes[-1]
-    assert "attention weight" in colour_bar.get_ylabel() and "1/16" in colour_bar.get_ylabel()
+    assert "attention weight" in colour_bar.get_ylabel() and "even spread, 1/16" in colour_bar.get_ylabel()
+
+
+def test_heatmaps_centre_their_scale_on_the_even_spread_so_a_slight_lean_still_shows(tmp_path, monkeypatch):
+    """A trained model's word attention may lean only a little from even (here 1/16 * (1 +- 0.05)): drawn on a
+    0 .. highest scale it would be one colour. Centred on 1/16, a region above it is drawn red, one below it
+    blue, as far either side as the farthest weight; a map even up to rounding stays in the centre colour, and
+    such noise alone never sets the scale's reach (at least ATTENTION_MIN_REACH / 16 either side)."""
+    even = 1 / 16
+    lean = torch.full((16,), even)
+    lean[0], lean[15] = even * 1.05, even * 0.95
+    rounded = even + torch.randn(16, generator=torch.Generator().manual_seed(0)) * 1e-9
+    figures = []
+    monkeypatch.setattr(plots_module, "_save", lambda figure, path, layout=True: figures.append(figure))
+
+    def overlays(maps):
+        figures.clear()
+        plots_module.plot_attention(torch.zeros(1, 3, 8, 8), torch.stack(maps)[None], [["green"] * len(maps)],
+                                    tmp_path / "a.png", words_per_caption=len(maps))
+        return [axis.get_images()[1] for axis in figures[0].axes if len(axis.get_images()) == 2]
+
+    leaning, flat = overlays([lean, rounded])
+    assert leaning.norm is flat.norm and leaning.get_clim() == pytest.approx((even * 0.95, even * 1.05))
+    colours = leaning.to_rgba(leaning.get_array())
+    red, blue = colours[0, 0, :3], colours[3, 3, :3]
+    assert red[0] > 2 * red[2] and blue[2] > 2 * blue[0]
+    centre = colours[0, 1, :3]
+    assert (centre > 0.9).all() and (flat.to_rgba(flat.get_array())[..., :3] == centre).all()
+    (alone,) = overlays([rounded])
+    reach = plots_module.ATTENTION_MIN_REACH * even
+    assert alone.get_clim() == pytest.approx((even - reach, even + reach))
+    assert (alone.to_rgba(alone.get_array())[..., :3] == centre).all()
 
 
 def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_folder(tiny_run, tmp_path, capsys,

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -62,14 +63,33 @@ def plot_cmc(cmcs: dict[str, list[float]], path: Path, title: str) -> Path:
     return _save(figure, path)
 
 
+# An odd number of colours puts the even spread in the middle of the white one, so weights that differ from
+# 1/R by rounding alone cannot fall either side of a colour boundary.
+ATTENTION_COLOURS = plt.get_cmap("RdBu_r", 255)
+# The scale reaches at least this fraction of 1/R either side of it: five times bfloat16's rounding (2^-8), so
+# rounding noise never spans the scale, while a 2% lean is still drawn at full colour.
+ATTENTION_MIN_REACH = 0.02
+
+
+def attention_colour_norm(maps: list[torch.Tensor], regions: int) -> TwoSlopeNorm:
+    """The colour scale of the attention maps shown (each (k, R)): centred on the even spread 1/R, reaching the
+    weight farthest from it (at least ATTENTION_MIN_REACH / R away), never below 0."""
+    even = 1.0 / regions
+    reach = max((float((weights.double() - even).abs().max()) for weights in maps if weights.numel()), default=0.0)
+    reach = max(reach, ATTENTION_MIN_REACH * even)
+    return TwoSlopeNorm(vcenter=even, vmin=max(0.0, even - reach), vmax=even + reach)
+
+
 def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[list[str]], path: Path,
                    words_per_caption: int = 6) -> Path:
     """One row per caption: the face, then the regions each of its most focused words attends to.
 
     images (N, 3, S, S) in [-1, 1]; attention (N, T, R) word-over-region weights (R = G*G);
     tokens: the N captions' word tokens (len <= T). Content words with the highest peak attention are shown.
-    Every map is drawn on one colour scale, from 0 to the highest weight shown, with a colour bar: scaled
-    map by map, an even spread (each weight 1/R up to rounding) would show as hot spots.
+    Every map is drawn on one colour scale, with a colour bar: scaled map by map, an even spread (each weight
+    1/R up to rounding) would show as hot spots. The scale is centred on 1/R (white), red above it and blue
+    below, reaching as far either side as the weights shown do, so a trained model's attention that departs
+    little from even still shows where it leans.
     """
     n = len(tokens)
     grid = int(round(attention.shape[2] ** 0.5))
@@ -80,7 +100,7 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
         candidates = content_word_positions(tokens[i])
         peaks = attention[i, candidates].amax(dim=1)
         shown.append(sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist()))
-    highest = max((float(attention[i, chosen].max()) for i, chosen in enumerate(shown) if chosen), default=1.0)
+    norm = attention_colour_norm([attention[i, chosen] for i, chosen in enumerate(shown)], attention.shape[2])
     for i, chosen in enumerate(shown):
         face = ((images[i].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)
         axes[i, 0].imshow(face)
@@ -88,7 +108,7 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
         for column, t in enumerate(chosen, start=1):
             heat = attention[i, t].reshape(grid, grid).float().cpu().numpy()
             axes[i, column].imshow(face)
-            overlay = axes[i, column].imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=highest or 1.0,
+            overlay = axes[i, column].imshow(heat, cmap=ATTENTION_COLOURS, norm=norm, alpha=0.55,
                                              extent=(0, face.shape[1], face.shape[0], 0), interpolation="bilinear")
             axes[i, column].set_title(tokens[i][t], fontsize=8)
         for axis in axes[i]:
@@ -96,6 +116,6 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
     figure.tight_layout(rect=(0, 0, 0.86, 1))  # the right edge is the colour bar's
     if any(shown):
         scale = figure.colorbar(overlay, cax=figure.add_axes((0.88, 0.1, 0.015, 0.8)))
-        scale.set_label(f"attention weight\n(even spread: 1/{attention.shape[2]})", fontsize=7)
+        scale.set_label(f"attention weight\n(white: even spread, 1/{attention.shape[2]})", fontsize=7)
         scale.ax.tick_params(labelsize=6)
     return _save(figure, path, layout=False)
