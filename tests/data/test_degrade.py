@@ -202,6 +202,29 @@ def test_unknown_recipe():
         degrade_image(face(), "down0", np.random.default_rng(0))
 
 
+def test_down_sampling_to_a_size_no_smaller_than_the_image_is_refused():
+    """down<S> with S at or above a side would hand back a near-clean (or up-sampled) "degraded" image."""
+    image = face().crop((0, 0, 112, 100))
+    for size in (100, 112, 240):
+        with pytest.raises(ValueError, match=rf"recipe step 'down{size}': {size} must be below both sides of the "
+                                             r"image, 112 x 100"):
+            degrade_image(image, f"down{size}", np.random.default_rng(0))
+    assert degrade_image(image, "down99", np.random.default_rng(0)).size == (112, 100)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_down_sampling_too_large_for_the_images_stops_the_copy_naming_an_image(tmp_path, workers, capsys):
+    manifest = make_manifest(tmp_path)
+    before = manifest.read_bytes()
+    with pytest.raises(ValueError, match=r"image .*images/test/\d/\d_0\.png: recipe step 'down112': 112 must be "
+                                         r"below both sides of the image, 112 x 112"):
+        degrade_manifest(manifest, "test", "down112", workers=workers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "manifest.jsonl"]
+    assert manifest.read_bytes() == before
+    assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down240"]) == 2
+    assert "recipe step 'down240': 240 must be below both sides" in capsys.readouterr().err
+
+
 def test_image_generator_is_seeded_by_the_seed_and_the_crc32_of_the_path():
     """(seed, CRC32 of the path's UTF-8 bytes); a path that is not UTF-8 (a lone surrogate, as Python reads
     such a file name) gives the CRC32 of its bytes on disk."""

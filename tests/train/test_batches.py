@@ -303,6 +303,14 @@ def test_training_images_are_degraded_with_probability_train_degrade_p(p):
     assert abs(degraded - draws * p) <= 5 * math.sqrt(draws * p * (1 - p))
 
 
+def test_a_training_degradation_that_does_not_suit_the_images_names_its_key():
+    image = Image.new("RGB", (16, 16))
+    transform = DegradingTransform(lambda image, rng: image, "down32", 1.0)
+    with pytest.raises(ValueError, match=r"^data.train_degradation = 'down32': recipe step 'down32': 32 must be "
+                                         r"below both sides of the image, 16 x 16"):
+        transform(image, np.random.default_rng(0))
+
+
 def test_a_loader_worker_that_dies_is_a_child_process_error_saying_what_to_do(tiny_overrides):
     """torch's RuntimeError for a killed worker was a traceback in tgfr train; an OSError is its one line."""
     config = load_config("quick", tiny_overrides)

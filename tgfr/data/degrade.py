@@ -17,7 +17,8 @@ Recipes (names joined with "+" apply left to right, e.g. "down24+jpeg30"):
   flip p=0.5, rotation U(-30, 30), blur kernel 5 sigma U(1, 5), brightness U(0.6, 1.4), hue
   U(-0.2, 0.2), noise std sqrt(0.005); then back to the input size, so every split of a
   manifest keeps one image size.
-- "down<S>": down-and-up sampling, bicubic with antialiasing to S x S and back (S = 16, 24, 32).
+- "down<S>": down-and-up sampling, bicubic with antialiasing to S x S and back (S = 16, 24, 32); S must be
+  below both sides of the image (a larger S would make a near-clean or up-sampled "degraded" copy).
 - "jpeg<Q>": JPEG encoding at quality Q (1-95).
 
 Every image's generator is seeded by (seed, CRC32 of its manifest path), so a degraded image
@@ -94,7 +95,10 @@ def add_gaussian_noise(image: Image.Image, std: float, rng: np.random.Generator)
 
 
 def down_up(image: Image.Image, size: int) -> Image.Image:
-    """Bicubic (antialiased) resize to size x size and back to the original size."""
+    """Bicubic (antialiased) resize to size x size and back to the original size; size must be below both sides."""
+    if size >= min(image.size):
+        raise ValueError(f"recipe step 'down{size}': {size} must be below both sides of the image, "
+                         f"{image.width} x {image.height}, for the step to lower its resolution")
     small = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
     return small.resize(image.size, Image.Resampling.BICUBIC)
 
@@ -181,9 +185,13 @@ def _degrade_one(task: tuple[str, str, str, str, str, int]) -> str | None:
         image = load_image(source)
     except ValueError as error:
         return str(error)
+    try:
+        degraded = degrade_image(image, recipe, image_rng(seed, relative))
+    except ValueError as error:  # a recipe that does not suit this image: stop the copy, naming it
+        raise ValueError(f"image {source}: {error}") from None
     Path(staged).parent.mkdir(parents=True, exist_ok=True)
     with naming_write_errors("image", target):
-        degrade_image(image, recipe, image_rng(seed, relative)).save(staged, format="PNG")
+        degraded.save(staged, format="PNG")
     return None
 
 

@@ -39,15 +39,18 @@ def resolve_manifest(config: DataConfig) -> Path:
 
 
 class DegradingTransform:
-    """With probability p, degrades the PIL image with `recipe` (tgfr.data.degrade) before `base`;
-    mirror False leaves out the recipe's horizontal flip."""
+    """With probability p, degrades the PIL image with `recipe` (data.train_degradation; tgfr.data.degrade)
+    before `base`; mirror False leaves out the recipe's horizontal flip."""
 
     def __init__(self, base: TrainTransform, recipe: str, p: float, mirror: bool = True):
         self.base, self.recipe, self.p, self.mirror = base, recipe, p, mirror
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Any:
         if self.p > 0 and rng.random() < self.p:
-            image = degrade_image(image, self.recipe, rng, self.mirror)
+            try:
+                image = degrade_image(image, self.recipe, rng, self.mirror)
+            except ValueError as error:  # a recipe that does not suit the images (down<S> no smaller than them)
+                raise ValueError(f"data.train_degradation = {self.recipe!r}: {error}") from None
         return self.base(image, rng)
 
 
