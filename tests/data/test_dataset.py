@@ -290,10 +290,17 @@ def test_an_image_without_captions_is_an_error_with_the_callers_remedy_or_skippe
     assert [r.path for r in dataset.records] == [r.path for r in records[:9] if r.path != "images/3_1.png"]
     assert dataset.skipped == [str(manifest.parent / "images/3_1.png")]
     assert len(FaceCaptionDataset(records, split="train", root=manifest.parent, require_captions=False)) == 9
-    with pytest.raises(ValueError, match=r"no usable images left in split 'test' \(1 missing, corrupt or without "
-                                         r"captions\)"):
+    with pytest.raises(ValueError, match=rf"no usable images left in split 'test' \(1 missing, corrupt or without "
+                                         rf"captions; the first: image {records[9].path} has no captions in the "
+                                         rf"manifest, and a text-guided model reads one of every image\)$"):
         FaceCaptionDataset([dataclasses.replace(records[9], captions=())], split="test", root=manifest.parent,
                            bad_images="skip")
+    (manifest.parent / records[9].path).unlink()
+    (manifest.parent / records[8].path).write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"no usable images left in split 'test' \(2 missing or corrupt; the first: "
+                                         rf".*{records[8].path}.*\)$"):
+        FaceCaptionDataset([dataclasses.replace(r, split="test") for r in records[8:10]], split="test",
+                           root=manifest.parent, bad_images="skip", require_captions=False)
 
 
 @pytest.mark.parametrize("corrupt", [

@@ -79,25 +79,25 @@ class FaceCaptionDataset(Dataset):
         self.image_cache = image_cache if image_cache is not None else DecodedImageCache(0)
         self.bad_image_hint = bad_image_hint
         kept, self.skipped = [], []
+        first_problem = ""
         for record in records:
             path = manifest_root / record.path
             try:
                 self.image_cache.check(path)
+                if require_captions and not record.captions:
+                    raise ValueError(f"image {record.path} has no captions in the manifest, and a text-guided model "
+                                     f"reads one of every image")
             except ValueError as error:
                 if bad_images == "error":
                     raise ValueError(f"{error} ({bad_image_hint})") from None
                 self.skipped.append(str(path))
-                continue
-            if require_captions and not record.captions:
-                if bad_images == "error":
-                    raise ValueError(f"image {record.path} has no captions in the manifest, and a text-guided model "
-                                     f"reads one of every image ({bad_image_hint})")
-                self.skipped.append(str(path))
+                first_problem = first_problem or str(error)
                 continue
             kept.append(record)
         if not kept:
-            without = " or without captions" if require_captions else ""
-            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} missing, corrupt{without})")
+            problems = "missing, corrupt or without captions" if require_captions else "missing or corrupt"
+            raise ValueError(f"no usable images left in split {split!r} ({len(self.skipped)} {problems}; the first: "
+                             f"{first_problem})")
         self.root = manifest_root
         self.records = kept
         self.label_of = identity_labels(kept)
