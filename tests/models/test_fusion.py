@@ -112,6 +112,27 @@ def test_concat_fusion_has_no_parameters_and_takes_any_float_dtype():
                                                                           dim=1))
 
 
+@pytest.mark.parametrize("name", ["fcfm", "linear", "concat"])
+@pytest.mark.parametrize("argument", ["regions", "words", "image_global", "sentence"])
+@pytest.mark.parametrize("autocast_dtype, dtype", [(torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16)],
+                         ids=str)
+def test_fusion_under_autocast_refuses_the_other_16_bit_dtype_naming_the_argument(name, argument, autocast_dtype,
+                                                                                   dtype):
+    """torch.cat under autocast cannot mix float16 with bfloat16, and said so in PyTorch's words
+    ("Unexpected floating ScalarType in at::autocast::prioritize"); float32 and autocast's dtype still pass."""
+    fusion = build_fusion(name, dim=8, fine_dim=4, out_dim=5)
+    inputs = aligned_batch()
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        for allowed in (torch.float32, autocast_dtype):
+            assert fusion(**dict(inputs, **{argument: inputs[argument].to(allowed)})).isfinite().all()
+        inputs[argument] = inputs[argument].to(dtype)
+        wanted, given = (str(d).removeprefix("torch.") for d in (autocast_dtype, dtype))
+        with pytest.raises(TypeError, match="^" + re.escape(f"{argument} has dtype {given}, which torch.autocast with "
+                                                            f"dtype {wanted} cannot concatenate with its own; pass "
+                                                            f"float32 or {wanted} features") + "$"):
+            fusion(**inputs)
+
+
 def test_fcfm_under_autocast_takes_16_bit_inputs_into_float32_parameters():
     """Autocast casts inputs and weights itself, so the dtype check lets them through; the result is the
     float32 fusion's on the same (rounded) inputs."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tgfr.models.input_dtype import check_input_dtype
+from tgfr.ops.autocast import autocast_enabled
 from tgfr.word_mask import valid_word_mask
 from tgfr.validation import check_word_lengths
 from tgfr.validation import check_size, check_tensor
@@ -28,7 +29,20 @@ def _check_aligned(fusion: nn.Module, regions, words, lengths, image_global, sen
         check_size(name, value, ndim - 1, fusion.dim, "the alignment dimension D")
         check_size(name, value, 0, regions.shape[0], "the batch size of regions")
         check_input_dtype(name, value, fusion)
+        _check_autocast_mix(name, value)
     check_word_lengths(lengths, regions.shape[0], words.shape[1])
+
+
+def _check_autocast_mix(name: str, value: torch.Tensor) -> None:
+    """Every fusion concatenates its features, and torch.cat under autocast fails on a 16-bit input of the
+    other 16-bit dtype than autocast's ("Unexpected floating ScalarType in at::autocast::prioritize")."""
+    device = value.device.type
+    if value.dtype in (torch.float16, torch.bfloat16) and autocast_enabled(device):
+        autocast_dtype = torch.get_autocast_dtype(device)
+        if value.dtype != autocast_dtype:
+            raise TypeError(f"{name} has dtype {str(value.dtype).removeprefix('torch.')}, which torch.autocast "
+                            f"with dtype {str(autocast_dtype).removeprefix('torch.')} cannot concatenate with its "
+                            f"own; pass float32 or {str(autocast_dtype).removeprefix('torch.')} features")
 
 
 class FineGrainedInteraction(nn.Module):
