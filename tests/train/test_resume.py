@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import shutil
+import tomllib
 
 import pytest
 import safetensors.torch
@@ -20,7 +21,7 @@ from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.output_paths import write_atomically
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
-from tgfr.train.config import load_config, to_toml
+from tgfr.train.config import config_from_dict, load_config, to_toml
 from tgfr.train.run import CHECKPOINT, build_model, train
 from tgfr.train.seeds import seed_everything
 from tgfr.train.stage_align import AlignStage
@@ -266,6 +267,64 @@ def test_a_resume_with_other_optimizer_settings_of_a_later_stage_goes_on(tmp_pat
     assert [record["lr"] for record in read_log(tmp_path / "metrics.jsonl") if record["stage"] == "align"][1] == 0.01
 
 
+@pytest.mark.parametrize("stop_after, edits", [
+    (2, {"seed": 1}),
+    (2, {"data": {"images_per_identity": 4}, "fr": {"ce_weight": 0.7}}),
+    (2, {"model": {"dropout": 0.5}, "data": {"train_degrade_p": 0.0}}),
+    (6, {"fr": {"arcface_margin": 0.2}}),  # a finished stage (fr, 4 steps) is part of the run as trained
+    (6, {"stages": ["align", "fuse"]}),
+], ids=["seed", "batch and loss weight", "model and augmentation", "finished stage", "stages before"])
+def test_a_resume_whose_config_changed_what_the_run_trained_with_is_refused(tmp_path, tiny_overrides, keep_threads,
+                                                                            stop_after, edits):
+    """An edit of config.toml between calls (another seed, batch, loss weight or augmentation) applied from
+    midway without a word, so the run then trained otherwise than its config.toml says. The resume is refused,
+    naming each key with the value trained with and the new one, with the run folder untouched."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=stop_after)
+    values = tomllib.loads(to_toml(config))
+    trained = {}
+    for table, value in edits.items():
+        if isinstance(value, dict):
+            for key, new in value.items():
+                trained[f"{table}.{key}"], values[table][key] = values[table][key], new
+        else:
+            trained[table], values[table] = values[table], value
+    if "stages" in edits:  # compared up to the checkpoint's stage (align), the edit drops fr
+        trained["stages"], edits["stages"] = ["fr", "align"], ["align"]
+    (tmp_path / "config.toml").write_text(to_toml(config_from_dict(values)), encoding="utf-8")
+    new = {key: edits[key] if key in edits else edits[key.split(".")[0]][key.split(".")[1]] for key in trained}
+    keys = sorted(trained)
+    before = files_of(tmp_path)
+    assert resume_refusal(tmp_path) == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} was trained with "
+        + ", ".join(f"{key} = {json.dumps(trained[key])}" for key in keys) + ", but the run's config.toml now has "
+        + ", ".join(f"{key} = {json.dumps(new[key])}" for key in keys) + ": the rest of the run would train "
+        "otherwise than config.toml says it did (set them back in config.toml, or train a new run)")
+    assert files_of(tmp_path) == before
+
+
+def test_a_resume_goes_on_after_edits_that_leave_the_run_as_trained(tmp_path, tiny_overrides, keep_threads):
+    """Where and how fast it runs, how often it logs and checkpoints, what evaluate reads, a longer current
+    stage and the settings of stages still to come may change; the next checkpoint records the new config.
+    A checkpoint of an older tgfr, without its config, is not compared (its seed edit goes through)."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=2)
+    edited = load_config(str(tmp_path / "config.toml"), [
+        "threads=2", "precision=fp32", "device=cpu", "log_every=2", "checkpoint_every=2", "data.loader_workers=1",
+        'data.degradation="down16"', "evaluation.max_rank=3", 'evaluation.splits={clean = "test"}', "fr.steps=5",
+        "align.cicl_weight=3.0", "fuse.arcface_margin=0.2", "fuse.optim.lr=0.01"])
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "4"]) == 0
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert (state["stage"], state["step"]) == ("align", 1)
+    assert config_from_dict(state["config"]) == edited
+    save_checkpoint(tmp_path / CHECKPOINT, {key: value for key, value in state.items() if key != "config"})
+    older_edit = load_config(str(tmp_path / "config.toml"), ["seed=3"])
+    (tmp_path / "config.toml").write_text(to_toml(older_edit), encoding="utf-8")
+    assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
+    assert config_from_dict(load_checkpoint(tmp_path / CHECKPOINT)["config"]).seed == 3
+
+
 def test_optimizer_edits_that_cannot_change_training_are_accepted(tmp_path, tiny_overrides, keep_threads):
     """AdamW has no momentum, and a stage the checkpoint finished trains no more: editing either is no
     reason to refuse the resume."""
@@ -325,6 +384,8 @@ MODEL_MISMATCH = "does not fit the model the run's config builds"
     (break_optimizer, ": the state of stage fr does not fit its optimizer, schedule or RNGs: ValueError("),
     (cut_the_torch_rng_state, ": the state of stage fr does not fit its optimizer, schedule or RNGs: RuntimeError("),
     (lambda state: state.update(data="0" * 63), "'data' must be a sha256 digest in hex (the training split's)"),
+    (lambda state: state.update(config=[1]), "'config' must be a dict of setting name -> value (the run's)"),
+    (lambda state: state.update(config={1: 2}), "'config' must be a dict of setting name -> value (the run's)"),
 ])
 def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path, tiny_overrides, keep_threads,
                                                                       damage, message):

@@ -47,7 +47,7 @@ from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
-from tgfr.train.config import TrainConfig, to_toml, torch_threads
+from tgfr.train.config import STAGES, TrainConfig, config_to_dict, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.run_info import record_call
 from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
@@ -165,6 +165,58 @@ def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source:
         raise ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config "
                          f"now has {listing(now)}: the optimizer settings of the stage a resume continues cannot "
                          f"change (set them back in config.toml)")
+
+
+# The settings a resume may change: where and how fast the run goes (its device, precision, threads, loader
+# workers), where its files are (a moved manifest or cache: the checkpoint's data digest still has to match),
+# how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test copy, the report). None
+# changes which samples the remaining steps draw or what they compute.
+FREE_ON_RESUME = ("device", "precision", "threads", "checkpoint_every", "log_every", "data.loader_workers",
+                  "data.cache_dir", "data.manifest", "data.degradation", "evaluation.")
+
+
+def _flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted key -> value."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: Path) -> None:
+    """Refuses to resume checkpoint `state` (from file `source`) when config.toml was edited since the checkpoint
+    in a setting the run has trained with: the rest of the run would train otherwise than config.toml says it
+    did (another seed, batch or loss weight from midway), without a word. Free: FREE_ON_RESUME, the stages after
+    the checkpoint's (still to come), and the checkpoint's stage's steps (check_optimizer_settings keeps them at
+    least its step) and optim.* (check_optimizer_settings judges them, with its own message). A checkpoint of an
+    older tgfr, without its config, is not compared. A ValueError names the keys."""
+    if "config" not in state:
+        return
+    stage = state["stage"]
+    trained, now = _flat_settings(state["config"]), _flat_settings(config_to_dict(config))
+    for values in (trained, now):  # `stages` up to the checkpoint's: those after it may be added or dropped
+        stages = values.get("stages", [])
+        values["stages"] = stages[:stages.index(stage) + 1] if stage in stages else stages
+
+    def free(key: str) -> bool:
+        head, _, rest = key.partition(".")
+        if key.startswith(FREE_ON_RESUME):
+            return True
+        if head in STAGES and head not in trained["stages"]:
+            return True  # a stage still to come, or one this run does not train
+        return head == stage and (rest == "steps" or rest.startswith("optim."))
+
+    changed = [key for key in sorted(trained.keys() | now.keys()) if not free(key) and trained.get(key) != now.get(key)]
+    if changed:
+        def listing(values: dict[str, Any]) -> str:
+            return ", ".join(f"{key} = {json.dumps(values.get(key))}" for key in changed)
+
+        raise ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config.toml "
+                         f"now has {listing(now)}: the rest of the run would train otherwise than config.toml says "
+                         f"it did (set them back in config.toml, or train a new run)")
 
 
 def finish_stage(model: TGFRModel, name: str) -> None:
@@ -406,6 +458,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                          f"manifest {manifest} as it was then; its images' paths, identities or captions, or their "
                          f"order, have changed since, and resuming would train the rest of the run on other data: "
                          f"restore the data the run started with, or train a new run")
+    if state is not None:
+        check_config_unchanged(config, state, out / CHECKPOINT)
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         truncated = collate.check_captions(next(iter(stage_data.values())).dataset)
         if rank == 0 and truncated:
@@ -483,7 +537,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                 save_checkpoint(out / CHECKPOINT, {
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                    "summary": summary, "optim": dataclasses.asdict(optim), "data": training_data})
+                    "summary": summary, "optim": dataclasses.asdict(optim), "data": training_data,
+                    "config": config_to_dict(config)})
 
             _on_rank_0(rank, world_size, save)
 
