@@ -67,8 +67,10 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        # Every rank's loss depends on every rank's rows: sum the gradients, keep our slice.
-        grad = grad.contiguous()
+        # Every rank's loss depends on every rank's rows: sum the gradients, keep our slice. Summed in a copy:
+        # autograd may hand the same gradient tensor to another input (both addends of a sum), whose backward
+        # must still see this rank's gradient.
+        grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad)
         return grad.narrow(0, dist.get_rank() * ctx.rows, ctx.rows)
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 # Imported before init_process_group, not in the worker: importing torch._dynamo (tgfr.losses does) after
 # it keeps the group alive past destroy_process_group, and a gloo thread that drops the last collective's
 # tensors while the interpreter exits aborts the process (SIGABRT after the worker returned, seen in CI).
+from tgfr.distributed import gather_with_grad
 from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CoReFaceLoss, CosFaceHead,
                          DualGranularityAssociationLoss, IntraModalContrastiveLoss, WordRegionContrastiveLoss)
 
@@ -113,6 +114,20 @@ class AssociationLoss(torch.nn.Module):
         return self.loss(image, caption)[0]
 
 
+def check_gather_leaves_the_incoming_gradient_alone(rank):
+    """Autograd hands one gradient tensor to both addends of `gathered + bias`: a gather backward that
+    all-reduced it in place gave bias (whose backward runs later, as it was made first) the sum over ranks."""
+    generator = torch.Generator().manual_seed(1)
+    rows = torch.randn(2 * WORLD, 3, generator=generator, dtype=torch.float64)
+    weight = torch.randn(2 * WORLD, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    own = rows[2 * rank:2 * rank + 2].clone().requires_grad_()
+    bias = weight * 2.0
+    gathered, _ = gather_with_grad(own)
+    (((gathered + bias) ** 2).sum() * (rank + 1)).backward()
+    expected = 2.0 * 2.0 * (rows + 2.0 * weight.detach()) * (rank + 1)  # d/dweight of the loss on this rank
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-12, atol=1e-12)
+
+
 def worker(rank, store_file):
     # A file store: a port picked free by the parent can be taken by another process before rank 0 binds it.
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
@@ -135,6 +150,7 @@ def worker(rank, store_file):
         check_local_form(rank, lambda **kw: WordRegionContrastiveLoss(**kw), [words, lengths, regions, labels[:8]],
                          [0, 2])
         check_word_region_with_per_rank_caption_lengths(rank, generator)
+        check_gather_leaves_the_incoming_gradient_alone(rank)
         for head_class in (ArcFaceHead, CosFaceHead):
             for focal in (False, True):
                 check_margin_head(rank, head_class, focal)
