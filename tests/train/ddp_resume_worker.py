@@ -1,7 +1,9 @@
 """Run by test_distributed_training.py under torchrun (2 processes, gloo): `ddp_resume_worker.py ROOT OVERRIDES_JSON`.
 
 Each rank draws its own dropout masks, so a resumed rank must continue its own RNG stream: a run
-stopped after 2 of 4 fr steps and resumed must end with the uninterrupted run's weights. The weakly
+stopped after 2 of 4 fr steps and resumed must end with the uninterrupted run's weights. Its align stage
+follows the resume: every stage starts from rank 0's buffers (BatchNorm statistics), which after a resume
+are the checkpoint's on rank 0 only, so the weights are the same only if they come from rank 0. The weakly
 supervised association memory is drawn from each rank's RNG and moves with the images: it must be
 one memory, the same on every rank, after training. Any failed check exits non-zero.
 """
@@ -20,7 +22,8 @@ from tgfr.train.config import load_config
 
 
 def main(root: Path, overrides: list[str]) -> None:
-    config = load_config("quick", overrides + ['stages=["fr"]', "fr.steps=4"])
+    config = load_config("quick", overrides + ['stages=["fr", "align"]', "fr.steps=4", "align.steps=2",
+                                               "align.optim.warmup_steps=0"])
     run.train(config, root / "straight")
     run.train(config, root / "resumed", stop_after=2)
     assert len(load_checkpoint(root / "resumed" / run.CHECKPOINT)["rng"]) == dist.get_world_size()

@@ -91,8 +91,9 @@ def test_an_fr_stage_that_only_loads_backbone_weights_is_held_to_no_batch_rule(t
 
 
 def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrides):
-    """ddp_resume_worker.py under torchrun: stop and resume end with the weights of an uninterrupted run, and
-    the weakly supervised association memory is the same on both ranks after training."""
+    """ddp_resume_worker.py under torchrun: stop and resume (with a stage after it, which starts from rank 0's
+    buffers) end with the weights of an uninterrupted run, and the weakly supervised association memory is the
+    same on both ranks after training."""
     worker = Path(__file__).with_name("ddp_resume_worker.py")
     result = torchrun(tmp_path, str(worker), str(tmp_path), json.dumps(tiny_overrides))
     assert result.returncode == 0, result.stderr[-3000:]
