@@ -27,8 +27,9 @@ def is_distributed() -> bool:
 
 
 class CollectiveCheckError(ValueError):
-    """A check of every rank's values that failed: every rank raises it together, with the same message
-    (where raising on one rank alone would leave the others waiting in a collective)."""
+    """An error every rank raises together, with the same message (where raising on one rank alone would leave
+    the others waiting in a collective): a failed check of every rank's values, or rank 0's error in what it
+    alone does, raised on the other ranks too."""
 
 
 _MAX_GATHER_DIMS = 8

@@ -188,19 +188,35 @@ def test_a_run_folder_another_trainer_holds_is_refused_by_every_rank(tmp_path, t
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
 
 
-def test_a_write_that_rank_0_alone_does_fails_on_every_rank_with_its_message(tmp_path, tiny_overrides):
-    """run_info.json, written by rank 0 alone, cannot be written (a folder stands there): rank 1 died in its
-    next collective with about 30 lines of gloo's traceback; now every rank stops, rank 0 saying why."""
+@pytest.mark.parametrize("failing", ["run_info.json", "metrics.jsonl", "checkpoint"])
+def test_a_write_that_rank_0_alone_does_fails_on_every_rank_with_its_message(tmp_path, tiny_overrides, failing):
+    """A file rank 0 alone writes or reads fails: run_info.json (a folder stands there), metrics.jsonl (a bad
+    line, met when a resume cuts the log back) or the checkpoint (a file size limit, as a full disk). Rank 1 died
+    in its next collective with about 30 lines of gloo's traceback, or, for the checkpoint, printed rank 0's
+    error a second time as its own; now every rank stops, rank 0 alone saying why."""
     run = tmp_path / "ddp"
-    started = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run), "--stop-after", "1",
-                       *[arg for o in tiny_overrides for arg in ("--set", o)])
-    assert started.returncode == 0, started.stderr[-3000:]
-    (run / "run_info.json").unlink()
-    (run / "run_info.json").mkdir()
-    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--resume", "--out", str(run))
+    train = ["-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run), "--stop-after", "2",
+             *[arg for o in tiny_overrides for arg in ("--set", o)]]
+    if failing == "checkpoint":  # 256 KB: the log and config files fit, the checkpoint (650 KB) does not
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "--log-dir", str(tmp_path / "torchrun-logs"), *train]
+        result = subprocess.run(["bash", "-c", 'ulimit -f 256 && exec "$@"', "bash", *command], capture_output=True,
+                                text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        expected = f"cannot write checkpoint {run / 'checkpoints' / 'last.pt'}"
+    else:
+        started = torchrun(tmp_path, *train)
+        assert started.returncode == 0, started.stderr[-3000:]
+        if failing == "run_info.json":
+            (run / "run_info.json").unlink()
+            (run / "run_info.json").mkdir()
+            expected = f"cannot write run information {run / 'run_info.json'}"
+        else:
+            (run / "metrics.jsonl").write_text("x" + (run / "metrics.jsonl").read_text(), encoding="utf-8")  # of 2
+            expected = f"metrics log {run / 'metrics.jsonl'}, line 1, is not valid JSON"
+        result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--resume", "--out", str(run))
     assert result.returncode != 0
     errors = re.findall(r"tgfr train: error[^\r\n]*", result.stderr)
-    assert len(errors) == 1 and f"cannot write run information {run / 'run_info.json'}" in errors[0], result.stderr
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
 
 

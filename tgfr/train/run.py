@@ -36,7 +36,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.manifest import records_digest
 from tgfr.data.synthetic import default_cache_dir
-from tgfr.distributed import gather_objects
+from tgfr.distributed import CollectiveCheckError, gather_objects
 from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
@@ -232,8 +232,9 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
                          'False): use device = "auto" or "cpu"')
     cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if dist.is_initialized():
-        # The caller's own process group (mp.spawn, no torchrun): read from WORLD_SIZE alone, every process
-        # trained as rank 0 of one, each into the same run folder.
+        # The caller's own process group (mp.spawn, no torchrun) sets the rank and world size: read from
+        # WORLD_SIZE alone, which mp.spawn does not set, every process would train as rank 0 of one, each into
+        # the same run folder.
         world_size = dist.get_world_size()
         declared = os.environ.get("WORLD_SIZE")
         if declared is not None and declared != str(world_size):
@@ -277,8 +278,8 @@ def _barrier(world_size: int) -> None:
 
 def _on_rank_0(rank: int, world_size: int, action: Callable[[], None]) -> None:
     """Runs `action` on rank 0 alone. An error it raises (a run folder another trainer holds) is raised on
-    every rank, rank 0's as it is and the others' as a ValueError with its message, which the command prints
-    once: the other ranks would otherwise fail in their next collective with the backend's error."""
+    every rank, rank 0's as it is and the others' as a CollectiveCheckError with its message, which the command
+    prints once: the other ranks would otherwise fail in their next collective with the backend's error."""
     message = None
     try:
         if rank == 0:
@@ -290,7 +291,7 @@ def _on_rank_0(rank: int, world_size: int, action: Callable[[], None]) -> None:
         if world_size > 1:
             message = gather_objects(message)[0]
     if message is not None:
-        raise ValueError(message)
+        raise CollectiveCheckError(message)
 
 
 def _synthetic_cache_entry(out: Path, config: TrainConfig) -> Path | None:
@@ -500,8 +501,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
 
     def drop_lost_records() -> None:  # only once the checkpoint's whole state has loaded
-        if rank == 0:
-            drop_records_after(out / "metrics.jsonl", config.stages, state["stage"], state["step"])
+        _on_rank_0(rank, world_size, lambda: drop_records_after(out / "metrics.jsonl", config.stages, state["stage"],
+                                                                state["step"]))
 
     for index, name in enumerate(config.stages):
         if index < resume_index or name not in config.trained_stages:
