@@ -592,6 +592,14 @@ def raw_row_max(x, y):
             torch.ones(2), torch.ones(3), torch.randn(3, 4), torch.randn(3, 4), None, None, torch.zeros(3),
             torch.zeros(3), 5.0, 0.0, "none", 0, True, True), "row gradient and log-sum-exp must have 3",
             id="backward gradient short"),
+        pytest.param(lambda: torch.ops.tgfr.contrastive_backward(
+            torch.ones(3), torch.ones(3), torch.randn(3, 4), torch.randn(3, 4), None, None, torch.zeros(2),
+            torch.zeros(3), 5.0, 0.0, "none", 0, True, True), "row gradient and log-sum-exp must have 3",
+            id="backward row log-sum-exp short"),
+        pytest.param(lambda: torch.ops.tgfr.contrastive_backward(
+            torch.ones(3), torch.ones(3), torch.randn(3, 4), torch.randn(3, 4), None, None, torch.zeros(3),
+            torch.zeros(2), 5.0, 0.0, "none", 0, True, True), "column gradient and log-sum-exp must have 3",
+            id="backward column log-sum-exp short"),
         pytest.param(lambda: torch.ops.tgfr.contrastive_row_max(torch.randn(3, 4), torch.randn(3, 4), None, None,
                                                                 "mask", 0), "same_identity must be one of",
                      id="unknown same_identity"),

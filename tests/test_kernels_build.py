@@ -1,5 +1,5 @@
 """CI checks of the CUDA code without a GPU: the torch-free kernels of kernels/ compile with nvcc
-through CMake (sm_80 and sm_90a, CMakeLists.txt; about a minute on 2 cores), the CMake target of
+through CMake (sm_80 and sm_90a, and compute_90 PTX, CMakeLists.txt; about a minute on 2 cores), the CMake target of
 tgfr/_C gets setup.py's C++ flags and source hash, and the csrc/cuda binding parses against this
 torch's headers (seconds)."""
 
@@ -28,6 +28,7 @@ def test_kernels_compile_with_cmake_and_nvcc(tmp_path):
     assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
     flags = (build / "CMakeFiles" / "tgfr_kernels.dir" / "flags.make").read_text()
     assert "code=[sm_80]" in flags and "code=[sm_90a]" in flags, flags
+    assert "arch=compute_90,code=[compute_90]" in flags, flags  # PTX for a GPU newer than sm_90, as setup.py's
     compile_ = subprocess.run(
         ["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, timeout=600
     )
