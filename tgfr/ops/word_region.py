@@ -116,8 +116,9 @@ def word_region_scores(
     Norms are float32 sums of squares (float64 for float64 inputs) on every backend, the
     reference's included: below a norm of about 1e-19 a word's or a context's square underflows,
     the 1e-8 clamp of SPEC's cosine takes over from the true product of norms, and a cosine can pass
-    1. Words times s and regions over s give the same products and scores: an s that brings both
-    norms near 1 avoids it.
+    1; above about 1.8e19 it overflows to inf, every cosine of that word is 0 and its scores are
+    log(lengths[i]) with a zero gradient, without an error. Words times s and regions over s give the same
+    products and scores: an s that brings both norms near 1 avoids both.
     """
     if backend != "reference":
         words, regions = autocast_inputs(words, regions)
