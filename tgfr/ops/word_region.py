@@ -118,7 +118,11 @@ def word_region_scores(
     the 1e-8 clamp of SPEC's cosine takes over from the true product of norms, and a cosine can pass
     1; above about 1.8e19 it overflows to inf, every cosine of that word is 0 and its scores are
     log(lengths[i]) with a zero gradient, without an error. Words times s and regions over s give the same
-    products and scores: an s that brings both norms near 1 avoids both.
+    products and scores: an s that brings both norms near 1 avoids both. Through the clamp, an all-zero
+    caption's or image's gradient is about 1e8 times the other side's features: in float16 it overflows to
+    inf on every backend, and the GPU kernels, which round it to float16 before their second products, also
+    give NaN word gradients to the captions paired with an all-zero image (Triton's checked under its
+    interpreter; CUDA's read from its code, not run).
     """
     if backend != "reference":
         words, regions = autocast_inputs(words, regions)
