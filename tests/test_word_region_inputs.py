@@ -95,6 +95,18 @@ def test_kernel_checks_lengths_itself():
         torch.ops.tgfr.word_region_scores(words, torch.tensor([1, 9, 3]), regions, 4.0, 5.0, True)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_kernel_refuses_lengths_and_gradients_of_other_dtypes(device):
+    """A direct call of the op (the front end checks these first): float lengths (2.9) were cast to 2 by the CUDA
+    binding, and an integer grad_scores taken as a gradient; both are refused as the CPU kernel refuses them."""
+    words, lengths, regions = (tensor.to(device) for tensor in valid_inputs())
+    with pytest.raises(ValueError, match="lengths must be int64, got Float"):
+        torch.ops.tgfr.word_region_scores(words, lengths.float() - 0.1, regions, 4.0, 5.0, True)
+    grad = torch.ones(words.shape[0], regions.shape[0], dtype=torch.int64, device=device)
+    with pytest.raises(TypeError, match="grad_scores must be floating point, got Long"):
+        torch.ops.tgfr.word_region_scores_backward(grad, words, lengths, regions, 4.0, 5.0, True)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("bad_lengths", [[0, 5, 3], [1, 6, 3]])
 def test_compiled_graph_checks_lengths_when_it_runs(backend, bad_lengths):

@@ -50,6 +50,8 @@ Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const a
   TORCH_CHECK_VALUE(regions.size(2) == words.size(2), "regions must have the feature size D=", words.size(2),
                     " of words, got ", regions.size(2));
   TORCH_CHECK_VALUE(lengths.size(0) == words.size(0), "lengths must have one entry per caption");
+  // As the CPU kernel's: a cast would take lengths 2.9 as 2 (and booleans) from a direct call.
+  TORCH_CHECK_VALUE(lengths.scalar_type() == at::kLong, "lengths must be int64, got ", lengths.scalar_type());
   TORCH_CHECK_VALUE(words.size(0) >= 1 && regions.size(0) >= 1, "words and regions must not be empty, got shapes ",
                     words.sizes(), " and ", regions.sizes());
   TORCH_CHECK_VALUE(regions.size(1) >= 1, "regions must have R >= 1 regions per image, got shape ", regions.sizes());
@@ -64,7 +66,7 @@ Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const a
   // launcher as an anonymous invalid argument.
   TORCH_CHECK_VALUE(words.size(0) <= kernels::kMaxCaptions, "words must have at most ", kernels::kMaxCaptions,
                     " captions (N) for backend 'cuda', got N=", words.size(0));
-  Problem problem{words.contiguous(), lengths.to(at::kLong).contiguous(), regions.contiguous(), {}};
+  Problem problem{words.contiguous(), lengths.contiguous(), regions.contiguous(), {}};
   // Out-of-range lengths would make the kernels read outside words; the front end checks them
   // too, but the op can be called directly.
   const auto [shortest, longest] = at::aminmax(problem.lengths);
@@ -129,6 +131,8 @@ std::tuple<at::Tensor, at::Tensor> scores_backward_cuda(const at::Tensor& grad_s
   check_images(regions);
   TORCH_CHECK_VALUE(grad_scores.sizes() == at::IntArrayRef({words.size(0), regions.size(0)}),
                     "grad_scores must have shape (N, M) = (", words.size(0), ", ", regions.size(0), ")");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_scores.scalar_type()), "grad_scores must be floating point, got ",
+                   grad_scores.scalar_type());
   const at::Tensor grad = grad_scores.to(at::kFloat).contiguous();
   at::Tensor grad_words = at::zeros(problem.words.sizes(), words.options().dtype(at::kFloat));
   at::Tensor grad_regions = at::zeros(problem.regions.sizes(), regions.options().dtype(at::kFloat));
