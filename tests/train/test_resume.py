@@ -251,7 +251,8 @@ def test_a_resume_with_other_optimizer_settings_is_refused_before_anything_chang
     assert resume_refusal(tmp_path) == (
         f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} was trained with "
         + ", ".join(f"fr.optim.{key} = {json.dumps(old_values[key])}" for key in changed)
-        + ", but the run's config now has " + ", ".join(f"fr.optim.{key} = {json.dumps(edits[key])}" for key in changed)
+        + ", but the run's config.toml now has " + ", ".join(f"fr.optim.{key} = {json.dumps(edits[key])}"
+                                                            for key in changed)
         + ": the optimizer settings of the stage a resume continues cannot change (set them back in config.toml)")
     assert files_of(tmp_path) == before
 

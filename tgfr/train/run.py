@@ -159,12 +159,23 @@ def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source:
     unused = {"momentum"} if trained.get("optimizer") == now["optimizer"] == "adamw" else set()
     changed = [key for key, value in trained.items() if key in now and key not in unused and now[key] != value]
     if changed:
-        def listing(values: dict[str, Any]) -> str:
-            return ", ".join(f"{stage}.optim.{key} = {json.dumps(values[key])}" for key in changed)
+        def named(values: dict[str, Any]) -> dict[str, Any]:
+            return {f"{stage}.optim.{key}": values[key] for key in changed}
 
-        raise ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config "
-                         f"now has {listing(now)}: the optimizer settings of the stage a resume continues cannot "
-                         f"change (set them back in config.toml)")
+        raise _changed_settings_error(source, list(named(trained)), named(trained), named(now),
+                                      "the optimizer settings of the stage a resume continues cannot change (set "
+                                      "them back in config.toml)")
+
+
+def _changed_settings_error(source: Path, keys: list[str], trained: dict[str, Any], now: dict[str, Any],
+                            why: str) -> ValueError:
+    """The refusal of a resume from checkpoint file `source` whose config.toml changed the settings `keys`
+    (dotted names, looked up in `trained` and `now`)."""
+    def listing(values: dict[str, Any]) -> str:
+        return ", ".join(f"{key} = {json.dumps(values.get(key))}" for key in keys)
+
+    return ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config.toml now "
+                      f"has {listing(now)}: {why}")
 
 
 # The settings a resume may change: where and how fast the run goes (its device, precision, threads, loader
@@ -211,12 +222,8 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
 
     changed = [key for key in sorted(trained.keys() | now.keys()) if not free(key) and trained.get(key) != now.get(key)]
     if changed:
-        def listing(values: dict[str, Any]) -> str:
-            return ", ".join(f"{key} = {json.dumps(values.get(key))}" for key in changed)
-
-        raise ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config.toml "
-                         f"now has {listing(now)}: the rest of the run would train otherwise than config.toml says "
-                         f"it did (set them back in config.toml, or train a new run)")
+        raise _changed_settings_error(source, changed, trained, now, "the rest of the run would train otherwise than "
+                                      "config.toml says it did (set them back in config.toml, or train a new run)")
 
 
 def finish_stage(model: TGFRModel, name: str) -> None:
