@@ -296,3 +296,46 @@ def test_training_caches_the_whole_split_vocabulary_before_a_stage_reads_caption
     train(config, tmp_path, stop_after=config.fr.steps + 2 + config.align.steps)  # 2 steps into fuse
     assert prefilled == [vocabulary, vocabulary]  # align, then fuse
     assert stored_outside_prefill == []
+
+
+# Every stage setting a value of its own (none equal to another, none the quick preset's), so that a stage reading
+# one setting for another (align.intra_scale for align.cicl_scale) or weighing a term by another's weight differs.
+DISTINCT_SETTINGS = [
+    "fr.arcface_scale=20.0", "fr.arcface_margin=0.25", "fr.ce_weight=0.7", "fr.coreface_weight=0.11",
+    "fr.coreface_scale=48.0", "align.wrcl_weight=0.3", "align.cicl_weight=1.7", "align.intra_weight=2.9",
+    "align.identity_weight=0.6", "align.cicl_scale=7.0", "align.intra_scale=13.0", "align.identity_scale=21.0",
+    "align.identity_margin=0.2", "align.gamma1=3.0", "align.gamma2=6.0", "align.gamma3=9.0",
+    "fuse.arcface_scale=24.0", "fuse.arcface_margin=0.35", "fuse.focal=true",
+]
+
+
+def test_each_stage_builds_and_weighs_its_losses_with_its_own_settings(tiny_overrides):
+    config = load_config("quick", tiny_overrides + DISTINCT_SETTINGS)
+    seed_everything(0)
+    model = build_model(config)
+    cpu = torch.device("cpu")
+    batch = {"images": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 0, 1, 2]), "captions": CAPTIONS,
+             "all_captions": [[c, CAPTIONS[(i + 1) % 4]] for i, c in enumerate(CAPTIONS)]}
+
+    fr = FRStage(model, config.fr, 3, cpu).train()
+    arcface = fr.losses["arcface"]
+    assert (arcface.scale, arcface.margin, arcface.focal, fr.losses["coreface"].scale) == (20.0, 0.25, False, 48.0)
+    total, parts = fr(batch)
+    assert not torch.equal(parts["arcface1"], parts["arcface2"])  # two dropout views, each scored
+    torch.testing.assert_close(total, 0.7 * (parts["arcface1"] + parts["arcface2"]) + 0.11 * parts["coreface"])
+    finish_stage(model, "fr")
+
+    captions = CaptionFeatures(model.text_encoder, cpu)
+    align = AlignStage(model, config.align, 3, captions, cpu).train()
+    terms = align.losses["multi_granularity"]
+    word_region = terms.word_region
+    assert (word_region.gamma1, word_region.gamma2, word_region.gamma3) == (3.0, 6.0, 9.0)
+    assert (terms.caption_image.scale, align.losses["intra"].scale) == (7.0, 13.0)
+    for head in (align.losses["sentence_identity"], align.losses["image_identity"]):
+        assert (head.scale, head.margin, head.focal) == (21.0, 0.2, False)
+    total, parts = align(batch)
+    torch.testing.assert_close(total, 0.3 * parts["wrcl"] + 1.7 * parts["cicl"] + 2.9 * parts["intra"]
+                               + 0.6 * parts["identity"])
+
+    head = FuseStage(model, config.fuse, 3, captions, cpu).losses["arcface"]
+    assert (head.scale, head.margin, head.focal) == (24.0, 0.35, True)
