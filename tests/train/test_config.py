@@ -1,6 +1,7 @@
 """Run configuration: complete presets, overrides, type, key and value errors, TOML round trip."""
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -13,10 +14,19 @@ import pytest
 from tgfr.cli import main
 from tgfr.data import SyntheticConfig
 from tgfr.data.synthetic import GENERATOR_VERSION
-from tgfr.train.config import (PRESET_DIR, EvaluationConfig, TrainConfig, config_from_dict, find_preset, load_config,
+from tgfr.train.config import (PRESET_DIR, DataConfig, EvaluationConfig, FRStageConfig, FuseStageConfig, ModelConfig,
+                               OptimConfig, TrainConfig, config_from_dict, config_to_dict, find_preset, load_config,
                                parse_override, preset_names, to_toml)
 from tgfr.train.loop import lr_factor
 from tgfr.train.run import train
+
+
+LOSS_WEIGHTS = ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight", "align.intra_weight",
+                "align.identity_weight")
+# (key, low, high): evaluation's sizes lie in [low, high).
+EVALUATION_SIZE_BOUNDS = (("evaluation.impostor_subjects", 0, 2**20), ("evaluation.gallery_per_subject", 1, 2**20),
+                          ("evaluation.bootstrap_resamples", 0, 10**6 + 1), ("evaluation.max_rank", 1, 2**20),
+                          ("evaluation.batch_size", 1, 2**20), ("evaluation.heatmap_captions", 0, 2**10))
 
 
 def flat_keys(table, prefix=""):
@@ -49,15 +59,19 @@ def test_default_preset_equals_dataclass_defaults():
 def test_overrides_parse_toml_values_and_bare_words():
     config = load_config("quick", ["fr.steps=17", "fr.optim.lr=0.5", "align.supervision=weak",
                                    'data.manifest="a b.jsonl"', "model.freeze_text_encoder=false",
-                                   'stages=["fr", "align"]', "fuse.arcface_scale=16"])
+                                   'stages=["fr", "align"]', "fuse.arcface_scale=16", "align.steps = 50"])
     assert config.fr.steps == 17 and config.fr.optim.lr == 0.5 and config.align.supervision == "weak"
     assert config.data.manifest == "a b.jsonl" and config.model.freeze_text_encoder is False
-    assert config.stages == ["fr", "align"] and config.fuse.arcface_scale == 16.0
+    assert config.stages == ["fr", "align"] and config.align.steps == 50
+    # An integer for a float setting is stored (and written to config.toml) as the float.
+    assert config.fuse.arcface_scale == 16.0 and type(config.fuse.arcface_scale) is float
+    assert "arcface_scale = 16.0" in to_toml(config).split("[fuse]")[1]
     assert parse_override("x.y=abc") == (["x", "y"], "abc")
+    assert parse_override("fr.steps = 50") == (["fr", "steps"], 50)  # spaces around '=' as TOML allows them
     assert parse_override(r"data.manifest=C:\data\m.jsonl") == (["data", "manifest"], r"C:\data\m.jsonl")
 
 
-@pytest.mark.parametrize("raw", ['"mycache', r'"C:\data\m.jsonl"', "'a' b", '["fr", "fuse"', "{a = 1"])
+@pytest.mark.parametrize("raw", ['"mycache', ' "mycache', r'"C:\data\m.jsonl"', "'a' b", '["fr", "fuse"', "{a = 1"])
 def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw):
     """Taken as text, '"mycache' (a missing closing quote) would make a cache folder named "mycache."""
     with pytest.raises(ValueError, match=rf"^override data\.cache_dir: {re.escape(raw)} is not a valid TOML value") as error:
@@ -111,6 +125,7 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
       for key in ("fr.arcface_scale", "fr.coreface_scale", "align.gamma1", "align.gamma2", "align.gamma3",
                   "align.cicl_scale", "align.intra_scale", "align.identity_scale", "fuse.arcface_scale")),
     ("align.num_prototypes=0", r"align\.num_prototypes must be an integer in \[1, 1048576\), got 0"),
+    ("evaluation.bootstrap_resamples=9223372036854775808", r"^evaluation\.bootstrap_resamples must be an integer in "),
     # Past these, torch or numpy failed with a traceback naming no setting (an overflow, terabytes to allocate).
     *((f"{key}={high}", rf"^{re.escape(key)} must be an integer in \[{low}, {high}\), got {high}$")
       for key, low, high in (("threads", 0, 4097), ("model.width", 1, 2**16), ("model.num_features", 1, 2**16),
@@ -119,7 +134,7 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
                              ("data.loader_workers", 0, 1025), ("data.synthetic_identities", 1, 10**7 + 1),
                              ("data.synthetic_images_per_identity", 1, 10**5 + 1),
                              ("data.synthetic_captions_per_image", 1, 10**4 + 1), ("fr.steps", 1, 2**48),
-                             ("align.num_prototypes", 1, 2**20))),
+                             ("align.num_prototypes", 1, 2**20), *EVALUATION_SIZE_BOUNDS)),
     ("data.train_degradation=blurry", r"data\.train_degradation: unknown recipe step 'blurry'"),
     ("data.degradation=down24+jpeg0", r"data\.degradation: recipe step 'jpeg0'"),
     ("data.train_degrade_p=1.5", r"data\.train_degrade_p must lie in"),
@@ -146,6 +161,15 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("fr.optim.schedule=linear", r"^fr\.optim\.schedule must be one of"),
     ("precision=fp16", r"^precision must be one of"),
     ("device=tpu", r"^device must be one of"),
+    ("fuse.focal=1", r"^fuse\.focal must be of type bool, got 1 \(int\)$"),
+    ("model.freeze_text_encoder=0", r"^model\.freeze_text_encoder must be of type bool, got 0 \(int\)$"),
+    *((f"{key}=inf", rf"^{re.escape(key)} must lie in \[0\.0, inf\), got inf$") for key in LOSS_WEIGHTS),
+    ('evaluation.splits={clean = ""}', r"^evaluation\.splits must map report names to non-empty split names"),
+    # TOML's integers have no size limit: float() of one raised an OverflowError naming no key.
+    *((f"{key}={10**400}", rf"^{re.escape(key)} must be of type float, got an integer too large for one "
+                           r"\(about 10\^400\)$")
+      for key in ("fr.optim.lr", "align.gamma1", "data.train_degrade_p")),
+    (f"fr.optim.lr={-10**400}", r"^fr\.optim\.lr must be of type float, got an integer too large for one"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
@@ -162,6 +186,93 @@ def test_overrides_given_as_one_string_are_refused():
 
 def test_the_largest_image_size_is_accepted():
     assert load_config("quick", ["data.image_size=1024"]).data.image_size == 1024
+
+
+def test_the_largest_evaluation_sizes_are_accepted():
+    config = load_config("quick", [f"{key}={high - 1}" for key, _, high in EVALUATION_SIZE_BOUNDS])
+    for key, _, high in EVALUATION_SIZE_BOUNDS:
+        assert config._get(key) == high - 1, key
+
+
+def test_an_integer_too_large_for_a_float_is_refused_by_key_from_every_source(tmp_path):
+    """An override, a preset file and a run's config.toml (--resume) with such an integer stopped tgfr train with an
+    OverflowError traceback naming no key; now each says it in one line naming the key (and the file)."""
+    huge = 10**400
+    error = "fr.optim.lr must be of type float, got an integer too large for one (about 10^400)"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", "--set", f"fr.optim.lr={huge}", "--print-config"])
+    assert str(exit_.value.code) == f"tgfr train: error: {error}"
+    text = to_toml(load_config("quick"))
+    fr_table = text.index("[fr.optim]")  # the first table with an lr
+    text = text[:fr_table] + re.sub(r"(?m)^lr = .*$", f"lr = {huge}", text[fr_table:], count=1)
+    preset = tmp_path / "huge.toml"
+    preset.write_text(text, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", str(preset), "--print-config"])
+    assert str(exit_.value.code) == f"tgfr train: error: preset file {preset}: {error}"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(run), "--resume", "--print-config"])
+    assert str(exit_.value.code) == (f"tgfr train: error: --resume: {run / 'config.toml'} is not a valid run config: "
+                                     f"{error}")
+
+
+def test_replacing_a_config_table_with_an_inline_table_names_the_override_not_the_preset():
+    """An inline table replaces the whole table, as TOML says: the keys it leaves out are missing because of the
+    override, which the error says, with the dotted form that sets one key. A table setting (evaluation.splits)
+    is still replaced whole."""
+    names = [f.name for f in dataclasses.fields(FRStageConfig)]
+    with pytest.raises(ValueError, match=re.escape(f"override 'fr={{steps=5}}' replaces the whole [fr] table, which "
+                                                   f"then lacks {[f'fr.{name}' for name in names if name != 'steps']}; "
+                                                   f"set single keys instead, e.g. fr.steps=5")):
+        load_config("quick", ["fr={steps=5}"])
+    with pytest.raises(ValueError, match=r"^override 'fr\.optim=\{lr=0\.1\}' replaces the whole \[fr\.optim\] table, "
+                                         r"which then lacks \['fr\.optim\.optimizer', .*e\.g\. fr\.optim\.lr=0\.1$"):
+        load_config("quick", ["fr.optim={lr=0.1}"])
+    assert load_config("quick", ["fr.steps=50"]).fr.steps == 50
+    complete = config_to_dict(load_config("quick"))["fr"]["optim"]  # a complete inline table is taken
+    inline = "{" + ", ".join(f"{name} = {json.dumps(value)}" for name, value in complete.items()) + "}"
+    assert config_to_dict(load_config("quick", [f"fr.optim={inline}"]).fr.optim) == complete
+    assert load_config("quick", ['evaluation.splits={low = "test"}']).evaluation.splits == {"low": "test"}
+
+
+@pytest.mark.parametrize("parts, message", [
+    ({"fuse": FuseStageConfig(focal="no")}, r"^fuse\.focal must be of type bool, got 'no' \(str\)$"),
+    ({"model": ModelConfig(freeze_text_encoder="false")}, r"^model\.freeze_text_encoder must be of type bool, got "),
+    ({"data": DataConfig(train_degrade_p="0.5")}, r"^data\.train_degrade_p must be of type float, got '0\.5' \(str\)$"),
+    ({"data": DataConfig(train_degrade_p=True)}, r"^data\.train_degrade_p must be of type float, got True \(bool\)$"),
+    ({"fr": FRStageConfig(optim=OptimConfig(lr=10**400))}, r"^fr\.optim\.lr must be of type float, got an integer too"),
+    # Refused, not taken as a list: one rule for a config built in Python and config.toml.
+    ({"stages": ("fr", "align", "fuse")},
+     r"^stages must be a list of strings, got \('fr', 'align', 'fuse'\) \(tuple\)$"),
+    ({"fr": {"steps": 5}}, r"^fr must be a FRStageConfig, got \{'steps': 5\} \(dict\)$"),
+])
+def test_a_config_built_in_python_has_its_types_checked_by_key(parts, message):
+    """A script calling tgfr.train.run.train builds its config in Python: focal = "no" trained with the focal
+    loss (truthy), and a wrong type was written to config.toml, which --resume then refused."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**parts)
+
+
+def test_a_config_built_in_python_refuses_each_wrong_type_as_config_toml_does():
+    """For every setting, the error of a config built in Python with a value of no setting's type equals the
+    one config_from_dict (--resume, tgfr evaluate) gives for that value in config.toml."""
+    for key in sorted(flat_keys(config_to_dict(TrainConfig()))):
+        *tables, name = key.split(".")
+        config = TrainConfig()
+        setattr(functools.reduce(getattr, tables, config), name, None)
+        with pytest.raises(ValueError) as built:
+            dataclasses.replace(config)  # built again from its (nested) settings, as a script would
+        values = config_to_dict(TrainConfig())
+        functools.reduce(dict.get, tables, values)[name] = None
+        with pytest.raises(ValueError) as read:
+            config_from_dict(values)
+        assert str(built.value) == str(read.value), key
+        assert re.fullmatch(rf"{re.escape(key)} must be .*, got None \(NoneType\)", str(read.value)), key
+    fused = TrainConfig(fuse=FuseStageConfig(arcface_scale=16)).fuse.arcface_scale
+    assert fused == 16.0 and type(fused) is float  # as an override's 16 is stored
 
 
 def test_float32s_maximum_is_a_scale_and_a_gamma():

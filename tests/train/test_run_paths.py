@@ -1,4 +1,4 @@
-"""A run's config.toml holds its path settings absolute, as resolved in the directory training ran
+"""A run's config.toml holds its path settings absolute, made so against the directory training ran
 in, so that `--resume` (and `tgfr evaluate`) read the same files from any directory; a run whose
 config.toml holds relative paths (an older tgfr's) still resumes from the directory it names them from."""
 
@@ -28,7 +28,7 @@ def test_config_toml_holds_absolute_paths_and_resumes_from_another_directory(tmp
     (project / "weights").mkdir()
     backbone = build_model(load_config("quick", tiny_overrides)).backbone
     safetensors.torch.save_file(backbone.state_dict(), project / "weights" / "backbone.safetensors")
-    relative = {"data.manifest": f"data/{synthetic.name}", "data.cache_dir": "cache",
+    relative = {"data.manifest": f"data/{synthetic.name}", "data.cache_dir": "../project/cache",
                 "model.backbone_weights": "weights/backbone.safetensors", "model.text_encoder": "text"}
     assert set(relative) == set(PATH_KEYS)
     settings = [*tiny_overrides, *(f'{key}="{value}"' for key, value in relative.items())]
@@ -43,6 +43,8 @@ def test_config_toml_holds_absolute_paths_and_resumes_from_another_directory(tmp
         # a symlink that tmp_path has).
         assert Path(written[section][name]).is_absolute(), key
         assert os.path.realpath(written[section][name]) == os.path.realpath(project / value), key
+        # Made absolute, not resolved: the symlinks data and text and the ".." stay as given, as the user named them.
+        assert written[section][name] == os.path.join(os.getcwd(), value), key
     monkeypatch.chdir(elsewhere)  # where none of the relative paths names anything
     assert main(["train", "--resume", "--out", str(project / "run")]) == 0
     assert (project / "run" / "model").is_dir()

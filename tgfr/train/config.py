@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import re
@@ -206,10 +207,13 @@ class EvaluationConfig:
             raise ValueError(f"evaluation.splits: report names name the report's files (roc_<name>.png), so they must "
                              f"be non-empty and hold no '/', '\\', NUL, line break or lone surrogate; got {bad_names} "
                              f"in {self.splits!r}")
-        minimum = {"impostor_subjects": 0, "gallery_per_subject": 1, "bootstrap_resamples": 0, "max_rank": 1,
-                   "batch_size": 1, "heatmap_captions": 0}
-        for name, low in minimum.items():
-            _check_integer(f"evaluation.{name}", getattr(self, name), low)
+        # Upper bounds far past any use, as TrainConfig's sizes have: a larger bootstrap_resamples passed and
+        # then failed inside numpy (a (resamples, subjects) array) once the first split was embedded.
+        bounds = {"impostor_subjects": (0, 2**20), "gallery_per_subject": (1, 2**20),
+                  "bootstrap_resamples": (0, 10**6 + 1), "max_rank": (1, 2**20), "batch_size": (1, 2**20),
+                  "heatmap_captions": (0, 2**10)}
+        for name, (low, high) in bounds.items():
+            _check_integer(f"evaluation.{name}", getattr(self, name), low, high)
         if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
             raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
                              f"got {self.impostor_subjects}")
@@ -263,6 +267,9 @@ class TrainConfig:
 
         # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
         # --print-config and the start of training with its key, not a later stage after hours of training.
+        # The types too: a config built in Python (a script calling tgfr.train.run.train) skips _build, and
+        # took focal = "no" as true or wrote a config.toml that --resume then refused.
+        _check_types(self)
         check_utf8("", self)
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
@@ -415,7 +422,7 @@ def _build(cls: type, values: dict[str, Any], where: str, complete: bool) -> Any
     """Dataclass `cls` from a TOML table, checking keys and value types."""
     if not isinstance(values, dict):
         raise ValueError(f"{where.removesuffix('.') or 'config'} must be a table, got {values!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
@@ -436,18 +443,42 @@ def _build(cls: type, values: dict[str, Any], where: str, complete: bool) -> Any
     return cls(**kwargs)
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> type of the config dataclass `cls` (cached: TrainConfig.__post_init__ reads them for
+    every config built)."""
+    return typing.get_type_hints(cls)
+
+
+def _check_types(config: Any, where: str = "") -> None:
+    """Checks every setting of the (nested) config dataclass `config` with _check_value, as _build does a
+    TOML table's, and keeps what it returns (an int given for a float becomes the float)."""
+    for name, kind in _field_types(type(config)).items():
+        value, key = getattr(config, name), f"{where}{name}"
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, kind):
+                raise ValueError(f"{key} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+            _check_types(value, f"{key}.")
+        else:
+            setattr(config, name, _check_value(key, kind, value))
+
+
 def _check_value(key: str, kind: Any, value: Any) -> Any:
     origin = typing.get_origin(kind)
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{key} must be a list of strings, got {value!r}")
+            raise ValueError(f"{key} must be a list of strings, got {value!r} ({type(value).__name__})")
         return list(value)
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ValueError(f"{key} must be a table of strings, got {value!r}")
+            raise ValueError(f"{key} must be a table of strings, got {value!r} ({type(value).__name__})")
         return dict(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # TOML's integers have no size limit, a float stops near 1.8e308
+            raise ValueError(f"{key} must be of type float, got an integer too large for one (about "
+                             f"10^{math.floor(math.log10(abs(value)))})") from None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         # A folder named 2024 is a bare word to the user and a number to TOML.
         unquoted = (int, float, bool, datetime.date, datetime.time)  # datetime.datetime is a date
@@ -481,6 +512,17 @@ def find_preset(preset: str) -> Traversable:
     return PRESET_DIR / f"{preset}.toml"
 
 
+def _missing_keys(cls: type, table: dict[str, Any], where: str) -> list[str]:
+    """The dotted keys (prefixed with `where`) of config dataclass `cls` that `table`, a TOML table of it, lacks."""
+    missing = []
+    for name, kind in _field_types(cls).items():
+        if name not in table:
+            missing.append(f"{where}{name}")
+        elif dataclasses.is_dataclass(kind) and isinstance(table[name], dict):
+            missing += _missing_keys(kind, table[name], f"{where}{name}.")
+    return missing
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """"a.b=value" -> (["a", "b"], value parsed as TOML, or the raw text when it is not TOML (a bare
     word); a value opening with a quote, `[` or `{` must be valid TOML (ValueError naming the key)."""
@@ -505,14 +547,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def set_key(values: dict[str, Any], keys: list[str], value: Any) -> None:
+def set_key(values: dict[str, Any], keys: list[str], value: Any) -> Any:
     """Sets `value` at the dotted key `keys` (as parse_override splits it) of `values`, a TrainConfig as
     a nested dict (a preset, a run's config.toml). The key is checked against TrainConfig's fields, not
     against the keys `values` holds, so that a setting missing from a file can be set; past a setting
     that is a table of entries (evaluation.splits), the key names one of the entries `values` holds
     there. ValueError naming the key when it names no setting or entry. A table on the way that `values`
     lacks is made; one that is not a table there (e.g. `evaluation = 3`) is left as it is, for building
-    the config to name."""
+    the config to name. Returns the type of the setting set (a config dataclass for a table such as
+    `fr`), None when nothing was set."""
     setting: Any = TrainConfig  # the type of what keys[:depth] names
     table: Any = values  # what `values` holds at keys[:depth] (None where it holds nothing)
     for depth, key in enumerate(keys):
@@ -525,7 +568,7 @@ def set_key(values: dict[str, Any], keys: list[str], value: Any) -> None:
             known = list(table)
             setting = typing.get_args(setting)[1] if key in known else None
         elif typing.get_origin(setting) is dict:
-            return  # not a table in `values` (e.g. `splits = 3`): building the config names it
+            return None  # not a table in `values` (e.g. `splits = 3`): building the config names it
         else:
             raise ValueError(f"{'.'.join(keys[:depth])} is not a table")
         if setting is None:
@@ -535,8 +578,9 @@ def set_key(values: dict[str, Any], keys: list[str], value: Any) -> None:
     for key in keys[:-1]:
         table = table.setdefault(key, {})
         if not isinstance(table, dict):
-            return
+            return None
     table[keys[-1]] = value
+    return setting
 
 
 @contextlib.contextmanager
@@ -562,12 +606,26 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
         values = parse_toml(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8 text
         raise ValueError(f"preset file {path} is not valid TOML: {error}") from None
+    replaced_tables = []  # (override, keys, its inline table, the config dataclass it replaced)
     for override in overrides:
         keys, value = parse_override(override)
         try:
-            set_key(values, keys, value)
+            setting = set_key(values, keys, value)
         except ValueError as error:
             raise ValueError(f"override {override!r}: {error}") from None
+        if dataclasses.is_dataclass(setting) and isinstance(value, dict):
+            replaced_tables.append((override, keys, value, setting))
+    # An inline table replaces the whole table (a table setting such as evaluation.splits is meant to be
+    # replaced): the keys it leaves out are the override's doing, not the preset's.
+    for override, keys, inline, setting in replaced_tables:
+        table, dotted = values, ".".join(keys)
+        for key in keys:
+            table = table.get(key) if isinstance(table, dict) else None
+        if isinstance(table, dict) and (missing := _missing_keys(setting, table, f"{dotted}.")):
+            example = next((f"{dotted}.{name}={_toml_value(entry)}" for name, entry in inline.items()
+                            if not isinstance(entry, dict)), f"{missing[0]}=...")
+            raise ValueError(f"override {override!r} replaces the whole [{dotted}] table, which then lacks "
+                             f"{missing}; set single keys instead, e.g. {example}")
     # Checked once the overrides are in, so that --set can mend a file's value or fill a key it lacks. The
     # error names a user's preset file, where the value (unless an override's) came from.
     try:
