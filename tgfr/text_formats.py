@@ -19,9 +19,11 @@ def parse_json(text: str) -> Any:
 
 def parse_toml(text: str) -> dict[str, Any]:
     """tomllib.loads(text), where arrays or tables nested past Python's recursion limit are a
-    tomllib.TOMLDecodeError like any other malformed TOML, for the same reason as parse_json."""
+    tomllib.TOMLDecodeError like any other malformed TOML, for the same reason as parse_json. A leading
+    byte-order mark, which some editors write (Windows Notepad), is skipped: tomllib took it for a
+    statement ("Invalid statement (at line 1, column 1)", pointing at nothing visible)."""
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except RecursionError:
         raise tomllib.TOMLDecodeError("arrays or tables nested too deeply") from None
 

@@ -573,6 +573,18 @@ def test_a_preset_file_that_is_not_utf8_is_invalid_toml_naming_the_file(tmp_path
                                      f"can't decode byte 0xe9 in position 20: invalid continuation byte")
 
 
+def test_a_preset_file_and_a_run_config_saved_with_a_byte_order_mark_are_read(tmp_path):
+    """Some editors (Windows Notepad) start a UTF-8 file with a byte-order mark, which tomllib took for an
+    invalid statement at line 1, column 1."""
+    preset = tmp_path / "bom.toml"
+    preset.write_text("\ufeff" + to_toml(load_config("quick", ["seed=7"])), encoding="utf-8")
+    assert load_config(str(preset)) == load_config("quick", ["seed=7"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_bytes(preset.read_bytes())
+    assert main(["train", "--resume", "--out", str(run), "--print-config"]) == 0
+
+
 def test_toml_nested_past_the_recursion_limit_is_invalid_toml_naming_its_source(tmp_path):
     """tomllib raises RecursionError for arrays nested deeper than Python's recursion limit; a preset
     file, a --set value and a run's config.toml so nested are malformed TOML, named like any other."""
