@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -253,6 +254,21 @@ def test_row_max_is_float32_under_autocast(backend):
     assert contrastive_row_max(meta, meta, backend="reference").shape == (8,)  # no autocast to turn off there
 
 
+def test_reference_loss_is_float32_under_cpu_autocast():
+    """As contrastive_row_max's: the reference, the float32 baseline, ran its similarity matmul in bf16 under CPU
+    autocast (9.5767 for backend "cpu"'s 9.5728)."""
+    x, y, labels, _ = make_batch(64, 64, 32, torch.float32, identities=8)
+    arguments = dict(row_labels=labels, same_identity="zero", backend="reference")
+    expected = contrastive_cross_entropy(x, y, **arguments)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_cross_entropy(x, y, **arguments)
+    for got_part, expected_part in zip(got, expected):
+        assert got_part.dtype == torch.float32 and torch.equal(got_part, expected_part)
+    for got_grad, expected_grad in zip(torch.autograd.grad(weighted(got), (x, y)),
+                                       torch.autograd.grad(weighted(expected), (x, y))):
+        assert torch.equal(got_grad, expected_grad)
+
+
 @pytest.mark.parametrize("mode", ("exclude", "zero", "none"))
 def test_row_max_matches_masked_maximum(mode):
     x, y, labels, _ = make_batch(300, 300, 12, torch.float32, identities=20)
@@ -451,11 +467,36 @@ def test_noncontiguous_inputs():
 
 
 # bfloat16: the fake kernel must give the float32 the CPU kernel returns (see test_word_region's test_opcheck).
+# One direction alone, with N != M and an offset: the fake kernel must give the (0,) outputs of the direction that
+# is off; one of size N or M left compiled graphs a NaN loss (aot_eager) or a crash (inductor).
+@pytest.mark.parametrize("rows, columns, n, m, offset", [(True, True, 9, 9, 0), (True, False, 6, 9, 2),
+                                                         (False, True, 9, 6, -3)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_opcheck(dtype):
-    x, y, labels, _ = make_batch(9, 9, 4, dtype, identities=3)
-    args = (x, y, labels, labels, 3.0, 0.1, "positive", 0, True, True)
+def test_opcheck(dtype, rows, columns, n, m, offset):
+    x, y, row_labels, column_labels = make_batch(n, m, 4, dtype, identities=3)
+    args = (x, y, row_labels, column_labels, 3.0, 0.1, "positive", offset, rows, columns)
     torch.library.opcheck(torch.ops.tgfr.contrastive_forward, args)
+
+
+# normalize=False hands 16-bit inputs to the op as they are: a fake kernel giving the input's dtype instead of the
+# kernel's float32 had compiled bf16 graphs read the float32 maxima as bf16 (halved values, no error).
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_row_max_opcheck(dtype):
+    x, y, row_labels, column_labels = (tensor.detach() for tensor in make_batch(6, 9, 4, dtype, identities=3))
+    torch.library.opcheck(torch.ops.tgfr.contrastive_row_max, (x, y, row_labels, column_labels, "zero", 2))
+
+
+@pytest.mark.parametrize("direction, n, m, offset", [("rows", 6, 9, 2), ("columns", 9, 6, -3)])
+def test_one_direction_compiles_to_the_eager_loss(direction, n, m, offset):
+    x, y, row_labels, column_labels = make_batch(n, m, 8, torch.float32, identities=3)
+    arguments = dict(scale=3.0, margin=0.1, row_labels=row_labels, column_labels=column_labels,
+                     same_identity="exclude", direction=direction, offset=offset)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: contrastive_loss(a, b, **arguments), backend="aot_eager", fullgraph=True)
+    got, expected = compiled(x, y), contrastive_loss(x, y, **arguments)
+    torch.testing.assert_close(got, expected)
+    for got_grad, expected_grad in zip(torch.autograd.grad(got, (x, y)), torch.autograd.grad(expected, (x, y))):
+        torch.testing.assert_close(got_grad, expected_grad)
 
 
 def test_backward_opcheck_with_transposed_inputs():
@@ -506,6 +547,9 @@ def test_compiles_without_graph_break():
         (lambda x, y, l: contrastive_loss(x, y, scale=-10.0), ValueError, ["scale", "positive"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=0.0), ValueError, ["scale", "positive"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=0.0, backend="reference"), ValueError, ["scale", "positive"]),
+        # A bool is a mistake, not the scale 1.0.
+        (lambda x, y, l: contrastive_loss(x, y, scale=True), TypeError, ["scale", "bool"]),
+        (lambda x, y, l: contrastive_loss(x, y, margin=False), TypeError, ["margin", "bool"]),
         # Finite in Python but inf in the float32 the kernels compute in: NaN or inf losses.
         (lambda x, y, l: contrastive_loss(x, y, scale=1e39), ValueError, ["scale", "at most 3.40282e+38"]),
         (lambda x, y, l: contrastive_loss(x, y, scale=10**400), ValueError, ["scale", "at most 3.40282e+38"]),
@@ -534,6 +578,21 @@ def test_bad_input_names_the_argument(call, error, words):
         call(x, y, labels)
     for word in words:
         assert word in str(raised.value)
+
+
+def test_float16_takes_a_scale_and_margin_beyond_float16():
+    # The kernels compute in float32 whatever the input dtype: a scale or margin above float16's maximum (65504) is
+    # an ordinary number there, and the loss equals float32's on the same values.
+    generator = torch.Generator().manual_seed(8)
+    x, y = (1e-3 * torch.randn(2, 6, 4, generator=generator)).half()
+    arguments = dict(scale=1e5, margin=1e-4, normalize=False)
+    for backend in ("reference", "cpu"):
+        got = contrastive_loss(x, y, backend=backend, **arguments)
+        expected = contrastive_loss(x.float(), y.float(), backend=backend, **arguments)
+        assert torch.isfinite(got)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="scale must be a finite positive number of at most 3.40282e"):
+        contrastive_loss(x, y, scale=1e39, **{k: v for k, v in arguments.items() if k != "scale"})
 
 
 def test_float64_takes_a_scale_beyond_float32():
@@ -760,6 +819,20 @@ def test_int32_labels_are_taken_as_int64(backend):
         expected = contrastive_loss(x, y, row_labels=labels, column_labels=columns, same_identity=mode,
                                     backend="reference")
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_offset_takes_a_numpy_integer(backend):
+    """As gamma, scale and margin take numpy scalars (an offset computed with numpy is one); numpy's bool is not."""
+    x, y, row_labels, column_labels = make_batch(4, 7, 8, torch.float64, identities=3)
+    arguments = dict(row_labels=row_labels, column_labels=column_labels, same_identity="exclude", backend=backend)
+    assert torch.equal(contrastive_loss(x, y, direction="rows", offset=np.int64(2), **arguments),
+                       contrastive_loss(x, y, direction="rows", offset=2, **arguments))
+    x, y = x.detach(), y.detach()
+    assert torch.equal(contrastive_row_max(x, y, offset=np.int32(3), **arguments),
+                       contrastive_row_max(x, y, offset=3, **arguments))
+    with pytest.raises(TypeError, match="offset must be an int, got bool"):
+        contrastive_loss(x, y, direction="rows", offset=np.bool_(False), **arguments)
 
 
 @pytest.mark.parametrize("call, error, words", [

@@ -8,6 +8,8 @@ smaller D, short labels or an offset without a target were read past their ends 
 here, an illegal memory access on a GPU). The reference is the C++ op, which refuses each case.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -96,6 +98,33 @@ def test_registered_backward_op_checks_sizes_itself(case):
         torch.ops.tgfr.contrastive_backward_triton(*arguments, True)
 
 
+
+# (scale, margin, the argument named): a NaN scale gave NaN losses, a negative one the losses of the negated
+# logits, 1e39 is inf in the kernels' float32.
+BAD_NUMBERS = {
+    "scale 0": (0.0, 0.0, "scale"), "scale negative": (-1.0, 0.0, "scale"), "scale nan": (math.nan, 0.0, "scale"),
+    "scale inf": (math.inf, 0.0, "scale"), "scale 1e39": (1e39, 0.0, "scale"), "margin nan": (5.0, math.nan, "margin"),
+    "margin -inf": (5.0, -math.inf, "margin"), "margin 1e39": (5.0, 1e39, "margin"),
+}
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", list(BAD_NUMBERS))
+def test_registered_ops_check_scale_and_margin(case):
+    from tgfr.ops import contrastive_triton  # noqa: F401  (registers the ops)
+
+    scale, margin, name = BAD_NUMBERS[case]
+    generator = torch.Generator().manual_seed(7)
+    x, y = torch.randn(4, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    settings = (scale, margin, "none", 0, True, True)
+    with pytest.raises(ValueError):  # the reference: the C++ op refuses these numbers
+        torch.ops.tgfr.contrastive_forward(x, y, None, None, *settings)
+    with pytest.raises(ValueError, match=f"^{name} "):
+        torch.ops.tgfr.contrastive_forward_triton(x, y, None, None, *settings, True)
+    with pytest.raises(ValueError, match=f"^{name} "):
+        torch.ops.tgfr.contrastive_backward_triton(torch.ones(4), torch.ones(4), x, y, None, None, torch.zeros(4),
+                                                   torch.zeros(4), *settings, True)
+
 @interpreted_only
 def test_checks_take_symbolic_sizes():
     # torch.compile with dynamic shapes traces the op with symbolic sizes, and an offset from a dynamic
@@ -106,8 +135,8 @@ def test_checks_take_symbolic_sizes():
 
     def check(x, y, labels_x, labels_y):
         offset = y.shape[0] - x.shape[0]
-        labels_x, labels_y = contrastive_triton._check_op_inputs(x, y, labels_x, labels_y, "exclude", offset, True,
-                                                                 False)
+        labels_x, labels_y = contrastive_triton._check_op_inputs(x, y, labels_x, labels_y, 5.0, 0.1, "exclude", offset,
+                                                                 True, False)
         return labels_x + labels_y[offset:]
 
     labels_x, labels_y = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 0, 1, 2])

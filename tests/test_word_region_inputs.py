@@ -74,6 +74,15 @@ def test_bad_gamma(gamma, backend):
         tgfr.ops.word_region_scores(*valid_inputs(), gamma2=gamma, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("gamma", [True, "4.0"])
+def test_gamma_must_be_a_number(gamma, backend):
+    # gamma1=True would otherwise quietly be 1.0.
+    for name in ("gamma1", "gamma2"):
+        with pytest.raises(TypeError, match=f"^{name} must be a number, got"):
+            tgfr.ops.word_region_scores(*valid_inputs(), **{name: gamma}, backend=backend)
+
+
 def test_word_softmax_must_be_a_bool():
     # bool("False") is True: a string must not silently turn the word softmax on.
     with pytest.raises(TypeError, match="word_softmax must be a bool"):
@@ -147,10 +156,19 @@ def test_shapes_are_inferred_on_meta_and_fake_tensors(backend, dtype):
     meta = tgfr.ops.word_region_scores(words.to("meta"), lengths.to("meta"), regions.to("meta"), backend=backend)
     assert (meta.device.type, meta.shape, meta.dtype) == ("meta", expected.shape, expected.dtype)
     with FakeTensorMode() as mode:
-        fake = tgfr.ops.word_region_scores(*(mode.from_tensor(tensor) for tensor in (words, lengths, regions)),
-                                           backend=backend)
+        fake_inputs = [mode.from_tensor(tensor) for tensor in (words, lengths, regions)]
+        fake = tgfr.ops.word_region_scores(*fake_inputs, backend=backend)
     assert (fake.shape, fake.dtype) == (expected.shape, expected.dtype)
     assert expected.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    # Each alone: fake tensors used outside their mode (the op's; the reference's own arange, made outside the mode, is
+    # a real tensor their mode refuses), and real tensors inside an active mode, whose results are fake. Reading the
+    # lengths there raised DataDependentOutputException.
+    if backend == "auto":
+        outside = tgfr.ops.word_region_scores(*fake_inputs, backend=backend)
+        assert (outside.shape, outside.dtype) == (expected.shape, expected.dtype)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        inside = tgfr.ops.word_region_scores(words, lengths, regions, backend=backend)
+    assert (inside.shape, inside.dtype) == (expected.shape, expected.dtype)
 
 
 def test_a_dynamic_compiled_graph_takes_every_caption_length():

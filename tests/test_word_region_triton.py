@@ -368,6 +368,26 @@ def test_registered_backward_op_checks_sizes_itself(case):
                 grad_scores, words, lengths, regions, 4.0, 5.0, True, deterministic)
 
 
+
+# An infinite gamma gave NaN scores, a negative or zero one meaningless ones, 1e39 is inf in the kernels' float32.
+@interpreted_only
+@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan"), float("inf"), 1e39])
+@pytest.mark.parametrize("name", ["gamma1", "gamma2"])
+def test_registered_ops_check_gammas_themselves(name, gamma):
+    from tgfr.ops import word_region_triton  # noqa: F401  (registers the ops)
+
+    words, lengths, regions = _inputs(2, 2, 3, 5, 8, [3, 1], seed=19)
+    words, regions = words.float(), regions.float()
+    gammas = {"gamma1": 4.0, "gamma2": 5.0, name: gamma}
+    with pytest.raises(ValueError):  # the reference: the C++ op refuses these gammas
+        torch.ops.tgfr.word_region_scores(words, lengths, regions, *gammas.values(), True)
+    with pytest.raises(ValueError, match=f"^{name} "):
+        torch.ops.tgfr.word_region_scores_triton(words, lengths, regions, *gammas.values(), True)
+    for deterministic in (False, True):
+        with pytest.raises(ValueError, match=f"^{name} "):
+            torch.ops.tgfr.word_region_scores_backward_triton(
+                torch.ones(2, 2), words, lengths, regions, *gammas.values(), True, deterministic)
+
 @interpreted_only
 def test_size_checks_take_symbolic_sizes():
     # torch.compile with dynamic shapes traces the ops with symbolic sizes: the checks read shapes only.
@@ -376,7 +396,7 @@ def test_size_checks_take_symbolic_sizes():
     from tgfr.ops import word_region_triton
 
     def check(words, lengths, regions):
-        word_region_triton._check_op_inputs(words, lengths, regions)
+        word_region_triton._check_op_inputs(words, lengths, regions, 4.0, 5.0)
         return lengths * regions.shape[0]
 
     (words, lengths, regions), _, _ = _bad_sizes_inputs("regions D")

@@ -15,6 +15,7 @@ a gathered batch (tgfr.distributed). Same-identity off-diagonal entries follow `
 walk tiles with an online log-sum-exp and recompute the tiles in the backward.
 """
 
+import numbers
 import os
 
 import torch
@@ -92,9 +93,12 @@ def _check_labels(
 
 def _check_offset(offset: object, num_rows: int, num_columns: int, direction: str) -> int:
     # A SymInt where torch.compile traces the registered Triton ops, which check with this too, with
-    # dynamic shapes: an offset from a dynamic batch size (tgfr.distributed.row_offset) is one.
-    if isinstance(offset, bool) or not isinstance(offset, (int, torch.SymInt)):
+    # dynamic shapes: an offset from a dynamic batch size (tgfr.distributed.row_offset) is one. A numpy
+    # integer becomes an int, which the registered ops' schemas take (numpy's bool is no Integral).
+    if isinstance(offset, bool) or not isinstance(offset, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if not isinstance(offset, torch.SymInt):
+        offset = int(offset)
     # An offset cannot help when the sizes themselves rule every offset out: say so, not "offset".
     if direction == "both" and num_rows != num_columns:
         raise ValueError(
@@ -178,7 +182,9 @@ def contrastive_cross_entropy(
         margin: subtracted from the similarity of each row's target before scaling; of magnitude
             at most float32's maximum unless x is float64.
         row_labels: optional (N,) identity labels of x; column_labels (M,) default to them.
-        same_identity: "exclude", "zero", "positive" or "none" (SPEC section 3).
+        same_identity: "exclude", "zero", "positive" or "none" (SPEC section 3). Labels have no
+            effect with "none", and a masking mode without labels has nothing to mask (the
+            losses of tgfr.losses pass their mode whether or not labels come).
         direction: "rows" (each x_i against all y), "columns" (each y_j against all x) or "both".
         offset: row i's target is column i + offset (column j's is row j - offset).
         normalize: L2-normalize x and y first (in float32 for 16-bit inputs).
@@ -189,7 +195,8 @@ def contrastive_cross_entropy(
         that is off gives an empty (0,) tensor. Differentiable in x and y.
 
     Under torch.autocast on CUDA, x and y are taken in the autocast dtype (bf16 or fp16), as a
-    matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
+    matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes. Backend
+    "reference", the float32 baseline, runs with autocast off on every device.
     """
     if backend != "reference":
         x, y = autocast_inputs(x, y)
@@ -219,9 +226,12 @@ def contrastive_cross_entropy(
         x, y = _normalized(x), _normalized(y)
     x, y = x.contiguous(), y.contiguous()
     if backend == "reference":
-        return reference.contrastive_cross_entropy(
-            x, y, scale, margin, row_labels, column_labels, same_identity, direction, offset
-        )
+        # The float32 baseline under CPU autocast too, whose bf16 matmuls would move the loss by about 4e-3
+        # (as in contrastive_row_max).
+        with without_autocast(x.device.type):
+            return reference.contrastive_cross_entropy(
+                x, y, scale, margin, row_labels, column_labels, same_identity, direction, offset
+            )
     row_loss, column_loss, _, _ = torch.ops.tgfr.contrastive_forward(
         x, y, row_labels, column_labels, scale, margin, same_identity, offset, rows, columns
     )

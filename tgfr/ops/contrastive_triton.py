@@ -30,11 +30,24 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from tgfr import reference
-from tgfr.ops.contrastive import SAME_IDENTITY_MODES, _check_embeddings, _check_labels, _check_offset
+from tgfr.ops.contrastive import (
+    SAME_IDENTITY_MODES,
+    _check_embeddings,
+    _check_labels,
+    _check_offset,
+    _hyperparameter_maximum,
+)
 from tgfr.ops.contrastive import _contrastive_forward_fake as cpu_forward_fake
 from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
-from tgfr.validation import check_choice, check_same_device, check_size, check_tensor
+from tgfr.validation import (
+    check_choice,
+    check_finite_number,
+    check_positive,
+    check_same_device,
+    check_size,
+    check_tensor,
+)
 
 _MODES = {"none": 0, "exclude": 1, "zero": 2, "positive": 3}
 BLOCK_ROWS, BLOCK_COLS = 32, 32
@@ -183,14 +196,15 @@ def _positive_counts(labels_a, labels_b, offset, same_identity, num_a, like):
 
 
 def _check_op_inputs(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor | None, labels_y: torch.Tensor | None,
-                     same_identity: str, offset: int, rows: bool, columns: bool
+                     scale: float, margin: float, same_identity: str, offset: int, rows: bool, columns: bool
                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The registered ops' own checks of x (N, D), y (M, D), labels_x (N,) and labels_y (M,) (both or
-    neither), with the front end's checks (tgfr.ops.contrastive): the ops can be called directly (as
-    a compiled graph or a user may), past the front end, and the kernels take N, M and D from x and y
-    and every target column i + offset as there, so a smaller D of y, short labels or an offset
-    without a target would have them read past a tensor. Metadata only: it holds while
-    torch.compile traces. Returns the labels as int64 (or None)."""
+    neither), scale and margin, with the front end's checks (tgfr.ops.contrastive): the ops can be
+    called directly (as a compiled graph or a user may), past the front end, and the kernels take N, M
+    and D from x and y and every target column i + offset as there, so a smaller D of y, short labels
+    or an offset without a target would have them read past a tensor, and a NaN or negative scale
+    would give NaN or negated losses. Metadata and Python numbers only: it holds while torch.compile
+    traces. Returns the labels as int64 (or None)."""
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     if (labels_x is None) != (labels_y is None):
@@ -200,6 +214,9 @@ def _check_op_inputs(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor | 
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     if rows or columns:
         _check_offset(offset, x.shape[0], y.shape[0], "both" if rows and columns else "rows" if rows else "columns")
+    maximum = _hyperparameter_maximum(x.dtype)
+    check_positive("scale", scale, maximum)
+    check_finite_number("margin", margin, maximum)
     return labels_x, labels_y
 
 
@@ -276,7 +293,8 @@ def contrastive_forward(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.tgfr.contrastive_forward (same arguments and outputs), which
     with `normalize` L2-normalizes x and y itself (see the module docstring)."""
-    labels_x, labels_y = _check_op_inputs(x, y, labels_x, labels_y, same_identity, offset, rows, columns)
+    labels_x, labels_y = _check_op_inputs(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows,
+                                          columns)
     x, y, labels_x, labels_y = _contiguous(x, y, labels_x, labels_y)
     empty = x.new_empty(0, dtype=reference.accumulation_dtype(x.dtype))
     row_loss, row_lse = empty, empty.clone()
@@ -321,7 +339,8 @@ def contrastive_backward(grad_row_loss: torch.Tensor, grad_col_loss: torch.Tenso
                          same_identity: str, offset: int, rows: bool, columns: bool, normalize: bool
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.tgfr.contrastive_backward, plus `normalize` (as in the forward)."""
-    labels_x, labels_y = _check_op_inputs(x, y, labels_x, labels_y, same_identity, offset, rows, columns)
+    labels_x, labels_y = _check_op_inputs(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows,
+                                          columns)
     _check_direction_gradients(grad_row_loss, grad_col_loss, row_lse, col_lse, x.shape[0], y.shape[0], rows, columns)
     grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse = _contiguous(
         grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse)

@@ -10,7 +10,7 @@ import torch
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.ops.autocast import autocast_inputs
+from tgfr.ops.autocast import autocast_inputs, without_autocast
 from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.ops.first_order import (
     refuse_double_backward,
@@ -111,7 +111,8 @@ def word_region_scores(
         No N*M*T*R or N*M*T*D tensor is allocated: the backward recomputes per pair.
 
     Under torch.autocast on CUDA, words and regions are taken in the autocast dtype (bf16 or fp16),
-    as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes.
+    as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes. Backend
+    "reference", the float32 baseline, runs with autocast off on every device.
 
     Norms are float32 sums of squares (float64 for float64 inputs) on every backend, the
     reference's included: below a norm of about 1e-19 a word's or a context's square underflows,
@@ -131,7 +132,9 @@ def word_region_scores(
     word_softmax = check_flag("word_softmax", word_softmax)
     backend = _resolve_backend(backend, words)
     if backend == "reference":
-        return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
+        # The float32 baseline under CPU autocast too, whose bf16 products would move the scores by about 1e-2.
+        with without_autocast(words.device.type):
+            return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
     refuse_forward_ad_and_transforms("word_region_scores", words, regions)
     if backend == "triton":
         from tgfr.ops import word_region_triton

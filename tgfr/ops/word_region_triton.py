@@ -64,8 +64,8 @@ from torch.library import triton_op, wrap_triton
 
 from tgfr.ops.first_order import refuse_double_backward
 from tgfr.ops.triton_precision import dot_input_precision
-from tgfr.ops.word_region import check_input_shapes
-from tgfr.validation import check_same_device, check_size, check_tensor
+from tgfr.ops.word_region import GAMMA_MAX, check_input_shapes
+from tgfr.validation import check_positive, check_same_device, check_size, check_tensor
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -686,13 +686,17 @@ def launch_backward(
     return grad_words, grad_regions
 
 
-def _check_op_inputs(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> None:
-    """The registered ops' own checks of words (N, T, D), lengths (N,) and regions (M, R, D): the
-    ops can be called directly (as a compiled graph or a user may), past the front end's checks,
-    and the kernels take N, T, R and D from words and regions, so a short lengths or a smaller D
-    of regions would have them read past a tensor. Sizes and dtypes are metadata, known while
-    torch.compile traces too, and raise here."""
+def _check_op_inputs(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, gamma1: float,
+                     gamma2: float) -> None:
+    """The registered ops' own checks of words (N, T, D), lengths (N,), regions (M, R, D) and the
+    gammas: the ops can be called directly (as a compiled graph or a user may), past the front end's
+    checks, and the kernels take N, T, R and D from words and regions, so a short lengths or a smaller
+    D of regions would have them read past a tensor, and a gamma that is not positive or is inf in
+    their float32 gives NaN or meaningless scores. Sizes, dtypes and the gammas (Python floats) are
+    known while torch.compile traces too, and raise here."""
     check_input_shapes(words, lengths, regions)
+    check_positive("gamma1", gamma1, GAMMA_MAX)
+    check_positive("gamma2", gamma2, GAMMA_MAX)
     if words.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(
             f"words must be float32, bfloat16 or float16 for backend 'triton', got {words.dtype} "
@@ -711,7 +715,7 @@ def _scores_op(
     words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool,
 ) -> torch.Tensor:
-    _check_op_inputs(words, lengths, regions)
+    _check_op_inputs(words, lengths, regions, gamma1, gamma2)
     # The kernels take the strides of the first two dimensions and assume the last is 1; the
     # public front end passes contiguous tensors, a direct call of torch.ops.tgfr.* may not.
     return launch_forward(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2,
@@ -723,7 +727,7 @@ def _scores_backward_op(
     grad_scores: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
     gamma1: float, gamma2: float, word_softmax: bool, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_op_inputs(words, lengths, regions)
+    _check_op_inputs(words, lengths, regions, gamma1, gamma2)
     # The kernels index grad_scores (N, M) by caption and image of words and regions.
     check_tensor("grad_scores", grad_scores, ndim=2)
     check_same_device(words=words, grad_scores=grad_scores)
