@@ -662,6 +662,14 @@ def raw_row_max(x, y):
         pytest.param(lambda: torch.ops.tgfr.contrastive_row_max(torch.randn(3, 4), torch.randn(3, 4), None, None,
                                                                 "mask", 0), "same_identity must be one of",
                      id="unknown same_identity"),
+        # With one of them only, the kernels read the other's missing labels (a segfault).
+        pytest.param(lambda: raw_forward(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, dtype=torch.int64)),
+                     "give both labels_x and labels_y, or neither", id="labels_x alone"),
+        pytest.param(lambda: raw_forward(torch.randn(4, 3), torch.randn(4, 3), None, torch.zeros(4, dtype=torch.int64)),
+                     "give both labels_x and labels_y, or neither", id="labels_y alone"),
+        pytest.param(lambda: torch.ops.tgfr.contrastive_row_max(torch.randn(3, 4), torch.randn(3, 4),
+                                                                torch.zeros(3, dtype=torch.int64), None, "zero", 0),
+                     "give both labels_x and labels_y, or neither", id="row_max labels_x alone"),
     ],
 )
 def test_registered_ops_refuse_empty_sides_and_misshapen_labels(call, message):
