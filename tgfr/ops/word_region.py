@@ -102,9 +102,8 @@ def word_region_scores(
         lengths: (N,) int64 number of valid words of each caption, in [1, T].
         regions: (M, R, D) region features, same dtype and device as words.
         gamma1: sharpness of the softmax over regions. The Triton backward's word gradients lose precision
-            in proportion to it (it subtracts a sum formed in another order, about float32's epsilon times
-            gamma1 relative: 1e-3 at gamma1 = 1e4, measured under the Triton interpreter); the CPU kernel's do
-            not.
+            in proportion to it (it subtracts a sum formed in another order: an error of about float32's
+            epsilon times gamma1, relative); the CPU kernel's do not.
         gamma2: sharpness of the log-sum-exp over words.
         word_softmax: normalize the raw products over the caption's words first (AttnGAN).
         backend: "auto", "reference", "cpu", "triton" or "cuda".
