@@ -226,8 +226,8 @@ def contrastive_cross_entropy(
         x, y = _normalized(x), _normalized(y)
     x, y = x.contiguous(), y.contiguous()
     if backend == "reference":
-        # The float32 baseline under CPU autocast too, whose bf16 matmuls would move the loss by about 4e-3
-        # (as in contrastive_row_max).
+        # The float32 baseline under CPU autocast too, whose bf16 matmuls would round what it computes (as in
+        # contrastive_row_max).
         with without_autocast(x.device.type):
             return reference.contrastive_cross_entropy(
                 x, y, scale, margin, row_labels, column_labels, same_identity, direction, offset

@@ -134,7 +134,7 @@ def word_region_scores(
     word_softmax = check_flag("word_softmax", word_softmax)
     backend = _resolve_backend(backend, words)
     if backend == "reference":
-        # The float32 baseline under CPU autocast too, whose bf16 products would move the scores by about 1e-2.
+        # The float32 baseline under CPU autocast too, whose bf16 products would round what it computes.
         with without_autocast(words.device.type):
             return reference.word_region_scores(words, lengths, regions, gamma1, gamma2, word_softmax)
     refuse_forward_ad_and_transforms("word_region_scores", words, regions)
