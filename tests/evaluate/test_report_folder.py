@@ -422,8 +422,9 @@ def test_heatmaps_show_the_content_words_whose_attention_peaks_highest(tmp_path,
 def test_heatmaps_share_one_colour_scale_so_an_even_spread_looks_even(tmp_path, monkeypatch):
     """An even spread (each weight 1/16) whose floats differ by rounding must not be stretched into hot and
     cold spots: every overlay shares one scale, reaching the weight farthest from 1/16 (0.97, in the other
-    caption; below 1/16 it stops at 0), so the rounded map is drawn in the even map's colours, and the colour
-    bar says what they mean."""
+    caption; as far below 1/16, though no weight lies below 0, where the colour bar stops), so the rounded map is
+    drawn in the even map's colours, and the colour bar says what they mean. A weight d above 1/16 is as far from
+    white as one d below."""
     tokens = ["green", "eyes", "freckles", "the"]  # a function word is never shown, nor does it set the scale
     attention = torch.full((2, len(tokens), 16), 1 / 16)
     attention[0, 1] += torch.randn(16, generator=torch.Generator().manual_seed(0)) * 1e-9
@@ -436,12 +437,16 @@ def test_heatmaps_share_one_colour_scale_so_an_even_spread_looks_even(tmp_path, 
     panels = [axis for axis in figures[0].axes if len(axis.get_images()) == 2]
     assert len(panels) == 6
     for panel in panels:
-        assert panel.get_images()[1].get_clim() == pytest.approx((0.0, 0.97))
+        assert panel.get_images()[1].get_clim() == pytest.approx((2 / 16 - 0.97, 0.97))
     colours = [overlay.to_rgba(overlay.get_array()) for overlay in (panel.get_images()[1] for panel in panels[:3])]
     assert (attention[0, 1] != attention[0, 2]).any()
     assert (colours[1] == colours[2]).all() and (colours[0] == colours[2]).all()
+    norm = panels[0].get_images()[1].norm
+    assert norm(1 / 16) == pytest.approx(0.5)
+    assert norm(1 / 16 + 0.05) - 0.5 == pytest.approx(0.5 - norm(1 / 16 - 0.05)) and norm(1 / 16 + 0.05) > 0.52
     colour_bar = figures[0].axes[-1]
     assert "attention weight" in colour_bar.get_ylabel() and "even spread, 1/16" in colour_bar.get_ylabel()
+    assert colour_bar.get_ylim() == pytest.approx((0.0, 0.97))
 
 
 def test_heatmaps_centre_their_scale_on_the_even_spread_so_a_slight_lean_still_shows(tmp_path, monkeypatch):

@@ -312,10 +312,10 @@ def test_a_resume_goes_on_after_edits_that_leave_the_run_as_trained(tmp_path, ti
     train(config, tmp_path, stop_after=2)
     edited = load_config(str(tmp_path / "config.toml"), [
         "threads=2", "precision=fp32", "device=cpu", "log_every=2", "checkpoint_every=2", "data.loader_workers=1",
-        'data.degradation="down16"', "evaluation.max_rank=3", 'evaluation.splits={clean = "test"}', "fr.steps=5",
+        'data.degradation="down16"', "evaluation.max_rank=3", 'evaluation.splits={clean = "test"}',
         "align.cicl_weight=3.0", "fuse.arcface_margin=0.2", "fuse.optim.lr=0.01"])
     (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
-    assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "4"]) == 0
+    assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "3"]) == 0
     state = load_checkpoint(tmp_path / CHECKPOINT)
     assert (state["stage"], state["step"]) == ("align", 1)
     assert config_from_dict(state["config"]) == edited
@@ -324,6 +324,76 @@ def test_a_resume_goes_on_after_edits_that_leave_the_run_as_trained(tmp_path, ti
     (tmp_path / "config.toml").write_text(to_toml(older_edit), encoding="utf-8")
     assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
     assert config_from_dict(load_checkpoint(tmp_path / CHECKPOINT)["config"]).seed == 3
+
+
+def test_a_longer_stage_is_refused_under_a_cosine_schedule_and_goes_on_under_a_constant_one(tmp_path, tiny_overrides,
+                                                                                         keep_threads):
+    """A cosine schedule decays to the stage's last step: a steps edit midway stretched it from the resume on (the
+    lr jumped), a run trained with neither schedule. A constant schedule does not depend on steps."""
+    for schedule in ("cosine", "constant"):
+        run = tmp_path / schedule
+        config = load_config("quick", tiny_overrides + [f'fr.optim.schedule="{schedule}"'])
+        train(config, run, stop_after=2)
+        longer = load_config(str(run / "config.toml"), ["fr.steps=6"])
+        (run / "config.toml").write_text(to_toml(longer), encoding="utf-8")
+        if schedule == "cosine":
+            assert resume_refusal(run) == (
+                f"tgfr train: error: checkpoint file {run / CHECKPOINT} was trained with fr.steps = 4, but the run's "
+                "config.toml now has fr.steps = 6: the rest of the run would train otherwise than config.toml says it "
+                "did (set them back in config.toml, or train a new run)")
+        else:
+            assert main(["train", "--resume", "--out", str(run), "--stop-after", "4"]) == 0
+            assert logged_steps(run) == {"fr": 6}
+
+
+def test_a_resume_follows_a_moved_text_encoder_but_refuses_another(tmp_path, tiny_overrides, keep_threads):
+    """model.text_encoder (a frozen one is rebuilt from its folder, not the checkpoint) may point at the same
+    encoder moved elsewhere; one with other weights is refused, as it would train the rest of the run."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "green", "eyes", "hair"]) + "\n")
+
+    def encoder_folder(name, seed):
+        torch.manual_seed(seed)
+        folder = tmp_path / name
+        BertModel(BertConfig(vocab_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+        BertTokenizer(str(vocab)).save_pretrained(folder)
+        return folder
+
+    first, other = encoder_folder("encoder", 0), encoder_folder("other", 1)
+    run = tmp_path / "run"
+    train(load_config("quick", tiny_overrides + [f'model.text_encoder="{first}"']), run, stop_after=5)  # 1 into align
+    moved = first.rename(tmp_path / "moved")
+    for folder in (other, moved):
+        edited = load_config(str(run / "config.toml"), [f'model.text_encoder="{folder}"'])
+        (run / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+        if folder == other:
+            assert resume_refusal(run) == (
+                f"tgfr train: error: checkpoint file {run / CHECKPOINT} trained with another text encoder than "
+                f"model.text_encoder ({other}) now holds (its vocabulary, or its weights while frozen, differ), and "
+                "resuming would train the rest of the run with it: point model.text_encoder in config.toml at the "
+                "folder the run trained with")
+    assert main(["train", "--resume", "--out", str(run), "--stop-after", "1"]) == 0
+    assert load_checkpoint(run / CHECKPOINT)["step"] == 2
+
+
+def test_settings_that_a_later_tgfr_adds_or_drops_do_not_stop_a_resume(tmp_path, tiny_overrides, keep_threads):
+    """A checkpoint's config lacking a setting this tgfr has (or holding one it dropped) cannot be set back in
+    config.toml: such settings are not compared, the others still are."""
+    config = load_config("quick", tiny_overrides)
+    train(config, tmp_path, stop_after=2)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    del state["config"]["data"]["train_degrade_p"]
+    state["config"]["fr"]["dropped_setting"] = 1
+    save_checkpoint(tmp_path / CHECKPOINT, state)
+    edited = load_config(str(tmp_path / "config.toml"), ["seed=1"])
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    assert resume_refusal(tmp_path).startswith(f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} was "
+                                               "trained with seed = 0, but the run's config.toml now has seed = 1:")
+    (tmp_path / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
 
 
 def test_optimizer_edits_that_cannot_change_training_are_accepted(tmp_path, tiny_overrides, keep_threads):

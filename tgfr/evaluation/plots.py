@@ -7,7 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -71,13 +71,14 @@ ATTENTION_COLOURS = plt.get_cmap("RdBu_r", 255)
 ATTENTION_MIN_REACH = 0.02
 
 
-def attention_colour_norm(maps: list[torch.Tensor], regions: int) -> TwoSlopeNorm:
+def attention_colour_norm(maps: list[torch.Tensor], regions: int) -> Normalize:
     """The colour scale of the attention maps shown (each (k, R)): centred on the even spread 1/R, reaching the
-    weight farthest from it (at least ATTENTION_MIN_REACH / R away), never below 0."""
+    weight farthest from it (at least ATTENTION_MIN_REACH / R away) as far on both sides, so that a weight d above
+    1/R is as strongly red as one d below is blue (its lower end may lie below 0, which no weight reaches)."""
     even = 1.0 / regions
     reach = max((float((weights.double() - even).abs().max()) for weights in maps if weights.numel()), default=0.0)
     reach = max(reach, ATTENTION_MIN_REACH * even)
-    return TwoSlopeNorm(vcenter=even, vmin=max(0.0, even - reach), vmax=even + reach)
+    return Normalize(vmin=even - reach, vmax=even + reach)
 
 
 def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[list[str]], path: Path,
@@ -116,6 +117,7 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
     figure.tight_layout(rect=(0, 0, 0.86, 1))  # the right edge is the colour bar's
     if any(shown):
         scale = figure.colorbar(overlay, cax=figure.add_axes((0.88, 0.1, 0.015, 0.8)))
+        scale.ax.set_ylim(max(0.0, norm.vmin), norm.vmax)  # no weight lies below 0
         scale.set_label(f"attention weight\n(white: even spread, 1/{attention.shape[2]})", fontsize=7)
         scale.ax.tick_params(labelsize=6)
     return _save(figure, path, layout=False)

@@ -155,6 +155,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                          f"number")
     if "data" in state and not (isinstance(state["data"], str) and re.fullmatch(r"[0-9a-f]{64}", state["data"])):
         raise ValueError(f"checkpoint file {path}: 'data' must be a sha256 digest in hex (the training split's)")
+    if "text_encoder" in state and not (isinstance(state["text_encoder"], str)
+                                        and re.fullmatch(r"[0-9a-f]{64}", state["text_encoder"])):
+        raise ValueError(f"checkpoint file {path}: 'text_encoder' must be a sha256 digest in hex (the text encoder's)")
     if "config" in state and not (isinstance(state["config"], dict) and all(isinstance(k, str) for k in state["config"])):
         raise ValueError(f"checkpoint file {path}: 'config' must be a dict of setting name -> value (the run's)")
     return state

@@ -21,6 +21,7 @@ the pairwise losses run in their local (gathered) form, and rank 0 writes the fi
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -179,11 +180,24 @@ def _changed_settings_error(source: Path, keys: list[str], trained: dict[str, An
 
 
 # The settings a resume may change: where and how fast the run goes (its device, precision, threads, loader
-# workers), where its files are (a moved manifest or cache: the checkpoint's data digest still has to match),
-# how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test copy, the report). None
-# changes which samples the remaining steps draw or what they compute.
+# workers), where its files are (a moved manifest, cache or text encoder: the checkpoint's digests of the data
+# and of the text encoder still have to match; the backbone weights file is read again, then overwritten by the
+# checkpoint's backbone), how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test
+# copy, the report). None changes which samples the remaining steps draw or what they compute.
 FREE_ON_RESUME = ("device", "precision", "threads", "checkpoint_every", "log_every", "data.loader_workers",
-                  "data.cache_dir", "data.manifest", "data.degradation", "evaluation.")
+                  "data.cache_dir", "data.manifest", "model.backbone_weights", "model.text_encoder",
+                  "data.degradation", "evaluation.")
+
+
+def text_encoder_digest(model: TGFRModel) -> str:
+    """sha256 (hex) of what a resume rebuilds from model.text_encoder's folder rather than from the checkpoint:
+    the tokenizer's vocabulary, and the weights while the encoder is frozen (a trainable one's are checkpointed)."""
+    digest = hashlib.sha256(json.dumps(sorted(model.text_encoder.tokenizer.get_vocab().items())).encode())
+    if model.text_encoder.frozen:
+        for name, tensor in sorted(model.text_encoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -201,9 +215,11 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
     """Refuses to resume checkpoint `state` (from file `source`) when config.toml was edited since the checkpoint
     in a setting the run has trained with: the rest of the run would train otherwise than config.toml says it
     did (another seed, batch or loss weight from midway), without a word. Free: FREE_ON_RESUME, the stages after
-    the checkpoint's (still to come), and the checkpoint's stage's steps (check_optimizer_settings keeps them at
-    least its step) and optim.* (check_optimizer_settings judges them, with its own message). A checkpoint of an
-    older tgfr, without its config, is not compared. A ValueError names the keys."""
+    the checkpoint's (still to come), the checkpoint's stage's optim.* (check_optimizer_settings judges them,
+    with its own message) and its steps under a constant schedule (check_optimizer_settings keeps them at least
+    its step; a cosine schedule would be stretched from the resume on, its lr jumping), and settings a tgfr
+    added or dropped since the checkpoint (a setting it lacks cannot be set back). A checkpoint of an older tgfr,
+    without its config, is not compared. A ValueError names the keys."""
     if "config" not in state:
         return
     stage = state["stage"]
@@ -218,9 +234,11 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
             return True
         if head in STAGES and head not in trained["stages"]:
             return True  # a stage still to come, or one this run does not train
-        return head == stage and (rest == "steps" or rest.startswith("optim."))
+        if head == stage and rest == "steps":
+            return trained.get(f"{stage}.optim.schedule") == now.get(f"{stage}.optim.schedule") == "constant"
+        return head == stage and rest.startswith("optim.")
 
-    changed = [key for key in sorted(trained.keys() | now.keys()) if not free(key) and trained.get(key) != now.get(key)]
+    changed = [key for key in sorted(trained.keys() & now.keys()) if not free(key) and trained[key] != now[key]]
     if changed:
         raise _changed_settings_error(source, changed, trained, now, "the rest of the run would train otherwise than "
                                       "config.toml says it did (set them back in config.toml, or train a new run)")
@@ -466,6 +484,12 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                          f"manifest {manifest} as it was then; its images' paths, identities or captions, or their "
                          f"order, have changed since, and resuming would train the rest of the run on other data: "
                          f"restore the data the run started with, or train a new run")
+    text_encoder = text_encoder_digest(model)
+    if state is not None and state.get("text_encoder", text_encoder) != text_encoder:
+        raise ValueError(f"checkpoint file {out / CHECKPOINT} trained with another text encoder than model.text_encoder "
+                         f"({config.model.text_encoder or 'the packaged all-MiniLM-L6-v2'}) now holds (its vocabulary, "
+                         f"or its weights while frozen, differ), and resuming would train the rest of the run with "
+                         f"it: point model.text_encoder in config.toml at the folder the run trained with")
     if state is not None:
         check_config_unchanged(config, state, out / CHECKPOINT)
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
@@ -546,7 +570,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                     "stage": name, "step": step, "model": model_state(model), "losses": stage.losses.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                     "summary": summary, "optim": dataclasses.asdict(optim), "data": training_data,
-                    "config": config_to_dict(config)})
+                    "config": config_to_dict(config), "text_encoder": text_encoder})
 
             _on_rank_0(rank, world_size, save)
 
