@@ -167,3 +167,24 @@ def test_workers_end_with_their_parent(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_interruptions_held_back_by_a_pool_are_raised_once_it_ends_the_last_one_received():
+    """A Ctrl-C and then a SIGTERM (a scheduler stopping the job) during the pool's shutdown: once it ends, the
+    SIGTERM is raised, as the last one received, and only then."""
+    import signal
+
+    from tgfr.data.worker_pool import _interruptions_deferred
+
+    seen = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: seen.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _interruptions_deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
