@@ -136,6 +136,36 @@ def test_an_output_folder_at_or_under_a_broken_link_is_refused_naming_the_link(t
         output_paths.check_output_file("--out", path / "m.jsonl")
 
 
+def test_an_output_file_linked_into_a_missing_folder_is_refused_and_the_folder_never_made(tmp_path):
+    """A manifest linked into a disk that is not mounted was accepted, and the write made the disk's folders
+    under its mount point and wrote there; a link to a file not written yet, in a folder that is there, is
+    written through."""
+    target = tmp_path / "unmounted" / "disk" / "m.jsonl"
+    link = tmp_path / "work" / "m.jsonl"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    message = f"--out {link} is a broken symbolic link (to {target}): the folder {target.parent} does not exist"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        output_paths.check_output_file("--out", link)
+    records = [ManifestRecord("a.png", "1", "test", ("c",))]
+    with pytest.raises(OSError, match=re.escape(f"cannot write manifest {link}: ")):
+        write_manifest(link, records)
+    assert not (tmp_path / "unmounted").exists()
+    target.parent.mkdir(parents=True)
+    assert output_paths.check_output_file("--out", link) == link
+    write_manifest(link, records)
+    assert link.is_symlink() and read_manifest(target) == records
+
+
+def test_an_output_file_that_is_a_loop_of_links_is_refused_naming_it(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.symlink_to(second)
+    second.symlink_to(first)
+    message = f"--out {first} is a broken symbolic link (to {second}): the links loop"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        output_paths.check_output_file("--out", first)
+
+
 def test_staged_entries_replace_the_folders_in_order_the_last_ones_at_the_end(tmp_path, monkeypatch):
     """A reader takes a folder whose `last` entries (a saved model's config.json) are there as complete: every
     other entry is renamed into place before them, and they in the order given."""

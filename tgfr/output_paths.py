@@ -54,10 +54,17 @@ def check_output_folder(setting: str, path: str | Path, writable: bool = False) 
 
 
 def check_output_file(setting: str, path: str | Path) -> Path:
-    """`path` as a file that can be written: not a folder, and its folder exists or can be made."""
+    """`path` as a file that can be written: not a folder, its folder exists or can be made, and, if it
+    is a symbolic link, one that resolves into a folder that exists (write_atomically writes through it)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{setting} {path} is a folder, not a file")
+    # A link into a disk that is not mounted (the target's missing folders are not made: the file would land
+    # under the mount point) or a loop of links: the write would fail, after the work.
+    target = Path(os.path.realpath(path))
+    if is_broken_link(path) and (target.is_symlink() or not target.parent.is_dir()):
+        why = "the links loop" if target.is_symlink() else f"the folder {target.parent} does not exist"
+        raise ValueError(f"{setting} {path} is a broken symbolic link (to {os.readlink(path)}): {why}")
     existing = _first_existing(path.parent)
     if existing is not None and not existing.is_dir():
         raise _not_a_folder(setting, path, existing)
@@ -96,11 +103,15 @@ def write_atomically(path: str | Path, what: str, binary: bool = False) -> Itera
     renamed over `path` (os.replace is atomic), so `path` holds either its old content or all of the new.
     On any error the temporary file is removed and `path` left as it was; an OSError is raised again
     naming `path` (`what` says what it is, e.g. "manifest"). A process killed while writing leaves the
-    temporary file, which `remove_temporaries(path)` deletes. Missing parent folders are made. A new
-    file gets the permissions the umask gives any new file, a replaced one keeps its own; a symlink
-    `path` has its target replaced, as open("w") would write through it."""
-    path, target = Path(path), Path(os.path.realpath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder
+    temporary file, which `remove_temporaries(path)` deletes. Missing parent folders of `path` are made.
+    A new file gets the permissions the umask gives any new file, a replaced one keeps its own; a symlink
+    `path` has its target replaced, as open("w") would write through it, and its target's folder is never
+    made (as open("w") would not)."""
+    path = Path(path)
+    # The folders of `path` as given, not of its resolved target: a link into a disk that is not mounted
+    # would have the disk's folders made under its mount point, and the file written there.
+    path.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder
+    target = Path(os.path.realpath(path))
     try:
         handle, temporary = _open_temporary(target)
     except OSError as error:

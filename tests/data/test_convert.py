@@ -113,6 +113,55 @@ def test_a_split_list_that_is_a_folder_is_refused(tmp_path):
         convert_tgfr_tree(root)
 
 
+def test_an_empty_split_list_of_a_split_with_images_is_refused(tmp_path):
+    """An empty list (cut short) left the whole split out of the manifest, without a word."""
+    root = tgfr_tree(tmp_path)
+    (root / "test").mkdir()
+    (root / "test" / "filenames.json").write_text("[]")
+    images = len(list((root / "images" / "test").glob("*/*.jpg")))
+    with pytest.raises(ValueError, match=re.escape(f"split list {root / 'test' / 'filenames.json'} lists no image, "
+                                                   f"while {root / 'images' / 'test'} holds {images} image(s)")):
+        convert_tgfr_tree(root)
+    # A split folder without images loses nothing to its empty list.
+    (root / "images" / "val").mkdir()
+    (root / "val").mkdir()
+    (root / "val" / "filenames.json").write_text("[]")
+    (root / "test" / "filenames.json").unlink()
+    records, _, _ = convert_tgfr_tree(root)
+    assert {r.split for r in records} == {"train", "test"}
+
+
+LISTED = ["12/12_2"]
+LIST_CONTENT = {".json": json.dumps(LISTED).encode(), ".csv": "".join(f"{e}\n" for e in LISTED).encode(),
+                ".pkl": pickle.dumps(LISTED), ".pickle": pickle.dumps(LISTED)}  # by suffix
+
+
+@pytest.mark.parametrize("name", ["filenames.JSON", "FileNames.Csv", "filenames.pkl", "filenames.PICKLE"])
+def test_a_split_list_is_found_in_any_letter_case_and_as_pkl(tmp_path, name):
+    """A list named filenames.JSON (or .pkl) was not found: the split's folders were taken instead, every
+    image of them converted."""
+    root = tgfr_tree(tmp_path)
+    (root / "test").mkdir()
+    (root / "test" / name).write_bytes(LIST_CONTENT[os.path.splitext(name)[1].lower()])
+    records, _, _ = convert_tgfr_tree(root, trust_pickle=True)
+    assert [r.path for r in records if r.split == "test"] == [f"images/test/{entry}.jpg" for entry in LISTED]
+    if name.lower().endswith((".pkl", ".pickle")):
+        with pytest.raises(ValueError, match=re.escape(f"refusing to unpickle split list {root / 'test' / name}")):
+            convert_tgfr_tree(root)
+
+
+def test_two_split_lists_that_differ_in_letter_case_only_are_refused(tmp_path):
+    root = tgfr_tree(tmp_path)
+    (root / "test").mkdir()
+    (root / "test" / "filenames.json").write_text(json.dumps(["12/12_1"]))
+    (root / "test" / "filenames.JSON").write_text(json.dumps(["12/12_2"]))
+    if len(list((root / "test").iterdir())) < 2:
+        pytest.skip("a file system that ignores letter case holds one file of both names")
+    lists = " and ".join(str(root / "test" / name) for name in sorted(["filenames.json", "filenames.JSON"]))
+    with pytest.raises(ValueError, match=re.escape(f"split lists {lists} differ in letter case only")):
+        convert_tgfr_tree(root)
+
+
 @pytest.mark.parametrize("kind", ["broken link", "pipe"])
 def test_a_split_list_that_cannot_be_read_is_refused(tmp_path, kind):
     """A link to lists on a disk that is not mounted was passed over like a missing list: every image of
@@ -268,6 +317,9 @@ def test_celeba_dialog_corrupt_image(tmp_path):
     # A row without its split was dropped: the error then said the file did not list the image.
     ("splits.csv", "0.jpg,train\n\n1.jpg\n", r"^split file .*splits.csv, line 3: a row must be image,split, got "
                                             r"'1.jpg'$"),
+    # Read as CSV, a pickle was "not valid UTF-8 (byte 0)".
+    ("splits.pkl", "", r"^split file .*splits.pkl must be .json or .csv: pickles are not read"),
+    ("splits.PICKLE", "", r"^split file .*splits.PICKLE must be .json or .csv: pickles are not read"),
 ])
 def test_celeba_dialog_bad_split_file(tmp_path, name, content, message):
     root, images = celeba_dialog(tmp_path)
@@ -305,6 +357,22 @@ def test_cli_convert_and_protocol(tmp_path, capsys):
     assert main(["data", "protocol", "--manifest", str(root / "manifest.jsonl"), "--split", "train",
                  "--out", str(tmp_path / "protocol"), "--impostors", "5"]) == 0
     assert "1 genuine, 2 impostor pairs" in capsys.readouterr().out
+
+
+def test_convert_out_through_a_link_writes_paths_read_from_the_links_folder(tmp_path):
+    """Readers join a manifest's paths to the folder of the manifest as named; for an --out that is a link into
+    another folder, the paths were written relative to the target's folder, and named no image."""
+    root = tgfr_tree(tmp_path / "tree")
+    (tmp_path / "store").mkdir()
+    link = tmp_path / "work" / "deep" / "m.jsonl"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("../../store/m.jsonl")
+    assert main(["data", "convert", "mmcelebA", "--root", str(root), "--out", str(link)]) == 0
+    records = read_manifest(link)
+    assert link.is_symlink() and len(records) == 6
+    for record in records:
+        image = root / "images" / record.split / record.identity / os.path.basename(record.path)
+        assert os.path.samefile(link.parent / record.path, image)
 
 
 def test_symlinked_image_folders_stay_under_the_root(tmp_path, capsys):
@@ -373,6 +441,15 @@ def test_bad_split_lists_are_named(tmp_path, capsys):
     assert read_split_list(root / "train" / "filenames.json") == ["7/7_1"]
 
 
+@pytest.mark.parametrize("content", [{"4/4_1": "train"}, [["4/4_1"]], ["4/4_1", None], [1.5]])
+def test_a_json_split_list_that_is_not_a_list_of_strings_is_refused(tmp_path, content):
+    """An object was read as its keys, and a null or a float as the entry "None" or "1.5"."""
+    path = tmp_path / "filenames.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"^split list {re.escape(str(path))} must hold a list of strings$"):
+        read_split_list(path)
+
+
 def test_celeba_dialog_with_every_image_skipped_is_an_error(tmp_path, capsys):
     root, images = celeba_dialog(tmp_path)
     for image in images.iterdir():
@@ -438,6 +515,16 @@ def many_identity_dialog(root, identities=40):
     (root / "captions.json").write_text(json.dumps(table))
     (root / "ids.txt").write_text("".join(f"{i}.jpg {i // 2}\n" for i in range(2 * identities)))
     return (root / "captions.json", root / "ids.txt", images, root)
+
+
+@pytest.mark.parametrize("fractions", [(1.2, -0.1, -0.1), (0.5, 0.3, 0.1), (0.5, 0.5)])
+def test_fractions_that_are_not_three_non_negative_numbers_summing_to_1_are_refused(tmp_path, fractions):
+    """(1.2, -0.1, -0.1) put every identity into train."""
+    root, images = celeba_dialog(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"fractions must be three non-negative numbers (train, val, test) "
+                                                   f"summing to 1, got {fractions}")):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt", fractions=fractions)
 
 
 def test_removing_identities_moves_no_other_identity_between_splits(tmp_path):
@@ -571,6 +658,16 @@ def test_every_image_type_the_loader_reads_is_converted_and_every_other_file_is_
         [f"  not used: {line}" for line in unused]
 
 
+def test_a_folder_named_like_an_image_is_not_used_not_taken_for_an_image(tmp_path):
+    root = tgfr_tree(tmp_path)
+    folder = root / "images" / "train" / "4" / "4_3.jpg"
+    folder.mkdir()
+    (root / "text" / "4" / "4_3.txt").write_text("a face\n")  # an image of that stem would have its captions
+    records, skipped, unused = convert_tgfr_tree(root)
+    assert not skipped and "images/train/4/4_3.jpg" not in [r.path for r in records]
+    assert unused == [f"{folder}: a folder inside an identity folder"]
+
+
 def test_a_missing_stem_names_the_suffixes_tried_and_each_is_tried(tmp_path):
     root = tgfr_tree(tmp_path)
     (root / "train").mkdir()
@@ -647,6 +744,25 @@ def test_attribute_wise_captions_that_are_not_an_object_are_named(tmp_path):
             with pytest.raises(ValueError, match=r"captions_hq.json: entry '4.jpg': 'attribute_wise_captions' must be "
                                                  rf"an object \{{attribute: caption\}}, got {type(attribute_wise).__name__}"):
                 convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files=bad_files)
+
+
+@pytest.mark.parametrize("entry, named", [
+    (["a good caption", 5, None], "caption 1 must be a string, got 5"),
+    ({"overall_caption": 7, "attribute_wise_captions": {"Bangs": "No bangs."}}, "'overall_caption' must be a string, "
+                                                                                "got 7"),
+    ({"overall_caption": "A face.", "attribute_wise_captions": {"Bangs": None}},
+     "the attribute-wise caption 'Bangs' must be a string, got None"),
+])
+def test_a_caption_that_is_not_a_string_is_refused_naming_the_entry(tmp_path, entry, named):
+    """Such captions were dropped: the image kept fewer captions, or only its attribute-wise ones."""
+    root, images = celeba_dialog(tmp_path)
+    table = json.loads((root / "captions_hq.json").read_text())
+    table["4.jpg"] = entry
+    (root / "captions_hq.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(root / 'captions_hq.json'))}: entry '4.jpg': "
+                                         f"{re.escape(named)}$"):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt")
 
 
 def test_an_image_given_two_identities_or_two_sources_is_refused(tmp_path):

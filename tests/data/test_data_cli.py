@@ -70,6 +70,18 @@ def test_output_paths_of_the_wrong_kind_are_named(tmp_path, capsys):
     assert f"{tmp_path / 'file'}" in capsys.readouterr().err
 
 
+def test_an_out_file_linked_into_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
+    """`--out` linked into a disk that is not mounted: the picture was drawn, the disk's folders made under
+    its mount point and the picture written there."""
+    target = tmp_path / "unmounted" / "disk" / "g.png"
+    link = tmp_path / "g.png"
+    link.symlink_to(target)
+    assert main(["data", "grid", "--out", str(link), "--rows", "1"]) == 2
+    assert capsys.readouterr().err == (f"tgfr data grid: error: --out {link} is a broken symbolic link (to {target}): "
+                                       f"the folder {target.parent} does not exist\n")
+    assert not (tmp_path / "unmounted").exists()
+
+
 @pytest.mark.parametrize("command", [["synth", "--out", "s"], ["degrade", "--manifest", "m.jsonl"],
                                      ["protocol", "--manifest", "m.jsonl", "--out", "p"],
                                      ["convert", "mmcelebA", "--root", "r"], ["grid", "--out", "g.png"]])
@@ -326,6 +338,16 @@ def test_convert_celeba_dialog_prints_its_warnings_as_warning_lines(tmp_path, mo
     monkeypatch.setattr(data_cli, "convert_celeba_dialog", convert)
     assert celeba_dialog_convert(tmp_path) == 0
     assert capsys.readouterr().err == "tgfr data convert: warning: the seeded split leaves split(s) test empty\n"
+
+
+def test_convert_celeba_dialog_refuses_trust_pickle(tmp_path, monkeypatch, capsys):
+    """Accepted and passed over, it seemed to let a pickled --split-file be read."""
+    monkeypatch.setattr(data_cli, "convert_celeba_dialog", lambda *arguments, **options: pytest.fail("converted"))
+    assert celeba_dialog_convert(tmp_path, "--trust-pickle", "--split-file", "split.pickle") == 2
+    assert capsys.readouterr().err == ("tgfr data convert: error: --trust-pickle: an option of mmcelebA and face2text "
+                                       "(their pickled split lists), which celeba-dialog does not read (its "
+                                       "--split-file is JSON or CSV, never a pickle)\n")
+    assert not (tmp_path / "m.jsonl").exists()
 
 
 @pytest.mark.parametrize("layout", ["mmcelebA", "face2text"])

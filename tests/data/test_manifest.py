@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import json
 import os
@@ -157,6 +158,39 @@ def test_schema_errors_name_file_and_line(tmp_path, line, message):
     with pytest.raises(ValueError, match=re.escape(message)) as error:
         read_manifest(path)
     assert f"{path}:3" in str(error.value)
+
+
+@pytest.mark.parametrize("meta", [[], 0, False, "", None, ["source", "x"]])
+def test_a_meta_that_is_not_an_object_is_refused_naming_file_and_line(tmp_path, meta):
+    """[], 0, false and "" read as no meta ({}) without a word."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(jsonl({"path": "a.png"}, {"path": "b.png", "meta": meta}))
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: 'meta' must be a JSON object, got {meta!r}")):
+        read_manifest(path)
+    csv_path = tmp_path / "m.csv"
+    with csv_path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "identity", "split", "captions", "meta"],
+                                      ["a.png", "1", "test", "[]", ""], ["b.png", "1", "test", "[]", json.dumps(meta)]])
+    with pytest.raises(ValueError, match=re.escape(f"{csv_path}:3: 'meta' must be a JSON object, got {meta!r}")):
+        read_manifest(csv_path)
+
+
+def test_an_absent_meta_and_an_empty_csv_meta_cell_read_as_no_meta(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(jsonl({"path": "a.png"}))
+    (tmp_path / "m.csv").write_text("path,identity,split,captions,meta\na.png,1,test,[],\n")
+    assert [read_manifest(tmp_path / name)[0].meta for name in ("m.jsonl", "m.csv")] == [{}, {}]
+
+
+def test_a_repeated_path_names_the_lines_of_the_file_blank_lines_counted(tmp_path):
+    """The line numbers are the file's, not the records': a blank line before a record moves it down."""
+    text = "\n" + jsonl({"path": "a.png"}) + "\n\n" + jsonl({"path": "b.png"}, {"path": "a.png"})
+    first, again = [number for number, line in enumerate(text.split("\n"), start=1) if '"a.png"' in line]
+    path = tmp_path / "m.jsonl"
+    path.write_text(text)
+    expected = f"{path}:{again}: image 'a.png' is already listed on line {first} (split 'test', identity '1')"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        read_manifest(path)
 
 
 def test_an_empty_csv_captions_cell_is_an_image_only_record(tmp_path):

@@ -66,6 +66,18 @@ def test_a_negative_seed_is_named():
         make_verification_pairs(records(), seed=-1)
 
 
+@pytest.mark.parametrize("count", [-1, True, 1.5])
+def test_counts_that_are_not_non_negative_integers_are_named(count):
+    """impostor_subjects=-1 failed in numpy ("negative dimensions are not allowed", naming no argument), and
+    gallery_per_subject=0 gave an empty gallery."""
+    with pytest.raises(ValueError, match=re.escape(f"impostor_subjects must be a non-negative integer, got {count!r}")):
+        make_verification_pairs(records(), impostor_subjects=count)
+    for gallery in (count, 0):
+        with pytest.raises(ValueError, match=re.escape(f"gallery_per_subject must be a positive integer, got "
+                                                       f"{gallery!r}")):
+            make_identification_split(records(), gallery_per_subject=gallery)
+
+
 def test_pairs_deterministic_and_seeded():
     assert make_verification_pairs(records(), seed=1, impostor_subjects=4) == \
         make_verification_pairs(list(reversed(records())), seed=1, impostor_subjects=4)

@@ -52,6 +52,21 @@ def test_layout_splits_and_counts(dataset):
     assert json.loads((out / "synthetic.json").read_text())["key"] == CONFIG.key()
 
 
+def test_each_degraded_split_copies_the_images_of_its_own_split(tmp_path):
+    """val_degraded and train_degraded copy val's and train's images: a copy of test's under their names
+    would leak test images into training."""
+    recipes = {"train_degraded": "down16", "val_degraded": "jpeg50", "test_degraded": "down24"}
+    config = SyntheticConfig(identities=6, images_per_identity=2, captions_per_image=1, seed=2, val_fraction=0.34,
+                             test_fraction=0.34, degradations=recipes)
+    records = read_manifest(generate_synthetic_dataset(tmp_path, config, workers=1))
+    for name, recipe in recipes.items():
+        split = name.removesuffix("_degraded")
+        copies = [r for r in records if r.split == name]
+        sources = sorted(r.path for r in records if r.split == split)
+        assert sources and sorted(r.meta["source"] for r in copies) == sources
+        assert {r.meta["recipe"] for r in copies} == {recipe}
+
+
 def test_same_seed_same_bytes_any_workers(dataset, tmp_path):
     out, records = dataset
     again = generate_synthetic_dataset(tmp_path, CONFIG, workers=2)
@@ -142,8 +157,11 @@ def test_config_validation():
         with pytest.raises(ValueError, match=re.escape(f"degradations must be a dict {{split name: recipe}}, got "
                                                        f"{degradations!r}")):
             SyntheticConfig(degradations=degradations)
-    with pytest.raises(ValueError, match="degradation split names"):
-        SyntheticConfig(degradations={"blurry": "down16"})
+    # A copy of a split that is not there: "foo_degraded" would be a copy of no image.
+    for name in ("blurry", "foo_degraded"):
+        with pytest.raises(ValueError, match=re.escape(f"degradation split names look like '<train|val|test>_degraded"
+                                                       f"...', got {name!r}")):
+            SyntheticConfig(degradations={name: "down16"})
     # Refused by the config, not after every clean image is rendered.
     with pytest.raises(ValueError, match=re.escape("a degradation split name (the degraded copy's folder) must be one "
                                                    "plain name (no '/', '\\', '.' or '..'), got 'test_/_degraded'")):
@@ -151,8 +169,9 @@ def test_config_validation():
 
 
 def test_config_rejects_a_negative_seed_and_a_bad_recipe_before_rendering():
-    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
-        SyntheticConfig(seed=-1)
+    for seed in (-1, True):  # True: an int to Python, a seed no one means
+        with pytest.raises(ValueError, match=f"^seed must be a non-negative integer, got {seed!r}$"):
+            SyntheticConfig(seed=seed)
     with pytest.raises(ValueError, match="degradation recipe of split 'test_degraded': unknown recipe step 'bogus'"):
         SyntheticConfig(degradations={"test_degraded": "bogus"})
 
@@ -166,6 +185,19 @@ def test_ensure_regenerates_a_cut_short_marker(tmp_path):
     assert json.loads(marker.read_text())["key"] == config.key()
     assert len(read_manifest(manifest)) == 3
     assert sorted(p.name for p in manifest.parent.parent.iterdir()) == [config.key()]  # nothing left aside
+
+
+def test_ensure_regenerates_a_cache_folder_whose_marker_records_another_key(tmp_path):
+    """A finished dataset of other parameters in the folder of this key (copied there, or written by a tgfr
+    whose key was another) is not reused: its images are not this config's."""
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
+    other = dataclasses.replace(config, identities=4)
+    folder = tmp_path / "synthetic" / config.key()
+    generate_synthetic_dataset(folder, other, workers=1)
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert manifest == folder / "manifest.jsonl"
+    assert json.loads((folder / "synthetic.json").read_text())["key"] == config.key()
+    assert len(read_manifest(manifest)) == config.identities * config.images_per_identity
 
 
 def test_concurrent_first_use_never_touches_the_other_generation(tmp_path, monkeypatch):

@@ -40,7 +40,9 @@ def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> lis
     Only the two folders are resolved: a symlink inside `root` (images -> /data/celeba) stays in
     the path, so the manifest keeps the dataset's layout and moves with it.
     """
-    base, root = manifest.resolve().parent, root.resolve()
+    # The folder of the manifest as given: readers join its paths to Path(manifest).parent, so a manifest that
+    # is a link to a file in another folder is read from the link's folder, not from its target's.
+    base, root = manifest.parent.resolve(), root.resolve()
     return [ManifestRecord(Path(os.path.relpath(root / r.path, base)).as_posix(), r.identity, r.split,
                            r.captions, r.meta) for r in records]
 
@@ -68,6 +70,10 @@ def _convert(args: argparse.Namespace) -> int:
         root = Path(args.root)
         records, skipped, unused = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
     else:
+        # Accepted and passed over, it would seem to let a pickled --split-file be read.
+        if args.trust_pickle:
+            raise ValueError("--trust-pickle: an option of mmcelebA and face2text (their pickled split lists), which "
+                             "celeba-dialog does not read (its --split-file is JSON or CSV, never a pickle)")
         missing = [flag for flag, value in (("--captions", args.captions), ("--identity-file", args.identity_file),
                                             ("--images", args.images)) if value is None]
         if missing:
@@ -182,7 +188,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                        "folder that contains the images)")
     convert.add_argument("--out", help="manifest path (default ROOT/manifest.jsonl)")
     convert.add_argument("--trust-pickle", action="store_true",
-                         help="allow unpickling released split lists (<split>/filenames.pickle); refused without it")
+                         help="allow unpickling released split lists (<split>/filenames.pickle or .pkl); refused "
+                              "without it")
     convert.add_argument("--skip-bad", action="store_true",
                          help="skip and count missing or corrupt image and caption files (default: an error naming "
                               "the file)")
@@ -222,7 +229,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     protocol = commands.add_parser("protocol", help="verification pairs and identification split of a split",
                                    description="Write OUT/<split>_pairs.csv (or .json): per subject one genuine "
                                                "pair and impostor pairs against other subjects, and "
-                                               "OUT/<split>_identification.json: gallery and probes.")
+                                               "OUT/<split>_identification.json: gallery and probes. Their image "
+                                               "paths are the manifest's: relative to the manifest's folder, not "
+                                               "to OUT.")
     protocol.add_argument("--manifest", required=True, help="input manifest")
     protocol.add_argument("--split", default="test", help="split to use (default: %(default)s)")
     protocol.add_argument("--out", required=True, help="output folder")

@@ -4,8 +4,9 @@ TGFR's MMCelebA and Face2Text trees (github Mahedi-61/Text_Guided_Face_Recogniti
 
     <root>/images/<split>/<id>/<id>_<k>.jpg          one folder per identity (.png, ...: IMAGE_SUFFIXES)
     <root>/text/<id>/<id>_<k>.txt                     captions of that image, one per line
-    <root>/<split>/filenames.(json|csv|pickle)        optional split list of "<id>/<id>_<k>"
-                                                      (or "<id>/<id>_<k>.jpg", naming the file)
+    <root>/<split>/filenames.(json|csv|pickle|pkl)    optional split list of "<id>/<id>_<k>"
+                                                      (or "<id>/<id>_<k>.jpg", naming the file),
+                                                      its name in any letter case
 
 CelebA-Dialog: a caption JSON {"<image>.jpg": {"overall_caption": str,
 "attribute_wise_captions": {attribute: str}} | str | [str]}, CelebA's identity file
@@ -66,15 +67,25 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
     return [str(e) for e in entries]
 
 
+# A split list's names, in order of preference.
+_SPLIT_LIST_NAMES = ("filenames.json", "filenames.csv", "filenames.pickle", "filenames.pkl")
+
+
 def _split_list_file(root: Path, split: str) -> Path | None:
-    for suffix in (".json", ".csv", ".pickle"):
-        candidate = root / split / f"filenames{suffix}"
-        if candidate.is_file():
-            return candidate
-        # Passed over, a folder, a broken link or a pipe there would have every image of the split's folders
-        # taken instead of the list's.
-        if os.path.lexists(candidate):
-            raise ValueError(f"split list {candidate} {file_problem(candidate)}")
+    """The split list of <root>/<split>/: the first of _SPLIT_LIST_NAMES there, matched in any letter case;
+    None when there is none. Passed over, a list named filenames.JSON, or a folder, a broken link or a pipe in a
+    list's place, would have every image of the split's folders taken instead of the list's."""
+    folder = root / split
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    for name in _SPLIT_LIST_NAMES:
+        candidates = [entry for entry in entries if entry.name.lower() == name]
+        if len(candidates) > 1:
+            raise ValueError(f"split lists {' and '.join(map(str, candidates))} differ in letter case only: "
+                             "keep the one to use")
+        if candidates:
+            if not candidates[0].is_file():
+                raise ValueError(f"split list {candidates[0]} {file_problem(candidates[0])}")
+            return candidates[0]
     return None
 
 
@@ -190,6 +201,12 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
         list_file = _split_list_file(root, split)
         if list_file is not None:
             entries = read_split_list(list_file, trust_pickle)
+            # An empty list (cut short, or written by a failed export) would leave the split out without a word,
+            # to be found missing only at evaluation.
+            if not entries and (images := _scan_split(images_root / split, {})[0]):
+                raise ValueError(f"split list {list_file} lists no image, while {images_root / split} holds "
+                                 f"{len(images)} image(s): remove the list to take them all, or that folder to "
+                                 "leave the split out")
         else:
             entries, not_images = _scan_split(images_root / split, listings)
             unused.extend(not_images)
@@ -277,19 +294,27 @@ def _read_hq_mapping(path: Path) -> dict[str, str]:
 
 
 def _dialog_captions(value: object, where: str) -> list[str]:
+    """The non-blank captions, stripped, of a caption file's entry `value` (a string, a list of them, or
+    {"overall_caption": str, "attribute_wise_captions": {attribute: str}}); `where` names the entry."""
     if isinstance(value, str):
-        captions = [value]
+        named = [("the caption", value)]
     elif isinstance(value, list):
-        captions = value
+        named = [(f"caption {index}", caption) for index, caption in enumerate(value)]
     elif isinstance(value, dict):
         attribute_wise = value.get("attribute_wise_captions") or {}
         if not isinstance(attribute_wise, dict):
             raise ValueError(f"{where}: 'attribute_wise_captions' must be an object {{attribute: caption}}, "
                              f"got {type(attribute_wise).__name__}")
-        captions = [value.get("overall_caption", "")] + list(attribute_wise.values())
+        named = [("'overall_caption'", value.get("overall_caption", "")),
+                 *((f"the attribute-wise caption {attribute!r}", caption)
+                   for attribute, caption in attribute_wise.items())]
     else:
         raise ValueError(f"{where}: expected a caption string, list or object, got {type(value).__name__}")
-    captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+    # Dropped, a number or null left the image with fewer captions (or only attribute-wise ones) without a word.
+    for name, caption in named:
+        if not isinstance(caption, str):
+            raise ValueError(f"{where}: {name} must be a string, got {caption!r}")
+    captions = [caption.strip() for _, caption in named if caption.strip()]
     if not captions:
         raise ValueError(f"{where}: no non-empty caption")
     for caption in captions:
@@ -367,6 +392,8 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
 
 def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
     """Image name -> split, from JSON {split: [image names]} or CSV rows "image,split"."""
+    if split_file.suffix.lower() in (".pickle", ".pkl"):  # else read as CSV: "not valid UTF-8 (byte 0)"
+        raise ValueError(f"split file {split_file} must be .json or .csv: pickles are not read (they can run code)")
     text = read_text_file(split_file, "split file", encoding="utf-8-sig")
     if split_file.suffix.lower() == ".json":
         try:

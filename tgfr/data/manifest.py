@@ -8,8 +8,9 @@ A manifest is a JSON Lines file (or a CSV file) with one record per image:
 `path` is relative to the manifest's folder, `identity` is a string (integers are read as
 strings), `captions` is a list of strings (may be empty for image-only data, though `tgfr train` and
 `tgfr evaluate` refuse an image without one: the text-guided model reads a caption of every image) and `meta` is an
-optional JSON object passed through untouched. CSV manifests have the columns
-path,identity,split,captions[,meta] where captions is a JSON list and meta a JSON object.
+optional JSON object passed through untouched (absent, it is {}; null, a list, a number, ... are refused). CSV
+manifests have the columns path,identity,split,captions[,meta] where captions is a JSON list and meta a JSON object
+(an empty cell: no meta).
 
 Every image appears in one record only: a path listed twice (in one split or two) would let an
 image match itself in evaluation, count its pairs twice or leak it from test into train.
@@ -76,9 +77,10 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
         raise ValueError(f"{where}: 'captions' must be a list of non-empty strings, got {captions!r}")
     for caption in captions:
         check_caption_utf8(f"{where}: a caption of image {path!r}", caption)
-    meta = row.get("meta") or {}
+    # Not `or {}`: a [], 0, false or "" (a column of other data, shifted) read as no meta without a word.
+    meta = row.get("meta", {})
     if not isinstance(meta, dict):
-        raise ValueError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
+        raise ValueError(f"{where}: 'meta' must be a JSON object, got {meta!r}")
     return ManifestRecord(path, str(identity), split, tuple(captions), meta)
 
 
