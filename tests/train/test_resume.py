@@ -346,23 +346,24 @@ def test_a_longer_stage_is_refused_under_a_cosine_schedule_and_goes_on_under_a_c
             assert logged_steps(run) == {"fr": 6}
 
 
+def tiny_text_encoder(folder, seed):
+    """A one-layer BERT with a few words, its weights drawn from `seed`, saved in `folder`."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir()
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "green", "eyes", "hair"]) + "\n")
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    BertTokenizer(str(vocab)).save_pretrained(folder)
+    return folder
+
+
 def test_a_resume_follows_a_moved_text_encoder_but_refuses_another(tmp_path, tiny_overrides, keep_threads):
     """model.text_encoder (a frozen one is rebuilt from its folder, not the checkpoint) may point at the same
     encoder moved elsewhere; one with other weights is refused, as it would train the rest of the run."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "green", "eyes", "hair"]) + "\n")
-
-    def encoder_folder(name, seed):
-        torch.manual_seed(seed)
-        folder = tmp_path / name
-        BertModel(BertConfig(vocab_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
-        BertTokenizer(str(vocab)).save_pretrained(folder)
-        return folder
-
-    first, other = encoder_folder("encoder", 0), encoder_folder("other", 1)
+    first, other = tiny_text_encoder(tmp_path / "encoder", 0), tiny_text_encoder(tmp_path / "other", 1)
     run = tmp_path / "run"
     train(load_config("quick", tiny_overrides + [f'model.text_encoder="{first}"']), run, stop_after=5)  # 1 into align
     moved = first.rename(tmp_path / "moved")
@@ -377,6 +378,49 @@ def test_a_resume_follows_a_moved_text_encoder_but_refuses_another(tmp_path, tin
                 "folder the run trained with")
     assert main(["train", "--resume", "--out", str(run), "--stop-after", "1"]) == 0
     assert load_checkpoint(run / CHECKPOINT)["step"] == 2
+
+
+def test_a_resume_follows_moved_backbone_weights_but_not_weights_set_or_dropped(tmp_path, tiny_overrides,
+                                                                               keep_threads):
+    """model.backbone_weights may move (the checkpoint's backbone replaces what it loads), and the settings of
+    an fr stage that only loads them are no training's; but set or emptied midway it decides whether fr trains:
+    set during fr, the half-trained fr was skipped for align without a word."""
+    weights = tmp_path / "backbone.safetensors"
+    safetensors.torch.save_file(build_model(load_config("quick", tiny_overrides)).backbone.state_dict(), weights)
+    training = tmp_path / "training"
+    train(load_config("quick", tiny_overrides), training, stop_after=2)
+    edited = load_config(str(training / "config.toml"), [f'model.backbone_weights="{weights}"'])
+    (training / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    assert resume_refusal(training) == (
+        f"tgfr train: error: checkpoint file {training / CHECKPOINT} was trained with model.backbone_weights = \"\", "
+        f"but the run's config.toml now has model.backbone_weights = {json.dumps(str(weights))}: the rest of the run "
+        "would train otherwise than config.toml says it did (set them back in config.toml, or train a new run)")
+
+    loading = tmp_path / "loading"
+    train(load_config("quick", tiny_overrides + [f'model.backbone_weights="{weights}"']), loading, stop_after=1)
+    moved = weights.rename(tmp_path / "moved.safetensors")
+    edited = load_config(str(loading / "config.toml"), [f'model.backbone_weights="{moved}"', "fr.arcface_margin=0.1"])
+    (loading / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    assert main(["train", "--resume", "--out", str(loading), "--stop-after", "1"]) == 0
+    assert (load_checkpoint(loading / CHECKPOINT)["stage"], load_checkpoint(loading / CHECKPOINT)["step"]) == (
+        "align", 2)
+
+
+def test_a_checkpoint_without_a_text_encoder_digest_keeps_the_text_encoder_path(tmp_path, tiny_overrides,
+                                                                               keep_threads):
+    """A checkpoint that records the config but no digest of the text encoder (written by a tgfr between the two)
+    cannot tell a moved encoder from another one: its path is compared as a setting."""
+    first, copy = tiny_text_encoder(tmp_path / "encoder", 0), tiny_text_encoder(tmp_path / "copy", 0)
+    run = tmp_path / "run"
+    train(load_config("quick", tiny_overrides + [f'model.text_encoder="{first}"']), run, stop_after=2)
+    state = load_checkpoint(run / CHECKPOINT)
+    del state["text_encoder"]
+    save_checkpoint(run / CHECKPOINT, state)
+    edited = load_config(str(run / "config.toml"), [f'model.text_encoder="{copy}"'])
+    (run / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    assert resume_refusal(run).startswith(
+        f"tgfr train: error: checkpoint file {run / CHECKPOINT} was trained with model.text_encoder = "
+        f"{json.dumps(str(first))}, but the run's config.toml now has model.text_encoder = {json.dumps(str(copy))}:")
 
 
 def test_settings_that_a_later_tgfr_adds_or_drops_do_not_stop_a_resume(tmp_path, tiny_overrides, keep_threads):
@@ -457,6 +501,8 @@ MODEL_MISMATCH = "does not fit the model the run's config builds"
     (lambda state: state.update(data="0" * 63), "'data' must be a sha256 digest in hex (the training split's)"),
     (lambda state: state.update(config=[1]), "'config' must be a dict of setting name -> value (the run's)"),
     (lambda state: state.update(config={1: 2}), "'config' must be a dict of setting name -> value (the run's)"),
+    (lambda state: state.update(config={"stages": 5}), "its 'stages' a list of stage names"),
+    (lambda state: state.update(text_encoder="x"), "'text_encoder' must be a sha256 digest in hex"),
 ])
 def test_a_malformed_checkpoint_stops_the_resume_before_the_log_is_cut(tmp_path, tiny_overrides, keep_threads,
                                                                       damage, message):

@@ -158,9 +158,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if "text_encoder" in state and not (isinstance(state["text_encoder"], str)
                                         and re.fullmatch(r"[0-9a-f]{64}", state["text_encoder"])):
         raise ValueError(f"checkpoint file {path}: 'text_encoder' must be a sha256 digest in hex (the text encoder's)")
-    if "config" in state and not (isinstance(state["config"], dict) and all(isinstance(k, str) for k in state["config"])):
-        raise ValueError(f"checkpoint file {path}: 'config' must be a dict of setting name -> value (the run's)")
+    if "config" in state and not _valid_config(state["config"]):
+        raise ValueError(f"checkpoint file {path}: 'config' must be a dict of setting name -> value (the run's), "
+                         f"its 'stages' a list of stage names")
     return state
+
+
+def _valid_config(config: Any) -> bool:
+    """Whether `config` has the form of a run config as a checkpoint records it (its values are compared, not
+    rebuilt: a later tgfr may have added or dropped settings)."""
+    def names_settings(table: Any) -> bool:
+        return isinstance(table, dict) and all(isinstance(key, str) and (not isinstance(value, dict)
+                                                                          or names_settings(value))
+                                               for key, value in table.items())
+
+    stages = config.get("stages", []) if isinstance(config, dict) else None
+    return names_settings(config) and isinstance(stages, list) and all(isinstance(stage, str) for stage in stages)
 
 
 def optimizer_settings(state: dict[str, Any]) -> dict[str, Any]:

@@ -180,13 +180,12 @@ def _changed_settings_error(source: Path, keys: list[str], trained: dict[str, An
 
 
 # The settings a resume may change: where and how fast the run goes (its device, precision, threads, loader
-# workers), where its files are (a moved manifest, cache or text encoder: the checkpoint's digests of the data
-# and of the text encoder still have to match; the backbone weights file is read again, then overwritten by the
-# checkpoint's backbone), how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test
-# copy, the report). None changes which samples the remaining steps draw or what they compute.
+# workers), where its data are (a moved manifest or cache: the checkpoint's digest of the data still has to
+# match), how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test copy, the report).
+# None changes which samples the remaining steps draw or what they compute. check_config_unchanged also lets the
+# weights' paths move.
 FREE_ON_RESUME = ("device", "precision", "threads", "checkpoint_every", "log_every", "data.loader_workers",
-                  "data.cache_dir", "data.manifest", "model.backbone_weights", "model.text_encoder",
-                  "data.degradation", "evaluation.")
+                  "data.cache_dir", "data.manifest", "data.degradation", "evaluation.")
 
 
 def text_encoder_digest(model: TGFRModel) -> str:
@@ -214,8 +213,11 @@ def _flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: Path) -> None:
     """Refuses to resume checkpoint `state` (from file `source`) when config.toml was edited since the checkpoint
     in a setting the run has trained with: the rest of the run would train otherwise than config.toml says it
-    did (another seed, batch or loss weight from midway), without a word. Free: FREE_ON_RESUME, the stages after
-    the checkpoint's (still to come), the checkpoint's stage's optim.* (check_optimizer_settings judges them,
+    did (another seed, batch or loss weight from midway), without a word. Free: FREE_ON_RESUME, a moved
+    model.backbone_weights (the checkpoint's backbone replaces what it loads; set or unset, it decides whether
+    fr trains) and model.text_encoder (where the checkpoint holds the encoder's digest, compared in train), the
+    stages after the checkpoint's (still to come) and fr when it only loads weights, the checkpoint's stage's
+    optim.* (check_optimizer_settings judges them,
     with its own message) and its steps under a constant schedule (check_optimizer_settings keeps them at least
     its step; a cosine schedule would be stretched from the resume on, its lr jumping), and settings a tgfr
     added or dropped since the checkpoint (a setting it lacks cannot be set back). A checkpoint of an older tgfr,
@@ -232,7 +234,12 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
         head, _, rest = key.partition(".")
         if key.startswith(FREE_ON_RESUME):
             return True
-        if head in STAGES and head not in trained["stages"]:
+        if key == "model.backbone_weights":  # a moved file; set or not decides whether fr trains
+            return bool(trained[key]) == bool(now[key])
+        if key == "model.text_encoder":  # a moved folder, judged by the checkpoint's digest where it has one
+            return "text_encoder" in state
+        loads_only = head == "fr" and trained.get("model.backbone_weights")  # fr loading weights trains nothing
+        if head in STAGES and (head not in trained["stages"] or loads_only):
             return True  # a stage still to come, or one this run does not train
         if head == stage and rest == "steps":
             return trained.get(f"{stage}.optim.schedule") == now.get(f"{stage}.optim.schedule") == "constant"
@@ -486,10 +493,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                          f"restore the data the run started with, or train a new run")
     text_encoder = text_encoder_digest(model)
     if state is not None and state.get("text_encoder", text_encoder) != text_encoder:
-        raise ValueError(f"checkpoint file {out / CHECKPOINT} trained with another text encoder than model.text_encoder "
-                         f"({config.model.text_encoder or 'the packaged all-MiniLM-L6-v2'}) now holds (its vocabulary, "
-                         f"or its weights while frozen, differ), and resuming would train the rest of the run with "
-                         f"it: point model.text_encoder in config.toml at the folder the run trained with")
+        raise ValueError(f"checkpoint file {out / CHECKPOINT} trained with another text encoder than "
+                         f"model.text_encoder ({config.model.text_encoder or 'the packaged all-MiniLM-L6-v2'}) now "
+                         f"holds (its vocabulary, or its weights while frozen, differ), and resuming would train "
+                         f"the rest of the run with it: point model.text_encoder in config.toml at the folder the run "
+                         f"trained with")
     if state is not None:
         check_config_unchanged(config, state, out / CHECKPOINT)
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
