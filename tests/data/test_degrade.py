@@ -1,4 +1,5 @@
 import os
+import re
 import zlib
 
 import numpy as np
@@ -9,8 +10,8 @@ from PIL import Image, ImageFilter, ImageOps
 
 import tgfr.data.degrade as degrade_module
 from tgfr.cli import main
-from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, degrade_image, degrade_manifest,
-                               degrade_records, down_up, gaussian_blur, image_rng, jpeg)
+from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, check_recipe_fits, degrade_image,
+                               degrade_manifest, degrade_records, down_up, gaussian_blur, image_rng, jpeg)
 from tgfr.data.files import load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -210,6 +211,22 @@ def test_down_sampling_to_a_size_no_smaller_than_the_image_is_refused():
                                              r"image, 112 x 100"):
             degrade_image(image, f"down{size}", np.random.default_rng(0))
     assert degrade_image(image, "down99", np.random.default_rng(0)).size == (112, 100)
+
+
+@pytest.mark.parametrize("recipe", ["down111", "down112", "celeba+down111", "celeba+down112", "face2text+down150",
+                                    "face2text+down160", "down150+celeba+down100", "jpeg30+down159"])
+@pytest.mark.parametrize("size", [(112, 112), (160, 200)])
+def test_a_recipe_is_checked_against_an_image_size_as_degrading_such_an_image_would_refuse_it(recipe, size):
+    """check_recipe_fits (run before any image is read) refuses exactly the recipes that degrading an image of
+    that size refuses, following the named recipes' resizing (celeba works at 112, face2text restores the size)."""
+    image = Image.new("RGB", size, (120, 90, 70))
+    try:
+        degrade_image(image, recipe, np.random.default_rng(0))
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            check_recipe_fits(recipe, *size)
+    else:
+        check_recipe_fits(recipe, *size)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

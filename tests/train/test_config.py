@@ -573,6 +573,19 @@ def test_a_preset_file_that_is_not_utf8_is_invalid_toml_naming_the_file(tmp_path
                                      f"can't decode byte 0xe9 in position 20: invalid continuation byte")
 
 
+@pytest.mark.parametrize("key", ["data.degradation", "data.train_degradation"])
+def test_a_down_sampling_the_synthetic_faces_are_too_small_for_is_refused_naming_the_key(key):
+    """The synthetic faces are 112 x 112: down112 (or celeba's 112 then down120) was found only once the whole set
+    was generated, naming an image of a staging folder already removed, or at a training step."""
+    for recipe in ("down112", "celeba+down120"):
+        with pytest.raises(ValueError, match=rf"^{re.escape(key)} = '{re.escape(recipe)}' for the synthetic faces: "
+                                             r"recipe step 'down1\d\d': 1\d\d must be below both sides of the image, "
+                                             r"112 x 112"):
+            load_config("quick", [f'{key}="{recipe}"'])
+    assert getattr(load_config("quick", [f'{key}="down100+jpeg30"']).data, key.split(".")[1]) == "down100+jpeg30"
+    load_config("quick", [f'{key}="down112"', 'data.manifest="elsewhere/manifest.jsonl"'])  # sizes unknown
+
+
 def test_a_preset_file_and_a_run_config_saved_with_a_byte_order_mark_are_read(tmp_path):
     """Some editors (Windows Notepad) start a UTF-8 file with a byte-order mark, which tomllib took for an
     invalid statement at line 1, column 1."""

@@ -159,6 +159,19 @@ def parse_recipe(recipe: str, mirror: bool = True) -> list[Step]:
     return steps
 
 
+def check_recipe_fits(recipe: str, width: int, height: int) -> None:
+    """Refuses, before any image is read, a recipe whose down<S> step would meet an image (width x height at
+    the recipe's start, resized by its named steps as they resize) with a side of S or less."""
+    size = (width, height)
+    for name in recipe.split("+"):
+        if name in NAMED_RECIPES:
+            work_size, restore_size = NAMED_RECIPES[name][:2]
+            size = size if restore_size else (work_size, work_size)
+        elif (match := re.fullmatch(r"down(\d+)", name)) and int(match[1]) >= min(size):
+            raise ValueError(f"recipe step {name!r}: {match[1]} must be below both sides of the image, "
+                             f"{size[0]} x {size[1]}, for the step to lower its resolution")
+
+
 def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator, mirror: bool = True) -> Image.Image:
     """Applies a recipe to an image made 8-bit RGB and upright as the transforms make it (tgfr.data.files.to_rgb:
     a 16-bit greyscale image scaled, not clipped white; an EXIF-turned photo turned); the same rng state gives

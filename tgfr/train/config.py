@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tgfr.data.degrade import parse_recipe
+from tgfr.data.degrade import check_recipe_fits, parse_recipe
 from tgfr.data.synthetic import GENERATOR_VERSION, SIZE_LIMITS as SYNTHETIC_SIZE_LIMITS
 from tgfr.input_paths import file_problem
 from tgfr.output_paths import temporary_name
@@ -357,6 +357,14 @@ class TrainConfig:
                              f"identity), got {self.data.identities_per_batch}")
         if not self.data.manifest:
             from tgfr.data.synthetic import fewest_identities
+            from tgfr.data.synthetic_faces import OUTPUT_SIZE
+
+            # Else found once the whole set is generated (data.degradation), or at a training step.
+            for key in ("data.degradation", "data.train_degradation"):
+                try:
+                    check_recipe_fits(self._get(key), OUTPUT_SIZE, OUTPUT_SIZE)
+                except ValueError as error:
+                    raise ValueError(f"{key} = {self._get(key)!r} for the synthetic faces: {error}") from None
 
             # The synthetic set splits its identities by SyntheticConfig's default fractions, and refuses
             # a count that leaves a split without one only once training generates it; the fractions stay
