@@ -241,3 +241,36 @@ def test_a_process_group_the_caller_made_sets_the_rank_and_world_size(monkeypatc
     with pytest.raises(ValueError, match=re.escape("WORLD_SIZE=4 in the environment, but the process group already "
                                                    "initialized has 2 process(es)")):
         run_module._init_distributed(config)
+
+
+def relay_worker(rank, store_file):
+    import torch.distributed as dist
+
+    from tgfr.distributed import CollectiveCheckError
+
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    try:
+        def fail_on_rank_0():
+            assert rank == 0  # rank 0 alone runs the action
+            raise OSError(28, "cannot write checkpoint c.pt: No space left on device")
+
+        try:
+            run_module._on_rank_0(rank, 2, fail_on_rank_0)
+        except CollectiveCheckError as error:
+            assert rank == 1 and str(error) == "[Errno 28] cannot write checkpoint c.pt: No space left on device"
+        except OSError:
+            assert rank == 0
+        else:
+            raise AssertionError("the error was not raised on every rank")
+        run_module._on_rank_0(rank, 2, lambda: None)  # nothing raised anywhere: the ranks go on together
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0_s_error_in_what_it_alone_does_is_raised_on_every_rank(tmp_path):
+    """Rank 0 raises its own error; the other ranks a CollectiveCheckError with its message, which `tgfr train`
+    does not print again (as a plain ValueError, rank 1 printed it a second time as its own; the torchrun tests
+    see that line only when rank 1 prints before torchrun ends it)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(relay_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
