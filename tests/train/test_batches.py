@@ -311,6 +311,27 @@ def test_a_training_degradation_that_does_not_suit_the_images_names_its_key():
         transform(image, np.random.default_rng(0))
 
 
+def test_a_training_image_too_small_for_the_degradation_is_named_before_the_first_step(tmp_path, tiny_overrides):
+    """A real set of mixed sizes: the one image that down40 cannot take (32 x 32 while the others are 48 x 48)
+    stopped the run only at the step that first drew it for degradation, naming no image."""
+    config = load_config("quick", tiny_overrides)
+    shutil.copytree(resolve_manifest(config.data).parent, tmp_path / "data")
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    records = [record for record in read_manifest(manifest) if record.split == "train"]
+    for record in records:
+        image = Image.open(manifest.parent / record.path)
+        image.resize((48, 48)).save(manifest.parent / record.path)
+    small = manifest.parent / records[3].path
+    Image.open(small).resize((32, 32)).save(small)
+    data = dataclasses.replace(config.data, train_degradation="down40", train_degrade_p=0.1)
+    with pytest.raises(ValueError, match=rf"^data.train_degradation = 'down40': image {re.escape(str(small))}: recipe "
+                                         r"step 'down40': 40 must be below both sides of the image, 32 x 32"):
+        StepBatches(manifest, data, COLLATE, seed=1)
+    StepBatches(manifest, dataclasses.replace(data, train_degrade_p=0.0), COLLATE, seed=1)  # never degraded
+    Image.open(small).resize((48, 48)).save(small)
+    StepBatches(manifest, data, COLLATE, seed=1)
+
+
 def test_a_loader_worker_that_dies_is_a_child_process_error_saying_what_to_do(tiny_overrides):
     """torch's RuntimeError for a killed worker was a traceback in tgfr train; an OSError is its one line."""
     config = load_config("quick", tiny_overrides)

@@ -38,18 +38,20 @@ class DecodedImageCache:
         self.budget_bytes = budget_bytes
         self.used_bytes = 0
         self._images: dict[Path, Image.Image] = {}
+        self.sizes: dict[Path, tuple[int, int]] = {}  # (width, height) of every image checked, kept or not
 
     def __len__(self) -> int:
         return len(self._images)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_images": {}, "used_bytes": 0}
+        return {**self.__dict__, "_images": {}, "used_bytes": 0, "sizes": {}}
 
     def check(self, path: Path) -> None:
         """files.check_image(path), keeping the decoded image if it still fits the budget."""
         if path in self._images:
             return
         image = check_image(path)
+        self.sizes[path] = image.size
         size = image.width * image.height * _BYTES_PER_PIXEL
         if self.used_bytes + size <= self.budget_bytes:
             self._images[path] = image

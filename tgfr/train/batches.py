@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tgfr.data import (CaptionCollator, FaceCaptionDataset, IdentityBalancedBatchSampler, ShuffledBatchSampler,
                        SyntheticConfig, TrainTransform, degrade_image, ensure_synthetic_dataset)
 from tgfr.data.dataset import manifest_record_hint
+from tgfr.data.degrade import check_recipe_fits
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import read_manifest, select_split
 from tgfr.train.config import DataConfig
@@ -100,6 +101,14 @@ class StepBatches:
         self.dataset = FaceCaptionDataset(records, root=manifest.parent, transform=transform,
                                           captions_per_sample=captions_per_sample, seed=seed,
                                           bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
+        if config.train_degrade_p > 0:  # an image too small for a down<S>, found now, not at the step drawing it
+            for record in self.dataset.records:
+                path = manifest.parent / record.path
+                try:
+                    check_recipe_fits(config.train_degradation, *self.dataset.image_cache.sizes[path])
+                except ValueError as error:
+                    raise ValueError(f"data.train_degradation = {config.train_degradation!r}: image {path}: "
+                                     f"{error}") from None
         self.sampler: IdentityBalancedBatchSampler | ShuffledBatchSampler
         if identity_balanced:
             # With as many identities as a batch takes, every identity has a group of images_per_identity
