@@ -217,3 +217,55 @@ def test_an_error_written_in_the_staging_folder_names_the_files_place(tmp_path):
                 raise OSError(errno.ENOSPC, "No space left on device")
     assert str(raised.value) == f"[Errno 28] cannot write metrics file {folder / 'metrics.json'}: No space left on device"
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_a_folder_entry_whose_new_one_cannot_take_its_name_is_put_back(tmp_path, monkeypatch, failure):
+    """rename(2) fails with ENOSPC when the folder must grow, and a Ctrl-C can land between the two renames of a
+    folder entry: the old folder stayed under a hidden name only, and the new one went with the staging folder."""
+    folder = tmp_path / "ckpt"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "weights" / "w.bin").write_text("old weights")
+    (folder / "config.json").write_text("old config")
+    rename = os.rename
+
+    def failing_once(source, destination):
+        if os.path.basename(os.path.dirname(source)).startswith(f".{output_paths.STAGING}.") and not failed:
+            failed.append(destination)
+            raise failure
+        return rename(source, destination)
+
+    failed = []
+    monkeypatch.setattr(os, "rename", failing_once)
+    with pytest.raises(type(failure)) as raised:
+        with output_paths.replace_entries_atomically(folder, "checkpoint folder", last=("config.json",)) as staging:
+            (staging / "weights").mkdir()
+            (staging / "weights" / "w.bin").write_text("new weights")
+            (staging / "config.json").write_text("new config")
+    assert failed == [folder / "weights"]
+    if isinstance(failure, OSError):
+        assert str(raised.value) == f"[Errno {errno.ENOSPC}] cannot write checkpoint folder {folder}: " \
+            "No space left on device"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["config.json", "weights",
+                                                                                   "weights/w.bin"]
+    assert (folder / "weights" / "w.bin").read_text() == "old weights"
+    assert (folder / "config.json").read_text() == "old config"
+
+
+def test_a_folder_entry_that_is_a_link_to_a_folder_is_replaced_itself(tmp_path):
+    """A checkpoint's text_encoder linked to a shared copy failed the save with "Not a directory" (a folder renamed
+    over a link), naming the checkpoint folder, after the entries before it were already new; the link itself is
+    replaced, and the shared copy left as it was."""
+    shared, folder = tmp_path / "shared_bert", tmp_path / "ckpt"
+    shared.mkdir()
+    (shared / "vocab.txt").write_text("shared")
+    folder.mkdir()
+    (folder / "text_encoder").symlink_to(shared)
+    (folder / "model.safetensors").write_text("old")
+    with output_paths.replace_entries_atomically(folder, "checkpoint folder") as staging:
+        (staging / "model.safetensors").write_text("new")
+        (staging / "text_encoder").mkdir()
+        (staging / "text_encoder" / "vocab.txt").write_text("new")
+    assert not (folder / "text_encoder").is_symlink() and (folder / "text_encoder" / "vocab.txt").read_text() == "new"
+    assert (folder / "model.safetensors").read_text() == "new" and (shared / "vocab.txt").read_text() == "shared"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "text_encoder"]

@@ -138,12 +138,12 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
     """An empty staging folder .staging.<8 random hex digits>.tmp inside `folder` (made, with
     its parents, if missing); when the block ends without an error, every file in it is flushed to disk
     and each of its entries replaces the entry of that name in `folder` by a rename (an existing folder
-    entry is renamed aside first, then removed), the names in `last` last; then the staging folder is
-    removed. `folder` itself stays (a mount point, a process's working directory, its owner and mode,
-    a user's other files in it). On any error in the block the staging folder is removed, `folder`
-    left as it was, and an OSError raised naming `folder` (`what` says what it is): a full disk fails
-    while staging, before any rename. A process killed while staging leaves the staging folder; one
-    killed among the renames leaves some entries new and some old."""
+    entry is moved aside first, then removed, or put back if the rename fails), the names in `last` last;
+    then the staging folder is removed. `folder` itself stays (a mount point, a process's working
+    directory, its owner and mode, a user's other files in it). On any error in the block the staging
+    folder is removed, `folder` left as it was, and an OSError raised naming `folder` (`what` says what
+    it is): a full disk fails while staging, before any rename. A process killed while staging leaves
+    the staging folder; one killed (or an error) among the renames leaves some entries new and some old."""
     path, target = Path(folder), Path(os.path.realpath(folder))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {what} {path}: it is a file, not a folder")
@@ -191,18 +191,28 @@ def _flush_folder(folder: Path) -> None:
 
 
 def _replace_entry(new: Path, target: Path) -> None:
-    """Renames `new` to `target`; a `target` folder (which a rename cannot replace unless empty) is
-    renamed aside first and removed after. A file `new` replaces an existing file with its permissions,
-    and a link to a file through the link (its target), as write_atomically does."""
+    """Renames `new` to `target`. A `target` that a rename cannot replace (a folder that is not empty, or any
+    entry under a new folder: a symbolic link to a folder too, which is replaced itself, not written through)
+    is moved into a new folder beside it first and removed after, or moved back when `new` cannot take its
+    name (a full directory's ENOSPC, a Ctrl-C), so that an error leaves it old. A file `new` replaces an
+    existing file with its permissions, and a link to a file through the link (its target), as
+    write_atomically does."""
     if new.is_file() and target.is_file():
         target = Path(os.path.realpath(target))
         os.chmod(new, stat.S_IMODE(os.stat(target).st_mode))
-    if not target.is_dir() or target.is_symlink():
+    is_folder = target.is_dir() and not target.is_symlink()
+    if not os.path.lexists(target) or not (is_folder or new.is_dir()):
         os.replace(new, target)
         return
     _, aside = _make_beside(target, os.mkdir, "old")
-    os.replace(target, aside)  # replaces the empty folder made for the name
-    os.rename(new, target)
+    try:
+        os.rename(target, aside / target.name)
+        os.rename(new, target)
+    except BaseException:
+        if not os.path.lexists(target):  # else the interruption came after the renames: the entry is new
+            os.rename(aside / target.name, target)
+        shutil.rmtree(aside)
+        raise
     shutil.rmtree(aside)
 
 

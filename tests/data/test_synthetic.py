@@ -1,4 +1,5 @@
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import tgfr.data.synthetic as synthetic
 from tgfr.cli import main
 from tgfr.data.degrade import down_up
 from tgfr.data.manifest import read_manifest
-from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
+from tgfr.data.synthetic import MARKER, SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
 from tgfr.data.synthetic_captions import fine_phrases
 from tgfr.data.synthetic_faces import covered_marks, identity_attributes, image_state, render_face
 
@@ -65,6 +66,27 @@ def test_each_degraded_split_copies_the_images_of_its_own_split(tmp_path):
         sources = sorted(r.path for r in records if r.split == split)
         assert sources and sorted(r.meta["source"] for r in copies) == sources
         assert {r.meta["recipe"] for r in copies} == {recipe}
+
+
+def test_degraded_copies_are_seeded_by_the_datasets_seed(dataset):
+    """`tgfr data synth --seed` seeds the degradation too: the copies' meta records the dataset's seed."""
+    _, records = dataset
+    degraded = [record for record in records if record.split == "test_degraded"]
+    assert degraded and {record.meta["seed"] for record in degraded} == {CONFIG.seed} != {0}
+
+
+def test_equal_configs_have_one_key_and_write_the_same_bytes(tmp_path):
+    """val_fraction 0 and 0.0, and one degradations dict in two orders, are equal configs: they had two keys (two
+    cache folders), and wrote their degraded copies' records in their dicts' order."""
+    recipes = {"train_degraded": "down16", "test_degraded": "jpeg50"}
+    first = SyntheticConfig(identities=4, images_per_identity=2, captions_per_image=1, seed=3, val_fraction=0,
+                            test_fraction=0.25, degradations=recipes)
+    second = dataclasses.replace(first, val_fraction=0.0, degradations=dict(reversed(recipes.items())))
+    assert first == second and first.key() == second.key()
+    for config, folder in ((first, tmp_path / "first"), (second, tmp_path / "second")):
+        generate_synthetic_dataset(folder, config, workers=1)
+    for name in ("manifest.jsonl", MARKER):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
 
 
 def test_same_seed_same_bytes_any_workers(dataset, tmp_path):
@@ -158,10 +180,12 @@ def test_config_validation():
                                                        f"{degradations!r}")):
             SyntheticConfig(degradations=degradations)
     # A copy of a split that is not there: "foo_degraded" would be a copy of no image.
-    for name in ("blurry", "foo_degraded"):
-        with pytest.raises(ValueError, match=re.escape(f"degradation split names look like '<train|val|test>_degraded"
-                                                       f"...', got {name!r}")):
+    # The form the message gives is the form accepted: "val_degraded_x" (ending otherwise) matched "..._degraded...".
+    for name in ("blurry", "foo_degraded", "val_degraded_x"):
+        with pytest.raises(ValueError, match=re.escape(f"degradation split names look like '<train|val|test>[_...]"
+                                                       f"_degraded', got {name!r}")):
             SyntheticConfig(degradations={name: "down16"})
+    assert list(SyntheticConfig(degradations={"val_x_degraded": "down16"}).degradations) == ["val_x_degraded"]
     # Refused by the config, not after every clean image is rendered.
     with pytest.raises(ValueError, match=re.escape("a degradation split name (the degraded copy's folder) must be one "
                                                    "plain name (no '/', '\\', '.' or '..'), got 'test_/_degraded'")):
@@ -244,6 +268,62 @@ def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     assert not any(staging.exists() for staging in abandoned) and all((s / "part.png").is_file() for s in kept)
     assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), *(staging.name for staging in kept)])
+    assert len(read_manifest(manifest)) == 3
+
+
+def _locked_elsewhere(folder: Path) -> bool:
+    """Whether another holder has `folder`'s lock (a second open file description conflicts as another process's
+    does)."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+
+
+def test_a_staging_folder_whose_lock_is_held_is_kept_though_its_process_id_is_gone(tmp_path, monkeypatch):
+    """Two containers of one host name sharing the cache see each other's staging folders but not each other's
+    processes: the first one's folder, named with a process id the second cannot see, was removed while the first
+    generated into it. The owner holds the folder's lock from its generation to its rename into place, and a
+    folder of an ended process is removed only if its lock is free."""
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    here = synthetic._staging_owner().partition("@")[2]
+    parent = tmp_path / "synthetic"
+    held, abandoned = (parent / f".{config.key()}-{ended}@{here}-{suffix}" for suffix in ("0123abcd", "89ab"))
+    for staging in (held, abandoned):
+        staging.mkdir(parents=True)
+        (staging / "part.png").write_bytes(b"partial")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys\n"
+                               "fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True)\n"
+                               "sys.stdin.read()\n", str(held)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    render, replace = synthetic._render_identity, os.replace
+    locked_while = {}  # what the owner was doing -> whether its staging folder was locked then
+
+    def render_noting_the_lock(task):
+        locked_while["rendering"] = _locked_elsewhere(Path(task[0]))
+        return render(task)
+
+    def replace_noting_the_lock(source, destination):
+        if Path(source).parent == parent and Path(source).name.startswith(f".{config.key()}-{os.getpid()}@"):
+            locked_while["renaming"] = _locked_elsewhere(Path(source))
+        return replace(source, destination)
+
+    monkeypatch.setattr(synthetic, "_render_identity", render_noting_the_lock)
+    monkeypatch.setattr(os, "replace", replace_noting_the_lock)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    finally:
+        holder.communicate("", timeout=30)
+    assert (held / "part.png").is_file() and not abandoned.exists()
+    assert locked_while == {"rendering": True, "renaming": True}
     assert len(read_manifest(manifest)) == 3
 
 
@@ -372,6 +452,41 @@ def test_a_rerun_removes_the_images_of_earlier_runs_also_one_cut_short(tmp_path,
                                                                                                 "synthetic.json"}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir()} == \
         {parent for path in listed for parent in map(str, Path(path).parents) if parent != "."}
+
+
+def test_a_small_rerun_after_a_huge_run_cut_short_tests_the_images_there_not_every_planned_one(tmp_path,
+                                                                                                   monkeypatch):
+    """A run of 10^7 identities started by mistake and killed a second later lists its parameters: the next, small
+    run built the set of every path that run planned (minutes, gigabytes) to find the few images it wrote. It
+    removes those (and its degraded copies) without listing the big run's splits identity by identity."""
+    out = tmp_path / "synth"
+    generate_synthetic_dataset(out, CONFIG, workers=1)
+    huge = SyntheticConfig(identities=10**7, images_per_identity=2, seed=5)
+    marker = {"version": synthetic.GENERATOR_VERSION, "key": None, "finished": False,
+              "written": [dataclasses.asdict(CONFIG), dataclasses.asdict(huge)]}
+    (out / "synthetic.json").write_text(json.dumps(marker))
+    # The split of the first identity of the seeded permutation is test, that of the last train.
+    order = np.random.default_rng((huge.seed, 3)).permutation(huge.identities)
+    first, last = int(order[0]), int(order[-1])
+    assert min(first, last) >= CONFIG.identities
+    written_by_huge = [f"images/test/{first}/{first}_0.png", f"test_degraded/images/test/{first}/{first}_1.png",
+                       f"images/train/{last}/{last}_1.png"]
+    written_by_none = [f"images/val/{first}/{first}_0.png", f"images/train/{last}/{last}_2.png",
+                       f"test_blur_degraded/images/test/{first}/{first}_0.png"]
+    for name in written_by_huge + written_by_none:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"earlier")
+    identity_splits = synthetic.identity_splits
+
+    def refusing_the_huge_config(config):
+        assert config.identities < huge.identities, "listed the split of each of the huge run's identities"
+        return identity_splits(config)
+
+    monkeypatch.setattr(synthetic, "identity_splits", refusing_the_huge_config)
+    manifest = generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, seed=8), workers=1)
+    listed = {record.path for record in read_manifest(manifest)}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
+        listed | set(written_by_none) | {"manifest.jsonl", "synthetic.json"}
 
 
 def test_a_rerun_removes_the_images_of_a_run_an_earlier_tgfr_cut_short(tmp_path):

@@ -15,12 +15,13 @@ import re
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import check_plain_name, degrade_records, degraded_path, parse_recipe
+from tgfr.data.degrade import check_plain_name, degrade_records, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
@@ -33,7 +34,7 @@ from tgfr.output_paths import check_output_folder, naming_write_errors, write_at
 # The newest generator version. SyntheticConfig.version picks any from 1 to this one, and a version
 # writes forever the dataset it wrote when it was the newest: a run records the version it trained
 # on (data.synthetic_version), so that its evaluation and its resumption read that same data.
-# All versions name their images alike (_written_paths); they differ in what they draw or say.
+# All versions name their images alike (_writes); they differ in what they draw or say.
 # 1: the first. 2: the captions leave out a scar, mole or wrinkles that bangs or a beard cover
 # (synthetic_faces.covered_marks), which version 1 named although the image does not show them.
 # 3: they also leave out the wrinkles that any hair front covers (all but bald heads and hats), which
@@ -77,8 +78,13 @@ class SyntheticConfig:
             # A Python number: the config's key is its JSON, which has no numpy float32.
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
                 raise ValueError(f"{name} must be an int or float, got {getattr(self, name)!r}")
+            # A float: 0 and 0.0, equal, would give two keys (JSON "0" and "0.0"), and so two cache folders.
+            object.__setattr__(self, name, float(getattr(self, name)))
         if not isinstance(self.degradations, dict) or not all(isinstance(name, str) for name in self.degradations):
             raise ValueError(f"degradations must be a dict {{split name: recipe}}, got {self.degradations!r}")
+        # Sorted by name (a copy, which the caller's dict changing later leaves alone): equal configs, whatever
+        # their dicts' order, write their degraded copies, and so their manifests' records, in one order.
+        object.__setattr__(self, "degradations", dict(sorted(self.degradations.items())))
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be >= 0 with sum < 1, got "
                              f"{self.val_fraction} and {self.test_fraction}")
@@ -89,7 +95,7 @@ class SyntheticConfig:
                              f"tgfr's newest), got {self.version!r}")
         for name, recipe in self.degradations.items():
             if not name.endswith("_degraded") or name.split("_")[0] not in ("train", "val", "test"):
-                raise ValueError(f"degradation split names look like '<train|val|test>_degraded...', got {name!r}")
+                raise ValueError(f"degradation split names look like '<train|val|test>[_...]_degraded', got {name!r}")
             check_plain_name(name, "a degradation split name (the degraded copy's folder)")
             # Checked here, not after every image has been rendered.
             try:
@@ -149,15 +155,24 @@ SYNTHETIC_PRESETS = {
 }
 
 
+def _identity_ranks(config: SyntheticConfig) -> np.ndarray:
+    """(identities,) int64: the rank of each identity in the seeded permutation that the fractions cut into
+    splits (_split_at_rank)."""
+    order = np.random.default_rng((config.seed, 3)).permutation(config.identities)
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(config.identities)
+    return ranks
+
+
+def _split_at_rank(rank: int, sizes: dict[str, int]) -> str:
+    """The split of the identity of this rank: test takes the first ranks, val the next, train the rest."""
+    return "test" if rank < sizes["test"] else "val" if rank < sizes["test"] + sizes["val"] else "train"
+
+
 def identity_splits(config: SyntheticConfig) -> list[str]:
     """Split name of every identity (a seeded permutation cut by the fractions)."""
-    order = np.random.default_rng((config.seed, 3)).permutation(config.identities)
     sizes = config.split_sizes()
-    n_test, n_val = sizes["test"], sizes["val"]
-    splits = [""] * config.identities
-    for rank, identity in enumerate(order):
-        splits[identity] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-    return splits
+    return [_split_at_rank(rank, sizes) for rank in _identity_ranks(config).tolist()]
 
 
 def _image_path(split: str, identity: int, k: int) -> str:
@@ -165,14 +180,20 @@ def _image_path(split: str, identity: int, k: int) -> str:
     return f"images/{split}/{identity}/{identity}_{k}.png"
 
 
-def _written_paths(config: SyntheticConfig) -> set[str]:
-    """Paths (relative to the dataset folder) of every image that generating `config` writes."""
-    splits = identity_splits(config)
-    images = [(splits[identity], _image_path(splits[identity], identity, k))
-              for identity in range(config.identities) for k in range(config.images_per_identity)]
-    degraded = [degraded_path(name, path) for name in config.degradations
-                for split, path in images if split == name.split("_")[0]]
-    return {path for _, path in images} | set(degraded)
+def _writes(config: SyntheticConfig) -> Callable[[str], bool]:
+    """Whether generating `config` writes the image `path` (relative to the dataset folder, one of
+    _generated_images), in O(1) a path: a set of every path it writes would take minutes and gigabytes for
+    a config of millions of identities (a run started by mistake, cut short after a second)."""
+    ranks, sizes = _identity_ranks(config), config.split_sizes()
+
+    def writes(path: str) -> bool:
+        image = _GENERATED_IMAGE.fullmatch(path)
+        identity = int(image["identity"])
+        # A degraded copy holds the images of the split its name starts with (_generated_images checks it).
+        return (identity < config.identities and int(image["k"]) < config.images_per_identity
+                and image["copy"] in (None, *config.degradations)
+                and _split_at_rank(int(ranks[identity]), sizes) == image["split"])
+    return writes
 
 
 def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[ManifestRecord]:
@@ -237,11 +258,11 @@ def _earlier_configs(marker: dict | None) -> list[SyntheticConfig]:
     return configs
 
 
-# The names this generator gives its images (_image_path) and their degraded copies (degraded_path of
+# The names this generator gives its images (_image_path) and their degraded copies (degrade.degraded_path of
 # a split's "<split>[_...]_degraded" copy, which holds that split's images only).
-_GENERATED_IMAGE = re.compile(r"(?:(?P<copy_split>train|val|test)(?:_[^/]*)?_degraded/)?images/"
-                              r"(?P<split>train|val|test)/(?P<identity>0|[1-9][0-9]*)/(?P=identity)_(?:0|[1-9][0-9]*)"
-                              r"\.png")
+_GENERATED_IMAGE = re.compile(r"(?:(?P<copy>(?P<copy_split>train|val|test)(?:_[^/]*)?_degraded)/)?images/"
+                              r"(?P<split>train|val|test)/(?P<identity>0|[1-9][0-9]*)/(?P=identity)_"
+                              r"(?P<k>0|[1-9][0-9]*)\.png")
 
 
 def _generated_images(out: Path) -> set[str]:
@@ -312,12 +333,13 @@ def _generate(out: Path, config: SyntheticConfig, workers: int) -> Path:
     _check_synthetic_or_empty(out)  # again: another process may have written there since
     marker = _marker(out)
     earlier = _earlier_configs(marker)
+    writes = _writes(config)
     cut_short_unlisted = marker is not None and marker["key"] is None and "written" not in marker
     if marker is not None and (marker["version"] > GENERATOR_VERSION or cut_short_unlisted):
         # Written by a newer generator version, or cut short by a tgfr that did not list its runs'
         # parameters: what it wrote is known only by the generator's names. Removed before this run's
         # marker lists the runs, so that a rerun cut short here finds the old marker and looks again.
-        _remove_images(out, _generated_images(out) - _written_paths(config))
+        _remove_images(out, {path for path in _generated_images(out) if not writes(path)})
     # A marker without a key first: a run cut short (Ctrl-C, a full disk) leaves a folder that the
     # next run may write over, and that no reader takes for a finished dataset; it lists this run's
     # parameters with the earlier ones, whose images are not all removed yet. Its version is the
@@ -333,7 +355,9 @@ def _generate(out: Path, config: SyntheticConfig, workers: int) -> Path:
     (out / "manifest.jsonl").unlink(missing_ok=True)
     # Only the earlier runs' images that are there: a run cut short early may have planned millions it never
     # wrote, each a failed unlink.
-    _remove_images(out, (set().union(*map(_written_paths, earlier)) & _generated_images(out)) - _written_paths(config))
+    written_earlier = list(map(_writes, earlier))
+    _remove_images(out, {path for path in _generated_images(out)
+                         if not writes(path) and any(written(path) for written in written_earlier)})
     splits = identity_splits(config)
     tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
     if workers > 1:
@@ -379,7 +403,9 @@ def _remove_abandoned_staging(parent: Path, key: str) -> None:
     """Removes the staging folders of `key` whose process, on this machine, has ended without removing
     its own (killed: SIGKILL, out of memory): each would hold a partial copy of the dataset for good.
     Staging folders of live processes or of another machine, and names of another form, are left alone
-    (a name without a machine is an earlier tgfr's, taken for this machine's)."""
+    (a name without a machine is an earlier tgfr's, taken for this machine's), and so is one whose lock
+    (folder_lock, which its owner holds while it generates) is held: its owner may be a process that this
+    one cannot see (another container of this host name, sharing the cache, has other process ids)."""
     this_machine = _staging_owner().partition("@")[2]
     for staging in parent.glob(f".{key}-*-*"):
         owner, _, machine = staging.name[len(key) + 2:].split("-", 1)[0].partition("@")
@@ -388,7 +414,10 @@ def _remove_abandoned_staging(parent: Path, key: str) -> None:
         try:
             os.kill(int(owner), 0)
         except ProcessLookupError:
-            shutil.rmtree(staging, ignore_errors=True)
+            # Where the file system has no locks, the process id alone decides.
+            with contextlib.suppress(ValueError, OSError):  # held, or already gone
+                with folder_lock(staging, in_use=f"staging folder {staging} is in use"):
+                    shutil.rmtree(staging, ignore_errors=True)
         except OSError:  # alive under another user (PermissionError), or unknowable: keep it
             continue
 
@@ -407,13 +436,14 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
         if preset not in SYNTHETIC_PRESETS:
             raise ValueError(f"preset must be one of {sorted(SYNTHETIC_PRESETS)} or a SyntheticConfig, got {preset!r}")
         preset = SYNTHETIC_PRESETS[preset]
+    check_workers(workers)
     key = preset.key()
     root = Path(cache_dir or default_cache_dir())
     folder = root / "synthetic" / key
     if (manifest := _cached_manifest(folder, key)) is not None:
         return manifest
     # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read);
-    # the process id in it lets a later run remove it if this process is killed.
+    # the process id in it, and its lock, let a later run remove it if this process is killed.
     staging = folder.with_name(f".{key}-{_staging_owner()}-{uuid.uuid4().hex}")
     # A file in the way, no permission, a full disk: a setting to fix, named in one line, not a traceback.
     check_output_folder(f"cache_dir {root}: the synthetic dataset's folder", folder.parent)
@@ -425,24 +455,27 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
         raise ValueError(f"cache_dir {root}: cannot create the synthetic dataset's folder {folder}: "
                          f"{error.filename or staging}: {error.strerror}") from None
     try:
-        generate_synthetic_dataset(staging, preset, workers=workers)
-        if (folder.is_symlink() or folder.exists()) and _cached_manifest(folder, key) is None:
-            # A stale folder (no valid marker: interrupted by an older version, or damaged) is
-            # moved aside first, since a directory cannot be renamed over a non-empty one; if
-            # another process moved or replaced it meanwhile, the rename below settles it.
-            stale = folder.with_name(f".{key}-stale-{uuid.uuid4().hex}")
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(folder, stale)
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:  # a file or a link in the folder's place, which rmtree never removes
-                stale.unlink(missing_ok=True)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if (manifest := _cached_manifest(folder, key)) is None:  # not a finished copy from another process
-                raise
-            return manifest
+        # Held until the folder is renamed into place: another process removes a staging folder only if it
+        # can take its lock, which it could not while this one generates, even without seeing this process.
+        with folder_lock(staging):
+            _generate(staging, preset, workers)
+            if (folder.is_symlink() or folder.exists()) and _cached_manifest(folder, key) is None:
+                # A stale folder (no valid marker: interrupted by an older version, or damaged) is
+                # moved aside first, since a directory cannot be renamed over a non-empty one; if
+                # another process moved or replaced it meanwhile, the rename below settles it.
+                stale = folder.with_name(f".{key}-stale-{uuid.uuid4().hex}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(folder, stale)
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:  # a file or a link in the folder's place, which rmtree never removes
+                    stale.unlink(missing_ok=True)
+            try:
+                os.replace(staging, folder)
+            except OSError:
+                if (manifest := _cached_manifest(folder, key)) is None:  # not a finished copy from another process
+                    raise
+                return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder / "manifest.jsonl"
