@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tgfr.data.degrade import check_plain_name, degrade_records, parse_recipe
+from tgfr.data.degrade import check_plain_name, check_recipe_fits, degrade_records, parse_recipe
 from tgfr.data.manifest import ManifestRecord, write_manifest
 from tgfr.data.synthetic_captions import make_captions
-from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
+from tgfr.data.synthetic_faces import OUTPUT_SIZE, identity_attributes, image_state, render_face
 from tgfr.data.worker_pool import WorkerPool, check_workers
 from tgfr.input_paths import file_problem
 from tgfr.text_formats import parse_json
@@ -330,6 +330,12 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
 
 def _generate(out: Path, config: SyntheticConfig, workers: int) -> Path:
     """generate_synthetic_dataset once it holds `out`'s lock."""
+    for name, recipe in config.degradations.items():  # else found once every clean face is drawn
+        try:
+            check_recipe_fits(recipe, OUTPUT_SIZE, OUTPUT_SIZE)
+        except ValueError as error:
+            raise ValueError(f"degradation {name!r} = {recipe!r} of the {OUTPUT_SIZE} x {OUTPUT_SIZE} synthetic "
+                             f"faces: {error}") from None
     _check_synthetic_or_empty(out)  # again: another process may have written there since
     marker = _marker(out)
     earlier = _earlier_configs(marker)
