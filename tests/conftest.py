@@ -44,6 +44,22 @@ def threads_seen_by(monkeypatch):
 
 
 @pytest.fixture
+def lock_taken_elsewhere():
+    """lock_taken_elsewhere(folder): whether a holder other than the caller has `folder`'s tgfr.folder_lock (a
+    second open file description conflicts with it, as another process's does)."""
+    def taken(folder) -> bool:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(descriptor)
+    return taken
+
+
+@pytest.fixture
 def folder_held_elsewhere():
     """folder_held_elsewhere(folder): takes `folder`'s tgfr.folder_lock as another process would (a second
     open file description conflicts with it, as another process's does) until release() or the test's end;

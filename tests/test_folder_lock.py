@@ -11,20 +11,7 @@ import pytest
 from tgfr.folder_lock import folder_lock
 
 
-def _taken_elsewhere(folder) -> bool:
-    """Whether another holder has `folder`'s lock (a second open file description conflicts as another
-    process's does)."""
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-
-
-def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
+def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path, lock_taken_elsewhere):
     """A DataLoader worker forked while tgfr train holds its run folder outlived a SIGKILLed trainer for
     seconds, and with it the lock: an immediate --resume was refused."""
     fork = multiprocessing.get_context("fork")
@@ -35,27 +22,27 @@ def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
         time.sleep(60)
 
     with folder_lock(tmp_path, in_use="in use"):
-        assert _taken_elsewhere(tmp_path)
+        assert lock_taken_elsewhere(tmp_path)
         child = fork.Process(target=child_body)
         child.start()
         assert running.wait(30)
-        assert _taken_elsewhere(tmp_path)  # the parent still holds it
+        assert lock_taken_elsewhere(tmp_path)  # the parent still holds it
     try:
-        assert not _taken_elsewhere(tmp_path)
+        assert not lock_taken_elsewhere(tmp_path)
     finally:
         child.kill()
         child.join()
 
 
-def test_a_held_folder_is_refused_with_the_callers_message(tmp_path, folder_held_elsewhere):
+def test_a_held_folder_is_refused_with_the_callers_message(tmp_path, folder_held_elsewhere, lock_taken_elsewhere):
     release = folder_held_elsewhere(tmp_path)
     with pytest.raises(ValueError, match="^another writer$"):
         with folder_lock(tmp_path, in_use="another writer"):
             pass
     release()
     with folder_lock(tmp_path, in_use="another writer"):
-        assert _taken_elsewhere(tmp_path)
-    assert not _taken_elsewhere(tmp_path)
+        assert lock_taken_elsewhere(tmp_path)
+    assert not lock_taken_elsewhere(tmp_path)
 
 
 def test_a_released_locks_descriptor_number_is_left_to_its_next_owner_in_a_forked_child(tmp_path):

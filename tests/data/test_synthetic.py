@@ -1,5 +1,4 @@
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -271,20 +270,8 @@ def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     assert len(read_manifest(manifest)) == 3
 
 
-def _locked_elsewhere(folder: Path) -> bool:
-    """Whether another holder has `folder`'s lock (a second open file description conflicts as another process's
-    does)."""
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-
-
-def test_a_staging_folder_whose_lock_is_held_is_kept_though_its_process_id_is_gone(tmp_path, monkeypatch):
+def test_a_staging_folder_whose_lock_is_held_is_kept_though_its_process_id_is_gone(tmp_path, monkeypatch,
+                                                                                   lock_taken_elsewhere):
     """Two containers of one host name sharing the cache see each other's staging folders but not each other's
     processes: the first one's folder, named with a process id the second cannot see, was removed while the first
     generated into it. The owner holds the folder's lock from its generation to its rename into place, and a
@@ -307,12 +294,12 @@ def test_a_staging_folder_whose_lock_is_held_is_kept_though_its_process_id_is_go
     locked_while = {}  # what the owner was doing -> whether its staging folder was locked then
 
     def render_noting_the_lock(task):
-        locked_while["rendering"] = _locked_elsewhere(Path(task[0]))
+        locked_while["rendering"] = lock_taken_elsewhere(Path(task[0]))
         return render(task)
 
     def replace_noting_the_lock(source, destination):
         if Path(source).parent == parent and Path(source).name.startswith(f".{config.key()}-{os.getpid()}@"):
-            locked_while["renaming"] = _locked_elsewhere(Path(source))
+            locked_while["renaming"] = lock_taken_elsewhere(Path(source))
         return replace(source, destination)
 
     monkeypatch.setattr(synthetic, "_render_identity", render_noting_the_lock)
