@@ -15,7 +15,8 @@ from benchmarks.conftest import FULL
 PASSES = ("forward", "forward_backward")
 
 
-# Throughput assumed when planning rounds: about what 2 cores give (useful GFLOP/s).
+# Throughput assumed when planning rounds (useful GFLOP/s): about what the baselines reach on 2 cores. The
+# fused ops reach several times more, so some of their steps planned at 3 s and more take under a second.
 PLANNING_GFLOPS = 50.0
 
 
@@ -23,8 +24,8 @@ def rounds_of(useful_flops: int) -> tuple[int, int]:
     """(rounds, warm-up rounds) of a step. Quick mode: one of each. Full mode: a warm-up round
     always (the first call pays one-time costs: thread pool, first-touch page faults, allocator
     growth, a compiled baseline's compilation; training runs in the steady state), then three
-    rounds, or one for steps of about 3 s and more on 2 cores (their spread is small against
-    their length)."""
+    rounds, or one for steps planned at 3 s and more at PLANNING_GFLOPS (150 GFLOP of useful work
+    and more: their spread is small against their length, but the fused ops run some in under a second)."""
     if not FULL:
         return 1, 1
     if useful_flops / (PLANNING_GFLOPS * 1e9) < 3:

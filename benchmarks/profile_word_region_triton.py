@@ -15,7 +15,8 @@ kernels only (both kernels of deterministic_backward), not the zero-fill of the 
 the backward allocates in that range. One JSON line per profiled kernel and metric of ncu's details page
 (section, metric, unit, value as printed and as a number), with device, commit, date, shape and
 config; the .ncu-rep reports stay in --reports (on the profiled machine) for the Nsight Compute GUI. The
-command exits with status 1 when no entry could be profiled; a failed entry's line carries ncu's message.
+command exits with status 1 when any entry could not be profiled, after profiling the others; a failed
+entry's line carries ncu's message, which the console shows as well.
 """
 
 import argparse
@@ -139,24 +140,29 @@ def main() -> None:
     environment = measurement_environment(args.size, args.dtype)
     args.reports.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    profiled = 0
+    failed = []
     for kind, index in kernels:
         report = args.reports / f"word_region_{kind}_{index}_{args.dtype}_{args.size}"
         config = candidate_configs(kind, "shipped")[index]
         try:
             print(_ncu(ncu_command(report, kind, index, args.size, args.dtype)), end="")  # ==PROF== progress
             rows = details_rows(_ncu(["ncu", "--import", f"{report}.ncu-rep", "--csv", "--page", "details"]))
-            profiled += 1
         except (OSError, RuntimeError, ValueError) as error:  # e.g. no ncu on PATH; the next kernel may still work
             rows = [{"error": f"{type(error).__name__}: {str(error)[-600:]}"}]
+            failed.append(f"{kind}:{index}")
+            print(f"profile_word_region_triton: {kind}:{index}: {rows[0]['error']}", file=sys.stderr, flush=True)
         with args.out.open("a") as out:
             for row in rows:
                 out.write(json.dumps({**environment, "kernel": kind, "config_index": index, **config, **row}) + "\n")
         durations = [row for row in rows if row.get("metric") == "Duration"]
         print(json.dumps({"kernel": kind, "config_index": index, "metrics": len(rows),
                           "duration": [f"{row['value']} {row['unit']}" for row in durations]}), flush=True)
-    if not profiled:
+    if len(failed) == len(kernels):
         raise SystemExit(f"profile_word_region_triton: none of {args.kernels} could be profiled (see {args.out})")
+    if failed:
+        # The others' lines are written: a stage that passed would hide the missing kernel's profile.
+        raise SystemExit(f"profile_word_region_triton: {','.join(failed)} of {args.kernels} could not be profiled "
+                         f"(see {args.out})")
 
 
 if __name__ == "__main__":

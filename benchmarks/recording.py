@@ -79,9 +79,13 @@ def commit() -> str:
     """The measured tree's commit: $TGFR_COMMIT when set (a tree copied to a GPU machine can carry a
     stale .git), else HEAD, with -dirty when tracked files other than the harness's own outputs
     (benchmarks/results/, benchmarks/RESULTS.md) differ from it; 'unknown' outside a git checkout
-    or without git."""
+    of its own (a tree without .git at its top) or without git."""
     if os.environ.get("TGFR_COMMIT"):
         return os.environ["TGFR_COMMIT"]
+    # As tgfr.provenance.tgfr_commit: in a tree copied or unpacked into another repository (a home
+    # folder under git), git climbs to that repository and would name its unrelated commit.
+    if not (RESULTS_DIR.parent.parent / ".git").exists():
+        return "unknown"
     # The results files a run merges into and appends to are tracked: a run after another, or the
     # second line of one GPU session, would otherwise mark measurements of the same code dirty.
     outputs = [path.relative_to(RESULTS_DIR.parent).as_posix() for path in (RESULTS_DIR, RESULTS_PAGE)]
@@ -171,23 +175,29 @@ def benchmark_case(benchmark: dict) -> dict:
     }
 
 
-def _check_mergeable(existing: dict, machine: dict) -> None:
-    """Raises ValueError unless a run on `machine` may merge into the file contents `existing`: of
-    another format the cases are unreadable, and of another machine kind the file's heading and
-    figures would name the newest run's machine above the others' measurements."""
-    if not isinstance(existing, dict):
-        raise ValueError(f"must hold a JSON object, got {type(existing).__name__}")
-    if existing.get("format") != FORMAT_VERSION:
-        raise ValueError(f"format must be {FORMAT_VERSION}, got {existing.get('format')!r}")
-    # What merging reads: a file edited or cut by hand would otherwise stop it with a KeyError.
-    machine_entry = existing.get("machine")
+def check_contents(contents: object) -> None:
+    """Raises ValueError, saying what is wrong, unless the results file contents `contents` hold what
+    merging and benchmarks/render.py read: of another format the cases are unreadable, and a file
+    edited or cut by hand would otherwise stop them with a KeyError naming nothing."""
+    if not isinstance(contents, dict):
+        raise ValueError(f"must hold a JSON object, got {type(contents).__name__}")
+    if contents.get("format") != FORMAT_VERSION:
+        raise ValueError(f"format must be {FORMAT_VERSION}, got {contents.get('format')!r}")
+    machine_entry = contents.get("machine")
     if not isinstance(machine_entry, dict) or not isinstance(machine_entry.get("kind"), str):
         raise ValueError(f"machine must be an object holding a string kind, got {machine_entry!r}")
     for name, kind_of_entry in (("runs", list), ("cases", dict)):
-        if not isinstance(existing.get(name), kind_of_entry):
+        if not isinstance(contents.get(name), kind_of_entry):
             raise ValueError(f"{name} must be a JSON {'array' if kind_of_entry is list else 'object'}, got "
-                             f"{type(existing.get(name)).__name__}")
-    kind = machine_entry["kind"]
+                             f"{type(contents.get(name)).__name__}")
+
+
+def _check_mergeable(existing: object, machine: dict) -> None:
+    """Raises ValueError unless a run on `machine` may merge into the file contents `existing`: they
+    pass check_contents, and of another machine kind the file's heading and figures would name the
+    newest run's machine above the others' measurements."""
+    check_contents(existing)
+    kind = existing["machine"]["kind"]
     if kind != machine["kind"]:
         raise ValueError(f"machine kind is {kind!r}, not this run's {machine['kind']!r} "
                          f"(whose file is {machine['kind']}.json)")

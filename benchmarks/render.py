@@ -17,7 +17,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.recording import RESULTS_DIR, RESULTS_PAGE
+from benchmarks.recording import RESULTS_DIR, RESULTS_PAGE, check_contents
 from tgfr.output_paths import write_atomically
 from tgfr.text_formats import parse_json
 
@@ -25,6 +25,9 @@ IMPLEMENTATION_ORDER = ("fused", "cuda", "triton", "triton_deterministic", "refe
 FULL_COMMAND = "TGFR_BENCH_FULL=1 python -m pytest benchmarks/ -p no:cacheprovider --tgfr-results auto"
 RENDER_COMMAND = "python -m benchmarks.render"
 GPU_COMMAND = "bash benchmarks/run_gpu.sh"
+# What the tables and the plot read of a GPU case's and of a sweep case's extra_info.
+GPU_CASE_FIELDS = ("implementation", "dtype", "passes", "N")
+SWEEP_FIELDS = ("op", "implementation", "passes", "budget_mib", "largest_fitting_n", "stopped_by", "steps")
 
 
 def normalize_case(case: dict) -> dict | None:
@@ -33,8 +36,7 @@ def normalize_case(case: dict) -> dict | None:
     that has them; None for other cases."""
     info = case.get("extra_info") or {}
     stats = case.get("stats") or {}
-    # benchmarks/test_word_region_gpu.py: a measured case, or one whose step ran out of memory (no timing)
-    if "useful_tflops" in info or info.get("out_of_memory"):
+    if _is_gpu_case(case):
         seconds = info["ms"] / 1e3 if "ms" in info else stats.get("median")
         return dict(op="word_region", implementation=info["implementation"], passes=info["passes"],
                     dtype=info["dtype"], N=info["N"], seconds=seconds,
@@ -43,7 +45,7 @@ def normalize_case(case: dict) -> dict | None:
                     peak_mib=info["peak_gb"] * 1e9 / 2**20 if "peak_gb" in info else None,
                     memory="max allocated", out_of_memory=bool(info.get("out_of_memory")), one_step=False,
                     run=run_key(case))
-    if not {"op", "implementation", "passes", "dtype", "shape"} <= info.keys() or _is_sweep(case):
+    if not _is_op_case(case):
         return None
     return dict(op=info["op"], implementation=info["implementation"], passes=info["passes"], dtype=info["dtype"],
                 N=info["shape"]["N"], seconds=info.get("seconds", stats.get("median")),
@@ -68,8 +70,13 @@ def load_results(results_dir: Path) -> list[dict]:
             raise ValueError(f"results file {path} is not valid JSON: {error}") from None
         if not isinstance(content, dict) or "cases" not in content:
             continue  # e.g. pytest-benchmark's own --benchmark-json output
-        if missing := [key for key in ("machine", "runs") if key not in content]:
-            raise ValueError(f"results file {path} lacks {', '.join(missing)}")
+        try:
+            check_contents(content)
+        except ValueError as error:
+            raise ValueError(f"results file {path}: {error}") from None
+        for key, case in content["cases"].items():
+            if problem := _case_problem(case):
+                raise ValueError(f"results file {path}: case {key!r} {problem}")
         files.append(dict(name=path.stem, machine=content["machine"], runs=content["runs"],
                           cases=list(content["cases"].values())))
     for path in sorted(Path(results_dir).glob("word_region_gpu_*.jsonl")):
@@ -88,8 +95,7 @@ def _gpu_lines(path: Path) -> dict:
             record = parse_json(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
-        fields = ("implementation", "dtype", "passes", "N")
-        if missing := [field for field in fields if not isinstance(record, dict) or field not in record]:
+        if missing := [field for field in GPU_CASE_FIELDS if not isinstance(record, dict) or field not in record]:
             raise ValueError(f"{path}, line {number}: a GPU case lacks {', '.join(missing)}")
         runs[(record.get("commit"), record.get("date"))] = dict(
             commit=record.get("commit"), date=record.get("date"), torch=record.get("torch"), mode="full",
@@ -105,6 +111,36 @@ def _gpu_lines(path: Path) -> dict:
 
 def _is_sweep(case: dict) -> bool:
     return (case.get("extra_info") or {}).get("kind") == "sweep"
+
+
+def _is_gpu_case(case: dict) -> bool:
+    """A case of benchmarks/test_word_region_gpu.py: measured, or its step ran out of memory (no timing)."""
+    info = case.get("extra_info") or {}
+    return "useful_tflops" in info or bool(info.get("out_of_memory"))
+
+
+def _is_op_case(case: dict) -> bool:
+    """A case of the CPU word-region or contrastive benchmarks that is a comparison row (not a sweep)."""
+    names_an_op = {"op", "implementation", "passes", "dtype", "shape"} <= (case.get("extra_info") or {}).keys()
+    return names_an_op and not _is_sweep(case) and not _is_gpu_case(case)
+
+
+def _case_problem(case: object) -> str | None:
+    """What is wrong with a results file's case for the tables and the plot (None if nothing): a
+    bare KeyError or AttributeError from them would name neither the file nor the case."""
+    if not isinstance(case, dict):
+        return f"must be a JSON object, got {type(case).__name__}"
+    info = case.get("extra_info") or {}
+    if not isinstance(info, dict):
+        return f"extra_info must be a JSON object, got {type(info).__name__}"
+    if "name" not in case:
+        return "lacks name"
+    required = SWEEP_FIELDS if _is_sweep(case) else GPU_CASE_FIELDS if _is_gpu_case(case) else ()
+    if missing := [field for field in required if field not in info]:
+        return f"lacks extra_info {', '.join(missing)}"
+    if _is_op_case(case) and not (isinstance(info["shape"], dict) and "N" in info["shape"]):
+        return f"extra_info shape must be an object holding N, got {info['shape']!r}"
+    return None
 
 
 def shown_cases(cases: list[dict]) -> tuple[str, list[dict]]:
@@ -347,7 +383,9 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
         # --tgfr-results would record a GPU case that ran a second time, in gpu-<name>.json.
         f"GPU: `{GPU_COMMAND}` on the GPU machine (its word_region_gpu_*.jsonl files are read as well; "
         "see the script for its stages and time limits).", "",
-        "Time: median of the rounds after a warm-up round (pytest-benchmark; full mode: 3 rounds, 1 for steps of 3 s and more); "
+        "Time: median of the rounds after a warm-up round (pytest-benchmark; full mode: 3 rounds, 1 for steps of "
+        "150 GFLOP of useful work and more, planned as 3 s and more at 50 GFLOP/s: the fused ops, faster, run some "
+        "of them in under a second); "
         "GPU (word_region_gpu_*.jsonl): mean of 10 rounds (3 from N=M=8192, 1 from 16384) after one or two untimed "
         "steps (compilation, autotuning). Useful GFLOP/s: SPEC section 2's work "
         "(word-region forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D, all words valid; contrastive "

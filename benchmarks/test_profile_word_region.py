@@ -1,6 +1,8 @@
 """benchmarks/profile_word_region_triton.py without a GPU: its command lines and the reading of
 ncu's details CSV (the profile itself runs on a GPU machine, in benchmarks/run_gpu.sh)."""
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,21 +72,48 @@ def test_ncu_profiles_the_kinds_triton_kernels_and_not_the_gradient_buffers_zero
     assert not pattern.search("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>")
 
 
-def test_a_profile_without_any_profiled_kernel_fails_and_keeps_ncus_message(tmp_path, monkeypatch):
-    """Every ncu run failing used to end with status 0 and rows naming only the command line."""
-    import json
-    import os
-
+def _profile_with_fake_ncu(tmp_path: Path, monkeypatch, ncu_script: str) -> Path:
+    """Sets up profile.main() (default --kernels) to run `ncu_script` (sh) as ncu; returns its --out file."""
     fake = tmp_path / "bin" / "ncu"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho '==ERROR== ERR_NVGPUCTRPERM: no permission to the performance counters'\nexit 1\n")
+    fake.write_text(f"#!/bin/sh\n{ncu_script}")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(profile, "measurement_environment", lambda size, dtype: {"device": "test"})
     out = tmp_path / "ncu.jsonl"
     monkeypatch.setattr(sys, "argv", ["profile", "--out", str(out), "--reports", str(tmp_path / "reports")])
+    return out
+
+
+_NO_PERMISSION = "echo '==ERROR== ERR_NVGPUCTRPERM: no permission to the performance counters'; exit 1"
+
+
+def test_a_profile_without_any_profiled_kernel_fails_and_keeps_ncus_message(tmp_path, monkeypatch):
+    """Every ncu run failing used to end with status 0 and rows naming only the command line."""
+    out = _profile_with_fake_ncu(tmp_path, monkeypatch, f"{_NO_PERMISSION}\n")
     with pytest.raises(SystemExit, match="none of forward:0,backward:0 could be profiled"):
         profile.main()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["kernel"] for row in rows] == ["forward", "backward"]
     assert all("ERR_NVGPUCTRPERM" in row["error"] for row in rows)
+
+
+def test_a_profile_with_one_kernel_not_profiled_fails_after_writing_the_others(tmp_path, monkeypatch, capsys):
+    """ncu failing for the backward only used to end with status 0 and a console line of one metric and
+    no duration: run_gpu.sh's profile stage passed without the backward's profile."""
+    (tmp_path / "details.csv").write_text(_DETAILS)
+    out = _profile_with_fake_ncu(tmp_path, monkeypatch, f"""case "$*" in
+  *"--launch backward:"*) {_NO_PERMISSION} ;;
+  *--import*) cat '{tmp_path / "details.csv"}' ;;
+  *) echo '==PROF== profiled' ;;
+esac
+""")
+    with pytest.raises(SystemExit, match="^profile_word_region_triton: backward:0 of forward:0,backward:0 could not "
+                                         "be profiled"):
+        profile.main()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    metrics_in_details = len(_DETAILS.splitlines()) - 1  # its lines but the header
+    assert [row["kernel"] for row in rows] == ["forward"] * metrics_in_details + ["backward"]
+    assert "error" not in rows[0] and "ERR_NVGPUCTRPERM" in rows[-1]["error"]
+    console = capsys.readouterr().err
+    assert "backward:0" in console and "ERR_NVGPUCTRPERM" in console, console

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import recording, render
+from benchmarks.cases import rounds_of
 from benchmarks.conftest import CHECKOUT_RESULTS, git
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +84,10 @@ def test_a_run_records_the_commit_it_started_at_and_notes_a_later_one(monkeypatc
     recorded as if measured."""
     commits = iter(["aaa", "aaa", "bbb"])
     monkeypatch.setattr(recording, "commit", lambda: next(commits))
-    started = recording.run_description("full")
+    # A start long before the end: dates taken within one second could not tell which one was kept.
+    started = {**recording.run_description("full"), "date": "2000-01-01T00:00:00+00:00"}
     unmoved = recording.finished_run(started, "full")
-    assert unmoved["commit"] == "aaa" and "commit_note" not in unmoved
+    assert (unmoved["commit"], unmoved["date"]) == ("aaa", started["date"]) and "commit_note" not in unmoved
     moved = recording.finished_run(started, "full")
     assert (moved["commit"], moved["date"]) == ("aaa", started["date"])
     assert moved["commit_note"] == "the checkout was at bbb when the run ended"
@@ -274,6 +278,22 @@ def test_a_memory_cases_time_is_marked_as_one_step():
     assert "| 500.0 ms |" in next(line for line in lines if "| 64 |" in line)
 
 
+def test_the_tables_show_the_median_of_the_rounds_not_their_mean():
+    """RESULTS.md promises medians: one slow round (a page fault, another job) moves the mean, not the median."""
+    rounds = [0.2, 0.3, 1.9]
+    stats = {"median": statistics.median(rounds), "mean": statistics.mean(rounds), "rounds": len(rounds)}
+    timed = word_region_case("fused", "forward", "float32", 64, statistics.median(rounds), 10.0)
+    other = case("benchmarks/test_models.py::t[x]", 0.0, images_per_second=900.0)
+    for measured in (timed, other):
+        measured["stats"] = stats
+    median_cell = f"| {1e3 * statistics.median(rounds):.1f} ms |"
+    (timed_row,) = [line for line in render.comparison_tables([render.normalize_case(timed)], {(None, None): "r1"})
+                    if line.startswith("| fused |")]
+    (other_row,) = [line for line in render.other_table([other], {(None, None): "r1"})
+                    if line.startswith("| benchmarks/test_models.py")]
+    assert median_cell in timed_row and median_cell in other_row, (timed_row, other_row)
+
+
 def test_sweep_table_marks_lower_bounds_and_steps_over_budget():
     sweeps = [
         {"op": "word_region", "implementation": "reference", "budget_mib": 128, "largest_fitting_n": 8,
@@ -312,6 +332,12 @@ def test_render_shows_full_mode_when_present_with_gpu_lines_and_a_plot(tmp_path)
     assert "| fused | float32 | 8 |" not in markdown and "test_models" not in markdown  # quick cases hidden
     assert "## word_region_gpu_NVIDIA_H100: NVIDIA H100" in markdown and "| triton | bfloat16 | 4096 | 5.0 ms |" in markdown
     assert "GPU (word_region_gpu_*.jsonl): mean of 10 rounds" in markdown  # the GPU benchmark's `ms` is a mean
+    # The GPU benchmark has no quick mode: its lines are never labelled as CI shapes that rank nothing.
+    gpu_section = markdown.split("## word_region_gpu_NVIDIA_H100")[1]
+    assert "quick mode only" not in gpu_section and "full mode" in gpu_section
+    quick_only = {"name": "quick", "machine": MACHINE, "runs": results["runs"][:1],
+                  "cases": [entry for entry in results["cases"].values() if entry["mode"] == "quick"]}
+    assert any(line.startswith("- quick mode only") for line in render.machine_section(quick_only, None))
     assert render.FULL_COMMAND in markdown
     for name in ("cpu-amd-epyc-7b13-2c.png", "word_region_gpu_NVIDIA_H100.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -422,6 +448,16 @@ def test_the_gpu_figures_are_reproduced_with_the_script_whose_bench_stage_runs_t
     assert command[0] == "bash" and (_ROOT / command[1]).is_file()
     bench_stage = (_ROOT / command[1]).read_text().split("\nbench() {")[1].split("\n}")[0]
     assert "pytest" in bench_stage and "benchmarks/test_word_region_gpu.py" in bench_stage
+
+
+def test_the_page_states_the_work_from_which_a_step_is_timed_once(tmp_path, monkeypatch):
+    """It said steps of 3 s and more, planned at 50 GFLOP/s: the fused ops run such steps in under a second."""
+    monkeypatch.setattr("benchmarks.cases.FULL", True)
+    markdown = render.render(tmp_path, tmp_path / "RESULTS.md")
+    stated = re.search(r"full mode: 3 rounds, 1 for steps of (\d+) GFLOP of useful work and more", markdown)
+    assert stated, markdown.splitlines()[:12]
+    gflop = int(stated[1])
+    assert rounds_of(gflop * 10**9) == (1, 1) and rounds_of(gflop * 10**9 - 1) == (3, 1)
 
 
 def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
@@ -565,18 +601,19 @@ def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
     assert recording.commit() == "0123456789ab"
 
 
+def _checkout_commit(checkout: Path) -> str:
+    """recording.commit() of the benchmarks package copied into `checkout`, without $TGFR_COMMIT."""
+    environment = {name: value for name, value in os.environ.items() if name != "TGFR_COMMIT"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(checkout), str(_ROOT)])  # the checkout's copy
+    return subprocess.run([sys.executable, "-c", "from benchmarks import recording; print(recording.commit())"],
+                          cwd=checkout, env=environment, capture_output=True, text=True, check=True,
+                          timeout=120).stdout.strip()
+
+
 def test_commit_is_not_dirty_for_changes_to_the_harness_outputs_or_untracked_files(benchmarks_checkout):
     """A run merged into a tracked results file, RESULTS.md rendered again, and untracked scratch files
     leave the measured code as committed: the next run names the plain commit. A changed source file
     still marks it."""
-    environment = {name: value for name, value in os.environ.items() if name != "TGFR_COMMIT"}
-    environment["PYTHONPATH"] = os.pathsep.join([str(benchmarks_checkout), str(_ROOT)])  # the checkout's copy
-
-    def checkout_commit() -> str:
-        return subprocess.run([sys.executable, "-c", "from benchmarks import recording; print(recording.commit())"],
-                              cwd=benchmarks_checkout, env=environment, capture_output=True, text=True,
-                              check=True, timeout=120).stdout.strip()
-
     head = git(benchmarks_checkout, "rev-parse", "--short=12", "HEAD").strip()
     benchmarks = benchmarks_checkout / "benchmarks"
     recording.write_results(benchmarks / "results" / CHECKOUT_RESULTS[0], MACHINE, run("quick", "a"),
@@ -587,11 +624,25 @@ def test_commit_is_not_dirty_for_changes_to_the_harness_outputs_or_untracked_fil
     assert git(benchmarks_checkout, "status", "--porcelain").split() == [
         "M", "benchmarks/RESULTS.md", "M", f"benchmarks/results/{CHECKOUT_RESULTS[0]}",
         "??", "benchmarks/scratch.py", "??", "notes.txt"]
-    assert checkout_commit() == head
+    assert _checkout_commit(benchmarks_checkout) == head
 
     with (benchmarks / "cases.py").open("a") as source:
         source.write("# an uncommitted change to measured code\n")
-    assert checkout_commit() == f"{head}-dirty"
+    assert _checkout_commit(benchmarks_checkout) == f"{head}-dirty"
+
+
+def test_commit_is_unknown_in_a_tree_without_git_of_its_own_inside_another_repository(benchmarks_checkout):
+    """A tree copied into another project (or a home folder under git): git, run there, climbs to the
+    enclosing repository and named its commit (dirty for its own unrelated files), which never held this code."""
+    shutil.rmtree(benchmarks_checkout / ".git")
+    outer = benchmarks_checkout.parent
+    (outer / "unrelated.txt").write_text("committed\n")
+    git(outer, "init", "-q")
+    git(outer, "add", "unrelated.txt")
+    git(outer, "commit", "-q", "-m", "an unrelated project")
+    (outer / "unrelated.txt").write_text("changed\n")
+    assert git(benchmarks_checkout, "rev-parse", "--show-toplevel").strip() == str(outer)  # git does climb
+    assert _checkout_commit(benchmarks_checkout) == "unknown"
 
 
 def test_the_recorded_command_can_be_pasted_back(monkeypatch):
@@ -611,15 +662,44 @@ def test_pytest_benchmark_json_names_the_gpu_and_the_commit(monkeypatch):
     assert machine_info == {"node": "gpu-host", "gpu": "NVIDIA Stub GPU", "tgfr_commit": "0123456789ab"}
 
 
+def results_text(cases: dict, **contents) -> str:
+    """A results file's text: format, machine and runs as a run writes them, then `contents`."""
+    return json.dumps({"format": recording.FORMAT_VERSION, "machine": MACHINE, "runs": [], "cases": cases,
+                       **contents})
+
+
+SWEEP_WITHOUT_BUDGET = case("s::t", 0.0, kind="sweep", op="word_region", implementation="fused",
+                            passes="forward_backward", dtype="float32", largest_fitting_n=8, stopped_by="sizes",
+                            steps=[])
+OP_CASE_WITHOUT_N = word_region_case("fused", "forward", "float32", 8, 0.1, 1.0)
+OP_CASE_WITHOUT_N["extra_info"]["shape"] = {"M": 8}
+
+
 @pytest.mark.parametrize("name, text, message", [
-    ("cpu.json", '{"cases": {}, "runs": []}', "results file {path} lacks machine"),
-    ("cpu.json", '{"cases": {}, "machine": {}}', "results file {path} lacks runs"),
+    ("cpu.json", results_text({}, machine=None), "results file {path}: machine must be an object holding a string "
+                                                 "kind, got None"),
+    ("cpu.json", results_text({}, runs=None), "results file {path}: runs must be a JSON array, got NoneType"),
+    ("cpu.json", results_text([]), "results file {path}: cases must be a JSON object, got list"),
+    ("cpu.json", results_text({}, format=None), "results file {path}: format must be 1, got None"),
+    ("cpu.json", results_text({"full::s::t": SWEEP_WITHOUT_BUDGET}),
+     "results file {path}: case 'full::s::t' lacks extra_info budget_mib"),
+    ("cpu.json", results_text({"full::w": OP_CASE_WITHOUT_N}),
+     "results file {path}: case 'full::w' extra_info shape must be an object holding N, got {{'M': 8}}"),
+    ("cpu.json", results_text({"full::g": case("g::t", 1.0, useful_tflops=1.0, dtype="bfloat16", N=8)}),
+     "results file {path}: case 'full::g' lacks extra_info implementation, passes"),
+    ("cpu.json", results_text({"full::x": {"fullname": "x::t", "stats": {"median": 1.0}}}),
+     "results file {path}: case 'full::x' lacks name"),
+    ("cpu.json", results_text({"full::x": [1.0]}),
+     "results file {path}: case 'full::x' must be a JSON object, got list"),
+    ("cpu.json", results_text({"full::x": {**case("x::t", 1.0), "extra_info": [1.0]}}),
+     "results file {path}: case 'full::x' extra_info must be a JSON object, got list"),
     ("word_region_gpu_X.jsonl", '{"implementation": "triton", "dtype": "bfloat16", "N": 8}\n',
      "{path}, line 1: a GPU case lacks passes"),
     ("word_region_gpu_X.jsonl", '\n[1, 2]\n', "{path}, line 2: a GPU case lacks implementation, dtype, passes, N"),
 ])
 def test_the_renderer_names_the_file_and_what_a_malformed_one_lacks(tmp_path, name, text, message):
-    """A bare KeyError or AttributeError named neither."""
+    """A bare KeyError or AttributeError named neither; a results file is checked as a run merging into it
+    checks it, and each case for what the tables and the plot read of it."""
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
