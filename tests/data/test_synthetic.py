@@ -623,8 +623,9 @@ def test_a_folder_another_process_generates_into_is_refused_and_left_alone(tmp_p
 def test_a_degradation_the_faces_are_too_small_for_is_refused_before_any_face_is_drawn(tmp_path, capsys):
     """down200 on the 112-pixel faces was found once every clean face was drawn, leaving images and no manifest."""
     config = SyntheticConfig(identities=6, images_per_identity=2, degradations={"test_degraded": "down200"})
-    with pytest.raises(ValueError, match=r"^degradation 'test_degraded' = 'down200' of the 112 x 112 synthetic faces: "
-                                         r"recipe step 'down200': 200 must be below both sides of the image, 112 x 112"):
+    with pytest.raises(ValueError, match=r"^degradation 'test_degraded' = 'down200' of the 112 x 112 synthetic "
+                                         r"faces: recipe step 'down200': 200 must be below both sides of the image, "
+                                         r"112 x 112"):
         generate_synthetic_dataset(tmp_path / "out", config)
     assert not list((tmp_path / "out").rglob("*.png"))
     assert main(["data", "synth", "--out", str(tmp_path / "cli"), "--identities", "6", "--images-per-identity", "2",
