@@ -94,11 +94,16 @@ def add_gaussian_noise(image: Image.Image, std: float, rng: np.random.Generator)
     return Image.fromarray(np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8))
 
 
+def _check_down_size(size: int, width: int, height: int) -> None:
+    """Refuses a down<size> step on a width x height image: it would not lower its resolution."""
+    if size >= min(width, height):
+        raise ValueError(f"recipe step 'down{size}': {size} must be below both sides of the image, "
+                         f"{width} x {height}, for the step to lower its resolution")
+
+
 def down_up(image: Image.Image, size: int) -> Image.Image:
     """Bicubic (antialiased) resize to size x size and back to the original size; size must be below both sides."""
-    if size >= min(image.size):
-        raise ValueError(f"recipe step 'down{size}': {size} must be below both sides of the image, "
-                         f"{image.width} x {image.height}, for the step to lower its resolution")
+    _check_down_size(size, image.width, image.height)
     small = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
     return small.resize(image.size, Image.Resampling.BICUBIC)
 
@@ -167,9 +172,8 @@ def check_recipe_fits(recipe: str, width: int, height: int) -> None:
         if name in NAMED_RECIPES:
             work_size, restore_size = NAMED_RECIPES[name][:2]
             size = size if restore_size else (work_size, work_size)
-        elif (match := re.fullmatch(r"down(\d+)", name)) and int(match[1]) >= min(size):
-            raise ValueError(f"recipe step {name!r}: {match[1]} must be below both sides of the image, "
-                             f"{size[0]} x {size[1]}, for the step to lower its resolution")
+        elif match := re.fullmatch(r"down(\d+)", name):
+            _check_down_size(int(match[1]), *size)
 
 
 def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator, mirror: bool = True) -> Image.Image:
