@@ -14,13 +14,14 @@ from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue
                                degrade_manifest, degrade_records, down_up, gaussian_blur, image_rng, jpeg)
 from tgfr.data.files import load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
+from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.data.synthetic_faces import identity_attributes, image_state, render_face
 from tgfr.data.transforms import EvalTransform
 
 
 def face(identity=3, image=0):
     attributes = identity_attributes(0, identity)
-    return render_face(attributes, image_state(0, identity, image, attributes))
+    return render_face(attributes, image_state(0, identity, image, attributes), GENERATOR_VERSION)
 
 
 def high_frequency_energy(image: Image.Image) -> float:

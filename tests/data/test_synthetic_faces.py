@@ -6,12 +6,12 @@ import pytest
 
 from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.data.synthetic_captions import fine_phrases
-from tgfr.data.synthetic_faces import (EYE_COLOURS, FRAME_COLOURS, HAIR_COLOURS, METAL_COLOURS, identity_attributes,
-                                      image_state, render_face)
+from tgfr.data.synthetic_faces import (EYE_COLOURS, FRAME_COLOURS, HAIR_COLOURS, MARK_CONTRAST, METAL_COLOURS,
+                                      SKIN_TONES, identity_attributes, image_state, render_face)
 
 
-def _pixels(attributes, state) -> np.ndarray:
-    return np.asarray(render_face(attributes, state), np.int16)
+def _pixels(attributes, state, version: int = GENERATOR_VERSION) -> np.ndarray:
+    return np.asarray(render_face(attributes, state, version), np.int16)
 
 
 PLAIN_FACE = {"freckles": False, "scar": "none", "mole": "none", "age": "young", "lipstick": False, "moustache": False,
@@ -214,3 +214,60 @@ def test_thick_eyebrows_are_drawn_thicker_than_thin_ones():
         assert (changed & closer_when_thick).sum() >= 20, identity
         checked += 1
     assert checked >= 8
+
+
+EVEN_LIGHT = {"brightness": 1.0, "light_strength": 0.0, "cast": [1.0, 1.0, 1.0]}
+# Each mark on and off, and thick brows against thin ones (brows are always drawn).
+MARKS_ON_OFF = [({"mole": "on the left cheek"}, {"mole": "none"}), ({"scar": "left cheek"}, {"scar": "none"}),
+                ({"freckles": True}, {"freckles": False}), ({"age": "old"}, {"age": "young"}),
+                ({"brows": "thick"}, {"brows": "thin"})]
+
+
+def _strongest_luma_change(identity: int, skin: str, hair: str, on: dict, off: dict, version: int) -> float:
+    attributes, state = _plain_face(identity)
+    attributes = {**attributes, "skin": skin, "hair_colour": hair, "hair_style": "bald"}
+    state = {**state, **EVEN_LIGHT}
+    difference = _pixels({**attributes, **on}, state, version) - _pixels({**attributes, **off}, state, version)
+    return float(np.abs(difference @ np.array([0.299, 0.587, 0.114])).max())
+
+
+@pytest.mark.parametrize("skin", list(SKIN_TONES))
+@pytest.mark.parametrize("hair", ["blond", "brown", "red"])
+@pytest.mark.parametrize("on, off", MARKS_ON_OFF)
+def test_the_newest_version_draws_every_mark_and_brow_apart_from_every_skin(skin, hair, on, off):
+    """Version 4 keeps the mole, scar, freckles, wrinkles and brows at least MARK_CONTRAST luma levels
+    from the skin (version 3 drew some within 20 levels of it: test_version_3_drew_some_marks_...):
+    at evenly lit full coverage one output pixel shows about that much (some of it lost to the 2x
+    downsampling's antialiasing)."""
+    assert GENERATOR_VERSION >= 4
+    assert _strongest_luma_change(1, skin, hair, on, off, GENERATOR_VERSION) >= 0.8 * MARK_CONTRAST
+
+
+def test_version_3_drew_some_marks_and_brows_hardly_apart_from_the_skin():
+    """What version 4 mends, and what keeps versions 1 to 3 writing their own data: their faint marks."""
+    changes = {(skin, hair, str(on)): _strongest_luma_change(1, skin, hair, on, off, 3)
+               for skin in SKIN_TONES for hair in ("blond", "brown") for on, off in MARKS_ON_OFF}
+    assert changes["dark", "brown", str({"age": "old"})] < 20
+    assert changes["tan", "blond", str({"brows": "thick"})] < 20
+    assert changes["dark", "blond", str({"mole": "on the left cheek"})] < 0.8 * MARK_CONTRAST
+
+
+@pytest.mark.parametrize("identity", range(6))
+def test_versions_1_to_3_draw_the_same_faces(identity):
+    attributes = identity_attributes(0, identity)
+    for image in range(2):
+        state = image_state(0, identity, image, attributes)
+        assert np.array_equal(_pixels(attributes, state, 1), _pixels(attributes, state, 3))
+        assert np.array_equal(_pixels(attributes, state, 2), _pixels(attributes, state, 3))
+
+
+@pytest.mark.parametrize("identity", [0, 1, 2])
+def test_the_newest_version_keeps_the_colours_that_already_stood_apart(identity):
+    """Pale skin with black hair: every mark and brow of version 3 is far from the skin, so version 4
+    draws the same face but for its wider wrinkles."""
+    attributes, state = _plain_face(identity)
+    attributes = {**attributes, "skin": "pale", "hair_colour": "black", "freckles": True, "mole": "on the chin",
+                  "scar": "right cheek"}
+    assert np.array_equal(_pixels(attributes, state, 3), _pixels(attributes, state, GENERATOR_VERSION))
+    old = {**attributes, "age": "old"}
+    assert not np.array_equal(_pixels(old, state, 3), _pixels(old, state, GENERATOR_VERSION))

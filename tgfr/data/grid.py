@@ -33,7 +33,7 @@ def synthetic_rows(rows: int, seed: int = 0) -> list[tuple[list[Image.Image], st
         states = [image_state(seed, identity, k, attributes) for k in range(2)]
         caption = make_captions(attributes, states[0], 1, np.random.default_rng((seed, 13, identity, 0)),
                                 GENERATOR_VERSION)[0]
-        out.append(([render_face(attributes, s) for s in states], caption))
+        out.append(([render_face(attributes, s, GENERATOR_VERSION) for s in states], caption))
     return out
 
 

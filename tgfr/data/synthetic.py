@@ -39,7 +39,10 @@ from tgfr.output_paths import check_output_folder, naming_write_errors, write_at
 # (synthetic_faces.covered_marks), which version 1 named although the image does not show them.
 # 3: they also leave out the wrinkles that any hair front covers (all but bald heads and hats), which
 # version 2 still named.
-GENERATOR_VERSION = 3
+# 4: the same captions as 3; the mole, scar, freckles, wrinkles and brows are drawn at least
+# synthetic_faces.MARK_CONTRAST luma levels from the skin, and wrinkles twice as wide, where version 3
+# drew dark skin's mole, scar and wrinkles, and blond brows on olive or tan skin, hardly apart from it.
+GENERATOR_VERSION = 4
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
 DEFAULT_DEGRADATION = "down24+celeba"
@@ -206,7 +209,7 @@ def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[Manife
         state = image_state(config.seed, identity, k, attributes)
         relative = _image_path(split, identity, k)
         with naming_write_errors("image", Path(out) / relative):
-            render_face(attributes, state).save(Path(out) / relative, format="PNG", compress_level=1)
+            render_face(attributes, state, config.version).save(Path(out) / relative, format="PNG", compress_level=1)
         captions = make_captions(attributes, state, config.captions_per_image,
                                  np.random.default_rng((config.seed, 13, identity, k)),
                                  version=config.version)

@@ -133,8 +133,30 @@ def _shade(colour, factor: float) -> tuple[int, int, int]:
     return tuple(int(max(0, min(255, c * factor))) for c in colour)
 
 
-def render_face(attributes: dict[str, Any], state: dict[str, Any]) -> Image.Image:
-    """Draws one 112 x 112 RGB face."""
+# The least luma difference (of 255) from the skin at which version 4 draws the marks and brows:
+# version 3's fixed or skin-relative colours left dark skin's mole, scar and wrinkles, and blond
+# brows on olive or tan skin, within a few levels of the skin, shown in clean images by hardly a pixel
+# while their captions name them.
+MARK_CONTRAST = 50
+
+
+def _luma(colour) -> float:
+    return 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+
+
+def _seen_on(colour, skin, version: int) -> tuple[int, int, int]:
+    """colour, or from version 4, where its luma lies within MARK_CONTRAST of the skin's, that hue
+    darkened to MARK_CONTRAST below the skin."""
+    difference = _luma(skin) - _luma(colour)
+    if version < 4 or abs(difference) >= MARK_CONTRAST or _luma(colour) == 0:
+        return tuple(colour)
+    return _shade(colour, max(0.0, _luma(skin) - MARK_CONTRAST) / _luma(colour))
+
+
+def render_face(attributes: dict[str, Any], state: dict[str, Any], version: int) -> Image.Image:
+    """Draws one 112 x 112 RGB face as the synthetic generator's `version` draws it: versions 1 to 3
+    alike; version 4 with the marks and brows kept MARK_CONTRAST from the skin (_seen_on) and wrinkles
+    one output pixel wide instead of half of one."""
     size = OUTPUT_SIZE * SUPERSAMPLE
     u = SUPERSAMPLE * state["scale"]  # pixels per unit of the 112-pixel design grid
     cx = size / 2 + SUPERSAMPLE * state["shift"][0]
@@ -158,8 +180,8 @@ def render_face(attributes: dict[str, Any], state: dict[str, Any]) -> Image.Imag
         draw.rounded_rectangle([cx - 1.22 * a, cy - 1.12 * b, cx + 1.22 * a, bottom], radius=0.9 * a, fill=hair)
     _ears(draw, cx, cy, a, b, yaw, skin, attributes, state)
     _face_outline(draw, cx, cy, a, b, attributes["face_shape"], skin)
-    _marks(draw, fx, cy, a, b, u, attributes)
-    _eyes_and_brows(draw, fx, cy, a, b, u, yaw, attributes, hair)
+    _marks(draw, fx, cy, a, b, u, attributes, version)
+    _eyes_and_brows(draw, fx, cy, a, b, u, yaw, attributes, hair, version)
     _nose_mouth_beard(draw, fx, cy, a, b, u, attributes, state, skin, hair)
     _hair_front(draw, cx, cy, a, b, u, style, hair, state)
     if state["glasses_on"]:
@@ -207,10 +229,11 @@ def _ears(draw, cx, cy, a, b, yaw, skin, attributes, state) -> None:
                 draw.ellipse([ex - 5, ey - 1, ex + 5, ey + 10], outline=metal, width=2)
 
 
-def _marks(draw, fx, cy, a, b, u, attributes) -> None:
+def _marks(draw, fx, cy, a, b, u, attributes, version) -> None:
+    skin = SKIN_TONES[attributes["skin"]]
     if attributes["freckles"]:
         rng = np.random.default_rng(attributes["freckle_seed"])
-        colour = _shade(SKIN_TONES[attributes["skin"]], 0.55)
+        colour = _seen_on(_shade(skin, 0.55), skin, version)
         for side in (-1, 1):
             for x, y in zip(rng.uniform(0.18, 0.62, 14), rng.uniform(0.0, 0.3, 14)):
                 px, py = fx + side * x * a, cy + y * b
@@ -218,23 +241,26 @@ def _marks(draw, fx, cy, a, b, u, attributes) -> None:
     if attributes["mole"] != "none":
         x, y = MOLE_PLACES[attributes["mole"]]
         px, py = fx + x * a, cy + y * b
-        draw.ellipse([px - 1.3 * u, py - 1.3 * u, px + 1.3 * u, py + 1.3 * u], fill=(60, 35, 25))
+        colour = _seen_on((60, 35, 25), skin, version)
+        draw.ellipse([px - 1.3 * u, py - 1.3 * u, px + 1.3 * u, py + 1.3 * u], fill=colour)
     if attributes["scar"] != "none":
         x, y, angle = SCAR_PLACES[attributes["scar"]]
         dx, dy = 7 * u * math.cos(math.radians(angle)), 7 * u * math.sin(math.radians(angle))
         px, py = fx + x * a, cy + y * b
-        draw.line([px - dx, py - dy, px + dx, py + dy], fill=(150, 45, 50), width=max(1, round(u)))
+        colour = _seen_on((150, 45, 50), skin, version)
+        draw.line([px - dx, py - dy, px + dx, py + dy], fill=colour, width=max(1, round(u)))
         for t in (-0.5, 0.0, 0.5):  # stitch marks across the cut
             sx, sy = px + t * dx, py + t * dy
-            draw.line([sx + 0.25 * dy, sy - 0.25 * dx, sx - 0.25 * dy, sy + 0.25 * dx], fill=(150, 45, 50), width=1)
+            draw.line([sx + 0.25 * dy, sy - 0.25 * dx, sx - 0.25 * dy, sy + 0.25 * dx], fill=colour, width=1)
     if attributes["age"] == "old":
-        colour = _shade(SKIN_TONES[attributes["skin"]], 0.7)
+        colour = _seen_on(_shade(skin, 0.7), skin, version)
+        width = 1 if version < 4 else SUPERSAMPLE
         for k in range(3):
             y = cy - (0.55 + 0.1 * k) * b
-            draw.arc([fx - 0.45 * a, y - 3 * u, fx + 0.45 * a, y + 3 * u], 200, 340, fill=colour, width=1)
+            draw.arc([fx - 0.45 * a, y - 3 * u, fx + 0.45 * a, y + 3 * u], 200, 340, fill=colour, width=width)
 
 
-def _eyes_and_brows(draw, fx, cy, a, b, u, yaw, attributes, hair) -> None:
+def _eyes_and_brows(draw, fx, cy, a, b, u, yaw, attributes, hair, version) -> None:
     ey = cy + (-0.14 + attributes["feature_height"]) * b
     height = {"round": 4.2, "narrow": 2.6, "almond": 3.4}[attributes["eye_shape"]] * u * attributes["eye_size"]
     iris = EYE_COLOURS[attributes["eye_colour"]]
@@ -247,7 +273,7 @@ def _eyes_and_brows(draw, fx, cy, a, b, u, yaw, attributes, hair) -> None:
         draw.ellipse([ix - r, ey - r, ix + r, ey + r], fill=iris)
         draw.ellipse([ix - 0.4 * r, ey - 0.4 * r, ix + 0.4 * r, ey + 0.4 * r], fill=(10, 10, 10))
         by = ey - height - 4 * u
-        brow = _shade(hair, 0.8)
+        brow = _seen_on(_shade(hair, 0.8), SKIN_TONES[attributes["skin"]], version)
         if attributes["brows"] == "arched":
             draw.arc([ex - width * 1.1, by - 3 * u, ex + width * 1.1, by + 5 * u], 200, 340, fill=brow, width=round(1.5 * u))
         else:
