@@ -22,12 +22,13 @@ def test_synth_degrade_grid(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(out), "--identities", "6", "--images-per-identity", "3",
                  "--seed", "1", "--workers", "1", "--test-fraction", "0.34"]) == 0
     records = read_manifest(out / "manifest.jsonl")
-    assert {r.split for r in records} == {"train", "val", "test", "test_degraded"}
+    assert {r.split for r in records} == {"train", "val", "test", "test_degraded", "val_degraded"}
     assert len([r for r in records if r.split == "test"]) == 6
+    assert len([r for r in records if r.split == "val_degraded"]) == len([r for r in records if r.split == "val"])
 
     assert main(["data", "degrade", "--manifest", str(out / "manifest.jsonl"), "--split", "val",
-                 "--recipe", "down16+jpeg40", "--seed", "2"]) == 0
-    degraded = [r for r in read_manifest(out / "manifest_val_degraded.jsonl") if r.split == "val_degraded"]
+                 "--recipe", "down16+jpeg40", "--seed", "2", "--name", "val_jpeg"]) == 0
+    degraded = [r for r in read_manifest(out / "manifest_val_jpeg.jsonl") if r.split == "val_jpeg"]
     assert len(degraded) == 3 and all(r.meta["recipe"] == "down16+jpeg40" for r in degraded)
 
     png = tmp_path / "grid.png"
@@ -372,11 +373,13 @@ def test_synth_refuses_a_degradation_recipe_with_no_degraded_split(tmp_path, mon
                         lambda out, config, workers: configs.append(config) or out / "manifest.jsonl")
     synth = ["data", "synth", "--out", str(tmp_path / "s"), "--identities", "10"]
     assert main([*synth, "--no-degraded", "--degradation", "down16"]) == 2
-    assert "error: --degradation: the recipe of the test_degraded split, which --no-degraded leaves out" in (
+    assert "error: --degradation: the recipe of the degraded splits, which --no-degraded leaves out" in (
         capsys.readouterr().err)
     assert main([*synth, "--no-degraded"]) == 0 and main(synth) == 0 and main([*synth, "--degradation", "down16"]) == 0
-    assert [config.degradations for config in configs] == [{}, {"test_degraded": DEFAULT_DEGRADATION},
-                                                           {"test_degraded": "down16"}]
+    assert main([*synth, "--degradation", "down16", "--generator-version", "3"]) == 0
+    assert [config.degradations for config in configs] == [
+        {}, {"test_degraded": DEFAULT_DEGRADATION, "val_degraded": DEFAULT_DEGRADATION},
+        {"test_degraded": "down16", "val_degraded": "down16"}, {"test_degraded": "down16"}]
 
 
 def test_grid_refuses_a_split_without_a_manifest_and_takes_test_by_default(tmp_path, monkeypatch, capsys):

@@ -465,7 +465,8 @@ def test_a_run_written_before_the_synthetic_version_was_recorded_reads_version_1
                         lambda run, config, *_, **__: evaluated.append(config) or run / "report")
     assert main(["evaluate", "--run", str(run)]) == 0
     assert config.data.synthetic_version != 1
-    assert synthetic_config(evaluated[0].data) == dataclasses.replace(synthetic_config(config.data), version=1)
+    assert synthetic_config(evaluated[0].data) == synthetic_config(dataclasses.replace(config.data,
+                                                                                       synthetic_version=1))
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--print-config"]) == 0
     assert tomllib.loads(capsys.readouterr().out)["data"]["synthetic_version"] == 1

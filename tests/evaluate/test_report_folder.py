@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
@@ -26,6 +27,7 @@ from tgfr.train.batches import resolve_manifest
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
 from tgfr.train.run import build_model, train
 
+ROOT = Path(__file__).resolve().parents[2]
 # A 16-identity synthetic set at 32 x 32 and a tiny backbone: the report's files, not its figures, matter here.
 TINY = ["data.synthetic_identities=16", "data.synthetic_images_per_identity=4", "data.synthetic_captions_per_image=1",
         "data.image_size=32", "model.width=4", "model.num_features=16", "model.dim=8", "model.fine_dim=4",
@@ -67,6 +69,27 @@ def test_the_report_says_which_synthetic_set_it_evaluated(tiny_run, tmp_path):
             f"{config.data.synthetic_version}); protocol: ") in text
     text = evaluate(run, config, tmp_path / "named", manifest=manifest, device="cpu").read_text(encoding="utf-8")
     assert f"; manifest: `{manifest}`; protocol: " in text
+
+
+def test_readmes_validation_report_compares_on_val_and_its_degraded_copy(tiny_run, tmp_path, capsys):
+    """README's command for choosing settings away from the test split: the embedded set of generator version 4
+    degrades val as it degrades test, and the report evaluates those two splits, unseen in training."""
+    run, config, manifest = tiny_run
+    records = read_manifest(manifest)
+    val = {r.identity for r in records if r.split == "val"}
+    assert val and not val & {r.identity for r in records if r.split in ("train", "test")}
+    command = re.search(r"`tgfr evaluate --run DIR --out DIR/report_val --set '(evaluation\.splits=[^']*)'`",
+                        " ".join((ROOT / "README.md").read_text(encoding="utf-8").split()))
+    assert command, "README shows the command that evaluates on val"
+    assert main(["evaluate", "--run", str(run), "--out", str(run / "report_val"), "--set", command[1]]) == 0
+    info = json.loads((run / "report_val" / "report_info.json").read_text())
+    degraded = [r for r in records if r.split == "val_degraded"]
+    assert [r.meta["source"] for r in degraded] == [r.path for r in records if r.split == "val"]
+    assert info["split_contents"] == {
+        "clean": {"split": "val", "degradations": {"none": len(degraded)}, "identities": len(val),
+                  "identities_in_training": 0},
+        "degraded": {"split": "val_degraded", "degradations": {config.data.degradation: len(degraded)},
+                     "identities": len(val), "identities_in_training": 0}}
 
 
 def section(report: str, heading: str) -> str:

@@ -105,11 +105,14 @@ def test_runs_of_other_seeds_share_no_stage_stream(tiny_overrides):
         assert not torch.equal(first, second), (one, other)
 
 
-def test_the_synthetic_dataset_takes_each_of_its_data_settings():
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_the_synthetic_dataset_takes_each_of_its_data_settings(version):
+    """Versions before 4 degrade test alone, as they did when each was the newest; from 4 val as well."""
     settings = DataConfig(synthetic_identities=7, synthetic_images_per_identity=3, synthetic_captions_per_image=2,
-                          synthetic_seed=11, degradation="down16", synthetic_version=1)
+                          synthetic_seed=11, degradation="down16", synthetic_version=version)
+    degradations = {"test_degraded": "down16", **({"val_degraded": "down16"} if version >= 4 else {})}
     assert synthetic_config(settings) == SyntheticConfig(identities=7, images_per_identity=3, captions_per_image=2,
-                                                         seed=11, degradations={"test_degraded": "down16"}, version=1)
+                                                         seed=11, degradations=degradations, version=version)
 
 
 def test_every_epoch_draws_each_image_its_own_augmentation_and_captions(tiny_overrides):

@@ -485,6 +485,13 @@ def test_every_preset_generates_the_newest_synthetic_version(preset):
     assert load_config(preset).data.synthetic_version == GENERATOR_VERSION
 
 
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_bootstraps_enough_resamples_for_its_interval_bounds(preset):
+    """A 95 % bound is the 2.5 % quantile of the resamples: of 50, the one or two most extreme, which put a
+    quick run's rank-1 difference TGFR - image only below 0 or above it depending on the bootstrap seed."""
+    assert load_config(preset).evaluation.bootstrap_resamples >= 1000
+
+
 def test_a_run_written_before_the_synthetic_version_was_recorded_reads_as_version_1(tmp_path):
     """A run's config.toml without data.synthetic_version was trained on version 1 (as with every tgfr
     before the key, but the reverted commits 3db1e1f to 3874a79); one that records a version keeps it.

@@ -14,14 +14,16 @@ from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
                                 write_verification_pairs)
-from tgfr.data.synthetic import DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, generate_synthetic_dataset
+from tgfr.data.synthetic import (DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, degraded_splits,
+                                 generate_synthetic_dataset)
 from tgfr.output_paths import check_output_file, check_output_folder, replace_entries_atomically
 
 
 def _synth(args: argparse.Namespace) -> int:
     if args.no_degraded and args.degradation is not None:
-        raise ValueError("--degradation: the recipe of the test_degraded split, which --no-degraded leaves out")
-    degradations = {} if args.no_degraded else {"test_degraded": args.degradation or DEFAULT_DEGRADATION}
+        raise ValueError("--degradation: the recipe of the degraded splits, which --no-degraded leaves out")
+    degradations = {} if args.no_degraded else degraded_splits(args.degradation or DEFAULT_DEGRADATION,
+                                                                 args.generator_version)
     config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                              captions_per_image=args.captions_per_image, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -155,9 +157,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     synth = commands.add_parser("synth", help="generate the synthetic face-caption dataset",
                                 description="Draw a synthetic face-caption dataset: train/val/test splits of "
-                                            "disjoint identities and a degraded copy of test (test_degraded).")
+                                            "disjoint identities and a degraded copy of test (test_degraded) and, from "
+                                            "generator version 4, of val (val_degraded).")
     synth.add_argument("--out", required=True,
-                       help="output folder (manifest.jsonl, synthetic.json, images/, test_degraded/)")
+                       help="output folder (manifest.jsonl, synthetic.json, images/, test_degraded/, val_degraded/)")
     synth.add_argument("--identities", type=int, default=1000, help="number of identities (default: %(default)s)")
     synth.add_argument("--images-per-identity", type=int, default=10, help="default: %(default)s")
     synth.add_argument("--captions-per-image", type=int, default=5, help="default: %(default)s")
@@ -168,9 +171,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--test-fraction", type=float, default=0.2,
                        help="fraction of the identities in test (default: %(default)s)")
     synth.add_argument("--degradation",
-                       help="recipe of the test_degraded split, as `tgfr data degrade --recipe` "
+                       help="recipe of the degraded splits, as `tgfr data degrade --recipe` "
                             f"(default: {DEFAULT_DEGRADATION})")
-    synth.add_argument("--no-degraded", action="store_true", help="write no test_degraded split")
+    synth.add_argument("--no-degraded", action="store_true", help="write no degraded split")
     synth.add_argument("--generator-version", type=int, choices=range(1, GENERATOR_VERSION + 1),
                        default=GENERATOR_VERSION,
                        help="generator version, as `tgfr train`'s data.synthetic_version: each writes the "

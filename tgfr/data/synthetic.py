@@ -41,7 +41,8 @@ from tgfr.output_paths import check_output_folder, naming_write_errors, write_at
 # version 2 still named.
 # 4: the same captions as 3; the mole, scar, freckles, wrinkles and brows are drawn at least
 # synthetic_faces.MARK_CONTRAST luma levels from the skin, and wrinkles twice as wide, where version 3
-# drew dark skin's mole, scar and wrinkles, and blond brows on olive or tan skin, hardly apart from it.
+# drew dark skin's mole, scar and wrinkles, and blond brows on olive or tan skin, hardly apart from it;
+# its datasets (tgfr train's, tgfr data synth's) degrade val as well as test (degraded_splits).
 GENERATOR_VERSION = 4
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
@@ -51,6 +52,13 @@ DEFAULT_DEGRADATION = "down24+celeba"
 # parameters of every run whose images the folder may hold, so that a run cut short leaves a
 # record of what the next one has to remove.
 MARKER = "synthetic.json"
+
+
+def degraded_splits(recipe: str, version: int) -> dict[str, str]:
+    """The degraded copies (split name -> recipe) that the embedded dataset and `tgfr data synth` of generator
+    `version` write: of test, and from version 4 of val too, so that settings can be chosen on degraded
+    images that the test figures, kept for reporting, do not include."""
+    return {"test_degraded": recipe, **({"val_degraded": recipe} if version >= 4 else {})}
 
 
 # Far past any use, and below the sizes at which numpy's draws fail ("Maximum allowed size exceeded")

@@ -21,6 +21,7 @@ from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.degrade import check_recipe_fits
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import read_manifest, select_split
+from tgfr.data.synthetic import degraded_splits
 from tgfr.train.config import DataConfig
 from tgfr.train.seeds import LOADER_STREAM, stream_seed
 
@@ -29,7 +30,8 @@ def synthetic_config(config: DataConfig) -> SyntheticConfig:
     return SyntheticConfig(identities=config.synthetic_identities,
                            images_per_identity=config.synthetic_images_per_identity,
                            captions_per_image=config.synthetic_captions_per_image, seed=config.synthetic_seed,
-                           degradations={"test_degraded": config.degradation}, version=config.synthetic_version)
+                           degradations=degraded_splits(config.degradation, config.synthetic_version),
+                           version=config.synthetic_version)
 
 
 def resolve_manifest(config: DataConfig) -> Path:

@@ -51,7 +51,8 @@ PATH_KEYS = ("data.manifest", "data.cache_dir", "model.backbone_weights", "model
 @dataclass
 class DataConfig:
     """manifest: a manifest path; empty = the embedded synthetic dataset (generated into the cache),
-    whose test split gets a degraded copy test_degraded made with `degradation`.
+    whose test split gets a degraded copy test_degraded made with `degradation` (and from synthetic_version 4
+    its val split val_degraded: tgfr.data.synthetic.degraded_splits).
     train_degradation, train_degrade_p: every stage degrades a training image with this recipe with
     this probability. One setting for all stages on purpose: the evaluation compares the fr stage's
     backbone (image-only) with the fused model on degraded probes, and that comparison measures what
@@ -188,7 +189,7 @@ class EvaluationConfig:
     protocol: str = "all_pairs"
     impostor_subjects: int = 399
     gallery_per_subject: int = 1
-    bootstrap_resamples: int = 200
+    bootstrap_resamples: int = 1000
     max_rank: int = 20
     batch_size: int = 128
     heatmap_captions: int = 4
