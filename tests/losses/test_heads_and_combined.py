@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CoReFaceLoss, CosFaceHead,
                          DualGranularityAssociationLoss, IntraModalContrastiveLoss, MultiGranularityLoss,
-                         WordRegionContrastiveLoss)
+                         WordRegionContrastiveLoss, focal)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -88,7 +89,8 @@ def test_a_scale_past_the_computation_dtypes_maximum_is_refused_not_a_nan_loss(h
     torch.manual_seed(0)
     head = head_class(4, 3, scale=1e39)
     embeddings, labels = torch.randn(2, 4), torch.tensor([0, 2])
-    with pytest.raises(ValueError, match=r"^scale must be a finite positive number of at most 3\.40282e\+38, got 1e\+39$"):
+    with pytest.raises(ValueError,
+                       match=r"^scale must be a finite positive number of at most 3\.40282e\+38, got 1e\+39$"):
         head(embeddings, labels)
     head, embeddings = head.double(), embeddings.double()
     expected = F.cross_entropy(head_logits_by_angle(head, embeddings, labels, arc), labels)
@@ -156,6 +158,34 @@ def test_heads_under_vmap_take_labels_batched_with_the_embeddings(head_class, ar
     labels[1, 2] = 7
     with pytest.raises(ValueError, match=r"^labels must lie in \[0, num_classes=5\), got values in \[0, 7\]$"):
         torch.func.vmap(head)(embeddings, labels)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 3.0])
+def test_focal_takes_its_gamma(gamma):
+    """The heads call focal with gamma 2 only, so a gamma forced to 2 failed no test."""
+    values = [0.05, 0.5, 3.0]
+    expected = torch.tensor([(1.0 - math.exp(-value)) ** gamma * value for value in values], dtype=torch.float64)
+    torch.testing.assert_close(focal(torch.tensor(values, dtype=torch.float64), gamma), expected)
+    torch.testing.assert_close(focal(torch.tensor(0.5, dtype=torch.float64), gamma=gamma), expected[1])
+
+
+@pytest.mark.parametrize("gamma, error, message", [
+    (-1.0, ValueError, "gamma must be at least 0, got -1.0"),
+    (math.nan, ValueError, "gamma must be a finite number, got nan"),
+    (math.inf, ValueError, "gamma must be a finite number, got inf"),
+    ("2", TypeError, "gamma must be a number, got str '2'"),
+    (True, TypeError, "gamma must be a number, got bool True"),
+])
+def test_focal_names_a_bad_gamma(gamma, error, message):
+    """A negative gamma gave a loss weighting easy samples up (NaN at ce 0), NaN a NaN loss, both silently."""
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        focal(torch.tensor(0.5), gamma)
+
+
+def test_focal_names_a_cross_entropy_that_is_not_a_tensor():
+    """torch.exp's own message named its 'input', not focal's argument."""
+    with pytest.raises(TypeError, match="^cross_entropy must be a torch.Tensor, got float$"):
+        focal(0.5)
 
 
 def test_head_rejects_wrong_embedding_size():
@@ -562,6 +592,47 @@ def test_stateful_losses_infer_shapes_on_meta_and_fake_tensors_and_keep_their_st
     assert (not torch.equal(association.prototypes, prototypes)) == training
 
 
+def call_head(head, device):
+    return head(torch.randn(3, 8, device=device), torch.tensor([0, 1, 3], device=device))
+
+
+# loss, a call of it on inputs made on a device (-> a tensor), the input and the state its message names, whether
+# building it under torch.device("meta") puts its state there (a head's torch.normal weight ignores the context)
+STATEFUL_LOSS_CALLS = {
+    "ArcFace": (lambda: ArcFaceHead(8, 4), call_head, "embeddings", "weight", False),
+    "CosFace": (lambda: CosFaceHead(8, 4), call_head, "embeddings", "weight", False),
+    "association": (lambda: DualGranularityAssociationLoss(8, 4),
+                    lambda loss, device: loss(torch.randn(3, 8, device=device), torch.randn(3, 8, device=device))[0],
+                    "image", "prototypes", True),
+    "association assign": (lambda: DualGranularityAssociationLoss(8, 4),
+                           lambda loss, device: loss.assign(torch.randn(3, 8, device=device))[1],
+                           "image", "prototypes", True),
+    "CoReFace": (CoReFaceLoss,
+                 lambda loss, device: loss(torch.randn(3, 8, device=device), torch.randn(3, 8, device=device),
+                                           torch.tensor([0, 1, 0], device=device)),
+                 "view1", "margin", True),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", STATEFUL_LOSS_CALLS)
+def test_losses_refuse_real_inputs_while_their_state_is_on_meta(case, training):
+    """A loss moved to meta, or built under torch.device("meta") (deferred init) and never materialised, took CPU
+    inputs: the heads and the association loss read uninitialised memory (a finite garbage loss), CoReFace read its
+    margin as 0 and never moved it. Meta inputs are shape inference, and still take a real state."""
+    make, call, input_name, state_name, builds_on_meta = STATEFUL_LOSS_CALLS[case]
+    on_meta = [make().to("meta")]
+    if builds_on_meta:
+        with torch.device("meta"):
+            on_meta.append(make())
+    message = f"^all inputs must be on one device, got {input_name} on cpu, {state_name} on meta$"
+    for loss in on_meta:
+        assert getattr(loss, state_name).is_meta
+        with pytest.raises(ValueError, match=message):
+            call(loss.train(training), "cpu")
+    assert call(make().train(training), "meta").is_meta
+
+
 LOSS_FLAGS = {
     "WRCL word_softmax": (lambda flag: WordRegionContrastiveLoss(word_softmax=flag), "word_softmax"),
     "WRCL gather_ranks": (lambda flag: WordRegionContrastiveLoss(gather_ranks=flag), "gather_ranks"),
@@ -583,6 +654,44 @@ def test_loss_flags_must_be_bools(case):
     with pytest.raises(TypeError, match=f"{name} must be a bool, got str 'False'"):
         make("False")
     assert getattr(make(False), name) is False
+
+
+def call_pair_loss(loss):
+    return loss(torch.randn(3, 8), torch.randn(3, 8))
+
+
+CONTRASTIVE_BACKENDS = ("auto", "reference", "cpu", "triton")
+# loss of a backend, a call of it on CPU inputs, the backends its op takes (contrastive_loss, word_region_scores)
+LOSS_BACKENDS = {
+    "WRCL": (lambda backend: WordRegionContrastiveLoss(backend=backend),
+             lambda loss: loss(torch.randn(3, 4, 8), torch.tensor([4, 2, 1]), torch.randn(3, 5, 8)),
+             CONTRASTIVE_BACKENDS + ("cuda",)),
+    "CICL": (lambda backend: CaptionImageContrastiveLoss(backend=backend), call_pair_loss, CONTRASTIVE_BACKENDS),
+    "intra-modal": (lambda backend: IntraModalContrastiveLoss(backend=backend), call_pair_loss, CONTRASTIVE_BACKENDS),
+    "CoReFace": (lambda backend: CoReFaceLoss(backend=backend),
+                 lambda loss: loss(torch.randn(3, 8), torch.randn(3, 8), torch.tensor([0, 1, 0])),
+                 CONTRASTIVE_BACKENDS),
+    "association": (lambda backend: DualGranularityAssociationLoss(8, 4, backend=backend), call_pair_loss,
+                    CONTRASTIVE_BACKENDS),
+}
+
+
+@pytest.mark.parametrize("case", LOSS_BACKENDS)
+def test_loss_backends_are_refused_at_construction_as_the_first_call_refused_them(case):
+    """The backend was the one argument not checked in __init__: a misspelt one surfaced at the first forward."""
+    make, call, taken = LOSS_BACKENDS[case]
+    for backend in ("bogus", "CPU", None, "cuda"):
+        if backend in taken:
+            continue
+        loss = make("auto")
+        loss.backend = backend  # past __init__'s check: what the forward says of it
+        with pytest.raises(ValueError, match="^backend must be one of ") as at_call:
+            call(loss)
+        with pytest.raises(ValueError) as at_construction:
+            make(backend)
+        assert str(at_construction.value) == str(at_call.value)
+    for backend in taken:
+        assert make(backend).backend == backend
 
 
 LOSS_NUMBERS = {

@@ -14,9 +14,11 @@ from tgfr.losses import (CaptionImageContrastiveLoss, CoReFaceLoss, DualGranular
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=True):
+def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, gamma3=10.0, class_masking=True,
+                     word_softmax=True):
     """AttnGAN's words_loss: a loop over captions, each attending over every image's regions; class_masking=False
-    keeps the other pairs of one identity as ordinary negatives (SPEC section 3's "none")."""
+    keeps the other pairs of one identity as ordinary negatives (SPEC section 3's "none"); word_softmax=False
+    skips the softmax over the caption's words (SPEC section 2)."""
     batch = words.shape[0]
     rows = []
     for i in range(batch):
@@ -24,7 +26,8 @@ def damsm_words_loss(words, lengths, regions, labels, gamma1=4.0, gamma2=5.0, ga
         context_scores = []
         for j in range(batch):
             attn = word @ regions[j].T  # (t, R)
-            attn = attn.softmax(dim=0)  # over the caption's words
+            if word_softmax:
+                attn = attn.softmax(dim=0)  # over the caption's words
             attn = (gamma1 * attn).softmax(dim=1)  # over regions
             context = attn @ regions[j]  # (t, D)
             cos = F.cosine_similarity(word, context, dim=1, eps=1e-8)
@@ -80,6 +83,22 @@ def test_wrcl_same_identity_none_keeps_other_pairs_of_an_identity_as_negatives(b
     labels = torch.tensor([0, 1, 0, 2, 1, 0])
     got = WordRegionContrastiveLoss(same_identity="none", backend=backend)(words, lengths, regions, labels)
     expected = damsm_words_loss(words, lengths, regions, labels, class_masking=False)
+    torch.testing.assert_close(got, expected, **TOL)
+    for g, e in zip(torch.autograd.grad(got, (words, regions)), torch.autograd.grad(expected, (words, regions))):
+        torch.testing.assert_close(g, e, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_wrcl_without_the_word_softmax_equals_damsm_words_loss_without_it(backend):
+    """word_softmax=False changes the loss (the flag was only checked as a bool: forced on, no test failed)."""
+    generator = torch.Generator().manual_seed(5)
+    words = torch.randn(6, 5, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    regions = torch.randn(6, 9, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 3, 1, 4, 5, 2])
+    labels = torch.tensor([0, 1, 0, 2, 1, 3])
+    got = WordRegionContrastiveLoss(word_softmax=False, backend=backend)(words, lengths, regions, labels)
+    expected = damsm_words_loss(words, lengths, regions, labels, word_softmax=False)
+    assert not torch.isclose(expected, damsm_words_loss(words, lengths, regions, labels), **TOL)
     torch.testing.assert_close(got, expected, **TOL)
     for g, e in zip(torch.autograd.grad(got, (words, regions)), torch.autograd.grad(expected, (words, regions))):
         torch.testing.assert_close(g, e, **TOL)

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
-from tgfr.losses.pairwise import check_pairs, symmetric_contrastive_loss
+from tgfr.losses.pairwise import check_pairs, check_state_device, symmetric_contrastive_loss
 from tgfr.ops.autocast import without_autocast
-from tgfr.ops.contrastive import FLOAT_DTYPES
+from tgfr.ops.contrastive import BACKENDS, FLOAT_DTYPES
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import (check_count, check_finite_number, check_flag, check_loss_weight, check_positive,
-                             check_size, check_tensor, values_readable)
+from tgfr.validation import (check_choice, check_count, check_finite_number, check_flag, check_loss_weight,
+                             check_positive, check_size, check_tensor, values_readable)
 
 
 class DualGranularityAssociationLoss(nn.Module):
@@ -89,7 +89,8 @@ class DualGranularityAssociationLoss(nn.Module):
                              f"got {min_confidence}, {prototype_momentum}")
         self.local_weight = check_loss_weight("local_weight", local_weight)
         self.global_weight = check_loss_weight("global_weight", global_weight)
-        self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
+        self.gather_ranks = check_flag("gather_ranks", gather_ranks)
+        self.backend = check_choice("backend", backend, BACKENDS)
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
@@ -108,6 +109,7 @@ class DualGranularityAssociationLoss(nn.Module):
         accumulation dtype (float32, float64 for float64 images) even under autocast."""
         check_tensor("image", image, ndim=2, dtypes=FLOAT_DTYPES)
         check_size("image", image, 1, self.prototypes.shape[1], "embedding_size of the loss")
+        check_state_device("image", image, prototypes=self.prototypes)
         dtype = accumulation_dtype(image.dtype)
         # A cosine over a smaller temperature overflows: inf logits, a NaN softmax, wrong assignments moving the memory.
         # 2 / max, not 1 / max: the temperature rounded to the dtype, and a cosine rounded past 1, overflowed there.

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from tgfr.losses.pairwise import symmetric_contrastive_loss
-from tgfr.ops.contrastive import SAME_IDENTITY_MODES
+from tgfr.ops.contrastive import BACKENDS, SAME_IDENTITY_MODES
 from tgfr.validation import check_choice, check_flag, check_positive
 
 
@@ -24,7 +24,8 @@ class CaptionImageContrastiveLoss(nn.Module):
         super().__init__()
         self.scale = check_positive("scale", scale)
         self.same_identity = check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
-        self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
+        self.gather_ranks = check_flag("gather_ranks", gather_ranks)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def forward(self, sentence: torch.Tensor, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """sentence (N, D) caption embeddings, image (N, D) embeddings of their images, labels

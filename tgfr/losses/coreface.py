@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
-from tgfr.losses.pairwise import check_pairs
+from tgfr.losses.pairwise import check_pairs, check_state_device
 from tgfr.ops.autocast import without_autocast
-from tgfr.ops.contrastive import contrastive_loss, contrastive_row_max
+from tgfr.ops.contrastive import BACKENDS, contrastive_loss, contrastive_row_max
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import check_finite_number, check_flag, check_positive, values_readable
+from tgfr.validation import check_choice, check_finite_number, check_flag, check_positive, values_readable
 
 
 class CoReFaceLoss(nn.Module):
@@ -56,7 +56,8 @@ class CoReFaceLoss(nn.Module):
         self.momentum = check_finite_number("momentum", momentum)
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-        self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
+        self.gather_ranks = check_flag("gather_ranks", gather_ranks)
+        self.backend = check_choice("backend", backend, BACKENDS)
         self.register_buffer("margin", torch.zeros((), dtype=torch.float64))
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
@@ -77,6 +78,8 @@ class CoReFaceLoss(nn.Module):
         if labels is None:
             raise ValueError("labels must be given: CoReFace zeroes the off-diagonal entries of one identity")
         check_pairs(view1, view2, labels, ("view1", "view2"))
+        # Before the margin update: a meta margin was read as 0 and never moved, silently.
+        check_state_device("view1", view1, margin=self.margin)
         # The fused op refuses such a scale too, but only after _update_margin has moved the margin.
         check_positive("scale", self.scale, torch.finfo(accumulation_dtype(view1.dtype)).max)
         columns, offset, column_labels = view2, 0, labels

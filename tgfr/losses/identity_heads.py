@@ -7,8 +7,8 @@ the target class k = labels[i] gets cos(theta + margin) (ArcFace) or cos(theta) 
 away from its class, ArcFace continues linearly with cos(theta) - margin * sin(pi - margin), as
 arcface_torch does. The cosines, margins and scale are computed in float32 (float64 for float64
 input) even under autocast: a bf16 cosine is off by up to 2^-9, 0.125 at scale 64; a scale above
-that dtype's maximum is a ValueError at the call (every logit would be inf). focal=True applies (1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce
-(TGFR's FocalLoss with gamma 2).
+that dtype's maximum is a ValueError at the call (every logit would be inf). focal=True applies
+(1 - exp(-ce))^2 * ce to the batch-mean cross-entropy ce (TGFR's FocalLoss with gamma 2).
 
 gather_ranks=True, in a process group: ce is the mean over the rows of all ranks (every rank must
 hold as many rows), gathered with gradient (tgfr.distributed), so that focal sees the global
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather_with_grad, is_distributed
+from tgfr.losses.pairwise import check_state_device
 from tgfr.ops.autocast import without_autocast
 from tgfr.validation import (check_count, check_finite_number, check_flag, check_nonempty, check_positive,
                              check_same_device, check_size, check_tensor, value_range, values_readable)
@@ -33,7 +34,12 @@ MAX_MARGIN = 1.5  # margins lie in [0, MAX_MARGIN) (the training config checks i
 
 
 def focal(cross_entropy: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """(1 - p)^gamma * ce with p = exp(-ce), on an already reduced cross-entropy."""
+    """(1 - p)^gamma * ce with p = exp(-ce), on an already reduced cross-entropy (any shape, elementwise);
+    gamma a finite number >= 0."""
+    check_tensor("cross_entropy", cross_entropy)
+    # A negative gamma weights the well-classified samples up (NaN at ce 0); NaN or inf gives a NaN or zero loss.
+    if check_finite_number("gamma", gamma) < 0:
+        raise ValueError(f"gamma must be at least 0, got {gamma}")
     return (1.0 - torch.exp(-cross_entropy)) ** gamma * cross_entropy
 
 
@@ -62,6 +68,7 @@ class _MarginSoftmaxHead(nn.Module):
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_size("labels", labels, 0, embeddings.shape[0], "one label per embedding")
         check_same_device(embeddings=embeddings, labels=labels)
+        check_state_device("embeddings", embeddings, weight=self.weight)
         num_classes = self.weight.shape[0]
         labels_in_range = None
         if not values_readable(labels):  # unknown while torch.compile traces, and in meta/fake tensors: checked on run

@@ -27,6 +27,15 @@ def check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, n
     check_same_device(**{x_name: x, y_name: y}, **({} if labels is None else {"labels": labels}))
 
 
+def check_state_device(name: str, tensor: torch.Tensor, **state: torch.Tensor) -> None:
+    """Checks a loss's own state (parameters, buffers, keyword-named as the message names them) against its
+    input `tensor`, called `name`: a state left on meta (moved there, or built under torch.device("meta") and
+    never materialised) met real inputs with uninitialised memory, a finite garbage loss. Meta inputs are shape
+    inference, which takes the state on any device."""
+    if not tensor.is_meta:
+        check_same_device(**{name: tensor}, **state)
+
+
 def symmetric_contrastive_loss(
     x: torch.Tensor,
     y: torch.Tensor,

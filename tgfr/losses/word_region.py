@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import CollectiveCheckError, gather, gather_with_grad, is_distributed
-from tgfr.ops.word_region import GAMMA_MAX, word_region_scores
+from tgfr.ops.word_region import BACKENDS, GAMMA_MAX, word_region_scores
 from tgfr.validation import (check_choice, check_flag, check_positive, check_same_device, check_size,
                              check_tensor, check_word_lengths)
 
@@ -58,7 +58,8 @@ class WordRegionContrastiveLoss(nn.Module):
                                                  (("gamma1", gamma1), ("gamma2", gamma2), ("gamma3", gamma3)))
         self.word_softmax = check_flag("word_softmax", word_softmax)
         self.same_identity = check_choice("same_identity", same_identity, ("exclude", "none"))
-        self.gather_ranks, self.backend = check_flag("gather_ranks", gather_ranks), backend
+        self.gather_ranks = check_flag("gather_ranks", gather_ranks)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def _logits(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         if not logits_fit_float32(self.gamma2, self.gamma3, words.shape[1]):
