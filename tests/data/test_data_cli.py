@@ -123,6 +123,26 @@ def test_grid_rows_of_a_manifest_are_its_identities_with_two_images(tmp_path):
     assert len(manifest_rows(manifest, 1)) == 1
 
 
+def test_grid_says_when_the_split_has_fewer_rows_than_asked_and_writes_png_names_only(tmp_path, capsys):
+    records = []
+    for identity in "AB":
+        for k in range(2):
+            Image.new("RGB", (8, 8)).save(tmp_path / f"{identity}{k}.png")
+            records.append(ManifestRecord(f"{identity}{k}.png", identity, "test", ("c",)))
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+    grid = ["data", "grid", "--manifest", str(manifest), "--out"]
+    assert main([*grid, str(tmp_path / "g.png"), "--rows", "5"]) == 0
+    assert capsys.readouterr().out == (f"wrote {tmp_path / 'g.png'} (2 of the 5 rows asked: split 'test' of {manifest} "
+                                       "has no more identities with two images)\n")
+    assert main([*grid, str(tmp_path / "g.png"), "--rows", "2"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'g.png'}\n"
+    assert main([*grid, str(tmp_path / "g.jpg")]) == 2
+    assert capsys.readouterr().err == (f"tgfr data grid: error: --out: the picture is written as PNG, so name a .png "
+                                       f"file, got {str(tmp_path / 'g.jpg')!r}\n")
+    assert not (tmp_path / "g.jpg").exists()
+    assert main([*grid, str(tmp_path / "G.PNG")]) == 0
+
+
 def test_synth_checks_the_degradation_recipe_before_rendering(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", "2", "--images-per-identity", "1",
                  "--workers", "1", "--degradation", "bogus"]) == 2
