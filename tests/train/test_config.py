@@ -663,3 +663,44 @@ def test_a_misspelled_key_in_a_preset_file_is_refused(tmp_path):
     preset.write_text(to_toml(load_config("quick")) + "\n[extra]\nstepz = 3\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['extra'\]"):
         load_config(str(preset))
+
+
+def _readme_key_tables() -> dict[str, dict[str, str]]:
+    """README's *Configuration keys* section: TOML table ("" for the top level, "optim" for the stages' shared
+    optimizer table) -> key -> its default column, as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n### Configuration keys\n")[1].split("\nRun folder:")[0]
+    tables: dict[str, dict[str, str]] = {}
+    table = None
+    for line in section.splitlines():
+        if heading := re.match(r"(Top level:|`\[(\w+)(?:\.optim)?\]`)", line):
+            table = "optim" if ".optim]" in line else (heading[2] or "")
+            tables.setdefault(table, {})
+        elif row := re.match(r"\| `(\w+)` \| (.+?) \| ", line):
+            tables[table][row[1]] = row[2]
+    return tables
+
+
+def test_readmes_configuration_keys_name_every_preset_key_with_its_default():
+    """The table a user reads a key's meaning from lists every key the presets set, in its TOML table, and the
+    default preset's value (the quick preset's after a /, where it differs)."""
+    tables = _readme_key_tables()
+    default, quick = (tomllib.loads(to_toml(load_config(name))) for name in ("default", "quick"))
+    expected = {"": {key: value for key, value in default.items() if not isinstance(value, dict)}}
+    for name, table in default.items():
+        if isinstance(table, dict):
+            expected[name] = {key: value for key, value in table.items() if key != "optim"}
+            if "optim" in table:
+                expected["optim"] = table["optim"]
+    assert {name: set(keys) for name, keys in tables.items()} == {name: set(keys) for name, keys in expected.items()}
+    for name, keys in expected.items():
+        if name == "optim":
+            continue  # one table for the three stages' optimizers, which differ in lr
+        for key, value in keys.items():
+            quick_value = quick[name][key] if name else quick[key]
+            shown = [tomllib.loads(f"v = {text.strip(' `')}")["v"] for text in tables[name][key].split(" / ")]
+            assert shown == ([value] if quick_value == value else [value, quick_value]), (name, key)
+    for stage in ("fr", "align", "fuse"):
+        for key, value in default[stage]["optim"].items():
+            assert f"`{value!r}`".replace("'", '"') in tables["optim"][key] or f"`{value}`" in tables["optim"][key], \
+                (stage, key)
