@@ -1,16 +1,19 @@
 """Files torch.save did not write, or wrote with objects tgfr does not unpickle, are refused in one
-short line naming why, wherever tgfr reads one (backbone weights, training checkpoints)."""
+short line naming why, wherever tgfr reads one (backbone weights, training checkpoints); an OSError
+opening one passes through."""
 
 import collections
+import errno
 import io
 import pickle
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from tgfr.models import load_weights_file
-from tgfr.torch_files import is_refused_pickle
+from tgfr.torch_files import is_refused_pickle, load_torch_file
 from tgfr.train.checkpoint import load_checkpoint
 
 
@@ -43,6 +46,35 @@ def test_a_file_torch_load_refuses_is_one_line_saying_why(tmp_path, content, rea
         reader(path)
     assert str(refused.value) == f"{description.format(path)} could not be read: {reason}"
     assert not [warning for warning in caught if "pickle protocol" in str(warning.message)]
+
+
+@pytest.mark.parametrize("reader, description", [(load_weights_file, "weights file '{}'"),
+                                                 (load_checkpoint, "checkpoint file {}")])
+def test_a_small_file_cut_in_half_is_named_corrupt_not_an_os_error(tmp_path, reader, description):
+    """torch's zip reader seeks before the start of a small file cut short: a bare OSError EINVAL, which read
+    like a bad path ("could not be read: [Errno 22] Invalid argument")."""
+    buffer = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(5000)}, buffer)
+    path = tmp_path / "file.pth"
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    with pytest.raises(OSError) as torch_error:  # the case at hand: torch's own error on this file
+        torch.load(path, weights_only=True)
+    assert torch_error.value.errno == errno.EINVAL
+    with pytest.raises(ValueError) as refused:
+        reader(path)
+    assert str(refused.value) == f"{description.format(path)} could not be read: {CORRUPT}"
+
+
+@pytest.mark.parametrize("make, error", [(lambda path: None, FileNotFoundError), (Path.mkdir, IsADirectoryError)],
+                         ids=["missing", "folder"])
+def test_an_os_error_opening_the_file_passes_through(tmp_path, make, error):
+    """The callers name a missing file or a folder themselves (file_problem); load_torch_file must not call either
+    a corrupt file."""
+    path = tmp_path / "file.pth"
+    make(path)
+    with pytest.raises(error) as raised:
+        load_torch_file(path)
+    assert raised.value.filename == str(path)
 
 
 def test_a_folder_where_the_checkpoint_should_be_is_named_as_one(tmp_path):

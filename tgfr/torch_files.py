@@ -3,6 +3,7 @@ objects: torch.load(weights_only=True), with a failure told in one short line. t
 line naming the file; torch's run to paragraphs of advice, links and terminal colours (a refused
 pickle) or come down to a bare pickle opcode (a text file)."""
 
+import errno
 import pickle
 import warnings
 from pathlib import Path
@@ -29,13 +30,18 @@ def is_refused_pickle(error: BaseException | None) -> bool:
 
 def load_torch_file(path: Path) -> Any:
     """torch.load(path, map_location="cpu", weights_only=True). A file torch refuses or cannot read is
-    a ValueError saying why in one line; an OSError (permissions, a folder) passes through."""
+    a ValueError saying why in one line; an OSError opening it (permissions, a folder, a missing file)
+    passes through."""
     with warnings.catch_warnings():
         # "Detected pickle protocol 4 in the checkpoint": two lines of warning before the file's own error.
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except OSError:
+        except OSError as error:
+            # torch's zip reader seeks before the start of some files cut short (a small one halved): a bare
+            # EINVAL, naming no file, that reads like a bad path. open's errors name the file.
+            if error.errno == errno.EINVAL and error.filename is None:
+                raise ValueError(_CORRUPT) from error
             raise
         except pickle.UnpicklingError as error:
             raise ValueError(REFUSED_PICKLE if is_refused_pickle(error) else _CORRUPT) from error

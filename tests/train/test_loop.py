@@ -1,6 +1,7 @@
 """The optimization loop's schedule: linear warm-up to the full learning rate, then cosine down to
 lr * min_lr_ratio at the last step; metrics.jsonl logs the learning rate each step actually used,
-also across a resume in the middle of the warm-up; bf16 autocast of the forward; the logged throughput."""
+also across a resume in the middle of the warm-up, under the constant schedule too; the stage in its training modes;
+bf16 autocast of the forward; the logged throughput."""
 
 import math
 from types import SimpleNamespace
@@ -38,6 +39,13 @@ def test_schedule_reaches_the_full_rate_after_warm_up_and_min_lr_ratio_at_the_la
     assert lr_factor(0, 1, no_warmup) == 1.0  # a one-step stage trains at the full rate
 
 
+def test_the_constant_schedule_warms_up_too():
+    """OptimConfig's schedule = "constant" follows the same linear warm-up, (s + 1) / W for s < W, then keeps 1."""
+    config = OptimConfig(lr=LR, schedule="constant", warmup_steps=WARMUP)
+    assert [lr_factor(step, STEPS, config) for step in range(STEPS)] == pytest.approx(
+        [(step + 1) / WARMUP if step < WARMUP else 1.0 for step in range(STEPS)])
+
+
 class LinearStage(Stage):
     """loss = <weight, direction>: its gradient is `direction` whatever the weight, so plain SGD moves the
     weight by exactly -lr * direction and the learning rate of every step can be read off the weights."""
@@ -61,6 +69,29 @@ class Batches:
     def from_step(self, step: int):
         while True:
             yield {"labels": torch.zeros(2)}
+
+
+class ModeRecordingStage(LinearStage):
+    """Built in eval mode (as a resumed process builds its model); records self.training at each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.eval()
+        self.modes = []
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.modes.append(self.training)
+        return super().forward(batch)
+
+
+def test_the_loop_puts_the_stage_into_its_training_modes(tmp_path):
+    """run_stage calls Stage.train, which sets each part's mode (the parts a stage keeps fixed in eval mode, so a
+    fixed BatchNorm keeps its running statistics): left as built, a stage would train in whatever mode it had."""
+    optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
+    stage = ModeRecordingStage()
+    run_stage(stage, Batches(), optim, 3, LoopSettings(torch.device("cpu"), checkpoint_every=3),
+              TrainingLog(tmp_path / "metrics.jsonl"), lambda step, optimizer, scheduler: None)
+    assert stage.modes == [True] * 3
 
 
 def test_logged_rate_is_the_rate_each_step_used_also_after_a_resume_in_warm_up(tmp_path):
@@ -106,7 +137,8 @@ def run_linear_stage(tmp_path, steps, grad_clip=0.0, log_every=1):
 @pytest.mark.parametrize("grad_clip", [0.0, 0.5, 2.0, 10.0])
 def test_a_step_moves_the_weights_by_lr_times_the_gradient_clipped_to_grad_clip(tmp_path, grad_clip):
     """The gradient is `direction`, norm sqrt(1 + 4 + 0.25) = 2.29: grad_clip below it scales the step to
-    norm lr * grad_clip; above it, or 0 (no clipping), the step is lr * direction. The log has the norm before clipping."""
+    norm lr * grad_clip; above it, or 0 (no clipping), the step is lr * direction. The log has the norm before
+    clipping."""
     weight, records = run_linear_stage(tmp_path, 1, grad_clip=grad_clip)
     direction = LinearStage().direction
     norm = math.sqrt(1 + 4 + 0.25)

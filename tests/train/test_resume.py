@@ -110,9 +110,12 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_overrides, threads,
     assert final["align"]["seconds"] > second["align"]["seconds"]
 
 
-def test_resume_after_a_crash_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch, keep_threads):
+@pytest.mark.parametrize("resumed_stages", [["fr", "align"], ["fr"]], ids=["same stages", "align dropped"])
+def test_resume_after_a_crash_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch, keep_threads,
+                                                  resumed_stages):
     """Steps logged after the last checkpoint (here: align steps after fr's final checkpoint) are lost in
-    a crash and taken again on resume; metrics.jsonl keeps one record per step, as an uninterrupted run."""
+    a crash and taken again on resume; metrics.jsonl keeps one record per step, as an uninterrupted run. A
+    resume whose config.toml dropped align (a stage still to come) keeps none of the dead call's align steps."""
     config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]', "checkpoint_every=3"])
     forward, calls = AlignStage.forward, []
 
@@ -127,7 +130,9 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path, tiny_overrides, monk
         train(config, tmp_path)
     assert (load_checkpoint(tmp_path / CHECKPOINT)["stage"], len(read_log(tmp_path / "metrics.jsonl"))) == ("fr", 6)
     monkeypatch.setattr(AlignStage, "forward", forward)
-    train(config, tmp_path, resume=True)
+    config = dataclasses.replace(config, stages=resumed_stages)
+    (tmp_path / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    assert main(["train", "--resume", "--out", str(tmp_path)]) == 0
     logged = [(record["stage"], record["step"]) for record in read_log(tmp_path / "metrics.jsonl")]
     assert logged == [(stage, step) for stage in config.stages
                       for step in range(1, getattr(config, stage).steps + 1)]
@@ -694,6 +699,57 @@ def test_a_run_whose_checkpoint_went_missing_is_not_trained_again(tmp_path, tiny
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {run / CHECKPOINT} does not exist")):
         train(config, run, resume=True)
     assert (run / "metrics.jsonl").read_text() == log
+
+
+def test_a_run_stopped_before_its_first_checkpoint_with_checkpoint_every_edited_since_is_told_so(
+        tmp_path, tiny_overrides, monkeypatch, capsys, keep_threads):
+    """Killed at fr step 3 with checkpoint_every = 3, the run logged steps 1 and 2 and wrote no checkpoint.
+    config.toml then takes checkpoint_every = 1 (free on resume): the log now reaches past the first checkpoint,
+    as if a checkpoint had been written and lost, and the refusal names checkpoint_every, not only the missing
+    file; set back, the run trains again from its first step."""
+    config = load_config("quick", tiny_overrides)
+    assert config.checkpoint_every == 3 < config.fr.steps
+    forward, calls = FRStage.forward, []
+
+    def killed_at_the_third_step(self, batch):
+        calls.append(batch)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return forward(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FRStage, "forward", killed_at_the_third_step)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists()
+    assert [record["step"] for record in read_log(tmp_path / "metrics.jsonl")] == [1, 2]
+    (tmp_path / "config.toml").write_text(to_toml(dataclasses.replace(config, checkpoint_every=1)), encoding="utf-8")
+    before = files_of(tmp_path)
+    assert resume_refusal(tmp_path) == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} does not exist, but {tmp_path / 'metrics.jsonl'} "
+        f"logs step 2 of stage fr, past the run's first checkpoint (step 1: checkpoint_every = 1, fr.steps = 4 in "
+        f"config.toml): put the checkpoint back, or, if the run stopped before its first checkpoint and "
+        f"checkpoint_every was edited since, set it back to train the run again from its first step")
+    assert files_of(tmp_path) == before
+    (tmp_path / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
+    assert f"{tmp_path} holds no checkpoint yet" in capsys.readouterr().err
+    assert [record["step"] for record in read_log(tmp_path / "metrics.jsonl")] == [1]
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished run", "run without a checkpoint yet"])
+def test_a_file_in_place_of_the_checkpoint_folder_is_named_as_one(tmp_path, tiny_overrides, finished):
+    """Through a file `checkpoints`, last.pt "does not exist": a finished run's resume said so, and a run that
+    stopped before its first checkpoint was taken for one to train again, which failed with a bare "File exists"."""
+    (tmp_path / "config.toml").write_text(to_toml(load_config("quick", tiny_overrides)), encoding="utf-8")
+    if finished:
+        (tmp_path / "model").mkdir()
+    (tmp_path / "checkpoints").write_text("not a folder")
+    before = files_of(tmp_path)
+    assert resume_refusal(tmp_path) == (
+        f"tgfr train: error: checkpoint folder {tmp_path / 'checkpoints'} is a file, not a folder")
+    assert files_of(tmp_path) == before
 
 
 def test_a_checkpoint_file_behind_a_broken_link_is_named_not_trained_again(tmp_path, tiny_overrides, keep_threads):

@@ -42,7 +42,7 @@ from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.folder_lock import folder_lock
-from tgfr.input_paths import file_problem, is_broken_link
+from tgfr.input_paths import file_problem
 from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
@@ -290,17 +290,28 @@ def _stopped_before_first_checkpoint(out: Path, config: TrainConfig) -> bool:
     model/ or train_summary.json, and metrics.jsonl records of the first trained stage only, up to its
     first checkpoint. A step's record is logged before its checkpoint is written, so a run stopped while
     writing its first checkpoint has logged that step too. A run whose checkpoint was deleted or moved
-    later must not start again from step 0 (emptying its log, overwriting its model): that is an error."""
+    later must not start again from step 0 (emptying its log, overwriting its model): that is an error,
+    a ValueError where only the log tells it, which names checkpoint_every (free on resume: an edit of it
+    moves the first checkpoint)."""
     if not (out / "config.toml").is_file() or (out / "model").exists() or (out / "train_summary.json").exists():
         return False
     if not config.trained_stages:
         return False
     first = config.trained_stages[0]
-    first_checkpoint = min(config.checkpoint_every, getattr(config, first).steps)
+    steps = getattr(config, first).steps
+    first_checkpoint = min(config.checkpoint_every, steps)
     log = out / "metrics.jsonl"
     records = read_log(log) if log.is_file() else []
-    return all(record.get("stage") == first and record.get("step", first_checkpoint) <= first_checkpoint
-               for record in records)
+    if any(record["stage"] != first for record in records):
+        return False
+    last = max((record["step"] for record in records), default=0)
+    if last > first_checkpoint:
+        raise ValueError(f"checkpoint file {out / CHECKPOINT} does not exist, but {log} logs step {last} of stage "
+                         f"{first}, past the run's first checkpoint (step {first_checkpoint}: checkpoint_every = "
+                         f"{config.checkpoint_every}, {first}.steps = {steps} in config.toml): put the checkpoint "
+                         f"back, or, if the run stopped before its first checkpoint and checkpoint_every was edited "
+                         f"since, set it back to train the run again from its first step")
+    return True
 
 
 def _barrier(world_size: int) -> None:
@@ -422,9 +433,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
         raise ValueError(f"training log {training_log} {problem}")
     # Through a broken link (a disk not mounted) the checkpoint looks absent, and a run stopped early would be
     # trained again from its first step, its log emptied and its new checkpoint written through the link.
-    checkpoints = (out / CHECKPOINT).parent
-    if resume and is_broken_link(checkpoints):
-        raise ValueError(f"checkpoint folder {checkpoints} {file_problem(checkpoints)}")
+    # A file in its place is named as one, not taken for a missing checkpoint.
+    if resume:
+        check_output_folder("checkpoint folder", (out / CHECKPOINT).parent)
     state = None
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
@@ -537,11 +548,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                           "resumed_at": resumed_at})
 
     _on_rank_0(rank, world_size, record_this_call)
-    log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None)
+    log = TrainingLog(out / "metrics.jsonl" if rank == 0 else None,
+                      (state["stage"], state["step"]) if state is not None else None)
 
     def drop_lost_records() -> None:  # only once the checkpoint's whole state has loaded
-        _on_rank_0(rank, world_size, lambda: drop_records_after(out / "metrics.jsonl", config.stages, state["stage"],
-                                                                state["step"]))
+        _on_rank_0(rank, world_size, lambda: drop_records_after(out / "metrics.jsonl", state["stage"], state["step"]))
 
     for index, name in enumerate(config.stages):
         if index < resume_index or name not in config.trained_stages:

@@ -2,25 +2,31 @@
 the `tensorboard` package is installed."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from tgfr.text_formats import parse_json
 from tgfr.output_paths import write_atomically
+from tgfr.train.config import STAGES
+
+TENSORBOARD = "tensorboard"
 
 
 class TrainingLog:
     """Appends records {"stage", "step", ...numbers} to `path`; `path` None logs nothing (other ranks).
 
     TensorBoard scalars go to tensorboard/<stage>/ beside `path`, one writer per stage, opened at the
-    stage's first record in this process with purge_step = that record's step: a resumed run logs again
-    the steps past its checkpoint, and TensorBoard then hides the earlier call's points from that step
-    on, as the resume cuts them from metrics.jsonl (the first step logged after a checkpoint is the
-    same in every call: log_every and the checkpoint's step fix it)."""
+    stage's first record in this process with purge_step at the first step this call can log: the step
+    after the checkpoint's in the stage of the checkpoint it resumes (`resumed_at`: that stage and step),
+    1 in any other. TensorBoard then hides an earlier call's points from there on, as the resume cuts
+    them from metrics.jsonl (drop_records_after), whichever steps the two calls logged: log_every may
+    change on resume, so the first step this call logs need not be the first step past the checkpoint."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, resumed_at: tuple[str, int] | None = None):
         self.path = Path(path) if path is not None else None
+        self.resumed_at = resumed_at
         self.summary_writer: type | None = None
         self.writers: dict[str, Any] = {}
         if self.path is None:
@@ -41,7 +47,10 @@ class TrainingLog:
         if self.summary_writer is None:
             return
         if stage not in self.writers:
-            self.writers[stage] = self.summary_writer(str(self.path.parent / "tensorboard" / stage), purge_step=step)
+            resumed_stage, resumed_step = self.resumed_at or (None, 0)
+            purge_step = resumed_step + 1 if stage == resumed_stage else 1
+            self.writers[stage] = self.summary_writer(str(self.path.parent / TENSORBOARD / stage),
+                                                      purge_step=purge_step)
         for name, value in values.items():
             if isinstance(value, (int, float)):
                 self.writers[stage].add_scalar(f"{stage}/{name}", value, step)
@@ -83,20 +92,26 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return [record for _, record in _records(Path(path))]
 
 
-def drop_records_after(path: str | Path, stages: list[str], stage: str, step: int) -> None:
+def drop_records_after(path: str | Path, stage: str, step: int) -> None:
     """Removes from the metrics log `path` the records of `stage` past `step` and of the stages after it
-    in `stages`, and a half-written last line: steps a run logged after its last checkpoint were lost
-    with it, and the resumed run logs them again. Rewritten atomically (write_atomically), so a crash
-    keeps the old log."""
+    in tgfr.train.config.STAGES, and a half-written last line: steps a run logged after its last
+    checkpoint were lost with it, and the resumed run logs them again, or never, where config.toml no
+    longer lists their stage (stages after the checkpoint's may be dropped on resume). The TensorBoard
+    folders of those later stages (tensorboard/<stage>/ beside `path`) go too: they hold lost steps only.
+    The log is rewritten atomically (write_atomically), so a crash keeps the old log."""
     path = Path(path)
-    if not path.is_file():
-        return
-    later = set(stages[stages.index(stage) + 1:])
+    later = STAGES[STAGES.index(stage) + 1:]
 
     def lost(record: dict[str, Any]) -> bool:
         return record["stage"] in later or (record["stage"] == stage and record["step"] > step)
 
-    # A last record without its newline gets one: the next record is appended after it.
-    kept = [line if line.endswith("\n") else line + "\n" for line, record in _records(path) if not lost(record)]
-    with write_atomically(path, "metrics log") as stream:
-        stream.write("".join(kept))
+    # Read before anything changes: a bad line stops the resume with the run folder as it was. A last record
+    # without its newline gets one: the next record is appended after it.
+    kept = ([line if line.endswith("\n") else line + "\n" for line, record in _records(path) if not lost(record)]
+            if path.is_file() else None)
+    for name in later:
+        if (path.parent / TENSORBOARD / name).is_dir():
+            shutil.rmtree(path.parent / TENSORBOARD / name)
+    if kept is not None:
+        with write_atomically(path, "metrics log") as stream:
+            stream.write("".join(kept))
