@@ -32,6 +32,7 @@ CORRUPT = "it is corrupt, truncated or not a file torch.save wrote"
     (pickle.dumps({"conv1.weight": torch.zeros(3)}, protocol=4), REFUSED),  # a plain pickle: torch's text had 8 lines
     (pickle.dumps(collections.Counter(a=1), protocol=2), CORRUPT + " (Invalid magic number; corrupt file?)"),
     (b"hello world\n", CORRUPT),  # torch said "101", the opcode of 'e'
+    (b'{"dim": 64}\n', CORRUPT),  # a config.json given for weights: torch's unpickler refused "{" as a pickle
     (b"", CORRUPT),
     (saved_bytes()[:200], CORRUPT + " (PytorchStreamReader failed reading zip archive: failed finding central "
                                     "directory)"),

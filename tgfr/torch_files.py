@@ -28,6 +28,14 @@ def is_refused_pickle(error: BaseException | None) -> bool:
     return False
 
 
+def _starts_like_torch_save(path: Path) -> bool:
+    """Whether `path` opens as torch.save's files do: a zip archive, or (the legacy format, and the pickles
+    torch.load reads) a pickle of protocol 2 or later, whose first opcode is PROTO."""
+    with open(path, "rb") as stream:
+        start = stream.read(4)
+    return start.startswith((b"PK\x03\x04", pickle.PROTO))
+
+
 def load_torch_file(path: Path) -> Any:
     """torch.load(path, map_location="cpu", weights_only=True). A file torch refuses or cannot read is
     a ValueError saying why in one line; an OSError opening it (permissions, a folder, a missing file)
@@ -44,7 +52,10 @@ def load_torch_file(path: Path) -> Any:
                 raise ValueError(_CORRUPT) from error
             raise
         except pickle.UnpicklingError as error:
-            raise ValueError(REFUSED_PICKLE if is_refused_pickle(error) else _CORRUPT) from error
+            # The weights-only unpickler refuses any text opening with a byte it takes for a forbidden opcode: a
+            # JSON file ("{" is EMPTY_DICT) given for weights is no pickle of objects.
+            refused = is_refused_pickle(error) and _starts_like_torch_save(path)
+            raise ValueError(REFUSED_PICKLE if refused else _CORRUPT) from error
         except Exception as error:  # EOFError (empty), KeyError('105') (text), RuntimeError (a broken archive)
             # torch's first sentence where it says something ("failed finding central directory"), not an opcode.
             detail = str(error).split("\n")[0].split(". ")[0][:160]
