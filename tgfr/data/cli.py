@@ -131,9 +131,9 @@ def _protocol(args: argparse.Namespace) -> int:
 def _grid(args: argparse.Namespace) -> int:
     if args.split is not None and not args.manifest:
         raise ValueError("--split: a split of --manifest; without it the faces are synthetic and have no split")
+    out = check_output_file("--out", args.out)
     if not args.out.lower().endswith(".png"):  # render_grid writes PNG data whatever the name says
         raise ValueError(f"--out: the picture is written as PNG, so name a .png file, got {args.out!r}")
-    out = check_output_file("--out", args.out)
     split = args.split or "test"
     rows = manifest_rows(args.manifest, args.rows, split) if args.manifest else synthetic_rows(args.rows, args.seed)
     shown = "" if len(rows) == args.rows else (f" ({len(rows)} of the {args.rows} rows asked: split {split!r} of "
