@@ -32,11 +32,14 @@ when one subject is drawn S times), or, for TAR at FAR f, an impostor weight W w
 rule that makes the point estimate None with W = the number of impostor pairs.
 """
 
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+RANKS = (("rank1", 1), ("rank5", 5))  # identification's rank-k figures: (name, k)
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,15 @@ def far_label(far: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _far_labels(far_targets: tuple[float, ...]) -> list[str]:
-    """far_label of each target; the targets must be FARs, in (0, 1], with distinct labels."""
+def _far_labels(far_targets: Sequence[float]) -> list[str]:
+    """far_label of each target; the targets must be a sequence (or 1-D array) of FARs, in (0, 1], with
+    distinct labels."""
+    # A lone FAR, a string or a row of strings failed while compared or iterated, naming no argument.
+    targets = far_targets.tolist() if isinstance(far_targets, np.ndarray) else far_targets
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or not all(
+            isinstance(far, numbers.Real) and not isinstance(far, bool) for far in targets):
+        raise TypeError(f"far_targets must be a sequence of real numbers (FARs in (0, 1]), got {far_targets!r} "
+                        f"({type(far_targets).__name__})")
     outside = [far for far in far_targets if not 0 < far <= 1]  # NaN is outside too
     if outside:
         raise ValueError(f"far_targets must lie in (0, 1], got {outside} in {far_targets}")
@@ -240,12 +250,13 @@ def _far_labels(far_targets: tuple[float, ...]) -> list[str]:
 
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np.ndarray, subjects_b: np.ndarray,
-                         far_targets: tuple[float, ...] = FAR_TARGETS, resamples: int = 200, seed: int = 0,
+                         far_targets: Sequence[float] = FAR_TARGETS, resamples: int = 200, seed: int = 0,
                          keep_replicates: bool = False, keep_curve: bool = False) -> dict:
     """AUC, EER, TAR at each FAR target, each with a 95% subject-bootstrap interval ("*_ci").
 
     scores, same (P,); subjects_a, subjects_b (P,) integer subject ids of each pair's two images
-    (equal exactly for the genuine pairs); far_targets: distinct FARs in (0, 1], keyed by far_label.
+    (equal exactly for the genuine pairs); far_targets: a sequence of distinct FARs in (0, 1], keyed
+    by far_label.
     A FAR target below 1 / (number of impostor pairs) cannot be measured: its TAR is None and it is
     listed under "unresolved_far". An interval is None when some replicate cannot measure its figure
     (see the module's docstring).
@@ -304,12 +315,17 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, *, subjects_a: np
 def match_ranks(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
     """Rank (1-based) of each probe's identity among the gallery identities, ties counted pessimistically.
 
-    similarity (P, G) probes x gallery; every probe's identity must be in the gallery. An identity
-    with several gallery images scores its best one (max fusion): rank k means k candidate
-    identities, so the ranks run from 1 to the number of gallery identities.
+    similarity (P, G) probes x gallery, probe_labels (P,), gallery_labels (G,); every probe's
+    identity must be in the gallery. An identity with several gallery images scores its best one
+    (max fusion): rank k means k candidate identities, so the ranks run from 1 to the number of
+    gallery identities.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     probe_labels, gallery_labels = np.asarray(probe_labels), np.asarray(gallery_labels)
+    # A column of labels, (P, 1), has the right size and failed later on a boolean index, naming nothing.
+    for name, labels in (("probe_labels", probe_labels), ("gallery_labels", gallery_labels)):
+        if labels.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, one identity label per image, got shape {labels.shape}")
     if similarity.ndim != 2 or similarity.shape != (probe_labels.size, gallery_labels.size):
         raise ValueError(f"similarity must have shape (probes={probe_labels.size}, gallery={gallery_labels.size}), "
                          f"got {similarity.shape}")
@@ -344,9 +360,11 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     gallery_labels (G,).
 
     rank1 and rank5 come from the ranks themselves, as their intervals do, so they do not depend
-    on max_rank (which only cuts the CMC). The subject draws depend only on the probe labels and
-    the seed; keep_replicates: also return "replicates" {"rank1", "rank5"} (resamples,) arrays, for
-    paired comparisons of methods on the same probes with the same seed.
+    on max_rank (which only cuts the CMC). Rank-k of a gallery of k identities or fewer is not
+    measured: every probe is within rank k by construction, so the figure and its interval are None
+    (its replicates NaN). The subject draws depend only on the probe labels and the seed;
+    keep_replicates: also return "replicates" {"rank1", "rank5"} (resamples,) arrays, for paired
+    comparisons of methods on the same probes with the same seed.
     """
     _check_count("max_rank", max_rank, 1)
     _check_count("resamples", resamples, 0)
@@ -355,24 +373,26 @@ def identification_metrics(similarity: np.ndarray, probe_labels: np.ndarray, gal
     if not ranks.size:  # rank-1 and the CMC would be means of nothing (NaN, which JSON cannot hold)
         raise ValueError(f"identification needs at least one probe, got probe_labels of size 0 and similarity "
                          f"of shape {np.shape(similarity)}")
-    cmc = cmc_curve(ranks, min(max_rank, np.unique(gallery_labels).size))
-    result = {"rank1": float((ranks <= 1).mean()), "rank5": float((ranks <= 5).mean()), "cmc": cmc.tolist(),
-              "probes": int(ranks.size), "gallery": int(len(gallery_labels))}
+    identities = np.unique(gallery_labels).size
+    cmc = cmc_curve(ranks, min(max_rank, identities))
+    measured = {name: k < identities for name, k in RANKS}
+    result = {**{name: float((ranks <= k).mean()) if measured[name] else None for name, k in RANKS},
+              "cmc": cmc.tolist(), "probes": int(ranks.size), "gallery": int(len(gallery_labels))}
     subjects, subject_of_probe = np.unique(probe_labels, return_inverse=True)
     multiplicities = _subject_multiplicities(subjects.size, resamples, seed)  # (resamples, S)
     # A replicate's rank-k is its weighted hits over its weighted probes, both summed per subject.
     probes_per_subject = np.bincount(subject_of_probe, minlength=subjects.size)
     weighted_probes = multiplicities @ probes_per_subject
-    replicates = {
-        name: multiplicities @ np.bincount(subject_of_probe, weights=ranks <= k, minlength=subjects.size)
-        / weighted_probes
-        for name, k in (("rank1", 1), ("rank5", 5))
-    }
-    if subjects.size < 2:  # every resample repeats the one subject: a zero-width interval would claim certainty
-        replicates = {name: np.full(resamples, np.nan) for name in replicates}
+    replicates = {}
+    for name, k in RANKS:
+        if measured[name] and subjects.size >= 2:
+            hits_per_subject = np.bincount(subject_of_probe, weights=ranks <= k, minlength=subjects.size)
+            replicates[name] = multiplicities @ hits_per_subject / weighted_probes
+        else:  # not measured, or every resample repeats the one subject: a zero-width interval would claim certainty
+            replicates[name] = np.full(resamples, np.nan)
     if resamples:
-        result["rank1_ci"] = bootstrap_interval(replicates["rank1"])
-        result["rank5_ci"] = bootstrap_interval(replicates["rank5"])
+        for name, _ in RANKS:
+            result[f"{name}_ci"] = bootstrap_interval(replicates[name])
     if keep_replicates:
         result["replicates"] = replicates
     return result

@@ -18,6 +18,9 @@ from tgfr.output_paths import write_atomically
 from tgfr.train.batches import synthetic_config
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
 
+# tests/models' tiny transformers on disk, for a text encoder whose tokenizer is not WordPiece.
+from models.conftest import tiny_roberta_dir  # noqa: F401 (a fixture)
+
 
 def make_run(tmp_path, overrides=(), stages=None):
     """A run folder that passes the --run checks; its manifest does not exist, so evaluating fails
@@ -375,6 +378,38 @@ def test_evaluation_pairs_each_test_image_with_its_first_caption(tmp_path):
     _, _, tokens = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0, torch.device("cpu"))
     assert tokens == [model.text_encoder.tokenizer.tokenize(first) for first in firsts]
     assert tokens[0][:2] == ["she", "has"]
+
+
+def test_heatmap_words_are_the_tokens_as_text_whatever_the_tokenizer(tmp_path, tiny_roberta_dir, monkeypatch):
+    """A byte-level BPE (RoBERTa's) marks a word's leading space in its token, "\u0120small": the heatmaps took
+    the raw tokens, so the marked function words passed as content words and the titles carried the mark.
+    tiny_roberta_dir's tokenizer has no merges, one token per character and "\u0120" for a space: decoded, a
+    caption's words are its characters, a space an empty word, shown nowhere."""
+    from PIL import Image
+
+    from tgfr.evaluation import plots
+    from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
+    from tgfr.train.caption_features import CaptionFeatures
+
+    texts = ["green eyes", "a big mole"]
+    for i in range(2):
+        Image.new("RGB", (32, 32), (100 * i, 90, 160)).save(tmp_path / f"face{i}.png")
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"face{i}.png", str(i), "test", (text,))
+                                                     for i, text in enumerate(texts)])
+    torch.manual_seed(0)
+    model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16),
+                                 text_encoder=str(tiny_roberta_dir), max_length=18, dim=16, fine_dim=8))
+    assert model.text_encoder.tokenizer.tokenize(texts[1])[:3] == ["a", "\u0120", "b"]
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    images, attention, words = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0,
+                                                          torch.device("cpu"))
+    assert words == [[character.strip() for character in text] for text in texts]
+    titles = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path, layout=True: titles.extend(
+        axis.get_title() for axis in figure.axes if len(axis.get_images()) == 2))
+    plots.plot_attention(images, attention, words, tmp_path / "attention.png", words_per_caption=20)
+    # Every letter but the function word "a": no space, and no title with the space's mark.
+    assert sorted(titles) == sorted(character for character in "".join(texts) if character not in " a")
 
 
 def test_embeddings_run_the_backbone_once_per_batch_and_match_the_model_s_own(tmp_path):

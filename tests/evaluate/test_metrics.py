@@ -81,6 +81,8 @@ def test_verification_bootstrap_covers_point_and_is_seeded():
     again = verification_metrics(scores, same, **subjects, resamples=100, seed=3)
     other = verification_metrics(scores, same, **subjects, resamples=100, seed=4)
     assert first == again and first["auc_ci"] != other["auc_ci"]
+    assert (first["genuine_pairs"], first["impostor_pairs"]) == (int((same == 1).sum()), int((same == 0).sum()))
+    assert first["subjects"] == np.unique(np.r_[subjects["subjects_a"], subjects["subjects_b"]]).size
     low, high = first["auc_ci"]
     assert low <= first["auc"] <= high and high - low < 0.1
     low, high = first["tar_at_far_ci"]["1e-2"]
@@ -103,8 +105,9 @@ def test_hand_made_identification():
     assert ranks.tolist() == [1, 2, 3, 2]
     assert cmc_curve(ranks, 3).tolist() == [0.25, 0.75, 1.0]
     result = identification_metrics(similarity, probes, gallery, resamples=50)
-    assert result["rank1"] == 0.25 and result["rank5"] == 1.0 and result["cmc"] == [0.25, 0.75, 1.0]
+    assert result["rank1"] == 0.25 and result["cmc"] == [0.25, 0.75, 1.0]
     assert result["rank1_ci"][0] <= 0.25 <= result["rank1_ci"][1]
+    assert result["rank5"] is None and result["rank5_ci"] is None  # 3 identities: every probe is within rank 5
 
 
 def similarity_with_ranks(ranks, subjects=8):
@@ -130,6 +133,26 @@ def test_rank1_and_rank5_do_not_depend_on_max_rank(max_rank):
     for name in ("rank1", "rank5"):
         low, high = result[f"{name}_ci"]
         assert low <= result[name] <= high
+
+
+@pytest.mark.parametrize("identities", [1, 2, 4, 5, 6, 8])
+def test_rank_k_of_a_gallery_of_k_identities_or_fewer_is_not_measured(identities):
+    """With k gallery identities or fewer every probe is within rank k whatever the scores: a certain 100%,
+    reported as None with its interval (its replicates NaN), as other figures that cannot be measured are."""
+    ranks = [min(rank, identities) for rank in (1, 3, 5, 6, 2, 1, 4, 2)]
+    similarity, probes, gallery = similarity_with_ranks(ranks, subjects=identities)
+    gallery = np.repeat(gallery, 2)  # two images an identity: the rule counts identities, not images
+    similarity = np.repeat(similarity, 2, axis=1)
+    assert match_ranks(similarity, probes, gallery).tolist() == ranks
+    result = identification_metrics(similarity, probes, gallery, resamples=20, keep_replicates=True)
+    for name, k in (("rank1", 1), ("rank5", 5)):
+        if identities <= k:
+            assert result[name] is None and result[f"{name}_ci"] is None
+            assert np.isnan(result["replicates"][name]).all()
+        else:
+            assert result[name] == pytest.approx(np.mean([rank <= k for rank in ranks]))
+            assert result[name] < 1 and result[f"{name}_ci"] is not None
+    assert result["cmc"] == pytest.approx([np.mean([rank <= k for rank in ranks]) for k in range(1, identities + 1)])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -219,6 +242,48 @@ def test_bad_far_targets_are_named(far_targets, message):
     with pytest.raises(ValueError, match=message):
         verification_metrics(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0]), subjects_a=np.array([0, 0, 1, 0]),
                              subjects_b=np.array([0, 0, 0, 1]), far_targets=far_targets, resamples=0)
+
+
+@pytest.mark.parametrize("far_targets", [1e-3, "1e-3", b"1e-3", ("1e-3",), (1e-3, None), (True,), np.array(1e-3),
+                                         np.array([[1e-3, 1e-2]]), {1e-3: "a"}])
+def test_far_targets_that_are_not_a_sequence_of_numbers_are_named(far_targets):
+    """A lone FAR, a string or a row holding a non-number raised "'float' object is not iterable" or "'<' not
+    supported between 'int' and 'str'", naming no argument."""
+    with pytest.raises(TypeError, match=rf"^far_targets must be a sequence of real numbers \(FARs in \(0, 1\]\), got "
+                                        rf"{re.escape(repr(far_targets))} \({type(far_targets).__name__}\)$"):
+        verification_metrics(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0]), subjects_a=np.array([0, 0, 1, 0]),
+                             subjects_b=np.array([0, 0, 0, 1]), far_targets=far_targets, resamples=0)
+
+
+def test_far_targets_may_be_any_sequence_of_numbers():
+    """A list, a 1-D array or numpy scalars give the figures a tuple of floats gives."""
+    scores, same, subjects_a, subjects_b = pairs_of_four_subjects(np.arange(100) / 100, [0.999, 0.995, 0.975, 0.5])
+    expected = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
+                                    far_targets=(1e-2, 0.1), resamples=5)
+    for far_targets in ([1e-2, 0.1], np.array([1e-2, 0.1]), (np.float64(1e-2), 0.1)):
+        assert verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
+                                    far_targets=far_targets, resamples=5) == expected
+
+
+@pytest.mark.parametrize("argument", ["probe_labels", "gallery_labels"])
+def test_labels_must_be_one_dimensional(argument):
+    """A column of labels (2, 1) has the size of the similarity's side and failed on a boolean index."""
+    labels = {"probe_labels": np.array([1, 2]), "gallery_labels": np.array([1, 2])}
+    labels[argument] = labels[argument][:, None]
+    message = rf"^{argument} must be 1-D, one identity label per image, got shape \(2, 1\)$"
+    with pytest.raises(ValueError, match=message):
+        match_ranks(np.eye(2), **labels)
+    with pytest.raises(ValueError, match=message):
+        identification_metrics(np.eye(2), **labels, resamples=5)
+
+
+def test_a_far_target_of_1_is_measured():
+    """(0, 1] holds 1: every pair is then accepted, the TAR is 1 as the threshold sweep gives it."""
+    scores, same = np.array([0.9, 0.8, 0.1, 0.2, 0.85]), np.array([1, 1, 0, 0, 0])
+    result = verification_metrics(scores, same, subjects_a=np.array([0, 1, 0, 1, 2]),
+                                  subjects_b=np.array([0, 1, 1, 2, 0]), far_targets=(0.5, 1.0), resamples=0)
+    assert result["tar_at_far"] == {far_label(far): brute_force_tar_at_far(scores, same, far) for far in (0.5, 1.0)}
+    assert result["tar_at_far"]["1e0"] == 1.0 and result["unresolved_far"] == []
 
 
 def test_identification_without_probes_is_an_error():

@@ -1,6 +1,8 @@
 """split_figures' protocols: the identification split it scores (gallery and probes by path) and the
 ROC curve it hands back for each method."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from test_subject_bootstrap import embeddings_and_records, nearest_gallery_hits
 from tgfr.evaluation.embeddings import SplitEmbeddings
 from tgfr.evaluation.protocols import identification_indices, split_figures, verification_scores
 from tgfr.metrics import far_label, roc_curve, tar_at_far
-from tgfr.train.config import EvaluationConfig
+from tgfr.train.config import EvaluationConfig, load_config
 
 
 def test_identification_gallery_is_each_subjects_first_images_by_path():
@@ -61,3 +63,21 @@ def test_each_method_gets_its_own_roc_curve(methods):
         tars[method] = tar_at_far(curves[method], 1e-2)
         assert tars[method] == figures[method]["tar_at_far"][far_label(1e-2)]
     assert len(set(tars.values())) == len(methods)
+
+
+@pytest.mark.parametrize("protocol", ["allpairs", "all-pairs", "ALL_PAIRS", "pair", ""])
+def test_an_unknown_protocol_is_refused_not_scored_as_pairs(protocol):
+    """A typo of evaluation.protocol ran TGFR's pairs list under the typo's name: refused when an
+    EvaluationConfig is built (directly or from a preset's override), and by verification_scores for a
+    config changed after it was built."""
+    message = rf"^evaluation.protocol must be one of \('all_pairs', 'pairs'\), got {re.escape(repr(protocol))}$"
+    with pytest.raises(ValueError, match=message):
+        EvaluationConfig(protocol=protocol)
+    with pytest.raises(ValueError, match=message):
+        load_config("quick", [f'evaluation.protocol="{protocol}"'])
+    x, labels, paths, records = embeddings_and_records(0, subjects=5, images=3)
+    embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, x)
+    config = EvaluationConfig(protocol="pairs", impostor_subjects=2)
+    config.protocol = protocol
+    with pytest.raises(ValueError, match=message):
+        verification_scores(embeddings, "tgfr", records, "test", config)

@@ -156,6 +156,22 @@ def test_table_row_puts_each_figure_and_its_interval_in_its_column(tmp_path):
             "7.0 [6.0, 8.0] | 60.0 [55.0, 65.0] | 80.0 [75.0, 85.0] |\n") in text
 
 
+@pytest.mark.parametrize("resamples", [0, 10])
+def test_a_rank_that_the_gallery_cannot_miss_is_not_reported_as_measured(tmp_path, resamples):
+    """figures() has a gallery of 4 identities: every probe is within rank 5 by construction, so rank-5 is
+    n/a in report.md and null in metrics.json, with its interval, where it read 100.0 [100.0, 100.0]."""
+    image_only = figures(resamples=resamples)[0]
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": resamples, "splits": {"clean": "test"}, "training": None}
+    text = write_report(tmp_path, {"clean": {"image_only": image_only}}, {}, [], context).read_text()
+    rank1 = f"{100 * image_only['rank1']:.1f}"
+    (row,) = [line for line in text.splitlines() if line.startswith("| image only")]
+    assert re.search(rf"\| {rank1}( \[[^]]*\])? \| n/a \|$", row), row
+    assert "rank-k where the gallery holds k identities or fewer (every probe is then within rank k)" in text
+    saved = json.loads((tmp_path / "metrics.json").read_text())["clean"]["image_only"]
+    assert saved["rank5"] is None and saved.get("rank5_ci") is None and saved["rank1"] == image_only["rank1"]
+
+
 def test_report_names_what_produced_it_and_report_info_holds_every_setting(tmp_path):
     """report.md says which tgfr (and commit), torch, device, precision and threads made it;
     report_info.json holds that and the settings, so that the report can be traced and rerun."""
@@ -207,3 +223,16 @@ def test_each_split_says_which_degradations_its_images_have(tmp_path, degradatio
                "train_split": "train", "split_contents": {"clean": contents}}
     text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
     assert f"{line} Identities also in the training split `train`: none of 50." in text
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+def test_the_report_says_how_training_degraded_its_images(tmp_path, p):
+    """data.train_degrade_p = 0 degrades nothing: the report says so instead of "with probability 0"."""
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test"}, "training": None,
+               "train_degradation": {"recipe": "down16+celeba", "p": p}}
+    text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
+    degraded = (f"Training degraded each image with `down16+celeba` with probability {p:g} "
+                "(data.train_degradation, data.train_degrade_p).")
+    undegraded = "Training degraded no image (data.train_degrade_p = 0)."
+    assert (degraded in text, undegraded in text) == (p > 0, p == 0)

@@ -310,11 +310,14 @@ def test_methods_are_compared_on_the_same_resamples():
                                rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("components", [slice(None), 3], ids=["whole_rows", "one_component"])
 @pytest.mark.parametrize("method", ["image_only", "tgfr"])
-def test_non_finite_embeddings_name_split_and_method(method):
+def test_non_finite_embeddings_name_split_and_method(method, components):
+    """An embedding with one NaN component is as broken as one of NaNs only: both are named here, not by
+    the metrics' bare "scores must be finite"."""
     x, labels, paths, records = embeddings_and_records(0)
     broken = x.copy()
-    broken[[6, 9]] = np.nan  # two images of subject s01
+    broken[[6, 9], components] = np.nan  # two images of subject s01
     embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), *((broken, x) if method == "image_only"
                                                                        else (x, broken)))
     with pytest.raises(ValueError, match=f"the {method} embeddings of split 'test' are not finite \\(NaN or Inf\\) "

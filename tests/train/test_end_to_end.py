@@ -20,6 +20,11 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     assert {r["stage"] for r in log} == {"fr", "align", "fuse"}
     assert all(r["samples_per_s"] > 0 for r in log)
     assert {"wrcl", "cicl", "intra", "identity"} <= set(next(r for r in log if r["stage"] == "align"))
+    # train_summary.json's last_logged is each stage's last record of metrics.jsonl.
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert set(summary) == {"fr", "align", "fuse"}
+    for stage, figures in summary.items():
+        assert figures["last_logged"] == [r for r in log if r["stage"] == stage][-1]
     # The default keeps every decoded training image in memory; reading each from disk every time
     # trains the same weights.
     uncached = tmp_path / "uncached"
@@ -44,7 +49,11 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
             unresolved = {far for far, tar in figures["tar_at_far"].items() if tar is None}
             assert unresolved == set(figures["unresolved_far"])
             assert all(0 <= tar <= 1 for tar in figures["tar_at_far"].values() if tar is not None)
-            assert 0 <= figures["rank1"] <= figures["rank5"] <= 1
+            # A gallery of 5 identities or fewer (one image each) holds every probe within rank 5: not measured.
+            if figures["gallery"] <= 5:
+                assert figures["rank5"] is None and figures["rank5_ci"] is None
+            else:
+                assert 0 <= figures["rank1"] <= figures["rank5"] <= 1
             assert 0 <= figures["auc"] <= 1 and 0 <= figures["eer"] <= 1
             low, high = figures["rank1_ci"]
             assert low <= figures["rank1"] <= high
@@ -63,5 +72,8 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.undo()
     text = (report / "report.md").read_text()
     assert "## degraded" in text and "TAR@FAR=1e-3" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| image only", "| TGFR"))]
+    assert len(rows) == 4 and all(row.endswith("| n/a |") == (metrics["clean"]["tgfr"]["rank5"] is None)
+                                  for row in rows)
     for name in ("roc_clean.png", "cmc_degraded.png", "attention_degraded.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in text

@@ -21,10 +21,11 @@ FUNCTION_WORDS = frozenset("a an the this that is are has have with and or of on
                            "their its person man woman face".split())
 
 
-def content_word_positions(tokens: list[str]) -> list[int]:
-    """Positions of whole alphabetic tokens that are not function words (all positions if none)."""
-    positions = [t for t, token in enumerate(tokens) if token.isalpha() and token.lower() not in FUNCTION_WORDS]
-    return positions or list(range(len(tokens)))
+def content_word_positions(words: list[str]) -> list[int]:
+    """Positions of alphabetic words that are not function words (all positions if none); words: a caption's
+    tokens as text (a WordPiece piece that continues a word, "##ing", is not alphabetic)."""
+    positions = [t for t, word in enumerate(words) if word.isalpha() and word.lower() not in FUNCTION_WORDS]
+    return positions or list(range(len(words)))
 
 
 def _save(figure: plt.Figure, path: Path, layout: bool = True) -> Path:
@@ -81,24 +82,25 @@ def attention_colour_norm(maps: list[torch.Tensor], regions: int) -> Normalize:
     return Normalize(vmin=even - reach, vmax=even + reach)
 
 
-def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[list[str]], path: Path,
+def plot_attention(images: torch.Tensor, attention: torch.Tensor, words: list[list[str]], path: Path,
                    words_per_caption: int = 6) -> Path:
     """One row per caption: the face, then the regions each of its most focused words attends to.
 
     images (N, 3, S, S) in [-1, 1]; attention (N, T, R) word-over-region weights (R = G*G);
-    tokens: the N captions' word tokens (len <= T). Content words with the highest peak attention are shown.
+    words: the N captions' tokens as text (len <= T), which title the maps. Content words with the highest peak
+    attention are shown.
     Every map is drawn on one colour scale, with a colour bar: scaled map by map, an even spread (each weight
     1/R up to rounding) would show as hot spots. The scale is centred on 1/R (white), red above it and blue
     below, reaching as far either side as the weights shown do, so a trained model's attention that departs
     little from even still shows where it leans.
     """
-    n = len(tokens)
+    n = len(words)
     grid = int(round(attention.shape[2] ** 0.5))
     columns = 1 + words_per_caption
     figure, axes = plt.subplots(n, columns, figsize=(1.6 * columns + 0.8, 1.8 * n), dpi=100, squeeze=False)
     shown = []
     for i in range(n):
-        candidates = content_word_positions(tokens[i])
+        candidates = content_word_positions(words[i])
         peaks = attention[i, candidates].amax(dim=1)
         shown.append(sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist()))
     norm = attention_colour_norm([attention[i, chosen] for i, chosen in enumerate(shown)], attention.shape[2])
@@ -111,7 +113,7 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, tokens: list[l
             axes[i, column].imshow(face)
             overlay = axes[i, column].imshow(heat, cmap=ATTENTION_COLOURS, norm=norm, alpha=0.55,
                                              extent=(0, face.shape[1], face.shape[0], 0), interpolation="bilinear")
-            axes[i, column].set_title(tokens[i][t], fontsize=8)
+            axes[i, column].set_title(words[i][t], fontsize=8)
         for axis in axes[i]:
             axis.axis("off")
     figure.tight_layout(rect=(0, 0, 0.86, 1))  # the right edge is the colour bar's

@@ -19,13 +19,16 @@ from tgfr.evaluation.embeddings import SplitEmbeddings
 from tgfr.evaluation.report import MAIN_FAR
 from tgfr.metrics import (RocCurve, bootstrap_interval, identification_metrics, thin_roc_curve,
                           verification_metrics)
-from tgfr.train.config import EvaluationConfig
+from tgfr.train.config import EVALUATION_PROTOCOLS, EvaluationConfig
+from tgfr.validation import check_choice
 
 
 def verification_scores(embeddings: SplitEmbeddings, method: str, records: Sequence[ManifestRecord], split: str,
                         config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(scores, same, subjects_a, subjects_b), each (P,), of the protocol's pairs; the subjects are
     the embeddings' identity labels of each pair's two images."""
+    # EvaluationConfig checks it when built, not when a caller changes it after: an unknown name ran the pairs.
+    check_choice("evaluation.protocol", config.protocol, EVALUATION_PROTOCOLS)
     x = embeddings.method(method).astype(np.float64)
     labels = embeddings.labels
     if config.protocol == "all_pairs":

@@ -6,7 +6,8 @@ metrics.json is keyed split -> method -> figure, e.g.
                   "tgfr": {..., "vs_image_only": {"rank1": 0.08, "rank1_ci": [low, high],
                                                   "tar_at_far": {"1e-3": ...}, "tar_at_far_ci": {...}}}},
      "clean": {...}}
-An interval is null where some bootstrap resample cannot measure its figure (tgfr.metrics).
+An interval is null where some bootstrap resample cannot measure its figure (tgfr.metrics); rank-k and its
+interval are null where the gallery holds k identities or fewer (every probe is then within rank k).
 """
 
 import json
@@ -129,18 +130,18 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     """
     per_subject = context["gallery_per_subject"]
     gallery = "first image" if per_subject == 1 else f"first {per_subject} images"
+    unmeasured = ("TAR at a FAR below 1/impostor pairs is n/a, and so is rank-k where the gallery holds k identities "
+                  "or fewer (every probe is then within rank k)")
     if context["resamples"]:
         intervals = (f"with 95% bootstrap intervals ({context['resamples']} resamples): verification resamples "
                      "subjects, since pairs that share a subject are not independent (a subject drawn c times counts "
                      "its genuine pairs c times, its impostor pairs with a subject drawn c' times c * c' times), "
                      "identification resamples the probes' subjects (a subject drawn c times counts its probes c "
                      "times); both methods are scored on the same resamples, so their "
-                     "difference has a paired interval. TAR at a FAR below 1/impostor pairs is n/a; an interval is "
-                     "left out where some resample cannot measure its figure (e.g. too little impostor weight for "
-                     "the FAR).")
+                     f"difference has a paired interval. {unmeasured}; an interval is left out where some resample "
+                     "cannot measure its figure (e.g. too little impostor weight for the FAR).")
     else:
-        intervals = ("without intervals (evaluation.bootstrap_resamples = 0: no bootstrap). TAR at a FAR below "
-                     "1/impostor pairs is n/a.")
+        intervals = f"without intervals (evaluation.bootstrap_resamples = 0: no bootstrap). {unmeasured}."
     data = f" (the embedded synthetic set, generator version {context['synthetic_version']})" \
         if context.get("synthetic_version") is not None else ""
     lines = ["# TGFR evaluation report", "",
@@ -173,7 +174,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
                   "(tgfr.ops.word_region_attention).", ""]
         lines += [_image(name) for name in heatmaps] + [""]
     if context.get("training"):
-        lines += ["## Training", "", "| stage | steps | seconds | s/step | global batch |", "| --- | --- | --- | --- | --- |"]
+        lines += ["## Training", "", "| stage | steps | seconds | s/step | global batch |",
+                  "| --- | --- | --- | --- | --- |"]
         for stage, s in context["training"].items():
             # A stage that took no step has no rate (train_summary.json leaves it out); 3 significant digits
             # keep a fast one's rate from reading 0.00.

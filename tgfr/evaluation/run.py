@@ -46,8 +46,9 @@ def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str
                     device: torch.device, image_cache: DecodedImageCache | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
     """Faces of `count` subjects of `split`, their captions' word-region attention with the gamma1 the
-    align stage trained with (align.gamma1) and the captions' tokens, for plot_attention. image_cache:
-    the split's images that embed_split's dataset decoded, not decoded again."""
+    align stage trained with (align.gamma1) and the captions' words, each token as the text it stands for
+    (its tokenizer's convert_tokens_to_string, stripped), for plot_attention. image_cache: the split's
+    images that embed_split's dataset decoded, not decoded again."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
     # One image of `count` different subjects.
@@ -61,9 +62,13 @@ def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str
         attention = word_region_attention(aligned.words.float(), aligned.lengths, aligned.regions.float(),
                                           gamma1=gamma1)
     ids = model.tokenize(texts)["input_ids"]
-    tokens = [model.text_encoder.tokenizer.convert_ids_to_tokens(ids[i, 1:1 + int(aligned.lengths[i])].tolist())
-              for i in range(len(texts))]
-    return images, attention, tokens
+    tokenizer = model.text_encoder.tokenizer
+    # Tokens carry their tokenizer's marks (byte-level BPE's "Ġsmall", SentencePiece's "▁the", CLIP's "the</w>"),
+    # which would pass function words as content words and title the maps; a WordPiece "##ing" keeps its "##".
+    words = [[tokenizer.convert_tokens_to_string([token]).strip()
+              for token in tokenizer.convert_ids_to_tokens(ids[i, 1:1 + int(aligned.lengths[i])].tolist())]
+             for i in range(len(texts))]
+    return images, attention, words
 
 
 def _remove_stale_files(out: Path, kept: set[str]) -> None:

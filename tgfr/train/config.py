@@ -175,6 +175,8 @@ class FuseStageConfig:
 # most filesystems take (NAME_MAX, bytes).
 LONGEST_REPORT_FILE = "attention_{}.png"
 NAME_MAX = 255
+# evaluation.protocol's choices, which tgfr.evaluation.protocols scores.
+EVALUATION_PROTOCOLS = ("all_pairs", "pairs")
 
 
 @dataclass
@@ -215,6 +217,7 @@ class EvaluationConfig:
                   "heatmap_captions": (0, 2**10)}
         for name, (low, high) in bounds.items():
             _check_integer(f"evaluation.{name}", getattr(self, name), low, high)
+        check_choice("evaluation.protocol", self.protocol, EVALUATION_PROTOCOLS)
         if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
             raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
                              f"got {self.impostor_subjects}")
@@ -280,7 +283,6 @@ class TrainConfig:
             raise ValueError(f"stages must be distinct names among fr, align, fuse, at least one, in that order; "
                              f"got {self.stages}")
         check_choice("align.supervision", self.align.supervision, ("identity", "weak"))
-        check_choice("evaluation.protocol", self.evaluation.protocol, ("all_pairs", "pairs"))
         check_choice("model.backbone", self.model.backbone, tuple(IRESNET_LAYERS))
         check_choice("model.fusion", self.model.fusion, FUSIONS)
         # Upper bounds far past any use: larger values passed this check and then failed inside torch or numpy
