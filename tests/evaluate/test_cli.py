@@ -154,6 +154,9 @@ def test_a_split_to_evaluate_that_the_manifest_lacks_or_holds_one_identity_of_is
     degraded.write_text("")
     assert f"`tgfr data degrade` wrote it into {degraded}: evaluate with --manifest {degraded}" in evaluate_error(
         "--run", str(run))
+    # A manifest given on purpose gets the hint too: the copy is beside it all the same.
+    assert f"`tgfr data degrade` wrote it into {degraded}: evaluate with --manifest {degraded}" in evaluate_error(
+        "--run", str(run), "--manifest", str(manifest))
     write_manifest(manifest, [ManifestRecord(f"{split}/{i}.png", "one", split, ("a face",)) for split in
                               ("train", "test", "test_degraded") for i in range(4)])
     assert evaluate_error("--run", str(run)) == (

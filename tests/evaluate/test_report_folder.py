@@ -92,6 +92,17 @@ def test_readmes_validation_report_compares_on_val_and_its_degraded_copy(tiny_ru
                      "identities": len(val), "identities_in_training": 0}}
 
 
+def test_the_report_names_the_run_absolute_as_it_names_the_manifest(tiny_run, tmp_path, monkeypatch):
+    """A report read from another directory, or written elsewhere with --out, still names its run."""
+    run, _, _ = tiny_run
+    monkeypatch.chdir(run.parent)
+    assert main(["evaluate", "--run", run.name, "--out", str(tmp_path / "report")]) == 0
+    info = json.loads((tmp_path / "report" / "report_info.json").read_text())
+    assert info["run"] == str(run) and Path(info["manifest"]).is_absolute()
+    assert (tmp_path / "report" / "report.md").read_text(encoding="utf-8").startswith(
+        f"# TGFR evaluation report\n\nRun: `{run}`;")
+
+
 def section(report: str, heading: str) -> str:
     """The text of report.md's section `## heading (...`, up to the next section."""
     return report.split(f"\n## {heading} (")[1].split("\n## ")[0]

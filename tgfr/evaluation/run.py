@@ -216,8 +216,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
         return _evaluate(run, config, out, manifest, device, training, image_cache_bytes)
 
 
-def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[ManifestRecord], manifest: Path,
-                            own_data: bool) -> None:
+def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[ManifestRecord], manifest: Path) -> None:
     """Refuses, before any image is embedded, a split of evaluation.splits that the manifest lacks, that
     holds one identity (verification then has no impostor pair), or whose identities all have no more
     images than evaluation.gallery_per_subject (identification then has no probe)."""
@@ -231,7 +230,7 @@ def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[Manifest
             # `tgfr data degrade` writes the manifest with its copy beside this one unless told to add it here.
             degraded = manifest.with_name(f"{manifest.stem}_{split}.jsonl")
             remedy = (f"; `tgfr data degrade` wrote it into {degraded}: evaluate with --manifest {degraded}"
-                      if own_data and degraded.is_file() else "; evaluate with --manifest FILE, a manifest holding "
+                      if degraded.is_file() and degraded != manifest else "; evaluate with --manifest FILE, a manifest holding "
                       "every split evaluated, or set evaluation.splits")
             raise ValueError(f"{setting}: manifest {manifest} has no such split (its splits: {sorted(identities)})"
                              f"{remedy}")
@@ -253,7 +252,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     # Absolute, so that the report names the file evaluated whatever directory it is read from.
     manifest = (Path(manifest) if manifest is not None else resolve_manifest(config.data)).absolute()
     records = read_manifest(manifest)
-    _check_evaluated_splits(config.evaluation, records, manifest, own_data)
+    _check_evaluated_splits(config.evaluation, records, manifest)
     train_split = config.data.train_split
     trained_digest = _trained_split_digest(run)
     train_records = [record for record in records if record.split == train_split]
@@ -293,7 +292,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     with folder_lock(out, waiting=f"tgfr evaluate: waiting for another process writing into {out} to end"):
         curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
         heatmap_files = {name: f"attention_{name}.png" for name in maps}
-        context = {"run": _printable(run), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
+        context = {"run": _printable(run.absolute()), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
                    "training_split_changed": data_changed, "train_split": train_split, "split_contents": contents,
                    "train_degradation": {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p},
                    "protocol": evaluation.protocol,
