@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,32 @@ def test_the_report_names_the_run_absolute_as_it_names_the_manifest(tiny_run, tm
     assert info["run"] == str(run) and Path(info["manifest"]).is_absolute()
     assert (tmp_path / "report" / "report.md").read_text(encoding="utf-8").startswith(
         f"# TGFR evaluation report\n\nRun: `{run}`;")
+
+
+def test_each_splits_pictures_show_that_splits_curves(tiny_run, tmp_path, monkeypatch):
+    """roc_<name>.png and cmc_<name>.png draw split <name>'s curves, not another split's: the CMC as metrics.json
+    holds it, and a ROC curve whose area is the AUC metrics.json gives that split."""
+    run, config, _ = tiny_run
+    drawn = {}
+
+    def recording(plot, kind):
+        def draw(data, path, title):
+            drawn[kind, title.split(", ")[1]] = data
+            return plot(data, path, title)
+        return draw
+
+    monkeypatch.setattr(run_module, "plot_roc", recording(run_module.plot_roc, "roc"))
+    monkeypatch.setattr(run_module, "plot_cmc", recording(run_module.plot_cmc, "cmc"))
+    evaluate(run, config, tmp_path / "report", device="cpu")
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(drawn) == {(kind, name) for kind in ("roc", "cmc") for name in config.evaluation.splits}
+    for name in config.evaluation.splits:
+        assert drawn["cmc", name] == {method: figures["cmc"] for method, figures in metrics[name].items()}
+        for method, curve in drawn["roc", name].items():
+            area = float(np.sum(np.diff(curve.far) * (curve.tar[1:] + curve.tar[:-1]) / 2))
+            assert area == pytest.approx(metrics[name][method]["auc"], abs=1e-9), (name, method)
+    aucs = [metrics[name]["image_only"]["auc"] for name in config.evaluation.splits]
+    assert len(set(aucs)) == len(aucs)  # the splits' curves tell them apart
 
 
 def section(report: str, heading: str) -> str:
