@@ -160,6 +160,9 @@ def test_heads_reject_bad_inputs():
     text_head = TextAlignmentHead(hidden_size=6, dim=4)
     with pytest.raises(ValueError, match="lengths must lie in"):
         text_head(torch.randn(2, 5, 6), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=re.escape("lengths must lie in [1, T=5] (T from words.shape[1]), got values "
+                                                   "in [3, 6]")):  # a word past the 5 tokens
+        text_head(torch.randn(2, 5, 6), torch.tensor([6, 3]))
     with pytest.raises(ValueError, match="tokens must have size 6"):
         text_head(torch.randn(2, 5, 7), torch.tensor([1, 3]))
 
@@ -173,7 +176,7 @@ def test_heads_refuse_an_input_of_another_dtype_than_their_parameters_naming_it(
     inputs[argument] = inputs[argument].to(dtype)
     head = "TextAlignmentHead" if argument == "tokens" else "ImageAlignmentHead"
     with pytest.raises(TypeError, match="^" + re.escape(f"{argument} must have dtype float32, the {head}'s "
-                                                        f"parameters', got {str(dtype).removeprefix('torch.')}") + "$"):
+                                                        f"parameters, got {str(dtype).removeprefix('torch.')}") + "$"):
         if argument == "tokens":
             TextAlignmentHead(hidden_size=6, dim=4)(inputs["tokens"], torch.tensor([5, 3]))
         else:
@@ -181,14 +184,15 @@ def test_heads_refuse_an_input_of_another_dtype_than_their_parameters_naming_it(
 
 
 def test_heads_cast_to_bfloat16_refuse_float32_inputs_naming_their_dtype():
-    with pytest.raises(TypeError, match=r"^tokens must have dtype bfloat16, the TextAlignmentHead's parameters', "
+    with pytest.raises(TypeError, match=r"^tokens must have dtype bfloat16, the TextAlignmentHead's parameters, "
                                         r"got float32$"):
         TextAlignmentHead(hidden_size=6, dim=4).to(torch.bfloat16)(torch.randn(2, 5, 6), torch.tensor([5, 3]))
     # Under autocast too: the image head's first layer, a BatchNorm, is not one autocast casts, and failed with
     # "mixed dtype (CPU): expect parameter to have scalar type of Float".
     image_head = ImageAlignmentHead(region_channels=16, embedding_dim=24, dim=8).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
-            TypeError, match=r"^region_map must have dtype bfloat16, the ImageAlignmentHead's parameters', got float32$"):
+            TypeError,
+            match=r"^region_map must have dtype bfloat16, the ImageAlignmentHead's parameters, got float32$"):
         image_head(torch.randn(2, 24).bfloat16(), torch.randn(2, 16, 4, 4))
     # Inputs that meet a layer autocast casts first (the embedding a linear layer, the tokens convolutions) run.
     with torch.autocast("cpu", dtype=torch.bfloat16):

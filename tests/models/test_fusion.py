@@ -88,6 +88,12 @@ def test_fusion_rejects_bad_inputs():
         fusion(**dict(inputs, words=inputs["words"][:2]))
     with pytest.raises(ValueError, match="lengths must lie in"):
         fusion(**dict(inputs, lengths=torch.tensor([6, 1, 1])))
+    # No region gave NaN embeddings (a mean over no region), an empty batch an empty result.
+    with pytest.raises(ValueError, match=re.escape("regions must not be empty along dimension 1, got shape (3, 0, 8)")):
+        fusion(**dict(inputs, regions=inputs["regions"][:, :0]))
+    empty = {name: value[:0] for name, value in inputs.items()}
+    with pytest.raises(ValueError, match=re.escape("regions must not be empty along dimension 0, got shape (0, 6, 8)")):
+        fusion(**empty)
     with pytest.raises(ValueError, match="fusion must be one of"):
         build_fusion("attention")
 
@@ -101,7 +107,7 @@ def test_fusion_refuses_an_input_of_another_dtype_than_its_parameters_naming_it(
     inputs = aligned_batch()
     inputs[argument] = inputs[argument].to(dtype)
     with pytest.raises(TypeError, match="^" + re.escape(f"{argument} must have dtype float32, the "
-                                                        f"{type(fusion).__name__}'s parameters', got "
+                                                        f"{type(fusion).__name__}'s parameters, got "
                                                         f"{str(dtype).removeprefix('torch.')}") + "$"):
         fusion(**inputs)
 

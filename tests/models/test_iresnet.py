@@ -171,15 +171,29 @@ def test_frozen_backbone_stays_in_eval_and_builds_no_graph():
     images = torch.randn(2, 3, 32, 32, requires_grad=True)
     embedding, regions = model(images)
     assert not embedding.requires_grad and not regions.requires_grad
+    assert not any(view.requires_grad for view in model.forward_two_views(images))  # CoReFace's path too
     assert torch.equal(model.bn1.running_mean, running_mean)
+    # A wrapper's requires_grad_(True) sets the parameters directly, past IResNet.requires_grad_: the next
+    # forward turns them off again and still builds no graph.
+    torch.nn.Sequential(model).requires_grad_(True)
+    assert not any(tensor.requires_grad for tensor in (*model(images), *model.forward_two_views(images)))
+    assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_embedding_bn_scale_is_fixed_like_insightface():
-    model = iresnet18()
+    """The scale stays 1 through a training step, also after a wrapper's requires_grad_(True) (nn.Module's sets
+    every parameter directly) and with an optimizer over every parameter the wrapper lists."""
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32))
     assert not model.features.weight.requires_grad
-    assert torch.equal(model.features.weight, torch.ones(512))
-    model.requires_grad_(False).requires_grad_(True)
-    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["features.weight"]
+    assert torch.equal(model.features.weight, torch.ones(model.config.num_features))
+    for call_at in (model, torch.nn.Sequential(model)):
+        call_at.requires_grad_(False).requires_grad_(True)
+        optimizer = torch.optim.SGD(call_at.parameters(), lr=1.0)
+        model(torch.randn(4, 3, 32, 32)).embedding.pow(3).sum().backward()
+        optimizer.step()
+        assert torch.equal(model.features.weight, torch.ones(model.config.num_features))
+        assert not model.features.weight.requires_grad
+    assert "features.weight" in model.state_dict()  # where insightface's weights hold it
 
 
 def test_every_batchnorm_has_insightfaces_eps():
@@ -214,6 +228,9 @@ def test_bad_configs_and_inputs_are_rejected():
         IResNetConfig.preset("iresnet42")
     with pytest.raises(ValueError, match="dropout"):
         IResNetConfig(dropout=1.0)
+    for field in ("width", "num_features"):  # failed later in the build or the first forward, naming neither
+        with pytest.raises(ValueError, match=f"^{field} must be positive, got 0$"):
+            IResNetConfig(**{field: 0})
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32))
     with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 32, 32\)"):
         model(torch.randn(2, 3, 64, 64))
@@ -236,17 +253,17 @@ def test_images_of_another_dtype_than_the_parameters_are_named():
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32)).eval()
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     for dtype in (torch.uint8, torch.float16, torch.float64):
-        with pytest.raises(TypeError, match=re.escape(f"images must have dtype float32, the IResNet's parameters', "
+        with pytest.raises(TypeError, match=re.escape(f"images must have dtype float32, the IResNet's parameters, "
                                                       f"got {str(dtype).removeprefix('torch.')} (images are floats "
                                                       "in [-1, 1]")):
             model(images.to(dtype))
-    with pytest.raises(TypeError, match="images must have dtype bfloat16, the IResNet's parameters', got float32"):
+    with pytest.raises(TypeError, match="images must have dtype bfloat16, the IResNet's parameters, got float32"):
         copy.deepcopy(model).to(torch.bfloat16)(images)
     # Under autocast the float32 images meet float32 parameters and conv1 casts both to bfloat16.
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         embedding, regions = model(images)
         for dtype in (torch.uint8, torch.float64):  # autocast leaves float64 as it is: conv1 would fail on it
-            with pytest.raises(TypeError, match="images must have dtype float32, the IResNet's parameters', got "
+            with pytest.raises(TypeError, match="images must have dtype float32, the IResNet's parameters, got "
                                                 + str(dtype).removeprefix("torch.")):
                 model(images.to(dtype))
     assert embedding.dtype == regions.dtype == torch.bfloat16

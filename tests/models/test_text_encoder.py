@@ -9,7 +9,8 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel, GPT2Config, GPT2Model, GPT2Tokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import BertConfig, BertModel, CLIPModel, GPT2Config, GPT2Model, GPT2Tokenizer, PreTrainedTokenizerFast
 
 from tgfr.models import TextEncoder, packaged_minilm_path
 from tgfr.models.text_encoder import TextModelFilesError
@@ -212,6 +213,11 @@ def test_frozen_encoder(tiny_bert_dir):
     first, second = encoder(**batch), encoder(**batch)  # dropout stays off
     assert not first.words.requires_grad
     assert torch.equal(first.words, second.words)
+    # A wrapper's requires_grad_(True) runs nn.Module's, which sets every parameter, past the encoder's own: the
+    # forward turns them off again and builds no graph through the model.
+    torch.nn.Module.requires_grad_(encoder, True)
+    assert not encoder(**batch).words.requires_grad
+    assert not any(p.requires_grad for p in encoder.parameters())
 
 
 def test_bad_inputs(tiny_bert_dir, tmp_path):
@@ -234,6 +240,9 @@ def test_bad_inputs(tiny_bert_dir, tmp_path):
         encoder(batch["input_ids"], batch["attention_mask"][:, :4])
     with pytest.raises(TypeError, match="input_ids"):
         encoder(batch["input_ids"].float(), batch["attention_mask"])
+    with pytest.raises(ValueError, match=re.escape("all inputs must be on one device, got input_ids on meta, "
+                                                   "attention_mask on cpu")):
+        encoder(batch["input_ids"].to("meta"), batch["attention_mask"])
     with pytest.raises(TypeError, match="captions"):
         encoder.tokenize("a man")
     with pytest.raises(ValueError, match="^captions must be a non-empty list of strings, got an empty list$"):
@@ -365,4 +374,25 @@ def test_a_tokenizer_that_adds_no_begin_and_end_tokens_is_refused(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(TextModelFilesError, match=re.escape(f"tokenizer in {tmp_path} must add exactly 2 special "
                                                             "tokens (begin and end), got 0")):
+        TextEncoder(tmp_path)
+
+
+def test_a_tokenizer_with_both_special_tokens_after_the_words_is_refused(tmp_path):
+    """XLNet's layout ("$A [SEP] [CLS]") adds 2 special tokens too, both at the end: the encoder, which drops
+    the first and the last attended token, lost each caption's first word and counted [SEP] as one."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "with", "beard", "old"]
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A [SEP] [CLS]", pair="$A [SEP] $B [SEP] [CLS]",
+                                                           special_tokens=[("[SEP]", 3), ("[CLS]", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer.save_pretrained(tmp_path)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(tmp_path)
+    assert tokenizer.num_special_tokens_to_add() == 2
+    assert tokenizer.convert_ids_to_tokens(tokenizer("old man")["input_ids"]) == ["old", "man", "[SEP]", "[CLS]"]
+    with pytest.raises(TextModelFilesError, match="^" + re.escape(
+            f"tokenizer in {tmp_path} must add one special token before the words and one after them (as BERT's "
+            "[CLS] ... [SEP]), but tokenizes 'a' as ['a', '[SEP]', '[CLS]']") + "$"):
         TextEncoder(tmp_path)

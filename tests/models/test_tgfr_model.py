@@ -99,22 +99,49 @@ def test_a_frozen_part_is_in_eval_mode_as_soon_as_the_model_is_built(tiny_bert_d
 def test_requires_grad_keeps_frozen_parts_and_fixed_parameters_off(tiny_bert_dir, freeze_backbone,
                                                                     freeze_text_encoder):
     """model.requires_grad_(True) turns on exactly what trains: nothing of a frozen part, never BERT's
-    pooler (the TextCNN head makes the sentence feature from the word features) nor the backbone's
-    embedding BatchNorm scale (fixed at 1)."""
+    pooler (the TextCNN head makes the sentence feature from the word features); the backbone's embedding
+    BatchNorm scale (fixed at 1) is no parameter."""
     model = TGFRModel(small_config(tiny_bert_dir, freeze_backbone=freeze_backbone,
                                    freeze_text_encoder=freeze_text_encoder))
     names = [name for name, _ in model.named_parameters()]
-    never = {"backbone.features.weight"} | {name for name in names if name.startswith("text_encoder.model.pooler.")}
+    never = {name for name in names if name.startswith("text_encoder.model.pooler.")}
     frozen = {name for name in names if name.startswith(("backbone.",) * freeze_backbone
                                                         + ("text_encoder.",) * freeze_text_encoder)}
     expected = {name for name in names if name not in never | frozen}
-    assert len(never) == 3
+    assert len(never) == 2 and "backbone.features.weight" not in names
     for _ in range(2):
         model.requires_grad_(False)
         assert not any(p.requires_grad for p in model.parameters())
         model.requires_grad_(True)
         assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
     assert model.requires_grad_() is model
+
+
+@pytest.mark.parametrize("freeze_backbone, freeze_text_encoder", [(True, False), (False, True)])
+def test_a_wrappers_requires_grad_leaves_frozen_parts_and_fixed_parameters_off(tiny_bert_dir, freeze_backbone,
+                                                                                freeze_text_encoder):
+    """A call that starts above the model (nn.Sequential, DDP, torch.compile's wrapper) runs nn.Module's
+    requires_grad_, which sets every parameter directly: frozen parts, which never get a gradient (DDP refuses
+    that), were then trainable, and so was the backbone's embedding BatchNorm scale, fixed at 1 (insightface's).
+    From the forward on, the trainable set is model.requires_grad_(True)'s; an optimizer over every parameter
+    the wrapper lists moves neither a frozen part nor the scale."""
+    torch.manual_seed(0)
+    model = TGFRModel(small_config(tiny_bert_dir, freeze_backbone=freeze_backbone,
+                                   freeze_text_encoder=freeze_text_encoder))
+    expected = {name for name, p in model.requires_grad_(True).named_parameters() if p.requires_grad}
+    wrapper = torch.nn.Sequential(model)
+    wrapper.requires_grad_(False).requires_grad_(True)
+    optimizer = torch.optim.SGD(wrapper.parameters(), lr=1.0)
+    frozen = model.backbone if freeze_backbone else model.text_encoder
+    before = {name: tensor.clone() for name, tensor in frozen.state_dict().items()}
+    assert torch.equal(model.backbone.state_dict()["features.weight"], torch.ones(64))
+    aligned = model.align(torch.randn(4, 3, 32, 32), **model.tokenize(CAPTIONS + CAPTIONS[:1]))
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
+    model.fuse(aligned).pow(3).sum().backward()
+    optimizer.step()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert torch.equal(model.backbone.state_dict()["features.weight"], torch.ones(64))
+    assert all(torch.equal(tensor, before[name]) for name, tensor in frozen.state_dict().items())
 
 
 def test_a_float16_model_gives_the_float32_embeddings(tiny_bert_dir):

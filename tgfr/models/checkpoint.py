@@ -10,6 +10,8 @@ A TGFRModel checkpoint is a directory:
 import copy
 import json
 import os
+import re
+from collections.abc import Collection
 from pathlib import Path
 
 import safetensors.torch
@@ -28,6 +30,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
 FC_WEIGHT = "backbone.fc.weight"
+# A text model layer's weights: BERT's (and RoBERTa's, MiniLM's) encoder.layer.<i>., CLIP's encoder.layers.<i>.
+_TEXT_LAYER = re.compile(r"text_encoder\.model\.(?:text_model\.)?encoder\.layers?\.(\d+)\.")
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -155,19 +159,54 @@ def _first_few(items: list[str]) -> str:
     return "; ".join(items[:5] or ["none"]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
 
 
+def _declared_text_layers(text_config: Path) -> int | None:
+    """num_hidden_layers in the text model's config.json (a full CLIP's in its text_config); None where the file
+    does not say it plainly (then the text model's own loading judges the file)."""
+    try:
+        values = parse_json(text_config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(values, dict) and isinstance(values.get("text_config"), dict):
+        values = values["text_config"]
+    layers = values.get("num_hidden_layers") if isinstance(values, dict) else None
+    return layers if type(layers) is int else None
+
+
+def _check_layer_counts(config: TGFRConfig, config_path: Path, weights_path: Path, stored: Collection[str]) -> None:
+    """Compares the backbone's blocks per stage and the text model's layers that the configs describe with those
+    the weights file names (stored), before the meta build, which takes about 15 ms a block or layer:
+    "layers": [1, 1, 1, 10**6] would build for hours before it failed."""
+    held = [len({name.split(".")[2] for name in stored if name.startswith(f"backbone.layer{stage}.")})
+            for stage in range(1, 5)]
+    if list(config.backbone.layers) != held:
+        raise ValueError(f"checkpoint file {str(config_path)!r} does not fit its weights: backbone.layers "
+                         f"{list(config.backbone.layers)}, {str(weights_path)!r} holds {held} blocks per stage")
+    text_config = config_path.parent / TEXT_ENCODER_DIR / CONFIG_FILE
+    text_layers = {match[1] for name in stored if (match := _TEXT_LAYER.match(name))}
+    declared = _declared_text_layers(text_config)
+    # Only more layers than held: another layout (no match, or layers counted otherwise) is left to the meta build.
+    if text_layers and declared is not None and declared > len(text_layers):
+        raise ValueError(f"checkpoint file {str(text_config)!r} does not fit the weights: num_hidden_layers "
+                         f"{declared}, {str(weights_path)!r} holds {len(text_layers)} layers of the text model")
+
+
 def _check_config_fits_weights(config: TGFRConfig, config_path: Path, weights_path: Path) -> None:
     """Builds the model `config` describes on the meta device (no memory) and compares its every
     parameter and buffer with the weights file's header, before the model is built for real: a
     config that does not fit (say dim 10**8, or input_size 10**6, which sizes the backbone's fc)
     would otherwise first allocate its tensors and fail with an allocation error naming nothing."""
     stored, stored_kinds = _stored_shapes_and_kinds(weights_path)
+    _check_layer_counts(config, config_path, weights_path, stored)
     try:
         with torch.device("meta"):
             expected_tensors = TGFRModel(config, pretrained_text=False).state_dict()
     except TextModelFilesError:
         raise  # names the text_encoder folder and what transformers said, not config.json
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {error}") from error
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        # A size past int64 ("fine_dim": 10**19) or one whose square is (dim 10**10): PyTorch's message, whose
+        # later lines are its C++ backtrace.
+        reason = next(iter(str(error).splitlines()), "") or type(error).__name__
+        raise ValueError(f"checkpoint file {str(config_path)!r} does not describe a model: {reason}") from error
     expected = {name: tuple(tensor.shape) for name, tensor in expected_tensors.items()}
     text_config = config_path.parent / TEXT_ENCODER_DIR / CONFIG_FILE
     missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
@@ -207,6 +246,9 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
         # safetensors and the tokenizers library open UTF-8 paths only. A folder reached through a link with a
         # non-UTF-8 name (`tgfr train --out` accepts one whose real path is UTF-8) is opened through its real path.
         directory = Path(os.path.realpath(directory))
+    if not directory.is_dir():  # else named as its config.json, which "does not exist"
+        problem = file_problem(directory) or "is a file, not a folder"
+        raise ValueError(f"checkpoint folder {str(directory)!r} {problem}")
     config_path = directory / CONFIG_FILE
     weights_path = directory / WEIGHTS_FILE
     for path in (config_path, weights_path):

@@ -16,8 +16,7 @@ from torch import nn
 from tgfr.models.input_dtype import check_input_dtype
 from tgfr.ops.autocast import autocast_enabled
 from tgfr.word_mask import valid_word_mask
-from tgfr.validation import check_word_lengths
-from tgfr.validation import check_size, check_tensor
+from tgfr.validation import check_nonempty, check_size, check_tensor, check_word_lengths
 
 FUSIONS = ("fcfm", "linear", "concat")
 
@@ -30,6 +29,8 @@ def _check_aligned(fusion: nn.Module, regions, words, lengths, image_global, sen
         check_size(name, value, 0, regions.shape[0], "the batch size of regions")
         check_input_dtype(name, value, fusion)
         _check_autocast_mix(name, value)
+    check_nonempty("regions", regions, 0)
+    check_nonempty("regions", regions, 1)  # FCFM's mean over no region is NaN
     check_word_lengths(lengths, regions.shape[0], words.shape[1])
 
 

@@ -13,16 +13,15 @@ class KeepsFrozenPartsFixed(nn.Module):
     nn.Module.requires_grad_ sets every parameter of the tree directly, without calling the
     submodules' own requires_grad_, so a model holding FreezableModules (and each FreezableModule)
     derives from this class to keep their frozen and fixed parameters off, as `train()` keeps a
-    frozen module in eval mode.
+    frozen module in eval mode. A call that starts at a module above (nn.Sequential, DistributedDataParallel,
+    torch.compile's wrapper) passes over it: FreezableModule.grad_context turns them off again at the next forward.
     """
 
     def requires_grad_(self, requires_grad: bool = True) -> "KeepsFrozenPartsFixed":
         super().requires_grad_(requires_grad)
         for module in self.modules():
             if isinstance(module, FreezableModule):
-                fixed = module.parameters() if module.frozen else module.fixed_parameters()
-                for parameter in fixed:
-                    parameter.requires_grad_(False)
+                module._turn_untrainable_off()
         return self
 
 
@@ -59,11 +58,15 @@ class FreezableModule(KeepsFrozenPartsFixed):
         """Parameters that keep requires_grad False even when the module trains (none by default)."""
         return ()
 
+    def _turn_untrainable_off(self) -> None:
+        """requires_grad False on every parameter of a frozen module, on the fixed ones of one that trains."""
+        for parameter in self.parameters() if self.frozen else self.fixed_parameters():
+            parameter.requires_grad_(False)
+
     def freeze(self) -> "FreezableModule":
         """Switches to eval mode, sets requires_grad False on every parameter; returns self."""
         self.frozen = True
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
+        self._turn_untrainable_off()
         return self.train(False)
 
     def train(self, mode: bool = True) -> "FreezableModule":
@@ -72,4 +75,9 @@ class FreezableModule(KeepsFrozenPartsFixed):
         return super().train(mode and not self.frozen)
 
     def grad_context(self) -> contextlib.AbstractContextManager:
+        """The context the forward runs in: no_grad when frozen. It first turns the parameters that must not
+        train off again, which a wrapper's requires_grad_(True) turned on (nn.Module's sets every parameter
+        directly): a frozen one would never get a gradient (DistributedDataParallel refuses that), a fixed one
+        would train."""
+        self._turn_untrainable_off()
         return torch.no_grad() if self.frozen else contextlib.nullcontext()

@@ -24,5 +24,5 @@ def check_input_dtype(name: str, value: torch.Tensor, module: nn.Module, hint: s
             and (cast_by_autocast or parameter.dtype == torch.float32)):
         return
     raise TypeError(f"{name} must have dtype {str(parameter.dtype).removeprefix('torch.')}, the "
-                    f"{type(module).__name__}'s parameters', got {str(value.dtype).removeprefix('torch.')}"
+                    f"{type(module).__name__}'s parameters, got {str(value.dtype).removeprefix('torch.')}"
                     + (f" ({hint})" if hint else ""))

@@ -105,6 +105,15 @@ class TextEncoder(FreezableModule):
                 f"tokenizer in {path} must add exactly 2 special tokens (begin and end), "
                 f"got {self.tokenizer.num_special_tokens_to_add()}"
             )
+        # forward drops the first and the last attended token as the special ones: with both at the end
+        # (XLNet's "$A [SEP] [CLS]") the first word would be lost and [SEP] counted as one.
+        probe = self.tokenizer("a", split_special_tokens=True, return_special_tokens_mask=True)
+        special = probe["special_tokens_mask"]
+        if special[0] != 1 or special[-1] != 1 or any(special[1:-1]):
+            raise TextModelFilesError(
+                f"tokenizer in {path} must add one special token before the words and one after them (as BERT's "
+                f"[CLS] ... [SEP]), but tokenizes 'a' as {self.tokenizer.convert_ids_to_tokens(probe['input_ids'])}"
+            )
         # Without its vocabulary files a BERT tokenizer still loads, knowing only its special tokens:
         # every word would silently become the unknown token.
         if len(self.tokenizer) <= len(set(self.tokenizer.all_special_ids)):

@@ -59,31 +59,31 @@ class TGFRConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TGFRConfig":
-        """From `to_dict`'s form (e.g. read back from JSON); keys and value types are checked. A
-        "sentence_pooling" key, which saved models' configs held, is ignored: it never had an effect."""
+        """From `to_dict`'s form (e.g. read back from JSON); keys and value types are checked, and every key
+        must be there, as every tgfr has saved them: a missing max_length or freeze flag would otherwise take
+        its default silently. A "sentence_pooling" key, which saved models' configs held, is ignored: it
+        never had an effect."""
         if isinstance(values, dict):
             values = {key: value for key, value in values.items() if key != "sentence_pooling"}
         _check_types(cls, values, "config")
-        values = dict(values)
-        if "backbone" in values:
-            backbone = dict(values["backbone"])
-            _check_types(IResNetConfig, backbone, "config backbone")
-            if "layers" in backbone:
-                backbone["layers"] = tuple(backbone["layers"])
-            values["backbone"] = IResNetConfig(**backbone)
-        if "text_kernel_sizes" in values:
-            values["text_kernel_sizes"] = tuple(values["text_kernel_sizes"])
-        return cls(**values)
+        backbone = dict(values["backbone"])
+        _check_types(IResNetConfig, backbone, "config backbone")
+        backbone["layers"] = tuple(backbone["layers"])
+        return cls(**{**values, "backbone": IResNetConfig(**backbone),
+                      "text_kernel_sizes": tuple(values["text_kernel_sizes"])})
 
 
 def _check_types(cls: type, values: Any, where: str) -> None:
-    """Checks that `values` maps field names of dataclass `cls` to values of their JSON types."""
+    """Checks that `values` maps every field name of dataclass `cls`, and only those, to a value of its JSON type."""
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping of keys to values, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; expected keys among {sorted(hints)}")
+    missing = sorted(set(hints) - set(values))
+    if missing:
+        raise ValueError(f"{where} lacks the keys {missing}")
     for name, value in values.items():
         kind = hints[name]
         if typing.get_origin(kind) is tuple:
