@@ -19,7 +19,6 @@ from tgfr.train.batches import synthetic_config
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
 
 # tests/models' tiny transformers on disk, for a text encoder whose tokenizer is not WordPiece.
-from models.conftest import tiny_roberta_dir  # noqa: F401 (a fixture)
 
 
 def make_run(tmp_path, overrides=(), stages=None):
