@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, CLIPModel, GPT2Config, GPT2Model, GPT2Tokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging as transformers_logging
 
 from tgfr.models import TextEncoder, packaged_minilm_path
 from tgfr.models.text_encoder import TextModelFilesError
@@ -396,3 +397,17 @@ def test_a_tokenizer_with_both_special_tokens_after_the_words_is_refused(tmp_pat
             f"tokenizer in {tmp_path} must add one special token before the words and one after them (as BERT's "
             "[CLS] ... [SEP]), but tokenizes 'a' as ['a', '[SEP]', '[CLS]']") + "$"):
         TextEncoder(tmp_path)
+
+
+@pytest.mark.parametrize("bars_on", [True, False])
+def test_loading_draws_no_progress_bar_and_leaves_the_callers_setting(tiny_bert_dir, capfd, bars_on):
+    """transformers' "Loading weights" bar came on stderr before the one line of an error found after the load."""
+    (transformers_logging.enable_progress_bar if bars_on else transformers_logging.disable_progress_bar)()
+    try:
+        capfd.readouterr()
+        TextEncoder(str(tiny_bert_dir))
+        TextEncoder(str(packaged_minilm_path()))
+        assert "Loading weights" not in capfd.readouterr().err
+        assert transformers_logging.is_progress_bar_enabled() == bars_on
+    finally:
+        transformers_logging.enable_progress_bar()

@@ -11,6 +11,7 @@ with input width L the word axis has T = L - 2 positions and word t of caption i
 t < lengths[i] (TGFR: max_length 24 -> T = 22).
 """
 
+import contextlib
 import re
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+from transformers.utils import logging as transformers_logging
 
 from tgfr.models.freezing import FreezableModule
 from tgfr.text_formats import check_caption_utf8
@@ -53,6 +55,19 @@ class TextFeatures(NamedTuple):
     lengths: torch.Tensor  # (B,) int64, number of word tokens (special tokens excluded)
     mask: torch.Tensor  # (B, T) bool, word t valid iff t < lengths[i]
     sentence: torch.Tensor  # (B, H) sentence feature (see TextEncoder's sentence_pooling)
+
+
+@contextlib.contextmanager
+def _without_progress_bars():
+    """transformers' bars off for the block, as the caller had them after it: its "Loading weights" bar on stderr,
+    drawn at every model load, came before the one line of an error that `tgfr train` found next."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 class TextEncoder(FreezableModule):
@@ -148,13 +163,14 @@ class TextEncoder(FreezableModule):
         # Always float32, whatever dtype config.json names: transformers would otherwise build a
         # float16 text model (a folder saved in half precision) beside the float32 backbone and heads.
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        if config.model_type == "clip":  # a full CLIP checkpoint: keep the text tower
+        with _without_progress_bars():
+            if config.model_type == "clip":  # a full CLIP checkpoint: keep the text tower
+                if pretrained:
+                    return CLIPTextModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+                return CLIPTextModel(config.text_config).float()
             if pretrained:
-                return CLIPTextModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-            return CLIPTextModel(config.text_config).float()
-        if pretrained:
-            return AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        return AutoModel.from_config(config, dtype=torch.float32)
+                return AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+            return AutoModel.from_config(config, dtype=torch.float32)
 
     def fixed_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the features never depend on: the model's pooler (BERT's tanh layer) unless
