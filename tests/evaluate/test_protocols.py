@@ -35,7 +35,7 @@ def test_identification_gallery_is_each_subjects_first_images_by_path():
     assert sorted(gallery.tolist()) == expected_gallery.tolist()
     assert sorted(probes.tolist()) == expected_probes.tolist()
 
-    figures, _ = split_figures(embeddings, records, "test", config)
+    figures = split_figures(embeddings, records, "test", config).figures
     for method in ("image_only", "tgfr"):
         hits = nearest_gallery_hits(embeddings.method(method), labels, expected_gallery, expected_probes)
         assert 0 < hits.mean() < 1  # neither all nor none found: a wrong gallery would show
@@ -52,7 +52,7 @@ def test_each_method_gets_its_own_roc_curve(methods):
     other = embeddings_and_records(1)[0]
     embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
     config = EvaluationConfig(bootstrap_resamples=5)
-    figures, curves = split_figures(embeddings, records, "test", config, methods=methods)
+    figures, curves, _, _ = split_figures(embeddings, records, "test", config, methods=methods)
     assert set(curves) == set(methods)
     tars = {}
     for method in methods:

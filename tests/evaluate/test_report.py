@@ -199,8 +199,16 @@ def test_report_lines_put_each_figure_where_it_says(tmp_path):
                "training": training}
     text = write_report(tmp_path, metrics, {}, [], context).read_text()
     assert (f"- Image only, clean -> degraded: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, rank-1 "
-            f"{100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%.") in text
+            f"{100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}% (not paired: the two splits hold other "
+            "identities or probe identities).") in text
     assert clean["auc"] != degraded["auc"]
+    # The degraded copy of the clean split: degraded minus clean on the same resamples.
+    degraded["vs_clean"] = {"rank1": -0.125, "rank1_ci": [-0.25, -0.0625], "tar_at_far": {MAIN_FAR: -0.5},
+                            "tar_at_far_ci": {MAIN_FAR: [-0.75, -0.25]}}
+    text = write_report(tmp_path, metrics, {}, [], context).read_text()
+    assert (f"- Image only, clean -> degraded: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, rank-1 "
+            f"{100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%; degraded minus clean (paired, points): "
+            f"TAR@FAR={MAIN_FAR} -50.0 [-75.0, -25.0], rank-1 -12.5 [-25.0, -6.2].") in text
     assert "## clean (split `test_x`)" in text and "## degraded (split `test_y`)" in text
     assert (f"{degraded['genuine_pairs']} genuine / {degraded['impostor_pairs']} impostor pairs of "
             f"{degraded['subjects']} subjects; {degraded['probes']} probes against a gallery of "

@@ -128,6 +128,10 @@ def test_each_splits_pictures_show_that_splits_curves(tiny_run, tmp_path, monkey
             assert area == pytest.approx(metrics[name][method]["auc"], abs=1e-9), (name, method)
     aucs = [metrics[name]["image_only"]["auc"] for name in config.evaluation.splits]
     assert len(set(aucs)) == len(aucs)  # the splits' curves tell them apart
+    # test_degraded is test's degraded copy: each method's change from clean, paired, in metrics.json.
+    for method, figures in metrics["degraded"].items():
+        assert figures["vs_clean"]["rank1"] == pytest.approx(figures["rank1"] - metrics["clean"][method]["rank1"])
+    assert "vs_clean" not in metrics["clean"]["tgfr"]
 
 
 def section(report: str, heading: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from tgfr.data import ManifestRecord, make_verification_pairs
 from tgfr.evaluation import protocols
 from tgfr.evaluation.embeddings import SplitEmbeddings
-from tgfr.evaluation.protocols import paired_difference, split_figures, verification_scores
+from tgfr.evaluation.protocols import degradation_difference, paired_difference, split_figures, verification_scores
 from tgfr.evaluation.report import MAIN_FAR
 from tgfr.metrics import (bootstrap_interval, equal_error_rate, far_label, identification_metrics, roc_auc,
                           roc_curve, tar_at_far, verification_metrics)
@@ -277,7 +277,8 @@ def test_methods_are_compared_on_the_same_resamples():
     x, labels, paths, records = embeddings_and_records(0)
     other = embeddings_and_records(1)[0]
     config = EvaluationConfig(bootstrap_resamples=50)
-    same_method, _ = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), x, x), records, "test", config)
+    same_method = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), x, x), records, "test",
+                                config).figures
     difference = same_method["tgfr"]["vs_image_only"]
     # Identical scores on identical resamples: every replicate's difference is 0 (resamples drawn
     # independently per method would give an interval around 0 instead).
@@ -285,7 +286,7 @@ def test_methods_are_compared_on_the_same_resamples():
     assert difference["tar_at_far"][MAIN_FAR] == 0 and difference["tar_at_far_ci"][MAIN_FAR] == [0.0, 0.0]
 
     embeddings = SplitEmbeddings(paths, labels, [""] * len(paths), x, other)
-    figures, _ = split_figures(embeddings, records, "test", config)
+    figures = split_figures(embeddings, records, "test", config).figures
     far = (float(MAIN_FAR),)
     tars = {}
     for method in ("image_only", "tgfr"):
@@ -384,3 +385,39 @@ def test_paired_difference_is_method_minus_baseline():
     unresolved = paired_difference({**baseline, "tar_at_far": {MAIN_FAR: None}}, method, baseline_replicates,
                                    method_replicates)
     assert unresolved["tar_at_far"][MAIN_FAR] is None and unresolved["rank1"] == pytest.approx(0.2)
+
+
+def test_a_degraded_copy_is_compared_with_its_clean_split_on_the_same_resamples():
+    """degradation_difference: degraded minus clean of each method, its interval the one of the replicates'
+    differences when each replicate draws the same subjects from both splits; None for splits of other subjects."""
+    x, labels, paths, records = embeddings_and_records(0)
+    noisy = x + 0.8 * np.random.default_rng(5).normal(size=x.shape)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    degraded_paths = [f"degraded/{path}" for path in paths]
+    records += [ManifestRecord(path, record.identity, "test_degraded") for path, record in zip(degraded_paths, records)]
+    config = EvaluationConfig(bootstrap_resamples=50)
+    splits = {"test": SplitEmbeddings(paths, labels, [""] * len(paths), x, x),
+              "test_degraded": SplitEmbeddings(degraded_paths, labels, [""] * len(paths), noisy, noisy)}
+    scored = {split: split_figures(embeddings, records, split, config) for split, embeddings in splits.items()}
+    difference = degradation_difference(scored["test"], scored["test_degraded"])
+    assert set(difference) == {"image_only", "tgfr"}
+    far = (float(MAIN_FAR),)
+    tars = {}
+    for split, embeddings in splits.items():
+        scores, same, subjects_a, subjects_b = verification_scores(embeddings, "image_only", records, split, config)
+        tars[split] = brute_force_replicates(scores, same, subjects_a, subjects_b, 50, 0, far)[:, 2]
+    figures = {split: scored[split].figures["image_only"] for split in splits}
+    change = difference["image_only"]
+    assert change["tar_at_far"][MAIN_FAR] == pytest.approx(
+        figures["test_degraded"]["tar_at_far"][MAIN_FAR] - figures["test"]["tar_at_far"][MAIN_FAR])
+    np.testing.assert_allclose(change["tar_at_far_ci"][MAIN_FAR],
+                               bootstrap_interval(tars["test_degraded"] - tars["test"]), rtol=0, atol=1e-12)
+    assert change["rank1"] == pytest.approx(figures["test_degraded"]["rank1"] - figures["test"]["rank1"])
+    assert change["rank1"] < 0 and change["rank1_ci"][0] < change["rank1"] < change["rank1_ci"][1]
+
+    # One subject fewer in the copy: its resamples draw other subjects, and nothing is paired.
+    kept = labels != labels[-1]
+    fewer = SplitEmbeddings([p for p, k in zip(degraded_paths, kept) if k], labels[kept], [""] * int(kept.sum()),
+                            noisy[kept], noisy[kept])
+    fewer_records = [record for record in records if record.split == "test" or record.path in fewer.paths]
+    assert degradation_difference(scored["test"], split_figures(fewer, fewer_records, "test_degraded", config)) is None

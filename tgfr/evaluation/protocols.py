@@ -7,10 +7,12 @@ gallery/probe split (the first `gallery_per_subject` images of each subject form
 
 Both methods are scored on the same pairs and probes with the same seed, so their bootstrap
 replicates come from the same resamples (subjects for verification, probe subjects for identification)
-and TGFR minus image-only has a paired interval.
+and TGFR minus image-only has a paired interval. Two splits of the same subjects and probe subjects (a
+split and its degraded copy) are resampled alike too: degraded minus clean has a paired interval.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,14 +96,35 @@ def paired_difference(baseline: dict, method: dict, baseline_replicates: dict, m
     return difference
 
 
+class SplitFigures(NamedTuple):
+    """figures, method -> verification and identification figures with 95% bootstrap intervals, where with
+    both methods tgfr's "vs_image_only" holds paired_difference(image_only, tgfr); curves, method -> its ROC
+    thinned for a picture (thin_roc_curve); replicates, method -> its bootstrap replicates (paired_difference's);
+    resampled: the identities the bootstrap draws from, sorted, of the pairs and of the probes."""
+
+    figures: dict
+    curves: dict[str, RocCurve]
+    replicates: dict
+    resampled: tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def degradation_difference(clean: SplitFigures, degraded: SplitFigures) -> dict | None:
+    """method -> paired_difference(clean, degraded): degraded minus clean on the same resamples, or None where
+    the two splits' bootstraps draw other identities (not a split and its degraded copy) or have no replicates."""
+    if clean.resampled != degraded.resampled:
+        return None
+    return {method: paired_difference(clean.figures[method], degraded.figures[method], clean.replicates[method],
+                                      degraded.replicates[method])
+            for method in clean.figures if method in degraded.figures}
+
+
 def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord], split: str,
-                  config: EvaluationConfig, methods: Sequence[str] = ("image_only", "tgfr"),
-                  ) -> tuple[dict, dict[str, RocCurve]]:
-    """(figures, curves): figures, method -> verification and identification figures with 95%
-    bootstrap intervals, where with both methods tgfr's "vs_image_only" holds
-    paired_difference(image_only, tgfr); curves, method -> its ROC thinned for a picture
-    (thin_roc_curve)."""
+                  config: EvaluationConfig, methods: Sequence[str] = ("image_only", "tgfr")) -> SplitFigures:
+    """The figures of `methods` on the split's embeddings (SplitFigures)."""
     gallery, probes = identification_indices(embeddings, records, split, config)
+    identity = {record.path: record.identity for record in records if record.split == split}
+    resampled = (tuple(sorted({identity[path] for path in embeddings.paths})),
+                 tuple(sorted({identity[embeddings.paths[i]] for i in probes})))
     result, replicates, curves = {}, {}, {}
     for method in methods:
         broken = ~np.isfinite(embeddings.method(method)).all(axis=1)
@@ -124,4 +147,4 @@ def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord]
     if {"image_only", "tgfr"} <= set(result):
         result["tgfr"]["vs_image_only"] = paired_difference(result["image_only"], result["tgfr"],
                                                             replicates["image_only"], replicates["tgfr"])
-    return result, curves
+    return SplitFigures(result, curves, replicates, resampled)

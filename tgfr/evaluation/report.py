@@ -4,8 +4,11 @@ metrics.json is keyed split -> method -> figure, e.g.
     {"degraded": {"image_only": {"tar_at_far": {"1e-3": 0.41, ...}, "rank1": 0.52, "auc": ...,
                                  "eer": ..., "*_ci": [low, high], "cmc": [...]},
                   "tgfr": {..., "vs_image_only": {"rank1": 0.08, "rank1_ci": [low, high],
-                                                  "tar_at_far": {"1e-3": ...}, "tar_at_far_ci": {...}}}},
+                                                  "tar_at_far": {"1e-3": ...}, "tar_at_far_ci": {...}},
+                           "vs_clean": {...}}},
      "clean": {...}}
+"vs_clean" (each method of the degraded split, when it is the clean split's degraded copy: the same identities
+and probe identities) is degraded minus clean on the same bootstrap resamples, as "vs_image_only" is.
 An interval is null where some bootstrap resample cannot measure its figure (tgfr.metrics); rank-k and its
 interval are null where the gallery holds k identities or fewer (every probe is then within rank k).
 """
@@ -70,10 +73,20 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                      f"(paired, points): TAR@FAR={MAIN_FAR} "
                      f"{_difference(d['tar_at_far'][MAIN_FAR], d.get('tar_at_far_ci', {}).get(MAIN_FAR))}, "
                      f"rank-1 {_difference(d['rank1'], d.get('rank1_ci'))}.")
-    if "clean" in metrics and "degraded" in metrics and "image_only" in metrics["clean"]:
-        clean, degraded = metrics["clean"]["image_only"], metrics["degraded"]["image_only"]
-        lines.append(f"- Image only, clean -> degraded: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, "
-                     f"rank-1 {100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%.")
+    for method, name in (("image_only", "Image only"), ("tgfr", "TGFR")):
+        if method not in metrics.get("clean", {}) or method not in metrics.get("degraded", {}):
+            continue
+        clean, degraded = metrics["clean"][method], metrics["degraded"][method]
+        line = (f"- {name}, clean -> degraded: AUC {clean['auc']:.3f} -> "
+                f"{degraded['auc']:.3f}, rank-1 {100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%")
+        if "vs_clean" in degraded:
+            d = degraded["vs_clean"]
+            line += (f"; degraded minus clean (paired, points): TAR@FAR={MAIN_FAR} "
+                     f"{_difference(d['tar_at_far'][MAIN_FAR], d.get('tar_at_far_ci', {}).get(MAIN_FAR))}, "
+                     f"rank-1 {_difference(d['rank1'], d.get('rank1_ci'))}")
+        else:
+            line += " (not paired: the two splits hold other identities or probe identities)"
+        lines.append(line + ".")
     return lines
 
 

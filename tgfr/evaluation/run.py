@@ -18,7 +18,7 @@ from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, records_digest
 from tgfr.evaluation.embeddings import embed_split
 from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
-from tgfr.evaluation.protocols import split_figures
+from tgfr.evaluation.protocols import degradation_difference, split_figures
 from tgfr.evaluation.report import write_report
 from tgfr.text_formats import parse_json
 from tgfr.models import load_tgfr_model
@@ -230,8 +230,9 @@ def _check_evaluated_splits(evaluation: EvaluationConfig, records: list[Manifest
             # `tgfr data degrade` writes the manifest with its copy beside this one unless told to add it here.
             degraded = manifest.with_name(f"{manifest.stem}_{split}.jsonl")
             remedy = (f"; `tgfr data degrade` wrote it into {degraded}: evaluate with --manifest {degraded}"
-                      if degraded.is_file() and degraded != manifest else "; evaluate with --manifest FILE, a manifest holding "
-                      "every split evaluated, or set evaluation.splits")
+                      if degraded.is_file() and degraded != manifest else
+                      "; evaluate with --manifest FILE, a manifest holding every split evaluated, or set "
+                      "evaluation.splits")
             raise ValueError(f"{setting}: manifest {manifest} has no such split (its splits: {sorted(identities)})"
                              f"{remedy}")
         if found == 1:
@@ -277,22 +278,27 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     model = load_tgfr_model(run / "model").to(device).requires_grad_(False)
     captions = CaptionFeatures(model.text_encoder, device)
     evaluation = config.evaluation
-    metrics, curves, maps = {}, {}, {}
+    scored, metrics, curves, maps = {}, {}, {}, {}
     for name, split in evaluation.splits.items():
         # Its own cache, dropped with the split: checked, embedded and drawn from, each image is decoded once.
         images = DecodedImageCache(image_cache_bytes)
         embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device, images)
-        metrics[name], curves[name] = split_figures(embeddings, records, split, evaluation)
+        scored[name] = split_figures(embeddings, records, split, evaluation)
+        metrics[name], curves[name] = scored[name].figures, scored[name].curves
         if evaluation.heatmap_captions > 0:
             maps[name] = _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions,
                                          config.align.gamma1, device, images)
+    if {"clean", "degraded"} <= set(scored):
+        for method, difference in (degradation_difference(scored["clean"], scored["degraded"]) or {}).items():
+            metrics["degraded"][method]["vs_clean"] = difference
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     # Another evaluation writing into `out` at the same time goes first, whole: interleaved, the folder
     # would hold one's metrics.json beside the other's report.md.
     with folder_lock(out, waiting=f"tgfr evaluate: waiting for another process writing into {out} to end"):
         curve_files = {name: (f"roc_{name}.png", f"cmc_{name}.png") for name in evaluation.splits}
         heatmap_files = {name: f"attention_{name}.png" for name in maps}
-        context = {"run": _printable(run.absolute()), "manifest": _printable(manifest), "synthetic_version": synthetic_version,
+        context = {"run": _printable(run.absolute()), "manifest": _printable(manifest),
+                   "synthetic_version": synthetic_version,
                    "training_split_changed": data_changed, "train_split": train_split, "split_contents": contents,
                    "train_degradation": {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p},
                    "protocol": evaluation.protocol,
