@@ -2,6 +2,7 @@
 short line naming why, wherever tgfr reads one (backbone weights, training checkpoints); an OSError
 opening one passes through."""
 
+import argparse
 import collections
 import errno
 import io
@@ -17,9 +18,9 @@ from tgfr.torch_files import is_refused_pickle, load_torch_file
 from tgfr.train.checkpoint import load_checkpoint
 
 
-def saved_bytes() -> bytes:
+def saved_bytes(content=None) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"conv1.weight": torch.zeros(3)}, buffer)
+    torch.save({"conv1.weight": torch.zeros(3)} if content is None else content, buffer)
     return buffer.getvalue()
 
 
@@ -30,6 +31,8 @@ CORRUPT = "it is corrupt, truncated or not a file torch.save wrote"
 
 @pytest.mark.parametrize("content, reason", [
     (pickle.dumps({"conv1.weight": torch.zeros(3)}, protocol=4), REFUSED),  # a plain pickle: torch's text had 8 lines
+    # A released checkpoint that saved its training arguments beside the weights: torch.save's zip archive.
+    (saved_bytes({"args": argparse.Namespace(lr=0.1), "conv1.weight": torch.zeros(3)}), REFUSED),
     (pickle.dumps(collections.Counter(a=1), protocol=2), CORRUPT + " (Invalid magic number; corrupt file?)"),
     (b"hello world\n", CORRUPT),  # torch said "101", the opcode of 'e'
     (b'{"dim": 64}\n', CORRUPT),  # a config.json given for weights: torch's unpickler refused "{" as a pickle

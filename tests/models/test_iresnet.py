@@ -196,6 +196,20 @@ def test_embedding_bn_scale_is_fixed_like_insightface():
     assert "features.weight" in model.state_dict()  # where insightface's weights hold it
 
 
+def test_the_fixed_scale_survives_a_conversion_to_sync_batchnorm():
+    """SyncBatchNorm.convert_sync_batchnorm, the usual remedy for per-rank BatchNorm statistics, takes the
+    embedding BatchNorm as it takes the others, its scale still 1 and fixed through a training step."""
+    model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32))
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(model))
+    assert isinstance(model.features, torch.nn.SyncBatchNorm) and not model.features.weight.requires_grad
+    converted.requires_grad_(True)
+    optimizer = torch.optim.SGD(converted.parameters(), lr=1.0)
+    model.eval()  # SyncBatchNorm normalizes with batch statistics only inside a process group
+    model(torch.randn(4, 3, 32, 32)).embedding.pow(3).sum().backward()
+    optimizer.step()
+    assert torch.equal(model.features.weight, torch.ones(model.config.num_features))
+
+
 def test_every_batchnorm_has_insightfaces_eps():
     """insightface's iresnet.py builds every BatchNorm with eps=1e-05: the released weights' statistics were
     gathered with it, and another eps shifts every normalized value."""

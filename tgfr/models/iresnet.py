@@ -132,22 +132,6 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class FixedScaleBatchNorm1d(nn.BatchNorm1d):
-    """insightface's embedding BatchNorm: its scale stays 1 and never trains. The scale is a buffer under the
-    parameter's state-dict name and place, so insightface's weights load strictly, and no requires_grad_(True),
-    whatever module it starts at, can turn it on."""
-
-    def __init__(self, num_features: int, eps: float = 1e-05):
-        super().__init__(num_features, eps=eps)
-        del self.weight
-        self.register_buffer("weight", torch.ones(num_features))
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        # A state dict lists buffers after parameters; insightface's lists the scale first, as a BatchNorm's.
-        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-
 class IResNet(FreezableModule):
     """iResNet trunk + embedding head. Input (B, 3, input_size, input_size), normalized images."""
 
@@ -168,18 +152,24 @@ class IResNet(FreezableModule):
         self.bn2 = nn.BatchNorm2d(inplanes, eps=1e-05)
         self.dropout = nn.Dropout(p=config.dropout)
         self.fc = nn.Linear(config.fc_inputs, config.num_features)
-        self.features = FixedScaleBatchNorm1d(config.num_features, eps=1e-05)
+        self.features = nn.BatchNorm1d(num_features=config.num_features, eps=1e-05)
         self._reset_parameters()
         self._init_frozen(frozen)
 
     def _reset_parameters(self) -> None:
-        # insightface's initialization.
+        # insightface's initialization; its embedding BN keeps a fixed unit scale.
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0, 0.1)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        nn.init.ones_(self.features.weight)
+
+    def fixed_parameters(self) -> list[nn.Parameter]:
+        """The embedding BatchNorm's scale, fixed at 1 (insightface's). A parameter, not a buffer, so that the
+        BatchNorm stays one (SyncBatchNorm.convert_sync_batchnorm takes it); grad_context keeps it off."""
+        return [self.features.weight]
 
     def _trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the flattened final map (B, 8*width*final_grid^2) and the layer3 map."""
