@@ -421,3 +421,13 @@ def test_a_degraded_copy_is_compared_with_its_clean_split_on_the_same_resamples(
                             noisy[kept], noisy[kept])
     fewer_records = [record for record in records if record.split == "test" or record.path in fewer.paths]
     assert degradation_difference(scored["test"], split_figures(fewer, fewer_records, "test_degraded", config)) is None
+    # Every subject kept, but one with its gallery image only (as `tgfr data degrade --skip-bad` can leave): the
+    # identification bootstrap draws from other probe subjects.
+    kept = labels != labels[-1]
+    kept[np.flatnonzero(~kept)[0]] = True  # its first image, the gallery's
+    fewer = SplitEmbeddings([p for p, k in zip(degraded_paths, kept) if k], labels[kept], [""] * int(kept.sum()),
+                            noisy[kept], noisy[kept])
+    fewer_records = [record for record in records if record.split == "test" or record.path in fewer.paths]
+    partial = split_figures(fewer, fewer_records, "test_degraded", config)
+    assert partial.resampled[0] == scored["test"].resampled[0] != partial.resampled[1]
+    assert degradation_difference(scored["test"], partial) is None

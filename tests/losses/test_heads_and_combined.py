@@ -625,7 +625,8 @@ def test_losses_refuse_real_inputs_while_their_state_is_on_meta(case, training):
     if builds_on_meta:
         with torch.device("meta"):
             on_meta.append(make())
-    message = f"^all inputs must be on one device, got {input_name} on cpu, {state_name} on meta$"
+    message = (f"^the loss's {state_name} is on meta, its input {input_name} on cpu: move the loss to its inputs' "
+               r"device \(loss.to\('cpu'\)\)$")
     for loss in on_meta:
         assert getattr(loss, state_name).is_meta
         with pytest.raises(ValueError, match=message):

@@ -109,8 +109,9 @@ class SplitFigures(NamedTuple):
 
 
 def degradation_difference(clean: SplitFigures, degraded: SplitFigures) -> dict | None:
-    """method -> paired_difference(clean, degraded): degraded minus clean on the same resamples, or None where
-    the two splits' bootstraps draw other identities (not a split and its degraded copy) or have no replicates."""
+    """method -> paired_difference(clean, degraded): degraded minus clean on the same resamples (without
+    intervals when there are no resamples), or None where the two splits' bootstraps draw other identities, of
+    the pairs or of the probes (not a split and its degraded copy, or a copy that lost a subject's probes)."""
     if clean.resampled != degraded.resampled:
         return None
     return {method: paired_difference(clean.figures[method], degraded.figures[method], clean.replicates[method],

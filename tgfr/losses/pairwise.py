@@ -28,12 +28,16 @@ def check_pairs(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None, n
 
 
 def check_state_device(name: str, tensor: torch.Tensor, **state: torch.Tensor) -> None:
-    """Checks a loss's own state (parameters, buffers, keyword-named as the message names them) against its
-    input `tensor`, called `name`: a state left on meta (moved there, or built under torch.device("meta") and
-    never materialised) met real inputs with uninitialised memory, a finite garbage loss. Meta inputs are shape
-    inference, which takes the state on any device."""
-    if not tensor.is_meta:
-        check_same_device(**{name: tensor}, **state)
+    """Refuses a loss's own state (parameters, buffers, keyword-named as the message names them) on another
+    device than its input `tensor`, called `name`: a state left on meta (moved there, or built under
+    torch.device("meta") and never materialised) met real inputs with uninitialised memory, a finite garbage
+    loss. Meta inputs are shape inference, which takes the state on any device."""
+    if tensor.is_meta:
+        return
+    for state_name, value in state.items():
+        if value.device != tensor.device:
+            raise ValueError(f"the loss's {state_name} is on {value.device}, its input {name} on {tensor.device}: "
+                             f"move the loss to its inputs' device (loss.to({str(tensor.device)!r}))")
 
 
 def symmetric_contrastive_loss(
