@@ -448,6 +448,33 @@ def test_a_huge_block_or_layer_count_is_refused_at_once_naming_the_config(tiny_b
         assert time.perf_counter() - started < 1.0
 
 
+@pytest.mark.parametrize("text_model", ["tiny_clip_text_dir", "tiny_full_clip_dir"])
+def test_a_huge_clip_layer_count_is_refused_at_once_naming_the_config(text_model, request, tmp_path):
+    """CLIP's layers are encoder.layers.<i> (BERT's encoder.layer.<i>), and a full CLIP's config.json states its
+    count in text_config: both are read before the meta build. (A saved model writes its text tower's config; a
+    full CLIP's config.json put in its place loads too, as the text model folder it came from did.)"""
+    folder = request.getfixturevalue(text_model)
+    checkpoint = save_tgfr_model(build(folder), tmp_path / "checkpoint")
+    text_config = checkpoint / "text_encoder" / "config.json"
+    values = json.loads((folder if text_model == "tiny_full_clip_dir" else checkpoint / "text_encoder").joinpath(
+        "config.json").read_text())
+    if text_model == "tiny_full_clip_dir":
+        assert "text_config" in values
+        text_config.write_text(json.dumps(values))
+        load_tgfr_model(checkpoint)
+    counted = values["text_config"] if "text_config" in values else values
+    held = counted["num_hidden_layers"]
+    for layers in (held + 1, 10**7):  # one more first: a check that missed it builds it on meta, fast, and says else
+        counted["num_hidden_layers"] = layers
+        text_config.write_text(json.dumps(values))
+        started = time.perf_counter()
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"checkpoint file '{text_config}' does not fit the weights: num_hidden_layers {layers}, "
+                f"'{checkpoint / 'model.safetensors'}' holds {held} layers of the text model") + "$"):
+            load_tgfr_model(checkpoint)
+        assert time.perf_counter() - started < 1.0
+
+
 def test_a_text_config_with_fewer_layers_than_the_weights_names_the_configs_and_counts_the_unexpected(
         tiny_bert_dir, tmp_path):
     checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
