@@ -420,7 +420,7 @@ def test_a_size_past_what_pytorch_can_hold_is_refused_on_one_line_naming_the_con
     assert "\n" not in message and len(message) < 400, message
 
 
-def test_a_huge_block_or_layer_count_is_refused_at_once_naming_the_config(tiny_bert_dir, tmp_path):
+def test_a_huge_block_count_is_refused_at_once_naming_the_config(tiny_bert_dir, tmp_path):
     """The check built the described model on the meta device first, about 15 ms a backbone block or text
     model layer: 10**7 of them would build for days before "missing ..." came."""
     checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
@@ -435,24 +435,13 @@ def test_a_huge_block_or_layer_count_is_refused_at_once_naming_the_config(tiny_b
                 f"'{checkpoint / 'model.safetensors'}' holds [1, 1, 1, 1] blocks per stage") + "$"):
             load_tgfr_model(checkpoint)
         assert time.perf_counter() - started < 1.0
-    config["backbone"]["layers"] = [1, 1, 1, 1]
-    config_path.write_text(json.dumps(config))
-    text_config = checkpoint / "text_encoder" / "config.json"
-    for layers in (3, 10**7):  # the text model's layers, as many and as slow to build on meta
-        text_config.write_text(json.dumps({**json.loads(text_config.read_text()), "num_hidden_layers": layers}))
-        started = time.perf_counter()
-        with pytest.raises(ValueError, match="^" + re.escape(
-                f"checkpoint file '{text_config}' does not fit the weights: num_hidden_layers {layers}, "
-                f"'{checkpoint / 'model.safetensors'}' holds 2 layers of the text model") + "$"):
-            load_tgfr_model(checkpoint)
-        assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.parametrize("text_model", ["tiny_clip_text_dir", "tiny_full_clip_dir"])
-def test_a_huge_clip_layer_count_is_refused_at_once_naming_the_config(text_model, request, tmp_path):
-    """CLIP's layers are encoder.layers.<i> (BERT's encoder.layer.<i>), and a full CLIP's config.json states its
-    count in text_config: both are read before the meta build. (A saved model writes its text tower's config; a
-    full CLIP's config.json put in its place loads too, as the text model folder it came from did.)"""
+@pytest.mark.parametrize("text_model", ["tiny_bert_dir", "tiny_clip_text_dir", "tiny_full_clip_dir"])
+def test_a_huge_text_layer_count_is_refused_at_once_naming_the_config(text_model, request, tmp_path):
+    """The text model's layers, as slow to build on meta: BERT's encoder.layer.<i>, CLIP's encoder.layers.<i>,
+    and a full CLIP's config.json states the count in text_config. (A saved model writes its text tower's
+    config; a full CLIP's config.json put in its place loads too, as the text model folder it came from did.)"""
     folder = request.getfixturevalue(text_model)
     checkpoint = save_tgfr_model(build(folder), tmp_path / "checkpoint")
     text_config = checkpoint / "text_encoder" / "config.json"
