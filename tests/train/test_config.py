@@ -69,6 +69,9 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert parse_override("x.y=abc") == (["x", "y"], "abc")
     assert parse_override("fr.steps = 50") == (["fr", "steps"], 50)  # spaces around '=' as TOML allows them
     assert parse_override(r"data.manifest=C:\data\m.jsonl") == (["data", "manifest"], r"C:\data\m.jsonl")
+    # A bare word keeps none of the spaces around it: "data.cache_dir = mycache" made a folder " mycache".
+    assert parse_override("align.supervision = weak ") == (["align", "supervision"], "weak")
+    assert load_config("quick", ["data.cache_dir = mycache"]).data.cache_dir == "mycache"
 
 
 @pytest.mark.parametrize("raw", ['"mycache', ' "mycache', r'"C:\data\m.jsonl"', "'a' b", '["fr", "fuse"', "{a = 1"])
@@ -477,6 +480,23 @@ def test_a_run_trained_before_the_recipe_checks_stays_evaluable_and_resumable(tm
         config.check_training_recipe()
     with pytest.raises(ValueError, match=re.escape(message)):  # a fresh training with it is still refused
         train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.train_degrade_p", 7.0, "data.train_degrade_p must lie in [0.0, 1.0], got 7.0"),
+    ("fr.ce_weight", -1.0, "fr.ce_weight"),
+    ("model.freeze_text_encoder", "no", "model.freeze_text_encoder must be of type bool"),
+])
+@pytest.mark.parametrize("resume", [False, True])
+def test_train_checks_a_config_changed_after_it_was_built(tmp_path, key, value, message, resume):
+    """A script's `config.fr.ce_weight = -1.0` after load_config trained (gradient ascent) and wrote a
+    config.toml that --resume refused."""
+    config = load_config("quick")
+    section, name = key.split(".")
+    setattr(getattr(config, section), name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(config, tmp_path / "run", resume=resume)
     assert not (tmp_path / "run").exists()
 
 

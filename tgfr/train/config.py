@@ -261,6 +261,12 @@ class TrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """ValueError naming the first setting of the wrong type or out of its range. Run when a config is
+        built and again by `train`: a script that changes a built config (config.fr.ce_weight = -1.0)
+        would otherwise train on the unchecked value and write a config.toml that --resume refuses."""
         # Imported here, not with the module: they load torch and transformers (seconds), which
         # `tgfr --help` and a usage error should not wait for.
         from tgfr.losses.identity_heads import MAX_MARGIN
@@ -272,7 +278,7 @@ class TrainConfig:
         # Checked whenever a config is built (preset, --set, a run's config.toml), so a bad value stops
         # --print-config and the start of training with its key, not a later stage after hours of training.
         # The types too: a config built in Python (a script calling tgfr.train.run.train) skips _build, and
-        # took focal = "no" as true or wrote a config.toml that --resume then refused.
+        # took focal = "no" as true.
         _check_types(self)
         check_utf8("", self)
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -554,7 +560,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                              "inside [ ] or { } need quotes (stages=[\"fr\", \"align\"], which a shell keeps "
                              "inside single quotes), and a backslash in double quotes starts an escape "
                              "('C:\\data' in single quotes does not)") from None
-        value = raw
+        value = raw.strip()  # "key = word": the spaces around the word are not part of it
     return key.strip().split("."), value
 
 

@@ -403,6 +403,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     config.threads > 0 sets torch's CPU threads for the call; the caller's count is restored on return.
     """
     out = Path(out)
+    config.check()
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be an integer >= 1 (or None), got {stop_after!r}")
     # tokenizers takes paths as UTF-8 only, and the model is saved at the run folder's real path (through
