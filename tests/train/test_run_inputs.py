@@ -25,6 +25,7 @@ from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from tgfr.train.config import OptimConfig, config_to_dict, load_config
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.batches import resolve_manifest
+from tgfr.train import run as run_module
 from tgfr.train.run import CHECKPOINT, build_model, stage_batches, train
 from tgfr.train.stage import Stage
 from tgfr.train.stage_fr import FRStage
@@ -321,15 +322,15 @@ def test_a_setting_that_utf8_cannot_encode_is_refused_by_key_before_writing(tmp_
                        f"non-UTF-8 byte of a file name? reach the file through a UTF-8 name, e.g. a symlink)")
 
 
-def test_a_failed_write_of_config_toml_leaves_no_file(tmp_path, tiny_overrides):
-    """config.toml is written atomically: a config changed after its check so that it cannot be written leaves
-    the run folder empty for the corrected run, not a 0-byte config.toml."""
+def test_a_failed_write_of_config_toml_leaves_no_file(tmp_path, tiny_overrides, monkeypatch):
+    """config.toml is written atomically: a write that fails midway (here text UTF-8 cannot hold) leaves the run
+    folder empty for the corrected run, not a 0-byte config.toml."""
     config = load_config("quick", tiny_overrides + ['stages=["fr"]'])
-    config.evaluation.splits = {"clean": os.fsdecode(b"test\xff")}
-    with pytest.raises(UnicodeEncodeError):
-        train(config, tmp_path / "run")
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "to_toml", lambda config: "seed = 1\n" + os.fsdecode(b"test\xff"))
+        with pytest.raises(UnicodeEncodeError):
+            train(config, tmp_path / "run")
     assert list((tmp_path / "run").iterdir()) == []
-    config.evaluation.splits = {"clean": "test"}
     train(config, tmp_path / "run", stop_after=1)
     assert load_config(str(tmp_path / "run" / "config.toml")) == config
 
@@ -450,8 +451,6 @@ def test_a_file_in_place_of_the_synthetic_cache_folder_is_one_error_line(tmp_pat
 def test_run_threads_hold_during_the_training_only(tmp_path, tiny_overrides, threads_seen_by, threads):
     """config.threads fixes torch's CPU threads while training; the caller's count comes back afterwards,
     so a script (or a test session) that trains keeps its own."""
-    import tgfr.train.run as run_module
-
     config = load_config("quick", tiny_overrides + [f"threads={threads}"])
     # build_model: a step of the work, after the arguments are checked
     assert threads_seen_by(run_module, "build_model", lambda: train(config, tmp_path / "run")) == [threads or 2]
