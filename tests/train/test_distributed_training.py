@@ -188,21 +188,26 @@ def test_a_run_folder_another_trainer_holds_is_refused_by_every_rank(tmp_path, t
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("failing", ["run_info.json", "metrics.jsonl", "checkpoint"])
+@pytest.mark.parametrize("failing", ["run_info.json", "metrics.jsonl", "checkpoint", "synthetic set"])
 def test_a_write_that_rank_0_alone_does_fails_on_every_rank_with_its_message(tmp_path, tiny_overrides, failing):
     """A file rank 0 alone writes or reads fails: run_info.json (a folder stands there), metrics.jsonl (a bad
-    line, met when a resume cuts the log back) or the checkpoint (a file size limit, as a full disk). Rank 1 died
-    in its next collective with about 30 lines of gloo's traceback, or, for the checkpoint, printed rank 0's
-    error a second time as its own; now every rank stops, rank 0 alone saying why."""
+    line, met when a resume cuts the log back), the checkpoint or the first image of the embedded synthetic set
+    (a file size limit, as a full disk). Rank 1 died in its next collective with about 30 lines of gloo's
+    traceback, or, for the checkpoint, printed rank 0's error a second time as its own; now every rank stops,
+    rank 0 alone saying why."""
     run = tmp_path / "ddp"
+    if failing == "synthetic set":  # a cache folder of its own: the set is written, not read from a shared one
+        tiny_overrides = tiny_overrides + [f'data.cache_dir="{tmp_path / "cache"}"']
     train = ["-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(run), "--stop-after", "2",
              *[arg for o in tiny_overrides for arg in ("--set", o)]]
-    if failing == "checkpoint":  # 256 KB: the log and config files fit, the checkpoint (650 KB) does not
+    if failing in ("checkpoint", "synthetic set"):
+        # 256 KB: the log and config files fit, the checkpoint (650 KB) does not; 1 KB: no face image fits.
+        limit, expected = ((256, f"cannot write checkpoint {run / 'checkpoints' / 'last.pt'}") if failing == "checkpoint"
+                           else (1, f"cannot write image {tmp_path / 'cache'}"))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    "--log-dir", str(tmp_path / "torchrun-logs"), *train]
-        result = subprocess.run(["bash", "-c", 'ulimit -f 256 && exec "$@"', "bash", *command], capture_output=True,
-                                text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        expected = f"cannot write checkpoint {run / 'checkpoints' / 'last.pt'}"
+        result = subprocess.run(["bash", "-c", f'ulimit -f {limit} && exec "$@"', "bash", *command],
+                                capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     else:
         started = torchrun(tmp_path, *train)
         assert started.returncode == 0, started.stderr[-3000:]

@@ -466,11 +466,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                             Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
     counted = _earlier_counts(out, state)
     _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
-    if rank == 0:
-        manifest = resolve_manifest(config.data)
-    _barrier(world_size)
-    if rank != 0:
-        manifest = resolve_manifest(config.data)
+    # Rank 0 alone writes the embedded synthetic set when it is not there yet; the others then read it.
+    resolved: list[Path] = []
+    _on_rank_0(rank, world_size, lambda: resolved.append(resolve_manifest(config.data)))
+    manifest = resolved[0] if rank == 0 else resolve_manifest(config.data)
     seed_everything(config.seed)
     model = build_model(config).to(device)
     if state is not None:
