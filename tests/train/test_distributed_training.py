@@ -90,6 +90,28 @@ def test_an_fr_stage_that_only_loads_backbone_weights_is_held_to_no_batch_rule(t
     assert all(torch.equal(trained[f"backbone.{name}"], value) for name, value in loaded.items())
 
 
+def test_two_processes_train_on_the_global_batch_of_one(tmp_path, tiny_overrides):
+    """Each rank trains on its own share of the global batch: align's first step, from the same backbone
+    weights and seeded heads, gives the losses of one process on the whole batch, but for WRCL (the image
+    head's BatchNorm normalizes each rank's share, as README says). Every rank on rank 0's share passed every
+    other DDP test."""
+    from tgfr.train.run import build_model, train
+
+    weights = tmp_path / "backbone.safetensors"
+    safetensors.torch.save_file(build_model(load_config("quick", tiny_overrides)).backbone.state_dict(), weights)
+    settings = tiny_overrides + ['stages=["fr", "align"]', "align.steps=1", "align.optim.warmup_steps=0",
+                                 f'model.backbone_weights="{weights}"']
+    result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(tmp_path / "ddp"),
+                      *[arg for o in settings for arg in ("--set", o)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(load_config("quick", settings), tmp_path / "single")
+    two, one = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                for run in ("ddp", "single"))
+    assert [(r["stage"], r["step"]) for r in two] == [(r["stage"], r["step"]) for r in one] == [("align", 1)]
+    for loss in ("cicl", "intra", "identity"):
+        assert two[0][loss] == pytest.approx(one[0][loss], rel=1e-5), loss
+
+
 def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrides):
     """ddp_resume_worker.py under torchrun: stop and resume (with a stage after it, which starts from rank 0's
     buffers) end with the weights of an uninterrupted run, and the weakly supervised association memory is the
