@@ -108,11 +108,12 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
-def gather_objects(value: Any) -> list[Any]:
+def gather_objects(value: Any, group: dist.ProcessGroup | None = None) -> list[Any]:
     """Every rank's `value` (picklable; exchanged between the job's own processes, never read from
-    a file), in rank order, on every rank; [value] outside a process group."""
+    a file), in rank order, on every rank; [value] outside a process group. group: the process group
+    to exchange in (None: the default one)."""
     if not is_distributed():
         return [value]
     values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
+    dist.all_gather_object(values, value, group=group)
     return values

@@ -301,3 +301,38 @@ def test_rank_0_s_error_in_what_it_alone_does_is_raised_on_every_rank(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(relay_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
+
+
+SHORT_TIMEOUT_S = 2
+
+
+def slow_data_worker(rank, store_file):
+    """Rank 0 takes three times the process group's timeout to write the data; both ranks get its manifest."""
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=SHORT_TIMEOUT_S))
+    try:
+        def write_slowly(data):
+            if rank == 0:
+                time.sleep(3 * SHORT_TIMEOUT_S)
+            return Path("data") / "manifest.jsonl"
+
+        run_module.resolve_manifest = write_slowly
+        manifest = run_module._resolve_manifest_on_rank_0(load_config("quick"), rank, 2)
+        assert manifest == Path("data") / "manifest.jsonl"
+        run_module._on_rank_0(rank, 2, lambda: None)  # the job's own group is still there and in step
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_other_ranks_wait_for_rank_0_s_data_past_the_process_group_s_timeout(tmp_path):
+    """Writing the embedded synthetic set takes hours for a large one, on rank 0 alone: rank 1 waited for it in
+    a collective of the job's group, which gave up after its timeout (gloo's default: 30 minutes) and killed a
+    run that one process trains."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(slow_data_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)

@@ -21,6 +21,7 @@ the pairwise losses run in their local (gathered) form, and rank 0 writes the fi
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -319,10 +320,12 @@ def _barrier(world_size: int) -> None:
         dist.barrier()
 
 
-def _on_rank_0(rank: int, world_size: int, action: Callable[[], None]) -> None:
+def _on_rank_0(rank: int, world_size: int, action: Callable[[], None],
+               group: dist.ProcessGroup | None = None) -> None:
     """Runs `action` on rank 0 alone. An error it raises (a run folder another trainer holds) is raised on
     every rank, rank 0's as it is and the others' as a CollectiveCheckError with its message, which the command
-    prints once: the other ranks would otherwise fail in their next collective with the backend's error."""
+    prints once: the other ranks would otherwise fail in their next collective with the backend's error.
+    The other ranks wait for it in `group` (None: the default process group)."""
     message = None
     try:
         if rank == 0:
@@ -332,9 +335,25 @@ def _on_rank_0(rank: int, world_size: int, action: Callable[[], None]) -> None:
         raise
     finally:
         if world_size > 1:
-            message = gather_objects(message)[0]
+            message = gather_objects(message, group)[0]
     if message is not None:
         raise CollectiveCheckError(message)
+
+
+def _resolve_manifest_on_rank_0(config: TrainConfig, rank: int, world_size: int) -> Path:
+    """resolve_manifest, which writes the embedded synthetic set when it is not there yet, on rank 0 first,
+    then on the others, which then read it. That write takes hours for a large set, while a collective of the
+    job's process group gives up after its timeout (30 minutes for gloo, 10 for NCCL by default): the other
+    ranks wait in a gloo group of their own, whose timeout outlasts it."""
+    if world_size == 1:
+        return resolve_manifest(config.data)
+    waiting = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
+    try:
+        resolved: list[Path] = []
+        _on_rank_0(rank, world_size, lambda: resolved.append(resolve_manifest(config.data)), waiting)
+    finally:
+        dist.destroy_process_group(waiting)
+    return resolved[0] if rank == 0 else resolve_manifest(config.data)
 
 
 def _synthetic_cache_entry(out: Path, config: TrainConfig) -> Path | None:
@@ -466,10 +485,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                             Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
     counted = _earlier_counts(out, state)
     _barrier(world_size)  # every rank has looked at `out` before rank 0 writes into it
-    # Rank 0 alone writes the embedded synthetic set when it is not there yet; the others then read it.
-    resolved: list[Path] = []
-    _on_rank_0(rank, world_size, lambda: resolved.append(resolve_manifest(config.data)))
-    manifest = resolved[0] if rank == 0 else resolve_manifest(config.data)
+    manifest = _resolve_manifest_on_rank_0(config, rank, world_size)
     seed_everything(config.seed)
     model = build_model(config).to(device)
     if state is not None:
