@@ -15,10 +15,24 @@ Every rank must hold a tensor of the same shape and dtype (checked: a Collective
 on every rank, where the collective would abort the process, hang or mix bytes of different dtypes).
 """
 
+import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def launch_variable(name: str, default: int, minimum: int = 0) -> int:
+    """The integer environment variable `name` that torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK), `default`
+    where it is unset. ValueError naming it unless it is an integer >= `minimum`: a stray value left in a
+    cluster job's environment otherwise failed with int()'s message, which names no variable."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    if not text.strip().isdecimal() or int(text) < minimum:
+        raise ValueError(f"{name}={text} in the environment must be an integer >= {minimum} (torchrun sets it; "
+                         f"unset it to run without torchrun)")
+    return int(text)
 
 
 def is_distributed() -> bool:

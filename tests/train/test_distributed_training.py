@@ -270,6 +270,26 @@ def test_a_process_group_the_caller_made_sets_the_rank_and_world_size(monkeypatc
         run_module._init_distributed(config)
 
 
+@pytest.mark.parametrize("name, value, minimum", [("WORLD_SIZE", "two", 1), ("WORLD_SIZE", "0", 1),
+                                                   ("WORLD_SIZE", "-2", 1), ("LOCAL_RANK", "x1", 0)])
+def test_a_bad_launch_variable_is_named(monkeypatch, name, value, minimum):
+    """A stray value left in a cluster job's environment failed with int()'s "invalid literal for int() with
+    base 10: 'two'", which names no variable."""
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RANK", "0")
+    if name == "LOCAL_RANK":  # read on CUDA only, in a process group already made
+        monkeypatch.setattr(run_module.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(run_module.dist, "get_world_size", lambda: 2)
+        monkeypatch.setattr(run_module.dist, "get_rank", lambda: 0)
+        monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(run_module.torch.cuda, "device_count", lambda: 2)
+        monkeypatch.setattr(run_module.torch.cuda, "set_device", lambda index: None)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value} in the environment must be an integer >= "
+                                                   f"{minimum} (torchrun sets it; unset it to run without torchrun)")):
+        run_module._init_distributed(load_config("quick", ['device="auto"']))
+
+
 def relay_worker(rank, store_file):
     import torch.distributed as dist
 

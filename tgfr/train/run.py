@@ -38,7 +38,7 @@ from tgfr.data import CaptionCollator
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.manifest import records_digest
 from tgfr.data.synthetic import default_cache_dir
-from tgfr.distributed import CollectiveCheckError, gather_objects
+from tgfr.distributed import CollectiveCheckError, gather_objects, launch_variable
 from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
@@ -274,13 +274,13 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
             raise ValueError(f"WORLD_SIZE={declared} in the environment, but the process group already "
                              f"initialized has {world_size} process(es)")
     else:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = launch_variable("WORLD_SIZE", 1, minimum=1)
         if world_size > 1:
             dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0
     if cuda:
         # torchrun sets LOCAL_RANK; mp.spawn on one machine does not, and rank r takes GPU r there.
-        local_rank = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+        local_rank = launch_variable("LOCAL_RANK", rank % torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
         return rank, world_size, torch.device("cuda", local_rank)
     return rank, world_size, torch.device("cpu")
