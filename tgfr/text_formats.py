@@ -3,29 +3,40 @@ checking that text tgfr writes into such files (or hands to a library that takes
 
 import dataclasses
 import json
+import sys
 import tomllib
 from typing import Any
 
 
 def parse_json(text: str) -> Any:
     """json.loads(text), where arrays or objects nested past Python's recursion limit (say
-    '[' * 100000) are a json.JSONDecodeError like any other malformed JSON, not a RecursionError
-    that the callers' "not valid JSON, naming the file" handling would miss."""
+    '[' * 100000) and an integer longer than Python converts (sys.get_int_max_str_digits(), 4300 digits by
+    default) are a json.JSONDecodeError like any other malformed JSON, not a RecursionError or plain
+    ValueError that the callers' "not valid JSON, naming the file" handling would miss."""
     try:
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError("arrays or objects nested too deeply", text, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # int() refusing the digits: the one other ValueError json.loads raises
+        raise json.JSONDecodeError(f"an integer of over {sys.get_int_max_str_digits()} digits", text, 0) from None
 
 
 def parse_toml(text: str) -> dict[str, Any]:
     """tomllib.loads(text), where arrays or tables nested past Python's recursion limit are a
     tomllib.TOMLDecodeError like any other malformed TOML, for the same reason as parse_json. A leading
     byte-order mark, which some editors write (Windows Notepad), is skipped: tomllib took it for a
-    statement ("Invalid statement (at line 1, column 1)", pointing at nothing visible)."""
+    statement ("Invalid statement (at line 1, column 1)", pointing at nothing visible). An integer past
+    Python's digit limit is a TOMLDecodeError too, as in parse_json."""
     try:
         return tomllib.loads(text.removeprefix("\ufeff"))
     except RecursionError:
         raise tomllib.TOMLDecodeError("arrays or tables nested too deeply") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:  # int() refusing the digits
+        raise tomllib.TOMLDecodeError(f"an integer of over {sys.get_int_max_str_digits()} digits") from None
 
 
 def check_utf8(key: str, value: Any, need: str = "as config.toml is",

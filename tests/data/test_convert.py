@@ -4,6 +4,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -134,6 +135,18 @@ def test_an_empty_split_list_of_a_split_with_images_is_refused(tmp_path):
 LISTED = ["12/12_2"]
 LIST_CONTENT = {".json": json.dumps(LISTED).encode(), ".csv": "".join(f"{e}\n" for e in LISTED).encode(),
                 ".pkl": pickle.dumps(LISTED), ".pickle": pickle.dumps(LISTED)}  # by suffix
+
+
+@pytest.mark.parametrize("trust_pickle", [False, True])
+def test_a_json_split_list_beside_a_pickle_is_read_not_the_pickle(tmp_path, trust_pickle):
+    """A user who made filenames.json beside TGFR's filenames.pickle, so as not to unpickle it, gets the JSON
+    list, with --trust-pickle or without (without, a pickle preferred was refused)."""
+    root = tgfr_tree(tmp_path)
+    (root / "train").mkdir()
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_2", "7/7_1"]))
+    (root / "train" / "filenames.pickle").write_bytes(pickle.dumps(["4/4_1"]))
+    records, _, _ = convert_tgfr_tree(root, trust_pickle=trust_pickle)
+    assert [r.path for r in records if r.split == "train"] == ["images/train/4/4_2.jpg", "images/train/7/7_1.jpg"]
 
 
 @pytest.mark.parametrize("name", ["filenames.JSON", "FileNames.Csv", "filenames.pkl", "filenames.PICKLE"])
@@ -575,6 +588,18 @@ def test_a_seeded_split_that_leaves_a_split_empty_warns(tmp_path):
     missing = sorted({"train", "val", "test"} - expected, key=["train", "val", "test"].index)
     with pytest.warns(UserWarning, match=re.escape(f"leaves split(s) {', '.join(missing)} empty")):
         convert_celeba_dialog(*args, seed=0)
+
+
+def test_a_split_asked_to_be_empty_does_not_warn(tmp_path):
+    """fractions (0.9, 0.1, 0): no test split is wanted, so its absence is no news; train and val take
+    identities (checked against the formula), so no split warns."""
+    args = many_identity_dialog(tmp_path, identities=20)
+    fractions = (0.9, 0.1, 0)
+    assert {hashed_split(str(i), 0, fractions) for i in range(20)} == {"train", "val"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records, _ = convert_celeba_dialog(*args, seed=0, fractions=fractions)
+    assert {r.split for r in records} == {"train", "val"}
 
 
 @pytest.mark.parametrize("line_break", ["\u2028", "\x0c", "\x85", "\x1c"])

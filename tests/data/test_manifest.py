@@ -25,6 +25,27 @@ def test_round_trip(tmp_path, suffix):
     assert back[0].meta == {"k": 1}
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_cell_past_the_csv_modules_default_field_limit_reads_back(tmp_path, suffix):
+    """The csv module refuses a field over csv.field_size_limit() (131072 characters by default) with a
+    csv.Error naming no file, though write_manifest writes one; reading leaves the module's limit as it was."""
+    limit = csv.field_size_limit()
+    captions = tuple(f"caption {k} " + "x" * 9990 for k in range(15))
+    assert len(json.dumps(list(captions))) > limit
+    records = [*RECORDS, ManifestRecord("images/d/1.png", "3", "test", captions, {"note": "y" * (limit + 1)})]
+    assert read_manifest(write_manifest(tmp_path / f"m{suffix}", records)) == records
+    assert csv.field_size_limit() == limit
+
+
+def test_a_csv_error_names_file_and_line(tmp_path, monkeypatch):
+    """Should the field limit stay low (here: not raised), the csv.Error is a ValueError naming file and line."""
+    path = write_manifest(tmp_path / "m.csv", [*RECORDS, ManifestRecord("d.png", "3", "test", ("x" * 200000,))])
+    monkeypatch.setattr(csv, "field_size_limit", lambda *limit: 131072)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:5: not a valid CSV manifest (field larger than field "
+                                                   "limit (131072))")):
+        read_manifest(path)
+
+
 # Every character str.splitlines() breaks at besides "\n" and "\r".
 LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
@@ -32,7 +53,7 @@ LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_round_trip_keeps_unicode_line_breaks(tmp_path, suffix):
     records = [ManifestRecord("images/a,\"b\".png", "1", "test", tuple(f"caption{c}end" for c in LINE_BREAKS)),
-               ManifestRecord(f"images/x{LINE_BREAKS}.png", f"id{LINE_BREAKS}", "test", (f"two{LINE_BREAKS}lines",),
+               ManifestRecord(f"images/x{LINE_BREAKS}.png", f"id{LINE_BREAKS}end", "test", (f"two{LINE_BREAKS}lines",),
                               {"note": f"m{LINE_BREAKS}"}),
                ManifestRecord("images/c.png", "2", "train", ("crlf\r\ninside",))]
     assert read_manifest(write_manifest(tmp_path / f"m{suffix}", records)) == records
@@ -134,6 +155,14 @@ def test_identity_labels_are_contiguous_and_numeric_order():
     assert identity_labels([ManifestRecord("x", "²", "s"), ManifestRecord("y", "10", "s")]) == {"10": 0, "²": 1}
 
 
+def test_a_line_of_white_space_is_skipped_as_a_blank_line_is(tmp_path):
+    """An editor's trailing spaces or tabs on a line of their own are no record, nor invalid JSON."""
+    path = tmp_path / "m.jsonl"
+    lines = jsonl({"path": "a.png"}, {"path": "b.png"}).splitlines(keepends=True)
+    path.write_text(lines[0] + " \t \n" + lines[1] + "   \n")
+    assert [r.path for r in read_manifest(path)] == ["a.png", "b.png"]
+
+
 def test_integer_identity_read_as_string(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"path": "x.png", "identity": 7, "split": "train", "captions": []}) + "\n")
@@ -150,6 +179,18 @@ def test_integer_identity_read_as_string(tmp_path):
     ('{"path": "x.png", "identity": 1, "split": "train", "captions": "a caption"}', "list of non-empty strings"),
     ('{"path": "x.png", "identity": true, "split": "train", "captions": []}', "identity"),
     ('[1, 2]', "expected a JSON object"),
+    ('{"path": "x.png", "identity": " 7", "split": "train", "captions": []}',
+     "'identity' ' 7' begins or ends with white space, which is part of the identity, not ignored (' 7' is not '7')"),
+    ('{"path": "x.png", "identity": "7\\t", "split": "train", "captions": []}', "'identity' '7\\t' begins or ends"),
+    ('{"path": "x.png", "identity": "7", "split": "train ", "captions": []}',
+     "'split' 'train ' begins or ends with white space, which is part of the split, not ignored"),
+    ('{"path": "x.png", "identity": " ", "split": "train", "captions": []}', "'identity' must not be blank, got ' '"),
+    ('{"path": "x.png", "identity": "7", "split": "\\t", "captions": []}', "'split' must not be blank, got '\\t'"),
+    ('{"path": "x.png", "identity": "7", "split": "train", "captions": [], "metadata": {"source": "a.png"}}',
+     "unknown field(s) 'metadata' (a record has the fields path, identity, split, captions, meta; other data goes "
+     "into meta)"),
+    ('{"path": "x.png", "identity": ' + "7" * 5000 + ', "split": "train", "captions": []}',
+     "not valid JSON (an integer of over 4300 digits)"),
 ])
 def test_schema_errors_name_file_and_line(tmp_path, line, message):
     good = json.dumps({"path": "ok.png", "identity": "1", "split": "train", "captions": ["c"]})
@@ -200,6 +241,33 @@ def test_an_empty_csv_captions_cell_is_an_image_only_record(tmp_path):
     assert [(r.path, r.captions) for r in read_manifest(path)] == [("x.png", ()), ("y.png", ("c",))]
 
 
+@pytest.mark.parametrize("row, message", [
+    ("b.png, 7,train,[]", "'identity' ' 7' begins or ends with white space, which is part of the identity"),
+    ("b.png,7, train,[]", "'split' ' train' begins or ends with white space, which is part of the split"),
+    ("b.png, ,train,[]", "'identity' must not be blank, got ' '"),
+    ('b.png,7,train,[],,"{""source"": ""a.png""}"', "the row has 6 cells, the header 5 columns "
+     "(path, identity, split, captions, meta)"),
+])
+def test_a_csv_row_of_spaced_or_surplus_cells_is_refused_naming_file_and_line(tmp_path, row, message):
+    """" 7" read as a second identity of person 7, " train" as a split select_split("train") left out, and
+    a cell past the header's last column was dropped."""
+    path = tmp_path / "m.csv"
+    path.write_text(f"path,identity,split,captions,meta\na.png,7,train,[],\n{row}\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: {message}")):
+        read_manifest(path)
+
+
+def test_a_csv_column_outside_the_schema_is_refused(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('path,identity,split,captions,metadata\na.png,1,train,[],"{""source"": ""b.png""}"\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: CSV header has unknown column(s) 'metadata' (a "
+                                                   "manifest has the columns path, identity, split, captions, meta")):
+        read_manifest(path)
+    path.write_text('path,identity,split,captions\na.png,1,train,[],"{""source"": ""b.png""}"\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: the row has 5 cells, the header 4 columns")):
+        read_manifest(path)
+
+
 def test_csv_errors_name_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text('path,identity,split,captions\nx.png,1,train,"[""c""]"\ny.png,1,train,[oops\n')
@@ -233,6 +301,12 @@ def test_select_split():
     assert len(select_split(RECORDS, ["train", "test"])) == 3
     with pytest.raises(ValueError, match=r"has splits \['test', 'train'\]"):
         select_split(RECORDS, "val")
+    # One unknown split of several was left out without a word (TGFR calls its val split "valid").
+    with pytest.raises(ValueError, match=re.escape("split ['nope', 'valid'] has no records; the manifest has splits "
+                                                   "['test', 'train']")):
+        select_split(RECORDS, ["train", "valid", "test", "nope"])
+    with pytest.raises(ValueError, match=re.escape("split [] has no records")):
+        select_split(RECORDS, [])
 
 
 def test_caption_file_errors(tmp_path):

@@ -1,10 +1,12 @@
 import dataclasses
 import json
+import os
 import re
 from collections import Counter
 
 import pytest
 
+from tgfr.data.degrade import degraded_path
 from tgfr.data.manifest import ManifestRecord
 from tgfr.data.protocol import (VerificationPair, make_identification_split, make_verification_pairs,
                                 read_identification_split, read_verification_pairs, write_identification_split,
@@ -109,9 +111,72 @@ def test_pairs_round_trip(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", ["csv", "json"])
 def test_pairs_round_trip_keeps_line_breaks_in_paths(tmp_path, suffix):
     # Linux file names may hold "\r", "\n", U+0085 and U+2028; the manifest keeps them, so must the pairs.
-    pairs = [VerificationPair(f"a{c}b.png", f"c{c}.png", same) for c in ("\r", "\n", "\r\n", "\x85", "\u2028")
+    pairs = [VerificationPair(f"a{c}b.png", f"c{c}{same}.png", same) for c in ("\r", "\n", "\r\n", "\x85", "\u2028")
              for same in (0, 1)]
     assert read_verification_pairs(write_verification_pairs(tmp_path / f"p.{suffix}", pairs)) == pairs
+
+
+def test_a_csv_pairs_path_that_is_not_utf8_is_named_and_the_old_file_kept(tmp_path):
+    """A manifest may hold a Latin-1 file name (os.fsdecode's lone surrogate, which images load through);
+    writing it as CSV failed with "'utf-8' codec can't encode character '\\udce9' ...", naming nothing."""
+    latin1 = "img/0_0" + os.fsdecode(b"\xe9") + ".png"
+    pairs = [VerificationPair("img/1_0.png", "img/1_1.png", 1), VerificationPair("img/1_0.png", latin1, 0)]
+    path = tmp_path / "p.csv"
+    path.write_text("the user's own pairs\n")
+    with pytest.raises(ValueError, match=re.escape(f"cannot write pairs file {path}: path_b of pair 1 must be "
+                                                   f"encodable as UTF-8, as a CSV pairs file is, got {latin1!r} (a "
+                                                   "lone surrogate at position 7: a non-UTF-8 byte of a file name? "
+                                                   "rename it to UTF-8, or write the pairs as JSON (a .json file; "
+                                                   "tgfr data protocol --format json), which escapes it)")):
+        write_verification_pairs(path, pairs)
+    assert path.read_text() == "the user's own pairs\n"
+    assert read_verification_pairs(write_verification_pairs(tmp_path / "p.json", pairs)) == pairs
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_protocol_files_with_a_byte_order_mark_are_read(tmp_path, suffix):
+    """As a spreadsheet program saves UTF-8: the mark became part of the first column's name ("the CSV header
+    lacks column(s) path_a"), or made the JSON invalid."""
+    pairs = make_verification_pairs(records(), impostor_subjects=3)
+    path = write_verification_pairs(tmp_path / f"p.{suffix}", pairs)
+    path.write_bytes("\ufeff".encode("utf-8") + path.read_bytes())
+    assert read_verification_pairs(path) == pairs
+    split = make_identification_split(records())
+    path = write_identification_split(tmp_path / "i.json", split)
+    path.write_bytes("\ufeff".encode("utf-8") + path.read_bytes())
+    assert read_identification_split(path) == split
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+@pytest.mark.parametrize("second, message", [
+    (VerificationPair("a.png", "b.png", 0), "'a.png' and 'b.png' are already paired on {first} (same 0 there, 0 here)"),
+    (VerificationPair("b.png", "a.png", 0), "'b.png' and 'a.png' are already paired on {first} (same 0 there, 0 here)"),
+    (VerificationPair("b.png", "a.png", 1), "'b.png' and 'a.png' are already paired on {first} (same 0 there, 1 here)"),
+    (VerificationPair("c.png", "c.png", 1), "pairs image 'c.png' with itself"),
+])
+def test_a_self_pair_or_a_pair_listed_twice_is_refused(tmp_path, suffix, second, message):
+    """An image against itself scores 1 whatever the model; a repeated pair counts one comparison twice,
+    or, labelled both ways, as genuine and impostor."""
+    pairs = [VerificationPair("a.png", "b.png", 0), VerificationPair("a.png", "c.png", 0), second]
+    path = tmp_path / f"p.{suffix}"
+    if suffix == "csv":
+        path.write_text("path_a,path_b,same\n" + "".join(f"{p.path_a},{p.path_b},{p.same}\n" for p in pairs))
+        where, first = f"{path}:4", "line 2"
+    else:
+        path.write_text(json.dumps({"pairs": [dataclasses.asdict(p) for p in pairs]}))
+        where, first = f"{path}: pair 2", "pair 0"
+    with pytest.raises(ValueError, match=re.escape(f"{where}: {message.format(first=first)}")):
+        read_verification_pairs(path)
+
+
+@pytest.mark.parametrize("empty", ["gallery", "probes"])
+def test_an_identification_file_without_gallery_or_probes_is_refused(tmp_path, empty):
+    split = {"gallery": [{"path": "a.png", "identity": "1"}], "probes": [{"path": "b.png", "identity": "1"}]}
+    path = tmp_path / "i.json"
+    path.write_text(json.dumps({**split, empty: []}))
+    with pytest.raises(ValueError, match=re.escape(f"identification file {path}: {empty!r} is empty; identification "
+                                                   "needs at least one gallery image and one probe")):
+        read_identification_split(path)
 
 
 def test_pairs_file_errors(tmp_path):
@@ -148,7 +213,7 @@ def test_identification_split(tmp_path):
     assert read_identification_split(write_identification_split(tmp_path / "i.json", split)) == split
     with pytest.raises(ValueError, match="no probe images"):
         make_identification_split(records(images=1))
-    (tmp_path / "bad.json").write_text('{"gallery": []}')
+    (tmp_path / "bad.json").write_text('{"gallery": [{"path": "a.png", "identity": "1"}]}')
     with pytest.raises(ValueError, match="'probes' must be a list"):
         read_identification_split(tmp_path / "bad.json")
     twice = {"gallery": [{"path": "a.png", "identity": "1"}], "probes": [{"path": "a.png", "identity": "2"}]}
@@ -162,6 +227,24 @@ def test_degraded_split_gets_corresponding_pairs():
     degraded = make_verification_pairs(records(split="test_degraded"), "test_degraded", impostor_subjects=3, seed=4)
     assert [VerificationPair(p.path_a.replace("test_degraded", "test"), p.path_b.replace("test_degraded", "test"),
                              p.same) for p in degraded] == clean
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPG", ".jpeg"])
+def test_a_degraded_copy_whose_suffix_is_png_gets_corresponding_pairs_and_gallery(suffix):
+    """degraded_path writes every image as .png, which reordered names that extend one another after a dot:
+    "face.jpg" < "face.left.jpg" but "face.left.png" < "face.png"."""
+    names = ["face", "face.left", "face.left.2", "face-b", "face_b", "0", "0.1"]
+    clean = [ManifestRecord(f"img/{s}/{name}{suffix}", str(s), "test", ("c",)) for s in range(6) for name in names]
+    copy = {degraded_path("test_degraded", r.path): r.path for r in clean}
+    assert len(copy) == len(clean)
+    assert [copy[path] for path in sorted(copy)] != sorted(copy.values())  # by whole path the orders differ
+    degraded = [ManifestRecord(new, r.identity, "test_degraded", r.captions) for new, r in zip(copy, clean)]
+    pairs = make_verification_pairs(degraded, "test_degraded", impostor_subjects=3, seed=4)
+    assert [VerificationPair(copy[p.path_a], copy[p.path_b], p.same) for p in pairs] == \
+        make_verification_pairs(clean, "test", impostor_subjects=3, seed=4)
+    split = make_identification_split(degraded, "test_degraded", gallery_per_subject=2)
+    assert {part: [{**e, "path": copy[e["path"]]} for e in entries] for part, entries in split.items()} == \
+        make_identification_split(clean, "test", gallery_per_subject=2)
 
 
 def test_protocol_files_with_bad_bytes_or_non_string_paths_are_named(tmp_path):

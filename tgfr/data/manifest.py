@@ -10,19 +10,21 @@ strings), `captions` is a list of strings (may be empty for image-only data, tho
 `tgfr evaluate` refuse an image without one: the text-guided model reads a caption of every image) and `meta` is an
 optional JSON object passed through untouched (absent, it is {}; null, a list, a number, ... are refused). CSV
 manifests have the columns path,identity,split,captions[,meta] where captions is a JSON list and meta a JSON object
-(an empty cell: no meta).
+(an empty cell: no meta). A field or column outside these is refused, and so is an identity or split that
+begins or ends with white space (a CSV cell " 7" is not the identity "7").
 
 Every image appears in one record only: a path listed twice (in one split or two) would let an
 image match itself in evaluation, count its pairs twice or leak it from test into train.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from tgfr.text_formats import check_caption_utf8, parse_json
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
+# A field outside these (a "metadata" key, a CSV row's cell past the header's last column) would be dropped
+# without a word, though meta is read: `tgfr evaluate` reports a split's degradations from meta["recipe"].
+_RECORD_FIELDS = (*MANIFEST_FIELDS, "meta")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
     missing = [name for name in MANIFEST_FIELDS if name not in row]
     if missing:
         raise ValueError(f"{where}: missing field(s) {', '.join(missing)} (expected {', '.join(MANIFEST_FIELDS)})")
+    if unknown := [name for name in row if name not in _RECORD_FIELDS]:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} (a record has the fields "
+                         f"{', '.join(_RECORD_FIELDS)}; other data goes into meta)")
     path, identity, split, captions = (row[name] for name in MANIFEST_FIELDS)
     if not isinstance(path, str) or not path:
         raise ValueError(f"{where}: 'path' must be a non-empty string, got {path!r}")
@@ -73,6 +81,14 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
         raise ValueError(f"{where}: 'identity' must be a non-empty string or an integer, got {identity!r}")
     if not isinstance(split, str) or not split:
         raise ValueError(f"{where}: 'split' must be a non-empty string, got {split!r}")
+    # A CSV cell "b.png, 7, train" holds " 7" and " train": another identity than "7" (a negative of
+    # person 7's own images in the contrastive losses) and a split that select_split("train") leaves out.
+    for name, value in (("identity", str(identity)), ("split", split)):
+        if not value.strip():
+            raise ValueError(f"{where}: {name!r} must not be blank, got {value!r}")
+        if value != value.strip():
+            raise ValueError(f"{where}: {name!r} {value!r} begins or ends with white space, which is part of the "
+                             f"{name}, not ignored ({value!r} is not {value.strip()!r}); remove it")
     if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
         raise ValueError(f"{where}: 'captions' must be a list of non-empty strings, got {captions!r}")
     for caption in captions:
@@ -113,6 +129,18 @@ def _repeated_path(records: Sequence[ManifestRecord], folder: Path) -> tuple[int
     return None
 
 
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """The csv module's field size limit raised to at least `limit` characters within the block, then
+    restored: the module-wide limit is left as the rest of the process set it."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, limit))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
     """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
     path = Path(path)
@@ -124,16 +152,28 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
         # The csv module reads records itself: a quoted field may hold a newline, and only \r and \n
         # end a line (str.splitlines would also split at U+2028, U+0085, ... inside captions).
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        missing = [name for name in MANIFEST_FIELDS if name not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            row = dict(row)
-            row["captions"] = _parse_json_cell(row["captions"] or "[]", "captions", where)
-            row["meta"] = _parse_json_cell(row["meta"], "meta", where) if row.get("meta") else {}
-            records.append(_record_from_row(row, where))
-            lines.append(reader.line_num)
+        # No field is longer than the file: write_manifest writes cells of any size (many long captions), past
+        # the csv module's default limit of 131072 characters, whose csv.Error named no file.
+        with _csv_field_limit(len(text)):
+            try:
+                missing = [name for name in MANIFEST_FIELDS if name not in (reader.fieldnames or [])]
+                if missing:
+                    raise ValueError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
+                if unknown := [name for name in reader.fieldnames if name not in _RECORD_FIELDS]:
+                    raise ValueError(f"{path}:1: CSV header has unknown column(s) {', '.join(map(repr, unknown))} "
+                                     f"(a manifest has the columns {', '.join(_RECORD_FIELDS)}; other data goes "
+                                     "into meta)")
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    if None in row:  # DictReader's key for the cells past the header's last column
+                        raise ValueError(f"{where}: the row has {len(reader.fieldnames) + len(row[None])} cells, the "
+                                         f"header {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
+                    row["captions"] = _parse_json_cell(row["captions"] or "[]", "captions", where)
+                    row["meta"] = _parse_json_cell(row["meta"], "meta", where) if row.get("meta") else {}
+                    records.append(_record_from_row(row, where))
+                    lines.append(reader.line_num)
+            except csv.Error as error:  # DictReader's line_num is still the last row read; its reader's is here
+                raise ValueError(f"{path}:{reader.reader.line_num}: not a valid CSV manifest ({error})") from None
     else:
         # JSON escapes newlines inside strings, so "\n" alone ends a record; write_manifest writes
         # U+2028, U+0085, ... raw, which text_lines, unlike str.splitlines, leaves inside a record.
@@ -204,7 +244,7 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
         with write_atomically(path, "manifest") as handle:
             if as_csv:
                 writer = csv.writer(handle)
-                writer.writerow([*MANIFEST_FIELDS, "meta"])
+                writer.writerow(_RECORD_FIELDS)
                 for record in records:
                     writer.writerow([record.path, record.identity, record.split,
                                      json.dumps(list(record.captions), ensure_ascii=False),
@@ -225,11 +265,12 @@ def select_split(records: Sequence[ManifestRecord], split: str | Sequence[str] |
     if split is None:
         return list(records)
     wanted = {split} if isinstance(split, str) else set(split)
-    selected = [record for record in records if record.split in wanted]
-    if not selected:
-        available = sorted({record.split for record in records})
-        raise ValueError(f"split {sorted(wanted)} has no records; the manifest has splits {available}")
-    return selected
+    available = {record.split for record in records}
+    # One unknown split of several (TGFR's "valid" beside train and val) would be left out without a word.
+    missing = wanted - available
+    if missing or not wanted:
+        raise ValueError(f"split {sorted(missing)} has no records; the manifest has splits {sorted(available)}")
+    return [record for record in records if record.split in wanted]
 
 
 def identity_labels(records: Sequence[ManifestRecord]) -> dict[str, int]:

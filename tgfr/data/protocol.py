@@ -5,13 +5,14 @@ test subject, a genuine pair (its first image against another of its images) and
 pairs (its first image against one image of each of N-1 other subjects). Here the N-1 impostor
 subjects and their images are drawn with a seeded generator (the released script took the
 first subjects of the list and unseeded images), so the pairs are reproducible. Images are
-ordered by path within a subject, so a degraded copy of a split (same paths under another
-folder, same order) gets corresponding pairs for the same seed.
+ordered by path without its suffix within a subject, so a degraded copy of a split (same paths under
+another folder, the suffix perhaps another: degrade writes .png) gets corresponding pairs for the same seed.
 """
 
 import csv
 import io
 import json
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
-from tgfr.text_formats import parse_json
+from tgfr.text_formats import check_utf8, parse_json
 from tgfr.output_paths import write_atomically
 from tgfr.validation import check_count
 
@@ -34,12 +35,18 @@ class VerificationPair:
     same: int
 
 
+def _path_order(path: str) -> tuple[str, str]:
+    """Sort key of an image within its subject: its path without the suffix first, since a degraded copy's
+    suffix may differ (img/1/face.jpg before img/1/face.left.jpg, as face.png before face.left.png)."""
+    return posixpath.splitext(path)[0], path
+
+
 def _images_by_subject(records: Sequence[ManifestRecord]) -> list[list[str]]:
     labels = identity_labels(records)
     by_subject: list[list[str]] = [[] for _ in labels]
     for record in records:
         by_subject[labels[record.identity]].append(record.path)
-    return [sorted(paths) for paths in by_subject]
+    return [sorted(paths, key=_path_order) for paths in by_subject]
 
 
 def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None = "test",
@@ -77,7 +84,8 @@ def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None
 
 def make_identification_split(records: Sequence[ManifestRecord], split: str | None = "test",
                               gallery_per_subject: int = 1) -> dict[str, list[dict[str, str]]]:
-    """Gallery: the first `gallery_per_subject` images (by path) of every subject; probes: the rest."""
+    """Gallery: the first `gallery_per_subject` images (by path without its suffix) of every subject; probes:
+    the rest."""
     if isinstance(gallery_per_subject, bool) or not isinstance(gallery_per_subject, int) or gallery_per_subject < 1:
         raise ValueError(f"gallery_per_subject must be a positive integer, got {gallery_per_subject!r}")
     selected = select_split(records, split)
@@ -93,10 +101,18 @@ def make_identification_split(records: Sequence[ManifestRecord], split: str | No
 
 def write_verification_pairs(path: str | Path, pairs: Sequence[VerificationPair]) -> Path:
     """Writes pairs as CSV (path_a,path_b,same) or, for a .json path, a JSON list of objects; atomically:
-    on any error an existing file at `path` is left as it was."""
+    on any error an existing file at `path` is left as it was. A CSV path that UTF-8 cannot encode (a file
+    name in another encoding) is a ValueError naming the pair and the image; JSON escapes it."""
     path = Path(path)
+    as_json = path.suffix.lower() == ".json"
+    if not as_json:  # the UnicodeEncodeError of the write named neither file nor image
+        for index, pair in enumerate(pairs):
+            for field in ("path_a", "path_b"):
+                check_utf8(f"cannot write pairs file {path}: {field} of pair {index}", getattr(pair, field),
+                           need="as a CSV pairs file is", remedy="rename it to UTF-8, or write the pairs as JSON (a "
+                           ".json file; tgfr data protocol --format json), which escapes it")
     with write_atomically(path, "pairs file") as handle:
-        if path.suffix.lower() == ".json":
+        if as_json:
             rows = [{"path_a": p.path_a, "path_b": p.path_b, "same": p.same} for p in pairs]
             handle.write(json.dumps({"pairs": rows}, indent=0) + "\n")
         else:
@@ -121,28 +137,53 @@ def _pair_from_row(row: object, where: str) -> VerificationPair:
     _check_text_fields(row, ("path_a", "path_b"), where)
     if str(row["same"]) not in ("0", "1"):
         raise ValueError(f"{where}: 'same' must be 0 or 1, got {row['same']!r}")
+    if row["path_a"] == row["path_b"]:  # an image matched with itself scores 1 whatever the model
+        raise ValueError(f"{where}: pairs image {row['path_a']!r} with itself")
     return VerificationPair(str(row["path_a"]), str(row["path_b"]), int(row["same"]))
+
+
+def _check_pairs_listed_once(pairs: Sequence[VerificationPair], places: Sequence[tuple[str, str]]) -> None:
+    """Refuses two images paired twice, in either order: one comparison would count twice, or, labelled
+    both ways, as genuine and impostor. `places`: each pair's (file and row, row), as errors name them."""
+    first_index: dict[frozenset[str], int] = {}
+    for index, pair in enumerate(pairs):
+        images = frozenset((pair.path_a, pair.path_b))
+        if images in first_index:
+            first = first_index[images]
+            raise ValueError(f"{places[index][0]}: {pair.path_a!r} and {pair.path_b!r} are already paired on "
+                             f"{places[first][1]} (same {pairs[first].same} there, {pair.same} here); each pair may "
+                             "be listed once")
+        first_index[images] = index
 
 
 def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
     """Reads pairs written by `write_verification_pairs` (CSV or JSON); errors name file and row."""
     path = Path(path)
-    text = read_text_file(path, "pairs file")
+    # utf-8-sig: a CSV saved by a spreadsheet program starts with a byte-order mark, which would become part
+    # of the first column's name ("\ufeffpath_a"), as for manifests.
+    text = read_text_file(path, "pairs file", encoding="utf-8-sig")
+    pairs, places = [], []
     if path.suffix.lower() == ".json":
         try:
-            rows = parse_json(text)["pairs"]
+            entries = parse_json(text)["pairs"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"pairs file {path} is not a JSON object with a 'pairs' list ({error})") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"pairs file {path}: 'pairs' must be a list, got {rows!r}")
-        return [_pair_from_row(row, f"{path}: pair {i}") for i, row in enumerate(rows)]
-    # The csv module reads records itself: str.splitlines would also cut at U+2028, U+0085, ... and
-    # at quoted newlines, all of which a file name may hold.
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    # An empty file, or one of another format (TGFR's "a.jpg b.jpg 1" lines), would read as no pairs.
-    if missing := [name for name in ("path_a", "path_b", "same") if name not in (reader.fieldnames or [])]:
-        raise ValueError(f"pairs file {path}:1: the CSV header lacks column(s) {', '.join(missing)}")
-    return [_pair_from_row(row, f"{path}:{reader.line_num}") for row in reader]
+        if not isinstance(entries, list):
+            raise ValueError(f"pairs file {path}: 'pairs' must be a list, got {entries!r}")
+        places = [(f"{path}: pair {index}", f"pair {index}") for index in range(len(entries))]
+        pairs = [_pair_from_row(entry, where) for entry, (where, _) in zip(entries, places)]
+    else:
+        # The csv module reads records itself: str.splitlines would also cut at U+2028, U+0085, ... and
+        # at quoted newlines, all of which a file name may hold.
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # An empty file, or one of another format (TGFR's "a.jpg b.jpg 1" lines), would read as no pairs.
+        if missing := [name for name in ("path_a", "path_b", "same") if name not in (reader.fieldnames or [])]:
+            raise ValueError(f"pairs file {path}:1: the CSV header lacks column(s) {', '.join(missing)}")
+        for entry in reader:
+            places.append((f"{path}:{reader.line_num}", f"line {reader.line_num}"))
+            pairs.append(_pair_from_row(entry, places[-1][0]))
+    _check_pairs_listed_once(pairs, places)
+    return pairs
 
 
 def write_identification_split(path: str | Path, split: dict[str, list[dict[str, str]]]) -> Path:
@@ -158,7 +199,7 @@ def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]
     """Reads a gallery/probe JSON written by `write_identification_split`; errors name the file and
     the entry."""
     path = Path(path)
-    text = read_text_file(path, "identification file")
+    text = read_text_file(path, "identification file", encoding="utf-8-sig")  # as read_verification_pairs
     try:
         split = parse_json(text)
     except json.JSONDecodeError as error:
@@ -167,6 +208,9 @@ def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]
         entries = split.get(part) if isinstance(split, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) and {"path", "identity"} <= set(e) for e in entries):
             raise ValueError(f"identification file {path}: '{part}' must be a list of {{path, identity}} objects")
+        if not entries:  # as make_identification_split refuses to write: no probe has a rank
+            raise ValueError(f"identification file {path}: '{part}' is empty; identification needs at least one "
+                             "gallery image and one probe")
         for index, entry in enumerate(entries):
             _check_text_fields(entry, ("path", "identity"), f"identification file {path}: {part} entry {index}")
     # A probe that is also a gallery image would match itself at rank 1.

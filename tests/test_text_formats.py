@@ -1,0 +1,39 @@
+"""parse_json and parse_toml: every malformed input is a json.JSONDecodeError (tomllib.TOMLDecodeError), which
+the readers turn into an error naming the file, not another exception that would name none."""
+
+import json
+import re
+import sys
+import tomllib
+
+import pytest
+
+from tgfr.text_formats import parse_json, parse_toml
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100000 + "]" * 100000, "arrays or objects nested too deeply"),
+    ('{"identity": ' + "7" * 5000 + "}", f"an integer of over {sys.get_int_max_str_digits()} digits"),
+    ("-" + "9" * 4301, f"an integer of over {sys.get_int_max_str_digits()} digits"),
+    ("{not json", "Expecting property name enclosed in double quotes"),
+])
+def test_malformed_json_is_a_json_decode_error(text, message):
+    with pytest.raises(json.JSONDecodeError) as error:
+        parse_json(text)
+    assert error.value.msg == message
+
+
+def test_well_formed_json_reads_as_json_loads_reads_it():
+    limit = sys.get_int_max_str_digits()
+    text = json.dumps({"identity": int("7" * limit), "captions": ["a", "b"], "meta": {"k": [1.5, None, True]}})
+    assert parse_json(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a = " + "[" * 100000 + "]" * 100000, "arrays or tables nested too deeply"),
+    ("seed = " + "7" * 5000, f"an integer of over {sys.get_int_max_str_digits()} digits"),
+    ("seed = ", "Invalid value (at end of document)"),
+])
+def test_malformed_toml_is_a_toml_decode_error(text, message):
+    with pytest.raises(tomllib.TOMLDecodeError, match=f"^{re.escape(message)}$"):
+        parse_toml(text)
