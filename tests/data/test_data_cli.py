@@ -127,7 +127,7 @@ def test_grid_says_when_the_split_has_fewer_rows_than_asked_and_writes_png_names
     records = []
     for identity in "AB":
         for k in range(2):
-            Image.new("RGB", (8, 8)).save(tmp_path / f"{identity}{k}.png")
+            Image.new("RGB", (32, 32)).save(tmp_path / f"{identity}{k}.png")  # the default recipe's down24 fits
             records.append(ManifestRecord(f"{identity}{k}.png", identity, "test", ("c",)))
     manifest = write_manifest(tmp_path / "m.jsonl", records)
     grid = ["data", "grid", "--manifest", str(manifest), "--out"]
@@ -474,8 +474,8 @@ def test_protocol_files_are_replaced_together_or_not_at_all(tmp_path, capsys, mo
 
 
 def test_grid_cells_are_degraded_with_their_own_seeded_draws(tmp_path):
-    """Each degraded cell is its clean cell degraded with the generator of (seed, "row/column"): shared draws
-    would give two cells of a row the same flip, blur and noise."""
+    """Each degraded cell is its image degraded with the generator of (seed, "row/column") (celeba's 112 x 112 is
+    the cell's size): shared draws would give two cells of a row the same flip, blur and noise."""
     from tgfr.data.degrade import degrade_image, image_rng
     from tgfr.data.grid import render_grid
     from tgfr.data.synthetic_faces import OUTPUT_SIZE
@@ -486,8 +486,32 @@ def test_grid_cells_are_degraded_with_their_own_seeded_draws(tmp_path):
     size, header = OUTPUT_SIZE, 22
     for row in range(2):
         for column in range(2):
-            clean = faces[2 * row + column].convert("RGB").resize((size, size))
-            expected = degrade_image(clean, "celeba", image_rng(3, f"{row}/{column}"))
+            expected = degrade_image(faces[2 * row + column], "celeba", image_rng(3, f"{row}/{column}"))
+            y, x = header + row * size, (2 + column) * size
+            assert np.array_equal(picture[y:y + size, x:x + size], np.asarray(expected))
+
+
+def test_grid_degrades_a_manifests_image_at_its_own_size_then_resizes_it_for_its_cell(tmp_path):
+    """As `tgfr data degrade` degrades it: down128 suits a 256 x 256 image, but the 112 x 112 resize that was
+    degraded refused it (and showed a milder down<S> than the copy's)."""
+    from tgfr.data.degrade import degrade_image, image_rng
+    from tgfr.data.synthetic_faces import OUTPUT_SIZE
+
+    records = []
+    for i in range(4):
+        pixels = np.random.default_rng(i).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        records.append(ManifestRecord(f"{i}.png", str(i // 2), "test", (f"caption {i}",)))
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+    assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down128"]) == 0
+    assert main(["data", "grid", "--manifest", str(manifest), "--recipe", "down128", "--seed", "5", "--rows", "2",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    picture = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
+    size, header = OUTPUT_SIZE, 22
+    for row in range(2):
+        for column in range(2):
+            image = Image.open(tmp_path / f"{2 * row + column}.png")
+            expected = degrade_image(image, "down128", image_rng(5, f"{row}/{column}")).resize((size, size))
             y, x = header + row * size, (2 + column) * size
             assert np.array_equal(picture[y:y + size, x:x + size], np.asarray(expected))
 

@@ -447,6 +447,53 @@ def test_a_first_degrade_cut_short_leaves_nothing_that_refuses_the_rerun(tmp_pat
     assert sum(r.split == "test_degraded" for r in read_manifest(out)) == 4
 
 
+def full_disk(path, records):
+    raise OSError(28, "No space left on device", str(path))
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_degrade_whose_manifest_fails_to_write_leaves_the_copy_as_it_was_and_reruns(tmp_path, monkeypatch,
+                                                                                        in_place):
+    """The manifest is written after every image is moved into place: a full disk there left the new recipe's
+    images under a manifest recording the old one (in place), or a first copy's images listed by no manifest,
+    which refused the same command run again. Now the images are taken away again (the earlier ones put back)."""
+    manifest = make_manifest(tmp_path)
+    if in_place:
+        manifest, _ = degrade_manifest(manifest, "test", "down16", out_manifest=manifest)
+    before, paths_before = files_under(tmp_path), sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(degrade_module, "write_manifest", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest if in_place else None)
+    assert files_under(tmp_path) == before and sorted(tmp_path.rglob("*")) == paths_before  # no folder left
+    monkeypatch.setattr(degrade_module, "write_manifest", write_manifest)
+    out, _ = degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest if in_place else None)
+    degraded = [r for r in read_manifest(out) if r.split == "test_degraded"]
+    assert len(degraded) == 4 and {r.meta["recipe"] for r in degraded} == {"jpeg30"}
+    for record in degraded:
+        source = record.meta["source"]
+        expected = degrade_image(Image.open(tmp_path / source), "jpeg30", image_rng(0, source))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+
+
+def test_a_degrade_cut_short_among_its_moves_into_place_puts_the_earlier_copy_back(tmp_path, monkeypatch):
+    """A Ctrl-C after some images of an in-place replacement were moved into place: they are taken away again
+    and the earlier images put back, under the manifest that still records their recipe."""
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", out_manifest=tmp_path / "manifest.jsonl")
+    before, paths_before = files_under(tmp_path), sorted(tmp_path.rglob("*"))
+    move, moves = degrade_module.shutil.move, []
+
+    def interrupted_at_the_fourth(source, destination):  # an earlier image aside, a new one in: twice, then
+        moves.append(source)
+        if len(moves) == 4:
+            raise KeyboardInterrupt
+        return move(source, destination)
+
+    monkeypatch.setattr(degrade_module.shutil, "move", interrupted_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    assert files_under(tmp_path) == before and sorted(tmp_path.rglob("*")) == paths_before
+
+
 def test_cli_degrade_refuses_an_existing_split_name(tmp_path, capsys):
     manifest = make_manifest(tmp_path)
     assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down16", "--name", "train"]) == 2
@@ -464,6 +511,46 @@ def test_degrade_name_must_be_one_plain_folder_name(tmp_path, name):
     before = files_of(tmp_path)
     with pytest.raises(ValueError, match=r"name \(--name\) must be one plain name"):
         degrade_manifest(manifest, "test", "down16", name=name, out_manifest=tmp_path / "m/out.jsonl")
+    assert files_of(tmp_path) == before
+
+
+@pytest.mark.parametrize("folder", ["../escaped", "absolute", ".", "a/b"])
+def test_degrade_records_folder_must_be_one_plain_name(tmp_path, folder):
+    """degrade_records is public: its `folder` is checked itself, since a target counts as inside the copy's
+    folder wherever that folder is ("../escaped" wrote beside root, "." among the source images)."""
+    records = read_manifest(make_manifest(tmp_path / "m"))[:2]
+    folder = str(tmp_path / "elsewhere") if folder == "absolute" else folder
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=rf"^folder must be one plain name \(no '/', '\\', '.' or '..'\), "
+                                         rf"got {re.escape(repr(folder))}$"):
+        degrade_records(records, tmp_path / "m", "down16", "copy", folder=folder)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_degrade_refuses_an_out_manifest_outside_the_input_manifests_folder(tmp_path):
+    """The new records' image paths are relative to the input manifest's folder: written elsewhere, the
+    manifest would list images that are not there."""
+    manifest = make_manifest(tmp_path / "m")
+    (tmp_path / "other").mkdir()
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=rf"^out_manifest {re.escape(str(tmp_path / 'other/out.jsonl'))} must be in "
+                                         rf"the input manifest's folder {re.escape(str(tmp_path / 'm'))} "):
+        degrade_manifest(manifest, "test", "down16", out_manifest=tmp_path / "other/out.jsonl")
+    assert files_of(tmp_path) == before and not (tmp_path / "m/test_degraded").exists()
+    assert not (tmp_path / "other/out.jsonl").exists()
+
+
+def test_degrade_refuses_to_replace_a_split_that_is_only_partly_a_degraded_copy(tmp_path):
+    """An earlier copy plus a record added by hand under its split name (a real low-quality photo, no
+    meta "source"): replacing the split would drop that record from the manifest."""
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", out_manifest=tmp_path / "manifest.jsonl")
+    face(8).save(tmp_path / "images/real_low_quality.png")
+    write_manifest(manifest, [*read_manifest(manifest),
+                              ManifestRecord("images/real_low_quality.png", "8", "test_degraded", ("c",))])
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match="name 'test_degraded' is already a split of .*manifest.jsonl that is not a "
+                                         "degraded copy of split 'test'"):
+        degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
     assert files_of(tmp_path) == before
 
 

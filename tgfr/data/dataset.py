@@ -138,14 +138,20 @@ class FaceCaptionDataset(Dataset):
         draw-th repeat of an image in one batch (the identity-balanced sampler's), which draws its own
         augmentation and captions (they may still coincide with the original's when there are few to
         draw from), or (index, draw, epoch) to draw as in that epoch whatever set_epoch said: a
-        sampler's keys reach persistent DataLoader workers, where set_epoch does not."""
+        sampler's keys reach persistent DataLoader workers, where set_epoch does not.
+        The captions and the transform draw from the two children, in that order, of
+        numpy.random.SeedSequence((seed, epoch, index, draw)).spawn(2) (numpy reads a trailing 0 as absent: draw 0
+        seeds with (seed, epoch, index))."""
         if isinstance(key, tuple) and not 2 <= len(key) <= 3:
             raise ValueError(f"key must be an index, (index, draw) or (index, draw, epoch), got {key!r}")
         index, draw, epoch = (*key, self.epoch)[:3] if isinstance(key, tuple) else (key, 0, self.epoch)
         draw = check_count("draw", draw, minimum=0)
-        if isinstance(index, bool):  # operator.index takes True for 1, as a boolean draw is refused
-            raise TypeError(f"index must be an integer, got bool {index}")
-        index = operator.index(index)  # a 0-d integer tensor too (SubsetRandomSampler yields those)
+        try:
+            if isinstance(index, bool):  # operator.index takes True for 1, as a boolean draw is refused
+                raise TypeError
+            index = operator.index(index)  # a 0-d integer tensor too (SubsetRandomSampler yields those)
+        except TypeError:  # operator.index's own error ("'list' object cannot be ...") names no argument
+            raise TypeError(f"index must be an integer, got {type(index).__name__} {index!r}") from None
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for the {len(self)} images of the dataset")
         index %= len(self)
@@ -161,7 +167,9 @@ class FaceCaptionDataset(Dataset):
         except ValueError as error:  # the file changed since the check at construction
             raise ValueError(f"{error} ({self.bad_image_hint})") from None
         image = self.transform(image, np.random.default_rng(image_seed))
-        return {"image": image, "label": self.labels[index], "caption": captions[0],
+        # A copy: self.labels[index] is a view, through which an item's label changed in place would change the
+        # dataset's labels (which the identity-balanced sampler and the evaluation read).
+        return {"image": image, "label": self.labels[index].clone(), "caption": captions[0],
                 "captions": captions, "index": index}
 
 

@@ -27,6 +27,7 @@ does not depend on the order or the number of worker processes.
 
 import contextlib
 import io
+import itertools
 import os
 import posixpath
 import re
@@ -267,7 +268,9 @@ def _raise_first(errors: Sequence[str | None]) -> None:
 
 def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe: str, split_name: str,
                     seed: int = 0, folder: str | None = None, workers: int = 1,
-                    bad_images: str = "error", listed: Collection[str] = ()) -> tuple[list[ManifestRecord], list[str]]:
+                    bad_images: str = "error", listed: Collection[str] = (),
+                    list_copy: Callable[[list[ManifestRecord], list[str]], object] | None = None,
+                    ) -> tuple[list[ManifestRecord], list[str]]:
     """Writes a degraded PNG of every record under root/folder and returns their new records.
 
     New records keep identity and captions, take split `split_name`, path
@@ -281,6 +284,10 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     before any is written. The images are written into a hidden folder root/.staging.<hex>.tmp
     and moved into root/folder once every one is written, so an earlier copy being replaced is not
     left half-replaced by a run cut short (a killed one leaves that hidden folder).
+    list_copy(records, errors), when given, is called once every image is in place, to write what lists them
+    (degrade_manifest's manifest, atomically); if it raises (a full disk, a Ctrl-C), or a move into place
+    does, the images moved are taken away again and the files they replaced put back: root/folder is left as
+    it was, in step with the listing that list_copy did not change.
     """
     parse_recipe(recipe)
     if bad_images not in ("error", "skip"):
@@ -297,7 +304,9 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     # earlier copy, with the manifest that lists it, as it was (a rerun then starts afresh).
     # Not named after `folder`: a name of up to 255 bytes, which the folder can have, would not fit.
     staging = root / f".{STAGING}.{secrets.token_hex(4)}.tmp"
-    staged = [staging / PurePosixPath(path).relative_to(folder) for path in new_paths]
+    # The files that the new images replace wait under "old" until list_copy is done, to be put back if it fails.
+    within = [PurePosixPath(path).relative_to(folder) for path in new_paths]
+    staged, aside = [staging / "new" / path for path in within], [staging / "old" / path for path in within]
     tasks = [(str(root / r.path), str(s), str(root / path), r.path, recipe, seed)
              for r, s, path in zip(records, staged, new_paths)]
     parallel = workers > 1 and len(tasks) > 1
@@ -314,16 +323,50 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
             errors = run(_degrade_one, tasks)
         if bad_images == "error":
             _raise_first(errors)  # a file that changed since its check
-        for path, staged_path, error in zip(new_paths, staged, errors):
-            if error is None:
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(staged_path, root / path)  # a rename, unless the copy's folder is elsewhere
+        degraded = [ManifestRecord(path, r.identity, split_name, r.captions,
+                                   {"source": r.path, "recipe": recipe, "seed": seed})
+                    for r, path, error in zip(records, new_paths, errors) if error is None]
+        failed = [error for error in errors if error is not None]
+        placed: list[tuple[Path, Path | None]] = []
+        made: list[Path] = []
+        try:
+            for path, staged_path, aside_path, error in zip(new_paths, staged, aside, errors):
+                if error is None:
+                    target = root / path
+                    made += _make_folders(target.parent)
+                    earlier = aside_path if os.path.lexists(target) else None
+                    placed.append((target, earlier))
+                    if earlier is not None:
+                        aside_path.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(target, aside_path)
+                    shutil.move(staged_path, target)  # a rename, unless the copy's folder is elsewhere
+            if list_copy is not None:
+                list_copy(degraded, failed)
+        except BaseException:
+            _put_back(placed, made)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    degraded = [ManifestRecord(path, r.identity, split_name, r.captions, {"source": r.path, "recipe": recipe,
-                                                                         "seed": seed})
-                for r, path, error in zip(records, new_paths, errors) if error is None]
-    return degraded, [error for error in errors if error is not None]
+    return degraded, failed
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Makes `folder` with its missing parents; returns the folders it made, each after its parent."""
+    missing = list(itertools.takewhile(lambda path: not os.path.lexists(path), (folder, *folder.parents)))
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def _put_back(placed: Sequence[tuple[Path, Path | None]], made: Sequence[Path]) -> None:
+    """Undoes degrade_records' moves into place: each (target, aside) loses its new image and gets back the
+    file it replaced, waiting at `aside` (None: it replaced nothing); then the folders made for them go."""
+    for target, aside in reversed(placed):
+        if aside is None:
+            target.unlink(missing_ok=True)
+        elif os.path.lexists(aside):  # else the move aside was cut short: `target` is still the earlier file
+            shutil.move(aside, target)
+    for folder in reversed(made):
+        folder.rmdir()
 
 
 def _check_folder_holds_only(folder: Path, name: str, out_manifest: Path,
@@ -401,13 +444,19 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
         _check_folder_holds_only(copy_folder, name, out_manifest,
                                  earlier if out_manifest.resolve() == manifest.resolve() else None)
         kept = [record for record in records if record.split != name]
+
+        def list_copy(degraded: list[ManifestRecord], failed: list[str]) -> None:
+            if not degraded:  # every image skipped: a manifest without the split would look like a copy made
+                raise ValueError(f"every image of split {split!r} was skipped, nothing was written; the first: "
+                                 f"{failed[0]}")
+            write_manifest(out_manifest, kept + degraded)
+
+        # Written while the earlier copy's images are kept aside: a manifest that fails to write (a full disk) has the
+        # new images taken away and the earlier put back, not new images left under the old recipe, or unlisted
+        # images that refuse the rerun.
         degraded, failed = degrade_records(select_split(kept, split), manifest.parent, recipe, name, seed,
                                            workers=workers, bad_images=bad_images,
-                                           listed=[r.path for r in kept])
-        if not degraded:  # every image skipped: a manifest without the split would look like a copy made
-            raise ValueError(f"every image of split {split!r} was skipped, nothing was written; the first: "
-                             f"{failed[0]}")
-        written = write_manifest(out_manifest, kept + degraded)
+                                           listed=[r.path for r in kept], list_copy=list_copy)
         # An earlier copy's image whose source was skipped this time keeps the earlier recipe, listed by
         # no manifest now: left, it would make the next degrade into `name` refuse the folder.
         rewritten, inside = {record.path for record in degraded}, copy_folder.resolve()
@@ -415,4 +464,4 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
             path = manifest.parent / record.path
             if record.path not in rewritten and path.resolve().is_relative_to(inside):
                 path.unlink(missing_ok=True)
-        return written, failed
+        return out_manifest, failed

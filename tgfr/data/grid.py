@@ -52,7 +52,8 @@ def manifest_rows(manifest: str | Path, rows: int, split: str = "test") -> list[
 
 
 def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, recipe: str, seed: int = 0) -> Path:
-    """Writes the grid PNG; degraded copies use `recipe` seeded per cell."""
+    """Writes the grid PNG, cells of OUTPUT_SIZE x OUTPUT_SIZE; each degraded cell is its image degraded with
+    `recipe` at its own size (with the generator image_rng(seed, "<row>/<column>")), then resized for the cell."""
     size = OUTPUT_SIZE
     font = ImageFont.load_default(size=13)
     header = 22
@@ -63,9 +64,11 @@ def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, reci
     for row, (images, caption) in enumerate(rows):
         y = header + row * size
         for column, image in enumerate(images):
-            clean = image.convert("RGB").resize((size, size))
-            grid.paste(clean, (column * size, y))
-            grid.paste(degrade_image(clean, recipe, image_rng(seed, f"{row}/{column}")), ((2 + column) * size, y))
+            # As `tgfr data degrade` degrades it: degrading a resize to the cell's size refused a down<S> that suits
+            # the image, and showed a down<S> or face2text milder than the copy's.
+            degraded = degrade_image(image, recipe, image_rng(seed, f"{row}/{column}"))
+            grid.paste(image.convert("RGB").resize((size, size)), (column * size, y))
+            grid.paste(degraded.resize((size, size)), ((2 + column) * size, y))
         text = "\n".join(textwrap.wrap(caption, width=52)[:6])
         draw.multiline_text((4 * size + 8, y + 8), text, fill=(0, 0, 0), font=font, spacing=3)
     out = Path(out)
