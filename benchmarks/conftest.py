@@ -7,9 +7,12 @@ full mode (TGFR_BENCH_FULL=1) runs the shapes the issues name, with more rounds.
 extra_info, from any benchmark file) and every record made through the `results_record` fixture
 into the JSON file PATH (benchmarks/recording.py); `--tgfr-results auto` picks
 benchmarks/results/<machine kind>.json. A PATH that is not a results file this machine's runs may
-merge into (another machine kind's) is refused before anything runs. Cases of tests that failed are left out (their figures may
-time a wrong result, and merged they would replace a good earlier case), and so are benchmarks
-whose timed function raised (a test may catch that and skip, e.g. on running out of memory).
+merge into (another machine kind's), or that cannot be written (a folder, a path under a file), is
+refused before anything runs; one that fails to be written when the run ends has the run's cases
+saved in a results file of their own in the temporary folder, named on the terminal. Cases of
+tests that failed are left out (their figures may time a wrong result, and merged they would replace
+a good earlier case), and so are benchmarks whose timed function raised (a test may catch that and
+skip, e.g. on running out of memory).
 `python -m benchmarks.render` turns those files into benchmarks/RESULTS.md.
 """
 
@@ -17,6 +20,8 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import pytest
 import torch
 
 from benchmarks import recording
+from tgfr.output_paths import check_output_file, check_output_folder
 
 FULL = os.environ.get("TGFR_BENCH_FULL") == "1"
 MODE = "full" if FULL else "quick"
@@ -118,8 +124,13 @@ def pytest_configure(config):
             path = recording.RESULTS_DIR / f"{machine['kind']}.json"
         # Checked before the benchmarks run (hours in full mode) rather than when their cases are merged.
         try:
-            recording.read_results(path, machine)
+            check_output_file("--tgfr-results", path)
+            check_output_folder("--tgfr-results", Path(path).parent, writable=True)
         except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+        try:
+            recording.read_results(path, machine)
+        except (ValueError, OSError) as error:
             raise pytest.UsageError(f"--tgfr-results: {error}") from None
         config.stash[_RESULTS_FILE] = (Path(path), machine, recording.CpuContention(), recording.run_description(MODE))
 
@@ -143,11 +154,24 @@ def pytest_sessionfinish(session):
              for metadata in getattr(benchmark_session, "benchmarks", [])
              if not metadata.has_error and metadata.fullname not in failed]
     cases = timed + [record for record in session.config.stash[_RECORDS] if record["fullname"] not in failed]
-    if cases:
-        recording.write_results(path, machine, recording.finished_run(started, MODE, contention), cases)
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"tgfr: {len(cases)} benchmark cases merged into {path}")
+    if not cases:
+        return
+    run = recording.finished_run(started, MODE, contention)
+    try:
+        recording.write_results(path, machine, run, cases)
+        message = f"tgfr: {len(cases)} benchmark cases merged into {path}"
+    except OSError as error:
+        # The file became unwritable during the run (a full disk, a folder made in its place): the run's
+        # measurements, hours of them in full mode, are kept in a results file of their own.
+        fallback = Path(tempfile.mkdtemp(prefix="tgfr-results-")) / path.name
+        recording.write_results(fallback, machine, run, cases)
+        message = f"tgfr: could not write {path} ({error}); this run's {len(cases)} benchmark cases are in {fallback}"
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(message)
+    else:
+        print(message, file=sys.stderr)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -13,6 +13,7 @@ each machine's section lists every run that supplied a shown row, a dirty tree's
 """
 
 import argparse
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +29,11 @@ GPU_COMMAND = "bash benchmarks/run_gpu.sh"
 # What the tables and the plot read of a GPU case's and of a sweep case's extra_info.
 GPU_CASE_FIELDS = ("implementation", "dtype", "passes", "N")
 SWEEP_FIELDS = ("op", "implementation", "passes", "budget_mib", "largest_fitting_n", "stopped_by", "steps")
+# The kinds of value they read where a field is present: text, numbers, and numbers that may be null (a "-").
+STRING_FIELDS = ("op", "implementation", "passes", "dtype", "stopped_by")
+NUMBER_FIELDS = ("N", "ms", "useful_tflops", "peak_gb", "budget_mib")
+NUMBER_OR_NULL_FIELDS = ("seconds", "useful_gflops", "fraction_of_matmul", "fraction_of_matmul_same_dtype",
+                         "peak_rss_rise_mib", "largest_fitting_n")
 
 
 def normalize_case(case: dict) -> dict | None:
@@ -97,6 +103,8 @@ def _gpu_lines(path: Path) -> dict:
             raise ValueError(f"{path}, line {number}: not valid JSON: {error}") from None
         if missing := [field for field in GPU_CASE_FIELDS if not isinstance(record, dict) or field not in record]:
             raise ValueError(f"{path}, line {number}: a GPU case lacks {', '.join(missing)}")
+        if problem := _values_problem(record):
+            raise ValueError(f"{path}, line {number}: a GPU case's {problem}")
         runs[(record.get("commit"), record.get("date"))] = dict(
             commit=record.get("commit"), date=record.get("date"), torch=record.get("torch"), mode="full",
             threads=None, command=record.get("command", "bash benchmarks/run_gpu.sh"),
@@ -135,11 +143,50 @@ def _case_problem(case: object) -> str | None:
         return f"extra_info must be a JSON object, got {type(info).__name__}"
     if "name" not in case:
         return "lacks name"
+    stats = case.get("stats") or {}
+    if not isinstance(stats, dict) or not _is_number_or_null(stats.get("median")):
+        return f"stats must be a JSON object whose median is a number or null, got {stats!r}"
     required = SWEEP_FIELDS if _is_sweep(case) else GPU_CASE_FIELDS if _is_gpu_case(case) else ()
     if missing := [field for field in required if field not in info]:
         return f"lacks extra_info {', '.join(missing)}"
-    if _is_op_case(case) and not (isinstance(info["shape"], dict) and "N" in info["shape"]):
-        return f"extra_info shape must be an object holding N, got {info['shape']!r}"
+    if _is_op_case(case) and not (isinstance(info["shape"], dict) and _is_number(info["shape"].get("N"))):
+        return f"extra_info shape must be an object holding a number N, got {info['shape']!r}"
+    if required or _is_op_case(case):  # the other cases' extra_info is only printed
+        if problem := _values_problem(info):
+            return f"extra_info {problem}"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_number_or_null(value: object) -> bool:
+    return value is None or _is_number(value)
+
+
+def _values_problem(info: dict) -> str | None:
+    """What is wrong with the values the tables and the plot read of a comparison row's or a sweep's
+    extra_info `info` (None if nothing), e.g. "passes must be a string, got 1"."""
+    for fields, kind, fits in ((STRING_FIELDS, "a string", lambda value: isinstance(value, str)),
+                               (NUMBER_FIELDS, "a number", _is_number),
+                               (NUMBER_OR_NULL_FIELDS, "a number or null", _is_number_or_null)):
+        if wrong := next((field for field in fields if field in info and not fits(info[field])), None):
+            return f"{wrong} must be {kind}, got {info[wrong]!r}"
+    if "steps" not in info:
+        return None
+    if not isinstance(info["steps"], list):
+        return f"steps must be a JSON array, got {type(info['steps']).__name__}"
+    for index, step in enumerate(info["steps"]):
+        if not isinstance(step, dict):
+            return f"steps[{index}] must be a JSON object, got {type(step).__name__}"
+        measured = not step.get("out_of_memory")
+        # A measured step is a table cell and a plotted point; one that ran out of memory has only its N.
+        numbers = ("N", "seconds", "peak_rss_rise_mib") if measured else ("N",)
+        if wrong := next((field for field in numbers if not _is_number(step.get(field))), None):
+            return f"steps[{index}] {wrong} must be a number, got {step!r}"
+        if measured and not isinstance(step.get("fits"), bool):
+            return f"steps[{index}] fits must be true or false, got {step!r}"
     return None
 
 
@@ -251,8 +298,9 @@ def _machine_title(machine: dict) -> str:
 def run_list(runs: list[dict], cases: list[dict]) -> tuple[list[str], dict[tuple, str]]:
     """Markdown lines naming each run that measured one of `cases` (commit and any note on it, dates,
     torch, threads, mode, machine, other processes' share of its CPUs, command), in the order of `runs`,
-    and the label (r1, r2, ...) of each case's run_key. Runs that differ in their date only share a label (the GPU benchmark once dated each
-    of its lines); a case whose run `runs` lacks gets a label of its own commit and date."""
+    and the label (r1, r2, ...) of each case's run_key. Runs that differ in their date only share a label
+    (the GPU benchmark once dated each of its lines); a case whose run `runs` lacks gets a label of its own
+    commit and date."""
     measuring = {run_key(case) for case in cases}
     known = {run_key(run): run for run in runs}
     ordered = [run for key, run in known.items() if key in measuring]
@@ -311,10 +359,10 @@ def machine_section(results: dict, plot_name: str | None) -> list[str]:
     return lines
 
 
-def plot(results: dict, path: Path) -> bool:
-    """Time and peak memory against N per op (forward+backward, or forward where that is all
+def plot(results: dict) -> bytes | None:
+    """A PNG of time and peak memory against N per op (forward+backward, or forward where that is all
     there is), log-log, one line per implementation and dtype, the sweeps' steps dotted and
-    their budget as a grey line. False when there is nothing to plot."""
+    their budget as a grey line. None when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +379,7 @@ def plot(results: dict, path: Path) -> bool:
         sizes[row["op"]].add(row["N"])
     ops = sorted(op for op in sizes if len(sizes[op]) > 1 or op in budgets) or sorted(sizes)
     if not ops:
-        return False
+        return None
     sweeps = [case["extra_info"] for case in cases if _is_sweep(case)]
     colors = {implementation: f"C{index}" for index, implementation in enumerate(IMPLEMENTATION_ORDER)}
     figure, axes = plt.subplots(len(ops), 2, figsize=(11, 4 * len(ops)), squeeze=False)
@@ -366,13 +414,15 @@ def plot(results: dict, path: Path) -> bool:
         memory_axis.legend(fontsize=7)
     figure.suptitle(results["name"])
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
     plt.close(figure)
-    return True
+    return png.getvalue()
 
 
 def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
-    """Writes `output` (and a PNG per machine into results_dir); returns the markdown."""
+    """Writes `output` (and a PNG per machine into results_dir); returns the markdown. Every file is
+    read and drawn before anything is written: a malformed one leaves the page and the plots as they were."""
     lines = [
         "# Benchmark results", "",
         "Generated by `python -m benchmarks.render` from the JSON files in benchmarks/results/; do not edit by hand.",
@@ -397,12 +447,16 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
     files = load_results(results_dir)
     if not files:
         lines += ["No results yet.", ""]
+    plots = {}
     for results in files:
         plot_name = f"{results['name']}.png"
-        if not plot(results, Path(results_dir) / plot_name):
-            plot_name = None
-        lines += machine_section(results, plot_name)
+        if png := plot(results):
+            plots[plot_name] = png
+        lines += machine_section(results, plot_name if png else None)
     markdown = "\n".join(lines).rstrip() + "\n"
+    for plot_name, png in plots.items():
+        with write_atomically(Path(results_dir) / plot_name, "plot", binary=True) as file:
+            file.write(png)
     with write_atomically(output, "results page") as file:
         file.write(markdown)
     return markdown

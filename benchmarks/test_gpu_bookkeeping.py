@@ -35,6 +35,22 @@ def test_a_step_that_ran_out_of_memory_is_freed_before_the_case_is_skipped():
     assert not gpu._ran_out_of_memory(lambda: None)
 
 
+def test_a_step_leaves_no_gradients_for_the_next_to_add_into(monkeypatch):
+    """The peak is read on a second step up to the tuned range, on the first past it: gradients kept from
+    the step before counted in the one and not the other, and every timed round added into them."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)  # CPU leaves stand in for the GPU's
+    words = torch.randn(3, gpu.NUM_WORDS, 8, requires_grad=True)
+    regions = torch.randn(4, gpu.NUM_REGIONS, 8, requires_grad=True)
+    lengths = torch.full((3,), gpu.NUM_WORDS)
+    backward_ran = []
+    words.register_hook(lambda grad: backward_ran.append(grad.shape))
+    step = gpu._step("reference", "forward_backward", words, lengths, regions)
+    for steps_run in (1, 2):
+        step()
+        assert len(backward_ran) == steps_run
+        assert words.grad is None and regions.grad is None
+
+
 def test_the_lines_of_one_session_are_one_run_with_the_given_commit(tmp_path, monkeypatch):
     """Two cases recorded a second apart by one pytest session: one run in the rendered results
     (whose run list is keyed by commit and date), under the session's commit."""

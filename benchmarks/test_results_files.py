@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -383,6 +384,42 @@ def test_render_names_every_run_a_shown_figure_comes_from_and_marks_a_dirty_tree
     sweep_row = next(line for line in markdown.splitlines() if line.startswith("| word_region | fused | 64 |"))
     model_row = next(line for line in markdown.splitlines() if line.startswith("| benchmarks/test_models.py"))
     assert sweep_row.endswith(f"| {labels['55555555']} |") and model_row.endswith(f"| {labels['55555555']} |")
+    # The sweep has its own table: "Other benchmarks" holds the cases no other table shows.
+    other_rows = markdown.split("#### Other benchmarks\n\n")[1].split("\n\n")[0].splitlines()[2:]
+    assert other_rows == [model_row]
+
+
+def test_a_runs_note_on_its_commit_and_its_platform_are_on_its_run_line(tmp_path):
+    """The note that the checkout moved during a CPU run, and the GPU file's note on what its commit names, are
+    the only provenance of their figures beyond the commit."""
+    cpu_note, gpu_note = "the checkout was at def when the run ended", "tracked files of this commit"
+    results = recording.merge_results(None, MACHINE, {**run("full", "abc"), "commit_note": cpu_note},
+                                      [word_region_case("fused", "forward", "float32", 8, 0.01, 2.0)])
+    (tmp_path / "cpu.json").write_text(json.dumps(results))
+    gpu_line = {"device": "NVIDIA H100", "commit": "c", "date": "d", "commit_note": gpu_note,
+                "implementation": "triton", "dtype": "bfloat16", "N": 64, "passes": "forward", "ms": 1.0,
+                "useful_tflops": 1.0, "peak_gb": 0.5}
+    (tmp_path / "word_region_gpu_NVIDIA_H100.jsonl").write_text(json.dumps(gpu_line) + "\n")
+
+    markdown = render.render(tmp_path, tmp_path / "RESULTS.md")
+
+    cpu_line, gpu_run_line = [line for line in markdown.splitlines() if line.startswith("- r")]
+    assert cpu_line.startswith(f"- r1: commit abc ({cpu_note}); {run('full', 'abc')['date']}")
+    assert f"on {MACHINE['cpu']}, {MACHINE['logical_cores']} logical cores, {MACHINE['platform']}:" in cpu_line
+    assert gpu_run_line.startswith(f"- r1: commit c ({gpu_note}); d")
+
+
+def test_a_case_whose_run_the_file_lacks_is_labelled_with_its_own_commit_and_date():
+    """A results file cut by hand (its runs list emptied) still names where each figure comes from."""
+    listed, unlisted = run("full", "abc"), {"commit": "lost", "date": "2026-04-04T00:00:00+00:00"}
+    lines, labels = render.run_list([listed], [{"commit": listed["commit"], "date": listed["date"]}, unlisted])
+    assert lines[1] == f"- r2: commit {unlisted['commit']}; {unlisted['date']}"
+    assert labels == {render.run_key(listed): "r1", render.run_key(unlisted): "r2"}
+
+
+def test_a_bar_in_an_extra_info_value_does_not_split_the_other_benchmarks_row():
+    lines = render.other_table([{**case("m::t", 0.5, note="a|b"), "commit": "c", "date": "d"}], {("c", "d"): "r1"})
+    assert lines[4] == "| m::t | 500.0 ms | note=a/b | r1 |"
 
 
 def test_one_commits_runs_on_several_dates_are_one_run_line_giving_the_range():
@@ -593,6 +630,51 @@ def test_tgfr_results_that_is_not_a_results_file_is_a_usage_error_before_the_run
     assert "Traceback" not in output and "INTERNALERROR" not in output, output
 
 
+@pytest.mark.parametrize("where, message", [
+    ("folder", "--tgfr-results {results} is a folder, not a file"),
+    ("file/results.json", "--tgfr-results {results}: {tmp_path}/file is a file, not a folder"),
+], ids=["a folder", "under a file"])
+def test_tgfr_results_that_cannot_be_written_is_a_usage_error_before_the_run(tmp_path, where, message):
+    """Found before the benchmarks run, not by the write after them (the run's measurements lost)."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    results = tmp_path / where
+    pytest_run = _pytest_one_benchmark_with_tgfr_results(tmp_path, results)
+    output = pytest_run.stdout + pytest_run.stderr
+    assert pytest_run.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert f"ERROR: {message.format(results=results, tmp_path=tmp_path)}" in output, output
+    assert "Traceback" not in output and "INTERNALERROR" not in output and "passed" not in output, output
+
+
+def test_tgfr_results_in_a_folder_this_process_may_not_write_is_a_usage_error(tmp_path, monkeypatch):
+    """os.access stands in for a read-only folder (root, who runs these tests in CI, may write any)."""
+    from benchmarks import conftest
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode))
+    config = types.SimpleNamespace(stash={}, getoption=lambda name: str(folder / "results.json"))
+    with pytest.raises(pytest.UsageError, match=f"^--tgfr-results {re.escape(str(folder))}: "
+                                                f"{re.escape(str(folder))} is not writable$"):
+        conftest.pytest_configure(config)
+
+
+def test_a_results_file_that_fails_to_be_written_after_the_run_keeps_the_cases_in_a_file_it_names(tmp_path):
+    """A folder made where the file was due stands in for any write failing after the benchmarks ran."""
+    results = tmp_path / "results.json"
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    pytest_run = _pytest_one_benchmark_with_tgfr_results(tmp_path, results, after=f"os.mkdir({str(results)!r})",
+                                                         environment={"TMPDIR": str(temporary)})
+    output = pytest_run.stdout + pytest_run.stderr
+    assert pytest_run.returncode == pytest.ExitCode.INTERNAL_ERROR, output
+    (fallback,) = temporary.glob("tgfr-results-*/results.json")
+    assert re.search(f"tgfr: could not write {re.escape(str(results))} \\(.*Is a directory.*\\); this run's 1 "
+                     f"benchmark cases are in {re.escape(str(fallback))}$", output, re.MULTILINE), output
+    assert "Traceback" not in output, output
+    assert list(json.loads(fallback.read_text())["cases"]) == ["quick::test_cases.py::test_passes"]
+
+
 def test_commit_is_unknown_without_git_on_path(monkeypatch, tmp_path):
     monkeypatch.delenv("TGFR_COMMIT", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no git
@@ -673,6 +755,10 @@ SWEEP_WITHOUT_BUDGET = case("s::t", 0.0, kind="sweep", op="word_region", impleme
                             steps=[])
 OP_CASE_WITHOUT_N = word_region_case("fused", "forward", "float32", 8, 0.1, 1.0)
 OP_CASE_WITHOUT_N["extra_info"]["shape"] = {"M": 8}
+SWEEP_STEP_WITHOUT_SECONDS = case("s::t", 0.0, **{**SWEEP_WITHOUT_BUDGET["extra_info"], "budget_mib": 64,
+                                                  "steps": [{"N": 8, "fits": True, "peak_rss_rise_mib": 1.0}]})
+GPU_LINE = {"implementation": "triton", "dtype": "bfloat16", "passes": "forward", "N": 8, "ms": 1.0,
+            "useful_tflops": 1.0}
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -684,7 +770,7 @@ OP_CASE_WITHOUT_N["extra_info"]["shape"] = {"M": 8}
     ("cpu.json", results_text({"full::s::t": SWEEP_WITHOUT_BUDGET}),
      "results file {path}: case 'full::s::t' lacks extra_info budget_mib"),
     ("cpu.json", results_text({"full::w": OP_CASE_WITHOUT_N}),
-     "results file {path}: case 'full::w' extra_info shape must be an object holding N, got {{'M': 8}}"),
+     "results file {path}: case 'full::w' extra_info shape must be an object holding a number N, got {{'M': 8}}"),
     ("cpu.json", results_text({"full::g": case("g::t", 1.0, useful_tflops=1.0, dtype="bfloat16", N=8)}),
      "results file {path}: case 'full::g' lacks extra_info implementation, passes"),
     ("cpu.json", results_text({"full::x": {"fullname": "x::t", "stats": {"median": 1.0}}}),
@@ -696,6 +782,21 @@ OP_CASE_WITHOUT_N["extra_info"]["shape"] = {"M": 8}
     ("word_region_gpu_X.jsonl", '{"implementation": "triton", "dtype": "bfloat16", "N": 8}\n',
      "{path}, line 1: a GPU case lacks passes"),
     ("word_region_gpu_X.jsonl", '\n[1, 2]\n', "{path}, line 2: a GPU case lacks implementation, dtype, passes, N"),
+    # What the tables and the plot read must be of its kind: a KeyError, an AttributeError or matplotlib's
+    # "Data cannot be log-scaled" named nothing.
+    ("cpu.json", results_text({"full::s": SWEEP_STEP_WITHOUT_SECONDS}),
+     "results file {path}: case 'full::s' extra_info steps[0] seconds must be a number, got "
+     "{{'N': 8, 'fits': True, 'peak_rss_rise_mib': 1.0}}"),
+    ("cpu.json", results_text({"full::w": word_region_case("fused", 1, "float32", 8, 0.1, 1.0)}),
+     "results file {path}: case 'full::w' extra_info passes must be a string, got 1"),
+    ("cpu.json", results_text({"full::w": {**word_region_case("fused", "forward", "float32", 8, "fast", 1.0),
+                                           "stats": {"median": 0.1}}}),
+     "results file {path}: case 'full::w' extra_info seconds must be a number or null, got 'fast'"),
+    ("cpu.json", results_text({"full::x": {**case("x::t", 1.0), "stats": {"median": "1 s"}}}),
+     "results file {path}: case 'full::x' stats must be a JSON object whose median is a number or null, "
+     "got {{'median': '1 s'}}"),
+    ("word_region_gpu_X.jsonl", json.dumps({**GPU_LINE, "N": "8"}) + "\n",
+     "{path}, line 1: a GPU case's N must be a number, got '8'"),
 ])
 def test_the_renderer_names_the_file_and_what_a_malformed_one_lacks(tmp_path, name, text, message):
     """A bare KeyError or AttributeError named neither; a results file is checked as a run merging into it
@@ -704,3 +805,31 @@ def test_the_renderer_names_the_file_and_what_a_malformed_one_lacks(tmp_path, na
     path.write_text(text)
     with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
         render.load_results(tmp_path)
+
+
+@pytest.mark.parametrize("failure", ["a malformed file", "a plot that fails"])
+def test_a_render_that_fails_leaves_the_page_and_every_plot_as_they_were(tmp_path, monkeypatch, failure):
+    """The plot of a file sorted before the failing one was rewritten, the page not: they disagreed."""
+    good = recording.merge_results(None, MACHINE, run("full", "abc"), [
+        word_region_case("fused", "forward", "float32", size, 0.01 * size, float(size)) for size in (8, 16)])
+    (tmp_path / "a.json").write_text(json.dumps(good))
+    if failure == "a malformed file":
+        (tmp_path / "b.json").write_text(results_text({"full::s": SWEEP_STEP_WITHOUT_SECONDS}))
+        raised = f"^results file {re.escape(str(tmp_path / 'b.json'))}: "
+    else:
+        (tmp_path / "b.json").write_text(json.dumps({**good, "machine": {**MACHINE, "kind": "b"}}))
+        real_plot = render.plot
+
+        def plot_failing_for_b(results, *arguments):
+            if results["name"] == "b":
+                raise ValueError("plot of b failed")
+            return real_plot(results, *arguments)
+
+        monkeypatch.setattr(render, "plot", plot_failing_for_b)
+        raised = "^plot of b failed$"
+    (tmp_path / "a.png").write_bytes(b"earlier plot")
+    (tmp_path / "RESULTS.md").write_text("earlier page\n")
+    with pytest.raises(ValueError, match=raised):
+        render.render(tmp_path, tmp_path / "RESULTS.md")
+    assert (tmp_path / "a.png").read_bytes() == b"earlier plot"
+    assert (tmp_path / "RESULTS.md").read_text() == "earlier page\n"

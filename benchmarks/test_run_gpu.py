@@ -14,7 +14,8 @@ import pytest
 
 _SCRIPT = Path(__file__).resolve().parent / "run_gpu.sh"
 
-# The GPU check (before tests and bench) fails when $STUB_NO_GPU is set. `tune` appends a line to its --out
+# The GPU check (before tests and bench) fails when $STUB_NO_GPU is set, build's import check and `profile`
+# when $STUB_FAIL names their stage. `tune` appends a line to its --out
 # file, then exits with $STUB_TUNE_EXIT; `bench` (pytest) appends
 # a line to a word_region_gpu_*.jsonl file (and its arguments, one per line, to $STUB_ARGS if set),
 # prints a case's line, creates the file $STUB_PRINTED if set, then sleeps $STUB_BENCH_SLEEP seconds;
@@ -24,6 +25,8 @@ case "$*" in
   *cuda.is_available*)
     [ -n "${STUB_NO_GPU:-}" ] && { echo "no GPU to run on"; exit 1; }
     exit 0;;
+  *backends:*) [ "${STUB_FAIL:-}" != build ];;
+  *profile_word_region_triton*) [ "${STUB_FAIL:-}" != profile ];;
   *tune_word_region_triton*)
     while [ $# -gt 0 ]; do [ "$1" = --out ] && echo '{"kernel": "forward"}' >> "$2"; shift; done
     exit "${STUB_TUNE_EXIT:-0}";;
@@ -191,3 +194,31 @@ def test_the_sanitizer_stage_builds_the_kernel_test_it_needs(layout):
     tools = [line.split("--tool ")[1].split()[0] for line in sanitized if line.startswith("sanitized")]
     assert tools == ["memcheck", "racecheck", "memcheck"]  # the kernel test twice, then the torch run
     assert "kernel test passed" in _log(layout["out"])
+
+
+# pip succeeds; cmake --build makes a kernel test binary that fails when $STUB_FAIL is kernel; compute-sanitizer
+# fails when $STUB_FAIL is sanitizer, and then only on the torch run (python), the sanitizer's one run of the ops
+# as torch calls them.
+_STAGE_STUBS = {
+    "pip": "#!/bin/sh\nexit 0\n",
+    "cmake": "#!/bin/sh\ncase \"$*\" in *--build*)\n  mkdir -p build/cmake\n"
+             "  printf '#!/bin/sh\\n[ \"${STUB_FAIL:-}\" != kernel ]\\n' > build/cmake/word_region_kernel_test\n"
+             "  chmod +x build/cmake/word_region_kernel_test;;\nesac\n",
+    "compute-sanitizer": "#!/bin/sh\ncase \"$*\" in *\" python -c \"*) [ \"${STUB_FAIL:-}\" != sanitizer ];; esac\n",
+}
+
+
+@pytest.mark.parametrize("stage", ["build", "kernel", "sanitizer", "profile"])
+def test_a_stage_whose_last_step_fails_is_named_among_the_failed_stages(layout, stage):
+    """Build's import of the installed package, the kernel test binary, the sanitizer's torch run or the
+    profile script failing alone fails its stage, named on the console; the same stubs succeeding pass it,
+    so the failure is that step's."""
+    for name, text in _STAGE_STUBS.items():
+        _stub(layout, name, text)
+    for failing in (stage, None):
+        environment = {**layout["environment"], **({"STUB_FAIL": failing} if failing else {})}
+        run = subprocess.run(["bash", str(layout["script"]), stage], capture_output=True, text=True,
+                             env=environment, timeout=60)
+        output = run.stdout + run.stderr
+        assert (run.returncode != 0) == (failing is not None), output
+        assert (f"== failed stages: {stage}\n" in run.stdout) == (failing is not None), output

@@ -170,6 +170,9 @@ def _step(implementation: str, passes: str, words, lengths, regions):
             scores = scores_fn(words, regions)
             if passes == "forward_backward":
                 scores.sum().backward()
+                # Dropped as the CPU steps and a training step's zero_grad(set_to_none=True) drop them: kept,
+                # the next step's backward would add into them, timed, and hold them under its peak memory.
+                words.grad = regions.grad = None
             torch.cuda.synchronize()
         finally:
             torch.use_deterministic_algorithms(previous)
