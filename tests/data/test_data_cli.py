@@ -1,5 +1,6 @@
 import errno
 import json
+import os
 import re
 import resource
 import subprocess
@@ -166,6 +167,20 @@ def test_protocol_writes_neither_file_when_one_path_is_a_folder(tmp_path, capsys
     assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p")]) == 2
     assert f"{blocked} is a folder" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "p").iterdir()] == [blocked]
+
+
+def test_protocol_names_the_csv_file_it_cannot_write_not_its_staged_copy(tmp_path, capsys):
+    """A Latin-1 file name cannot go into a CSV pairs file: the error named the hidden staging folder's copy."""
+    latin1 = "0" + os.fsdecode(b"\xe9") + ".png"
+    manifest = tmp_path / "m.jsonl"  # as json.dumps escapes the name; write_manifest refuses to write it
+    manifest.write_text("".join(json.dumps({"path": latin1 if i == 0 else f"{i}.png", "identity": str(i // 2),
+                                            "split": "test", "captions": ["c"]}) + "\n" for i in range(6)))
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p")]) == 2
+    error = capsys.readouterr().err
+    assert f"cannot write pairs file {tmp_path / 'p' / 'test_pairs.csv'}: path_a of pair 0 must be encodable" in error
+    assert "staging" not in error and not (tmp_path / "p").exists()
+    assert main(["data", "protocol", "--manifest", str(manifest), "--out", str(tmp_path / "p"), "--format",
+                 "json"]) == 0
 
 
 @pytest.mark.parametrize("command", [["synth", "--out", "s", "--identities", "2", "--images-per-identity", "1"],

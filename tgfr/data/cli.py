@@ -12,8 +12,8 @@ from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree
 from tgfr.data.degrade import check_plain_name, degrade_manifest
 from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
-from tgfr.data.protocol import (make_identification_split, make_verification_pairs, write_identification_split,
-                                write_verification_pairs)
+from tgfr.data.protocol import (check_pairs_writable, make_identification_split, make_verification_pairs,
+                                write_identification_split, write_verification_pairs)
 from tgfr.data.synthetic import (DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, degraded_splits,
                                  generate_synthetic_dataset)
 from tgfr.output_paths import check_output_file, check_output_folder, replace_entries_atomically
@@ -118,6 +118,7 @@ def _protocol(args: argparse.Namespace) -> int:
     records = read_manifest(args.manifest)
     pairs = make_verification_pairs(records, args.split, impostor_subjects=args.impostors, seed=args.seed)
     identification = make_identification_split(records, args.split, args.gallery_per_subject)
+    check_pairs_writable(pairs_path, pairs)  # here, naming the file --out gets, not its staged copy
     # Staged and renamed in together: a full disk while writing the second file left the first, new, beside
     # an earlier identification split or none.
     with replace_entries_atomically(out, "protocol files") as staging:

@@ -99,20 +99,26 @@ def make_identification_split(records: Sequence[ManifestRecord], split: str | No
     return {"gallery": gallery, "probes": probes}
 
 
+def check_pairs_writable(path: str | Path, pairs: Sequence[VerificationPair]) -> None:
+    """ValueError naming the pair and the image when `path` is a CSV pairs file and an image path of `pairs`
+    is not encodable as UTF-8 (a file name in another encoding); JSON escapes it. The write's own
+    UnicodeEncodeError named neither file nor image."""
+    if Path(path).suffix.lower() == ".json":
+        return
+    for index, pair in enumerate(pairs):
+        for field in ("path_a", "path_b"):
+            check_utf8(f"cannot write pairs file {path}: {field} of pair {index}", getattr(pair, field),
+                       need="as a CSV pairs file is", remedy="rename it to UTF-8, or write the pairs as JSON (a "
+                       ".json file; tgfr data protocol --format json), which escapes it")
+
+
 def write_verification_pairs(path: str | Path, pairs: Sequence[VerificationPair]) -> Path:
     """Writes pairs as CSV (path_a,path_b,same) or, for a .json path, a JSON list of objects; atomically:
-    on any error an existing file at `path` is left as it was. A CSV path that UTF-8 cannot encode (a file
-    name in another encoding) is a ValueError naming the pair and the image; JSON escapes it."""
+    on any error an existing file at `path` is left as it was. check_pairs_writable runs first."""
     path = Path(path)
-    as_json = path.suffix.lower() == ".json"
-    if not as_json:  # the UnicodeEncodeError of the write named neither file nor image
-        for index, pair in enumerate(pairs):
-            for field in ("path_a", "path_b"):
-                check_utf8(f"cannot write pairs file {path}: {field} of pair {index}", getattr(pair, field),
-                           need="as a CSV pairs file is", remedy="rename it to UTF-8, or write the pairs as JSON (a "
-                           ".json file; tgfr data protocol --format json), which escapes it")
+    check_pairs_writable(path, pairs)
     with write_atomically(path, "pairs file") as handle:
-        if as_json:
+        if path.suffix.lower() == ".json":
             rows = [{"path_a": p.path_a, "path_b": p.path_b, "same": p.same} for p in pairs]
             handle.write(json.dumps({"pairs": rows}, indent=0) + "\n")
         else:
