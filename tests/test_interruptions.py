@@ -6,9 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import tgfr.data.cli as data_cli
+import tgfr.train.run as train_run
 from tgfr.cli import main
 from tgfr.data.worker_pool import WorkerPool
+from tgfr.train.config import load_config, to_toml
 
 
 def test_ctrl_c_is_one_line_with_status_130(tmp_path, monkeypatch, capsys):
@@ -39,10 +43,34 @@ def test_sigterm_runs_the_clean_up_and_ends_with_status_143(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 143, result.stderr
-    assert result.stderr.splitlines()[-1] == (f"tgfr train: interrupted (SIGTERM); `tgfr train --resume --out "
-                                              f"{tmp_path / 'run'}` continues the run from its last checkpoint (from "
-                                              "its first step before one is written)")
+    assert result.stderr.splitlines()[-1] == (f"tgfr train: interrupted (SIGTERM); the run had not started in "
+                                              f"{tmp_path / 'run'} (no config.toml yet): run the same command again")
     assert "Traceback" not in result.stderr and (tmp_path / "cleaned").exists()
+
+
+@pytest.mark.parametrize("resume, writes_config", [(False, False), (False, True), (True, False)])
+def test_an_interrupted_train_suggests_resume_only_once_the_run_folder_holds_its_config(
+        tmp_path, monkeypatch, capsys, resume, writes_config):
+    """Interrupted before it writes config.toml (generating the synthetic set, building the model), a run cannot be
+    resumed: --resume then said "config.toml does not exist (no run to resume)"."""
+    out = tmp_path / "run"
+    if resume:
+        out.mkdir()
+        (out / "config.toml").write_text(to_toml(load_config("quick")), encoding="utf-8")
+
+    def interrupted(config, out, **options):
+        if writes_config:
+            out.mkdir(exist_ok=True)
+            (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_run, "train", interrupted)
+    assert main(["train", "--preset", "quick", "--out", str(out), *(["--resume"] if resume else [])]) == 130
+    resumable = (f"tgfr train: interrupted (SIGINT); `tgfr train --resume --out {out}` continues the run from its last "
+                 "checkpoint (from its first step before one is written)\n")
+    again = (f"tgfr train: interrupted (SIGINT); the run had not started in {out} (no config.toml yet): run the same "
+             "command again\n")
+    assert capsys.readouterr().err == (resumable if resume or writes_config else again)
 
 
 def test_pool_workers_leave_ctrl_c_and_sigterm_to_the_parent():

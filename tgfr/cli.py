@@ -49,6 +49,17 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signum)
 
 
+def _train_hint(args: argparse.Namespace) -> str:
+    """How to go on after an interrupted `tgfr train`: --resume once the run folder holds its config.toml, else
+    (interrupted while generating the synthetic set or building the model) the same command again, since
+    --resume would find no run to continue."""
+    out = shlex.quote(str(args.out))
+    if args.resume or os.path.exists(args.out / "config.toml"):  # os.path's: False, not an error, when unreadable
+        return (f"; `tgfr train --resume --out {out}` continues the run from its last checkpoint (from its first "
+                "step before one is written)")
+    return f"; the run had not started in {out} (no config.toml yet): run the same command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; Ctrl-C or SIGTERM (a scheduler's time limit, `kill`) ends it with one line on
     stderr and exit status 128 + the signal's number (130, 143), through the same clean-up as an
@@ -62,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interruption:
         signum = next((arg for arg in interruption.args if isinstance(arg, int)), signal.SIGINT)
         name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        hint = (f"; `tgfr train --resume --out {shlex.quote(str(args.out))}` continues the run from its last "
-                "checkpoint (from its first step before one is written)") if args.command == "train" else ""
+        hint = _train_hint(args) if args.command == "train" else ""
         print(f"tgfr {name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
         return 128 + signum
     finally:

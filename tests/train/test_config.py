@@ -72,6 +72,9 @@ def test_overrides_parse_toml_values_and_bare_words():
     # A bare word keeps none of the spaces around it: "data.cache_dir = mycache" made a folder " mycache".
     assert parse_override("align.supervision = weak ") == (["align", "supervision"], "weak")
     assert load_config("quick", ["data.cache_dir = mycache"]).data.cache_dir == "mycache"
+    # One value over lines (a multi-line string) and a line break after the value are TOML's.
+    assert parse_override('x.y="""a\nb"""') == (["x", "y"], "a\nb")
+    assert parse_override("fr.steps=50\n") == (["fr", "steps"], 50)
 
 
 @pytest.mark.parametrize("raw", ['"mycache', ' "mycache', r'"C:\data\m.jsonl"', "'a' b", '["fr", "fuse"', "{a = 1"])
@@ -99,19 +102,16 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("fr.steps.x=1", "fr.steps is not a table"),
     ("fr.steps=0", r"fr\.steps must be an integer in \[1, 281474976710656\), got 0"),
     ("fuse.steps=-3", r"fuse\.steps must be an integer in \[1, "),
-    ("checkpoint_every=0", "checkpoint_every must be an integer >= 1"),
-    ("log_every=-1", "log_every must be an integer >= 1"),
+    ("checkpoint_every=0", r"^checkpoint_every must be an integer in \[1, 281474976710656\), got 0$"),
+    ("log_every=-1", r"^log_every must be an integer in \[1, 281474976710656\), got -1$"),
     ("threads=-1", r"threads must be an integer in \[0, 4097\), got -1"),
     ("fr.optim.min_lr_ratio=1.5", r"fr\.optim\.min_lr_ratio must lie in \[0.0, 1.0\]"),
     ("align.optim.min_lr_ratio=-0.1", r"align\.optim\.min_lr_ratio must lie in"),
-    ("fuse.optim.warmup_steps=-1", r"fuse\.optim\.warmup_steps must be an integer >= 0"),
-    ("fr.optim.lr=0", r"fr\.optim\.lr must be a finite positive number"),
     ("fr.optim.momentum=1.0", r"^fr\.optim\.momentum must lie in \[0\.0, 1\.0\), got 1\.0$"),
     ("align.optim.momentum=-0.1", r"^align\.optim\.momentum must lie in \[0\.0, 1\.0\)"),
     ("align.optim.grad_clip=inf", r"align\.optim\.grad_clip must lie in"),
     ("fr.optim.grad_clip=nan", r"fr\.optim\.grad_clip must lie in"),
     ("fr.optim.grad_clip=-1", r"fr\.optim\.grad_clip must lie in"),
-    ("fuse.optim.optimizer=adam", r"fuse\.optim\.optimizer must be one of"),
     ("fr.ce_weight=-0.5", r"fr\.ce_weight must lie in"),
     ("fr.coreface_weight=-1", r"fr\.coreface_weight must lie in"),
     ("align.wrcl_weight=-1", r"align\.wrcl_weight must lie in"),
@@ -137,6 +137,9 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
                              ("data.loader_workers", 0, 1025), ("data.synthetic_identities", 1, 10**7 + 1),
                              ("data.synthetic_images_per_identity", 1, 10**5 + 1),
                              ("data.synthetic_captions_per_image", 1, 10**4 + 1), ("fr.steps", 1, 2**48),
+                             # Written to config.toml, a larger one passed TOML's 64-bit integers.
+                             ("checkpoint_every", 1, 2**48), ("log_every", 1, 2**48),
+                             *((f"{stage}.optim.warmup_steps", 0, 2**48) for stage in ("fr", "align", "fuse")),
                              ("align.num_prototypes", 1, 2**20), *EVALUATION_SIZE_BOUNDS)),
     ("data.train_degradation=blurry", r"data\.train_degradation: unknown recipe step 'blurry'"),
     ("data.degradation=down24+jpeg0", r"data\.degradation: recipe step 'jpeg0'"),
@@ -157,11 +160,9 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     # Cases a review's mutations showed unchecked: each check below could be dropped with every test passing.
     ("fr.optim.lr=true", r"^fr\.optim\.lr must be of type float"),
     ("fr.optim.weight_decay=inf", r"^fr\.optim\.weight_decay must lie in"),
-    ("fr.optim.weight_decay=-1", r"^fr\.optim\.weight_decay must lie in"),
     ("fuse.optim.min_lr_ratio=5", r"^fuse\.optim\.min_lr_ratio must lie in"),
     ("align.cicl_weight=-1", r"^align\.cicl_weight must lie in"),
     ("align.intra_weight=nan", r"^align\.intra_weight must lie in"),
-    ("fr.optim.schedule=linear", r"^fr\.optim\.schedule must be one of"),
     ("precision=fp16", r"^precision must be one of"),
     ("device=tpu", r"^device must be one of"),
     ("fuse.focal=1", r"^fuse\.focal must be of type bool, got 1 \(int\)$"),
@@ -173,10 +174,44 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
                            r"\(about 10\^400\)$")
       for key in ("fr.optim.lr", "align.gamma1", "data.train_degrade_p")),
     (f"fr.optim.lr={-10**400}", r"^fr\.optim\.lr must be of type float, got an integer too large for one"),
+    # Every stage's optimizer table, each check of which a review found tested for one stage only (reading fr's lr
+    # for every stage passed).
+    *((f"{stage}.optim.{override}", rf"^{stage}\.optim\.{message}") for stage in ("fr", "align", "fuse")
+      for override, message in (("optimizer=adam", r"optimizer must be one of"),
+                                ("schedule=linear", r"schedule must be one of"),
+                                ("lr=0", r"lr must be a finite positive number"),
+                                ("weight_decay=-1", r"weight_decay must lie in \[0\.0, inf\)"),
+                                ("momentum=1.0", r"momentum must lie in \[0\.0, 1\.0\)"),
+                                ("grad_clip=-1", r"grad_clip must lie in \[0\.0, inf\)"),
+                                ("min_lr_ratio=1.5", r"min_lr_ratio must lie in \[0\.0, 1\.0\]"),
+                                ("warmup_steps=-1", r"warmup_steps must be an integer in \[0, 281474976710656\), "
+                                                    r"got -1$"))),
+    ("data.cache_dir=07:30:00", r"^data\.cache_dir must be of type str, got datetime\.time\(7, 30\) \(time\); "
+                                r"TOML reads an unquoted number, date or boolean as one"),
+    # What followed a line break was read as other settings and dropped, or kept in a bare word.
+    *((override, rf"^override {re.escape(override.split('=')[0])}: {re.escape(repr(override.split('=', 1)[1]))} spans "
+                 r"more than one line; give each setting its own --set")
+      for override in ("fr.steps=50\nalign.steps=20", "seed=3\n[fr]\nsteps = 1", 'data.manifest="a.jsonl"\nb.jsonl = 1',
+                       "data.cache_dir=mycache\nalign.steps=20", "data.cache_dir=my\rcache")),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         load_config("quick", [override])
+
+
+@pytest.mark.parametrize("key, raw", [("fr.optim.lr", ".5"), ("fr.optim.lr", "5."), ("fr.steps", "010"),
+                                      ("align.gamma1", "Inf"), ("fr.optim.lr", "-.5e-3")])
+def test_a_number_python_reads_but_toml_does_not_is_refused_with_tomls_spelling(key, raw):
+    """--set fr.optim.lr=.5 is a bare word, a string, to TOML: the error said it got a string, not how to write the
+    number."""
+    float(raw)  # a number to Python
+    kind = type(load_config("quick")._get(key)).__name__
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} must be of type {kind}, got {re.escape(repr(raw))} "
+                                         r"\(str\); TOML writes numbers as 0\.5, 5\.0, 10, inf \(lower case\), without "
+                                         r"leading zeros$"):
+        load_config("quick", [f"{key}={raw}"])
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} must be of type {kind}, got 'abc' \(str\)$"):
+        load_config("quick", [f"{key}=abc"])  # no number: no hint
 
 
 def test_overrides_given_as_one_string_are_refused():
@@ -185,10 +220,34 @@ def test_overrides_given_as_one_string_are_refused():
                                         r"'fr\.steps=3'$"):
         load_config("quick", "fr.steps=3")
     assert load_config("quick", ("fr.steps=30",)).fr.steps == 30
+    assert load_config("quick", (override for override in ["fr.steps=31"])).fr.steps == 31
+
+
+@pytest.mark.parametrize("overrides", [[("fr.steps", 5)], ["fr.steps=5", None], [b"fr.steps=5"], b"fr.steps=5",
+                                       {"fr.steps": 5}, 5])
+def test_overrides_that_are_not_strings_are_refused_naming_the_argument(overrides):
+    """A pair, None or bytes failed with an AttributeError naming nothing; a dict was read as its keys, its values
+    dropped."""
+    with pytest.raises(TypeError, match=rf"^overrides must be a list of 'key=value' strings, got "
+                                        rf"{re.escape(repr(overrides))}$"):
+        load_config("quick", overrides)
 
 
 def test_the_largest_image_size_is_accepted():
     assert load_config("quick", ["data.image_size=1024"]).data.image_size == 1024
+
+
+def test_the_largest_step_counts_and_intervals_are_accepted():
+    """Below 2^48 (a stage left out of stages takes any warm-up)."""
+    largest = 2**48 - 1
+    config = load_config("quick", [f"{key}={largest}" for key in ("fr.steps", "checkpoint_every", "log_every")]
+                         + ['stages=["fr"]', f"align.optim.warmup_steps={largest}"])
+    assert config.fr.steps == config.checkpoint_every == config.log_every == config.align.optim.warmup_steps == largest
+
+
+def test_the_largest_dropout_below_1_is_accepted():
+    largest = math.nextafter(1.0, 0.0)
+    assert load_config("quick", [f"model.dropout={largest!r}"]).model.dropout == largest
 
 
 def test_the_largest_evaluation_sizes_are_accepted():
@@ -234,6 +293,22 @@ def test_replacing_a_config_table_with_an_inline_table_names_the_override_not_th
     with pytest.raises(ValueError, match=r"^override 'fr\.optim=\{lr=0\.1\}' replaces the whole \[fr\.optim\] table, "
                                          r"which then lacks \['fr\.optim\.optimizer', .*e\.g\. fr\.optim\.lr=0\.1$"):
         load_config("quick", ["fr.optim={lr=0.1}"])
+    # A misspelled key is named as unknown, not given as the example to follow.
+    with pytest.raises(ValueError, match=re.escape(f"override 'fr={{stepz=5}}': unknown config key(s) ['fr.stepz']; fr "
+                                                   f"accepts {names}")):
+        load_config("quick", ["fr={stepz=5}"])
+    optim_names = [f.name for f in dataclasses.fields(OptimConfig)]
+    with pytest.raises(ValueError, match=re.escape(f"override 'fr={{steps=5, optim={{lz=1}}}}': unknown config key(s) "
+                                                   f"['fr.optim.lz']; fr.optim accepts {optim_names}")):
+        load_config("quick", ["fr={steps=5, optim={lz=1}}"])
+    # A complete [fr] holding an incomplete optim table: the keys optim lacks are the override's doing too.
+    fr = {name: value for name, value in config_to_dict(load_config("quick"))["fr"].items() if name != "optim"}
+    nested = "fr={" + ", ".join(f"{name} = {json.dumps(value)}" for name, value in fr.items()) + ", optim={lr=0.1}}"
+    lacking = [f"fr.optim.{f.name}" for f in dataclasses.fields(OptimConfig) if f.name != "lr"]
+    with pytest.raises(ValueError, match=re.escape(f"override {nested!r} replaces the whole [fr] table, which then "
+                                                   f"lacks {lacking}; set single keys instead, e.g. "
+                                                   f"fr.steps={fr['steps']}")):
+        load_config("quick", [nested])
     assert load_config("quick", ["fr.steps=50"]).fr.steps == 50
     complete = config_to_dict(load_config("quick"))["fr"]["optim"]  # a complete inline table is taken
     inline = "{" + ", ".join(f"{name} = {json.dumps(value)}" for name, value in complete.items()) + "}"
@@ -487,11 +562,14 @@ def test_a_run_trained_before_the_recipe_checks_stays_evaluable_and_resumable(tm
     ("data.train_degrade_p", 7.0, "data.train_degrade_p must lie in [0.0, 1.0], got 7.0"),
     ("fr.ce_weight", -1.0, "fr.ce_weight"),
     ("model.freeze_text_encoder", "no", "model.freeze_text_encoder must be of type bool"),
+    # The evaluation table's values too, which only building it checked: tgfr evaluate refused the run's config.toml.
+    ("evaluation.max_rank", 0, "evaluation.max_rank must be an integer in [1, 1048576), got 0"),
+    ("evaluation.splits", {"a/b": "test"}, "evaluation.splits: report names name the report's files"),
 ])
 @pytest.mark.parametrize("resume", [False, True])
 def test_train_checks_a_config_changed_after_it_was_built(tmp_path, key, value, message, resume):
     """A script's `config.fr.ce_weight = -1.0` after load_config trained (gradient ascent) and wrote a
-    config.toml that --resume refused."""
+    config.toml that --resume (or tgfr evaluate) refused."""
     config = load_config("quick")
     section, name = key.split(".")
     setattr(getattr(config, section), name, value)
@@ -559,6 +637,35 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):
                                          r"is not a table$"):
         load_config("quick", ["evaluation.splits.clean.x=1"])
     assert load_config("quick", ['evaluation.splits={blur = "test_blur"}']).evaluation.splits == {"blur": "test_blur"}
+
+
+@pytest.mark.parametrize("key", ['evaluation.splits."v1.2"', "evaluation.splits.'a=b'", 'evaluation . splits."x\\"y"',
+                                 "'fr'.steps"])
+def test_an_override_key_may_quote_its_parts_as_toml_does(key):
+    """A report name may hold a dot, which --print-config writes quoted (splits = { "v1.2" = "test" }): `--set`
+    took the quotes and the dot inside them as part of the key."""
+    keys, value = parse_override(f"{key}=test_degraded")
+    table = tomllib.loads(f"{key} = 0")  # TOML's own reading of the dotted key
+    expected = []
+    while isinstance(table, dict):
+        [(part, table)] = table.items()
+        expected.append(part)
+    assert (keys, value) == (expected, "test_degraded")
+
+
+def test_set_changes_an_evaluation_splits_entry_whose_name_holds_a_dot(capsys):
+    splits = 'evaluation.splits={"v1.2" = "test", clean = "test"}'
+    main(["train", "--preset", "quick", "--set", splits, "--print-config"])
+    printed = capsys.readouterr().out
+    assert 'splits = { "v1.2" = "test", clean = "test" }' in printed  # the key as the override writes it
+    config = load_config("quick", [splits, 'evaluation.splits."v1.2"=test_degraded'])
+    assert config.evaluation.splits == {"v1.2": "test_degraded", "clean": "test"}
+    with pytest.raises(ValueError, match=r"""^override 'evaluation\.splits\."v1\.3"=x': unknown key """
+                                         r"""evaluation\.splits\."v1\.3"; known: "v1\.2", clean$"""):
+        load_config("quick", [splits, 'evaluation.splits."v1.3"=x'])
+    with pytest.raises(ValueError, match=r"""^override key evaluation\.splits\."v1\.2 is not a valid TOML dotted """
+                                         r"key"):
+        load_config("quick", [splits, 'evaluation.splits."v1.2=x'])
 
 
 def _synthetic_set_accepts(identities):

@@ -19,6 +19,7 @@ import re
 import tomllib
 import typing
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -197,8 +198,13 @@ class EvaluationConfig:
     heatmap_captions: int = 4
 
     def __post_init__(self) -> None:
-        # Checked here, so that a bad value (e.g. from `tgfr evaluate --set`) fails before any
-        # embedding is computed, with the setting's name.
+        self.check()
+
+    def check(self) -> None:
+        """ValueError naming the first setting out of its range. Run when the table is built, so that a bad
+        value (e.g. from `tgfr evaluate --set`) fails before any embedding is computed, and by
+        TrainConfig.check, so that `train` refuses a script's change after load_config
+        (config.evaluation.max_rank = 0) instead of writing a config.toml `tgfr evaluate` refuses."""
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits.values()):
             raise ValueError(f"evaluation.splits must map report names to non-empty split names, got {self.splits!r}")
         # A line break would also break report.md's lines (a blank line ends an image link, a newline a
@@ -281,6 +287,7 @@ class TrainConfig:
         # took focal = "no" as true.
         _check_types(self)
         check_utf8("", self)
+        self.evaluation.check()
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
         # align reads the backbone fr trains (run first, it would train the still unfrozen backbone
@@ -293,14 +300,17 @@ class TrainConfig:
         check_choice("model.fusion", self.model.fusion, FUSIONS)
         # Upper bounds far past any use: larger values passed this check and then failed inside torch or numpy
         # (an integer overflow, an allocation of terabytes), with a traceback naming no setting.
-        bounds = {"threads": (0, 4097), "checkpoint_every": (1, None), "log_every": (1, None),
+        # A step count or interval past 2^48 would also be written to config.toml as an integer past the 64 bits
+        # that TOML promises a reader.
+        step_limit = 2**48
+        bounds = {"threads": (0, 4097), "checkpoint_every": (1, step_limit), "log_every": (1, step_limit),
                   **{f"data.synthetic_{name}": (1, limit + 1) for name, limit in SYNTHETIC_SIZE_LIMITS.items()},
                   "data.identities_per_batch": (1, 2**20), "data.images_per_identity": (1, 2**20),
                   "data.loader_workers": (0, 1025), "model.width": (1, 2**16), "model.num_features": (1, 2**16),
                   "model.max_length": (3, 2**16), "model.dim": (1, 2**16), "model.fine_dim": (1, 2**16),
                   "model.fusion_out_dim": (1, 2**16),
-                  "fr.steps": (1, 2**48), "align.steps": (1, 2**48), "fuse.steps": (1, 2**48),
-                  "align.num_prototypes": (1, 2**20), **{f"{stage}.optim.warmup_steps": (0, None) for stage in STAGES}}
+                  **{f"{stage}.steps": (1, step_limit) for stage in STAGES}, "align.num_prototypes": (1, 2**20),
+                  **{f"{stage}.optim.warmup_steps": (0, step_limit) for stage in STAGES}}
         for key, (low, high) in bounds.items():
             _check_integer(key, self._get(key), low, high)
         # numpy's global generator takes seeds below 2^32 (tgfr.train.seeds): a larger one would fail
@@ -422,11 +432,10 @@ class TrainConfig:
         return value
 
 
-def _check_integer(key: str, value: int, low: int, high: int | None = None) -> None:
-    """An integer with low <= value (and value < high when high is given)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value >= high):
-        bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{key} must be an integer {bounds}, got {value!r}")
+def _check_integer(key: str, value: int, low: int, high: int) -> None:
+    """An integer with low <= value < high."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise ValueError(f"{key} must be an integer in [{low}, {high}), got {value!r}")
 
 
 def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
@@ -443,8 +452,8 @@ def _build(cls: type, values: dict[str, Any], where: str, complete: bool) -> Any
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; {where or 'top level'} "
-                         f"accepts {names}")
+        raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
+                         f"{where.removesuffix('.') or 'the top level'} accepts {names}")
     missing = [name for name in names if name not in values]
     if complete and missing:
         raise ValueError(f"config is missing key(s) {[f'{where}{k}' for k in missing]} (presets set every key)")
@@ -501,8 +510,24 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
         unquoted = (int, float, bool, datetime.date, datetime.time)  # datetime.datetime is a date
         quoting = (f"; TOML reads an unquoted number, date or boolean as one: quote it to give text "
                    f"(--set '{key}=\"...\"')") if kind is str and isinstance(value, unquoted) else ""
-        raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__}){quoting}")
+        # And a number Python reads (--set fr.optim.lr=.5) that TOML does not is a bare word, a string.
+        spelling = ("; TOML writes numbers as 0.5, 5.0, 10, inf (lower case), without leading zeros"
+                    if kind in (int, float) and isinstance(value, str) and _python_number_not_toml(value) else "")
+        raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})"
+                         f"{quoting}{spelling}")
     return value
+
+
+def _python_number_not_toml(text: str) -> bool:
+    """Whether float() reads `text` but TOML does not read it as a number (.5, 5., 010, Inf)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    try:
+        return not isinstance(parse_toml(f"v = {text}").get("v"), (int, float))
+    except tomllib.TOMLDecodeError:
+        return True
 
 
 def preset_names() -> list[str]:
@@ -540,16 +565,42 @@ def _missing_keys(cls: type, table: dict[str, Any], where: str) -> list[str]:
     return missing
 
 
+# An override's key: up to the first '=' outside a quoted part of it (a report name such as "a=b" may hold one).
+_OVERRIDE_KEY = re.compile(r"""(?:[^="']|"(?:[^"\\]|\\.)*"|'[^']*')*""")
+
+
+def _key_parts(key: str) -> list[str]:
+    """The parts of dotted key `key`: with a quote in it, by TOML's rules for dotted keys
+    (evaluation.splits."v1.2" names the report name v1.2, as --print-config writes it), else split at the
+    dots (a name TOML would quote, such as café, can be given bare)."""
+    if '"' not in key and "'" not in key:
+        return [part.strip() for part in key.split(".")]  # TOML allows spaces around the dots
+    try:
+        table = parse_toml(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        raise ValueError(f"override key {key.strip()} is not a valid TOML dotted key (a quoted part is written "
+                         f"\"v1.2\" or 'v1.2')") from None
+    parts = []
+    while isinstance(table, dict):  # "a"."b" = 0 reads as {"a": {"b": 0}}
+        [(part, table)] = table.items()
+        parts.append(part)
+    return parts
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """"a.b=value" -> (["a", "b"], value parsed as TOML, or the raw text when it is not TOML (a bare
-    word); a value opening with a quote, `[` or `{` must be valid TOML (ValueError naming the key)."""
-    key, sep, raw = text.partition("=")
+    word); a value opening with a quote, `[` or `{` must be valid TOML, and only a TOML string may span
+    lines (ValueError naming the key). A part of the key may be quoted as in TOML: a."b.c"=1 -> (["a", "b.c"], 1)."""
+    end = _OVERRIDE_KEY.match(text).end()
+    # A quote left open ("fr.steps=3) takes the first '=': _key_parts then names the key as not TOML.
+    key, sep, raw = (text[:end], "=", text[end + 1:]) if text[end:end + 1] == "=" else text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. fr.steps=50), got {text!r}")
     if not raw.strip():  # `--set data.manifest=$MANIFEST` with the variable unset would train on other data
         raise ValueError(f"override {key.strip()}: no value after '='; an empty string is written {key.strip()}=\"\"")
     try:
-        value = parse_toml(f"v = {raw}")["v"]
+        document = parse_toml(f"v = {raw}")
+        value, more_lines = document.pop("v"), bool(document)
     except tomllib.TOMLDecodeError as error:
         # Meant as a TOML string, array or table: as raw text it would keep its quotes or brackets
         # (data.cache_dir="mycache, a missing closing quote, made a folder named "mycache).
@@ -561,7 +612,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                              "inside single quotes), and a backslash in double quotes starts an escape "
                              "('C:\\data' in single quotes does not)") from None
         value = raw.strip()  # "key = word": the spaces around the word are not part of it
-    return key.strip().split("."), value
+        more_lines = "\n" in value or "\r" in value
+    # A line break ends a TOML value: what followed it was read as other settings and dropped (--set
+    # "$(cat overrides.txt)" set only the first), or kept in a bare word.
+    if more_lines:
+        raise ValueError(f"override {key.strip()}: {raw!r} spans more than one line; give each setting its own "
+                         f"--set (a line break in a string is written \"a\\nb\")")
+    return _key_parts(key), value
 
 
 def set_key(values: dict[str, Any], keys: list[str], value: Any) -> Any:
@@ -587,9 +644,10 @@ def set_key(values: dict[str, Any], keys: list[str], value: Any) -> Any:
         elif typing.get_origin(setting) is dict:
             return None  # not a table in `values` (e.g. `splits = 3`): building the config names it
         else:
-            raise ValueError(f"{'.'.join(keys[:depth])} is not a table")
+            raise ValueError(f"{_dotted_key(keys[:depth])} is not a table")
         if setting is None:
-            raise ValueError(f"unknown key {'.'.join(keys[:depth + 1])}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown key {_dotted_key(keys[:depth + 1])}; known: "
+                             f"{', '.join(sorted(map(_toml_key, known)))}")
         table = table.get(key) if isinstance(table, dict) else None
     table = values
     for key in keys[:-1]:
@@ -614,17 +672,21 @@ def torch_threads(config: TrainConfig) -> typing.Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConfig:
+def load_config(preset: str = "default", overrides: Iterable[str] = ()) -> TrainConfig:
     """Reads a complete preset and applies `key=value` overrides (a list of strings)."""
     if isinstance(overrides, str):  # iterated, a string would be read as one override per character
         raise TypeError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
+    # A dict would give its keys alone (its values dropped), a ("fr.steps", 5) pair an AttributeError naming nothing.
+    items = list(overrides) if isinstance(overrides, Iterable) and not isinstance(overrides, (bytes, Mapping)) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got {overrides!r}")
     path = find_preset(preset)
     try:
         values = parse_toml(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8 text
         raise ValueError(f"preset file {path} is not valid TOML: {error}") from None
     replaced_tables = []  # (override, keys, its inline table, the config dataclass it replaced)
-    for override in overrides:
+    for override in items:
         keys, value = parse_override(override)
         try:
             setting = set_key(values, keys, value)
@@ -638,7 +700,13 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
         table, dotted = values, ".".join(keys)
         for key in keys:
             table = table.get(key) if isinstance(table, dict) else None
-        if isinstance(table, dict) and (missing := _missing_keys(setting, table, f"{dotted}.")):
+        if not isinstance(table, dict):
+            continue
+        try:  # names a misspelled key (fr={stepz=5}) as unknown, not as the example of a key to set
+            _build(setting, table, f"{dotted}.", complete=False)
+        except ValueError as error:
+            raise ValueError(f"override {override!r}: {error}") from None
+        if missing := _missing_keys(setting, table, f"{dotted}."):
             example = next((f"{dotted}.{name}={_toml_value(entry)}" for name, entry in inline.items()
                             if not isinstance(entry, dict)), f"{missing[0]}=...")
             raise ValueError(f"override {override!r} replaces the whole [{dotted}] table, which then lacks "
@@ -651,7 +719,7 @@ def load_config(preset: str = "default", overrides: list[str] = ()) -> TrainConf
     except ValueError as error:
         if path == PRESET_DIR / f"{preset}.toml":  # a packaged preset: the value is an override's
             raise
-        raise ValueError(f"preset file {path}{' with --set' if overrides else ''}: {error}") from None
+        raise ValueError(f"preset file {path}{' with --set' if items else ''}: {error}") from None
     return config
 
 
@@ -686,6 +754,11 @@ def _toml_string(text: str) -> str:
 def _toml_key(key: str) -> str:
     """A bare key where TOML allows one, else a quoted key (e.g. "low res", "v1.2")."""
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
+def _dotted_key(keys: list[str]) -> str:
+    """The dotted key of `keys` as an override writes it (evaluation.splits."v1.2")."""
+    return ".".join(map(_toml_key, keys))
 
 
 def _toml_value(value: Any) -> str:
