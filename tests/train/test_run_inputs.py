@@ -386,6 +386,17 @@ def test_under_torchrun_rank_0_alone_prints_the_error(monkeypatch, rank, expecte
     assert exit_.value.code == expected if rank == "1" else str(exit_.value.code).startswith(expected)
 
 
+@pytest.mark.parametrize("print_config", [False, True])
+def test_a_bad_rank_variable_is_named(monkeypatch, print_config):
+    """RANK, read to let rank 0 alone print, failed with int()'s "invalid literal", as a traceback raised while
+    the error of --print-config's path was being handled."""
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "quick", *(["--print-config"] if print_config else [])])
+    assert exit_.value.code == ("tgfr train: error: RANK=one in the environment must be an integer >= 0 (torchrun "
+                                "sets it; unset it to run without torchrun)")
+
+
 def test_under_torchrun_rank_0_alone_prints_the_config(monkeypatch, capsys):
     """--print-config under torchrun: rank 0 prints the TOML of the resolved config, the other ranks nothing,
     so the job's output is one TOML document."""

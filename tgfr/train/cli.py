@@ -1,7 +1,6 @@
 """`tgfr train`: train a TGFR model from a preset with `--set key=value` overrides."""
 
 import argparse
-import os
 import traceback
 from pathlib import Path
 
@@ -85,22 +84,22 @@ def _met_by_every_rank(error: Exception) -> bool:
     return all(frame.f_code is not run_stage.__code__ for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
-def _launch_rank() -> int:
-    """This process's rank under torchrun (its RANK variable), 0 without: read before train() makes the
-    process group, so that what the job prints once (the config, the error line, the run folder line)
-    is printed by rank 0 alone."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def main(args: argparse.Namespace) -> int:
-    from tgfr.train.run import train  # torch and the models: loaded once a command runs, not for --help
+    from tgfr.distributed import launch_variable  # torch and the models: loaded once a command runs, not for --help
+    from tgfr.train.run import train
 
     if args.resume and args.overrides:
         raise SystemExit("tgfr train: error: --resume uses the run's config.toml; --set cannot change a run midway")
+    # This process's rank under torchrun, 0 without: read before train() makes the process group, so that what
+    # the job prints once (the config, the error line, the run folder line) is printed by rank 0 alone.
+    try:
+        rank = launch_variable("RANK", 0)
+    except ValueError as error:
+        raise SystemExit(f"tgfr train: error: {error}") from None
     try:
         config = _run_config(args.out) if args.resume else load_config(args.preset, args.overrides)
         if args.print_config:
-            if _launch_rank() == 0:  # under torchrun one TOML document, not one per process
+            if rank == 0:  # under torchrun one TOML document, not one per process
                 print(to_toml(config), end="")
             return 0
         out = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
@@ -108,7 +107,6 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FloatingPointError, OSError) as error:  # bad settings, folders or files, a file that
         # cannot be written (a full disk; the message names it), or a loss that is not finite (the message
         # names the stage, step and rank): a traceback adds nothing.
-        rank = _launch_rank()
         if rank == 0:
             raise SystemExit(f"tgfr train: error: {error}") from None
         if _met_by_every_rank(error):  # rank 0 says it once
@@ -118,6 +116,6 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"tgfr train: error (rank {rank}): {error}") from None
     _destroy_process_group()
     finished = (out / "model").is_dir()
-    if _launch_rank() == 0:  # under torchrun, one line for the run, not one per process
+    if rank == 0:  # under torchrun, one line for the run, not one per process
         print(f"run folder: {out} ({'finished' if finished else 'stopped; continue with --resume'})")
     return 0
