@@ -14,15 +14,20 @@ def test_file_problem_tells_each_kind_of_path_apart(tmp_path):
     (tmp_path / "link_to_file").symlink_to(tmp_path / "file")
     (tmp_path / "broken").symlink_to(tmp_path / "gone")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")  # a loop of two links
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
     os.mkfifo(tmp_path / "pipe")
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(tmp_path / "socket"))
         found = {name: file_problem(tmp_path / name)
-                 for name in ("file", "link_to_file", "missing", "folder", "broken", "loop", "pipe", "socket")}
+                 for name in ("file", "link_to_file", "missing", "file/child", "folder", "broken", "loop", "loop_a",
+                              "pipe", "socket")}
     assert found == {
         "file": None, "link_to_file": None, "missing": "does not exist", "folder": "is a folder, not a file",
+        "file/child": "does not exist",  # ENOTDIR, not "cannot be reached (Not a directory)"
         "broken": f"is a broken symbolic link (to {tmp_path / 'gone'})",
         "loop": f"is a broken symbolic link (to {tmp_path / 'loop'})",
+        "loop_a": f"is a broken symbolic link (to {tmp_path / 'loop_b'})",
         "pipe": "is not a regular file (a pipe, socket or device)",
         "socket": "is not a regular file (a pipe, socket or device)",
     }

@@ -269,3 +269,14 @@ def test_a_folder_entry_that_is_a_link_to_a_folder_is_replaced_itself(tmp_path):
     assert not (folder / "text_encoder").is_symlink() and (folder / "text_encoder" / "vocab.txt").read_text() == "new"
     assert (folder / "model.safetensors").read_text() == "new" and (shared / "vocab.txt").read_text() == "shared"
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "text_encoder"]
+
+
+def test_remove_temporaries_removes_the_names_write_atomically_gives_and_no_longer_or_shorter_ones(tmp_path):
+    """A user's `.report.json.backup_2024.tmp` is 11 characters where write_atomically's are 8: not a leftover."""
+    (tmp_path / "report.json").write_text("{}")
+    leftovers = [tmp_path / output_paths.temporary_name("report.json"), tmp_path / ".report.json.k_9zq2xa.tmp"]
+    kept = ["report.json", ".report.json.backup_2024.tmp", ".report.json.0a1b2c3d4.tmp", ".report.json.0a1b2c3.tmp"]
+    for path in [*leftovers, *(tmp_path / name for name in kept[1:])]:
+        path.write_text("x")
+    assert sorted(output_paths.remove_temporaries(tmp_path / "report.json")) == sorted(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import tgfr.data.synthetic as synthetic
 from tgfr.cli import main
@@ -40,15 +41,15 @@ def test_layout_splits_and_counts(dataset):
     out, records = dataset
     clean = [r for r in records if not r.split.endswith("_degraded")]
     assert len(clean) == 30
-    assert {r.split for r in records} == {"train", "val", "test", "test_degraded"}
+    assert {r.split for r in records} == {"train", "val", "test", "test_degraded", "val_degraded"}
     split_of = {}
     for record in clean:
         assert split_of.setdefault(record.identity, record.split) == record.split  # identity-disjoint splits
         assert record.path == f"images/{record.split}/{record.identity}/{record.identity}_{record.path[-5]}.png"
         assert (out / record.path).is_file() and len(record.captions) == 4
     assert sorted(list(split_of.values()).count(s) for s in ("train", "val", "test")) == [2, 3, 5]
-    degraded = [r for r in records if r.split == "test_degraded"]
-    assert len(degraded) == 3 * list(split_of.values()).count("test")
+    for split in ("test", "val"):
+        assert len([r for r in records if r.split == f"{split}_degraded"]) == 3 * list(split_of.values()).count(split)
     assert json.loads((out / "synthetic.json").read_text())["key"] == CONFIG.key()
 
 
@@ -96,7 +97,7 @@ def test_same_seed_same_bytes_any_workers(dataset, tmp_path):
         assert (tmp_path / record.path).read_bytes() == (out / record.path).read_bytes()
     other = SyntheticConfig(**{**CONFIG.__dict__, "seed": 6, "degradations": {}})
     other_records = read_manifest(generate_synthetic_dataset(tmp_path / "other", other, workers=1))
-    assert [r.captions for r in other_records] != [r.captions for r in records if r.split != "test_degraded"]
+    assert [r.captions for r in other_records] != [r.captions for r in records if not r.split.endswith("_degraded")]
 
 
 def test_attributes_persist_and_captions_mention_fine_ones(dataset):
@@ -176,7 +177,7 @@ def test_config_validation():
     for value in ("0.1", True, None, np.float32(0.1)):
         with pytest.raises(ValueError, match=re.escape(f"test_fraction must be an int or float, got {value!r}")):
             SyntheticConfig(test_fraction=value)
-    for degradations in (None, {1: "down24"}):  # an AttributeError
+    for degradations in ("down24", {1: "down24"}):  # an AttributeError
         with pytest.raises(ValueError, match=re.escape(f"degradations must be a dict {{split name: recipe}}, got "
                                                        f"{degradations!r}")):
             SyntheticConfig(degradations=degradations)
@@ -272,6 +273,33 @@ def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     assert len(read_manifest(manifest)) == 3
 
 
+def test_ensure_removes_the_stale_folder_of_a_run_killed_while_removing_it(tmp_path):
+    """A damaged cache folder is moved aside before its removal: a kill during the removal left it, possibly a
+    whole dataset, under a name no later run removed. Named after the killed run's staging folder, it goes with
+    it; a live process's is left alone."""
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
+    folder = tmp_path / "synthetic" / config.key()
+    folder.mkdir(parents=True)
+    (folder / "part.png").write_bytes(b"of a run cut short")  # no marker: a damaged folder, moved aside
+    # Killed (os._exit) as it removes the folder moved aside: the name of earlier tgfrs had "-stale-" in the middle.
+    killed = subprocess.run([sys.executable, "-c", "import os, shutil\n"
+                             "from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset\n"
+                             "rmtree = shutil.rmtree\n"
+                             "shutil.rmtree = lambda path, **kwargs: (os._exit(9) if '-stale' in "
+                             "os.path.basename(path) else rmtree(path, **kwargs))\n"
+                             f"ensure_synthetic_dataset(SyntheticConfig(**{dataclasses.asdict(config)!r}), "
+                             f"cache_dir={str(tmp_path)!r}, workers=1)\n"], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    left = [path for path in folder.parent.iterdir() if path != folder]
+    assert any((path / "part.png").is_file() for path in left)
+    here = synthetic._staging_owner().partition("@")[2]
+    live = folder.parent / f".{config.key()}-{os.getppid()}@{here}-4567ef01-stale"
+    live.mkdir()
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([config.key(), live.name])
+    assert len(read_manifest(manifest)) == 3
+
+
 def test_a_staging_folder_whose_lock_is_held_is_kept_though_its_process_id_is_gone(tmp_path, monkeypatch,
                                                                                    lock_taken_elsewhere):
     """Two containers of one host name sharing the cache see each other's staging folders but not each other's
@@ -322,6 +350,24 @@ def test_workers_must_be_positive_before_anything_is_written(tmp_path, workers):
     with pytest.raises(ValueError, match=f"workers must be a positive integer, got {workers}"):
         generate_synthetic_dataset(tmp_path / "out", config, workers=workers)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("entry", ["file", "path under a file", "dangling link"])
+def test_an_out_that_cannot_be_a_folder_is_named_before_anything_is_written(tmp_path, entry):
+    """A bare FileExistsError or NotADirectoryError from mkdir named no argument."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    out, expected = {
+        "file": (tmp_path / "file", f"out {tmp_path / 'file'} is a file, not a folder"),
+        "path under a file": (tmp_path / "file" / "sub",
+                              f"out {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a folder"),
+        "dangling link": (tmp_path / "link", f"out {tmp_path / 'link'} is a broken symbolic link (to "
+                                             f"{tmp_path / 'gone'})"),
+    }[entry]
+    config = SyntheticConfig(identities=4, val_fraction=0, images_per_identity=1, captions_per_image=1)
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        generate_synthetic_dataset(out, config, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"] and not (tmp_path / "gone").exists()
 
 
 def test_a_file_in_place_of_the_cache_folders_is_named(tmp_path):
@@ -443,6 +489,47 @@ def test_a_rerun_removes_the_images_of_earlier_runs_also_one_cut_short(tmp_path,
         {parent for path in listed for parent in map(str, Path(path).parents) if parent != "."}
 
 
+def test_a_run_cut_short_while_it_removes_an_earlier_cut_short_runs_images_passes_that_run_on(tmp_path,
+                                                                                            monkeypatch):
+    """Run A is cut short, run B (another config) is cut short while it removes A's images, and run C writes
+    over both: B's marker listed A's parameters with its own, so C removes the images of A that B left, and
+    the folder holds only the images that C's manifest lists."""
+    out = tmp_path / "synth"
+    earlier = dataclasses.replace(CONFIG, identities=20, images_per_identity=1, degradations={})
+    _interrupt_at_identity(monkeypatch, 15)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_dataset(out, earlier, workers=1)
+    monkeypatch.undo()
+    remove_images = synthetic._remove_images
+
+    def interrupted_while_removing(folder, paths):
+        if paths:
+            raise KeyboardInterrupt
+        remove_images(folder, paths)
+
+    monkeypatch.setattr(synthetic, "_remove_images", interrupted_while_removing)
+    cut_short = dataclasses.replace(earlier, identities=10, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_dataset(out, cut_short, workers=1)
+    monkeypatch.undo()
+    # A's images that C does not write, e.g. those of identities 10 to 14, are still there for C to remove.
+    assert any(int(p.parent.name) >= 10 for p in out.glob("images/*/*/*.png"))
+    manifest = generate_synthetic_dataset(out, dataclasses.replace(cut_short, seed=2), workers=1)
+    listed = {record.path for record in read_manifest(manifest)}
+    assert {p.relative_to(out).as_posix() for p in out.glob("images/*/*/*.png")} == listed
+
+
+def test_a_rerun_that_drops_a_degraded_copy_leaves_no_empty_folder(tmp_path):
+    """_remove_images removes the folders its images leave empty, the deepest first: a parent tried before
+    its child is not empty yet, and stays empty once the child goes."""
+    out = tmp_path / "synth"
+    generate_synthetic_dataset(out, CONFIG, workers=1)
+    assert (out / "test_degraded").is_dir()
+    generate_synthetic_dataset(out, dataclasses.replace(CONFIG, identities=6, degradations={}), workers=1)
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())] == []
+    assert not (out / "test_degraded").exists()
+
+
 def test_a_small_rerun_after_a_huge_run_cut_short_tests_the_images_there_not_every_planned_one(tmp_path,
                                                                                                    monkeypatch):
     """A run of 10^7 identities started by mistake and killed a second later lists its parameters: the next, small
@@ -543,8 +630,23 @@ KEYS_BEFORE_VERSIONS = {"default": "962ff99f1a9e5063", "small": "ff22d02536f734b
 
 @pytest.mark.parametrize("preset", sorted(KEYS_BEFORE_VERSIONS))
 def test_a_version_1_config_keeps_the_key_it_had_before_versions_were_a_parameter(preset):
-    config = dataclasses.replace(synthetic.SYNTHETIC_PRESETS[preset], version=1)
+    """The preset's parameters with version 1's own degraded copies (test's alone, the default then)."""
+    config = dataclasses.replace(synthetic.SYNTHETIC_PRESETS[preset], version=1, degradations=None)
+    assert config.degradations == {"test_degraded": synthetic.DEFAULT_DEGRADATION}
     assert config.key() == KEYS_BEFORE_VERSIONS[preset]
+
+
+@pytest.mark.parametrize("version", range(1, synthetic.GENERATOR_VERSION + 1))
+def test_a_config_without_degradations_writes_the_copies_of_tgfr_train_and_tgfr_data_synth(version):
+    """SyntheticConfig(), like the presets, wrote test_degraded alone where tgfr train and tgfr data synth write
+    val_degraded too from version 4: a dataset that `tgfr evaluate ... degraded = "val_degraded"` could not use,
+    under a key other than train's."""
+    config = dataclasses.replace(CONFIG, version=version, degradations=None)
+    assert config.degradations == {"test_degraded": synthetic.DEFAULT_DEGRADATION,
+                                   **({"val_degraded": synthetic.DEFAULT_DEGRADATION} if version >= 4 else {})}
+    assert config == dataclasses.replace(config, degradations=synthetic.degraded_splits(synthetic.DEFAULT_DEGRADATION,
+                                                                                        version))
+    assert SyntheticConfig(version=version).degradations == config.degradations
 
 
 def test_configs_of_other_versions_have_other_keys():
@@ -613,6 +715,35 @@ def test_version_1_writes_the_dataset_of_before_and_later_versions_differ_in_cov
         assert (old.path, old.identity, old.meta, old.captions) == (new.path, new.identity, new.meta, new.captions)
         redrawn += (tmp_path / "v3" / old.path).read_bytes() != (tmp_path / "v4" / new.path).read_bytes()
     assert 0 < redrawn < len(newest)
+
+
+# sha256 of the decoded pixels of COVERING's images (_pixel_digest), as versions 1 and 4 drew them at d8a3c86;
+# versions 2 and 3 draw version 1's images (the test above).
+COVERING_PIXELS_SHA256 = {1: "c10d52f3cd8ce57a4597316164c7f1404961dafa4bfc3ae1b8113c15bc6b2f97",
+                          4: "5e15d443a8ded9ee0f963b791173d07a659589412b261074e6f2d001788d9845"}
+
+
+def _pixel_digest(folder: Path, records: list) -> str:
+    """sha256 over the records' paths and decoded pixels, in the manifest's order: a PNG's bytes depend on
+    zlib's version as well, its pixels on the drawing alone."""
+    digest = hashlib.sha256()
+    for record in records:
+        pixels = np.asarray(Image.open(folder / record.path))
+        digest.update(f"{record.path} {pixels.shape} {pixels.dtype}\n".encode())
+        digest.update(pixels.tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("version", sorted(COVERING_PIXELS_SHA256))
+def test_a_version_draws_the_images_it_drew_when_it_was_recorded(tmp_path, version):
+    """A recorded reference, not an independent one, on purpose: the promise here is byte-stability itself. A
+    version writes forever the dataset it first wrote, and a cache folder is reused by its key alone, so a change
+    to the drawing code (even one shared by every version, which comparing versions misses) would give two
+    machines different images under one key. A drawing meant to change is a new generator version."""
+    folder = tmp_path / f"v{version}"
+    records = read_manifest(generate_synthetic_dataset(folder, dataclasses.replace(COVERING, version=version),
+                                                       workers=1))
+    assert _pixel_digest(folder, records) == COVERING_PIXELS_SHA256[version]
 
 
 def test_a_folder_another_process_generates_into_is_refused_and_left_alone(tmp_path, folder_held_elsewhere):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tgfr.data import worker_pool
 from tgfr.data.worker_pool import WorkerPool
 
 
@@ -117,6 +118,59 @@ def test_work_handed_to_the_workers_is_dropped_after_an_error(tmp_path):
     started = sorted(int(line) for line in log.read_text().split())
     # 0 and 1 run together; each worker takes one more while 0's error travels back; none after that.
     assert started in ([0, 1], [0, 1, 2], [0, 1, 2, 3]), started
+
+
+def test_an_error_stops_the_submission_and_the_dispatch_of_the_chunks_after_it(tmp_path):
+    """ProcessPoolExecutor.map submitted every chunk before raising a worker's error (seconds for 10^5 chunks),
+    and a shutdown that did not cancel the pending ones sent each to a worker, to return at once (the stop
+    event): only the chunks the executor already queued (up to workers + 1) may reach a worker after it."""
+    started_log, dispatched_log = tmp_path / "started.log", tmp_path / "dispatched.log"
+    process = _start_script(tmp_path, f"""
+        import concurrent.futures
+        import time
+        import tgfr.data.worker_pool as worker_pool
+
+        unless_stopped, submit = worker_pool._unless_stopped, concurrent.futures.ProcessPoolExecutor.submit
+        submissions = 0
+
+        def dispatched(*args):
+            with open({str(dispatched_log)!r}, "a") as handle:
+                handle.write("chunk\\n")
+            return unless_stopped(*args)
+
+        def counted_submit(executor, *args):
+            global submissions
+            submissions += 1
+            return submit(executor, *args)
+
+        def job(item):
+            with open({str(started_log)!r}, "a") as handle:
+                handle.write(f"{{item}}\\n")
+            time.sleep(0.2)
+            if item == 0:
+                raise ValueError("the first item fails")
+
+        # The pool hands the workers what it finds under this name: each chunk a worker takes is logged.
+        worker_pool._unless_stopped = dispatched
+        concurrent.futures.ProcessPoolExecutor.submit = counted_submit
+
+        if __name__ == "__main__":
+            print("started", flush=True)
+            try:
+                with worker_pool.WorkerPool(2) as pool:
+                    try:
+                        pool.map(job, range(2000))
+                    finally:
+                        print(submissions, flush=True)
+            except ValueError:
+                pass
+    """)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert int(out) <= 2 * worker_pool.CHUNKS_AHEAD_PER_WORKER  # submitted when the error was raised
+    started, dispatched = started_log.read_text().split(), dispatched_log.read_text().split()
+    # Besides those started: the workers + 1 queued, and one a worker may have taken but not begun at the stop.
+    assert len(dispatched) <= len(started) + (2 + 1) + 2, (started, len(dispatched))
 
 
 def test_a_second_ctrl_c_while_the_pool_winds_down_ends_the_program(tmp_path):

@@ -16,7 +16,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,8 @@ from tgfr.output_paths import check_output_folder, naming_write_errors, write_at
 # 4: the same captions as 3; the mole, scar, freckles, wrinkles and brows are drawn at least
 # synthetic_faces.MARK_CONTRAST luma levels from the skin, and wrinkles twice as wide, where version 3
 # drew dark skin's mole, scar and wrinkles, and blond brows on olive or tan skin, hardly apart from it;
-# its datasets (tgfr train's, tgfr data synth's) degrade val as well as test (degraded_splits).
+# its datasets (SyntheticConfig's default, tgfr train's, tgfr data synth's) degrade val as well as test
+# (degraded_splits).
 GENERATOR_VERSION = 4
 # Low resolution plus TGFR's CelebA recipe: erases freckles, moles, scars, eye colour and
 # earrings while hair, skin, face shape and clothes stay visible.
@@ -69,7 +70,9 @@ SIZE_LIMITS = {"identities": 10**7, "images_per_identity": 10**5, "captions_per_
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Parameters of a synthetic dataset; equal configs give identical datasets. version: the
-    generator version (1 to GENERATOR_VERSION) whose images and captions to write."""
+    generator version (1 to GENERATOR_VERSION) whose images and captions to write. degradations: the
+    degraded copies, split name -> recipe; None (the default) gives the version's own,
+    degraded_splits(DEFAULT_DEGRADATION, version), those that tgfr train and tgfr data synth write."""
 
     identities: int = 1000
     images_per_identity: int = 10
@@ -77,7 +80,7 @@ class SyntheticConfig:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    degradations: dict[str, str] = field(default_factory=lambda: {"test_degraded": DEFAULT_DEGRADATION})
+    degradations: dict[str, str] | None = None
     version: int = GENERATOR_VERSION
 
     def __post_init__(self):
@@ -91,6 +94,13 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be an int or float, got {getattr(self, name)!r}")
             # A float: 0 and 0.0, equal, would give two keys (JSON "0" and "0.0"), and so two cache folders.
             object.__setattr__(self, name, float(getattr(self, name)))
+        if type(self.version) is not int or not 1 <= self.version <= GENERATOR_VERSION:
+            raise ValueError(f"version must be a synthetic generator version from 1 to {GENERATOR_VERSION} (this "
+                             f"tgfr's newest), got {self.version!r}")
+        if self.degradations is None:
+            # Resolved, not kept as None: equal to a config given these copies (tgfr train's), with its key; and a
+            # version 1 to 3 config keeps the key it had when test_degraded alone was every version's default.
+            object.__setattr__(self, "degradations", degraded_splits(DEFAULT_DEGRADATION, self.version))
         if not isinstance(self.degradations, dict) or not all(isinstance(name, str) for name in self.degradations):
             raise ValueError(f"degradations must be a dict {{split name: recipe}}, got {self.degradations!r}")
         # Sorted by name (a copy, which the caller's dict changing later leaves alone): equal configs, whatever
@@ -101,9 +111,6 @@ class SyntheticConfig:
                              f"{self.val_fraction} and {self.test_fraction}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if type(self.version) is not int or not 1 <= self.version <= GENERATOR_VERSION:
-            raise ValueError(f"version must be a synthetic generator version from 1 to {GENERATOR_VERSION} (this "
-                             f"tgfr's newest), got {self.version!r}")
         for name, recipe in self.degradations.items():
             if not name.endswith("_degraded") or name.split("_")[0] not in ("train", "val", "test"):
                 raise ValueError(f"degradation split names look like '<train|val|test>[_...]_degraded', got {name!r}")
@@ -329,9 +336,10 @@ def generate_synthetic_dataset(out: str | Path, config: SyntheticConfig = Synthe
     manifest lists remain; files that no run wrote are left alone. The earlier manifest.jsonl is
     removed before any image changes, and the new one written last, so a run cut short leaves no
     manifest. A folder holding other files but no synthetic.json is a ValueError, before anything
-    is written, and so is a folder that another process generates into (tgfr.folder_lock)."""
+    is written, and so is a folder that another process generates into (tgfr.folder_lock), and an `out`
+    that is a file, a broken symbolic link or under a file."""
     check_workers(workers)
-    out = Path(out)
+    out = check_output_folder("out", out)
     _check_synthetic_or_empty(out)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, f"output folder {out} is being written by another process generating a synthetic "
@@ -418,7 +426,9 @@ def _staging_owner() -> str:
 
 def _remove_abandoned_staging(parent: Path, key: str) -> None:
     """Removes the staging folders of `key` whose process, on this machine, has ended without removing
-    its own (killed: SIGKILL, out of memory): each would hold a partial copy of the dataset for good.
+    its own (killed: SIGKILL, out of memory): each would hold a partial copy of the dataset for good; and
+    the stale cache folders such a process moved aside (named after its staging folder) and was killed
+    while removing.
     Staging folders of live processes or of another machine, and names of another form, are left alone
     (a name without a machine is an earlier tgfr's, taken for this machine's), and so is one whose lock
     (folder_lock, which its owner holds while it generates) is held: its owner may be a process that this
@@ -479,8 +489,9 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
             if (folder.is_symlink() or folder.exists()) and _cached_manifest(folder, key) is None:
                 # A stale folder (no valid marker: interrupted by an older version, or damaged) is
                 # moved aside first, since a directory cannot be renamed over a non-empty one; if
-                # another process moved or replaced it meanwhile, the rename below settles it.
-                stale = folder.with_name(f".{key}-stale-{uuid.uuid4().hex}")
+                # another process moved or replaced it meanwhile, the rename below settles it. Named after the
+                # staging folder: left by a kill during its removal, it goes with that folder's leftovers.
+                stale = staging.with_name(f"{staging.name}-stale")
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(folder, stale)
                 if stale.is_dir() and not stale.is_symlink():
