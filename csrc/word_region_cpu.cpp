@@ -71,8 +71,9 @@ void check_lengths(const at::Tensor& lengths, int64_t num_words) {
 }
 
 void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions) {
-  TORCH_CHECK_VALUE(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1,
-                    "expected words (N, T, D), lengths (N,), regions (M, R, D)");
+  TORCH_CHECK_VALUE(words.dim() == 3, "words must be (N, T, D), got shape ", words.sizes());
+  TORCH_CHECK_VALUE(lengths.dim() == 1, "lengths must be (N,), got shape ", lengths.sizes());
+  TORCH_CHECK_VALUE(regions.dim() == 3, "regions must be (M, R, D), got shape ", regions.sizes());
   TORCH_CHECK_VALUE(words.size(2) == regions.size(2), "regions must have D=", words.size(2), ", got ",
                     regions.size(2));
   TORCH_CHECK_VALUE(lengths.size(0) == words.size(0), "lengths must have N=", words.size(0), " entries");

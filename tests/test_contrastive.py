@@ -254,12 +254,16 @@ def test_row_max_is_float32_under_autocast(backend):
     assert contrastive_row_max(meta, meta, backend="reference").shape == (8,)  # no autocast to turn off there
 
 
-def test_reference_loss_is_float32_under_cpu_autocast():
+def test_reference_loss_is_float32_under_cpu_autocast(monkeypatch):
     """As contrastive_row_max's: the reference, the float32 baseline, ran its similarity matmul in bf16 under CPU
-    autocast (9.5767 for backend "cpu"'s 9.5728)."""
+    autocast (9.5767 for backend "cpu"'s 9.5728). Nor does it take its inputs in the autocast dtype as the kernels
+    do on CUDA, for which the CPU stands in here."""
+    import tgfr.ops.autocast
+
     x, y, labels, _ = make_batch(64, 64, 32, torch.float32, identities=8)
     arguments = dict(row_labels=labels, same_identity="zero", backend="reference")
     expected = contrastive_cross_entropy(x, y, **arguments)
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = contrastive_cross_entropy(x, y, **arguments)
     for got_part, expected_part in zip(got, expected):
@@ -677,6 +681,46 @@ def test_registered_ops_refuse_empty_sides_and_misshapen_labels(call, message):
         call()
 
 
+def test_registered_ops_name_an_embedding_of_another_rank_and_labels_of_another_dtype():
+    """Without their own checks the kernels blamed y for a rank-3 x ("y must have the embedding size") and gave a
+    RuntimeError naming no argument for int32 labels."""
+    x, labels = torch.randn(4, 3), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match=re.escape("x and y must be (N, D) and (M, D), got shapes [1, 4, 3] and "
+                                                   "[4, 3]")):
+        raw_forward(x[None], x)
+    with pytest.raises(ValueError, match=re.escape("got shapes [4, 3] and [4, 3, 1]")):
+        raw_row_max(x, x[..., None])
+    with pytest.raises(ValueError, match=re.escape("got shapes [4, 3, 1] and [4, 3]")):
+        raw_backward(x[..., None], x)
+    for labels_x, labels_y in ((labels.int(), labels), (labels, labels.int())):
+        with pytest.raises(TypeError, match="labels_x and labels_y must be int64, got"):
+            raw_forward(x, x, labels_x, labels_y)
+        with pytest.raises(TypeError, match="labels_x and labels_y must be int64, got"):
+            torch.ops.tgfr.contrastive_row_max(x, x, labels_x, labels_y, "zero", 0)
+        with pytest.raises(TypeError, match="labels_x and labels_y must be int64, got"):
+            torch.ops.tgfr.contrastive_backward(torch.ones(4), torch.zeros(0), x, x, labels_x, labels_y,
+                                                torch.zeros(4), torch.zeros(0), 5.0, 0.0, "zero", 0, True, False)
+
+
+@pytest.mark.parametrize("name", ["x", "y", "labels_x", "labels_y", "grad_row_loss", "row_lse"])
+def test_registered_ops_refuse_one_input_on_another_device(name):
+    """With one input on meta among CPU ones, the dispatcher runs the op's Meta kernel (its fake function), which
+    returned uninitialized CPU memory as the result, with no error."""
+    inputs = {"x": torch.randn(4, 3), "y": torch.randn(4, 3), "labels_x": torch.zeros(4, dtype=torch.int64),
+              "labels_y": torch.zeros(4, dtype=torch.int64), "grad_row_loss": torch.ones(4), "row_lse": torch.zeros(4)}
+    inputs[name] = inputs[name].to("meta")
+    x, y, labels_x, labels_y, grad_row_loss, row_lse = inputs.values()
+    calls = [lambda: torch.ops.tgfr.contrastive_backward(grad_row_loss, torch.zeros(0), x, y, labels_x, labels_y,
+                                                         row_lse, torch.zeros(0), 5.0, 0.0, "zero", 0, True, False)]
+    if name not in ("grad_row_loss", "row_lse"):
+        calls += [lambda: torch.ops.tgfr.contrastive_forward(x, y, labels_x, labels_y, 5.0, 0.0, "zero", 0, True,
+                                                             False),
+                  lambda: torch.ops.tgfr.contrastive_row_max(x, y, labels_x, labels_y, "zero", 0)]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"all inputs must be on one device, got .*{name} on meta"):
+            call()
+
+
 def raw_calls(n: int, m: int, offset: int, rows: bool, scale: float = 5.0, margin: float = 0.0, dtype=torch.float32):
     """The three registered ops on random (n, 4) and (m, 4) inputs, each a thunk."""
     x, y = torch.randn(n, 4).to(dtype), torch.randn(m, 4).to(dtype)
@@ -816,6 +860,8 @@ def test_row_max_is_not_differentiable(backend):
     but gets no gradient, would each be silent."""
     x, y, _, _ = make_batch(6, 6, 4, torch.float32)
     assert not contrastive_row_max(x, y, backend=backend).requires_grad
+    # Nor in forward mode, which no_grad does not stop: the reference's matmul carried x's tangent.
+    assert DERIVATIVE_TRANSFORMS["forward_ad"](lambda a: contrastive_row_max(a, y, backend=backend), x) is None
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -847,6 +893,8 @@ def test_offset_takes_a_numpy_integer(backend):
     (lambda x, y, l: contrastive_loss(x, y.detach().to("meta")), ValueError, ["one device", "y on meta"]),
     (lambda x, y, l: contrastive_loss(x, y, row_labels=l.to("meta")), ValueError, ["row_labels on meta"]),
     (lambda x, y, l: contrastive_row_max(x, y.detach().to("meta")), ValueError, ["y on meta"]),
+    (lambda x, y, l: contrastive_loss(x, y, row_labels=l, column_labels=l.to("meta")), ValueError,
+     ["column_labels on meta"]),
     (lambda x, y, l: contrastive_loss(x, y, row_labels=l, column_labels=l[:1], backend="reference"), ValueError,
      ["column_labels must have size 6"]),
     (lambda x, y, l: contrastive_loss(x[:, :0], y[:, :0], backend="reference"), ValueError,

@@ -14,9 +14,9 @@ import itertools, torch
 from tgfr.ops import contrastive_cross_entropy, contrastive_row_max
 torch.manual_seed(0)
 device = "{device}"
+# Columns with N > M and a negative offset: the columns' launches take -offset (their rows are y's).
 for mode, direction in itertools.product(("exclude", "zero", "positive", "none"), ("rows", "columns", "both")):
-    n, m = (37, 37) if direction != "rows" else (20, 45)
-    offset = 0 if direction != "rows" else 11
+    n, m, offset = {{"rows": (20, 45, 11), "columns": (45, 20, -11), "both": (37, 37, 0)}}[direction]
     x = torch.randn(n, 20, device=device, requires_grad=True)
     y = torch.randn(m, 20, device=device, requires_grad=True)
     labels = torch.randint(0, 6, (n,), device=device)
@@ -140,6 +140,16 @@ positive = (torch.arange(45, device=device)[None, :] == torch.arange(20, device=
 got = contrastive_row_max(a, b, row_labels, column_labels, same_identity="positive", offset=11, backend="triton")
 expected = similarity.masked_fill(positive, float("-inf")).amax(dim=1)
 torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-6)
+# Past the first block of 4096 rows, with rows near their targets (as in training, where a row whose target
+# column were taken for another would find its own positive its hardest negative): each block's rows keep their
+# global offset.
+b = torch.randn(4300, 16, generator=generator).to(device)
+a = b[60:4260] + 0.1 * torch.randn(4200, 16, generator=generator).to(device)
+row_labels, column_labels = (torch.randint(0, 50, (size,), generator=generator).to(device) for size in (4200, 4300))
+arguments = dict(same_identity="positive", offset=60)
+got = contrastive_row_max(a, b, row_labels, column_labels, backend="triton", **arguments)
+torch.testing.assert_close(got, contrastive_row_max(a, b, row_labels, column_labels, backend="reference", **arguments),
+                           rtol=0, atol=1e-6)
 print("ok")
 """
 

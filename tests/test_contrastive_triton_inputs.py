@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from derivative_transforms import DERIVATIVE_TRANSFORMS
 from triton_interpreter import interpreted_only, parent_only, run_interpreted
 
 
@@ -145,3 +146,16 @@ def test_checks_take_symbolic_sizes():
                                      torch.tensor([5, 5, 1, 2])), torch.tensor([1, 3]))
     with pytest.raises(ValueError, match="^y "):
         make_fx(check, tracing_mode="symbolic")(torch.randn(3, 8), torch.randn(5, 4), labels_x, labels_y)
+
+
+@interpreted_only
+@pytest.mark.parametrize("transform", ["forward_ad", "jvp", "grad"])
+def test_forward_ad_and_func_transforms_raise(transform):
+    """The Triton op's own autograd kernel does not refuse tangents (tgfr/ops/first_order.py): without the front
+    end's refusal a forward-mode derivative through it was dropped, a tangent of None, without an error."""
+    from tgfr.ops import contrastive_loss
+
+    generator = torch.Generator().manual_seed(6)
+    x, y = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
+    with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS[transform](lambda a: contrastive_loss(a, y, backend="triton"), x)

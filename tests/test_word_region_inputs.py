@@ -37,6 +37,9 @@ BAD_INPUTS = {
     "no regions": (replace(2, torch.randn(4, 0, 8)), ValueError, "regions"),
     "not a tensor": (replace(0, [[1.0]]), TypeError, "words"),
     "different devices": (replace(1, torch.tensor([1, 5, 3], device="meta")), ValueError, "device"),
+    "regions on meta": (replace(2, torch.randn(4, 6, 8, device="meta")), ValueError, "regions on meta"),
+    # Not "lengths must lie in [1, T=0]": that message blames the lengths for the missing words.
+    "no words": (replace(0, torch.randn(3, 0, 8)), ValueError, "words must not be empty along dimension 1"),
 }
 
 
@@ -281,6 +284,19 @@ def test_kernel_checks_dtypes_and_the_gradients_shape_itself():
             raw_scores_backward(words, lengths, regions, grad=grad)
 
 
+@pytest.mark.parametrize("name", ["words", "lengths", "regions", "grad_scores"])
+def test_kernels_refuse_one_input_on_another_device(name):
+    """With one input on meta among CPU ones, the dispatcher runs the op's Meta kernel (its fake function), which
+    returned uninitialized CPU memory as the result, with no error."""
+    words, lengths, regions = valid_inputs()
+    inputs = {"words": words, "lengths": lengths, "regions": regions[:3], "grad": torch.ones(3, 3)}
+    key = "grad" if name == "grad_scores" else name
+    inputs[key] = inputs[key].to("meta")
+    for op in (raw_scores_backward,) if name == "grad_scores" else RAW_OPS:
+        with pytest.raises(ValueError, match=f"all inputs must be on one device, got .*{name} on meta"):
+            op(**inputs)
+
+
 def test_kernel_checks_shapes_itself():
     """A wrong count of lengths, regions of another D, or (for the attention) not one image per caption: each
     kernel read past its buffers or with a wrong stride without its own check."""
@@ -295,6 +311,14 @@ def test_kernel_checks_shapes_itself():
     for images in (2, 4):
         with pytest.raises(ValueError, match=f"regions must have N=3 images, got {images}"):
             raw_attention(words, lengths, torch.randn(images, 6, 8))
+    # Each argument of another rank is named with the shape it came in (one message for all three named none).
+    for op in RAW_OPS:
+        with pytest.raises(ValueError, match=re.escape("words must be (N, T, D), got shape [3, 8]")):
+            op(words[:, 0], lengths, regions)
+        with pytest.raises(ValueError, match=re.escape("lengths must be (N,), got shape [1, 3]")):
+            op(words, lengths[None], regions)
+        with pytest.raises(ValueError, match=re.escape("regions must be (M, R, D), got shape [3, 6, 8, 1]")):
+            op(words, lengths, regions[..., None])
 
 
 def test_kernel_reads_strided_inputs_as_their_values():

@@ -13,6 +13,7 @@ kernels.
 import pytest
 import torch
 
+from derivative_transforms import DERIVATIVE_TRANSFORMS
 from triton_interpreter import interpreted_only, parent_only, run_interpreted
 
 
@@ -151,6 +152,19 @@ def test_double_backward_raises_instead_of_returning_wrong_gradients():
     grads = torch.autograd.grad(scores.sum(), (words, regions), create_graph=True)
     with pytest.raises(RuntimeError, match="first-order gradients only"):
         torch.autograd.grad(sum(grad.square().sum() for grad in grads), (words, regions))
+
+
+@interpreted_only
+@pytest.mark.parametrize("transform", ["forward_ad", "jvp", "grad"])
+def test_forward_ad_and_func_transforms_raise(transform):
+    """The Triton op's own autograd kernel does not refuse tangents (tgfr/ops/first_order.py): without the front
+    end's refusal a forward-mode derivative through it was dropped, a tangent of None, without an error."""
+    import tgfr.ops
+
+    words, lengths, regions = _inputs(2, 3, 4, 9, 6, [4, 2], seed=13)
+    with pytest.raises(NotImplementedError, match="word_region_scores has fused reverse-mode gradients only"):
+        DERIVATIVE_TRANSFORMS[transform](
+            lambda w: tgfr.ops.word_region_scores(w, lengths, regions.float(), backend="triton"), words.float())
 
 
 @interpreted_only

@@ -45,8 +45,9 @@ struct Problem {
 
 Problem make_problem(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                      double gamma1, double gamma2, bool word_softmax) {
-  TORCH_CHECK_VALUE(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1,
-                    "expected words (N, T, D), lengths (N,), regions (M, R, D)");
+  TORCH_CHECK_VALUE(words.dim() == 3, "words must be (N, T, D), got shape ", words.sizes());
+  TORCH_CHECK_VALUE(lengths.dim() == 1, "lengths must be (N,), got shape ", lengths.sizes());
+  TORCH_CHECK_VALUE(regions.dim() == 3, "regions must be (M, R, D), got shape ", regions.sizes());
   TORCH_CHECK_VALUE(regions.size(2) == words.size(2), "regions must have the feature size D=", words.size(2),
                     " of words, got ", regions.size(2));
   TORCH_CHECK_VALUE(lengths.size(0) == words.size(0), "lengths must have one entry per caption");

@@ -12,6 +12,14 @@ than any measured tile (a 4-caption backward tile with 16 warps already fails re
 in ptxas at D=256). Under torch.use_deterministic_algorithms(True), "triton" whenever Triton is
 installed: its backward then runs without atomics, while the CUDA kernel's backward adds gradients
 with fp32 atomics and raises (tgfr/ops/determinism.py).
+
+The shapes this rule sends to "cuda" for their size mostly have no GPU backward: the CUDA kernel keeps a
+caption's padded words, the logits of all R regions and fp32 contexts in shared memory per block
+(kernels/word_region.cu, make_layout), its backward also fp32 gradient buffers, and an H100's or H200's
+opt-in limit is 227 KB. At T=22, R=196 that backward needs more past D=400 in bf16 (D=304 in float32),
+the forward past D=896 (624): at D=768, bf16, 202,112 and 401,792 bytes. Such a backward raises
+(naming backend='triton') rather than launching; the Triton kernels are unmeasured at these tiles. Sizes
+computed from make_layout, not run on a GPU; the presets project words to D=256, well within both.
 """
 
 import importlib.util

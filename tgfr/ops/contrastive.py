@@ -285,6 +285,8 @@ def contrastive_row_max(
     check_choice("same_identity", same_identity, SAME_IDENTITY_MODES)
     normalize = check_flag("normalize", normalize)
     backend = _resolve_backend(backend, x)
+    # no_grad below stops reverse mode only: the reference's matmul would carry a forward-mode tangent.
+    x, y = x.detach(), y.detach()
     # Without autocast: the reference's and the Triton backend's similarities are matmuls, which autocast
     # would take in bf16 (the maxima off by about 1e-3, CoReFace's margin with them), unlike the CPU kernel's.
     with torch.no_grad(), without_autocast(x.device.type):
@@ -300,8 +302,15 @@ def contrastive_row_max(
                                                   same_identity, offset)
 
 
+def _check_op_inputs_on_one_device(**tensors: torch.Tensor | None) -> None:
+    """The fake kernels are the ops' Meta kernels too: a direct call with one input on meta among CPU ones runs
+    them, and without this check they returned uninitialized CPU memory. Absent (None) labels take no part."""
+    check_same_device(**{name: tensor for name, tensor in tensors.items() if tensor is not None})
+
+
 @torch.library.register_fake("tgfr::contrastive_forward")
 def _contrastive_forward_fake(x, y, labels_x, labels_y, scale, margin, same_identity, offset, rows, columns):
+    _check_op_inputs_on_one_device(x=x, y=y, labels_x=labels_x, labels_y=labels_y)
     dtype = reference.accumulation_dtype(x.dtype)
     row_loss = x.new_empty((x.shape[0] if rows else 0,), dtype=dtype)
     column_loss = x.new_empty((y.shape[0] if columns else 0,), dtype=dtype)
@@ -309,13 +318,16 @@ def _contrastive_forward_fake(x, y, labels_x, labels_y, scale, margin, same_iden
 
 
 @torch.library.register_fake("tgfr::contrastive_backward")
-def _contrastive_backward_fake(grad_row_loss, grad_col_loss, x, y, *args):
+def _contrastive_backward_fake(grad_row_loss, grad_col_loss, x, y, labels_x, labels_y, row_lse, col_lse, *args):
+    _check_op_inputs_on_one_device(grad_row_loss=grad_row_loss, grad_col_loss=grad_col_loss, x=x, y=y,
+                                   labels_x=labels_x, labels_y=labels_y, row_lse=row_lse, col_lse=col_lse)
     # new_empty, not empty_like: the kernel's gradients are contiguous whatever the strides of x and y.
     return x.new_empty(x.shape), y.new_empty(y.shape)
 
 
 @torch.library.register_fake("tgfr::contrastive_row_max")
 def _contrastive_row_max_fake(x, y, labels_x, labels_y, same_identity, offset):
+    _check_op_inputs_on_one_device(x=x, y=y, labels_x=labels_x, labels_y=labels_y)
     return x.new_empty((x.shape[0],), dtype=reference.accumulation_dtype(x.dtype))
 
 

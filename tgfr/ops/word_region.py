@@ -172,19 +172,24 @@ def word_region_attention(
     return torch.ops.tgfr.word_region_attention(words, lengths, regions, gamma1, word_softmax)
 
 
+# The fake kernels are the ops' Meta kernels too: a direct call with one input on meta among CPU ones runs them,
+# and without the device check they returned uninitialized CPU memory as the result.
 @torch.library.register_fake("tgfr::word_region_scores")
 def _word_region_scores_fake(words, lengths, regions, gamma1, gamma2, word_softmax):
+    check_same_device(words=words, lengths=lengths, regions=regions)
     dtype = reference.accumulation_dtype(words.dtype)
     return words.new_empty((words.shape[0], regions.shape[0]), dtype=dtype)
 
 
 @torch.library.register_fake("tgfr::word_region_scores_backward")
 def _word_region_scores_backward_fake(grad_scores, words, lengths, regions, gamma1, gamma2, word_softmax):
+    check_same_device(grad_scores=grad_scores, words=words, lengths=lengths, regions=regions)
     return words.new_empty(words.shape), regions.new_empty(regions.shape)  # contiguous, as the kernels' are
 
 
 @torch.library.register_fake("tgfr::word_region_attention")
 def _word_region_attention_fake(words, lengths, regions, gamma1, word_softmax):
+    check_same_device(words=words, lengths=lengths, regions=regions)
     dtype = reference.accumulation_dtype(words.dtype)
     return words.new_empty((words.shape[0], words.shape[1], regions.shape[1]), dtype=dtype)
 
