@@ -102,8 +102,8 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("fr.steps.x=1", "fr.steps is not a table"),
     ("fr.steps=0", r"fr\.steps must be an integer in \[1, 281474976710656\), got 0"),
     ("fuse.steps=-3", r"fuse\.steps must be an integer in \[1, "),
-    ("checkpoint_every=0", r"^checkpoint_every must be an integer in \[1, 281474976710656\), got 0$"),
-    ("log_every=-1", r"^log_every must be an integer in \[1, 281474976710656\), got -1$"),
+    ("checkpoint_every=0", r"^checkpoint_every must be an integer in \[1, 9223372036854775808\), got 0$"),
+    ("log_every=-1", r"^log_every must be an integer in \[1, 9223372036854775808\), got -1$"),
     ("threads=-1", r"threads must be an integer in \[0, 4097\), got -1"),
     ("fr.optim.min_lr_ratio=1.5", r"fr\.optim\.min_lr_ratio must lie in \[0.0, 1.0\]"),
     ("align.optim.min_lr_ratio=-0.1", r"align\.optim\.min_lr_ratio must lie in"),
@@ -138,8 +138,8 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
                              ("data.synthetic_images_per_identity", 1, 10**5 + 1),
                              ("data.synthetic_captions_per_image", 1, 10**4 + 1), ("fr.steps", 1, 2**48),
                              # Written to config.toml, a larger one passed TOML's 64-bit integers.
-                             ("checkpoint_every", 1, 2**48), ("log_every", 1, 2**48),
-                             *((f"{stage}.optim.warmup_steps", 0, 2**48) for stage in ("fr", "align", "fuse")),
+                             ("checkpoint_every", 1, 2**63), ("log_every", 1, 2**63),
+                             *((f"{stage}.optim.warmup_steps", 0, 2**63) for stage in ("fr", "align", "fuse")),
                              ("align.num_prototypes", 1, 2**20), *EVALUATION_SIZE_BOUNDS)),
     ("data.train_degradation=blurry", r"data\.train_degradation: unknown recipe step 'blurry'"),
     ("data.degradation=down24+jpeg0", r"data\.degradation: recipe step 'jpeg0'"),
@@ -184,7 +184,7 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
                                 ("momentum=1.0", r"momentum must lie in \[0\.0, 1\.0\)"),
                                 ("grad_clip=-1", r"grad_clip must lie in \[0\.0, inf\)"),
                                 ("min_lr_ratio=1.5", r"min_lr_ratio must lie in \[0\.0, 1\.0\]"),
-                                ("warmup_steps=-1", r"warmup_steps must be an integer in \[0, 281474976710656\), "
+                                ("warmup_steps=-1", r"warmup_steps must be an integer in \[0, 9223372036854775808\), "
                                                     r"got -1$"))),
     ("data.cache_dir=07:30:00", r"^data\.cache_dir must be of type str, got datetime\.time\(7, 30\) \(time\); "
                                 r"TOML reads an unquoted number, date or boolean as one"),
@@ -238,11 +238,17 @@ def test_the_largest_image_size_is_accepted():
 
 
 def test_the_largest_step_counts_and_intervals_are_accepted():
-    """Below 2^48 (a stage left out of stages takes any warm-up)."""
-    largest = 2**48 - 1
-    config = load_config("quick", [f"{key}={largest}" for key in ("fr.steps", "checkpoint_every", "log_every")]
+    """Steps below 2^48; intervals and warm-ups (a stage left out of stages takes any) below TOML's 2^63, so that
+    a run's config.toml with checkpoint_every = 10^15 (checkpoints at the stage ends alone) still loads."""
+    steps, largest = 2**48 - 1, 2**63 - 1
+    config = load_config("quick", [f"fr.steps={steps}"] + [f"{key}={largest}" for key in ("checkpoint_every",
+                                                                                            "log_every")]
                          + ['stages=["fr"]', f"align.optim.warmup_steps={largest}"])
-    assert config.fr.steps == config.checkpoint_every == config.log_every == config.align.optim.warmup_steps == largest
+    assert config.fr.steps == steps
+    assert config.checkpoint_every == config.log_every == config.align.optim.warmup_steps == largest
+    values = tomllib.loads(to_toml(load_config("quick")))
+    values["checkpoint_every"] = 10**15
+    assert config_from_dict(values).checkpoint_every == 10**15  # as tgfr evaluate and --resume read config.toml
 
 
 def test_the_largest_dropout_below_1_is_accepted():

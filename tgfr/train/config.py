@@ -300,17 +300,17 @@ class TrainConfig:
         check_choice("model.fusion", self.model.fusion, FUSIONS)
         # Upper bounds far past any use: larger values passed this check and then failed inside torch or numpy
         # (an integer overflow, an allocation of terabytes), with a traceback naming no setting.
-        # A step count or interval past 2^48 would also be written to config.toml as an integer past the 64 bits
-        # that TOML promises a reader.
-        step_limit = 2**48
-        bounds = {"threads": (0, 4097), "checkpoint_every": (1, step_limit), "log_every": (1, step_limit),
+        # An interval or warm-up is checked only against the 64-bit integers that TOML promises a reader: runs
+        # set checkpoint_every = 10^15 to checkpoint at the stage ends alone, and their config.toml must load.
+        step_limit, toml_limit = 2**48, 2**63
+        bounds = {"threads": (0, 4097), "checkpoint_every": (1, toml_limit), "log_every": (1, toml_limit),
                   **{f"data.synthetic_{name}": (1, limit + 1) for name, limit in SYNTHETIC_SIZE_LIMITS.items()},
                   "data.identities_per_batch": (1, 2**20), "data.images_per_identity": (1, 2**20),
                   "data.loader_workers": (0, 1025), "model.width": (1, 2**16), "model.num_features": (1, 2**16),
                   "model.max_length": (3, 2**16), "model.dim": (1, 2**16), "model.fine_dim": (1, 2**16),
                   "model.fusion_out_dim": (1, 2**16),
                   **{f"{stage}.steps": (1, step_limit) for stage in STAGES}, "align.num_prototypes": (1, 2**20),
-                  **{f"{stage}.optim.warmup_steps": (0, step_limit) for stage in STAGES}}
+                  **{f"{stage}.optim.warmup_steps": (0, toml_limit) for stage in STAGES}}
         for key, (low, high) in bounds.items():
             _check_integer(key, self._get(key), low, high)
         # numpy's global generator takes seeds below 2^32 (tgfr.train.seeds): a larger one would fail
