@@ -148,18 +148,19 @@ def _pair_from_row(row: object, where: str) -> VerificationPair:
     return VerificationPair(str(row["path_a"]), str(row["path_b"]), int(row["same"]))
 
 
-def _check_pairs_listed_once(pairs: Sequence[VerificationPair], places: Sequence[tuple[str, str]]) -> None:
-    """Refuses two images paired twice, in either order: one comparison would count twice, or, labelled
-    both ways, as genuine and impostor. `places`: each pair's (file and row, row), as errors name them."""
+def _check_pair_labels_agree(pairs: Sequence[VerificationPair], places: Sequence[tuple[str, str]]) -> None:
+    """Refuses two images paired twice, in either order, with different labels: one comparison counted as
+    genuine and as impostor. A repeat with the same label is read as listed (tgfr before ceb8b00 wrote
+    such repeats, and its pairs files must still read). `places`: each pair's (file and row, row), as errors
+    name them."""
     first_index: dict[frozenset[str], int] = {}
     for index, pair in enumerate(pairs):
         images = frozenset((pair.path_a, pair.path_b))
-        if images in first_index:
-            first = first_index[images]
+        first = first_index.setdefault(images, index)
+        if pairs[first].same != pair.same:
             raise ValueError(f"{places[index][0]}: {pair.path_a!r} and {pair.path_b!r} are already paired on "
-                             f"{places[first][1]} (same {pairs[first].same} there, {pair.same} here); each pair may "
-                             "be listed once")
-        first_index[images] = index
+                             f"{places[first][1]} with another label (same {pairs[first].same} there, {pair.same} "
+                             "here)")
 
 
 def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
@@ -188,7 +189,7 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
         for entry in reader:
             places.append((f"{path}:{reader.line_num}", f"line {reader.line_num}"))
             pairs.append(_pair_from_row(entry, places[-1][0]))
-    _check_pairs_listed_once(pairs, places)
+    _check_pair_labels_agree(pairs, places)
     return pairs
 
 
