@@ -1,6 +1,7 @@
 import os
 import re
 import zlib
+from pathlib import PurePath
 
 import numpy as np
 import pytest
@@ -492,6 +493,34 @@ def test_a_degrade_cut_short_among_its_moves_into_place_puts_the_earlier_copy_ba
     with pytest.raises(KeyboardInterrupt):
         degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
     assert files_under(tmp_path) == before and sorted(tmp_path.rglob("*")) == paths_before
+
+
+def test_a_put_back_cut_short_leaves_the_earlier_images_in_the_staging_folder(tmp_path, monkeypatch):
+    """A second Ctrl-C while the earlier copy's images are put back: the staging folder, where the rest of them
+    wait, was deleted with them. Now it is left, and every earlier image is in place or under its old/."""
+    manifest, _ = degrade_manifest(make_manifest(tmp_path), "test", "down16", out_manifest=tmp_path / "manifest.jsonl")
+    earlier = {path.relative_to("test_degraded"): data for path, data in files_under(tmp_path).items()
+               if path.parts[0] == "test_degraded"}
+    assert earlier
+    move = degrade_module.shutil.move
+
+    def interrupted_putting_back(source, destination):
+        if "old" in PurePath(source).parts:  # the first earlier image on its way back
+            raise KeyboardInterrupt
+        return move(source, destination)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(degrade_module, "write_manifest", full_disk)
+    monkeypatch.setattr(degrade_module.shutil, "move", interrupted_putting_back)
+    with pytest.raises(KeyboardInterrupt):
+        degrade_manifest(manifest, "test", "jpeg30", out_manifest=manifest)
+    [staging] = tmp_path.glob(".*.tmp")
+    for path, data in earlier.items():
+        kept = [where / path for where in (tmp_path / "test_degraded", staging / "old")
+                if (where / path).is_file() and (where / path).read_bytes() == data]
+        assert kept, path
 
 
 def test_cli_degrade_refuses_an_existing_split_name(tmp_path, capsys):

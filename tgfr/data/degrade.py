@@ -310,6 +310,9 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
     tasks = [(str(root / r.path), str(s), str(root / path), r.path, recipe, seed)
              for r, s, path in zip(records, staged, new_paths)]
     parallel = workers > 1 and len(tasks) > 1
+    # While the earlier copy's files wait under "old" to be put back, the staging folder is all that holds
+    # them: a put-back cut short (a second Ctrl-C) leaves it, not deleted with them.
+    holds_earlier = False
     try:
         with WorkerPool(workers) if parallel else contextlib.nullcontext() as pool:
             # At most about a second of work (4 ms an image on this project's CPU), the wait of a Ctrl-C.
@@ -337,16 +340,20 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
                     earlier = aside_path if os.path.lexists(target) else None
                     placed.append((target, earlier))
                     if earlier is not None:
+                        holds_earlier = True
                         aside_path.parent.mkdir(parents=True, exist_ok=True)
                         shutil.move(target, aside_path)
                     shutil.move(staged_path, target)  # a rename, unless the copy's folder is elsewhere
             if list_copy is not None:
                 list_copy(degraded, failed)
+            holds_earlier = False  # listed: the earlier copy is replaced for good
         except BaseException:
             _put_back(placed, made)
+            holds_earlier = False
             raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not holds_earlier:
+            shutil.rmtree(staging, ignore_errors=True)
     return degraded, failed
 
 
