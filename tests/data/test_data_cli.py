@@ -327,7 +327,7 @@ def test_grid_options_reach_the_rows_and_the_picture(tmp_path, monkeypatch, sour
     faces = ["--manifest", manifest, "--split", "val"] if source == "manifest" else []
     assert main(["data", "grid", "--out", str(out), "--rows", "3", "--recipe", "down4", "--seed", "7", *faces]) == 0
     rows = calls.pop(f"{source}_rows")
-    assert rows == ((manifest, 3, "val") if source == "manifest" else (3, 7))
+    assert rows == ((manifest, 3, "val", "down4") if source == "manifest" else (3, 7))
     assert calls == {"render_grid": (rows, out, "down4", 7)}
 
 
@@ -425,7 +425,7 @@ def test_grid_refuses_a_split_without_a_manifest_and_takes_test_by_default(tmp_p
     assert ("error: --split: a split of --manifest; without it the faces are synthetic and have no split"
             in capsys.readouterr().err)
     assert main(["data", "grid", "--out", str(tmp_path / "g.png"), "--manifest", "m.jsonl"]) == 0
-    assert calls == [("m.jsonl", 8, "test")]
+    assert calls == [("m.jsonl", 8, "test", DEFAULT_DEGRADATION)]
 
 
 @pytest.mark.parametrize("count, more", [(20, []), (21, ["  ... and 1 more"])])
@@ -529,6 +529,20 @@ def test_grid_degrades_a_manifests_image_at_its_own_size_then_resizes_it_for_its
             expected = degrade_image(image, "down128", image_rng(5, f"{row}/{column}")).resize((size, size))
             y, x = header + row * size, (2 + column) * size
             assert np.array_equal(picture[y:y + size, x:x + size], np.asarray(expected))
+
+
+def test_grid_names_a_manifest_image_that_the_recipe_does_not_suit(tmp_path, capsys):
+    """down64 does not suit a 48 x 48 image: the grid's error named no image (tgfr data degrade's names it)."""
+    records = []
+    for i in range(4):
+        Image.new("RGB", (48, 48) if i == 3 else (96, 96)).save(tmp_path / f"{i}.png")
+        records.append(ManifestRecord(f"{i}.png", str(i // 2), "test", (f"caption {i}",)))
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+    assert main(["data", "grid", "--manifest", str(manifest), "--recipe", "down64", "--rows", "2",
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert (f"tgfr data grid: error: image {tmp_path / '3.png'}: recipe step 'down64': 64 must be below both sides "
+            "of the image, 48 x 48") in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
 
 
 @pytest.mark.parametrize("option, value, minimum", [("--impostors", "-1", 0), ("--gallery-per-subject", "0", 1)])

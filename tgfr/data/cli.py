@@ -136,7 +136,8 @@ def _grid(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):  # render_grid writes PNG data whatever the name says
         raise ValueError(f"--out: the picture is written as PNG, so name a .png file, got {args.out!r}")
     split = args.split or "test"
-    rows = manifest_rows(args.manifest, args.rows, split) if args.manifest else synthetic_rows(args.rows, args.seed)
+    rows = (manifest_rows(args.manifest, args.rows, split, args.recipe) if args.manifest
+            else synthetic_rows(args.rows, args.seed))
     shown = "" if len(rows) == args.rows else (f" ({len(rows)} of the {args.rows} rows asked: split {split!r} of "
                                                f"{args.manifest} has no more identities with two images)")
     print(f"wrote {render_grid(rows, out, args.recipe, args.seed)}{shown}")

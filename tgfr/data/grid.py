@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tgfr.data.degrade import degrade_image, image_rng
+from tgfr.data.degrade import check_recipe_fits, degrade_image, image_rng
 from tgfr.data.files import load_image
 from tgfr.data.manifest import read_manifest, select_split
 from tgfr.data.synthetic import GENERATOR_VERSION
@@ -37,8 +37,10 @@ def synthetic_rows(rows: int, seed: int = 0) -> list[tuple[list[Image.Image], st
     return out
 
 
-def manifest_rows(manifest: str | Path, rows: int, split: str = "test") -> list[tuple[list[Image.Image], str]]:
-    """Two images and the first caption of the first `rows` identities (with 2+ images) of a split."""
+def manifest_rows(manifest: str | Path, rows: int, split: str = "test",
+                  recipe: str | None = None) -> list[tuple[list[Image.Image], str]]:
+    """Two images and the first caption of the first `rows` identities (with 2+ images) of a split. recipe:
+    checked to suit every image chosen (a down<S> below both its sides), naming the first that it does not."""
     _check_rows(rows)
     manifest = Path(manifest)
     by_identity: dict[str, list] = {}
@@ -47,8 +49,17 @@ def manifest_rows(manifest: str | Path, rows: int, split: str = "test") -> list[
     chosen = [records[:2] for records in by_identity.values() if len(records) >= 2][:rows]
     if not chosen:
         raise ValueError(f"split {split!r} of {manifest} has no identity with two images")
-    return [([load_image(manifest.parent / r.path) for r in pair], pair[0].captions[0] if pair[0].captions else "")
-            for pair in chosen]
+    out = []
+    for pair in chosen:
+        images = [load_image(manifest.parent / r.path) for r in pair]
+        for record, image in zip(pair, images):
+            try:
+                if recipe is not None:
+                    check_recipe_fits(recipe, *image.size)
+            except ValueError as error:  # as tgfr data degrade names it, not a cell of the grid
+                raise ValueError(f"image {manifest.parent / record.path}: {error}") from None
+        out.append((images, pair[0].captions[0] if pair[0].captions else ""))
+    return out
 
 
 def render_grid(rows: list[tuple[list[Image.Image], str]], out: str | Path, recipe: str, seed: int = 0) -> Path:
