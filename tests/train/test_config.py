@@ -71,6 +71,8 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert parse_override(r"data.manifest=C:\data\m.jsonl") == (["data", "manifest"], r"C:\data\m.jsonl")
     # A bare word keeps none of the spaces around it: "data.cache_dir = mycache" made a folder " mycache".
     assert parse_override("align.supervision = weak ") == (["align", "supervision"], "weak")
+    # Only TOML's white space: a no-break space kept is named in the error ('50\xa0'), not hidden ('50').
+    assert parse_override("data.cache_dir=c\xa0") == (["data", "cache_dir"], "c\xa0")
     assert load_config("quick", ["data.cache_dir = mycache"]).data.cache_dir == "mycache"
     # One value over lines (a multi-line string) and a line break after the value are TOML's.
     assert parse_override('x.y="""a\nb"""') == (["x", "y"], "a\nb")
