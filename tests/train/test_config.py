@@ -73,6 +73,9 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert parse_override("align.supervision = weak ") == (["align", "supervision"], "weak")
     # Only TOML's white space: a no-break space kept is named in the error ('50\xa0'), not hidden ('50').
     assert parse_override("data.cache_dir=c\xa0") == (["data", "cache_dir"], "c\xa0")
+    assert parse_override("align.supervision=weak\r\n") == (["align", "supervision"], "weak")
+    with pytest.raises(ValueError, match="spans more than one line"):  # a line of a CRLF file, its \n cut off
+        parse_override("fr.steps=50\r")
     assert load_config("quick", ["data.cache_dir = mycache"]).data.cache_dir == "mycache"
     # One value over lines (a multi-line string) and a line break after the value are TOML's.
     assert parse_override('x.y="""a\nb"""') == (["x", "y"], "a\nb")

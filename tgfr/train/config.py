@@ -611,7 +611,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                              "inside [ ] or { } need quotes (stages=[\"fr\", \"align\"], which a shell keeps "
                              "inside single quotes), and a backslash in double quotes starts an escape "
                              "('C:\\data' in single quotes does not)") from None
-        value = raw.strip(" \t\r\n")  # "key = word": TOML's spaces and line breaks around it are not part of it
+        # "key = word": TOML's spaces around it are not part of it, nor a final line break (a line read from a
+        # file); a lone carriage return left is refused below as a line break, not hidden.
+        value = re.sub(r"(\r?\n)?\Z", "", raw.strip(" \t")).strip(" \t")
         more_lines = "\n" in value or "\r" in value
     # A line break ends a TOML value: what followed it was read as other settings and dropped (--set
     # "$(cat overrides.txt)" set only the first), or kept in a bare word.
