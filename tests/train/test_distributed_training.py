@@ -342,9 +342,15 @@ def slow_data_worker(rank, store_file):
             return Path("data") / "manifest.jsonl"
 
         run_module.resolve_manifest = write_slowly
+        new_group, made = dist.new_group, []
+        dist.new_group = lambda *args, **kwargs: made.append(kwargs) or new_group(*args, **kwargs)
         manifest = run_module._resolve_manifest_on_rank_0(load_config("quick"), rank, 2)
-        assert manifest == Path("data") / "manifest.jsonl"
+        assert manifest == Path("data") / "manifest.jsonl" and made[0]["backend"] == "gloo"
         run_module._on_rank_0(rank, 2, lambda: None)  # the job's own group is still there and in step
+        # A manifest of the user's is only read, in the job's group: an NCCL job then needs no gloo connections.
+        run_module.resolve_manifest = lambda data: Path(data.manifest)
+        user_data = load_config("quick", ['data.manifest="m.jsonl"'])
+        assert run_module._resolve_manifest_on_rank_0(user_data, rank, 2) == Path("m.jsonl") and len(made) == 1
     finally:
         dist.destroy_process_group()
 

@@ -344,15 +344,17 @@ def _resolve_manifest_on_rank_0(config: TrainConfig, rank: int, world_size: int)
     """resolve_manifest, which writes the embedded synthetic set when it is not there yet, on rank 0 first,
     then on the others, which then read it. That write takes hours for a large set, while a collective of the
     job's process group gives up after its timeout (30 minutes for gloo, 10 for NCCL by default): the other
-    ranks wait in a gloo group of their own, whose timeout outlasts it."""
+    ranks wait in a gloo group of their own, whose timeout outlasts it. A manifest of the user's is only read:
+    the job's group, so that an NCCL job needs no gloo connections (GLOO_SOCKET_IFNAME on some clusters)."""
     if world_size == 1:
         return resolve_manifest(config.data)
-    waiting = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
+    waiting = None if config.data.manifest else dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
     try:
         resolved: list[Path] = []
         _on_rank_0(rank, world_size, lambda: resolved.append(resolve_manifest(config.data)), waiting)
     finally:
-        dist.destroy_process_group(waiting)
+        if waiting is not None:
+            dist.destroy_process_group(waiting)
     return resolved[0] if rank == 0 else resolve_manifest(config.data)
 
 
