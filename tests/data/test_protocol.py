@@ -130,7 +130,8 @@ def test_a_csv_pairs_path_that_is_not_utf8_is_named_and_the_old_file_kept(tmp_pa
                                                    "tgfr data protocol --format json), which escapes it)")):
         write_verification_pairs(path, pairs)
     assert path.read_text() == "the user's own pairs\n"
-    assert read_verification_pairs(write_verification_pairs(tmp_path / "p.json", pairs)) == pairs
+    for name in ("p.json", "P.JSON"):  # JSON by its suffix in any case
+        assert read_verification_pairs(write_verification_pairs(tmp_path / name, pairs)) == pairs
 
 
 @pytest.mark.parametrize("suffix", ["csv", "json"])
@@ -237,9 +238,13 @@ def test_degraded_split_gets_corresponding_pairs():
 @pytest.mark.parametrize("suffix", [".jpg", ".JPG", ".jpeg"])
 def test_a_degraded_copy_whose_suffix_is_png_gets_corresponding_pairs_and_gallery(suffix):
     """degraded_path writes every image as .png, which reordered names that extend one another after a dot:
-    "face.jpg" < "face.left.jpg" but "face.left.png" < "face.png"."""
+    "face.jpg" < "face.left.jpg" but "face.left.png" < "face.png"; and each ".." as "__", which reordered a path
+    outside the manifest's folder against names that begin with a digit or a capital: "../d/b.jpg" < "A.jpg" but
+    "A.png" < "__/d/b.png"."""
     names = ["face", "face.left", "face.left.2", "face-b", "face_b", "0", "0.1"]
     clean = [ManifestRecord(f"img/{s}/{name}{suffix}", str(s), "test", ("c",)) for s in range(6) for name in names]
+    clean += [ManifestRecord(path, str(s), "test", ("c",)) for s in range(6)
+              for path in (f"../data/{s}/b{suffix}", f"A{s}{suffix}", f"0{s}{suffix}")]
     copy = {degraded_path("test_degraded", r.path): r.path for r in clean}
     assert len(copy) == len(clean)
     assert [copy[path] for path in sorted(copy)] != sorted(copy.values())  # by whole path the orders differ

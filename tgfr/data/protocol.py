@@ -5,20 +5,20 @@ test subject, a genuine pair (its first image against another of its images) and
 pairs (its first image against one image of each of N-1 other subjects). Here the N-1 impostor
 subjects and their images are drawn with a seeded generator (the released script took the
 first subjects of the list and unseeded images), so the pairs are reproducible. Images are
-ordered by path without its suffix within a subject, so a degraded copy of a split (same paths under
-another folder, the suffix perhaps another: degrade writes .png) gets corresponding pairs for the same seed.
+ordered within a subject by path as degrade names its copy (suffix .png, each ".." a "__"), so a degraded
+copy of a split gets corresponding pairs for the same seed.
 """
 
 import csv
 import io
 import json
-import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tgfr.data.degrade import degraded_path
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
 from tgfr.text_formats import check_utf8, parse_json
@@ -36,9 +36,11 @@ class VerificationPair:
 
 
 def _path_order(path: str) -> tuple[str, str]:
-    """Sort key of an image within its subject: its path without the suffix first, since a degraded copy's
-    suffix may differ (img/1/face.jpg before img/1/face.left.jpg, as face.png before face.left.png)."""
-    return posixpath.splitext(path)[0], path
+    """Sort key of an image within its subject: its path as `tgfr data degrade` names its copy (suffix .png, each
+    ".." a "__"), first, so that a degraded copy's images sort as the clean split's do (img/1/face.jpg before
+    img/1/face.left.jpg as face.png before face.left.png; ../data/1/b.jpg after A.jpg as __/data/1/b.png after
+    A.png)."""
+    return degraded_path(".", path), path
 
 
 def _images_by_subject(records: Sequence[ManifestRecord]) -> list[list[str]]:
@@ -84,7 +86,7 @@ def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None
 
 def make_identification_split(records: Sequence[ManifestRecord], split: str | None = "test",
                               gallery_per_subject: int = 1) -> dict[str, list[dict[str, str]]]:
-    """Gallery: the first `gallery_per_subject` images (by path without its suffix) of every subject; probes:
+    """Gallery: the first `gallery_per_subject` images (by path as degrade names its copy) of every subject; probes:
     the rest."""
     if isinstance(gallery_per_subject, bool) or not isinstance(gallery_per_subject, int) or gallery_per_subject < 1:
         raise ValueError(f"gallery_per_subject must be a positive integer, got {gallery_per_subject!r}")
