@@ -797,6 +797,11 @@ GPU_LINE = {"implementation": "triton", "dtype": "bfloat16", "passes": "forward"
      "got {{'median': '1 s'}}"),
     ("word_region_gpu_X.jsonl", json.dumps({**GPU_LINE, "N": "8"}) + "\n",
      "{path}, line 1: a GPU case's N must be a number, got '8'"),
+    ("cpu.json", results_text({"full::s": {**SWEEP_STEP_WITHOUT_SECONDS, "extra_info": {
+        **SWEEP_STEP_WITHOUT_SECONDS["extra_info"], "steps": [{"N": 8, "fits": "yes", "seconds": 1.0,
+                                                               "peak_rss_rise_mib": 1.0}]}}}),
+     "results file {path}: case 'full::s' extra_info steps[0] fits must be true or false, got "
+     "{{'N': 8, 'fits': 'yes', 'seconds': 1.0, 'peak_rss_rise_mib': 1.0}}"),
 ])
 def test_the_renderer_names_the_file_and_what_a_malformed_one_lacks(tmp_path, name, text, message):
     """A bare KeyError or AttributeError named neither; a results file is checked as a run merging into it
@@ -805,6 +810,17 @@ def test_the_renderer_names_the_file_and_what_a_malformed_one_lacks(tmp_path, na
     path.write_text(text)
     with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
         render.load_results(tmp_path)
+
+
+def test_a_sweep_step_that_ran_out_of_memory_needs_only_its_n(tmp_path):
+    """As the committed CPU results hold them ({"N": 16384, "fits": false, "out_of_memory": true}): the checks
+    of a measured step's seconds and memory would refuse the project's own results."""
+    out_of_memory = {**SWEEP_STEP_WITHOUT_SECONDS, "extra_info": {
+        **SWEEP_STEP_WITHOUT_SECONDS["extra_info"], "steps": [{"N": 8, "fits": False, "out_of_memory": True}]}}
+    (tmp_path / "cpu.json").write_text(results_text({"full::s": out_of_memory}))
+    [results] = render.load_results(tmp_path)
+    assert [case["extra_info"]["steps"] for case in results["cases"]] == [[{"N": 8, "fits": False,
+                                                                            "out_of_memory": True}]]
 
 
 @pytest.mark.parametrize("failure", ["a malformed file", "a plot that fails"])
