@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tgfr.data.convert as convert_module
 from tgfr.cli import main
 from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree, read_split_list, seeded_identity_split
 from tgfr.data.files import load_image
@@ -32,6 +33,20 @@ def tgfr_tree(root):
                 text.parent.mkdir(parents=True, exist_ok=True)
                 text.write_text(f"The man {identity} has brown hair.\nThis person {k} is smiling.\n\n")
     return root
+
+
+def test_an_identity_folder_with_outer_white_space_is_named_before_any_image_is_decoded(tmp_path, monkeypatch):
+    """A manifest refuses the identity "4 " (another person than "4"): convert decoded every image first and then
+    failed writing the manifest, naming a record."""
+    root = tgfr_tree(tmp_path)
+    (root / "images" / "train" / "4").rename(root / "images" / "train" / "4 ")
+    (root / "text" / "4").rename(root / "text" / "4 ")
+    decoded = []
+    monkeypatch.setattr(convert_module, "check_image", decoded.append)
+    with pytest.raises(ValueError, match=re.escape(f"identity folder '4 ' of {root / 'images'}/train begins or ends "
+                                                   "with white space")):
+        convert_tgfr_tree(root)
+    assert all("train" not in str(path) for path in decoded)
 
 
 def test_tgfr_tree_from_folders(tmp_path):

@@ -210,6 +210,12 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
         else:
             entries, not_images = _scan_split(images_root / split, listings)
             unused.extend(not_images)
+        # Found before any image of the split is decoded, not by write_manifest once all are.
+        for identity in sorted({entry.replace("\\", "/").split("/")[0] for entry in entries}):
+            if identity != identity.strip():
+                raise ValueError(f"identity folder {ascii(identity)} of {images_root / split} begins or ends with "
+                                 f"white space, which a manifest's identity may not ({identity.strip()!r} would be "
+                                 "another person): rename the folder, and its text/ folder alike")
         seen = set()
         for entry in entries:
             parts = entry.replace("\\", "/").split("/")
