@@ -37,8 +37,9 @@ def figures(separation=1.0, subjects=50, resamples=10):
     return result | identification, replicates
 
 
-@pytest.mark.parametrize("per_subject, wording", [(1, "the first image (by path) of each subject as gallery"),
-                                                  (2, "the first 2 images (by path) of each subject as gallery")])
+@pytest.mark.parametrize("per_subject, wording", [
+    (1, "the first image (by path, its suffix read as .png, as for a degraded copy) of each subject as gallery"),
+    (2, "the first 2 images (by path, its suffix read as .png, as for a degraded copy) of each subject as gallery")])
 def test_report_states_the_gallery_setting(tmp_path, per_subject, wording):
     metrics = {"clean": {"image_only": figures()[0]}}
     context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs", "gallery_per_subject": per_subject,

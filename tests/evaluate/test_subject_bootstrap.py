@@ -298,8 +298,8 @@ def test_methods_are_compared_on_the_same_resamples():
     np.testing.assert_allclose(difference["tar_at_far_ci"][MAIN_FAR],
                                bootstrap_interval(tars["tgfr"] - tars["image_only"]), rtol=0, atol=1e-12)
     assert difference["rank1"] == pytest.approx(figures["tgfr"]["rank1"] - figures["image_only"]["rank1"])
-    # rank-1 on the same subject resamples: the gallery is each subject's first image (by path), and
-    # each resample's rank-1 comes from the probe list of its drawn subjects.
+    # rank-1 on the same subject resamples: the gallery is each subject's first image (in tgfr.data.protocol's
+    # order), and each resample's rank-1 comes from the probe list of its drawn subjects.
     gallery = np.flatnonzero([path.endswith("/0.png") for path in paths])
     probes = np.setdiff1d(np.arange(len(paths)), gallery)
     rank1 = {}

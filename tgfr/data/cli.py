@@ -248,8 +248,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="impostor subjects per subject, N-1 of TGFR's protocol; capped at the number of "
                                "other subjects (default: %(default)s)")
     protocol.add_argument("--gallery-per-subject", type=integer_at_least(1), default=1,
-                          help="first images (by path) of each subject in the gallery, the rest are probes "
-                               "(default: %(default)s)")
+                          help="first images (by path, its suffix read as .png) of each subject in the gallery, the "
+                               "rest are probes (default: %(default)s)")
     protocol.add_argument("--format", choices=("csv", "json"), default="csv",
                           help="format of the pairs file (default: %(default)s)")
     protocol.add_argument("--seed", type=integer_at_least(0), default=0,

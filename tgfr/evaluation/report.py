@@ -159,8 +159,9 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
         if context.get("synthetic_version") is not None else ""
     lines = ["# TGFR evaluation report", "",
              f"Run: `{context['run']}`; manifest: `{context['manifest']}`{data}; protocol: {context['protocol']} "
-             f"(verification), the {gallery} (by path) of each subject as gallery, the others as probes "
-             f"(identification). Figures in % (AUC as a fraction) {intervals}", ""]
+             f"(verification), the {gallery} (by path, its suffix read as .png, as for a degraded copy) of each "
+             f"subject as gallery, the others as probes (identification). Figures in % (AUC as a fraction) "
+             f"{intervals}", ""]
     if degradation := context.get("train_degradation"):
         lines += [f"Training degraded each image with `{degradation['recipe']}` with probability {degradation['p']:g} "
                   "(data.train_degradation, data.train_degrade_p)." if degradation["p"] > 0 else
