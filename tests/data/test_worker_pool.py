@@ -173,6 +173,32 @@ def test_an_error_stops_the_submission_and_the_dispatch_of_the_chunks_after_it(t
     assert len(dispatched) <= len(started) + (2 + 1) + 2, (started, len(dispatched))
 
 
+@pytest.mark.parametrize("delay", [0.03, 0.1, 0.2])
+def test_a_ctrl_c_while_the_workers_start_is_the_parents_alone(tmp_path, delay):
+    """A worker spawned while Ctrl-C reached the process group, before its initializer made it deaf to it,
+    ended with a KeyboardInterrupt traceback from its imports (in the pool's first ~0.2 s)."""
+    process = _start_script(tmp_path, """
+        import time
+        from tgfr.data.worker_pool import WorkerPool
+
+        if __name__ == "__main__":
+            try:
+                with WorkerPool(2) as pool:
+                    print("started", flush=True)
+                    pool.map(time.sleep, [0.3] * 20)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+    time.sleep(delay)  # the workers are being spawned, importing
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0 and out == "interrupted\n" and "Traceback" not in err, err
+
+
 def test_a_second_ctrl_c_while_the_pool_winds_down_ends_the_program(tmp_path):
     """Interrupted, the executor's shutdown left its workers waiting for work and the interpreter's exit
     waiting for them, for ever: the second Ctrl-C is taken once the chunks under way end."""

@@ -74,6 +74,20 @@ def _interruptions_deferred() -> Iterator[None]:
         signal.raise_signal(received[-1])
 
 
+@contextlib.contextmanager
+def _interruptions_blocked_in_new_workers() -> Iterator[None]:
+    """Blocks Ctrl-C and SIGTERM in this thread for the block, in which the executor may spawn a worker: a
+    spawned process starts with its parent thread's signal mask, so a Ctrl-C to the process group while a worker
+    imports, before _start_worker ignores it, no longer ends that worker with a KeyboardInterrupt traceback (it
+    did in the pool's first ~0.2 s). Here the signal waits, blocked, for the block's end, then is handled."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class WorkerPool:
     """`workers` spawned processes, as a context manager whose `map` returns a list.
 
@@ -100,7 +114,8 @@ class WorkerPool:
         results: list = []
         try:
             for start in range(0, len(items), chunksize):
-                submitted.append(self._executor.submit(work, items[start:start + chunksize]))
+                with _interruptions_blocked_in_new_workers():
+                    submitted.append(self._executor.submit(work, items[start:start + chunksize]))
                 if len(submitted) >= self._chunks_ahead:
                     results += submitted.popleft().result()
             while submitted:
