@@ -33,14 +33,15 @@ def head_logits_by_angle(head, embeddings, labels, arc):
 
 @pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])
 @pytest.mark.parametrize("focal", [False, True])
-def test_margin_heads(head_class, arc, focal):
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+def test_margin_heads(head_class, arc, focal, label_dtype):
     torch.manual_seed(0)
     head = head_class(16, 10, focal=focal).double()
     embeddings = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 10, (12,))
     ce = F.cross_entropy(head_logits_by_angle(head, embeddings, labels, arc), labels)
     expected = (1 - torch.exp(-ce)) ** 2 * ce if focal else ce
-    got = head(embeddings, labels)
+    got = head(embeddings, labels.to(label_dtype))
     torch.testing.assert_close(got, expected, **TOL)
     for g, e in zip(torch.autograd.grad(got, (embeddings, head.weight)),
                     torch.autograd.grad(expected, (embeddings, head.weight))):
@@ -502,10 +503,16 @@ def test_multi_granularity_weights_and_components():
     fused = torch.randn(6, 16, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 0, 3, 4])
     head = ArcFaceHead(16, 5, focal=True).double()
+    inputs = (words, regions, sentence, image, fused)
+    for tensor in inputs:
+        tensor.requires_grad_()
     total, parts = MultiGranularityLoss(head)(words, lengths, regions, sentence, image, labels, fused)
     expected = (WordRegionContrastiveLoss()(words, lengths, regions, labels)
                 + 2 * CaptionImageContrastiveLoss()(sentence, image, labels) + 100 * head(fused, labels))
     torch.testing.assert_close(total, expected, **TOL)
+    for got, want in zip(torch.autograd.grad(total, (*inputs, head.weight), retain_graph=True),
+                         torch.autograd.grad(expected, (*inputs, head.weight), retain_graph=True)):
+        torch.testing.assert_close(got, want, **TOL)
     assert set(parts) == {"wrcl", "cicl", "identity", "total"} and not parts["total"].requires_grad
     assert math.isclose(parts["total"].item(), parts["wrcl"] + 2 * parts["cicl"] + 100 * parts["identity"],
                         rel_tol=1e-9)

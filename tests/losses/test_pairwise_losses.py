@@ -182,6 +182,8 @@ def test_coreface_equals_released_loss_over_several_batches():
         expected = released_contraface(view1, view2, labels, state)
         torch.testing.assert_close(got, expected, **TOL)
         assert loss.margin.item() == pytest.approx(state["m"], abs=1e-12)
+        # A margin updated under autograd would chain each step's graph to the last through the buffer.
+        assert not loss.margin.requires_grad and loss.margin.grad_fn is None
         for g, e in zip(torch.autograd.grad(got, (view1, view2)), torch.autograd.grad(expected, (view1, view2))):
             torch.testing.assert_close(g, e, **TOL)
     assert state["m"] > 0.1  # the margin really moved, so the comparison covered it
