@@ -48,6 +48,26 @@ def test_sigterm_runs_the_clean_up_and_ends_with_status_143(tmp_path):
     assert "Traceback" not in result.stderr and (tmp_path / "cleaned").exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interruption_while_the_subcommands_load_is_one_line(signum):
+    """build_parser imports the subcommands, torch with them (seconds on a busy machine): interrupted there,
+    SIGINT printed a traceback and SIGTERM ended the process without a word."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import tgfr.cli
+
+        def loading():
+            os.kill(os.getpid(), {int(signum)})
+            time.sleep(60)
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        tgfr.cli.build_parser = loading
+        sys.exit(tgfr.cli.main(["train", "--preset", "quick"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (128 + signum, f"tgfr: interrupted ({signum.name})\n")
+
+
 @pytest.mark.parametrize("resume, writes_config", [(False, False), (False, True), (True, False)])
 def test_an_interrupted_train_suggests_resume_only_once_the_run_folder_holds_its_config(
         tmp_path, monkeypatch, capsys, resume, writes_config):

@@ -64,17 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command; Ctrl-C or SIGTERM (a scheduler's time limit, `kill`) ends it with one line on
     stderr and exit status 128 + the signal's number (130, 143), through the same clean-up as an
     error: SIGTERM raises KeyboardInterrupt here instead of ending the process where it stands, which
-    left worker pools and temporary files behind."""
-    args = build_parser().parse_args(argv)
+    left worker pools and temporary files behind. The handling starts before the subcommands are imported
+    (torch with them: seconds on a busy machine), whose interruption printed a traceback (SIGINT) or nothing
+    (SIGTERM); the line then names no command, none having been read."""
     on_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as interruption:
         signum = next((arg for arg in interruption.args if isinstance(arg, int)), signal.SIGINT)
-        name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        hint = _train_hint(args) if args.command == "train" else ""
-        print(f"tgfr {name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
+        if args is None:
+            name, hint = "", ""
+        else:
+            name = " " + " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+            hint = _train_hint(args) if args.command == "train" else ""
+        print(f"tgfr{name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
         return 128 + signum
     finally:
         if on_main_thread:

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tgfr.evaluation.run import evaluate  # torch and the models: loaded once a command runs, not for --help
+    from tgfr.evaluation.run import evaluate  # models, transformers, matplotlib: not for --help
 
     path = args.run / "config.toml"
     if problem := file_problem(path):
