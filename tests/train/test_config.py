@@ -76,6 +76,10 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert parse_override("align.supervision=weak\r\n") == (["align", "supervision"], "weak")
     with pytest.raises(ValueError, match="spans more than one line"):  # a line of a CRLF file, its \n cut off
         parse_override("fr.steps=50\r")
+    # In the key, a line break let TOML read a table header ([fr]) into it, or failed naming nothing.
+    for key in ('[fr]\n"steps"', "fr.steps\n", "fr\r.steps", '[fr]\n[align]\n"x"'):
+        with pytest.raises(ValueError, match=rf"^override key {re.escape(repr(key))} spans more than one line"):
+            parse_override(f"{key}=5")
     assert load_config("quick", ["data.cache_dir = mycache"]).data.cache_dir == "mycache"
     # One value over lines (a multi-line string) and a line break after the value are TOML's.
     assert parse_override('x.y="""a\nb"""') == (["x", "y"], "a\nb")

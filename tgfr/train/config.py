@@ -596,6 +596,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = (text[:end], "=", text[end + 1:]) if text[end:end + 1] == "=" else text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. fr.steps=50), got {text!r}")
+    if "\n" in key or "\r" in key:  # '[fr]\n"steps"=5' read as TOML set fr.steps, a table header in the key
+        raise ValueError(f"override key {key!r} spans more than one line; give each setting its own --set")
     if not raw.strip():  # `--set data.manifest=$MANIFEST` with the variable unset would train on other data
         raise ValueError(f"override {key.strip()}: no value after '='; an empty string is written {key.strip()}=\"\"")
     try:
