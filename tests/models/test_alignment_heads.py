@@ -238,3 +238,27 @@ def test_image_head_runs_on_the_meta_device_in_float16():
                                      torch.randn(3, 16, 4, 5, dtype=torch.float16))
     assert image_global.shape == (3, 8) and regions.shape == (3, 20, 8) and regions.is_meta
     assert regions.dtype == torch.float16
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), float("-inf")])
+def test_text_head_outputs_and_gradients_do_not_see_what_padded_tokens_hold(fill):
+    """Padded tokens take no part: multiplying them by a 0/1 mask gave 0 * NaN = NaN in the valid words and
+    the sentence. Whatever they hold, outputs and gradients (inputs' and weights') are those of zero padding."""
+    torch.manual_seed(0)
+    head = TextAlignmentHead(hidden_size=12, dim=10)
+    lengths = torch.tensor([6, 2, 4])
+    zero_padded = torch.randn(3, 6, 12)
+    zero_padded[torch.arange(6)[None, :] >= lengths[:, None]] = 0.0
+    filled = zero_padded.clone()
+    filled[torch.arange(6)[None, :] >= lengths[:, None]] = fill
+
+    def outputs_and_gradients(tokens):
+        tokens = tokens.clone().requires_grad_()
+        head.zero_grad()
+        words, sentence = head(tokens, lengths)
+        # weights away from 1 so that every output element's gradient differs
+        (words.square() * torch.linspace(0.5, 2.0, words.shape[-1]) + sentence.cumsum(-1)[:, None, :]).sum().backward()
+        return words, sentence, tokens.grad, *(parameter.grad.clone() for parameter in head.parameters())
+
+    for actual, expected in zip(outputs_and_gradients(filled), outputs_and_gradients(zero_padded), strict=True):
+        assert torch.equal(actual, expected)

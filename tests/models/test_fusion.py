@@ -154,3 +154,29 @@ def test_fcfm_under_autocast_takes_16_bit_inputs_into_float32_parameters():
     # float16 rounds by 2**-11 relative (about 5e-4) per operation, on outputs of about 2 at most (LayerNorm's):
     # a few roundings stay far below 5e-3
     torch.testing.assert_close(fused.float(), expected, rtol=0.0, atol=5e-3)
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), float("-inf")])
+def test_fcfm_outputs_and_gradients_do_not_see_what_padded_words_hold(fill):
+    """Padded words' values entered attention @ values with weight 0, and their keys the queries' gradient:
+    0 * NaN = NaN in the fused embedding. Whatever they hold, outputs and gradients (inputs' and weights') are
+    those of zero padding, and padded words get a zero gradient."""
+    torch.manual_seed(0)
+    fusion = FCFM(dim=8, fine_dim=4)
+    inputs = aligned_batch()
+    padded = torch.arange(5)[None, :] >= inputs["lengths"][:, None]
+    inputs["words"][padded] = 0.0
+    filled = dict(inputs, words=inputs["words"].masked_fill(padded[..., None], fill))
+
+    def outputs_and_gradients(given):
+        given = {k: v.clone().requires_grad_() if v.is_floating_point() else v for k, v in given.items()}
+        fusion.zero_grad()
+        fused = fusion(**given)
+        (fused.square() * torch.linspace(0.5, 2.0, fused.shape[-1])).sum().backward()
+        gradients = [given[name].grad for name in ("regions", "words", "image_global", "sentence")]
+        return fused, *gradients, *(parameter.grad.clone() for parameter in fusion.parameters())
+
+    results = outputs_and_gradients(filled)
+    for actual, expected in zip(results, outputs_and_gradients(inputs), strict=True):
+        assert torch.equal(actual, expected)
+    assert torch.equal(results[2][padded], torch.zeros(int(padded.sum()), 8))

@@ -581,3 +581,97 @@ def test_a_save_over_a_checkpoint_replaces_its_entries_whole_and_keeps_a_users_o
     loaded = load_tgfr_model(directory)
     assert loaded.config.dim == 32
     assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in later.state_dict().items())
+
+
+@pytest.mark.parametrize("text_model", ["tiny_bert_dir", "tiny_full_clip_dir"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_model_saved_in_16_bits_loads_in_float32_and_gives_the_16_bit_weights_outputs(text_model, dtype, request,
+                                                                                          tmp_path):
+    """text_encoder/config.json names the saved weights' dtype ("dtype": "float16"); the text model built afresh
+    for the weights must not take it, or it is float16 beside the float32 heads and every forward fails. A full
+    CLIP's config.json in its place is built by CLIP's own branch (its text tower)."""
+    folder = request.getfixturevalue(text_model)
+    torch.manual_seed(0)
+    model = build(folder).eval().to(dtype)
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    text_config = checkpoint / "text_encoder" / "config.json"
+    dtype_name = str(dtype).removeprefix("torch.")
+    assert json.loads(text_config.read_text())["dtype"] == dtype_name
+    if text_model == "tiny_full_clip_dir":
+        values = json.loads((folder / "config.json").read_text())
+        values = {**values, "dtype": dtype_name, "text_config": {**values["text_config"], "dtype": dtype_name}}
+        text_config.write_text(json.dumps(values))
+    loaded = load_tgfr_model(checkpoint)
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.float32}
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(loaded_state[k].to(saved_state[k].dtype), saved_state[k]) for k in saved_state)
+    # float32 holds every 16-bit value: the loaded model is the saved one cast to float32
+    images, batch = torch.randn(2, 3, 32, 32), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, **batch), model.float()(images, **batch))
+
+
+def test_a_channels_last_model_round_trips(tiny_bert_dir, tmp_path):
+    """channels_last, a common speed setting for a convolutional backbone, leaves the 4-D weights not
+    contiguous, and safetensors refuses to save those."""
+    torch.manual_seed(0)
+    model = build(tiny_bert_dir).eval().to(memory_format=torch.channels_last)
+    assert not model.backbone.conv1.weight.is_contiguous()
+    loaded = load_tgfr_model(save_tgfr_model(model, tmp_path / "checkpoint")).to(memory_format=torch.channels_last)
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
+    images, batch = torch.randn(2, 3, 32, 32), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, **batch), model(images, **batch))
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("backbone", "layers", [True, 1, 1, 1], "a list of integers"),  # True == 1 would pass the layer count check
+    (None, "text_kernel_sizes", [True, 3, 4], "a list of integers"),
+    (None, "text_kernel_sizes", 3, "a list of integers"),
+    (None, "dim", "16", "an integer"),
+    (None, "dim", 16.0, "an integer"),
+    (None, "freeze_backbone", 0, "true or false"),
+    ("backbone", "dropout", True, "a number"),
+    (None, "fusion", None, "a string"),
+    (None, "text_encoder", 5, "a string or null"),
+    (None, "backbone", [], "an object"),
+])
+def test_a_config_value_of_another_json_type_is_refused_naming_the_file_the_key_and_the_json_type(
+        tiny_bert_dir, tmp_path, section, key, value, expected):
+    """config.json is JSON: the refusal says the types (a list, true or false, null) and the value as JSON
+    writes them, not Python's tuple, bool, True or None."""
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    (config[section] if section else config)[key] = value
+    config_path.write_text(json.dumps(config))
+    where = f"config {section}" if section else "config"
+    with pytest.raises(ValueError, match="^" + re.escape(f"checkpoint file '{config_path}' does not describe a model: "
+                                                         f"{where} key '{key}' must be {expected}, got "
+                                                         f"{json.dumps(value)}") + "$"):
+        load_tgfr_model(checkpoint)
+
+
+@pytest.mark.parametrize("content, given", [("[]", "a list"), ("null", "null"), ('"model"', '"model"')])
+def test_a_config_json_that_is_no_object_is_refused_in_json_terms(tiny_bert_dir, tmp_path, content, given):
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    config_path = checkpoint / "config.json"
+    config_path.write_text(content)
+    with pytest.raises(ValueError, match="^" + re.escape(f"checkpoint file '{config_path}' does not describe a model: "
+                                                         f"config must be an object of keys and values, got {given}")
+                       + "$"):
+        load_tgfr_model(checkpoint)
+
+
+@pytest.mark.parametrize("sizes", [[], [3, 0], [2, -1]])
+def test_text_kernel_sizes_below_one_are_refused_naming_the_config_key_and_file(tiny_bert_dir, tmp_path, sizes):
+    """The text head's own refusal named its argument, kernel_sizes, which config.json does not have."""
+    checkpoint = save_tgfr_model(build(tiny_bert_dir), tmp_path / "checkpoint")
+    config_path = checkpoint / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "text_kernel_sizes": sizes}))
+    with pytest.raises(ValueError, match="^" + re.escape(f"checkpoint file '{config_path}' does not describe a model: "
+                                                         f"text_kernel_sizes must be a non-empty list of positive "
+                                                         f"sizes, got {sizes}") + "$"):
+        load_tgfr_model(checkpoint)

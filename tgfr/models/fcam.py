@@ -93,7 +93,8 @@ class TextAlignmentHead(nn.Module):
     """TextCNN over token features -> word features (B, T, D) and sentence feature (B, D), L2-normalized.
 
     Word positions are kept: output word t comes from the windows starting at token t, padded
-    tokens (t >= lengths) are zeroed before the convolutions and zero in the output.
+    tokens (t >= lengths) are zeroed before the convolutions, whatever they hold (NaN or Inf too), and
+    zero in the output.
     """
 
     def __init__(self, hidden_size: int, dim: int = 256, kernel_sizes: tuple[int, ...] = (2, 3, 4)):
@@ -111,7 +112,8 @@ class TextAlignmentHead(nn.Module):
         check_input_dtype("tokens", tokens, self, cast_by_autocast=True)  # into convolutions
         check_word_lengths(lengths, tokens.shape[0], tokens.shape[1])
         valid = valid_word_mask(lengths, tokens.shape[1])  # (B, T)
-        x = (tokens * valid.unsqueeze(-1).to(tokens.dtype)).transpose(1, 2)  # (B, H, T)
+        # Filled, not multiplied by the mask: 0 * NaN or 0 * Inf at a padded token would be NaN in valid outputs.
+        x = tokens.masked_fill(~valid.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, H, T)
         # Right padding by k - 1 keeps one output per token position for every kernel size.
         maps = torch.stack([F.relu(conv(F.pad(x, (0, conv.kernel_size[0] - 1)))) for conv in self.convs])
         invalid = ~valid[None, :, None, :]  # broadcast to (K, B, D, T)

@@ -47,7 +47,8 @@ def _check_autocast_mix(name: str, value: torch.Tensor) -> None:
 
 
 class FineGrainedInteraction(nn.Module):
-    """Regions attend over valid words: (B, R, D), (B, T, D), lengths (B,) -> (B, out_dim)."""
+    """Regions attend over valid words: (B, R, D), (B, T, D), lengths (B,) -> (B, out_dim); padded words
+    (t >= lengths) take no part, whatever they hold (NaN or Inf too)."""
 
     def __init__(self, dim: int = 256, out_dim: int = 128):
         super().__init__()
@@ -59,8 +60,11 @@ class FineGrainedInteraction(nn.Module):
         self.scale = 1.0 / math.sqrt(dim)
 
     def forward(self, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        scores = self.query(regions) @ self.key(words).transpose(1, 2) * self.scale  # (B, R, T)
         padded = ~valid_word_mask(lengths, words.shape[1])  # (B, T)
+        # A padded word's value enters the product below with weight 0, and its key meets the queries' gradient:
+        # 0 * NaN = NaN. Filled with zeros, whatever padded words hold (NaN or Inf) reaches no output or gradient.
+        words = words.masked_fill(padded[..., None], 0.0)
+        scores = self.query(regions) @ self.key(words).transpose(1, 2) * self.scale  # (B, R, T)
         attention = scores.masked_fill(padded[:, None, :], float("-inf")).softmax(dim=-1)
         context = attention @ self.value(words)  # (B, R, D)
         return self.project(self.norm(regions + context).mean(dim=1))

@@ -12,6 +12,7 @@ or loaded (`model.backbone_weights`). With an untrained iResNet50's initial stat
 activations grow through the layers until the normalized outputs below are 0 or NaN.
 """
 
+import json
 import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -53,6 +54,10 @@ class TGFRConfig:
         for name in ("dim", "fine_dim", "fusion_out_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        # Checked here, not only by the text head, whose message would name its own argument (kernel_sizes).
+        if not self.text_kernel_sizes or any(size < 1 for size in self.text_kernel_sizes):
+            raise ValueError(f"text_kernel_sizes must be a non-empty list of positive sizes, "
+                             f"got {list(self.text_kernel_sizes)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,10 +78,16 @@ class TGFRConfig:
                       "text_kernel_sizes": tuple(values["text_kernel_sizes"])})
 
 
+# How config.json writes a value of each scalar field type, for the errors.
+_JSON_SCALARS = {bool: "true or false", int: "an integer", str: "a string"}
+
+
 def _check_types(cls: type, values: Any, where: str) -> None:
-    """Checks that `values` maps every field name of dataclass `cls`, and only those, to a value of its JSON type."""
+    """Checks that `values` maps every field name of dataclass `cls`, and only those, to a value of its JSON type.
+    The errors say types and values in JSON's terms (lists, true, null), which config.json is written in."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where} must be a mapping of keys to values, got {type(values).__name__}")
+        given = "a list" if isinstance(values, (list, tuple)) else _as_json(values)
+        raise ValueError(f"{where} must be an object of keys and values, got {given}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
@@ -87,17 +98,27 @@ def _check_types(cls: type, values: Any, where: str) -> None:
     for name, value in values.items():
         kind = hints[name]
         if typing.get_origin(kind) is tuple:
+            expected = "a list of integers"
             valid = isinstance(value, (list, tuple)) and all(type(v) is int for v in value)
         elif kind is float:
-            valid = type(value) in (int, float)
-        elif kind in (bool, int, str):
-            valid = type(value) is kind
+            valid, expected = type(value) in (int, float), "a number"
+        elif kind in _JSON_SCALARS:
+            valid, expected = type(value) is kind, _JSON_SCALARS[kind]
         elif kind == str | None:
-            valid = value is None or type(value) is str
+            valid, expected = value is None or type(value) is str, "a string or null"
         else:  # a nested config, checked on its own
-            valid = isinstance(value, dict)
+            valid, expected = isinstance(value, dict), "an object"
         if not valid:
-            raise ValueError(f"{where} key {name!r} must be of type {getattr(kind, '__name__', kind)}, got {value!r}")
+            raise ValueError(f"{where} key {name!r} must be {expected}, got {_as_json(value)}")
+
+
+def _as_json(value: Any) -> str:
+    """`value` as JSON writes it ([true, 3], null, "16"); repr for what JSON cannot write (a from_dict caller's own
+    object)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 class AlignedFeatures(NamedTuple):
