@@ -659,6 +659,23 @@ def test_tgfr_results_in_a_folder_this_process_may_not_write_is_a_usage_error(tm
         conftest.pytest_configure(config)
 
 
+def test_tgfr_results_that_cannot_be_read_is_a_usage_error(tmp_path, monkeypatch):
+    """An unreadable file (permissions, an I/O error) stands in by a failing read_text: root, who runs these
+    tests in CI, may read any file."""
+    from benchmarks import conftest
+    results = tmp_path / "results.json"
+    results.write_text("{}")
+
+    def unreadable(self, *arguments, **options):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    config = types.SimpleNamespace(stash={}, getoption=lambda name: str(results))
+    with pytest.raises(pytest.UsageError, match=rf"^--tgfr-results: \[Errno 13\] Permission denied: "
+                                                rf"{re.escape(repr(str(results)))}$"):
+        conftest.pytest_configure(config)
+
+
 def test_a_results_file_that_fails_to_be_written_after_the_run_keeps_the_cases_in_a_file_it_names(tmp_path):
     """A folder made where the file was due stands in for any write failing after the benchmarks ran."""
     results = tmp_path / "results.json"
@@ -797,6 +814,16 @@ GPU_LINE = {"implementation": "triton", "dtype": "bfloat16", "passes": "forward"
      "got {{'median': '1 s'}}"),
     ("word_region_gpu_X.jsonl", json.dumps({**GPU_LINE, "N": "8"}) + "\n",
      "{path}, line 1: a GPU case's N must be a number, got '8'"),
+    ("word_region_gpu_X.jsonl", json.dumps({**GPU_LINE, "N": True}) + "\n",  # JSON's true is no size
+     "{path}, line 1: a GPU case's N must be a number, got True"),
+    ("word_region_gpu_X.jsonl", json.dumps({**GPU_LINE, "ms": "3"}) + "\n",  # divided by 1e3 for the tables
+     "{path}, line 1: a GPU case's ms must be a number, got '3'"),
+    ("cpu.json", results_text({"full::s": {**SWEEP_STEP_WITHOUT_SECONDS, "extra_info": {
+        **SWEEP_STEP_WITHOUT_SECONDS["extra_info"], "stopped_by": 5}}}),
+     "results file {path}: case 'full::s' extra_info stopped_by must be a string, got 5"),
+    ("cpu.json", results_text({"full::s": {**SWEEP_STEP_WITHOUT_SECONDS, "extra_info": {
+        **SWEEP_STEP_WITHOUT_SECONDS["extra_info"], "largest_fitting_n": "8"}}}),
+     "results file {path}: case 'full::s' extra_info largest_fitting_n must be a number or null, got '8'"),
     ("cpu.json", results_text({"full::s": {**SWEEP_STEP_WITHOUT_SECONDS, "extra_info": {
         **SWEEP_STEP_WITHOUT_SECONDS["extra_info"], "steps": [{"N": 8, "fits": "yes", "seconds": 1.0,
                                                                "peak_rss_rise_mib": 1.0}]}}}),
