@@ -7,6 +7,7 @@ import pickle
 import random
 import re
 import stat
+import struct
 import zipfile
 
 import numpy as np
@@ -19,8 +20,10 @@ from tgfr.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, s
 
 
 def draws():
-    """One draw of each RNG; numpy's standard_normal makes a pair and caches the second (has_gauss)."""
-    return random.random(), float(np.random.rand()), float(np.random.standard_normal()), float(torch.rand(()))
+    """One draw of each RNG; Python's random.gauss and numpy's standard_normal each make a pair and cache the
+    second (gauss_next, has_gauss)."""
+    return (random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.standard_normal()),
+            float(torch.rand(())))
 
 
 def test_the_cuda_rng_state_is_the_process_devices_and_resumes_with_fewer_visible_devices(monkeypatch):
@@ -59,7 +62,8 @@ def test_the_cuda_rng_state_is_the_process_devices_and_resumes_with_fewer_visibl
 def test_rng_state_round_trip_through_a_file(tmp_path, checkpoint_state):
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     draws()
-    assert np.random.get_state()[3] == 1  # a cached normal, which the next standard_normal returns
+    # Cached normals, which the next random.gauss and standard_normal return.
+    assert random.getstate()[2] is not None and np.random.get_state()[3] == 1
     save_checkpoint(tmp_path / "c.pt", checkpoint_state(rng=[rng_state()]))
     expected = draws()
     draws()
@@ -99,6 +103,26 @@ def test_a_byte_flipped_inside_a_tensor_record_is_named(tmp_path, checkpoint_sta
     assert not torch.equal(torch.load(path, weights_only=True)["model"]["weight"], weight)
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {path} could not be read: it is corrupt (record "
                                                    f"{largest.filename} does not match its CRC-32)")):
+        load_checkpoint(path)
+
+
+def test_a_zip_directory_entry_claiming_more_bytes_than_the_file_holds_is_named(tmp_path, checkpoint_state):
+    """A record whose zip directory entry claims a size past the end of the file (a damaged copy) ends zipfile's
+    read of it with an EOFError, which is no ValueError naming the file."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint_state())
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        name = next(record.filename for record in archive.infolist() if record.filename.endswith("/data.pkl"))
+    # A directory entry: signature PK\1\2, its compressed and uncompressed sizes at bytes 20 and 24, its name at 46.
+    entry = data.find(b"PK\x01\x02")
+    while data[entry + 46:entry + 46 + len(name)] != name.encode():
+        entry = data.find(b"PK\x01\x02", entry + 4)
+        assert entry > 0, f"no directory entry for {name}"
+    struct.pack_into("<II", data, entry + 20, 4 * len(data), 4 * len(data))
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint file {path} could not be read: it is corrupt (its zip "
+                                                   f"directory is damaged: EOFError")):
         load_checkpoint(path)
 
 

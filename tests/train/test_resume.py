@@ -267,8 +267,8 @@ def test_a_resume_with_other_optimizer_settings_of_a_later_stage_goes_on(tmp_pat
     trains with the edited ones."""
     config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]'])
     train(config, tmp_path, stop_after=2)
-    edited = dataclasses.replace(config, align=dataclasses.replace(
-        config.align, optim=dataclasses.replace(config.align.optim, lr=0.01)))
+    edited = load_config(str(tmp_path / "config.toml"), ["align.optim.lr=0.01"])
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
     train(edited, tmp_path, resume=True)
     assert [record["lr"] for record in read_log(tmp_path / "metrics.jsonl") if record["stage"] == "align"][1] == 0.01
 
@@ -451,9 +451,11 @@ def test_optimizer_edits_that_cannot_change_training_are_accepted(tmp_path, tiny
     config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]'])
     assert config.fr.optim.optimizer == "adamw" and config.fr.steps > 1
 
-    def with_fr_optim(**edits):
-        return dataclasses.replace(config, fr=dataclasses.replace(
+    def with_fr_optim(**edits):  # written into config.toml, as a resume trains the run it describes
+        edited = dataclasses.replace(config, fr=dataclasses.replace(
             config.fr, optim=dataclasses.replace(config.fr.optim, **edits)))
+        (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+        return edited
 
     train(config, tmp_path, stop_after=1)
     train(with_fr_optim(momentum=0.5), tmp_path, resume=True, stop_after=config.fr.steps - 1)
@@ -461,6 +463,35 @@ def test_optimizer_edits_that_cannot_change_training_are_accepted(tmp_path, tiny
     assert (state["stage"], state["step"]) == ("fr", config.fr.steps)
     train(with_fr_optim(lr=0.5), tmp_path, resume=True)
     assert logged_steps(tmp_path) == {"fr": config.fr.steps, "align": config.align.steps}
+
+
+@pytest.mark.parametrize("stop_after", [2, 6], ids=["stage continued", "finished stage"])
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_min_lr_ratio_is_compared_under_a_cosine_schedule_alone(tmp_path, tiny_overrides, keep_threads, stop_after,
+                                                                schedule):
+    """Only the cosine schedule decays to lr * min_lr_ratio: under a constant one (trained and now) the setting
+    is never read, and an edit of it refused the resume, of the stage continued (fr at step 2) as of one finished
+    (fr, 4 steps, with the checkpoint in align). AdamW's momentum, edited too, is never read either."""
+    config = load_config("quick", tiny_overrides + [f'fr.optim.schedule="{schedule}"'])
+    assert config.fr.optim.optimizer == "adamw"
+    train(config, tmp_path, stop_after=stop_after)
+    edited = load_config(str(tmp_path / "config.toml"), ["fr.optim.min_lr_ratio=0.5", "fr.optim.momentum=0.5"])
+    (tmp_path / "config.toml").write_text(to_toml(edited), encoding="utf-8")
+    if schedule == "constant":
+        resumed_at = load_checkpoint(tmp_path / CHECKPOINT)
+        assert main(["train", "--resume", "--out", str(tmp_path), "--stop-after", "1"]) == 0
+        state = load_checkpoint(tmp_path / CHECKPOINT)
+        assert (state["stage"], state["step"]) == (resumed_at["stage"], resumed_at["step"] + 1)
+        return
+    trained, now = json.dumps(config.fr.optim.min_lr_ratio), json.dumps(edited.fr.optim.min_lr_ratio)
+    why = ("the optimizer settings of the stage a resume continues cannot change (set them back in config.toml)"
+           if stop_after < config.fr.steps else "the rest of the run would train otherwise than config.toml says it "
+           "did (set them back in config.toml, or train a new run)")
+    before = files_of(tmp_path)
+    assert resume_refusal(tmp_path) == (
+        f"tgfr train: error: checkpoint file {tmp_path / CHECKPOINT} was trained with fr.optim.min_lr_ratio = "
+        f"{trained}, but the run's config.toml now has fr.optim.min_lr_ratio = {now}: {why}")
+    assert files_of(tmp_path) == before
 
 
 def test_resume_after_a_half_written_log_line(tmp_path, tiny_overrides, keep_threads):
@@ -797,3 +828,61 @@ def test_a_resume_whose_config_cuts_the_stage_below_its_checkpoint_is_refused(tm
         "the run's config: a stage cannot be cut shorter than it has trained (set it back to at least 3 in "
         "config.toml)")
     assert files_of(tmp_path) == before
+
+
+def test_a_python_resume_with_another_config_than_config_toml_is_refused_but_for_the_calls_own_settings(
+        tmp_path, tiny_overrides, keep_threads):
+    """train(config, out, resume=True) trained with the config passed while config.toml kept the run's: an edit of
+    a stage not reached yet (which the checkpoint does not bind) trained unrecorded, and a later `tgfr train
+    --resume` stopped in that stage asked to set back a value config.toml never held. The call is refused naming
+    config.toml and the keys, the run folder untouched; a config that differs in the call's own settings alone
+    (log_every, threads) goes on, with config.toml as written."""
+    config = load_config("quick", tiny_overrides + ['stages=["fr", "align"]'])
+    train(config, tmp_path, stop_after=1)
+    path = tmp_path / "config.toml"
+    written = tomllib.loads(path.read_text(encoding="utf-8"))["align"]
+    edited = dataclasses.replace(config, align=dataclasses.replace(config.align, steps=2, wrcl_weight=0.0))
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError) as refusal:
+        train(edited, tmp_path, resume=True)
+    assert str(refusal.value).startswith(
+        f"run config {path} has align.steps = {json.dumps(written['steps'])}, align.wrcl_weight = "
+        f"{json.dumps(written['wrcl_weight'])}, but the config passed to resume the run has align.steps = 2, "
+        "align.wrcl_weight = 0.0: a resume trains the run as config.toml describes it")
+    assert files_of(tmp_path) == before
+    path.rename(tmp_path / "elsewhere.toml")
+    with pytest.raises(ValueError, match=re.escape(f"{path} does not exist (no run to resume in {tmp_path})")):
+        train(config, tmp_path, resume=True)
+    (tmp_path / "elsewhere.toml").rename(path)
+
+    train(dataclasses.replace(config, log_every=2, threads=2), tmp_path, resume=True)
+    assert path.read_bytes() == before[path]
+    # Step 1 logged by the first call (log_every = 1), then every second step and each stage's last.
+    assert [(record["stage"], record["step"]) for record in read_log(tmp_path / "metrics.jsonl")] == [("fr", 1)] + [
+        (stage, step) for stage in ("fr", "align") for step in range(2, getattr(config, stage).steps + 1)
+        if step % 2 == 0 or step == getattr(config, stage).steps]
+
+
+def test_a_python_resume_compares_path_settings_as_the_run_resolves_them(tmp_path, tiny_overrides, keep_threads,
+                                                                          monkeypatch):
+    """config.toml holds model.backbone_weights absolute: the same file passed relative to the current directory
+    is the run's; another file is refused."""
+    weights = tmp_path / "backbone.safetensors"
+    config = load_config("quick", tiny_overrides + [f'model.backbone_weights="{weights}"', 'stages=["fr", "align"]'])
+    safetensors.torch.save_file(build_model(dataclasses.replace(config, model=dataclasses.replace(
+        config.model, backbone_weights=""))).backbone.state_dict(), weights)
+    run = tmp_path / "run"
+    train(config, run, stop_after=1)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(weights, tmp_path / "copy.safetensors")
+
+    def with_weights(path):
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, backbone_weights=path))
+
+    with pytest.raises(ValueError, match=re.escape(
+            f"run config {run / 'config.toml'} has model.backbone_weights = {json.dumps(str(weights))}, but the "
+            f"config passed to resume the run has model.backbone_weights = "
+            f"{json.dumps(str(tmp_path / 'copy.safetensors'))}:")):
+        train(with_weights("copy.safetensors"), run, resume=True, stop_after=1)
+    train(with_weights(weights.name), run, resume=True, stop_after=1)
+    assert (load_checkpoint(run / CHECKPOINT)["stage"], load_checkpoint(run / CHECKPOINT)["step"]) == ("align", 2)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 from tgfr.cli import integer_at_least
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
-from tgfr.input_paths import file_problem
-from tgfr.text_formats import parse_toml
-from tgfr.train.config import TrainConfig, config_from_dict, load_config, preset_names, to_toml
+from tgfr.train.config import TrainConfig, load_config, preset_names, read_run_config, to_toml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,16 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_config(out: Path) -> TrainConfig:
     """--resume: the config.toml of the run in `out`."""
-    path = out / "config.toml"
-    if problem := file_problem(path):
-        hint = f" (no run to resume in {out})" if problem == "does not exist" else ""
-        raise SystemExit(f"tgfr train: error: --resume: {path} {problem}{hint}")
     try:
-        return config_from_dict(parse_toml(path.read_text(encoding="utf-8")))
-    except OSError as error:
-        raise SystemExit(f"tgfr train: error: --resume: {path} cannot be read: {error.strerror}") from None
-    except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
-        raise SystemExit(f"tgfr train: error: --resume: {path} is not a valid run config: {error}") from None
+        return read_run_config(out)
+    except ValueError as error:
+        raise SystemExit(f"tgfr train: error: --resume: {error}") from None
 
 
 def _destroy_process_group() -> None:

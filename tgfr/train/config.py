@@ -746,6 +746,21 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, values, "", complete=True)
 
 
+def read_run_config(out: str | Path) -> TrainConfig:
+    """The config.toml of the run in folder `out` (written by `tgfr train`), as `tgfr train --resume` and a
+    resume from Python read it; a ValueError names the file."""
+    path = Path(out) / "config.toml"
+    if problem := file_problem(path):
+        hint = f" (no run to resume in {out})" if problem == "does not exist" else ""
+        raise ValueError(f"{path} {problem}{hint}")
+    try:
+        return config_from_dict(parse_toml(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror}") from None
+    except ValueError as error:  # bad TOML, a bad encoding or bad values (all ValueErrors)
+        raise ValueError(f"{path} is not a valid run config: {error}") from None
+
+
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 

@@ -49,7 +49,7 @@ from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
-from tgfr.train.config import STAGES, TrainConfig, config_to_dict, to_toml, torch_threads
+from tgfr.train.config import STAGES, TrainConfig, config_to_dict, read_run_config, to_toml, torch_threads
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.run_info import record_call
 from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
@@ -157,8 +157,7 @@ def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source:
         return  # that stage is done: the resume goes on with the next one, whose settings apply
     now = dataclasses.asdict(getattr(config, stage).optim)
     trained = optimizer_settings(state)
-    # AdamW has no momentum: an edit of it changes nothing while both sides use AdamW.
-    unused = {"momentum"} if trained.get("optimizer") == now["optimizer"] == "adamw" else set()
+    unused = _unused_optimizer_settings(trained, now)
     changed = [key for key, value in trained.items() if key in now and key not in unused and now[key] != value]
     if changed:
         def named(values: dict[str, Any]) -> dict[str, Any]:
@@ -169,22 +168,38 @@ def check_optimizer_settings(config: TrainConfig, state: dict[str, Any], source:
                                       "them back in config.toml)")
 
 
+def _unused_optimizer_settings(trained: dict[str, Any], now: dict[str, Any]) -> set[str]:
+    """The names of the optimizer settings that neither `trained` nor `now` (one stage's, OptimConfig field
+    name -> value) reads, so that an edit of them changes nothing: AdamW's momentum (AdamW has none), and
+    min_lr_ratio under a constant schedule (only the cosine one decays to it: tgfr.train.loop.lr_factor)."""
+    unused = set()
+    if trained.get("optimizer") == now.get("optimizer") == "adamw":
+        unused.add("momentum")
+    if trained.get("schedule") == now.get("schedule") == "constant":
+        unused.add("min_lr_ratio")
+    return unused
+
+
+def _listing(keys: list[str], values: dict[str, Any]) -> str:
+    """`key = value` of each dotted key of `keys` in `values`, the values as JSON."""
+    return ", ".join(f"{key} = {json.dumps(values.get(key))}" for key in keys)
+
+
 def _changed_settings_error(source: Path, keys: list[str], trained: dict[str, Any], now: dict[str, Any],
                             why: str) -> ValueError:
     """The refusal of a resume from checkpoint file `source` whose config.toml changed the settings `keys`
     (dotted names, looked up in `trained` and `now`)."""
-    def listing(values: dict[str, Any]) -> str:
-        return ", ".join(f"{key} = {json.dumps(values.get(key))}" for key in keys)
-
-    return ValueError(f"checkpoint file {source} was trained with {listing(trained)}, but the run's config.toml now "
-                      f"has {listing(now)}: {why}")
+    return ValueError(f"checkpoint file {source} was trained with {_listing(keys, trained)}, but the run's "
+                      f"config.toml now has {_listing(keys, now)}: {why}")
 
 
 # The settings a resume may change: where and how fast the run goes (its device, precision, threads, loader
 # workers), where its data are (a moved manifest or cache: the checkpoint's digest of the data still has to
 # match), how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test copy, the report).
-# None changes which samples the remaining steps draw or what they compute. check_config_unchanged also lets the
-# weights' paths move.
+# None changes which samples the remaining steps draw or which losses and updates they compute; the device and
+# precision do change the numbers (another device's kernels and bf16 autocast round otherwise), as they would for a
+# run started with them: moving a run is worth that, and run_info.json records each call's. check_config_unchanged
+# also lets the weights' paths move.
 FREE_ON_RESUME = ("device", "precision", "threads", "checkpoint_every", "log_every", "data.loader_workers",
                   "data.cache_dir", "data.manifest", "data.degradation", "evaluation.")
 
@@ -220,7 +235,8 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
     stages after the checkpoint's (still to come) and fr when it only loads weights, the checkpoint's stage's
     optim.* (check_optimizer_settings judges them,
     with its own message) and its steps under a constant schedule (check_optimizer_settings keeps them at least
-    its step; a cosine schedule would be stretched from the resume on, its lr jumping), and settings a tgfr
+    its step; a cosine schedule would be stretched from the resume on, its lr jumping), the optimizer settings
+    of a finished stage that neither side reads (_unused_optimizer_settings), and settings a tgfr
     added or dropped since the checkpoint (a setting it lacks cannot be set back). A checkpoint of an older tgfr,
     without its config, is not compared. A ValueError names the keys."""
     if "config" not in state:
@@ -230,6 +246,10 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
     for values in (trained, now):  # `stages` up to the checkpoint's: those after it may be added or dropped
         stages = values.get("stages", [])
         values["stages"] = stages[:stages.index(stage) + 1] if stage in stages else stages
+
+    def optimizer_of(values: dict[str, Any], head: str) -> dict[str, Any]:  # stage `head`'s optim.* settings
+        return {key.removeprefix(f"{head}.optim."): value for key, value in values.items()
+                if key.startswith(f"{head}.optim.")}
 
     def free(key: str) -> bool:
         head, _, rest = key.partition(".")
@@ -244,12 +264,35 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
             return True  # a stage still to come, or one this run does not train
         if head == stage and rest == "steps":
             return trained.get(f"{stage}.optim.schedule") == now.get(f"{stage}.optim.schedule") == "constant"
-        return head == stage and rest.startswith("optim.")
+        if not rest.startswith("optim."):
+            return False
+        return head == stage or rest.removeprefix("optim.") in _unused_optimizer_settings(optimizer_of(trained, head),
+                                                                                          optimizer_of(now, head))
 
     changed = [key for key in sorted(trained.keys() & now.keys()) if not free(key) and trained[key] != now[key]]
     if changed:
         raise _changed_settings_error(source, changed, trained, now, "the rest of the run would train otherwise than "
                                       "config.toml says it did (set them back in config.toml, or train a new run)")
+
+
+def check_config_matches_config_toml(config: TrainConfig, out: Path) -> None:
+    """Refuses to resume the run in folder `out` with a `config` (train()'s) that differs from the run's
+    config.toml, read as `tgfr train --resume` reads it, in a setting outside FREE_ON_RESUME (the path settings
+    compared as the run resolves them, against the current directory): the run would train otherwise than
+    config.toml, which `tgfr evaluate` and later resumes read, says. config.toml is not rewritten: the free
+    settings are each call's own, kept as written as under `tgfr train --resume` (run_info.json records each
+    call's device, precision and threads). A ValueError names config.toml and the keys."""
+    path = out / "config.toml"
+    written = read_run_config(out)
+    recorded, passed = (_flat_settings(config_to_dict(values.with_absolute_paths())) for values in (written, config))
+    changed = [key for key in sorted(recorded.keys() | passed.keys())
+               if not key.startswith(FREE_ON_RESUME) and recorded.get(key) != passed.get(key)]
+    if changed:
+        raise ValueError(f"run config {path} has {_listing(changed, recorded)}, but the config passed to resume the "
+                         f"run has {_listing(changed, passed)}: a resume trains the run as config.toml describes it "
+                         f"(to change a setting midway, edit config.toml, which the resume checks against the "
+                         f"checkpoint, and pass the config read from it; only the call's own settings, such as "
+                         f"device, threads or log_every, may differ)")
 
 
 def finish_stage(model: TGFRModel, name: str) -> None:
@@ -413,7 +456,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     resume: continue from out/checkpoints/last.pt; a run folder with its config.toml but no checkpoint
     yet (the run stopped before its first one) starts again from its first step, with metrics.jsonl
     emptied, and ends as an uninterrupted run would; any other folder without a checkpoint (one
-    whose checkpoint went missing after it was written, or no run) is an error. Without
+    whose checkpoint went missing after it was written, or no run) is an error. `config` must then be
+    the run's config.toml (tgfr.train.config.config_from_dict of it, as `tgfr train --resume` reads it)
+    but for the settings of the call (FREE_ON_RESUME: device, precision, threads, log_every, ...), which
+    apply to this call and are not written back: another difference is a ValueError naming config.toml
+    and the keys (to change a setting midway, edit config.toml, which the resume checks against the
+    checkpoint). Without
     resume, `out` must not exist or be empty, so that two runs never mix in one folder, and the
     path settings (tgfr.train.config.PATH_KEYS) are made absolute against the current directory,
     as config.toml then records them.
@@ -465,13 +513,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     restart = resume and not os.path.lexists(out / CHECKPOINT) and _stopped_before_first_checkpoint(out, config)
     if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
+        if len(state["rng"]) != world_size:
+            raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
+                             f"process(es); resume it with as many (this run has {world_size})")
+    if resume:  # before the checks below, whose messages take `config` for config.toml's
+        check_config_matches_config_toml(config, out)
+    if state is not None:
         if state["stage"] not in config.stages:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} continues stage {state['stage']!r}, but the run's "
                              f"config.toml now has stages = {json.dumps(config.stages)}, without it: the stages a "
                              f"resume continues cannot be dropped (put it back in config.toml)")
-        if len(state["rng"]) != world_size:
-            raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
-                             f"process(es); resume it with as many (this run has {world_size})")
         check_optimizer_settings(config, state, out / CHECKPOINT)
     elif not resume:
         # config.toml records the files as trained on, whatever directory a later command starts in. A
