@@ -184,7 +184,9 @@ def thin_roc_curve(curve: RocCurve, points: int = 4096) -> RocCurve:
     """`curve` cut to about `points` of its points, for a picture on a log FAR axis: point 0, and at
     each of `points` FARs spaced evenly in log from the smallest nonzero FAR to 1, the curve's last
     point at or below it. Every kept point is one of the curve's, and the TAR at those FARs is
-    exact; all pairs' curve has one point per pair, millions for a few thousand images."""
+    exact; all pairs' curve has one point per pair, millions for a few thousand images. points >= 2: the grid
+    reaches FAR 1, so the curve's last point, (1, 1), is kept."""
+    _check_count("points", points, 2)
     nonzero = curve.far[curve.far > 0]
     if curve.far.size <= points + 1 or nonzero.size == 0:
         return curve
@@ -205,8 +207,18 @@ def equal_error_rate(curve: RocCurve) -> float:
     return float(curve.far[k - 1] + t * (curve.far[k] - curve.far[k - 1]))
 
 
+def _is_real(value: object) -> bool:
+    """A real number, not a bool (which would pass as FAR 0 or 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def tar_at_far(curve: RocCurve, far: float) -> float:
-    """Highest TAR among ROC points with FAR <= far."""
+    """Highest TAR among ROC points with FAR <= far, a FAR in [0, 1] (the curve's point 0 has FAR 0)."""
+    if not _is_real(far):
+        raise TypeError(f"far must be a real number (a FAR in [0, 1]), got {far!r} ({type(far).__name__})")
+    # Below 0 (or NaN) no point qualified, and numpy's "zero-size array" error named nothing.
+    if not 0 <= far <= 1:
+        raise ValueError(f"far must lie in [0, 1], got {far!r}")
     return float(curve.tar[curve.far <= far].max())
 
 
@@ -235,8 +247,7 @@ def _far_labels(far_targets: Sequence[float]) -> list[str]:
     distinct labels."""
     # A lone FAR, a string or a row of strings failed while compared or iterated, naming no argument.
     targets = far_targets.tolist() if isinstance(far_targets, np.ndarray) else far_targets
-    if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or not all(
-            isinstance(far, numbers.Real) and not isinstance(far, bool) for far in targets):
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or not all(map(_is_real, targets)):
         raise TypeError(f"far_targets must be a sequence of real numbers (FARs in (0, 1]), got {far_targets!r} "
                         f"({type(far_targets).__name__})")
     outside = [far for far in far_targets if not 0 < far <= 1]  # NaN is outside too

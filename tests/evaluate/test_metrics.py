@@ -411,3 +411,45 @@ def test_bootstrap_seed_must_be_an_integer(seed):
                              resamples=2, seed=seed)
     with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {re.escape(repr(seed))}$"):
         identification_metrics(np.eye(2), np.array([0, 1]), np.array([0, 1]), resamples=2, seed=seed)
+
+
+@pytest.mark.parametrize("far", [-1e-3, -1, 1.5, float("nan"), float("inf"), np.float64(-0.5)])
+def test_tar_at_a_far_outside_0_1_is_refused_naming_far(far):
+    """Below 0 or NaN no ROC point qualified, and numpy's "zero-size array" error named nothing; above 1 read
+    as a FAR of 1. The ends themselves are FARs: 0 (point 0 and the ties above every impostor) and 1."""
+    scores, same = np.array([0.9, 0.7, 0.6, 0.5, 0.3, 0.2]), np.array([1, 0, 1, 1, 0, 0])
+    curve = roc_curve(scores, same)
+    with pytest.raises(ValueError, match=rf"^far must lie in \[0, 1\], got {re.escape(repr(far))}$"):
+        tar_at_far(curve, far)
+    for end in (0, 0.0, 1, 1.0):
+        assert tar_at_far(curve, end) == brute_force_tar_at_far(scores, same, end)
+
+
+@pytest.mark.parametrize("far", ["1e-3", None, True, [1e-3]])
+def test_tar_at_a_far_that_is_not_a_real_number_is_refused_naming_far(far):
+    """As verification_metrics refuses such far_targets: a bool passed as FAR 0 or 1, a string failed in numpy."""
+    curve = roc_curve(np.array([0.9, 0.1]), np.array([1, 0]))
+    with pytest.raises(TypeError, match=rf"^far must be a real number \(a FAR in \[0, 1\]\), got "
+                                        rf"{re.escape(repr(far))} \({type(far).__name__}\)$"):
+        tar_at_far(curve, far)
+
+
+@pytest.mark.parametrize("points", [0, 1, -3, 2.0, True])
+def test_a_roc_thinned_to_fewer_than_2_points_is_refused_naming_points(points):
+    """One point of the log grid is the smallest nonzero FAR alone: the curve's end, (1, 1), was dropped."""
+    same = np.arange(50) % 5 == 0
+    curve = roc_curve(np.arange(50.0), same)
+    with pytest.raises(ValueError, match=rf"^points must be an integer >= 2, got {re.escape(repr(points))}$"):
+        thin_roc_curve(curve, points=points)
+
+
+def test_a_roc_thinned_to_2_points_keeps_both_ends():
+    """The grid of 2 FARs is the smallest nonzero one and 1: the thinned curve starts at (0, 0), ends at the
+    curve's (1, 1) and keeps the last point at or below the smallest nonzero FAR."""
+    same = np.arange(50) % 5 == 0
+    curve = roc_curve(np.arange(50.0), same)
+    thin = thin_roc_curve(curve, points=2)
+    smallest = curve.far[curve.far > 0][0]
+    last_at_smallest = np.flatnonzero(curve.far <= smallest)[-1]
+    np.testing.assert_array_equal(thin.far, [0.0, curve.far[last_at_smallest], 1.0])
+    np.testing.assert_array_equal(thin.tar, [0.0, curve.tar[last_at_smallest], 1.0])

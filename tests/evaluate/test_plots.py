@@ -60,3 +60,22 @@ def test_the_roc_picture_draws_each_methods_tar_against_far_as_the_figures_read_
         expected = [tar_at_far(curve, f) for f in between]
         np.testing.assert_array_equal(np.interp(between, drawn_far, drawn_tar), expected)
     assert shared_fars  # a vertical step is among those read past
+
+
+def test_the_cmc_picture_draws_each_methods_rate_against_rank_from_1(tmp_path, monkeypatch):
+    """Point k of a line is (rank k, the CMC's k-th rate), k = 1 .. len(cmc): a line drawn from rank 0, or
+    reversed, shows rank-1 at another rank. The CMCs rise unevenly and differ, so a shifted or reversed line
+    cannot match; the legend names each line's method."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path, layout=True: figures.append(figure))
+    cmcs = {"image_only": [0.3, 0.45, 0.5, 0.7, 0.72], "tgfr": [0.5, 0.6, 0.8, 0.85, 1.0], "unlisted": [0.1, 0.9]}
+    plots.plot_cmc(cmcs, tmp_path / "cmc_clean.png", "CMC, clean")
+    (figure,) = figures
+    (axis,) = figure.axes
+    assert (axis.get_xlabel(), axis.get_ylabel(), axis.get_title()) == ("rank", "identification rate", "CMC, clean")
+    assert [line.get_label() for line in axis.lines] == [plots.LABELS["image_only"], plots.LABELS["tgfr"], "unlisted"]
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == [line.get_label() for line in axis.lines]
+    for line, cmc in zip(axis.lines, cmcs.values(), strict=True):
+        rank, rate = line.get_xydata().T
+        np.testing.assert_array_equal(rank, np.arange(len(cmc)) + 1)
+        np.testing.assert_array_equal(rate, cmc)

@@ -8,7 +8,9 @@ import pytest
 
 from test_subject_bootstrap import embeddings_and_records, nearest_gallery_hits
 from tgfr.evaluation.embeddings import SplitEmbeddings
-from tgfr.evaluation.protocols import identification_indices, split_figures, verification_scores
+from tgfr.evaluation.protocols import (degradation_difference, identification_indices, split_figures,
+                                      verification_scores)
+from tgfr.evaluation.report import MAIN_FAR
 from tgfr.metrics import far_label, roc_curve, tar_at_far
 from tgfr.train.config import EvaluationConfig, load_config
 
@@ -81,3 +83,28 @@ def test_an_unknown_protocol_is_refused_not_scored_as_pairs(protocol):
     config.protocol = protocol
     with pytest.raises(ValueError, match=message):
         verification_scores(embeddings, "tgfr", records, "test", config)
+
+
+def test_one_bootstrap_resample_gives_the_paired_differences_their_intervals():
+    """evaluation.bootstrap_resamples = 1: each method has its intervals, and so do TGFR minus image only and
+    degraded minus clean, each the one replicate's difference at both ends (the percentiles of one value)."""
+    x, labels, paths, records = embeddings_and_records(0)
+    other, degraded_x = embeddings_and_records(1)[0], embeddings_and_records(2)[0]
+    config = EvaluationConfig(bootstrap_resamples=1)
+    clean = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), x, other), records, "test", config)
+    degraded = split_figures(SplitEmbeddings(paths, labels, [""] * len(paths), degraded_x, x), records, "test",
+                             config)
+
+    def assert_one_replicates_difference(difference, baseline_replicates, method_replicates):
+        rank1 = method_replicates["rank1"][0] - baseline_replicates["rank1"][0]
+        tar = method_replicates["tar_at_far"][MAIN_FAR][0] - baseline_replicates["tar_at_far"][MAIN_FAR][0]
+        assert np.isfinite([rank1, tar]).all() and rank1 != 0
+        assert difference["rank1_ci"] == [rank1, rank1]
+        assert difference["tar_at_far_ci"] == {MAIN_FAR: [tar, tar]}
+
+    for figures in (clean, degraded):
+        assert all("rank1_ci" in figures.figures[method] for method in ("image_only", "tgfr"))
+        assert_one_replicates_difference(figures.figures["tgfr"]["vs_image_only"], figures.replicates["image_only"],
+                                         figures.replicates["tgfr"])
+    for method, difference in degradation_difference(clean, degraded).items():
+        assert_one_replicates_difference(difference, clean.replicates[method], degraded.replicates[method])

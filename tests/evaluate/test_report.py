@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tgfr
+from tgfr.evaluation.plots import attention_spread
 from tgfr.evaluation.protocols import paired_difference
 from tgfr.evaluation.report import MAIN_FAR, write_report
 from tgfr.metrics import identification_metrics, verification_metrics
@@ -20,12 +21,13 @@ from tgfr.train.config import EvaluationConfig
 ENVIRONMENT = environment(torch.device("cpu"), "fp32")
 
 
-def figures(separation=1.0, subjects=50, resamples=10):
-    """(figures, replicates) of a method: `subjects` subjects with one genuine pair each and an
-    impostor pair between every two of them (1225 for 50, enough to resolve FAR 1e-3)."""
+def figures(separation=1.0, subjects=50, resamples=10, genuine_per_subject=1):
+    """(figures, replicates) of a method: `subjects` subjects with `genuine_per_subject` genuine pairs each and
+    an impostor pair between every two of them (1225 for 50, enough to resolve FAR 1e-3)."""
     rng = np.random.default_rng(0)
     impostor_a, impostor_b = np.triu_indices(subjects, k=1)
-    subjects_a, subjects_b = np.r_[np.arange(subjects), impostor_a], np.r_[np.arange(subjects), impostor_b]
+    genuine = np.repeat(np.arange(subjects), genuine_per_subject)
+    subjects_a, subjects_b = np.r_[genuine, impostor_a], np.r_[genuine, impostor_b]
     same = (subjects_a == subjects_b).astype(np.int64)
     result = verification_metrics(rng.normal(same * separation, 1.0), same, subjects_a=subjects_a,
                                   subjects_b=subjects_b, resamples=resamples, keep_replicates=True)
@@ -191,7 +193,7 @@ def test_report_names_what_produced_it_and_report_info_holds_every_setting(tmp_p
 def test_report_lines_put_each_figure_where_it_says(tmp_path):
     """A review's mutations swapped clean and degraded, pair and probe counts, and the training table's columns,
     and every test passed: here every number differs, so each line has one right reading."""
-    clean, degraded = figures(3.0)[0], figures(1.0, subjects=40)[0]
+    clean, degraded = figures(3.0)[0], figures(1.0, subjects=40, genuine_per_subject=2)[0]
     metrics = {"clean": {"image_only": clean}, "degraded": {"image_only": degraded}}
     training = {"fr": {"steps_taken": 400, "seconds": 95.0, "global_batch": 64, "seconds_per_step": 0.2375},
                 "align": {"steps_taken": 0, "seconds": 3.0, "global_batch": 32}}
@@ -214,7 +216,8 @@ def test_report_lines_put_each_figure_where_it_says(tmp_path):
     assert (f"{degraded['genuine_pairs']} genuine / {degraded['impostor_pairs']} impostor pairs of "
             f"{degraded['subjects']} subjects; {degraded['probes']} probes against a gallery of "
             f"{degraded['gallery']}.") in text
-    assert degraded["genuine_pairs"] != degraded["impostor_pairs"] and degraded["probes"] != degraded["gallery"]
+    counts = [degraded[key] for key in ("genuine_pairs", "impostor_pairs", "subjects", "probes", "gallery")]
+    assert len(set(counts)) == len(counts), counts
     # A stage that took no step has no rate: "n/a", not a 0.00 s step.
     assert "| fr | 400 | 95 | 0.237 | 64 |" in text and "| align | 0 | 3 | n/a | 32 |" in text
 
@@ -245,3 +248,54 @@ def test_the_report_says_how_training_degraded_its_images(tmp_path, p):
                 "(data.train_degradation, data.train_degrade_p).")
     undegraded = "Training degraded no image (data.train_degrade_p = 0)."
     assert (degraded in text, undegraded in text) == (p > 0, p == 0)
+
+
+def test_the_report_says_how_far_the_heatmaps_weights_lie_from_the_even_spread(tmp_path):
+    """A trained model's maps lay within a few % of 1/R, drawn at full colour on a scale reaching the farthest
+    weight, while report.md spoke of the regions words "attend to": it now gives the spread of the weights shown,
+    and report_info.json holds it. Shown are the content words with the highest peaks: here the function words
+    "a", "man" and "and", and "cheeks", the 7th content word, with the lowest peak, are not, and each would change
+    a figure."""
+    regions = 16
+
+    def leaning(weight, region=0):
+        """A map putting `weight` on `region` and the rest evenly on the others."""
+        weights = torch.full((regions,), (1 - weight) / (regions - 1), dtype=torch.float64)
+        weights[region] = weight
+        return weights
+
+    clean_tokens = ["a", "man", "with", "green", "eyes"]
+    degraded_tokens = ["round", "green", "eyes", "thin", "red", "lips", "and", "cheeks"]
+    attention = torch.zeros(2, len(degraded_tokens) + 1, regions, dtype=torch.float64)  # a padded word too
+    attention[0, :len(clean_tokens)] = torch.stack([leaning(0.9), leaning(0.3), leaning(0.4), leaning(0.25),
+                                                    leaning(0.2)])
+    attention[1, :len(degraded_tokens)] = torch.stack([leaning(0.3), leaning(0.35), leaning(0.4), leaning(0.45),
+                                                       leaning(0.5), leaning(0.55), leaning(0.6, region=2),
+                                                       leaning(0.001, region=1)])
+    attention[1, 6, 3] = 0.0  # a zero weight shown would leave no ratio
+    shown = {"clean": attention[0, [3, 4]], "degraded": attention[1, :6]}
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test", "degraded": "test_degraded"},
+               "training": None}
+    context["attention_spread"] = {"clean": attention_spread(attention[:1], [clean_tokens]),
+                                   "degraded": attention_spread(attention[1:], [degraded_tokens])}
+    metrics = {"clean": {"image_only": figures()[0]}, "degraded": {"image_only": figures()[0]}}
+    text = write_report(tmp_path, metrics, {}, ["attention_clean.png", "attention_degraded.png"], context).read_text()
+    assert "read the colour bar's figures, and the spread below, before reading strong colour as focus." in text
+    for name, maps in shown.items():
+        lowest, highest = maps.min().item(), maps.max().item()
+        ratio = (maps.max(dim=1).values / maps.min(dim=1).values).max().item()
+        assert context["attention_spread"][name] == pytest.approx(
+            {"regions": regions, "lowest": lowest, "highest": highest, "largest_ratio": ratio}, rel=1e-12)
+        assert (f"- {name}: the weights shown lie between {lowest:.4g} and {highest:.4g}, against an even spread of "
+                f"1/16 = 0.0625 ({100 * (16 * lowest - 1):+.1f}% to {100 * (16 * highest - 1):+.1f}% of it); a word's "
+                f"largest weight is at most {ratio:.4g} times its smallest.") in text
+    info = json.loads((tmp_path / "report_info.json").read_text())
+    assert info["attention_spread"] == context["attention_spread"]
+
+    attention[0, 3, 5] = 0.0  # "green", shown: a word's largest weight over its smallest is unbounded
+    context["attention_spread"]["clean"] = attention_spread(attention[:1], [clean_tokens])
+    text = write_report(tmp_path, metrics, {}, ["attention_clean.png"], context).read_text()
+    assert context["attention_spread"]["clean"]["largest_ratio"] is None
+    assert (f"- clean: the weights shown lie between 0 and {shown['clean'].max().item():.4g}, against an even spread "
+            "of 1/16 = 0.0625 (-100.0% to +300.0% of it); some word shown gives a region no weight (0).") in text

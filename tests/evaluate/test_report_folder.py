@@ -556,3 +556,40 @@ def test_an_evaluation_writes_its_report_after_another_writing_into_the_same_fol
     assert calls_after_release(out, run_module, "write_report", evaluation) == [True]
     assert (out / "report.md").is_file()
     assert f"tgfr evaluate: waiting for another process writing into {out} to end\n" in capsys.readouterr().err
+
+
+def test_the_report_gives_the_spread_of_the_weights_each_heatmap_shows(tiny_run, tmp_path, monkeypatch):
+    """report.md and report_info.json give, per split, the smallest and largest weight of the maps drawn in its
+    attention picture and the largest of a map's largest over its smallest weight, read here from the picture's
+    overlays: the figures describe the heatmaps shown, not a recomputation. The tiny untrained model's attention
+    is even, every weight 1/R, where any choice of maps has the same figures: each word gets a random lean here."""
+    run, config, _ = tiny_run
+    attention_maps = run_module._attention_maps
+    generator = torch.Generator().manual_seed(0)
+
+    def leaning_maps(*args, **kwargs):
+        images, attention, words = attention_maps(*args, **kwargs)
+        logits = torch.randn(attention.shape, generator=generator)
+        return images, logits.softmax(dim=2) * (attention.sum(dim=2, keepdim=True) > 0), words  # padding stays 0
+
+    monkeypatch.setattr(run_module, "_attention_maps", leaning_maps)
+    overlays = {}
+    save = plots_module._save
+
+    def recording_save(figure, path, **options):
+        if path.name.startswith("attention_"):
+            overlays[path.name] = [axis.get_images()[1].get_array() for axis in figure.axes
+                                   if len(axis.get_images()) == 2]
+        return save(figure, path, **options)
+
+    monkeypatch.setattr(plots_module, "_save", recording_save)
+    text = evaluate(run, config, tmp_path / "report", device="cpu").read_text(encoding="utf-8")
+    info = json.loads((tmp_path / "report" / "report_info.json").read_text())
+    assert set(info["attention_spread"]) == set(config.evaluation.splits)
+    for name, spread in info["attention_spread"].items():
+        maps = np.stack([np.asarray(heat, dtype=np.float64).ravel() for heat in overlays[f"attention_{name}.png"]])
+        assert maps.shape[1] == spread["regions"]
+        assert (spread["lowest"], spread["highest"]) == (maps.min(), maps.max())
+        assert spread["largest_ratio"] == pytest.approx((maps.max(axis=1) / maps.min(axis=1)).max(), rel=1e-12)
+        assert (f"- {name}: the weights shown lie between {maps.min():.4g} and {maps.max():.4g}, against an even "
+                f"spread of 1/{spread['regions']} = {1 / spread['regions']:.4g} (") in text

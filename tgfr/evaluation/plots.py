@@ -2,6 +2,7 @@
 word-region attention heatmaps drawn over faces."""
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -19,6 +20,7 @@ LABELS = {"image_only": "image only (backbone)", "tgfr": "TGFR (face + caption)"
 # Function words say nothing about a region; the heatmaps show the caption's content words.
 FUNCTION_WORDS = frozenset("a an the this that is are has have with and or of on in at to his her he she they "
                            "their its person man woman face".split())
+WORDS_PER_CAPTION = 6  # the most words of one caption whose maps a heatmap row shows
 
 
 def content_word_positions(words: list[str]) -> list[int]:
@@ -72,6 +74,36 @@ ATTENTION_COLOURS = plt.get_cmap("RdBu_r", 255)
 ATTENTION_MIN_REACH = 0.02
 
 
+def shown_word_positions(attention: torch.Tensor, words: list[list[str]],
+                         words_per_caption: int = WORDS_PER_CAPTION) -> list[list[int]]:
+    """Per caption, the positions (ascending) of the words whose maps plot_attention shows: its content words
+    with the highest peak attention, at most words_per_caption. attention (N, T, R); words: the N captions'
+    tokens as text (len <= T)."""
+    shown = []
+    for i, caption in enumerate(words):
+        candidates = content_word_positions(caption)
+        peaks = attention[i, candidates].amax(dim=1)
+        shown.append(sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist()))
+    return shown
+
+
+def attention_spread(attention: torch.Tensor, words: list[list[str]],
+                     words_per_caption: int = WORDS_PER_CAPTION) -> dict[str, Any] | None:
+    """How far the weights that plot_attention shows (attention (N, T, R), words as it takes them) lie from the
+    even spread 1/R, for the report: a trained model's maps may differ from 1/R by a few percent, which the
+    colour scale, centred on 1/R and reaching the farthest weight, draws as strongly as a sharp focus.
+    {"regions": R, "lowest", "highest": the smallest and largest weight shown, "largest_ratio": the largest,
+    over the words shown, of a word's largest weight over its smallest (None where one is 0)}; None when no
+    word is shown."""
+    shown = shown_word_positions(attention, words, words_per_caption)
+    maps = torch.cat([attention[i, chosen].double() for i, chosen in enumerate(shown)])  # (words shown, R)
+    if not len(maps):
+        return None
+    lowest = maps.amin(dim=1)
+    return {"regions": attention.shape[2], "lowest": float(lowest.min()), "highest": float(maps.max()),
+            "largest_ratio": float((maps.amax(dim=1) / lowest).max()) if (lowest > 0).all() else None}
+
+
 def attention_colour_norm(maps: list[torch.Tensor], regions: int) -> Normalize:
     """The colour scale of the attention maps shown (each (k, R)): centred on the even spread 1/R, reaching the
     weight farthest from it (at least ATTENTION_MIN_REACH / R away) as far on both sides, so that a weight d above
@@ -83,12 +115,13 @@ def attention_colour_norm(maps: list[torch.Tensor], regions: int) -> Normalize:
 
 
 def plot_attention(images: torch.Tensor, attention: torch.Tensor, words: list[list[str]], path: Path,
-                   words_per_caption: int = 6) -> Path:
-    """One row per caption: the face, then the regions each of its most focused words attends to.
+                   words_per_caption: int = WORDS_PER_CAPTION) -> Path:
+    """One row per caption: the face, then the attention weights over its regions of each of its most focused
+    words.
 
     images (N, 3, S, S) in [-1, 1]; attention (N, T, R) word-over-region weights (R = G*G);
     words: the N captions' tokens as text (len <= T), which title the maps. Content words with the highest peak
-    attention are shown.
+    attention are shown (shown_word_positions).
     Every map is drawn on one colour scale, with a colour bar: scaled map by map, an even spread (each weight
     1/R up to rounding) would show as hot spots. The scale is centred on 1/R (white), red above it and blue
     below, reaching as far either side as the weights shown do, so a trained model's attention that departs
@@ -98,11 +131,7 @@ def plot_attention(images: torch.Tensor, attention: torch.Tensor, words: list[li
     grid = int(round(attention.shape[2] ** 0.5))
     columns = 1 + words_per_caption
     figure, axes = plt.subplots(n, columns, figsize=(1.6 * columns + 0.8, 1.8 * n), dpi=100, squeeze=False)
-    shown = []
-    for i in range(n):
-        candidates = content_word_positions(words[i])
-        peaks = attention[i, candidates].amax(dim=1)
-        shown.append(sorted(candidates[k] for k in peaks.argsort(descending=True)[:words_per_caption].tolist()))
+    shown = shown_word_positions(attention, words, words_per_caption)
     norm = attention_colour_norm([attention[i, chosen] for i, chosen in enumerate(shown)], attention.shape[2])
     for i, chosen in enumerate(shown):
         face = ((images[i].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)

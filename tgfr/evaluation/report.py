@@ -112,6 +112,17 @@ def _split_lines(content: dict[str, Any], train_split: str) -> list[str]:
     return [images, seen]
 
 
+def _attention_spread_line(name: str, spread: dict[str, Any]) -> str:
+    """How far split `name`'s heatmap weights lie from the even spread (tgfr.evaluation.plots.attention_spread)."""
+    regions = spread["regions"]
+    line = (f"- {name}: the weights shown lie between {spread['lowest']:.4g} and {spread['highest']:.4g}, against an "
+            f"even spread of 1/{regions} = {1 / regions:.4g} ({100 * (spread['lowest'] * regions - 1):+.1f}% to "
+            f"{100 * (spread['highest'] * regions - 1):+.1f}% of it); ")
+    ratio = spread["largest_ratio"]
+    return line + (f"a word's largest weight is at most {ratio:.4g} times its smallest." if ratio is not None else
+                   "some word shown gives a region no weight (0).")
+
+
 def _image(file_name: str) -> str:
     """A Markdown image of a file next to report.md, whatever its name: CommonMark takes the alt text
     literally once every ASCII punctuation mark is escaped, and ends a bare link destination at a
@@ -138,7 +149,9 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
     split), training (train_summary.json's content or None), evaluation (every evaluation setting)
     and environment (tgfr.provenance.environment); where known, train_split (its name), split_contents
     (report name -> tgfr.evaluation.run's split contents: degradations, identities and those in training) and
-    train_degradation (the run's data.train_degradation as "recipe" and data.train_degrade_p as "p").
+    train_degradation (the run's data.train_degradation as "recipe" and data.train_degrade_p as "p"); with
+    heatmaps, attention_spread (report name -> tgfr.evaluation.plots.attention_spread of the maps its heatmap
+    shows).
     All but training also go to out/report_info.json.
     """
     per_subject = context["gallery_per_subject"]
@@ -184,8 +197,16 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
         lines += [_image(name) for name in figures.get(split, [])] + [""]
     if heatmaps:
         lines += ["## Word-region attention", "",
-                  "Each row: a test face and the regions that its caption's most focused words attend to "
-                  "(tgfr.ops.word_region_attention).", ""]
+                  "Each row: a test face and, for its caption's content words whose attention peaks highest, each "
+                  "word's attention weights over the face's regions (tgfr.ops.word_region_attention). All maps share "
+                  "one colour scale, centred on the even spread 1/R over the R regions (white) and reaching the "
+                  "weight farthest from it, so weights a few percent from 1/R are drawn as strongly as a sharp focus "
+                  "would be: read the colour bar's figures, and the spread below, before reading strong colour as "
+                  "focus.", ""]
+        spreads = [_attention_spread_line(name, spread) for name, spread in context.get("attention_spread", {}).items()
+                   if spread is not None]
+        if spreads:
+            lines += [*spreads, ""]
         lines += [_image(name) for name in heatmaps] + [""]
     if context.get("training"):
         lines += ["## Training", "", "| stage | steps | seconds | s/step | global batch |",

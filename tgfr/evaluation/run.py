@@ -17,7 +17,7 @@ from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES, DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, records_digest
 from tgfr.evaluation.embeddings import embed_split
-from tgfr.evaluation.plots import plot_attention, plot_cmc, plot_roc
+from tgfr.evaluation.plots import attention_spread, plot_attention, plot_cmc, plot_roc
 from tgfr.evaluation.protocols import degradation_difference, split_figures
 from tgfr.evaluation.report import write_report
 from tgfr.text_formats import parse_json
@@ -301,6 +301,9 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                    "synthetic_version": synthetic_version,
                    "training_split_changed": data_changed, "train_split": train_split, "split_contents": contents,
                    "train_degradation": {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p},
+                   # The maps plot_attention draws below: report.md says how far from even they are.
+                   "attention_spread": {name: attention_spread(attention, words)
+                                        for name, (_, attention, words) in maps.items()},
                    "protocol": evaluation.protocol,
                    "gallery_per_subject": evaluation.gallery_per_subject,
                    "resamples": evaluation.bootstrap_resamples, "splits": evaluation.splits, "training": training,
