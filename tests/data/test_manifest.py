@@ -247,10 +247,13 @@ def test_an_empty_csv_captions_cell_is_an_image_only_record(tmp_path):
     ("b.png, ,train,[]", "'identity' must not be blank, got ' '"),
     ('b.png,7,train,[],,"{""source"": ""a.png""}"', "the row has 6 cells, the header 5 columns "
      "(path, identity, split, captions, meta)"),
+    ('b.png,7,train', "the row has 3 cells, the header 5 columns (path, identity, split, captions, meta)"),
+    ('b.png,7,[]', "the row has 3 cells, the header 5 columns"),
 ])
-def test_a_csv_row_of_spaced_or_surplus_cells_is_refused_naming_file_and_line(tmp_path, row, message):
-    """" 7" read as a second identity of person 7, " train" as a split select_split("train") left out, and
-    a cell past the header's last column was dropped."""
+def test_a_csv_row_of_spaced_surplus_or_missing_cells_is_refused_naming_file_and_line(tmp_path, row, message):
+    """" 7" read as a second identity of person 7, " train" as a split select_split("train") left out, a
+    cell past the header's last column was dropped, and a row that ended early read as one without captions
+    (the rows here leave out an empty meta, which may be)."""
     path = tmp_path / "m.csv"
     path.write_text(f"path,identity,split,captions,meta\na.png,7,train,[],\n{row}\n")
     with pytest.raises(ValueError, match=re.escape(f"{path}:3: {message}")):

@@ -165,9 +165,13 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
                                      "into meta)")
                 for row in reader:
                     where = f"{path}:{reader.line_num}"
-                    if None in row:  # DictReader's key for the cells past the header's last column
-                        raise ValueError(f"{where}: the row has {len(reader.fieldnames) + len(row[None])} cells, the "
-                                         f"header {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
+                    # DictReader keys the cells past the header's last column by None, and gives a row that ends
+                    # early None for the columns it lacks: "a.png,7,train" read as a record without captions. An
+                    # empty meta may be left out.
+                    cells = len(reader.fieldnames) + len(row.get(None, ())) - list(row.values()).count(None)
+                    if None in row or any(row[name] is None for name in MANIFEST_FIELDS):
+                        raise ValueError(f"{where}: the row has {cells} cells, the header {len(reader.fieldnames)} "
+                                         f"columns ({', '.join(reader.fieldnames)})")
                     row["captions"] = _parse_json_cell(row["captions"] or "[]", "captions", where)
                     row["meta"] = _parse_json_cell(row["meta"], "meta", where) if row.get("meta") else {}
                     records.append(_record_from_row(row, where))
