@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -268,3 +269,25 @@ def test_interruptions_held_back_by_a_pool_are_raised_once_it_ends_the_last_one_
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_an_interruption_during_a_submission_is_raised_once_the_submission_ends(monkeypatch):
+    """Raised inside the executor's submit (between a worker's start and its record, say), the interruption
+    would leave the executor's state half changed; it is taken once submit returns."""
+    submissions = []
+    with WorkerPool(1) as pool:
+        submit = pool._executor.submit
+
+        def interrupted_submit(*arguments, **options):
+            # From another thread, as a Ctrl-C reaches a process: this one blocks it while it submits.
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+            sender.start()
+            sender.join()
+            time.sleep(0.05)  # where the main thread would take it
+            submissions.append("ended")
+            return submit(*arguments, **options)
+
+        monkeypatch.setattr(pool._executor, "submit", interrupted_submit)
+        with pytest.raises(KeyboardInterrupt):
+            pool.map(abs, [1, 2, 3])
+    assert submissions == ["ended"]

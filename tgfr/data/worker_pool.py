@@ -79,7 +79,8 @@ def _interruptions_blocked_in_new_workers() -> Iterator[None]:
     """Blocks Ctrl-C and SIGTERM in this thread for the block, in which the executor may spawn a worker: a
     spawned process starts with its parent thread's signal mask, so a Ctrl-C to the process group while a worker
     imports, before _start_worker ignores it, no longer ends that worker with a KeyboardInterrupt traceback (it
-    did in the pool's first ~0.2 s). Here the signal waits, blocked, for the block's end, then is handled."""
+    did in the pool's first ~0.2 s). The parent still receives the signal (in another of its threads, or here
+    once the block ends): _interruptions_deferred decides when it is raised."""
     blocked = {signal.SIGINT, signal.SIGTERM}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
@@ -114,7 +115,9 @@ class WorkerPool:
         results: list = []
         try:
             for start in range(0, len(items), chunksize):
-                with _interruptions_blocked_in_new_workers():
+                # Raised inside submit, between a worker's start and the executor's record of it, an
+                # interruption would leave a worker the shutdown does not know of.
+                with _interruptions_deferred(), _interruptions_blocked_in_new_workers():
                     submitted.append(self._executor.submit(work, items[start:start + chunksize]))
                 if len(submitted) >= self._chunks_ahead:
                     results += submitted.popleft().result()
