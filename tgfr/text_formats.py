@@ -5,22 +5,44 @@ import dataclasses
 import json
 import sys
 import tomllib
+from collections.abc import Iterable
 from typing import Any
 
 
-def parse_json(text: str) -> Any:
+def parse_json(text: str, unique_keys: bool = False) -> Any:
     """json.loads(text), where arrays or objects nested past Python's recursion limit (say
     '[' * 100000) and an integer longer than Python converts (sys.get_int_max_str_digits(), 4300 digits by
     default) are a json.JSONDecodeError like any other malformed JSON, not a RecursionError or plain
-    ValueError that the callers' "not valid JSON, naming the file" handling would miss."""
+    ValueError that the callers' "not valid JSON, naming the file" handling would miss. unique_keys: an object
+    whose key repeats is a JSONDecodeError naming it (json.loads keeps the last value without a word: a record
+    of tgfr's own formats with two "identity" keys read as its second identity)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_key_object if unique_keys else None)
     except RecursionError:
         raise json.JSONDecodeError("arrays or objects nested too deeply", text, 0) from None
     except json.JSONDecodeError:
         raise
     except ValueError:  # int() refusing the digits: the one other ValueError json.loads raises
         raise json.JSONDecodeError(f"an integer of over {sys.get_int_max_str_digits()} digits", text, 0) from None
+
+
+def _unique_key_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    values = dict(pairs)
+    if len(values) != len(pairs):
+        raise json.JSONDecodeError(f"key {repeated_names(key for key, _ in pairs)[0]!r} appears twice in one object",
+                                   "", 0)
+    return values
+
+
+def repeated_names(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once in `names` (a CSV header's columns, an object's keys), each once, in
+    the order of their second occurrence."""
+    seen, repeated = set(), []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
 
 
 def parse_toml(text: str) -> dict[str, Any]:

@@ -271,6 +271,22 @@ def test_a_csv_column_outside_the_schema_is_refused(tmp_path):
         read_manifest(path)
 
 
+@pytest.mark.parametrize("name, text, message", [
+    # DictReader and json.loads kept the last of two columns or keys of one name: identity 8, not 7.
+    ("m.csv", 'path,identity,split,captions,identity\na.png,7,train,[],8\n',
+     "{path}:1: CSV header repeats column(s) 'identity'"),
+    ("m.jsonl", '{"path": "a.png", "identity": "7", "split": "train", "captions": [], "identity": "8"}\n',
+     "{path}:1: not valid JSON (key 'identity' appears twice in one object)"),
+    ("m.csv", 'path,identity,split,captions,meta\na.png,7,train,[],"{""source"": ""a"", ""source"": ""b""}"\n',
+     "{path}:2: column 'meta' is not valid JSON (key 'source' appears twice in one object)"),
+])
+def test_a_repeated_column_or_key_is_refused_naming_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
+        read_manifest(path)
+
+
 def test_csv_errors_name_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text('path,identity,split,captions\nx.png,1,train,"[""c""]"\ny.png,1,train,[oops\n')

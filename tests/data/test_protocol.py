@@ -210,6 +210,27 @@ def test_pairs_file_errors(tmp_path):
             read_verification_pairs(tmp_path / "other.csv")
 
 
+@pytest.mark.parametrize("name, text, message", [
+    # DictReader kept the last of two columns of one name (same 0 read as 1) and dropped a cell past the header.
+    ("p.csv", "path_a,path_b,same,same\na.png,b.png,0,1\n",
+     "pairs file {path}:1: the CSV header repeats column(s) 'same'"),
+    ("p.csv", "path_a,path_b,same\na.png,b.png,0\na.png,c.png,0,1\n",
+     "{path}:3: the row has 4 cells, the header 3 columns (path_a, path_b, same)"),
+    # json.loads kept the last of two keys of one object.
+    ("p.json", '{"pairs": [{"path_a": "a.png", "path_b": "b.png", "same": 0, "same": 1}]}',
+     "pairs file {path} is not valid JSON (key 'same' appears twice in one object)"),
+    ("i.json", '{"gallery": [{"path": "a.png", "identity": "1"}], "probes": [{"path": "b.png", "identity": "1", '
+               '"identity": "2"}]}', "identification file {path} is not valid JSON (key 'identity' appears twice in "
+                                     "one object)"),
+])
+def test_a_protocol_file_with_a_repeated_column_or_key_or_a_surplus_cell_is_refused(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    read = read_identification_split if name.startswith("i") else read_verification_pairs
+    with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
+        read(path)
+
+
 def test_identification_split(tmp_path):
     split = make_identification_split(records(), gallery_per_subject=1)
     assert len(split["gallery"]) == 12 and len(split["probes"]) == 36

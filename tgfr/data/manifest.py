@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file, text_lines
-from tgfr.text_formats import check_caption_utf8, parse_json
+from tgfr.text_formats import check_caption_utf8, parse_json, repeated_names
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
@@ -102,7 +102,7 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
 
 def _parse_json_cell(text: str, column: str, where: str) -> Any:
     try:
-        return parse_json(text)
+        return parse_json(text, unique_keys=True)
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}: column '{column}' is not valid JSON ({error.msg})") from None
 
@@ -159,6 +159,8 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
                 missing = [name for name in MANIFEST_FIELDS if name not in (reader.fieldnames or [])]
                 if missing:
                     raise ValueError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
+                if repeated := repeated_names(reader.fieldnames):  # DictReader keeps the last column's cell
+                    raise ValueError(f"{path}:1: CSV header repeats column(s) {', '.join(map(repr, repeated))}")
                 if unknown := [name for name in reader.fieldnames if name not in _RECORD_FIELDS]:
                     raise ValueError(f"{path}:1: CSV header has unknown column(s) {', '.join(map(repr, unknown))} "
                                      f"(a manifest has the columns {', '.join(_RECORD_FIELDS)}; other data goes "
@@ -186,7 +188,7 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
                 continue
             where = f"{path}:{line_number}"
             try:
-                row = parse_json(line)
+                row = parse_json(line, unique_keys=True)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
             records.append(_record_from_row(row, where))

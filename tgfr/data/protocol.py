@@ -21,7 +21,7 @@ import numpy as np
 from tgfr.data.degrade import degraded_path
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
-from tgfr.text_formats import check_utf8, parse_json
+from tgfr.text_formats import check_utf8, parse_json, repeated_names
 from tgfr.output_paths import write_atomically
 from tgfr.validation import check_count
 
@@ -174,8 +174,10 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
     pairs, places = [], []
     if path.suffix.lower() == ".json":
         try:
-            entries = parse_json(text)["pairs"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            entries = parse_json(text, unique_keys=True)["pairs"]
+        except json.JSONDecodeError as error:
+            raise ValueError(f"pairs file {path} is not valid JSON ({error.msg})") from None
+        except (KeyError, TypeError) as error:
             raise ValueError(f"pairs file {path} is not a JSON object with a 'pairs' list ({error})") from None
         if not isinstance(entries, list):
             raise ValueError(f"pairs file {path}: 'pairs' must be a list, got {entries!r}")
@@ -188,8 +190,13 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
         # An empty file, or one of another format (TGFR's "a.jpg b.jpg 1" lines), would read as no pairs.
         if missing := [name for name in ("path_a", "path_b", "same") if name not in (reader.fieldnames or [])]:
             raise ValueError(f"pairs file {path}:1: the CSV header lacks column(s) {', '.join(missing)}")
+        if repeated := repeated_names(reader.fieldnames):  # DictReader keeps the last one's cell: same 0 read as 1
+            raise ValueError(f"pairs file {path}:1: the CSV header repeats column(s) {', '.join(map(repr, repeated))}")
         for entry in reader:
             places.append((f"{path}:{reader.line_num}", f"line {reader.line_num}"))
+            if None in entry:  # DictReader's key for the cells past the header's last column, else dropped
+                raise ValueError(f"{places[-1][0]}: the row has {len(reader.fieldnames) + len(entry[None])} cells, "
+                                 f"the header {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
             pairs.append(_pair_from_row(entry, places[-1][0]))
     _check_pair_labels_agree(pairs, places)
     return pairs
@@ -210,7 +217,7 @@ def read_identification_split(path: str | Path) -> dict[str, list[dict[str, str]
     path = Path(path)
     text = read_text_file(path, "identification file", encoding="utf-8-sig")  # as read_verification_pairs
     try:
-        split = parse_json(text)
+        split = parse_json(text, unique_keys=True)
     except json.JSONDecodeError as error:
         raise ValueError(f"identification file {path} is not valid JSON ({error.msg})") from None
     for part in ("gallery", "probes"):
