@@ -5,6 +5,7 @@ import pickle
 import re
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,27 @@ def test_tgfr_tree_bad_files(tmp_path):
         convert_tgfr_tree(root, bad_files="error")
     with pytest.raises(ValueError, match="expected a folder"):
         convert_tgfr_tree(tmp_path / "nothing")
+
+
+def test_a_caption_file_that_cannot_be_read_is_skipped_as_a_bad_file(tmp_path, monkeypatch):
+    """A read failing (permissions, an I/O error; simulated: root, who runs CI, may read any file) escaped
+    --skip-bad as a bare PermissionError and stopped the whole conversion."""
+    root = tgfr_tree(tmp_path)
+    unreadable = root / "text" / "4" / "4_2.txt"
+    read_bytes = Path.read_bytes
+
+    def failing_read(self):
+        if self == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    with pytest.raises(ValueError, match=rf"^caption file {re.escape(str(unreadable))} cannot be read \(Permission "
+                                         r"denied\) \(pass bad_files='skip'"):
+        convert_tgfr_tree(root)
+    records, skipped, _ = convert_tgfr_tree(root, bad_files="skip")
+    assert skipped == [f"caption file {unreadable} cannot be read (Permission denied)"]
+    assert "images/train/4/4_2.jpg" not in [record.path for record in records] and len(records) == 5
 
 
 def test_tgfr_tree_corrupt_image(tmp_path, capsys):

@@ -101,7 +101,8 @@ def check_image(path: str | Path) -> Image.Image:
 
 
 def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
-    """The text of a UTF-8 file; a missing file or a bad byte is an error naming it as `what`.
+    """The text of a UTF-8 file; a missing or unreadable file (permissions, an I/O error) or a bad byte is a
+    ValueError naming it as `what` (so that --skip-bad skips a caption file that cannot be read, as an image).
 
     Read as bytes, not with read_text: newline translation would turn a quoted "\r" or "\r\n"
     inside a CSV field into "\n".
@@ -113,6 +114,8 @@ def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
         return path.read_bytes().decode(encoding)
     except UnicodeDecodeError as error:
         raise ValueError(f"{what} {path} is not valid UTF-8 (byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"{what} {path} cannot be read ({error.strerror})") from None
 
 
 def text_lines(text: str) -> list[str]:
