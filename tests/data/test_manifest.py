@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from tgfr.data.files import load_image, read_caption_file
@@ -395,6 +396,11 @@ def test_records_digest_follows_every_field_but_meta_and_the_order():
     (ManifestRecord("a.png", "1", "", ("a face",)), "'split' must be a non-empty string"),
     (ManifestRecord("a\0.png", "1", "test", ("a face",)), "'path' holds a NUL character"),
     (ManifestRecord("a.png", "1", "test", ("a face", "  ")), "'captions' must be a list of non-empty strings"),
+    # json.dumps's TypeError named neither the manifest nor the image.
+    (ManifestRecord("a.png", "1", "test", ("a face",), {"quality": np.float32(0.5)}),
+     "its meta must hold JSON values with string keys (Object of type float32 is not JSON serializable)"),
+    (ManifestRecord("a.png", "1", "test", ("a face",), {1: "a", "b": 2}),
+     "its meta must hold JSON values with string keys ('<' not supported between instances of 'str' and 'int')"),
 ])
 def test_a_record_that_reading_would_refuse_is_not_written(tmp_path, record, message):
     """Written, such a manifest failed only when read back (by training, say), naming its line."""

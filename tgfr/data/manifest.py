@@ -240,6 +240,11 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
         except ValueError:
             if _not_utf8(record, not as_csv) is None:
                 raise
+        try:  # a numpy number, keys of two types (sorted), a loop: json.dumps's error below named nothing
+            json.dumps(record.meta, sort_keys=True)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"cannot write manifest {path}: record {index} (image {ascii(record.path)}): its meta "
+                             f"must hold JSON values with string keys ({error})") from None
     repeated = _repeated_path(records, path.parent)
     if repeated is not None:
         first, again = repeated
