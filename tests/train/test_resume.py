@@ -830,6 +830,20 @@ def test_a_resume_whose_config_cuts_the_stage_below_its_checkpoint_is_refused(tm
     assert files_of(tmp_path) == before
 
 
+def test_a_python_resume_of_a_run_without_a_checkpoint_yet_is_refused_another_config(tmp_path, tiny_overrides):
+    """The run trains again from its first step (no checkpoint to compare with): with another config than its
+    config.toml, that config.toml would describe another run than the one trained."""
+    config = load_config("quick", tiny_overrides)
+    (tmp_path / "config.toml").write_text(to_toml(config.with_absolute_paths()), encoding="utf-8")
+    edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, steps=config.fr.steps + 1))
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"run config {tmp_path / 'config.toml'} has fr.steps = "
+                                                   f"{config.fr.steps}, but the config passed to resume the run has "
+                                                   f"fr.steps = {config.fr.steps + 1}: ")):
+        train(edited, tmp_path, resume=True)
+    assert files_of(tmp_path) == before
+
+
 def test_a_python_resume_with_another_config_than_config_toml_is_refused_but_for_the_calls_own_settings(
         tmp_path, tiny_overrides, keep_threads):
     """train(config, out, resume=True) trained with the config passed while config.toml kept the run's: an edit of
