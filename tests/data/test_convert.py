@@ -76,6 +76,8 @@ def test_tgfr_tree_with_split_lists_and_pickles(tmp_path):
                                                     ("images/train/4/4_1.jpg", "train")]
     (root / "x.csv").write_text("filename\n4/4_1\n4/4_2\n")
     assert read_split_list(root / "x.csv") == ["4/4_1", "4/4_2"]
+    (root / "x.csv").write_text("filename\n 4/4_1\n4/4_2 ,x\n")  # spaces around an entry are not part of it
+    assert read_split_list(root / "x.csv") == ["4/4_1", "4/4_2"]
 
 
 def test_tgfr_tree_bad_files(tmp_path):
@@ -297,6 +299,11 @@ def test_celeba_dialog(tmp_path):
     assert records[3].captions == ("Face 3 smiles.", "No bangs 3.")
     assert [r.split for r in records[::2]] == [hashed_split(i, 0, (0.34, 0.33, 0.33)) for i in ("900", "901", "902")]
     assert all(a.split == b.split for a, b in zip(records[::2], records[1::2]))  # identity-disjoint
+    # The records come in the images' order, not the caption file's: a file listing them otherwise is the same set.
+    table = json.loads((root / "captions_hq.json").read_text())
+    (root / "reversed.json").write_text(json.dumps(dict(reversed(table.items()))))
+    assert convert_celeba_dialog(root / "reversed.json", root / "identity_CelebA.txt", images, root,
+                                 hq_mapping=root / "mapping.txt", fractions=(0.34, 0.33, 0.33)) == (records, skipped)
     (root / "splits.json").write_text(json.dumps({"train": [f"{i}.jpg" for i in range(4)], "test": ["4.jpg", "5.jpg"]}))
     records, _ = convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
                                        hq_mapping=root / "mapping.txt", split_file=root / "splits.json")

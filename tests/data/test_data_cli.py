@@ -72,6 +72,18 @@ def test_output_paths_of_the_wrong_kind_are_named(tmp_path, capsys):
     assert f"{tmp_path / 'file'}" in capsys.readouterr().err
 
 
+def test_converts_default_out_is_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    """Without --out the manifest goes to ROOT/manifest.jsonl: a folder there failed at the write, after every
+    image of the tree had been decoded."""
+    import tgfr.data.convert as convert_module
+
+    (tmp_path / "manifest.jsonl").mkdir()
+    monkeypatch.setattr(convert_module, "check_image", lambda path: pytest.fail(f"{path} decoded"))
+    assert main(["data", "convert", "mmcelebA", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"tgfr data convert: error: --out's default {tmp_path / 'manifest.jsonl'} is "
+                                       "a folder, not a file\n")
+
+
 def test_an_out_file_linked_into_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
     """`--out` linked into a disk that is not mounted: the picture was drawn, the disk's folders made under
     its mount point and the picture written there."""

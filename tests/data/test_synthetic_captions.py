@@ -86,6 +86,24 @@ def test_only_beardless_men_are_said_to_have_no_beard():
     assert said["man"] > 0 and said["woman"] == 0 and said["bearded"] == 0
 
 
+def test_a_hat_and_an_expression_are_said_only_of_faces_that_show_them():
+    """As for the beard: the sentences added after the phrases speak of the image's own state, never of a bare
+    head or a neutral face, and each is said of some faces that show it."""
+    said = {"hat": 0, "expression": 0}
+    for draw in range(40):
+        for attributes, state in _faces(12, seed=draw):
+            text = " ".join(_captions(attributes, state, 3, draw))
+            expression = {"mouth open": "talking"}.get(state["expression"], state["expression"])
+            if "wears a hat" in text:
+                assert state["hat"], text
+                said["hat"] += 1
+            if f"is {expression}." in text:
+                assert state["expression"] != "neutral", text
+                said["expression"] += 1
+            assert " is neutral." not in text, text
+    assert said["hat"] > 0 and said["expression"] > 0
+
+
 def test_each_caption_has_one_or_two_coarse_phrases():
     counts = set()
     for identity, (attributes, state) in enumerate(_faces(30)):

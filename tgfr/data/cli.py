@@ -59,7 +59,11 @@ def _print_skipped(left_out: list[str], label: str = "skipped") -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     bad_files = "skip" if args.skip_bad else "error"
-    out = check_output_file("--out", args.out) if args.out else None
+    out = Path(args.out) if args.out else Path(args.root) / "manifest.jsonl"
+    # Checked before any image is decoded (the default's folder failed at the write, after all of them); a --root
+    # that is no folder is named by the conversion.
+    if args.out or Path(args.root).is_dir():
+        check_output_file("--out" if args.out else "--out's default", out)
     unused: list[str] = []  # files of the image folders that no record uses (TGFR trees)
     if args.layout in ("mmcelebA", "face2text"):
         # Accepted and passed over, a split file would leave the splits to the tree without a word.
@@ -89,7 +93,6 @@ def _convert(args: argparse.Namespace) -> int:
                                                      seed=args.seed or 0, bad_files=bad_files)
         for warning in caught:
             print(f"tgfr data convert: warning: {warning.message}", file=sys.stderr)
-    out = out or root / "manifest.jsonl"
     write_manifest(out, _relocated(records, root, out))
     not_used = f"; {len(unused)} other file(s) in the image folders not used" if unused else ""
     print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}{not_used}")

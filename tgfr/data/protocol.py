@@ -166,7 +166,9 @@ def _check_pair_labels_agree(pairs: Sequence[VerificationPair], places: Sequence
 
 
 def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
-    """Reads pairs written by `write_verification_pairs` (CSV or JSON); errors name file and row."""
+    """Reads pairs written by `write_verification_pairs` (CSV or JSON); errors name file and row. A CSV column
+    other than path_a, path_b and same (a note) is read past; a repeated one, or a cell past the header's last
+    column, is refused."""
     path = Path(path)
     # utf-8-sig: a CSV saved by a spreadsheet program starts with a byte-order mark, which would become part
     # of the first column's name ("\ufeffpath_a"), as for manifests.

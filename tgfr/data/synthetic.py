@@ -1,7 +1,8 @@
 """The embedded synthetic face-caption dataset: generation, degraded test splits, caching.
 
-Layout written under `out` (the released TGFR layout): images/<split>/<id>/<id>_<k>.png,
-manifest.jsonl (paths relative to `out`) and synthetic.json (the generation parameters).
+Layout written under `out`: TGFR's image layout, images/<split>/<id>/<id>_<k>.png, with the captions in
+manifest.jsonl only (paths relative to `out`; no text/ folder, so `tgfr data convert` does not read it), and
+synthetic.json (the generation parameters).
 Identities are split identity-disjointly into train/val/test. Every image and caption depends
 only on (seed, identity, image), so two runs with one seed write identical files whatever the
 number of worker processes.
