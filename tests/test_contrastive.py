@@ -273,17 +273,20 @@ def test_reference_loss_is_float32_under_cpu_autocast(monkeypatch):
         assert torch.equal(got_grad, expected_grad)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("mode", ("exclude", "zero", "none"))
-def test_row_max_matches_masked_maximum(mode):
+def test_row_max_matches_masked_maximum(mode, normalize):
     x, y, labels, _ = make_batch(300, 300, 12, torch.float32, identities=20)
-    similarity = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
+    x, y = 3 * x.detach(), 3 * y.detach()  # not unit rows: normalize=False's products are not cosines
+    similarity = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T if normalize else x @ y.T
     same = labels[:, None] == labels[None, :]
     if mode == "zero":
         similarity = similarity.masked_fill(same, 0.0)
     if mode == "exclude":
         similarity = similarity.masked_fill(same, float("-inf"))
     expected = similarity.fill_diagonal_(float("-inf")).amax(dim=1)
-    torch.testing.assert_close(contrastive_row_max(x, y, labels, same_identity=mode), expected.detach())
+    torch.testing.assert_close(contrastive_row_max(x, y, labels, same_identity=mode, normalize=normalize),
+                               expected)
 
 
 def test_row_max_with_offset_and_nan_matches_reference():

@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo.testing
@@ -75,6 +76,10 @@ def test_bad_gamma(gamma, backend):
         tgfr.ops.word_region_scores(*valid_inputs(), gamma1=gamma, backend=backend)
     with pytest.raises(ValueError, match="gamma2"):
         tgfr.ops.word_region_scores(*valid_inputs(), gamma2=gamma, backend=backend)
+    words, lengths, regions = valid_inputs()
+    # The attention has no gamma2: the kernel's own check named one.
+    with pytest.raises(ValueError, match="^gamma1 must be"):
+        tgfr.ops.word_region_attention(words, lengths, regions[:3], gamma1=gamma)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -84,6 +89,18 @@ def test_gamma_must_be_a_number(gamma, backend):
     for name in ("gamma1", "gamma2"):
         with pytest.raises(TypeError, match=f"^{name} must be a number, got"):
             tgfr.ops.word_region_scores(*valid_inputs(), **{name: gamma}, backend=backend)
+    words, lengths, regions = valid_inputs()
+    with pytest.raises(TypeError, match="^gamma1 must be a number, got"):
+        tgfr.ops.word_region_attention(words, lengths, regions[:3], gamma1=gamma)
+
+
+def test_a_numpy_bool_is_a_flag():
+    """A flag read from numpy (a config array, np.bool_) is a bool, as it is to numpy."""
+    words, lengths, regions = valid_inputs()
+    for word_softmax in (False, True):
+        flag = np.bool_(word_softmax)
+        torch.testing.assert_close(tgfr.ops.word_region_scores(words, lengths, regions, word_softmax=flag),
+                                   tgfr.ops.word_region_scores(words, lengths, regions, word_softmax=word_softmax))
 
 
 def test_word_softmax_must_be_a_bool():

@@ -102,6 +102,9 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     size) of at least `minimum`; returns it as an int."""
     if (isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool
             and not value.dtype.is_floating_point and not value.dtype.is_complex):
+        if not values_readable(value):  # a meta or fake tensor's item() failed naming nothing
+            raise TypeError(f"{name} must be an integer whose value can be read, got a tensor without one (meta, "
+                            "fake or traced): give it as a Python int")
         value = int(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")

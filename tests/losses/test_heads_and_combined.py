@@ -817,6 +817,9 @@ def test_loss_sizes_name_a_wrong_type_or_a_size_below_one(case):
         module = make(value)
         shape = (module.prototypes if isinstance(module, DualGranularityAssociationLoss) else module.weight).shape
         assert shape[1 if name == "embedding_size" else 0] == 5
+    # One whose value is not there to read (meta): item()'s RuntimeError named no argument.
+    with pytest.raises(TypeError, match=f"^{name} must be an integer whose value can be read"):
+        make(torch.tensor(5, device="meta"))
 
 
 @pytest.mark.parametrize("head_class,arc", [(ArcFaceHead, True), (CosFaceHead, False)])

@@ -119,8 +119,9 @@ def word_region_scores(
     Norms are float32 sums of squares (float64 for float64 inputs) on every backend, the
     reference's included: below a norm of about 1e-19 a word's or a context's square underflows,
     the 1e-8 clamp of SPEC's cosine takes over from the true product of norms, and a cosine can pass
-    1; above about 1.8e19 it overflows to inf, every cosine of that word is 0 and its scores are
-    log(lengths[i]) with a zero gradient, without an error. Words times s and regions over s give the same
+    1; above about 1.8e19 it overflows to inf and every cosine of that word is 0 (it adds exp(0) to each score
+    of its caption), without an error; where every word of a caption, or the regions of an image, overflow,
+    those scores are log(lengths[i]) with a zero gradient. Words times s and regions over s give the same
     products and scores: an s that brings both norms near 1 avoids both. Through the clamp, an all-zero
     caption's or image's gradient is about 1e8 times the other side's features: in float16 it overflows to
     inf on every backend, and the GPU kernels, which round it to float16 before their second products, also
