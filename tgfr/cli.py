@@ -13,6 +13,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from tgfr.interruptions import interruptions_deferred
+
 # Idle OpenMP threads spin-wait by default, and next to any other busy process on the machine that
 # spinning made training several times slower (profiled on 2 cores), while on a quiet machine
 # sleeping threads cost nothing measurable. libgomp reads the variable once, when torch loads it:
@@ -64,14 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command; Ctrl-C or SIGTERM (a scheduler's time limit, `kill`) ends it with one line on
     stderr and exit status 128 + the signal's number (130, 143), through the same clean-up as an
     error: SIGTERM raises KeyboardInterrupt here instead of ending the process where it stands, which
-    left worker pools and temporary files behind. The handling starts before the subcommands are imported
-    (torch with them: seconds on a busy machine), whose interruption printed a traceback (SIGINT) or nothing
-    (SIGTERM); the line then names no command, none having been read."""
+    left worker pools and temporary files behind. While the subcommands are imported (torch with them: seconds
+    on a busy machine), an interruption is held back until they are: raised inside torch's C++ set-up it aborted
+    the process, and before this handling it printed a traceback (SIGINT) or nothing (SIGTERM); the line then
+    names no command, none having been read."""
     on_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        with interruptions_deferred():
+            parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as interruption:
         signum = next((arg for arg in interruption.args if isinstance(arg, int)), signal.SIGINT)

@@ -255,13 +255,13 @@ def test_interruptions_held_back_by_a_pool_are_raised_once_it_ends_the_last_one_
     SIGTERM is raised, as the last one received, and only then."""
     import signal
 
-    from tgfr.data.worker_pool import _interruptions_deferred
+    from tgfr.interruptions import interruptions_deferred
 
     seen = []
     previous = {signum: signal.signal(signum, lambda signum, frame: seen.append(signum))
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _interruptions_deferred():
+        with interruptions_deferred():
             signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGTERM)
             assert seen == []

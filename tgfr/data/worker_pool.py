@@ -13,6 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from tgfr.interruptions import INTERRUPTIONS, interruptions_deferred
+
 # In a worker: set by the parent when it leaves the pool on an error or an interruption.
 _stop: Any = None
 # Chunks handed to the executor, per worker, ahead of the oldest whose result is awaited: enough to keep the
@@ -54,35 +56,13 @@ def _unless_stopped(function: Callable, chunk: Sequence) -> list:
 
 
 @contextlib.contextmanager
-def _interruptions_deferred() -> Iterator[None]:
-    """Holds back Ctrl-C and SIGTERM for the block, then raises the last one received through its
-    handler. Interrupted, the executor's shutdown left its workers waiting for work and the interpreter's
-    exit waiting for them, for ever; the block waits for at most the chunks under way. Signal handlers
-    live on the main thread: elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if received:
-        signal.raise_signal(received[-1])
-
-
-@contextlib.contextmanager
 def _interruptions_blocked_in_new_workers() -> Iterator[None]:
     """Blocks Ctrl-C and SIGTERM in this thread for the block, in which the executor may spawn a worker: a
     spawned process starts with its parent thread's signal mask, so a Ctrl-C to the process group while a worker
     imports, before _start_worker ignores it, no longer ends that worker with a KeyboardInterrupt traceback (it
     did in the pool's first ~0.2 s). The parent still receives the signal (in another of its threads, or here
-    once the block ends): _interruptions_deferred decides when it is raised."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    once the block ends): interruptions_deferred decides when it is raised."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTIONS)
     try:
         yield
     finally:
@@ -117,7 +97,7 @@ class WorkerPool:
             for start in range(0, len(items), chunksize):
                 # Raised inside submit, between a worker's start and the executor's record of it, an
                 # interruption would leave a worker the shutdown does not know of.
-                with _interruptions_deferred(), _interruptions_blocked_in_new_workers():
+                with interruptions_deferred(), _interruptions_blocked_in_new_workers():
                     submitted.append(self._executor.submit(work, items[start:start + chunksize]))
                 if len(submitted) >= self._chunks_ahead:
                     results += submitted.popleft().result()
@@ -141,7 +121,7 @@ class WorkerPool:
             self._stop.set()
         # Waits for the chunks under way. Not terminate(): Python 3.11's executor then fails in its own thread
         # (InvalidStateError on the futures map already cancelled).
-        with _interruptions_deferred():
+        with interruptions_deferred():
             self._executor.shutdown(cancel_futures=error is not None)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from tgfr.cli import integer_at_least
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
 from tgfr.input_paths import file_problem
+from tgfr.interruptions import interruptions_deferred
 from tgfr.text_formats import parse_toml
 from tgfr.train.config import config_from_dict, parse_override, set_key
 
@@ -39,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tgfr.evaluation.run import evaluate  # models, transformers, matplotlib: not for --help
+    with interruptions_deferred():  # models, transformers, matplotlib: not for --help; as tgfr.train.cli's
+        from tgfr.evaluation.run import evaluate
 
     path = args.run / "config.toml"
     if problem := file_problem(path):

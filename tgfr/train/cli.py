@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tgfr.cli import integer_at_least
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
+from tgfr.interruptions import interruptions_deferred
 from tgfr.train.config import TrainConfig, load_config, preset_names, read_run_config, to_toml
 
 
@@ -77,8 +78,11 @@ def _met_by_every_rank(error: Exception) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tgfr.distributed import launch_variable  # torch and the models: loaded once a command runs, not for --help
-    from tgfr.train.run import train
+    # The models and their libraries: loaded once a command runs, not for --help; an interruption meanwhile waits
+    # for the imports (as tgfr.cli's own): raised inside an extension's set-up, it aborted the process.
+    with interruptions_deferred():
+        from tgfr.distributed import launch_variable
+        from tgfr.train.run import train
 
     if args.resume and args.overrides:
         raise SystemExit("tgfr train: error: --resume uses the run's config.toml; --set cannot change a run midway")
