@@ -214,6 +214,8 @@ def _is_real(value: object) -> bool:
 
 def tar_at_far(curve: RocCurve, far: float) -> float:
     """Highest TAR among ROC points with FAR <= far, a FAR in [0, 1] (the curve's point 0 has FAR 0)."""
+    if isinstance(far, np.ndarray) and far.ndim == 0:  # np.array(0.1), as numpy reductions give
+        far = far.item()
     if not _is_real(far):
         raise TypeError(f"far must be a real number (a FAR in [0, 1]), got {far!r} ({type(far).__name__})")
     # Below 0 (or NaN) no point qualified, and numpy's "zero-size array" error named nothing.

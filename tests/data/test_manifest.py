@@ -242,6 +242,14 @@ def test_an_empty_csv_captions_cell_is_an_image_only_record(tmp_path):
     assert [(r.path, r.captions) for r in read_manifest(path)] == [("x.png", ()), ("y.png", ("c",))]
 
 
+def test_a_short_csv_row_is_named_whichever_required_column_it_lacks(tmp_path):
+    """With the columns in another order, the row ends before identity and split, not captions."""
+    path = tmp_path / "m.csv"
+    path.write_text("path,captions,identity,split,meta\nb.png,[]\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: the row has 2 cells, the header 5 columns")):
+        read_manifest(path)
+
+
 @pytest.mark.parametrize("row, message", [
     ("b.png, 7,train,[]", "'identity' ' 7' begins or ends with white space, which is part of the identity"),
     ("b.png,7, train,[]", "'split' ' train' begins or ends with white space, which is part of the split"),

@@ -423,6 +423,8 @@ def test_tar_at_a_far_outside_0_1_is_refused_naming_far(far):
         tar_at_far(curve, far)
     for end in (0, 0.0, 1, 1.0):
         assert tar_at_far(curve, end) == brute_force_tar_at_far(scores, same, end)
+    # A 0-dim array (what a numpy reduction gives) is a FAR as its value is.
+    assert tar_at_far(curve, np.array(0.5)) == brute_force_tar_at_far(scores, same, 0.5)
 
 
 @pytest.mark.parametrize("far", ["1e-3", None, True, [1e-3]])

@@ -665,6 +665,15 @@ def test_a_config_json_that_is_no_object_is_refused_in_json_terms(tiny_bert_dir,
         load_tgfr_model(checkpoint)
 
 
+@pytest.mark.parametrize("sizes", [None, 3, (2, "3"), (2, True)])
+def test_text_kernel_sizes_that_are_no_list_of_integers_are_refused_naming_the_setting(sizes):
+    """Given in Python, not through config.json (whose types are checked first): the check of their values failed
+    with "'int' object is not iterable" or "'<' not supported", raised while writing its own message."""
+    with pytest.raises(TypeError, match=f"^text_kernel_sizes must be a list of integers, got "
+                                        f"{re.escape(repr(sizes))}$"):
+        TGFRConfig(text_kernel_sizes=sizes)
+
+
 @pytest.mark.parametrize("sizes", [[], [3, 0], [2, -1]])
 def test_text_kernel_sizes_below_one_are_refused_naming_the_config_key_and_file(tiny_bert_dir, tmp_path, sizes):
     """The text head's own refusal named its argument, kernel_sizes, which config.json does not have."""

@@ -835,13 +835,17 @@ def test_a_python_resume_of_a_run_without_a_checkpoint_yet_is_refused_another_co
     config.toml, that config.toml would describe another run than the one trained."""
     config = load_config("quick", tiny_overrides)
     (tmp_path / "config.toml").write_text(to_toml(config.with_absolute_paths()), encoding="utf-8")
-    edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, steps=config.fr.steps + 1))
-    before = files_of(tmp_path)
-    with pytest.raises(ValueError, match=re.escape(f"run config {tmp_path / 'config.toml'} has fr.steps = "
-                                                   f"{config.fr.steps}, but the config passed to resume the run has "
-                                                   f"fr.steps = {config.fr.steps + 1}: ")):
-        train(edited, tmp_path, resume=True)
-    assert files_of(tmp_path) == before
+    # Step 2 logged, before the first checkpoint (checkpoint_every = 3): judged with the passed fr.steps = 1, it
+    # was past the first checkpoint, and that error quoted fr.steps = 1 as config.toml's.
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"stage": "fr", "step": 2, "time": 0.0, "total": 1.0}) + "\n")
+    for steps in (config.fr.steps + 1, 1):
+        edited = dataclasses.replace(config, fr=dataclasses.replace(config.fr, steps=steps))
+        before = files_of(tmp_path)
+        with pytest.raises(ValueError, match=re.escape(f"run config {tmp_path / 'config.toml'} has fr.steps = "
+                                                       f"{config.fr.steps}, but the config passed to resume the run "
+                                                       f"has fr.steps = {steps}: ")):
+            train(edited, tmp_path, resume=True)
+        assert files_of(tmp_path) == before
 
 
 def test_a_python_resume_with_another_config_than_config_toml_is_refused_but_for_the_calls_own_settings(

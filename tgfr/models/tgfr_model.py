@@ -55,9 +55,11 @@ class TGFRConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         # Checked here, not only by the text head, whose message would name its own argument (kernel_sizes).
-        if not self.text_kernel_sizes or any(size < 1 for size in self.text_kernel_sizes):
-            raise ValueError(f"text_kernel_sizes must be a non-empty list of positive sizes, "
-                             f"got {list(self.text_kernel_sizes)}")
+        sizes = self.text_kernel_sizes
+        if not isinstance(sizes, (list, tuple)) or not all(type(size) is int for size in sizes):
+            raise TypeError(f"text_kernel_sizes must be a list of integers, got {sizes!r}")
+        if not sizes or any(size < 1 for size in sizes):
+            raise ValueError(f"text_kernel_sizes must be a non-empty list of positive sizes, got {list(sizes)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

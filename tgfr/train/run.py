@@ -510,14 +510,19 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     # A run that died before its first checkpoint was written (a non-finite loss, a kill during the caption
     # prefill or inside that checkpoint's write) has nothing to continue from, and its folder is no longer
     # empty for a fresh start. A checkpoint file behind a broken link is there (lexists): load_checkpoint names it.
+    # Before the checks below, whose messages take `config` for config.toml's; a folder without config.toml is
+    # first told whether it holds a checkpoint.
+    config_written = resume and os.path.lexists(out / "config.toml")
+    if config_written:
+        check_config_matches_config_toml(config, out)
     restart = resume and not os.path.lexists(out / CHECKPOINT) and _stopped_before_first_checkpoint(out, config)
     if resume and not restart:
         state = load_checkpoint(out / CHECKPOINT)
         if len(state["rng"]) != world_size:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} holds the RNG states of {len(state['rng'])} "
                              f"process(es); resume it with as many (this run has {world_size})")
-    if resume:  # before the checks below, whose messages take `config` for config.toml's
-        check_config_matches_config_toml(config, out)
+        if not config_written:
+            check_config_matches_config_toml(config, out)  # names the missing config.toml
     if state is not None:
         if state["stage"] not in config.stages:
             raise ValueError(f"checkpoint file {out / CHECKPOINT} continues stage {state['stage']!r}, but the run's "
