@@ -85,6 +85,33 @@ def _start_script(tmp_path, body: str) -> subprocess.Popen:
     return process
 
 
+def _start_sleeping_pool(tmp_path, seconds: float) -> subprocess.Popen:
+    """_start_script of a pool of 2 workers sleeping `seconds` on each of 20 items, which prints "interrupted" when
+    a Ctrl-C ends it."""
+    return _start_script(tmp_path, f"""
+        import time
+        from tgfr.data.worker_pool import WorkerPool
+
+        if __name__ == "__main__":
+            try:
+                with WorkerPool(2) as pool:
+                    print("started", flush=True)
+                    pool.map(time.sleep, [{seconds}] * 20)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+
+
+def _assert_interrupted_cleanly(process: subprocess.Popen) -> None:
+    """The pool script ended by its Ctrl-C handling, with no traceback (its process group killed if not)."""
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0 and out == "interrupted\n" and "Traceback" not in err, err
+
+
 def _wait_until_gone(group: int, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while (alive := _group_alive(group)) and time.monotonic() < deadline:
@@ -178,53 +205,21 @@ def test_an_error_stops_the_submission_and_the_dispatch_of_the_chunks_after_it(t
 def test_a_ctrl_c_while_the_workers_start_is_the_parents_alone(tmp_path, delay):
     """A worker spawned while Ctrl-C reached the process group, before its initializer made it deaf to it,
     ended with a KeyboardInterrupt traceback from its imports (in the pool's first ~0.2 s)."""
-    process = _start_script(tmp_path, """
-        import time
-        from tgfr.data.worker_pool import WorkerPool
-
-        if __name__ == "__main__":
-            try:
-                with WorkerPool(2) as pool:
-                    print("started", flush=True)
-                    pool.map(time.sleep, [0.3] * 20)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
-    """)
+    process = _start_sleeping_pool(tmp_path, 0.3)
     time.sleep(delay)  # the workers are being spawned, importing
     os.killpg(process.pid, signal.SIGINT)
-    try:
-        out, err = process.communicate(timeout=30)
-    finally:
-        if _group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 0 and out == "interrupted\n" and "Traceback" not in err, err
+    _assert_interrupted_cleanly(process)
 
 
 def test_a_second_ctrl_c_while_the_pool_winds_down_ends_the_program(tmp_path):
     """Interrupted, the executor's shutdown left its workers waiting for work and the interpreter's exit
     waiting for them, for ever: the second Ctrl-C is taken once the chunks under way end."""
-    process = _start_script(tmp_path, """
-        import time
-        from tgfr.data.worker_pool import WorkerPool
-
-        if __name__ == "__main__":
-            try:
-                with WorkerPool(2) as pool:
-                    print("started", flush=True)
-                    pool.map(time.sleep, [1.5] * 20)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
-    """)
+    process = _start_sleeping_pool(tmp_path, 1.5)
     time.sleep(2.5)  # the workers are up and sleeping
     os.killpg(process.pid, signal.SIGINT)
     time.sleep(0.3)
     os.killpg(process.pid, signal.SIGINT)
-    try:
-        out, err = process.communicate(timeout=30)
-    finally:
-        if _group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 0 and out == "interrupted\n" and "Traceback" not in err, err
+    _assert_interrupted_cleanly(process)
     assert _wait_until_gone(process.pid, 10) == []
 
 
