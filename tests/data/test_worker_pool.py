@@ -270,19 +270,24 @@ def test_an_interruption_during_a_submission_is_raised_once_the_submission_ends(
     """Raised inside the executor's submit (between a worker's start and its record, say), the interruption
     would leave the executor's state half changed; it is taken once submit returns."""
     submissions = []
-    with WorkerPool(1) as pool:
-        submit = pool._executor.submit
+    # Ctrl-C at Python's default handler: a test run started in the background of a shell ignores SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with WorkerPool(1) as pool:
+            submit = pool._executor.submit
 
-        def interrupted_submit(*arguments, **options):
-            # From another thread, as a Ctrl-C reaches a process: this one blocks it while it submits.
-            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
-            sender.start()
-            sender.join()
-            time.sleep(0.05)  # where the main thread would take it
-            submissions.append("ended")
-            return submit(*arguments, **options)
+            def interrupted_submit(*arguments, **options):
+                # From another thread, as a Ctrl-C reaches a process: this one blocks it while it submits.
+                sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+                sender.start()
+                sender.join()
+                time.sleep(0.05)  # where the main thread would take it
+                submissions.append("ended")
+                return submit(*arguments, **options)
 
-        monkeypatch.setattr(pool._executor, "submit", interrupted_submit)
-        with pytest.raises(KeyboardInterrupt):
-            pool.map(abs, [1, 2, 3])
+            monkeypatch.setattr(pool._executor, "submit", interrupted_submit)
+            with pytest.raises(KeyboardInterrupt):
+                pool.map(abs, [1, 2, 3])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert submissions == ["ended"]

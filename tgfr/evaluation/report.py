@@ -202,8 +202,7 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
                   "picture share one colour scale (each picture has its own), centred on the even spread 1/R over "
                   "the R regions (white) and reaching the weight farthest from it, so weights a few percent from 1/R "
                   "are drawn as strongly as a sharp focus would be: read the colour bar's figures, and the spread "
-                  "below, before reading strong colour as "
-                  "focus.", ""]
+                  "below, before reading strong colour as focus.", ""]
         spreads = [_attention_spread_line(name, spread) for name, spread in context.get("attention_spread", {}).items()
                    if spread is not None]
         if spreads:
