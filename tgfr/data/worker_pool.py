@@ -120,7 +120,8 @@ class WorkerPool:
         if error is not None:
             self._stop.set()
         # Waits for the chunks under way. Not terminate(): Python 3.11's executor then fails in its own thread
-        # (InvalidStateError on the futures map already cancelled).
+        # (InvalidStateError on the futures map already cancelled). Interrupted, the shutdown left its workers
+        # waiting for work and the interpreter's exit waiting for them, for ever: a Ctrl-C meanwhile waits for it.
         with interruptions_deferred():
             self._executor.shutdown(cancel_futures=error is not None)
 
