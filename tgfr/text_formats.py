@@ -1,11 +1,13 @@
-"""Parsing JSON and TOML from files a user hands tgfr (configs, manifests, protocols, summaries), and
+"""Parsing JSON, TOML and CSV from files a user hands tgfr (configs, manifests, protocols, summaries), and
 checking that text tgfr writes into such files (or hands to a library that takes UTF-8 paths) is UTF-8."""
 
+import csv
 import dataclasses
+import io
 import json
 import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -43,6 +45,41 @@ def repeated_names(names: Iterable[str]) -> list[str]:
             repeated.append(name)
         seen.add(name)
     return repeated
+
+
+def read_csv_rows(text: str, where: str, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header of CSV `text` and its rows, each as (line number, {column: cell}); a row that ends before an
+    optional column (one not in `required`) has None there. Refused with a ValueError naming `where` (the file)
+    and the line: a header that lacks a `required` column or repeats one (csv.DictReader keeps the last one's
+    cell: identity 8 read for 7), a row with cells past the header's last column (DictReader keeps them apart,
+    where a reader of columns misses them) or one that ends before a `required` column ("a.png,7,train" read
+    as a record without captions), and a malformed file.
+
+    The csv module reads records itself: a quoted field may hold a newline, and only \\r and \\n end a line
+    (str.splitlines would also split at U+2028, U+0085, ... inside a field)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # No field is longer than the file: tgfr writes cells of any size (many long captions), past the csv
+    # module's default limit of 131072 characters. The limit is module-wide, so it is put back at once.
+    previous_limit = csv.field_size_limit()
+    csv.field_size_limit(max(previous_limit, len(text)))
+    try:
+        header = reader.fieldnames or []
+        if missing := [name for name in required if name not in header]:
+            raise ValueError(f"{where}:1: the CSV header lacks column(s) {', '.join(missing)}")
+        if repeated := repeated_names(header):
+            raise ValueError(f"{where}:1: the CSV header repeats column(s) {', '.join(map(repr, repeated))}")
+        rows = []
+        for row in reader:
+            if None in row or any(row[name] is None for name in required):
+                cells = len(header) + len(row.get(None, ())) - list(row.values()).count(None)
+                raise ValueError(f"{where}:{reader.line_num}: the row has {cells} cell{'s' * (cells != 1)}, the "
+                                 f"header {len(header)} columns ({', '.join(header)})")
+            rows.append((reader.line_num, row))
+    except csv.Error as error:  # DictReader's line_num is still the last row read; its reader's is here
+        raise ValueError(f"{where}:{reader.reader.line_num}: not valid CSV ({error})") from None
+    finally:
+        csv.field_size_limit(previous_limit)
+    return header, rows
 
 
 def parse_toml(text: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def test_a_csv_error_names_file_and_line(tmp_path, monkeypatch):
     """Should the field limit stay low (here: not raised), the csv.Error is a ValueError naming file and line."""
     path = write_manifest(tmp_path / "m.csv", [*RECORDS, ManifestRecord("d.png", "3", "test", ("x" * 200000,))])
     monkeypatch.setattr(csv, "field_size_limit", lambda *limit: 131072)
-    with pytest.raises(ValueError, match=re.escape(f"{path}:5: not a valid CSV manifest (field larger than field "
+    with pytest.raises(ValueError, match=re.escape(f"{path}:5: not valid CSV (field larger than field "
                                                    "limit (131072))")):
         read_manifest(path)
 
@@ -272,7 +272,7 @@ def test_a_csv_row_of_spaced_surplus_or_missing_cells_is_refused_naming_file_and
 def test_a_csv_column_outside_the_schema_is_refused(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text('path,identity,split,captions,metadata\na.png,1,train,[],"{""source"": ""b.png""}"\n')
-    with pytest.raises(ValueError, match=re.escape(f"{path}:1: CSV header has unknown column(s) 'metadata' (a "
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: the CSV header has unknown column(s) 'metadata' (a "
                                                    "manifest has the columns path, identity, split, captions, meta")):
         read_manifest(path)
     path.write_text('path,identity,split,captions\na.png,1,train,[],"{""source"": ""b.png""}"\n')
@@ -283,7 +283,7 @@ def test_a_csv_column_outside_the_schema_is_refused(tmp_path):
 @pytest.mark.parametrize("name, text, message", [
     # DictReader and json.loads kept the last of two columns or keys of one name: identity 8, not 7.
     ("m.csv", 'path,identity,split,captions,identity\na.png,7,train,[],8\n',
-     "{path}:1: CSV header repeats column(s) 'identity'"),
+     "{path}:1: the CSV header repeats column(s) 'identity'"),
     ("m.jsonl", '{"path": "a.png", "identity": "7", "split": "train", "captions": [], "identity": "8"}\n',
      "{path}:1: not valid JSON (key 'identity' appears twice in one object)"),
     ("m.csv", 'path,identity,split,captions,meta\na.png,7,train,[],"{""source"": ""a"", ""source"": ""b""}"\n',

@@ -17,20 +17,18 @@ Every image appears in one record only: a path listed twice (in one split or two
 image match itself in evaluation, count its pairs twice or leak it from test into train.
 """
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file, text_lines
-from tgfr.text_formats import check_caption_utf8, parse_json, repeated_names
+from tgfr.text_formats import check_caption_utf8, parse_json, read_csv_rows
 from tgfr.output_paths import write_atomically
 
 MANIFEST_FIELDS = ("path", "identity", "split", "captions")
@@ -129,18 +127,6 @@ def _repeated_path(records: Sequence[ManifestRecord], folder: Path) -> tuple[int
     return None
 
 
-@contextlib.contextmanager
-def _csv_field_limit(limit: int) -> Iterator[None]:
-    """The csv module's field size limit raised to at least `limit` characters within the block, then
-    restored: the module-wide limit is left as the rest of the process set it."""
-    previous = csv.field_size_limit()
-    csv.field_size_limit(max(previous, limit))
-    try:
-        yield
-    finally:
-        csv.field_size_limit(previous)
-
-
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
     """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
     path = Path(path)
@@ -149,37 +135,16 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
     text = read_text_file(path, "manifest", encoding="utf-8-sig")
     records, lines = [], []
     if path.suffix.lower() == ".csv":
-        # The csv module reads records itself: a quoted field may hold a newline, and only \r and \n
-        # end a line (str.splitlines would also split at U+2028, U+0085, ... inside captions).
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        # No field is longer than the file: write_manifest writes cells of any size (many long captions), past
-        # the csv module's default limit of 131072 characters, whose csv.Error named no file.
-        with _csv_field_limit(len(text)):
-            try:
-                missing = [name for name in MANIFEST_FIELDS if name not in (reader.fieldnames or [])]
-                if missing:
-                    raise ValueError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
-                if repeated := repeated_names(reader.fieldnames):  # DictReader keeps the last column's cell
-                    raise ValueError(f"{path}:1: CSV header repeats column(s) {', '.join(map(repr, repeated))}")
-                if unknown := [name for name in reader.fieldnames if name not in _RECORD_FIELDS]:
-                    raise ValueError(f"{path}:1: CSV header has unknown column(s) {', '.join(map(repr, unknown))} "
-                                     f"(a manifest has the columns {', '.join(_RECORD_FIELDS)}; other data goes "
-                                     "into meta)")
-                for row in reader:
-                    where = f"{path}:{reader.line_num}"
-                    # DictReader keys the cells past the header's last column by None, and gives a row that ends
-                    # early None for the columns it lacks: "a.png,7,train" read as a record without captions. An
-                    # empty meta may be left out.
-                    cells = len(reader.fieldnames) + len(row.get(None, ())) - list(row.values()).count(None)
-                    if None in row or any(row[name] is None for name in MANIFEST_FIELDS):
-                        raise ValueError(f"{where}: the row has {cells} cells, the header {len(reader.fieldnames)} "
-                                         f"columns ({', '.join(reader.fieldnames)})")
-                    row["captions"] = _parse_json_cell(row["captions"] or "[]", "captions", where)
-                    row["meta"] = _parse_json_cell(row["meta"], "meta", where) if row.get("meta") else {}
-                    records.append(_record_from_row(row, where))
-                    lines.append(reader.line_num)
-            except csv.Error as error:  # DictReader's line_num is still the last row read; its reader's is here
-                raise ValueError(f"{path}:{reader.reader.line_num}: not a valid CSV manifest ({error})") from None
+        header, rows = read_csv_rows(text, str(path), MANIFEST_FIELDS)  # an empty meta may be left out of a row
+        if unknown := [name for name in header if name not in _RECORD_FIELDS]:
+            raise ValueError(f"{path}:1: the CSV header has unknown column(s) {', '.join(map(repr, unknown))} "
+                             f"(a manifest has the columns {', '.join(_RECORD_FIELDS)}; other data goes into meta)")
+        for line_number, row in rows:
+            where = f"{path}:{line_number}"
+            row["captions"] = _parse_json_cell(row["captions"] or "[]", "captions", where)
+            row["meta"] = _parse_json_cell(row["meta"], "meta", where) if row.get("meta") else {}
+            records.append(_record_from_row(row, where))
+            lines.append(line_number)
     else:
         # JSON escapes newlines inside strings, so "\n" alone ends a record; write_manifest writes
         # U+2028, U+0085, ... raw, which text_lines, unlike str.splitlines, leaves inside a record.

@@ -10,7 +10,6 @@ copy of a split gets corresponding pairs for the same seed.
 """
 
 import csv
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 from tgfr.data.degrade import degraded_path
 from tgfr.data.files import read_text_file
 from tgfr.data.manifest import ManifestRecord, identity_labels, select_split
-from tgfr.text_formats import check_utf8, parse_json, repeated_names
+from tgfr.text_formats import check_utf8, parse_json, read_csv_rows
 from tgfr.output_paths import write_atomically
 from tgfr.validation import check_count
 
@@ -132,8 +131,7 @@ def write_verification_pairs(path: str | Path, pairs: Sequence[VerificationPair]
 
 def _check_text_fields(entry: dict, fields: Sequence[str], where: str) -> None:
     """Refuses an entry whose `fields` are not non-empty strings: a null, a number or a list would
-    otherwise become a path such as "None" or "[1]", found missing only when evaluation opens it,
-    and a short CSV row leaves None in its last fields."""
+    otherwise become a path such as "None" or "[1]", found missing only when evaluation opens it."""
     for name in fields:
         if not isinstance(entry[name], str) or not entry[name]:
             raise ValueError(f"{where}: {name!r} must be a non-empty string, got {entry[name]!r}")
@@ -186,19 +184,11 @@ def read_verification_pairs(path: str | Path) -> list[VerificationPair]:
         places = [(f"{path}: pair {index}", f"pair {index}") for index in range(len(entries))]
         pairs = [_pair_from_row(entry, where) for entry, (where, _) in zip(entries, places)]
     else:
-        # The csv module reads records itself: str.splitlines would also cut at U+2028, U+0085, ... and
-        # at quoted newlines, all of which a file name may hold.
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        # An empty file, or one of another format (TGFR's "a.jpg b.jpg 1" lines), would read as no pairs.
-        if missing := [name for name in ("path_a", "path_b", "same") if name not in (reader.fieldnames or [])]:
-            raise ValueError(f"pairs file {path}:1: the CSV header lacks column(s) {', '.join(missing)}")
-        if repeated := repeated_names(reader.fieldnames):  # DictReader keeps the last one's cell: same 0 read as 1
-            raise ValueError(f"pairs file {path}:1: the CSV header repeats column(s) {', '.join(map(repr, repeated))}")
-        for entry in reader:
-            places.append((f"{path}:{reader.line_num}", f"line {reader.line_num}"))
-            if None in entry:  # DictReader's key for the cells past the header's last column, else dropped
-                raise ValueError(f"{places[-1][0]}: the row has {len(reader.fieldnames) + len(entry[None])} cells, "
-                                 f"the header {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
+        # A note column besides path_a, path_b and same is read past; an empty file, or one of another format
+        # (TGFR's "a.jpg b.jpg 1" lines), would read as no pairs.
+        _, rows = read_csv_rows(text, f"pairs file {path}", ("path_a", "path_b", "same"))
+        for line_number, entry in rows:
+            places.append((f"{path}:{line_number}", f"line {line_number}"))
             pairs.append(_pair_from_row(entry, places[-1][0]))
     _check_pair_labels_agree(pairs, places)
     return pairs
