@@ -52,12 +52,19 @@ _MAX_GATHER_DIMS = 8
 _DTYPES = tuple(sorted({value for value in vars(torch).values() if isinstance(value, torch.dtype)}, key=str))
 
 
+def _check_gatherable(tensor: torch.Tensor) -> None:
+    """Refuses a tensor without rows (0 dimensions: torch.cat of the parts failed naming nothing, on every rank)
+    or of more dimensions than the shape descriptor holds; in one process too, so that a call is refused
+    whatever the number of ranks."""
+    if not 1 <= tensor.dim() <= _MAX_GATHER_DIMS:
+        raise ValueError(f"tensor must have 1 to {_MAX_GATHER_DIMS} dimensions (rows first) to be gathered across "
+                         f"ranks, got {tensor.dim()}")
+
+
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """(n, ...) on each rank -> (world_size * n, ...) in rank order, after checking that every
     rank holds the same shape and dtype (all_gather needs both, and fails without a Python error
     otherwise)."""
-    if tensor.dim() > _MAX_GATHER_DIMS:
-        raise ValueError(f"can gather tensors of at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
     padding = [0] * (_MAX_GATHER_DIMS - tensor.dim())
     descriptor = torch.tensor([_DTYPES.index(tensor.dtype), tensor.dim(), *tensor.shape, *padding],
                               dtype=torch.int64, device=tensor.device)
@@ -95,6 +102,7 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     Differentiable. Outside a multi-rank process group: (tensor, 0).
     """
+    _check_gatherable(tensor)
     if not is_distributed():
         return tensor, 0
     return _GatherWithGrad.apply(tensor), row_offset(tensor.shape[0])
@@ -108,6 +116,7 @@ def row_offset(rows: int) -> int:
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
     """All-gather without gradient (labels, lengths): (n, ...) -> (world_size * n, ...)."""
+    _check_gatherable(tensor)
     if not is_distributed():
         return tensor
     return _all_gather(tensor)

@@ -8,6 +8,7 @@ margin, the association memory) end equal to the single process's on every rank.
 
 import datetime
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 # Imported before init_process_group, not in the worker: importing torch._dynamo (tgfr.losses does) after
 # it keeps the group alive past destroy_process_group, and a gloo thread that drops the last collective's
 # tensors while the interpreter exits aborts the process (SIGABRT after the worker returned, seen in CI).
-from tgfr.distributed import gather_with_grad
+from tgfr.distributed import gather, gather_with_grad
 from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, CoReFaceLoss, CosFaceHead,
                          DualGranularityAssociationLoss, IntraModalContrastiveLoss, WordRegionContrastiveLoss)
 
@@ -221,3 +222,13 @@ def own_margin_worker(rank, store_file):
 
 def test_coreface_without_gather_ranks_keeps_each_ranks_own_margin(tmp_path):
     mp.spawn(own_margin_worker, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)
+
+
+@pytest.mark.parametrize("dims", [0, 9])
+def test_a_tensor_without_rows_or_of_too_many_dimensions_is_refused_in_one_process_too(dims):
+    tensor = torch.zeros((1,) * dims)
+    for gather_rows in (gather, lambda tensor: gather_with_grad(tensor)[0]):
+        with pytest.raises(ValueError, match=rf"^tensor must have 1 to 8 dimensions \(rows first\) to be gathered "
+                                             rf"across ranks, got {dims}$"):
+            gather_rows(tensor)
+

@@ -91,25 +91,28 @@ def test_an_fr_stage_that_only_loads_backbone_weights_is_held_to_no_batch_rule(t
 
 
 def test_two_processes_train_on_the_global_batch_of_one(tmp_path, tiny_overrides):
-    """Each rank trains on its own share of the global batch: align's first step, from the same backbone
-    weights and seeded heads, gives the losses of one process on the whole batch, but for WRCL (the image
-    head's BatchNorm normalizes each rank's share, as README says). Every rank on rank 0's share passed every
-    other DDP test."""
+    """Each rank trains on its own share of the global batch: align's steps, from the same backbone weights and
+    seeded heads, give the losses and gradient norms of one process on the whole batch, the second step also
+    its update. WRCL is left out (its weight 0): the image head's BatchNorm normalizes each rank's share, as
+    README says. Every rank on rank 0's share passed every other DDP test, and a gradient scaled by the
+    number of ranks passed the first step's losses."""
     from tgfr.train.run import build_model, train
 
     weights = tmp_path / "backbone.safetensors"
     safetensors.torch.save_file(build_model(load_config("quick", tiny_overrides)).backbone.state_dict(), weights)
-    settings = tiny_overrides + ['stages=["fr", "align"]', "align.steps=1", "align.optim.warmup_steps=0",
-                                 f'model.backbone_weights="{weights}"']
+    settings = tiny_overrides + ['stages=["fr", "align"]', "align.steps=2", "align.optim.warmup_steps=0",
+                                 "align.wrcl_weight=0", f'model.backbone_weights="{weights}"']
     result = torchrun(tmp_path, "-m", "tgfr.cli", "train", "--preset", "quick", "--out", str(tmp_path / "ddp"),
                       *[arg for o in settings for arg in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     train(load_config("quick", settings), tmp_path / "single")
     two, one = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                 for run in ("ddp", "single"))
-    assert [(r["stage"], r["step"]) for r in two] == [(r["stage"], r["step"]) for r in one] == [("align", 1)]
-    for loss in ("cicl", "intra", "identity"):
-        assert two[0][loss] == pytest.approx(one[0][loss], rel=1e-5), loss
+    assert [(r["stage"], r["step"]) for r in two] == [(r["stage"], r["step"]) for r in one] == [("align", 1),
+                                                                                               ("align", 2)]
+    for step_two, step_one in zip(two, one):
+        for value in ("loss", "cicl", "intra", "identity", "grad_norm"):
+            assert step_two[value] == pytest.approx(step_one[value], rel=1e-5), (step_one["step"], value)
 
 
 def test_two_process_resume_and_shared_association_memory(tmp_path, tiny_overrides):
