@@ -283,12 +283,14 @@ def test_kernel_refuses_inputs_that_are_not_floating_point(dtype):
             op(words.to(dtype), lengths, regions[:3].to(dtype))
 
 
-def test_kernel_refuses_a_length_of_zero():
-    """A caption of no word gave a score of -inf."""
+@pytest.mark.parametrize("lengths, index", [([0, 5, 3], 0), ([1, 0, 3], 1), ([1, 5, 0], 2), ([1, 5, 6], 2)])
+def test_kernel_refuses_a_length_outside_1_to_t_in_any_place(lengths, index):
+    """A caption of no word gave a score of -inf; the last caption too is checked."""
     words, _, regions = valid_inputs()
     for op in RAW_OPS:
-        with pytest.raises(ValueError, match=re.escape("lengths must lie in [1, T=5], got lengths[0] = 0")):
-            op(words, torch.tensor([0, 5, 3]), regions[:3])
+        with pytest.raises(ValueError, match=re.escape(f"lengths must lie in [1, T=5], got lengths[{index}] = "
+                                                       f"{lengths[index]}")):
+            op(words, torch.tensor(lengths), regions[:3])
 
 
 def test_kernel_checks_dtypes_and_the_gradients_shape_itself():
