@@ -15,6 +15,7 @@ each machine's section lists every run that supplied a shown row, a dirty tree's
 import argparse
 import io
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -67,15 +68,21 @@ def run_key(case_or_run: dict) -> tuple[str | None, str | None]:
 
 
 def load_results(results_dir: Path) -> list[dict]:
-    """Every results file of the folder as {"name", "machine", "runs", "cases"}, sorted by name."""
+    """Every results file of the folder as {"name", "machine", "runs", "cases"}, sorted by name. A folder
+    that is missing (a typo) is an error: read as empty, it would render a page of no results over the real one."""
+    if not Path(results_dir).is_dir():
+        raise ValueError(f"--results-dir {results_dir}: "
+                         f"{'not a folder' if Path(results_dir).exists() else 'no such folder'}")
     files = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
             content = parse_json(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"results file {path} is not valid JSON: {error}") from None
-        if not isinstance(content, dict) or "cases" not in content:
-            continue  # e.g. pytest-benchmark's own --benchmark-json output
+        # pytest-benchmark's own --benchmark-json output has neither key; a results file that lost one
+        # (a hand edit) is checked, so that it is named rather than left off the page.
+        if isinstance(content, dict) and "format" not in content and "cases" not in content:
+            continue
         try:
             check_contents(content)
         except ValueError as error:
@@ -217,9 +224,11 @@ def _percent(value: float | None) -> str:
 
 def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
     """Markdown lines: one table per (op, passes), rows by implementation, dtype and N, with the
-    time and memory ratios of the fp32 reference at the same N (where none ran, as on the GPU, the
-    reference of the row's dtype) over the row's and the label of the row's run (`labels`, by
-    run_key). A row that ran out of memory says so instead of a time."""
+    time and memory ratios of a reference at the same N over the row's and the label of the row's run
+    (`labels`, by run_key). The reference is, on CPU, the fp32 one (where none ran at that N, the one of
+    the row's dtype) and, on the GPU (memory "max allocated"), the one of the row's own dtype: there the
+    half types are the kernels' use, and a bf16 kernel is measured against the bf16 reference. A row that
+    ran out of memory says so instead of a time."""
     lines = []
     groups = defaultdict(list)
     for row in rows:
@@ -232,7 +241,8 @@ def comparison_tables(rows: list[dict], labels: dict[tuple, str]) -> list[str]:
                   f"| peak memory ({memory}, MiB) | speed-up vs reference | memory vs reference | run |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for row in sorted(group, key=lambda row: (_order(row["implementation"]), row["dtype"], row["N"])):
-            base = references.get((row["N"], "float32")) or references.get((row["N"], row["dtype"]))
+            own_dtype = references.get((row["N"], row["dtype"]))
+            base = own_dtype if memory == "max allocated" else (references.get((row["N"], "float32")) or own_dtype)
             speedup = base["seconds"] / row["seconds"] if base and base["seconds"] and row["seconds"] else None
             memory_ratio = (base["peak_mib"] / row["peak_mib"]
                             if base and base["peak_mib"] is not None and row["peak_mib"] else None)
@@ -336,8 +346,9 @@ def run_list(runs: list[dict], cases: list[dict]) -> tuple[list[str], dict[tuple
     return lines, labels
 
 
-def machine_section(results: dict, plot_name: str | None) -> list[str]:
-    """Markdown lines of one machine: description, the runs its figures come from, tables and the plot."""
+def machine_section(results: dict, plot_link: str | None) -> list[str]:
+    """Markdown lines of one machine: description, the runs its figures come from, tables and the plot
+    (`plot_link`: its path relative to the page's folder)."""
     machine = results["machine"]
     mode, cases = shown_cases(results["cases"])
     lines = [f"## {results['name']}: {_machine_title(machine)}", ""]
@@ -354,20 +365,17 @@ def machine_section(results: dict, plot_name: str | None) -> list[str]:
     sweeps = [case for case in cases if _is_sweep(case)]
     others = [case for case in cases if not _is_sweep(case) and normalize_case(case) is None]
     lines += comparison_tables(rows, labels) + sweep_table(sweeps, labels) + other_table(others, labels)
-    if plot_name:
-        lines += [f"![{results['name']}](results/{plot_name})", ""]
+    if plot_link:
+        lines += [f"![{results['name']}]({plot_link})", ""]
     return lines
 
 
-def plot(results: dict) -> bytes | None:
-    """A PNG of time and peak memory against N per op (forward+backward, or forward where that is all
-    there is), log-log, one line per implementation and dtype, the sweeps' steps dotted and
-    their budget as a grey line. None when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_series(results: dict) -> tuple[str, dict[str, dict]]:
+    """What plot() draws of a results file: the passes plotted (forward+backward, or forward where that is
+    all there is) and, per op in panel order, {"budget_mib": its sweeps' budget or None, "lines": [...]},
+    each line {"implementation", "dtype" (None for a sweep's steps), "label", "time": (N list, seconds list),
+    "memory": (N list, peak MiB list)}: one per implementation and dtype, then one per sweep of that op and
+    passes. Empty when there is nothing to plot."""
     _, cases = shown_cases(results["cases"])
     rows = [row for row in map(normalize_case, cases) if row is not None and not row["out_of_memory"]]
     passes = "forward_backward" if any(row["passes"] == "forward_backward" for row in rows) else "forward"
@@ -378,35 +386,60 @@ def plot(results: dict) -> bytes | None:
     for row in rows:
         sizes[row["op"]].add(row["N"])
     ops = sorted(op for op in sizes if len(sizes[op]) > 1 or op in budgets) or sorted(sizes)
-    if not ops:
-        return None
     sweeps = [case["extra_info"] for case in cases if _is_sweep(case)]
-    colors = {implementation: f"C{index}" for index, implementation in enumerate(IMPLEMENTATION_ORDER)}
-    figure, axes = plt.subplots(len(ops), 2, figsize=(11, 4 * len(ops)), squeeze=False)
-    for (time_axis, memory_axis), op in zip(axes, ops):
-        lines = defaultdict(list)
+    series = {}
+    for op in ops:
+        by_line = defaultdict(list)
         for row in rows:
             if row["op"] == op:
-                lines[(row["implementation"], row["dtype"])].append(row)
-        for (implementation, dtype), points in sorted(lines.items(), key=lambda item: (_order(item[0][0]), item[0][1])):
+                by_line[(row["implementation"], row["dtype"])].append(row)
+        lines = []
+        for (implementation, dtype), points in sorted(by_line.items(),
+                                                      key=lambda item: (_order(item[0][0]), item[0][1])):
             points.sort(key=lambda row: row["N"])
-            style = dict(color=colors.get(implementation), marker="o" if dtype == "float32" else "s",
-                         label=f"{implementation} {dtype}",
-                         linestyle="--" if dtype != "float32" else "-")
-            time_axis.plot([p["N"] for p in points], [p["seconds"] for p in points], **style)
             memory_points = [p for p in points if p["peak_mib"]]
-            memory_axis.plot([p["N"] for p in memory_points], [p["peak_mib"] for p in memory_points], **style)
+            lines.append(dict(implementation=implementation, dtype=dtype, label=f"{implementation} {dtype}",
+                              time=([p["N"] for p in points], [p["seconds"] for p in points]),
+                              memory=([p["N"] for p in memory_points], [p["peak_mib"] for p in memory_points])))
         for sweep in sweeps:
             measured = [step for step in sweep["steps"] if not step.get("out_of_memory")]
             if sweep["op"] != op or sweep["passes"] != passes or not measured:
                 continue
-            style = dict(color=colors.get(sweep["implementation"]), marker="x", linestyle=":",
-                         label=f"{sweep['implementation']} (sweep, one step)")
-            time_axis.plot([step["N"] for step in measured], [step["seconds"] for step in measured], **style)
-            memory_axis.plot([step["N"] for step in measured],
-                             [max(step["peak_rss_rise_mib"], 0.1) for step in measured], **style)
-        if op in budgets:
-            memory_axis.axhline(budgets[op], color="grey", linestyle=":", label=f"sweep budget {budgets[op]} MiB")
+            # A log axis has no 0: a step whose RSS did not rise is drawn at 0.1 MiB.
+            lines.append(dict(implementation=sweep["implementation"], dtype=None,
+                              label=f"{sweep['implementation']} (sweep, one step)",
+                              time=([step["N"] for step in measured], [step["seconds"] for step in measured]),
+                              memory=([step["N"] for step in measured],
+                                      [max(step["peak_rss_rise_mib"], 0.1) for step in measured])))
+        series[op] = dict(budget_mib=budgets.get(op), lines=lines)
+    return passes, series
+
+
+def plot(results: dict) -> bytes | None:
+    """A PNG of plot_series(results): time and peak memory against N per op, log-log, one line per
+    implementation and dtype, the sweeps' steps dotted and their budget as a grey line. None when there is
+    nothing to plot."""
+    passes, series = plot_series(results)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {implementation: f"C{index}" for index, implementation in enumerate(IMPLEMENTATION_ORDER)}
+    figure, axes = plt.subplots(len(series), 2, figsize=(11, 4 * len(series)), squeeze=False)
+    for (time_axis, memory_axis), (op, panel) in zip(axes, series.items()):
+        for line in panel["lines"]:
+            sweep = line["dtype"] is None
+            style = dict(color=colors.get(line["implementation"]), label=line["label"],
+                         marker="x" if sweep else "o" if line["dtype"] == "float32" else "s",
+                         linestyle=":" if sweep else "-" if line["dtype"] == "float32" else "--")
+            time_axis.plot(*line["time"], **style)
+            memory_axis.plot(*line["memory"], **style)
+        if panel["budget_mib"] is not None:
+            memory_axis.axhline(panel["budget_mib"], color="grey", linestyle=":",
+                                label=f"sweep budget {panel['budget_mib']} MiB")
         for axis, ylabel in ((time_axis, "seconds per step"), (memory_axis, "peak memory (MiB)")):
             axis.set(xscale="log", yscale="log", xlabel="N = M", ylabel=ylabel,
                      title=f"{op}, {passes.replace('_', '+')}: {ylabel.split(' (')[0]}")
@@ -441,21 +474,24 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
         "(word-region forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D, all words valid; contrastive "
         "2*N*M*D and 6*N*M*D), recomputation not counted, as a fraction of the same run's 2048x2048 matmul. "
         "Peak memory on CPU: rise of the RSS high-water mark of one step in a fresh process above its RSS "
-        "with inputs made; on GPU: torch.cuda.max_memory_allocated, inputs and gradients included. Ratios: the fp32 reference at the same "
-        "N (where none ran, as on the GPU, the reference of the row's dtype) over the row (higher is better).", "",
+        "with inputs made; on GPU: torch.cuda.max_memory_allocated, inputs and gradients included. "
+        "Ratios: a reference at the same N over the row (higher is better): on CPU the fp32 reference (where "
+        "none ran at that N, the reference of the row's dtype), on the GPU the reference of the row's own dtype.", "",
     ]
     files = load_results(results_dir)
     if not files:
         lines += ["No results yet.", ""]
     plots = {}
     for results in files:
-        plot_name = f"{results['name']}.png"
+        plot_path = Path(results_dir) / f"{results['name']}.png"
         if png := plot(results):
-            plots[plot_name] = png
-        lines += machine_section(results, plot_name if png else None)
+            plots[plot_path] = png
+        # The plots go into results_dir, wherever the page is written.
+        lines += machine_section(results, Path(os.path.relpath(plot_path, Path(output).parent)).as_posix()
+                                 if png else None)
     markdown = "\n".join(lines).rstrip() + "\n"
-    for plot_name, png in plots.items():
-        with write_atomically(Path(results_dir) / plot_name, "plot", binary=True) as file:
+    for plot_path, png in plots.items():
+        with write_atomically(plot_path, "plot", binary=True) as file:
             file.write(png)
     with write_atomically(output, "results page") as file:
         file.write(markdown)

@@ -1,6 +1,6 @@
 """What benchmarks/test_word_region_gpu.py records around its timings, checked without a GPU: the
-memory of a step that ran out of it, the provenance of its JSON lines, which cases it skips and in
-which order it runs them."""
+useful work of a timed step, the memory of a step that ran out of it, the provenance of its JSON lines,
+which cases it skips and in which order it runs them."""
 
 import datetime
 import json
@@ -12,11 +12,21 @@ import types
 import weakref
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import render
 from benchmarks.conftest import CHECKOUT_RESULTS, git
 from benchmarks import test_word_region_gpu as gpu
+
+
+def test_a_case_records_spec_section_2s_useful_work_over_its_mean_step_time():
+    """SPEC section 2: forward 4*N*M*T*R*D, forward+backward 12*N*M*T*R*D at the tgfr shape (T=22, R=196, D=256).
+    Written out inline in the GPU test's body, the count was checked by no test, on a GPU or off one."""
+    size, seconds = 1024, 0.5
+    for passes, factor in (("forward", 4), ("forward_backward", 12)):
+        assert gpu._timing(size, passes, seconds) == pytest.approx(
+            {"ms": 1e3 * seconds, "useful_tflops": factor * size * size * 22 * 196 * 256 / seconds / 1e12})
 
 
 def test_a_step_that_ran_out_of_memory_is_freed_before_the_case_is_skipped():

@@ -33,12 +33,12 @@ import pytest
 import torch
 
 from benchmarks import recording
+from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS, shape, useful_flops
 from tgfr import reference
 
 # tests/conftest.py's gpu skip does not reach benchmarks/, so the skip is explicit here.
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-NUM_WORDS, NUM_REGIONS, DIM = 22, 196, 256
 MAX_SIZE = int(os.environ.get("TGFR_BENCH_MAX_SIZE", "16384"))
 SIZES = [size for size in (256, 1024, 4096, 8192, 16384, 32768) if size <= MAX_SIZE]
 REFERENCE_MAX_SIZE = 1024  # the reference's N*M*T*R*D tensors pass 80 GB beyond this
@@ -78,6 +78,12 @@ def _record(result: dict) -> None:
     path = RESULTS / f"word_region_gpu_{torch.cuda.get_device_name().replace(' ', '_')}.jsonl"
     with path.open("a") as file:
         file.write(json.dumps({**_environment(), **result}) + "\n")
+
+
+def _timing(size: int, passes: str, seconds: float) -> dict:
+    """What a case at N=M=size records of its mean step time `seconds`: ms, and useful TFLOP/s with the CPU
+    benchmarks' count of SPEC section 2's work (word_region_steps.useful_flops)."""
+    return dict(ms=seconds * 1e3, useful_tflops=useful_flops(size, passes) / seconds / 1e12)
 
 
 def _ran_out_of_memory(run: Callable[[], None]) -> bool:
@@ -216,8 +222,7 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
     words.requires_grad_(backward)
     regions.requires_grad_(backward)
     step = _step(implementation, passes, words, lengths, regions)
-    result = {"implementation": implementation, "dtype": dtype, "N": size, "M": size, "T": NUM_WORDS,
-              "R": NUM_REGIONS, "D": DIM, "passes": passes}
+    result = {"implementation": implementation, "dtype": dtype, **shape(size), "passes": passes}
 
     def measure():
         torch.cuda.reset_peak_memory_stats()
@@ -238,7 +243,6 @@ def test_word_region_gpu(benchmark, implementation, dtype, size, passes):
         return
     seconds = benchmark.stats.stats.mean
     _LAST_STEP[key] = (size, seconds)
-    flops = (12 if backward else 4) * size * size * NUM_WORDS * NUM_REGIONS * DIM
-    result.update(ms=seconds * 1e3, useful_tflops=flops / seconds / 1e12)
+    result.update(_timing(size, passes, seconds))
     benchmark.extra_info.update(result)
     _record(result)

@@ -14,7 +14,9 @@ JSON line per config: ms and useful TFLOP/s (forward 4*W*M*R*D, backward 8*W*M*R
 valid words: a third of the captions have 9 of T=22, the padding is no useful work; lines written
 before 2026-11-29 count N*T, a quarter more), the
 relative max error, device, commit ($TGFR_COMMIT if set) and date; a config that fails to
-compile gets its error.
+compile gets its error, one whose relative error is over its dtype's tolerance (TOLERANCES) is marked
+"wrong" and not timed. With --configs shipped (the configs the op runs), either makes the exit status 1
+once every line is written; --configs grid only reports them.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import datetime
 import itertools
 import json
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +39,9 @@ KINDS = ("forward", "backward", "deterministic_backward")
 # Triton specializes its launch alike (sizes and strides divisible by 16) and the check runs the
 # timed binary, compiled once in the worker pool rather than again, serially, inside --seconds.
 CHECK_SIZE = 48
+# (scores, gradients) tolerances on the relative max error against the float64 reference: those the
+# kernels are tested to in tests/test_word_region_gpu.py (TOLERANCES, relative to the largest magnitude).
+TOLERANCES = {"bfloat16": (3e-2, 6e-2), "float16": (1e-2, 2e-2), "float32": (1e-4, 1e-4)}
 
 
 def _as_dict(config) -> dict:
@@ -115,7 +121,9 @@ def _relative_error(got, want) -> float:
     return ((got.double() - want).abs().max() / want.abs().max()).item()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Writes a JSON line per config of the --kinds kernels (see the module docstring); exits 1 when a
+    shipped config fails to compile or gives wrong values. `argv`: the arguments, sys.argv's by default."""
     from tgfr import reference
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,7 +133,7 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     parser.add_argument("--seconds", type=float, default=300.0, help="stop timing after this long")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append to")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     kinds = args.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         parser.error(f"--kinds must be a subset of {','.join(KINDS)}, got {args.kinds!r}")
@@ -144,6 +152,8 @@ def main() -> None:
     grad_scores = torch.randn(args.size, args.size, device="cuda")
     useful = {"forward": 4, "backward": 8, "deterministic_backward": 8}
     valid_words = int(lengths.sum())
+    score_tolerance, grad_tolerance = TOLERANCES[args.dtype]
+    failed = 0
     deadline = time.time() + args.seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
@@ -158,20 +168,28 @@ def main() -> None:
                 small = launch_config(kind, config, small_words, small_lengths, small_regions, small_grad)
                 wants = (expected,) if kind == "forward" else (words64.grad, regions64.grad)
                 row["relative_error"] = max(_relative_error(got, want) for got, want in zip(small, wants))
-                times = []
-                for _ in range(3):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    launch_config(kind, config, words, lengths, regions, grad_scores)
-                    end.record()
-                    torch.cuda.synchronize()
-                    times.append(start.elapsed_time(end))
-                    if times[0] > 600:
-                        break
-                flops = useful[kind] * valid_words * args.size * NUM_REGIONS * DIM
-                row.update(ms=min(times), useful_tflops=flops / min(times) / 1e9)
+                # Not `>`: a NaN error is wrong too. A wrong result's time ranks nothing, so it is not timed.
+                if not row["relative_error"] <= (score_tolerance if kind == "forward" else grad_tolerance):
+                    row["wrong"] = True
+                else:
+                    times = []
+                    for _ in range(3):
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        launch_config(kind, config, words, lengths, regions, grad_scores)
+                        end.record()
+                        torch.cuda.synchronize()
+                        times.append(start.elapsed_time(end))
+                        if times[0] > 600:
+                            break
+                    flops = useful[kind] * valid_words * args.size * NUM_REGIONS * DIM
+                    row.update(ms=min(times), useful_tflops=flops / min(times) / 1e9)
+            failed += "error" in row or "wrong" in row
             out.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in environment}), flush=True)
+    if failed and args.configs == "shipped":
+        print(f"{failed} shipped config(s) failed to compile or gave wrong values: see {args.out}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
