@@ -21,6 +21,7 @@ from tgfr.train.loop import lr_factor
 from tgfr.train.run import train
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the ops compute in float32: scales, gammas and loss weights stop here
 LOSS_WEIGHTS = ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight", "align.intra_weight",
                 "align.identity_weight")
 # (key, low, high): evaluation's sizes lie in [low, high).
@@ -74,6 +75,8 @@ def test_overrides_parse_toml_values_and_bare_words():
     # Only TOML's white space: a no-break space kept is named in the error ('50\xa0'), not hidden ('50').
     assert parse_override("data.cache_dir=c\xa0") == (["data", "cache_dir"], "c\xa0")
     assert parse_override("align.supervision=weak\r\n") == (["align", "supervision"], "weak")
+    # A line of an overrides file with a space before its line break: the space left made a folder "mycache ".
+    assert parse_override("data.cache_dir=mycache \n") == (["data", "cache_dir"], "mycache")
     with pytest.raises(ValueError, match="spans more than one line"):  # a line of a CRLF file, its \n cut off
         parse_override("fr.steps=50\r")
     # In the key, a line break let TOML read a table header ([fr]) into it, or failed naming nothing.
@@ -101,6 +104,15 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("data.cache_dir=2024", r"^data\.cache_dir must be of type str, got 2024 \(int\); TOML reads an unquoted number, "
                             r"date or boolean as one: quote it to give text \(--set 'data\.cache_dir=\"\.\.\.\"'\)$"),
     ('data.cache_dir=["runs"]', r"^data\.cache_dir must be of type str, got \['runs'\] \(list\)$"),  # no quoting hint
+    # An entry of a table of strings is named, with the same hint: the error named the whole table and gave none.
+    *((override, r"^evaluation\.splits\.clean must be of type str, got 2024 \(int\); TOML reads an unquoted number, "
+                 r"date or boolean as one: quote it to give text \(--set 'evaluation\.splits\.clean=\"\.\.\.\"'\)$")
+      for override in ("evaluation.splits.clean=2024", 'evaluation.splits={clean = 2024, degraded = "test_degraded"}')),
+    # Python's and everyday spellings of a boolean are bare words, strings, to TOML.
+    *((f"{key}={word}", rf"^{re.escape(key)} must be of type bool, got {re.escape(repr(word))} \(str\); TOML writes a "
+                        r"boolean as true or false \(lower case\)$")
+      for key in ("fuse.focal", "model.freeze_text_encoder") for word in ("True", "False", "yes", "no", "NO")),
+    ("fuse.focal=maybe", r"^fuse\.focal must be of type bool, got 'maybe' \(str\)$"),  # no boolean hint
     ("align.supervision=labels", "align.supervision must be one of"),
     ("stages=[\"fr\", \"oops\"]", "stages must be distinct names"),
     ("stages=[]", "stages must be .*at least one"),
@@ -142,6 +154,7 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     *((f"{key}={high}", rf"^{re.escape(key)} must be an integer in \[{low}, {high}\), got {high}$")
       for key, low, high in (("threads", 0, 4097), ("model.width", 1, 2**16), ("model.num_features", 1, 2**16),
                              ("model.dim", 1, 2**16), ("model.fine_dim", 1, 2**16), ("model.max_length", 3, 2**16),
+                             ("model.fusion_out_dim", 1, 2**16),
                              ("data.images_per_identity", 1, 2**20), ("data.identities_per_batch", 1, 2**20),
                              ("data.loader_workers", 0, 1025), ("data.synthetic_identities", 1, 10**7 + 1),
                              ("data.synthetic_images_per_identity", 1, 10**5 + 1),
@@ -176,7 +189,9 @@ def test_an_override_opening_like_toml_must_be_toml_not_text_with_its_quotes(raw
     ("device=tpu", r"^device must be one of"),
     ("fuse.focal=1", r"^fuse\.focal must be of type bool, got 1 \(int\)$"),
     ("model.freeze_text_encoder=0", r"^model\.freeze_text_encoder must be of type bool, got 0 \(int\)$"),
-    *((f"{key}=inf", rf"^{re.escape(key)} must lie in \[0\.0, inf\), got inf$") for key in LOSS_WEIGHTS),
+    # A weight past float32's maximum, finite in Python, made its stage's loss inf at the first step.
+    *((f"{key}={value}", rf"^{re.escape(key)} must lie in \[0\.0, {re.escape(repr(FLOAT32_MAX))}\], got {shown}$")
+      for key in LOSS_WEIGHTS for value, shown in (("inf", "inf"), ("3.4028236e38", r"3\.4028236e\+38"))),
     ('evaluation.splits={clean = ""}', r"^evaluation\.splits must map report names to non-empty split names"),
     # TOML's integers have no size limit: float() of one raised an OverflowError naming no key.
     *((f"{key}={10**400}", rf"^{re.escape(key)} must be of type float, got an integer too large for one "
@@ -332,7 +347,8 @@ def test_replacing_a_config_table_with_an_inline_table_names_the_override_not_th
 
 
 @pytest.mark.parametrize("parts, message", [
-    ({"fuse": FuseStageConfig(focal="no")}, r"^fuse\.focal must be of type bool, got 'no' \(str\)$"),
+    ({"fuse": FuseStageConfig(focal="no")}, r"^fuse\.focal must be of type bool, got 'no' \(str\); TOML writes a "
+                                            r"boolean as true or false \(lower case\)$"),
     ({"model": ModelConfig(freeze_text_encoder="false")}, r"^model\.freeze_text_encoder must be of type bool, got "),
     ({"data": DataConfig(train_degrade_p="0.5")}, r"^data\.train_degrade_p must be of type float, got '0\.5' \(str\)$"),
     ({"data": DataConfig(train_degrade_p=True)}, r"^data\.train_degrade_p must be of type float, got True \(bool\)$"),
@@ -368,10 +384,11 @@ def test_a_config_built_in_python_refuses_each_wrong_type_as_config_toml_does():
     assert fused == 16.0 and type(fused) is float  # as an override's 16 is stored
 
 
-def test_float32s_maximum_is_a_scale_and_a_gamma():
-    largest = 3.4028234663852886e38  # float32's maximum
-    config = load_config("quick", [f"align.gamma1={largest!r}", f"fuse.arcface_scale={largest!r}"])
-    assert (config.align.gamma1, config.fuse.arcface_scale) == (largest, largest)
+def test_float32s_maximum_is_a_scale_a_gamma_and_a_loss_weight():
+    config = load_config("quick", [f"{key}={FLOAT32_MAX!r}" for key in ("align.gamma1", "fuse.arcface_scale",
+                                                                        *LOSS_WEIGHTS)])
+    assert (config.align.gamma1, config.fuse.arcface_scale) == (FLOAT32_MAX, FLOAT32_MAX)
+    assert [config._get(key) for key in LOSS_WEIGHTS] == [FLOAT32_MAX] * len(LOSS_WEIGHTS)
 
 
 def test_wrcl_logits_must_fit_float32():
@@ -379,7 +396,7 @@ def test_wrcl_logits_must_fit_float32():
     (a log-sum-exp of T terms gamma2 * cos); the cross-entropy subtracts two of them."""
     config = load_config("quick")
     gamma2, words = config.align.gamma2, config.model.max_length - 2
-    limit = 3.4028234663852886e38 / 2 / (gamma2 + math.log(words))
+    limit = FLOAT32_MAX / 2 / (gamma2 + math.log(words))
     assert load_config("quick", [f"align.gamma3={limit * 0.999!r}"]).align.gamma3 == limit * 0.999
     with pytest.raises(ValueError, match=r"^align\.gamma3 \* \(align\.gamma2 \+ log\(model\.max_length - 2\)\) must be at "
                                          r"most 1\.70141e\+38 .*got align\.gamma2 = 5, align\.gamma3 = 1e\+38, "
@@ -514,6 +531,24 @@ def test_a_string_that_utf8_cannot_encode_is_refused_by_key(key, value):
     table[name] = value
     with pytest.raises(ValueError, match=rf"^{re.escape(key)} must be encodable as UTF-8, as config\.toml is, got "):
         config_from_dict(values)
+
+
+@pytest.mark.parametrize("splits", [["test"], "test", {}, {"clean": ""}])
+def test_evaluation_splits_built_in_python_must_map_report_names_to_split_names(splits):
+    """tgfr.evaluation and scripts build the table without TrainConfig's type check first: a list or a string
+    failed at .values() with an AttributeError naming nothing."""
+    with pytest.raises(ValueError, match=r"^evaluation\.splits must map report names to non-empty split names, got "
+                                         rf"{re.escape(repr(splits))}$"):
+        EvaluationConfig(splits=splits)
+
+
+@pytest.mark.parametrize("key, low, high", EVALUATION_SIZE_BOUNDS)
+def test_evaluation_sizes_built_in_python_refuse_a_bool(key, low, high):
+    """True lies in every size's range as 1: built without TrainConfig's type check (tgfr.evaluation builds the
+    table itself), only the size check refuses it."""
+    name = key.removeprefix("evaluation.")
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} must be an integer in \[{low}, {high}\), got True$"):
+        EvaluationConfig(**{name: True})
 
 
 def test_pairs_protocol_needs_impostor_subjects():

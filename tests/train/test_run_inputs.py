@@ -100,10 +100,19 @@ def test_image_cache_mib_reaches_training_in_bytes(tmp_path, monkeypatch, mib):
     assert received["image_cache_bytes"] == mib * 1024 * 1024
 
 
-def test_train_refuses_stop_after_zero(tmp_path, tiny_overrides):
-    with pytest.raises(ValueError, match="stop_after must be an integer >= 1"):
-        train(load_config("quick", tiny_overrides), tmp_path / "run", stop_after=0)
-    assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize("stop_after", [0, float("nan"), 1.5, True, "3"])
+def test_train_refuses_a_stop_after_that_is_not_an_integer_of_at_least_1(tmp_path, tiny_overrides, stop_after):
+    """nan passed `stop_after < 1` and then never stopped the loop (the whole run trained and saved model/), "3" failed
+    in that comparison with a TypeError naming nothing, and 1.5 and True were taken as 2 and 1 steps."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ValueError, match=r"^stop_after must be an integer >= 1 \(or None\), got "
+                                         rf"{re.escape(repr(stop_after))}$"):
+        train(load_config("quick", tiny_overrides), run, stop_after=stop_after)
+    assert list(run.iterdir()) == []
+
+
+def test_train_refuses_a_negative_image_cache_budget(tmp_path, tiny_overrides):
     with pytest.raises(ValueError, match="image cache's budget must be an integer number of bytes >= 0, got -1"):
         train(load_config("quick", tiny_overrides), tmp_path / "run", image_cache_bytes=-1)
     assert not (tmp_path / "run").exists()

@@ -238,6 +238,37 @@ def test_align_without_the_intra_loss_reads_one_caption_per_image(parts):
     torch.testing.assert_close(total, expected_total - full.config.intra_weight * expected["intra"])
 
 
+@pytest.mark.parametrize("supervision, components", [("identity", {"wrcl", "cicl", "intra", "identity"}),
+                                                    ("weak", {"wrcl", "cicl", "intra", "identity", "confidence"})])
+def test_an_align_record_in_metrics_jsonl_holds_the_loss_its_components_the_rate_and_samples_per_s(
+        tmp_path, parts, supervision, components):
+    """README's record: the loss components, the learning rate, samples/s (and the loss, gradient norm, step, time).
+    align's also held `total`, a copy of `loss`, which a script plotting every other number as a component counted
+    twice."""
+    from tgfr.train.loop import LoopSettings, run_stage
+    from tgfr.train.training_log import TrainingLog, read_log
+
+    config, model, batch = parts
+    finish_stage(model, "fr")  # align takes the backbone frozen
+    config.align.supervision = supervision
+    cpu = torch.device("cpu")
+    align = AlignStage(model, config.align, 3, CaptionFeatures(model.text_encoder, cpu), cpu)
+
+    class SameBatch:
+        def from_step(self, step: int):
+            while True:
+                yield batch
+
+    run_stage(align, SameBatch(), dataclasses.replace(config.align.optim, warmup_steps=0), 1,
+              LoopSettings(cpu, log_every=1), TrainingLog(tmp_path / "metrics.jsonl"), lambda *state: None)
+    [record] = read_log(tmp_path / "metrics.jsonl")
+    assert set(record) == {"stage", "step", "time", "loss", "grad_norm", "lr", "samples_per_s", *components}
+    a = config.align
+    assert record["loss"] == pytest.approx(a.wrcl_weight * record["wrcl"] + a.cicl_weight * record["cicl"]
+                                           + a.intra_weight * record["intra"] + a.identity_weight * record["identity"],
+                                           rel=1e-5)
+
+
 @pytest.mark.parametrize("distributed", [True, False])
 def test_every_loss_gathers_the_ranks_exactly_when_the_stage_runs_distributed(parts, distributed):
     """Under DDP each loss must take the ranks' batches together (SPEC: the single-process loss on the whole

@@ -205,7 +205,10 @@ class EvaluationConfig:
         value (e.g. from `tgfr evaluate --set`) fails before any embedding is computed, and by
         TrainConfig.check, so that `train` refuses a script's change after load_config
         (config.evaluation.max_rank = 0) instead of writing a config.toml `tgfr evaluate` refuses."""
-        if not self.splits or not all(isinstance(s, str) and s for s in self.splits.values()):
+        # Built in Python (tgfr.evaluation, a script), the table skips TrainConfig's type check: a list or a
+        # string failed at .values() naming nothing.
+        if (not isinstance(self.splits, dict) or not self.splits
+                or not all(isinstance(s, str) and s for s in self.splits.values())):
             raise ValueError(f"evaluation.splits must map report names to non-empty split names, got {self.splits!r}")
         # A line break would also break report.md's lines (a blank line ends an image link, a newline a
         # heading); a lone surrogate has no UTF-8 bytes, so it names no file.
@@ -324,10 +327,14 @@ class TrainConfig:
             _check_range(key, self._get(key), 0.0, 1.0)
         _check_range("model.dropout", self.model.dropout, 0.0, 1.0, high_open=True)
         # The ops and losses take these in float32 and refuse a larger one (GAMMA_MAX, float32's maximum) only
-        # when called, after earlier stages trained, or turn it into inf and a NaN loss.
+        # when called, after earlier stages trained, or turn it into inf and a NaN loss; a loss weight past it
+        # makes its stage's loss inf at the first step ("loss is not finite"), after the stages before it trained.
         for key in ("fr.arcface_scale", "fr.coreface_scale", "align.gamma1", "align.gamma2", "align.gamma3",
                     "align.cicl_scale", "align.intra_scale", "align.identity_scale", "fuse.arcface_scale"):
             check_positive(key, self._get(key), GAMMA_MAX)
+        for key in ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight",
+                    "align.intra_weight", "align.identity_weight"):
+            _check_range(key, self._get(key), 0.0, GAMMA_MAX)
         if not logits_fit_float32(self.align.gamma2, self.align.gamma3, self.model.max_length - 2):
             raise ValueError(f"align.gamma3 * (align.gamma2 + log(model.max_length - 2)) must be at most "
                              f"{GAMMA_MAX / 2:g} (half float32's maximum: WRCL's logits and their differences), got "
@@ -335,9 +342,6 @@ class TrainConfig:
                              f"model.max_length = {self.model.max_length}")
         for key in ("fr.arcface_margin", "align.identity_margin", "fuse.arcface_margin"):
             _check_range(key, self._get(key), 0.0, MAX_MARGIN, high_open=True)
-        for key in ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight",
-                    "align.intra_weight", "align.identity_weight"):
-            _check_range(key, self._get(key), 0.0, math.inf, high_open=True)
         for key in ("data.degradation", "data.train_degradation"):
             try:
                 parse_recipe(self._get(key))
@@ -496,6 +500,12 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
             raise ValueError(f"{key} must be a list of strings, got {value!r} ({type(value).__name__})")
         return list(value)
     if origin is dict:
+        if isinstance(value, dict):
+            # By entry, so that the error names the entry --set gave (evaluation.splits.clean=2024) and says to
+            # quote a number; a name that is not a string is left to the table's own check.
+            for name, entry in value.items():
+                if isinstance(name, str):
+                    _check_value(f"{key}.{_toml_key(name)}", typing.get_args(kind)[1], entry)
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError(f"{key} must be a table of strings, got {value!r} ({type(value).__name__})")
         return dict(value)
@@ -513,8 +523,12 @@ def _check_value(key: str, kind: Any, value: Any) -> Any:
         # And a number Python reads (--set fr.optim.lr=.5) that TOML does not is a bare word, a string.
         spelling = ("; TOML writes numbers as 0.5, 5.0, 10, inf (lower case), without leading zeros"
                     if kind in (int, float) and isinstance(value, str) and _python_number_not_toml(value) else "")
+        # Python's and everyday booleans (--set fuse.focal=True, yes) are bare words, strings, to TOML.
+        boolean = ("; TOML writes a boolean as true or false (lower case)"
+                   if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no")
+                   else "")
         raise ValueError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})"
-                         f"{quoting}{spelling}")
+                         f"{quoting}{spelling}{boolean}")
     return value
 
 

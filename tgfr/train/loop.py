@@ -173,7 +173,7 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
             values = {**_batch_scalars(loss, components, settings.world_size if logged else 1),
                       "grad_norm": float(grad_norm), "lr": lr, "samples_per_s": samples_per_s}
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k not in ("lr", "total")})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k != "lr"})
             if logged:
                 log.write(stage.name, step + 1, values)
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:

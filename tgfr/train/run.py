@@ -473,7 +473,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     """
     out = Path(out)
     config.check()
-    if stop_after is not None and stop_after < 1:
+    # A count of steps: nan passed `< 1` and then never stopped the loop (the whole run trained), and a bool or
+    # 1.5 was taken as 1 or 2 steps.
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"stop_after must be an integer >= 1 (or None), got {stop_after!r}")
     # tokenizers takes paths as UTF-8 only, and the model is saved at the run folder's real path (through
     # symlinks and the current directory): another byte there fails the final save, after all the

@@ -82,6 +82,9 @@ class AlignStage(Stage):
         total, components = self.losses["multi_granularity"](
             aligned.words, aligned.lengths, aligned.regions, aligned.sentence, aligned.image_global,
             labels if supervised else None)
+        # Its "total" (of its own terms) is left out of the components, as the stage's is (logged as `loss`): a
+        # script that plots every other number of a metrics.jsonl record as a component counted them again.
+        del components["total"]
         if second_sentence is not None:
             components["intra"] = self.losses["intra"](aligned.sentence, second_sentence.float(),
                                                        labels if supervised else None)
@@ -93,5 +96,4 @@ class AlignStage(Stage):
             components["identity"], stats = self.losses["association"](aligned.image_global, aligned.sentence)
             components["confidence"] = stats["mean_confidence"]
         total = total + self.config.identity_weight * components["identity"]
-        components["total"] = total
         return total, components
