@@ -4,6 +4,7 @@ import errno
 import fcntl
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
@@ -73,3 +74,24 @@ def test_a_file_system_without_locks_runs_the_block_unguarded(tmp_path, monkeypa
     with folder_lock(tmp_path, in_use="in use"):
         ran = True
     assert ran
+
+
+def test_a_second_writer_is_refused_or_waits_until_the_first_lets_go(tmp_path):
+    """Each folder_lock opens the folder anew, and two open file descriptions' flocks conflict as two processes'
+    do: a shared lock would let both writers in at once."""
+    events = []
+    with folder_lock(tmp_path, in_use="first writer"):
+        with pytest.raises(ValueError, match="^second writer$"):
+            with folder_lock(tmp_path, in_use="second writer"):
+                pass
+
+        def wait_for_the_folder():
+            with folder_lock(tmp_path):
+                events.append("second writer in")
+
+        waiting = threading.Thread(target=wait_for_the_folder, daemon=True)
+        waiting.start()
+        time.sleep(0.5)  # the second writer's time to get in, were it not kept waiting
+        events.append("first writer out")
+    waiting.join(30)
+    assert events == ["first writer out", "second writer in"]

@@ -4,9 +4,12 @@ an error that names it."""
 import errno
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -200,6 +203,62 @@ def test_staged_files_replace_a_file_with_its_permissions_and_a_link_through_it(
     assert stat.S_IMODE((folder / "private.csv").stat().st_mode) == 0o600
 
 
+@pytest.fixture
+def folder_on_another_file_system(tmp_path):
+    """A new folder on another file system than tmp_path (/dev/shm's), removed at the test's end."""
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's folder")
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _checkpoint_linking_its_weights(folder: Path, weights: Path) -> dict[str, str]:
+    """`folder` holding old entries, its weights.bin a link to `weights`; the new content of each entry."""
+    folder.mkdir()
+    weights.write_text("old")
+    (folder / "weights.bin").symlink_to(weights)
+    names = [f"{letter}.bin" for letter in "abcd"] + ["weights.bin", "z_config.json"]
+    for name in names:
+        if name != "weights.bin":
+            (folder / name).write_text("old")
+    return {name: f"new {name}" for name in names}
+
+
+def test_a_file_entry_linked_to_another_file_system_is_replaced_through_the_link_with_the_others(
+        tmp_path, folder_on_another_file_system):
+    """A checkpoint whose weights file a user linked to a bigger disk: the staged file was renamed onto the link's
+    target, EXDEV, after the entries before it were new; the staged copy went with the staging folder."""
+    folder, weights = tmp_path / "ckpt", folder_on_another_file_system / "weights.bin"
+    new = _checkpoint_linking_its_weights(folder, weights)
+    with output_paths.replace_entries_atomically(folder, "checkpoint folder", last=("z_config.json",)) as staging:
+        for name, content in new.items():
+            (staging / name).write_text(content)
+    assert {path.name: path.read_text() for path in folder.iterdir()} == new
+    assert (folder / "weights.bin").is_symlink() and weights.read_text() == new["weights.bin"]
+    assert list(folder_on_another_file_system.iterdir()) == [weights]
+
+
+def test_a_file_entry_linked_to_another_file_system_that_cannot_take_its_new_file_leaves_every_entry_old(
+        tmp_path, folder_on_another_file_system, monkeypatch):
+    """The copy onto the other file system (its disk full) fails before any entry is renamed."""
+    folder, weights = tmp_path / "ckpt", folder_on_another_file_system / "weights.bin"
+    new = _checkpoint_linking_its_weights(folder, weights)
+
+    def full_disk(source, destination):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full_disk)
+    with pytest.raises(OSError) as raised:
+        with output_paths.replace_entries_atomically(folder, "checkpoint folder", last=("z_config.json",)) as staging:
+            for name, content in new.items():
+                (staging / name).write_text(content)
+    assert str(raised.value) == f"[Errno {errno.ENOSPC}] cannot write checkpoint folder {folder}: " \
+        "No space left on device"
+    assert {path.name: path.read_text() for path in folder.iterdir()} == dict.fromkeys(new, "old")
+    assert list(folder_on_another_file_system.iterdir()) == [weights]
+
+
 def test_a_long_folder_name_leaves_room_for_the_staging_folder(tmp_path):
     """The staging folder was named after the folder, 14 bytes longer: a folder name of 242 to 255 bytes failed."""
     folder = tmp_path / ("r" * 250)
@@ -250,6 +309,33 @@ def test_a_folder_entry_whose_new_one_cannot_take_its_name_is_put_back(tmp_path,
                                                                                    "weights/w.bin"]
     assert (folder / "weights" / "w.bin").read_text() == "old weights"
     assert (folder / "config.json").read_text() == "old config"
+
+
+def test_a_folder_entry_interrupted_just_after_its_new_one_took_its_name_stays_new(tmp_path, monkeypatch):
+    """A Ctrl-C landing after the new folder's rename into place, before the old one's removal: renaming the old one
+    back over the new one would fail (ENOTEMPTY in place of the KeyboardInterrupt, the old copy left hidden), or, with
+    an empty new folder, silently put the old one back."""
+    folder = tmp_path / "ckpt"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "weights" / "w.bin").write_text("old weights")
+    (folder / "config.json").write_text("old config")
+    rename = os.rename
+
+    def interrupted_after_the_rename(source, destination):
+        rename(source, destination)
+        if os.path.basename(os.path.dirname(source)).startswith(f".{output_paths.STAGING}."):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", interrupted_after_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with output_paths.replace_entries_atomically(folder, "checkpoint folder", last=("config.json",)) as staging:
+            (staging / "weights").mkdir()
+            (staging / "weights" / "w.bin").write_text("new weights")
+            (staging / "config.json").write_text("new config")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["config.json", "weights",
+                                                                                   "weights/w.bin"]
+    assert (folder / "weights" / "w.bin").read_text() == "new weights"
+    assert (folder / "config.json").read_text() == "old config"  # interrupted before its turn
 
 
 def test_a_folder_entry_that_is_a_link_to_a_folder_is_replaced_itself(tmp_path):

@@ -142,8 +142,11 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
     then the staging folder is removed. `folder` itself stays (a mount point, a process's working
     directory, its owner and mode, a user's other files in it). On any error in the block the staging
     folder is removed, `folder` left as it was, and an OSError raised naming `folder` (`what` says what
-    it is): a full disk fails while staging, before any rename. A process killed while staging leaves
-    the staging folder; one killed (or an error) among the renames leaves some entries new and some old."""
+    it is): a full disk fails while staging, before any rename. A file entry that is a link to a file in
+    another folder is replaced through the link, its new file first moved beside the link's target (copied
+    there where a rename cannot reach it, on another file system), also before any rename. A process
+    killed while staging leaves the staging folder (and such a moved file, which remove_temporaries of the
+    target deletes); one killed (or an error) among the renames leaves some entries new and some old."""
     path, target = Path(folder), Path(os.path.realpath(folder))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {what} {path}: it is a file, not a folder")
@@ -153,15 +156,24 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
         _, staging = _make_beside(target / STAGING, os.mkdir)
     except OSError as error:
         raise _naming(error, what, path) from error
+    # name -> its new file moved beside the target of the link of that name: renamed from the staging folder
+    # onto a target on another file system, it failed with EXDEV after the entries before it were new.
+    beside_targets: dict[str, Path] = {}
     try:
         yield staging
         _flush_folder(staging)
         names = sorted(os.listdir(staging), key=lambda name: (name in last, last.index(name) if name in last else 0))
         for name in names:
-            _replace_entry(staging / name, target / name)
+            linked = Path(os.path.realpath(target / name))
+            if (staging / name).is_file() and linked.is_file() and linked.parent != target:
+                beside_targets[name] = _move_beside(staging / name, linked)
+        for name in names:
+            _replace_entry(beside_targets.get(name, staging / name), target / name)
         os.rmdir(staging)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        for moved in beside_targets.values():  # those renamed into place are gone already
+            moved.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise _naming_staged(error, what, path, staging) from error
         raise
@@ -188,6 +200,28 @@ def _flush_folder(folder: Path) -> None:
                 os.fsync(handle)
             finally:
                 os.close(handle)
+
+
+def _move_beside(new: Path, linked: Path) -> Path:
+    """The file `new` moved to a temporary name beside `linked` (temporary_name, as write_atomically's), or copied
+    there and flushed to disk where a rename cannot reach it (EXDEV: another file system); that name."""
+    handle, moved = _open_temporary(linked)
+    try:
+        with os.fdopen(handle, "wb") as copy:
+            try:
+                os.rename(new, moved)
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                with open(new, "rb") as source:
+                    shutil.copyfileobj(source, copy)
+                copy.flush()
+                os.fsync(copy.fileno())
+                new.unlink()
+    except BaseException:
+        moved.unlink(missing_ok=True)
+        raise
+    return moved
 
 
 def _replace_entry(new: Path, target: Path) -> None:

@@ -213,6 +213,18 @@ def test_ensure_regenerates_a_cut_short_marker(tmp_path):
     assert sorted(p.name for p in manifest.parent.parent.iterdir()) == [config.key()]  # nothing left aside
 
 
+def test_ensure_regenerates_a_cached_dataset_whose_manifest_is_gone(tmp_path):
+    """A cache cleaner (or a user tidying) removed the manifest: the folder was reused for good, its manifest's
+    path returned though nothing was there."""
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    written = manifest.read_bytes()
+    manifest.unlink()
+    assert ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1) == manifest
+    assert manifest.read_bytes() == written
+    assert sorted(p.name for p in manifest.parent.parent.iterdir()) == [config.key()]  # nothing left aside
+
+
 def test_ensure_regenerates_a_cache_folder_whose_marker_records_another_key(tmp_path):
     """A finished dataset of other parameters in the folder of this key (copied there, or written by a tgfr
     whose key was another) is not reused: its images are not this config's."""
@@ -297,6 +309,29 @@ def test_ensure_removes_the_stale_folder_of_a_run_killed_while_removing_it(tmp_p
     live.mkdir()
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     assert sorted(p.name for p in folder.parent.iterdir()) == sorted([config.key(), live.name])
+    assert len(read_manifest(manifest)) == 3
+
+
+@pytest.mark.parametrize("entry", ["file", "link to a folder", "dangling link"])
+def test_ensure_removes_a_file_or_link_a_killed_run_moved_aside_but_not_what_it_links_to(tmp_path, entry):
+    """A file or link in the dataset folder's place is moved aside (as <staging folder>-stale) and then removed: one
+    left by a run killed in between stayed for good, since folder_lock cannot open a file and rmtree refuses a link."""
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    here = synthetic._staging_owner().partition("@")[2]
+    parent, users = tmp_path / "synthetic", tmp_path / "users"
+    parent.mkdir()
+    users.mkdir()
+    (users / "own.png").write_bytes(b"the user's")
+    stale = parent / f".{config.key()}-{ended}@{here}-0123abcd-stale"
+    if entry == "file":
+        stale.write_text("not a dataset")
+    else:
+        stale.symlink_to(users if entry == "link to a folder" else tmp_path / "gone")
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert sorted(p.name for p in parent.iterdir()) == [config.key()]
+    assert [p.name for p in users.iterdir()] == ["own.png"] and (users / "own.png").read_bytes() == b"the user's"
     assert len(read_manifest(manifest)) == 3
 
 
@@ -400,19 +435,23 @@ def test_a_staging_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
         ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
 
 
-@pytest.mark.parametrize("entry", ["file", "dangling link"])
+@pytest.mark.parametrize("entry", ["file", "dangling link", "link to a folder"])
 def test_a_file_in_place_of_the_dataset_folder_is_replaced_and_removed(tmp_path, entry):
-    """A file (or a link to nothing) where the dataset's folder belongs is moved aside and removed,
-    leaving no hidden copy behind."""
+    """A file (or a link) where the dataset's folder belongs is moved aside and removed, leaving no hidden
+    copy behind; a linked folder, the user's, is left as it was."""
     config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
     (tmp_path / "synthetic").mkdir()
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "own.png").write_bytes(b"the user's")
     if entry == "file":
         (tmp_path / "synthetic" / config.key()).write_text("not a dataset")
     else:
-        (tmp_path / "synthetic" / config.key()).symlink_to(tmp_path / "gone")
+        (tmp_path / "synthetic" / config.key()).symlink_to(users if entry == "link to a folder" else tmp_path / "gone")
     manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
     assert len(read_manifest(manifest)) == 3
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == [config.key()]
+    assert [p.name for p in users.iterdir()] == ["own.png"] and (users / "own.png").read_bytes() == b"the user's"
 
 
 def _interrupt_at_identity(monkeypatch, identity: int) -> None:
@@ -759,6 +798,24 @@ def test_a_folder_another_process_generates_into_is_refused_and_left_alone(tmp_p
     release()
     generate_synthetic_dataset(out, dataclasses.replace(CONFIG, seed=6), workers=1)
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} != before
+
+
+def test_files_another_program_writes_before_the_folder_is_locked_are_refused_and_left_alone(tmp_path, monkeypatch):
+    """The folder is checked for someone else's files before it is made and locked: another program may write
+    there in between."""
+    out = tmp_path / "synth"
+    lock = synthetic.folder_lock
+
+    def locked_after_another_program_wrote(folder, *arguments, **options):
+        (folder / "notes.txt").write_text("another program's")
+        return lock(folder, *arguments, **options)
+
+    monkeypatch.setattr(synthetic, "folder_lock", locked_after_another_program_wrote)
+    with pytest.raises(ValueError, match=re.escape(f"output folder (--out) {out} already holds files (e.g. notes.txt) "
+                                                   f"but no {MARKER} of an earlier synthetic dataset")):
+        generate_synthetic_dataset(out, CONFIG, workers=1)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "another program's"
 
 
 def test_a_degradation_the_faces_are_too_small_for_is_refused_before_any_face_is_drawn(tmp_path, capsys):

@@ -414,9 +414,11 @@ def default_cache_dir() -> Path:
 
 
 def _cached_manifest(folder: Path, key: str) -> Path | None:
-    """folder's manifest when its synthetic.json records `key`; an absent, unreadable or cut-short
-    marker is a folder still being written or left half-written, so None."""
-    return folder / "manifest.jsonl" if _marker_key(folder) == key else None
+    """folder's manifest when its synthetic.json records `key` and the manifest is there; an absent,
+    unreadable or cut-short marker is a folder still being written or left half-written, and a missing
+    manifest (a cache cleaner's, a user's tidying) one to write again, so None."""
+    manifest = folder / "manifest.jsonl"
+    return manifest if _marker_key(folder) == key and manifest.is_file() else None
 
 
 def _staging_owner() -> str:
@@ -428,8 +430,8 @@ def _staging_owner() -> str:
 def _remove_abandoned_staging(parent: Path, key: str) -> None:
     """Removes the staging folders of `key` whose process, on this machine, has ended without removing
     its own (killed: SIGKILL, out of memory): each would hold a partial copy of the dataset for good; and
-    the stale cache folders such a process moved aside (named after its staging folder) and was killed
-    while removing.
+    the stale cache folders (or files or links in a cache folder's place) such a process moved aside (named
+    after its staging folder) and was killed while removing.
     Staging folders of live processes or of another machine, and names of another form, are left alone
     (a name without a machine is an earlier tgfr's, taken for this machine's), and so is one whose lock
     (folder_lock, which its owner holds while it generates) is held: its owner may be a process that this
@@ -442,6 +444,12 @@ def _remove_abandoned_staging(parent: Path, key: str) -> None:
         try:
             os.kill(int(owner), 0)
         except ProcessLookupError:
+            if staging.name.endswith("-stale") and (staging.is_symlink() or not staging.is_dir()):
+                # folder_lock cannot open a file, and rmtree refuses a link. No lock is needed: only the dead
+                # owner's rename made this name.
+                with contextlib.suppress(OSError):  # already gone, or not ours to remove: the run goes on
+                    staging.unlink()
+                continue
             # Where the file system has no locks, the process id alone decides.
             with contextlib.suppress(ValueError, OSError):  # held, or already gone
                 with folder_lock(staging, in_use=f"staging folder {staging} is in use"):
@@ -454,11 +462,12 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
                              workers: int = 2) -> Path:
     """Manifest of a synthetic dataset in <cache_dir>/synthetic/<config key>, generated on first use.
 
-    A folder is reused only when its synthetic.json records the same key. The dataset is generated
-    in a temporary sibling folder and renamed into place, so neither an interrupted run nor a
-    process generating it at the same time is ever seen half-written; of two processes that
-    generate it at once, the one whose rename comes second uses the other's folder. A folder that
-    cannot be made there (a file in the way, no permission) is a ValueError naming cache_dir and the path.
+    A folder is reused only when its synthetic.json records the same key and its manifest.jsonl is there
+    (else it is generated again). The dataset is generated in a temporary sibling folder and renamed
+    into place, so neither an interrupted run nor a process generating it at the same time is ever seen
+    half-written; of two processes that generate it at once, the one whose rename comes second uses the
+    other's folder. A folder that cannot be made there (a file in the way, no permission) is a
+    ValueError naming cache_dir and the path.
     """
     if isinstance(preset, str):
         if preset not in SYNTHETIC_PRESETS:
