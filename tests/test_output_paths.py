@@ -278,14 +278,20 @@ def test_an_error_written_in_the_staging_folder_names_the_files_place(tmp_path):
     assert list(folder.iterdir()) == []
 
 
-@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
-def test_a_folder_entry_whose_new_one_cannot_take_its_name_is_put_back(tmp_path, monkeypatch, failure):
-    """rename(2) fails with ENOSPC when the folder must grow, and a Ctrl-C can land between the two renames of a
-    folder entry: the old folder stayed under a hidden name only, and the new one went with the staging folder."""
+def old_checkpoint(tmp_path: Path) -> Path:
+    """A folder of a weights folder and a config file, each saying "old"."""
     folder = tmp_path / "ckpt"
     (folder / "weights").mkdir(parents=True)
     (folder / "weights" / "w.bin").write_text("old weights")
     (folder / "config.json").write_text("old config")
+    return folder
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_a_folder_entry_whose_new_one_cannot_take_its_name_is_put_back(tmp_path, monkeypatch, failure):
+    """rename(2) fails with ENOSPC when the folder must grow, and a Ctrl-C can land between the two renames of a
+    folder entry: the old folder stayed under a hidden name only, and the new one went with the staging folder."""
+    folder = old_checkpoint(tmp_path)
     rename = os.rename
 
     def failing_once(source, destination):
@@ -315,10 +321,7 @@ def test_a_folder_entry_interrupted_just_after_its_new_one_took_its_name_stays_n
     """A Ctrl-C landing after the new folder's rename into place, before the old one's removal: renaming the old one
     back over the new one would fail (ENOTEMPTY in place of the KeyboardInterrupt, the old copy left hidden), or, with
     an empty new folder, silently put the old one back."""
-    folder = tmp_path / "ckpt"
-    (folder / "weights").mkdir(parents=True)
-    (folder / "weights" / "w.bin").write_text("old weights")
-    (folder / "config.json").write_text("old config")
+    folder = old_checkpoint(tmp_path)
     rename = os.rename
 
     def interrupted_after_the_rename(source, destination):
