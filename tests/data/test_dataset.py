@@ -82,6 +82,21 @@ def test_train_transform_flip_and_grayscale():
     assert TrainTransform()(image, np.random.default_rng(7)).equal(TrainTransform()(image, np.random.default_rng(7)))
 
 
+def test_train_transform_flips_with_probability_flip_p_and_takes_only_a_generator():
+    """flip_p 0 never mirrors (the stages that pair images with captions saying left and right), 1 always; the
+    p = 0.5 test above cannot tell `random() < p` from `random() > p`. An int for rng failed at rng.random()."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    plain = EvalTransform()(image)
+    for seed in range(20):
+        assert torch.equal(TrainTransform(flip_p=0.0, grayscale_p=0.0)(image, np.random.default_rng(seed)), plain)
+        assert torch.equal(TrainTransform(flip_p=1.0, grayscale_p=0.0)(image, np.random.default_rng(seed)),
+                           plain.flip(-1))
+    for rng, name in ((5, "int"), (np.random.RandomState(0), "RandomState")):
+        with pytest.raises(TypeError, match=re.escape(f"rng must be a numpy.random.Generator "
+                                                      f"(numpy.random.default_rng(seed)), got {name}")):
+            TrainTransform()(image, rng)
+
+
 def image_of_mode(mode: str, tmp_path):
     """A 40 x 30 image file in `mode` and the image as Image.open gives it."""
     grey = np.random.default_rng(2).integers(0, 256, (30, 40), dtype=np.uint8)
@@ -237,6 +252,24 @@ def test_collate_tokenizes(manifest):
     assert single["input_ids"].shape == (3, 6) and "all_input_ids" not in single
 
 
+def test_a_batchs_attention_mask_is_its_first_captions_among_captions_of_other_lengths(tmp_path):
+    """The fixture's captions all have one length, so every caption's mask is the same: a batch pairing caption 0's
+    ids with another caption's mask passed."""
+    records = [ManifestRecord(f"{i}.png", str(i), "train", ("a b", "a b c d e f")) for i in range(4)]
+    for record in records:
+        Image.new("RGB", (8, 8)).save(tmp_path / record.path)
+    dataset = FaceCaptionDataset(records, root=tmp_path, captions_per_sample=2)
+    collate = CaptionCollator(WordTokenizer(), max_length=8)
+    batch = collate([dataset[i] for i in range(4)])
+    for k in range(2):
+        input_ids, attention_mask = collate.tokenize([captions[k] for captions in batch["all_captions"]])
+        assert torch.equal(batch["all_input_ids"][:, k], input_ids)
+        assert torch.equal(batch["all_attention_mask"][:, k], attention_mask)
+    input_ids, attention_mask = collate.tokenize(batch["captions"])
+    assert torch.equal(batch["input_ids"], input_ids) and torch.equal(batch["attention_mask"], attention_mask)
+    assert not torch.equal(batch["all_attention_mask"][:, 0], batch["all_attention_mask"][:, 1])
+
+
 def test_collate_without_tokens_for_training(manifest):
     # Training looks captions up in precomputed features: its batches skip the tokenizer.
     dataset = FaceCaptionDataset(manifest, split="train", captions_per_sample=2, transform=TrainTransform())
@@ -361,7 +394,7 @@ def test_keys_carrying_the_epoch_reach_persistent_workers(manifest, context):
 
 def test_items_are_indexed_as_a_list_is(manifest):
     dataset = FaceCaptionDataset(manifest, split="train")
-    assert dataset[-1]["index"] == len(dataset) - 1
+    assert dataset[-1]["index"] == len(dataset) - 1 and dataset[-len(dataset)]["index"] == 0
     assert dataset[-1]["caption"] == dataset[len(dataset) - 1]["caption"]
     assert dataset[torch.tensor(3)]["index"] == 3  # SubsetRandomSampler's indices are 0-d tensors
     assert dataset[(np.int64(2), 1)]["index"] == 2
@@ -416,8 +449,14 @@ def test_bad_arguments(manifest, monkeypatch):
     monkeypatch.setattr(DecodedImageCache, "check", lambda self, path: checked.append(path))
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         FaceCaptionDataset(manifest, seed=-1)
+    # numpy takes a seed of 2**32 as the words (0, 1): its epoch 0 would draw as seed 0's epoch 1.
+    aliases = [np.random.SeedSequence(key).generate_state(4).tolist() for key in ((2**32, 0, 0), (0, 1, 0))]
+    assert aliases[0] == aliases[1]
+    with pytest.raises(ValueError, match=re.escape(f"seed must be an integer in [0, {2**32}), got {2**32}")):
+        FaceCaptionDataset(manifest, seed=2**32)
     assert not checked  # refused before any image is decoded
     monkeypatch.undo()
+    assert FaceCaptionDataset(manifest, seed=2**32 - 1).seed == 2**32 - 1
     with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
         FaceCaptionDataset(manifest).set_epoch(-1)
     with pytest.raises(TypeError, match="epoch must be an integer, got float 1.5"):
@@ -677,6 +716,19 @@ def test_check_captions_counts_the_captions_it_cuts(tmp_path):
     assert CaptionCollator(WordTokenizer(), max_length=5).check_captions(dataset) == 0
 
 
+@pytest.mark.parametrize("chunk, error", [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_check_captions_takes_a_positive_chunk(tmp_path, chunk, error):
+    """chunk=-1 returned 0 having checked nothing (here no caption counted as cut); 0 failed with range()'s own
+    error."""
+    record = ManifestRecord("0.png", "0", "train", ("a b", "a b c d e f g h"))
+    Image.new("RGB", (8, 8)).save(tmp_path / record.path)
+    collate = CaptionCollator(WordTokenizer(), max_length=4)
+    dataset = FaceCaptionDataset([record], root=tmp_path)
+    with pytest.raises(error, match="^chunk must be an integer"):
+        collate.check_captions(dataset, chunk=chunk)
+    assert collate.check_captions(dataset, chunk=1) == 1
+
+
 def _train_items(dataset):
     return [dataset[index]["image"] for index in range(len(dataset))]
 
@@ -692,6 +744,18 @@ def test_image_cache_keeps_what_fits_and_items_stay_bitwise_the_same(manifest, s
     for epoch in (0, 1):
         cached.set_epoch(epoch), plain.set_epoch(epoch)
         assert all(torch.equal(a, b) for a, b in zip(_train_items(cached), _train_items(plain), strict=True))
+
+
+def test_an_image_skipped_for_want_of_captions_is_not_decoded_into_the_cache(tmp_path):
+    """Decoded before its captions were looked at, it kept the budget from the images kept, which were then read
+    from disk every epoch."""
+    records = [ManifestRecord(f"{i}.png", str(i), "train", () if i < 2 else (f"caption {i}",)) for i in range(4)]
+    for record in records:
+        Image.new("RGB", (8, 8)).save(tmp_path / record.path)
+    cache = DecodedImageCache(2 * 8 * 8 * 4)  # room for two images
+    dataset = FaceCaptionDataset(records, root=tmp_path, bad_images="skip", image_cache=cache)
+    assert dataset.skipped == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    assert set(cache.sizes) == {tmp_path / "2.png", tmp_path / "3.png"} and len(cache) == 2
 
 
 def test_cached_images_are_not_read_again(manifest, monkeypatch):

@@ -12,7 +12,8 @@ from PIL import Image, ImageFilter, ImageOps
 import tgfr.data.degrade as degrade_module
 from tgfr.cli import main
 from tgfr.data.degrade import (add_gaussian_noise, adjust_brightness, adjust_hue, check_recipe_fits, degrade_image,
-                               degrade_manifest, degrade_records, down_up, gaussian_blur, image_rng, jpeg)
+                               degrade_manifest, degrade_records, degraded_path, down_up, gaussian_blur, image_rng,
+                               jpeg)
 from tgfr.data.files import load_image
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.synthetic import GENERATOR_VERSION
@@ -323,6 +324,23 @@ def test_degraded_images_depend_on_the_seed_and_the_path(tmp_path):
     assert copies[0][0] != copies[0][1]  # the same face at paths a/ and b/
 
 
+def test_a_degraded_copy_degraded_again_records_every_recipe_since_the_clean_image(tmp_path):
+    """Its images are celeba then jpeg30: meta "recipe" said jpeg30 alone, and so did `tgfr evaluate`'s report.
+    "source" stays the image degraded (protocol.py maps degraded pairs through it), and the image is jpeg30 of it."""
+    manifest = make_manifest(tmp_path)
+    degrade_manifest(manifest, "test", "celeba", seed=2, out_manifest=manifest)
+    degrade_manifest(manifest, "test_degraded", "jpeg30", name="twice", seed=5, out_manifest=manifest)
+    records = {r.path: r for r in read_manifest(manifest)}
+    twice = [r for r in records.values() if r.split == "twice"]
+    assert len(twice) == 4
+    for record in twice:
+        source = records[record.meta["source"]]
+        assert source.split == "test_degraded" and source.meta["recipe"] == "celeba"
+        assert record.meta == {"source": source.path, "recipe": "celeba+jpeg30", "seed": 5}
+        expected = degrade_image(load_image(tmp_path / source.path), "jpeg30", image_rng(5, source.path))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+
+
 def test_degrade_missing_image(tmp_path):
     manifest = make_manifest(tmp_path)
     (tmp_path / "images/test/2/2_0.png").unlink()
@@ -474,6 +492,21 @@ def test_a_degrade_whose_manifest_fails_to_write_leaves_the_copy_as_it_was_and_r
         source = record.meta["source"]
         expected = degrade_image(Image.open(tmp_path / source), "jpeg30", image_rng(0, source))
         assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+
+
+def test_a_dangling_link_where_a_degraded_image_goes_is_put_back_when_the_manifest_fails_to_write(tmp_path,
+                                                                                                   monkeypatch):
+    """A link to no file is no file to os.path.exists: it was neither set aside nor put back, and a failed copy
+    left nothing at its place."""
+    manifest = make_manifest(tmp_path)
+    link = tmp_path / "test_degraded/images/test/0/0_0.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("gone.png")
+    monkeypatch.setattr(degrade_module, "write_manifest", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        degrade_manifest(manifest, "test", "down16")
+    assert link.is_symlink() and os.readlink(link) == "gone.png"
+    assert sorted(path.name for path in (tmp_path / "test_degraded").rglob("*")) == ["0", "0_0.png", "images", "test"]
 
 
 def test_a_degrade_cut_short_among_its_moves_into_place_puts_the_earlier_copy_back(tmp_path, monkeypatch):
@@ -637,6 +670,14 @@ def test_degrade_records_refuses_to_overwrite_a_listed_image(tmp_path):
     assert not (tmp_path / "test_degraded").exists()
 
 
+def test_a_degraded_path_is_that_of_the_normalized_path():
+    """"a/../b.jpg" is the image "b.jpg": its copy is the same file, and protocol.py matches the copy of a gallery
+    image by this name. Unnormalized, ".." became "__" inside: "copy/a/__/b.png"."""
+    for path, same in (("a/../b.jpg", "b.jpg"), ("a/./b.jpg", "a/b.jpg"), ("a//b.jpg", "a/b.jpg")):
+        assert degraded_path("copy", path) == degraded_path("copy", same) == f"copy/{same[:-4]}.png"
+    assert degraded_path("copy", "../data/x.jpg") == "copy/__/data/x.png"
+
+
 def test_degrade_refuses_two_images_with_one_degraded_path(tmp_path):
     (tmp_path / "img").mkdir()
     face(0).save(tmp_path / "img/1.jpg")
@@ -664,6 +705,20 @@ def test_degrade_refuses_a_folder_holding_another_manifests_copy(tmp_path):
         expected = down_up(Image.open(tmp_path / record.meta["source"]).convert("RGB"), 16)
         assert record.meta["recipe"] == "down16"
         assert np.array_equal(np.asarray(Image.open(tmp_path / record.path)), np.asarray(expected))
+
+
+def test_degrade_refuses_a_folder_whose_files_the_out_manifest_lists_under_another_split(tmp_path):
+    """--out-manifest, about to be replaced, lists the folder's file as a training image, not as the copy: the
+    copy would overwrite that manifest, which then lists the file nowhere."""
+    manifest = make_manifest(tmp_path)
+    (tmp_path / "test_degraded").mkdir()
+    face(8).save(tmp_path / "test_degraded/8.png")
+    other = write_manifest(tmp_path / "other.jsonl", [ManifestRecord("test_degraded/8.png", "8", "train", ("c",))])
+    before = files_of(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"folder {tmp_path / 'test_degraded'} already holds 1 file(s) that "
+                                                   f"{other} does not list under split 'test_degraded'")):
+        degrade_manifest(manifest, "test", "down16", out_manifest=other)
+    assert files_of(tmp_path) == before
 
 
 def test_in_place_replacement_checks_every_source_before_writing(tmp_path):

@@ -16,13 +16,16 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import tgfr.data.image_cache as image_cache_module
 import tgfr.evaluation.plots as plots_module
 import tgfr.evaluation.run as run_module
 from tgfr.cli import main
-from tgfr.data.manifest import read_manifest, records_digest, write_manifest
+from tgfr.data.degrade import degrade_manifest
+from tgfr.data.manifest import ManifestRecord, read_manifest, records_digest, write_manifest
 from tgfr.evaluation import evaluate
+from tgfr.evaluation.report import _split_lines
 from tgfr.models import load_tgfr_model, save_tgfr_model
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.config import EvaluationConfig, load_config, to_toml
@@ -137,6 +140,24 @@ def test_each_splits_pictures_show_that_splits_curves(tiny_run, tmp_path, monkey
 def section(report: str, heading: str) -> str:
     """The text of report.md's section `## heading (...`, up to the next section."""
     return report.split(f"\n## {heading} (")[1].split("\n## ")[0]
+
+
+def test_a_split_degraded_twice_is_reported_with_both_recipes(tmp_path):
+    """A celeba copy degraded again with jpeg30 was reported as "all degraded with `jpeg30`": `tgfr data degrade`
+    recorded the last recipe only."""
+    records = []
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        records.append(ManifestRecord(f"{i}.png", str(i), "test", ("a face",)))
+    manifest = write_manifest(tmp_path / "m.jsonl", records)
+    degrade_manifest(manifest, "test", "celeba", out_manifest=manifest)
+    degrade_manifest(manifest, "test_degraded", "jpeg30", name="twice", out_manifest=manifest)
+    splits = {"clean": "test", "once": "test_degraded", "twice": "twice"}
+    contents = run_module._split_contents(EvaluationConfig(splits=splits), read_manifest(manifest), None)
+    assert {name: content["degradations"] for name, content in contents.items()} == {
+        "clean": {"none": 3}, "once": {"celeba": 3}, "twice": {"celeba+jpeg30": 3}}
+    assert _split_lines(contents["twice"], "train")[0].startswith("Images: all degraded with `celeba+jpeg30`.")
 
 
 def test_the_report_says_what_each_split_holds_and_how_training_degraded(tiny_run, tmp_path, capsys):

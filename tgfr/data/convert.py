@@ -367,7 +367,7 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
         raise ValueError(f"images_dir {images_dir} must lie inside the manifest folder {root}")
     celeba_identity = _read_identity_file(Path(identity_file))
     mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping else None
-    records, skipped = [], []
+    images, skipped = [], []  # (path, identity, captions) of each image kept, its split drawn once all are read
     for name in sorted(table, key=lambda n: (len(n), n)):
         captions = _dialog_captions(table[name], f"{captions_json}: entry {name!r}")
         celeba_name = mapping.get(Path(name).stem) if mapping is not None else name
@@ -388,12 +388,13 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
             skipped.append(problem)
             continue
         path = (PurePosixPath(images_folder) / name).as_posix()
-        records.append(ManifestRecord(path, celeba_identity[celeba_name], "", tuple(captions)))
-    if not records:
+        images.append((path, celeba_identity[celeba_name], tuple(captions)))
+    if not images:
         raise ValueError(f"no images found: every one of the {len(skipped)} image(s) of {captions_json} was "
                          f"skipped, the first because: {skipped[0]}")
-    splits = _dialog_splits(records, split_file, fractions, seed)
-    return [ManifestRecord(r.path, r.identity, split, r.captions) for r, split in zip(records, splits)], skipped
+    splits = _dialog_splits([(path, identity) for path, identity, _ in images], split_file, fractions, seed)
+    return [ManifestRecord(path, identity, split, captions)
+            for (path, identity, captions), split in zip(images, splits)], skipped
 
 
 def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
@@ -441,20 +442,20 @@ def seeded_identity_split(identity: str, seed: int, fractions: Sequence[float] =
     return "train" if position < fractions[0] else "val" if position < fractions[0] + fractions[1] else "test"
 
 
-def _dialog_splits(records: list[ManifestRecord], split_file: str | Path | None, fractions: Sequence[float],
+def _dialog_splits(images: list[tuple[str, str]], split_file: str | Path | None, fractions: Sequence[float],
                    seed: int) -> list[str]:
-    """The split of each record, from the split file or by seeded_identity_split."""
+    """The split of each image, given as (path, identity), from the split file or by seeded_identity_split."""
     if split_file is None:
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
             raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                              f"got {fractions}")
-        splits = [seeded_identity_split(r.identity, seed, fractions) for r in records]
+        splits = [seeded_identity_split(identity, seed, fractions) for _, identity in images]
         # Per-identity draws can leave a small set's val or test split empty (10 identities: often),
         # which would otherwise show only at evaluation.
         empty = [name for name, fraction in zip(("train", "val", "test"), fractions) if fraction > 0
                  and name not in splits]
         if empty:
-            identities = len({r.identity for r in records})
+            identities = len({identity for _, identity in images})
             warnings.warn(f"the seeded split (--seed {seed}) of {identities} identities leaves split(s) "
                           f"{', '.join(empty)} empty: convert more identities, try another --seed, or give "
                           "--split-file", stacklevel=2)
@@ -462,14 +463,14 @@ def _dialog_splits(records: list[ManifestRecord], split_file: str | Path | None,
     split_file = Path(split_file)
     table = _read_dialog_split_file(split_file)
     splits, first_of_identity = [], {}
-    for record in records:
-        name = Path(record.path).name
+    for path, identity in images:
+        name = Path(path).name
         if name not in table:
             raise ValueError(f"split file {split_file} does not list image {name}")
         # An identity in two splits would be trained on and tested with, and a test leak.
-        other = first_of_identity.setdefault(record.identity, (name, table[name]))
+        other = first_of_identity.setdefault(identity, (name, table[name]))
         if other[1] != table[name]:
-            raise ValueError(f"split file {split_file} puts identity {record.identity} in two splits: image "
+            raise ValueError(f"split file {split_file} puts identity {identity} in two splits: image "
                              f"{other[0]} in {other[1]!r} and image {name} in {table[name]!r}")
         splits.append(table[name])
     return splits

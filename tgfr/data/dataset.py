@@ -15,6 +15,7 @@ from tgfr.data.transforms import EvalTransform
 from tgfr.validation import check_count
 
 Transform = Callable[..., torch.Tensor]
+SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT): numpy's SeedSequence reads a larger one as two words
 
 
 def manifest_record_hint(manifest: str | Path) -> str:
@@ -31,7 +32,7 @@ class FaceCaptionDataset(Dataset):
         transform: called as transform(pil_image, rng) -> (3, 112, 112) tensor; EvalTransform by default.
         captions_per_sample: captions drawn per item (without replacement while the image has enough;
             sample_captions).
-        seed: base seed; with `set_epoch` every caption draw and random transform is reproducible.
+        seed: base seed in [0, 2**32); with `set_epoch` every caption draw and random transform is reproducible.
         bad_images: "error" (default) raises naming the first missing or corrupt image (files.check_image),
             or with require_captions one without captions, at construction; "skip" drops such images and
             lists their paths in `skipped`.
@@ -75,6 +76,10 @@ class FaceCaptionDataset(Dataset):
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         seed = check_count("seed", seed, minimum=0)  # before every image is decoded
+        # numpy.random.SeedSequence takes a larger seed as two 32-bit words: (seed 2**32, epoch 0) drew as
+        # (seed 0, epoch 1).
+        if seed >= SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT}), got {seed}")
         records = select_split(records, split)
         self.image_cache = image_cache if image_cache is not None else DecodedImageCache(0)
         self.bad_image_hint = bad_image_hint
@@ -83,10 +88,12 @@ class FaceCaptionDataset(Dataset):
         for record in records:
             path = manifest_root / record.path
             try:
-                self.image_cache.check(path)
+                # Before the image is decoded: an image skipped for want of captions kept in the cache would spend
+                # the budget of those kept.
                 if require_captions and not record.captions:
                     raise ValueError(f"image {record.path} has no captions in the manifest, and a text-guided model "
                                      f"reads one of every image")
+                self.image_cache.check(path)
             except ValueError as error:
                 if bad_images == "error":
                     raise ValueError(f"{error} ({bad_image_hint})") from None
@@ -204,10 +211,12 @@ class CaptionCollator:
         """Raises a ValueError naming the image and the caption when a caption of `dataset` tokenizes to
         no more tokens than "" does (no word: say only zero-width spaces, which manifests accept). The
         text encoder refuses such a caption, so training would stop at the first batch drawing it.
-        first_only: check each image's first caption only (the one evaluation embeds).
+        first_only: check each image's first caption only (the one evaluation embeds). chunk: how many captions
+        are tokenized per call (a positive integer).
 
         Returns how many distinct captions have more than max_length tokens, so that `tokenize` cuts
         off their last words."""
+        chunk = check_count("chunk", chunk)  # else range() checked nothing for a negative chunk, or raised for 0
         special_tokens = int(self.tokenize([""])[1].sum())
         captions = sorted({caption for record in dataset.records
                            for caption in (record.captions[:1] if first_only else record.captions)})

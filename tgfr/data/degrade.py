@@ -275,8 +275,9 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
 
     New records keep identity and captions, take split `split_name`, path
     "<folder>/<old path>.png" (folder, one plain folder name, defaults to split_name; each ".."
-    of the old path becomes "__") and meta {"source", "recipe", "seed"}, which with the
-    source's path seed the image's degradation (image_rng). Nothing is written when a
+    of the old path becomes "__") and meta {"source", "recipe", "seed"}: the image is `recipe` applied
+    to `source` with image_rng(seed, source), and meta "recipe" is every degradation since the clean
+    image (_recipe_chain: "celeba+jpeg30" for a celeba copy degraded with jpeg30). Nothing is written when a
     degraded image would land outside root/folder, on an image of `listed` (paths relative to
     root that must stay as they are) or on another record's degraded image.
     Returns (records, errors): with bad_images="skip" unreadable images are left out and their
@@ -327,7 +328,7 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
         if bad_images == "error":
             _raise_first(errors)  # a file that changed since its check
         degraded = [ManifestRecord(path, r.identity, split_name, r.captions,
-                                   {"source": r.path, "recipe": recipe, "seed": seed})
+                                   {"source": r.path, "recipe": _recipe_chain(r, recipe), "seed": seed})
                     for r, path, error in zip(records, new_paths, errors) if error is None]
         failed = [error for error in errors if error is not None]
         placed: list[tuple[Path, Path | None]] = []
@@ -355,6 +356,14 @@ def degrade_records(records: Sequence[ManifestRecord], root: str | Path, recipe:
         if not holds_earlier:
             shutil.rmtree(staging, ignore_errors=True)
     return degraded, failed
+
+
+def _recipe_chain(source: ManifestRecord, recipe: str) -> str:
+    """What the degraded copy of `source` has been through: `recipe` after the source's own meta "recipe" (a
+    str, as degrade_records records it), so that `tgfr evaluate` reports a copy of a copy as "celeba+jpeg30",
+    not as the jpeg30 alone that made it from its celeba source."""
+    earlier = source.meta.get("recipe")
+    return f"{earlier}+{recipe}" if isinstance(earlier, str) and earlier else recipe
 
 
 def _make_folders(folder: Path) -> list[Path]:

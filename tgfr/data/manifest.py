@@ -47,6 +47,38 @@ class ManifestRecord:
     captions: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        """Holds a record built in Python (FaceCaptionDataset's records, degrade_records' input) to the
+        manifest reader's rules, which read_manifest prefixes with the file and line: a str of captions was
+        sampled one letter a caption, an int identity failed in identity_labels naming nothing. A list of
+        captions becomes a tuple."""
+        path, identity, split, captions, meta = self.path, self.identity, self.split, self.captions, self.meta
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"'path' must be a non-empty string, got {path!r}")
+        if "\0" in path:  # no file name holds one: opening it failed with "embedded null byte", naming no file
+            raise ValueError(f"'path' holds a NUL character, which no file name can: {path!r}")
+        if Path(path).is_absolute():
+            raise ValueError(f"'path' must be relative to the manifest's folder, got {path!r}")
+        if not isinstance(identity, str) or not identity:
+            raise ValueError(f"'identity' must be a non-empty string, got {identity!r}")
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"'split' must be a non-empty string, got {split!r}")
+        # A CSV cell "b.png, 7, train" holds " 7" and " train": another identity than "7" (a negative of
+        # person 7's own images in the contrastive losses) and a split that select_split("train") leaves out.
+        for name, value in (("identity", identity), ("split", split)):
+            if not value.strip():
+                raise ValueError(f"{name!r} must not be blank, got {value!r}")
+            if value != value.strip():
+                raise ValueError(f"{name!r} {value!r} begins or ends with white space, which is part of the "
+                                 f"{name}, not ignored ({value!r} is not {value.strip()!r}); remove it")
+        if not isinstance(captions, (tuple, list)) or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise ValueError(f"'captions' must be a list of non-empty strings, got {captions!r}")
+        for caption in captions:
+            check_caption_utf8(f"a caption of image {path!r}", caption)
+        if not isinstance(meta, dict):
+            raise ValueError(f"'meta' must be a JSON object, got {meta!r}")
+        object.__setattr__(self, "captions", tuple(captions))  # frozen
+
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
             "path": self.path,
@@ -69,33 +101,16 @@ def _record_from_row(row: Any, where: str) -> ManifestRecord:
         raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} (a record has the fields "
                          f"{', '.join(_RECORD_FIELDS)}; other data goes into meta)")
     path, identity, split, captions = (row[name] for name in MANIFEST_FIELDS)
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"{where}: 'path' must be a non-empty string, got {path!r}")
-    if "\0" in path:  # no file name holds one: opening it failed with "embedded null byte", naming no file
-        raise ValueError(f"{where}: 'path' holds a NUL character, which no file name can: {path!r}")
-    if Path(path).is_absolute():
-        raise ValueError(f"{where}: 'path' must be relative to the manifest's folder, got {path!r}")
+    # The reader's own rules (an integer identity, a JSON list of captions); ManifestRecord checks the rest.
     if isinstance(identity, bool) or not isinstance(identity, (str, int)) or identity == "":
         raise ValueError(f"{where}: 'identity' must be a non-empty string or an integer, got {identity!r}")
-    if not isinstance(split, str) or not split:
-        raise ValueError(f"{where}: 'split' must be a non-empty string, got {split!r}")
-    # A CSV cell "b.png, 7, train" holds " 7" and " train": another identity than "7" (a negative of
-    # person 7's own images in the contrastive losses) and a split that select_split("train") leaves out.
-    for name, value in (("identity", str(identity)), ("split", split)):
-        if not value.strip():
-            raise ValueError(f"{where}: {name!r} must not be blank, got {value!r}")
-        if value != value.strip():
-            raise ValueError(f"{where}: {name!r} {value!r} begins or ends with white space, which is part of the "
-                             f"{name}, not ignored ({value!r} is not {value.strip()!r}); remove it")
-    if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
+    if not isinstance(captions, list):
         raise ValueError(f"{where}: 'captions' must be a list of non-empty strings, got {captions!r}")
-    for caption in captions:
-        check_caption_utf8(f"{where}: a caption of image {path!r}", caption)
     # Not `or {}`: a [], 0, false or "" (a column of other data, shifted) read as no meta without a word.
-    meta = row.get("meta", {})
-    if not isinstance(meta, dict):
-        raise ValueError(f"{where}: 'meta' must be a JSON object, got {meta!r}")
-    return ManifestRecord(path, str(identity), split, tuple(captions), meta)
+    try:
+        return ManifestRecord(path, str(identity), split, captions, row.get("meta", {}))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _parse_json_cell(text: str, column: str, where: str) -> Any:
@@ -174,9 +189,9 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
 def _not_utf8(record: ManifestRecord, raw_meta: bool) -> str | None:
     """Name of the first field of `record` that UTF-8 cannot encode, else None: one holding a lone
     surrogate, which is how Python spells the bytes of a file name that is not UTF-8 (Latin-1
-    "Jos\\xe9"). `raw_meta`: meta is written unescaped (JSON Lines), not as ASCII JSON (CSV)."""
+    "Jos\\xe9"). `raw_meta`: meta is written unescaped (JSON Lines), not as ASCII JSON (CSV). Captions are not
+    looked at: ManifestRecord refuses one that UTF-8 cannot encode."""
     fields = {"path": [record.path], "identity": [record.identity], "split": [record.split],
-              "captions": list(record.captions),
               "meta": [json.dumps(record.meta, ensure_ascii=False)] if raw_meta else []}
     for name, texts in fields.items():
         for text in texts:
@@ -196,15 +211,9 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
     path = Path(path)
     records = list(records)
     as_csv = path.suffix.lower() == ".csv"
-    # What read_manifest would refuse (an empty identity or split, a blank caption) is refused here, where the
-    # record is written, not when the manifest is next read; text that is not UTF-8 is named below.
+    # ManifestRecord refuses what read_manifest would (an empty identity or split, a blank caption) where the record
+    # is made; a meta JSON cannot hold is refused here, and text that is not UTF-8 is named below.
     for index, record in enumerate(records):
-        try:
-            _record_from_row(record.to_json(), f"cannot write manifest {path}: record {index} (image "
-                                               f"{ascii(record.path)})")
-        except ValueError:
-            if _not_utf8(record, not as_csv) is None:
-                raise
         try:  # a numpy number, keys of two types (sorted), a loop: json.dumps's error below named nothing
             json.dumps(record.meta, sort_keys=True)
         except (TypeError, ValueError) as error:

@@ -53,9 +53,12 @@ class TrainTransform:
         self.size, self.flip_p, self.grayscale_p = check_count("size", size), float(flip_p), float(grayscale_p)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """As EvalTransform, with the random flip and greyscale drawn from `rng`."""
-        image = _resized(to_rgb(image), self.size)
+        """As EvalTransform, with the random flip and greyscale drawn from `rng` (None: a fresh generator)."""
         rng = rng if rng is not None else np.random.default_rng()
+        if not isinstance(rng, np.random.Generator):  # an int failed at rng.random(), naming no argument
+            raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), got "
+                            f"{type(rng).__name__}")
+        image = _resized(to_rgb(image), self.size)
         if rng.random() < self.flip_p:
             image = ImageOps.mirror(image)
         if rng.random() < self.grayscale_p:

@@ -165,8 +165,9 @@ def _trained_split_digest(run: Path) -> str | None:
 def _split_contents(evaluation: EvaluationConfig, records: list[ManifestRecord],
                     trained_identities: set[str] | None) -> dict[str, dict[str, Any]]:
     """Per report name: its manifest split, the degradation recipes of its images with their counts (meta
-    "recipe", as `tgfr data degrade` records it; "none" for an image without one), its identities, and how
-    many of them the training split holds (None where that split is not known)."""
+    "recipe", as `tgfr data degrade` records it: every recipe since the clean image, "celeba+jpeg30" for a celeba
+    copy degraded again with jpeg30; "none" for an image without one), its identities, and how many of them the
+    training split holds (None where that split is not known)."""
     contents = {}
     for name, split in evaluation.splits.items():
         kept = [record for record in records if record.split == split]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from tgfr.data.dataset import SEED_LIMIT
 from tgfr.data.degrade import check_recipe_fits, parse_recipe
 from tgfr.data.synthetic import GENERATOR_VERSION, SIZE_LIMITS as SYNTHETIC_SIZE_LIMITS
 from tgfr.input_paths import file_problem
@@ -37,7 +38,6 @@ from tgfr.validation import check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 STAGES = ("fr", "align", "fuse")
-SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT)
 # The backbone takes any side >= 16, but its fc flattens the last map of (side / 16)^2 cells, so its
 # weights grow with the square of the side: at 1024 (FFHQ's and CelebA-HQ's size, the largest face
 # sets in common use) the default config's fc (iresnet_small, width 16, 128 features) already holds
