@@ -1,6 +1,7 @@
 """parse_json and parse_toml: every malformed input is a json.JSONDecodeError (tomllib.TOMLDecodeError), which
 the readers turn into an error naming the file, not another exception that would name none."""
 
+import csv
 import json
 import re
 import sys
@@ -8,7 +9,7 @@ import tomllib
 
 import pytest
 
-from tgfr.text_formats import parse_json, parse_toml
+from tgfr.text_formats import parse_json, parse_toml, read_csv_lines
 
 
 @pytest.mark.parametrize("text, message", [
@@ -37,3 +38,22 @@ def test_well_formed_json_reads_as_json_loads_reads_it():
 def test_malformed_toml_is_a_toml_decode_error(text, message):
     with pytest.raises(tomllib.TOMLDecodeError, match=f"^{re.escape(message)}$"):
         parse_toml(text)
+
+
+
+def test_csv_lines_are_read_with_their_line_numbers_past_the_csv_modules_field_limit():
+    """Empty lines are left out; a record's number is that of its last line; the module's limit is put back."""
+    limit = csv.field_size_limit()
+    long = "x" * (limit + 1)
+    text = f'a,b\n\n"c\nd",e\n{long}\n'
+    assert read_csv_lines(text, "list f.csv") == [(1, ["a", "b"]), (4, ["c\nd", "e"]), (5, [long])]
+    assert csv.field_size_limit() == limit
+
+
+def test_a_csv_error_names_the_file_and_line(monkeypatch):
+    """Should the field limit stay low (here: not raised), the csv.Error is a ValueError naming file and line."""
+    limit = csv.field_size_limit()
+    monkeypatch.setattr(csv, "field_size_limit", lambda *new_limit: limit)
+    with pytest.raises(ValueError, match=re.escape(f"list f.csv:2: not valid CSV (field larger than field limit "
+                                                   f"({limit}))")):
+        read_csv_lines("a,b\nc," + "x" * (limit + 1) + "\n", "list f.csv")

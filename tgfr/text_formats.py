@@ -1,13 +1,14 @@
 """Parsing JSON, TOML and CSV from files a user hands tgfr (configs, manifests, protocols, summaries), and
 checking that text tgfr writes into such files (or hands to a library that takes UTF-8 paths) is UTF-8."""
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import sys
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 
@@ -58,11 +59,7 @@ def read_csv_rows(text: str, where: str, required: Sequence[str]) -> tuple[list[
     The csv module reads records itself: a quoted field may hold a newline, and only \\r and \\n end a line
     (str.splitlines would also split at U+2028, U+0085, ... inside a field)."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    # No field is longer than the file: tgfr writes cells of any size (many long captions), past the csv
-    # module's default limit of 131072 characters. The limit is module-wide, so it is put back at once.
-    previous_limit = csv.field_size_limit()
-    csv.field_size_limit(max(previous_limit, len(text)))
-    try:
+    with _csv_errors_named(text, where, lambda: reader.reader.line_num):  # DictReader's line_num lags a row
         header = reader.fieldnames or []
         if missing := [name for name in required if name not in header]:
             raise ValueError(f"{where}:1: the CSV header lacks column(s) {', '.join(missing)}")
@@ -75,11 +72,32 @@ def read_csv_rows(text: str, where: str, required: Sequence[str]) -> tuple[list[
                 raise ValueError(f"{where}:{reader.line_num}: the row has {cells} cell{'s' * (cells != 1)}, the "
                                  f"header {len(header)} columns ({', '.join(header)})")
             rows.append((reader.line_num, row))
-    except csv.Error as error:  # DictReader's line_num is still the last row read; its reader's is here
-        raise ValueError(f"{where}:{reader.reader.line_num}: not valid CSV ({error})") from None
+    return header, rows
+
+
+def read_csv_lines(text: str, where: str) -> list[tuple[int, list[str]]]:
+    """The records of CSV `text` that has no header, each as (the number of its last line, its cells); empty
+    lines are left out. A malformed file is a ValueError naming `where` (the file) and the line, as in
+    read_csv_rows, whose field size limit this shares."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    with _csv_errors_named(text, where, lambda: reader.line_num):
+        return [(reader.line_num, row) for row in reader if row]
+
+
+@contextlib.contextmanager
+def _csv_errors_named(text: str, where: str, line_number: Callable[[], int]) -> Iterator[None]:
+    """Reading CSV `text` within the block: the csv module's field size limit raised to the text's length, and a
+    csv.Error raised as a ValueError naming `where` and line_number(). No field is longer than the file: tgfr
+    writes cells of any size (many long captions), past the module's default limit of 131072 characters, and a
+    stray quote makes the rest of a file one field. The limit is module-wide, so it is put back at once."""
+    previous_limit = csv.field_size_limit()
+    csv.field_size_limit(max(previous_limit, len(text)))
+    try:
+        yield
+    except csv.Error as error:
+        raise ValueError(f"{where}:{line_number()}: not valid CSV ({error})") from None
     finally:
         csv.field_size_limit(previous_limit)
-    return header, rows
 
 
 def parse_toml(text: str) -> dict[str, Any]:

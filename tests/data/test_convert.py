@@ -374,6 +374,8 @@ def test_celeba_dialog_corrupt_image(tmp_path):
     # A row without its split was dropped: the error then said the file did not list the image.
     ("splits.csv", "0.jpg,train\n\n1.jpg\n", r"^split file .*splits.csv, line 3: a row must be image,split, got "
                                             r"'1.jpg'$"),
+    # A stray quote made the rest of the file one field, past the csv module's limit: a bare csv.Error.
+    ("splits.csv", '0.jpg,"train\n' + "x.jpg,test\n" * 20000, r"^split file .*splits.csv does not list image 1.jpg$"),
     # Read as CSV, a pickle was "not valid UTF-8 (byte 0)".
     ("splits.pkl", "", r"^split file .*splits.pkl must be .json or .csv: pickles are not read"),
     ("splits.PICKLE", "", r"^split file .*splits.PICKLE must be .json or .csv: pickles are not read"),
@@ -676,6 +678,12 @@ def test_caption_identity_and_mapping_files_end_lines_at_newlines_only(tmp_path,
 def test_split_list_csv_entries_end_at_newlines_only(tmp_path):
     (tmp_path / "list.csv").write_bytes("filename\r\n4/4_1\r\n4/4\u2028_2\n".encode("utf-8"))
     assert read_split_list(tmp_path / "list.csv") == ["4/4_1", "4/4\u2028_2"]
+
+
+def test_a_split_list_csv_with_a_stray_quote_reads_without_a_bare_csv_error(tmp_path):
+    """The quote makes the rest of the list one field, past the csv module's limit: a csv.Error named no file."""
+    (tmp_path / "list.csv").write_text('filename\n4/4_0\n"4/4_1\n' + "4/4_2\n" * 30000)
+    assert read_split_list(tmp_path / "list.csv") == ["4/4_0", ("4/4_1\n" + "4/4_2\n" * 30000).strip()]
 
 
 def test_celeba_dialog_split_csv_fields_are_stripped(tmp_path):

@@ -18,9 +18,7 @@ Released split lists are pickles; unpickling runs code from the file, so they ar
 with trust_pickle=True (CLI: --trust-pickle). JSON lists or CSV files are read otherwise.
 """
 
-import csv
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -31,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
 from tgfr.input_paths import file_problem, is_broken_link
-from tgfr.text_formats import check_caption_utf8, parse_json
+from tgfr.text_formats import check_caption_utf8, parse_json, read_csv_lines
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
 # several, the first in this order is used.
@@ -60,8 +58,8 @@ def read_split_list(path: str | Path, trust_pickle: bool = False) -> list[str]:
         except json.JSONDecodeError as error:
             raise ValueError(f"split list {path} is not valid JSON ({error})") from None
     else:
-        rows = csv.reader(io.StringIO(read_text_file(path, "split list", encoding="utf-8-sig"), newline=""))
-        entries = [row[0].strip() for row in rows if row and row[0].strip() and row[0].strip() != "filename"]
+        rows = read_csv_lines(read_text_file(path, "split list", encoding="utf-8-sig"), f"split list {path}")
+        entries = [row[0].strip() for _, row in rows if row[0].strip() and row[0].strip() != "filename"]
     if not isinstance(entries, list) or not all(isinstance(e, (str, int)) for e in entries):
         raise ValueError(f"split list {path} must hold a list of strings")
     return [str(e) for e in entries]
@@ -415,10 +413,9 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
     else:
         # "0.jpg, train" is how many write a CSV: the split is "train", not " train".
         listed = []
-        rows = csv.reader(io.StringIO(text, newline=""))
-        for row in rows:
+        for line_number, row in read_csv_lines(text, f"split file {split_file}"):
             if len(row) == 1 and row[0].strip():  # dropped, the image seemed unlisted ("does not list image ...")
-                raise ValueError(f"split file {split_file}, line {rows.line_num}: a row must be image,split, got "
+                raise ValueError(f"split file {split_file}, line {line_number}: a row must be image,split, got "
                                  f"{row[0]!r}")
             if len(row) >= 2:
                 listed.append((row[0].strip(), row[1].strip()))
