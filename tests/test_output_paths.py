@@ -259,6 +259,63 @@ def test_a_file_entry_linked_to_another_file_system_that_cannot_take_its_new_fil
     assert list(folder_on_another_file_system.iterdir()) == [weights]
 
 
+def test_files_moved_beside_their_links_targets_are_removed_when_a_later_one_fails(
+        tmp_path, folder_on_another_file_system, monkeypatch):
+    """Two weights files linked to a bigger disk, the second copy failing: the first copy stayed there."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (folder_on_another_file_system / name).write_text("old")
+        (folder / name).symlink_to(folder_on_another_file_system / name)
+    copy, copies = shutil.copyfileobj, []
+
+    def second_copy_fails(source, destination):
+        copies.append(source)
+        if len(copies) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return copy(source, destination)
+
+    monkeypatch.setattr(shutil, "copyfileobj", second_copy_fails)
+    with pytest.raises(OSError, match="No space left on device"):
+        with output_paths.replace_entries_atomically(folder, "checkpoint folder") as staging:
+            for name in ("a.bin", "b.bin"):
+                (staging / name).write_text("new")
+    assert len(copies) == 2
+    assert {path.name: path.read_text() for path in folder_on_another_file_system.iterdir()} == {"a.bin": "old",
+                                                                                                "b.bin": "old"}
+
+
+@pytest.mark.parametrize("name", ["a_weights.bin", "z_weights.bin"])
+def test_a_file_entry_linked_into_a_sub_folder_being_replaced_is_replaced_with_it(tmp_path, name):
+    """Moved beside its target inside enc/, the new file went with the old enc/ when enc/ was replaced first (a
+    FileNotFoundError with enc/ new). Renamed last, through the link, it is what enc/m.bin holds."""
+    folder = tmp_path / "ckpt"
+    (folder / "enc").mkdir(parents=True)
+    (folder / "enc" / "m.bin").write_text("old m")
+    (folder / name).symlink_to("enc/m.bin")
+    with output_paths.replace_entries_atomically(folder, "checkpoint folder", last=(name,)) as staging:
+        (staging / "enc").mkdir()
+        (staging / "enc" / "m.bin").write_text("new m")
+        (staging / name).write_text("new weights")
+    assert (folder / name).is_symlink() and (folder / "enc" / "m.bin").read_text() == "new weights"
+    assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")) == sorted(["enc", "enc/m.bin", name])
+
+
+def test_a_folder_replacing_a_link_to_a_file_elsewhere_leaves_the_file(tmp_path):
+    """The link itself is replaced by the folder; the user's file it linked to stays as it was."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "encoder.bin").write_text("the user's")
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "text_encoder").symlink_to(tmp_path / "shared" / "encoder.bin")
+    with output_paths.replace_entries_atomically(folder, "checkpoint folder") as staging:
+        (staging / "text_encoder").mkdir()
+        (staging / "text_encoder" / "config.json").write_text("new")
+    assert not (folder / "text_encoder").is_symlink()
+    assert (folder / "text_encoder" / "config.json").read_text() == "new"
+    assert (tmp_path / "shared" / "encoder.bin").read_text() == "the user's"
+
+
 def test_a_long_folder_name_leaves_room_for_the_staging_folder(tmp_path):
     """The staging folder was named after the folder, 14 bytes longer: a folder name of 242 to 255 bytes failed."""
     folder = tmp_path / ("r" * 250)

@@ -165,7 +165,9 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
         names = sorted(os.listdir(staging), key=lambda name: (name in last, last.index(name) if name in last else 0))
         for name in names:
             linked = Path(os.path.realpath(target / name))
-            if (staging / name).is_file() and linked.is_file() and linked.parent != target:
+            # A link into the folder (into one of its own sub-folders too, which may be replaced before it)
+            # is replaced within it.
+            if (staging / name).is_file() and linked.is_file() and not linked.is_relative_to(target):
                 beside_targets[name] = _move_beside(staging / name, linked)
         for name in names:
             _replace_entry(beside_targets.get(name, staging / name), target / name)

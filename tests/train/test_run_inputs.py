@@ -5,12 +5,14 @@ not fit the configured backbone, a batch of more identities than the split has, 
 split, a missing training image."""
 
 import dataclasses
+import json
 import os
 import re
 import shutil
 import tomllib
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -100,16 +102,28 @@ def test_image_cache_mib_reaches_training_in_bytes(tmp_path, monkeypatch, mib):
     assert received["image_cache_bytes"] == mib * 1024 * 1024
 
 
-@pytest.mark.parametrize("stop_after", [0, float("nan"), 1.5, True, "3"])
-def test_train_refuses_a_stop_after_that_is_not_an_integer_of_at_least_1(tmp_path, tiny_overrides, stop_after):
+@pytest.mark.parametrize("stop_after, error, message", [
+    (0, ValueError, "stop_after must be an integer >= 1, got 0"),
+    (float("nan"), TypeError, "stop_after must be an integer, got float nan"),
+    (1.5, TypeError, "stop_after must be an integer, got float 1.5"),
+    (True, TypeError, "stop_after must be an integer, got bool True"),
+    ("3", TypeError, "stop_after must be an integer, got str '3'")])
+def test_train_refuses_a_stop_after_that_is_not_an_integer_of_at_least_1(tmp_path, tiny_overrides, stop_after, error,
+                                                                        message):
     """nan passed `stop_after < 1` and then never stopped the loop (the whole run trained and saved model/), "3" failed
     in that comparison with a TypeError naming nothing, and 1.5 and True were taken as 2 and 1 steps."""
     run = tmp_path / "run"
     run.mkdir()
-    with pytest.raises(ValueError, match=r"^stop_after must be an integer >= 1 \(or None\), got "
-                                         rf"{re.escape(repr(stop_after))}$"):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         train(load_config("quick", tiny_overrides), run, stop_after=stop_after)
     assert list(run.iterdir()) == []
+
+
+@pytest.mark.parametrize("stop_after", [np.int64(1), torch.tensor(1)])
+def test_train_takes_a_numpy_or_tensor_integer_as_stop_after(tmp_path, tiny_overrides, stop_after):
+    run = train(load_config("quick", [*tiny_overrides, 'stages=["fr"]']), tmp_path / "run", stop_after=stop_after)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (run / "model").exists()
 
 
 def test_train_refuses_a_negative_image_cache_budget(tmp_path, tiny_overrides):

@@ -58,6 +58,7 @@ from tgfr.train.stage_align import AlignStage
 from tgfr.train.stage_fr import FRStage
 from tgfr.train.stage_fuse import FuseStage
 from tgfr.train.training_log import TrainingLog, drop_records_after, read_log
+from tgfr.validation import check_count
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 TEXT_ENCODER_PREFIX = "text_encoder."
@@ -475,8 +476,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     config.check()
     # A count of steps: nan passed `< 1` and then never stopped the loop (the whole run trained), and a bool or
     # 1.5 was taken as 1 or 2 steps.
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
-        raise ValueError(f"stop_after must be an integer >= 1 (or None), got {stop_after!r}")
+    if stop_after is not None:  # a numpy or 0-dim tensor integer too, as an int
+        stop_after = check_count("stop_after", stop_after)
     # tokenizers takes paths as UTF-8 only, and the model is saved at the run folder's real path (through
     # symlinks and the current directory): another byte there fails the final save, after all the
     # training, and every --resume after it.
