@@ -126,6 +126,26 @@ def test_a_replaced_file_keeps_its_permissions_and_a_symlink_its_place(tmp_path)
 
 
 
+def test_write_atomically_forces_the_new_content_to_disk_before_the_rename(tmp_path, monkeypatch):
+    """Renamed before its data reached the disk, the file could be found empty or cut short after a power loss,
+    the old content gone with it."""
+    path = tmp_path / "report.txt"
+    path.write_text("old")
+    synced = []  # (file synced, its content then, the content at `path` then)
+    fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        name = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+        synced.append((name, name.read_text() if name.is_file() else None, path.read_text()))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with output_paths.write_atomically(path, "report") as stream:
+        stream.write("new content")
+    assert path.read_text() == "new content"
+    assert [(name.parent, content, at_path) for name, content, at_path in synced if name != path] == [
+        (tmp_path, "new content", "old")]
+
 @pytest.mark.parametrize("below", ["", "run"])
 def test_an_output_folder_at_or_under_a_broken_link_is_refused_naming_the_link(tmp_path, below):
     """A link to a disk that is not mounted: making the folder failed with a bare "File exists", after the work."""

@@ -232,10 +232,11 @@ def test_a_split_list_that_cannot_be_read_is_refused(tmp_path, kind):
 
 
 @pytest.mark.parametrize("folder, split_list", [("images/test", False), ("images/train/4", False),
-                                                ("images/train/4", True)])
+                                                ("images/train/4", True), ("train", True)])
 def test_a_split_or_identity_folder_that_is_a_broken_link_is_refused(tmp_path, folder, split_list):
     """A folder linked from a disk that is not mounted left its split (or identity) out of the manifest, with a
-    split list too (with --skip-bad, its images were skipped as missing)."""
+    split list too (with --skip-bad, its images were skipped as missing). A split list's folder ("train") so
+    linked was taken for a split without a list: every image of images/train/ went into the manifest."""
     root = tgfr_tree(tmp_path / "tree")
     if split_list:
         (root / "train").mkdir()
@@ -245,6 +246,33 @@ def test_a_split_or_identity_folder_that_is_a_broken_link_is_refused(tmp_path, f
     with pytest.raises(ValueError, match=rf"^.*{folder} is a broken symbolic link \(to .*unmounted\): a folder of "
                                          "the tree on a disk that is not mounted"):
         convert_tgfr_tree(root, bad_files="skip")
+
+
+def test_a_file_in_a_split_lists_folders_place_is_refused(tmp_path):
+    """It was taken for a split without a list: every image of images/test/ went into the manifest."""
+    root = tgfr_tree(tmp_path)
+    (root / "test").write_text('["12/12_2"]')
+    with pytest.raises(ValueError, match=re.escape(f"{root / 'test'} is not a folder: it is where the split list of "
+                                                   f"{root / 'images' / 'test'} is looked for")):
+        convert_tgfr_tree(root)
+
+
+@pytest.mark.parametrize("name", ["filenames.json", "filenames.pickle"])
+def test_a_split_list_without_its_image_folder_is_refused_naming_the_list(tmp_path, monkeypatch, name):
+    """Splits came from images/*/ only: a valid/ list whose images were not extracted was passed over, the
+    manifest written without a valid split and without a word. Refused before any image is decoded."""
+    root = tgfr_tree(tmp_path)
+    (root / "valid").mkdir()
+    (root / "valid" / name).write_bytes(LIST_CONTENT[os.path.splitext(name)[1]])
+    decoded = []
+    monkeypatch.setattr(convert_module, "check_image", decoded.append)
+    with pytest.raises(ValueError, match=re.escape(f"split list {root / 'valid' / name} lists images of split "
+                                                   f"'valid', but there is no folder {root / 'images' / 'valid'}")):
+        convert_tgfr_tree(root, bad_files="skip")
+    assert decoded == []
+    (root / "images" / "valid").mkdir()  # a split folder without images: the list's entries are looked for there
+    with pytest.raises(ValueError, match=re.escape(f"image file {root / 'images/valid/12/12_2'}.")):
+        convert_tgfr_tree(root, trust_pickle=True)
 
 
 def test_tgfr_tree_lists_each_image_once(tmp_path):
@@ -257,6 +285,10 @@ def test_tgfr_tree_lists_each_image_once(tmp_path):
     (root / "train" / "filenames.json").write_text(json.dumps(["7/7_1"]))  # a list's entry passes it over too
     assert convert_tgfr_tree(root)[2] == unused
     (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1", "7/7_1", "4/4_1"]))
+    with pytest.raises(ValueError, match=r"filenames.json: entry '4/4_1' is listed twice"):
+        convert_tgfr_tree(root)
+    # The stem after its file: one image too, whichever spelling comes first.
+    (root / "train" / "filenames.json").write_text(json.dumps(["4/4_1.jpg", "7/7_1", "4/4_1"]))
     with pytest.raises(ValueError, match=r"filenames.json: entry '4/4_1' is listed twice"):
         convert_tgfr_tree(root)
     # Found through the path, these would get the identity "." or "", or 4 for subject 7's image.
@@ -323,6 +355,41 @@ def test_celeba_dialog_bad_input(tmp_path):
     (root / "captions_hq.json").write_text("{")
     with pytest.raises(ValueError, match="captions_hq.json is not readable UTF-8 JSON"):
         convert_celeba_dialog(*args)
+
+
+def test_celeba_dialog_caption_file_with_a_repeated_image_key_is_refused(tmp_path):
+    """json.loads keeps the last entry of a repeated key: the image got the second entry's captions only."""
+    root, images = celeba_dialog(tmp_path)
+    repeated = (root / "captions_hq.json").read_text().removesuffix("}") + ', "0.jpg": "second caption"}'
+    assert json.loads(repeated)["0.jpg"] == "second caption"  # what was read
+    (root / "captions_hq.json").write_text(repeated)
+    with pytest.raises(ValueError, match=re.escape(f"caption file {root / 'captions_hq.json'} is not readable UTF-8 "
+                                                   "JSON (key '0.jpg' appears twice in one object")):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt", bad_files="skip")
+
+
+def test_celeba_dialog_entry_without_a_caption_is_a_bad_file(tmp_path):
+    """An entry whose captions are all blank stopped the run even with --skip-bad, while an empty caption file
+    of a TGFR tree is skipped."""
+    root, images = celeba_dialog(tmp_path)
+    table = json.loads((root / "captions_hq.json").read_text())
+    table["3.jpg"] = {"overall_caption": "  ", "attribute_wise_captions": {"Bangs": "\n"}}
+    (root / "captions_hq.json").write_text(json.dumps(table))
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    problem = f"{root / 'captions_hq.json'}: entry '3.jpg': no non-empty caption"
+    with pytest.raises(ValueError, match=f"^{re.escape(problem)} \\(pass bad_files='skip'"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")
+    records, skipped = convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files="skip")
+    assert skipped == [problem]
+    assert [r.path for r in records] == [f"CelebA-HQ-img/{i}.jpg" for i in range(6) if i != 3]
+
+
+def test_celeba_dialog_records_come_in_the_numbers_order_of_their_image_names(tmp_path):
+    """"10.jpg" after "9.jpg", not after "1.jpg" as names sort."""
+    args = many_identity_dialog(tmp_path, identities=6)
+    records, _ = convert_celeba_dialog(*args)
+    assert [r.path for r in records] == [f"imgs/{i}.jpg" for i in range(12)]
 
 
 def test_celeba_dialog_identity_row_with_a_third_field_is_refused(tmp_path):
@@ -836,10 +903,11 @@ def test_a_caption_that_is_not_a_string_is_refused_naming_the_entry(tmp_path, en
     table = json.loads((root / "captions_hq.json").read_text())
     table["4.jpg"] = entry
     (root / "captions_hq.json").write_text(json.dumps(table))
-    with pytest.raises(ValueError, match=f"^{re.escape(str(root / 'captions_hq.json'))}: entry '4.jpg': "
-                                         f"{re.escape(named)}$"):
-        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
-                              hq_mapping=root / "mapping.txt")
+    for bad_files in ("error", "skip"):  # not a blank caption to skip: the file is not in the format read
+        with pytest.raises(ValueError, match=f"^{re.escape(str(root / 'captions_hq.json'))}: entry '4.jpg': "
+                                             f"{re.escape(named)}$"):
+            convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                                  hq_mapping=root / "mapping.txt", bad_files=bad_files)
 
 
 def test_an_image_given_two_identities_or_two_sources_is_refused(tmp_path):

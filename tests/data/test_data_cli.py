@@ -398,6 +398,20 @@ def test_convert_celeba_dialog_refuses_trust_pickle(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "m.jsonl").exists()
 
 
+
+@pytest.mark.parametrize("seed", ["0", "7"])
+def test_convert_celeba_dialog_refuses_a_seed_with_a_split_file(tmp_path, monkeypatch, capsys, seed):
+    """The split file gives the splits: --seed 0 and --seed 7 wrote the same manifest, the seed passed over. A
+    split file alone is converted (the seed it is passed is not read)."""
+    split_files = []
+    monkeypatch.setattr(data_cli, "convert_celeba_dialog",
+                        lambda *arguments, split_file, **options: split_files.append(split_file) or ([], []))
+    assert celeba_dialog_convert(tmp_path, "--split-file", "split.json", "--seed", seed) == 2
+    assert capsys.readouterr().err == ("tgfr data convert: error: --seed, --split-file: --seed draws the identity "
+                                       "split that --split-file gives instead; give one of them\n")
+    assert split_files == [] and not (tmp_path / "m.jsonl").exists()
+    assert celeba_dialog_convert(tmp_path, "--split-file", "split.json") == 0
+    assert split_files == ["split.json"]
 @pytest.mark.parametrize("layout", ["mmcelebA", "face2text"])
 @pytest.mark.parametrize("options, named", [
     (["--split-file", "split.json"], "--split-file"), (["--seed", "0"], "--seed"),

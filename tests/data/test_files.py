@@ -10,7 +10,7 @@ from PIL import Image
 
 from tgfr.data.convert import convert_tgfr_tree
 from tgfr.data.degrade import degrade_manifest
-from tgfr.data.files import check_image, load_image, to_rgb
+from tgfr.data.files import check_image, load_image, read_caption_file, to_rgb
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.transforms import EvalTransform, TrainTransform
@@ -207,3 +207,12 @@ def test_an_image_whose_exif_holds_a_tag_of_the_wrong_type_still_loads_upright(t
     degraded = [r for r in read_manifest(manifest) if r.split == "test_degraded"]
     assert not skipped and len(degraded) == 1
     assert Image.open(tmp_path / degraded[0].path).size == (40, 60)
+
+
+def test_a_caption_file_reads_without_its_byte_order_mark_and_its_lines_outer_white_space(tmp_path):
+    """Notepad saves UTF-8 with a byte-order mark, which stayed at the start of the first caption; spaces and tabs
+    around a line are not part of its caption (a TGFR caption line is one sentence)."""
+    captions = ["The man has brown hair.", "He is smiling."]
+    path = tmp_path / "4_1.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(f" \t{caption}  \t\r\n\n" for caption in captions).encode("utf-8"))
+    assert read_caption_file(path) == captions

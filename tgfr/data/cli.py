@@ -80,6 +80,10 @@ def _convert(args: argparse.Namespace) -> int:
         if args.trust_pickle:
             raise ValueError("--trust-pickle: an option of mmcelebA and face2text (their pickled split lists), which "
                              "celeba-dialog does not read (its --split-file is JSON or CSV, never a pickle)")
+        # Accepted, the seed would be passed over for the split file's splits without a word.
+        if args.split_file is not None and args.seed is not None:
+            raise ValueError("--seed, --split-file: --seed draws the identity split that --split-file gives "
+                             "instead; give one of them")
         missing = [flag for flag, value in (("--captions", args.captions), ("--identity-file", args.identity_file),
                                             ("--images", args.images)) if value is None]
         if missing:
@@ -213,7 +217,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--split-file", help="celeba-dialog: JSON {split: [image names]} or CSV image,split "
                                               "(default: identities split 0.8/0.1/0.1 by --seed)")
     convert.add_argument("--seed", type=integer_at_least(0),
-                         help="celeba-dialog: seed of the identity split without --split-file (default: 0)")
+                         help="celeba-dialog: seed of the identity split, which --split-file gives instead (so "
+                              "not with it; default: 0)")
     convert.set_defaults(func=_run(_convert))
 
     degrade = commands.add_parser("degrade", help="add a degraded copy of a split to a manifest",

@@ -72,8 +72,13 @@ _SPLIT_LIST_NAMES = ("filenames.json", "filenames.csv", "filenames.pickle", "fil
 def _split_list_file(root: Path, split: str) -> Path | None:
     """The split list of <root>/<split>/: the first of _SPLIT_LIST_NAMES there, matched in any letter case;
     None when there is none. Passed over, a list named filenames.JSON, or a folder, a broken link or a pipe in a
-    list's place, would have every image of the split's folders taken instead of the list's."""
+    list's place, or a broken link or a file in its folder's, would have every image of the split's folders taken
+    instead of the list's."""
     folder = root / split
+    _refuse_broken_link(folder, "Every image of the split would be taken instead of its list's")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder: it is where the split list of {root / 'images' / split} is "
+                         "looked for (filenames.*); rename it, or make it a folder holding the list")
     entries = sorted(folder.iterdir()) if folder.is_dir() else []
     for name in _SPLIT_LIST_NAMES:
         candidates = [entry for entry in entries if entry.name.lower() == name]
@@ -108,13 +113,14 @@ def _list_folder(folder: Path) -> _Listing:
     return images, others
 
 
-def _refuse_broken_link(entry: Path) -> None:
-    """An entry of the tree's images/ or split folders that is a broken link: a split's or identity's folder
-    linked from a disk that is not mounted, say. Passed over, its images would be left out of the manifest
-    with only a line in the summary."""
+def _refuse_broken_link(entry: Path, passed_over: str = "Its images would be left out") -> None:
+    """An entry of the tree's images/ or split folders, or a split list's folder, that is a broken link: a folder
+    linked from a disk that is not mounted, say. Passed over, a split's or identity's folder would have its images
+    left out of the manifest with only a line in the summary, and a split list's folder its list; `passed_over`
+    says which, in the error."""
     if is_broken_link(entry):
         raise ValueError(f"{entry} {file_problem(entry)}: a folder of the tree on a disk that is not mounted? "
-                         "Its images would be left out")
+                         f"{passed_over}")
 
 
 def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[list[str], list[str]]:
@@ -177,10 +183,11 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     as one) is an error, and so is an identity with images in two splits (a test identity that is
     also trained on). An image listed without a file, with a corrupt file (files.check_image) or
     without a readable caption file, raises (bad_files="error") or is skipped and reported
-    (bad_files="skip"). Not used, each with why: a file beside the split folders; in a split
-    without a split list, every other entry of images/<split>/ and its identity folders (a .gif, a
-    note, a subfolder); in every split, an image that an entry naming its stem passes over for
-    another suffix of that stem.
+    (bad_files="skip"). A split list in a folder <root>/<split>/ without a folder images/<split>/ is an
+    error (its images not extracted, say), and so is a broken link or a file at <root>/<split>. Not
+    used, each with why: a file beside the split folders; in a split without a split list, every other
+    entry of images/<split>/ and its identity folders (a .gif, a note, a subfolder); in every split, an
+    image that an entry naming its stem passes over for another suffix of that stem.
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -191,6 +198,14 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     for entry in images_root.iterdir():
         _refuse_broken_link(entry)
     splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
+    # A list whose split's images were not extracted would leave that split out without a word, to be found
+    # missing only when training or evaluation selects it.
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not (images_root / folder.name).is_dir() and (
+                list_file := _split_list_file(root, folder.name)) is not None:
+            raise ValueError(f"split list {list_file} lists images of split {folder.name!r}, but there is no folder "
+                             f"{images_root / folder.name}: put the split's images there, or remove the list to "
+                             "leave the split out")
     records, skipped = [], []
     unused = [f"{p}: not inside a split folder" for p in sorted(images_root.iterdir()) if not p.is_dir()]
     first_of_identity: dict[str, ManifestRecord] = {}
@@ -299,7 +314,9 @@ def _read_hq_mapping(path: Path) -> dict[str, str]:
 
 def _dialog_captions(value: object, where: str) -> list[str]:
     """The non-blank captions, stripped, of a caption file's entry `value` (a string, a list of them, or
-    {"overall_caption": str, "attribute_wise_captions": {attribute: str}}); `where` names the entry."""
+    {"overall_caption": str, "attribute_wise_captions": {attribute: str}}), none when all are blank (an image
+    without a caption, to skip as a bad file or refuse); `where` names the entry in errors. A caption that is
+    not a string, or an entry of another type, is an error: the file is not in the format read."""
     if isinstance(value, str):
         named = [("the caption", value)]
     elif isinstance(value, list):
@@ -319,8 +336,6 @@ def _dialog_captions(value: object, where: str) -> list[str]:
         if not isinstance(caption, str):
             raise ValueError(f"{where}: {name} must be a string, got {caption!r}")
     captions = [caption.strip() for _, caption in named if caption.strip()]
-    if not captions:
-        raise ValueError(f"{where}: no non-empty caption")
     for caption in captions:
         check_caption_utf8(f"{where}: a caption", caption)
     return captions
@@ -347,15 +362,17 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     split_file: JSON {"train": [image names], "val": [...], "test": [...]} or CSV rows
     "image,split"; an image listed under two splits, or an identity's images under two, is an error.
     Without it each identity is split train/val/test by `fractions` (seeded_identity_split).
-    A missing image file, or a corrupt one (files.check_image), raises (bad_files="error") or is
-    skipped and reported (bad_files="skip").
+    A missing image file, a corrupt one (files.check_image), or an entry whose captions are all blank,
+    raises (bad_files="error") or is skipped and reported (bad_files="skip"). An image key repeated in
+    the caption file is an error.
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
     captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
     text = read_text_file(captions_json, "caption file", encoding="utf-8-sig")
     try:
-        table = parse_json(text)
+        # A repeated image key would keep its last entry's captions and drop the others without a word.
+        table = parse_json(text, unique_keys=True)
     except json.JSONDecodeError as error:
         raise ValueError(f"caption file {captions_json} is not readable UTF-8 JSON ({error})") from None
     if not isinstance(table, dict) or not table:
@@ -367,11 +384,14 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping else None
     images, skipped = [], []  # (path, identity, captions) of each image kept, its split drawn once all are read
     for name in sorted(table, key=lambda n: (len(n), n)):
-        captions = _dialog_captions(table[name], f"{captions_json}: entry {name!r}")
+        where = f"{captions_json}: entry {name!r}"
+        captions = _dialog_captions(table[name], where)
         celeba_name = mapping.get(Path(name).stem) if mapping is not None else name
         image = images_dir / name
         problem = None
-        if celeba_name is None:
+        if not captions:
+            problem = f"{where}: no non-empty caption"
+        elif celeba_name is None:
             problem = f"image {name} has no row in the CelebA-HQ mapping file {hq_mapping}"
         elif celeba_name not in celeba_identity:
             problem = f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}"
