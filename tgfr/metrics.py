@@ -52,10 +52,18 @@ class RocCurve:
 
 
 def _check_scores(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    same = np.asarray(same).ravel()
+    """scores and same of one shape (one entry per pair), flattened: of two shapes of one size (a (probes,
+    gallery) score matrix beside its transposed labels), flattened, each score met another pair's label."""
+    try:
+        scores = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"scores must be numbers (a numpy array, or a CPU tensor of a numpy dtype), got "
+                         f"{type(scores).__name__} ({error})") from None
+    same = np.asarray(same)
     if scores.shape != same.shape:
-        raise ValueError(f"scores and same must have one entry per pair, got {scores.size} and {same.size}")
+        raise ValueError(f"scores and same must have one entry per pair, in the same shape, got shapes "
+                         f"{scores.shape} and {same.shape}")
+    scores, same = scores.ravel(), same.ravel()
     if not np.isin(same, (0, 1)).all():
         raise ValueError("same must hold 0 (impostor) or 1 (genuine) for every pair")
     same = same.astype(bool)
@@ -232,6 +240,8 @@ def _check_count(name: str, value: int, minimum: int) -> None:
 def bootstrap_interval(replicates: np.ndarray) -> list[float] | None:
     """(2.5, 97.5) percentiles of replicates (R,), R >= 1; None if a replicate is NaN (could not
     measure the figure)."""
+    if np.size(replicates) == 0:  # np.percentile's IndexError named nothing
+        raise ValueError("bootstrap_interval needs at least one replicate, got none")
     if np.isnan(replicates).any():
         return None
     return [float(np.percentile(replicates, 2.5)), float(np.percentile(replicates, 97.5))]
@@ -361,6 +371,7 @@ def match_ranks(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels
 
 def cmc_curve(ranks: np.ndarray, max_rank: int) -> np.ndarray:
     """(max_rank,) fraction of probes identified within rank k = 1..max_rank."""
+    _check_count("max_rank", max_rank, 1)  # else an empty curve for 0 or a negative rank
     ranks = np.asarray(ranks)
     return (ranks[None, :] <= np.arange(1, max_rank + 1)[:, None]).mean(axis=1)
 

@@ -353,9 +353,30 @@ def test_eer_at_an_exact_crossing():
     assert equal_error_rate(roc_curve(np.array([3.0, 1.0, 2.0, 0.0]), np.array([1, 1, 0, 0]))) == 0.5
 
 
-def test_verification_rejects_labels_of_another_length():
-    with pytest.raises(ValueError, match=r"^scores and same must have one entry per pair, got 4 and 3$"):
-        roc_curve(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 0, 0]))
+@pytest.mark.parametrize("scores, same", [(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 0, 0])),
+                                          # A (probes, gallery) matrix beside its transposed labels: one size.
+                                          (np.array([[0.9, 0.1, 0.2], [0.3, 0.8, 0.4]]), np.array([[1, 0], [0, 1],
+                                                                                                   [0, 0]]))])
+def test_verification_rejects_labels_of_another_length_or_shape(scores, same):
+    with pytest.raises(ValueError, match=re.escape(f"scores and same must have one entry per pair, in the same shape, "
+                                                   f"got shapes {scores.shape} and {same.shape}")):
+        roc_curve(scores, same)
+
+
+def test_verification_names_scores_that_are_not_numbers():
+    with pytest.raises(ValueError, match="^scores must be numbers .*got list"):
+        roc_curve(["a", "b"], np.array([1, 0]))
+
+
+@pytest.mark.parametrize("max_rank", [0, -3, 2.0])
+def test_a_cmc_curve_needs_a_max_rank_of_at_least_1(max_rank):
+    with pytest.raises(ValueError, match=re.escape(f"max_rank must be an integer >= 1, got {max_rank!r}")):
+        cmc_curve(np.array([1, 2]), max_rank)
+
+
+def test_a_bootstrap_interval_needs_a_replicate():
+    with pytest.raises(ValueError, match="^bootstrap_interval needs at least one replicate, got none$"):
+        bootstrap_interval(np.array([]))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

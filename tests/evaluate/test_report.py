@@ -188,6 +188,9 @@ def test_report_names_what_produced_it_and_report_info_holds_every_setting(tmp_p
             f"{described['date']}.") in text
     info = json.loads((tmp_path / "report_info.json").read_text())
     assert info == {key: value for key, value in context.items() if key != "training"}
+    on_gpu = {**context, "environment": {**described, "device": "cuda", "gpu": "NVIDIA H200"}}
+    text = write_report(tmp_path / "gpu", {"clean": {"image_only": figures()[0]}}, {}, [], on_gpu).read_text()
+    assert " with torch 9.9 on cuda, NVIDIA H200, fp32, 3 CPU threads, " in text
 
 
 def test_report_lines_put_each_figure_where_it_says(tmp_path):
