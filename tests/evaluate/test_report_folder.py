@@ -614,3 +614,35 @@ def test_the_report_gives_the_spread_of_the_weights_each_heatmap_shows(tiny_run,
         assert spread["largest_ratio"] == pytest.approx((maps.max(axis=1) / maps.min(axis=1)).max(), rel=1e-12)
         assert (f"- {name}: the weights shown lie between {maps.min():.4g} and {maps.max():.4g}, against an even "
                 f"spread of 1/{spread['regions']} = {1 / spread['regions']:.4g} (") in text
+
+
+def test_the_heatmaps_show_one_face_of_each_subject_its_first(tiny_run, tmp_path, monkeypatch):
+    """As many subjects as evaluation.heatmap_captions, each shown by its first face in the split: drawing the split's
+    first faces instead (in the embedded set, four faces of one subject) passed every test."""
+    run, config, manifest = tiny_run
+    config = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, heatmap_captions=3))
+    drawn, drawing = [], []
+    attention_maps, get_item = run_module._attention_maps, run_module.FaceCaptionDataset.__getitem__
+
+    def recording_maps(*args, **kwargs):
+        drawing.append([])
+        try:
+            return attention_maps(*args, **kwargs)
+        finally:
+            drawn.append(drawing.pop())
+
+    def recording_get_item(dataset, index):
+        if drawing:
+            drawing[-1].append(dataset.records[index])
+        return get_item(dataset, index)
+
+    monkeypatch.setattr(run_module, "_attention_maps", recording_maps)
+    monkeypatch.setattr(run_module.FaceCaptionDataset, "__getitem__", recording_get_item)
+    evaluate(run, config, tmp_path / "report", device="cpu")
+    records = read_manifest(manifest)
+    assert sorted(faces[0].split for faces in drawn) == sorted(config.evaluation.splits.values())
+    for faces in drawn:
+        split = [record for record in records if record.split == faces[0].split]
+        assert len(faces) == 3 and len({face.identity for face in faces}) == 3
+        assert all(face == next(record for record in split if record.identity == face.identity) for face in faces)
+
