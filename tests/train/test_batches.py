@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
 
 from tgfr.data import CaptionCollator, EvalTransform
 from tgfr.data.manifest import read_manifest, write_manifest
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.synthetic import SyntheticConfig
-from tgfr.train.batches import DegradingTransform, StepBatches, resolve_manifest, synthetic_config
+from tgfr.train.batches import (DegradingTransform, StepBatches, _unwrapped_worker_error, resolve_manifest,
+                                synthetic_config)
 from tgfr.train.config import DataConfig, load_config
 from tgfr.train.run import stage_batches
 
@@ -221,6 +223,33 @@ def test_an_image_that_fails_in_a_loader_worker_gives_the_error_line_of_no_worke
     assert messages[0] == messages[1]
     assert re.fullmatch(re.escape(f"image file {manifest.parent / first.path} does not exist (fix or remove that ") +
                         r"image's record in manifest .*manifest\.jsonl\)", messages[0])
+
+
+class FailsWhileHandlingAnError(Dataset):
+    """Raises a ValueError while it handles another ValueError: a worker's traceback then shows both, the one
+    raised last at its end."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        try:
+            int("x")
+        except ValueError:
+            raise ValueError("image /data/a.png is truncated")
+
+
+def test_a_worker_error_raised_while_handling_another_gives_the_error_line_of_no_workers():
+    """The message of the error raised last, as without workers; not that of the one it was handling, which
+    the worker's traceback shows first."""
+    messages = []
+    for workers in (0, 1):
+        with pytest.raises(ValueError) as error:
+            next(iter(DataLoader(FailsWhileHandlingAnError(), num_workers=workers)))
+        messages.append(error.value)
+    assert _unwrapped_worker_error(messages[0]) is None
+    assert "invalid literal for int()" in str(messages[1])  # the handled error, in the worker's traceback
+    assert str(_unwrapped_worker_error(messages[1])) == str(messages[0])
 
 
 def test_ranks_need_a_divisible_identity_count_only_where_batches_follow_identities(tiny_overrides):

@@ -192,16 +192,66 @@ def test_a_checkpoint_without_a_part_is_named(tmp_path, checkpoint_state, key):
         load_checkpoint(tmp_path / "last.pt")
 
 
+def rng_with(source, entry, value):
+    """One process's RNG state as rng_state writes it, but with `value` as its `source` part (entry None) or as
+    that part's `entry`."""
+    state = rng_state()
+    state[source] = value if entry is None else {**state[source], entry: value}
+    return state
+
+
+# Parts of an RNG state (source, entry, value) of other types than rng_state writes (a checkpoint edited or written
+# by another tool), and what the error says of them. set_rng_state failed on the first two with a bare
+# AttributeError, in the resume, after load_checkpoint had accepted the file.
+MALFORMED_RNG = [
+    ("python", "state", [1, 2], "'python' 'state' is a list, not a tensor of torch.int64"),
+    ("numpy", "keys", [1, 2], "'numpy' 'keys' is a list, not a tensor of torch.int64"),
+    ("python", "state", torch.ones(2), "'python' 'state' is a tensor of torch.float32, not a tensor of torch.int64"),
+    ("python", None, [1], "'python' is a list, not dict"),
+    ("python", "version", 3.0, "'python' 'version' is a float, not int"),
+    ("python", "gauss", "0.5", "'python' 'gauss' is a str, not float or NoneType"),
+    ("numpy", "position", True, "'numpy' 'position' is a bool, not int"),
+    ("torch", None, [0, 1], "'torch' is a list, not a tensor of torch.uint8"),
+    ("cuda_device", None, torch.zeros(2, dtype=torch.int64), "'cuda_device' is a tensor of torch.int64, not a "
+                                                             "tensor of torch.uint8"),
+    ("cuda", None, torch.zeros(2, dtype=torch.uint8), "'cuda' is a Tensor, not list"),
+    ("cuda", None, [torch.zeros(2, dtype=torch.uint8), [0]], "'cuda' [1] is a list, not a tensor of torch.uint8"),
+]
+
+
 @pytest.mark.parametrize("key, value", [
     ("stage", 1), ("step", "2"), ("step", -1), ("step", True), ("model", [torch.ones(1)]),
-    ("losses", {"margin": 0.5}), ("optimizer", {"state": {}}), ("scheduler", []), ("rng", {"python": 1}),
-    ("rng", []), ("rng", [{"torch": torch.ones(1)}]), ("summary", {"fr": {"steps_taken": 2}}),
-    ("summary", {"fr": {"steps_taken": 2.0, "seconds": 1.0}}), ("optim", {"lr": [0.1]}), ("optim", ["lr", 0.1]),
+    ("losses", {"margin": 0.5}), ("optimizer", {"state": {}}), ("optimizer", {}),
+    ("optimizer", {"state": [], "param_groups": []}), ("optimizer", {"state": {}, "param_groups": {}}),
+    ("scheduler", []), ("rng", {"python": 1}), ("rng", []), ("rng", [{"torch": torch.ones(1)}]),
+    *[("rng", [rng_with(source, entry, value)]) for source, entry, value, _ in MALFORMED_RNG],
+    ("summary", {"fr": {"steps_taken": 2}}), ("summary", {"fr": {"steps_taken": 2.0, "seconds": 1.0}}),
+    ("optim", {"lr": [0.1]}), ("optim", ["lr", 0.1]),
 ])
 def test_a_checkpoint_with_a_malformed_part_is_named(tmp_path, checkpoint_state, key, value):
     save_checkpoint(tmp_path / "last.pt", checkpoint_state(**{key: value}))
     with pytest.raises(ValueError, match=re.escape(f"checkpoint file {tmp_path / 'last.pt'}: {key!r} must be")):
         load_checkpoint(tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("source, entry, value, problem", MALFORMED_RNG)
+def test_an_rng_state_of_other_types_names_its_process_and_part(tmp_path, checkpoint_state, source, entry, value,
+                                                                  problem):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint_state(rng=[rng_state(), rng_with(source, entry, value)]))
+    with pytest.raises(ValueError) as raised:
+        load_checkpoint(path)
+    assert str(raised.value) == (f"checkpoint file {path}: 'rng' must be a list of per-process RNG states as tgfr "
+                                 f"writes them: process 1's {problem}")
+
+
+def test_rng_states_with_cuda_generators_load(tmp_path, checkpoint_state):
+    """A GPU process's state (cuda_device), and an older tgfr's (cuda: every visible device's), pass the check."""
+    generator = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.get_rng_state()
+    states = [{**rng_state(), "cuda_device": generator}, {**rng_state(), "cuda": [generator, generator]}]
+    save_checkpoint(tmp_path / "last.pt", checkpoint_state(rng=states))
+    loaded = load_checkpoint(tmp_path / "last.pt")["rng"]
+    assert torch.equal(loaded[0]["cuda_device"], generator) and len(loaded[1]["cuda"]) == 2
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)

@@ -231,17 +231,27 @@ def test_an_infinite_loss_stops_the_stage(tmp_path):
                   lambda step, optimizer, scheduler: None)
 
 
-@pytest.mark.parametrize("stop_after", [3, 4, 6])
-def test_stop_after_writes_the_checkpoint_of_each_step_once(tmp_path, stop_after):
+@pytest.mark.parametrize("start, stop_after", [(0, 3), (0, 4), (0, 6), (2, 1), (2, 2), (3, 3)])
+def test_stop_after_writes_the_checkpoint_of_each_step_once(tmp_path, start, stop_after):
     """stop_after ends the call with a checkpoint of its last step; where that step wrote its periodic one
-    (stop_after a multiple of checkpoint_every), the same checkpoint was written twice: one more full save."""
+    (the call's last step a multiple of checkpoint_every), the same checkpoint was written twice: one more full
+    save. A call resumed at step `start` counts its steps from there."""
     optim = OptimConfig(optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
+    log, resume = TrainingLog(tmp_path / "metrics.jsonl"), None
+    if start:
+        resume = {}
+        run_stage(LinearStage(), Batches(), optim, STEPS, LoopSettings(torch.device("cpu"), stop_after=start), log,
+                  lambda step, optimizer, scheduler: resume.update(step=step, optimizer=optimizer.state_dict(),
+                                                                   scheduler=scheduler.state_dict(),
+                                                                   rng=[rng_state()]))
+        assert resume["step"] == start
     settings = LoopSettings(torch.device("cpu"), checkpoint_every=3, stop_after=stop_after)
     saved = []
-    assert run_stage(LinearStage(), Batches(), optim, STEPS, settings, TrainingLog(tmp_path / "metrics.jsonl"),
-                     lambda step, optimizer, scheduler: saved.append(step)) == stop_after
-    periodic = [step for step in range(1, stop_after + 1) if step % settings.checkpoint_every == 0]
-    assert saved == periodic + ([] if stop_after in periodic else [stop_after])
+    assert run_stage(LinearStage(), Batches(), optim, STEPS, settings, log,
+                     lambda step, optimizer, scheduler: saved.append(step), resume) == stop_after
+    last = start + stop_after
+    periodic = [step for step in range(start + 1, last + 1) if step % settings.checkpoint_every == 0]
+    assert saved == periodic + ([] if last in periodic else [last])
 
 
 class TextEncoderStage(LinearStage):

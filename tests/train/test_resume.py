@@ -174,6 +174,18 @@ def test_the_summary_counts_the_steps_a_crashed_call_checkpointed(tmp_path, tiny
     assert final["fr"]["seconds"] > crashed["summary"]["fr"]["seconds"] > 0
 
 
+def test_the_checkpoint_of_a_resumed_call_counts_the_steps_of_every_call(tmp_path, tiny_overrides, keep_threads):
+    """A call resumed at fr's step 2 and stopped at step 3 counts in its checkpoint the 2 steps before it and its
+    own 1, not step 3 as its own steps (then 5 with the first call's); the resume from there goes on from that
+    count, so that the final summary counts each step metrics.jsonl holds once."""
+    config = load_config("quick", tiny_overrides + ['stages=["fr"]'])
+    train(config, tmp_path, stop_after=2)
+    train(config, tmp_path, resume=True, stop_after=1)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["summary"]["fr"]["steps_taken"] == logged_steps(tmp_path)["fr"] == 3
+    train(config, tmp_path, resume=True)
+    assert summary(tmp_path)["fr"]["steps_taken"] == logged_steps(tmp_path)["fr"] == config.fr.steps
+
+
 @pytest.mark.parametrize("first_call_steps", [3, None], ids=["stage boundary", "finished run"])
 def test_a_call_that_takes_no_step_in_a_stage_adds_no_seconds_to_it(tmp_path, tiny_overrides, keep_threads,
                                                                    first_call_steps):

@@ -90,6 +90,51 @@ def _valid_optim(value: Any) -> bool:
 
 
 _RNG_SOURCES = {"python", "numpy", "torch"}
+# The value types of the parts of one process's RNG state, as rng_state writes them (a dtype: a tensor of it):
+# set_rng_state calls tensor methods on them, whose AttributeError on a list would name neither file nor part.
+_RNG_TYPES: dict[str, dict[str, type | tuple[type, ...] | torch.dtype]] = {
+    "python": {"version": int, "state": torch.int64, "gauss": (float, type(None))},
+    "numpy": {"kind": str, "keys": torch.int64, "position": int, "has_gauss": int, "cached_gauss": float},
+}
+
+
+def _type_problem(value: Any, expected: type | tuple[type, ...] | torch.dtype) -> str | None:
+    """What is wrong with the type of `value` for `expected` (a dtype: a tensor of it; int: no bool), or None."""
+    if isinstance(expected, torch.dtype):
+        if isinstance(value, torch.Tensor) and value.dtype == expected:
+            return None
+        found = f"a tensor of {value.dtype}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+        return f"is {found}, not a tensor of {expected}"
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if type(value) in kinds:
+        return None
+    return f"is a {type(value).__name__}, not {' or '.join(kind.__name__ for kind in kinds)}"
+
+
+def _rng_state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the value types of `state` (one process's RNG state, with the keys of _RNG_SOURCES),
+    naming the part, or None."""
+    for source, parts in _RNG_TYPES.items():
+        if problem := _type_problem(state[source], dict):
+            return f"{source!r} {problem}"
+        for name, expected in parts.items():
+            if name not in state[source]:
+                return f"{source!r} has no {name!r}"
+            if problem := _type_problem(state[source][name], expected):
+                return f"{source!r} {name!r} {problem}"
+    if "cuda" in state and (problem := _type_problem(state["cuda"], list)):
+        return f"'cuda' {problem}"
+    generators = {"'torch'": state["torch"]}
+    if "cuda_device" in state:
+        generators["'cuda_device'"] = state["cuda_device"]
+    for index, device in enumerate(state.get("cuda", [])):  # older checkpoints: every visible device's state
+        generators[f"'cuda' [{index}]"] = device
+    for name, generator in generators.items():
+        if problem := _type_problem(generator, torch.uint8):
+            return f"{name} {problem}"
+    return None
+
+
 # The parts of a training checkpoint (tgfr.train.run): key -> (check, what the value must be). The
 # optional "summary" (stage -> steps_taken and seconds up to this checkpoint), "optim" (the
 # stage's optimizer settings, OptimConfig's fields) and "data" (tgfr.data.manifest.records_digest of
@@ -147,6 +192,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"checkpoint file {path} is not a tgfr training checkpoint (no {key!r})")
         if not valid(state[key]):
             raise ValueError(f"checkpoint file {path}: {key!r} must be {expected}")
+    for process, rng in enumerate(state["rng"]):
+        if problem := _rng_state_problem(rng):
+            raise ValueError(f"checkpoint file {path}: 'rng' must be a list of per-process RNG states as tgfr writes "
+                             f"them: process {process}'s {problem}")
     if "summary" in state and not _valid_summary(state["summary"]):
         raise ValueError(f"checkpoint file {path}: 'summary' must be a dict of stage name -> "
                          f"{{'steps_taken': int, 'seconds': float}}")
