@@ -125,7 +125,6 @@ def test_a_replaced_file_keeps_its_permissions_and_a_symlink_its_place(tmp_path)
     assert link.is_symlink() and read_manifest(target) == records
 
 
-
 def test_write_atomically_forces_the_new_content_to_disk_before_the_rename(tmp_path, monkeypatch):
     """Renamed before its data reached the disk, the file could be found empty or cut short after a power loss,
     the old content gone with it."""
@@ -145,6 +144,7 @@ def test_write_atomically_forces_the_new_content_to_disk_before_the_rename(tmp_p
     assert path.read_text() == "new content"
     assert [(name.parent, content, at_path) for name, content, at_path in synced if name != path] == [
         (tmp_path, "new content", "old")]
+
 
 @pytest.mark.parametrize("below", ["", "run"])
 def test_an_output_folder_at_or_under_a_broken_link_is_refused_naming_the_link(tmp_path, below):
