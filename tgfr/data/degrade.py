@@ -177,13 +177,18 @@ def check_recipe_fits(recipe: str, width: int, height: int) -> None:
             _check_down_size(int(match[1]), *size)
 
 
+def check_generator(rng: object) -> None:
+    """Refuses an `rng` that is not a numpy Generator (an int seed failed at rng.random(), naming no argument)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), got "
+                        f"{type(rng).__name__}")
+
+
 def degrade_image(image: Image.Image, recipe: str, rng: np.random.Generator, mirror: bool = True) -> Image.Image:
     """Applies a recipe to an image made 8-bit RGB and upright as the transforms make it (tgfr.data.files.to_rgb:
     a 16-bit greyscale image scaled, not clipped white; an EXIF-turned photo turned); the same rng state gives
     the same output. mirror: as parse_recipe's."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), got "
-                        f"{type(rng).__name__}")
+    check_generator(rng)
     image = to_rgb(image)
     for step in parse_recipe(recipe, mirror):
         image = step(image, rng)

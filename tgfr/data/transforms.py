@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from tgfr.data.degrade import check_generator
 from tgfr.data.files import to_rgb
 from tgfr.validation import check_count, check_finite_number
 
@@ -55,9 +56,7 @@ class TrainTransform:
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         """As EvalTransform, with the random flip and greyscale drawn from `rng` (None: a fresh generator)."""
         rng = rng if rng is not None else np.random.default_rng()
-        if not isinstance(rng, np.random.Generator):  # an int failed at rng.random(), naming no argument
-            raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), got "
-                            f"{type(rng).__name__}")
+        check_generator(rng)
         image = _resized(to_rgb(image), self.size)
         if rng.random() < self.flip_p:
             image = ImageOps.mirror(image)
