@@ -369,6 +369,20 @@ def test_celeba_dialog_caption_file_with_a_repeated_image_key_is_refused(tmp_pat
                               hq_mapping=root / "mapping.txt", bad_files="skip")
 
 
+@pytest.mark.parametrize("name", ["/abs/0.jpg", "../0.jpg", "sub/../../0.jpg"])
+def test_celeba_dialog_image_name_outside_the_images_folder_is_refused_naming_the_caption_file(tmp_path, name):
+    root, images = celeba_dialog(tmp_path)
+    table = json.loads((root / "captions_hq.json").read_text())
+    table[name] = "A caption."
+    (root / "captions_hq.json").write_text(json.dumps(table))
+    # Where such an image existed, it was recorded as named: an absolute path, or one out of the manifest's folder.
+    with open(root / "identity_CelebA.txt", "a") as identities:
+        identities.write(f"{name} 900\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(root / 'captions_hq.json'))}: entry {re.escape(repr(name))}: "
+                                         rf"an image name must be a path inside images_dir "):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root, bad_files="skip")
+
+
 def test_celeba_dialog_entry_without_a_caption_is_a_bad_file(tmp_path):
     """An entry whose captions are all blank stopped the run even with --skip-bad, while an empty caption file
     of a TGFR tree is skipped."""
@@ -441,6 +455,8 @@ def test_celeba_dialog_corrupt_image(tmp_path):
     # A row without its split was dropped: the error then said the file did not list the image.
     ("splits.csv", "0.jpg,train\n\n1.jpg\n", r"^split file .*splits.csv, line 3: a row must be image,split, got "
                                             r"'1.jpg'$"),
+    ("splits.csv", "0.jpg,train\n1.jpg,train,test\n", r"^split file .*splits.csv, line 2: a row must be "
+                                                      r"image,split, got '1.jpg,train,test'$"),
     # A stray quote made the rest of the file one field, past the csv module's limit: a bare csv.Error.
     ("splits.csv", '0.jpg,"train\n' + "x.jpg,test\n" * 20000, r"^split file .*splits.csv does not list image 1.jpg$"),
     # Read as CSV, a pickle was "not valid UTF-8 (byte 0)".
@@ -755,7 +771,8 @@ def test_a_split_list_csv_with_a_stray_quote_reads_without_a_bare_csv_error(tmp_
 
 def test_celeba_dialog_split_csv_fields_are_stripped(tmp_path):
     root, images = celeba_dialog(tmp_path)
-    (root / "splits.csv").write_text("image, split\n" + "".join(f" {i}.jpg , {'train' if i < 4 else 'test'} \n"
+    # A trailing comma (an empty third cell, as spreadsheets export) is not a third value.
+    (root / "splits.csv").write_text("image, split\n" + "".join(f" {i}.jpg , {'train' if i < 4 else 'test'} , \n"
                                                                 for i in range(6)))
     records, _ = convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
                                        hq_mapping=root / "mapping.txt", split_file=root / "splits.csv")

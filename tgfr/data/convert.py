@@ -385,6 +385,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     images, skipped = [], []  # (path, identity, captions) of each image kept, its split drawn once all are read
     for name in sorted(table, key=lambda n: (len(n), n)):
         where = f"{captions_json}: entry {name!r}"
+        # The image is images_dir / name, recorded as such: "/x.jpg" or "../x.jpg" would leave the manifest's folder.
+        if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise ValueError(f"{where}: an image name must be a path inside images_dir {images_dir}")
         captions = _dialog_captions(table[name], where)
         celeba_name = mapping.get(Path(name).stem) if mapping is not None else name
         image = images_dir / name
@@ -434,9 +437,11 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
         # "0.jpg, train" is how many write a CSV: the split is "train", not " train".
         listed = []
         for line_number, row in read_csv_lines(text, f"split file {split_file}"):
-            if len(row) == 1 and row[0].strip():  # dropped, the image seemed unlisted ("does not list image ...")
+            # A row without its split was dropped (the image then seemed unlisted, "does not list image ..."),
+            # and a third cell ("0.jpg,train,test") was dropped too; a trailing comma is only an empty cell.
+            if (len(row) == 1 and row[0].strip()) or any(cell.strip() for cell in row[2:]):
                 raise ValueError(f"split file {split_file}, line {line_number}: a row must be image,split, got "
-                                 f"{row[0]!r}")
+                                 f"{','.join(row)!r}")
             if len(row) >= 2:
                 listed.append((row[0].strip(), row[1].strip()))
     table: dict[str, str] = {}
