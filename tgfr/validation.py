@@ -113,6 +113,20 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+SEED_LIMIT = 2**32  # seeds, epochs and draws that seed numpy.random.SeedSequence lie in [0, SEED_LIMIT)
+
+
+def check_seed_word(name: str, value: object) -> int:
+    """Checks a number that goes into a numpy.random.SeedSequence tuple (a seed, an epoch, a draw): an
+    integer in [0, 2**32), as check_count. SeedSequence splits a larger one into 32-bit words and drops
+    trailing zero words, so (seed, epoch 2**32, index 0) seeded as (seed, epoch 0, index 1): another item's
+    stream."""
+    value = check_count(name, value, minimum=0)
+    if value >= SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, {SEED_LIMIT}), got {value}")
+    return value
+
+
 def check_flag(name: str, value: object) -> bool:
     """Checks a boolean option (a string such as "False" would otherwise count as true)."""
     if not isinstance(value, (bool, np.bool_)):

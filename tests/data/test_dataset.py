@@ -477,6 +477,31 @@ def test_bad_arguments(manifest, monkeypatch):
         FaceCaptionDataset(manifest, split="val")
 
 
+def test_epochs_draws_and_sampler_seeds_past_the_seed_word_limit_are_refused(manifest):
+    """They go into numpy SeedSequence tuples too: (seed, epoch 2**32, index 0) seeded as (seed, epoch 0, index 1)."""
+    aliases = [np.random.SeedSequence(key).generate_state(4).tolist() for key in ((7, 2**32, 0), (7, 0, 1))]
+    assert aliases[0] == aliases[1]
+    dataset = FaceCaptionDataset(manifest)
+    past = re.escape(f"must be an integer in [0, {2**32}), got {2**32}")
+    with pytest.raises(ValueError, match="epoch " + past):
+        dataset.set_epoch(2**32)
+    with pytest.raises(ValueError, match="epoch " + past):
+        dataset[0, 0, 2**32]
+    with pytest.raises(ValueError, match="draw " + past):
+        dataset[0, 2**32]
+    dataset.set_epoch(2**32 - 1)
+    assert dataset[0, 2**32 - 1, 2**32 - 1]["image"].shape == dataset[0]["image"].shape
+    for sampler in (IdentityBalancedBatchSampler([0, 0, 1, 1], 2, 2), ShuffledBatchSampler(4, 2)):
+        with pytest.raises(ValueError, match="epoch " + past):
+            sampler.set_epoch(2**32)
+        sampler.set_epoch(2**32 - 1)
+        assert sorted(index for batch in sampler for index in batch) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="seed " + past):
+        IdentityBalancedBatchSampler([0, 0, 1, 1], 2, 2, seed=2**32)
+    with pytest.raises(ValueError, match="seed " + past):
+        ShuffledBatchSampler(4, 2, seed=2**32)
+
+
 def test_identity_balanced_sampler():
     labels = [i // 5 for i in range(40)] + [8, 8]  # 8 identities with 5 images, one with 2
     sampler = IdentityBalancedBatchSampler(labels, identities_per_batch=3, images_per_identity=2, seed=1)

@@ -12,10 +12,9 @@ from torch.utils.data import Dataset
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split
 from tgfr.data.transforms import EvalTransform
-from tgfr.validation import check_count
+from tgfr.validation import check_count, check_seed_word
 
 Transform = Callable[..., torch.Tensor]
-SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT): numpy's SeedSequence reads a larger one as two words
 
 
 def manifest_record_hint(manifest: str | Path) -> str:
@@ -75,11 +74,7 @@ class FaceCaptionDataset(Dataset):
             raise ValueError(f"captions_per_sample must be a positive integer, got {captions_per_sample!r}")
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
-        seed = check_count("seed", seed, minimum=0)  # before every image is decoded
-        # numpy.random.SeedSequence takes a larger seed as two 32-bit words: (seed 2**32, epoch 0) drew as
-        # (seed 0, epoch 1).
-        if seed >= SEED_LIMIT:
-            raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT}), got {seed}")
+        seed = check_seed_word("seed", seed)  # before every image is decoded
         records = select_split(records, split)
         self.image_cache = image_cache if image_cache is not None else DecodedImageCache(0)
         self.bad_image_hint = bad_image_hint
@@ -123,7 +118,7 @@ class FaceCaptionDataset(Dataset):
         loads. DataLoader workers load from copies of the dataset made when they start, so with
         persistent_workers=True a later set_epoch does not reach them: build the DataLoader after
         set_epoch each epoch (as tgfr train does), or give keys that carry the epoch (__getitem__)."""
-        self.epoch = check_count("epoch", epoch, minimum=0)
+        self.epoch = check_seed_word("epoch", epoch)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -152,7 +147,7 @@ class FaceCaptionDataset(Dataset):
         if isinstance(key, tuple) and not 2 <= len(key) <= 3:
             raise ValueError(f"key must be an index, (index, draw) or (index, draw, epoch), got {key!r}")
         index, draw, epoch = (*key, self.epoch)[:3] if isinstance(key, tuple) else (key, 0, self.epoch)
-        draw = check_count("draw", draw, minimum=0)
+        draw = check_seed_word("draw", draw)
         try:
             if isinstance(index, bool):  # operator.index takes True for 1, as a boolean draw is refused
                 raise TypeError
@@ -162,7 +157,7 @@ class FaceCaptionDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for the {len(self)} images of the dataset")
         index %= len(self)
-        epoch = check_count("epoch", epoch, minimum=0)
+        epoch = check_seed_word("epoch", epoch)
         seed = (self.seed, epoch, index) if draw == 0 else (self.seed, epoch, index, draw)
         # Captions and augmentation draw from streams of their own, so that the augmentation does not
         # depend on how many captions are drawn.

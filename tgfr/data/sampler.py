@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from tgfr.validation import check_count
+from tgfr.validation import check_seed_word
 
 
 class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
@@ -48,11 +48,11 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
         if len(self.indices_of) < identities_per_batch:
             raise ValueError(f"identities_per_batch={identities_per_batch} exceeds the {len(self.indices_of)} "
                              "identities in labels")
-        self.p, self.k, self.seed, self.epoch = identities_per_batch, images_per_identity, check_count("seed", seed, 0), 0
+        self.p, self.k, self.seed, self.epoch = identities_per_batch, images_per_identity, check_seed_word("seed", seed), 0
         self._plan: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_count("epoch", epoch, minimum=0)
+        self.epoch = check_seed_word("epoch", epoch)
 
     def _batches(self) -> list[list[int | tuple[int, int]]]:
         if self._plan is not None and self._plan[0] == self.epoch:
@@ -126,11 +126,11 @@ class ShuffledBatchSampler(Sampler[list[int]]):
                              "(each replica takes an equal share of every batch)")
         if num_items < batch_size:
             raise ValueError(f"batch_size={batch_size} exceeds the {num_items} items (no batch would be complete)")
-        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, check_count("seed", seed, 0), 0
+        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, check_seed_word("seed", seed), 0
         self.num_replicas, self.rank = num_replicas, rank
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_count("epoch", epoch, minimum=0)
+        self.epoch = check_seed_word("epoch", epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng(np.random.SeedSequence((self.seed, self.epoch), spawn_key=(2,)))

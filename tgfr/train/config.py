@@ -28,13 +28,12 @@ from typing import Any
 
 import torch
 
-from tgfr.data.dataset import SEED_LIMIT
 from tgfr.data.degrade import check_recipe_fits, parse_recipe
 from tgfr.data.synthetic import GENERATOR_VERSION, SIZE_LIMITS as SYNTHETIC_SIZE_LIMITS
 from tgfr.input_paths import file_problem
 from tgfr.output_paths import temporary_name
 from tgfr.text_formats import check_utf8, parse_toml
-from tgfr.validation import check_choice, check_positive
+from tgfr.validation import SEED_LIMIT, check_choice, check_positive
 
 PRESET_DIR: Traversable = files("tgfr.train") / "presets"
 STAGES = ("fr", "align", "fuse")
