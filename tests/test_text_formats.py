@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from tgfr.text_formats import parse_json, parse_toml, read_csv_lines
+from tgfr.text_formats import parse_json, parse_toml, read_csv_lines, read_csv_rows
 
 
 @pytest.mark.parametrize("text, message", [
@@ -57,3 +57,29 @@ def test_a_csv_error_names_the_file_and_line(monkeypatch):
     with pytest.raises(ValueError, match=re.escape(f"list f.csv:2: not valid CSV (field larger than field limit "
                                                    f"({limit}))")):
         read_csv_lines("a,b\nc," + "x" * (limit + 1) + "\n", "list f.csv")
+
+
+@pytest.mark.parametrize("text, line", [('a\nb\n"c\nd\n', 3), ('a\n\n\n"c\nd\n', 4), ('"a\n', 1), ('a\n"b,c\n', 2)])
+def test_a_csv_quote_that_never_closes_is_refused_naming_the_line_after_the_last_whole_record(text, line):
+    """A reader that is not strict read the rest of the text as one field: entries lost without a word."""
+    with pytest.raises(ValueError, match=re.escape(f"list f.csv:{line}: not valid CSV (a quote opened on this line or "
+                                                   "after it never closes)")):
+        read_csv_lines(text, "list f.csv")
+
+
+@pytest.mark.parametrize("text, line", [("path,identity\na,1\n\n\"b,2\nc,3\n", 3), ('"path,identity\na,1\n', 1),
+                                        ('path,identity\n"a,1\n', 2)])
+def test_a_csv_header_file_quote_that_never_closes_is_refused_naming_the_line_after_the_last_whole_record(text, line):
+    with pytest.raises(ValueError, match=re.escape(f"m.csv:{line}: not valid CSV (a quote opened on this line or "
+                                                   "after it never closes)")):
+        read_csv_rows(text, "m.csv", ["path"])
+
+
+@pytest.mark.parametrize("read", [lambda text: read_csv_lines(text, "f.csv"),
+                                  lambda text: read_csv_rows("path,identity\n" + text, "f.csv", ["path"])])
+def test_text_after_a_closing_quote_is_refused_not_joined(read):
+    """'a,"1"x' read as the identity "1x"."""
+    with pytest.raises(ValueError, match=re.escape("not valid CSV (',' expected after '\"')")):
+        read('a,"1"x\n')
+    assert read('a,"1""x"\n') in ([(1, ["a", '1"x'])], (["path", "identity"], [(2, {"path": "a", "identity": '1"x'})]))
+

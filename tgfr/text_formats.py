@@ -58,14 +58,17 @@ def read_csv_rows(text: str, where: str, required: Sequence[str]) -> tuple[list[
 
     The csv module reads records itself: a quoted field may hold a newline, and only \\r and \\n end a line
     (str.splitlines would also split at U+2028, U+0085, ... inside a field)."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    with _csv_errors_named(text, where, lambda: reader.reader.line_num):  # DictReader's line_num lags a row
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, dict]] = []
+    header_end = 0
+    # DictReader's line_num lags a row
+    with _csv_errors_named(text, where, lambda: reader.reader.line_num, lambda: rows[-1][0] if rows else header_end):
         header = reader.fieldnames or []
+        header_end = reader.reader.line_num
         if missing := [name for name in required if name not in header]:
             raise ValueError(f"{where}:1: the CSV header lacks column(s) {', '.join(missing)}")
         if repeated := repeated_names(header):
             raise ValueError(f"{where}:1: the CSV header repeats column(s) {', '.join(map(repr, repeated))}")
-        rows = []
         for row in reader:
             if None in row or any(row[name] is None for name in required):
                 cells = len(header) + len(row.get(None, ())) - list(row.values()).count(None)
@@ -79,22 +82,32 @@ def read_csv_lines(text: str, where: str) -> list[tuple[int, list[str]]]:
     """The records of CSV `text` that has no header, each as (the number of its last line, its cells); empty
     lines are left out. A malformed file is a ValueError naming `where` (the file) and the line, as in
     read_csv_rows, whose field size limit this shares."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    with _csv_errors_named(text, where, lambda: reader.line_num):
-        return [(reader.line_num, row) for row in reader if row]
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, list[str]]] = []
+    with _csv_errors_named(text, where, lambda: reader.line_num, lambda: rows[-1][0] if rows else 0):
+        rows.extend((reader.line_num, row) for row in reader)
+    return [(line_number, row) for line_number, row in rows if row]
 
 
 @contextlib.contextmanager
-def _csv_errors_named(text: str, where: str, line_number: Callable[[], int]) -> Iterator[None]:
-    """Reading CSV `text` within the block: the csv module's field size limit raised to the text's length, and a
-    csv.Error raised as a ValueError naming `where` and line_number(). No field is longer than the file: tgfr
-    writes cells of any size (many long captions), past the module's default limit of 131072 characters, and a
-    stray quote makes the rest of a file one field. The limit is module-wide, so it is put back at once."""
+def _csv_errors_named(text: str, where: str, line_number: Callable[[], int],
+                      last_record_end: Callable[[], int]) -> Iterator[None]:
+    """Reading CSV `text` (with a strict reader) within the block: the csv module's field size limit raised to
+    the text's length, and a csv.Error raised as a ValueError naming `where` and line_number(). No field is
+    longer than the file: tgfr writes cells of any size (many long captions), past the module's default limit
+    of 131072 characters. A reader that is not strict took a quote that never closes for a field holding the
+    rest of the file, every later record lost without a word (split list entry "a" read as "a\nb\nc"); a
+    strict one fails at the end of the text, so that error names the line after last_record_end() (the last
+    line of the last record read, 0 if none), where the quote's record begins. The limit is module-wide, so
+    it is put back at once."""
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(max(previous_limit, len(text)))
     try:
         yield
     except csv.Error as error:
+        if str(error) == "unexpected end of data":  # in a quoted field: this project's readers take no escapechar
+            raise ValueError(f"{where}:{last_record_end() + 1}: not valid CSV (a quote opened on this line or after "
+                             "it never closes)") from None
         raise ValueError(f"{where}:{line_number()}: not valid CSV ({error})") from None
     finally:
         csv.field_size_limit(previous_limit)

@@ -457,8 +457,10 @@ def test_celeba_dialog_corrupt_image(tmp_path):
                                             r"'1.jpg'$"),
     ("splits.csv", "0.jpg,train\n1.jpg,train,test\n", r"^split file .*splits.csv, line 2: a row must be "
                                                       r"image,split, got '1.jpg,train,test'$"),
-    # A stray quote made the rest of the file one field, past the csv module's limit: a bare csv.Error.
-    ("splits.csv", '0.jpg,"train\n' + "x.jpg,test\n" * 20000, r"^split file .*splits.csv does not list image 1.jpg$"),
+    # A stray quote made the rest of the file one field, past the csv module's limit: a bare csv.Error; below
+    # it, image 0 was in a split named "train\nx.jpg,test\n..." and the others seemed unlisted.
+    ("splits.csv", '0.jpg,"train\n' + "x.jpg,test\n" * 20000, r"^split file .*splits.csv:1: not valid CSV \(a quote "
+                                                              r"opened on this line or after it never closes\)$"),
     # Read as CSV, a pickle was "not valid UTF-8 (byte 0)".
     ("splits.pkl", "", r"^split file .*splits.pkl must be .json or .csv: pickles are not read"),
     ("splits.PICKLE", "", r"^split file .*splits.PICKLE must be .json or .csv: pickles are not read"),
@@ -763,10 +765,14 @@ def test_split_list_csv_entries_end_at_newlines_only(tmp_path):
     assert read_split_list(tmp_path / "list.csv") == ["4/4_1", "4/4\u2028_2"]
 
 
-def test_a_split_list_csv_with_a_stray_quote_reads_without_a_bare_csv_error(tmp_path):
-    """The quote makes the rest of the list one field, past the csv module's limit: a csv.Error named no file."""
-    (tmp_path / "list.csv").write_text('filename\n4/4_0\n"4/4_1\n' + "4/4_2\n" * 30000)
-    assert read_split_list(tmp_path / "list.csv") == ["4/4_0", ("4/4_1\n" + "4/4_2\n" * 30000).strip()]
+@pytest.mark.parametrize("repeats", [3, 30000])
+def test_a_split_list_csv_with_a_stray_quote_is_refused_naming_the_list_and_line(tmp_path, repeats):
+    """The quote made the rest of the list one entry, "4/4_1\n4/4_2\n...": a bare csv.Error past the csv module's
+    field limit, and below it one missing image (with --skip-bad, one skipped file for every image after it)."""
+    (tmp_path / "list.csv").write_text('filename\n4/4_0\n"4/4_1\n' + "4/4_2\n" * repeats)
+    with pytest.raises(ValueError, match=f"^split list {re.escape(str(tmp_path / 'list.csv'))}:3: not valid CSV "
+                                         r"\(a quote opened on this line or after it never closes\)$"):
+        read_split_list(tmp_path / "list.csv")
 
 
 def test_celeba_dialog_split_csv_fields_are_stripped(tmp_path):
