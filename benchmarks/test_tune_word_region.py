@@ -60,8 +60,12 @@ def _launch_config(kind, config, words, lengths, regions, grad_scores):
     else:
         scores.backward(grad_scores.float())
         outputs = (words.grad, regions.grad)
-    return tuple(_moved(output, config) if number in config.get("outputs", (0, 1)) else output
-                 for number, output in enumerate(outputs))
+    outputs = tuple(_moved(output, config) if number in config.get("outputs", (0, 1)) else output
+                    for number, output in enumerate(outputs))
+    if "padded" in config:  # a value written into every padded word's gradient
+        padded = torch.arange(words.shape[1]) >= lengths[:, None]
+        outputs[0][padded] = config["padded"] * outputs[0].abs().max()
+    return outputs
 
 
 class _Event:
@@ -234,3 +238,13 @@ def test_the_tolerances_and_their_rule_are_those_the_kernels_are_tested_to(run_t
             kernel_tests_pass = False
         assert lines[name].get("wrong", False) is not kernel_tests_pass, (name, lines[name])
     assert set(checked) == set(stubs)
+
+
+@pytest.mark.parametrize("kind", ["backward", "deterministic_backward"])
+def test_a_backward_that_writes_into_a_padded_words_gradient_is_wrong(run_tune, kind):
+    """The kernel tests hold a padded word's gradient at exactly 0; within the tolerance, a value there passed."""
+    stubs = {"exact": CONFIGS["exact"], "padded written": dict(offset=0.0, padded=0.5 * GRAD_TOLERANCE)}
+    status, lines = run_tune(stubs, kinds=kind)
+    assert status == 1
+    assert "wrong" not in lines["exact"] and lines["exact"]["ms"] == 2.0
+    assert lines["padded written"]["wrong"] is True and "ms" not in lines["padded written"]
