@@ -279,6 +279,20 @@ def test_a_file_entry_linked_to_another_file_system_that_cannot_take_its_new_fil
     assert list(folder_on_another_file_system.iterdir()) == [weights]
 
 
+def test_a_copy_a_killed_save_left_beside_a_links_target_is_removed_by_the_next_save(
+        tmp_path, folder_on_another_file_system):
+    """Nothing else removed it: a checkpoint-sized file on the other disk after every killed save."""
+    folder, weights = tmp_path / "ckpt", folder_on_another_file_system / "weights.bin"
+    new = _checkpoint_linking_its_weights(folder, weights)
+    (folder_on_another_file_system / output_paths.temporary_name(weights.name)).write_text("a killed save's copy")
+    (folder_on_another_file_system / "notes.txt").write_text("the user's")
+    with output_paths.replace_entries_atomically(folder, "checkpoint folder") as staging:
+        for name, content in new.items():
+            (staging / name).write_text(content)
+    assert weights.read_text() == new["weights.bin"]
+    assert sorted(path.name for path in folder_on_another_file_system.iterdir()) == ["notes.txt", "weights.bin"]
+
+
 def test_files_moved_beside_their_links_targets_are_removed_when_a_later_one_fails(
         tmp_path, folder_on_another_file_system, monkeypatch):
     """Two weights files linked to a bigger disk, the second copy failing: the first copy stayed there."""

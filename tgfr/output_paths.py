@@ -145,8 +145,9 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
     it is): a full disk fails while staging, before any rename. A file entry that is a link to a file in
     another folder is replaced through the link, its new file first moved beside the link's target (copied
     there where a rename cannot reach it, on another file system), also before any rename. A process
-    killed while staging leaves the staging folder (and such a moved file, which remove_temporaries of the
-    target deletes); one killed (or an error) among the renames leaves some entries new and some old."""
+    killed while staging leaves the staging folder (and such a moved file, which the next call, or
+    remove_temporaries of the target, deletes); one killed (or an error) among the renames leaves some
+    entries new and some old."""
     path, target = Path(folder), Path(os.path.realpath(folder))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {what} {path}: it is a file, not a folder")
@@ -168,6 +169,7 @@ def replace_entries_atomically(folder: str | Path, what: str, last: tuple[str, .
             # A link into the folder (into one of its own sub-folders too, which may be replaced before it)
             # is replaced within it.
             if (staging / name).is_file() and linked.is_file() and not linked.is_relative_to(target):
+                remove_temporaries(linked)  # a copy an earlier save, killed, left there: a checkpoint's size
                 beside_targets[name] = _move_beside(staging / name, linked)
         for name in names:
             _replace_entry(beside_targets.get(name, staging / name), target / name)
