@@ -279,6 +279,32 @@ def test_a_file_entry_linked_to_another_file_system_that_cannot_take_its_new_fil
     assert list(folder_on_another_file_system.iterdir()) == [weights]
 
 
+def test_a_move_beside_a_links_target_failing_otherwise_than_across_file_systems_is_not_copied(
+        tmp_path, monkeypatch):
+    """Only EXDEV means a rename cannot reach the target's disk; a copy after another error (a folder the user may
+    not rename into) hid the error and wrote where the rename was refused."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder, weights = tmp_path / "ckpt", elsewhere / "weights.bin"
+    new = _checkpoint_linking_its_weights(folder, weights)
+    rename, copies = os.rename, []
+
+    def refused_beside_the_target(source, destination):
+        if Path(destination).parent == elsewhere:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", refused_beside_the_target)
+    monkeypatch.setattr(shutil, "copyfileobj", lambda source, destination: copies.append(source))
+    with pytest.raises(OSError) as raised:
+        with output_paths.replace_entries_atomically(folder, "checkpoint folder") as staging:
+            for name, content in new.items():
+                (staging / name).write_text(content)
+    assert raised.value.errno == errno.EACCES and str(folder) in str(raised.value) and not copies
+    assert {path.name: path.read_text() for path in folder.iterdir()} == dict.fromkeys(new, "old")
+    assert list(elsewhere.iterdir()) == [weights]
+
+
 def test_a_copy_a_killed_save_left_beside_a_links_target_is_removed_by_the_next_save(
         tmp_path, folder_on_another_file_system):
     """Nothing else removed it: a checkpoint-sized file on the other disk after every killed save."""

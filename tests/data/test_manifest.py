@@ -402,6 +402,8 @@ def test_records_digest_follows_every_field_but_meta_and_the_order():
 
 @pytest.mark.parametrize("fields, message", [
     ({"captions": "a man with a beard"}, "'captions' must be a list of non-empty strings, got 'a man with a beard'"),
+    # Without a blank letter to refuse, only the type check stands between a str and a caption a letter.
+    ({"captions": "bearded"}, "'captions' must be a list of non-empty strings, got 'bearded'"),
     ({"captions": ("a face", 3)}, "'captions' must be a list of non-empty strings, got ('a face', 3)"),
     ({"captions": [""]}, "'captions' must be a list of non-empty strings, got ['']"),
     ({"captions": ("a face", "  ")}, "'captions' must be a list of non-empty strings, got ('a face', '  ')"),

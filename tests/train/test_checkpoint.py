@@ -211,6 +211,8 @@ MALFORMED_RNG = [
     ("python", "version", 3.0, "'python' 'version' is a float, not int"),
     ("python", "gauss", "0.5", "'python' 'gauss' is a str, not float or NoneType"),
     ("numpy", "position", True, "'numpy' 'position' is a bool, not int"),
+    ("numpy", "cached_gauss", "0.5", "'numpy' 'cached_gauss' is a str, not float"),
+    ("numpy", "kind", b"MT19937", "'numpy' 'kind' is a bytes, not str"),
     ("torch", None, [0, 1], "'torch' is a list, not a tensor of torch.uint8"),
     ("cuda_device", None, torch.zeros(2, dtype=torch.int64), "'cuda_device' is a tensor of torch.int64, not a "
                                                              "tensor of torch.uint8"),
