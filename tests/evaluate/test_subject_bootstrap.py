@@ -93,6 +93,27 @@ def test_replicates_equal_materialized_pair_lists(seed, ids):
         assert (result["tar_at_far_ci"][far_label(far)] is None) == np.isnan(expected[:, column]).any()
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_subjects_on_one_side_of_the_pairs_only_are_counted_and_kept_apart(seed):
+    """A sampled protocol's impostor pairs may put a subject on the left only, the smallest id among them: the
+    table of ids read only the right-hand ids' range (those subjects merged into others, by a negative offset) or
+    counted only the right-hand ids (those subjects dropped, every interval gone)."""
+    subjects_a, subjects_b, same = all_pairs([3, 3, 3, 3])
+    subjects_a, subjects_b = subjects_a + 10, subjects_b + 10
+    rng = np.random.default_rng(seed)
+    left_only = np.repeat([0, 1, 2], 4)  # one image each, against 4 images of the subjects 10 .. 13
+    right = rng.integers(10, 14, left_only.size)
+    subjects_a, subjects_b = np.r_[subjects_a, left_only], np.r_[subjects_b, right]
+    same = np.r_[same, np.zeros(left_only.size, np.int64)]
+    scores = np.round(rng.normal(same * 1.5, 1.0), 1)
+    far_targets = (0.05, 0.3)
+    result = verification_metrics(scores, same, subjects_a=subjects_a, subjects_b=subjects_b,
+                                  far_targets=far_targets, resamples=30, seed=seed, keep_replicates=True)
+    assert result["subjects"] == np.unique(np.r_[subjects_a, subjects_b]).size == 7
+    expected = brute_force_replicates(scores, same, subjects_a, subjects_b, 30, seed, far_targets)
+    np.testing.assert_allclose(replicate_matrix(result, far_targets), expected, rtol=0, atol=1e-12)
+
+
 def test_int64_and_uint64_ids_above_2_to_the_53_stay_apart():
     """numpy promotes int64 with uint64 to float64, where ids 2**60 + k round together: the six subjects
     merged into one, with a zero-width interval."""
