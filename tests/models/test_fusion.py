@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgfr.models import FCFM, ConcatFusion, LinearFusion, build_fusion
+from tgfr.models import FCFM, ConcatFusion, FineGrainedInteraction, LinearFusion, build_fusion
 
 
 def aligned_batch(batch=3, regions=6, words=5, dim=8, seed=0):
@@ -96,6 +96,25 @@ def test_fusion_rejects_bad_inputs():
         fusion(**empty)
     with pytest.raises(ValueError, match="fusion must be one of"):
         build_fusion("attention")
+    # The exported fine-grained part alone: a length of 0 gave a NaN row (a softmax over no word), one past T was
+    # read as T.
+    fine = FineGrainedInteraction(dim=8, out_dim=4)
+    local = {name: inputs[name] for name in ("regions", "words", "lengths")}
+    torch.testing.assert_close(fine(**local), fine_reference(fine, **local))
+    for lengths, given in (([0, 1, 3], "[0, 3]"), ([5, 6, 1], "[1, 6]")):
+        with pytest.raises(ValueError, match="^" + re.escape(f"lengths must lie in [1, T=5] (T from words.shape[1]), "
+                                                             f"got values in {given}") + "$"):
+            fine(**dict(local, lengths=torch.tensor(lengths)))
+    with pytest.raises(ValueError, match=re.escape("words must have size 8 (the alignment dimension D) in dimension 2, "
+                                                   "got 9 (shape (3, 5, 9))")):
+        fine(**dict(local, words=torch.randn(3, 5, 9)))
+    with pytest.raises(ValueError, match=re.escape("lengths must have size 3 (the number of captions N)")):
+        fine(**dict(local, lengths=local["lengths"][:2]))
+    with pytest.raises(ValueError, match=re.escape("regions must not be empty along dimension 1, got shape (3, 0, 8)")):
+        fine(**dict(local, regions=local["regions"][:, :0]))
+    with pytest.raises(TypeError, match="^" + re.escape("regions must have dtype float32, the "
+                                                        "FineGrainedInteraction's parameters, got float64") + "$"):
+        fine(**dict(local, regions=local["regions"].double()))
 
 
 @pytest.mark.parametrize("name", ["fcfm", "linear"])

@@ -1,6 +1,7 @@
 import copy
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -243,8 +244,27 @@ def test_bad_configs_and_inputs_are_rejected():
     with pytest.raises(ValueError, match="dropout"):
         IResNetConfig(dropout=1.0)
     for field in ("width", "num_features"):  # failed later in the build or the first forward, naming neither
-        with pytest.raises(ValueError, match=f"^{field} must be positive, got 0$"):
+        with pytest.raises(ValueError, match=f"^{field} must be an integer >= 1, got 0$"):
             IResNetConfig(**{field: 0})
+    # Given in Python (config.json's types are checked by TGFRConfig.from_dict): a float size failed in PyTorch's
+    # layer build, a string dropout comparing it, and a bool block count was taken as 1.
+    for field, value in (("width", 16.0), ("input_size", 32.0), ("num_features", True), ("width", "16")):
+        with pytest.raises(TypeError, match="^" + re.escape(f"{field} must be an integer, got "
+                                                            f"{type(value).__name__} {value!r}") + "$"):
+            IResNetConfig(**{field: value})
+    with pytest.raises(TypeError, match=re.escape("layers[0] must be an integer, got bool True")):
+        IResNetConfig(layers=(True, 1, 1, 1))
+    with pytest.raises(ValueError, match="^layers must be 4 positive block counts, got 2$"):
+        IResNetConfig(layers=2)
+    for value in ("0.1", True):
+        with pytest.raises(TypeError, match="^" + re.escape(f"dropout must be a number, got {type(value).__name__} "
+                                                            f"{value!r}") + "$"):
+            IResNetConfig(dropout=value)
+    # numpy scalars, as tgfr takes them elsewhere, build the model the Python numbers do.
+    config = IResNetConfig.preset("iresnet_small", input_size=np.int64(32), width=np.int32(8), dropout=np.float64(0.25))
+    assert config == IResNetConfig.preset("iresnet_small", input_size=32, width=8, dropout=0.25)
+    assert type(config.input_size) is int and type(config.width) is int  # config.json takes these
+    assert IResNet(config).fc.in_features == 8 * 8 * 2 * 2  # 8 * width channels of the 2x2 layer4 map at 32x32
     model = IResNet(IResNetConfig.preset("iresnet_small", input_size=32))
     with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 32, 32\)"):
         model(torch.randn(2, 3, 64, 64))

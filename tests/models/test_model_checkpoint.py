@@ -10,8 +10,10 @@ import time
 import pytest
 import safetensors.torch
 import torch
+from transformers import AutoTokenizer
 
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_tgfr_model, load_weights_file, save_tgfr_model
+from tgfr.models.text_encoder import TextModelFilesError
 
 CAPTIONS = ["a young man with a beard", "blond woman smiling"]
 
@@ -683,4 +685,21 @@ def test_text_kernel_sizes_below_one_are_refused_naming_the_config_key_and_file(
     with pytest.raises(ValueError, match="^" + re.escape(f"checkpoint file '{config_path}' does not describe a model: "
                                                          f"text_kernel_sizes must be a non-empty list of positive "
                                                          f"sizes, got {sizes}") + "$"):
+        load_tgfr_model(checkpoint)
+
+
+def test_a_checkpoint_whose_tokenizer_outgrew_the_text_model_is_refused_naming_the_text_model_folder(
+        tiny_bert_dir, tmp_path):
+    """Tokens added to text_encoder/'s tokenizer (or another model's tokenizer files put there) without the
+    embedding rows for them: the model loaded and failed at the first caption that held one."""
+    model = build(tiny_bert_dir)
+    rows = model.text_encoder.model.get_input_embeddings().num_embeddings
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    text_dir = checkpoint / "text_encoder"
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    tokenizer.add_tokens(["freckles"])
+    tokenizer.save_pretrained(text_dir)
+    with pytest.raises(TextModelFilesError, match="^" + re.escape(f"tokenizer in {text_dir} has {rows + 1} tokens, "
+                                                                  f"more than the {rows} rows of the text model's "
+                                                                  "token embeddings")):
         load_tgfr_model(checkpoint)

@@ -5,12 +5,14 @@ import shutil
 import socket
 import warnings
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, CLIPModel, GPT2Config, GPT2Model, GPT2Tokenizer, PreTrainedTokenizerFast
+from transformers import (AutoTokenizer, BertConfig, BertModel, CLIPModel, GPT2Config, GPT2Model, GPT2Tokenizer,
+                          PreTrainedTokenizerFast)
 from transformers.utils import logging as transformers_logging
 
 from tgfr.models import TextEncoder, packaged_minilm_path
@@ -144,9 +146,15 @@ def test_max_length_below_two_special_tokens_and_a_word_is_refused(tiny_bert_dir
     features = encoder(**encoder.tokenize(["a man with a beard"]))
     assert features.lengths.tolist() == [1] and features.words.shape[1] == 1
     for max_length in (2, 1, 0):
-        with pytest.raises(ValueError, match=re.escape(f"max_length must be at least 3 (two special tokens and a "
-                                                       f"word), got {max_length}")):
+        with pytest.raises(ValueError, match=f"^max_length must be an integer >= 3, got {max_length}$"):
             TextEncoder(tiny_bert_dir, max_length=max_length)
+    # A float passed the bound and failed at the first tokenize ("'float' object cannot be interpreted as an
+    # integer"); a bool was a width of 1.
+    for max_length in (12.0, True, "12"):
+        with pytest.raises(TypeError, match="^" + re.escape(f"max_length must be an integer, got "
+                                                            f"{type(max_length).__name__} {max_length!r}") + "$"):
+            TextEncoder(tiny_bert_dir, max_length=max_length)
+    assert TextEncoder(tiny_bert_dir, max_length=np.int64(5)).tokenize(["a man"])["input_ids"].shape == (1, 5)
 
 
 def test_max_length_counts_the_positions_roberta_reaches(tiny_roberta_dir):
@@ -411,3 +419,28 @@ def test_loading_draws_no_progress_bar_and_leaves_the_callers_setting(tiny_bert_
         assert transformers_logging.is_progress_bar_enabled() == bars_on
     finally:
         transformers_logging.enable_progress_bar()
+
+
+def test_a_tokenizer_with_more_tokens_than_the_model_has_embeddings_is_refused(tiny_bert_dir, tmp_path):
+    """tokenizer.add_tokens + save_pretrained without the model's resize_token_embeddings loaded, and the first
+    caption holding an added word failed in forward, maybe deep into a run. A tokenizer smaller than the table
+    (embedding rows padded to a multiple) is legal."""
+    rows = BertModel.from_pretrained(tiny_bert_dir).get_input_embeddings().num_embeddings
+    added = tmp_path / "added_tokens"
+    shutil.copytree(tiny_bert_dir, added)
+    tokenizer = AutoTokenizer.from_pretrained(added)
+    assert tokenizer.add_tokens(["freckles", "dimples"]) == 2 and len(tokenizer) == rows + 2
+    tokenizer.save_pretrained(added)
+    with pytest.raises(TextModelFilesError, match="^" + re.escape(
+            f"tokenizer in {added} has {rows + 2} tokens, more than the {rows} rows of the text model's token "
+            "embeddings (tokens added without resize_token_embeddings, or another model's tokenizer files?)") + "$"):
+        TextEncoder(added)
+
+    padded = tmp_path / "padded_table"
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    model.resize_token_embeddings(rows, pad_to_multiple_of=64)
+    model.save_pretrained(padded)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(padded)
+    encoder = TextEncoder(padded, max_length=6)
+    assert encoder.vocab_size == 64 > len(encoder.tokenizer) == rows
+    assert encoder(**encoder.tokenize(["a man"])).lengths.tolist() == [2]

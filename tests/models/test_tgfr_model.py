@@ -1,5 +1,6 @@
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,18 +164,41 @@ def test_a_float16_model_gives_the_float32_embeddings(tiny_bert_dir):
     torch.testing.assert_close(F.normalize(half_face.float(), dim=1), face, rtol=0.0, atol=1e-2)
 
 
-@pytest.mark.parametrize("captions", [2, 4])
-def test_captions_for_another_number_of_images_are_refused_before_the_backbone_runs(tiny_bert_dir, captions):
+# mistake -> (input_ids, attention_mask of CAPTIONS tokenized at width 10, vocabulary size) -> the bad pair, and
+# the start of the refusal ({vocab}: the vocabulary size).
+BAD_TEXT_INPUTS = {
+    "2 captions": (lambda ids, mask, vocab: (ids[:2], mask[:2]), "input_ids must have size 3 (the batch size of "
+                   "images: one caption per image) in dimension 0, got 2 (shape (2, 10))"),
+    "4 captions": (lambda ids, mask, vocab: (torch.cat((ids, ids[:1])), torch.cat((mask, mask[:1]))),
+                   "input_ids must have size 3 (the batch size of images: one caption per image) in dimension 0, "
+                   "got 4 (shape (4, 10))"),
+    "mask of 2s": (lambda ids, mask, vocab: (ids, mask * 2), "attention_mask must hold only 0s and 1s (or bools), "
+                   "got 2"),
+    "mask padded on the left": (lambda ids, mask, vocab: (ids, mask.flip(1)), "attention_mask must be right-padded"),
+    "mask of another shape": (lambda ids, mask, vocab: (ids, mask[:, :4]), "attention_mask must have the shape of "
+                              "input_ids (3, 10), got (3, 4)"),
+    "id past the vocabulary": (lambda ids, mask, vocab: (ids.index_fill(1, torch.tensor([1]), vocab), mask),
+                               "input_ids must lie in [0, {vocab}), the vocabulary of the text encoder"),
+    "caption without a word": (lambda ids, mask, vocab: (ids, mask.index_fill(1, torch.arange(2, 10), 0)),
+                               "attention_mask row 0 attends 2 tokens"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(BAD_TEXT_INPUTS))
+def test_captions_for_another_number_of_images_or_bad_text_inputs_are_refused_before_the_backbone_runs(
+        tiny_bert_dir, mistake):
+    """The text encoder's checks ran after the backbone had spent the batch (iresnet100 at a large batch)."""
     model = TGFRModel(small_config(tiny_bert_dir)).eval()
-    batch = model.tokenize((CAPTIONS * 2)[:captions])
+    batch = model.tokenize(CAPTIONS)
+    edit, message = BAD_TEXT_INPUTS[mistake]
+    vocab = model.text_encoder.model.config.vocab_size
+    input_ids, attention_mask = edit(batch["input_ids"], batch["attention_mask"], vocab)
     calls = []
     model.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs))
-    message = re.escape(f"input_ids must have size 3 (the batch size of images: one caption per image) in "
-                        f"dimension 0, got {captions} (shape ({captions}, 10))")
     with torch.no_grad():
         for call in (model, model.align):
-            with pytest.raises(ValueError, match=message):
-                call(torch.randn(3, 3, 32, 32), **batch)
+            with pytest.raises(ValueError, match="^" + re.escape(message.format(vocab=vocab))):
+                call(torch.randn(3, 3, 32, 32), input_ids, attention_mask)
     assert calls == []
 
 
@@ -216,3 +240,41 @@ def test_fuse_places_image_global_before_sentence(tiny_bert_dir, fusion):
                                   model.fusion.norm_sentence(aligned.sentence)), dim=1)
             fused = fused[:, model.config.fine_dim:]
     torch.testing.assert_close(fused, expected)
+
+
+@pytest.mark.parametrize("field, value", [("dim", 16.0), ("fine_dim", True), ("fusion_out_dim", "640")])
+def test_a_size_of_another_type_is_refused_naming_the_field(field, value):
+    """Given in Python (config.json's types are checked by from_dict): a float failed in PyTorch's layer build
+    ("empty(): argument 'size' ... must be tuple of ints"), naming no field."""
+    with pytest.raises(TypeError, match="^" + re.escape(f"{field} must be an integer, got {type(value).__name__} "
+                                                        f"{value!r}") + "$"):
+        TGFRConfig(**{field: value})
+    with pytest.raises(ValueError, match=f"^{field} must be an integer >= 1, got 0$"):
+        TGFRConfig(**{field: 0})
+    config = TGFRConfig(**{field: np.int64(24)})  # a numpy size is taken as the int it is, which config.json takes
+    assert type(getattr(config, field)) is int and config == TGFRConfig(**{field: 24})
+
+
+def test_aligned_image_features_come_from_the_images_and_text_features_from_the_captions(tiny_bert_dir):
+    """Each feature of align changes with its own input only: swapped in AlignedFeatures, image_global would
+    follow the captions and sentence the images (both are (B, D) and unit rows, so no shape check sees it)."""
+    torch.manual_seed(0)
+    model = TGFRModel(small_config(tiny_bert_dir)).eval()
+    images, other_images = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    captions, other_captions = model.tokenize(CAPTIONS), model.tokenize(CAPTIONS[::-1])
+    with torch.no_grad():
+        reference = model.align(images, **captions)
+        new_images = model.align(other_images, **captions)
+        new_captions = model.align(images, **other_captions)
+
+    def differs(first, second):
+        return bool((first - second).abs().amax(dim=-1).min() > 1e-3)  # in every row
+
+    for name in ("regions", "image_global"):
+        torch.testing.assert_close(getattr(new_captions, name), getattr(reference, name))
+        assert differs(getattr(new_images, name), getattr(reference, name)), name
+    for name in ("words", "lengths", "sentence"):
+        torch.testing.assert_close(getattr(new_images, name), getattr(reference, name))
+    # CAPTIONS[1] stays in the middle: rows 0 and 2 change.
+    assert differs(new_captions.sentence[::2], reference.sentence[::2])
+    torch.testing.assert_close(new_captions.sentence[1], reference.sentence[1])

@@ -21,17 +21,25 @@ from tgfr.validation import check_nonempty, check_size, check_tensor, check_word
 FUSIONS = ("fcfm", "linear", "concat")
 
 
-def _check_aligned(fusion: nn.Module, regions, words, lengths, image_global, sentence) -> None:
-    for name, value, ndim in (("regions", regions, 3), ("words", words, 3), ("image_global", image_global, 2),
-                              ("sentence", sentence, 2)):
+def _check_features(module: nn.Module, regions, words, lengths, **global_features: torch.Tensor) -> None:
+    """Checks regions (B, R, D), words (B, T, D), lengths (B,) in [1, T] and any (B, D) global_features against
+    module.dim and module's parameter dtype, naming the argument."""
+    for name, value, ndim in (("regions", regions, 3), ("words", words, 3),
+                              *((name, value, 2) for name, value in global_features.items())):
         check_tensor(name, value, ndim=ndim)
-        check_size(name, value, ndim - 1, fusion.dim, "the alignment dimension D")
+        check_size(name, value, ndim - 1, module.dim, "the alignment dimension D")
         check_size(name, value, 0, regions.shape[0], "the batch size of regions")
-        check_input_dtype(name, value, fusion)
-        _check_autocast_mix(name, value)
+        check_input_dtype(name, value, module)
     check_nonempty("regions", regions, 0)
-    check_nonempty("regions", regions, 1)  # FCFM's mean over no region is NaN
+    check_nonempty("regions", regions, 1)  # the fine-grained mean over no region is NaN
     check_word_lengths(lengths, regions.shape[0], words.shape[1])
+
+
+def _check_aligned(fusion: nn.Module, regions, words, lengths, image_global, sentence) -> None:
+    _check_features(fusion, regions, words, lengths, image_global=image_global, sentence=sentence)
+    for name, value in (("regions", regions), ("words", words), ("image_global", image_global),
+                        ("sentence", sentence)):
+        _check_autocast_mix(name, value)
 
 
 def _check_autocast_mix(name: str, value: torch.Tensor) -> None:
@@ -52,6 +60,7 @@ class FineGrainedInteraction(nn.Module):
 
     def __init__(self, dim: int = 256, out_dim: int = 128):
         super().__init__()
+        self.dim = dim
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -60,6 +69,8 @@ class FineGrainedInteraction(nn.Module):
         self.scale = 1.0 / math.sqrt(dim)
 
     def forward(self, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # A length of 0 masked every word (a NaN row from the softmax), one past T was read as T.
+        _check_features(self, regions, words, lengths)
         padded = ~valid_word_mask(lengths, words.shape[1])  # (B, T)
         # A padded word's value enters the product below with weight 0, and its key meets the queries' gradient:
         # 0 * NaN = NaN. Filled with zeros, whatever padded words hold (NaN or Inf) reaches no output or gradient.

@@ -18,7 +18,7 @@ from torch import nn
 
 from tgfr.models.freezing import FreezableModule
 from tgfr.models.input_dtype import check_input_dtype
-from tgfr.validation import check_tensor
+from tgfr.validation import check_count, check_finite_number, check_tensor
 
 IRESNET_LAYERS = {
     "iresnet18": (2, 2, 2, 2),
@@ -63,16 +63,15 @@ class IResNetConfig:
         return replace(config, **overrides)
 
     def __post_init__(self) -> None:
-        if len(self.layers) != 4 or any(not isinstance(n, int) or n < 1 for n in self.layers):
+        # A float size (16.0) or a string dropout failed deep inside PyTorch, naming no field.
+        if not isinstance(self.layers, (list, tuple)) or len(self.layers) != 4:
             raise ValueError(f"layers must be 4 positive block counts, got {self.layers}")
-        object.__setattr__(self, "layers", tuple(self.layers))
-        if self.width < 1:
-            raise ValueError(f"width must be positive, got {self.width}")
-        if self.input_size < 16:
-            raise ValueError(f"input_size must be at least 16, got {self.input_size}")
-        if self.num_features < 1:
-            raise ValueError(f"num_features must be positive, got {self.num_features}")
-        if not 0.0 <= self.dropout < 1.0:
+        object.__setattr__(self, "layers", tuple(check_count(f"layers[{stage}]", blocks)
+                                                 for stage, blocks in enumerate(self.layers)))
+        object.__setattr__(self, "width", check_count("width", self.width))
+        object.__setattr__(self, "input_size", check_count("input_size", self.input_size, minimum=16))
+        object.__setattr__(self, "num_features", check_count("num_features", self.num_features))
+        if not 0.0 <= check_finite_number("dropout", self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property

@@ -25,7 +25,7 @@ from tgfr.models.freezing import FreezableModule
 from tgfr.text_formats import check_caption_utf8
 from tgfr.torch_files import REFUSED_PICKLE, is_refused_pickle
 from tgfr.word_mask import valid_word_mask
-from tgfr.validation import check_nonempty, check_same_device, check_tensor
+from tgfr.validation import check_count, check_nonempty, check_same_device, check_tensor
 
 SENTENCE_POOLINGS = ("mean", "cls", "pooled")
 
@@ -96,8 +96,8 @@ class TextEncoder(FreezableModule):
         super().__init__()
         if sentence_pooling not in SENTENCE_POOLINGS:
             raise ValueError(f"sentence_pooling must be one of {SENTENCE_POOLINGS}, got {sentence_pooling!r}")
-        if max_length < 3:
-            raise ValueError(f"max_length must be at least 3 (two special tokens and a word), got {max_length}")
+        # Two special tokens and a word; a float (12.0) failed at the first tokenize, naming nothing.
+        max_length = check_count("max_length", max_length, minimum=3)
         path = Path(name_or_path) if name_or_path is not None else packaged_minilm_path()
         if not path.is_dir():
             raise ValueError(f"name_or_path must be a local model directory, got {str(path)!r} (not a directory)")
@@ -151,6 +151,14 @@ class TextEncoder(FreezableModule):
         except Exception as error:
             raise TextModelFilesError(f"the model files (config.json, weights) of text model folder {path} do not "
                                       f"load: {_library_reason(error)}") from error
+        # Ids past the token embedding table (tokenizer.add_tokens without resize_token_embeddings, or another
+        # model's tokenizer files) fail only at the first caption that holds one, possibly deep into a run.
+        if len(self.tokenizer) > self.vocab_size:
+            raise TextModelFilesError(
+                f"tokenizer in {path} has {len(self.tokenizer)} tokens, more than the {self.vocab_size} rows of the "
+                "text model's token embeddings (tokens added without resize_token_embeddings, or another model's "
+                "tokenizer files?)"
+            )
         # Positions past the model's embedding table fail only at the first forward, deep in the model.
         limit = self.max_positions
         if limit is not None and max_length > limit:
@@ -185,6 +193,11 @@ class TextEncoder(FreezableModule):
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's token embedding table: the ids input_ids may hold are [0, vocab_size)."""
+        return self.model.get_input_embeddings().num_embeddings
 
     @property
     def max_positions(self) -> int | None:
@@ -225,8 +238,9 @@ class TextEncoder(FreezableModule):
                              "(the tokenizer reduces it to its special tokens)")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
-        """input_ids, attention_mask (B, L) from `tokenize` -> TextFeatures with T = L - 2."""
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Checks input_ids and attention_mask (B, L) as `forward` takes them; returns the number of attended
+        tokens of each caption (B,) int64. TGFRModel.align calls it before its backbone runs."""
         check_tensor("input_ids", input_ids, ndim=2, dtypes=(torch.int64, torch.int32))
         check_tensor("attention_mask", attention_mask, ndim=2)
         check_same_device(input_ids=input_ids, attention_mask=attention_mask)
@@ -239,7 +253,7 @@ class TextEncoder(FreezableModule):
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
-        vocab_size = self.model.config.vocab_size
+        vocab_size = self.vocab_size
         if bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
             raise ValueError(f"input_ids must lie in [0, {vocab_size}), the vocabulary of the text encoder in "
                              f"{self.name_or_path}, got values from {int(input_ids.min())} to {int(input_ids.max())}")
@@ -255,6 +269,11 @@ class TextEncoder(FreezableModule):
                 f"attention_mask row {row} attends {int(attended[row])} tokens; every caption needs its two "
                 "special tokens and at least one word"
             )
+        return attended
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """input_ids, attention_mask (B, L) from `tokenize` -> TextFeatures with T = L - 2."""
+        attended = self.check_inputs(input_ids, attention_mask)
         with self.grad_context():
             output = self.model(input_ids=input_ids, attention_mask=attention_mask)
             hidden = output.last_hidden_state

@@ -24,7 +24,7 @@ from tgfr.models.fcfm import build_fusion
 from tgfr.models.freezing import KeepsFrozenPartsFixed
 from tgfr.models.iresnet import IResNet, IResNetConfig
 from tgfr.models.text_encoder import TextEncoder
-from tgfr.validation import check_nonempty, check_size, check_tensor
+from tgfr.validation import check_count, check_size, check_tensor
 
 
 @dataclass
@@ -52,8 +52,7 @@ class TGFRConfig:
     def __post_init__(self) -> None:
         # A config read from an untrusted checkpoint must fail here, by name, not deep inside a layer.
         for name in ("dim", "fine_dim", "fusion_out_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            setattr(self, name, check_count(name, getattr(self, name)))
         # Checked here, not only by the text head, whose message would name its own argument (kernel_sizes).
         sizes = self.text_kernel_sizes
         if not isinstance(sizes, (list, tuple)) or not all(type(size) is int for size in sizes):
@@ -178,10 +177,10 @@ class TGFRModel(KeepsFrozenPartsFixed):
         """images (B, 3, S, S) as for `embed_image`, input_ids / attention_mask (B, L) from `tokenize`
         (one caption per image) -> AlignedFeatures (T = L - 2)."""
         check_tensor("images", images, ndim=4)
-        check_tensor("input_ids", input_ids, ndim=2)
-        # Checked before the backbone runs, which would otherwise spend a whole batch to fail in the fusion.
+        # Checked before the backbone runs, which would otherwise spend a whole batch to fail in the text encoder
+        # or the fusion.
+        self.text_encoder.check_inputs(input_ids, attention_mask)
         check_size("input_ids", input_ids, 0, images.shape[0], "the batch size of images: one caption per image")
-        check_nonempty("input_ids", input_ids)
         embedding, region_map = self.backbone(images)
         image_global, regions = self.image_head(embedding, region_map)
         text = self.text_encoder(input_ids, attention_mask)
