@@ -846,3 +846,92 @@ def test_negative_loss_weights_are_refused(make):
     """The training config refuses them; the modules took them, and the optimizer would raise that term."""
     with pytest.raises(ValueError, match=r"_weight must be at least 0, got -"):
         make()
+
+
+@pytest.mark.parametrize("case", [case for case, (_, name) in LOSS_NUMBERS.items() if name.endswith("_weight")])
+def test_loss_weights_past_float32s_maximum_are_refused_by_name(case):
+    """The losses are float32: a larger weight made them inf, where the gammas and scales of the same modules,
+    and the training config's weights, were refused."""
+    make, name = LOSS_NUMBERS[case]
+    largest = torch.finfo(torch.float32).max
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number of magnitude at most 3.40282e\+38, "
+                                         r"got 1e\+39$"):
+        make(1e39)
+    assert getattr(make(largest), name) == largest
+
+
+STATEFUL_LOSSES = {  # loss with the reference backend (which the transforms take), its call to a scalar, its state
+    "CoReFace": (lambda: CoReFaceLoss(backend="reference"),
+                 lambda loss, image, caption: loss(image, caption, torch.tensor([0, 1, 2, 0, 1, 2])),
+                 "CoReFaceLoss's running margin (buffer margin)"),
+    "association": (lambda: DualGranularityAssociationLoss(8, 3, backend="reference"),
+                    lambda loss, image, caption: loss(image, caption)[0],
+                    "DualGranularityAssociationLoss's memory (buffer prototypes)"),
+}
+TRANSFORMS = {
+    "grad": lambda call, image, caption: torch.func.grad(call)(image, caption),
+    "vjp": lambda call, image, caption: torch.func.vjp(call, image, caption),
+    "jvp": lambda call, image, caption: torch.func.jvp(call, (image, caption), (image, caption)),
+    "vmap": lambda call, image, caption: torch.func.vmap(call)(image.expand(2, -1, -1), caption.expand(2, -1, -1)),
+}
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("case", STATEFUL_LOSSES)
+def test_stateful_losses_refuse_a_training_call_under_a_torch_func_transform_by_the_state(case, transform):
+    """grad, vjp and jvp refused CoReFace's in-place margin update with PyTorch's error about a captured tensor;
+    the association loss stored the transform's wrapper as its memory, and a later deepcopy failed on it. In eval
+    mode, where the state is only read, a transform takes both: torch.func.grad gives autograd's gradient."""
+    make, call, state = STATEFUL_LOSSES[case]
+    generator = torch.Generator().manual_seed(5)
+    image, caption = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
+    loss = make()
+    before = {name: value.clone() for name, value in loss.named_buffers()}
+    with pytest.raises(RuntimeError, match=rf"^{re.escape(state)} is updated by every training-mode call, .*"
+                                           r"call the loss in eval mode \(loss\.eval\(\)\) under the transform"):
+        TRANSFORMS[transform](lambda x, y: call(loss, x, y), image, caption)
+    for name, value in loss.named_buffers():
+        assert not torch._C._functorch.is_functorch_wrapped_tensor(value) and torch.equal(value, before[name]), name
+    copy.deepcopy(loss)
+    loss.eval()
+    transformed = torch.func.grad(lambda x: call(loss, x, caption))(image)
+    leaf = image.clone().requires_grad_()
+    torch.testing.assert_close(transformed, torch.autograd.grad(call(loss, leaf, caption), leaf)[0], **TOL)
+
+
+@pytest.mark.parametrize("term, weight, module_class, input_name", [
+    ("wrcl", "wrcl_weight", WordRegionContrastiveLoss, "words"),
+    ("cicl", "cicl_weight", CaptionImageContrastiveLoss, "sentence"),
+    ("identity", "identity_weight", ArcFaceHead, "fused"),
+])
+def test_multi_granularity_skips_a_term_of_weight_0(term, weight, module_class, input_name, monkeypatch):
+    """A term of weight 0 (an ablation) was computed, WRCL most of the cost, and an Inf in its input made the
+    total 0 * Inf = NaN. Its value is reported as a zero of the other terms' dtype, and its inputs still get a
+    (zero) gradient, as under 0 * term: DistributedDataParallel refuses a parameter that gets none."""
+    generator = torch.Generator().manual_seed(6)
+    inputs = dict(words=torch.randn(6, 4, 8, generator=generator), lengths=torch.tensor([4, 2, 3, 1, 4, 4]),
+                  regions=torch.randn(6, 9, 8, generator=generator), sentence=torch.randn(6, 12, generator=generator),
+                  image=torch.randn(6, 12, generator=generator), labels=torch.tensor([0, 1, 2, 0, 3, 4]),
+                  fused=torch.randn(6, 16, generator=generator))
+    head = ArcFaceHead(16, 5)
+    weights = {"wrcl_weight": 1.0, "cicl_weight": 2.0, "identity_weight": 100.0, weight: 0.0}
+    terms = {"wrcl": WordRegionContrastiveLoss()(inputs["words"], inputs["lengths"], inputs["regions"],
+                                                 inputs["labels"]),
+             "cicl": CaptionImageContrastiveLoss()(inputs["sentence"], inputs["image"], inputs["labels"]),
+             "identity": head(inputs["fused"], inputs["labels"])}
+    expected = sum(weights[f"{name}_weight"] * value for name, value in terms.items() if name != term)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the {term} term of weight 0 was computed")
+
+    monkeypatch.setattr(module_class, "forward", refuse)
+    loss = MultiGranularityLoss(head, **weights)
+    inputs[input_name] = inputs[input_name].clone()
+    inputs[input_name][0, 0] = torch.inf
+    inputs[input_name].requires_grad_()
+    total, parts = loss(**inputs)
+    torch.testing.assert_close(total, expected, **TOL)
+    assert set(parts) == {"wrcl", "cicl", "identity", "total"}
+    assert parts[term].item() == 0.0 and (parts[term].dtype, parts[term].device) == (total.dtype, total.device)
+    gradient, = torch.autograd.grad(total, inputs[input_name])
+    assert torch.equal(gradient, torch.zeros_like(gradient))

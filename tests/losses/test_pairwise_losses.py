@@ -156,18 +156,19 @@ def test_cicl_with_labels_excludes_other_pairs_of_an_identity_by_default():
             torch.testing.assert_close(g, e, **TOL)
 
 
-def test_intra_modal_is_supervised_contrastive_both_ways():
+@pytest.mark.parametrize("settings, scale", [({"scale": 5.0}, 5.0), ({}, 10.0)], ids=["scale-5", "default-scale"])
+def test_intra_modal_is_supervised_contrastive_both_ways(settings, scale):
     generator = torch.Generator().manual_seed(2)
     view1 = torch.randn(30, 8, generator=generator, dtype=torch.float64)
     view2 = torch.randn(30, 8, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 6, (30,), generator=generator)
     positives = (labels[:, None] == labels[None, :]).double()
-    logits = 5.0 * F.normalize(view1, dim=1) @ F.normalize(view2, dim=1).T
+    logits = scale * F.normalize(view1, dim=1) @ F.normalize(view2, dim=1).T
 
     def supcon(scores):
         return (-(scores.log_softmax(1) * positives).sum(1) / positives.sum(1)).mean()
 
-    got = IntraModalContrastiveLoss(scale=5.0)(view1, view2, labels)
+    got = IntraModalContrastiveLoss(**settings)(view1, view2, labels)
     torch.testing.assert_close(got, supcon(logits) + supcon(logits.T), **TOL)
 
 
@@ -529,3 +530,41 @@ def test_coreface_non_finite_batch_gives_a_non_finite_loss_and_leaves_the_margin
     assert loss.margin.item() == pytest.approx(expected_margin, abs=1e-12)
     expected_eval, _ = spec_coreface(*batches[1], labels, expected_margin, momentum=0.0)
     torch.testing.assert_close(loss.eval()(*batches[1], labels), expected_eval, **TOL)
+
+
+def test_compiled_coreface_in_eval_mode_uses_the_current_running_margin():
+    """In eval mode the fused op runs inside the compiled graph, which reads the margin buffer while it traces
+    (values_readable is False there): read as unreadable, the margin was baked in as 0; guarded on, the graph has
+    to follow a margin that changes after compiling."""
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(8)
+    view1 = torch.randn(6, 8, generator=generator, dtype=torch.float64)
+    view2 = view1 + 0.5 * torch.randn(6, 8, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 3, 4])
+    loss = CoReFaceLoss(scale=16.0).eval()
+    compiled = torch.compile(loss, backend="aot_eager")
+    for margin in (0.3, 0.5):
+        loss.margin.fill_(margin)
+        expected, _ = spec_coreface(view1, view2, labels, margin, scale=16.0, momentum=0.0)  # the margin as given
+        torch.testing.assert_close(compiled(view1, view2, labels), expected, **TOL)
+        torch.testing.assert_close(loss(view1, view2, labels), expected, **TOL)
+        assert loss.margin.item() == margin
+
+
+def test_coreface_margin_of_equal_views_counts_their_positive_cosines_as_1():
+    """Equal views (model.dropout = 0): a float32 positive cosine rounds to just above 1, where SPEC's clamp puts it
+    back at 1. Rows on disjoint coordinates make every negative cosine exactly 0, so only the positives can move the
+    margin away from SPEC's."""
+    generator = torch.Generator().manual_seed(0)
+    rows, width = 8, 5
+    view = torch.zeros(rows, rows * width)
+    for row in range(rows):
+        view[row, row * width:(row + 1) * width] = torch.rand(width, generator=generator) + 0.1
+    unit = F.normalize(view, dim=1)
+    assert ((unit * unit).sum(dim=1) > 1).any()  # the rounding the clamp is there for
+    labels = torch.arange(rows)
+    loss = CoReFaceLoss()
+    got = loss(view, view, labels)
+    expected, margin = spec_coreface(view, view, labels, 0.0)
+    assert loss.margin.item() == pytest.approx(margin, abs=1e-12)
+    torch.testing.assert_close(got, expected.float(), **TOL)

@@ -17,7 +17,8 @@ and the update puts the new memory in a new tensor, leaving the one the backward
 Images with NaN/Inf make the loss non-finite but are left out of the update, so the memory stays
 finite. A training-mode call under torch.inference_mode (or torch.no_grad) updates the memory too, as
 CoReFace's margin is updated there, and the memory stays a normal tensor that later calls can save for
-their backward; in eval mode the memory is never updated.
+their backward; in eval mode the memory is never updated. Under a torch.func transform (grad, vjp, jvp,
+vmap) a training-mode call raises RuntimeError, leaving the memory as it was; an eval-mode one runs.
 
 Local level: within the batch, identity relations are built with the image as the anchor:
 images whose assignment is confident (c_i >= min_confidence) share a pseudo-identity when they
@@ -46,9 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, is_distributed, mean_over_ranks, row_offset
-from tgfr.losses.pairwise import check_pairs, check_state_device, symmetric_contrastive_loss
+from tgfr.losses.pairwise import (check_pairs, check_state_device, refuse_state_update_under_transforms,
+                                  symmetric_contrastive_loss)
 from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import BACKENDS, FLOAT_DTYPES
+from tgfr.ops.word_region import GAMMA_MAX
 from tgfr.reference import accumulation_dtype
 from tgfr.validation import (check_choice, check_count, check_finite_number, check_flag, check_loss_weight,
                              check_positive, check_size, check_tensor, values_readable)
@@ -87,8 +90,10 @@ class DualGranularityAssociationLoss(nn.Module):
         if not 0.0 <= self.min_confidence <= 1.0 or not 0.0 <= self.prototype_momentum <= 1.0:
             raise ValueError(f"min_confidence and prototype_momentum must lie in [0, 1], "
                              f"got {min_confidence}, {prototype_momentum}")
-        self.local_weight = check_loss_weight("local_weight", local_weight)
-        self.global_weight = check_loss_weight("global_weight", global_weight)
+        # At most float32's maximum: the loss is float32, where a larger weight makes it inf.
+        self.local_weight, self.global_weight = (
+            check_loss_weight(name, check_finite_number(name, value, GAMMA_MAX))
+            for name, value in (("local_weight", local_weight), ("global_weight", global_weight)))
         self.gather_ranks = check_flag("gather_ranks", gather_ranks)
         self.backend = check_choice("backend", backend, BACKENDS)
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))
@@ -129,6 +134,7 @@ class DualGranularityAssociationLoss(nn.Module):
     @torch.compiler.disable
     @torch.no_grad()
     def _update_prototypes(self, image: torch.Tensor, assignment: torch.Tensor) -> None:
+        refuse_state_update_under_transforms("DualGranularityAssociationLoss's memory (buffer prototypes)")
         # Meta and fake tensors carry shapes only: no image to move a prototype with (nor a finite mask to select).
         if not (values_readable(image) and values_readable(self.prototypes)):
             return

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgfr.distributed import gather, gather_with_grad, is_distributed, mean_over_ranks
-from tgfr.losses.pairwise import check_pairs, check_state_device
+from tgfr.losses.pairwise import check_pairs, check_state_device, refuse_state_update_under_transforms
 from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import BACKENDS, contrastive_loss, contrastive_row_max
 from tgfr.reference import accumulation_dtype
@@ -44,7 +44,8 @@ class CoReFaceLoss(nn.Module):
     Buffer `margin` (float64 scalar): the running margin m, updated by every training-mode call whose
     batch margin is finite (a batch with NaN/Inf gives a non-finite loss and leaves m as it was). It stays
     float64 when the module is cast to another dtype (.half(), .to(torch.bfloat16)). Meta and fake
-    tensors (FakeTensorMode) give the loss's shape and leave m as it was.
+    tensors (FakeTensorMode) give the loss's shape and leave m as it was. Under a torch.func transform (grad,
+    vjp, jvp, vmap) a training-mode call raises RuntimeError, leaving m as it was; an eval-mode one runs.
     """
 
     margin: torch.Tensor
@@ -117,6 +118,7 @@ class CoReFaceLoss(nn.Module):
     @torch.no_grad()
     def _update_margin(self, view1: torch.Tensor, view2: torch.Tensor, columns: torch.Tensor,
                        common: dict[str, Any]) -> None:
+        refuse_state_update_under_transforms("CoReFaceLoss's running margin (buffer margin)")
         # Meta and fake tensors carry shapes only: there is no batch margin to read, nor a running one to move.
         if not (values_readable(view1) and values_readable(self.margin)):
             return

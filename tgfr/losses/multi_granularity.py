@@ -6,7 +6,19 @@ from torch import nn
 
 from tgfr.losses.caption_image import CaptionImageContrastiveLoss
 from tgfr.losses.word_region import WordRegionContrastiveLoss
-from tgfr.validation import check_loss_weight, check_size, check_tensor
+from tgfr.ops.word_region import GAMMA_MAX
+from tgfr.reference import accumulation_dtype
+from tgfr.validation import check_finite_number, check_loss_weight, check_size, check_tensor
+
+
+def _skipped_term(*inputs: torch.Tensor) -> torch.Tensor:
+    """The value of a term of weight 0: a zero scalar, in the accumulation dtype of inputs[0] as the term's own value,
+    that keeps the term's inputs (and parameters) in the graph with zero gradients, as 0 * term did:
+    DistributedDataParallel (without find_unused_parameters) refuses a parameter without a gradient, such as the
+    image head's region branch, which only WRCL uses. Summed over empty slices, not multiplied by 0: no Inf or NaN
+    in the inputs makes it NaN."""
+    dtype = accumulation_dtype(inputs[0].dtype)
+    return sum(tensor.flatten()[:0].sum(dtype=dtype) for tensor in inputs)
 
 
 class MultiGranularityLoss(nn.Module):
@@ -15,7 +27,8 @@ class MultiGranularityLoss(nn.Module):
     Args:
         identity_head: a module (embeddings, labels) -> scalar, e.g. ArcFaceHead(..., focal=True);
             None drops the identity term.
-        wrcl_weight, cicl_weight, identity_weight: TGFR's 1, 2 and 100 by default.
+        wrcl_weight, cicl_weight, identity_weight: TGFR's 1, 2 and 100 by default; at least 0 and at most
+            float32's maximum. A term of weight 0 is not computed (an ablation): its value is reported as 0.
         word_region: the WRCL module (default WordRegionContrastiveLoss()).
         caption_image: the CICL module (default CaptionImageContrastiveLoss()).
 
@@ -31,9 +44,10 @@ class MultiGranularityLoss(nn.Module):
         self.word_region = word_region if word_region is not None else WordRegionContrastiveLoss()
         self.caption_image = caption_image if caption_image is not None else CaptionImageContrastiveLoss()
         self.identity_head = identity_head
-        self.wrcl_weight = check_loss_weight("wrcl_weight", wrcl_weight)
-        self.cicl_weight = check_loss_weight("cicl_weight", cicl_weight)
-        self.identity_weight = check_loss_weight("identity_weight", identity_weight)
+        # At most float32's maximum, as WRCL's gammas: the terms are float32, where a larger weight makes the total inf.
+        self.wrcl_weight, self.cicl_weight, self.identity_weight = (
+            check_loss_weight(name, check_finite_number(name, value, GAMMA_MAX)) for name, value in
+            (("wrcl_weight", wrcl_weight), ("cicl_weight", cicl_weight), ("identity_weight", identity_weight)))
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor,
                 image: torch.Tensor, labels: torch.Tensor | None = None,
@@ -46,15 +60,19 @@ class MultiGranularityLoss(nn.Module):
             if tensor is not None:
                 check_tensor(name, tensor, ndim=2)
                 check_size(name, tensor, 0, words.shape[0], "one row per caption of words")
+        # A term of weight 0 is not computed: WRCL is most of the cost, and 0 * an Inf term made the total NaN.
         components = {
-            "wrcl": self.word_region(words, lengths, regions, labels),
-            "cicl": self.caption_image(sentence, image, labels),
+            "wrcl": (self.word_region(words, lengths, regions, labels) if self.wrcl_weight > 0
+                     else _skipped_term(words, regions)),
+            "cicl": (self.caption_image(sentence, image, labels) if self.cicl_weight > 0
+                     else _skipped_term(sentence, image)),
         }
         total = self.wrcl_weight * components["wrcl"] + self.cicl_weight * components["cicl"]
         if self.identity_head is not None:
             if fused is None or labels is None:
                 raise ValueError("fused embeddings and labels are needed for the identity term (identity_head is set)")
-            components["identity"] = self.identity_head(fused, labels)
+            components["identity"] = (self.identity_head(fused, labels) if self.identity_weight > 0
+                                      else _skipped_term(fused, *self.identity_head.parameters()))
             total = total + self.identity_weight * components["identity"]
         elif fused is not None:  # would be dropped without a word: the caller expects an identity term
             raise ValueError("fused embeddings were given, but there is no identity_head to train them with")

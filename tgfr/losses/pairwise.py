@@ -40,6 +40,19 @@ def check_state_device(name: str, tensor: torch.Tensor, **state: torch.Tensor) -
                              f"move the loss to its inputs' device (loss.to({str(tensor.device)!r}))")
 
 
+def refuse_state_update_under_transforms(state: str) -> None:
+    """Raises RuntimeError naming a loss's running state (`state`, e.g. "CoReFaceLoss's margin") when a
+    training-mode call, which updates it, runs under a torch.func transform (grad, vjp, jvp, vmap, and jacrev,
+    jacfwd, hessian built on them). There the update cannot be what a plain call's is: grad, vjp and jvp refused
+    the in-place one with an error naming neither the loss nor a way out, a new tensor stored as the state was
+    the transform's wrapper (dead once the transform returned: a later copy.deepcopy failed), and under vmap it
+    would be one update per item. In eval mode the state is only read, which the transforms take."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        raise RuntimeError(f"{state} is updated by every training-mode call, which a torch.func transform (grad, "
+                           "vjp, jvp, vmap) cannot do: call the loss in eval mode (loss.eval()) under the transform, "
+                           "and update the state by training-mode calls outside it")
+
+
 def symmetric_contrastive_loss(
     x: torch.Tensor,
     y: torch.Tensor,
