@@ -903,6 +903,14 @@ def test_offset_takes_a_numpy_integer(backend):
     (lambda x, y, l: contrastive_loss(x[:, :0], y[:, :0], backend="reference"), ValueError,
      ["x must not be empty along dimension 1"]),
     (lambda x, y, l: contrastive_loss(x, y, direction="rows", offset=True), TypeError, ["offset", "bool"]),
+    # The reference alone, which has no check of its own: without these it returned None, a made-up loss, the
+    # maxima of uninitialized memory, and the "none" maxima for a mistyped mode.
+    (lambda x, y, l: contrastive_loss(x, y[:0], direction="columns", backend="reference"), ValueError,
+     ["y must not be empty along dimension 0"]),
+    (lambda x, y, l: contrastive_loss(x, y.detach().to("meta"), backend="reference"), ValueError, ["y on meta"]),
+    (lambda x, y, l: contrastive_row_max(x, y.detach().to("meta"), backend="reference"), ValueError, ["y on meta"]),
+    (lambda x, y, l: contrastive_row_max(x, y, l, same_identity="mask", backend="reference"), ValueError,
+     ["same_identity", "'mask'"]),
 ])
 def test_more_bad_input_names_the_argument(call, error, words):
     """Checks a review's mutations showed untested: without them the reference broadcast or returned log M, and
@@ -912,3 +920,40 @@ def test_more_bad_input_names_the_argument(call, error, words):
         call(x, y, labels)
     for word in words:
         assert word in str(raised.value)
+
+
+def test_autocast_off_leaves_float32_inputs_alone(monkeypatch):
+    """As test_word_region's: a review's mutation cast without checking that autocast is on, and every float32
+    loss on CUDA ran in float16 outside any autocast region, with every test green. The CPU stands in for CUDA."""
+    import tgfr.ops.autocast
+
+    x, y, labels, _ = make_batch(32, 32, 16, torch.float32, identities=5)
+    arguments = dict(row_labels=labels, same_identity="exclude", backend="cpu")
+    in_fp32 = contrastive_loss(x, y, **arguments)
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
+    assert not torch.is_autocast_enabled("cpu")
+    assert torch.equal(contrastive_loss(x, y, **arguments), in_fp32)
+
+
+def test_auto_sends_float64_cuda_tensors_to_the_reference(monkeypatch):
+    """As test_word_region_inputs': the Triton kernel computes in fp32 and refuses float64, so "auto" must not
+    send it CUDA float64 (gradcheck). Fake CUDA tensors: the choice reads only device and dtype."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tgfr.ops.contrastive import _resolve_backend
+
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # makes backend "triton" available without a GPU
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x64 = torch.empty(3, 8, dtype=torch.float64, device="cuda")
+        x32 = torch.empty(3, 8, dtype=torch.float32, device="cuda")
+    assert _resolve_backend("auto", x64) == "reference"
+    assert _resolve_backend("auto", x32) == "triton"
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_scale_may_be_float32s_maximum(backend):
+    """The docstring's bound is inclusive ("at most float32's maximum"); 1e39 above it is refused (the
+    bad-input tests)."""
+    x, y, _, _ = make_batch(6, 6, 4, torch.float32)
+    contrastive_loss(x, y, scale=torch.finfo(torch.float32).max, backend=backend)

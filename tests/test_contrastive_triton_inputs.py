@@ -159,3 +159,21 @@ def test_forward_ad_and_func_transforms_raise(transform):
     x, y = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
     with pytest.raises(NotImplementedError, match="contrastive cross-entropy has fused reverse-mode gradients only"):
         DERIVATIVE_TRANSFORMS[transform](lambda a: contrastive_loss(a, y, backend="triton"), x)
+
+
+@interpreted_only
+@pytest.mark.parametrize("normalize", [True, False])
+def test_registered_ops_refuse_float64(normalize):
+    """Not among BAD_INPUTS: the C++ op takes float64. The Triton kernels compute in fp32: the forward op gave float64
+    losses at fp32 precision (normalize=False) or linalg.vector_norm's error, which names no argument (True)."""
+    from tgfr.ops import contrastive_triton  # noqa: F401  (registers the ops)
+
+    generator = torch.Generator().manual_seed(8)
+    x, y = (torch.randn(4, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    settings = (5.0, 0.1, "none", 0, True, True, normalize)
+    message = "^x must be float32, bfloat16 or float16 for backend 'triton', got float64"
+    with pytest.raises(TypeError, match=message):
+        torch.ops.tgfr.contrastive_forward_triton(x, y, None, None, *settings)
+    with pytest.raises(TypeError, match=message):
+        torch.ops.tgfr.contrastive_backward_triton(torch.ones(4), torch.ones(4), x, y, None, None, torch.zeros(4),
+                                                   torch.zeros(4), *settings)

@@ -614,3 +614,41 @@ def test_empty_feature_dimension_is_named():
     for backend in ("cpu", "reference"):
         with pytest.raises(ValueError, match=r"words must not be empty along dimension 2"):
             tgfr.ops.word_region_scores(words[..., :0], lengths, regions[..., :0], backend=backend)
+
+
+def test_autocast_off_leaves_float32_inputs_alone(monkeypatch):
+    """A review's mutation: autocast_inputs cast without checking that autocast is on, and every float32 call on
+    CUDA ran in float16 outside any autocast region, with every test green. The CPU stands in for CUDA here (in
+    bf16, the mutant's scores were 3e-3 off)."""
+    words, lengths, regions = make_inputs(num_captions=4, num_images=3, num_words=6, num_regions=9, dim=16)
+    in_fp32 = tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu")
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
+    assert not torch.is_autocast_enabled("cpu")
+    assert torch.equal(tgfr.ops.word_region_scores(words, lengths, regions, backend="cpu"), in_fp32)
+
+
+@pytest.mark.parametrize("overflowing", ["caption", "image"])
+def test_overflowing_norms_give_zero_gradients_on_every_backend(overflowing):
+    """The docstring's promise for norms past float32's range: scores of log(lengths[i]) with a zero gradient.
+    The reference's gradient was NaN for every caption and image (its product of norms multiplied a zero
+    gradient by inf), and the reference is where double backward and forward AD are sent."""
+    words, lengths, regions = make_inputs(num_captions=3, num_images=2, num_words=4, num_regions=6, dim=5)
+    if overflowing == "caption":
+        words[1] *= 1e20
+    else:
+        regions[0] *= 1e20
+    weights = torch.randn(3, 2, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for backend in ("cpu", "reference"):
+        inputs = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
+        scores = tgfr.ops.word_region_scores(inputs[0], lengths, inputs[1], backend=backend)
+        overflowed = scores[1] if overflowing == "caption" else scores[:, 0]
+        expected = lengths[1].log().expand(2) if overflowing == "caption" else lengths.log()
+        torch.testing.assert_close(overflowed, expected.float(), rtol=1e-6, atol=1e-6, msg=backend)
+        for gradient in torch.autograd.grad(overflowed.sum(), inputs, retain_graph=True):
+            assert torch.equal(gradient, torch.zeros_like(gradient)), backend
+        gradients = torch.autograd.grad((weights * scores).sum(), inputs)
+        assert all(gradient.isfinite().all() for gradient in gradients), backend
+        results[backend] = (scores, *gradients)
+    for got, expected in zip(results["reference"], results["cpu"]):
+        assert_close_relative(got, expected, 1e-4, overflowing)

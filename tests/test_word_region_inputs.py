@@ -384,3 +384,11 @@ def test_kernel_refuses_a_gradient_that_is_not_floating_point(dtype):
     words, lengths, regions = valid_inputs()
     with pytest.raises(TypeError, match="grad_scores must be floating point, got"):
         raw_scores_backward(words, lengths, regions, grad=torch.ones(3, 4).to(dtype))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_gamma_may_be_float32s_maximum(backend):
+    """The bound is inclusive: float32's maximum is finite in the kernels' float32; 1e39 above it is refused
+    (test_bad_gamma)."""
+    largest = torch.finfo(torch.float32).max
+    tgfr.ops.word_region_scores(*valid_inputs(), gamma1=largest, gamma2=largest, backend=backend)

@@ -67,8 +67,16 @@ def word_region_scores(
     alpha = word_region_attention_all_pairs(words, lengths, regions, gamma1, word_softmax)
     context = torch.einsum("nmtr,mrd->nmtd", alpha, v)
     dot = (context * w[:, None]).sum(dim=-1)  # (N, M, T)
-    norms = context.norm(dim=-1) * w.norm(dim=-1)[:, None]
-    cos = dot / norms.clamp_min(_COS_EPS)
+    context_norms = context.norm(dim=-1)  # (N, M, T)
+    word_norms = w.norm(dim=-1)[:, None].expand_as(context_norms)
+    # A product of norms past the float range gives a cosine of 0 with a zero gradient, as in the kernels. Both
+    # factors are 1 there: the product's backward would multiply one factor's zero gradient by the other, inf,
+    # and the NaN would reach every caption and image through the attention. So are they at padded words, whose
+    # cosines the kernels never form: their zero norm times an inf context norm is NaN, and so is the division's
+    # zero gradient over it.
+    discarded = (context_norms * word_norms).isinf() | ~valid_word[:, None, :]
+    norms = context_norms.masked_fill(discarded, 1) * word_norms.masked_fill(discarded, 1)
+    cos = torch.where(discarded, 0.0, dot / norms.clamp_min(_COS_EPS))
     logits = (gamma2 * cos).masked_fill(~valid_word[:, None, :], float("-inf"))
     return logits.logsumexp(dim=2)
 

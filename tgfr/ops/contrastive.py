@@ -152,12 +152,19 @@ def _resolve_backend(backend: str, x: torch.Tensor) -> str:
         raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
-    if backend == "triton" and x.dtype == torch.float64:
+    if backend == "triton":
+        _check_triton_dtype(x)
+    return backend
+
+
+def _check_triton_dtype(x: torch.Tensor) -> None:
+    """Refuses a float64 x (N, D) (y has its dtype): the Triton kernels compute in fp32, and the losses would come
+    back float64 but not that precise. The registered Triton ops check it too: they can be called directly."""
+    if x.dtype == torch.float64:
         raise TypeError(
             "x must be float32, bfloat16 or float16 for backend 'triton', got float64 "
             "(use backend='cpu' or 'reference' for float64)"
         )
-    return backend
 
 
 def contrastive_cross_entropy(

@@ -35,6 +35,7 @@ from tgfr.ops.contrastive import (
     _check_embeddings,
     _check_labels,
     _check_offset,
+    _check_triton_dtype,
     _hyperparameter_maximum,
 )
 from tgfr.ops.contrastive import _contrastive_forward_fake as cpu_forward_fake
@@ -206,6 +207,7 @@ def _check_op_inputs(x: torch.Tensor, y: torch.Tensor, labels_x: torch.Tensor | 
     would give NaN or negated losses. Metadata and Python numbers only: it holds while torch.compile
     traces. Returns the labels as int64 (or None)."""
     _check_embeddings(x, y)
+    _check_triton_dtype(x)
     check_same_device(x=x, y=y)
     if (labels_x is None) != (labels_y is None):
         given = "labels_x" if labels_y is None else "labels_y"
