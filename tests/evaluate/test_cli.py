@@ -535,3 +535,108 @@ def test_image_cache_mib_below_0_or_not_an_integer_is_a_usage_error(run, capsys,
         main(["evaluate", "--run", str(run), "--image-cache-mib", value])
     assert exit_info.value.code == 2
     assert f"argument --image-cache-mib: must be an integer >= 0, got '{value}'" in capsys.readouterr().err
+
+
+def captions_of_the_next_identity(labels, captions):
+    """The control's rule, image by image: the j-th image (in order) of label i takes the caption of the (j mod n)-th
+    image of label (i + 1) mod K, n that label's image count (labels 0..K-1)."""
+    count = int(max(labels)) + 1
+    rotated = []
+    for index, label in enumerate(labels):
+        j = sum(1 for earlier in labels[:index] if earlier == label)
+        donors = [m for m, other in enumerate(labels) if other == (label + 1) % count]
+        rotated.append(captions[donors[j % len(donors)]])
+    return rotated
+
+
+def test_other_identity_captions_give_each_identity_the_captions_of_the_next_label():
+    """Labels in no order, identities of 2, 4, 3 and 1 images: identity 1's fourth image wraps around identity 2's
+    three, identity 2's all take identity 3's one caption, and identity 3 wraps around to identity 0."""
+    from tgfr.evaluation.embeddings import other_identity_captions
+
+    labels = np.array([1, 3, 2, 1, 0, 2, 1, 0, 2, 1])
+    captions = [f"caption of image {m}" for m in range(len(labels))]
+    rotated = other_identity_captions(labels, captions)
+    assert rotated == captions_of_the_next_identity(labels.tolist(), captions)
+    # Every image of an identity carries a caption of the same other identity.
+    donor_labels = {label: {int(labels[captions.index(caption)]) for caption, own in zip(rotated, labels)
+                            if own == label} for label in range(4)}
+    assert donor_labels == {0: {1}, 1: {2}, 2: {3}, 3: {0}}
+
+
+def test_the_controls_are_the_sentence_feature_and_tgfr_with_the_next_identitys_captions(tmp_path, monkeypatch):
+    """text_only is the normalized sentence feature of each image's own first caption (align_features), and
+    tgfr_other_captions the normalized fuse(align_features(...)) with the captions captions_of_the_next_identity
+    gives, from the backbone pass of the batch; image_only and tgfr do not change, and without controls neither
+    control nor its second align and fusion is computed. Batches of 2 split identities, so a mapping made batch by
+    batch would show."""
+    from PIL import Image
+
+    import tgfr.evaluation.embeddings as embeddings_module
+    from tgfr.data import EvalTransform
+    from tgfr.evaluation.embeddings import embed_split
+    from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel
+    from tgfr.train.caption_features import CaptionFeatures
+    from tgfr.train.stage_align import align_features
+
+    rng = np.random.default_rng(0)
+    identities = ["2", "0", "1", "2", "0", "2", "1"]
+    texts = ["She has green eyes.", "A man in round glasses.", "Freckles and red hair.", "A grey beard.", "Bald.",
+             "Thin eyebrows and a wide smile.", "Dark curly hair."]
+    for i in range(len(texts)):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"face{i}.png")
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"face{i}.png", identity, "test", (text,))
+                                                     for i, (identity, text) in enumerate(zip(identities, texts))])
+    torch.manual_seed(0)
+    model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16),
+                                 freeze_text_encoder=True)).eval()
+    captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
+    passes, aligned_batches = [], []
+    model.backbone.register_forward_hook(lambda module, args, output: passes.append(args[0].shape[0]))
+    monkeypatch.setattr(embeddings_module, "align_features", lambda *arguments, **keywords: aligned_batches.append(
+        len(arguments[1])) or align_features(*arguments, **keywords))
+    embeddings = embed_split(model, captions, manifest, "test", 2, torch.device("cpu"), controls=True)
+    assert passes == [2, 2, 2, 1] and aligned_batches == [2, 2, 2, 2, 2, 2, 1, 1]
+    passes.clear()
+    aligned_batches.clear()
+    plain = embed_split(model, captions, manifest, "test", 2, torch.device("cpu"))
+    assert passes == [2, 2, 2, 1] and aligned_batches == [2, 2, 2, 1]
+    assert plain.methods() == ("image_only", "tgfr") and plain.text_only is plain.tgfr_other_captions is None
+    assert embeddings.methods() == ("image_only", "tgfr", "text_only", "tgfr_other_captions")
+    np.testing.assert_array_equal(embeddings.image_only, plain.image_only)
+    np.testing.assert_array_equal(embeddings.tgfr, plain.tgfr)
+
+    labels = [int(identity) for identity in identities]  # identity_labels: "0", "1", "2" are labels 0, 1, 2
+    np.testing.assert_array_equal(embeddings.labels, labels)
+    images = torch.stack([EvalTransform(32)(Image.open(tmp_path / f"face{i}.png")) for i in range(len(texts))])
+    with torch.no_grad():
+        own, _ = align_features(model, images, captions(texts))
+        other, _ = align_features(model, images, captions(captions_of_the_next_identity(labels, texts)))
+        sentence = torch.nn.functional.normalize(own.sentence, dim=1)
+        fused_other = torch.nn.functional.normalize(model.fuse(other), dim=1)
+    torch.testing.assert_close(torch.from_numpy(embeddings.text_only), sentence, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(embeddings.tgfr_other_captions), fused_other, rtol=0, atol=1e-5)
+    assert embeddings.text_only.dtype == embeddings.tgfr_other_captions.dtype == np.float32
+    # The captions differ, so the control differs from TGFR.
+    assert not np.allclose(embeddings.tgfr_other_captions, embeddings.tgfr, atol=1e-3)
+
+
+def test_evaluation_controls_is_a_boolean_that_set_changes_and_an_older_run_without_it_reads_as_true(
+        run, monkeypatch):
+    """--set evaluation.controls=false reaches the evaluation; a config.toml written before the setting existed
+    (no controls key) evaluates with the controls; a value that is not a TOML boolean is named."""
+    configs = []
+    monkeypatch.setattr(run_module, "evaluate",
+                        lambda folder, config, *arguments, **keywords: configs.append(config) or folder / "report")
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert main(["evaluate", "--run", str(run), "--set", "evaluation.controls=false"]) == 0
+    path = run / "config.toml"
+    text = path.read_text(encoding="utf-8")
+    assert re.search(r"(?m)^controls = true$", text)
+    path.write_text(re.sub(r"(?m)^controls = .*\n", "", text), encoding="utf-8")
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert main(["evaluate", "--run", str(run), "--set", "evaluation.controls=false"]) == 0
+    assert [config.evaluation.controls for config in configs] == [True, False, True, False]
+    assert evaluate_error("--run", str(run), "--set", "evaluation.controls=yes") == (
+        f"tgfr evaluate: error: {path} with --set: evaluation.controls must be of type bool, got 'yes' (str); "
+        "TOML writes a boolean as true or false (lower case)")

@@ -79,3 +79,21 @@ def test_the_cmc_picture_draws_each_methods_rate_against_rank_from_1(tmp_path, m
         rank, rate = line.get_xydata().T
         np.testing.assert_array_equal(rank, np.arange(len(cmc)) + 1)
         np.testing.assert_array_equal(rate, cmc)
+
+
+def test_the_controls_are_drawn_dashed_or_dotted_beside_the_two_methods_solid_lines(tmp_path, monkeypatch):
+    """The ROC and CMC pictures show four curves with the controls: the two methods compared solid, each control
+    in a line style of its own, labelled as plots.LABELS names it."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path, layout=True: figures.append(figure))
+    methods = ("image_only", "tgfr", "text_only", "tgfr_other_captions")
+    same = np.r_[np.ones(20), np.zeros(60)]
+    rng = np.random.default_rng(0)
+    plots.plot_roc({method: roc_curve(rng.normal(same, 1.0), same) for method in methods}, tmp_path / "roc.png", "ROC")
+    plots.plot_cmc({method: [0.5, 0.75, 1.0] for method in methods}, tmp_path / "cmc.png", "CMC")
+    for figure in figures:
+        (axis,) = figure.axes
+        assert [line.get_label() for line in axis.lines] == [plots.LABELS[method] for method in methods]
+        styles = [line.get_linestyle() for line in axis.lines]
+        assert styles[:2] == ["-", "-"] and len(set(styles)) == 3 and "-" not in styles[2:]
+    assert len(figures) == 2

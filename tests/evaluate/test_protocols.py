@@ -11,7 +11,7 @@ from tgfr.evaluation.embeddings import SplitEmbeddings
 from tgfr.evaluation.protocols import (degradation_difference, identification_indices, split_figures,
                                       verification_scores)
 from tgfr.evaluation.report import MAIN_FAR
-from tgfr.metrics import far_label, roc_curve, tar_at_far
+from tgfr.metrics import bootstrap_interval, far_label, roc_curve, tar_at_far
 from tgfr.train.config import EvaluationConfig, load_config
 
 
@@ -108,3 +108,42 @@ def test_one_bootstrap_resample_gives_the_paired_differences_their_intervals():
                                          figures.replicates["tgfr"])
     for method, difference in degradation_difference(clean, degraded).items():
         assert_one_replicates_difference(difference, clean.replicates[method], degraded.replicates[method])
+
+
+def test_tgfr_is_compared_with_tgfr_on_another_identitys_captions_on_the_same_resamples():
+    """With the controls, split_figures scores the four methods on the same pairs and resamples: tgfr's
+    "vs_other_captions" is TGFR minus the control, figure by figure and replicate by replicate, and
+    degradation_difference pairs every method. Without them (two methods in the embeddings) the figures are the
+    two methods' alone, as they were with the controls beside them."""
+    x, labels, paths, records = embeddings_and_records(0)
+    control, text, degraded_x = (embeddings_and_records(seed)[0] for seed in (1, 2, 3))
+    config = EvaluationConfig(bootstrap_resamples=20)
+    captions = [""] * len(paths)
+    with_controls = split_figures(SplitEmbeddings(paths, labels, captions, control, x, text, control[::-1].copy()),
+                                  records, "test", config)
+    figures, replicates = with_controls.figures, with_controls.replicates
+    assert list(figures) == ["image_only", "tgfr", "text_only", "tgfr_other_captions"]
+    difference = figures["tgfr"]["vs_other_captions"]
+    tgfr, other = figures["tgfr"], figures["tgfr_other_captions"]
+    assert difference["rank1"] == pytest.approx(tgfr["rank1"] - other["rank1"]) and difference["rank1"] > 0
+    assert difference["tar_at_far"][MAIN_FAR] == pytest.approx(tgfr["tar_at_far"][MAIN_FAR]
+                                                               - other["tar_at_far"][MAIN_FAR])
+    assert difference["rank1_ci"] == bootstrap_interval(replicates["tgfr"]["rank1"]
+                                                        - replicates["tgfr_other_captions"]["rank1"])
+    assert difference["tar_at_far_ci"][MAIN_FAR] == bootstrap_interval(
+        replicates["tgfr"]["tar_at_far"][MAIN_FAR] - replicates["tgfr_other_captions"]["tar_at_far"][MAIN_FAR])
+    # The control scored alone has the figures it has beside the others: the same pairs and resamples.
+    alone = split_figures(SplitEmbeddings(paths, labels, captions, x, control[::-1].copy()), records, "test", config)
+    assert alone.figures["tgfr"] | {"vs_image_only": None} == other | {"vs_image_only": None}
+
+    without = split_figures(SplitEmbeddings(paths, labels, captions, control, x), records, "test", config)
+    assert list(without.figures) == ["image_only", "tgfr"]
+    assert without.figures["image_only"] == figures["image_only"]
+    assert without.figures["tgfr"] == {key: value for key, value in tgfr.items() if key != "vs_other_captions"}
+
+    degraded = split_figures(SplitEmbeddings(paths, labels, captions, degraded_x, x, control, text), records,
+                             "test", config)
+    differences = degradation_difference(with_controls, degraded)
+    assert list(differences) == list(figures)
+    for method, difference in differences.items():
+        assert difference["rank1"] == pytest.approx(degraded.figures[method]["rank1"] - figures[method]["rank1"])

@@ -302,3 +302,47 @@ def test_the_report_says_how_far_the_heatmaps_weights_lie_from_the_even_spread(t
     assert context["attention_spread"]["clean"]["largest_ratio"] is None
     assert (f"- clean: the weights shown lie between 0 and {shown['clean'].max().item():.4g}, against an even spread "
             "of 1/16 = 0.0625 (-100.0% to +300.0% of it); some word shown gives a region no weight (0).") in text
+
+
+def test_the_controls_have_table_rows_a_summary_line_per_split_and_one_sentence_that_says_what_they_mean(tmp_path):
+    """Each split's table has a row per control, under its plots.LABELS label, with its own figures; the summary
+    gives, per split, TGFR minus TGFR with another identity's captions (paired) and says once what the controls
+    mean; metrics.json keeps the controls and "vs_other_captions". A report without the controls (an older one,
+    or evaluation.controls = false) says nothing of them."""
+    from tgfr.evaluation.plots import LABELS
+
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test", "degraded": "test_degraded"},
+               "training": None}
+    metrics = {}
+    for split, shift in (("clean", 1.0), ("degraded", 0.5)):
+        (image_only, image_replicates), (tgfr, tgfr_replicates) = figures(shift), figures(shift + 2)
+        (text_only, _), (other, other_replicates) = figures(shift + 0.5), figures(shift + 1.5)
+        tgfr["vs_image_only"] = paired_difference(image_only, tgfr, image_replicates, tgfr_replicates)
+        tgfr["vs_other_captions"] = paired_difference(other, tgfr, other_replicates, tgfr_replicates)
+        metrics[split] = {"image_only": image_only, "tgfr": tgfr, "text_only": text_only,
+                          "tgfr_other_captions": other}
+    text = write_report(tmp_path, metrics, {}, [], context).read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    lines = text.splitlines()
+    for split, methods in metrics.items():
+        difference = methods["tgfr"]["vs_other_captions"]
+        tar, (low, high) = difference["tar_at_far"][MAIN_FAR], difference["tar_at_far_ci"][MAIN_FAR]
+        rank1, (rank1_low, rank1_high) = difference["rank1"], difference["rank1_ci"]
+        assert (f"- {split}: TGFR minus TGFR with another identity's captions (paired, points): TAR@FAR={MAIN_FAR} "
+                f"{100 * tar:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], rank-1 {100 * rank1:+.1f} "
+                f"[{100 * rank1_low:+.1f}, {100 * rank1_high:+.1f}].") in lines
+        table = lines[lines.index(f"## {split} (split `{context['splits'][split]}`)"):]
+        for method in ("text_only", "tgfr_other_captions"):
+            (row,) = [line for line in table[:12] if line.startswith(f"| {LABELS[method]} | ")]
+            low, high = methods[method]["auc_ci"]
+            assert row.split(" | ")[4] == f"{methods[method]['auc']:.3f} [{low:.3f}, {high:.3f}]"
+    assert len({f"{metrics['clean'][method]['auc']:.3f}" for method in metrics["clean"]}) == 4  # no row fits another
+    assert text.count("not as a description of the face") == 1
+    assert text.count("how far the caption alone identifies a subject") == 1
+
+    for methods in metrics.values():
+        del methods["text_only"], methods["tgfr_other_captions"], methods["tgfr"]["vs_other_captions"]
+    text = write_report(tmp_path, metrics, {}, [], context).read_text(encoding="utf-8")
+    assert "another identity" not in text and "caption alone" not in text
+    assert LABELS["text_only"] not in text and "TGFR minus image only (paired, points)" in text

@@ -646,3 +646,40 @@ def test_the_heatmaps_show_one_face_of_each_subject_its_first(tiny_run, tmp_path
         assert len(faces) == 3 and len({face.identity for face in faces}) == 3
         assert all(face == next(record for record in split if record.identity == face.identity) for face in faces)
 
+
+
+def test_the_controls_are_evaluated_beside_the_two_methods_unless_evaluation_controls_is_false(tiny_run, tmp_path,
+                                                                                               monkeypatch):
+    """By default every split is scored with the two controls too, which metrics.json and report.md carry (a table
+    row each, a summary line per split of TGFR minus TGFR with another identity's captions); with
+    evaluation.controls = false only image only and TGFR are computed, one align and fusion pass per batch
+    instead of two, and their figures are those of the evaluation with the controls."""
+    import tgfr.evaluation.embeddings as embeddings_module
+
+    run, config, _ = tiny_run
+    aligned = []
+    align_features = embeddings_module.align_features
+    monkeypatch.setattr(embeddings_module, "align_features",
+                        lambda *arguments, **keywords: aligned.append(1) or align_features(*arguments, **keywords))
+    assert config.evaluation.controls
+    report = evaluate(run, config, tmp_path / "controls", device="cpu").read_text(encoding="utf-8")
+    with_controls, passes = json.loads((tmp_path / "controls" / "metrics.json").read_text()), len(aligned)
+    aligned.clear()
+    plain_config = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, controls=False))
+    plain_report = evaluate(run, plain_config, tmp_path / "plain", device="cpu").read_text(encoding="utf-8")
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert passes == 2 * len(aligned) > 0
+    for name, methods in with_controls.items():
+        assert list(methods) == ["image_only", "tgfr", "text_only", "tgfr_other_captions"]
+        assert list(plain[name]) == ["image_only", "tgfr"]
+        assert plain[name]["image_only"] == methods["image_only"]
+        assert plain[name]["tgfr"] == {key: value for key, value in methods["tgfr"].items()
+                                       if key != "vs_other_captions"}
+        difference = methods["tgfr"]["vs_other_captions"]
+        assert difference["rank1"] == pytest.approx(methods["tgfr"]["rank1"] - methods["tgfr_other_captions"]["rank1"])
+        assert (f"- {name}: TGFR minus TGFR with another identity's captions (paired, points): TAR@FAR=1e-3 "
+                in report)
+        assert f"- {name}: TGFR minus TGFR with another identity" not in plain_report
+        for method in ("text_only", "tgfr_other_captions"):
+            assert section(report, name).count(f"| {plots_module.LABELS[method]} | ") == 1
+    assert plots_module.LABELS["text_only"] not in plain_report

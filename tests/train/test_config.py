@@ -881,3 +881,37 @@ def test_readmes_configuration_keys_name_every_preset_key_with_its_default():
         for key, value in default[stage]["optim"].items():
             assert f"`{value!r}`".replace("'", '"') in tables["optim"][key] or f"`{value}`" in tables["optim"][key], \
                 (stage, key)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None])
+def test_evaluation_controls_is_a_boolean_however_the_config_is_made(value):
+    """A table built in Python skips the TOML type check: EvaluationConfig itself refuses a value that is not
+    True or False (`if config.controls` would take "no" as true), as does TrainConfig.check after a script's
+    change and load_config from an override."""
+    message = f"evaluation.controls must be true or false, got {value!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        EvaluationConfig(controls=value)
+    config = load_config("quick")
+    config.evaluation.controls = value
+    with pytest.raises(ValueError, match=r"^evaluation\.controls must be "):
+        config.check()
+    if value is not None:
+        with pytest.raises(ValueError, match=r"^evaluation\.controls must be of type bool, got "):
+            load_config("quick", [f"evaluation.controls={json.dumps(value)}"])
+    assert load_config("quick", ["evaluation.controls=false"]).evaluation.controls is False
+    assert all(load_config(preset).evaluation.controls is True for preset in preset_names())
+
+
+def test_a_run_written_before_evaluation_controls_was_a_setting_evaluates_with_the_controls(tmp_path):
+    """A run's config.toml without evaluation.controls (an older tgfr's) reads as true, the default a new run
+    gets; one that records false keeps it. A preset must still name it (presets set every key)."""
+    text = re.sub(r"(?m)^controls = .*\n", "", to_toml(load_config("quick")))
+    values = tomllib.loads(text)
+    assert "controls" not in values["evaluation"]
+    assert config_from_dict(values).evaluation.controls is True
+    assert "controls" not in values["evaluation"]  # the caller's table is left as it was
+    assert config_from_dict({**values, "evaluation": {**values["evaluation"], "controls": False}}) \
+        .evaluation.controls is False
+    (tmp_path / "old.toml").write_text(text)
+    with pytest.raises(ValueError, match=re.escape("config is missing key(s) ['evaluation.controls']")):
+        load_config(str(tmp_path / "old.toml"))

@@ -15,7 +15,8 @@ from tgfr.train.config import config_from_dict, parse_override, set_key
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="evaluate a trained run on clean and degraded test splits",
-        description="Image-only (backbone) vs TGFR fused embeddings: verification (ROC, AUC, EER, TAR@FAR) and "
+        description="Image-only (backbone) vs TGFR fused embeddings, with two controls (text only, and TGFR with "
+                    "another identity's captions; evaluation.controls): verification (ROC, AUC, EER, TAR@FAR) and "
                     "identification (rank-1, rank-5, CMC) with bootstrap intervals, on the splits of "
                     "evaluation.splits (clean = test, degraded = test_degraded); writes report.md, metrics.json, "
                     "report_info.json, roc_<name>.png, cmc_<name>.png and attention_<name>.png into --out.")

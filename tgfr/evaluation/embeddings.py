@@ -1,5 +1,10 @@
 """Embeddings of one manifest split: image-only (the backbone's) and TGFR's fused face-caption
-embedding, both L2-normalized. Each image is paired with its first caption."""
+embedding, both L2-normalized. Each image is paired with its first caption.
+
+With controls, two more, which tell what the caption adds to TGFR: text_only, the aligned sentence feature of
+the first caption alone, and tgfr_other_captions, TGFR's embedding with each image's caption replaced by one of
+another identity (other_identity_captions). If TGFR scores about as well with another identity's captions, the
+caption helps as an identity cue consistent across an identity's images, not as a description of the face."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,19 +22,49 @@ from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.prefetch import Prefetcher
 from tgfr.train.stage_align import align_features
 
+# The methods an evaluation compares: the two it is about, then the controls.
+METHODS = ("image_only", "tgfr", "text_only", "tgfr_other_captions")
+
 
 @dataclass
 class SplitEmbeddings:
-    """paths, labels (N,) contiguous identities, captions (N,), image_only (N, E), tgfr (N, F)."""
+    """paths, labels (N,) contiguous identities, captions (N,), image_only (N, E), tgfr (N, F); the controls,
+    None when not computed: text_only (N, D), tgfr_other_captions (N, F)."""
 
     paths: list[str]
     labels: np.ndarray
     captions: list[str]
     image_only: np.ndarray
     tgfr: np.ndarray
+    text_only: np.ndarray | None = None
+    tgfr_other_captions: np.ndarray | None = None
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods computed, in METHODS' order."""
+        return tuple(name for name in METHODS if getattr(self, name) is not None)
 
     def method(self, name: str) -> np.ndarray:
-        return {"image_only": self.image_only, "tgfr": self.tgfr}[name]
+        """The (N, *) embeddings of method `name`, one of methods()."""
+        if name not in self.methods():
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+def other_identity_captions(labels: np.ndarray, captions: list[str]) -> list[str]:
+    """Each image's caption replaced by one of another identity, consistently within an identity: with the K
+    identities in label order, the images of the i-th get the captions of the ((i + 1) mod K)-th, the j-th of
+    them (in the given order) the caption of that identity's (j mod n)-th image, n its image count. Every
+    image of an identity thus carries captions of one other identity (its own with K = 1).
+    labels (N,) identity labels; captions (N,) each image's caption; returns (N,) captions."""
+    _, positions, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    # A stable sort keeps each identity's images in the given order: members[k] lists the k-th identity's images.
+    members = np.split(np.argsort(positions, kind="stable"), np.cumsum(counts)[:-1])
+    replaced = [""] * len(captions)
+    for k, images in enumerate(members):
+        donors = members[(k + 1) % len(members)]
+        for j, image in enumerate(images):
+            replaced[image] = captions[donors[j % len(donors)]]
+    return replaced
 
 
 def _image_batches(dataset: FaceCaptionDataset, batch_size: int) -> Iterator[tuple[range, torch.Tensor]]:
@@ -41,9 +76,11 @@ def _image_batches(dataset: FaceCaptionDataset, batch_size: int) -> Iterator[tup
 
 @torch.no_grad()
 def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, split: str, batch_size: int,
-                device: torch.device, image_cache: DecodedImageCache | None = None) -> SplitEmbeddings:
+                device: torch.device, image_cache: DecodedImageCache | None = None,
+                controls: bool = False) -> SplitEmbeddings:
     """The split's embeddings, in manifest order. image_cache: keeps the images that the dataset's check
-    decodes, which are then not decoded again here or by a later dataset over them (FaceCaptionDataset)."""
+    decodes, which are then not decoded again here or by a later dataset over them (FaceCaptionDataset).
+    controls: also text_only and tgfr_other_captions (evaluation.controls), from the same backbone pass."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
     # The text encoder refuses a caption without words mid-split, naming neither caption nor image; only
@@ -51,7 +88,8 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
     CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(
         dataset, first_only=True)
     texts = [record.captions[0] for record in dataset.records]
-    image_only, fused = [], []
+    other_texts = other_identity_captions(dataset.labels.numpy(), texts) if controls else None
+    image_only, fused, text_only, fused_other = [], [], [], []
     model.eval()
     # The next batch is decoded in a thread while the model embeds this one, as training's batches are.
     with Prefetcher(_image_batches(dataset, batch_size)) as batches:
@@ -62,5 +100,12 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
                                         backbone_output=backbone_output)
             image_only.append(F.normalize(backbone_output.embedding.float(), dim=1).cpu())
             fused.append(F.normalize(model.fuse(aligned).float(), dim=1).cpu())
+            if controls:
+                text_only.append(F.normalize(aligned.sentence.float(), dim=1).cpu())
+                other, _ = align_features(model, images, captions([other_texts[i] for i in indices]),
+                                          backbone_output=backbone_output)
+                fused_other.append(F.normalize(model.fuse(other).float(), dim=1).cpu())
     return SplitEmbeddings([r.path for r in dataset.records], dataset.labels.numpy(), texts,
-                           torch.cat(image_only).numpy(), torch.cat(fused).numpy())
+                           torch.cat(image_only).numpy(), torch.cat(fused).numpy(),
+                           torch.cat(text_only).numpy() if controls else None,
+                           torch.cat(fused_other).numpy() if controls else None)

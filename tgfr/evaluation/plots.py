@@ -16,7 +16,11 @@ import torch  # noqa: E402
 from tgfr.metrics import RocCurve  # noqa: E402
 from tgfr.output_paths import write_atomically  # noqa: E402
 
-LABELS = {"image_only": "image only (backbone)", "tgfr": "TGFR (face + caption)"}
+LABELS = {"image_only": "image only (backbone)", "tgfr": "TGFR (face + caption)",
+          "text_only": "text only (caption sentence feature)",
+          "tgfr_other_captions": "TGFR, another identity's captions"}
+# The controls' curves are dashed or dotted, so that the two methods compared stand out.
+LINE_STYLES = {"text_only": ":", "tgfr_other_captions": "--"}
 # Function words say nothing about a region; the heatmaps show the caption's content words.
 FUNCTION_WORDS = frozenset("a an the this that is are has have with and or of on in at to his her he she they "
                            "their its person man woman face".split())
@@ -46,7 +50,8 @@ def plot_roc(curves: dict[str, RocCurve], path: Path, title: str) -> Path:
     figure, axis = plt.subplots(figsize=(5, 4), dpi=110)
     for method, curve in curves.items():
         keep = curve.far > 0
-        axis.step(curve.far[keep], curve.tar[keep], where="post", label=LABELS.get(method, method))
+        axis.step(curve.far[keep], curve.tar[keep], where="post", label=LABELS.get(method, method),
+                  linestyle=LINE_STYLES.get(method, "-"))
     axis.set(xscale="log", xlabel="FAR", ylabel="TAR", title=title, ylim=(0, 1.01))
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(loc="lower right")
@@ -56,7 +61,8 @@ def plot_roc(curves: dict[str, RocCurve], path: Path, title: str) -> Path:
 def plot_cmc(cmcs: dict[str, list[float]], path: Path, title: str) -> Path:
     figure, axis = plt.subplots(figsize=(5, 4), dpi=110)
     for method, cmc in cmcs.items():
-        axis.plot(np.arange(1, len(cmc) + 1), cmc, marker="o", markersize=3, label=LABELS.get(method, method))
+        axis.plot(np.arange(1, len(cmc) + 1), cmc, marker="o", markersize=3, label=LABELS.get(method, method),
+                  linestyle=LINE_STYLES.get(method, "-"))
     axis.set(xlabel="rank", ylabel="identification rate", title=title, ylim=(0, 1.01))
     # Ranks are whole (no tick at 1.25); with the default min_n_ticks=2 a one-rank CMC, whose view holds the
     # single integer 1, would fall back to fractional ticks.

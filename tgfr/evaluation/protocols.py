@@ -5,10 +5,12 @@ Verification protocols: "all_pairs" scores every unordered pair of images of the
 impostors against `impostor_subjects` other subjects). Identification: tgfr.data's
 gallery/probe split (the first `gallery_per_subject` images of each subject form the gallery).
 
-Both methods are scored on the same pairs and probes with the same seed, so their bootstrap
-replicates come from the same resamples (subjects for verification, probe subjects for identification)
-and TGFR minus image-only has a paired interval. Two splits of the same subjects and probe subjects (a
-split and its degraded copy) are resampled alike too: degraded minus clean has a paired interval.
+Every method (image-only, TGFR and, with evaluation.controls, text only and TGFR with another identity's
+captions) is scored on the same pairs and probes with the same seed, so their bootstrap replicates come from
+the same resamples (subjects for verification, probe subjects for identification), and TGFR minus image-only
+and TGFR minus TGFR with another identity's captions have paired intervals. Two splits of the same subjects and
+probe subjects (a split and its degraded copy) are resampled alike too: degraded minus clean has a paired
+interval.
 """
 
 from collections.abc import Sequence
@@ -98,9 +100,11 @@ def paired_difference(baseline: dict, method: dict, baseline_replicates: dict, m
 
 class SplitFigures(NamedTuple):
     """figures, method -> verification and identification figures with 95% bootstrap intervals, where with
-    both methods tgfr's "vs_image_only" holds paired_difference(image_only, tgfr); curves, method -> its ROC
-    thinned for a picture (thin_roc_curve); replicates, method -> its bootstrap replicates (paired_difference's);
-    resampled: the identities the bootstrap draws from, sorted, of the pairs and of the probes."""
+    image_only scored tgfr's "vs_image_only" holds paired_difference(image_only, tgfr), and with
+    tgfr_other_captions scored its "vs_other_captions" paired_difference(tgfr_other_captions, tgfr); curves,
+    method -> its ROC thinned for a picture (thin_roc_curve); replicates, method -> its bootstrap replicates
+    (paired_difference's); resampled: the identities the bootstrap draws from, sorted, of the pairs and of the
+    probes."""
 
     figures: dict
     curves: dict[str, RocCurve]
@@ -120,14 +124,15 @@ def degradation_difference(clean: SplitFigures, degraded: SplitFigures) -> dict 
 
 
 def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord], split: str,
-                  config: EvaluationConfig, methods: Sequence[str] = ("image_only", "tgfr")) -> SplitFigures:
-    """The figures of `methods` on the split's embeddings (SplitFigures)."""
+                  config: EvaluationConfig, methods: Sequence[str] | None = None) -> SplitFigures:
+    """The figures of `methods` (default: every method the embeddings hold) on the split's embeddings
+    (SplitFigures)."""
     gallery, probes = identification_indices(embeddings, records, split, config)
     identity = {record.path: record.identity for record in records if record.split == split}
     resampled = (tuple(sorted({identity[path] for path in embeddings.paths})),
                  tuple(sorted({identity[embeddings.paths[i]] for i in probes})))
     result, replicates, curves = {}, {}, {}
-    for method in methods:
+    for method in embeddings.methods() if methods is None else methods:
         broken = ~np.isfinite(embeddings.method(method)).all(axis=1)
         if broken.any():  # scores and similarities would be NaN: say where, not only that they are
             raise ValueError(f"the {method} embeddings of split {split!r} are not finite (NaN or Inf) for "
@@ -148,4 +153,8 @@ def split_figures(embeddings: SplitEmbeddings, records: Sequence[ManifestRecord]
     if {"image_only", "tgfr"} <= set(result):
         result["tgfr"]["vs_image_only"] = paired_difference(result["image_only"], result["tgfr"],
                                                             replicates["image_only"], replicates["tgfr"])
+    if {"tgfr_other_captions", "tgfr"} <= set(result):
+        # Near 0: what helps TGFR is not what a caption says of the face (a cue an identity's captions share may be).
+        result["tgfr"]["vs_other_captions"] = paired_difference(
+            result["tgfr_other_captions"], result["tgfr"], replicates["tgfr_other_captions"], replicates["tgfr"])
     return SplitFigures(result, curves, replicates, resampled)

@@ -5,10 +5,15 @@ metrics.json is keyed split -> method -> figure, e.g.
                                  "eer": ..., "*_ci": [low, high], "cmc": [...]},
                   "tgfr": {..., "vs_image_only": {"rank1": 0.08, "rank1_ci": [low, high],
                                                   "tar_at_far": {"1e-3": ...}, "tar_at_far_ci": {...}},
-                           "vs_clean": {...}}},
+                           "vs_other_captions": {...}, "vs_clean": {...}},
+                  "text_only": {...}, "tgfr_other_captions": {...}},
      "clean": {...}}
-"vs_clean" (each method of the degraded split, when it is the clean split's degraded copy: the same identities
-and probe identities) is degraded minus clean on the same bootstrap resamples, as "vs_image_only" is.
+text_only and tgfr_other_captions are the controls (evaluation.controls; absent without them, and so is
+"vs_other_captions"): the caption's sentence feature alone, and TGFR with each image's caption replaced by one of
+another identity (tgfr.evaluation.embeddings). "vs_other_captions" is TGFR minus tgfr_other_captions, paired as
+"vs_image_only" is (TGFR minus image_only). "vs_clean" (each method of the degraded split, when it is the clean
+split's degraded copy: the same identities and probe identities) is degraded minus clean on the same bootstrap
+resamples, as "vs_image_only" is.
 An interval is null where some bootstrap resample cannot measure its figure (tgfr.metrics); rank-k and its
 interval are null where the gallery holds k identities or fewer (every probe is then within rank k).
 """
@@ -24,6 +29,11 @@ from tgfr.output_paths import write_atomically
 
 TABLE_FARS = ("1e-4", "1e-3", "1e-2")
 MAIN_FAR = "1e-3"  # the summary's (and the paired difference's) operating point
+CONTROLS_MEANING = ("TGFR with another identity's captions fuses each face with a caption of another identity, "
+                    "the same other identity for all of an identity's images: if it scores about as well as TGFR, "
+                    "the captions help as an identity cue consistent across an identity's images, not as a "
+                    "description of the face. Text only scores the caption's sentence feature alone: how far the "
+                    "caption alone identifies a subject.")
 
 
 def _with_interval(value: float | None, interval: list[float] | None, percent: bool = True) -> str:
@@ -60,19 +70,28 @@ def _difference(value: float | None, interval: list[float] | None) -> str:
     return f"{100 * value:+.1f}" + (f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" if interval else "")
 
 
+def _paired_figures(difference: dict[str, Any]) -> str:
+    """A paired_difference's TAR at MAIN_FAR and rank-1, in percentage points with their intervals."""
+    tar = _difference(difference["tar_at_far"][MAIN_FAR], difference.get("tar_at_far_ci", {}).get(MAIN_FAR))
+    return f"TAR@FAR={MAIN_FAR} {tar}, rank-1 {_difference(difference['rank1'], difference.get('rank1_ci'))}"
+
+
 def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    lines = []
+    lines, controlled = [], False
     for split, methods in metrics.items():
-        if not {"image_only", "tgfr"} <= set(methods):
-            continue
-        a, b, d = methods["image_only"], methods["tgfr"], methods["tgfr"]["vs_image_only"]
-        # A split too small to resolve the FAR still gets its rank-1 comparison.
-        tar_a, tar_b = (_percent(m["tar_at_far"].get(MAIN_FAR)) for m in (a, b))
-        lines.append(f"- {split}: TAR@FAR={MAIN_FAR} {tar_a} (image only) -> {tar_b} "
-                     f"(TGFR), rank-1 {100 * a['rank1']:.1f}% -> {100 * b['rank1']:.1f}%; TGFR minus image only "
-                     f"(paired, points): TAR@FAR={MAIN_FAR} "
-                     f"{_difference(d['tar_at_far'][MAIN_FAR], d.get('tar_at_far_ci', {}).get(MAIN_FAR))}, "
-                     f"rank-1 {_difference(d['rank1'], d.get('rank1_ci'))}.")
+        if {"image_only", "tgfr"} <= set(methods):
+            a, b = methods["image_only"], methods["tgfr"]
+            # A split too small to resolve the FAR still gets its rank-1 comparison.
+            tar_a, tar_b = (_percent(m["tar_at_far"].get(MAIN_FAR)) for m in (a, b))
+            lines.append(f"- {split}: TAR@FAR={MAIN_FAR} {tar_a} (image only) -> {tar_b} "
+                         f"(TGFR), rank-1 {100 * a['rank1']:.1f}% -> {100 * b['rank1']:.1f}%; TGFR minus image only "
+                         f"(paired, points): {_paired_figures(b['vs_image_only'])}.")
+        if "vs_other_captions" in methods.get("tgfr", {}):
+            controlled = True
+            lines.append(f"- {split}: TGFR minus TGFR with another identity's captions (paired, points): "
+                         f"{_paired_figures(methods['tgfr']['vs_other_captions'])}.")
+    if controlled:
+        lines.append(f"- Controls (in each split's table too): {CONTROLS_MEANING}")
     for method, name in (("image_only", "Image only"), ("tgfr", "TGFR")):
         if method not in metrics.get("clean", {}) or method not in metrics.get("degraded", {}):
             continue
@@ -80,10 +99,7 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         line = (f"- {name}, clean -> degraded: AUC {clean['auc']:.3f} -> "
                 f"{degraded['auc']:.3f}, rank-1 {100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%")
         if "vs_clean" in degraded:
-            d = degraded["vs_clean"]
-            line += (f"; degraded minus clean (paired, points): TAR@FAR={MAIN_FAR} "
-                     f"{_difference(d['tar_at_far'][MAIN_FAR], d.get('tar_at_far_ci', {}).get(MAIN_FAR))}, "
-                     f"rank-1 {_difference(d['rank1'], d.get('rank1_ci'))}")
+            line += f"; degraded minus clean (paired, points): {_paired_figures(degraded['vs_clean'])}"
         else:
             line += " (not paired: the two splits hold other identities or probe identities)"
         lines.append(line + ".")
@@ -163,8 +179,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
                      "subjects, since pairs that share a subject are not independent (a subject drawn c times counts "
                      "its genuine pairs c times, its impostor pairs with a subject drawn c' times c * c' times), "
                      "identification resamples the probes' subjects (a subject drawn c times counts its probes c "
-                     "times); both methods are scored on the same resamples, so their "
-                     f"difference has a paired interval. {unmeasured}; an interval is left out where some resample "
+                     "times); every method is scored on the same resamples, so the difference of two has a "
+                     f"paired interval. {unmeasured}; an interval is left out where some resample "
                      "cannot measure its figure (e.g. too little impostor weight for the FAR).")
     else:
         intervals = f"without intervals (evaluation.bootstrap_resamples = 0: no bootstrap). {unmeasured}."

@@ -1,4 +1,5 @@
-"""`tgfr evaluate`: image-only vs TGFR embeddings on the clean and degraded test splits of a run."""
+"""`tgfr evaluate`: image-only vs TGFR embeddings on the clean and degraded test splits of a run, with two
+controls (evaluation.controls: text only, TGFR with another identity's captions)."""
 
 import dataclasses
 import json
@@ -283,7 +284,8 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
     for name, split in evaluation.splits.items():
         # Its own cache, dropped with the split: checked, embedded and drawn from, each image is decoded once.
         images = DecodedImageCache(image_cache_bytes)
-        embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device, images)
+        embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device, images,
+                                 controls=evaluation.controls)
         scored[name] = split_figures(embeddings, records, split, evaluation)
         metrics[name], curves[name] = scored[name].figures, scored[name].curves
         if evaluation.heatmap_captions > 0:

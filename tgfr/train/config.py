@@ -185,7 +185,9 @@ class EvaluationConfig:
     non-empty, has no path separator, NUL or line break, and (check_report_names_fit) the temporary
     name under which attention_<name>.png is written fits NAME_MAX.
     protocol: all_pairs (every pair of the split) or pairs (TGFR's per-subject genuine +
-    impostor_subjects impostors, tgfr.data; at least 1)."""
+    impostor_subjects impostors, tgfr.data; at least 1).
+    controls: also score text only and TGFR with another identity's captions (tgfr.evaluation.embeddings),
+    which tell whether TGFR's gain comes from what a caption says of the face."""
 
     splits: dict[str, str] = field(default_factory=lambda: {"clean": "test", "degraded": "test_degraded"})
     protocol: str = "all_pairs"
@@ -195,6 +197,7 @@ class EvaluationConfig:
     max_rank: int = 20
     batch_size: int = 128
     heatmap_captions: int = 4
+    controls: bool = True
 
     def __post_init__(self) -> None:
         self.check()
@@ -226,6 +229,9 @@ class EvaluationConfig:
         for name, (low, high) in bounds.items():
             _check_integer(f"evaluation.{name}", getattr(self, name), low, high)
         check_choice("evaluation.protocol", self.protocol, EVALUATION_PROTOCOLS)
+        # `if evaluation.controls` would take "no" or 1 for a choice; a table built in Python skips the TOML type check.
+        if not isinstance(self.controls, bool):
+            raise ValueError(f"evaluation.controls must be true or false, got {self.controls!r}")
         if self.protocol == "pairs" and self.impostor_subjects < 1:  # the pairs would hold no impostor pair
             raise ValueError(f"evaluation.impostor_subjects must be >= 1 with evaluation.protocol = \"pairs\", "
                              f"got {self.impostor_subjects}")
@@ -745,8 +751,9 @@ def load_config(preset: str = "default", overrides: Iterable[str] = ()) -> Train
 # One exception the file cannot show: the commits 3db1e1f to 3874a79 (reverted by 1f0a382) generated
 # version 2 before the version was recorded; a run trained there needs synthetic_version = 2 written
 # under [data] by hand. model.fusion_out_dim: the linear fusion was 640 wide (TGFRConfig's default)
-# before the setting existed.
-_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640}}
+# before the setting existed. evaluation.controls says how to evaluate, not how the run trained: its default.
+_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640},
+               "evaluation": {"controls": True}}
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
