@@ -60,16 +60,18 @@ def test_a_csv_error_names_the_file_and_line(monkeypatch):
 
 
 @pytest.mark.parametrize("text, line", [('a\nb\n"c\nd\n', 3), ('a\n\n\n"c\nd\n', 4), ('"a\n', 1), ('a\n"b,c\n', 2)])
-def test_a_csv_quote_that_never_closes_is_refused_naming_the_line_after_the_last_whole_record(text, line):
+def test_a_csv_quote_that_never_closes_is_refused_naming_the_line_its_record_begins_on(text, line):
     """A reader that is not strict read the rest of the text as one field: entries lost without a word."""
     with pytest.raises(ValueError, match=re.escape(f"list f.csv:{line}: not valid CSV (a quote opened on this line or "
                                                    "after it never closes)")):
         read_csv_lines(text, "list f.csv")
 
 
-@pytest.mark.parametrize("text, line", [("path,identity\na,1\n\n\"b,2\nc,3\n", 3), ('"path,identity\na,1\n', 1),
+@pytest.mark.parametrize("text, line", [("path,identity\na,1\n\n\"b,2\nc,3\n", 4), ('"path,identity\na,1\n', 1),
+                                        ("path,identity\r\na,1\r\n\r\n\r\n\"b,2\r\nc,3\r\n", 5),
                                         ('path,identity\n"a,1\n', 2)])
-def test_a_csv_header_file_quote_that_never_closes_is_refused_naming_the_line_after_the_last_whole_record(text, line):
+def test_a_csv_header_file_quote_that_never_closes_is_refused_naming_the_line_its_record_begins_on(text, line):
+    """csv.DictReader skips empty lines without a row: the line after the last row was an empty one."""
     with pytest.raises(ValueError, match=re.escape(f"m.csv:{line}: not valid CSV (a quote opened on this line or "
                                                    "after it never closes)")):
         read_csv_rows(text, "m.csv", ["path"])

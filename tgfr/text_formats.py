@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -97,17 +98,23 @@ def _csv_errors_named(text: str, where: str, line_number: Callable[[], int],
     longer than the file: tgfr writes cells of any size (many long captions), past the module's default limit
     of 131072 characters. A reader that is not strict took a quote that never closes for a field holding the
     rest of the file, every later record lost without a word (split list entry "a" read as "a\nb\nc"); a
-    strict one fails at the end of the text, so that error names the line after last_record_end() (the last
-    line of the last record read, 0 if none), where the quote's record begins. The limit is module-wide, so
-    it is put back at once."""
+    strict one fails at the end of the text, so that error names the first line after last_record_end() (the
+    last line of the last record read, 0 if none) that is not empty, where the quote's record begins. The limit
+    is module-wide, so it is put back at once."""
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(max(previous_limit, len(text)))
     try:
         yield
     except csv.Error as error:
         if str(error) == "unexpected end of data":  # in a quoted field: this project's readers take no escapechar
-            raise ValueError(f"{where}:{last_record_end() + 1}: not valid CSV (a quote opened on this line or after "
-                             "it never closes)") from None
+            # The record begins at the first line after the last one read that is not empty (csv.DictReader skips
+            # empty lines without counting them as rows). Lines end as the csv module reads them.
+            lines = re.split(r"\r\n|\r|\n", text)
+            start = last_record_end()
+            while start < len(lines) and not lines[start]:
+                start += 1
+            raise ValueError(f"{where}:{start + 1}: not valid CSV (a quote opened on this line or after it never "
+                             "closes)") from None
         raise ValueError(f"{where}:{line_number()}: not valid CSV ({error})") from None
     finally:
         csv.field_size_limit(previous_limit)
