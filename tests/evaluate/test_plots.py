@@ -83,7 +83,8 @@ def test_the_cmc_picture_draws_each_methods_rate_against_rank_from_1(tmp_path, m
 
 def test_the_controls_are_drawn_dashed_or_dotted_beside_the_two_methods_solid_lines(tmp_path, monkeypatch):
     """The ROC and CMC pictures show four curves with the controls: the two methods compared solid, each control
-    in a line style of its own, labelled as plots.LABELS names it."""
+    in a line style of its own (README: text only dotted, TGFR with another identity's captions dashed), labelled
+    as plots.LABELS names it."""
     figures = []
     monkeypatch.setattr(plots, "_save", lambda figure, path, layout=True: figures.append(figure))
     methods = ("image_only", "tgfr", "text_only", "tgfr_other_captions")
@@ -95,5 +96,5 @@ def test_the_controls_are_drawn_dashed_or_dotted_beside_the_two_methods_solid_li
         (axis,) = figure.axes
         assert [line.get_label() for line in axis.lines] == [plots.LABELS[method] for method in methods]
         styles = [line.get_linestyle() for line in axis.lines]
-        assert styles[:2] == ["-", "-"] and len(set(styles)) == 3 and "-" not in styles[2:]
+        assert styles == ["-", "-", ":", "--"]  # README: text only dotted, another identity's captions dashed
     assert len(figures) == 2

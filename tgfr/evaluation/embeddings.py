@@ -3,8 +3,9 @@ embedding, both L2-normalized. Each image is paired with its first caption.
 
 With controls, two more, which tell what the caption adds to TGFR: text_only, the aligned sentence feature of
 the first caption alone, and tgfr_other_captions, TGFR's embedding with each image's caption replaced by one of
-another identity (other_identity_captions). If TGFR scores about as well with another identity's captions, the
-caption helps as an identity cue consistent across an identity's images, not as a description of the face."""
+another identity (other_identity_captions). Where TGFR gains on image-only and scores about as well with another
+identity's captions, the gain comes from the captions as an identity cue consistent across an identity's images,
+not from what they say of the face."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -29,11 +29,13 @@ from tgfr.output_paths import write_atomically
 
 TABLE_FARS = ("1e-4", "1e-3", "1e-2")
 MAIN_FAR = "1e-3"  # the summary's (and the paired difference's) operating point
+# True whatever the figures: where TGFR gains nothing on image only, the control scoring as TGFR does tells nothing.
 CONTROLS_MEANING = ("TGFR with another identity's captions fuses each face with a caption of another identity, "
-                    "the same other identity for all of an identity's images: if it scores about as well as TGFR, "
-                    "the captions help as an identity cue consistent across an identity's images, not as a "
-                    "description of the face. Text only scores the caption's sentence feature alone: how far the "
-                    "caption alone identifies a subject.")
+                    "the same other identity for all of an identity's images, so TGFR minus it is what the captions' "
+                    "match to the face adds: where TGFR gains on image only and this difference is about 0, the "
+                    "gain comes from the captions as an identity cue consistent across an identity's images, not "
+                    "from what they say of the face. Text only scores the caption's sentence feature alone: how "
+                    "far the caption alone identifies a subject.")
 
 
 def _with_interval(value: float | None, interval: list[float] | None, percent: bool = True) -> str:
