@@ -933,5 +933,19 @@ def test_multi_granularity_skips_a_term_of_weight_0(term, weight, module_class, 
     torch.testing.assert_close(total, expected, **TOL)
     assert set(parts) == {"wrcl", "cicl", "identity", "total"}
     assert parts[term].item() == 0.0 and (parts[term].dtype, parts[term].device) == (total.dtype, total.device)
-    gradient, = torch.autograd.grad(total, inputs[input_name])
-    assert torch.equal(gradient, torch.zeros_like(gradient))
+    total.backward()
+    assert torch.equal(inputs[input_name].grad, torch.zeros_like(inputs[input_name]))
+    if term == "identity":  # the skipped head's own parameters too, not only its input
+        for name, parameter in head.named_parameters():
+            assert parameter.grad is not None and torch.equal(parameter.grad, torch.zeros_like(parameter)), name
+
+
+def test_multi_granularity_refuses_an_identity_head_that_is_not_a_module():
+    """A plain function worked as the identity head until a term of weight 0 kept the head's parameters in the
+    graph (AttributeError there, at no other weight): the docstring's module is required at construction."""
+    def identity_function(embeddings, labels):
+        return embeddings.sum()
+
+    for weight in (0.0, 100.0):
+        with pytest.raises(TypeError, match=r"^identity_head must be an nn\.Module .*, got function$"):
+            MultiGranularityLoss(identity_function, identity_weight=weight)

@@ -370,3 +370,44 @@ def test_each_stage_builds_and_weighs_its_losses_with_its_own_settings(tiny_over
 
     head = FuseStage(model, config.fuse, 3, captions, cpu).losses["arcface"]
     assert (head.scale, head.margin, head.focal) == (24.0, 0.35, True)
+
+
+@pytest.mark.parametrize("supervision", ["identity", "weak"])
+def test_align_skips_an_identity_term_of_weight_0(parts, supervision, monkeypatch):
+    """align.identity_weight = 0 (an ablation), as MultiGranularityLoss's terms of weight 0: the two ArcFace heads
+    (weak: the association loss, whose memory moved) ran, 0 * a non-finite term made the total NaN, and the log showed
+    the unweighted term. It is logged as 0, the loss is the full stage's less the identity term, and the heads'
+    parameters get zero gradients, not none (DistributedDataParallel refuses a parameter that gets none)."""
+    from tgfr.losses import ArcFaceHead, DualGranularityAssociationLoss
+
+    config, model, batch = parts
+    model.backbone.freeze()
+    config.align.supervision = supervision
+    captions, cpu = CaptionFeatures(model.text_encoder, torch.device("cpu")), torch.device("cpu")
+    full = AlignStage(model, config.align, 3, captions, cpu).train()
+    without_identity = AlignStage(model, dataclasses.replace(config.align, identity_weight=0.0), 3, captions,
+                                  cpu).train()
+    without_identity.losses.load_state_dict(full.losses.state_dict())
+    with torch.no_grad():
+        expected_total, expected = full(batch)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the identity term of weight 0 was computed")
+
+    monkeypatch.setattr(ArcFaceHead, "forward", refuse)
+    monkeypatch.setattr(DualGranularityAssociationLoss, "forward", refuse)
+    memory = {name: buffer.clone() for name, buffer in without_identity.losses.named_buffers()}
+    total, components = without_identity(batch)
+    assert set(components) == {"wrcl", "cicl", "intra", "identity"}  # no association confidence either
+    assert components["identity"].item() == 0.0
+    for name in ("wrcl", "cicl", "intra"):
+        torch.testing.assert_close(components[name], expected[name], msg=name)
+    torch.testing.assert_close(total, expected_total - config.align.identity_weight * expected["identity"])
+    total.backward()
+    owners = {name.split(".")[0] for name, _ in without_identity.losses.named_parameters()}
+    assert owners == ({"sentence_identity", "image_identity"} if supervision == "identity" else set())
+    for name, parameter in without_identity.losses.named_parameters():
+        assert parameter.grad is not None and torch.equal(parameter.grad, torch.zeros_like(parameter)), name
+    for name, buffer in without_identity.losses.named_buffers():
+        assert torch.equal(buffer, memory[name]), name
+    assert ("association.prototypes" in memory) == (supervision == "weak")

@@ -11,7 +11,7 @@ from tgfr.reference import accumulation_dtype
 from tgfr.validation import check_finite_number, check_loss_weight, check_size, check_tensor
 
 
-def _skipped_term(*inputs: torch.Tensor) -> torch.Tensor:
+def skipped_term(*inputs: torch.Tensor) -> torch.Tensor:
     """The value of a term of weight 0: a zero scalar, in the accumulation dtype of inputs[0] as the term's own value,
     that keeps the term's inputs (and parameters) in the graph with zero gradients, as 0 * term did:
     DistributedDataParallel (without find_unused_parameters) refuses a parameter without a gradient, such as the
@@ -41,6 +41,10 @@ class MultiGranularityLoss(nn.Module):
                  identity_weight: float = 100.0, word_region: nn.Module | None = None,
                  caption_image: nn.Module | None = None) -> None:
         super().__init__()
+        # A module, not any callable: at weight 0 its parameters are kept in the graph (skipped_term) for DDP.
+        if identity_head is not None and not isinstance(identity_head, nn.Module):
+            raise TypeError(f"identity_head must be an nn.Module (embeddings, labels) -> scalar, or None, "
+                            f"got {type(identity_head).__name__}")
         self.word_region = word_region if word_region is not None else WordRegionContrastiveLoss()
         self.caption_image = caption_image if caption_image is not None else CaptionImageContrastiveLoss()
         self.identity_head = identity_head
@@ -63,16 +67,16 @@ class MultiGranularityLoss(nn.Module):
         # A term of weight 0 is not computed: WRCL is most of the cost, and 0 * an Inf term made the total NaN.
         components = {
             "wrcl": (self.word_region(words, lengths, regions, labels) if self.wrcl_weight > 0
-                     else _skipped_term(words, regions)),
+                     else skipped_term(words, regions)),
             "cicl": (self.caption_image(sentence, image, labels) if self.cicl_weight > 0
-                     else _skipped_term(sentence, image)),
+                     else skipped_term(sentence, image)),
         }
         total = self.wrcl_weight * components["wrcl"] + self.cicl_weight * components["cicl"]
         if self.identity_head is not None:
             if fused is None or labels is None:
                 raise ValueError("fused embeddings and labels are needed for the identity term (identity_head is set)")
             components["identity"] = (self.identity_head(fused, labels) if self.identity_weight > 0
-                                      else _skipped_term(fused, *self.identity_head.parameters()))
+                                      else skipped_term(fused, *self.identity_head.parameters()))
             total = total + self.identity_weight * components["identity"]
         elif fused is not None:  # would be dropped without a word: the caller expects an identity term
             raise ValueError("fused embeddings were given, but there is no identity_head to train them with")

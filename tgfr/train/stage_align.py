@@ -8,12 +8,16 @@ With identity labels (supervision "identity") the pairwise losses mask other pai
 identity and the identity term is ArcFace on the sentence and on the global image feature.
 Without them ("weak") nothing sees a label: the identity term is the dual-granularity
 association of images and captions.
+
+A term of weight 0 is not computed: WRCL, CICL and the identity term are logged as 0 (the association's confidence
+is not logged), and without the intra-modal term each image reads one caption.
 """
 
 import torch
 
 from tgfr.losses import (ArcFaceHead, CaptionImageContrastiveLoss, DualGranularityAssociationLoss,
                          IntraModalContrastiveLoss, MultiGranularityLoss, WordRegionContrastiveLoss)
+from tgfr.losses.multi_granularity import skipped_term
 from tgfr.models import AlignedFeatures, BackboneOutput, TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import AlignStageConfig
@@ -89,7 +93,13 @@ class AlignStage(Stage):
             components["intra"] = self.losses["intra"](aligned.sentence, second_sentence.float(),
                                                        labels if supervised else None)
             total = total + self.config.intra_weight * components["intra"]
-        if supervised:
+        if self.config.identity_weight == 0:
+            # Not computed, as MultiGranularityLoss's terms of weight 0: 0 * a non-finite term made the total NaN,
+            # and the association's memory moved. Its losses' parameters still get (zero) gradients, for DDP.
+            identity_losses = ("sentence_identity", "image_identity") if supervised else ("association",)
+            components["identity"] = skipped_term(aligned.sentence, aligned.image_global, *(
+                parameter for name in identity_losses for parameter in self.losses[name].parameters()))
+        elif supervised:
             components["identity"] = (self.losses["sentence_identity"](aligned.sentence, labels)
                                       + self.losses["image_identity"](aligned.image_global, labels))
         else:
