@@ -197,10 +197,11 @@ def _changed_settings_error(source: Path, keys: list[str], trained: dict[str, An
 # The settings a resume may change: where and how fast the run goes (its device, precision, threads, loader
 # workers), where its data are (a moved manifest or cache: the checkpoint's digest of the data still has to
 # match), how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test copy, the report).
-# None changes which samples the remaining steps draw or which losses and updates they compute; the device and
-# precision do change the numbers (another device's kernels and bf16 autocast round otherwise), as they would for a
-# run started with them: moving a run is worth that, and run_info.json records each call's. check_config_unchanged
-# also lets the weights' paths move.
+# None changes which samples the remaining steps draw or which losses and updates they compute; the device,
+# precision and threads do change the numbers in their last bits (another device's kernels, bf16 autocast and
+# another thread count's reductions round otherwise: a caption's encoder output with more than one thread, say), as
+# they would for a run started with them: moving a run is worth that, and run_info.json records each call's.
+# check_config_unchanged also lets the weights' paths move.
 FREE_ON_RESUME = ("device", "precision", "threads", "checkpoint_every", "log_every", "data.loader_workers",
                   "data.cache_dir", "data.manifest", "data.degradation", "evaluation.")
 
