@@ -495,3 +495,25 @@ def test_resume_refuses_set(tmp_path):
     with pytest.raises(SystemExit, match="^tgfr train: error: --resume uses the run's config.toml; --set cannot "
                                          "change a run midway$"):
         main(["train", "--resume", "--out", str(tmp_path / "run"), "--set", "fr.steps=5"])
+
+
+def test_each_stage_draws_its_dropout_and_augmentation_from_a_stream_of_its_own(tmp_path, tiny_overrides, monkeypatch):
+    """Each stage's global RNGs start from stream_seed(seed, STEP_STREAM, stage index, rank): with the index left out,
+    fr, align and fuse started from one state, and their dropout and embedding augmentation were correlated, which
+    no comparison of a straight run with a resumed one could see (both shift alike)."""
+    from tgfr.train.seeds import STEP_STREAM, stream_seed
+
+    started, build = [], run_module._build_stage
+
+    def recording_build(name, *args, **kwargs):
+        started.append((name, torch.initial_seed(), np.random.get_state()[1][0]))
+        return build(name, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_build_stage", recording_build)
+    overrides = [*tiny_overrides, "seed=5", *(f"{stage}.{key}" for stage in ("fr", "align", "fuse")
+                                             for key in ("steps=1", "optim.warmup_steps=0"))]
+    train(load_config("quick", overrides), tmp_path / "run")
+    expected = [stream_seed(5, STEP_STREAM, index, 0) for index in range(3)]
+    assert [(name, seed) for name, seed, _ in started] == list(zip(("fr", "align", "fuse"), expected))
+    # numpy's global generator too: its first state word is the seed's own for MT19937 seeded by an int.
+    assert [word for *_, word in started] == [np.random.RandomState(seed).get_state()[1][0] for seed in expected]
