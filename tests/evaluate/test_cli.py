@@ -338,7 +338,7 @@ def test_a_missing_test_image_is_named_with_a_remedy_evaluate_users_have(tmp_pat
         if evaluate_part == "embeddings":
             embed_split(model, None, manifest, "test", 4, torch.device("cpu"))
         else:
-            run_module._attention_maps(model, None, manifest, "test", 1, 4.0, torch.device("cpu"))
+            run_module._attention_maps(model, None, manifest, "test", 1, 4.0, True, torch.device("cpu"))
 
 
 def test_a_test_caption_without_words_is_named(tmp_path):
@@ -377,7 +377,7 @@ def test_evaluation_pairs_each_test_image_with_its_first_caption(tmp_path):
     model = TGFRModel(TGFRConfig(backbone=IResNetConfig(layers=(1, 1, 1, 1), input_size=32, width=4, num_features=16)))
     captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
     assert embed_split(model, captions, manifest, "test", 4, torch.device("cpu")).captions == firsts
-    _, _, tokens = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0, torch.device("cpu"))
+    _, _, tokens = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0, True, torch.device("cpu"))
     assert tokens == [model.text_encoder.tokenizer.tokenize(first) for first in firsts]
     assert tokens[0][:2] == ["she", "has"]
 
@@ -403,7 +403,7 @@ def test_heatmap_words_are_the_tokens_as_text_whatever_the_tokenizer(tmp_path, t
                                  text_encoder=str(tiny_roberta_dir), max_length=18, dim=16, fine_dim=8))
     assert model.text_encoder.tokenizer.tokenize(texts[1])[:3] == ["a", "\u0120", "b"]
     captions = CaptionFeatures(model.text_encoder, torch.device("cpu"))
-    images, attention, words = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0,
+    images, attention, words = run_module._attention_maps(model, captions, manifest, "test", 2, 4.0, True,
                                                           torch.device("cpu"))
     assert words == [[character.strip() for character in text] for text in texts]
     titles = []

@@ -5,6 +5,7 @@ its own report."""
 
 import dataclasses
 import errno
+import inspect
 import json
 import os
 import re
@@ -683,3 +684,29 @@ def test_the_controls_are_evaluated_beside_the_two_methods_unless_evaluation_con
         for method in ("text_only", "tgfr_other_captions"):
             assert section(report, name).count(f"| {plots_module.LABELS[method]} | ") == 1
     assert plots_module.LABELS["text_only"] not in plain_report
+
+
+@pytest.mark.parametrize("written, drawn_with", [("true", True), ("false", False), (None, True)],
+                         ids=["on", "off", "older run"])
+def test_heatmaps_use_the_word_softmax_the_run_trained_with(tiny_run, tmp_path, monkeypatch, written, drawn_with):
+    """The heatmaps were drawn with the op's default word_softmax = true whatever align.word_softmax the run trained
+    WRCL with; a run's config.toml without the key (an older tgfr's) trained with the softmax over words."""
+    run, config, _ = tiny_run
+    own_run = tmp_path / "run"
+    shutil.copytree(run / "model", own_run / "model")
+    setting = "" if written is None else f"word_softmax = {written}\n"
+    text = re.sub(r"(?m)^word_softmax = .*\n", setting, to_toml(config))
+    assert text.count("word_softmax = ") == (written is not None)
+    (own_run / "config.toml").write_text(text, encoding="utf-8")
+    attention = run_module.word_region_attention
+    signature, used = inspect.signature(attention), []
+
+    def recording_attention(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()  # the op's default counts where the call leaves the argument out
+        used.append(call.arguments["word_softmax"])
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "word_region_attention", recording_attention)
+    assert main(["evaluate", "--run", str(own_run), "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    assert used == [drawn_with] * len(config.evaluation.splits)

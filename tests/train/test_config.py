@@ -902,16 +902,64 @@ def test_evaluation_controls_is_a_boolean_however_the_config_is_made(value):
     assert all(load_config(preset).evaluation.controls is True for preset in preset_names())
 
 
-def test_a_run_written_before_evaluation_controls_was_a_setting_evaluates_with_the_controls(tmp_path):
-    """A run's config.toml without evaluation.controls (an older tgfr's) reads as true, the default a new run
-    gets; one that records false keeps it. A preset must still name it (presets set every key)."""
-    text = re.sub(r"(?m)^controls = .*\n", "", to_toml(load_config("quick")))
+@pytest.mark.parametrize("table, key", [("evaluation", "controls"), ("align", "word_softmax")])
+def test_a_run_written_before_a_boolean_setting_existed_reads_it_as_true(tmp_path, table, key):
+    """A run's config.toml without evaluation.controls or align.word_softmax (an older tgfr's) reads as true: the
+    default a new run gets, and for align.word_softmax what the run trained with (the loss always took the softmax
+    over words). One that records false keeps it. A preset must still name it (presets set every key)."""
+    text = re.sub(rf"(?m)^{key} = .*\n", "", to_toml(load_config("quick")))
     values = tomllib.loads(text)
-    assert "controls" not in values["evaluation"]
-    assert config_from_dict(values).evaluation.controls is True
-    assert "controls" not in values["evaluation"]  # the caller's table is left as it was
-    assert config_from_dict({**values, "evaluation": {**values["evaluation"], "controls": False}}) \
-        .evaluation.controls is False
+    assert key not in values[table]
+    assert getattr(getattr(config_from_dict(values), table), key) is True
+    assert key not in values[table]  # the caller's table is left as it was
+    assert getattr(getattr(config_from_dict({**values, table: {**values[table], key: False}}), table), key) is False
     (tmp_path / "old.toml").write_text(text)
-    with pytest.raises(ValueError, match=re.escape("config is missing key(s) ['evaluation.controls']")):
+    with pytest.raises(ValueError, match=re.escape(f"config is missing key(s) ['{table}.{key}']")):
         load_config(str(tmp_path / "old.toml"))
+
+
+def test_align_word_softmax_is_on_in_every_preset_and_set_false_is_written_and_read_back(capsys):
+    """TGFR's softmax over a caption's words is on by default; `--set align.word_softmax=false` (an unknown key
+    before) turns it off, and the run's config.toml (to_toml) keeps it off when read back."""
+    assert all(load_config(preset).align.word_softmax is True for preset in preset_names())
+    config = load_config("quick", ["align.word_softmax=false"])
+    assert config.align.word_softmax is False
+    assert config_from_dict(tomllib.loads(to_toml(config))) == config
+    assert main(["train", "--preset", "quick", "--set", "align.word_softmax=false", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["align"]["word_softmax"] is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None])
+def test_align_word_softmax_is_a_boolean_however_the_config_is_made(value):
+    """An override, a config built in Python and a run's config.toml refuse a value that is not true or false,
+    naming the key (the loss refuses it too, but only once the stages before align have trained)."""
+    message = rf"^align\.word_softmax must be of type bool, got {re.escape(repr(value))} "
+    if value is not None:
+        with pytest.raises(ValueError, match=message):
+            load_config("quick", [f"align.word_softmax={json.dumps(value)}"])
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(align=dataclasses.replace(TrainConfig().align, word_softmax=value))
+    values = tomllib.loads(to_toml(load_config("quick")))
+    values["align"]["word_softmax"] = value
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(values)
+
+
+def test_a_run_written_before_align_word_softmax_was_a_setting_resumes_with_the_word_softmax(tmp_path, tiny_overrides):
+    """An older tgfr's run (config.toml and checkpoint without align.word_softmax) trained WRCL with the softmax over
+    words: it resumes so, and the next checkpoint records true."""
+    from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
+    from tgfr.train.run import CHECKPOINT
+
+    run = tmp_path / "run"
+    config = load_config("quick", tiny_overrides)
+    train(config, run, stop_after=config.fr.steps + 1)  # stopped in the align stage
+    config_toml = run / "config.toml"
+    config_toml.write_text(re.sub(r"(?m)^word_softmax = .*\n", "", config_toml.read_text(encoding="utf-8")),
+                           encoding="utf-8")
+    state = load_checkpoint(run / CHECKPOINT)
+    del state["config"]["align"]["word_softmax"]
+    save_checkpoint(run / CHECKPOINT, state)
+    assert main(["train", "--resume", "--out", str(run), "--stop-after", "1"]) == 0
+    resumed = load_checkpoint(run / CHECKPOINT)
+    assert (resumed["stage"], resumed["config"]["align"]["word_softmax"]) == ("align", True)

@@ -201,7 +201,7 @@ def test_align_loss_is_its_documented_sum_of_the_losses_on_the_right_features(pa
         labels = batch["labels"] if supervision == "identity" else None
         masking = "exclude" if labels is not None else "none"
         expected = {
-            "wrcl": WordRegionContrastiveLoss(a.gamma1, a.gamma2, a.gamma3, same_identity=masking)(
+            "wrcl": WordRegionContrastiveLoss(a.gamma1, a.gamma2, a.gamma3, a.word_softmax, same_identity=masking)(
                 words, first.lengths, regions, labels),
             "cicl": CaptionImageContrastiveLoss(a.cicl_scale, same_identity=masking)(sentence, image, labels),
             "intra": IntraModalContrastiveLoss(a.intra_scale, same_identity="positive" if labels is not None
@@ -335,7 +335,7 @@ DISTINCT_SETTINGS = [
     "fr.arcface_scale=20.0", "fr.arcface_margin=0.25", "fr.ce_weight=0.7", "fr.coreface_weight=0.11",
     "fr.coreface_scale=48.0", "align.wrcl_weight=0.3", "align.cicl_weight=1.7", "align.intra_weight=2.9",
     "align.identity_weight=0.6", "align.cicl_scale=7.0", "align.intra_scale=13.0", "align.identity_scale=21.0",
-    "align.identity_margin=0.2", "align.gamma1=3.0", "align.gamma2=6.0", "align.gamma3=9.0",
+    "align.identity_margin=0.2", "align.gamma1=3.0", "align.gamma2=6.0", "align.gamma3=9.0", "align.word_softmax=false",
     "fuse.arcface_scale=24.0", "fuse.arcface_margin=0.35", "fuse.focal=true",
 ]
 
@@ -361,6 +361,7 @@ def test_each_stage_builds_and_weighs_its_losses_with_its_own_settings(tiny_over
     terms = align.losses["multi_granularity"]
     word_region = terms.word_region
     assert (word_region.gamma1, word_region.gamma2, word_region.gamma3) == (3.0, 6.0, 9.0)
+    assert word_region.word_softmax is False  # the loss's own default is true
     assert (terms.caption_image.scale, align.losses["intra"].scale) == (7.0, 13.0)
     for head in (align.losses["sentence_identity"], align.losses["image_identity"]):
         assert (head.scale, head.margin, head.focal) == (21.0, 0.2, False)

@@ -44,12 +44,12 @@ REPORT_FILES = ("metrics.json", "report.md", "report_info.json")
 
 
 def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str, count: int, gamma1: float,
-                    device: torch.device, image_cache: DecodedImageCache | None = None,
+                    word_softmax: bool, device: torch.device, image_cache: DecodedImageCache | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
-    """Faces of `count` subjects of `split`, their captions' word-region attention with the gamma1 the
-    align stage trained with (align.gamma1) and the captions' words, each token as the text it stands for
-    (its tokenizer's convert_tokens_to_string, stripped), for plot_attention. image_cache: the split's
-    images that embed_split's dataset decoded, not decoded again."""
+    """Faces of `count` subjects of `split`, their captions' word-region attention with the gamma1 and
+    word_softmax the align stage trained with (align.gamma1, align.word_softmax) and the captions' words,
+    each token as the text it stands for (its tokenizer's convert_tokens_to_string, stripped), for
+    plot_attention. image_cache: the split's images that embed_split's dataset decoded, not decoded again."""
     dataset = FaceCaptionDataset(manifest, split=split, transform=EvalTransform(model.config.backbone.input_size),
                                  bad_image_hint=manifest_record_hint(manifest), image_cache=image_cache)
     # One image of `count` different subjects.
@@ -58,10 +58,9 @@ def _attention_maps(model, captions: CaptionFeatures, manifest: Path, split: str
     texts = [dataset.records[i].captions[0] for i in indices]
     with torch.no_grad():
         aligned, _ = align_features(model, images, captions(texts))
-        # The attention WRCL trained with: word_softmax as the align stage's WordRegionContrastiveLoss has it (its
-        # default), gamma1 the run's, which the op's default 4 would override in the picture.
+        # The attention WRCL trained with: the run's settings, which the op's defaults would override in the picture.
         attention = word_region_attention(aligned.words.float(), aligned.lengths, aligned.regions.float(),
-                                          gamma1=gamma1)
+                                          gamma1=gamma1, word_softmax=word_softmax)
     ids = model.tokenize(texts)["input_ids"]
     tokenizer = model.text_encoder.tokenizer
     # Tokens carry their tokenizer's marks (byte-level BPE's "Ġsmall", SentencePiece's "▁the", CLIP's "the</w>"),
@@ -290,7 +289,7 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
         metrics[name], curves[name] = scored[name].figures, scored[name].curves
         if evaluation.heatmap_captions > 0:
             maps[name] = _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions,
-                                         config.align.gamma1, device, images)
+                                         config.align.gamma1, config.align.word_softmax, device, images)
     if {"clean", "degraded"} <= set(scored):
         for method, difference in (degradation_difference(scored["clean"], scored["degraded"]) or {}).items():
             metrics["degraded"][method]["vs_clean"] = difference

@@ -140,6 +140,9 @@ class AlignStageConfig:
     features, which read identity_scale and identity_margin) or "weak" (no labels: the
     dual-granularity association, with num_prototypes visual identity prototypes, replaces the
     identity term). Each mode reads only its own keys.
+    word_softmax: softmax of each region's word-region products over the caption's words before gamma1's softmax
+    over regions (SPEC section 2 step 2, TGFR's). Words and regions are unit vectors, so it keeps a word's region
+    weights within a few per cent of 1/R at gamma1 = 4; off (with a larger gamma1, e.g. 20) they can focus.
     """
 
     steps: int = 300
@@ -149,6 +152,7 @@ class AlignStageConfig:
     intra_weight: float = 1.0
     identity_weight: float = 1.0
     gamma1: float = 4.0
+    word_softmax: bool = True
     gamma2: float = 5.0
     gamma3: float = 10.0
     cicl_scale: float = 10.0
@@ -751,8 +755,9 @@ def load_config(preset: str = "default", overrides: Iterable[str] = ()) -> Train
 # One exception the file cannot show: the commits 3db1e1f to 3874a79 (reverted by 1f0a382) generated
 # version 2 before the version was recorded; a run trained there needs synthetic_version = 2 written
 # under [data] by hand. model.fusion_out_dim: the linear fusion was 640 wide (TGFRConfig's default)
-# before the setting existed. evaluation.controls says how to evaluate, not how the run trained: its default.
-_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640},
+# before the setting existed. align.word_softmax: the word-region loss always normalized over words before.
+# evaluation.controls says how to evaluate, not how the run trained: its default.
+_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640}, "align": {"word_softmax": True},
                "evaluation": {"controls": True}}
 
 

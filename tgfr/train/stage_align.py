@@ -53,7 +53,7 @@ class AlignStage(Stage):
         same_identity = "exclude" if config.supervision == "identity" else "none"
         self.losses["multi_granularity"] = MultiGranularityLoss(
             None, config.wrcl_weight, config.cicl_weight,
-            word_region=WordRegionContrastiveLoss(config.gamma1, config.gamma2, config.gamma3,
+            word_region=WordRegionContrastiveLoss(config.gamma1, config.gamma2, config.gamma3, config.word_softmax,
                                                   same_identity=same_identity, gather_ranks=distributed),
             caption_image=CaptionImageContrastiveLoss(config.cicl_scale, same_identity=same_identity,
                                                       gather_ranks=distributed))
