@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from tgfr.losses import CoReFaceLoss
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.config import load_config
 from tgfr.train.run import build_model, finish_stage
@@ -351,9 +352,15 @@ def test_each_stage_builds_and_weighs_its_losses_with_its_own_settings(tiny_over
     fr = FRStage(model, config.fr, 3, cpu).train()
     arcface = fr.losses["arcface"]
     assert (arcface.scale, arcface.margin, arcface.focal, fr.losses["coreface"].scale) == (20.0, 0.25, False, 48.0)
+    generator_state = torch.get_rng_state()
     total, parts = fr(batch)
     assert not torch.equal(parts["arcface1"], parts["arcface2"])  # two dropout views, each scored
     torch.testing.assert_close(total, 0.7 * (parts["arcface1"] + parts["arcface2"]) + 0.11 * parts["coreface"])
+    # CoReFace compares the two views (one view against itself lost the embedding augmentation) with the labels
+    # (without them, images of one identity were pushed apart): the same dropout draws give the same term.
+    torch.set_rng_state(generator_state)
+    view1, view2, _ = model.backbone.forward_two_views(batch["images"])
+    torch.testing.assert_close(parts["coreface"], CoReFaceLoss(48.0)(view1.float(), view2.float(), batch["labels"]))
     finish_stage(model, "fr")
 
     captions = CaptionFeatures(model.text_encoder, cpu)
