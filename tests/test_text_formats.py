@@ -69,6 +69,7 @@ def test_a_csv_quote_that_never_closes_is_refused_naming_the_line_its_record_beg
 
 @pytest.mark.parametrize("text, line", [("path,identity\na,1\n\n\"b,2\nc,3\n", 4), ('"path,identity\na,1\n', 1),
                                         ("path,identity\r\na,1\r\n\r\n\r\n\"b,2\r\nc,3\r\n", 5),
+                                        ("path,identity\ra,1\r\r\"b,2\rc,3\r", 4),
                                         ('path,identity\n"a,1\n', 2)])
 def test_a_csv_header_file_quote_that_never_closes_is_refused_naming_the_line_its_record_begins_on(text, line):
     """csv.DictReader skips empty lines without a row: the line after the last row was an empty one."""

@@ -16,7 +16,7 @@ from tgfr.data import SyntheticConfig
 from tgfr.data.synthetic import GENERATOR_VERSION
 from tgfr.train.config import (PRESET_DIR, DataConfig, EvaluationConfig, FRStageConfig, FuseStageConfig, ModelConfig,
                                OptimConfig, TrainConfig, config_from_dict, config_to_dict, find_preset, load_config,
-                               parse_override, preset_names, to_toml)
+                               parse_override, preset_names, read_run_config, to_toml)
 from tgfr.train.loop import lr_factor
 from tgfr.train.run import train
 
@@ -960,6 +960,24 @@ def test_a_run_written_before_align_word_softmax_was_a_setting_resumes_with_the_
     state = load_checkpoint(run / CHECKPOINT)
     del state["config"]["align"]["word_softmax"]
     save_checkpoint(run / CHECKPOINT, state)
+    # Turned off in config.toml midway: the checkpoint trained with the softmax, though it does not record it (the
+    # key went uncompared, and the rest of the stage trained without it).
+    text = config_toml.read_text(encoding="utf-8")
+    config_toml.write_text(text.replace("[align]\n", "[align]\nword_softmax = false\n"), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape("was trained with align.word_softmax = true, but the run's "
+                                                   "config.toml now has align.word_softmax = false")):
+        train(read_run_config(run), run, resume=True)
+    config_toml.write_text(text, encoding="utf-8")
     assert main(["train", "--resume", "--out", str(run), "--stop-after", "1"]) == 0
     resumed = load_checkpoint(run / CHECKPOINT)
     assert (resumed["stage"], resumed["config"]["align"]["word_softmax"]) == ("align", True)
+
+
+def test_an_align_stage_whose_every_loss_weight_is_0_is_refused():
+    """Each term of weight 0 is skipped: the stage logged a loss of 0 and trained nothing but weight decay."""
+    zero = [f"align.{weight}=0.0" for weight in ("wrcl_weight", "cicl_weight", "intra_weight", "identity_weight")]
+    with pytest.raises(ValueError, match=r"^align: every loss weight \(align\.wrcl_weight, .*\) is 0"):
+        load_config("quick", zero)
+    assert load_config("quick", zero[1:]).align.wrcl_weight == 1.0  # one term left is enough
+    assert load_config("quick", [*zero, 'stages=["fr"]']).stages == ["fr"]
+

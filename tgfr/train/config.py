@@ -141,8 +141,9 @@ class AlignStageConfig:
     dual-granularity association, with num_prototypes visual identity prototypes, replaces the
     identity term). Each mode reads only its own keys.
     word_softmax: softmax of each region's word-region products over the caption's words before gamma1's softmax
-    over regions (SPEC section 2 step 2, TGFR's). Words and regions are unit vectors, so it keeps a word's region
-    weights within a few per cent of 1/R at gamma1 = 4; off (with a larger gamma1, e.g. 20) they can focus.
+    over regions (SPEC section 2 step 2, TGFR's). With unit word and region vectors that are alike (as trained on
+    the embedded set) it keeps a word's region weights within a few per cent of 1/R at gamma1 = 4; off, with a
+    larger gamma1, they can depart further from even.
     """
 
     steps: int = 300
@@ -379,6 +380,11 @@ class TrainConfig:
             if warmup >= steps:
                 raise ValueError(f"{stage}.optim.warmup_steps = {warmup} must be less than {stage}.steps = {steps} "
                                  f"(the warm-up would take the whole stage)")
+        # Every term of weight 0 is skipped: the align stage would train nothing, and log a loss of 0 at every step.
+        weights = ("wrcl_weight", "cicl_weight", "intra_weight", "identity_weight")
+        if "align" in self.stages and not any(getattr(self.align, weight) for weight in weights):
+            raise ValueError(f"align: every loss weight ({', '.join(f'align.{weight}' for weight in weights)}) is 0, "
+                             "so the stage would train nothing: give one a weight, or leave align out of stages")
         # With identity supervision the align stage's word-region and caption-image losses mask every
         # pair of one identity: a batch of one identity leaves them no pair and they are 0 at every
         # step. (fr's ArcFace needs no second identity; CoReFace then has no negative but still pulls
@@ -761,14 +767,21 @@ _ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640
                "evaluation": {"controls": True}}
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from a run's config.toml as a nested dict: complete, but for the keys added since
-    the run was written (_ADDED_KEYS), which take the values that it was trained with."""
+def with_added_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as a nested dict (its config.toml's, or a checkpoint's record of it) with the keys added
+    since the run was written (_ADDED_KEYS) set to the values that it was trained with; `values` is left as it
+    was."""
     values = dict(values)
     for table, added in _ADDED_KEYS.items():
         if isinstance(values.get(table), dict):
             values[table] = {**added, **values[table]}
-    return _build(TrainConfig, values, "", complete=True)
+    return values
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from a run's config.toml as a nested dict: complete, but for the keys added since
+    the run was written (with_added_keys)."""
+    return _build(TrainConfig, with_added_keys(values), "", complete=True)
 
 
 def read_run_config(out: str | Path) -> TrainConfig:

@@ -49,7 +49,8 @@ from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.checkpoint import load_checkpoint, optimizer_settings, rng_state, save_checkpoint
-from tgfr.train.config import STAGES, TrainConfig, config_to_dict, read_run_config, to_toml, torch_threads
+from tgfr.train.config import (STAGES, TrainConfig, config_to_dict, read_run_config, to_toml, torch_threads,
+                               with_added_keys)
 from tgfr.train.loop import LoopSettings, run_stage
 from tgfr.train.run_info import record_call
 from tgfr.train.seeds import DATA_STREAM, STEP_STREAM, seed_everything, stream_seed
@@ -198,9 +199,10 @@ def _changed_settings_error(source: Path, keys: list[str], trained: dict[str, An
 # workers), where its data are (a moved manifest or cache: the checkpoint's digest of the data still has to
 # match), how often it logs and checkpoints, and what `tgfr evaluate` reads (the degraded test copy, the report).
 # None changes which samples the remaining steps draw or which losses and updates they compute; the device,
-# precision and threads do change the numbers in their last bits (another device's kernels, bf16 autocast and
-# another thread count's reductions round otherwise: a caption's encoder output with more than one thread, say), as
-# they would for a run started with them: moving a run is worth that, and run_info.json records each call's.
+# precision and threads do change the numbers (another device's kernels and another thread count's reductions round
+# otherwise, in the last bits: a caption's encoder output with more than one thread, say; bf16 autocast rounds to
+# bf16), as they would for a run started with them: moving a run is worth that, and run_info.json records each
+# call's.
 # check_config_unchanged also lets the weights' paths move.
 FREE_ON_RESUME = ("device", "precision", "threads", "checkpoint_every", "log_every", "data.loader_workers",
                   "data.cache_dir", "data.manifest", "data.degradation", "evaluation.")
@@ -239,12 +241,15 @@ def check_config_unchanged(config: TrainConfig, state: dict[str, Any], source: P
     with its own message) and its steps under a constant schedule (check_optimizer_settings keeps them at least
     its step; a cosine schedule would be stretched from the resume on, its lr jumping), the optimizer settings
     of a finished stage that neither side reads (_unused_optimizer_settings), and settings a tgfr
-    added or dropped since the checkpoint (a setting it lacks cannot be set back). A checkpoint of an older tgfr,
+    dropped since the checkpoint or added without a known value for older runs (a setting the checkpoint lacks
+    cannot be set back); those with one (with_added_keys) are compared. A checkpoint of an older tgfr,
     without its config, is not compared. A ValueError names the keys."""
     if "config" not in state:
         return
     stage = state["stage"]
-    trained, now = _flat_settings(state["config"]), _flat_settings(config_to_dict(config))
+    # An older checkpoint's config lacks the keys added since, which trained with _ADDED_KEYS' values: uncompared,
+    # config.toml could turn align.word_softmax off midway.
+    trained, now = _flat_settings(with_added_keys(state["config"])), _flat_settings(config_to_dict(config))
     for values in (trained, now):  # `stages` up to the checkpoint's: those after it may be added or dropped
         stages = values.get("stages", [])
         values["stages"] = stages[:stages.index(stage) + 1] if stage in stages else stages
