@@ -42,7 +42,8 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics) == {"clean", "degraded"}
     for split in metrics.values():
-        assert set(split) == {"image_only", "tgfr"}
+        assert set(split) == {"image_only", "tgfr", "text_only", "tgfr_other_captions"}  # with the two controls
+        assert {"vs_image_only", "vs_other_captions"} <= set(split["tgfr"])
         for figures in split.values():
             assert set(figures["tar_at_far"]) == {"1e-6", "1e-5", "1e-4", "1e-3", "1e-2"}
             # The tiny test split has too few impostor pairs for small FARs: those are None, the rest rates.
@@ -72,8 +73,8 @@ def test_train_then_evaluate(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.undo()
     text = (report / "report.md").read_text()
     assert "## degraded" in text and "TAR@FAR=1e-3" in text
-    rows = [line for line in text.splitlines() if line.startswith(("| image only", "| TGFR"))]
-    assert len(rows) == 4 and all(row.endswith("| n/a |") == (metrics["clean"]["tgfr"]["rank5"] is None)
+    rows = [line for line in text.splitlines() if line.startswith(("| image only", "| TGFR", "| text only"))]
+    assert len(rows) == 8 and all(row.endswith("| n/a |") == (metrics["clean"]["tgfr"]["rank5"] is None)
                                   for row in rows)
     for name in ("roc_clean.png", "cmc_degraded.png", "attention_degraded.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in text
