@@ -88,9 +88,10 @@ def check_finite_number(name: str, value: object, maximum: float = sys.float_inf
 
 
 def check_loss_weight(name: str, value: object) -> float:
-    """Checks a loss term's weight: finite and at least 0 (a negative one would have the optimizer raise that
-    term); returns it as a float."""
-    number = check_finite_number(name, value)
+    """Checks a loss term's weight: at least 0 (a negative one would have the optimizer raise that term) and at
+    most float32's maximum (the terms are float32, where a larger weight makes the total inf); returns it as a
+    float."""
+    number = check_finite_number(name, value, torch.finfo(torch.float32).max)
     if number < 0:
         raise ValueError(f"{name} must be at least 0, got {value}")
     return number

@@ -51,7 +51,6 @@ from tgfr.losses.pairwise import (check_pairs, check_state_device, refuse_state_
                                   symmetric_contrastive_loss)
 from tgfr.ops.autocast import without_autocast
 from tgfr.ops.contrastive import BACKENDS, FLOAT_DTYPES
-from tgfr.ops.word_region import GAMMA_MAX
 from tgfr.reference import accumulation_dtype
 from tgfr.validation import (check_choice, check_count, check_finite_number, check_flag, check_loss_weight,
                              check_positive, check_size, check_tensor, values_readable)
@@ -90,10 +89,8 @@ class DualGranularityAssociationLoss(nn.Module):
         if not 0.0 <= self.min_confidence <= 1.0 or not 0.0 <= self.prototype_momentum <= 1.0:
             raise ValueError(f"min_confidence and prototype_momentum must lie in [0, 1], "
                              f"got {min_confidence}, {prototype_momentum}")
-        # At most float32's maximum: the loss is float32, where a larger weight makes it inf.
-        self.local_weight, self.global_weight = (
-            check_loss_weight(name, check_finite_number(name, value, GAMMA_MAX))
-            for name, value in (("local_weight", local_weight), ("global_weight", global_weight)))
+        self.local_weight = check_loss_weight("local_weight", local_weight)
+        self.global_weight = check_loss_weight("global_weight", global_weight)
         self.gather_ranks = check_flag("gather_ranks", gather_ranks)
         self.backend = check_choice("backend", backend, BACKENDS)
         self.register_buffer("prototypes", F.normalize(torch.randn(num_prototypes, embedding_size), dim=1))

@@ -6,9 +6,8 @@ from torch import nn
 
 from tgfr.losses.caption_image import CaptionImageContrastiveLoss
 from tgfr.losses.word_region import WordRegionContrastiveLoss
-from tgfr.ops.word_region import GAMMA_MAX
 from tgfr.reference import accumulation_dtype
-from tgfr.validation import check_finite_number, check_loss_weight, check_size, check_tensor
+from tgfr.validation import check_loss_weight, check_size, check_tensor
 
 
 def skipped_term(*inputs: torch.Tensor) -> torch.Tensor:
@@ -48,10 +47,9 @@ class MultiGranularityLoss(nn.Module):
         self.word_region = word_region if word_region is not None else WordRegionContrastiveLoss()
         self.caption_image = caption_image if caption_image is not None else CaptionImageContrastiveLoss()
         self.identity_head = identity_head
-        # At most float32's maximum, as WRCL's gammas: the terms are float32, where a larger weight makes the total inf.
-        self.wrcl_weight, self.cicl_weight, self.identity_weight = (
-            check_loss_weight(name, check_finite_number(name, value, GAMMA_MAX)) for name, value in
-            (("wrcl_weight", wrcl_weight), ("cicl_weight", cicl_weight), ("identity_weight", identity_weight)))
+        self.wrcl_weight = check_loss_weight("wrcl_weight", wrcl_weight)
+        self.cicl_weight = check_loss_weight("cicl_weight", cicl_weight)
+        self.identity_weight = check_loss_weight("identity_weight", identity_weight)
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor,
                 image: torch.Tensor, labels: torch.Tensor | None = None,
