@@ -208,6 +208,7 @@ MALFORMED_RNG = [
     ("numpy", "keys", [1, 2], "'numpy' 'keys' is a list, not a tensor of torch.int64"),
     ("python", "state", torch.ones(2), "'python' 'state' is a tensor of torch.float32, not a tensor of torch.int64"),
     ("python", None, [1], "'python' is a list, not dict"),
+    ("numpy", None, 7, "'numpy' is an int, not dict"),
     ("python", "version", 3.0, "'python' 'version' is a float, not int"),
     ("python", "gauss", "0.5", "'python' 'gauss' is a str, not float or NoneType"),
     ("numpy", "position", True, "'numpy' 'position' is a bool, not int"),
@@ -216,7 +217,7 @@ MALFORMED_RNG = [
     ("torch", None, [0, 1], "'torch' is a list, not a tensor of torch.uint8"),
     ("cuda_device", None, torch.zeros(2, dtype=torch.int64), "'cuda_device' is a tensor of torch.int64, not a "
                                                              "tensor of torch.uint8"),
-    ("cuda", None, torch.zeros(2, dtype=torch.uint8), "'cuda' is a Tensor, not list"),
+    ("cuda", None, torch.zeros(2, dtype=torch.uint8), "'cuda' is a tensor of torch.uint8, not list"),
     ("cuda", None, [torch.zeros(2, dtype=torch.uint8), [0]], "'cuda' [1] is a list, not a tensor of torch.uint8"),
 ]
 

@@ -100,15 +100,16 @@ _RNG_TYPES: dict[str, dict[str, type | tuple[type, ...] | torch.dtype]] = {
 
 def _type_problem(value: Any, expected: type | tuple[type, ...] | torch.dtype) -> str | None:
     """What is wrong with the type of `value` for `expected` (a dtype: a tensor of it; int: no bool), or None."""
+    name = type(value).__name__
+    found = f"a tensor of {value.dtype}" if isinstance(value, torch.Tensor) else f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
     if isinstance(expected, torch.dtype):
         if isinstance(value, torch.Tensor) and value.dtype == expected:
             return None
-        found = f"a tensor of {value.dtype}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
         return f"is {found}, not a tensor of {expected}"
     kinds = expected if isinstance(expected, tuple) else (expected,)
     if type(value) in kinds:
         return None
-    return f"is a {type(value).__name__}, not {' or '.join(kind.__name__ for kind in kinds)}"
+    return f"is {found}, not {' or '.join(kind.__name__ for kind in kinds)}"
 
 
 def _rng_state_problem(state: dict[str, Any]) -> str | None:
