@@ -36,6 +36,27 @@ def test_kernels_compile_with_cmake_and_nvcc(tmp_path):
     assert "warning" not in compile_.stdout.lower(), compile_.stdout[-4000:]
     assert (build / "libtgfr_kernels.a").stat().st_size > 0
     assert (build / "word_region_kernel_test").exists()
+    _check_layout_mirror(build / "word_region_shared_memory_bytes")
+
+
+def _check_layout_mirror(program: Path) -> None:
+    """backend="auto" and word_region_attention decide from tgfr.ops.backends' copy of the CUDA block layout
+    whether a block fits; it must give the compiled kernels' bytes, which refuse a launch past the limit."""
+    import torch
+
+    from tgfr.ops.backends import cuda_shared_memory_bytes
+
+    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+    shapes = [(t, r, d, name, backward) for t, r, d in [(22, 196, 256), (22, 196, 768), (65, 196, 256), (1, 1, 1),
+                                                         (17, 49, 33), (33, 200, 401), (128, 7, 624)]
+              for name in dtypes for backward in (0, 1)]
+    run = subprocess.run([str(program), *(str(part) for shape in shapes for part in shape)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    compiled = [int(line) for line in run.stdout.split()]
+    mirrored = [cuda_shared_memory_bytes(t, r, d, dtypes[name], bool(backward)) for t, r, d, name, backward in shapes]
+    assert mirrored == compiled
+    assert compiled[shapes.index((22, 196, 768, "bf16", 1))] == 401_792  # the figure backends.py's doc quotes
 
 
 def _cuda_include_dirs() -> list[str]:

@@ -478,30 +478,82 @@ def test_available_backends():
     assert {"reference", "cpu"} <= set(backends) <= {"reference", "cpu", "triton", "cuda"}
 
 
+H100_SHARED_MEMORY = 232_448  # opt-in bytes per block (227 KB); an A100's is 166,912
+A100_SHARED_MEMORY = 166_912
+
+
 @pytest.mark.parametrize(
-    ("triton", "cuda", "deterministic", "num_words", "dim", "expected"),
+    ("triton", "cuda", "deterministic", "shape", "dtype", "backward", "limit", "expected"),
     [
-        (True, True, False, 22, 256, "triton"),  # the tgfr shape: Triton measured 10x faster
-        (True, True, False, 22, 300, "triton"),  # 32 x 512 tile, the largest the GPU tests ran
-        (True, True, False, 32, 512, "triton"),  # powers of two are their own padding: 32 x 512
-        (True, True, False, 32, 256, "triton"),  # 32 x 256
-        (True, True, False, 33, 300, "cuda"),  # 64 x 512: past Triton's register tile
-        (True, True, False, 33, 24, "triton"),  # 64 x 32
-        (True, True, False, 5, 768, "cuda"),  # D past 512
-        (True, False, False, 5, 768, "triton"),  # nothing else compiled
-        (False, True, False, 22, 256, "cuda"),
-        (False, False, False, 22, 256, "reference"),
-        (True, True, True, 33, 300, "triton"),  # only Triton has a deterministic backward
-        (False, True, True, 22, 256, "cuda"),  # whose backward then raises
+        (True, True, False, (22, 196, 256), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # the tgfr shape:
+        # Triton measured 10x faster
+        (True, True, False, (22, 196, 300), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # 32 x 512 tile,
+        # the largest the GPU tests ran
+        (True, True, False, (32, 196, 512), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # powers of two
+        (True, True, False, (33, 24, 24), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # 64 x 32
+        # Past Triton's register tile: CUDA where its block fits (bytes from cuda_shared_memory_bytes).
+        (True, True, False, (33, 49, 300), torch.bfloat16, True, H100_SHARED_MEMORY, "cuda"),  # 224,512
+        (True, True, False, (33, 49, 300), torch.bfloat16, True, A100_SHARED_MEMORY, "triton"),
+        (True, True, False, (33, 49, 300), torch.bfloat16, False, A100_SHARED_MEMORY, "cuda"),  # 112,896
+        (True, True, False, (33, 196, 300), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # 253,440
+        (True, True, False, (33, 196, 300), torch.bfloat16, False, H100_SHARED_MEMORY, "cuda"),  # 141,824
+        (True, True, False, (5, 49, 768), torch.bfloat16, True, H100_SHARED_MEMORY, "cuda"),  # 228,480
+        (True, True, False, (5, 49, 768), torch.float32, True, H100_SHARED_MEMORY, "triton"),  # 303,232
+        (True, True, False, (22, 196, 768), torch.bfloat16, False, H100_SHARED_MEMORY, "cuda"),  # 202,112
+        (True, True, False, (22, 196, 768), torch.float32, False, H100_SHARED_MEMORY, "triton"),  # 276,864
+        (False, True, False, (33, 196, 300), torch.bfloat16, True, H100_SHARED_MEMORY, "reference"),
+        (True, False, False, (5, 49, 768), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # nothing else built
+        (False, True, False, (22, 196, 256), torch.bfloat16, True, H100_SHARED_MEMORY, "cuda"),
+        (False, False, False, (22, 196, 256), torch.bfloat16, True, H100_SHARED_MEMORY, "reference"),
+        (True, True, True, (33, 49, 300), torch.bfloat16, True, H100_SHARED_MEMORY, "triton"),  # only Triton has a
+        # deterministic backward
+        (False, True, True, (22, 196, 256), torch.bfloat16, True, H100_SHARED_MEMORY, "cuda"),  # whose backward
+        # then raises
     ],
 )
-def test_auto_rule_for_cuda_tensors(monkeypatch, triton, cuda, deterministic, num_words, dim, expected):
+def test_auto_rule_for_cuda_tensors(monkeypatch, triton, cuda, deterministic, shape, dtype, backward, limit,
+                                    expected):
     from tgfr.ops import backends
 
     monkeypatch.setattr(backends, "_TRITON_INSTALLED", triton)
     monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", cuda)
+    monkeypatch.setattr(backends, "_shared_memory_per_block", lambda index: limit)
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
-    assert backends.auto_cuda_backend(num_words, dim) == expected
+    assert backends.auto_cuda_backend(*shape, dtype, torch.device("cuda", 0), backward) == expected
+
+
+def test_cuda_block_bytes_grow_as_the_kernel_layout_does():
+    """The mirror of kernels/word_region.cu's layout (checked against the compiled function by
+    tests/test_kernels_build.py where nvcc is): the figures backends.py's doc gives, and each buffer's rounding."""
+    from tgfr.ops.backends import cuda_shared_memory_bytes
+
+    assert cuda_shared_memory_bytes(22, 196, 768, torch.bfloat16, backward=False) == 202_112
+    assert cuda_shared_memory_bytes(22, 196, 768, torch.bfloat16, backward=True) == 401_792
+    assert cuda_shared_memory_bytes(22, 196, 768, torch.float16, True) == cuda_shared_memory_bytes(
+        22, 196, 768, torch.bfloat16, True)
+    # T, R and D pad to 16: sizes within one padding step need the same block.
+    assert cuda_shared_memory_bytes(17, 1, 1, torch.float32, True) == cuda_shared_memory_bytes(32, 16, 16,
+                                                                                               torch.float32, True)
+
+
+def test_auto_rule_traces_into_one_graph(monkeypatch):
+    """The device's shared memory is read once at compile time (a constant to torch.compile), so a compiled
+    caller of the rule needs no graph break."""
+    from tgfr.ops import backends
+
+    monkeypatch.setattr(backends, "_TRITON_INSTALLED", False)
+    monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", True)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: calls.append(index) or type("Props", (), {"shared_memory_per_block_optin": 0}))
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x):
+        chosen = backends.auto_cuda_backend(22, 196, 256, torch.bfloat16, torch.device("cuda", 0), True)
+        return x * (2 if chosen == "reference" else 3)
+
+    torch.testing.assert_close(scaled(torch.ones(2)), torch.full((2,), 2.0))
+    assert calls == [0]
 
 
 def test_tile_padding_rounds_up_to_a_power_of_two():

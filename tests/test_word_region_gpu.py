@@ -164,7 +164,7 @@ def test_autocast_runs_the_16_bit_kernels():
 def test_auto_picks_a_gpu_kernel():
     from tgfr.ops.backends import auto_cuda_backend
 
-    assert auto_cuda_backend(22, 256) in _backends()
+    assert auto_cuda_backend(22, 196, 256, torch.bfloat16, torch.device("cuda"), backward=True) in _backends()
 
 
 @pytest.mark.skipif("triton" not in _backends(), reason="Triton not installed")

@@ -365,8 +365,10 @@ def test_auto_sends_float64_cuda_tensors_to_the_reference():
     with FakeTensorMode(allow_non_fake_inputs=True):
         words64 = torch.empty(3, 22, 300, dtype=torch.float64, device="cuda")
         words32 = torch.empty(3, 22, 300, dtype=torch.float32, device="cuda")
-    assert _resolve_backend("auto", words64) == "reference"
-    assert _resolve_backend("auto", words32) == auto_cuda_backend(22, 300)
+    regions = words32.new_empty(4, 49, 300)
+    assert _resolve_backend("auto", words64, regions.double()) == "reference"
+    assert _resolve_backend("auto", words32, regions) == auto_cuda_backend(22, 49, 300, torch.float32, words32.device,
+                                                                           backward=False)
 
 
 def test_kernel_checks_gammas_in_its_own_precision():
@@ -392,3 +394,42 @@ def test_gamma_may_be_float32s_maximum(backend):
     (test_bad_gamma)."""
     largest = torch.finfo(torch.float32).max
     tgfr.ops.word_region_scores(*valid_inputs(), gamma1=largest, gamma2=largest, backend=backend)
+
+
+@pytest.mark.parametrize(("dim", "expected"), [(624, "kernel"), (640, "reference")])
+def test_attention_on_cuda_takes_the_reference_where_the_kernel_block_does_not_fit(monkeypatch, dim, expected):
+    """The CUDA attention kernel holds a caption's fp32 context in shared memory: past D=624 at T=22, R=196 its
+    block passes an H100's 227 KB and the launch failed, ending `tgfr evaluate` before its report. (Fake CUDA
+    tensors, the input checks that read values skipped: the choice reads only device, dtype and shape.)"""
+    from tgfr import reference
+    from tgfr.ops import backends, word_region
+
+    monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backends, "_shared_memory_per_block", lambda index: 232_448)
+    monkeypatch.setattr(word_region, "_check_inputs", lambda *inputs: inputs)
+    monkeypatch.setattr(reference, "word_region_attention", lambda *args: "reference")
+    with FakeTensorMode():
+        words = torch.empty(3, 22, dim, device="cuda")
+        got = word_region.word_region_attention(words, torch.empty(3, dtype=torch.int64, device="cuda"),
+                                                torch.empty(3, 196, dim, device="cuda"))
+    assert ("reference" if got == "reference" else "kernel") == expected
+
+
+def test_auto_judges_the_cuda_block_by_whether_gradients_are_needed(monkeypatch):
+    """At T=33, R=196, D=300 in bf16 the CUDA forward's block fits an H100 (141,824 bytes) and its backward's
+    does not (253,440): "auto" takes the kernel only for inputs that will need no backward."""
+    from tgfr.ops import backends
+    from tgfr.ops.word_region import _resolve_backend
+
+    monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", True)
+    monkeypatch.setattr(backends, "_TRITON_INSTALLED", False)
+    monkeypatch.setattr(backends, "_shared_memory_per_block", lambda index: 232_448)
+    with FakeTensorMode():
+        words = torch.empty(3, 33, 300, dtype=torch.bfloat16, device="cuda")
+        regions = torch.empty(4, 196, 300, dtype=torch.bfloat16, device="cuda")
+        trained = regions.clone().requires_grad_()
+        assert _resolve_backend("auto", words, regions) == "cuda"
+        assert _resolve_backend("auto", words, trained) == "reference"
+        with torch.no_grad():
+            assert _resolve_backend("auto", words, trained) == "cuda"

@@ -96,7 +96,7 @@ void check_launch(cudaError_t error, const kernels::WordRegionProblem& problem, 
   TORCH_CHECK(error != cudaErrorInvalidConfiguration,
               "word-region CUDA kernel needs ", kernels::word_region_shared_memory_bytes(problem, backward),
               " bytes of shared memory per block for T=", problem.num_words, ", R=", problem.num_regions,
-              ", D=", problem.dim, ", more than this GPU allows: use backend='triton'");
+              ", D=", problem.dim, ", more than this GPU allows: use backend='auto' or 'triton'");
   TORCH_CHECK(error == cudaSuccess, "word-region CUDA kernel failed to launch: ", cudaGetErrorString(error));
 }
 

@@ -64,7 +64,7 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _resolve_backend(backend: str, words: torch.Tensor) -> str:
+def _resolve_backend(backend: str, words: torch.Tensor, regions: torch.Tensor) -> str:
     from tgfr.ops.backends import available_backends, auto_cuda_backend
 
     device = words.device
@@ -74,7 +74,10 @@ def _resolve_backend(backend: str, words: torch.Tensor) -> str:
         if device.type != "cuda":
             return "cpu"
         # The GPU kernels compute in fp32 and take no float64 (gradcheck): the reference keeps its precision.
-        return "reference" if words.dtype == torch.float64 else auto_cuda_backend(words.shape[1], words.shape[2])
+        if words.dtype == torch.float64:
+            return "reference"
+        backward = torch.is_grad_enabled() and (words.requires_grad or regions.requires_grad)
+        return auto_cuda_backend(words.shape[1], regions.shape[1], words.shape[2], words.dtype, device, backward)
     if backend not in available_backends():
         raise ValueError(f"backend {backend!r} is not available here; available: {available_backends()}")
     if backend == "cpu" and device.type != "cpu":
@@ -133,7 +136,7 @@ def word_region_scores(
     words, lengths, regions = _check_inputs(words, lengths, regions)
     gamma1, gamma2 = check_positive("gamma1", gamma1, GAMMA_MAX), check_positive("gamma2", gamma2, GAMMA_MAX)
     word_softmax = check_flag("word_softmax", word_softmax)
-    backend = _resolve_backend(backend, words)
+    backend = _resolve_backend(backend, words, regions)
     if backend == "reference":
         # The float32 baseline under CPU autocast too, whose bf16 products would round what it computes.
         with without_autocast(words.device.type):
@@ -162,12 +165,14 @@ def word_region_attention(
     words, lengths, regions = _check_inputs(words, lengths, regions)
     check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
     gamma1, word_softmax = check_positive("gamma1", gamma1, GAMMA_MAX), check_flag("word_softmax", word_softmax)
-    from tgfr.ops.backends import available_backends
+    from tgfr.ops.backends import available_backends, cuda_kernel_fits
 
     words, regions = words.detach(), regions.detach()
-    if words.is_cuda and ("cuda" not in available_backends() or words.dtype == torch.float64):
-        # Only the compiled CUDA kernels implement the op on CUDA (an install without nvcc has none), and not
-        # in float64; the reference's memory is O(N*T*R) for these pairs, as the op's.
+    if words.is_cuda and ("cuda" not in available_backends() or words.dtype == torch.float64 or not cuda_kernel_fits(
+            words.shape[1], regions.shape[1], words.shape[2], words.dtype, words.device, backward=False)):
+        # Only the compiled CUDA kernels implement the op on CUDA (an install without nvcc has none), not in
+        # float64, and for blocks that fit the device's shared memory; the reference's memory is O(N*T*R) for
+        # these pairs, as the op's.
         with torch.no_grad():
             return reference.word_region_attention(words, lengths, regions, gamma1, word_softmax)
     return torch.ops.tgfr.word_region_attention(words, lengths, regions, gamma1, word_softmax)
