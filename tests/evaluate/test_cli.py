@@ -537,31 +537,52 @@ def test_image_cache_mib_below_0_or_not_an_integer_is_a_usage_error(run, capsys,
     assert f"argument --image-cache-mib: must be an integer >= 0, got '{value}'" in capsys.readouterr().err
 
 
-def captions_of_the_next_identity(labels, captions):
-    """The control's rule, image by image: the j-th image (in order) of label i takes the caption of the (j mod n)-th
-    image of label (i + 1) mod K, n that label's image count (labels 0..K-1)."""
+def captions_of_the_next_identity(labels, captions, paths):
+    """The control's rule, image by image: the j-th image (by path) of label i takes the caption of the (j mod n)-th
+    image (by path) of label (i + 1) mod K, n that label's image count (labels 0..K-1; paths that sort as strings
+    as tgfr.data.protocol.path_order sorts them)."""
     count = int(max(labels)) + 1
     rotated = []
-    for index, label in enumerate(labels):
-        j = sum(1 for earlier in labels[:index] if earlier == label)
-        donors = [m for m, other in enumerate(labels) if other == (label + 1) % count]
-        rotated.append(captions[donors[j % len(donors)]])
+    for path, label in zip(paths, labels):
+        j = sum(1 for other_path, other in zip(paths, labels) if other == label and other_path < path)
+        donors = sorted((other_path, m) for m, (other_path, other) in enumerate(zip(paths, labels))
+                        if other == (label + 1) % count)
+        rotated.append(captions[donors[j % len(donors)][1]])
     return rotated
 
 
 def test_other_identity_captions_give_each_identity_the_captions_of_the_next_label():
-    """Labels in no order, identities of 2, 4, 3 and 1 images: identity 1's fourth image wraps around identity 2's
-    three, identity 2's all take identity 3's one caption, and identity 3 wraps around to identity 0."""
+    """Labels in no order, identities of 2, 4, 3 and 1 images, paths in another order than the list: identity 1's
+    fourth image wraps around identity 2's three, identity 2's all take identity 3's one caption, and identity 3
+    wraps around to identity 0."""
     from tgfr.evaluation.embeddings import other_identity_captions
 
     labels = np.array([1, 3, 2, 1, 0, 2, 1, 0, 2, 1])
+    paths = [f"img/{label}/{name}.png" for label, name in zip(labels, "dbcacabdbe")]
     captions = [f"caption of image {m}" for m in range(len(labels))]
-    rotated = other_identity_captions(labels, captions)
-    assert rotated == captions_of_the_next_identity(labels.tolist(), captions)
+    rotated = other_identity_captions(labels, captions, paths)
+    assert rotated == captions_of_the_next_identity(labels.tolist(), captions, paths)
     # Every image of an identity carries a caption of the same other identity.
     donor_labels = {label: {int(labels[captions.index(caption)]) for caption, own in zip(rotated, labels)
                             if own == label} for label in range(4)}
     assert donor_labels == {0: {1}, 1: {2}, 2: {3}, 3: {0}}
+
+
+def test_other_identity_captions_give_a_degraded_copy_its_clean_images_captions_in_any_listed_order():
+    """The degraded split's paired difference to the clean one compares each image with its copy: the copy must
+    carry the same replacement caption, though its manifest lists the images in another order (a converted or
+    hand-made manifest) and its names are `tgfr data degrade`'s (.png)."""
+    from tgfr.data.degrade import degraded_path
+    from tgfr.evaluation.embeddings import other_identity_captions
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    clean_paths = ["img/a/x.jpg", "img/a/y.jpg", "img/a/z.jpg", "img/b/p.jpg", "img/b/q.jpg", "img/b/r.jpg"]
+    captions = [f"caption {m}" for m in range(6)]
+    clean = dict(zip(clean_paths, other_identity_captions(labels, captions, clean_paths)))
+    listed = [2, 0, 1, 3, 5, 4]  # the copy's manifest order
+    copies = [degraded_path("deg", clean_paths[m]) for m in listed]
+    degraded = other_identity_captions(labels[listed], [captions[m] for m in listed], copies)
+    assert degraded == [clean[clean_paths[m]] for m in listed]
 
 
 def test_the_controls_are_the_sentence_feature_and_tgfr_with_the_next_identitys_captions(tmp_path, monkeypatch):
@@ -611,7 +632,7 @@ def test_the_controls_are_the_sentence_feature_and_tgfr_with_the_next_identitys_
     images = torch.stack([EvalTransform(32)(Image.open(tmp_path / f"face{i}.png")) for i in range(len(texts))])
     with torch.no_grad():
         own, _ = align_features(model, images, captions(texts))
-        other, _ = align_features(model, images, captions(captions_of_the_next_identity(labels, texts)))
+        other, _ = align_features(model, images, captions(captions_of_the_next_identity(labels, texts, [f"face{i}.png" for i in range(len(texts))])))
         sentence = torch.nn.functional.normalize(own.sentence, dim=1)
         fused_other = torch.nn.functional.normalize(model.fuse(other), dim=1)
     torch.testing.assert_close(torch.from_numpy(embeddings.text_only), sentence, rtol=0, atol=1e-5)

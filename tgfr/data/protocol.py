@@ -34,7 +34,7 @@ class VerificationPair:
     same: int
 
 
-def _path_order(path: str) -> tuple[str, str]:
+def path_order(path: str) -> tuple[str, str]:
     """Sort key of an image within its subject: its path as `tgfr data degrade` names its copy (suffix .png, each
     ".." a "__"), first, so that a degraded copy's images sort as the clean split's do (img/1/face.jpg before
     img/1/face.left.jpg as face.png before face.left.png; ../data/1/b.jpg after A.jpg as __/data/1/b.png after
@@ -47,7 +47,7 @@ def _images_by_subject(records: Sequence[ManifestRecord]) -> list[list[str]]:
     by_subject: list[list[str]] = [[] for _ in labels]
     for record in records:
         by_subject[labels[record.identity]].append(record.path)
-    return [sorted(paths, key=_path_order) for paths in by_subject]
+    return [sorted(paths, key=path_order) for paths in by_subject]
 
 
 def make_verification_pairs(records: Sequence[ManifestRecord], split: str | None = "test",

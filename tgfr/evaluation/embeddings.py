@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tgfr.data import CaptionCollator, EvalTransform, FaceCaptionDataset
 from tgfr.data.dataset import manifest_record_hint
 from tgfr.data.image_cache import DecodedImageCache
+from tgfr.data.protocol import path_order
 from tgfr.models import TGFRModel
 from tgfr.train.caption_features import CaptionFeatures
 from tgfr.train.prefetch import Prefetcher
@@ -51,15 +52,17 @@ class SplitEmbeddings:
         return getattr(self, name)
 
 
-def other_identity_captions(labels: np.ndarray, captions: list[str]) -> list[str]:
+def other_identity_captions(labels: np.ndarray, captions: list[str], paths: list[str]) -> list[str]:
     """Each image's caption replaced by one of another identity, consistently within an identity: with the K
-    identities in label order, the images of the i-th get the captions of the ((i + 1) mod K)-th, the j-th of
-    them (in the given order) the caption of that identity's (j mod n)-th image, n its image count. Every
-    image of an identity thus carries captions of one other identity (its own with K = 1).
-    labels (N,) identity labels; captions (N,) each image's caption; returns (N,) captions."""
-    _, positions, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    # A stable sort keeps each identity's images in the given order: members[k] lists the k-th identity's images.
-    members = np.split(np.argsort(positions, kind="stable"), np.cumsum(counts)[:-1])
+    identities in label order and each identity's images in path order (tgfr.data.protocol.path_order, the order
+    the pairs and the gallery use, in which a degraded copy's images sort as the clean split's do), the j-th
+    image of the i-th identity gets the caption of the (j mod n)-th image of the ((i + 1) mod K)-th, n its image
+    count. Every image of an identity thus carries captions of one other identity (its own with K = 1), and an
+    image and its degraded copy the same caption, whatever order their manifests list them in.
+    labels (N,) identity labels; captions (N,) each image's caption; paths (N,) its path; returns (N,) captions."""
+    order = sorted(range(len(paths)), key=lambda image: (labels[image], path_order(paths[image])))
+    _, counts = np.unique(labels, return_counts=True)
+    members = np.split(np.array(order, dtype=np.int64), np.cumsum(counts)[:-1])  # members[k]: k-th identity's
     replaced = [""] * len(captions)
     for k, images in enumerate(members):
         donors = members[(k + 1) % len(members)]
@@ -89,7 +92,8 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
     CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(
         dataset, first_only=True)
     texts = [record.captions[0] for record in dataset.records]
-    other_texts = other_identity_captions(dataset.labels.numpy(), texts) if controls else None
+    other_texts = (other_identity_captions(dataset.labels.numpy(), texts, [record.path for record in dataset.records])
+                   if controls else None)
     image_only, fused, text_only, fused_other = [], [], [], []
     model.eval()
     # The next batch is decoded in a thread while the model embeds this one, as training's batches are.
