@@ -3,6 +3,7 @@ import itertools
 import math
 import pickle
 import re
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -11,11 +12,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
-from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset
+from tgfr.data.dataset import CaptionCollator, FaceCaptionDataset, manifest_record_hint
 from tgfr.data.files import load_image
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.sampler import IdentityBalancedBatchSampler, ShuffledBatchSampler
+from tgfr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, generate_synthetic_dataset
 from tgfr.data.transforms import EvalTransform, TrainTransform
 
 
@@ -310,6 +312,30 @@ def test_missing_image_error_or_skip(manifest):
     (manifest.parent / "images/3_2.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"3_2.png is corrupt"):
         dataset[5]
+
+
+def test_a_damaged_cached_synthetic_dataset_is_to_be_deleted_not_edited(tmp_path):
+    """An image gone from the embedded dataset's cache (a cache cleaner, a disk error) was met with "fix or remove
+    that image's record in manifest ...": an edited manifest is then reused for good as that config's dataset. The
+    remedy is to delete the folder, which the next run generates again; another manifest, a tgfr data synth --out
+    folder's included, is still the user's to fix."""
+    config = SyntheticConfig(identities=3, val_fraction=0, test_fraction=0, images_per_identity=2, captions_per_image=1,
+                             degradations={})
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path / "cache", workers=1)
+    folder = tmp_path / "cache" / "synthetic" / config.key()
+    (folder / "images/train/1/1_0.png").unlink()
+    with pytest.raises(ValueError) as error:
+        FaceCaptionDataset(manifest, split="train", bad_image_hint=manifest_record_hint(manifest))
+    assert str(error.value) == (f"image file {folder / 'images/train/1/1_0.png'} does not exist (the cached synthetic "
+                                f"dataset {folder} is damaged: delete that folder, and the next run generates it "
+                                "again)")
+    shutil.rmtree(folder)
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path / "cache", workers=1)
+    assert len(FaceCaptionDataset(manifest, split="train", bad_image_hint=manifest_record_hint(manifest))) == 6
+    for other in (generate_synthetic_dataset(tmp_path / "synth", config, workers=1), tmp_path / "manifest.jsonl"):
+        assert manifest_record_hint(other) == f"fix or remove that image's record in manifest {other}"
+    (folder / "synthetic.json").write_text("{}")  # a marker damaged too: no longer known for the cache's
+    assert manifest_record_hint(manifest) == f"fix or remove that image's record in manifest {manifest}"
 
 
 def test_an_image_without_captions_is_an_error_with_the_callers_remedy_or_skipped(manifest):

@@ -100,6 +100,30 @@ def test_same_seed_same_bytes_any_workers(dataset, tmp_path):
     assert [r.captions for r in other_records] != [r.captions for r in records if not r.split.endswith("_degraded")]
 
 
+def test_a_chunk_of_work_holds_about_a_second_of_images_however_many_an_identity_has(tmp_path, monkeypatch):
+    """A Ctrl-C waits for the chunks under way, and a chunk was at least a whole identity: one of 1500 images kept
+    it waiting a minute. A chunk holds at most 160 images (7 ms each on this project's CPU), and an identity split
+    across chunks still gets, in order, the images drawn one by one."""
+    config = SyntheticConfig(identities=2, images_per_identity=170, captions_per_image=1, seed=2, val_fraction=0,
+                             test_fraction=0, degradations={})
+    pool_map, chunk_images = synthetic.WorkerPool.map, []
+
+    def map_noting_chunks(pool, function, items, chunksize=1):
+        results = pool_map(pool, function, items, chunksize)  # each a list of the records of its item's images
+        chunk_images.extend(sum(map(len, results[start:start + chunksize])) for start in range(0, len(results),
+                                                                                               chunksize))
+        return results
+    monkeypatch.setattr(synthetic.WorkerPool, "map", map_noting_chunks)
+    records = read_manifest(generate_synthetic_dataset(tmp_path, config, workers=2))
+    assert sum(chunk_images) == 340 and max(chunk_images) <= 160, chunk_images
+    assert [r.path for r in records] == [f"images/train/{i}/{i}_{k}.png" for i in range(2) for k in range(170)]
+    for identity in range(2):
+        attributes = identity_attributes(config.seed, identity)
+        for k in (0, 159, 160, 169):
+            drawn = render_face(attributes, image_state(config.seed, identity, k, attributes), config.version)
+            written = Image.open(tmp_path / f"images/train/{identity}/{identity}_{k}.png")
+            assert np.array_equal(np.asarray(written), np.asarray(drawn)), (identity, k)
+
 def test_attributes_persist_and_captions_mention_fine_ones(dataset):
     _, records = dataset
     by_identity = {}
@@ -284,6 +308,30 @@ def test_ensure_removes_the_staging_folders_of_killed_runs(tmp_path):
     assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), *(staging.name for staging in kept)])
     assert len(read_manifest(manifest)) == 3
 
+
+def test_ensure_removes_the_staging_folders_of_killed_runs_of_other_configs(tmp_path):
+    """A killed sweep over seeds left one partial dataset per seed, which only a run of that very seed removed: a
+    run removes the abandoned staging folders (and moved-aside files) of any config, with the same checks, and
+    leaves alone a live process's, another machine's and names that are not a staging folder's."""
+    config = SyntheticConfig(identities=3, val_fraction=0, images_per_identity=1, captions_per_image=1, degradations={})
+    other = dataclasses.replace(config, seed=7).key()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    here = synthetic._staging_owner().partition("@")[2]
+    parent = tmp_path / "synthetic"
+    abandoned = [parent / f".{other}-{ended}@{here}-0123abcd", parent / f".{other}-{ended}-89ab",
+                 parent / f".{other}-{ended}@{here}-4567-stale"]
+    kept = [parent / f".{other}-{os.getppid()}@{here}-4567ef01", parent / f".{other}-{ended}@another_machine-cdef",
+            parent / f".not-a-config-key-{ended}@{here}-0123abcd", parent / f".{other[:15]}-{ended}@{here}-0123abcd"]
+    for staging in abandoned + kept:
+        staging.mkdir(parents=True)
+        (staging / "part.png").write_bytes(b"partial")
+    moved_aside = parent / f".{other}-{ended}@{here}-89abcdef-stale"
+    moved_aside.write_text("a file that was in the dataset folder's place")
+    manifest = ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1)
+    assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), *(staging.name for staging in kept)])
+    assert all((staging / "part.png").read_bytes() == b"partial" for staging in kept)
+    assert len(read_manifest(manifest)) == 3
 
 def test_ensure_removes_the_stale_folder_of_a_run_killed_while_removing_it(tmp_path):
     """A damaged cache folder is moved aside before its removal: a kill during the removal left it, possibly a

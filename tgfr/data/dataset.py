@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from tgfr.data.image_cache import DecodedImageCache
 from tgfr.data.manifest import ManifestRecord, identity_labels, read_manifest, select_split
+from tgfr.data.synthetic import synthetic_cache_folder
 from tgfr.data.transforms import EvalTransform
 from tgfr.validation import check_count, check_seed_word
 
@@ -18,7 +19,12 @@ Transform = Callable[..., torch.Tensor]
 
 
 def manifest_record_hint(manifest: str | Path) -> str:
-    """The remedy for a bad image that a command without a bad_images option gives its users."""
+    """The remedy for a bad image that a command without a bad_images option gives its users: for the embedded
+    synthetic dataset's cached manifest, to delete its folder (generated again on next use), not to edit it."""
+    folder = synthetic_cache_folder(manifest)
+    if folder is not None:
+        return (f"the cached synthetic dataset {folder} is damaged: delete that folder, and the next run generates "
+                "it again")
     return f"fix or remove that image's record in manifest {manifest}"
 
 

@@ -215,13 +215,21 @@ def _writes(config: SyntheticConfig) -> Callable[[str], bool]:
     return writes
 
 
-def _render_identity(task: tuple[str, SyntheticConfig, int, str]) -> list[ManifestRecord]:
-    out, config, identity, split = task
+# The most images of one task: an identity of more is split into several, since a Ctrl-C waits for the tasks
+# under way (WorkerPool) and a task is about a second of work at this size (7 ms an image on this project's
+# CPU), where an identity of 1500 images kept it waiting a minute.
+IMAGES_PER_TASK = 160
+
+
+def _render_identity(task: tuple[str, SyntheticConfig, int, str, int, int]) -> list[ManifestRecord]:
+    """Renders images first to end - 1 of an identity; task is (out, config, identity, split, first, end).
+    Returns their records, in image order."""
+    out, config, identity, split, first, end = task
     attributes = identity_attributes(config.seed, identity)
     folder = Path(out) / "images" / split / str(identity)
     folder.mkdir(parents=True, exist_ok=True)
     records = []
-    for k in range(config.images_per_identity):
+    for k in range(first, end):
         state = image_state(config.seed, identity, k, attributes)
         relative = _image_path(split, identity, k)
         with naming_write_errors("image", Path(out) / relative):
@@ -385,11 +393,13 @@ def _generate(out: Path, config: SyntheticConfig, workers: int) -> Path:
     _remove_images(out, {path for path in _generated_images(out)
                          if not writes(path) and any(written(path) for written in written_earlier)})
     splits = identity_splits(config)
-    tasks = [(str(out), config, identity, splits[identity]) for identity in range(config.identities)]
+    per_task = min(IMAGES_PER_TASK, config.images_per_identity)
+    tasks = [(str(out), config, identity, splits[identity], first, min(first + per_task, config.images_per_identity))
+             for identity in range(config.identities) for first in range(0, config.images_per_identity, per_task)]
     if workers > 1:
         with WorkerPool(workers) as pool:
-            # At most about a second of work (7 ms an image on this project's CPU), the wait of a Ctrl-C.
-            chunksize = min(max(1, 160 // config.images_per_identity), max(1, len(tasks) // (16 * workers)))
+            # A chunk of at most IMAGES_PER_TASK images, about a second of work: the wait of a Ctrl-C.
+            chunksize = min(IMAGES_PER_TASK // per_task, max(1, len(tasks) // (16 * workers)))
             chunks = pool.map(_render_identity, tasks, chunksize=chunksize)
     else:
         chunks = [_render_identity(task) for task in tasks]
@@ -421,15 +431,32 @@ def _cached_manifest(folder: Path, key: str) -> Path | None:
     return manifest if _marker_key(folder) == key and manifest.is_file() else None
 
 
+def synthetic_cache_folder(manifest: str | Path) -> Path | None:
+    """The folder <cache_dir>/synthetic/<key> of ensure_synthetic_dataset whose manifest.jsonl `manifest` is, when
+    its synthetic.json records that key; None for any other manifest (a tgfr data synth --out folder's too, whose
+    name the user chose). Such a folder is tgfr's to write: a damaged one is deleted and generated again, not
+    edited, since an edited one would be reused for good as that config's dataset."""
+    folder = Path(manifest).parent
+    return (folder if Path(manifest).name == "manifest.jsonl" and folder.parent.name == "synthetic"
+            and _marker_key(folder) == folder.name else None)
+
+
 def _staging_owner() -> str:
     """This process as the owner named in a staging folder's name: <pid>@<host>, since a process id names a
     process of its own machine only, and a cache folder on a network file system is shared by several."""
     return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())}"
 
 
-def _remove_abandoned_staging(parent: Path, key: str) -> None:
-    """Removes the staging folders of `key` whose process, on this machine, has ended without removing
-    its own (killed: SIGKILL, out of memory): each would hold a partial copy of the dataset for good; and
+# A staging folder's name (ensure_synthetic_dataset): .<config key>-<process id>[@<machine>]-<unique part>, the machine
+# missing from an earlier tgfr's, and "-stale" after the unique part (earlier tgfrs: in it) for what it moved aside.
+# At most 9 digits: a process id has at most 7 (pid_max <= 2**22), and os.kill raises OverflowError, no OSError, past 2**31.
+_STAGING_NAME = re.compile(r"\.[0-9a-f]{16}-(?P<owner>[0-9]{1,9})(?:@(?P<machine>[A-Za-z0-9_]*))?-.+")
+
+
+def _remove_abandoned_staging(parent: Path) -> None:
+    """Removes the staging folders, of any config, whose process, on this machine, has ended without removing
+    its own (killed: SIGKILL, out of memory): each would hold a partial copy of a dataset for good, and a run of
+    another config (a sweep over seeds, killed) may never come again to remove it; and
     the stale cache folders (or files or links in a cache folder's place) such a process moved aside (named
     after its staging folder) and was killed while removing.
     Staging folders of live processes or of another machine, and names of another form, are left alone
@@ -437,12 +464,12 @@ def _remove_abandoned_staging(parent: Path, key: str) -> None:
     (folder_lock, which its owner holds while it generates) is held: its owner may be a process that this
     one cannot see (another container of this host name, sharing the cache, has other process ids)."""
     this_machine = _staging_owner().partition("@")[2]
-    for staging in parent.glob(f".{key}-*-*"):
-        owner, _, machine = staging.name[len(key) + 2:].split("-", 1)[0].partition("@")
-        if not owner.isdigit() or int(owner) == os.getpid() or machine not in ("", this_machine):
+    for staging in parent.glob(".*-*-*"):
+        name = _STAGING_NAME.fullmatch(staging.name)
+        if name is None or int(name["owner"]) == os.getpid() or (name["machine"] or "") not in ("", this_machine):
             continue
         try:
-            os.kill(int(owner), 0)
+            os.kill(int(name["owner"]), 0)
         except ProcessLookupError:
             if staging.name.endswith("-stale") and (staging.is_symlink() or not staging.is_dir()):
                 # folder_lock cannot open a file, and rmtree refuses a link. No lock is needed: only the dead
@@ -486,7 +513,7 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
     check_output_folder(f"cache_dir {root}: the synthetic dataset's folder", folder.parent)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_staging(folder.parent, key)
+        _remove_abandoned_staging(folder.parent)
         staging.mkdir()
     except OSError as error:
         raise ValueError(f"cache_dir {root}: cannot create the synthetic dataset's folder {folder}: "
