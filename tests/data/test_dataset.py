@@ -494,6 +494,14 @@ def test_bad_arguments(manifest, monkeypatch):
         IdentityBalancedBatchSampler([0, 0, 1, 1], 2, 2, seed=-1)
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         ShuffledBatchSampler(4, 2, seed=-1)
+    # int() made 0.2 and 0.7 one identity and 1.2 and 1.9 another; a manifest's identity strings failed in int().
+    for labels, shown in (([0.2, 0.7, 1.2, 1.9], "0.2 at index 0"), (["anna", "bo"], "'anna' at index 0"),
+                          (torch.tensor([0.0, 1.0, 2.0]), "0.0 at index 0"), ([0, 1, True], "True at index 2"),
+                          ([[0, 1], [1, 0]], r"\[0, 1\] at index 0")):
+        with pytest.raises(ValueError, match=f"labels must be integers .*got {shown}"):
+            IdentityBalancedBatchSampler(labels, 2, 2)
+    assert IdentityBalancedBatchSampler(np.array([3, 3, 5, 5]), 2, 2).indices_of == {3: [0, 1], 5: [2, 3]}
+    assert IdentityBalancedBatchSampler(torch.tensor([3, 3, 5, 5]), 2, 2).indices_of == {3: [0, 1], 5: [2, 3]}
     for name, value in (("flip_p", float("nan")), ("grayscale_p", 1.5), ("flip_p", -0.1)):
         with pytest.raises(ValueError, match=rf"{name} must be a (finite number|probability in \[0, 1\])"):
             TrainTransform(**{name: value})

@@ -30,13 +30,13 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
 
     def __init__(self, labels: Sequence[int] | torch.Tensor, identities_per_batch: int,
                  images_per_identity: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        labels = torch.as_tensor(labels).tolist() if isinstance(labels, torch.Tensor) else list(labels)
+        labels = _integer_labels(labels)
         for name, value in (("identities_per_batch", identities_per_batch), ("images_per_identity", images_per_identity)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.indices_of: dict[int, list[int]] = {}
         for index, label in enumerate(labels):
-            self.indices_of.setdefault(int(label), []).append(index)
+            self.indices_of.setdefault(label, []).append(index)
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
             raise ValueError(f"num_replicas must be a positive integer, got {num_replicas!r}")
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
@@ -141,3 +141,15 @@ class ShuffledBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.num_items // self.batch_size
+
+
+def _integer_labels(labels: Sequence[int] | torch.Tensor) -> list[int]:
+    """labels as Python ints: a 1-D tensor or sequence of integers (a float's int() truncated 0.2 and 0.7 into one
+    identity; a manifest's identity strings gave int()'s error, naming no argument)."""
+    values = labels.tolist() if isinstance(labels, (torch.Tensor, np.ndarray)) else list(labels)
+    for index, label in enumerate(values):
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"labels must be integers (identity_labels maps a manifest's identities to them), got "
+                             f"{label!r} at index {index}")
+    return [int(label) for label in values]
+
