@@ -24,6 +24,33 @@ def test_malformed_json_is_a_json_decode_error(text, message):
     assert error.value.msg == message
 
 
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"identity": ' + "7" * 5000 + "}"])
+def test_a_json_error_without_a_place_names_none(text):
+    """Both were placed at "line 1 column 1 (char 0)", where nothing is wrong."""
+    with pytest.raises(json.JSONDecodeError) as error:
+        parse_json(text)
+    assert str(error.value) == error.value.msg
+
+
+@pytest.mark.parametrize("text, repeat, key", [
+    ('{"0.jpg": "a",\n "1.jpg": "b",\n "2.jpg": "c",\n "0.jpg": "d"}', '"0.jpg": "d"', "0.jpg"),
+    # Decoded, "\u0030.jpg" is "0.jpg"; a key's text inside a string value is no key.
+    ('[{"0.jpg": "a", "x": "\\"0.jpg\\": 1",\n\n  "\\u0030.jpg": "b"}]', '"\\u0030.jpg"', "0.jpg"),
+    # json.loads builds the inner object first: its repeat is the one refused, though "a" repeats earlier.
+    ('{"a": 1, "a": 2,\n "b": {"x": 1, "x": 2}}', '"x": 2', "x"),
+    ('{"a": {"k": 1, "j": 2}, "b": [{"k": 3}, {"k": 4}],\n "a": 5}', '"a": 5', "a"),
+])
+def test_a_repeated_key_is_placed_at_its_second_occurrence(text, repeat, key):
+    """It was placed at "line 1 column 1 (char 0)": in a 30,000-entry caption file, nowhere near it."""
+    with pytest.raises(json.JSONDecodeError) as error:
+        parse_json(text, unique_keys=True)
+    position = text.rindex(repeat)
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    assert str(error.value) == (f"key {key!r} appears twice in one object: line {line} column {column} "
+                                f"(char {position})")
+
+
 def test_well_formed_json_reads_as_json_loads_reads_it():
     limit = sys.get_int_max_str_digits()
     text = json.dumps({"identity": int("7" * limit), "captions": ["a", "b"], "meta": {"k": [1.5, None, True]}})

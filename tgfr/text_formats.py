@@ -17,25 +17,76 @@ def parse_json(text: str, unique_keys: bool = False) -> Any:
     """json.loads(text), where arrays or objects nested past Python's recursion limit (say
     '[' * 100000) and an integer longer than Python converts (sys.get_int_max_str_digits(), 4300 digits by
     default) are a json.JSONDecodeError like any other malformed JSON, not a RecursionError or plain
-    ValueError that the callers' "not valid JSON, naming the file" handling would miss. unique_keys: an object
-    whose key repeats is a JSONDecodeError naming it (json.loads keeps the last value without a word: a record
-    of tgfr's own formats with two "identity" keys read as its second identity)."""
+    ValueError that the callers' "not valid JSON, naming the file" handling would miss; these two name no
+    position in their str(). unique_keys: an object whose key repeats is a JSONDecodeError naming it, placed at
+    its second occurrence (json.loads keeps the last value without a word: a record of tgfr's own formats with
+    two "identity" keys read as its second identity)."""
     try:
         return json.loads(text, object_pairs_hook=_unique_key_object if unique_keys else None)
+    except _RepeatedKey as repeated:
+        message, position = f"key {repeated.key!r} appears twice in one object", _repeated_key_position(text)
+        if position is None:
+            raise _UnplacedJSONDecodeError(message, text, 0) from None
+        raise json.JSONDecodeError(message, text, position) from None
     except RecursionError:
-        raise json.JSONDecodeError("arrays or objects nested too deeply", text, 0) from None
+        raise _UnplacedJSONDecodeError("arrays or objects nested too deeply", text, 0) from None
     except json.JSONDecodeError:
         raise
     except ValueError:  # int() refusing the digits: the one other ValueError json.loads raises
-        raise json.JSONDecodeError(f"an integer of over {sys.get_int_max_str_digits()} digits", text, 0) from None
+        raise _UnplacedJSONDecodeError(f"an integer of over {sys.get_int_max_str_digits()} digits", text, 0) from None
+
+
+class _UnplacedJSONDecodeError(json.JSONDecodeError):
+    """A JSONDecodeError whose place in the text is not known (json.loads gives none for a RecursionError or
+    int()'s digit limit): its str() is the message alone, where JSONDecodeError's adds "line 1 column 1 (char
+    0)", pointing the reader of a long file at its first character."""
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class _RepeatedKey(Exception):
+    """Raised by _unique_key_object, which json.loads hands no position, for parse_json to place. Not a
+    ValueError: parse_json takes any other ValueError for int()'s digit limit."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 def _unique_key_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     values = dict(pairs)
     if len(values) != len(pairs):
-        raise json.JSONDecodeError(f"key {repeated_names(key for key, _ in pairs)[0]!r} appears twice in one object",
-                                   "", 0)
+        raise _RepeatedKey(repeated_names(key for key, _ in pairs)[0])
     return values
+
+
+# A JSON string, or an object's brace or colon outside one: all that places a key. Arrays, commas, numbers and
+# literals are passed over.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}:]')
+
+
+def _repeated_key_position(text: str) -> int | None:
+    """The index in `text` (valid JSON up to that point) of the key _unique_key_object refused: json.loads builds
+    an object at its closing brace, inner ones first, so it is the first object to close whose keys repeat, and
+    in it the second occurrence of the first key to repeat (repeated_names' order). None if none is found."""
+    objects: list[tuple[set[str], list[int]]] = []  # per open object: its keys so far, where its first repeat is
+    previous = None
+    for token in _JSON_TOKEN.finditer(text):
+        if token[0] == "{":
+            objects.append((set(), []))
+        elif token[0] == ":" and objects and previous is not None and previous[0][0] == '"':  # the key before it
+            keys, repeats = objects[-1]
+            key = json.loads(previous[0])  # decoded: "\u0030.jpg" repeats "0.jpg"
+            if key in keys and not repeats:
+                repeats.append(previous.start())
+            keys.add(key)
+        elif token[0] == "}" and objects:
+            _, repeats = objects.pop()
+            if repeats:
+                return repeats[0]
+        previous = token
+    return None
 
 
 def repeated_names(names: Iterable[str]) -> list[str]:

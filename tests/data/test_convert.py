@@ -959,3 +959,144 @@ def test_celeba_dialog_caption_utf8_cannot_encode_is_named(tmp_path):
                                                    "encodable as UTF-8")):
         convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
                               hq_mapping=root / "mapping.txt")
+
+
+def test_celeba_dialog_split_file_names_images_by_their_caption_file_key(tmp_path):
+    """The split file was looked up by the image's base name: "a/0.jpg,train" was "does not list image 0.jpg",
+    and a row "0.jpg,test" put b/0.jpg, another identity's image it does not name, into test too."""
+    images = tmp_path / "imgs"
+    write_image(images / "a" / "0.jpg", 10)
+    write_image(images / "b" / "0.jpg", 200)
+    (tmp_path / "captions.json").write_text(json.dumps({"a/0.jpg": "Face a.", "b/0.jpg": "Face b."}))
+    (tmp_path / "ids.txt").write_text("a/0.jpg 1\nb/0.jpg 2\n")
+    args = (tmp_path / "captions.json", tmp_path / "ids.txt", images, tmp_path)
+    (tmp_path / "split.csv").write_text("a/0.jpg,train\nb/0.jpg,test\n")
+    records, _ = convert_celeba_dialog(*args, split_file=tmp_path / "split.csv")
+    assert [(r.path, r.identity, r.split) for r in records] == [("imgs/a/0.jpg", "1", "train"),
+                                                                ("imgs/b/0.jpg", "2", "test")]
+    (tmp_path / "split.json").write_text(json.dumps({"test": ["b/0.jpg"], "train": ["a/0.jpg"]}))
+    assert convert_celeba_dialog(*args, split_file=tmp_path / "split.json")[0] == records
+    (tmp_path / "base_names.csv").write_text("0.jpg,test\n")
+    with pytest.raises(ValueError, match=re.escape(f"split file {tmp_path / 'base_names.csv'} does not list image "
+                                                   "a/0.jpg")):
+        convert_celeba_dialog(*args, split_file=tmp_path / "base_names.csv")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("gone.json", None, r"split file .*gone.json does not exist"),
+    ("splits.json", '{"train": ["0.jpg"],}', r"split file .*splits.json is not valid JSON"),
+    ("splits.pkl", "", r"split file .*splits.pkl must be .json or .csv"),
+    ("splits.json", json.dumps({"train": [f"{i}.jpg" for i in range(4)], "test": ["4.jpg"]}),
+     r"split file .*splits.json does not list image 5.jpg"),
+    (None, None, r"fractions must be three non-negative numbers"),
+])
+def test_celeba_dialog_split_file_and_fractions_are_checked_before_any_image_is_decoded(tmp_path, monkeypatch, name,
+                                                                                        content, message):
+    """They were read only once every image was decoded: 30,000 HQ images took minutes before "does not exist".
+    An image the file does not list is refused before that image is decoded (5.jpg is the last one here)."""
+    root, images = celeba_dialog(tmp_path)
+    if content is not None:
+        (root / name).write_text(content)
+    decoded = []
+    monkeypatch.setattr(convert_module, "check_image", decoded.append)
+    options = {"split_file": root / name} if name else {"fractions": (0.5, 0.5)}
+    for bad_files in ("error", "skip"):
+        with pytest.raises(ValueError, match=message):
+            convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                                  hq_mapping=root / "mapping.txt", bad_files=bad_files, **options)
+    assert [path.name for path in decoded] == (["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg"] * 2
+                                               if "5.jpg" in message else [])
+
+
+@pytest.mark.parametrize("split_list, content, message", [
+    ("filenames.pickle", pickle.dumps(["12/12_1"]), r"refusing to unpickle split list .*valid/filenames.pickle"),
+    ("filenames.json", b'["12/12_1", "12/../4/4_1"]', r"valid/filenames.json: entry '12/../4/4_1' is not of the form"),
+    ("filenames.json", b'["12/12_1", "12/12_1.jpg"]', r"valid/filenames.json: entry '12/12_1.jpg' is listed twice"),
+], ids=["pickle", "malformed entry", "entry listed twice"])
+def test_every_split_list_is_read_and_checked_before_any_image_is_decoded(tmp_path, monkeypatch, split_list, content,
+                                                                          message):
+    """A list of the split valid/ (sorted after test/ and train/) was read only once their images were decoded."""
+    root = tgfr_tree(tmp_path)
+    (root / "images/test").rename(root / "images/valid")  # identity 12's images
+    write_image(root / "images/test/5/5_1.jpg")
+    (root / "text/5").mkdir()
+    (root / "text/5/5_1.txt").write_text("a face\n")
+    (root / "valid").mkdir()
+    (root / "valid" / split_list).write_bytes(content)
+    decoded = []
+    monkeypatch.setattr(convert_module, "check_image", decoded.append)
+    with pytest.raises(ValueError, match=message):
+        convert_tgfr_tree(root)
+    assert decoded == []
+
+
+def test_a_caption_file_key_given_twice_is_placed_at_its_second_occurrence(tmp_path, capsys):
+    """It was placed at "line 1 column 1 (char 0)" whatever its line."""
+    root, images = celeba_dialog(tmp_path)
+    (root / "captions_hq.json").write_text('{"0.jpg": "Face 0.",\n "1.jpg": "Face 1.",\n "2.jpg": "Face 2.",\n'
+                                           ' "0.jpg": "Face 0 again."}\n')
+    assert main(["data", "convert", "celeba-dialog", "--root", str(root), "--captions", str(root / "captions_hq.json"),
+                 "--identity-file", str(root / "identity_CelebA.txt"), "--images", str(images),
+                 "--hq-mapping", str(root / "mapping.txt")]) == 2
+    assert (f"caption file {root / 'captions_hq.json'} is not readable UTF-8 JSON (key '0.jpg' appears twice in one "
+            "object: line 4 column 2 (char 64))") in capsys.readouterr().err
+
+
+def test_a_split_file_that_names_a_split_twice_is_refused(tmp_path):
+    """Two lists pasted together: json.loads kept the second "train" list, and the first list's images seemed
+    unlisted ("does not list image 0.jpg", which it does)."""
+    root, images = celeba_dialog(tmp_path)
+    (root / "splits.json").write_text('{"train": ["0.jpg", "1.jpg"],\n "test": ["4.jpg", "5.jpg"],\n'
+                                      ' "train": ["2.jpg", "3.jpg"]}')
+    with pytest.raises(ValueError, match=re.escape(f"split file {root / 'splits.json'} is not valid JSON (key 'train' "
+                                                   "appears twice in one object: line 3 column 2 (char 60))")):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt", split_file=root / "splits.json")
+
+
+def test_a_scanned_image_is_not_parsed_as_a_split_list_entry(tmp_path):
+    """Without a split list, an identity folder AC\\DC was split at its backslash (identity "AC", its image missing),
+    an image ..jpg stopped the conversion, --skip-bad or not, as "None: entry '7/.' ...", and 4_1.jpg.png was
+    taken for an entry naming the file 4_1.jpg ("None: entry '4/4_1.jpg' is listed twice")."""
+    root = tgfr_tree(tmp_path)
+    write_image(root / "images/train/AC\\DC/AC\\DC_1.jpg")
+    (root / "text/AC\\DC").mkdir()
+    (root / "text/AC\\DC/AC\\DC_1.txt").write_text("a band\n")
+    write_image(root / "images/train/4/4_1.jpg.png", 50)
+    (root / "text/4/4_1.jpg.txt").write_text("a second face\n")
+    shutil.copy(root / "images/train/7/7_1.jpg", root / "images/train/7/..jpg")  # Pillow takes no suffix from it
+    shutil.copy(root / "images/train/7/7_1.jpg", root / "images/train/7/...png")
+    for bad_files in ("error", "skip"):
+        records, skipped, unused = convert_tgfr_tree(root, bad_files=bad_files)
+        assert not skipped
+        train = [(r.path, r.identity, r.captions) for r in records if r.split == "train"]
+        assert train == [("images/train/4/4_1.jpg", "4", ("The man 4 has brown hair.", "This person 1 is smiling.")),
+                         ("images/train/4/4_2.jpg", "4", ("The man 4 has brown hair.", "This person 2 is smiling.")),
+                         ("images/train/4/4_10.jpg", "4", ("The man 4 has brown hair.", "This person 10 is smiling.")),
+                         ("images/train/4/4_1.jpg.png", "4", ("a second face",)),  # "1.jpg" is a name: after numbers
+                         ("images/train/7/7_1.jpg", "7", ("The man 7 has brown hair.", "This person 1 is smiling.")),
+                         ("images/train/AC\\DC/AC\\DC_1.jpg", "AC\\DC", ("a band",))]
+        folder = root / "images/train/7"
+        assert unused == [f"{folder / '...png'}: its stem '..' names a folder in a path, not an image: rename the file",
+                          f"{folder / '..jpg'}: its stem '.' names a folder in a path, not an image: rename the file"]
+
+
+def test_a_split_name_with_outer_white_space_is_refused_naming_its_folder_or_file_before_any_decoding(tmp_path,
+                                                                                                      monkeypatch):
+    """The manifest refused the split "test " once its first image (for celeba-dialog: every image) was decoded,
+    naming neither the folder nor the split file."""
+    decoded = []
+    monkeypatch.setattr(convert_module, "check_image", decoded.append)
+    tree = tgfr_tree(tmp_path / "tree")
+    (tree / "images/test").rename(tree / "images/test ")
+    with pytest.raises(ValueError, match=re.escape(f"split folder 'test ' of {tree / 'images'} begins or ends with "
+                                                   "white space")):
+        convert_tgfr_tree(tree)
+    root, images = celeba_dialog(tmp_path / "dialog")
+    (root / "splits.json").write_text(json.dumps({"train": [f"{i}.jpg" for i in range(4)],
+                                                  "test ": ["4.jpg", "5.jpg"]}))
+    with pytest.raises(ValueError, match=re.escape(f"split file {root / 'splits.json'} gives image 4.jpg the split "
+                                                   "'test ', which begins or ends with white space")):
+        convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
+                              hq_mapping=root / "mapping.txt", split_file=root / "splits.json")
+    assert decoded == []

@@ -123,9 +123,12 @@ def _refuse_broken_link(entry: Path, passed_over: str = "Its images would be lef
                          f"{passed_over}")
 
 
-def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[list[str], list[str]]:
-    """The entries "<id>/<stem>" of a split's image folders, in _entry_order, and what in them holds
-    no image, each with why; fills `listings` (folder -> _list_folder) for the folders it lists."""
+def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The entries (identity, stem) of a split's image folders, in _entry_order, and what in them holds
+    no image, each with why; fills `listings` (folder -> _list_folder) for the folders it lists.
+
+    Pairs, not "<id>/<stem>" strings: parsed again as a split list's entries, a folder "AC\\DC" was split at
+    its backslash into identity "AC", and its image then missing."""
     entries, unused = [], []
     for folder in sorted(split_folder.iterdir()):
         _refuse_broken_link(folder)
@@ -133,10 +136,37 @@ def _scan_split(split_folder: Path, listings: dict[Path, _Listing]) -> tuple[lis
             unused.append(f"{folder}: not inside an identity folder")
             continue
         images, others = listings[folder] = _list_folder(folder)
-        entries.extend(f"{folder.name}/{stem}" for stem in images)
+        for stem, files in images.items():
+            if stem in (".", ".."):  # "..jpg": in a path, the stem is the folder itself or its parent
+                unused.extend(f"{file}: its stem {stem!r} names a folder in a path, not an image: rename the file"
+                              for file in files)
+            else:
+                entries.append((folder.name, stem))
         unused.extend(f"{other}: a folder inside an identity folder" if other.is_dir() else
                       f"{other}: not one of the image suffixes {_SUFFIX_CHOICE}" for other in others)
-    return sorted(entries, key=_entry_order), unused
+    return sorted(entries, key=lambda entry: _entry_order("/".join(entry))), unused
+
+
+def _list_entries(list_file: Path, entries: list[str]) -> list[tuple[str, str, bool, str]]:
+    """The entries of split list `list_file`, each as (identity, name, whether the name ends in an image suffix,
+    the name without it); a malformed entry, or one listed twice, is refused naming the list."""
+    parsed, seen = [], set()
+    for entry in entries:
+        parts = entry.replace("\\", "/").split("/")
+        # The path drops "." and empty parts and would find the image, while the identity stayed "." or
+        # "" ("./4/4_0"), or another subject's ("4/../6/6_0").
+        if len(parts) < 2 or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>' (with no "
+                             "empty, '.' or '..' part)")
+        identity, name = parts[0], "/".join(parts[1:])
+        # "4/4_1.jpg" names that file; "4/4_1" (TGFR's lists) the first of IMAGE_SUFFIXES found.
+        named_suffix = PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+        stem = PurePosixPath(name).with_suffix("").as_posix() if named_suffix else name
+        if (identity, stem) in seen:
+            raise ValueError(f"{list_file}: entry {entry!r} is listed twice")
+        seen.add((identity, stem))
+        parsed.append((identity, name, named_suffix, stem))
+    return parsed
 
 
 def _entry_image(spelled: Path, named_suffix: bool, listing: _Listing) -> tuple[Path, list[Path]]:
@@ -186,8 +216,10 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     (bad_files="skip"). A split list in a folder <root>/<split>/ without a folder images/<split>/ is an
     error (its images not extracted, say), and so is a broken link or a file at <root>/<split>. Not
     used, each with why: a file beside the split folders; in a split without a split list, every other
-    entry of images/<split>/ and its identity folders (a .gif, a note, a subfolder); in every split, an
-    image that an entry naming its stem passes over for another suffix of that stem.
+    entry of images/<split>/ and its identity folders (a .gif, a note, a subfolder, an image whose stem is
+    "." or "..", such as "..jpg"); in every split, an image that an entry naming its stem passes over for
+    another suffix of that stem. Every split's list is read and its entries checked, and a split or identity
+    folder whose name begins or ends with white space refused, before any image is decoded.
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -198,6 +230,12 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     for entry in images_root.iterdir():
         _refuse_broken_link(entry)
     splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
+    # Refused by the manifest only once the split's first image was decoded, naming no folder.
+    for split in splits:
+        if split != split.strip():
+            raise ValueError(f"split folder {ascii(split)} of {images_root} begins or ends with white space, which "
+                             f"a manifest's split may not ({split.strip()!r} would be another split): rename it, "
+                             f"and the folder {split!r} of {root} alike if it holds the split's list")
     # A list whose split's images were not extracted would leave that split out without a word, to be found
     # missing only when training or evaluation selects it.
     for folder in sorted(root.iterdir()):
@@ -209,11 +247,15 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     records, skipped = [], []
     unused = [f"{p}: not inside a split folder" for p in sorted(images_root.iterdir()) if not p.is_dir()]
     first_of_identity: dict[str, ManifestRecord] = {}
+    # Every split's entries are read and checked before any image is decoded: a pickle or a malformed list under
+    # valid/ was found only once every image of test/ and train/ was.
+    planned = []
     for split in splits:
         listings: dict[Path, _Listing] = {}
         list_file = _split_list_file(root, split)
+        not_images: list[str] = []
         if list_file is not None:
-            entries = read_split_list(list_file, trust_pickle)
+            entries = _list_entries(list_file, read_split_list(list_file, trust_pickle))
             # An empty list (cut short, or written by a failed export) would leave the split out without a word,
             # to be found missing only at evaluation.
             if not entries and (images := _scan_split(images_root / split, {})[0]):
@@ -221,33 +263,25 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
                                  f"{len(images)} image(s): remove the list to take them all, or that folder to "
                                  "leave the split out")
         else:
-            entries, not_images = _scan_split(images_root / split, listings)
-            unused.extend(not_images)
-        # Found before any image of the split is decoded, not by write_manifest once all are.
-        for identity in sorted({entry.replace("\\", "/").split("/")[0] for entry in entries}):
+            scanned, not_images = _scan_split(images_root / split, listings)
+            # A stem that ends in an image suffix ("4_1.jpg" of 4_1.jpg.png) names no file: the stem is the entry.
+            entries = [(identity, stem, False, stem) for identity, stem in scanned]
+        # Found before any image is decoded, not by write_manifest once all are.
+        for identity in sorted({identity for identity, _, _, _ in entries}):
             if identity != identity.strip():
                 raise ValueError(f"identity folder {ascii(identity)} of {images_root / split} begins or ends with "
                                  f"white space, which a manifest's identity may not ({identity.strip()!r} would be "
                                  "another person): rename the folder, and its text/ folder alike")
-        seen = set()
-        for entry in entries:
-            parts = entry.replace("\\", "/").split("/")
-            # The path drops "." and empty parts and would find the image, while the identity stayed "." or
-            # "" ("./4/4_0"), or another subject's ("4/../6/6_0").
-            if len(parts) < 2 or any(part in ("", ".", "..") for part in parts):
-                raise ValueError(f"{list_file}: entry {entry!r} is not of the form '<id>/<image name>' (with no "
-                                 "empty, '.' or '..' part)")
-            identity, name = parts[0], "/".join(parts[1:])
-            # "4/4_1.jpg" names that file; "4/4_1" (TGFR's lists) the first of IMAGE_SUFFIXES found.
-            named_suffix = PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
-            stem = PurePosixPath(name).with_suffix("").as_posix() if named_suffix else name
-            if (identity, stem) in seen:
-                raise ValueError(f"{list_file}: entry {entry!r} is listed twice")
-            seen.add((identity, stem))
+        for identity, name, _, _ in entries:
+            folder = (images_root / split / identity / name).parent
+            if folder not in listings:
+                _refuse_broken_link(folder)
+                listings[folder] = _list_folder(folder)
+        planned.append((split, entries, listings, not_images))
+    for split, entries, listings, not_images in planned:
+        unused.extend(not_images)
+        for identity, name, named_suffix, stem in entries:
             spelled = images_root / split / identity / name
-            if spelled.parent not in listings:
-                _refuse_broken_link(spelled.parent)
-                listings[spelled.parent] = _list_folder(spelled.parent)
             try:
                 image, passed_over = _entry_image(spelled, named_suffix, listings[spelled.parent])
                 unused.extend(f"{other}: another image of the entry {identity}/{stem}, which uses {image.name}"
@@ -360,7 +394,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     """Records (paths relative to `root`) of CelebA-Dialog, and the skipped images.
 
     split_file: JSON {"train": [image names], "val": [...], "test": [...]} or CSV rows
-    "image,split"; an image listed under two splits, or an identity's images under two, is an error.
+    "image,split", each image named by its caption file key ("a/0.jpg" for images_dir/a/0.jpg); read,
+    as every file, before any image is decoded. An image it does not list, one listed under two splits, or
+    an identity's images under two, is an error.
     Without it each identity is split train/val/test by `fractions` (seeded_identity_split).
     A missing image file, a corrupt one (files.check_image), or an entry whose captions are all blank,
     raises (bad_files="error") or is skipped and reported (bad_files="skip"). An image key repeated in
@@ -368,6 +404,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
+    if split_file is None and (len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0):
+        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
+                         f"got {fractions}")
     captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
     text = read_text_file(captions_json, "caption file", encoding="utf-8-sig")
     try:
@@ -382,7 +421,10 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
         raise ValueError(f"images_dir {images_dir} must lie inside the manifest folder {root}")
     celeba_identity = _read_identity_file(Path(identity_file))
     mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping else None
-    images, skipped = [], []  # (path, identity, captions) of each image kept, its split drawn once all are read
+    # Read before any image is decoded (30,000 HQ images: minutes), as the other files are.
+    split_table = _read_dialog_split_file(Path(split_file)) if split_file is not None else None
+    # (caption file key, path, identity, captions) of each image kept, its split drawn once all are read
+    images, skipped = [], []
     for name in sorted(table, key=lambda n: (len(n), n)):
         where = f"{captions_json}: entry {name!r}"
         # The image is images_dir / name, recorded as such: "/x.jpg" or "../x.jpg" would leave the manifest's folder.
@@ -398,6 +440,8 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
             problem = f"image {name} has no row in the CelebA-HQ mapping file {hq_mapping}"
         elif celeba_name not in celeba_identity:
             problem = f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}"
+        elif split_table is not None and name not in split_table:  # a fault of the split file, not a bad file
+            raise ValueError(f"split file {split_file} does not list image {name}")
         else:
             try:
                 check_image(image)
@@ -409,23 +453,27 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
             skipped.append(problem)
             continue
         path = (PurePosixPath(images_folder) / name).as_posix()
-        images.append((path, celeba_identity[celeba_name], tuple(captions)))
+        images.append((name, path, celeba_identity[celeba_name], tuple(captions)))
     if not images:
         raise ValueError(f"no images found: every one of the {len(skipped)} image(s) of {captions_json} was "
                          f"skipped, the first because: {skipped[0]}")
-    splits = _dialog_splits([(path, identity) for path, identity, _ in images], split_file, fractions, seed)
+    # By the caption file's key, as the split file names the image ("a/0.jpg"): its base name would give every
+    # b/0.jpg the split of a/0.jpg.
+    splits = _dialog_splits([(name, identity) for name, _, identity, _ in images], split_file, split_table,
+                            fractions, seed)
     return [ManifestRecord(path, identity, split, captions)
-            for (path, identity, captions), split in zip(images, splits)], skipped
+            for (_, path, identity, captions), split in zip(images, splits)], skipped
 
 
 def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
-    """Image name -> split, from JSON {split: [image names]} or CSV rows "image,split"."""
+    """Image name (the caption file's key) -> split, from JSON {split: [image names]} or CSV rows "image,split"."""
     if split_file.suffix.lower() in (".pickle", ".pkl"):  # else read as CSV: "not valid UTF-8 (byte 0)"
         raise ValueError(f"split file {split_file} must be .json or .csv: pickles are not read (they can run code)")
     text = read_text_file(split_file, "split file", encoding="utf-8-sig")
     if split_file.suffix.lower() == ".json":
         try:
-            by_split = parse_json(text)
+            # A split given twice (two lists pasted together) kept its last list: the first one's images unlisted.
+            by_split = parse_json(text, unique_keys=True)
         except json.JSONDecodeError as error:
             raise ValueError(f"split file {split_file} is not valid JSON ({error})") from None
         if not isinstance(by_split, dict) or not all(
@@ -446,8 +494,12 @@ def _read_dialog_split_file(split_file: Path) -> dict[str, str]:
                 listed.append((row[0].strip(), row[1].strip()))
     table: dict[str, str] = {}
     for name, split in listed:
-        if not split:
+        if not split.strip():
             raise ValueError(f"split file {split_file} gives image {name} an empty split name")
+        # Refused by the manifest once every image was decoded, naming neither the file nor the image.
+        if split != split.strip():
+            raise ValueError(f"split file {split_file} gives image {name} the split {split!r}, which begins or ends "
+                             f"with white space ({split.strip()!r} would be another split): remove it")
         # One image in two splits would leak it between train and test, whichever came last.
         if table.setdefault(name, split) != split:
             raise ValueError(f"split file {split_file} lists image {name} under two splits, "
@@ -464,13 +516,11 @@ def seeded_identity_split(identity: str, seed: int, fractions: Sequence[float] =
     return "train" if position < fractions[0] else "val" if position < fractions[0] + fractions[1] else "test"
 
 
-def _dialog_splits(images: list[tuple[str, str]], split_file: str | Path | None, fractions: Sequence[float],
-                   seed: int) -> list[str]:
-    """The split of each image, given as (path, identity), from the split file or by seeded_identity_split."""
-    if split_file is None:
-        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-            raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
-                             f"got {fractions}")
+def _dialog_splits(images: list[tuple[str, str]], split_file: str | Path | None, table: dict[str, str] | None,
+                   fractions: Sequence[float], seed: int) -> list[str]:
+    """The split of each image, given as (caption file key, identity), from `table` (_read_dialog_split_file of
+    `split_file`, which lists every image) or, without one, by seeded_identity_split."""
+    if table is None:
         splits = [seeded_identity_split(identity, seed, fractions) for _, identity in images]
         # Per-identity draws can leave a small set's val or test split empty (10 identities: often),
         # which would otherwise show only at evaluation.
@@ -482,13 +532,8 @@ def _dialog_splits(images: list[tuple[str, str]], split_file: str | Path | None,
                           f"{', '.join(empty)} empty: convert more identities, try another --seed, or give "
                           "--split-file", stacklevel=2)
         return splits
-    split_file = Path(split_file)
-    table = _read_dialog_split_file(split_file)
     splits, first_of_identity = [], {}
-    for path, identity in images:
-        name = Path(path).name
-        if name not in table:
-            raise ValueError(f"split file {split_file} does not list image {name}")
+    for name, identity in images:
         # An identity in two splits would be trained on and tested with, and a test leak.
         other = first_of_identity.setdefault(identity, (name, table[name]))
         if other[1] != table[name]:
