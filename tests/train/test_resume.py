@@ -6,6 +6,7 @@ A run that crashed after its last checkpoint logs each step once when resumed.""
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import tomllib
@@ -21,7 +22,7 @@ from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.output_paths import write_atomically
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
-from tgfr.train.config import config_from_dict, load_config, to_toml
+from tgfr.train.config import config_from_dict, load_config, parse_override, read_run_config, set_key, to_toml
 from tgfr.train.run import CHECKPOINT, build_model, train
 from tgfr.train.seeds import seed_everything
 from tgfr.train.stage_align import AlignStage
@@ -916,3 +917,100 @@ def test_a_python_resume_compares_path_settings_as_the_run_resolves_them(tmp_pat
         train(with_weights("copy.safetensors"), run, resume=True, stop_after=1)
     train(with_weights(weights.name), run, resume=True, stop_after=1)
     assert (load_checkpoint(run / CHECKPOINT)["stage"], load_checkpoint(run / CHECKPOINT)["step"]) == ("align", 2)
+
+
+def edit_config_toml(run, overrides):
+    """Rewrites run/config.toml with `overrides` (KEY=VALUE) applied, as a user editing it between calls would:
+    without load_config's recipe checks, which a resume reads config.toml without."""
+    values = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+    for override in overrides:
+        set_key(values, *parse_override(override))
+    (run / "config.toml").write_text(to_toml(config_from_dict(values)), encoding="utf-8")
+
+
+@pytest.mark.parametrize("first_stages, extension, end", [
+    (["fr", "align"], ['stages=["fr", "align", "fuse"]'], ("fuse", 4)),
+    (["fr", "align", "fuse"], ["fuse.steps=6"], ("fuse", 6)),
+], ids=["stage added", "longer constant-schedule stage"])
+def test_a_resume_that_trains_past_a_finished_runs_end_removes_its_model_until_it_finishes_again(
+        tmp_path, tiny_overrides, keep_threads, capsys, first_stages, extension, end):
+    """model/ means "finished as config.toml now describes it": a finished run extended in config.toml and stopped
+    early by the resume had kept the model/ of its old end, which `tgfr train` called finished and `tgfr evaluate`
+    scored (its fusion module never trained, in the added-stage case)."""
+    run = tmp_path / "run"
+    config = load_config("quick", tiny_overrides + [f"stages={json.dumps(first_stages)}",
+                                                    'fuse.optim.schedule="constant"'])
+    train(config, run)
+    old_model = (run / "model" / "model.safetensors").read_bytes()
+    assert main(["train", "--resume", "--out", str(run)]) == 0  # a finished run resumed as it is stays finished
+    assert capsys.readouterr().out == f"run folder: {run} (finished)\n"
+    assert (run / "model" / "model.safetensors").read_bytes() == old_model
+    edit_config_toml(run, extension)
+
+    assert main(["train", "--resume", "--out", str(run), "--stop-after", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"run folder: {run} (stopped; continue with --resume)\n"
+    assert f"tgfr train: {run / 'model'} removed" in captured.err
+    assert not os.path.lexists(run / "model")
+    assert [entry.name for entry in run.iterdir() if entry.name.startswith(".")] == []  # no model set aside
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--run", str(run), "--out", str(tmp_path / "report")])
+    assert exit_info.value.code == (f"tgfr evaluate: error: --run: {run / 'model'} does not exist (training has not "
+                                    "finished; use `tgfr train --resume`)")
+
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert capsys.readouterr().out == f"run folder: {run} (finished)\n"
+    state = load_checkpoint(run / CHECKPOINT)
+    assert (state["stage"], state["step"]) == end
+    saved = safetensors.torch.load_file(run / "model" / "model.safetensors")
+    assert_same_tree({name: saved[name] for name in state["model"]}, state["model"])  # the model of the new end
+
+
+def test_a_symbolic_link_in_place_of_a_stale_model_is_removed_not_its_target(tmp_path, capsys):
+    """A model/ moved to another disk and linked back: the resume that trains past it unlinks the link; the
+    folder it points to, maybe another run's, stays."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model").symlink_to(elsewhere)
+    run_module._remove_stale_model(run)
+    assert not os.path.lexists(run / "model")
+    assert (elsewhere / "config.json").read_text() == "{}"
+    assert f"{run / 'model'} removed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("first_stages, edits, message", [
+    (["fr", "align"], ['stages=["fr", "align", "fuse"]', "fuse.optim.warmup_steps=10"],
+     "fuse.optim.warmup_steps = 10 must be less than fuse.steps = 4 (the warm-up would take the whole stage)"),
+    (["fr"], ['stages=["fr", "fuse"]'], 'stages = [\'fr\', \'fuse\'] run fuse without align'),
+    (["fr"], ['stages=["fr", "align"]', "align.wrcl_weight=0.0", "align.cicl_weight=0.0", "align.intra_weight=0.0",
+              "align.identity_weight=0.0"], "align: every loss weight"),
+], ids=["warm-up of the whole stage", "fuse without align", "align without a loss"])
+def test_a_stage_added_on_resume_is_checked_as_a_fresh_runs_stage(tmp_path, tiny_overrides, keep_threads,
+                                                                   first_stages, edits, message):
+    """A stage that has not started has no trained state to protect from a newer check: a resume judges it as a
+    fresh run would (its settings are free to edit), where it had trained e.g. its whole fuse stage in warm-up."""
+    run = tmp_path / "run"
+    train(load_config("quick", tiny_overrides + [f"stages={json.dumps(first_stages)}"]), run)
+    edit_config_toml(run, edits)
+    before = files_of(run)
+    with pytest.raises(ValueError, match=re.escape(f"run config {run / 'config.toml'}: ") + ".*" + re.escape(message)):
+        train(read_run_config(run), run, resume=True)
+    assert files_of(run) == before
+    assert message in resume_refusal(run)
+
+
+def test_a_stage_that_has_begun_is_not_judged_again_on_resume(tmp_path, tiny_overrides, keep_threads):
+    """The stages a run already trained keep their recipe, as an older tgfr accepted it: here fr's warm-up, made as
+    long as the stage in config.toml (and in the checkpoint of a tgfr that did not record its config)."""
+    run = tmp_path / "run"
+    train(load_config("quick", tiny_overrides + ['stages=["fr", "align"]']), run, stop_after=5)
+    state = load_checkpoint(run / CHECKPOINT)
+    assert (state["stage"], state["step"]) == ("align", 1)
+    del state["config"]
+    save_checkpoint(run / CHECKPOINT, state)
+    edit_config_toml(run, ["fr.optim.warmup_steps=4"])
+    train(read_run_config(run), run, resume=True)
+    assert (run / "model").is_dir()

@@ -168,3 +168,27 @@ def test_a_synthetic_cache_inside_the_run_folder_is_the_runs_own(tmp_path, tiny_
     assert main(["train", "--preset", "quick", "--out", str(run), "--stop-after", "1",
                  *[arg for o in settings for arg in ("--set", o)]]) == 0
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "cache" / "synthetic").is_dir()
+
+
+def test_a_path_setting_opening_with_a_tilde_names_the_home_folder(tmp_path, tiny_overrides, monkeypatch):
+    """The shell leaves `--set data.cache_dir=~/x` as typed (the dot makes it no assignment): the run had made a
+    folder named `~` in the current directory. A `~` further in names a folder of that name, as the shell's does."""
+    home, project = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    project.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project)
+    config = load_config("quick", ["data.cache_dir=~/cache", "data.manifest=~/data/m.jsonl", "model.text_encoder=~",
+                                   "model.backbone_weights=weights/~/b.safetensors"])
+    absolute = config.with_absolute_paths()
+    assert (absolute.data.cache_dir, absolute.data.manifest, absolute.model.text_encoder,
+            absolute.model.backbone_weights) == (str(home / "cache"), str(home / "data" / "m.jsonl"), str(home),
+                                                 str(project / "weights" / "~" / "b.safetensors"))
+
+    # The session's synthetic set, reached through the home folder: nothing is generated.
+    (home / "cache").symlink_to(load_config("quick", tiny_overrides).data.cache_dir)
+    assert main(["train", "--preset", "quick", "--out", "run", "--stop-after", "1",
+                 *(arg for setting in [*tiny_overrides, "data.cache_dir=~/cache"] for arg in ("--set", setting))]) == 0
+    written = tomllib.loads((project / "run" / "config.toml").read_text(encoding="utf-8"))
+    assert written["data"]["cache_dir"] == str(home / "cache")
+    assert sorted(entry.name for entry in project.iterdir()) == ["run"]

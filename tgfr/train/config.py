@@ -369,30 +369,9 @@ class TrainConfig:
     def check_training_recipe(self) -> None:
         """Checks that make a fresh training's recipe sound, run by load_config and by a fresh `train`,
         not for a run's own config.toml: a run trained before these checks existed must stay
-        evaluable and resumable."""
+        evaluable and resumable (a resume runs check_stage_recipes for the stages it starts)."""
         self.evaluation.check_report_names_fit()
-        # A warm-up of the whole stage (or more) trains it below or barely at the full rate, never down the
-        # cosine: a mistake, typically steps cut for a short run. The last warm-up step takes the full rate,
-        # so warmup_steps = steps - 1 keeps it for the last two steps, with nothing left to decay. Only the
-        # stages that train count: a stage left out (or fr loading model.backbone_weights) has no schedule.
-        for stage in self.trained_stages:
-            steps, warmup = getattr(self, stage).steps, getattr(self, stage).optim.warmup_steps
-            if warmup >= steps:
-                raise ValueError(f"{stage}.optim.warmup_steps = {warmup} must be less than {stage}.steps = {steps} "
-                                 f"(the warm-up would take the whole stage)")
-        # Every term of weight 0 is skipped: the align stage would train nothing, and log a loss of 0 at every step.
-        weights = ("wrcl_weight", "cicl_weight", "intra_weight", "identity_weight")
-        if "align" in self.stages and not any(getattr(self.align, weight) for weight in weights):
-            raise ValueError(f"align: every loss weight ({', '.join(f'align.{weight}' for weight in weights)}) is 0, "
-                             "so the stage would train nothing: give one a weight, or leave align out of stages")
-        # With identity supervision the align stage's word-region and caption-image losses mask every
-        # pair of one identity: a batch of one identity leaves them no pair and they are 0 at every
-        # step. (fr's ArcFace needs no second identity; CoReFace then has no negative but still pulls
-        # the two views together, and the fuse stage is ArcFace alone.)
-        if "align" in self.stages and self.align.supervision == "identity" and self.data.identities_per_batch < 2:
-            raise ValueError(f"data.identities_per_batch must be at least 2 when the align stage runs with "
-                             f"align.supervision = \"identity\" (its contrastive losses mask the pairs of one "
-                             f"identity), got {self.data.identities_per_batch}")
+        self.check_stage_recipes(self.stages)
         if not self.data.manifest:
             from tgfr.data.synthetic import fewest_identities
             from tgfr.data.synthetic_faces import OUTPUT_SIZE
@@ -413,28 +392,60 @@ class TrainConfig:
                 raise ValueError(f"data.synthetic_identities must be at least {synthetic_minimum} without a "
                                  f"data.manifest (fewer leave the synthetic dataset's val or test split without "
                                  f"an identity), got {self.data.synthetic_identities}")
+
+    def check_stage_recipes(self, stages: Iterable[str]) -> None:
+        """The checks of check_training_recipe that judge stages, for those of `stages` (names in self.stages):
+        a resume runs them for the stages it starts, which have no trained state that a newer check could
+        make unresumable (a stage added to a finished run's config.toml included)."""
+        stages = list(stages)
+        # A warm-up of the whole stage (or more) trains it below or barely at the full rate, never down the
+        # cosine: a mistake, typically steps cut for a short run. The last warm-up step takes the full rate,
+        # so warmup_steps = steps - 1 keeps it for the last two steps, with nothing left to decay. Only the
+        # stages that train count: a stage left out (or fr loading model.backbone_weights) has no schedule.
+        for stage in self.trained_stages:
+            steps, warmup = getattr(self, stage).steps, getattr(self, stage).optim.warmup_steps
+            if stage in stages and warmup >= steps:
+                raise ValueError(f"{stage}.optim.warmup_steps = {warmup} must be less than {stage}.steps = {steps} "
+                                 f"(the warm-up would take the whole stage)")
+        # Every term of weight 0 is skipped: the align stage would train nothing, and log a loss of 0 at every step.
+        weights = ("wrcl_weight", "cicl_weight", "intra_weight", "identity_weight")
+        if "align" in stages and not any(getattr(self.align, weight) for weight in weights):
+            raise ValueError(f"align: every loss weight ({', '.join(f'align.{weight}' for weight in weights)}) is 0, "
+                             "so the stage would train nothing: give one a weight, or leave align out of stages")
+        # With identity supervision the align stage's word-region and caption-image losses mask every
+        # pair of one identity: a batch of one identity leaves them no pair and they are 0 at every
+        # step. (fr's ArcFace needs no second identity; CoReFace then has no negative but still pulls
+        # the two views together, and the fuse stage is ArcFace alone.)
+        if "align" in stages and self.align.supervision == "identity" and self.data.identities_per_batch < 2:
+            raise ValueError(f"data.identities_per_batch must be at least 2 when the align stage runs with "
+                             f"align.supervision = \"identity\" (its contrastive losses mask the pairs of one "
+                             f"identity), got {self.data.identities_per_batch}")
         # Only fr trains the backbone, and align and fuse keep it frozen: without fr or released weights they
         # would learn on the features of a random backbone, a run tgfr evaluate refuses.
-        if "fr" not in self.stages and not self.model.backbone_weights:
+        if "fr" not in self.stages and not self.model.backbone_weights and {"align", "fuse"} & set(stages):
             raise ValueError(f"stages = {self.stages} leave out fr, so model.backbone_weights must name a trained "
                              f"backbone (without one, align and fuse would learn on a random, frozen backbone)")
         # fuse keeps the alignment heads frozen and fuses their features: model.backbone_weights holds a backbone
         # alone, so without align they stay random, a run tgfr evaluate refuses. fr alone (a backbone for
         # model.backbone_weights) and fr + align stay allowed.
-        if "fuse" in self.stages and "align" not in self.stages:
+        if "fuse" in stages and "align" not in self.stages:
             raise ValueError(f"stages = {self.stages} run fuse without align, which trains the alignment heads that "
                              f"fuse reads (without it, fuse would learn on their random, frozen features)")
 
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose relative PATH_KEYS settings are made absolute against the current directory
-        (not resolved: a symlink or `..` in them keeps its meaning). A ValueError names the key when
-        the current directory's name is not UTF-8, which config.toml cannot hold."""
+        (not resolved: a symlink or `..` in them keeps its meaning), a leading ~ or ~user expanded to that
+        home folder. A ValueError names the key when the current directory's name is not UTF-8, which
+        config.toml cannot hold."""
         absolute = copy.deepcopy(self)
         for key in PATH_KEYS:
             section, name = key.split(".")
             value = getattr(getattr(absolute, section), name)
             if value:
-                setattr(getattr(absolute, section), name, str(Path(value).absolute()))
+                # The shell leaves `--set data.cache_dir=~/x` as typed (the dot makes it no assignment): taken
+                # as relative, it made a folder named `~` in the current directory, and a `rm -rf ~/x` meant for
+                # that folder removes the home folder's instead.
+                setattr(getattr(absolute, section), name, str(Path(value).expanduser().absolute()))
                 check_utf8(key, getattr(getattr(absolute, section), name))
         return absolute
 

@@ -6,6 +6,8 @@ the run folder:
     checkpoints/last.pt   the latest training state (atomic; --resume continues from it), with the
                           RNG states of every rank and the optimizer settings of its stage
     model/                the trained TGFRModel (tgfr.models.save_tgfr_model), written at the end
+                          (removed by a resume that trains on past it: present only while the run is
+                          finished as its config.toml describes it)
     run_info.json         per call of `tgfr train` on the run: tgfr version and commit, torch, device,
                           precision, threads (tgfr.train.run_info)
     train_summary.json    per stage: steps, seconds, samples/s (summed over the calls of a resumed
@@ -25,6 +27,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +47,7 @@ from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file,
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.folder_lock import folder_lock
 from tgfr.input_paths import file_problem
-from tgfr.output_paths import check_output_folder, remove_temporaries, write_atomically
+from tgfr.output_paths import check_output_folder, remove_temporaries, temporary_name, write_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
 from tgfr.train.caption_features import CaptionFeatures
@@ -473,7 +476,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     path settings (tgfr.train.config.PATH_KEYS) are made absolute against the current directory,
     as config.toml then records them.
     stop_after: take at most this many (>= 1) optimizer steps in this call, then checkpoint and
-    return (the run is finished when out/model exists).
+    return (the run is finished when out/model exists: a resume whose checkpoint is not at the last step
+    of config's last stage, one config.toml extended since, removes the model/ of the run's earlier end).
     image_cache_bytes: decoded training images kept in memory, per process (tgfr.data.image_cache); the
     results do not depend on it, only the time spent reading images.
     config.threads > 0 sets torch's CPU threads for the call; the caller's count is restored on return.
@@ -594,6 +598,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
                          f"trained with")
     if state is not None:
         check_config_unchanged(config, state, out / CHECKPOINT)
+    if resume:
+        # A stage that has not started (one added to config.toml since, or not reached yet) has no trained state
+        # that a newer check could make unresumable: it is judged as a fresh run's. The stages that trained are
+        # not. After the comparison with the checkpoint, which names an edit of the trained part more precisely.
+        begun = config.stages[:config.stages.index(state["stage"]) + (state["step"] > 0)] if state is not None else []
+        try:
+            config.check_stage_recipes([name for name in config.stages if name not in begun])
+        except ValueError as error:
+            raise ValueError(f"run config {out / 'config.toml'}: {error} (a stage that has not started yet is checked "
+                             f"as a fresh run's: edit its settings in config.toml)") from None
     if any(name != "fr" for name in stage_data):  # every stage reads the same images (stage_batches)
         truncated = collate.check_captions(next(iter(stage_data.values())).dataset)
         if rank == 0 and truncated:
@@ -610,6 +624,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
             print(f"tgfr train: {out} holds no checkpoint yet (its run stopped before the first one): training it "
                   f"from its first step, {out / 'metrics.jsonl'} emptied", file=sys.stderr)
             (out / "metrics.jsonl").write_text("", encoding="utf-8")
+        if state is not None and not _at_run_end(config, state):
+            _remove_stale_model(out)
 
     if resume:
         _on_rank_0(rank, world_size, tidy_resumed_folder)
@@ -693,6 +709,32 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
     log.close()
     _barrier(world_size)
     return out
+
+
+def _at_run_end(config: TrainConfig, state: dict[str, Any]) -> bool:
+    """Whether checkpoint `state` is at the last step of config's last stage: the run as config.toml now
+    describes it has finished."""
+    last = config.stages[-1]
+    return state["stage"] == last and state["step"] >= getattr(config, last).steps
+
+
+def _remove_stale_model(out: Path) -> None:
+    """Removes run folder `out`'s model/, saved when the run finished as config.toml described it then: a resume
+    that trains on (a stage added since, a longer constant-schedule stage) and stops early would otherwise leave
+    it, and `tgfr train` and `tgfr evaluate`, which take model/ for a finished run, would report and score weights
+    that the run's later steps never reached. A symbolic link in its place is removed, not what it points to."""
+    model = out / "model"
+    if model.is_symlink():
+        model.unlink()
+    elif model.is_dir():
+        # Renamed first: a kill during the removal leaves no partial model/ that would pass for a finished run.
+        aside = model.with_name(temporary_name(model.name))
+        model.rename(aside)
+        shutil.rmtree(aside)
+    else:
+        return
+    print(f"tgfr train: {model} removed: the run trains on past the end it had when the model was saved (its "
+          f"config.toml extends it); the model is saved again when the run finishes", file=sys.stderr)
 
 
 def _earlier_counts(out: Path, state: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
