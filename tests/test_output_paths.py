@@ -486,3 +486,60 @@ def test_remove_temporaries_removes_the_names_write_atomically_gives_and_no_long
         path.write_text("x")
     assert sorted(output_paths.remove_temporaries(tmp_path / "report.json")) == sorted(leftovers)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def refusing_writes_to(monkeypatch, *folders):
+    """os.access answering as a read-only mount would for `folders` (the tests run as root, whom a file mode
+    does not stop), and as before elsewhere."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **options: (
+        not (mode & os.W_OK and Path(path) in folders) and real(path, mode, **options)))
+
+
+@pytest.mark.parametrize("where", ["in", "under", "linked"])
+def test_an_output_file_whose_folder_cannot_be_written_is_refused_naming_the_folder(tmp_path, monkeypatch, where):
+    """A dataset on a read-only mount: the manifest's write failed after the whole conversion. A link is written
+    through (write_atomically), so the folder of its target is the one to write into."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    refusing_writes_to(monkeypatch, mount)
+    path = {"in": mount / "m.jsonl", "under": mount / "new" / "m.jsonl", "linked": tmp_path / "m.jsonl"}[where]
+    if where == "linked":
+        (mount / "m.jsonl").write_text("")
+        path.symlink_to(mount / "m.jsonl")
+    with pytest.raises(ValueError, match=f"^{re.escape(f'--out {path}: {mount} is not writable')}$"):
+        output_paths.check_output_file("--out", path)
+    assert output_paths.check_output_file("--out", tmp_path / "elsewhere.jsonl") == tmp_path / "elsewhere.jsonl"
+
+
+def test_an_output_file_name_is_refused_exactly_where_its_temporary_name_would_be_too_long(tmp_path):
+    """The file is first written as .<name>.<8 hex digits>.tmp: a name the file system takes failed at the write,
+    after the work, with "File name too long". The write itself tells where the limit is."""
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    room = longest - len(output_paths.temporary_name(""))
+    for length in (room, room + 1):
+        path = tmp_path / ("é" + "m" * (length - 8) + ".jsonl")  # é: the limit is in bytes (2 here), not letters
+        try:
+            with output_paths.write_atomically(path, "manifest") as stream:
+                stream.write("{}\n")
+            written = True
+        except OSError as error:
+            assert error.errno == errno.ENAMETOOLONG
+            written = False
+        assert written == (length == room)
+        if written:
+            assert output_paths.check_output_file("--out", path) == path
+        else:
+            with pytest.raises(ValueError, match=(f"^--out {re.escape(str(path))}: its name is {length} bytes long "
+                                                  f"and is first written as .*past the {longest} bytes")):
+                output_paths.check_output_file("--out", path)
+
+
+@pytest.mark.parametrize("given", ["", "manifests/", f"manifests{os.sep}"])
+def test_an_output_file_spelled_empty_or_as_a_folder_is_refused(tmp_path, monkeypatch, given):
+    """Path("manifests/") is "manifests": `--out manifests/`, meant as a folder, wrote a file named manifests. Path("")
+    is ".", refused as "a folder", a riddle for the `--out ""` of an unset shell variable."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^--out (is empty|manifests/ ends in '/', as a folder does)"):
+        output_paths.check_output_file("--out", given)
+    assert list(tmp_path.iterdir()) == []

@@ -55,7 +55,16 @@ def check_output_folder(setting: str, path: str | Path, writable: bool = False) 
 
 def check_output_file(setting: str, path: str | Path) -> Path:
     """`path` as a file that can be written: not a folder, its folder exists or can be made, and, if it
-    is a symbolic link, one that resolves into a folder that exists (write_atomically writes through it)."""
+    is a symbolic link, one that resolves into a folder that exists (write_atomically writes through it);
+    the folder the file goes in (or the first of its parents that exists) is one this process may write
+    into, and its name leaves room for write_atomically's temporary name. A string `path` must not be
+    empty nor end in a separator (a folder's spelling)."""
+    # As a Path, "" is "." (refused as "a folder": a riddle for an unset shell variable) and "out/" is "out",
+    # which would be written as a file where a folder was meant.
+    if isinstance(path, str) and not path:
+        raise ValueError(f"{setting} is empty: name the file to write")
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise ValueError(f"{setting} {path} ends in {path[-1]!r}, as a folder does: name the file itself")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{setting} {path} is a folder, not a file")
@@ -68,7 +77,27 @@ def check_output_file(setting: str, path: str | Path) -> Path:
     existing = _first_existing(path.parent)
     if existing is not None and not existing.is_dir():
         raise _not_a_folder(setting, path, existing)
+    # write_atomically writes beside the link's target, not beside the link. Both checks below would
+    # otherwise fail only at the write, after the work (a dataset on a read-only mount, a long --out name).
+    folder = target.parent if os.path.lexists(path) else existing
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{setting} {path}: {folder} is not writable")
+    longest = _longest_name(folder) if folder is not None else None
+    length = len(os.fsencode(target.name))
+    if longest is not None and length + len(temporary_name("")) > longest:
+        raise ValueError(f"{setting} {path}: its name is {length} bytes long and is first written as "
+                         f".<name>.<8 hex digits>.tmp, {len(temporary_name(''))} bytes longer, past the {longest} "
+                         f"bytes that the file system of {folder} takes in a name; choose a shorter name")
     return path
+
+
+def _longest_name(folder: Path) -> int | None:
+    """The longest file name, in bytes, that the file system of `folder` takes; None where it does not say."""
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # a system or file system that cannot say
+        return None
+    return longest if longest > 0 else None  # -1: no limit
 
 
 def temporary_name(name: str, suffix: str = "tmp") -> str:

@@ -3,6 +3,8 @@ import json
 import os
 import re
 import resource
+import shutil
+import struct
 import subprocess
 import sys
 import warnings
@@ -454,14 +456,51 @@ def test_grid_refuses_a_split_without_a_manifest_and_takes_test_by_default(tmp_p
     assert calls == [("m.jsonl", 8, "test", DEFAULT_DEGRADATION)]
 
 
-@pytest.mark.parametrize("count, more", [(20, []), (21, ["  ... and 1 more"])])
-def test_convert_lists_the_first_20_skipped_files_and_counts_the_rest(tmp_path, monkeypatch, capsys, count, more):
-    """Exactly 20 skipped files are all listed with no "... and 0 more"; a 21st is counted, not listed."""
+@pytest.mark.parametrize("count", [20, 21])
+def test_convert_lists_the_first_20_skipped_files_and_the_rest_in_a_file_it_names(tmp_path, monkeypatch, capsys, count):
+    """Exactly 20 skipped files are all listed with no "... and 0 more"; from a 21st on, the summary counts the rest,
+    which were named nowhere: every one is written to <out>.skipped.txt, which the summary names. A later run that
+    lists them all removes that file, which would otherwise pass for its list."""
     skipped = [f"image {i}.jpg is missing" for i in range(count)]
+    listing = tmp_path / "m.jsonl.skipped.txt"
+    listing.write_text("skipped: image old.jpg of an earlier run\n")
     monkeypatch.setattr(data_cli, "convert_celeba_dialog", lambda *arguments, **options: ([], skipped))
     assert celeba_dialog_convert(tmp_path) == 0
     lines = capsys.readouterr().out.splitlines()
+    more = [f"  ... and 1 more skipped; all 21 are listed in {listing}"] if count > 20 else []
     assert lines[1:] == [f"  skipped: {problem}" for problem in skipped[:20]] + more
+    if count > 20:
+        assert listing.read_text().splitlines() == [f"skipped: {problem}" for problem in skipped]
+    else:
+        assert not listing.exists()
+
+
+def test_convert_lists_every_file_left_out_of_a_tree_beside_the_manifest(tmp_path, capsys):
+    """25 images without captions, skipped, and 22 files no record uses: the summary names 20 of each; the list beside
+    the manifest names all of them, each as often as the conversion found it."""
+    for i in range(25):
+        (tmp_path / f"images/train/{i}").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / f"images/train/{i}/{i}_1.png")
+        if i < 22:
+            (tmp_path / f"images/train/{i}/notes.txt").write_text("x")
+    one_image_tree(tmp_path / "kept")
+    shutil.move(tmp_path / "kept/images/train/1", tmp_path / "images/train/kept")
+    shutil.move(tmp_path / "kept/text/1", tmp_path / "text/kept")
+    for path in (tmp_path / "images/train/kept/1_1.png", tmp_path / "text/kept/1_1.txt"):
+        path.rename(path.with_name(f"kept_1{path.suffix}"))
+    shutil.rmtree(tmp_path / "kept")
+    assert main(["data", "convert", "mmcelebA", "--root", str(tmp_path), "--skip-bad"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    listing = (tmp_path / "manifest.jsonl.skipped.txt").read_text().splitlines()
+    skipped = sorted(str(tmp_path / f"text/{i}/{i}_1.txt") for i in range(25))
+    unused = sorted(str(tmp_path / f"images/train/{i}/notes.txt") for i in range(22))
+    assert sorted(re.search(r" (/\S+\.txt) ", line).group(1) for line in listing if line.startswith("skipped: ")) == (
+        skipped)
+    assert sorted(next(path for path in unused if path in line) for line in listing
+                  if line.startswith("not used: ")) == unused
+    assert len(listing) == 25 + 22
+    assert printed[21] == f"  ... and 5 more skipped; all 25 are listed in {tmp_path / 'manifest.jsonl.skipped.txt'}"
+    assert printed[-1] == f"  ... and 2 more not used; all 22 are listed in {tmp_path / 'manifest.jsonl.skipped.txt'}"
 
 
 IMAGE_WRITE_LIMIT = 1024  # bytes: RLIMIT_FSIZE fails a write past it with EFBIG, as a full disk fails with ENOSPC
@@ -578,3 +617,92 @@ def test_protocol_counts_are_usage_errors_naming_the_option(tmp_path, capsys, op
               option, value])
     assert exit_info.value.code == 2
     assert f"argument {option}: must be an integer >= {minimum}, got '{value}'" in capsys.readouterr().err
+
+
+def refusing_writes_to(monkeypatch, folder):
+    """os.access answering for `folder` as a read-only mount would (the tests run as root, whom a file mode does
+    not stop)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **options: (
+        not (mode & os.W_OK and str(path) == str(folder)) and real(path, mode, **options)))
+
+
+def one_image_tree(root):
+    (root / "images/train/1").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "images/train/1/1_1.png")
+    (root / "text/1").mkdir(parents=True)
+    (root / "text/1/1_1.txt").write_text("A face.\n")
+
+
+@pytest.mark.parametrize("out", ["default", "long"])
+def test_a_convert_out_that_cannot_be_written_is_refused_before_any_image_is_decoded(tmp_path, capsys, monkeypatch,
+                                                                                      out):
+    """A dataset on a read-only mount (where the default ROOT/manifest.jsonl lands), or an --out name that the file
+    system takes but not with write_atomically's 14 more bytes: the write failed after every image was decoded."""
+    import tgfr.data.convert as convert_module
+
+    one_image_tree(tmp_path)
+    monkeypatch.setattr(convert_module, "check_image", lambda path: pytest.fail(f"{path} decoded"))
+    if out == "default":
+        refusing_writes_to(monkeypatch, tmp_path)
+        assert main(["data", "convert", "mmcelebA", "--root", str(tmp_path)]) == 2
+        assert capsys.readouterr().err == (f"tgfr data convert: error: --out's default {tmp_path / 'manifest.jsonl'}: "
+                                           f"{tmp_path} is not writable\n")
+    else:
+        name = "m" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 14 - 5) + ".jsonl"  # one byte too long with 14 more
+        assert main(["data", "convert", "mmcelebA", "--root", str(tmp_path), "--out", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err.startswith(f"tgfr data convert: error: --out {tmp_path / name}: its name is "
+                                                  f"{len(name)} bytes long")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "text"]
+
+
+def test_a_convert_out_ending_in_a_slash_is_refused_not_written_as_a_file_named_like_the_folder(tmp_path, capsys):
+    """`--out DIR/` wrote a file DIR, its paths relative to DIR's parent."""
+    one_image_tree(tmp_path)
+    out = f"{tmp_path / 'manifests'}/"
+    assert main(["data", "convert", "mmcelebA", "--root", str(tmp_path), "--out", out]) == 2
+    assert capsys.readouterr().err == (f"tgfr data convert: error: --out {out} ends in '/', as a folder does: name "
+                                       "the file itself\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "text"]
+
+
+@pytest.mark.parametrize("command, error", [
+    (["synth", "--out", "s", "--degradation", ""], "recipe must be a non-empty string, got ''"),
+    (["grid", "--out", "g.png", "--manifest", ""], "manifest "),
+    (["grid", "--out", "g.png", "--manifest", "m.jsonl", "--split", ""], "split [''] has no records"),
+    (["convert", "mmcelebA", "--root", "tree", "--out", ""], "--out is empty"),
+    (["degrade", "--manifest", "m.jsonl", "--name", ""],
+     "name (--name) must be one plain name (no '/', '\\', '.' or '..'), got ''"),
+    (["degrade", "--manifest", "m.jsonl", "--out-manifest", ""], "out_manifest (--out-manifest) is empty")])
+def test_an_option_given_an_empty_value_is_refused_not_taken_as_not_given(tmp_path, monkeypatch, capsys, command,
+                                                                           error):
+    """An unset shell variable (`--degradation "$RECIPE"`) ran with the default: the default recipe, synthetic faces
+    instead of the manifest's, the test split, ROOT/manifest.jsonl, <split>_degraded."""
+    monkeypatch.chdir(tmp_path)
+    write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{s}_{k}.png", str(s), "test", ("c",))
+                                          for s in range(2) for k in range(2)])
+    for s in range(2):
+        for k in range(2):
+            Image.new("RGB", (32, 32)).save(tmp_path / f"{s}_{k}.png")
+    one_image_tree(tmp_path / "tree")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["data", *command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tgfr data {command[0]}: error: ") and error in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_convert_names_the_image_of_each_pillow_warning_once(tmp_path, capsys):
+    """A corrupt EXIF block makes Pillow warn "Tag data larger than file" naming no file, once per opening: twice
+    per image, as Python warnings naming Pillow's source line."""
+    tiff = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHII", 0x010E, 2, 100, 26)
+            + struct.pack("<I", 0))  # ImageDescription, 100 bytes at an offset past the block's end
+    for i in range(3):
+        (tmp_path / f"images/train/{i}").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / f"images/train/{i}/{i}_1.jpg", exif=b"Exif\x00\x00" + tiff)
+        (tmp_path / f"text/{i}").mkdir(parents=True)
+        (tmp_path / f"text/{i}/{i}_1.txt").write_text("A face.\n")
+    assert main(["data", "convert", "mmcelebA", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"tgfr data convert: warning: image file {tmp_path / f'images/train/{i}/{i}_1.jpg'}: Tag data larger than "
+        "file. Skipping tag 270" for i in range(3)]

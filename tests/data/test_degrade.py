@@ -371,11 +371,17 @@ def test_degrade_skip_bad_names_the_skipped_images(tmp_path, capsys):
     assert main(["data", "degrade", "--manifest", str(manifest), "--recipe", "down16", "--skip-bad"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"wrote {tmp_path / 'manifest_test_degraded.jsonl'}; skipped 22 unreadable image(s)"
-    # The first 20, one line each with the error that skipped it, then a count of the rest.
-    assert len(lines) == 22 and lines[-1] == "  ... and 2 more"
+    # The first 20, one line each with the error that skipped it, then a count of the rest, which were named
+    # nowhere: all 22 are in a file beside the manifest written, which that line names.
+    listing = tmp_path / "manifest_test_degraded.jsonl.skipped.txt"
+    assert len(lines) == 22 and lines[-1] == f"  ... and 2 more skipped; all 22 are listed in {listing}"
     for i, line in zip(bad[:20], lines[1:21]):
         assert line.startswith("  skipped: ") and str(tmp_path / f"images/test/{i}/{i}_0.png") in line
         assert ("does not exist" if i == 1 else "corrupt") in line
+    listed = listing.read_text().splitlines()
+    assert [f"  {line}" for line in listed[:20]] == lines[1:21] and len(listed) == 22
+    for i, line in zip(bad, listed):
+        assert line.startswith("skipped: ") and str(tmp_path / f"images/test/{i}/{i}_0.png") in line
 
 
 @pytest.mark.parametrize("split, name", [("test", "train"),   # would move degraded test images into train
@@ -833,3 +839,19 @@ def test_an_earlier_copy_record_outside_the_copy_folder_is_never_deleted(tmp_pat
     (tmp_path / "images/b.png").write_bytes(b"junk")  # skipped this time
     _, skipped = degrade_manifest(manifest, "test", "down8", out_manifest=manifest, bad_images="skip")
     assert len(skipped) == 1 and (tmp_path / "images/keep.png").is_file()
+
+
+@pytest.mark.parametrize("option, value, error", [
+    ("name", "", "name (--name) must be one plain name"),
+    ("out_manifest", "", "out_manifest (--out-manifest) is empty"),
+    ("out_manifest", "copy/", "out_manifest (--out-manifest) copy/ ends in '/'")])
+def test_an_empty_name_or_out_manifest_is_refused_not_taken_for_the_default(tmp_path, monkeypatch, option, value,
+                                                                            error):
+    """`--name ""` (an unset shell variable) wrote <split>_degraded, and `--out-manifest ""` the default
+    <stem>_<name>.jsonl; `--out-manifest copy/` a file named copy."""
+    manifest = make_manifest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=f"^{re.escape(error)}"):
+        degrade_manifest(manifest, "test", "down16", **{option: value})
+    assert sorted(tmp_path.rglob("*")) == before

@@ -216,3 +216,78 @@ def test_a_caption_file_reads_without_its_byte_order_mark_and_its_lines_outer_wh
     path = tmp_path / "4_1.txt"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(f" \t{caption}  \t\r\n\n" for caption in captions).encode("utf-8"))
     assert read_caption_file(path) == captions
+
+
+# 48 bytes of a JPEG 2000 file with one corrupt header byte: a box claiming 96 GB, which Pillow reads at once.
+JP2_HEADER_OF_96_GB = bytes.fromhex("0000000c6a5020200d0a870a0000001466748c706a703220000000006a703220000000016a703268"
+                                    "0000001669686472")
+
+
+def damaged_blp() -> bytes:
+    """A BLP2 file whose encoding byte is 63, which no BLP encoding is: Pillow's BLPFormatError, a
+    NotImplementedError, while decoding."""
+    buffer = io.BytesIO()
+    Image.new("P", (24, 24)).save(buffer, "BLP")
+    data = bytearray(buffer.getvalue())
+    assert data[:4] == b"BLP2"
+    data[8] = 63
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", ["face.jp2", "face.blp"])
+def test_damaged_headers_that_pillow_fails_on_otherwise_are_corrupt_images_named_and_skipped(tmp_path, name):
+    """A MemoryError (JPEG 2000) and a NotImplementedError (BLP) escaped naming no file, and bad_images="skip" and
+    --skip-bad, which skip ValueErrors, stopped on them. On a machine whose memory holds 96 GB Pillow reads the
+    header's few bytes and fails with an error already caught."""
+    from tgfr.data.dataset import FaceCaptionDataset
+
+    path = tmp_path / name
+    path.write_bytes(JP2_HEADER_OF_96_GB if name.endswith(".jp2") else damaged_blp())
+    for read in (check_image, load_image):
+        with pytest.raises(ValueError, match=f"^image file {re.escape(str(path))} is corrupt or not an image"):
+            read(path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    manifest = write_manifest(tmp_path / "m.jsonl", [ManifestRecord(name, "1", "train", ("a face",)),
+                                                     ManifestRecord("good.png", "1", "train", ("a face",))])
+    dataset = FaceCaptionDataset(manifest, split="train", bad_images="skip")
+    assert len(dataset) == 1 and len(dataset.skipped) == 1 and str(path) in dataset.skipped[0]
+
+
+def test_a_memory_error_while_decoding_is_not_blamed_on_the_image(tmp_path, monkeypatch):
+    """Only a header read at open is the file's fault; while decoding, a MemoryError may be the process's own."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+
+    def out_of_memory(image):
+        raise MemoryError
+    monkeypatch.setattr(Image.Image, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        load_image(tmp_path / "good.png")
+
+
+@pytest.mark.parametrize("read", [check_image, load_image])
+@pytest.mark.parametrize("error, reason", [(PermissionError(13, "Permission denied"), "Permission denied"),
+                                           (OSError(5, "Input/output error"), "Input/output error")])
+def test_an_image_the_system_cannot_read_is_named_so_not_called_corrupt(tmp_path, monkeypatch, read, error, reason):
+    """A dataset copied with the wrong permissions, or a failing disk, was reported as "corrupt or not an image"
+    (--skip-bad counted it so); caption files already say "cannot be read"."""
+    path = tmp_path / "face.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def unreadable(file, *arguments, **options):
+        raise type(error)(error.errno, error.strerror, str(file))
+    monkeypatch.setattr(Image, "open", unreadable)
+    with pytest.raises(ValueError, match=f"^image file {re.escape(str(path))} cannot be read \\({reason}\\)$"):
+        read(path)
+
+
+def test_a_pillow_warning_of_the_check_names_the_image_once(tmp_path):
+    """A corrupt EXIF block makes Pillow warn "Tag data larger than file" naming no file, at each of the check's
+    two openings of it."""
+    tiff = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHII", 0x010E, 2, 100, 26)
+            + struct.pack("<I", 0))  # ImageDescription, 100 bytes at an offset past the block's end
+    path = tmp_path / "face.jpg"
+    Image.new("RGB", (8, 8)).save(path, exif=b"Exif\x00\x00" + tiff)
+    with pytest.warns(UserWarning) as caught:
+        check_image(path)
+    assert [str(warning.message) for warning in caught] == [
+        f"image file {path}: Tag data larger than file. Skipping tag 270"]

@@ -1,10 +1,12 @@
 """`tgfr data ...`: synth, convert, degrade, protocol, grid."""
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from tgfr.cli import integer_at_least
@@ -16,14 +18,15 @@ from tgfr.data.protocol import (check_pairs_writable, make_identification_split,
                                 write_identification_split, write_verification_pairs)
 from tgfr.data.synthetic import (DEFAULT_DEGRADATION, GENERATOR_VERSION, SyntheticConfig, degraded_splits,
                                  generate_synthetic_dataset)
-from tgfr.output_paths import check_output_file, check_output_folder, replace_entries_atomically
+from tgfr.output_paths import check_output_file, check_output_folder, replace_entries_atomically, write_atomically
 
 
 def _synth(args: argparse.Namespace) -> int:
     if args.no_degraded and args.degradation is not None:
         raise ValueError("--degradation: the recipe of the degraded splits, which --no-degraded leaves out")
-    degradations = {} if args.no_degraded else degraded_splits(args.degradation or DEFAULT_DEGRADATION,
-                                                                 args.generator_version)
+    # `is None`: an empty recipe (an unset shell variable) is refused, not taken as the default.
+    recipe = DEFAULT_DEGRADATION if args.degradation is None else args.degradation
+    degradations = {} if args.no_degraded else degraded_splits(recipe, args.generator_version)
     config = SyntheticConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                              captions_per_image=args.captions_per_image, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -49,21 +52,62 @@ def _relocated(records: list[ManifestRecord], root: Path, manifest: Path) -> lis
                            r.captions, r.meta) for r in records]
 
 
-def _print_skipped(left_out: list[str], label: str = "skipped") -> None:
-    """One line per file left out (its message names it and says why), at most 20, after `label`."""
-    for problem in left_out[:20]:
-        print(f"  {label}: {problem}")
-    if len(left_out) > 20:
-        print(f"  ... and {len(left_out) - 20} more")
+_LISTED = 20  # files left out that the output names one per line, per label
+
+
+def _left_out_list(output: Path) -> Path:
+    """Where a command that writes `output` lists every file it left out, when it left out more than it prints:
+    <output>.skipped.txt beside it."""
+    return output.with_name(f"{output.name}.skipped.txt")
+
+
+def _print_left_out(output: Path, left_out: dict[str, list[str]]) -> None:
+    """One line per file left out (its message names it and says why), at most _LISTED per label (`left_out` maps
+    "skipped", "not used" to them). Past that, every one of them is written to _left_out_list(output), one line
+    "<label>: <message>" each, which the output names; otherwise a list an earlier run left there is removed, so
+    that the file never outlives the run it lists."""
+    listing = _left_out_list(output)
+    if any(len(problems) > _LISTED for problems in left_out.values()):
+        with write_atomically(listing, "list of the files left out") as stream:
+            stream.writelines(f"{label}: {problem}\n" for label, problems in left_out.items() for problem in problems)
+    else:
+        listing.unlink(missing_ok=True)
+    for label, problems in left_out.items():
+        for problem in problems[:_LISTED]:
+            print(f"  {label}: {problem}")
+        if len(problems) > _LISTED:
+            print(f"  ... and {len(problems) - _LISTED} more {label}; all {len(problems)} are listed in {listing}")
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Prints each UserWarning of the block as it comes, as one line "tgfr data convert: warning: ...", not as a
+    Python warning naming a source line: they are for the user (a seeded split left empty; an image's, which
+    files.check_image words as "image file X: ...")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)  # other categories keep their filters
+        python_way = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                 line: str | None = None) -> None:
+            if issubclass(category, UserWarning):
+                print(f"tgfr data convert: warning: {message}", file=sys.stderr)
+            else:
+                python_way(message, category, filename, lineno, file, line)
+        warnings.showwarning = show  # put back by catch_warnings
+        yield
 
 
 def _convert(args: argparse.Namespace) -> int:
     bad_files = "skip" if args.skip_bad else "error"
-    out = Path(args.out) if args.out else Path(args.root) / "manifest.jsonl"
+    out = Path(args.root) / "manifest.jsonl" if args.out is None else Path(args.out)
     # Checked before any image is decoded (the default's folder failed at the write, after all of them); a --root
-    # that is no folder is named by the conversion.
-    if args.out or Path(args.root).is_dir():
-        check_output_file("--out" if args.out else "--out's default", out)
+    # that is no folder is named by the conversion. The string as given: "" and "DIR/" are refused, not taken as
+    # "." and "DIR".
+    if args.out is not None:
+        check_output_file("--out", args.out)
+    elif Path(args.root).is_dir():
+        check_output_file("--out's default", out)
     unused: list[str] = []  # files of the image folders that no record uses (TGFR trees)
     if args.layout in ("mmcelebA", "face2text"):
         # Accepted and passed over, a split file would leave the splits to the tree without a word.
@@ -74,7 +118,8 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(given)}: celeba-dialog options, which {args.layout} does not read (its "
                              "splits come from the tree under --root: images/<split>/ and <split>/filenames.*)")
         root = Path(args.root)
-        records, skipped, unused = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
+        with _warnings_as_lines():
+            records, skipped, unused = convert_tgfr_tree(root, trust_pickle=args.trust_pickle, bad_files=bad_files)
     else:
         # Accepted and passed over, it would seem to let a pickled --split-file be read.
         if args.trust_pickle:
@@ -89,19 +134,14 @@ def _convert(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"celeba-dialog needs {', '.join(missing)}")
         root = Path(args.root)
-        # Its warning (a seeded split left empty) is for the user, not a Python warning naming a source line.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)  # other categories keep their filters
+        with _warnings_as_lines():
             records, skipped = convert_celeba_dialog(args.captions, args.identity_file, args.images, root,
                                                      hq_mapping=args.hq_mapping, split_file=args.split_file,
                                                      seed=args.seed or 0, bad_files=bad_files)
-        for warning in caught:
-            print(f"tgfr data convert: warning: {warning.message}", file=sys.stderr)
     write_manifest(out, _relocated(records, root, out))
     not_used = f"; {len(unused)} other file(s) in the image folders not used" if unused else ""
     print(f"wrote {out}: {len(records)} images; skipped {len(skipped)}{not_used}")
-    _print_skipped(skipped)
-    _print_skipped(unused, "not used")
+    _print_left_out(out, {"skipped": skipped, "not used": unused})
     return 0
 
 
@@ -110,7 +150,7 @@ def _degrade(args: argparse.Namespace) -> int:
                                          seed=args.seed, out_manifest=args.out_manifest, workers=args.workers,
                                          bad_images="skip" if args.skip_bad else "error")
     print(f"wrote {manifest}; skipped {len(skipped)} unreadable image(s)")
-    _print_skipped(skipped)
+    _print_left_out(manifest, {"skipped": skipped})
     return 0
 
 
@@ -137,14 +177,15 @@ def _protocol(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    if args.split is not None and not args.manifest:
+    if args.split is not None and args.manifest is None:
         raise ValueError("--split: a split of --manifest; without it the faces are synthetic and have no split")
     out = check_output_file("--out", args.out)
     if not args.out.lower().endswith(".png"):  # render_grid writes PNG data whatever the name says
         raise ValueError(f"--out: the picture is written as PNG, so name a .png file, got {args.out!r}")
-    split = args.split or "test"
-    rows = (manifest_rows(args.manifest, args.rows, split, args.recipe) if args.manifest
-            else synthetic_rows(args.rows, args.seed))
+    # `is None`: an empty --manifest or --split (an unset shell variable) reaches their checks, not the defaults.
+    split = "test" if args.split is None else args.split
+    rows = (synthetic_rows(args.rows, args.seed) if args.manifest is None
+            else manifest_rows(args.manifest, args.rows, split, args.recipe))
     shown = "" if len(rows) == args.rows else (f" ({len(rows)} of the {args.rows} rows asked: split {split!r} of "
                                                f"{args.manifest} has no more identities with two images)")
     print(f"wrote {render_grid(rows, out, args.recipe, args.seed)}{shown}")

@@ -426,8 +426,9 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
     parse_recipe(recipe)  # a bad recipe is the first error, before any about the manifest
     manifest = Path(manifest)
     # A default name comes from --split: an error about it must say so, not blame a --name never given.
-    what = "name (--name)" if name else "name (--name; by default --split + '_degraded')"
-    name = name or f"{split}_degraded"
+    # `is None`: an empty name (an unset shell variable) is refused by check_plain_name, not taken as the default.
+    what = "name (--name)" if name is not None else "name (--name; by default --split + '_degraded')"
+    name = f"{split}_degraded" if name is None else name
     check_plain_name(name, what)
     # The manifest written last spells the name as split and in the new images' paths: one it cannot hold
     # would fail there, after every image was degraded.
@@ -446,9 +447,10 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
                                for r in earlier):
             raise ValueError(f"name {name!r} is already a split of {manifest} that is not a degraded copy of "
                              f"split {split!r}; choose another name (--name)")
-        out_manifest = (Path(out_manifest) if out_manifest
-                        else manifest.with_name(f"{manifest.stem}_{name}.jsonl"))
-        check_output_file("out_manifest (--out-manifest)", out_manifest)  # else found out after every image
+        # Checked as given, before any image (else found out after every one): "" and "DIR/" are refused, not
+        # read as "." and "DIR".
+        out_manifest = check_output_file("out_manifest (--out-manifest)", manifest.with_name(
+            f"{manifest.stem}_{name}.jsonl") if out_manifest is None else out_manifest)
         if out_manifest.resolve().parent != manifest.resolve().parent:
             raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder "
                              f"{manifest.parent} so that image paths stay relative to it")

@@ -4,6 +4,7 @@ A missing or unreadable file is an error that names it: a wrong sample is worse 
 """
 
 import contextlib
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ def _opened_image(path: Path) -> Iterator[Image.Image]:
     """Image.open whose every failure, in opening or in what the caller then reads, names the file."""
     if problem := file_problem(path):
         raise ValueError(f"image file {path} {problem}")
+    image = None
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: a header claiming a huge
         # image would then allocate gigabytes when decoded, so the warning refuses it too.
@@ -37,9 +39,26 @@ def _opened_image(path: Path) -> Iterator[Image.Image]:
             yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(f"image file {path} is too large to decode safely ({error})") from None
-    # ValueError: Pillow's for a PNG text chunk too large to decompress, or a truncated header chunk.
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    # A damaged JPEG 2000 header's box size (96 GB) is read at once. Only while opening: later, in decoding,
+    # a MemoryError may be this process's own, which no image explains.
+    except MemoryError:
+        if image is not None:
+            raise
+        raise ValueError(f"image file {path} is corrupt or not an image (MemoryError: its header claims more "
+                         "data than memory holds)") from None
+    # Pillow's own OSErrors ("image file is truncated") carry no errno; one that does is the system's (a
+    # permission, a failing disk), about a file that may be a fine image.
+    except OSError as error:
+        if error.errno is not None and not isinstance(error, UnidentifiedImageError):
+            raise ValueError(f"image file {path} cannot be read ({error.strerror})") from None
         raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
+    # ValueError: Pillow's for a PNG text chunk too large to decompress, or a truncated header chunk.
+    except (SyntaxError, ValueError) as error:
+        raise ValueError(f"image file {path} is corrupt or not an image ({error})") from None
+    # Format plugins reading a damaged header (BLP's BLPFormatError is a NotImplementedError), whose messages
+    # alone ("Unknown BLP encoding 63", or none) do not say what failed.
+    except (NotImplementedError, EOFError, IndexError, struct.error) as error:
+        raise ValueError(f"image file {path} is corrupt or not an image ({type(error).__name__}: {error})") from None
 
 
 def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
@@ -93,11 +112,22 @@ def check_image(path: str | Path) -> Image.Image:
     catches what verify cannot see, such as truncated JPEG scan data, which would otherwise fail
     only when the image is first loaded, in the middle of training. Both together cost about
     0.2 ms (JPEG) to 0.3 ms (PNG) per 112x112 image, verify alone 0.02 ms: a minute per 200k images.
+
+    A warning of Pillow's about the file (a corrupt EXIF block) is warned again once, as "image file
+    <path>: <message>", when the file passes.
     """
     path = Path(path)
-    with _opened_image(path) as image:
-        image.verify()
-    return load_image(path)  # verify leaves the image unusable: open it again to decode
+    # Pillow warns of what it passes over (a corrupt EXIF block: "Tag data larger than file") naming no file,
+    # once per opening: each distinct warning is given again once, naming the file. Here only, not in
+    # load_image, which the training's prefetch thread runs: catch_warnings swaps process-wide state.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _opened_image(path) as image:
+            image.verify()
+        decoded = load_image(path)  # verify leaves the image unusable: open it again to decode
+    for category, message in dict.fromkeys((warning.category, str(warning.message)) for warning in caught):
+        warnings.warn(f"image file {path}: {message}", category, stacklevel=2)
+    return decoded
 
 
 def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
