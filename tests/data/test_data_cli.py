@@ -668,7 +668,9 @@ def test_a_convert_out_ending_in_a_slash_is_refused_not_written_as_a_file_named_
 
 @pytest.mark.parametrize("command, error", [
     (["synth", "--out", "s", "--degradation", ""], "recipe must be a non-empty string, got ''"),
-    (["grid", "--out", "g.png", "--manifest", ""], "manifest "),
+    (["grid", "--out", "g.png", "--manifest", ""], "--manifest is empty: name the manifest file to read"),
+    (["degrade", "--manifest", "", "--recipe", "down24"], "--manifest is empty: name the manifest file to read"),
+    (["protocol", "--manifest", "", "--out", "p.csv"], "--manifest is empty: name the manifest file to read"),
     (["grid", "--out", "g.png", "--manifest", "m.jsonl", "--split", ""], "split [''] has no records"),
     (["convert", "mmcelebA", "--root", "tree", "--out", ""], "--out is empty"),
     (["degrade", "--manifest", "m.jsonl", "--name", ""],

@@ -317,6 +317,9 @@ def test_a_byte_order_mark_is_not_part_of_the_manifest(tmp_path, suffix):
 def test_empty_missing_and_non_utf8_manifest(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         read_manifest(tmp_path / "none.jsonl")
+    # An unset shell variable: as a Path, "" is the current folder, "manifest . is a folder".
+    with pytest.raises(ValueError, match="^manifest is empty: name the manifest file to read$"):
+        read_manifest("")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="no records"):
         read_manifest(tmp_path / "empty.jsonl")

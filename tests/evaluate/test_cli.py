@@ -69,6 +69,25 @@ def test_bad_settings_are_named(run, setting, message):
     assert not (run / "report").exists()
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("bootstrap_resamples", -1, "evaluation.bootstrap_resamples must be an integer in [0, 1000001), got -1"),
+    ("heatmap_captions", 1.5, "evaluation.heatmap_captions must be an integer"),
+    ("controls", "no", "evaluation.controls must be true or false, got 'no'")])
+def test_evaluate_checks_settings_a_script_changed_after_reading_the_config(run, monkeypatch, name, value, message):
+    """README's API example reads the run's config and passes it to evaluate(): a value set in between was
+    refused only once the first split was embedded, naming no setting (a raw TypeError for 1.5), or, for controls,
+    taken as true."""
+    from tgfr.evaluation import evaluate
+    from tgfr.train.config import read_run_config
+
+    monkeypatch.setattr(run_module, "embed_split", lambda *arguments, **keywords: pytest.fail("embedded"))
+    config = read_run_config(run)
+    setattr(config.evaluation, name, value)
+    with pytest.raises(ValueError) as error:
+        evaluate(run, config)
+    assert message in str(error.value)
+
+
 def test_settings_are_checked_wherever_a_config_is_made():
     with pytest.raises(ValueError, match=r"evaluation\.max_rank must be an integer in \[1, "):
         load_config("quick", ["evaluation.max_rank=0"])

@@ -195,6 +195,9 @@ def _grid(args: argparse.Namespace) -> int:
 def _run(handler):
     def run(args: argparse.Namespace) -> int:
         try:
+            # As a path, "" is the current folder: "manifest . is a folder", for an unset shell variable.
+            if getattr(args, "manifest", None) == "":
+                raise ValueError("--manifest is empty: name the manifest file to read")
             return handler(args)
         # OSError: a file that cannot be written or read (its message names it) is bad input too.
         except (ValueError, OSError) as error:

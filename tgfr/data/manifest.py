@@ -144,6 +144,8 @@ def _repeated_path(records: Sequence[ManifestRecord], folder: Path) -> tuple[int
 
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
     """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
+    if isinstance(path, str) and not path:  # as a Path, "" is ".": "manifest . is a folder", for an unset variable
+        raise ValueError("manifest is empty: name the manifest file to read")
     path = Path(path)
     # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would otherwise
     # become part of the first column's name ("\ufeffpath").

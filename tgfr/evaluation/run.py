@@ -200,6 +200,9 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device (torch.cuda.is_available() "
                          "is False); use device auto or cpu")
+    # Checked where the config was built; a script may have changed it since (read_run_config, then
+    # config.evaluation.max_rank = 0), which failed only once the first split was embedded, naming no setting.
+    config.evaluation.check()
     config.evaluation.check_report_names_fit()
     run = Path(run)
     _check_trained(run, config)
