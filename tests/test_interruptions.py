@@ -141,3 +141,19 @@ def test_pool_workers_leave_ctrl_c_and_sigterm_to_the_parent():
     workers, which ignore it, print no traceback each and end once their chunk is done."""
     with WorkerPool(1) as pool:
         assert pool.map(signal.getsignal, [signal.SIGINT, signal.SIGTERM]) == [signal.SIG_IGN, signal.SIG_IGN]
+
+
+@pytest.mark.parametrize("rank, lines", [(None, 1), ("0", 1), ("1", 0)])
+def test_under_torchrun_rank_0_alone_prints_the_interrupted_line(tmp_path, monkeypatch, capsys, rank, lines):
+    """torchrun forwards Ctrl-C to every rank: each printed the line, where rank 0 alone speaks for the job, as it
+    does for an error."""
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_run, "train", interrupted)
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert main(["train", "--preset", "quick", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.count("tgfr train: interrupted (SIGINT)") == lines

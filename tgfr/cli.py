@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             name = " " + " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
             hint = _train_hint(args) if args.command == "train" else ""
-        print(f"tgfr{name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
+        # Under torchrun the interruption reaches every rank: rank 0 says it for the job, as it does an error.
+        if os.environ.get("RANK", "0").strip() in ("", "0"):
+            print(f"tgfr{name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
         return 128 + signum
     finally:
         if on_main_thread:

@@ -365,3 +365,34 @@ def test_the_other_ranks_wait_for_rank_0_s_data_past_the_process_group_s_timeout
     import torch.multiprocessing as mp
 
     mp.spawn(slow_data_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
+
+
+@pytest.fixture
+def objects_sent(monkeypatch):
+    """What _on_rank_0 sends the other ranks (a gather_objects that records it, the other rank saying nothing)."""
+    sent = []
+    monkeypatch.setattr(run_module, "gather_objects", lambda value, group=None: sent.append(value) or [value, None])
+    return sent
+
+
+def test_an_interruption_of_rank_0_s_action_waits_for_no_collective(objects_sent):
+    """Ctrl-C reaches every rank: the others may have ended, and rank 0's collective with them replaced its
+    interruption with gloo's "Connection closed by peer" traceback and exit status 1."""
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_module._on_rank_0(0, 2, interrupted)
+    assert objects_sent == []
+
+
+def test_an_unexpected_error_of_rank_0_s_action_is_not_taken_for_success(objects_sent):
+    """Only ValueError and OSError were relayed: another failure sent None, success, and the other ranks went on
+    (writing the synthetic set themselves, say)."""
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_module._on_rank_0(0, 2, broken)
+    assert objects_sent == ["rank 0 failed: RuntimeError('boom')"]
+

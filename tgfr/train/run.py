@@ -379,15 +379,24 @@ def _on_rank_0(rank: int, world_size: int, action: Callable[[], None],
     every rank, rank 0's as it is and the others' as a CollectiveCheckError with its message, which the command
     prints once: the other ranks would otherwise fail in their next collective with the backend's error.
     The other ranks wait for it in `group` (None: the default process group)."""
-    message = None
+    message, collective = None, world_size > 1
     try:
         if rank == 0:
             action()
     except (ValueError, OSError) as error:
         message = str(error)
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM reaches every rank (torchrun forwards it, a scheduler signals the job): the others may
+        # have ended already, and a collective with them would replace the interruption with the backend's
+        # "Connection closed by peer"; torchrun ends a rank that still waits.
+        collective = False
+        raise
+    except BaseException as error:  # a failure of another kind must not pass for success on the other ranks
+        message = f"rank 0 failed: {error!r}"
+        raise
     finally:
-        if world_size > 1:
+        if collective:
             message = gather_objects(message, group)[0]
     if message is not None:
         raise CollectiveCheckError(message)
