@@ -307,6 +307,22 @@ def test_a_bad_launch_variable_is_named(monkeypatch, name, value, minimum):
         run_module._init_distributed(load_config("quick", ['device="auto"']))
 
 
+def test_a_local_rank_past_the_machine_s_gpus_is_named(monkeypatch):
+    """torchrun --nproc_per_node 2 on a machine of one GPU: rank 1's torch.cuda.set_device(1) failed with CUDA's
+    "invalid device ordinal" traceback."""
+    monkeypatch.setattr(run_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(run_module.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(run_module.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run_module.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(run_module.torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index})"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=re.escape("LOCAL_RANK=1, but this machine has 1 CUDA device(s): start at "
+                                                   "most that many processes per machine (torchrun --nproc_per_node)")):
+        run_module._init_distributed(load_config("quick", ['device="cuda"']))
+
+
 def relay_worker(rank, store_file):
     import torch.distributed as dist
 

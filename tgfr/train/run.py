@@ -334,6 +334,10 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
     if cuda:
         # torchrun sets LOCAL_RANK; mp.spawn on one machine does not, and rank r takes GPU r there.
         local_rank = launch_variable("LOCAL_RANK", rank % torch.cuda.device_count())
+        if local_rank >= torch.cuda.device_count():  # torch.cuda.set_device's own error: "invalid device ordinal"
+            raise ValueError(f"LOCAL_RANK={local_rank}, but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s): start at most that many processes per machine (torchrun --nproc_per_node), "
+                             f"or train on the CPU (device = \"cpu\")")
         torch.cuda.set_device(local_rank)
         return rank, world_size, torch.device("cuda", local_rank)
     return rank, world_size, torch.device("cpu")
