@@ -536,6 +536,20 @@ def test_cuda_block_bytes_grow_as_the_kernel_layout_does():
                                                                                                torch.float32, True)
 
 
+def test_an_older_torch_without_the_opt_in_limit_takes_the_default_one(monkeypatch):
+    """torch 2.4 to 2.6 (which pyproject.toml admits) have no shared_memory_per_block_optin: reading it raised
+    AttributeError at every CUDA word_region_attention call. The default limit per block (48 KB) stands in."""
+    from tgfr.ops import backends
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: type("Props", (), {"shared_memory_per_block": 49_152}))
+    assert backends._shared_memory_per_block(0) == 49_152
+    monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", True)
+    monkeypatch.setattr(backends, "_TRITON_INSTALLED", False)
+    assert backends.auto_cuda_backend(33, 196, 300, torch.bfloat16, torch.device("cuda", 0), False) == "reference"
+    assert backends.auto_cuda_backend(33, 1, 16, torch.bfloat16, torch.device("cuda", 0), False) == "cuda"
+
+
 def test_auto_rule_traces_into_one_graph(monkeypatch):
     """The device's shared memory is read once at compile time (a constant to torch.compile), so a compiled
     caller of the rule needs no graph break."""

@@ -95,8 +95,11 @@ def cuda_kernel_fits(num_words: int, num_regions: int, dim: int, dtype: torch.dt
 
 @torch.compiler.assume_constant_result
 def _shared_memory_per_block(device_index: int | None) -> int:
-    """The opt-in limit of dynamic shared memory per block of a CUDA device (a constant to torch.compile)."""
-    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+    """The opt-in limit of dynamic shared memory per block of a CUDA device (a constant to torch.compile); torch
+    before 2.7 does not report it, and then the default limit, which every block may use, stands in for it."""
+    properties = torch.cuda.get_device_properties(device_index)
+    opt_in = getattr(properties, "shared_memory_per_block_optin", None)
+    return properties.shared_memory_per_block if opt_in is None else opt_in
 
 
 def _round_up(value: int, multiple: int) -> int:
