@@ -4,6 +4,7 @@ config.toml holds relative paths (an older tgfr's) still resumes from the direct
 
 import errno
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -192,3 +193,11 @@ def test_a_path_setting_opening_with_a_tilde_names_the_home_folder(tmp_path, tin
     written = tomllib.loads((project / "run" / "config.toml").read_text(encoding="utf-8"))
     assert written["data"]["cache_dir"] == str(home / "cache")
     assert sorted(entry.name for entry in project.iterdir()) == ["run"]
+
+
+def test_a_tilde_naming_no_user_is_named_with_its_setting():
+    """~user of a user this machine does not know: Path.expanduser raised RuntimeError, a traceback."""
+    config = load_config("quick", ["data.cache_dir=~no_such_user_of_tgfr/cache"])
+    with pytest.raises(ValueError, match=re.escape("data.cache_dir = '~no_such_user_of_tgfr/cache': its leading ~ "
+                                                   "names no user's home folder here")):
+        config.with_absolute_paths()

@@ -445,7 +445,11 @@ class TrainConfig:
                 # The shell leaves `--set data.cache_dir=~/x` as typed (the dot makes it no assignment): taken
                 # as relative, it made a folder named `~` in the current directory, and a `rm -rf ~/x` meant for
                 # that folder removes the home folder's instead.
-                setattr(getattr(absolute, section), name, str(Path(value).expanduser().absolute()))
+                try:
+                    expanded = Path(value).expanduser()
+                except RuntimeError:  # "Could not determine home directory.", for ~user of no such user
+                    raise ValueError(f"{key} = {value!r}: its leading ~ names no user's home folder here") from None
+                setattr(getattr(absolute, section), name, str(expanded.absolute()))
                 check_utf8(key, getattr(getattr(absolute, section), name))
         return absolute
 
