@@ -332,6 +332,11 @@ def test_ensure_removes_the_staging_folders_of_killed_runs_of_other_configs(tmp_
     assert sorted(p.name for p in parent.iterdir()) == sorted([config.key(), *(staging.name for staging in kept)])
     assert all((staging / "part.png").read_bytes() == b"partial" for staging in kept)
     assert len(read_manifest(manifest)) == 3
+    # A run that finds its dataset cached, as most runs of a sweep do, removes them too.
+    abandoned[0].mkdir()
+    assert ensure_synthetic_dataset(config, cache_dir=tmp_path, workers=1) == manifest
+    assert not abandoned[0].exists() and all(staging.exists() for staging in kept)
+
 
 def test_ensure_removes_the_stale_folder_of_a_run_killed_while_removing_it(tmp_path):
     """A damaged cache folder is moved aside before its removal: a kill during the removal left it, possibly a

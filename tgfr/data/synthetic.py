@@ -505,6 +505,11 @@ def ensure_synthetic_dataset(preset: str | SyntheticConfig = "default", cache_di
     root = Path(cache_dir or default_cache_dir())
     folder = root / "synthetic" / key
     if (manifest := _cached_manifest(folder, key)) is not None:
+        # A killed run of other settings (a sweep over seeds) left its partial copy: the later runs of a sweep
+        # mostly read cached sets, and would otherwise never remove it. A cache this process cannot write (a
+        # shared, read-only one) is read as it is.
+        with contextlib.suppress(OSError):
+            _remove_abandoned_staging(folder.parent)
         return manifest
     # A hidden sibling of a unique name (not tempfile.mkdtemp, whose folders only the user may read);
     # the process id in it, and its lock, let a later run remove it if this process is killed.

@@ -21,7 +21,7 @@ T=22, R=196 the backward passes 227 KB past D=400 in bf16 (D=304 in float32), th
 backward's when the inputs need gradients, else the forward's; a shape past that goes to "triton" when
 installed (unmeasured at such tiles), else to "reference". Sizes computed from make_layout (mirrored
 below, checked against it by tests/test_kernels_build.py), not run on a GPU; the presets project words to
-D=256, well within both.
+D=64 and the benchmarks' `tgfr` shape to D=256, well within both.
 """
 
 import importlib.util
