@@ -993,7 +993,7 @@ def test_celeba_dialog_split_file_names_images_by_their_caption_file_key(tmp_pat
 def test_celeba_dialog_split_file_and_fractions_are_checked_before_any_image_is_decoded(tmp_path, monkeypatch, name,
                                                                                         content, message):
     """They were read only once every image was decoded: 30,000 HQ images took minutes before "does not exist".
-    An image the file does not list is refused before that image is decoded (5.jpg is the last one here)."""
+    An image the file does not list (5.jpg, the last one here) was refused once every earlier image was decoded."""
     root, images = celeba_dialog(tmp_path)
     if content is not None:
         (root / name).write_text(content)
@@ -1004,8 +1004,77 @@ def test_celeba_dialog_split_file_and_fractions_are_checked_before_any_image_is_
         with pytest.raises(ValueError, match=message):
             convert_celeba_dialog(root / "captions_hq.json", root / "identity_CelebA.txt", images, root,
                                   hq_mapping=root / "mapping.txt", bad_files=bad_files, **options)
-    assert [path.name for path in decoded] == (["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg"] * 2
-                                               if "5.jpg" in message else [])
+    assert decoded == []
+
+
+def test_celeba_dialog_identity_in_two_splits_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
+    """The split file, identity file and mapping say it, but it was found once every image was decoded (minutes
+    for 30,000 HQ images). An image whose file is missing still counts: the split file is wrong either way."""
+    root, images = celeba_dialog(tmp_path)
+    # Identity 900 is HQ images 0 and 1 (celeba_dialog's identity file and mapping).
+    (root / "splits.json").write_text(json.dumps({"train": ["0.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"],
+                                                  "test": ["1.jpg"]}))
+    decoded = []
+    check_image = convert_module.check_image
+    monkeypatch.setattr(convert_module, "check_image", lambda path: (decoded.append(path.name), check_image(path)))
+    message = re.escape(f"split file {root / 'splits.json'} puts identity 900 in two splits: image 0.jpg in 'train' "
+                        "and image 1.jpg in 'test'")
+    args = (root / "captions_hq.json", root / "identity_CelebA.txt", images, root)
+    for bad_files in ("error", "skip"):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", split_file=root / "splits.json",
+                                  bad_files=bad_files)
+    (images / "1.jpg").unlink()  # skipped as a missing file, it no longer put identity 900 into test
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", split_file=root / "splits.json",
+                              bad_files="skip")
+    assert decoded == []
+
+
+def test_celeba_dialog_entry_the_files_say_is_bad_is_found_before_any_image_is_decoded(tmp_path, monkeypatch):
+    """An image without an identity was refused once every image before it was decoded; skipped, its reason
+    still comes in the images' order among those of corrupt images."""
+    root, images = celeba_dialog(tmp_path)
+    identity_file = root / "identity_CelebA.txt"
+    identity_file.write_text(identity_file.read_text().replace("000506.jpg 902\n", ""))  # HQ image 5's row
+    decoded = []
+    check_image = convert_module.check_image
+    monkeypatch.setattr(convert_module, "check_image", lambda path: (decoded.append(path.name), check_image(path)))
+    args = (root / "captions_hq.json", identity_file, images, root)
+    problem = f"image 5.jpg (CelebA 000506.jpg) has no identity in {identity_file}"
+    with pytest.raises(ValueError, match=f"^{re.escape(problem)} \\(pass bad_files='skip'"):
+        convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt")
+    assert decoded == []
+    (images / "2.jpg").write_bytes(b"not an image")
+    records, skipped = convert_celeba_dialog(*args, hq_mapping=root / "mapping.txt", bad_files="skip")
+    assert [r.path for r in records] == [f"CelebA-HQ-img/{i}.jpg" for i in (0, 1, 3, 4)]
+    assert len(skipped) == 2 and "2.jpg is corrupt" in skipped[0] and skipped[1] == problem
+    assert decoded == [f"{i}.jpg" for i in range(5)]  # 5.jpg, refused by the identity file, is never decoded
+
+
+@pytest.mark.parametrize("argument, option", [("captions_json", "--captions"), ("identity_file", "--identity-file"),
+                                              ("images_dir", "--images"), ("hq_mapping", "--hq-mapping"),
+                                              ("split_file", "--split-file")])
+def test_celeba_dialog_empty_file_or_folder_is_refused_naming_it(tmp_path, monkeypatch, capsys, argument, option):
+    """Path("") is ".": an empty --hq-mapping was dropped (every image then "has no identity"), and the others read
+    the current folder ("caption file . is a folder")."""
+    root, images = celeba_dialog(tmp_path)
+    monkeypatch.chdir(root)  # "" taken as "." then reads the dataset's own folder, and nothing may be written there
+    given = {"captions_json": str(root / "captions_hq.json"), "identity_file": str(root / "identity_CelebA.txt"),
+             "images_dir": str(images), "hq_mapping": str(root / "mapping.txt"), argument: ""}
+    message = f"{argument} / {option} is empty: name the "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        convert_celeba_dialog(given["captions_json"], given["identity_file"], given["images_dir"], root,
+                              hq_mapping=given["hq_mapping"], split_file=given.get("split_file"), bad_files="skip")
+    options = {"captions_json": "--captions", "identity_file": "--identity-file", "images_dir": "--images",
+               "hq_mapping": "--hq-mapping", "split_file": "--split-file"}
+    command = ["data", "convert", "celeba-dialog", "--root", str(root), "--skip-bad"]
+    for key, value in given.items():
+        command += [options[key], value]
+    before = sorted(root.rglob("*"))
+    assert main(command) == 2
+    assert f"{option} is empty" in capsys.readouterr().err
+    assert sorted(root.rglob("*")) == before
 
 
 @pytest.mark.parametrize("split_list, content, message", [

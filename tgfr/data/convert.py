@@ -396,17 +396,29 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     split_file: JSON {"train": [image names], "val": [...], "test": [...]} or CSV rows
     "image,split", each image named by its caption file key ("a/0.jpg" for images_dir/a/0.jpg); read,
     as every file, before any image is decoded. An image it does not list, one listed under two splits, or
-    an identity's images under two, is an error.
+    an identity's images under two, is an error, found before any image is decoded; so an image whose file
+    then proves missing or corrupt counts in it, skipped or not (the split file is wrong either way).
     Without it each identity is split train/val/test by `fractions` (seeded_identity_split).
-    A missing image file, a corrupt one (files.check_image), or an entry whose captions are all blank,
-    raises (bad_files="error") or is skipped and reported (bad_files="skip"). An image key repeated in
-    the caption file is an error.
+    An entry whose captions are all blank, or whose image has no mapping row or identity, raises
+    (bad_files="error") or is skipped and reported (bad_files="skip") before any image is decoded; then a
+    missing image file or a corrupt one (files.check_image) likewise. An image key repeated in the caption
+    file is an error. The skip reasons come in the records' order of images, whichever check found them.
+    An empty string for a file or folder is an error naming the argument, not taken as ".".
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
     if split_file is None and (len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0):
         raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                          f"got {fractions}")
+    # Path("") is ".": an unset shell variable read the current folder, and an empty --hq-mapping was dropped.
+    for argument, option, value, name_it in (
+            ("captions_json", "--captions", captions_json, "name the caption file"),
+            ("identity_file", "--identity-file", identity_file, "name the identity file"),
+            ("images_dir", "--images", images_dir, "name the images folder"),
+            ("hq_mapping", "--hq-mapping", hq_mapping, "name the CelebA-HQ mapping file, or leave it out"),
+            ("split_file", "--split-file", split_file, "name the split file, or leave it out")):
+        if isinstance(value, str) and not value:
+            raise ValueError(f"{argument} / {option} is empty: {name_it}")
     captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
     text = read_text_file(captions_json, "caption file", encoding="utf-8-sig")
     try:
@@ -420,40 +432,52 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     if images_folder is None:
         raise ValueError(f"images_dir {images_dir} must lie inside the manifest folder {root}")
     celeba_identity = _read_identity_file(Path(identity_file))
-    mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping else None
+    mapping = _read_hq_mapping(Path(hq_mapping)) if hq_mapping is not None else None
     # Read before any image is decoded (30,000 HQ images: minutes), as the other files are.
     split_table = _read_dialog_split_file(Path(split_file)) if split_file is not None else None
-    # (caption file key, path, identity, captions) of each image kept, its split drawn once all are read
-    images, skipped = [], []
-    for name in sorted(table, key=lambda n: (len(n), n)):
+    names = sorted(table, key=lambda n: (len(n), n))
+    problems: dict[str, str] = {}  # image name -> why it is skipped
+
+    def bad_file(name: str, problem: str) -> None:
+        if bad_files == "error":
+            raise ValueError(f"{problem} (pass bad_files='skip' / --skip-bad to skip such images)")
+        problems[name] = problem
+
+    # First every check the files can answer, so that their faults come before minutes of decoding:
+    # (caption file key, path, identity, captions) of each image that passes them.
+    candidates = []
+    for name in names:
         where = f"{captions_json}: entry {name!r}"
         # The image is images_dir / name, recorded as such: "/x.jpg" or "../x.jpg" would leave the manifest's folder.
         if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in PurePosixPath(name).parts:
             raise ValueError(f"{where}: an image name must be a path inside images_dir {images_dir}")
         captions = _dialog_captions(table[name], where)
         celeba_name = mapping.get(Path(name).stem) if mapping is not None else name
-        image = images_dir / name
-        problem = None
         if not captions:
-            problem = f"{where}: no non-empty caption"
+            bad_file(name, f"{where}: no non-empty caption")
         elif celeba_name is None:
-            problem = f"image {name} has no row in the CelebA-HQ mapping file {hq_mapping}"
+            bad_file(name, f"image {name} has no row in the CelebA-HQ mapping file {hq_mapping}")
         elif celeba_name not in celeba_identity:
-            problem = f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}"
+            bad_file(name, f"image {name} (CelebA {celeba_name}) has no identity in {identity_file}")
         elif split_table is not None and name not in split_table:  # a fault of the split file, not a bad file
             raise ValueError(f"split file {split_file} does not list image {name}")
         else:
-            try:
-                check_image(image)
-            except ValueError as error:
-                problem = str(error)
-        if problem:
-            if bad_files == "error":
-                raise ValueError(f"{problem} (pass bad_files='skip' / --skip-bad to skip such images)")
-            skipped.append(problem)
+            path = (PurePosixPath(images_folder) / name).as_posix()
+            candidates.append((name, path, celeba_identity[celeba_name], tuple(captions)))
+    if split_table is not None:
+        # An identity in two splits, checked here before decoding, so that an image whose file is then missing
+        # or corrupt still counts: the split file is as wrong with it skipped.
+        _dialog_splits([(name, identity) for name, _, identity, _ in candidates], split_file, split_table,
+                       fractions, seed)
+    images = []
+    for candidate in candidates:
+        try:
+            check_image(images_dir / candidate[0])
+        except ValueError as error:
+            bad_file(candidate[0], str(error))
             continue
-        path = (PurePosixPath(images_folder) / name).as_posix()
-        images.append((name, path, celeba_identity[celeba_name], tuple(captions)))
+        images.append(candidate)
+    skipped = [problems[name] for name in names if name in problems]  # in the images' order, as the records
     if not images:
         raise ValueError(f"no images found: every one of the {len(skipped)} image(s) of {captions_json} was "
                          f"skipped, the first because: {skipped[0]}")
