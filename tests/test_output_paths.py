@@ -543,3 +543,12 @@ def test_an_output_file_spelled_empty_or_as_a_folder_is_refused(tmp_path, monkey
     with pytest.raises(ValueError, match="^--out (is empty|manifests/ ends in '/', as a folder does)"):
         output_paths.check_output_file("--out", given)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_spelled_empty_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch):
+    """Path("") is ".": generate_synthetic_dataset(""), or any caller passing an option's string through, wrote into
+    the current folder; a Path(".") given as such still means it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^--out is empty: name the folder to write$"):
+        output_paths.check_output_folder("--out", "")
+    assert output_paths.check_output_folder("--out", Path(".")) == Path(".")

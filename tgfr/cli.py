@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from tgfr.interruptions import interruptions_deferred
 
@@ -37,6 +38,16 @@ def integer_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def non_empty_path(text: str) -> Path:
+    """An argparse type of the subcommands' path options: a path that is not empty, a leading ~ expanded
+    (argparse's error names the option)."""
+    # As a Path, "" is ".": an unset shell variable (`--out "$RUN"`) wrote into, or read, the current folder.
+    if not text:
+        raise argparse.ArgumentTypeError(f"must be a non-empty path, got {text!r}")
+    # The shell expands `--out ~/x` but not `--out=~/x`, which made a folder named `~` in the current one.
+    return Path(os.path.expanduser(text))
 
 
 def build_parser() -> argparse.ArgumentParser:

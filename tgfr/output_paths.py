@@ -43,7 +43,10 @@ def _not_a_folder(setting: str, path: Path, existing: Path) -> ValueError:
 def check_output_folder(setting: str, path: str | Path, writable: bool = False) -> Path:
     """`path` as a folder that exists or can be made: the first of it and its parents that exists
     is a folder (and, with `writable`, one this process may write into). `setting` names the
-    option or key in the error."""
+    option or key in the error. A string `path` must not be empty."""
+    # As a Path, "" is ".": an unset shell variable would have the output written into the current folder.
+    if isinstance(path, str) and not path:
+        raise ValueError(f"{setting} is empty: name the folder to write")
     path = Path(path)
     existing = _first_existing(path)
     if existing is not None and not existing.is_dir():

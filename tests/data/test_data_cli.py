@@ -503,6 +503,38 @@ def test_convert_lists_every_file_left_out_of_a_tree_beside_the_manifest(tmp_pat
     assert printed[-1] == f"  ... and 2 more not used; all 22 are listed in {tmp_path / 'manifest.jsonl.skipped.txt'}"
 
 
+@pytest.mark.parametrize("command", ["convert", "degrade"])
+def test_an_output_whose_list_of_files_left_out_would_not_fit_its_name_is_refused_before_the_work(tmp_path, capsys,
+                                                                                                   command):
+    """<out>.skipped.txt is 12 bytes longer than <out>, and is first written under a name 14 bytes longer still: an
+    --out name that left room for its own temporary name but not for the list's had the manifest written, then the
+    command fail ("File name too long") with none of the skipped files printed."""
+    name = "m" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 14 - len(".jsonl")) + ".jsonl"  # fits, the list does not
+    out = tmp_path / name
+    if command == "convert":  # 21 images without captions, skipped, and one converted
+        for k in range(22):
+            (tmp_path / "images/train/1").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (k, 0, 0)).save(tmp_path / f"images/train/1/1_{k}.png")
+        (tmp_path / "text/1").mkdir(parents=True)
+        (tmp_path / "text/1/1_0.txt").write_text("A face.\n")
+        arguments = ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(out), "--skip-bad"]
+        option = "--out"
+    else:  # 21 corrupt images of 22, skipped
+        write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{k}.png", str(k), "test", ("c",)) for k in range(22)])
+        Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
+        for k in range(1, 22):
+            (tmp_path / f"{k}.png").write_bytes(b"not an image")
+        arguments = ["degrade", "--manifest", str(tmp_path / "m.jsonl"), "--recipe", "down16", "--skip-bad",
+                     "--out-manifest", str(out)]
+        option = "--out-manifest"
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["data", *arguments]) == 2
+    listing = f"{out}.skipped.txt"
+    assert capsys.readouterr().err.startswith(f"tgfr data {command}: error: list of the files left out beside {option} "
+                                              f"{listing}: its name is {len(name) + 12} bytes long")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 IMAGE_WRITE_LIMIT = 1024  # bytes: RLIMIT_FSIZE fails a write past it with EFBIG, as a full disk fails with ENOSPC
 
 
@@ -666,20 +698,29 @@ def test_a_convert_out_ending_in_a_slash_is_refused_not_written_as_a_file_named_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "text"]
 
 
-@pytest.mark.parametrize("command, error", [
-    (["synth", "--out", "s", "--degradation", ""], "recipe must be a non-empty string, got ''"),
-    (["grid", "--out", "g.png", "--manifest", ""], "--manifest is empty: name the manifest file to read"),
-    (["degrade", "--manifest", "", "--recipe", "down24"], "--manifest is empty: name the manifest file to read"),
-    (["protocol", "--manifest", "", "--out", "p.csv"], "--manifest is empty: name the manifest file to read"),
-    (["grid", "--out", "g.png", "--manifest", "m.jsonl", "--split", ""], "split [''] has no records"),
-    (["convert", "mmcelebA", "--root", "tree", "--out", ""], "--out is empty"),
-    (["degrade", "--manifest", "m.jsonl", "--name", ""],
-     "name (--name) must be one plain name (no '/', '\\', '.' or '..'), got ''"),
-    (["degrade", "--manifest", "m.jsonl", "--out-manifest", ""], "out_manifest (--out-manifest) is empty")])
+@pytest.mark.parametrize("command, option", [
+    (["synth", "--out", "s", "--degradation", ""], "--degradation"),
+    (["synth", "--out", ""], "--out"),
+    (["grid", "--out", "g.png", "--manifest", ""], "--manifest"),
+    (["grid", "--out", "", "--manifest", "m.jsonl"], "--out"),
+    (["degrade", "--manifest", "", "--recipe", "down24"], "--manifest"),
+    (["degrade", "--manifest", "m.jsonl", "--recipe", ""], "--recipe"),
+    (["protocol", "--manifest", "", "--out", "p.csv"], "--manifest"),
+    (["protocol", "--manifest", "m.jsonl", "--out", ""], "--out"),
+    (["protocol", "--manifest", "m.jsonl", "--out", "p", "--split", ""], "--split"),
+    (["grid", "--out", "g.png", "--manifest", "m.jsonl", "--split", ""], "--split"),
+    (["convert", "mmcelebA", "--root", "tree", "--out", ""], "--out"),
+    (["convert", "mmcelebA", "--root", ""], "--root"),
+    (["convert", "celeba-dialog", "--root", "tree", "--captions", "", "--identity-file", "i.txt", "--images", "tree"],
+     "--captions"),
+    (["degrade", "--manifest", "m.jsonl", "--name", ""], "--name"),
+    (["degrade", "--manifest", "m.jsonl", "--out-manifest", ""], "--out-manifest")])
 def test_an_option_given_an_empty_value_is_refused_not_taken_as_not_given(tmp_path, monkeypatch, capsys, command,
-                                                                           error):
+                                                                           option):
     """An unset shell variable (`--degradation "$RECIPE"`) ran with the default: the default recipe, synthetic faces
-    instead of the manifest's, the test split, ROOT/manifest.jsonl, <split>_degraded."""
+    instead of the manifest's, the test split, ROOT/manifest.jsonl, <split>_degraded; as a path, "" was the current
+    folder, which synth and protocol wrote into and convert converted. Each is refused in one message naming the
+    option."""
     monkeypatch.chdir(tmp_path)
     write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{s}_{k}.png", str(s), "test", ("c",))
                                           for s in range(2) for k in range(2)])
@@ -689,9 +730,19 @@ def test_an_option_given_an_empty_value_is_refused_not_taken_as_not_given(tmp_pa
     one_image_tree(tmp_path / "tree")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(["data", *command]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"tgfr data {command[0]}: error: ") and error in err
+    assert capsys.readouterr().err == (f"tgfr data {command[0]}: error: {option} is empty (an unset shell "
+                                       "variable?): give it a value\n")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_synth_with_an_empty_out_writes_nothing_into_the_current_folder(tmp_path, monkeypatch, capsys):
+    """`--out "$DATA"` with DATA unset generated the dataset into the current folder, when it was empty."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--out", "", "--identities", "6", "--images-per-identity", "1",
+                 "--no-degraded"]) == 2
+    assert capsys.readouterr().err == ("tgfr data synth: error: --out is empty (an unset shell variable?): give it a "
+                                       "value\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_convert_names_the_image_of_each_pillow_warning_once(tmp_path, capsys):
@@ -708,3 +759,13 @@ def test_convert_names_the_image_of_each_pillow_warning_once(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"tgfr data convert: warning: image file {tmp_path / f'images/train/{i}/{i}_1.jpg'}: Tag data larger than "
         "file. Skipping tag 270" for i in range(3)]
+
+
+def test_a_path_option_given_with_an_equals_sign_and_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch, capsys):
+    """The shell expands `--out ~/g.png` but not `--out=~/g.png`: the picture went into a folder named `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "grid", "--out=~/g.png", "--rows", "1"]) == 0
+    assert (tmp_path / "home" / "g.png").is_file() and not (tmp_path / "~").exists()
+

@@ -680,3 +680,18 @@ def test_evaluation_controls_is_a_boolean_that_set_changes_and_an_older_run_with
     assert evaluate_error("--run", str(run), "--set", "evaluation.controls=yes") == (
         f"tgfr evaluate: error: {path} with --set: evaluation.controls must be of type bool, got 'yes' (str); "
         "TOML writes a boolean as true or false (lower case)")
+
+
+@pytest.mark.parametrize("option", ["--run", "--out", "--manifest"])
+def test_an_empty_path_option_is_a_usage_error_naming_it_before_any_work(run, tmp_path, monkeypatch, capsys, option):
+    """An unset shell variable (`--out "$REPORT"`) was the current folder: the report written into it, or "manifest
+    ... is a folder" naming neither the option nor what was given."""
+    monkeypatch.chdir(run)
+    monkeypatch.setattr(run_module, "evaluate", lambda *arguments, **keywords: pytest.fail("evaluated"))
+    before = sorted(tmp_path.rglob("*"))
+    given = {"--run": str(run), option: ""}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", *(word for pair in given.items() for word in pair)])
+    assert exit_info.value.code == 2
+    assert f"tgfr evaluate: error: argument {option}: must be a non-empty path, got ''" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -106,8 +106,11 @@ def _convert(args: argparse.Namespace) -> int:
     # "." and "DIR".
     if args.out is not None:
         check_output_file("--out", args.out)
+        # Written after the manifest, its longer name failed there (File name too long), with the work done.
+        check_output_file("list of the files left out beside --out", _left_out_list(out))
     elif Path(args.root).is_dir():
         check_output_file("--out's default", out)
+        check_output_file("list of the files left out beside --out's default", _left_out_list(out))
     unused: list[str] = []  # files of the image folders that no record uses (TGFR trees)
     if args.layout in ("mmcelebA", "face2text"):
         # Accepted and passed over, a split file would leave the splits to the tree without a word.
@@ -146,6 +149,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _degrade(args: argparse.Namespace) -> int:
+    if args.out_manifest is not None:  # as in _convert, the manifest named first, then its list's longer name
+        check_output_file("out_manifest (--out-manifest)", args.out_manifest)
+        check_output_file("list of the files left out beside --out-manifest", _left_out_list(Path(args.out_manifest)))
     manifest, skipped = degrade_manifest(args.manifest, split=args.split, recipe=args.recipe, name=args.name,
                                          seed=args.seed, out_manifest=args.out_manifest, workers=args.workers,
                                          bad_images="skip" if args.skip_bad else "error")
@@ -195,9 +201,16 @@ def _grid(args: argparse.Namespace) -> int:
 def _run(handler):
     def run(args: argparse.Namespace) -> int:
         try:
-            # As a path, "" is the current folder: "manifest . is a folder", for an unset shell variable.
-            if getattr(args, "manifest", None) == "":
-                raise ValueError("--manifest is empty: name the manifest file to read")
+            # An unset shell variable: as a path, "" is the current folder (a dataset or protocol written into it,
+            # "manifest . is a folder"); as a name or recipe, an error naming no option, or none at all. Every
+            # option's dest is its flag spelled with "_" for "-".
+            empty = next((dest for dest, value in vars(args).items() if value == ""), None)
+            if empty is not None:
+                raise ValueError(f"--{empty.replace('_', '-')} is empty (an unset shell variable?): give it a value")
+            # The shell expands `--out ~/x` but not `--out=~/x`, which made a folder named `~` in the current one.
+            for dest, value in vars(args).items():
+                if isinstance(value, str) and value.startswith("~"):
+                    setattr(args, dest, os.path.expanduser(value))
             return handler(args)
         # OSError: a file that cannot be written or read (its message names it) is bad input too.
         except (ValueError, OSError) as error:

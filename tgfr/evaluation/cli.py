@@ -4,7 +4,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from tgfr.cli import integer_at_least
+from tgfr.cli import integer_at_least, non_empty_path
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
 from tgfr.input_paths import file_problem
 from tgfr.interruptions import interruptions_deferred
@@ -20,10 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "identification (rank-1, rank-5, CMC) with bootstrap intervals, on the splits of "
                     "evaluation.splits (clean = test, degraded = test_degraded); writes report.md, metrics.json, "
                     "report_info.json, roc_<name>.png, cmc_<name>.png and attention_<name>.png into --out.")
-    parser.add_argument("--run", type=Path, required=True,
+    parser.add_argument("--run", type=non_empty_path, required=True,
                         help="run folder of a finished `tgfr train` (it has model/)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
-    parser.add_argument("--manifest", type=Path, default=None,
+    parser.add_argument("--out", type=non_empty_path, default=None, help="report folder (default: RUN/report)")
+    parser.add_argument("--manifest", type=non_empty_path, default=None,
                         help="evaluate on this manifest instead of the run's data (it needs the splits that "
                              "evaluation.splits names)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -4,7 +4,7 @@ import argparse
 import traceback
 from pathlib import Path
 
-from tgfr.cli import integer_at_least
+from tgfr.cli import integer_at_least, non_empty_path
 from tgfr.data.image_cache import DEFAULT_IMAGE_CACHE_BYTES
 from tgfr.interruptions import interruptions_deferred
 from tgfr.train.config import TrainConfig, load_config, preset_names, read_run_config, to_toml
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override one config value: KEY a dotted key as --print-config shows it, VALUE a "
                              "TOML value (a bare word is a string; one opening with a quote, [ or { must be valid "
                              "TOML), e.g. --set fr.steps=50 (repeatable; refused with --resume)")
-    parser.add_argument("--out", type=Path, default=Path("runs/default"),
+    parser.add_argument("--out", type=non_empty_path, default=Path("runs/default"),
                         help="run folder (default: runs/default); without --resume it must be new or empty")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/last.pt (or, when it stopped before its "
