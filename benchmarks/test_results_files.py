@@ -707,7 +707,7 @@ def test_tgfr_results_in_a_folder_this_process_may_not_write_is_a_usage_error(tm
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode))
     config = types.SimpleNamespace(stash={}, getoption=lambda name: str(folder / "results.json"))
-    with pytest.raises(pytest.UsageError, match=f"^--tgfr-results {re.escape(str(folder))}: "
+    with pytest.raises(pytest.UsageError, match=f"^--tgfr-results {re.escape(str(folder / 'results.json'))}: "
                                                 f"{re.escape(str(folder))} is not writable$"):
         conftest.pytest_configure(config)
 
