@@ -502,6 +502,11 @@ def test_bad_arguments(manifest, monkeypatch):
             IdentityBalancedBatchSampler(labels, 2, 2)
     assert IdentityBalancedBatchSampler(np.array([3, 3, 5, 5]), 2, 2).indices_of == {3: [0, 1], 5: [2, 3]}
     assert IdentityBalancedBatchSampler(torch.tensor([3, 3, 5, 5]), 2, 2).indices_of == {3: [0, 1], 5: [2, 3]}
+    # One label per item as a 0-d tensor or array (a list of dataset[i]["label"]), as before the check.
+    zero_d = [torch.tensor(3), np.array(3), torch.tensor(5), np.int64(5)]
+    assert IdentityBalancedBatchSampler(zero_d, 2, 2).indices_of == {3: [0, 1], 5: [2, 3]}
+    with pytest.raises(ValueError, match="labels must be integers .*got 0.5 at index 1"):
+        IdentityBalancedBatchSampler([torch.tensor(1), torch.tensor(0.5)], 2, 2)
     for name, value in (("flip_p", float("nan")), ("grayscale_p", 1.5), ("flip_p", -0.1)):
         with pytest.raises(ValueError, match=rf"{name} must be a (finite number|probability in \[0, 1\])"):
             TrainTransform(**{name: value})

@@ -147,9 +147,14 @@ def _integer_labels(labels: Sequence[int] | torch.Tensor) -> list[int]:
     """labels as Python ints: a 1-D tensor or sequence of integers (a float's int() truncated 0.2 and 0.7 into one
     identity; a manifest's identity strings gave int()'s error, naming no argument)."""
     values = labels.tolist() if isinstance(labels, (torch.Tensor, np.ndarray)) else list(labels)
+    integers = []
     for index, label in enumerate(values):
+        # One label as a 0-d tensor or array (a list of dataset[i]["label"]) is its item.
+        if isinstance(label, (torch.Tensor, np.ndarray)) and label.ndim == 0:
+            label = label.item()
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
             raise ValueError(f"labels must be integers (identity_labels maps a manifest's identities to them), got "
                              f"{label!r} at index {index}")
-    return [int(label) for label in values]
+        integers.append(int(label))
+    return integers
 
