@@ -695,3 +695,15 @@ def test_an_empty_path_option_is_a_usage_error_naming_it_before_any_work(run, tm
     assert exit_info.value.code == 2
     assert f"tgfr evaluate: error: argument {option}: must be a non-empty path, got ''" in capsys.readouterr().err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("keyword", ["run", "out", "manifest"])
+def test_evaluate_refuses_an_empty_path_given_in_python(run, monkeypatch, keyword):
+    """As a Path, "" is the current folder: evaluate(run, config, out="") wrote the report into it."""
+    from tgfr.evaluation import evaluate
+    from tgfr.train.config import read_run_config
+
+    monkeypatch.setattr(run_module, "embed_split", lambda *arguments, **keywords: pytest.fail("embedded"))
+    given = {"run": run, keyword: ""}
+    with pytest.raises(ValueError, match=f"^{keyword} is empty: name the "):
+        evaluate(given.pop("run"), read_run_config(run), **given)

@@ -26,3 +26,13 @@ def test_an_out_given_with_an_equals_sign_and_a_tilde_is_in_the_home_folder(tmp_
     monkeypatch.setattr(run_module, "train", lambda config, out, **keywords: outs.append(out) or out)
     main(["train", "--preset", "quick", "--out=~/run", "--stop-after", "1"])
     assert outs == [tmp_path / "home" / "run"]
+
+
+def test_train_refuses_an_empty_out_given_in_python(tmp_path, monkeypatch):
+    """As a Path, "" is the current folder: train(config, "") trained the run into it."""
+    from tgfr.train.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^out is empty: name the run folder$"):
+        run_module.train(load_config("quick"), "")
+    assert list(tmp_path.iterdir()) == []

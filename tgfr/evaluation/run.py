@@ -204,6 +204,9 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     # config.evaluation.max_rank = 0), which failed only once the first split was embedded, naming no setting.
     config.evaluation.check()
     config.evaluation.check_report_names_fit()
+    for name, value in (("run", run), ("out", out), ("manifest", manifest)):
+        if isinstance(value, str) and not value:  # as a Path, "" is ".", the current folder
+            raise ValueError(f"{name} is empty: name the {'report folder' if name == 'out' else name}")
     run = Path(run)
     _check_trained(run, config)
     out = Path(out) if out is not None else run / "report"

@@ -495,6 +495,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     results do not depend on it, only the time spent reading images.
     config.threads > 0 sets torch's CPU threads for the call; the caller's count is restored on return.
     """
+    if isinstance(out, str) and not out:  # as a Path, "" is ".": the run would be trained into the current folder
+        raise ValueError("out is empty: name the run folder")
     out = Path(out)
     config.check()
     # A count of steps: nan passed `< 1` and then never stopped the loop (the whole run trained), and a bool or
