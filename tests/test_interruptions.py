@@ -143,17 +143,33 @@ def test_pool_workers_leave_ctrl_c_and_sigterm_to_the_parent():
         assert pool.map(signal.getsignal, [signal.SIGINT, signal.SIGTERM]) == [signal.SIG_IGN, signal.SIG_IGN]
 
 
-@pytest.mark.parametrize("rank, lines", [(None, 1), ("0", 1), ("1", 0)])
-def test_under_torchrun_rank_0_alone_prints_the_interrupted_line(tmp_path, monkeypatch, capsys, rank, lines):
+@pytest.mark.parametrize("rank, world_size, lines", [(None, None, 1), ("0", "2", 1), ("00", "2", 1), ("1", "2", 0),
+                                                    ("1", None, 1), ("1", "1", 1)])
+def test_under_torchrun_rank_0_alone_prints_the_interrupted_line(tmp_path, monkeypatch, capsys, rank, world_size,
+                                                                 lines):
     """torchrun forwards Ctrl-C to every rank: each printed the line, where rank 0 alone speaks for the job, as it
-    does for an error."""
+    does for an error; a RANK without a WORLD_SIZE of several (a job's leftover) silences nothing."""
     def interrupted(*arguments, **keywords):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_run, "train", interrupted)
-    if rank is None:
-        monkeypatch.delenv("RANK", raising=False)
-    else:
-        monkeypatch.setenv("RANK", rank)
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world_size)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     assert main(["train", "--preset", "quick", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err.count("tgfr train: interrupted (SIGINT)") == lines
+
+
+def test_a_rank_in_the_environment_does_not_silence_the_interruption_of_another_command(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Only tgfr train runs distributed: RANK=1 left in a job's environment silenced tgfr data's line."""
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_cli, "generate_synthetic_dataset", interrupted)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--identities", "10"]) == 130
+    assert capsys.readouterr().err == "tgfr data synth: interrupted (SIGINT)\n"

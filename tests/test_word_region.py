@@ -537,12 +537,12 @@ def test_cuda_block_bytes_grow_as_the_kernel_layout_does():
 
 
 def test_an_older_torch_without_the_opt_in_limit_takes_the_default_one(monkeypatch):
-    """torch 2.4 to 2.6 (which pyproject.toml admits) have no shared_memory_per_block_optin: reading it raised
-    AttributeError at every CUDA word_region_attention call. The default limit per block (48 KB) stands in."""
+    """torch 2.4 to 2.6 (which pyproject.toml admits) report no shared memory limits (both came in 2.7): reading
+    one raised AttributeError at every CUDA word_region_attention call. CUDA's default limit per block (48 KB)
+    stands in."""
     from tgfr.ops import backends
 
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda index: type("Props", (), {"shared_memory_per_block": 49_152}))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: type("Props", (), {"name": "old"}))
     assert backends._shared_memory_per_block(0) == 49_152
     monkeypatch.setattr(backends, "_CUDA_KERNELS_BUILT", True)
     monkeypatch.setattr(backends, "_TRITON_INSTALLED", False)

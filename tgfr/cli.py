@@ -50,6 +50,18 @@ def non_empty_path(text: str) -> Path:
     return Path(os.path.expanduser(text))
 
 
+def _speaks_for_the_job(args: argparse.Namespace | None) -> bool:
+    """Whether this process prints an interruption's line: under torchrun the interruption reaches every rank of
+    `tgfr train`, and rank 0 says it for the job, as it does an error; other commands never run distributed,
+    whatever RANK a job's environment holds."""
+    if args is None or args.command != "train":
+        return True
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+    except ValueError:  # a stray value, which training names as an error of its own
+        return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgfr", description="Text-guided face recognition.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             name = " " + " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
             hint = _train_hint(args) if args.command == "train" else ""
-        # Under torchrun the interruption reaches every rank: rank 0 says it for the job, as it does an error.
-        if os.environ.get("RANK", "0").strip() in ("", "0"):
+        if _speaks_for_the_job(args):
             print(f"tgfr{name}: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
         return 128 + signum
     finally:

@@ -503,7 +503,7 @@ def test_convert_lists_every_file_left_out_of_a_tree_beside_the_manifest(tmp_pat
     assert printed[-1] == f"  ... and 2 more not used; all 22 are listed in {tmp_path / 'manifest.jsonl.skipped.txt'}"
 
 
-@pytest.mark.parametrize("command", ["convert", "degrade"])
+@pytest.mark.parametrize("command", ["convert", "degrade", "degrade by default"])
 def test_an_output_whose_list_of_files_left_out_would_not_fit_its_name_is_refused_before_the_work(tmp_path, capsys,
                                                                                                    command):
     """<out>.skipped.txt is 12 bytes longer than <out>, and is first written under a name 14 bytes longer still: an
@@ -520,18 +520,24 @@ def test_an_output_whose_list_of_files_left_out_would_not_fit_its_name_is_refuse
         arguments = ["convert", "mmcelebA", "--root", str(tmp_path), "--out", str(out), "--skip-bad"]
         option = "--out"
     else:  # 21 corrupt images of 22, skipped
-        write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{k}.png", str(k), "test", ("c",)) for k in range(22)])
+        # By default the output is <stem>_test_degraded.jsonl: a stem that leaves it the length of `name`.
+        source = tmp_path / ("m.jsonl" if command == "degrade" else name[:-len("_test_degraded.jsonl")] + ".jsonl")
+        write_manifest(source, [ManifestRecord(f"{k}.png", str(k), "test", ("c",)) for k in range(22)])
         Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
         for k in range(1, 22):
             (tmp_path / f"{k}.png").write_bytes(b"not an image")
-        arguments = ["degrade", "--manifest", str(tmp_path / "m.jsonl"), "--recipe", "down16", "--skip-bad",
-                     "--out-manifest", str(out)]
-        option = "--out-manifest"
+        arguments = ["degrade", "--manifest", str(source), "--recipe", "down16", "--skip-bad"]
+        if command == "degrade":
+            arguments += ["--out-manifest", str(out)]
+            option = "--out-manifest"
+        else:
+            out, option = source.with_name(f"{source.stem}_test_degraded.jsonl"), "--out-manifest's default"
+            assert len(out.name) == len(name)
     before = sorted(tmp_path.rglob("*"))
     assert main(["data", *arguments]) == 2
     listing = f"{out}.skipped.txt"
-    assert capsys.readouterr().err.startswith(f"tgfr data {command}: error: list of the files left out beside {option} "
-                                              f"{listing}: its name is {len(name) + 12} bytes long")
+    assert capsys.readouterr().err.startswith(f"tgfr data {command.split()[0]}: error: list of the files left out "
+                                              f"beside {option} {listing}: its name is {len(name) + 12} bytes long")
     assert sorted(tmp_path.rglob("*")) == before
 
 
@@ -768,4 +774,14 @@ def test_a_path_option_given_with_an_equals_sign_and_a_tilde_is_in_the_home_fold
     monkeypatch.chdir(tmp_path)
     assert main(["data", "grid", "--out=~/g.png", "--rows", "1"]) == 0
     assert (tmp_path / "home" / "g.png").is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_tilde_in_an_option_that_names_no_path_is_kept(tmp_path, monkeypatch):
+    """Only path options expand a leading ~: --split '~' (a split of that name) became the home folder's path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_manifest(tmp_path / "m.jsonl", [ManifestRecord(f"{s}_{k}.png", str(s), "~", ("c",))
+                                          for s in range(3) for k in range(2)])
+    assert main(["data", "protocol", "--manifest", str(tmp_path / "m.jsonl"), "--split", "~", "--out",
+                 str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "~_pairs.csv").is_file()
 

@@ -323,6 +323,21 @@ def test_a_local_rank_past_the_machine_s_gpus_is_named(monkeypatch):
         run_module._init_distributed(load_config("quick", ['device="cuda"']))
 
 
+def test_more_processes_per_machine_than_gpus_are_refused_by_every_rank_before_the_process_group(monkeypatch):
+    """torchrun --nproc_per_node 2 on one GPU: only rank 1 met its LOCAL_RANK, after init_process_group, and rank 0
+    died in its next collective with gloo's "Connection closed by peer", the only line the user saw."""
+    monkeypatch.setattr(run_module.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(run_module.dist, "init_process_group", lambda *arguments: pytest.fail("process group"))
+    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run_module.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=re.escape("LOCAL_WORLD_SIZE=2, but this machine has 1 CUDA device(s)")):
+        run_module._init_distributed(load_config("quick", ['device="cuda"']))
+
+
 def relay_worker(rank, store_file):
     import torch.distributed as dist
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tgfr.cli import integer_at_least
 from tgfr.data.convert import convert_celeba_dialog, convert_tgfr_tree
-from tgfr.data.degrade import check_plain_name, degrade_manifest
+from tgfr.data.degrade import check_plain_name, default_out_manifest, degrade_manifest
 from tgfr.data.grid import manifest_rows, render_grid, synthetic_rows
 from tgfr.data.manifest import ManifestRecord, read_manifest, write_manifest
 from tgfr.data.protocol import (check_pairs_writable, make_identification_split, make_verification_pairs,
@@ -152,6 +152,13 @@ def _degrade(args: argparse.Namespace) -> int:
     if args.out_manifest is not None:  # as in _convert, the manifest named first, then its list's longer name
         check_output_file("out_manifest (--out-manifest)", args.out_manifest)
         check_output_file("list of the files left out beside --out-manifest", _left_out_list(Path(args.out_manifest)))
+    else:
+        try:
+            default = default_out_manifest(args.manifest, f"{args.split}_degraded" if args.name is None else args.name)
+        except ValueError:  # no plain name ("a/b"): degrade_manifest refuses it, naming --name or --split
+            default = None
+        if default is not None:
+            check_output_file("list of the files left out beside --out-manifest's default", _left_out_list(default))
     manifest, skipped = degrade_manifest(args.manifest, split=args.split, recipe=args.recipe, name=args.name,
                                          seed=args.seed, out_manifest=args.out_manifest, workers=args.workers,
                                          bad_images="skip" if args.skip_bad else "error")
@@ -198,6 +205,11 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+# The options of the subcommands that name files or folders (argparse dests).
+_PATH_OPTIONS = ("out", "root", "manifest", "out_manifest", "captions", "identity_file", "images", "hq_mapping",
+                 "split_file")
+
+
 def _run(handler):
     def run(args: argparse.Namespace) -> int:
         try:
@@ -208,8 +220,8 @@ def _run(handler):
             if empty is not None:
                 raise ValueError(f"--{empty.replace('_', '-')} is empty (an unset shell variable?): give it a value")
             # The shell expands `--out ~/x` but not `--out=~/x`, which made a folder named `~` in the current one.
-            for dest, value in vars(args).items():
-                if isinstance(value, str) and value.startswith("~"):
+            for dest in _PATH_OPTIONS:
+                if isinstance(value := getattr(args, dest, None), str) and value.startswith("~"):
                     setattr(args, dest, os.path.expanduser(value))
             return handler(args)
         # OSError: a file that cannot be written or read (its message names it) is bad input too.

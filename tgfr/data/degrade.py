@@ -408,6 +408,13 @@ def _check_folder_holds_only(folder: Path, name: str, out_manifest: Path,
                          "choose another name (--name), or remove them")
 
 
+def default_out_manifest(manifest: str | Path, name: str) -> Path:
+    """Where degrade_manifest writes the manifest of the copy `name` of `manifest` by default: <stem>_<name>.jsonl
+    beside it."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}_{name}.jsonl")
+
+
 def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "celeba", name: str | None = None,
                      seed: int = 0, out_manifest: str | Path | None = None, workers: int = 1,
                      bad_images: str = "error") -> tuple[Path, list[str]]:
@@ -449,8 +456,8 @@ def degrade_manifest(manifest: str | Path, split: str = "test", recipe: str = "c
                              f"split {split!r}; choose another name (--name)")
         # Checked as given, before any image (else found out after every one): "" and "DIR/" are refused, not
         # read as "." and "DIR".
-        out_manifest = check_output_file("out_manifest (--out-manifest)", manifest.with_name(
-            f"{manifest.stem}_{name}.jsonl") if out_manifest is None else out_manifest)
+        out_manifest = check_output_file("out_manifest (--out-manifest)", default_out_manifest(manifest, name)
+                                         if out_manifest is None else out_manifest)
         if out_manifest.resolve().parent != manifest.resolve().parent:
             raise ValueError(f"out_manifest {out_manifest} must be in the input manifest's folder "
                              f"{manifest.parent} so that image paths stay relative to it")

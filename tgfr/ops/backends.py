@@ -41,6 +41,8 @@ _TRITON_MAX_DIM = 512
 _CUDA_TILE = 16
 _CUDA_CHUNK = 16
 _CUDA_ALIGN = 128
+# The dynamic shared memory any block may use without opting in (CUDA's default limit, sm_80 and sm_90 alike).
+_DEFAULT_SHARED_MEMORY_PER_BLOCK = 48 * 1024
 
 
 def _triton_usable() -> bool:
@@ -96,10 +98,11 @@ def cuda_kernel_fits(num_words: int, num_regions: int, dim: int, dtype: torch.dt
 @torch.compiler.assume_constant_result
 def _shared_memory_per_block(device_index: int | None) -> int:
     """The opt-in limit of dynamic shared memory per block of a CUDA device (a constant to torch.compile); torch
-    before 2.7 does not report it, and then the default limit, which every block may use, stands in for it."""
+    before 2.7 reports neither it nor the default limit, and then that default, 48 KB on every GPU the kernels
+    are built for, stands in for it."""
     properties = torch.cuda.get_device_properties(device_index)
     opt_in = getattr(properties, "shared_memory_per_block_optin", None)
-    return properties.shared_memory_per_block if opt_in is None else opt_in
+    return _DEFAULT_SHARED_MEMORY_PER_BLOCK if opt_in is None else opt_in
 
 
 def _round_up(value: int, multiple: int) -> int:

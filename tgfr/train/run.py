@@ -328,6 +328,12 @@ def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
                              f"initialized has {world_size} process(es)")
     else:
         world_size = launch_variable("WORLD_SIZE", 1, minimum=1)
+        # Every rank, before the process group: the rank past the GPUs alone would raise below, and rank 0 would
+        # then meet only a broken connection, which does not say why.
+        if cuda and launch_variable("LOCAL_WORLD_SIZE", 1, minimum=1) > torch.cuda.device_count():
+            raise ValueError(f"LOCAL_WORLD_SIZE={os.environ['LOCAL_WORLD_SIZE']}, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes per "
+                             f"machine (torchrun --nproc_per_node), or train on the CPU (device = \"cpu\")")
         if world_size > 1:
             dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0
