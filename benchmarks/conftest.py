@@ -118,10 +118,13 @@ def pytest_configure(config):
     config.stash[_RECORDS] = []
     config.stash[_FAILED] = set()
     path = config.getoption("--tgfr-results")
-    if path:
+    # `is not None`: an empty value (an unset shell variable) is refused below, not taken as no results file.
+    if path is not None:
         machine = recording.machine_description()
         if path == "auto":
             path = recording.RESULTS_DIR / f"{machine['kind']}.json"
+        else:  # the shell leaves `--tgfr-results=~/x.json` as typed
+            path = os.path.expanduser(path)
         # Checked before the benchmarks run (hours in full mode) rather than when their cases are merged.
         try:
             check_output_file("--tgfr-results", path)
@@ -160,9 +163,10 @@ def pytest_sessionfinish(session):
     try:
         recording.write_results(path, machine, run, cases)
         message = f"tgfr: {len(cases)} benchmark cases merged into {path}"
-    except OSError as error:
-        # The file became unwritable during the run (a full disk, a folder made in its place): the run's
-        # measurements, hours of them in full mode, are kept in a results file of their own.
+    except (OSError, ValueError) as error:
+        # The file became unwritable during the run (a full disk, a folder made in its place) or unreadable as
+        # results (conflict markers of a `git pull`): the run's measurements, hours of them in full mode, are kept
+        # in a results file of their own.
         fallback = Path(tempfile.mkdtemp(prefix="tgfr-results-")) / path.name
         recording.write_results(fallback, machine, run, cases)
         message = f"tgfr: could not write {path} ({error}); this run's {len(cases)} benchmark cases are in {fallback}"

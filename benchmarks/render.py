@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.recording import RESULTS_DIR, RESULTS_PAGE, check_contents
+from tgfr.cli import non_empty_path
 from tgfr.output_paths import write_atomically
 from tgfr.text_formats import parse_json
 
@@ -500,8 +501,10 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PAGE) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--output", type=Path, default=RESULTS_PAGE)
+    # non_empty_path: as a Path, "" is the current folder, where no results file lies, and the page of no results
+    # then replaced RESULTS.md.
+    parser.add_argument("--results-dir", type=non_empty_path, default=RESULTS_DIR)
+    parser.add_argument("--output", type=non_empty_path, default=RESULTS_PAGE)
     arguments = parser.parse_args(argv)
     render(arguments.results_dir, arguments.output)
     print(f"wrote {arguments.output}")

@@ -1000,3 +1000,46 @@ def test_a_render_that_fails_leaves_the_page_and_every_plot_as_they_were(tmp_pat
         render.render(tmp_path, tmp_path / "RESULTS.md")
     assert (tmp_path / "a.png").read_bytes() == b"earlier plot"
     assert (tmp_path / "RESULTS.md").read_text() == "earlier page\n"
+
+
+def test_a_results_file_that_stops_being_results_during_the_run_keeps_the_cases_in_a_file_it_names(tmp_path):
+    """Conflict markers of a `git pull` during the run made the merge fail to read the file (a ValueError): the
+    run ended in a traceback and its cases were lost."""
+    results = tmp_path / "results.json"
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    pytest_run = _pytest_one_benchmark_with_tgfr_results(
+        tmp_path, results, after=f"open({str(results)!r}, 'w').write('<<<<<<< HEAD')",
+        environment={"TMPDIR": str(temporary)})
+    output = pytest_run.stdout + pytest_run.stderr
+    assert pytest_run.returncode == pytest.ExitCode.INTERNAL_ERROR, output
+    (fallback,) = temporary.glob("tgfr-results-*/results.json")
+    assert f"this run's 1 benchmark cases are in {fallback}" in output and "Traceback" not in output, output
+    assert list(json.loads(fallback.read_text())["cases"]) == ["quick::test_cases.py::test_passes"]
+
+
+def test_an_empty_tgfr_results_is_a_usage_error_and_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """--tgfr-results "" (an unset shell variable) recorded nothing, without a word; the shell leaves
+    --tgfr-results=~/x.json as typed, and the file went into a folder named ~."""
+    from benchmarks import conftest
+
+    config = types.SimpleNamespace(stash={}, getoption=lambda name: "")
+    with pytest.raises(pytest.UsageError, match="^--tgfr-results is empty: name the file to write$"):
+        conftest.pytest_configure(config)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = types.SimpleNamespace(stash={}, getoption=lambda name: "~/x.json")
+    conftest.pytest_configure(config)
+    assert config.stash[conftest._RESULTS_FILE][0] == tmp_path / "x.json"
+
+
+@pytest.mark.parametrize("option", ["--results-dir", "--output"])
+def test_render_refuses_an_empty_path(tmp_path, monkeypatch, capsys, option):
+    """As a Path, "" is the current folder: --results-dir "" found no results there and replaced RESULTS.md with a
+    page of none; --output "" failed with IsADirectoryError after writing the plots."""
+    monkeypatch.chdir(tmp_path)
+    # The other option names tmp_path too: without the check, the real RESULTS.md would be the page replaced.
+    other = {"--results-dir": ["--output", str(tmp_path / "RESULTS.md")], "--output": ["--results-dir", str(tmp_path)]}
+    with pytest.raises(SystemExit) as exit_info:
+        render.main([option, "", *other[option]])
+    assert exit_info.value.code == 2 and f"argument {option}: must be a non-empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -32,6 +32,7 @@ import torch
 from benchmarks import recording
 from benchmarks.tune_word_region_triton import GAMMA1, GAMMA2, KINDS, candidate_configs
 from benchmarks.word_region_steps import DIM, NUM_REGIONS, NUM_WORDS
+from tgfr.output_paths import write_atomically
 
 SIZE = 1024  # N = M of the benchmark shape, whose sizes and strides the launches specialize on
 
@@ -198,17 +199,21 @@ def main() -> None:
         "dtype": "bfloat16", "N": SIZE, "M": SIZE, "T": NUM_WORDS, "R": NUM_REGIONS, "D": DIM,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w") as out:
-        for kind in KINDS:
-            shipped = candidate_configs(kind, "shipped")
-            configs = candidate_configs(kind, args.configs)
-            configs += [config for config in shipped if config not in configs]  # shipped variants outside the grid
-            for config in configs:
-                for kernel in KERNELS[kind]:
-                    row = {**environment, "kind": kind, "kernel": kernel, **config, "shipped": config in shipped,
-                           **compile_report(kernel, config, args.arch)}
-                    out.write(json.dumps(row) + "\n")
-                    print(json.dumps({k: v for k, v in row.items() if k not in environment}), flush=True)
+    rows = []
+    for kind in KINDS:
+        shipped = candidate_configs(kind, "shipped")
+        configs = candidate_configs(kind, args.configs)
+        configs += [config for config in shipped if config not in configs]  # shipped variants outside the grid
+        for config in configs:
+            for kernel in KERNELS[kind]:
+                row = {**environment, "kind": kind, "kernel": kernel, **config, "shipped": config in shipped,
+                       **compile_report(kernel, config, args.arch)}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k not in environment}), flush=True)
+    # Written once every config compiled: opened at the start, the tracked file was left cut short by a config
+    # that failed to compile, or a Ctrl-C.
+    with write_atomically(args.out, "--out") as out:
+        out.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 if __name__ == "__main__":
