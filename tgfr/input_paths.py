@@ -12,6 +12,13 @@ import stat
 from pathlib import Path
 
 
+def refuse_empty_path(what: str, path: object, remedy: str) -> None:
+    """ValueError "<what> is empty: <remedy>" for a path given as "": as a Path, "" is ".", so an unset shell
+    variable (`--out "$RUN"`) would have the current folder read or written."""
+    if isinstance(path, str) and not path:
+        raise ValueError(f"{what} is empty: {remedy}")
+
+
 def is_broken_link(path: Path) -> bool:
     """Whether `path` is a symbolic link that does not resolve (its target is missing, or links loop)."""
     return os.path.islink(path) and not os.path.exists(path)

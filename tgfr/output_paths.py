@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
-from tgfr.input_paths import is_broken_link
+from tgfr.input_paths import is_broken_link, refuse_empty_path
 
 _Made = TypeVar("_Made")
 
@@ -44,9 +44,7 @@ def check_output_folder(setting: str, path: str | Path, writable: bool = False) 
     """`path` as a folder that exists or can be made: the first of it and its parents that exists
     is a folder (and, with `writable`, one this process may write into). `setting` names the
     option or key in the error. A string `path` must not be empty."""
-    # As a Path, "" is ".": an unset shell variable would have the output written into the current folder.
-    if isinstance(path, str) and not path:
-        raise ValueError(f"{setting} is empty: name the folder to write")
+    refuse_empty_path(setting, path, "name the folder to write")
     path = Path(path)
     existing = _first_existing(path)
     if existing is not None and not existing.is_dir():
@@ -62,10 +60,8 @@ def check_output_file(setting: str, path: str | Path) -> Path:
     the folder the file goes in (or the first of its parents that exists) is one this process may write
     into, and its name leaves room for write_atomically's temporary name. A string `path` must not be
     empty nor end in a separator (a folder's spelling)."""
-    # As a Path, "" is "." (refused as "a folder": a riddle for an unset shell variable) and "out/" is "out",
-    # which would be written as a file where a folder was meant.
-    if isinstance(path, str) and not path:
-        raise ValueError(f"{setting} is empty: name the file to write")
+    # As a Path, "out/" is "out", which would be written as a file where a folder was meant.
+    refuse_empty_path(setting, path, "name the file to write")
     if isinstance(path, str) and path.endswith(("/", os.sep)):
         raise ValueError(f"{setting} {path} ends in {path[-1]!r}, as a folder does: name the file itself")
     path = Path(path)

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from tgfr.data.files import check_image, read_caption_file, read_text_file, text_lines
 from tgfr.data.manifest import ManifestRecord
-from tgfr.input_paths import file_problem, is_broken_link
+from tgfr.input_paths import file_problem, is_broken_link, refuse_empty_path
 from tgfr.text_formats import check_caption_utf8, parse_json, read_csv_lines
 
 # Formats that Pillow's wheels decode, matched in any letter case; when files of one stem have
@@ -410,15 +410,14 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     if split_file is None and (len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0):
         raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                          f"got {fractions}")
-    # Path("") is ".": an unset shell variable read the current folder, and an empty --hq-mapping was dropped.
+    # An empty --hq-mapping was also dropped, as no mapping.
     for argument, option, value, name_it in (
             ("captions_json", "--captions", captions_json, "name the caption file"),
             ("identity_file", "--identity-file", identity_file, "name the identity file"),
             ("images_dir", "--images", images_dir, "name the images folder"),
             ("hq_mapping", "--hq-mapping", hq_mapping, "name the CelebA-HQ mapping file, or leave it out"),
             ("split_file", "--split-file", split_file, "name the split file, or leave it out")):
-        if isinstance(value, str) and not value:
-            raise ValueError(f"{argument} / {option} is empty: {name_it}")
+        refuse_empty_path(f"{argument} / {option}", value, name_it)
     captions_json, images_dir, root = Path(captions_json), Path(images_dir), Path(root)
     text = read_text_file(captions_json, "caption file", encoding="utf-8-sig")
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tgfr.data.files import read_text_file, text_lines
+from tgfr.input_paths import refuse_empty_path
 from tgfr.text_formats import check_caption_utf8, parse_json, read_csv_rows
 from tgfr.output_paths import write_atomically
 
@@ -144,8 +145,7 @@ def _repeated_path(records: Sequence[ManifestRecord], folder: Path) -> tuple[int
 
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
     """Reads a .jsonl or .csv manifest; schema errors and repeated paths name the file and line number."""
-    if isinstance(path, str) and not path:  # as a Path, "" is ".": "manifest . is a folder", for an unset variable
-        raise ValueError("manifest is empty: name the manifest file to read")
+    refuse_empty_path("manifest", path, "name the manifest file to read")  # not "manifest . is a folder"
     path = Path(path)
     # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would otherwise
     # become part of the first column's name ("\ufeffpath").

@@ -25,7 +25,7 @@ from tgfr.text_formats import parse_json
 from tgfr.models import load_tgfr_model
 from tgfr.ops import word_region_attention
 from tgfr.folder_lock import folder_lock
-from tgfr.input_paths import file_problem
+from tgfr.input_paths import file_problem, refuse_empty_path
 from tgfr.output_paths import STAGING, check_output_file, check_output_folder, replace_entries_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import resolve_manifest
@@ -205,8 +205,7 @@ def evaluate(run: str | Path, config: TrainConfig, out: str | Path | None = None
     config.evaluation.check()
     config.evaluation.check_report_names_fit()
     for name, value in (("run", run), ("out", out), ("manifest", manifest)):
-        if isinstance(value, str) and not value:  # as a Path, "" is ".", the current folder
-            raise ValueError(f"{name} is empty: name the {'report folder' if name == 'out' else name}")
+        refuse_empty_path(name, value, f"name the {'report folder' if name == 'out' else name}")
     run = Path(run)
     _check_trained(run, config)
     out = Path(out) if out is not None else run / "report"

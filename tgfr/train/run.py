@@ -46,7 +46,7 @@ from tgfr.text_formats import check_utf8, parse_json
 from tgfr.models import IResNetConfig, TGFRConfig, TGFRModel, load_weights_file, save_tgfr_model
 from tgfr.models.checkpoint import check_weight_kinds, dtype_kind
 from tgfr.folder_lock import folder_lock
-from tgfr.input_paths import file_problem
+from tgfr.input_paths import file_problem, refuse_empty_path
 from tgfr.output_paths import check_output_folder, remove_temporaries, temporary_name, write_atomically
 from tgfr.provenance import environment
 from tgfr.train.batches import StepBatches, resolve_manifest
@@ -501,8 +501,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, stop_after
     results do not depend on it, only the time spent reading images.
     config.threads > 0 sets torch's CPU threads for the call; the caller's count is restored on return.
     """
-    if isinstance(out, str) and not out:  # as a Path, "" is ".": the run would be trained into the current folder
-        raise ValueError("out is empty: name the run folder")
+    refuse_empty_path("out", out, "name the run folder")
     out = Path(out)
     config.check()
     # A count of steps: nan passed `< 1` and then never stopped the loop (the whole run trained), and a bool or
