@@ -34,6 +34,7 @@ from tgfr.output_paths import check_output_file, check_output_folder
 FULL = os.environ.get("TGFR_BENCH_FULL") == "1"
 MODE = "full" if FULL else "quick"
 _RECORDS = pytest.StashKey[list]()
+_PASSED = pytest.StashKey[set]()  # node ids of the tests whose call passed
 _FAILED = pytest.StashKey[set]()  # node ids of the tests that failed in any phase
 _RESULTS_FILE = pytest.StashKey[tuple]()  # (path, machine description, CpuContention) of --tgfr-results
 
@@ -116,6 +117,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.stash[_RECORDS] = []
+    config.stash[_PASSED] = set()
     config.stash[_FAILED] = set()
     path = config.getoption("--tgfr-results")
     # `is not None`: an empty value (an unset shell variable) is refused below, not taken as no results file.
@@ -141,7 +143,10 @@ def pytest_configure(config):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    if outcome.get_result().failed:
+    report = outcome.get_result()
+    if report.when == "call" and report.passed:
+        item.config.stash[_PASSED].add(item.nodeid)
+    if report.failed:
         item.config.stash[_FAILED].add(item.nodeid)
 
 
@@ -151,12 +156,13 @@ def pytest_sessionfinish(session):
     path, machine, contention, started = session.config.stash[_RESULTS_FILE]
     # pytest-benchmark keeps the finished benchmarks of the session on its BenchmarkSession.
     benchmark_session = getattr(session.config, "_benchmarksession", None)
-    failed = session.config.stash[_FAILED]
-    # A benchmark whose function raised has partial or no timings (no statistics to compute).
+    # Only tests whose call passed (and whose teardown did not fail): a benchmark whose function raised, or
+    # one stopped by Ctrl-C (no report of its call at all), has partial or no timings.
+    complete = session.config.stash[_PASSED] - session.config.stash[_FAILED]
     timed = [recording.benchmark_case(metadata.as_dict(include_data=False))
              for metadata in getattr(benchmark_session, "benchmarks", [])
-             if not metadata.has_error and metadata.fullname not in failed]
-    cases = timed + [record for record in session.config.stash[_RECORDS] if record["fullname"] not in failed]
+             if not metadata.has_error and metadata.fullname in complete]
+    cases = timed + [record for record in session.config.stash[_RECORDS] if record["fullname"] in complete]
     if not cases:
         return
     run = recording.finished_run(started, MODE, contention)

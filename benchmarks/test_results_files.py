@@ -589,6 +589,37 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
 
 
+@pytest.mark.parametrize("interrupted_at", ["warm-up", "timing"])
+def test_a_benchmark_stopped_by_ctrl_c_is_not_merged_and_the_finished_ones_are(tmp_path, interrupted_at):
+    """Ctrl-C raises KeyboardInterrupt inside the timed function: pytest reports no call for that test, and
+    its partial timings (rounds so far, or none in its warm-up) are not a case."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    first_interrupted_call = {"warm-up": 1, "timing": 3}[interrupted_at]
+    (tmp_path / "test_cases.py").write_text(textwrap.dedent(f"""
+        def test_finished(benchmark):
+            benchmark.pedantic(lambda: 1.0, rounds=1, iterations=1)
+
+        def test_stopped(benchmark):
+            calls = []
+            def step():
+                calls.append(1)
+                if len(calls) >= {first_interrupted_call}:
+                    raise KeyboardInterrupt
+            benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    """))
+    results = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
+         "--tgfr-results", str(results)],
+        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+        env={name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
+    )
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, run.stdout + run.stderr
+    cases = json.loads(results.read_text())["cases"]
+    assert sorted(cases) == ["quick::test_cases.py::test_finished"], sorted(cases)
+
+
 def _pytest_one_benchmark_with_tgfr_results(tmp_path: Path, results: Path | str, package_root: Path = _ROOT,
                                             after: str = "", environment: dict | None = None
                                             ) -> subprocess.CompletedProcess:
