@@ -557,34 +557,63 @@ def test_image_cache_mib_below_0_or_not_an_integer_is_a_usage_error(run, capsys,
 
 
 def captions_of_the_next_identity(labels, captions, paths):
-    """The control's rule, image by image: the j-th image (by path) of label i takes the caption of the (j mod n)-th
-    image (by path) of label (i + 1) mod K, n that label's image count (labels 0..K-1; paths that sort as strings
-    as tgfr.data.protocol.path_order sorts them)."""
+    """The control's rule, image by image: the j-th image (by path) of label i takes the (j mod P)-th caption of label
+    (i + 1) mod K's pool, which lists that label's images' first captions by path, then their second captions,
+    and so on (P captions; labels 0..K-1; paths that sort as strings as tgfr.data.protocol.path_order sorts them;
+    captions: each image's tuple of captions)."""
     count = int(max(labels)) + 1
     rotated = []
     for path, label in zip(paths, labels):
         j = sum(1 for other_path, other in zip(paths, labels) if other == label and other_path < path)
-        donors = sorted((other_path, m) for m, (other_path, other) in enumerate(zip(paths, labels))
-                        if other == (label + 1) % count)
-        rotated.append(captions[donors[j % len(donors)][1]])
+        donors = [m for _, m in sorted((other_path, m) for m, (other_path, other) in enumerate(zip(paths, labels))
+                                       if other == (label + 1) % count)]
+        pool = []
+        for rank in range(max(len(captions[m]) for m in donors)):
+            pool += [captions[m][rank] for m in donors if rank < len(captions[m])]
+        rotated.append(pool[j % len(pool)])
     return rotated
 
 
 def test_other_identity_captions_give_each_identity_the_captions_of_the_next_label():
-    """Labels in no order, identities of 2, 4, 3 and 1 images, paths in another order than the list: identity 1's
-    fourth image wraps around identity 2's three, identity 2's all take identity 3's one caption, and identity 3
-    wraps around to identity 0."""
-    from tgfr.evaluation.embeddings import other_identity_captions
+    """Labels in no order, identities of 2, 4, 3 and 1 images of one caption each, paths in another order than the
+    list: identity 1's fourth image wraps around identity 2's three, identity 2's all take identity 3's one caption,
+    and identity 3 wraps around to identity 0."""
+    from tgfr.evaluation.embeddings import other_identity_captions, repeated_within_identity
 
     labels = np.array([1, 3, 2, 1, 0, 2, 1, 0, 2, 1])
     paths = [f"img/{label}/{name}.png" for label, name in zip(labels, "dbcacabdbe")]
     captions = [f"caption of image {m}" for m in range(len(labels))]
-    rotated = other_identity_captions(labels, captions, paths)
-    assert rotated == captions_of_the_next_identity(labels.tolist(), captions, paths)
+    rotated = other_identity_captions(labels, [(caption,) for caption in captions], paths)
+    assert rotated == captions_of_the_next_identity(labels.tolist(), [(caption,) for caption in captions], paths)
     # Every image of an identity carries a caption of the same other identity.
     donor_labels = {label: {int(labels[captions.index(caption)]) for caption, own in zip(rotated, labels)
                             if own == label} for label in range(4)}
     assert donor_labels == {0: {1}, 1: {2}, 2: {3}, 3: {0}}
+    # Identity 1 repeats 1 of identity 2's 3 captions, identity 2 repeats identity 3's one caption twice.
+    assert repeated_within_identity(labels, rotated) == 3
+
+
+def test_an_identity_of_more_images_than_the_next_one_takes_its_later_captions_before_repeating_one():
+    """Images 6, 6, 2 and 2 with 3 captions each (MMCelebA has 10): identity 1 takes identity 2's two images' 6
+    captions and identity 3's takes identity 0's first captions. Taking only first captions gave identity 1 two
+    distinct captions for 6 images, each on 3 of them: shared by an identity's images, a caption is an identity cue
+    that the images' own distinct captions are not, and the control scored far above TGFR on such a split."""
+    from tgfr.evaluation.embeddings import other_identity_captions, repeated_within_identity
+
+    labels = np.array([0] * 6 + [1] * 6 + [2] * 2 + [3] * 2)
+    paths = [f"img/{label}/{j}.png" for label, j in zip(labels, [*range(6), *range(6), 0, 1, 0, 1])]
+    captions = [tuple(f"image {m} caption {rank}" for rank in range(3)) for m in range(len(labels))]
+    rotated = other_identity_captions(labels, captions, paths)
+    assert rotated == captions_of_the_next_identity(labels.tolist(), captions, paths)
+    assert rotated[6:12] == ["image 12 caption 0", "image 13 caption 0", "image 12 caption 1", "image 13 caption 1",
+                             "image 12 caption 2", "image 13 caption 2"]
+    assert rotated[14:] == ["image 0 caption 0", "image 1 caption 0"]
+    for label in range(4):
+        own = [first for (first, *_), other in zip(captions, labels) if other == label]
+        assert len({caption for caption, other in zip(rotated, labels) if other == label}) == len(own)
+    assert repeated_within_identity(labels, rotated) == 0
+    # One caption per record: identity 1 takes identity 2's 2 captions for its 6 images, 4 of them repeated.
+    assert repeated_within_identity(labels, other_identity_captions(labels, [c[:1] for c in captions], paths)) == 4
 
 
 def test_other_identity_captions_give_a_degraded_copy_its_clean_images_captions_in_any_listed_order():
@@ -594,14 +623,15 @@ def test_other_identity_captions_give_a_degraded_copy_its_clean_images_captions_
     from tgfr.data.degrade import degraded_path
     from tgfr.evaluation.embeddings import other_identity_captions
 
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    clean_paths = ["img/a/x.jpg", "img/a/y.jpg", "img/a/z.jpg", "img/b/p.jpg", "img/b/q.jpg", "img/b/r.jpg"]
-    captions = [f"caption {m}" for m in range(6)]
+    labels = np.array([0, 0, 0, 1, 1])
+    clean_paths = ["img/a/x.jpg", "img/a/y.jpg", "img/a/z.jpg", "img/b/p.jpg", "img/b/q.jpg"]
+    captions = [(f"caption {m}", f"second caption {m}") for m in range(5)]
     clean = dict(zip(clean_paths, other_identity_captions(labels, captions, clean_paths)))
-    listed = [2, 0, 1, 3, 5, 4]  # the copy's manifest order
+    listed = [2, 0, 1, 4, 3]  # the copy's manifest order
     copies = [degraded_path("deg", clean_paths[m]) for m in listed]
     degraded = other_identity_captions(labels[listed], [captions[m] for m in listed], copies)
     assert degraded == [clean[clean_paths[m]] for m in listed]
+    assert "second caption 3" in degraded  # identity a's third image takes identity b's pool past its first captions
 
 
 def test_the_controls_are_the_sentence_feature_and_tgfr_with_the_next_identitys_captions(tmp_path, monkeypatch):
@@ -651,7 +681,8 @@ def test_the_controls_are_the_sentence_feature_and_tgfr_with_the_next_identitys_
     images = torch.stack([EvalTransform(32)(Image.open(tmp_path / f"face{i}.png")) for i in range(len(texts))])
     with torch.no_grad():
         own, _ = align_features(model, images, captions(texts))
-        other, _ = align_features(model, images, captions(captions_of_the_next_identity(labels, texts, [f"face{i}.png" for i in range(len(texts))])))
+        other, _ = align_features(model, images, captions(captions_of_the_next_identity(
+            labels, [(text,) for text in texts], [f"face{i}.png" for i in range(len(texts))])))
         sentence = torch.nn.functional.normalize(own.sentence, dim=1)
         fused_other = torch.nn.functional.normalize(model.fuse(other), dim=1)
     torch.testing.assert_close(torch.from_numpy(embeddings.text_only), sentence, rtol=0, atol=1e-5)

@@ -216,6 +216,13 @@ def test_report_lines_put_each_figure_where_it_says(tmp_path):
             f"{100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%; degraded minus clean (paired, points): "
             f"TAR@FAR={MAIN_FAR} -50.0 [-75.0, -25.0], rank-1 -12.5 [-25.0, -6.2].") in text
     assert "## clean (split `test_x`)" in text and "## degraded (split `test_y`)" in text
+    # Any report name but clean may be its degraded copy (README: `{clean = "test", blur = "test_blur"}`).
+    renamed = {"clean": metrics["clean"], "blur": metrics["degraded"]}
+    text = write_report(tmp_path, renamed, {}, [], {**context, "splits": {"clean": "test_x", "blur": "test_y"}}
+                        ).read_text()
+    assert (f"- Image only, clean -> blur: AUC {clean['auc']:.3f} -> {degraded['auc']:.3f}, rank-1 "
+            f"{100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%; blur minus clean (paired, points): "
+            f"TAR@FAR={MAIN_FAR} -50.0 [-75.0, -25.0], rank-1 -12.5 [-25.0, -6.2].") in text
     assert (f"{degraded['genuine_pairs']} genuine / {degraded['impostor_pairs']} impostor pairs of "
             f"{degraded['subjects']} subjects; {degraded['probes']} probes against a gallery of "
             f"{degraded['gallery']}.") in text
@@ -238,6 +245,21 @@ def test_each_split_says_which_degradations_its_images_have(tmp_path, degradatio
                "train_split": "train", "split_contents": {"clean": contents}}
     text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
     assert f"{line} Identities also in the training split `train`: none of 50." in text
+
+
+@pytest.mark.parametrize("repeated", [None, 0, 7])
+def test_a_split_whose_control_repeats_captions_within_an_identity_says_so(tmp_path, repeated):
+    """Images of an identity that share a control caption make the control score higher for that alone: said
+    where it happens, and nothing said where no caption repeats or the controls did not run."""
+    contents = {"split": "test_x", "degradations": {"none": 5}, "identities": 50, "identities_in_training": 0,
+                "other_captions_repeated": repeated}
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test_x"}, "training": None,
+               "train_split": "train", "split_contents": {"clean": contents}}
+    text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
+    note = (f"**Note:** with another identity's captions, {repeated} images carry a caption that another image of "
+            "their identity carries too")
+    assert (note in text, "**Note:**" in text) == (bool(repeated), bool(repeated))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
@@ -340,9 +362,13 @@ def test_the_controls_have_table_rows_a_summary_line_per_split_and_one_sentence_
     assert len({f"{metrics['clean'][method]['auc']:.3f}" for method in metrics["clean"]}) == 4  # no row fits another
     # Said as a condition on both differences: where TGFR gains nothing on image only, the control scoring as TGFR
     # does (both differences 0) says nothing of the captions, and the sentence read as if they helped.
-    assert text.count("where TGFR gains on image only and this difference is about 0, the gain comes from the "
-                      "captions as an identity cue consistent across an identity's images, not from what they say "
-                      "of the face") == 1
+    # A fusion blind to the caption's match to the face scores below 0 on this control where alike faces have
+    # alike captions: "about 0" is no proof that the match goes unused, and the report must not say it is.
+    assert "not from what they say of the face" not in text
+    assert text.count("A difference above 0 shows that TGFR uses that match; one about 0 or below does not show "
+                      "that it does not") == 1
+    assert text.count("Where TGFR gains on image only and this difference is not above 0, the gain may come from "
+                      "the captions as an identity cue") == 1
     assert text.count("how far the caption alone identifies a subject") == 1
 
     for methods in metrics.values():

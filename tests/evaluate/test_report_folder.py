@@ -92,9 +92,9 @@ def test_readmes_validation_report_compares_on_val_and_its_degraded_copy(tiny_ru
     assert [r.meta["source"] for r in degraded] == [r.path for r in records if r.split == "val"]
     assert info["split_contents"] == {
         "clean": {"split": "val", "degradations": {"none": len(degraded)}, "identities": len(val),
-                  "identities_in_training": 0},
+                  "identities_in_training": 0, "other_captions_repeated": 0},
         "degraded": {"split": "val_degraded", "degradations": {config.data.degradation: len(degraded)},
-                     "identities": len(val), "identities_in_training": 0}}
+                     "identities": len(val), "identities_in_training": 0, "other_captions_repeated": 0}}
 
 
 def test_the_report_names_the_run_absolute_as_it_names_the_manifest(tiny_run, tmp_path, monkeypatch):
@@ -181,7 +181,8 @@ def test_the_report_says_what_each_split_holds_and_how_training_degraded(tiny_ru
     degraded = [r for r in records if r.split == "test_degraded"]
     assert info["split_contents"]["degraded"] == {
         "split": "test_degraded", "degradations": {config.data.degradation: len(degraded)},
-        "identities": len({r.identity for r in degraded}), "identities_in_training": 0}
+        "identities": len({r.identity for r in degraded}), "identities_in_training": 0,
+        "other_captions_repeated": 0}
     assert info["train_degradation"] == {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p}
 
     # The training split itself, evaluated as a test split: said on stderr and in the report.
@@ -684,6 +685,25 @@ def test_the_controls_are_evaluated_beside_the_two_methods_unless_evaluation_con
         for method in ("text_only", "tgfr_other_captions"):
             assert section(report, name).count(f"| {plots_module.LABELS[method]} | ") == 1
     assert plots_module.LABELS["text_only"] not in plain_report
+
+
+def test_a_degraded_copy_under_any_report_name_gets_its_paired_difference_to_clean(tiny_run, tmp_path):
+    """README names splits per degradation (`{clean = "test", blur = "test_blur"}`): only a report name "degraded"
+    got its paired degraded - clean figures and its summary line, so "blur" said neither paired nor not paired.
+    The control's caption count repeated within an identity is recorded with or without a repeat."""
+    run, config, _ = tiny_run
+    splits = {"clean": "test", "degraded": "test_degraded"}
+    named = {"clean": "test", "blur": "test_degraded"}
+    reports = {}
+    for name, chosen in (("degraded", splits), ("blur", named)):
+        evaluated = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, splits=chosen))
+        reports[name] = evaluate(run, evaluated, tmp_path / name, device="cpu").read_text(encoding="utf-8")
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in reports}
+    assert metrics["blur"]["blur"] == metrics["degraded"]["degraded"]
+    assert "vs_clean" in metrics["blur"]["blur"]["tgfr"] and "vs_clean" in metrics["blur"]["blur"]["image_only"]
+    assert "- TGFR, clean -> blur: AUC " in reports["blur"] and "; blur minus clean (paired, points): " in reports["blur"]
+    info = json.loads((tmp_path / "blur" / "report_info.json").read_text())
+    assert [content["other_captions_repeated"] for content in info["split_contents"].values()] == [0, 0]
 
 
 @pytest.mark.parametrize("written, drawn_with", [("true", True), ("false", False), (None, True)],

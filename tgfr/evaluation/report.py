@@ -29,13 +29,17 @@ from tgfr.output_paths import write_atomically
 
 TABLE_FARS = ("1e-4", "1e-3", "1e-2")
 MAIN_FAR = "1e-3"  # the summary's (and the paired difference's) operating point
-# True whatever the figures: where TGFR gains nothing on image only, the control scoring as TGFR does tells nothing.
+# True whatever the figures: where TGFR gains nothing on image only, the control scoring as TGFR does tells nothing;
+# and a fusion blind to the caption's match to the face need not score 0 on it (alike faces have alike captions).
 CONTROLS_MEANING = ("TGFR with another identity's captions fuses each face with a caption of another identity, "
                     "the same other identity for all of an identity's images, so TGFR minus it is what the captions' "
-                    "match to the face adds: where TGFR gains on image only and this difference is about 0, the "
-                    "gain comes from the captions as an identity cue consistent across an identity's images, not "
-                    "from what they say of the face. Text only scores the caption's sentence feature alone: how "
-                    "far the caption alone identifies a subject.")
+                    "match to the face adds. A difference above 0 shows that TGFR uses that match; one about 0 or "
+                    "below does not show that it does not, since a fusion blind to the match can score below 0 too: "
+                    "a face's own caption repeats what the face shows (alike faces have alike captions), another "
+                    "identity's is a cue of its own. Where TGFR gains on image only and this difference is not above "
+                    "0, the gain may come from the captions as an identity cue consistent across an identity's "
+                    "images alone. Text only scores the caption's sentence feature alone: how far the caption alone "
+                    "identifies a subject.")
 
 
 def _with_interval(value: float | None, interval: list[float] | None, percent: bool = True) -> str:
@@ -94,17 +98,18 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                          f"{_paired_figures(methods['tgfr']['vs_other_captions'])}.")
     if controlled:
         lines.append(f"- Controls (in each split's table too): {CONTROLS_MEANING}")
-    for method, name in (("image_only", "Image only"), ("tgfr", "TGFR")):
-        if method not in metrics.get("clean", {}) or method not in metrics.get("degraded", {}):
-            continue
-        clean, degraded = metrics["clean"][method], metrics["degraded"][method]
-        line = (f"- {name}, clean -> degraded: AUC {clean['auc']:.3f} -> "
-                f"{degraded['auc']:.3f}, rank-1 {100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%")
-        if "vs_clean" in degraded:
-            line += f"; degraded minus clean (paired, points): {_paired_figures(degraded['vs_clean'])}"
-        else:
-            line += " (not paired: the two splits hold other identities or probe identities)"
-        lines.append(line + ".")
+    for other in (split for split in metrics if split != "clean"):
+        for method, name in (("image_only", "Image only"), ("tgfr", "TGFR")):
+            if method not in metrics.get("clean", {}) or method not in metrics[other]:
+                continue
+            clean, degraded = metrics["clean"][method], metrics[other][method]
+            line = (f"- {name}, clean -> {other}: AUC {clean['auc']:.3f} -> "
+                    f"{degraded['auc']:.3f}, rank-1 {100 * clean['rank1']:.1f}% -> {100 * degraded['rank1']:.1f}%")
+            if "vs_clean" in degraded:
+                line += f"; {other} minus clean (paired, points): {_paired_figures(degraded['vs_clean'])}"
+            else:
+                line += " (not paired: the two splits hold other identities or probe identities)"
+            lines.append(line + ".")
     return lines
 
 
@@ -127,7 +132,15 @@ def _split_lines(content: dict[str, Any], train_split: str) -> list[str]:
                 "are not figures of identities unseen in training.")
     else:
         seen = f"Identities also in the training split `{train_split}`: none of {total}."
-    return [images, seen]
+    lines = [images, seen]
+    if content.get("other_captions_repeated"):
+        # Repeated within an identity, a caption is an identity cue that the images' own first captions need
+        # not give.
+        lines.append(f"**Note:** with another identity's captions, {content['other_captions_repeated']} images carry "
+                     "a caption that another image of their identity carries too (the next identity's records hold "
+                     "fewer captions than this identity has images), so that control's figures are raised by "
+                     "repeated captions, and TGFR minus it is lowered.")
+    return lines
 
 
 def _attention_spread_line(name: str, spread: dict[str, Any]) -> str:

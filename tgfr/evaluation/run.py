@@ -291,13 +291,15 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
         embeddings = embed_split(model, captions, manifest, split, evaluation.batch_size, device, images,
                                  controls=evaluation.controls)
         scored[name] = split_figures(embeddings, records, split, evaluation)
+        contents[name]["other_captions_repeated"] = embeddings.other_captions_repeated
         metrics[name], curves[name] = scored[name].figures, scored[name].curves
         if evaluation.heatmap_captions > 0:
             maps[name] = _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions,
                                          config.align.gamma1, config.align.word_softmax, device, images)
-    if {"clean", "degraded"} <= set(scored):
-        for method, difference in (degradation_difference(scored["clean"], scored["degraded"]) or {}).items():
-            metrics["degraded"][method]["vs_clean"] = difference
+    # Every other report name may be a degraded copy of the clean split (`blur = "test_blur"`), not only "degraded".
+    for name in scored.keys() - {"clean"} if "clean" in scored else ():
+        for method, difference in (degradation_difference(scored["clean"], scored[name]) or {}).items():
+            metrics[name][method]["vs_clean"] = difference
     out.mkdir(parents=True, exist_ok=True)  # once every figure is computed: a failure leaves no half report
     # Another evaluation writing into `out` at the same time goes first, whole: interleaved, the folder
     # would hold one's metrics.json beside the other's report.md.
