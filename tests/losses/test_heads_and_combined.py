@@ -940,6 +940,26 @@ def test_multi_granularity_skips_a_term_of_weight_0(term, weight, module_class, 
             assert parameter.grad is not None and torch.equal(parameter.grad, torch.zeros_like(parameter)), name
 
 
+@pytest.mark.parametrize("weight, missing", [("wrcl_weight", ("regions",)), ("cicl_weight", ("sentence",)),
+                                             ("cicl_weight", ("sentence", "image"))])
+def test_a_term_of_weight_0_takes_none_for_the_inputs_only_it_reads(weight, missing):
+    """An ablation that never computes a skipped term's features passes None: that was an AttributeError naming
+    no argument. The other terms are as with the inputs given; something neither a tensor nor None is named."""
+    generator = torch.Generator().manual_seed(7)
+    inputs = dict(words=torch.randn(5, 4, 8, generator=generator), lengths=torch.tensor([4, 2, 3, 1, 4]),
+                  regions=torch.randn(5, 9, 8, generator=generator), sentence=torch.randn(5, 12, generator=generator),
+                  image=torch.randn(5, 12, generator=generator), labels=torch.tensor([0, 1, 2, 0, 3]))
+    loss = MultiGranularityLoss(**{weight: 0.0})
+    given_total, given_parts = loss(**inputs)
+    total, parts = loss(**{**inputs, **dict.fromkeys(missing)})
+    torch.testing.assert_close(total, given_total, rtol=0, atol=0)
+    assert parts == given_parts and parts[weight.removesuffix("_weight")].item() == 0.0
+    with pytest.raises(TypeError, match=rf"^{missing[0]} must be a torch\.Tensor, got str$"):
+        loss(**{**inputs, missing[0]: "features"})
+    with pytest.raises(ValueError, match=rf"^{missing[0]} "):  # a tensor given still describes the batch
+        loss(**{**inputs, missing[0]: inputs[missing[0]][:4]})
+
+
 def test_multi_granularity_refuses_an_identity_head_that_is_not_a_module():
     """A plain function worked as the identity head until a term of weight 0 kept the head's parameters in the
     graph (AttributeError there, at no other weight): the docstring's module is required at construction."""

@@ -10,12 +10,14 @@ from tgfr.reference import accumulation_dtype
 from tgfr.validation import check_loss_weight, check_size, check_tensor
 
 
-def skipped_term(*inputs: torch.Tensor) -> torch.Tensor:
-    """The value of a term of weight 0: a zero scalar, in the accumulation dtype of inputs[0] as the term's own value,
+def skipped_term(*inputs: torch.Tensor | None) -> torch.Tensor:
+    """The value of a term of weight 0: a zero scalar, in the accumulation dtype of the first input that is not None
+    (an input of a term not computed may be left out) as the term's own value,
     that keeps the term's inputs (and parameters) in the graph with zero gradients, as 0 * term did:
     DistributedDataParallel (without find_unused_parameters) refuses a parameter without a gradient, such as the
     image head's region branch, which only WRCL uses. Summed over empty slices, not multiplied by 0: no Inf or NaN
     in the inputs makes it NaN."""
+    inputs = [tensor for tensor in inputs if tensor is not None]
     dtype = accumulation_dtype(inputs[0].dtype)
     return sum(tensor.flatten()[:0].sum(dtype=dtype) for tensor in inputs)
 
@@ -27,7 +29,8 @@ class MultiGranularityLoss(nn.Module):
         identity_head: a module (embeddings, labels) -> scalar, e.g. ArcFaceHead(..., focal=True);
             None drops the identity term.
         wrcl_weight, cicl_weight, identity_weight: TGFR's 1, 2 and 100 by default; at least 0 and at most
-            float32's maximum. A term of weight 0 is not computed (an ablation): its value is reported as 0.
+            float32's maximum. A term of weight 0 is not computed (an ablation): its value is reported as 0, and
+            its inputs (regions for WRCL, sentence and image for CICL) may be None.
         word_region: the WRCL module (default WordRegionContrastiveLoss()).
         caption_image: the CICL module (default CaptionImageContrastiveLoss()).
 
@@ -56,8 +59,11 @@ class MultiGranularityLoss(nn.Module):
                 fused: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """words (N, T, Dw), lengths (N,), regions (N, R, Dw), sentence (N, Ds), image (N, Ds),
         labels (N,) identities (needed by the identity term), fused (N, E) embeddings for it."""
-        # Each term checks its own inputs; this makes them describe one batch.
+        # Each term checks its own inputs; this makes them describe one batch. None passes for a term of weight 0.
         check_tensor("words", words, ndim=3)
+        if self.wrcl_weight == 0 and regions is not None:  # else WRCL checks it
+            check_tensor("regions", regions, ndim=3)
+            check_size("regions", regions, 0, words.shape[0], "one row per caption of words")
         for name, tensor in (("sentence", sentence), ("image", image), ("fused", fused)):
             if tensor is not None:
                 check_tensor(name, tensor, ndim=2)
@@ -67,7 +73,7 @@ class MultiGranularityLoss(nn.Module):
             "wrcl": (self.word_region(words, lengths, regions, labels) if self.wrcl_weight > 0
                      else skipped_term(words, regions)),
             "cicl": (self.caption_image(sentence, image, labels) if self.cicl_weight > 0
-                     else skipped_term(sentence, image)),
+                     else skipped_term(sentence, image, words)),
         }
         total = self.wrcl_weight * components["wrcl"] + self.cicl_weight * components["cicl"]
         if self.identity_head is not None:
