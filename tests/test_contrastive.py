@@ -254,6 +254,24 @@ def test_row_max_is_float32_under_autocast(backend):
     assert contrastive_row_max(meta, meta, backend="reference").shape == (8,)  # no autocast to turn off there
 
 
+def test_float32_paths_take_a_mix_of_float32_and_bf16_under_autocast_as_the_kernels_do(monkeypatch):
+    """As test_word_region's: the reference loss and contrastive_row_max refused bf16 x with float32 y under CUDA
+    autocast (the CPU stands in), which the fused backends take; they take it in float32."""
+    import tgfr.ops.autocast
+
+    x, y, labels, _ = make_batch(16, 16, 8, torch.float32, identities=4)
+    x = x.detach().bfloat16().requires_grad_()
+    arguments = dict(row_labels=labels, same_identity="exclude")
+    expected = contrastive_loss(x.detach().float(), y, backend="reference", **arguments)
+    expected_max = contrastive_row_max(x.detach().float(), y, labels, same_identity="zero")
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_loss(x, y, backend="reference", **arguments)
+        got_max = contrastive_row_max(x, y, labels, same_identity="zero")
+    assert torch.equal(got, expected) and torch.equal(got_max, expected_max)
+    assert torch.autograd.grad(got, x)[0].dtype == torch.bfloat16
+
+
 def test_reference_loss_is_float32_under_cpu_autocast(monkeypatch):
     """As contrastive_row_max's: the reference, the float32 baseline, ran its similarity matmul in bf16 under CPU
     autocast (9.5767 for backend "cpu"'s 9.5728). Nor does it take its inputs in the autocast dtype as the kernels

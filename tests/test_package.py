@@ -1,6 +1,7 @@
-"""The package's lazy loading: every advertised submodule and name resolves, and the command
-line builds its parser without the heavy imports."""
+"""The package's lazy loading: every advertised submodule and name resolves, `import tgfr.ops` registers every
+op, and the command line builds its parser without the heavy imports."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -46,3 +47,36 @@ def test_command_line_sets_omp_wait_policy_before_torch_loads(environment, expec
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env=base | environment)
     assert result.stdout.split() == ["False", expected]
+
+
+_EXPORT = """
+import sys, torch, tgfr.ops
+class Scores(torch.nn.Module):
+    def forward(self, words, lengths, regions):
+        return tgfr.ops.word_region_scores(words, lengths, regions, backend="triton")
+class Loss(torch.nn.Module):
+    def forward(self, x, y):
+        return tgfr.ops.contrastive_loss(x, y, backend="triton")
+words, regions, lengths = torch.randn(3, 5, 4), torch.randn(2, 6, 4), torch.tensor([5, 2, 1])
+torch.export.save(torch.export.export(Scores(), (words, lengths, regions)), sys.argv[1] + "/scores.pt2")
+torch.export.save(torch.export.export(Loss(), (words[:, 0], words[:, 1])), sys.argv[1] + "/loss.pt2")
+"""
+_LOAD = """
+import sys, torch, tgfr.ops
+words, regions, lengths = torch.randn(3, 5, 4), torch.randn(2, 6, 4), torch.tensor([5, 2, 1])
+scores = torch.export.load(sys.argv[1] + "/scores.pt2").module()(words, lengths, regions)
+torch.testing.assert_close(scores, tgfr.ops.word_region_scores(words, lengths, regions, backend="reference"))
+loss = torch.export.load(sys.argv[1] + "/loss.pt2").module()(words[:, 0], words[:, 1])
+torch.testing.assert_close(loss, tgfr.ops.contrastive_loss(words[:, 0], words[:, 1], backend="reference"))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton missing")
+def test_a_program_exported_with_the_triton_backend_loads_in_a_process_that_imported_tgfr_ops(tmp_path):
+    """The Triton ops were registered at the first backend="triton" call only: a program exported where "auto"
+    took Triton (on CUDA) failed to load after `import tgfr.ops`, "Please import the custom op to register it"."""
+    environment = {**os.environ, "TRITON_INTERPRET": "1"}
+    for program in (_EXPORT, _LOAD):
+        result = subprocess.run([sys.executable, "-c", program, str(tmp_path)], env=environment,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]

@@ -387,6 +387,30 @@ def test_reference_backend_is_float32_under_cpu_autocast(monkeypatch):
     assert torch.equal(torch.autograd.grad(got.sum(), words)[0], torch.autograd.grad(expected.sum(), words)[0])
 
 
+def test_float32_paths_take_a_mix_of_float32_and_bf16_under_autocast_as_the_kernels_do(monkeypatch):
+    """Under autocast on CUDA (the CPU stands in) the fused backends take bf16 words with float32 regions, as a
+    matmul does; the reference, which every first-order error sends users to, and word_region_attention refused
+    the mix with a TypeError. They take it in float32; a float64 among the inputs is still refused."""
+    words, lengths, regions = make_inputs(num_captions=4, num_images=3, num_words=6, num_regions=9, dim=16)
+    words = words.bfloat16().requires_grad_()
+    promoted = words.detach().float().requires_grad_()
+    expected = tgfr.ops.word_region_scores(promoted, lengths, regions, backend="reference")
+    expected_attention = tgfr.ops.word_region_attention(promoted.detach()[:3], lengths[:3], regions)
+    monkeypatch.setitem(tgfr.ops.autocast._KERNEL_DTYPES, "cpu", (torch.bfloat16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tgfr.ops.word_region_scores(words, lengths, regions, backend="reference")
+        attention = tgfr.ops.word_region_attention(words.detach()[:3], lengths[:3], regions)
+        with pytest.raises(TypeError, match=r"^regions must have the dtype of words \(torch.bfloat16\), got "
+                                            r"torch.float64$"):
+            tgfr.ops.word_region_scores(words, lengths, regions.double(), backend="reference")
+    assert torch.equal(got, expected) and torch.equal(attention, expected_attention)
+    (gradient,) = torch.autograd.grad(got.sum(), words)
+    assert gradient.dtype == torch.bfloat16
+    assert torch.equal(gradient, torch.autograd.grad(expected.sum(), promoted)[0].bfloat16())
+    with pytest.raises(TypeError, match="regions must have the dtype of words"):  # no autocast: the caller's dtypes
+        tgfr.ops.word_region_scores(words, lengths, regions, backend="reference")
+
+
 # bfloat16: the fake kernels must give the float32 the CPU kernels return for 16-bit inputs; with the input's dtype
 # a compiled bf16 graph read the float32 output as bf16 (values of 1e37), and float32 tests cannot tell.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

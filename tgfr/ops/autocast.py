@@ -47,3 +47,17 @@ def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def promoted_under_autocast(*values: object) -> tuple:
+    """`values` with its float32/16-bit tensors in float32 where autocast is on for the first tensor's device, that
+    device's kernels take the autocast dtype (CUDA), and the tensors' dtypes differ: the fused backends take such a
+    mix (autocast_inputs), so the float32 paths (the reference, contrastive_row_max, word_region_attention) take it
+    too rather than refuse it; anything else (float64 among them, one dtype, no autocast) unchanged."""
+    tensors = [value for value in values if isinstance(value, torch.Tensor)]
+    if not tensors or tensors[0].device.type not in _KERNEL_DTYPES or not autocast_enabled(tensors[0].device.type):
+        return values
+    dtypes = {tensor.dtype for tensor in tensors}
+    if len(dtypes) < 2 or not dtypes <= set(_CAST):
+        return values
+    return tuple(value.float() if isinstance(value, torch.Tensor) else value for value in values)

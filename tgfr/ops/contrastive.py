@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.ops.autocast import autocast_inputs, without_autocast
+from tgfr.ops.autocast import autocast_inputs, promoted_under_autocast, without_autocast
 from tgfr.ops.first_order import (
     refuse_double_backward,
     refuse_forward_ad_and_transforms,
@@ -203,10 +203,10 @@ def contrastive_cross_entropy(
 
     Under torch.autocast on CUDA, x and y are taken in the autocast dtype (bf16 or fp16), as a
     matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes. Backend
-    "reference", the float32 baseline, runs with autocast off on every device.
+    "reference", the float32 baseline, runs with autocast off on every device, and there takes a mix of
+    float32 and 16-bit inputs in float32.
     """
-    if backend != "reference":
-        x, y = autocast_inputs(x, y)
+    x, y = (autocast_inputs if backend != "reference" else promoted_under_autocast)(x, y)
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     check_choice("direction", direction, DIRECTIONS)
@@ -284,7 +284,9 @@ def contrastive_row_max(
     an N x M matrix. Off-diagonal entries of the row's identity are skipped in modes "exclude"
     and "positive" (where they are positives, not negatives) and count as 0 in mode "zero".
     x (N, D), y (M, D) -> (N,) float32 (float64 for float64 inputs), -inf for a row with no
-    negative. Not differentiable (CoReFace uses it on detached values)."""
+    negative. Not differentiable (CoReFace uses it on detached values). Under autocast on CUDA a mix of
+    float32 and 16-bit inputs is taken in float32."""
+    x, y = promoted_under_autocast(x, y)
     _check_embeddings(x, y)
     check_same_device(x=x, y=y)
     offset = _check_offset(offset, x.shape[0], y.shape[0], "rows")

@@ -10,7 +10,7 @@ import torch
 
 from tgfr import reference
 from tgfr.ops import _library  # noqa: F401  (loads tgfr._C, which defines torch.ops.tgfr.*)
-from tgfr.ops.autocast import autocast_inputs, without_autocast
+from tgfr.ops.autocast import autocast_inputs, promoted_under_autocast, without_autocast
 from tgfr.ops.determinism import alert_nondeterministic_backward
 from tgfr.ops.first_order import (
     refuse_double_backward,
@@ -117,7 +117,8 @@ def word_region_scores(
 
     Under torch.autocast on CUDA, words and regions are taken in the autocast dtype (bf16 or fp16),
     as a matmul's inputs are (tgfr/ops/autocast.py); gradients return in their own dtypes. Backend
-    "reference", the float32 baseline, runs with autocast off on every device.
+    "reference", the float32 baseline, runs with autocast off on every device, and there takes a mix of
+    float32 and 16-bit inputs in float32.
 
     Norms are float32 sums of squares (float64 for float64 inputs) on every backend, the
     reference's included: below a norm of about 1e-19 a word's or a context's square underflows,
@@ -131,8 +132,7 @@ def word_region_scores(
     give NaN word gradients to the captions paired with an all-zero image (Triton's checked under its
     interpreter; CUDA's read from its code, not run).
     """
-    if backend != "reference":
-        words, regions = autocast_inputs(words, regions)
+    words, regions = (autocast_inputs if backend != "reference" else promoted_under_autocast)(words, regions)
     words, lengths, regions = _check_inputs(words, lengths, regions)
     gamma1, gamma2 = check_positive("gamma1", gamma1, GAMMA_MAX), check_positive("gamma2", gamma2, GAMMA_MAX)
     word_softmax = check_flag("word_softmax", word_softmax)
@@ -160,8 +160,9 @@ def word_region_attention(
 
     words (N, T, D), lengths (N,), regions (N, R, D) -> alpha (N, T, R) float32 (float64 for
     float64 inputs), each valid row summing to 1 over regions, zeros at padded words. For
-    pictures; not differentiable.
+    pictures; not differentiable. Under autocast on CUDA a mix of float32 and 16-bit inputs is taken in float32.
     """
+    words, regions = promoted_under_autocast(words, regions)
     words, lengths, regions = _check_inputs(words, lengths, regions)
     check_size("regions", regions, 0, words.shape[0], "one image per caption: N of words")
     gamma1, word_softmax = check_positive("gamma1", gamma1, GAMMA_MAX), check_flag("word_softmax", word_softmax)
