@@ -550,12 +550,26 @@ def test_the_page_states_the_work_from_which_a_step_is_timed_once(tmp_path, monk
     assert rounds_of(gflop * 10**9) == (1, 1) and rounds_of(gflop * 10**9 - 1) == (3, 1)
 
 
+def _pytest_cases_with_tgfr_results(tmp_path: Path, cases: str, results: Path) -> subprocess.CompletedProcess:
+    """A pytest session, in a child process, of the test file `cases` (its source) under tmp_path, merged into
+    `results`."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_cases.py").write_text(textwrap.dedent(cases))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
+         "--tgfr-results", str(results)],
+        # quick mode even inside a full benchmark run, whose TGFR_BENCH_FULL=1 the child would inherit
+        cwd=_ROOT, capture_output=True, text=True, timeout=300,
+        env={name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
+    )
+
+
 def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
     """A failed test's timing (here of a wrong, non-finite result) is not merged, and a benchmark
     whose function raised (caught by its test, as on running out of memory) neither is nor stops
     the other cases from being written."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "test_cases.py").write_text(textwrap.dedent("""
+    cases = """
         import math
         import pytest
 
@@ -574,16 +588,9 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
                 benchmark.pedantic(step, rounds=1, iterations=1)
             except MemoryError:
                 pytest.skip("out of memory")
-    """))
+    """
     results = tmp_path / "results.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
-         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
-         "--tgfr-results", str(results)],
-        # quick mode even inside a full benchmark run, whose TGFR_BENCH_FULL=1 the child would inherit
-        cwd=_ROOT, capture_output=True, text=True, timeout=300,
-        env={name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
-    )
+    run = _pytest_cases_with_tgfr_results(tmp_path, cases, results)
     assert "1 failed, 1 passed, 1 skipped" in run.stdout, run.stdout + run.stderr
     cases = json.loads(results.read_text())["cases"]
     assert sorted(cases) == ["quick::test_cases.py::test_passes"], sorted(cases)
@@ -593,9 +600,8 @@ def test_results_file_keeps_only_the_cases_of_tests_that_passed(tmp_path):
 def test_a_benchmark_stopped_by_ctrl_c_is_not_merged_and_the_finished_ones_are(tmp_path, interrupted_at):
     """Ctrl-C raises KeyboardInterrupt inside the timed function: pytest reports no call for that test, and
     its partial timings (rounds so far, or none in its warm-up) are not a case."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
     first_interrupted_call = {"warm-up": 1, "timing": 3}[interrupted_at]
-    (tmp_path / "test_cases.py").write_text(textwrap.dedent(f"""
+    cases = f"""
         def test_finished(benchmark):
             benchmark.pedantic(lambda: 1.0, rounds=1, iterations=1)
 
@@ -606,15 +612,9 @@ def test_a_benchmark_stopped_by_ctrl_c_is_not_merged_and_the_finished_ones_are(t
                 if len(calls) >= {first_interrupted_call}:
                     raise KeyboardInterrupt
             benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-    """))
+    """
     results = tmp_path / "results.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest",
-         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_cases.py"),
-         "--tgfr-results", str(results)],
-        cwd=_ROOT, capture_output=True, text=True, timeout=300,
-        env={name: value for name, value in os.environ.items() if name != "TGFR_BENCH_FULL"},
-    )
+    run = _pytest_cases_with_tgfr_results(tmp_path, cases, results)
     assert run.returncode == pytest.ExitCode.INTERRUPTED, run.stdout + run.stderr
     cases = json.loads(results.read_text())["cases"]
     assert sorted(cases) == ["quick::test_cases.py::test_finished"], sorted(cases)
