@@ -436,6 +436,31 @@ def test_stages_without_fr_need_backbone_weights(stages):
     assert load_config("quick", [override, 'model.backbone_weights="b.pth"']).trained_stages == stages
 
 
+def test_an_fr_stage_whose_loss_weights_are_both_0_is_refused_unless_it_only_loads_weights():
+    """It trained every step at loss 0 and gradient norm 0, leaving align and fuse a random, frozen backbone."""
+    zero = ["fr.ce_weight=0.0", "fr.coreface_weight=0.0"]
+    with pytest.raises(ValueError, match=re.escape("fr: both loss weights (fr.ce_weight, fr.coreface_weight) are 0")):
+        load_config("quick", zero)
+    assert load_config("quick", zero + ['model.backbone_weights="b.pth"']).trained_stages == ["align", "fuse"]
+    assert load_config("quick", ["fr.ce_weight=0.0"]).fr.coreface_weight > 0
+
+
+@pytest.mark.parametrize("value", ["0.0", "-0.01", "1.5", "nan"])
+def test_align_text_encoder_lr_scale_must_lie_in_0_1(value):
+    with pytest.raises(ValueError, match=re.escape(f"align.text_encoder_lr_scale must be a finite positive number "
+                                                   f"of at most 1, got {float(value)}")):
+        load_config("quick", [f"align.text_encoder_lr_scale={value}"])
+
+
+def test_a_run_written_before_align_text_encoder_lr_scale_trained_its_encoder_at_the_heads_rate():
+    """Such a run's config.toml reads as scale 1, the rate it trained with (one group, its checkpoints' optimizer
+    state); a new run's presets name 0.01."""
+    values = tomllib.loads(re.sub(r"(?m)^text_encoder_lr_scale = .*\n", "", to_toml(load_config("quick"))))
+    assert "text_encoder_lr_scale" not in values["align"]
+    assert config_from_dict(values).align.text_encoder_lr_scale == 1.0
+    assert all(load_config(preset).align.text_encoder_lr_scale == 0.01 for preset in preset_names())
+
+
 @pytest.mark.parametrize("stages, weights", [(["fr", "fuse"], ""), (["fuse"], "b.pth")])
 def test_fuse_without_align_is_refused_also_with_backbone_weights(tmp_path, stages, weights):
     """fuse keeps the alignment heads frozen and model.backbone_weights holds no heads: without align it would

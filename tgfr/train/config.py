@@ -144,6 +144,8 @@ class AlignStageConfig:
     over regions (SPEC section 2 step 2, TGFR's). With unit word and region vectors that are alike (as trained on
     the embedded set) it keeps a word's region weights within a few per cent of 1/R at gamma1 = 4; off, with a
     larger gamma1, they can depart further from even.
+    text_encoder_lr_scale: with model.freeze_text_encoder = false, the pretrained text encoder trains at this times
+    optim.lr (same schedule), the heads at optim.lr: at the heads' rate its features collapse within 100 steps.
     """
 
     steps: int = 300
@@ -161,6 +163,7 @@ class AlignStageConfig:
     identity_scale: float = 32.0
     identity_margin: float = 0.3
     num_prototypes: int = 128
+    text_encoder_lr_scale: float = 0.01
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
 
 
@@ -345,6 +348,7 @@ class TrainConfig:
         for key in ("fr.ce_weight", "fr.coreface_weight", "align.wrcl_weight", "align.cicl_weight",
                     "align.intra_weight", "align.identity_weight"):
             _check_range(key, self._get(key), 0.0, GAMMA_MAX)
+        check_positive("align.text_encoder_lr_scale", self.align.text_encoder_lr_scale, 1.0)
         if not logits_fit_float32(self.align.gamma2, self.align.gamma3, self.model.max_length - 2):
             raise ValueError(f"align.gamma3 * (align.gamma2 + log(model.max_length - 2)) must be at most "
                              f"{GAMMA_MAX / 2:g} (half float32's maximum: WRCL's logits and their differences), got "
@@ -407,7 +411,11 @@ class TrainConfig:
             if stage in stages and warmup >= steps:
                 raise ValueError(f"{stage}.optim.warmup_steps = {warmup} must be less than {stage}.steps = {steps} "
                                  f"(the warm-up would take the whole stage)")
-        # Every term of weight 0 is skipped: the align stage would train nothing, and log a loss of 0 at every step.
+        # Every term of weight 0 is skipped: the stage would train nothing, and log a loss of 0 at every step.
+        if "fr" in stages and "fr" in self.trained_stages and not (self.fr.ce_weight or self.fr.coreface_weight):
+            raise ValueError("fr: both loss weights (fr.ce_weight, fr.coreface_weight) are 0, so the stage would "
+                             "train nothing and align and fuse would learn on a random, frozen backbone: give one a "
+                             "weight")
         weights = ("wrcl_weight", "cicl_weight", "intra_weight", "identity_weight")
         if "align" in stages and not any(getattr(self.align, weight) for weight in weights):
             raise ValueError(f"align: every loss weight ({', '.join(f'align.{weight}' for weight in weights)}) is 0, "
@@ -778,8 +786,8 @@ def load_config(preset: str = "default", overrides: Iterable[str] = ()) -> Train
 # under [data] by hand. model.fusion_out_dim: the linear fusion was 640 wide (TGFRConfig's default)
 # before the setting existed. align.word_softmax: the word-region loss always normalized over words before.
 # evaluation.controls says how to evaluate, not how the run trained: its default.
-_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640}, "align": {"word_softmax": True},
-               "evaluation": {"controls": True}}
+_ADDED_KEYS = {"data": {"synthetic_version": 1}, "model": {"fusion_out_dim": 640},
+               "align": {"word_softmax": True, "text_encoder_lr_scale": 1.0}, "evaluation": {"controls": True}}
 
 
 def with_added_keys(values: dict[str, Any]) -> dict[str, Any]:

@@ -47,12 +47,13 @@ _NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
                            else {"broadcast_buffers": False})
 
 
-def make_optimizer(parameters: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
-    if not parameters:
+def make_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
+    """groups: the stage's parameter groups (Stage.parameter_groups), at config.lr where a group names no lr."""
+    if not any(group["params"] for group in groups):
         raise ValueError("the stage has no trainable parameters")
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def lr_factor(step: int, steps: int, config: OptimConfig) -> float:
@@ -110,7 +111,7 @@ def run_stage(stage: Stage, batches: StepBatches, optim: OptimConfig, steps: int
     """
     stage.train()
     parameters = stage.parameters_to_optimize()
-    optimizer = make_optimizer(parameters, optim)
+    optimizer = make_optimizer(stage.parameter_groups(), optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, optim))
     start = 0
     if resume is not None:

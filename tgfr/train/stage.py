@@ -6,6 +6,8 @@ batch and returns (loss, components); the training loop wraps it in DDP when dis
 only parameters that take part in the stage may require gradients.
 """
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,6 +44,10 @@ class Stage(nn.Module):
 
     def parameters_to_optimize(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one, at the stage's lr."""
+        return [{"params": self.parameters_to_optimize()}]
 
     def images_and_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["images"].to(self.device), batch["labels"].to(self.device)
