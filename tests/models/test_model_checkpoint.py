@@ -710,3 +710,69 @@ def test_a_checkpoint_whose_tokenizer_outgrew_the_text_model_is_refused_naming_t
                                                                   f"more than the {rows} rows of the text model's "
                                                                   "token embeddings")):
         load_tgfr_model(checkpoint)
+
+
+def test_an_empty_path_is_refused_and_the_current_folder_left_alone(tiny_bert_dir, tmp_path, monkeypatch):
+    """As a Path, "" is ".": save_tgfr_model(model, "") replaced the current folder's config.json, and the loaders
+    read whatever the current folder held."""
+    model = build(tiny_bert_dir)
+    save_tgfr_model(model, tmp_path)  # the current folder holds a checkpoint, which load_tgfr_model("") took
+    safetensors.torch.save_file({"w": torch.ones(1)}, tmp_path / "weights.safetensors")
+    (tmp_path / "config.json").write_text('{"mine": 1}')
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^directory is empty: name the checkpoint folder to write$"):
+        save_tgfr_model(model, "")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*before, "text_encoder"])
+    with pytest.raises(ValueError, match=r"^directory is empty: name the checkpoint folder to read$"):
+        load_tgfr_model("")
+    with pytest.raises(ValueError, match=r"^path is empty: name the weights file to read$"):
+        load_weights_file("")
+
+
+def test_a_float64_model_round_trips_in_float64_without_rounding_its_weights(tiny_bert_dir, tmp_path):
+    """The file holds F64 tensors; a model built in float32 and loaded from it kept about 7 of their 16 digits."""
+    torch.manual_seed(0)
+    model = build(tiny_bert_dir).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # values float32 cannot hold, as float64 training gives
+            parameter.add_(1e-9 * torch.randn_like(parameter))
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    loaded = load_tgfr_model(checkpoint)
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.float64}
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    for name, tensor in saved_state.items():
+        assert loaded_state[name].dtype == tensor.dtype and torch.equal(loaded_state[name], tensor), name
+    images, batch = torch.randn(2, 3, 32, 32, dtype=torch.float64), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, **batch), model(images, **batch))
+
+
+def test_a_model_whose_floating_weights_are_not_all_float64_loads_in_the_default_dtype(tiny_bert_dir, tmp_path):
+    """Only a file of float64 weights alone loads in float64: a float64 backbone beside a float32 rest is not a
+    float64 model (and float32 holds the float32 weights exactly)."""
+    model = build(tiny_bert_dir)
+    model.backbone.double()
+    loaded = load_tgfr_model(save_tgfr_model(model, tmp_path / "checkpoint"))
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.float32}
+
+
+def test_a_checkpoint_loads_in_a_float64_default_dtype(tiny_bert_dir, tmp_path):
+    """Under torch.set_default_dtype(torch.float64) the loaded model is float64 throughout, text model included
+    (a float32 text model beside float64 heads failed the first forward)."""
+    torch.manual_seed(0)
+    model = build(tiny_bert_dir).eval()
+    checkpoint = save_tgfr_model(model, tmp_path / "checkpoint")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        loaded = load_tgfr_model(checkpoint)
+    finally:
+        torch.set_default_dtype(previous)
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.float64}
+    images, batch = torch.randn(2, 3, 32, 32), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        fused = loaded(images.double(), **batch)
+        torch.testing.assert_close(fused, model.double()(images.double(), **batch), rtol=0, atol=0)

@@ -444,3 +444,69 @@ def test_a_tokenizer_with_more_tokens_than_the_model_has_embeddings_is_refused(t
     encoder = TextEncoder(padded, max_length=6)
     assert encoder.vocab_size == 64 > len(encoder.tokenizer) == rows
     assert encoder(**encoder.tokenize(["a man"])).lengths.tolist() == [2]
+
+
+def test_an_empty_name_or_path_is_refused_not_taken_as_the_current_folder(tiny_bert_dir, monkeypatch):
+    """As a Path, "" is ".": run from inside a model folder, TextEncoder("") loaded that folder silently."""
+    monkeypatch.chdir(tiny_bert_dir)
+    with pytest.raises(ValueError, match=r"^name_or_path is empty: name the text model folder, or give None for "
+                                         r"the packaged all-MiniLM-L6-v2$"):
+        TextEncoder("")
+
+
+@pytest.mark.parametrize("text_model", ["tiny_clip_text_dir", "tiny_full_clip_dir"])
+def test_cls_pooling_of_a_causal_text_model_is_refused(text_model, request):
+    """CLIP's first token attends only to itself, so its last state is one vector whatever the caption."""
+    folder = request.getfixturevalue(text_model)
+    with pytest.raises(ValueError, match=r"^sentence_pooling='cls' .* causal text model in .* use 'pooled' .* or "
+                                         r"'mean'$"):
+        TextEncoder(folder, max_length=12, sentence_pooling="cls")
+    # Why: the first token's state is the same for two different captions, while mean pooling tells them apart.
+    encoder = TextEncoder(folder, max_length=12).eval()
+    batch = encoder.tokenize(["a man with a beard", "blond woman"])
+    with torch.no_grad():
+        output = encoder.model(**batch)
+        sentence = encoder(**batch).sentence
+    assert torch.equal(output.last_hidden_state[0, 0], output.last_hidden_state[1, 0])
+    assert not torch.allclose(sentence[0], sentence[1])
+
+
+def test_cls_pooling_of_a_decoder_text_model_is_refused(tiny_bert_dir, tmp_path):
+    """A BERT configured as a decoder (is_decoder: causal self-attention) has the same constant first token."""
+    folder = tmp_path / "bert_decoder"
+    shutil.copytree(tiny_bert_dir, folder)
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, "is_decoder": True}))
+    with pytest.raises(ValueError, match=r"^sentence_pooling='cls' "):
+        TextEncoder(folder, max_length=8, sentence_pooling="cls")
+    TextEncoder(folder, max_length=8, sentence_pooling="mean")  # the other poolings still load it
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+@pytest.mark.parametrize("text_model", ["tiny_bert_dir", "tiny_half_bert_dir", "tiny_full_clip_dir"])
+def test_the_text_model_is_built_in_the_default_dtype(text_model, pretrained, request, float64_default):
+    """Under torch.set_default_dtype(torch.float64) the backbone and heads are float64; a text model fixed at
+    float32 beside them failed the first forward. A folder saved in float16 follows the default too."""
+    folder = request.getfixturevalue(text_model)
+    encoder = TextEncoder(folder, max_length=10, pretrained=pretrained).eval()
+    assert {parameter.dtype for parameter in encoder.parameters()} == {torch.float64}
+    with torch.no_grad():
+        features = encoder(**encoder.tokenize(["a man with a beard"]))
+    assert features.words.dtype == features.sentence.dtype == torch.float64
+    if pretrained:  # the folder's weights, exactly (float64 holds every float32 and float16 value)
+        stored = safetensors.torch.load_file(folder / "model.safetensors")
+        compared = 0
+        for name, tensor in encoder.model.state_dict().items():
+            key = name if name in stored else f"text_model.{name}"  # a full CLIP's text tower
+            if key in stored and stored[key].is_floating_point():
+                assert torch.equal(tensor, stored[key].double()), name
+                compared += 1
+        assert compared > 10

@@ -278,3 +278,31 @@ def test_aligned_image_features_come_from_the_images_and_text_features_from_the_
     # CAPTIONS[1] stays in the middle: rows 0 and 2 change.
     assert differs(new_captions.sentence[::2], reference.sentence[::2])
     torch.testing.assert_close(new_captions.sentence[1], reference.sentence[1])
+
+
+def test_an_empty_text_encoder_is_refused_by_its_config_name(tiny_bert_dir, monkeypatch):
+    """As a Path, "" is ".": run from inside a model folder, the model took that folder's text model; in the
+    training config's TOML, text_encoder = "" means the packaged MiniLM, which TGFRConfig spells None."""
+    monkeypatch.chdir(tiny_bert_dir)
+    with pytest.raises(ValueError, match=r"^config\.text_encoder is empty: name the text model folder, or give None "
+                                         r"for the packaged all-MiniLM-L6-v2$"):
+        TGFRModel(small_config(""))
+
+
+def test_a_model_built_under_a_float64_default_dtype_runs_in_float64(tiny_bert_dir):
+    """The backbone and heads follow the default dtype; the text model was fixed at float32 and the first
+    forward raised a TypeError."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = TGFRModel(small_config(tiny_bert_dir)).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float64}
+    images, batch = torch.randn(3, 3, 32, 32, dtype=torch.float64), model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        fused = model(images, **batch)
+        # Independently: the same weights in float32 give the same embedding to float32's rounding.
+        expected = model.float()(images.float(), **batch)
+    assert fused.dtype == torch.float64
+    torch.testing.assert_close(fused.float(), expected, rtol=1e-4, atol=1e-5)

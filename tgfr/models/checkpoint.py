@@ -22,7 +22,7 @@ from transformers import PretrainedConfig
 from tgfr.text_formats import parse_json
 from tgfr.models.text_encoder import TextModelFilesError
 from tgfr.models.tgfr_model import TGFRConfig, TGFRModel
-from tgfr.input_paths import file_problem
+from tgfr.input_paths import file_problem, refuse_empty_path
 from tgfr.output_paths import replace_entries_atomically
 from tgfr.torch_files import load_torch_file
 
@@ -36,7 +36,9 @@ _TEXT_LAYER = re.compile(r"text_encoder\.model\.(?:text_model\.)?encoder\.layers
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """State dict from a `.safetensors` file or a torch file (e.g. insightface's `backbone.pth`)
-    read with `torch.load(weights_only=True)`, on the CPU."""
+    read with `torch.load(weights_only=True)`, on the CPU. An empty `path` is refused (as a Path, "" is the
+    current folder)."""
+    refuse_empty_path("path", path, "name the weights file to read")
     path = Path(path)
     if problem := file_problem(path):
         raise ValueError(f"weights file {str(path)!r} {problem}")
@@ -118,8 +120,10 @@ def save_tgfr_model(model: TGFRModel, directory: str | Path) -> Path:
     hidden staging folder inside `directory` and flushed, then each entry renamed into place, config.json
     last (`tgfr.output_paths.replace_entries_atomically`): a save that fails (a full disk) fails while
     staging and leaves an earlier checkpoint as it was, loading with its own weights, with an OSError
-    naming `directory`. `directory` itself and a user's other files in it stay.
+    naming `directory`. `directory` itself and a user's other files in it stay. An empty `directory` is
+    refused before anything is written: as a Path, "" is the current folder, whose config.json it would replace.
     """
+    refuse_empty_path("directory", directory, "name the checkpoint folder to write")
     directory = Path(directory)
     model = _unwrapped(model)
     config = model.config.to_dict()
@@ -152,6 +156,13 @@ def _stored_shapes_and_kinds(weights_path: Path) -> tuple[dict[str, tuple[int, .
                     {name: _safetensors_dtype_kind(piece.get_dtype()) for name, piece in slices.items()})
     except (OSError, safetensors.SafetensorError) as error:
         raise ValueError(f"checkpoint file {str(weights_path)!r} could not be loaded: {error}") from error
+
+
+def _stored_floating_dtypes(weights_path: Path) -> set[str]:
+    """The safetensors dtypes ("F64", "BF16") of the file's floating tensors, read from its header only."""
+    with safetensors.safe_open(str(weights_path), framework="pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    return {dtype for dtype in dtypes if _safetensors_dtype_kind(dtype) == "floating"}
 
 
 def _first_few(items: list[str]) -> str:
@@ -238,7 +249,13 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     training mode the image head's BatchNorm would normalize each call's batch by its own statistics
     (an embedding would depend on the other images of the batch) and move its running statistics
     for good. Call `.train()` to train it further.
+
+    The model is built in the default dtype (`torch.get_default_dtype()`, float32 unless set otherwise), text
+    model included, and 16-bit weights load into it exactly. A file whose floating tensors are all float64 (a
+    saved `.double()` model) loads in float64: float32 would round its weights. An empty `directory` is
+    refused (as a Path, "" is the current folder).
     """
+    refuse_empty_path("directory", directory, "name the checkpoint folder to read")
     directory = Path(directory)
     try:
         str(directory).encode("utf-8")
@@ -268,6 +285,10 @@ def load_tgfr_model(directory: str | Path) -> TGFRModel:
     config.text_encoder = str(text_dir)
     _check_config_fits_weights(config, config_path, weights_path)
     model = TGFRModel(config, pretrained_text=False)
+    if _stored_floating_dtypes(weights_path) == {"F64"}:
+        # Cast before the weights are copied in, so they keep every bit; a cast of the whole model, not a
+        # float64 default dtype set for the build, which would reach other threads building their own models.
+        model = model.to(torch.float64)
     try:
         safetensors.torch.load_model(model, str(weights_path))
     except (RuntimeError, OSError, safetensors.SafetensorError) as error:

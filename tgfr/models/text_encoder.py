@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
+from tgfr.input_paths import refuse_empty_path
 from tgfr.models.freezing import FreezableModule
 from tgfr.text_formats import check_caption_utf8
 from tgfr.torch_files import REFUSED_PICKLE, is_refused_pickle
@@ -73,14 +74,16 @@ def _without_progress_bars():
 class TextEncoder(FreezableModule):
     """Transformer text encoder giving per-word and sentence features.
 
-    name_or_path: local model directory (None: the packaged all-MiniLM-L6-v2). A full CLIP
-    checkpoint loads its text tower only.
+    name_or_path: local model directory (None: the packaged all-MiniLM-L6-v2; "" is refused, not
+    taken as the current folder). A full CLIP checkpoint loads its text tower only. The text model
+    is built in the default dtype (`torch.get_default_dtype()`, float32 unless set otherwise), as the
+    backbone and heads are, whatever dtype its config.json names.
     max_length: tokenizer width including the two special tokens (TGFR: 24); `tokenize` keeps the
     first max_length - 2 word-piece tokens of a longer caption and drops the rest.
     sentence_pooling: "mean" = mean of the last hidden states over all attended tokens,
     special tokens included (sentence-transformers' pooling for MiniLM; no L2 normalization
-    here); "cls" = hidden state of the first token; "pooled" = the model's `pooler_output`
-    (BERT's tanh pooler, CLIP's end-of-text state).
+    here); "cls" = hidden state of the first token (refused for a causal text model such as
+    CLIP's); "pooled" = the model's `pooler_output` (BERT's tanh pooler, CLIP's end-of-text state).
     pretrained: False builds the architecture from its config with fresh weights (used when a
     checkpoint supplies them).
     """
@@ -98,6 +101,9 @@ class TextEncoder(FreezableModule):
             raise ValueError(f"sentence_pooling must be one of {SENTENCE_POOLINGS}, got {sentence_pooling!r}")
         # Two special tokens and a word; a float (12.0) failed at the first tokenize, naming nothing.
         max_length = check_count("max_length", max_length, minimum=3)
+        # As a Path, "" is the current folder, which would load whatever model folder the process runs in.
+        refuse_empty_path("name_or_path", name_or_path,
+                          "name the text model folder, or give None for the packaged all-MiniLM-L6-v2")
         path = Path(name_or_path) if name_or_path is not None else packaged_minilm_path()
         if not path.is_dir():
             raise ValueError(f"name_or_path must be a local model directory, got {str(path)!r} (not a directory)")
@@ -151,6 +157,12 @@ class TextEncoder(FreezableModule):
         except Exception as error:
             raise TextModelFilesError(f"the model files (config.json, weights) of text model folder {path} do not "
                                       f"load: {_library_reason(error)}") from error
+        # In a causal model the first token attends to itself only: its state is one vector for every caption.
+        if sentence_pooling == "cls" and (self.model.config.model_type == "clip_text_model"
+                                          or getattr(self.model.config, "is_decoder", False)):
+            raise ValueError(f"sentence_pooling='cls' takes the first token's state, which the causal text model in "
+                             f"{path} gives the same for every caption; use 'pooled' (its end-of-text state) or "
+                             "'mean'")
         # Ids past the token embedding table (tokenizer.add_tokens without resize_token_embeddings, or another
         # model's tokenizer files) fail only at the first caption that holds one, possibly deep into a run.
         if len(self.tokenizer) > self.vocab_size:
@@ -168,17 +180,19 @@ class TextEncoder(FreezableModule):
 
     @staticmethod
     def _load_model(path: Path, pretrained: bool) -> torch.nn.Module:
-        # Always float32, whatever dtype config.json names: transformers would otherwise build a
-        # float16 text model (a folder saved in half precision) beside the float32 backbone and heads.
+        # The default dtype, as the backbone and heads are built in, whatever dtype config.json names:
+        # transformers would otherwise build a float16 text model (a folder saved in half precision) beside
+        # float32 heads, and a fixed float32 one failed the first forward of a model built under float64.
+        dtype = torch.get_default_dtype()
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         with _without_progress_bars():
             if config.model_type == "clip":  # a full CLIP checkpoint: keep the text tower
                 if pretrained:
-                    return CLIPTextModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-                return CLIPTextModel(config.text_config).float()
+                    return CLIPTextModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+                return CLIPTextModel(config.text_config).to(dtype)
             if pretrained:
-                return AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-            return AutoModel.from_config(config, dtype=torch.float32)
+                return AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+            return AutoModel.from_config(config, dtype=dtype)
 
     def fixed_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the features never depend on: the model's pooler (BERT's tanh layer) unless

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tgfr.input_paths import refuse_empty_path
 from tgfr.models.fcam import ImageAlignmentHead, TextAlignmentHead
 from tgfr.models.fcfm import build_fusion
 from tgfr.models.freezing import KeepsFrozenPartsFixed
@@ -143,6 +144,9 @@ class TGFRModel(KeepsFrozenPartsFixed):
         super().__init__()
         # A fresh default per model: training writes into model.config (freeze_backbone after fr).
         config = TGFRConfig() if config is None else config
+        # Named as the config's field, not as TextEncoder's argument (name_or_path), which the caller never wrote.
+        refuse_empty_path("config.text_encoder", config.text_encoder,
+                          "name the text model folder, or give None for the packaged all-MiniLM-L6-v2")
         self.config = config
         self.backbone = IResNet(config.backbone, frozen=config.freeze_backbone)
         # The encoder's default "mean" sentence pooling keeps BERT's pooler in its fixed_parameters:
