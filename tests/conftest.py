@@ -4,9 +4,14 @@ import os
 import threading
 import types
 
-import pytest
-import torch
-from transformers import (
+# No test may reach a model hub. huggingface_hub reads these once, when first imported (by transformers below):
+# set later, they reached only child processes, and a load by hub name tried the network for half a minute.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
     BertConfig,
     BertModel,
     BertTokenizer,

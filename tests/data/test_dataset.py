@@ -708,6 +708,29 @@ def test_sampler_shuffles_its_batches():
     assert (abs(with_identity_0 - seeds * 4 / 6) <= 5 * math.sqrt(seeds * 4 / 6 * 2 / 6)).all(), with_identity_0
 
 
+def test_sampler_shuffles_each_identitys_images_before_cutting_groups():
+    """Identities of 5 images cut into groups of K = 2: each epoch one image of each is left over, each image with
+    probability 1/5, and two given images share a group with probability 2 * (2/5 * 1/4) = 1/5. Cut in their
+    manifest order, the fifth image would never train and the same pairs would always share a batch. Over 200
+    epochs each count is within 5 standard deviations of 200 / 5."""
+    labels = [i // 5 for i in range(15)]
+    epochs = 200
+    sampler = IdentityBalancedBatchSampler(labels, identities_per_batch=3, images_per_identity=2, seed=4)
+    left_over, pairs = Counter(), Counter()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == 2  # both groups of each identity are used
+        used = {i for batch in batches for i in batch}
+        left_over.update(set(range(15)) - used)
+        pairs.update(tuple(sorted(batch[s:s + 2])) for batch in batches for s in range(0, len(batch), 2))
+    expected, bound = epochs / 5, 5 * math.sqrt(epochs / 5 * 4 / 5)
+    assert all(abs(left_over[i] - expected) <= bound for i in range(15)), left_over
+    same_identity = [pair for first in range(0, 15, 5) for pair in itertools.combinations(range(first, first + 5), 2)]
+    assert set(pairs) == set(same_identity)
+    assert all(abs(pairs[pair] - expected) <= bound for pair in same_identity), pairs
+
+
 def test_sampler_shuffles_identities_within_a_batch():
     """Packing picks identity 0 (8 images, the most groups left) first for 4 batches; under torchrun replica 0
     takes a batch's first P / W identities, so unshuffled it would always get identity 0. Shuffled within the

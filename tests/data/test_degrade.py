@@ -1,3 +1,4 @@
+import colorsys
 import os
 import re
 import zlib
@@ -73,6 +74,11 @@ def test_noise_brightness_and_hue():
     cyan = np.asarray(adjust_hue(red, 0.5))[0, 0]
     assert cyan[0] < 10 and cyan[1] > 245 and cyan[2] > 245
     assert np.array_equal(np.asarray(adjust_hue(red, 0.0)), np.asarray(red))
+    # A third of a turn tells the direction, which half a turn cannot: a positive shift adds to the hue (red 0,
+    # green 1/3, blue 2/3), as torchvision's adjust_hue does; PIL's 8-bit hue lands within a level of 256 of it.
+    for shift in (1 / 3, -1 / 3):
+        expected = 255 * np.array(colorsys.hsv_to_rgb(shift % 1, 1.0, 1.0))
+        assert np.abs(np.asarray(adjust_hue(red, shift))[0, 0] - expected).max() < 10, shift
 
 
 @pytest.mark.parametrize("recipe", ["celeba", "face2text", "down24+celeba", "jpeg20"])

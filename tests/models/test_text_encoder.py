@@ -510,3 +510,19 @@ def test_the_text_model_is_built_in_the_default_dtype(text_model, pretrained, re
                 assert torch.equal(tensor, stored[key].double()), name
                 compared += 1
         assert compared > 10
+
+
+def test_a_tokenizer_named_by_hub_id_fails_at_once_without_a_connection(monkeypatch, tmp_path):
+    """conftest puts huggingface_hub in offline mode in the test process too: a load by hub name (say a model path
+    that became a name) fails without a connection attempt, where it tried the network for half a minute."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(OSError, match="offline"):
+        AutoTokenizer.from_pretrained("google-bert/bert-base-uncased", cache_dir=tmp_path)  # empty cache
+    assert not attempts
