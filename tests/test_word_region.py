@@ -130,6 +130,32 @@ def test_huge_gamma1_gradients_match_a_float64_formula(gamma1, word_softmax):
         assert_close_relative(actual, wanted, 1e-4, what)
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="known: the backward multiplies by gamma1 before the word softmax's backward "
+                          "(csrc/word_region_cpu.cpp, tgfr/reference.py), and that product overflows to inf, then NaN")
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("gamma1", [1e35, torch.finfo(torch.float32).max])
+def test_gradients_at_huge_gamma1_stay_finite_where_the_attention_passes_none(gamma1, backend):
+    """A one-word caption: its softmax over words is 1 at every region, so alpha = 1/R for every gamma1, and the
+    scores and gradients are those at gamma1 = 4. The backward forms gamma1 * alpha * (g_r - mean g), g_r about
+    gamma2 * |v_r| / |context|, before the word softmax's backward takes it to 0: with two regions that nearly
+    cancel (|context| 1e-6 of theirs) it overflows far below GAMMA_MAX, so no bound on gamma1 alone keeps it
+    finite."""
+    generator = torch.Generator().manual_seed(0)
+    u, e = torch.randn(2, 8, generator=generator)
+    words, lengths = torch.randn(1, 1, 8, generator=generator), torch.tensor([1])
+    regions = torch.stack([u + 1e-6 * e, -u + 1e-6 * e])[None]
+    results = []
+    for g1 in (4.0, gamma1):
+        inputs = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
+        scores = tgfr.ops.word_region_scores(inputs[0], lengths, inputs[1], gamma1=g1, backend=backend)
+        results.append((scores, *torch.autograd.grad(scores.sum(), inputs)))
+    assert results[0][2].abs().max() > 1e5  # d(regions), as large as g_r, which gamma1 multiplies
+    for actual, wanted, what in zip(results[1], results[0], ("scores", "d(words)", "d(regions)")):
+        assert actual.isfinite().all(), what
+        torch.testing.assert_close(actual, wanted, rtol=1e-6, atol=0, msg=what)
+
+
 @pytest.mark.parametrize("word_softmax", [True, False])
 def test_large_magnitude_inputs_are_stable(word_softmax):
     # Products of ~1e4: any softmax without max-subtraction overflows to inf/NaN here.

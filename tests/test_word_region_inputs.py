@@ -390,10 +390,16 @@ def test_kernel_refuses_a_gradient_that_is_not_floating_point(dtype):
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gamma_may_be_float32s_maximum(backend):
-    """The bound is inclusive: float32's maximum is finite in the kernels' float32; 1e39 above it is refused
-    (test_bad_gamma)."""
+    """The bound is inclusive: float32's maximum is finite in the kernels' float32, and so are the scores, in
+    [-gamma2, gamma2 + log T] (float32's maximum again once rounded); the next float64 above it is refused.
+    Gradients at such a gamma1 are another matter (tests/test_word_region.py)."""
     largest = torch.finfo(torch.float32).max
-    tgfr.ops.word_region_scores(*valid_inputs(), gamma1=largest, gamma2=largest, backend=backend)
+    scores = tgfr.ops.word_region_scores(*valid_inputs(), gamma1=largest, gamma2=largest, backend=backend)
+    assert scores.shape == (3, 4) and scores.isfinite().all()
+    above = math.nextafter(largest, math.inf)
+    for name in ("gamma1", "gamma2"):
+        with pytest.raises(ValueError, match=f"^{name} must be a finite positive number of at most 3.40282e"):
+            tgfr.ops.word_region_scores(*valid_inputs(), **{name: above}, backend=backend)
 
 
 @pytest.mark.parametrize(("dim", "expected"), [(624, "kernel"), (640, "reference")])
