@@ -26,14 +26,19 @@ inline constexpr int64_t kColumnBlock = 64;
 
 inline int64_t even(int64_t size) { return (size + 1) / 2 * 2; }
 
-// bf16 inputs take these products when the CPU and ATen's oneDNN support them, unless
-// TGFR_CPU_BF16_PRODUCTS=0 asks for the fp32 products (the kernels then convert bf16 inputs to
-// fp32 and multiply in fp32, as on CPUs without bf16 matrix units).
+// Whether the CPU and ATen's oneDNN support these products (tgfr._C.cpu_bf16_products says so to Python).
+inline bool bf16_products_supported() {
+  static const bool supported = at::native::cpublas::could_pack(at::kBFloat16);
+  return supported;
+}
+
+// bf16 inputs take these products where supported, unless TGFR_CPU_BF16_PRODUCTS=0 asks for the
+// fp32 products (the kernels then convert bf16 inputs to fp32 and multiply in fp32, as on CPUs
+// without bf16 matrix units).
 inline bool bf16_products_enabled() {
   const char* setting = std::getenv("TGFR_CPU_BF16_PRODUCTS");
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
-  static const bool supported = at::native::cpublas::could_pack(at::kBFloat16);
-  return supported;
+  return bf16_products_supported();
 }
 
 // float -> bf16 bits, rounded to nearest even as c10::BFloat16's conversion, NaN kept NaN, but

@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "bf16_products.h"
 // Generated in the build folder by setup.py or CMakeLists.txt (see tgfr/_source_hash.py).
 #include "tgfr_source_hash.h"
 
@@ -13,6 +14,13 @@ PyObject* PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   // tgfr/ops/_library.py compares it with the checkout's sources to catch a stale build.
   if (module != nullptr && PyModule_AddStringConstant(module, "source_hash", TGFR_SOURCE_HASH) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  // 1 where bf16 inputs of the CPU word-region kernel take bf16 products (bf16_products.h): tests
+  // say where they do not, rather than run the fp32 products twice under two names.
+  if (module != nullptr &&
+      PyModule_AddIntConstant(module, "cpu_bf16_products", tgfr::cpu::bf16_products_supported() ? 1 : 0) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

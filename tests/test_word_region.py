@@ -56,10 +56,32 @@ def fused_and_reference(words, lengths, regions, grad_seed=1, **hyper):
 
 
 # bf16 inputs take bf16 products on CPUs with bf16 matrix units (csrc/bf16_products.h) unless
-# TGFR_CPU_BF16_PRODUCTS=0: both ways are checked (on other CPUs both are the fp32 products).
+# TGFR_CPU_BF16_PRODUCTS=0: both ways are checked where the CPU has them; elsewhere the default case would run
+# the fp32 products a second time, and is skipped saying so.
+BF16_PRODUCTS = bool(tgfr._C.cpu_bf16_products)
+WITH_BF16_PRODUCTS = pytest.mark.skipif(
+    not BF16_PRODUCTS, reason="this CPU takes no bf16 products (tgfr._C.cpu_bf16_products = 0): its bf16 inputs take "
+                              "the fp32 products, which the bfloat16-fp32-products case checks")
 DTYPES = [pytest.param(torch.float32, None, id="float32"),
-          pytest.param(torch.bfloat16, None, id="bfloat16"),
+          pytest.param(torch.bfloat16, None, id="bfloat16", marks=WITH_BF16_PRODUCTS),
           pytest.param(torch.bfloat16, "0", id="bfloat16-fp32-products")]
+
+
+def test_bf16_inputs_take_bf16_products_exactly_where_the_cpu_has_them(monkeypatch):
+    """The two settings give other bits where tgfr._C.cpu_bf16_products says the CPU takes bf16 products (the
+    backward rounds its probabilities to bf16 there), the same bits elsewhere: the flag the skips above read is
+    the kernel's own choice."""
+    words, lengths, regions = make_inputs(**SHAPES["odd"], dtype=torch.bfloat16)
+
+    def scores_and_gradients():
+        inputs = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
+        scores = tgfr.ops.word_region_scores(inputs[0], lengths, inputs[1], backend="cpu")
+        return (scores, *torch.autograd.grad(scores.sum(), inputs))
+
+    default = scores_and_gradients()
+    monkeypatch.setenv("TGFR_CPU_BF16_PRODUCTS", "0")
+    fp32_products = scores_and_gradients()
+    assert all(torch.equal(a, b) for a, b in zip(default, fp32_products)) == (not BF16_PRODUCTS)
 
 
 @pytest.fixture
@@ -512,7 +534,7 @@ def test_attention_matches_reference(word_softmax, dtype, atol):
     assert (attention[~valid] == 0).all()
 
 
-@pytest.mark.parametrize("bf16_products", [None, "0"])
+@pytest.mark.parametrize("bf16_products", [pytest.param(None, marks=WITH_BF16_PRODUCTS), "0"])
 def test_bf16_attention_matches_reference(bf16_products, products):
     """alpha needs only the first product, exact in either way for bf16 inputs (fp32 accumulation)."""
     products(bf16_products)
