@@ -138,8 +138,8 @@ def _split_lines(content: dict[str, Any], train_split: str) -> list[str]:
         # not give.
         lines.append(f"**Note:** with another identity's captions, {content['other_captions_repeated']} images carry "
                      "a caption that another image of their identity carries too (the next identity's records hold "
-                     "fewer captions than this identity has images), so that control's figures are raised by "
-                     "repeated captions, and TGFR minus it is lowered.")
+                     "fewer captions than this identity has images), which can raise that control's figures, "
+                     "and lower TGFR minus it, for a reason other than the captions' match to the face.")
     return lines
 
 
