@@ -505,7 +505,8 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(run, monkeypatch):
     assert evaluated[0].evaluation.splits == {"clean": "test", "degraded": "test_blur"}
     assert evaluate_error("--run", str(run), "--set", "evaluation.splits.blur=test_blur") == (
         "tgfr evaluate: error: --set 'evaluation.splits.blur=test_blur': unknown key evaluation.splits.blur; "
-        "known: clean, degraded")
+        "known: clean, degraded; to add an entry, give the whole table: "
+        "--set 'evaluation.splits={clean = \"test\", degraded = \"test_degraded\", blur = \"test_blur\"}'")
 
 
 def test_a_run_written_before_the_synthetic_version_was_recorded_reads_version_1(tmp_path, monkeypatch, capsys):
@@ -557,21 +558,35 @@ def test_image_cache_mib_below_0_or_not_an_integer_is_a_usage_error(run, capsys,
 
 
 def captions_of_the_next_identity(labels, captions, paths):
-    """The control's rule, image by image: the j-th image (by path) of label i takes the (j mod P)-th caption of label
-    (i + 1) mod K's pool, which lists that label's images' first captions by path, then their second captions,
-    and so on (P captions; labels 0..K-1; paths that sort as strings as tgfr.data.protocol.path_order sorts them;
-    captions: each image's tuple of captions)."""
+    """The control's rule, image by image: an image of label i whose first caption is the k-th distinct one of label
+    i's images (by path) takes the (k mod P)-th caption of label (i + 1) mod K's pool, which lists the distinct
+    captions among that label's images' first captions by path, then their second captions, and so on (P captions;
+    labels 0..K-1; paths that sort as strings as tgfr.data.protocol.path_order sorts them; captions: each image's
+    tuple of captions)."""
     count = int(max(labels)) + 1
+
+    def by_path(label):
+        return [m for _, m in sorted((path, m) for m, (path, other) in enumerate(zip(paths, labels)) if other == label)]
+
     rotated = []
-    for path, label in zip(paths, labels):
-        j = sum(1 for other_path, other in zip(paths, labels) if other == label and other_path < path)
-        donors = [m for _, m in sorted((other_path, m) for m, (other_path, other) in enumerate(zip(paths, labels))
-                                       if other == (label + 1) % count)]
+    for m, label in enumerate(labels):
+        distinct_own = []
+        for own in by_path(label):
+            if captions[own][0] not in distinct_own:
+                distinct_own.append(captions[own][0])
+        donors = by_path((label + 1) % count)
         pool = []
-        for rank in range(max(len(captions[m]) for m in donors)):
-            pool += [captions[m][rank] for m in donors if rank < len(captions[m])]
-        rotated.append(pool[j % len(pool)])
+        for rank in range(max(len(captions[d]) for d in donors)):
+            for d in donors:
+                if rank < len(captions[d]) and captions[d][rank] not in pool:
+                    pool.append(captions[d][rank])
+        rotated.append(pool[distinct_own.index(captions[m][0]) % len(pool)])
     return rotated
+
+
+def repeats(labels, captions):
+    """Images whose caption an earlier image (in list order) of their label carries."""
+    return len(captions) - len(set(zip(labels.tolist(), captions)))
 
 
 def test_other_identity_captions_give_each_identity_the_captions_of_the_next_label():
@@ -589,8 +604,9 @@ def test_other_identity_captions_give_each_identity_the_captions_of_the_next_lab
     donor_labels = {label: {int(labels[captions.index(caption)]) for caption, own in zip(rotated, labels)
                             if own == label} for label in range(4)}
     assert donor_labels == {0: {1}, 1: {2}, 2: {3}, 3: {0}}
-    # Identity 1 repeats 1 of identity 2's 3 captions, identity 2 repeats identity 3's one caption twice.
-    assert repeated_within_identity(labels, rotated) == 3
+    # Identity 1 repeats 1 of identity 2's 3 captions, identity 2 repeats identity 3's one caption twice, where
+    # the images' own captions all differ.
+    assert repeated_within_identity(labels, rotated, captions) == repeats(labels, rotated) == 3
 
 
 def test_an_identity_of_more_images_than_the_next_one_takes_its_later_captions_before_repeating_one():
@@ -611,9 +627,35 @@ def test_an_identity_of_more_images_than_the_next_one_takes_its_later_captions_b
     for label in range(4):
         own = [first for (first, *_), other in zip(captions, labels) if other == label]
         assert len({caption for caption, other in zip(rotated, labels) if other == label}) == len(own)
-    assert repeated_within_identity(labels, rotated) == 0
+    firsts = [first for first, *_ in captions]
+    assert repeated_within_identity(labels, rotated, firsts) == 0
     # One caption per record: identity 1 takes identity 2's 2 captions for its 6 images, 4 of them repeated.
-    assert repeated_within_identity(labels, other_identity_captions(labels, [c[:1] for c in captions], paths)) == 4
+    assert repeated_within_identity(labels, other_identity_captions(labels, [c[:1] for c in captions], paths),
+                                    firsts) == 4
+
+
+def test_images_share_a_replacement_exactly_where_they_share_their_own_first_caption():
+    """A pool of the next identity's captions as listed repeated "he wears glasses" (two images' first caption)
+    and gave it to both images of identity 0, whose own captions differ, while distinct ones were left unused;
+    identity 1's two images sharing "a grey beard" took two different replacements. Now the control repeats a
+    caption within an identity as its own first captions do, and the count of further repeats is 0."""
+    from tgfr.evaluation.embeddings import other_identity_captions, repeated_within_identity
+
+    labels = np.array([0, 0, 1, 1, 1])
+    paths = ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "b/2.png"]
+    captions = [("x",), ("y",), ("he wears glasses", "grey beard"), ("he wears glasses", "round face"), ("bald",)]
+    rotated = other_identity_captions(labels, captions, paths)
+    assert rotated == captions_of_the_next_identity(labels.tolist(), captions, paths)
+    assert rotated[:2] == ["he wears glasses", "bald"]  # the pool: glasses, bald, grey beard, round face
+    shared = [("a grey beard",), ("a grey beard",), ("p",), ("q",), ("r",)]
+    rotated = other_identity_captions(labels, shared, paths)
+    assert rotated[0] == rotated[1] and len(set(rotated[2:])) == 1  # b's three from a's one distinct caption
+    own = [first for first, *_ in shared]
+    assert repeated_within_identity(labels, rotated, own) == 2  # identity 1's captions differ, its control's not
+    assert repeats(labels, rotated) == 3
+
+
+
 
 
 def test_other_identity_captions_give_a_degraded_copy_its_clean_images_captions_in_any_listed_order():

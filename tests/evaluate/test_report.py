@@ -258,7 +258,7 @@ def test_a_split_whose_control_repeats_captions_within_an_identity_says_so(tmp_p
                "train_split": "train", "split_contents": {"clean": contents}}
     text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
     note = (f"**Note:** with another identity's captions, {repeated} images carry a caption that another image of "
-            "their identity carries too")
+            "their identity carries where their own first captions differ")
     assert (note in text, "**Note:**" in text) == (bool(repeated), bool(repeated))
 
 
@@ -365,10 +365,11 @@ def test_the_controls_have_table_rows_a_summary_line_per_split_and_one_sentence_
     # A fusion blind to the caption's match to the face scores below 0 on this control where alike faces have
     # alike captions: "about 0" is no proof that the match goes unused, and the report must not say it is.
     assert "not from what they say of the face" not in text
-    assert text.count("A difference above 0 shows that TGFR uses that match; one about 0 or below does not show "
-                      "that it does not") == 1
-    assert text.count("Where TGFR gains on image only and this difference is not above 0, the gain may come from "
-                      "the captions as an identity cue") == 1
+    # A point estimate above 0 with an interval reaching below it (+11.0 [-4.0, +27.0]) is no evidence either way.
+    assert text.count("A difference whose interval lies above 0 shows that TGFR uses that match; one whose interval "
+                      "reaches 0 or below does not show that it does not") == 1
+    assert text.count("Where TGFR gains on image only and this difference's interval is not above 0, the gain may "
+                      "come from the captions as an identity cue") == 1
     assert text.count("how far the caption alone identifies a subject") == 1
 
     for methods in metrics.values():

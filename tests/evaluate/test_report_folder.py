@@ -90,11 +90,15 @@ def test_readmes_validation_report_compares_on_val_and_its_degraded_copy(tiny_ru
     info = json.loads((run / "report_val" / "report_info.json").read_text())
     degraded = [r for r in records if r.split == "val_degraded"]
     assert [r.meta["source"] for r in degraded] == [r.path for r in records if r.split == "val"]
+    # The synthetic captions, which a degraded copy keeps: each image's own, told apart within the presets' cut.
+    first_captions = info["split_contents"]["clean"]["first_captions"]
+    assert first_captions["distinct"] == first_captions["distinct_after_cut"] == len(degraded)
     assert info["split_contents"] == {
         "clean": {"split": "val", "degradations": {"none": len(degraded)}, "identities": len(val),
-                  "identities_in_training": 0, "other_captions_repeated": 0},
+                  "identities_in_training": 0, "other_captions_repeated": 0, "first_captions": first_captions},
         "degraded": {"split": "val_degraded", "degradations": {config.data.degradation: len(degraded)},
-                     "identities": len(val), "identities_in_training": 0, "other_captions_repeated": 0}}
+                     "identities": len(val), "identities_in_training": 0, "other_captions_repeated": 0,
+                     "first_captions": first_captions}}
 
 
 def test_the_report_names_the_run_absolute_as_it_names_the_manifest(tiny_run, tmp_path, monkeypatch):
@@ -182,7 +186,7 @@ def test_the_report_says_what_each_split_holds_and_how_training_degraded(tiny_ru
     assert info["split_contents"]["degraded"] == {
         "split": "test_degraded", "degradations": {config.data.degradation: len(degraded)},
         "identities": len({r.identity for r in degraded}), "identities_in_training": 0,
-        "other_captions_repeated": 0}
+        "other_captions_repeated": 0, "first_captions": info["split_contents"]["degraded"]["first_captions"]}
     assert info["train_degradation"] == {"recipe": config.data.train_degradation, "p": config.data.train_degrade_p}
 
     # The training split itself, evaluated as a test split: said on stderr and in the report.
@@ -704,6 +708,30 @@ def test_a_degraded_copy_under_any_report_name_gets_its_paired_difference_to_cle
     assert "- TGFR, clean -> blur: AUC " in reports["blur"] and "; blur minus clean (paired, points): " in reports["blur"]
     info = json.loads((tmp_path / "blur" / "report_info.json").read_text())
     assert [content["other_captions_repeated"] for content in info["split_contents"].values()] == [0, 0]
+
+
+def test_first_captions_that_the_cut_makes_one_are_said_on_stderr_and_in_the_report(tiny_run, tmp_path, capsys):
+    """Captions past model.max_length - 2 word pieces are cut, in evaluation as in training, which said so: a split
+    whose first captions differ only past the cut was fused with one caption for every face, and nothing said so."""
+    run, config, manifest = tiny_run
+    prefix = "a woman with long red hair, green eyes and a small scar over her left brow, " * 3
+    records = [dataclasses.replace(record, captions=(f"{prefix}number {i}", *record.captions[1:]))
+               if record.split == "test" else record for i, record in enumerate(read_manifest(manifest))]
+    tests = sum(record.split == "test" for record in records)
+    long = write_manifest(manifest.parent / "long_captions.jsonl", records)
+    capsys.readouterr()
+    text = evaluate(run, config, tmp_path / "long", manifest=long, device="cpu").read_text(encoding="utf-8")
+    assert capsys.readouterr().err == (
+        f"tgfr evaluate: warning: evaluation.splits.clean = 'test': {tests} distinct first captions are 1 once cut to "
+        f"model.max_length - 2 = {config.model.max_length - 2} word pieces (the text encoder sees no more): the "
+        "model cannot tell the others apart\n")
+    info = json.loads((tmp_path / "long" / "report_info.json").read_text())
+    assert info["split_contents"]["clean"]["first_captions"] == {"distinct": tests, "cut": tests,
+                                                                 "distinct_after_cut": 1}
+    degraded = info["split_contents"]["degraded"]["first_captions"]
+    assert degraded["distinct_after_cut"] == degraded["distinct"] == tests  # its captions are the synthetic ones
+    assert (f"First captions: {tests} of its {tests} distinct ones are longer than model.max_length allows and cut "
+            "(the text encoder sees their first word pieces only), 1 distinct once cut.") in section(text, "clean")
 
 
 @pytest.mark.parametrize("written, drawn_with", [("true", True), ("false", False), (None, True)],

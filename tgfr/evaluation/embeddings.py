@@ -3,8 +3,9 @@ embedding, both L2-normalized. Each image is paired with its first caption.
 
 With controls, two more, which tell what the caption adds to TGFR: text_only, the aligned sentence feature of
 the first caption alone, and tgfr_other_captions, TGFR's embedding with each image's caption replaced by one of
-another identity (other_identity_captions). TGFR scoring above that control shows it uses the caption's match
-to the face; scoring about as well or below does not show it does not (tgfr.evaluation.report.CONTROLS_MEANING)."""
+another identity (other_identity_captions). TGFR minus that control with its interval above 0 shows TGFR uses the
+caption's match to the face; an interval reaching 0 or below does not show it does not
+(tgfr.evaluation.report.CONTROLS_MEANING)."""
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ METHODS = ("image_only", "tgfr", "text_only", "tgfr_other_captions")
 @dataclass
 class SplitEmbeddings:
     """paths, labels (N,) contiguous identities, captions (N,), image_only (N, E), tgfr (N, F); the controls,
-    None when not computed: text_only (N, D), tgfr_other_captions (N, F), other_captions_repeated."""
+    None when not computed: text_only (N, D), tgfr_other_captions (N, F), other_captions_repeated; first_captions."""
 
     paths: list[str]
     labels: np.ndarray
@@ -39,9 +40,11 @@ class SplitEmbeddings:
     tgfr: np.ndarray
     text_only: np.ndarray | None = None
     tgfr_other_captions: np.ndarray | None = None
-    # Images whose tgfr_other_captions caption an earlier image of their identity has too (a next identity with
-    # fewer captions than this one has images); None without the controls.
+    # Images whose tgfr_other_captions caption an earlier image of their identity has too where their own first
+    # caption does not repeat (the next identity's records hold too few distinct captions); None without controls.
     other_captions_repeated: int | None = None
+    # first_caption_cuts of the split's first captions.
+    first_captions: dict[str, int] | None = None
 
     def methods(self) -> tuple[str, ...]:
         """The methods computed, in METHODS' order."""
@@ -57,12 +60,14 @@ class SplitEmbeddings:
 def other_identity_captions(labels: np.ndarray, captions: Sequence[Sequence[str]], paths: list[str]) -> list[str]:
     """Each image's caption replaced by one of another identity, consistently within an identity: with the K
     identities in label order and each identity's images in path order (tgfr.data.protocol.path_order, the order
-    the pairs and the gallery use, in which a degraded copy's images sort as the clean split's do), the j-th
-    image of the i-th identity gets the (j mod P)-th caption of the ((i + 1) mod K)-th identity's pool: its images'
-    first captions in path order, then their second captions, and so on (P captions in all). Every image of an
-    identity thus carries captions of one other identity (its own with K = 1), an image and its degraded copy the
-    same caption, and an identity of more images than the next one has still distinct captions while the next
-    one's records hold enough: repeated captions would be an identity cue the images' own first captions are not.
+    the pairs and the gallery use, in which a degraded copy's images sort as the clean split's do), the k-th
+    distinct first caption of the i-th identity (in that order) is replaced by the (k mod P)-th caption of the
+    ((i + 1) mod K)-th identity's pool: the distinct captions of its images' first captions in path order, then
+    of their second captions, and so on (P in all). Every image of an identity thus carries captions of one other
+    identity (its own with K = 1), an image and its degraded copy the same caption, and images share a replacement
+    where they share their own first caption, and only there while the pool holds enough: a caption repeated
+    among an identity's images is an identity cue, which the control should carry only as the images' own
+    first captions do.
     labels (N,) identity labels; captions (N,) each image's captions, first the one evaluated; paths (N,) its
     path; returns (N,) captions."""
     order = sorted(range(len(paths)), key=lambda image: (labels[image], path_order(paths[image])))
@@ -71,16 +76,37 @@ def other_identity_captions(labels: np.ndarray, captions: Sequence[Sequence[str]
     replaced = [""] * len(captions)
     for k, images in enumerate(members):
         donors = members[(k + 1) % len(members)]
-        pool = [captions[donor][rank] for rank in range(max(len(captions[donor]) for donor in donors))
-                for donor in donors if rank < len(captions[donor])]
-        for j, image in enumerate(images):
-            replaced[image] = pool[j % len(pool)]
+        pool = list(dict.fromkeys(captions[donor][rank]
+                                  for rank in range(max(len(captions[donor]) for donor in donors))
+                                  for donor in donors if rank < len(captions[donor])))
+        own = {caption: j for j, caption in enumerate(dict.fromkeys(captions[image][0] for image in images))}
+        for image in images:
+            replaced[image] = pool[own[captions[image][0]] % len(pool)]
     return replaced
 
 
-def repeated_within_identity(labels: np.ndarray, captions: list[str]) -> int:
-    """How many images carry a caption that an earlier image of their identity carries: (N,) labels and captions."""
-    return len(captions) - len(set(zip(labels.tolist(), captions)))
+def repeated_within_identity(labels: np.ndarray, captions: list[str], own: list[str]) -> int:
+    """How many images carry a caption (N,) that an earlier image of their identity (labels (N,)) carries, where
+    their own first caption (N,) an earlier one's does not."""
+    seen, seen_own, repeated = set(), set(), 0
+    for label, caption, first in zip(labels.tolist(), captions, own):
+        repeated += (label, caption) in seen and (label, first) not in seen_own
+        seen.add((label, caption))
+        seen_own.add((label, first))
+    return repeated
+
+
+def first_caption_cuts(collator: CaptionCollator, captions: list[str]) -> dict[str, int]:
+    """Of the distinct `captions`: how many there are ("distinct"), how many have more than collator.max_length
+    tokens, so that the text encoder sees only their first max_length - 2 word pieces ("cut"), and how many
+    distinct ones remain once cut ("distinct_after_cut"): captions that differ only past the cut are one to the
+    model, and a split of long captions can leave text only and TGFR one caption for every face."""
+    distinct = sorted(set(captions))
+    whole = collator.tokenizer(distinct, padding=collator.padding, truncation=True, max_length=collator.max_length + 1,
+                               split_special_tokens=True, return_tensors="pt")["attention_mask"].sum(1)
+    ids, mask = collator.tokenize(distinct)
+    kept = {tuple(row[:length].tolist()) for row, length in zip(ids, mask.sum(1).tolist())}
+    return {"distinct": len(distinct), "cut": int((whole > collator.max_length).sum()), "distinct_after_cut": len(kept)}
 
 
 def _image_batches(dataset: FaceCaptionDataset, batch_size: int) -> Iterator[tuple[range, torch.Tensor]]:
@@ -102,8 +128,8 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
     # The text encoder refuses a caption without words mid-split, naming neither caption nor image; only
     # each image's first caption is embedded, and the controls' captions are drawn from all, so only these are
     # checked.
-    CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length).check_captions(
-        dataset, first_only=not controls)
+    collator = CaptionCollator(model.text_encoder.tokenizer, max_length=model.config.max_length)
+    collator.check_captions(dataset, first_only=not controls)
     texts = [record.captions[0] for record in dataset.records]
     labels = dataset.labels.numpy()
     other_texts = (other_identity_captions(labels, [record.captions for record in dataset.records],
@@ -128,4 +154,5 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
                            torch.cat(image_only).numpy(), torch.cat(fused).numpy(),
                            torch.cat(text_only).numpy() if controls else None,
                            torch.cat(fused_other).numpy() if controls else None,
-                           repeated_within_identity(labels, other_texts) if controls else None)
+                           repeated_within_identity(labels, other_texts, texts) if controls else None,
+                           first_caption_cuts(collator, texts))

@@ -11,9 +11,9 @@ metrics.json is keyed split -> method -> figure, e.g.
 text_only and tgfr_other_captions are the controls (evaluation.controls; absent without them, and so is
 "vs_other_captions"): the caption's sentence feature alone, and TGFR with each image's caption replaced by one of
 another identity (tgfr.evaluation.embeddings). "vs_other_captions" is TGFR minus tgfr_other_captions, paired as
-"vs_image_only" is (TGFR minus image_only). "vs_clean" (each method of the degraded split, when it is the clean
-split's degraded copy: the same identities and probe identities) is degraded minus clean on the same bootstrap
-resamples, as "vs_image_only" is.
+"vs_image_only" is (TGFR minus image_only). "vs_clean" (each method of a split of any report name but "clean",
+when it is the clean split's degraded copy: the same identities and probe identities) is that split minus clean
+on the same bootstrap resamples, as "vs_image_only" is.
 An interval is null where some bootstrap resample cannot measure its figure (tgfr.metrics); rank-k and its
 interval are null where the gallery holds k identities or fewer (every probe is then within rank k).
 """
@@ -33,13 +33,13 @@ MAIN_FAR = "1e-3"  # the summary's (and the paired difference's) operating point
 # and a fusion blind to the caption's match to the face need not score 0 on it (alike faces have alike captions).
 CONTROLS_MEANING = ("TGFR with another identity's captions fuses each face with a caption of another identity, "
                     "the same other identity for all of an identity's images, so TGFR minus it is what the captions' "
-                    "match to the face adds. A difference above 0 shows that TGFR uses that match; one about 0 or "
-                    "below does not show that it does not, since a fusion blind to the match can score below 0 too: "
-                    "a face's own caption repeats what the face shows (alike faces have alike captions), another "
-                    "identity's is a cue of its own. Where TGFR gains on image only and this difference is not above "
-                    "0, the gain may come from the captions as an identity cue consistent across an identity's "
-                    "images alone. Text only scores the caption's sentence feature alone: how far the caption alone "
-                    "identifies a subject.")
+                    "match to the face adds. A difference whose interval lies above 0 shows that TGFR uses that "
+                    "match; one whose interval reaches 0 or below does not show that it does not, since a fusion "
+                    "blind to the match can score below 0 too: a face's own caption repeats what the face shows "
+                    "(alike faces have alike captions), another identity's is a cue of its own. Where TGFR gains on "
+                    "image only and this difference's interval is not above 0, the gain may come from the captions "
+                    "as an identity cue consistent across an identity's images alone. Text only scores the "
+                    "caption's sentence feature alone: how far the caption alone identifies a subject.")
 
 
 def _with_interval(value: float | None, interval: list[float] | None, percent: bool = True) -> str:
@@ -114,7 +114,8 @@ def _comparison(metrics: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 
 def _split_lines(content: dict[str, Any], train_split: str) -> list[str]:
-    """What a split's images are (their degradations) and whether its identities were trained on."""
+    """What a split's images are (their degradations), whether its identities were trained on, and what became of
+    its captions (cut to model.max_length, repeated in a control)."""
     recipes = content["degradations"]
     if list(recipes) == ["none"]:
         images = "Images: none records a degradation (clean, or degraded without a `meta.recipe`)."
@@ -133,13 +134,18 @@ def _split_lines(content: dict[str, Any], train_split: str) -> list[str]:
     else:
         seen = f"Identities also in the training split `{train_split}`: none of {total}."
     lines = [images, seen]
+    cuts = content.get("first_captions")
+    if cuts and cuts["cut"]:
+        lines.append(f"First captions: {cuts['cut']} of its {cuts['distinct']} distinct ones are longer than "
+                     f"model.max_length allows and cut (the text encoder sees their first word pieces only), "
+                     f"{cuts['distinct_after_cut']} distinct once cut.")
     if content.get("other_captions_repeated"):
         # Repeated within an identity, a caption is an identity cue that the images' own first captions need
         # not give.
         lines.append(f"**Note:** with another identity's captions, {content['other_captions_repeated']} images carry "
-                     "a caption that another image of their identity carries too (the next identity's records hold "
-                     "fewer captions than this identity has images), which can raise that control's figures, "
-                     "and lower TGFR minus it, for a reason other than the captions' match to the face.")
+                     "a caption that another image of their identity carries where their own first captions differ "
+                     "(the next identity's records hold too few distinct captions), which can raise that control's "
+                     "figures, and lower TGFR minus it, for a reason other than the captions' match to the face.")
     return lines
 
 

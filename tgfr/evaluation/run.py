@@ -292,6 +292,12 @@ def _evaluate(run: Path, config: TrainConfig, out: Path, manifest: str | Path | 
                                  controls=evaluation.controls)
         scored[name] = split_figures(embeddings, records, split, evaluation)
         contents[name]["other_captions_repeated"] = embeddings.other_captions_repeated
+        contents[name]["first_captions"] = cuts = embeddings.first_captions
+        if cuts["distinct_after_cut"] < cuts["distinct"]:
+            print(f"tgfr evaluate: warning: evaluation.splits.{name} = {split!r}: {cuts['distinct']} distinct first "
+                  f"captions are {cuts['distinct_after_cut']} once cut to model.max_length - 2 = "
+                  f"{config.model.max_length - 2} word pieces (the text encoder sees no more): the model cannot "
+                  "tell the others apart", file=sys.stderr)
         metrics[name], curves[name] = scored[name].figures, scored[name].curves
         if evaluation.heatmap_captions > 0:
             maps[name] = _attention_maps(model, captions, manifest, split, evaluation.heatmap_captions,
