@@ -5,6 +5,7 @@ import pickle
 import re
 import shutil
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -723,14 +724,82 @@ def test_a_seeded_split_that_leaves_a_split_empty_warns(tmp_path):
 
 def test_a_split_asked_to_be_empty_does_not_warn(tmp_path):
     """fractions (0.9, 0.1, 0): no test split is wanted, so its absence is no news; train and val take
-    identities (checked against the formula), so no split warns."""
-    args = many_identity_dialog(tmp_path, identities=20)
+    two or more identities each (checked against the formula), so no split warns."""
+    args = many_identity_dialog(tmp_path, identities=40)
     fractions = (0.9, 0.1, 0)
-    assert {hashed_split(str(i), 0, fractions) for i in range(20)} == {"train", "val"}
+    assert Counter(hashed_split(str(i), 0, fractions) for i in range(40)) == {"train": 38, "val": 2}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         records, _ = convert_celeba_dialog(*args, seed=0, fractions=fractions)
     assert {r.split for r in records} == {"train", "val"}
+
+
+def seed_with_single_identity_splits(identities: int) -> tuple[int, list[str]]:
+    """The first seed whose documented split (hashed_split) of identities 0..identities-1 gives some split
+    exactly one identity and none fewer, and those splits, sorted."""
+    for seed in range(1000):
+        counts = Counter(hashed_split(str(i), seed, (0.8, 0.1, 0.1)) for i in range(identities))
+        if len(counts) == 3 and 1 in counts.values():
+            return seed, sorted(split for split, count in counts.items() if count == 1)
+    raise AssertionError("no such seed")
+
+
+def test_a_seeded_split_of_one_identity_warns_naming_it(tmp_path, capsys):
+    """--seed 9 of 30 identities drew a test split of one identity, which `tgfr evaluate` refuses: convert wrote it
+    without a word, and the refusal came only after training."""
+    args = many_identity_dialog(tmp_path, identities=10)
+    seed, alone = seed_with_single_identity_splits(10)
+    expected = (f"the seeded split (--seed {seed}) of 10 identities puts a single identity in split(s) "
+                f"{', '.join(alone)}, which tgfr evaluate refuses to evaluate (verification needs 2 or more "
+                "identities): convert more identities, try another --seed, or give --split-file")
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        records, _ = convert_celeba_dialog(*args, seed=seed)
+    for split in alone:
+        assert len({r.identity for r in records if r.split == split}) == 1
+    # The command says it as a warning line, and still writes the manifest.
+    captions, identity_file, images, root = args
+    assert main(["data", "convert", "celeba-dialog", "--root", str(root), "--captions", str(captions),
+                 "--identity-file", str(identity_file), "--images", str(images), "--seed", str(seed)]) == 0
+    assert capsys.readouterr().err == f"tgfr data convert: warning: {expected}\n"
+    assert len(read_manifest(root / "manifest.jsonl")) == 20
+
+
+def test_splits_of_two_or_more_identities_each_do_not_warn(tmp_path):
+    args = many_identity_dialog(tmp_path, identities=40)
+    seed = next(seed for seed in range(1000) if min(Counter(hashed_split(str(i), seed, (0.8, 0.1, 0.1))
+                                                            for i in range(40)).values()) >= 2
+                and len({hashed_split(str(i), seed, (0.8, 0.1, 0.1)) for i in range(40)}) == 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_celeba_dialog(*args, seed=seed)
+    (tmp_path / "splits.csv").write_text("".join(f"{i}.jpg,{'train' if i < 76 else 'test'}\n" for i in range(80)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_celeba_dialog(*args, split_file=tmp_path / "splits.csv")
+
+
+def test_a_split_file_or_tree_split_of_one_identity_warns_naming_it(tmp_path):
+    args = many_identity_dialog(tmp_path / "dialog", identities=4)
+    split_file = tmp_path / "splits.csv"
+    # Identities 0 and 1 (images 0-3) train, 2 is val, 3 (images 6, 7) test.
+    split_file.write_text("".join(f"{i}.jpg,{['train', 'train', 'val', 'test'][i // 2]}\n" for i in range(8)))
+    with pytest.warns(UserWarning, match=re.escape(
+            f"split file {split_file} puts a single identity in split(s) test, val, which tgfr evaluate refuses to "
+            "evaluate (verification needs 2 or more identities): move more identities into each")):
+        convert_celeba_dialog(*args, split_file=split_file)
+    # tgfr_tree's test split holds identity 12 alone, its train split 4 and 7.
+    root = tgfr_tree(tmp_path / "tree")
+    with pytest.warns(UserWarning, match=re.escape(
+            f"{root / 'images'} puts a single identity in split(s) test, which tgfr evaluate refuses to evaluate "
+            "(verification needs 2 or more identities): give each more identities, or evaluate another split")):
+        convert_tgfr_tree(root)
+    write_image(root / "images/test/13/13_1.jpg")
+    (root / "text/13").mkdir()
+    (root / "text/13/13_1.txt").write_text("a face\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records, _, _ = convert_tgfr_tree(root)
+    assert {r.identity for r in records if r.split == "test"} == {"12", "13"}
 
 
 @pytest.mark.parametrize("line_break", ["\u2028", "\x0c", "\x85", "\x1c"])

@@ -26,7 +26,7 @@ from tgfr.data.synthetic import SyntheticConfig
 from tgfr.train.batches import (DegradingTransform, StepBatches, _unwrapped_worker_error, resolve_manifest,
                                 synthetic_config)
 from tgfr.train.config import DataConfig, load_config
-from tgfr.train.run import stage_batches
+from tgfr.train.run import stage_batches, train
 
 COLLATE = CaptionCollator(None, tokenize_batches=False)
 
@@ -377,3 +377,43 @@ def test_a_loader_worker_that_dies_is_a_child_process_error_saying_what_to_do(ti
                                                 r"memory: try fewer data.loader_workers; --resume continues"):
         for _ in range(100):
             next(stream)
+
+
+def manifest_with_single_image_identities(source, folder, count):
+    """source's records, the first `count` training identities (sorted) cut to their first image, the paths made
+    relative to `folder`."""
+    records = read_manifest(source)
+    cut = set(sorted({r.identity for r in records if r.split == "train"})[:count])
+    kept, seen = [], set()
+    for record in records:
+        if record.split == "train" and record.identity in cut:
+            if record.identity in seen:
+                continue
+            seen.add(record.identity)
+        kept.append(dataclasses.replace(record, path=os.path.relpath(source.parent / record.path, folder)))
+    return write_manifest(folder / "manifest.jsonl", kept)
+
+
+def test_training_says_how_many_identities_have_fewer_images_than_a_group_takes(tmp_path, tiny_overrides, capsys):
+    """An identity with fewer than data.images_per_identity images fills its group by repeating them, which only
+    the sampler's docstring said: a set of single-image identities trained on copies of one face without a word."""
+    manifest = manifest_with_single_image_identities(resolve_manifest(load_config("quick", tiny_overrides).data),
+                                                     tmp_path, 3)
+    per_identity = Counter(r.identity for r in read_manifest(manifest) if r.split == "train")
+    assert sorted(per_identity.values())[:4] == [1, 1, 1, 4]  # the synthetic set: 4 images of each identity
+    config = load_config("quick", tiny_overrides + [f'data.manifest="{manifest}"'])  # K = 2
+    assert stage_batches(config, "fr", manifest, COLLATE).short_identities == 3
+    more = load_config("quick", tiny_overrides + [f'data.manifest="{manifest}"', "data.images_per_identity=5"])
+    assert stage_batches(more, "fuse", manifest, COLLATE).short_identities == len(per_identity)
+    # Shuffled batches make no groups of an identity.
+    weak = weak_config(tiny_overrides, f'data.manifest="{manifest}"')
+    assert stage_batches(weak, "align", manifest, COLLATE).short_identities == 0
+    capsys.readouterr()
+    train(config, tmp_path / "run", stop_after=1)  # every stage's batches are built before the first step
+    line = (f"tgfr train: note: 3 of {len(per_identity)} training identities have fewer than "
+            "data.images_per_identity = 2 images: their groups repeat images\n")
+    assert capsys.readouterr().err.count(line) == 1  # once per call, not per stage
+    single = load_config("quick", tiny_overrides + [f'data.manifest="{manifest}"', "data.images_per_identity=1",
+                                                    "data.identities_per_batch=8"])
+    train(single, tmp_path / "single", stop_after=1)
+    assert "tgfr train: note:" not in capsys.readouterr().err

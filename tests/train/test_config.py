@@ -443,6 +443,17 @@ def test_an_fr_stage_whose_loss_weights_are_both_0_is_refused_unless_it_only_loa
         load_config("quick", zero)
     assert load_config("quick", zero + ['model.backbone_weights="b.pth"']).trained_stages == ["align", "fuse"]
     assert load_config("quick", ["fr.ce_weight=0.0"]).fr.coreface_weight > 0
+    with pytest.raises(ValueError, match=r"^fr: both loss weights \(fr.ce_weight, fr.coreface_weight\) are 0, so the "
+                                         r"stage would train nothing: give one a weight$"):  # no later stage to name
+        load_config("quick", zero + ['stages=["fr"]'])
+
+
+def test_read_run_config_of_an_empty_folder_name_is_refused_not_the_current_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.toml").write_text(to_toml(load_config("quick")))
+    with pytest.raises(ValueError, match="^out is empty: name the run folder$"):
+        read_run_config("")
+    assert read_run_config(".") == load_config("quick")
 
 
 @pytest.mark.parametrize("value", ["0.0", "-0.01", "1.5", "nan"])
@@ -705,9 +716,18 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):
     main(["train", "--preset", "quick", "--set", 'evaluation.splits.clean="test_degraded"', "--print-config"])
     printed = tomllib.loads(capsys.readouterr().out)
     assert printed["evaluation"]["splits"] == {"clean": "test_degraded", "degraded": "test_degraded"}
-    with pytest.raises(ValueError, match=r"^override 'evaluation\.splits\.blur=test_blur': unknown key "
-                                         r"evaluation\.splits\.blur; known: clean, degraded$"):
+    # The message says how to add the entry: the whole table, with the entries it holds.
+    suggested = 'evaluation.splits={clean = "test", degraded = "test_degraded", blur = "test_blur"}'
+    with pytest.raises(ValueError, match=re.escape("override 'evaluation.splits.blur=test_blur': unknown key "
+                                                   "evaluation.splits.blur; known: clean, degraded; to add an entry, "
+                                                   f"give the whole table: --set '{suggested}'") + "$"):
         load_config("quick", ["evaluation.splits.blur=test_blur"])
+    assert load_config("quick", [suggested]).evaluation.splits == {"clean": "test", "degraded": "test_degraded",
+                                                                    "blur": "test_blur"}
+    with pytest.raises(ValueError, match=re.escape("unknown key evaluation.splits.blur; known: clean, degraded; to add "
+                                                   "an entry, give the whole table: --set 'evaluation.splits={clean = "
+                                                   '"test", degraded = "test_degraded", blur = "..."}\'') + "$"):
+        load_config("quick", ["evaluation.splits.blur.x=1"])
     with pytest.raises(ValueError, match=r"^override 'evaluation\.splits\.clean\.x=1': evaluation\.splits\.clean "
                                          r"is not a table$"):
         load_config("quick", ["evaluation.splits.clean.x=1"])
@@ -735,9 +755,12 @@ def test_set_changes_an_evaluation_splits_entry_whose_name_holds_a_dot(capsys):
     assert 'splits = { "v1.2" = "test", clean = "test" }' in printed  # the key as the override writes it
     config = load_config("quick", [splits, 'evaluation.splits."v1.2"=test_degraded'])
     assert config.evaluation.splits == {"v1.2": "test_degraded", "clean": "test"}
-    with pytest.raises(ValueError, match=r"""^override 'evaluation\.splits\."v1\.3"=x': unknown key """
-                                         r"""evaluation\.splits\."v1\.3"; known: "v1\.2", clean$"""):
+    suggested = 'evaluation.splits={"v1.2" = "test", clean = "test", "v1.3" = "x"}'
+    with pytest.raises(ValueError, match=re.escape("""override 'evaluation.splits."v1.3"=x': unknown key """
+                                                   """evaluation.splits."v1.3"; known: "v1.2", clean; to add an """
+                                                   f"entry, give the whole table: --set '{suggested}'") + "$"):
         load_config("quick", [splits, 'evaluation.splits."v1.3"=x'])
+    assert load_config("quick", [splits, suggested]).evaluation.splits == {"v1.2": "test", "clean": "test", "v1.3": "x"}
     with pytest.raises(ValueError, match=r"""^override key evaluation\.splits\."v1\.2 is not a valid TOML dotted """
                                          r"key"):
         load_config("quick", [splits, 'evaluation.splits."v1.2=x'])

@@ -23,6 +23,7 @@ from tgfr.output_paths import write_atomically
 from tgfr.train.batches import resolve_manifest
 from tgfr.train.checkpoint import load_checkpoint, save_checkpoint
 from tgfr.train.config import config_from_dict, load_config, parse_override, read_run_config, set_key, to_toml
+from tgfr.train.loop import lr_factor
 from tgfr.train.run import CHECKPOINT, build_model, train
 from tgfr.train.seeds import seed_everything
 from tgfr.train.stage_align import AlignStage
@@ -66,6 +67,28 @@ def resume_refusal(run) -> str:
 
 def summary(run):
     return json.loads((run / "train_summary.json").read_text())
+
+
+def test_training_gives_a_trainable_text_encoder_its_own_group_that_a_resume_keeps(tmp_path, tiny_overrides):
+    """The optimizer `tgfr train` builds (not only AlignStage.parameter_groups) holds the heads at align.optim.lr
+    and the encoder at align.text_encoder_lr_scale times it, the heads first (the rate metrics.jsonl logs), and a
+    resume continues them."""
+    config = load_config("quick", tiny_overrides + ["model.freeze_text_encoder=false",
+                                                    "align.text_encoder_lr_scale=0.05"])
+    run = tmp_path / "run"
+    train(config, run, stop_after=config.fr.steps + 1)  # one align step
+    for call in range(2):
+        state = load_checkpoint(run / CHECKPOINT)
+        assert (state["stage"], state["step"]) == ("align", 1 + call)
+        heads, encoder = state["optimizer"]["param_groups"]
+        assert heads["initial_lr"] == config.align.optim.lr
+        assert encoder["initial_lr"] == pytest.approx(config.align.optim.lr * 0.05)
+        assert len(encoder["params"]) == sum(p.requires_grad for p in build_model(config).text_encoder.parameters())
+        (logged,) = [record for record in read_log(run / "metrics.jsonl")
+                     if record.get("stage") == "align" and record.get("step") == 1 + call]
+        assert logged["lr"] == pytest.approx(config.align.optim.lr * lr_factor(call, config.align.steps,
+                                                                               config.align.optim))
+        train(config, run, resume=True, stop_after=1)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -201,6 +201,19 @@ def _entry_order(entry: str) -> list[tuple[int, int, str]]:
     return [(0, int(t), t) if t.isdecimal() else (1, 0, t) for t in entry.replace("/", "_").split("_")]
 
 
+# Found otherwise only by `tgfr evaluate`, once the run it evaluates has trained (evaluation.run's
+# _check_evaluated_splits).
+_EVALUATE_REFUSES = "which tgfr evaluate refuses to evaluate (verification needs 2 or more identities)"
+
+
+def _one_identity_splits(pairs: list[tuple[str, str]]) -> list[str]:
+    """The splits, sorted, that hold exactly one identity, of (split, identity) pairs, one per image."""
+    identities: dict[str, set[str]] = {}
+    for split, identity in pairs:
+        identities.setdefault(split, set()).add(identity)
+    return sorted(split for split, held in identities.items() if len(held) == 1)
+
+
 def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: str = "error"
                       ) -> tuple[list[ManifestRecord], list[str], list[str]]:
     """Records (paths relative to `root`) of an MMCelebA/Face2Text tree, the skipped files, and the
@@ -219,7 +232,8 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     entry of images/<split>/ and its identity folders (a .gif, a note, a subfolder, an image whose stem is
     "." or "..", such as "..jpg"); in every split, an image that an entry naming its stem passes over for
     another suffix of that stem. Every split's list is read and its entries checked, and a split or identity
-    folder whose name begins or ends with white space refused, before any image is decoded.
+    folder whose name begins or ends with white space refused, before any image is decoded. A split that
+    holds a single identity, which tgfr evaluate refuses, is warned of (UserWarning).
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -304,6 +318,10 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     if not records:
         why = f" ({len(skipped)} skipped, the first because: {skipped[0]})" if skipped else ""
         raise ValueError(f"no images found under {images_root}{why}")
+    alone = _one_identity_splits([(record.split, record.identity) for record in records])
+    if alone:
+        warnings.warn(f"{images_root} puts a single identity in split(s) {', '.join(alone)}, {_EVALUATE_REFUSES}: "
+                      "give each more identities, or evaluate another split", stacklevel=2)
     return records, skipped, unused
 
 
@@ -398,7 +416,9 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     as every file, before any image is decoded. An image it does not list, one listed under two splits, or
     an identity's images under two, is an error, found before any image is decoded; so an image whose file
     then proves missing or corrupt counts in it, skipped or not (the split file is wrong either way).
-    Without it each identity is split train/val/test by `fractions` (seeded_identity_split).
+    Without it each identity is split train/val/test by `fractions` (seeded_identity_split). A split
+    left empty by the seeded split, or holding a single identity, which tgfr evaluate refuses, is warned
+    of (UserWarning).
     An entry whose captions are all blank, or whose image has no mapping row or identity, raises
     (bad_files="error") or is skipped and reported (bad_files="skip") before any image is decoded; then a
     missing image file or a corrupt one (files.check_image) likewise. An image key repeated in the caption
@@ -484,6 +504,15 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     # b/0.jpg the split of a/0.jpg.
     splits = _dialog_splits([(name, identity) for name, _, identity, _ in images], split_file, split_table,
                             fractions, seed)
+    # Here, not in _dialog_splits: a split file's splits are checked there twice, before and after decoding.
+    alone = _one_identity_splits([(split, identity) for (_, _, identity, _), split in zip(images, splits)])
+    if alone:
+        drawn = (f"the seeded split (--seed {seed}) of {len({identity for _, _, identity, _ in images})} identities"
+                 if split_table is None else f"split file {split_file}")
+        remedy = ("convert more identities, try another --seed, or give --split-file" if split_table is None else
+                  "move more identities into each")
+        warnings.warn(f"{drawn} puts a single identity in split(s) {', '.join(alone)}, {_EVALUATE_REFUSES}: "
+                      f"{remedy}", stacklevel=2)
     return [ManifestRecord(path, identity, split, captions)
             for (_, path, identity, captions), split in zip(images, splits)], skipped
 

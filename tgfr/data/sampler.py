@@ -17,7 +17,8 @@ class IdentityBalancedBatchSampler(Sampler[list[int | tuple[int, int]]]):
     fewer than K images fills its single group by drawing again from its own images; such a
     repeat is the pair (index, draw), draw >= 1, which FaceCaptionDataset reads as another draw of
     the image's augmentation and captions; with few augmentation outcomes and captions, a repeat
-    can still equal its original, and it is the same face either way). Each batch
+    can still equal its original, and it is the same face either way; `tgfr train` says how many
+    identities are that short: StepBatches.short_identities). Each batch
     takes a group from each of the P identities with the most groups left (random among ties),
     which makes as many batches as any packing can; the groups left when fewer than P identities
     have any are dropped. Batches are then shuffled. The order depends only on (seed, epoch):

@@ -138,6 +138,15 @@ class StepBatches:
         return self.dataset.num_classes
 
     @property
+    def short_identities(self) -> int:
+        """The identities of the split with fewer images than config.images_per_identity (K), whose group of K
+        in an identity-balanced batch repeats some of its images (IdentityBalancedBatchSampler); 0 for
+        shuffled batches, which make no groups."""
+        if not isinstance(self.sampler, IdentityBalancedBatchSampler):
+            return 0
+        return sum(len(indices) < self.sampler.k for indices in self.sampler.indices_of.values())
+
+    @property
     def captions(self) -> list[str]:
         """Every caption of the split's images (the vocabulary the batches draw from)."""
         return [caption for record in self.dataset.records for caption in record.captions]

@@ -30,7 +30,7 @@ import torch
 
 from tgfr.data.degrade import check_recipe_fits, parse_recipe
 from tgfr.data.synthetic import GENERATOR_VERSION, SIZE_LIMITS as SYNTHETIC_SIZE_LIMITS
-from tgfr.input_paths import file_problem
+from tgfr.input_paths import file_problem, refuse_empty_path
 from tgfr.output_paths import temporary_name
 from tgfr.text_formats import check_utf8, parse_toml
 from tgfr.validation import SEED_LIMIT, check_choice, check_positive
@@ -413,9 +413,10 @@ class TrainConfig:
                                  f"(the warm-up would take the whole stage)")
         # Every term of weight 0 is skipped: the stage would train nothing, and log a loss of 0 at every step.
         if "fr" in stages and "fr" in self.trained_stages and not (self.fr.ce_weight or self.fr.coreface_weight):
-            raise ValueError("fr: both loss weights (fr.ce_weight, fr.coreface_weight) are 0, so the stage would "
-                             "train nothing and align and fuse would learn on a random, frozen backbone: give one a "
-                             "weight")
+            later = " and ".join(stage for stage in self.stages if stage != "fr")
+            consequence = f" and {later} would learn on a random, frozen backbone" if later else ""
+            raise ValueError(f"fr: both loss weights (fr.ce_weight, fr.coreface_weight) are 0, so the stage would "
+                             f"train nothing{consequence}: give one a weight")
         weights = ("wrcl_weight", "cicl_weight", "intra_weight", "identity_weight")
         if "align" in stages and not any(getattr(self.align, weight) for weight in weights):
             raise ValueError(f"align: every loss weight ({', '.join(f'align.{weight}' for weight in weights)}) is 0, "
@@ -697,6 +698,15 @@ def set_key(values: dict[str, Any], keys: list[str], value: Any) -> Any:
             # comes with the whole table (evaluation.splits={clean = "test", low = "test_low"}).
             known = list(table)
             setting = typing.get_args(setting)[1] if key in known else None
+            if setting is None:
+                # `--set evaluation.splits.blur=test_blur` is how one would add an entry, and only the README said
+                # how else: the whole table, here with the entries it holds and the one given.
+                entry = str(value) if depth == len(keys) - 1 else "..."
+                whole = ", ".join(f"{_toml_key(name)} = {_toml_string(str(split))}"
+                                  for name, split in {**table, key: entry}.items())
+                raise ValueError(f"unknown key {_dotted_key(keys[:depth + 1])}; known: "
+                                 f"{', '.join(sorted(map(_toml_key, known)))}; to add an entry, give the whole "
+                                 f"table: --set '{_dotted_key(keys[:depth])}={{{whole}}}'")
         elif typing.get_origin(setting) is dict:
             return None  # not a table in `values` (e.g. `splits = 3`): building the config names it
         else:
@@ -810,6 +820,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 def read_run_config(out: str | Path) -> TrainConfig:
     """The config.toml of the run in folder `out` (written by `tgfr train`), as `tgfr train --resume` and a
     resume from Python read it; a ValueError names the file."""
+    refuse_empty_path("out", out, "name the run folder")  # as a Path, "" is the current folder
     path = Path(out) / "config.toml"
     if problem := file_problem(path):
         hint = f" (no run to resume in {out})" if problem == "does not exist" else ""

@@ -634,6 +634,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, stop_after: int | None,
             words = config.model.max_length - 2
             print(f"tgfr train: {truncated} distinct training captions have more than model.max_length - 2 = "
                   f"{words} word-piece tokens; the text encoder sees only their first {words}", file=sys.stderr)
+    # Said only in the sampler's docstring, the repeats made a dataset of single-image identities train on
+    # augmented copies of one face per identity without a word. Every stage reads the same split (stage_batches).
+    short = max((data.short_identities for data in stage_data.values()), default=0)
+    if rank == 0 and short:
+        print(f"tgfr train: note: {short} of {next(iter(stage_data.values())).num_classes} training identities have "
+              f"fewer than data.images_per_identity = {config.data.images_per_identity} images: their groups repeat "
+              "images", file=sys.stderr)
     # What rank 0 alone writes goes through _on_rank_0: a failed write (a full disk, a folder where a file
     # goes) is then raised on every rank, where the others would fail in their next collective with a
     # backend error that does not say why.
