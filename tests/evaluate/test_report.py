@@ -93,6 +93,8 @@ def test_report_states_whether_there_are_intervals(tmp_path, resamples):
     auc = f"{image_only['auc']:.3f}"
     if resamples:
         assert "with 95% bootstrap intervals (10 resamples)" in text
+        # A split with one genuine-pair or probe subject has intervals left out for this reason, not the FAR's.
+        assert "or every resample is the sample itself (one subject with genuine pairs, or one probe subject" in text
         low, high = image_only["auc_ci"]
         assert f"{auc} [{low:.3f}, {high:.3f}]" in text
     else:
