@@ -751,7 +751,8 @@ def test_a_seeded_split_of_one_identity_warns_naming_it(tmp_path, capsys):
     seed, alone = seed_with_single_identity_splits(10)
     expected = (f"the seeded split (--seed {seed}) of 10 identities puts a single identity in split(s) "
                 f"{', '.join(alone)}, which tgfr evaluate refuses to evaluate (verification needs 2 or more "
-                "identities): convert more identities, try another --seed, or give --split-file")
+                "identities, one of them with 2 or more images): convert more identities, try another --seed, or give "
+                "--split-file")
     with pytest.warns(UserWarning, match=re.escape(expected)):
         records, _ = convert_celeba_dialog(*args, seed=seed)
     for split in alone:
@@ -785,13 +786,15 @@ def test_a_split_file_or_tree_split_of_one_identity_warns_naming_it(tmp_path):
     split_file.write_text("".join(f"{i}.jpg,{['train', 'train', 'val', 'test'][i // 2]}\n" for i in range(8)))
     with pytest.warns(UserWarning, match=re.escape(
             f"split file {split_file} puts a single identity in split(s) test, val, which tgfr evaluate refuses to "
-            "evaluate (verification needs 2 or more identities): move more identities into each")):
+            "evaluate (verification needs 2 or more identities, one of them with 2 or more images): move more "
+            "identities into each")):
         convert_celeba_dialog(*args, split_file=split_file)
     # tgfr_tree's test split holds identity 12 alone, its train split 4 and 7.
     root = tgfr_tree(tmp_path / "tree")
     with pytest.warns(UserWarning, match=re.escape(
             f"{root / 'images'} puts a single identity in split(s) test, which tgfr evaluate refuses to evaluate "
-            "(verification needs 2 or more identities): give each more identities, or evaluate another split")):
+            "(verification needs 2 or more identities, one of them with 2 or more images): give each more identities "
+            "or images, or evaluate another split")):
         convert_tgfr_tree(root)
     write_image(root / "images/test/13/13_1.jpg")
     (root / "text/13").mkdir()
@@ -800,6 +803,12 @@ def test_a_split_file_or_tree_split_of_one_identity_warns_naming_it(tmp_path):
         warnings.simplefilter("error")
         records, _, _ = convert_tgfr_tree(root)
     assert {r.identity for r in records if r.split == "test"} == {"12", "13"}
+    # Two identities of one image each: no genuine pair, no probe, which evaluate refuses too.
+    for image in ("images/test/12/12_2.jpg", "text/12/12_2.txt"):
+        (root / image).unlink()
+    with pytest.warns(UserWarning, match=re.escape(
+            f"{root / 'images'} puts a single image per identity in split(s) test, which tgfr evaluate refuses")):
+        convert_tgfr_tree(root)
 
 
 @pytest.mark.parametrize("line_break", ["\u2028", "\x0c", "\x85", "\x1c"])

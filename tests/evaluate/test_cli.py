@@ -658,6 +658,50 @@ def test_images_share_a_replacement_exactly_where_they_share_their_own_first_cap
 
 
 
+@pytest.fixture(scope="module")
+def minilm_collator():
+    """The packaged text encoder's tokenizer at the presets' model.max_length (24), as evaluate's collator."""
+    from transformers import AutoTokenizer
+
+    from tgfr.data import CaptionCollator
+    from tgfr.models import packaged_minilm_path
+
+    return CaptionCollator(AutoTokenizer.from_pretrained(packaged_minilm_path()), max_length=24)
+
+
+def test_first_caption_cuts_count_what_the_tokenizer_keeps_and_the_cut_merges(minilm_collator):
+    """Case and spaces are no difference to the uncased tokenizer: counted as distinct strings, they were reported
+    as merged by the cut, with nothing cut. A caption of exactly max_length tokens is not cut; one more is."""
+    from tgfr.evaluation.embeddings import first_caption_cuts
+
+    assert first_caption_cuts(minilm_collator, ["He wears glasses.", "he wears glasses.", "he wears glasses. "]) == {
+        "distinct": 1, "cut": 0, "distinct_after_cut": 1}
+    fits = " ".join(["face"] * 22)  # 22 word pieces and the two special tokens: max_length exactly
+    prefix = " ".join(["eyes"] * 30)
+    assert first_caption_cuts(minilm_collator, [fits, fits + " face", f"{prefix} red", f"{prefix} blue", "x"]) == {
+        "distinct": 5, "cut": 3, "distinct_after_cut": 3}  # fits (and its cut longer self), 22 eyes, "x"
+
+
+def test_the_control_takes_captions_the_model_sees_alike_as_one(minilm_collator):
+    """Keyed by string, an identity's own first captions that differ only in case (one caption to the model) took
+    two replacements, and a donor's captions that differ only past the cut gave two images the same text to the
+    model, counted as no repeat."""
+    from tgfr.evaluation.embeddings import model_view, other_identity_captions, repeated_within_identity
+
+    labels = np.array([0, 0, 1, 1])
+    paths = ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+    captions = [("A grey beard.", "x1"), ("a grey beard. ", "x2"), ("red hair",), ("blue eyes",)]
+    own = [record[0] for record in captions]
+    seen = model_view(minilm_collator, (caption for record in captions for caption in record)).__getitem__
+    rotated = other_identity_captions(labels, captions, paths, seen)
+    # a's two first captions are one to the model: one replacement; b's differ: replacements that differ to it.
+    assert rotated == ["red hair", "red hair", "A grey beard.", "x1"]
+    assert repeated_within_identity(labels, rotated, own, seen) == 0
+    by_string = other_identity_captions(labels, captions, paths)
+    assert by_string == ["red hair", "blue eyes", "A grey beard.", "a grey beard. "]
+    assert repeated_within_identity(labels, by_string, own, seen) == 1
+
+
 def test_other_identity_captions_give_a_degraded_copy_its_clean_images_captions_in_any_listed_order():
     """The degraded split's paired difference to the clean one compares each image with its copy: the copy must
     carry the same replacement caption, though its manifest lists the images in another order (a converted or

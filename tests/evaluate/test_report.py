@@ -93,8 +93,8 @@ def test_report_states_whether_there_are_intervals(tmp_path, resamples):
     auc = f"{image_only['auc']:.3f}"
     if resamples:
         assert "with 95% bootstrap intervals (10 resamples)" in text
-        # A split with one genuine-pair or probe subject has intervals left out for this reason, not the FAR's.
-        assert "or every resample is the sample itself (one subject with genuine pairs, or one probe subject" in text
+        # A split with one probe subject has its identification intervals left out for this reason, not the FAR's.
+        assert "or every resample is the sample itself (a single probe subject)." in text
         low, high = image_only["auc_ci"]
         assert f"{auc} [{low:.3f}, {high:.3f}]" in text
     else:
@@ -262,6 +262,19 @@ def test_a_split_whose_control_repeats_captions_within_an_identity_says_so(tmp_p
     note = (f"**Note:** with another identity's captions, {repeated} images carry a caption that another image of "
             "their identity carries where their own first captions differ")
     assert (note in text, "**Note:**" in text) == (bool(repeated), bool(repeated))
+
+
+@pytest.mark.parametrize("cut, line", [(0, None), (3, "First captions: 3 of its 7 distinct ones are longer than "
+                                                      "model.max_length allows and cut (the text encoder sees their "
+                                                      "first word pieces only), 5 distinct once cut.")])
+def test_a_split_says_how_many_first_captions_were_cut_where_any_were(tmp_path, cut, line):
+    contents = {"split": "test_x", "degradations": {"none": 7}, "identities": 3, "identities_in_training": 0,
+                "first_captions": {"distinct": 7, "cut": cut, "distinct_after_cut": 7 if cut == 0 else 5}}
+    context = {"run": "run", "environment": ENVIRONMENT, "manifest": "m.jsonl", "protocol": "all_pairs",
+               "gallery_per_subject": 1, "resamples": 10, "splits": {"clean": "test_x"}, "training": None,
+               "train_split": "train", "split_contents": {"clean": contents}}
+    text = write_report(tmp_path, {"clean": {"image_only": figures()[0]}}, {}, [], context).read_text()
+    assert ("First captions:" in text) == (line is not None) and (line is None or line in text)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 1.0])

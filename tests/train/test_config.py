@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -732,6 +733,11 @@ def test_set_changes_one_entry_of_the_evaluation_splits_table(capsys):
                                          r"is not a table$"):
         load_config("quick", ["evaluation.splits.clean.x=1"])
     assert load_config("quick", ['evaluation.splits={blur = "test_blur"}']).evaluation.splits == {"blur": "test_blur"}
+    # A split named with a quote: the suggested --set is still one shell word, which sets the table it names.
+    with pytest.raises(ValueError) as refused:
+        load_config("quick", ["evaluation.splits.blur=bob's_test"])
+    words = shlex.split(str(refused.value).split("--set ", 1)[1])
+    assert len(words) == 1 and load_config("quick", words).evaluation.splits["blur"] == "bob's_test"
 
 
 @pytest.mark.parametrize("key", ['evaluation.splits."v1.2"', "evaluation.splits.'a=b'", 'evaluation . splits."x\\"y"',

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -203,15 +204,22 @@ def _entry_order(entry: str) -> list[tuple[int, int, str]]:
 
 # Found otherwise only by `tgfr evaluate`, once the run it evaluates has trained (evaluation.run's
 # _check_evaluated_splits).
-_EVALUATE_REFUSES = "which tgfr evaluate refuses to evaluate (verification needs 2 or more identities)"
+_EVALUATE_REFUSES = ("which tgfr evaluate refuses to evaluate (verification needs 2 or more identities, one of them with "
+                     "2 or more images)")
 
 
-def _one_identity_splits(pairs: list[tuple[str, str]]) -> list[str]:
-    """The splits, sorted, that hold exactly one identity, of (split, identity) pairs, one per image."""
-    identities: dict[str, set[str]] = {}
+def _unevaluable_splits(pairs: list[tuple[str, str]]) -> str:
+    """What makes splits other than train unevaluable, of (split, identity) pairs, one per image: "a single identity
+    in split(s) ..." and "a single image per identity in split(s) ..." (no genuine pair, no probe), joined by
+    "and"; "" when no split is so. The training split is not evaluated (training checks its own needs)."""
+    images: dict[str, Counter] = {}
     for split, identity in pairs:
-        identities.setdefault(split, set()).add(identity)
-    return sorted(split for split, held in identities.items() if len(held) == 1)
+        if split != "train":
+            images.setdefault(split, Counter())[identity] += 1
+    alone = sorted(split for split, counts in images.items() if len(counts) == 1)
+    single = sorted(split for split, counts in images.items() if len(counts) > 1 and max(counts.values()) == 1)
+    return " and ".join([*([f"a single identity in split(s) {', '.join(alone)}"] if alone else []),
+                         *([f"a single image per identity in split(s) {', '.join(single)}"] if single else [])])
 
 
 def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: str = "error"
@@ -233,7 +241,8 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     "." or "..", such as "..jpg"); in every split, an image that an entry naming its stem passes over for
     another suffix of that stem. Every split's list is read and its entries checked, and a split or identity
     folder whose name begins or ends with white space refused, before any image is decoded. A split that
-    holds a single identity, which tgfr evaluate refuses, is warned of (UserWarning).
+    holds a single identity, or a single image per identity, which tgfr evaluate refuses, is warned of
+    (UserWarning).
     """
     if bad_files not in ("error", "skip"):
         raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
@@ -318,10 +327,9 @@ def convert_tgfr_tree(root: str | Path, trust_pickle: bool = False, bad_files: s
     if not records:
         why = f" ({len(skipped)} skipped, the first because: {skipped[0]})" if skipped else ""
         raise ValueError(f"no images found under {images_root}{why}")
-    alone = _one_identity_splits([(record.split, record.identity) for record in records])
-    if alone:
-        warnings.warn(f"{images_root} puts a single identity in split(s) {', '.join(alone)}, {_EVALUATE_REFUSES}: "
-                      "give each more identities, or evaluate another split", stacklevel=2)
+    if unevaluable := _unevaluable_splits([(record.split, record.identity) for record in records]):
+        warnings.warn(f"{images_root} puts {unevaluable}, {_EVALUATE_REFUSES}: give each more identities or "
+                      "images, or evaluate another split", stacklevel=2)
     return records, skipped, unused
 
 
@@ -417,8 +425,8 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     an identity's images under two, is an error, found before any image is decoded; so an image whose file
     then proves missing or corrupt counts in it, skipped or not (the split file is wrong either way).
     Without it each identity is split train/val/test by `fractions` (seeded_identity_split). A split
-    left empty by the seeded split, or holding a single identity, which tgfr evaluate refuses, is warned
-    of (UserWarning).
+    left empty by the seeded split, or holding a single identity or a single image per identity, which tgfr
+    evaluate refuses, is warned of (UserWarning).
     An entry whose captions are all blank, or whose image has no mapping row or identity, raises
     (bad_files="error") or is skipped and reported (bad_files="skip") before any image is decoded; then a
     missing image file or a corrupt one (files.check_image) likewise. An image key repeated in the caption
@@ -505,14 +513,12 @@ def convert_celeba_dialog(captions_json: str | Path, identity_file: str | Path, 
     splits = _dialog_splits([(name, identity) for name, _, identity, _ in images], split_file, split_table,
                             fractions, seed)
     # Here, not in _dialog_splits: a split file's splits are checked there twice, before and after decoding.
-    alone = _one_identity_splits([(split, identity) for (_, _, identity, _), split in zip(images, splits)])
-    if alone:
+    if unevaluable := _unevaluable_splits([(split, identity) for (_, _, identity, _), split in zip(images, splits)]):
         drawn = (f"the seeded split (--seed {seed}) of {len({identity for _, _, identity, _ in images})} identities"
                  if split_table is None else f"split file {split_file}")
         remedy = ("convert more identities, try another --seed, or give --split-file" if split_table is None else
                   "move more identities into each")
-        warnings.warn(f"{drawn} puts a single identity in split(s) {', '.join(alone)}, {_EVALUATE_REFUSES}: "
-                      f"{remedy}", stacklevel=2)
+        warnings.warn(f"{drawn} puts {unevaluable}, {_EVALUATE_REFUSES}: {remedy}", stacklevel=2)
     return [ManifestRecord(path, identity, split, captions)
             for (_, path, identity, captions), split in zip(images, splits)], skipped
 

@@ -7,7 +7,7 @@ another identity (other_identity_captions). TGFR minus that control with its int
 caption's match to the face; an interval reaching 0 or below does not show it does not
 (tgfr.evaluation.report.CONTROLS_MEANING)."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,8 @@ class SplitEmbeddings:
         return getattr(self, name)
 
 
-def other_identity_captions(labels: np.ndarray, captions: Sequence[Sequence[str]], paths: list[str]) -> list[str]:
+def other_identity_captions(labels: np.ndarray, captions: Sequence[Sequence[str]], paths: list[str],
+                            seen: Callable[[str], Hashable] = str) -> list[str]:
     """Each image's caption replaced by one of another identity, consistently within an identity: with the K
     identities in label order and each identity's images in path order (tgfr.data.protocol.path_order, the order
     the pairs and the gallery use, in which a degraded copy's images sort as the clean split's do), the k-th
@@ -67,7 +68,8 @@ def other_identity_captions(labels: np.ndarray, captions: Sequence[Sequence[str]
     identity (its own with K = 1), an image and its degraded copy the same caption, and images share a replacement
     where they share their own first caption, and only there while the pool holds enough: a caption repeated
     among an identity's images is an identity cue, which the control should carry only as the images' own
-    first captions do.
+    first captions do. Captions are the same where `seen` (a caption -> what the model sees of it, the token ids
+    model_view gives) is: two spellings of one caption, or two captions that differ only past the cut, are one.
     labels (N,) identity labels; captions (N,) each image's captions, first the one evaluated; paths (N,) its
     path; returns (N,) captions."""
     order = sorted(range(len(paths)), key=lambda image: (labels[image], path_order(paths[image])))
@@ -76,37 +78,62 @@ def other_identity_captions(labels: np.ndarray, captions: Sequence[Sequence[str]
     replaced = [""] * len(captions)
     for k, images in enumerate(members):
         donors = members[(k + 1) % len(members)]
-        pool = list(dict.fromkeys(captions[donor][rank]
-                                  for rank in range(max(len(captions[donor]) for donor in donors))
-                                  for donor in donors if rank < len(captions[donor])))
-        own = {caption: j for j, caption in enumerate(dict.fromkeys(captions[image][0] for image in images))}
+        shown: dict[Hashable, str] = {}  # what the model sees -> the first caption showing it
+        for rank in range(max(len(captions[donor]) for donor in donors)):
+            for donor in donors:
+                if rank < len(captions[donor]):
+                    shown.setdefault(seen(captions[donor][rank]), captions[donor][rank])
+        pool = list(shown.values())
+        own = {view: j for j, view in enumerate(dict.fromkeys(seen(captions[image][0]) for image in images))}
         for image in images:
-            replaced[image] = pool[own[captions[image][0]] % len(pool)]
+            replaced[image] = pool[own[seen(captions[image][0])] % len(pool)]
     return replaced
 
 
-def repeated_within_identity(labels: np.ndarray, captions: list[str], own: list[str]) -> int:
+def repeated_within_identity(labels: np.ndarray, captions: list[str], own: list[str],
+                             seen: Callable[[str], Hashable] = str) -> int:
     """How many images carry a caption (N,) that an earlier image of their identity (labels (N,)) carries, where
-    their own first caption (N,) an earlier one's does not."""
-    seen, seen_own, repeated = set(), set(), 0
-    for label, caption, first in zip(labels.tolist(), captions, own):
-        repeated += (label, caption) in seen and (label, first) not in seen_own
-        seen.add((label, caption))
-        seen_own.add((label, first))
+    their own first caption (N,) an earlier one's does not; captions are the same where `seen` is."""
+    shown, shown_own, repeated = set(), set(), 0
+    for label, caption, first in zip(labels.tolist(), map(seen, captions), map(seen, own)):
+        repeated += (label, caption) in shown and (label, first) not in shown_own
+        shown.add((label, caption))
+        shown_own.add((label, first))
     return repeated
 
 
-def first_caption_cuts(collator: CaptionCollator, captions: list[str]) -> dict[str, int]:
-    """Of the distinct `captions`: how many there are ("distinct"), how many have more than collator.max_length
-    tokens, so that the text encoder sees only their first max_length - 2 word pieces ("cut"), and how many
-    distinct ones remain once cut ("distinct_after_cut"): captions that differ only past the cut are one to the
-    model, and a split of long captions can leave text only and TGFR one caption for every face."""
+def _token_ids(collator: CaptionCollator, captions: list[str], max_length: int) -> list[tuple[int, ...]]:
+    """Each caption's token ids, special tokens included, cut to max_length tokens; in chunks, as check_captions."""
+    ids = []
+    for start in range(0, len(captions), 4096):
+        encoded = collator.tokenizer(captions[start:start + 4096], padding="longest", truncation=True,
+                                     max_length=max_length, split_special_tokens=True, return_tensors="pt")
+        ids += [tuple(row[:length].tolist())
+                for row, length in zip(encoded["input_ids"], encoded["attention_mask"].sum(1).tolist())]
+    return ids
+
+
+def model_view(collator: CaptionCollator, captions: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Each distinct caption -> the token ids the text encoder sees (cut to collator.max_length): captions that
+    differ in case, in spaces or only past the cut are one caption to the model."""
     distinct = sorted(set(captions))
-    whole = collator.tokenizer(distinct, padding=collator.padding, truncation=True, max_length=collator.max_length + 1,
-                               split_special_tokens=True, return_tensors="pt")["attention_mask"].sum(1)
-    ids, mask = collator.tokenize(distinct)
-    kept = {tuple(row[:length].tolist()) for row, length in zip(ids, mask.sum(1).tolist())}
-    return {"distinct": len(distinct), "cut": int((whole > collator.max_length).sum()), "distinct_after_cut": len(kept)}
+    return dict(zip(distinct, _token_ids(collator, distinct, collator.max_length)))
+
+
+# Longer than any caption a model takes (model.max_length < 2^16): the token ids of a caption before any cut.
+_UNCUT = 2**16
+
+
+def first_caption_cuts(collator: CaptionCollator, captions: list[str]) -> dict[str, int]:
+    """Of the `captions`, as word pieces (captions that differ only in case or spaces are one, as to the
+    tokenizer): how many are distinct ("distinct"), how many of those have more than collator.max_length tokens,
+    so that the text encoder sees only their first max_length - 2 word pieces ("cut"), and how many distinct
+    ones remain once cut ("distinct_after_cut"): captions that differ only past the cut are one to the model, and
+    a split of long captions can leave text only and TGFR one caption for every face."""
+    strings = sorted(set(captions))
+    whole = set(_token_ids(collator, strings, _UNCUT))
+    return {"distinct": len(whole), "cut": sum(len(ids) > collator.max_length for ids in whole),
+            "distinct_after_cut": len(set(model_view(collator, strings).values()))}
 
 
 def _image_batches(dataset: FaceCaptionDataset, batch_size: int) -> Iterator[tuple[range, torch.Tensor]]:
@@ -132,8 +159,11 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
     collator.check_captions(dataset, first_only=not controls)
     texts = [record.captions[0] for record in dataset.records]
     labels = dataset.labels.numpy()
-    other_texts = (other_identity_captions(labels, [record.captions for record in dataset.records],
-                                           [record.path for record in dataset.records]) if controls else None)
+    other_texts = seen = None
+    if controls:
+        seen = model_view(collator, (caption for record in dataset.records for caption in record.captions)).__getitem__
+        other_texts = other_identity_captions(labels, [record.captions for record in dataset.records],
+                                              [record.path for record in dataset.records], seen)
     image_only, fused, text_only, fused_other = [], [], [], []
     model.eval()
     # The next batch is decoded in a thread while the model embeds this one, as training's batches are.
@@ -154,5 +184,5 @@ def embed_split(model: TGFRModel, captions: CaptionFeatures, manifest: Path, spl
                            torch.cat(image_only).numpy(), torch.cat(fused).numpy(),
                            torch.cat(text_only).numpy() if controls else None,
                            torch.cat(fused_other).numpy() if controls else None,
-                           repeated_within_identity(labels, other_texts, texts) if controls else None,
+                           repeated_within_identity(labels, other_texts, texts, seen) if controls else None,
                            first_caption_cuts(collator, texts))

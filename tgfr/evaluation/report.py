@@ -202,9 +202,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, list[str]], heatma
                      "identification resamples the probes' subjects (a subject drawn c times counts its probes c "
                      "times); every method is scored on the same resamples, so the difference of two has a "
                      f"paired interval. {unmeasured}; an interval is left out where some resample "
-                     "cannot measure its figure (e.g. too little impostor weight for the FAR) or every resample is the "
-                     "sample itself (one subject with genuine pairs, or one probe subject: the figure is then one "
-                     "measurement, of that subject alone).")
+                     "cannot measure its figure (e.g. too little impostor weight for the FAR, or no genuine pair where "
+                     "one subject has them all) or every resample is the sample itself (a single probe subject).")
     else:
         intervals = f"without intervals (evaluation.bootstrap_resamples = 0: no bootstrap). {unmeasured}."
     data = f" (the embedded synthetic set, generator version {context['synthetic_version']})" \

@@ -16,6 +16,7 @@ import functools
 import math
 import os
 import re
+import shlex
 import tomllib
 import typing
 import unicodedata
@@ -704,9 +705,10 @@ def set_key(values: dict[str, Any], keys: list[str], value: Any) -> Any:
                 entry = str(value) if depth == len(keys) - 1 else "..."
                 whole = ", ".join(f"{_toml_key(name)} = {_toml_string(str(split))}"
                                   for name, split in {**table, key: entry}.items())
+                suggestion = shlex.quote(f"{_dotted_key(keys[:depth])}={{{whole}}}")  # a value may hold a quote
                 raise ValueError(f"unknown key {_dotted_key(keys[:depth + 1])}; known: "
                                  f"{', '.join(sorted(map(_toml_key, known)))}; to add an entry, give the whole "
-                                 f"table: --set '{_dotted_key(keys[:depth])}={{{whole}}}'")
+                                 f"table: --set {suggestion}")
         elif typing.get_origin(setting) is dict:
             return None  # not a table in `values` (e.g. `splits = 3`): building the config names it
         else:
