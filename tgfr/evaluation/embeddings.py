@@ -103,13 +103,13 @@ def repeated_within_identity(labels: np.ndarray, captions: list[str], own: list[
 
 
 def _token_ids(collator: CaptionCollator, captions: list[str], max_length: int) -> list[tuple[int, ...]]:
-    """Each caption's token ids, special tokens included, cut to max_length tokens; in chunks, as check_captions."""
+    """Each caption's token ids, special tokens included, cut to max_length tokens; in chunks, as check_captions.
+    Unpadded: padded to the chunk's longest, one pasted paragraph made every caption of its chunk that long."""
     ids = []
     for start in range(0, len(captions), 4096):
-        encoded = collator.tokenizer(captions[start:start + 4096], padding="longest", truncation=True,
-                                     max_length=max_length, split_special_tokens=True, return_tensors="pt")
-        ids += [tuple(row[:length].tolist())
-                for row, length in zip(encoded["input_ids"], encoded["attention_mask"].sum(1).tolist())]
+        encoded = collator.tokenizer(captions[start:start + 4096], truncation=True, max_length=max_length,
+                                     split_special_tokens=True)
+        ids += [tuple(row) for row in encoded["input_ids"]]
     return ids
 
 
